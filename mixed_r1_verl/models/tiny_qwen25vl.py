@@ -1,0 +1,183 @@
+"""A tiny Qwen2.5-VL built offline: random weights, a BPE tokenizer trained on the spot, the real
+Qwen2.5-VL processor and a chat template that renders the same prompt layout as the released models.
+
+It stands in for a real checkpoint wherever a model is needed without network access: tests, the
+data engine's CPU path, and the `smoke` recipe.
+
+    python -m mixed_r1_verl.models.tiny_qwen25vl OUTPUT_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import string
+from pathlib import Path
+
+MIN_PIXELS = 56 * 56
+MAX_PIXELS = 28 * 28 * 256
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Enough text for the trained BPE to learn the tags and words the rewards and prompts use.
+_CORPUS = [
+    "<think> Let me look at the image carefully and reason step by step. </think>",
+    "<answer> B </answer> <answer> yes </answer> <answer> no </answer> <answer> 42.5 </answer>",
+    "<answer> [12, 34, 256, 300] </answer> The answer is (C). The chart shows 1,234 units, 45%.",
+    "Question: Is there a cat in the picture? Options: A. cat B. dog C. bird D. fish",
+    "Describe the scene. A man is riding a red bicycle on a sunny street next to a park.",
+    "Locate the object and output its bounding box as [x1, y1, x2, y2] in pixels.",
+    "What is the value of the largest bar? Answer with a single number.",
+    "You are a helpful assistant. system user assistant \\boxed{7}",
+    string.ascii_letters + string.digits + string.punctuation,
+]
+
+
+def _train_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+        model_max_length=32768,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512) -> Path:
+    """Write a loadable tiny Qwen2.5-VL (config, safetensors weights, tokenizer, processor) to
+    `output_dir` and return its path. Deterministic for a given seed."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2TokenizerFast,
+    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    _train_tokenizer(vocab_size).save_pretrained(output_dir)
+    tokenizer = Qwen2TokenizerFast.from_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)  # records Qwen2Tokenizer as the tokenizer class
+    special_id = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            tie_word_embeddings=False,
+            bos_token_id=special_id["<|endoftext|>"],
+            eos_token_id=special_id["<|im_end|>"],
+            pad_token_id=special_id["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[1],
+        ),
+        image_token_id=special_id["<|image_pad|>"],
+        video_token_id=special_id["<|video_pad|>"],
+        vision_start_token_id=special_id["<|vision_start|>"],
+        vision_end_token_id=special_id["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(
+        bos_token_id=special_id["<|endoftext|>"],
+        eos_token_id=[special_id["<|im_end|>"], special_id["<|endoftext|>"]],
+        pad_token_id=special_id["<|endoftext|>"],
+    )
+    model.save_pretrained(output_dir)
+
+    # The processor is written file by file: Qwen2_5_VLProcessor cannot be instantiated without
+    # torchvision (its video processor needs it), yet AutoProcessor must load it wherever it exists.
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    image_processor.save_pretrained(output_dir)
+    video_config = {
+        "video_processor_type": "Qwen2VLVideoProcessor",
+        "min_pixels": MIN_PIXELS,
+        "max_pixels": MAX_PIXELS,
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+    }
+    (output_dir / "video_preprocessor_config.json").write_text(json.dumps(video_config, indent=2))
+    (output_dir / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5_VLProcessor"}))
+    (output_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    return output_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output_dir")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(build_tiny_qwen25vl(args.output_dir, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs what the tests need into .venv (CPU torch first, so nothing pulls CUDA wheels) and runs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e '.[test]'
+exec .venv/bin/python -m pytest "$@"

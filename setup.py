@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mixed_r1_verl",
+    version="0.1.0",
+    description="Mixed-R1 (mixed-reward GRPO for multimodal LLMs) on verl",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["mixed_r1_verl", "mixed_r1_verl.*"]),
+    include_package_data=True,
+    package_data={"mixed_r1_verl": ["conf/*.yaml", "conf/**/*.yaml"]},
+    # torch is deliberately absent: GPU users bring the CUDA build matching their cluster,
+    # the test command installs the CPU build first.
+    install_requires=[
+        "verl==0.9.1",
+        "transformers>=5.5.3,<5.11",
+        "datasets",
+        "pyarrow>=19",
+        "hydra-core>=1.3",
+        "omegaconf>=2.3",
+        "ray[default]>=2.41",
+        "numpy>=2",
+        "pillow",
+        "safetensors",
+        "tqdm",
+    ],
+    extras_require={
+        "gpu": ["vllm==0.24.0", "flash-attn"],
+        "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],
+    },
+    entry_points={
+        "verl.plugins": ["mixed_r1 = mixed_r1_verl.verl_adapter"],
+    },
+)
