@@ -13,7 +13,7 @@ setup(
     # torch is deliberately absent: GPU users bring the CUDA build matching their cluster,
     # the test command installs the CPU build first.
     install_requires=[
-        "verl==0.9.1",
+        "verl[verl-core]==0.9.1",
         "transformers>=5.5.3,<5.11",
         "datasets",
         "pyarrow>=19",
@@ -30,6 +30,11 @@ setup(
         "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],
     },
     entry_points={
-        "verl.plugins": ["mixed_r1 = mixed_r1_verl.verl_adapter"],
+        # verl imports every entry point of this group in every process it starts; a failing one is
+        # skipped silently, so the reward manager and the trainer are separate entry points.
+        "verl.plugins": [
+            "mixed_r1_reward = mixed_r1_verl.verl_adapter.reward_manager",
+            "mixed_r1_trainer = mixed_r1_verl.verl_adapter.trainer",
+        ],
     },
 )
