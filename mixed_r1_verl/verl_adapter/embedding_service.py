@@ -53,7 +53,8 @@ class EmbeddingService:
 
 
 def embedding_service(model_dir: str, num_gpus: float = 0.0):
-    """The embedding service of this node for `model_dir`, created by the first worker that asks."""
+    """The embedding service of this node for `model_dir`, created by the first worker that asks.
+    It lives while its creator holds the returned handle: keep it for as long as the table is used."""
     node_id = ray.get_runtime_context().get_node_id()
     key = hashlib.sha1(f"{model_dir}|{num_gpus}".encode()).hexdigest()[:16]
     service = (

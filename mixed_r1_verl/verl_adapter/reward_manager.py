@@ -91,6 +91,7 @@ class MixedR1RewardManager(RewardManagerBase):
         custom_path = config.reward.get("custom_reward_function", {}).get("path")
         self.custom_compute_score = compute_score if custom_path else None
         self._embedding_tokenizer = None
+        self._embedding_service = None
         self._bmas: BmasBatcher | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixed_r1_bmas")
 
@@ -108,7 +109,8 @@ class MixedR1RewardManager(RewardManagerBase):
             return self._local_scorer(model.table.to(self.bmas_device))
         from mixed_r1_verl.verl_adapter.embedding_service import embedding_service, shared_table
 
-        service = embedding_service(self.embedding_model_dir, self.bmas_num_gpus)
+        # The service lives while a handle to it does: the workers keep theirs for their lifetime.
+        self._embedding_service = service = embedding_service(self.embedding_model_dir, self.bmas_num_gpus)
         if self.bmas_num_gpus > 0:
 
             async def remote_scorer(pairs):

@@ -14,6 +14,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from mixed_r1_verl.verl_adapter.metrics import per_task_metrics
 
 TRAINER_MODE = "mixed_r1_sync"
+VERL_SYNC_MODE = "sync"
 
 
 def reward_extra_infos(extra_fields, tags) -> list[dict]:
@@ -28,6 +29,13 @@ def reward_extra_infos(extra_fields, tags) -> list[dict]:
 
 @register_trainer(TRAINER_MODE)
 class MixedR1SyncTrainer(PPOTrainerSync):
+    """verl's sync trainer plus per-task metrics. verl branches on `trainer_mode == "sync"` (replay
+    buffer, refill, checkpoints), so the mode is set back to verl's name before anything reads it."""
+
+    def _build_replay_buffer(self):
+        self.trainer_mode = VERL_SYNC_MODE
+        return super()._build_replay_buffer()
+
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
