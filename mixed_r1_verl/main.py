@@ -62,30 +62,32 @@ def register_recipes() -> list[str]:
     return names
 
 
-def exit_unless_cuda() -> None:
+def exit_unless_local_gpus_suffice(config: DictConfig) -> None:
+    """Without RAY_ADDRESS, verl starts Ray on this node and asks it for nnodes x n_gpus_per_node GPUs;
+    if they are not here Ray would wait for them forever, so stop now and say why. With RAY_ADDRESS
+    (ray job submit, the Slurm launcher) the driver joins a cluster and needs no GPU itself."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
     import torch
 
     if not torch.cuda.is_available():
-        print(NO_GPU_MESSAGE, file=sys.stderr)
-        sys.exit(EXIT_NEEDS_GPU)
-
-
-def exit_unless_enough_local_gpus(config: DictConfig) -> None:
-    """A single-node run started here asks Ray for trainer.n_gpus_per_node GPUs; with fewer present
-    Ray would wait for them forever."""
-    import torch
-
-    if config.trainer.nnodes != 1 or os.environ.get("RAY_ADDRESS"):
-        return
+        fail(NO_GPU_MESSAGE)
+    if config.trainer.nnodes != 1:
+        fail(
+            f"trainer.nnodes={config.trainer.nnodes} needs a Ray cluster: start one (launch/slurm/train.sbatch) "
+            "or submit to it (launch/ray_job.sh), or set RAY_ADDRESS to join it.\n"
+        )
     wanted, present = config.trainer.n_gpus_per_node, torch.cuda.device_count()
     if present < wanted:
-        print(
-            f"trainer.n_gpus_per_node={wanted} but this node has {present} CUDA GPU(s); "
-            f"run with trainer.n_gpus_per_node={present} (and batch sizes divisible by it) "
-            "or submit to a Ray cluster (launch/ray_job.sh).",
-            file=sys.stderr,
+        fail(
+            f"trainer.n_gpus_per_node={wanted} but this node has {present} CUDA GPU(s); run with "
+            f"trainer.n_gpus_per_node={present} (batch sizes must stay divisible by it) or use a Ray cluster.\n"
         )
-        sys.exit(EXIT_NEEDS_GPU)
+
+
+def fail(message: str) -> None:
+    print(message, file=sys.stderr, end="")
+    sys.exit(EXIT_NEEDS_GPU)
 
 
 def make_paths_absolute(config: DictConfig, keys: tuple[str, ...]) -> None:
@@ -121,8 +123,7 @@ def prepare_smoke(smoke: DictConfig, model_dir: str, data_dir: str) -> None:
 
 
 def train(config: DictConfig) -> None:
-    exit_unless_cuda()
-    exit_unless_enough_local_gpus(config)
+    exit_unless_local_gpus_suffice(config)
     make_paths_absolute(config, ("mixed_r1.data_dir", "mixed_r1.smoke.work_dir"))
     if config.mixed_r1.smoke is not None:
         prepare_smoke(config.mixed_r1.smoke, config.actor_rollout_ref.model.path, config.mixed_r1.data_dir)

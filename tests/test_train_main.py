@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_main(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("RAY_ADDRESS", None)
     return subprocess.run(
         [sys.executable, "-m", "mixed_r1_verl.main", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
