@@ -7,6 +7,8 @@
 # `mixed_r1` and `mixed_r1_sync` register on nodes where the package is not pip-installed, without a
 # per-job pip install. Entry points (`verl.plugins`) alone would need the package installed on each node.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PLUGIN_MODULES="mixed_r1_verl.verl_adapter.reward_manager,mixed_r1_verl.verl_adapter.trainer"
 FORWARDED_ENV=(MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT)
@@ -67,19 +69,14 @@ while [[ $# -gt 0 ]]; do
         --nnodes) topology+=("trainer.nnodes=${2:?--nnodes needs a number}"); shift 2 ;;
         --gpus-per-node) topology+=("trainer.n_gpus_per_node=${2:?--gpus-per-node needs a number}"); shift 2 ;;
         --working-dir) working_dir="$(cd "${2:?--working-dir needs a directory}" && pwd)"; shift 2 ;;
-        -*) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+        -*) reject_option "$1" ;;
         *) break ;;
     esac
 done
-[[ $# -ge 1 ]] || { usage >&2; exit 2; }
+require_recipe $#
 recipe="$1"
 shift
 
 cmd=(ray job submit --address "$address" --runtime-env-json "$(runtime_env_json "$working_dir")"
     "${wait_flag[@]}" -- python -m mixed_r1_verl.main "recipe=${recipe}" "${topology[@]}" "$@")
-if [[ "$dry_run" == 1 ]]; then
-    printf '%q ' "${cmd[@]}"
-    echo
-else
-    exec "${cmd[@]}"
-fi
+print_or_exec "${cmd[@]}"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train on this node: Ray is started locally by the training entry.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat <<'TXT'
@@ -34,19 +36,14 @@ while [[ $# -gt 0 ]]; do
         -h | --help) usage; exit 0 ;;
         --dry-run) dry_run=1; shift ;;
         --gpus) gpus="${2:?--gpus needs a number}"; shift 2 ;;
-        -*) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+        -*) reject_option "$1" ;;
         *) break ;;
     esac
 done
-[[ $# -ge 1 ]] || { usage >&2; exit 2; }
+require_recipe $#
 recipe="$1"
 shift
 gpus="${gpus:-$(count_gpus)}"
 
 cmd=("${PYTHON:-python3}" -m mixed_r1_verl.main "recipe=${recipe}" trainer.nnodes=1 "trainer.n_gpus_per_node=${gpus}" "$@")
-if [[ "$dry_run" == 1 ]]; then
-    printf '%q ' "${cmd[@]}"
-    echo
-else
-    exec "${cmd[@]}"
-fi
+print_or_exec "${cmd[@]}"

@@ -13,6 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = [REPO / "launch" / "single_node.sh", REPO / "launch" / "ray_job.sh", REPO / "launch" / "slurm" / "train.sbatch"]
+SHELL_FILES = [*SCRIPTS, REPO / "launch" / "lib.sh"]
 
 
 def shellcheck_binary() -> str:
@@ -34,7 +35,7 @@ def printed_commands(result: subprocess.CompletedProcess) -> list[list[str]]:
 
 
 def test_shellcheck_passes():
-    result = subprocess.run([shellcheck_binary(), *map(str, SCRIPTS)], capture_output=True, text=True)
+    result = subprocess.run([shellcheck_binary(), "-x", *map(str, SHELL_FILES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
