@@ -1,6 +1,6 @@
 """Mixed-Reward: the per-task rewards of Mixed-R1 and the entry point that dispatches to them."""
 
-from .bmas import bmas_batch, bmas_from_similarity
+from .bmas import bmas_batch, bmas_from_similarity, row_norms
 from .embeddings import EmbeddingModel, load_embedding_model
 from .scoring import DEFAULT_FORMAT_WEIGHT, DEFAULT_TASK_MAP, TASKS, Verdict, compute_score, judge
 
@@ -15,4 +15,5 @@ __all__ = [
     "compute_score",
     "judge",
     "load_embedding_model",
+    "row_norms",
 ]

@@ -65,10 +65,12 @@ def _padded(sides: list[_Side], device: torch.device) -> tuple[torch.Tensor, tor
     return as_tensor(ids), as_tensor(weights), as_tensor(shared), as_tensor(valid)
 
 
-def _unit_rows(table: torch.Tensor, ids: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
-    rows = table[ids].float()
-    rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return rows.to(compute_dtype)
+def row_norms(table: torch.Tensor, rows_per_step: int = 16384) -> torch.Tensor:
+    """L2 norm of every row of `table` (float32), computed in slices to bound the memory it takes.
+    Compute it once per table and pass it to `bmas_batch`."""
+    return torch.cat(
+        [table[start : start + rows_per_step].float().norm(dim=-1) for start in range(0, table.shape[0], rows_per_step)]
+    ).clamp_min(1e-12)
 
 
 def _directional_mean(similarity: torch.Tensor, weights, shared, valid, other_valid, dim: int) -> torch.Tensor:
@@ -79,13 +81,14 @@ def _directional_mean(similarity: torch.Tensor, weights, shared, valid, other_va
     return (best * weights).sum(dim=-1)
 
 
-def _score_chunk(table: torch.Tensor, answers: list[_Side], references: list[_Side], compute_dtype) -> torch.Tensor:
+def _score_chunk(table, norms, answers: list[_Side], references: list[_Side], compute_dtype) -> torch.Tensor:
     device = table.device
     a_ids, a_weights, a_shared, a_valid = _padded(answers, device)
     r_ids, r_weights, r_shared, r_valid = _padded(references, device)
-    similarity = torch.bmm(
-        _unit_rows(table, a_ids, compute_dtype), _unit_rows(table, r_ids, compute_dtype).transpose(1, 2)
-    ).float()
+    # Raw dot products scaled by the row norms afterwards: normalising the gathered rows would cost
+    # more than the matmul itself.
+    dots = torch.bmm(table[a_ids].to(compute_dtype), table[r_ids].to(compute_dtype).transpose(1, 2)).float()
+    similarity = dots / (norms[a_ids][:, :, None] * norms[r_ids][:, None, :])
     precision = _directional_mean(similarity, a_weights, a_shared, a_valid, r_valid[:, None, :], dim=2)
     recall = _directional_mean(similarity, r_weights, r_shared, r_valid, a_valid[:, :, None], dim=1)
     return ((precision + recall) / 2).clamp(0.0, 1.0)
@@ -111,20 +114,26 @@ def _chunks(ordered: list[int], prepared: dict, dim: int):
 def bmas_batch(
     table: torch.Tensor,
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    norms: torch.Tensor | None = None,
     compute_dtype: torch.dtype | None = None,
 ) -> list[float]:
     """BMAS of each (answer_ids, reference_ids) pair with the embedding rows of `table` [vocab, dim],
-    computed on `table`'s device. An empty answer or reference scores 0."""
+    computed on `table`'s device; `norms` = `row_norms(table)` (computed here if not given). An empty
+    answer or reference scores 0."""
     if compute_dtype is None:
         compute_dtype = torch.bfloat16 if table.dtype == torch.bfloat16 else torch.float32
     scores = [0.0] * len(pairs)
+    if not pairs:
+        return scores
+    if norms is None:
+        norms = row_norms(table)
     live = [index for index, (answer, reference) in enumerate(pairs) if len(answer) and len(reference)]
     prepared = {index: _sides(*pairs[index]) for index in live}
     # Similar sizes together keep padding small.
     live.sort(key=lambda index: len(prepared[index][0].ids))
     for chunk in _chunks(live, prepared, table.shape[1]):
         values = _score_chunk(
-            table, [prepared[i][0] for i in chunk], [prepared[i][1] for i in chunk], compute_dtype
+            table, norms, [prepared[i][0] for i in chunk], [prepared[i][1] for i in chunk], compute_dtype
         ).tolist()
         for index, value in zip(chunk, values):
             scores[index] = value

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from .bmas import row_norms
+
 # Input-embedding parameter names of the language models Mixed-R1 trains (Qwen2/2.5-VL, InternVL's
 # Qwen2 / InternLM2 backbones, GPT-style models); the longest matching one wins.
 _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "tok_embeddings.weight", "word_embeddings.weight", "wte.weight")
@@ -16,10 +18,12 @@ _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "tok_embeddings.weight", "word_emb
 
 @dataclass(frozen=True)
 class EmbeddingModel:
-    """What BMAS needs from a model: its tokenizer and its input-embedding table [vocab, dim]."""
+    """What BMAS needs from a model: its tokenizer, its input-embedding table [vocab, dim] and the
+    table's row norms."""
 
     tokenizer: object
     table: torch.Tensor
+    norms: torch.Tensor
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -58,4 +62,5 @@ def load_tokenizer(model_dir: str | Path):
 @functools.lru_cache(maxsize=4)
 def load_embedding_model(model_dir: str) -> EmbeddingModel:
     """Tokenizer and embedding table of `model_dir`, cached per process."""
-    return EmbeddingModel(load_tokenizer(model_dir), load_input_embeddings(model_dir))
+    table = load_input_embeddings(model_dir)
+    return EmbeddingModel(load_tokenizer(model_dir), table, row_norms(table))

@@ -8,4 +8,4 @@ from .embeddings import EmbeddingModel
 
 def open_ended_accuracy(answer: str, reference: str, embedding_model: EmbeddingModel) -> float:
     pair = (embedding_model.encode(answer), embedding_model.encode(reference))
-    return bmas_batch(embedding_model.table, [pair])[0]
+    return bmas_batch(embedding_model.table, [pair], embedding_model.norms)[0]

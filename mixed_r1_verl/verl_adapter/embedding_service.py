@@ -15,7 +15,7 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from mixed_r1_verl.rewards import bmas_batch
+from mixed_r1_verl.rewards import bmas_batch, row_norms
 from mixed_r1_verl.rewards.embeddings import load_input_embeddings
 
 GPU_READY_TIMEOUT_S = 120
@@ -41,6 +41,7 @@ class EmbeddingService:
         self._dtype = str(table.dtype)
         self._shared = ray.put(_to_shareable(table))
         self._device_table = table.to(device) if device != "cpu" else None
+        self._device_norms = row_norms(self._device_table) if device != "cpu" else None
 
     def table(self) -> tuple[str, list]:
         # The reference is wrapped in a list so that Ray hands it over instead of resolving it.
@@ -49,7 +50,7 @@ class EmbeddingService:
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
         if self._device_table is None:
             raise RuntimeError("this embedding service holds no GPU table; score on the workers instead")
-        return bmas_batch(self._device_table, pairs)
+        return bmas_batch(self._device_table, pairs, self._device_norms)
 
 
 def embedding_service(model_dir: str, num_gpus: float = 0.0):

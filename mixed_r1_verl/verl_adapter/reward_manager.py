@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
-from mixed_r1_verl.rewards import EmbeddingModel, bmas_batch, judge
+from mixed_r1_verl.rewards import EmbeddingModel, bmas_batch, judge, row_norms
 from mixed_r1_verl.rewards.embeddings import load_embedding_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -121,8 +121,10 @@ class MixedR1RewardManager(RewardManagerBase):
         return self._local_scorer(table if self.bmas_device == "cpu" else table.to(self.bmas_device))
 
     def _local_scorer(self, table: torch.Tensor):
+        norms = row_norms(table)
+
         async def local_scorer(pairs):
-            return await asyncio.get_running_loop().run_in_executor(self._executor, bmas_batch, table, pairs)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, bmas_batch, table, pairs, norms)
 
         return local_scorer
 
