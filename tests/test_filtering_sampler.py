@@ -1,6 +1,8 @@
 """Per-task online filtering on a real TransferQueue (local Ray) with verl's replay-buffer machinery."""
 
+import functools
 import itertools
+import tempfile
 import threading
 import types
 from pathlib import Path
@@ -13,10 +15,13 @@ from omegaconf import OmegaConf
 
 from mixed_r1_verl.verl_adapter.dynamic_sampling import (
     FilteringSettings,
+    GroupVerdict,
     PerTaskDynamicSampler,
     judge_group,
     refill_count,
 )
+from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
+from mixed_r1_verl.rewards import compute_score
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.trainer.ppo.v1.utils import MetricsAggregator
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
@@ -25,16 +30,42 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 GROUP_SIZE = 4
 
 
-def reward_info(task, score):
-    return {"score": float(score), "accuracy": float(score > 0.5), "format": 1, "error": 0, "task": task}
+# Each task's prompt and a right / wrong answer to it; groups are scored by the real reward library.
+PROMPTS = {
+    "chart": ("chartqa", "42", {}),
+    "matching": ("mmbench", "B", {"options": ["cat", "dog"]}),
+    "grounding": ("refcoco", "[0, 0, 40, 40]", {"box_frame": "abs", "frame_size": [64, 64]}),
+    "open_ended": ("coco_caption", "A man rides a red bicycle.", {}),
+}
+WRONG_ANSWER = {"chart": "7", "matching": "A", "grounding": "[50, 50, 60, 60]", "open_ended": "Two dogs sleep."}
+
+
+@functools.lru_cache(maxsize=1)
+def embedding_model_dir():
+    return str(build_tiny_qwen25vl(tempfile.mkdtemp(prefix="bmas-")))
+
+
+def scored_group(task, answers):
+    data_source, ground_truth, extra_info = PROMPTS[task]
+    return [
+        compute_score(
+            data_source,
+            f"<think>Looking.</think><answer>{answer}</answer>",
+            ground_truth,
+            {"task": task, **extra_info},
+            embedding_model=embedding_model_dir(),
+        )
+        for answer in answers
+    ]
 
 
 def informative(task):
-    return [reward_info(task, score) for score in (1.0, 0.0, 1.0, 0.0)]
+    right, wrong = PROMPTS[task][1], WRONG_ANSWER[task]
+    return scored_group(task, [right, wrong, right, wrong])
 
 
-def zero_variance(task, score=0.0):
-    return [reward_info(task, score)] * GROUP_SIZE
+def zero_variance(task, solved=False):
+    return scored_group(task, [PROMPTS[task][1] if solved else WRONG_ANSWER[task]] * GROUP_SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +86,9 @@ class ScriptedRollout:
 
     _uids = itertools.count()
 
-    def __init__(self, groups, delay_s=0.0):
+    def __init__(self, groups, delay_s=0.0, partition="train"):
         self.groups = list(groups)
+        self.partition = partition
         self.delay_s = delay_s
         self.submitted = 0
         self.uid_task = {}
@@ -68,7 +100,8 @@ class ScriptedRollout:
             uid = f"p{next(self._uids)}"
             infos = self.groups.pop(0)
             self.uid_task[uid] = infos[0]["task"]
-            tq.kv_put(key=uid, partition_id="train", tag={"is_prompt": True, "status": "running", "global_steps": 1})
+            tag = {"is_prompt": True, "status": "running", "global_steps": 1}
+            tq.kv_put(key=uid, partition_id=self.partition, tag=tag)
             if self.delay_s:
                 threading.Timer(self.delay_s, self._finish, args=(uid, infos)).start()
             else:
@@ -76,19 +109,18 @@ class ScriptedRollout:
         self.submitted += num_prompts
         return num_prompts
 
-    @staticmethod
-    def _finish(uid, infos):
+    def _finish(self, uid, infos):
         trajectories = [
             {"responses": torch.tensor([7, session]), "extra_fields": {"reward_extra_info": info}}
             for session, info in enumerate(infos)
         ]
         tq.kv_batch_put(
             keys=[f"{uid}_{session}_0" for session in range(len(infos))],
-            partition_id="train",
+            partition_id=self.partition,
             fields=list_of_dict_to_tensordict(trajectories),
             tags=[{"status": "success", "global_steps": 1}] * len(infos),
         )
-        tq.kv_put(key=uid, partition_id="train", tag={"status": "finished"})
+        tq.kv_put(key=uid, partition_id=self.partition, tag={"status": "finished"})
 
 
 def make_sampler(rollout, **options):
@@ -113,8 +145,8 @@ def run_step(sampler, rollout, batch_size):
 
 
 def test_drops_zero_variance_groups_refills_and_counts_per_task(transfer_queue):
-    first_batch = [informative("chart"), zero_variance("grounding"), informative("matching"), zero_variance("open_ended", 1.0)]
-    refills = [zero_variance("chart", 1.0), informative("grounding"), informative("open_ended"), zero_variance("chart")]
+    first_batch = [informative("chart"), zero_variance("grounding"), informative("matching"), zero_variance("open_ended", solved=True)]
+    refills = [zero_variance("chart", solved=True), informative("grounding"), informative("open_ended"), zero_variance("chart")]
     rollout = ScriptedRollout(first_batch + refills)
     sampler = make_sampler(rollout, max_refill_rounds=2)
 
@@ -199,6 +231,18 @@ def test_metrics_reach_the_step_metrics_through_verls_aggregator(transfer_queue)
     assert logged["filtering/matching/kept"] == 1 and logged["filtering/chart/kept"] == 1
 
 
+def test_validation_partition_is_sampled_unfiltered(transfer_queue):
+    rollout = ScriptedRollout([zero_variance("chart"), informative("matching")], partition="val")
+    sampler = make_sampler(rollout, max_refill_rounds=2)
+    rollout.submit(2)
+
+    batch, metrics = sampler.sample(global_steps=1, partition_id="val", batch_size=2)
+
+    assert {key.split("_")[0] for key in batch.keys} == set(rollout.uid_task)
+    assert rollout.submitted == 2 and not any(key.startswith("filtering/") for key in metrics)
+    tq.kv_clear(keys=batch.keys, partition_id="val")
+
+
 def test_missing_task_names_the_group(transfer_queue):
     infos = [{"score": 1.0}, {"score": 0.0}]
     with pytest.raises(RuntimeError, match=r"group u9, trajectory 0: reward_extra_info lacks \['task'\]"):
@@ -206,11 +250,17 @@ def test_missing_task_names_the_group(transfer_queue):
 
 
 def test_judge_group_rules():
-    assert judge_group("a", informative("chart"), "score") == judge_group("b", informative("chart"), "score")
-    assert not judge_group("a", zero_variance("chart"), "score").informative
+    assert judge_group("a", informative("grounding"), "score") == GroupVerdict("grounding", informative=True)
+    assert judge_group("a", informative("open_ended"), "score").informative
+    assert not judge_group("a", zero_variance("open_ended"), "score").informative
+    assert not judge_group("a", zero_variance("matching", solved=True), "score").informative
     assert judge_group("a", zero_variance("chart")[:1], "score").informative
+    # Same accuracy, different format: the score still differs, so the group carries signal.
+    mixed_format = informative("chart")[:1] + [compute_score("chartqa", "<answer>42</answer>", "42", {"task": "chart"})]
+    assert judge_group("a", mixed_format, "score").informative
+    assert not judge_group("a", mixed_format, "accuracy").informative
     with pytest.raises(RuntimeError, match="disagree on the task"):
-        judge_group("a", [reward_info("chart", 1), reward_info("matching", 0)], "score")
+        judge_group("a", informative("chart")[:1] + informative("matching")[:1], "score")
 
 
 def test_refill_count_waits_for_evidence_then_scales_with_keep_rate():
