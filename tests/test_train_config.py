@@ -1,0 +1,112 @@
+"""The real merged config (verl's ppo_trainer + conf/mixed_r1.yaml + a recipe), composed with Hydra and
+checked with verl's own validate_config for every recipe."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from verl.trainer.ppo.utils import need_critic, need_reference_policy
+from verl.utils.config import validate_config
+
+from mixed_r1_verl.main import PRIMARY_CONFIG, config_dir, make_paths_absolute, recipe_dir, register_recipes
+
+RECIPES = ["internvl3_8b", "qwen25vl_32b", "qwen25vl_3b", "qwen25vl_7b", "smoke"]
+
+
+def compose_recipe(recipe: str, *overrides: str):
+    register_recipes()
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        return compose(PRIMARY_CONFIG, overrides=[f"recipe={recipe}", *overrides])
+
+
+def test_every_recipe_file_is_registered():
+    assert register_recipes() == RECIPES
+    assert sorted(p.stem for p in recipe_dir().glob("*.yaml")) == RECIPES
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_keeps_mixed_r1_grpo_defaults_and_passes_verl_validation(recipe):
+    config = compose_recipe(recipe)
+    actor = config.actor_rollout_ref.actor
+    assert config.reward.reward_manager.name == "mixed_r1"
+    assert config.trainer.v1.trainer_mode == "mixed_r1_sync"
+    assert config.trainer.use_v1 is True
+    assert config.algorithm.adv_estimator == "grpo"
+    assert config.algorithm.use_kl_in_reward is False
+    assert actor.optim.lr == pytest.approx(1e-6)
+    assert actor.use_kl_loss is True and actor.kl_loss_type == "low_var_kl"
+    assert config.actor_rollout_ref.rollout.name == "vllm"
+    assert config.actor_rollout_ref.rollout.n >= 2, "GRPO needs a group of responses per prompt"
+    assert config.data.image_key == "images"
+    assert config.data.return_raw_chat is True
+    assert config.data.train_files == f"{config.mixed_r1.data_dir}/train.parquet"
+    assert config.data.val_files == f"{config.mixed_r1.data_dir}/val.parquet"
+    assert config.trainer.experiment_name == recipe
+    assert need_critic(config) is False
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=False)
+
+
+@pytest.mark.parametrize("recipe", ["qwen25vl_3b", "qwen25vl_7b"])
+def test_single_node_recipes_use_one_node_of_eight_gpus(recipe):
+    config = compose_recipe(recipe)
+    assert (config.trainer.nnodes, config.trainer.n_gpus_per_node) == (1, 8)
+    assert config.actor_rollout_ref.rollout.n == 8
+
+
+def test_32b_recipe_is_multi_node():
+    config = compose_recipe("qwen25vl_32b")
+    assert config.trainer.nnodes > 1
+    assert config.actor_rollout_ref.rollout.tensor_model_parallel_size > 1
+
+
+def test_smoke_recipe_runs_on_one_gpu_without_flash_attn_and_checkpoints_midway():
+    config = compose_recipe("smoke")
+    model = config.actor_rollout_ref.model
+    assert (config.trainer.nnodes, config.trainer.n_gpus_per_node) == (1, 1)
+    assert model.override_config.attn_implementation == "sdpa"
+    assert model.use_remove_padding is False
+    assert config.trainer.total_training_steps >= 5
+    assert 0 < config.trainer.save_freq < config.trainer.total_training_steps
+    assert config.trainer.resume_mode == "auto"
+    assert "console" in config.trainer.logger
+    work_dir = config.mixed_r1.smoke.work_dir
+    assert model.path == f"{work_dir}/tiny_qwen25vl"
+    assert config.mixed_r1.data_dir == f"{work_dir}/data"
+    assert config.reward.reward_kwargs.embedding_model == model.path
+
+
+def test_command_line_overrides_of_verl_keys_beat_the_recipe():
+    config = compose_recipe(
+        "qwen25vl_7b",
+        "actor_rollout_ref.rollout.n=16",
+        "actor_rollout_ref.actor.optim.lr=3e-6",
+        "trainer.n_gpus_per_node=4",
+        "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+    )
+    assert config.actor_rollout_ref.rollout.n == 16
+    assert config.actor_rollout_ref.actor.optim.lr == pytest.approx(3e-6)
+    assert config.trainer.n_gpus_per_node == 4
+    assert config.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
+
+
+def test_unknown_verl_key_is_rejected_not_ignored():
+    with pytest.raises(Exception, match="trainer.not_a_key"):
+        compose_recipe("smoke", "trainer.not_a_key=1")
+
+
+def test_data_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MIXED_R1_DATA", str(tmp_path))
+    config = compose_recipe("qwen25vl_7b")
+    assert config.data.train_files == f"{tmp_path}/train.parquet"
+
+
+def test_relative_paths_are_pinned_to_the_launch_directory(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    config = compose_recipe("smoke", "mixed_r1.smoke.work_dir=runs/smoke")
+    make_paths_absolute(config, ("mixed_r1.data_dir", "mixed_r1.smoke.work_dir"))
+    resolved = OmegaConf.to_container(config, resolve=True)
+    work_dir = tmp_path / "runs" / "smoke"
+    assert resolved["mixed_r1"]["smoke"]["work_dir"] == str(work_dir)
+    assert Path(resolved["data"]["train_files"]) == work_dir / "data" / "train.parquet"
+    assert Path(resolved["actor_rollout_ref"]["model"]["path"]) == work_dir / "tiny_qwen25vl"

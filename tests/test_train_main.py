@@ -1,0 +1,100 @@
+"""`python -m mixed_r1_verl.main` as a user runs it: real subprocesses, real exit codes."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer
+
+from mixed_r1_verl.main import prepare_smoke
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_main(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.main", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour on a machine without a CUDA GPU")
+def test_training_without_a_gpu_exits_2_and_says_what_runs_here(tmp_path):
+    result = run_main("recipe=smoke", f"mixed_r1.smoke.work_dir={tmp_path}")
+    assert result.returncode == 2, result.stderr
+    assert "needs at least one CUDA GPU" in result.stderr
+    assert "mixed_r1_verl.data.prepare" in result.stderr and "compute_score" in result.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be built before the GPU check"
+
+
+def test_cfg_job_prints_the_merged_config_with_overrides(tmp_path):
+    result = run_main("recipe=qwen25vl_7b", "actor_rollout_ref.rollout.n=12", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["reward"]["reward_manager"]["name"] == "mixed_r1"
+    assert config["trainer"]["v1"]["trainer_mode"] == "mixed_r1_sync"
+    assert config["algorithm"]["adv_estimator"] == "grpo"
+    assert config["actor_rollout_ref"]["rollout"]["n"] == 12
+    assert config["actor_rollout_ref"]["model"]["path"] == "Qwen/Qwen2.5-VL-7B-Instruct"
+    # verl's own defaults are there too: the config is inherited, not copied.
+    assert config["actor_rollout_ref"]["actor"]["clip_ratio"] == 0.2
+
+
+def test_help_lists_recipes_without_a_gpu_or_a_recipe():
+    result = run_main("--help")
+    assert result.returncode == 0
+    for recipe in ("smoke", "qwen25vl_3b", "qwen25vl_7b", "qwen25vl_32b", "internvl3_8b"):
+        assert recipe in result.stdout
+
+
+def test_missing_recipe_is_a_usage_error():
+    result = run_main("trainer.nnodes=1")
+    assert result.returncode == 2
+    assert "recipe=<name>" in result.stderr
+
+
+def test_unknown_recipe_names_the_available_ones():
+    result = run_main("recipe=llama_70b", "--cfg", "job")
+    assert result.returncode != 0
+    assert "llama_70b" in result.stderr and "qwen25vl_7b" in result.stderr
+
+
+def write_parquet(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"prompt": ["x"]}), path)
+
+
+def test_smoke_preparation_builds_the_model_once_and_keeps_existing_data(tmp_path):
+    smoke = OmegaConf.create({"work_dir": str(tmp_path), "rows_per_task": 2, "seed": 0, "model_family": "qwen2_5_vl"})
+    model_dir, data_dir = tmp_path / "tiny_qwen25vl", tmp_path / "data"
+    for split in ("train", "val"):
+        write_parquet(data_dir / f"{split}.parquet")
+    data_before = {p: p.stat().st_mtime_ns for p in data_dir.iterdir()}
+
+    prepare_smoke(smoke, str(model_dir), str(data_dir))
+    assert AutoTokenizer.from_pretrained(model_dir).convert_tokens_to_ids("<|image_pad|>") is not None
+    model_files = {p: p.stat().st_mtime_ns for p in model_dir.iterdir()}
+
+    prepare_smoke(smoke, str(model_dir), str(data_dir))
+    assert {p: p.stat().st_mtime_ns for p in model_dir.iterdir()} == model_files
+    assert {p: p.stat().st_mtime_ns for p in data_dir.iterdir()} == data_before
+    assert not (tmp_path / "synthetic").exists()
+
+
+def test_smoke_preparation_writes_a_four_task_parquet_dataset(tmp_path):
+    pytest.importorskip("mixed_r1_verl.data.synthetic")
+    smoke = OmegaConf.create({"work_dir": str(tmp_path), "rows_per_task": 4, "seed": 0, "model_family": "qwen2_5_vl"})
+    prepare_smoke(smoke, str(tmp_path / "tiny_qwen25vl"), str(tmp_path / "data"))
+    rows = pq.read_table(tmp_path / "data" / "train.parquet").to_pylist()
+    rows += pq.read_table(tmp_path / "data" / "val.parquet").to_pylist()
+    assert {row["extra_info"]["task"] for row in rows} == {"matching", "chart", "grounding", "open_ended"}
+    assert all(row["images"] for row in rows)
