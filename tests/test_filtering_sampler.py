@@ -2,15 +2,16 @@
 
 import functools
 import itertools
+import shutil
 import tempfile
 import threading
-import types
 from pathlib import Path
 
 import pytest
 import ray
 import torch
 import transfer_queue as tq
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mixed_r1_verl.verl_adapter.dynamic_sampling import (
@@ -22,7 +23,8 @@ from mixed_r1_verl.verl_adapter.dynamic_sampling import (
 )
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 from mixed_r1_verl.rewards import compute_score
-from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+from mixed_r1_verl.verl_adapter.trainer import MixedR1SyncTrainer
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.trainer.ppo.v1.utils import MetricsAggregator
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
@@ -277,36 +279,54 @@ def test_settings_reject_unknown_and_invalid_options():
         FilteringSettings.from_kwargs({"max_refill_rounds": -1})
 
 
-def test_on_yaml_plugs_the_sampler_into_verls_trainer_extension_point():
-    verl_config = OmegaConf.create(
-        {
-            "data": {"train_batch_size": 8},
-            "algorithm": {"filter_groups": {"enable": False, "metric": "reward", "max_inflight_gen_batches": 1}},
-            "trainer": {
-                "v1": {
-                    "trainer_mode": "sync",
-                    "sampler": {
-                        "max_off_policy_threshold": 8,
-                        "max_off_policy_strategy": "drop",
-                        "sync_refill_failed_groups": False,
-                        "custom_sampler": {"path": None, "name": None},
-                        "sampler_kwargs": {},
-                    },
-                }
-            },
-        }
-    )
-    config = OmegaConf.merge(verl_config, OmegaConf.load(REPO_ROOT / "conf/filtering/on.yaml"))
+PRIMARY_CONFIG = """
+hydra:
+  searchpath:
+    - pkg://verl.trainer.config
+defaults:
+  - ppo_trainer
+  - _self_
+  - filtering: "off"
+"""
+
+
+def compose_verl_config(tmp_path, overrides):
+    """verl's full ppo_trainer config with this package's filtering group, as the training entry composes it."""
+    (tmp_path / "primary.yaml").write_text(PRIMARY_CONFIG)
+    shutil.copytree(REPO_ROOT / "conf" / "filtering", tmp_path / "filtering")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
+        config = compose(config_name="primary", overrides=overrides)
     OmegaConf.resolve(config)
-    trainer = types.SimpleNamespace(config=config, trainer_mode="sync", _add_prompts_to_generate=lambda n: n)
+    return config
 
-    sampler = PPOTrainer._build_replay_buffer(trainer)
 
-    assert type(sampler).__name__ == "PerTaskDynamicSampler"
-    assert sampler.settings.metric == "score"
+def trainer_shell(config):
+    """The project's trainer class with just what building the replay buffer reads (no workers, no Ray)."""
+    trainer = MixedR1SyncTrainer.__new__(MixedR1SyncTrainer)
+    trainer.config = config
+    trainer.trainer_mode = config.trainer.v1.trainer_mode
+    trainer._add_prompts_to_generate = lambda num_prompts: num_prompts
+    return trainer
+
+
+def test_filtering_on_plugs_the_sampler_into_verls_trainer_extension_point(tmp_path):
+    overrides = ["filtering=on", "trainer.v1.sampler.sampler_kwargs.max_refill_rounds=5",
+                 "trainer.v1.trainer_mode=mixed_r1_sync"]
+    config = compose_verl_config(tmp_path, overrides)
+
+    sampler = trainer_shell(config)._build_replay_buffer()
+
+    assert isinstance(sampler, PerTaskDynamicSampler)
+    assert sampler.settings == FilteringSettings(metric="score", max_refill_rounds=5)
+    assert sampler.trainer_mode == "sync"
     # verl switches to single-prompt dataloader fetches (exact refills) when filter_groups is enabled.
     assert config.algorithm.filter_groups.enable is True
 
-    off = OmegaConf.merge(verl_config, OmegaConf.load(REPO_ROOT / "conf/filtering/off.yaml"))
-    assert not off.trainer.v1.sampler.custom_sampler.path
-    assert off.algorithm.filter_groups.enable is False
+
+def test_filtering_off_is_verls_default_sampler(tmp_path):
+    config = compose_verl_config(tmp_path, ["trainer.v1.trainer_mode=mixed_r1_sync"])
+
+    sampler = trainer_shell(config)._build_replay_buffer()
+
+    assert type(sampler) is ReplayBuffer and sampler.filter_groups_metric is None
+    assert config.algorithm.filter_groups.enable is False
