@@ -1,6 +1,6 @@
 """Throughput of the offline evaluator's scoring and generation-cache stages (no model generation).
 
-    python benchmarks/eval_scoring.py [--records 4000]
+python benchmarks/eval_scoring.py [--records 4000]
 """
 
 import argparse
@@ -16,10 +16,18 @@ from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 CASES = {
     "matching": ("mmbench", "B", {"options": ["cat", "dog", "bird"]}, "<think>t</think><answer>B</answer>"),
     "chart": ("chartqa", "1,234", {}, "<think>t</think><answer>1234</answer>"),
-    "grounding": ("refcoco", "[10, 10, 200, 200]", {"box_frame": "abs", "frame_size": [448, 448]},
-                  "<think>t</think><answer>[12, 8, 190, 210]</answer>"),
-    "open_ended": ("coco_caption", "A man rides a red bicycle on a sunny street.", {},
-                   "<think>t</think><answer>A man is riding a red bicycle next to a park.</answer>"),
+    "grounding": (
+        "refcoco",
+        "[10, 10, 200, 200]",
+        {"box_frame": "abs", "frame_size": [448, 448]},
+        "<think>t</think><answer>[12, 8, 190, 210]</answer>",
+    ),
+    "open_ended": (
+        "coco_caption",
+        "A man rides a red bicycle on a sunny street.",
+        {},
+        "<think>t</think><answer>A man is riding a red bicycle next to a park.</answer>",
+    ),
 }
 
 
@@ -53,7 +61,9 @@ def main():
     summarize(rows)
     score_s = time.perf_counter() - start
     print(f"{len(records)} records (1/4 per task; open_ended scored with BMAS on the tiny model's embeddings)")
-    print(f"cache append: {len(records) / write_s:10.0f} responses/s   cache reload: {len(records) / read_s:10.0f} responses/s")
+    print(
+        f"cache append: {len(records) / write_s:10.0f} responses/s   cache reload: {len(records) / read_s:10.0f} responses/s"
+    )
     print(f"score + summarize: {len(records) / score_s:10.0f} responses/s ({score_s:.2f} s)")
 
 

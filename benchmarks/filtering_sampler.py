@@ -14,10 +14,10 @@ import ray
 import torch
 import transfer_queue as tq
 from omegaconf import OmegaConf
-
-from mixed_r1_verl.verl_adapter.dynamic_sampling import PerTaskDynamicSampler
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+from mixed_r1_verl.verl_adapter.dynamic_sampling import PerTaskDynamicSampler
 
 TASKS = ("matching", "chart", "grounding", "open_ended")
 uids = itertools.count()
@@ -34,8 +34,9 @@ def submit(count, group_size, response_tokens, zero_variance_every):
         trajectories = [
             {
                 "responses": torch.randint(0, 1000, (response_tokens,)),
-                "extra_fields": {"reward_extra_info": {"score": score, "accuracy": score, "format": 1.0,
-                                                       "error": 0.0, "task": task}},
+                "extra_fields": {
+                    "reward_extra_info": {"score": score, "accuracy": score, "format": 1.0, "error": 0.0, "task": task}
+                },
             }
             for score in scores
         ]
@@ -68,9 +69,17 @@ def main():
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
-    refill = lambda count: submit(count, args.group_size, args.response_tokens, zero_variance_every=0)  # noqa: E731
-    common = dict(trainer_mode="sync", trainer_config={}, max_off_policy_threshold=None,
-                  max_off_policy_strategy="drop", refill_fn=refill)
+
+    def refill(count):
+        return submit(count, args.group_size, args.response_tokens, zero_variance_every=0)
+
+    common = {
+        "trainer_mode": "sync",
+        "trainer_config": {},
+        "max_off_policy_threshold": None,
+        "max_off_policy_strategy": "drop",
+        "refill_fn": refill,
+    }
     baseline = ReplayBuffer(sampler_kwargs={}, poll_interval=0.01, **common)
     filtered = PerTaskDynamicSampler(sampler_kwargs={"poll_interval_s": 0.01}, **common)
 

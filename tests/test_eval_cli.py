@@ -13,7 +13,6 @@ from PIL import Image, ImageDraw
 
 from mixed_r1_verl.eval.cli import main
 from mixed_r1_verl.eval.records import RecordError, load_records
-from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 
 THINK = "<think>I look at the image.</think>"
 
@@ -58,9 +57,9 @@ RESPONSES = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return str(build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny")))
+@pytest.fixture()
+def tiny_model(tiny_model_dir):
+    return str(tiny_model_dir)
 
 
 @pytest.fixture()
@@ -79,8 +78,21 @@ def test_saved_generations_give_per_task_and_per_source_tables(tmp_path, parquet
     write_jsonl(generations, RESPONSES)
     out = tmp_path / "run"
 
-    assert main(["--data", str(parquet), "--generations", str(generations), "--out-dir", str(out),
-                 "--embedding-model", tiny_model]) == 0
+    assert (
+        main(
+            [
+                "--data",
+                str(parquet),
+                "--generations",
+                str(generations),
+                "--out-dir",
+                str(out),
+                "--embedding-model",
+                tiny_model,
+            ]
+        )
+        == 0
+    )
 
     summary = json.loads((out / "summary.json").read_text())
     tasks = summary["tasks"]
@@ -109,8 +121,22 @@ def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_
     (out / "generations.jsonl").write_text(
         "".join(json.dumps({"id": k, "response": v}) + "\n" for k, v in cached.items()) + '{"id": "g1", "resp'
     )
-    args = ["--data", str(parquet), "--model", tiny_model, "--backend", "hf", "--device", "cpu",
-            "--out-dir", str(out), "--max-new-tokens", "6", "--batch-size", "2"]
+    args = [
+        "--data",
+        str(parquet),
+        "--model",
+        tiny_model,
+        "--backend",
+        "hf",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(out),
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "2",
+    ]
 
     assert main(args) == 0
 
@@ -131,8 +157,18 @@ def test_compare_puts_two_runs_side_by_side(tmp_path, parquet, tiny_model, capsy
     runs = []
     for name, responses in (("base", {**RESPONSES, "c1": "<answer>7</answer>"}), ("tuned", RESPONSES)):
         write_jsonl(tmp_path / f"{name}.jsonl", responses)
-        main(["--data", str(parquet), "--generations", str(tmp_path / f"{name}.jsonl"),
-              "--out-dir", str(tmp_path / name), "--embedding-model", tiny_model])
+        main(
+            [
+                "--data",
+                str(parquet),
+                "--generations",
+                str(tmp_path / f"{name}.jsonl"),
+                "--out-dir",
+                str(tmp_path / name),
+                "--embedding-model",
+                tiny_model,
+            ]
+        )
         runs.append(str(tmp_path / name))
     capsys.readouterr()
 
@@ -151,8 +187,18 @@ def test_missing_saved_generation_is_reported_by_id(tmp_path, parquet, tiny_mode
     generations = tmp_path / "saved.jsonl"
     write_jsonl(generations, {key: value for key, value in RESPONSES.items() if key != "g1"})
     with pytest.raises(SystemExit, match=r"no response for 1 of 5 record\(s\), e.g. \['g1'\]"):
-        main(["--data", str(parquet), "--generations", str(generations), "--out-dir", str(tmp_path / "run"),
-              "--embedding-model", tiny_model])
+        main(
+            [
+                "--data",
+                str(parquet),
+                "--generations",
+                str(generations),
+                "--out-dir",
+                str(tmp_path / "run"),
+                "--embedding-model",
+                tiny_model,
+            ]
+        )
 
 
 def test_open_ended_without_embedding_model_fails_before_scoring(tmp_path, parquet):
@@ -174,5 +220,7 @@ def test_bad_rows_name_the_record(tmp_path):
 
 
 def test_module_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "mixed_r1_verl.eval", "--help"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.eval", "--help"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0 and "--compare" in result.stdout

@@ -5,7 +5,6 @@ from transformers import AutoTokenizer
 
 from mixed_r1_verl.eval.prompts import IMAGE_PAD, expand_image_pads, render_prompt, structured_message
 from mixed_r1_verl.eval.records import EvalRecord
-from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 
 
 def test_placeholders_become_image_parts_in_order():
@@ -19,8 +18,8 @@ def test_placeholders_become_image_parts_in_order():
     assert structured_message({"role": "system", "content": "plain"}) == {"role": "system", "content": "plain"}
 
 
-def test_rendered_prompt_has_one_vision_block_per_image_and_pads_expand_per_merged_patch(tmp_path):
-    tokenizer = AutoTokenizer.from_pretrained(build_tiny_qwen25vl(tmp_path))
+def test_rendered_prompt_has_one_vision_block_per_image_and_pads_expand_per_merged_patch(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     record = EvalRecord("r1", "chartqa", "chart", [{"role": "user", "content": "<image><image>Compare."}], "1", {})
 
     text = render_prompt(tokenizer, record)

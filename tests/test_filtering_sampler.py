@@ -13,7 +13,12 @@ import torch
 import transfer_queue as tq
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+from verl.trainer.ppo.v1.utils import MetricsAggregator
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
+from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
+from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.verl_adapter.dynamic_sampling import (
     FilteringSettings,
     GroupVerdict,
@@ -21,12 +26,7 @@ from mixed_r1_verl.verl_adapter.dynamic_sampling import (
     judge_group,
     refill_count,
 )
-from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
-from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.verl_adapter.trainer import MixedR1SyncTrainer
-from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
-from verl.trainer.ppo.v1.utils import MetricsAggregator
-from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GROUP_SIZE = 4
@@ -147,8 +147,18 @@ def run_step(sampler, rollout, batch_size):
 
 
 def test_drops_zero_variance_groups_refills_and_counts_per_task(transfer_queue):
-    first_batch = [informative("chart"), zero_variance("grounding"), informative("matching"), zero_variance("open_ended", solved=True)]
-    refills = [zero_variance("chart", solved=True), informative("grounding"), informative("open_ended"), zero_variance("chart")]
+    first_batch = [
+        informative("chart"),
+        zero_variance("grounding"),
+        informative("matching"),
+        zero_variance("open_ended", solved=True),
+    ]
+    refills = [
+        zero_variance("chart", solved=True),
+        informative("grounding"),
+        informative("open_ended"),
+        zero_variance("chart"),
+    ]
     rollout = ScriptedRollout(first_batch + refills)
     sampler = make_sampler(rollout, max_refill_rounds=2)
 
@@ -310,8 +320,11 @@ def trainer_shell(config):
 
 
 def test_filtering_on_plugs_the_sampler_into_verls_trainer_extension_point(tmp_path):
-    overrides = ["filtering=on", "trainer.v1.sampler.sampler_kwargs.max_refill_rounds=5",
-                 "trainer.v1.trainer_mode=mixed_r1_sync"]
+    overrides = [
+        "filtering=on",
+        "trainer.v1.sampler.sampler_kwargs.max_refill_rounds=5",
+        "trainer.v1.trainer_mode=mixed_r1_sync",
+    ]
     config = compose_verl_config(tmp_path, overrides)
 
     sampler = trainer_shell(config)._build_replay_buffer()

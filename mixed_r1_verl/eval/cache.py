@@ -25,7 +25,7 @@ def read_generations(path: str | Path) -> dict[str, str]:
                 responses[str(entry["id"])] = _response_text(entry)
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 raise GenerationFileError(
-                    f"{path}: line {number}: expected {{\"id\": ..., \"response\": \"...\"}} ({error})"
+                    f'{path}: line {number}: expected {{"id": ..., "response": "..."}} ({error})'
                 ) from None
     return responses
 
@@ -61,6 +61,8 @@ class GenerationCache:
 
     def add(self, responses: dict[str, str]) -> None:
         with open(self.path, "a", encoding="utf-8") as sink:
-            for record_id, response in responses.items():
-                sink.write(json.dumps({"id": record_id, "response": response}, ensure_ascii=False) + "\n")
+            sink.writelines(
+                json.dumps({"id": record_id, "response": response}, ensure_ascii=False) + "\n"
+                for record_id, response in responses.items()
+            )
         self.responses.update(responses)

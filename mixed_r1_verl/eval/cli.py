@@ -14,6 +14,8 @@ from .records import EvalRecord, load_records
 from .report import load_summary, summary_markdown, write_comparison, write_summary
 from .scoring import score_records, summarize
 
+logger = logging.getLogger(__name__)
+
 CACHE_FILE = "generations.jsonl"
 SCORES_FILE = "scores.jsonl"
 
@@ -33,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="evaluate only the first N records")
 
     generation = parser.add_argument_group("generation (--model)")
-    generation.add_argument("--backend", choices=("auto", "vllm", "hf"), default="auto",
-                            help="auto: vLLM when installed, else transformers")
+    generation.add_argument(
+        "--backend", choices=("auto", "vllm", "hf"), default="auto", help="auto: vLLM when installed, else transformers"
+    )
     generation.add_argument("--device", default=None, help="hf backend device (default: cuda if available)")
     generation.add_argument("--batch-size", type=int, default=64, help="prompts per generation call / cache append")
     generation.add_argument("--max-new-tokens", type=int, default=1024)
@@ -78,7 +81,7 @@ def _responses(args, records: list[EvalRecord], out_dir: Path) -> dict[str, str]
     if cache.missing(ids):
         generate_missing(records, _make_generator(args), cache, args.batch_size)
     else:
-        logging.info("all %d generations found in %s", len(ids), cache.path)
+        logger.info("all %d generations found in %s", len(ids), cache.path)
     return cache.responses
 
 

@@ -24,7 +24,9 @@ def _markdown(header: list[str], rows: list[list]) -> str:
 
 def summary_rows(summary: dict) -> list[list]:
     """Flat rows ``[level, name, task, n, accuracy, format, score, errors]`` for CSV and markdown."""
-    rows = [["task", task, task, *(stats[column] for column in STAT_COLUMNS)] for task, stats in summary["tasks"].items()]
+    rows = [
+        ["task", task, task, *(stats[column] for column in STAT_COLUMNS)] for task, stats in summary["tasks"].items()
+    ]
     rows += [
         ["data_source", source, stats["task"], *(stats[column] for column in STAT_COLUMNS)]
         for source, stats in summary["data_sources"].items()
@@ -95,5 +97,7 @@ def write_comparison(first: dict, second: dict, labels: tuple[str, str], out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "compare.md").write_text(table + "\n")
         (out_dir / "compare.csv").write_text(_csv(header, rows))
-        (out_dir / "compare.json").write_text(json.dumps({"runs": list(labels), "header": header, "rows": rows}, indent=2))
+        (out_dir / "compare.json").write_text(
+            json.dumps({"runs": list(labels), "header": header, "rows": rows}, indent=2)
+        )
     return table

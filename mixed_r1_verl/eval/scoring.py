@@ -35,9 +35,10 @@ def score_records(records: Sequence[EvalRecord], responses: Mapping[str, str], *
 
 def _aggregate(rows: Sequence[dict]) -> dict:
     count = len(rows)
-    means = {metric: sum(row[metric] for row in rows) / count for metric in METRICS}
-    return {"n": count, "accuracy": means["accuracy"], "format": means["format"], "score": means["score"],
-            "errors": int(round(means["error"] * count))}
+    stats: dict = {"n": count}
+    stats.update({metric: sum(row[metric] for row in rows) / count for metric in ("accuracy", "format", "score")})
+    stats["errors"] = sum(row["error"] > 0 for row in rows)
+    return stats
 
 
 def summarize(rows: Sequence[dict]) -> dict:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, fields
 
 import transfer_queue as tq
 from transfer_queue import KVBatchMeta
-
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.utils.skip import SkipManager
 
@@ -56,9 +55,7 @@ class FilteringSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(given) - known)
         if unknown:
-            raise ValueError(
-                f"trainer.v1.sampler.sampler_kwargs: unknown option(s) {unknown}; known: {sorted(known)}"
-            )
+            raise ValueError(f"trainer.v1.sampler.sampler_kwargs: unknown option(s) {unknown}; known: {sorted(known)}")
         settings = cls(**given)
         if not settings.metric:
             raise ValueError("trainer.v1.sampler.sampler_kwargs.metric must name a reward_extra_info field")
