@@ -69,30 +69,18 @@ def parquet(tmp_path):
     return path
 
 
-def write_jsonl(path, responses):
-    path.write_text("".join(json.dumps({"id": key, "response": value}) + "\n" for key, value in responses.items()))
+def score_saved(parquet, responses, out_dir, embedding_model=None):
+    """Score ``responses`` (id -> text) saved as a generations file, as a user would from the shell."""
+    generations = out_dir.parent / f"{out_dir.name}.jsonl"
+    generations.write_text("".join(json.dumps({"id": key, "response": text}) + "\n" for key, text in responses.items()))
+    args = ["--data", str(parquet), "--generations", str(generations), "--out-dir", str(out_dir)]
+    return main(args + (["--embedding-model", embedding_model] if embedding_model else []))
 
 
 def test_saved_generations_give_per_task_and_per_source_tables(tmp_path, parquet, tiny_model, capsys):
-    generations = tmp_path / "saved.jsonl"
-    write_jsonl(generations, RESPONSES)
     out = tmp_path / "run"
 
-    assert (
-        main(
-            [
-                "--data",
-                str(parquet),
-                "--generations",
-                str(generations),
-                "--out-dir",
-                str(out),
-                "--embedding-model",
-                tiny_model,
-            ]
-        )
-        == 0
-    )
+    assert score_saved(parquet, RESPONSES, out, tiny_model) == 0
 
     summary = json.loads((out / "summary.json").read_text())
     tasks = summary["tasks"]
@@ -156,19 +144,7 @@ def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_
 def test_compare_puts_two_runs_side_by_side(tmp_path, parquet, tiny_model, capsys):
     runs = []
     for name, responses in (("base", {**RESPONSES, "c1": "<answer>7</answer>"}), ("tuned", RESPONSES)):
-        write_jsonl(tmp_path / f"{name}.jsonl", responses)
-        main(
-            [
-                "--data",
-                str(parquet),
-                "--generations",
-                str(tmp_path / f"{name}.jsonl"),
-                "--out-dir",
-                str(tmp_path / name),
-                "--embedding-model",
-                tiny_model,
-            ]
-        )
+        score_saved(parquet, responses, tmp_path / name, tiny_model)
         runs.append(str(tmp_path / name))
     capsys.readouterr()
 
@@ -184,27 +160,14 @@ def test_compare_puts_two_runs_side_by_side(tmp_path, parquet, tiny_model, capsy
 
 
 def test_missing_saved_generation_is_reported_by_id(tmp_path, parquet, tiny_model):
-    generations = tmp_path / "saved.jsonl"
-    write_jsonl(generations, {key: value for key, value in RESPONSES.items() if key != "g1"})
+    partial = {key: value for key, value in RESPONSES.items() if key != "g1"}
     with pytest.raises(SystemExit, match=r"no response for 1 of 5 record\(s\), e.g. \['g1'\]"):
-        main(
-            [
-                "--data",
-                str(parquet),
-                "--generations",
-                str(generations),
-                "--out-dir",
-                str(tmp_path / "run"),
-                "--embedding-model",
-                tiny_model,
-            ]
-        )
+        score_saved(parquet, partial, tmp_path / "run", tiny_model)
 
 
 def test_open_ended_without_embedding_model_fails_before_scoring(tmp_path, parquet):
-    write_jsonl(tmp_path / "saved.jsonl", RESPONSES)
     with pytest.raises(SystemExit, match="--embedding-model"):
-        main(["--data", str(parquet), "--generations", str(tmp_path / "saved.jsonl"), "--out-dir", str(tmp_path / "o")])
+        score_saved(parquet, RESPONSES, tmp_path / "run")
 
 
 def test_bad_rows_name_the_record(tmp_path):
