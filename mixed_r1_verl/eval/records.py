@@ -1,0 +1,99 @@
+"""Held-out records in verl's parquet layout, validated up front so a bad row fails with its id."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+IMAGE_PLACEHOLDER = "<image>"
+REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")
+
+
+class RecordError(ValueError):
+    """A parquet row that cannot be evaluated; the message names the file, row and id."""
+
+
+@dataclass
+class EvalRecord:
+    id: str
+    data_source: str
+    task: str
+    prompt: list[dict]
+    ground_truth: object
+    extra_info: dict
+    image_blobs: list[dict] = field(default_factory=list)
+    source: str = ""
+
+    def images(self) -> list[Image.Image]:
+        return [_open_image(blob, self) for blob in self.image_blobs]
+
+
+def _open_image(blob: Mapping, record: EvalRecord) -> Image.Image:
+    if blob.get("bytes"):
+        return Image.open(io.BytesIO(blob["bytes"])).convert("RGB")
+    if blob.get("path"):
+        path = Path(blob["path"])
+        if not path.is_absolute():
+            path = Path(record.source).parent / path
+        if path.exists():
+            return Image.open(path).convert("RGB")
+    raise RecordError(f"{record.source}: record {record.id!r}: image has neither bytes nor a readable path")
+
+
+def _placeholder_count(prompt: Sequence[Mapping]) -> int:
+    return sum(str(message.get("content", "")).count(IMAGE_PLACEHOLDER) for message in prompt)
+
+
+def _record_from_row(row: Mapping, position: int, source: str) -> EvalRecord:
+    where = f"{source}: row {position}"
+    extra_info = dict(row.get("extra_info") or {})
+    record_id = extra_info.get("id")
+    if record_id is None or str(record_id) == "":
+        raise RecordError(f"{where}: extra_info.id is missing")
+    where = f"{where} (id {record_id!r})"
+    reward_model = row.get("reward_model") or {}
+    if "ground_truth" not in reward_model:
+        raise RecordError(f"{where}: reward_model.ground_truth is missing")
+    prompt = list(row.get("prompt") or [])
+    if not prompt or not all(isinstance(message, Mapping) and "role" in message for message in prompt):
+        raise RecordError(f"{where}: prompt must be a non-empty chat list of {{role, content}} messages")
+    image_blobs = list(row.get("images") or [])
+    if _placeholder_count(prompt) != len(image_blobs):
+        raise RecordError(
+            f"{where}: {_placeholder_count(prompt)} {IMAGE_PLACEHOLDER} placeholder(s) but {len(image_blobs)} image(s)"
+        )
+    return EvalRecord(
+        id=str(record_id),
+        data_source=str(row["data_source"]),
+        task=str(extra_info.get("task", "")),
+        prompt=[dict(message) for message in prompt],
+        ground_truth=reward_model["ground_truth"],
+        extra_info=extra_info,
+        image_blobs=image_blobs,
+        source=source,
+    )
+
+
+def load_records(paths: Sequence[str | Path], limit: int | None = None) -> list[EvalRecord]:
+    """All rows of the given parquet files, in order; ids must be unique across files."""
+    records: list[EvalRecord] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        table = pq.read_table(path)
+        missing = [column for column in REQUIRED_COLUMNS if column not in table.column_names]
+        if missing:
+            raise RecordError(f"{path}: missing column(s) {missing}; expected verl's layout {list(REQUIRED_COLUMNS)}")
+        for position, row in enumerate(table.to_pylist()):
+            record = _record_from_row(row, position, str(path))
+            if record.id in seen:
+                raise RecordError(f"{path}: row {position}: id {record.id!r} already used in {seen[record.id]}")
+            seen[record.id] = str(path)
+            records.append(record)
+            if limit is not None and len(records) >= limit:
+                return records
+    return records

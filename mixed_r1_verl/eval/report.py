@@ -1,0 +1,103 @@
+"""Summary tables as markdown, CSV and JSON, and the side-by-side comparison of two runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+SUMMARY_FILE = "summary.json"
+STAT_COLUMNS = ("n", "accuracy", "format", "score", "errors")
+COMPARED = ("accuracy", "format", "score")
+
+
+def _cell(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _markdown(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary_rows(summary: dict) -> list[list]:
+    """Flat rows ``[level, name, task, n, accuracy, format, score, errors]`` for CSV and markdown."""
+    rows = [
+        ["task", task, task, *(stats[column] for column in STAT_COLUMNS)] for task, stats in summary["tasks"].items()
+    ]
+    rows += [
+        ["data_source", source, stats["task"], *(stats[column] for column in STAT_COLUMNS)]
+        for source, stats in summary["data_sources"].items()
+    ]
+    return rows
+
+
+def summary_markdown(summary: dict) -> str:
+    rows = summary_rows(summary)
+    task_table = _markdown(["task", *STAT_COLUMNS], [[row[1], *row[3:]] for row in rows if row[0] == "task"])
+    source_table = _markdown(
+        ["data_source", "task", *STAT_COLUMNS], [row[1:] for row in rows if row[0] == "data_source"]
+    )
+    return f"### Per task\n\n{task_table}\n\n### Per data_source\n\n{source_table}\n"
+
+
+def _csv(header: list[str], rows: list[list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_summary(summary: dict, out_dir: Path) -> None:
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "summary.md").write_text(summary_markdown(summary))
+    (out_dir / "summary.csv").write_text(_csv(["level", "name", "task", *STAT_COLUMNS], summary_rows(summary)))
+
+
+def load_summary(run: str | Path) -> dict:
+    """A run directory (holding summary.json) or a summary.json path."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / SUMMARY_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{run}: no {SUMMARY_FILE}; pass an eval output directory or its {SUMMARY_FILE}")
+    return json.loads(path.read_text())
+
+
+def compare_rows(first: dict, second: dict) -> list[list]:
+    """``[level, name, n_a, n_b, acc_a, acc_b, Δacc, fmt_a, fmt_b, Δfmt, score_a, score_b, Δscore]``;
+    a group present in only one run shows blanks on the other side."""
+    rows = []
+    for level, key in (("task", "tasks"), ("data_source", "data_sources")):
+        for name in sorted(set(first[key]) | set(second[key]), key=lambda name: (name == "all", name)):
+            a, b = first[key].get(name), second[key].get(name)
+            row = [level, name, a["n"] if a else "", b["n"] if b else ""]
+            for metric in COMPARED:
+                va, vb = (a[metric] if a else None), (b[metric] if b else None)
+                delta = vb - va if va is not None and vb is not None else None
+                row += ["" if value is None else value for value in (va, vb, delta)]
+            rows.append(row)
+    return rows
+
+
+def compare_header(label_a: str, label_b: str) -> list[str]:
+    header = ["level", "name", f"n {label_a}", f"n {label_b}"]
+    for metric in COMPARED:
+        header += [f"{metric} {label_a}", f"{metric} {label_b}", f"Δ {metric}"]
+    return header
+
+
+def write_comparison(first: dict, second: dict, labels: tuple[str, str], out_dir: Path | None) -> str:
+    header, rows = compare_header(*labels), compare_rows(first, second)
+    table = _markdown(header, rows)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "compare.md").write_text(table + "\n")
+        (out_dir / "compare.csv").write_text(_csv(header, rows))
+        (out_dir / "compare.json").write_text(
+            json.dumps({"runs": list(labels), "header": header, "rows": rows}, indent=2)
+        )
+    return table

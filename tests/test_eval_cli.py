@@ -1,0 +1,189 @@
+"""Offline evaluation end to end: a verl-layout parquet drawn here, real rewards, the tiny model on CPU."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageDraw
+
+from mixed_r1_verl.eval.cli import main
+from mixed_r1_verl.eval.records import RecordError, load_records
+
+THINK = "<think>I look at the image.</think>"
+
+
+def drawn_image(size=(64, 48), box=(8, 8, 40, 30)):
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).rectangle(box, fill="red")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def row(record_id, task, data_source, question, ground_truth, images=1, **extra):
+    return {
+        "prompt": [{"role": "user", "content": "<image>" * images + question}],
+        "images": [drawn_image() for _ in range(images)],
+        "data_source": data_source,
+        "reward_model": {"style": "rule", "ground_truth": ground_truth},
+        "extra_info": {
+            "task": task,
+            "id": record_id,
+            "box_frame": extra.get("box_frame"),
+            "frame_size": extra.get("frame_size"),
+            "options": extra.get("options"),
+        },
+    }
+
+
+ROWS = [
+    row("m1", "matching", "mmbench", "Which animal? A. cat B. dog", "B", options=["cat", "dog"]),
+    row("m2", "matching", "mmbench", "Which animal? A. cat B. dog", "A", options=["cat", "dog"]),
+    row("c1", "chart", "chartqa", "Largest bar?", "42.5"),
+    row("g1", "grounding", "refcoco", "Find the red box.", "[0, 0, 40, 40]", box_frame="abs", frame_size=[64, 48]),
+    row("o1", "open_ended", "coco_caption", "Describe the image.", "A man rides a red bicycle.", images=2),
+]
+RESPONSES = {
+    "m1": f"{THINK}<answer>B</answer>",  # right, formatted: score 1
+    "m2": "The answer is B",  # wrong, unformatted: score 0
+    "c1": f"{THINK}<answer>42.5</answer>",  # right: score 1
+    "g1": f"{THINK}<answer>[20, 0, 60, 40]</answer>",  # IoU 1/3: score 0.9/3 + 0.1
+    "o1": f"{THINK}<answer>A man rides a red bicycle.</answer>",  # identical to the reference: BMAS 1
+}
+
+
+@pytest.fixture()
+def tiny_model(tiny_model_dir):
+    return str(tiny_model_dir)
+
+
+@pytest.fixture()
+def parquet(tmp_path):
+    path = tmp_path / "val.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS), path)
+    return path
+
+
+def score_saved(parquet, responses, out_dir, embedding_model=None):
+    """Score ``responses`` (id -> text) saved as a generations file, as a user would from the shell."""
+    generations = out_dir.parent / f"{out_dir.name}.jsonl"
+    generations.write_text("".join(json.dumps({"id": key, "response": text}) + "\n" for key, text in responses.items()))
+    args = ["--data", str(parquet), "--generations", str(generations), "--out-dir", str(out_dir)]
+    return main(args + (["--embedding-model", embedding_model] if embedding_model else []))
+
+
+def test_saved_generations_give_per_task_and_per_source_tables(tmp_path, parquet, tiny_model, capsys):
+    out = tmp_path / "run"
+
+    assert score_saved(parquet, RESPONSES, out, tiny_model) == 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    tasks = summary["tasks"]
+    assert tasks["matching"] == {"n": 2, "accuracy": 0.5, "format": 0.5, "score": 0.5, "errors": 0}
+    assert tasks["chart"]["score"] == 1.0
+    assert tasks["grounding"]["accuracy"] == pytest.approx(1 / 3)
+    assert tasks["grounding"]["score"] == pytest.approx(0.9 / 3 + 0.1)
+    assert tasks["open_ended"]["accuracy"] == pytest.approx(1.0, abs=1e-5)
+    assert tasks["all"]["n"] == 5 and tasks["all"]["format"] == pytest.approx(0.8)
+    assert summary["data_sources"]["mmbench"]["task"] == "matching"
+    assert summary["data_sources"]["refcoco"]["n"] == 1
+
+    with open(out / "summary.csv") as table:
+        csv_rows = list(csv.DictReader(table))
+    assert {(r["level"], r["name"]) for r in csv_rows} >= {("task", "all"), ("data_source", "coco_caption")}
+    assert len((out / "scores.jsonl").read_text().splitlines()) == 5
+    printed = capsys.readouterr().out
+    assert "| matching | 2 | 0.5000 | 0.5000 | 0.5000 | 0 |" in printed and "### Per data_source" in printed
+
+
+def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_model):
+    out = tmp_path / "run"
+    out.mkdir()
+    cached = {"m1": RESPONSES["m1"], "c1": RESPONSES["c1"]}
+    # An interrupted earlier run: two finished lines and half of a third.
+    (out / "generations.jsonl").write_text(
+        "".join(json.dumps({"id": k, "response": v}) + "\n" for k, v in cached.items()) + '{"id": "g1", "resp'
+    )
+    args = [
+        "--data",
+        str(parquet),
+        "--model",
+        tiny_model,
+        "--backend",
+        "hf",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(out),
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "2",
+    ]
+
+    assert main(args) == 0
+
+    lines = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert [line["id"] for line in lines] == ["m1", "c1", "m2", "g1", "o1"]
+    assert {line["id"]: line["response"] for line in lines[:2]} == cached
+    assert all(isinstance(line["response"], str) for line in lines[2:])
+    first_summary = (out / "summary.json").read_text()
+    assert json.loads(first_summary)["tasks"]["all"]["n"] == 5
+
+    generations_before = (out / "generations.jsonl").read_text()
+    assert main(args) == 0
+    assert (out / "generations.jsonl").read_text() == generations_before
+    assert (out / "summary.json").read_text() == first_summary
+
+
+def test_compare_puts_two_runs_side_by_side(tmp_path, parquet, tiny_model, capsys):
+    runs = []
+    for name, responses in (("base", {**RESPONSES, "c1": "<answer>7</answer>"}), ("tuned", RESPONSES)):
+        score_saved(parquet, responses, tmp_path / name, tiny_model)
+        runs.append(str(tmp_path / name))
+    capsys.readouterr()
+
+    assert main(["--compare", *runs, "--out-dir", str(tmp_path / "cmp")]) == 0
+
+    printed = capsys.readouterr().out
+    assert "accuracy base" in printed and "accuracy tuned" in printed
+    rows = {(r[0], r[1]): r for r in json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]}
+    chart = rows[("task", "chart")]
+    assert chart[4:7] == [0.0, 1.0, 1.0]  # accuracy base, tuned, delta
+    assert rows[("task", "matching")][6] == 0.0
+    assert (tmp_path / "cmp" / "compare.csv").exists() and (tmp_path / "cmp" / "compare.md").exists()
+
+
+def test_missing_saved_generation_is_reported_by_id(tmp_path, parquet, tiny_model):
+    partial = {key: value for key, value in RESPONSES.items() if key != "g1"}
+    with pytest.raises(SystemExit, match=r"no response for 1 of 5 record\(s\), e.g. \['g1'\]"):
+        score_saved(parquet, partial, tmp_path / "run", tiny_model)
+
+
+def test_open_ended_without_embedding_model_fails_before_scoring(tmp_path, parquet):
+    with pytest.raises(SystemExit, match="--embedding-model"):
+        score_saved(parquet, RESPONSES, tmp_path / "run")
+
+
+def test_bad_rows_name_the_record(tmp_path):
+    mismatched = row("x7", "chart", "chartqa", "<image> two placeholders, one image", "1")
+    pq.write_table(pa.Table.from_pylist([mismatched]), tmp_path / "bad.parquet")
+    with pytest.raises(RecordError, match=r"id 'x7'.*2 <image> placeholder\(s\) but 1 image\(s\)"):
+        load_records([tmp_path / "bad.parquet"])
+
+    duplicate = [row("d1", "chart", "chartqa", "q", "1"), row("d1", "chart", "chartqa", "q", "2")]
+    pq.write_table(pa.Table.from_pylist(duplicate), tmp_path / "dup.parquet")
+    with pytest.raises(RecordError, match=r"row 1: id 'd1' already used"):
+        load_records([tmp_path / "dup.parquet"])
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.eval", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and "--compare" in result.stdout

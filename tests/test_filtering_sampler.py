@@ -1,0 +1,345 @@
+"""Per-task online filtering on a real TransferQueue (local Ray) with verl's replay-buffer machinery."""
+
+import functools
+import itertools
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+import transfer_queue as tq
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+from verl.trainer.ppo.v1.utils import MetricsAggregator
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
+from mixed_r1_verl.rewards import compute_score
+from mixed_r1_verl.verl_adapter.dynamic_sampling import (
+    FilteringSettings,
+    GroupVerdict,
+    PerTaskDynamicSampler,
+    judge_group,
+    refill_count,
+)
+from mixed_r1_verl.verl_adapter.trainer import MixedR1SyncTrainer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GROUP_SIZE = 4
+
+
+# Each task's prompt and a right / wrong answer to it; groups are scored by the real reward library.
+PROMPTS = {
+    "chart": ("chartqa", "42", {}),
+    "matching": ("mmbench", "B", {"options": ["cat", "dog"]}),
+    "grounding": ("refcoco", "[0, 0, 40, 40]", {"box_frame": "abs", "frame_size": [64, 64]}),
+    "open_ended": ("coco_caption", "A man rides a red bicycle.", {}),
+}
+WRONG_ANSWER = {"chart": "7", "matching": "A", "grounding": "[50, 50, 60, 60]", "open_ended": "Two dogs sleep."}
+
+
+@functools.lru_cache(maxsize=1)
+def embedding_model_dir():
+    return str(build_tiny_qwen25vl(tempfile.mkdtemp(prefix="bmas-")))
+
+
+def scored_group(task, answers):
+    data_source, ground_truth, extra_info = PROMPTS[task]
+    return [
+        compute_score(
+            data_source,
+            f"<think>Looking.</think><answer>{answer}</answer>",
+            ground_truth,
+            {"task": task, **extra_info},
+            embedding_model=embedding_model_dir(),
+        )
+        for answer in answers
+    ]
+
+
+def informative(task):
+    right, wrong = PROMPTS[task][1], WRONG_ANSWER[task]
+    return scored_group(task, [right, wrong, right, wrong])
+
+
+def zero_variance(task, solved=False):
+    return scored_group(task, [PROMPTS[task][1] if solved else WRONG_ANSWER[task]] * GROUP_SIZE)
+
+
+@pytest.fixture(scope="module")
+def transfer_queue():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+    yield
+    tq.close()
+    ray.shutdown()
+
+
+class ScriptedRollout:
+    """Rollout side of the trainer: registers prompts in TransferQueue and writes their finished groups.
+
+    ``groups`` are the reward_extra_info lists the successive prompts will produce; ``delay_s`` keeps a
+    submitted group running for that long before it finishes, as a generation would.
+    """
+
+    _uids = itertools.count()
+
+    def __init__(self, groups, delay_s=0.0, partition="train"):
+        self.groups = list(groups)
+        self.partition = partition
+        self.delay_s = delay_s
+        self.submitted = 0
+        self.uid_task = {}
+
+    def submit(self, num_prompts):
+        if num_prompts > len(self.groups):
+            raise AssertionError(f"sampler asked for {num_prompts} prompts, script has {len(self.groups)} left")
+        for _ in range(num_prompts):
+            uid = f"p{next(self._uids)}"
+            infos = self.groups.pop(0)
+            self.uid_task[uid] = infos[0]["task"]
+            tag = {"is_prompt": True, "status": "running", "global_steps": 1}
+            tq.kv_put(key=uid, partition_id=self.partition, tag=tag)
+            if self.delay_s:
+                threading.Timer(self.delay_s, self._finish, args=(uid, infos)).start()
+            else:
+                self._finish(uid, infos)
+        self.submitted += num_prompts
+        return num_prompts
+
+    def _finish(self, uid, infos):
+        trajectories = [
+            {"responses": torch.tensor([7, session]), "extra_fields": {"reward_extra_info": info}}
+            for session, info in enumerate(infos)
+        ]
+        tq.kv_batch_put(
+            keys=[f"{uid}_{session}_0" for session in range(len(infos))],
+            partition_id=self.partition,
+            fields=list_of_dict_to_tensordict(trajectories),
+            tags=[{"status": "success", "global_steps": 1}] * len(infos),
+        )
+        tq.kv_put(key=uid, partition_id=self.partition, tag={"status": "finished"})
+
+
+def make_sampler(rollout, **options):
+    sampler_kwargs = {"poll_interval_s": 0.01, **options}
+    return PerTaskDynamicSampler(
+        trainer_mode="sync",
+        trainer_config={},
+        max_off_policy_threshold=None,
+        max_off_policy_strategy="drop",
+        sampler_kwargs=sampler_kwargs,
+        refill_fn=rollout.submit,
+    )
+
+
+def run_step(sampler, rollout, batch_size):
+    rollout.submit(batch_size)
+    batch, metrics = sampler.sample(global_steps=1, partition_id="train", batch_size=batch_size)
+    chosen_uids = {key.split("_")[0] for key in batch.keys}
+    left_in_queue = tq.kv_list("train").get("train", {})
+    tq.kv_clear(keys=batch.keys, partition_id="train")
+    return batch, metrics, chosen_uids, left_in_queue
+
+
+def test_drops_zero_variance_groups_refills_and_counts_per_task(transfer_queue):
+    first_batch = [
+        informative("chart"),
+        zero_variance("grounding"),
+        informative("matching"),
+        zero_variance("open_ended", solved=True),
+    ]
+    refills = [
+        zero_variance("chart", solved=True),
+        informative("grounding"),
+        informative("open_ended"),
+        zero_variance("chart"),
+    ]
+    rollout = ScriptedRollout(first_batch + refills)
+    sampler = make_sampler(rollout, max_refill_rounds=2)
+
+    batch, metrics, chosen, left = run_step(sampler, rollout, batch_size=4)
+
+    # 2 of 4 groups kept, keep rate (2+1)/(4+1): 4 refill prompts are dispatched for the 2 missing groups.
+    assert rollout.submitted == 8 and metrics["filtering/refilled_prompts"] == 4
+    assert len(chosen) == 4 and len(batch.keys) == 4 * GROUP_SIZE
+    assert sorted(rollout.uid_task[uid] for uid in chosen) == ["chart", "grounding", "matching", "open_ended"]
+    assert metrics["filtering/chart/kept"] == 1 and metrics["filtering/chart/dropped"] == 2
+    assert metrics["filtering/grounding/kept"] == 1 and metrics["filtering/grounding/dropped"] == 1
+    assert metrics["filtering/open_ended/kept"] == 1 and metrics["filtering/open_ended/dropped"] == 1
+    assert metrics["filtering/matching/kept"] == 1 and metrics["filtering/matching/dropped"] == 0
+    assert metrics["filtering/kept"] == 4 and metrics["filtering/dropped"] == 4
+    assert metrics["filtering/topped_up"] == 0 and metrics["filtering/discarded_surplus"] == 0
+    # Only the chosen groups' trajectories stay in the queue: dropped groups are cleared.
+    assert set(left) == set(batch.keys)
+
+
+def test_exhausted_budget_tops_up_with_zero_variance_groups(transfer_queue):
+    first_batch = [informative("chart"), zero_variance("grounding"), zero_variance("grounding"), informative("chart")]
+    refills = [zero_variance("matching")] * 4
+    rollout = ScriptedRollout(first_batch + refills)
+    sampler = make_sampler(rollout, max_refill_rounds=1)
+
+    batch, metrics, chosen, left = run_step(sampler, rollout, batch_size=4)
+
+    assert rollout.submitted == 8, "the whole budget (1 round = 4 prompts) is spent before topping up"
+    assert len(chosen) == 4 and set(left) == set(batch.keys)
+    assert metrics["filtering/refilled_prompts"] == 4 and metrics["filtering/refill_rounds"] == 1.0
+    assert metrics["filtering/topped_up"] == 2
+    assert metrics["filtering/chart/kept"] == 2 and metrics["filtering/chart/no_signal_kept"] == 0
+    topped_up_tasks = [rollout.uid_task[uid] for uid in chosen if rollout.uid_task[uid] != "chart"]
+    assert len(topped_up_tasks) == 2
+    dropped = metrics["filtering/grounding/dropped"] + metrics["filtering/matching/dropped"]
+    no_signal_kept = metrics["filtering/grounding/no_signal_kept"] + metrics["filtering/matching/no_signal_kept"]
+    assert dropped == 4 and no_signal_kept == 2
+    assert metrics["filtering/kept"] == 4 and metrics["filtering/dropped"] == 4
+
+
+def test_zero_refill_rounds_never_generates_more(transfer_queue):
+    rollout = ScriptedRollout([zero_variance("chart"), informative("grounding"), informative("chart")])
+    sampler = make_sampler(rollout, max_refill_rounds=0)
+
+    _, metrics, chosen, _ = run_step(sampler, rollout, batch_size=3)
+
+    assert rollout.submitted == 3 and len(chosen) == 3
+    assert metrics["filtering/topped_up"] == 1 and metrics["filtering/chart/no_signal_kept"] == 1
+    assert metrics["filtering/dropped"] == 0
+
+
+def test_waits_for_running_groups_and_logs_known_tasks_every_step(transfer_queue):
+    rollout = ScriptedRollout(
+        [informative("chart"), zero_variance("grounding"), informative("grounding")] + [informative("chart")] * 6,
+        delay_s=0.2,
+    )
+    sampler = make_sampler(rollout, max_refill_rounds=1)
+
+    _, first, first_chosen, left = run_step(sampler, rollout, batch_size=2)
+    assert len(first_chosen) == 2 and first["filtering/grounding/dropped"] == 1
+    # Every submitted group finished and was either chosen or cleared before the batch was returned.
+    accounted = first["filtering/kept"] + first["filtering/dropped"] + first["filtering/discarded_surplus"]
+    assert accounted == rollout.submitted
+    assert {key.split("_")[0] for key in left} == first_chosen
+
+    _, second, _, _ = run_step(sampler, rollout, batch_size=2)
+    assert second["filtering/chart/kept"] == 2
+    assert second["filtering/grounding/kept"] == 0 and second["filtering/grounding/dropped"] == 0
+
+
+def test_metrics_reach_the_step_metrics_through_verls_aggregator(transfer_queue):
+    rollout = ScriptedRollout([informative("chart"), zero_variance("matching")] + [informative("matching")] * 2)
+    sampler = make_sampler(rollout, max_refill_rounds=1)
+    _, metrics, _, _ = run_step(sampler, rollout, batch_size=2)
+    assert metrics["filtering/discarded_surplus"] == 1
+
+    aggregator = MetricsAggregator()
+    aggregator.add_step_metrics(metrics, sample_count=2 * GROUP_SIZE)
+    logged = aggregator.get_aggregated_metrics()
+
+    assert logged["filtering/matching/dropped"] == 1
+    assert logged["filtering/matching/kept"] == 1 and logged["filtering/chart/kept"] == 1
+
+
+def test_validation_partition_is_sampled_unfiltered(transfer_queue):
+    rollout = ScriptedRollout([zero_variance("chart"), informative("matching")], partition="val")
+    sampler = make_sampler(rollout, max_refill_rounds=2)
+    rollout.submit(2)
+
+    batch, metrics = sampler.sample(global_steps=1, partition_id="val", batch_size=2)
+
+    assert {key.split("_")[0] for key in batch.keys} == set(rollout.uid_task)
+    assert rollout.submitted == 2 and not any(key.startswith("filtering/") for key in metrics)
+    tq.kv_clear(keys=batch.keys, partition_id="val")
+
+
+def test_missing_task_names_the_group(transfer_queue):
+    infos = [{"score": 1.0}, {"score": 0.0}]
+    with pytest.raises(RuntimeError, match=r"group u9, trajectory 0: reward_extra_info lacks \['task'\]"):
+        judge_group("u9", infos, "score")
+
+
+def test_judge_group_rules():
+    assert judge_group("a", informative("grounding"), "score") == GroupVerdict("grounding", informative=True)
+    assert judge_group("a", informative("open_ended"), "score").informative
+    assert not judge_group("a", zero_variance("open_ended"), "score").informative
+    assert not judge_group("a", zero_variance("matching", solved=True), "score").informative
+    assert judge_group("a", zero_variance("chart")[:1], "score").informative
+    # Same accuracy, different format: the score still differs, so the group carries signal.
+    mixed_format = informative("chart")[:1] + [compute_score("chartqa", "<answer>42</answer>", "42", {"task": "chart"})]
+    assert judge_group("a", mixed_format, "score").informative
+    assert not judge_group("a", mixed_format, "accuracy").informative
+    with pytest.raises(RuntimeError, match="disagree on the task"):
+        judge_group("a", informative("chart")[:1] + informative("matching")[:1], "score")
+
+
+def test_refill_count_waits_for_evidence_then_scales_with_keep_rate():
+    assert refill_count(needed=4, inflight=4, kept=0, judged=0) == 0
+    assert refill_count(needed=4, inflight=0, kept=0, judged=0) == 4
+    assert refill_count(needed=2, inflight=0, kept=1, judged=3) == 4
+    assert refill_count(needed=0, inflight=0, kept=5, judged=5) == 0
+
+
+def test_settings_reject_unknown_and_invalid_options():
+    with pytest.raises(ValueError, match="unknown option"):
+        FilteringSettings.from_kwargs({"max_refill_round": 2})
+    with pytest.raises(ValueError, match="max_refill_rounds"):
+        FilteringSettings.from_kwargs({"max_refill_rounds": -1})
+
+
+PRIMARY_CONFIG = """
+hydra:
+  searchpath:
+    - pkg://verl.trainer.config
+defaults:
+  - ppo_trainer
+  - _self_
+  - filtering: "off"
+"""
+
+
+def compose_verl_config(tmp_path, overrides):
+    """verl's full ppo_trainer config with this package's filtering group, as the training entry composes it."""
+    (tmp_path / "primary.yaml").write_text(PRIMARY_CONFIG)
+    shutil.copytree(REPO_ROOT / "conf" / "filtering", tmp_path / "filtering")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
+        config = compose(config_name="primary", overrides=overrides)
+    OmegaConf.resolve(config)
+    return config
+
+
+def trainer_shell(config):
+    """The project's trainer class with just what building the replay buffer reads (no workers, no Ray)."""
+    trainer = MixedR1SyncTrainer.__new__(MixedR1SyncTrainer)
+    trainer.config = config
+    trainer.trainer_mode = config.trainer.v1.trainer_mode
+    trainer._add_prompts_to_generate = lambda num_prompts: num_prompts
+    return trainer
+
+
+def test_filtering_on_plugs_the_sampler_into_verls_trainer_extension_point(tmp_path):
+    overrides = [
+        "filtering=on",
+        "trainer.v1.sampler.sampler_kwargs.max_refill_rounds=5",
+        "trainer.v1.trainer_mode=mixed_r1_sync",
+    ]
+    config = compose_verl_config(tmp_path, overrides)
+
+    sampler = trainer_shell(config)._build_replay_buffer()
+
+    assert isinstance(sampler, PerTaskDynamicSampler)
+    assert sampler.settings == FilteringSettings(metric="score", max_refill_rounds=5)
+    assert sampler.trainer_mode == "sync"
+    # verl switches to single-prompt dataloader fetches (exact refills) when filter_groups is enabled.
+    assert config.algorithm.filter_groups.enable is True
+
+
+def test_filtering_off_is_verls_default_sampler(tmp_path):
+    config = compose_verl_config(tmp_path, ["trainer.v1.trainer_mode=mixed_r1_sync"])
+
+    sampler = trainer_shell(config)._build_replay_buffer()
+
+    assert type(sampler) is ReplayBuffer and sampler.filter_groups_metric is None
+    assert config.algorithm.filter_groups.enable is False
