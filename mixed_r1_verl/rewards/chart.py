@@ -1,0 +1,30 @@
+"""Chart reward: ChartQA relaxed accuracy."""
+
+from __future__ import annotations
+
+from .text import find_numbers, normalize_text, to_float
+
+RELATIVE_TOLERANCE = 0.05
+
+
+def single_number(text: str) -> float | None:
+    """The value of the only number in `text` (%, currency signs, thousands commas and unit words
+    ignored), or None if it holds zero or several numbers or a non-finite one."""
+    numbers = find_numbers(text)
+    if len(numbers) != 1:
+        return None
+    return to_float(numbers[0])
+
+
+def chart_accuracy(answer: str, ground_truth: str) -> float:
+    """Numeric ground truth: correct iff the answer holds exactly one number p with
+    |p - g| <= 5% of |g| (g = 0 needs p = 0). Otherwise normalised exact match."""
+    expected = single_number(ground_truth)
+    if expected is None:
+        return 1.0 if normalize_text(answer) == normalize_text(ground_truth) else 0.0
+    predicted = single_number(answer)
+    if predicted is None:
+        return 0.0
+    if expected == 0:
+        return 1.0 if predicted == 0 else 0.0
+    return 1.0 if abs(predicted - expected) <= RELATIVE_TOLERANCE * abs(expected) else 0.0

@@ -1,0 +1,157 @@
+"""Mixed-Reward: one entry point that scores a response with the reward of its task.
+
+    score = (1 - w) * accuracy + w * format
+
+`compute_score` has verl's custom-reward signature and never raises: an internal error gives score 0
+and accuracy 0, is flagged in `error`, and is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .answer import extract_answer, format_reward
+from .chart import chart_accuracy
+from .embeddings import EmbeddingModel, load_embedding_model
+from .grounding import NORM1000_FRAME, grounding_accuracy
+from .matching import matching_accuracy
+from .open_ended import open_ended_accuracy
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("matching", "chart", "grounding", "open_ended")
+UNKNOWN_TASK = "unknown"
+DEFAULT_FORMAT_WEIGHT = 0.1
+
+# Public benchmarks whose task is unambiguous; `task_map` entries take precedence.
+DEFAULT_TASK_MAP = {
+    "chartqa": "chart",
+    "plotqa": "chart",
+    "dvqa": "chart",
+    "refcoco": "grounding",
+    "refcoco+": "grounding",
+    "refcocog": "grounding",
+    "pope": "matching",
+    "scienceqa": "matching",
+    "mmbench": "matching",
+    "coco_caption": "open_ended",
+}
+
+
+class RewardInputError(ValueError):
+    """The sample cannot be scored (unknown task, bad ground truth, no embedding model...)."""
+
+
+@dataclass
+class Verdict:
+    """Everything about one response but its accuracy, which BMAS may compute later in a batch."""
+
+    task: str
+    answer: str | None
+    format: float
+    format_weight: float
+    accuracy: float | None = None
+    error: str | None = None
+
+    def result(self) -> dict:
+        if self.error is not None:
+            return {"score": 0.0, "accuracy": 0.0, "format": self.format, "error": 1.0, "task": self.task}
+        accuracy = float(self.accuracy or 0.0)
+        score = (1.0 - self.format_weight) * accuracy + self.format_weight * self.format
+        return {"score": score, "accuracy": accuracy, "format": self.format, "error": 0.0, "task": self.task}
+
+
+def resolve_task(data_source: str, extra_info: Mapping | None, task_map: Mapping | None = None) -> str:
+    task = (extra_info or {}).get("task")
+    if task is None:
+        source = str(data_source).lower()
+        task = (task_map or {}).get(source, (task_map or {}).get(data_source, DEFAULT_TASK_MAP.get(source)))
+    if task not in TASKS:
+        raise RewardInputError(f"unknown task {task!r} for data_source {data_source!r}")
+    return task
+
+
+def _format_weight(task: str, format_weight) -> float:
+    if isinstance(format_weight, Mapping):
+        return float(format_weight.get(task, DEFAULT_FORMAT_WEIGHT))
+    return DEFAULT_FORMAT_WEIGHT if format_weight is None else float(format_weight)
+
+
+def _frame_size(extra_info: Mapping):
+    if extra_info.get("frame_size") is not None:
+        return tuple(float(value) for value in extra_info["frame_size"])
+    return NORM1000_FRAME if extra_info.get("box_frame") == "norm1000" else None
+
+
+def rule_accuracy(task: str, answer: str, ground_truth, extra_info: Mapping, iou_threshold=None) -> float:
+    """Accuracy of the rule-scored tasks (everything but open_ended)."""
+    if task == "matching":
+        return matching_accuracy(answer, str(ground_truth), extra_info.get("options"))
+    if task == "chart":
+        return chart_accuracy(answer, str(ground_truth))
+    if task == "grounding":
+        threshold = extra_info.get("iou_threshold", iou_threshold)
+        return grounding_accuracy(answer, ground_truth, _frame_size(extra_info), threshold)
+    raise RewardInputError(f"task {task!r} is not rule-scored")
+
+
+def judge(
+    data_source: str,
+    solution_str: str,
+    ground_truth,
+    extra_info: Mapping | None = None,
+    *,
+    task_map: Mapping | None = None,
+    format_weight=None,
+    iou_threshold: float | None = None,
+) -> Verdict:
+    """Task, answer, format and, for the rule tasks, accuracy. open_ended is left with accuracy None.
+    Errors are recorded in the verdict, never raised."""
+    extra_info = extra_info or {}
+    verdict = Verdict(UNKNOWN_TASK, None, 0.0, DEFAULT_FORMAT_WEIGHT)
+    try:
+        verdict.format = format_reward(solution_str)
+        verdict.task = resolve_task(data_source, extra_info, task_map)
+        verdict.format_weight = _format_weight(verdict.task, format_weight)
+        verdict.answer = extract_answer(solution_str)
+        if verdict.answer is None:
+            verdict.accuracy = 0.0
+        elif verdict.task != "open_ended":
+            verdict.accuracy = rule_accuracy(verdict.task, verdict.answer, ground_truth, extra_info, iou_threshold)
+    except Exception as error:  # a reward must never take the trainer down
+        verdict.error = f"{type(error).__name__}: {error}"
+        logger.warning("mixed_r1 reward error (data_source=%r): %s", data_source, verdict.error)
+    return verdict
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> dict:
+    """Score one response with the reward of its task.
+
+    Keyword options: `task_map` (data_source -> task), `format_weight` (float, or task -> float),
+    `iou_threshold` (grounding: 1 when IoU reaches it instead of the continuous IoU),
+    `embedding_model` (open_ended: an HF model directory or an `EmbeddingModel`).
+    Returns `score`, `accuracy`, `format`, `error` (0/1) and `task`.
+    """
+    verdict = judge(
+        data_source,
+        solution_str,
+        ground_truth,
+        extra_info,
+        task_map=kwargs.get("task_map"),
+        format_weight=kwargs.get("format_weight"),
+        iou_threshold=kwargs.get("iou_threshold"),
+    )
+    if verdict.error is None and verdict.accuracy is None:
+        try:
+            embedding_model = kwargs.get("embedding_model")
+            if embedding_model is None:
+                raise RewardInputError("open_ended needs an embedding_model (an HF model directory)")
+            if not isinstance(embedding_model, EmbeddingModel):
+                embedding_model = load_embedding_model(str(embedding_model))
+            verdict.accuracy = open_ended_accuracy(verdict.answer, str(ground_truth), embedding_model)
+        except Exception as error:
+            verdict.error = f"{type(error).__name__}: {error}"
+            logger.warning("mixed_r1 reward error (data_source=%r): %s", data_source, verdict.error)
+    return verdict.result()

@@ -1,0 +1,34 @@
+"""Text normalisation and bounded number parsing shared by the rule rewards."""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+_WHITESPACE = re.compile(r"\s+")
+_EDGE_CHARS = string.punctuation + string.whitespace
+
+# A plain or thousands-grouped decimal, optionally signed and in scientific notation. Every part is
+# anchored on a distinct character class, so matching is linear in the input length.
+NUMBER_PATTERN = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+(?:[eE][-+]?\d+)?"
+_NUMBER = re.compile(r"(?<![\w.])(?:" + NUMBER_PATTERN + r")")
+_UNICODE_MINUS = str.maketrans({"\u2212": "-", "\u2013": "-"})
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, articles removed, whitespace collapsed, punctuation stripped from both ends."""
+    text = _ARTICLES.sub(" ", text.lower())
+    return _WHITESPACE.sub(" ", text).strip(_EDGE_CHARS)
+
+
+def to_float(token: str) -> float | None:
+    """A finite float from a number token (thousands commas allowed), else None."""
+    value = float(token.replace(",", ""))
+    return value if math.isfinite(value) else None
+
+
+def find_numbers(text: str) -> list[str]:
+    """Number tokens in reading order (unicode minus signs read as '-')."""
+    return _NUMBER.findall(text.translate(_UNICODE_MINUS))

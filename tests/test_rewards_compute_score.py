@@ -1,0 +1,100 @@
+import logging
+
+import pytest
+
+from mixed_r1_verl.rewards import compute_score
+
+KEYS = {"score", "accuracy", "format", "error", "task"}
+WELL_FORMED = "<think>Looking at the image.</think><answer>{}</answer>"
+
+
+def score(answer, ground_truth, task, **kwargs):
+    extra = {"task": task, **kwargs.pop("extra", {})}
+    return compute_score("src", WELL_FORMED.format(answer), ground_truth, extra, **kwargs)
+
+
+def test_every_task_returns_the_same_keys(tiny_model_dir):
+    results = [
+        score("B", "B", "matching"),
+        score("45", "45", "chart"),
+        score("[0, 0, 10, 10]", "[0, 0, 10, 10]", "grounding"),
+        score("a cat", "a cat", "open_ended", embedding_model=str(tiny_model_dir)),
+        compute_score("src", "x", "y", {"task": "nope"}),
+    ]
+    for result in results:
+        assert set(result) == KEYS
+    assert [r["accuracy"] for r in results] == [1.0, 1.0, 1.0, 1.0, 0.0]
+    assert [r["error"] for r in results] == [0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_score_mixes_accuracy_and_format():
+    assert score("B", "B", "matching")["score"] == pytest.approx(1.0)
+    assert score("C", "B", "matching")["score"] == pytest.approx(0.1)
+    bare = compute_score("src", "<answer>B</answer>", "B", {"task": "matching"})
+    assert (bare["accuracy"], bare["format"], bare["score"]) == (1.0, 0.0, pytest.approx(0.9))
+
+
+def test_format_weight_per_task():
+    weights = {"matching": 0.5, "chart": 0.0}
+    assert score("C", "B", "matching", format_weight=weights)["score"] == pytest.approx(0.5)
+    assert score("40", "45", "chart", format_weight=weights)["score"] == 0.0
+    assert score("[0,0,1,1]", "[0,0,2,2]", "grounding", format_weight=weights)["score"] == pytest.approx(0.9 * 0.25 + 0.1)
+    assert score("C", "B", "matching", format_weight=0.3)["score"] == pytest.approx(0.3)
+
+
+def test_task_from_data_source_map():
+    result = compute_score("my_charts", "<answer>3</answer>", "3", None, task_map={"my_charts": "chart"})
+    assert (result["task"], result["accuracy"]) == ("chart", 1.0)
+    assert compute_score("ChartQA", "<answer>3</answer>", "3")["task"] == "chart"
+    assert compute_score("chartqa", "<answer>B</answer>", "B", None, task_map={"chartqa": "matching"})["task"] == "matching"
+
+
+def test_unknown_task_is_counted_not_raised(caplog):
+    with caplog.at_level(logging.WARNING):
+        result = compute_score("mystery", "<answer>1</answer>", "1", {})
+    assert result == {"score": 0.0, "accuracy": 0.0, "format": 0.0, "error": 1.0, "task": "unknown"}
+    assert "unknown task" in caplog.text
+
+
+def test_internal_errors_give_zero_and_are_flagged():
+    bad_ground_truth = score("[0, 0, 1, 1]", "not a box", "grounding")
+    assert (bad_ground_truth["score"], bad_ground_truth["error"]) == (0.0, 1.0)
+    missing_model = score("a cat", "a cat", "open_ended")
+    assert (missing_model["score"], missing_model["error"]) == (0.0, 1.0)
+
+
+def test_no_answer_means_no_accuracy():
+    result = compute_score("src", "<think>B</think>B", "B", {"task": "matching"})
+    assert (result["accuracy"], result["error"]) == (0.0, 0.0)
+
+
+def test_grounding_reads_frame_and_threshold_from_extra_info():
+    norm = score("[0, 0, 2000, 2000]", "[0, 0, 1000, 1000]", "grounding", extra={"box_frame": "norm1000"})
+    assert norm["accuracy"] == 1.0
+    absolute = score("[0, 0, 2000, 2000]", "[0, 0, 1000, 1000]", "grounding", extra={"box_frame": "abs"})
+    assert absolute["accuracy"] == pytest.approx(0.25)
+    threshold = score("[0, 0, 10, 5]", "[0, 0, 10, 10]", "grounding", extra={"iou_threshold": 0.5})
+    assert threshold["accuracy"] == 1.0
+
+
+def test_matching_reads_options_from_extra_info():
+    assert score("a dog", "B", "matching", extra={"options": ["cat", "dog"]})["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "<answer>B</answer>" * 10_000,
+        "<think>" * 10_000 + "<answer>B</answer>",
+        "<answer>" + "[" * 10_000 + "</answer>",
+        "<answer>" + "(" * 10_000 + "1,2),(3,4)</answer>",
+        "<answer>" + "9" * 5_000 + "</answer>",
+        "<answer>1e999999</answer>",
+        "\\boxed{" * 10_000,
+        "<answer>" + "[1, " * 5_000 + "</answer>",
+    ],
+)
+def test_pathological_responses_are_scored(response):
+    for task, ground_truth in (("matching", "B"), ("chart", "5"), ("grounding", "[0, 0, 5, 5]")):
+        result = compute_score("src", response, ground_truth, {"task": task})
+        assert result["error"] == 0.0 and 0.0 <= result["score"] <= 1.0

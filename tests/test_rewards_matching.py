@@ -1,0 +1,77 @@
+import pytest
+
+from mixed_r1_verl.rewards.matching import matching_accuracy
+
+OPTIONS = ["a cat", "a dog", "a bird", "a fish"]
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("B", 1.0),
+        ("(B)", 1.0),
+        ("B.", 1.0),
+        ("B) a dog", 1.0),
+        ("The answer is B", 1.0),
+        ("b", 0.0),
+        ("C", 0.0),
+        ("A B C D", 0.0),
+        ("B or C", 0.0),
+        ("B, but maybe (C)", 0.0),
+        ("A dog, so B", 1.0),
+        ("I think B", 1.0),
+        ("", 0.0),
+        ("Both", 0.0),
+    ],
+)
+def test_option_letter(answer, expected):
+    assert matching_accuracy(answer, "B") == expected
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [("a dog", 1.0), ("Dog.", 1.0), ("the dog", 1.0), ("a cat", 0.0), ("dog or cat", 0.0), ("B", 1.0)],
+)
+def test_option_text_counts_when_options_are_given(answer, expected):
+    assert matching_accuracy(answer, "B", OPTIONS) == expected
+
+
+def test_option_text_without_options_is_not_enough():
+    assert matching_accuracy("a dog", "B") == 0.0
+
+
+def test_letter_ground_truth_forms():
+    assert matching_accuracy("C", "(C)") == 1.0
+    assert matching_accuracy("C", "c") == 1.0
+    assert matching_accuracy("C", "C.") == 1.0
+
+
+@pytest.mark.parametrize(
+    "answer, ground_truth, expected",
+    [
+        ("Yes", "yes", 1.0),
+        ("yes.", "Yes", 1.0),
+        ("Yes, there is a cat.", "yes", 1.0),
+        ("No", "yes", 0.0),
+        ("yes and no", "yes", 0.0),
+        ("eyes", "yes", 0.0),
+        ("nothing", "no", 0.0),
+        ("No, no.", "no", 1.0),
+        ("", "no", 0.0),
+    ],
+)
+def test_yes_no(answer, ground_truth, expected):
+    assert matching_accuracy(answer, ground_truth) == expected
+
+
+@pytest.mark.parametrize(
+    "answer, ground_truth, expected",
+    [
+        ("The Eiffel Tower.", "eiffel tower", 1.0),
+        ("  red  ", "Red", 1.0),
+        ("dark red", "red", 0.0),
+        ("red", "dark red", 0.0),
+    ],
+)
+def test_normalised_exact_match(answer, ground_truth, expected):
+    assert matching_accuracy(answer, ground_truth) == expected
