@@ -182,9 +182,9 @@ def test_failed_run_leaves_no_output_files(tmp_path):
 
 
 def test_missing_settings_and_unknown_family_fail_clearly(tmp_path):
-    from mixed_r1_verl.data.prepare import load_config
+    from mixed_r1_verl.data.cli import load_config
 
     with pytest.raises(SystemExit, match="input, output_dir"):
-        load_config(["image_root=x"])
+        load_config(PrepareConfig, ["image_root=x"])
     with pytest.raises(ValueError, match="unknown model_family"):
         prepare(PrepareConfig(input="x", image_root=str(tmp_path), output_dir=str(tmp_path), model_family="llava"))

@@ -22,9 +22,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from mixed_r1_verl.data.cli import run_cli
 from mixed_r1_verl.data.frames import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
@@ -330,24 +330,8 @@ def build_summary(config, converter, rows_in, written: Counter, rejected: Counte
     }
 
 
-def load_config(argv: list[str]) -> PrepareConfig:
-    """Defaults merged with `key=value` overrides (OmegaConf dotlist, as Hydra's command line)."""
-    config = OmegaConf.merge(OmegaConf.structured(PrepareConfig), OmegaConf.from_dotlist(argv))
-    missing = sorted(key for key in ("input", "image_root", "output_dir") if OmegaConf.is_missing(config, key))
-    if missing:
-        raise SystemExit(f"missing required settings: {', '.join(missing)} (see --help)")
-    return OmegaConf.to_object(config)
-
-
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(__doc__)
-        print("Settings (key=value) and their defaults:\n")
-        print(OmegaConf.to_yaml(OmegaConf.structured(PrepareConfig)))
-        return
-    summary = prepare(load_config(argv))
-    print(json.dumps(summary, indent=2))
+    run_cli(__doc__, PrepareConfig, sys.argv[1:] if argv is None else argv, lambda c: print(json.dumps(prepare(c), indent=2)))
 
 
 if __name__ == "__main__":
