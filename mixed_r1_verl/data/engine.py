@@ -163,7 +163,7 @@ class Engine:
                 converted = self.converter.convert(record)
             except RecordError as error:
                 reasons[error.reason] += 1
-                self.drop("validate", raw.get("id") if isinstance(raw, dict) else None, error.reason, error.detail)
+                self.drop("validate", self.converter.source_id(number, raw), error.reason, error.detail)
                 continue
             digests = tuple(hashlib.sha256(image["bytes"]).hexdigest() for image in converted["images"])
             rows.append(

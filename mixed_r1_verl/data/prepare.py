@@ -46,6 +46,7 @@ from mixed_r1_verl.data.records import (
     apply_mapping,
     build_mapping,
     iter_source_rows,
+    lookup,
     parse_box,
     parse_record,
 )
@@ -170,6 +171,11 @@ class RowConverter:
         self.store = ImageStore(config.image_root)
         self.seen_ids: set[str] = set()
 
+    def source_id(self, number: int, raw: Any):
+        """The id a rejected row is reported under: its mapped id, else its row number."""
+        record_id = lookup(raw, self.mapping.columns.get("id", "id")) if isinstance(raw, dict) else None
+        return str(record_id) if record_id is not None else f"row-{number}"
+
     def record(self, number: int, raw: Any) -> CanonicalRecord:
         if isinstance(raw, RecordError):
             raise raw
@@ -284,9 +290,8 @@ def prepare(config: PrepareConfig) -> dict:
                     row = converter.convert(record)
                 except RecordError as error:
                     rejected[error.reason] += 1
-                    record_id = raw.get("id") if isinstance(raw, dict) else None
                     rejects.write(
-                        json.dumps({"id": record_id, "row": number, "reason": error.reason, "detail": error.detail})
+                        json.dumps({"id": converter.source_id(number, raw), "row": number, "reason": error.reason, "detail": error.detail})
                         + "\n"
                     )
                     continue

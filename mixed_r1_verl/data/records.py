@@ -191,7 +191,7 @@ def build_mapping(layout: str, columns: dict | None = None, constants: dict | No
     )
 
 
-def _lookup(row: Any, dotted: str) -> Any:
+def lookup(row: Any, dotted: str) -> Any:
     value = row
     for part in dotted.split("."):
         if isinstance(value, dict):
@@ -215,7 +215,7 @@ def apply_mapping(row: dict, mapping: ColumnMapping, fallback_id: str) -> dict:
     """The canonical dict for a source row (still to be checked by `parse_record`)."""
     if not isinstance(row, dict):
         raise RecordError(BAD_RECORD, f"expected a JSON object, got {type(row).__name__}")
-    record = {name: _lookup(row, path) for name, path in mapping.columns.items()}
+    record = {name: lookup(row, path) for name, path in mapping.columns.items()}
     record.update(mapping.constants)
     record["id"] = str(record["id"]) if record.get("id") is not None else fallback_id
     if isinstance(record.get("images"), str):
