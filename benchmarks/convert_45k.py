@@ -47,9 +47,14 @@ def main() -> None:
         mean_image_kb = sum(p.stat().st_size for p in image_files) / len(image_files) / 1024
 
         command = [
-            sys.executable, "-m", "mixed_r1_verl.data.prepare",
-            f"input={jsonl}", f"image_root={image_root}", f"output_dir={workdir / 'out'}",
-            "model_family=qwen2_5_vl", "progress=false",
+            sys.executable,
+            "-m",
+            "mixed_r1_verl.data.prepare",
+            f"input={jsonl}",
+            f"image_root={image_root}",
+            f"output_dir={workdir / 'out'}",
+            "model_family=qwen2_5_vl",
+            "progress=false",
         ]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         started = time.perf_counter()

@@ -21,8 +21,12 @@ def setup(tmp_path_factory):
     model_dir = build_tiny_qwen25vl(root / "model")
     jsonl, image_root = write_synthetic_dataset(root / "src", rows_per_task=4, seed=7, image_size=(560, 410))
     config = PrepareConfig(
-        input=str(jsonl), image_root=str(image_root), output_dir=str(root / "out"), model_path=str(model_dir),
-        val_ratio=0.0, progress=False,
+        input=str(jsonl),
+        image_root=str(image_root),
+        output_dir=str(root / "out"),
+        model_path=str(model_dir),
+        val_ratio=0.0,
+        progress=False,
     )
     prepare(config)
     return root, model_dir, load_image_text_processor(model_dir)

@@ -26,14 +26,39 @@ def source_with_problems(tmp_path: Path) -> tuple[Path, Path, list[dict]]:
     chart = next(r for r in rows if r["task"] == "chart")
     Image.open(image_root / chart["images"][0]).save(image_root / "chart" / "copy.jpg", quality=95)
     extra = [
-        {**chart, "id": "dup-exact", "problem": "<image>" + chart["problem"][len("<image>"):].upper() + "  "},
+        {**chart, "id": "dup-exact", "problem": "<image>" + chart["problem"][len("<image>") :].upper() + "  "},
         {**chart, "id": "dup-near", "images": ["chart/copy.jpg"]},
-        {**chart, "id": "long-chart", "problem": "Describe the tallest bar.", "answer": "the bar that is the tallest of them all"},
-        {"id": "bad-letter", "task": "matching", "data_source": "s", "images": [chart["images"][0]],
-         "problem": "Pick.", "answer": "E", "options": ["a", "b", "c", "d"]},
-        {"id": "long-matching", "task": "matching", "data_source": "s", "images": [chart["images"][0]],
-         "problem": "Why?", "answer": "because the chart rises every single year"},
-        {"id": "no-image", "task": "chart", "data_source": "s", "images": ["chart/none.png"], "problem": "Q", "answer": "1"},
+        {
+            **chart,
+            "id": "long-chart",
+            "problem": "Describe the tallest bar.",
+            "answer": "the bar that is the tallest of them all",
+        },
+        {
+            "id": "bad-letter",
+            "task": "matching",
+            "data_source": "s",
+            "images": [chart["images"][0]],
+            "problem": "Pick.",
+            "answer": "E",
+            "options": ["a", "b", "c", "d"],
+        },
+        {
+            "id": "long-matching",
+            "task": "matching",
+            "data_source": "s",
+            "images": [chart["images"][0]],
+            "problem": "Why?",
+            "answer": "because the chart rises every single year",
+        },
+        {
+            "id": "no-image",
+            "task": "chart",
+            "data_source": "s",
+            "images": ["chart/none.png"],
+            "problem": "Q",
+            "answer": "1",
+        },
     ]
     with open(jsonl, "a") as out:
         for row in extra:
@@ -42,7 +67,9 @@ def source_with_problems(tmp_path: Path) -> tuple[Path, Path, list[dict]]:
 
 
 def engine_config(jsonl, image_root, out, *overrides) -> EngineConfig:
-    return load_config(EngineConfig, [f"input={jsonl}", f"image_root={image_root}", f"output_dir={out}", "progress=false", *overrides])
+    return load_config(
+        EngineConfig, [f"input={jsonl}", f"image_root={image_root}", f"output_dir={out}", "progress=false", *overrides]
+    )
 
 
 def dropped_reasons(out: Path) -> dict:
@@ -53,8 +80,16 @@ def test_validate_dedup_verify_balance_and_report(tmp_path):
     jsonl, image_root, rows = source_with_problems(tmp_path)
     out = tmp_path / "out"
     report = Engine(
-        engine_config(jsonl, image_root, out, "difficulty.enabled=false", "dedup.perceptual=true",
-                      "balance.targets={matching: 2, grounding: 9}", "convert=true", "val_ratio=0")
+        engine_config(
+            jsonl,
+            image_root,
+            out,
+            "difficulty.enabled=false",
+            "dedup.perceptual=true",
+            "balance.targets={matching: 2, grounding: 9}",
+            "convert=true",
+            "val_ratio=0",
+        )
     ).run()
     assert dropped_reasons(out) == {
         "no-image": ("validate", "missing_image"),
@@ -63,7 +98,11 @@ def test_validate_dedup_verify_balance_and_report(tmp_path):
         "long-chart": ("verify", "chart_answer_not_short"),
         "bad-letter": ("verify", "option_letter_missing"),
         "long-matching": ("verify", "matching_answer_too_long"),
-        **{row["id"]: ("balance", "over_target") for row in read_jsonl(out / "dropped.jsonl") if row["stage"] == "balance"},
+        **{
+            row["id"]: ("balance", "over_target")
+            for row in read_jsonl(out / "dropped.jsonl")
+            if row["stage"] == "balance"
+        },
     }
     stages = {stage["name"]: stage for stage in report["stages"]}
     assert list(stages) == ["validate", "dedup", "verify", "difficulty", "balance"]
@@ -81,8 +120,16 @@ def test_validate_dedup_verify_balance_and_report(tmp_path):
     assert pq.read_metadata(out / "parquet" / "train.parquet").num_rows == 14
 
     again = tmp_path / "again"
-    Engine(engine_config(jsonl, image_root, again, "difficulty.enabled=false", "dedup.perceptual=true",
-                         "balance.targets={matching: 2, grounding: 9}")).run()
+    Engine(
+        engine_config(
+            jsonl,
+            image_root,
+            again,
+            "difficulty.enabled=false",
+            "dedup.perceptual=true",
+            "balance.targets={matching: 2, grounding: 9}",
+        )
+    ).run()
     assert read_jsonl(again / "selected.jsonl") == selected
 
 
@@ -101,7 +148,12 @@ def test_difficulty_samples_scores_caches_and_filters(tmp_path):
     model = build_tiny_qwen25vl(tmp_path / "model")
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=2)
     out = tmp_path / "out"
-    settings = [f"difficulty.model_path={model}", "difficulty.k=2", "difficulty.max_new_tokens=4", "difficulty.chunk_size=3"]
+    settings = [
+        f"difficulty.model_path={model}",
+        "difficulty.k=2",
+        "difficulty.max_new_tokens=4",
+        "difficulty.chunk_size=3",
+    ]
 
     first = Engine(engine_config(jsonl, image_root, out, *settings, "difficulty.inclusive=true")).run()
     stage = next(s for s in first["stages"] if s["name"] == "difficulty")
@@ -149,6 +201,11 @@ def test_vllm_backend_without_vllm_fails_clearly(tmp_path):
 
 def test_cli_help():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    text = subprocess.run([sys.executable, "-m", "mixed_r1_verl.data.engine", "--help"], env=env,
-                          capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.data.engine", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "difficulty" in text and "balance" in text and "targets" in text

@@ -36,7 +36,13 @@ def bad_rows(image_root: Path, outside: Path) -> list[tuple[dict, str]]:
     (image_root / "bomb.png").write_bytes(png_with_claimed_size(40000, 40000))
     outside.write_bytes((image_root / "grounding" / "000000.png").read_bytes())
     (image_root / "escape.png").symlink_to(outside)
-    base = {"task": "chart", "data_source": "bad", "images": ["chart/000000.png"], "problem": "<image>Q?", "answer": "3"}
+    base = {
+        "task": "chart",
+        "data_source": "bad",
+        "images": ["chart/000000.png"],
+        "problem": "<image>Q?",
+        "answer": "3",
+    }
     box = {"task": "grounding", "images": ["grounding/000000.png"], "problem": "Where?"}
     return [
         ({**base, "id": "b-missing", "images": ["chart/nope.png"]}, records.MISSING_IMAGE),
@@ -65,8 +71,14 @@ def converted(tmp_path_factory):
             out.write(json.dumps(row) + "\n")
         out.write("{truncated\n")
     config = PrepareConfig(
-        input=str(jsonl), image_root=str(image_root), output_dir=str(root / "out"), val_ratio=0.25, seed=1,
-        min_pixels=3136, max_pixels=28 * 28 * 64, progress=False,
+        input=str(jsonl),
+        image_root=str(image_root),
+        output_dir=str(root / "out"),
+        val_ratio=0.25,
+        seed=1,
+        min_pixels=3136,
+        max_pixels=28 * 28 * 64,
+        progress=False,
     )
     summary = prepare(config)
     return config, summary, expected_rejects, image_root
@@ -81,7 +93,10 @@ def test_every_row_is_written_or_rejected_with_its_reason(converted):
     out = Path(config.output_dir)
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     by_id = {r["id"]: r["reason"] for r in rejects}
-    assert by_id == {**{row["id"]: reason for row, reason in expected_rejects}, f"row-{24 + len(expected_rejects) + 1}": records.BAD_RECORD}
+    assert by_id == {
+        **{row["id"]: reason for row, reason in expected_rejects},
+        f"row-{24 + len(expected_rejects) + 1}": records.BAD_RECORD,
+    }
     assert summary["rows_in"] == 24 + len(expected_rejects) + 1
     assert summary["rows_in"] == summary["rows_written"] + summary["rows_rejected"]
     assert summary["rows_written"] == 24
@@ -120,7 +135,7 @@ def test_grounding_truth_is_in_the_resized_frame(converted):
     config, _, _, _ = converted
     source = {}
     for line in Path(config.input).read_text().splitlines():
-        row = json.loads(line) if line.startswith("{\"") else None
+        row = json.loads(line) if line.startswith('{"') else None
         if row and row["task"] == "grounding":
             source[row["id"]] = json.loads(row["answer"])
     rows = read_rows(Path(config.output_dir) / "train.parquet") + read_rows(Path(config.output_dir) / "val.parquet")
@@ -131,7 +146,12 @@ def test_grounding_truth_is_in_the_resized_frame(converted):
         sx = info["frame_size"][0] / info["image_size"][0]
         sy = info["frame_size"][1] / info["image_size"][1]
         x1, y1, x2, y2 = source[info["id"]]
-        assert json.loads(row["reward_model"]["ground_truth"]) == [round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)]
+        assert json.loads(row["reward_model"]["ground_truth"]) == [
+            round(x1 * sx),
+            round(y1 * sy),
+            round(x2 * sx),
+            round(y2 * sy),
+        ]
         w, h = info["frame_size"]
         assert f"{w}x{h}" in row["prompt"][-1]["content"]
 
@@ -149,13 +169,28 @@ def test_norm1000_family_and_cli(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     help_text = subprocess.run(
-        [sys.executable, "-m", "mixed_r1_verl.data.prepare", "--help"], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-m", "mixed_r1_verl.data.prepare", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     ).stdout
     assert "model_family" in help_text and "val_ratio" in help_text
     subprocess.run(
-        [sys.executable, "-m", "mixed_r1_verl.data.prepare", f"input={jsonl}", f"image_root={image_root}",
-         f"output_dir={out}", "model_family=internvl", "val_ratio=0", "progress=false"],
-        env=env, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "mixed_r1_verl.data.prepare",
+            f"input={jsonl}",
+            f"image_root={image_root}",
+            f"output_dir={out}",
+            "model_family=internvl",
+            "val_ratio=0",
+            "progress=false",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
     )
     rows = read_rows(out / "train.parquet")
     assert len(rows) == 8 and len(read_rows(out / "val.parquet")) == 0

@@ -51,7 +51,10 @@ def test_good_record_parses():
         ({"problem": "<image><image>two?"}, records.PLACEHOLDER_MISMATCH),
         ({"task": "grounding", "answer": "[1, 2, 3]", "options": None}, records.BAD_BOX),
         ({"task": "grounding", "answer": "[5, 2, 5, 9]", "options": None}, records.DEGENERATE_BOX),
-        ({"task": "grounding", "answer": "[1, 2, 5, 9]", "images": ["a", "b"], "problem": "x"}, records.GROUNDING_IMAGE_COUNT),
+        (
+            {"task": "grounding", "answer": "[1, 2, 5, 9]", "images": ["a", "b"], "problem": "x"},
+            records.GROUNDING_IMAGE_COUNT,
+        ),
     ],
 )
 def test_bad_records_are_rejected_with_their_reason(change, reason):
@@ -86,7 +89,12 @@ def test_llava_layout():
 def test_chartqa_layout_with_list_label_and_fallback_id():
     row = {"imgname": "png/1.png", "query": "What is the peak?", "label": ["42"]}
     record = parse_record(apply_mapping(row, build_mapping("chartqa"), fallback_id="row-3"))
-    assert (record.id, record.task, record.answer, record.problem) == ("row-3", "chart", "42", "<image>What is the peak?")
+    assert (record.id, record.task, record.answer, record.problem) == (
+        "row-3",
+        "chart",
+        "42",
+        "<image>What is the peak?",
+    )
 
 
 def test_refcoco_layout_converts_xywh_boxes():

@@ -26,6 +26,7 @@ import json
 import random
 import re
 import sys
+import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -156,7 +157,9 @@ class Engine:
     # 1. validate and normalise
     def validate(self) -> list[EngineRow]:
         rows, reasons, rows_in = [], Counter(), Counter()
-        for number, raw in tqdm(iter_source_rows(self.config.input), desc="Validating", disable=not self.config.progress):
+        for number, raw in tqdm(
+            iter_source_rows(self.config.input), desc="Validating", disable=not self.config.progress
+        ):
             rows_in[raw.get("task") if isinstance(raw, dict) and raw.get("task") in TASKS else "other"] += 1
             try:
                 record = self.converter.record(number, raw)
@@ -167,7 +170,13 @@ class Engine:
                 continue
             digests = tuple(hashlib.sha256(image["bytes"]).hexdigest() for image in converted["images"])
             rows.append(
-                EngineRow(record, converted["prompt"], converted["reward_model"]["ground_truth"], converted["extra_info"], digests)
+                EngineRow(
+                    record,
+                    converted["prompt"],
+                    converted["reward_model"]["ground_truth"],
+                    converted["extra_info"],
+                    digests,
+                )
             )
         rows_in_by_task = {task: rows_in.get(task, 0) for task in (*TASKS, "other")}
         self.stages.append(StageResult("validate", rows_in_by_task, count_by_task(rows), dict(reasons)))
@@ -204,7 +213,9 @@ class Engine:
     def difficulty(self, rows: list[EngineRow]) -> list[EngineRow]:
         settings_config = self.config.difficulty
         if not settings_config.enabled:
-            self.stages.append(StageResult("difficulty", count_by_task(rows), count_by_task(rows), {}, {"enabled": False}))
+            self.stages.append(
+                StageResult("difficulty", count_by_task(rows), count_by_task(rows), {}, {"enabled": False})
+            )
             return rows
         if not settings_config.model_path:
             raise ValueError("difficulty.model_path is required when difficulty.enabled=true")
@@ -215,21 +226,33 @@ class Engine:
             max_new_tokens=settings_config.max_new_tokens,
             seed=self.config.seed,
         )
-        requests = [self.prompt_request(row, settings) for row in rows]
+        keys = [self.cache_key(row, settings) for row in rows]
         cache = ResponseCache(self.output_dir / "difficulty_cache.jsonl")
-        pending = [request for request in requests if request.key not in cache.entries]
+        pending = [(row, key) for row, key in zip(rows, keys) if key not in cache.entries]
+        sampling_seconds = 0.0
         if pending:
-            max_images = max(len(request.images) for request in pending)
+            max_images = max(len(row.record.images) for row, _ in pending)
             sampler = build_sampler(
-                settings_config.backend, settings_config.model_path, settings,
-                **({"max_images_per_prompt": max_images, **settings_config.vllm_kwargs} if settings_config.backend == "vllm" else {}),
+                settings_config.backend,
+                settings_config.model_path,
+                settings,
+                **(
+                    {"max_images_per_prompt": max_images, **settings_config.vllm_kwargs}
+                    if settings_config.backend == "vllm"
+                    else {}
+                ),
             )
             chunk = settings_config.chunk_size
+            started = time.perf_counter()
             for start in tqdm(range(0, len(pending), chunk), desc="Sampling", disable=not self.config.progress):
-                cache.add(sampler.sample(pending[start : start + chunk]))
+                # Images are decoded per chunk, so memory stays bounded by the chunk size.
+                cache.add(
+                    sampler.sample([self.prompt_request(row, key) for row, key in pending[start : start + chunk]])
+                )
+            sampling_seconds = time.perf_counter() - started
         embedding_model = settings_config.embedding_model or settings_config.model_path
-        for row, request in zip(rows, requests):
-            row.pass_rate = self.pass_rate(row, cache.entries[request.key], embedding_model)
+        for row, key in zip(rows, keys):
+            row.pass_rate = self.pass_rate(row, cache.entries[key], embedding_model)
             self.pass_rates[row.record.task].append(row.pass_rate)
 
         low, high = settings_config.min_pass_rate, settings_config.max_pass_rate
@@ -240,18 +263,32 @@ class Engine:
                 return None
             return "too_easy" if row.pass_rate >= high else "too_hard"
 
-        details = {"k": settings.k, "backend": settings_config.backend, "sampled_prompts": len(pending), "cached_prompts": len(requests) - len(pending)}
+        details = {
+            "k": settings.k,
+            "backend": settings_config.backend,
+            "sampled_prompts": len(pending),
+            "cached_prompts": len(rows) - len(pending),
+            "sampling_seconds": round(sampling_seconds, 3),
+            "prompts_per_second": round(len(pending) / sampling_seconds, 2) if sampling_seconds else None,
+        }
         return self.run_stage("difficulty", rows, keep, **details)
 
-    def prompt_request(self, row: EngineRow, settings: SamplingSettings) -> PromptRequest:
+    def cache_key(self, row: EngineRow, settings: SamplingSettings) -> str:
+        return request_key(
+            row.record.id, json.dumps(row.prompt), row.image_digests, self.config.difficulty.model_path, settings
+        )
+
+    def prompt_request(self, row: EngineRow, key: str) -> PromptRequest:
+        """The chat and the images resized to the frame the model sees."""
         images = []
         for path in row.record.images:
-            item = {"bytes": self.converter.store.load(path).data, "min_pixels": self.converter.min_pixels, "max_pixels": self.converter.max_pixels}
+            item = {
+                "bytes": self.converter.store.load(path).data,
+                "min_pixels": self.converter.min_pixels,
+                "max_pixels": self.converter.max_pixels,
+            }
             images.append(model_input_image(item, image_patch_size=14))
-        messages = [chat_turn_with_images(turn) for turn in row.prompt]
-        prompt_text = json.dumps(row.prompt)
-        key = request_key(row.record.id, prompt_text, row.image_digests, self.config.difficulty.model_path, settings)
-        return PromptRequest(key, messages, images)
+        return PromptRequest(key, [chat_turn_with_images(turn) for turn in row.prompt], images)
 
     def pass_rate(self, row: EngineRow, responses: list[str], embedding_model: str) -> float:
         threshold = self.config.difficulty.correct_threshold.get(row.record.task, 1.0)
@@ -282,7 +319,11 @@ class Engine:
             chosen.update(rng.sample(indices, min(target, len(indices))))
         kept = iter(range(len(rows)))
         return self.run_stage(
-            "balance", rows, lambda row: None if next(kept) in chosen else "over_target", targets=targets, shortfall=shortfall
+            "balance",
+            rows,
+            lambda row: None if next(kept) in chosen else "over_target",
+            targets=targets,
+            shortfall=shortfall,
         )
 
     def run(self) -> dict:

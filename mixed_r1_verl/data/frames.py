@@ -49,9 +49,7 @@ def smart_resize(
     return resized_h, resized_w
 
 
-def model_frame_size(
-    image_size: tuple[int, int], box_frame: str, min_pixels: int, max_pixels: int
-) -> tuple[int, int]:
+def model_frame_size(image_size: tuple[int, int], box_frame: str, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """[width, height] of the frame the model's boxes live in for an image of `image_size` (w, h)."""
     if box_frame == BOX_FRAME_NORM1000:
         return 1000, 1000

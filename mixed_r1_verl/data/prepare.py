@@ -126,7 +126,12 @@ OUTPUT_SCHEMA = pa.schema(
             "images",
             pa.list_(
                 pa.struct(
-                    [("bytes", pa.binary()), ("path", pa.string()), ("min_pixels", pa.int64()), ("max_pixels", pa.int64())]
+                    [
+                        ("bytes", pa.binary()),
+                        ("path", pa.string()),
+                        ("min_pixels", pa.int64()),
+                        ("max_pixels", pa.int64()),
+                    ]
                 )
             ),
         ),
@@ -157,7 +162,9 @@ class RowConverter:
 
     def __init__(self, config: PrepareConfig, mapping: ColumnMapping | None = None):
         if config.model_family not in MODEL_FAMILY_BOX_FRAME:
-            raise ValueError(f"unknown model_family {config.model_family!r}; known: {', '.join(MODEL_FAMILY_BOX_FRAME)}")
+            raise ValueError(
+                f"unknown model_family {config.model_family!r}; known: {', '.join(MODEL_FAMILY_BOX_FRAME)}"
+            )
         self.config = config
         self.mapping = mapping or build_mapping(
             config.layout,
@@ -291,7 +298,14 @@ def prepare(config: PrepareConfig) -> dict:
                 except RecordError as error:
                     rejected[error.reason] += 1
                     rejects.write(
-                        json.dumps({"id": converter.source_id(number, raw), "row": number, "reason": error.reason, "detail": error.detail})
+                        json.dumps(
+                            {
+                                "id": converter.source_id(number, raw),
+                                "row": number,
+                                "reason": error.reason,
+                                "detail": error.detail,
+                            }
+                        )
                         + "\n"
                     )
                     continue
@@ -315,7 +329,9 @@ def prepare(config: PrepareConfig) -> dict:
 def build_summary(config, converter, rows_in, written: Counter, rejected: Counter, seconds: float) -> dict:
     rows_written = sum(written.values())
     if rows_in != rows_written + sum(rejected.values()):
-        raise RuntimeError(f"row accounting broken: {rows_in} in, {rows_written} written, {sum(rejected.values())} rejected")
+        raise RuntimeError(
+            f"row accounting broken: {rows_in} in, {rows_written} written, {sum(rejected.values())} rejected"
+        )
     per_task: dict[str, dict[str, int]] = {}
     for (split, task), count in sorted(written.items()):
         per_task.setdefault(task, {s: 0 for s in SPLITS})[split] = count
@@ -336,7 +352,12 @@ def build_summary(config, converter, rows_in, written: Counter, rejected: Counte
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(__doc__, PrepareConfig, sys.argv[1:] if argv is None else argv, lambda c: print(json.dumps(prepare(c), indent=2)))
+    run_cli(
+        __doc__,
+        PrepareConfig,
+        sys.argv[1:] if argv is None else argv,
+        lambda c: print(json.dumps(prepare(c), indent=2)),
+    )
 
 
 if __name__ == "__main__":

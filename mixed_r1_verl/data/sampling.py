@@ -112,7 +112,9 @@ class VllmSampler:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.llm = LLM(model=model_path, limit_mm_per_prompt={"image": max_images_per_prompt}, seed=settings.seed, **engine_kwargs)
+        self.llm = LLM(
+            model=model_path, limit_mm_per_prompt={"image": max_images_per_prompt}, seed=settings.seed, **engine_kwargs
+        )
         self.params = SamplingParams(
             n=settings.k,
             temperature=settings.temperature,
@@ -124,7 +126,9 @@ class VllmSampler:
     def sample(self, requests: list[PromptRequest]) -> dict[str, list[str]]:
         inputs = [
             {
-                "prompt": self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False),
+                "prompt": self.tokenizer.apply_chat_template(
+                    request.messages, add_generation_prompt=True, tokenize=False
+                ),
                 "multi_modal_data": {"image": request.images},
             }
             for request in requests
