@@ -1,23 +1,16 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from data_helpers import read_jsonl, run_module
+
 from mixed_r1_verl.data.cli import load_config
 from mixed_r1_verl.data.engine import Engine, EngineConfig
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def source_with_problems(tmp_path: Path) -> tuple[Path, Path, list[dict]]:
@@ -200,12 +193,5 @@ def test_vllm_backend_without_vllm_fails_clearly(tmp_path):
 
 
 def test_cli_help():
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    text = subprocess.run(
-        [sys.executable, "-m", "mixed_r1_verl.data.engine", "--help"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    text = run_module("mixed_r1_verl.data.engine", "--help")
     assert "difficulty" in text and "balance" in text and "targets" in text

@@ -1,9 +1,6 @@
 import io
 import json
-import os
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -11,12 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from data_helpers import run_module
+
 from mixed_r1_verl.data import records
 from mixed_r1_verl.data.frames import smart_resize
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare, split_of
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def png_with_claimed_size(width: int, height: int) -> bytes:
@@ -167,30 +164,16 @@ def test_split_is_seeded_and_order_independent():
 def test_norm1000_family_and_cli(tmp_path):
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    help_text = subprocess.run(
-        [sys.executable, "-m", "mixed_r1_verl.data.prepare", "--help"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    ).stdout
+    help_text = run_module("mixed_r1_verl.data.prepare", "--help")
     assert "model_family" in help_text and "val_ratio" in help_text
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mixed_r1_verl.data.prepare",
-            f"input={jsonl}",
-            f"image_root={image_root}",
-            f"output_dir={out}",
-            "model_family=internvl",
-            "val_ratio=0",
-            "progress=false",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
+    run_module(
+        "mixed_r1_verl.data.prepare",
+        f"input={jsonl}",
+        f"image_root={image_root}",
+        f"output_dir={out}",
+        "model_family=internvl",
+        "val_ratio=0",
+        "progress=false",
     )
     rows = read_rows(out / "train.parquet")
     assert len(rows) == 8 and len(read_rows(out / "val.parquet")) == 0
