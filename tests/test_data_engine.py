@@ -195,3 +195,18 @@ def test_vllm_backend_without_vllm_fails_clearly(tmp_path):
 def test_cli_help():
     text = run_module("mixed_r1_verl.data.engine", "--help")
     assert "difficulty" in text and "balance" in text and "targets" in text
+
+
+def test_other_layouts_are_counted_under_their_mapped_task(tmp_path):
+    _, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=4)
+    source = tmp_path / "chartqa.jsonl"
+    rows = [
+        {"imgname": "chart/000000.png", "query": "Peak?", "label": ["12"]},
+        {"imgname": "chart/000001.png", "query": "Lowest?", "label": ["3"]},
+        {"imgname": "chart/none.png", "query": "Peak?", "label": ["1"]},
+    ]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    report = Engine(engine_config(source, image_root, out, "layout=chartqa", "difficulty.enabled=false")).run()
+    assert report["stages"][0]["rows_in"]["chart"] == 3 and report["selected"]["chart"] == 2
+    assert dropped_reasons(out) == {"row-3": ("validate", "missing_image")}

@@ -160,7 +160,8 @@ class Engine:
         for number, raw in tqdm(
             iter_source_rows(self.config.input), desc="Validating", disable=not self.config.progress
         ):
-            rows_in[raw.get("task") if isinstance(raw, dict) and raw.get("task") in TASKS else "other"] += 1
+            task = self.converter.source_value(raw, "task")
+            rows_in[task if task in TASKS else "other"] += 1
             try:
                 record = self.converter.record(number, raw)
                 converted = self.converter.convert(record)
@@ -197,7 +198,9 @@ class Engine:
             if perceptual:
                 image_hashes = tuple(difference_hash(self.converter.store.load(p).data) for p in row.record.images)
                 for other in hashes_by_question[question]:
-                    if all(hamming(a, b) <= self.config.dedup.max_hash_distance for a, b in zip(image_hashes, other)):
+                    if len(other) == len(image_hashes) and all(
+                        hamming(a, b) <= self.config.dedup.max_hash_distance for a, b in zip(image_hashes, other)
+                    ):
                         return "near_duplicate"
                 hashes_by_question[question].append(image_hashes)
             return None

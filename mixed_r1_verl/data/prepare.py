@@ -178,9 +178,15 @@ class RowConverter:
         self.store = ImageStore(config.image_root)
         self.seen_ids: set[str] = set()
 
-    def source_id(self, number: int, raw: Any):
+    def source_value(self, raw: Any, name: str) -> Any:
+        """A canonical field read from a source row through the mapping, without validation."""
+        if name in self.mapping.constants:
+            return self.mapping.constants[name]
+        return lookup(raw, self.mapping.columns.get(name, name)) if isinstance(raw, dict) else None
+
+    def source_id(self, number: int, raw: Any) -> str:
         """The id a rejected row is reported under: its mapped id, else its row number."""
-        record_id = lookup(raw, self.mapping.columns.get("id", "id")) if isinstance(raw, dict) else None
+        record_id = self.source_value(raw, "id")
         return str(record_id) if record_id is not None else f"row-{number}"
 
     def record(self, number: int, raw: Any) -> CanonicalRecord:
