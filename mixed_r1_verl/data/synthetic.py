@@ -28,11 +28,20 @@ TASKS = ("matching", "chart", "grounding", "open_ended")
 LETTERS = "ABCD"
 
 
-def _background(rng: random.Random, size: tuple[int, int], texture: float) -> Image.Image:
+def _noise_tile(seed: int, size: tuple[int, int], texture: float) -> np.ndarray:
+    """Pixel noise twice the image size; each background crops it at a random offset, which is
+    far cheaper than drawing fresh noise per image."""
+    width, height = size
+    return np.random.default_rng(seed).normal(0, texture, size=(2 * height, 2 * width, 3)).astype(np.int16)
+
+
+def _background(rng: random.Random, size: tuple[int, int], noise: np.ndarray) -> Image.Image:
     """A pale background with pixel noise, so encoded sizes resemble photographs rather than flat art."""
+    width, height = size
+    top, left = rng.randrange(height), rng.randrange(width)
     base = np.array([rng.randint(200, 250) for _ in range(3)], dtype=np.int16)
-    noise = np.random.default_rng(rng.getrandbits(32)).normal(0, texture, size=(size[1], size[0], 3))
-    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+    pixels = base + noise[top : top + height, left : left + width]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: list[int], colour: tuple[int, int, int]) -> None:
@@ -58,9 +67,9 @@ def _random_box(rng: random.Random, size: tuple[int, int], taken: list[list[int]
     return box
 
 
-def _shape_scene(rng: random.Random, size: tuple[int, int], texture: float) -> tuple[Image.Image, list[dict]]:
+def _shape_scene(rng: random.Random, size: tuple[int, int], noise: np.ndarray) -> tuple[Image.Image, list[dict]]:
     """An image with 2-3 shapes of distinct colours; returns the image and the shapes drawn."""
-    image = _background(rng, size, texture)
+    image = _background(rng, size, noise)
     draw = ImageDraw.Draw(image)
     colours = rng.sample(sorted(COLOURS), rng.randint(2, 3))
     shapes = []
@@ -72,8 +81,8 @@ def _shape_scene(rng: random.Random, size: tuple[int, int], texture: float) -> t
     return image, shapes
 
 
-def _bar_chart(rng: random.Random, size: tuple[int, int], texture: float) -> tuple[Image.Image, dict[str, int]]:
-    image = _background(rng, size, texture)
+def _bar_chart(rng: random.Random, size: tuple[int, int], noise: np.ndarray) -> tuple[Image.Image, dict[str, int]]:
+    image = _background(rng, size, noise)
     draw = ImageDraw.Draw(image)
     width, height = size
     labels = BAR_LABELS[: rng.randint(3, len(BAR_LABELS))]
@@ -132,10 +141,10 @@ def _open_ended_row(rng: random.Random, shapes: list[dict]) -> dict:
     return {"problem": f"<image>{question}", "answer": _describe(shapes)}
 
 
-def _scene_for_task(task: str, rng: random.Random, size: tuple[int, int], texture: float):
+def _scene_for_task(task: str, rng: random.Random, size: tuple[int, int], noise: np.ndarray):
     if task == "chart":
-        return _bar_chart(rng, size, texture)
-    return _shape_scene(rng, size, texture)
+        return _bar_chart(rng, size, noise)
+    return _shape_scene(rng, size, noise)
 
 
 ROW_BUILDERS = {
@@ -167,6 +176,7 @@ def write_synthetic_dataset(
     image_root = out_dir / "images"
     image_root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
+    noise = _noise_tile(seed, image_size, texture)
     suffix = {"png": "png", "jpeg": "jpg"}[image_format]
     pool_size = min(rows_per_task, distinct_images_per_task or rows_per_task)
     jsonl_path = out_dir / "synthetic.jsonl"
@@ -174,7 +184,7 @@ def write_synthetic_dataset(
         for task in TASKS:
             pool = []
             for i in range(pool_size):
-                image, scene = _scene_for_task(task, rng, image_size, texture)
+                image, scene = _scene_for_task(task, rng, image_size, noise)
                 relative = f"{task}/{i:06d}.{suffix}"
                 (image_root / task).mkdir(exist_ok=True)
                 image.save(image_root / relative, format=image_format.upper(), quality=90)
