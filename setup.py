@@ -31,6 +31,7 @@ setup(
         "pillow",
         "safetensors",
         "tqdm",
+        "matplotlib",
     ],
     extras_require={
         "gpu": ["vllm==0.24.0", "flash-attn"],

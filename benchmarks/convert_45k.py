@@ -1,0 +1,87 @@
+"""Converter throughput: 45,000 synthetic rows with ~50 KB JPEG images to verl parquet.
+
+    python benchmarks/convert_45k.py [--rows 45000] [--distinct-images 400] [--workdir DIR]
+
+Rows share a pool of distinct images (as a real mix reuses COCO/ChartQA images across questions);
+every row's image bytes are still written into the parquet. Prints wall time, peak RSS of the
+converter process and output size. Target on a 2-core CPU machine: <= 60 s wall, <= 2 GB peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=45_000)
+    parser.add_argument("--distinct-images", type=int, default=400)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
+        workdir = Path(workdir)
+        rows_per_task = args.rows // len(TASKS)
+        jsonl, image_root = write_synthetic_dataset(
+            workdir / "src",
+            rows_per_task=rows_per_task,
+            seed=0,
+            image_size=(640, 480),
+            distinct_images_per_task=args.distinct_images // len(TASKS),
+            image_format="jpeg",
+            texture=5.0,
+        )
+        image_files = [p for p in image_root.rglob("*") if p.is_file()]
+        mean_image_kb = sum(p.stat().st_size for p in image_files) / len(image_files) / 1024
+
+        command = [
+            sys.executable,
+            "-m",
+            "mixed_r1_verl.data.prepare",
+            f"input={jsonl}",
+            f"image_root={image_root}",
+            f"output_dir={workdir / 'out'}",
+            "model_family=qwen2_5_vl",
+            "progress=false",
+        ]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        started = time.perf_counter()
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - started
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        summary = json.loads((workdir / "out" / "summary.json").read_text())
+        output_mb = sum(p.stat().st_size for p in (workdir / "out").glob("*.parquet")) / 2**20
+
+    print(
+        json.dumps(
+            {
+                "rows": summary["rows_in"],
+                "rows_written": summary["rows_written"],
+                "rows_rejected": summary["rows_rejected"],
+                "distinct_images": len(image_files),
+                "mean_image_kb": round(mean_image_kb, 1),
+                "wall_s": round(wall, 2),
+                "rows_per_s": round(summary["rows_in"] / wall),
+                "peak_rss_mb": round(peak_rss_mb),
+                "parquet_mb": round(output_mb),
+                "cpu_count": os.cpu_count(),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The training dataset: verl's RLHFDataset with image loading that needs only PIL, and no row that
+vanishes silently.
+
+Select it in the trainer config:
+
+    data.custom_cls.path=pkg://mixed_r1_verl.data.dataset data.custom_cls.name=MixedR1Dataset
+
+RLHFDataset resizes images through qwen_vl_utils (which needs torchvision) and, when preparing a
+row fails for any reason, counts it as over-long and drops it. This class resizes with PIL to the
+exact size qwen_vl_utils and the Qwen2.5-VL processor produce (honouring per-image min/max pixels
+written by the converter), raises an error naming the row when one cannot be prepared, and logs
+every row the length filter removes.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+
+import datasets
+from PIL import Image
+from verl.utils.dataset.rl_dataset import RLHFDataset
+from verl.utils.tokenizer import build_multimodal_processor_inputs, normalize_token_ids
+
+from mixed_r1_verl.data.frames import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, smart_resize
+
+logger = logging.getLogger(__name__)
+SPATIAL_MERGE_SIZE = 2
+
+
+class DatasetRowError(ValueError):
+    """A dataset row that cannot be turned into model inputs."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with transparent areas composited onto white."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.split()[3])
+        return background
+    return image.convert("RGB")
+
+
+def open_content_image(item: dict) -> Image.Image:
+    """The PIL image of a chat content item holding an image, bytes or a path."""
+    source = item.get("image", item.get("bytes"))
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        return Image.open(io.BytesIO(source))
+    if isinstance(source, str):
+        return Image.open(source.removeprefix("file://"))
+    raise DatasetRowError(f"image content item holds no image, bytes or path (keys: {sorted(item)})")
+
+
+def model_input_image(item: dict, image_patch_size: int) -> Image.Image:
+    """The image resized to what the Qwen2-VL family sees: sides multiples of patch x merge size,
+    area within the item's min/max pixels (defaults as qwen_vl_utils)."""
+    image = to_rgb(open_content_image(item))
+    width, height = image.size
+    resized_h, resized_w = smart_resize(
+        height,
+        width,
+        factor=image_patch_size * SPATIAL_MERGE_SIZE,
+        min_pixels=item.get("min_pixels") or DEFAULT_MIN_PIXELS,
+        max_pixels=item.get("max_pixels") or DEFAULT_MAX_PIXELS,
+    )
+    return image.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
+
+
+def _content_items(messages: list[dict]):
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            yield from (item for item in content if isinstance(item, dict))
+
+
+class MixedR1Dataset(RLHFDataset):
+    @classmethod
+    def _process_multi_modal_info(cls, messages, image_patch_size, config):
+        items = list(_content_items(messages))
+        if any(item.get("type") == "video" for item in items):
+            raise DatasetRowError(f"{cls.__name__} handles images only, the prompt holds a video")
+        images = [model_input_image(item, image_patch_size) for item in items if item.get("type") == "image"]
+        return images or None, None, cls._extract_audio_info(messages)
+
+    def _describe_row(self, doc: dict, index: int) -> str:
+        extra_info = doc.get("extra_info") or {}
+        return f"row {index} (id {extra_info.get('id')!r}, data_source {doc.get('data_source')!r})"
+
+    def prompt_length(self, doc: dict, index: int) -> int:
+        """Token count of a row's prompt with its images expanded; raises DatasetRowError naming
+        the row when it cannot be built."""
+        try:
+            messages = self._build_messages(copy.deepcopy(doc), key=self.prompt_key)
+            apply_kwargs = dict(self.apply_chat_template_kwargs)
+            if self.tool_schemas is not None:
+                apply_kwargs["tools"] = self.tool_schemas
+            if self.processor is None:
+                for key in ("tokenize", "return_dict", "return_tensors"):
+                    apply_kwargs.pop(key, None)
+                tokens = self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True, **apply_kwargs
+                )
+                return len(normalize_token_ids(tokens))
+            raw_prompt = self.processor.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False, **apply_kwargs
+            )
+            images, videos, audios = self._process_multi_modal_info(messages, self.image_patch_size, self.config)
+            if images is None and videos is None and audios is None:
+                return len(self.processor.tokenizer(text=raw_prompt, add_special_tokens=False)["input_ids"])
+            inputs = build_multimodal_processor_inputs(
+                self.processor,
+                text=[raw_prompt],
+                images=images,
+                videos=videos,
+                audio=audios,
+                mm_processor_kwargs=self.mm_processor_kwargs,
+            )
+            return len(inputs["input_ids"][0])
+        except Exception as error:
+            raise DatasetRowError(f"{self._describe_row(doc, index)} cannot be prepared: {error}") from error
+
+    def maybe_filter_out_long_prompts(self, dataframe: datasets.Dataset = None):
+        if not self.filter_overlong_prompts:
+            return dataframe
+        lengths = dataframe.map(
+            lambda doc, index: {"prompt_length": self.prompt_length(doc, index)},
+            with_indices=True,
+            remove_columns=dataframe.column_names,
+            num_proc=self.num_workers if self.num_workers and self.num_workers > 1 else None,
+            desc="Measuring prompt lengths",
+        )["prompt_length"]
+        keep = [i for i, length in enumerate(lengths) if length <= self.max_prompt_length]
+        dropped = [i for i, length in enumerate(lengths) if length > self.max_prompt_length]
+        if dropped:
+            ids = [(dataframe[i]["extra_info"] or {}).get("id") for i in dropped[:20]]
+            logger.warning(
+                "%d of %d rows exceed max_prompt_length=%d and are left out (first ids: %s)",
+                len(dropped),
+                len(lengths),
+                self.max_prompt_length,
+                ids,
+            )
+        return dataframe.select(keep) if dropped else dataframe

@@ -1,0 +1,437 @@
+"""Data engine: select a training mix from raw records in six stages, each reported per task.
+
+    python -m mixed_r1_verl.data.engine input=raw.jsonl image_root=images/ output_dir=mix/ \\
+        difficulty.model_path=<HF dir> difficulty.backend=vllm difficulty.k=8 \\
+        'balance.targets={matching: 15000, chart: 10000, grounding: 10000, open_ended: 10000}'
+
+1. validate   the converter's checks (images readable and inside image_root, boxes, placeholders...)
+2. dedup      same image bytes + same normalised question; near-duplicate images (perceptual hash,
+              dedup.perceptual=true) with the same question
+3. verify     keep answers the task's reward can check: option letters that exist, yes/no, numbers
+              or short answers, boxes inside the image, non-empty references
+4. difficulty sample k responses per prompt, score them with Mixed-Reward, keep pass rates inside
+              the band (default 0 < p < 1); responses are cached, so a rerun resumes
+5. balance    seeded sample down to per-task target counts
+6. report     report.json, rows_per_stage.png, pass_rate_hist.png
+
+Writes selected.jsonl (canonical records, ready for `mixed_r1_verl.data.prepare`, which runs on it
+when convert=true), dropped.jsonl (id, stage, reason) and the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from PIL import Image
+from tqdm import tqdm
+
+from mixed_r1_verl.data.cli import run_cli
+from mixed_r1_verl.data.dataset import model_input_image
+from mixed_r1_verl.data.prepare import PrepareConfig, RowConverter, prepare
+from mixed_r1_verl.data.records import TASKS, CanonicalRecord, RecordError, iter_source_rows, parse_box
+from mixed_r1_verl.data.sampling import PromptRequest, ResponseCache, SamplingSettings, build_sampler, request_key
+from mixed_r1_verl.rewards import compute_score
+from mixed_r1_verl.rewards.chart import single_number
+from mixed_r1_verl.rewards.text import normalize_text
+
+YES_NO = ("yes", "no")
+OPTION_LETTER = re.compile(r"\(?([A-Za-z])\)?[.:)]?")
+
+
+@dataclass
+class DedupConfig:
+    perceptual: bool = False
+    # Largest Hamming distance between 64-bit difference hashes that still counts as the same image.
+    max_hash_distance: int = 4
+
+
+@dataclass
+class VerifyConfig:
+    # Longest non-numeric answer (in words) the matching/chart rules can still check by exact match.
+    max_short_answer_words: int = 3
+
+
+@dataclass
+class DifficultyConfig:
+    enabled: bool = True
+    backend: str = "transformers"  # vllm (GPU) or transformers (CPU fallback)
+    model_path: str | None = None
+    k: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    # Prompts per generate call; the cache is written after each, so an interrupted run resumes.
+    chunk_size: int = 1024
+    # A response counts as correct when its reward accuracy reaches the task's threshold.
+    correct_threshold: dict = field(
+        default_factory=lambda: {"matching": 1.0, "chart": 1.0, "grounding": 0.5, "open_ended": 0.5}
+    )
+    min_pass_rate: float = 0.0
+    max_pass_rate: float = 1.0
+    inclusive: bool = False  # keep p == min/max as well
+    embedding_model: str | None = None  # for open_ended; defaults to model_path
+    vllm_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class BalanceConfig:
+    targets: dict = field(default_factory=dict)  # task -> rows; tasks absent keep every row
+
+
+@dataclass
+class EngineConfig(PrepareConfig):
+    """The converter's settings (the validation stage runs its checks; convert=true runs it on the
+    selection) plus one section per stage."""
+
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    convert: bool = False  # also write train/val parquet from the selection (output_dir/parquet)
+
+
+@dataclass
+class EngineRow:
+    record: CanonicalRecord
+    prompt: list[dict]
+    ground_truth: str
+    extra_info: dict
+    image_digests: tuple[str, ...]
+    pass_rate: float | None = None
+
+
+@dataclass
+class StageResult:
+    name: str
+    rows_in: dict
+    rows_out: dict
+    dropped_by_reason: dict
+    details: dict = field(default_factory=dict)
+
+
+def count_by_task(rows: list[EngineRow]) -> dict:
+    counts = Counter(row.record.task for row in rows)
+    return {task: counts.get(task, 0) for task in TASKS}
+
+
+class Engine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.converter = RowConverter(self.prepare_config(config.input, config.output_dir))
+        self.stages: list[StageResult] = []
+        self.pass_rates: dict[str, list[float]] = defaultdict(list)
+        self.dropped = open(self.output_dir / "dropped.jsonl", "w", encoding="utf-8")
+
+    def prepare_config(self, input_path: str, output_dir: str) -> PrepareConfig:
+        settings = {f.name: getattr(self.config, f.name) for f in fields(PrepareConfig)}
+        return PrepareConfig(**{**settings, "input": input_path, "output_dir": output_dir})
+
+    def drop(self, stage: str, record_id, reason: str, detail: str = "") -> None:
+        self.dropped.write(json.dumps({"id": record_id, "stage": stage, "reason": reason, "detail": detail}) + "\n")
+
+    def run_stage(self, name: str, rows: list[EngineRow], keep, **details) -> list[EngineRow]:
+        """Apply `keep(row) -> reject reason or None` and record the stage."""
+        kept, reasons = [], Counter()
+        for row in rows:
+            reason = keep(row)
+            if reason is None:
+                kept.append(row)
+            else:
+                reasons[reason] += 1
+                self.drop(name, row.record.id, reason)
+        self.stages.append(StageResult(name, count_by_task(rows), count_by_task(kept), dict(reasons), details))
+        return kept
+
+    # 1. validate and normalise
+    def validate(self) -> list[EngineRow]:
+        rows, reasons, rows_in = [], Counter(), Counter()
+        for number, raw in tqdm(
+            iter_source_rows(self.config.input), desc="Validating", disable=not self.config.progress
+        ):
+            task = self.converter.source_value(raw, "task")
+            rows_in[task if task in TASKS else "other"] += 1
+            try:
+                record = self.converter.record(number, raw)
+                converted = self.converter.convert(record)
+            except RecordError as error:
+                reasons[error.reason] += 1
+                self.drop("validate", self.converter.source_id(number, raw), error.reason, error.detail)
+                continue
+            digests = tuple(hashlib.sha256(image["bytes"]).hexdigest() for image in converted["images"])
+            rows.append(
+                EngineRow(
+                    record,
+                    converted["prompt"],
+                    converted["reward_model"]["ground_truth"],
+                    converted["extra_info"],
+                    digests,
+                )
+            )
+        rows_in_by_task = {task: rows_in.get(task, 0) for task in (*TASKS, "other")}
+        self.stages.append(StageResult("validate", rows_in_by_task, count_by_task(rows), dict(reasons)))
+        return rows
+
+    # 2. deduplicate
+    def dedup(self, rows: list[EngineRow]) -> list[EngineRow]:
+        seen: set = set()
+        hashes_by_question: dict[str, list[tuple[int, ...]]] = defaultdict(list)
+        perceptual = self.config.dedup.perceptual
+
+        def keep(row: EngineRow):
+            question = normalised_question(row.record.problem)
+            key = (row.image_digests, question)
+            if key in seen:
+                return "duplicate"
+            seen.add(key)
+            if perceptual:
+                image_hashes = tuple(difference_hash(self.converter.store.load(p).data) for p in row.record.images)
+                for other in hashes_by_question[question]:
+                    if len(other) == len(image_hashes) and all(
+                        hamming(a, b) <= self.config.dedup.max_hash_distance for a, b in zip(image_hashes, other)
+                    ):
+                        return "near_duplicate"
+                hashes_by_question[question].append(image_hashes)
+            return None
+
+        return self.run_stage("dedup", rows, keep, perceptual=perceptual)
+
+    # 3. verifiability
+    def verify(self, rows: list[EngineRow]) -> list[EngineRow]:
+        max_words = self.config.verify.max_short_answer_words
+        return self.run_stage("verify", rows, lambda row: unverifiable_reason(row, max_words))
+
+    # 4. difficulty
+    def difficulty(self, rows: list[EngineRow]) -> list[EngineRow]:
+        settings_config = self.config.difficulty
+        if not settings_config.enabled:
+            self.stages.append(
+                StageResult("difficulty", count_by_task(rows), count_by_task(rows), {}, {"enabled": False})
+            )
+            return rows
+        if not settings_config.model_path:
+            raise ValueError("difficulty.model_path is required when difficulty.enabled=true")
+        settings = SamplingSettings(
+            k=settings_config.k,
+            temperature=settings_config.temperature,
+            top_p=settings_config.top_p,
+            max_new_tokens=settings_config.max_new_tokens,
+            seed=self.config.seed,
+        )
+        keys = [self.cache_key(row, settings) for row in rows]
+        cache = ResponseCache(self.output_dir / "difficulty_cache.jsonl")
+        pending = [(row, key) for row, key in zip(rows, keys) if key not in cache.entries]
+        sampling_seconds = 0.0
+        if pending:
+            max_images = max(len(row.record.images) for row, _ in pending)
+            sampler = build_sampler(
+                settings_config.backend,
+                settings_config.model_path,
+                settings,
+                **(
+                    {"max_images_per_prompt": max_images, **settings_config.vllm_kwargs}
+                    if settings_config.backend == "vllm"
+                    else {}
+                ),
+            )
+            chunk = settings_config.chunk_size
+            started = time.perf_counter()
+            for start in tqdm(range(0, len(pending), chunk), desc="Sampling", disable=not self.config.progress):
+                # Images are decoded per chunk, so memory stays bounded by the chunk size.
+                cache.add(
+                    sampler.sample([self.prompt_request(row, key) for row, key in pending[start : start + chunk]])
+                )
+            sampling_seconds = time.perf_counter() - started
+        embedding_model = settings_config.embedding_model or settings_config.model_path
+        for row, key in zip(rows, keys):
+            row.pass_rate = self.pass_rate(row, cache.entries[key], embedding_model)
+            self.pass_rates[row.record.task].append(row.pass_rate)
+
+        low, high = settings_config.min_pass_rate, settings_config.max_pass_rate
+
+        def keep(row: EngineRow):
+            inside = low <= row.pass_rate <= high if settings_config.inclusive else low < row.pass_rate < high
+            if inside:
+                return None
+            return "too_easy" if row.pass_rate >= high else "too_hard"
+
+        details = {
+            "k": settings.k,
+            "backend": settings_config.backend,
+            "sampled_prompts": len(pending),
+            "cached_prompts": len(rows) - len(pending),
+            "sampling_seconds": round(sampling_seconds, 3),
+            "prompts_per_second": round(len(pending) / sampling_seconds, 2) if sampling_seconds else None,
+        }
+        return self.run_stage("difficulty", rows, keep, **details)
+
+    def cache_key(self, row: EngineRow, settings: SamplingSettings) -> str:
+        return request_key(
+            row.record.id, json.dumps(row.prompt), row.image_digests, self.config.difficulty.model_path, settings
+        )
+
+    def prompt_request(self, row: EngineRow, key: str) -> PromptRequest:
+        """The chat and the images resized to the frame the model sees."""
+        images = []
+        for path in row.record.images:
+            item = {
+                "bytes": self.converter.store.load(path).data,
+                "min_pixels": self.converter.min_pixels,
+                "max_pixels": self.converter.max_pixels,
+            }
+            images.append(model_input_image(item, image_patch_size=14))
+        return PromptRequest(key, [chat_turn_with_images(turn) for turn in row.prompt], images)
+
+    def pass_rate(self, row: EngineRow, responses: list[str], embedding_model: str) -> float:
+        threshold = self.config.difficulty.correct_threshold.get(row.record.task, 1.0)
+        correct = 0
+        for response in responses:
+            result = compute_score(
+                row.record.data_source, response, row.ground_truth, row.extra_info, embedding_model=embedding_model
+            )
+            if result["error"]:
+                raise RuntimeError(f"reward failed on row {row.record.id!r}; check its ground truth and extra_info")
+            correct += result["accuracy"] >= threshold
+        return correct / len(responses)
+
+    # 5. balance
+    def balance(self, rows: list[EngineRow]) -> list[EngineRow]:
+        targets = {task: int(n) for task, n in self.config.balance.targets.items()}
+        unknown = set(targets) - set(TASKS)
+        if unknown:
+            raise ValueError(f"balance.targets names unknown tasks: {sorted(unknown)}")
+        rng = random.Random(self.config.seed)
+        chosen: set[int] = set()
+        shortfall = {}
+        for task in TASKS:
+            indices = [i for i, row in enumerate(rows) if row.record.task == task]
+            target = targets.get(task, len(indices))
+            if target > len(indices):
+                shortfall[task] = target - len(indices)
+            chosen.update(rng.sample(indices, min(target, len(indices))))
+        kept = iter(range(len(rows)))
+        return self.run_stage(
+            "balance",
+            rows,
+            lambda row: None if next(kept) in chosen else "over_target",
+            targets=targets,
+            shortfall=shortfall,
+        )
+
+    def run(self) -> dict:
+        try:
+            rows = self.validate()
+            rows = self.dedup(rows)
+            rows = self.verify(rows)
+            rows = self.difficulty(rows)
+            rows = self.balance(rows)
+        finally:
+            self.dropped.close()
+        selected_path = self.output_dir / "selected.jsonl"
+        with open(selected_path, "w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(canonical_dict(row.record)) + "\n")
+        report = self.report(rows)
+        if self.config.convert:
+            report["conversion"] = prepare(self.prepare_config(str(selected_path), str(self.output_dir / "parquet")))
+        (self.output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
+
+    def report(self, rows: list[EngineRow]) -> dict:
+        from mixed_r1_verl.data.engine_plots import plot_pass_rates, plot_rows_per_stage
+
+        plot_rows_per_stage(self.stages, self.output_dir / "rows_per_stage.png")
+        plot_pass_rates(self.pass_rates, self.output_dir / "pass_rate_hist.png")
+        return {
+            "stages": [asdict(stage) for stage in self.stages],
+            "selected": count_by_task(rows),
+            "pass_rate_histogram": {task: histogram(rates) for task, rates in self.pass_rates.items()},
+            "config": OmegaConf.to_container(OmegaConf.structured(self.config)),
+        }
+
+
+def normalised_question(problem: str) -> str:
+    return normalize_text(problem.replace("<image>", " "))
+
+
+def difference_hash(data: bytes, size: int = 8) -> int:
+    """64-bit difference hash: brightness gradients of a (size+1) x size greyscale thumbnail."""
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = list(image.convert("L").resize((size + 1, size), Image.Resampling.BILINEAR).getdata())
+    bits = 0
+    for y in range(size):
+        for x in range(size):
+            bits = (bits << 1) | (pixels[y * (size + 1) + x] > pixels[y * (size + 1) + x + 1])
+    return bits
+
+
+def hamming(first: int, second: int) -> int:
+    return (first ^ second).bit_count()
+
+
+def unverifiable_reason(row: EngineRow, max_short_answer_words: int) -> str | None:
+    """Why the task's reward could not check this row's answer, or None when it can."""
+    record = row.record
+    answer = record.answer
+    short = len(answer.split()) <= max_short_answer_words
+    if record.task == "matching":
+        letter = OPTION_LETTER.fullmatch(answer)
+        if letter and record.options:
+            return None if ord(letter.group(1).upper()) - ord("A") < len(record.options) else "option_letter_missing"
+        if normalize_text(answer) in YES_NO or short:
+            return None
+        return "matching_answer_too_long"
+    if record.task == "chart":
+        return None if single_number(answer) is not None or short else "chart_answer_not_short"
+    if record.task == "grounding":
+        x1, y1, x2, y2 = parse_box(row.ground_truth)
+        width, height = row.extra_info["frame_size"]
+        return None if 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height else "box_outside_frame"
+    return None if normalize_text(answer) else "empty_reference"
+
+
+def chat_turn_with_images(turn: dict) -> dict:
+    """A chat turn whose `<image>` placeholders become image content items."""
+    parts = [part for part in re.split("(<image>)", turn["content"]) if part]
+    content = [{"type": "image"} if part == "<image>" else {"type": "text", "text": part} for part in parts]
+    return {"role": turn["role"], "content": content}
+
+
+def canonical_dict(record: CanonicalRecord) -> dict:
+    row = asdict(record)
+    row["images"] = list(record.images)
+    if record.options is None:
+        row.pop("options")
+    else:
+        row["options"] = list(record.options)
+    return row
+
+
+def histogram(rates: list[float]) -> dict:
+    """Counts of each distinct pass rate (k responses give k + 1 possible values)."""
+    counts = Counter(round(rate, 6) for rate in rates)
+    return {str(rate): counts[rate] for rate in sorted(counts)}
+
+
+def print_outcome(config: EngineConfig) -> None:
+    report = Engine(config).run()
+    print(json.dumps({"stages": report["stages"], "selected": report["selected"]}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(__doc__, EngineConfig, sys.argv[1:] if argv is None else argv, print_outcome)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""PNG plots of a data-engine run: rows per stage per task, and pass-rate histograms per task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from mixed_r1_verl.data.records import TASKS  # noqa: E402
+
+
+def plot_rows_per_stage(stages, path: Path) -> None:
+    """Grouped bars: rows of each task in the input and after each stage."""
+    columns = [("input", stages[0].rows_in)] + [(stage.name, stage.rows_out) for stage in stages]
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(TASKS)
+    for offset, task in enumerate(TASKS):
+        counts = [rows.get(task, 0) for _, rows in columns]
+        positions = [i + (offset - (len(TASKS) - 1) / 2) * width for i in range(len(columns))]
+        axes.bar(positions, counts, width, label=task)
+    axes.set_xticks(range(len(columns)), [name for name, _ in columns])
+    axes.set_ylabel("rows kept")
+    axes.set_title("Rows after each stage")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_pass_rates(pass_rates: dict[str, list[float]], path: Path) -> None:
+    """One histogram of base-model pass rates per task (empty panels when difficulty was skipped)."""
+    figure, axes = plt.subplots(1, len(TASKS), figsize=(3.2 * len(TASKS), 3.2), sharey=True)
+    for ax, task in zip(axes, TASKS):
+        ax.hist(pass_rates.get(task, []), bins=10, range=(0, 1))
+        ax.set_title(task)
+        ax.set_xlabel("pass rate")
+    axes[0].set_ylabel("prompts")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

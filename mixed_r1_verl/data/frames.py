@@ -1,0 +1,75 @@
+"""Coordinate frames: the image size a model actually sees, and boxes expressed in it.
+
+Qwen2.5-VL sees each image resized so both sides are multiples of 28 (patch 14 x merge 2) and the
+pixel count lies in [min_pixels, max_pixels]; its boxes are absolute pixels of that resized image.
+Qwen2-VL and InternVL express boxes on a 0-1000 grid whatever the image size.
+"""
+
+from __future__ import annotations
+
+import math
+
+# Bounds of the Qwen2.5-VL image processor and of qwen_vl_utils when nothing overrides them.
+DEFAULT_MIN_PIXELS = 4 * 28 * 28
+DEFAULT_MAX_PIXELS = 16384 * 28 * 28
+MAX_ASPECT_RATIO = 200
+
+BOX_FRAME_ABS = "abs"
+BOX_FRAME_NORM1000 = "norm1000"
+MODEL_FAMILY_BOX_FRAME = {
+    "qwen2_5_vl": BOX_FRAME_ABS,
+    "qwen2_vl": BOX_FRAME_NORM1000,
+    "internvl": BOX_FRAME_NORM1000,
+}
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = 28,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[int, int]:
+    """(height, width) the Qwen2-VL family resizes an image to: each side a multiple of `factor`,
+    aspect ratio kept as closely as possible, area within [min_pixels, max_pixels]."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(f"aspect ratio of {width}x{height} exceeds {MAX_ASPECT_RATIO}")
+    resized_h = round(height / factor) * factor
+    resized_w = round(width / factor) * factor
+    if resized_h * resized_w > max_pixels:
+        shrink = math.sqrt(height * width / max_pixels)
+        resized_h = max(factor, math.floor(height / shrink / factor) * factor)
+        resized_w = max(factor, math.floor(width / shrink / factor) * factor)
+    elif resized_h * resized_w < min_pixels:
+        grow = math.sqrt(min_pixels / (height * width))
+        resized_h = math.ceil(height * grow / factor) * factor
+        resized_w = math.ceil(width * grow / factor) * factor
+    return resized_h, resized_w
+
+
+def model_frame_size(image_size: tuple[int, int], box_frame: str, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """[width, height] of the frame the model's boxes live in for an image of `image_size` (w, h)."""
+    if box_frame == BOX_FRAME_NORM1000:
+        return 1000, 1000
+    if box_frame == BOX_FRAME_ABS:
+        width, height = image_size
+        resized_h, resized_w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
+        return resized_w, resized_h
+    raise ValueError(f"unknown box frame {box_frame!r}")
+
+
+def box_to_frame(
+    box: tuple[float, float, float, float], image_size: tuple[int, int], frame_size: tuple[int, int]
+) -> list[int]:
+    """Scale an [x1, y1, x2, y2] box from original pixels of an image of `image_size` (w, h) into a
+    frame of `frame_size` (w, h), rounded to whole units."""
+    scale_x = frame_size[0] / image_size[0]
+    scale_y = frame_size[1] / image_size[1]
+    x1, y1, x2, y2 = box
+    return [round(x1 * scale_x), round(y1 * scale_y), round(x2 * scale_x), round(y2 * scale_y)]
+
+
+def format_box(box: list[int]) -> str:
+    return "[" + ", ".join(str(v) for v in box) + "]"

@@ -1,0 +1,370 @@
+"""Convert canonical records (or another layout through a column mapping) to verl's multimodal parquet.
+
+    python -m mixed_r1_verl.data.prepare input=data.jsonl image_root=images/ output_dir=out/ \\
+        model_family=qwen2_5_vl [val_ratio=0.02 seed=0 model_path=<HF dir> layout=chartqa ...]
+
+Writes train.parquet, val.parquet, rejects.jsonl (one line per rejected row: id, row number, reason,
+detail) and summary.json (counts per task and split, rejects by reason). Every input row is either
+written or rejected. Outputs appear under their final names only once complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from mixed_r1_verl.data.cli import run_cli
+from mixed_r1_verl.data.frames import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    MODEL_FAMILY_BOX_FRAME,
+    box_to_frame,
+    format_box,
+    model_frame_size,
+)
+from mixed_r1_verl.data.images import ImageStore
+from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, render_prompt
+from mixed_r1_verl.data.records import (
+    BOX_OUTSIDE_IMAGE,
+    DEGENERATE_BOX,
+    DUPLICATE_ID,
+    CanonicalRecord,
+    ColumnMapping,
+    UNSUPPORTED_IMAGE_SIZE,
+    RecordError,
+    apply_mapping,
+    build_mapping,
+    iter_source_rows,
+    lookup,
+    parse_box,
+    parse_record,
+)
+
+SPLITS = ("train", "val")
+# Boxes may overhang the image by this many pixels (annotation rounding); they are clipped.
+BOX_EDGE_TOLERANCE = 1.0
+
+
+@dataclass
+class PrepareConfig:
+    input: str = "???"
+    image_root: str = "???"
+    output_dir: str = "???"
+    model_family: str = "qwen2_5_vl"
+    # Source layout: canonical, llava, chartqa, refcoco; `columns`/`constants` override the preset.
+    layout: str = "canonical"
+    columns: dict = field(default_factory=dict)
+    constants: dict = field(default_factory=dict)
+    box_format: str | None = None
+    problem_template: str | None = None
+    # Fraction of rows for val.parquet, chosen by a seeded hash of the row id (stable under reordering).
+    val_ratio: float = 0.02
+    seed: int = 0
+    prompt_template: str = DEFAULT_TEMPLATE
+    system_prompt: str | None = None
+    # Pixel bounds of the model's image processor; read from model_path's preprocessor_config.json
+    # when given, else the Qwen2.5-VL defaults.
+    model_path: str | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    row_group_size: int = 256
+    progress: bool = True
+
+
+def pixel_bounds(config: PrepareConfig) -> tuple[int, int]:
+    """(min_pixels, max_pixels): explicit values first, then the model's processor config, then defaults."""
+    from_model: dict[str, Any] = {}
+    if config.model_path:
+        processor_config = json.loads((Path(config.model_path) / "preprocessor_config.json").read_text())
+        size = processor_config.get("size") or {}
+        from_model = {
+            "min_pixels": processor_config.get("min_pixels") or size.get("shortest_edge"),
+            "max_pixels": processor_config.get("max_pixels") or size.get("longest_edge"),
+        }
+    min_pixels = config.min_pixels or from_model.get("min_pixels") or DEFAULT_MIN_PIXELS
+    max_pixels = config.max_pixels or from_model.get("max_pixels") or DEFAULT_MAX_PIXELS
+    if min_pixels > max_pixels:
+        raise ValueError(f"min_pixels {min_pixels} exceeds max_pixels {max_pixels}")
+    return int(min_pixels), int(max_pixels)
+
+
+def split_of(record_id: str, seed: int, val_ratio: float) -> str:
+    digest = hashlib.blake2b(f"{seed}:{record_id}".encode(), digest_size=8).digest()
+    return "val" if int.from_bytes(digest, "big") / 2**64 < val_ratio else "train"
+
+
+def grounding_truth(answer: str, image_size: tuple[int, int], frame_size: tuple[int, int]) -> str:
+    """The ground-truth box moved from original pixels into the model's frame."""
+    x1, y1, x2, y2 = parse_box(answer)
+    width, height = image_size
+    tolerance = BOX_EDGE_TOLERANCE
+    if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
+        raise RecordError(BOX_OUTSIDE_IMAGE, f"box {answer} lies outside the {width}x{height} image")
+    clipped = (max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2))
+    box = box_to_frame(clipped, image_size, frame_size)
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise RecordError(DEGENERATE_BOX, f"box {answer} has no area in the {frame_size[0]}x{frame_size[1]} frame")
+    return format_box(box)
+
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        (
+            "images",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("bytes", pa.binary()),
+                        ("path", pa.string()),
+                        ("min_pixels", pa.int64()),
+                        ("max_pixels", pa.int64()),
+                    ]
+                )
+            ),
+        ),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+        (
+            "extra_info",
+            pa.struct(
+                [
+                    ("task", pa.string()),
+                    ("id", pa.string()),
+                    ("index", pa.int64()),
+                    ("split", pa.string()),
+                    ("box_frame", pa.string()),
+                    ("frame_size", pa.list_(pa.int64())),
+                    ("image_size", pa.list_(pa.int64())),
+                    ("options", pa.list_(pa.string())),
+                ]
+            ),
+        ),
+    ]
+)
+
+
+class RowConverter:
+    """Turns one source row into a verl row (or raises RecordError): the converter's checks, shared
+    with the data engine's validation stage."""
+
+    def __init__(self, config: PrepareConfig, mapping: ColumnMapping | None = None):
+        if config.model_family not in MODEL_FAMILY_BOX_FRAME:
+            raise ValueError(
+                f"unknown model_family {config.model_family!r}; known: {', '.join(MODEL_FAMILY_BOX_FRAME)}"
+            )
+        self.config = config
+        self.mapping = mapping or build_mapping(
+            config.layout,
+            dict(config.columns),
+            dict(config.constants),
+            box_format=config.box_format,
+            problem_template=config.problem_template,
+        )
+        self.box_frame = MODEL_FAMILY_BOX_FRAME[config.model_family]
+        self.min_pixels, self.max_pixels = pixel_bounds(config)
+        self.store = ImageStore(config.image_root)
+        self.seen_ids: set[str] = set()
+
+    def source_value(self, raw: Any, name: str) -> Any:
+        """A canonical field read from a source row through the mapping, without validation."""
+        if name in self.mapping.constants:
+            return self.mapping.constants[name]
+        return lookup(raw, self.mapping.columns.get(name, name)) if isinstance(raw, dict) else None
+
+    def source_id(self, number: int, raw: Any) -> str:
+        """The id a rejected row is reported under: its mapped id, else its row number."""
+        record_id = self.source_value(raw, "id")
+        return str(record_id) if record_id is not None else f"row-{number}"
+
+    def record(self, number: int, raw: Any) -> CanonicalRecord:
+        if isinstance(raw, RecordError):
+            raise raw
+        record = parse_record(apply_mapping(raw, self.mapping, fallback_id=f"row-{number}"))
+        if record.id in self.seen_ids:
+            raise RecordError(DUPLICATE_ID, f"id {record.id!r} appeared earlier in the input")
+        self.seen_ids.add(record.id)
+        return record
+
+    def convert(self, record: CanonicalRecord) -> dict:
+        """The verl row for a validated record, without split or index (see `assign`)."""
+        images = [self.store.load(path) for path in record.images]
+        image_size = images[0].size
+        try:
+            frame_size = model_frame_size(image_size, self.box_frame, self.min_pixels, self.max_pixels)
+        except ValueError as error:
+            raise RecordError(UNSUPPORTED_IMAGE_SIZE, f"image {images[0].path!r}: {error}") from None
+        ground_truth = record.answer
+        if record.task == "grounding":
+            ground_truth = grounding_truth(record.answer, image_size, frame_size)
+        prompt = [
+            {
+                "role": "user",
+                "content": render_prompt(
+                    record.problem, record.task, record.options, self.box_frame, frame_size, self.config.prompt_template
+                ),
+            }
+        ]
+        if self.config.system_prompt:
+            prompt.insert(0, {"role": "system", "content": self.config.system_prompt})
+        return {
+            "data_source": record.data_source,
+            "prompt": prompt,
+            "images": [
+                {"bytes": image.data, "path": image.path, "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
+                for image in images
+            ],
+            "ability": record.task,
+            "reward_model": {"style": "rule", "ground_truth": ground_truth},
+            "extra_info": {
+                "task": record.task,
+                "id": record.id,
+                "index": -1,
+                "split": "",
+                "box_frame": self.box_frame,
+                "frame_size": list(frame_size),
+                "image_size": list(image_size),
+                "options": list(record.options) if record.options else None,
+            },
+        }
+
+
+class SplitWriter:
+    """Row-group-buffered parquet writer that writes to a temporary name and renames on `commit`."""
+
+    def __init__(self, path: Path, row_group_size: int):
+        self.path = path
+        self.temporary = path.with_name(f".{path.name}.partial")
+        self.row_group_size = row_group_size
+        self.buffer: list[dict] = []
+        self.rows = 0
+        self.writer = pq.ParquetWriter(self.temporary, OUTPUT_SCHEMA)
+
+    def write(self, row: dict) -> None:
+        row["extra_info"]["index"] = self.rows
+        self.buffer.append(row)
+        self.rows += 1
+        if len(self.buffer) >= self.row_group_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=OUTPUT_SCHEMA))
+            self.buffer = []
+
+    def commit(self) -> None:
+        self.flush()
+        self.writer.close()
+        os.replace(self.temporary, self.path)
+
+    def abort(self) -> None:
+        self.writer.close()
+        self.temporary.unlink(missing_ok=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def prepare(config: PrepareConfig) -> dict:
+    """Run the conversion and return the summary (also written to summary.json)."""
+    started = time.perf_counter()
+    converter = RowConverter(config)
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    writers = {split: SplitWriter(output_dir / f"{split}.parquet", config.row_group_size) for split in SPLITS}
+    rejects_path = output_dir / "rejects.jsonl"
+    rejects_temporary = rejects_path.with_name(f".{rejects_path.name}.partial")
+    written: Counter = Counter()
+    rejected: Counter = Counter()
+    rows_in = 0
+    try:
+        with open(rejects_temporary, "w", encoding="utf-8") as rejects:
+            for number, raw in tqdm(
+                iter_source_rows(config.input), desc="Converting", unit=" rows", disable=not config.progress
+            ):
+                rows_in += 1
+                try:
+                    record = converter.record(number, raw)
+                    row = converter.convert(record)
+                except RecordError as error:
+                    rejected[error.reason] += 1
+                    rejects.write(
+                        json.dumps(
+                            {
+                                "id": converter.source_id(number, raw),
+                                "row": number,
+                                "reason": error.reason,
+                                "detail": error.detail,
+                            }
+                        )
+                        + "\n"
+                    )
+                    continue
+                split = split_of(record.id, config.seed, config.val_ratio)
+                row["extra_info"]["split"] = split
+                writers[split].write(row)
+                written[(split, record.task)] += 1
+        for writer in writers.values():
+            writer.commit()
+        os.replace(rejects_temporary, rejects_path)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        rejects_temporary.unlink(missing_ok=True)
+        raise
+    summary = build_summary(config, converter, rows_in, written, rejected, time.perf_counter() - started)
+    _atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def build_summary(config, converter, rows_in, written: Counter, rejected: Counter, seconds: float) -> dict:
+    rows_written = sum(written.values())
+    if rows_in != rows_written + sum(rejected.values()):
+        raise RuntimeError(
+            f"row accounting broken: {rows_in} in, {rows_written} written, {sum(rejected.values())} rejected"
+        )
+    per_task: dict[str, dict[str, int]] = {}
+    for (split, task), count in sorted(written.items()):
+        per_task.setdefault(task, {s: 0 for s in SPLITS})[split] = count
+    return {
+        "input": str(config.input),
+        "rows_in": rows_in,
+        "rows_written": rows_written,
+        "rows_rejected": sum(rejected.values()),
+        "per_split": {split: sum(c for (s, _), c in written.items() if s == split) for split in SPLITS},
+        "per_task": per_task,
+        "rejects_by_reason": dict(sorted(rejected.items())),
+        "model_family": config.model_family,
+        "box_frame": converter.box_frame,
+        "min_pixels": converter.min_pixels,
+        "max_pixels": converter.max_pixels,
+        "seconds": round(seconds, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(
+        __doc__,
+        PrepareConfig,
+        sys.argv[1:] if argv is None else argv,
+        lambda c: print(json.dumps(prepare(c), indent=2)),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The prompt each task's rows are asked with: the problem, its options, a per-task instruction and
+the reasoning format the format reward checks."""
+
+from __future__ import annotations
+
+from mixed_r1_verl.data.frames import BOX_FRAME_ABS
+
+FORMAT_INSTRUCTION = (
+    "First think through the problem step by step inside <think> </think> tags, "
+    "then give the final answer inside <answer> </answer> tags."
+)
+DEFAULT_TEMPLATE = "{problem}\n{options}{instruction} {format_instruction}"
+OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+TASK_INSTRUCTIONS = {
+    "matching": "Answer with a single word or phrase.",
+    "matching_options": "Answer with the letter of the correct option.",
+    "chart": "Answer with a single number or a short phrase.",
+    "grounding_abs": (
+        "Give the bounding box as [x1, y1, x2, y2] in absolute pixel coordinates of the {width}x{height} image."
+    ),
+    "grounding_norm1000": "Give the bounding box as [x1, y1, x2, y2] with coordinates normalised to 0-1000.",
+    "open_ended": "Answer in one or two sentences.",
+}
+
+
+def task_instruction(task: str, has_options: bool, box_frame: str, frame_size: tuple[int, int]) -> str:
+    if task == "grounding":
+        key = "grounding_abs" if box_frame == BOX_FRAME_ABS else "grounding_norm1000"
+        return TASK_INSTRUCTIONS[key].format(width=frame_size[0], height=frame_size[1])
+    if task == "matching" and has_options:
+        return TASK_INSTRUCTIONS["matching_options"]
+    return TASK_INSTRUCTIONS[task]
+
+
+def options_block(options: tuple[str, ...] | None) -> str:
+    if not options:
+        return ""
+    if len(options) > len(OPTION_LETTERS):
+        raise ValueError(f"at most {len(OPTION_LETTERS)} options are supported, got {len(options)}")
+    return "Options:\n" + "".join(f"{OPTION_LETTERS[i]}. {text}\n" for i, text in enumerate(options))
+
+
+def render_prompt(
+    problem: str,
+    task: str,
+    options: tuple[str, ...] | None,
+    box_frame: str,
+    frame_size: tuple[int, int],
+    template: str = DEFAULT_TEMPLATE,
+) -> str:
+    """The user turn's text; `template` may use {problem}, {options}, {instruction} and
+    {format_instruction}."""
+    return template.format(
+        problem=problem,
+        options=options_block(options),
+        instruction=task_instruction(task, bool(options), box_frame, frame_size),
+        format_instruction=FORMAT_INSTRUCTION,
+    )

@@ -1,0 +1,260 @@
+"""The canonical record, its validation, and column mappings that read other layouts into it.
+
+Canonical record (one JSON object per line):
+
+    {"id": str, "task": "matching" | "chart" | "grounding" | "open_ended", "data_source": str,
+     "images": [relative image paths], "problem": str, "answer": str, "options": [str] (optional)}
+
+`problem` holds one `<image>` placeholder per image, or none (then they are prepended). A grounding
+`answer` is "[x1, y1, x2, y2]" in original image pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+TASKS = ("matching", "chart", "grounding", "open_ended")
+IMAGE_PLACEHOLDER = "<image>"
+CANONICAL_FIELDS = ("id", "task", "data_source", "images", "problem", "answer", "options")
+
+# Reject reasons, as they appear in rejects.jsonl and summary.json.
+BAD_RECORD = "bad_record"
+UNKNOWN_TASK = "unknown_task"
+EMPTY_ANSWER = "empty_answer"
+DUPLICATE_ID = "duplicate_id"
+PLACEHOLDER_MISMATCH = "placeholder_mismatch"
+MISSING_IMAGE = "missing_image"
+UNREADABLE_IMAGE = "unreadable_image"
+IMAGE_OUTSIDE_ROOT = "image_outside_root"
+UNSUPPORTED_IMAGE_SIZE = "unsupported_image_size"
+BAD_BOX = "bad_box"
+DEGENERATE_BOX = "degenerate_box"
+BOX_OUTSIDE_IMAGE = "box_outside_image"
+GROUNDING_IMAGE_COUNT = "grounding_needs_one_image"
+
+_NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_BOX_PATTERN = re.compile(r"^\[" + ",".join([_NUMBER] * 4) + r"\]$")
+
+
+class RecordError(ValueError):
+    """A row that cannot be used; `reason` is one of the reject reasons above."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class CanonicalRecord:
+    id: str
+    task: str
+    data_source: str
+    images: tuple[str, ...]
+    problem: str
+    answer: str
+    options: tuple[str, ...] | None = None
+
+
+def parse_box(value: Any) -> tuple[float, float, float, float]:
+    """[x1, y1, x2, y2] from a "[x1, y1, x2, y2]" string or a 4-number list; x2 > x1 and y2 > y1."""
+    if isinstance(value, str):
+        match = _BOX_PATTERN.match(value.strip())
+        if not match:
+            raise RecordError(BAD_BOX, f"expected '[x1, y1, x2, y2]', got {value!r}")
+        box = tuple(float(v) for v in match.groups())
+    elif isinstance(value, (list, tuple)) and len(value) == 4 and all(_is_number(v) for v in value):
+        box = tuple(float(v) for v in value)
+    else:
+        raise RecordError(BAD_BOX, f"expected 4 numbers, got {value!r}")
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        raise RecordError(DEGENERATE_BOX, f"box {list(box)} has no area")
+    return box
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def normalise_problem(problem: str, image_count: int) -> str:
+    """The problem with exactly one `<image>` per image: prepended when it has none."""
+    placeholders = problem.count(IMAGE_PLACEHOLDER)
+    if placeholders == image_count:
+        return problem
+    if placeholders == 0:
+        return IMAGE_PLACEHOLDER * image_count + problem
+    raise RecordError(PLACEHOLDER_MISMATCH, f"{placeholders} <image> placeholders for {image_count} images")
+
+
+def _require_str(raw: dict, key: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str):
+        raise RecordError(BAD_RECORD, f"field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def parse_record(raw: dict) -> CanonicalRecord:
+    """Validate a canonical row (images not opened yet) and normalise its problem."""
+    if not isinstance(raw, dict):
+        raise RecordError(BAD_RECORD, f"expected a JSON object, got {type(raw).__name__}")
+    record_id = _require_str(raw, "id")
+    task = raw.get("task")
+    if task not in TASKS:
+        raise RecordError(UNKNOWN_TASK, f"task {task!r} is not one of {', '.join(TASKS)}")
+    images = raw.get("images")
+    if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
+        raise RecordError(BAD_RECORD, "field 'images' must be a non-empty list of paths")
+    answer = raw.get("answer")
+    if answer is None or (isinstance(answer, str) and not answer.strip()):
+        raise RecordError(EMPTY_ANSWER, "answer is empty")
+    answer = _require_str(raw, "answer").strip()
+    options = raw.get("options")
+    if options is not None:
+        if not isinstance(options, list) or not all(isinstance(o, str) and o.strip() for o in options):
+            raise RecordError(BAD_RECORD, "field 'options' must be a list of non-empty strings")
+        options = tuple(o.strip() for o in options) or None
+    if task == "grounding":
+        if len(images) != 1:
+            raise RecordError(GROUNDING_IMAGE_COUNT, f"grounding rows need exactly one image, got {len(images)}")
+        parse_box(answer)
+    return CanonicalRecord(
+        id=record_id,
+        task=task,
+        data_source=_require_str(raw, "data_source"),
+        images=tuple(images),
+        problem=normalise_problem(_require_str(raw, "problem"), len(images)),
+        answer=answer,
+        options=options,
+    )
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """How to read a source row into a canonical one.
+
+    `columns` maps a canonical field to a dotted path in the source row ("conversations.0.value");
+    `constants` gives fields a fixed value (e.g. task=chart); `box_format` is "xyxy" or "xywh" (COCO);
+    `problem_template` wraps the mapped problem ("{problem}").
+    """
+
+    columns: dict[str, str] = field(default_factory=lambda: {f: f for f in CANONICAL_FIELDS})
+    constants: dict[str, Any] = field(default_factory=dict)
+    box_format: str = "xyxy"
+    problem_template: str = "{problem}"
+
+    def __post_init__(self):
+        unknown = (set(self.columns) | set(self.constants)) - set(CANONICAL_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown canonical fields in column mapping: {sorted(unknown)}")
+        if self.box_format not in ("xyxy", "xywh"):
+            raise ValueError(f"box_format must be 'xyxy' or 'xywh', got {self.box_format!r}")
+
+
+LAYOUTS = {
+    "canonical": ColumnMapping(),
+    # LLaVA-style: {"id", "image", "conversations": [{"from": "human", "value"}, {"from": "gpt", "value"}]};
+    # the task is not in the data, so give it as a constant (layout_constants.task=...).
+    "llava": ColumnMapping(
+        columns={"id": "id", "images": "image", "problem": "conversations.0.value", "answer": "conversations.1.value"},
+        constants={"data_source": "llava"},
+    ),
+    # ChartQA: {"imgname", "query", "label"}.
+    "chartqa": ColumnMapping(
+        columns={"images": "imgname", "problem": "query", "answer": "label"},
+        constants={"task": "chart", "data_source": "chartqa"},
+    ),
+    # RefCOCO: {"file_name", "sent", "bbox": [x, y, w, h]}.
+    "refcoco": ColumnMapping(
+        columns={"id": "ref_id", "images": "file_name", "problem": "sent", "answer": "bbox"},
+        constants={"task": "grounding", "data_source": "refcoco"},
+        box_format="xywh",
+        problem_template="Locate the object described as: {problem}",
+    ),
+}
+
+
+def build_mapping(layout: str, columns: dict | None = None, constants: dict | None = None, **options) -> ColumnMapping:
+    """A preset layout with user overrides merged in."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    preset = LAYOUTS[layout]
+    return ColumnMapping(
+        columns={**preset.columns, **(columns or {})},
+        constants={**preset.constants, **(constants or {})},
+        box_format=options.get("box_format") or preset.box_format,
+        problem_template=options.get("problem_template") or preset.problem_template,
+    )
+
+
+def lookup(row: Any, dotted: str) -> Any:
+    value = row
+    for part in dotted.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _single_answer(value: Any) -> Any:
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if _is_number(value):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return value
+
+
+def apply_mapping(row: dict, mapping: ColumnMapping, fallback_id: str) -> dict:
+    """The canonical dict for a source row (still to be checked by `parse_record`)."""
+    if not isinstance(row, dict):
+        raise RecordError(BAD_RECORD, f"expected a JSON object, got {type(row).__name__}")
+    record = {name: lookup(row, path) for name, path in mapping.columns.items()}
+    record.update(mapping.constants)
+    record["id"] = str(record["id"]) if record.get("id") is not None else fallback_id
+    if isinstance(record.get("images"), str):
+        record["images"] = [record["images"]]
+    if isinstance(record.get("problem"), str):
+        record["problem"] = mapping.problem_template.format(problem=record["problem"])
+    answer = record.get("answer")
+    if record.get("task") == "grounding" and isinstance(answer, (list, tuple)) and len(answer) == 4:
+        x1, y1, a, b = answer
+        box = [x1, y1, x1 + a, y1 + b] if mapping.box_format == "xywh" else [x1, y1, a, b]
+        record["answer"] = "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in box) + "]"
+    else:
+        record["answer"] = _single_answer(answer)
+    return record
+
+
+def iter_source_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(row number, parsed row) for each row of a JSONL, JSON (a list) or parquet file, streamed
+    where the format allows; a JSONL line that does not parse yields a RecordError instead."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        number = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+    elif path.suffix == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: a .json input must hold a list of rows")
+        yield from enumerate(rows, start=1)
+    else:
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as error:
+                    yield number, RecordError(BAD_RECORD, f"line {number} is not valid JSON: {error.msg}")

@@ -1,0 +1,197 @@
+"""A small mixed dataset in the canonical record layout, drawn on the spot with PIL.
+
+Every task is represented: grounding (coloured shapes, the ground-truth box in original pixels),
+chart (bar charts with labelled bars), matching (yes/no and multiple choice with options) and
+open-ended (a caption of the drawn scene). Used by tests, the `smoke` recipe and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 40),
+    "purple": (140, 60, 170),
+    "orange": (240, 140, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+BAR_LABELS = "ABCDE"
+TASKS = ("matching", "chart", "grounding", "open_ended")
+LETTERS = "ABCD"
+
+
+def _noise_tile(seed: int, size: tuple[int, int], texture: float) -> np.ndarray:
+    """Pixel noise twice the image size; each background crops it at a random offset, which is
+    far cheaper than drawing fresh noise per image."""
+    width, height = size
+    return np.random.default_rng(seed).normal(0, texture, size=(2 * height, 2 * width, 3)).astype(np.int16)
+
+
+def _background(rng: random.Random, size: tuple[int, int], noise: np.ndarray) -> Image.Image:
+    """A pale background with pixel noise, so encoded sizes resemble photographs rather than flat art."""
+    width, height = size
+    top, left = rng.randrange(height), rng.randrange(width)
+    base = np.array([rng.randint(200, 250) for _ in range(3)], dtype=np.int16)
+    pixels = base + noise[top : top + height, left : left + width]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: list[int], colour: tuple[int, int, int]) -> None:
+    x1, y1, x2, y2 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    else:
+        draw.polygon([((x1 + x2) // 2, y1), (x2, y2), (x1, y2)], fill=colour)
+
+
+def _random_box(rng: random.Random, size: tuple[int, int], taken: list[list[int]]) -> list[int]:
+    width, height = size
+    side_max = max(8, min(width, height) // 3)
+    for _ in range(100):
+        side = rng.randint(max(4, side_max // 2), side_max)
+        x1 = rng.randint(0, width - side - 1)
+        y1 = rng.randint(0, height - side - 1)
+        box = [x1, y1, x1 + side, y1 + side]
+        if all(box[2] <= t[0] or box[0] >= t[2] or box[3] <= t[1] or box[1] >= t[3] for t in taken):
+            return box
+    return box
+
+
+def _shape_scene(rng: random.Random, size: tuple[int, int], noise: np.ndarray) -> tuple[Image.Image, list[dict]]:
+    """An image with 2-3 shapes of distinct colours; returns the image and the shapes drawn."""
+    image = _background(rng, size, noise)
+    draw = ImageDraw.Draw(image)
+    colours = rng.sample(sorted(COLOURS), rng.randint(2, 3))
+    shapes = []
+    for colour in colours:
+        box = _random_box(rng, size, [s["box"] for s in shapes])
+        shape = rng.choice(SHAPES)
+        _draw_shape(draw, shape, box, COLOURS[colour])
+        shapes.append({"colour": colour, "shape": shape, "box": box})
+    return image, shapes
+
+
+def _bar_chart(rng: random.Random, size: tuple[int, int], noise: np.ndarray) -> tuple[Image.Image, dict[str, int]]:
+    image = _background(rng, size, noise)
+    draw = ImageDraw.Draw(image)
+    width, height = size
+    labels = BAR_LABELS[: rng.randint(3, len(BAR_LABELS))]
+    values = {label: rng.randint(1, 99) for label in labels}
+    left, bottom, top = width // 10, height - height // 8, height // 10
+    draw.line([(left, top), (left, bottom), (width - left // 2, bottom)], fill=(0, 0, 0), width=2)
+    slot = (width - left * 2) // len(labels)
+    for i, label in enumerate(labels):
+        bar_height = (bottom - top) * values[label] // 100
+        x1 = left + i * slot + slot // 5
+        x2 = left + (i + 1) * slot - slot // 5
+        draw.rectangle([x1, bottom - bar_height, x2, bottom], fill=COLOURS["blue"])
+        draw.text((x1, bottom - bar_height - 12), str(values[label]), fill=(0, 0, 0))
+        draw.text(((x1 + x2) // 2 - 3, bottom + 2), label, fill=(0, 0, 0))
+    return image, values
+
+
+def _describe(shapes: list[dict]) -> str:
+    parts = [f"a {s['colour']} {s['shape']}" for s in shapes]
+    return "The image shows " + ", ".join(parts[:-1]) + f" and {parts[-1]} on a plain background."
+
+
+def _grounding_row(rng: random.Random, shapes: list[dict]) -> dict:
+    target = rng.choice(shapes)
+    return {
+        "problem": f"<image>Locate the {target['colour']} {target['shape']} in the image.",
+        "answer": "[" + ", ".join(str(v) for v in target["box"]) + "]",
+    }
+
+
+def _chart_row(rng: random.Random, values: dict[str, int]) -> dict:
+    if rng.random() < 0.5:
+        label = rng.choice(sorted(values))
+        return {"problem": f"<image>What is the value of the bar labelled {label}?", "answer": str(values[label])}
+    return {"problem": "<image>Which bar has the largest value?", "answer": max(values, key=values.get)}
+
+
+def _matching_row(rng: random.Random, shapes: list[dict]) -> dict:
+    if rng.random() < 0.5:
+        colour = rng.choice(sorted(COLOURS))
+        present = any(s["colour"] == colour for s in shapes)
+        return {"problem": f"<image>Is there anything {colour} in the image?", "answer": "yes" if present else "no"}
+    target = rng.choice(shapes)
+    distractors = rng.sample([c for c in sorted(COLOURS) if c != target["colour"]], len(LETTERS) - 1)
+    options = distractors + [target["colour"]]
+    rng.shuffle(options)
+    return {
+        "problem": f"<image>What colour is the {target['shape']}?",
+        "answer": LETTERS[options.index(target["colour"])],
+        "options": options,
+    }
+
+
+def _open_ended_row(rng: random.Random, shapes: list[dict]) -> dict:
+    question = rng.choice(["Describe the image.", "What can you see in this picture?"])
+    return {"problem": f"<image>{question}", "answer": _describe(shapes)}
+
+
+def _scene_for_task(task: str, rng: random.Random, size: tuple[int, int], noise: np.ndarray):
+    if task == "chart":
+        return _bar_chart(rng, size, noise)
+    return _shape_scene(rng, size, noise)
+
+
+ROW_BUILDERS = {
+    "matching": _matching_row,
+    "chart": _chart_row,
+    "grounding": _grounding_row,
+    "open_ended": _open_ended_row,
+}
+
+
+def write_synthetic_dataset(
+    out_dir,
+    rows_per_task: int,
+    seed: int = 0,
+    image_size: tuple[int, int] = (320, 240),
+    *,
+    distinct_images_per_task: int | None = None,
+    image_format: str = "png",
+    texture: float = 6.0,
+) -> tuple[Path, Path]:
+    """Write `rows_per_task` canonical records per task to `out_dir/synthetic.jsonl` and their
+    images under `out_dir/images/`; return (jsonl_path, image_root).
+
+    `image_size` is (width, height). With `distinct_images_per_task`, rows share a pool of that many
+    images per task (each row still asks its own question about its image), which keeps large sets
+    cheap to generate. `image_format` is "png" or "jpeg"; `texture` is the background noise level.
+    """
+    out_dir = Path(out_dir)
+    image_root = out_dir / "images"
+    image_root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    noise = _noise_tile(seed, image_size, texture)
+    suffix = {"png": "png", "jpeg": "jpg"}[image_format]
+    pool_size = min(rows_per_task, distinct_images_per_task or rows_per_task)
+    jsonl_path = out_dir / "synthetic.jsonl"
+    with open(jsonl_path, "w", encoding="utf-8") as out:
+        for task in TASKS:
+            pool = []
+            for i in range(pool_size):
+                image, scene = _scene_for_task(task, rng, image_size, noise)
+                relative = f"{task}/{i:06d}.{suffix}"
+                (image_root / task).mkdir(exist_ok=True)
+                image.save(image_root / relative, format=image_format.upper(), quality=90)
+                pool.append((relative, scene))
+            for i in range(rows_per_task):
+                relative, scene = pool[i % pool_size]
+                row = {"id": f"{task}-{i:06d}", "task": task, "data_source": f"synthetic_{task}", "images": [relative]}
+                row.update(ROW_BUILDERS[task](rng, scene))
+                out.write(json.dumps(row) + "\n")
+    return jsonl_path, image_root

@@ -1,0 +1,212 @@
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from data_helpers import read_jsonl, run_module
+
+from mixed_r1_verl.data.cli import load_config
+from mixed_r1_verl.data.engine import Engine, EngineConfig
+from mixed_r1_verl.data.synthetic import write_synthetic_dataset
+from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
+
+
+def source_with_problems(tmp_path: Path) -> tuple[Path, Path, list[dict]]:
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=4, seed=11)
+    rows = read_jsonl(jsonl)
+    chart = next(r for r in rows if r["task"] == "chart")
+    Image.open(image_root / chart["images"][0]).save(image_root / "chart" / "copy.jpg", quality=95)
+    extra = [
+        {**chart, "id": "dup-exact", "problem": "<image>" + chart["problem"][len("<image>") :].upper() + "  "},
+        {**chart, "id": "dup-near", "images": ["chart/copy.jpg"]},
+        {
+            **chart,
+            "id": "long-chart",
+            "problem": "Describe the tallest bar.",
+            "answer": "the bar that is the tallest of them all",
+        },
+        {
+            "id": "bad-letter",
+            "task": "matching",
+            "data_source": "s",
+            "images": [chart["images"][0]],
+            "problem": "Pick.",
+            "answer": "E",
+            "options": ["a", "b", "c", "d"],
+        },
+        {
+            "id": "long-matching",
+            "task": "matching",
+            "data_source": "s",
+            "images": [chart["images"][0]],
+            "problem": "Why?",
+            "answer": "because the chart rises every single year",
+        },
+        {
+            "id": "no-image",
+            "task": "chart",
+            "data_source": "s",
+            "images": ["chart/none.png"],
+            "problem": "Q",
+            "answer": "1",
+        },
+    ]
+    with open(jsonl, "a") as out:
+        for row in extra:
+            out.write(json.dumps(row) + "\n")
+    return jsonl, image_root, rows + extra
+
+
+def engine_config(jsonl, image_root, out, *overrides) -> EngineConfig:
+    return load_config(
+        EngineConfig, [f"input={jsonl}", f"image_root={image_root}", f"output_dir={out}", "progress=false", *overrides]
+    )
+
+
+def dropped_reasons(out: Path) -> dict:
+    return {row["id"]: (row["stage"], row["reason"]) for row in read_jsonl(out / "dropped.jsonl")}
+
+
+def test_validate_dedup_verify_balance_and_report(tmp_path):
+    jsonl, image_root, rows = source_with_problems(tmp_path)
+    out = tmp_path / "out"
+    report = Engine(
+        engine_config(
+            jsonl,
+            image_root,
+            out,
+            "difficulty.enabled=false",
+            "dedup.perceptual=true",
+            "balance.targets={matching: 2, grounding: 9}",
+            "convert=true",
+            "val_ratio=0",
+        )
+    ).run()
+    assert dropped_reasons(out) == {
+        "no-image": ("validate", "missing_image"),
+        "dup-exact": ("dedup", "duplicate"),
+        "dup-near": ("dedup", "near_duplicate"),
+        "long-chart": ("verify", "chart_answer_not_short"),
+        "bad-letter": ("verify", "option_letter_missing"),
+        "long-matching": ("verify", "matching_answer_too_long"),
+        **{
+            row["id"]: ("balance", "over_target")
+            for row in read_jsonl(out / "dropped.jsonl")
+            if row["stage"] == "balance"
+        },
+    }
+    stages = {stage["name"]: stage for stage in report["stages"]}
+    assert list(stages) == ["validate", "dedup", "verify", "difficulty", "balance"]
+    assert stages["validate"]["rows_in"] == {"matching": 6, "chart": 8, "grounding": 4, "open_ended": 4, "other": 0}
+    assert report["selected"] == {"matching": 2, "chart": 4, "grounding": 4, "open_ended": 4}
+    assert stages["balance"]["details"]["shortfall"] == {"grounding": 5}
+    for earlier, later in zip(report["stages"], report["stages"][1:]):
+        assert earlier["rows_out"] == {k: v for k, v in later["rows_in"].items()}
+    selected = read_jsonl(out / "selected.jsonl")
+    assert len(selected) == 14 and all(set(r) >= {"id", "task", "images", "problem", "answer"} for r in selected)
+    for plot in ("rows_per_stage.png", "pass_rate_hist.png"):
+        assert Image.open(out / plot).size[0] > 100
+    assert json.loads((out / "report.json").read_text())["selected"] == report["selected"]
+    assert report["conversion"]["rows_written"] == 14 and report["conversion"]["rows_rejected"] == 0
+    assert pq.read_metadata(out / "parquet" / "train.parquet").num_rows == 14
+
+    again = tmp_path / "again"
+    Engine(
+        engine_config(
+            jsonl,
+            image_root,
+            again,
+            "difficulty.enabled=false",
+            "dedup.perceptual=true",
+            "balance.targets={matching: 2, grounding: 9}",
+        )
+    ).run()
+    assert read_jsonl(again / "selected.jsonl") == selected
+
+
+def test_near_duplicates_are_kept_unless_asked(tmp_path):
+    jsonl, image_root, _ = source_with_problems(tmp_path)
+    out = tmp_path / "out"
+    Engine(engine_config(jsonl, image_root, out, "difficulty.enabled=false")).run()
+    assert "dup-near" not in dropped_reasons(out) and dropped_reasons(out)["dup-exact"] == ("dedup", "duplicate")
+
+
+def correct(answer: str) -> str:
+    return f"<think>checked</think><answer>{answer}</answer>"
+
+
+def test_difficulty_samples_scores_caches_and_filters(tmp_path):
+    model = build_tiny_qwen25vl(tmp_path / "model")
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=2)
+    out = tmp_path / "out"
+    settings = [
+        f"difficulty.model_path={model}",
+        "difficulty.k=2",
+        "difficulty.max_new_tokens=4",
+        "difficulty.chunk_size=3",
+    ]
+
+    first = Engine(engine_config(jsonl, image_root, out, *settings, "difficulty.inclusive=true")).run()
+    stage = next(s for s in first["stages"] if s["name"] == "difficulty")
+    assert stage["details"]["sampled_prompts"] == 8 and stage["details"]["cached_prompts"] == 0
+    assert sum(first["selected"].values()) == 8  # the band [0, 1] inclusive keeps everything
+    assert sum(sum(h.values()) for h in first["pass_rate_histogram"].values()) == 8
+    cache = read_jsonl(out / "difficulty_cache.jsonl")
+    assert len(cache) == 8 and all(len(entry["responses"]) == 2 for entry in cache)
+
+    # Replace the sampled responses (cache order = prompt order) with ones of known correctness.
+    records = read_jsonl(out / "selected.jsonl")
+    expected_pass_rate = {}
+    for i, (entry, record) in enumerate(zip(cache, records)):
+        right = correct(record["answer"]) if record["task"] != "grounding" else correct("[0, 0, 1, 1]")
+        entry["responses"] = [[right, right], [right, correct("nothing")], [correct("nothing")] * 2][i % 3]
+        expected_pass_rate[record["id"]] = [1.0, 0.5, 0.0][i % 3] if record["task"] != "grounding" else 0.0
+    (out / "difficulty_cache.jsonl").write_text("".join(json.dumps(e) + "\n" for e in cache))
+
+    second = Engine(engine_config(jsonl, image_root, out, *settings)).run()
+    stage = next(s for s in second["stages"] if s["name"] == "difficulty")
+    assert stage["details"]["sampled_prompts"] == 0 and stage["details"]["cached_prompts"] == 8
+    kept = {r["id"] for r in read_jsonl(out / "selected.jsonl")}
+    assert kept == {i for i, p in expected_pass_rate.items() if 0 < p < 1}
+    reasons = dropped_reasons(out)
+    for record_id, rate in expected_pass_rate.items():
+        if rate == 1.0:
+            assert reasons[record_id] == ("difficulty", "too_easy")
+        elif rate == 0.0:
+            assert reasons[record_id] == ("difficulty", "too_hard")
+
+
+def test_vllm_backend_without_vllm_fails_clearly(tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+
+        pytest.skip("vLLM is installed here")
+    except ImportError:
+        pass
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=2)
+    config = engine_config(jsonl, image_root, tmp_path / "out", "difficulty.backend=vllm", "difficulty.model_path=x")
+    with pytest.raises(ImportError, match="difficulty.backend=vllm needs vLLM"):
+        Engine(config).run()
+
+
+def test_cli_help():
+    text = run_module("mixed_r1_verl.data.engine", "--help")
+    assert "difficulty" in text and "balance" in text and "targets" in text
+
+
+def test_other_layouts_are_counted_under_their_mapped_task(tmp_path):
+    _, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=4)
+    source = tmp_path / "chartqa.jsonl"
+    rows = [
+        {"imgname": "chart/000000.png", "query": "Peak?", "label": ["12"]},
+        {"imgname": "chart/000001.png", "query": "Lowest?", "label": ["3"]},
+        {"imgname": "chart/none.png", "query": "Peak?", "label": ["1"]},
+    ]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    report = Engine(engine_config(source, image_root, out, "layout=chartqa", "difficulty.enabled=false")).run()
+    assert report["stages"][0]["rows_in"]["chart"] == 3 and report["selected"]["chart"] == 2
+    assert dropped_reasons(out) == {"row-3": ("validate", "missing_image")}

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from mixed_r1_verl.data.frames import (
+    BOX_FRAME_ABS,
+    BOX_FRAME_NORM1000,
+    box_to_frame,
+    model_frame_size,
+    smart_resize,
+)
+
+# Bounds small enough that the processor runs fast, large enough that both clamps are exercised.
+MIN_PIXELS = 56 * 56
+MAX_PIXELS = 28 * 28 * 256
+
+
+def processor_frame(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) the real Qwen2-VL image processor resizes a real image to."""
+    processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    noise = np.random.default_rng(width * 7919 + height).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    grid = processor(images=[Image.fromarray(noise)], return_tensors="np")["image_grid_thw"][0]
+    return int(grid[1]) * 14, int(grid[2]) * 14
+
+
+@pytest.mark.parametrize(
+    "width,height",
+    [(320, 240), (640, 480), (1280, 720), (33, 30), (10, 400), (1000, 13), (57, 57), (2000, 1500), (28, 28)],
+)
+def test_smart_resize_matches_the_processor(width, height):
+    assert smart_resize(height, width, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS) == processor_frame(
+        width, height, MIN_PIXELS, MAX_PIXELS
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(8, 900), st.integers(8, 900), st.sampled_from([(3136, 200704), (784, 50176), (3136, 1003520)]))
+def test_smart_resize_matches_the_processor_on_random_sizes(width, height, bounds):
+    if max(width, height) / min(width, height) > 200:
+        return
+    assert smart_resize(height, width, min_pixels=bounds[0], max_pixels=bounds[1]) == processor_frame(
+        width, height, *bounds
+    )
+
+
+def test_smart_resize_rejects_extreme_aspect_ratio():
+    with pytest.raises(ValueError, match="aspect ratio"):
+        smart_resize(10, 2050)
+
+
+def test_model_frame_size_per_box_frame():
+    assert model_frame_size((320, 240), BOX_FRAME_NORM1000, MIN_PIXELS, MAX_PIXELS) == (1000, 1000)
+    assert model_frame_size((320, 240), BOX_FRAME_ABS, MIN_PIXELS, MAX_PIXELS) == (308, 252)
+    with pytest.raises(ValueError, match="unknown box frame"):
+        model_frame_size((320, 240), "relative", MIN_PIXELS, MAX_PIXELS)
+
+
+def test_box_to_frame_scales_each_axis():
+    assert box_to_frame((32, 24, 160, 120), (320, 240), (1000, 1000)) == [100, 100, 500, 500]
+    assert box_to_frame((0, 0, 320, 240), (320, 240), (308, 252)) == [0, 0, 308, 252]
+    assert box_to_frame((100, 60, 200, 120), (320, 240), (308, 252)) == [96, 63, 192, 126]

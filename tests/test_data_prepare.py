@@ -1,0 +1,208 @@
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from data_helpers import run_module
+
+from mixed_r1_verl.data import records
+from mixed_r1_verl.data.frames import smart_resize
+from mixed_r1_verl.data.prepare import PrepareConfig, prepare, split_of
+from mixed_r1_verl.data.synthetic import write_synthetic_dataset
+
+
+def png_with_claimed_size(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims width x height: a decompression bomb as far as the header goes."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = 8 + 8  # signature, then IHDR length and type
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def bad_rows(image_root: Path, outside: Path) -> list[tuple[dict, str]]:
+    (image_root / "broken.png").write_bytes(b"not an image at all")
+    (image_root / "bomb.png").write_bytes(png_with_claimed_size(40000, 40000))
+    outside.write_bytes((image_root / "grounding" / "000000.png").read_bytes())
+    (image_root / "escape.png").symlink_to(outside)
+    base = {
+        "task": "chart",
+        "data_source": "bad",
+        "images": ["chart/000000.png"],
+        "problem": "<image>Q?",
+        "answer": "3",
+    }
+    box = {"task": "grounding", "images": ["grounding/000000.png"], "problem": "Where?"}
+    return [
+        ({**base, "id": "b-missing", "images": ["chart/nope.png"]}, records.MISSING_IMAGE),
+        ({**base, "id": "b-broken", "images": ["broken.png"]}, records.UNREADABLE_IMAGE),
+        ({**base, "id": "b-bomb", "images": ["bomb.png"]}, records.UNREADABLE_IMAGE),
+        ({**base, "id": "b-dotdot", "images": ["../outside.png"]}, records.IMAGE_OUTSIDE_ROOT),
+        ({**base, "id": "b-absolute", "images": [str(outside)]}, records.IMAGE_OUTSIDE_ROOT),
+        ({**base, "id": "b-symlink", "images": ["escape.png"]}, records.IMAGE_OUTSIDE_ROOT),
+        ({**base, "id": "b-placeholders", "problem": "<image><image>Q?"}, records.PLACEHOLDER_MISMATCH),
+        ({**base, "id": "b-empty", "answer": ""}, records.EMPTY_ANSWER),
+        ({**base, "id": "b-task", "task": "ocr"}, records.UNKNOWN_TASK),
+        ({**base, **box, "id": "b-box", "answer": "[1, 2, 3]"}, records.BAD_BOX),
+        ({**base, **box, "id": "b-flat", "answer": "[10, 20, 10, 40]"}, records.DEGENERATE_BOX),
+        ({**base, **box, "id": "b-outside", "answer": "[10, 20, 400, 40]"}, records.BOX_OUTSIDE_IMAGE),
+        ({**base, "id": "chart-000001"}, records.DUPLICATE_ID),
+    ]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepare")
+    jsonl, image_root = write_synthetic_dataset(root / "src", rows_per_task=6, seed=3)
+    expected_rejects = bad_rows(image_root, root / "src" / "outside.png")
+    with open(jsonl, "a") as out:
+        for row, _ in expected_rejects:
+            out.write(json.dumps(row) + "\n")
+        out.write("{truncated\n")
+    config = PrepareConfig(
+        input=str(jsonl),
+        image_root=str(image_root),
+        output_dir=str(root / "out"),
+        val_ratio=0.25,
+        seed=1,
+        min_pixels=3136,
+        max_pixels=28 * 28 * 64,
+        progress=False,
+    )
+    summary = prepare(config)
+    return config, summary, expected_rejects, image_root
+
+
+def read_rows(path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def test_every_row_is_written_or_rejected_with_its_reason(converted):
+    config, summary, expected_rejects, _ = converted
+    out = Path(config.output_dir)
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    by_id = {r["id"]: r["reason"] for r in rejects}
+    assert by_id == {
+        **{row["id"]: reason for row, reason in expected_rejects},
+        f"row-{24 + len(expected_rejects) + 1}": records.BAD_RECORD,
+    }
+    assert summary["rows_in"] == 24 + len(expected_rejects) + 1
+    assert summary["rows_in"] == summary["rows_written"] + summary["rows_rejected"]
+    assert summary["rows_written"] == 24
+    assert sum(summary["rejects_by_reason"].values()) == len(rejects)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    train, val = read_rows(out / "train.parquet"), read_rows(out / "val.parquet")
+    assert len(train) + len(val) == 24 and val
+    for task, counts in summary["per_task"].items():
+        assert counts["train"] == sum(r["extra_info"]["task"] == task for r in train)
+        assert counts["val"] == sum(r["extra_info"]["task"] == task for r in val)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".partial")]
+
+
+def test_rows_follow_verls_multimodal_layout(converted):
+    config, _, _, image_root = converted
+    rows = read_rows(Path(config.output_dir) / "train.parquet")
+    assert [r["extra_info"]["index"] for r in rows] == list(range(len(rows)))
+    for row in rows:
+        info = row["extra_info"]
+        assert row["ability"] == info["task"] and row["reward_model"]["style"] == "rule"
+        content = row["prompt"][-1]["content"]
+        assert content.count("<image>") == len(row["images"]) == 1
+        assert "<think>" in content and "<answer>" in content
+        image = row["images"][0]
+        assert image["bytes"] == (image_root / image["path"]).read_bytes()
+        width, height = Image.open(io.BytesIO(image["bytes"])).size
+        assert info["image_size"] == [width, height]
+        resized_h, resized_w = smart_resize(height, width, min_pixels=3136, max_pixels=28 * 28 * 64)
+        assert info["frame_size"] == [resized_w, resized_h] and info["box_frame"] == "abs"
+        assert (image["min_pixels"], image["max_pixels"]) == (3136, 28 * 28 * 64)
+        if info["task"] == "matching" and info["options"]:
+            assert "Options:\nA. " in content and row["reward_model"]["ground_truth"] in "ABCD"
+
+
+def test_grounding_truth_is_in_the_resized_frame(converted):
+    config, _, _, _ = converted
+    source = {}
+    for line in Path(config.input).read_text().splitlines():
+        row = json.loads(line) if line.startswith('{"') else None
+        if row and row["task"] == "grounding":
+            source[row["id"]] = json.loads(row["answer"])
+    rows = read_rows(Path(config.output_dir) / "train.parquet") + read_rows(Path(config.output_dir) / "val.parquet")
+    grounding = [r for r in rows if r["extra_info"]["task"] == "grounding"]
+    assert len(grounding) == 6
+    for row in grounding:
+        info = row["extra_info"]
+        sx = info["frame_size"][0] / info["image_size"][0]
+        sy = info["frame_size"][1] / info["image_size"][1]
+        x1, y1, x2, y2 = source[info["id"]]
+        assert json.loads(row["reward_model"]["ground_truth"]) == [
+            round(x1 * sx),
+            round(y1 * sy),
+            round(x2 * sx),
+            round(y2 * sy),
+        ]
+        w, h = info["frame_size"]
+        assert f"{w}x{h}" in row["prompt"][-1]["content"]
+
+
+def test_split_is_seeded_and_order_independent():
+    ids = [f"row-{i}" for i in range(2000)]
+    val = {i for i in ids if split_of(i, 0, 0.1) == "val"}
+    assert 120 < len(val) < 280
+    assert val == {i for i in reversed(ids) if split_of(i, 0, 0.1) == "val"}
+    assert val != {i for i in ids if split_of(i, 1, 0.1) == "val"}
+
+
+def test_norm1000_family_and_cli(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5)
+    out = tmp_path / "out"
+    help_text = run_module("mixed_r1_verl.data.prepare", "--help")
+    assert "model_family" in help_text and "val_ratio" in help_text
+    run_module(
+        "mixed_r1_verl.data.prepare",
+        f"input={jsonl}",
+        f"image_root={image_root}",
+        f"output_dir={out}",
+        "model_family=internvl",
+        "val_ratio=0",
+        "progress=false",
+    )
+    rows = read_rows(out / "train.parquet")
+    assert len(rows) == 8 and len(read_rows(out / "val.parquet")) == 0
+    for row in rows:
+        assert row["extra_info"]["frame_size"] == [1000, 1000] and row["extra_info"]["box_frame"] == "norm1000"
+    box_row = next(r for r in rows if r["extra_info"]["task"] == "grounding")
+    source = {json.loads(line)["id"]: json.loads(line) for line in jsonl.read_text().splitlines()}
+    x1, y1, x2, y2 = json.loads(source[box_row["extra_info"]["id"]]["answer"])
+    w, h = box_row["extra_info"]["image_size"]
+    expected = [round(x1 * 1000 / w), round(y1 * 1000 / h), round(x2 * 1000 / w), round(y2 * 1000 / h)]
+    assert json.loads(box_row["reward_model"]["ground_truth"]) == expected
+    assert "normalised to 0-1000" in box_row["prompt"][-1]["content"]
+
+
+def test_failed_run_leaves_no_output_files(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5)
+    with open(jsonl, "ab") as out:
+        out.write(b'{"id": "x\xff\xfe"}\n')  # invalid UTF-8 halfway through the stream
+    out_dir = tmp_path / "out"
+    config = PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out_dir), progress=False)
+    with pytest.raises(UnicodeDecodeError):
+        prepare(config)
+    assert list(out_dir.iterdir()) == []
+
+
+def test_missing_settings_and_unknown_family_fail_clearly(tmp_path):
+    from mixed_r1_verl.data.cli import load_config
+
+    with pytest.raises(SystemExit, match="input, output_dir"):
+        load_config(PrepareConfig, ["image_root=x"])
+    with pytest.raises(ValueError, match="unknown model_family"):
+        prepare(PrepareConfig(input="x", image_root=str(tmp_path), output_dir=str(tmp_path), model_family="llava"))

@@ -1,0 +1,133 @@
+import json
+
+import pytest
+
+from mixed_r1_verl.data import records
+from mixed_r1_verl.data.records import (
+    ColumnMapping,
+    RecordError,
+    apply_mapping,
+    build_mapping,
+    iter_source_rows,
+    normalise_problem,
+    parse_box,
+    parse_record,
+)
+
+GOOD = {
+    "id": "r1",
+    "task": "matching",
+    "data_source": "src",
+    "images": ["a.png"],
+    "problem": "<image>What colour?",
+    "answer": "B",
+    "options": ["red", "blue"],
+}
+
+
+def reason_of(raw: dict) -> str:
+    with pytest.raises(RecordError) as caught:
+        parse_record(raw)
+    return caught.value.reason
+
+
+def test_good_record_parses():
+    record = parse_record(GOOD)
+    assert record.options == ("red", "blue")
+    assert record.images == ("a.png",)
+    assert record.problem == "<image>What colour?"
+
+
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        ({"task": "ocr"}, records.UNKNOWN_TASK),
+        ({"answer": "  "}, records.EMPTY_ANSWER),
+        ({"answer": None}, records.EMPTY_ANSWER),
+        ({"images": []}, records.BAD_RECORD),
+        ({"images": "a.png"}, records.BAD_RECORD),
+        ({"id": 7}, records.BAD_RECORD),
+        ({"options": ["red", ""]}, records.BAD_RECORD),
+        ({"problem": "<image><image>two?"}, records.PLACEHOLDER_MISMATCH),
+        ({"task": "grounding", "answer": "[1, 2, 3]", "options": None}, records.BAD_BOX),
+        ({"task": "grounding", "answer": "[5, 2, 5, 9]", "options": None}, records.DEGENERATE_BOX),
+        (
+            {"task": "grounding", "answer": "[1, 2, 5, 9]", "images": ["a", "b"], "problem": "x"},
+            records.GROUNDING_IMAGE_COUNT,
+        ),
+    ],
+)
+def test_bad_records_are_rejected_with_their_reason(change, reason):
+    assert reason_of({**GOOD, **change}) == reason
+
+
+def test_placeholders_are_prepended_when_absent():
+    assert normalise_problem("Compare them.", 2) == "<image><image>Compare them."
+    assert normalise_problem("<image> and <image>", 2) == "<image> and <image>"
+
+
+def test_parse_box_accepts_strings_and_lists():
+    assert parse_box("[1, 2.5, 30, 40]") == (1.0, 2.5, 30.0, 40.0)
+    assert parse_box([1, 2, 30, 40]) == (1.0, 2.0, 30.0, 40.0)
+    for bad in ("1, 2, 3, 4", [1, 2, "3", 4], [True, 2, 3, 4], "[a, b, c, d]"):
+        with pytest.raises(RecordError):
+            parse_box(bad)
+
+
+def test_llava_layout():
+    row = {
+        "id": 12,
+        "image": "coco/1.jpg",
+        "conversations": [{"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "A cat."}],
+    }
+    mapping = build_mapping("llava", constants={"task": "open_ended"})
+    record = parse_record(apply_mapping(row, mapping, fallback_id="row-1"))
+    assert (record.id, record.task, record.images, record.answer) == ("12", "open_ended", ("coco/1.jpg",), "A cat.")
+    assert record.data_source == "llava"
+
+
+def test_chartqa_layout_with_list_label_and_fallback_id():
+    row = {"imgname": "png/1.png", "query": "What is the peak?", "label": ["42"]}
+    record = parse_record(apply_mapping(row, build_mapping("chartqa"), fallback_id="row-3"))
+    assert (record.id, record.task, record.answer, record.problem) == (
+        "row-3",
+        "chart",
+        "42",
+        "<image>What is the peak?",
+    )
+
+
+def test_refcoco_layout_converts_xywh_boxes():
+    row = {"ref_id": 5, "file_name": "train/9.jpg", "sent": "the left dog", "bbox": [10.0, 20.0, 30.5, 40.0]}
+    record = parse_record(apply_mapping(row, build_mapping("refcoco"), fallback_id="row-1"))
+    assert record.answer == "[10, 20, 40.5, 60]"
+    assert record.problem == "<image>Locate the object described as: the left dog"
+
+
+def test_column_overrides_and_unknown_fields():
+    mapping = build_mapping("canonical", columns={"problem": "question"})
+    raw = {**GOOD, "question": "<image>Which?"}
+    assert parse_record(apply_mapping(raw, mapping, "x")).problem == "<image>Which?"
+    with pytest.raises(ValueError, match="unknown canonical fields"):
+        ColumnMapping(columns={"caption": "text"})
+    with pytest.raises(ValueError, match="unknown layout"):
+        build_mapping("coco")
+
+
+def test_iter_source_rows_reads_jsonl_json_and_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text(json.dumps(GOOD) + "\n\n{not json\n")
+    rows = list(iter_source_rows(jsonl))
+    assert rows[0] == (1, GOOD)
+    assert rows[1][0] == 3 and isinstance(rows[1][1], RecordError) and rows[1][1].reason == records.BAD_RECORD
+
+    as_json = tmp_path / "rows.json"
+    as_json.write_text(json.dumps([GOOD, GOOD]))
+    assert [n for n, _ in iter_source_rows(as_json)] == [1, 2]
+
+    as_parquet = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist([GOOD] * 3), as_parquet)
+    assert [row["id"] for _, row in iter_source_rows(as_parquet)] == ["r1"] * 3
