@@ -82,8 +82,8 @@ class TableReader:
         from mixed_r1_verl.verl_adapter.embedding_service import embedding_service, shared_table
 
         self.service = service = embedding_service(model_dir)  # a holder keeps the node's table alive
-        table = shared_table(service)
-        _, (reference,) = ray.get(service.table.remote())
+        table, _ = shared_table(service)
+        _, (reference, _) = ray.get(service.table.remote())
         mapped_from_object_store = not ray.get(reference).flags.writeable  # Ray maps numpy zero-copy, read-only
         return table.float().sum().item(), table.dtype == torch.bfloat16, mapped_from_object_store, service._actor_id.hex()
 

@@ -38,14 +38,15 @@ class EmbeddingService:
 
     def __init__(self, model_dir: str, device: str = "cpu"):
         table = load_input_embeddings(model_dir)
+        norms = row_norms(table)
         self._dtype = str(table.dtype)
-        self._shared = ray.put(_to_shareable(table))
+        self._shared = [ray.put(_to_shareable(table)), ray.put(norms.numpy())]
         self._device_table = table.to(device) if device != "cpu" else None
-        self._device_norms = row_norms(self._device_table) if device != "cpu" else None
+        self._device_norms = norms.to(device) if device != "cpu" else None
 
     def table(self) -> tuple[str, list]:
-        # The reference is wrapped in a list so that Ray hands it over instead of resolving it.
-        return self._dtype, [self._shared]
+        # The references (table, row norms) are in a list so that Ray hands them over unresolved.
+        return self._dtype, self._shared
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
         if self._device_table is None:
@@ -81,7 +82,7 @@ def embedding_service(model_dir: str, num_gpus: float = 0.0):
     return service
 
 
-def shared_table(service) -> torch.Tensor:
-    """The service's table, mapped zero-copy from this node's object store."""
-    dtype, (reference,) = ray.get(service.table.remote())
-    return _from_shared(ray.get(reference), dtype)
+def shared_table(service) -> tuple[torch.Tensor, torch.Tensor]:
+    """The service's table and its row norms, mapped zero-copy from this node's object store."""
+    dtype, (table_reference, norms_reference) = ray.get(service.table.remote())
+    return _from_shared(ray.get(table_reference), dtype), _from_shared(ray.get(norms_reference), "torch.float32")

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
-from mixed_r1_verl.rewards import EmbeddingModel, bmas_batch, judge, row_norms
+from mixed_r1_verl.rewards import EmbeddingModel, bmas_batch, judge
 from mixed_r1_verl.rewards.embeddings import load_embedding_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class MixedR1RewardManager(RewardManagerBase):
 
         if not ray.is_initialized():
             model: EmbeddingModel = load_embedding_model(self.embedding_model_dir)
-            return self._local_scorer(model.table.to(self.bmas_device))
+            return self._local_scorer(model.table, model.norms)
         from mixed_r1_verl.verl_adapter.embedding_service import embedding_service, shared_table
 
         # The service lives while a handle to it does: the workers keep theirs for their lifetime.
@@ -117,11 +117,10 @@ class MixedR1RewardManager(RewardManagerBase):
                 return await service.score.remote(pairs)
 
             return remote_scorer
-        table = shared_table(service)
-        return self._local_scorer(table if self.bmas_device == "cpu" else table.to(self.bmas_device))
+        return self._local_scorer(*shared_table(service))
 
-    def _local_scorer(self, table: torch.Tensor):
-        norms = row_norms(table)
+    def _local_scorer(self, table: torch.Tensor, norms: torch.Tensor):
+        table, norms = table.to(self.bmas_device), norms.to(self.bmas_device)
 
         async def local_scorer(pairs):
             return await asyncio.get_running_loop().run_in_executor(self._executor, bmas_batch, table, pairs, norms)
