@@ -89,7 +89,7 @@ def test_validate_dedup_verify_balance_and_report(tmp_path):
         "dup-exact": ("dedup", "duplicate"),
         "dup-near": ("dedup", "near_duplicate"),
         "long-chart": ("verify", "chart_answer_not_short"),
-        "bad-letter": ("verify", "option_letter_missing"),
+        "bad-letter": ("validate", "answer_not_an_option"),
         "long-matching": ("verify", "matching_answer_too_long"),
         **{
             row["id"]: ("balance", "over_target")

@@ -49,6 +49,10 @@ def test_good_record_parses():
         ({"id": 7}, records.BAD_RECORD),
         ({"options": ["red", ""]}, records.BAD_RECORD),
         ({"problem": "<image><image>two?"}, records.PLACEHOLDER_MISMATCH),
+        ({"answer": "E"}, records.ANSWER_NOT_AN_OPTION),
+        ({"answer": "(C)"}, records.ANSWER_NOT_AN_OPTION),
+        ({"task": "chart", "answer": "NaN", "options": None}, records.NON_FINITE_ANSWER),
+        ({"task": "chart", "answer": "-inf", "options": None}, records.NON_FINITE_ANSWER),
         ({"task": "grounding", "answer": "[1, 2, 3]", "options": None}, records.BAD_BOX),
         ({"task": "grounding", "answer": "[5, 2, 5, 9]", "options": None}, records.DEGENERATE_BOX),
         (
@@ -59,6 +63,19 @@ def test_good_record_parses():
 )
 def test_bad_records_are_rejected_with_their_reason(change, reason):
     assert reason_of({**GOOD, **change}) == reason
+
+
+def test_json_nan_answers_are_rejected_not_written_as_text():
+    row = json.loads('{"id": "n", "task": "chart", "data_source": "s", "images": ["a.png"], "problem": "Q", "answer": NaN}')
+    with pytest.raises(RecordError) as caught:
+        parse_record(apply_mapping(row, ColumnMapping(), fallback_id="row-1"))
+    assert caught.value.reason == records.NON_FINITE_ANSWER
+
+
+def test_in_range_letters_and_option_texts_pass():
+    assert parse_record({**GOOD, "answer": "(b)"}).answer == "(b)"
+    assert parse_record({**GOOD, "answer": "blue"}).answer == "blue"
+    assert parse_record({**GOOD, "options": None, "answer": "E"}).answer == "E"
 
 
 def test_placeholders_are_prepended_when_absent():

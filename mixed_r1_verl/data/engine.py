@@ -38,14 +38,13 @@ from tqdm import tqdm
 from mixed_r1_verl.data.cli import run_cli
 from mixed_r1_verl.data.dataset import model_input_image
 from mixed_r1_verl.data.prepare import PrepareConfig, RowConverter, prepare
-from mixed_r1_verl.data.records import TASKS, CanonicalRecord, RecordError, iter_source_rows, parse_box
+from mixed_r1_verl.data.records import TASKS, CanonicalRecord, RecordError, iter_source_rows, option_index, parse_box
 from mixed_r1_verl.data.sampling import PromptRequest, ResponseCache, SamplingSettings, build_sampler, request_key
 from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.rewards.chart import single_number
 from mixed_r1_verl.rewards.text import normalize_text
 
 YES_NO = ("yes", "no")
-OPTION_LETTER = re.compile(r"\(?([A-Za-z])\)?[.:)]?")
 
 
 @dataclass
@@ -386,9 +385,9 @@ def unverifiable_reason(row: EngineRow, max_short_answer_words: int) -> str | No
     answer = record.answer
     short = len(answer.split()) <= max_short_answer_words
     if record.task == "matching":
-        letter = OPTION_LETTER.fullmatch(answer)
-        if letter and record.options:
-            return None if ord(letter.group(1).upper()) - ord("A") < len(record.options) else "option_letter_missing"
+        # Letters outside the options were rejected at validation.
+        if record.options and option_index(answer) is not None:
+            return None
         if normalize_text(answer) in YES_NO or short:
             return None
         return "matching_answer_too_long"

@@ -12,6 +12,7 @@ Canonical record (one JSON object per line):
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,13 @@ BAD_BOX = "bad_box"
 DEGENERATE_BOX = "degenerate_box"
 BOX_OUTSIDE_IMAGE = "box_outside_image"
 GROUNDING_IMAGE_COUNT = "grounding_needs_one_image"
+ANSWER_NOT_AN_OPTION = "answer_not_an_option"
+NON_FINITE_ANSWER = "non_finite_answer"
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _BOX_PATTERN = re.compile(r"^\[" + ",".join([_NUMBER] * 4) + r"\]$")
+# An answer naming an option by its letter: "B", "(B)", "B.", "B:", "B)".
+OPTION_LETTER = re.compile(r"\(?([A-Za-z])\)?[.:)]?")
 
 
 class RecordError(ValueError):
@@ -91,6 +96,34 @@ def normalise_problem(problem: str, image_count: int) -> str:
     raise RecordError(PLACEHOLDER_MISMATCH, f"{placeholders} <image> placeholders for {image_count} images")
 
 
+def option_index(answer: str) -> int | None:
+    """The 0-based option an answer names by its letter, or None when it is not a bare letter."""
+    letter = OPTION_LETTER.fullmatch(answer.strip())
+    return ord(letter.group(1).upper()) - ord("A") if letter else None
+
+
+def is_non_finite_number(answer: str) -> bool:
+    """True for answers that read as NaN or an infinity ("nan", "inf", "-Infinity", "1e999"):
+    no reward can score against them."""
+    try:
+        return not math.isfinite(float(answer))
+    except ValueError:
+        return False
+
+
+def check_answer_is_scorable(task: str, answer: str, options: tuple[str, ...] | None) -> None:
+    if is_non_finite_number(answer):
+        raise RecordError(NON_FINITE_ANSWER, f"answer {answer!r} is not a finite number")
+    if task == "matching" and options:
+        index = option_index(answer)
+        if index is not None and index >= len(options):
+            last = chr(ord("A") + len(options) - 1)
+            raise RecordError(
+                ANSWER_NOT_AN_OPTION,
+                f"answer {answer!r} names an option the row lacks: it has {len(options)} options (A-{last})",
+            )
+
+
 def _require_str(raw: dict, key: str) -> str:
     value = raw.get(key)
     if not isinstance(value, str):
@@ -118,6 +151,7 @@ def parse_record(raw: dict) -> CanonicalRecord:
         if not isinstance(options, list) or not all(isinstance(o, str) and o.strip() for o in options):
             raise RecordError(BAD_RECORD, "field 'options' must be a list of non-empty strings")
         options = tuple(o.strip() for o in options) or None
+    check_answer_is_scorable(task, answer, options)
     if task == "grounding":
         if len(images) != 1:
             raise RecordError(GROUNDING_IMAGE_COUNT, f"grounding rows need exactly one image, got {len(images)}")
