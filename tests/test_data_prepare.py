@@ -209,3 +209,42 @@ def test_missing_settings_and_unknown_family_fail_clearly(tmp_path):
         load_config(PrepareConfig, ["image_root=x"])
     with pytest.raises(ValueError, match="unknown model_family"):
         prepare(PrepareConfig(input="x", image_root=str(tmp_path), output_dir=str(tmp_path), model_family="llava"))
+
+
+def exif_rotated_photo(path: Path) -> None:
+    """A 400x200 JPEG stored sideways with EXIF orientation 6: shown upright it is 200x400. A red
+    patch at stored x 300-380, y 20-100 appears upright at x 99-179, y 300-380."""
+    stored = Image.new("RGB", (400, 200), (0, 0, 0))
+    stored.paste((255, 0, 0), (300, 20, 380, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, format="JPEG", quality=95, exif=exif)
+
+
+def test_exif_turned_photos_are_written_upright_with_boxes_in_the_upright_frame(tmp_path):
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    exif_rotated_photo(image_root / "sideways.jpg")
+    Image.new("RGB", (64, 48), (0, 0, 255)).save(image_root / "plain.jpg", format="JPEG")
+    rows = [
+        {"id": "photo", "task": "grounding", "data_source": "d", "images": ["sideways.jpg"],
+         "problem": "Where is the red patch?", "answer": "[100, 300, 180, 380]"},
+        {"id": "plain", "task": "chart", "data_source": "d", "images": ["plain.jpg"], "problem": "Q", "answer": "1"},
+    ]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    summary = prepare(
+        PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False)
+    )
+    assert summary["rows_written"] == 2, (out / "rejects.jsonl").read_text()
+    written = {row["extra_info"]["id"]: row for row in read_rows(out / "train.parquet")}
+    photo = written["photo"]
+    assert photo["extra_info"]["image_size"] == [200, 400]
+    width, height = photo["extra_info"]["frame_size"]
+    assert height > width
+    with Image.open(io.BytesIO(photo["images"][0]["bytes"])) as decoded:
+        assert decoded.size == (200, 400) and decoded.getexif().get(0x0112) is None
+        red, green, blue = decoded.convert("RGB").getpixel((140, 340))
+        assert red > 200 and green < 60 and blue < 60
+    assert written["plain"]["images"][0]["bytes"] == (image_root / "plain.jpg").read_bytes()

@@ -1,4 +1,6 @@
-"""Image files referenced by records: confined to an image root, read once, sized from the header."""
+"""Image files referenced by records: confined to an image root, read once, sized from the header,
+and upright: a file whose EXIF orientation turns it is re-encoded as shown, so every reader of the
+parquet (the converter, the dataset class, qwen_vl_utils, vLLM) sees the same pixels."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mixed_r1_verl.data.records import IMAGE_OUTSIDE_ROOT, MISSING_IMAGE, UNREADABLE_IMAGE, RecordError
 
@@ -16,15 +18,29 @@ from mixed_r1_verl.data.records import IMAGE_OUTSIDE_ROOT, MISSING_IMAGE, UNREAD
 @dataclass(frozen=True)
 class ImageFile:
     path: str  # relative to the image root, as written in the record
-    data: bytes  # the file's original bytes
-    size: tuple[int, int]  # (width, height) in original pixels
+    data: bytes  # the file's bytes, or an upright re-encoding when its EXIF orientation turns it
+    size: tuple[int, int]  # (width, height) of the upright image
 
 
-def image_size_from_bytes(data: bytes) -> tuple[int, int]:
-    """(width, height) from the image header; the pixels are not decoded, and PIL's
-    decompression-bomb limit applies."""
+EXIF_ORIENTATION = 0x0112
+TURNING_ORIENTATIONS = range(2, 9)  # 1 is upright; other values are invalid and ignored, as viewers do
+
+
+def upright_image(data: bytes) -> tuple[bytes, tuple[int, int]]:
+    """The image's bytes and (width, height) as people see it. Files without a turning EXIF
+    orientation keep their bytes and are sized from the header (pixels not decoded); the others are
+    decoded, turned and re-encoded without the tag (JPEG at quality 95, other formats as PNG).
+    PIL's decompression-bomb limit applies."""
     with Image.open(io.BytesIO(data)) as image:
-        return image.size
+        if image.getexif().get(EXIF_ORIENTATION) not in TURNING_ORIENTATIONS:
+            return data, image.size
+        turned = ImageOps.exif_transpose(image)
+        buffer = io.BytesIO()
+        if image.format == "JPEG":
+            turned.save(buffer, format="JPEG", quality=95)
+        else:
+            turned.save(buffer, format="PNG")
+        return buffer.getvalue(), turned.size
 
 
 class ImageStore:
@@ -57,7 +73,7 @@ class ImageStore:
         except OSError as error:
             raise RecordError(UNREADABLE_IMAGE, f"image {relative!r}: {error.strerror or error}") from None
         try:
-            size = image_size_from_bytes(data)
+            data, size = upright_image(data)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise RecordError(UNREADABLE_IMAGE, f"image {relative!r}: {error}") from None
         image = ImageFile(relative, data, size)
