@@ -1,4 +1,5 @@
 import io
+import os
 import json
 import struct
 import zlib
@@ -248,3 +249,46 @@ def test_exif_turned_photos_are_written_upright_with_boxes_in_the_upright_frame(
         red, green, blue = decoded.convert("RGB").getpixel((140, 340))
         assert red > 200 and green < 60 and blue < 60
     assert written["plain"]["images"][0]["bytes"] == (image_root / "plain.jpg").read_bytes()
+
+
+def hub_cache_with(model_dir: Path, cache: Path, repo_id: str) -> None:
+    """The Hugging Face cache layout holding `model_dir` as the main revision of `repo_id`."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in model_dir.iterdir():
+        (snapshot / file.name).symlink_to(file)
+
+
+def test_hub_id_model_path_is_read_from_the_hf_cache_offline(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    from data_helpers import REPO
+
+    from mixed_r1_verl.models.tiny_qwen25vl import MAX_PIXELS, MIN_PIXELS
+
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    cache = tmp_path / "hub"
+    hub_cache_with(Path(tiny_model_dir), cache, "example-org/tiny-vl")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+
+    def convert(model_path: str, out: str) -> subprocess.CompletedProcess:
+        settings = [f"input={jsonl}", f"image_root={image_root}", f"output_dir={tmp_path / out}", "progress=false"]
+        return subprocess.run(
+            [sys.executable, "-m", "mixed_r1_verl.data.prepare", *settings, f"model_path={model_path}"],
+            env=env, capture_output=True, text=True,
+        )
+
+    done = convert("example-org/tiny-vl", "cached")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "cached" / "summary.json").read_text())
+    assert (summary["min_pixels"], summary["max_pixels"]) == (MIN_PIXELS, MAX_PIXELS)
+
+    missing = convert("example-org/absent-vl", "absent")
+    assert missing.returncode != 0
+    assert "'example-org/absent-vl' is not a directory and not in the Hugging Face cache" in missing.stderr
+    assert "HF_HUB_OFFLINE" in missing.stderr

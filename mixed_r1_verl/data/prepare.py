@@ -34,6 +34,7 @@ from mixed_r1_verl.data.frames import (
     model_frame_size,
 )
 from mixed_r1_verl.data.images import ImageStore
+from mixed_r1_verl.data.processor import resolve_model_dir
 from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, render_prompt
 from mixed_r1_verl.data.records import (
     BOX_OUTSIDE_IMAGE,
@@ -74,7 +75,7 @@ class PrepareConfig:
     prompt_template: str = DEFAULT_TEMPLATE
     system_prompt: str | None = None
     # Pixel bounds of the model's image processor; read from model_path's preprocessor_config.json
-    # when given, else the Qwen2.5-VL defaults.
+    # when given (a directory or a hub id in the Hugging Face cache), else the defaults.
     model_path: str | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
@@ -86,7 +87,10 @@ def pixel_bounds(config: PrepareConfig) -> tuple[int, int]:
     """(min_pixels, max_pixels): explicit values first, then the model's processor config, then defaults."""
     from_model: dict[str, Any] = {}
     if config.model_path:
-        processor_config = json.loads((Path(config.model_path) / "preprocessor_config.json").read_text())
+        config_path = resolve_model_dir(config.model_path) / "preprocessor_config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"model_path {config.model_path!r} has no preprocessor_config.json ({config_path})")
+        processor_config = json.loads(config_path.read_text())
         size = processor_config.get("size") or {}
         from_model = {
             "min_pixels": processor_config.get("min_pixels") or size.get("shortest_edge"),
