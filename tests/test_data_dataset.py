@@ -1,9 +1,13 @@
 """The converter's parquet through verl's RLHFDataset machinery with the tiny Qwen2.5-VL processor."""
 
+import json
+import shutil
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn, get_dataset_class
 
 from mixed_r1_verl.data.dataset import DatasetRowError, MixedR1Dataset
@@ -11,6 +15,8 @@ from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
+
+from data_helpers import REPO
 
 CUSTOM_CLS = {"path": "pkg://mixed_r1_verl.data.dataset", "name": "MixedR1Dataset"}
 
@@ -77,12 +83,62 @@ def test_model_sees_the_frame_the_ground_truth_uses(setup):
         assert list(images[0].size) == row["extra_info"]["frame_size"]
 
 
-def test_overlong_rows_are_filtered_and_logged(setup, caplog):
+def test_overlong_rows_are_filtered_and_logged_per_task(setup, caplog):
     root, _, processor = setup
     with caplog.at_level("WARNING", logger="mixed_r1_verl.data.dataset"):
         dataset = build(root, processor, [str(root / "out" / "train.parquet")], max_prompt_length=5)
     assert len(dataset) == 0
     assert "16 of 16 rows exceed max_prompt_length=5" in caplog.text
+    assert "per task (dropped/rows): chart 4/4, grounding 4/4, matching 4/4, open_ended 4/4" in caplog.text
+    assert dataset.rows_over_prompt_length == {"chart": 4, "grounding": 4, "matching": 4, "open_ended": 4}
+
+
+def rewrite_parquet(root, name: str, change) -> str:
+    table = pq.read_table(root / "out" / "train.parquet")
+    rows = table.to_pylist()
+    for position, row in enumerate(rows):
+        change(position, row)
+    path = root / name
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    return str(path)
+
+
+def test_converter_counts_equal_the_processors_and_the_filter_reads_them(setup):
+    root, _, processor = setup
+    train = str(root / "out" / "train.parquet")
+    dataset = build(root, processor, [train])
+    rows = pq.read_table(train).to_pylist()
+    stored = [row["extra_info"]["prompt_length"] for row in rows]
+    assert stored == [dataset.prompt_length(row, i) for i, row in enumerate(rows)]
+    assert all(length > 100 for length in stored)
+
+    # A stored count is trusted: a row claiming an oversized prompt is filtered without being measured.
+    def oversize_row_5(position, row):
+        if position == 5:
+            row["extra_info"]["prompt_length"] = 10**6
+
+    claimed = build(root, processor, [rewrite_parquet(root, "claimed.parquet", oversize_row_5)])
+    assert len(claimed) == 15 and rows[5]["extra_info"]["id"] not in {claimed[i]["extra_info"]["id"] for i in range(15)}
+    assert sum(claimed.rows_over_prompt_length.values()) == 1
+
+
+def test_rows_without_a_count_or_with_a_stale_one_are_measured(setup, caplog):
+    root, _, processor = setup
+    longest = max(pq.read_table(root / "out" / "train.parquet").column("extra_info").combine_chunks().field("prompt_length").to_pylist())
+
+    def drop_odd_counts(position, row):
+        if position % 2:
+            row["extra_info"]["prompt_length"] = None
+
+    def stale_counts(position, row):
+        row["extra_info"]["prompt_length"] = 1
+
+    for name, change in (("uncounted.parquet", drop_odd_counts), ("stale.parquet", stale_counts)):
+        dataset = build(root, processor, [rewrite_parquet(root, name, change)], max_prompt_length=longest - 1)
+        assert len(dataset) < 16 and sum(dataset.rows_over_prompt_length.values()) == 16 - len(dataset)
+    with caplog.at_level("WARNING", logger="mixed_r1_verl.data.dataset"):
+        build(root, processor, [str(root / "stale.parquet")])
+    assert "the converter counted 1 prompt tokens, this processor builds" in caplog.text
 
 
 def test_a_row_that_cannot_be_prepared_is_named(setup):
@@ -90,7 +146,51 @@ def test_a_row_that_cannot_be_prepared_is_named(setup):
     table = pq.read_table(root / "out" / "train.parquet")
     rows = table.to_pylist()
     rows[3]["images"][0]["bytes"] = b"\x89PNG corrupted"
+    rows[3]["extra_info"]["prompt_length"] = None  # measured, as rows without the converter's count are
     broken = root / "broken.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), broken)
     with pytest.raises(DatasetRowError, match=rf"row 3 \(id '{rows[3]['extra_info']['id']}'"):
         build(root, processor, [str(broken)])
+
+
+def released_like_model(tiny_model_dir, target):
+    """The tiny model with the released Qwen2.5-VL processor bounds (up to 12,845,056 pixels)."""
+    model = shutil.copytree(tiny_model_dir, target)
+    config_path = model / "preprocessor_config.json"
+    config = json.loads(config_path.read_text())
+    config["size"] = {"shortest_edge": 3136, "longest_edge": 12845056}
+    config_path.write_text(json.dumps(config))
+    return model
+
+
+def test_a_large_chart_fits_the_default_budgets_and_long_prompts_are_rejected(tmp_path, tiny_model_dir):
+    model = released_like_model(tiny_model_dir, tmp_path / "model")
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    Image.effect_noise((1400, 1100), 64).convert("RGB").save(image_root / "chart.png")  # 1.54 MP
+    base = {"task": "chart", "data_source": "charts", "images": ["chart.png"], "answer": "12"}
+    rows = [
+        {**base, "id": "large", "problem": "What is the highest bar?"},
+        {**base, "id": "wordy", "problem": " ".join(f"word{i}" for i in range(800))},
+    ]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    summary = prepare(
+        PrepareConfig(
+            input=str(jsonl), image_root=str(image_root), output_dir=str(out), model_path=str(model),
+            val_ratio=0.0, progress=False,
+        )
+    )
+    budget = OmegaConf.load(REPO / "conf" / "mixed_r1.yaml").data.max_prompt_length
+    assert summary["max_prompt_length"] == PrepareConfig().max_prompt_length == budget
+    assert summary["rows_written"] == 1 and summary["rejects_by_reason"] == {"prompt_too_long": 1}
+    reject = json.loads((out / "rejects.jsonl").read_text())
+    assert reject["id"] == "wordy" and f"over max_prompt_length={budget}" in reject["detail"]
+    written = pq.read_table(out / "train.parquet").to_pylist()[0]
+    assert 1000 < written["extra_info"]["prompt_length"] <= budget
+
+    processor = load_image_text_processor(model)
+    dataset = build(tmp_path, processor, [str(out / "train.parquet")], max_prompt_length=budget)
+    assert len(dataset) == 1 and dataset.rows_over_prompt_length == {}
+    assert dataset.prompt_length(written, 0) == written["extra_info"]["prompt_length"]

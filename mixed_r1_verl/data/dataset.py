@@ -9,7 +9,8 @@ RLHFDataset resizes images through qwen_vl_utils (which needs torchvision) and, 
 row fails for any reason, counts it as over-long and drops it. This class resizes with PIL to the
 exact size qwen_vl_utils and the Qwen2.5-VL processor produce (honouring per-image min/max pixels
 written by the converter), raises an error naming the row when one cannot be prepared, and logs
-every row the length filter removes.
+every row the length filter removes, counted per task. The filter reads each row's prompt size from
+extra_info.prompt_length where the converter wrote it, and measures only the other rows.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from __future__ import annotations
 import copy
 import io
 import logging
+from collections import Counter
 
 import datasets
+import pyarrow.compute as pc
 from PIL import Image
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import build_multimodal_processor_inputs, normalize_token_ids
@@ -123,25 +126,73 @@ class MixedR1Dataset(RLHFDataset):
         except Exception as error:
             raise DatasetRowError(f"{self._describe_row(doc, index)} cannot be prepared: {error}") from error
 
-    def maybe_filter_out_long_prompts(self, dataframe: datasets.Dataset = None):
-        if not self.filter_overlong_prompts:
-            return dataframe
-        lengths = dataframe.map(
-            lambda doc, index: {"prompt_length": self.prompt_length(doc, index)},
+    def measure_prompt_lengths(self, dataframe: datasets.Dataset, rows: list[int]) -> list[int]:
+        """Prompt tokens of the given rows, built with the processor (rows are named by position)."""
+        subset = dataframe.select(rows)
+        return subset.map(
+            lambda doc, index: {"prompt_length": self.prompt_length(doc, rows[index])},
             with_indices=True,
-            remove_columns=dataframe.column_names,
+            remove_columns=subset.column_names,
             num_proc=self.num_workers if self.num_workers and self.num_workers > 1 else None,
             desc="Measuring prompt lengths",
         )["prompt_length"]
+
+    def prompt_lengths(self, dataframe: datasets.Dataset) -> list[int]:
+        """Each row's prompt tokens: the converter's count from extra_info.prompt_length where present
+        (checked against this processor on the first such row), measured for the other rows."""
+        lengths = extra_info_column(dataframe, "prompt_length")
+        counted = [i for i, length in enumerate(lengths) if length is not None]
+        if counted:
+            first = counted[0]
+            measured = self.prompt_length(dataframe[first], first)
+            if measured != lengths[first]:
+                logger.warning(
+                    "%s: the converter counted %d prompt tokens, this processor builds %d (another model or "
+                    "chat template?); measuring every row",
+                    self._describe_row(dataframe[first], first),
+                    lengths[first],
+                    measured,
+                )
+                lengths = [None] * len(lengths)
+        missing = [i for i, length in enumerate(lengths) if length is None]
+        if missing:
+            for i, length in zip(missing, self.measure_prompt_lengths(dataframe, missing), strict=True):
+                lengths[i] = length
+        return lengths
+
+    def maybe_filter_out_long_prompts(self, dataframe: datasets.Dataset = None):
+        if not self.filter_overlong_prompts:
+            return dataframe
+        lengths = self.prompt_lengths(dataframe)
         keep = [i for i, length in enumerate(lengths) if length <= self.max_prompt_length]
         dropped = [i for i, length in enumerate(lengths) if length > self.max_prompt_length]
+        tasks = extra_info_column(dataframe, "task")
+        self.rows_over_prompt_length = Counter(tasks[i] for i in dropped)
         if dropped:
-            ids = [(dataframe[i]["extra_info"] or {}).get("id") for i in dropped[:20]]
+            rows_per_task = Counter(tasks)
+            per_task = ", ".join(
+                f"{task} {self.rows_over_prompt_length[task]}/{rows_per_task[task]}"
+                for task in sorted(rows_per_task, key=str)
+            )
+            ids = extra_info_column(dataframe.select(dropped[:20]), "id")
             logger.warning(
-                "%d of %d rows exceed max_prompt_length=%d and are left out (first ids: %s)",
+                "%d of %d rows exceed max_prompt_length=%d and are left out; per task (dropped/rows): %s "
+                "(first ids: %s)",
                 len(dropped),
                 len(lengths),
                 self.max_prompt_length,
+                per_task,
                 ids,
             )
         return dataframe.select(keep) if dropped else dataframe
+
+
+def extra_info_column(dataframe: datasets.Dataset, name: str) -> list:
+    """One extra_info field of every row, read from the arrow column without decoding rows; None for
+    rows (or files) without it."""
+    if "extra_info" not in dataframe.column_names:
+        return [None] * len(dataframe)
+    column = dataframe.with_format("arrow")["extra_info"]
+    if name not in {field.name for field in column.type}:
+        return [None] * len(dataframe)
+    return pc.struct_field(column, name).to_pylist()

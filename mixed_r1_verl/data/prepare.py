@@ -26,20 +26,21 @@ from tqdm import tqdm
 
 from mixed_r1_verl.data.cli import run_cli
 from mixed_r1_verl.data.frames import (
-    DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     MODEL_FAMILY_BOX_FRAME,
     box_to_frame,
     format_box,
     model_frame_size,
+    smart_resize,
 )
 from mixed_r1_verl.data.images import ImageStore
-from mixed_r1_verl.data.processor import resolve_model_dir
+from mixed_r1_verl.data.processor import PromptTokenCounter, resolve_model_dir
 from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, render_prompt
 from mixed_r1_verl.data.records import (
     BOX_OUTSIDE_IMAGE,
     DEGENERATE_BOX,
     DUPLICATE_ID,
+    PROMPT_TOO_LONG,
     CanonicalRecord,
     ColumnMapping,
     UNSUPPORTED_IMAGE_SIZE,
@@ -53,6 +54,14 @@ from mixed_r1_verl.data.records import (
 )
 
 SPLITS = ("train", "val")
+# The training prompt budget (data.max_prompt_length in conf/mixed_r1.yaml) and the image budget that
+# fits in it: at most 1280 image tokens (1280 merged 28x28 patches, about 1 MP) leave 768 tokens for
+# the chat template, question, options and instructions.
+DEFAULT_MAX_PROMPT_LENGTH = 2048
+DEFAULT_MAX_IMAGE_TOKENS = 1280
+DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_TOKENS * 28 * 28
+# Families whose prompt size the converter can count (image tokens from the resize grid).
+COUNTED_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
 # Boxes may overhang the image by this many pixels (annotation rounding); they are clipped.
 BOX_EDGE_TOLERANCE = 1.0
 
@@ -74,20 +83,25 @@ class PrepareConfig:
     seed: int = 0
     prompt_template: str = DEFAULT_TEMPLATE
     system_prompt: str | None = None
-    # Pixel bounds of the model's image processor; read from model_path's preprocessor_config.json
-    # when given (a directory or a hub id in the Hugging Face cache), else the defaults.
+    # Pixel bounds of the resize. min_pixels: model_path's preprocessor_config.json (a directory or a
+    # hub id in the Hugging Face cache), else 3136. max_pixels: the image budget (1280 tokens,
+    # 1003520 pixels), or the model's own bound when smaller.
     model_path: str | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
+    # Must equal the training data.max_prompt_length. With model_path (Qwen2-VL family), each row's
+    # prompt tokens are counted, written to extra_info.prompt_length, and longer rows are rejected.
+    max_prompt_length: int = DEFAULT_MAX_PROMPT_LENGTH
     row_group_size: int = 256
     progress: bool = True
 
 
-def pixel_bounds(config: PrepareConfig) -> tuple[int, int]:
-    """(min_pixels, max_pixels): explicit values first, then the model's processor config, then defaults."""
+def pixel_bounds(config: PrepareConfig, model_dir: Path | None) -> tuple[int, int]:
+    """(min_pixels, max_pixels): explicit values first; else the model's min_pixels and the smaller of
+    its max_pixels and the image budget; else the defaults."""
     from_model: dict[str, Any] = {}
-    if config.model_path:
-        config_path = resolve_model_dir(config.model_path) / "preprocessor_config.json"
+    if model_dir is not None:
+        config_path = model_dir / "preprocessor_config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"model_path {config.model_path!r} has no preprocessor_config.json ({config_path})")
         processor_config = json.loads(config_path.read_text())
@@ -97,7 +111,7 @@ def pixel_bounds(config: PrepareConfig) -> tuple[int, int]:
             "max_pixels": processor_config.get("max_pixels") or size.get("longest_edge"),
         }
     min_pixels = config.min_pixels or from_model.get("min_pixels") or DEFAULT_MIN_PIXELS
-    max_pixels = config.max_pixels or from_model.get("max_pixels") or DEFAULT_MAX_PIXELS
+    max_pixels = config.max_pixels or min(from_model.get("max_pixels") or DEFAULT_MAX_PIXELS, DEFAULT_MAX_PIXELS)
     if min_pixels > max_pixels:
         raise ValueError(f"min_pixels {min_pixels} exceeds max_pixels {max_pixels}")
     return int(min_pixels), int(max_pixels)
@@ -153,6 +167,7 @@ OUTPUT_SCHEMA = pa.schema(
                     ("frame_size", pa.list_(pa.int64())),
                     ("image_size", pa.list_(pa.int64())),
                     ("options", pa.list_(pa.string())),
+                    ("prompt_length", pa.int64()),
                 ]
             ),
         ),
@@ -178,7 +193,11 @@ class RowConverter:
             problem_template=config.problem_template,
         )
         self.box_frame = MODEL_FAMILY_BOX_FRAME[config.model_family]
-        self.min_pixels, self.max_pixels = pixel_bounds(config)
+        model_dir = resolve_model_dir(config.model_path) if config.model_path else None
+        self.min_pixels, self.max_pixels = pixel_bounds(config, model_dir)
+        self.prompt_counter = (
+            PromptTokenCounter(model_dir) if model_dir is not None and config.model_family in COUNTED_FAMILIES else None
+        )
         self.store = ImageStore(config.image_root)
         self.seen_ids: set[str] = set()
 
@@ -206,10 +225,8 @@ class RowConverter:
         """The verl row for a validated record, without split or index (see `assign`)."""
         images = [self.store.load(path) for path in record.images]
         image_size = images[0].size
-        try:
-            frame_size = model_frame_size(image_size, self.box_frame, self.min_pixels, self.max_pixels)
-        except ValueError as error:
-            raise RecordError(UNSUPPORTED_IMAGE_SIZE, f"image {images[0].path!r}: {error}") from None
+        resized_sizes = [self.resized_size(image) for image in images]
+        frame_size = model_frame_size(image_size, self.box_frame, self.min_pixels, self.max_pixels)
         ground_truth = record.answer
         if record.task == "grounding":
             ground_truth = grounding_truth(record.answer, image_size, frame_size)
@@ -223,6 +240,7 @@ class RowConverter:
         ]
         if self.config.system_prompt:
             prompt.insert(0, {"role": "system", "content": self.config.system_prompt})
+        prompt_length = self.prompt_length(prompt, resized_sizes)
         return {
             "data_source": record.data_source,
             "prompt": prompt,
@@ -241,8 +259,32 @@ class RowConverter:
                 "frame_size": list(frame_size),
                 "image_size": list(image_size),
                 "options": list(record.options) if record.options else None,
+                "prompt_length": prompt_length,
             },
         }
+
+    def resized_size(self, image) -> tuple[int, int]:
+        """(width, height) the Qwen2-VL family resizes the image to."""
+        width, height = image.size
+        try:
+            resized_h, resized_w = smart_resize(height, width, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        except ValueError as error:
+            raise RecordError(UNSUPPORTED_IMAGE_SIZE, f"image {image.path!r}: {error}") from None
+        return resized_w, resized_h
+
+    def prompt_length(self, prompt: list[dict], resized_sizes: list[tuple[int, int]]) -> int | None:
+        """The row's prompt tokens (None when the family's count is unknown); over the budget is a reject."""
+        if self.prompt_counter is None:
+            return None
+        length = self.prompt_counter.count(prompt, resized_sizes)
+        if length > self.config.max_prompt_length:
+            image_tokens = sum(self.prompt_counter.image_tokens(size) for size in resized_sizes)
+            raise RecordError(
+                PROMPT_TOO_LONG,
+                f"prompt is {length} tokens ({image_tokens} for images), over max_prompt_length="
+                f"{self.config.max_prompt_length}",
+            )
+        return length
 
 
 class SplitWriter:
@@ -357,6 +399,8 @@ def build_summary(config, converter, rows_in, written: Counter, rejected: Counte
         "box_frame": converter.box_frame,
         "min_pixels": converter.min_pixels,
         "max_pixels": converter.max_pixels,
+        "max_prompt_length": config.max_prompt_length,
+        "prompt_lengths_counted": converter.prompt_counter is not None,
         "seconds": round(seconds, 3),
     }
 

@@ -8,11 +8,16 @@ with the video part left out. GPU hosts keep using `AutoProcessor`.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from transformers import AutoTokenizer, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from mixed_r1_verl.data.prompts import chat_with_image_items
+
+IMAGE_PAD = "<|image_pad|>"
 
 
 class Qwen25VLImageTextProcessor(Qwen2_5_VLProcessor):
@@ -69,3 +74,36 @@ def load_image_text_processor(model_dir: str | os.PathLike) -> Qwen25VLImageText
         tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
     )
+
+
+def vision_geometry(model_dir: str | os.PathLike) -> tuple[int, int]:
+    """(patch_size, merge_size) of a Qwen2-VL-family image processor; Qwen2.5-VL's 14 and 2 when the
+    checkpoint does not say."""
+    config_path = Path(model_dir) / "preprocessor_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return int(config.get("patch_size", 14)), int(config.get("merge_size", 2))
+
+
+class PromptTokenCounter:
+    """Tokens of a prompt as the Qwen2-VL family's processor builds it: the chat template's text with
+    each image's pad repeated once per merged patch of the resized image. Only the tokenizer is
+    loaded; no image is decoded."""
+
+    def __init__(self, model_dir: str | os.PathLike):
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        patch_size, merge_size = vision_geometry(model_dir)
+        self.tile = patch_size * merge_size
+
+    def image_tokens(self, resized_size: tuple[int, int]) -> int:
+        width, height = resized_size
+        return (width // self.tile) * (height // self.tile)
+
+    def count(self, messages: list[dict], resized_sizes: list[tuple[int, int]]) -> int:
+        text = self.tokenizer.apply_chat_template(
+            chat_with_image_items(messages), add_generation_prompt=True, tokenize=False
+        )
+        pads = text.count(IMAGE_PAD)
+        if pads != len(resized_sizes):
+            raise ValueError(f"the chat template rendered {pads} image pad(s) for {len(resized_sizes)} image(s)")
+        text_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return text_tokens + sum(self.image_tokens(size) - 1 for size in resized_sizes)

@@ -3,7 +3,10 @@ the reasoning format the format reward checks."""
 
 from __future__ import annotations
 
+import re
+
 from mixed_r1_verl.data.frames import BOX_FRAME_ABS
+from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
 
 FORMAT_INSTRUCTION = (
     "First think through the problem step by step inside <think> </think> tags, "
@@ -57,3 +60,19 @@ def render_prompt(
         instruction=task_instruction(task, bool(options), box_frame, frame_size),
         format_instruction=FORMAT_INSTRUCTION,
     )
+
+
+def chat_with_image_items(messages: list[dict]) -> list[dict]:
+    """The chat with each turn's `<image>` placeholders turned into image content items, as chat
+    templates expect (and as verl's dataset builds them): "<image>What?" becomes
+    [{"type": "image"}, {"type": "text", "text": "What?"}]. Turns without placeholders are kept."""
+    structured = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, str) or IMAGE_PLACEHOLDER not in content:
+            structured.append(dict(message))
+            continue
+        parts = [part for part in re.split(f"({re.escape(IMAGE_PLACEHOLDER)})", content) if part]
+        items = [{"type": "image"} if part == IMAGE_PLACEHOLDER else {"type": "text", "text": part} for part in parts]
+        structured.append({**message, "content": items})
+    return structured

@@ -38,6 +38,7 @@ BOX_OUTSIDE_IMAGE = "box_outside_image"
 GROUNDING_IMAGE_COUNT = "grounding_needs_one_image"
 ANSWER_NOT_AN_OPTION = "answer_not_an_option"
 NON_FINITE_ANSWER = "non_finite_answer"
+PROMPT_TOO_LONG = "prompt_too_long"
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _BOX_PATTERN = re.compile(r"^\[" + ",".join([_NUMBER] * 4) + r"\]$")
