@@ -188,7 +188,7 @@ def test_vllm_backend_without_vllm_fails_clearly(tmp_path):
         pass
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=2)
     config = engine_config(jsonl, image_root, tmp_path / "out", "difficulty.backend=vllm", "difficulty.model_path=x")
-    with pytest.raises(ImportError, match="difficulty.backend=vllm needs vLLM"):
+    with pytest.raises(ImportError, match="the vllm backend needs vLLM"):
         Engine(config).run()
 
 

@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import random
-import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -36,10 +35,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from mixed_r1_verl.data.cli import run_cli
-from mixed_r1_verl.data.dataset import model_input_image
 from mixed_r1_verl.data.prepare import PrepareConfig, RowConverter, prepare
 from mixed_r1_verl.data.records import TASKS, CanonicalRecord, RecordError, iter_source_rows, option_index, parse_box
-from mixed_r1_verl.data.sampling import PromptRequest, ResponseCache, SamplingSettings, build_sampler, request_key
+from mixed_r1_verl.data.sampling import ResponseCache, request_key
+from mixed_r1_verl.eval.generation import ENGINE_SAMPLING, GenerationRequest, SamplingSettings, build_generator
 from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.rewards.chart import single_number
 from mixed_r1_verl.rewards.text import normalize_text
@@ -65,10 +64,10 @@ class DifficultyConfig:
     enabled: bool = True
     backend: str = "transformers"  # vllm (GPU) or transformers (CPU fallback)
     model_path: str | None = None
-    k: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 512
+    k: int = ENGINE_SAMPLING.n
+    temperature: float = ENGINE_SAMPLING.temperature
+    top_p: float = ENGINE_SAMPLING.top_p
+    max_new_tokens: int = ENGINE_SAMPLING.max_new_tokens
     # Prompts per generate call; the cache is written after each, so an interrupted run resumes.
     chunk_size: int = 1024
     # A response counts as correct when its reward accuracy reaches the task's threshold.
@@ -222,7 +221,7 @@ class Engine:
         if not settings_config.model_path:
             raise ValueError("difficulty.model_path is required when difficulty.enabled=true")
         settings = SamplingSettings(
-            k=settings_config.k,
+            n=settings_config.k,
             temperature=settings_config.temperature,
             top_p=settings_config.top_p,
             max_new_tokens=settings_config.max_new_tokens,
@@ -234,7 +233,7 @@ class Engine:
         sampling_seconds = 0.0
         if pending:
             max_images = max(len(row.record.images) for row, _ in pending)
-            sampler = build_sampler(
+            generator = build_generator(
                 settings_config.backend,
                 settings_config.model_path,
                 settings,
@@ -248,9 +247,9 @@ class Engine:
             started = time.perf_counter()
             for start in tqdm(range(0, len(pending), chunk), desc="Sampling", disable=not self.config.progress):
                 # Images are decoded per chunk, so memory stays bounded by the chunk size.
-                cache.add(
-                    sampler.sample([self.prompt_request(row, key) for row, key in pending[start : start + chunk]])
-                )
+                batch = pending[start : start + chunk]
+                responses = generator.generate([self.generation_request(row) for row, _ in batch])
+                cache.add({key: texts for (_, key), texts in zip(batch, responses, strict=True)})
             sampling_seconds = time.perf_counter() - started
         embedding_model = settings_config.embedding_model or settings_config.model_path
         for row, key in zip(rows, keys):
@@ -266,7 +265,7 @@ class Engine:
             return "too_easy" if row.pass_rate >= high else "too_hard"
 
         details = {
-            "k": settings.k,
+            "k": settings.n,
             "backend": settings_config.backend,
             "sampled_prompts": len(pending),
             "cached_prompts": len(rows) - len(pending),
@@ -280,17 +279,17 @@ class Engine:
             row.record.id, json.dumps(row.prompt), row.image_digests, self.config.difficulty.model_path, settings
         )
 
-    def prompt_request(self, row: EngineRow, key: str) -> PromptRequest:
-        """The chat and the images resized to the frame the model sees."""
-        images = []
-        for path in row.record.images:
-            item = {
+    def generation_request(self, row: EngineRow) -> GenerationRequest:
+        """The row's chat and its images with the converter's resize bounds, as training sees them."""
+        images = [
+            {
                 "bytes": self.converter.store.load(path).data,
                 "min_pixels": self.converter.min_pixels,
                 "max_pixels": self.converter.max_pixels,
             }
-            images.append(model_input_image(item, image_patch_size=14))
-        return PromptRequest(key, [chat_turn_with_images(turn) for turn in row.prompt], images)
+            for path in row.record.images
+        ]
+        return GenerationRequest(row.prompt, images)
 
     def pass_rate(self, row: EngineRow, responses: list[str], embedding_model: str) -> float:
         threshold = self.config.difficulty.correct_threshold.get(row.record.task, 1.0)
@@ -398,13 +397,6 @@ def unverifiable_reason(row: EngineRow, max_short_answer_words: int) -> str | No
         width, height = row.extra_info["frame_size"]
         return None if 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height else "box_outside_frame"
     return None if normalize_text(answer) else "empty_reference"
-
-
-def chat_turn_with_images(turn: dict) -> dict:
-    """A chat turn whose `<image>` placeholders become image content items."""
-    parts = [part for part in re.split("(<image>)", turn["content"]) if part]
-    content = [{"type": "image"} if part == "<image>" else {"type": "text", "text": part} for part in parts]
-    return {"role": turn["role"], "content": content}
 
 
 def canonical_dict(record: CanonicalRecord) -> dict:

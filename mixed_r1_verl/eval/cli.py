@@ -9,7 +9,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from .cache import GenerationCache, read_generations
-from .generation import SamplingSettings, TransformersGenerator, VLLMGenerator, generate_missing
+from .generation import SamplingSettings, build_generator, generate_missing
 from .records import EvalRecord, load_records
 from .report import load_summary, summary_markdown, write_comparison, write_summary
 from .scoring import score_records, summarize
@@ -55,16 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _make_generator(args):
-    sampling = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    sampling = SamplingSettings(
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
     backend = args.backend
     if backend == "auto":
         backend = "vllm" if find_spec("vllm") is not None else "hf"
     if backend == "vllm":
-        return VLLMGenerator(args.model, sampling, args.tensor_parallel_size, args.max_images)
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return TransformersGenerator(args.model, sampling, device)
+        return build_generator(
+            "vllm",
+            args.model,
+            sampling,
+            max_images_per_prompt=args.max_images,
+            tensor_parallel_size=args.tensor_parallel_size,
+            trust_remote_code=True,
+        )
+    return build_generator("transformers", args.model, sampling, device=args.device)
 
 
 def _responses(args, records: list[EvalRecord], out_dir: Path) -> dict[str, str]:

@@ -1,109 +1,182 @@
-"""Response generation: vLLM on GPU, transformers ``generate`` (Qwen2-VL family) anywhere else."""
+"""Response generation for evaluation and the data engine: one image-and-text path, two backends.
+
+Every prompt is a verl-layout chat (`<image>` placeholders in the text) plus image items carrying the
+converter's per-image `min_pixels`/`max_pixels`. Images are resized exactly as the training dataset
+resizes them (`mixed_r1_verl.data.dataset.model_input_image`), so a model is evaluated and sampled in
+the frame its grounding answers are scored in. The chat is rendered by the model's chat template and
+the processor (transformers) or vLLM expands the image pads.
+
+Backends: vLLM offline (GPU; every prompt of a call in one batch) and transformers `generate`
+(anywhere; Qwen2-VL family). Sampling settings are one type with per-use defaults: `EVAL_SAMPLING`
+(greedy, one response) and `ENGINE_SAMPLING` (8 responses at temperature 1).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+from PIL import Image
 from tqdm import tqdm
 
+from mixed_r1_verl.data.dataset import model_input_image
+from mixed_r1_verl.data.processor import load_image_text_processor, resolve_model_dir, vision_geometry
+from mixed_r1_verl.data.prompts import chat_with_image_items
+
 from .cache import GenerationCache
-from .prompts import expand_image_pads, render_prompt
 from .records import EvalRecord
+
+BACKENDS = ("vllm", "transformers")
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    max_new_tokens: int = 1024
-    temperature: float = 0.0
+    n: int = 1  # responses per prompt
+    temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
+    max_new_tokens: int = 1024
     seed: int = 0
 
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"sampling n must be at least 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"sampling temperature must be >= 0, got {self.temperature}")
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(f"{self.n} responses per prompt need a temperature > 0 (greedy gives one answer)")
 
-class VLLMGenerator:
-    """Batched generation with vLLM (``pip install -e '.[gpu]'``)."""
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
-    def __init__(self, model_path: str, sampling: SamplingSettings, tensor_parallel_size: int = 1, max_images: int = 4):
+
+EVAL_SAMPLING = SamplingSettings()
+ENGINE_SAMPLING = SamplingSettings(n=8, temperature=1.0, max_new_tokens=512)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: list[dict]  # verl-layout chat: `<image>` placeholders in the text
+    images: list[dict]  # image items: `bytes` or `image` (PIL image or path), with min/max pixels
+
+
+class Generator(Protocol):
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
+        """`settings.n` responses per request, in request order."""
+
+
+def model_images(request: GenerationRequest, patch_size: int) -> list[Image.Image]:
+    """The request's images resized to the frame the model sees, as in training."""
+    return [model_input_image(item, patch_size) for item in request.images]
+
+
+def chat_text(tokenizer, request: GenerationRequest) -> str:
+    """The model's chat-template text for the request, one vision block per image, ready to generate."""
+    return tokenizer.apply_chat_template(
+        chat_with_image_items(request.messages), add_generation_prompt=True, tokenize=False
+    )
+
+
+def vllm_input(tokenizer, request: GenerationRequest, patch_size: int) -> dict:
+    """One vLLM prompt: the chat text and the resized images (vLLM expands the image pads)."""
+    prompt = {"prompt": chat_text(tokenizer, request)}
+    if request.images:
+        prompt["multi_modal_data"] = {"image": model_images(request, patch_size)}
+    return prompt
+
+
+class VllmGenerator:
+    """vLLM offline (``pip install -e '.[gpu]'``): all requests of a call in one `generate`."""
+
+    def __init__(self, model_path: str, settings: SamplingSettings, max_images_per_prompt: int = 1, **engine_kwargs):
         try:
             from vllm import LLM, SamplingParams
         except ImportError as error:
-            raise RuntimeError("the vllm backend needs vLLM: pip install -e '.[gpu]' (or use --backend hf)") from error
+            raise ImportError(
+                "the vllm backend needs vLLM (pip install -e '.[gpu]'); use the transformers backend without it"
+            ) from error
+        self.patch_size, _ = vision_geometry(resolve_model_dir(model_path))
         self.llm = LLM(
-            model=model_path,
-            tensor_parallel_size=tensor_parallel_size,
-            limit_mm_per_prompt={"image": max_images},
-            seed=sampling.seed,
-            trust_remote_code=True,
+            model=model_path, limit_mm_per_prompt={"image": max_images_per_prompt}, seed=settings.seed, **engine_kwargs
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.params = SamplingParams(
-            max_tokens=sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            seed=sampling.seed,
+            n=settings.n,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_new_tokens,
+            seed=settings.seed,
         )
 
-    def generate(self, records: Sequence[EvalRecord]) -> list[str]:
-        requests = []
-        for record in records:
-            request = {"prompt": render_prompt(self.tokenizer, record)}
-            if record.image_blobs:
-                request["multi_modal_data"] = {"image": record.images()}
-            requests.append(request)
-        outputs = self.llm.generate(requests, self.params, use_tqdm=False)
-        return [output.outputs[0].text for output in outputs]
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
+        inputs = [vllm_input(self.tokenizer, request, self.patch_size) for request in requests]
+        outputs = self.llm.generate(inputs, self.params, use_tqdm=False)
+        return [[completion.text for completion in output.outputs] for output in outputs]
 
 
 class TransformersGenerator:
-    """One-record-at-a-time ``generate`` for Qwen2-VL / Qwen2.5-VL checkpoints.
+    """`generate` one request at a time for Qwen2-VL-family checkpoints, through the image-and-text
+    processor (no torchvision needed)."""
 
-    Uses the tokenizer and the PIL image processor directly (no AutoProcessor, which needs torchvision).
-    """
-
-    def __init__(self, model_path: str, sampling: SamplingSettings, device: str = "cpu"):
+    def __init__(self, model_path: str, settings: SamplingSettings, device: str | None = None):
         import torch
-        from transformers import AutoModelForImageTextToText, AutoTokenizer
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from transformers import AutoModelForImageTextToText
 
         self.torch = torch
-        self.sampling = sampling
-        self.device = device
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(model_path)
-        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype="auto").to(device).eval()
+        self.settings = settings
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.processor = load_image_text_processor(model_path)
+        self.patch_size = self.processor.image_processor.patch_size
+        dtype = "auto" if self.device.startswith("cuda") else torch.float32
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
 
-    def generate(self, records: Sequence[EvalRecord]) -> list[str]:
-        return [self._generate_one(record) for record in records]
+    def model_inputs(self, request: GenerationRequest):
+        images = model_images(request, self.patch_size)
+        text = chat_text(self.processor.tokenizer, request)
+        return self.processor(text=[text], images=images or None, return_tensors="pt").to(self.device)
 
-    def _generate_one(self, record: EvalRecord) -> str:
-        text = render_prompt(self.tokenizer, record)
-        vision = {}
-        if record.image_blobs:
-            vision = dict(self.image_processor(images=record.images(), return_tensors="pt"))
-            text = expand_image_pads(text, vision["image_grid_thw"], self.image_processor.merge_size)
-        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        inputs = {name: value.to(self.device) for name, value in {**inputs, **vision}.items()}
-        sample = self.sampling.temperature > 0
-        self.torch.manual_seed(self.sampling.seed)
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
+        return [self._generate_one(request) for request in requests]
+
+    def _generate_one(self, request: GenerationRequest) -> list[str]:
+        inputs = self.model_inputs(request)
+        settings = self.settings
+        sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
+        self.torch.manual_seed(settings.seed)
         with self.torch.inference_mode():
             output = self.model.generate(
                 **inputs,
-                max_new_tokens=self.sampling.max_new_tokens,
-                do_sample=sample,
-                **({"temperature": self.sampling.temperature, "top_p": self.sampling.top_p} if sample else {}),
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=not settings.greedy,
+                num_return_sequences=settings.n,
+                **sampling,
             )
         prompt_length = inputs["input_ids"].shape[1]
-        return self.tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True)
+        return self.processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
 
 
-def generate_missing(records: Sequence[EvalRecord], generator, cache: GenerationCache, batch_size: int) -> int:
+def build_generator(backend: str, model_path: str, settings: SamplingSettings, **options) -> Generator:
+    """`vllm` (options: max_images_per_prompt and vLLM engine arguments) or `transformers` (option: device)."""
+    if backend == "vllm":
+        return VllmGenerator(model_path, settings, **options)
+    if backend == "transformers":
+        return TransformersGenerator(model_path, settings, **options)
+    raise ValueError(f"unknown generation backend {backend!r}; use one of {', '.join(BACKENDS)}")
+
+
+def eval_request(record: EvalRecord) -> GenerationRequest:
+    return GenerationRequest(record.prompt, record.image_items())
+
+
+def generate_missing(records: Sequence[EvalRecord], generator: Generator, cache: GenerationCache, batch_size: int) -> int:
     """Generate the records the cache lacks, appending each finished batch; returns how many were generated."""
     missing = set(cache.missing([record.id for record in records]))
     todo = [record for record in records if record.id in missing]
     with tqdm(total=len(records), initial=len(records) - len(todo), desc="generate", unit="prompt") as progress:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            responses = generator.generate(batch)
-            cache.add({record.id: response for record, response in zip(batch, responses, strict=True)})
+            responses = generator.generate([eval_request(record) for record in batch])
+            cache.add({record.id: response[0] for record, response in zip(batch, responses, strict=True)})
             progress.update(len(batch))
     return len(todo)

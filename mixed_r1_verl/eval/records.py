@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from PIL import Image
 
-IMAGE_PLACEHOLDER = "<image>"
+from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
+
 REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")
 
 
@@ -29,19 +28,22 @@ class EvalRecord:
     image_blobs: list[dict] = field(default_factory=list)
     source: str = ""
 
-    def images(self) -> list[Image.Image]:
-        return [_open_image(blob, self) for blob in self.image_blobs]
+    def image_items(self) -> list[dict]:
+        """The record's images as generation image items: bytes or a readable path, with the
+        converter's resize bounds."""
+        return [_image_item(blob, self) for blob in self.image_blobs]
 
 
-def _open_image(blob: Mapping, record: EvalRecord) -> Image.Image:
+def _image_item(blob: Mapping, record: EvalRecord) -> dict:
+    bounds = {key: blob[key] for key in ("min_pixels", "max_pixels") if blob.get(key)}
     if blob.get("bytes"):
-        return Image.open(io.BytesIO(blob["bytes"])).convert("RGB")
+        return {"bytes": blob["bytes"], **bounds}
     if blob.get("path"):
         path = Path(blob["path"])
         if not path.is_absolute():
             path = Path(record.source).parent / path
         if path.exists():
-            return Image.open(path).convert("RGB")
+            return {"image": str(path), **bounds}
     raise RecordError(f"{record.source}: record {record.id!r}: image has neither bytes nor a readable path")
 
 

@@ -1,0 +1,93 @@
+"""The one generation path of evaluation and the data engine: chat rendering, images resized with the
+converter's per-image bounds (as the training dataset does), and the sampling settings of each use."""
+
+import pytest
+from transformers import AutoTokenizer
+
+from mixed_r1_verl.data.cli import load_config
+from mixed_r1_verl.data.engine import Engine, EngineConfig
+from mixed_r1_verl.data.prepare import PrepareConfig, prepare
+from mixed_r1_verl.data.synthetic import write_synthetic_dataset
+from mixed_r1_verl.eval.generation import (
+    ENGINE_SAMPLING,
+    EVAL_SAMPLING,
+    GenerationRequest,
+    SamplingSettings,
+    TransformersGenerator,
+    chat_text,
+    eval_request,
+    vllm_input,
+)
+from mixed_r1_verl.eval.records import load_records
+from mixed_r1_verl.models.tiny_qwen25vl import MAX_PIXELS
+
+# Bounds unlike the tiny processor's (up to 200,704 pixels): the frame must follow the converter's.
+CONVERTER_MAX_PIXELS = 28 * 28 * 64
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generation")
+    jsonl, image_root = write_synthetic_dataset(root / "src", rows_per_task=2, seed=11, image_size=(700, 500))
+    config = PrepareConfig(
+        input=str(jsonl), image_root=str(image_root), output_dir=str(root / "out"),
+        max_pixels=CONVERTER_MAX_PIXELS, val_ratio=0.0, progress=False,
+    )
+    prepare(config)
+    return root, jsonl, image_root
+
+
+def test_rendered_chat_has_one_vision_block_per_image_in_place(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    request = GenerationRequest([{"role": "user", "content": "<image>left<image> Compare."}], [])
+    text = chat_text(tokenizer, request)
+    assert text.count("<|vision_start|><|image_pad|><|vision_end|>") == 2
+    assert text.index("left") < text.rindex("<|image_pad|>") < text.index("Compare.")
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_eval_hands_both_backends_the_training_frame(converted, tiny_model_dir):
+    root, _, _ = converted
+    records = load_records([root / "out" / "train.parquet"])
+    assert CONVERTER_MAX_PIXELS < MAX_PIXELS and len(records) == 8
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    generator = TransformersGenerator(str(tiny_model_dir), EVAL_SAMPLING, device="cpu")
+    for record in records:
+        frame = record.extra_info["frame_size"]
+        request = eval_request(record)
+        (image,) = vllm_input(tokenizer, request, patch_size=14)["multi_modal_data"]["image"]
+        assert list(image.size) == frame
+        _, grid_h, grid_w = generator.model_inputs(request)["image_grid_thw"][0].tolist()
+        assert [grid_w * 14, grid_h * 14] == frame
+
+
+def test_engine_hands_the_generator_the_training_frame(converted, tiny_model_dir, tmp_path):
+    _, jsonl, image_root = converted
+    config = load_config(
+        EngineConfig,
+        [f"input={jsonl}", f"image_root={image_root}", f"output_dir={tmp_path}", "progress=false",
+         f"max_pixels={CONVERTER_MAX_PIXELS}"],
+    )
+    engine = Engine(config)
+    rows = engine.validate()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for row in rows:
+        (image,) = vllm_input(tokenizer, engine.generation_request(row), patch_size=14)["multi_modal_data"]["image"]
+        resized = [image.size[0], image.size[1]]
+        assert resized == row.extra_info["frame_size"]
+
+
+def test_each_use_has_its_sampling_defaults():
+    assert (EVAL_SAMPLING.n, EVAL_SAMPLING.temperature, EVAL_SAMPLING.greedy) == (1, 0.0, True)
+    assert (ENGINE_SAMPLING.n, ENGINE_SAMPLING.temperature, ENGINE_SAMPLING.greedy) == (8, 1.0, False)
+    assert EngineConfig().difficulty.k == ENGINE_SAMPLING.n
+    with pytest.raises(ValueError, match="4 responses per prompt need a temperature > 0"):
+        SamplingSettings(n=4)
+
+
+def test_transformers_backend_samples_n_responses(tiny_model_dir, converted):
+    root, _, _ = converted
+    record = load_records([root / "out" / "train.parquet"])[0]
+    settings = SamplingSettings(n=3, temperature=1.0, max_new_tokens=3)
+    (responses,) = TransformersGenerator(str(tiny_model_dir), settings, device="cpu").generate([eval_request(record)])
+    assert len(responses) == 3 and all(isinstance(text, str) for text in responses)
