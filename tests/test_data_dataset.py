@@ -185,6 +185,7 @@ def test_a_large_chart_fits_the_default_budgets_and_long_prompts_are_rejected(tm
     budget = OmegaConf.load(REPO / "conf" / "mixed_r1.yaml").data.max_prompt_length
     assert summary["max_prompt_length"] == PrepareConfig().max_prompt_length == budget
     assert summary["rows_written"] == 1 and summary["rejects_by_reason"] == {"prompt_too_long": 1}
+    assert summary["rejects_by_task"] == {"chart": {"prompt_too_long": 1}}
     reject = json.loads((out / "rejects.jsonl").read_text())
     assert reject["id"] == "wordy" and f"over max_prompt_length={budget}" in reject["detail"]
     written = pq.read_table(out / "train.parquet").to_pylist()[0]

@@ -102,6 +102,8 @@ def test_every_row_is_written_or_rejected_with_its_reason(converted):
     assert summary["rows_in"] == summary["rows_written"] + summary["rows_rejected"]
     assert summary["rows_written"] == 24
     assert sum(summary["rejects_by_reason"].values()) == len(rejects)
+    assert sum(sum(reasons.values()) for reasons in summary["rejects_by_task"].values()) == len(rejects)
+    assert summary["rejects_by_task"]["unknown"] == {records.BAD_RECORD: 1, records.UNKNOWN_TASK: 1}
     assert json.loads((out / "summary.json").read_text()) == summary
     train, val = read_rows(out / "train.parquet"), read_rows(out / "val.parquet")
     assert len(train) + len(val) == 24 and val

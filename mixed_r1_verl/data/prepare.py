@@ -44,6 +44,7 @@ from mixed_r1_verl.data.records import (
     CanonicalRecord,
     ColumnMapping,
     UNSUPPORTED_IMAGE_SIZE,
+    TASKS,
     RecordError,
     apply_mapping,
     build_mapping,
@@ -207,6 +208,11 @@ class RowConverter:
             return self.mapping.constants[name]
         return lookup(raw, self.mapping.columns.get(name, name)) if isinstance(raw, dict) else None
 
+    def source_task(self, raw: Any) -> str:
+        """The task a rejected row is counted under: its mapped task when known, else "unknown"."""
+        task = self.source_value(raw, "task")
+        return task if task in TASKS else "unknown"
+
     def source_id(self, number: int, raw: Any) -> str:
         """The id a rejected row is reported under: its mapped id, else its row number."""
         record_id = self.source_value(raw, "id")
@@ -276,7 +282,10 @@ class RowConverter:
         """The row's prompt tokens (None when the family's count is unknown); over the budget is a reject."""
         if self.prompt_counter is None:
             return None
-        length = self.prompt_counter.count(prompt, resized_sizes)
+        try:
+            length = self.prompt_counter.count(prompt, resized_sizes)
+        except ValueError as error:
+            raise ValueError(f"model_path {self.config.model_path!r} cannot count prompt tokens: {error}") from error
         if length > self.config.max_prompt_length:
             image_tokens = sum(self.prompt_counter.image_tokens(size) for size in resized_sizes)
             raise RecordError(
@@ -348,7 +357,7 @@ def prepare(config: PrepareConfig) -> dict:
                     record = converter.record(number, raw)
                     row = converter.convert(record)
                 except RecordError as error:
-                    rejected[error.reason] += 1
+                    rejected[(converter.source_task(raw), error.reason)] += 1
                     rejects.write(
                         json.dumps(
                             {
@@ -380,6 +389,11 @@ def prepare(config: PrepareConfig) -> dict:
 
 def build_summary(config, converter, rows_in, written: Counter, rejected: Counter, seconds: float) -> dict:
     rows_written = sum(written.values())
+    by_reason: Counter = Counter()
+    by_task: dict[str, dict[str, int]] = {}
+    for (task, reason), count in sorted(rejected.items()):
+        by_reason[reason] += count
+        by_task.setdefault(task, {})[reason] = count
     if rows_in != rows_written + sum(rejected.values()):
         raise RuntimeError(
             f"row accounting broken: {rows_in} in, {rows_written} written, {sum(rejected.values())} rejected"
@@ -394,7 +408,8 @@ def build_summary(config, converter, rows_in, written: Counter, rejected: Counte
         "rows_rejected": sum(rejected.values()),
         "per_split": {split: sum(c for (s, _), c in written.items() if s == split) for split in SPLITS},
         "per_task": per_task,
-        "rejects_by_reason": dict(sorted(rejected.items())),
+        "rejects_by_reason": dict(sorted(by_reason.items())),
+        "rejects_by_task": by_task,
         "model_family": config.model_family,
         "box_frame": converter.box_frame,
         "min_pixels": converter.min_pixels,
