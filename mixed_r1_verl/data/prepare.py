@@ -34,8 +34,8 @@ from mixed_r1_verl.data.frames import (
     smart_resize,
 )
 from mixed_r1_verl.data.images import ImageStore
-from mixed_r1_verl.data.processor import PromptTokenCounter, resolve_model_dir
-from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, render_prompt
+from mixed_r1_verl.data.model_files import resolve_model_dir
+from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, PromptTokenCounter, render_prompt
 from mixed_r1_verl.data.records import (
     BOX_OUTSIDE_IMAGE,
     DEGENERATE_BOX,

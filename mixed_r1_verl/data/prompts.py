@@ -3,9 +3,11 @@ the reasoning format the format reward checks."""
 
 from __future__ import annotations
 
+import os
 import re
 
 from mixed_r1_verl.data.frames import BOX_FRAME_ABS
+from mixed_r1_verl.data.model_files import vision_geometry
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
 
 FORMAT_INSTRUCTION = (
@@ -14,6 +16,7 @@ FORMAT_INSTRUCTION = (
 )
 DEFAULT_TEMPLATE = "{problem}\n{options}{instruction} {format_instruction}"
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+IMAGE_PAD = "<|image_pad|>"
 
 TASK_INSTRUCTIONS = {
     "matching": "Answer with a single word or phrase.",
@@ -76,3 +79,30 @@ def chat_with_image_items(messages: list[dict]) -> list[dict]:
         items = [{"type": "image"} if part == IMAGE_PLACEHOLDER else {"type": "text", "text": part} for part in parts]
         structured.append({**message, "content": items})
     return structured
+
+
+class PromptTokenCounter:
+    """Tokens of a prompt as the Qwen2-VL family's processor builds it: the chat template's text with
+    each image's pad repeated once per merged patch of the resized image. Only the tokenizer is
+    loaded; no image is decoded."""
+
+    def __init__(self, model_dir: str | os.PathLike):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        patch_size, merge_size = vision_geometry(model_dir)
+        self.tile = patch_size * merge_size
+
+    def image_tokens(self, resized_size: tuple[int, int]) -> int:
+        width, height = resized_size
+        return (width // self.tile) * (height // self.tile)
+
+    def count(self, messages: list[dict], resized_sizes: list[tuple[int, int]]) -> int:
+        text = self.tokenizer.apply_chat_template(
+            chat_with_image_items(messages), add_generation_prompt=True, tokenize=False
+        )
+        pads = text.count(IMAGE_PAD)
+        if pads != len(resized_sizes):
+            raise ValueError(f"the chat template rendered {pads} image pad(s) for {len(resized_sizes)} image(s)")
+        text_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return text_tokens + sum(self.image_tokens(size) - 1 for size in resized_sizes)

@@ -21,7 +21,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from mixed_r1_verl.data.dataset import model_input_image
-from mixed_r1_verl.data.processor import load_image_text_processor, resolve_model_dir, vision_geometry
+from mixed_r1_verl.data.model_files import resolve_model_dir, vision_geometry
+from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.prompts import chat_with_image_items
 
 from .cache import GenerationCache

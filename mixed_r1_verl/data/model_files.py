@@ -1,0 +1,49 @@
+"""Checkpoint files the data tools read without loading a model: hub ids resolved to local
+directories, and the vision geometry of a Qwen2-VL-family image processor."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# What data tools read from a checkpoint: configs, tokenizer and chat template, never the weights.
+PROCESSOR_FILES = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken")
+
+
+def resolve_model_dir(model_path: str | os.PathLike) -> Path:
+    """A local directory as given; a hub id (`Qwen/Qwen2.5-VL-7B-Instruct`) as its snapshot in the
+    Hugging Face cache, fetching only the processor and tokenizer files when online and missing.
+    With HF_HUB_OFFLINE=1 only the cache is read."""
+    if Path(model_path).is_dir():
+        return Path(model_path)
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    offline = constants.HF_HUB_OFFLINE
+    try:
+        return Path(snapshot_download(str(model_path), local_files_only=True))
+    except HFValidationError:
+        raise FileNotFoundError(f"model_path {str(model_path)!r} is neither a directory nor a hub id") from None
+    except Exception as cache_miss:
+        if offline:
+            raise FileNotFoundError(
+                f"model_path {str(model_path)!r} is not a directory and not in the Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}); HF_HUB_OFFLINE is set, so nothing is downloaded: run "
+                f"`huggingface-cli download {model_path}` where the network is reachable, or pass a local directory"
+            ) from cache_miss
+    try:
+        return Path(snapshot_download(str(model_path), allow_patterns=list(PROCESSOR_FILES)))
+    except Exception as error:
+        raise FileNotFoundError(
+            f"model_path {str(model_path)!r} is not a directory, not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}), and could not be downloaded: {error}"
+        ) from error
+
+
+def vision_geometry(model_dir: str | os.PathLike) -> tuple[int, int]:
+    """(patch_size, merge_size) of a Qwen2-VL-family image processor; Qwen2.5-VL's 14 and 2 when the
+    checkpoint does not say."""
+    config_path = Path(model_dir) / "preprocessor_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return int(config.get("patch_size", 14)), int(config.get("merge_size", 2))
