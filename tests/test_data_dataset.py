@@ -118,13 +118,15 @@ def test_converter_counts_equal_the_processors_and_the_filter_reads_them(setup):
             row["extra_info"]["prompt_length"] = 10**6
 
     claimed = build(root, processor, [rewrite_parquet(root, "claimed.parquet", oversize_row_5)])
-    assert len(claimed) == 15 and rows[5]["extra_info"]["id"] not in {claimed[i]["extra_info"]["id"] for i in range(15)}
+    assert len(claimed) == 15
+    assert rows[5]["extra_info"]["id"] not in {claimed[i]["extra_info"]["id"] for i in range(15)}
     assert sum(claimed.rows_over_prompt_length.values()) == 1
 
 
 def test_rows_without_a_count_or_with_a_stale_one_are_measured(setup, caplog):
     root, _, processor = setup
-    longest = max(pq.read_table(root / "out" / "train.parquet").column("extra_info").combine_chunks().field("prompt_length").to_pylist())
+    extra_info = pq.read_table(root / "out" / "train.parquet").column("extra_info").combine_chunks()
+    longest = max(extra_info.field("prompt_length").to_pylist())
 
     def drop_odd_counts(position, row):
         if position % 2:

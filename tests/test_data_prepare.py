@@ -55,7 +55,10 @@ def bad_rows(image_root: Path, outside: Path) -> list[tuple[dict, str]]:
         ({**base, **box, "id": "b-box", "answer": "[1, 2, 3]"}, records.BAD_BOX),
         ({**base, **box, "id": "b-flat", "answer": "[10, 20, 10, 40]"}, records.DEGENERATE_BOX),
         ({**base, **box, "id": "b-outside", "answer": "[10, 20, 400, 40]"}, records.BOX_OUTSIDE_IMAGE),
-        ({**base, "id": "b-letter", "task": "matching", "answer": "E", "options": ["a", "b"]}, records.ANSWER_NOT_AN_OPTION),
+        (
+            {**base, "id": "b-letter", "task": "matching", "answer": "E", "options": ["a", "b"]},
+            records.ANSWER_NOT_AN_OPTION,
+        ),
         ({**base, "id": "b-nan", "answer": float("nan")}, records.NON_FINITE_ANSWER),
         ({**base, "id": "b-inf", "answer": float("-inf")}, records.NON_FINITE_ANSWER),
         ({**base, "id": "chart-000001"}, records.DUPLICATE_ID),

@@ -66,7 +66,9 @@ def test_bad_records_are_rejected_with_their_reason(change, reason):
 
 
 def test_json_nan_answers_are_rejected_not_written_as_text():
-    row = json.loads('{"id": "n", "task": "chart", "data_source": "s", "images": ["a.png"], "problem": "Q", "answer": NaN}')
+    row = json.loads(
+        '{"id": "n", "task": "chart", "data_source": "s", "images": ["a.png"], "problem": "Q", "answer": NaN}'
+    )
     with pytest.raises(RecordError) as caught:
         parse_record(apply_mapping(row, ColumnMapping(), fallback_id="row-1"))
     assert caught.value.reason == records.NON_FINITE_ANSWER

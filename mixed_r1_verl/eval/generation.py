@@ -170,7 +170,9 @@ def eval_request(record: EvalRecord) -> GenerationRequest:
     return GenerationRequest(record.prompt, record.image_items())
 
 
-def generate_missing(records: Sequence[EvalRecord], generator: Generator, cache: GenerationCache, batch_size: int) -> int:
+def generate_missing(
+    records: Sequence[EvalRecord], generator: Generator, cache: GenerationCache, batch_size: int
+) -> int:
     """Generate the records the cache lacks, appending each finished batch; returns how many were generated."""
     missing = set(cache.missing([record.id for record in records]))
     todo = [record for record in records if record.id in missing]
