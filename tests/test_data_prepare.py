@@ -12,6 +12,7 @@ from PIL import Image
 from data_helpers import run_module
 
 from mixed_r1_verl.data import records
+from mixed_r1_verl.data.dataset import model_input_image
 from mixed_r1_verl.data.frames import smart_resize
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare, split_of
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
@@ -254,6 +255,8 @@ def test_exif_turned_photos_are_written_upright_with_boxes_in_the_upright_frame(
         red, green, blue = decoded.convert("RGB").getpixel((140, 340))
         assert red > 200 and green < 60 and blue < 60
     assert written["plain"]["images"][0]["bytes"] == (image_root / "plain.jpg").read_bytes()
+    # The training dataset's resize (shared by evaluation and the data engine) lands on the same frame.
+    assert list(model_input_image(photo["images"][0], image_patch_size=14).size) == [width, height]
 
 
 def hub_cache_with(model_dir: Path, cache: Path, repo_id: str) -> None:
