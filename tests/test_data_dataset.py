@@ -135,8 +135,16 @@ def test_rows_without_a_count_or_with_a_stale_one_are_measured(setup, caplog):
     def stale_counts(position, row):
         row["extra_info"]["prompt_length"] = 1
 
-    for name, change in (("uncounted.parquet", drop_odd_counts), ("stale.parquet", stale_counts)):
-        dataset = build(root, processor, [rewrite_parquet(root, name, change)], max_prompt_length=longest - 1)
+    rows = pq.read_table(root / "out" / "train.parquet").to_pylist()
+    for row in rows:
+        del row["extra_info"]["prompt_length"]
+    older_converter = root / "no_field.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), older_converter)
+
+    uncounted = rewrite_parquet(root, "uncounted.parquet", drop_odd_counts)
+    stale = rewrite_parquet(root, "stale.parquet", stale_counts)
+    for path in (uncounted, stale, str(older_converter)):
+        dataset = build(root, processor, [path], max_prompt_length=longest - 1)
         assert len(dataset) < 16 and sum(dataset.rows_over_prompt_length.values()) == 16 - len(dataset)
     with caplog.at_level("WARNING", logger="mixed_r1_verl.data.dataset"):
         build(root, processor, [str(root / "stale.parquet")])
