@@ -147,3 +147,18 @@ def test_cli_usage_config_and_no_gpu_exit(converted, tiny_model_dir):
     assert job.returncode == 0 and "lr: 0.0003" in job.stdout and "sft_train.parquet" in job.stdout
     train = run_sft("recipe=learn", f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")
     assert train.returncode == 2 and "needs at least one CUDA GPU" in train.stderr
+
+
+def test_input_paths_are_pinned_and_missing_ones_named(tmp_path, monkeypatch, tiny_model_dir):
+    from mixed_r1_verl.sft import PATH_KEYS, missing_inputs, pin_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.parquet").write_bytes(b"")
+    config = compose_sft(
+        f"model.path={tiny_model_dir}", "data.train_files=[a.parquet,b.parquet]", "data.val_files=null",
+        "trainer.default_local_dir=ckpt",
+    )  # fmt: skip
+    pin_paths(config, PATH_KEYS)
+    assert list(config.data.train_files) == [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    assert config.trainer.default_local_dir == str(tmp_path / "ckpt") and config.data.val_files is None
+    assert missing_inputs(config) == [f"data.train_files={tmp_path / 'b.parquet'}"]
