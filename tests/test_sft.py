@@ -134,18 +134,20 @@ def test_a_row_whose_placeholders_do_not_match_its_images_is_named(converted, ti
         dataset[0]
 
 
-def run_sft(*args):
+def run_sft(cwd, *args):
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, "-m", "mixed_r1_verl.sft", *args], env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.sft", *args], env=env, capture_output=True, text=True, cwd=cwd
+    )
 
 
-def test_cli_usage_config_and_no_gpu_exit(converted, tiny_model_dir):
+def test_cli_usage_config_and_no_gpu_exit(converted, tiny_model_dir, tmp_path):
     data_dir, _ = converted
-    usage = run_sft()
+    usage = run_sft(tmp_path)
     assert usage.returncode == 2 and "recipe=<name>" in usage.stderr and "learn" in usage.stderr
-    job = run_sft("recipe=learn", "optim.lr=3e-4", "--cfg", "job")
+    job = run_sft(tmp_path, "recipe=learn", "optim.lr=3e-4", "--cfg", "job")
     assert job.returncode == 0 and "lr: 0.0003" in job.stdout and "sft_train.parquet" in job.stdout
-    train = run_sft("recipe=learn", f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")
+    train = run_sft(tmp_path, "recipe=learn", f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")
     assert train.returncode == 2 and "needs at least one CUDA GPU" in train.stderr
 
 
