@@ -14,8 +14,9 @@ One GPU, offline. Steps, each a command in a fresh process (dry_run=true prints 
 
 Evaluation is the project's (`mixed_r1_verl.eval`: its generators, scorer and summaries); BMAS embeds
 with the base model's table in training and in every evaluation, so open_ended scores compare.
-A rerun skips the model and data when present, continues SFT and GRPO from their checkpoints and
-reuses cached generations. `stage=eval model=... data=... out_dir=...` is the evaluation step alone.
+A rerun skips what is done: the model and the data when present, SFT and GRPO once they saved their
+checkpoint (both save only at their last step; delete the `sft`/`grpo` directory to train again), and
+generations cached for the same model. `stage=eval model=... data=... out_dir=...` is the evaluation step alone.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from typing import Callable
 from omegaconf import OmegaConf
 
 TASK_ACCURACY_KEY = "mixed_r1/{task}/accuracy/mean"
+# Written by verl next to the global_step_N directories once a checkpoint is complete.
+CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
 RUNS = ("base", "sft", "grpo")
 # Files a model directory needs for vLLM and the processor, copied from the base model when the
 # checkpoint's Hugging Face copy lacks them.
@@ -179,6 +182,7 @@ def plan(config: LearnConfig) -> list[Step]:
                 f"trainer.seed={seed}", *config.sft_overrides,
             ),
             env={"VERL_FILE_LOGGER_PATH": str(layout.sft_log)},
+            skip_if_exists=layout.sft_checkpoints / CHECKPOINT_TRACKER,
         ),
         Step(
             "publish the SFT model",
@@ -196,6 +200,7 @@ def plan(config: LearnConfig) -> list[Step]:
                 *config.grpo_overrides,
             ),
             env={"VERL_FILE_LOGGER_PATH": str(layout.grpo_log)},
+            skip_if_exists=layout.grpo_checkpoints / CHECKPOINT_TRACKER,
         ),
         Step(
             "publish the GRPO model",
@@ -260,6 +265,7 @@ def evaluate(config: LearnConfig) -> dict:
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = load_records([config.data], config.eval_limit)
+    discard_generations_of_another_model(out_dir, config.model)
     cache = GenerationCache(out_dir / "generations.jsonl")
     sampling = SamplingSettings(max_new_tokens=config.eval_max_new_tokens, temperature=0.0, seed=config.seed)
     if cache.missing([record.id for record in records]):
@@ -271,6 +277,23 @@ def evaluate(config: LearnConfig) -> dict:
     summary["run"] = {"data": [config.data], "model": config.model, "embedding_model": config.embedding_model}
     write_summary(summary, out_dir)
     return summary
+
+
+def model_fingerprint(model: str) -> dict:
+    """The model directory (links resolved) and the size and time of its weight files."""
+    directory = Path(model).resolve()
+    weights = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin"))
+    return {"path": str(directory), "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights]}
+
+
+def discard_generations_of_another_model(out_dir: Path, model: str) -> None:
+    """Cached generations are reused only for the model that wrote them."""
+    record, cache = out_dir / "model.json", out_dir / "generations.jsonl"
+    fingerprint = model_fingerprint(model)
+    if record.exists() and json.loads(record.read_text()) != fingerprint and cache.exists():
+        print(f"{cache}: written by another model than {model}; generating again", flush=True)
+        cache.unlink()
+    record.write_text(json.dumps(fingerprint, indent=2))
 
 
 def make_generator(model: str, sampling):

@@ -17,6 +17,8 @@ from mixed_r1_verl.learn import (
     Layout,
     LearnConfig,
     accuracy_curves,
+    discard_generations_of_another_model,
+    execute,
     learning_table,
     plan,
     publish_checkpoint,
@@ -165,3 +167,29 @@ def test_curves_come_from_the_file_logger_per_task(tmp_path):
     log.write_text('{"step": 1, "data": {}}\nnot json\n')
     with pytest.raises(ValueError, match="grpo.jsonl:2"):
         read_metrics(log)
+
+
+def test_training_steps_are_skipped_once_their_checkpoint_exists(tmp_path, capsys):
+    steps = {step.name: step for step in plan(LearnConfig(work_dir=str(tmp_path)))}
+    sft = steps["SFT (cold start, stopped early)"]
+    grpo = steps["GRPO with Mixed-Reward from the SFT model"]
+    assert sft.skip_if_exists == tmp_path / "sft" / "latest_checkpointed_iteration.txt"
+    assert grpo.skip_if_exists == tmp_path / "grpo" / "latest_checkpointed_iteration.txt"
+    sft.skip_if_exists.parent.mkdir()
+    sft.skip_if_exists.write_text("100")
+    execute([sft], env=dict(os.environ))
+    assert "done earlier" in capsys.readouterr().out
+
+
+def test_cached_generations_of_another_model_are_discarded(tmp_path):
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "eval"
+    for model, size in ((first, 10), (second, 20)):
+        model.mkdir()
+        (model / "model.safetensors").write_bytes(b"0" * size)
+    out.mkdir()
+    discard_generations_of_another_model(out, str(first))
+    (out / "generations.jsonl").write_text('{"id": "a", "response": "x"}\n')
+    discard_generations_of_another_model(out, str(first))
+    assert (out / "generations.jsonl").exists()
+    discard_generations_of_another_model(out, str(second))
+    assert not (out / "generations.jsonl").exists()
