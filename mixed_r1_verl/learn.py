@@ -50,6 +50,14 @@ MODEL_SIDE_FILES = (
 )
 
 
+EXIT_NEEDS_GPU = 2
+NO_GPU_MESSAGE = """\
+mixed_r1_verl.learn trains (SFT, then GRPO with vLLM rollouts) and needs a CUDA GPU;
+torch.cuda.is_available() is False on this machine. `python -m mixed_r1_verl.learn dry_run=true`
+prints every command of the proof without running them.
+"""
+
+
 @dataclass
 class LearnConfig:
     work_dir: str = "${oc.env:MIXED_R1_LEARN_DIR,outputs/learn}"
@@ -238,6 +246,12 @@ def publish_checkpoint(checkpoints: Path, inside: str, link: Path, base_model: P
     return model_dir
 
 
+class StepFailed(RuntimeError):
+    def __init__(self, number: int, step: Step, returncode: int):
+        super().__init__(f"step {number} ({step.name}) failed with exit code {returncode}: {step.describe()}")
+        self.returncode = returncode
+
+
 def execute(steps: list[Step], env: dict[str, str]) -> None:
     for number, step in enumerate(steps, start=1):
         if step.skip_if_exists is not None and step.skip_if_exists.exists():
@@ -246,8 +260,10 @@ def execute(steps: list[Step], env: dict[str, str]) -> None:
         print(f"[{number}/{len(steps)}] {step.name}: {step.describe()}", flush=True)
         if step.run is not None:
             step.run()
-        else:
-            subprocess.run(step.argv, env={**env, **step.env}, check=True)
+            continue
+        returncode = subprocess.run(step.argv, env={**env, **step.env}).returncode
+        if returncode:
+            raise StepFailed(number, step, returncode)
 
 
 # --- evaluation step ---------------------------------------------------------------------------
@@ -457,8 +473,17 @@ def main(argv: list[str] | None = None) -> None:
         for number, step in enumerate(steps, start=1):
             print(f"[{number}/{len(steps)}] {step.name}\n    {step.describe()}")
     else:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(NO_GPU_MESSAGE, file=sys.stderr, end="")
+            sys.exit(EXIT_NEEDS_GPU)
         layout.logs.mkdir(parents=True, exist_ok=True)
-        execute(steps, {**os.environ, "MIXED_R1_LEARN_DIR": str(layout.root)})
+        try:
+            execute(steps, {**os.environ, "MIXED_R1_LEARN_DIR": str(layout.root)})
+        except StepFailed as failure:
+            print(f"{failure}\nFix the cause and run the same command again: finished steps are skipped.", file=sys.stderr)
+            sys.exit(failure.returncode)
     print("\nArtefacts:" if not config.dry_run else "\nArtefacts (once run):")
     for name, path in artefacts(layout).items():
         print(f"  {name:18s} {path}")

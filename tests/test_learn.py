@@ -16,6 +16,8 @@ from mixed_r1_verl.learn import (
     RUNS,
     Layout,
     LearnConfig,
+    Step,
+    StepFailed,
     accuracy_curves,
     discard_generations_of_another_model,
     execute,
@@ -193,3 +195,20 @@ def test_cached_generations_of_another_model_are_discarded(tmp_path):
     assert (out / "generations.jsonl").exists()
     discard_generations_of_another_model(out, str(second))
     assert not (out / "generations.jsonl").exists()
+
+
+def test_without_a_gpu_the_proof_stops_before_building_anything(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.learn", f"work_dir={tmp_path / 'learn'}"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr and "dry_run=true" in result.stderr
+    assert not (tmp_path / "learn").exists()
+
+
+def test_a_failing_step_is_named_with_its_exit_code(tmp_path):
+    failing = Step("convert it", [sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(StepFailed, match=r"step 1 \(convert it\) failed with exit code 3") as failure:
+        execute([failing], env=dict(os.environ))
+    assert failure.value.returncode == 3
