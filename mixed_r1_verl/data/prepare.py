@@ -124,15 +124,23 @@ def grounding_truth(answer: str, image_size: tuple[int, int], frame_size: tuple[
     return format_box(box)
 
 
-CHAT_TURNS = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-IMAGE_ENTRIES = pa.list_(
-    pa.struct([("bytes", pa.binary()), ("path", pa.string()), ("min_pixels", pa.int64()), ("max_pixels", pa.int64())])
-)
 OUTPUT_SCHEMA = pa.schema(
     [
         ("data_source", pa.string()),
-        ("prompt", CHAT_TURNS),
-        ("images", IMAGE_ENTRIES),
+        ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        (
+            "images",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("bytes", pa.binary()),
+                        ("path", pa.string()),
+                        ("min_pixels", pa.int64()),
+                        ("max_pixels", pa.int64()),
+                    ]
+                )
+            ),
+        ),
         ("ability", pa.string()),
         ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
         (
@@ -159,8 +167,8 @@ OUTPUT_SCHEMA = pa.schema(
 SFT_SCHEMA = pa.schema(
     [
         ("data_source", pa.string()),
-        ("messages", CHAT_TURNS),
-        ("images", IMAGE_ENTRIES),
+        ("messages", OUTPUT_SCHEMA.field("prompt").type),
+        ("images", OUTPUT_SCHEMA.field("images").type),
         (
             "extra_info",
             pa.struct([("task", pa.string()), ("id", pa.string()), ("index", pa.int64()), ("split", pa.string())]),
