@@ -351,6 +351,20 @@ def learning_table(summaries: dict[str, dict]) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def target_checks(header: list[str], rows: list[list]) -> dict[str, bool]:
+    """The proof's targets for GRPO over SFT on the held-out split."""
+    by_task = {row[0]: dict(zip(header, row)) for row in rows}
+    overall = by_task.pop("all")
+    deltas = [stats["Δaccuracy grpo-sft"] for stats in by_task.values()]
+    slack = 1e-9  # rates are ratios of counts; 0.5 - 0.45 must count as 0.05
+    return {
+        "overall accuracy up by >= 0.05": overall["Δaccuracy grpo-sft"] >= 0.05 - slack,
+        "accuracy up on >= 3 of the tasks": sum(delta > slack for delta in deltas) >= 3,
+        "no task down by more than 0.02": all(delta >= -0.02 - slack for delta in deltas),
+        "format rate >= 0.95 after GRPO": overall["format grpo"] >= 0.95 - slack,
+    }
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     """Values to three decimals, deltas (columns named Δ...) with their sign."""
 
@@ -421,12 +435,16 @@ def write_report(layout: Layout) -> None:
     header, rows = learning_table(summaries)
     layout.report.mkdir(parents=True, exist_ok=True)
     table = markdown_table(header, rows)
-    layout.table.write_text(table + "\n")
-    (layout.report / "learning_table.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    checks = target_checks(header, rows)
+    verdict = "\n".join(f"- [{'x' if met else ' '}] {name}" for name, met in checks.items())
+    layout.table.write_text(f"{table}\n\nTargets (GRPO over SFT, held-out val):\n\n{verdict}\n")
+    (layout.report / "learning_table.json").write_text(
+        json.dumps({"header": header, "rows": rows, "targets": checks}, indent=2)
+    )
     for first, second in (("base", "sft"), ("sft", "grpo")):
         write_comparison(summaries[first], summaries[second], (first, second), layout.report / f"{first}_vs_{second}")
     plot_accuracy(layout.grpo_log, layout.plot)
-    print(table)
+    print(layout.table.read_text())
 
 
 def artefacts(layout: Layout) -> dict[str, str]:

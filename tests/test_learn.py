@@ -25,6 +25,7 @@ from mixed_r1_verl.learn import (
     plan,
     publish_checkpoint,
     read_metrics,
+    target_checks,
     write_report,
 )
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
@@ -132,7 +133,7 @@ def test_table_has_every_run_and_the_deltas(tmp_path):
     summaries = {
         "base": fabricated_summary({"chart": 0.0, "matching": 0.3}),
         "sft": fabricated_summary({"chart": 0.4, "matching": 0.5}),
-        "grpo": fabricated_summary({"chart": 0.6, "matching": 0.4}),
+        "grpo": fabricated_summary({"chart": 0.6, "matching": 0.3}),
     }
     header, rows = learning_table(summaries)
     by_task = {row[0]: dict(zip(header, row)) for row in rows}
@@ -140,8 +141,11 @@ def test_table_has_every_run_and_the_deltas(tmp_path):
     assert by_task["chart"]["n"] == 10
     assert by_task["chart"]["accuracy grpo"] == pytest.approx(0.6)
     assert by_task["chart"]["Δaccuracy grpo-sft"] == pytest.approx(0.2)
-    assert by_task["matching"]["Δaccuracy grpo-sft"] == pytest.approx(-0.1)
+    assert by_task["matching"]["Δaccuracy grpo-sft"] == pytest.approx(-0.2)
+    assert by_task["all"]["Δaccuracy grpo-sft"] == pytest.approx(0.0)
     assert by_task["all"]["Δaccuracy sft-base"] == pytest.approx(0.3)
+    checks = target_checks(header, rows)
+    assert checks["overall accuracy up by >= 0.05"] is False and checks["no task down by more than 0.02"] is False
     summaries["grpo"] = fabricated_summary({"chart": 0.6})
     with pytest.raises(ValueError, match="'matching' has no evaluation in run"):
         learning_table(summaries)
@@ -156,6 +160,8 @@ def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
     write_report(layout)
     table = layout.table.read_text()
     assert "| grounding | 10 | 0.100 | 0.400 | 0.600 | +0.200 | +0.300 |" in table
+    assert "- [x] overall accuracy up by >= 0.05" in table and "- [x] format rate >= 0.95 after GRPO" in table
+    assert json.loads((layout.report / "learning_table.json").read_text())["targets"]["no task down by more than 0.02"]
     assert (layout.report / "sft_vs_grpo" / "compare.md").exists()
     assert Image.open(layout.plot).size[0] >= 600
 
