@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -96,13 +97,7 @@ class Step:
         if self.run is not None:
             return " ".join(self.argv)
         env = " ".join(f"{key}={value}" for key, value in self.env.items())
-        return f"{env} {_shell_join(self.argv)}".strip()
-
-
-def _shell_join(argv: list[str]) -> str:
-    import shlex
-
-    return " ".join(shlex.quote(arg) for arg in argv)
+        return f"{env} {shlex.join(self.argv)}".strip()
 
 
 @dataclass(frozen=True)
