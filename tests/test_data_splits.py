@@ -86,3 +86,15 @@ def test_synthetic_val_rows_are_the_last_of_each_task(tmp_path):
         assert splits == ["train"] * 3 + ["val"] * 2
     with pytest.raises(ValueError, match="val_rows_per_task=6"):
         write_synthetic_dataset(tmp_path / "bad", rows_per_task=5, val_rows_per_task=6)
+
+
+def test_synthetic_cli_writes_the_set_with_its_splits(tmp_path):
+    from data_helpers import run_module
+
+    output = json.loads(
+        run_module("mixed_r1_verl.data.synthetic", f"out_dir={tmp_path}", "rows_per_task=3", "val_rows_per_task=1",
+                   "image_format=jpeg")  # fmt: skip
+    )
+    rows = [json.loads(line) for line in open(output["records"])]
+    assert len(rows) == 12 and sum(row["split"] == "val" for row in rows) == 4
+    assert all(row["rationale"] and row["images"][0].endswith(".jpg") for row in rows)
