@@ -98,3 +98,30 @@ def test_synthetic_cli_writes_the_set_with_its_splits(tmp_path):
     rows = [json.loads(line) for line in open(output["records"])]
     assert len(rows) == 12 and sum(row["split"] == "val" for row in rows) == 4
     assert all(row["rationale"] and row["images"][0].endswith(".jpg") for row in rows)
+
+
+def test_rationales_agree_with_the_answers(tmp_path):
+    import re
+
+    jsonl, _ = write_synthetic_dataset(tmp_path, rows_per_task=40, seed=9, image_size=(96, 72))
+    for row in (json.loads(line) for line in jsonl.read_text().splitlines()):
+        rationale, answer = row["rationale"], row["answer"]
+        if row["task"] == "chart":
+            readings = dict(re.findall(r"([A-E]) (\d+)", rationale.split(".")[0]))
+            if answer.isdigit():
+                label = re.search(r"labelled ([A-E])", row["problem"]).group(1)
+                assert readings[label] == answer and rationale.endswith(f"Bar {label} is {answer}.")
+            else:
+                assert max(readings, key=lambda label: int(readings[label])) == answer
+        elif row["task"] == "matching" and "options" in row:
+            assert rationale.endswith(f"option {answer}.")
+            assert f"is {row['options']['ABCD'.index(answer)]}, option" in rationale
+        elif row["task"] == "matching":
+            colour = re.search(r"anything (\w+) in", row["problem"]).group(1)
+            assert (answer == "yes") == (f" {colour} " in rationale.split(".")[0] + " ")
+        elif row["task"] == "grounding":
+            name = re.search(r"Locate the (\w+ \w+) in", row["problem"]).group(1)
+            assert f"The {name} is at the" in rationale
+        else:
+            shapes = re.findall(r"an? (\w+ (?:circle|square|triangle))", answer)
+            assert shapes and all(shape in rationale for shape in shapes)
