@@ -157,6 +157,13 @@ def _chart_row(rng: random.Random, values: dict[str, int], size: tuple[int, int]
     }
 
 
+def _shape_name(shape: dict, shapes: list[dict], size: tuple[int, int]) -> str:
+    """The shape's kind, with its place when another shape of that kind is in the image."""
+    if sum(other["shape"] == shape["shape"] for other in shapes) == 1:
+        return shape["shape"]
+    return f"{shape['shape']} at the {_place(shape['box'], size)}"
+
+
 def _matching_row(rng: random.Random, shapes: list[dict], size: tuple[int, int]) -> dict:
     seen = f"I see {_inventory(shapes, size)}."
     if rng.random() < 0.5:
@@ -168,14 +175,14 @@ def _matching_row(rng: random.Random, shapes: list[dict], size: tuple[int, int])
             "answer": "yes" if present else "no",
             "rationale": f"{seen} {finding}",
         }
-    target = rng.choice(shapes)
+    names = [_shape_name(s, shapes, size) for s in shapes]
+    # Ask about a shape its name singles out (two triangles in the same third would not be).
+    index = rng.choice([i for i, name in enumerate(names) if names.count(name) == 1] or range(len(shapes)))
+    target, name = shapes[index], names[index]
     distractors = rng.sample([c for c in sorted(COLOURS) if c != target["colour"]], len(LETTERS) - 1)
     options = distractors + [target["colour"]]
     rng.shuffle(options)
     letter = LETTERS[options.index(target["colour"])]
-    name = target["shape"]
-    if sum(s["shape"] == target["shape"] for s in shapes) > 1:
-        name += f" at the {_place(target['box'], size)}"
     return {
         "problem": f"<image>What colour is the {name}?",
         "answer": letter,
