@@ -16,6 +16,7 @@ setup(
     data_files=[
         ("share/mixed_r1_verl/conf", glob("conf/*.yaml")),
         ("share/mixed_r1_verl/recipes", glob("recipes/*.yaml")),
+        ("share/mixed_r1_verl/recipes/sft", glob("recipes/sft/*.yaml")),
     ],
     # torch is deliberately absent: GPU users bring the CUDA build matching their cluster,
     # the test command installs the CPU build first.

@@ -25,7 +25,9 @@ CUSTOM_CLS = {"path": "pkg://mixed_r1_verl.data.dataset", "name": "MixedR1Datase
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("dataset")
     model_dir = build_tiny_qwen25vl(root / "model")
-    jsonl, image_root = write_synthetic_dataset(root / "src", rows_per_task=4, seed=7, image_size=(560, 410))
+    jsonl, image_root = write_synthetic_dataset(
+        root / "src", rows_per_task=4, seed=7, image_size=(560, 410), val_rows_per_task=0
+    )
     config = PrepareConfig(
         input=str(jsonl),
         image_root=str(image_root),

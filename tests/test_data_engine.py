@@ -14,7 +14,7 @@ from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 
 
 def source_with_problems(tmp_path: Path) -> tuple[Path, Path, list[dict]]:
-    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=4, seed=11)
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=4, seed=11, val_rows_per_task=0)
     rows = read_jsonl(jsonl)
     chart = next(r for r in rows if r["task"] == "chart")
     Image.open(image_root / chart["images"][0]).save(image_root / "chart" / "copy.jpg", quality=95)

@@ -5,7 +5,12 @@
 
 Writes train.parquet, val.parquet, rejects.jsonl (one line per rejected row: id, row number, reason,
 detail) and summary.json (counts per task and split, rejects by reason). Every input row is either
-written or rejected. Outputs appear under their final names only once complete.
+written or rejected. Outputs appear under their final names only once complete. Rows with a
+`rationale` also go, as chat turns ending in the supervised target
+`<think>{rationale}</think><answer>{answer}</answer>`, to sft_train.parquet / sft_val.parquet.
+
+A split that training reads is never written empty: the conversion stops instead. `val_ratio=0`
+with no row pinned to val (`"split": "val"`) asks for no validation split: val.parquet is not written.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from mixed_r1_verl.data.records import (
     CanonicalRecord,
     ColumnMapping,
     UNSUPPORTED_IMAGE_SIZE,
+    SPLITS,
     TASKS,
     RecordError,
     apply_mapping,
@@ -54,7 +60,6 @@ from mixed_r1_verl.data.records import (
     parse_record,
 )
 
-SPLITS = ("train", "val")
 # The training prompt budget (data.max_prompt_length in conf/mixed_r1.yaml) and the image budget that
 # fits in it: at most 1280 image tokens (1280 merged 28x28 patches, about 1 MP) leave 768 tokens for
 # the chat template, question, options and instructions.
@@ -79,7 +84,8 @@ class PrepareConfig:
     constants: dict = field(default_factory=dict)
     box_format: str | None = None
     problem_template: str | None = None
-    # Fraction of rows for val.parquet, chosen by a seeded hash of the row id (stable under reordering).
+    # Fraction of rows for val.parquet, chosen by a seeded hash of the row id (stable under reordering),
+    # among rows without a `split` field. 0 with no row pinned to val: no val.parquet at all.
     val_ratio: float = 0.02
     seed: int = 0
     prompt_template: str = DEFAULT_TEMPLATE
@@ -174,6 +180,38 @@ OUTPUT_SCHEMA = pa.schema(
         ),
     ]
 )
+
+
+# The layout of verl's multi-turn SFT dataset: `messages` (the prompt turns, then the assistant's
+# target) with `<image>` placeholders, and `images`.
+SFT_SCHEMA = pa.schema(
+    [
+        ("data_source", pa.string()),
+        ("messages", OUTPUT_SCHEMA.field("prompt").type),
+        ("images", OUTPUT_SCHEMA.field("images").type),
+        (
+            "extra_info",
+            pa.struct([("task", pa.string()), ("id", pa.string()), ("index", pa.int64()), ("split", pa.string())]),
+        ),
+    ]
+)
+
+
+def sft_target(rationale: str, answer: str) -> str:
+    """The assistant turn supervised fine-tuning teaches: the reasoning, then the answer in the model's frame."""
+    return f"<think>{rationale}</think><answer>{answer}</answer>"
+
+
+def sft_row(row: dict, rationale: str) -> dict:
+    """The SFT row of a converted row: its prompt turns followed by the target answer."""
+    target = {"role": "assistant", "content": sft_target(rationale, row["reward_model"]["ground_truth"])}
+    info = row["extra_info"]
+    return {
+        "data_source": row["data_source"],
+        "messages": [*row["prompt"], target],
+        "images": row["images"],
+        "extra_info": {"task": info["task"], "id": info["id"], "index": -1, "split": info["split"]},
+    }
 
 
 class RowConverter:
@@ -299,13 +337,14 @@ class RowConverter:
 class SplitWriter:
     """Row-group-buffered parquet writer that writes to a temporary name and renames on `commit`."""
 
-    def __init__(self, path: Path, row_group_size: int):
+    def __init__(self, path: Path, row_group_size: int, schema: pa.Schema = OUTPUT_SCHEMA):
         self.path = path
         self.temporary = path.with_name(f".{path.name}.partial")
         self.row_group_size = row_group_size
+        self.schema = schema
         self.buffer: list[dict] = []
         self.rows = 0
-        self.writer = pq.ParquetWriter(self.temporary, OUTPUT_SCHEMA)
+        self.writer = pq.ParquetWriter(self.temporary, schema)
 
     def write(self, row: dict) -> None:
         row["extra_info"]["index"] = self.rows
@@ -316,7 +355,7 @@ class SplitWriter:
 
     def flush(self) -> None:
         if self.buffer:
-            self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=OUTPUT_SCHEMA))
+            self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema))
             self.buffer = []
 
     def commit(self) -> None:
@@ -327,6 +366,36 @@ class SplitWriter:
     def abort(self) -> None:
         self.writer.close()
         self.temporary.unlink(missing_ok=True)
+
+    def commit_or_remove(self) -> None:
+        """Commit when rows were written; else write nothing and remove a file left by an earlier run."""
+        if self.rows:
+            self.commit()
+        else:
+            self.abort()
+            self.path.unlink(missing_ok=True)
+
+
+class EmptySplitError(ValueError):
+    """A split that training reads would be written without rows."""
+
+
+def check_splits_not_empty(rows_per_split: dict[str, int], config: PrepareConfig) -> None:
+    """train.parquet is always read by training, val.parquet unless the user asked for none
+    (val_ratio=0 and no row pinned to val); neither may be empty."""
+    written = sum(rows_per_split.values())
+    if rows_per_split["train"] == 0:
+        raise EmptySplitError(
+            f"{config.input}: train.parquet would be empty ({written} rows written, all to val); "
+            "pin rows with \"split\": \"train\" or lower val_ratio"
+        )
+    if rows_per_split["val"] == 0 and config.val_ratio > 0:
+        raise EmptySplitError(
+            f"{config.input}: val.parquet would be empty: val_ratio={config.val_ratio} chose none of the "
+            f"{written} rows, and training reads val.parquet (verl builds the validation set even with "
+            "trainer.test_freq=-1). Give rows \"split\": \"val\", raise val_ratio, or set val_ratio=0 to "
+            "ask for no validation split (no val.parquet is written)"
+        )
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -342,6 +411,9 @@ def prepare(config: PrepareConfig) -> dict:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     writers = {split: SplitWriter(output_dir / f"{split}.parquet", config.row_group_size) for split in SPLITS}
+    sft_writers = {
+        split: SplitWriter(output_dir / f"sft_{split}.parquet", config.row_group_size, SFT_SCHEMA) for split in SPLITS
+    }
     rejects_path = output_dir / "rejects.jsonl"
     rejects_temporary = rejects_path.with_name(f".{rejects_path.name}.partial")
     written: Counter = Counter()
@@ -370,19 +442,25 @@ def prepare(config: PrepareConfig) -> dict:
                         + "\n"
                     )
                     continue
-                split = split_of(record.id, config.seed, config.val_ratio)
+                split = record.split or split_of(record.id, config.seed, config.val_ratio)
                 row["extra_info"]["split"] = split
+                if record.rationale:
+                    sft_writers[split].write(sft_row(row, record.rationale))
                 writers[split].write(row)
                 written[(split, record.task)] += 1
-        for writer in writers.values():
-            writer.commit()
+        check_splits_not_empty({split: writer.rows for split, writer in writers.items()}, config)
+        writers["train"].commit()
+        writers["val"].commit_or_remove()
+        for writer in sft_writers.values():
+            writer.commit_or_remove()
         os.replace(rejects_temporary, rejects_path)
     except BaseException:
-        for writer in writers.values():
+        for writer in (*writers.values(), *sft_writers.values()):
             writer.abort()
         rejects_temporary.unlink(missing_ok=True)
         raise
     summary = build_summary(config, converter, rows_in, written, rejected, time.perf_counter() - started)
+    summary["sft_rows"] = {split: writer.rows for split, writer in sft_writers.items()}
     _atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -3,10 +3,13 @@
 Canonical record (one JSON object per line):
 
     {"id": str, "task": "matching" | "chart" | "grounding" | "open_ended", "data_source": str,
-     "images": [relative image paths], "problem": str, "answer": str, "options": [str] (optional)}
+     "images": [relative image paths], "problem": str, "answer": str, "options": [str] (optional),
+     "split": "train" | "val" (optional), "rationale": str (optional)}
 
 `problem` holds one `<image>` placeholder per image, or none (then they are prepended). A grounding
-`answer` is "[x1, y1, x2, y2]" in original image pixels.
+`answer` is "[x1, y1, x2, y2]" in original image pixels. `split` pins the row to a split (else the converter's seeded hash decides);
+`rationale` is the reasoning a careful annotator would write before the answer, the `<think>` part of
+the supervised fine-tuning target.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any, Iterator
 
 TASKS = ("matching", "chart", "grounding", "open_ended")
 IMAGE_PLACEHOLDER = "<image>"
-CANONICAL_FIELDS = ("id", "task", "data_source", "images", "problem", "answer", "options")
+SPLITS = ("train", "val")
+CANONICAL_FIELDS = ("id", "task", "data_source", "images", "problem", "answer", "options", "split", "rationale")
 
 # Reject reasons, as they appear in rejects.jsonl and summary.json.
 BAD_RECORD = "bad_record"
@@ -64,6 +68,8 @@ class CanonicalRecord:
     problem: str
     answer: str
     options: tuple[str, ...] | None = None
+    split: str | None = None
+    rationale: str | None = None
 
 
 def parse_box(value: Any) -> tuple[float, float, float, float]:
@@ -132,6 +138,22 @@ def _require_str(raw: dict, key: str) -> str:
     return value
 
 
+def _optional_split(raw: dict) -> str | None:
+    split = raw.get("split")
+    if split is not None and split not in SPLITS:
+        raise RecordError(BAD_RECORD, f"field 'split' must be one of {', '.join(SPLITS)} or absent, got {split!r}")
+    return split
+
+
+def _optional_rationale(raw: dict) -> str | None:
+    rationale = raw.get("rationale")
+    if rationale is None:
+        return None
+    if not isinstance(rationale, str) or not rationale.strip():
+        raise RecordError(BAD_RECORD, "field 'rationale' must be a non-empty string or absent")
+    return rationale.strip()
+
+
 def parse_record(raw: dict) -> CanonicalRecord:
     """Validate a canonical row (images not opened yet) and normalise its problem."""
     if not isinstance(raw, dict):
@@ -165,6 +187,8 @@ def parse_record(raw: dict) -> CanonicalRecord:
         problem=normalise_problem(_require_str(raw, "problem"), len(images)),
         answer=answer,
         options=options,
+        split=_optional_split(raw),
+        rationale=_optional_rationale(raw),
     )
 
 

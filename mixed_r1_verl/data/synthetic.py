@@ -2,13 +2,19 @@
 
 Every task is represented: grounding (coloured shapes, the ground-truth box in original pixels),
 chart (bar charts with labelled bars), matching (yes/no and multiple choice with options) and
-open-ended (a caption of the drawn scene). Used by tests, the `smoke` recipe and the benchmarks.
+open-ended (a caption of the drawn scene). Every row carries a short, correct rationale (the bars
+read off, the colour found, the shape located) for supervised fine-tuning, and a pinned split so
+that every task is in val. Used by tests, the `smoke` and `learn` recipes and the benchmarks.
+
+    python -m mixed_r1_verl.data.synthetic out_dir=DIR rows_per_task=N [val_rows_per_task=M seed=0 ...]
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +92,8 @@ def _bar_chart(rng: random.Random, size: tuple[int, int], noise: np.ndarray) -> 
     draw = ImageDraw.Draw(image)
     width, height = size
     labels = BAR_LABELS[: rng.randint(3, len(BAR_LABELS))]
-    values = {label: rng.randint(1, 99) for label in labels}
+    # Distinct values, so "the largest bar" has one answer.
+    values = dict(zip(labels, rng.sample(range(1, 100), len(labels))))
     left, bottom, top = width // 10, height - height // 8, height // 10
     draw.line([(left, top), (left, bottom), (width - left // 2, bottom)], fill=(0, 0, 0), width=2)
     slot = (width - left * 2) // len(labels)
@@ -100,45 +107,97 @@ def _bar_chart(rng: random.Random, size: tuple[int, int], noise: np.ndarray) -> 
     return image, values
 
 
+def _a(words: str) -> str:
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
 def _describe(shapes: list[dict]) -> str:
-    parts = [f"a {s['colour']} {s['shape']}" for s in shapes]
+    parts = [_a(f"{s['colour']} {s['shape']}") for s in shapes]
     return "The image shows " + ", ".join(parts[:-1]) + f" and {parts[-1]} on a plain background."
 
 
-def _grounding_row(rng: random.Random, shapes: list[dict]) -> dict:
+def _place(box: list[int], size: tuple[int, int]) -> str:
+    """Where a box's centre lies, in words that hold in any resized frame of the image."""
+    width, height = size
+    x, y = (box[0] + box[2]) / 2 / width, (box[1] + box[3]) / 2 / height
+    row = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else "middle"
+    column = "left" if x < 1 / 3 else "right" if x > 2 / 3 else "centre"
+    return "centre" if (row, column) == ("middle", "centre") else f"{row} {column}"
+
+
+def _inventory(shapes: list[dict], size: tuple[int, int]) -> str:
+    return "; ".join(f"{_a(s['colour'] + ' ' + s['shape'])} at the {_place(s['box'], size)}" for s in shapes)
+
+
+def _grounding_row(rng: random.Random, shapes: list[dict], size: tuple[int, int]) -> dict:
     target = rng.choice(shapes)
+    name = f"{target['colour']} {target['shape']}"
     return {
-        "problem": f"<image>Locate the {target['colour']} {target['shape']} in the image.",
+        "problem": f"<image>Locate the {name} in the image.",
         "answer": "[" + ", ".join(str(v) for v in target["box"]) + "]",
+        "rationale": f"I see {_inventory(shapes, size)}. The {name} is at the {_place(target['box'], size)}; "
+        "its box is tight around its edges.",
     }
 
 
-def _chart_row(rng: random.Random, values: dict[str, int]) -> dict:
+def _chart_row(rng: random.Random, values: dict[str, int], size: tuple[int, int]) -> dict:
+    readings = "The bars read " + ", ".join(f"{label} {value}" for label, value in values.items()) + "."
     if rng.random() < 0.5:
         label = rng.choice(sorted(values))
-        return {"problem": f"<image>What is the value of the bar labelled {label}?", "answer": str(values[label])}
-    return {"problem": "<image>Which bar has the largest value?", "answer": max(values, key=values.get)}
+        return {
+            "problem": f"<image>What is the value of the bar labelled {label}?",
+            "answer": str(values[label]),
+            "rationale": f"{readings} Bar {label} is {values[label]}.",
+        }
+    largest = max(values, key=values.get)
+    return {
+        "problem": "<image>Which bar has the largest value?",
+        "answer": largest,
+        "rationale": f"{readings} The tallest is {largest} at {values[largest]}.",
+    }
 
 
-def _matching_row(rng: random.Random, shapes: list[dict]) -> dict:
+def _shape_name(shape: dict, shapes: list[dict], size: tuple[int, int]) -> str:
+    """The shape's kind, with its place when another shape of that kind is in the image."""
+    if sum(other["shape"] == shape["shape"] for other in shapes) == 1:
+        return shape["shape"]
+    return f"{shape['shape']} at the {_place(shape['box'], size)}"
+
+
+def _matching_row(rng: random.Random, shapes: list[dict], size: tuple[int, int]) -> dict:
+    seen = f"I see {_inventory(shapes, size)}."
     if rng.random() < 0.5:
         colour = rng.choice(sorted(COLOURS))
         present = any(s["colour"] == colour for s in shapes)
-        return {"problem": f"<image>Is there anything {colour} in the image?", "answer": "yes" if present else "no"}
-    target = rng.choice(shapes)
+        finding = f"The {colour} one is there." if present else f"Nothing is {colour}."
+        return {
+            "problem": f"<image>Is there anything {colour} in the image?",
+            "answer": "yes" if present else "no",
+            "rationale": f"{seen} {finding}",
+        }
+    names = [_shape_name(s, shapes, size) for s in shapes]
+    # Ask about a shape its name singles out (two triangles in the same third would not be).
+    index = rng.choice([i for i, name in enumerate(names) if names.count(name) == 1] or range(len(shapes)))
+    target, name = shapes[index], names[index]
     distractors = rng.sample([c for c in sorted(COLOURS) if c != target["colour"]], len(LETTERS) - 1)
     options = distractors + [target["colour"]]
     rng.shuffle(options)
+    letter = LETTERS[options.index(target["colour"])]
     return {
-        "problem": f"<image>What colour is the {target['shape']}?",
-        "answer": LETTERS[options.index(target["colour"])],
+        "problem": f"<image>What colour is the {name}?",
+        "answer": letter,
         "options": options,
+        "rationale": f"{seen} The {name} is {target['colour']}, option {letter}.",
     }
 
 
-def _open_ended_row(rng: random.Random, shapes: list[dict]) -> dict:
+def _open_ended_row(rng: random.Random, shapes: list[dict], size: tuple[int, int]) -> dict:
     question = rng.choice(["Describe the image.", "What can you see in this picture?"])
-    return {"problem": f"<image>{question}", "answer": _describe(shapes)}
+    return {
+        "problem": f"<image>{question}",
+        "answer": _describe(shapes),
+        "rationale": f"I see {_inventory(shapes, size)}, on a plain pale background.",
+    }
 
 
 def _scene_for_task(task: str, rng: random.Random, size: tuple[int, int], noise: np.ndarray):
@@ -155,12 +214,18 @@ ROW_BUILDERS = {
 }
 
 
+def default_val_rows(rows_per_task: int) -> int:
+    """One row in eight per task goes to val, at least one once a task has two rows."""
+    return max(1, rows_per_task // 8) if rows_per_task >= 2 else 0
+
+
 def write_synthetic_dataset(
     out_dir,
     rows_per_task: int,
     seed: int = 0,
     image_size: tuple[int, int] = (320, 240),
     *,
+    val_rows_per_task: int | None = None,
     distinct_images_per_task: int | None = None,
     image_format: str = "png",
     texture: float = 6.0,
@@ -168,10 +233,16 @@ def write_synthetic_dataset(
     """Write `rows_per_task` canonical records per task to `out_dir/synthetic.jsonl` and their
     images under `out_dir/images/`; return (jsonl_path, image_root).
 
+    The last `val_rows_per_task` rows of each task are pinned to `"split": "val"`, the others to
+    train (default: `default_val_rows`); 0 pins nothing and leaves the split to the converter.
     `image_size` is (width, height). With `distinct_images_per_task`, rows share a pool of that many
-    images per task (each row still asks its own question about its image), which keeps large sets
-    cheap to generate. `image_format` is "png" or "jpeg"; `texture` is the background noise level.
+    images per task (each row still asks its own question about its image, and val rows may share
+    images with train rows), which keeps large sets cheap to generate. `image_format` is "png" or
+    "jpeg"; `texture` is the background noise level.
     """
+    val_rows = default_val_rows(rows_per_task) if val_rows_per_task is None else val_rows_per_task
+    if not 0 <= val_rows <= rows_per_task:
+        raise ValueError(f"val_rows_per_task={val_rows} must lie between 0 and rows_per_task={rows_per_task}")
     out_dir = Path(out_dir)
     image_root = out_dir / "images"
     image_root.mkdir(parents=True, exist_ok=True)
@@ -192,6 +263,44 @@ def write_synthetic_dataset(
             for i in range(rows_per_task):
                 relative, scene = pool[i % pool_size]
                 row = {"id": f"{task}-{i:06d}", "task": task, "data_source": f"synthetic_{task}", "images": [relative]}
-                row.update(ROW_BUILDERS[task](rng, scene))
+                row.update(ROW_BUILDERS[task](rng, scene, image_size))
+                if val_rows:
+                    row["split"] = "val" if i >= rows_per_task - val_rows else "train"
                 out.write(json.dumps(row) + "\n")
     return jsonl_path, image_root
+
+
+@dataclass
+class SyntheticConfig:
+    out_dir: str = "???"
+    rows_per_task: int = 24
+    # Rows per task pinned to val; null: one in eight.
+    val_rows_per_task: int | None = None
+    seed: int = 0
+    width: int = 320
+    height: int = 240
+    image_format: str = "png"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from omegaconf import OmegaConf
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__)
+        print(OmegaConf.to_yaml(OmegaConf.structured(SyntheticConfig)))
+        return
+    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SyntheticConfig), OmegaConf.from_dotlist(argv)))
+    jsonl_path, image_root = write_synthetic_dataset(
+        config.out_dir,
+        config.rows_per_task,
+        config.seed,
+        (config.width, config.height),
+        val_rows_per_task=config.val_rows_per_task,
+        image_format=config.image_format,
+    )
+    print(json.dumps({"records": str(jsonl_path), "image_root": str(image_root)}))
+
+
+if __name__ == "__main__":
+    main()

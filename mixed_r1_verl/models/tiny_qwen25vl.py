@@ -2,17 +2,20 @@
 Qwen2.5-VL processor and a chat template that renders the same prompt layout as the released models.
 
 It stands in for a real checkpoint wherever a model is needed without network access: tests, the
-data engine's CPU path, and the `smoke` recipe.
+data engine's CPU path, the `smoke` recipe (size `test`) and the `learn` recipe (size `learn`).
+Attention heads are 32 wide or more in text and vision, which vLLM's attention backends accept.
 
-    python -m mixed_r1_verl.models.tiny_qwen25vl OUTPUT_DIR
+    python -m mixed_r1_verl.models.tiny_qwen25vl OUTPUT_DIR [--size learn] [--set hidden_size=512 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 MIN_PIXELS = 56 * 56
@@ -63,8 +66,77 @@ _CORPUS = [
     "Locate the object and output its bounding box as [x1, y1, x2, y2] in pixels.",
     "What is the value of the largest bar? Answer with a single number.",
     "You are a helpful assistant. system user assistant \\boxed{7}",
+    "I see a red circle, an orange square, a yellow triangle, a green, blue or purple shape at the top left, "
+    "top centre, top right, middle left, centre, middle right, bottom left, bottom centre or bottom right.",
+    "The bars read A 12, B 57, C 33. The tallest is B. Bar C is 33. Nothing is blue. The one is there, option D.",
     string.ascii_letters + string.digits + string.punctuation,
 ]
+
+
+@dataclass(frozen=True)
+class TinySize:
+    """Architecture of a tiny Qwen2.5-VL. Head width is hidden size / heads in text and vision."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
+    vision_hidden_size: int = 32
+    vision_intermediate_size: int = 64
+    vision_depth: int = 2
+    vision_num_heads: int = 1
+    vocab_size: int = 512
+
+    def check(self) -> None:
+        text_head, vision_head = self.hidden_size / self.num_attention_heads, self.vision_hidden_size / self.vision_num_heads
+        # M-RoPE splits half the text head width into (temporal, height, width) sections in the ratio 2:3:3.
+        if text_head != int(text_head) or text_head % 16:
+            raise ValueError(f"text head width hidden_size/num_attention_heads = {text_head} must be a multiple of 16")
+        if vision_head != int(vision_head) or vision_head % 2:
+            raise ValueError(f"vision head width vision_hidden_size/vision_num_heads = {vision_head} must be an even integer")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+
+    @property
+    def mrope_section(self) -> list[int]:
+        unit = self.hidden_size // self.num_attention_heads // 16
+        return [2 * unit, 3 * unit, 3 * unit]
+
+    @property
+    def full_attention_blocks(self) -> list[int]:
+        """Every fourth vision block attends globally, the last one always (the others use windows)."""
+        return sorted({i for i in range(3, self.vision_depth, 4)} | {self.vision_depth - 1})
+
+
+SIZES = {
+    # Tests: builds in about a second on a CPU.
+    "test": TinySize(),
+    # The learning proof: ~21M parameters, enough to learn the synthetic tasks in minutes on one GPU.
+    "learn": TinySize(
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vision_hidden_size=256,
+        vision_intermediate_size=1024,
+        vision_depth=6,
+        vision_num_heads=4,
+        vocab_size=1024,
+    ),
+}
+
+
+def resolve_size(size: TinySize | str, **overrides) -> TinySize:
+    """A preset name or a TinySize, with field overrides applied and checked."""
+    base = SIZES[size] if isinstance(size, str) else size
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(TinySize)}
+    if unknown:
+        raise ValueError(f"unknown size fields {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(TinySize)]}")
+    resolved = dataclasses.replace(base, **overrides)
+    resolved.check()
+    return resolved
 
 
 def _train_tokenizer(vocab_size: int):
@@ -91,9 +163,11 @@ def _train_tokenizer(vocab_size: int):
     )
 
 
-def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512) -> Path:
-    """Write a loadable tiny Qwen2.5-VL (config, safetensors weights, tokenizer, processor) to
-    `output_dir` and return its path. Deterministic for a given seed."""
+def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, size: TinySize | str = "test") -> Path:
+    """Write a loadable tiny Qwen2.5-VL (config, safetensors weights, tokenizer, processor) of the
+    given size (a `SIZES` name or a `TinySize`) to `output_dir` and return its path. Deterministic
+    for a given seed and size."""
+    size = resolve_size(size)
     import torch
     from transformers import (
         GenerationConfig,
@@ -106,7 +180,7 @@ def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, vocab_s
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    _train_tokenizer(vocab_size).save_pretrained(output_dir)
+    _train_tokenizer(size.vocab_size).save_pretrained(output_dir)
     tokenizer = Qwen2TokenizerFast.from_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)  # records Qwen2Tokenizer as the tokenizer class
     special_id = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
@@ -114,29 +188,29 @@ def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, vocab_s
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            hidden_size=size.hidden_size,
+            intermediate_size=size.intermediate_size,
+            num_hidden_layers=size.num_hidden_layers,
+            num_attention_heads=size.num_attention_heads,
+            num_key_value_heads=size.num_key_value_heads,
             max_position_embeddings=4096,
-            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            rope_scaling={"type": "mrope", "mrope_section": size.mrope_section},
             tie_word_embeddings=False,
             bos_token_id=special_id["<|endoftext|>"],
             eos_token_id=special_id["<|im_end|>"],
             pad_token_id=special_id["<|endoftext|>"],
         ),
         vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=64,
+            depth=size.vision_depth,
+            hidden_size=size.vision_hidden_size,
+            intermediate_size=size.vision_intermediate_size,
+            num_heads=size.vision_num_heads,
+            out_hidden_size=size.hidden_size,
             patch_size=14,
             spatial_merge_size=2,
             temporal_patch_size=2,
             window_size=56,
-            fullatt_block_indexes=[1],
+            fullatt_block_indexes=size.full_attention_blocks,
         ),
         image_token_id=special_id["<|image_pad|>"],
         video_token_id=special_id["<|video_pad|>"],
@@ -175,8 +249,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", choices=sorted(SIZES), default="test", help="architecture preset")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=INT", help=f"override preset fields: {SIZES['test']}"
+    )
     args = parser.parse_args()
-    print(build_tiny_qwen25vl(args.output_dir, seed=args.seed))
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if not value.isdigit():
+            parser.error(f"--set {item}: expected FIELD=INT")
+        overrides[name] = int(value)
+    try:
+        size = resolve_size(args.size, **overrides)
+    except ValueError as error:
+        parser.error(str(error))
+    print(build_tiny_qwen25vl(args.output_dir, seed=args.seed, size=size))
 
 
 if __name__ == "__main__":

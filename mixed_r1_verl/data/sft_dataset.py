@@ -1,0 +1,59 @@
+"""The SFT dataset: verl's multi-turn SFT dataset reading the converter's sft_*.parquet, with the
+project's image path.
+
+Select it in the SFT config (conf/sft.yaml does):
+
+    data.custom_cls.path=pkg://mixed_r1_verl.data.sft_dataset data.custom_cls.name=MixedR1SFTDataset
+
+verl's dataset resizes images through qwen_vl_utils (which needs torchvision); this class resizes them
+exactly as the GRPO dataset does (`model_input_image`: PIL only, the per-image min/max pixels the
+converter wrote), so SFT, GRPO and the converter's grounding frame agree. Everything else (per-turn
+tokenisation, loss mask on the assistant turn only, M-RoPE positions, padding) is verl's. A row that
+cannot be prepared raises an error naming it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+from verl.utils.py_functional import convert_nested_value_to_list_recursive
+
+from mixed_r1_verl.data.dataset import DatasetRowError, model_input_image
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+class MixedR1SFTDataset(MultiTurnSFTDataset):
+    def _build_messages(self, example: dict) -> list[dict]:
+        """The row's chat turns with each `<image>` replaced by its resized image."""
+        messages = convert_nested_value_to_list_recursive(example[self.messages_key])
+        images = convert_nested_value_to_list_recursive(example.get(self.image_key)) or []
+        if example.get(self.video_key) is not None:
+            raise DatasetRowError(f"{type(self).__name__} handles images only, the row holds videos")
+        used = 0
+        for message in messages:
+            parts = [part for part in re.split(f"({IMAGE_PLACEHOLDER})", message["content"]) if part]
+            content = []
+            for part in parts:
+                if part != IMAGE_PLACEHOLDER:
+                    content.append({"type": "text", "text": part})
+                    continue
+                if used == len(images):
+                    raise DatasetRowError(f"more {IMAGE_PLACEHOLDER} placeholders than the {len(images)} image(s)")
+                content.append({"type": "image", "image": model_input_image(images[used], self.image_patch_size)})
+                used += 1
+            message["content"] = content
+        if used != len(images):
+            raise DatasetRowError(f"{used} {IMAGE_PLACEHOLDER} placeholder(s) for {len(images)} image(s)")
+        return messages
+
+    def __getitem__(self, item):
+        try:
+            return super().__getitem__(item)
+        except Exception as error:
+            row = self.dataframe.iloc[item]
+            extra_info = row.get("extra_info") or {}
+            raise DatasetRowError(
+                f"SFT row {item} (id {extra_info.get('id')!r}) of {self.parquet_files} cannot be prepared: {error}"
+            ) from error

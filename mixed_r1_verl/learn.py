@@ -1,0 +1,506 @@
+"""The learning proof: a small Qwen2.5-VL, cold-start SFT, then Mixed-Reward GRPO, evaluated after each.
+
+    python -m mixed_r1_verl.learn [work_dir=outputs/learn seed=0 dry_run=true ...]
+
+One GPU, offline. Steps, each a command in a fresh process (dry_run=true prints them and runs nothing):
+
+ 1. build the tiny Qwen2.5-VL of size `learn` (random weights);
+ 2. write the synthetic four-task set (rationales, val rows pinned per task) and 3. convert it;
+ 4. evaluate the base model on the held-out val split;
+ 5. SFT on the rationales (recipes/sft/learn.yaml, stopped early), 6. evaluate;
+ 7. GRPO with Mixed-Reward from the SFT checkpoint (recipes/learn.yaml), 8. evaluate;
+ 9. write the per-task table (accuracy, format rate, mean score, n for base / SFT / GRPO, with deltas),
+    the pairwise comparisons, and a plot of per-task training accuracy against GRPO step.
+
+Evaluation is the project's (`mixed_r1_verl.eval`: its generators, scorer and summaries); BMAS embeds
+with the base model's table in training and in every evaluation, so open_ended scores compare.
+A rerun skips what is done: the model and the data when present, SFT and GRPO once they saved their
+checkpoint (both save only at their last step; delete the `sft`/`grpo` directory to train again), and
+generations cached for the same model. `stage=eval model=... data=... out_dir=...` is the evaluation step alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import OmegaConf
+
+TASK_ACCURACY_KEY = "mixed_r1/{task}/accuracy/mean"
+# Written by verl next to the global_step_N directories once a checkpoint is complete.
+CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
+RUNS = ("base", "sft", "grpo")
+# Files a model directory needs for vLLM and the processor, copied from the base model when the
+# checkpoint's Hugging Face copy lacks them.
+MODEL_SIDE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "processor_config.json",
+    "generation_config.json",
+)
+
+
+EXIT_NEEDS_GPU = 2
+NO_GPU_MESSAGE = """\
+mixed_r1_verl.learn trains (SFT, then GRPO with vLLM rollouts) and needs a CUDA GPU;
+torch.cuda.is_available() is False on this machine. `python -m mixed_r1_verl.learn dry_run=true`
+prints every command of the proof without running them.
+"""
+
+
+@dataclass
+class LearnConfig:
+    work_dir: str = "${oc.env:MIXED_R1_LEARN_DIR,outputs/learn}"
+    seed: int = 0
+    dry_run: bool = False
+    # Synthetic set: rows per task in all; the last val_rows_per_task of each task are held out.
+    rows_per_task: int = 2200
+    val_rows_per_task: int = 200
+    model_size: str = "learn"
+    eval_max_new_tokens: int = 256
+    eval_batch_size: int = 512
+    # Evaluate only the first N val records (null: all).
+    eval_limit: int | None = None
+    # Extra key=value settings for the SFT and GRPO commands.
+    sft_overrides: list = field(default_factory=list)
+    grpo_overrides: list = field(default_factory=list)
+    # `all` runs the proof; `eval` evaluates `model` on `data` into `out_dir` (one step of the proof).
+    stage: str = "all"
+    model: str | None = None
+    data: str | None = None
+    out_dir: str | None = None
+    embedding_model: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """A command run in a fresh process, or an action in this one (`run` set, `argv` describing it)."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    skip_if_exists: Path | None = None
+    run: Callable[[], None] | None = None
+
+    def describe(self) -> str:
+        if self.run is not None:
+            return " ".join(self.argv)
+        env = " ".join(f"{key}={value}" for key, value in self.env.items())
+        return f"{env} {shlex.join(self.argv)}".strip()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every artefact of the proof goes."""
+
+    root: Path
+
+    base_model = property(lambda self: self.root / "base_model")
+    synthetic = property(lambda self: self.root / "synthetic")
+    data = property(lambda self: self.root / "data")
+    sft_checkpoints = property(lambda self: self.root / "sft")
+    sft_model = property(lambda self: self.root / "sft_model")
+    grpo_checkpoints = property(lambda self: self.root / "grpo")
+    grpo_model = property(lambda self: self.root / "grpo_model")
+    logs = property(lambda self: self.root / "logs")
+    sft_log = property(lambda self: self.logs / "sft.jsonl")
+    grpo_log = property(lambda self: self.logs / "grpo.jsonl")
+    report = property(lambda self: self.root / "report")
+    table = property(lambda self: self.report / "learning_table.md")
+    plot = property(lambda self: self.report / "accuracy_vs_grpo_step.png")
+
+    def eval_dir(self, run: str) -> Path:
+        return self.root / "eval" / run
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def eval_step(config: LearnConfig, layout: Layout, run: str, model: Path) -> Step:
+    return Step(
+        f"evaluate {run}",
+        python_module(
+            "mixed_r1_verl.learn",
+            "stage=eval",
+            f"model={model}",
+            f"data={layout.data / 'val.parquet'}",
+            f"out_dir={layout.eval_dir(run)}",
+            f"embedding_model={layout.base_model}",
+            f"seed={config.seed}",
+            f"eval_max_new_tokens={config.eval_max_new_tokens}",
+            f"eval_batch_size={config.eval_batch_size}",
+        ),
+    )
+
+
+def plan(config: LearnConfig) -> list[Step]:
+    """Every step of the proof, in order."""
+    layout = Layout(Path(config.work_dir).absolute())
+    seed = config.seed
+    data_done = layout.data / "summary.json"
+    return [
+        Step(
+            "build the base model",
+            python_module(
+                "mixed_r1_verl.models.tiny_qwen25vl", str(layout.base_model), "--size", config.model_size,
+                "--seed", str(seed),
+            ),
+            skip_if_exists=layout.base_model / "config.json",
+        ),
+        Step(
+            "write the synthetic set",
+            python_module(
+                "mixed_r1_verl.data.synthetic", f"out_dir={layout.synthetic}", f"rows_per_task={config.rows_per_task}",
+                f"val_rows_per_task={config.val_rows_per_task}", f"seed={seed}", "image_format=jpeg",
+            ),
+            skip_if_exists=data_done,
+        ),
+        Step(
+            "convert it (train, val, sft_train, sft_val)",
+            python_module(
+                "mixed_r1_verl.data.prepare", f"input={layout.synthetic / 'synthetic.jsonl'}",
+                f"image_root={layout.synthetic / 'images'}", f"output_dir={layout.data}",
+                f"model_path={layout.base_model}", "model_family=qwen2_5_vl", f"seed={seed}", "progress=false",
+            ),
+            skip_if_exists=data_done,
+        ),
+        eval_step(config, layout, "base", layout.base_model),
+        Step(
+            "SFT (cold start, stopped early)",
+            python_module(
+                "mixed_r1_verl.sft", "recipe=learn", f"model.path={layout.base_model}",
+                f"mixed_r1.data_dir={layout.data}", f"trainer.default_local_dir={layout.sft_checkpoints}",
+                f"trainer.seed={seed}", *config.sft_overrides,
+            ),
+            env={"VERL_FILE_LOGGER_PATH": str(layout.sft_log)},
+            skip_if_exists=layout.sft_checkpoints / CHECKPOINT_TRACKER,
+        ),
+        Step(
+            "publish the SFT model",
+            ["link", str(layout.sft_model), "->", f"{layout.sft_checkpoints}/global_step_<latest>/huggingface"],
+            run=lambda: publish_checkpoint(layout.sft_checkpoints, "huggingface", layout.sft_model, layout.base_model),
+        ),
+        eval_step(config, layout, "sft", layout.sft_model),
+        Step(
+            "GRPO with Mixed-Reward from the SFT model",
+            python_module(
+                "mixed_r1_verl.main", "recipe=learn", f"actor_rollout_ref.model.path={layout.sft_model}",
+                f"mixed_r1.data_dir={layout.data}", f"trainer.default_local_dir={layout.grpo_checkpoints}",
+                f"reward.reward_kwargs.embedding_model={layout.base_model}", f"data.seed={seed}",
+                f"actor_rollout_ref.rollout.seed={seed}", f"actor_rollout_ref.actor.data_loader_seed={seed}",
+                *config.grpo_overrides,
+            ),
+            env={"VERL_FILE_LOGGER_PATH": str(layout.grpo_log)},
+            skip_if_exists=layout.grpo_checkpoints / CHECKPOINT_TRACKER,
+        ),
+        Step(
+            "publish the GRPO model",
+            ["link", str(layout.grpo_model), "->", f"{layout.grpo_checkpoints}/global_step_<latest>/actor/huggingface"],
+            run=lambda: publish_checkpoint(
+                layout.grpo_checkpoints, "actor/huggingface", layout.grpo_model, layout.base_model
+            ),
+        ),
+        eval_step(config, layout, "grpo", layout.grpo_model),
+        Step(
+            "write the table and the plot",
+            ["report", str(layout.table), str(layout.plot)],
+            run=lambda: write_report(layout),
+        ),
+    ]  # fmt: skip
+
+
+def publish_checkpoint(checkpoints: Path, inside: str, link: Path, base_model: Path) -> Path:
+    """Point `link` at the Hugging Face copy of the latest checkpoint under `checkpoints`, adding the
+    tokenizer and processor files of the base model that the copy lacks."""
+    from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+
+    latest = find_latest_ckpt_path(str(checkpoints))
+    if latest is None:
+        raise FileNotFoundError(f"{checkpoints}: no checkpoint (latest_checkpointed_iteration.txt) to publish")
+    model_dir = Path(latest) / inside
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no Hugging Face model (config.json) in the latest checkpoint")
+    for name in MODEL_SIDE_FILES:
+        if (base_model / name).is_file() and not (model_dir / name).exists():
+            shutil.copy2(base_model / name, model_dir / name)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(model_dir)
+    return model_dir
+
+
+class StepFailed(RuntimeError):
+    def __init__(self, number: int, step: Step, returncode: int):
+        super().__init__(f"step {number} ({step.name}) failed with exit code {returncode}: {step.describe()}")
+        self.returncode = returncode
+
+
+def execute(steps: list[Step], env: dict[str, str]) -> None:
+    for number, step in enumerate(steps, start=1):
+        if step.skip_if_exists is not None and step.skip_if_exists.exists():
+            print(f"[{number}/{len(steps)}] {step.name}: done earlier ({step.skip_if_exists})", flush=True)
+            continue
+        print(f"[{number}/{len(steps)}] {step.name}: {step.describe()}", flush=True)
+        if step.run is not None:
+            step.run()
+            continue
+        returncode = subprocess.run(step.argv, env={**env, **step.env}).returncode
+        if returncode:
+            raise StepFailed(number, step, returncode)
+
+
+# --- evaluation step ---------------------------------------------------------------------------
+
+
+def evaluate(config: LearnConfig) -> dict:
+    """Generate (greedy) and score `config.model` on `config.data` with the project's evaluation;
+    writes generations.jsonl, scores.jsonl and summary.{json,md,csv} into `config.out_dir`."""
+    from mixed_r1_verl.eval.cache import GenerationCache
+    from mixed_r1_verl.eval.generation import SamplingSettings, generate_missing
+    from mixed_r1_verl.eval.records import load_records
+    from mixed_r1_verl.eval.report import write_summary
+    from mixed_r1_verl.eval.scoring import score_records, summarize
+
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = load_records([config.data], config.eval_limit)
+    discard_generations_of_another_model(out_dir, config.model)
+    cache = GenerationCache(out_dir / "generations.jsonl")
+    sampling = SamplingSettings(max_new_tokens=config.eval_max_new_tokens, temperature=0.0, seed=config.seed)
+    if cache.missing([record.id for record in records]):
+        generate_missing(records, make_generator(config.model, sampling), cache, config.eval_batch_size)
+    rows = score_records(records, cache.responses, embedding_model=config.embedding_model or config.model)
+    with open(out_dir / "scores.jsonl", "w", encoding="utf-8") as sink:
+        sink.writelines(json.dumps(row) + "\n" for row in rows)
+    summary = summarize(rows)
+    summary["run"] = {"data": [config.data], "model": config.model, "embedding_model": config.embedding_model}
+    write_summary(summary, out_dir)
+    return summary
+
+
+def model_fingerprint(model: str) -> dict:
+    """The model directory (links resolved) and the size and time of its weight files."""
+    directory = Path(model).resolve()
+    weights = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin"))
+    return {"path": str(directory), "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights]}
+
+
+def discard_generations_of_another_model(out_dir: Path, model: str) -> None:
+    """Cached generations are reused only for the model that wrote them."""
+    record, cache = out_dir / "model.json", out_dir / "generations.jsonl"
+    fingerprint = model_fingerprint(model)
+    if record.exists() and json.loads(record.read_text()) != fingerprint and cache.exists():
+        print(f"{cache}: written by another model than {model}; generating again", flush=True)
+        cache.unlink()
+    record.write_text(json.dumps(fingerprint, indent=2))
+
+
+def make_generator(model: str, sampling):
+    from importlib.util import find_spec
+
+    from mixed_r1_verl.eval.generation import TransformersGenerator, VLLMGenerator
+
+    if find_spec("vllm") is not None:
+        return VLLMGenerator(model, sampling)
+    import torch
+
+    return TransformersGenerator(model, sampling, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def learning_table(summaries: dict[str, dict]) -> tuple[list[str], list[list]]:
+    """Per task (and `all`): n, then accuracy, format rate and mean score for base / SFT / GRPO with
+    the deltas GRPO - SFT and SFT - base."""
+    header = ["task", "n"]
+    for metric in ("accuracy", "format", "score"):
+        header += [f"{metric} {run}" for run in RUNS] + [f"Δ{metric} grpo-sft", f"Δ{metric} sft-base"]
+    tasks = sorted(set().union(*(summary["tasks"] for summary in summaries.values())), key=lambda t: (t == "all", t))
+    rows = []
+    for task in tasks:
+        stats = {run: summaries[run]["tasks"].get(task) for run in RUNS}
+        missing = [run for run, value in stats.items() if value is None]
+        if missing:
+            raise ValueError(f"task {task!r} has no evaluation in run(s) {missing}")
+        counts = {stats[run]["n"] for run in RUNS}
+        if len(counts) != 1:
+            raise ValueError(f"task {task!r} was evaluated on different row counts: {sorted(counts)}")
+        row = [task, counts.pop()]
+        for metric in ("accuracy", "format", "score"):
+            values = [stats[run][metric] for run in RUNS]
+            row += values + [values[2] - values[1], values[1] - values[0]]
+        rows.append(row)
+    return header, rows
+
+
+def target_checks(header: list[str], rows: list[list]) -> dict[str, bool]:
+    """The proof's targets for GRPO over SFT on the held-out split."""
+    by_task = {row[0]: dict(zip(header, row)) for row in rows}
+    overall = by_task.pop("all")
+    deltas = [stats["Δaccuracy grpo-sft"] for stats in by_task.values()]
+    slack = 1e-9  # rates are ratios of counts; 0.5 - 0.45 must count as 0.05
+    return {
+        "overall accuracy up by >= 0.05": overall["Δaccuracy grpo-sft"] >= 0.05 - slack,
+        "accuracy up on >= 3 of the tasks": sum(delta > slack for delta in deltas) >= 3,
+        "no task down by more than 0.02": all(delta >= -0.02 - slack for delta in deltas),
+        "format rate >= 0.95 after GRPO": overall["format grpo"] >= 0.95 - slack,
+    }
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """Values to three decimals, deltas (columns named Δ...) with their sign."""
+
+    def cell(column: str, value) -> str:
+        if not isinstance(value, float):
+            return str(value)
+        return f"{value:+.3f}" if column.startswith("Δ") else f"{value:.3f}"
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(column, value) for column, value in zip(header, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def read_metrics(path: Path) -> list[tuple[int, dict]]:
+    """(step, metrics) per line of verl's file logger ({"step": n, "data": {...}})."""
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            entries.append((int(entry["step"]), entry["data"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}:{number}: not a file-logger line ({error})") from None
+    return entries
+
+
+def accuracy_curves(entries: list[tuple[int, dict]]) -> dict[str, list[tuple[int, float]]]:
+    """Per task, (step, training accuracy) for every step that logged it."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    prefix, suffix = TASK_ACCURACY_KEY.split("{task}")
+    for step, metrics in entries:
+        for key, value in metrics.items():
+            if key.startswith(prefix) and key.endswith(suffix) and "/" not in key[len(prefix) : -len(suffix)]:
+                curves.setdefault(key[len(prefix) : -len(suffix)], []).append((step, float(value)))
+    return {task: sorted(points) for task, points in sorted(curves.items())}
+
+
+def plot_accuracy(log: Path, out: Path) -> Path:
+    """PNG of per-task training accuracy against GRPO step from the file logger's JSONL."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = accuracy_curves(read_metrics(log))
+    if not curves:
+        raise ValueError(f"{log}: no {TASK_ACCURACY_KEY} metrics (is trainer.v1.trainer_mode=mixed_r1_sync?)")
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for task, points in curves.items():
+        axes.plot([s for s, _ in points], [a for _, a in points], marker="o", markersize=3, label=task)
+    axes.set_xlabel("GRPO step")
+    axes.set_ylabel("training accuracy (rollouts)")
+    axes.set_ylim(-0.02, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+    return out
+
+
+def write_report(layout: Layout) -> None:
+    from mixed_r1_verl.eval.report import load_summary, write_comparison
+
+    summaries = {run: load_summary(layout.eval_dir(run)) for run in RUNS}
+    header, rows = learning_table(summaries)
+    layout.report.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(header, rows)
+    checks = target_checks(header, rows)
+    verdict = "\n".join(f"- [{'x' if met else ' '}] {name}" for name, met in checks.items())
+    layout.table.write_text(f"{table}\n\nTargets (GRPO over SFT, held-out val):\n\n{verdict}\n")
+    (layout.report / "learning_table.json").write_text(
+        json.dumps({"header": header, "rows": rows, "targets": checks}, indent=2)
+    )
+    for first, second in (("base", "sft"), ("sft", "grpo")):
+        write_comparison(summaries[first], summaries[second], (first, second), layout.report / f"{first}_vs_{second}")
+    plot_accuracy(layout.grpo_log, layout.plot)
+    print(layout.table.read_text())
+
+
+def artefacts(layout: Layout) -> dict[str, str]:
+    places = {
+        "base model": layout.base_model,
+        "converted data": layout.data,
+        "SFT checkpoints": layout.sft_checkpoints,
+        "SFT model": layout.sft_model,
+        "GRPO checkpoints": layout.grpo_checkpoints,
+        "GRPO model": layout.grpo_model,
+        **{f"evaluation {run}": layout.eval_dir(run) for run in RUNS},
+        "SFT metrics": layout.sft_log,
+        "GRPO metrics": layout.grpo_log,
+        "table": layout.table,
+        "comparisons": layout.report,
+        "plot": layout.plot,
+    }
+    return {name: str(path) for name, path in places.items()}
+
+
+def load_config(argv: list[str]) -> LearnConfig:
+    merged = OmegaConf.merge(OmegaConf.structured(LearnConfig), OmegaConf.from_dotlist(argv))
+    config = OmegaConf.to_object(merged)
+    if config.stage not in ("all", "eval"):
+        raise SystemExit(f"stage={config.stage!r}: expected all or eval")
+    if config.stage == "eval" and not (config.model and config.data and config.out_dir):
+        raise SystemExit("stage=eval needs model=, data= and out_dir=")
+    return config
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__)
+        print(OmegaConf.to_yaml(OmegaConf.structured(LearnConfig)))
+        return
+    config = load_config(argv)
+    if config.stage == "eval":
+        evaluate(config)
+        return
+    layout = Layout(Path(config.work_dir).absolute())
+    steps = plan(config)
+    if config.dry_run:
+        for number, step in enumerate(steps, start=1):
+            print(f"[{number}/{len(steps)}] {step.name}\n    {step.describe()}")
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(NO_GPU_MESSAGE, file=sys.stderr, end="")
+            sys.exit(EXIT_NEEDS_GPU)
+        layout.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            execute(steps, {**os.environ, "MIXED_R1_LEARN_DIR": str(layout.root)})
+        except StepFailed as failure:
+            print(f"{failure}\nFix the cause and run the same command again: finished steps are skipped.", file=sys.stderr)
+            sys.exit(failure.returncode)
+    print("\nArtefacts:" if not config.dry_run else "\nArtefacts (once run):")
+    for name, path in artefacts(layout).items():
+        print(f"  {name:18s} {path}")
+
+
+if __name__ == "__main__":
+    main()

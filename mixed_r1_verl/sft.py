@@ -1,0 +1,113 @@
+"""Supervised fine-tuning entry (the cold start before GRPO), on verl's own SFT trainer.
+
+    python -m mixed_r1_verl.sft recipe=learn [any verl SFT key=value ...]
+    python -m mixed_r1_verl.sft recipe=learn --cfg job      # print the merged config, no GPU needed
+
+The config is verl's `sft_trainer_engine` with `conf/sft.yaml` and one `recipes/sft/<name>.yaml` on
+top. It trains on the converter's `sft_train.parquet` (rows with a rationale; target
+`<think>{rationale}</think><answer>{answer}</answer>`) with verl's multi-turn SFT dataset, which
+resizes each image with the pixel bounds the converter wrote and masks the loss to the target.
+One GPU runs in this process; more GPUs are started with torchrun.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mixed_r1_verl.entry import register_recipe_files, run_recipe_entry
+from mixed_r1_verl.main import config_dir, fail, recipe_dir
+
+PRIMARY_CONFIG = "sft"
+PATH_KEYS = ("data.train_files", "data.val_files", "model.path", "trainer.default_local_dir")
+
+NO_GPU_MESSAGE = """\
+mixed_r1_verl.sft fine-tunes with verl's FSDP engine and needs at least one CUDA GPU visible to torch;
+torch.cuda.is_available() is False on this machine.
+What runs here without a GPU:
+  - the SFT data:      python -m mixed_r1_verl.data.prepare ... (rows with a `rationale` go to sft_*.parquet)
+  - the merged config: python -m mixed_r1_verl.sft recipe=<name> --cfg job
+"""
+
+
+def sft_recipe_dir() -> Path:
+    return recipe_dir() / "sft"
+
+
+def register_sft_recipes() -> list[str]:
+    return register_recipe_files(sft_recipe_dir())
+
+
+def pin_paths(config: DictConfig, keys: tuple[str, ...]) -> None:
+    """Relative paths (a file or a list of files) made absolute against the launch directory, which
+    torchrun workers and the checkpoint handler may not share."""
+    for key in keys:
+        value = OmegaConf.select(config, key)
+        if isinstance(value, str):
+            OmegaConf.update(config, key, os.path.abspath(value))
+        elif value is not None:
+            OmegaConf.update(config, key, [os.path.abspath(path) for path in value])
+
+
+def missing_inputs(config: DictConfig) -> list[str]:
+    """`key=path` for every input file or directory the config names that is not there."""
+    keys = ["data.train_files", "model.path"] + (["data.val_files"] if config.data.val_files else [])
+    missing = []
+    for key in keys:
+        value = OmegaConf.select(config, key)
+        missing += [f"{key}={path}" for path in ([value] if isinstance(value, str) else value) if not os.path.exists(path)]
+    return missing
+
+
+def torchrun_command(config: DictConfig, argv: list[str]) -> list[str]:
+    """The same command under torchrun, one process per GPU of this node."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={config.trainer.n_gpus_per_node}", "-m", "mixed_r1_verl.sft", *argv,
+    ]  # fmt: skip
+
+
+def single_process_environment() -> dict[str, str]:
+    """The torch.distributed variables of a one-process group on this host."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def train(config: DictConfig) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        fail(NO_GPU_MESSAGE)
+    if config.trainer.nnodes != 1:
+        fail("mixed_r1_verl.sft runs on one node (trainer.nnodes=1); use torchrun on every node for more.\n")
+    pin_paths(config, PATH_KEYS)
+    missing = missing_inputs(config)
+    if missing:
+        fail(
+            "not found: " + ", ".join(missing) + "\n(the SFT parquet is written by mixed_r1_verl.data.prepare for "
+            "rows with a `rationale`)\n"
+        )
+    if "WORLD_SIZE" not in os.environ:
+        if config.trainer.n_gpus_per_node > 1:
+            os.execv(sys.executable, torchrun_command(config, sys.argv[1:]))
+        os.environ.update(single_process_environment())
+
+    from verl.trainer.sft_trainer import run_sft
+    from verl.utils.device import auto_set_device
+
+    auto_set_device(config)
+    run_sft(config)
+
+
+def main() -> None:
+    run_recipe_entry("mixed_r1_verl.sft", sft_recipe_dir(), config_dir(), PRIMARY_CONFIG, train)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The learning proof's orchestration: its plan, the evaluation step, the table and the plot."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from data_helpers import REPO
+from mixed_r1_verl.eval.report import write_summary
+from mixed_r1_verl.eval.scoring import summarize
+from mixed_r1_verl.learn import (
+    RUNS,
+    Layout,
+    LearnConfig,
+    Step,
+    StepFailed,
+    accuracy_curves,
+    discard_generations_of_another_model,
+    execute,
+    learning_table,
+    plan,
+    publish_checkpoint,
+    read_metrics,
+    target_checks,
+    write_report,
+)
+from mixed_r1_verl.data.prepare import PrepareConfig, prepare
+from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
+
+
+def run_learn(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.learn", *args], env=env, capture_output=True, text=True, check=True
+    )
+
+
+def test_dry_run_prints_every_command_in_order_and_runs_nothing(tmp_path):
+    work = tmp_path / "learn"
+    output = run_learn(f"work_dir={work}", "dry_run=true", "seed=7", "sft_overrides=[optim.lr=1e-4]").stdout
+    assert not work.exists()
+    order = [
+        "mixed_r1_verl.models.tiny_qwen25vl",
+        "mixed_r1_verl.data.synthetic",
+        "mixed_r1_verl.data.prepare",
+        f"out_dir={work}/eval/base",
+        "mixed_r1_verl.sft recipe=learn",
+        f"link {work}/sft_model",
+        f"out_dir={work}/eval/sft",
+        "mixed_r1_verl.main recipe=learn",
+        f"link {work}/grpo_model",
+        f"out_dir={work}/eval/grpo",
+        f"report {work}/report/learning_table.md",
+    ]
+    positions = [output.index(fragment) for fragment in order]
+    assert positions == sorted(positions)
+    assert f"VERL_FILE_LOGGER_PATH={work}/logs/grpo.jsonl" in output and "optim.lr=1e-4" in output
+    assert output.count("seed=7") >= 4 and "--seed 7" in output
+    assert f"actor_rollout_ref.model.path={work}/sft_model" in output
+    for artefact in ("table", "plot", "GRPO metrics", "evaluation grpo"):
+        assert artefact in output.split("Artefacts")[1]
+
+
+def test_plan_evaluates_every_model_on_the_held_out_split_with_one_embedding_table(tmp_path):
+    steps = plan(LearnConfig(work_dir=str(tmp_path)))
+    evaluations = [step.argv for step in steps if step.name.startswith("evaluate")]
+    assert len(evaluations) == 3
+    for argv in evaluations:
+        assert f"data={tmp_path}/data/val.parquet" in argv and f"embedding_model={tmp_path}/base_model" in argv
+    grpo = next(step for step in steps if step.name.startswith("GRPO"))
+    assert f"reward.reward_kwargs.embedding_model={tmp_path}/base_model" in grpo.argv
+
+
+def test_publish_points_at_the_latest_checkpoint_and_completes_it(tmp_path, tiny_model_dir):
+    checkpoints = tmp_path / "sft"
+    for step in (3, 6):
+        (checkpoints / f"global_step_{step}" / "huggingface").mkdir(parents=True)
+        (checkpoints / f"global_step_{step}" / "huggingface" / "config.json").write_text("{}")
+    (checkpoints / "latest_checkpointed_iteration.txt").write_text("6")
+    link = tmp_path / "sft_model"
+    publish_checkpoint(checkpoints, "huggingface", link, Path(tiny_model_dir))
+    assert link.resolve() == (checkpoints / "global_step_6" / "huggingface").resolve()
+    assert (link / "preprocessor_config.json").read_text() == (tiny_model_dir / "preprocessor_config.json").read_text()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        publish_checkpoint(tmp_path / "nothing", "huggingface", tmp_path / "x", Path(tiny_model_dir))
+
+
+def test_evaluation_step_scores_a_model_with_the_project_evaluation(tmp_path, tiny_model_dir):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=4)
+    prepare(
+        PrepareConfig(
+            input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "data"),
+            model_path=str(tiny_model_dir), progress=False,
+        )
+    )  # fmt: skip
+    out = tmp_path / "eval"
+    run_learn(
+        "stage=eval", f"model={tiny_model_dir}", f"data={tmp_path / 'data' / 'val.parquet'}", f"out_dir={out}",
+        "eval_max_new_tokens=4", "eval_limit=4",
+    )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["tasks"]) == set(TASKS) | {"all"} and summary["tasks"]["all"]["n"] == 4
+    assert len((out / "generations.jsonl").read_text().splitlines()) == 4
+
+
+def fabricated_summary(accuracy: dict[str, float], n: int = 10) -> dict:
+    rows = []
+    for task, rate in accuracy.items():
+        correct = round(rate * n)
+        for i in range(n):
+            value = 1.0 if i < correct else 0.0
+            rows.append({"id": f"{task}-{i}", "data_source": task, "task": task, "accuracy": value,
+                         "format": 1.0, "score": 0.9 * value + 0.1, "error": 0.0})  # fmt: skip
+    return summarize(rows)
+
+
+def write_metrics_log(path: Path, steps: int) -> None:
+    """verl's file logger: one {"step": n, "data": {...}} object per line."""
+    lines = []
+    for step in range(1, steps + 1):
+        data = {f"mixed_r1/{task}/accuracy/mean": min(1.0, 0.1 * step + i * 0.05) for i, task in enumerate(TASKS)}
+        data.update({"mixed_r1/chart/count": 16.0, "actor/pg_loss": 0.1, "timing_s/step": 3.2})
+        lines.append(json.dumps({"step": step, "data": data}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_table_has_every_run_and_the_deltas(tmp_path):
+    summaries = {
+        "base": fabricated_summary({"chart": 0.0, "matching": 0.3}),
+        "sft": fabricated_summary({"chart": 0.4, "matching": 0.5}),
+        "grpo": fabricated_summary({"chart": 0.6, "matching": 0.3}),
+    }
+    header, rows = learning_table(summaries)
+    by_task = {row[0]: dict(zip(header, row)) for row in rows}
+    assert list(by_task) == ["chart", "matching", "all"]
+    assert by_task["chart"]["n"] == 10
+    assert by_task["chart"]["accuracy grpo"] == pytest.approx(0.6)
+    assert by_task["chart"]["Δaccuracy grpo-sft"] == pytest.approx(0.2)
+    assert by_task["matching"]["Δaccuracy grpo-sft"] == pytest.approx(-0.2)
+    assert by_task["all"]["Δaccuracy grpo-sft"] == pytest.approx(0.0)
+    assert by_task["all"]["Δaccuracy sft-base"] == pytest.approx(0.3)
+    checks = target_checks(header, rows)
+    assert checks["overall accuracy up by >= 0.05"] is False and checks["no task down by more than 0.02"] is False
+    summaries["grpo"] = fabricated_summary({"chart": 0.6})
+    with pytest.raises(ValueError, match="'matching' has no evaluation in run"):
+        learning_table(summaries)
+
+
+def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
+    layout = Layout(tmp_path)
+    for run, rate in zip(RUNS, (0.1, 0.4, 0.6)):
+        layout.eval_dir(run).mkdir(parents=True)
+        write_summary(fabricated_summary({task: rate for task in TASKS}), layout.eval_dir(run))
+    write_metrics_log(layout.grpo_log, steps=5)
+    write_report(layout)
+    table = layout.table.read_text()
+    assert "| grounding | 10 | 0.100 | 0.400 | 0.600 | +0.200 | +0.300 |" in table
+    assert "- [x] overall accuracy up by >= 0.05" in table and "- [x] format rate >= 0.95 after GRPO" in table
+    assert json.loads((layout.report / "learning_table.json").read_text())["targets"]["no task down by more than 0.02"]
+    assert (layout.report / "sft_vs_grpo" / "compare.md").exists()
+    assert Image.open(layout.plot).size[0] >= 600
+
+
+def test_curves_come_from_the_file_logger_per_task(tmp_path):
+    log = tmp_path / "grpo.jsonl"
+    write_metrics_log(log, steps=3)
+    curves = accuracy_curves(read_metrics(log))
+    assert sorted(curves) == sorted(TASKS)
+    assert curves["matching"] == [(1, pytest.approx(0.1)), (2, pytest.approx(0.2)), (3, pytest.approx(0.3))]
+    log.write_text('{"step": 1, "data": {}}\nnot json\n')
+    with pytest.raises(ValueError, match="grpo.jsonl:2"):
+        read_metrics(log)
+
+
+def test_training_steps_are_skipped_once_their_checkpoint_exists(tmp_path, capsys):
+    steps = {step.name: step for step in plan(LearnConfig(work_dir=str(tmp_path)))}
+    sft = steps["SFT (cold start, stopped early)"]
+    grpo = steps["GRPO with Mixed-Reward from the SFT model"]
+    assert sft.skip_if_exists == tmp_path / "sft" / "latest_checkpointed_iteration.txt"
+    assert grpo.skip_if_exists == tmp_path / "grpo" / "latest_checkpointed_iteration.txt"
+    sft.skip_if_exists.parent.mkdir()
+    sft.skip_if_exists.write_text("100")
+    execute([sft], env=dict(os.environ))
+    assert "done earlier" in capsys.readouterr().out
+
+
+def test_cached_generations_of_another_model_are_discarded(tmp_path):
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "eval"
+    for model, size in ((first, 10), (second, 20)):
+        model.mkdir()
+        (model / "model.safetensors").write_bytes(b"0" * size)
+    out.mkdir()
+    discard_generations_of_another_model(out, str(first))
+    (out / "generations.jsonl").write_text('{"id": "a", "response": "x"}\n')
+    discard_generations_of_another_model(out, str(first))
+    assert (out / "generations.jsonl").exists()
+    discard_generations_of_another_model(out, str(second))
+    assert not (out / "generations.jsonl").exists()
+
+
+def test_without_a_gpu_the_proof_stops_before_building_anything(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.learn", f"work_dir={tmp_path / 'learn'}"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr and "dry_run=true" in result.stderr
+    assert not (tmp_path / "learn").exists()
+
+
+def test_a_failing_step_is_named_with_its_exit_code(tmp_path):
+    failing = Step("convert it", [sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(StepFailed, match=r"step 1 \(convert it\) failed with exit code 3") as failure:
+        execute([failing], env=dict(os.environ))
+    assert failure.value.returncode == 3

@@ -1,0 +1,166 @@
+"""Cold-start SFT: the converter's SFT parquet, verl's SFT config and dataset with the tiny Qwen2.5-VL."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import Qwen2_5_VLForConditionalGeneration
+from verl.trainer.sft_trainer import create_sft_dataset
+from verl.utils.config import omega_conf_to_dataclass
+
+from data_helpers import REPO
+from mixed_r1_verl.data.prepare import SFT_SCHEMA, PrepareConfig, prepare, sft_target
+from mixed_r1_verl.data.processor import load_image_text_processor
+from mixed_r1_verl.data.sft_dataset import MixedR1SFTDataset
+from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
+from mixed_r1_verl.main import config_dir
+from mixed_r1_verl.sft import register_sft_recipes
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("sft")
+    jsonl, image_root = write_synthetic_dataset(root / "src", rows_per_task=4, seed=3, val_rows_per_task=1)
+    # One row without a rationale: GRPO data only.
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    rows[0].pop("rationale")
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    prepare(
+        PrepareConfig(
+            input=str(jsonl),
+            image_root=str(image_root),
+            output_dir=str(root / "data"),
+            model_path=str(tiny_model_dir),
+            progress=False,
+        )
+    )
+    return root / "data", {row["id"]: row for row in rows}
+
+
+def compose_sft(*overrides):
+    register_sft_recipes()
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        return compose("sft", overrides=["recipe=learn", *overrides])
+
+
+def test_sft_parquet_holds_the_prompt_and_the_target_of_every_row_with_a_rationale(converted):
+    data_dir, source = converted
+    for split in ("train", "val"):
+        grpo = {row["extra_info"]["id"]: row for row in pq.read_table(data_dir / f"{split}.parquet").to_pylist()}
+        sft = pq.read_table(data_dir / f"sft_{split}.parquet").to_pylist()
+        assert {row["extra_info"]["id"] for row in sft} == {i for i in grpo if "rationale" in source[i]}
+        for row in sft:
+            record_id = row["extra_info"]["id"]
+            user, assistant = row["messages"]
+            assert user == grpo[record_id]["prompt"][0] and row["images"] == grpo[record_id]["images"]
+            truth = grpo[record_id]["reward_model"]["ground_truth"]
+            assert assistant == {"role": "assistant", "content": sft_target(source[record_id]["rationale"], truth)}
+            assert row["extra_info"]["split"] == split
+    val_tasks = {row["extra_info"]["task"] for row in pq.read_table(data_dir / "sft_val.parquet").to_pylist()}
+    assert val_tasks == set(TASKS)
+
+
+def test_grounding_targets_are_in_the_models_frame(converted):
+    data_dir, source = converted
+    grpo = {row["extra_info"]["id"]: row for row in pq.read_table(data_dir / "train.parquet").to_pylist()}
+    rows = pq.read_table(data_dir / "sft_train.parquet").to_pylist()
+    row = next(r for r in rows if r["extra_info"]["task"] == "grounding")
+    info = grpo[row["extra_info"]["id"]]["extra_info"]
+    (fw, fh), (w, h) = info["frame_size"], info["image_size"]
+    assert (fw, fh) != (w, h)
+    x1, y1, x2, y2 = json.loads(source[row["extra_info"]["id"]]["answer"])
+    answer = row["messages"][-1]["content"].split("<answer>")[1].removesuffix("</answer>")
+    expected = [x1 * fw / w, y1 * fh / h, x2 * fw / w, y2 * fh / h]
+    assert json.loads(answer) == pytest.approx(expected, abs=0.51)
+
+
+def test_config_composes_on_verls_sft_config_and_builds_its_dataclasses(converted, tiny_model_dir):
+    data_dir, _ = converted
+    config = compose_sft(f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")
+    assert config.data.train_files == f"{data_dir}/sft_train.parquet"
+    assert config.data.pad_mode == "no_padding" and config.trainer.total_training_steps == 100
+    model = omega_conf_to_dataclass(config.model)
+    assert model.tokenizer.convert_tokens_to_ids("<|image_pad|>") == model.hf_config.image_token_id
+    for key in ("engine", "optim", "checkpoint", "profiler"):
+        omega_conf_to_dataclass(config[key])
+    assert "hf_model" in config.checkpoint.save_contents
+
+
+def test_sft_rows_render_through_the_processor_with_the_loss_on_the_target_only(converted, tiny_model_dir):
+    data_dir, source = converted
+    config = compose_sft(f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")
+    processor = load_image_text_processor(tiny_model_dir)
+    dataset = create_sft_dataset(config.data.train_files, config.data, processor.tokenizer, processor)
+    assert type(dataset) is MixedR1SFTDataset
+    rows = pq.read_table(data_dir / "sft_train.parquet").to_pylist()
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    for index in range(len(dataset)):
+        item = dataset[index]
+        ids, mask = item["input_ids"], item["loss_mask"].bool()
+        target = rows[index]["messages"][-1]["content"]
+        assert processor.tokenizer.decode(ids[mask]) == target + "<|im_end|>\n"
+        grid = item["multi_modal_inputs"]["image_grid_thw"]
+        assert int((ids == image_pad).sum()) == int(grid.prod()) // 4
+        assert not mask[ids == image_pad].any()
+    with torch.no_grad():
+        item = dataset[0]
+        labels = torch.where(item["loss_mask"].bool(), item["input_ids"], -100)
+        output = model(
+            input_ids=item["input_ids"][None],
+            position_ids=item["position_ids"][:, None],
+            labels=labels[None],
+            **item["multi_modal_inputs"],
+        )
+    assert torch.isfinite(output.loss)
+
+
+def test_a_row_whose_placeholders_do_not_match_its_images_is_named(converted, tiny_model_dir, tmp_path):
+    data_dir, _ = converted
+    table = pq.read_table(data_dir / "sft_train.parquet").to_pylist()
+    table[0]["messages"][0]["content"] = table[0]["messages"][0]["content"].replace("<image>", "")
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist(table, schema=SFT_SCHEMA), bad)
+    config = compose_sft(f"model.path={tiny_model_dir}")
+    processor = load_image_text_processor(tiny_model_dir)
+    dataset = create_sft_dataset(str(bad), config.data, processor.tokenizer, processor)
+    with pytest.raises(ValueError, match=rf"SFT row 0 \(id '{table[0]['extra_info']['id']}'\).*0 <image> placeholder"):
+        dataset[0]
+
+
+def run_sft(cwd, *args):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.sft", *args], env=env, capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_cli_usage_config_and_no_gpu_exit(converted, tiny_model_dir, tmp_path):
+    data_dir, _ = converted
+    usage = run_sft(tmp_path)
+    assert usage.returncode == 2 and "recipe=<name>" in usage.stderr and "learn" in usage.stderr
+    job = run_sft(tmp_path, "recipe=learn", "optim.lr=3e-4", "--cfg", "job")
+    assert job.returncode == 0 and "lr: 0.0003" in job.stdout and "sft_train.parquet" in job.stdout
+    train = run_sft(tmp_path, "recipe=learn", f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")
+    assert train.returncode == 2 and "needs at least one CUDA GPU" in train.stderr
+
+
+def test_input_paths_are_pinned_and_missing_ones_named(tmp_path, monkeypatch, tiny_model_dir):
+    from mixed_r1_verl.sft import PATH_KEYS, missing_inputs, pin_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.parquet").write_bytes(b"")
+    config = compose_sft(
+        f"model.path={tiny_model_dir}", "data.train_files=[a.parquet,b.parquet]", "data.val_files=null",
+        "trainer.default_local_dir=ckpt",
+    )  # fmt: skip
+    pin_paths(config, PATH_KEYS)
+    assert list(config.data.train_files) == [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    assert config.trainer.default_local_dir == str(tmp_path / "ckpt") and config.data.val_files is None
+    assert missing_inputs(config) == [f"data.train_files={tmp_path / 'b.parquet'}"]
