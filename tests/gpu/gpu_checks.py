@@ -1,0 +1,12 @@
+"""Names and assertions shared by the GPU acceptance tests."""
+
+from __future__ import annotations
+
+from mixed_r1_verl.run_logs import LoggedRun
+
+TASKS = ("chart", "grounding", "matching", "open_ended")
+RESUME_FROM_STEP = 3
+
+
+def assert_succeeded(run: LoggedRun) -> None:
+    assert run.returncode == 0, f"{run.name} exited {run.returncode}; end of {run.log_path}:\n{run.log_tail()}"
