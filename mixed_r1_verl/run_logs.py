@@ -24,6 +24,8 @@ from pathlib import Path
 
 STEP_TIME = "timing_s/step"
 SMOKE_TIMEOUT_S = 570
+# The smoke recipe as shipped, run by the GPU acceptance suite; benchmarks compare against its log.
+SMOKE_RUN = "smoke_mixed"
 GPU_POLL_INTERVAL_S = 1.0
 
 
@@ -135,19 +137,23 @@ class _PeakGpuMemory:
 
 
 def run_logged(
-    name: str, argv: Sequence[str], log_dir: str | Path, env: Mapping[str, str] | None = None, timeout_s: float = 600
+    name: str,
+    argv: Sequence[str],
+    log_dir: str | Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 600,
+    reuse: bool = True,
 ) -> LoggedRun:
     """Run `argv` with stdout and stderr in `<log_dir>/<name>.log`; the exit status (124 after a
     timeout, when the whole process group is killed), duration and peak GPU memory go to
-    `<log_dir>/<name>.json`. A run whose record says it exited 0 is not run again: delete its record
-    to rerun it."""
+    `<log_dir>/<name>.json`. With `reuse`, a run whose record says it exited 0 is not run again
+    (delete its record to rerun it)."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path, record_path = log_dir / f"{name}.log", log_dir / f"{name}.json"
-    if record_path.is_file():
+    if reuse and run_succeeded(name, log_dir):
         record = json.loads(record_path.read_text())
-        if record["returncode"] == 0:
-            return LoggedRun(name, 0, log_path, record["seconds"], record["peak_gpu_memory_mib"])
+        return LoggedRun(name, 0, log_path, record["seconds"], record["peak_gpu_memory_mib"])
     started = time.monotonic()
     with open(log_path, "w") as log, _PeakGpuMemory() as memory:
         log.write(f"$ {' '.join(argv)}\n")
@@ -179,11 +185,19 @@ def source_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+def checks_out_dir() -> Path:
+    """Where the GPU acceptance suite and the GPU benchmarks keep their runs: `$MIXED_R1_GPU_OUT`,
+    default `outputs/gpu_checks` in the checkout."""
+    return Path(os.environ.get("MIXED_R1_GPU_OUT", source_root() / "outputs" / "gpu_checks")).resolve()
+
+
 def metrics_log_path(out_dir: str | Path, name: str) -> Path:
     return Path(out_dir) / "metrics" / f"{name}.jsonl"
 
 
-def project_command(name: str, out_dir: str | Path, module: str, *args: str, timeout_s: float = 600) -> LoggedRun:
+def project_command(
+    name: str, out_dir: str | Path, module: str, *args: str, timeout_s: float = 600, reuse: bool = True
+) -> LoggedRun:
     """`python -m module args` through `run_logged` (logs in `<out_dir>/logs`), with this checkout
     first on the path, the smoke recipe's work directory in `<out_dir>/smoke` and verl's file logger
     writing `<out_dir>/metrics/<name>.jsonl`."""
@@ -196,14 +210,20 @@ def project_command(name: str, out_dir: str | Path, module: str, *args: str, tim
         "MIXED_R1_SMOKE_DIR": str(out_dir / "smoke"),
         "VERL_FILE_LOGGER_PATH": str(metrics),
     }
-    return run_logged(name, [sys.executable, "-m", module, *args], out_dir / "logs", env, timeout_s)
+    return run_logged(name, [sys.executable, "-m", module, *args], out_dir / "logs", env, timeout_s, reuse)
 
 
 def smoke_training(name: str, out_dir: str | Path, *overrides: str, timeout_s: float = SMOKE_TIMEOUT_S) -> LoggedRun:
-    """`python -m mixed_r1_verl.main recipe=smoke overrides...` via `project_command`; Ray gets the
-    CPUs this process may use (its default, the host's count, over-subscribes containers)."""
+    """`python -m mixed_r1_verl.main recipe=smoke overrides...` via `project_command`, checkpointing
+    into `smoke_checkpoint_dir(out_dir, name)`; Ray gets the CPUs this process may use (its default,
+    the host's count, over-subscribes containers)."""
     cpus = len(os.sched_getaffinity(0))
     return project_command(
-        name, out_dir, "mixed_r1_verl.main", "recipe=smoke", f"ray_kwargs.ray_init.num_cpus={cpus}", *overrides,
+        name, out_dir, "mixed_r1_verl.main", "recipe=smoke", f"ray_kwargs.ray_init.num_cpus={cpus}",
+        f"trainer.default_local_dir={smoke_checkpoint_dir(out_dir, name)}", *overrides,
         timeout_s=timeout_s,
     )  # fmt: skip
+
+
+def smoke_checkpoint_dir(out_dir: str | Path, name: str) -> Path:
+    return Path(out_dir).resolve() / "ckpt" / name

@@ -10,7 +10,6 @@ Without a CUDA GPU every test here is skipped with the reason.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -18,10 +17,9 @@ import pytest
 
 from gpu_checks import RESUME_FROM_STEP, assert_succeeded
 
-from mixed_r1_verl.run_logs import LoggedRun, run_succeeded, smoke_training
+from mixed_r1_verl.run_logs import SMOKE_RUN, LoggedRun, checks_out_dir, run_succeeded, smoke_checkpoint_dir, smoke_training
 
 GPU_TESTS_DIR = Path(__file__).resolve().parent
-REPO = GPU_TESTS_DIR.parents[1]
 
 
 def missing_gpu_reason() -> str | None:
@@ -46,7 +44,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def gpu_out() -> Path:
-    out = Path(os.environ.get("MIXED_R1_GPU_OUT", REPO / "outputs" / "gpu_checks")).resolve()
+    out = checks_out_dir()
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -54,7 +52,7 @@ def gpu_out() -> Path:
 @pytest.fixture(scope="session")
 def smoke_first_run(gpu_out) -> LoggedRun:
     """recipe=smoke as shipped (6 steps, checkpoints after steps 3 and 6), Mixed-Reward, no filtering."""
-    run = smoke_training("smoke_mixed", gpu_out, f"trainer.default_local_dir={gpu_out}/ckpt/smoke_mixed")
+    run = smoke_training(SMOKE_RUN, gpu_out)
     assert_succeeded(run)
     return run
 
@@ -71,14 +69,11 @@ def seed_checkpoint_dir(source: Path, target: Path, step: int) -> None:
 def smoke_resumed_run(gpu_out, smoke_first_run) -> LoggedRun:
     """The smoke run restarted from its step-3 checkpoint with resume_mode=auto, filtering on, and
     BMAS scored on the GPU inside the reward workers (bmas_device=cuda)."""
-    name, ckpt = "smoke_resume_filtering", gpu_out / "ckpt" / "smoke_resume_filtering"
+    name = "smoke_resume_filtering"
     if not run_succeeded(name, gpu_out / "logs"):
-        seed_checkpoint_dir(gpu_out / "ckpt" / "smoke_mixed", ckpt, RESUME_FROM_STEP)
+        seed_checkpoint_dir(
+            smoke_checkpoint_dir(gpu_out, SMOKE_RUN), smoke_checkpoint_dir(gpu_out, name), RESUME_FROM_STEP
+        )
     return smoke_training(
-        name,
-        gpu_out,
-        "filtering=on",
-        "trainer.resume_mode=auto",
-        f"trainer.default_local_dir={ckpt}",
-        "++reward.reward_kwargs.bmas_device=cuda",
+        name, gpu_out, "filtering=on", "trainer.resume_mode=auto", "++reward.reward_kwargs.bmas_device=cuda"
     )

@@ -36,7 +36,6 @@ def test_bmas_gpu_actor_trains_or_fails_clearly(gpu_out):
         f"++reward.reward_kwargs.{BMAS_GPU_SETTING}=0.1",
         "trainer.total_training_steps=1",
         "trainer.save_freq=-1",
-        f"trainer.default_local_dir={gpu_out}/ckpt/smoke_bmas_gpu_actor",
     )
     assert run.returncode != 124, f"the run hung; end of {run.log_path}:\n{run.log_tail()}"
     if run.returncode == 0:

@@ -6,7 +6,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 from gpu_checks import TASKS, assert_succeeded
 
-from mixed_r1_verl.run_logs import project_command
+from mixed_r1_verl.run_logs import project_command, smoke_checkpoint_dir
 
 FINAL_STEP = 6
 
@@ -29,7 +29,7 @@ def val_rows_per_task(val_parquet) -> Counter:
 
 
 def test_merged_checkpoint_is_evaluated_with_vllm_on_every_val_row(smoke_first_run, gpu_out):
-    actor_dir = gpu_out / "ckpt" / "smoke_mixed" / f"global_step_{FINAL_STEP}" / "actor"
+    actor_dir = smoke_checkpoint_dir(gpu_out, smoke_first_run.name) / f"global_step_{FINAL_STEP}" / "actor"
     merged = gpu_out / "hf_step6"
     merge = project_command(
         "merge_step6", gpu_out, "verl.model_merger", "merge", "--backend", "fsdp",

@@ -6,7 +6,7 @@ import math
 
 from gpu_checks import RESUME_FROM_STEP, TASKS, assert_succeeded
 
-from mixed_r1_verl.run_logs import metrics_log_path, non_finite, read_metrics_log, task_metrics
+from mixed_r1_verl.run_logs import metrics_log_path, non_finite, read_metrics_log, smoke_checkpoint_dir, task_metrics
 
 REWARD_KEYS = ("score/mean", "accuracy/mean", "format/mean", "error/mean")
 SMOKE_STEPS = 6
@@ -43,13 +43,13 @@ def test_smoke_trains_with_vllm_on_four_task_batches_and_logs_per_task_rewards(s
 
 
 def test_checkpoint_at_step_3_and_resume_continues_at_step_4(smoke_first_run, smoke_resumed_run, gpu_out):
-    first_ckpt = gpu_out / "ckpt" / "smoke_mixed"
+    first_ckpt = smoke_checkpoint_dir(gpu_out, smoke_first_run.name)
     assert (first_ckpt / f"global_step_{RESUME_FROM_STEP}" / "actor").is_dir()
     assert (first_ckpt / f"global_step_{RESUME_FROM_STEP}" / "data.pt").is_file()
     assert_succeeded(smoke_resumed_run)
     steps = steps_of(smoke_resumed_run, gpu_out)
     assert sorted(steps) == list(range(RESUME_FROM_STEP + 1, SMOKE_STEPS + 1))
-    resumed_ckpt = gpu_out / "ckpt" / smoke_resumed_run.name
+    resumed_ckpt = smoke_checkpoint_dir(gpu_out, smoke_resumed_run.name)
     assert (resumed_ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(SMOKE_STEPS)
     for step, metrics in steps.items():
         assert not non_finite(metrics), f"step {step}: non-finite metrics {non_finite(metrics)}"
