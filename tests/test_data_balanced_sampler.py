@@ -50,13 +50,13 @@ def smoke_config(data_dir, tiny_model_dir, *overrides):
     return config
 
 
-def trainer_with_dataloader(config):
+def trainer_with_dataloader(config, trainer_mode="sync"):
     """The project trainer with only its data loader initialised, by verl's own `_init_dataloader`."""
     trainer = MixedR1SyncTrainer.__new__(MixedR1SyncTrainer)
     trainer.config = config
     trainer.processor = load_image_text_processor(config.actor_rollout_ref.model.path)
     trainer.tokenizer = trainer.processor.tokenizer
-    trainer.trainer_mode = "sync"
+    trainer.trainer_mode = trainer_mode
     trainer.parameter_sync_step = 1
     trainer._init_dataloader()
     return trainer
@@ -85,6 +85,17 @@ def test_every_batch_holds_all_tasks_and_every_row_is_visited_once_per_epoch(con
         assert len({row_id for _, row_id in rows}) == len(rows)
         epochs.append(rows)
     assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_prompts_fetched_one_at_a_time_still_come_in_balanced_batches(data_dir, tiny_model_dir):
+    """Filtering (and any mode verl refills in) makes verl fetch single prompts (gen_batch_size=1)."""
+    config = smoke_config(data_dir, tiny_model_dir, "filtering=on")
+    loader = trainer_with_dataloader(config, trainer_mode="mixed_r1_sync").train_dataloader
+    assert loader.batch_size == 1
+    rows = [row for batch in loader for row in batch_rows(batch)]
+    assert len(rows) == 4 * ROWS_PER_TASK
+    for start in range(0, len(rows) - BATCH_SIZE + 1, BATCH_SIZE):
+        assert {task for task, _ in rows[start : start + BATCH_SIZE]} == TASKS
 
 
 def test_order_is_seeded(config, data_dir, tiny_model_dir):

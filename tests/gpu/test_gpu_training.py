@@ -10,6 +10,7 @@ from mixed_r1_verl.run_logs import metrics_log_path, non_finite, read_metrics_lo
 
 REWARD_KEYS = ("score/mean", "accuracy/mean", "format/mean", "error/mean")
 SMOKE_STEPS = 6
+SMOKE_ROLLOUT_N = 4  # responses per prompt in recipes/smoke.yaml
 
 
 def steps_of(run, gpu_out):
@@ -39,7 +40,8 @@ def test_smoke_trains_with_vllm_on_four_task_batches_and_logs_per_task_rewards(s
         assert math.isfinite(metrics["critic/score/mean"]) and metrics["response_length/mean"] > 0
         counts = {task: values.get("count", 0) for task, values in assert_task_rewards(step, metrics).items()}
         assert set(counts) >= set(TASKS) and all(counts[task] > 0 for task in TASKS), f"step {step}: {counts}"
-        assert len({counts[task] for task in TASKS}) == 1, f"step {step}: unbalanced batch {counts}"
+        spread = max(counts[task] for task in TASKS) - min(counts[task] for task in TASKS)
+        assert spread <= SMOKE_ROLLOUT_N, f"step {step}: tasks differ by more than one prompt: {counts}"
 
 
 def test_checkpoint_at_step_3_and_resume_continues_at_step_4(smoke_first_run, smoke_resumed_run, gpu_out):
