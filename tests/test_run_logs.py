@@ -13,6 +13,7 @@ from mixed_r1_verl.run_logs import (
     median_step_time,
     metric_series,
     non_finite,
+    project_command,
     read_metrics_log,
     run_logged,
     task_metrics,
@@ -93,3 +94,19 @@ def test_a_failed_run_is_recorded_and_run_again(tmp_path):
 def test_a_run_past_its_limit_is_killed_with_status_124(tmp_path):
     run = run_logged("job", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "logs", timeout_s=1)
     assert run.returncode == 124 and "[killed after 1 s]" in run.log_text()
+
+
+def test_project_commands_run_this_checkout_with_its_verl_plugins(tmp_path, monkeypatch):
+    """Installed (entry points) or not (`plugin_env` names the modules), a command's verl process
+    registers the project's reward manager and trainer mode."""
+    probe = "verl_registry_probe"
+    (tmp_path / f"{probe}.py").write_text(
+        "import verl\n"
+        "from verl.experimental.reward_loop.reward_manager.registry import get_reward_manager_cls\n"
+        "from verl.trainer.ppo.v1.trainer_base import get_trainer_cls\n"
+        "print(get_reward_manager_cls('mixed_r1').__name__, get_trainer_cls('mixed_r1_sync').__name__)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    run = project_command("probe", tmp_path / "out", probe)
+    assert run.returncode == 0, run.log_tail()
+    assert "MixedR1RewardManager MixedR1SyncTrainer" in run.log_text()
