@@ -7,16 +7,16 @@
   stop with an error that names `bmas_num_gpus`, never hang and never train on error rewards.
 """
 
-from gpu_checks import assert_succeeded
+from gpu_checks import assert_succeeded, output_lines
 
 from mixed_r1_verl.run_logs import metrics_log_path, read_metrics_log, smoke_training, task_metrics
 
 BMAS_GPU_SETTING = "bmas_num_gpus"
 
 
-def error_lines_naming(setting: str, log_text: str) -> list[str]:
-    """Output lines (the command line itself excluded) that report an error and name `setting`."""
-    return [line for line in log_text.splitlines()[1:] if setting in line and "error" in line.lower()]
+def error_lines_naming(setting: str, run) -> list[str]:
+    """Output lines that report an error and name `setting`."""
+    return [line for line in output_lines(run) if setting in line and "error" in line.lower()]
 
 
 def open_ended_errors(steps: dict) -> list[float]:
@@ -42,6 +42,6 @@ def test_bmas_gpu_actor_trains_or_fails_clearly(gpu_out):
         errors = open_ended_errors(read_metrics_log(metrics_log_path(gpu_out, run.name)))
         assert errors == [0], f"open_ended error/mean per step: {errors}"
     else:
-        assert error_lines_naming(BMAS_GPU_SETTING, run.log_text()), (
+        assert error_lines_naming(BMAS_GPU_SETTING, run), (
             f"failed without an error naming {BMAS_GPU_SETTING}:\n{run.log_tail()}"
         )
