@@ -126,6 +126,21 @@ def test_resume_from_a_checkpointed_loader_continues_the_same_sequence(config, b
     assert [batch_rows(batch) for batch, _ in zip(resumed, range(2))] == expected
 
 
+def test_resume_with_filtering_switched_on_continues_where_the_checkpoint_stopped(config, data_dir, tiny_model_dir):
+    """A checkpoint of prompt batches (filtering off) restored into single-prompt fetches (filtering on)."""
+    loader = trainer_with_dataloader(config).train_dataloader
+    iterator = iter(loader)
+    for _ in range(3):
+        next(iterator)
+    state = loader.state_dict()
+    expected = batch_rows(next(iterator))
+
+    filtering = smoke_config(data_dir, tiny_model_dir, "filtering=on")
+    resumed = trainer_with_dataloader(filtering, trainer_mode="mixed_r1_sync").train_dataloader
+    resumed.load_state_dict(state)
+    assert [row for batch, _ in zip(resumed, range(BATCH_SIZE)) for row in batch_rows(batch)] == expected
+
+
 def test_unset_sampler_keeps_verl_default_and_half_set_sampler_is_an_error(config):
     unset = OmegaConf.merge(config.data, {"sampler": None})
     assert configured_sampler(unset, dataset=None) is None
