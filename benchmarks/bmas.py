@@ -1,7 +1,7 @@
 """BMAS at Qwen2.5-VL-7B sizes: vocab 151,936 x dim 3,584 (random bf16 table), responses of 1,024
 tokens against 128-token references.
 
-    python benchmarks/bmas.py [--responses 2560] [--cpu-sample 64]
+    python benchmarks/bmas.py [--responses 2560] [--cpu-sample 64] [--device auto|cuda|cpu]
 
 On a GPU the whole batch is timed. On CPU a sample is timed with one thread and the per-core rate is
 extrapolated to the whole batch on 8 reward workers (one core each). Token ids are drawn uniformly
@@ -48,16 +48,22 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--responses", type=int, default=2560)
     parser.add_argument("--cpu-sample", type=int, default=64)
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: the GPU when present, and CPU")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU visible")
+    on_gpu = args.device in ("auto", "cuda") and torch.cuda.is_available()
     rng = np.random.default_rng(0)
     table = torch.randn(VOCAB, DIM, dtype=torch.bfloat16)
     print(f"table {VOCAB} x {DIM} bf16 = {table.numel() * 2 / 2**30:.2f} GiB")
     for zipf in (False, True):
         label = "zipf tokens" if zipf else "uniform tokens"
-        if torch.cuda.is_available():
+        if on_gpu:
             batch = pairs(rng, args.responses, zipf)
             seconds = timed(table.cuda(), batch)
             print(f"GPU {torch.cuda.get_device_name()}: {args.responses} responses, {label}: {seconds * 1000:.1f} ms")
+        if args.device == "cuda":
+            continue
         torch.set_num_threads(1)
         sample = pairs(rng, args.cpu_sample, zipf)
         seconds = timed(table, sample, repeats=2)

@@ -11,6 +11,7 @@ import transfer_queue as tq
 
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from mixed_r1_verl.data.balanced_sampler import with_configured_sampler
 from mixed_r1_verl.verl_adapter.metrics import per_task_metrics
 
 TRAINER_MODE = "mixed_r1_sync"
@@ -31,6 +32,11 @@ def reward_extra_infos(extra_fields, tags) -> list[dict]:
 class MixedR1SyncTrainer(PPOTrainerSync):
     """verl's sync trainer plus per-task metrics. verl branches on `trainer_mode == "sync"` (replay
     buffer, refill, checkpoints), so the mode is set back to verl's name before anything reads it."""
+
+    def _init_dataloader(self):
+        """verl 0.9.1 has no custom-sampler setting; `data.sampler` (class_path, class_name) adds one."""
+        super()._init_dataloader()
+        self.train_dataloader = with_configured_sampler(self.train_dataloader, self.config.data)
 
     def _build_replay_buffer(self):
         self.trainer_mode = VERL_SYNC_MODE

@@ -1,0 +1,177 @@
+"""Task-balanced batches for verl's training data loader.
+
+With shuffled mixed data a small batch often misses a task (8 prompts from 4 tasks: all four are in
+every batch of a 6-step run only about 8 % of the time). `TaskBalancedSampler` orders every epoch so
+that each batch of `data.train_batch_size` consecutive rows holds every task in proportion to its
+remaining rows (at least one of each while the batch has room), visits every row exactly once per
+epoch, and is seeded (`data.seed`, default 0) and resumable through verl's checkpointed data loader.
+
+Select it with
+
+    +data.sampler.class_path=pkg://mixed_r1_verl.data.balanced_sampler +data.sampler.class_name=TaskBalancedSampler
+
+It takes the constructor arguments verl's custom-sampler hook has used, `(data_source, data_config)`;
+verl 0.9.1 has no such hook in `create_rl_sampler`, so the project's trainer applies `data.sampler`
+(`with_configured_sampler`). The task of a row is `extra_info.task`, else its `data_source`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+from verl.utils.import_utils import load_extern_object
+
+DEFAULT_SEED = 0
+
+
+class SamplerConfigError(ValueError):
+    """A `data.sampler` setting or a dataset row the sampler cannot use."""
+
+
+def row_tasks(dataset) -> list[str]:
+    """The task of every row of a verl RL dataset (`extra_info.task`, else `data_source`)."""
+    frame = getattr(dataset, "dataframe", None)
+    if frame is None:
+        raise SamplerConfigError(f"TaskBalancedSampler needs a verl RL dataset with a `dataframe`; got {type(dataset).__name__}")
+    columns = set(frame.column_names)
+    extra_infos = frame["extra_info"] if "extra_info" in columns else [None] * len(frame)
+    sources = frame["data_source"] if "data_source" in columns else [None] * len(frame)
+    tasks = []
+    for index, (extra_info, source) in enumerate(zip(extra_infos, sources)):
+        task = (extra_info or {}).get("task") or source
+        if not task:
+            row_id = (extra_info or {}).get("id")
+            raise SamplerConfigError(f"row {index} (id {row_id!r}) has neither extra_info.task nor data_source")
+        tasks.append(str(task))
+    return tasks
+
+
+def batch_quota(remaining: dict[str, int], slots: int, tie_order: Sequence[str]) -> dict[str, int]:
+    """How many rows of each task the next batch of `slots` rows takes: one per task with rows left
+    (the tasks with most rows first, if there are more tasks than slots), the rest in proportion to
+    the rows left, never more than a task has. `tie_order` breaks ties."""
+    rank = {task: position for position, task in enumerate(tie_order)}
+    active = sorted((task for task, count in remaining.items() if count > 0), key=lambda t: (-remaining[t], rank[t]))
+    slots = min(slots, sum(remaining[task] for task in active))
+    quota = {task: 0 for task in remaining}
+    for task in active[:slots]:
+        quota[task] = 1
+    total = sum(remaining[task] for task in active)
+    for _ in range(slots - sum(quota.values())):
+        open_tasks = [task for task in active if quota[task] < remaining[task]]
+        lag = {task: slots * remaining[task] / total - quota[task] for task in open_tasks}
+        quota[max(open_tasks, key=lambda t: (lag[t], -rank[t]))] += 1
+    return quota
+
+
+def balanced_order(tasks: Sequence[str], batch_size: int, rng: np.random.Generator | None) -> list[int]:
+    """Row indices in task-balanced batches of `batch_size` (see `batch_quota`); rows of a task in
+    random order and tasks mixed within each batch when `rng` is given, else in file order."""
+    by_task: dict[str, list[int]] = {}
+    for index, task in enumerate(tasks):
+        by_task.setdefault(task, []).append(index)
+    queues = {task: (list(rng.permutation(rows)) if rng else rows) for task, rows in by_task.items()}
+    tie_order = [str(t) for t in rng.permutation(sorted(queues))] if rng else sorted(queues)
+    taken = dict.fromkeys(queues, 0)
+    order: list[int] = []
+    while len(order) < len(tasks):
+        remaining = {task: len(queues[task]) - taken[task] for task in queues}
+        batch = []
+        for task, count in batch_quota(remaining, batch_size, tie_order).items():
+            batch.extend(queues[task][taken[task] : taken[task] + count])
+            taken[task] += count
+        order.extend(int(i) for i in (rng.permutation(batch) if rng else batch))
+    return order
+
+
+class _EpochIterator(Iterator[int]):
+    """One epoch of a TaskBalancedSampler; its state (epoch, rows yielded) is what a checkpoint keeps."""
+
+    def __init__(self, sampler: TaskBalancedSampler, epoch: int):
+        self.sampler = sampler
+        self.epoch = epoch
+        self.order = sampler.epoch_order(epoch)
+        self.yielded = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> int:
+        if self.yielded >= len(self.order):
+            raise StopIteration
+        self.yielded += 1
+        return self.order[self.yielded - 1]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.order = self.sampler.epoch_order(self.epoch)
+        self.yielded = int(state["yielded"])
+        self.sampler.next_epoch = self.epoch + 1
+
+
+class TaskBalancedSampler(Sampler[int]):
+    """Row indices of a verl RL dataset in task-balanced batches; a new seeded order every epoch."""
+
+    def __init__(self, data_source, data_config):
+        self.tasks = row_tasks(data_source)
+        self.batch_size = int(data_config.get("train_batch_size") or 0)
+        if self.batch_size < 1:
+            raise SamplerConfigError(f"data.train_batch_size must be a positive integer, got {self.batch_size}")
+        seed = data_config.get("seed")
+        self.seed = DEFAULT_SEED if seed is None else int(seed)
+        self.shuffle = bool(data_config.get("shuffle", True))
+        self.next_epoch = 0
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
+        return balanced_order(self.tasks, self.batch_size, rng)
+
+    def __iter__(self) -> _EpochIterator:
+        iterator = _EpochIterator(self, self.next_epoch)
+        self.next_epoch += 1
+        return iterator
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_epoch": self.next_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.next_epoch = int(state["next_epoch"])
+
+
+def configured_sampler(data_config, dataset) -> Sampler | None:
+    """The sampler `data.sampler.class_path` / `class_name` select, built on `dataset`; None when unset."""
+    settings = data_config.get("sampler") or {}
+    class_path, class_name = settings.get("class_path"), settings.get("class_name")
+    if not class_path and not class_name:
+        return None
+    if not (class_path and class_name):
+        raise SamplerConfigError(
+            f"data.sampler needs both class_path and class_name, got class_path={class_path!r}, class_name={class_name!r}"
+        )
+    return load_extern_object(class_path, class_name)(data_source=dataset, data_config=data_config)
+
+
+def with_configured_sampler(dataloader: StatefulDataLoader, data_config) -> StatefulDataLoader:
+    """verl's training data loader, rebuilt with the same settings on the `data.sampler` sampler when
+    one is configured; unchanged otherwise."""
+    sampler = configured_sampler(data_config, dataloader.dataset)
+    if sampler is None:
+        return dataloader
+    return StatefulDataLoader(
+        dataset=dataloader.dataset,
+        batch_size=dataloader.batch_size,
+        num_workers=dataloader.num_workers,
+        drop_last=dataloader.drop_last,
+        collate_fn=dataloader.collate_fn,
+        sampler=sampler,
+    )

@@ -1,0 +1,244 @@
+"""Reading training runs back: verl's file-logger metrics, and running a command with its output,
+exit status and peak GPU memory kept on disk (used by the GPU acceptance tests and the benchmarks).
+
+verl's `file` logger (`trainer.logger=[...,file]`) writes one JSON object per logged step,
+`{"step": n, "data": {"metric/name": value, ...}}`, to `$VERL_FILE_LOGGER_PATH`, else to
+`$VERL_FILE_LOGGER_ROOT/<project_name>/<experiment_name>.jsonl` (default root: the working directory of
+the trainer process). It opens the file for writing, so a resumed run needs its own path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+STEP_TIME = "timing_s/step"
+# The modules that register the `mixed_r1` reward manager and trainer mode with verl.
+VERL_PLUGIN_MODULES = ("mixed_r1_verl.verl_adapter.reward_manager", "mixed_r1_verl.verl_adapter.trainer")
+SMOKE_TIMEOUT_S = 570
+# The smoke recipe as shipped, run by the GPU acceptance suite; benchmarks compare against its log.
+SMOKE_RUN = "smoke_mixed"
+GPU_POLL_INTERVAL_S = 1.0
+
+
+class MetricsLogError(ValueError):
+    """A metrics file that is not verl's file-logger format."""
+
+
+def read_metrics_log(path: str | Path) -> dict[int, dict[str, float]]:
+    """Metrics per step of a verl file-logger JSONL; lines logged for the same step are merged."""
+    steps: dict[int, dict[str, float]] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step, data = int(record["step"]), record["data"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise MetricsLogError(f"{path}:{number}: not a verl file-logger line ({error}): {line[:120]!r}") from error
+        if not isinstance(data, dict):
+            raise MetricsLogError(f"{path}:{number}: 'data' is {type(data).__name__}, expected an object")
+        steps.setdefault(step, {}).update(data)
+    return steps
+
+
+def metric_series(steps: Mapping[int, Mapping[str, float]], key: str, after_step: int = 0) -> list[float]:
+    """The values of one metric, in step order, for steps after `after_step` that logged it."""
+    return [float(metrics[key]) for step, metrics in sorted(steps.items()) if step > after_step and key in metrics]
+
+
+def median_step_time(steps: Mapping[int, Mapping[str, float]], warmup_steps: int) -> float:
+    """Median `timing_s/step` after the warm-up steps."""
+    times = metric_series(steps, STEP_TIME, after_step=warmup_steps)
+    if not times:
+        raise MetricsLogError(f"no '{STEP_TIME}' logged after step {warmup_steps}")
+    return statistics.median(times)
+
+
+def task_metrics(metrics: Mapping[str, float], prefix: str) -> dict[str, dict[str, float]]:
+    """`<prefix>/<task>/<name...>` metrics of one step grouped by task: {task: {name: value}}; a null
+    (nan or inf in verl's file logger) reads as nan."""
+    grouped: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/", 2)
+        if len(parts) == 3 and parts[0] == prefix:
+            grouped.setdefault(parts[1], {})[parts[2]] = math.nan if value is None else float(value)
+    return grouped
+
+
+def non_finite(metrics: Mapping[str, float | None]) -> list[str]:
+    """Keys whose value is nan or infinite; verl's file logger (orjson) writes those as null."""
+    return [
+        key
+        for key, value in metrics.items()
+        if value is None or (isinstance(value, (int, float)) and not math.isfinite(value))
+    ]
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """A finished command: its exit status, output file and the peak GPU memory seen while it ran."""
+
+    name: str
+    returncode: int
+    log_path: Path
+    seconds: float
+    peak_gpu_memory_mib: float | None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def gpu_memory_used_mib() -> float | None:
+    """Memory in use on all visible GPUs together (nvidia-smi), or None without nvidia-smi."""
+    try:
+        output = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sum(float(value) for value in output.split())
+
+
+class _PeakGpuMemory:
+    """Polls GPU memory in a thread while a command runs; `peak` is the highest total seen."""
+
+    def __init__(self):
+        self.peak: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            used = gpu_memory_used_mib()
+            if used is not None:
+                self.peak = used if self.peak is None else max(self.peak, used)
+            self._stop.wait(GPU_POLL_INTERVAL_S)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_logged(
+    name: str,
+    argv: Sequence[str],
+    log_dir: str | Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 600,
+    reuse: bool = True,
+) -> LoggedRun:
+    """Run `argv` with stdout and stderr in `<log_dir>/<name>.log`; the exit status (124 after a
+    timeout, when the whole process group is killed), duration and peak GPU memory go to
+    `<log_dir>/<name>.json`. With `reuse`, a run whose record says it exited 0 is not run again
+    (delete its record to rerun it)."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path, record_path = log_dir / f"{name}.log", log_dir / f"{name}.json"
+    if reuse and run_succeeded(name, log_dir):
+        record = json.loads(record_path.read_text())
+        return LoggedRun(name, 0, log_path, record["seconds"], record["peak_gpu_memory_mib"])
+    started = time.monotonic()
+    with open(log_path, "w") as log, _PeakGpuMemory() as memory:
+        log.write(f"$ {' '.join(argv)}\n")
+        log.flush()
+        process = subprocess.Popen(
+            list(argv), stdout=log, stderr=subprocess.STDOUT, env=dict(env) if env else None, start_new_session=True
+        )
+        try:
+            returncode = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            returncode = 124
+            log.write(f"\n[killed after {timeout_s:.0f} s]\n")
+    run = LoggedRun(name, returncode, log_path, round(time.monotonic() - started, 1), memory.peak)
+    record = {"argv": list(argv), "returncode": returncode, "seconds": run.seconds, "peak_gpu_memory_mib": memory.peak}
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return run
+
+
+def run_succeeded(name: str, log_dir: str | Path) -> bool:
+    """Whether `run_logged` has a record of `name` exiting 0 in `log_dir`."""
+    record_path = Path(log_dir) / f"{name}.json"
+    return record_path.is_file() and json.loads(record_path.read_text())["returncode"] == 0
+
+
+def source_root() -> Path:
+    """The directory holding the `mixed_r1_verl` package this module was imported from."""
+    return Path(__file__).resolve().parents[1]
+
+
+def checks_out_dir() -> Path:
+    """Where the GPU acceptance suite and the GPU benchmarks keep their runs: `$MIXED_R1_GPU_OUT`,
+    default `outputs/gpu_checks` in the checkout."""
+    return Path(os.environ.get("MIXED_R1_GPU_OUT", source_root() / "outputs" / "gpu_checks")).resolve()
+
+
+def plugin_env() -> dict[str, str]:
+    """verl finds the project's plugins through the `verl.plugins` entry points of an installed
+    package; when this checkout runs from PYTHONPATH without being installed, they are named in
+    VERL_USE_EXTERNAL_MODULES instead (as launch/ray_job.sh does for Ray jobs)."""
+    from importlib.metadata import entry_points
+
+    registered = {entry.value for entry in entry_points(group="verl.plugins")}
+    if set(VERL_PLUGIN_MODULES) <= registered:
+        return {}
+    return {"VERL_USE_EXTERNAL_MODULES": ",".join(VERL_PLUGIN_MODULES)}
+
+
+def metrics_log_path(out_dir: str | Path, name: str) -> Path:
+    return Path(out_dir) / "metrics" / f"{name}.jsonl"
+
+
+def project_command(
+    name: str, out_dir: str | Path, module: str, *args: str, timeout_s: float = 600, reuse: bool = True
+) -> LoggedRun:
+    """`python -m module args` through `run_logged` (logs in `<out_dir>/logs`), with this checkout
+    first on the path and its verl plugins registered (`plugin_env`), the smoke recipe's work
+    directory in `<out_dir>/smoke` and verl's file logger writing `<out_dir>/metrics/<name>.jsonl`."""
+    out_dir = Path(out_dir)
+    metrics = metrics_log_path(out_dir, name)
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(source_root()), os.environ.get("PYTHONPATH")])),
+        "MIXED_R1_SMOKE_DIR": str(out_dir / "smoke"),
+        "VERL_FILE_LOGGER_PATH": str(metrics),
+        **plugin_env(),
+    }
+    return run_logged(name, [sys.executable, "-m", module, *args], out_dir / "logs", env, timeout_s, reuse)
+
+
+def smoke_training(name: str, out_dir: str | Path, *overrides: str, timeout_s: float = SMOKE_TIMEOUT_S) -> LoggedRun:
+    """`python -m mixed_r1_verl.main recipe=smoke overrides...` via `project_command`, checkpointing
+    into `smoke_checkpoint_dir(out_dir, name)`; Ray gets the CPUs this process may use (its default,
+    the host's count, over-subscribes containers)."""
+    cpus = len(os.sched_getaffinity(0))
+    return project_command(
+        name, out_dir, "mixed_r1_verl.main", "recipe=smoke", f"ray_kwargs.ray_init.num_cpus={cpus}",
+        f"trainer.default_local_dir={smoke_checkpoint_dir(out_dir, name)}", *overrides,
+        timeout_s=timeout_s,
+    )  # fmt: skip
+
+
+def smoke_checkpoint_dir(out_dir: str | Path, name: str) -> Path:
+    return Path(out_dir).resolve() / "ckpt" / name

@@ -1,0 +1,67 @@
+"""The data engine's difficulty stage sampling with vLLM from the tiny model (issue check 5)."""
+
+import json
+
+import pytest
+from gpu_checks import TASKS, assert_succeeded
+
+from mixed_r1_verl.data.synthetic import write_synthetic_dataset
+from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
+from mixed_r1_verl.run_logs import project_command
+
+ROWS_PER_TASK = 6
+K = 4
+
+
+@pytest.fixture(scope="module")
+def engine_inputs(gpu_out):
+    root = gpu_out / "engine"
+    model_dir = root / "tiny_qwen25vl"
+    if not (model_dir / "config.json").is_file():
+        build_tiny_qwen25vl(model_dir)
+    jsonl, image_root = write_synthetic_dataset(root / "raw", rows_per_task=ROWS_PER_TASK, seed=5)
+    return root, model_dir, jsonl, image_root
+
+
+def engine_command(name, gpu_out, engine_inputs):
+    root, model_dir, jsonl, image_root = engine_inputs
+    return project_command(
+        name, gpu_out, "mixed_r1_verl.data.engine",
+        f"input={jsonl}", f"image_root={image_root}", f"output_dir={root / 'out'}",
+        "model_family=qwen2_5_vl", f"model_path={model_dir}",
+        "difficulty.backend=vllm", f"difficulty.model_path={model_dir}", f"difficulty.k={K}",
+        "difficulty.max_new_tokens=64", "difficulty.vllm_kwargs.gpu_memory_utilization=0.5",
+        "difficulty.vllm_kwargs.enforce_eager=true", "progress=false",
+    )  # fmt: skip
+
+
+def difficulty_stage(report: dict) -> dict:
+    return next(stage for stage in report["stages"] if stage["name"] == "difficulty")
+
+
+def test_difficulty_stage_with_vllm_writes_cache_histogram_and_report(gpu_out, engine_inputs):
+    out = engine_inputs[0] / "out"
+    assert_succeeded(engine_command("engine_vllm", gpu_out, engine_inputs))
+    report = json.loads((out / "report.json").read_text())
+    stage = difficulty_stage(report)
+    prompts = sum(stage["rows_in"].values())
+    assert set(stage["rows_in"]) == set(TASKS) and prompts > 0
+    assert stage["details"]["backend"] == "vllm" and stage["details"]["k"] == K
+    assert stage["details"]["sampled_prompts"] + stage["details"]["cached_prompts"] == prompts
+    cache = [json.loads(line) for line in (out / "difficulty_cache.jsonl").read_text().splitlines()]
+    assert len(cache) == prompts and all(len(entry["responses"]) == K for entry in cache)
+    histogram = report["pass_rate_histogram"]
+    assert set(histogram) == set(TASKS)
+    for task in TASKS:
+        assert sum(histogram[task].values()) == stage["rows_in"][task]
+        assert all(0 <= float(rate) <= 1 for rate in histogram[task])
+    assert (out / "pass_rate_hist.png").stat().st_size > 0
+
+
+def test_rerun_takes_every_response_from_the_cache(gpu_out, engine_inputs):
+    out = engine_inputs[0] / "out"
+    assert_succeeded(engine_command("engine_vllm", gpu_out, engine_inputs))
+    assert_succeeded(engine_command("engine_vllm_rerun", gpu_out, engine_inputs))
+    stage = difficulty_stage(json.loads((out / "report.json").read_text()))
+    assert stage["details"]["sampled_prompts"] == 0
+    assert stage["details"]["cached_prompts"] == sum(stage["rows_in"].values())

@@ -1,0 +1,50 @@
+"""Evaluation with vLLM generation on the smoke run's final checkpoint, merged to a Hugging Face
+directory by verl's model merger (issue check 4)."""
+
+from collections import Counter
+
+import pyarrow.parquet as pq
+from gpu_checks import TASKS, assert_succeeded
+
+from mixed_r1_verl.run_logs import project_command, smoke_checkpoint_dir
+
+FINAL_STEP = 6
+
+
+def per_task_table(stdout: str) -> dict[str, dict[str, str]]:
+    """The rows of the "### Per task" markdown table the evaluator prints: {task: {column: cell}}."""
+    lines = stdout.split("### Per task", 1)[1].strip().splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def val_rows_per_task(val_parquet) -> Counter:
+    return Counter(info["task"] for info in pq.read_table(val_parquet, columns=["extra_info"]).column(0).to_pylist())
+
+
+def test_merged_checkpoint_is_evaluated_with_vllm_on_every_val_row(smoke_first_run, gpu_out):
+    actor_dir = smoke_checkpoint_dir(gpu_out, smoke_first_run.name) / f"global_step_{FINAL_STEP}" / "actor"
+    merged = gpu_out / "hf_step6"
+    merge = project_command(
+        "merge_step6", gpu_out, "verl.model_merger", "merge", "--backend", "fsdp",
+        "--local_dir", str(actor_dir), "--target_dir", str(merged),
+    )  # fmt: skip
+    assert_succeeded(merge)
+    val_parquet = gpu_out / "smoke" / "data" / "val.parquet"
+    evaluation = project_command(
+        "eval_step6", gpu_out, "mixed_r1_verl.eval", "--data", str(val_parquet), "--model", str(merged),
+        "--backend", "vllm", "--max-new-tokens", "64", "--out-dir", str(gpu_out / "eval_step6"),
+    )  # fmt: skip
+    assert_succeeded(evaluation)
+    table = per_task_table(evaluation.log_text())
+    expected = val_rows_per_task(val_parquet)
+    assert set(table) == set(TASKS) == set(expected), f"table tasks {sorted(table)}, val tasks {sorted(expected)}"
+    for task in TASKS:
+        assert float(table[task]["n"]) == expected[task], f"{task}: n {table[task]['n']} != {expected[task]} val rows"
+        assert float(table[task]["errors"]) == 0, f"{task}: {table[task]['errors']} reward errors"

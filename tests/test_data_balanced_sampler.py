@@ -1,0 +1,177 @@
+"""Task-balanced batches through the project trainer's real data-loader set-up: verl's
+`_init_dataloader` (create_rl_dataset with MixedR1Dataset, StatefulDataLoader, collate_fn) on the
+converter's parquet of the synthetic four-task set, then `data.sampler` from the smoke recipe."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf, open_dict
+from test_train_config import compose_recipe
+
+from mixed_r1_verl.data.balanced_sampler import SamplerConfigError, balanced_order, batch_quota, configured_sampler
+from mixed_r1_verl.data.prepare import PrepareConfig, prepare
+from mixed_r1_verl.data.processor import load_image_text_processor
+from mixed_r1_verl.data.synthetic import write_synthetic_dataset
+from mixed_r1_verl.verl_adapter.trainer import MixedR1SyncTrainer
+
+TASKS = {"matching", "chart", "grounding", "open_ended"}
+ROWS_PER_TASK = 10
+BATCH_SIZE = 8
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("balanced")
+    jsonl, image_root = write_synthetic_dataset(root / "src", rows_per_task=ROWS_PER_TASK, seed=3, image_size=(224, 224))
+    prepare(
+        PrepareConfig(
+            input=str(jsonl),
+            image_root=str(image_root),
+            output_dir=str(root / "out"),
+            model_path=str(tiny_model_dir),
+            val_ratio=0.0,
+            progress=False,
+        )
+    )
+    return root / "out"
+
+
+def smoke_config(data_dir, tiny_model_dir, *overrides):
+    config = compose_recipe(
+        "smoke",
+        f"mixed_r1.data_dir={data_dir}",
+        f"actor_rollout_ref.model.path={tiny_model_dir}",
+        f"data.val_files={data_dir}/train.parquet",
+        *overrides,
+    )
+    with open_dict(config):
+        config.data.cache_dir = str(data_dir / "cache")
+    return config
+
+
+def trainer_with_dataloader(config, trainer_mode="sync"):
+    """The project trainer with only its data loader initialised, by verl's own `_init_dataloader`."""
+    trainer = MixedR1SyncTrainer.__new__(MixedR1SyncTrainer)
+    trainer.config = config
+    trainer.processor = load_image_text_processor(config.actor_rollout_ref.model.path)
+    trainer.tokenizer = trainer.processor.tokenizer
+    trainer.trainer_mode = trainer_mode
+    trainer.parameter_sync_step = 1
+    trainer._init_dataloader()
+    return trainer
+
+
+def batch_rows(batch) -> list[tuple[str, str]]:
+    """(task, id) of every row of a collated batch."""
+    return [(info["task"], info["id"]) for info in batch["extra_info"]]
+
+
+@pytest.fixture(scope="module")
+def config(data_dir, tiny_model_dir):
+    return smoke_config(data_dir, tiny_model_dir)
+
+
+def test_every_batch_holds_all_tasks_and_every_row_is_visited_once_per_epoch(config):
+    loader = trainer_with_dataloader(config).train_dataloader
+    epochs = []
+    for _ in range(3):
+        rows = []
+        for batch in loader:
+            assert len(batch["extra_info"]) == BATCH_SIZE
+            assert Counter(task for task, _ in batch_rows(batch)) == {task: 2 for task in TASKS}
+            rows.extend(batch_rows(batch))
+        assert len(rows) == 4 * ROWS_PER_TASK - (4 * ROWS_PER_TASK) % BATCH_SIZE
+        assert len({row_id for _, row_id in rows}) == len(rows)
+        epochs.append(rows)
+    assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_prompts_fetched_one_at_a_time_still_come_in_balanced_batches(data_dir, tiny_model_dir):
+    """Filtering (and any mode verl refills in) makes verl fetch single prompts (gen_batch_size=1)."""
+    config = smoke_config(data_dir, tiny_model_dir, "filtering=on")
+    loader = trainer_with_dataloader(config, trainer_mode="mixed_r1_sync").train_dataloader
+    assert loader.batch_size == 1
+    rows = [row for batch in loader for row in batch_rows(batch)]
+    assert len(rows) == 4 * ROWS_PER_TASK
+    for start in range(0, len(rows) - BATCH_SIZE + 1, BATCH_SIZE):
+        assert {task for task, _ in rows[start : start + BATCH_SIZE]} == TASKS
+
+
+def test_order_is_seeded(config, data_dir, tiny_model_dir):
+    first = [batch_rows(batch) for batch in trainer_with_dataloader(config).train_dataloader]
+    again = [batch_rows(batch) for batch in trainer_with_dataloader(config).train_dataloader]
+    other_seed = smoke_config(data_dir, tiny_model_dir, "data.seed=1")
+    other = [batch_rows(batch) for batch in trainer_with_dataloader(other_seed).train_dataloader]
+    assert first == again
+    assert first != other
+
+
+@pytest.mark.parametrize("batches_before_checkpoint", [2, 7])
+def test_resume_from_a_checkpointed_loader_continues_the_same_sequence(config, batches_before_checkpoint):
+    """verl saves `train_dataloader.state_dict()` with each checkpoint and loads it into a fresh trainer."""
+    loader = trainer_with_dataloader(config).train_dataloader
+    iterator = iter(loader)
+    for _ in range(batches_before_checkpoint):
+        try:
+            next(iterator)
+        except StopIteration:  # epoch end, as verl's trainer handles it
+            iterator = iter(loader)
+            next(iterator)
+    state = loader.state_dict()
+    expected = [batch_rows(next(iterator)) for _ in range(2)]
+
+    resumed = trainer_with_dataloader(config).train_dataloader
+    resumed.load_state_dict(state)
+    assert [batch_rows(batch) for batch, _ in zip(resumed, range(2))] == expected
+
+
+def test_resume_with_filtering_switched_on_continues_where_the_checkpoint_stopped(config, data_dir, tiny_model_dir):
+    """A checkpoint of prompt batches (filtering off) restored into single-prompt fetches (filtering on)."""
+    loader = trainer_with_dataloader(config).train_dataloader
+    iterator = iter(loader)
+    for _ in range(3):
+        next(iterator)
+    state = loader.state_dict()
+    expected = batch_rows(next(iterator))
+
+    filtering = smoke_config(data_dir, tiny_model_dir, "filtering=on")
+    resumed = trainer_with_dataloader(filtering, trainer_mode="mixed_r1_sync").train_dataloader
+    resumed.load_state_dict(state)
+    assert [row for batch, _ in zip(resumed, range(BATCH_SIZE)) for row in batch_rows(batch)] == expected
+
+
+def test_unset_sampler_keeps_verl_default_and_half_set_sampler_is_an_error(config):
+    unset = OmegaConf.merge(config.data, {"sampler": None})
+    assert configured_sampler(unset, dataset=None) is None
+    half = OmegaConf.merge(config.data, {"sampler": {"class_path": None}})
+    with pytest.raises(SamplerConfigError, match="class_path and class_name"):
+        configured_sampler(half, dataset=None)
+
+
+def test_row_without_task_is_named(config):
+    import datasets
+
+    class Rows:
+        dataframe = datasets.Dataset.from_list(
+            [{"data_source": "a", "extra_info": {"id": "r0"}}, {"data_source": "", "extra_info": {"id": "r1"}}]
+        )
+
+    with pytest.raises(SamplerConfigError, match=r"row 1 \(id 'r1'\)"):
+        configured_sampler(config.data, Rows())
+
+
+def test_uneven_mix_is_proportional_and_every_batch_holds_every_task():
+    tasks = ["matching"] * 150 + ["chart"] * 100 + ["grounding"] * 100 + ["open_ended"] * 30
+    order = balanced_order(tasks, 16, np.random.default_rng(0))
+    assert sorted(order) == list(range(len(tasks)))
+    for start in range(0, len(order) - 15, 16):
+        counts = Counter(tasks[i] for i in order[start : start + 16])
+        assert set(counts) == TASKS
+        for task, total in Counter(tasks).items():
+            assert abs(counts[task] - 16 * total / len(tasks)) < 2
+
+
+def test_quota_with_more_tasks_than_slots_prefers_the_largest_tasks():
+    quota = batch_quota({"a": 5, "b": 9, "c": 1}, 2, tie_order=["a", "b", "c"])
+    assert quota == {"a": 1, "b": 1, "c": 0}

@@ -1,0 +1,112 @@
+"""Reading verl's file-logger metrics (written here by verl's own FileLogger) and running logged
+commands, as the GPU acceptance tests and the benchmarks do."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from verl.utils.tracking import FileLogger
+
+from mixed_r1_verl.run_logs import (
+    MetricsLogError,
+    median_step_time,
+    metric_series,
+    non_finite,
+    project_command,
+    read_metrics_log,
+    run_logged,
+    task_metrics,
+)
+
+
+@pytest.fixture
+def verl_log(tmp_path, monkeypatch):
+    """Three steps as verl's trainer logs them: training metrics, then validation metrics for step 2."""
+    path = tmp_path / "metrics.jsonl"
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(path))
+    logger = FileLogger(project_name="mixed_r1", experiment_name="smoke")
+    for step, seconds in ((1, 30.0), (2, 4.0), (3, 6.0)):
+        logger.log(
+            {
+                "timing_s/step": np.float64(seconds),
+                "critic/score/mean": np.float32(0.25),
+                "mixed_r1/grounding/count": 8.0,
+                "mixed_r1/grounding/score/mean": 0.5,
+                "mixed_r1/open_ended/error/mean": 0.0,
+                "filtering/grounding/kept": np.int64(2),
+            },
+            step=step,
+        )
+    logger.log({"val-core/chart/acc/mean": 0.1, "bad": float("nan")}, step=2)
+    logger.finish()
+    return path
+
+
+def test_steps_are_read_and_lines_of_one_step_merged(verl_log):
+    steps = read_metrics_log(verl_log)
+    assert sorted(steps) == [1, 2, 3]
+    assert steps[2]["val-core/chart/acc/mean"] == 0.1 and steps[2]["timing_s/step"] == 4.0
+    assert steps[3]["filtering/grounding/kept"] == 2
+    assert non_finite(steps[2]) == ["bad"] and non_finite(steps[1]) == []
+
+
+def test_step_time_median_skips_warmup(verl_log):
+    steps = read_metrics_log(verl_log)
+    assert metric_series(steps, "timing_s/step") == [30.0, 4.0, 6.0]
+    assert median_step_time(steps, warmup_steps=1) == 5.0
+    with pytest.raises(MetricsLogError, match="after step 3"):
+        median_step_time(steps, warmup_steps=3)
+
+
+def test_task_metrics_group_by_task(verl_log):
+    grouped = task_metrics(read_metrics_log(verl_log)[1], "mixed_r1")
+    assert grouped == {"grounding": {"count": 8.0, "score/mean": 0.5}, "open_ended": {"error/mean": 0.0}}
+    assert task_metrics(read_metrics_log(verl_log)[1], "filtering") == {"grounding": {"kept": 2.0}}
+    assert np.isnan(task_metrics({"mixed_r1/chart/score/mean": None}, "mixed_r1")["chart"]["score/mean"])
+
+
+def test_a_line_that_is_not_file_logger_format_is_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 1, "data": {}}) + "\n" + json.dumps({"data": {"a": 1}}) + "\n")
+    with pytest.raises(MetricsLogError, match=r"metrics.jsonl:2"):
+        read_metrics_log(path)
+
+
+def test_a_run_is_logged_and_a_successful_one_is_not_repeated(tmp_path):
+    marker = tmp_path / "runs"
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x'); print('hello')"]
+    first = run_logged("job", command, tmp_path / "logs")
+    again = run_logged("job", command, tmp_path / "logs")
+    assert first.returncode == again.returncode == 0
+    assert "hello" in first.log_text() and marker.read_text() == "x"
+    assert json.loads((tmp_path / "logs" / "job.json").read_text())["returncode"] == 0
+
+
+def test_a_failed_run_is_recorded_and_run_again(tmp_path):
+    marker = tmp_path / "runs"
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x'); raise SystemExit(3)"]
+    assert run_logged("job", command, tmp_path / "logs").returncode == 3
+    assert run_logged("job", command, tmp_path / "logs").returncode == 3
+    assert marker.read_text() == "xx"
+
+
+def test_a_run_past_its_limit_is_killed_with_status_124(tmp_path):
+    run = run_logged("job", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "logs", timeout_s=1)
+    assert run.returncode == 124 and "[killed after 1 s]" in run.log_text()
+
+
+def test_project_commands_run_this_checkout_with_its_verl_plugins(tmp_path, monkeypatch):
+    """Installed (entry points) or not (`plugin_env` names the modules), a command's verl process
+    registers the project's reward manager and trainer mode."""
+    probe = "verl_registry_probe"
+    (tmp_path / f"{probe}.py").write_text(
+        "import verl\n"
+        "from verl.experimental.reward_loop.reward_manager.registry import get_reward_manager_cls\n"
+        "from verl.trainer.ppo.v1.trainer_base import get_trainer_cls\n"
+        "print(get_reward_manager_cls('mixed_r1').__name__, get_trainer_cls('mixed_r1_sync').__name__)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    run = project_command("probe", tmp_path / "out", probe)
+    assert run.returncode == 0, run.log_tail()
+    assert "MixedR1RewardManager MixedR1SyncTrainer" in run.log_text()
