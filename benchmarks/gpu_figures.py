@@ -90,15 +90,16 @@ def eval_records(count: int):
 def evaluation(args) -> None:
     """Responses/s of the evaluator's vLLM generator on the smoke validation prompts (repeated),
     after the engine has started."""
-    from mixed_r1_verl.eval.generation import SamplingSettings, VLLMGenerator
+    from mixed_r1_verl.eval.generation import SamplingSettings, build_generator, eval_request
 
-    records = eval_records(args.records)
+    requests = [eval_request(record) for record in eval_records(args.records)]
     started = time.perf_counter()
-    generator = VLLMGenerator(str(checks_out_dir() / "smoke" / "tiny_qwen25vl"), SamplingSettings(max_new_tokens=args.max_new_tokens))
+    model = str(checks_out_dir() / "smoke" / "tiny_qwen25vl")
+    generator = build_generator("vllm", model, SamplingSettings(max_new_tokens=args.max_new_tokens))
     start_up = time.perf_counter() - started
-    generator.generate(records[: min(16, len(records))])
+    generator.generate(requests[: min(16, len(requests))])
     started = time.perf_counter()
-    responses = generator.generate(records)
+    responses = generator.generate(requests)
     seconds = time.perf_counter() - started
     print(f"vLLM eval generation: {len(responses)} responses (max {args.max_new_tokens} new tokens) in {seconds:.2f} s "
           f"= {len(responses) / seconds:.1f} responses/s (engine start-up {start_up:.1f} s, not counted)")

@@ -310,13 +310,13 @@ def discard_generations_of_another_model(out_dir: Path, model: str) -> None:
 def make_generator(model: str, sampling):
     from importlib.util import find_spec
 
-    from mixed_r1_verl.eval.generation import TransformersGenerator, VLLMGenerator
+    from mixed_r1_verl.eval.generation import build_generator
 
     if find_spec("vllm") is not None:
-        return VLLMGenerator(model, sampling)
+        return build_generator("vllm", model, sampling)
     import torch
 
-    return TransformersGenerator(model, sampling, "cuda" if torch.cuda.is_available() else "cpu")
+    return build_generator("transformers", model, sampling, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --- report ------------------------------------------------------------------------------------

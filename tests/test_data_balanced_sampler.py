@@ -23,7 +23,9 @@ BATCH_SIZE = 8
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("balanced")
-    jsonl, image_root = write_synthetic_dataset(root / "src", rows_per_task=ROWS_PER_TASK, seed=3, image_size=(224, 224))
+    jsonl, image_root = write_synthetic_dataset(
+        root / "src", rows_per_task=ROWS_PER_TASK, seed=3, image_size=(224, 224), val_rows_per_task=0
+    )
     prepare(
         PrepareConfig(
             input=str(jsonl),

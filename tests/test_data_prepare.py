@@ -279,13 +279,14 @@ def test_hub_id_model_path_is_read_from_the_hf_cache_offline(tmp_path, tiny_mode
 
     from mixed_r1_verl.models.tiny_qwen25vl import MAX_PIXELS, MIN_PIXELS
 
-    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5, val_rows_per_task=0)
     cache = tmp_path / "hub"
     hub_cache_with(Path(tiny_model_dir), cache, "example-org/tiny-vl")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
 
     def convert(model_path: str, out: str) -> subprocess.CompletedProcess:
-        settings = [f"input={jsonl}", f"image_root={image_root}", f"output_dir={tmp_path / out}", "progress=false"]
+        settings = [f"input={jsonl}", f"image_root={image_root}", f"output_dir={tmp_path / out}"]
+        settings += ["progress=false", "val_ratio=0"]
         return subprocess.run(
             [sys.executable, "-m", "mixed_r1_verl.data.prepare", *settings, f"model_path={model_path}"],
             env=env, capture_output=True, text=True,

@@ -28,7 +28,9 @@ CONVERTER_MAX_PIXELS = 28 * 28 * 64
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("generation")
-    jsonl, image_root = write_synthetic_dataset(root / "src", rows_per_task=2, seed=11, image_size=(700, 500))
+    jsonl, image_root = write_synthetic_dataset(
+        root / "src", rows_per_task=2, seed=11, image_size=(700, 500), val_rows_per_task=0
+    )
     config = PrepareConfig(
         input=str(jsonl), image_root=str(image_root), output_dir=str(root / "out"),
         max_pixels=CONVERTER_MAX_PIXELS, val_ratio=0.0, progress=False,
