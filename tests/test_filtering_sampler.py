@@ -273,10 +273,10 @@ def test_judge_group_rules():
     assert not judge_group("a", mixed_format, "accuracy").informative
     # All wrong (IoU 0.25 and 0.06, under the 0.5 correctness threshold) with different formats: `score`
     # sees signal where there is none; `correct`, the default, does not.
-    grounding = PROMPTS["grounding"]
+    _, box, frame = PROMPTS["grounding"]
     near_misses = [
-        compute_score("refcoco", "<think>.</think><answer>[0, 0, 20, 20]</answer>", grounding[1], {"task": "grounding", **grounding[2]}),
-        compute_score("refcoco", "<answer>[0, 0, 10, 10]</answer>", grounding[1], {"task": "grounding", **grounding[2]}),
+        compute_score("refcoco", "<think>.</think><answer>[0, 0, 20, 20]</answer>", box, {"task": "grounding", **frame}),
+        compute_score("refcoco", "<answer>[0, 0, 10, 10]</answer>", box, {"task": "grounding", **frame}),
     ]
     assert judge_group("a", near_misses, "score").informative
     assert not judge_group("a", near_misses, FilteringSettings().metric).informative

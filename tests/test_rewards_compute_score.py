@@ -94,10 +94,9 @@ def test_correct_is_accuracy_at_the_tasks_threshold(tiny_model_dir):
     other = score("two dogs", "a red bicycle", "open_ended", embedding_model=model)
     assert same["correct"] == 1.0
     assert other["correct"] == (1.0 if other["accuracy"] >= 0.5 else 0.0)
-    stricter = {"open_ended": other["accuracy"] + 1e-6}
-    assert score("two dogs", "a red bicycle", "open_ended", embedding_model=model, correct_threshold=stricter)["correct"] == 0.0
-    looser = {"open_ended": other["accuracy"]}
-    assert score("two dogs", "a red bicycle", "open_ended", embedding_model=model, correct_threshold=looser)["correct"] == 1.0
+    at = lambda threshold: score("two dogs", "a red bicycle", "open_ended", embedding_model=model,  # noqa: E731
+                                 correct_threshold={"open_ended": threshold})
+    assert at(other["accuracy"] + 1e-6)["correct"] == 0.0 and at(other["accuracy"])["correct"] == 1.0
 
 
 def test_matching_reads_options_from_extra_info():

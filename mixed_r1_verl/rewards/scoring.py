@@ -65,17 +65,15 @@ class Verdict:
 
     def result(self) -> dict:
         """score, accuracy, correct, format, error, task: the same keys for every sample."""
-        if self.error is not None:
-            return {"score": 0.0, "accuracy": 0.0, "correct": 0.0, "format": self.format, "error": 1.0, "task": self.task}
-        accuracy = float(self.accuracy or 0.0)
-        score = (1.0 - self.format_weight) * accuracy + self.format_weight * self.format
-        correct = 1.0 if accuracy >= self.correct_threshold else 0.0
+        failed = self.error is not None
+        accuracy = 0.0 if failed else float(self.accuracy or 0.0)
+        score = 0.0 if failed else (1.0 - self.format_weight) * accuracy + self.format_weight * self.format
         return {
             "score": score,
             "accuracy": accuracy,
-            "correct": correct,
+            "correct": 1.0 if not failed and accuracy >= self.correct_threshold else 0.0,
             "format": self.format,
-            "error": 0.0,
+            "error": 1.0 if failed else 0.0,
             "task": self.task,
         }
 

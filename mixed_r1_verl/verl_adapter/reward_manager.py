@@ -131,7 +131,9 @@ def reward_result(result, custom_function: str) -> dict:
     """verl's reward output from what a custom reward function returned: a number, or a dict with `score`."""
     if isinstance(result, dict):
         if "score" not in result:
-            raise ValueError(f"reward.custom_reward_function {custom_function} returned a dict without 'score': {result!r}")
+            raise ValueError(
+                f"reward.custom_reward_function {custom_function} returned a dict without 'score': {result!r}"
+            )
         return {"reward_score": float(result["score"]), "reward_extra_info": dict(result)}
     if isinstance(result, Real) and not isinstance(result, bool):
         return {"reward_score": float(result), "reward_extra_info": {"score": float(result)}}
@@ -170,7 +172,8 @@ class MixedR1RewardManager(RewardManagerBase):
             self._embedding_service = service = gpu_embedding_service(model, num_gpus, wait_s)
             scorer = self._remote_scorer(service)
         else:
-            scorer = self._local_scorer(*self._embedding_table(model), resolve_bmas_device(options.get("bmas_device", "auto")))
+            device = resolve_bmas_device(options.get("bmas_device", "auto"))
+            scorer = self._local_scorer(*self._embedding_table(model), device)
         return BmasBatcher(scorer, float(options.get("bmas_linger_ms", 5)) / 1000)
 
     def _embedding_table(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
