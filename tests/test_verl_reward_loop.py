@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput, AgentLoopWorker
 from verl.experimental.reward_loop.reward_loop import RewardLoopManager
 from mixed_r1_verl.rewards import compute_score
+from mixed_r1_verl.verl_adapter.trainer import wait_for_reward_workers
 
 HUB_ID = "acme/tiny-qwen25vl"
 EXTRA_KEYS = ["score", "accuracy", "correct", "format", "error", "task"]
@@ -119,7 +120,10 @@ def test_unloadable_embedding_model_stops_the_reward_worker_at_start_up(reward_l
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = reward_config(tiny_model_dir, num_workers=1, embedding_model="acme/not-in-cache")
     manager = reward_loop(config)
-    # Not a per-sample error=1: the worker itself could not start, and says why.
+    # Not a per-sample error=1: the worker itself could not start, and says why; the trainer checks this
+    # right after building the reward loop.
+    with pytest.raises(RuntimeError, match=r"(?s)failed to start.*EmbeddingModelError.*'acme/not-in-cache'"):
+        wait_for_reward_workers(manager.reward_loop_workers)
     with pytest.raises(ray.exceptions.RayActorError, match=r"(?s)__init__.*EmbeddingModelError.*'acme/not-in-cache'"):
         manager.compute_rm_score(rollout_batch(tokenizer, SAMPLES[:1]))
 

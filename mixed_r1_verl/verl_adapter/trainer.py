@@ -8,6 +8,7 @@ Select it with `trainer.v1.trainer_mode=mixed_r1_sync`. Its settings are verl's 
 from __future__ import annotations
 
 import numpy as np
+import ray
 import transfer_queue as tq
 from omegaconf import DictConfig
 
@@ -29,6 +30,14 @@ def reward_extra_infos(extra_fields, tags) -> list[dict]:
     return infos
 
 
+def wait_for_reward_workers(workers) -> None:
+    """Returns once every reward worker is built; raises the first worker's start-up error otherwise."""
+    try:
+        ray.get([worker.__ray_ready__.remote() for worker in workers])
+    except ray.exceptions.RayActorError as error:
+        raise RuntimeError(f"a reward worker failed to start: {error}") from error
+
+
 @register_trainer(TRAINER_MODE)
 class MixedR1SyncTrainer(PPOTrainerSync):
     """verl's sync trainer plus per-task metrics.
@@ -43,6 +52,12 @@ class MixedR1SyncTrainer(PPOTrainerSync):
         config.trainer.v1.trainer_mode = VERL_SYNC_MODE
         self._task_metrics = PerTaskMetricsLog()
         super().__init__(config)
+
+    def _setup(self):
+        super()._setup()
+        # verl starts the reward workers without waiting for them: one that could not start (an
+        # embedding model that cannot be loaded, no GPU for BMAS) would only surface as failed rollouts.
+        wait_for_reward_workers(self.reward_loop_manager.reward_loop_workers)
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
