@@ -35,7 +35,9 @@ def submit(count, group_size, response_tokens, zero_variance_every):
             {
                 "responses": torch.randint(0, 1000, (response_tokens,)),
                 "extra_fields": {
-                    "reward_extra_info": {"score": score, "accuracy": score, "format": 1.0, "error": 0.0, "task": task}
+                    "reward_extra_info": {
+                        "score": score, "accuracy": score, "correct": score, "format": 1.0, "error": 0.0, "task": task
+                    }
                 },
             }
             for score in scores

@@ -271,6 +271,16 @@ def test_judge_group_rules():
     mixed_format = informative("chart")[:1] + [compute_score("chartqa", "<answer>42</answer>", "42", {"task": "chart"})]
     assert judge_group("a", mixed_format, "score").informative
     assert not judge_group("a", mixed_format, "accuracy").informative
+    # All wrong (IoU 0.25 and 0.06, under the 0.5 correctness threshold) with different formats: `score`
+    # sees signal where there is none; `correct`, the default, does not.
+    _, box, frame = PROMPTS["grounding"]
+    near_misses = [
+        compute_score("refcoco", "<think>.</think><answer>[0, 0, 20, 20]</answer>", box, {"task": "grounding", **frame}),
+        compute_score("refcoco", "<answer>[0, 0, 10, 10]</answer>", box, {"task": "grounding", **frame}),
+    ]
+    assert judge_group("a", near_misses, "score").informative
+    assert not judge_group("a", near_misses, FilteringSettings().metric).informative
+    assert FilteringSettings().metric == "correct"
     with pytest.raises(RuntimeError, match="disagree on the task"):
         judge_group("a", informative("chart")[:1] + informative("matching")[:1], "score")
 
@@ -310,13 +320,11 @@ def compose_verl_config(tmp_path, overrides):
     return config
 
 
-def trainer_shell(config):
-    """The project's trainer class with just what building the replay buffer reads (no workers, no Ray)."""
-    trainer = MixedR1SyncTrainer.__new__(MixedR1SyncTrainer)
-    trainer.config = config
-    trainer.trainer_mode = config.trainer.v1.trainer_mode
-    trainer._add_prompts_to_generate = lambda num_prompts: num_prompts
-    return trainer
+def build_trainer(tmp_path, overrides):
+    """The project's trainer through verl's own constructor, which builds the replay buffer (no workers start)."""
+    model_dir = build_tiny_qwen25vl(tmp_path / "model")
+    config = compose_verl_config(tmp_path, [f"actor_rollout_ref.model.path={model_dir}", *overrides])
+    return MixedR1SyncTrainer(config), config
 
 
 def test_filtering_on_plugs_the_sampler_into_verls_trainer_extension_point(tmp_path):
@@ -325,21 +333,19 @@ def test_filtering_on_plugs_the_sampler_into_verls_trainer_extension_point(tmp_p
         "trainer.v1.sampler.sampler_kwargs.max_refill_rounds=5",
         "trainer.v1.trainer_mode=mixed_r1_sync",
     ]
-    config = compose_verl_config(tmp_path, overrides)
-
-    sampler = trainer_shell(config)._build_replay_buffer()
+    trainer, config = build_trainer(tmp_path, overrides)
+    sampler = trainer.replay_buffer
 
     assert isinstance(sampler, PerTaskDynamicSampler)
-    assert sampler.settings == FilteringSettings(metric="score", max_refill_rounds=5)
+    assert sampler.settings == FilteringSettings(metric="correct", max_refill_rounds=5)
     assert sampler.trainer_mode == "sync"
     # verl switches to single-prompt dataloader fetches (exact refills) when filter_groups is enabled.
     assert config.algorithm.filter_groups.enable is True
 
 
 def test_filtering_off_is_verls_default_sampler(tmp_path):
-    config = compose_verl_config(tmp_path, ["trainer.v1.trainer_mode=mixed_r1_sync"])
-
-    sampler = trainer_shell(config)._build_replay_buffer()
+    trainer, config = build_trainer(tmp_path, ["trainer.v1.trainer_mode=mixed_r1_sync"])
+    sampler = trainer.replay_buffer
 
     assert type(sampler) is ReplayBuffer and sampler.filter_groups_metric is None
     assert config.algorithm.filter_groups.enable is False

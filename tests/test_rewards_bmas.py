@@ -99,3 +99,53 @@ def test_small_chunks_give_the_same_scores(model, monkeypatch):
     expected = bmas_batch(model.table, pairs)
     monkeypatch.setattr(bmas, "_CHUNK_ELEMENTS", 3 * 40 * model.table.shape[1])
     assert bmas_batch(model.table, pairs) == pytest.approx(expected, abs=1e-6)
+
+
+HUB_PROBE = """
+import json, sys
+from mixed_r1_verl.rewards.embeddings import load_embedding_model, load_input_embeddings
+out = {}
+for repo_id in sys.argv[1:3]:
+    model = load_embedding_model(repo_id)
+    out[repo_id] = [model.table.float().sum().item(), model.encode("a red bicycle")]
+try:
+    load_input_embeddings(sys.argv[3])
+except Exception as error:
+    out["missing"] = f"{type(error).__name__}: {error}"
+print(json.dumps(out))
+"""
+
+
+def test_hub_ids_are_read_from_the_hf_cache_offline(tmp_path, tiny_model_dir, model):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from hf_cache import write_hf_cache
+
+    write_hf_cache(tmp_path, "acme/tiny-sharded", tiny_model_dir, sharded=True)
+    write_hf_cache(tmp_path, "acme/tiny-single", tiny_model_dir, sharded=False)
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    args = ["acme/tiny-sharded", "acme/tiny-single", "acme/not-in-cache"]
+    run = subprocess.run([sys.executable, "-c", HUB_PROBE, *args], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+
+    expected = [model.table.float().sum().item(), model.encode("a red bicycle")]
+    assert out["acme/tiny-sharded"] == [pytest.approx(expected[0]), expected[1]]
+    assert out["acme/tiny-single"] == [pytest.approx(expected[0]), expected[1]]
+    assert out["missing"].startswith("EmbeddingModelError: ") and "'acme/not-in-cache'" in out["missing"] and "HF_HUB_OFFLINE on" in out["missing"]
+    assert str(tmp_path / "hub") in out["missing"]
+
+
+def test_a_failed_load_is_remembered_not_retried(tmp_path):
+    from mixed_r1_verl.rewards.embeddings import EmbeddingModelError
+
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(EmbeddingModelError, match="no-such-model.*does not exist") as first:
+        load_embedding_model(missing)
+    (tmp_path / "no-such-model").mkdir()  # appearing later changes nothing: the failure was remembered
+    with pytest.raises(EmbeddingModelError) as second:
+        load_embedding_model(missing)
+    assert second.value is first.value

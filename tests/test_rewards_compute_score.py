@@ -4,7 +4,7 @@ import pytest
 
 from mixed_r1_verl.rewards import compute_score
 
-KEYS = {"score", "accuracy", "format", "error", "task"}
+KEYS = {"score", "accuracy", "correct", "format", "error", "task"}
 WELL_FORMED = "<think>Looking at the image.</think><answer>{}</answer>"
 
 
@@ -52,7 +52,7 @@ def test_task_from_data_source_map():
 def test_unknown_task_is_counted_not_raised(caplog):
     with caplog.at_level(logging.WARNING):
         result = compute_score("mystery", "<answer>1</answer>", "1", {})
-    assert result == {"score": 0.0, "accuracy": 0.0, "format": 0.0, "error": 1.0, "task": "unknown"}
+    assert result == {"score": 0.0, "accuracy": 0.0, "correct": 0.0, "format": 0.0, "error": 1.0, "task": "unknown"}
     assert "unknown task" in caplog.text
 
 
@@ -75,6 +75,28 @@ def test_grounding_reads_frame_and_threshold_from_extra_info():
     assert absolute["accuracy"] == pytest.approx(0.25)
     threshold = score("[0, 0, 10, 5]", "[0, 0, 10, 10]", "grounding", extra={"iou_threshold": 0.5})
     assert threshold["accuracy"] == 1.0
+
+
+def test_correct_is_accuracy_at_the_tasks_threshold(tiny_model_dir):
+    assert [score(a, "B", "matching")["correct"] for a in ("B", "C")] == [1.0, 0.0]
+    assert [score(a, "45", "chart")["correct"] for a in ("46", "50")] == [1.0, 0.0]
+    # grounding: IoU 0.5 by default, whatever the format
+    half = score("[0, 0, 10, 5]", "[0, 0, 10, 10]", "grounding")
+    just_under = compute_score("src", "<answer>[0, 0, 10, 4.9]</answer>", "[0, 0, 10, 10]", {"task": "grounding"})
+    assert (half["accuracy"], half["correct"]) == (0.5, 1.0)
+    assert just_under["correct"] == 0.0 and just_under["accuracy"] == pytest.approx(0.49)
+    # a binary IoU reward at 0.75 makes correctness follow it
+    assert score("[0, 0, 10, 7]", "[0, 0, 10, 10]", "grounding", iou_threshold=0.75)["correct"] == 0.0
+    assert score("[0, 0, 10, 8]", "[0, 0, 10, 10]", "grounding", iou_threshold=0.75)["correct"] == 1.0
+    # open_ended: BMAS 0.5 by default; settable per task
+    model = str(tiny_model_dir)
+    same = score("a red bicycle", "a red bicycle", "open_ended", embedding_model=model)
+    other = score("two dogs", "a red bicycle", "open_ended", embedding_model=model)
+    assert same["correct"] == 1.0
+    assert other["correct"] == (1.0 if other["accuracy"] >= 0.5 else 0.0)
+    at = lambda threshold: score("two dogs", "a red bicycle", "open_ended", embedding_model=model,  # noqa: E731
+                                 correct_threshold={"open_ended": threshold})
+    assert at(other["accuracy"] + 1e-6)["correct"] == 0.0 and at(other["accuracy"])["correct"] == 1.0
 
 
 def test_matching_reads_options_from_extra_info():

@@ -30,10 +30,10 @@ CASES = st.sampled_from(
 
 
 def assert_in_range(result):
-    assert set(result) == {"score", "accuracy", "format", "error", "task"}
-    for key in ("score", "accuracy", "format", "error"):
+    assert set(result) == {"score", "accuracy", "correct", "format", "error", "task"}
+    for key in ("score", "accuracy", "correct", "format", "error"):
         assert math.isfinite(result[key]) and 0.0 <= result[key] <= 1.0
-    assert result["format"] in (0.0, 1.0)
+    assert result["format"] in (0.0, 1.0) and result["correct"] in (0.0, 1.0)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -52,6 +52,7 @@ def test_open_ended_never_raises(tiny_model_dir, response, reference):
     result = compute_score("src", f"<answer>{response}</answer>", reference, {"task": "open_ended"},
                            embedding_model=str(tiny_model_dir))
     assert_in_range(result)
+    assert result["error"] == 0.0
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,15 +1,18 @@
-"""The adapter's parts that need no trainer: per-task metrics, the BMAS batcher, the shared table."""
+"""The adapter's parts: per-task metrics, the BMAS batcher, the shared table, where BMAS runs, the trainer."""
 
 import asyncio
+import os
+import time
 
 import numpy as np
 import pytest
 import ray
 import torch
+from reward_loop_helpers import reward_config
 
 from mixed_r1_verl.rewards import bmas_batch, compute_score
 from mixed_r1_verl.rewards.embeddings import load_input_embeddings
-from mixed_r1_verl.verl_adapter.metrics import per_task_metrics
+from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, per_task_metrics
 from mixed_r1_verl.verl_adapter.reward_manager import BmasBatcher
 from mixed_r1_verl.verl_adapter.trainer import reward_extra_infos
 
@@ -26,9 +29,25 @@ def test_per_task_metrics_from_real_reward_outputs():
     assert metrics["mixed_r1/matching/accuracy/mean"] == 0.5
     assert metrics["mixed_r1/matching/score/mean"] == pytest.approx((1.0 + 0.0) / 2)
     assert metrics["mixed_r1/matching/format/mean"] == 0.5
+    assert metrics["mixed_r1/matching/correct/mean"] == 0.5
     assert metrics["mixed_r1/chart/score/mean"] == 1.0
     assert metrics["mixed_r1/unknown/error/mean"] == 1.0
     assert not any(key.startswith("mixed_r1/grounding") for key in metrics)
+
+
+def test_tasks_absent_from_a_step_are_logged_with_count_zero():
+    chart = compute_score("b", "<answer>45</answer>", "45", {"task": "chart"})
+    matching = compute_score("a", "<answer>B</answer>", "B", {"task": "matching"})
+    log = PerTaskMetricsLog()
+
+    first = log.step([chart, matching])
+    second = log.step([chart])
+    third = log.step([])
+
+    assert first["mixed_r1/matching/count"] == 1.0 and first["mixed_r1/matching/accuracy/mean"] == 1.0
+    assert second["mixed_r1/matching/count"] == 0.0 and second["mixed_r1/chart/count"] == 1.0
+    assert not any(key.startswith("mixed_r1/matching/") and key.endswith("/mean") for key in second)
+    assert third == {"mixed_r1/chart/count": 0.0, "mixed_r1/matching/count": 0.0}
 
 
 def test_padding_rows_and_foreign_rows_are_left_out():
@@ -76,6 +95,91 @@ def test_batcher_passes_errors_to_every_waiter():
     assert [str(result) for result in results] == ["boom", "boom"]
 
 
+def test_batcher_caller_cancelled_mid_batch_leaves_the_others_served():
+    async def main():
+        computing, release = asyncio.Event(), asyncio.Event()
+
+        async def slow(pairs):
+            computing.set()
+            await release.wait()
+            return [float(len(answer)) for answer, _ in pairs]
+
+        batcher = BmasBatcher(slow, linger_s=0)
+        callers = [asyncio.ensure_future(batcher.score("x" * n, "ref")) for n in (1, 2, 3)]
+        await computing.wait()
+        callers[0].cancel()
+        release.set()
+        # A guard against hanging forever, not a speed check.
+        return await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), timeout=30)
+
+    first, second, third = asyncio.run(main())
+    assert isinstance(first, asyncio.CancelledError)
+    assert (second, third) == (2.0, 3.0)
+
+
+def test_batcher_scorer_returning_too_few_scores_fails_every_caller():
+    async def short(pairs):
+        return [1.0] * (len(pairs) - 1)
+
+    async def main():
+        batcher = BmasBatcher(short, linger_s=0)
+        callers = [batcher.score("a", "b"), batcher.score("c", "d"), batcher.score("e", "f")]
+        return await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), timeout=30)
+
+    results = asyncio.run(main())
+    assert [str(result) for result in results] == ["BMAS scorer returned 2 scores for 3 requests"] * 3
+
+
+@ray.remote(num_cpus=0)
+class DeviceProbe:
+    def bmas_device(self):
+        from mixed_r1_verl.verl_adapter.reward_manager import resolve_bmas_device
+
+        return os.environ.get("CUDA_VISIBLE_DEVICES"), resolve_bmas_device("auto")
+
+
+def test_auto_bmas_device_is_cuda_only_where_ray_assigned_a_gpu():
+    ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        # As verl's reward workers: no GPU asked for, yet the node's GPUs stay visible to CUDA.
+        cpu_worker = DeviceProbe.options(runtime_env={"env_vars": {"CUDA_VISIBLE_DEVICES": "0"}}).remote()
+        gpu_worker = DeviceProbe.options(num_gpus=1).remote()
+        on_cpu_worker, on_gpu_worker = ray.get([cpu_worker.bmas_device.remote(), gpu_worker.bmas_device.remote()])
+    finally:
+        ray.shutdown()
+    assert on_cpu_worker == ("0", "cpu")
+    assert on_gpu_worker == ("0", "cuda")
+
+
+def test_bmas_gpu_actor_without_a_free_gpu_stops_the_manager_at_start_up(tiny_model_dir):
+    from ray.util.placement_group import placement_group
+    from transformers import AutoTokenizer
+
+    from mixed_r1_verl.verl_adapter.embedding_service import SERVICE_NAME_PREFIX, BmasGpuUnavailable
+    from mixed_r1_verl.verl_adapter.reward_manager import MixedR1RewardManager
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        too_many = reward_config(tiny_model_dir, bmas_num_gpus=2)
+        with pytest.raises(BmasGpuUnavailable, match=r"bmas_num_gpus=2.0.*the node has 1 GPU.*bmas_num_gpus=0"):
+            MixedR1RewardManager(too_many, tokenizer, None)
+
+        # verl's colocated resource pool: one bundle per GPU reserves the node's only GPU.
+        pool = placement_group([{"GPU": 1}])
+        ray.get(pool.ready())
+        reserved = reward_config(tiny_model_dir, bmas_num_gpus=0.1, bmas_gpu_wait_s=1)
+        with pytest.raises(BmasGpuUnavailable, match=r"none became free within 1 s.*resource pool"):
+            MixedR1RewardManager(reserved, tokenizer, None)
+        # The unplaceable actor is removed, not left pending to take a GPU later (bounded wait: removal is async).
+        deadline = time.monotonic() + 30
+        while any(name.startswith(SERVICE_NAME_PREFIX) for name in ray.util.list_named_actors()):
+            assert time.monotonic() < deadline, "the BMAS GPU actor is still pending"
+            time.sleep(0.1)
+    finally:
+        ray.shutdown()
+
+
 @ray.remote(num_cpus=0)
 class TableReader:
     def read(self, model_dir):
@@ -101,16 +205,25 @@ def test_one_table_per_node_shared_zero_copy(tiny_model_dir):
     assert len({service for _, _, _, service in results}) == 1
 
 
-def test_trainer_behaves_as_verls_sync_trainer(tiny_model_dir):
+def compose_verl_config(overrides):
     from hydra import compose, initialize_config_module
 
+    with initialize_config_module("verl.trainer.config", version_base=None):
+        return compose("ppo_trainer", overrides=overrides)
+
+
+def test_mixed_r1_sync_is_verls_sync_mode_from_construction_on(tiny_model_dir):
     from verl.trainer.ppo.v1 import get_trainer_cls
     from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
-    overrides = [f"actor_rollout_ref.model.path={tiny_model_dir}", "trainer.v1.trainer_mode=mixed_r1_sync",
-                 "algorithm.adv_estimator=grpo", "data.train_batch_size=4"]
-    with initialize_config_module("verl.trainer.config", version_base=None):
-        config = compose("ppo_trainer", overrides=overrides)
-    trainer = get_trainer_cls("mixed_r1_sync")(config)
-    assert type(trainer.replay_buffer) is ReplayBuffer
-    assert trainer.trainer_mode == "sync"
+    config = compose_verl_config([
+        f"actor_rollout_ref.model.path={tiny_model_dir}", "trainer.v1.trainer_mode=mixed_r1_sync",
+        "+trainer.v1.sync.parameter_sync_step=2", "algorithm.adv_estimator=grpo", "data.train_batch_size=4",
+    ])
+    trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config)  # as verl's task runner builds it
+
+    assert type(trainer).__name__ == "MixedR1SyncTrainer"
+    assert trainer.parameter_sync_step == 2, "verl's trainer.v1.sync settings apply"
+    assert trainer.trainer_mode == "sync" and config.trainer.v1.trainer_mode == "sync"
+    assert type(trainer.replay_buffer) is ReplayBuffer and trainer.replay_buffer.trainer_mode == "sync"
+    assert trainer.replay_buffer.trainer_config.parameter_sync_step == 2

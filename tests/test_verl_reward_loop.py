@@ -1,82 +1,62 @@
-"""The `mixed_r1` reward manager through verl's real reward loop on a local Ray cluster."""
+"""The `mixed_r1` reward manager through verl's real reward loop on a local Ray cluster.
 
+The cluster's workers see a Hugging Face cache holding the tiny model under a hub id, offline, as a
+node with a pre-filled HF_HOME does."""
+
+import asyncio
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import ray
-import torch
-from hydra import compose, initialize_config_module
-from tensordict import TensorDict
+from hf_cache import write_hf_cache
+from reward_loop_helpers import SAMPLES, THINK, reward_config, rollout_batch
 from transformers import AutoTokenizer
 
-from verl import DataProto
+from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput, AgentLoopWorker
 from verl.experimental.reward_loop.reward_loop import RewardLoopManager
 from mixed_r1_verl.rewards import compute_score
+from mixed_r1_verl.verl_adapter.trainer import wait_for_reward_workers
 
-THINK = "<think>Looking at the image.</think>"
-SAMPLES = [
-    # data_source, response, ground truth, extra_info
-    ("pope", THINK + "<answer>yes</answer>", "yes", {"task": "matching"}),
-    ("mmbench", THINK + "<answer>B or C</answer>", "B", {"task": "matching", "options": ["cat", "dog", "bird"]}),
-    ("chartqa", "<answer>45%</answer>", "46", {"task": "chart"}),
-    ("chartqa", THINK + "<answer>12</answer>", "45", {"task": "chart"}),
-    ("refcoco", THINK + "<answer>[10, 10, 50, 50]</answer>", "[10, 10, 60, 50]",
-     {"task": "grounding", "box_frame": "abs", "frame_size": [100, 100]}),
-    ("refcoco", THINK + "<answer>[0, 0, 1000, 1000]</answer>", "[100, 100, 200, 200]",
-     {"task": "grounding", "box_frame": "norm1000"}),
-    ("caption", THINK + "<answer>A man is riding a red bicycle.</answer>", "A man is riding a red bicycle.",
-     {"task": "open_ended"}),
-    ("caption", THINK + "<answer>a dog</answer>", "A person rides a bike on the street.", {"task": "open_ended"}),
-    ("somewhere", THINK + "<answer>1</answer>", "1", {}),
-]
-
-
-def reward_config(model_dir, **reward_kwargs):
-    overrides = [
-        f"actor_rollout_ref.model.path={model_dir}",
-        "reward.reward_manager.name=mixed_r1",
-        "reward.num_workers=2",
-    ] + [f"+reward.reward_kwargs.{key}={value}" for key, value in reward_kwargs.items()]
-    with initialize_config_module("verl.trainer.config", version_base=None):
-        return compose("ppo_trainer", overrides=overrides)
-
-
-def rollout_batch(tokenizer, samples, prompt_length=8, response_length=48) -> DataProto:
-    """Left-padded prompts and right-padded responses, laid out as verl's rollout returns them."""
-    pad = tokenizer.pad_token_id
-    prompts, responses, masks = [], [], []
-    for _, response, _, _ in samples:
-        prompt_ids = tokenizer("<|im_start|>user\nWhat is shown?<|im_end|>", add_special_tokens=False)["input_ids"][-prompt_length:]
-        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][:response_length]
-        response_ids.append(tokenizer.eos_token_id)
-        prompt_pad = prompt_length - len(prompt_ids)
-        response_pad = response_length + 1 - len(response_ids)
-        prompts.append([pad] * prompt_pad + prompt_ids)
-        responses.append(response_ids + [pad] * response_pad)
-        masks.append([0] * prompt_pad + [1] * len(prompt_ids) + [1] * len(response_ids) + [0] * response_pad)
-    batch = TensorDict(
-        {
-            "prompts": torch.tensor(prompts),
-            "responses": torch.tensor(responses),
-            "attention_mask": torch.tensor(masks),
-        },
-        batch_size=len(samples),
-    )
-    non_tensor = {
-        "data_source": np.array([s[0] for s in samples], dtype=object),
-        "reward_model": np.array([{"style": "rule", "ground_truth": s[2]} for s in samples], dtype=object),
-        "extra_info": np.array([s[3] for s in samples], dtype=object),
-    }
-    return DataProto(batch=batch, non_tensor_batch=non_tensor)
+HUB_ID = "acme/tiny-qwen25vl"
+EXTRA_KEYS = ["score", "accuracy", "correct", "format", "error", "task"]
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def local_ray(tmp_path_factory, tiny_model_dir):
+    hf_home = tmp_path_factory.mktemp("hf_home")
+    write_hf_cache(hf_home, HUB_ID, tiny_model_dir, sharded=True)
+    env_vars = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env_vars})
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def reward_loop(local_ray):
+    """Starts verl's reward loop for a config; its workers are stopped after the test, whatever happened
+    (they hold cluster-wide names)."""
+    managers = []
+
+    def start(config) -> RewardLoopManager:
+        managers.append(RewardLoopManager(config))
+        return managers[-1]
+
+    yield start
+    for manager in managers:
+        for worker in manager.reward_loop_workers:
+            ray.kill(worker)
+
+
+def expected_result(sample, model_dir, **options):
+    data_source, response, ground_truth, extra_info = sample
+    return compute_score(data_source, response, ground_truth, extra_info, embedding_model=str(model_dir), **options)
+
+
+def assert_same_result(actual, expected, where):
+    for key in EXTRA_KEYS:
+        value = actual[key]
+        assert value == (pytest.approx(expected[key], abs=1e-5) if key != "task" else expected[key]), (where, key)
 
 
 def test_plugin_registers_in_a_fresh_process():
@@ -90,20 +70,18 @@ def test_plugin_registers_in_a_fresh_process():
     assert output.split() == ["MixedR1RewardManager", "MixedR1SyncTrainer"]
 
 
-def test_all_four_tasks_in_one_batch(local_ray, tiny_model_dir):
+def test_all_four_tasks_in_one_batch(reward_loop, tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     data = rollout_batch(tokenizer, SAMPLES)
-    manager = RewardLoopManager(reward_config(tiny_model_dir))
+    manager = reward_loop(reward_config(tiny_model_dir))
     output = manager.compute_rm_score(data)
 
-    assert output.meta_info["reward_extra_keys"] == ["score", "accuracy", "format", "error", "task"]
+    assert output.meta_info["reward_extra_keys"] == EXTRA_KEYS
     rm_scores = output.batch["rm_scores"]
     last = data.batch["attention_mask"][:, 8:].sum(dim=1) - 1
-    for row, (data_source, response, ground_truth, extra_info) in enumerate(SAMPLES):
-        expected = compute_score(data_source, response, ground_truth, extra_info, embedding_model=str(tiny_model_dir))
-        for key in ("score", "accuracy", "format", "error", "task"):
-            value = output.non_tensor_batch[key][row]
-            assert value == (pytest.approx(expected[key], abs=1e-5) if key != "task" else expected[key]), (row, key)
+    for row, sample in enumerate(SAMPLES):
+        expected = expected_result(sample, tiny_model_dir)
+        assert_same_result({key: output.non_tensor_batch[key][row] for key in EXTRA_KEYS}, expected, row)
         assert rm_scores[row, last[row]].item() == pytest.approx(expected["score"], abs=1e-5)
         assert rm_scores[row].abs().sum().item() == pytest.approx(abs(expected["score"]), abs=1e-5)
 
@@ -114,12 +92,109 @@ def test_all_four_tasks_in_one_batch(local_ray, tiny_model_dir):
     assert accuracy[4] == pytest.approx(0.8) and accuracy[5] == pytest.approx(0.01)
     assert accuracy[6] == pytest.approx(1.0) and 0.0 < accuracy[7] < 1.0
     assert list(output.non_tensor_batch["error"]) == [0.0] * 8 + [1.0]
+    # correct: matching/chart at accuracy 1, grounding at IoU 0.5, open_ended at BMAS 0.5.
+    assert list(output.non_tensor_batch["correct"][:7]) == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    assert output.non_tensor_batch["correct"][7] == (1.0 if accuracy[7] >= 0.5 else 0.0)
 
 
-def test_reward_kwargs_reach_the_manager(local_ray, tiny_model_dir):
+def test_reward_kwargs_reach_the_manager(reward_loop, tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     samples = [SAMPLES[0], SAMPLES[4], SAMPLES[-1]]
     config = reward_config(tiny_model_dir, format_weight=0.5, iou_threshold=0.75, **{"task_map.somewhere": "chart"})
-    output = RewardLoopManager(config).compute_rm_score(rollout_batch(tokenizer, samples))
+    output = reward_loop(config).compute_rm_score(rollout_batch(tokenizer, samples))
     assert list(output.non_tensor_batch["task"]) == ["matching", "grounding", "chart"]
     assert list(output.non_tensor_batch["score"]) == [1.0, 1.0, 1.0]
+
+
+def test_policy_named_by_hub_id_is_read_from_the_hf_cache(reward_loop, tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    samples = [sample for sample in SAMPLES if sample[3].get("task") == "open_ended"]
+    output = reward_loop(reward_config(HUB_ID, num_workers=1)).compute_rm_score(rollout_batch(tokenizer, samples))
+    assert list(output.non_tensor_batch["error"]) == [0.0, 0.0]
+    for row, sample in enumerate(samples):
+        expected = expected_result(sample, tiny_model_dir)
+        assert_same_result({key: output.non_tensor_batch[key][row] for key in EXTRA_KEYS}, expected, row)
+
+
+def test_unloadable_embedding_model_stops_the_reward_worker_at_start_up(reward_loop, tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = reward_config(tiny_model_dir, num_workers=1, embedding_model="acme/not-in-cache")
+    manager = reward_loop(config)
+    # Not a per-sample error=1: the worker itself could not start, and says why; the trainer checks this
+    # right after building the reward loop.
+    with pytest.raises(RuntimeError, match=r"(?s)failed to start.*EmbeddingModelError.*'acme/not-in-cache'"):
+        wait_for_reward_workers(manager.reward_loop_workers)
+    with pytest.raises(ray.exceptions.RayActorError, match=r"(?s)__init__.*EmbeddingModelError.*'acme/not-in-cache'"):
+        manager.compute_rm_score(rollout_batch(tokenizer, SAMPLES[:1]))
+
+
+def test_custom_reward_function_may_return_a_number(reward_loop, tiny_model_dir, tmp_path):
+    module = tmp_path / "length_reward.py"
+    module.write_text(
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "    return len(solution_str) / 1000\n"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    samples = SAMPLES[:2]
+    config = reward_config(
+        tiny_model_dir,
+        f"reward.custom_reward_function.path={module}",
+        "reward.custom_reward_function.name=compute_score",
+        num_workers=1,
+    )
+    output = reward_loop(config).compute_rm_score(rollout_batch(tokenizer, samples))
+    assert output.meta_info["reward_extra_keys"] == ["score"]
+    assert list(output.non_tensor_batch["score"]) == [pytest.approx(len(response) / 1000) for _, response, _, _ in samples]
+
+
+def trajectory(tokenizer, sample, session_id):
+    """One finished rollout as an agent loop hands it to verl's reward step: unpadded ids, EOS included."""
+    data_source, response, ground_truth, extra_info = sample
+    messages = [{"role": "user", "content": "What is shown?"}]
+    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    prompt_ids = list(getattr(prompt_ids, "input_ids", prompt_ids))
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    output = AgentLoopOutput(
+        prompt_ids=prompt_ids,
+        response_ids=response_ids,
+        response_mask=[1] * len(response_ids),
+        num_turns=2,
+        metrics=AgentLoopMetrics(),
+    )
+    fields = {
+        "data_source": data_source,
+        "reward_model": {"style": "rule", "ground_truth": ground_truth},
+        "extra_info": extra_info,
+        "raw_prompt": messages,
+        "uid": f"prompt-{session_id}",
+        "session_id": session_id,
+        "index": 0,
+    }
+    return output, fields
+
+
+def test_training_path_scores_each_trajectory_as_it_finishes(reward_loop, tiny_model_dir):
+    """Training scores trajectories one by one, concurrently, as agent loops finish: verl's agent-loop
+    worker sends each to a reward worker (its `_compute_score`). Driven here through verl's own code."""
+    config = reward_config(tiny_model_dir, "actor_rollout_ref.rollout.name=vllm")
+    reward_workers = reward_loop(config).reward_loop_worker_handles
+    agent_loop_worker = AgentLoopWorker(config, llm_client=None, reward_loop_worker_handles=reward_workers)
+    tokenizer = agent_loop_worker.tokenizer
+    trajectories = [trajectory(tokenizer, sample, session) for session, sample in enumerate(SAMPLES)]
+
+    async def finish_all():
+        await asyncio.gather(
+            *(agent_loop_worker._compute_score([output], kwargs=fields) for output, fields in trajectories)
+        )
+
+    asyncio.run(finish_all())
+
+    for row, (sample, (output, _)) in enumerate(zip(SAMPLES, trajectories)):
+        expected = expected_result(sample, tiny_model_dir)
+        info = output.extra_fields["reward_extra_info"]
+        assert list(info) == EXTRA_KEYS
+        assert_same_result(info, expected, row)
+        assert output.reward_score == pytest.approx(expected["score"], abs=1e-5)
+    errors = [output.extra_fields["reward_extra_info"]["error"] for output, _ in trajectories]
+    assert errors == [0.0] * 8 + [1.0]
+

@@ -2,9 +2,18 @@
 
 from .bmas import bmas_batch, bmas_from_similarity, row_norms
 from .embeddings import EmbeddingModel, load_embedding_model
-from .scoring import DEFAULT_FORMAT_WEIGHT, DEFAULT_TASK_MAP, TASKS, Verdict, compute_score, judge
+from .scoring import (
+    DEFAULT_CORRECT_THRESHOLDS,
+    DEFAULT_FORMAT_WEIGHT,
+    DEFAULT_TASK_MAP,
+    TASKS,
+    Verdict,
+    compute_score,
+    judge,
+)
 
 __all__ = [
+    "DEFAULT_CORRECT_THRESHOLDS",
     "DEFAULT_FORMAT_WEIGHT",
     "DEFAULT_TASK_MAP",
     "TASKS",

@@ -1,9 +1,17 @@
-"""The embedding side of BMAS: a tokenizer and the input-embedding table of an HF model directory."""
+"""The embedding side of BMAS: a tokenizer and the input-embedding table of an HF model.
+
+A model is named as transformers and verl name it: a local directory, or a Hugging Face hub id
+(`Qwen/Qwen2.5-VL-7B-Instruct`) read from the local HF cache (`HF_HOME`, `HF_HUB_CACHE`) or downloaded
+into it, `HF_HUB_OFFLINE=1` respected. Of the weights only the safetensors shard that holds the
+input-embedding table is read.
+"""
 
 from __future__ import annotations
 
-import functools
 import json
+import threading
+from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +20,14 @@ import torch
 from .bmas import row_norms
 
 # Input-embedding parameter names of the language models Mixed-R1 trains (Qwen2/2.5-VL, InternVL's
-# Qwen2 / InternLM2 backbones, GPT-style models); the longest matching one wins.
+# Qwen2 / InternLM2 backbones, GPT-style models); the shortest matching one wins.
 _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "tok_embeddings.weight", "word_embeddings.weight", "wte.weight")
+_WEIGHTS_INDEX = "model.safetensors.index.json"
+_SINGLE_WEIGHTS = "model.safetensors"
+
+
+class EmbeddingModelError(RuntimeError):
+    """The BMAS embedding model cannot be loaded; the message names the model and the reason."""
 
 
 @dataclass(frozen=True)
@@ -29,38 +43,111 @@ class EmbeddingModel:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _weight_files(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        return sorted({model_dir / name for name in json.loads(index.read_text())["weight_map"].values()})
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{model_dir}: no safetensors weights (BMAS reads the input-embedding table from them)")
-    return files
+def _is_local(model: str) -> bool:
+    """A directory, or a name that can only be a path (a hub id never starts with these)."""
+    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().is_dir()
 
 
-def load_input_embeddings(model_dir: str | Path) -> torch.Tensor:
-    """The input-embedding table of the language model in `model_dir`, read from its safetensors
-    without loading the rest of the model."""
+def _where_looked(model: str) -> str:
+    if _is_local(model):
+        return f"directory {model}" + ("" if Path(model).expanduser().is_dir() else ", which does not exist")
+    from huggingface_hub import constants
+
+    offline = "on" if constants.HF_HUB_OFFLINE else "off"
+    return f"hub id {model!r}, HF cache {constants.HF_HUB_CACHE}, HF_HUB_OFFLINE {offline}"
+
+
+@contextmanager
+def _loading(model: str, what: str):
+    try:
+        yield
+    except EmbeddingModelError:
+        raise
+    except Exception as error:
+        raise EmbeddingModelError(
+            f"BMAS embedding model {model!r}: cannot load its {what} ({_where_looked(model)}): "
+            f"{type(error).__name__}: {error}. Set reward.reward_kwargs.embedding_model to a local model "
+            "directory or to a hub id that is in the HF cache (or reachable when not offline)."
+        ) from error
+
+
+def _model_file(model: str, filename: str) -> Path:
+    """`filename` of the model, from its directory or through the HF cache; raises FileNotFoundError."""
+    if _is_local(model):
+        path = Path(model).expanduser() / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"no {filename} in {model}")
+        return path
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(model, filename))
+    except EntryNotFoundError as error:  # the repository, or its cached copy, has no such file
+        raise FileNotFoundError(f"no {filename} for {model}: {error}") from error
+
+
+def _embedding_key(names: Iterable[str]) -> str | None:
+    candidates = [name for name in names if name.endswith(_EMBEDDING_SUFFIXES) and "visual" not in name]
+    return min(candidates, key=len) if candidates else None
+
+
+def _weight_files(model: str) -> list[Path]:
+    """The safetensors files that may hold the embedding table: with an index, only the shard it names."""
+    try:
+        index = _model_file(model, _WEIGHTS_INDEX)
+    except FileNotFoundError:
+        if _is_local(model):
+            files = sorted(Path(model).expanduser().glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"no safetensors weights in {model} (BMAS reads the embedding table from them)")
+            return files
+        return [_model_file(model, _SINGLE_WEIGHTS)]
+    weight_map = json.loads(index.read_text())["weight_map"]
+    key = _embedding_key(weight_map)
+    if key is None:
+        raise ValueError(f"{_WEIGHTS_INDEX} names no input-embedding table among {_EMBEDDING_SUFFIXES}")
+    return [_model_file(model, weight_map[key])]
+
+
+def load_input_embeddings(model: str | Path) -> torch.Tensor:
+    """The input-embedding table of the language model `model` (a directory or a hub id), read from
+    its safetensors without loading the rest of the model. Raises EmbeddingModelError."""
     from safetensors import safe_open
 
-    model_dir = Path(model_dir)
-    for path in _weight_files(model_dir):
-        with safe_open(str(path), framework="pt") as weights:
-            candidates = [key for key in weights.keys() if key.endswith(_EMBEDDING_SUFFIXES) and "visual" not in key]
-            if candidates:
-                return weights.get_tensor(min(candidates, key=len))
-    raise ValueError(f"{model_dir}: no input-embedding table among {_EMBEDDING_SUFFIXES}")
+    model = str(model)
+    with _loading(model, "input-embedding table"):
+        for path in _weight_files(model):
+            with safe_open(str(path), framework="pt") as weights:
+                key = _embedding_key(weights.keys())
+                if key is not None:
+                    return weights.get_tensor(key)
+        raise ValueError(f"no input-embedding table among {_EMBEDDING_SUFFIXES}")
 
 
-def load_tokenizer(model_dir: str | Path):
+def load_tokenizer(model: str | Path):
+    """The tokenizer of `model` (a directory or a hub id). Raises EmbeddingModelError."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
+    with _loading(str(model), "tokenizer"):
+        return AutoTokenizer.from_pretrained(str(model), trust_remote_code=True)
 
 
-@functools.lru_cache(maxsize=4)
-def load_embedding_model(model_dir: str) -> EmbeddingModel:
-    """Tokenizer and embedding table of `model_dir`, cached per process."""
-    table = load_input_embeddings(model_dir)
-    return EmbeddingModel(load_tokenizer(model_dir), table, row_norms(table))
+_loaded: dict[str, EmbeddingModel | EmbeddingModelError] = {}
+_loaded_lock = threading.Lock()
+
+
+def load_embedding_model(model: str) -> EmbeddingModel:
+    """Tokenizer and embedding table of `model`, loaded once per process. A failed load is remembered:
+    later calls raise the same EmbeddingModelError without trying again."""
+    with _loaded_lock:
+        if model not in _loaded:
+            try:
+                table = load_input_embeddings(model)
+                _loaded[model] = EmbeddingModel(load_tokenizer(model), table, row_norms(table))
+            except EmbeddingModelError as error:
+                _loaded[model] = error
+        loaded = _loaded[model]
+    if isinstance(loaded, EmbeddingModelError):
+        raise loaded
+    return loaded

@@ -1,6 +1,7 @@
 """Mixed-Reward: one entry point that scores a response with the reward of its task.
 
     score = (1 - w) * accuracy + w * format
+    correct = 1 if accuracy >= the task's correctness threshold else 0
 
 `compute_score` has verl's custom-reward signature and never raises: an internal error gives score 0
 and accuracy 0, is flagged in `error`, and is logged.
@@ -24,6 +25,12 @@ logger = logging.getLogger(__name__)
 TASKS = ("matching", "chart", "grounding", "open_ended")
 UNKNOWN_TASK = "unknown"
 DEFAULT_FORMAT_WEIGHT = 0.1
+# Accuracy at which a response counts as correct (the binary `correct` field, e.g. for judging whether a
+# GRPO group has any signal). matching and chart accuracies are already 0/1. grounding: IoU 0.5, the
+# usual detection criterion (with `iou_threshold` the accuracy itself is 0/1 at that IoU, so correct
+# follows it). open_ended: BMAS 0.5, our choice (the paper gives none), the same as the data engine's
+# difficulty filter.
+DEFAULT_CORRECT_THRESHOLDS = {"matching": 1.0, "chart": 1.0, "grounding": 0.5, "open_ended": 0.5}
 
 # Public benchmarks whose task is unambiguous; `task_map` entries take precedence.
 DEFAULT_TASK_MAP = {
@@ -52,15 +59,23 @@ class Verdict:
     answer: str | None
     format: float
     format_weight: float
+    correct_threshold: float = 1.0
     accuracy: float | None = None
     error: str | None = None
 
     def result(self) -> dict:
-        if self.error is not None:
-            return {"score": 0.0, "accuracy": 0.0, "format": self.format, "error": 1.0, "task": self.task}
-        accuracy = float(self.accuracy or 0.0)
-        score = (1.0 - self.format_weight) * accuracy + self.format_weight * self.format
-        return {"score": score, "accuracy": accuracy, "format": self.format, "error": 0.0, "task": self.task}
+        """score, accuracy, correct, format, error, task: the same keys for every sample."""
+        failed = self.error is not None
+        accuracy = 0.0 if failed else float(self.accuracy or 0.0)
+        score = 0.0 if failed else (1.0 - self.format_weight) * accuracy + self.format_weight * self.format
+        return {
+            "score": score,
+            "accuracy": accuracy,
+            "correct": 1.0 if not failed and accuracy >= self.correct_threshold else 0.0,
+            "format": self.format,
+            "error": 1.0 if failed else 0.0,
+            "task": self.task,
+        }
 
 
 def resolve_task(data_source: str, extra_info: Mapping | None, task_map: Mapping | None = None) -> str:
@@ -73,10 +88,11 @@ def resolve_task(data_source: str, extra_info: Mapping | None, task_map: Mapping
     return task
 
 
-def _format_weight(task: str, format_weight) -> float:
-    if isinstance(format_weight, Mapping):
-        return float(format_weight.get(task, DEFAULT_FORMAT_WEIGHT))
-    return DEFAULT_FORMAT_WEIGHT if format_weight is None else float(format_weight)
+def _per_task_setting(setting, task: str, default: float) -> float:
+    """A setting given once for every task (a float) or per task (task -> float); `default` if unset."""
+    if isinstance(setting, Mapping):
+        return float(setting.get(task, default))
+    return default if setting is None else float(setting)
 
 
 def _frame_size(extra_info: Mapping):
@@ -106,6 +122,7 @@ def judge(
     task_map: Mapping | None = None,
     format_weight=None,
     iou_threshold: float | None = None,
+    correct_threshold=None,
 ) -> Verdict:
     """Task, answer, format and, for the rule tasks, accuracy. open_ended is left with accuracy None.
     Errors are recorded in the verdict, never raised."""
@@ -114,7 +131,10 @@ def judge(
     try:
         verdict.format = format_reward(solution_str)
         verdict.task = resolve_task(data_source, extra_info, task_map)
-        verdict.format_weight = _format_weight(verdict.task, format_weight)
+        verdict.format_weight = _per_task_setting(format_weight, verdict.task, DEFAULT_FORMAT_WEIGHT)
+        verdict.correct_threshold = _per_task_setting(
+            correct_threshold, verdict.task, DEFAULT_CORRECT_THRESHOLDS[verdict.task]
+        )
         verdict.answer = extract_answer(solution_str)
         if verdict.answer is None:
             verdict.accuracy = 0.0
@@ -131,8 +151,9 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
 
     Keyword options: `task_map` (data_source -> task), `format_weight` (float, or task -> float),
     `iou_threshold` (grounding: 1 when IoU reaches it instead of the continuous IoU),
-    `embedding_model` (open_ended: an HF model directory or an `EmbeddingModel`).
-    Returns `score`, `accuracy`, `format`, `error` (0/1) and `task`.
+    `correct_threshold` (float, or task -> float; defaults in `DEFAULT_CORRECT_THRESHOLDS`),
+    `embedding_model` (open_ended: an HF model directory or hub id, or an `EmbeddingModel`).
+    Returns `score`, `accuracy`, `correct` (0/1), `format`, `error` (0/1) and `task`.
     """
     verdict = judge(
         data_source,
@@ -142,6 +163,7 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
         task_map=kwargs.get("task_map"),
         format_weight=kwargs.get("format_weight"),
         iou_threshold=kwargs.get("iou_threshold"),
+        correct_threshold=kwargs.get("correct_threshold"),
     )
     if verdict.error is None and verdict.accuracy is None:
         try:

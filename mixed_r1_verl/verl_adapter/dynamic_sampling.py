@@ -34,7 +34,9 @@ ASYNC_TRAINER_MODES = frozenset({"colocate_async", "separate_async"})
 class FilteringSettings:
     """Options read from ``trainer.v1.sampler.sampler_kwargs``.
 
-    metric: ``reward_extra_info`` field whose equality across a group marks it uninformative.
+    metric: ``reward_extra_info`` field whose equality across a group marks it uninformative;
+        ``correct`` (default) judges correctness only, ``score`` also counts format differences and
+        continuous IoU/BMAS differences as signal.
     max_refill_rounds: extra prompts a step may generate, in units of the step's batch size;
         0 disables refilling (dropped groups are then replaced by nothing but the top-up below).
     max_inflight_batches: cap on prompts pending or running at once, in units of the batch size.
@@ -44,7 +46,7 @@ class FilteringSettings:
     groups (they contribute no policy gradient under GRPO) so the step still runs at full size.
     """
 
-    metric: str = "score"
+    metric: str = "correct"
     max_refill_rounds: int = 3
     max_inflight_batches: int = 1
     poll_interval_s: float = 1.0

@@ -16,9 +16,13 @@ import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mixed_r1_verl.rewards import bmas_batch, row_norms
-from mixed_r1_verl.rewards.embeddings import load_input_embeddings
+from mixed_r1_verl.rewards.embeddings import EmbeddingModelError, load_input_embeddings
 
-GPU_READY_TIMEOUT_S = 120
+SERVICE_NAME_PREFIX = "mixed_r1_embeddings_"
+
+
+class BmasGpuUnavailable(RuntimeError):
+    """`bmas_num_gpus > 0` but Ray cannot give the BMAS actor that much GPU on this node."""
 
 
 def _to_shareable(table: torch.Tensor) -> np.ndarray:
@@ -34,10 +38,16 @@ def _from_shared(array: np.ndarray, dtype: str) -> torch.Tensor:
 
 
 class EmbeddingService:
-    """Owns a model's input-embedding table on one node (a Ray actor; see `embedding_service`)."""
+    """Owns a model's input-embedding table on one node (a Ray actor; see `embedding_service`).
+    A table that cannot be loaded is remembered: every caller gets the same EmbeddingModelError."""
 
-    def __init__(self, model_dir: str, device: str = "cpu"):
-        table = load_input_embeddings(model_dir)
+    def __init__(self, model: str, device: str = "cpu"):
+        self._error: EmbeddingModelError | None = None
+        try:
+            table = load_input_embeddings(model)
+        except EmbeddingModelError as error:
+            self._error = error
+            return
         norms = row_norms(table)
         self._dtype = str(table.dtype)
         self._shared = [ray.put(_to_shareable(table)), ray.put(norms.numpy())]
@@ -45,6 +55,8 @@ class EmbeddingService:
         self._device_norms = norms.to(device) if device != "cpu" else None
 
     def table(self) -> tuple[str, list]:
+        if self._error is not None:
+            raise self._error
         # The references (table, row norms) are in a list so that Ray hands them over unresolved.
         return self._dtype, self._shared
 
@@ -54,35 +66,64 @@ class EmbeddingService:
         return bmas_batch(self._device_table, pairs, self._device_norms)
 
 
-def embedding_service(model_dir: str, num_gpus: float = 0.0):
-    """The embedding service of this node for `model_dir`, created by the first worker that asks.
-    It lives while its creator holds the returned handle: keep it for as long as the table is used."""
+def embedding_service(model: str, num_gpus: float = 0.0):
+    """The embedding service of this node for `model`, created by the first worker that asks (the call
+    does not wait for it). It lives while a handle to it does: keep it as long as the table is used."""
     node_id = ray.get_runtime_context().get_node_id()
-    key = hashlib.sha1(f"{model_dir}|{num_gpus}".encode()).hexdigest()[:16]
-    service = (
+    key = hashlib.sha1(f"{model}|{num_gpus}".encode()).hexdigest()[:16]
+    return (
         ray.remote(EmbeddingService)
         .options(
-            name=f"mixed_r1_embeddings_{node_id[:16]}_{key}",
+            name=f"{SERVICE_NAME_PREFIX}{node_id[:16]}_{key}",
             get_if_exists=True,
             num_cpus=0,
             num_gpus=num_gpus,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
         )
-        .remote(model_dir, "cuda" if num_gpus > 0 else "cpu")
+        .remote(model, "cuda" if num_gpus > 0 else "cpu")
     )
-    if num_gpus > 0:
-        try:
-            ray.get(service.table.remote(), timeout=GPU_READY_TIMEOUT_S)
-        except ray.exceptions.GetTimeoutError as error:
-            raise RuntimeError(
-                f"BMAS asked for {num_gpus} GPU per node (reward.reward_kwargs.bmas_num_gpus) but Ray could not "
-                f"place it within {GPU_READY_TIMEOUT_S}s: verl's resource pool holds every GPU. Leave GPU headroom "
-                "(e.g. trainer.n_gpus_per_node below the node's GPU count) or set bmas_num_gpus=0 to score on CPU."
-            ) from error
-    return service
+
+
+def _table_references(service) -> tuple[str, list]:
+    try:
+        return ray.get(service.table.remote())
+    except EmbeddingModelError as error:  # Ray's task error is also an instance of the actor's error type
+        raise EmbeddingModelError(str(error.cause)) from None
 
 
 def shared_table(service) -> tuple[torch.Tensor, torch.Tensor]:
-    """The service's table and its row norms, mapped zero-copy from this node's object store."""
-    dtype, (table_reference, norms_reference) = ray.get(service.table.remote())
+    """The service's table and its row norms, mapped zero-copy from this node's object store.
+    Raises EmbeddingModelError when the service could not load the table."""
+    dtype, (table_reference, norms_reference) = _table_references(service)
     return _from_shared(ray.get(table_reference), dtype), _from_shared(ray.get(norms_reference), "torch.float32")
+
+
+def _node_gpus(node_id: str) -> float:
+    return next((node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["NodeID"] == node_id), 0.0)
+
+
+def no_gpu_for_bmas(num_gpus: float, node_id: str, reason: str) -> BmasGpuUnavailable:
+    return BmasGpuUnavailable(
+        f"reward.reward_kwargs.bmas_num_gpus={num_gpus}: Ray cannot give the BMAS embedding actor {num_gpus} GPU "
+        f"on node {node_id} ({reason}). In a colocated run verl's resource pool holds every GPU of "
+        "trainer.n_gpus_per_node on each node (one placement-group bundle per GPU for the actor, rollout and "
+        "reference workers), and no actor outside the pool can use a reserved GPU, not even a fraction of it. "
+        "Set bmas_num_gpus=0 (the default: one shared CPU table per node, scored in the reward workers, "
+        "overlapping generation), or leave GPUs outside the pool (trainer.n_gpus_per_node below the node's GPU count)."
+    )
+
+
+def gpu_embedding_service(model: str, num_gpus: float, wait_s: float):
+    """The node's GPU embedding service, ready to score, or BmasGpuUnavailable when Ray has no such GPU
+    on this node for `wait_s` seconds (the pending actor is then removed). Blocks: call at start-up."""
+    node_id = ray.get_runtime_context().get_node_id()
+    node_gpus = _node_gpus(node_id)
+    if node_gpus < num_gpus:
+        raise no_gpu_for_bmas(num_gpus, node_id, f"the node has {node_gpus:g} GPU")
+    service = embedding_service(model, num_gpus)
+    ready, _ = ray.wait([service.table.remote()], timeout=wait_s)
+    if not ready:
+        ray.kill(service)
+        raise no_gpu_for_bmas(num_gpus, node_id, f"none became free within {wait_s:g} s")
+    _table_references(service)
+    return service

@@ -1,14 +1,24 @@
 """verl reward manager `mixed_r1`: scores each rollout with Mixed-Reward inside verl's reward loop.
 
 Select it with `reward.reward_manager.name=mixed_r1`; options live in `reward.reward_kwargs`:
-  task_map        data_source -> task, for rows without extra_info.task
-  format_weight   w in score = (1 - w) * accuracy + w * format (float, or task -> float); default 0.1
-  iou_threshold   grounding: binary reward at this IoU instead of the continuous IoU
-  embedding_model BMAS embedding model directory; default: the policy (actor_rollout_ref.model.path)
-  bmas_device     auto | cpu | cuda: where a worker scores BMAS when bmas_num_gpus is 0 (auto: cuda if visible)
-  bmas_num_gpus   > 0: one GPU actor per node holds the table and scores every BMAS batch of the node
-  bmas_linger_ms  how long a BMAS request waits for others to batch with (default 5)
-Every sample reports the same extra keys: score, accuracy, format, error, task.
+  task_map          data_source -> task, for rows without extra_info.task
+  format_weight     w in score = (1 - w) * accuracy + w * format (float, or task -> float); default 0.1
+  iou_threshold     grounding: binary reward at this IoU instead of the continuous IoU
+  correct_threshold accuracy at which `correct` is 1 (float, or task -> float); default
+                    matching/chart 1, grounding IoU 0.5, open_ended BMAS 0.5
+  embedding_model   BMAS embedding model, a directory or a hub id; default: the policy
+                    (actor_rollout_ref.model.path)
+  bmas_device       auto | cpu | cuda: where a worker scores BMAS when bmas_num_gpus is 0 (auto: cuda
+                    only if Ray assigned this process a GPU; outside Ray, if torch sees one)
+  bmas_num_gpus     > 0: one GPU actor per node holds the table and scores every BMAS batch of the node
+  bmas_gpu_wait_s   how long start-up waits for Ray to place that GPU actor (default 60)
+  bmas_linger_ms    how long a BMAS request waits for others to batch with (default 5)
+Every sample reports the same extra keys: score, accuracy, correct, format, error, task.
+
+The embedding model and, with bmas_num_gpus > 0, the GPU actor are set up when the manager is built
+(verl builds it in each reward worker's constructor, before any request): a model that cannot be
+loaded or a GPU that cannot be had stops the worker there with the reason, instead of scoring every
+open_ended sample 0.
 """
 
 from __future__ import annotations
@@ -16,35 +26,47 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from numbers import Real
 
+import ray
 import torch
 from omegaconf import OmegaConf
 
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
-from mixed_r1_verl.rewards import EmbeddingModel, bmas_batch, judge
+from mixed_r1_verl.rewards import bmas_batch, judge
 from mixed_r1_verl.rewards.embeddings import load_embedding_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 REWARD_MANAGER_NAME = "mixed_r1"
+BMAS_DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_GPU_WAIT_S = 60.0
+
+TextPair = tuple[str, str]
+BatchScorer = Callable[[list[TextPair]], Awaitable[list[float]]]
 
 
 class BmasBatcher:
     """Gathers the BMAS requests that the reward loop makes concurrently in one event loop and scores
-    them as one batch; requests arriving while a batch is computed form the next one."""
+    them as one batch; requests arriving while a batch is computed form the next one.
 
-    def __init__(self, score_batch, linger_s: float, max_batch: int = 4096):
-        self._score_batch = score_batch  # async: list of (answer_ids, reference_ids) -> list of floats
+    Every request ends: with its score, with the scorer's error, with an error when the scorer returns
+    a wrong number of scores, or cancelled when the batching itself is cancelled. A caller that gives
+    up (is cancelled) does not disturb the others of its batch."""
+
+    def __init__(self, score_batch: BatchScorer, linger_s: float, max_batch: int = 4096):
+        self._score_batch = score_batch
         self._linger_s = linger_s
         self._max_batch = max_batch
-        self._pending: list[tuple[tuple[list[int], list[int]], asyncio.Future]] = []
+        self._pending: list[tuple[TextPair, asyncio.Future]] = []
         self._drainer: asyncio.Task | None = None
 
-    async def score(self, answer_ids: list[int], reference_ids: list[int]) -> float:
+    async def score(self, answer: str, reference: str) -> float:
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(((answer_ids, reference_ids), future))
+        self._pending.append(((answer, reference), future))
         if self._drainer is None:
             self._drainer = asyncio.ensure_future(self._drain())
         return await future
@@ -54,22 +76,71 @@ class BmasBatcher:
             await asyncio.sleep(self._linger_s)
             while self._pending:
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-                try:
-                    scores = await self._score_batch([pair for pair, _ in batch])
-                except Exception as error:
-                    for _, future in batch:
-                        future.set_exception(error)
-                else:
-                    for (_, future), value in zip(batch, scores):
-                        future.set_result(value)
+                await self._settle([(pair, future) for pair, future in batch if not future.done()])
         finally:
             self._drainer = None
+            # Left only when the drain itself was cancelled (the loop is closing): end those requests too.
+            pending, self._pending = self._pending, []
+            for _, future in pending:
+                future.cancel()
+
+    async def _settle(self, batch: list[tuple[TextPair, asyncio.Future]]) -> None:
+        futures = [future for _, future in batch]
+        if not futures:
+            return
+        try:
+            scores = await self._score_batch([pair for pair, _ in batch])
+            if len(scores) != len(futures):
+                raise RuntimeError(f"BMAS scorer returned {len(scores)} scores for {len(futures)} requests")
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        except Exception as error:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for future, value in zip(futures, scores):
+            if not future.done():
+                future.set_result(value)
 
 
-def _bmas_device(choice: str) -> str:
-    if choice == "auto":
+def ray_assigned_gpus() -> list | None:
+    """The GPU ids Ray assigned to this process, or None outside a Ray worker (no Ray, or the driver)."""
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None
+    return ray.get_gpu_ids()
+
+
+def resolve_bmas_device(choice: str) -> str:
+    """`auto` picks cuda only for a process Ray gave a GPU (Ray leaves CUDA_VISIBLE_DEVICES as it is for
+    actors that asked for none, so torch sees the node's GPUs in verl's CPU reward workers) and, outside
+    Ray, when torch sees a GPU."""
+    if choice not in BMAS_DEVICES:
+        raise ValueError(f"reward.reward_kwargs.bmas_device must be one of {BMAS_DEVICES}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    assigned = ray_assigned_gpus()
+    if assigned is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return choice
+    return "cuda" if assigned else "cpu"
+
+
+def reward_result(result, custom_function: str) -> dict:
+    """verl's reward output from what a custom reward function returned: a number, or a dict with `score`."""
+    if isinstance(result, dict):
+        if "score" not in result:
+            raise ValueError(
+                f"reward.custom_reward_function {custom_function} returned a dict without 'score': {result!r}"
+            )
+        return {"reward_score": float(result["score"]), "reward_extra_info": dict(result)}
+    if isinstance(result, Real) and not isinstance(result, bool):
+        return {"reward_score": float(result), "reward_extra_info": {"score": float(result)}}
+    raise TypeError(
+        f"reward.custom_reward_function {custom_function} returned {type(result).__name__}; "
+        "expected a number or a dict with 'score'"
+    )
 
 
 @register(REWARD_MANAGER_NAME)
@@ -79,53 +150,69 @@ class MixedR1RewardManager(RewardManagerBase):
         reward_kwargs = config.reward.get("reward_kwargs")
         options = OmegaConf.to_container(reward_kwargs, resolve=True) if reward_kwargs is not None else {}
         self.judge_options = {
-            "task_map": options.get("task_map"),
-            "format_weight": options.get("format_weight"),
-            "iou_threshold": options.get("iou_threshold"),
+            key: options.get(key) for key in ("task_map", "format_weight", "iou_threshold", "correct_threshold")
         }
-        self.embedding_model_dir = str(options.get("embedding_model") or config.actor_rollout_ref.model.path)
-        self.bmas_device = _bmas_device(options.get("bmas_device", "auto"))
-        self.bmas_num_gpus = float(options.get("bmas_num_gpus", 0.0))
-        self.bmas_linger_s = float(options.get("bmas_linger_ms", 5)) / 1000
-        # A user's reward.custom_reward_function replaces Mixed-Reward; verl hands it to us.
-        custom_path = config.reward.get("custom_reward_function", {}).get("path")
-        self.custom_compute_score = compute_score if custom_path else None
-        self._embedding_tokenizer = None
-        self._embedding_service = None
-        self._bmas: BmasBatcher | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixed_r1_bmas")
+        # A user's reward.custom_reward_function replaces Mixed-Reward; verl hands it to us.
+        custom = config.reward.get("custom_reward_function") or {}
+        self.custom_function = f"{custom.get('path')}:{custom.get('name')}" if custom.get("path") else None
+        self._embedding_service = None
+        self._bmas = None if self.custom_function else self._start_bmas(options, config)
 
-    def _bmas_batcher(self) -> BmasBatcher:
-        if self._bmas is None:
-            self._embedding_tokenizer = load_tokenizer(self.embedding_model_dir)
-            self._bmas = BmasBatcher(self._bmas_scorer(), self.bmas_linger_s)
-        return self._bmas
+    def _start_bmas(self, options: dict, config) -> BmasBatcher:
+        """Loads the embedding tokenizer and table (or reaches the GPU actor) now, off the event loop."""
+        model = str(options.get("embedding_model") or config.actor_rollout_ref.model.path)
+        self.embedding_tokenizer = load_tokenizer(model)
+        num_gpus = float(options.get("bmas_num_gpus", 0.0))
+        if num_gpus > 0:
+            from mixed_r1_verl.verl_adapter.embedding_service import gpu_embedding_service
 
-    def _bmas_scorer(self):
-        import ray
+            wait_s = float(options.get("bmas_gpu_wait_s", DEFAULT_GPU_WAIT_S))
+            # The service lives while a handle to it does: the workers keep theirs for their lifetime.
+            self._embedding_service = service = gpu_embedding_service(model, num_gpus, wait_s)
+            scorer = self._remote_scorer(service)
+        else:
+            device = resolve_bmas_device(options.get("bmas_device", "auto"))
+            scorer = self._local_scorer(*self._embedding_table(model), device)
+        return BmasBatcher(scorer, float(options.get("bmas_linger_ms", 5)) / 1000)
 
+    def _embedding_table(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
         if not ray.is_initialized():
-            model: EmbeddingModel = load_embedding_model(self.embedding_model_dir)
-            return self._local_scorer(model.table, model.norms)
+            embedding_model = load_embedding_model(model)
+            return embedding_model.table, embedding_model.norms
         from mixed_r1_verl.verl_adapter.embedding_service import embedding_service, shared_table
 
-        # The service lives while a handle to it does: the workers keep theirs for their lifetime.
-        self._embedding_service = service = embedding_service(self.embedding_model_dir, self.bmas_num_gpus)
-        if self.bmas_num_gpus > 0:
+        self._embedding_service = service = embedding_service(model)
+        return shared_table(service)
 
-            async def remote_scorer(pairs):
-                return await service.score.remote(pairs)
+    def _encode(self, pairs: list[TextPair]) -> list[tuple[list[int], list[int]]]:
+        answers = self.embedding_tokenizer([a for a, _ in pairs], add_special_tokens=False)["input_ids"]
+        references = self.embedding_tokenizer([r for _, r in pairs], add_special_tokens=False)["input_ids"]
+        return list(zip(answers, references))
 
-            return remote_scorer
-        return self._local_scorer(*shared_table(service))
+    def _local_scorer(self, table: torch.Tensor, norms: torch.Tensor, device: str) -> BatchScorer:
+        table, norms = table.to(device), norms.to(device)
 
-    def _local_scorer(self, table: torch.Tensor, norms: torch.Tensor):
-        table, norms = table.to(self.bmas_device), norms.to(self.bmas_device)
-
-        async def local_scorer(pairs):
-            return await asyncio.get_running_loop().run_in_executor(self._executor, bmas_batch, table, pairs, norms)
+        async def local_scorer(pairs: list[TextPair]) -> list[float]:
+            score = lambda: bmas_batch(table, self._encode(pairs), norms)  # noqa: E731
+            return await asyncio.get_running_loop().run_in_executor(self._executor, score)
 
         return local_scorer
+
+    def _remote_scorer(self, service) -> BatchScorer:
+        async def remote_scorer(pairs: list[TextPair]) -> list[float]:
+            encoded = await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, pairs)
+            return await service.score.remote(encoded)
+
+        return remote_scorer
+
+    async def _custom_score(self, **sample) -> dict:
+        if inspect.iscoroutinefunction(self.compute_score):
+            result = await self.compute_score(**sample)
+        else:
+            result = await asyncio.get_running_loop().run_in_executor(None, lambda: self.compute_score(**sample))
+            result = await result if inspect.isawaitable(result) else result
+        return reward_result(result, self.custom_function)
 
     async def run_single(self, data) -> dict:
         item = data[-1]
@@ -136,19 +223,15 @@ class MixedR1RewardManager(RewardManagerBase):
         ground_truth = item.non_tensor_batch["reward_model"]["ground_truth"]
         extra_info = item.non_tensor_batch.get("extra_info") or {}
 
-        if self.custom_compute_score is not None:
-            result = self.custom_compute_score(
+        if self.custom_function is not None:
+            return await self._custom_score(
                 data_source=data_source, solution_str=response, ground_truth=ground_truth, extra_info=extra_info
             )
-            result = await result if inspect.isawaitable(result) else result
-            return {"reward_score": float(result["score"]), "reward_extra_info": dict(result)}
 
         verdict = judge(data_source, response, ground_truth, extra_info, **self.judge_options)
         if verdict.error is None and verdict.accuracy is None:
             try:
-                batcher = self._bmas_batcher()
-                encode = lambda text: self._embedding_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-                verdict.accuracy = await batcher.score(encode(verdict.answer), encode(str(ground_truth)))
+                verdict.accuracy = await self._bmas.score(verdict.answer, str(ground_truth))
             except Exception as error:  # a reward must never take the trainer down
                 verdict.error = f"{type(error).__name__}: {error}"
                 logger.warning("mixed_r1 BMAS error (data_source=%r): %s", data_source, verdict.error)

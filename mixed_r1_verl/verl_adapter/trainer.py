@@ -1,18 +1,21 @@
 """V1 trainer `mixed_r1_sync`: verl's synchronous PPO/GRPO trainer that also logs, every step, the
-reward, accuracy, format rate and error rate of each Mixed-R1 task (`mixed_r1/<task>/...`).
+reward, accuracy, correct rate, format rate and error rate of each Mixed-R1 task (`mixed_r1/<task>/...`).
 
-Select it with `trainer.v1.trainer_mode=mixed_r1_sync`.
+Select it with `trainer.v1.trainer_mode=mixed_r1_sync`. Its settings are verl's `sync` ones
+(`trainer.v1.sync.*`, e.g. `trainer.v1.sync.parameter_sync_step`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import ray
 import transfer_queue as tq
+from omegaconf import DictConfig
 
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from mixed_r1_verl.data.balanced_sampler import with_configured_sampler
-from mixed_r1_verl.verl_adapter.metrics import per_task_metrics
+from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog
 
 TRAINER_MODE = "mixed_r1_sync"
 VERL_SYNC_MODE = "sync"
@@ -28,21 +31,41 @@ def reward_extra_infos(extra_fields, tags) -> list[dict]:
     return infos
 
 
+def wait_for_reward_workers(workers) -> None:
+    """Returns once every reward worker is built; raises the first worker's start-up error otherwise."""
+    try:
+        ray.get([worker.__ray_ready__.remote() for worker in workers])
+    except ray.exceptions.RayActorError as error:
+        raise RuntimeError(f"a reward worker failed to start: {error}") from error
+
+
 @register_trainer(TRAINER_MODE)
 class MixedR1SyncTrainer(PPOTrainerSync):
-    """verl's sync trainer plus per-task metrics. verl branches on `trainer_mode == "sync"` (replay
-    buffer, refill, checkpoints), so the mode is set back to verl's name before anything reads it."""
+    """verl's sync trainer plus per-task metrics.
+
+    verl reads the mode from the config in many places (the trainer's own `__init__`, which picks the
+    replay buffer and `trainer.v1.<mode>.parameter_sync_step`, the rollout skip manager, checkpoints)
+    and branches on the name `"sync"`. verl has already chosen this class by the time it is built, so
+    the config is switched to verl's name before any of that runs: the mode is `sync` in every respect.
+    """
+
+    def __init__(self, config: DictConfig):
+        config.trainer.v1.trainer_mode = VERL_SYNC_MODE
+        self._task_metrics = PerTaskMetricsLog()
+        super().__init__(config)
+
+    def _setup(self):
+        super()._setup()
+        # verl starts the reward workers without waiting for them: one that could not start (an
+        # embedding model that cannot be loaded, no GPU for BMAS) would only surface as failed rollouts.
+        wait_for_reward_workers(self.reward_loop_manager.reward_loop_workers)
 
     def _init_dataloader(self):
         """verl 0.9.1 has no custom-sampler setting; `data.sampler` (class_path, class_name) adds one."""
         super()._init_dataloader()
         self.train_dataloader = with_configured_sampler(self.train_dataloader, self.config.data)
 
-    def _build_replay_buffer(self):
-        self.trainer_mode = VERL_SYNC_MODE
-        return super()._build_replay_buffer()
-
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
-        metrics.update(per_task_metrics(reward_extra_infos(data.pop("extra_fields").tolist(), batch.tags)))
+        metrics.update(self._task_metrics.step(reward_extra_infos(data.pop("extra_fields").tolist(), batch.tags)))
