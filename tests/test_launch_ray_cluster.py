@@ -49,6 +49,8 @@ def ray_head(tmp_path_factory):
     head = subprocess.Popen(
         [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address", "127.0.0.1",
          "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+         # Ray's fixed default ports would collide with any other Ray on this machine.
+         "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
          "--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats",
          "--temp-dir", str(tmp_path_factory.mktemp("ray")), "--block"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
