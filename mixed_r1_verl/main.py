@@ -117,13 +117,13 @@ def cluster_capacity() -> tuple[int, list[int]]:
     return len(alive), [int(node["Resources"].get("GPU", 0)) for node in alive]
 
 
-def wait_for_cluster_gpus(config: DictConfig, capacity=cluster_capacity, poll_s: float = CLUSTER_POLL_S) -> None:
+def wait_for_cluster_gpus(config: DictConfig) -> None:
     """Joining a cluster, verl would wait silently forever for GPUs that are not there: wait at most
     mixed_r1.cluster_wait_s for trainer.nnodes nodes of trainer.n_gpus_per_node GPUs, then stop."""
     nnodes, per_node = config.trainer.nnodes, config.trainer.n_gpus_per_node
     deadline = time.monotonic() + config.mixed_r1.cluster_wait_s
     while True:
-        alive, gpus = capacity()
+        alive, gpus = cluster_capacity()
         if sum(count >= per_node for count in gpus) >= nnodes:
             return
         if time.monotonic() >= deadline:
@@ -135,7 +135,7 @@ def wait_for_cluster_gpus(config: DictConfig, capacity=cluster_capacity, poll_s:
                 "trainer.nnodes / trainer.n_gpus_per_node.\n"
             )
         logger.info("waiting for %d node(s) x %d GPU(s); the cluster has GPUs %s", nnodes, per_node, gpus)
-        time.sleep(poll_s)
+        time.sleep(min(CLUSTER_POLL_S, max(deadline - time.monotonic(), 0.0)))
 
 
 def check_cluster_gpus(config: DictConfig) -> None:

@@ -27,7 +27,7 @@ def test_the_console_script_is_installed_by_setup():
 def test_the_gpu_extra_holds_no_source_only_package():
     # flash-attn ships as an sdist that pip cannot build in its isolated environment (no torch there).
     gpu = setup_keyword("extras_require")["gpu"]
-    assert gpu == ["vllm==0.24.0"]
+    assert "vllm==0.24.0" in gpu and not any(requirement.startswith("flash") for requirement in gpu)
 
 
 def exit_code(argv: list[str]):
