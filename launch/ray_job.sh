@@ -11,7 +11,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PLUGIN_MODULES="mixed_r1_verl.verl_adapter.reward_manager,mixed_r1_verl.verl_adapter.trainer"
-FORWARDED_ENV=(MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT)
+FORWARDED_ENV=(MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT
+    VERL_FILE_LOGGER_PATH)
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 usage() {
@@ -29,8 +30,14 @@ Submits `python -m mixed_r1_verl.main recipe=RECIPE` to an existing Ray cluster.
   -h, --help           this text
 
 Data and model paths must be readable from every node (shared file system); relative data paths are
-resolved in the job's working dir. Forwarded when set: MIXED_R1_DATA MIXED_R1_DATA_INTERNVL
-MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT.
+resolved in the job's working dir, a node-local copy: with --nnodes > 1 give trainer.default_local_dir
+and VERL_FILE_LOGGER_ROOT (or VERL_FILE_LOGGER_PATH) as absolute shared paths. Forwarded when set:
+MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT
+VERL_FILE_LOGGER_PATH.
+
+Ray >= 2.60 clusters use token authentication: the token of the cluster (the head's ~/.ray/auth_token)
+must be here in RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; the launcher then
+sets RAY_AUTH_MODE=token, which `ray job submit` needs to send it. RAY_AUTH_MODE set by you wins.
 Example: launch/ray_job.sh --address http://head:8265 --nnodes 4 --gpus-per-node 8 qwen25vl_32b
 TXT
 }
@@ -55,6 +62,24 @@ print(json.dumps({"working_dir": working_dir, "excludes": excludes, "env_vars": 
 PY
 }
 
+# Ray clients send the cluster's token only with RAY_AUTH_MODE=token; a token-auth head refuses them otherwise.
+enable_ray_token_auth() {
+    if [[ -n "${RAY_AUTH_MODE:-}" ]]; then
+        return
+    fi
+    local token_file="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
+    if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
+        token_file="RAY_AUTH_TOKEN"
+    fi
+    if [[ "$token_file" == RAY_AUTH_TOKEN || -s "$token_file" ]]; then
+        export RAY_AUTH_MODE=token
+        echo "# RAY_AUTH_MODE=token (token from $token_file)"
+    else
+        echo "# no Ray auth token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token): a cluster with" \
+            "token authentication will refuse the job; copy the head's ~/.ray/auth_token here" >&2
+    fi
+}
+
 address="${RAY_ADDRESS:-http://127.0.0.1:8265}"
 working_dir="$REPO_ROOT"
 dry_run=0
@@ -77,6 +102,7 @@ require_recipe $#
 recipe="$1"
 shift
 
+enable_ray_token_auth
 cmd=(ray job submit --address "$address" --runtime-env-json "$(runtime_env_json "$working_dir")"
     "${wait_flag[@]}" -- python -m mixed_r1_verl.main "recipe=${recipe}" "${topology[@]}" "$@")
 print_or_exec "${cmd[@]}"

@@ -9,19 +9,38 @@ Training itself is verl's own `run_ppo` with its V1 task runner.
 
 from __future__ import annotations
 
+import importlib
+import json
+import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+logger = logging.getLogger(__name__)
+
 PRIMARY_CONFIG = "mixed_r1"
 RECIPE_GROUP = "recipe"
 EXIT_NEEDS_GPU = 2
 EXIT_USAGE = 2
+EXIT_NOTHING_TO_TRAIN = 3
+
+# The verl plugins of this package: the `mixed_r1` reward manager and the `mixed_r1_sync` trainer mode.
+PLUGIN_MODULES = ("mixed_r1_verl.verl_adapter.reward_manager", "mixed_r1_verl.verl_adapter.trainer")
+RAY_ENV_VARS_KEY = "ray_kwargs.ray_init.runtime_env.env_vars"
+# Set by Ray for the driver of a submitted job, whose working directory is a node-local copy of the code.
+RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+FILE_LOGGER_PATH_ENV, FILE_LOGGER_ROOT_ENV = "VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT"
+CLUSTER_POLL_S = 5.0
+FLASH_ATTN_FALLBACK = {
+    "actor_rollout_ref.model.override_config.attn_implementation": "sdpa",
+    "actor_rollout_ref.model.use_remove_padding": False,
+}
 
 NO_GPU_MESSAGE = """\
 mixed_r1_verl.main trains with GRPO (vLLM rollouts + FSDP updates) and needs at least one CUDA GPU
@@ -85,9 +104,173 @@ def exit_unless_local_gpus_suffice(config: DictConfig) -> None:
         )
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = EXIT_NEEDS_GPU) -> None:
     print(message, file=sys.stderr, end="")
-    sys.exit(EXIT_NEEDS_GPU)
+    sys.exit(code)
+
+
+def cluster_capacity() -> tuple[int, list[int]]:
+    """Alive nodes of the Ray cluster this process is connected to, and the GPUs of each."""
+    import ray
+
+    alive = [node for node in ray.nodes() if node["Alive"]]
+    return len(alive), [int(node["Resources"].get("GPU", 0)) for node in alive]
+
+
+def wait_for_cluster_gpus(config: DictConfig) -> None:
+    """Joining a cluster, verl would wait silently forever for GPUs that are not there: wait at most
+    mixed_r1.cluster_wait_s for trainer.nnodes nodes of trainer.n_gpus_per_node GPUs, then stop."""
+    nnodes, per_node = config.trainer.nnodes, config.trainer.n_gpus_per_node
+    deadline = time.monotonic() + config.mixed_r1.cluster_wait_s
+    while True:
+        alive, gpus = cluster_capacity()
+        if sum(count >= per_node for count in gpus) >= nnodes:
+            return
+        if time.monotonic() >= deadline:
+            fail(
+                f"the config asks for {nnodes * per_node} GPU(s): trainer.nnodes={nnodes} node(s) x "
+                f"trainer.n_gpus_per_node={per_node}; the Ray cluster has {alive} alive node(s) with "
+                f"{sum(gpus)} GPU(s) in all (per node: {gpus}) after waiting "
+                f"mixed_r1.cluster_wait_s={config.mixed_r1.cluster_wait_s} s. Add nodes or lower "
+                "trainer.nnodes / trainer.n_gpus_per_node.\n"
+            )
+        logger.info("waiting for %d node(s) x %d GPU(s); the cluster has GPUs %s", nnodes, per_node, gpus)
+        time.sleep(min(CLUSTER_POLL_S, max(deadline - time.monotonic(), 0.0)))
+
+
+def check_cluster_gpus(config: DictConfig) -> None:
+    import ray
+
+    ray.init(logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        wait_for_cluster_gpus(config)
+    finally:
+        ray.shutdown()
+
+
+def last_checkpointed_step(checkpoint_dir: str) -> int | None:
+    """The step verl's resume_mode=auto would resume from (its tracker file), or None."""
+    from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+
+    folder = find_latest_ckpt_path(checkpoint_dir)
+    return None if folder is None else int(folder.rpartition("global_step_")[2])
+
+
+def planned_steps(config: DictConfig) -> tuple[int | None, str]:
+    """The last step of this run and where it comes from: trainer.total_training_steps, else an upper
+    bound from the training parquet's row count (verl drops over-long prompts and the last partial batch)."""
+    if config.trainer.total_training_steps is not None:
+        return config.trainer.total_training_steps, "trainer.total_training_steps"
+    files = config.data.train_files
+    files = [files] if isinstance(files, str) else list(files)
+    if not all(os.path.isfile(path) for path in files):
+        return None, ""
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+    return rows // config.data.train_batch_size * config.trainer.total_epochs, (
+        f"{rows} training rows / data.train_batch_size x trainer.total_epochs"
+    )
+
+
+def exit_if_training_is_done(config: DictConfig) -> None:
+    """A rerun that resumes from a checkpoint at or past the last step would train nothing and exit 0."""
+    if config.trainer.resume_mode != "auto":
+        return
+    checkpoint_dir = config.trainer.default_local_dir
+    last = last_checkpointed_step(checkpoint_dir)
+    if last is None:
+        return
+    total, source = planned_steps(config)
+    if total is not None and last >= total:
+        fail(
+            f"nothing to train: {checkpoint_dir} holds a checkpoint of step {last} and this run ends at "
+            f"step {total} ({source}). To train more, raise trainer.total_training_steps; to start again, "
+            "use a new trainer.default_local_dir (or trainer.experiment_name) or trainer.resume_mode=disable.\n",
+            EXIT_NOTHING_TO_TRAIN,
+        )
+
+
+def file_logger_env(environ) -> dict[str, str]:
+    """Where verl's file logger writes, made absolute: $VERL_FILE_LOGGER_PATH, else a file under
+    $VERL_FILE_LOGGER_ROOT (default: the working directory of the Ray worker that logs)."""
+    if environ.get(FILE_LOGGER_PATH_ENV):
+        return {FILE_LOGGER_PATH_ENV: os.path.abspath(os.path.expanduser(environ[FILE_LOGGER_PATH_ENV]))}
+    return {FILE_LOGGER_ROOT_ENV: os.path.abspath(os.path.expanduser(environ.get(FILE_LOGGER_ROOT_ENV, ".")))}
+
+
+def unshared_output_settings(config: DictConfig, environ) -> list[str]:
+    """Output locations that several nodes cannot share: relative ones (each Ray worker resolves them in
+    its own working directory) and, in a submitted Ray job, those inside the job's node-local copy."""
+    outputs = {"trainer.default_local_dir": config.trainer.default_local_dir}
+    loggers = config.trainer.logger
+    if "file" in ([loggers] if isinstance(loggers, str) else loggers):
+        name = FILE_LOGGER_PATH_ENV if environ.get(FILE_LOGGER_PATH_ENV) else FILE_LOGGER_ROOT_ENV
+        outputs[name] = os.path.expanduser(environ.get(name, "."))
+    job_dir = os.getcwd() if RAY_JOB_CONFIG_ENV in environ else None
+    return [
+        f"{name}={value}"
+        for name, value in outputs.items()
+        if not os.path.isabs(value) or (job_dir and Path(value).resolve().is_relative_to(Path(job_dir).resolve()))
+    ]
+
+
+def pin_output_paths(config: DictConfig, environ) -> dict[str, str]:
+    """Make checkpoint and log locations absolute (multi-node: refuse unshared ones); returns the file
+    logger's environment for every Ray worker."""
+    if config.trainer.nnodes > 1:
+        unshared = unshared_output_settings(config, environ)
+        if unshared:
+            fail(
+                f"trainer.nnodes={config.trainer.nnodes}: checkpoints and logs must go to a directory every node "
+                f"shares, given as an absolute path outside the job's working copy; not shared: {', '.join(unshared)}. "
+                "Set e.g. trainer.default_local_dir=/shared/ckpt/<run> and VERL_FILE_LOGGER_ROOT=/shared/logs.\n"
+            )
+    make_paths_absolute(config, ("trainer.default_local_dir",))
+    return file_logger_env(environ)
+
+
+def add_ray_env_vars(config: DictConfig, env_vars: dict[str, str], environ) -> None:
+    """Environment of every Ray worker verl starts. In a submitted job these repeat (made absolute) what the
+    job's runtime env may already set, so the driver's values win instead of Ray refusing the merge."""
+    for name, value in env_vars.items():
+        OmegaConf.update(config, f"{RAY_ENV_VARS_KEY}.{name}", value, force_add=True)
+        environ[name] = value
+    environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
+
+
+def import_plugins(modules: tuple[str, ...]) -> dict[str, str]:
+    """verl loads its `verl.plugins` entry points itself but logs a failing one at debug level only, and
+    the run then stops on `Unknown reward manager`; imported here, a broken plugin fails with its own error.
+    Returns the variable that makes verl import them in every Ray worker too."""
+    for module in modules:
+        importlib.import_module(module)
+    requested = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
+    return {"VERL_USE_EXTERNAL_MODULES": ",".join(dict.fromkeys([*requested, *modules]))}
+
+
+def flash_attn_importable() -> bool:
+    try:
+        importlib.import_module("flash_attn")
+    except Exception:  # ImportError, or OSError/RuntimeError from a build that does not match torch
+        return False
+    return True
+
+
+def choose_attention(config: DictConfig, flash_attn_available: bool) -> None:
+    """verl loads the policy with flash_attention_2 unless told otherwise, and padding removal needs
+    flash-attn's variable-length kernels: without flash-attn use sdpa on padded batches."""
+    if flash_attn_available:
+        return
+    attention_key = "actor_rollout_ref.model.override_config.attn_implementation"
+    if OmegaConf.select(config, attention_key) not in (None, "flash_attention_2"):
+        return  # the user chose an attention that does not need flash-attn
+    for key, value in FLASH_ATTN_FALLBACK.items():
+        OmegaConf.update(config, key, value, force_add=True)
+    logger.warning(
+        "flash_attn is not importable: training with %s (pip install flash-attn --no-build-isolation to use it)",
+        " ".join(f"{key}={value}" for key, value in FLASH_ATTN_FALLBACK.items()),
+    )
 
 
 def make_paths_absolute(config: DictConfig, keys: tuple[str, ...]) -> None:
@@ -123,10 +306,16 @@ def prepare_smoke(smoke: DictConfig, model_dir: str, data_dir: str) -> None:
 
 
 def train(config: DictConfig) -> None:
-    exit_unless_local_gpus_suffice(config)
     make_paths_absolute(config, ("mixed_r1.data_dir", "mixed_r1.smoke.work_dir"))
+    worker_env = pin_output_paths(config, os.environ)
+    exit_if_training_is_done(config)
+    exit_unless_local_gpus_suffice(config)
+    if os.environ.get("RAY_ADDRESS"):
+        check_cluster_gpus(config)
     if config.mixed_r1.smoke is not None:
         prepare_smoke(config.mixed_r1.smoke, config.actor_rollout_ref.model.path, config.mixed_r1.data_dir)
+    add_ray_env_vars(config, {**worker_env, **import_plugins(PLUGIN_MODULES)}, os.environ)
+    choose_attention(config, flash_attn_importable())
 
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
@@ -139,10 +328,14 @@ def train(config: DictConfig) -> None:
 
 
 def usage(recipes: list[str]) -> str:
+    own_settings = OmegaConf.load(config_dir() / f"{PRIMARY_CONFIG}.yaml")[PRIMARY_CONFIG]
     return (
-        "usage: python -m mixed_r1_verl.main recipe=<name> [verl.key=value ...] [--cfg job] [--help]\n"
-        f"recipes: {', '.join(recipes)}\n"
-        "With a recipe, --help lists the config groups and the merged config; --cfg job prints it.\n"
+        "usage: python -m mixed_r1_verl.main recipe=<name> [key=value ...] [--cfg job] [--help]\n"
+        f"recipes: {', '.join(recipes)}\n\n"
+        "Settings of this package (key=value) and their defaults:\n\n"
+        f"{OmegaConf.to_yaml(OmegaConf.create({PRIMARY_CONFIG: own_settings}))}\n"
+        "Every verl key (data.*, actor_rollout_ref.*, reward.*, trainer.*, ...) is set the same way;\n"
+        "`recipe=<name> --cfg job` prints the merged config with all defaults, `recipe=<name> --help` its groups.\n"
     )
 
 

@@ -73,8 +73,8 @@ def score_saved(parquet, responses, out_dir, embedding_model=None):
     """Score ``responses`` (id -> text) saved as a generations file, as a user would from the shell."""
     generations = out_dir.parent / f"{out_dir.name}.jsonl"
     generations.write_text("".join(json.dumps({"id": key, "response": text}) + "\n" for key, text in responses.items()))
-    args = ["--data", str(parquet), "--generations", str(generations), "--out-dir", str(out_dir)]
-    return main(args + (["--embedding-model", embedding_model] if embedding_model else []))
+    args = [f"data={parquet}", f"generations={generations}", f"out_dir={out_dir}"]
+    return main(args + ([f"embedding_model={embedding_model}"] if embedding_model else []))
 
 
 def test_saved_generations_give_per_task_and_per_source_tables(tmp_path, parquet, tiny_model, capsys):
@@ -110,21 +110,9 @@ def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_
         "".join(json.dumps({"id": k, "response": v}) + "\n" for k, v in cached.items()) + '{"id": "g1", "resp'
     )
     args = [
-        "--data",
-        str(parquet),
-        "--model",
-        tiny_model,
-        "--backend",
-        "hf",
-        "--device",
-        "cpu",
-        "--out-dir",
-        str(out),
-        "--max-new-tokens",
-        "6",
-        "--batch-size",
-        "2",
-    ]
+        f"data={parquet}", f"model={tiny_model}", "backend=hf", "device=cpu", f"out_dir={out}",
+        "max_new_tokens=6", "batch_size=2",
+    ]  # fmt: skip
 
     assert main(args) == 0
 
@@ -148,7 +136,7 @@ def test_compare_puts_two_runs_side_by_side(tmp_path, parquet, tiny_model, capsy
         runs.append(str(tmp_path / name))
     capsys.readouterr()
 
-    assert main(["--compare", *runs, "--out-dir", str(tmp_path / "cmp")]) == 0
+    assert main([f"compare=[{runs[0]},{runs[1]}]", f"out_dir={tmp_path / 'cmp'}"]) == 0
 
     printed = capsys.readouterr().out
     assert "accuracy base" in printed and "accuracy tuned" in printed
@@ -166,7 +154,7 @@ def test_missing_saved_generation_is_reported_by_id(tmp_path, parquet, tiny_mode
 
 
 def test_open_ended_without_embedding_model_fails_before_scoring(tmp_path, parquet):
-    with pytest.raises(SystemExit, match="--embedding-model"):
+    with pytest.raises(SystemExit, match="embedding_model="):
         score_saved(parquet, RESPONSES, tmp_path / "run")
 
 
@@ -182,8 +170,29 @@ def test_bad_rows_name_the_record(tmp_path):
         load_records([tmp_path / "dup.parquet"])
 
 
-def test_module_entry_point_runs():
+def test_module_entry_point_lists_its_settings_and_defaults():
     result = subprocess.run(
         [sys.executable, "-m", "mixed_r1_verl.eval", "--help"], capture_output=True, text=True, check=False
     )
-    assert result.returncode == 0 and "--compare" in result.stdout
+    assert result.returncode == 0 and "compare=" in result.stdout
+    assert "max_new_tokens: 1024" in result.stdout and "backend: auto" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["data=x.parquet", "out_dir=o"], "exactly one of model=, generations= or compare="),
+        (["data=x.parquet", "model=m", "generations=g", "out_dir=o"], "exactly one of"),
+        (["model=m", "out_dir=o"], "scoring needs data= and out_dir="),
+        (["data=x.parquet", "model=m", "out_dir=o", "backend=tpu"], "backend=tpu"),
+        (["compare=[a]"], "two run directories"),
+        (["--data", "x.parquet"], "expected key=value"),
+        (["data=x.parquet", "model=m", "out_dir=o", "max_new_tokens=many"], "max_new_tokens"),
+        (["data=x.parquet", "model=m", "out_dir=o", "no_such_setting=1"], "no_such_setting"),
+    ],
+)
+def test_bad_settings_stop_with_the_setting_named(argv, reason, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    message = f"{stopped.value.code} {capsys.readouterr().err}"
+    assert reason in message

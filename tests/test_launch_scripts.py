@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mixed_r1_verl.main import PLUGIN_MODULES
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = [REPO / "launch" / "single_node.sh", REPO / "launch" / "ray_job.sh", REPO / "launch" / "slurm" / "train.sbatch"]
 SHELL_FILES = [*SCRIPTS, REPO / "launch" / "lib.sh"]
@@ -59,10 +61,13 @@ def test_single_node_dry_run():
 
 
 def test_ray_job_dry_run_ships_the_code_and_registers_the_plugins_on_every_node(tmp_path):
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("0123abcd")
     result = run_script(
         SCRIPTS[1], "--dry-run", "--address", "http://head:8265", "--nnodes", "4", "--gpus-per-node", "8",
         "--working-dir", str(tmp_path), "qwen25vl_32b", "data.train_batch_size=256",
-        MIXED_R1_DATA="/shared/mixed45k", PYTHON=sys.executable,
+        MIXED_R1_DATA="/shared/mixed45k", PYTHON=sys.executable, HOME=str(home),
     )  # fmt: skip
     [command] = printed_commands(result)
     assert command[:5] == ["ray", "job", "submit", "--address", "http://head:8265"]
@@ -71,13 +76,20 @@ def test_ray_job_dry_run_ships_the_code_and_registers_the_plugins_on_every_node(
     assert runtime_env["env_vars"]["MIXED_R1_DATA"] == "/shared/mixed45k"
     plugin_modules = set(runtime_env["env_vars"]["VERL_USE_EXTERNAL_MODULES"].split(","))
     entry_points = set(re.findall(r'"mixed_r1_\w+ = ([\w.]+)"', (REPO / "setup.py").read_text()))
-    assert plugin_modules == entry_points and entry_points
+    assert plugin_modules == entry_points == set(PLUGIN_MODULES) and entry_points
     assert not any(pattern.strip("/") == "mixed_r1_verl" or pattern == "data" for pattern in runtime_env["excludes"])
+    assert "RAY_AUTH_MODE=token" in result.stdout, "the token of ~/.ray/auth_token is sent"
     entrypoint = command[command.index("--") + 1 :]
     assert entrypoint == [
         "python", "-m", "mixed_r1_verl.main", "recipe=qwen25vl_32b", "trainer.nnodes=4",
         "trainer.n_gpus_per_node=8", "data.train_batch_size=256",
     ]  # fmt: skip
+
+
+def test_ray_job_without_a_token_says_where_the_token_goes(tmp_path):
+    result = run_script(SCRIPTS[1], "--dry-run", "smoke", HOME=str(tmp_path))
+    assert result.returncode == 0 and "RAY_AUTH_MODE=token" not in result.stdout
+    assert "copy the head's ~/.ray/auth_token here" in result.stderr
 
 
 def slurm_env(**extra: str) -> dict:

@@ -18,8 +18,8 @@ from mixed_r1_verl.main import prepare_smoke
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_main(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+def run_main(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env or {})}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(
         [sys.executable, "-m", "mixed_r1_verl.main", *args],
@@ -98,3 +98,48 @@ def test_smoke_preparation_writes_a_four_task_parquet_dataset(tmp_path):
     rows += pq.read_table(tmp_path / "data" / "val.parquet").to_pylist()
     assert {row["extra_info"]["task"] for row in rows} == {"matching", "chart", "grounding", "open_ended"}
     assert all(row["images"] for row in rows)
+
+
+def write_checkpoint(checkpoint_dir: Path, step: int) -> None:
+    """What verl leaves after saving step `step`: the step folder and its tracker file."""
+    (checkpoint_dir / f"global_step_{step}").mkdir(parents=True)
+    (checkpoint_dir / "latest_checkpointed_iteration.txt").write_text(str(step))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the second run would train on a GPU machine")
+def test_rerun_past_the_last_step_says_so_instead_of_training_nothing(tmp_path):
+    write_checkpoint(tmp_path / "checkpoints", 6)
+
+    done = run_main("recipe=smoke", f"mixed_r1.smoke.work_dir={tmp_path}")
+    assert done.returncode == 3, done.stderr
+    assert f"{tmp_path / 'checkpoints'} holds a checkpoint of step 6" in done.stderr
+    assert "ends at step 6 (trainer.total_training_steps)" in done.stderr
+    assert "raise trainer.total_training_steps" in done.stderr and "resume_mode=disable" in done.stderr
+
+    more = run_main("recipe=smoke", f"mixed_r1.smoke.work_dir={tmp_path}", "trainer.total_training_steps=9")
+    assert more.returncode == 2 and "needs at least one CUDA GPU" in more.stderr, "9 > 6: on to the GPU check"
+
+
+def test_the_step_bound_comes_from_the_parquet_rows_without_total_training_steps(tmp_path):
+    from mixed_r1_verl.main import planned_steps
+
+    pq.write_table(pa.table({"prompt": [str(i) for i in range(20)]}), tmp_path / "train.parquet")
+    config = OmegaConf.create(
+        {"trainer": {"total_training_steps": None, "total_epochs": 3},
+         "data": {"train_files": str(tmp_path / "train.parquet"), "train_batch_size": 8}}
+    )  # fmt: skip
+    assert planned_steps(config) == (6, "20 training rows / data.train_batch_size x trainer.total_epochs")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour on a machine without a CUDA GPU")
+def test_multi_node_run_needs_shared_absolute_output_paths(tmp_path):
+    relative = run_main("recipe=qwen25vl_32b", cwd=tmp_path)
+    assert relative.returncode == 2
+    assert "trainer.nnodes=4" in relative.stderr and "trainer.default_local_dir=checkpoints/" in relative.stderr
+    assert "VERL_FILE_LOGGER_ROOT=." in relative.stderr
+
+    shared = run_main(
+        "recipe=qwen25vl_32b", f"trainer.default_local_dir={tmp_path}/ckpt", cwd=tmp_path,
+        env={"VERL_FILE_LOGGER_ROOT": str(tmp_path / "logs")},
+    )  # fmt: skip
+    assert shared.returncode == 2 and "needs at least one CUDA GPU" in shared.stderr, "past the path check"

@@ -1,8 +1,8 @@
 """Offline evaluation: score a model on held-out converted parquet with the training rewards.
 
-python -m mixed_r1_verl.eval --data val.parquet --model CKPT --out-dir eval/ckpt
-python -m mixed_r1_verl.eval --data val.parquet --generations saved.jsonl --out-dir eval/saved
-python -m mixed_r1_verl.eval --compare eval/base eval/ckpt
+python -m mixed_r1_verl.eval data=val.parquet model=CKPT out_dir=eval/ckpt
+python -m mixed_r1_verl.eval data=val.parquet generations=saved.jsonl out_dir=eval/saved
+python -m mixed_r1_verl.eval compare=[eval/base,eval/ckpt]
 """
 
 from .records import EvalRecord, load_records

@@ -1,12 +1,29 @@
-"""Command line of ``python -m mixed_r1_verl.eval``."""
+"""Score a model on held-out converted parquet with the Mixed-R1 training rewards.
+
+    python -m mixed_r1_verl.eval data=val.parquet model=CKPT_DIR out_dir=eval/ckpt
+    python -m mixed_r1_verl.eval data=val.parquet generations=responses.jsonl out_dir=eval/saved \\
+        embedding_model=Qwen/Qwen2.5-VL-7B-Instruct
+    python -m mixed_r1_verl.eval compare=[eval/base,eval/ckpt] labels=[base,grpo] out_dir=eval/cmp
+
+Exactly one of `model` (generate, then score), `generations` (score saved JSONL lines {"id", "response"})
+or `compare` (two evaluation output directories side by side). `data` is one parquet path or a list.
+Generation (model=): `backend` auto (vLLM when installed, else transformers) | vllm | hf; `device` for hf;
+`batch_size` prompts per generation call and cache append; `max_images` per vLLM prompt.
+Rewards take the training options (reward.reward_kwargs): `embedding_model` for open_ended (BMAS;
+default: model), `format_weight`, `iou_threshold`. `limit` evaluates the first N records only.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+import sys
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any, Optional
+
+from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 
 from .cache import GenerationCache, read_generations
 from .generation import SamplingSettings, build_generator, generate_missing
@@ -18,40 +35,56 @@ logger = logging.getLogger(__name__)
 
 CACHE_FILE = "generations.jsonl"
 SCORES_FILE = "scores.jsonl"
+EXIT_USAGE = 2
+BACKENDS = ("auto", "vllm", "hf")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mixed_r1_verl.eval",
-        description="Score a model on held-out converted parquet with the Mixed-R1 training rewards.",
-    )
-    parser.add_argument("--data", nargs="+", help="parquet file(s) in verl's layout")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", help="HF checkpoint directory to generate with")
-    source.add_argument("--generations", help="saved generations: JSONL of {id, response}")
-    source.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="two eval output dirs side by side")
-    parser.add_argument("--out-dir", help="where generations.jsonl, scores.jsonl and summary.{json,md,csv} go")
-    parser.add_argument("--labels", nargs=2, metavar=("A", "B"), help="column labels for --compare")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N records")
+@dataclass
+class EvalSettings:
+    data: Any = None
+    model: Optional[str] = None
+    generations: Optional[str] = None
+    compare: Optional[Any] = None
+    labels: Optional[Any] = None
+    out_dir: Optional[str] = None
+    limit: Optional[int] = None
+    backend: str = "auto"
+    device: Optional[str] = None
+    batch_size: int = 64
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    tensor_parallel_size: int = 1
+    max_images: int = 4
+    embedding_model: Optional[str] = None
+    format_weight: Optional[Any] = None
+    iou_threshold: Optional[float] = None
 
-    generation = parser.add_argument_group("generation (--model)")
-    generation.add_argument(
-        "--backend", choices=("auto", "vllm", "hf"), default="auto", help="auto: vLLM when installed, else transformers"
-    )
-    generation.add_argument("--device", default=None, help="hf backend device (default: cuda if available)")
-    generation.add_argument("--batch-size", type=int, default=64, help="prompts per generation call / cache append")
-    generation.add_argument("--max-new-tokens", type=int, default=1024)
-    generation.add_argument("--temperature", type=float, default=0.0)
-    generation.add_argument("--top-p", type=float, default=1.0)
-    generation.add_argument("--seed", type=int, default=0)
-    generation.add_argument("--tensor-parallel-size", type=int, default=1)
-    generation.add_argument("--max-images", type=int, default=4, help="vLLM: most images in one prompt")
 
-    reward = parser.add_argument_group("reward (same options as reward.reward_kwargs in training)")
-    reward.add_argument("--embedding-model", help="open_ended (BMAS) embedding model dir (default: --model)")
-    reward.add_argument("--format-weight", type=float)
-    reward.add_argument("--iou-threshold", type=float)
-    return parser
+def as_list(value) -> list:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def usage_error(message: str) -> None:
+    print(f"{message} (see --help)", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def checked_settings(argv: list[str]) -> EvalSettings:
+    settings = parse_settings(EvalSettings, argv)
+    settings.data = [str(path) for path in as_list(settings.data)]
+    sources = [name for name in ("model", "generations", "compare") if getattr(settings, name) is not None]
+    if len(sources) != 1:
+        usage_error(f"give exactly one of model=, generations= or compare=; got {sources or 'none'}")
+    if settings.backend not in BACKENDS:
+        usage_error(f"backend={settings.backend}: expected one of {', '.join(BACKENDS)}")
+    if settings.compare is not None:
+        if len(as_list(settings.compare)) != 2 or (settings.labels is not None and len(as_list(settings.labels)) != 2):
+            usage_error("compare= takes two run directories, [RUN_A,RUN_B]; labels= two labels")
+    elif not settings.data or not settings.out_dir:
+        usage_error("scoring needs data= and out_dir=")
+    return settings
 
 
 def _make_generator(args):
@@ -102,7 +135,7 @@ def _reward_kwargs(args, records: list[EvalRecord]) -> dict:
         if value is not None
     }
     if "embedding_model" not in kwargs and any(record.task == "open_ended" for record in records):
-        raise SystemExit("open_ended records need --embedding-model (the BMAS embedding table) when --model is not set")
+        raise SystemExit("open_ended records need embedding_model= (the BMAS embedding table) when model= is not set")
     return kwargs
 
 
@@ -129,15 +162,17 @@ def run_eval(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if asks_for_help(argv):
+        print(settings_help(__doc__, EvalSettings))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.compare:
-        labels = tuple(args.labels or (Path(run).name or str(run) for run in args.compare))
-        first, second = (load_summary(run) for run in args.compare)
+    args = checked_settings(argv)
+    if args.compare is not None:
+        runs = as_list(args.compare)
+        labels = tuple(as_list(args.labels) or (Path(run).name or str(run) for run in runs))
+        first, second = (load_summary(run) for run in runs)
         print(write_comparison(first, second, labels, Path(args.out_dir) if args.out_dir else None))
         return 0
-    if not args.data or not args.out_dir or not (args.model or args.generations):
-        parser.error("scoring needs --data, --out-dir and one of --model / --generations (or use --compare A B)")
     run_eval(args)
     return 0

@@ -1,0 +1,94 @@
+"""launch/ray_job.sh against a real Ray head on the loopback address (token authentication on, as Ray
+2.60 heads start by default): the job ships the checkout and succeeds, and a cluster without the GPUs
+the config asks for is refused after mixed_r1.cluster_wait_s with both numbers."""
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RAY_JOB = REPO / "launch" / "ray_job.sh"
+START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def takes_jobs(url: str, env: dict) -> subprocess.CompletedProcess:
+    """The head's job agent starts after its dashboard: a trivial job is accepted once it is up."""
+    probe = subprocess.run(
+        [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", url, "--no-wait", "--", "true"],
+        env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return probe
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A one-CPU, no-GPU Ray head with its own HOME. A Ray 2.60 head that finds a token in
+    ~/.ray/auth_token turns token authentication on."""
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MIXED_R1_", "VERL_"))}
+    env.update(
+        HOME=str(home),
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        PYTHONPATH=str(REPO),
+    )
+    url = f"http://127.0.0.1:{(dashboard_port := free_port())}"
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address", "127.0.0.1",
+         "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+         # Ray's fixed default ports would collide with any other Ray on this machine.
+         "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
+         "--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats",
+         "--temp-dir", str(tmp_path_factory.mktemp("ray")), "--block"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while (probe := takes_jobs(url, env)).returncode != 0:
+            assert head.poll() is None, "ray start exited"
+            assert time.monotonic() < deadline, f"the Ray head at {url} takes no job: {probe.stderr[-2000:]}"
+            time.sleep(2)
+        yield url, env
+    finally:
+        head.terminate()  # `ray start --block` stops every process of the head on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+
+
+def submit(ray_head, *args: str) -> subprocess.CompletedProcess:
+    url, env = ray_head
+    return subprocess.run(
+        ["bash", str(RAY_JOB), "--address", url, *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_job_through_the_launcher_authenticates_and_succeeds(ray_head):
+    result = submit(ray_head, "smoke", "--cfg", "job")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "RAY_AUTH_MODE=token" in output
+    assert "trainer_mode: mixed_r1_sync" in output and "succeeded" in output
+
+
+def test_a_cluster_without_the_gpus_asked_for_is_refused_with_both_numbers(ray_head, tmp_path):
+    result = submit(ray_head, "smoke", "mixed_r1.cluster_wait_s=1", f"mixed_r1.smoke.work_dir={tmp_path}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "the config asks for 1 GPU(s): trainer.nnodes=1 node(s) x trainer.n_gpus_per_node=1" in output
+    assert "the Ray cluster has 1 alive node(s) with 0 GPU(s)" in output
+    assert "mixed_r1.cluster_wait_s=1" in output

@@ -1,0 +1,80 @@
+"""What mixed_r1_verl.main settles before verl starts: output paths, plugins, the attention kernel."""
+
+import logging
+
+import pytest
+from omegaconf import OmegaConf
+from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+from mixed_r1_verl.main import (
+    PLUGIN_MODULES,
+    RAY_ENV_VARS_KEY,
+    add_ray_env_vars,
+    choose_attention,
+    import_plugins,
+    pin_output_paths,
+    unshared_output_settings,
+)
+from test_train_config import compose_recipe
+
+
+def test_output_paths_are_pinned_to_the_launch_directory(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    config = compose_recipe("qwen25vl_7b")
+    assert pin_output_paths(config, {}) == {"VERL_FILE_LOGGER_ROOT": str(tmp_path)}
+    assert config.trainer.default_local_dir == str(tmp_path / "checkpoints" / "mixed_r1" / "qwen25vl_7b")
+
+    logger_file = pin_output_paths(compose_recipe("smoke"), {"VERL_FILE_LOGGER_PATH": "logs/run.jsonl"})
+    assert logger_file == {"VERL_FILE_LOGGER_PATH": str(tmp_path / "logs" / "run.jsonl")}
+
+
+def test_multi_node_outputs_inside_a_ray_jobs_working_copy_are_refused(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    config = compose_recipe("qwen25vl_32b", f"trainer.default_local_dir={tmp_path}/ckpt")
+    job = {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}", "VERL_FILE_LOGGER_ROOT": "/shared/logs"}
+    assert unshared_output_settings(config, job) == [f"trainer.default_local_dir={tmp_path}/ckpt"]
+    assert unshared_output_settings(config, {"VERL_FILE_LOGGER_ROOT": "/shared/logs"}) == []
+    with pytest.raises(SystemExit):
+        pin_output_paths(config, job)
+
+
+def test_plugins_are_imported_and_named_for_every_ray_worker(monkeypatch):
+    monkeypatch.setenv("VERL_USE_EXTERNAL_MODULES", "my_plugin")
+    env_vars = import_plugins(PLUGIN_MODULES)
+    assert env_vars == {"VERL_USE_EXTERNAL_MODULES": ",".join(["my_plugin", *PLUGIN_MODULES])}
+
+    config, environ = compose_recipe("smoke"), {}
+    add_ray_env_vars(config, {**env_vars, "VERL_FILE_LOGGER_ROOT": "/runs/logs"}, environ)
+    assert environ["VERL_FILE_LOGGER_ROOT"] == "/runs/logs"
+    # verl's run_ppo merges its defaults with ray_kwargs.ray_init.runtime_env the same way.
+    runtime_env = OmegaConf.merge(get_ppo_ray_runtime_env(config), config.ray_kwargs.ray_init.runtime_env)
+    assert runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == env_vars["VERL_USE_EXTERNAL_MODULES"]
+    assert OmegaConf.select(config, f"{RAY_ENV_VARS_KEY}.VERL_FILE_LOGGER_ROOT") == "/runs/logs"
+
+
+def test_a_broken_plugin_fails_with_its_own_error(monkeypatch, tmp_path):
+    (tmp_path / "broken_plugin.py").write_text("import a_dependency_that_is_missing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="a_dependency_that_is_missing"):
+        import_plugins(("broken_plugin",))
+
+
+def test_without_flash_attn_training_uses_sdpa_on_padded_batches_and_says_so_once(caplog):
+    config = compose_recipe("qwen25vl_7b")
+    with caplog.at_level(logging.WARNING, logger="mixed_r1_verl.main"):
+        choose_attention(config, flash_attn_available=False)
+    model = config.actor_rollout_ref.model
+    assert model.override_config.attn_implementation == "sdpa" and model.use_remove_padding is False
+    [line] = caplog.messages
+    assert "flash_attn is not importable" in line and "pip install flash-attn --no-build-isolation" in line
+
+
+def test_with_flash_attn_or_a_chosen_attention_nothing_changes():
+    config = compose_recipe("smoke")
+    choose_attention(config, flash_attn_available=True)
+    assert "attn_implementation" not in config.actor_rollout_ref.model.override_config
+    assert config.actor_rollout_ref.model.use_remove_padding is True
+
+    eager = compose_recipe("qwen25vl_7b", "+actor_rollout_ref.model.override_config.attn_implementation=eager")
+    choose_attention(eager, flash_attn_available=False)
+    assert eager.actor_rollout_ref.model.override_config.attn_implementation == "eager"
