@@ -281,14 +281,38 @@ def make_paths_absolute(config: DictConfig, keys: tuple[str, ...]) -> None:
             OmegaConf.update(config, key, os.path.abspath(value))
 
 
-def prepare_smoke(smoke: DictConfig, model_dir: str, data_dir: str) -> None:
-    """Build the tiny model and the synthetic four-task dataset unless they already exist."""
+def has_rows(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    return path.is_file() and pq.ParquetFile(path).metadata.num_rows > 0
+
+
+def exit_unless_data_files_exist(data: DictConfig) -> None:
+    """verl builds the training and the validation set at start-up, in a Ray worker, and fails there on
+    a missing file; say which setting names it here."""
+    for key in ("train_files", "val_files"):
+        paths = data[key] if OmegaConf.is_list(data[key]) else [data[key]]
+        for path in paths:
+            if not Path(path).is_file():
+                fail(
+                    f"data.{key}: {path} does not exist. Convert the data first (python -m "
+                    "mixed_r1_verl.data.prepare ... output_dir=<dir>, then mixed_r1.data_dir=<dir>) or point "
+                    f"data.{key} at a parquet file. verl builds the validation set even with "
+                    "trainer.test_freq=-1, so a conversion with val_ratio=0 needs data.val_files set to "
+                    "another parquet.\n",
+                    EXIT_USAGE,
+                )
+
+
+def prepare_smoke(smoke: DictConfig, model_dir: str, data_dir: str, max_prompt_length: int) -> None:
+    """Build the tiny model and the synthetic four-task dataset unless they already exist (a dataset
+    with an empty split, as older versions wrote, is built again)."""
     if not (Path(model_dir) / "config.json").is_file():
         from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 
         build_tiny_qwen25vl(model_dir, seed=smoke.seed)
     data = Path(data_dir)
-    if (data / "train.parquet").is_file() and (data / "val.parquet").is_file():
+    if has_rows(data / "train.parquet") and has_rows(data / "val.parquet"):
         return
     from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 
@@ -299,7 +323,8 @@ def prepare_smoke(smoke: DictConfig, model_dir: str, data_dir: str) -> None:
         [
             sys.executable, "-m", "mixed_r1_verl.data.prepare",
             f"input={jsonl_path}", f"image_root={image_root}", f"output_dir={data}",
-            f"model_family={smoke.model_family}",
+            f"model_family={smoke.model_family}", f"model_path={model_dir}",
+            f"max_prompt_length={max_prompt_length}",
         ],
         check=True,
     )  # fmt: skip
@@ -313,7 +338,13 @@ def train(config: DictConfig) -> None:
     if os.environ.get("RAY_ADDRESS"):
         check_cluster_gpus(config)
     if config.mixed_r1.smoke is not None:
-        prepare_smoke(config.mixed_r1.smoke, config.actor_rollout_ref.model.path, config.mixed_r1.data_dir)
+        prepare_smoke(
+            config.mixed_r1.smoke,
+            config.actor_rollout_ref.model.path,
+            config.mixed_r1.data_dir,
+            config.data.max_prompt_length,
+        )
+    exit_unless_data_files_exist(config.data)
     add_ray_env_vars(config, {**worker_env, **import_plugins(PLUGIN_MODULES)}, os.environ)
     choose_attention(config, flash_attn_importable())
 

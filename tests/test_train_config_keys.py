@@ -33,6 +33,7 @@ READ_BY_VERL = {
     "data.filter_overlong_prompts": "utils/dataset/rl_dataset.py RLHFDataset.__init__",
     "data.train_batch_size": "trainer/ppo/v1/trainer_base.py dataloader",
     "data.dataloader_num_workers": "trainer/ppo/v1/trainer_base.py dataloader",
+    "data.seed": "utils/dataset/rl_dataset.py RLHFDataset.__init__; also the task-balanced sampler's order",
     "data.custom_cls.path": "utils/dataset/rl_dataset.py get_dataset_class",
     "data.custom_cls.name": "utils/dataset/rl_dataset.py get_dataset_class",
     "actor_rollout_ref.model.override_config.attn_implementation": "workers/config/model.py HFModelConfig",
@@ -73,6 +74,7 @@ OWN_KEYS = {
     "mixed_r1.": REPO / "mixed_r1_verl" / "main.py",
     "reward.reward_kwargs.": REPO / "mixed_r1_verl" / "verl_adapter" / "reward_manager.py",
     "trainer.v1.sampler.sampler_kwargs.": REPO / "mixed_r1_verl" / "verl_adapter" / "dynamic_sampling.py",
+    "data.sampler.": REPO / "mixed_r1_verl" / "data" / "balanced_sampler.py",
 }
 NOT_CONFIG = {"hydra", "defaults"}
 

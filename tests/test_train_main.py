@@ -13,7 +13,7 @@ import yaml
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from mixed_r1_verl.main import prepare_smoke
+from mixed_r1_verl.main import exit_unless_data_files_exist, prepare_smoke
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,24 +80,39 @@ def test_smoke_preparation_builds_the_model_once_and_keeps_existing_data(tmp_pat
         write_parquet(data_dir / f"{split}.parquet")
     data_before = {p: p.stat().st_mtime_ns for p in data_dir.iterdir()}
 
-    prepare_smoke(smoke, str(model_dir), str(data_dir))
+    prepare_smoke(smoke, str(model_dir), str(data_dir), 1024)
     assert AutoTokenizer.from_pretrained(model_dir).convert_tokens_to_ids("<|image_pad|>") is not None
     model_files = {p: p.stat().st_mtime_ns for p in model_dir.iterdir()}
 
-    prepare_smoke(smoke, str(model_dir), str(data_dir))
+    prepare_smoke(smoke, str(model_dir), str(data_dir), 1024)
     assert {p: p.stat().st_mtime_ns for p in model_dir.iterdir()} == model_files
     assert {p: p.stat().st_mtime_ns for p in data_dir.iterdir()} == data_before
     assert not (tmp_path / "synthetic").exists()
 
 
-def test_smoke_preparation_writes_a_four_task_parquet_dataset(tmp_path):
-    pytest.importorskip("mixed_r1_verl.data.synthetic")
+def test_smoke_preparation_writes_both_splits_with_every_task_and_counted_prompts(tmp_path):
     smoke = OmegaConf.create({"work_dir": str(tmp_path), "rows_per_task": 4, "seed": 0, "model_family": "qwen2_5_vl"})
-    prepare_smoke(smoke, str(tmp_path / "tiny_qwen25vl"), str(tmp_path / "data"))
-    rows = pq.read_table(tmp_path / "data" / "train.parquet").to_pylist()
-    rows += pq.read_table(tmp_path / "data" / "val.parquet").to_pylist()
-    assert {row["extra_info"]["task"] for row in rows} == {"matching", "chart", "grounding", "open_ended"}
-    assert all(row["images"] for row in rows)
+    data_dir = tmp_path / "data"
+    write_parquet(data_dir / "train.parquet")
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), data_dir / "val.parquet")  # an old empty split
+
+    prepare_smoke(smoke, str(tmp_path / "tiny_qwen25vl"), str(data_dir), 1024)
+    for split in ("train", "val"):
+        rows = pq.read_table(data_dir / f"{split}.parquet").to_pylist()
+        assert {row["extra_info"]["task"] for row in rows} == {"matching", "chart", "grounding", "open_ended"}
+        assert all(row["images"] for row in rows)
+        assert all(0 < row["extra_info"]["prompt_length"] <= 1024 for row in rows)
+
+
+def test_missing_data_files_stop_with_the_setting_that_names_them(tmp_path, capsys):
+    write_parquet(tmp_path / "train.parquet")
+    data = OmegaConf.create({"train_files": [str(tmp_path / "train.parquet")], "val_files": str(tmp_path / "val.parquet")})
+    with pytest.raises(SystemExit):
+        exit_unless_data_files_exist(data)
+    message = capsys.readouterr().err
+    assert f"data.val_files: {tmp_path / 'val.parquet'} does not exist" in message
+    write_parquet(tmp_path / "val.parquet")
+    exit_unless_data_files_exist(data)
 
 
 def write_checkpoint(checkpoint_dir: Path, step: int) -> None:
