@@ -15,6 +15,7 @@ setup(
     # The training config and recipes, found by mixed_r1_verl.main in a wheel install.
     data_files=[
         ("share/mixed_r1_verl/conf", glob("conf/*.yaml")),
+        ("share/mixed_r1_verl/conf/filtering", glob("conf/filtering/*.yaml")),
         ("share/mixed_r1_verl/recipes", glob("recipes/*.yaml")),
         ("share/mixed_r1_verl/recipes/sft", glob("recipes/sft/*.yaml")),
     ],

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "prepare": ("mixed_r1_verl.data.prepare", "convert raw records into training parquet"),
     "engine": ("mixed_r1_verl.data.engine", "select a training mix: validate, dedup, verify, difficulty, balance"),
     "eval": ("mixed_r1_verl.eval.cli", "score a model on held-out parquet with the training rewards"),
+    "learn": ("mixed_r1_verl.learn", "the learning proof: base eval, SFT, eval, GRPO, eval on one GPU"),
 }
 
 
@@ -37,14 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"mixed-r1: unknown subcommand {name!r}\n\n{usage()}", end="", file=sys.stderr)
         return EXIT_USAGE
-    module_name = SUBCOMMANDS[name][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        print(f"mixed-r1 {name}: not available in this version ({module_name} is not installed)", file=sys.stderr)
-        return EXIT_USAGE
+    module = importlib.import_module(SUBCOMMANDS[name][0])
     # Every entry reads its settings from sys.argv, as under `python -m`.
     sys.argv = [f"mixed-r1 {name}", *settings]
     result = module.main()

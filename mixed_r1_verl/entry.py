@@ -24,23 +24,34 @@ def register_recipe_files(directory: Path) -> list[str]:
     return [path.stem for path in paths]
 
 
-def usage(module: str, recipes: list[str], recipe_place: str) -> str:
-    return (
-        f"usage: python -m {module} recipe=<name> [verl.key=value ...] [--cfg job] [--help]\n"
+def usage(module: str, recipes: list[str], recipe_place: str, own_settings: str = "") -> str:
+    """The command line, the recipes and, when given, this package's settings with their defaults."""
+    text = (
+        f"usage: python -m {module} recipe=<name> [key=value ...] [--cfg job] [--help]\n"
         f"recipes ({recipe_place}): {', '.join(recipes)}\n"
-        "With a recipe, --help lists the config groups and the merged config; --cfg job prints it.\n"
+    )
+    if own_settings:
+        text += f"\nSettings of this package (key=value) and their defaults:\n\n{own_settings}\n"
+    return text + (
+        "Every verl key is set the same way; `recipe=<name> --cfg job` prints the merged config with all\n"
+        "defaults, `recipe=<name> --help` its groups.\n"
     )
 
 
 def run_recipe_entry(
-    module: str, recipe_dir: Path, config_dir: Path, config_name: str, task: Callable[[DictConfig], None]
+    module: str,
+    recipe_dir: Path,
+    config_dir: Path,
+    config_name: str,
+    task: Callable[[DictConfig], None],
+    own_settings: str = "",
 ) -> None:
     """Print the usage (exit 0 for --help, 2 otherwise) unless a recipe is chosen; then run `task`
     on the composed config through Hydra (which handles --cfg job and --help)."""
     recipes = register_recipe_files(recipe_dir)
     if not any(arg.lstrip("+").startswith(f"{RECIPE_GROUP}=") for arg in sys.argv[1:]):
         asked_for_help = bool({"--help", "-h"} & set(sys.argv[1:]))
-        place = f"{recipe_dir.parent.name}/{recipe_dir.name}/"
-        print(usage(module, recipes, place), file=sys.stdout if asked_for_help else sys.stderr, end="")
+        place = f"{recipe_dir.relative_to(config_dir.parent)}/"
+        print(usage(module, recipes, place, own_settings), file=sys.stdout if asked_for_help else sys.stderr, end="")
         sys.exit(0 if asked_for_help else EXIT_USAGE)
     hydra.main(config_path=str(config_dir), config_name=config_name, version_base=None)(task)()

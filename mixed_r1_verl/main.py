@@ -18,16 +18,14 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+
+from mixed_r1_verl.entry import EXIT_USAGE, register_recipe_files, run_recipe_entry
 
 logger = logging.getLogger(__name__)
 
 PRIMARY_CONFIG = "mixed_r1"
-RECIPE_GROUP = "recipe"
 EXIT_NEEDS_GPU = 2
-EXIT_USAGE = 2
 EXIT_NOTHING_TO_TRAIN = 3
 
 # The verl plugins of this package: the `mixed_r1` reward manager and the `mixed_r1_sync` trainer mode.
@@ -68,17 +66,6 @@ def config_dir() -> Path:
 
 def recipe_dir() -> Path:
     return resource_root() / "recipes"
-
-
-def register_recipes() -> list[str]:
-    """Make every recipes/<name>.yaml selectable as `recipe=<name>` (global package, so a recipe sets
-    verl keys at their usual paths). Returns the recipe names."""
-    store = ConfigStore.instance()
-    names = []
-    for path in sorted(recipe_dir().glob("*.yaml")):
-        store.store(group=RECIPE_GROUP, name=path.stem, node=OmegaConf.load(path), package="_global_")
-        names.append(path.stem)
-    return names
 
 
 def exit_unless_local_gpus_suffice(config: DictConfig) -> None:
@@ -358,25 +345,18 @@ def train(config: DictConfig) -> None:
     run_ppo(config, task_runner_class=TaskRunnerV1)
 
 
-def usage(recipes: list[str]) -> str:
-    own_settings = OmegaConf.load(config_dir() / f"{PRIMARY_CONFIG}.yaml")[PRIMARY_CONFIG]
-    return (
-        "usage: python -m mixed_r1_verl.main recipe=<name> [key=value ...] [--cfg job] [--help]\n"
-        f"recipes: {', '.join(recipes)}\n\n"
-        "Settings of this package (key=value) and their defaults:\n\n"
-        f"{OmegaConf.to_yaml(OmegaConf.create({PRIMARY_CONFIG: own_settings}))}\n"
-        "Every verl key (data.*, actor_rollout_ref.*, reward.*, trainer.*, ...) is set the same way;\n"
-        "`recipe=<name> --cfg job` prints the merged config with all defaults, `recipe=<name> --help` its groups.\n"
-    )
+def own_settings() -> str:
+    """The `mixed_r1.*` settings of conf/mixed_r1.yaml with their defaults, as YAML."""
+    settings = OmegaConf.load(config_dir() / f"{PRIMARY_CONFIG}.yaml")[PRIMARY_CONFIG]
+    return OmegaConf.to_yaml(OmegaConf.create({PRIMARY_CONFIG: settings}))
+
+
+def register_recipes() -> list[str]:
+    return register_recipe_files(recipe_dir())
 
 
 def main() -> None:
-    recipes = register_recipes()
-    if not any(arg.lstrip("+").startswith(f"{RECIPE_GROUP}=") for arg in sys.argv[1:]):
-        asked_for_help = bool({"--help", "-h"} & set(sys.argv[1:]))
-        print(usage(recipes), file=sys.stdout if asked_for_help else sys.stderr, end="")
-        sys.exit(0 if asked_for_help else EXIT_USAGE)
-    hydra.main(config_path=str(config_dir()), config_name=PRIMARY_CONFIG, version_base=None)(train)()
+    run_recipe_entry("mixed_r1_verl.main", recipe_dir(), config_dir(), PRIMARY_CONFIG, train, own_settings())
 
 
 if __name__ == "__main__":

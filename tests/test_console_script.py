@@ -4,13 +4,12 @@ import ast
 import os
 import subprocess
 import sys
-from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 import yaml
 
-from mixed_r1_verl.cli import SUBCOMMANDS, main
+from mixed_r1_verl.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,6 +21,16 @@ def setup_keyword(name: str):
 
 def test_the_console_script_is_installed_by_setup():
     assert "mixed-r1 = mixed_r1_verl.cli:main" in setup_keyword("entry_points")["console_scripts"]
+
+
+def test_a_wheel_install_ships_every_config_and_recipe_file(monkeypatch):
+    import setuptools  # noqa: F401  (provides distutils)
+    from distutils.core import run_setup
+
+    monkeypatch.chdir(REPO)
+    shipped = {path for _, files in run_setup("setup.py", stop_after="init").data_files for path in files}
+    wanted = {str(path.relative_to(REPO)) for top in ("conf", "recipes") for path in (REPO / top).rglob("*.yaml")}
+    assert wanted <= shipped, f"not shipped in a wheel: {sorted(wanted - shipped)}"
 
 
 def test_the_gpu_extra_holds_no_source_only_package():
@@ -41,7 +50,7 @@ def exit_code(argv: list[str]):
 def test_help_lists_every_subcommand(capsys):
     assert main(["--help"]) == 0
     printed = capsys.readouterr().out
-    assert all(f"  {name} " in printed for name in ("train", "sft", "prepare", "engine", "eval"))
+    assert all(f"  {name} " in printed for name in ("train", "sft", "prepare", "engine", "eval", "learn"))
     assert main([]) == 2 and main(["fly"]) == 2
     assert "unknown subcommand 'fly'" in capsys.readouterr().err
 
@@ -56,13 +65,11 @@ def test_each_subcommand_lists_its_settings_and_defaults(subcommand, setting, ca
     assert setting in capsys.readouterr().out
 
 
-def test_sft_runs_the_sft_entry_or_says_it_is_not_in_this_version(capsys, monkeypatch):
+@pytest.mark.parametrize(("subcommand", "printed"), [("sft", "recipes (recipes/sft/): learn"), ("learn", "dry_run:")])
+def test_sft_and_learn_run_their_entries(subcommand, printed, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))
-    if find_spec(SUBCOMMANDS["sft"][0]) is None:
-        assert main(["sft", "--help"]) == 2
-        assert "mixed-r1 sft: not available in this version" in capsys.readouterr().err
-    else:
-        assert exit_code(["sft", "--help"]) in (0, None)
+    assert exit_code([subcommand, "--help"]) in (0, None)
+    assert printed in capsys.readouterr().out
 
 
 def test_train_takes_verl_key_value_settings_like_python_m():
