@@ -33,7 +33,6 @@ from typing import Callable
 
 from omegaconf import OmegaConf
 
-TASK_ACCURACY_KEY = "mixed_r1/{task}/accuracy/mean"
 # Written by verl next to the global_step_N directories once a checkpoint is complete.
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
 RUNS = ("base", "sft", "grpo")
@@ -373,29 +372,17 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def read_metrics(path: Path) -> list[tuple[int, dict]]:
-    """(step, metrics) per line of verl's file logger ({"step": n, "data": {...}})."""
-    entries = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            entries.append((int(entry["step"]), entry["data"]))
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}:{number}: not a file-logger line ({error})") from None
-    return entries
-
-
-def accuracy_curves(entries: list[tuple[int, dict]]) -> dict[str, list[tuple[int, float]]]:
+def accuracy_curves(steps: dict[int, dict]) -> dict[str, list[tuple[int, float]]]:
     """Per task, (step, training accuracy) for every step that logged it."""
+    from mixed_r1_verl.run_logs import task_metrics
+    from mixed_r1_verl.verl_adapter.metrics import METRIC_PREFIX
+
     curves: dict[str, list[tuple[int, float]]] = {}
-    prefix, suffix = TASK_ACCURACY_KEY.split("{task}")
-    for step, metrics in entries:
-        for key, value in metrics.items():
-            if key.startswith(prefix) and key.endswith(suffix) and "/" not in key[len(prefix) : -len(suffix)]:
-                curves.setdefault(key[len(prefix) : -len(suffix)], []).append((step, float(value)))
-    return {task: sorted(points) for task, points in sorted(curves.items())}
+    for step, metrics in sorted(steps.items()):
+        for task, values in task_metrics(metrics, METRIC_PREFIX).items():
+            if "accuracy/mean" in values:
+                curves.setdefault(task, []).append((step, values["accuracy/mean"]))
+    return dict(sorted(curves.items()))
 
 
 def plot_accuracy(log: Path, out: Path) -> Path:
@@ -405,9 +392,14 @@ def plot_accuracy(log: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = accuracy_curves(read_metrics(log))
+    from mixed_r1_verl.run_logs import read_metrics_log
+    from mixed_r1_verl.verl_adapter.metrics import METRIC_PREFIX
+
+    curves = accuracy_curves(read_metrics_log(log))
     if not curves:
-        raise ValueError(f"{log}: no {TASK_ACCURACY_KEY} metrics (is trainer.v1.trainer_mode=mixed_r1_sync?)")
+        raise ValueError(
+            f"{log}: no {METRIC_PREFIX}/<task>/accuracy/mean metrics (is trainer.v1.trainer_mode=mixed_r1_sync?)"
+        )
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for task, points in curves.items():
         axes.plot([s for s, _ in points], [a for _, a in points], marker="o", markersize=3, label=task)

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STEP_TIME = "timing_s/step"
-# The modules that register the `mixed_r1` reward manager and trainer mode with verl.
-VERL_PLUGIN_MODULES = ("mixed_r1_verl.verl_adapter.reward_manager", "mixed_r1_verl.verl_adapter.trainer")
 SMOKE_TIMEOUT_S = 570
 # The smoke recipe as shipped, run by the GPU acceptance suite; benchmarks compare against its log.
 SMOKE_RUN = "smoke_mixed"
@@ -193,18 +191,6 @@ def checks_out_dir() -> Path:
     return Path(os.environ.get("MIXED_R1_GPU_OUT", source_root() / "outputs" / "gpu_checks")).resolve()
 
 
-def plugin_env() -> dict[str, str]:
-    """verl finds the project's plugins through the `verl.plugins` entry points of an installed
-    package; when this checkout runs from PYTHONPATH without being installed, they are named in
-    VERL_USE_EXTERNAL_MODULES instead (as launch/ray_job.sh does for Ray jobs)."""
-    from importlib.metadata import entry_points
-
-    registered = {entry.value for entry in entry_points(group="verl.plugins")}
-    if set(VERL_PLUGIN_MODULES) <= registered:
-        return {}
-    return {"VERL_USE_EXTERNAL_MODULES": ",".join(VERL_PLUGIN_MODULES)}
-
-
 def metrics_log_path(out_dir: str | Path, name: str) -> Path:
     return Path(out_dir) / "metrics" / f"{name}.jsonl"
 
@@ -213,7 +199,7 @@ def project_command(
     name: str, out_dir: str | Path, module: str, *args: str, timeout_s: float = 600, reuse: bool = True
 ) -> LoggedRun:
     """`python -m module args` through `run_logged` (logs in `<out_dir>/logs`), with this checkout
-    first on the path and its verl plugins registered (`plugin_env`), the smoke recipe's work
+    first on the path (the training entry registers its verl plugins itself), the smoke recipe's work
     directory in `<out_dir>/smoke` and verl's file logger writing `<out_dir>/metrics/<name>.jsonl`."""
     out_dir = Path(out_dir)
     metrics = metrics_log_path(out_dir, name)
@@ -223,7 +209,6 @@ def project_command(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(source_root()), os.environ.get("PYTHONPATH")])),
         "MIXED_R1_SMOKE_DIR": str(out_dir / "smoke"),
         "VERL_FILE_LOGGER_PATH": str(metrics),
-        **plugin_env(),
     }
     return run_logged(name, [sys.executable, "-m", module, *args], out_dir / "logs", env, timeout_s, reuse)
 

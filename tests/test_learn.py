@@ -24,11 +24,11 @@ from mixed_r1_verl.learn import (
     learning_table,
     plan,
     publish_checkpoint,
-    read_metrics,
     target_checks,
     write_report,
 )
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
+from mixed_r1_verl.run_logs import read_metrics_log
 from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
 
 
@@ -169,12 +169,12 @@ def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
 def test_curves_come_from_the_file_logger_per_task(tmp_path):
     log = tmp_path / "grpo.jsonl"
     write_metrics_log(log, steps=3)
-    curves = accuracy_curves(read_metrics(log))
+    curves = accuracy_curves(read_metrics_log(log))
     assert sorted(curves) == sorted(TASKS)
     assert curves["matching"] == [(1, pytest.approx(0.1)), (2, pytest.approx(0.2)), (3, pytest.approx(0.3))]
     log.write_text('{"step": 1, "data": {}}\nnot json\n')
     with pytest.raises(ValueError, match="grpo.jsonl:2"):
-        read_metrics(log)
+        read_metrics_log(log)
 
 
 def test_training_steps_are_skipped_once_their_checkpoint_exists(tmp_path, capsys):

@@ -16,6 +16,7 @@ from mixed_r1_verl.run_logs import (
     project_command,
     read_metrics_log,
     run_logged,
+    source_root,
     task_metrics,
 )
 
@@ -96,17 +97,15 @@ def test_a_run_past_its_limit_is_killed_with_status_124(tmp_path):
     assert run.returncode == 124 and "[killed after 1 s]" in run.log_text()
 
 
-def test_project_commands_run_this_checkout_with_its_verl_plugins(tmp_path, monkeypatch):
-    """Installed (entry points) or not (`plugin_env` names the modules), a command's verl process
-    registers the project's reward manager and trainer mode."""
-    probe = "verl_registry_probe"
+def test_project_commands_run_this_checkout_with_the_smoke_and_metrics_paths(tmp_path, monkeypatch):
+    probe = "checkout_probe"
     (tmp_path / f"{probe}.py").write_text(
-        "import verl\n"
-        "from verl.experimental.reward_loop.reward_manager.registry import get_reward_manager_cls\n"
-        "from verl.trainer.ppo.v1.trainer_base import get_trainer_cls\n"
-        "print(get_reward_manager_cls('mixed_r1').__name__, get_trainer_cls('mixed_r1_sync').__name__)\n"
+        "import os, mixed_r1_verl\n"
+        "print(mixed_r1_verl.__file__, os.environ['MIXED_R1_SMOKE_DIR'], os.environ['VERL_FILE_LOGGER_PATH'])\n"
     )
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     run = project_command("probe", tmp_path / "out", probe)
     assert run.returncode == 0, run.log_tail()
-    assert "MixedR1RewardManager MixedR1SyncTrainer" in run.log_text()
+    package, smoke_dir, metrics = run.log_text().split()[-3:]
+    assert package == str(source_root() / "mixed_r1_verl" / "__init__.py")
+    assert (smoke_dir, metrics) == (str(tmp_path / "out" / "smoke"), str(tmp_path / "out" / "metrics" / "probe.jsonl"))

@@ -38,8 +38,8 @@ def test_merged_checkpoint_is_evaluated_with_vllm_on_every_val_row(smoke_first_r
     assert_succeeded(merge)
     val_parquet = gpu_out / "smoke" / "data" / "val.parquet"
     evaluation = project_command(
-        "eval_step6", gpu_out, "mixed_r1_verl.eval", "--data", str(val_parquet), "--model", str(merged),
-        "--backend", "vllm", "--max-new-tokens", "64", "--out-dir", str(gpu_out / "eval_step6"),
+        "eval_step6", gpu_out, "mixed_r1_verl.eval", f"data={val_parquet}", f"model={merged}",
+        "backend=vllm", "max_new_tokens=64", f"out_dir={gpu_out / 'eval_step6'}",
     )  # fmt: skip
     assert_succeeded(evaluation)
     table = per_task_table(evaluation.log_text())
