@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from omegaconf import OmegaConf
+from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 
 # Written by verl next to the global_step_N directories once a checkpoint is complete.
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
@@ -453,8 +453,7 @@ def artefacts(layout: Layout) -> dict[str, str]:
 
 
 def load_config(argv: list[str]) -> LearnConfig:
-    merged = OmegaConf.merge(OmegaConf.structured(LearnConfig), OmegaConf.from_dotlist(argv))
-    config = OmegaConf.to_object(merged)
+    config = parse_settings(LearnConfig, argv)
     if config.stage not in ("all", "eval"):
         raise SystemExit(f"stage={config.stage!r}: expected all or eval")
     if config.stage == "eval" and not (config.model and config.data and config.out_dir):
@@ -464,9 +463,8 @@ def load_config(argv: list[str]) -> LearnConfig:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(__doc__)
-        print(OmegaConf.to_yaml(OmegaConf.structured(LearnConfig)))
+    if asks_for_help(argv):
+        print(settings_help(__doc__, LearnConfig))
         return
     config = load_config(argv)
     if config.stage == "eval":

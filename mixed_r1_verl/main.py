@@ -10,7 +10,6 @@ Training itself is verl's own `run_ppo` with its V1 task runner.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import subprocess

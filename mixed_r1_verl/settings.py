@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Callable, TypeVar
 
 from omegaconf import OmegaConf
 
@@ -20,8 +20,8 @@ def settings_help(description: str, schema: type) -> str:
 
 
 def parse_settings(schema: type[Settings], argv: list[str]) -> Settings:
-    """The dataclass `schema` with `key=value` overrides merged in; an unknown key or a value of the wrong
-    type stops with the setting's name."""
+    """The dataclass `schema` with `key=value` overrides merged in; an unknown key, a value of the wrong
+    type or a required setting left out (default `???`) stops with the setting's name."""
     malformed = [arg for arg in argv if "=" not in arg]
     if malformed:
         raise SystemExit(f"expected key=value settings, got {malformed} (see --help)")
@@ -29,4 +29,15 @@ def parse_settings(schema: type[Settings], argv: list[str]) -> Settings:
         config = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(argv))
     except Exception as error:  # omegaconf's ValidationError / ConfigKeyError name the key
         raise SystemExit(f"bad setting: {error} (see --help)") from None
+    missing = [key for key in config if OmegaConf.is_missing(config, key)]
+    if missing:
+        raise SystemExit(f"missing required settings: {', '.join(missing)} (see --help)")
     return OmegaConf.to_object(config)
+
+
+def run_settings_cli(description: str, schema: type[Settings], argv: list[str], run: Callable[[Settings], None]) -> None:
+    """`--help` prints the description and every setting with its default; otherwise `run` gets the settings."""
+    if asks_for_help(argv):
+        print(settings_help(description, schema))
+        return
+    run(parse_settings(schema, argv))

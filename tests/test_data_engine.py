@@ -7,7 +7,7 @@ from PIL import Image
 
 from data_helpers import read_jsonl, run_module
 
-from mixed_r1_verl.data.cli import load_config
+from mixed_r1_verl.settings import parse_settings
 from mixed_r1_verl.data.engine import Engine, EngineConfig
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
@@ -60,7 +60,7 @@ def source_with_problems(tmp_path: Path) -> tuple[Path, Path, list[dict]]:
 
 
 def engine_config(jsonl, image_root, out, *overrides) -> EngineConfig:
-    return load_config(
+    return parse_settings(
         EngineConfig, [f"input={jsonl}", f"image_root={image_root}", f"output_dir={out}", "progress=false", *overrides]
     )
 

@@ -210,10 +210,10 @@ def test_failed_run_leaves_no_output_files(tmp_path):
 
 
 def test_missing_settings_and_unknown_family_fail_clearly(tmp_path):
-    from mixed_r1_verl.data.cli import load_config
+    from mixed_r1_verl.settings import parse_settings
 
     with pytest.raises(SystemExit, match="input, output_dir"):
-        load_config(PrepareConfig, ["image_root=x"])
+        parse_settings(PrepareConfig, ["image_root=x"])
     with pytest.raises(ValueError, match="unknown model_family"):
         prepare(PrepareConfig(input="x", image_root=str(tmp_path), output_dir=str(tmp_path), model_family="llava"))
 

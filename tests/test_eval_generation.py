@@ -4,7 +4,7 @@ converter's per-image bounds (as the training dataset does), and the sampling se
 import pytest
 from transformers import AutoTokenizer
 
-from mixed_r1_verl.data.cli import load_config
+from mixed_r1_verl.settings import parse_settings
 from mixed_r1_verl.data.engine import Engine, EngineConfig
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
@@ -65,7 +65,7 @@ def test_eval_hands_both_backends_the_training_frame(converted, tiny_model_dir):
 
 def test_engine_hands_the_generator_the_training_frame(converted, tiny_model_dir, tmp_path):
     _, jsonl, image_root = converted
-    config = load_config(
+    config = parse_settings(
         EngineConfig,
         [f"input={jsonl}", f"image_root={image_root}", f"output_dir={tmp_path}", "progress=false",
          f"max_pixels={CONVERTER_MAX_PIXELS}"],

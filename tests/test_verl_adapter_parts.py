@@ -4,7 +4,6 @@ import asyncio
 import os
 import time
 
-import numpy as np
 import pytest
 import ray
 import torch

@@ -10,7 +10,7 @@ import sys
 import pytest
 import ray
 from hf_cache import write_hf_cache
-from reward_loop_helpers import SAMPLES, THINK, reward_config, rollout_batch
+from reward_loop_helpers import SAMPLES, reward_config, rollout_batch
 from transformers import AutoTokenizer
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput, AgentLoopWorker

@@ -34,7 +34,6 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from mixed_r1_verl.data.cli import run_cli
 from mixed_r1_verl.data.prepare import PrepareConfig, RowConverter, prepare
 from mixed_r1_verl.data.records import TASKS, CanonicalRecord, RecordError, iter_source_rows, option_index, parse_box
 from mixed_r1_verl.data.sampling import ResponseCache, request_key
@@ -42,6 +41,7 @@ from mixed_r1_verl.eval.generation import ENGINE_SAMPLING, GenerationRequest, Sa
 from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.rewards.chart import single_number
 from mixed_r1_verl.rewards.text import normalize_text
+from mixed_r1_verl.settings import run_settings_cli
 
 YES_NO = ("yes", "no")
 
@@ -421,7 +421,7 @@ def print_outcome(config: EngineConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(__doc__, EngineConfig, sys.argv[1:] if argv is None else argv, print_outcome)
+    run_settings_cli(__doc__, EngineConfig, sys.argv[1:] if argv is None else argv, print_outcome)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mixed_r1_verl.data.cli import run_cli
 from mixed_r1_verl.data.frames import (
     DEFAULT_MIN_PIXELS,
     MODEL_FAMILY_BOX_FRAME,
@@ -59,6 +58,7 @@ from mixed_r1_verl.data.records import (
     parse_box,
     parse_record,
 )
+from mixed_r1_verl.settings import run_settings_cli
 
 # The training prompt budget (data.max_prompt_length in conf/mixed_r1.yaml) and the image budget that
 # fits in it: at most 1280 image tokens (1280 merged 28x28 patches, about 1 MP) leave 768 tokens for
@@ -499,7 +499,7 @@ def build_summary(config, converter, rows_in, written: Counter, rejected: Counte
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(
+    run_settings_cli(
         __doc__,
         PrepareConfig,
         sys.argv[1:] if argv is None else argv,
