@@ -7,10 +7,10 @@ from PIL import Image
 
 from data_helpers import read_jsonl, run_module
 
-from mixed_r1_verl.settings import parse_settings
 from mixed_r1_verl.data.engine import Engine, EngineConfig
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
+from mixed_r1_verl.settings import parse_settings
 
 
 def source_with_problems(tmp_path: Path) -> tuple[Path, Path, list[dict]]:

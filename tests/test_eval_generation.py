@@ -4,9 +4,9 @@ converter's per-image bounds (as the training dataset does), and the sampling se
 import pytest
 from transformers import AutoTokenizer
 
-from mixed_r1_verl.settings import parse_settings
 from mixed_r1_verl.data.engine import Engine, EngineConfig
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
+from mixed_r1_verl.data.prompts import chat_template_text
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.eval.generation import (
     ENGINE_SAMPLING,
@@ -14,12 +14,12 @@ from mixed_r1_verl.eval.generation import (
     GenerationRequest,
     SamplingSettings,
     TransformersGenerator,
-    chat_text,
     eval_request,
     vllm_input,
 )
 from mixed_r1_verl.eval.records import load_records
 from mixed_r1_verl.models.tiny_qwen25vl import MAX_PIXELS
+from mixed_r1_verl.settings import parse_settings
 
 # Bounds unlike the tiny processor's (up to 200,704 pixels): the frame must follow the converter's.
 CONVERTER_MAX_PIXELS = 28 * 28 * 64
@@ -42,7 +42,7 @@ def converted(tmp_path_factory):
 def test_rendered_chat_has_one_vision_block_per_image_in_place(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     request = GenerationRequest([{"role": "user", "content": "<image>left<image> Compare."}], [])
-    text = chat_text(tokenizer, request)
+    text = chat_template_text(tokenizer, request.messages)
     assert text.count("<|vision_start|><|image_pad|><|vision_end|>") == 2
     assert text.index("left") < text.rindex("<|image_pad|>") < text.index("Compare.")
     assert text.endswith("<|im_start|>assistant\n")

@@ -81,6 +81,12 @@ def chat_with_image_items(messages: list[dict]) -> list[dict]:
     return structured
 
 
+def chat_template_text(tokenizer, messages: list[dict]) -> str:
+    """The model's chat-template text for a verl-layout chat, one vision block per image, ready for the
+    model's answer."""
+    return tokenizer.apply_chat_template(chat_with_image_items(messages), add_generation_prompt=True, tokenize=False)
+
+
 class PromptTokenCounter:
     """Tokens of a prompt as the Qwen2-VL family's processor builds it: the chat template's text with
     each image's pad repeated once per merged patch of the resized image. Only the tokenizer is
@@ -98,9 +104,7 @@ class PromptTokenCounter:
         return (width // self.tile) * (height // self.tile)
 
     def count(self, messages: list[dict], resized_sizes: list[tuple[int, int]]) -> int:
-        text = self.tokenizer.apply_chat_template(
-            chat_with_image_items(messages), add_generation_prompt=True, tokenize=False
-        )
+        text = chat_template_text(self.tokenizer, messages)
         pads = text.count(IMAGE_PAD)
         if pads != len(resized_sizes):
             raise ValueError(f"the chat template rendered {pads} image pad(s) for {len(resized_sizes)} image(s)")

@@ -14,39 +14,31 @@ cannot be prepared raises an error naming it.
 
 from __future__ import annotations
 
-import re
-
 from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 from verl.utils.py_functional import convert_nested_value_to_list_recursive
 
 from mixed_r1_verl.data.dataset import DatasetRowError, model_input_image
-
-IMAGE_PLACEHOLDER = "<image>"
+from mixed_r1_verl.data.prompts import chat_with_image_items
+from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
 
 
 class MixedR1SFTDataset(MultiTurnSFTDataset):
     def _build_messages(self, example: dict) -> list[dict]:
-        """The row's chat turns with each `<image>` replaced by its resized image."""
-        messages = convert_nested_value_to_list_recursive(example[self.messages_key])
+        """The row's chat turns as content items, each `<image>` an image item holding its resized image."""
+        turns = chat_with_image_items(convert_nested_value_to_list_recursive(example[self.messages_key]))
         images = convert_nested_value_to_list_recursive(example.get(self.image_key)) or []
         if example.get(self.video_key) is not None:
             raise DatasetRowError(f"{type(self).__name__} handles images only, the row holds videos")
-        used = 0
-        for message in messages:
-            parts = [part for part in re.split(f"({IMAGE_PLACEHOLDER})", message["content"]) if part]
-            content = []
-            for part in parts:
-                if part != IMAGE_PLACEHOLDER:
-                    content.append({"type": "text", "text": part})
-                    continue
-                if used == len(images):
-                    raise DatasetRowError(f"more {IMAGE_PLACEHOLDER} placeholders than the {len(images)} image(s)")
-                content.append({"type": "image", "image": model_input_image(images[used], self.image_patch_size)})
-                used += 1
-            message["content"] = content
-        if used != len(images):
-            raise DatasetRowError(f"{used} {IMAGE_PLACEHOLDER} placeholder(s) for {len(images)} image(s)")
-        return messages
+        slots = []
+        for turn in turns:
+            if isinstance(turn["content"], str):
+                turn["content"] = [{"type": "text", "text": turn["content"]}] if turn["content"] else []
+            slots += [item for item in turn["content"] if item["type"] == "image"]
+        if len(slots) != len(images):
+            raise DatasetRowError(f"{len(slots)} {IMAGE_PLACEHOLDER} placeholder(s) for {len(images)} image(s)")
+        for slot, image in zip(slots, images):
+            slot["image"] = model_input_image(image, self.image_patch_size)
+        return turns
 
     def __getitem__(self, item):
         try:

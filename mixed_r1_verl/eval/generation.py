@@ -23,7 +23,7 @@ from tqdm import tqdm
 from mixed_r1_verl.data.dataset import model_input_image
 from mixed_r1_verl.data.model_files import resolve_model_dir, vision_geometry
 from mixed_r1_verl.data.processor import load_image_text_processor
-from mixed_r1_verl.data.prompts import chat_with_image_items
+from mixed_r1_verl.data.prompts import chat_template_text
 
 from .cache import GenerationCache
 from .records import EvalRecord
@@ -72,16 +72,9 @@ def model_images(request: GenerationRequest, patch_size: int) -> list[Image.Imag
     return [model_input_image(item, patch_size) for item in request.images]
 
 
-def chat_text(tokenizer, request: GenerationRequest) -> str:
-    """The model's chat-template text for the request, one vision block per image, ready to generate."""
-    return tokenizer.apply_chat_template(
-        chat_with_image_items(request.messages), add_generation_prompt=True, tokenize=False
-    )
-
-
 def vllm_input(tokenizer, request: GenerationRequest, patch_size: int) -> dict:
     """One vLLM prompt: the chat text and the resized images (vLLM expands the image pads)."""
-    prompt = {"prompt": chat_text(tokenizer, request)}
+    prompt = {"prompt": chat_template_text(tokenizer, request.messages)}
     if request.images:
         prompt["multi_modal_data"] = {"image": model_images(request, patch_size)}
     return prompt
@@ -134,7 +127,7 @@ class TransformersGenerator:
 
     def model_inputs(self, request: GenerationRequest):
         images = model_images(request, self.patch_size)
-        text = chat_text(self.processor.tokenizer, request)
+        text = chat_template_text(self.processor.tokenizer, request.messages)
         return self.processor(text=[text], images=images or None, return_tensors="pt").to(self.device)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
