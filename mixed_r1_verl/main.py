@@ -147,13 +147,10 @@ def planned_steps(config: DictConfig) -> tuple[int | None, str]:
     bound from the training parquet's row count (verl drops over-long prompts and the last partial batch)."""
     if config.trainer.total_training_steps is not None:
         return config.trainer.total_training_steps, "trainer.total_training_steps"
-    files = config.data.train_files
-    files = [files] if isinstance(files, str) else list(files)
+    files = data_files(config.data.train_files)
     if not all(os.path.isfile(path) for path in files):
         return None, ""
-    import pyarrow.parquet as pq
-
-    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+    rows = sum(parquet_rows(path) for path in files)
     return rows // config.data.train_batch_size * config.trainer.total_epochs, (
         f"{rows} training rows / data.train_batch_size x trainer.total_epochs"
     )
@@ -267,18 +264,26 @@ def make_paths_absolute(config: DictConfig, keys: tuple[str, ...]) -> None:
             OmegaConf.update(config, key, os.path.abspath(value))
 
 
-def has_rows(path: Path) -> bool:
+def data_files(setting) -> list[str]:
+    """data.train_files / data.val_files: one parquet path or a list of them."""
+    return [setting] if isinstance(setting, str) else list(setting)
+
+
+def parquet_rows(path: str | Path) -> int:
     import pyarrow.parquet as pq
 
-    return path.is_file() and pq.ParquetFile(path).metadata.num_rows > 0
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def has_rows(path: Path) -> bool:
+    return path.is_file() and parquet_rows(path) > 0
 
 
 def exit_unless_data_files_exist(data: DictConfig) -> None:
     """verl builds the training and the validation set at start-up, in a Ray worker, and fails there on
     a missing file; say which setting names it here."""
     for key in ("train_files", "val_files"):
-        paths = data[key] if OmegaConf.is_list(data[key]) else [data[key]]
-        for path in paths:
+        for path in data_files(data[key]):
             if not Path(path).is_file():
                 fail(
                     f"data.{key}: {path} does not exist. Convert the data first (python -m "
