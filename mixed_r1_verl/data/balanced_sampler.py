@@ -8,7 +8,7 @@ epoch, and is seeded (`data.seed`, default 0) and resumable through verl's check
 
 Select it with
 
-    +data.sampler.class_path=pkg://mixed_r1_verl.data.balanced_sampler +data.sampler.class_name=TaskBalancedSampler
+    data.sampler.class_path=pkg://mixed_r1_verl.data.balanced_sampler data.sampler.class_name=TaskBalancedSampler
 
 It takes the constructor arguments verl's custom-sampler hook has used, `(data_source, data_config)`;
 verl 0.9.1 has no such hook in `create_rl_sampler`, so the project's trainer applies `data.sampler`
@@ -25,6 +25,8 @@ from torch.utils.data import Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from verl.utils.import_utils import load_extern_object
 
+from mixed_r1_verl.data.dataset import extra_info_column
+
 DEFAULT_SEED = 0
 
 
@@ -37,16 +39,13 @@ def row_tasks(dataset) -> list[str]:
     frame = getattr(dataset, "dataframe", None)
     if frame is None:
         raise SamplerConfigError(f"TaskBalancedSampler needs a verl RL dataset with a `dataframe`; got {type(dataset).__name__}")
-    columns = set(frame.column_names)
-    extra_infos = frame["extra_info"] if "extra_info" in columns else [None] * len(frame)
-    sources = frame["data_source"] if "data_source" in columns else [None] * len(frame)
+    sources = frame["data_source"] if "data_source" in frame.column_names else [None] * len(frame)
     tasks = []
-    for index, (extra_info, source) in enumerate(zip(extra_infos, sources)):
-        task = (extra_info or {}).get("task") or source
-        if not task:
-            row_id = (extra_info or {}).get("id")
+    for index, (task, source) in enumerate(zip(extra_info_column(frame, "task"), sources)):
+        if not (task or source):
+            row_id = extra_info_column(frame.select([index]), "id")[0]
             raise SamplerConfigError(f"row {index} (id {row_id!r}) has neither extra_info.task nor data_source")
-        tasks.append(str(task))
+        tasks.append(str(task or source))
     return tasks
 
 
