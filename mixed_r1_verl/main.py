@@ -257,11 +257,13 @@ def choose_attention(config: DictConfig, flash_attn_available: bool) -> None:
 
 
 def make_paths_absolute(config: DictConfig, keys: tuple[str, ...]) -> None:
-    """Ray workers do not share the launching directory, so relative paths are pinned to it here."""
+    """Ray workers (and torchrun workers) do not share the launching directory, so relative paths, a
+    path or a list of them, are pinned to it here."""
     for key in keys:
         value = OmegaConf.select(config, key)
-        if value is not None and not os.path.isabs(value):
-            OmegaConf.update(config, key, os.path.abspath(value))
+        if value is not None:
+            absolute = [os.path.abspath(path) for path in data_files(value)]
+            OmegaConf.update(config, key, absolute[0] if isinstance(value, str) else absolute)
 
 
 def data_files(setting) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mixed_r1_verl.entry import register_recipe_files, run_recipe_entry
-from mixed_r1_verl.main import config_dir, fail, recipe_dir
+from mixed_r1_verl.main import config_dir, data_files, fail, make_paths_absolute, recipe_dir
 
 PRIMARY_CONFIG = "sft"
 PATH_KEYS = ("data.train_files", "data.val_files", "model.path", "trainer.default_local_dir")
@@ -42,24 +42,13 @@ def register_sft_recipes() -> list[str]:
     return register_recipe_files(sft_recipe_dir())
 
 
-def pin_paths(config: DictConfig, keys: tuple[str, ...]) -> None:
-    """Relative paths (a file or a list of files) made absolute against the launch directory, which
-    torchrun workers and the checkpoint handler may not share."""
-    for key in keys:
-        value = OmegaConf.select(config, key)
-        if isinstance(value, str):
-            OmegaConf.update(config, key, os.path.abspath(value))
-        elif value is not None:
-            OmegaConf.update(config, key, [os.path.abspath(path) for path in value])
-
-
 def missing_inputs(config: DictConfig) -> list[str]:
     """`key=path` for every input file or directory the config names that is not there."""
     keys = ["data.train_files", "model.path"] + (["data.val_files"] if config.data.val_files else [])
     missing = []
     for key in keys:
         value = OmegaConf.select(config, key)
-        missing += [f"{key}={path}" for path in ([value] if isinstance(value, str) else value) if not os.path.exists(path)]
+        missing += [f"{key}={path}" for path in data_files(value) if not os.path.exists(path)]
     return missing
 
 
@@ -86,7 +75,7 @@ def train(config: DictConfig) -> None:
         fail(NO_GPU_MESSAGE)
     if config.trainer.nnodes != 1:
         fail("mixed_r1_verl.sft runs on one node (trainer.nnodes=1); use torchrun on every node for more.\n")
-    pin_paths(config, PATH_KEYS)
+    make_paths_absolute(config, PATH_KEYS)
     missing = missing_inputs(config)
     if missing:
         fail(

@@ -152,7 +152,8 @@ def test_cli_usage_config_and_no_gpu_exit(converted, tiny_model_dir, tmp_path):
 
 
 def test_input_paths_are_pinned_and_missing_ones_named(tmp_path, monkeypatch, tiny_model_dir):
-    from mixed_r1_verl.sft import PATH_KEYS, missing_inputs, pin_paths
+    from mixed_r1_verl.main import make_paths_absolute
+    from mixed_r1_verl.sft import PATH_KEYS, missing_inputs
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.parquet").write_bytes(b"")
@@ -160,7 +161,7 @@ def test_input_paths_are_pinned_and_missing_ones_named(tmp_path, monkeypatch, ti
         f"model.path={tiny_model_dir}", "data.train_files=[a.parquet,b.parquet]", "data.val_files=null",
         "trainer.default_local_dir=ckpt",
     )  # fmt: skip
-    pin_paths(config, PATH_KEYS)
+    make_paths_absolute(config, PATH_KEYS)
     assert list(config.data.train_files) == [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
     assert config.trainer.default_local_dir == str(tmp_path / "ckpt") and config.data.val_files is None
     assert missing_inputs(config) == [f"data.train_files={tmp_path / 'b.parquet'}"]
