@@ -16,7 +16,7 @@ Evaluation is the project's (`mixed_r1_verl.eval`: its generators, scorer and su
 with the base model's table in training and in every evaluation, so open_ended scores compare.
 A rerun skips what is done: the model and the data when present, SFT and GRPO once they saved their
 checkpoint (both save only at their last step; delete the `sft`/`grpo` directory to train again), and
-generations cached for the same model. `stage=eval model=... data=... out_dir=...` is the evaluation step alone.
+generations cached for the same model.
 """
 
 from __future__ import annotations
@@ -69,17 +69,9 @@ class LearnConfig:
     model_size: str = "learn"
     eval_max_new_tokens: int = 256
     eval_batch_size: int = 512
-    # Evaluate only the first N val records (null: all).
-    eval_limit: int | None = None
     # Extra key=value settings for the SFT and GRPO commands.
     sft_overrides: list = field(default_factory=list)
     grpo_overrides: list = field(default_factory=list)
-    # `all` runs the proof; `eval` evaluates `model` on `data` into `out_dir` (one step of the proof).
-    stage: str = "all"
-    model: str | None = None
-    data: str | None = None
-    out_dir: str | None = None
-    embedding_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,15 +123,14 @@ def eval_step(config: LearnConfig, layout: Layout, run: str, model: Path) -> Ste
     return Step(
         f"evaluate {run}",
         python_module(
-            "mixed_r1_verl.learn",
-            "stage=eval",
+            "mixed_r1_verl.eval",
             f"model={model}",
             f"data={layout.data / 'val.parquet'}",
             f"out_dir={layout.eval_dir(run)}",
             f"embedding_model={layout.base_model}",
             f"seed={config.seed}",
-            f"eval_max_new_tokens={config.eval_max_new_tokens}",
-            f"eval_batch_size={config.eval_batch_size}",
+            f"max_new_tokens={config.eval_max_new_tokens}",
+            f"batch_size={config.eval_batch_size}",
         ),
     )
 
@@ -258,64 +249,6 @@ def execute(steps: list[Step], env: dict[str, str]) -> None:
         returncode = subprocess.run(step.argv, env={**env, **step.env}).returncode
         if returncode:
             raise StepFailed(number, step, returncode)
-
-
-# --- evaluation step ---------------------------------------------------------------------------
-
-
-def evaluate(config: LearnConfig) -> dict:
-    """Generate (greedy) and score `config.model` on `config.data` with the project's evaluation;
-    writes generations.jsonl, scores.jsonl and summary.{json,md,csv} into `config.out_dir`."""
-    from mixed_r1_verl.eval.cache import GenerationCache
-    from mixed_r1_verl.eval.generation import SamplingSettings, generate_missing
-    from mixed_r1_verl.eval.records import load_records
-    from mixed_r1_verl.eval.report import write_summary
-    from mixed_r1_verl.eval.scoring import score_records, summarize
-
-    out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = load_records([config.data], config.eval_limit)
-    discard_generations_of_another_model(out_dir, config.model)
-    cache = GenerationCache(out_dir / "generations.jsonl")
-    sampling = SamplingSettings(max_new_tokens=config.eval_max_new_tokens, temperature=0.0, seed=config.seed)
-    if cache.missing([record.id for record in records]):
-        generate_missing(records, make_generator(config.model, sampling), cache, config.eval_batch_size)
-    rows = score_records(records, cache.responses, embedding_model=config.embedding_model or config.model)
-    with open(out_dir / "scores.jsonl", "w", encoding="utf-8") as sink:
-        sink.writelines(json.dumps(row) + "\n" for row in rows)
-    summary = summarize(rows)
-    summary["run"] = {"data": [config.data], "model": config.model, "embedding_model": config.embedding_model}
-    write_summary(summary, out_dir)
-    return summary
-
-
-def model_fingerprint(model: str) -> dict:
-    """The model directory (links resolved) and the size and time of its weight files."""
-    directory = Path(model).resolve()
-    weights = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin"))
-    return {"path": str(directory), "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights]}
-
-
-def discard_generations_of_another_model(out_dir: Path, model: str) -> None:
-    """Cached generations are reused only for the model that wrote them."""
-    record, cache = out_dir / "model.json", out_dir / "generations.jsonl"
-    fingerprint = model_fingerprint(model)
-    if record.exists() and json.loads(record.read_text()) != fingerprint and cache.exists():
-        print(f"{cache}: written by another model than {model}; generating again", flush=True)
-        cache.unlink()
-    record.write_text(json.dumps(fingerprint, indent=2))
-
-
-def make_generator(model: str, sampling):
-    from importlib.util import find_spec
-
-    from mixed_r1_verl.eval.generation import build_generator
-
-    if find_spec("vllm") is not None:
-        return build_generator("vllm", model, sampling)
-    import torch
-
-    return build_generator("transformers", model, sampling, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -452,24 +385,12 @@ def artefacts(layout: Layout) -> dict[str, str]:
     return {name: str(path) for name, path in places.items()}
 
 
-def load_config(argv: list[str]) -> LearnConfig:
-    config = parse_settings(LearnConfig, argv)
-    if config.stage not in ("all", "eval"):
-        raise SystemExit(f"stage={config.stage!r}: expected all or eval")
-    if config.stage == "eval" and not (config.model and config.data and config.out_dir):
-        raise SystemExit("stage=eval needs model=, data= and out_dir=")
-    return config
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if asks_for_help(argv):
         print(settings_help(__doc__, LearnConfig))
         return
-    config = load_config(argv)
-    if config.stage == "eval":
-        evaluate(config)
-        return
+    config = parse_settings(LearnConfig, argv)
     layout = Layout(Path(config.work_dir).absolute())
     steps = plan(config)
     if config.dry_run:

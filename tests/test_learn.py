@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from data_helpers import REPO
+from mixed_r1_verl.eval.cache import discard_generations_of_another_model
 from mixed_r1_verl.eval.report import write_summary
 from mixed_r1_verl.eval.scoring import summarize
 from mixed_r1_verl.learn import (
@@ -19,7 +20,7 @@ from mixed_r1_verl.learn import (
     Step,
     StepFailed,
     accuracy_curves,
-    discard_generations_of_another_model,
+    eval_step,
     execute,
     learning_table,
     plan,
@@ -90,18 +91,17 @@ def test_publish_points_at_the_latest_checkpoint_and_completes_it(tmp_path, tiny
 
 
 def test_evaluation_step_scores_a_model_with_the_project_evaluation(tmp_path, tiny_model_dir):
+    layout = Layout(tmp_path)
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=4)
     prepare(
         PrepareConfig(
-            input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "data"),
+            input=str(jsonl), image_root=str(image_root), output_dir=str(layout.data),
             model_path=str(tiny_model_dir), progress=False,
         )
     )  # fmt: skip
-    out = tmp_path / "eval"
-    run_learn(
-        "stage=eval", f"model={tiny_model_dir}", f"data={tmp_path / 'data' / 'val.parquet'}", f"out_dir={out}",
-        "eval_max_new_tokens=4", "eval_limit=4",
-    )  # fmt: skip
+    step = eval_step(LearnConfig(eval_max_new_tokens=4), layout, "base", tiny_model_dir)
+    execute([step], env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = layout.eval_dir("base")
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["tasks"]) == set(TASKS) | {"all"} and summary["tasks"]["all"]["n"] == 4
     assert len((out / "generations.jsonl").read_text().splitlines()) == 4

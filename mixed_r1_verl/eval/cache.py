@@ -8,6 +8,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+CACHE_FILE = "generations.jsonl"
+MODEL_FILE = "model.json"
+
 
 class GenerationFileError(ValueError):
     """A generations file line that is not ``{"id": str, "response": str}``."""
@@ -66,3 +69,21 @@ class GenerationCache:
                 for record_id, response in responses.items()
             )
         self.responses.update(responses)
+
+
+def model_fingerprint(model: str) -> dict:
+    """The model directory (links resolved) and the size and time of its weight files."""
+    directory = Path(model).resolve()
+    weights = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin"))
+    return {"path": str(directory), "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights]}
+
+
+def discard_generations_of_another_model(out_dir: Path, model: str) -> None:
+    """Cached generations are reused only for the model that wrote them (`model.json` beside the cache
+    records it): a retrained checkpoint at the same path is generated again."""
+    record, cache = out_dir / MODEL_FILE, out_dir / CACHE_FILE
+    fingerprint = model_fingerprint(model)
+    if record.exists() and json.loads(record.read_text()) != fingerprint and cache.exists():
+        logger.warning("%s: written by another model than %s; generating again", cache, model)
+        cache.unlink()
+    record.write_text(json.dumps(fingerprint, indent=2))

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 
-from .cache import GenerationCache, read_generations
+from .cache import CACHE_FILE, GenerationCache, discard_generations_of_another_model, read_generations
 from .generation import SamplingSettings, build_generator, generate_missing
 from .records import EvalRecord, load_records
 from .report import load_summary, summary_markdown, write_comparison, write_summary
@@ -33,7 +33,6 @@ from .scoring import score_records, summarize
 
 logger = logging.getLogger(__name__)
 
-CACHE_FILE = "generations.jsonl"
 SCORES_FILE = "scores.jsonl"
 EXIT_USAGE = 2
 BACKENDS = ("auto", "vllm", "hf")
@@ -116,6 +115,7 @@ def _responses(args, records: list[EvalRecord], out_dir: Path) -> dict[str, str]
                 f"{args.generations}: no response for {len(missing)} of {len(ids)} record(s), e.g. {missing[:5]}"
             )
         return responses
+    discard_generations_of_another_model(out_dir, args.model)
     cache = GenerationCache(out_dir / CACHE_FILE)
     if cache.missing(ids):
         generate_missing(records, _make_generator(args), cache, args.batch_size)
