@@ -292,17 +292,11 @@ def target_checks(header: list[str], rows: list[list]) -> dict[str, bool]:
     }
 
 
-def markdown_table(header: list[str], rows: list[list]) -> str:
+def learning_cell(column: str, value) -> str:
     """Values to three decimals, deltas (columns named Δ...) with their sign."""
-
-    def cell(column: str, value) -> str:
-        if not isinstance(value, float):
-            return str(value)
-        return f"{value:+.3f}" if column.startswith("Δ") else f"{value:.3f}"
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(column, value) for column, value in zip(header, row)) + " |" for row in rows]
-    return "\n".join(lines)
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:+.3f}" if column.startswith("Δ") else f"{value:.3f}"
 
 
 def accuracy_curves(steps: dict[int, dict]) -> dict[str, list[tuple[int, float]]]:
@@ -349,12 +343,12 @@ def plot_accuracy(log: Path, out: Path) -> Path:
 
 
 def write_report(layout: Layout) -> None:
-    from mixed_r1_verl.eval.report import load_summary, write_comparison
+    from mixed_r1_verl.eval.report import load_summary, markdown_table, write_comparison
 
     summaries = {run: load_summary(layout.eval_dir(run)) for run in RUNS}
     header, rows = learning_table(summaries)
     layout.report.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(header, rows)
+    table = markdown_table(header, rows, learning_cell)
     checks = target_checks(header, rows)
     verdict = "\n".join(f"- [{'x' if met else ' '}] {name}" for name, met in checks.items())
     layout.table.write_text(f"{table}\n\nTargets (GRPO over SFT, held-out val):\n\n{verdict}\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 SUMMARY_FILE = "summary.json"
@@ -12,13 +13,14 @@ STAT_COLUMNS = ("n", "accuracy", "format", "score", "errors")
 COMPARED = ("accuracy", "format", "score")
 
 
-def _cell(value) -> str:
+def _cell(column: str, value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _markdown(header: list[str], rows: list[list]) -> str:
+def markdown_table(header: list[str], rows: list[list], cell: Callable[[str, object], str] = _cell) -> str:
+    """A markdown table; `cell(column, value)` writes each value (floats to four decimals by default)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(column, value) for column, value in zip(header, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -36,8 +38,8 @@ def summary_rows(summary: dict) -> list[list]:
 
 def summary_markdown(summary: dict) -> str:
     rows = summary_rows(summary)
-    task_table = _markdown(["task", *STAT_COLUMNS], [[row[1], *row[3:]] for row in rows if row[0] == "task"])
-    source_table = _markdown(
+    task_table = markdown_table(["task", *STAT_COLUMNS], [[row[1], *row[3:]] for row in rows if row[0] == "task"])
+    source_table = markdown_table(
         ["data_source", "task", *STAT_COLUMNS], [row[1:] for row in rows if row[0] == "data_source"]
     )
     return f"### Per task\n\n{task_table}\n\n### Per data_source\n\n{source_table}\n"
@@ -92,7 +94,7 @@ def compare_header(label_a: str, label_b: str) -> list[str]:
 
 def write_comparison(first: dict, second: dict, labels: tuple[str, str], out_dir: Path | None) -> str:
     header, rows = compare_header(*labels), compare_rows(first, second)
-    table = _markdown(header, rows)
+    table = markdown_table(header, rows)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "compare.md").write_text(table + "\n")
