@@ -38,7 +38,7 @@ from mixed_r1_verl.data.prepare import PrepareConfig, RowConverter, prepare
 from mixed_r1_verl.data.records import TASKS, CanonicalRecord, RecordError, iter_source_rows, option_index, parse_box
 from mixed_r1_verl.data.sampling import ResponseCache, request_key
 from mixed_r1_verl.eval.generation import ENGINE_SAMPLING, GenerationRequest, SamplingSettings, build_generator
-from mixed_r1_verl.rewards import compute_score
+from mixed_r1_verl.rewards import DEFAULT_CORRECT_THRESHOLDS, compute_score
 from mixed_r1_verl.rewards.chart import single_number
 from mixed_r1_verl.rewards.text import normalize_text
 from mixed_r1_verl.settings import run_settings_cli
@@ -71,9 +71,7 @@ class DifficultyConfig:
     # Prompts per generate call; the cache is written after each, so an interrupted run resumes.
     chunk_size: int = 1024
     # A response counts as correct when its reward accuracy reaches the task's threshold.
-    correct_threshold: dict = field(
-        default_factory=lambda: {"matching": 1.0, "chart": 1.0, "grounding": 0.5, "open_ended": 0.5}
-    )
+    correct_threshold: dict = field(default_factory=lambda: dict(DEFAULT_CORRECT_THRESHOLDS))
     min_pass_rate: float = 0.0
     max_pass_rate: float = 1.0
     inclusive: bool = False  # keep p == min/max as well
@@ -292,15 +290,19 @@ class Engine:
         return GenerationRequest(row.prompt, images)
 
     def pass_rate(self, row: EngineRow, responses: list[str], embedding_model: str) -> float:
-        threshold = self.config.difficulty.correct_threshold.get(row.record.task, 1.0)
         correct = 0
         for response in responses:
             result = compute_score(
-                row.record.data_source, response, row.ground_truth, row.extra_info, embedding_model=embedding_model
+                row.record.data_source,
+                response,
+                row.ground_truth,
+                row.extra_info,
+                embedding_model=embedding_model,
+                correct_threshold=self.config.difficulty.correct_threshold,
             )
             if result["error"]:
                 raise RuntimeError(f"reward failed on row {row.record.id!r}; check its ground truth and extra_info")
-            correct += result["accuracy"] >= threshold
+            correct += result["correct"]
         return correct / len(responses)
 
     # 5. balance
