@@ -112,7 +112,7 @@ class TinySize:
 SIZES = {
     # Tests: builds in about a second on a CPU.
     "test": TinySize(),
-    # The learning proof: ~21M parameters, enough to learn the synthetic tasks in minutes on one GPU.
+    # The learning proof: 27M parameters, enough to learn the synthetic tasks in minutes on one GPU.
     "learn": TinySize(
         hidden_size=512,
         intermediate_size=1536,
