@@ -1,4 +1,5 @@
-"""Per-task online filtering on a real TransferQueue (local Ray) with verl's replay-buffer machinery."""
+"""Per-task online filtering and per-task step metrics on a real TransferQueue (local Ray), with
+verl's replay-buffer machinery."""
 
 import functools
 import itertools
@@ -26,7 +27,8 @@ from mixed_r1_verl.verl_adapter.dynamic_sampling import (
     judge_group,
     refill_count,
 )
-from mixed_r1_verl.verl_adapter.trainer import MixedR1SyncTrainer
+from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog
+from mixed_r1_verl.verl_adapter.trainer import MixedR1SyncTrainer, batch_reward_extra_infos
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GROUP_SIZE = 4
@@ -259,6 +261,35 @@ def test_missing_task_names_the_group(transfer_queue):
     infos = [{"score": 1.0}, {"score": 0.0}]
     with pytest.raises(RuntimeError, match=r"group u9, trajectory 0: reward_extra_info lacks \['task'\]"):
         judge_group("u9", infos, "score")
+
+
+def test_step_metrics_read_every_real_trajectory_of_the_batch(transfer_queue):
+    # Trajectories as verl's TransferQueue agent loop writes them; the last one is a padding row.
+    infos = [informative("chart")[0], zero_variance("grounding")[0], informative("chart")[1], informative("matching")[0]]
+    keys = [f"metrics{index}_0_0" for index in range(len(infos))]
+    tq.kv_batch_put(
+        keys=keys,
+        partition_id="train",
+        fields=list_of_dict_to_tensordict(
+            [
+                {
+                    "responses": torch.tensor([7, index]),
+                    "extra_fields": {"min_global_steps": 1, "max_global_steps": 1, "reward_extra_info": info},
+                }
+                for index, info in enumerate(infos)
+            ]
+        ),
+        tags=[{"status": "success"}] * 3 + [{"status": "success", "is_padding": True}],
+    )
+    tags = tq.kv_list("train")["train"]
+    batch = tq.KVBatchMeta(keys=keys, tags=[tags[key] for key in keys], partition_id="train")
+
+    metrics = PerTaskMetricsLog().step(batch_reward_extra_infos(batch))
+    tq.kv_clear(keys=keys, partition_id="train")
+
+    assert metrics["mixed_r1/chart/count"] == 2 and metrics["mixed_r1/grounding/count"] == 1
+    assert "mixed_r1/matching/count" not in metrics, "the padding row is not counted"
+    assert metrics["mixed_r1/chart/accuracy/mean"] == 0.5 and metrics["mixed_r1/grounding/accuracy/mean"] == 0.0
 
 
 def test_judge_group_rules():

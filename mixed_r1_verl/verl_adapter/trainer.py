@@ -31,6 +31,12 @@ def reward_extra_infos(extra_fields, tags) -> list[dict]:
     return infos
 
 
+def batch_reward_extra_infos(batch) -> list[dict]:
+    """The reward manager's extra info of every non-padding trajectory of a TransferQueue batch."""
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+    return reward_extra_infos(data.pop("extra_fields").tolist(), batch.tags)
+
+
 def wait_for_reward_workers(workers) -> None:
     """Returns once every reward worker is built; raises the first worker's start-up error otherwise."""
     try:
@@ -67,5 +73,4 @@ class MixedR1SyncTrainer(PPOTrainerSync):
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
-        metrics.update(self._task_metrics.step(reward_extra_infos(data.pop("extra_fields").tolist(), batch.tags)))
+        metrics.update(self._task_metrics.step(batch_reward_extra_infos(batch)))
