@@ -71,6 +71,17 @@ def test_verl_selects_the_class_and_no_row_vanishes(setup):
     )
 
 
+def test_rows_converted_for_a_larger_frame_than_the_processor_keeps_are_refused(setup, tmp_path):
+    root, _, processor = setup
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=3, val_rows_per_task=0)
+    # No model_path: the converter's own budget (1,003,520 pixels) is above the tiny processor's 200,704.
+    prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "out"),
+                          val_ratio=0.0, progress=False))  # fmt: skip
+    first_id = pq.read_table(tmp_path / "out" / "train.parquet").column("extra_info")[0]["id"].as_py()
+    with pytest.raises(DatasetRowError, match=rf"row 0 \(id '{first_id}'.*max_pixels 1003520 is above the model processor's 200704"):
+        build(root, processor, [str(tmp_path / "out" / "train.parquet")], filter_overlong_prompts=False)
+
+
 def test_model_sees_the_frame_the_ground_truth_uses(setup):
     root, _, processor = setup
     dataset = build(root, processor, [str(root / "out" / "train.parquet")])

@@ -178,7 +178,7 @@ def test_difficulty_samples_scores_caches_and_filters(tmp_path):
             assert reasons[record_id] == ("difficulty", "too_hard")
 
 
-def test_vllm_backend_without_vllm_fails_clearly(tmp_path):
+def test_vllm_backend_without_vllm_fails_clearly(tmp_path, tiny_model_dir):
     pytest.importorskip("torch")
     try:
         import vllm  # noqa: F401
@@ -187,7 +187,7 @@ def test_vllm_backend_without_vllm_fails_clearly(tmp_path):
     except ImportError:
         pass
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=2)
-    config = engine_config(jsonl, image_root, tmp_path / "out", "difficulty.backend=vllm", "difficulty.model_path=x")
+    config = engine_config(jsonl, image_root, tmp_path / "out", "difficulty.backend=vllm", f"difficulty.model_path={tiny_model_dir}")
     with pytest.raises(ImportError, match="the vllm backend needs vLLM"):
         Engine(config).run()
 

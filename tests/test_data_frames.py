@@ -10,6 +10,7 @@ from mixed_r1_verl.data.frames import (
     BOX_FRAME_NORM1000,
     box_to_frame,
     model_frame_size,
+    resized_again_reason,
     smart_resize,
 )
 
@@ -62,3 +63,22 @@ def test_box_to_frame_scales_each_axis():
     assert box_to_frame((32, 24, 160, 120), (320, 240), (1000, 1000)) == [100, 100, 500, 500]
     assert box_to_frame((0, 0, 320, 240), (320, 240), (308, 252)) == [0, 0, 308, 252]
     assert box_to_frame((100, 60, 200, 120), (320, 240), (308, 252)) == [96, 63, 192, 126]
+
+
+@settings(max_examples=20, deadline=None)
+@given(width=st.integers(40, 1200), height=st.integers(40, 1200))
+def test_images_resized_within_the_processor_bounds_are_kept_as_they_are(width, height):
+    converter_bounds = (MIN_PIXELS, MAX_PIXELS // 2)
+    assert resized_again_reason(converter_bounds, (MIN_PIXELS, MAX_PIXELS)) is None
+    resized_h, resized_w = smart_resize(height, width, min_pixels=converter_bounds[0], max_pixels=converter_bounds[1])
+    assert processor_frame(resized_w, resized_h, MIN_PIXELS, MAX_PIXELS) == (resized_h, resized_w)
+
+
+def test_bounds_beyond_the_processor_are_named_and_do_move_the_frame():
+    reason = resized_again_reason((MIN_PIXELS, MAX_PIXELS * 4), (MIN_PIXELS, MAX_PIXELS))
+    assert "max_pixels 802816 is above the model processor's 200704" in reason and "model_path" in reason
+    resized_h, resized_w = smart_resize(900, 700, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS * 4)
+    assert processor_frame(resized_w, resized_h, MIN_PIXELS, MAX_PIXELS) != (resized_h, resized_w)
+    assert "min_pixels 784 is below the model processor's 3136" in resized_again_reason((784, MAX_PIXELS), (MIN_PIXELS, MAX_PIXELS))
+    assert resized_again_reason((MIN_PIXELS, MAX_PIXELS * 4), (None, None)) is None, "a processor without bounds"
+    assert resized_again_reason((None, None), (MIN_PIXELS, MAX_PIXELS)) is None, "an image converted for no frame"

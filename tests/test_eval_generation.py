@@ -18,7 +18,7 @@ from mixed_r1_verl.eval.generation import (
     vllm_input,
 )
 from mixed_r1_verl.eval.records import load_records
-from mixed_r1_verl.models.tiny_qwen25vl import MAX_PIXELS
+from mixed_r1_verl.models.tiny_qwen25vl import MAX_PIXELS, MIN_PIXELS
 from mixed_r1_verl.settings import parse_settings
 
 # Bounds unlike the tiny processor's (up to 200,704 pixels): the frame must follow the converter's.
@@ -77,6 +77,33 @@ def test_engine_hands_the_generator_the_training_frame(converted, tiny_model_dir
         (image,) = vllm_input(tokenizer, engine.generation_request(row), patch_size=14)["multi_modal_data"]["image"]
         resized = [image.size[0], image.size[1]]
         assert resized == row.extra_info["frame_size"]
+
+
+def test_engine_converts_for_the_model_it_measures(converted, tiny_model_dir, tmp_path):
+    _, jsonl, image_root = converted
+    config = parse_settings(
+        EngineConfig,
+        [f"input={jsonl}", f"image_root={image_root}", f"output_dir={tmp_path}", "progress=false",
+         f"difficulty.model_path={tiny_model_dir}"],
+    )  # fmt: skip
+    engine = Engine(config)
+    assert (engine.converter.min_pixels, engine.converter.max_pixels) == (MIN_PIXELS, MAX_PIXELS)
+    generator = TransformersGenerator(str(tiny_model_dir), ENGINE_SAMPLING, device="cpu")
+    for row in engine.validate():
+        _, grid_h, grid_w = generator.model_inputs(engine.generation_request(row))["image_grid_thw"][0].tolist()
+        assert [grid_w * 14, grid_h * 14] == row.extra_info["frame_size"]
+
+
+def test_requests_the_processor_would_resize_again_are_refused(converted, tiny_model_dir):
+    root, _, _ = converted
+    record = load_records([root / "out" / "train.parquet"])[0]
+    request = eval_request(record)
+    too_large = GenerationRequest(
+        request.messages, [{**item, "max_pixels": 4 * MAX_PIXELS} for item in request.images], label=record.id
+    )
+    generator = TransformersGenerator(str(tiny_model_dir), EVAL_SAMPLING, device="cpu")
+    with pytest.raises(ValueError, match=rf"generation request {record.id}: .*max_pixels {4 * MAX_PIXELS} is above"):
+        generator.generate([too_large])
 
 
 def test_each_use_has_its_sampling_defaults():

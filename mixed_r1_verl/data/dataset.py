@@ -8,8 +8,9 @@ Select it in the trainer config:
 RLHFDataset resizes images through qwen_vl_utils (which needs torchvision) and, when preparing a
 row fails for any reason, counts it as over-long and drops it. This class resizes with PIL to the
 exact size qwen_vl_utils and the Qwen2.5-VL processor produce (honouring per-image min/max pixels
-written by the converter), raises an error naming the row when one cannot be prepared, and logs
-every row the length filter removes, counted per task. The filter reads each row's prompt size from
+written by the converter), raises an error naming the row when one cannot be prepared or when the
+model's processor would resize its images again (out of the frame its boxes are in), and logs every
+row the length filter removes, counted per task. The filter reads each row's prompt size from
 extra_info.prompt_length where the converter wrote it, and measures only the other rows.
 """
 
@@ -21,12 +22,14 @@ import logging
 from collections import Counter
 
 import datasets
+import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import build_multimodal_processor_inputs, normalize_token_ids
 
-from mixed_r1_verl.data.frames import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, smart_resize
+from mixed_r1_verl.data.frames import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, resized_again_reason, smart_resize
+from mixed_r1_verl.data.model_files import processor_pixel_bounds
 
 logger = logging.getLogger(__name__)
 SPATIAL_MERGE_SIZE = 2
@@ -160,7 +163,22 @@ class MixedR1Dataset(RLHFDataset):
                 lengths[i] = length
         return lengths
 
+    def check_image_frames(self, dataframe: datasets.Dataset) -> None:
+        """Raises DatasetRowError naming the first row whose images the processor would resize again."""
+        image_processor = getattr(self.processor, "image_processor", None)
+        if image_processor is None:
+            return
+        model_min, model_max = processor_pixel_bounds(image_processor.to_dict())
+        overrides = self.mm_processor_kwargs or {}
+        model_bounds = (overrides.get("min_pixels") or model_min, overrides.get("max_pixels") or model_max)
+        for bounds, row in first_row_per_image_bounds(dataframe, self.image_key).items():
+            reason = resized_again_reason(bounds, model_bounds)
+            if reason:
+                raise DatasetRowError(f"{self._describe_row(dataframe[row], row)}: {reason}")
+
     def maybe_filter_out_long_prompts(self, dataframe: datasets.Dataset = None):
+        # verl calls this on every load, before anything is built with the processor.
+        self.check_image_frames(dataframe)
         if not self.filter_overlong_prompts:
             return dataframe
         lengths = self.prompt_lengths(dataframe)
@@ -196,3 +214,23 @@ def extra_info_column(dataframe: datasets.Dataset, name: str) -> list:
     if name not in {field.name for field in column.type}:
         return [None] * len(dataframe)
     return pc.struct_field(column, name).to_pylist()
+
+
+def first_row_per_image_bounds(dataframe: datasets.Dataset, image_key: str) -> dict[tuple, int]:
+    """Each distinct (min_pixels, max_pixels) of the rows' image items (None where an item states
+    none) with the first row holding it, read from the arrow column without decoding images."""
+    if image_key not in dataframe.column_names:
+        return {}
+    column = dataframe.with_format("arrow")[image_key]
+    if not pa.types.is_list(column.type) or not pa.types.is_struct(column.type.value_type):
+        return {}
+    items = pc.list_flatten(column)
+    names = {field.name for field in column.type.value_type}
+
+    def bound(name):
+        return pc.struct_field(items, name).to_pylist() if name in names else [None] * len(items)
+
+    first: dict[tuple, int] = {}
+    for row, low, high in zip(pc.list_parent_indices(column).to_pylist(), bound("min_pixels"), bound("max_pixels")):
+        first.setdefault((low, high), row)
+    return first

@@ -131,7 +131,11 @@ class Engine:
         self.dropped = open(self.output_dir / "dropped.jsonl", "w", encoding="utf-8")
 
     def prepare_config(self, input_path: str, output_dir: str) -> PrepareConfig:
+        """The converter's settings; its model_path defaults to the difficulty stage's model, so rows
+        are resized, counted and sampled in that model's frame."""
         settings = {f.name: getattr(self.config, f.name) for f in fields(PrepareConfig)}
+        if settings["model_path"] is None and self.config.difficulty.enabled:
+            settings["model_path"] = self.config.difficulty.model_path
         return PrepareConfig(**{**settings, "input": input_path, "output_dir": output_dir})
 
     def drop(self, stage: str, record_id, reason: str, detail: str = "") -> None:
@@ -287,7 +291,7 @@ class Engine:
             }
             for path in row.record.images
         ]
-        return GenerationRequest(row.prompt, images)
+        return GenerationRequest(row.prompt, images, label=row.record.id)
 
     def pass_rate(self, row: EngineRow, responses: list[str], embedding_model: str) -> float:
         correct = 0

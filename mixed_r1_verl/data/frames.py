@@ -49,6 +49,31 @@ def smart_resize(
     return resized_h, resized_w
 
 
+def resized_again_reason(
+    bounds: tuple[int | None, int | None], model_bounds: tuple[int | None, int | None]
+) -> str | None:
+    """Why an image processor with pixel bounds `model_bounds` (None: not stated) would resize again
+    an image already resized within `bounds` (the converter's; None: the defaults), moving it out of
+    the frame its boxes were written in; None when it keeps every such image as it is, or when the
+    image states no bounds (it was not converted for a frame)."""
+    if bounds == (None, None):
+        return None
+    low, high = bounds[0] or DEFAULT_MIN_PIXELS, bounds[1] or DEFAULT_MAX_PIXELS
+    model_low, model_high = model_bounds
+    reasons = []
+    if model_high is not None and high > model_high:
+        reasons.append(f"max_pixels {high} is above the model processor's {model_high}")
+    if model_low is not None and low < model_low:
+        reasons.append(f"min_pixels {low} is below the model processor's {model_low}")
+    if not reasons:
+        return None
+    return (
+        f"images resized within [{low}, {high}] pixels would be resized again by the model's image "
+        f"processor ({'; '.join(reasons)}), out of the frame the grounding answers are in: prepare the "
+        "data with model_path set to this model, or with min_pixels/max_pixels inside its bounds"
+    )
+
+
 def model_frame_size(image_size: tuple[int, int], box_frame: str, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """[width, height] of the frame the model's boxes live in for an image of `image_size` (w, h)."""
     if box_frame == BOX_FRAME_NORM1000:

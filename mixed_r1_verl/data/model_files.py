@@ -1,10 +1,11 @@
 """Checkpoint files the data tools read without loading a model: hub ids resolved to local
-directories, and the vision geometry of a Qwen2-VL-family image processor."""
+directories, and the vision geometry and pixel bounds of a Qwen2-VL-family image processor."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 # What data tools read from a checkpoint: configs, tokenizer and chat template, never the weights.
@@ -41,9 +42,21 @@ def resolve_model_dir(model_path: str | os.PathLike) -> Path:
         ) from error
 
 
+def image_processor_settings(model_dir: str | os.PathLike) -> dict:
+    """The checkpoint's preprocessor_config.json; {} when it has none."""
+    config_path = Path(model_dir) / "preprocessor_config.json"
+    return json.loads(config_path.read_text()) if config_path.is_file() else {}
+
+
 def vision_geometry(model_dir: str | os.PathLike) -> tuple[int, int]:
     """(patch_size, merge_size) of a Qwen2-VL-family image processor; Qwen2.5-VL's 14 and 2 when the
     checkpoint does not say."""
-    config_path = Path(model_dir) / "preprocessor_config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config = image_processor_settings(model_dir)
     return int(config.get("patch_size", 14)), int(config.get("merge_size", 2))
+
+
+def processor_pixel_bounds(settings: Mapping) -> tuple[int | None, int | None]:
+    """(min_pixels, max_pixels) a Qwen2-VL-family image processor resizes within, read from its
+    settings (preprocessor_config.json or `image_processor.to_dict()`); None where they do not say."""
+    size = settings.get("size") or {}
+    return settings.get("min_pixels") or size.get("shortest_edge"), settings.get("max_pixels") or size.get("longest_edge")

@@ -38,7 +38,7 @@ from mixed_r1_verl.data.frames import (
     smart_resize,
 )
 from mixed_r1_verl.data.images import ImageStore
-from mixed_r1_verl.data.model_files import resolve_model_dir
+from mixed_r1_verl.data.model_files import image_processor_settings, processor_pixel_bounds, resolve_model_dir
 from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, PromptTokenCounter, render_prompt
 from mixed_r1_verl.data.records import (
     BOX_OUTSIDE_IMAGE,
@@ -106,19 +106,14 @@ class PrepareConfig:
 def pixel_bounds(config: PrepareConfig, model_dir: Path | None) -> tuple[int, int]:
     """(min_pixels, max_pixels): explicit values first; else the model's min_pixels and the smaller of
     its max_pixels and the image budget; else the defaults."""
-    from_model: dict[str, Any] = {}
+    model_min, model_max = None, None
     if model_dir is not None:
-        config_path = model_dir / "preprocessor_config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"model_path {config.model_path!r} has no preprocessor_config.json ({config_path})")
-        processor_config = json.loads(config_path.read_text())
-        size = processor_config.get("size") or {}
-        from_model = {
-            "min_pixels": processor_config.get("min_pixels") or size.get("shortest_edge"),
-            "max_pixels": processor_config.get("max_pixels") or size.get("longest_edge"),
-        }
-    min_pixels = config.min_pixels or from_model.get("min_pixels") or DEFAULT_MIN_PIXELS
-    max_pixels = config.max_pixels or min(from_model.get("max_pixels") or DEFAULT_MAX_PIXELS, DEFAULT_MAX_PIXELS)
+        settings = image_processor_settings(model_dir)
+        if not settings:
+            raise FileNotFoundError(f"model_path {config.model_path!r} has no preprocessor_config.json ({model_dir})")
+        model_min, model_max = processor_pixel_bounds(settings)
+    min_pixels = config.min_pixels or model_min or DEFAULT_MIN_PIXELS
+    max_pixels = config.max_pixels or min(model_max or DEFAULT_MAX_PIXELS, DEFAULT_MAX_PIXELS)
     if min_pixels > max_pixels:
         raise ValueError(f"min_pixels {min_pixels} exceeds max_pixels {max_pixels}")
     return int(min_pixels), int(max_pixels)

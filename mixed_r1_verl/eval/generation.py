@@ -3,7 +3,8 @@
 Every prompt is a verl-layout chat (`<image>` placeholders in the text) plus image items carrying the
 converter's per-image `min_pixels`/`max_pixels`. Images are resized exactly as the training dataset
 resizes them (`mixed_r1_verl.data.dataset.model_input_image`), so a model is evaluated and sampled in
-the frame its grounding answers are scored in. The chat is rendered by the model's chat template and
+the frame its grounding answers are scored in; a request whose bounds the model's image processor
+would resize out of that frame is an error. The chat is rendered by the model's chat template and
 the processor (transformers) or vLLM expands the image pads.
 
 Backends: vLLM offline (GPU; every prompt of a call in one batch) and transformers `generate`
@@ -21,7 +22,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from mixed_r1_verl.data.dataset import model_input_image
-from mixed_r1_verl.data.model_files import resolve_model_dir, vision_geometry
+from mixed_r1_verl.data.frames import resized_again_reason
+from mixed_r1_verl.data.model_files import (
+    image_processor_settings,
+    processor_pixel_bounds,
+    resolve_model_dir,
+    vision_geometry,
+)
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.prompts import chat_template_text
 
@@ -60,6 +67,7 @@ ENGINE_SAMPLING = SamplingSettings(n=8, temperature=1.0, max_new_tokens=512)
 class GenerationRequest:
     messages: list[dict]  # verl-layout chat: `<image>` placeholders in the text
     images: list[dict]  # image items: `bytes` or `image` (PIL image or path), with min/max pixels
+    label: str = ""  # what errors name: the record id
 
 
 class Generator(Protocol):
@@ -67,16 +75,28 @@ class Generator(Protocol):
         """`settings.n` responses per request, in request order."""
 
 
-def model_images(request: GenerationRequest, patch_size: int) -> list[Image.Image]:
-    """The request's images resized to the frame the model sees, as in training."""
+NO_PROCESSOR_BOUNDS = (None, None)
+
+
+def model_images(
+    request: GenerationRequest, patch_size: int, processor_bounds: tuple = NO_PROCESSOR_BOUNDS
+) -> list[Image.Image]:
+    """The request's images resized to the frame the model sees, as in training; `processor_bounds`
+    are the model image processor's (min_pixels, max_pixels), which must not resize them again."""
+    for item in request.images:
+        reason = resized_again_reason((item.get("min_pixels"), item.get("max_pixels")), processor_bounds)
+        if reason:
+            raise ValueError(f"generation request {request.label or '(unnamed)'}: {reason}")
     return [model_input_image(item, patch_size) for item in request.images]
 
 
-def vllm_input(tokenizer, request: GenerationRequest, patch_size: int) -> dict:
+def vllm_input(
+    tokenizer, request: GenerationRequest, patch_size: int, processor_bounds: tuple = NO_PROCESSOR_BOUNDS
+) -> dict:
     """One vLLM prompt: the chat text and the resized images (vLLM expands the image pads)."""
     prompt = {"prompt": chat_template_text(tokenizer, request.messages)}
     if request.images:
-        prompt["multi_modal_data"] = {"image": model_images(request, patch_size)}
+        prompt["multi_modal_data"] = {"image": model_images(request, patch_size, processor_bounds)}
     return prompt
 
 
@@ -90,10 +110,12 @@ class VllmGenerator:
             raise ImportError(
                 "the vllm backend needs vLLM (pip install -e '.[gpu]'); use the transformers backend without it"
             ) from error
-        self.patch_size, _ = vision_geometry(resolve_model_dir(model_path))
-        self.llm = LLM(
-            model=model_path, limit_mm_per_prompt={"image": max_images_per_prompt}, seed=settings.seed, **engine_kwargs
-        )
+        model_dir = resolve_model_dir(model_path)
+        self.patch_size, _ = vision_geometry(model_dir)
+        self.processor_bounds = processor_pixel_bounds(image_processor_settings(model_dir))
+        # No video ever: vLLM would otherwise reserve memory for videos when it profiles.
+        limits = {"image": max_images_per_prompt, "video": 0}
+        self.llm = LLM(model=model_path, limit_mm_per_prompt=limits, seed=settings.seed, **engine_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.params = SamplingParams(
             n=settings.n,
@@ -104,7 +126,7 @@ class VllmGenerator:
         )
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
-        inputs = [vllm_input(self.tokenizer, request, self.patch_size) for request in requests]
+        inputs = [vllm_input(self.tokenizer, request, self.patch_size, self.processor_bounds) for request in requests]
         outputs = self.llm.generate(inputs, self.params, use_tqdm=False)
         return [[completion.text for completion in output.outputs] for output in outputs]
 
@@ -122,11 +144,12 @@ class TransformersGenerator:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.processor = load_image_text_processor(model_path)
         self.patch_size = self.processor.image_processor.patch_size
+        self.processor_bounds = processor_pixel_bounds(self.processor.image_processor.to_dict())
         dtype = "auto" if self.device.startswith("cuda") else torch.float32
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
 
     def model_inputs(self, request: GenerationRequest):
-        images = model_images(request, self.patch_size)
+        images = model_images(request, self.patch_size, self.processor_bounds)
         text = chat_template_text(self.processor.tokenizer, request.messages)
         return self.processor(text=[text], images=images or None, return_tensors="pt").to(self.device)
 
@@ -160,7 +183,7 @@ def build_generator(backend: str, model_path: str, settings: SamplingSettings, *
 
 
 def eval_request(record: EvalRecord) -> GenerationRequest:
-    return GenerationRequest(record.prompt, record.image_items())
+    return GenerationRequest(record.prompt, record.image_items(), label=record.id)
 
 
 def generate_missing(
