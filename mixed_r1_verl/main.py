@@ -182,12 +182,37 @@ def file_logger_env(environ) -> dict[str, str]:
     return {FILE_LOGGER_ROOT_ENV: os.path.abspath(os.path.expanduser(environ.get(FILE_LOGGER_ROOT_ENV, ".")))}
 
 
+def logs_to_file(config: DictConfig) -> bool:
+    loggers = config.trainer.logger
+    return "file" in ([loggers] if isinstance(loggers, str) else loggers)
+
+
+def file_logger_path(config: DictConfig, logger_env: dict[str, str]) -> Path:
+    """The file verl's file logger writes, given the environment `file_logger_env` returned."""
+    if FILE_LOGGER_PATH_ENV in logger_env:
+        return Path(logger_env[FILE_LOGGER_PATH_ENV])
+    root = Path(logger_env[FILE_LOGGER_ROOT_ENV])
+    return root / config.trainer.project_name / f"{config.trainer.experiment_name}.jsonl"
+
+
+def keep_previous_metrics_log(path: Path) -> Path | None:
+    """verl's file logger empties its file when a run starts, so a rerun (a resume, say) would erase the
+    steps logged before: a non-empty file is renamed to `<stem>.<n>.jsonl` (the first free n) and kept."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    number = 1
+    while (kept := path.with_name(f"{path.stem}.{number}{path.suffix}")).exists():
+        number += 1
+    path.rename(kept)
+    logger.warning("metrics of the previous run kept as %s; this run logs to %s", kept, path)
+    return kept
+
+
 def unshared_output_settings(config: DictConfig, environ) -> list[str]:
     """Output locations that several nodes cannot share: relative ones (each Ray worker resolves them in
     its own working directory) and, in a submitted Ray job, those inside the job's node-local copy."""
     outputs = {"trainer.default_local_dir": config.trainer.default_local_dir}
-    loggers = config.trainer.logger
-    if "file" in ([loggers] if isinstance(loggers, str) else loggers):
+    if logs_to_file(config):
         name = FILE_LOGGER_PATH_ENV if environ.get(FILE_LOGGER_PATH_ENV) else FILE_LOGGER_ROOT_ENV
         outputs[name] = os.path.expanduser(environ.get(name, "."))
     job_dir = os.getcwd() if RAY_JOB_CONFIG_ENV in environ else None
@@ -348,6 +373,8 @@ def train(config: DictConfig) -> None:
 
     auto_set_device(config)
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    if logs_to_file(config):
+        keep_previous_metrics_log(file_logger_path(config, worker_env))
     run_ppo(config, task_runner_class=TaskRunnerV1)
 
 

@@ -13,7 +13,13 @@ import yaml
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from mixed_r1_verl.main import exit_unless_data_files_exist, prepare_smoke
+from mixed_r1_verl.main import (
+    exit_unless_data_files_exist,
+    file_logger_env,
+    file_logger_path,
+    keep_previous_metrics_log,
+    prepare_smoke,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,3 +164,23 @@ def test_multi_node_run_needs_shared_absolute_output_paths(tmp_path):
         env={"VERL_FILE_LOGGER_ROOT": str(tmp_path / "logs")},
     )  # fmt: skip
     assert shared.returncode == 2 and "needs at least one CUDA GPU" in shared.stderr, "past the path check"
+
+
+def test_a_rerun_keeps_the_metrics_verls_file_logger_would_erase(tmp_path):
+    config = OmegaConf.create({"trainer": {"project_name": "mixed_r1", "experiment_name": "smoke"}})
+    path = file_logger_path(config, file_logger_env({"VERL_FILE_LOGGER_ROOT": str(tmp_path)}))
+    assert path == tmp_path / "mixed_r1" / "smoke.jsonl"
+    explicit = tmp_path / "mine.jsonl"
+    assert file_logger_path(config, file_logger_env({"VERL_FILE_LOGGER_PATH": str(explicit)})) == explicit
+
+    assert keep_previous_metrics_log(path) is None, "nothing logged yet"
+    path.parent.mkdir()
+    path.write_text("")
+    assert keep_previous_metrics_log(path) is None and path.exists(), "an empty log holds nothing to keep"
+    first_run, second_run = '{"step": 1, "data": {}}\n', '{"step": 4, "data": {}}\n'
+    path.write_text(first_run)
+    assert keep_previous_metrics_log(path) == tmp_path / "mixed_r1" / "smoke.1.jsonl" and not path.exists()
+    path.write_text(second_run)
+    assert keep_previous_metrics_log(path) == tmp_path / "mixed_r1" / "smoke.2.jsonl"
+    assert (path.parent / "smoke.1.jsonl").read_text() == first_run
+    assert (path.parent / "smoke.2.jsonl").read_text() == second_run
