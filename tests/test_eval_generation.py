@@ -1,6 +1,9 @@
 """The one generation path of evaluation and the data engine: chat rendering, images resized with the
 converter's per-image bounds (as the training dataset does), and the sampling settings of each use."""
 
+import json
+import shutil
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -63,14 +66,14 @@ def test_eval_hands_both_backends_the_training_frame(converted, tiny_model_dir):
         assert [grid_w * 14, grid_h * 14] == frame
 
 
-def test_engine_hands_the_generator_the_training_frame(converted, tiny_model_dir, tmp_path):
+def engine_on(converted, output_dir, *settings):
     _, jsonl, image_root = converted
-    config = parse_settings(
-        EngineConfig,
-        [f"input={jsonl}", f"image_root={image_root}", f"output_dir={tmp_path}", "progress=false",
-         f"max_pixels={CONVERTER_MAX_PIXELS}"],
-    )
-    engine = Engine(config)
+    base = [f"input={jsonl}", f"image_root={image_root}", f"output_dir={output_dir}", "progress=false"]
+    return Engine(parse_settings(EngineConfig, [*base, *settings]))
+
+
+def test_engine_hands_the_generator_the_training_frame(converted, tiny_model_dir, tmp_path):
+    engine = engine_on(converted, tmp_path, f"max_pixels={CONVERTER_MAX_PIXELS}")
     rows = engine.validate()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     for row in rows:
@@ -80,13 +83,7 @@ def test_engine_hands_the_generator_the_training_frame(converted, tiny_model_dir
 
 
 def test_engine_converts_for_the_model_it_measures(converted, tiny_model_dir, tmp_path):
-    _, jsonl, image_root = converted
-    config = parse_settings(
-        EngineConfig,
-        [f"input={jsonl}", f"image_root={image_root}", f"output_dir={tmp_path}", "progress=false",
-         f"difficulty.model_path={tiny_model_dir}"],
-    )  # fmt: skip
-    engine = Engine(config)
+    engine = engine_on(converted, tmp_path, f"difficulty.model_path={tiny_model_dir}")
     assert (engine.converter.min_pixels, engine.converter.max_pixels) == (MIN_PIXELS, MAX_PIXELS)
     generator = TransformersGenerator(str(tiny_model_dir), ENGINE_SAMPLING, device="cpu")
     for row in engine.validate():
@@ -120,3 +117,21 @@ def test_transformers_backend_samples_n_responses(tiny_model_dir, converted):
     settings = SamplingSettings(n=3, temperature=1.0, max_new_tokens=3)
     (responses,) = TransformersGenerator(str(tiny_model_dir), settings, device="cpu").generate([eval_request(record)])
     assert len(responses) == 3 and all(isinstance(text, str) for text in responses)
+
+
+def test_transformers_backend_samples_only_as_the_settings_say(tiny_model_dir, converted, tmp_path):
+    root, _, _ = converted
+    request = eval_request(load_records([root / "out" / "train.parquet"])[0])
+    # A checkpoint whose own generation_config would make every sample the same.
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    config_path = model_dir / "generation_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "top_k": 1, "repetition_penalty": 50.0}))
+
+    sampled = SamplingSettings(n=6, temperature=1.0, max_new_tokens=8)
+    (responses,) = TransformersGenerator(str(model_dir), sampled, device="cpu").generate([request])
+    assert len(set(responses)) > 1, responses
+
+    greedy = SamplingSettings(max_new_tokens=8)
+    (plain,) = TransformersGenerator(str(tiny_model_dir), greedy, device="cpu").generate([request])
+    (penalised,) = TransformersGenerator(str(model_dir), greedy, device="cpu").generate([request])
+    assert plain == penalised

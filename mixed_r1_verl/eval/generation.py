@@ -131,6 +131,12 @@ class VllmGenerator:
         return [[completion.text for completion in output.outputs] for output in outputs]
 
 
+# transformers fills every sampling field left unset from the checkpoint's generation_config (the
+# Qwen2.5-VL Instruct models ship top_k=1 and repetition_penalty=1.05, so k samples would be one);
+# these are set so that both backends sample only as SamplingSettings say, as vLLM does.
+NEUTRAL_SAMPLING = {"top_k": 0, "repetition_penalty": 1.0}
+
+
 class TransformersGenerator:
     """`generate` one request at a time for Qwen2-VL-family checkpoints, through the image-and-text
     processor (no torchvision needed)."""
@@ -160,6 +166,7 @@ class TransformersGenerator:
         inputs = self.model_inputs(request)
         settings = self.settings
         sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
+        sampling.update(NEUTRAL_SAMPLING)
         self.torch.manual_seed(settings.seed)
         with self.torch.inference_mode():
             output = self.model.generate(
