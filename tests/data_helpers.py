@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mixed_r1_verl.data.prepare import PrepareConfig, prepare
+from mixed_r1_verl.data.synthetic import write_synthetic_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -19,3 +22,13 @@ def run_module(module: str, *args: str) -> str:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def convert_synthetic(src_dir: Path, output_dir: Path, *, rows_per_task: int, seed: int, synthetic=None, **settings):
+    """The synthetic four-task set (`synthetic`: more generator options) written to `src_dir` and
+    converted into `output_dir` with the converter `settings`; returns (jsonl, image_root)."""
+    jsonl, image_root = write_synthetic_dataset(src_dir, rows_per_task=rows_per_task, seed=seed, **(synthetic or {}))
+    prepare(
+        PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(output_dir), progress=False, **settings)
+    )
+    return jsonl, image_root

@@ -7,12 +7,11 @@ from collections import Counter
 import numpy as np
 import pytest
 from omegaconf import OmegaConf, open_dict
+from data_helpers import convert_synthetic
 from test_train_config import compose_recipe
 
 from mixed_r1_verl.data.balanced_sampler import SamplerConfigError, balanced_order, batch_quota, configured_sampler
-from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.processor import load_image_text_processor
-from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.verl_adapter.trainer import MixedR1SyncTrainer
 
 TASKS = {"matching", "chart", "grounding", "open_ended"}
@@ -23,19 +22,10 @@ BATCH_SIZE = 8
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("balanced")
-    jsonl, image_root = write_synthetic_dataset(
-        root / "src", rows_per_task=ROWS_PER_TASK, seed=3, image_size=(224, 224), val_rows_per_task=0
-    )
-    prepare(
-        PrepareConfig(
-            input=str(jsonl),
-            image_root=str(image_root),
-            output_dir=str(root / "out"),
-            model_path=str(tiny_model_dir),
-            val_ratio=0.0,
-            progress=False,
-        )
-    )
+    convert_synthetic(
+        root / "src", root / "out", rows_per_task=ROWS_PER_TASK, seed=3,
+        synthetic={"image_size": (224, 224), "val_rows_per_task": 0}, model_path=str(tiny_model_dir), val_ratio=0.0,
+    )  # fmt: skip
     return root / "out"
 
 

@@ -13,10 +13,9 @@ from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn, get_dataset_c
 from mixed_r1_verl.data.dataset import DatasetRowError, MixedR1Dataset
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.processor import load_image_text_processor
-from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 
-from data_helpers import REPO
+from data_helpers import REPO, convert_synthetic
 
 CUSTOM_CLS = {"path": "pkg://mixed_r1_verl.data.dataset", "name": "MixedR1Dataset"}
 
@@ -25,18 +24,10 @@ CUSTOM_CLS = {"path": "pkg://mixed_r1_verl.data.dataset", "name": "MixedR1Datase
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("dataset")
     model_dir = build_tiny_qwen25vl(root / "model")
-    jsonl, image_root = write_synthetic_dataset(
-        root / "src", rows_per_task=4, seed=7, image_size=(560, 410), val_rows_per_task=0
-    )
-    config = PrepareConfig(
-        input=str(jsonl),
-        image_root=str(image_root),
-        output_dir=str(root / "out"),
-        model_path=str(model_dir),
-        val_ratio=0.0,
-        progress=False,
-    )
-    prepare(config)
+    convert_synthetic(
+        root / "src", root / "out", rows_per_task=4, seed=7,
+        synthetic={"image_size": (560, 410), "val_rows_per_task": 0}, model_path=str(model_dir), val_ratio=0.0,
+    )  # fmt: skip
     return root, model_dir, load_image_text_processor(model_dir)
 
 
@@ -73,10 +64,8 @@ def test_verl_selects_the_class_and_no_row_vanishes(setup):
 
 def test_rows_converted_for_a_larger_frame_than_the_processor_keeps_are_refused(setup, tmp_path):
     root, _, processor = setup
-    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=3, val_rows_per_task=0)
     # No model_path: the converter's own budget (1,003,520 pixels) is above the tiny processor's 200,704.
-    prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "out"),
-                          val_ratio=0.0, progress=False))  # fmt: skip
+    convert_synthetic(tmp_path / "src", tmp_path / "out", rows_per_task=1, seed=3, synthetic={"val_rows_per_task": 0}, val_ratio=0.0)
     first_id = pq.read_table(tmp_path / "out" / "train.parquet").column("extra_info")[0]["id"].as_py()
     with pytest.raises(DatasetRowError, match=rf"row 0 \(id '{first_id}'.*max_pixels 1003520 is above the model processor's 200704"):
         build(root, processor, [str(tmp_path / "out" / "train.parquet")], filter_overlong_prompts=False)

@@ -5,12 +5,11 @@ import json
 import shutil
 
 import pytest
+from data_helpers import convert_synthetic
 from transformers import AutoTokenizer
 
 from mixed_r1_verl.data.engine import Engine, EngineConfig
-from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.prompts import chat_template_text
-from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.eval.generation import (
     ENGINE_SAMPLING,
     EVAL_SAMPLING,
@@ -31,14 +30,10 @@ CONVERTER_MAX_PIXELS = 28 * 28 * 64
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("generation")
-    jsonl, image_root = write_synthetic_dataset(
-        root / "src", rows_per_task=2, seed=11, image_size=(700, 500), val_rows_per_task=0
-    )
-    config = PrepareConfig(
-        input=str(jsonl), image_root=str(image_root), output_dir=str(root / "out"),
-        max_pixels=CONVERTER_MAX_PIXELS, val_ratio=0.0, progress=False,
-    )
-    prepare(config)
+    jsonl, image_root = convert_synthetic(
+        root / "src", root / "out", rows_per_task=2, seed=11,
+        synthetic={"image_size": (700, 500), "val_rows_per_task": 0}, max_pixels=CONVERTER_MAX_PIXELS, val_ratio=0.0,
+    )  # fmt: skip
     return root, jsonl, image_root
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_helpers import REPO
+from data_helpers import REPO, convert_synthetic
 from mixed_r1_verl.eval.cache import discard_generations_of_another_model
 from mixed_r1_verl.eval.report import write_summary
 from mixed_r1_verl.eval.scoring import summarize
@@ -28,9 +28,8 @@ from mixed_r1_verl.learn import (
     target_checks,
     write_report,
 )
-from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.run_logs import read_metrics_log
-from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
+from mixed_r1_verl.data.synthetic import TASKS
 
 
 def run_learn(*args: str) -> subprocess.CompletedProcess:
@@ -92,13 +91,7 @@ def test_publish_points_at_the_latest_checkpoint_and_completes_it(tmp_path, tiny
 
 def test_evaluation_step_scores_a_model_with_the_project_evaluation(tmp_path, tiny_model_dir):
     layout = Layout(tmp_path)
-    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=4)
-    prepare(
-        PrepareConfig(
-            input=str(jsonl), image_root=str(image_root), output_dir=str(layout.data),
-            model_path=str(tiny_model_dir), progress=False,
-        )
-    )  # fmt: skip
+    convert_synthetic(tmp_path / "src", layout.data, rows_per_task=2, seed=4, model_path=str(tiny_model_dir))
     step = eval_step(LearnConfig(eval_max_new_tokens=4), layout, "base", tiny_model_dir)
     execute([step], env={**os.environ, "PYTHONPATH": str(REPO)})
     out = layout.eval_dir("base")
