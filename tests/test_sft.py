@@ -134,6 +134,19 @@ def test_a_row_whose_placeholders_do_not_match_its_images_is_named(converted, ti
         dataset[0]
 
 
+def test_rows_converted_for_a_larger_frame_than_the_processor_keeps_are_refused(converted, tiny_model_dir, tmp_path):
+    data_dir, _ = converted
+    table = pq.read_table(data_dir / "sft_train.parquet").to_pylist()
+    for row in table[1:]:
+        row["images"] = [{**image, "max_pixels": 4 * image["max_pixels"]} for image in row["images"]]
+    wide = tmp_path / "wide.parquet"
+    pq.write_table(pa.Table.from_pylist(table, schema=SFT_SCHEMA), wide)
+    config = compose_sft(f"model.path={tiny_model_dir}")
+    processor = load_image_text_processor(tiny_model_dir)
+    with pytest.raises(ValueError, match=rf"SFT row 1 \(id '{table[1]['extra_info']['id']}'\).*max_pixels 802816 is above"):
+        create_sft_dataset(str(wide), config.data, processor.tokenizer, processor)
+
+
 def run_sft(cwd, *args):
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(

@@ -163,22 +163,15 @@ class MixedR1Dataset(RLHFDataset):
                 lengths[i] = length
         return lengths
 
-    def check_image_frames(self, dataframe: datasets.Dataset) -> None:
-        """Raises DatasetRowError naming the first row whose images the processor would resize again."""
-        image_processor = getattr(self.processor, "image_processor", None)
-        if image_processor is None:
-            return
-        model_min, model_max = processor_pixel_bounds(image_processor.to_dict())
-        overrides = self.mm_processor_kwargs or {}
-        model_bounds = (overrides.get("min_pixels") or model_min, overrides.get("max_pixels") or model_max)
-        for bounds, row in first_row_per_image_bounds(dataframe, self.image_key).items():
-            reason = resized_again_reason(bounds, model_bounds)
-            if reason:
-                raise DatasetRowError(f"{self._describe_row(dataframe[row], row)}: {reason}")
-
     def maybe_filter_out_long_prompts(self, dataframe: datasets.Dataset = None):
         # verl calls this on every load, before anything is built with the processor.
-        self.check_image_frames(dataframe)
+        if self.image_key in dataframe.column_names:
+            refuse_images_resized_again(
+                self.processor,
+                dataframe.with_format("arrow")[self.image_key],
+                lambda row: self._describe_row(dataframe[row], row),
+                self.mm_processor_kwargs,
+            )
         if not self.filter_overlong_prompts:
             return dataframe
         lengths = self.prompt_lengths(dataframe)
@@ -216,12 +209,24 @@ def extra_info_column(dataframe: datasets.Dataset, name: str) -> list:
     return pc.struct_field(column, name).to_pylist()
 
 
-def first_row_per_image_bounds(dataframe: datasets.Dataset, image_key: str) -> dict[tuple, int]:
-    """Each distinct (min_pixels, max_pixels) of the rows' image items (None where an item states
-    none) with the first row holding it, read from the arrow column without decoding images."""
-    if image_key not in dataframe.column_names:
-        return {}
-    column = dataframe.with_format("arrow")[image_key]
+def refuse_images_resized_again(processor, images_column, describe_row, mm_processor_kwargs=None) -> None:
+    """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row of the arrow
+    `images_column` whose images the processor (its bounds, or mm_processor_kwargs') would resize again."""
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return
+    model_min, model_max = processor_pixel_bounds(image_processor.to_dict())
+    overrides = mm_processor_kwargs or {}
+    model_bounds = (overrides.get("min_pixels") or model_min, overrides.get("max_pixels") or model_max)
+    for bounds, row in first_row_per_image_bounds(images_column).items():
+        reason = resized_again_reason(bounds, model_bounds)
+        if reason:
+            raise DatasetRowError(f"{describe_row(row)}: {reason}")
+
+
+def first_row_per_image_bounds(column) -> dict[tuple, int]:
+    """Each distinct (min_pixels, max_pixels) of the image items in an arrow list column (None where
+    an item states none) with the first row holding it, read without decoding images."""
     if not pa.types.is_list(column.type) or not pa.types.is_struct(column.type.value_type):
         return {}
     items = pc.list_flatten(column)

@@ -7,22 +7,34 @@ Select it in the SFT config (conf/sft.yaml does):
 
 verl's dataset resizes images through qwen_vl_utils (which needs torchvision); this class resizes them
 exactly as the GRPO dataset does (`model_input_image`: PIL only, the per-image min/max pixels the
-converter wrote), so SFT, GRPO and the converter's grounding frame agree. Everything else (per-turn
+converter wrote), so SFT, GRPO and the converter's grounding frame agree; data converted for a
+frame the model's processor would resize again is refused, as in GRPO. Everything else (per-turn
 tokenisation, loss mask on the assistant turn only, M-RoPE positions, padding) is verl's. A row that
 cannot be prepared raises an error naming it.
 """
 
 from __future__ import annotations
 
+import pyarrow as pa
 from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 from verl.utils.py_functional import convert_nested_value_to_list_recursive
 
-from mixed_r1_verl.data.dataset import DatasetRowError, model_input_image
+from mixed_r1_verl.data.dataset import DatasetRowError, model_input_image, refuse_images_resized_again
 from mixed_r1_verl.data.prompts import chat_with_image_items
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
 
 
 class MixedR1SFTDataset(MultiTurnSFTDataset):
+    def _read_files_and_process(self):
+        super()._read_files_and_process()
+        if self.image_key in self.dataframe.columns:
+            images = pa.array(self.dataframe[self.image_key])
+            refuse_images_resized_again(self.processor, images, self._describe_row)
+
+    def _describe_row(self, item: int) -> str:
+        extra_info = self.dataframe.iloc[item].get("extra_info") or {}
+        return f"SFT row {item} (id {extra_info.get('id')!r}) of {self.parquet_files}"
+
     def _build_messages(self, example: dict) -> list[dict]:
         """The row's chat turns as content items, each `<image>` an image item holding its resized image."""
         turns = chat_with_image_items(convert_nested_value_to_list_recursive(example[self.messages_key]))
@@ -44,8 +56,4 @@ class MixedR1SFTDataset(MultiTurnSFTDataset):
         try:
             return super().__getitem__(item)
         except Exception as error:
-            row = self.dataframe.iloc[item]
-            extra_info = row.get("extra_info") or {}
-            raise DatasetRowError(
-                f"SFT row {item} (id {extra_info.get('id')!r}) of {self.parquet_files} cannot be prepared: {error}"
-            ) from error
+            raise DatasetRowError(f"{self._describe_row(item)} cannot be prepared: {error}") from error
