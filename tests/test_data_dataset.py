@@ -207,3 +207,13 @@ def test_a_large_chart_fits_the_default_budgets_and_long_prompts_are_rejected(tm
     dataset = build(tmp_path, processor, [str(out / "train.parquet")], max_prompt_length=budget)
     assert len(dataset) == 1 and dataset.rows_over_prompt_length == {}
     assert dataset.prompt_length(written, 0) == written["extra_info"]["prompt_length"]
+
+
+def test_image_rows_without_a_processor_from_verl_are_refused(setup):
+    root, model_dir, processor = setup
+    train = root / "out" / "train.parquet"
+    first_id = pq.read_table(train).column("extra_info")[0]["id"].as_py()
+    config = data_config(root, filter_overlong_prompts=False)
+    # verl passes None when AutoProcessor fails (without torchvision, for one).
+    with pytest.raises(DatasetRowError, match=rf"row 0 \(id '{first_id}'.* holds images, but verl loaded no processor for {model_dir}"):
+        get_dataset_class(config)([str(train)], processor.tokenizer, config, processor=None)

@@ -9,7 +9,8 @@ RLHFDataset resizes images through qwen_vl_utils (which needs torchvision) and, 
 row fails for any reason, counts it as over-long and drops it. This class resizes with PIL to the
 exact size qwen_vl_utils and the Qwen2.5-VL processor produce (honouring per-image min/max pixels
 written by the converter), raises an error naming the row when one cannot be prepared or when the
-model's processor would resize its images again (out of the frame its boxes are in), and logs every
+model's processor would resize its images again (out of the frame its boxes are in) or when verl
+loaded no processor at all (the images would be left out of training), and logs every
 row the length filter removes, counted per task. The filter reads each row's prompt size from
 extra_info.prompt_length where the converter wrote it, and measures only the other rows.
 """
@@ -30,6 +31,7 @@ from verl.utils.tokenizer import build_multimodal_processor_inputs, normalize_to
 
 from mixed_r1_verl.data.frames import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, resized_again_reason, smart_resize
 from mixed_r1_verl.data.model_files import processor_pixel_bounds
+from mixed_r1_verl.data.processor import autoprocessor_failure
 
 logger = logging.getLogger(__name__)
 SPATIAL_MERGE_SIZE = 2
@@ -166,12 +168,13 @@ class MixedR1Dataset(RLHFDataset):
     def maybe_filter_out_long_prompts(self, dataframe: datasets.Dataset = None):
         # verl calls this on every load, before anything is built with the processor.
         if self.image_key in dataframe.column_names:
-            refuse_images_resized_again(
-                self.processor,
-                dataframe.with_format("arrow")[self.image_key],
-                lambda row: self._describe_row(dataframe[row], row),
-                self.mm_processor_kwargs,
-            )
+            images = dataframe.with_format("arrow")[self.image_key]
+
+            def describe_row(row):
+                return self._describe_row(dataframe[row], row)
+
+            refuse_images_without_processor(self.processor, self.tokenizer.name_or_path, images, describe_row)
+            refuse_images_resized_again(self.processor, images, describe_row, self.mm_processor_kwargs)
         if not self.filter_overlong_prompts:
             return dataframe
         lengths = self.prompt_lengths(dataframe)
@@ -207,6 +210,21 @@ def extra_info_column(dataframe: datasets.Dataset, name: str) -> list:
     if name not in {field.name for field in column.type}:
         return [None] * len(dataframe)
     return pc.struct_field(column, name).to_pylist()
+
+
+def refuse_images_without_processor(processor, model_dir: str, images_column, describe_row) -> None:
+    """Raises DatasetRowError, naming the first row of the arrow `images_column` that holds images, when
+    verl loaded no processor: its AutoProcessor call failed, which verl only warns about, and every
+    image would then be left out of the prompts and rollouts."""
+    if processor is None and pa.types.is_list(images_column.type):
+        counts = pc.list_value_length(images_column).to_pylist()
+        first = next((row for row, count in enumerate(counts) if count), None)
+        if first is not None:
+            reason = autoprocessor_failure(model_dir) or "verl's hf_processor returned None"
+            raise DatasetRowError(
+                f"{describe_row(first)} holds images, but verl loaded no processor for {model_dir} ({reason}); "
+                "without it the model would train on the text alone"
+            )
 
 
 def refuse_images_resized_again(processor, images_column, describe_row, mm_processor_kwargs=None) -> None:

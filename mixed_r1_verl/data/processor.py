@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from transformers import AutoTokenizer, Qwen2_5_VLProcessor
+from transformers import AutoProcessor, AutoTokenizer, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 
@@ -33,3 +33,13 @@ def load_image_text_processor(model_dir: str | os.PathLike) -> Qwen25VLImageText
         tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
     )
+
+
+def autoprocessor_failure(model_dir: str | os.PathLike) -> str:
+    """The first sentence of the error `AutoProcessor.from_pretrained(model_dir)` raises; "" when it loads."""
+    try:
+        AutoProcessor.from_pretrained(model_dir)
+    except Exception as error:
+        message = " ".join(str(error).split()).split(". ")[0]
+        return f"AutoProcessor: {message or type(error).__name__}"
+    return ""
