@@ -20,7 +20,17 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mixed_r1_verl.entry import register_recipe_files, run_recipe_entry
-from mixed_r1_verl.main import config_dir, data_files, fail, make_paths_absolute, recipe_dir
+from mixed_r1_verl.main import (
+    config_dir,
+    data_files,
+    fail,
+    file_logger_env,
+    file_logger_path,
+    keep_previous_metrics_log,
+    logs_to_file,
+    make_paths_absolute,
+    recipe_dir,
+)
 
 PRIMARY_CONFIG = "sft"
 PATH_KEYS = ("data.train_files", "data.val_files", "model.path", "trainer.default_local_dir")
@@ -73,6 +83,11 @@ def train(config: DictConfig) -> None:
 
     if not torch.cuda.is_available():
         fail(NO_GPU_MESSAGE)
+    train_on_this_node(config)
+
+
+def train_on_this_node(config: DictConfig) -> None:
+    """verl's SFT trainer on this node's devices: one process, or one per GPU under torchrun."""
     if config.trainer.nnodes != 1:
         fail("mixed_r1_verl.sft runs on one node (trainer.nnodes=1); use torchrun on every node for more.\n")
     make_paths_absolute(config, PATH_KEYS)
@@ -82,6 +97,8 @@ def train(config: DictConfig) -> None:
             "not found: " + ", ".join(missing) + "\n(the SFT parquet is written by mixed_r1_verl.data.prepare for "
             "rows with a `rationale`)\n"
         )
+    if logs_to_file(config) and os.environ.get("RANK", "0") == "0":
+        keep_previous_metrics_log(file_logger_path(config, file_logger_env(os.environ)))
     if "WORLD_SIZE" not in os.environ:
         if config.trainer.n_gpus_per_node > 1:
             os.execv(sys.executable, torchrun_command(config, sys.argv[1:]))

@@ -8,23 +8,39 @@ Select it in the SFT config (conf/sft.yaml does):
 verl's dataset resizes images through qwen_vl_utils (which needs torchvision); this class resizes them
 exactly as the GRPO dataset does (`model_input_image`: PIL only, the per-image min/max pixels the
 converter wrote), so SFT, GRPO and the converter's grounding frame agree; data converted for a
-frame the model's processor would resize again is refused, as in GRPO. Everything else (per-turn
-tokenisation, loss mask on the assistant turn only, M-RoPE positions, padding) is verl's. A row that
-cannot be prepared raises an error naming it.
+frame the model's processor would resize again is refused, as in GRPO. Where verl loaded no processor
+(AutoProcessor fails without torchvision), the project's image-and-text processor takes its place.
+Everything else (per-turn tokenisation, loss mask on the assistant turn only, M-RoPE positions,
+padding) is verl's. A row that cannot be prepared raises an error naming it.
 """
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
 
 import pyarrow as pa
 from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 from verl.utils.py_functional import convert_nested_value_to_list_recursive
 
 from mixed_r1_verl.data.dataset import DatasetRowError, model_input_image, refuse_images_resized_again
+from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.prompts import chat_with_image_items
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
 
+logger = logging.getLogger(__name__)
+
 
 class MixedR1SFTDataset(MultiTurnSFTDataset):
+    def __init__(self, parquet_files, tokenizer, config, processor=None, max_samples: int = -1):
+        model_dir = Path(tokenizer.name_or_path)
+        if processor is None and (model_dir / "preprocessor_config.json").is_file():
+            # verl only warns when AutoProcessor fails (as it does without torchvision); images would
+            # then reach the model as bare placeholders.
+            processor = load_image_text_processor(model_dir)
+            logger.warning("verl loaded no processor for %s; using the image-and-text processor", model_dir)
+        super().__init__(parquet_files, tokenizer, config, processor=processor, max_samples=max_samples)
+
     def _read_files_and_process(self):
         super()._read_files_and_process()
         if self.image_key in self.dataframe.columns:
