@@ -1,6 +1,7 @@
 """Cold-start SFT: the converter's SFT parquet, verl's SFT config and dataset with the tiny Qwen2.5-VL."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -178,3 +179,84 @@ def test_input_paths_are_pinned_and_missing_ones_named(tmp_path, monkeypatch, ti
     assert list(config.data.train_files) == [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
     assert config.trainer.default_local_dir == str(tmp_path / "ckpt") and config.data.val_files is None
     assert missing_inputs(config) == [f"data.train_files={tmp_path / 'b.parquet'}"]
+
+
+def test_without_a_processor_from_verl_the_image_and_text_processor_prepares_the_images(converted, tiny_model_dir):
+    data_dir, _ = converted
+    config = compose_sft(f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")
+    processor = load_image_text_processor(tiny_model_dir)
+    # verl passes None when AutoProcessor fails (without torchvision, for one).
+    dataset = create_sft_dataset(config.data.train_files, config.data, processor.tokenizer, None)
+    item = dataset[0]
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    grid = item["multi_modal_inputs"]["image_grid_thw"]
+    assert int((item["input_ids"] == image_pad).sum()) == int(grid.prod()) // 4 > 0
+
+
+CPU_SFT_STEPS = 6
+
+
+def sft_on_cpu(cwd, model_dir, data_dir, steps):
+    """`mixed_r1_verl.sft recipe=learn` on CPU (tests/verl_on_cpu.py), 4 rows a step."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VERL_FILE_LOGGER_PATH": str(cwd / "sft.jsonl")}
+    settings = [
+        "recipe=learn", f"model.path={model_dir}", f"mixed_r1.data_dir={data_dir}", "trainer.device=cpu",
+        "engine.strategy=fsdp2", "data.train_batch_size=4", "data.micro_batch_size_per_gpu=2", "data.num_workers=0",
+        f"trainer.total_training_steps={steps}", "trainer.default_local_dir=checkpoints",
+    ]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "verl_on_cpu.py"), *settings],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    return run
+
+
+def metrics_by_step(log) -> dict[int, dict]:
+    steps = {}
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        steps.setdefault(record["step"], {}).update(record["data"])
+    return steps
+
+
+@pytest.fixture(scope="module")
+def trained_on_cpu(converted, tiny_model_dir, tmp_path_factory):
+    data_dir, _ = converted
+    cwd = tmp_path_factory.mktemp("sft_run")
+    sft_on_cpu(cwd, tiny_model_dir, data_dir, CPU_SFT_STEPS)
+    return cwd
+
+
+def test_verls_sft_trainer_fits_the_rationales_and_saves_the_model_grpo_starts_from(trained_on_cpu, tiny_model_dir):
+    from mixed_r1_verl.learn import publish_checkpoint
+
+    steps = metrics_by_step(trained_on_cpu / "sft.jsonl")
+    assert sorted(steps) == list(range(1, CPU_SFT_STEPS + 1))
+    losses = [steps[step]["train/loss"] for step in sorted(steps)]
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+    assert math.isfinite(steps[CPU_SFT_STEPS]["val/loss"])
+
+    published = publish_checkpoint(
+        trained_on_cpu / "checkpoints", "huggingface", trained_on_cpu / "sft_model", tiny_model_dir
+    )
+    assert published == trained_on_cpu / "checkpoints" / f"global_step_{CPU_SFT_STEPS}" / "huggingface"
+    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tuned = Qwen2_5_VLForConditionalGeneration.from_pretrained(trained_on_cpu / "sft_model", dtype=torch.float32)
+    base_weights, tuned_weights = base.state_dict(), tuned.state_dict()
+    assert base_weights.keys() == tuned_weights.keys()
+    changed = [name for name in base_weights if not torch.equal(base_weights[name], tuned_weights[name])]
+    assert any(".visual." in name for name in changed) and any("language_model" in name for name in changed)
+    processor = load_image_text_processor(trained_on_cpu / "sft_model")
+    assert processor.image_processor.to_dict() == load_image_text_processor(tiny_model_dir).image_processor.to_dict()
+
+
+def test_a_second_run_resumes_after_the_last_checkpoint_and_keeps_the_first_runs_metrics(
+    trained_on_cpu, converted, tiny_model_dir
+):
+    data_dir, _ = converted
+    first_run = metrics_by_step(trained_on_cpu / "sft.jsonl")
+    sft_on_cpu(trained_on_cpu, tiny_model_dir, data_dir, CPU_SFT_STEPS + 2)
+    assert sorted(metrics_by_step(trained_on_cpu / "sft.jsonl")) == [CPU_SFT_STEPS + 1, CPU_SFT_STEPS + 2]
+    assert metrics_by_step(trained_on_cpu / "sft.1.jsonl") == first_run
+    assert (trained_on_cpu / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == str(CPU_SFT_STEPS + 2)
