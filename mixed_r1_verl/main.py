@@ -195,9 +195,13 @@ def file_logger_path(config: DictConfig, logger_env: dict[str, str]) -> Path:
     return root / config.trainer.project_name / f"{config.trainer.experiment_name}.jsonl"
 
 
-def keep_previous_metrics_log(path: Path) -> Path | None:
-    """verl's file logger empties its file when a run starts, so a rerun (a resume, say) would erase the
-    steps logged before: a non-empty file is renamed to `<stem>.<n>.jsonl` (the first free n) and kept."""
+def prepare_metrics_log(path: Path) -> Path | None:
+    """Readies the file verl's file logger will write; returns where an earlier run's metrics were kept.
+
+    verl creates only its default directory, so an explicit path's directory is made here. And it
+    empties its file when a run starts, so a rerun (a resume, say) would erase the steps logged before:
+    a non-empty file is renamed to `<stem>.<n>.jsonl` (the first free n) and kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file() or path.stat().st_size == 0:
         return None
     number = 1
@@ -374,7 +378,7 @@ def train(config: DictConfig) -> None:
     auto_set_device(config)
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     if logs_to_file(config):
-        keep_previous_metrics_log(file_logger_path(config, worker_env))
+        prepare_metrics_log(file_logger_path(config, worker_env))
     run_ppo(config, task_runner_class=TaskRunnerV1)
 
 

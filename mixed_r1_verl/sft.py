@@ -26,9 +26,10 @@ from mixed_r1_verl.main import (
     fail,
     file_logger_env,
     file_logger_path,
-    keep_previous_metrics_log,
     logs_to_file,
     make_paths_absolute,
+    parquet_rows,
+    prepare_metrics_log,
     recipe_dir,
 )
 
@@ -60,6 +61,22 @@ def missing_inputs(config: DictConfig) -> list[str]:
         value = OmegaConf.select(config, key)
         missing += [f"{key}={path}" for path in data_files(value) if not os.path.exists(path)]
     return missing
+
+
+def sets_short_of_a_batch(config: DictConfig) -> list[str]:
+    """`data.<key> (<n> rows)` for the training and validation sets holding fewer rows than one batch
+    of data.train_batch_size: verl's SFT loaders yield whole batches only, so such a training set trains
+    nothing and such a validation set logs val/loss as NaN."""
+    short = []
+    for key, limit_key in (("train_files", "train_max_samples"), ("val_files", "val_max_samples")):
+        if not config.data[key]:
+            continue
+        rows = sum(parquet_rows(path) for path in data_files(config.data[key]))
+        limit = config.data.get(limit_key, -1)
+        rows = min(rows, limit) if limit > 0 else rows
+        if rows < config.data.train_batch_size:
+            short.append(f"data.{key} ({rows} rows)")
+    return short
 
 
 def torchrun_command(config: DictConfig, argv: list[str]) -> list[str]:
@@ -97,8 +114,15 @@ def train_on_this_node(config: DictConfig) -> None:
             "not found: " + ", ".join(missing) + "\n(the SFT parquet is written by mixed_r1_verl.data.prepare for "
             "rows with a `rationale`)\n"
         )
+    short = sets_short_of_a_batch(config)
+    if short:
+        fail(
+            f"{' and '.join(short)}: fewer rows than one batch of data.train_batch_size="
+            f"{config.data.train_batch_size}. verl's SFT trainer uses whole batches only, so it would train "
+            "nothing or log val/loss as NaN; lower data.train_batch_size, add rows, or set data.val_files=null.\n"
+        )
     if logs_to_file(config) and os.environ.get("RANK", "0") == "0":
-        keep_previous_metrics_log(file_logger_path(config, file_logger_env(os.environ)))
+        prepare_metrics_log(file_logger_path(config, file_logger_env(os.environ)))
     if "WORLD_SIZE" not in os.environ:
         if config.trainer.n_gpus_per_node > 1:
             os.execv(sys.executable, torchrun_command(config, sys.argv[1:]))

@@ -196,18 +196,21 @@ def test_without_a_processor_from_verl_the_image_and_text_processor_prepares_the
 CPU_SFT_STEPS = 6
 
 
-def sft_on_cpu(cwd, model_dir, data_dir, steps):
+def sft_on_cpu(cwd, model_dir, data_dir, steps, *settings):
     """`mixed_r1_verl.sft recipe=learn` on CPU (tests/verl_on_cpu.py), 4 rows a step."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "VERL_FILE_LOGGER_PATH": str(cwd / "sft.jsonl")}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VERL_FILE_LOGGER_PATH": str(cwd / "logs" / "sft.jsonl")}
     settings = [
         "recipe=learn", f"model.path={model_dir}", f"mixed_r1.data_dir={data_dir}", "trainer.device=cpu",
         "engine.strategy=fsdp2", "data.train_batch_size=4", "data.micro_batch_size_per_gpu=2", "data.num_workers=0",
-        f"trainer.total_training_steps={steps}", "trainer.default_local_dir=checkpoints",
+        f"trainer.total_training_steps={steps}", "trainer.default_local_dir=checkpoints", *settings,
     ]  # fmt: skip
-    run = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(REPO / "tests" / "verl_on_cpu.py"), *settings],
         env=env, cwd=cwd, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
+
+
+def succeeded(run):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     return run
 
@@ -224,14 +227,14 @@ def metrics_by_step(log) -> dict[int, dict]:
 def trained_on_cpu(converted, tiny_model_dir, tmp_path_factory):
     data_dir, _ = converted
     cwd = tmp_path_factory.mktemp("sft_run")
-    sft_on_cpu(cwd, tiny_model_dir, data_dir, CPU_SFT_STEPS)
+    succeeded(sft_on_cpu(cwd, tiny_model_dir, data_dir, CPU_SFT_STEPS))
     return cwd
 
 
 def test_verls_sft_trainer_fits_the_rationales_and_saves_the_model_grpo_starts_from(trained_on_cpu, tiny_model_dir):
     from mixed_r1_verl.learn import publish_checkpoint
 
-    steps = metrics_by_step(trained_on_cpu / "sft.jsonl")
+    steps = metrics_by_step(trained_on_cpu / "logs" / "sft.jsonl")
     assert sorted(steps) == list(range(1, CPU_SFT_STEPS + 1))
     losses = [steps[step]["train/loss"] for step in sorted(steps)]
     assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
@@ -255,8 +258,19 @@ def test_a_second_run_resumes_after_the_last_checkpoint_and_keeps_the_first_runs
     trained_on_cpu, converted, tiny_model_dir
 ):
     data_dir, _ = converted
-    first_run = metrics_by_step(trained_on_cpu / "sft.jsonl")
-    sft_on_cpu(trained_on_cpu, tiny_model_dir, data_dir, CPU_SFT_STEPS + 2)
-    assert sorted(metrics_by_step(trained_on_cpu / "sft.jsonl")) == [CPU_SFT_STEPS + 1, CPU_SFT_STEPS + 2]
-    assert metrics_by_step(trained_on_cpu / "sft.1.jsonl") == first_run
+    first_run = metrics_by_step(trained_on_cpu / "logs" / "sft.jsonl")
+    succeeded(sft_on_cpu(trained_on_cpu, tiny_model_dir, data_dir, CPU_SFT_STEPS + 2))
+    assert sorted(metrics_by_step(trained_on_cpu / "logs" / "sft.jsonl")) == [CPU_SFT_STEPS + 1, CPU_SFT_STEPS + 2]
+    assert metrics_by_step(trained_on_cpu / "logs" / "sft.1.jsonl") == first_run
     assert (trained_on_cpu / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == str(CPU_SFT_STEPS + 2)
+
+
+def test_sets_smaller_than_one_batch_are_refused_before_training(converted, tiny_model_dir, tmp_path):
+    data_dir, _ = converted
+    train_rows, val_rows = (pq.read_metadata(data_dir / f"sft_{split}.parquet").num_rows for split in ("train", "val"))
+    run = sft_on_cpu(tmp_path, tiny_model_dir, data_dir, 2, f"data.train_batch_size={train_rows + 1}")
+    assert run.returncode == 2
+    assert f"data.train_files ({train_rows} rows) and data.val_files ({val_rows} rows): fewer rows than one batch" in run.stderr
+    run = sft_on_cpu(tmp_path, tiny_model_dir, data_dir, 2, f"data.train_batch_size={val_rows + 1}")
+    assert run.returncode == 2 and f"data.val_files ({val_rows} rows): fewer" in run.stderr
+    assert not (tmp_path / "checkpoints").exists()

@@ -17,7 +17,7 @@ from mixed_r1_verl.main import (
     exit_unless_data_files_exist,
     file_logger_env,
     file_logger_path,
-    keep_previous_metrics_log,
+    prepare_metrics_log,
     prepare_smoke,
 )
 
@@ -173,14 +173,13 @@ def test_a_rerun_keeps_the_metrics_verls_file_logger_would_erase(tmp_path):
     explicit = tmp_path / "mine.jsonl"
     assert file_logger_path(config, file_logger_env({"VERL_FILE_LOGGER_PATH": str(explicit)})) == explicit
 
-    assert keep_previous_metrics_log(path) is None, "nothing logged yet"
-    path.parent.mkdir()
+    assert prepare_metrics_log(path) is None and path.parent.is_dir(), "nothing logged yet; the directory is made"
     path.write_text("")
-    assert keep_previous_metrics_log(path) is None and path.exists(), "an empty log holds nothing to keep"
+    assert prepare_metrics_log(path) is None and path.exists(), "an empty log holds nothing to keep"
     first_run, second_run = '{"step": 1, "data": {}}\n', '{"step": 4, "data": {}}\n'
     path.write_text(first_run)
-    assert keep_previous_metrics_log(path) == tmp_path / "mixed_r1" / "smoke.1.jsonl" and not path.exists()
+    assert prepare_metrics_log(path) == tmp_path / "mixed_r1" / "smoke.1.jsonl" and not path.exists()
     path.write_text(second_run)
-    assert keep_previous_metrics_log(path) == tmp_path / "mixed_r1" / "smoke.2.jsonl"
+    assert prepare_metrics_log(path) == tmp_path / "mixed_r1" / "smoke.2.jsonl"
     assert (path.parent / "smoke.1.jsonl").read_text() == first_run
     assert (path.parent / "smoke.2.jsonl").read_text() == second_run
