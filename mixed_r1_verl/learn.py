@@ -131,6 +131,8 @@ def eval_step(config: LearnConfig, layout: Layout, run: str, model: Path) -> Ste
             f"seed={config.seed}",
             f"max_new_tokens={config.eval_max_new_tokens}",
             f"batch_size={config.eval_batch_size}",
+            # Compiling and capturing CUDA graphs takes longer than eager decoding of a 27M model.
+            "vllm_kwargs.enforce_eager=true",
         ),
     )
 

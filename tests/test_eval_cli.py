@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from mixed_r1_verl.eval.cli import main
+from mixed_r1_verl.eval.cli import checked_settings, main
 from mixed_r1_verl.eval.records import RecordError, load_records
 
 THINK = "<think>I look at the image.</think>"
@@ -196,3 +196,11 @@ def test_bad_settings_stop_with_the_setting_named(argv, reason, capsys):
         main(argv)
     message = f"{stopped.value.code} {capsys.readouterr().err}"
     assert reason in message
+
+
+def test_vllm_engine_arguments_are_settings():
+    settings = checked_settings(
+        ["data=x.parquet", "model=m", "out_dir=o", "vllm_kwargs.enforce_eager=true", "vllm_kwargs.max_model_len=2048"]
+    )
+    assert settings.vllm_kwargs == {"enforce_eager": True, "max_model_len": 2048}
+    assert checked_settings(["data=x.parquet", "model=m", "out_dir=o"]).vllm_kwargs == {}

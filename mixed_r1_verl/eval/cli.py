@@ -8,7 +8,8 @@
 Exactly one of `model` (generate, then score), `generations` (score saved JSONL lines {"id", "response"})
 or `compare` (two evaluation output directories side by side). `data` is one parquet path or a list.
 Generation (model=): `backend` auto (vLLM when installed, else transformers) | vllm | hf; `device` for hf;
-`batch_size` prompts per generation call and cache append; `max_images` per vLLM prompt.
+`batch_size` prompts per generation call and cache append; `max_images` per vLLM prompt; `vllm_kwargs`
+any other vLLM engine argument (`vllm_kwargs.gpu_memory_utilization=0.5`, `vllm_kwargs.enforce_eager=true`).
 Rewards take the training options (reward.reward_kwargs): `embedding_model` for open_ended (BMAS;
 default: model), `format_weight`, `iou_threshold`. `limit` evaluates the first N records only.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Optional
@@ -56,6 +57,7 @@ class EvalSettings:
     seed: int = 0
     tensor_parallel_size: int = 1
     max_images: int = 4
+    vllm_kwargs: dict = field(default_factory=dict)
     embedding_model: Optional[str] = None
     format_weight: Optional[Any] = None
     iou_threshold: Optional[float] = None
@@ -99,8 +101,7 @@ def _make_generator(args):
             args.model,
             sampling,
             max_images_per_prompt=args.max_images,
-            tensor_parallel_size=args.tensor_parallel_size,
-            trust_remote_code=True,
+            **{"tensor_parallel_size": args.tensor_parallel_size, "trust_remote_code": True, **args.vllm_kwargs},
         )
     return build_generator("transformers", args.model, sampling, device=args.device)
 

@@ -39,7 +39,7 @@ def test_merged_checkpoint_is_evaluated_with_vllm_on_every_val_row(smoke_first_r
     val_parquet = gpu_out / "smoke" / "data" / "val.parquet"
     evaluation = project_command(
         "eval_step6", gpu_out, "mixed_r1_verl.eval", f"data={val_parquet}", f"model={merged}",
-        "backend=vllm", "max_new_tokens=64", f"out_dir={gpu_out / 'eval_step6'}",
+        "backend=vllm", "max_new_tokens=64", "vllm_kwargs.enforce_eager=true", f"out_dir={gpu_out / 'eval_step6'}",
     )  # fmt: skip
     assert_succeeded(evaluation)
     table = per_task_table(evaluation.log_text())
