@@ -274,3 +274,20 @@ def test_sets_smaller_than_one_batch_are_refused_before_training(converted, tiny
     run = sft_on_cpu(tmp_path, tiny_model_dir, data_dir, 2, f"data.train_batch_size={val_rows + 1}")
     assert run.returncode == 2 and f"data.val_files ({val_rows} rows): fewer" in run.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_published_sft_model_goes_through_the_learning_proofs_evaluation(trained_on_cpu, converted, tiny_model_dir):
+    from mixed_r1_verl.learn import LearnConfig, Layout, eval_step, execute, publish_checkpoint
+
+    data_dir, _ = converted
+    layout = Layout(trained_on_cpu / "proof")
+    layout.root.mkdir()
+    layout.data.symlink_to(data_dir)
+    layout.base_model.symlink_to(tiny_model_dir)
+    publish_checkpoint(trained_on_cpu / "checkpoints", "huggingface", layout.sft_model, layout.base_model)
+    step = eval_step(LearnConfig(eval_max_new_tokens=4), layout, "sft", layout.sft_model)
+    execute([step], env={**os.environ, "PYTHONPATH": str(REPO)})
+    summary = json.loads((layout.eval_dir("sft") / "summary.json").read_text())
+    val_rows = pq.read_metadata(data_dir / "val.parquet").num_rows
+    assert summary["tasks"]["all"]["n"] == val_rows and summary["tasks"]["all"]["errors"] == 0
+    assert set(summary["tasks"]) == set(TASKS) | {"all"}
