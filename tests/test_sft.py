@@ -21,6 +21,7 @@ from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.sft_dataset import MixedR1SFTDataset
 from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
 from mixed_r1_verl.main import config_dir
+from mixed_r1_verl.run_logs import read_metrics_log
 from mixed_r1_verl.sft import register_sft_recipes
 
 
@@ -197,7 +198,7 @@ CPU_SFT_STEPS = 6
 
 
 def sft_on_cpu(cwd, model_dir, data_dir, steps, *settings):
-    """`mixed_r1_verl.sft recipe=learn` on CPU (tests/verl_on_cpu.py), 4 rows a step."""
+    """`mixed_r1_verl.sft recipe=learn` on CPU (tests/run_on_cpu.py), 4 rows a step."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "VERL_FILE_LOGGER_PATH": str(cwd / "logs" / "sft.jsonl")}
     settings = [
         "recipe=learn", f"model.path={model_dir}", f"mixed_r1.data_dir={data_dir}", "trainer.device=cpu",
@@ -205,7 +206,7 @@ def sft_on_cpu(cwd, model_dir, data_dir, steps, *settings):
         f"trainer.total_training_steps={steps}", "trainer.default_local_dir=checkpoints", *settings,
     ]  # fmt: skip
     return subprocess.run(
-        [sys.executable, str(REPO / "tests" / "verl_on_cpu.py"), *settings],
+        [sys.executable, str(REPO / "tests" / "run_on_cpu.py"), "sft", *settings],
         env=env, cwd=cwd, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
 
@@ -213,14 +214,6 @@ def sft_on_cpu(cwd, model_dir, data_dir, steps, *settings):
 def succeeded(run):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     return run
-
-
-def metrics_by_step(log) -> dict[int, dict]:
-    steps = {}
-    for line in log.read_text().splitlines():
-        record = json.loads(line)
-        steps.setdefault(record["step"], {}).update(record["data"])
-    return steps
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +227,7 @@ def trained_on_cpu(converted, tiny_model_dir, tmp_path_factory):
 def test_verls_sft_trainer_fits_the_rationales_and_saves_the_model_grpo_starts_from(trained_on_cpu, tiny_model_dir):
     from mixed_r1_verl.learn import publish_checkpoint
 
-    steps = metrics_by_step(trained_on_cpu / "logs" / "sft.jsonl")
+    steps = read_metrics_log(trained_on_cpu / "logs" / "sft.jsonl")
     assert sorted(steps) == list(range(1, CPU_SFT_STEPS + 1))
     losses = [steps[step]["train/loss"] for step in sorted(steps)]
     assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
@@ -258,10 +251,10 @@ def test_a_second_run_resumes_after_the_last_checkpoint_and_keeps_the_first_runs
     trained_on_cpu, converted, tiny_model_dir
 ):
     data_dir, _ = converted
-    first_run = metrics_by_step(trained_on_cpu / "logs" / "sft.jsonl")
+    first_run = read_metrics_log(trained_on_cpu / "logs" / "sft.jsonl")
     succeeded(sft_on_cpu(trained_on_cpu, tiny_model_dir, data_dir, CPU_SFT_STEPS + 2))
-    assert sorted(metrics_by_step(trained_on_cpu / "logs" / "sft.jsonl")) == [CPU_SFT_STEPS + 1, CPU_SFT_STEPS + 2]
-    assert metrics_by_step(trained_on_cpu / "logs" / "sft.1.jsonl") == first_run
+    assert sorted(read_metrics_log(trained_on_cpu / "logs" / "sft.jsonl")) == [CPU_SFT_STEPS + 1, CPU_SFT_STEPS + 2]
+    assert read_metrics_log(trained_on_cpu / "logs" / "sft.1.jsonl") == first_run
     assert (trained_on_cpu / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == str(CPU_SFT_STEPS + 2)
 
 

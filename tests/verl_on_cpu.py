@@ -1,16 +1,21 @@
-"""Runs `python -m mixed_r1_verl.sft` on CPU, so verl's own SFT trainer can be tested without a GPU:
+"""verl 0.9.1 on CPU, for tests: the platform, fixes and rollout it needs there, imported into every
+process verl starts (`VERL_USE_EXTERNAL_MODULES=verl_on_cpu`, this directory on PYTHONPATH). The runner
+is tests/run_on_cpu.py.
 
-    python tests/verl_on_cpu.py recipe=learn trainer.device=cpu engine.strategy=fsdp2 ...
+verl registers platforms for NVIDIA, Ascend and AMD devices only, forms its process group as
+`cpu:gloo,<device>:<backend>` (invalid when the device is the CPU), registers its FSDP engine for
+accelerators, pins the reference model's offloaded memory (which needs an accelerator), and rolls out
+with vLLM, SGLang or TensorRT-LLM, none of which runs on a CPU. This module supplies a CPU platform,
+a gloo process group, the engine lookup, unpinned offloading and a rollout server that generates with
+transformers (`actor_rollout_ref.rollout.name=transformers`). verl's trainers, workers, FSDP2 engine
+(FSDP1 needs an accelerator), agent loop, reward loop and checkpoints are the real ones.
 
-verl 0.9.1 has no CPU platform: it registers one for NVIDIA, Ascend and AMD devices only, forms its
-process group as `cpu:gloo,<device>:<backend>` (invalid when the device is the CPU), and registers
-its FSDP engine for accelerators. This runner supplies the CPU platform, a gloo process group and
-the engine lookup; the trainer, the engine (FSDP2: FSDP1 needs an accelerator), the dataset, the
-checkpoints and the entry are the real ones. Only `mixed_r1_verl.sft`'s GPU check is left out.
+Without torchvision, transformers' AutoProcessor cannot build Qwen2.5-VL's processor (its video part
+needs it); here it falls back to the project's image-and-text processor, under the class name verl
+recognises.
 """
 
 import os
-import sys
 import types
 from contextlib import contextmanager
 
@@ -19,13 +24,8 @@ os.environ["VERL_ENGINE_DEVICE"], os.environ["VERL_ENGINE_VENDOR"] = "cuda", "nv
 
 import torch  # noqa: E402
 import torch.distributed  # noqa: E402
-import verl.utils.distributed  # noqa: E402
 from verl.plugin.platform.platform_base import PlatformBase  # noqa: E402
 from verl.plugin.platform.platform_manager import PlatformRegistry  # noqa: E402
-
-from mixed_r1_verl.entry import run_recipe_entry  # noqa: E402
-from mixed_r1_verl.main import config_dir  # noqa: E402
-from mixed_r1_verl.sft import PRIMARY_CONFIG, sft_recipe_dir, train_on_this_node  # noqa: E402
 
 
 def no_device_memory(*args, **kwargs) -> int:
@@ -103,8 +103,12 @@ class PlatformCPU(PlatformBase):
     def profiler_stop(self):
         pass
 
+    # Ray is told of one logical GPU, which verl's resource pools ask for.
     def ray_resource_name(self):
-        return "CPU"
+        return "GPU"
+
+    def ray_resource_options(self, num_gpus):
+        return {"num_gpus": num_gpus}
 
     def ray_noset_envvars(self):
         return []
@@ -116,13 +120,160 @@ class PlatformCPU(PlatformBase):
         return None
 
 
-def initialize_gloo_process_group(timeout_second=None):
-    torch.distributed.init_process_group(backend="gloo")
-    return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+_init_process_group = torch.distributed.init_process_group
 
 
-verl.utils.distributed.initialize_global_process_group = initialize_gloo_process_group
+def init_process_group(*args, backend=None, **kwargs):
+    # verl asks for "cpu:gloo,<device>:<backend>", which names the CPU twice when it is the device.
+    if backend == "cpu:gloo,cpu:gloo":
+        backend = "gloo"
+    return _init_process_group(*args, backend=backend, **kwargs)
 
-if __name__ == "__main__":
-    sys.argv[0] = "mixed_r1_verl.sft"
-    run_recipe_entry("mixed_r1_verl.sft", sft_recipe_dir(), config_dir(), PRIMARY_CONFIG, train_on_this_node)
+
+torch.distributed.init_process_group = init_process_group
+
+
+# Imported once the CPU platform is registered: these modules ask for the platform when imported.
+import ray  # noqa: E402
+import verl.workers.engine.fsdp.transformer_impl as fsdp_engine  # noqa: E402
+import verl.workers.rollout.base as rollout_base  # noqa: E402
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from verl.workers.rollout.base import BaseRollout  # noqa: E402
+from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput  # noqa: E402
+
+from mixed_r1_verl.data.processor import Qwen25VLImageTextProcessor, load_image_text_processor  # noqa: E402
+
+
+def pinned_offload_unavailable(pin_memory=True):
+    return _cpu_offload_policy(pin_memory=False)
+
+
+_cpu_offload_policy = fsdp_engine.CPUOffloadPolicy
+fsdp_engine.CPUOffloadPolicy = pinned_offload_unavailable
+
+
+# verl binds M-RoPE to processors it recognises by class name.
+Qwen2_5_VLProcessor = type("Qwen2_5_VLProcessor", (Qwen25VLImageTextProcessor,), {})
+_auto_processor = AutoProcessor.from_pretrained
+
+
+def processor_without_torchvision(path, *args, **kwargs):
+    try:
+        return _auto_processor(path, *args, **kwargs)
+    except ImportError:
+        processor = load_image_text_processor(path)
+        processor.__class__ = Qwen2_5_VLProcessor
+        return processor
+
+
+AutoProcessor.from_pretrained = processor_without_torchvision
+
+ROLLOUT_NAME = "transformers"
+
+
+def rollout_server_name(replica_rank: int) -> str:
+    return f"transformers_rollout_{replica_rank}"
+
+
+@ray.remote(num_cpus=0)
+class TransformersRolloutServer:
+    """One replica's model, generating token ids from token ids as verl's vLLM server does."""
+
+    def __init__(self, model_path: str, response_length: int):
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32).eval()
+        self.image_processor = load_image_text_processor(model_path).image_processor
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.response_length = response_length
+        self.global_steps = None
+
+    async def generate(self, request_id, prompt_ids, sampling_params, image_data=None, video_data=None, **kwargs):
+        inputs = {"input_ids": torch.tensor([prompt_ids]), "attention_mask": torch.ones(1, len(prompt_ids), dtype=torch.long)}
+        if image_data:
+            inputs.update(self.image_processor(images=image_data, return_tensors="pt"))
+        temperature = sampling_params.get("temperature", 1.0)
+        sampling = {"do_sample": False}
+        if temperature > 0:
+            top_k = sampling_params.get("top_k", -1)
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": sampling_params.get("top_p", 1.0),
+                        "top_k": top_k if top_k > 0 else 0}  # fmt: skip
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs, **sampling, max_new_tokens=min(sampling_params.get("max_tokens", self.response_length), self.response_length),
+                output_scores=True, return_dict_in_generate=True,
+            )  # fmt: skip
+        token_ids = []
+        for token in out.sequences[0, len(prompt_ids) :].tolist():
+            token_ids.append(token)
+            if token in self.eos_ids:
+                break
+        log_probs = None
+        if sampling_params.get("logprobs"):
+            log_probs = [torch.log_softmax(s[0].float(), -1)[t].item() for s, t in zip(out.scores, token_ids)]
+        return TokenOutput(
+            token_ids=token_ids, log_probs=log_probs, stop_reason="completed",
+            extra_fields={"global_steps": self.global_steps},
+        )  # fmt: skip
+
+    async def load_weights(self, weights: dict, global_steps: int | None) -> list[str]:
+        """The actor's weights after `global_steps`; returns the model's parameters they left out."""
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if unexpected:
+            raise KeyError(f"weights the rollout model does not have: {unexpected[:5]}")
+        if global_steps is not None:
+            self.global_steps = global_steps
+        return missing
+
+    async def wake_up(self):
+        pass
+
+    async def sleep(self):
+        pass
+
+    async def clear_kv_cache(self):
+        pass
+
+    async def release_kv_cache(self):
+        pass
+
+    async def resume_kv_cache(self):
+        pass
+
+    async def abort_all_requests(self, reject_request=False):
+        pass
+
+    async def resume_generation(self):
+        pass
+
+
+class TransformersReplica(RolloutReplica):
+    async def launch_servers(self):
+        name = rollout_server_name(self.replica_rank)
+        server = TransformersRolloutServer.options(name=name, max_concurrency=64).remote(
+            self.model_config.path, self.config.response_length
+        )
+        self.servers, self._server_handle, self._server_address = [server], server, name
+
+
+class TransformersServerAdapter(BaseRollout):
+    """The actor worker's side: hands the trained weights to the replica's server."""
+
+    async def resume(self, tags):
+        pass
+
+    async def release(self):
+        pass
+
+    async def update_weights(self, weights, wire_format="named_tensors", global_steps=None, **kwargs):
+        state = {}
+        for name, tensor in weights:
+            tensor = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+            state[name] = tensor.detach().to("cpu", torch.float32).clone()
+        if int(os.environ.get("RANK", 0)) == 0:
+            missing = await ray.get_actor(rollout_server_name(0)).load_weights.remote(state, global_steps)
+            if missing:
+                raise KeyError(f"the actor sent no weights for {missing[:5]}")
+
+
+RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: TransformersReplica)
+rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{__name__}.TransformersServerAdapter"
