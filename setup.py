@@ -45,10 +45,11 @@ setup(
     entry_points={
         "console_scripts": ["mixed-r1 = mixed_r1_verl.cli:main"],
         # verl imports every entry point of this group in every process it starts; a failing one is
-        # skipped silently, so the reward manager and the trainer are separate entry points.
+        # skipped silently, so the reward manager, the trainer and the agent loop are separate entry points.
         "verl.plugins": [
             "mixed_r1_reward = mixed_r1_verl.verl_adapter.reward_manager",
             "mixed_r1_trainer = mixed_r1_verl.verl_adapter.trainer",
+            "mixed_r1_agent_loop = mixed_r1_verl.verl_adapter.agent_loop",
         ],
     },
 )

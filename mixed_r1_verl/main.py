@@ -27,8 +27,13 @@ PRIMARY_CONFIG = "mixed_r1"
 EXIT_NEEDS_GPU = 2
 EXIT_NOTHING_TO_TRAIN = 3
 
-# The verl plugins of this package: the `mixed_r1` reward manager and the `mixed_r1_sync` trainer mode.
-PLUGIN_MODULES = ("mixed_r1_verl.verl_adapter.reward_manager", "mixed_r1_verl.verl_adapter.trainer")
+# The verl plugins of this package: the `mixed_r1` reward manager, the `mixed_r1_sync` trainer mode and
+# the `mixed_r1_single_turn` agent loop.
+PLUGIN_MODULES = (
+    "mixed_r1_verl.verl_adapter.reward_manager",
+    "mixed_r1_verl.verl_adapter.trainer",
+    "mixed_r1_verl.verl_adapter.agent_loop",
+)
 RAY_ENV_VARS_KEY = "ray_kwargs.ray_init.runtime_env.env_vars"
 # Set by Ray for the driver of a submitted job, whose working directory is a node-local copy of the code.
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"

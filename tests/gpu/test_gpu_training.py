@@ -45,6 +45,8 @@ def test_smoke_trains_with_vllm_on_four_task_batches_and_logs_per_task_rewards(s
         assert set(counts) >= set(TASKS) and all(counts[task] > 0 for task in TASKS), f"step {step}: {counts}"
         spread = max(counts[task] for task in TASKS) - min(counts[task] for task in TASKS)
         assert spread <= SMOKE_ROLLOUT_N, f"step {step}: tasks differ by more than one prompt: {counts}"
+        lost = SMOKE_BATCH_PROMPTS * SMOKE_ROLLOUT_N - sum(counts.values())
+        assert lost == 0, f"step {step}: {lost} samples lost (see 'Error in _run_prompt' in the log)"
 
 
 def test_checkpoint_at_step_3_and_resume_continues_at_step_4(smoke_first_run, smoke_resumed_run, gpu_out):

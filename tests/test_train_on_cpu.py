@@ -1,0 +1,101 @@
+"""The GRPO training entry end to end on CPU: `python -m mixed_r1_verl.main recipe=smoke` through verl's V1
+trainer, FSDP2 workers, agent loop, reward loop, TransferQueue and checkpoints, with the project's
+dataset, reward manager, trainer mode, agent loop and filtering; the rollout generates with transformers
+in place of vLLM (tests/verl_on_cpu.py). The vLLM rollout itself is checked by the GPU suite."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
+
+from data_helpers import REPO
+from mixed_r1_verl.data.synthetic import TASKS
+from mixed_r1_verl.run_logs import non_finite, read_metrics_log, task_metrics
+from mixed_r1_verl.verl_adapter.agent_loop import end_at_placeholder_tokens
+
+PROMPTS_PER_STEP, ROLLOUT_N = 8, 4  # recipes/smoke.yaml
+FIRST_RUN_STEPS = 2
+
+
+def grpo_on_cpu(work_dir, steps, *settings):
+    env = {
+        **os.environ, "PYTHONPATH": str(REPO), "MIXED_R1_SMOKE_DIR": str(work_dir / "smoke"),
+        "VERL_FILE_LOGGER_PATH": str(work_dir / "metrics.jsonl"),
+    }  # fmt: skip
+    settings = [
+        "recipe=smoke", "trainer.device=cpu", "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.ref.strategy=fsdp2", "actor_rollout_ref.rollout.name=transformers",
+        "ray_kwargs.ray_init.num_cpus=16", "+ray_kwargs.ray_init.num_gpus=1", "data.max_response_length=32",
+        f"trainer.total_training_steps={steps}", *settings,
+    ]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "run_on_cpu.py"), "grpo", *settings],
+        env=env, cwd=work_dir, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    log = run.stdout + run.stderr
+    (work_dir / f"train_{steps}_steps.log").write_text(log)
+    assert run.returncode == 0, log[-8000:]
+    return log
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("grpo_on_cpu")
+    return work_dir, grpo_on_cpu(work_dir, FIRST_RUN_STEPS)
+
+
+@pytest.fixture(scope="module")
+def resumed_run(first_run):
+    work_dir, _ = first_run
+    return grpo_on_cpu(work_dir, FIRST_RUN_STEPS + 1, "filtering=on")
+
+
+def test_every_step_trains_on_all_four_tasks_with_no_sample_lost(first_run):
+    work_dir, log = first_run
+    steps = read_metrics_log(work_dir / "metrics.jsonl")
+    assert sorted(steps) == list(range(1, FIRST_RUN_STEPS + 1))
+    assert "Error in _run_prompt" not in log
+    for step, metrics in steps.items():
+        assert not non_finite(metrics), f"step {step}: {non_finite(metrics)}"
+        per_task = task_metrics(metrics, "mixed_r1")
+        assert sorted(per_task) == sorted(TASKS)
+        for task, values in per_task.items():
+            # Task-balanced batches: two prompts of each task, every rollout of each kept.
+            assert values["count"] == PROMPTS_PER_STEP // len(TASKS) * ROLLOUT_N, f"step {step}: {task} {values}"
+            assert all(math.isfinite(values[f"{key}/mean"]) for key in ("score", "accuracy", "format"))
+            assert values["error/mean"] == 0, f"step {step}: reward errors on {task}"
+        assert metrics["actor/grad_norm"] is not None and metrics["response_length/mean"] > 0
+    checkpoints = work_dir / "smoke" / "checkpoints"
+    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == str(FIRST_RUN_STEPS)
+
+
+def test_a_rerun_resumes_after_the_checkpoint_with_per_task_filtering(first_run, resumed_run):
+    work_dir, _ = first_run
+    assert read_metrics_log(work_dir / "metrics.1.jsonl").keys() == set(range(1, FIRST_RUN_STEPS + 1))
+    steps = read_metrics_log(work_dir / "metrics.jsonl")
+    assert sorted(steps) == [FIRST_RUN_STEPS + 1]
+    metrics = steps[FIRST_RUN_STEPS + 1]
+    counters = task_metrics(metrics, "filtering")
+    assert sorted(counters) == sorted(TASKS)
+    assert sum(counters[task]["kept"] for task in TASKS) == metrics["filtering/kept"] == PROMPTS_PER_STEP
+    assert sum(counters[task]["dropped"] for task in TASKS) == metrics["filtering/dropped"]
+
+
+def test_a_response_ends_at_the_first_image_or_video_placeholder_it_generates_outside_the_loss():
+    image_pad, video_pad, end = 151655, 151656, 151645
+    output = AgentLoopOutput(
+        prompt_ids=[1, image_pad, 2], response_ids=[5, 6, image_pad, 7, video_pad], response_mask=[1] * 5,
+        response_logprobs=[-0.5, -0.6, -9.0, -0.7, -8.0], num_turns=2, metrics={},
+    )  # fmt: skip
+    assert end_at_placeholder_tokens(output, {image_pad, video_pad}, end)
+    assert (output.response_ids, output.response_mask) == ([5, 6, end], [1, 1, 0])
+    assert output.response_logprobs[:2] == [-0.5, -0.6] and len(output.response_logprobs) == 3
+    assert output.prompt_ids == [1, image_pad, 2]
+    assert not end_at_placeholder_tokens(output, {image_pad, video_pad}, end)
+
+    first = AgentLoopOutput(prompt_ids=[1], response_ids=[video_pad, 5], response_mask=[1, 1], num_turns=2, metrics={})
+    assert end_at_placeholder_tokens(first, {image_pad, video_pad}, end)
+    assert (first.response_ids, first.response_mask, first.response_logprobs) == ([end], [0], None)
