@@ -179,6 +179,29 @@ def exit_if_training_is_done(config: DictConfig) -> None:
         )
 
 
+def log_prob_micro_batch_mismatches(config: DictConfig) -> list[str]:
+    """Log-prob micro-batch sizes that do not divide the samples each GPU holds in a step. verl's FSDP
+    engine requires it (without dynamic batch sizes) but asserts only once the workers and the rollout
+    have started; its config check covers the actor's micro-batches, not these."""
+    from verl.trainer.ppo.utils import need_reference_policy
+
+    gpus = config.trainer.nnodes * config.trainer.n_gpus_per_node
+    samples = config.data.train_batch_size * config.actor_rollout_ref.rollout.n
+    roles = ["rollout"] + (["ref"] if need_reference_policy(config) else [])
+    mismatches = []
+    for role in roles:
+        settings = config.actor_rollout_ref[role]
+        micro = settings.log_prob_micro_batch_size_per_gpu
+        if settings.log_prob_use_dynamic_bsz or not micro or samples % (gpus * micro) == 0:
+            continue
+        mismatches.append(
+            f"actor_rollout_ref.{role}.log_prob_micro_batch_size_per_gpu={micro} does not divide the "
+            f"{samples / gpus:g} samples each GPU holds (data.train_batch_size={config.data.train_batch_size} x "
+            f"actor_rollout_ref.rollout.n={config.actor_rollout_ref.rollout.n} / {gpus} GPUs)"
+        )
+    return mismatches
+
+
 def file_logger_env(environ) -> dict[str, str]:
     """Where verl's file logger writes, made absolute: $VERL_FILE_LOGGER_PATH, else a file under
     $VERL_FILE_LOGGER_ROOT (default: the working directory of the Ray worker that logs)."""
@@ -361,6 +384,13 @@ def train(config: DictConfig) -> None:
     make_paths_absolute(config, ("mixed_r1.data_dir", "mixed_r1.smoke.work_dir"))
     worker_env = pin_output_paths(config, os.environ)
     exit_if_training_is_done(config)
+    mismatches = log_prob_micro_batch_mismatches(config)
+    if mismatches:
+        fail(
+            "; ".join(mismatches) + ". verl would stop on it after start-up: use a divisor, or "
+            "actor_rollout_ref.actor.use_dynamic_bsz=true.\n",
+            EXIT_USAGE,
+        )
     exit_unless_local_gpus_suffice(config)
     if os.environ.get("RAY_ADDRESS"):
         check_cluster_gpus(config)

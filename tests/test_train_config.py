@@ -9,7 +9,14 @@ from omegaconf import OmegaConf
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 
-from mixed_r1_verl.main import PRIMARY_CONFIG, config_dir, make_paths_absolute, recipe_dir, register_recipes
+from mixed_r1_verl.main import (
+    PRIMARY_CONFIG,
+    config_dir,
+    log_prob_micro_batch_mismatches,
+    make_paths_absolute,
+    recipe_dir,
+    register_recipes,
+)
 
 RECIPES = ["internvl3_8b", "learn", "qwen25vl_32b", "qwen25vl_3b", "qwen25vl_7b", "smoke"]
 # The learning proof trains a 27M-parameter model, which needs a larger step than the paper's.
@@ -46,6 +53,22 @@ def test_recipe_keeps_mixed_r1_grpo_defaults_and_passes_verl_validation(recipe):
     assert config.trainer.experiment_name == recipe
     assert need_critic(config) is False
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=False)
+    assert log_prob_micro_batch_mismatches(config) == []
+
+
+def test_log_prob_micro_batches_that_do_not_divide_each_gpus_samples_are_named():
+    # smoke: 8 prompts x 4 responses on one GPU.
+    config = compose_recipe("smoke", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=64")
+    [mismatch] = log_prob_micro_batch_mismatches(config)
+    assert mismatch.startswith("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=64 does not divide the 32 ")
+    config = compose_recipe("smoke", "trainer.n_gpus_per_node=8", "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=3")
+    assert [m.split("=")[0] for m in log_prob_micro_batch_mismatches(config)] == [
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu", "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu"
+    ]  # 4 samples per GPU: neither 16 nor 3 divides them
+    config = compose_recipe(
+        "smoke", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=64", "actor_rollout_ref.actor.use_dynamic_bsz=true"
+    )
+    assert log_prob_micro_batch_mismatches(config) == []
 
 
 @pytest.mark.parametrize("recipe", ["qwen25vl_3b", "qwen25vl_7b"])

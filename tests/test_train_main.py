@@ -183,3 +183,12 @@ def test_a_rerun_keeps_the_metrics_verls_file_logger_would_erase(tmp_path):
     assert prepare_metrics_log(path) == tmp_path / "mixed_r1" / "smoke.2.jsonl"
     assert (path.parent / "smoke.1.jsonl").read_text() == first_run
     assert (path.parent / "smoke.2.jsonl").read_text() == second_run
+
+
+def test_a_log_prob_micro_batch_that_does_not_divide_the_step_stops_the_entry_before_start_up(tmp_path):
+    result = run_main(
+        "recipe=smoke", f"mixed_r1.smoke.work_dir={tmp_path}", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=64"
+    )
+    assert result.returncode == 2
+    assert "log_prob_micro_batch_size_per_gpu=64 does not divide the 32 samples each GPU holds" in result.stderr
+    assert "use_dynamic_bsz=true" in result.stderr and not (tmp_path / "data").exists()
