@@ -4,8 +4,9 @@
 # Plugin registration on every node: verl imports the modules named in VERL_USE_EXTERNAL_MODULES in
 # every process it starts (driver, task runner, workers, reward workers). The job's runtime env ships
 # this checkout as the working dir (Ray puts it on PYTHONPATH everywhere) and sets that variable, so
-# `mixed_r1`, `mixed_r1_sync` and `mixed_r1_single_turn` register on nodes where the package is not pip-installed, without a
-# per-job pip install. Entry points (`verl.plugins`) alone would need the package installed on each node.
+# `mixed_r1`, `mixed_r1_sync` and `mixed_r1_single_turn` register on nodes where the package is not
+# pip-installed, without a per-job pip install. Entry points (`verl.plugins`) alone would need the package
+# installed on each node.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
