@@ -12,12 +12,25 @@ from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 REPO = Path(__file__).resolve().parents[1]
 
 
+def checkout_env(**variables: str) -> dict[str, str]:
+    """This process's environment with this checkout first on the path, plus `variables`."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **variables}
+
+
 def run_module(module: str, *args: str) -> str:
     """Run `python -m module args...` with this checkout first on the path; return its stdout."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(
-        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", module, *args], env=checkout_env(), capture_output=True, text=True, check=True
     ).stdout
+
+
+def run_on_cpu(entry: str, cwd: Path, settings: list[str], timeout: int, **variables: str) -> subprocess.CompletedProcess:
+    """A training entry (`sft` or `grpo`) run on CPU through tests/run_on_cpu.py in `cwd`."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "tests" / "run_on_cpu.py"), entry, *settings],
+        env=checkout_env(**variables), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
 
 
 def read_jsonl(path: Path) -> list[dict]:

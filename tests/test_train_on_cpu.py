@@ -4,14 +4,11 @@ dataset, reward manager, trainer mode, agent loop and filtering; the rollout gen
 in place of vLLM (tests/verl_on_cpu.py). The vLLM rollout itself is checked by the GPU suite."""
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
-from data_helpers import REPO
+from data_helpers import run_on_cpu
 from mixed_r1_verl.data.synthetic import TASKS
 from mixed_r1_verl.run_logs import non_finite, read_metrics_log, task_metrics
 from mixed_r1_verl.verl_adapter.agent_loop import end_at_placeholder_tokens
@@ -21,19 +18,15 @@ FIRST_RUN_STEPS = 2
 
 
 def grpo_on_cpu(work_dir, steps, *settings):
-    env = {
-        **os.environ, "PYTHONPATH": str(REPO), "MIXED_R1_SMOKE_DIR": str(work_dir / "smoke"),
-        "VERL_FILE_LOGGER_PATH": str(work_dir / "metrics.jsonl"),
-    }  # fmt: skip
     settings = [
         "recipe=smoke", "trainer.device=cpu", "actor_rollout_ref.actor.strategy=fsdp2",
         "actor_rollout_ref.ref.strategy=fsdp2", "actor_rollout_ref.rollout.name=transformers",
         "ray_kwargs.ray_init.num_cpus=16", "+ray_kwargs.ray_init.num_gpus=1", "data.max_response_length=32",
         f"trainer.total_training_steps={steps}", *settings,
     ]  # fmt: skip
-    run = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "run_on_cpu.py"), "grpo", *settings],
-        env=env, cwd=work_dir, capture_output=True, text=True, timeout=1200,
+    run = run_on_cpu(
+        "grpo", work_dir, settings, 1200,
+        MIXED_R1_SMOKE_DIR=str(work_dir / "smoke"), VERL_FILE_LOGGER_PATH=str(work_dir / "metrics.jsonl"),
     )  # fmt: skip
     log = run.stdout + run.stderr
     (work_dir / f"train_{steps}_steps.log").write_text(log)
