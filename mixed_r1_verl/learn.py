@@ -69,9 +69,10 @@ class LearnConfig:
     model_size: str = "learn"
     eval_max_new_tokens: int = 256
     eval_batch_size: int = 512
-    # Extra key=value settings for the SFT and GRPO commands.
+    # Extra key=value settings for the SFT and GRPO commands and the three evaluations.
     sft_overrides: list = field(default_factory=list)
     grpo_overrides: list = field(default_factory=list)
+    eval_overrides: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ def eval_step(config: LearnConfig, layout: Layout, run: str, model: Path) -> Ste
             f"batch_size={config.eval_batch_size}",
             # Compiling and capturing CUDA graphs takes longer than eager decoding of a 27M model.
             "vllm_kwargs.enforce_eager=true",
+            *config.eval_overrides,
         ),
     )
 

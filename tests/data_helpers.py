@@ -25,6 +25,15 @@ def run_module(module: str, *args: str) -> str:
     ).stdout
 
 
+# What the training entries need on CPU (tests/run_on_cpu.py): FSDP2 (FSDP1 needs an accelerator) and,
+# for GRPO, the transformers rollout and one logical GPU for verl's resource pools.
+CPU_SFT_SETTINGS = ("trainer.device=cpu", "engine.strategy=fsdp2", "data.num_workers=0")
+CPU_GRPO_SETTINGS = (
+    "trainer.device=cpu", "actor_rollout_ref.actor.strategy=fsdp2", "actor_rollout_ref.ref.strategy=fsdp2",
+    "actor_rollout_ref.rollout.name=transformers", "ray_kwargs.ray_init.num_cpus=16", "+ray_kwargs.ray_init.num_gpus=1",
+)  # fmt: skip
+
+
 def run_on_cpu(entry: str, cwd: Path, settings: list[str], timeout: int, **variables: str) -> subprocess.CompletedProcess:
     """A training entry (`sft` or `grpo`) run on CPU through tests/run_on_cpu.py in `cwd`."""
     return subprocess.run(

@@ -15,7 +15,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from verl.trainer.sft_trainer import create_sft_dataset
 from verl.utils.config import omega_conf_to_dataclass
 
-from data_helpers import REPO, run_on_cpu
+from data_helpers import CPU_SFT_SETTINGS, REPO, run_on_cpu
 from mixed_r1_verl.data.prepare import SFT_SCHEMA, PrepareConfig, prepare, sft_target
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.sft_dataset import MixedR1SFTDataset
@@ -200,9 +200,9 @@ CPU_SFT_STEPS = 6
 def sft_on_cpu(cwd, model_dir, data_dir, steps, *settings):
     """`mixed_r1_verl.sft recipe=learn` on CPU (tests/run_on_cpu.py), 4 rows a step."""
     settings = [
-        "recipe=learn", f"model.path={model_dir}", f"mixed_r1.data_dir={data_dir}", "trainer.device=cpu",
-        "engine.strategy=fsdp2", "data.train_batch_size=4", "data.micro_batch_size_per_gpu=2", "data.num_workers=0",
-        f"trainer.total_training_steps={steps}", "trainer.default_local_dir=checkpoints", *settings,
+        "recipe=learn", f"model.path={model_dir}", f"mixed_r1.data_dir={data_dir}", *CPU_SFT_SETTINGS,
+        "data.train_batch_size=4", "data.micro_batch_size_per_gpu=2", f"trainer.total_training_steps={steps}",
+        "trainer.default_local_dir=checkpoints", *settings,
     ]  # fmt: skip
     return run_on_cpu("sft", cwd, settings, 900, VERL_FILE_LOGGER_PATH=str(cwd / "logs" / "sft.jsonl"))
 

@@ -8,7 +8,7 @@ import math
 import pytest
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
-from data_helpers import run_on_cpu
+from data_helpers import CPU_GRPO_SETTINGS, run_on_cpu
 from mixed_r1_verl.data.synthetic import TASKS
 from mixed_r1_verl.run_logs import non_finite, read_metrics_log, task_metrics
 from mixed_r1_verl.verl_adapter.agent_loop import end_at_placeholder_tokens
@@ -19,10 +19,8 @@ FIRST_RUN_STEPS = 2
 
 def grpo_on_cpu(work_dir, steps, *settings):
     settings = [
-        "recipe=smoke", "trainer.device=cpu", "actor_rollout_ref.actor.strategy=fsdp2",
-        "actor_rollout_ref.ref.strategy=fsdp2", "actor_rollout_ref.rollout.name=transformers",
-        "ray_kwargs.ray_init.num_cpus=16", "+ray_kwargs.ray_init.num_gpus=1", "data.max_response_length=32",
-        f"trainer.total_training_steps={steps}", *settings,
+        "recipe=smoke", *CPU_GRPO_SETTINGS, "data.max_response_length=32", f"trainer.total_training_steps={steps}",
+        *settings,
     ]  # fmt: skip
     run = run_on_cpu(
         "grpo", work_dir, settings, 1200,

@@ -1,0 +1,98 @@
+"""The learning proof's whole plan on CPU, at test scale: `mixed_r1_verl.learn`'s own steps (model, data,
+base eval, SFT, publish, eval, GRPO from the SFT model, publish, eval, report) with the two trainers run
+through tests/run_on_cpu.py and the evaluations generating with transformers. What it adds to the SFT and
+GRPO tests: the hand-over between the steps, as the proof chains them. The learning itself is measured on
+a GPU (README, "Learning proof")."""
+
+import dataclasses
+import json
+import sys
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from data_helpers import CPU_GRPO_SETTINGS, CPU_SFT_SETTINGS, REPO, checkout_env
+from mixed_r1_verl.data.synthetic import TASKS
+from mixed_r1_verl.learn import LearnConfig, Layout, execute, plan
+from mixed_r1_verl.run_logs import read_metrics_log, task_metrics
+from mixed_r1_verl.verl_adapter.metrics import METRIC_PREFIX
+
+VAL_ROWS_PER_TASK = 2
+SFT_STEPS, GRPO_STEPS = 2, 2
+CPU_ENTRIES = {"mixed_r1_verl.sft": "sft", "mixed_r1_verl.main": "grpo"}
+
+
+def on_cpu(step):
+    """The step with a training entry swapped for tests/run_on_cpu.py; other steps as they are."""
+    if step.run is not None or step.argv[1:2] != ["-m"] or step.argv[2] not in CPU_ENTRIES:
+        return step
+    argv = [sys.executable, str(REPO / "tests" / "run_on_cpu.py"), CPU_ENTRIES[step.argv[2]], *step.argv[3:]]
+    return dataclasses.replace(step, argv=argv)
+
+
+@pytest.fixture(scope="module")
+def proof(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("learn")
+    config = LearnConfig(
+        work_dir=str(work_dir), model_size="test", rows_per_task=8, val_rows_per_task=VAL_ROWS_PER_TASK,
+        eval_max_new_tokens=16, eval_batch_size=8, eval_overrides=["backend=hf", "device=cpu"],
+        sft_overrides=[
+            *CPU_SFT_SETTINGS, "data.train_batch_size=4", "data.micro_batch_size_per_gpu=2",
+            f"trainer.total_training_steps={SFT_STEPS}",
+        ],
+        grpo_overrides=[
+            *CPU_GRPO_SETTINGS, "data.train_batch_size=8", "data.max_response_length=32",
+            "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4", "reward.num_workers=1",
+            f"trainer.total_training_steps={GRPO_STEPS}",
+        ],
+    )  # fmt: skip
+    execute([on_cpu(step) for step in plan(config)], checkout_env(MIXED_R1_LEARN_DIR=str(work_dir)))
+    return Layout(work_dir)
+
+
+def language_weights(model_dir):
+    weights = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        weights.update({name: tensor.float() for name, tensor in load_file(shard).items() if "visual" not in name})
+    return weights
+
+
+def distance(first: dict, second: dict) -> float:
+    assert first.keys() == second.keys()
+    return sum(float((first[name] - second[name]).abs().sum()) for name in first)
+
+
+def test_the_table_compares_the_three_models_on_every_held_out_row(proof):
+    summary = json.loads((proof.report / "learning_table.json").read_text())
+    by_task = {row[0]: dict(zip(summary["header"], row)) for row in summary["rows"]}
+    assert sorted(by_task) == sorted([*TASKS, "all"])
+    assert {task: stats["n"] for task, stats in by_task.items()} == {
+        **{task: VAL_ROWS_PER_TASK for task in TASKS},
+        "all": VAL_ROWS_PER_TASK * len(TASKS),
+    }
+    for run in ("base", "sft", "grpo"):
+        assert json.loads((proof.eval_dir(run) / "summary.json").read_text())["run"]["model"].endswith(f"{run}_model")
+    assert set(summary["targets"]) and "Targets" in proof.table.read_text()
+
+
+def test_grpo_trains_from_the_published_sft_model_and_publishes_its_own(proof):
+    assert proof.sft_model.resolve() == (proof.sft_checkpoints / f"global_step_{SFT_STEPS}" / "huggingface").resolve()
+    assert (
+        proof.grpo_model.resolve()
+        == (proof.grpo_checkpoints / f"global_step_{GRPO_STEPS}" / "actor" / "huggingface").resolve()
+    )
+    base, sft, grpo = (language_weights(model) for model in (proof.base_model, proof.sft_model, proof.grpo_model))
+    # GRPO's few small steps leave it far nearer the SFT weights it started from than SFT is to the base.
+    assert 0 < distance(sft, grpo) < distance(base, sft) / 10
+
+
+def test_the_plot_follows_every_task_over_the_grpo_steps(proof):
+    steps = read_metrics_log(proof.grpo_log)
+    assert sorted(steps) == list(range(1, GRPO_STEPS + 1))
+    for metrics in steps.values():
+        assert sorted(task_metrics(metrics, METRIC_PREFIX)) == sorted(TASKS)
+    assert Image.open(proof.plot).size[0] >= 600
