@@ -27,6 +27,10 @@ SMOKE_TIMEOUT_S = 570
 # The smoke recipe as shipped, run by the GPU acceptance suite; benchmarks compare against its log.
 SMOKE_RUN = "smoke_mixed"
 GPU_POLL_INTERVAL_S = 1.0
+# A Unix time: `run_logged` ends its command there and starts none with less than MIN_START_S left, so a
+# time-boxed verification (scripts/verify_gpu.py) stops cleanly instead of being killed mid-run.
+DEADLINE_ENV = "MIXED_R1_GPU_DEADLINE"
+MIN_START_S = 30.0
 
 
 class MetricsLogError(ValueError):
@@ -92,6 +96,8 @@ class LoggedRun:
     log_path: Path
     seconds: float
     peak_gpu_memory_mib: float | None
+    # Stopped (or never started) at `$MIXED_R1_GPU_DEADLINE`: it says nothing about the command itself.
+    out_of_time: bool = False
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -100,16 +106,22 @@ class LoggedRun:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
 
-def gpu_memory_used_mib() -> float | None:
-    """Memory in use on all visible GPUs together (nvidia-smi), or None without nvidia-smi."""
+def nvidia_smi_query(field: str) -> list[str] | None:
+    """One value per visible GPU of `nvidia-smi --query-gpu=<field>`, or None without nvidia-smi."""
     try:
         output = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
-    return sum(float(value) for value in output.split())
+    return [line.strip() for line in output.splitlines() if line.strip()]
+
+
+def gpu_memory_used_mib() -> float | None:
+    """Memory in use on all visible GPUs together (nvidia-smi), or None without nvidia-smi."""
+    used = nvidia_smi_query("memory.used")
+    return None if used is None else sum(float(value) for value in used)
 
 
 class _PeakGpuMemory:
@@ -136,6 +148,12 @@ class _PeakGpuMemory:
         self._thread.join()
 
 
+def seconds_left() -> float | None:
+    """Seconds until `$MIXED_R1_GPU_DEADLINE`, or None when no deadline is set."""
+    deadline = os.environ.get(DEADLINE_ENV)
+    return float(deadline) - time.time() if deadline else None
+
+
 def run_logged(
     name: str,
     argv: Sequence[str],
@@ -147,31 +165,61 @@ def run_logged(
     """Run `argv` with stdout and stderr in `<log_dir>/<name>.log`; the exit status (124 after a
     timeout, when the whole process group is killed), duration and peak GPU memory go to
     `<log_dir>/<name>.json`. With `reuse`, a run whose record says it exited 0 is not run again
-    (delete its record to rerun it)."""
+    (delete its record to rerun it). Under `$MIXED_R1_GPU_DEADLINE` the limit is at most the time left,
+    and a command with under MIN_START_S left is not started; both come back with `out_of_time` and
+    status 124."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path, record_path = log_dir / f"{name}.log", log_dir / f"{name}.json"
     if reuse and run_succeeded(name, log_dir):
         record = json.loads(record_path.read_text())
         return LoggedRun(name, 0, log_path, record["seconds"], record["peak_gpu_memory_mib"])
+    left = seconds_left()
+    limit_s = timeout_s if left is None else min(timeout_s, left)
+    out_of_time = limit_s < timeout_s
     started = time.monotonic()
-    with open(log_path, "w") as log, _PeakGpuMemory() as memory:
+    peak = None
+    with open(log_path, "w") as log:
         log.write(f"$ {' '.join(argv)}\n")
-        log.flush()
+        if left is not None and left < MIN_START_S:
+            log.write(f"[not started: {max(left, 0):.0f} s left before ${DEADLINE_ENV}]\n")
+            returncode, out_of_time = 124, True
+        else:
+            log.flush()
+            returncode, peak = run_with_limit(argv, log, limit_s, env)
+            out_of_time = out_of_time and returncode == 124
+            if returncode == 124:
+                reason = f" at ${DEADLINE_ENV}" if out_of_time else ""
+                log.write(f"\n[killed after {limit_s:.0f} s{reason}]\n")
+    run = LoggedRun(name, returncode, log_path, round(time.monotonic() - started, 1), peak, out_of_time)
+    record = {
+        "argv": list(argv),
+        "returncode": returncode,
+        "seconds": run.seconds,
+        "peak_gpu_memory_mib": peak,
+        "out_of_time": out_of_time,
+    }
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return run
+
+
+def run_with_limit(
+    argv: Sequence[str], log, limit_s: float | None, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> tuple[int, float | None]:
+    """Run `argv` in a session of its own with its output to the open file `log`: the exit status
+    (124 when its whole process group was killed at `limit_s`) and the peak GPU memory seen."""
+    with _PeakGpuMemory() as memory:
         process = subprocess.Popen(
-            list(argv), stdout=log, stderr=subprocess.STDOUT, env=dict(env) if env else None, start_new_session=True
-        )
+            list(argv), stdout=log, stderr=subprocess.STDOUT, env=dict(env) if env else None, cwd=cwd,
+            start_new_session=True,
+        )  # fmt: skip
         try:
-            returncode = process.wait(timeout=timeout_s)
+            returncode = process.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             returncode = 124
-            log.write(f"\n[killed after {timeout_s:.0f} s]\n")
-    run = LoggedRun(name, returncode, log_path, round(time.monotonic() - started, 1), memory.peak)
-    record = {"argv": list(argv), "returncode": returncode, "seconds": run.seconds, "peak_gpu_memory_mib": memory.peak}
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
-    return run
+    return returncode, memory.peak
 
 
 def run_succeeded(name: str, log_dir: str | Path) -> bool:

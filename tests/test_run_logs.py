@@ -3,12 +3,15 @@ commands, as the GPU acceptance tests and the benchmarks do."""
 
 import json
 import sys
+import time
 
 import numpy as np
 import pytest
 from verl.utils.tracking import FileLogger
 
+from mixed_r1_verl import run_logs
 from mixed_r1_verl.run_logs import (
+    DEADLINE_ENV,
     MetricsLogError,
     median_step_time,
     metric_series,
@@ -95,6 +98,38 @@ def test_a_failed_run_is_recorded_and_run_again(tmp_path):
 def test_a_run_past_its_limit_is_killed_with_status_124(tmp_path):
     run = run_logged("job", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "logs", timeout_s=1)
     assert run.returncode == 124 and "[killed after 1 s]" in run.log_text()
+
+
+def test_a_run_is_ended_at_the_deadline_and_marked_out_of_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_logs, "MIN_START_S", 0.5)
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 2))
+    run = run_logged("job", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "logs")
+    assert run.returncode == 124 and run.out_of_time
+    assert f"at ${DEADLINE_ENV}]" in run.log_text()
+    assert json.loads((tmp_path / "logs" / "job.json").read_text())["out_of_time"] is True
+
+
+def test_a_run_is_not_started_without_the_time_to_start(tmp_path, monkeypatch):
+    marker = tmp_path / "started"
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + run_logs.MIN_START_S / 2))
+    run = run_logged("job", [sys.executable, "-c", f"open({str(marker)!r}, 'w')"], tmp_path / "logs", timeout_s=1)
+    assert run.returncode == 124 and run.out_of_time and not marker.exists()
+    assert "[not started:" in run.log_text()
+
+
+def test_a_run_past_its_own_limit_before_the_deadline_is_not_out_of_time(tmp_path, monkeypatch):
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 3600))
+    run = run_logged("job", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "logs", timeout_s=1)
+    assert run.returncode == 124 and not run.out_of_time
+    assert "[killed after 1 s]" in run.log_text()
+
+
+def test_a_run_that_succeeded_is_reused_even_past_the_deadline(tmp_path, monkeypatch):
+    command = [sys.executable, "-c", "print('done')"]
+    assert run_logged("job", command, tmp_path / "logs").returncode == 0
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() - 1))
+    again = run_logged("job", command, tmp_path / "logs")
+    assert again.returncode == 0 and not again.out_of_time
 
 
 def test_project_commands_run_this_checkout_with_the_smoke_and_metrics_paths(tmp_path, monkeypatch):
