@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from mixed_r1_verl.run_logs import (
+    DEADLINE_ENV,
     SMOKE_RUN,
     LoggedRun,
     checks_out_dir,
@@ -31,12 +33,17 @@ from mixed_r1_verl.run_logs import (
 )
 
 WARMUP_STEPS = 2
+# As a command past its time limit exits (timeout(1)), for a figure whose run met $MIXED_R1_GPU_DEADLINE.
+EXIT_OUT_OF_TIME = 124
 CONSTANT_REWARD = '''def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
     return 0.0
 '''
 
 
 def succeeded(run: LoggedRun) -> LoggedRun:
+    if run.out_of_time:
+        print(f"{run.name} did not finish before ${DEADLINE_ENV}: no figure (see {run.log_path})", file=sys.stderr)
+        raise SystemExit(EXIT_OUT_OF_TIME)
     if run.returncode != 0:
         raise SystemExit(f"{run.name} exited {run.returncode}; see {run.log_path}:\n{run.log_tail(40)}")
     return run

