@@ -1,0 +1,269 @@
+"""Verify this checkout on a CUDA GPU: the acceptance suite (`pytest -m gpu`), then the GPU figures,
+most telling first, within a time budget, and one report of what was measured.
+
+    python scripts/verify_gpu.py [--budget-s 540] [--only training,eval] [--report-dir DIR]
+
+Pieces run one after another in the order below; each is a command of the README's GPU section.
+With `--budget-s`, runs are ended at the deadline ($MIXED_R1_GPU_DEADLINE, which the suite and the
+figures honour), pieces that cannot start in time are listed as not started, and a rerun continues:
+runs that succeeded are reused from `$MIXED_R1_GPU_OUT` (default outputs/gpu_checks).
+
+Written to `$MIXED_R1_GPU_OUT/verify/`: `report.md` (the GPU and package versions, each piece's
+outcome, the runs with seconds and peak GPU memory, the figures as printed, the failures), and per
+piece its output (`<piece>.log`) and pytest's JUnit XML. `--report-dir` gets a copy of the report, the
+run logs and the metrics after every piece (not the checkpoints). Exit status 1 when a piece failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from xml.etree import ElementTree
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mixed_r1_verl.run_logs import DEADLINE_ENV, MIN_START_S, checks_out_dir, nvidia_smi_query, run_with_limit  # noqa: E402
+
+# Left after the last piece for pytest to wind down and for the report.
+WIND_DOWN_S = 20.0
+OUT_OF_TIME = 124  # run_with_limit's status for a command it ended
+PACKAGES = ("torch", "vllm", "verl", "ray", "transformers", "flash-attn")
+OUTPUT_TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class Piece:
+    name: str
+    argv: tuple[str, ...]
+    checks: str
+
+    @property
+    def is_pytest(self) -> bool:
+        return self.argv[:2] == ("-m", "pytest")
+
+    def command(self) -> str:
+        """The command as a user types it."""
+        return shlex.join(("pytest", *self.argv[2:]) if self.is_pytest else ("python", *self.argv))
+
+
+def suite(*args: str) -> tuple[str, ...]:
+    return ("-m", "pytest", "-m", "gpu", *args)
+
+
+PIECES = (
+    Piece("training", suite("tests/gpu/test_gpu_training.py", "-k", "four_task"),
+          "recipe=smoke, 6 GRPO steps with vLLM: per-task rewards on four-task batches"),
+    Piece("eval", suite("tests/gpu/test_gpu_eval.py"), "merge of step 6, evaluation with vLLM: per-task table"),
+    Piece("resume_filtering", suite("tests/gpu/test_gpu_training.py", "tests/gpu/test_gpu_bmas.py", "-k",
+                                    "not four_task and not gpu_actor"),
+          "resume at step 4 with filtering=on and BMAS on the GPU in the reward workers"),
+    Piece("image_frames", suite("tests/gpu/test_gpu_image_frames.py"), "verl's image path and MixedR1Dataset agree"),
+    Piece("bmas_figure", ("benchmarks/bmas.py", "--device", "cuda"), "BMAS, 2,560 responses at 7B sizes"),
+    Piece("engine", suite("tests/gpu/test_gpu_engine.py"), "data engine difficulty stage with vLLM"),
+    Piece("step_time_figure", ("benchmarks/gpu_figures.py", "training"),
+          "Mixed-Reward vs constant reward step time, peak GPU memory"),
+    Piece("eval_figure", ("benchmarks/gpu_figures.py", "eval"), "vLLM evaluation responses/s"),
+    Piece("engine_figure", ("benchmarks/gpu_figures.py", "engine"), "engine difficulty stage prompts/s"),
+    Piece("bmas_gpu_actor", suite("tests/gpu/test_gpu_bmas.py", "-k", "gpu_actor"),
+          "BMAS on a GPU actor of its own (bmas_num_gpus)"),
+)  # fmt: skip
+
+
+@dataclass
+class Outcome:
+    piece: Piece
+    result: str
+    seconds: float = 0.0
+    failed: bool = False
+    failures: tuple[str, ...] = ()
+    output_tail: str = ""
+
+
+def cuda_gpu() -> str | None:
+    """The visible GPU as "name (N MiB)", or None without a CUDA GPU."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    properties = torch.cuda.get_device_properties(0)
+    return f"{torch.cuda.device_count()} x {properties.name} ({properties.total_memory // 2**20} MiB)"
+
+
+def driver_version() -> str:
+    versions = nvidia_smi_query("driver_version")
+    return versions[0] if versions else "unknown"
+
+
+def environment(gpu: str | None) -> list[str]:
+    versions = []
+    for package in PACKAGES:
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package}: not installed")
+    lines = [f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", f"GPU: {gpu or 'none visible to torch'}"]
+    if gpu:
+        import torch
+
+        lines.append(f"driver {driver_version()}, CUDA {torch.version.cuda} (torch build)")
+    lines.append(f"Python {platform.python_version()}; " + ", ".join(versions))
+    return lines
+
+
+def junit_outcome(path: Path) -> tuple[str, bool, tuple[str, ...]]:
+    """("N passed, N failed, N skipped", whether any failed, failure texts) from pytest's JUnit XML."""
+    cases = ElementTree.parse(path).getroot().iter("testcase")
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    failures, skip_reasons = [], set()
+    for case in cases:
+        problem = next((child for child in case if child.tag in ("failure", "error")), None)
+        skipped = case.find("skipped")
+        if problem is not None:
+            counts["failed"] += 1
+            failures.append(f"{case.get('name')}: {problem.get('message') or ''}\n{problem.text or ''}".strip())
+        elif skipped is not None:
+            counts["skipped"] += 1
+            skip_reasons.add(skipped.get("message") or "")
+        else:
+            counts["passed"] += 1
+    if not any(counts.values()):
+        return "no test selected", True, ()
+    result = ", ".join(f"{count} {word}" for word, count in counts.items() if count)
+    if skip_reasons:
+        result += " (" + "; ".join(sorted(skip_reasons)) + ")"
+    return result, counts["failed"] > 0, tuple(failures)
+
+
+def run_piece(piece: Piece, verify_dir: Path, deadline: float | None, env: dict[str, str]) -> Outcome:
+    log_path, junit = verify_dir / f"{piece.name}.log", verify_dir / f"{piece.name}.xml"
+    junit.unlink(missing_ok=True)
+    argv = [sys.executable, *piece.argv] + ([f"--junitxml={junit}"] if piece.is_pytest else [])
+    limit = None if deadline is None else deadline + WIND_DOWN_S / 2 - time.time()
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        returncode, _ = run_with_limit(argv, log, limit, env, cwd=ROOT)
+    seconds = round(time.monotonic() - started, 1)
+    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-OUTPUT_TAIL_LINES:])
+    if piece.is_pytest and junit.is_file():
+        result, failed, failures = junit_outcome(junit)
+        return Outcome(piece, result, seconds, failed or returncode not in (0, 5), failures, tail)
+    if returncode == OUT_OF_TIME:
+        return Outcome(piece, f"stopped at ${DEADLINE_ENV}", seconds, False, (), tail)
+    if returncode != 0:
+        return Outcome(piece, f"failed (exit {returncode})", seconds, True, (tail,), tail)
+    return Outcome(piece, "done", seconds, False, (), tail)
+
+
+def runs_table(logs_dir: Path) -> list[str]:
+    """One row per logged run of the suite and the figures: exit status, seconds, peak GPU memory."""
+    rows = []
+    for record_path in sorted(logs_dir.glob("*.json")):
+        record = json.loads(record_path.read_text())
+        peak = record.get("peak_gpu_memory_mib")
+        status = "stopped at the deadline" if record.get("out_of_time") else f"exit {record['returncode']}"
+        rows.append(
+            f"| {record_path.stem} | {status} | {record['seconds']} | {'-' if peak is None else f'{peak:.0f}'} |"
+        )
+    if not rows:
+        return []
+    return ["## Runs", "", "| run | result | seconds | peak GPU memory (MiB) |", "|---|---|---|---|", *rows, ""]
+
+
+def report(
+    outcomes: list[Outcome], env_lines: list[str], budget_s: float | None, elapsed_s: float, logs_dir: Path
+) -> str:
+    budget = f"budget {budget_s:.0f} s, " if budget_s is not None else ""
+    lines = ["# GPU verification", "", *[f"- {line}" for line in env_lines], f"- {budget}used {elapsed_s:.0f} s", ""]
+    lines += ["| piece | command | checks | result | seconds |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {o.piece.name} | `{o.piece.command()}` | {o.piece.checks} | {o.result} | {o.seconds} |" for o in outcomes
+    ]
+    lines += ["", *runs_table(logs_dir)]
+    figures = [o for o in outcomes if not o.piece.is_pytest and o.result == "done"]
+    if figures:
+        lines += ["## Figures", ""]
+        for outcome in figures:
+            lines += [
+                f"### {outcome.piece.name}: `{outcome.piece.command()}`",
+                "",
+                "```",
+                outcome.output_tail,
+                "```",
+                "",
+            ]
+    failed = [o for o in outcomes if o.failed]
+    if failed:
+        lines += ["## Failures", ""]
+        for outcome in failed:
+            for failure in outcome.failures or (outcome.output_tail,):
+                lines += [f"### {outcome.piece.name}", "", "```", failure[-4000:], "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def copy_results(out: Path, report_dir: Path) -> None:
+    for folder in ("verify", "logs", "metrics"):
+        if (out / folder).is_dir():
+            shutil.copytree(out / folder, report_dir / folder, dirs_exist_ok=True)
+
+
+def selected(only: str | None) -> list[Piece]:
+    if not only:
+        return list(PIECES)
+    names = [name.strip() for name in only.split(",") if name.strip()]
+    unknown = sorted(set(names) - {piece.name for piece in PIECES})
+    if unknown:
+        raise SystemExit(f"--only: unknown piece(s) {', '.join(unknown)}; pieces: {', '.join(p.name for p in PIECES)}")
+    return [piece for piece in PIECES if piece.name in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget-s", type=float, help="wall-clock seconds for everything (default: no limit)")
+    parser.add_argument("--only", help="comma-separated piece names, run in the built-in order")
+    parser.add_argument("--report-dir", type=Path, help="also copy the report, run logs and metrics here")
+    args = parser.parse_args(argv)
+    pieces = selected(args.only)
+    started = time.time()
+    deadline = None if args.budget_s is None else started + args.budget_s - WIND_DOWN_S
+    out = checks_out_dir()
+    verify_dir = out / "verify"
+    verify_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MIXED_R1_GPU_OUT": str(out)}
+    if deadline is not None:
+        env[DEADLINE_ENV] = str(deadline)
+    gpu = cuda_gpu()
+    env_lines = environment(gpu)
+    outcomes: list[Outcome] = []
+    for piece in pieces:
+        if not gpu and not piece.is_pytest:
+            outcomes.append(Outcome(piece, "not run: no CUDA GPU visible"))
+        elif deadline is not None and deadline - time.time() < MIN_START_S:
+            outcomes.append(Outcome(piece, f"not started: under {MIN_START_S:.0f} s left"))
+        else:
+            print(f"[{len(outcomes) + 1}/{len(pieces)}] {piece.name}: {piece.command()}", flush=True)
+            outcomes.append(run_piece(piece, verify_dir, deadline, env))
+            print(f"    {outcomes[-1].result} ({outcomes[-1].seconds} s)", flush=True)
+        (verify_dir / "report.md").write_text(
+            report(outcomes, env_lines, args.budget_s, time.time() - started, out / "logs")
+        )
+        if args.report_dir:
+            copy_results(out, args.report_dir)
+    print(f"report: {verify_dir / 'report.md'}")
+    return 1 if any(outcome.failed for outcome in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

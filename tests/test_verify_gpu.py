@@ -1,0 +1,103 @@
+"""scripts/verify_gpu.py: the time-boxed GPU verification and its report, run here without a GPU (the
+suite's pieces run and skip, the figures are not run) and on pieces made for the test."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mixed_r1_verl.run_logs import DEADLINE_ENV, source_root
+
+SCRIPT = source_root() / "scripts" / "verify_gpu.py"
+
+
+@pytest.fixture(scope="module")
+def verify():
+    spec = importlib.util.spec_from_file_location("verify_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def run_script(tmp_path, *args):
+    env_out = tmp_path / "checks"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], check=False, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MIXED_R1_GPU_OUT": str(env_out)},
+    )  # fmt: skip
+    return result, env_out / "verify" / "report.md"
+
+
+def report_rows(report: str) -> dict[str, list[str]]:
+    """The piece table of the report: {piece: [command, checks, result, seconds]}."""
+    rows = {}
+    for line in report.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 5 and cells[0] not in ("piece", "---"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_without_a_gpu_the_suite_skips_with_its_reason_and_figures_are_not_run(tmp_path):
+    result, report_path = run_script(
+        tmp_path, "--only", "training,bmas_figure", "--budget-s", "300", "--report-dir", str(tmp_path / "copy")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = report_path.read_text()
+    rows = report_rows(report)
+    assert set(rows) == {"training", "bmas_figure"}
+    assert rows["training"][0] == "`pytest -m gpu tests/gpu/test_gpu_training.py -k four_task`"
+    assert rows["training"][2].startswith("1 skipped (GPU acceptance suite: no CUDA GPU visible")
+    assert rows["bmas_figure"][2] == "not run: no CUDA GPU visible"
+    assert "GPU: none visible to torch" in report and "verl 0.9.1" in report
+    assert (tmp_path / "copy" / "verify" / "report.md").read_text() == report
+    assert (tmp_path / "copy" / "verify" / "training.xml").is_file()
+
+
+def test_pieces_that_cannot_start_before_the_deadline_are_listed_as_not_started(tmp_path):
+    result, report_path = run_script(tmp_path, "--only", "training,eval", "--budget-s", "10")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = report_rows(report_path.read_text())
+    assert [rows[name][2] for name in ("training", "eval")] == ["not started: under 30 s left"] * 2
+
+
+def test_an_unknown_piece_is_named(tmp_path):
+    result, _ = run_script(tmp_path, "--only", "training,trainng")
+    assert result.returncode != 0 and "unknown piece(s) trainng" in result.stderr
+
+
+def test_junit_results_are_counted_and_failures_kept(verify, tmp_path):
+    (tmp_path / "test_sample.py").write_text(
+        "import pytest\n"
+        "def test_passes():\n    assert True\n"
+        "def test_fails():\n    assert 1 == 2, 'one is not two'\n"
+        "def test_skips():\n    pytest.skip('no time left')\n"
+    )
+    junit = tmp_path / "results.xml"
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_sample.py"),
+         f"--junitxml={junit}", "--rootdir", str(tmp_path), "-c", "/dev/null"],
+        check=False, capture_output=True, timeout=120,
+    )  # fmt: skip
+    result, failed, failures = verify.junit_outcome(junit)
+    assert result == "1 passed, 1 failed, 1 skipped (no time left)"
+    assert failed and len(failures) == 1 and "test_fails" in failures[0] and "one is not two" in failures[0]
+
+
+def test_a_failing_piece_fails_the_verification_and_its_output_is_reported(verify, tmp_path):
+    piece = verify.Piece("broken", ("-c", "print('step 1 ok'); raise SystemExit(3)"), "a piece that fails")
+    outcome = verify.run_piece(piece, tmp_path, None, {})
+    assert outcome.result == "failed (exit 3)" and outcome.failed
+    report = verify.report([outcome], ["GPU: test"], None, 1.0, tmp_path / "logs")
+    assert "## Failures" in report and "step 1 ok" in report
+
+
+def test_a_piece_still_running_at_the_deadline_is_stopped_not_failed(verify, tmp_path):
+    piece = verify.Piece("slow", ("-c", "import time; time.sleep(120)"), "a piece that overruns")
+    outcome = verify.run_piece(piece, tmp_path, time.time(), {})
+    assert outcome.result == f"stopped at ${DEADLINE_ENV}" and not outcome.failed
