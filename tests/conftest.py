@@ -7,3 +7,19 @@ from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 def tiny_model_dir(tmp_path_factory):
     """A tiny Qwen2.5-VL written once per test session."""
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny_qwen25vl"))
+
+
+@pytest.fixture(scope="session")
+def resaved_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with its processor as transformers 5 saves one (verl's checkpoints and its model
+    merger do so): processor_config.json holding the image processor, no preprocessor_config.json."""
+    import shutil
+
+    from mixed_r1_verl.data.processor import load_image_text_processor
+
+    target = tmp_path_factory.mktemp("resaved_qwen25vl")
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, target / name)
+    load_image_text_processor(tiny_model_dir).save_pretrained(target)
+    assert not (target / "preprocessor_config.json").exists()
+    return target

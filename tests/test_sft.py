@@ -182,10 +182,14 @@ def test_input_paths_are_pinned_and_missing_ones_named(tmp_path, monkeypatch, ti
     assert missing_inputs(config) == [f"data.train_files={tmp_path / 'b.parquet'}"]
 
 
-def test_without_a_processor_from_verl_the_image_and_text_processor_prepares_the_images(converted, tiny_model_dir):
+@pytest.mark.parametrize("layout", ["built", "saved by transformers"])
+def test_without_a_processor_from_verl_the_image_and_text_processor_prepares_the_images(
+    converted, tiny_model_dir, resaved_model_dir, layout
+):
     data_dir, _ = converted
-    config = compose_sft(f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")
-    processor = load_image_text_processor(tiny_model_dir)
+    model_dir = tiny_model_dir if layout == "built" else resaved_model_dir
+    config = compose_sft(f"model.path={model_dir}", f"mixed_r1.data_dir={data_dir}")
+    processor = load_image_text_processor(model_dir)
     # verl passes None when AutoProcessor fails (without torchvision, for one).
     dataset = create_sft_dataset(config.data.train_files, config.data, processor.tokenizer, None)
     item = dataset[0]

@@ -43,9 +43,15 @@ def resolve_model_dir(model_path: str | os.PathLike) -> Path:
 
 
 def image_processor_settings(model_dir: str | os.PathLike) -> dict:
-    """The checkpoint's preprocessor_config.json; {} when it has none."""
-    config_path = Path(model_dir) / "preprocessor_config.json"
-    return json.loads(config_path.read_text()) if config_path.is_file() else {}
+    """The checkpoint's image processor settings: its preprocessor_config.json, else the
+    `image_processor` entry of processor_config.json (the one file transformers 5 writes when it saves
+    a processor, as verl's checkpoints and its model merger do); {} when it has neither."""
+    model_dir = Path(model_dir)
+    if (model_dir / "preprocessor_config.json").is_file():
+        return json.loads((model_dir / "preprocessor_config.json").read_text())
+    if (model_dir / "processor_config.json").is_file():
+        return json.loads((model_dir / "processor_config.json").read_text()).get("image_processor") or {}
+    return {}
 
 
 def vision_geometry(model_dir: str | os.PathLike) -> tuple[int, int]:

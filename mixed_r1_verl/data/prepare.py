@@ -110,7 +110,10 @@ def pixel_bounds(config: PrepareConfig, model_dir: Path | None) -> tuple[int, in
     if model_dir is not None:
         settings = image_processor_settings(model_dir)
         if not settings:
-            raise FileNotFoundError(f"model_path {config.model_path!r} has no preprocessor_config.json ({model_dir})")
+            raise FileNotFoundError(
+                f"model_path {config.model_path!r} has no image processor settings "
+                f"(preprocessor_config.json, or processor_config.json with an image_processor) in {model_dir}"
+            )
         model_min, model_max = processor_pixel_bounds(settings)
     min_pixels = config.min_pixels or model_min or DEFAULT_MIN_PIXELS
     max_pixels = config.max_pixels or min(model_max or DEFAULT_MAX_PIXELS, DEFAULT_MAX_PIXELS)

@@ -24,6 +24,7 @@ from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 from verl.utils.py_functional import convert_nested_value_to_list_recursive
 
 from mixed_r1_verl.data.dataset import DatasetRowError, model_input_image, refuse_images_resized_again
+from mixed_r1_verl.data.model_files import image_processor_settings
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.prompts import chat_with_image_items
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 class MixedR1SFTDataset(MultiTurnSFTDataset):
     def __init__(self, parquet_files, tokenizer, config, processor=None, max_samples: int = -1):
         model_dir = Path(tokenizer.name_or_path)
-        if processor is None and (model_dir / "preprocessor_config.json").is_file():
+        if processor is None and image_processor_settings(model_dir):
             # verl only warns when AutoProcessor fails (as it does without torchvision); images would
             # then reach the model as bare placeholders.
             processor = load_image_text_processor(model_dir)
