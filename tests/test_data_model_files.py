@@ -1,6 +1,13 @@
 """Reading a checkpoint's image processor settings, in both layouts transformers uses."""
 
-from mixed_r1_verl.data.model_files import image_processor_settings, processor_pixel_bounds, vision_geometry
+import pytest
+
+from mixed_r1_verl.data.model_files import (
+    image_processor_settings,
+    processor_pixel_bounds,
+    required_image_processor_settings,
+    vision_geometry,
+)
 from mixed_r1_verl.data.prepare import PrepareConfig, pixel_bounds
 
 
@@ -21,3 +28,7 @@ def test_the_converter_reads_the_bounds_of_a_saved_checkpoint(tiny_model_dir, re
 def test_a_directory_without_an_image_processor_has_no_settings(tmp_path):
     (tmp_path / "processor_config.json").write_text('{"processor_class": "Qwen2_5_VLProcessor"}')
     assert image_processor_settings(tmp_path) == {}
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path} has no image processor settings .*actor/huggingface"):
+        required_image_processor_settings(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path} has no image processor settings"):
+        pixel_bounds(PrepareConfig(input="x", image_root="x", output_dir="x", model_path=str(tmp_path)), tmp_path)

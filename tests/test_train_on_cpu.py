@@ -3,12 +3,20 @@ trainer, FSDP2 workers, agent loop, reward loop, TransferQueue and checkpoints, 
 dataset, reward manager, trainer mode, agent loop and filtering; the rollout generates with transformers
 in place of vLLM (tests/verl_on_cpu.py). The vLLM rollout itself is checked by the GPU suite."""
 
+import json
 import math
+import shutil
+import subprocess
+import sys
 
+import pyarrow.parquet as pq
 import pytest
+import torch
+from transformers import AutoModelForImageTextToText
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
-from data_helpers import CPU_GRPO_SETTINGS, run_on_cpu
+from data_helpers import CPU_GRPO_SETTINGS, checkout_env, run_module, run_on_cpu
+from mixed_r1_verl.data.model_files import image_processor_settings
 from mixed_r1_verl.data.synthetic import TASKS
 from mixed_r1_verl.run_logs import non_finite, read_metrics_log, task_metrics
 from mixed_r1_verl.verl_adapter.agent_loop import end_at_placeholder_tokens
@@ -73,6 +81,40 @@ def test_a_rerun_resumes_after_the_checkpoint_with_per_task_filtering(first_run,
     assert sorted(counters) == sorted(TASKS)
     assert sum(counters[task]["kept"] for task in TASKS) == metrics["filtering/kept"] == PROMPTS_PER_STEP
     assert sum(counters[task]["dropped"] for task in TASKS) == metrics["filtering/dropped"]
+
+
+def as_local(tensor):
+    """A checkpoint tensor as a plain tensor (FSDP2 saves DTensors)."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def test_the_checkpoint_merged_by_verls_model_merger_is_evaluated_on_every_val_row(first_run):
+    """The GPU suite's evaluation check (tests/gpu/test_gpu_eval.py) with the transformers backend."""
+    work_dir, _ = first_run
+    actor = work_dir / "smoke" / "checkpoints" / f"global_step_{FIRST_RUN_STEPS}" / "actor"
+    merged, val = work_dir / "merged", work_dir / "smoke" / "data" / "val.parquet"
+    run_module(
+        "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir", str(actor), "--target_dir", str(merged)
+    )
+    # The merged model loads with the trained actor's weights, exactly (one rank, so one shard).
+    shard = torch.load(actor / "model_world_size_1_rank_0.pt", map_location="cpu", weights_only=False)
+    loaded = AutoModelForImageTextToText.from_pretrained(merged, dtype=torch.float32).state_dict()
+    assert loaded.keys() == shard.keys()
+    assert all(loaded[name].equal(as_local(shard[name]).to(loaded[name].dtype)) for name in shard)
+    evaluate = [
+        sys.executable, "-m", "mixed_r1_verl.eval", f"data={val}", f"model={merged}", "backend=hf",
+        "max_new_tokens=16", f"out_dir={work_dir / 'eval_merged'}",
+    ]  # fmt: skip
+    if not image_processor_settings(merged):
+        # Without torchvision AutoProcessor fails, and verl's merger then saves the tokenizer alone.
+        refused = subprocess.run(evaluate, env=checkout_env(), capture_output=True, text=True, timeout=300)
+        assert refused.returncode != 0 and "has no image processor settings" in refused.stderr, refused.stderr[-2000:]
+        shutil.copy(actor / "huggingface" / "processor_config.json", merged)
+    subprocess.run(evaluate, env=checkout_env(), capture_output=True, text=True, timeout=600, check=True)
+    summary = json.loads((work_dir / "eval_merged" / "summary.json").read_text())
+    assert set(summary["tasks"]) == set(TASKS) | {"all"}
+    val_rows = pq.read_metadata(val).num_rows
+    assert summary["tasks"]["all"]["n"] == val_rows and summary["tasks"]["all"]["errors"] == 0
 
 
 def test_a_response_ends_at_the_first_image_or_video_placeholder_it_generates_outside_the_loss():

@@ -54,6 +54,18 @@ def image_processor_settings(model_dir: str | os.PathLike) -> dict:
     return {}
 
 
+def required_image_processor_settings(model_dir: str | os.PathLike) -> dict:
+    """`image_processor_settings`, or an error that names the directory and how such a directory comes about."""
+    settings = image_processor_settings(model_dir)
+    if not settings:
+        raise FileNotFoundError(
+            f"{model_dir} has no image processor settings (preprocessor_config.json, or processor_config.json "
+            "with an image_processor). verl's model merger saves the processor only where AutoProcessor loads it "
+            "(it needs torchvision): copy processor_config.json from the checkpoint's actor/huggingface directory"
+        )
+    return settings
+
+
 def vision_geometry(model_dir: str | os.PathLike) -> tuple[int, int]:
     """(patch_size, merge_size) of a Qwen2-VL-family image processor; Qwen2.5-VL's 14 and 2 when the
     checkpoint does not say."""

@@ -38,7 +38,7 @@ from mixed_r1_verl.data.frames import (
     smart_resize,
 )
 from mixed_r1_verl.data.images import ImageStore
-from mixed_r1_verl.data.model_files import image_processor_settings, processor_pixel_bounds, resolve_model_dir
+from mixed_r1_verl.data.model_files import processor_pixel_bounds, required_image_processor_settings, resolve_model_dir
 from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, PromptTokenCounter, render_prompt
 from mixed_r1_verl.data.records import (
     BOX_OUTSIDE_IMAGE,
@@ -108,12 +108,7 @@ def pixel_bounds(config: PrepareConfig, model_dir: Path | None) -> tuple[int, in
     its max_pixels and the image budget; else the defaults."""
     model_min, model_max = None, None
     if model_dir is not None:
-        settings = image_processor_settings(model_dir)
-        if not settings:
-            raise FileNotFoundError(
-                f"model_path {config.model_path!r} has no image processor settings "
-                f"(preprocessor_config.json, or processor_config.json with an image_processor) in {model_dir}"
-            )
+        settings = required_image_processor_settings(model_dir)
         model_min, model_max = processor_pixel_bounds(settings)
     min_pixels = config.min_pixels or model_min or DEFAULT_MIN_PIXELS
     max_pixels = config.max_pixels or min(model_max or DEFAULT_MAX_PIXELS, DEFAULT_MAX_PIXELS)

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from mixed_r1_verl.data.dataset import model_input_image
 from mixed_r1_verl.data.frames import resized_again_reason
 from mixed_r1_verl.data.model_files import (
-    image_processor_settings,
     processor_pixel_bounds,
+    required_image_processor_settings,
     resolve_model_dir,
     vision_geometry,
 )
@@ -112,7 +112,7 @@ class VllmGenerator:
             ) from error
         model_dir = resolve_model_dir(model_path)
         self.patch_size, _ = vision_geometry(model_dir)
-        self.processor_bounds = processor_pixel_bounds(image_processor_settings(model_dir))
+        self.processor_bounds = processor_pixel_bounds(required_image_processor_settings(model_dir))
         # No video ever: vLLM would otherwise reserve memory for videos when it profiles.
         limits = {"image": max_images_per_prompt, "video": 0}
         self.llm = LLM(model=model_path, limit_mm_per_prompt=limits, seed=settings.seed, **engine_kwargs)
@@ -148,6 +148,7 @@ class TransformersGenerator:
         self.torch = torch
         self.settings = settings
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        required_image_processor_settings(resolve_model_dir(model_path))
         self.processor = load_image_text_processor(model_path)
         self.patch_size = self.processor.image_processor.patch_size
         self.processor_bounds = processor_pixel_bounds(self.processor.image_processor.to_dict())
