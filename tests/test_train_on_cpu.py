@@ -66,7 +66,8 @@ def test_every_step_trains_on_all_four_tasks_with_no_sample_lost(first_run):
             assert values["count"] == PROMPTS_PER_STEP // len(TASKS) * ROLLOUT_N, f"step {step}: {task} {values}"
             assert all(math.isfinite(values[f"{key}/mean"]) for key in ("score", "accuracy", "format"))
             assert values["error/mean"] == 0, f"step {step}: reward errors on {task}"
-        assert metrics["actor/grad_norm"] is not None and metrics["response_length/mean"] > 0
+        # Rewards are all 0 on the random model: the smoke recipe's entropy bonus gives the update.
+        assert metrics["actor/grad_norm"] > 0 and metrics["response_length/mean"] > 0
     checkpoints = work_dir / "smoke" / "checkpoints"
     assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == str(FIRST_RUN_STEPS)
 
@@ -96,11 +97,13 @@ def test_the_checkpoint_merged_by_verls_model_merger_is_evaluated_on_every_val_r
     run_module(
         "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir", str(actor), "--target_dir", str(merged)
     )
-    # The merged model loads with the trained actor's weights, exactly (one rank, so one shard).
+    # The merged model holds the trained actor's weights (one rank, so one shard) in its saved dtype.
     shard = torch.load(actor / "model_world_size_1_rank_0.pt", map_location="cpu", weights_only=False)
-    loaded = AutoModelForImageTextToText.from_pretrained(merged, dtype=torch.float32).state_dict()
+    loaded = AutoModelForImageTextToText.from_pretrained(merged, dtype="auto").state_dict()
     assert loaded.keys() == shard.keys()
     assert all(loaded[name].equal(as_local(shard[name]).to(loaded[name].dtype)) for name in shard)
+    base = AutoModelForImageTextToText.from_pretrained(work_dir / "smoke" / "tiny_qwen25vl", dtype="auto")
+    assert any(not loaded[name].equal(weight.to(loaded[name].dtype)) for name, weight in base.state_dict().items())
     evaluate = [
         sys.executable, "-m", "mixed_r1_verl.eval", f"data={val}", f"model={merged}", "backend=hf",
         "max_new_tokens=16", f"out_dir={work_dir / 'eval_merged'}",

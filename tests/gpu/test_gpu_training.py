@@ -38,9 +38,10 @@ def test_smoke_trains_with_vllm_on_four_task_batches_and_logs_per_task_rewards(s
     assert any("vllm" in line.lower() for line in output_lines(smoke_first_run)), "no vLLM output in the log"
     for step, metrics in steps.items():
         assert not non_finite(metrics), f"step {step}: non-finite metrics {non_finite(metrics)}"
-        for key in ("critic/score/mean", "response_length/mean", "timing_s/gen"):
+        for key in ("critic/score/mean", "response_length/mean", "timing_s/gen", "actor/grad_norm"):
             assert key in metrics, f"step {step}: {key} not logged"
         assert metrics["response_length/mean"] > 0, f"step {step}: empty rollouts"
+        assert metrics["actor/grad_norm"] > 0, f"step {step}: no update (actor/grad_norm 0)"
         counts = {task: values.get("count", 0) for task, values in assert_task_rewards(step, metrics).items()}
         assert set(counts) >= set(TASKS) and all(counts[task] > 0 for task in TASKS), f"step {step}: {counts}"
         spread = max(counts[task] for task in TASKS) - min(counts[task] for task in TASKS)
