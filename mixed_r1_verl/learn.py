@@ -27,6 +27,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,6 +37,8 @@ from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 # Written by verl next to the global_step_N directories once a checkpoint is complete.
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
 RUNS = ("base", "sft", "grpo")
+# The issue's budget for the whole proof on one GPU: model, data, SFT, GRPO and three evaluations.
+WALL_TIME_TARGET_S = 20 * 60
 # Files a model directory needs for vLLM and the processor, copied from the base model when the
 # checkpoint's Hugging Face copy lacks them.
 MODEL_SIDE_FILES = (
@@ -108,6 +111,7 @@ class Layout:
     logs = property(lambda self: self.root / "logs")
     sft_log = property(lambda self: self.logs / "sft.jsonl")
     grpo_log = property(lambda self: self.logs / "grpo.jsonl")
+    step_times = property(lambda self: self.logs / "step_times.json")
     report = property(lambda self: self.root / "report")
     table = property(lambda self: self.report / "learning_table.md")
     plot = property(lambda self: self.report / "accuracy_vs_grpo_step.png")
@@ -210,7 +214,7 @@ def plan(config: LearnConfig) -> list[Step]:
         Step(
             "write the table and the plot",
             ["report", str(layout.table), str(layout.plot)],
-            run=lambda: write_report(layout),
+            run=lambda: write_report(layout, plan(config)),
         ),
     ]  # fmt: skip
 
@@ -241,7 +245,12 @@ class StepFailed(RuntimeError):
         self.returncode = returncode
 
 
-def execute(steps: list[Step], env: dict[str, str]) -> None:
+def execute(steps: list[Step], env: dict[str, str], times_log: Path | None = None) -> None:
+    """Run the steps in order, skipping those already done. With `times_log`, each command that
+    succeeds records its wall time there by step name, with the start of this execution; times of
+    steps not run again are kept."""
+    times = read_step_times(times_log) if times_log is not None else {}
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
     for number, step in enumerate(steps, start=1):
         if step.skip_if_exists is not None and step.skip_if_exists.exists():
             print(f"[{number}/{len(steps)}] {step.name}: done earlier ({step.skip_if_exists})", flush=True)
@@ -250,9 +259,18 @@ def execute(steps: list[Step], env: dict[str, str]) -> None:
         if step.run is not None:
             step.run()
             continue
+        started = time.monotonic()
         returncode = subprocess.run(step.argv, env={**env, **step.env}).returncode
         if returncode:
             raise StepFailed(number, step, returncode)
+        if times_log is not None:
+            times[step.name] = {"seconds": round(time.monotonic() - started, 1), "execution": started_at}
+            times_log.parent.mkdir(parents=True, exist_ok=True)
+            times_log.write_text(json.dumps(times, indent=2) + "\n")
+
+
+def read_step_times(path: Path) -> dict[str, dict]:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -346,7 +364,24 @@ def plot_accuracy(log: Path, out: Path) -> Path:
     return out
 
 
-def write_report(layout: Layout) -> None:
+def wall_time(steps: list[Step], times: dict[str, dict]) -> tuple[str, bool | None]:
+    """Markdown table of each command's wall time and their total, and whether one execution of the
+    proof ran them all within the target (None when the times come from several executions or a
+    command has none)."""
+    from mixed_r1_verl.eval.report import markdown_table
+
+    commands = [step.name for step in steps if step.run is None]
+    timed = [name for name in commands if name in times]
+    total = sum(times[name]["seconds"] for name in timed)
+    executions = {times[name]["execution"] for name in timed}
+    one_execution = len(timed) == len(commands) and len(executions) == 1
+    rows = [[name, f"{times[name]['seconds']:.1f}" if name in times else "–"] for name in commands]
+    note = "" if one_execution else f"; {len(executions)} executions, {len(commands) - len(timed)} commands untimed"
+    rows.append(["total", f"{total:.1f} ({total / 60:.1f} min{note})"])
+    return markdown_table(["step", "seconds"], rows), (total <= WALL_TIME_TARGET_S if one_execution else None)
+
+
+def write_report(layout: Layout, steps: list[Step]) -> None:
     from mixed_r1_verl.eval.report import load_summary, markdown_table, write_comparison
 
     summaries = {run: load_summary(layout.eval_dir(run)) for run in RUNS}
@@ -354,10 +389,21 @@ def write_report(layout: Layout) -> None:
     layout.report.mkdir(parents=True, exist_ok=True)
     table = markdown_table(header, rows, learning_cell)
     checks = target_checks(header, rows)
+    times = read_step_times(layout.step_times)
+    time_table, within_target = wall_time(steps, times)
     verdict = "\n".join(f"- [{'x' if met else ' '}] {name}" for name, met in checks.items())
-    layout.table.write_text(f"{table}\n\nTargets (GRPO over SFT, held-out val):\n\n{verdict}\n")
+    wall_check = f"- [{'x' if within_target else ' '}] whole proof <= {WALL_TIME_TARGET_S // 60} min wall"
+    if within_target is None:
+        wall_check += " (not known: no single execution ran every step)"
+    layout.table.write_text(
+        f"{table}\n\nTargets (GRPO over SFT, held-out val):\n\n{verdict}\n{wall_check}\n\n"
+        f"Wall time of each command:\n\n{time_table}\n"
+    )
     (layout.report / "learning_table.json").write_text(
-        json.dumps({"header": header, "rows": rows, "targets": checks}, indent=2)
+        json.dumps(
+            {"header": header, "rows": rows, "targets": checks, "step_times": times, "wall_time_target_met": within_target},
+            indent=2,
+        )
     )
     for first, second in (("base", "sft"), ("sft", "grpo")):
         write_comparison(summaries[first], summaries[second], (first, second), layout.report / f"{first}_vs_{second}")
@@ -374,6 +420,7 @@ def artefacts(layout: Layout) -> dict[str, str]:
         "GRPO checkpoints": layout.grpo_checkpoints,
         "GRPO model": layout.grpo_model,
         **{f"evaluation {run}": layout.eval_dir(run) for run in RUNS},
+        "step wall times": layout.step_times,
         "SFT metrics": layout.sft_log,
         "GRPO metrics": layout.grpo_log,
         "table": layout.table,
@@ -402,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(EXIT_NEEDS_GPU)
         layout.logs.mkdir(parents=True, exist_ok=True)
         try:
-            execute(steps, {**os.environ, "MIXED_R1_LEARN_DIR": str(layout.root)})
+            execute(steps, {**os.environ, "MIXED_R1_LEARN_DIR": str(layout.root)}, layout.step_times)
         except StepFailed as failure:
             print(f"{failure}\nFix the cause and run the same command again: finished steps are skipped.", file=sys.stderr)
             sys.exit(failure.returncode)

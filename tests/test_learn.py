@@ -26,6 +26,7 @@ from mixed_r1_verl.learn import (
     plan,
     publish_checkpoint,
     target_checks,
+    wall_time,
     write_report,
 )
 from mixed_r1_verl.run_logs import read_metrics_log
@@ -150,11 +151,19 @@ def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
         layout.eval_dir(run).mkdir(parents=True)
         write_summary(fabricated_summary({task: rate for task in TASKS}), layout.eval_dir(run))
     write_metrics_log(layout.grpo_log, steps=5)
-    write_report(layout)
+    steps = plan(LearnConfig(work_dir=str(tmp_path)))
+    commands = [step.name for step in steps if step.run is None]
+    layout.step_times.parent.mkdir(parents=True, exist_ok=True)
+    layout.step_times.write_text(json.dumps({name: {"seconds": 90.0, "execution": "one"} for name in commands}))
+    write_report(layout, steps)
     table = layout.table.read_text()
     assert "| grounding | 10 | 0.100 | 0.400 | 0.600 | +0.200 | +0.300 |" in table
     assert "- [x] overall accuracy up by >= 0.05" in table and "- [x] format rate >= 0.95 after GRPO" in table
-    assert json.loads((layout.report / "learning_table.json").read_text())["targets"]["no task down by more than 0.02"]
+    assert "| SFT (cold start, stopped early) | 90.0 |" in table
+    assert f"| total | {90.0 * len(commands):.1f} ({1.5 * len(commands):.1f} min) |" in table
+    assert "- [x] whole proof <= 20 min wall" in table
+    report = json.loads((layout.report / "learning_table.json").read_text())
+    assert report["targets"]["no task down by more than 0.02"] and report["wall_time_target_met"] is True
     assert (layout.report / "sft_vs_grpo" / "compare.md").exists()
     assert Image.open(layout.plot).size[0] >= 600
 
@@ -168,6 +177,34 @@ def test_curves_come_from_the_file_logger_per_task(tmp_path):
     log.write_text('{"step": 1, "data": {}}\nnot json\n')
     with pytest.raises(ValueError, match="grpo.jsonl:2"):
         read_metrics_log(log)
+
+
+def test_each_command_records_its_wall_time_and_a_skipped_one_keeps_the_earlier_time(tmp_path):
+    times_log, done = tmp_path / "logs" / "step_times.json", tmp_path / "done"
+    steps = [
+        Step("wait", [sys.executable, "-c", "import time; time.sleep(0.5)"]),
+        Step("done before", [sys.executable, "-c", "raise SystemExit(1)"], skip_if_exists=done),
+        Step("in process", ["nothing"], run=lambda: None),
+    ]
+    times_log.parent.mkdir()
+    times_log.write_text(json.dumps({"done before": {"seconds": 41.0, "execution": "earlier"}}))
+    done.write_text("")
+    execute(steps, env=dict(os.environ), times_log=times_log)
+    times = json.loads(times_log.read_text())
+    assert sorted(times) == ["done before", "wait"]
+    assert times["wait"]["seconds"] >= 0.5 and times["done before"] == {"seconds": 41.0, "execution": "earlier"}
+    table, met = wall_time(steps, times)
+    assert met is None and "2 executions, 0 commands untimed" in table and "| done before | 41.0 |" in table
+
+
+def test_the_wall_time_target_holds_only_for_one_execution_of_every_command():
+    steps = [Step("first", ["a"]), Step("second", ["b"]), Step("report", ["r"], run=lambda: None)]
+    one = {"seconds": 500.0, "execution": "x"}
+    assert wall_time(steps, {"first": one, "second": one})[1] is True
+    assert wall_time(steps, {"first": one, "second": {**one, "seconds": 701.0}})[1] is False
+    assert wall_time(steps, {"first": one})[1] is None
+    table, met = wall_time(steps, {"first": one, "second": {**one, "execution": "y"}})
+    assert met is None and "| total | 1000.0 (16.7 min; 2 executions, 0 commands untimed) |" in table
 
 
 def test_training_steps_are_skipped_once_their_checkpoint_exists(tmp_path, capsys):

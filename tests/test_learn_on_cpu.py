@@ -50,8 +50,9 @@ def proof(tmp_path_factory):
             f"trainer.total_training_steps={GRPO_STEPS}",
         ],
     )  # fmt: skip
-    execute([on_cpu(step) for step in plan(config)], checkout_env(MIXED_R1_LEARN_DIR=str(work_dir)))
-    return Layout(work_dir)
+    layout = Layout(work_dir)
+    execute([on_cpu(step) for step in plan(config)], checkout_env(MIXED_R1_LEARN_DIR=str(work_dir)), layout.step_times)
+    return layout
 
 
 def language_weights(model_dir):
@@ -77,6 +78,10 @@ def test_the_table_compares_the_three_models_on_every_held_out_row(proof):
     for run in ("base", "sft", "grpo"):
         assert json.loads((proof.eval_dir(run) / "summary.json").read_text())["run"]["model"].endswith(f"{run}_model")
     assert set(summary["targets"]) and "Targets" in proof.table.read_text()
+    commands = [step.name for step in plan(LearnConfig(work_dir=str(proof.root))) if step.run is None]
+    assert sorted(summary["step_times"]) == sorted(commands)
+    assert all(times["seconds"] > 0 for times in summary["step_times"].values())
+    assert isinstance(summary["wall_time_target_met"], bool)
 
 
 def test_grpo_trains_from_the_published_sft_model_and_publishes_its_own(proof):
