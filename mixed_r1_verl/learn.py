@@ -10,7 +10,8 @@ One GPU, offline. Steps, each a command in a fresh process (dry_run=true prints 
  5. SFT on the rationales (recipes/sft/learn.yaml, stopped early), 6. evaluate;
  7. GRPO with Mixed-Reward from the SFT checkpoint (recipes/learn.yaml), 8. evaluate;
  9. write the per-task table (accuracy, format rate, mean score, n for base / SFT / GRPO, with deltas),
-    the pairwise comparisons, and a plot of per-task training accuracy against GRPO step.
+    the pairwise comparisons, a plot of per-task training accuracy against GRPO step, and the wall
+    time of every command (logs/step_times.json).
 
 Evaluation is the project's (`mixed_r1_verl.eval`: its generators, scorer and summaries); BMAS embeds
 with the base model's table in training and in every evaluation, so open_ended scores compare.
