@@ -57,7 +57,7 @@ def test_eval_hands_both_backends_the_training_frame(converted, tiny_model_dir):
         request = eval_request(record)
         (image,) = vllm_input(tokenizer, request, patch_size=14)["multi_modal_data"]["image"]
         assert list(image.size) == frame
-        _, grid_h, grid_w = generator.model_inputs(request)["image_grid_thw"][0].tolist()
+        _, grid_h, grid_w = generator.model_inputs([request])["image_grid_thw"][0].tolist()
         assert [grid_w * 14, grid_h * 14] == frame
 
 
@@ -82,7 +82,7 @@ def test_engine_converts_for_the_model_it_measures(converted, tiny_model_dir, tm
     assert (engine.converter.min_pixels, engine.converter.max_pixels) == (MIN_PIXELS, MAX_PIXELS)
     generator = TransformersGenerator(str(tiny_model_dir), ENGINE_SAMPLING, device="cpu")
     for row in engine.validate():
-        _, grid_h, grid_w = generator.model_inputs(engine.generation_request(row))["image_grid_thw"][0].tolist()
+        _, grid_h, grid_w = generator.model_inputs([engine.generation_request(row)])["image_grid_thw"][0].tolist()
         assert [grid_w * 14, grid_h * 14] == row.extra_info["frame_size"]
 
 
@@ -112,6 +112,23 @@ def test_transformers_backend_samples_n_responses(tiny_model_dir, converted):
     settings = SamplingSettings(n=3, temperature=1.0, max_new_tokens=3)
     (responses,) = TransformersGenerator(str(tiny_model_dir), settings, device="cpu").generate([eval_request(record)])
     assert len(responses) == 3 and all(isinstance(text, str) for text in responses)
+
+
+def test_transformers_backend_batches_give_each_request_its_own_responses(tiny_model_dir, converted):
+    root, _, _ = converted
+    records = load_records([root / "out" / "train.parquet"])
+    text_only = GenerationRequest([{"role": "user", "content": "Name a colour."}], [], label="text")
+    # Prompts of different lengths (tasks, options, one without an image) share left-padded batches.
+    requests = [eval_request(record) for record in records[::2]] + [text_only]
+    assert len({len(request.messages[0]["content"]) for request in requests}) == len(requests)
+    greedy = SamplingSettings(max_new_tokens=12)
+    alone = [TransformersGenerator(str(tiny_model_dir), greedy, device="cpu").generate([r])[0] for r in requests]
+    batched = TransformersGenerator(str(tiny_model_dir), greedy, device="cpu", sequences_per_call=3).generate(requests)
+    assert batched == alone and len(set(map(tuple, alone))) > 1
+
+    sampled = SamplingSettings(n=2, temperature=1.0, max_new_tokens=4)
+    responses = TransformersGenerator(str(tiny_model_dir), sampled, device="cpu", sequences_per_call=4).generate(requests)
+    assert [len(group) for group in responses] == [2] * len(requests)
 
 
 def test_transformers_backend_samples_only_as_the_settings_say(tiny_model_dir, converted, tmp_path):

@@ -138,33 +138,42 @@ NEUTRAL_SAMPLING = {"top_k": 0, "repetition_penalty": 1.0}
 
 
 class TransformersGenerator:
-    """`generate` one request at a time for Qwen2-VL-family checkpoints, through the image-and-text
-    processor (no torchvision needed)."""
+    """`generate` for Qwen2-VL-family checkpoints through the image-and-text processor (no torchvision
+    needed): requests in left-padded batches of at most `sequences_per_call` sequences (prompts × n)."""
 
-    def __init__(self, model_path: str, settings: SamplingSettings, device: str | None = None):
+    def __init__(
+        self, model_path: str, settings: SamplingSettings, device: str | None = None, sequences_per_call: int = 64
+    ):
         import torch
         from transformers import AutoModelForImageTextToText
 
         self.torch = torch
         self.settings = settings
+        self.prompts_per_call = max(1, sequences_per_call // settings.n)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         required_image_processor_settings(resolve_model_dir(model_path))
         self.processor = load_image_text_processor(model_path)
+        # Left padding puts every prompt's last token at the same position, where generation starts.
+        self.processor.tokenizer.padding_side = "left"
         self.patch_size = self.processor.image_processor.patch_size
         self.processor_bounds = processor_pixel_bounds(self.processor.image_processor.to_dict())
         dtype = "auto" if self.device.startswith("cuda") else torch.float32
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
 
-    def model_inputs(self, request: GenerationRequest):
-        images = model_images(request, self.patch_size, self.processor_bounds)
-        text = chat_template_text(self.processor.tokenizer, request.messages)
-        return self.processor(text=[text], images=images or None, return_tensors="pt").to(self.device)
+    def model_inputs(self, requests: Sequence[GenerationRequest]):
+        images = [image for request in requests for image in model_images(request, self.patch_size, self.processor_bounds)]
+        texts = [chat_template_text(self.processor.tokenizer, request.messages) for request in requests]
+        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        return inputs.to(self.device)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
-        return [self._generate_one(request) for request in requests]
+        responses = []
+        for start in range(0, len(requests), self.prompts_per_call):
+            responses += self._generate_batch(requests[start : start + self.prompts_per_call])
+        return responses
 
-    def _generate_one(self, request: GenerationRequest) -> list[str]:
-        inputs = self.model_inputs(request)
+    def _generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
+        inputs = self.model_inputs(requests)
         settings = self.settings
         sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
         sampling.update(NEUTRAL_SAMPLING)
@@ -178,7 +187,8 @@ class TransformersGenerator:
                 **sampling,
             )
         prompt_length = inputs["input_ids"].shape[1]
-        return self.processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+        texts = self.processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+        return [texts[index : index + settings.n] for index in range(0, len(texts), settings.n)]
 
 
 def build_generator(backend: str, model_path: str, settings: SamplingSettings, **options) -> Generator:
