@@ -103,7 +103,7 @@ def _make_generator(args):
             max_images_per_prompt=args.max_images,
             **{"tensor_parallel_size": args.tensor_parallel_size, "trust_remote_code": True, **args.vllm_kwargs},
         )
-    return build_generator("transformers", args.model, sampling, device=args.device)
+    return build_generator("transformers", args.model, sampling, device=args.device, sequences_per_call=args.batch_size)
 
 
 def _responses(args, records: list[EvalRecord], out_dir: Path) -> dict[str, str]:

@@ -192,7 +192,8 @@ class TransformersGenerator:
 
 
 def build_generator(backend: str, model_path: str, settings: SamplingSettings, **options) -> Generator:
-    """`vllm` (options: max_images_per_prompt and vLLM engine arguments) or `transformers` (option: device)."""
+    """`vllm` (options: max_images_per_prompt and vLLM engine arguments) or `transformers` (options: device,
+    sequences_per_call)."""
     if backend == "vllm":
         return VllmGenerator(model_path, settings, **options)
     if backend == "transformers":
