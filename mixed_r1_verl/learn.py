@@ -73,6 +73,9 @@ class LearnConfig:
     model_size: str = "learn"
     eval_max_new_tokens: int = 256
     eval_batch_size: int = 512
+    # transformers generates the 800 val prompts of the 27M model in batches of eval_batch_size in
+    # less time than vLLM takes to start (2-3 minutes the first time on a GPU host); `vllm` is eager.
+    eval_backend: str = "hf"
     # Extra key=value settings for the SFT and GRPO commands and the three evaluations.
     sft_overrides: list = field(default_factory=list)
     grpo_overrides: list = field(default_factory=list)
@@ -137,8 +140,9 @@ def eval_step(config: LearnConfig, layout: Layout, run: str, model: Path) -> Ste
             f"seed={config.seed}",
             f"max_new_tokens={config.eval_max_new_tokens}",
             f"batch_size={config.eval_batch_size}",
+            f"backend={config.eval_backend}",
             # Compiling and capturing CUDA graphs takes longer than eager decoding of a 27M model.
-            "vllm_kwargs.enforce_eager=true",
+            *(["vllm_kwargs.enforce_eager=true"] if config.eval_backend == "vllm" else []),
             *config.eval_overrides,
         ),
     )

@@ -36,7 +36,7 @@ def proof(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("learn")
     config = LearnConfig(
         work_dir=str(work_dir), model_size="test", rows_per_task=8, val_rows_per_task=VAL_ROWS_PER_TASK,
-        eval_max_new_tokens=16, eval_batch_size=8, eval_overrides=["backend=hf", "device=cpu"],
+        eval_max_new_tokens=16, eval_batch_size=8, eval_overrides=["device=cpu"],
         sft_overrides=[
             *CPU_SFT_SETTINGS, "data.train_batch_size=4", "data.micro_batch_size_per_gpu=2",
             f"trainer.total_training_steps={SFT_STEPS}",
