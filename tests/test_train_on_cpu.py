@@ -15,8 +15,11 @@ import torch
 from transformers import AutoModelForImageTextToText
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
-from data_helpers import CPU_GRPO_SETTINGS, checkout_env, run_module, run_on_cpu
+from cpu_rollout_inputs import rollout_model_inputs
+from data_helpers import CPU_GRPO_SETTINGS, checkout_env, convert_synthetic, run_module, run_on_cpu
 from mixed_r1_verl.data.model_files import image_processor_settings
+from mixed_r1_verl.eval.generation import SamplingSettings, TransformersGenerator, eval_request, model_images
+from mixed_r1_verl.eval.records import load_records
 from mixed_r1_verl.data.synthetic import TASKS
 from mixed_r1_verl.run_logs import non_finite, read_metrics_log, task_metrics
 from mixed_r1_verl.verl_adapter.agent_loop import end_at_placeholder_tokens
@@ -50,6 +53,19 @@ def first_run(tmp_path_factory):
 def resumed_run(first_run):
     work_dir, _ = first_run
     return grpo_on_cpu(work_dir, FIRST_RUN_STEPS + 1, "filtering=on")
+
+
+def test_the_cpu_rollout_gives_the_model_the_inputs_its_processor_gives(tiny_model_dir, tmp_path):
+    convert_synthetic(tmp_path / "src", tmp_path / "out", rows_per_task=1, seed=3, val_ratio=0.0, model_path=str(tiny_model_dir))
+    generator = TransformersGenerator(str(tiny_model_dir), SamplingSettings(max_new_tokens=8), device="cpu")
+    for record in load_records([tmp_path / "out" / "train.parquet"]):
+        request = eval_request(record)
+        expected = generator.model_inputs([request])
+        images = model_images(request, generator.patch_size, generator.processor_bounds)
+        rollout = rollout_model_inputs(generator.processor, expected["input_ids"][0].tolist(), images)
+        assert sorted(rollout) == sorted(expected), record.id
+        for key, tensor in expected.items():
+            assert torch.equal(rollout[key], tensor), (record.id, key)
 
 
 def test_every_step_trains_on_all_four_tasks_with_no_sample_lost(first_run):

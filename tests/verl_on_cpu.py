@@ -141,6 +141,7 @@ from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration  # no
 from verl.workers.rollout.base import BaseRollout  # noqa: E402
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput  # noqa: E402
 
+from cpu_rollout_inputs import rollout_model_inputs  # noqa: E402
 from mixed_r1_verl.data.processor import Qwen25VLImageTextProcessor, load_image_text_processor  # noqa: E402
 
 
@@ -181,16 +182,14 @@ class TransformersRolloutServer:
 
     def __init__(self, model_path: str, response_length: int):
         self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32).eval()
-        self.image_processor = load_image_text_processor(model_path).image_processor
+        self.processor = load_image_text_processor(model_path)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.response_length = response_length
         self.global_steps = None
 
     async def generate(self, request_id, prompt_ids, sampling_params, image_data=None, video_data=None, **kwargs):
-        inputs = {"input_ids": torch.tensor([prompt_ids]), "attention_mask": torch.ones(1, len(prompt_ids), dtype=torch.long)}
-        if image_data:
-            inputs.update(self.image_processor(images=image_data, return_tensors="pt"))
+        inputs = rollout_model_inputs(self.processor, prompt_ids, image_data)
         temperature = sampling_params.get("temperature", 1.0)
         sampling = {"do_sample": False}
         if temperature > 0:
