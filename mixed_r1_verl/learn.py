@@ -38,7 +38,7 @@ from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 # Written by verl next to the global_step_N directories once a checkpoint is complete.
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
 RUNS = ("base", "sft", "grpo")
-# The budget for the whole proof on one GPU: model, data, SFT, GRPO and three evaluations.
+# The proof's target on one GPU for the whole command: model, data, SFT, GRPO and three evaluations.
 WALL_TIME_TARGET_S = 20 * 60
 # Files a model directory needs for vLLM and the processor, copied from the base model when the
 # checkpoint's Hugging Face copy lacks them.
