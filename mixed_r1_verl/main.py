@@ -35,6 +35,7 @@ PLUGIN_MODULES = (
     "mixed_r1_verl.verl_adapter.agent_loop",
 )
 RAY_ENV_VARS_KEY = "ray_kwargs.ray_init.runtime_env.env_vars"
+RAY_CPUS_KEY = "ray_kwargs.ray_init.num_cpus"
 # Set by Ray for the driver of a submitted job, whose working directory is a node-local copy of the code.
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 FILE_LOGGER_PATH_ENV, FILE_LOGGER_ROOT_ENV = "VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT"
@@ -313,6 +314,18 @@ def choose_attention(config: DictConfig, flash_attn_available: bool) -> None:
     )
 
 
+def default_ray_cpus(config: DictConfig, environ, usable_cpus: int) -> None:
+    """A Ray started by this process counts the host's CPUs, more than a container, a Slurm step or a
+    `taskset` lets it use, and sizes its worker pools by them: give it the CPUs this process may run
+    on, unless `ray_kwargs.ray_init.num_cpus` is set or Ray runs elsewhere (RAY_ADDRESS), where it
+    may not be given."""
+    if environ.get("RAY_ADDRESS") or OmegaConf.select(config, RAY_CPUS_KEY) is not None:
+        return
+    OmegaConf.update(config, RAY_CPUS_KEY, usable_cpus, force_add=True)
+    if usable_cpus != os.cpu_count():
+        logger.warning("%s=%d: the CPUs this process may use, of the host's %s", RAY_CPUS_KEY, usable_cpus, os.cpu_count())
+
+
 def make_paths_absolute(config: DictConfig, keys: tuple[str, ...]) -> None:
     """Ray workers (and torchrun workers) do not share the launching directory, so relative paths, a
     path or a list of them, are pinned to it here."""
@@ -403,6 +416,7 @@ def train(config: DictConfig) -> None:
         )
     exit_unless_data_files_exist(config.data)
     add_ray_env_vars(config, {**worker_env, **import_plugins(PLUGIN_MODULES)}, os.environ)
+    default_ray_cpus(config, os.environ, len(os.sched_getaffinity(0)))
     choose_attention(config, flash_attn_importable())
 
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo

@@ -263,11 +263,9 @@ def project_command(
 
 def smoke_training(name: str, out_dir: str | Path, *overrides: str, timeout_s: float = SMOKE_TIMEOUT_S) -> LoggedRun:
     """`python -m mixed_r1_verl.main recipe=smoke overrides...` via `project_command`, checkpointing
-    into `smoke_checkpoint_dir(out_dir, name)`; Ray gets the CPUs this process may use (its default,
-    the host's count, over-subscribes containers)."""
-    cpus = len(os.sched_getaffinity(0))
+    into `smoke_checkpoint_dir(out_dir, name)`."""
     return project_command(
-        name, out_dir, "mixed_r1_verl.main", "recipe=smoke", f"ray_kwargs.ray_init.num_cpus={cpus}",
+        name, out_dir, "mixed_r1_verl.main", "recipe=smoke",
         f"trainer.default_local_dir={smoke_checkpoint_dir(out_dir, name)}", *overrides,
         timeout_s=timeout_s,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""What mixed_r1_verl.main settles before verl starts: output paths, plugins, the attention kernel."""
+"""What mixed_r1_verl.main settles before verl starts: output paths, plugins, Ray's CPUs, the attention kernel."""
 
 import logging
 
@@ -9,8 +9,10 @@ from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
 from mixed_r1_verl.main import (
     PLUGIN_MODULES,
     RAY_ENV_VARS_KEY,
+    RAY_CPUS_KEY,
     add_ray_env_vars,
     choose_attention,
+    default_ray_cpus,
     import_plugins,
     pin_output_paths,
     unshared_output_settings,
@@ -78,3 +80,19 @@ def test_with_flash_attn_or_a_chosen_attention_nothing_changes():
     eager = compose_recipe("qwen25vl_7b", "+actor_rollout_ref.model.override_config.attn_implementation=eager")
     choose_attention(eager, flash_attn_available=False)
     assert eager.actor_rollout_ref.model.override_config.attn_implementation == "eager"
+
+
+def test_a_local_ray_gets_the_cpus_this_process_may_use(caplog):
+    config = compose_recipe("smoke")
+    assert OmegaConf.select(config, RAY_CPUS_KEY) is None
+    with caplog.at_level(logging.WARNING, logger="mixed_r1_verl.main"):
+        default_ray_cpus(config, {}, usable_cpus=3)
+    assert OmegaConf.select(config, RAY_CPUS_KEY) == 3 and "of the host's" in caplog.text
+
+    chosen = compose_recipe("smoke", f"{RAY_CPUS_KEY}=16")
+    default_ray_cpus(chosen, {}, usable_cpus=3)
+    assert OmegaConf.select(chosen, RAY_CPUS_KEY) == 16
+    # Connecting to a running cluster, ray.init refuses num_cpus.
+    on_cluster = compose_recipe("smoke")
+    default_ray_cpus(on_cluster, {"RAY_ADDRESS": "127.0.0.1:6379"}, usable_cpus=3)
+    assert OmegaConf.select(on_cluster, RAY_CPUS_KEY) is None
