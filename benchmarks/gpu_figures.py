@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mixed_r1_verl.run_logs import (
     DEADLINE_ENV,
+    EXIT_OUT_OF_TIME,
     SMOKE_RUN,
     LoggedRun,
     checks_out_dir,
@@ -33,8 +34,6 @@ from mixed_r1_verl.run_logs import (
 )
 
 WARMUP_STEPS = 2
-# As a command past its time limit exits (timeout(1)), for a figure whose run met $MIXED_R1_GPU_DEADLINE.
-EXIT_OUT_OF_TIME = 124
 CONSTANT_REWARD = '''def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
     return 0.0
 '''

@@ -27,6 +27,8 @@ SMOKE_TIMEOUT_S = 570
 # The smoke recipe as shipped, run by the GPU acceptance suite; benchmarks compare against its log.
 SMOKE_RUN = "smoke_mixed"
 GPU_POLL_INTERVAL_S = 1.0
+# The exit status of a command ended at its time limit, as timeout(1) gives it.
+EXIT_OUT_OF_TIME = 124
 # A Unix time: `run_logged` ends its command there and starts none with less than MIN_START_S left, so a
 # time-boxed verification (scripts/verify_gpu.py) stops cleanly instead of being killed mid-run.
 DEADLINE_ENV = "MIXED_R1_GPU_DEADLINE"
@@ -183,12 +185,12 @@ def run_logged(
         log.write(f"$ {' '.join(argv)}\n")
         if left is not None and left < MIN_START_S:
             log.write(f"[not started: {max(left, 0):.0f} s left before ${DEADLINE_ENV}]\n")
-            returncode, out_of_time = 124, True
+            returncode, out_of_time = EXIT_OUT_OF_TIME, True
         else:
             log.flush()
             returncode, peak = run_with_limit(argv, log, limit_s, env)
-            out_of_time = out_of_time and returncode == 124
-            if returncode == 124:
+            out_of_time = out_of_time and returncode == EXIT_OUT_OF_TIME
+            if returncode == EXIT_OUT_OF_TIME:
                 reason = f" at ${DEADLINE_ENV}" if out_of_time else ""
                 log.write(f"\n[killed after {limit_s:.0f} s{reason}]\n")
     run = LoggedRun(name, returncode, log_path, round(time.monotonic() - started, 1), peak, out_of_time)
@@ -218,7 +220,7 @@ def run_with_limit(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            returncode = 124
+            returncode = EXIT_OUT_OF_TIME
     return returncode, memory.peak
 
 

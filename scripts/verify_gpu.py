@@ -33,11 +33,17 @@ from xml.etree import ElementTree
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mixed_r1_verl.run_logs import DEADLINE_ENV, MIN_START_S, checks_out_dir, nvidia_smi_query, run_with_limit  # noqa: E402
+from mixed_r1_verl.run_logs import (  # noqa: E402
+    DEADLINE_ENV,
+    EXIT_OUT_OF_TIME,
+    MIN_START_S,
+    checks_out_dir,
+    nvidia_smi_query,
+    run_with_limit,
+)
 
 # Left after the last piece for pytest to wind down and for the report.
 WIND_DOWN_S = 20.0
-OUT_OF_TIME = 124  # run_with_limit's status for a command it ended
 PACKAGES = ("torch", "vllm", "verl", "ray", "transformers", "flash-attn")
 OUTPUT_TAIL_LINES = 15
 
@@ -160,7 +166,7 @@ def run_piece(piece: Piece, verify_dir: Path, deadline: float | None, env: dict[
     if piece.is_pytest and junit.is_file():
         result, failed, failures = junit_outcome(junit)
         return Outcome(piece, result, seconds, failed or returncode not in (0, 5), failures, tail)
-    if returncode == OUT_OF_TIME:
+    if returncode == EXIT_OUT_OF_TIME:
         return Outcome(piece, f"stopped at ${DEADLINE_ENV}", seconds, False, (), tail)
     if returncode != 0:
         return Outcome(piece, f"failed (exit {returncode})", seconds, True, (tail,), tail)

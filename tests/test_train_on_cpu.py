@@ -18,9 +18,9 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 from cpu_rollout_inputs import rollout_model_inputs
 from data_helpers import CPU_GRPO_SETTINGS, checkout_env, convert_synthetic, run_module, run_on_cpu
 from mixed_r1_verl.data.model_files import image_processor_settings
+from mixed_r1_verl.data.synthetic import TASKS
 from mixed_r1_verl.eval.generation import SamplingSettings, TransformersGenerator, eval_request, model_images
 from mixed_r1_verl.eval.records import load_records
-from mixed_r1_verl.data.synthetic import TASKS
 from mixed_r1_verl.run_logs import non_finite, read_metrics_log, task_metrics
 from mixed_r1_verl.verl_adapter.agent_loop import end_at_placeholder_tokens
 
