@@ -123,6 +123,26 @@ def test_sft_rows_render_through_the_processor_with_the_loss_on_the_target_only(
     assert torch.isfinite(output.loss)
 
 
+def test_sft_positions_are_the_models_own_m_rope_positions(converted, tiny_model_dir):
+    """Text attends to the image through these positions: wrong ones train a model that reads text
+    well and images badly, with nothing failing."""
+    data_dir, _ = converted
+    config = compose_sft(f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")
+    processor = load_image_text_processor(tiny_model_dir)
+    dataset = create_sft_dataset(config.data.train_files, config.data, processor.tokenizer, processor)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
+    for index in range(len(dataset)):
+        item = dataset[index]
+        ids, positions = item["input_ids"][None], item["position_ids"]
+        image_tokens = (ids == model.config.image_token_id).int()
+        expected, _ = model.model.get_rope_index(
+            ids, mm_token_type_ids=image_tokens, image_grid_thw=item["multi_modal_inputs"]["image_grid_thw"]
+        )
+        assert torch.equal(positions[0], torch.arange(ids.shape[1]))
+        assert torch.equal(positions[1:], expected[:, 0]), f"SFT row {index}"
+        assert positions[1:].amax() < ids.shape[1] - 1, "M-RoPE positions of an image row are not 1-D counts"
+
+
 def test_a_row_whose_placeholders_do_not_match_its_images_is_named(converted, tiny_model_dir, tmp_path):
     data_dir, _ = converted
     table = pq.read_table(data_dir / "sft_train.parquet").to_pylist()
