@@ -94,14 +94,22 @@ def test_config_composes_on_verls_sft_config_and_builds_its_dataclasses(converte
     assert "hf_model" in config.checkpoint.save_contents
 
 
-def test_sft_rows_render_through_the_processor_with_the_loss_on_the_target_only(converted, tiny_model_dir):
-    data_dir, source = converted
+@pytest.fixture(scope="module")
+def sft_train_rows(converted, tiny_model_dir):
+    """The SFT config's training dataset as verl's SFT trainer builds it, its processor and the model."""
+    data_dir, _ = converted
     config = compose_sft(f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")
     processor = load_image_text_processor(tiny_model_dir)
     dataset = create_sft_dataset(config.data.train_files, config.data, processor.tokenizer, processor)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
+    return dataset, processor, model
+
+
+def test_sft_rows_render_through_the_processor_with_the_loss_on_the_target_only(converted, sft_train_rows):
+    data_dir, _ = converted
+    dataset, processor, model = sft_train_rows
     assert type(dataset) is MixedR1SFTDataset
     rows = pq.read_table(data_dir / "sft_train.parquet").to_pylist()
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
     image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     for index in range(len(dataset)):
         item = dataset[index]
@@ -123,14 +131,10 @@ def test_sft_rows_render_through_the_processor_with_the_loss_on_the_target_only(
     assert torch.isfinite(output.loss)
 
 
-def test_sft_positions_are_the_models_own_m_rope_positions(converted, tiny_model_dir):
+def test_sft_positions_are_the_models_own_m_rope_positions(sft_train_rows):
     """Text attends to the image through these positions: wrong ones train a model that reads text
     well and images badly, with nothing failing."""
-    data_dir, _ = converted
-    config = compose_sft(f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")
-    processor = load_image_text_processor(tiny_model_dir)
-    dataset = create_sft_dataset(config.data.train_files, config.data, processor.tokenizer, processor)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
+    dataset, _, model = sft_train_rows
     for index in range(len(dataset)):
         item = dataset[index]
         ids, positions = item["input_ids"][None], item["position_ids"]
