@@ -180,6 +180,25 @@ def exit_if_training_is_done(config: DictConfig) -> None:
         )
 
 
+def exit_if_stop_by_is_not_ahead(mixed_r1: DictConfig) -> None:
+    """mixed_r1.stop_by must be a Unix time still ahead: a run started past it would be killed by the
+    scheduler it stands for before its first checkpoint."""
+    stop_by = mixed_r1.get("stop_by")
+    if stop_by is None:
+        return
+    try:
+        seconds_left = float(stop_by) - time.time()
+    except (TypeError, ValueError):
+        fail(f"mixed_r1.stop_by={stop_by!r} is not a Unix time in seconds (as `date +%s` prints it).\n", EXIT_USAGE)
+    if seconds_left <= 0:
+        when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(float(stop_by)))
+        fail(
+            f"mixed_r1.stop_by={stop_by} was {-seconds_left:.0f} s ago ({when}): no step could end before it. "
+            "Set a later time or null.\n",
+            EXIT_USAGE,
+        )
+
+
 def log_prob_micro_batch_mismatches(config: DictConfig) -> list[str]:
     """Log-prob micro-batch sizes that do not divide the samples each GPU holds in a step. verl's FSDP
     engine requires it (without dynamic batch sizes) but asserts only once the workers and the rollout
@@ -397,6 +416,7 @@ def train(config: DictConfig) -> None:
     make_paths_absolute(config, ("mixed_r1.data_dir", "mixed_r1.smoke.work_dir"))
     worker_env = pin_output_paths(config, os.environ)
     exit_if_training_is_done(config)
+    exit_if_stop_by_is_not_ahead(config.mixed_r1)
     mismatches = log_prob_micro_batch_mismatches(config)
     if mismatches:
         fail(

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -192,3 +193,18 @@ def test_a_log_prob_micro_batch_that_does_not_divide_the_step_stops_the_entry_be
     assert result.returncode == 2
     assert "log_prob_micro_batch_size_per_gpu=64 does not divide the 32 samples each GPU holds" in result.stderr
     assert "use_dynamic_bsz=true" in result.stderr and not (tmp_path / "data").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a time ahead would go on to train on a GPU machine")
+def test_a_stop_by_time_that_has_passed_or_is_no_time_stops_the_entry_before_start_up(tmp_path):
+    passed = int(time.time()) - 600
+    late = run_main("recipe=smoke", f"mixed_r1.smoke.work_dir={tmp_path}", f"mixed_r1.stop_by={passed}")
+    assert late.returncode == 2
+    assert f"mixed_r1.stop_by={passed} was 6" in late.stderr and "no step could end before it" in late.stderr
+
+    garbled = run_main("recipe=smoke", f"mixed_r1.smoke.work_dir={tmp_path}", "mixed_r1.stop_by=tomorrow")
+    assert garbled.returncode == 2 and "'tomorrow' is not a Unix time in seconds" in garbled.stderr
+    assert not (tmp_path / "data").exists()
+
+    ahead = run_main("recipe=smoke", f"mixed_r1.smoke.work_dir={tmp_path}", f"mixed_r1.stop_by={passed + 4000}")
+    assert ahead.returncode == 2 and "needs at least one CUDA GPU" in ahead.stderr, "ahead: on to the GPU check"

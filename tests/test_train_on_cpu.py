@@ -8,6 +8,7 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -26,6 +27,7 @@ from mixed_r1_verl.verl_adapter.agent_loop import end_at_placeholder_tokens
 
 PROMPTS_PER_STEP, ROLLOUT_N = 8, 4  # recipes/smoke.yaml
 FIRST_RUN_STEPS = 2
+RESUMED_PLANNED_LAST_STEP, STOP_BY_AHEAD_S = 6, 3600
 
 
 def grpo_on_cpu(work_dir, steps, *settings):
@@ -51,8 +53,14 @@ def first_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def resumed_run(first_run):
+    """Resumes with filtering on, planned to step 6 with checkpoints every 5, and told that a checkpoint
+    takes all but 5 s of the time left before mixed_r1.stop_by: it must end after its first step, 3."""
     work_dir, _ = first_run
-    return grpo_on_cpu(work_dir, FIRST_RUN_STEPS + 1, "filtering=on")
+    stop_by = int(time.time()) + STOP_BY_AHEAD_S
+    return grpo_on_cpu(
+        work_dir, RESUMED_PLANNED_LAST_STEP, "filtering=on", "trainer.save_freq=5", f"mixed_r1.stop_by={stop_by}",
+        f"mixed_r1.stop_save_estimate_s={STOP_BY_AHEAD_S - 5}",
+    )  # fmt: skip
 
 
 def test_the_cpu_rollout_gives_the_model_the_inputs_its_processor_gives(tiny_model_dir, tmp_path):
@@ -98,6 +106,16 @@ def test_a_rerun_resumes_after_the_checkpoint_with_per_task_filtering(first_run,
     assert sorted(counters) == sorted(TASKS)
     assert sum(counters[task]["kept"] for task in TASKS) == metrics["filtering/kept"] == PROMPTS_PER_STEP
     assert sum(counters[task]["dropped"] for task in TASKS) == metrics["filtering/dropped"]
+
+
+def test_a_run_ends_with_a_checkpoint_after_the_last_step_that_fits_before_stop_by(first_run, resumed_run):
+    work_dir, _ = first_run
+    first_step = FIRST_RUN_STEPS + 1
+    assert f"mixed_r1.stop_by: ending after step {first_step} of {RESUMED_PLANNED_LAST_STEP}, saved" in resumed_run
+    checkpoints = work_dir / "smoke" / "checkpoints"
+    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == str(first_step)
+    assert (checkpoints / f"global_step_{first_step}" / "actor" / "model_world_size_1_rank_0.pt").is_file()
+    assert sorted(read_metrics_log(work_dir / "metrics.jsonl")) == [first_step]
 
 
 def as_local(tensor):

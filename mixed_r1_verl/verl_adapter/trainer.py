@@ -1,5 +1,6 @@
 """V1 trainer `mixed_r1_sync`: verl's synchronous PPO/GRPO trainer that also logs, every step, the
-reward, accuracy, correct rate, format rate and error rate of each Mixed-R1 task (`mixed_r1/<task>/...`).
+reward, accuracy, correct rate, format rate and error rate of each Mixed-R1 task (`mixed_r1/<task>/...`),
+and with `mixed_r1.stop_by` ends the run with a checkpoint before that time (`stop_by.py`).
 
 Select it with `trainer.v1.trainer_mode=mixed_r1_sync`. Its settings are verl's `sync` ones
 (`trainer.v1.sync.*`, e.g. `trainer.v1.sync.parameter_sync_step`).
@@ -7,15 +8,19 @@ Select it with `trainer.v1.trainer_mode=mixed_r1_sync`. Its settings are verl's 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import ray
 import transfer_queue as tq
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.debug import marked_timer
 from mixed_r1_verl.data.balanced_sampler import with_configured_sampler
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog
+from mixed_r1_verl.verl_adapter.stop_by import StopBy
 
 TRAINER_MODE = "mixed_r1_sync"
 VERL_SYNC_MODE = "sync"
@@ -58,6 +63,10 @@ class MixedR1SyncTrainer(PPOTrainerSync):
     def __init__(self, config: DictConfig):
         config.trainer.v1.trainer_mode = VERL_SYNC_MODE
         self._task_metrics = PerTaskMetricsLog()
+        stop_by = OmegaConf.select(config, "mixed_r1.stop_by")
+        self._stop_by = None
+        if stop_by is not None:
+            self._stop_by = StopBy(float(stop_by), float(OmegaConf.select(config, "mixed_r1.stop_save_estimate_s")))
         super().__init__(config)
 
     def _setup(self):
@@ -74,3 +83,43 @@ class MixedR1SyncTrainer(PPOTrainerSync):
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
         metrics.update(self._task_metrics.step(batch_reward_extra_infos(batch)))
+        if self._stop_by is not None and "testing" in timing_raw:
+            self._stop_by.record_validation(timing_raw["testing"])
+
+    def on_train_begin(self):
+        super().on_train_begin()
+        self._planned_last_step = self.total_training_steps
+        self._cycle_started = time.time()
+
+    def on_step_end(self):
+        # Before verl's weight sync wakes the rollout: a checkpoint saved here is saved where verl saves its own.
+        if self._stop_by is not None:
+            self._end_before_stop_by()
+        super().on_step_end()
+
+    def _end_before_stop_by(self):
+        """Moves the last step to the last one that still fits before mixed_r1.stop_by; when that is the
+        step just finished, saves its checkpoint (unless verl just did) and ends the run after it."""
+        now, stop_by, trainer = time.time(), self._stop_by, self.config.trainer
+        stop_by.record_cycle(now - self._cycle_started)
+        self._cycle_started = now
+        saved = "save_checkpoint" in self.timing_raw
+        if saved:
+            stop_by.record_save(self.timing_raw["save_checkpoint"])
+        validates = trainer.test_freq > 0
+        last = stop_by.last_step(self.global_steps, self._planned_last_step, now, validates)
+        if last == self.total_training_steps:
+            return
+        estimate = (
+            f"{stop_by.stop_by - now:.0f} s left; a step takes about {stop_by.step_estimate_s():.0f} s, "
+            f"{stop_by.reserve_s(validates):.0f} s are kept for the last checkpoint and validation"
+        )
+        planned = self._planned_last_step
+        if last == self.global_steps:
+            if not saved and trainer.save_freq > 0:
+                with marked_timer("save_checkpoint", self.timing_raw, color="green"):
+                    self._save_checkpoint()
+            print(f"mixed_r1.stop_by: ending after step {last} of {planned}, saved ({estimate})", flush=True)
+        else:
+            print(f"mixed_r1.stop_by: the last step is now {last} of {planned} ({estimate})", flush=True)
+        self.total_training_steps = last

@@ -1,0 +1,44 @@
+"""The step budget behind `mixed_r1.stop_by`; the trainer acting on it runs in tests/test_train_on_cpu.py."""
+
+import pytest
+
+from mixed_r1_verl.verl_adapter.stop_by import StopBy
+
+NOW = 1_800_000_000.0
+
+
+def test_the_first_step_is_the_estimate_until_later_steps_replace_its_warm_up():
+    stop_by = StopBy(stop_by=NOW + 1000, save_estimate_s=60)
+    stop_by.record_cycle(90.0)  # rollout warm-up included
+    assert stop_by.step_estimate_s() == 90.0
+    for seconds in (10.0, 12.0, 30.0):  # the 30 s step validated
+        stop_by.record_cycle(seconds)
+    assert stop_by.step_estimate_s() == 12.0
+
+
+def test_steps_that_fit_leave_the_checkpoint_its_estimate_until_a_save_is_timed():
+    stop_by = StopBy(stop_by=NOW + 100, save_estimate_s=60)
+    stop_by.record_cycle(10.0)
+    assert stop_by.steps_that_fit(NOW, validates_last_step=False) == 4  # (100 - 60) / 10
+    stop_by.record_save(5.0)
+    assert stop_by.steps_that_fit(NOW, validates_last_step=False) == 9  # (100 - 5) / 10
+    stop_by.record_save(2.0)
+    assert stop_by.save_s == 5.0, "the slowest save timed is the one reserved"
+
+
+def test_the_last_steps_validation_is_reserved_only_when_it_validates():
+    stop_by = StopBy(stop_by=NOW + 100, save_estimate_s=0)
+    stop_by.record_cycle(10.0)
+    stop_by.record_validation(35.0)
+    assert stop_by.steps_that_fit(NOW, validates_last_step=True) == 6  # (100 - 35) / 10
+    assert stop_by.steps_that_fit(NOW, validates_last_step=False) == 10
+
+
+@pytest.mark.parametrize(
+    "seconds_left, expected_last",
+    [(1000.0, 40), (155.0, 26), (25.0, 13), (19.0, 12), (-5.0, 12)],
+)
+def test_the_last_step_is_the_planned_one_or_the_last_that_fits(seconds_left, expected_last):
+    stop_by = StopBy(stop_by=NOW + seconds_left, save_estimate_s=10)
+    stop_by.record_cycle(10.0)
+    assert stop_by.last_step(step=12, planned_last=40, now=NOW, validates_last_step=False) == expected_last
