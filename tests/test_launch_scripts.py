@@ -116,3 +116,17 @@ def test_slurm_dry_run_starts_a_head_and_workers_then_trains_on_all_nodes(gpu_va
 def test_slurm_script_refuses_to_guess_the_gpu_count():
     result = run_script(SCRIPTS[2], "--dry-run", "smoke", **slurm_env())
     assert result.returncode == 2 and "GPUs per node" in result.stderr
+
+
+def slurm_train_command(*args: str, **extra: str) -> list[str]:
+    result = run_script(SCRIPTS[2], "--dry-run", "smoke", *args, **slurm_env(SLURM_GPUS_ON_NODE="1", **extra))
+    return printed_commands(result)[-1]
+
+
+def test_slurm_training_ends_before_the_jobs_end_time_unless_told_otherwise():
+    assert not any(arg.startswith("mixed_r1.stop_by=") for arg in slurm_train_command())
+    end = 1_800_000_000
+    assert slurm_train_command(SLURM_JOB_END_TIME=str(end))[-1] == f"mixed_r1.stop_by={end - 120}"
+    assert slurm_train_command(SLURM_JOB_END_TIME=str(end), STOP_MARGIN_S="600")[-1] == f"mixed_r1.stop_by={end - 600}"
+    own = slurm_train_command("mixed_r1.stop_by=null", SLURM_JOB_END_TIME=str(end))
+    assert [arg for arg in own if arg.startswith("mixed_r1.stop_by=")] == ["mixed_r1.stop_by=null"]
