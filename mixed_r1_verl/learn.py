@@ -80,6 +80,13 @@ class LearnConfig:
     sft_overrides: list = field(default_factory=list)
     grpo_overrides: list = field(default_factory=list)
     eval_overrides: list = field(default_factory=list)
+    # Seconds the whole proof may take from its start (null: no limit). GRPO then ends, with its
+    # checkpoint, at the last step that leaves time for the last evaluation and the report
+    # (mixed_r1.stop_by); every other step runs whole.
+    time_budget_s: float | None = None
+    # With time_budget_s: the seconds kept after GRPO for the last evaluation and the report, until an
+    # evaluation has been timed (then 1.25 x the longest one timed, plus 10 s for the report).
+    final_eval_reserve_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -91,12 +98,17 @@ class Step:
     env: dict[str, str] = field(default_factory=dict)
     skip_if_exists: Path | None = None
     run: Callable[[], None] | None = None
+    # Settings known only when the command starts (they depend on how long earlier steps took).
+    late_settings: Callable[[], list[str]] | None = None
+
+    def command(self) -> list[str]:
+        return [*self.argv, *(self.late_settings() if self.late_settings else [])]
 
     def describe(self) -> str:
         if self.run is not None:
             return " ".join(self.argv)
         env = " ".join(f"{key}={value}" for key, value in self.env.items())
-        return f"{env} {shlex.join(self.argv)}".strip()
+        return f"{env} {shlex.join(self.command())}".strip()
 
 
 @dataclass(frozen=True)
@@ -148,9 +160,24 @@ def eval_step(config: LearnConfig, layout: Layout, run: str, model: Path) -> Ste
     )
 
 
-def plan(config: LearnConfig) -> list[Step]:
-    """Every step of the proof, in order."""
+def final_eval_reserve_s(config: LearnConfig, times: dict[str, dict]) -> float:
+    """Seconds to keep after GRPO for its evaluation and the report."""
+    evaluations = [entry["seconds"] for name, entry in times.items() if name.startswith("evaluate ")]
+    return 1.25 * max(evaluations) + 10 if evaluations else config.final_eval_reserve_s
+
+
+def grpo_stop_by(config: LearnConfig, layout: Layout, started: float) -> list[str]:
+    """GRPO's mixed_r1.stop_by under the proof's time budget, as the GRPO command starts."""
+    if config.time_budget_s is None:
+        return []
+    reserve = final_eval_reserve_s(config, read_step_times(layout.step_times))
+    return [f"mixed_r1.stop_by={int(started + config.time_budget_s - reserve)}"]
+
+
+def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
+    """Every step of the proof, in order; `started` (a Unix time, default now) starts its time budget."""
     layout = Layout(Path(config.work_dir).absolute())
+    started = time.time() if started is None else started
     seed = config.seed
     data_done = layout.data / "summary.json"
     return [
@@ -207,6 +234,7 @@ def plan(config: LearnConfig) -> list[Step]:
             ),
             env={"VERL_FILE_LOGGER_PATH": str(layout.grpo_log)},
             skip_if_exists=layout.grpo_checkpoints / CHECKPOINT_TRACKER,
+            late_settings=lambda: grpo_stop_by(config, layout, started),
         ),
         Step(
             "publish the GRPO model",
@@ -265,7 +293,7 @@ def execute(steps: list[Step], env: dict[str, str], times_log: Path | None = Non
             step.run()
             continue
         started = time.monotonic()
-        returncode = subprocess.run(step.argv, env={**env, **step.env}).returncode
+        returncode = subprocess.run(step.command(), env={**env, **step.env}).returncode
         if returncode:
             raise StepFailed(number, step, returncode)
         if times_log is not None:
@@ -400,13 +428,21 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
     wall_check = f"- [{'x' if within_target else ' '}] whole proof <= {WALL_TIME_TARGET_S // 60} min wall"
     if within_target is None:
         wall_check += " (not known: no single execution ran every step)"
+    grpo_steps = int((layout.grpo_checkpoints / CHECKPOINT_TRACKER).read_text())
     layout.table.write_text(
-        f"{table}\n\nTargets (GRPO over SFT, held-out val):\n\n{verdict}\n{wall_check}\n\n"
-        f"Wall time of each command:\n\n{time_table}\n"
+        f"{table}\n\nGRPO steps trained: {grpo_steps}.\n\nTargets (GRPO over SFT, held-out val):\n\n{verdict}\n"
+        f"{wall_check}\n\nWall time of each command:\n\n{time_table}\n"
     )
     (layout.report / "learning_table.json").write_text(
         json.dumps(
-            {"header": header, "rows": rows, "targets": checks, "step_times": times, "wall_time_target_met": within_target},
+            {
+                "header": header,
+                "rows": rows,
+                "grpo_steps": grpo_steps,
+                "targets": checks,
+                "step_times": times,
+                "wall_time_target_met": within_target,
+            },
             indent=2,
         )
     )

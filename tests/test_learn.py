@@ -148,12 +148,32 @@ def test_table_has_every_run_and_the_deltas(tmp_path):
         learning_table(summaries)
 
 
+def test_under_a_time_budget_grpo_stops_by_the_budget_less_the_time_its_evaluation_and_the_report_take(tmp_path):
+    started = 1_800_000_000.0
+
+    def grpo_command(config):
+        grpo = next(step for step in plan(config, started) if step.name.startswith("GRPO"))
+        return [arg for arg in grpo.command() if arg.startswith("mixed_r1.stop_by=")], grpo.describe()
+
+    assert grpo_command(LearnConfig(work_dir=str(tmp_path)))[0] == []
+    budget = LearnConfig(work_dir=str(tmp_path), time_budget_s=600)
+    stop_by, described = grpo_command(budget)
+    assert stop_by == [f"mixed_r1.stop_by={int(started) + 600 - 120}"] and stop_by[0] in described
+    layout = Layout(tmp_path)
+    layout.logs.mkdir()
+    timed = {"evaluate base": 40.0, "SFT (cold start, stopped early)": 300.0}
+    layout.step_times.write_text(json.dumps({name: {"seconds": s, "execution": "x"} for name, s in timed.items()}))
+    assert grpo_command(budget)[0] == [f"mixed_r1.stop_by={int(started) + 600 - 60}"]  # 1.25 x 40 s + 10 s
+
+
 def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
     layout = Layout(tmp_path)
     for run, rate in zip(RUNS, (0.1, 0.4, 0.6)):
         layout.eval_dir(run).mkdir(parents=True)
         write_summary(fabricated_summary({task: rate for task in TASKS}), layout.eval_dir(run))
     write_metrics_log(layout.grpo_log, steps=5)
+    layout.grpo_checkpoints.mkdir()
+    (layout.grpo_checkpoints / "latest_checkpointed_iteration.txt").write_text("5")
     steps = plan(LearnConfig(work_dir=str(tmp_path)))
     commands = [step.name for step in steps if step.run is None]
     layout.step_times.parent.mkdir(parents=True, exist_ok=True)
@@ -164,8 +184,9 @@ def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
     assert "- [x] overall accuracy up by >= 0.05" in table and "- [x] format rate >= 0.95 after GRPO" in table
     assert "| SFT (cold start, stopped early) | 90.0 |" in table
     assert f"| total | {90.0 * len(commands):.1f} ({1.5 * len(commands):.1f} min) |" in table
-    assert "- [x] whole proof <= 20 min wall" in table
+    assert "- [x] whole proof <= 20 min wall" in table and "GRPO steps trained: 5." in table
     report = json.loads((layout.report / "learning_table.json").read_text())
+    assert report["grpo_steps"] == 5
     assert report["targets"]["no task down by more than 0.02"] and report["wall_time_target_met"] is True
     assert (layout.report / "sft_vs_grpo" / "compare.md").exists()
     assert Image.open(layout.plot).size[0] >= 600

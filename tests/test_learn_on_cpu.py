@@ -20,6 +20,8 @@ from mixed_r1_verl.verl_adapter.metrics import METRIC_PREFIX
 
 VAL_ROWS_PER_TASK = 2
 SFT_STEPS, GRPO_STEPS = 2, 2
+# GRPO runs under the proof's time budget, which is long enough for every step here.
+TIME_BUDGET_S = 3600
 CPU_ENTRIES = {"mixed_r1_verl.sft": "sft", "mixed_r1_verl.main": "grpo"}
 
 
@@ -36,7 +38,7 @@ def proof(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("learn")
     config = LearnConfig(
         work_dir=str(work_dir), model_size="test", rows_per_task=8, val_rows_per_task=VAL_ROWS_PER_TASK,
-        eval_max_new_tokens=16, eval_batch_size=8, eval_overrides=["device=cpu"],
+        eval_max_new_tokens=16, eval_batch_size=8, eval_overrides=["device=cpu"], time_budget_s=TIME_BUDGET_S,
         sft_overrides=[
             *CPU_SFT_SETTINGS, "data.train_batch_size=4", "data.micro_batch_size_per_gpu=2",
             f"trainer.total_training_steps={SFT_STEPS}",
@@ -98,6 +100,7 @@ def test_grpo_trains_from_the_published_sft_model_and_publishes_its_own(proof):
 def test_the_plot_follows_every_task_over_the_grpo_steps(proof):
     steps = read_metrics_log(proof.grpo_log)
     assert sorted(steps) == list(range(1, GRPO_STEPS + 1))
+    assert json.loads((proof.report / "learning_table.json").read_text())["grpo_steps"] == GRPO_STEPS
     for metrics in steps.values():
         assert sorted(task_metrics(metrics, METRIC_PREFIX)) == sorted(TASKS)
     assert Image.open(proof.plot).size[0] >= 600
