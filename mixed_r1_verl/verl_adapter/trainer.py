@@ -119,7 +119,9 @@ class MixedR1SyncTrainer(PPOTrainerSync):
             if not saved and trainer.save_freq > 0:
                 with marked_timer("save_checkpoint", self.timing_raw, color="green"):
                     self._save_checkpoint()
-            print(f"mixed_r1.stop_by: ending after step {last} of {planned}, saved ({estimate})", flush=True)
+                saved = True
+            checkpoint = "saved" if saved else "not saved: trainer.save_freq <= 0"
+            print(f"mixed_r1.stop_by: ending after step {last} of {planned}, {checkpoint} ({estimate})", flush=True)
         else:
             print(f"mixed_r1.stop_by: the last step is now {last} of {planned} ({estimate})", flush=True)
         self.total_training_steps = last
