@@ -3,6 +3,7 @@
 the config asks for is refused after mixed_r1.cluster_wait_s with both numbers."""
 
 import os
+import random
 import secrets
 import socket
 import subprocess
@@ -17,10 +18,24 @@ RAY_JOB = REPO / "launch" / "ray_job.sh"
 START_TIMEOUT_S = 180
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """Distinct ports free on every address, between Ray's worker ports (10002-19999) and the kernel's
+    ephemeral range: the head's other processes bind port 0, served from that range, and could take a
+    port picked there before the component it was picked for binds it (the dashboard agent then serves
+    no job)."""
+    range_file = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    first_ephemeral = int(range_file.read_text().split()[0]) if range_file.is_file() else 32768
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(20000, first_ephemeral)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def takes_jobs(url: str, env: dict) -> subprocess.CompletedProcess:
@@ -45,12 +60,13 @@ def ray_head(tmp_path_factory):
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         PYTHONPATH=str(REPO),
     )
-    url = f"http://127.0.0.1:{(dashboard_port := free_port())}"
+    dashboard_port, gcs_port, agent_port, client_port = free_ports(4)
+    url = f"http://127.0.0.1:{dashboard_port}"
     head = subprocess.Popen(
         [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address", "127.0.0.1",
-         "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+         "--port", str(gcs_port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
          # Ray's fixed default ports would collide with any other Ray on this machine.
-         "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
+         "--dashboard-agent-listen-port", str(agent_port), "--ray-client-server-port", str(client_port),
          "--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats",
          "--temp-dir", str(tmp_path_factory.mktemp("ray")), "--block"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
