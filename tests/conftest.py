@@ -23,3 +23,11 @@ def resaved_model_dir(tiny_model_dir, tmp_path_factory):
     load_image_text_processor(tiny_model_dir).save_pretrained(target)
     assert not (target / "preprocessor_config.json").exists()
     return target
+
+
+@pytest.fixture(scope="session")
+def tiny_internvl_dir(tmp_path_factory):
+    """A tiny InternVL (Hugging Face format) written once per test session."""
+    from mixed_r1_verl.models.tiny_internvl import build_tiny_internvl
+
+    return build_tiny_internvl(tmp_path_factory.mktemp("tiny_internvl"))

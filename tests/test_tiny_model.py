@@ -3,11 +3,13 @@ import json
 import pytest
 import torch
 from PIL import Image
-from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText, InternVLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
 
-from mixed_r1_verl.data.processor import load_image_text_processor
-
+from mixed_r1_verl.data.processor import InternVLImageTextProcessor, load_image_text_processor
+from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
 from mixed_r1_verl.models.tiny_qwen25vl import SIZES, build_tiny_qwen25vl, resolve_size
+
+IMAGE_QUESTION = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
 
 
 def head_widths(model_dir) -> tuple[float, float]:
@@ -30,8 +32,7 @@ def test_size_overrides_reach_the_built_model_and_it_runs_on_an_image(tmp_path):
     assert model.config.text_config.num_hidden_layers == 3
     assert model.config.vision_config.depth == 5 and model.config.vision_config.fullatt_block_indexes == [3, 4]
     processor = load_image_text_processor(model_dir)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = processor.apply_chat_template(IMAGE_QUESTION, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=[text], images=[Image.new("RGB", (112, 84), "red")], return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).logits
@@ -43,3 +44,21 @@ def test_bad_sizes_are_refused_with_the_reason():
         resolve_size("test", hidden_size=72)
     with pytest.raises(ValueError, match="unknown size fields"):
         resolve_size("test", layers=3)
+
+
+def test_the_tiny_internvl_loads_and_sees_each_image_as_tiles_of_its_tokens(tiny_internvl_dir):
+    processor = load_image_text_processor(tiny_internvl_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_internvl_dir, dtype=torch.float32).eval()
+    assert isinstance(model, InternVLForConditionalGeneration) and isinstance(processor, InternVLImageTextProcessor)
+    text = processor.apply_chat_template(IMAGE_QUESTION, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=[Image.new("RGB", (140, 84), "red")], return_tensors="pt")
+    ids = inputs["input_ids"][0].tolist()
+    tiles = inputs["pixel_values"].shape[0]
+    assert tiles > 1, "a wide image is cut into tiles plus a thumbnail"
+    assert ids.count(processor.image_token_id) == tiles * IMAGE_SEQ_LENGTH
+    assert ids.count(processor.start_image_token_id) == ids.count(processor.end_image_token_id) == 1
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        other = model(**processor(text=[text], images=[Image.new("RGB", (140, 84), "blue")], return_tensors="pt")).logits
+    assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
+    assert not torch.equal(logits, other), "the image reaches the model"

@@ -1,23 +1,23 @@
-"""The Qwen2.5-VL processor for images and text only.
+"""Image-and-text processors of the model families Mixed-R1 trains (Qwen2.5-VL, InternVL).
 
-`AutoProcessor` builds Qwen2.5-VL's processor with its video processor, which needs torchvision;
-on hosts without it (CPU-only machines), this subclass runs the same image and text processing
-with the video part left out. GPU hosts keep using `AutoProcessor`.
+`AutoProcessor` builds these families' processors with their video processors, which need
+torchvision; on hosts without it (CPU-only machines), these subclasses run the same image and text
+processing with the video part left out. GPU hosts keep using `AutoProcessor`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
-from transformers import AutoProcessor, AutoTokenizer, Qwen2_5_VLProcessor
+from transformers import AutoProcessor, AutoTokenizer, InternVLProcessor, Qwen2_5_VLProcessor
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 
-class Qwen25VLImageTextProcessor(Qwen2_5_VLProcessor):
-    """`Qwen2_5_VLProcessor` without a video processor; passing videos is an error."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+class _WithoutVideos:
+    """Refuses videos, for processors built without their video processor."""
 
     def __call__(self, images=None, text=None, videos=None, **kwargs):
         if videos is not None:
@@ -25,9 +25,39 @@ class Qwen25VLImageTextProcessor(Qwen2_5_VLProcessor):
         return super().__call__(images=images, text=text, **kwargs)
 
 
-def load_image_text_processor(model_dir: str | os.PathLike) -> Qwen25VLImageTextProcessor:
-    """The image-and-text processor of a Qwen2.5-VL checkpoint directory."""
+class Qwen25VLImageTextProcessor(_WithoutVideos, Qwen2_5_VLProcessor):
+    """`Qwen2_5_VLProcessor` without a video processor; passing videos is an error."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class InternVLImageTextProcessor(_WithoutVideos, InternVLProcessor):
+    """`InternVLProcessor` without a video processor; passing videos is an error."""
+
+    def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template=chat_template, **kwargs)
+
+
+def is_internvl_dir(model_dir: str | os.PathLike) -> bool:
+    """Whether a checkpoint directory's config.json names an InternVL (Hugging Face format)."""
+    config_file = Path(model_dir) / "config.json"
+    return config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "internvl"
+
+
+def load_image_text_processor(model_dir: str | os.PathLike) -> Qwen25VLImageTextProcessor | InternVLImageTextProcessor:
+    """The image-and-text processor of an InternVL (Hugging Face format) checkpoint directory, else of
+    a Qwen2.5-VL one."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if is_internvl_dir(model_dir):
+        settings_file = Path(model_dir) / "processor_config.json"
+        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+        return InternVLImageTextProcessor(
+            image_processor=GotOcr2ImageProcessorPil.from_pretrained(model_dir),
+            tokenizer=tokenizer,
+            image_seq_length=settings.get("image_seq_length", 256),
+            chat_template=tokenizer.chat_template,
+        )
     return Qwen25VLImageTextProcessor(
         image_processor=Qwen2VLImageProcessorPil.from_pretrained(model_dir),
         tokenizer=tokenizer,

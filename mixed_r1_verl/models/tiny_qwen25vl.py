@@ -38,22 +38,28 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+def chatml_template(image: str, video: str) -> str:
+    """A chat template in the ChatML layout of Qwen2.5-VL and InternVL3, rendering each image and video
+    content item as `image` and `video`."""
+    return (
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for content in message['content'] %}"
+        f"{{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}}{image}"
+        f"{{% elif content['type'] == 'video' or 'video' in content %}}{video}"
+        "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = chatml_template(
+    "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"
 )
 
 # Enough text for the trained BPE to learn the tags and words the rewards and prompts use.
@@ -139,7 +145,12 @@ def resolve_size(size: TinySize | str, **overrides) -> TinySize:
     return resolved
 
 
-def _train_tokenizer(vocab_size: int):
+def train_tokenizer(
+    vocab_size: int, special_tokens: list[str] = SPECIAL_TOKENS, chat_template: str = CHAT_TEMPLATE, **settings
+):
+    """A byte-level BPE tokenizer of about `vocab_size` tokens, trained on the spot, with Qwen's special
+    tokens (`special_tokens` after the first are additional special tokens); `settings` go to the
+    transformers tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -148,7 +159,7 @@ def _train_tokenizer(vocab_size: int):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -157,10 +168,66 @@ def _train_tokenizer(vocab_size: int):
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        additional_special_tokens=special_tokens[1:],
         model_max_length=32768,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
+        **settings,
     )
+
+
+def write_tokenizer(output_dir: Path, vocab_size: int, special_tokens: list[str] = SPECIAL_TOKENS,
+                    chat_template: str = CHAT_TEMPLATE, **named_tokens: str):
+    """Train and save a tokenizer (`train_tokenizer`) saved as Qwen2Tokenizer, as Qwen's and InternVL3's
+    are, with `named_tokens` as attributes (`tokenizer.<name>`); returns it and the special tokens' ids."""
+    from transformers import Qwen2TokenizerFast
+
+    train_tokenizer(vocab_size, special_tokens, chat_template).save_pretrained(output_dir)
+    tokenizer = Qwen2TokenizerFast.from_pretrained(output_dir, **named_tokens)
+    tokenizer.save_pretrained(output_dir)  # records Qwen2Tokenizer as the tokenizer class
+    return tokenizer, {token: tokenizer.convert_tokens_to_ids(token) for token in special_tokens}
+
+
+def qwen2_text_config(size: TinySize, vocab_size: int, special_id: dict[str, int]) -> dict:
+    """The Qwen2 language model's settings of a tiny model."""
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_hidden_layers,
+        num_attention_heads=size.num_attention_heads,
+        num_key_value_heads=size.num_key_value_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=special_id["<|endoftext|>"],
+        eos_token_id=special_id["<|im_end|>"],
+        pad_token_id=special_id["<|endoftext|>"],
+    )
+
+
+def save_random_model(model_class, config, output_dir: Path, special_id: dict[str, int], seed: int) -> None:
+    """A model of `model_class` with random weights (seeded) in bfloat16, ending its answers at
+    `<|im_end|>` or `<|endoftext|>`, saved to `output_dir`."""
+    import torch
+    from transformers import GenerationConfig
+
+    torch.manual_seed(seed)
+    model = model_class(config).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(
+        bos_token_id=special_id["<|endoftext|>"],
+        eos_token_id=[special_id["<|im_end|>"], special_id["<|endoftext|>"]],
+        pad_token_id=special_id["<|endoftext|>"],
+    )
+    model.save_pretrained(output_dir)
+
+
+def write_processor_files(output_dir: Path, image_processor, video_settings: dict, processor_settings: dict,
+                          chat_template: str) -> None:
+    """The processor, file by file: a processor with a video part cannot be instantiated without
+    torchvision, yet AutoProcessor must load it wherever torchvision exists."""
+    image_processor.save_pretrained(output_dir)
+    (output_dir / "video_preprocessor_config.json").write_text(json.dumps(video_settings, indent=2))
+    (output_dir / "processor_config.json").write_text(json.dumps(processor_settings))
+    (output_dir / "chat_template.jinja").write_text(chat_template)
 
 
 def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, size: TinySize | str = "test") -> Path:
@@ -168,37 +235,16 @@ def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, size: T
     given size (a `SIZES` name or a `TinySize`) to `output_dir` and return its path. Deterministic
     for a given seed and size."""
     size = resolve_size(size)
-    import torch
-    from transformers import (
-        GenerationConfig,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2TokenizerFast,
-    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-
-    _train_tokenizer(size.vocab_size).save_pretrained(output_dir)
-    tokenizer = Qwen2TokenizerFast.from_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)  # records Qwen2Tokenizer as the tokenizer class
-    special_id = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-
+    tokenizer, special_id = write_tokenizer(output_dir, size.vocab_size)
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=size.hidden_size,
-            intermediate_size=size.intermediate_size,
-            num_hidden_layers=size.num_hidden_layers,
-            num_attention_heads=size.num_attention_heads,
-            num_key_value_heads=size.num_key_value_heads,
-            max_position_embeddings=4096,
+            qwen2_text_config(size, len(tokenizer), special_id),
             rope_scaling={"type": "mrope", "mrope_section": size.mrope_section},
-            tie_word_embeddings=False,
-            bos_token_id=special_id["<|endoftext|>"],
-            eos_token_id=special_id["<|im_end|>"],
-            pad_token_id=special_id["<|endoftext|>"],
         ),
         vision_config=dict(
             depth=size.vision_depth,
@@ -218,20 +264,8 @@ def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, size: T
         vision_end_token_id=special_id["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
-    model.generation_config = GenerationConfig(
-        bos_token_id=special_id["<|endoftext|>"],
-        eos_token_id=[special_id["<|im_end|>"], special_id["<|endoftext|>"]],
-        pad_token_id=special_id["<|endoftext|>"],
-    )
-    model.save_pretrained(output_dir)
-
-    # The processor is written file by file: Qwen2_5_VLProcessor cannot be instantiated without
-    # torchvision (its video processor needs it), yet AutoProcessor must load it wherever it exists.
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    image_processor.save_pretrained(output_dir)
-    video_config = {
+    save_random_model(Qwen2_5_VLForConditionalGeneration, config, output_dir, special_id, seed)
+    video_settings = {
         "video_processor_type": "Qwen2VLVideoProcessor",
         "min_pixels": MIN_PIXELS,
         "max_pixels": MAX_PIXELS,
@@ -239,9 +273,10 @@ def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, size: T
         "temporal_patch_size": 2,
         "merge_size": 2,
     }
-    (output_dir / "video_preprocessor_config.json").write_text(json.dumps(video_config, indent=2))
-    (output_dir / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5_VLProcessor"}))
-    (output_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    write_processor_files(
+        output_dir, Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS), video_settings,
+        {"processor_class": "Qwen2_5_VLProcessor"}, CHAT_TEMPLATE,
+    )  # fmt: skip
     return output_dir
 
 
