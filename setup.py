@@ -50,6 +50,7 @@ setup(
             "mixed_r1_reward = mixed_r1_verl.verl_adapter.reward_manager",
             "mixed_r1_trainer = mixed_r1_verl.verl_adapter.trainer",
             "mixed_r1_agent_loop = mixed_r1_verl.verl_adapter.agent_loop",
+            "mixed_r1_internvl = mixed_r1_verl.verl_adapter.internvl",
         ],
     },
 )

@@ -11,7 +11,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PLUGIN_MODULES="mixed_r1_verl.verl_adapter.reward_manager,mixed_r1_verl.verl_adapter.trainer,mixed_r1_verl.verl_adapter.agent_loop"
+PLUGIN_MODULES="mixed_r1_verl.verl_adapter.reward_manager,mixed_r1_verl.verl_adapter.trainer,mixed_r1_verl.verl_adapter.agent_loop,mixed_r1_verl.verl_adapter.internvl"
 FORWARDED_ENV=(MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT
     VERL_FILE_LOGGER_PATH)
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

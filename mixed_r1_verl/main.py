@@ -33,6 +33,7 @@ PLUGIN_MODULES = (
     "mixed_r1_verl.verl_adapter.reward_manager",
     "mixed_r1_verl.verl_adapter.trainer",
     "mixed_r1_verl.verl_adapter.agent_loop",
+    "mixed_r1_verl.verl_adapter.internvl",
 )
 RAY_ENV_VARS_KEY = "ray_kwargs.ray_init.runtime_env.env_vars"
 RAY_CPUS_KEY = "ray_kwargs.ray_init.num_cpus"
