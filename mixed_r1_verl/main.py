@@ -10,6 +10,7 @@ Training itself is verl's own `run_ppo` with its V1 task runner.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import subprocess
@@ -387,15 +388,34 @@ def exit_unless_data_files_exist(data: DictConfig) -> None:
                 )
 
 
+def build_tiny_model(model_family: str, model_dir: str, seed: int) -> None:
+    if model_family == "qwen2_5_vl":
+        from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
+
+        build_tiny_qwen25vl(model_dir, seed=seed)
+    elif model_family == "internvl":
+        from mixed_r1_verl.models.tiny_internvl import build_tiny_internvl
+
+        build_tiny_internvl(model_dir, seed=seed)
+    else:
+        fail(f"mixed_r1.smoke.model_family={model_family!r}: the smoke recipes build qwen2_5_vl or internvl\n", EXIT_USAGE)
+
+
 def prepare_smoke(smoke: DictConfig, model_dir: str, data_dir: str, max_prompt_length: int) -> None:
     """Build the tiny model and the synthetic four-task dataset unless they already exist (a dataset
     with an empty split, as older versions wrote, is built again)."""
     if not (Path(model_dir) / "config.json").is_file():
-        from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
-
-        build_tiny_qwen25vl(model_dir, seed=smoke.seed)
+        build_tiny_model(smoke.model_family, model_dir, seed=smoke.seed)
     data = Path(data_dir)
     if has_rows(data / "train.parquet") and has_rows(data / "val.parquet"):
+        summary = data / "summary.json"
+        converted_for = json.loads(summary.read_text()).get("model_family") if summary.is_file() else None
+        if converted_for not in (None, smoke.model_family):
+            fail(
+                f"{data} was converted for {converted_for}, not for mixed_r1.smoke.model_family={smoke.model_family} "
+                "(its boxes are in another frame): give each model family its own mixed_r1.smoke.work_dir\n",
+                EXIT_USAGE,
+            )
         return
     from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 

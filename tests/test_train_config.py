@@ -18,7 +18,7 @@ from mixed_r1_verl.main import (
     register_recipes,
 )
 
-RECIPES = ["internvl3_8b", "learn", "qwen25vl_32b", "qwen25vl_3b", "qwen25vl_7b", "smoke"]
+RECIPES = ["internvl3_8b", "learn", "qwen25vl_32b", "qwen25vl_3b", "qwen25vl_7b", "smoke", "smoke_internvl"]
 # The learning proof trains a 27M-parameter model, which needs a larger step than the paper's.
 ACTOR_LR = {"learn": 1e-5}
 
@@ -98,6 +98,23 @@ def test_smoke_recipe_runs_on_one_gpu_and_checkpoints_midway():
     assert model.path == f"{work_dir}/tiny_qwen25vl"
     assert config.mixed_r1.data_dir == f"{work_dir}/data"
     assert config.reward.reward_kwargs.embedding_model == model.path
+
+
+def test_the_internvl_smoke_recipe_is_the_smoke_recipe_on_its_own_model_data_and_checkpoints(monkeypatch, tmp_path):
+    monkeypatch.setenv("MIXED_R1_SMOKE_DIR", str(tmp_path / "smoke"))
+    qwen, internvl = compose_recipe("smoke"), compose_recipe("smoke_internvl")
+    resolved = OmegaConf.to_container(internvl, resolve=True)
+    work_dir = tmp_path / "smoke_internvl"
+    assert resolved["mixed_r1"]["smoke"] == {**OmegaConf.to_container(qwen.mixed_r1.smoke, resolve=True),
+                                             "work_dir": str(work_dir), "model_family": "internvl"}  # fmt: skip
+    assert resolved["actor_rollout_ref"]["model"]["path"] == str(work_dir / "tiny_internvl")
+    assert resolved["reward"]["reward_kwargs"]["embedding_model"] == str(work_dir / "tiny_internvl")
+    assert resolved["mixed_r1"]["data_dir"] == str(work_dir / "data")
+    assert resolved["trainer"]["default_local_dir"] == str(work_dir / "checkpoints")
+    assert internvl.algorithm == qwen.algorithm and internvl.data.sampler == qwen.data.sampler
+    assert internvl.trainer.total_training_steps == qwen.trainer.total_training_steps
+    for key in ("n", "gpu_memory_utilization", "enforce_eager", "response_length"):
+        assert internvl.actor_rollout_ref.rollout[key] == qwen.actor_rollout_ref.rollout[key], key
 
 
 def test_command_line_overrides_of_verl_keys_beat_the_recipe():

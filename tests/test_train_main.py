@@ -14,6 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
+from mixed_r1_verl.entry import EXIT_USAGE
 from mixed_r1_verl.main import (
     exit_unless_data_files_exist,
     file_logger_env,
@@ -59,7 +60,7 @@ def test_cfg_job_prints_the_merged_config_with_overrides(tmp_path):
 def test_help_lists_recipes_without_a_gpu_or_a_recipe():
     result = run_main("--help")
     assert result.returncode == 0
-    for recipe in ("smoke", "qwen25vl_3b", "qwen25vl_7b", "qwen25vl_32b", "internvl3_8b"):
+    for recipe in ("smoke", "smoke_internvl", "qwen25vl_3b", "qwen25vl_7b", "qwen25vl_32b", "internvl3_8b"):
         assert recipe in result.stdout
 
 
@@ -109,6 +110,22 @@ def test_smoke_preparation_writes_both_splits_with_every_task_and_counted_prompt
         assert {row["extra_info"]["task"] for row in rows} == {"matching", "chart", "grounding", "open_ended"}
         assert all(row["images"] for row in rows)
         assert all(0 < row["extra_info"]["prompt_length"] <= 1024 for row in rows)
+
+
+def test_smoke_data_converted_for_another_model_family_is_refused_not_reused(tmp_path, capsys):
+    smoke = OmegaConf.create({"work_dir": str(tmp_path), "rows_per_task": 2, "seed": 0, "model_family": "qwen2_5_vl"})
+    data_dir = tmp_path / "data"
+    prepare_smoke(smoke, str(tmp_path / "tiny_qwen25vl"), str(data_dir), 1024)
+    internvl = OmegaConf.merge(smoke, {"model_family": "internvl"})
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_smoke(internvl, str(tmp_path / "tiny_internvl"), str(data_dir), 1024)
+    assert exit_info.value.code == EXIT_USAGE
+    assert f"{data_dir} was converted for qwen2_5_vl, not for mixed_r1.smoke.model_family=internvl" in capsys.readouterr().err
+    unknown = OmegaConf.merge(smoke, {"model_family": "llava"})
+    with pytest.raises(SystemExit):
+        prepare_smoke(unknown, str(tmp_path / "tiny_llava"), str(tmp_path / "other_data"), 1024)
+    assert "the smoke recipes build qwen2_5_vl or internvl" in capsys.readouterr().err
+    assert not (tmp_path / "tiny_llava").exists()
 
 
 def test_missing_data_files_stop_with_the_setting_that_names_them(tmp_path, capsys):

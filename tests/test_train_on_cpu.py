@@ -30,9 +30,9 @@ FIRST_RUN_STEPS = 2
 RESUMED_PLANNED_LAST_STEP, STOP_BY_AHEAD_S = 6, 3600
 
 
-def grpo_on_cpu(work_dir, steps, *settings):
+def grpo_on_cpu(work_dir, steps, *settings, recipe="smoke"):
     settings = [
-        "recipe=smoke", *CPU_GRPO_SETTINGS, "data.max_response_length=32", f"trainer.total_training_steps={steps}",
+        f"recipe={recipe}", *CPU_GRPO_SETTINGS, "data.max_response_length=32", f"trainer.total_training_steps={steps}",
         *settings,
     ]  # fmt: skip
     run = run_on_cpu(
@@ -76,10 +76,16 @@ def test_the_cpu_rollout_gives_the_model_the_inputs_its_processor_gives(tiny_mod
             assert torch.equal(rollout[key], tensor), (record.id, key)
 
 
-def test_every_step_trains_on_all_four_tasks_with_no_sample_lost(first_run):
-    work_dir, log = first_run
+@pytest.fixture(scope="module")
+def internvl_run(tmp_path_factory):
+    """One step of the smoke recipe on a tiny InternVL (recipes/smoke_internvl.yaml)."""
+    work_dir = tmp_path_factory.mktemp("grpo_internvl_on_cpu")
+    return work_dir, grpo_on_cpu(work_dir, 1, recipe="smoke_internvl")
+
+
+def assert_every_step_trains_on_all_four_tasks_with_no_sample_lost(work_dir, log, steps_run):
     steps = read_metrics_log(work_dir / "metrics.jsonl")
-    assert sorted(steps) == list(range(1, FIRST_RUN_STEPS + 1))
+    assert sorted(steps) == list(range(1, steps_run + 1))
     assert "Error in _run_prompt" not in log
     for step, metrics in steps.items():
         assert not non_finite(metrics), f"step {step}: {non_finite(metrics)}"
@@ -92,8 +98,27 @@ def test_every_step_trains_on_all_four_tasks_with_no_sample_lost(first_run):
             assert values["error/mean"] == 0, f"step {step}: reward errors on {task}"
         # Rewards are all 0 on the random model: the smoke recipe's entropy bonus gives the update.
         assert metrics["actor/grad_norm"] > 0 and metrics["response_length/mean"] > 0
+        # The actor scores the rollout's tokens from the same inputs, images included, as the rollout did.
+        assert metrics["training/rollout_probs_diff_mean"] < 1e-3
+    return steps
+
+
+def test_every_step_trains_on_all_four_tasks_with_no_sample_lost(first_run):
+    work_dir, log = first_run
+    assert_every_step_trains_on_all_four_tasks_with_no_sample_lost(work_dir, log, FIRST_RUN_STEPS)
     checkpoints = work_dir / "smoke" / "checkpoints"
     assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == str(FIRST_RUN_STEPS)
+
+
+def test_an_internvl_trains_on_its_image_prompts_of_all_four_tasks(internvl_run):
+    work_dir, log = internvl_run
+    assert "Failed to create processor" not in log, "verl refused InternVL's processor"
+    assert_every_step_trains_on_all_four_tasks_with_no_sample_lost(work_dir, log, 1)
+    model = AutoModelForImageTextToText.from_pretrained(work_dir / "smoke_internvl" / "tiny_internvl")
+    assert model.config.model_type == "internvl"
+    train = pq.read_table(work_dir / "smoke_internvl" / "data" / "train.parquet").to_pylist()
+    grounding = [row["extra_info"] for row in train if row["extra_info"]["task"] == "grounding"]
+    assert grounding and all(info["box_frame"] == "norm1000" for info in grounding)
 
 
 def test_a_rerun_resumes_after_the_checkpoint_with_per_task_filtering(first_run, resumed_run):

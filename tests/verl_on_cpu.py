@@ -137,7 +137,7 @@ torch.distributed.init_process_group = init_process_group
 import ray  # noqa: E402
 import verl.workers.engine.fsdp.transformer_impl as fsdp_engine  # noqa: E402
 import verl.workers.rollout.base as rollout_base  # noqa: E402
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 from verl.workers.rollout.base import BaseRollout  # noqa: E402
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput  # noqa: E402
 
@@ -163,7 +163,8 @@ def processor_without_torchvision(path, *args, **kwargs):
         return _auto_processor(path, *args, **kwargs)
     except ImportError:
         processor = load_image_text_processor(path)
-        processor.__class__ = Qwen2_5_VLProcessor
+        if isinstance(processor, Qwen25VLImageTextProcessor):
+            processor.__class__ = Qwen2_5_VLProcessor
         return processor
 
 
@@ -181,7 +182,7 @@ class TransformersRolloutServer:
     """One replica's model, generating token ids from token ids as verl's vLLM server does."""
 
     def __init__(self, model_path: str, response_length: int):
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32).eval()
         self.processor = load_image_text_processor(model_path)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
