@@ -263,11 +263,13 @@ def project_command(
     return run_logged(name, [sys.executable, "-m", module, *args], out_dir / "logs", env, timeout_s, reuse)
 
 
-def smoke_training(name: str, out_dir: str | Path, *overrides: str, timeout_s: float = SMOKE_TIMEOUT_S) -> LoggedRun:
-    """`python -m mixed_r1_verl.main recipe=smoke overrides...` via `project_command`, checkpointing
-    into `smoke_checkpoint_dir(out_dir, name)`."""
+def smoke_training(
+    name: str, out_dir: str | Path, *overrides: str, recipe: str = "smoke", timeout_s: float = SMOKE_TIMEOUT_S
+) -> LoggedRun:
+    """`python -m mixed_r1_verl.main recipe=<smoke recipe> overrides...` via `project_command`,
+    checkpointing into `smoke_checkpoint_dir(out_dir, name)`."""
     return project_command(
-        name, out_dir, "mixed_r1_verl.main", "recipe=smoke",
+        name, out_dir, "mixed_r1_verl.main", f"recipe={recipe}",
         f"trainer.default_local_dir={smoke_checkpoint_dir(out_dir, name)}", *overrides,
         timeout_s=timeout_s,
     )  # fmt: skip

@@ -83,6 +83,7 @@ PIECES = (
     Piece("engine_figure", ("benchmarks/gpu_figures.py", "engine"), "engine difficulty stage prompts/s"),
     Piece("bmas_gpu_actor", suite("tests/gpu/test_gpu_bmas.py", "-k", "gpu_actor"),
           "BMAS on a GPU actor of its own (bmas_num_gpus)"),
+    Piece("internvl", suite("tests/gpu/test_gpu_internvl.py"), "recipe=smoke_internvl, 2 GRPO steps with vLLM"),
 )  # fmt: skip
 
 
