@@ -5,10 +5,13 @@ import json
 import shutil
 
 import pytest
+import torch
 from data_helpers import convert_synthetic
 from transformers import AutoTokenizer
 
+from mixed_r1_verl.data.dataset import model_input_image
 from mixed_r1_verl.data.engine import Engine, EngineConfig
+from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.prompts import chat_template_text
 from mixed_r1_verl.eval.generation import (
     ENGINE_SAMPLING,
@@ -147,3 +150,21 @@ def test_transformers_backend_samples_only_as_the_settings_say(tiny_model_dir, c
     (plain,) = TransformersGenerator(str(tiny_model_dir), greedy, device="cpu").generate([request])
     (penalised,) = TransformersGenerator(str(model_dir), greedy, device="cpu").generate([request])
     assert plain == penalised
+
+
+def test_an_internvl_is_evaluated_on_the_images_it_is_trained_on(tiny_internvl_dir, tmp_path):
+    convert_synthetic(tmp_path / "src", tmp_path / "out", rows_per_task=1, seed=3, val_ratio=0.0, model_family="internvl")
+    records = load_records([tmp_path / "out" / "train.parquet"])
+    generator = TransformersGenerator(str(tiny_internvl_dir), SamplingSettings(max_new_tokens=4), device="cpu")
+    processor = load_image_text_processor(tiny_internvl_dir)
+    # verl's dataset resizes with the image processor's patch size, 14 where it names none (InternVL's).
+    assert not hasattr(processor.image_processor, "patch_size")
+    for record in records:
+        request = eval_request(record)
+        text = chat_template_text(processor.tokenizer, request.messages)
+        trained = processor(text=[text], images=[model_input_image(item, 14) for item in request.images], return_tensors="pt")
+        evaluated = generator.model_inputs([request])
+        assert torch.equal(evaluated["pixel_values"], trained["pixel_values"]), record.id
+        assert torch.equal(evaluated["input_ids"], trained["input_ids"]), record.id
+    responses = generator.generate([eval_request(record) for record in records])
+    assert [len(response) for response in responses] == [1] * len(records) == [1] * 4

@@ -68,7 +68,7 @@ def required_image_processor_settings(model_dir: str | os.PathLike) -> dict:
 
 def vision_geometry(model_dir: str | os.PathLike) -> tuple[int, int]:
     """(patch_size, merge_size) of a Qwen2-VL-family image processor; Qwen2.5-VL's 14 and 2 when the
-    checkpoint does not say."""
+    checkpoint does not say (InternVL's does not: verl's dataset then resizes its images with patch 14 too)."""
     config = image_processor_settings(model_dir)
     return int(config.get("patch_size", 14)), int(config.get("merge_size", 2))
 

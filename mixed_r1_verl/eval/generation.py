@@ -8,7 +8,7 @@ would resize out of that frame is an error. The chat is rendered by the model's 
 the processor (transformers) or vLLM expands the image pads.
 
 Backends: vLLM offline (GPU; every prompt of a call in one batch) and transformers `generate`
-(anywhere; Qwen2-VL family). Sampling settings are one type with per-use defaults: `EVAL_SAMPLING`
+(anywhere; Qwen2.5-VL and InternVL). Sampling settings are one type with per-use defaults: `EVAL_SAMPLING`
 (greedy, one response) and `ENGINE_SAMPLING` (8 responses at temperature 1).
 """
 
@@ -138,8 +138,8 @@ NEUTRAL_SAMPLING = {"top_k": 0, "repetition_penalty": 1.0}
 
 
 class TransformersGenerator:
-    """`generate` for Qwen2-VL-family checkpoints through the image-and-text processor (no torchvision
-    needed): requests in left-padded batches of at most `sequences_per_call` sequences (prompts × n)."""
+    """`generate` for Qwen2.5-VL and InternVL checkpoints through the image-and-text processor (no
+    torchvision needed): requests in left-padded batches of at most `sequences_per_call` sequences (prompts × n)."""
 
     def __init__(
         self, model_path: str, settings: SamplingSettings, device: str | None = None, sequences_per_call: int = 64
@@ -151,11 +151,12 @@ class TransformersGenerator:
         self.settings = settings
         self.prompts_per_call = max(1, sequences_per_call // settings.n)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        required_image_processor_settings(resolve_model_dir(model_path))
+        model_dir = resolve_model_dir(model_path)
+        required_image_processor_settings(model_dir)
         self.processor = load_image_text_processor(model_path)
         # Left padding puts every prompt's last token at the same position, where generation starts.
         self.processor.tokenizer.padding_side = "left"
-        self.patch_size = self.processor.image_processor.patch_size
+        self.patch_size, _ = vision_geometry(model_dir)
         self.processor_bounds = processor_pixel_bounds(self.processor.image_processor.to_dict())
         dtype = "auto" if self.device.startswith("cuda") else torch.float32
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
