@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
 from verl.trainer.sft_trainer import create_sft_dataset
 from verl.utils.config import omega_conf_to_dataclass
 
@@ -20,6 +20,7 @@ from mixed_r1_verl.data.prepare import SFT_SCHEMA, PrepareConfig, prepare, sft_t
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.sft_dataset import MixedR1SFTDataset
 from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
+from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
 from mixed_r1_verl.main import config_dir
 from mixed_r1_verl.run_logs import read_metrics_log
 from mixed_r1_verl.sft import register_sft_recipes
@@ -145,6 +146,29 @@ def test_sft_positions_are_the_models_own_m_rope_positions(sft_train_rows):
         assert torch.equal(positions[0], torch.arange(ids.shape[1]))
         assert torch.equal(positions[1:], expected[:, 0]), f"SFT row {index}"
         assert positions[1:].amax() < ids.shape[1] - 1, "M-RoPE positions of an image row are not 1-D counts"
+
+
+def test_internvl_sft_rows_hold_their_image_tiles_with_the_loss_on_the_target_only(tiny_internvl_dir, tmp_path):
+    """verl's SFT dataset reads its default patch size from the image processor, which InternVL's lacks."""
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=3, val_rows_per_task=0)
+    prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "data"),
+                          model_family="internvl", val_ratio=0.0, progress=False))  # fmt: skip
+    config = compose_sft(f"model.path={tiny_internvl_dir}", f"mixed_r1.data_dir={tmp_path / 'data'}")
+    processor = load_image_text_processor(tiny_internvl_dir)
+    dataset = create_sft_dataset(config.data.train_files, config.data, processor.tokenizer, processor)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_internvl_dir, dtype=torch.float32)
+    rows = pq.read_table(tmp_path / "data" / "sft_train.parquet").to_pylist()
+    assert len(dataset) == len(rows) == len(TASKS)
+    for index in range(len(dataset)):
+        item = dataset[index]
+        ids, mask = item["input_ids"], item["loss_mask"].bool()
+        assert processor.tokenizer.decode(ids[mask]) == rows[index]["messages"][-1]["content"] + "<|im_end|>\n"
+        tiles = item["multi_modal_inputs"]["pixel_values"].shape[0]
+        assert int((ids == processor.image_token_id).sum()) == tiles * IMAGE_SEQ_LENGTH > 0
+        labels = torch.where(mask, ids, -100)
+        with torch.no_grad():
+            output = model(input_ids=ids[None], labels=labels[None], **item["multi_modal_inputs"])
+        assert torch.isfinite(output.loss)
 
 
 def test_a_row_whose_placeholders_do_not_match_its_images_is_named(converted, tiny_model_dir, tmp_path):

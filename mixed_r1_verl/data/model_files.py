@@ -10,6 +10,8 @@ from pathlib import Path
 
 # What data tools read from a checkpoint: configs, tokenizer and chat template, never the weights.
 PROCESSOR_FILES = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken")
+# Qwen2.5-VL's vision patch, which verl's datasets also resize by where an image processor names none.
+DEFAULT_PATCH_SIZE = 14
 
 
 def resolve_model_dir(model_path: str | os.PathLike) -> Path:
@@ -70,7 +72,7 @@ def vision_geometry(model_dir: str | os.PathLike) -> tuple[int, int]:
     """(patch_size, merge_size) of a Qwen2-VL-family image processor; Qwen2.5-VL's 14 and 2 when the
     checkpoint does not say (InternVL's does not: verl's dataset then resizes its images with patch 14 too)."""
     config = image_processor_settings(model_dir)
-    return int(config.get("patch_size", 14)), int(config.get("merge_size", 2))
+    return int(config.get("patch_size", DEFAULT_PATCH_SIZE)), int(config.get("merge_size", 2))
 
 
 def processor_pixel_bounds(settings: Mapping) -> tuple[int | None, int | None]:

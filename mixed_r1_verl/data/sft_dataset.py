@@ -24,7 +24,7 @@ from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 from verl.utils.py_functional import convert_nested_value_to_list_recursive
 
 from mixed_r1_verl.data.dataset import DatasetRowError, model_input_image, refuse_images_resized_again
-from mixed_r1_verl.data.model_files import image_processor_settings
+from mixed_r1_verl.data.model_files import DEFAULT_PATCH_SIZE, image_processor_settings
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.prompts import chat_with_image_items
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
@@ -40,10 +40,12 @@ class MixedR1SFTDataset(MultiTurnSFTDataset):
             # then reach the model as bare placeholders.
             processor = load_image_text_processor(model_dir)
             logger.warning("verl loaded no processor for %s; using the image-and-text processor", model_dir)
-        super().__init__(parquet_files, tokenizer, config, processor=processor, max_samples=max_samples)
-
-    def _read_files_and_process(self):
-        super()._read_files_and_process()
+        # verl reads its default image patch size from the image processor before it reads the config,
+        # and InternVL's names none: the processor is set once verl's set-up is done.
+        super().__init__(parquet_files, tokenizer, config, processor=None, max_samples=max_samples)
+        self.processor = processor
+        if self.image_patch_size is None and processor is not None:
+            self.image_patch_size = getattr(processor.image_processor, "patch_size", DEFAULT_PATCH_SIZE)
         if self.image_key in self.dataframe.columns:
             images = pa.array(self.dataframe[self.image_key])
             refuse_images_resized_again(self.processor, images, self._describe_row)
