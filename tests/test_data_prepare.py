@@ -218,6 +218,19 @@ def test_missing_settings_and_unknown_family_fail_clearly(tmp_path):
         prepare(PrepareConfig(input="x", image_root=str(tmp_path), output_dir=str(tmp_path), model_family="llava"))
 
 
+def test_a_model_path_of_another_family_is_refused_before_any_row_is_written(tmp_path, tiny_model_dir, tiny_internvl_dir):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5, val_rows_per_task=0)
+    for model_dir, family, expected in ((tiny_internvl_dir, "qwen2_5_vl", "internvl"), (tiny_model_dir, "internvl", "qwen2_5_vl")):
+        out = tmp_path / f"out_{family}"
+        settings = PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out), model_path=str(model_dir),
+                                 model_family=family, val_ratio=0.0, progress=False)  # fmt: skip
+        with pytest.raises(ValueError, match=f"is a {expected} checkpoint, but model_family={family}.*set model_family={expected}"):
+            prepare(settings)
+        assert not (out / "train.parquet").exists()
+        prepare(PrepareConfig(**{**vars(settings), "model_family": expected}))
+        assert (out / "train.parquet").exists()
+
+
 def exif_rotated_photo(path: Path) -> None:
     """A 400x200 JPEG stored sideways with EXIF orientation 6: shown upright it is 200x400. A red
     patch at stored x 300-380, y 20-100 appears upright at x 99-179, y 300-380."""

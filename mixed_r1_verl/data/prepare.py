@@ -207,6 +207,19 @@ def sft_row(row: dict, rationale: str) -> dict:
     }
 
 
+def refuse_another_model_family(model_family: str, model_dir: Path) -> None:
+    """Raises ValueError when the checkpoint's config.json names a model family other than
+    `model_family`: its grounding answers would be in another box frame than the data's."""
+    config_file = model_dir / "config.json"
+    model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+    if model_type in MODEL_FAMILY_BOX_FRAME and model_type != model_family:
+        raise ValueError(
+            f"model_path {model_dir} is a {model_type} checkpoint, but model_family={model_family}: its boxes are "
+            f"in the {MODEL_FAMILY_BOX_FRAME[model_type]} frame, the data's would be in the "
+            f"{MODEL_FAMILY_BOX_FRAME[model_family]} frame; set model_family={model_type}"
+        )
+
+
 class RowConverter:
     """Turns one source row into a verl row (or raises RecordError): the converter's checks, shared
     with the data engine's validation stage."""
@@ -226,6 +239,8 @@ class RowConverter:
         )
         self.box_frame = MODEL_FAMILY_BOX_FRAME[config.model_family]
         model_dir = resolve_model_dir(config.model_path) if config.model_path else None
+        if model_dir is not None:
+            refuse_another_model_family(config.model_family, model_dir)
         self.min_pixels, self.max_pixels = pixel_bounds(config, model_dir)
         self.prompt_counter = (
             PromptTokenCounter(model_dir) if model_dir is not None and config.model_family in COUNTED_FAMILIES else None
