@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from mixed_r1_verl.data.processor import load_image_text_processor
-from mixed_r1_verl.verl_adapter.internvl import accept_decoded_prompts, collapse_image_spans, vllm_prompt_ids
+from mixed_r1_verl.verl_adapter.internvl import collapse_image_spans, multimodal_processor_inputs, vllm_prompt_ids
 
 QUESTION = "How many bars are there?"
 
@@ -63,15 +63,18 @@ def test_qwen_prompts_reach_vllm_as_verl_sends_them(tiny_model_dir):
     assert vllm_prompt_ids(ids, qwen).count(qwen.image_token_id) == 1
 
 
-def test_image_features_for_a_prompt_decoded_without_its_placeholders_equal_the_prompts_own(tiny_internvl_dir):
+def test_image_features_for_a_prompt_decoded_without_its_placeholders_equal_the_prompts_own(processor):
     """verl computes a rollout's image features from the prompt decoded with special tokens skipped."""
-    processor = accept_decoded_prompts(load_image_text_processor(tiny_internvl_dir))
-    assert type(processor).__name__ == "InternVLImageTextProcessor"
+    from verl.utils.tokenizer import build_multimodal_processor_inputs
+
+    assert build_multimodal_processor_inputs is multimodal_processor_inputs, "the adapter replaced verl's"
     images = [noise_image(140, 84, 0), noise_image(56, 112, 2)]
     full = processor(text=[prompt_text(processor, 2)], images=images, return_tensors="pt")
     decoded = processor.tokenizer.decode(full["input_ids"][0], skip_special_tokens=True)
     assert processor.image_token not in decoded
-    features = processor(text=[decoded], images=images, return_tensors="pt")
+    with pytest.raises(ValueError, match="does not match the number of images"):
+        processor(text=[decoded], images=images, return_tensors="pt")
+    features = build_multimodal_processor_inputs(processor, text=[decoded], images=images)
     assert torch.equal(features["pixel_values"], full["pixel_values"])
     with pytest.raises(ValueError, match="does not match the number of images"):
-        processor(text=[prompt_text(processor, 1)], images=images, return_tensors="pt")
+        build_multimodal_processor_inputs(processor, text=[prompt_text(processor, 1)], images=images)

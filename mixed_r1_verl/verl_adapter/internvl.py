@@ -11,7 +11,8 @@ the `verl.plugins` entry point so that it holds in every process verl starts.
    image twice (verl collapses the spans for Qwen2.5-VL only). The ids vLLM receives have each span
    collapsed back to one `<IMG_CONTEXT>`; the trainer keeps the expanded ids.
 3. verl computes a rollout's image features from its prompt decoded with special tokens skipped,
-   which removes InternVL's image placeholders; the processor puts them back (PlaceholdersForDecodedPrompts).
+   which removes InternVL's image placeholders, and InternVL's processor then refuses the prompt: the
+   placeholders are put back for that call (`multimodal_processor_inputs`).
 """
 
 from __future__ import annotations
@@ -57,36 +58,27 @@ def collapse_image_spans(prompt_ids: list[int], processor: InternVLProcessor) ->
 
 
 _verl_hf_processor = verl.utils.tokenizer.tokenizer.hf_processor
+_verl_multimodal_processor_inputs = verl.utils.tokenizer.tokenizer.build_multimodal_processor_inputs
 _verl_vllm_prompt_ids = verl.workers.rollout.utils.qwen2_5_vl_dedup_image_tokens
 
 
-class PlaceholdersForDecodedPrompts:
-    """An InternVL processor that, given images and one text without image placeholders, puts one
-    placeholder per image in front of the text. verl asks for a rollout's image features with its
-    prompt decoded with special tokens skipped, InternVL's placeholders among them, and keeps only the
+def multimodal_processor_inputs(processor, *, text, images=None, **kwargs):
+    """verl's `build_multimodal_processor_inputs`; for InternVL, one text without image placeholders
+    gets one placeholder per image in front. verl asks for a rollout's image features with its prompt
+    decoded with special tokens skipped, InternVL's placeholders among them, and keeps only the
     features, which the text does not change; InternVL's processor would refuse the text."""
-
-    def __call__(self, images=None, text=None, videos=None, **kwargs):
-        if images is not None and isinstance(text, (str, list)) and len(text) > 0:
-            texts = [text] if isinstance(text, str) else text
-            if len(texts) == 1 and self.image_token not in texts[0]:
-                count = len(images) if isinstance(images, (list, tuple)) else 1
-                text = [self.image_token * count + texts[0]]
-        return super().__call__(images=images, text=text, videos=videos, **kwargs)
-
-
-def accept_decoded_prompts(processor: InternVLProcessor) -> InternVLProcessor:
-    """The processor, its class (name kept: verl reads it) turned into one with PlaceholdersForDecodedPrompts."""
-    loaded = type(processor)
-    processor.__class__ = type(loaded.__name__, (PlaceholdersForDecodedPrompts, loaded), {})
-    return processor
+    if isinstance(processor, InternVLProcessor) and images and isinstance(text, list) and len(text) == 1:
+        if processor.image_token not in text[0]:
+            count = len(images) if isinstance(images, (list, tuple)) else 1
+            text = [processor.image_token * count + text[0]]
+    return _verl_multimodal_processor_inputs(processor, text=text, images=images, **kwargs)
 
 
 def hf_processor(name_or_path, **kwargs):
     """verl's `hf_processor`; for an InternVL checkpoint, its processor (which verl would refuse)."""
     if not is_internvl(name_or_path, kwargs.get("trust_remote_code", False)):
         return _verl_hf_processor(name_or_path, **kwargs)
-    processor = accept_decoded_prompts(AutoProcessor.from_pretrained(name_or_path, **kwargs))
+    processor = AutoProcessor.from_pretrained(name_or_path, **kwargs)
     processor.config = AutoConfig.from_pretrained(name_or_path, **kwargs)
     return processor
 
@@ -109,4 +101,5 @@ def replace_in_verl(original, replacement) -> None:
 
 
 replace_in_verl(_verl_hf_processor, hf_processor)
+replace_in_verl(_verl_multimodal_processor_inputs, multimodal_processor_inputs)
 replace_in_verl(_verl_vllm_prompt_ids, vllm_prompt_ids)
