@@ -44,6 +44,12 @@ def resolve_model_dir(model_path: str | os.PathLike) -> Path:
         ) from error
 
 
+def checkpoint_model_type(model_dir: str | os.PathLike) -> str | None:
+    """The `model_type` of a checkpoint directory's config.json; None without one."""
+    config_file = Path(model_dir) / "config.json"
+    return json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+
+
 def image_processor_settings(model_dir: str | os.PathLike) -> dict:
     """The checkpoint's image processor settings: its preprocessor_config.json, else the
     `image_processor` entry of processor_config.json (the one file transformers 5 writes when it saves

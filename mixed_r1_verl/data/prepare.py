@@ -38,7 +38,12 @@ from mixed_r1_verl.data.frames import (
     smart_resize,
 )
 from mixed_r1_verl.data.images import ImageStore
-from mixed_r1_verl.data.model_files import processor_pixel_bounds, required_image_processor_settings, resolve_model_dir
+from mixed_r1_verl.data.model_files import (
+    checkpoint_model_type,
+    processor_pixel_bounds,
+    required_image_processor_settings,
+    resolve_model_dir,
+)
 from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, PromptTokenCounter, render_prompt
 from mixed_r1_verl.data.records import (
     BOX_OUTSIDE_IMAGE,
@@ -210,8 +215,7 @@ def sft_row(row: dict, rationale: str) -> dict:
 def refuse_another_model_family(model_family: str, model_dir: Path) -> None:
     """Raises ValueError when the checkpoint's config.json names a model family other than
     `model_family`: its grounding answers would be in another box frame than the data's."""
-    config_file = model_dir / "config.json"
-    model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+    model_type = checkpoint_model_type(model_dir)
     if model_type in MODEL_FAMILY_BOX_FRAME and model_type != model_family:
         raise ValueError(
             f"model_path {model_dir} is a {model_type} checkpoint, but model_family={model_family}: its boxes are "

@@ -15,6 +15,8 @@ from transformers import AutoProcessor, AutoTokenizer, InternVLProcessor, Qwen2_
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from mixed_r1_verl.data.model_files import checkpoint_model_type
+
 
 class _WithoutVideos:
     """Refuses videos, for processors built without their video processor."""
@@ -39,17 +41,11 @@ class InternVLImageTextProcessor(_WithoutVideos, InternVLProcessor):
         super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template=chat_template, **kwargs)
 
 
-def is_internvl_dir(model_dir: str | os.PathLike) -> bool:
-    """Whether a checkpoint directory's config.json names an InternVL (Hugging Face format)."""
-    config_file = Path(model_dir) / "config.json"
-    return config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "internvl"
-
-
 def load_image_text_processor(model_dir: str | os.PathLike) -> Qwen25VLImageTextProcessor | InternVLImageTextProcessor:
     """The image-and-text processor of an InternVL (Hugging Face format) checkpoint directory, else of
     a Qwen2.5-VL one."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if is_internvl_dir(model_dir):
+    if checkpoint_model_type(model_dir) == "internvl":
         settings_file = Path(model_dir) / "processor_config.json"
         settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
         return InternVLImageTextProcessor(

@@ -20,8 +20,6 @@ from __future__ import annotations
 import os
 import sys
 
-import verl.utils
-import verl.utils.tokenizer
 import verl.utils.tokenizer.tokenizer
 import verl.workers.rollout.utils
 from transformers import AutoConfig, AutoProcessor, InternVLProcessor
