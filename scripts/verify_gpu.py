@@ -1,5 +1,6 @@
 """Verify this checkout on a CUDA GPU: the acceptance suite (`pytest -m gpu`), then the GPU figures,
-most telling first, within a time budget, and one report of what was measured.
+within a time budget, and one report of what was measured. The first training run goes first, the
+checks that take seconds next, so a short budget still covers the most.
 
     python scripts/verify_gpu.py [--budget-s 540] [--only training,eval] [--report-dir DIR]
 
@@ -70,12 +71,12 @@ def suite(*args: str) -> tuple[str, ...]:
 PIECES = (
     Piece("training", suite("tests/gpu/test_gpu_training.py", "-k", "four_task"),
           "recipe=smoke, 6 GRPO steps with vLLM: per-task rewards on four-task batches"),
+    Piece("image_frames", suite("tests/gpu/test_gpu_image_frames.py"), "verl's image path and MixedR1Dataset agree"),
+    Piece("bmas_figure", ("benchmarks/bmas.py", "--device", "cuda"), "BMAS, 2,560 responses at 7B sizes"),
     Piece("eval", suite("tests/gpu/test_gpu_eval.py"), "merge of step 6, evaluation with vLLM: per-task table"),
     Piece("resume_filtering", suite("tests/gpu/test_gpu_training.py", "tests/gpu/test_gpu_bmas.py", "-k",
                                     "not four_task and not gpu_actor"),
           "resume at step 4 with filtering=on and BMAS on the GPU in the reward workers"),
-    Piece("image_frames", suite("tests/gpu/test_gpu_image_frames.py"), "verl's image path and MixedR1Dataset agree"),
-    Piece("bmas_figure", ("benchmarks/bmas.py", "--device", "cuda"), "BMAS, 2,560 responses at 7B sizes"),
     Piece("engine", suite("tests/gpu/test_gpu_engine.py"), "data engine difficulty stage with vLLM"),
     Piece("step_time_figure", ("benchmarks/gpu_figures.py", "training"),
           "Mixed-Reward vs constant reward step time, peak GPU memory"),
