@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STEP_TIME = "timing_s/step"
+CONSOLE_STEP = re.compile(r"\bstep:(\d+) - ")
 SMOKE_TIMEOUT_S = 570
 # The smoke recipe as shipped, run by the GPU acceptance suite; benchmarks compare against its log.
 SMOKE_RUN = "smoke_mixed"
@@ -107,6 +109,15 @@ class LoggedRun:
     def log_tail(self, lines: int = 80) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
+    def last_step(self) -> int | None:
+        return last_console_step(self.log_text())
+
+
+def last_console_step(output: str) -> int | None:
+    """The last training step verl's console logger printed (`step:N - ...`), None before the first."""
+    steps = CONSOLE_STEP.findall(output)
+    return int(steps[-1]) if steps else None
+
 
 def nvidia_smi_query(field: str) -> list[str] | None:
     """One value per visible GPU of `nvidia-smi --query-gpu=<field>`, or None without nvidia-smi."""
@@ -169,14 +180,22 @@ def run_logged(
     `<log_dir>/<name>.json`. With `reuse`, a run whose record says it exited 0 is not run again
     (delete its record to rerun it). Under `$MIXED_R1_GPU_DEADLINE` the limit is at most the time left,
     and a command with under MIN_START_S left is not started; both come back with `out_of_time` and
-    status 124."""
+    status 124. An earlier attempt that did not succeed keeps its files as `<name>.previous.{log,json}`;
+    one that ran until a deadline without finishing is not retried with less time than it had."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path, record_path = log_dir / f"{name}.log", log_dir / f"{name}.json"
-    if reuse and run_succeeded(name, log_dir):
-        record = json.loads(record_path.read_text())
-        return LoggedRun(name, 0, log_path, record["seconds"], record["peak_gpu_memory_mib"])
+    earlier = json.loads(record_path.read_text()) if record_path.is_file() else None
+    if reuse and earlier is not None and earlier["returncode"] == 0:
+        return LoggedRun(name, 0, log_path, earlier["seconds"], earlier["peak_gpu_memory_mib"])
     left = seconds_left()
+    if reuse and left is not None and earlier is not None and earlier.get("out_of_time") and earlier["seconds"] > left:
+        # Nothing is rerun or overwritten: the earlier log is what there is to read.
+        return LoggedRun(name, EXIT_OUT_OF_TIME, log_path, 0.0, None, out_of_time=True)
+    if earlier is not None:
+        for path in (log_path, record_path):
+            if path.is_file():
+                path.replace(path.with_name(f"{name}.previous{path.suffix}"))
     limit_s = timeout_s if left is None else min(timeout_s, left)
     out_of_time = limit_s < timeout_s
     started = time.monotonic()

@@ -39,6 +39,7 @@ from mixed_r1_verl.run_logs import (  # noqa: E402
     EXIT_OUT_OF_TIME,
     MIN_START_S,
     checks_out_dir,
+    last_console_step,
     nvidia_smi_query,
     run_with_limit,
 )
@@ -182,6 +183,10 @@ def runs_table(logs_dir: Path) -> list[str]:
         record = json.loads(record_path.read_text())
         peak = record.get("peak_gpu_memory_mib")
         status = "stopped at the deadline" if record.get("out_of_time") else f"exit {record['returncode']}"
+        log_path = record_path.with_suffix(".log")
+        if record["returncode"] != 0 and log_path.is_file():
+            step = last_console_step(log_path.read_text(errors="replace"))
+            status += ", no step logged" if step is None else f", last step {step}"
         rows.append(
             f"| {record_path.stem} | {status} | {record['seconds']} | {'-' if peak is None else f'{peak:.0f}'} |"
         )

@@ -95,6 +95,40 @@ def test_a_failed_run_is_recorded_and_run_again(tmp_path):
     assert marker.read_text() == "xx"
 
 
+def test_a_rerun_keeps_the_earlier_attempts_log_and_record(tmp_path):
+    logs = tmp_path / "logs"
+    run_logged("job", [sys.executable, "-c", "print('first attempt'); raise SystemExit(3)"], logs)
+    second = run_logged("job", [sys.executable, "-c", "print('second attempt')"], logs)
+    assert "second attempt" in second.log_text() and "first attempt" not in second.log_text()
+    assert "first attempt" in (logs / "job.previous.log").read_text()
+    assert json.loads((logs / "job.previous.json").read_text())["returncode"] == 3
+    assert json.loads((logs / "job.json").read_text())["returncode"] == 0
+
+
+def test_a_run_cut_at_the_deadline_is_not_retried_with_less_time(tmp_path, monkeypatch):
+    logs, marker = tmp_path / "logs", tmp_path / "retried"
+    monkeypatch.setattr(run_logs, "MIN_START_S", 0.2)
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 2))
+    slow = "print('step:1 - a:1', flush=True); import time; time.sleep(60)"
+    first = run_logged("job", [sys.executable, "-c", slow], logs)
+    assert first.out_of_time and first.seconds >= 1.5
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 1))
+    skipped = run_logged("job", command, logs)
+    assert skipped.out_of_time and skipped.returncode == 124 and not marker.exists()
+    assert skipped.last_step() == 1 and not (logs / "job.previous.log").exists()
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 3600))
+    assert run_logged("job", command, logs).returncode == 0 and marker.exists()
+    assert json.loads((logs / "job.previous.json").read_text())["out_of_time"] is True
+
+
+def test_the_last_step_is_read_from_verls_console_lines(tmp_path):
+    lines = "(TaskRunnerV1 pid=7) step:1 - actor/loss:0.1\\n(TaskRunnerV1 pid=7) step:2 - actor/loss:0.2"
+    logged = run_logged("job", [sys.executable, "-c", f"print('{lines}')"], tmp_path / "logs")
+    assert logged.last_step() == 2
+    assert run_logged("none", [sys.executable, "-c", "print('timing_s/step:3')"], tmp_path / "logs").last_step() is None
+
+
 def test_a_run_past_its_limit_is_killed_with_status_124(tmp_path):
     run = run_logged("job", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "logs", timeout_s=1)
     assert run.returncode == 124 and "[killed after 1 s]" in run.log_text()

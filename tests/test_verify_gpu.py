@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from mixed_r1_verl.run_logs import DEADLINE_ENV, source_root
+from mixed_r1_verl import run_logs
+from mixed_r1_verl.run_logs import DEADLINE_ENV, run_logged, source_root
 
 SCRIPT = source_root() / "scripts" / "verify_gpu.py"
 
@@ -101,3 +102,22 @@ def test_a_piece_still_running_at_the_deadline_is_stopped_not_failed(verify, tmp
     piece = verify.Piece("slow", ("-c", "import time; time.sleep(120)"), "a piece that overruns")
     outcome = verify.run_piece(piece, tmp_path, time.time(), {})
     assert outcome.result == f"stopped at ${DEADLINE_ENV}" and not outcome.failed
+
+
+def test_the_runs_table_says_how_far_a_run_cut_at_the_deadline_got(verify, tmp_path, monkeypatch):
+    logs = tmp_path / "logs"
+    run_logged("finished", [sys.executable, "-c", "print('step:1 - a:1')"], logs)
+    run_logged("failed", [sys.executable, "-c", "raise SystemExit(2)"], logs)
+    monkeypatch.setattr(run_logs, "MIN_START_S", 0.2)
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 2))
+    slow = "print('step:1 - a:1'); print('step:2 - a:2', flush=True); import time; time.sleep(60)"
+    run_logged("cut", [sys.executable, "-c", slow], logs)
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 3600))
+    run_logged("cut", [sys.executable, "-c", "raise SystemExit(1)"], logs)
+    statuses = {row.split("|")[1].strip(): row.split("|")[2].strip() for row in verify.runs_table(logs)[4:-1]}
+    assert statuses == {
+        "cut": "exit 1, no step logged",
+        "cut.previous": "stopped at the deadline, last step 2",
+        "failed": "exit 2, no step logged",
+        "finished": "exit 0",
+    }

@@ -14,7 +14,11 @@ def skip_if_out_of_time(run: LoggedRun) -> None:
     """A run stopped at the verification deadline is not a result: the test is skipped, and a rerun
     with more time runs it again."""
     if run.out_of_time:
-        pytest.skip(f"{run.name} did not finish before ${DEADLINE_ENV}; rerun with more time ({run.log_path})")
+        step = run.last_step()
+        progress = "no training step logged" if step is None else f"last step logged: {step}"
+        pytest.skip(
+            f"{run.name} did not finish before ${DEADLINE_ENV} ({progress}); rerun with more time ({run.log_path})"
+        )
 
 
 def assert_succeeded(run: LoggedRun) -> None:
