@@ -54,6 +54,9 @@ READ_BY_VERL = {
     "trainer.default_local_dir": "trainer/ppo/v1/trainer_base.py checkpoints",
     "trainer.nnodes": "trainer/main_ppo.py resource pool",
     "trainer.n_gpus_per_node": "trainer/main_ppo.py resource pool",
+    "transfer_queue.backend.SimpleStorage.num_data_storage_units": (
+        "trainer/main_ppo.py tq.init; transfer_queue 0.1.11 storage/bootstrap/simple_storage_bootstrap.py"
+    ),
 }
 
 # Dataclass fields that verl 0.9.1 declares but never reads.
