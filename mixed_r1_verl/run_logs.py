@@ -185,7 +185,7 @@ def run_logged(
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path, record_path = log_dir / f"{name}.log", log_dir / f"{name}.json"
-    earlier = json.loads(record_path.read_text()) if record_path.is_file() else None
+    earlier = run_record(name, log_dir)
     if reuse and earlier is not None and earlier["returncode"] == 0:
         return LoggedRun(name, 0, log_path, earlier["seconds"], earlier["peak_gpu_memory_mib"])
     left = seconds_left()
@@ -243,10 +243,16 @@ def run_with_limit(
     return returncode, memory.peak
 
 
+def run_record(name: str, log_dir: str | Path) -> dict | None:
+    """The record `run_logged` wrote for the last attempt of `name` in `log_dir`, None before any."""
+    record_path = Path(log_dir) / f"{name}.json"
+    return json.loads(record_path.read_text()) if record_path.is_file() else None
+
+
 def run_succeeded(name: str, log_dir: str | Path) -> bool:
     """Whether `run_logged` has a record of `name` exiting 0 in `log_dir`."""
-    record_path = Path(log_dir) / f"{name}.json"
-    return record_path.is_file() and json.loads(record_path.read_text())["returncode"] == 0
+    record = run_record(name, log_dir)
+    return record is not None and record["returncode"] == 0
 
 
 def source_root() -> Path:
