@@ -20,8 +20,11 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+
+from mixed_r1_verl.process_watch import ProcessWatch, dump_stacks, kill_tree, remove_stacks_dir, stack_hook_env
 
 STEP_TIME = "timing_s/step"
 CONSOLE_STEP = re.compile(r"\bstep:(\d+) - ")
@@ -35,6 +38,10 @@ EXIT_OUT_OF_TIME = 124
 # time-boxed verification (scripts/verify_gpu.py) stops cleanly instead of being killed mid-run.
 DEADLINE_ENV = "MIXED_R1_GPU_DEADLINE"
 MIN_START_S = 30.0
+# The files of one attempt of a logged run, after its name: output, record, process snapshots, and the
+# processes' stacks when it was stopped at its limit.
+PROGRESS_SUFFIX, STACKS_SUFFIX = ".progress.log", ".stacks.txt"
+ATTEMPT_SUFFIXES = (".log", ".json", PROGRESS_SUFFIX, STACKS_SUFFIX)
 
 
 class MetricsLogError(ValueError):
@@ -142,6 +149,7 @@ class _PeakGpuMemory:
 
     def __init__(self):
         self.peak: float | None = None
+        self.latest: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -149,6 +157,7 @@ class _PeakGpuMemory:
         while not self._stop.is_set():
             used = gpu_memory_used_mib()
             if used is not None:
+                self.latest = used
                 self.peak = used if self.peak is None else max(self.peak, used)
             self._stop.wait(GPU_POLL_INTERVAL_S)
 
@@ -176,12 +185,14 @@ def run_logged(
     reuse: bool = True,
 ) -> LoggedRun:
     """Run `argv` with stdout and stderr in `<log_dir>/<name>.log`; the exit status (124 after a
-    timeout, when the whole process group is killed), duration and peak GPU memory go to
-    `<log_dir>/<name>.json`. With `reuse`, a run whose record says it exited 0 is not run again
-    (delete its record to rerun it). Under `$MIXED_R1_GPU_DEADLINE` the limit is at most the time left,
-    and a command with under MIN_START_S left is not started; both come back with `out_of_time` and
-    status 124. An earlier attempt that did not succeed keeps its files as `<name>.previous.{log,json}`;
-    one that ran until a deadline without finishing is not retried with less time than it had."""
+    timeout, when the whole process tree is killed), duration and peak GPU memory go to
+    `<log_dir>/<name>.json`, snapshots of its processes to `<name>.progress.log`, and when it is stopped
+    at its limit the stacks of its Python processes to `<name>.stacks.txt` (see `run_with_limit`).
+    With `reuse`, a run whose record says it exited 0 is not run again (delete its record to rerun it).
+    Under `$MIXED_R1_GPU_DEADLINE` the limit is at most the time left, and a command with under
+    MIN_START_S left is not started; both come back with `out_of_time` and status 124. An earlier
+    attempt that did not succeed keeps its files as `<name>.previous.*`; one that ran until a deadline
+    without finishing is not retried with less time than it had."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path, record_path = log_dir / f"{name}.log", log_dir / f"{name}.json"
@@ -192,10 +203,14 @@ def run_logged(
     if reuse and left is not None and earlier is not None and earlier.get("out_of_time") and earlier["seconds"] > left:
         # Nothing is rerun or overwritten: the earlier log is what there is to read.
         return LoggedRun(name, EXIT_OUT_OF_TIME, log_path, 0.0, None, out_of_time=True)
-    if earlier is not None:
-        for path in (log_path, record_path):
+    for suffix in ATTEMPT_SUFFIXES:
+        path, previous = log_dir / f"{name}{suffix}", log_dir / f"{name}.previous{suffix}"
+        if earlier is None:
+            path.unlink(missing_ok=True)  # left by an attempt that wrote no record
+        else:
+            previous.unlink(missing_ok=True)
             if path.is_file():
-                path.replace(path.with_name(f"{name}.previous{path.suffix}"))
+                path.replace(previous)
     limit_s = timeout_s if left is None else min(timeout_s, left)
     out_of_time = limit_s < timeout_s
     started = time.monotonic()
@@ -207,7 +222,7 @@ def run_logged(
             returncode, out_of_time = EXIT_OUT_OF_TIME, True
         else:
             log.flush()
-            returncode, peak = run_with_limit(argv, log, limit_s, env)
+            returncode, peak = run_with_limit(argv, log, limit_s, env, watch_prefix=log_dir / name)
             out_of_time = out_of_time and returncode == EXIT_OUT_OF_TIME
             if returncode == EXIT_OUT_OF_TIME:
                 reason = f" at ${DEADLINE_ENV}" if out_of_time else ""
@@ -225,19 +240,38 @@ def run_logged(
 
 
 def run_with_limit(
-    argv: Sequence[str], log, limit_s: float | None, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    argv: Sequence[str],
+    log,
+    limit_s: float | None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    watch_prefix: Path | None = None,
 ) -> tuple[int, float | None]:
     """Run `argv` in a session of its own with its output to the open file `log`: the exit status
-    (124 when its whole process group was killed at `limit_s`) and the peak GPU memory seen."""
-    with _PeakGpuMemory() as memory:
+    (124 when its whole process tree was killed at `limit_s`) and the peak GPU memory seen. With
+    `watch_prefix`, `<prefix>.progress.log` gets a snapshot of the run's processes every 15 s,
+    and a run stopped at its limit first writes every Python process's stacks to `<prefix>.stacks.txt`."""
+    stacks_dir = None if watch_prefix is None else watch_prefix.with_name(f"{watch_prefix.name}.stacks")
+    if stacks_dir is not None:
+        env = stack_hook_env(os.environ if env is None else env, stacks_dir)
+    with _PeakGpuMemory() as memory, ExitStack() as watching:
         process = subprocess.Popen(
             list(argv), stdout=log, stderr=subprocess.STDOUT, env=dict(env) if env else None, cwd=cwd,
             start_new_session=True,
         )  # fmt: skip
+        watch = None
+        if watch_prefix is not None:
+            progress = watch_prefix.with_name(f"{watch_prefix.name}{PROGRESS_SUFFIX}")
+            watch = watching.enter_context(ProcessWatch(process.pid, progress, lambda: memory.latest))
+            watching.callback(remove_stacks_dir, stacks_dir)
         try:
             returncode = process.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            if watch is not None:
+                watch.stop()
+                watch.snapshot()
+                dump_stacks(process.pid, stacks_dir, watch_prefix.with_name(f"{watch_prefix.name}{STACKS_SUFFIX}"))
+            kill_tree(process.pid)
             process.wait()
             returncode = EXIT_OUT_OF_TIME
     return returncode, memory.peak

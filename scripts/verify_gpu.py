@@ -34,10 +34,13 @@ from xml.etree import ElementTree
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mixed_r1_verl.process_watch import last_snapshot  # noqa: E402
 from mixed_r1_verl.run_logs import (  # noqa: E402
     DEADLINE_ENV,
     EXIT_OUT_OF_TIME,
     MIN_START_S,
+    PROGRESS_SUFFIX,
+    STACKS_SUFFIX,
     checks_out_dir,
     last_console_step,
     nvidia_smi_query,
@@ -195,6 +198,21 @@ def runs_table(logs_dir: Path) -> list[str]:
     return ["## Runs", "", "| run | result | seconds | peak GPU memory (MiB) |", "|---|---|---|---|", *rows, ""]
 
 
+def stopped_runs(logs_dir: Path) -> list[str]:
+    """For each run stopped at its limit: its last process snapshot (busiest first) and where the
+    stacks of its Python processes are."""
+    lines = []
+    for record_path in sorted(logs_dir.glob("*.json")):
+        progress = record_path.with_name(record_path.stem + PROGRESS_SUFFIX)
+        if json.loads(record_path.read_text())["returncode"] != EXIT_OUT_OF_TIME or not progress.is_file():
+            continue
+        lines += [f"### {record_path.stem}", "", "```", last_snapshot(progress.read_text()), "```", ""]
+        stacks = record_path.with_name(record_path.stem + STACKS_SUFFIX)
+        if stacks.is_file():
+            lines += [f"Stacks of its Python processes: `logs/{stacks.name}`.", ""]
+    return ["## Where runs stood when stopped", "", *lines] if lines else []
+
+
 def report(
     outcomes: list[Outcome], env_lines: list[str], budget_s: float | None, elapsed_s: float, logs_dir: Path
 ) -> str:
@@ -204,7 +222,7 @@ def report(
     lines += [
         f"| {o.piece.name} | `{o.piece.command()}` | {o.piece.checks} | {o.result} | {o.seconds} |" for o in outcomes
     ]
-    lines += ["", *runs_table(logs_dir)]
+    lines += ["", *runs_table(logs_dir), *stopped_runs(logs_dir)]
     figures = [o for o in outcomes if not o.piece.is_pytest and o.result == "done"]
     if figures:
         lines += ["## Figures", ""]

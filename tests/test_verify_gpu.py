@@ -121,3 +121,18 @@ def test_the_runs_table_says_how_far_a_run_cut_at_the_deadline_got(verify, tmp_p
         "failed": "exit 2, no step logged",
         "finished": "exit 0",
     }
+
+
+def test_the_report_shows_where_a_run_stopped_at_the_deadline_stood(verify, tmp_path, monkeypatch):
+    logs = tmp_path / "logs"
+    run_logged("done", [sys.executable, "-c", "pass"], logs)
+    monkeypatch.setattr(run_logs, "MIN_START_S", 0.2)
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 3))
+    waiting = "import time\ndef waiting_for_the_first_batch():\n    time.sleep(60)\nwaiting_for_the_first_batch()"
+    run_logged("stuck", [sys.executable, "-c", waiting], logs)
+    section = "\n".join(verify.stopped_runs(logs))
+    assert section.startswith("## Where runs stood when stopped") and "### done" not in section
+    snapshot = section.split("### stuck", 1)[1]
+    assert "1 processes, GPU memory in use:" in snapshot and "def waiting_for_the_first_batch()" in snapshot
+    assert "`logs/stuck.stacks.txt`" in snapshot
+    assert "line 3 in waiting_for_the_first_batch" in (logs / "stuck.stacks.txt").read_text()

@@ -1,0 +1,224 @@
+"""Where a long run stands, read from the processes themselves: a progress log of the run's process
+tree (each process's title, which for a Ray actor names the method it is in, its CPU use and memory,
+and the GPU memory in use) every few seconds, and at the time limit the Python stacks of every process
+of the run, written by the hook in `stack_hook/` before the run is killed. Linux only (/proc)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+STACK_HOOK_DIR = Path(__file__).resolve().parent / "stack_hook"
+STACKS_DIR_ENV = "MIXED_R1_STACKS_DIR"
+SNAPSHOT_INTERVAL_S = 15.0
+# How long the processes get to write their stacks before the run is killed.
+STACK_DUMP_WAIT_S = 3.0
+TITLE_CHARS = 120
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True, order=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    session: int
+    title: str
+    cpu_s: float
+    rss_mib: float
+
+
+def read_process(pid: int) -> ProcessInfo | None:
+    """One process from /proc, or None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # The command name in parentheses may hold spaces and parentheses itself.
+    name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+    title = " ".join(cmdline.decode(errors="replace").replace("\0", " ").split()) or f"[{name}]"
+    return ProcessInfo(
+        pid=pid,
+        ppid=int(fields[1]),
+        session=int(fields[3]),
+        title=title[:TITLE_CHARS],
+        cpu_s=(int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
+        rss_mib=int(fields[21]) * _PAGE_BYTES / 2**20,
+    )
+
+
+def process_tree(root_pid: int) -> list[ProcessInfo]:
+    """The process `root_pid` and every process started under it: its descendants, and the processes
+    of its session whose parent has already exited."""
+    processes = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            process = read_process(int(entry.name))
+            if process is not None:
+                processes[process.pid] = process
+    children: dict[int, list[int]] = {}
+    for process in processes.values():
+        children.setdefault(process.ppid, []).append(process.pid)
+    tree, pending = set(), [root_pid]
+    while pending:
+        pid = pending.pop()
+        if pid in processes and pid not in tree:
+            tree.add(pid)
+            pending.extend(children.get(pid, ()))
+    tree |= {pid for pid, process in processes.items() if process.session == root_pid}
+    return [processes[pid] for pid in sorted(tree)]
+
+
+def format_snapshot(
+    elapsed_s: float,
+    processes: Iterable[ProcessInfo],
+    earlier: Mapping[int, ProcessInfo],
+    interval_s: float,
+    gpu_memory_mib: float | None,
+) -> str:
+    """One block of the progress log; CPU % is over the last interval (since start for a new process)."""
+    gpu = "-" if gpu_memory_mib is None else f"{gpu_memory_mib:.0f} MiB"
+    rows = []
+    for process in processes:
+        before = earlier.get(process.pid)
+        used_s = process.cpu_s - (before.cpu_s if before else 0.0)
+        rows.append((100 * used_s / max(interval_s, 1e-9), process))
+    rows.sort(key=lambda row: (-row[0], row[1].pid))
+    lines = [f"[+{elapsed_s:.0f} s] {len(rows)} processes, GPU memory in use: {gpu}"]
+    lines += [f"  {'pid':>7} {'ppid':>7} {'cpu%':>6} {'rss MiB':>8}  process"]
+    lines += [f"  {p.pid:>7} {p.ppid:>7} {cpu:>6.0f} {p.rss_mib:>8.0f}  {p.title}" for cpu, p in rows]
+    return "\n".join(lines) + "\n"
+
+
+def last_snapshot(progress: str, max_processes: int = 12) -> str:
+    """The last block of a progress log, with its busiest `max_processes` processes."""
+    blocks = [block for block in progress.split("\n[+") if block.strip()]
+    if not blocks:
+        return ""
+    lines = ("[+" + blocks[-1].removeprefix("[+")).splitlines()
+    hidden = len(lines) - 2 - max_processes
+    return "\n".join(lines[: 2 + max_processes] + ([f"  ... {hidden} more"] if hidden > 0 else []))
+
+
+class ProcessWatch:
+    """Appends a snapshot of the process tree under `root_pid` to `progress_path` every `interval_s`
+    until `stop()`, and one more on each `snapshot()`."""
+
+    def __init__(
+        self,
+        root_pid: int,
+        progress_path: Path,
+        gpu_memory: Callable[[], float | None],
+        interval_s: float = SNAPSHOT_INTERVAL_S,
+    ):
+        self.root_pid, self.progress_path, self.gpu_memory = root_pid, progress_path, gpu_memory
+        self.interval_s = interval_s
+        self._started = self._last_time = time.monotonic()
+        self._last: dict[int, ProcessInfo] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def snapshot(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            processes = process_tree(self.root_pid)
+            block = format_snapshot(
+                now - self._started, processes, self._last, now - self._last_time, self.gpu_memory()
+            )
+            with open(self.progress_path, "a") as progress:
+                progress.write(block)
+            self._last, self._last_time = {process.pid: process for process in processes}, now
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.snapshot()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
+def stack_hook_env(env: Mapping[str, str], stacks_dir: Path) -> dict[str, str]:
+    """`env` for a command whose Python processes write their stacks into `stacks_dir` on SIGUSR1."""
+    stacks_dir.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join(filter(None, [str(STACK_HOOK_DIR), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": path, STACKS_DIR_ENV: str(stacks_dir)}
+
+
+def dump_stacks(root_pid: int, stacks_dir: Path, out_path: Path, wait_s: float = STACK_DUMP_WAIT_S) -> int:
+    """Ask every hooked process of the tree under `root_pid` for its stacks and gather them, each under
+    its pid and title, into `out_path`; `stacks_dir` is removed. Returns how many processes answered."""
+    running = {process.pid: process for process in process_tree(root_pid)}
+    # Only a process that loaded the hook has a file here; SIGUSR1 would end any other one.
+    hooked = sorted(running[int(path.stem)] for path in stacks_dir.glob("*.txt") if int(path.stem) in running)
+    for process in hooked:
+        try:
+            os.kill(process.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+    _wait_until_written(stacks_dir, wait_s)
+    answered = 0
+    with open(out_path, "w") as out:
+        for process in hooked:
+            stacks = (stacks_dir / f"{process.pid}.txt").read_text(errors="replace").strip()
+            if stacks:
+                answered += 1
+                out.write(f"=== pid {process.pid} (parent {process.ppid}): {process.title}\n{stacks}\n\n")
+    remove_stacks_dir(stacks_dir)
+    return answered
+
+
+def _wait_until_written(stacks_dir: Path, wait_s: float) -> None:
+    """Until the files stop growing (checked every 0.5 s), at most `wait_s`."""
+    deadline, sizes = time.monotonic() + wait_s, None
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = {path.name: path.stat().st_size for path in stacks_dir.glob("*.txt")}
+        if now == sizes and any(now.values()):
+            return
+        sizes = now
+
+
+def remove_stacks_dir(stacks_dir: Path) -> None:
+    """The per-process stack files; a process started at this moment may still add one, hence no errors."""
+    shutil.rmtree(stacks_dir, ignore_errors=True)
+
+
+def kill_tree(root_pid: int, wait_s: float = 10.0) -> None:
+    """SIGKILL to the process group of `root_pid` and to every process of its tree, also to any that
+    moved to a process group of its own; returns once they are gone (or `wait_s` passed), so that the
+    GPU memory they held is free for what runs next."""
+    tree = process_tree(root_pid)
+    for kill, target in ((os.killpg, root_pid), *((os.kill, process.pid) for process in tree)):
+        try:
+            kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + wait_s
+    while any(is_running(process.pid) for process in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def is_running(pid: int) -> bool:
+    """Whether `pid` is a process that has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"

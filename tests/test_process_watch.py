@@ -1,0 +1,130 @@
+"""A run stopped at its time limit says where it was: the stacks of every Python process of it (also
+of Ray actors and of children that left its process group) and snapshots of its process tree."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from mixed_r1_verl.process_watch import is_running, process_tree, read_process
+from mixed_r1_verl.run_logs import EXIT_OUT_OF_TIME, run_logged, run_with_limit
+
+PARENT_WITH_A_CHILD = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    CHILD = "def waiting_in_the_child():\\n import time; time.sleep(600)\\nwaiting_in_the_child()"
+
+    def waiting_in_the_parent(child):
+        child.wait()
+
+    # A session of its own: the child is outside the run's process group.
+    child = subprocess.Popen([sys.executable, "-c", CHILD], start_new_session=True)
+    open(sys.argv[1], "w").write(str(child.pid))
+    waiting_in_the_parent(child)
+    """
+)
+
+
+def wait_for(path: Path, timeout_s: float = 30) -> str:
+    deadline = time.monotonic() + timeout_s
+    while not (path.is_file() and path.read_text()):
+        assert time.monotonic() < deadline, f"{path} not written"
+        time.sleep(0.1)
+    return path.read_text()
+
+
+def test_a_run_stopped_at_its_limit_leaves_every_process_stacks_and_its_process_tree(tmp_path):
+    child_pid_file = tmp_path / "child.pid"
+    with open(tmp_path / "run.log", "w") as log:
+        returncode, _ = run_with_limit(
+            [sys.executable, "-c", PARENT_WITH_A_CHILD, str(child_pid_file)], log, 6, watch_prefix=tmp_path / "run"
+        )
+    assert returncode == EXIT_OUT_OF_TIME
+    child_pid = int(child_pid_file.read_text())
+    stacks = (tmp_path / "run.stacks.txt").read_text()
+    sections = stacks.split("=== pid ")[1:]
+    assert len(sections) == 2, stacks
+    parent, child = sorted(sections, key=lambda section: int(section.split()[0]) == child_pid)
+    assert " in waiting_in_the_parent\n" in parent and " in waiting_in_the_child\n" not in parent
+    assert child.startswith(f"{child_pid} ") and " in waiting_in_the_child\n" in child
+    assert "most recent call first" in child
+    progress = (tmp_path / "run.progress.log").read_text()
+    assert progress.startswith("[+") and "2 processes" in progress
+    assert f"  {child_pid} " in progress and "waiting_in_the_child" in progress
+    assert not is_running(child_pid), "the child outside the process group outlived the run"
+    assert not (tmp_path / "run.stacks").exists()
+
+
+def test_a_run_that_ends_by_itself_leaves_no_stacks_and_the_hidden_sitecustomize_still_runs(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    marker = tmp_path / "marker"
+    (site / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    with open(tmp_path / "run.log", "w") as log:
+        returncode, _ = run_with_limit(
+            [sys.executable, "-c", "import sitecustomize; print(sitecustomize.__file__)"], log, 60, env,
+            watch_prefix=tmp_path / "run",
+        )  # fmt: skip
+    assert returncode == 0
+    assert marker.read_text() == "ran"
+    assert "stack_hook" in (tmp_path / "run.log").read_text()
+    assert not (tmp_path / "run.stacks").exists() and not (tmp_path / "run.stacks.txt").exists()
+
+
+def test_the_stacks_of_ray_actors_name_the_method_they_are_in(tmp_path):
+    """A real local Ray: the actor is a worker process started by the raylet, not by the run."""
+    script = textwrap.dedent(
+        f"""
+        import os, ray
+        ray.init(address="local", num_cpus=1, include_dashboard=False)
+
+        @ray.remote
+        class Holder:
+            def hold_the_line(self):
+                open({str(tmp_path / "actor.pid")!r}, "w").write(str(os.getpid()))
+                import time; time.sleep(600)
+
+        ray.get(Holder.remote().hold_the_line.remote())
+        """
+    )
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(tmp_path / "ray.log", "w") as log:
+        returncode, _ = run_with_limit(
+            [sys.executable, "-c", script], log, 20, env, watch_prefix=tmp_path / "ray"
+        )
+    assert returncode == EXIT_OUT_OF_TIME, (tmp_path / "ray.log").read_text()[-3000:]
+    actor_pid = int(wait_for(tmp_path / "actor.pid"))
+    stacks = (tmp_path / "ray.stacks.txt").read_text()
+    actor = next(section for section in stacks.split("=== pid ") if section.startswith(f"{actor_pid} "))
+    assert "ray::Holder.hold_the_line" in actor.splitlines()[0] and " in hold_the_line\n" in actor
+    assert "ray::Holder.hold_the_line" in (tmp_path / "ray.progress.log").read_text()
+    assert not is_running(actor_pid)
+
+
+def test_a_rerun_keeps_the_earlier_attempts_stacks_and_drops_older_ones(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "job.previous.stacks.txt").write_text("from an attempt before the earlier one")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    first = run_logged("job", sleeper, logs, timeout_s=3)
+    assert first.returncode == EXIT_OUT_OF_TIME and "<module>" in (logs / "job.stacks.txt").read_text()
+    run_logged("job", [sys.executable, "-c", "raise SystemExit(3)"], logs)
+    assert "<module>" in (logs / "job.previous.stacks.txt").read_text()
+    assert not (logs / "job.stacks.txt").exists()
+    run_logged("job", [sys.executable, "-c", "pass"], logs)
+    assert not (logs / "job.previous.stacks.txt").exists() and (logs / "job.previous.json").is_file()
+
+
+def test_the_process_tree_holds_a_process_and_its_descendants_only():
+    me = read_process(os.getpid())
+    assert me is not None and me.cpu_s > 0 and me.rss_mib > 0 and "python" in me.title
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        pids = {process.pid for process in process_tree(os.getpid())}
+        assert {os.getpid(), child.pid} <= pids and os.getppid() not in pids
+    finally:
+        child.kill()
+        child.wait()
