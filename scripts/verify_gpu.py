@@ -10,9 +10,11 @@ figures honour), pieces that cannot start in time are listed as not started, and
 runs that succeeded are reused from `$MIXED_R1_GPU_OUT` (default outputs/gpu_checks).
 
 Written to `$MIXED_R1_GPU_OUT/verify/`: `report.md` (the GPU and package versions, each piece's
-outcome, the runs with seconds and peak GPU memory, the figures as printed, the failures), and per
-piece its output (`<piece>.log`) and pytest's JUnit XML. `--report-dir` gets a copy of the report, the
-run logs and the metrics after every piece (not the checkpoints). Exit status 1 when a piece failed.
+outcome, the runs with seconds and peak GPU memory, where runs stopped at the deadline stood, the
+figures as printed, the failures), and per piece its output (`<piece>.log`), pytest's JUnit XML and
+its process snapshots (`<piece>.progress.log`, and `<piece>.stacks.txt` when it was stopped).
+`--report-dir` gets a copy of the report, the run logs and the metrics after every piece (not the
+checkpoints). Exit status 1 when a piece failed.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ def run_piece(piece: Piece, verify_dir: Path, deadline: float | None, env: dict[
     limit = None if deadline is None else deadline + WIND_DOWN_S / 2 - time.time()
     started = time.monotonic()
     with open(log_path, "w") as log:
-        returncode, _ = run_with_limit(argv, log, limit, env, cwd=ROOT)
+        returncode, _ = run_with_limit(argv, log, limit, env, cwd=ROOT, watch_prefix=verify_dir / piece.name)
     seconds = round(time.monotonic() - started, 1)
     tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-OUTPUT_TAIL_LINES:])
     if piece.is_pytest and junit.is_file():

@@ -99,9 +99,11 @@ def test_a_failing_piece_fails_the_verification_and_its_output_is_reported(verif
 
 
 def test_a_piece_still_running_at_the_deadline_is_stopped_not_failed(verify, tmp_path):
-    piece = verify.Piece("slow", ("-c", "import time; time.sleep(120)"), "a piece that overruns")
+    overrun = "import time\ndef overrunning():\n    time.sleep(120)\noverrunning()"
+    piece = verify.Piece("slow", ("-c", overrun), "a piece that overruns")
     outcome = verify.run_piece(piece, tmp_path, time.time(), {})
     assert outcome.result == f"stopped at ${DEADLINE_ENV}" and not outcome.failed
+    assert "line 3 in overrunning" in (tmp_path / "slow.stacks.txt").read_text()
 
 
 def test_the_runs_table_says_how_far_a_run_cut_at_the_deadline_got(verify, tmp_path, monkeypatch):
