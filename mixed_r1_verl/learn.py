@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from mixed_r1_verl.run_logs import EXIT_OUT_OF_TIME, STACKS_SUFFIX, run_with_limit
 from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 
 # Written by verl next to the global_step_N directories once a checkpoint is complete.
@@ -82,7 +83,8 @@ class LearnConfig:
     eval_overrides: list = field(default_factory=list)
     # Seconds the whole proof may take from its start (null: no limit). GRPO then ends, with its
     # checkpoint, at the last step that leaves time for the last evaluation and the report
-    # (mixed_r1.stop_by); every other step runs whole.
+    # (mixed_r1.stop_by); a command still running when the budget is spent is stopped, and its stacks
+    # are written to logs/<NN_step>.stacks.txt.
     time_budget_s: float | None = None
     # With time_budget_s: the seconds kept after GRPO for the last evaluation and the report, until an
     # evaluation has been timed (then 1.25 x the longest one timed, plus 10 s for the report).
@@ -273,15 +275,29 @@ def publish_checkpoint(checkpoints: Path, inside: str, link: Path, base_model: P
 
 
 class StepFailed(RuntimeError):
-    def __init__(self, number: int, step: Step, returncode: int):
-        super().__init__(f"step {number} ({step.name}) failed with exit code {returncode}: {step.describe()}")
+    def __init__(self, number: int, step: Step, returncode: int, reason: str | None = None):
+        reason = reason or f"failed with exit code {returncode}"
+        super().__init__(f"step {number} ({step.name}) {reason}: {step.describe()}")
         self.returncode = returncode
 
 
-def execute(steps: list[Step], env: dict[str, str], times_log: Path | None = None) -> None:
+def step_file_prefix(number: int, step: Step) -> str:
+    """`07_grpo_with_mixed_reward_from_the_sft`: the start of the names of a step's files in logs/."""
+    return f"{number:02d}_" + "_".join(re.findall(r"[a-z0-9]+", step.name.lower()))[:32].rstrip("_")
+
+
+def execute(
+    steps: list[Step],
+    env: dict[str, str],
+    times_log: Path | None = None,
+    deadline: float | None = None,
+    watch_dir: Path | None = None,
+) -> None:
     """Run the steps in order, skipping those already done. With `times_log`, each command that
     succeeds records its wall time there by step name, with the start of this execution; times of
-    steps not run again are kept."""
+    steps not run again are kept. A command still running at `deadline` (a Unix time) is stopped and
+    fails the execution. With `watch_dir`, each command leaves `<NN_step>.progress.log` there
+    (snapshots of its processes) and, when stopped at the deadline, `<NN_step>.stacks.txt`."""
     times = read_step_times(times_log) if times_log is not None else {}
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
     for number, step in enumerate(steps, start=1):
@@ -293,7 +309,14 @@ def execute(steps: list[Step], env: dict[str, str], times_log: Path | None = Non
             step.run()
             continue
         started = time.monotonic()
-        returncode = subprocess.run(step.command(), env={**env, **step.env}).returncode
+        limit_s = None if deadline is None else deadline - time.time()
+        if limit_s is not None and limit_s <= 0:
+            raise StepFailed(number, step, EXIT_OUT_OF_TIME, "was not started: the time budget is spent")
+        prefix = None if watch_dir is None else watch_dir / step_file_prefix(number, step)
+        returncode, _ = run_with_limit(step.command(), None, limit_s, {**env, **step.env}, watch_prefix=prefix)
+        if returncode == EXIT_OUT_OF_TIME and limit_s is not None and time.monotonic() - started >= limit_s:
+            where = "" if prefix is None else f" (where it stood: {prefix}{STACKS_SUFFIX})"
+            raise StepFailed(number, step, returncode, f"was stopped at the end of the time budget{where}")
         if returncode:
             raise StepFailed(number, step, returncode)
         if times_log is not None:
@@ -478,7 +501,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     config = parse_settings(LearnConfig, argv)
     layout = Layout(Path(config.work_dir).absolute())
-    steps = plan(config)
+    started = time.time()
+    steps = plan(config, started)
     if config.dry_run:
         for number, step in enumerate(steps, start=1):
             print(f"[{number}/{len(steps)}] {step.name}\n    {step.describe()}")
@@ -490,7 +514,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(EXIT_NEEDS_GPU)
         layout.logs.mkdir(parents=True, exist_ok=True)
         try:
-            execute(steps, {**os.environ, "MIXED_R1_LEARN_DIR": str(layout.root)}, layout.step_times)
+            deadline = None if config.time_budget_s is None else started + config.time_budget_s
+            env = {**os.environ, "MIXED_R1_LEARN_DIR": str(layout.root)}
+            execute(steps, env, layout.step_times, deadline, watch_dir=layout.logs)
         except StepFailed as failure:
             print(f"{failure}\nFix the cause and run the same command again: finished steps are skipped.", file=sys.stderr)
             sys.exit(failure.returncode)

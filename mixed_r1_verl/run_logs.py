@@ -247,17 +247,20 @@ def run_with_limit(
     cwd: Path | None = None,
     watch_prefix: Path | None = None,
 ) -> tuple[int, float | None]:
-    """Run `argv` in a session of its own with its output to the open file `log`: the exit status
+    """Run `argv` in a session of its own with its output to the open file `log` (None: this process's
+    stdout and stderr): the exit status
     (124 when its whole process tree was killed at `limit_s`) and the peak GPU memory seen. With
     `watch_prefix`, `<prefix>.progress.log` gets a snapshot of the run's processes every 15 s,
     and a run stopped at its limit first writes every Python process's stacks to `<prefix>.stacks.txt`."""
     stacks_dir = None if watch_prefix is None else watch_prefix.with_name(f"{watch_prefix.name}.stacks")
-    if stacks_dir is not None:
-        env = stack_hook_env(os.environ if env is None else env, stacks_dir)
+    if watch_prefix is not None:
+        for suffix in (PROGRESS_SUFFIX, STACKS_SUFFIX):  # from an earlier run of the same name
+            watch_prefix.with_name(f"{watch_prefix.name}{suffix}").unlink(missing_ok=True)
+        env = stack_hook_env(env or os.environ, stacks_dir)
     with _PeakGpuMemory() as memory, ExitStack() as watching:
         process = subprocess.Popen(
-            list(argv), stdout=log, stderr=subprocess.STDOUT, env=dict(env) if env else None, cwd=cwd,
-            start_new_session=True,
+            list(argv), stdout=log, stderr=None if log is None else subprocess.STDOUT,
+            env=dict(env) if env else None, cwd=cwd, start_new_session=True,
         )  # fmt: skip
         watch = None
         if watch_prefix is not None:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from mixed_r1_verl.learn import (
     learning_table,
     plan,
     publish_checkpoint,
+    step_file_prefix,
     target_checks,
     wall_time,
     write_report,
@@ -265,6 +267,19 @@ def test_without_a_gpu_the_proof_stops_before_building_anything(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr and "dry_run=true" in result.stderr
     assert not (tmp_path / "learn").exists()
+
+
+def test_a_step_still_running_when_the_budget_is_spent_is_stopped_with_its_stacks(tmp_path):
+    waiting = "import time\ndef waiting_for_vllm():\n    time.sleep(60)\nwaiting_for_vllm()"
+    steps = [Step("quick", [sys.executable, "-c", "pass"]), Step("GRPO, slow", [sys.executable, "-c", waiting])]
+    with pytest.raises(StepFailed, match=r"step 2 \(GRPO, slow\) was stopped at the end of the time budget") as failure:
+        execute(steps, env=dict(os.environ), deadline=time.time() + 4, watch_dir=tmp_path)
+    stacks = tmp_path / f"{step_file_prefix(2, steps[1])}.stacks.txt"
+    assert stacks.name == "02_grpo_slow.stacks.txt" and str(stacks) in str(failure.value)
+    assert "line 3 in waiting_for_vllm" in stacks.read_text()
+    assert not (tmp_path / "01_quick.stacks.txt").exists()
+    with pytest.raises(StepFailed, match="was not started: the time budget is spent"):
+        execute(steps, env=dict(os.environ), deadline=time.time() - 1)
 
 
 def test_a_failing_step_is_named_with_its_exit_code(tmp_path):
