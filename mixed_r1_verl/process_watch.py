@@ -6,8 +6,10 @@ of the run, written by the hook in `stack_hook/` before the run is killed. Linux
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import sysconfig
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +22,9 @@ SNAPSHOT_INTERVAL_S = 15.0
 # How long the processes get to write their stacks before the run is killed.
 STACK_DUMP_WAIT_S = 3.0
 TITLE_CHARS = 120
+SUMMARY_TITLE_CHARS = 40
+SECTION_HEADER = re.compile(r"^=== pid (\d+) \(parent \d+\): (.*)$", re.MULTILINE)
+FRAME = re.compile(r'^\s*File "(.*)", line (\d+) in (.*)$')
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -182,6 +187,46 @@ def dump_stacks(root_pid: int, stacks_dir: Path, out_path: Path, wait_s: float =
                 out.write(f"=== pid {process.pid} (parent {process.ppid}): {process.title}\n{stacks}\n\n")
     remove_stacks_dir(stacks_dir)
     return answered
+
+
+def where_processes_were(stacks: str, frames: int = 3, stdlib: str | None = None) -> list[str]:
+    """Where the processes of a stacks file were: the innermost `frames` frames, past the standard
+    library's, of the thread that answered the signal (the main thread); one line per place, naming the
+    processes there (by title, and pid when alone)."""
+    stdlib = stdlib or sysconfig.get_paths()["stdlib"]
+    headers = list(SECTION_HEADER.finditer(stacks))
+    places: dict[str, list[tuple[str, str]]] = {}
+    for header, following in zip(headers, [*headers[1:], None]):
+        body = stacks[header.end() : following.start() if following else len(stacks)]
+        threads = re.split(r"\n\s*\n", body.strip())
+        answering = next((thread for thread in threads if thread.startswith("Current thread")), threads[0])
+        calls = [call for call in map(FRAME.match, answering.splitlines()[1:]) if call]
+        own = [call for call in calls if not call[1].startswith(stdlib)] or calls
+        where = " < ".join(f"{short_path(call[1])}:{call[2]} {call[3]}" for call in own[:frames])
+        places.setdefault(where or "no Python frame", []).append((header[1], short_title(header[2])))
+    lines = []
+    for where, processes in places.items():
+        if len(processes) == 1:
+            (pid, title), = processes
+            lines.append(f"{title} (pid {pid}): {where}")
+        else:
+            titles = ", ".join(dict.fromkeys(title for _, title in processes))
+            lines.append(f"{len(processes)} processes ({titles}): {where}")
+    return lines
+
+
+def short_title(title: str) -> str:
+    """A process title with file paths cut to their names: `python run_on_cpu.py grpo ...`."""
+    words = [Path(word).name if "/" in word and "=" not in word else word for word in title.split()]
+    return " ".join(words)[:SUMMARY_TITLE_CHARS]
+
+
+def short_path(path: str) -> str:
+    """A source path from the package on: `verl/trainer/main_ppo.py` for .../site-packages/verl/..."""
+    for marker in ("site-packages/", "dist-packages/"):
+        if marker in path:
+            return path.rsplit(marker, 1)[1]
+    return "/".join(Path(path).parts[-3:])
 
 
 def _wait_until_written(stacks_dir: Path, wait_s: float) -> None:

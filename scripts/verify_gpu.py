@@ -36,7 +36,7 @@ from xml.etree import ElementTree
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mixed_r1_verl.process_watch import last_snapshot  # noqa: E402
+from mixed_r1_verl.process_watch import last_snapshot, where_processes_were  # noqa: E402
 from mixed_r1_verl.run_logs import (  # noqa: E402
     DEADLINE_ENV,
     EXIT_OUT_OF_TIME,
@@ -201,8 +201,8 @@ def runs_table(logs_dir: Path) -> list[str]:
 
 
 def stopped_runs(logs_dir: Path) -> list[str]:
-    """For each run stopped at its limit: its last process snapshot (busiest first) and where the
-    stacks of its Python processes are."""
+    """For each run stopped at its limit: its last process snapshot (busiest first) and where its
+    Python processes were, from their stacks."""
     lines = []
     for record_path in sorted(logs_dir.glob("*.json")):
         progress = record_path.with_name(record_path.stem + PROGRESS_SUFFIX)
@@ -211,7 +211,8 @@ def stopped_runs(logs_dir: Path) -> list[str]:
         lines += [f"### {record_path.stem}", "", "```", last_snapshot(progress.read_text()), "```", ""]
         stacks = record_path.with_name(record_path.stem + STACKS_SUFFIX)
         if stacks.is_file():
-            lines += [f"Stacks of its Python processes: `logs/{stacks.name}`.", ""]
+            where = where_processes_were(stacks.read_text(errors="replace"))
+            lines += [f"Where its Python processes were (`logs/{stacks.name}`):", "", "```", *where, "```", ""]
     return ["## Where runs stood when stopped", "", *lines] if lines else []
 
 

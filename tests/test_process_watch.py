@@ -8,7 +8,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from mixed_r1_verl.process_watch import is_running, process_tree, read_process
+from mixed_r1_verl.process_watch import is_running, process_tree, read_process, where_processes_were
 from mixed_r1_verl.run_logs import EXIT_OUT_OF_TIME, run_logged, run_with_limit
 
 PARENT_WITH_A_CHILD = textwrap.dedent(
@@ -50,6 +50,10 @@ def test_a_run_stopped_at_its_limit_leaves_every_process_stacks_and_its_process_
     assert " in waiting_in_the_parent\n" in parent and " in waiting_in_the_child\n" not in parent
     assert child.startswith(f"{child_pid} ") and " in waiting_in_the_child\n" in child
     assert "most recent call first" in child
+    where = where_processes_were(stacks)
+    assert len(where) == 2
+    assert any(line.endswith("<string>:2 waiting_in_the_child < <string>:3 <module>") for line in where), where
+    assert any("<string>:6 waiting_in_the_parent < <string>:11 <module>" in line for line in where), where
     progress = (tmp_path / "run.progress.log").read_text()
     assert progress.startswith("[+") and "2 processes" in progress
     assert f"  {child_pid} " in progress and "waiting_in_the_child" in progress
@@ -101,6 +105,8 @@ def test_the_stacks_of_ray_actors_name_the_method_they_are_in(tmp_path):
     actor = next(section for section in stacks.split("=== pid ") if section.startswith(f"{actor_pid} "))
     assert "ray::Holder.hold_the_line" in actor.splitlines()[0] and " in hold_the_line\n" in actor
     assert "ray::Holder.hold_the_line" in (tmp_path / "ray.progress.log").read_text()
+    where = where_processes_were(stacks)
+    assert any(line.startswith(f"ray::Holder.hold_the_line (pid {actor_pid}): <string>:") for line in where), where
     assert not is_running(actor_pid)
 
 
@@ -128,3 +134,20 @@ def test_the_process_tree_holds_a_process_and_its_descendants_only():
     finally:
         child.kill()
         child.wait()
+
+
+def test_processes_stopped_at_the_same_place_share_one_line(tmp_path):
+    twins = textwrap.dedent(
+        """
+        import subprocess, sys
+        TWIN = "def twin():\\n import time; time.sleep(600)\\ntwin()"
+        twins = [subprocess.Popen([sys.executable, "-c", TWIN]) for _ in range(2)]
+        twins[0].wait()
+        """
+    )
+    with open(tmp_path / "twins.log", "w") as log:
+        run_with_limit([sys.executable, "-c", twins], log, 5, watch_prefix=tmp_path / "twins")
+    where = where_processes_were((tmp_path / "twins.stacks.txt").read_text())
+    assert len(where) == 2, where
+    shared = next(line for line in where if line.startswith("2 processes ("))
+    assert "def twin():" in shared and shared.endswith("): <string>:2 twin < <string>:3 <module>")

@@ -137,4 +137,5 @@ def test_the_report_shows_where_a_run_stopped_at_the_deadline_stood(verify, tmp_
     snapshot = section.split("### stuck", 1)[1]
     assert "1 processes, GPU memory in use:" in snapshot and "def waiting_for_the_first_batch()" in snapshot
     assert "`logs/stuck.stacks.txt`" in snapshot
+    assert "(pid " in snapshot and ": <string>:3 waiting_for_the_first_batch < <string>:4 <module>" in snapshot
     assert "line 3 in waiting_for_the_first_batch" in (logs / "stuck.stacks.txt").read_text()
