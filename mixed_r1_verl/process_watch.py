@@ -170,18 +170,20 @@ def dump_stacks(root_pid: int, stacks_dir: Path, out_path: Path, wait_s: float =
     """Ask every hooked process of the tree under `root_pid` for its stacks and gather them, each under
     its pid and title, into `out_path`; `stacks_dir` is removed. Returns how many processes answered."""
     running = {process.pid: process for process in process_tree(root_pid)}
-    # Only a process that loaded the hook has a file here; SIGUSR1 would end any other one.
     hooked = sorted(running[int(path.stem)] for path in stacks_dir.glob("*.txt") if int(path.stem) in running)
+    # Only a process still running the interpreter that loaded the hook may get SIGUSR1: it ends any other.
+    hooked = [process for process in hooked if _hook_interpreter(stacks_dir, process.pid) == _executable(process.pid)]
+    written = {process.pid: _size(stacks_dir / f"{process.pid}.txt") for process in hooked}
     for process in hooked:
         try:
             os.kill(process.pid, signal.SIGUSR1)
         except ProcessLookupError:
             pass
-    _wait_until_written(stacks_dir, wait_s)
+    _wait_until_written(stacks_dir, written, wait_s)
     answered = 0
     with open(out_path, "w") as out:
         for process in hooked:
-            stacks = (stacks_dir / f"{process.pid}.txt").read_text(errors="replace").strip()
+            stacks = (stacks_dir / f"{process.pid}.txt").read_text(errors="replace").partition("\n")[2].strip()
             if stacks:
                 answered += 1
                 out.write(f"=== pid {process.pid} (parent {process.ppid}): {process.title}\n{stacks}\n\n")
@@ -229,15 +231,37 @@ def short_path(path: str) -> str:
     return "/".join(Path(path).parts[-3:])
 
 
-def _wait_until_written(stacks_dir: Path, wait_s: float) -> None:
-    """Until the files stop growing (checked every 0.5 s), at most `wait_s`."""
-    deadline, sizes = time.monotonic() + wait_s, None
+def _hook_interpreter(stacks_dir: Path, pid: int) -> str | None:
+    try:
+        return (stacks_dir / f"{pid}.txt").read_text(errors="replace").partition("\n")[0]
+    except OSError:
+        return None
+
+
+def _executable(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def _wait_until_written(stacks_dir: Path, sizes_before: dict[int, int], wait_s: float) -> None:
+    """Until every signalled process's file has grown and stopped growing (checked every 0.2 s), at
+    most `wait_s`."""
+    deadline, last = time.monotonic() + wait_s, None
     while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = {path.name: path.stat().st_size for path in stacks_dir.glob("*.txt")}
-        if now == sizes and any(now.values()):
+        time.sleep(0.2)
+        sizes = {pid: _size(stacks_dir / f"{pid}.txt") for pid in sizes_before}
+        if sizes == last and all(sizes[pid] > before for pid, before in sizes_before.items()):
             return
-        sizes = now
+        last = sizes
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def remove_stacks_dir(stacks_dir: Path) -> None:

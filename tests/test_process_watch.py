@@ -8,7 +8,16 @@ import textwrap
 import time
 from pathlib import Path
 
-from mixed_r1_verl.process_watch import is_running, process_tree, read_process, where_processes_were
+from mixed_r1_verl.process_watch import (
+    ProcessWatch,
+    dump_stacks,
+    is_running,
+    kill_tree,
+    process_tree,
+    read_process,
+    stack_hook_env,
+    where_processes_were,
+)
 from mixed_r1_verl.run_logs import EXIT_OUT_OF_TIME, run_logged, run_with_limit
 
 PARENT_WITH_A_CHILD = textwrap.dedent(
@@ -94,13 +103,20 @@ def test_the_stacks_of_ray_actors_name_the_method_they_are_in(tmp_path):
         ray.get(Holder.remote().hold_the_line.remote())
         """
     )
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # The pieces run_with_limit uses at its limit, called once the actor is in its method: a fixed
+    # limit would have to allow for a slow Ray start-up on a loaded machine.
+    env = stack_hook_env({**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, tmp_path / "ray.stacks")
     with open(tmp_path / "ray.log", "w") as log:
-        returncode, _ = run_with_limit(
-            [sys.executable, "-c", script], log, 20, env, watch_prefix=tmp_path / "ray"
+        driver = subprocess.Popen(
+            [sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    assert returncode == EXIT_OUT_OF_TIME, (tmp_path / "ray.log").read_text()[-3000:]
-    actor_pid = int(wait_for(tmp_path / "actor.pid"))
+    try:
+        actor_pid = int(wait_for(tmp_path / "actor.pid", timeout_s=180))
+        ProcessWatch(driver.pid, tmp_path / "ray.progress.log", lambda: None).snapshot()
+        dump_stacks(driver.pid, tmp_path / "ray.stacks", tmp_path / "ray.stacks.txt")
+    finally:
+        kill_tree(driver.pid)
+        driver.wait()
     stacks = (tmp_path / "ray.stacks.txt").read_text()
     actor = next(section for section in stacks.split("=== pid ") if section.startswith(f"{actor_pid} "))
     assert "ray::Holder.hold_the_line" in actor.splitlines()[0] and " in hold_the_line\n" in actor
@@ -151,3 +167,22 @@ def test_processes_stopped_at_the_same_place_share_one_line(tmp_path):
     assert len(where) == 2, where
     shared = next(line for line in where if line.startswith("2 processes ("))
     assert "def twin():" in shared and shared.endswith("): <string>:2 twin < <string>:3 <module>")
+
+
+def test_a_forked_child_that_runs_another_program_is_not_signalled(tmp_path):
+    """A fork (here with preexec_fn) arms the hook in the child before it execs a non-Python program,
+    whose default action on SIGUSR1 would be to end."""
+    marker = tmp_path / "signalled"
+    shell = f"trap 'echo signalled > {marker}' USR1; while true; do sleep 0.1; done"
+    parent = textwrap.dedent(
+        f"""
+        import subprocess, time
+        subprocess.Popen(["sh", "-c", {shell!r}], preexec_fn=lambda: None)
+        time.sleep(60)
+        """
+    )
+    with open(tmp_path / "fork.log", "w") as log:
+        run_with_limit([sys.executable, "-c", parent], log, 4, watch_prefix=tmp_path / "fork")
+    assert not marker.exists()
+    stacks = (tmp_path / "fork.stacks.txt").read_text()
+    assert stacks.count("=== pid ") == 1 and 'File "<string>", line 4 in <module>' in stacks

@@ -1,8 +1,9 @@
 """Loaded at start-up by every Python process of a run that `mixed_r1_verl.process_watch` watches (this
 folder comes first on the run's PYTHONPATH): on SIGUSR1 the process writes the stacks of all its
-threads to `$MIXED_R1_STACKS_DIR/<pid>.txt`. faulthandler answers the signal from C, so a process
-blocked in a CUDA call, a lock or a socket answers too. Standard library only; a failure here never
-stops the process. The sitecustomize module this one hides, if there is one, runs after it."""
+threads to `$MIXED_R1_STACKS_DIR/<pid>.txt`, after a first line naming the interpreter. faulthandler
+answers the signal from C, so a process blocked in a CUDA call, a lock or a socket answers too.
+Standard library only; a failure here never stops the process. The sitecustomize module this one
+hides, if there is one, runs after it."""
 
 import faulthandler
 import importlib.util
@@ -22,6 +23,9 @@ def _arm() -> None:
         return
     try:
         stack_file = open(os.path.join(stacks_dir, f"{os.getpid()}.txt"), "w")
+        # The interpreter, so that a forked child that then exec'd another program is never signalled.
+        stack_file.write(os.readlink("/proc/self/exe") + "\n")
+        stack_file.flush()
         faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True, chain=False)
     except (OSError, RuntimeError, ValueError):
         return
