@@ -1,6 +1,6 @@
 """Where a long run stands, read from the processes themselves: a progress log of the run's process
 tree (each process's title, which for a Ray actor names the method it is in, its CPU use and memory,
-and the GPU memory in use) every few seconds, and at the time limit the Python stacks of every process
+and the GPU memory in use) every 15 s, and at the time limit the Python stacks of every process
 of the run, written by the hook in `stack_hook/` before the run is killed. Linux only (/proc)."""
 
 from __future__ import annotations
@@ -39,15 +39,27 @@ class ProcessInfo:
     rss_mib: float
 
 
-def read_process(pid: int) -> ProcessInfo | None:
-    """One process from /proc, or None once it is gone."""
+def read_stat(pid: int) -> tuple[str, list[str]] | None:
+    """The command name and the fields after it (state, ppid, ...) of /proc/<pid>/stat, or None once
+    the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
     # The command name in parentheses may hold spaces and parentheses itself.
-    name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+    return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+
+
+def read_process(pid: int) -> ProcessInfo | None:
+    """One process from /proc, or None once it is gone."""
+    stat = read_stat(pid)
+    if stat is None:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    name, fields = stat
     title = " ".join(cmdline.decode(errors="replace").replace("\0", " ").split()) or f"[{name}]"
     return ProcessInfo(
         pid=pid,
@@ -286,8 +298,5 @@ def kill_tree(root_pid: int, wait_s: float = 10.0) -> None:
 
 def is_running(pid: int) -> bool:
     """Whether `pid` is a process that has not exited (a zombie has)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+    stat = read_stat(pid)
+    return stat is not None and stat[1][0] != "Z"
