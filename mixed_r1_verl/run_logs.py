@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -203,11 +202,9 @@ def run_logged(
     if reuse and left is not None and earlier is not None and earlier.get("out_of_time") and earlier["seconds"] > left:
         # Nothing is rerun or overwritten: the earlier log is what there is to read.
         return LoggedRun(name, EXIT_OUT_OF_TIME, log_path, 0.0, None, out_of_time=True)
-    for suffix in ATTEMPT_SUFFIXES:
-        path, previous = log_dir / f"{name}{suffix}", log_dir / f"{name}.previous{suffix}"
-        if earlier is None:
-            path.unlink(missing_ok=True)  # left by an attempt that wrote no record
-        else:
+    if earlier is not None:
+        for suffix in ATTEMPT_SUFFIXES:
+            path, previous = log_dir / f"{name}{suffix}", log_dir / f"{name}.previous{suffix}"
             previous.unlink(missing_ok=True)
             if path.is_file():
                 path.replace(previous)
@@ -248,10 +245,10 @@ def run_with_limit(
     watch_prefix: Path | None = None,
 ) -> tuple[int, float | None]:
     """Run `argv` in a session of its own with its output to the open file `log` (None: this process's
-    stdout and stderr): the exit status
-    (124 when its whole process tree was killed at `limit_s`) and the peak GPU memory seen. With
-    `watch_prefix`, `<prefix>.progress.log` gets a snapshot of the run's processes every 15 s,
-    and a run stopped at its limit first writes every Python process's stacks to `<prefix>.stacks.txt`."""
+    stdout and stderr): the exit status (124 when its whole process tree was killed at `limit_s`) and
+    the peak GPU memory seen. With `watch_prefix`, `<prefix>.progress.log` gets a snapshot of the run's
+    processes every 15 s, and a run stopped at its limit first writes every Python process's stacks to
+    `<prefix>.stacks.txt`; both files of an earlier run of the same prefix are removed first."""
     stacks_dir = None if watch_prefix is None else watch_prefix.with_name(f"{watch_prefix.name}.stacks")
     if watch_prefix is not None:
         for suffix in (PROGRESS_SUFFIX, STACKS_SUFFIX):  # from an earlier run of the same name
