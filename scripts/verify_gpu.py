@@ -20,7 +20,6 @@ checkpoints). Exit status 1 when a piece failed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -46,6 +45,7 @@ from mixed_r1_verl.run_logs import (  # noqa: E402
     checks_out_dir,
     last_console_step,
     nvidia_smi_query,
+    run_record,
     run_with_limit,
 )
 
@@ -185,7 +185,7 @@ def runs_table(logs_dir: Path) -> list[str]:
     """One row per logged run of the suite and the figures: exit status, seconds, peak GPU memory."""
     rows = []
     for record_path in sorted(logs_dir.glob("*.json")):
-        record = json.loads(record_path.read_text())
+        record = run_record(record_path.stem, logs_dir)
         peak = record.get("peak_gpu_memory_mib")
         status = "stopped at the deadline" if record.get("out_of_time") else f"exit {record['returncode']}"
         log_path = record_path.with_suffix(".log")
@@ -206,7 +206,7 @@ def stopped_runs(logs_dir: Path) -> list[str]:
     lines = []
     for record_path in sorted(logs_dir.glob("*.json")):
         progress = record_path.with_name(record_path.stem + PROGRESS_SUFFIX)
-        if json.loads(record_path.read_text())["returncode"] != EXIT_OUT_OF_TIME or not progress.is_file():
+        if run_record(record_path.stem, logs_dir)["returncode"] != EXIT_OUT_OF_TIME or not progress.is_file():
             continue
         lines += [f"### {record_path.stem}", "", "```", last_snapshot(progress.read_text()), "```", ""]
         stacks = record_path.with_name(record_path.stem + STACKS_SUFFIX)
