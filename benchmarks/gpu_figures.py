@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_KV_CACHE_BYTES
 from mixed_r1_verl.run_logs import (
     DEADLINE_ENV,
     EXIT_OUT_OF_TIME,
@@ -101,7 +102,8 @@ def evaluation(args) -> None:
     requests = [eval_request(record) for record in eval_records(args.records)]
     started = time.perf_counter()
     model = str(checks_out_dir() / "smoke" / "tiny_qwen25vl")
-    generator = build_generator("vllm", model, SamplingSettings(max_new_tokens=args.max_new_tokens))
+    settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
+    generator = build_generator("vllm", model, settings, kv_cache_memory_bytes=TEST_SIZE_VLLM_KV_CACHE_BYTES)
     start_up = time.perf_counter() - started
     generator.generate(requests[: min(16, len(requests))])
     started = time.perf_counter()
@@ -125,7 +127,8 @@ def engine(args) -> None:
         "engine_benchmark", checks_out_dir(), "mixed_r1_verl.data.engine",
         f"input={jsonl}", f"image_root={image_root}", f"output_dir={out / 'out'}", f"model_path={model_dir}",
         "difficulty.backend=vllm", f"difficulty.model_path={model_dir}", f"difficulty.k={args.k}",
-        f"difficulty.max_new_tokens={args.max_new_tokens}", "progress=false", reuse=False,
+        f"difficulty.max_new_tokens={args.max_new_tokens}",
+        f"difficulty.vllm_kwargs.kv_cache_memory_bytes={TEST_SIZE_VLLM_KV_CACHE_BYTES}", "progress=false", reuse=False,
     )  # fmt: skip
     succeeded(run)
     report = json.loads((out / "out" / "report.json").read_text())

@@ -7,7 +7,7 @@ from transformers import AutoModelForImageTextToText, InternVLForConditionalGene
 
 from mixed_r1_verl.data.processor import InternVLImageTextProcessor, load_image_text_processor
 from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
-from mixed_r1_verl.models.tiny_qwen25vl import SIZES, build_tiny_qwen25vl, resolve_size
+from mixed_r1_verl.models.tiny_qwen25vl import SIZES, build_tiny_qwen25vl, kv_cache_bytes_per_token, resolve_size
 
 IMAGE_QUESTION = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
 
@@ -62,3 +62,14 @@ def test_the_tiny_internvl_loads_and_sees_each_image_as_tiles_of_its_tokens(tiny
         other = model(**processor(text=[text], images=[Image.new("RGB", (140, 84), "blue")], return_tensors="pt")).logits
     assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
     assert not torch.equal(logits, other), "the image reaches the model"
+
+
+@pytest.mark.parametrize("model", ["qwen25vl", "internvl"])
+def test_kv_cache_bytes_per_token_is_what_the_model_caches_per_token(model, tiny_model_dir, tiny_internvl_dir):
+    model_dir = tiny_internvl_dir if model == "internvl" else tiny_model_dir
+    loaded = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.bfloat16)
+    tokens = 5
+    with torch.no_grad():
+        cache = loaded(input_ids=torch.arange(1, tokens + 1)[None], use_cache=True).past_key_values
+    cached_bytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert kv_cache_bytes_per_token(model_dir) == cached_bytes / tokens

@@ -17,6 +17,7 @@ from mixed_r1_verl.main import (
     recipe_dir,
     register_recipes,
 )
+from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_KV_CACHE_BYTES, kv_cache_bytes_per_token
 
 RECIPES = ["internvl3_8b", "learn", "qwen25vl_32b", "qwen25vl_3b", "qwen25vl_7b", "smoke", "smoke_internvl"]
 # The learning proof trains a 27M-parameter model, which needs a larger step than the paper's.
@@ -98,6 +99,21 @@ def test_smoke_recipe_runs_on_one_gpu_and_checkpoints_midway():
     assert model.path == f"{work_dir}/tiny_qwen25vl"
     assert config.mixed_r1.data_dir == f"{work_dir}/data"
     assert config.reward.reward_kwargs.embedding_model == model.path
+
+
+@pytest.mark.parametrize("recipe", ["smoke", "smoke_internvl"])
+def test_smoke_recipes_give_vllm_a_kv_cache_that_holds_many_steps_of_their_tiny_model(
+    recipe, tiny_model_dir, tiny_internvl_dir
+):
+    config = compose_recipe(recipe)
+    budget = config.actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes
+    assert budget == TEST_SIZE_VLLM_KV_CACHE_BYTES
+    model_dir = tiny_internvl_dir if recipe == "smoke_internvl" else tiny_model_dir
+    step_tokens = (
+        config.data.train_batch_size * config.actor_rollout_ref.rollout.n
+        * (config.data.max_prompt_length + config.data.max_response_length)
+    )  # fmt: skip
+    assert budget >= 100 * step_tokens * kv_cache_bytes_per_token(model_dir)
 
 
 def test_the_internvl_smoke_recipe_is_the_smoke_recipe_on_its_own_model_data_and_checkpoints(monkeypatch, tmp_path):

@@ -38,6 +38,9 @@ READ_BY_VERL = {
     "data.custom_cls.name": "utils/dataset/rl_dataset.py get_dataset_class",
     "actor_rollout_ref.model.override_config.attn_implementation": "workers/config/model.py HFModelConfig",
     "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": "workers/engine_workers.py pops it for the ref",
+    "actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes": (
+        "workers/rollout/vllm_rollout/vllm_async_server.py passes engine_kwargs.vllm to vLLM's server arguments"
+    ),
     "trainer.v1.trainer_mode": "trainer/main_ppo.py TaskRunnerV1 picks the trainer",
     "trainer.v1.sampler.custom_sampler.path": "trainer/ppo/v1/trainer_base.py load_extern_type",
     "trainer.v1.sampler.custom_sampler.name": "trainer/ppo/v1/trainer_base.py load_extern_type",

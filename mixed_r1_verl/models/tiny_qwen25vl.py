@@ -115,6 +115,20 @@ class TinySize:
         return sorted({i for i in range(3, self.vision_depth, 4)} | {self.vision_depth - 1})
 
 
+# vLLM's KV pool for the `test` size (`kv_cache_memory_bytes`): its cache takes 256 bytes a token, so
+# 1 GiB holds 4M tokens, over 100 smoke steps. A pool sized by gpu_memory_utilization alone is tens of
+# millions of 16-token blocks on a large GPU, and vLLM builds one Python object per block: about a
+# second per million at every engine start, and a pass over all of them at every prefix-cache reset.
+TEST_SIZE_VLLM_KV_CACHE_BYTES = 1 << 30
+
+
+def kv_cache_bytes_per_token(model_dir: str | os.PathLike) -> int:
+    """Bytes of bf16 keys and values a token takes in every text layer of a checkpoint, from its config."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    text = config.get("text_config") or config.get("llm_config") or config
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    return 2 * 2 * text["num_hidden_layers"] * text["num_key_value_heads"] * head_dim
+
 SIZES = {
     # Tests: builds in about a second on a CPU.
     "test": TinySize(),
