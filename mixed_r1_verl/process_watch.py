@@ -1,7 +1,8 @@
 """Where a long run stands, read from the processes themselves: a progress log of the run's process
 tree (each process's title, which for a Ray actor names the method it is in, its CPU use and memory,
-and the GPU memory in use) every 15 s, and at the time limit the Python stacks of every process
-of the run, written by the hook in `stack_hook/` before the run is killed. Linux only (/proc)."""
+the GPU memory in use, and how far the run's output had got) every 5 s, and at the time limit the
+Python stacks of every process of the run, written by the hook in `stack_hook/` before the run is
+killed. Linux only (/proc)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 STACK_HOOK_DIR = Path(__file__).resolve().parent / "stack_hook"
 STACKS_DIR_ENV = "MIXED_R1_STACKS_DIR"
-SNAPSHOT_INTERVAL_S = 15.0
+SNAPSHOT_INTERVAL_S = 5.0
 # How long the processes get to write their stacks before the run is killed.
 STACK_DUMP_WAIT_S = 3.0
 TITLE_CHARS = 120
@@ -99,16 +100,19 @@ def format_snapshot(
     earlier: Mapping[int, ProcessInfo],
     interval_s: float,
     gpu_memory_mib: float | None,
+    output_lines: int | None = None,
 ) -> str:
-    """One block of the progress log; CPU % is over the last interval (since start for a new process)."""
+    """One block of the progress log; CPU % is over the last interval (since start for a new process).
+    `output_lines`, the lines of the run's output so far, places each output line within an interval."""
     gpu = "-" if gpu_memory_mib is None else f"{gpu_memory_mib:.0f} MiB"
+    output = "" if output_lines is None else f", output lines: {output_lines}"
     rows = []
     for process in processes:
         before = earlier.get(process.pid)
         used_s = process.cpu_s - (before.cpu_s if before else 0.0)
         rows.append((100 * used_s / max(interval_s, 1e-9), process))
     rows.sort(key=lambda row: (-row[0], row[1].pid))
-    lines = [f"[+{elapsed_s:.0f} s] {len(rows)} processes, GPU memory in use: {gpu}"]
+    lines = [f"[+{elapsed_s:.0f} s] {len(rows)} processes, GPU memory in use: {gpu}{output}"]
     lines += [f"  {'pid':>7} {'ppid':>7} {'cpu%':>6} {'rss MiB':>8}  process"]
     lines += [f"  {p.pid:>7} {p.ppid:>7} {cpu:>6.0f} {p.rss_mib:>8.0f}  {p.title}" for cpu, p in rows]
     return "\n".join(lines) + "\n"
@@ -126,7 +130,8 @@ def last_snapshot(progress: str, max_processes: int = 12) -> str:
 
 class ProcessWatch:
     """Appends a snapshot of the process tree under `root_pid` to `progress_path` every `interval_s`
-    until `stop()`, and one more on each `snapshot()`."""
+    until `stop()`, and one more on each `snapshot()`; with `output_path` (the file the run writes its
+    output to), each snapshot also says how many lines of it were written by then."""
 
     def __init__(
         self,
@@ -134,9 +139,11 @@ class ProcessWatch:
         progress_path: Path,
         gpu_memory: Callable[[], float | None],
         interval_s: float = SNAPSHOT_INTERVAL_S,
+        output_path: Path | None = None,
     ):
         self.root_pid, self.progress_path, self.gpu_memory = root_pid, progress_path, gpu_memory
-        self.interval_s = interval_s
+        self.interval_s, self.output_path = interval_s, output_path
+        self._output_read, self._output_lines = 0, 0
         self._started = self._last_time = time.monotonic()
         self._last: dict[int, ProcessInfo] = {}
         self._lock = threading.Lock()
@@ -148,11 +155,22 @@ class ProcessWatch:
             now = time.monotonic()
             processes = process_tree(self.root_pid)
             block = format_snapshot(
-                now - self._started, processes, self._last, now - self._last_time, self.gpu_memory()
-            )
+                now - self._started, processes, self._last, now - self._last_time, self.gpu_memory(),
+                self._count_output_lines(),
+            )  # fmt: skip
             with open(self.progress_path, "a") as progress:
                 progress.write(block)
             self._last, self._last_time = {process.pid: process for process in processes}, now
+
+    def _count_output_lines(self) -> int | None:
+        if self.output_path is None:
+            return None
+        with open(self.output_path, "rb") as output:
+            output.seek(self._output_read)
+            written = output.read()
+        self._output_read += len(written)
+        self._output_lines += written.count(b"\n")
+        return self._output_lines
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -247,7 +247,7 @@ def run_with_limit(
     """Run `argv` in a session of its own with its output to the open file `log` (None: this process's
     stdout and stderr): the exit status (124 when its whole process tree was killed at `limit_s`) and
     the peak GPU memory seen. With `watch_prefix`, `<prefix>.progress.log` gets a snapshot of the run's
-    processes every 15 s, and a run stopped at its limit first writes every Python process's stacks to
+    processes every 5 s (with the lines of `log` written by then), and a run stopped at its limit first writes every Python process's stacks to
     `<prefix>.stacks.txt`; both files of an earlier run of the same prefix are removed first."""
     stacks_dir = None if watch_prefix is None else watch_prefix.with_name(f"{watch_prefix.name}.stacks")
     if watch_prefix is not None:
@@ -262,7 +262,11 @@ def run_with_limit(
         watch = None
         if watch_prefix is not None:
             progress = watch_prefix.with_name(f"{watch_prefix.name}{PROGRESS_SUFFIX}")
-            watch = watching.enter_context(ProcessWatch(process.pid, progress, lambda: memory.latest))
+            named = Path(str(getattr(log, "name", "")))
+            output = named if log is not None and named.is_file() else None
+            watch = watching.enter_context(
+                ProcessWatch(process.pid, progress, lambda: memory.latest, output_path=output)
+            )
             watching.callback(remove_stacks_dir, stacks_dir)
         try:
             returncode = process.wait(timeout=limit_s)

@@ -31,6 +31,7 @@ PARENT_WITH_A_CHILD = textwrap.dedent(
     # A session of its own: the child is outside the run's process group.
     child = subprocess.Popen([sys.executable, "-c", CHILD], start_new_session=True)
     open(sys.argv[1], "w").write(str(child.pid))
+    print("started the child", flush=True)
     waiting_in_the_parent(child)
     """
 )
@@ -62,9 +63,11 @@ def test_a_run_stopped_at_its_limit_leaves_every_process_stacks_and_its_process_
     where = where_processes_were(stacks)
     assert len(where) == 2
     assert any(line.endswith("<string>:2 waiting_in_the_child < <string>:3 <module>") for line in where), where
-    assert any("<string>:6 waiting_in_the_parent < <string>:11 <module>" in line for line in where), where
+    assert any("<string>:6 waiting_in_the_parent < <string>:12 <module>" in line for line in where), where
     progress = (tmp_path / "run.progress.log").read_text()
     assert progress.startswith("[+") and "2 processes" in progress
+    last_header = [line for line in progress.splitlines() if line.startswith("[+")][-1]
+    assert last_header.endswith(", output lines: 1"), progress
     assert f"  {child_pid} " in progress and "waiting_in_the_child" in progress
     assert not is_running(child_pid), "the child outside the process group outlived the run"
     assert not (tmp_path / "run.stacks").exists()
@@ -138,6 +141,20 @@ def test_a_rerun_keeps_the_earlier_attempts_stacks_and_drops_older_ones(tmp_path
     assert not (logs / "job.stacks.txt").exists()
     run_logged("job", [sys.executable, "-c", "pass"], logs)
     assert not (logs / "job.previous.stacks.txt").exists() and (logs / "job.previous.json").is_file()
+
+
+def test_each_snapshot_says_how_many_lines_of_the_output_were_written_by_then(tmp_path):
+    output, progress = tmp_path / "run.log", tmp_path / "run.progress.log"
+    output.write_text("first\nsecond\n")
+    watch = ProcessWatch(os.getpid(), progress, lambda: 512.0, output_path=output)
+    watch.snapshot()
+    with open(output, "a") as log:
+        log.write("third\nfourth\nfif")
+    watch.snapshot()
+    headers = [line for line in progress.read_text().splitlines() if line.startswith("[+")]
+    assert [header.split(", ", 1)[1] for header in headers] == [
+        "GPU memory in use: 512 MiB, output lines: 2", "GPU memory in use: 512 MiB, output lines: 4"
+    ]
 
 
 def test_the_process_tree_holds_a_process_and_its_descendants_only():
