@@ -38,6 +38,42 @@ class ProcessInfo:
     title: str
     cpu_s: float
     rss_mib: float
+    # R running, S sleeping, D waiting on the disk (uninterruptible), Z exited, ...
+    state: str
+
+
+@dataclass(frozen=True)
+class HostSample:
+    """The machine's CPU time counters (/proc/stat, in clock ticks) and memory (/proc/meminfo, KiB)."""
+
+    cpu_ticks: tuple[int, ...]
+    memory_kib: dict[str, int]
+
+    @classmethod
+    def read(cls) -> HostSample:
+        cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        memory = {}
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            name, value = line.split(":", 1)
+            memory[name] = int(value.split()[0])
+        return cls(tuple(int(ticks) for ticks in cpu), memory)
+
+
+def host_line(before: HostSample, now: HostSample) -> str:
+    """What the machine did between two samples: CPU busy, waiting on the disk, and taken by the
+    hypervisor (steal, on a virtual machine) as shares of all its CPUs; memory available and cached."""
+    # user nice system idle iowait irq softirq steal (guest time is counted in user already)
+    delta = [b - a for a, b in zip(before.cpu_ticks[:8], now.cpu_ticks[:8])]
+    total = max(sum(delta), 1)
+    idle, iowait, steal = delta[3], delta[4], delta[7]
+    busy = total - idle - iowait - steal
+    gib = 2**20
+    return (
+        f"  host: cpu {100 * busy / total:.0f}% busy, {100 * iowait / total:.0f}% iowait, "
+        f"{100 * steal / total:.0f}% steal of {os.cpu_count()} CPUs; memory "
+        f"{now.memory_kib.get('MemAvailable', 0) / gib:.1f} of {now.memory_kib.get('MemTotal', 0) / gib:.1f} GiB "
+        f"available, {now.memory_kib.get('Cached', 0) / gib:.1f} GiB cached"
+    )
 
 
 def read_stat(pid: int) -> tuple[str, list[str]] | None:
@@ -69,6 +105,7 @@ def read_process(pid: int) -> ProcessInfo | None:
         title=title[:TITLE_CHARS],
         cpu_s=(int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
         rss_mib=int(fields[21]) * _PAGE_BYTES / 2**20,
+        state=fields[0],
     )
 
 
@@ -101,9 +138,11 @@ def format_snapshot(
     interval_s: float,
     gpu_memory_mib: float | None,
     output_lines: int | None = None,
+    host: str | None = None,
 ) -> str:
     """One block of the progress log; CPU % is over the last interval (since start for a new process).
-    `output_lines`, the lines of the run's output so far, places each output line within an interval."""
+    `output_lines`, the lines of the run's output so far, places each output line within an interval;
+    `host` is a `host_line` over the same interval."""
     gpu = "-" if gpu_memory_mib is None else f"{gpu_memory_mib:.0f} MiB"
     output = "" if output_lines is None else f", output lines: {output_lines}"
     rows = []
@@ -113,8 +152,9 @@ def format_snapshot(
         rows.append((100 * used_s / max(interval_s, 1e-9), process))
     rows.sort(key=lambda row: (-row[0], row[1].pid))
     lines = [f"[+{elapsed_s:.0f} s] {len(rows)} processes, GPU memory in use: {gpu}{output}"]
-    lines += [f"  {'pid':>7} {'ppid':>7} {'cpu%':>6} {'rss MiB':>8}  process"]
-    lines += [f"  {p.pid:>7} {p.ppid:>7} {cpu:>6.0f} {p.rss_mib:>8.0f}  {p.title}" for cpu, p in rows]
+    lines += [host] if host else []
+    lines += [f"  {'pid':>7} {'ppid':>7} {'st':>2} {'cpu%':>6} {'rss MiB':>8}  process"]
+    lines += [f"  {p.pid:>7} {p.ppid:>7} {p.state:>2} {cpu:>6.0f} {p.rss_mib:>8.0f}  {p.title}" for cpu, p in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -124,8 +164,9 @@ def last_snapshot(progress: str, max_processes: int = 12) -> str:
     if not blocks:
         return ""
     lines = ("[+" + blocks[-1].removeprefix("[+")).splitlines()
-    hidden = len(lines) - 2 - max_processes
-    return "\n".join(lines[: 2 + max_processes] + ([f"  ... {hidden} more"] if hidden > 0 else []))
+    first_row = next((i + 1 for i, line in enumerate(lines) if line.split()[:2] == ["pid", "ppid"]), len(lines))
+    hidden = len(lines) - first_row - max_processes
+    return "\n".join(lines[: first_row + max_processes] + ([f"  ... {hidden} more"] if hidden > 0 else []))
 
 
 class ProcessWatch:
@@ -144,6 +185,7 @@ class ProcessWatch:
         self.root_pid, self.progress_path, self.gpu_memory = root_pid, progress_path, gpu_memory
         self.interval_s, self.output_path = interval_s, output_path
         self._output_read, self._output_lines = 0, 0
+        self._host = HostSample.read()
         self._started = self._last_time = time.monotonic()
         self._last: dict[int, ProcessInfo] = {}
         self._lock = threading.Lock()
@@ -152,12 +194,13 @@ class ProcessWatch:
 
     def snapshot(self) -> None:
         with self._lock:
-            now = time.monotonic()
+            now, host = time.monotonic(), HostSample.read()
             processes = process_tree(self.root_pid)
             block = format_snapshot(
                 now - self._started, processes, self._last, now - self._last_time, self.gpu_memory(),
-                self._count_output_lines(),
+                self._count_output_lines(), host_line(self._host, host),
             )  # fmt: skip
+            self._host = host
             with open(self.progress_path, "a") as progress:
                 progress.write(block)
             self._last, self._last_time = {process.pid: process for process in processes}, now

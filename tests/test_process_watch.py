@@ -2,6 +2,7 @@
 of Ray actors and of children that left its process group) and snapshots of its process tree."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from mixed_r1_verl.process_watch import (
     dump_stacks,
     is_running,
     kill_tree,
+    last_snapshot,
     process_tree,
     read_process,
     stack_hook_env,
@@ -155,6 +157,52 @@ def test_each_snapshot_says_how_many_lines_of_the_output_were_written_by_then(tm
     assert [header.split(", ", 1)[1] for header in headers] == [
         "GPU memory in use: 512 MiB, output lines: 2", "GPU memory in use: 512 MiB, output lines: 4"
     ]
+
+
+def test_each_snapshot_says_how_busy_the_machine_was_and_what_each_process_was_doing(tmp_path):
+    progress = tmp_path / "run.progress.log"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        watch = ProcessWatch(os.getpid(), progress, lambda: None)
+        busy_until = time.monotonic() + 1.0
+        while time.monotonic() < busy_until or read_process(sleeper.pid).state != "S":
+            pass
+        watch.snapshot()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    lines = progress.read_text().splitlines()
+    host = re.fullmatch(
+        r"  host: cpu (\d+)% busy, (\d+)% iowait, (\d+)% steal of (\d+) CPUs; "
+        r"memory ([\d.]+) of ([\d.]+) GiB available, ([\d.]+) GiB cached",
+        lines[1],
+    )  # fmt: skip
+    assert host, lines[1]
+    busy, iowait, steal, cpus = (int(host[i]) for i in range(1, 5))
+    assert busy * cpus >= 50, "a full second of this process's CPU time is not in the machine's busy share"
+    assert busy + iowait + steal <= 100 and cpus == os.cpu_count()
+    assert 0 < float(host[5]) <= float(host[6])
+    rows = {int(line.split()[0]): line.split()[2] for line in lines[3:]}
+    assert (rows[os.getpid()], rows[sleeper.pid]) == ("R", "S")
+
+
+def test_the_last_snapshot_keeps_its_header_and_host_lines_and_the_busiest_processes(tmp_path):
+    progress = tmp_path / "run.progress.log"
+    children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(4)]
+    try:
+        watch = ProcessWatch(os.getpid(), progress, lambda: None)
+        watch.snapshot()
+        watch.snapshot()
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    text = progress.read_text()
+    last = last_snapshot(text, max_processes=2).splitlines()
+    assert text.count("[+") == 2 and last[0].startswith("[+") and last[1].startswith("  host: cpu ")
+    assert last[2].split()[:2] == ["pid", "ppid"] and len(last) == 6
+    hidden = len(text.split("\n[+")[1].splitlines()) - 3 - 2
+    assert hidden >= 3 and last[-1] == f"  ... {hidden} more"
 
 
 def test_the_process_tree_holds_a_process_and_its_descendants_only():
