@@ -26,6 +26,7 @@ TITLE_CHARS = 120
 SUMMARY_TITLE_CHARS = 40
 SECTION_HEADER = re.compile(r"^=== pid (\d+) \(parent \d+\): (.*)$", re.MULTILINE)
 FRAME = re.compile(r'^\s*File "(.*)", line (\d+) in (.*)$')
+SNAPSHOT_OUTPUT = re.compile(r"^\[\+(\d+) s\] .*, output lines: (\d+)$", re.MULTILINE)
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -167,6 +168,16 @@ def last_snapshot(progress: str, max_processes: int = 12) -> str:
     first_row = next((i + 1 for i, line in enumerate(lines) if line.split()[:2] == ["pid", "ppid"]), len(lines))
     hidden = len(lines) - first_row - max_processes
     return "\n".join(lines[: first_row + max_processes] + ([f"  ... {hidden} more"] if hidden > 0 else []))
+
+
+def output_written_by(progress: str) -> list[tuple[int, int]]:
+    """(seconds into the run, lines of its output written by then) of each snapshot of a progress log."""
+    return [(int(match[1]), int(match[2])) for match in SNAPSHOT_OUTPUT.finditer(progress)]
+
+
+def when_written(written_by: list[tuple[int, int]], line_index: int) -> int | None:
+    """Seconds into the run of the first snapshot by which output line `line_index` (from 0) was written."""
+    return next((seconds for seconds, lines in written_by if lines > line_index), None)
 
 
 class ProcessWatch:

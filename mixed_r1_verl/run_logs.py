@@ -247,8 +247,9 @@ def run_with_limit(
     """Run `argv` in a session of its own with its output to the open file `log` (None: this process's
     stdout and stderr): the exit status (124 when its whole process tree was killed at `limit_s`) and
     the peak GPU memory seen. With `watch_prefix`, `<prefix>.progress.log` gets a snapshot of the run's
-    processes every 5 s (with the lines of `log` written by then), and a run stopped at its limit first writes every Python process's stacks to
-    `<prefix>.stacks.txt`; both files of an earlier run of the same prefix are removed first."""
+    processes every 5 s and one at its end (each with the lines of `log` written by then), and a run
+    stopped at its limit first writes every Python process's stacks to `<prefix>.stacks.txt`; both
+    files of an earlier run of the same prefix are removed first."""
     stacks_dir = None if watch_prefix is None else watch_prefix.with_name(f"{watch_prefix.name}.stacks")
     if watch_prefix is not None:
         for suffix in (PROGRESS_SUFFIX, STACKS_SUFFIX):  # from an earlier run of the same name
@@ -270,6 +271,9 @@ def run_with_limit(
             watching.callback(remove_stacks_dir, stacks_dir)
         try:
             returncode = process.wait(timeout=limit_s)
+            if watch is not None:
+                watch.stop()
+                watch.snapshot()
         except subprocess.TimeoutExpired:
             if watch is not None:
                 watch.stop()

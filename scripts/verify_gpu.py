@@ -10,8 +10,8 @@ figures honour), pieces that cannot start in time are listed as not started, and
 runs that succeeded are reused from `$MIXED_R1_GPU_OUT` (default outputs/gpu_checks).
 
 Written to `$MIXED_R1_GPU_OUT/verify/`: `report.md` (the GPU and package versions, each piece's
-outcome, the runs with seconds and peak GPU memory, where runs stopped at the deadline stood, the
-figures as printed, the failures), and per piece its output (`<piece>.log`), pytest's JUnit XML and
+outcome, the runs with seconds and peak GPU memory, when each training run reached each stage of its
+start-up, where runs stopped at the deadline stood, the figures as printed, the failures), and per piece its output (`<piece>.log`), pytest's JUnit XML and
 its process snapshots (`<piece>.progress.log`, and `<piece>.stacks.txt` when it was stopped).
 `--report-dir` gets a copy of the report, the run logs and the metrics after every piece (not the
 checkpoints). Exit status 1 when a piece failed.
@@ -35,8 +35,15 @@ from xml.etree import ElementTree
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mixed_r1_verl.process_watch import last_snapshot, where_processes_were  # noqa: E402
+from mixed_r1_verl.process_watch import (  # noqa: E402
+    SNAPSHOT_INTERVAL_S,
+    last_snapshot,
+    output_written_by,
+    when_written,
+    where_processes_were,
+)
 from mixed_r1_verl.run_logs import (  # noqa: E402
+    CONSOLE_STEP,
     DEADLINE_ENV,
     EXIT_OUT_OF_TIME,
     MIN_START_S,
@@ -53,6 +60,13 @@ from mixed_r1_verl.run_logs import (  # noqa: E402
 WIND_DOWN_S = 20.0
 PACKAGES = ("torch", "vllm", "verl", "ray", "transformers", "flash-attn")
 OUTPUT_TAIL_LINES = 15
+# Lines of a training run's output (verl 0.9.1) that mark how far its start-up had got.
+MILESTONES = (
+    ("Ray", "Started a local Ray instance"),
+    ("datasets", "train and validate dataloader initialized"),
+    ("actor and reference", "actor and ref model engine initialized"),
+    ("vLLM server", "(vLLMHttpServer pid="),
+)
 
 
 @dataclass(frozen=True)
@@ -216,6 +230,35 @@ def stopped_runs(logs_dir: Path) -> list[str]:
     return ["## Where runs stood when stopped", "", *lines] if lines else []
 
 
+def timeline(output: list[str], progress: str) -> str | None:
+    """When a run reached each milestone and its first and last training step, to within one snapshot
+    interval; None for a run that reached none."""
+    written_by = output_written_by(progress)
+    marks = [(label, next((i for i, line in enumerate(output) if text in line), None)) for label, text in MILESTONES]
+    steps = [(index, match[1]) for index, line in enumerate(output) if (match := CONSOLE_STEP.search(line))]
+    marks += [(f"step {step}", index) for index, step in dict.fromkeys([*steps[:1], *steps[-1:]])]
+    marks = [(label, index) for label, index in marks if index is not None]
+    if not marks or not written_by:
+        return None
+    parts = []
+    for label, index in marks:
+        seconds = when_written(written_by, index)
+        parts.append(f"{label} +{seconds} s" if seconds is not None else f"{label} after +{written_by[-1][0]} s")
+    return ", ".join([*parts, f"last snapshot +{written_by[-1][0]} s"])
+
+
+def timelines(logs_dir: Path) -> list[str]:
+    """One line per run that reached a milestone: when it did, from its output and progress log."""
+    lines = []
+    for progress in sorted(logs_dir.glob(f"*{PROGRESS_SUFFIX}")):
+        name = progress.name.removesuffix(PROGRESS_SUFFIX)
+        output = progress.with_name(f"{name}.log")
+        if output.is_file():
+            line = timeline(output.read_text(errors="replace").splitlines(), progress.read_text())
+            lines += [f"- {name}: {line}"] if line else []
+    return [f"## Timelines (to within {SNAPSHOT_INTERVAL_S:.0f} s)", "", *lines, ""] if lines else []
+
+
 def report(
     outcomes: list[Outcome], env_lines: list[str], budget_s: float | None, elapsed_s: float, logs_dir: Path
 ) -> str:
@@ -225,7 +268,7 @@ def report(
     lines += [
         f"| {o.piece.name} | `{o.piece.command()}` | {o.piece.checks} | {o.result} | {o.seconds} |" for o in outcomes
     ]
-    lines += ["", *runs_table(logs_dir), *stopped_runs(logs_dir)]
+    lines += ["", *runs_table(logs_dir), *timelines(logs_dir), *stopped_runs(logs_dir)]
     figures = [o for o in outcomes if not o.piece.is_pytest and o.result == "done"]
     if figures:
         lines += ["## Figures", ""]

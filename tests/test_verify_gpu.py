@@ -139,3 +139,23 @@ def test_the_report_shows_where_a_run_stopped_at_the_deadline_stood(verify, tmp_
     assert "`logs/stuck.stacks.txt`" in snapshot
     assert "(pid " in snapshot and ": <string>:3 waiting_for_the_first_batch < <string>:4 <module>" in snapshot
     assert "line 3 in waiting_for_the_first_batch" in (logs / "stuck.stacks.txt").read_text()
+
+
+def test_the_report_dates_each_stage_a_run_reached_from_its_progress_log(verify, tmp_path):
+    logs = tmp_path / "logs"
+    stages = (
+        "import time\n"
+        "print('INFO worker.py -- Started a local Ray instance.', flush=True)\n"
+        "time.sleep(5.5)\n"
+        "print('(TaskRunnerV1 pid=7) step:1 - a:1', flush=True)\n"
+        "time.sleep(5.5)\n"
+        "print('(TaskRunnerV1 pid=7) step:2 - a:2', flush=True)\n"
+    )  # fmt: skip
+    run_logged("staged", [sys.executable, "-c", stages], logs)
+    run_logged("silent", [sys.executable, "-c", "pass"], logs)
+    [heading, _, line, _] = verify.timelines(logs)
+    assert heading == "## Timelines (to within 5 s)" and line.startswith("- staged: ")
+    marks = [part.rsplit(" +", 1) for part in line.removeprefix("- staged: ").split(", ")]
+    assert [label for label, _ in marks] == ["Ray", "step 1", "step 2", "last snapshot"], line
+    ray, first, second, last = (int(seconds.removesuffix(" s")) for _, seconds in marks)
+    assert ray <= first and 5 <= first <= second == last, line
