@@ -66,6 +66,8 @@ MILESTONES = (
     ("datasets", "train and validate dataloader initialized"),
     ("actor and reference", "actor and ref model engine initialized"),
     ("vLLM server", "(vLLMHttpServer pid="),
+    ("rollout servers up", "checkpoint engine manager initialized"),
+    ("ready to fit", "all initialize finished, ready to fit"),
 )
 
 
