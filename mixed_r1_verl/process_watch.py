@@ -1,8 +1,8 @@
 """Where a long run stands, read from the processes themselves: a progress log of the run's process
-tree (each process's title, which for a Ray actor names the method it is in, its CPU use and memory,
-the GPU memory in use, and how far the run's output had got) every 5 s, and at the time limit the
-Python stacks of every process of the run, written by the hook in `stack_hook/` before the run is
-killed. Linux only (/proc)."""
+tree (each process's title, which for a Ray actor names the method it is in, its state, CPU use and
+memory; the GPU memory in use; the machine's CPU shares and memory; how far the run's output had got)
+every 5 s, and at the time limit the Python stacks of every process of the run, written by the hook
+in `stack_hook/` before the run is killed. Linux only (/proc)."""
 
 from __future__ import annotations
 
@@ -138,8 +138,8 @@ def format_snapshot(
     earlier: Mapping[int, ProcessInfo],
     interval_s: float,
     gpu_memory_mib: float | None,
-    output_lines: int | None = None,
-    host: str | None = None,
+    output_lines: int | None,
+    host: str,
 ) -> str:
     """One block of the progress log; CPU % is over the last interval (since start for a new process).
     `output_lines`, the lines of the run's output so far, places each output line within an interval;
@@ -152,8 +152,7 @@ def format_snapshot(
         used_s = process.cpu_s - (before.cpu_s if before else 0.0)
         rows.append((100 * used_s / max(interval_s, 1e-9), process))
     rows.sort(key=lambda row: (-row[0], row[1].pid))
-    lines = [f"[+{elapsed_s:.0f} s] {len(rows)} processes, GPU memory in use: {gpu}{output}"]
-    lines += [host] if host else []
+    lines = [f"[+{elapsed_s:.0f} s] {len(rows)} processes, GPU memory in use: {gpu}{output}", host]
     lines += [f"  {'pid':>7} {'ppid':>7} {'st':>2} {'cpu%':>6} {'rss MiB':>8}  process"]
     lines += [f"  {p.pid:>7} {p.ppid:>7} {p.state:>2} {cpu:>6.0f} {p.rss_mib:>8.0f}  {p.title}" for cpu, p in rows]
     return "\n".join(lines) + "\n"

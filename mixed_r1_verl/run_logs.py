@@ -264,20 +264,20 @@ def run_with_limit(
         if watch_prefix is not None:
             progress = watch_prefix.with_name(f"{watch_prefix.name}{PROGRESS_SUFFIX}")
             named = Path(str(getattr(log, "name", "")))
-            output = named if log is not None and named.is_file() else None
+            output = named if named.is_file() else None
             watch = watching.enter_context(
                 ProcessWatch(process.pid, progress, lambda: memory.latest, output_path=output)
             )
             watching.callback(remove_stacks_dir, stacks_dir)
         try:
             returncode = process.wait(timeout=limit_s)
-            if watch is not None:
-                watch.stop()
-                watch.snapshot()
         except subprocess.TimeoutExpired:
+            returncode = None
+        if watch is not None:
+            watch.stop()
+            watch.snapshot()
+        if returncode is None:
             if watch is not None:
-                watch.stop()
-                watch.snapshot()
                 dump_stacks(process.pid, stacks_dir, watch_prefix.with_name(f"{watch_prefix.name}{STACKS_SUFFIX}"))
             kill_tree(process.pid)
             process.wait()

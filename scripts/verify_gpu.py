@@ -11,8 +11,9 @@ runs that succeeded are reused from `$MIXED_R1_GPU_OUT` (default outputs/gpu_che
 
 Written to `$MIXED_R1_GPU_OUT/verify/`: `report.md` (the GPU and package versions, each piece's
 outcome, the runs with seconds and peak GPU memory, when each training run reached each stage of its
-start-up, where runs stopped at the deadline stood, the figures as printed, the failures), and per piece its output (`<piece>.log`), pytest's JUnit XML and
-its process snapshots (`<piece>.progress.log`, and `<piece>.stacks.txt` when it was stopped).
+start-up, where runs stopped at the deadline stood, the figures as printed, the failures), and per
+piece its output (`<piece>.log`), pytest's JUnit XML and its process snapshots
+(`<piece>.progress.log`, and `<piece>.stacks.txt` when it was stopped).
 `--report-dir` gets a copy of the report, the run logs and the metrics after every piece (not the
 checkpoints). Exit status 1 when a piece failed.
 """

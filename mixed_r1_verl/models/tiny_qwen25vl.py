@@ -129,6 +129,7 @@ def kv_cache_bytes_per_token(model_dir: str | os.PathLike) -> int:
     head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     return 2 * 2 * text["num_hidden_layers"] * text["num_key_value_heads"] * head_dim
 
+
 SIZES = {
     # Tests: builds in about a second on a CPU.
     "test": TinySize(),
