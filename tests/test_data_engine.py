@@ -158,11 +158,19 @@ def test_difficulty_samples_scores_caches_and_filters(tmp_path):
 
     # Replace the sampled responses (cache order = prompt order) with ones of known correctness.
     records = read_jsonl(out / "selected.jsonl")
-    expected_pass_rate = {}
+    expected_pass_rate, expected_spread = {}, {}
     for i, (entry, record) in enumerate(zip(cache, records)):
-        right = correct(record["answer"]) if record["task"] != "grounding" else correct("[0, 0, 1, 1]")
-        entry["responses"] = [[right, right], [right, correct("nothing")], [correct("nothing")] * 2][i % 3]
-        expected_pass_rate[record["id"]] = [1.0, 0.5, 0.0][i % 3] if record["task"] != "grounding" else 0.0
+        if record["task"] == "grounding":
+            # A box off its target either way; the second group differs in format alone.
+            box = "[0, 0, 1, 1]"
+            entry["responses"] = [[correct(box)] * 2, [correct(box), box], [box] * 2][i % 3]
+            expected_pass_rate[record["id"]] = 0.0
+            expected_spread[record["id"]] = (i % 3 == 1, False)
+        else:
+            right = correct(record["answer"])
+            entry["responses"] = [[right, right], [right, correct("nothing")], [correct("nothing")] * 2][i % 3]
+            expected_pass_rate[record["id"]] = [1.0, 0.5, 0.0][i % 3]
+            expected_spread[record["id"]] = (i % 3 == 1, i % 3 == 1)
     (out / "difficulty_cache.jsonl").write_text("".join(json.dumps(e) + "\n" for e in cache))
 
     second = Engine(engine_config(jsonl, image_root, out, *settings)).run()
@@ -170,6 +178,16 @@ def test_difficulty_samples_scores_caches_and_filters(tmp_path):
     assert stage["details"]["sampled_prompts"] == 0 and stage["details"]["cached_prompts"] == 8
     kept = {r["id"] for r in read_jsonl(out / "selected.jsonl")}
     assert kept == {i for i, p in expected_pass_rate.items() if 0 < p < 1}
+    for task, summary in second["sampled_rewards"].items():
+        spreads = [expected_spread[r["id"]] for r in records if r["task"] == task]
+        assert summary["prompts"] == len(spreads) == 2
+        assert summary["share_with_score_spread"] == sum(score for score, _ in spreads) / 2
+        assert summary["share_with_accuracy_spread"] == sum(accuracy for _, accuracy in spreads) / 2
+    for task in ("matching", "chart"):
+        rates = [expected_pass_rate[r["id"]] for r in records if r["task"] == task]
+        assert second["sampled_rewards"][task]["mean_accuracy"] == sum(rates) / 2
+    assert second["sampled_rewards"]["grounding"]["mean_accuracy"] == 0.0
+    assert json.loads((out / "report.json").read_text())["sampled_rewards"] == second["sampled_rewards"]
     reasons = dropped_reasons(out)
     for record_id, rate in expected_pass_rate.items():
         if rate == 1.0:

@@ -106,6 +106,32 @@ class EngineRow:
     pass_rate: float | None = None
 
 
+# Rewards closer than this count as equal (BMAS and IoU are floats).
+SPREAD_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class SampledRewards:
+    """One prompt's k sampled responses as GRPO would see them: their mean reward and accuracy, and
+    whether the rewards differ at all (a group of equal rewards has zero advantage: no gradient)."""
+
+    mean_score: float
+    mean_accuracy: float
+    score_spread: bool
+    accuracy_spread: bool
+
+    @classmethod
+    def of(cls, results: list[dict]) -> SampledRewards:
+        scores = [result["score"] for result in results]
+        accuracies = [result["accuracy"] for result in results]
+        return cls(
+            sum(scores) / len(scores),
+            sum(accuracies) / len(accuracies),
+            max(scores) - min(scores) > SPREAD_TOLERANCE,
+            max(accuracies) - min(accuracies) > SPREAD_TOLERANCE,
+        )
+
+
 @dataclass
 class StageResult:
     name: str
@@ -128,6 +154,7 @@ class Engine:
         self.converter = RowConverter(self.prepare_config(config.input, config.output_dir))
         self.stages: list[StageResult] = []
         self.pass_rates: dict[str, list[float]] = defaultdict(list)
+        self.sampled_rewards: dict[str, list[SampledRewards]] = defaultdict(list)
         self.dropped = open(self.output_dir / "dropped.jsonl", "w", encoding="utf-8")
 
     def prepare_config(self, input_path: str, output_dir: str) -> PrepareConfig:
@@ -255,8 +282,10 @@ class Engine:
             sampling_seconds = time.perf_counter() - started
         embedding_model = settings_config.embedding_model or settings_config.model_path
         for row, key in zip(rows, keys):
-            row.pass_rate = self.pass_rate(row, cache.entries[key], embedding_model)
+            results = self.score_samples(row, cache.entries[key], embedding_model)
+            row.pass_rate = sum(result["correct"] for result in results) / len(results)
             self.pass_rates[row.record.task].append(row.pass_rate)
+            self.sampled_rewards[row.record.task].append(SampledRewards.of(results))
 
         low, high = settings_config.min_pass_rate, settings_config.max_pass_rate
 
@@ -293,8 +322,8 @@ class Engine:
         ]
         return GenerationRequest(row.prompt, images, label=row.record.id)
 
-    def pass_rate(self, row: EngineRow, responses: list[str], embedding_model: str) -> float:
-        correct = 0
+    def score_samples(self, row: EngineRow, responses: list[str], embedding_model: str) -> list[dict]:
+        results = []
         for response in responses:
             result = compute_score(
                 row.record.data_source,
@@ -306,8 +335,8 @@ class Engine:
             )
             if result["error"]:
                 raise RuntimeError(f"reward failed on row {row.record.id!r}; check its ground truth and extra_info")
-            correct += result["correct"]
-        return correct / len(responses)
+            results.append(result)
+        return results
 
     # 5. balance
     def balance(self, rows: list[EngineRow]) -> list[EngineRow]:
@@ -361,6 +390,7 @@ class Engine:
             "stages": [asdict(stage) for stage in self.stages],
             "selected": count_by_task(rows),
             "pass_rate_histogram": {task: histogram(rates) for task, rates in self.pass_rates.items()},
+            "sampled_rewards": {task: summarise(samples) for task, samples in self.sampled_rewards.items()},
             "config": OmegaConf.to_container(OmegaConf.structured(self.config)),
         }
 
@@ -421,9 +451,22 @@ def histogram(rates: list[float]) -> dict:
     return {str(rate): counts[rate] for rate in sorted(counts)}
 
 
+def summarise(samples: list[SampledRewards]) -> dict:
+    """Per task: prompts sampled, mean reward and accuracy over all responses, and the shares of
+    prompts whose k rewards (accuracies) are not all equal."""
+    count = len(samples)
+    return {
+        "prompts": count,
+        "mean_score": round(sum(s.mean_score for s in samples) / count, 4),
+        "mean_accuracy": round(sum(s.mean_accuracy for s in samples) / count, 4),
+        "share_with_score_spread": round(sum(s.score_spread for s in samples) / count, 4),
+        "share_with_accuracy_spread": round(sum(s.accuracy_spread for s in samples) / count, 4),
+    }
+
+
 def print_outcome(config: EngineConfig) -> None:
     report = Engine(config).run()
-    print(json.dumps({"stages": report["stages"], "selected": report["selected"]}, indent=2))
+    print(json.dumps({key: report[key] for key in ("stages", "selected", "sampled_rewards")}, indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:

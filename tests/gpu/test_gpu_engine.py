@@ -56,6 +56,7 @@ def test_difficulty_stage_with_vllm_writes_cache_histogram_and_report(gpu_out, e
         assert sum(histogram[task].values()) == stage["rows_in"][task]
         assert all(0 <= float(rate) <= 1 for rate in histogram[task])
     assert (out / "pass_rate_hist.png").stat().st_size > 0
+    assert {task: summary["prompts"] for task, summary in report["sampled_rewards"].items()} == stage["rows_in"]
 
 
 def test_rerun_takes_every_response_from_the_cache(gpu_out, engine_inputs):
