@@ -38,7 +38,7 @@ from mixed_r1_verl.data.prepare import PrepareConfig, RowConverter, prepare
 from mixed_r1_verl.data.records import TASKS, CanonicalRecord, RecordError, iter_source_rows, option_index, parse_box
 from mixed_r1_verl.data.sampling import ResponseCache, request_key
 from mixed_r1_verl.eval.generation import ENGINE_SAMPLING, GenerationRequest, SamplingSettings, build_generator
-from mixed_r1_verl.rewards import DEFAULT_CORRECT_THRESHOLDS, compute_score
+from mixed_r1_verl.rewards import DEFAULT_CORRECT_THRESHOLDS, compute_score, values_differ
 from mixed_r1_verl.rewards.chart import single_number
 from mixed_r1_verl.rewards.text import normalize_text
 from mixed_r1_verl.settings import run_settings_cli
@@ -106,10 +106,6 @@ class EngineRow:
     pass_rate: float | None = None
 
 
-# Rewards closer than this count as equal (BMAS and IoU are floats).
-SPREAD_TOLERANCE = 1e-6
-
-
 @dataclass(frozen=True)
 class SampledRewards:
     """One prompt's k sampled responses as GRPO would see them: their mean reward and accuracy, and
@@ -127,8 +123,8 @@ class SampledRewards:
         return cls(
             sum(scores) / len(scores),
             sum(accuracies) / len(accuracies),
-            max(scores) - min(scores) > SPREAD_TOLERANCE,
-            max(accuracies) - min(accuracies) > SPREAD_TOLERANCE,
+            values_differ(scores),
+            values_differ(accuracies),
         )
 
 

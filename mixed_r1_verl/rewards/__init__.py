@@ -10,6 +10,7 @@ from .scoring import (
     Verdict,
     compute_score,
     judge,
+    values_differ,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "judge",
     "load_embedding_model",
     "row_norms",
+    "values_differ",
 ]

@@ -177,3 +177,9 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
             verdict.error = f"{type(error).__name__}: {error}"
             logger.warning("mixed_r1 reward error (data_source=%r): %s", data_source, verdict.error)
     return verdict.result()
+
+
+def values_differ(values) -> bool:
+    """Whether a prompt group's rewards (or accuracies) are not all equal: GRPO's advantage is zero
+    for every response of a group whose values are."""
+    return max(values) != min(values)

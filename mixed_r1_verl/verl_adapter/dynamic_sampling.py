@@ -24,6 +24,8 @@ from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.utils.skip import SkipManager
 
+from mixed_r1_verl.rewards import values_differ
+
 METRIC_PREFIX = "filtering"
 TASK_KEY = "task"
 # These trainers call sampling methods that only verl's async buffer has.
@@ -94,7 +96,7 @@ def judge_group(uid: str, reward_infos: list[Mapping], metric: str) -> GroupVerd
     if len(tasks) != 1:
         raise RuntimeError(f"group {uid}: trajectories disagree on the task: {sorted(tasks)}")
     values = [float(info[metric]) for info in reward_infos]
-    return GroupVerdict(task=tasks.pop(), informative=len(values) < 2 or max(values) != min(values))
+    return GroupVerdict(task=tasks.pop(), informative=len(values) < 2 or values_differ(values))
 
 
 def refill_count(needed: int, inflight: int, kept: int, judged: int) -> int:
