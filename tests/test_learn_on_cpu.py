@@ -20,6 +20,7 @@ from mixed_r1_verl.verl_adapter.metrics import METRIC_PREFIX
 
 VAL_ROWS_PER_TASK = 2
 SFT_STEPS, GRPO_STEPS = 2, 2
+GRPO_BATCH_SIZE, GRPO_SAMPLES_PER_PROMPT = 8, 2
 # GRPO runs under the proof's time budget, which is long enough for every step here.
 TIME_BUDGET_S = 3600
 CPU_ENTRIES = {"mixed_r1_verl.sft": "sft", "mixed_r1_verl.main": "grpo"}
@@ -44,8 +45,8 @@ def proof(tmp_path_factory):
             f"trainer.total_training_steps={SFT_STEPS}",
         ],
         grpo_overrides=[
-            *CPU_GRPO_SETTINGS, "data.train_batch_size=8", "data.max_response_length=32",
-            "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+            *CPU_GRPO_SETTINGS, f"data.train_batch_size={GRPO_BATCH_SIZE}", "data.max_response_length=32",
+            f"actor_rollout_ref.rollout.n={GRPO_SAMPLES_PER_PROMPT}", "actor_rollout_ref.actor.ppo_mini_batch_size=8",
             "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
             "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
             "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4", "reward.num_workers=1",
@@ -101,6 +102,10 @@ def test_the_plot_follows_every_task_over_the_grpo_steps(proof):
     steps = read_metrics_log(proof.grpo_log)
     assert sorted(steps) == list(range(1, GRPO_STEPS + 1))
     assert json.loads((proof.report / "learning_table.json").read_text())["grpo_steps"] == GRPO_STEPS
+    samples_per_task = GRPO_BATCH_SIZE * GRPO_SAMPLES_PER_PROMPT // len(TASKS)
     for metrics in steps.values():
         assert sorted(task_metrics(metrics, METRIC_PREFIX)) == sorted(TASKS)
+        # The recipe's task-balanced batches: every step weighs the four tasks alike.
+        counts = {task: metrics[f"{METRIC_PREFIX}/{task}/count"] for task in TASKS}
+        assert counts == dict.fromkeys(TASKS, samples_per_task)
     assert Image.open(proof.plot).size[0] >= 600
