@@ -10,7 +10,9 @@ from omegaconf import OmegaConf, open_dict
 from data_helpers import convert_synthetic
 from test_train_config import compose_recipe
 
-from mixed_r1_verl.data.balanced_sampler import SamplerConfigError, balanced_order, batch_quota, configured_sampler
+from mixed_r1_verl.data.balanced_sampler import (
+    SamplerConfigError, balanced_order, batch_quota, check_resumed_sampler, configured_sampler,
+)  # fmt: skip
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.verl_adapter.trainer import MixedR1SyncTrainer
 
@@ -115,7 +117,26 @@ def test_resume_from_a_checkpointed_loader_continues_the_same_sequence(config, b
 
     resumed = trainer_with_dataloader(config).train_dataloader
     resumed.load_state_dict(state)
+    check_resumed_sampler(resumed, "checkpoint")
     assert [batch_rows(batch) for batch, _ in zip(resumed, range(2))] == expected
+
+
+@pytest.mark.parametrize("checkpointed_balanced", [True, False])
+def test_resume_with_the_other_sampler_names_the_checkpoint_and_both_samplers(
+    config, data_dir, tiny_model_dir, checkpointed_balanced
+):
+    shuffled = smoke_config(data_dir, tiny_model_dir, "data.sampler.class_path=null", "data.sampler.class_name=null")
+    before, after = (config, shuffled) if checkpointed_balanced else (shuffled, config)
+    loader = trainer_with_dataloader(before).train_dataloader
+    iterator = iter(loader)
+    for _ in range(2):
+        next(iterator)
+    resumed = trainer_with_dataloader(after).train_dataloader
+    resumed.load_state_dict(loader.state_dict())
+    written, used = ("task-balanced", "verl's shuffle") if checkpointed_balanced else ("verl's shuffle", "task-balanced")
+    message = rf"^ckpt/global_step_2: .*written with .*{written}.*this run uses .*{used}"
+    with pytest.raises(SamplerConfigError, match=message):
+        check_resumed_sampler(resumed, "ckpt/global_step_2")
 
 
 def test_resume_with_filtering_switched_on_continues_where_the_checkpoint_stopped(config, data_dir, tiny_model_dir):

@@ -147,6 +147,34 @@ class TaskBalancedSampler(Sampler[int]):
         self.next_epoch = int(state["next_epoch"])
 
 
+def written_by_task_balanced_sampler(loader_state) -> bool:
+    """Whether a checkpointed data loader state holds a TaskBalancedSampler's state (its `next_epoch`)."""
+    if isinstance(loader_state, dict):
+        if "next_epoch" in loader_state:
+            return True
+        return any(written_by_task_balanced_sampler(value) for value in loader_state.values())
+    return False
+
+
+def check_resumed_sampler(loader: StatefulDataLoader, checkpoint: str) -> None:
+    """Raises SamplerConfigError when the data loader state restored from `checkpoint` was written with
+    task-balanced batches and this run shuffles, or the other way round: the restored order would not
+    fit the sampler, and torchdata would only fail on the first batch with a bare KeyError."""
+    state = getattr(loader, "next_iter_state", None)
+    if not state:
+        return
+    written = written_by_task_balanced_sampler(state)
+    uses = isinstance(loader.sampler, TaskBalancedSampler)
+    if written == uses:
+        return
+    kinds = {True: "task-balanced batches (data.sampler TaskBalancedSampler)", False: "another sampler (verl's shuffle)"}
+    raise SamplerConfigError(
+        f"{checkpoint}: its data loader state was written with {kinds[written]}, but this run uses {kinds[uses]}. "
+        "Resume with the data.sampler setting the run was checkpointed with, or start a new run "
+        "(another trainer.default_local_dir, or trainer.resume_mode=disable)."
+    )
+
+
 def configured_sampler(data_config, dataset) -> Sampler | None:
     """The sampler `data.sampler.class_path` / `class_name` select, built on `dataset`; None when unset."""
     settings = data_config.get("sampler") or {}

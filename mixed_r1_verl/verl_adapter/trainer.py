@@ -8,6 +8,7 @@ Select it with `trainer.v1.trainer_mode=mixed_r1_sync`. Its settings are verl's 
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
-from mixed_r1_verl.data.balanced_sampler import with_configured_sampler
+from mixed_r1_verl.data.balanced_sampler import check_resumed_sampler, with_configured_sampler
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog
 from mixed_r1_verl.verl_adapter.stop_by import StopBy
 
@@ -50,6 +51,13 @@ def wait_for_reward_workers(workers) -> None:
         raise RuntimeError(f"a reward worker failed to start: {error}") from error
 
 
+def resumed_checkpoint(trainer_config, global_step: int) -> str:
+    """The checkpoint folder verl resumed from at `global_step`."""
+    if trainer_config.resume_mode == "resume_path":
+        return str(trainer_config.resume_from_path)
+    return os.path.join(str(trainer_config.default_local_dir), f"global_step_{global_step}")
+
+
 @register_trainer(TRAINER_MODE)
 class MixedR1SyncTrainer(PPOTrainerSync):
     """verl's sync trainer plus per-task metrics.
@@ -79,6 +87,11 @@ class MixedR1SyncTrainer(PPOTrainerSync):
         """verl 0.9.1 has no custom-sampler setting; `data.sampler` (class_path, class_name) adds one."""
         super()._init_dataloader()
         self.train_dataloader = with_configured_sampler(self.train_dataloader, self.config.data)
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        if self.global_steps:
+            check_resumed_sampler(self.train_dataloader, resumed_checkpoint(self.config.trainer, self.global_steps))
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
