@@ -133,7 +133,7 @@ def test_resume_with_the_other_sampler_names_the_checkpoint_and_both_samplers(
         next(iterator)
     resumed = trainer_with_dataloader(after).train_dataloader
     resumed.load_state_dict(loader.state_dict())
-    written, used = ("task-balanced", "verl's shuffle") if checkpointed_balanced else ("verl's shuffle", "task-balanced")
+    written, used = ("task-balanced", "verl's own") if checkpointed_balanced else ("verl's own", "task-balanced")
     message = rf"^ckpt/global_step_2: .*written with .*{written}.*this run uses .*{used}"
     with pytest.raises(SamplerConfigError, match=message):
         check_resumed_sampler(resumed, "ckpt/global_step_2")

@@ -167,7 +167,10 @@ def check_resumed_sampler(loader: StatefulDataLoader, checkpoint: str) -> None:
     uses = isinstance(loader.sampler, TaskBalancedSampler)
     if written == uses:
         return
-    kinds = {True: "task-balanced batches (data.sampler TaskBalancedSampler)", False: "another sampler (verl's shuffle)"}
+    kinds = {
+        True: "task-balanced batches (data.sampler TaskBalancedSampler)",
+        False: "a sampler other than TaskBalancedSampler (verl's own when data.sampler is unset)",
+    }
     raise SamplerConfigError(
         f"{checkpoint}: its data loader state was written with {kinds[written]}, but this run uses {kinds[uses]}. "
         "Resume with the data.sampler setting the run was checkpointed with, or start a new run "
