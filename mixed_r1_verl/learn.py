@@ -370,6 +370,26 @@ def target_checks(header: list[str], rows: list[list]) -> dict[str, bool]:
     }
 
 
+def answer_spread_table(summaries: dict[str, dict]) -> tuple[list[str], list[list]]:
+    """Per task, the share of responses giving the run's most common answer (and that answer) for
+    base / SFT / GRPO, after the same share among the references; "–" where a run has no spread."""
+    from mixed_r1_verl.eval.report import shown_answer
+
+    spreads = {run: summaries[run].get("answers", {}) for run in RUNS}
+    tasks = sorted(set().union(*spreads.values()))
+    rows = []
+    for task in tasks:
+        known = [spreads[run][task] for run in RUNS if task in spreads[run]]
+        cells = [
+            f"{spreads[run][task]['top_share']:.2f} {shown_answer(spreads[run][task]['top_answer'])}"
+            if task in spreads[run]
+            else "–"
+            for run in RUNS
+        ]
+        rows.append([task, f"{known[0]['reference_top_share']:.2f}", *cells])
+    return ["task", "reference", *RUNS], rows
+
+
 def learning_cell(column: str, value) -> str:
     """Values to three decimals, deltas (columns named Δ...) with their sign."""
     if not isinstance(value, float):
@@ -452,9 +472,13 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
     if within_target is None:
         wall_check += " (not known: no single execution ran every step)"
     grpo_steps = int((layout.grpo_checkpoints / CHECKPOINT_TRACKER).read_text())
+    spread_table = markdown_table(*answer_spread_table(summaries))
     layout.table.write_text(
         f"{table}\n\nGRPO steps trained: {grpo_steps}.\n\nTargets (GRPO over SFT, held-out val):\n\n{verdict}\n"
-        f"{wall_check}\n\nWall time of each command:\n\n{time_table}\n"
+        f"{wall_check}\n\nAnswer spread: the share of responses giving each run's most common answer, and that "
+        f"answer, against the same share among the references. A share far above the reference's means the model "
+        f"answers alike whatever the image (it learned the answer prior, not the task).\n\n{spread_table}\n\n"
+        f"Wall time of each command:\n\n{time_table}\n"
     )
     (layout.report / "learning_table.json").write_text(
         json.dumps(
@@ -463,6 +487,7 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
                 "rows": rows,
                 "grpo_steps": grpo_steps,
                 "targets": checks,
+                "answer_spread": {run: summaries[run].get("answers") for run in RUNS},
                 "step_times": times,
                 "wall_time_target_met": within_target,
             },

@@ -106,14 +106,19 @@ def test_evaluation_step_scores_a_model_with_the_project_evaluation(tmp_path, ti
     assert len((out / "generations.jsonl").read_text().splitlines()) == 4
 
 
-def fabricated_summary(accuracy: dict[str, float], n: int = 10) -> dict:
+def fabricated_summary(accuracy: dict[str, float], n: int = 10, collapsed: bool = False) -> dict:
+    """Rows of which the first rate x n are right; references cycle through four answers, responses give
+    the reference when right and "x" when wrong, or "a" always when collapsed."""
     rows = []
     for task, rate in accuracy.items():
         correct = round(rate * n)
         for i in range(n):
             value = 1.0 if i < correct else 0.0
+            reference = "abcd"[i % 4]
+            answer = "a" if collapsed else (reference if value else "x")
             rows.append({"id": f"{task}-{i}", "data_source": task, "task": task, "accuracy": value,
-                         "format": 1.0, "score": 0.9 * value + 0.1, "error": 0.0})  # fmt: skip
+                         "format": 1.0, "score": 0.9 * value + 0.1, "error": 0.0,
+                         "answer": answer, "reference": reference})  # fmt: skip
     return summarize(rows)
 
 
@@ -172,7 +177,8 @@ def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
     layout = Layout(tmp_path)
     for run, rate in zip(RUNS, (0.1, 0.4, 0.6)):
         layout.eval_dir(run).mkdir(parents=True)
-        write_summary(fabricated_summary({task: rate for task in TASKS}), layout.eval_dir(run))
+        summary = fabricated_summary({task: rate for task in TASKS}, collapsed=run == "grpo")
+        write_summary(summary, layout.eval_dir(run))
     write_metrics_log(layout.grpo_log, steps=5)
     layout.grpo_checkpoints.mkdir()
     (layout.grpo_checkpoints / "latest_checkpointed_iteration.txt").write_text("5")
@@ -187,8 +193,10 @@ def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
     assert "| SFT (cold start, stopped early) | 90.0 |" in table
     assert f"| total | {90.0 * len(commands):.1f} ({1.5 * len(commands):.1f} min) |" in table
     assert "- [x] whole proof <= 20 min wall" in table and "GRPO steps trained: 5." in table
+    # base: 9 of 10 wrong answer "x"; SFT: 6 of 10; GRPO answers "a" to all; references: "a" 3 of 10.
+    assert "| grounding | 0.30 | 0.90 'x' | 0.60 'x' | 1.00 'a' |" in table
     report = json.loads((layout.report / "learning_table.json").read_text())
-    assert report["grpo_steps"] == 5
+    assert report["grpo_steps"] == 5 and report["answer_spread"]["grpo"]["chart"]["distinct"] == 1
     assert report["targets"]["no task down by more than 0.02"] and report["wall_time_target_met"] is True
     assert (layout.report / "sft_vs_grpo" / "compare.md").exists()
     assert Image.open(layout.plot).size[0] >= 600

@@ -36,13 +36,33 @@ def summary_rows(summary: dict) -> list[list]:
     return rows
 
 
+def shown_answer(answer: str, width: int = 24) -> str:
+    """An answer for a markdown cell: quoted, shortened to `width` characters, pipes escaped."""
+    shown = answer if len(answer) <= width else answer[: width - 1] + "…"
+    return repr(shown).replace("|", "\\|")
+
+
+def answers_markdown(answers: dict) -> str:
+    """The answer spread per task (`scoring.answer_spread`)."""
+    rows = [
+        [task, spread["top_share"], spread["reference_top_share"], spread["distinct"], shown_answer(spread["top_answer"])]
+        for task, spread in answers.items()
+    ]
+    return markdown_table(["task", "top answer share", "reference top share", "distinct answers", "top answer"], rows)
+
+
 def summary_markdown(summary: dict) -> str:
     rows = summary_rows(summary)
     task_table = markdown_table(["task", *STAT_COLUMNS], [[row[1], *row[3:]] for row in rows if row[0] == "task"])
     source_table = markdown_table(
         ["data_source", "task", *STAT_COLUMNS], [row[1:] for row in rows if row[0] == "data_source"]
     )
-    return f"### Per task\n\n{task_table}\n\n### Per data_source\n\n{source_table}\n"
+    return (
+        f"### Per task\n\n{task_table}\n\n### Per data_source\n\n{source_table}\n\n"
+        f"### Answer spread\n\nShare of responses giving the most common answer, against the same share among the "
+        f"references; far above it, the model gives one answer whatever the image.\n\n"
+        f"{answers_markdown(summary['answers'])}\n"
+    )
 
 
 def _csv(header: list[str], rows: list[list]) -> str:
