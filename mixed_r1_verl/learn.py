@@ -397,21 +397,26 @@ def learning_cell(column: str, value) -> str:
     return f"{value:+.3f}" if column.startswith("Δ") else f"{value:.3f}"
 
 
-def accuracy_curves(steps: dict[int, dict]) -> dict[str, list[tuple[int, float]]]:
-    """Per task, (step, training accuracy) for every step that logged it."""
+ACCURACY_METRIC = "accuracy/mean"
+TOP_ANSWER_METRIC = "top_answer_share"
+
+
+def task_curves(steps: dict[int, dict], name: str) -> dict[str, list[tuple[int, float]]]:
+    """Per task, (step, value of `mixed_r1/<task>/<name>`) for every step that logged it."""
     from mixed_r1_verl.run_logs import task_metrics
     from mixed_r1_verl.verl_adapter.metrics import METRIC_PREFIX
 
     curves: dict[str, list[tuple[int, float]]] = {}
     for step, metrics in sorted(steps.items()):
         for task, values in task_metrics(metrics, METRIC_PREFIX).items():
-            if "accuracy/mean" in values:
-                curves.setdefault(task, []).append((step, values["accuracy/mean"]))
+            if name in values:
+                curves.setdefault(task, []).append((step, values[name]))
     return dict(sorted(curves.items()))
 
 
 def plot_accuracy(log: Path, out: Path) -> Path:
-    """PNG of per-task training accuracy against GRPO step from the file logger's JSONL."""
+    """PNG of per-task training accuracy against GRPO step from the file logger's JSONL and, beside
+    it when logged, the share of each task's rollouts giving its most common answer."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -420,19 +425,25 @@ def plot_accuracy(log: Path, out: Path) -> Path:
     from mixed_r1_verl.run_logs import read_metrics_log
     from mixed_r1_verl.verl_adapter.metrics import METRIC_PREFIX
 
-    curves = accuracy_curves(read_metrics_log(log))
-    if not curves:
+    steps = read_metrics_log(log)
+    panels = [
+        (task_curves(steps, ACCURACY_METRIC), "training accuracy (rollouts)"),
+        (task_curves(steps, TOP_ANSWER_METRIC), "share of the most common answer (rollouts)"),
+    ]
+    if not panels[0][0]:
         raise ValueError(
-            f"{log}: no {METRIC_PREFIX}/<task>/accuracy/mean metrics (is trainer.v1.trainer_mode=mixed_r1_sync?)"
+            f"{log}: no {METRIC_PREFIX}/<task>/{ACCURACY_METRIC} metrics (is trainer.v1.trainer_mode=mixed_r1_sync?)"
         )
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for task, points in curves.items():
-        axes.plot([s for s, _ in points], [a for _, a in points], marker="o", markersize=3, label=task)
-    axes.set_xlabel("GRPO step")
-    axes.set_ylabel("training accuracy (rollouts)")
-    axes.set_ylim(-0.02, 1.02)
-    axes.grid(alpha=0.3)
-    axes.legend()
+    panels = [(curves, label) for curves, label in panels if curves]
+    figure, all_axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for axes, (curves, label) in zip(all_axes[0], panels):
+        for task, points in curves.items():
+            axes.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3, label=task)
+        axes.set_xlabel("GRPO step")
+        axes.set_ylabel(label)
+        axes.set_ylim(-0.02, 1.02)
+        axes.grid(alpha=0.3)
+        axes.legend()
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)

@@ -102,20 +102,20 @@ def test_saved_generations_give_per_task_and_per_source_tables(tmp_path, parquet
 
 
 def test_answer_spread_shows_one_answer_given_whatever_the_image(tmp_path, parquet, tiny_model, capsys):
-    # Both matching rows answered "B" (case and spaces aside); their references are B and A.
-    collapsed = {**RESPONSES, "m2": f"{THINK}<answer> b </answer>"}
+    # Both matching rows answered "B" (spaces aside); their references are B and A.
+    collapsed = {**RESPONSES, "m2": f"{THINK}<answer> B </answer>"}
 
     assert score_saved(parquet, collapsed, tmp_path / "run", tiny_model) == 0
 
     answers = json.loads((tmp_path / "run" / "summary.json").read_text())["answers"]
-    assert answers["matching"] == {"top_answer": "b", "top_share": 1.0, "distinct": 1, "reference_top_share": 0.5}
+    assert answers["matching"] == {"top_answer": "B", "top_share": 1.0, "distinct": 1, "reference_top_share": 0.5}
     assert answers["grounding"]["top_answer"] == "[20, 0, 60, 40]"
     printed = capsys.readouterr().out
-    assert "### Answer spread" in printed and "| matching | 1.0000 | 0.5000 | 1 | 'b' |" in printed
+    assert "### Answer spread" in printed and "| matching | 1.0000 | 0.5000 | 1 | 'B' |" in printed
 
     assert score_saved(parquet, RESPONSES, tmp_path / "spread", tiny_model) == 0
     answers = json.loads((tmp_path / "spread" / "summary.json").read_text())["answers"]
-    assert answers["matching"]["distinct"] == 2 and answers["matching"]["top_share"] == 0.5  # "b" and no answer
+    assert answers["matching"]["distinct"] == 2 and answers["matching"]["top_share"] == 0.5  # "B" and no answer
     rows = [json.loads(line) for line in (tmp_path / "spread" / "scores.jsonl").read_text().splitlines()]
     assert {row["id"]: row["answer"] for row in rows}["m2"] == "(no answer)"
 

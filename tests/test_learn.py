@@ -20,7 +20,6 @@ from mixed_r1_verl.learn import (
     LearnConfig,
     Step,
     StepFailed,
-    accuracy_curves,
     eval_step,
     execute,
     learning_table,
@@ -28,6 +27,7 @@ from mixed_r1_verl.learn import (
     publish_checkpoint,
     step_file_prefix,
     target_checks,
+    task_curves,
     wall_time,
     write_report,
 )
@@ -122,11 +122,13 @@ def fabricated_summary(accuracy: dict[str, float], n: int = 10, collapsed: bool 
     return summarize(rows)
 
 
-def write_metrics_log(path: Path, steps: int) -> None:
+def write_metrics_log(path: Path, steps: int, top_answer_share: bool = False) -> None:
     """verl's file logger: one {"step": n, "data": {...}} object per line."""
     lines = []
     for step in range(1, steps + 1):
         data = {f"mixed_r1/{task}/accuracy/mean": min(1.0, 0.1 * step + i * 0.05) for i, task in enumerate(TASKS)}
+        if top_answer_share:
+            data.update({f"mixed_r1/{task}/top_answer_share": 0.25 + 0.1 * step for task in TASKS})
         data.update({"mixed_r1/chart/count": 16.0, "actor/pg_loss": 0.1, "timing_s/step": 3.2})
         lines.append(json.dumps({"step": step, "data": data}))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +181,7 @@ def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
         layout.eval_dir(run).mkdir(parents=True)
         summary = fabricated_summary({task: rate for task in TASKS}, collapsed=run == "grpo")
         write_summary(summary, layout.eval_dir(run))
-    write_metrics_log(layout.grpo_log, steps=5)
+    write_metrics_log(layout.grpo_log, steps=5, top_answer_share=True)
     layout.grpo_checkpoints.mkdir()
     (layout.grpo_checkpoints / "latest_checkpointed_iteration.txt").write_text("5")
     steps = plan(LearnConfig(work_dir=str(tmp_path)))
@@ -199,15 +201,16 @@ def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
     assert report["grpo_steps"] == 5 and report["answer_spread"]["grpo"]["chart"]["distinct"] == 1
     assert report["targets"]["no task down by more than 0.02"] and report["wall_time_target_met"] is True
     assert (layout.report / "sft_vs_grpo" / "compare.md").exists()
-    assert Image.open(layout.plot).size[0] >= 600
+    assert Image.open(layout.plot).size[0] >= 1600  # accuracy and top answer share side by side
 
 
 def test_curves_come_from_the_file_logger_per_task(tmp_path):
     log = tmp_path / "grpo.jsonl"
     write_metrics_log(log, steps=3)
-    curves = accuracy_curves(read_metrics_log(log))
+    curves = task_curves(read_metrics_log(log), "accuracy/mean")
     assert sorted(curves) == sorted(TASKS)
     assert curves["matching"] == [(1, pytest.approx(0.1)), (2, pytest.approx(0.2)), (3, pytest.approx(0.3))]
+    assert task_curves(read_metrics_log(log), "top_answer_share") == {}
     log.write_text('{"step": 1, "data": {}}\nnot json\n')
     with pytest.raises(ValueError, match="grpo.jsonl:2"):
         read_metrics_log(log)

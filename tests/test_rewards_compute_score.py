@@ -4,7 +4,7 @@ import pytest
 
 from mixed_r1_verl.rewards import compute_score
 
-KEYS = {"score", "accuracy", "correct", "format", "error", "task"}
+KEYS = {"score", "accuracy", "correct", "format", "error", "task", "pred"}
 WELL_FORMED = "<think>Looking at the image.</think><answer>{}</answer>"
 
 
@@ -25,6 +25,7 @@ def test_every_task_returns_the_same_keys(tiny_model_dir):
         assert set(result) == KEYS
     assert [r["accuracy"] for r in results] == [1.0, 1.0, 1.0, 1.0, 0.0]
     assert [r["error"] for r in results] == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert [r["pred"] for r in results] == ["B", "45", "[0, 0, 10, 10]", "a cat", "(no answer)"]
 
 
 def test_score_mixes_accuracy_and_format():
@@ -52,7 +53,8 @@ def test_task_from_data_source_map():
 def test_unknown_task_is_counted_not_raised(caplog):
     with caplog.at_level(logging.WARNING):
         result = compute_score("mystery", "<answer>1</answer>", "1", {})
-    assert result == {"score": 0.0, "accuracy": 0.0, "correct": 0.0, "format": 0.0, "error": 1.0, "task": "unknown"}
+    assert result == {"score": 0.0, "accuracy": 0.0, "correct": 0.0, "format": 0.0, "error": 1.0, "task": "unknown",
+                      "pred": "1"}
     assert "unknown task" in caplog.text
 
 

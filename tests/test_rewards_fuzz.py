@@ -30,7 +30,7 @@ CASES = st.sampled_from(
 
 
 def assert_in_range(result):
-    assert set(result) == {"score", "accuracy", "correct", "format", "error", "task"}
+    assert set(result) == {"score", "accuracy", "correct", "format", "error", "task", "pred"}
     for key in ("score", "accuracy", "correct", "format", "error"):
         assert math.isfinite(result[key]) and 0.0 <= result[key] <= 1.0
     assert result["format"] in (0.0, 1.0) and result["correct"] in (0.0, 1.0)

@@ -96,6 +96,7 @@ def assert_every_step_trains_on_all_four_tasks_with_no_sample_lost(work_dir, log
             assert values["count"] == PROMPTS_PER_STEP // len(TASKS) * ROLLOUT_N, f"step {step}: {task} {values}"
             assert all(math.isfinite(values[f"{key}/mean"]) for key in ("score", "accuracy", "format"))
             assert values["error/mean"] == 0, f"step {step}: reward errors on {task}"
+            assert 1 / values["count"] <= values["top_answer_share"] <= 1, f"step {step}: {task} {values}"
         # Rewards are all 0 on the random model: the smoke recipe's entropy bonus gives the update.
         assert metrics["actor/grad_norm"] > 0 and metrics["response_length/mean"] > 0
         # The actor scores the rollout's tokens from the same inputs, images included, as the rollout did.

@@ -20,18 +20,38 @@ def test_per_task_metrics_from_real_reward_outputs():
     rows = [
         compute_score("a", "<think>x</think><answer>B</answer>", "B", {"task": "matching"}),
         compute_score("a", "<answer>C</answer>", "B", {"task": "matching"}),
+        compute_score("a", "<answer> C </answer>", "A", {"task": "matching"}),
         compute_score("b", "<think>x</think><answer>45</answer>", "45", {"task": "chart"}),
         compute_score("c", "<answer>1</answer>", "1", {}),
     ]
     metrics = per_task_metrics(rows)
-    assert metrics["mixed_r1/matching/count"] == 2
-    assert metrics["mixed_r1/matching/accuracy/mean"] == 0.5
-    assert metrics["mixed_r1/matching/score/mean"] == pytest.approx((1.0 + 0.0) / 2)
-    assert metrics["mixed_r1/matching/format/mean"] == 0.5
-    assert metrics["mixed_r1/matching/correct/mean"] == 0.5
+    assert metrics["mixed_r1/matching/top_answer_share"] == pytest.approx(2 / 3)  # "C" and " C " of B, C, C
+    assert metrics["mixed_r1/chart/top_answer_share"] == 1.0
+    assert metrics["mixed_r1/matching/count"] == 3
+    assert metrics["mixed_r1/matching/accuracy/mean"] == pytest.approx(1 / 3)
+    assert metrics["mixed_r1/matching/score/mean"] == pytest.approx((1.0 + 0.0 + 0.0) / 3)
+    assert metrics["mixed_r1/matching/format/mean"] == pytest.approx(1 / 3)
+    assert metrics["mixed_r1/matching/correct/mean"] == pytest.approx(1 / 3)
     assert metrics["mixed_r1/chart/score/mean"] == 1.0
     assert metrics["mixed_r1/unknown/error/mean"] == 1.0
     assert not any(key.startswith("mixed_r1/grounding") for key in metrics)
+
+
+def test_verl_validation_votes_on_pred_for_maj_at_n():
+    """verl's validation metrics take majority votes over the `pred` every sample reports."""
+    from verl.trainer.ppo.metric_utils import process_validation_metrics
+
+    responses = ["<answer>B</answer>", "<answer> B</answer>", "<answer>C</answer>"]  # 2 of 3 right
+    rows = [compute_score("mmbench", text, "B", {"task": "matching"}) for text in responses]
+    infos = {key: [row[key] for row in rows] for key in rows[0]}
+
+    metrics = process_validation_metrics(["mmbench"] * 3, ["p1"] * 3, infos)["mmbench"]["accuracy"]
+
+    assert metrics["mean@3"] == pytest.approx(2 / 3)
+    # Bootstrap draws of 3 of the 3 answers: the majority is right with probability (2/3)^3 + 3 (2/3)^2 (1/3).
+    assert metrics["maj@3/mean"] == pytest.approx(20 / 27, abs=0.04)
+    without_pred = {key: values for key, values in infos.items() if key != "pred"}
+    assert "maj@3/mean" not in process_validation_metrics(["mmbench"] * 3, ["p1"] * 3, without_pred)["mmbench"]["accuracy"]
 
 
 def test_tasks_absent_from_a_step_are_logged_with_count_zero():

@@ -19,7 +19,8 @@ from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.verl_adapter.trainer import wait_for_reward_workers
 
 HUB_ID = "acme/tiny-qwen25vl"
-EXTRA_KEYS = ["score", "accuracy", "correct", "format", "error", "task"]
+EXTRA_KEYS = ["score", "accuracy", "correct", "format", "error", "task", "pred"]
+TEXT_KEYS = ("task", "pred")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def expected_result(sample, model_dir, **options):
 def assert_same_result(actual, expected, where):
     for key in EXTRA_KEYS:
         value = actual[key]
-        assert value == (pytest.approx(expected[key], abs=1e-5) if key != "task" else expected[key]), (where, key)
+        assert value == (expected[key] if key in TEXT_KEYS else pytest.approx(expected[key], abs=1e-5)), (where, key)
 
 
 def test_plugin_registers_in_a_fresh_process():
@@ -85,6 +86,7 @@ def test_all_four_tasks_in_one_batch(reward_loop, tiny_model_dir):
         assert rm_scores[row, last[row]].item() == pytest.approx(expected["score"], abs=1e-5)
         assert rm_scores[row].abs().sum().item() == pytest.approx(abs(expected["score"]), abs=1e-5)
 
+    assert list(output.non_tensor_batch["pred"][:4]) == ["yes", "B or C", "45%", "12"]
     tasks = list(output.non_tensor_batch["task"])
     assert tasks == ["matching", "matching", "chart", "chart", "grounding", "grounding", "open_ended", "open_ended", "unknown"]
     accuracy = output.non_tensor_batch["accuracy"]

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 from tqdm import tqdm
 
 from mixed_r1_verl.rewards import compute_score
-from mixed_r1_verl.rewards.answer import extract_answer
+from mixed_r1_verl.rewards.answer import normalized_answer, top_answer
 
 from .records import EvalRecord
 
 METRICS = ("accuracy", "format", "score", "error")
 ALL = "all"
-NO_ANSWER = "(no answer)"
-
-
-def answer_key(answer: str | None) -> str:
-    """An answer as counted for the answer spread: whitespace collapsed, case folded."""
-    return NO_ANSWER if answer is None else " ".join(answer.split()).casefold()
 
 
 def score_records(records: Sequence[EvalRecord], responses: Mapping[str, str], **reward_kwargs) -> list[dict]:
     """One row per record: id, data_source, task, ``compute_score``'s score/accuracy/format/error, and the
-    response's answer and the reference, as `answer_key`s."""
+    response's answer (its `pred`) and the reference, both normalized."""
     rows = []
     for record in tqdm(records, desc="score", unit="response"):
         result = compute_score(
@@ -36,8 +30,8 @@ def score_records(records: Sequence[EvalRecord], responses: Mapping[str, str], *
                 "data_source": record.data_source,
                 "task": str(result["task"]),
                 **{metric: float(result[metric]) for metric in METRICS},
-                "answer": answer_key(extract_answer(responses[record.id])),
-                "reference": answer_key(str(record.ground_truth)),
+                "answer": result["pred"],
+                "reference": normalized_answer(str(record.ground_truth)),
             }
         )
     return rows
@@ -51,22 +45,17 @@ def _aggregate(rows: Sequence[dict]) -> dict:
     return stats
 
 
-def _most_common(values: Sequence[str]) -> tuple[str, float]:
-    value, count = Counter(values).most_common(1)[0]
-    return value, count / len(values)
-
-
 def answer_spread(rows: Sequence[dict]) -> dict:
     """How concentrated a group's answers are: `top_answer` and `top_share`, the share of responses
     giving it; `distinct` answers; `reference_top_share`, the same share among the references. A share
     far above the reference's means the model gives one answer whatever the input (collapse onto the
     answer prior)."""
-    top_answer, top_share = _most_common([row["answer"] for row in rows])
+    answer, share = top_answer([row["answer"] for row in rows])
     return {
-        "top_answer": top_answer,
-        "top_share": top_share,
+        "top_answer": answer,
+        "top_share": share,
         "distinct": len({row["answer"] for row in rows}),
-        "reference_top_share": _most_common([row["reference"] for row in rows])[1],
+        "reference_top_share": top_answer([row["reference"] for row in rows])[1],
     }
 
 

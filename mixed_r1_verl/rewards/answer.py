@@ -7,10 +7,13 @@ tag flood or a huge response costs linear time.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Sequence
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 _BOXED = "\\boxed{"
+NO_ANSWER = "(no answer)"
 
 _FORMAT = re.compile(r"\s*<think>.*</think>\s*<answer>.*</answer>\s*", re.DOTALL)
 
@@ -72,3 +75,15 @@ def extract_answer(response: str) -> str | None:
             boxed = last_boxed(content)
             return boxed if boxed is not None else content.strip()
     return last_boxed(visible)
+
+
+def normalized_answer(answer: str | None) -> str:
+    """An answer as compared across responses (answer spread, majority vote): whitespace collapsed;
+    `NO_ANSWER` for None. Case is kept: the rewards tell "B" (an option) from "b"."""
+    return NO_ANSWER if answer is None else " ".join(answer.split())
+
+
+def top_answer(answers: Sequence[str]) -> tuple[str, float]:
+    """The most common of normalized answers (the first seen among equals) and the share giving it."""
+    answer, count = Counter(answers).most_common(1)[0]
+    return answer, count / len(answers)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .answer import extract_answer, format_reward
+from .answer import extract_answer, format_reward, normalized_answer
 from .chart import chart_accuracy
 from .embeddings import EmbeddingModel, load_embedding_model
 from .grounding import NORM1000_FRAME, grounding_accuracy
@@ -64,7 +64,8 @@ class Verdict:
     error: str | None = None
 
     def result(self) -> dict:
-        """score, accuracy, correct, format, error, task: the same keys for every sample."""
+        """score, accuracy, correct, format, error, task, pred: the same keys for every sample. `pred` is
+        the normalized answer (`normalized_answer`), the key verl's validation votes on for maj@N."""
         failed = self.error is not None
         accuracy = 0.0 if failed else float(self.accuracy or 0.0)
         score = 0.0 if failed else (1.0 - self.format_weight) * accuracy + self.format_weight * self.format
@@ -75,6 +76,7 @@ class Verdict:
             "format": self.format,
             "error": 1.0 if failed else 0.0,
             "task": self.task,
+            "pred": normalized_answer(self.answer),
         }
 
 
@@ -130,12 +132,12 @@ def judge(
     verdict = Verdict(UNKNOWN_TASK, None, 0.0, DEFAULT_FORMAT_WEIGHT)
     try:
         verdict.format = format_reward(solution_str)
+        verdict.answer = extract_answer(solution_str)
         verdict.task = resolve_task(data_source, extra_info, task_map)
         verdict.format_weight = _per_task_setting(format_weight, verdict.task, DEFAULT_FORMAT_WEIGHT)
         verdict.correct_threshold = _per_task_setting(
             correct_threshold, verdict.task, DEFAULT_CORRECT_THRESHOLDS[verdict.task]
         )
-        verdict.answer = extract_answer(solution_str)
         if verdict.answer is None:
             verdict.accuracy = 0.0
         elif verdict.task != "open_ended":
@@ -153,7 +155,8 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     `iou_threshold` (grounding: 1 when IoU reaches it instead of the continuous IoU),
     `correct_threshold` (float, or task -> float; defaults in `DEFAULT_CORRECT_THRESHOLDS`),
     `embedding_model` (open_ended: an HF model directory or hub id, or an `EmbeddingModel`).
-    Returns `score`, `accuracy`, `correct` (0/1), `format`, `error` (0/1) and `task`.
+    Returns `score`, `accuracy`, `correct` (0/1), `format`, `error` (0/1), `task` and `pred` (the answer,
+    normalized).
     """
     verdict = judge(
         data_source,

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from mixed_r1_verl.rewards.answer import top_answer
+
 METRIC_PREFIX = "mixed_r1"
 AVERAGED_KEYS = ("score", "accuracy", "correct", "format", "error")
 
@@ -21,9 +23,10 @@ def rows_by_task(reward_extra_infos: Iterable[Mapping]) -> dict[str, list[Mappin
 
 
 def per_task_metrics(reward_extra_infos: Iterable[Mapping], known_tasks: Iterable[str] = ()) -> dict[str, float]:
-    """`mixed_r1/<task>/count` and `mixed_r1/<task>/<key>/mean` (score, accuracy, correct, format,
-    error) for every task in the batch. A task of `known_tasks` absent from the batch gets count 0 and
-    no means (a mean of nothing is undefined), so its count curve stays continuous."""
+    """`mixed_r1/<task>/count`, `mixed_r1/<task>/<key>/mean` (score, accuracy, correct, format, error)
+    and `mixed_r1/<task>/top_answer_share` (the share of the task's responses giving its most common
+    answer, `pred`) for every task in the batch. A task of `known_tasks` absent from the batch gets
+    count 0 and nothing else (a mean of nothing is undefined), so its count curve stays continuous."""
     by_task = rows_by_task(reward_extra_infos)
     metrics: dict[str, float] = {}
     for task in sorted(set(known_tasks) | set(by_task)):
@@ -33,6 +36,9 @@ def per_task_metrics(reward_extra_infos: Iterable[Mapping], known_tasks: Iterabl
             values = [float(row[key]) for row in rows if key in row]
             if values:
                 metrics[f"{METRIC_PREFIX}/{task}/{key}/mean"] = float(np.mean(values))
+        answers = [str(row["pred"]) for row in rows if "pred" in row]
+        if answers:
+            metrics[f"{METRIC_PREFIX}/{task}/top_answer_share"] = top_answer(answers)[1]
     return metrics
 
 

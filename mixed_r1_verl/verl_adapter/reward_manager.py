@@ -13,7 +13,7 @@ Select it with `reward.reward_manager.name=mixed_r1`; options live in `reward.re
   bmas_num_gpus     > 0: one GPU actor per node holds the table and scores every BMAS batch of the node
   bmas_gpu_wait_s   how long start-up waits for Ray to place that GPU actor (default 60)
   bmas_linger_ms    how long a BMAS request waits for others to batch with (default 5)
-Every sample reports the same extra keys: score, accuracy, correct, format, error, task.
+Every sample reports the same extra keys: score, accuracy, correct, format, error, task, pred.
 
 The embedding model and, with bmas_num_gpus > 0, the GPU actor are set up when the manager is built
 (verl builds it in each reward worker's constructor, before any request): a model that cannot be
