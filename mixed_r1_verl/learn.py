@@ -7,7 +7,8 @@ One GPU, offline. Steps, each a command in a fresh process (dry_run=true prints 
  1. build the tiny Qwen2.5-VL of size `learn` (random weights);
  2. write the synthetic four-task set (rationales, val rows pinned per task) and 3. convert it;
  4. evaluate the base model on the held-out val split;
- 5. SFT on the rationales (recipes/sft/learn.yaml, stopped early), 6. evaluate;
+ 5. SFT on the rationales (recipes/sft/learn.yaml, stopped early; under time_budget_s also by
+    sft_budget_share of it), 6. evaluate;
  7. GRPO with Mixed-Reward from the SFT checkpoint (recipes/learn.yaml), 8. evaluate;
  9. write the per-task table (accuracy, format rate, mean score, n for base / SFT / GRPO, with deltas),
     the pairwise comparisons, a plot of per-task training accuracy against GRPO step, and the wall
@@ -81,11 +82,15 @@ class LearnConfig:
     sft_overrides: list = field(default_factory=list)
     grpo_overrides: list = field(default_factory=list)
     eval_overrides: list = field(default_factory=list)
-    # Seconds the whole proof may take from its start (null: no limit). GRPO then ends, with its
-    # checkpoint, at the last step that leaves time for the last evaluation and the report
-    # (mixed_r1.stop_by); a command still running when the budget is spent is stopped, and its stacks
-    # are written to logs/<NN_step>.stacks.txt.
+    # Seconds the whole proof may take from its start (null: no limit). SFT then ends, with its
+    # checkpoint, by sft_budget_share of the budget from the start, and GRPO at the last step that leaves
+    # time for the last evaluation and the report (mixed_r1.stop_by, both); a command still running when
+    # the budget is spent is stopped, and its stacks are written to logs/<NN_step>.stacks.txt.
     time_budget_s: float | None = None
+    # With time_budget_s: the share of the budget, from the proof's start, by which SFT ends (at its
+    # planned last step if that comes first). The rest is for the SFT evaluation, GRPO (whose rollout
+    # engine takes minutes to start) and the last evaluation.
+    sft_budget_share: float = 0.4
     # With time_budget_s: the seconds kept after GRPO for the last evaluation and the report, until an
     # evaluation has been timed (then 1.25 x the longest one timed, plus 10 s for the report).
     final_eval_reserve_s: float = 120.0
@@ -168,6 +173,13 @@ def final_eval_reserve_s(config: LearnConfig, times: dict[str, dict]) -> float:
     return 1.25 * max(evaluations) + 10 if evaluations else config.final_eval_reserve_s
 
 
+def sft_stop_by(config: LearnConfig, started: float) -> list[str]:
+    """SFT's mixed_r1.stop_by under the proof's time budget: its share of the budget from the start."""
+    if config.time_budget_s is None:
+        return []
+    return [f"mixed_r1.stop_by={int(started + config.sft_budget_share * config.time_budget_s)}"]
+
+
 def grpo_stop_by(config: LearnConfig, layout: Layout, started: float) -> list[str]:
     """GRPO's mixed_r1.stop_by under the proof's time budget, as the GRPO command starts."""
     if config.time_budget_s is None:
@@ -218,6 +230,7 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
             ),
             env={"VERL_FILE_LOGGER_PATH": str(layout.sft_log)},
             skip_if_exists=layout.sft_checkpoints / CHECKPOINT_TRACKER,
+            late_settings=lambda: sft_stop_by(config, started),
         ),
         Step(
             "publish the SFT model",
@@ -482,10 +495,11 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
     wall_check = f"- [{'x' if within_target else ' '}] whole proof <= {WALL_TIME_TARGET_S // 60} min wall"
     if within_target is None:
         wall_check += " (not known: no single execution ran every step)"
+    sft_steps = int((layout.sft_checkpoints / CHECKPOINT_TRACKER).read_text())
     grpo_steps = int((layout.grpo_checkpoints / CHECKPOINT_TRACKER).read_text())
     spread_table = markdown_table(*answer_spread_table(summaries))
     layout.table.write_text(
-        f"{table}\n\nGRPO steps trained: {grpo_steps}.\n\nTargets (GRPO over SFT, held-out val):\n\n{verdict}\n"
+        f"{table}\n\nSFT steps trained: {sft_steps}. GRPO steps trained: {grpo_steps}.\n\nTargets (GRPO over SFT, held-out val):\n\n{verdict}\n"
         f"{wall_check}\n\nAnswer spread: the share of responses giving each run's most common answer, and that "
         f"answer, against the same share among the references. A share far above the reference's means the model "
         f"answers alike whatever the image (it learned the answer prior, not the task).\n\n{spread_table}\n\n"
@@ -496,6 +510,7 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
             {
                 "header": header,
                 "rows": rows,
+                "sft_steps": sft_steps,
                 "grpo_steps": grpo_steps,
                 "targets": checks,
                 "answer_spread": {run: summaries[run].get("answers") for run in RUNS},
@@ -536,6 +551,8 @@ def main(argv: list[str] | None = None) -> None:
         print(settings_help(__doc__, LearnConfig))
         return
     config = parse_settings(LearnConfig, argv)
+    if not 0 < config.sft_budget_share < 1:
+        raise SystemExit(f"sft_budget_share={config.sft_budget_share}: must lie between 0 and 1 (see --help)")
     layout = Layout(Path(config.work_dir).absolute())
     started = time.time()
     steps = plan(config, started)

@@ -7,7 +7,8 @@ The config is verl's `sft_trainer_engine` with `conf/sft.yaml` and one `recipes/
 top. It trains on the converter's `sft_train.parquet` (rows with a rationale; target
 `<think>{rationale}</think><answer>{answer}</answer>`) with verl's multi-turn SFT dataset, which
 resizes each image with the pixel bounds the converter wrote and masks the loss to the target.
-One GPU runs in this process; more GPUs are started with torchrun.
+One GPU runs in this process; more GPUs are started with torchrun. With `mixed_r1.stop_by` (a Unix
+time) the run ends with its checkpoint at the last step that fits before it, as GRPO does.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mixed_r1_verl.entry import register_recipe_files, run_recipe_entry
 from mixed_r1_verl.main import (
     config_dir,
     data_files,
+    exit_if_stop_by_is_not_ahead,
     fail,
     file_logger_env,
     file_logger_path,
@@ -107,6 +109,7 @@ def train_on_this_node(config: DictConfig) -> None:
     """verl's SFT trainer on this node's devices: one process, or one per GPU under torchrun."""
     if config.trainer.nnodes != 1:
         fail("mixed_r1_verl.sft runs on one node (trainer.nnodes=1); use torchrun on every node for more.\n")
+    exit_if_stop_by_is_not_ahead(config.mixed_r1)
     make_paths_absolute(config, PATH_KEYS)
     missing = missing_inputs(config)
     if missing:
@@ -128,8 +131,9 @@ def train_on_this_node(config: DictConfig) -> None:
             os.execv(sys.executable, torchrun_command(config, sys.argv[1:]))
         os.environ.update(single_process_environment())
 
-    from verl.trainer.sft_trainer import run_sft
     from verl.utils.device import auto_set_device
+
+    from mixed_r1_verl.verl_adapter.sft_trainer import run_sft
 
     auto_set_device(config)
     run_sft(config)

@@ -23,6 +23,7 @@ from mixed_r1_verl.learn import (
     eval_step,
     execute,
     learning_table,
+    main as learn_main,
     plan,
     publish_checkpoint,
     step_file_prefix,
@@ -175,6 +176,21 @@ def test_under_a_time_budget_grpo_stops_by_the_budget_less_the_time_its_evaluati
     assert grpo_command(budget)[0] == [f"mixed_r1.stop_by={int(started) + 600 - 60}"]  # 1.25 x 40 s + 10 s
 
 
+def test_under_a_time_budget_sft_ends_by_its_share_of_the_budget(tmp_path):
+    started = 1_800_000_000.0
+
+    def sft_stop_by(config):
+        sft = next(step for step in plan(config, started) if step.name.startswith("SFT"))
+        return [arg for arg in sft.command() if arg.startswith("mixed_r1.stop_by=")]
+
+    assert sft_stop_by(LearnConfig(work_dir=str(tmp_path))) == []
+    assert sft_stop_by(LearnConfig(work_dir=str(tmp_path), time_budget_s=600)) == [f"mixed_r1.stop_by={int(started) + 240}"]
+    shorter = LearnConfig(work_dir=str(tmp_path), time_budget_s=600, sft_budget_share=0.25)
+    assert sft_stop_by(shorter) == [f"mixed_r1.stop_by={int(started) + 150}"]
+    with pytest.raises(SystemExit, match="sft_budget_share=1.5: must lie between 0 and 1"):
+        learn_main([f"work_dir={tmp_path}", "dry_run=true", "sft_budget_share=1.5"])
+
+
 def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
     layout = Layout(tmp_path)
     for run, rate in zip(RUNS, (0.1, 0.4, 0.6)):
@@ -184,6 +200,8 @@ def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
     write_metrics_log(layout.grpo_log, steps=5, top_answer_share=True)
     layout.grpo_checkpoints.mkdir()
     (layout.grpo_checkpoints / "latest_checkpointed_iteration.txt").write_text("5")
+    layout.sft_checkpoints.mkdir()
+    (layout.sft_checkpoints / "latest_checkpointed_iteration.txt").write_text("170")
     steps = plan(LearnConfig(work_dir=str(tmp_path)))
     commands = [step.name for step in steps if step.run is None]
     layout.step_times.parent.mkdir(parents=True, exist_ok=True)
@@ -194,11 +212,11 @@ def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
     assert "- [x] overall accuracy up by >= 0.05" in table and "- [x] format rate >= 0.95 after GRPO" in table
     assert "| SFT (cold start, stopped early) | 90.0 |" in table
     assert f"| total | {90.0 * len(commands):.1f} ({1.5 * len(commands):.1f} min) |" in table
-    assert "- [x] whole proof <= 20 min wall" in table and "GRPO steps trained: 5." in table
+    assert "- [x] whole proof <= 20 min wall" in table and "SFT steps trained: 170. GRPO steps trained: 5." in table
     # base: 9 of 10 wrong answer "x"; SFT: 6 of 10; GRPO answers "a" to all; references: "a" 3 of 10.
     assert "| grounding | 0.30 | 0.90 'x' | 0.60 'x' | 1.00 'a' |" in table
     report = json.loads((layout.report / "learning_table.json").read_text())
-    assert report["grpo_steps"] == 5 and report["answer_spread"]["grpo"]["chart"]["distinct"] == 1
+    assert report["sft_steps"] == 170 and report["grpo_steps"] == 5 and report["answer_spread"]["grpo"]["chart"]["distinct"] == 1
     assert report["targets"]["no task down by more than 0.02"] and report["wall_time_target_met"] is True
     assert (layout.report / "sft_vs_grpo" / "compare.md").exists()
     assert Image.open(layout.plot).size[0] >= 1600  # accuracy and top answer share side by side

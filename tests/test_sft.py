@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -304,6 +305,24 @@ def test_a_second_run_resumes_after_the_last_checkpoint_and_keeps_the_first_runs
     assert sorted(read_metrics_log(trained_on_cpu / "logs" / "sft.jsonl")) == [CPU_SFT_STEPS + 1, CPU_SFT_STEPS + 2]
     assert read_metrics_log(trained_on_cpu / "logs" / "sft.1.jsonl") == first_run
     assert (trained_on_cpu / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == str(CPU_SFT_STEPS + 2)
+
+
+def test_a_run_ends_with_its_checkpoint_after_the_last_step_that_fits_before_stop_by(
+    converted, tiny_model_dir, tmp_path
+):
+    """The time reserved for the last checkpoint and validation is all the time there was: the run must
+    end after step 1 of 50, validated and saved."""
+    data_dir, _ = converted
+    stop_by = int(time.time()) + 3600
+    run = succeeded(
+        sft_on_cpu(tmp_path, tiny_model_dir, data_dir, 50, f"mixed_r1.stop_by={stop_by}",
+                   "mixed_r1.stop_save_estimate_s=3600")
+    )  # fmt: skip
+    assert "mixed_r1.stop_by: ending after step 1 of 50, saved" in run.stdout, run.stdout[-4000:]
+    steps = read_metrics_log(tmp_path / "logs" / "sft.jsonl")
+    assert sorted(steps) == [1] and math.isfinite(steps[1]["val/loss"])
+    assert (tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "1"
+    assert (tmp_path / "checkpoints" / "global_step_1" / "huggingface" / "config.json").exists()
 
 
 def test_sets_smaller_than_one_batch_are_refused_before_training(converted, tiny_model_dir, tmp_path):

@@ -77,8 +77,8 @@ ONLY_READ_WITH = {
 
 # This package's own keys and the module that reads them.
 OWN_KEYS = {
-    # First match wins: the stop_by settings are read by the trainer, the other mixed_r1 ones by the entry.
-    "mixed_r1.stop_": REPO / "mixed_r1_verl" / "verl_adapter" / "trainer.py",
+    # First match wins: the stop_by settings are read by StopBy, the other mixed_r1 ones by the entry.
+    "mixed_r1.stop_": REPO / "mixed_r1_verl" / "verl_adapter" / "stop_by.py",
     "mixed_r1.": REPO / "mixed_r1_verl" / "main.py",
     "reward.reward_kwargs.": REPO / "mixed_r1_verl" / "verl_adapter" / "reward_manager.py",
     "trainer.v1.sampler.sampler_kwargs.": REPO / "mixed_r1_verl" / "verl_adapter" / "dynamic_sampling.py",

@@ -54,3 +54,20 @@ class StopBy:
     def last_step(self, step: int, planned_last: int, now: float, validates_last_step: bool) -> int:
         """The step the run should end at, having just finished `step`: never past `planned_last`."""
         return min(planned_last, step + self.steps_that_fit(now, validates_last_step))
+
+    def estimate(self, now: float, validates_last_step: bool) -> str:
+        """What the decision rests on, for the line that announces it."""
+        return (
+            f"{self.stop_by - now:.0f} s left; a step takes about {self.step_estimate_s():.1f} s, "
+            f"{self.reserve_s(validates_last_step):.0f} s are kept for the last checkpoint and validation"
+        )
+
+    @classmethod
+    def from_config(cls, config) -> StopBy | None:
+        """From `mixed_r1.stop_by` and `mixed_r1.stop_save_estimate_s`; None without a stop_by."""
+        from omegaconf import OmegaConf
+
+        stop_by = OmegaConf.select(config, "mixed_r1.stop_by")
+        if stop_by is None:
+            return None
+        return cls(float(stop_by), float(OmegaConf.select(config, "mixed_r1.stop_save_estimate_s")))

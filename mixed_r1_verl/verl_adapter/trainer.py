@@ -14,7 +14,7 @@ import time
 import numpy as np
 import ray
 import transfer_queue as tq
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
@@ -71,10 +71,7 @@ class MixedR1SyncTrainer(PPOTrainerSync):
     def __init__(self, config: DictConfig):
         config.trainer.v1.trainer_mode = VERL_SYNC_MODE
         self._task_metrics = PerTaskMetricsLog()
-        stop_by = OmegaConf.select(config, "mixed_r1.stop_by")
-        self._stop_by = None
-        if stop_by is not None:
-            self._stop_by = StopBy(float(stop_by), float(OmegaConf.select(config, "mixed_r1.stop_save_estimate_s")))
+        self._stop_by = StopBy.from_config(config)
         super().__init__(config)
 
     def _setup(self):
@@ -123,10 +120,7 @@ class MixedR1SyncTrainer(PPOTrainerSync):
         last = stop_by.last_step(self.global_steps, self._planned_last_step, now, validates)
         if last == self.total_training_steps:
             return
-        estimate = (
-            f"{stop_by.stop_by - now:.0f} s left; a step takes about {stop_by.step_estimate_s():.0f} s, "
-            f"{stop_by.reserve_s(validates):.0f} s are kept for the last checkpoint and validation"
-        )
+        estimate = stop_by.estimate(now, validates)
         planned = self._planned_last_step
         if last == self.global_steps:
             if not saved and trainer.save_freq > 0:

@@ -1,0 +1,100 @@
+"""verl's SFT trainer with `mixed_r1.stop_by`: the run ends with a checkpoint at the last step that still
+fits before that Unix time, as the `mixed_r1_sync` GRPO trainer does (`stop_by.py`).
+
+verl's `SFTTrainer.fit` ends at the step where `global_step >= self.total_training_steps`, checked after
+every step, and then validates (with a validation set) and saves. After every training batch this class
+times the step and lowers `total_training_steps` to the last step that fits, so verl's own last-step
+path validates and saves it. Every rank takes rank 0's decision, so all of them stop at the same step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed
+from omegaconf import DictConfig
+from verl.trainer.sft_trainer import SFTTrainer
+from verl.utils.distributed import destroy_global_process_group, initialize_global_process_group
+
+from mixed_r1_verl.verl_adapter.stop_by import StopBy
+
+
+class MixedR1SFTTrainer(SFTTrainer):
+    def __init__(self, config: DictConfig):
+        self._stop_by = StopBy.from_config(config)
+        super().__init__(config)
+
+    def _build_engine(self):
+        super()._build_engine()
+        if self._stop_by is None:
+            return
+        train_batch, infer_batch = self.training_client.train_batch, self.training_client.infer_batch
+        self._validation_s = 0.0
+
+        def timed_train_batch(*args, **kwargs):
+            output = train_batch(*args, **kwargs)
+            self._end_before_stop_by()
+            return output
+
+        def timed_infer_batch(*args, **kwargs):
+            started = time.time()
+            output = infer_batch(*args, **kwargs)
+            self._validation_s += time.time() - started
+            return output
+
+        self.training_client.train_batch = timed_train_batch
+        self.training_client.infer_batch = timed_infer_batch
+
+    def _build_ckpt_handler(self):
+        super()._build_ckpt_handler()
+        if self._stop_by is None:
+            return
+        save_checkpoint = self.ckpt_handler.save_checkpoint
+
+        def timed_save_checkpoint(*args, **kwargs):
+            started = time.time()
+            save_checkpoint(*args, **kwargs)
+            self._stop_by.record_save(time.time() - started)
+
+        self.ckpt_handler.save_checkpoint = timed_save_checkpoint
+
+    def fit(self):
+        self._planned_last_step = self.total_training_steps
+        self._step = self.resume_global_step
+        self._cycle_started = time.time()
+        super().fit()
+
+    def _end_before_stop_by(self):
+        """After each training batch (verl checks for its last step right after): the last step that
+        still fits before stop_by, on rank 0, for every rank."""
+        now, stop_by = time.time(), self._stop_by
+        self._step += 1
+        stop_by.record_cycle(now - self._cycle_started)
+        self._cycle_started = now
+        if self._validation_s:
+            stop_by.record_validation(self._validation_s)
+            self._validation_s = 0.0
+        validates = self.val_dataloader is not None
+        last = stop_by.last_step(self._step, self._planned_last_step, now, validates)
+        if torch.distributed.get_world_size() > 1:
+            decided = torch.tensor([last], device=self.device_name)
+            torch.distributed.broadcast(decided, src=0)
+            last = int(decided.item())
+        if last >= self.total_training_steps:
+            return
+        estimate = stop_by.estimate(now, validates)
+        planned = self._planned_last_step
+        if self.rank == 0:
+            if last == self._step:
+                print(f"mixed_r1.stop_by: ending after step {last} of {planned}, saved ({estimate})", flush=True)
+            else:
+                print(f"mixed_r1.stop_by: the last step is now {last} of {planned} ({estimate})", flush=True)
+        self.total_training_steps = last
+
+
+def run_sft(config: DictConfig) -> None:
+    """verl's `run_sft` with this trainer."""
+    initialize_global_process_group()
+    MixedR1SFTTrainer(config).fit()
+    destroy_global_process_group()
