@@ -65,20 +65,30 @@ def missing_inputs(config: DictConfig) -> list[str]:
     return missing
 
 
+def set_rows(config: DictConfig, key: str) -> int:
+    """Rows of data.train_files or data.val_files that verl's SFT trainer reads (its max_samples limit)."""
+    rows = sum(parquet_rows(path) for path in data_files(config.data[key]))
+    limit = config.data.get("train_max_samples" if key == "train_files" else "val_max_samples", -1)
+    return min(rows, limit) if limit > 0 else rows
+
+
 def sets_short_of_a_batch(config: DictConfig) -> list[str]:
     """`data.<key> (<n> rows)` for the training and validation sets holding fewer rows than one batch
     of data.train_batch_size: verl's SFT loaders yield whole batches only, so such a training set trains
     nothing and such a validation set logs val/loss as NaN."""
     short = []
-    for key, limit_key in (("train_files", "train_max_samples"), ("val_files", "val_max_samples")):
-        if not config.data[key]:
-            continue
-        rows = sum(parquet_rows(path) for path in data_files(config.data[key]))
-        limit = config.data.get(limit_key, -1)
-        rows = min(rows, limit) if limit > 0 else rows
-        if rows < config.data.train_batch_size:
+    for key in ("train_files", "val_files"):
+        if config.data[key] and (rows := set_rows(config, key)) < config.data.train_batch_size:
             short.append(f"data.{key} ({rows} rows)")
     return short
+
+
+def steps_in_the_epochs(config: DictConfig) -> int:
+    """Training steps in trainer.total_epochs: each rank's share of the rows (verl drops the remainder)
+    in whole batches of its share of data.train_batch_size."""
+    ranks = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    rows_per_rank = set_rows(config, "train_files") // ranks
+    return rows_per_rank // (config.data.train_batch_size // ranks) * config.trainer.total_epochs
 
 
 def torchrun_command(config: DictConfig, argv: list[str]) -> list[str]:
@@ -123,6 +133,13 @@ def train_on_this_node(config: DictConfig) -> None:
             f"{' and '.join(short)}: fewer rows than one batch of data.train_batch_size="
             f"{config.data.train_batch_size}. verl's SFT trainer uses whole batches only, so it would train "
             "nothing or log val/loss as NaN; lower data.train_batch_size, add rows, or set data.val_files=null.\n"
+        )
+    planned, in_epochs = config.trainer.total_training_steps, steps_in_the_epochs(config)
+    if planned is not None and planned > in_epochs:
+        fail(
+            f"trainer.total_training_steps={planned} is more than the {in_epochs} steps of "
+            f"trainer.total_epochs={config.trainer.total_epochs}: verl's SFT trainer would end after the last "
+            "epoch without saving a checkpoint. Raise trainer.total_epochs or lower trainer.total_training_steps.\n"
         )
     if logs_to_file(config) and os.environ.get("RANK", "0") == "0":
         prepare_metrics_log(file_logger_path(config, file_logger_env(os.environ)))

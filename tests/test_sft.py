@@ -311,21 +311,21 @@ def test_a_run_ends_with_its_checkpoint_after_the_last_step_that_fits_before_sto
     converted, tiny_model_dir, tmp_path
 ):
     """The time reserved for the last checkpoint and validation is all the time there was: the run must
-    end after step 1 of 50, validated and saved."""
+    end after step 1 of 8, validated and saved."""
     data_dir, _ = converted
     stop_by = int(time.time()) + 3600
     run = succeeded(
-        sft_on_cpu(tmp_path, tiny_model_dir, data_dir, 50, f"mixed_r1.stop_by={stop_by}",
+        sft_on_cpu(tmp_path, tiny_model_dir, data_dir, 8, f"mixed_r1.stop_by={stop_by}",
                    "mixed_r1.stop_save_estimate_s=3600")
     )  # fmt: skip
-    assert "mixed_r1.stop_by: ending after step 1 of 50, saved" in run.stdout, run.stdout[-4000:]
+    assert "mixed_r1.stop_by: ending after step 1 of 8, saved" in run.stdout, run.stdout[-4000:]
     steps = read_metrics_log(tmp_path / "logs" / "sft.jsonl")
     assert sorted(steps) == [1] and math.isfinite(steps[1]["val/loss"])
     assert (tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "1"
     assert (tmp_path / "checkpoints" / "global_step_1" / "huggingface" / "config.json").exists()
 
 
-def test_sets_smaller_than_one_batch_are_refused_before_training(converted, tiny_model_dir, tmp_path):
+def test_sets_smaller_than_one_batch_and_steps_beyond_the_epochs_are_refused_before_training(converted, tiny_model_dir, tmp_path):
     data_dir, _ = converted
     train_rows, val_rows = (pq.read_metadata(data_dir / f"sft_{split}.parquet").num_rows for split in ("train", "val"))
     run = sft_on_cpu(tmp_path, tiny_model_dir, data_dir, 2, f"data.train_batch_size={train_rows + 1}")
@@ -333,6 +333,11 @@ def test_sets_smaller_than_one_batch_are_refused_before_training(converted, tiny
     assert f"data.train_files ({train_rows} rows) and data.val_files ({val_rows} rows): fewer rows than one batch" in run.stderr
     run = sft_on_cpu(tmp_path, tiny_model_dir, data_dir, 2, f"data.train_batch_size={val_rows + 1}")
     assert run.returncode == 2 and f"data.val_files ({val_rows} rows): fewer" in run.stderr
+    # verl's loop would end after the last epoch, short of the planned last step that saves.
+    in_epochs = train_rows // 4 * 5  # batches of 4 (sft_on_cpu), the recipe's 5 epochs
+    run = sft_on_cpu(tmp_path, tiny_model_dir, data_dir, in_epochs + 1, "trainer.total_epochs=5")
+    assert run.returncode == 2
+    assert f"trainer.total_training_steps={in_epochs + 1} is more than the {in_epochs} steps of trainer.total_epochs=5" in run.stderr
     assert not (tmp_path / "checkpoints").exists()
 
 
