@@ -164,6 +164,20 @@ def planned_steps(config: DictConfig) -> tuple[int | None, str]:
     )
 
 
+def exit_if_steps_outrun_the_epochs(trainer: DictConfig, steps_per_epoch: int, trainer_name: str) -> None:
+    """verl's training loops end after trainer.total_epochs even short of trainer.total_training_steps,
+    and only the planned last step saves a checkpoint: such a run would end, exit 0, without one."""
+    planned, in_epochs = trainer.total_training_steps, steps_per_epoch * trainer.total_epochs
+    if planned is not None and planned > in_epochs:
+        fail(
+            f"trainer.total_training_steps={planned} is more than the {in_epochs} steps of "
+            f"trainer.total_epochs={trainer.total_epochs} ({steps_per_epoch} a epoch): {trainer_name} would end "
+            "after the last epoch without saving a checkpoint. Raise trainer.total_epochs or lower "
+            "trainer.total_training_steps.\n",
+            EXIT_USAGE,
+        )
+
+
 def exit_if_training_is_done(config: DictConfig) -> None:
     """A rerun that resumes from a checkpoint at or past the last step would train nothing and exit 0."""
     if config.trainer.resume_mode != "auto":
@@ -456,6 +470,8 @@ def train(config: DictConfig) -> None:
             config.data.max_prompt_length,
         )
     exit_unless_data_files_exist(config.data)
+    train_rows = sum(parquet_rows(path) for path in data_files(config.data.train_files))
+    exit_if_steps_outrun_the_epochs(config.trainer, train_rows // config.data.train_batch_size, "verl's trainer")
     add_ray_env_vars(config, {**worker_env, **import_plugins(PLUGIN_MODULES)}, os.environ)
     default_ray_cpus(config, os.environ, len(os.sched_getaffinity(0)))
     choose_attention(config, flash_attn_importable())

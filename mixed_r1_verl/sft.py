@@ -24,6 +24,7 @@ from mixed_r1_verl.entry import register_recipe_files, run_recipe_entry
 from mixed_r1_verl.main import (
     config_dir,
     data_files,
+    exit_if_steps_outrun_the_epochs,
     exit_if_stop_by_is_not_ahead,
     fail,
     file_logger_env,
@@ -83,12 +84,11 @@ def sets_short_of_a_batch(config: DictConfig) -> list[str]:
     return short
 
 
-def steps_in_the_epochs(config: DictConfig) -> int:
-    """Training steps in trainer.total_epochs: each rank's share of the rows (verl drops the remainder)
-    in whole batches of its share of data.train_batch_size."""
+def steps_per_epoch(config: DictConfig) -> int:
+    """Each rank's share of the training rows (verl drops the remainder) in whole batches of its share
+    of data.train_batch_size."""
     ranks = config.trainer.n_gpus_per_node * config.trainer.nnodes
-    rows_per_rank = set_rows(config, "train_files") // ranks
-    return rows_per_rank // (config.data.train_batch_size // ranks) * config.trainer.total_epochs
+    return set_rows(config, "train_files") // ranks // (config.data.train_batch_size // ranks)
 
 
 def torchrun_command(config: DictConfig, argv: list[str]) -> list[str]:
@@ -134,13 +134,7 @@ def train_on_this_node(config: DictConfig) -> None:
             f"{config.data.train_batch_size}. verl's SFT trainer uses whole batches only, so it would train "
             "nothing or log val/loss as NaN; lower data.train_batch_size, add rows, or set data.val_files=null.\n"
         )
-    planned, in_epochs = config.trainer.total_training_steps, steps_in_the_epochs(config)
-    if planned is not None and planned > in_epochs:
-        fail(
-            f"trainer.total_training_steps={planned} is more than the {in_epochs} steps of "
-            f"trainer.total_epochs={config.trainer.total_epochs}: verl's SFT trainer would end after the last "
-            "epoch without saving a checkpoint. Raise trainer.total_epochs or lower trainer.total_training_steps.\n"
-        )
+    exit_if_steps_outrun_the_epochs(config.trainer, steps_per_epoch(config), "verl's SFT trainer")
     if logs_to_file(config) and os.environ.get("RANK", "0") == "0":
         prepare_metrics_log(file_logger_path(config, file_logger_env(os.environ)))
     if "WORLD_SIZE" not in os.environ:

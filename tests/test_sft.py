@@ -338,6 +338,7 @@ def test_sets_smaller_than_one_batch_and_steps_beyond_the_epochs_are_refused_bef
     run = sft_on_cpu(tmp_path, tiny_model_dir, data_dir, in_epochs + 1, "trainer.total_epochs=5")
     assert run.returncode == 2
     assert f"trainer.total_training_steps={in_epochs + 1} is more than the {in_epochs} steps of trainer.total_epochs=5" in run.stderr
+    assert "verl's SFT trainer would end after the last epoch without saving a checkpoint" in run.stderr
     assert not (tmp_path / "checkpoints").exists()
 
 

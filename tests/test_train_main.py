@@ -170,6 +170,20 @@ def test_the_step_bound_comes_from_the_parquet_rows_without_total_training_steps
     assert planned_steps(config) == (6, "20 training rows / data.train_batch_size x trainer.total_epochs")
 
 
+def test_more_steps_than_the_epochs_hold_are_refused(capsys):
+    from mixed_r1_verl.main import exit_if_steps_outrun_the_epochs
+
+    trainer = OmegaConf.create({"total_training_steps": 7, "total_epochs": 3})
+    with pytest.raises(SystemExit) as stopped:
+        exit_if_steps_outrun_the_epochs(trainer, 2, "verl's trainer")
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert "trainer.total_training_steps=7 is more than the 6 steps of trainer.total_epochs=3 (2 a epoch)" in message
+    assert "verl's trainer would end after the last epoch without saving a checkpoint" in message
+    exit_if_steps_outrun_the_epochs(OmegaConf.merge(trainer, {"total_training_steps": 6}), 2, "verl's trainer")
+    exit_if_steps_outrun_the_epochs(OmegaConf.merge(trainer, {"total_training_steps": None}), 2, "verl's trainer")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour on a machine without a CUDA GPU")
 def test_multi_node_run_needs_shared_absolute_output_paths(tmp_path):
     relative = run_main("recipe=qwen25vl_32b", cwd=tmp_path)
