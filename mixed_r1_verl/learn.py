@@ -385,21 +385,14 @@ def target_checks(header: list[str], rows: list[list]) -> dict[str, bool]:
 
 def answer_spread_table(summaries: dict[str, dict]) -> tuple[list[str], list[list]]:
     """Per task, the share of responses giving the run's most common answer (and that answer) for
-    base / SFT / GRPO, after the same share among the references; "–" where a run has no spread."""
+    base / SFT / GRPO, after the same share among the references (the same val rows in every run)."""
     from mixed_r1_verl.eval.report import shown_answer
 
-    spreads = {run: summaries[run].get("answers", {}) for run in RUNS}
-    tasks = sorted(set().union(*spreads.values()))
     rows = []
-    for task in tasks:
-        known = [spreads[run][task] for run in RUNS if task in spreads[run]]
-        cells = [
-            f"{spreads[run][task]['top_share']:.2f} {shown_answer(spreads[run][task]['top_answer'])}"
-            if task in spreads[run]
-            else "–"
-            for run in RUNS
-        ]
-        rows.append([task, f"{known[0]['reference_top_share']:.2f}", *cells])
+    for task in sorted(summaries["grpo"]["answers"]):
+        spreads = [summaries[run]["answers"][task] for run in RUNS]
+        cells = [f"{spread['top_share']:.2f} {shown_answer(spread['top_answer'])}" for spread in spreads]
+        rows.append([task, f"{spreads[0]['reference_top_share']:.2f}", *cells])
     return ["task", "reference", *RUNS], rows
 
 
@@ -499,8 +492,8 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
     grpo_steps = int((layout.grpo_checkpoints / CHECKPOINT_TRACKER).read_text())
     spread_table = markdown_table(*answer_spread_table(summaries))
     layout.table.write_text(
-        f"{table}\n\nSFT steps trained: {sft_steps}. GRPO steps trained: {grpo_steps}.\n\nTargets (GRPO over SFT, held-out val):\n\n{verdict}\n"
-        f"{wall_check}\n\nAnswer spread: the share of responses giving each run's most common answer, and that "
+        f"{table}\n\nSFT steps trained: {sft_steps}. GRPO steps trained: {grpo_steps}.\n\n"
+        f"Targets (GRPO over SFT, held-out val):\n\n{verdict}\n{wall_check}\n\nAnswer spread: the share of responses giving each run's most common answer, and that "
         f"answer, against the same share among the references. A share far above the reference's means the model "
         f"answers alike whatever the image (it learned the answer prior, not the task).\n\n{spread_table}\n\n"
         f"Wall time of each command:\n\n{time_table}\n"
@@ -513,7 +506,7 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
                 "sft_steps": sft_steps,
                 "grpo_steps": grpo_steps,
                 "targets": checks,
-                "answer_spread": {run: summaries[run].get("answers") for run in RUNS},
+                "answer_spread": {run: summaries[run]["answers"] for run in RUNS},
                 "step_times": times,
                 "wall_time_target_met": within_target,
             },
