@@ -493,8 +493,8 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
     spread_table = markdown_table(*answer_spread_table(summaries))
     layout.table.write_text(
         f"{table}\n\nSFT steps trained: {sft_steps}. GRPO steps trained: {grpo_steps}.\n\n"
-        f"Targets (GRPO over SFT, held-out val):\n\n{verdict}\n{wall_check}\n\nAnswer spread: the share of responses giving each run's most common answer, and that "
-        f"answer, against the same share among the references. A share far above the reference's means the model "
+        f"Targets (GRPO over SFT, held-out val):\n\n{verdict}\n{wall_check}\n\n"
+        f"Answer spread: the share of responses giving each run's most common answer, and that answer, against the same share among the references. A share far above the reference's means the model "
         f"answers alike whatever the image (it learned the answer prior, not the task).\n\n{spread_table}\n\n"
         f"Wall time of each command:\n\n{time_table}\n"
     )
