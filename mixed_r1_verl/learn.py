@@ -494,8 +494,9 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
     layout.table.write_text(
         f"{table}\n\nSFT steps trained: {sft_steps}. GRPO steps trained: {grpo_steps}.\n\n"
         f"Targets (GRPO over SFT, held-out val):\n\n{verdict}\n{wall_check}\n\n"
-        f"Answer spread: the share of responses giving each run's most common answer, and that answer, against the same share among the references. A share far above the reference's means the model "
-        f"answers alike whatever the image (it learned the answer prior, not the task).\n\n{spread_table}\n\n"
+        "Answer spread: the share of responses giving each run's most common answer, and that answer, against "
+        "the same share among the references. A share far above the reference's means the model answers alike "
+        f"whatever the image (it learned the answer prior, not the task).\n\n{spread_table}\n\n"
         f"Wall time of each command:\n\n{time_table}\n"
     )
     (layout.report / "learning_table.json").write_text(
