@@ -42,6 +42,8 @@ CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
 RUNS = ("base", "sft", "grpo")
 # The proof's target on one GPU for the whole command: model, data, SFT, GRPO and three evaluations.
 WALL_TIME_TARGET_S = 20 * 60
+# Under a time budget: the least time SFT's stop_by lies ahead when SFT starts.
+SFT_LATE_START_S = 60
 # Files a model directory needs for vLLM and the processor, copied from the base model when the
 # checkpoint's Hugging Face copy lacks them.
 MODEL_SIDE_FILES = (
@@ -174,10 +176,13 @@ def final_eval_reserve_s(config: LearnConfig, times: dict[str, dict]) -> float:
 
 
 def sft_stop_by(config: LearnConfig, started: float) -> list[str]:
-    """SFT's mixed_r1.stop_by under the proof's time budget: its share of the budget from the start."""
+    """SFT's mixed_r1.stop_by under the proof's time budget, as the SFT command starts: its share of the
+    budget from the start, but at least SFT_LATE_START_S ahead, so that SFT started late still trains and
+    saves a step (the entry refuses a stop_by already past)."""
     if config.time_budget_s is None:
         return []
-    return [f"mixed_r1.stop_by={int(started + config.sft_budget_share * config.time_budget_s)}"]
+    share_ends = started + config.sft_budget_share * config.time_budget_s
+    return [f"mixed_r1.stop_by={int(max(share_ends, time.time() + SFT_LATE_START_S))}"]
 
 
 def grpo_stop_by(config: LearnConfig, layout: Layout, started: float) -> list[str]:

@@ -177,16 +177,20 @@ def test_under_a_time_budget_grpo_stops_by_the_budget_less_the_time_its_evaluati
 
 
 def test_under_a_time_budget_sft_ends_by_its_share_of_the_budget(tmp_path):
-    started = 1_800_000_000.0
+    started = time.time()
 
     def sft_stop_by(config):
         sft = next(step for step in plan(config, started) if step.name.startswith("SFT"))
         return [arg for arg in sft.command() if arg.startswith("mixed_r1.stop_by=")]
 
     assert sft_stop_by(LearnConfig(work_dir=str(tmp_path))) == []
-    assert sft_stop_by(LearnConfig(work_dir=str(tmp_path), time_budget_s=600)) == [f"mixed_r1.stop_by={int(started) + 240}"]
+    assert sft_stop_by(LearnConfig(work_dir=str(tmp_path), time_budget_s=600)) == [f"mixed_r1.stop_by={int(started + 240)}"]
     shorter = LearnConfig(work_dir=str(tmp_path), time_budget_s=600, sft_budget_share=0.25)
-    assert sft_stop_by(shorter) == [f"mixed_r1.stop_by={int(started) + 150}"]
+    assert sft_stop_by(shorter) == [f"mixed_r1.stop_by={int(started + 150)}"]
+    # Started so late that its share has passed: SFT still gets a minute to train and save a step.
+    started = time.time() - 1000
+    [late] = sft_stop_by(shorter)
+    assert time.time() + 55 <= int(late.partition("=")[2]) <= time.time() + 60
     with pytest.raises(SystemExit, match="sft_budget_share=1.5: must lie between 0 and 1"):
         learn_main([f"work_dir={tmp_path}", "dry_run=true", "sft_budget_share=1.5"])
 

@@ -14,6 +14,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from omegaconf import OmegaConf
+
 
 @dataclass
 class StopBy:
@@ -65,8 +67,6 @@ class StopBy:
     @classmethod
     def from_config(cls, config) -> StopBy | None:
         """From `mixed_r1.stop_by` and `mixed_r1.stop_save_estimate_s`; None without a stop_by."""
-        from omegaconf import OmegaConf
-
         stop_by = OmegaConf.select(config, "mixed_r1.stop_by")
         if stop_by is None:
             return None
