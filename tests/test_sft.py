@@ -299,9 +299,14 @@ def test_verls_sft_trainer_fits_the_rationales_and_saves_the_model_grpo_starts_f
 def test_a_second_run_resumes_after_the_last_checkpoint_and_keeps_the_first_runs_metrics(
     trained_on_cpu, converted, tiny_model_dir
 ):
+    """The second run also asks for a loader process where the first read in the trainer's own."""
     data_dir, _ = converted
     first_run = read_metrics_log(trained_on_cpu / "logs" / "sft.jsonl")
-    succeeded(sft_on_cpu(trained_on_cpu, tiny_model_dir, data_dir, CPU_SFT_STEPS + 2))
+    run = succeeded(sft_on_cpu(trained_on_cpu, tiny_model_dir, data_dir, CPU_SFT_STEPS + 2, "data.num_workers=1"))
+    assert (
+        f"global_step_{CPU_SFT_STEPS}: its data loader position was saved by 0 loader process(es), so the resumed "
+        "epoch is read with 0 and the next ones with data.num_workers=1"
+    ) in run.stdout, run.stdout[-3000:]
     assert sorted(read_metrics_log(trained_on_cpu / "logs" / "sft.jsonl")) == [CPU_SFT_STEPS + 1, CPU_SFT_STEPS + 2]
     assert read_metrics_log(trained_on_cpu / "logs" / "sft.1.jsonl") == first_run
     assert (trained_on_cpu / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == str(CPU_SFT_STEPS + 2)

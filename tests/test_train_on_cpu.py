@@ -53,13 +53,14 @@ def first_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def resumed_run(first_run):
-    """Resumes with filtering on, planned to step 6 with checkpoints every 5, and told that a checkpoint
-    takes all but 5 s of the time left before mixed_r1.stop_by: it must end after its first step, 3."""
+    """Resumes with filtering on, one data loader process (the smoke recipe's 2 saved the position), planned
+    to step 6 with checkpoints every 5, and told that a checkpoint takes all but 5 s of the time left before
+    mixed_r1.stop_by: it must end after its first step, 3."""
     work_dir, _ = first_run
     stop_by = int(time.time()) + STOP_BY_AHEAD_S
     return grpo_on_cpu(
-        work_dir, RESUMED_PLANNED_LAST_STEP, "filtering=on", "trainer.save_freq=5", f"mixed_r1.stop_by={stop_by}",
-        f"mixed_r1.stop_save_estimate_s={STOP_BY_AHEAD_S - 5}",
+        work_dir, RESUMED_PLANNED_LAST_STEP, "filtering=on", "data.dataloader_num_workers=1", "trainer.save_freq=5",
+        f"mixed_r1.stop_by={stop_by}", f"mixed_r1.stop_save_estimate_s={STOP_BY_AHEAD_S - 5}",
     )  # fmt: skip
 
 
@@ -124,6 +125,10 @@ def test_an_internvl_trains_on_its_image_prompts_of_all_four_tasks(internvl_run)
 
 def test_a_rerun_resumes_after_the_checkpoint_with_per_task_filtering(first_run, resumed_run):
     work_dir, _ = first_run
+    assert (
+        f"global_step_{FIRST_RUN_STEPS}: its data loader position was saved by 2 loader process(es), so the "
+        "resumed epoch is read with 2 and the next ones with data.dataloader_num_workers=1"
+    ) in resumed_run
     assert read_metrics_log(work_dir / "metrics.1.jsonl").keys() == set(range(1, FIRST_RUN_STEPS + 1))
     steps = read_metrics_log(work_dir / "metrics.jsonl")
     assert sorted(steps) == [FIRST_RUN_STEPS + 1]

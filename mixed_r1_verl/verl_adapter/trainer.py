@@ -20,6 +20,7 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from mixed_r1_verl.data.balanced_sampler import check_resumed_sampler, with_configured_sampler
+from mixed_r1_verl.verl_adapter.loader_resume import resume_with_saved_worker_count
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog
 from mixed_r1_verl.verl_adapter.stop_by import StopBy
 
@@ -88,7 +89,11 @@ class MixedR1SyncTrainer(PPOTrainerSync):
     def _load_checkpoint(self):
         super()._load_checkpoint()
         if self.global_steps:
-            check_resumed_sampler(self.train_dataloader, resumed_checkpoint(self.config.trainer, self.global_steps))
+            checkpoint = resumed_checkpoint(self.config.trainer, self.global_steps)
+            check_resumed_sampler(self.train_dataloader, checkpoint)
+            said = resume_with_saved_worker_count(self.train_dataloader, checkpoint, "data.dataloader_num_workers")
+            if said:
+                print(said, flush=True)
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
