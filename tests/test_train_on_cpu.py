@@ -42,6 +42,8 @@ def grpo_on_cpu(work_dir, steps, *settings, recipe="smoke"):
     log = run.stdout + run.stderr
     (work_dir / f"train_{steps}_steps.log").write_text(log)
     assert run.returncode == 0, log[-8000:]
+    # No loader process outlives training to be killed with the trainer's actor.
+    assert "DataLoader worker" not in log, log[log.index("DataLoader worker") - 2000 :][:4000]
     return log
 
 

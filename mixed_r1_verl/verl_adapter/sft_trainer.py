@@ -5,7 +5,7 @@ verl's `SFTTrainer.fit` ends at the step where `global_step >= self.total_traini
 every step, and then validates (with a validation set) and saves. After every training batch this class
 times the step and lowers `total_training_steps` to the last step that fits, so verl's own last-step
 path validates and saves it. Every rank takes rank 0's decision, so all of them stop at the same step.
-A resumed run may also change `data.num_workers` (`loader_resume.py`).
+A resumed run may also change `data.num_workers` (`loader_processes.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from verl.trainer.sft_trainer import SFTTrainer
 from verl.utils.distributed import destroy_global_process_group, initialize_global_process_group
 
-from mixed_r1_verl.verl_adapter.loader_resume import resume_with_saved_worker_count
+from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count
 from mixed_r1_verl.verl_adapter.stop_by import StopBy
 
 

@@ -20,7 +20,7 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from mixed_r1_verl.data.balanced_sampler import check_resumed_sampler, with_configured_sampler
-from mixed_r1_verl.verl_adapter.loader_resume import resume_with_saved_worker_count
+from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count, stop_loader_processes
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog
 from mixed_r1_verl.verl_adapter.stop_by import StopBy
 
@@ -94,6 +94,13 @@ class MixedR1SyncTrainer(PPOTrainerSync):
             said = resume_with_saved_worker_count(self.train_dataloader, checkpoint, "data.dataloader_num_workers")
             if said:
                 print(said, flush=True)
+
+    def fit(self, agent_loop_manager):
+        try:
+            super().fit(agent_loop_manager)
+        finally:
+            stop_loader_processes(self.train_dataloader)
+            stop_loader_processes(self.val_dataloader)
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)

@@ -1,9 +1,16 @@
-"""Resuming torchdata's StatefulDataLoader with another number of loader processes than saved it."""
+"""torchdata's StatefulDataLoader in the trainers: resumed with another number of loader processes than
+saved it, and its processes stopped when training ends in the middle of an epoch."""
+
+import os
 
 import pytest
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from mixed_r1_verl.verl_adapter.loader_resume import resume_with_saved_worker_count, saved_worker_count
+from mixed_r1_verl.verl_adapter.loader_processes import (
+    resume_with_saved_worker_count,
+    saved_worker_count,
+    stop_loader_processes,
+)
 
 ROWS, BATCH, READ_BEFORE_SAVE = 24, 4, 2
 
@@ -52,3 +59,43 @@ def test_a_state_saved_by_as_many_workers_is_left_to_torchdata():
     assert resume_with_saved_worker_count(resumed, "ckpt", "data.num_workers") is None
     assert "_get_iterator" not in vars(resumed)
     assert next(iter(resumed)).tolist() == list(range(READ_BEFORE_SAVE * BATCH, (READ_BEFORE_SAVE + 1) * BATCH))
+
+
+class LoaderProcessIds:
+    """Rows that are the id of the process that read them."""
+
+    def __len__(self):
+        return ROWS
+
+    def __getitem__(self, index):
+        return os.getpid()
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_processes_of_an_unfinished_epoch_end_when_stopped_and_the_loader_reads_on():
+    process_ids = StatefulDataLoader(LoaderProcessIds(), batch_size=BATCH, num_workers=2)
+    batches = iter(process_ids)
+    workers = {int(pid) for _ in range(READ_BEFORE_SAVE) for pid in next(batches)}
+    assert len(workers) == 2 and os.getpid() not in workers
+    assert all(is_running(pid) for pid in workers)
+
+    stop_loader_processes(process_ids)
+    assert not any(is_running(pid) for pid in workers)
+    stop_loader_processes(process_ids)  # twice, as after a failed step
+    assert len(list(process_ids)) == ROWS // BATCH
+
+
+@pytest.mark.parametrize("read", [False, True])
+def test_stopping_a_loader_without_processes_does_nothing(read):
+    in_process = loader(0)
+    if read:
+        next(iter(in_process))
+    stop_loader_processes(in_process)
+    assert [batch.tolist() for batch in in_process][0] == list(range(BATCH))

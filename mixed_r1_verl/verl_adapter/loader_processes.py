@@ -1,10 +1,14 @@
-"""Resuming a data loader saved with another number of loader processes.
+"""The worker processes of the trainers' data loaders.
 
-torchdata's `StatefulDataLoader` restores a saved position only into as many worker processes as wrote
-it; with any other number the first batch fails with a bare AssertionError, after the trainer has
-started every worker and loaded the model. The order of a map-style dataset's batches does not depend
-on that number (the sampler runs in the trainer's process), so the resumed epoch is read with the saved
-number and every later epoch with the configured one.
+Resuming with another number of them: torchdata's `StatefulDataLoader` restores a saved position only
+into as many worker processes as wrote it; with any other number the first batch fails with a bare
+AssertionError, after the trainer has started every worker and loaded the model. The order of a
+map-style dataset's batches does not depend on that number (the sampler runs in the trainer's process),
+so the resumed epoch is read with the saved number and every later epoch with the configured one.
+
+Stopping them when training ends: the loader keeps its iterator, so the processes of an epoch that
+training left unfinished live on until Ray ends the trainer's actor, and their being killed then shows
+as `RuntimeError: DataLoader worker (pid ...) is killed by signal: Killed` after a run that succeeded.
 """
 
 from __future__ import annotations
@@ -47,3 +51,10 @@ def resume_with_saved_worker_count(loader: StatefulDataLoader, checkpoint: str, 
         f"{checkpoint}: its data loader position was saved by {saved} loader process(es), so the resumed epoch "
         f"is read with {saved} and the next ones with {setting}={configured[0]}"
     )
+
+
+def stop_loader_processes(loader: StatefulDataLoader) -> None:
+    """Ends the worker processes of the epoch `loader` is reading, if it has any."""
+    shutdown_workers = getattr(loader._iterator, "_shutdown_workers", None)
+    if shutdown_workers is not None:
+        shutdown_workers()
