@@ -54,11 +54,28 @@ runtime_env_json() {
     done
     "${PYTHON:-python3}" - "$working_dir" "${env_args[@]}" <<'PY'
 import json
+import os
+import re
+import subprocess
 import sys
+
+
+def git_ignored(directory):
+    """What git ignores in the directory, as patterns anchored to it. Ray reads .gitignore and .rayignore
+    files itself, but not .git/info/exclude or the user's global excludes."""
+    try:
+        command = ["git", "-C", directory, "ls-files", "--others", "--ignored", "--exclude-standard", "--directory"]
+        listing = subprocess.run([*command, "-z"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    paths = os.fsdecode(listing).split("\0")
+    return ["/" + re.sub(r"([\\*?\[])", r"\\\1", path.rstrip("/")) for path in paths if path]
+
 
 working_dir, *assignments = sys.argv[1:]
 env_vars = dict(item.split("=", 1) for item in assignments)
 excludes = ["/.git", "/.venv", "/outputs", "/checkpoints", "/data", "*.parquet", "__pycache__"]
+excludes += [pattern for pattern in git_ignored(working_dir) if pattern not in excludes]
 print(json.dumps({"working_dir": working_dir, "excludes": excludes, "env_vars": env_vars}))
 PY
 }

@@ -7,9 +7,11 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+from ray._private.runtime_env.packaging import create_package
 
 from mixed_r1_verl.main import PLUGIN_MODULES
 
@@ -84,6 +86,29 @@ def test_ray_job_dry_run_ships_the_code_and_registers_the_plugins_on_every_node(
         "python", "-m", "mixed_r1_verl.main", "recipe=qwen25vl_32b", "trainer.nnodes=4",
         "trainer.n_gpus_per_node=8", "data.train_batch_size=256",
     ]  # fmt: skip
+
+
+def test_ray_job_ships_the_checkout_without_what_git_ignores(tmp_path):
+    """Ray itself skips what .gitignore and .rayignore files name, not what .git/info/exclude or a global
+    excludes file does: model weights kept in a checkout would otherwise exceed Ray's upload limit."""
+    checkout = tmp_path / "checkout"
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    files = ["pkg/tracked.py", "pkg/untracked.py", "keep.txt", ".gitignore", "logs/run.log", "weights/model.bin",
+             "notes [draft]*.txt"]  # fmt: skip
+    for name in files:
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_text("logs/\n" if name == ".gitignore" else name)
+    (checkout / ".git" / "info" / "exclude").write_text("weights/\nnotes*\n")
+    subprocess.run(["git", "-C", str(checkout), "add", "pkg/tracked.py"], check=True)
+    result = run_script(
+        SCRIPTS[1], "--dry-run", "--working-dir", str(checkout), "smoke", PYTHON=sys.executable, HOME=str(tmp_path)
+    )
+    [command] = printed_commands(result)
+    runtime_env = json.loads(command[command.index("--runtime-env-json") + 1])
+    package = tmp_path / "working_dir.zip"
+    create_package(runtime_env["working_dir"], package, include_gitignore=True, excludes=runtime_env["excludes"])
+    with zipfile.ZipFile(package) as shipped:
+        assert set(shipped.namelist()) == {"pkg/tracked.py", "pkg/untracked.py", "keep.txt", ".gitignore"}
 
 
 def test_ray_job_without_a_token_says_where_the_token_goes(tmp_path):
