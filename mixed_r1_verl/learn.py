@@ -18,7 +18,8 @@ Evaluation is the project's (`mixed_r1_verl.eval`: its generators, scorer and su
 with the base model's table in training and in every evaluation, so open_ended scores compare.
 A rerun skips what is done: the model and the data when present, SFT and GRPO once they saved their
 checkpoint (both save only at their last step; delete the `sft`/`grpo` directory to train again), and
-generations cached for the same model.
+generations cached for the same model. So the proof can run in parts: `stop_after=sft` ends after the
+SFT model's evaluation, and the same command without it goes on with GRPO.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 # Written by verl next to the global_step_N directories once a checkpoint is complete.
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
 RUNS = ("base", "sft", "grpo")
+# The runs after whose evaluation the proof may stop (stop_after).
+STOP_POINTS = RUNS[:2]
 # The proof's target on one GPU for the whole command: model, data, SFT, GRPO and three evaluations.
 WALL_TIME_TARGET_S = 20 * 60
 # Under a time budget: the least time SFT's stop_by lies ahead when SFT starts.
@@ -96,6 +99,9 @@ class LearnConfig:
     # With time_budget_s: the seconds kept after GRPO for the last evaluation and the report, until an
     # evaluation has been timed (then 1.25 x the longest one timed, plus 10 s for the report).
     final_eval_reserve_s: float = 120.0
+    # `base` or `sft`: end after that model's evaluation. The same command without it later goes on from
+    # there (under a job time limit, say, or to look at the cold start before GRPO).
+    stop_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -199,7 +205,7 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
     started = time.time() if started is None else started
     seed = config.seed
     data_done = layout.data / "summary.json"
-    return [
+    steps = [
         Step(
             "build the base model",
             python_module(
@@ -270,6 +276,12 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
             run=lambda: write_report(layout, plan(config)),
         ),
     ]  # fmt: skip
+    if config.stop_after is None:
+        return steps
+    if config.stop_after not in STOP_POINTS:
+        raise ValueError(f"stop_after={config.stop_after}: must be one of {', '.join(STOP_POINTS)} (or null)")
+    last = [step.name for step in steps].index(f"evaluate {config.stop_after}")
+    return steps[: last + 1]
 
 
 def publish_checkpoint(checkpoints: Path, inside: str, link: Path, base_model: Path) -> Path:
@@ -554,7 +566,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"sft_budget_share={config.sft_budget_share}: must lie between 0 and 1 (see --help)")
     layout = Layout(Path(config.work_dir).absolute())
     started = time.time()
-    steps = plan(config, started)
+    try:
+        steps = plan(config, started)
+    except ValueError as error:
+        raise SystemExit(f"{error} (see --help)") from None
     if config.dry_run:
         for number, step in enumerate(steps, start=1):
             print(f"[{number}/{len(steps)}] {step.name}\n    {step.describe()}")
@@ -572,6 +587,11 @@ def main(argv: list[str] | None = None) -> None:
         except StepFailed as failure:
             print(f"{failure}\nFix the cause and run the same command again: finished steps are skipped.", file=sys.stderr)
             sys.exit(failure.returncode)
+        if config.stop_after is not None:
+            print(
+                f"\nStopped after evaluating the {config.stop_after} model (stop_after={config.stop_after}). The same "
+                "command without stop_after goes on from there: finished steps are skipped."
+            )
     print("\nArtefacts:" if not config.dry_run else "\nArtefacts (once run):")
     for name, path in artefacts(layout).items():
         print(f"  {name:18s} {path}")

@@ -69,6 +69,17 @@ def test_dry_run_prints_every_command_in_order_and_runs_nothing(tmp_path):
         assert artefact in output.split("Artefacts")[1]
 
 
+def test_stop_after_ends_the_plan_with_that_models_evaluation(tmp_path):
+    names = [step.name for step in plan(LearnConfig(work_dir=str(tmp_path), stop_after="sft"))]
+    assert names[-1] == "evaluate sft" and not any(name.startswith("GRPO") for name in names)
+    assert [step.name for step in plan(LearnConfig(work_dir=str(tmp_path), stop_after="base"))][-1] == "evaluate base"
+    refused = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.learn", f"work_dir={tmp_path}", "stop_after=grpo", "dry_run=true"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "stop_after=grpo: must be one of base, sft" in refused.stderr
+
+
 def test_plan_evaluates_every_model_on_the_held_out_split_with_one_embedding_table(tmp_path):
     steps = plan(LearnConfig(work_dir=str(tmp_path)))
     evaluations = [step.argv for step in steps if step.name.startswith("evaluate")]
