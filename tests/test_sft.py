@@ -88,7 +88,7 @@ def test_config_composes_on_verls_sft_config_and_builds_its_dataclasses(converte
     data_dir, _ = converted
     config = compose_sft(f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")
     assert config.data.train_files == f"{data_dir}/sft_train.parquet"
-    assert config.data.pad_mode == "no_padding" and config.trainer.total_training_steps == 400
+    assert config.data.pad_mode == "no_padding" and config.trainer.total_training_steps == 500
     model = omega_conf_to_dataclass(config.model)
     assert model.tokenizer.convert_tokens_to_ids("<|image_pad|>") == model.hf_config.image_token_id
     for key in ("engine", "optim", "checkpoint", "profiler"):
