@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
+from mixed_r1_verl.eval.cache import discard_generations_made_otherwise
 from mixed_r1_verl.eval.cli import checked_settings, main
 from mixed_r1_verl.eval.records import RecordError, load_records
 
@@ -146,6 +147,40 @@ def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_
     assert main(args) == 0
     assert (out / "generations.jsonl").read_text() == generations_before
     assert (out / "summary.json").read_text() == first_summary
+
+
+def test_cached_generations_are_reused_only_with_the_same_model_and_sampling(tmp_path, parquet, tiny_model):
+    out = tmp_path / "run"
+    args = [f"data={parquet}", f"model={tiny_model}", "backend=hf", "device=cpu", f"out_dir={out}", "batch_size=5"]
+
+    def responses():
+        lines = (out / "generations.jsonl").read_text().splitlines()
+        return {line["id"]: line["response"] for line in map(json.loads, lines)}
+
+    assert main([*args, "max_new_tokens=2"]) == 0
+    short = responses()
+    assert main([*args, "max_new_tokens=2"]) == 0
+    assert responses() == short
+    assert main([*args, "max_new_tokens=8"]) == 0
+    longer = responses()
+    assert sorted(longer) == sorted(short)
+    assert all(longer[key].startswith(short[key]) for key in short)  # greedy: the same start, continued
+    assert sum(map(len, longer.values())) > sum(map(len, short.values()))
+    assert json.loads((out / "summary.json").read_text())["run"]["sampling"]["max_new_tokens"] == 8
+
+
+def test_cached_generations_of_another_model_at_the_same_path_are_discarded(tmp_path):
+    model, out, sampling = tmp_path / "model", tmp_path / "eval", {"max_new_tokens": 8}
+    model.mkdir()
+    out.mkdir()
+    (model / "model.safetensors").write_bytes(b"0" * 10)
+    discard_generations_made_otherwise(out, str(model), sampling)
+    (out / "generations.jsonl").write_text('{"id": "a", "response": "x"}\n')
+    discard_generations_made_otherwise(out, str(model), sampling)
+    assert (out / "generations.jsonl").exists()
+    (model / "model.safetensors").write_bytes(b"0" * 20)  # retrained in place
+    discard_generations_made_otherwise(out, str(model), sampling)
+    assert not (out / "generations.jsonl").exists()
 
 
 def test_compare_puts_two_runs_side_by_side(tmp_path, parquet, tiny_model, capsys):

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from data_helpers import REPO, convert_synthetic
-from mixed_r1_verl.eval.cache import discard_generations_of_another_model
 from mixed_r1_verl.eval.report import write_summary
 from mixed_r1_verl.eval.scoring import summarize
 from mixed_r1_verl.learn import (
@@ -287,20 +286,6 @@ def test_training_steps_are_skipped_once_their_checkpoint_exists(tmp_path, capsy
     sft.skip_if_exists.write_text("100")
     execute([sft], env=dict(os.environ))
     assert "done earlier" in capsys.readouterr().out
-
-
-def test_cached_generations_of_another_model_are_discarded(tmp_path):
-    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "eval"
-    for model, size in ((first, 10), (second, 20)):
-        model.mkdir()
-        (model / "model.safetensors").write_bytes(b"0" * size)
-    out.mkdir()
-    discard_generations_of_another_model(out, str(first))
-    (out / "generations.jsonl").write_text('{"id": "a", "response": "x"}\n')
-    discard_generations_of_another_model(out, str(first))
-    assert (out / "generations.jsonl").exists()
-    discard_generations_of_another_model(out, str(second))
-    assert not (out / "generations.jsonl").exists()
 
 
 def test_without_a_gpu_the_proof_stops_before_building_anything(tmp_path):

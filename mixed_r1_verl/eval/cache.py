@@ -78,12 +78,16 @@ def model_fingerprint(model: str) -> dict:
     return {"path": str(directory), "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights]}
 
 
-def discard_generations_of_another_model(out_dir: Path, model: str) -> None:
-    """Cached generations are reused only for the model that wrote them (`model.json` beside the cache
-    records it): a retrained checkpoint at the same path is generated again."""
+def discard_generations_made_otherwise(out_dir: Path, model: str, sampling: dict) -> None:
+    """Cached generations are reused only for the model and the sampling settings that wrote them
+    (`model.json` beside the cache records both): a checkpoint retrained at the same path, or another
+    `max_new_tokens`, temperature, top_p or seed, is generated again."""
     record, cache = out_dir / MODEL_FILE, out_dir / CACHE_FILE
-    fingerprint = model_fingerprint(model)
-    if record.exists() and json.loads(record.read_text()) != fingerprint and cache.exists():
-        logger.warning("%s: written by another model than %s; generating again", cache, model)
-        cache.unlink()
-    record.write_text(json.dumps(fingerprint, indent=2))
+    made_with = {**model_fingerprint(model), "sampling": sampling}
+    if record.exists() and cache.exists():
+        earlier = json.loads(record.read_text())
+        changed = sorted(key for key in made_with.keys() | earlier.keys() if earlier.get(key) != made_with.get(key))
+        if changed:
+            logger.warning("%s: written with another %s; generating again", cache, " and ".join(changed))
+            cache.unlink()
+    record.write_text(json.dumps(made_with, indent=2))

@@ -16,6 +16,7 @@ default: model), `format_weight`, `iou_threshold`. `limit` evaluates the first N
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -26,7 +27,7 @@ from typing import Any, Optional
 
 from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 
-from .cache import CACHE_FILE, GenerationCache, discard_generations_of_another_model, read_generations
+from .cache import CACHE_FILE, GenerationCache, discard_generations_made_otherwise, read_generations
 from .generation import SamplingSettings, build_generator, generate_missing
 from .records import EvalRecord, load_records
 from .report import load_summary, summary_markdown, write_comparison, write_summary
@@ -88,10 +89,18 @@ def checked_settings(argv: list[str]) -> EvalSettings:
     return settings
 
 
-def _make_generator(args):
-    sampling = SamplingSettings(
+def sampling_settings(args) -> SamplingSettings:
+    return SamplingSettings(
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
     )
+
+
+def sampling_record(args) -> dict:
+    return dataclasses.asdict(sampling_settings(args))
+
+
+def _make_generator(args):
+    sampling = sampling_settings(args)
     backend = args.backend
     if backend == "auto":
         backend = "vllm" if find_spec("vllm") is not None else "hf"
@@ -116,7 +125,7 @@ def _responses(args, records: list[EvalRecord], out_dir: Path) -> dict[str, str]
                 f"{args.generations}: no response for {len(missing)} of {len(ids)} record(s), e.g. {missing[:5]}"
             )
         return responses
-    discard_generations_of_another_model(out_dir, args.model)
+    discard_generations_made_otherwise(out_dir, args.model, sampling_record(args))
     cache = GenerationCache(out_dir / CACHE_FILE)
     if cache.missing(ids):
         generate_missing(records, _make_generator(args), cache, args.batch_size)
@@ -155,7 +164,7 @@ def run_eval(args) -> dict:
         "model": args.model,
         "generations": args.generations,
         "reward_kwargs": {name: str(value) for name, value in reward_kwargs.items()},
-        "sampling": {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens},
+        "sampling": sampling_record(args),
     }
     write_summary(summary, out_dir)
     print(summary_markdown(summary))
