@@ -18,8 +18,10 @@ Evaluation is the project's (`mixed_r1_verl.eval`: its generators, scorer and su
 with the base model's table in training and in every evaluation, so open_ended scores compare.
 A rerun skips what is done: the model and the data when present, SFT and GRPO once they saved their
 checkpoint (both save only at their last step; delete the `sft`/`grpo` directory to train again), and
-generations cached for the same model. So the proof can run in parts: `stop_after=sft` ends after the
-SFT model's evaluation, and the same command without it goes on with GRPO.
+generations cached for the same model and sampling settings. So the proof can run in parts:
+`stop_after=sft` ends after the SFT model's evaluation, and the same command without it goes on with
+GRPO. A step done earlier with other settings (another seed, model size or `sft_overrides`, say), or
+made from what this command makes again, is not reused: the proof stops first and names it.
 """
 
 from __future__ import annotations
@@ -209,8 +211,8 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
         Step(
             "build the base model",
             python_module(
-                "mixed_r1_verl.models.tiny_qwen25vl", str(layout.base_model), "--size", config.model_size,
-                "--seed", str(seed),
+                "mixed_r1_verl.models.tiny_qwen25vl", str(layout.base_model), f"--size={config.model_size}",
+                f"--seed={seed}",
             ),
             skip_if_exists=layout.base_model / "config.json",
         ),
@@ -304,6 +306,51 @@ def publish_checkpoint(checkpoints: Path, inside: str, link: Path, base_model: P
     return model_dir
 
 
+class DoneStepsDiffer(RuntimeError):
+    """Steps done earlier that the command would skip, but whose results no longer fit it."""
+
+
+# How a recorded command writes the proof's work dir, so that a work dir moved elsewhere still matches.
+WORK_DIR_MARK = "<work_dir>"
+
+
+def recorded_command(step: Step, work_dir: Path | None) -> list[str]:
+    """What a step's command asks for, as recorded to compare with a rerun's: its arguments without the
+    interpreter and without the settings known only when it starts."""
+    arguments = step.argv[1:]
+    return arguments if work_dir is None else [argument.replace(str(work_dir), WORK_DIR_MARK) for argument in arguments]
+
+
+def check_done_steps(steps: list[Step], times: dict[str, dict], work_dir: Path | None) -> None:
+    """Stop before anything runs when a step that would be skipped was done with another command than
+    this one's (as recorded in `times`), or comes after a step this command does again (an earlier
+    step's results are missing, so the later ones were made from results that will be replaced)."""
+    problems, redo, again = [], [], None
+    for step in steps:
+        if step.skip_if_exists is None:
+            continue
+        if not step.skip_if_exists.exists():
+            again = again or step
+            continue
+        earlier, now = times.get(step.name, {}).get("command"), recorded_command(step, work_dir)
+        if earlier is not None and earlier != now:
+            done_with = shlex.join(argument for argument in earlier if argument not in now) or "nothing more"
+            asked = shlex.join(argument for argument in now if argument not in earlier) or "nothing more"
+            problems.append(f"{step.name}: done with {done_with}; this command asks for {asked}")
+        elif again is not None:
+            problems.append(f"{step.name}: made from the results of '{again.name}', which this command makes again")
+        else:
+            continue
+        if step.skip_if_exists.parent not in redo:
+            redo.append(step.skip_if_exists.parent)
+    if problems:
+        raise DoneStepsDiffer(
+            "Steps done earlier do not fit this command, so their results are not reused:\n"
+            + "".join(f"  - {problem}\n" for problem in problems)
+            + f"Run the proof in another work_dir, or delete {', '.join(map(str, redo))} to do them again."
+        )
+
+
 class StepFailed(RuntimeError):
     def __init__(self, number: int, step: Step, returncode: int, reason: str | None = None):
         reason = reason or f"failed with exit code {returncode}"
@@ -322,13 +369,17 @@ def execute(
     times_log: Path | None = None,
     deadline: float | None = None,
     watch_dir: Path | None = None,
+    work_dir: Path | None = None,
 ) -> None:
     """Run the steps in order, skipping those already done. With `times_log`, each command that
-    succeeds records its wall time there by step name, with the start of this execution; times of
-    steps not run again are kept. A command still running at `deadline` (a Unix time) is stopped and
-    fails the execution. With `watch_dir`, each command leaves `<NN_step>.progress.log` there
-    (snapshots of its processes) and, when stopped at the deadline, `<NN_step>.stacks.txt`."""
+    succeeds records there, by step name, its wall time with the start of this execution and its
+    command (`work_dir` in it written as WORK_DIR_MARK); entries of steps not run again are kept, and a
+    step done earlier with another command stops the execution before anything runs
+    (check_done_steps). A command still running at `deadline` (a Unix time) is stopped and fails the
+    execution. With `watch_dir`, each command leaves `<NN_step>.progress.log` there (snapshots of its
+    processes) and, when stopped at the deadline, `<NN_step>.stacks.txt`."""
     times = read_step_times(times_log) if times_log is not None else {}
+    check_done_steps(steps, times, work_dir)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
     for number, step in enumerate(steps, start=1):
         if step.skip_if_exists is not None and step.skip_if_exists.exists():
@@ -350,7 +401,11 @@ def execute(
         if returncode:
             raise StepFailed(number, step, returncode)
         if times_log is not None:
-            times[step.name] = {"seconds": round(time.monotonic() - started, 1), "execution": started_at}
+            times[step.name] = {
+                "seconds": round(time.monotonic() - started, 1),
+                "execution": started_at,
+                "command": recorded_command(step, work_dir),
+            }
             times_log.parent.mkdir(parents=True, exist_ok=True)
             times_log.write_text(json.dumps(times, indent=2) + "\n")
 
@@ -583,7 +638,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             deadline = None if config.time_budget_s is None else started + config.time_budget_s
             env = {**os.environ, "MIXED_R1_LEARN_DIR": str(layout.root)}
-            execute(steps, env, layout.step_times, deadline, watch_dir=layout.logs)
+            execute(steps, env, layout.step_times, deadline, watch_dir=layout.logs, work_dir=layout.root)
+        except DoneStepsDiffer as error:
+            raise SystemExit(str(error)) from None
         except StepFailed as failure:
             print(f"{failure}\nFix the cause and run the same command again: finished steps are skipped.", file=sys.stderr)
             sys.exit(failure.returncode)
