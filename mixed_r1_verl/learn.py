@@ -4,7 +4,7 @@
 
 One GPU, offline. Steps, each a command in a fresh process (dry_run=true prints them and runs nothing):
 
- 1. build the tiny Qwen2.5-VL of size `learn` (random weights);
+ 1. build the tiny Qwen2.5-VL of size `learn` (random weights; model_size and model_overrides change it);
  2. write the synthetic four-task set (rationales, val rows pinned per task) and 3. convert it;
  4. evaluate the base model on the held-out val split;
  5. SFT on the rationales (recipes/sft/learn.yaml, stopped early; under time_budget_s also by
@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from mixed_r1_verl.models.tiny_qwen25vl import size_from_settings
 from mixed_r1_verl.run_logs import EXIT_OUT_OF_TIME, STACKS_SUFFIX, run_with_limit
 from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 
@@ -80,6 +81,9 @@ class LearnConfig:
     rows_per_task: int = 2200
     val_rows_per_task: int = 200
     model_size: str = "learn"
+    # FIELD=INT settings over model_size's architecture (TinySize in mixed_r1_verl/models/tiny_qwen25vl.py),
+    # [num_hidden_layers=8,hidden_size=768,intermediate_size=2304] say: a larger model to learn more.
+    model_overrides: list = field(default_factory=list)
     eval_max_new_tokens: int = 256
     eval_batch_size: int = 512
     # transformers generates the 800 val prompts of the 27M model in batches of eval_batch_size in
@@ -206,13 +210,14 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
     layout = Layout(Path(config.work_dir).absolute())
     started = time.time() if started is None else started
     seed = config.seed
+    size_from_settings(config.model_size, config.model_overrides)
     data_done = layout.data / "summary.json"
     steps = [
         Step(
             "build the base model",
             python_module(
                 "mixed_r1_verl.models.tiny_qwen25vl", str(layout.base_model), f"--size={config.model_size}",
-                f"--seed={seed}",
+                f"--seed={seed}", *(["--set", *config.model_overrides] if config.model_overrides else []),
             ),
             skip_if_exists=layout.base_model / "config.json",
         ),

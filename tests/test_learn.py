@@ -81,6 +81,18 @@ def test_stop_after_ends_the_plan_with_that_models_evaluation(tmp_path):
     assert refused.returncode != 0 and "stop_after=grpo: must be one of base, sft" in refused.stderr
 
 
+def test_model_overrides_build_a_larger_base_model_and_bad_ones_stop_the_plan(tmp_path):
+    larger = ["num_hidden_layers=8", "hidden_size=768", "intermediate_size=2304"]
+    build = plan(LearnConfig(work_dir=str(tmp_path), model_overrides=larger))[0]
+    subprocess.run(build.command(), env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, capture_output=True)
+    text_config = json.loads((tmp_path / "base_model" / "config.json").read_text())["text_config"]
+    assert [text_config[name.split("=")[0]] for name in larger] == [8, 768, 2304]
+    with pytest.raises(ValueError, match="text head width hidden_size/num_attention_heads = 62.5"):
+        plan(LearnConfig(work_dir=str(tmp_path), model_overrides=["hidden_size=500"]))
+    with pytest.raises(ValueError, match="unknown size fields \\['layers'\\]"):
+        plan(LearnConfig(work_dir=str(tmp_path), model_overrides=["layers=8"]))
+
+
 def test_plan_evaluates_every_model_on_the_held_out_split_with_one_embedding_table(tmp_path):
     steps = plan(LearnConfig(work_dir=str(tmp_path)))
     evaluations = [step.argv for step in steps if step.name.startswith("evaluate")]

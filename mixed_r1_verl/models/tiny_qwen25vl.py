@@ -151,6 +151,8 @@ SIZES = {
 
 def resolve_size(size: TinySize | str, **overrides) -> TinySize:
     """A preset name or a TinySize, with field overrides applied and checked."""
+    if isinstance(size, str) and size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; known: {sorted(SIZES)}")
     base = SIZES[size] if isinstance(size, str) else size
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TinySize)}
     if unknown:
@@ -158,6 +160,17 @@ def resolve_size(size: TinySize | str, **overrides) -> TinySize:
     resolved = dataclasses.replace(base, **overrides)
     resolved.check()
     return resolved
+
+
+def size_from_settings(size: str, settings: list[str]) -> TinySize:
+    """A preset by name with `FIELD=INT` overrides (`hidden_size=768`), checked."""
+    overrides = {}
+    for item in settings:
+        name, _, value = item.partition("=")
+        if not value.isdigit():
+            raise ValueError(f"{item}: expected FIELD=INT")
+        overrides[name] = int(value)
+    return resolve_size(size, **overrides)
 
 
 def train_tokenizer(
@@ -304,16 +317,10 @@ def main() -> None:
         "--set", nargs="*", default=[], metavar="FIELD=INT", help=f"override preset fields: {SIZES['test']}"
     )
     args = parser.parse_args()
-    overrides = {}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if not value.isdigit():
-            parser.error(f"--set {item}: expected FIELD=INT")
-        overrides[name] = int(value)
     try:
-        size = resolve_size(args.size, **overrides)
+        size = size_from_settings(args.size, args.set)
     except ValueError as error:
-        parser.error(str(error))
+        parser.error(f"--set: {error}")
     print(build_tiny_qwen25vl(args.output_dir, seed=args.seed, size=size))
 
 
