@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mixed_r1_verl.models.tiny_qwen25vl import size_from_settings
+from mixed_r1_verl.models.tiny_qwen25vl import describe_model, size_from_settings
 from mixed_r1_verl.run_logs import EXIT_OUT_OF_TIME, STACKS_SUFFIX, run_with_limit
 from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 
@@ -568,8 +568,9 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
     sft_steps = int((layout.sft_checkpoints / CHECKPOINT_TRACKER).read_text())
     grpo_steps = int((layout.grpo_checkpoints / CHECKPOINT_TRACKER).read_text())
     spread_table = markdown_table(*answer_spread_table(summaries))
+    model = describe_model(layout.base_model)
     layout.table.write_text(
-        f"{table}\n\nSFT steps trained: {sft_steps}. GRPO steps trained: {grpo_steps}.\n\n"
+        f"{table}\n\nModel: {model}. SFT steps trained: {sft_steps}. GRPO steps trained: {grpo_steps}.\n\n"
         f"Targets (GRPO over SFT, held-out val):\n\n{verdict}\n{wall_check}\n\n"
         "Answer spread: the share of responses giving each run's most common answer, and that answer, against "
         "the same share among the references. A share far above the reference's means the model answers alike "
@@ -581,6 +582,7 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
             {
                 "header": header,
                 "rows": rows,
+                "model": model,
                 "sft_steps": sft_steps,
                 "grpo_steps": grpo_steps,
                 "targets": checks,

@@ -219,8 +219,9 @@ def test_under_a_time_budget_sft_ends_by_its_share_of_the_budget(tmp_path):
         learn_main([f"work_dir={tmp_path}", "dry_run=true", "sft_budget_share=1.5"])
 
 
-def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
+def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path, tiny_model_dir):
     layout = Layout(tmp_path)
+    shutil.copytree(tiny_model_dir, layout.base_model)
     for run, rate in zip(RUNS, (0.1, 0.4, 0.6)):
         layout.eval_dir(run).mkdir(parents=True)
         summary = fabricated_summary({task: rate for task in TASKS}, collapsed=run == "grpo")
@@ -241,6 +242,8 @@ def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path):
     assert "| SFT (cold start, stopped early) | 90.0 |" in table
     assert f"| total | {90.0 * len(commands):.1f} ({1.5 * len(commands):.1f} min) |" in table
     assert "- [x] whole proof <= 20 min wall" in table and "SFT steps trained: 170. GRPO steps trained: 5." in table
+    text_config = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]
+    assert f"text: {text_config['num_hidden_layers']} layers, hidden {text_config['hidden_size']}," in table
     # base: 9 of 10 wrong answer "x"; SFT: 6 of 10; GRPO answers "a" to all; references: "a" 3 of 10.
     assert "| grounding | 0.30 | 0.90 'x' | 0.60 'x' | 1.00 'a' |" in table
     report = json.loads((layout.report / "learning_table.json").read_text())

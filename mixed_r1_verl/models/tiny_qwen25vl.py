@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import string
 from dataclasses import dataclass
@@ -306,6 +307,24 @@ def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, size: T
         {"processor_class": "Qwen2_5_VLProcessor"}, CHAT_TEMPLATE,
     )  # fmt: skip
     return output_dir
+
+
+def describe_model(model_dir: str | os.PathLike) -> str:
+    """A Qwen2.5-VL checkpoint's size in one line: parameters (from its weight files) and architecture."""
+    from safetensors import safe_open
+
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    text, vision = config["text_config"], config["vision_config"]
+    parameters = 0
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as weights:
+            parameters += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    return (
+        f"{parameters / 1e6:.1f}M parameters (text: {text['num_hidden_layers']} layers, hidden {text['hidden_size']}, "
+        f"{text['num_attention_heads']} heads; vision: {vision['depth']} blocks, hidden {vision['hidden_size']}, "
+        f"{vision['num_heads']} heads; vocabulary {text['vocab_size']:,})"
+    )
 
 
 def main() -> None:
