@@ -90,14 +90,17 @@ def test_the_table_compares_the_three_models_on_every_held_out_row(proof):
     commands = [step.name for step in plan(LearnConfig(work_dir=str(proof.root))) if step.run is None]
     assert sorted(summary["step_times"]) == sorted(commands)
     assert all(times["seconds"] > 0 for times in summary["step_times"].values())
-    # Two executions ran the commands, so whether one would have met the wall-time target is not known.
-    assert summary["wall_time_target_met"] is None and "no single execution ran every step" in proof.table.read_text()
+    # Each command was timed once, in the part that ran it; the target is checked on their sum.
+    total = sum(times["seconds"] for times in summary["step_times"].values())
+    assert summary["wall_time_target_met"] == (total <= 20 * 60)
+    assert "; summed over 2 executions)" in proof.table.read_text()
 
 
-def test_the_second_part_goes_on_from_the_sft_model_without_training_it_again(proof):
+def test_the_second_part_goes_on_from_the_sft_models_evaluation_without_redoing_anything(proof):
     times = read_step_times(proof.step_times)
-    sft, grpo = times["SFT (cold start, stopped early)"], times["GRPO with Mixed-Reward from the SFT model"]
-    assert sft["execution"] != grpo["execution"]
+    first_part = {"build the base model", "evaluate base", "SFT (cold start, stopped early)", "evaluate sft"}
+    assert len({times[name]["execution"] for name in first_part}) == 1
+    assert times["GRPO with Mixed-Reward from the SFT model"]["execution"] != times["evaluate sft"]["execution"]
 
 
 def test_grpo_trains_from_the_published_sft_model_and_publishes_its_own(proof):
