@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from mixed_r1_verl.eval.cache import GenerationCache
+from mixed_r1_verl.eval.generation import eval_request, request_digest
 from mixed_r1_verl.eval.records import EvalRecord
 from mixed_r1_verl.eval.scoring import score_records, summarize
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
@@ -46,10 +47,11 @@ def main():
         records.append(EvalRecord(record_id, data_source, task, [], ground_truth, {"task": task, **extra}))
         responses[record_id] = response
 
+    digests = {record.id: request_digest(eval_request(record)) for record in records}
     start = time.perf_counter()
     cache = GenerationCache(work / "generations.jsonl")
     for begin in range(0, len(records), 64):
-        cache.add({record.id: responses[record.id] for record in records[begin : begin + 64]})
+        cache.add({record.id: responses[record.id] for record in records[begin : begin + 64]}, digests)
     write_s = time.perf_counter() - start
     start = time.perf_counter()
     reloaded = GenerationCache(work / "generations.jsonl")

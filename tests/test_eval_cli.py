@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from mixed_r1_verl.eval.cache import discard_generations_made_otherwise
 from mixed_r1_verl.eval.cli import checked_settings, main
+from mixed_r1_verl.eval.generation import eval_request, request_digest
 from mixed_r1_verl.eval.records import RecordError, load_records
 
 THINK = "<think>I look at the image.</think>"
@@ -121,14 +122,20 @@ def test_answer_spread_shows_one_answer_given_whatever_the_image(tmp_path, parqu
     assert {row["id"]: row["answer"] for row in rows}["m2"] == "(no answer)"
 
 
+def cache_lines(out):
+    return [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+
+
 def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_model):
     out = tmp_path / "run"
     out.mkdir()
-    cached = {"m1": RESPONSES["m1"], "c1": RESPONSES["c1"]}
-    # An interrupted earlier run: two finished lines and half of a third.
-    (out / "generations.jsonl").write_text(
-        "".join(json.dumps({"id": k, "response": v}) + "\n" for k, v in cached.items()) + '{"id": "g1", "resp'
-    )
+    digests = {record.id: request_digest(eval_request(record)) for record in load_records([parquet])}
+    # An interrupted earlier run: two finished lines (c1's for a prompt since changed) and half of a third.
+    cached = [
+        {"id": "m1", "response": RESPONSES["m1"], "request": digests["m1"]},
+        {"id": "c1", "response": RESPONSES["c1"], "request": digests["m2"]},
+    ]
+    (out / "generations.jsonl").write_text("".join(json.dumps(line) + "\n" for line in cached) + '{"id": "g1", "resp')
     args = [
         f"data={parquet}", f"model={tiny_model}", "backend=hf", "device=cpu", f"out_dir={out}",
         "max_new_tokens=6", "batch_size=2",
@@ -136,10 +143,11 @@ def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_
 
     assert main(args) == 0
 
-    lines = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
-    assert [line["id"] for line in lines] == ["m1", "c1", "m2", "g1", "o1"]
-    assert {line["id"]: line["response"] for line in lines[:2]} == cached
-    assert all(isinstance(line["response"], str) for line in lines[2:])
+    lines = cache_lines(out)
+    assert lines[:2] == cached
+    assert [line["id"] for line in lines[2:]] == ["m2", "c1", "g1", "o1"]
+    assert all(line["request"] == digests[line["id"]] for line in lines[2:])
+    assert lines[3]["response"] != RESPONSES["c1"]
     first_summary = (out / "summary.json").read_text()
     assert json.loads(first_summary)["tasks"]["all"]["n"] == 5
 
@@ -147,6 +155,21 @@ def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_
     assert main(args) == 0
     assert (out / "generations.jsonl").read_text() == generations_before
     assert (out / "summary.json").read_text() == first_summary
+
+
+def test_a_record_whose_prompt_or_image_changed_is_generated_again(tmp_path, tiny_model):
+    data, out = tmp_path / "val.parquet", tmp_path / "run"
+    args = [f"data={data}", f"model={tiny_model}", "backend=hf", "device=cpu", f"out_dir={out}", "max_new_tokens=4"]
+    pq.write_table(pa.Table.from_pylist(ROWS), data)
+    assert main(args) == 0
+    assert [line["id"] for line in cache_lines(out)] == ["m1", "m2", "c1", "g1", "o1"]
+
+    changed = [dict(row) for row in ROWS]
+    changed[0]["prompt"] = [{"role": "user", "content": "<image>Which pet? A. cat B. dog"}]  # m1
+    changed[2]["images"] = [drawn_image(box=(4, 4, 20, 20))]  # c1
+    pq.write_table(pa.Table.from_pylist(changed), data)
+    assert main(args) == 0
+    assert [line["id"] for line in cache_lines(out)[5:]] == ["m1", "c1"]
 
 
 def test_cached_generations_are_reused_only_with_the_same_model_and_sampling(tmp_path, parquet, tiny_model):

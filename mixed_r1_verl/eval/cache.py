@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -18,19 +19,22 @@ class GenerationFileError(ValueError):
 
 def read_generations(path: str | Path) -> dict[str, str]:
     """Responses by id. A later line for the same id wins (a rerun that regenerated it)."""
-    responses: dict[str, str] = {}
+    return {record_id: response for record_id, response, _ in generation_lines(path)}
+
+
+def generation_lines(path: str | Path) -> Iterator[tuple[str, str, str | None]]:
+    """(id, response, request digest or None) of each line, in order."""
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 entry = json.loads(line)
-                responses[str(entry["id"])] = _response_text(entry)
+                yield str(entry["id"]), _response_text(entry), entry.get("request")
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 raise GenerationFileError(
                     f'{path}: line {number}: expected {{"id": ..., "response": "..."}} ({error})'
                 ) from None
-    return responses
 
 
 def _response_text(entry: dict) -> str:
@@ -41,13 +45,19 @@ def _response_text(entry: dict) -> str:
 
 
 class GenerationCache:
-    """Append-only JSONL of finished generations; a rerun skips the ids already in it."""
+    """Append-only JSONL of finished generations, each line with the digest of the request it answers
+    (`request`: the prompt and its images); a rerun generates only the ids missing from it or asked
+    differently since (a line without a digest counts as asked differently)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._drop_partial_last_line()
-        self.responses = read_generations(self.path) if self.path.exists() else {}
+        self.responses: dict[str, str] = {}
+        self.requests: dict[str, str | None] = {}
+        if self.path.exists():
+            for record_id, response, request in generation_lines(self.path):
+                self.responses[record_id], self.requests[record_id] = response, request
 
     def _drop_partial_last_line(self) -> None:
         """An interrupted run may leave half a line; it is cut so appends stay valid JSONL."""
@@ -59,16 +69,20 @@ class GenerationCache:
             logger.warning("%s: dropping an unfinished last line (%d bytes)", self.path, len(content) - keep)
             self.path.write_bytes(content[:keep])
 
-    def missing(self, ids: list[str]) -> list[str]:
-        return [record_id for record_id in ids if record_id not in self.responses]
+    def missing(self, requests: Mapping[str, str]) -> list[str]:
+        """The ids of `requests` (id -> request digest) that have no response to that same request."""
+        return [record_id for record_id, digest in requests.items() if self.requests.get(record_id) != digest]
 
-    def add(self, responses: dict[str, str]) -> None:
+    def add(self, responses: Mapping[str, str], requests: Mapping[str, str]) -> None:
+        """Append `responses` (id -> text), each with the digest of its request (`requests`, by id)."""
         with open(self.path, "a", encoding="utf-8") as sink:
             sink.writelines(
-                json.dumps({"id": record_id, "response": response}, ensure_ascii=False) + "\n"
+                json.dumps({"id": record_id, "response": response, "request": requests[record_id]}, ensure_ascii=False)
+                + "\n"
                 for record_id, response in responses.items()
             )
         self.responses.update(responses)
+        self.requests.update({record_id: requests[record_id] for record_id in responses})
 
 
 def model_fingerprint(model: str) -> dict:

@@ -127,10 +127,8 @@ def _responses(args, records: list[EvalRecord], out_dir: Path) -> dict[str, str]
         return responses
     discard_generations_made_otherwise(out_dir, args.model, sampling_record(args))
     cache = GenerationCache(out_dir / CACHE_FILE)
-    if cache.missing(ids):
-        generate_missing(records, _make_generator(args), cache, args.batch_size)
-    else:
-        logger.info("all %d generations found in %s", len(ids), cache.path)
+    if not generate_missing(records, lambda: _make_generator(args), cache, args.batch_size):
+        logger.info("all %d generations found in %s", len(records), cache.path)
     return cache.responses
 
 

@@ -14,8 +14,11 @@ Backends: vLLM offline (GPU; every prompt of a call in one batch) and transforme
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from PIL import Image
@@ -206,16 +209,40 @@ def eval_request(record: EvalRecord) -> GenerationRequest:
     return GenerationRequest(record.prompt, record.image_items(), label=record.id)
 
 
+def request_digest(request: GenerationRequest) -> str:
+    """What a response answers, for the generation cache: the chat and each image's content and resize
+    bounds (sha256)."""
+    images = [[_image_digest(item), item.get("min_pixels"), item.get("max_pixels")] for item in request.images]
+    return hashlib.sha256(json.dumps([request.messages, images], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _image_digest(item: dict) -> str:
+    image = item["bytes"] if item.get("bytes") is not None else item["image"]
+    if isinstance(image, Image.Image):
+        data = image.tobytes()
+    elif isinstance(image, (bytes, bytearray)):
+        data = image
+    else:
+        data = Path(image).read_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
 def generate_missing(
-    records: Sequence[EvalRecord], generator: Generator, cache: GenerationCache, batch_size: int
+    records: Sequence[EvalRecord], make_generator: Callable[[], Generator], cache: GenerationCache, batch_size: int
 ) -> int:
-    """Generate the records the cache lacks, appending each finished batch; returns how many were generated."""
-    missing = set(cache.missing([record.id for record in records]))
+    """Generate the records the cache has no response to (for the same prompt and images), appending each
+    finished batch; the generator is made only when one is needed. Returns how many were generated."""
+    requests = {record.id: eval_request(record) for record in records}
+    digests = {record_id: request_digest(request) for record_id, request in requests.items()}
+    missing = set(cache.missing(digests))
     todo = [record for record in records if record.id in missing]
+    if not todo:
+        return 0
+    generator = make_generator()
     with tqdm(total=len(records), initial=len(records) - len(todo), desc="generate", unit="prompt") as progress:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            responses = generator.generate([eval_request(record) for record in batch])
-            cache.add({record.id: response[0] for record, response in zip(batch, responses, strict=True)})
+            responses = generator.generate([requests[record.id] for record in batch])
+            cache.add({record.id: response[0] for record, response in zip(batch, responses, strict=True)}, digests)
             progress.update(len(batch))
     return len(todo)
