@@ -122,6 +122,8 @@ class Step:
     run: Callable[[], None] | None = None
     # Settings known only when the command starts (they depend on how long earlier steps took).
     late_settings: Callable[[], list[str]] | None = None
+    # Whether later steps are made from what this one makes (an evaluation's summary feeds none of them).
+    feeds_later_steps: bool = True
 
     def command(self) -> list[str]:
         return [*self.argv, *(self.late_settings() if self.late_settings else [])]
@@ -182,6 +184,7 @@ def eval_step(config: LearnConfig, layout: Layout, run: str, model: Path) -> Ste
             *config.eval_overrides,
         ),
         skip_if_exists=layout.eval_dir(run) / SUMMARY_FILE,
+        feeds_later_steps=False,
     )
 
 
@@ -332,14 +335,14 @@ def recorded_command(step: Step, work_dir: Path | None) -> list[str]:
 
 def check_done_steps(steps: list[Step], times: dict[str, dict], work_dir: Path | None) -> None:
     """Stop before anything runs when a step that would be skipped was done with another command than
-    this one's (as recorded in `times`), or comes after a step this command does again (an earlier
-    step's results are missing, so the later ones were made from results that will be replaced)."""
+    this one's (as recorded in `times`), or comes after a step this command does again whose results
+    later steps are made from (they were made from results that will be replaced)."""
     problems, redo, again = [], [], None
     for step in steps:
         if step.skip_if_exists is None:
             continue
         if not step.skip_if_exists.exists():
-            again = again or step
+            again = again or (step if step.feeds_later_steps else None)
             continue
         earlier, now = times.get(step.name, {}).get("command"), recorded_command(step, work_dir)
         if earlier is not None and earlier != now:

@@ -306,14 +306,15 @@ def test_training_steps_are_skipped_once_their_checkpoint_exists(tmp_path, capsy
     assert "done earlier" in capsys.readouterr().out
 
 
-def writing_step(name, work_dir, *settings):
+def writing_step(name, work_dir, *settings, feeds_later_steps=True):
     """A step whose command writes its settings to `<work_dir>/<name>/done`, its mark of being done."""
     done = work_dir / name / "done"
     code = (
         "import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.parent.mkdir(parents=True); "
         "p.write_text(' '.join(sys.argv[2:]))"
     )
-    return Step(name, [sys.executable, "-c", code, str(done), *settings], skip_if_exists=done)
+    argv = [sys.executable, "-c", code, str(done), *settings]
+    return Step(name, argv, skip_if_exists=done, feeds_later_steps=feeds_later_steps)
 
 
 def test_a_step_done_with_other_settings_or_from_results_made_again_stops_the_proof_first(tmp_path, capsys):
@@ -340,6 +341,19 @@ def test_a_step_done_with_other_settings_or_from_results_made_again_stops_the_pr
     assert "  - train: made from the results of 'model', which this command makes again\n" in str(made_again.value)
     assert not (moved / "model").exists()  # nothing ran
     assert (moved / "train" / "done").read_text() == "lr=1 steps=5"
+
+
+def test_a_step_done_after_an_evaluation_made_again_is_reused(tmp_path, capsys):
+    steps = [
+        writing_step("model", tmp_path), writing_step("evaluate", tmp_path, feeds_later_steps=False),
+        writing_step("train", tmp_path),
+    ]  # fmt: skip
+    times_log = tmp_path / "logs" / "step_times.json"
+    execute(steps, env=dict(os.environ), times_log=times_log, work_dir=tmp_path)
+    shutil.rmtree(tmp_path / "evaluate")
+    capsys.readouterr()
+    execute(steps, env=dict(os.environ), times_log=times_log, work_dir=tmp_path)
+    assert (tmp_path / "evaluate" / "done").exists() and capsys.readouterr().out.count("done earlier") == 2
 
 
 def test_without_a_gpu_the_proof_stops_before_building_anything(tmp_path):
