@@ -2,7 +2,8 @@
 
     python -m mixed_r1_verl.learn [work_dir=outputs/learn seed=0 dry_run=true ...]
 
-One GPU, offline. Steps, each a command in a fresh process (dry_run=true prints them and runs nothing):
+One GPU, offline. Steps, each a command in a fresh process (dry_run=true prints them, marks those done
+earlier, and runs nothing):
 
  1. build the tiny Qwen2.5-VL of size `learn` (random weights; model_size and model_overrides change it);
  2. write the synthetic four-task set (rationales, val rows pinned per task) and 3. convert it;
@@ -642,7 +643,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{error} (see --help)") from None
     if config.dry_run:
         for number, step in enumerate(steps, start=1):
-            print(f"[{number}/{len(steps)}] {step.name}\n    {step.describe()}")
+            done = step.skip_if_exists is not None and step.skip_if_exists.exists()
+            mark = " (done earlier: skipped)" if done else ""
+            print(f"[{number}/{len(steps)}] {step.name}{mark}\n    {step.describe()}")
+        try:
+            check_done_steps(steps, read_step_times(layout.step_times), layout.root)
+        except DoneStepsDiffer as error:
+            raise SystemExit(str(error)) from None
     else:
         import torch
 

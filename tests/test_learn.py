@@ -27,6 +27,7 @@ from mixed_r1_verl.learn import (
     main as learn_main,
     plan,
     publish_checkpoint,
+    recorded_command,
     step_file_prefix,
     target_checks,
     task_curves,
@@ -68,6 +69,27 @@ def test_dry_run_prints_every_command_in_order_and_runs_nothing(tmp_path):
     assert f"actor_rollout_ref.model.path={work}/sft_model" in output
     for artefact in ("table", "plot", "GRPO metrics", "evaluation grpo"):
         assert artefact in output.split("Artefacts")[1]
+
+
+def test_dry_run_marks_the_steps_done_earlier_and_names_those_that_no_longer_fit(tmp_path):
+    work = tmp_path / "learn"
+    build = plan(LearnConfig(work_dir=str(work)))[0]
+    (work / "base_model").mkdir(parents=True)
+    (work / "base_model" / "config.json").write_text("{}")
+    (work / "logs").mkdir()
+    record = {"seconds": 1.0, "execution": "earlier", "command": recorded_command(build, work)}
+    (work / "logs" / "step_times.json").write_text(json.dumps({build.name: record}))
+
+    output = run_learn(f"work_dir={work}", "dry_run=true").stdout
+    assert "[1/11] build the base model (done earlier: skipped)" in output
+    assert "[2/11] write the synthetic set\n" in output
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.learn", f"work_dir={work}", "dry_run=true", "seed=1"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "build the base model: done with --seed=0; this command asks for --seed=1" in refused.stderr
 
 
 def test_stop_after_ends_the_plan_with_that_models_evaluation(tmp_path):
