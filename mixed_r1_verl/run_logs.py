@@ -210,7 +210,7 @@ def run_logged(
                 path.replace(previous)
     limit_s = timeout_s if left is None else min(timeout_s, left)
     out_of_time = limit_s < timeout_s
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     peak = None
     with open(log_path, "w") as log:
         log.write(f"$ {' '.join(argv)}\n")
@@ -231,6 +231,8 @@ def run_logged(
         "seconds": run.seconds,
         "peak_gpu_memory_mib": peak,
         "out_of_time": out_of_time,
+        "started_at": started_at,
+        "ended_at": time.time(),
     }
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return run
@@ -289,6 +291,22 @@ def run_record(name: str, log_dir: str | Path) -> dict | None:
     """The record `run_logged` wrote for the last attempt of `name` in `log_dir`, None before any."""
     record_path = Path(log_dir) / f"{name}.json"
     return json.loads(record_path.read_text()) if record_path.is_file() else None
+
+
+def runs_beside(name: str, log_dir: str | Path) -> list[str]:
+    """The other runs logged in `log_dir` (earlier attempts included) that were running at some time
+    while the last attempt of `name` ran: its seconds, step times and peak GPU memory (nvidia-smi's, of
+    the whole GPU) are theirs too. Runs recorded without their start and end times are not counted."""
+    record = run_record(name, log_dir)
+    if record is None or "started_at" not in record:
+        return []
+    beside = []
+    for other_path in sorted(Path(log_dir).glob("*.json")):
+        other = json.loads(other_path.read_text())
+        if other_path.stem != name and "started_at" in other:
+            if other["started_at"] < record["ended_at"] and record["started_at"] < other["ended_at"]:
+                beside.append(other_path.stem)
+    return beside
 
 
 def run_succeeded(name: str, log_dir: str | Path) -> bool:

@@ -4,9 +4,11 @@ commands, as the GPU acceptance tests and the benchmarks do."""
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from concurrency_helpers import handshake_code
 from verl.utils.tracking import FileLogger
 
 from mixed_r1_verl import run_logs
@@ -19,6 +21,7 @@ from mixed_r1_verl.run_logs import (
     project_command,
     read_metrics_log,
     run_logged,
+    runs_beside,
     source_root,
     task_metrics,
 )
@@ -85,6 +88,19 @@ def test_a_run_is_logged_and_a_successful_one_is_not_repeated(tmp_path):
     assert first.returncode == again.returncode == 0
     assert "hello" in first.log_text() and marker.read_text() == "x"
     assert json.loads((tmp_path / "logs" / "job.json").read_text())["returncode"] == 0
+
+
+def test_runs_that_ran_at_the_same_time_name_each_other(tmp_path):
+    logs, a, b = tmp_path / "logs", tmp_path / "a", tmp_path / "b"
+    with ThreadPoolExecutor() as pool:
+        first = pool.submit(run_logged, "first", [sys.executable, "-c", handshake_code(a, b)], logs)
+        second = run_logged("second", [sys.executable, "-c", handshake_code(b, a)], logs)
+        assert first.result().returncode == second.returncode == 0
+    run_logged("after", [sys.executable, "-c", "pass"], logs)
+    run_logged("first", [sys.executable, "-c", "raise SystemExit(3)"], logs, reuse=False)  # keeps first.previous
+    assert runs_beside("second", logs) == ["first.previous"]
+    assert runs_beside("first.previous", logs) == ["second"]
+    assert runs_beside("after", logs) == runs_beside("first", logs) == runs_beside("unknown", logs) == []
 
 
 def test_a_failed_run_is_recorded_and_run_again(tmp_path):
