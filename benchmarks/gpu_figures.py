@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_KV_CACHE_BYTES
+from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION, TEST_SIZE_VLLM_KV_CACHE_BYTES
 from mixed_r1_verl.run_logs import (
     DEADLINE_ENV,
     EXIT_OUT_OF_TIME,
@@ -103,7 +103,10 @@ def evaluation(args) -> None:
     started = time.perf_counter()
     model = str(checks_out_dir() / "smoke" / "tiny_qwen25vl")
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
-    generator = build_generator("vllm", model, settings, kv_cache_memory_bytes=TEST_SIZE_VLLM_KV_CACHE_BYTES)
+    generator = build_generator(
+        "vllm", model, settings, kv_cache_memory_bytes=TEST_SIZE_VLLM_KV_CACHE_BYTES,
+        gpu_memory_utilization=TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION,
+    )  # fmt: skip
     start_up = time.perf_counter() - started
     generator.generate(requests[: min(16, len(requests))])
     started = time.perf_counter()
@@ -128,7 +131,9 @@ def engine(args) -> None:
         f"input={jsonl}", f"image_root={image_root}", f"output_dir={out / 'out'}", f"model_path={model_dir}",
         "difficulty.backend=vllm", f"difficulty.model_path={model_dir}", f"difficulty.k={args.k}",
         f"difficulty.max_new_tokens={args.max_new_tokens}",
-        f"difficulty.vllm_kwargs.kv_cache_memory_bytes={TEST_SIZE_VLLM_KV_CACHE_BYTES}", "progress=false", reuse=False,
+        f"difficulty.vllm_kwargs.kv_cache_memory_bytes={TEST_SIZE_VLLM_KV_CACHE_BYTES}",
+        f"difficulty.vllm_kwargs.gpu_memory_utilization={TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION}", "progress=false",
+        reuse=False,
     )  # fmt: skip
     succeeded(run)
     report = json.loads((out / "out" / "report.json").read_text())

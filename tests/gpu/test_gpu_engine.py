@@ -6,7 +6,11 @@ import pytest
 from gpu_checks import TASKS, assert_succeeded
 
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
-from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_KV_CACHE_BYTES, build_tiny_qwen25vl
+from mixed_r1_verl.models.tiny_qwen25vl import (
+    TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION,
+    TEST_SIZE_VLLM_KV_CACHE_BYTES,
+    build_tiny_qwen25vl,
+)
 from mixed_r1_verl.run_logs import project_command
 
 ROWS_PER_TASK = 6
@@ -31,6 +35,7 @@ def engine_command(name, gpu_out, engine_inputs):
         "model_family=qwen2_5_vl", f"model_path={model_dir}",
         "difficulty.backend=vllm", f"difficulty.model_path={model_dir}", f"difficulty.k={K}",
         "difficulty.max_new_tokens=64", f"difficulty.vllm_kwargs.kv_cache_memory_bytes={TEST_SIZE_VLLM_KV_CACHE_BYTES}",
+        f"difficulty.vllm_kwargs.gpu_memory_utilization={TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION}",
         "difficulty.vllm_kwargs.enforce_eager=true", "progress=false",
     )  # fmt: skip
 

@@ -6,7 +6,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 from gpu_checks import TASKS, assert_succeeded
 
-from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_KV_CACHE_BYTES
+from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION, TEST_SIZE_VLLM_KV_CACHE_BYTES
 from mixed_r1_verl.run_logs import project_command, smoke_checkpoint_dir
 
 FINAL_STEP = 6
@@ -41,7 +41,9 @@ def test_merged_checkpoint_is_evaluated_with_vllm_on_every_val_row(smoke_first_r
     evaluation = project_command(
         "eval_step6", gpu_out, "mixed_r1_verl.eval", f"data={val_parquet}", f"model={merged}",
         "backend=vllm", "max_new_tokens=64", "vllm_kwargs.enforce_eager=true",
-        f"vllm_kwargs.kv_cache_memory_bytes={TEST_SIZE_VLLM_KV_CACHE_BYTES}", f"out_dir={gpu_out / 'eval_step6'}",
+        f"vllm_kwargs.kv_cache_memory_bytes={TEST_SIZE_VLLM_KV_CACHE_BYTES}",
+        f"vllm_kwargs.gpu_memory_utilization={TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION}",
+        f"out_dir={gpu_out / 'eval_step6'}",
     )  # fmt: skip
     assert_succeeded(evaluation)
     table = per_task_table(evaluation.log_text())
