@@ -31,6 +31,7 @@ from mixed_r1_verl.run_logs import (
     metrics_log_path,
     project_command,
     read_metrics_log,
+    runs_beside,
     smoke_training,
 )
 
@@ -54,19 +55,28 @@ def print_run(label: str, run: LoggedRun, out: Path) -> float:
     median = median_step_time(steps, WARMUP_STEPS)
     allocated = metric_series(steps, "perf/max_memory_allocated_gb")
     reserved = metric_series(steps, "perf/max_memory_reserved_gb")
-    print(f"{label}: median timing_s/step after {WARMUP_STEPS} warm-up steps {median:.3f} s "
+    print(f"{label} ({run.name}): median timing_s/step after {WARMUP_STEPS} warm-up steps {median:.3f} s "
           f"(steps: {', '.join(f'{t:.2f}' for t in metric_series(steps, 'timing_s/step'))})")
     print(f"  peak GPU memory (nvidia-smi, whole run): {run.peak_gpu_memory_mib} MiB; "
           f"torch max allocated {max(allocated, default=float('nan')):.2f} GiB, "
           f"reserved {max(reserved, default=float('nan')):.2f} GiB (training workers)")
+    beside = runs_beside(run.name, out / "logs")
+    if beside:
+        print(f"  NOT COMPARABLE: it shared the GPU and CPUs with {', '.join(beside)}")
     return median
 
 
 def training(args) -> None:
     """The suite's smoke run (Mixed-Reward) against the same recipe with verl's naive reward manager
-    and a constant custom reward; everything else (trainer mode, sampler, checkpoints) identical."""
+    and a constant custom reward; everything else (trainer mode, sampler, checkpoints) identical. A suite
+    run that ran beside others (`scripts/verify_gpu.py --parallel`) is not timed: a Mixed-Reward run of
+    the same recipe is made for the figure."""
     out = checks_out_dir()
     mixed = succeeded(smoke_training(SMOKE_RUN, out))
+    beside = runs_beside(SMOKE_RUN, out / "logs")
+    if beside:
+        print(f"{SMOKE_RUN} ran beside {', '.join(beside)}: timing a Mixed-Reward run of its own", flush=True)
+        mixed = succeeded(smoke_training("smoke_mixed_timing", out))
     reward_file = out / "constant_reward.py"
     reward_file.write_text(CONSTANT_REWARD)
     constant = succeeded(

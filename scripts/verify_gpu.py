@@ -2,9 +2,11 @@
 within a time budget, and one report of what was measured. The first training run goes first, the
 checks that take seconds next, so a short budget still covers the most.
 
-    python scripts/verify_gpu.py [--budget-s 540] [--only training,eval] [--report-dir DIR]
+    python scripts/verify_gpu.py [--budget-s 540] [--only training,eval] [--report-dir DIR] [--parallel]
 
-Pieces run one after another in the order below; each is a command of the README's GPU section.
+Pieces run one after another in the order below; each is a command of the README's GPU section. With
+`--parallel` the suite's pieces run side by side where their runs allow, and the figures, which time
+their runs, one by one after them with nothing beside them.
 With `--budget-s`, runs are ended at the deadline ($MIXED_R1_GPU_DEADLINE, which the suite and the
 figures honour), pieces that cannot start in time are listed as not started, and a rerun continues:
 runs that succeeded are reused from `$MIXED_R1_GPU_OUT` (default outputs/gpu_checks).
@@ -27,6 +29,8 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -49,12 +53,15 @@ from mixed_r1_verl.run_logs import (  # noqa: E402
     EXIT_OUT_OF_TIME,
     MIN_START_S,
     PROGRESS_SUFFIX,
+    SMOKE_RUN,
     STACKS_SUFFIX,
     checks_out_dir,
     last_console_step,
     nvidia_smi_query,
     run_record,
+    run_succeeded,
     run_with_limit,
+    runs_beside,
 )
 
 # Left after the last piece for pytest to wind down and for the report.
@@ -77,6 +84,12 @@ class Piece:
     name: str
     argv: tuple[str, ...]
     checks: str
+    # A piece whose run this one builds on: it starts after that piece, and only if that run succeeded.
+    after: str | None = None
+    # The run other pieces build on.
+    run: str | None = None
+    # A figure that times its runs: with --parallel, nothing else runs beside it.
+    alone: bool = False
 
     @property
     def is_pytest(self) -> bool:
@@ -93,20 +106,21 @@ def suite(*args: str) -> tuple[str, ...]:
 
 PIECES = (
     Piece("training", suite("tests/gpu/test_gpu_training.py", "-k", "four_task"),
-          "recipe=smoke, 6 GRPO steps with vLLM: per-task rewards on four-task batches"),
+          "recipe=smoke, 6 GRPO steps with vLLM: per-task rewards on four-task batches", run=SMOKE_RUN),
     Piece("image_frames", suite("tests/gpu/test_gpu_image_frames.py"), "verl's image path and MixedR1Dataset agree"),
-    Piece("bmas_figure", ("benchmarks/bmas.py", "--device", "cuda"), "BMAS, 2,560 responses at 7B sizes"),
-    Piece("eval", suite("tests/gpu/test_gpu_eval.py"), "merge of step 6, evaluation with vLLM: per-task table"),
+    Piece("bmas_figure", ("benchmarks/bmas.py", "--device", "cuda"), "BMAS, 2,560 responses at 7B sizes", alone=True),
+    Piece("eval", suite("tests/gpu/test_gpu_eval.py"), "merge of step 6, evaluation with vLLM: per-task table",
+          after="training"),
     Piece("resume_filtering", suite("tests/gpu/test_gpu_training.py", "tests/gpu/test_gpu_bmas.py", "-k",
                                     "not four_task and not gpu_actor"),
-          "resume at step 4 with filtering=on and BMAS on the GPU in the reward workers"),
+          "resume at step 4 with filtering=on and BMAS on the GPU in the reward workers", after="training"),
     Piece("engine", suite("tests/gpu/test_gpu_engine.py"), "data engine difficulty stage with vLLM"),
     Piece("step_time_figure", ("benchmarks/gpu_figures.py", "training"),
-          "Mixed-Reward vs constant reward step time, peak GPU memory"),
-    Piece("eval_figure", ("benchmarks/gpu_figures.py", "eval"), "vLLM evaluation responses/s"),
-    Piece("engine_figure", ("benchmarks/gpu_figures.py", "engine"), "engine difficulty stage prompts/s"),
+          "Mixed-Reward vs constant reward step time, peak GPU memory", after="training", alone=True),
+    Piece("eval_figure", ("benchmarks/gpu_figures.py", "eval"), "vLLM evaluation responses/s", alone=True),
+    Piece("engine_figure", ("benchmarks/gpu_figures.py", "engine"), "engine difficulty stage prompts/s", alone=True),
     Piece("bmas_gpu_actor", suite("tests/gpu/test_gpu_bmas.py", "-k", "gpu_actor"),
-          "BMAS on a GPU actor of its own (bmas_num_gpus)"),
+          "BMAS on a GPU actor of its own (bmas_num_gpus)", after="training"),
     Piece("internvl", suite("tests/gpu/test_gpu_internvl.py"), "recipe=smoke_internvl, 2 GRPO steps with vLLM"),
 )  # fmt: skip
 
@@ -209,12 +223,15 @@ def runs_table(logs_dir: Path) -> list[str]:
         if record["returncode"] != 0 and log_path.is_file():
             step = last_console_step(log_path.read_text(errors="replace"))
             status += ", no step logged" if step is None else f", last step {step}"
+        beside = ", ".join(runs_beside(record_path.stem, logs_dir)) or "-"
         rows.append(
-            f"| {record_path.stem} | {status} | {record['seconds']} | {'-' if peak is None else f'{peak:.0f}'} |"
+            f"| {record_path.stem} | {status} | {record['seconds']} | {'-' if peak is None else f'{peak:.0f}'} "
+            f"| {beside} |"
         )
     if not rows:
         return []
-    return ["## Runs", "", "| run | result | seconds | peak GPU memory (MiB) |", "|---|---|---|---|", *rows, ""]
+    header = "| run | result | seconds | peak GPU memory (MiB, whole GPU) | ran beside |"
+    return ["## Runs", "", header, "|---|---|---|---|---|", *rows, ""]
 
 
 def stopped_runs(logs_dir: Path) -> list[str]:
@@ -309,11 +326,76 @@ def selected(only: str | None) -> list[Piece]:
     return [piece for piece in PIECES if piece.name in names]
 
 
+def not_started(piece: Piece, gpu: str | None, deadline: float | None, done: dict[str, Piece], logs_dir: Path):
+    """Why `piece` is not started now, or None."""
+    if not gpu and not piece.is_pytest:
+        return "not run: no CUDA GPU visible"
+    if deadline is not None and deadline - time.time() < MIN_START_S:
+        return f"not started: under {MIN_START_S:.0f} s left"
+    before = done.get(piece.after)
+    if gpu and before is not None and not run_succeeded(before.run, logs_dir):
+        return f"not started: {before.name}'s run ({before.run}) did not succeed"
+    return None
+
+
+def run_pieces(
+    pieces: list[Piece],
+    verify_dir: Path,
+    deadline: float | None,
+    env: dict[str, str],
+    gpu: str | None,
+    parallel: bool = False,
+    on_outcome: Callable[[list[Outcome]], None] = lambda outcomes: None,
+) -> list[Outcome]:
+    """Runs the pieces in their order, one at a time; with `parallel`, every piece whose `after` piece
+    has finished starts at once, beside those running, except the `alone` ones, which wait until nothing
+    runs and run by themselves. `on_outcome` gets the outcomes so far, in piece order, after each piece."""
+    logs_dir = Path(env["MIXED_R1_GPU_OUT"]) / "logs"
+    selected = {piece.name for piece in pieces}
+    pending, running = list(pieces), {}
+    done: dict[str, Piece] = {}
+    outcomes: dict[str, Outcome] = {}
+    started = time.time()
+
+    def finish(outcome: Outcome) -> None:
+        done[outcome.piece.name], outcomes[outcome.piece.name] = outcome.piece, outcome
+        elapsed = time.time() - started
+        print(f"+{elapsed:.0f} s {outcome.piece.name}: {outcome.result} ({outcome.seconds} s)", flush=True)
+        on_outcome([outcomes[piece.name] for piece in pieces if piece.name in outcomes])
+
+    with ThreadPoolExecutor(max_workers=len(pieces) or 1) as pool:
+        while pending or running:
+            for piece in list(pending):
+                alone_now = piece.alone or any(other.alone for other in running.values())
+                if running and (not parallel or alone_now):
+                    continue
+                if piece.after in selected and piece.after not in done:
+                    continue
+                pending.remove(piece)
+                reason = not_started(piece, gpu, deadline, done, logs_dir)
+                if reason:
+                    finish(Outcome(piece, reason))
+                    continue
+                print(f"+{time.time() - started:.0f} s {piece.name}: {piece.command()}", flush=True)
+                running[pool.submit(run_piece, piece, verify_dir, deadline, env)] = piece
+                if not parallel or piece.alone:
+                    break
+            if running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    running.pop(future)
+                    finish(future.result())
+    return [outcomes[piece.name] for piece in pieces]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget-s", type=float, help="wall-clock seconds for everything (default: no limit)")
     parser.add_argument("--only", help="comma-separated piece names, run in the built-in order")
     parser.add_argument("--report-dir", type=Path, help="also copy the report, run logs and metrics here")
+    parser.add_argument(
+        "--parallel", action="store_true", help="run the suite's pieces side by side where their runs allow"
+    )
     args = parser.parse_args(argv)
     pieces = selected(args.only)
     started = time.time()
@@ -326,21 +408,17 @@ def main(argv: list[str] | None = None) -> int:
         env[DEADLINE_ENV] = str(deadline)
     gpu = cuda_gpu()
     env_lines = environment(gpu)
-    outcomes: list[Outcome] = []
-    for piece in pieces:
-        if not gpu and not piece.is_pytest:
-            outcomes.append(Outcome(piece, "not run: no CUDA GPU visible"))
-        elif deadline is not None and deadline - time.time() < MIN_START_S:
-            outcomes.append(Outcome(piece, f"not started: under {MIN_START_S:.0f} s left"))
-        else:
-            print(f"[{len(outcomes) + 1}/{len(pieces)}] {piece.name}: {piece.command()}", flush=True)
-            outcomes.append(run_piece(piece, verify_dir, deadline, env))
-            print(f"    {outcomes[-1].result} ({outcomes[-1].seconds} s)", flush=True)
+    if args.parallel:
+        env_lines.append("pieces side by side where their runs allow (--parallel)")
+
+    def write_report(outcomes: list[Outcome]) -> None:
         (verify_dir / "report.md").write_text(
             report(outcomes, env_lines, args.budget_s, time.time() - started, out / "logs")
         )
         if args.report_dir:
             copy_results(out, args.report_dir)
+
+    outcomes = run_pieces(pieces, verify_dir, deadline, env, gpu, args.parallel, write_report)
     print(f"report: {verify_dir / 'report.md'}")
     return 1 if any(outcome.failed for outcome in outcomes) else 0
 

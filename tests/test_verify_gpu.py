@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from concurrency_helpers import handshake_code, interval, overlap, timed_code
 
 from mixed_r1_verl import run_logs
 from mixed_r1_verl.run_logs import DEADLINE_ENV, run_logged, source_root
@@ -58,6 +59,16 @@ def test_without_a_gpu_the_suite_skips_with_its_reason_and_figures_are_not_run(t
     assert "GPU: none visible to torch" in report and "verl 0.9.1" in report
     assert (tmp_path / "copy" / "verify" / "report.md").read_text() == report
     assert (tmp_path / "copy" / "verify" / "training.xml").is_file()
+
+
+def test_with_parallel_and_without_a_gpu_the_suite_still_skips_with_its_reason(tmp_path):
+    result, report_path = run_script(tmp_path, "--parallel", "--only", "training,eval,bmas_figure")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = report_path.read_text()
+    rows = report_rows(report)
+    assert [rows[name][2].split(" (")[0] for name in ("training", "eval")] == ["1 skipped"] * 2
+    assert rows["bmas_figure"][2] == "not run: no CUDA GPU visible"
+    assert "- pieces side by side where their runs allow (--parallel)" in report
 
 
 def test_pieces_that_cannot_start_before_the_deadline_are_listed_as_not_started(tmp_path):
@@ -159,3 +170,63 @@ def test_the_report_dates_each_stage_a_run_reached_from_its_progress_log(verify,
     assert [label for label, _ in marks] == ["Ray", "step 1", "step 2", "last snapshot"], line
     ray, first, second, last = (int(seconds.removesuffix(" s")) for _, seconds in marks)
     assert ray <= first and 5 <= first <= second == last, line
+
+
+
+def checks_env(tmp_path) -> dict[str, str]:
+    return {**os.environ, "MIXED_R1_GPU_OUT": str(tmp_path / "checks")}
+
+
+def test_parallel_pieces_run_side_by_side_and_a_timed_figure_alone_after_them(verify, tmp_path):
+    first, second, figure, third = (tmp_path / name for name in ("first", "second", "figure", "third"))
+    pieces = [
+        verify.Piece("first", ("-c", handshake_code(first, second)), "needs second beside it"),
+        verify.Piece("figure", ("-c", timed_code(figure)), "times itself", alone=True),
+        verify.Piece("second", ("-c", handshake_code(second, first)), "needs first beside it"),
+        verify.Piece("third", ("-c", timed_code(third)), "after the figure in line, not behind it"),
+    ]
+    reports = []
+    outcomes = verify.run_pieces(pieces, tmp_path, None, checks_env(tmp_path), "test GPU", True, reports.append)
+    names = [piece.name for piece in pieces]
+    assert [(outcome.piece.name, outcome.result) for outcome in outcomes] == [(name, "done") for name in names]
+    assert [outcome.piece.name for outcome in reports[-1]] == names and len(reports) == 4
+    others = [interval(path) for path in (first, second, third)]
+    assert all(end <= interval(figure)[0] for _, end in others)
+    assert overlap(others[0], others[1]) and overlap(others[0], others[2])
+
+
+def test_one_at_a_time_without_parallel(verify, tmp_path):
+    paths = [tmp_path / name for name in ("one", "two", "three")]
+    pieces = [verify.Piece(path.name, ("-c", timed_code(path)), "times itself") for path in paths]
+    outcomes = verify.run_pieces(pieces, tmp_path, None, checks_env(tmp_path), "test GPU")
+    assert [outcome.result for outcome in outcomes] == ["done"] * 3
+    intervals = [interval(path) for path in paths]
+    assert all(earlier[1] <= later[0] for earlier, later in zip(intervals, intervals[1:]))
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_piece_starts_after_the_one_whose_run_it_builds_on_and_only_if_that_run_succeeded(verify, tmp_path, parallel):
+    logs = tmp_path / "checks" / "logs"
+
+    def making(run, status, marker):
+        code = (
+            "import sys; from mixed_r1_verl.run_logs import run_logged\n"
+            f"run_logged({run!r}, [sys.executable, '-c', 'raise SystemExit({status})'], {str(logs)!r})\n"
+            + timed_code(marker)
+        )
+        return ("-c", code)
+
+    pieces = [
+        verify.Piece("uses_good", ("-c", timed_code(tmp_path / "uses_good")), "builds on good", after="good"),
+        verify.Piece("uses_bad", ("-c", timed_code(tmp_path / "uses_bad")), "builds on bad", after="bad"),
+        verify.Piece("good", making("good_run", 0, tmp_path / "good"), "its run succeeds", run="good_run"),
+        verify.Piece("bad", making("bad_run", 2, tmp_path / "bad"), "its run fails", run="bad_run"),
+    ]
+    ran = verify.run_pieces(pieces, tmp_path, None, checks_env(tmp_path), "test GPU", parallel)
+    outcomes = {outcome.piece.name: outcome.result for outcome in ran}
+    assert outcomes == {
+        "uses_good": "done", "good": "done", "bad": "done",
+        "uses_bad": "not started: bad's run (bad_run) did not succeed",
+    }  # fmt: skip
+    assert interval(tmp_path / "good")[1] <= interval(tmp_path / "uses_good")[0]
+    assert not (tmp_path / "uses_bad").exists()
