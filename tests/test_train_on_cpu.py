@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.parquet as pq
 import pytest
@@ -47,10 +48,37 @@ def grpo_on_cpu(work_dir, steps, *settings, recipe="smoke"):
     return log
 
 
+def timed_grpo_on_cpu(work_dir, steps, **options):
+    started = time.time()
+    log = grpo_on_cpu(work_dir, steps, **options)
+    return log, (started, time.time())
+
+
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    work_dir = tmp_path_factory.mktemp("grpo_on_cpu")
-    return work_dir, grpo_on_cpu(work_dir, FIRST_RUN_STEPS)
+def side_by_side_runs(tmp_path_factory):
+    """The smoke recipe (2 steps) and one step on a tiny InternVL (recipes/smoke_internvl.yaml), started
+    together as `scripts/verify_gpu.py --parallel` starts training runs: {name: (work_dir, future of
+    (log, (start, end)))}."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    smoke_dir, internvl_dir = tmp_path_factory.mktemp("grpo_on_cpu"), tmp_path_factory.mktemp("grpo_internvl_on_cpu")
+    runs = {
+        "smoke": (smoke_dir, pool.submit(timed_grpo_on_cpu, smoke_dir, FIRST_RUN_STEPS)),
+        "internvl": (internvl_dir, pool.submit(timed_grpo_on_cpu, internvl_dir, 1, recipe="smoke_internvl")),
+    }
+    pool.shutdown(wait=False)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def first_run(side_by_side_runs):
+    work_dir, future = side_by_side_runs["smoke"]
+    return work_dir, future.result()[0]
+
+
+@pytest.fixture(scope="module")
+def internvl_run(side_by_side_runs):
+    work_dir, future = side_by_side_runs["internvl"]
+    return work_dir, future.result()[0]
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +107,6 @@ def test_the_cpu_rollout_gives_the_model_the_inputs_its_processor_gives(tiny_mod
             assert torch.equal(rollout[key], tensor), (record.id, key)
 
 
-@pytest.fixture(scope="module")
-def internvl_run(tmp_path_factory):
-    """One step of the smoke recipe on a tiny InternVL (recipes/smoke_internvl.yaml)."""
-    work_dir = tmp_path_factory.mktemp("grpo_internvl_on_cpu")
-    return work_dir, grpo_on_cpu(work_dir, 1, recipe="smoke_internvl")
-
-
 def assert_every_step_trains_on_all_four_tasks_with_no_sample_lost(work_dir, log, steps_run):
     steps = read_metrics_log(work_dir / "metrics.jsonl")
     assert sorted(steps) == list(range(1, steps_run + 1))
@@ -112,6 +133,15 @@ def test_every_step_trains_on_all_four_tasks_with_no_sample_lost(first_run):
     assert_every_step_trains_on_all_four_tasks_with_no_sample_lost(work_dir, log, FIRST_RUN_STEPS)
     checkpoints = work_dir / "smoke" / "checkpoints"
     assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == str(FIRST_RUN_STEPS)
+
+
+def test_two_runs_side_by_side_on_one_machine_each_start_a_ray_cluster_of_their_own(side_by_side_runs):
+    (smoke_log, smoke_interval), (internvl_log, internvl_interval) = (
+        side_by_side_runs[name][1].result() for name in ("smoke", "internvl")
+    )
+    assert smoke_interval[0] < internvl_interval[1] and internvl_interval[0] < smoke_interval[1]
+    for log in (smoke_log, internvl_log):
+        assert "Started a local Ray instance" in log and "Connecting to existing Ray cluster" not in log
 
 
 def test_an_internvl_trains_on_its_image_prompts_of_all_four_tasks(internvl_run):
