@@ -40,6 +40,8 @@ MIN_START_S = 30.0
 # The files of one attempt of a logged run, after its name: output, record, process snapshots, and the
 # processes' stacks when it was stopped at its limit.
 PROGRESS_SUFFIX, STACKS_SUFFIX = ".progress.log", ".stacks.txt"
+# Where a running command's processes write their stacks when asked; removed when it ends.
+STACKS_DIR_SUFFIX = ".stacks"
 ATTEMPT_SUFFIXES = (".log", ".json", PROGRESS_SUFFIX, STACKS_SUFFIX)
 
 
@@ -252,7 +254,7 @@ def run_with_limit(
     processes every 5 s and one at its end (each with the lines of `log` written by then), and a run
     stopped at its limit first writes every Python process's stacks to `<prefix>.stacks.txt`; both
     files of an earlier run of the same prefix are removed first."""
-    stacks_dir = None if watch_prefix is None else watch_prefix.with_name(f"{watch_prefix.name}.stacks")
+    stacks_dir = None if watch_prefix is None else watch_prefix.with_name(f"{watch_prefix.name}{STACKS_DIR_SUFFIX}")
     if watch_prefix is not None:
         for suffix in (PROGRESS_SUFFIX, STACKS_SUFFIX):  # from an earlier run of the same name
             watch_prefix.with_name(f"{watch_prefix.name}{suffix}").unlink(missing_ok=True)

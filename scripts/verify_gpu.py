@@ -54,6 +54,7 @@ from mixed_r1_verl.run_logs import (  # noqa: E402
     MIN_START_S,
     PROGRESS_SUFFIX,
     SMOKE_RUN,
+    STACKS_DIR_SUFFIX,
     STACKS_SUFFIX,
     checks_out_dir,
     last_console_step,
@@ -311,9 +312,18 @@ def report(
 
 
 def copy_results(out: Path, report_dir: Path) -> None:
+    """The report, logs and metrics as they are now. Runs still going (--parallel) rename and remove
+    some of their files: one gone by the time it is copied is left for the next copy."""
     for folder in ("verify", "logs", "metrics"):
         if (out / folder).is_dir():
-            shutil.copytree(out / folder, report_dir / folder, dirs_exist_ok=True)
+            try:
+                shutil.copytree(
+                    out / folder, report_dir / folder, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(f"*{STACKS_DIR_SUFFIX}"),
+                )  # fmt: skip
+            except shutil.Error as error:
+                if any(Path(source).exists() for source, _, _ in error.args[0]):
+                    raise
 
 
 def selected(only: str | None) -> list[Piece]:

@@ -3,6 +3,7 @@ suite's pieces run and skip, the figures are not run) and on pieces made for the
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -69,6 +70,19 @@ def test_with_parallel_and_without_a_gpu_the_suite_still_skips_with_its_reason(t
     assert [rows[name][2].split(" (")[0] for name in ("training", "eval")] == ["1 skipped"] * 2
     assert rows["bmas_figure"][2] == "not run: no CUDA GPU visible"
     assert "- pieces side by side where their runs allow (--parallel)" in report
+
+
+def test_the_copy_skips_what_runs_still_going_remove(verify, tmp_path):
+    logs = tmp_path / "out" / "logs"
+    (logs / "training.stacks").mkdir(parents=True)
+    (logs / "training.stacks" / "1234.txt").write_text("stacks of a process")
+    (logs / "training.log").write_text("output so far")
+    (logs / "eval.log").symlink_to(logs / "eval.previous.log")  # renamed away
+    verify.copy_results(tmp_path / "out", tmp_path / "copy")
+    assert sorted(path.name for path in (tmp_path / "copy" / "logs").iterdir()) == ["training.log"]
+    os.mkfifo(logs / "pipe")  # still there, and cannot be copied: that is an error
+    with pytest.raises(shutil.Error, match="pipe"):
+        verify.copy_results(tmp_path / "out", tmp_path / "copy")
 
 
 def test_pieces_that_cannot_start_before_the_deadline_are_listed_as_not_started(tmp_path):
