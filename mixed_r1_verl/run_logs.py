@@ -236,7 +236,10 @@ def run_logged(
         "started_at": started_at,
         "ended_at": time.time(),
     }
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    # Whole or not at all, for a reader listing the records while runs go on (verify_gpu --parallel).
+    partial = record_path.with_name(f"{record_path.name}.partial")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    partial.replace(record_path)
     return run
 
 
@@ -290,9 +293,12 @@ def run_with_limit(
 
 
 def run_record(name: str, log_dir: str | Path) -> dict | None:
-    """The record `run_logged` wrote for the last attempt of `name` in `log_dir`, None before any."""
-    record_path = Path(log_dir) / f"{name}.json"
-    return json.loads(record_path.read_text()) if record_path.is_file() else None
+    """The record `run_logged` wrote for the last attempt of `name` in `log_dir`, None before any (or
+    when a new attempt has just moved it to `<name>.previous.json`)."""
+    try:
+        return json.loads((Path(log_dir) / f"{name}.json").read_text())
+    except FileNotFoundError:
+        return None
 
 
 def runs_beside(name: str, log_dir: str | Path) -> list[str]:
@@ -304,8 +310,8 @@ def runs_beside(name: str, log_dir: str | Path) -> list[str]:
         return []
     beside = []
     for other_path in sorted(Path(log_dir).glob("*.json")):
-        other = json.loads(other_path.read_text())
-        if other_path.stem != name and "started_at" in other:
+        other = run_record(other_path.stem, log_dir) if other_path.stem != name else None
+        if other is not None and "started_at" in other:
             if other["started_at"] < record["ended_at"] and record["started_at"] < other["ended_at"]:
                 beside.append(other_path.stem)
     return beside

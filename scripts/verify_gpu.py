@@ -214,10 +214,13 @@ def run_piece(piece: Piece, verify_dir: Path, deadline: float | None, env: dict[
 
 
 def runs_table(logs_dir: Path) -> list[str]:
-    """One row per logged run of the suite and the figures: exit status, seconds, peak GPU memory."""
+    """One row per logged run of the suite and the figures: exit status, seconds, peak GPU memory and
+    the runs it ran beside."""
     rows = []
     for record_path in sorted(logs_dir.glob("*.json")):
         record = run_record(record_path.stem, logs_dir)
+        if record is None:  # moved aside by a new attempt since it was listed
+            continue
         peak = record.get("peak_gpu_memory_mib")
         status = "stopped at the deadline" if record.get("out_of_time") else f"exit {record['returncode']}"
         log_path = record_path.with_suffix(".log")
@@ -241,7 +244,8 @@ def stopped_runs(logs_dir: Path) -> list[str]:
     lines = []
     for record_path in sorted(logs_dir.glob("*.json")):
         progress = record_path.with_name(record_path.stem + PROGRESS_SUFFIX)
-        if run_record(record_path.stem, logs_dir)["returncode"] != EXIT_OUT_OF_TIME or not progress.is_file():
+        record = run_record(record_path.stem, logs_dir)
+        if record is None or record["returncode"] != EXIT_OUT_OF_TIME or not progress.is_file():
             continue
         lines += [f"### {record_path.stem}", "", "```", last_snapshot(progress.read_text()), "```", ""]
         stacks = record_path.with_name(record_path.stem + STACKS_SUFFIX)

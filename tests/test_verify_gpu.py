@@ -150,6 +150,14 @@ def test_the_runs_table_says_how_far_a_run_cut_at_the_deadline_got(verify, tmp_p
     }
 
 
+def test_a_record_moved_aside_by_a_new_attempt_while_the_report_lists_them_is_left_out(verify, tmp_path):
+    logs = tmp_path / "logs"
+    run_logged("done", [sys.executable, "-c", "pass"], logs)
+    (logs / "moving.json").symlink_to(logs / "moving.previous.json")  # listed, then gone when read
+    assert [row.split("|")[1].strip() for row in verify.runs_table(logs)[4:-1]] == ["done"]
+    assert verify.stopped_runs(logs) == [] and run_logs.runs_beside("done", logs) == []
+
+
 def test_the_report_shows_where_a_run_stopped_at_the_deadline_stood(verify, tmp_path, monkeypatch):
     logs = tmp_path / "logs"
     run_logged("done", [sys.executable, "-c", "pass"], logs)
