@@ -303,8 +303,8 @@ def run_record(name: str, log_dir: str | Path) -> dict | None:
 
 def runs_beside(name: str, log_dir: str | Path) -> list[str]:
     """The other runs logged in `log_dir` (earlier attempts included) that were running at some time
-    while the last attempt of `name` ran: its seconds, step times and peak GPU memory (nvidia-smi's, of
-    the whole GPU) are theirs too. Runs recorded without their start and end times are not counted."""
+    while the last attempt of `name` ran, so its seconds, step times and peak GPU memory (nvidia-smi's,
+    for the whole GPU) were shared with them. Runs recorded without start and end times are not counted."""
     record = run_record(name, log_dir)
     if record is None or "started_at" not in record:
         return []
