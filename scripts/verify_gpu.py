@@ -340,15 +340,24 @@ def selected(only: str | None) -> list[Piece]:
     return [piece for piece in PIECES if piece.name in names]
 
 
-def not_started(piece: Piece, gpu: str | None, deadline: float | None, done: dict[str, Piece], logs_dir: Path):
-    """Why `piece` is not started now, or None."""
+def not_started(
+    piece: Piece, gpu: str | None, deadline: float | None, before: Piece | None, before_done: bool, parallel: bool,
+    logs_dir: Path,
+) -> str | None:
+    """Why `piece` is not started now, or None. `before` is the piece it builds on (its `after`), and
+    `before_done` whether that one was run here."""
     if not gpu and not piece.is_pytest:
         return "not run: no CUDA GPU visible"
     if deadline is not None and deadline - time.time() < MIN_START_S:
         return f"not started: under {MIN_START_S:.0f} s left"
-    before = done.get(piece.after)
     if gpu and before is not None and not run_succeeded(before.run, logs_dir):
-        return f"not started: {before.name}'s run ({before.run}) did not succeed"
+        if before_done:
+            return f"not started: {before.name}'s run ({before.run}) did not succeed"
+        if parallel:  # each piece built on that run would start it, side by side with the others
+            return (
+                f"not started: it builds on {before.name}'s run ({before.run}), which has not succeeded; "
+                f"with --parallel, select {before.name} too"
+            )
     return None
 
 
@@ -366,6 +375,7 @@ def run_pieces(
     runs and run by themselves. `on_outcome` gets the outcomes so far, in piece order, after each piece."""
     logs_dir = Path(env["MIXED_R1_GPU_OUT"]) / "logs"
     selected = {piece.name for piece in pieces}
+    known = {piece.name: piece for piece in (*PIECES, *pieces)}
     pending, running = list(pieces), {}
     done: dict[str, Piece] = {}
     outcomes: dict[str, Outcome] = {}
@@ -386,7 +396,8 @@ def run_pieces(
                 if piece.after in selected and piece.after not in done:
                     continue
                 pending.remove(piece)
-                reason = not_started(piece, gpu, deadline, done, logs_dir)
+                before = known.get(piece.after)
+                reason = not_started(piece, gpu, deadline, before, piece.after in done, parallel, logs_dir)
                 if reason:
                     finish(Outcome(piece, reason))
                     continue

@@ -252,3 +252,17 @@ def test_a_piece_starts_after_the_one_whose_run_it_builds_on_and_only_if_that_ru
     }  # fmt: skip
     assert interval(tmp_path / "good")[1] <= interval(tmp_path / "uses_good")[0]
     assert not (tmp_path / "uses_bad").exists()
+
+
+def test_with_parallel_a_piece_whose_prerequisite_is_not_selected_needs_its_run_done_before(verify, tmp_path):
+    """Two pieces built on the training run, selected without it, would each start it, side by side."""
+    marker = tmp_path / "ran"
+    piece = verify.Piece("uses_training", ("-c", timed_code(marker)), "builds on the smoke run", after="training")
+    [outcome] = verify.run_pieces([piece], tmp_path, None, checks_env(tmp_path), "test GPU", parallel=True)
+    assert outcome.result == (
+        "not started: it builds on training's run (smoke_mixed), which has not succeeded; "
+        "with --parallel, select training too"
+    )
+    assert not marker.exists()
+    [outcome] = verify.run_pieces([piece], tmp_path, None, checks_env(tmp_path), "test GPU", parallel=False)
+    assert outcome.result == "done" and marker.exists()  # one at a time, its own test runs the training
