@@ -2,7 +2,7 @@
 
 import pytest
 
-from mixed_r1_verl.verl_adapter.stop_by import StopBy
+from mixed_r1_verl.verl_adapter.stop_by import EARLY_END_FILE, StopBy, planned_last_step, write_early_end
 
 NOW = 1_800_000_000.0
 
@@ -42,3 +42,12 @@ def test_the_last_step_is_the_planned_one_or_the_last_that_fits(seconds_left, ex
     stop_by = StopBy(stop_by=NOW + seconds_left, save_estimate_s=10)
     stop_by.record_cycle(10.0)
     assert stop_by.last_step(step=12, planned_last=40, now=NOW, validates_last_step=False) == expected_last
+
+
+def test_a_run_ended_early_leaves_its_planned_last_step_beside_its_checkpoints(tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    assert planned_last_step(checkpoints) is None
+    write_early_end(checkpoints, last_step=12, planned_last_step=40, stop_by=NOW)
+    write_early_end(checkpoints, last_step=9, planned_last_step=40, stop_by=NOW)  # a later estimate moves it
+    assert planned_last_step(checkpoints) == 40
+    assert [path.name for path in checkpoints.iterdir()] == [EARLY_END_FILE]

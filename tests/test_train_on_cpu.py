@@ -25,6 +25,7 @@ from mixed_r1_verl.eval.generation import SamplingSettings, TransformersGenerato
 from mixed_r1_verl.eval.records import load_records
 from mixed_r1_verl.run_logs import non_finite, read_metrics_log, task_metrics
 from mixed_r1_verl.verl_adapter.agent_loop import end_at_placeholder_tokens
+from mixed_r1_verl.verl_adapter.stop_by import EARLY_END_FILE
 
 PROMPTS_PER_STEP, ROLLOUT_N = 8, 4  # recipes/smoke.yaml
 FIRST_RUN_STEPS = 2
@@ -179,6 +180,9 @@ def test_a_run_ends_with_a_checkpoint_after_the_last_step_that_fits_before_stop_
     assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == str(first_step)
     assert (checkpoints / f"global_step_{first_step}" / "actor" / "model_world_size_1_rank_0.pt").is_file()
     assert sorted(read_metrics_log(work_dir / "metrics.jsonl")) == [first_step]
+    # Recorded beside the checkpoints, for what comes after the run (the learning proof's continue_grpo).
+    early_end = json.loads((checkpoints / EARLY_END_FILE).read_text())
+    assert (early_end["last_step"], early_end["planned_last_step"]) == (first_step, RESUMED_PLANNED_LAST_STEP)
 
 
 def as_local(tensor):

@@ -5,14 +5,18 @@ since its last checkpoint. With `mixed_r1.stop_by` the `mixed_r1_sync` trainer e
 step how many more steps still fit, each as long as a typical step so far, with time left for the last
 one's checkpoint and validation, and makes the last of them the run's last step (saved and validated as
 verl does at `trainer.total_training_steps`). When not even one more fits, it saves the checkpoint of the
-step just finished and ends there. A rerun with `trainer.resume_mode=auto` carries on from it.
+step just finished and ends there. A rerun with `trainer.resume_mode=auto` carries on from it. Each
+such decision is written to `<trainer.default_local_dir>/stop_by.json` (EARLY_END_FILE): the step the run
+ends at and the one it had planned, so that what comes after the run can tell a run ended early.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -71,3 +75,22 @@ class StopBy:
         if stop_by is None:
             return None
         return cls(float(stop_by), float(OmegaConf.select(config, "mixed_r1.stop_save_estimate_s")))
+
+
+EARLY_END_FILE = "stop_by.json"
+
+
+def write_early_end(checkpoint_dir: str | Path, last_step: int, planned_last_step: int, stop_by: float) -> None:
+    """Records in `checkpoint_dir` that the run writing there now ends at `last_step`, before its planned one."""
+    record = {"last_step": last_step, "planned_last_step": planned_last_step, "stop_by": stop_by}
+    path = Path(checkpoint_dir) / EARLY_END_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record) + "\n")
+    partial.replace(path)
+
+
+def planned_last_step(checkpoint_dir: str | Path) -> int | None:
+    """The planned last step of the latest run that ended early in `checkpoint_dir`; None if none did."""
+    path = Path(checkpoint_dir) / EARLY_END_FILE
+    return int(json.loads(path.read_text())["planned_last_step"]) if path.is_file() else None

@@ -22,7 +22,7 @@ from verl.utils.debug import marked_timer
 from mixed_r1_verl.data.balanced_sampler import check_resumed_sampler, with_configured_sampler
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count, stop_loader_processes
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog
-from mixed_r1_verl.verl_adapter.stop_by import StopBy
+from mixed_r1_verl.verl_adapter.stop_by import StopBy, write_early_end
 
 TRAINER_MODE = "mixed_r1_sync"
 VERL_SYNC_MODE = "sync"
@@ -134,6 +134,7 @@ class MixedR1SyncTrainer(PPOTrainerSync):
             return
         estimate = stop_by.estimate(now, validates)
         planned = self._planned_last_step
+        write_early_end(trainer.default_local_dir, last, planned, stop_by.stop_by)
         if last == self.global_steps:
             if not saved and trainer.save_freq > 0:
                 with marked_timer("save_checkpoint", self.timing_raw, color="green"):
