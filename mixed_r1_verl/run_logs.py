@@ -66,6 +66,25 @@ def read_metrics_log(path: str | Path) -> dict[int, dict[str, float]]:
     return steps
 
 
+def read_resumed_metrics_log(path: str | Path) -> dict[int, dict[str, float]]:
+    """Metrics per step of a run together with those of the runs it resumed from: the training entry keeps
+    an earlier run's file beside it as `<stem>.<n>.jsonl` (the newest with the highest n). Going back
+    from the newest file, each earlier one gives the steps up to the one its successor resumed from, until
+    a run whose first trained step is 1 (one started afresh; files older than it are other runs)."""
+    path = Path(path)
+    steps = read_metrics_log(path)
+    numbers = {kept: kept.stem[len(path.stem) + 1 :] for kept in path.parent.glob(f"{path.stem}.*{path.suffix}")}
+    earlier_files = sorted((kept for kept, n in numbers.items() if n.isdigit()), key=lambda kept: -int(numbers[kept]))
+    for earlier_path in earlier_files:
+        first_trained = min((step for step, metrics in steps.items() if STEP_TIME in metrics), default=None)
+        if first_trained is None or first_trained <= 1:
+            break
+        for step, metrics in read_metrics_log(earlier_path).items():
+            if step < first_trained:
+                steps[step] = {**metrics, **steps.get(step, {})}
+    return dict(sorted(steps.items()))
+
+
 def metric_series(steps: Mapping[int, Mapping[str, float]], key: str, after_step: int = 0) -> list[float]:
     """The values of one metric, in step order, for steps after `after_step` that logged it."""
     return [float(metrics[key]) for step, metrics in sorted(steps.items()) if step > after_step and key in metrics]

@@ -20,6 +20,7 @@ from mixed_r1_verl.run_logs import (
     non_finite,
     project_command,
     read_metrics_log,
+    read_resumed_metrics_log,
     run_logged,
     runs_beside,
     source_root,
@@ -56,6 +57,36 @@ def test_steps_are_read_and_lines_of_one_step_merged(verl_log):
     assert steps[2]["val-core/chart/acc/mean"] == 0.1 and steps[2]["timing_s/step"] == 4.0
     assert steps[3]["filtering/grounding/kept"] == 2
     assert non_finite(steps[2]) == ["bad"] and non_finite(steps[1]) == []
+
+
+def test_a_resumed_runs_metrics_come_with_those_of_the_runs_it_resumed_from(tmp_path, monkeypatch):
+    """Four runs logging to one path, each keeping the one before as the training entry does: a run
+    started afresh and discarded, a new run from step 1, then two resumed from its checkpoints."""
+    from mixed_r1_verl.main import prepare_metrics_log
+
+    path = tmp_path / "grpo.jsonl"
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(path))
+
+    def run(name, steps, validated_first=None):
+        prepare_metrics_log(path)
+        logger = FileLogger(project_name="mixed_r1", experiment_name="learn")
+        if validated_first is not None:  # trainer.val_before_train on a resumed run logs the resumed step
+            logger.log({"val-core/chart/acc/mean": 0.5}, step=validated_first)
+        only_here = {"stale": 1.0} if name == "discarded" else {}
+        for step in steps:
+            logger.log({"timing_s/step": 1.0, "run": name, **only_here}, step=step)
+        logger.finish()
+
+    run("discarded", range(1, 5))
+    run("fresh", range(1, 3))
+    run("resumed", [3], validated_first=2)
+    run("resumed again", range(4, 6))
+    steps = read_resumed_metrics_log(path)
+    assert {step: metrics["run"] for step, metrics in steps.items()} == {
+        1: "fresh", 2: "fresh", 3: "resumed", 4: "resumed again", 5: "resumed again"
+    }
+    assert steps[2]["val-core/chart/acc/mean"] == 0.5
+    assert not any("stale" in metrics for metrics in steps.values())
 
 
 def test_step_time_median_skips_warmup(verl_log):
