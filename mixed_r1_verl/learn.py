@@ -21,9 +21,11 @@ A rerun skips what is done: the model and the data when present, each evaluation
 summary, SFT and GRPO once they saved their checkpoint (both save only at their last step; delete the
 `sft`/`grpo` directory to train again). So the proof can run in parts: `stop_after=sft` ends after the
 SFT model's evaluation, and the same command without it goes on with GRPO; every command is timed once,
-when it ran, and the wall-time target is checked on their sum. A step done earlier with other settings
-(another seed, model size or `sft_overrides`, say), or made from what this command makes again, is not
-reused: the proof stops first and names it.
+when it ran, and the wall-time target is checked on their sum. A GRPO that the time budget ended before
+its planned last step counts as done; with `continue_grpo=true` it goes on from its checkpoint and is
+evaluated again (the earlier evaluation kept in eval/grpo_step_<N>), its commands' times added. A step
+done earlier with other settings (another seed, model size or `sft_overrides`, say), or made from what
+this command makes again, is not reused: the proof stops first and names it.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ class LearnConfig:
     # `base` or `sft`: end after that model's evaluation. The same command without it later goes on from
     # there (under a job time limit, say, or to look at the cold start before GRPO).
     stop_after: str | None = None
+    # Whether a GRPO ended by the time budget before its planned last step (its report says so) goes on
+    # from its checkpoint to that step; its model is then evaluated and reported again.
+    continue_grpo: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,11 @@ class Step:
     late_settings: Callable[[], list[str]] | None = None
     # Whether later steps are made from what this one makes (an evaluation's summary feeds none of them).
     feeds_later_steps: bool = True
+    # Why a step done earlier runs again (continue_grpo); the time it takes adds to the earlier time.
+    again: str | None = None
+
+    def done_earlier(self) -> bool:
+        return self.skip_if_exists is not None and self.skip_if_exists.exists() and self.again is None
 
     def command(self) -> list[str]:
         return [*self.argv, *(self.late_settings() if self.late_settings else [])]
@@ -165,7 +175,7 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def eval_step(config: LearnConfig, layout: Layout, run: str, model: Path) -> Step:
+def eval_step(config: LearnConfig, layout: Layout, run: str, model: Path, again: str | None = None) -> Step:
     from mixed_r1_verl.eval.report import SUMMARY_FILE
 
     return Step(
@@ -186,12 +196,15 @@ def eval_step(config: LearnConfig, layout: Layout, run: str, model: Path) -> Ste
         ),
         skip_if_exists=layout.eval_dir(run) / SUMMARY_FILE,
         feeds_later_steps=False,
+        again=again,
     )
 
 
 def final_eval_reserve_s(config: LearnConfig, times: dict[str, dict]) -> float:
     """Seconds to keep after GRPO for its evaluation and the report."""
-    evaluations = [entry["seconds"] for name, entry in times.items() if name.startswith("evaluate ")]
+    evaluations = [
+        entry["seconds"] / len(executions(entry)) for name, entry in times.items() if name.startswith("evaluate ")
+    ]
     return 1.25 * max(evaluations) + 10 if evaluations else config.final_eval_reserve_s
 
 
@@ -219,6 +232,14 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
     started = time.time() if started is None else started
     seed = config.seed
     size_from_settings(config.model_size, config.model_overrides)
+    ended_early = grpo_ended_early(layout) if config.continue_grpo else None
+    grpo_again = eval_again = None
+    if ended_early is not None:
+        grpo_again = (
+            f"the time budget ended it after step {ended_early[0]} of {ended_early[1]}; it goes on from that "
+            "checkpoint (continue_grpo=true)"
+        )
+        eval_again = f"its model trained on from step {ended_early[0]} (continue_grpo=true)"
     data_done = layout.data / "summary.json"
     steps = [
         Step(
@@ -276,6 +297,7 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
             env={"VERL_FILE_LOGGER_PATH": str(layout.grpo_log)},
             skip_if_exists=layout.grpo_checkpoints / CHECKPOINT_TRACKER,
             late_settings=lambda: grpo_stop_by(config, layout, started),
+            again=grpo_again,
         ),
         Step(
             "publish the GRPO model",
@@ -284,7 +306,8 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
                 layout.grpo_checkpoints, "actor/huggingface", layout.grpo_model, layout.base_model
             ),
         ),
-        eval_step(config, layout, "grpo", layout.grpo_model),
+        *([keep_earlier_evaluation_step(layout, ended_early[0])] if ended_early else []),
+        eval_step(config, layout, "grpo", layout.grpo_model, eval_again),
         Step(
             "write the table and the plot",
             ["report", str(layout.table), str(layout.plot)],
@@ -297,6 +320,34 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
         raise ValueError(f"stop_after={config.stop_after}: must be one of {', '.join(STOP_POINTS)} (or null)")
     last = [step.name for step in steps].index(f"evaluate {config.stop_after}")
     return steps[: last + 1]
+
+
+def grpo_ended_early(layout: Layout) -> tuple[int, int] | None:
+    """(last step saved, planned last step) of a GRPO that the time budget ended before its planned last
+    step (mixed_r1.stop_by's record); None when GRPO has no checkpoint or reached its planned step."""
+    from mixed_r1_verl.verl_adapter.stop_by import planned_last_step
+
+    tracker = layout.grpo_checkpoints / CHECKPOINT_TRACKER
+    planned = planned_last_step(layout.grpo_checkpoints)
+    if planned is None or not tracker.is_file():
+        return None
+    saved = int(tracker.read_text())
+    return (saved, planned) if saved < planned else None
+
+
+def keep_earlier_evaluation_step(layout: Layout, step: int) -> Step:
+    """Moves the evaluation of the GRPO model of `step` out of the way of the next one's."""
+    kept = layout.eval_dir(f"grpo_step_{step}")
+
+    def keep() -> None:
+        if not layout.eval_dir("grpo").is_dir():
+            return
+        if kept.exists():
+            raise FileExistsError(f"{kept} exists: move it away to keep the evaluation in {layout.eval_dir('grpo')}")
+        layout.eval_dir("grpo").rename(kept)
+
+    move = ["move", str(layout.eval_dir("grpo")), "->", str(kept)]
+    return Step(f"keep the evaluation of GRPO step {step}", move, run=keep)
 
 
 def publish_checkpoint(checkpoints: Path, inside: str, link: Path, base_model: Path) -> Path:
@@ -395,10 +446,11 @@ def execute(
     check_done_steps(steps, times, work_dir)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
     for number, step in enumerate(steps, start=1):
-        if step.skip_if_exists is not None and step.skip_if_exists.exists():
+        if step.done_earlier():
             print(f"[{number}/{len(steps)}] {step.name}: done earlier ({step.skip_if_exists})", flush=True)
             continue
-        print(f"[{number}/{len(steps)}] {step.name}: {step.describe()}", flush=True)
+        again = f" (again: {step.again})" if step.again else ""
+        print(f"[{number}/{len(steps)}] {step.name}{again}: {step.describe()}", flush=True)
         if step.run is not None:
             step.run()
             continue
@@ -414,10 +466,12 @@ def execute(
         if returncode:
             raise StepFailed(number, step, returncode)
         if times_log is not None:
+            seconds, earlier = time.monotonic() - started, times.get(step.name) if step.again else None
             times[step.name] = {
-                "seconds": round(time.monotonic() - started, 1),
+                "seconds": round(seconds + (earlier["seconds"] if earlier else 0), 1),
                 "execution": started_at,
                 "command": recorded_command(step, work_dir),
+                **({"earlier_executions": executions(earlier)} if earlier else {}),
             }
             times_log.parent.mkdir(parents=True, exist_ok=True)
             times_log.write_text(json.dumps(times, indent=2) + "\n")
@@ -425,6 +479,11 @@ def execute(
 
 def read_step_times(path: Path) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def executions(entry: dict) -> list[str]:
+    """The executions of the proof a command's recorded time was spent in (more than one when it ran again)."""
+    return [*entry.get("earlier_executions", []), entry["execution"]]
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -506,17 +565,18 @@ def task_curves(steps: dict[int, dict], name: str) -> dict[str, list[tuple[int, 
 
 
 def plot_accuracy(log: Path, out: Path) -> Path:
-    """PNG of per-task training accuracy against GRPO step from the file logger's JSONL and, beside
-    it when logged, the share of each task's rollouts giving its most common answer."""
+    """PNG of per-task training accuracy against GRPO step from the file logger's JSONL (with the runs
+    it resumed from) and, beside it when logged, the share of each task's rollouts giving its most common
+    answer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mixed_r1_verl.run_logs import read_metrics_log
+    from mixed_r1_verl.run_logs import read_resumed_metrics_log
     from mixed_r1_verl.verl_adapter.metrics import METRIC_PREFIX
 
-    steps = read_metrics_log(log)
+    steps = read_resumed_metrics_log(log)
     panels = [
         (task_curves(steps, ACCURACY_METRIC), "training accuracy (rollouts)"),
         (task_curves(steps, TOP_ANSWER_METRIC), "share of the most common answer (rollouts)"),
@@ -542,19 +602,25 @@ def plot_accuracy(log: Path, out: Path) -> Path:
     return out
 
 
+def seconds_cell(entry: dict) -> str:
+    runs = len(executions(entry))
+    return f"{entry['seconds']:.1f}" + (f" ({runs} runs)" if runs > 1 else "")
+
+
 def wall_time(steps: list[Step], times: dict[str, dict]) -> tuple[str, bool | None]:
     """Markdown table of each command's wall time and their total, and whether the total is within the
-    target (None while a command has no time). Each command is timed once, when it ran, so a proof run
-    in parts (stop_after, or a rerun after a failure) sums the commands of its executions."""
+    target (None while a command has no time). Each command is timed when it ran, so a proof run in
+    parts (stop_after, or a rerun after a failure) sums the commands of its executions; a command run
+    again (continue_grpo) counts each of its runs."""
     from mixed_r1_verl.eval.report import markdown_table
 
     commands = [step.name for step in steps if step.run is None]
     timed = [name for name in commands if name in times]
     total = sum(times[name]["seconds"] for name in timed)
-    executions = len({times[name]["execution"] for name in timed})
-    rows = [[name, f"{times[name]['seconds']:.1f}" if name in times else "–"] for name in commands]
+    execution_count = len({execution for name in timed for execution in executions(times[name])})
+    rows = [[name, seconds_cell(times[name]) if name in times else "–"] for name in commands]
     notes = [f"{len(commands) - len(timed)} of {len(commands)} commands untimed"] if len(timed) < len(commands) else []
-    notes += [f"summed over {executions} executions"] if executions > 1 else []
+    notes += [f"summed over {execution_count} executions"] if execution_count > 1 else []
     rows.append(["total", f"{total:.1f} ({total / 60:.1f} min{''.join('; ' + note for note in notes)})"])
     within_target = total <= WALL_TIME_TARGET_S if len(timed) == len(commands) else None
     return markdown_table(["step", "seconds"], rows), within_target
@@ -576,10 +642,15 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
         wall_check += " (not known: a command has no time)"
     sft_steps = int((layout.sft_checkpoints / CHECKPOINT_TRACKER).read_text())
     grpo_steps = int((layout.grpo_checkpoints / CHECKPOINT_TRACKER).read_text())
+    ended_early = grpo_ended_early(layout)
+    grpo_planned = grpo_steps if ended_early is None else ended_early[1]
+    grpo_trained = f"{grpo_steps}" + (
+        f" of {grpo_planned} (the time budget ended it; continue_grpo=true trains on from there)" if ended_early else ""
+    )
     spread_table = markdown_table(*answer_spread_table(summaries))
     model = describe_model(layout.base_model)
     layout.table.write_text(
-        f"{table}\n\nModel: {model}. SFT steps trained: {sft_steps}. GRPO steps trained: {grpo_steps}.\n\n"
+        f"{table}\n\nModel: {model}. SFT steps trained: {sft_steps}. GRPO steps trained: {grpo_trained}.\n\n"
         f"Targets (GRPO over SFT, held-out val):\n\n{verdict}\n{wall_check}\n\n"
         "Answer spread: the share of responses giving each run's most common answer, and that answer, against "
         "the same share among the references. A share far above the reference's means the model answers alike "
@@ -594,6 +665,7 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
                 "model": model,
                 "sft_steps": sft_steps,
                 "grpo_steps": grpo_steps,
+                "grpo_planned_steps": grpo_planned,
                 "targets": checks,
                 "answer_spread": {run: summaries[run]["answers"] for run in RUNS},
                 "step_times": times,
@@ -643,8 +715,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{error} (see --help)") from None
     if config.dry_run:
         for number, step in enumerate(steps, start=1):
-            done = step.skip_if_exists is not None and step.skip_if_exists.exists()
-            mark = " (done earlier: skipped)" if done else ""
+            mark = f" (again: {step.again})" if step.again else ""
+            mark = " (done earlier: skipped)" if step.done_earlier() else mark
             print(f"[{number}/{len(steps)}] {step.name}{mark}\n    {step.describe()}")
         try:
             check_done_steps(steps, read_step_times(layout.step_times), layout.root)

@@ -1,5 +1,6 @@
 """The learning proof's orchestration: its plan, the evaluation step, the table and the plot."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ from mixed_r1_verl.learn import (
 )
 from mixed_r1_verl.run_logs import read_metrics_log
 from mixed_r1_verl.data.synthetic import TASKS
+from mixed_r1_verl.verl_adapter.stop_by import write_early_end
 
 
 def run_learn(*args: str) -> subprocess.CompletedProcess:
@@ -273,6 +275,82 @@ def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path, tiny_mod
     assert report["targets"]["no task down by more than 0.02"] and report["wall_time_target_met"] is True
     assert (layout.report / "sft_vs_grpo" / "compare.md").exists()
     assert Image.open(layout.plot).size[0] >= 1600  # accuracy and top answer share side by side
+
+
+def end_grpo(layout, saved_step, planned_last_step=None):
+    """GRPO's checkpoint tracker at `saved_step` and, if given, mixed_r1.stop_by's record of the planned step."""
+    layout.grpo_checkpoints.mkdir(parents=True, exist_ok=True)
+    (layout.grpo_checkpoints / "latest_checkpointed_iteration.txt").write_text(str(saved_step))
+    if planned_last_step is not None:
+        write_early_end(layout.grpo_checkpoints, saved_step, planned_last_step, stop_by=0.0)
+
+
+def test_continue_grpo_trains_on_a_grpo_the_budget_ended_early_and_evaluates_it_again(tmp_path):
+    layout = Layout(tmp_path)
+
+    def steps(**settings):
+        return {step.name: step for step in plan(LearnConfig(work_dir=str(tmp_path), **settings))}
+
+    grpo, keep = "GRPO with Mixed-Reward from the SFT model", "keep the evaluation of GRPO step 12"
+    layout.eval_dir("grpo").mkdir(parents=True)
+    (layout.eval_dir("grpo") / "summary.json").write_text("{}")
+    end_grpo(layout, 40, planned_last_step=40)  # the budget's estimate moved the end back to where it was planned
+    assert steps(continue_grpo=True)[grpo].done_earlier() and keep not in steps(continue_grpo=True)
+    end_grpo(layout, 12, planned_last_step=40)
+    assert steps()[grpo].done_earlier() and steps()["evaluate grpo"].done_earlier() and keep not in steps()
+    continued = steps(continue_grpo=True)
+    assert "after step 12 of 40; it goes on from that checkpoint" in continued[grpo].again
+    assert not continued[grpo].done_earlier() and not continued["evaluate grpo"].done_earlier()
+    names = list(continued)
+    assert names.index("publish the GRPO model") < names.index(keep) == names.index("evaluate grpo") - 1
+    # The earlier steps are not there, so the dry run marks the plan and then refuses to reuse GRPO.
+    dry_run = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.learn", f"work_dir={tmp_path}", "dry_run=true", "continue_grpo=true"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert "[8/12] GRPO with Mixed-Reward from the SFT model (again: the time budget ended it after step 12" in (
+        dry_run
+    )
+    assert "[11/12] evaluate grpo (again: its model trained on from step 12 (continue_grpo=true))" in dry_run
+
+    continued[keep].run()
+    assert (layout.eval_dir("grpo_step_12") / "summary.json").exists() and not layout.eval_dir("grpo").exists()
+    continued[keep].run()  # nothing left to keep
+    layout.eval_dir("grpo").mkdir()
+    with pytest.raises(FileExistsError, match="grpo_step_12 exists"):
+        continued[keep].run()
+
+
+def test_a_step_run_again_adds_its_time_to_the_earlier_time(tmp_path):
+    times_log = tmp_path / "logs" / "step_times.json"
+    done = tmp_path / "done"
+    code = "import pathlib, sys, time; time.sleep(0.2); pathlib.Path(sys.argv[1]).write_text('')"
+    first = Step("train", [sys.executable, "-c", code, str(done)], skip_if_exists=done)
+    execute([first], env=dict(os.environ), times_log=times_log, work_dir=tmp_path)
+    earlier = json.loads(times_log.read_text())["train"]
+    again = dataclasses.replace(first, again="the budget ended it early")
+    execute([again], env=dict(os.environ), times_log=times_log, work_dir=tmp_path)
+    entry = json.loads(times_log.read_text())["train"]
+    assert entry["seconds"] >= earlier["seconds"] + 0.2 and entry["earlier_executions"] == [earlier["execution"]]
+    table, _ = wall_time([again], {"train": {**entry, "seconds": 50.0, "execution": "second"}})
+    assert "| train | 50.0 (2 runs) |" in table and "summed over 2 executions" in table
+
+
+def test_the_report_says_when_the_budget_ended_grpo_before_its_planned_step(tmp_path, tiny_model_dir):
+    layout = Layout(tmp_path)
+    shutil.copytree(tiny_model_dir, layout.base_model)
+    for run in RUNS:
+        layout.eval_dir(run).mkdir(parents=True)
+        write_summary(fabricated_summary({task: 0.5 for task in TASKS}), layout.eval_dir(run))
+    write_metrics_log(layout.grpo_log, steps=12)
+    layout.sft_checkpoints.mkdir()
+    (layout.sft_checkpoints / "latest_checkpointed_iteration.txt").write_text("500")
+    end_grpo(layout, 12, planned_last_step=40)
+    write_report(layout, plan(LearnConfig(work_dir=str(tmp_path))))
+    table = layout.table.read_text()
+    assert "GRPO steps trained: 12 of 40 (the time budget ended it; continue_grpo=true trains on" in table
+    report = json.loads((layout.report / "learning_table.json").read_text())
+    assert (report["grpo_steps"], report["grpo_planned_steps"]) == (12, 40)
 
 
 def test_curves_come_from_the_file_logger_per_task(tmp_path):

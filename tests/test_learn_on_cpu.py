@@ -1,7 +1,8 @@
 """The learning proof's whole plan on CPU, at test scale: `mixed_r1_verl.learn`'s own steps (model, data,
 base eval, SFT, publish, eval, GRPO from the SFT model, publish, eval, report) with the two trainers run
 through tests/run_on_cpu.py and the evaluations generating with transformers. What it adds to the SFT and
-GRPO tests: the hand-over between the steps, as the proof chains them. The learning itself is measured on
+GRPO tests: the hand-over between the steps, as the proof chains them, run in three parts as under job
+time limits (the budget ending GRPO early, then `continue_grpo=true`). The learning itself is measured on
 a GPU (README, "Learning proof")."""
 
 import dataclasses
@@ -15,13 +16,14 @@ from safetensors.torch import load_file
 from data_helpers import CPU_GRPO_SETTINGS, CPU_SFT_SETTINGS, REPO, checkout_env
 from mixed_r1_verl.data.synthetic import TASKS
 from mixed_r1_verl.learn import LearnConfig, Layout, execute, plan, read_step_times
-from mixed_r1_verl.run_logs import read_metrics_log, task_metrics
+from mixed_r1_verl.run_logs import read_metrics_log, read_resumed_metrics_log, task_metrics
 from mixed_r1_verl.verl_adapter.metrics import METRIC_PREFIX
 
 VAL_ROWS_PER_TASK = 2
 SFT_STEPS, GRPO_STEPS = 2, 2
 GRPO_BATCH_SIZE, GRPO_SAMPLES_PER_PROMPT = 8, 2
-# GRPO runs under the proof's time budget, which is long enough for every step here.
+# GRPO runs under the proof's time budget, which is long enough for every step here; but told that a
+# checkpoint takes the whole budget, GRPO ends after its first step, and a continued GRPO after the next.
 TIME_BUDGET_S = 3600
 CPU_ENTRIES = {"mixed_r1_verl.sft": "sft", "mixed_r1_verl.main": "grpo"}
 
@@ -35,7 +37,9 @@ def on_cpu(step):
 
 
 @pytest.fixture(scope="module")
-def proof(tmp_path_factory):
+def proof_in_parts(tmp_path_factory):
+    """The proof run up to the SFT model's evaluation, then on with GRPO ended early by the budget, then with
+    continue_grpo=true: (its layout, the table the second part wrote)."""
     work_dir = tmp_path_factory.mktemp("learn")
     config = LearnConfig(
         work_dir=str(work_dir), model_size="test", rows_per_task=8, val_rows_per_task=VAL_ROWS_PER_TASK,
@@ -50,7 +54,7 @@ def proof(tmp_path_factory):
             "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
             "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
             "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4", "reward.num_workers=1",
-            f"trainer.total_training_steps={GRPO_STEPS}",
+            f"trainer.total_training_steps={GRPO_STEPS}", f"mixed_r1.stop_save_estimate_s={TIME_BUDGET_S}",
         ],
     )  # fmt: skip
     layout = Layout(work_dir)
@@ -61,7 +65,14 @@ def proof(tmp_path_factory):
     execute([on_cpu(step) for step in first_part], env, layout.step_times)
     assert first_part[-1].name == "evaluate sft" and not layout.grpo_checkpoints.exists()
     execute([on_cpu(step) for step in plan(config)], env, layout.step_times)
-    return layout
+    second_part_table = layout.table.read_text()
+    execute([on_cpu(step) for step in plan(dataclasses.replace(config, continue_grpo=True))], env, layout.step_times)
+    return layout, second_part_table
+
+
+@pytest.fixture(scope="module")
+def proof(proof_in_parts):
+    return proof_in_parts[0]
 
 
 def language_weights(model_dir):
@@ -93,7 +104,7 @@ def test_the_table_compares_the_three_models_on_every_held_out_row(proof):
     # Each command was timed once, in the part that ran it; the target is checked on their sum.
     total = sum(times["seconds"] for times in summary["step_times"].values())
     assert summary["wall_time_target_met"] == (total <= 20 * 60)
-    assert "; summed over 2 executions)" in proof.table.read_text()
+    assert "; summed over 3 executions)" in proof.table.read_text()
 
 
 def test_the_second_part_goes_on_from_the_sft_models_evaluation_without_redoing_anything(proof):
@@ -114,8 +125,29 @@ def test_grpo_trains_from_the_published_sft_model_and_publishes_its_own(proof):
     assert 0 < distance(sft, grpo) < distance(base, sft) / 10
 
 
+def test_the_budget_ends_grpo_early_and_continue_grpo_trains_it_on_to_its_planned_step(proof_in_parts):
+    proof, second_part_table = proof_in_parts
+    assert f"GRPO steps trained: 1 of {GRPO_STEPS} (the time budget ended it;" in second_part_table
+    assert f"GRPO steps trained: {GRPO_STEPS}.\n" in proof.table.read_text()
+    # The continued run resumed from the checkpoint of step 1: it logged step 2 only.
+    assert sorted(read_metrics_log(proof.grpo_log)) == [GRPO_STEPS]
+    assert sorted(read_metrics_log(proof.logs / "grpo.1.jsonl")) == [1]
+    # The evaluation of the step-1 model is kept; the new one evaluates the model of the last step.
+    for run in ("grpo_step_1", "grpo"):
+        assert json.loads((proof.eval_dir(run) / "summary.json").read_text())["run"]["model"].endswith("grpo_model")
+    evaluated = [json.loads((proof.eval_dir(run) / "model.json").read_text()) for run in ("grpo_step_1", "grpo")]
+    assert evaluated[0]["path"].endswith("global_step_1/actor/huggingface")
+    assert evaluated[1]["path"].endswith(f"global_step_{GRPO_STEPS}/actor/huggingface")
+    times = read_step_times(proof.step_times)
+    grpo = "GRPO with Mixed-Reward from the SFT model"
+    for name in (grpo, "evaluate grpo"):
+        assert len(times[name]["earlier_executions"]) == 1
+        assert times[name]["execution"] not in times[name]["earlier_executions"]
+    assert f"| {grpo} | {times[grpo]['seconds']:.1f} (2 runs) |" in proof.table.read_text()
+
+
 def test_the_plot_follows_every_task_over_the_grpo_steps(proof):
-    steps = read_metrics_log(proof.grpo_log)
+    steps = read_resumed_metrics_log(proof.grpo_log)
     assert sorted(steps) == list(range(1, GRPO_STEPS + 1))
     assert json.loads((proof.report / "learning_table.json").read_text())["grpo_steps"] == GRPO_STEPS
     samples_per_task = GRPO_BATCH_SIZE * GRPO_SAMPLES_PER_PROMPT // len(TASKS)
