@@ -144,8 +144,10 @@ def check_cluster_gpus(config: DictConfig) -> None:
 
 def last_checkpointed_step(checkpoint_dir: str) -> int | None:
     """The step verl's resume_mode=auto would resume from (its tracker file), or None."""
-    from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+    from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path, get_checkpoint_tracker_filename
 
+    if not os.path.isfile(get_checkpoint_tracker_filename(checkpoint_dir)):
+        return None  # a first run: verl's lookup would print that the tracker file is missing
     folder = find_latest_ckpt_path(checkpoint_dir)
     return None if folder is None else int(folder.rpartition("global_step_")[2])
 

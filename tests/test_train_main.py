@@ -41,6 +41,7 @@ def test_training_without_a_gpu_exits_2_and_says_what_runs_here(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "needs at least one CUDA GPU" in result.stderr
     assert "mixed_r1_verl.data.prepare" in result.stderr and "compute_score" in result.stderr
+    assert "tracker file" not in result.stdout + result.stderr, "a first run has no checkpoint to speak of"
     assert not any(tmp_path.iterdir()), "nothing may be built before the GPU check"
 
 
