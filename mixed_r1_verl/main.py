@@ -490,18 +490,12 @@ def train(config: DictConfig) -> None:
     run_ppo(config, task_runner_class=TaskRunnerV1)
 
 
-def own_settings() -> str:
-    """The `mixed_r1.*` settings of conf/mixed_r1.yaml with their defaults, as YAML."""
-    settings = OmegaConf.load(config_dir() / f"{PRIMARY_CONFIG}.yaml")[PRIMARY_CONFIG]
-    return OmegaConf.to_yaml(OmegaConf.create({PRIMARY_CONFIG: settings}))
-
-
 def register_recipes() -> list[str]:
     return register_recipe_files(recipe_dir())
 
 
 def main() -> None:
-    run_recipe_entry("mixed_r1_verl.main", recipe_dir(), config_dir(), PRIMARY_CONFIG, train, own_settings())
+    run_recipe_entry("mixed_r1_verl.main", recipe_dir(), config_dir(), PRIMARY_CONFIG, train)
 
 
 if __name__ == "__main__":

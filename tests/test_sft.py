@@ -209,6 +209,10 @@ def test_cli_usage_config_and_no_gpu_exit(converted, tiny_model_dir, tmp_path):
     data_dir, _ = converted
     usage = run_sft(tmp_path)
     assert usage.returncode == 2 and "recipe=<name>" in usage.stderr and "learn" in usage.stderr
+    help_text = run_sft(tmp_path, "--help")
+    assert help_text.returncode == 0 and "learn" in help_text.stdout
+    for setting in ("data_dir:", "stop_by: null", "stop_save_estimate_s: 60"):
+        assert setting in help_text.stdout, f"the SFT settings and their defaults are listed: {setting}"
     job = run_sft(tmp_path, "recipe=learn", "optim.lr=3e-4", "--cfg", "job")
     assert job.returncode == 0 and "lr: 0.0003" in job.stdout and "sft_train.parquet" in job.stdout
     train = run_sft(tmp_path, "recipe=learn", f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}")

@@ -63,6 +63,8 @@ def test_help_lists_recipes_without_a_gpu_or_a_recipe():
     assert result.returncode == 0
     for recipe in ("smoke", "smoke_internvl", "qwen25vl_3b", "qwen25vl_7b", "qwen25vl_32b", "internvl3_8b"):
         assert recipe in result.stdout
+    for setting in ("data_dir:", "stop_by: null", "cluster_wait_s: 300"):
+        assert setting in result.stdout, f"the mixed_r1 settings and their defaults are listed: {setting}"
 
 
 def test_missing_recipe_is_a_usage_error():
