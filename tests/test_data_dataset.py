@@ -1,6 +1,7 @@
 """The converter's parquet through verl's RLHFDataset machinery with the tiny Qwen2.5-VL processor."""
 
 import json
+import re
 import shutil
 
 import pyarrow as pa
@@ -163,6 +164,55 @@ def test_a_row_that_cannot_be_prepared_is_named(setup):
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), broken)
     with pytest.raises(DatasetRowError, match=rf"row 3 \(id '{rows[3]['extra_info']['id']}'"):
         build(root, processor, [str(broken)])
+
+
+def test_a_counted_row_that_cannot_be_prepared_is_named_when_read(setup):
+    root, _, processor = setup
+
+    def corrupt_row_3(position, row):
+        if position == 3:
+            row["images"][0]["bytes"] = b"\x89PNG corrupted"
+
+    dataset = build(root, processor, [rewrite_parquet(root, "corrupt.parquet", corrupt_row_3)])
+    row_id = dataset.dataframe[3]["extra_info"]["id"]
+    with pytest.raises(DatasetRowError, match=rf"row 3 \(id '{row_id}'.* cannot be prepared: cannot identify image"):
+        dataset[3]
+
+
+def one_image_too_many_placeholders(row):
+    row["prompt"][-1]["content"] = "<image>" + row["prompt"][-1]["content"]
+
+
+def no_images(row):
+    row["images"] = []
+
+
+def no_placeholder(row):
+    row["prompt"][-1]["content"] = row["prompt"][-1]["content"].replace("<image>", "")
+
+
+@pytest.mark.parametrize(
+    "change,counts",
+    [
+        (one_image_too_many_placeholders, "2 <image> placeholder(s) for 1 image"),
+        (no_images, "1 <image> placeholder(s) for 0 image"),
+        (no_placeholder, "0 <image> placeholder(s) for 1 image"),
+    ],
+)
+@pytest.mark.parametrize("filter_overlong_prompts", [True, False])
+def test_rows_whose_placeholders_do_not_match_their_images_are_refused_at_load(
+    setup, change, counts, filter_overlong_prompts
+):
+    root, _, processor = setup
+
+    def change_row_6(position, row):
+        if position == 6:
+            change(row)  # the converter's prompt_length stays: the row is not measured at load
+
+    path = rewrite_parquet(root, f"{change.__name__}.parquet", change_row_6)
+    row_id = pq.read_table(path).column("extra_info")[6]["id"].as_py()
+    with pytest.raises(DatasetRowError, match=rf"row 6 \(id '{row_id}'.*: its prompt holds {re.escape(counts)}"):
+        build(root, processor, [path], filter_overlong_prompts=filter_overlong_prompts)
 
 
 def released_like_model(tiny_model_dir, target):

@@ -172,15 +172,18 @@ def test_internvl_sft_rows_hold_their_image_tiles_with_the_loss_on_the_target_on
         assert torch.isfinite(output.loss)
 
 
+def sft_dataset_of(rows, path, model_dir):
+    """The SFT dataset, as the SFT config builds it, of `rows` written to the parquet `path`."""
+    pq.write_table(pa.Table.from_pylist(rows, schema=SFT_SCHEMA), path)
+    processor = load_image_text_processor(model_dir)
+    return create_sft_dataset(str(path), compose_sft(f"model.path={model_dir}").data, processor.tokenizer, processor)
+
+
 def test_a_row_whose_placeholders_do_not_match_its_images_is_named(converted, tiny_model_dir, tmp_path):
     data_dir, _ = converted
     table = pq.read_table(data_dir / "sft_train.parquet").to_pylist()
     table[0]["messages"][0]["content"] = table[0]["messages"][0]["content"].replace("<image>", "")
-    bad = tmp_path / "bad.parquet"
-    pq.write_table(pa.Table.from_pylist(table, schema=SFT_SCHEMA), bad)
-    config = compose_sft(f"model.path={tiny_model_dir}")
-    processor = load_image_text_processor(tiny_model_dir)
-    dataset = create_sft_dataset(str(bad), config.data, processor.tokenizer, processor)
+    dataset = sft_dataset_of(table, tmp_path / "bad.parquet", tiny_model_dir)
     with pytest.raises(ValueError, match=rf"SFT row 0 \(id '{table[0]['extra_info']['id']}'\).*0 <image> placeholder"):
         dataset[0]
 
@@ -190,12 +193,8 @@ def test_rows_converted_for_a_larger_frame_than_the_processor_keeps_are_refused(
     table = pq.read_table(data_dir / "sft_train.parquet").to_pylist()
     for row in table[1:]:
         row["images"] = [{**image, "max_pixels": 4 * image["max_pixels"]} for image in row["images"]]
-    wide = tmp_path / "wide.parquet"
-    pq.write_table(pa.Table.from_pylist(table, schema=SFT_SCHEMA), wide)
-    config = compose_sft(f"model.path={tiny_model_dir}")
-    processor = load_image_text_processor(tiny_model_dir)
     with pytest.raises(ValueError, match=rf"SFT row 1 \(id '{table[1]['extra_info']['id']}'\).*max_pixels 802816 is above"):
-        create_sft_dataset(str(wide), config.data, processor.tokenizer, processor)
+        sft_dataset_of(table, tmp_path / "wide.parquet", tiny_model_dir)
 
 
 def run_sft(cwd, *args):

@@ -8,10 +8,10 @@ Select it in the trainer config:
 RLHFDataset resizes images through qwen_vl_utils (which needs torchvision) and, when preparing a
 row fails for any reason, counts it as over-long and drops it. This class resizes with PIL to the
 exact size qwen_vl_utils and the Qwen2.5-VL processor produce (honouring per-image min/max pixels
-written by the converter), raises an error naming the row when one cannot be prepared or when the
-model's processor would resize its images again (out of the frame its boxes are in) or when verl
-loaded no processor at all (the images would be left out of training), and logs every
-row the length filter removes, counted per task. The filter reads each row's prompt size from
+written by the converter), raises an error naming the row when one cannot be prepared, when its
+prompt's `<image>` placeholders do not match its images in number, when the model's processor would
+resize its images again (out of the frame its boxes are in) or when verl loaded no processor at all
+(the images would be left out of training), and logs every row the length filter removes, counted per task. The filter reads each row's prompt size from
 extra_info.prompt_length where the converter wrote it, and measures only the other rows.
 """
 
@@ -29,9 +29,15 @@ from PIL import Image
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import build_multimodal_processor_inputs, normalize_token_ids
 
-from mixed_r1_verl.data.frames import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, resized_again_reason, smart_resize
+from mixed_r1_verl.data.frames import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    resized_again_reason,
+    smart_resize,
+)
 from mixed_r1_verl.data.model_files import processor_pixel_bounds
 from mixed_r1_verl.data.processor import autoprocessor_failure
+from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
 
 logger = logging.getLogger(__name__)
 SPATIAL_MERGE_SIZE = 2
@@ -39,6 +45,17 @@ SPATIAL_MERGE_SIZE = 2
 
 class DatasetRowError(ValueError):
     """A dataset row that cannot be turned into model inputs."""
+
+
+class NamesRowsThatFail:
+    """Mixin for a verl dataset class: an item that cannot be prepared raises DatasetRowError naming
+    the row (the class's `_describe_row(index)`) and the reason."""
+
+    def __getitem__(self, item):
+        try:
+            return super().__getitem__(item)
+        except Exception as error:
+            raise DatasetRowError(f"{self._describe_row(item)} cannot be prepared: {error}") from error
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -85,7 +102,7 @@ def _content_items(messages: list[dict]):
             yield from (item for item in content if isinstance(item, dict))
 
 
-class MixedR1Dataset(RLHFDataset):
+class MixedR1Dataset(NamesRowsThatFail, RLHFDataset):
     @classmethod
     def _process_multi_modal_info(cls, messages, image_patch_size, config):
         items = list(_content_items(messages))
@@ -94,9 +111,12 @@ class MixedR1Dataset(RLHFDataset):
         images = [model_input_image(item, image_patch_size) for item in items if item.get("type") == "image"]
         return images or None, None, cls._extract_audio_info(messages)
 
-    def _describe_row(self, doc: dict, index: int) -> str:
+    def _describe_doc(self, doc: dict, index: int) -> str:
         extra_info = doc.get("extra_info") or {}
         return f"row {index} (id {extra_info.get('id')!r}, data_source {doc.get('data_source')!r})"
+
+    def _describe_row(self, index: int) -> str:
+        return self._describe_doc(self.dataframe[index], index)
 
     def prompt_length(self, doc: dict, index: int) -> int:
         """Token count of a row's prompt with its images expanded; raises DatasetRowError naming
@@ -129,7 +149,7 @@ class MixedR1Dataset(RLHFDataset):
             )
             return len(inputs["input_ids"][0])
         except Exception as error:
-            raise DatasetRowError(f"{self._describe_row(doc, index)} cannot be prepared: {error}") from error
+            raise DatasetRowError(f"{self._describe_doc(doc, index)} cannot be prepared: {error}") from error
 
     def measure_prompt_lengths(self, dataframe: datasets.Dataset, rows: list[int]) -> list[int]:
         """Prompt tokens of the given rows, built with the processor (rows are named by position)."""
@@ -154,7 +174,7 @@ class MixedR1Dataset(RLHFDataset):
                 logger.warning(
                     "%s: the converter counted %d prompt tokens, this processor builds %d (another model or "
                     "chat template?); measuring every row",
-                    self._describe_row(dataframe[first], first),
+                    self._describe_doc(dataframe[first], first),
                     lengths[first],
                     measured,
                 )
@@ -167,12 +187,13 @@ class MixedR1Dataset(RLHFDataset):
 
     def maybe_filter_out_long_prompts(self, dataframe: datasets.Dataset = None):
         # verl calls this on every load, before anything is built with the processor.
-        if self.image_key in dataframe.column_names:
-            images = dataframe.with_format("arrow")[self.image_key]
+        def describe_row(row):
+            return self._describe_doc(dataframe[row], row)
 
-            def describe_row(row):
-                return self._describe_row(dataframe[row], row)
-
+        columns = dataframe.with_format("arrow")
+        images = columns[self.image_key] if self.image_key in dataframe.column_names else None
+        refuse_placeholder_image_mismatch(columns[self.prompt_key], images, describe_row)
+        if images is not None:
             refuse_images_without_processor(self.processor, self.tokenizer.name_or_path, images, describe_row)
             refuse_images_resized_again(self.processor, images, describe_row, self.mm_processor_kwargs)
         if not self.filter_overlong_prompts:
@@ -210,6 +231,39 @@ def extra_info_column(dataframe: datasets.Dataset, name: str) -> list:
     if name not in {field.name for field in column.type}:
         return [None] * len(dataframe)
     return pc.struct_field(column, name).to_pylist()
+
+
+def image_placeholder_counts(prompts) -> list[int]:
+    """Number of `<image>` placeholders in each row's text message contents, for an arrow column of
+    chat messages (rows whose contents are not text count 0: verl expands placeholders in text only)."""
+    counts = [0] * len(prompts)
+    if not (pa.types.is_list(prompts.type) and pa.types.is_struct(prompts.type.value_type)):
+        return counts
+    content = prompts.type.value_type.field("content") if "content" in prompts.type.value_type.names else None
+    if content is None or not (pa.types.is_string(content.type) or pa.types.is_large_string(content.type)):
+        return counts
+    contents = pc.struct_field(pc.list_flatten(prompts), "content")
+    per_message = pc.count_substring(contents, IMAGE_PLACEHOLDER).to_pylist()
+    for row, count in zip(pc.list_parent_indices(prompts).to_pylist(), per_message, strict=True):
+        counts[row] += count or 0
+    return counts
+
+
+def refuse_placeholder_image_mismatch(prompts, images_column, describe_row) -> None:
+    """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row whose prompt
+    holds another number of `<image>` placeholders than it has images (the arrow `images_column`; None
+    when the file has none): verl would fail on it mid-training, or with no images train on the bare text."""
+    placeholders = image_placeholder_counts(prompts)
+    if images_column is None or not pa.types.is_list(images_column.type):
+        images = [0] * len(placeholders)
+    else:
+        images = pc.fill_null(pc.list_value_length(images_column), 0).to_pylist()
+    for row, (placeholder_count, image_count) in enumerate(zip(placeholders, images, strict=True)):
+        if placeholder_count != image_count:
+            raise DatasetRowError(
+                f"{describe_row(row)}: its prompt holds {placeholder_count} {IMAGE_PLACEHOLDER} placeholder(s) "
+                f"for {image_count} image(s)"
+            )
 
 
 def refuse_images_without_processor(processor, model_dir: str, images_column, describe_row) -> None:

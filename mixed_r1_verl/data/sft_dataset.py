@@ -23,7 +23,12 @@ import pyarrow as pa
 from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 from verl.utils.py_functional import convert_nested_value_to_list_recursive
 
-from mixed_r1_verl.data.dataset import DatasetRowError, model_input_image, refuse_images_resized_again
+from mixed_r1_verl.data.dataset import (
+    DatasetRowError,
+    NamesRowsThatFail,
+    model_input_image,
+    refuse_images_resized_again,
+)
 from mixed_r1_verl.data.model_files import DEFAULT_PATCH_SIZE, image_processor_settings
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.prompts import chat_with_image_items
@@ -32,7 +37,7 @@ from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
 logger = logging.getLogger(__name__)
 
 
-class MixedR1SFTDataset(MultiTurnSFTDataset):
+class MixedR1SFTDataset(NamesRowsThatFail, MultiTurnSFTDataset):
     def __init__(self, parquet_files, tokenizer, config, processor=None, max_samples: int = -1):
         model_dir = Path(tokenizer.name_or_path)
         if processor is None and image_processor_settings(model_dir):
@@ -70,9 +75,3 @@ class MixedR1SFTDataset(MultiTurnSFTDataset):
         for slot, image in zip(slots, images):
             slot["image"] = model_input_image(image, self.image_patch_size)
         return turns
-
-    def __getitem__(self, item):
-        try:
-            return super().__getitem__(item)
-        except Exception as error:
-            raise DatasetRowError(f"{self._describe_row(item)} cannot be prepared: {error}") from error
