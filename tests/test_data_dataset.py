@@ -215,6 +215,28 @@ def test_rows_whose_placeholders_do_not_match_their_images_are_refused_at_load(
         build(root, processor, [path], filter_overlong_prompts=filter_overlong_prompts)
 
 
+@pytest.mark.parametrize(
+    "bounds,message",
+    [
+        ((10**9, None), "min_pixels 1000000000 is above max_pixels 200704"),
+        ((None, -5), "max_pixels -5 must be positive"),
+    ],
+)
+def test_images_with_unusable_pixel_bounds_are_refused_at_load(setup, bounds, message):
+    root, _, processor = setup
+
+    def set_bounds_of_row_4(position, row):
+        if position == 4:
+            for name, value in zip(("min_pixels", "max_pixels"), bounds):
+                if value is not None:
+                    row["images"][0][name] = value
+
+    path = rewrite_parquet(root, "bounds.parquet", set_bounds_of_row_4)
+    row_id = pq.read_table(path).column("extra_info")[4]["id"].as_py()
+    with pytest.raises(DatasetRowError, match=rf"row 4 \(id '{row_id}'.*pixel bounds are unusable: .*{message}"):
+        build(root, processor, [path])
+
+
 def released_like_model(tiny_model_dir, target):
     """The tiny model with the released Qwen2.5-VL processor bounds (up to 12,845,056 pixels)."""
     model = shutil.copytree(tiny_model_dir, target)

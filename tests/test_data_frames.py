@@ -52,6 +52,15 @@ def test_smart_resize_rejects_extreme_aspect_ratio():
         smart_resize(10, 2050)
 
 
+@pytest.mark.parametrize(
+    "bounds,message",
+    [((10**8, MAX_PIXELS), f"min_pixels 100000000 is above max_pixels {MAX_PIXELS}"), ((MIN_PIXELS, -5), "positive")],
+)
+def test_smart_resize_rejects_bounds_that_cannot_hold_an_image(bounds, message):
+    with pytest.raises(ValueError, match=message):
+        smart_resize(200, 300, min_pixels=bounds[0], max_pixels=bounds[1])
+
+
 def test_model_frame_size_per_box_frame():
     assert model_frame_size((320, 240), BOX_FRAME_NORM1000, MIN_PIXELS, MAX_PIXELS) == (1000, 1000)
     assert model_frame_size((320, 240), BOX_FRAME_ABS, MIN_PIXELS, MAX_PIXELS) == (308, 252)

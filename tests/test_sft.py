@@ -197,6 +197,15 @@ def test_rows_converted_for_a_larger_frame_than_the_processor_keeps_are_refused(
         sft_dataset_of(table, tmp_path / "wide.parquet", tiny_model_dir)
 
 
+def test_images_with_unusable_pixel_bounds_are_refused(converted, tiny_model_dir, tmp_path):
+    data_dir, _ = converted
+    table = pq.read_table(data_dir / "sft_train.parquet").to_pylist()
+    table[2]["images"][0]["min_pixels"] = 10**9
+    row_id = table[2]["extra_info"]["id"]
+    with pytest.raises(ValueError, match=rf"SFT row 2 \(id '{row_id}'\).*min_pixels 1000000000 is above"):
+        sft_dataset_of(table, tmp_path / "bounds.parquet", tiny_model_dir)
+
+
 def run_sft(cwd, *args):
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(

@@ -9,9 +9,10 @@ RLHFDataset resizes images through qwen_vl_utils (which needs torchvision) and, 
 row fails for any reason, counts it as over-long and drops it. This class resizes with PIL to the
 exact size qwen_vl_utils and the Qwen2.5-VL processor produce (honouring per-image min/max pixels
 written by the converter), raises an error naming the row when one cannot be prepared, when its
-prompt's `<image>` placeholders do not match its images in number, when the model's processor would
-resize its images again (out of the frame its boxes are in) or when verl loaded no processor at all
-(the images would be left out of training), and logs every row the length filter removes, counted per task. The filter reads each row's prompt size from
+prompt's `<image>` placeholders do not match its images in number, when an image's pixel bounds cannot
+bound a resize, when the model's processor would resize its images again (out of the frame its boxes
+are in) or when verl loaded no processor at all (the images would be left out of training), and logs
+every row the length filter removes, counted per task. The filter reads each row's prompt size from
 extra_info.prompt_length where the converter wrote it, and measures only the other rows.
 """
 
@@ -32,6 +33,7 @@ from verl.utils.tokenizer import build_multimodal_processor_inputs, normalize_to
 from mixed_r1_verl.data.frames import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
+    pixel_bounds_error,
     resized_again_reason,
     smart_resize,
 )
@@ -195,6 +197,7 @@ class MixedR1Dataset(NamesRowsThatFail, RLHFDataset):
         refuse_placeholder_image_mismatch(columns[self.prompt_key], images, describe_row)
         if images is not None:
             refuse_images_without_processor(self.processor, self.tokenizer.name_or_path, images, describe_row)
+            refuse_invalid_pixel_bounds(images, describe_row)
             refuse_images_resized_again(self.processor, images, describe_row, self.mm_processor_kwargs)
         if not self.filter_overlong_prompts:
             return dataframe
@@ -294,6 +297,16 @@ def refuse_images_resized_again(processor, images_column, describe_row, mm_proce
         reason = resized_again_reason(bounds, model_bounds)
         if reason:
             raise DatasetRowError(f"{describe_row(row)}: {reason}")
+
+
+def refuse_invalid_pixel_bounds(images_column, describe_row) -> None:
+    """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row of the arrow
+    `images_column` holding an image whose min/max pixels cannot bound a resize (unset bounds take the
+    defaults, as the resize does)."""
+    for (low, high), row in first_row_per_image_bounds(images_column).items():
+        error = pixel_bounds_error(low or DEFAULT_MIN_PIXELS, high or DEFAULT_MAX_PIXELS)
+        if error:
+            raise DatasetRowError(f"{describe_row(row)}: an image's pixel bounds are unusable: {error}")
 
 
 def first_row_per_image_bounds(column) -> dict[tuple, int]:

@@ -34,6 +34,9 @@ def smart_resize(
     aspect ratio kept as closely as possible, area within [min_pixels, max_pixels]."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
+    bounds_error = pixel_bounds_error(min_pixels, max_pixels)
+    if bounds_error:
+        raise ValueError(bounds_error)
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
         raise ValueError(f"aspect ratio of {width}x{height} exceeds {MAX_ASPECT_RATIO}")
     resized_h = round(height / factor) * factor
@@ -47,6 +50,15 @@ def smart_resize(
         resized_h = math.ceil(height * grow / factor) * factor
         resized_w = math.ceil(width * grow / factor) * factor
     return resized_h, resized_w
+
+
+def pixel_bounds_error(min_pixels: int, max_pixels: int) -> str | None:
+    """Why [min_pixels, max_pixels] cannot bound an image's area; None when it can."""
+    if min_pixels <= 0 or max_pixels <= 0:
+        return f"min_pixels {min_pixels} and max_pixels {max_pixels} must be positive"
+    if min_pixels > max_pixels:
+        return f"min_pixels {min_pixels} is above max_pixels {max_pixels}"
+    return None
 
 
 def resized_again_reason(

@@ -28,6 +28,7 @@ from mixed_r1_verl.data.dataset import (
     NamesRowsThatFail,
     model_input_image,
     refuse_images_resized_again,
+    refuse_invalid_pixel_bounds,
 )
 from mixed_r1_verl.data.model_files import DEFAULT_PATCH_SIZE, image_processor_settings
 from mixed_r1_verl.data.processor import load_image_text_processor
@@ -53,6 +54,7 @@ class MixedR1SFTDataset(NamesRowsThatFail, MultiTurnSFTDataset):
             self.image_patch_size = getattr(processor.image_processor, "patch_size", DEFAULT_PATCH_SIZE)
         if self.image_key in self.dataframe.columns:
             images = pa.array(self.dataframe[self.image_key])
+            refuse_invalid_pixel_bounds(images, self._describe_row)
             refuse_images_resized_again(self.processor, images, self._describe_row)
 
     def _describe_row(self, item: int) -> str:
