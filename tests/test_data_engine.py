@@ -133,6 +133,39 @@ def test_near_duplicates_are_kept_unless_asked(tmp_path):
     assert "dup-near" not in dropped_reasons(out) and dropped_reasons(out)["dup-exact"] == ("dedup", "duplicate")
 
 
+def test_dedup_keeps_other_items_on_one_image_and_names_the_kept_row(tmp_path):
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    Image.new("RGB", (300, 200), "white").save(image_root / "a.png")
+    Image.new("RGB", (300, 200), "white").save(image_root / "a_copy.jpg", quality=95)
+    base = {"data_source": "s", "images": ["a.png"], "problem": "<image>Which one is shown?"}
+    rows = [
+        {**base, "id": "cats", "task": "matching", "answer": "A", "options": ["cat", "dog"]},
+        {**base, "id": "cars", "task": "matching", "answer": "B", "options": ["car", "bus"]},
+        {**base, "id": "yes-no", "task": "matching", "answer": "yes"},
+        {**base, "id": "chart", "task": "chart", "answer": "12"},
+        {**base, "id": "caption", "task": "open_ended", "answer": "A white image."},
+        {**base, "id": "box", "task": "grounding", "answer": "[10, 10, 50, 50]"},
+        {**base, "id": "cats-again", "task": "matching", "answer": "a", "options": ["Cat", "dog"]},
+        {**base, "id": "cats-relabelled", "task": "matching", "answer": "B", "options": ["cat", "dog"]},
+        {**base, "id": "chart-copy", "task": "chart", "answer": "13", "images": ["a_copy.jpg"]},
+    ]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    Engine(engine_config(jsonl, image_root, out, "difficulty.enabled=false", "dedup.perceptual=true")).run()
+    dropped = {row["id"]: row for row in read_jsonl(out / "dropped.jsonl")}
+    assert sorted(dropped) == ["cats-again", "cats-relabelled", "chart-copy"]
+    same = "the same image(s) as kept row 'cats', with the same task, question and options"
+    assert dropped["cats-again"]["reason"] == "duplicate" and dropped["cats-again"]["detail"] == same
+    assert dropped["cats-relabelled"]["detail"] == f"{same}; its answer 'B' differs from the kept row's 'A'"
+    assert dropped["chart-copy"]["reason"] == "near_duplicate"
+    assert dropped["chart-copy"]["detail"] == (
+        "image(s) within hash distance 4 of kept row 'chart', with the same task, question and options; "
+        "its answer '13' differs from the kept row's '12'"
+    )
+
+
 def correct(answer: str) -> str:
     return f"<think>checked</think><answer>{answer}</answer>"
 

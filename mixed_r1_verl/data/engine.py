@@ -5,8 +5,9 @@
         'balance.targets={matching: 15000, chart: 10000, grounding: 10000, open_ended: 10000}'
 
 1. validate   the converter's checks (images readable and inside image_root, boxes, placeholders...)
-2. dedup      same image bytes + same normalised question; near-duplicate images (perceptual hash,
-              dedup.perceptual=true) with the same question
+2. dedup      same image bytes, task, options and normalised question; near-duplicate images
+              (perceptual hash, dedup.perceptual=true) with the same task, options and question; the
+              drop names the row kept and says when their answers differ
 3. verify     keep answers the task's reward can check: option letters that exist, yes/no, numbers
               or short answers, boxes inside the image, non-empty references
 4. difficulty sample k responses per prompt, score them with Mixed-Reward, keep pass rates inside
@@ -165,15 +166,16 @@ class Engine:
         self.dropped.write(json.dumps({"id": record_id, "stage": stage, "reason": reason, "detail": detail}) + "\n")
 
     def run_stage(self, name: str, rows: list[EngineRow], keep, **details) -> list[EngineRow]:
-        """Apply `keep(row) -> reject reason or None` and record the stage."""
+        """Apply `keep(row) -> None, a reject reason or (reason, detail)` and record the stage."""
         kept, reasons = [], Counter()
         for row in rows:
-            reason = keep(row)
-            if reason is None:
+            verdict = keep(row)
+            if verdict is None:
                 kept.append(row)
-            else:
-                reasons[reason] += 1
-                self.drop(name, row.record.id, reason)
+                continue
+            reason, detail = (verdict, "") if isinstance(verdict, str) else verdict
+            reasons[reason] += 1
+            self.drop(name, row.record.id, reason, detail)
         self.stages.append(StageResult(name, count_by_task(rows), count_by_task(kept), dict(reasons), details))
         return kept
 
@@ -208,24 +210,27 @@ class Engine:
 
     # 2. deduplicate
     def dedup(self, rows: list[EngineRow]) -> list[EngineRow]:
-        seen: set = set()
-        hashes_by_question: dict[str, list[tuple[int, ...]]] = defaultdict(list)
+        kept_by_images: dict[tuple, EngineRow] = {}
+        hashed_by_item: dict[tuple, list[tuple[tuple[int, ...], EngineRow]]] = defaultdict(list)
         perceptual = self.config.dedup.perceptual
+        max_distance = self.config.dedup.max_hash_distance
 
         def keep(row: EngineRow):
-            question = normalised_question(row.record.problem)
-            key = (row.image_digests, question)
-            if key in seen:
-                return "duplicate"
-            seen.add(key)
+            item = dedup_item(row.record)
+            kept = kept_by_images.get((row.image_digests, item))
+            if kept is not None:
+                return "duplicate", duplicate_detail(row, kept, "the same image(s) as")
             if perceptual:
                 image_hashes = tuple(difference_hash(self.converter.store.load(p).data) for p in row.record.images)
-                for other in hashes_by_question[question]:
-                    if len(other) == len(image_hashes) and all(
-                        hamming(a, b) <= self.config.dedup.max_hash_distance for a, b in zip(image_hashes, other)
+                for other_hashes, other in hashed_by_item[item]:
+                    if len(other_hashes) == len(image_hashes) and all(
+                        hamming(a, b) <= max_distance for a, b in zip(image_hashes, other_hashes)
                     ):
-                        return "near_duplicate"
-                hashes_by_question[question].append(image_hashes)
+                        return "near_duplicate", duplicate_detail(
+                            row, other, f"image(s) within hash distance {max_distance} of"
+                        )
+                hashed_by_item[item].append((image_hashes, row))
+            kept_by_images[(row.image_digests, item)] = row
             return None
 
         return self.run_stage("dedup", rows, keep, perceptual=perceptual)
@@ -393,6 +398,21 @@ class Engine:
 
 def normalised_question(problem: str) -> str:
     return normalize_text(problem.replace("<image>", " "))
+
+
+def dedup_item(record: CanonicalRecord) -> tuple:
+    """What makes two rows on the same image(s) the same item: task, normalised question and options."""
+    options = tuple(normalize_text(option) for option in record.options) if record.options else None
+    return record.task, normalised_question(record.problem), options
+
+
+def duplicate_detail(row: EngineRow, kept: EngineRow, images_relation: str) -> str:
+    """A dropped duplicate's detail: the row kept in its place and, when they differ, both answers
+    (conflicting labels of one item)."""
+    detail = f"{images_relation} kept row {kept.record.id!r}, with the same task, question and options"
+    if normalize_text(row.ground_truth) != normalize_text(kept.ground_truth):
+        detail += f"; its answer {row.ground_truth!r} differs from the kept row's {kept.ground_truth!r}"
+    return detail
 
 
 def difference_hash(data: bytes, size: int = 8) -> int:
