@@ -99,6 +99,11 @@ def test_requests_the_processor_would_resize_again_are_refused(converted, tiny_m
     generator = TransformersGenerator(str(tiny_model_dir), EVAL_SAMPLING, device="cpu")
     with pytest.raises(ValueError, match=rf"generation request {record.id}: .*max_pixels {4 * MAX_PIXELS} is above"):
         generator.generate([too_large])
+    inverted = GenerationRequest(
+        request.messages, [{**item, "min_pixels": 2 * MAX_PIXELS} for item in request.images], label=record.id
+    )
+    with pytest.raises(ValueError, match=rf"generation request {record.id}: min_pixels {2 * MAX_PIXELS} is above"):
+        generator.generate([inverted])
 
 
 def test_each_use_has_its_sampling_defaults():

@@ -31,11 +31,10 @@ from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import build_multimodal_processor_inputs, normalize_token_ids
 
 from mixed_r1_verl.data.frames import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_PIXELS,
     pixel_bounds_error,
     resized_again_reason,
     smart_resize,
+    stated_bounds,
 )
 from mixed_r1_verl.data.model_files import processor_pixel_bounds
 from mixed_r1_verl.data.processor import autoprocessor_failure
@@ -87,12 +86,9 @@ def model_input_image(item: dict, image_patch_size: int) -> Image.Image:
     area within the item's min/max pixels (defaults as qwen_vl_utils)."""
     image = to_rgb(open_content_image(item))
     width, height = image.size
+    min_pixels, max_pixels = stated_bounds(item.get("min_pixels"), item.get("max_pixels"))
     resized_h, resized_w = smart_resize(
-        height,
-        width,
-        factor=image_patch_size * SPATIAL_MERGE_SIZE,
-        min_pixels=item.get("min_pixels") or DEFAULT_MIN_PIXELS,
-        max_pixels=item.get("max_pixels") or DEFAULT_MAX_PIXELS,
+        height, width, factor=image_patch_size * SPATIAL_MERGE_SIZE, min_pixels=min_pixels, max_pixels=max_pixels
     )
     return image.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
 
@@ -301,10 +297,9 @@ def refuse_images_resized_again(processor, images_column, describe_row, mm_proce
 
 def refuse_invalid_pixel_bounds(images_column, describe_row) -> None:
     """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row of the arrow
-    `images_column` holding an image whose min/max pixels cannot bound a resize (unset bounds take the
-    defaults, as the resize does)."""
+    `images_column` holding an image whose min/max pixels cannot bound a resize."""
     for (low, high), row in first_row_per_image_bounds(images_column).items():
-        error = pixel_bounds_error(low or DEFAULT_MIN_PIXELS, high or DEFAULT_MAX_PIXELS)
+        error = pixel_bounds_error(*stated_bounds(low, high))
         if error:
             raise DatasetRowError(f"{describe_row(row)}: an image's pixel bounds are unusable: {error}")
 

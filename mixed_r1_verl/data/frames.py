@@ -52,6 +52,11 @@ def smart_resize(
     return resized_h, resized_w
 
 
+def stated_bounds(min_pixels: int | None, max_pixels: int | None) -> tuple[int, int]:
+    """The (min_pixels, max_pixels) an image item's stated bounds give its resize (None or 0: the default)."""
+    return min_pixels or DEFAULT_MIN_PIXELS, max_pixels or DEFAULT_MAX_PIXELS
+
+
 def pixel_bounds_error(min_pixels: int, max_pixels: int) -> str | None:
     """Why [min_pixels, max_pixels] cannot bound an image's area; None when it can."""
     if min_pixels <= 0 or max_pixels <= 0:

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mixed_r1_verl.data.dataset import model_input_image
-from mixed_r1_verl.data.frames import resized_again_reason
+from mixed_r1_verl.data.frames import pixel_bounds_error, resized_again_reason, stated_bounds
 from mixed_r1_verl.data.model_files import (
     processor_pixel_bounds,
     required_image_processor_settings,
@@ -87,7 +87,8 @@ def model_images(
     """The request's images resized to the frame the model sees, as in training; `processor_bounds`
     are the model image processor's (min_pixels, max_pixels), which must not resize them again."""
     for item in request.images:
-        reason = resized_again_reason((item.get("min_pixels"), item.get("max_pixels")), processor_bounds)
+        bounds = (item.get("min_pixels"), item.get("max_pixels"))
+        reason = pixel_bounds_error(*stated_bounds(*bounds)) or resized_again_reason(bounds, processor_bounds)
         if reason:
             raise ValueError(f"generation request {request.label or '(unnamed)'}: {reason}")
     return [model_input_image(item, patch_size) for item in request.images]
