@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from mixed_r1_verl.eval.cache import discard_generations_made_otherwise
+from mixed_r1_verl.eval.cache import GenerationFileError, discard_generations_made_otherwise, read_generations
 from mixed_r1_verl.eval.cli import checked_settings, main
 from mixed_r1_verl.eval.generation import eval_request, request_digest
 from mixed_r1_verl.eval.records import RecordError, load_records
@@ -247,6 +247,28 @@ def test_bad_rows_name_the_record(tmp_path):
         load_records([tmp_path / "dup.parquet"])
 
 
+def test_rows_without_a_ground_truth_or_with_other_than_structs_name_the_record(tmp_path):
+    for ground_truth in (None, " "):
+        rows = [row("c1", "chart", "chartqa", "q", "1"), row("c2", "chart", "chartqa", "q", ground_truth)]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "no_truth.parquet")
+        with pytest.raises(RecordError, match=r"no_truth.parquet: row 1 \(id 'c2'\): reward_model.ground_truth is missing"):
+            load_records([tmp_path / "no_truth.parquet"])
+
+    table = pa.table(
+        {"prompt": [[{"role": "user", "content": "q"}]], "data_source": ["s"], "reward_model": [{"ground_truth": "4"}]}
+    )
+    pq.write_table(table.append_column("extra_info", pa.array(["id1"])), tmp_path / "flat_extra_info.parquet")
+    with pytest.raises(RecordError, match=r"row 0: extra_info must be a struct with id and task, got str 'id1'"):
+        load_records([tmp_path / "flat_extra_info.parquet"])
+
+
+def test_a_generations_file_that_is_not_utf8_names_its_line(tmp_path):
+    generations = tmp_path / "responses.jsonl"
+    generations.write_bytes(b'{"id": "m1", "response": "B"}\n{"id": "m2", "response": "\xe9"}\n')
+    with pytest.raises(GenerationFileError, match=rf"{generations}: line 2: not UTF-8 text"):
+        read_generations(generations)
+
+
 def test_module_entry_point_lists_its_settings_and_defaults():
     result = subprocess.run(
         [sys.executable, "-m", "mixed_r1_verl.eval", "--help"], capture_output=True, text=True, check=False
@@ -266,6 +288,7 @@ def test_module_entry_point_lists_its_settings_and_defaults():
         (["--data", "x.parquet"], "expected key=value"),
         (["data=x.parquet", "model=m", "out_dir=o", "max_new_tokens=many"], "max_new_tokens"),
         (["data=x.parquet", "model=m", "out_dir=o", "no_such_setting=1"], "no_such_setting"),
+        (["data=x.parquet", "model=m", "out_dir=o", "limit=0"], "limit=0: expected a positive number"),
     ],
 )
 def test_bad_settings_stop_with_the_setting_named(argv, reason, capsys):

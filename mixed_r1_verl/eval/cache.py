@@ -24,8 +24,12 @@ def read_generations(path: str | Path) -> dict[str, str]:
 
 def generation_lines(path: str | Path) -> Iterator[tuple[str, str, str | None]]:
     """(id, response, request digest or None) of each line, in order."""
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with open(path, "rb") as lines:  # decoded line by line, so an error names its line
+        for number, raw_line in enumerate(lines, start=1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise GenerationFileError(f"{path}: line {number}: not UTF-8 text ({error})") from None
             if not line.strip():
                 continue
             try:

@@ -11,7 +11,7 @@ Generation (model=): `backend` auto (vLLM when installed, else transformers) | v
 `batch_size` prompts per generation call and cache append; `max_images` per vLLM prompt; `vllm_kwargs`
 any other vLLM engine argument (`vllm_kwargs.gpu_memory_utilization=0.5`, `vllm_kwargs.enforce_eager=true`).
 Rewards take the training options (reward.reward_kwargs): `embedding_model` for open_ended (BMAS;
-default: model), `format_weight`, `iou_threshold`. `limit` evaluates the first N records only.
+default: model), `format_weight`, `iou_threshold`. `limit` evaluates the first N records only (N >= 1).
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ def checked_settings(argv: list[str]) -> EvalSettings:
     sources = [name for name in ("model", "generations", "compare") if getattr(settings, name) is not None]
     if len(sources) != 1:
         usage_error(f"give exactly one of model=, generations= or compare=; got {sources or 'none'}")
+    if settings.limit is not None and settings.limit < 1:
+        usage_error(f"limit={settings.limit}: expected a positive number of records (leave it out for all)")
     if settings.backend not in BACKENDS:
         usage_error(f"backend={settings.backend}: expected one of {', '.join(BACKENDS)}")
     if settings.compare is not None:

@@ -51,16 +51,27 @@ def _placeholder_count(prompt: Sequence[Mapping]) -> int:
     return sum(str(message.get("content", "")).count(IMAGE_PLACEHOLDER) for message in prompt)
 
 
+def _struct_field(row: Mapping, column: str, expected: str, where: str) -> dict:
+    """The row's struct column as a dict ({} when null); RecordError when it holds something else."""
+    value = row.get(column)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        got = f"{type(value).__name__} {value!r:.80}"
+        raise RecordError(f"{where}: {column} must be a struct with {expected}, got {got}")
+    return dict(value)
+
+
 def _record_from_row(row: Mapping, position: int, source: str) -> EvalRecord:
     where = f"{source}: row {position}"
-    extra_info = dict(row.get("extra_info") or {})
+    extra_info = _struct_field(row, "extra_info", "id and task", where)
     record_id = extra_info.get("id")
     if record_id is None or str(record_id) == "":
         raise RecordError(f"{where}: extra_info.id is missing")
     where = f"{where} (id {record_id!r})"
-    reward_model = row.get("reward_model") or {}
-    if "ground_truth" not in reward_model:
-        raise RecordError(f"{where}: reward_model.ground_truth is missing")
+    reward_model = _struct_field(row, "reward_model", "ground_truth", where)
+    if reward_model.get("ground_truth") is None or not str(reward_model["ground_truth"]).strip():
+        raise RecordError(f"{where}: reward_model.ground_truth is missing or empty")
     prompt = list(row.get("prompt") or [])
     if not prompt or not all(isinstance(message, Mapping) and "role" in message for message in prompt):
         raise RecordError(f"{where}: prompt must be a non-empty chat list of {{role, content}} messages")
