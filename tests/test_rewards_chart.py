@@ -1,6 +1,6 @@
 import pytest
 
-from mixed_r1_verl.rewards.chart import chart_accuracy, single_number
+from mixed_r1_verl.rewards.chart import chart_accuracy, numeric_target, single_number
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,34 @@ def test_single_number_reads_only_lone_finite_numbers():
     assert single_number("1,234,567") == 1234567
     assert single_number("1 and 2") is None
     assert single_number("1" * 400) is None
+
+
+@pytest.mark.parametrize(
+    "answer, ground_truth",
+    [("Jan 2020", "Mar 2020"), ("2019 Q4", "2019 Q3"), ("Group B 12", "Group A 12"), ("under 18", "over 18")],
+)
+def test_a_category_holding_a_number_is_a_text_target(answer, ground_truth):
+    assert chart_accuracy(answer, ground_truth) == 0.0
+    assert chart_accuracy(ground_truth.upper(), ground_truth) == 1.0
+
+
+@pytest.mark.parametrize(
+    "ground_truth, expected",
+    [
+        ("45", 45.0),
+        ("$ 1,234", 1234.0),
+        ("45 %", 45.0),
+        ("\u221245 million", -45.0),
+        ("3.5 billion USD", 3.5),
+        ("12 kg", 12.0),
+        ("Jan 2020", None),
+        ("2019 Q4", None),
+        ("Group B 12", None),
+        ("under 18", None),
+        ("45 (2019)", None),
+        ("2019-2020", None),
+        ("1e999", None),
+    ],
+)
+def test_numeric_target_allows_only_a_currency_sign_and_a_unit(ground_truth, expected):
+    assert numeric_target(ground_truth) == expected

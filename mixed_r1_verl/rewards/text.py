@@ -29,6 +29,10 @@ def to_float(token: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def unicode_minus_as_hyphen(text: str) -> str:
+    return text.translate(_UNICODE_MINUS)
+
+
 def find_numbers(text: str) -> list[str]:
     """Number tokens in reading order (unicode minus signs read as '-')."""
-    return _NUMBER.findall(text.translate(_UNICODE_MINUS))
+    return _NUMBER.findall(unicode_minus_as_hyphen(text))
