@@ -122,3 +122,17 @@ def test_pathological_responses_are_scored(response):
     for task, ground_truth in (("matching", "B"), ("chart", "5"), ("grounding", "[0, 0, 5, 5]")):
         result = compute_score("src", response, ground_truth, {"task": task})
         assert result["error"] == 0.0 and 0.0 <= result["score"] <= 1.0
+
+
+@pytest.mark.parametrize("ground_truth", [None, "", "  ", float("nan"), []])
+@pytest.mark.parametrize("task", ["chart", "matching", "grounding", "open_ended"])
+def test_a_sample_without_ground_truth_is_bad_input(task, ground_truth):
+    extra = {"task": task, "id": "row-7", "index": 7}
+    with pytest.raises(ValueError, match=r"sample \(data_source='src', id='row-7', index=7\).*ground truth is"):
+        compute_score("src", WELL_FORMED.format("None"), ground_truth, extra)
+
+
+def test_the_error_names_the_sample_by_what_it_has():
+    named = r"^sample \(data_source='chartqa'\) cannot be scored: its ground truth is None$"
+    with pytest.raises(ValueError, match=named):
+        compute_score("chartqa", WELL_FORMED.format("None"), None, {"task": "chart"})

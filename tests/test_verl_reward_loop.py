@@ -7,14 +7,15 @@ import asyncio
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import ray
 from hf_cache import write_hf_cache
-from reward_loop_helpers import SAMPLES, reward_config, rollout_batch
+from reward_loop_helpers import SAMPLES, THINK, reward_config, rollout_batch
 from transformers import AutoTokenizer
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput, AgentLoopWorker
-from verl.experimental.reward_loop.reward_loop import RewardLoopManager
+from verl.experimental.reward_loop.reward_loop import RewardLoopManager, RewardLoopWorker
 from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.verl_adapter.trainer import wait_for_reward_workers
 
@@ -200,3 +201,33 @@ def test_training_path_scores_each_trajectory_as_it_finishes(reward_loop, tiny_m
     errors = [output.extra_fields["reward_extra_info"]["error"] for output, _ in trajectories]
     assert errors == [0.0] * 8 + [1.0]
 
+
+
+def reward_worker(model_dir, *overrides, **reward_kwargs) -> RewardLoopWorker:
+    """verl's reward worker built in this process: it scores each sample through `run_single`, as in training."""
+    return RewardLoopWorker(reward_config(model_dir, *overrides, num_workers=1, **reward_kwargs))
+
+
+def score_batch(worker: RewardLoopWorker, data) -> list[dict]:
+    return asyncio.run(worker.compute_score_batch(data))
+
+
+def test_a_sample_without_ground_truth_stops_the_reward_with_its_name(tiny_model_dir):
+    worker = reward_worker(tiny_model_dir)
+    sample = ("chartqa", THINK + "<answer>None</answer>", None, {"task": "chart", "id": "chart-3", "index": 3})
+    named = r"sample \(data_source='chartqa', id='chart-3', index=3\) cannot be scored: its ground truth is None"
+    with pytest.raises(ValueError, match=named):
+        score_batch(worker, rollout_batch(worker.input_tokenizer, [sample]))
+
+
+@pytest.mark.parametrize("reward_model", [None, {"style": "rule"}])
+def test_a_sample_without_reward_model_ground_truth_stops_the_reward_with_its_name(tiny_model_dir, reward_model):
+    worker = reward_worker(tiny_model_dir)
+    data = rollout_batch(worker.input_tokenizer, [SAMPLES[0]])
+    if reward_model is None:
+        del data.non_tensor_batch["reward_model"]
+    else:
+        data.non_tensor_batch["reward_model"] = np.array([reward_model], dtype=object)
+    named = r"sample \(data_source='pope'\) cannot be scored: it has no reward_model.ground_truth"
+    with pytest.raises(ValueError, match=named):
+        score_batch(worker, data)

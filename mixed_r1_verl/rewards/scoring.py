@@ -3,14 +3,16 @@
     score = (1 - w) * accuracy + w * format
     correct = 1 if accuracy >= the task's correctness threshold else 0
 
-`compute_score` has verl's custom-reward signature and never raises: an internal error gives score 0
-and accuracy 0, is flagged in `error`, and is logged.
+`compute_score` has verl's custom-reward signature and never raises on a response: an internal error
+gives score 0 and accuracy 0, is flagged in `error`, and is logged. A sample without a ground truth is
+bad input, not a response to score: it raises ValueError naming the sample.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass
 
 from .answer import extract_answer, format_reward, normalized_answer
@@ -80,6 +82,34 @@ class Verdict:
         }
 
 
+def sample_name(data_source, extra_info: Mapping | None) -> str:
+    """How errors name a sample: its data_source and, when extra_info has them, its id and index."""
+    extra_info = extra_info or {}
+    named = [f"data_source={data_source!r}"]
+    named += [f"{key}={extra_info[key]!r}" for key in ("id", "index") if extra_info.get(key) is not None]
+    return f"sample ({', '.join(named)})"
+
+
+def missing_ground_truth(ground_truth) -> str | None:
+    """Why `ground_truth` is no ground truth (None, NaN, blank text, an empty sequence), or None."""
+    if ground_truth is None:
+        return "its ground truth is None"
+    if isinstance(ground_truth, str):
+        return None if ground_truth.strip() else f"its ground truth is blank ({ground_truth!r})"
+    if isinstance(ground_truth, float) and math.isnan(ground_truth):
+        return "its ground truth is NaN"
+    if isinstance(ground_truth, Sized) and len(ground_truth) == 0:
+        return "its ground truth is empty"
+    return None
+
+
+def check_ground_truth(data_source, ground_truth, extra_info: Mapping | None) -> None:
+    """Raises ValueError naming the sample when it has no ground truth: nothing can be scored against it."""
+    reason = missing_ground_truth(ground_truth)
+    if reason is not None:
+        raise ValueError(f"{sample_name(data_source, extra_info)} cannot be scored: {reason}")
+
+
 def resolve_task(data_source: str, extra_info: Mapping | None, task_map: Mapping | None = None) -> str:
     task = (extra_info or {}).get("task")
     if task is None:
@@ -127,7 +157,8 @@ def judge(
     correct_threshold=None,
 ) -> Verdict:
     """Task, answer, format and, for the rule tasks, accuracy. open_ended is left with accuracy None.
-    Errors are recorded in the verdict, never raised."""
+    Errors are recorded in the verdict, never raised, except a missing ground truth (`check_ground_truth`)."""
+    check_ground_truth(data_source, ground_truth, extra_info)
     extra_info = extra_info or {}
     verdict = Verdict(UNKNOWN_TASK, None, 0.0, DEFAULT_FORMAT_WEIGHT)
     try:
@@ -156,7 +187,7 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     `correct_threshold` (float, or task -> float; defaults in `DEFAULT_CORRECT_THRESHOLDS`),
     `embedding_model` (open_ended: an HF model directory or hub id, or an `EmbeddingModel`).
     Returns `score`, `accuracy`, `correct` (0/1), `format`, `error` (0/1), `task` and `pred` (the answer,
-    normalized).
+    normalized). Raises ValueError for a sample without a ground truth (None, NaN, blank, empty).
     """
     verdict = judge(
         data_source,

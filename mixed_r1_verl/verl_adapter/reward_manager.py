@@ -14,6 +14,8 @@ Select it with `reward.reward_manager.name=mixed_r1`; options live in `reward.re
   bmas_gpu_wait_s   how long start-up waits for Ray to place that GPU actor (default 60)
   bmas_linger_ms    how long a BMAS request waits for others to batch with (default 5)
 Every sample reports the same extra keys: score, accuracy, correct, format, error, task, pred.
+A sample without a ground truth (no `reward_model.ground_truth`, or None, NaN, blank or empty) stops
+the reward with a ValueError naming the sample.
 
 The embedding model and, with bmas_num_gpus > 0, the GPU actor are set up when the manager is built
 (verl builds it in each reward worker's constructor, before any request): a model that cannot be
@@ -26,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Real
 
@@ -38,6 +40,7 @@ from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from mixed_r1_verl.rewards import bmas_batch, judge
 from mixed_r1_verl.rewards.embeddings import load_embedding_model, load_tokenizer
+from mixed_r1_verl.rewards.scoring import sample_name
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +128,17 @@ def resolve_bmas_device(choice: str) -> str:
     if assigned is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     return "cuda" if assigned else "cpu"
+
+
+def sample_ground_truth(fields: Mapping, data_source, extra_info: Mapping):
+    """`reward_model.ground_truth` of a sample's fields; ValueError naming the sample when it has none."""
+    reward_model = fields.get("reward_model")
+    if not isinstance(reward_model, Mapping) or "ground_truth" not in reward_model:
+        raise ValueError(
+            f"{sample_name(data_source, extra_info)} cannot be scored: it has no reward_model.ground_truth "
+            f"(reward_model is {reward_model!r})"
+        )
+    return reward_model["ground_truth"]
 
 
 def reward_result(result, custom_function: str) -> dict:
@@ -220,8 +234,8 @@ class MixedR1RewardManager(RewardManagerBase):
         valid_length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
         response = self.tokenizer.decode(response_ids[:valid_length], skip_special_tokens=True)
         data_source = item.non_tensor_batch["data_source"]
-        ground_truth = item.non_tensor_batch["reward_model"]["ground_truth"]
         extra_info = item.non_tensor_batch.get("extra_info") or {}
+        ground_truth = sample_ground_truth(item.non_tensor_batch, data_source, extra_info)
 
         if self.custom_function is not None:
             return await self._custom_score(
