@@ -75,3 +75,39 @@ def test_yes_no(answer, ground_truth, expected):
 )
 def test_normalised_exact_match(answer, ground_truth, expected):
     assert matching_accuracy(answer, ground_truth) == expected
+
+
+@pytest.mark.parametrize(
+    "answer, ground_truth, expected",
+    [
+        ("B. blue", "B", 1.0),
+        ("B) blue", "B", 1.0),
+        ("(B) blue", "B", 1.0),
+        ("B: blue", "B", 1.0),
+        ("A. red", "A", 1.0),
+        ("A. red", "B", 0.0),
+        ("Option A is correct", "A", 1.0),
+        ("option (B)", "B", 1.0),
+        ("A is correct.", "A", 1.0),
+        ("A was right", "A", 1.0),
+        ("A and B", "B", 0.0),
+        ("A or B", "A", 0.0),
+        ("I. red", "I", 1.0),
+    ],
+)
+def test_letters_named_as_options(answer, ground_truth, expected):
+    assert matching_accuracy(answer, ground_truth, ["red", "blue"]) == expected
+
+
+@pytest.mark.parametrize("answer", ["A dog", "A man is riding a bike", "A red one"])
+def test_a_capital_a_starting_english_is_the_article(answer):
+    assert matching_accuracy(answer, "A") == 0.0
+    assert matching_accuracy(f"{answer}, so B", "B") == 1.0
+
+
+def test_an_answer_that_is_an_options_text_names_that_option():
+    options = ["Vitamin C", "Vitamin D"]
+    assert matching_accuracy("Vitamin C", "A", options) == 1.0
+    assert matching_accuracy("vitamin d", "A", options) == 0.0
+    assert matching_accuracy("A cat", "B", ["dog", "A cat"]) == 1.0
+    assert matching_accuracy("A cat", "A", ["dog", "A cat"]) == 0.0

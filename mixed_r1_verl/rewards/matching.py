@@ -10,35 +10,51 @@ from .text import normalize_text
 _OPTION_LETTER_GT = re.compile(r"\(?([A-Za-z])\)?[.:)]?")
 # A capital letter standing alone: "B", "(B)", "B.", "B) text", "answer is B".
 _STANDALONE_CAPITAL = re.compile(r"(?<![A-Za-z0-9])([A-Z])(?![A-Za-z0-9'\u2019])")
-_ARTICLE_A = re.compile(r"\s+[a-z]")
+# "A dog" is the article; "A is correct", "A and B" name option A.
+_ARTICLE_A = re.compile(r"\s+(?!(?:is|was|seems|appears|looks|and|or|would|should|could|might|because)\b)[a-z]")
+# Letters named as options whatever follows them: a leading "B.", "B)", "(B)", "B:", and "Option B".
+_LEADING_LETTER = re.compile(r"\s*\(?([A-Z])(?:\)|[.:])(?=\s|$)")
+_OPTION_WORD = re.compile(r"\b[Oo]ption\s+\(?([A-Z])(?![A-Za-z0-9'\u2019])")
 _OPTION_TEXT_PREFIX = re.compile(r"^\s*\(?[A-Z]\)?[.:)]\s*")
 _YES_NO = re.compile(r"\b(yes|no)\b")
 
 
+def _named_letter_positions(answer: str) -> set[int]:
+    leading = _LEADING_LETTER.match(answer)
+    named = {match.start(1) for match in _OPTION_WORD.finditer(answer)}
+    return named | {leading.start(1)} if leading else named
+
+
 def _mentioned_letters(answer: str, option_count: int) -> set[str]:
+    named = _named_letter_positions(answer)
     letters = set()
     for match in _STANDALONE_CAPITAL.finditer(answer):
         letter = match.group(1)
-        if letter == "A" and _ARTICLE_A.match(answer, match.end()):
-            continue  # "A dog ..." is an article, not option A
-        if letter == "I" and option_count < 9:
-            continue  # the pronoun, unless there are that many options
+        if match.start(1) not in named:
+            if letter == "A" and _ARTICLE_A.match(answer, match.end()):
+                continue  # "A dog ..." is an article, not option A
+            if letter == "I" and option_count < 9:
+                continue  # the pronoun, unless there are that many options
         letters.add(letter)
     return letters
 
 
+def _option_text_letters(answer: str, options: Sequence[str]) -> set[str]:
+    """The letters of the options whose text the answer is (normalised): "blue" is B of [red, blue]."""
+    said = normalize_text(answer)
+    if not said:
+        return set()
+    texts = [normalize_text(_OPTION_TEXT_PREFIX.sub("", option)) for option in options]
+    return {chr(ord("A") + index) for index, text in enumerate(texts) if text == said}
+
+
 def option_letter_accuracy(answer: str, letter: str, options: Sequence[str] | None = None) -> float:
-    """1.0 iff the answer names exactly one option letter and it is `letter`, or (with `options`) the
-    answer is exactly the text of that option."""
-    option_count = len(options) if options else 0
-    letters = _mentioned_letters(answer, max(option_count, ord(letter) - ord("A") + 1))
-    if letters:
-        return 1.0 if letters == {letter} else 0.0
-    index = ord(letter) - ord("A")
-    if options and index < len(options):
-        option_text = _OPTION_TEXT_PREFIX.sub("", str(options[index]))
-        return 1.0 if normalize_text(answer) == normalize_text(option_text) != "" else 0.0
-    return 0.0
+    """1.0 iff the answer names exactly one option and it is `letter`: by the option's text (with
+    `options`), else by its letter."""
+    letters = _option_text_letters(answer, options) if options else set()
+    if not letters:
+        letters = _mentioned_letters(answer, max(len(options or ()), ord(letter) - ord("A") + 1))
+    return 1.0 if letters == {letter} else 0.0
 
 
 def yes_no_accuracy(answer: str, expected: str) -> float:
