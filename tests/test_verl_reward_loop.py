@@ -146,8 +146,9 @@ def test_custom_reward_function_may_return_a_number(reward_loop, tiny_model_dir,
         num_workers=1,
     )
     output = reward_loop(config).compute_rm_score(rollout_batch(tokenizer, samples))
-    assert output.meta_info["reward_extra_keys"] == ["score"]
+    assert output.meta_info["reward_extra_keys"] == EXTRA_KEYS
     assert list(output.non_tensor_batch["score"]) == [pytest.approx(len(response) / 1000) for _, response, _, _ in samples]
+    assert list(output.non_tensor_batch["task"]) == ["unknown", "unknown"]
 
 
 def trajectory(tokenizer, sample, session_id):
@@ -229,5 +230,59 @@ def test_a_sample_without_reward_model_ground_truth_stops_the_reward_with_its_na
     else:
         data.non_tensor_batch["reward_model"] = np.array([reward_model], dtype=object)
     named = r"sample \(data_source='pope'\) cannot be scored: it has no reward_model.ground_truth"
+    with pytest.raises(ValueError, match=named):
+        score_batch(worker, data)
+
+
+CUSTOM_REWARD = """
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    return extra_info["returns"]
+"""
+
+
+def custom_reward_worker(model_dir, tmp_path) -> RewardLoopWorker:
+    """A reward worker whose custom reward function returns each sample's `extra_info["returns"]`."""
+    module = tmp_path / "given_reward.py"
+    module.write_text(CUSTOM_REWARD)
+    path, name = f"reward.custom_reward_function.path={module}", "reward.custom_reward_function.name=compute_score"
+    return reward_worker(model_dir, path, name)
+
+
+def custom_samples(*returns) -> list[tuple]:
+    return [("src", THINK + "<answer>B</answer>", "B", {"id": f"row-{i}", "returns": r}) for i, r in enumerate(returns)]
+
+
+def test_custom_reward_results_have_the_built_in_keys(tiny_model_dir, tmp_path):
+    worker = custom_reward_worker(tiny_model_dir, tmp_path)
+    returns = [0.5, {"score": 1.0, "accuracy": 1.0, "task": "matching"}, {"score": 0.25, "correct": 1.0}]
+    outputs = score_batch(worker, rollout_batch(worker.input_tokenizer, custom_samples(*returns)))
+    infos = [output["reward_extra_info"] for output in outputs]
+    assert [list(info) for info in infos] == [EXTRA_KEYS] * 3
+    assert [output["reward_score"] for output in outputs] == [info["score"] for info in infos] == [0.5, 1.0, 0.25]
+    unjudged = {"accuracy": 0.0, "correct": 0.0, "format": 0.0, "error": 0.0, "task": "unknown", "pred": "(no answer)"}
+    assert infos[0] == {"score": 0.5, **unjudged}
+    assert infos[1] == {**unjudged, "score": 1.0, "accuracy": 1.0, "task": "matching"}
+    assert infos[2] == {**unjudged, "score": 0.25, "correct": 1.0}
+
+
+def test_custom_reward_keys_of_its_own_must_come_with_every_sample(tiny_model_dir, tmp_path):
+    worker = custom_reward_worker(tiny_model_dir, tmp_path)
+    same = custom_samples({"score": 1.0, "acc": 1.0}, {"score": 0.0, "acc": 0.0})
+    infos = [output["reward_extra_info"] for output in score_batch(worker, rollout_batch(worker.input_tokenizer, same))]
+    assert [list(info) for info in infos] == [EXTRA_KEYS + ["acc"]] * 2
+
+    differing = custom_samples({"score": 1.0, "acc": 1.0}, {"score": 0.0})
+    worker = custom_reward_worker(tiny_model_dir, tmp_path)
+    data = rollout_batch(worker.input_tokenizer, differing)
+    score_batch(worker, data[:1])
+    with pytest.raises(ValueError, match=r"did not return key 'acc' for sample \(data_source='src', id='row-1'\)"):
+        score_batch(worker, data[1:])
+
+
+@pytest.mark.parametrize("returned", [float("nan"), float("inf"), {"score": float("-inf")}])
+def test_a_non_finite_custom_reward_names_the_sample_and_the_function(tiny_model_dir, tmp_path, returned):
+    worker = custom_reward_worker(tiny_model_dir, tmp_path)
+    data = rollout_batch(worker.input_tokenizer, custom_samples(returned))
+    named = r"given_reward.py:compute_score for sample \(data_source='src', id='row-0'\) returned the non-finite"
     with pytest.raises(ValueError, match=named):
         score_batch(worker, data)

@@ -15,7 +15,8 @@ Select it with `reward.reward_manager.name=mixed_r1`; options live in `reward.re
   bmas_linger_ms    how long a BMAS request waits for others to batch with (default 5)
 Every sample reports the same extra keys: score, accuracy, correct, format, error, task, pred.
 A sample without a ground truth (no `reward_model.ground_truth`, or None, NaN, blank or empty) stops
-the reward with a ValueError naming the sample.
+the reward with a ValueError naming the sample. A reward.custom_reward_function's samples report those
+keys too (`custom_extra_info`), and any keys of its own must come with every sample.
 
 The embedding model and, with bmas_num_gpus > 0, the GPU actor are set up when the manager is built
 (verl builds it in each reward worker's constructor, before any request): a model that cannot be
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Real
@@ -40,7 +42,7 @@ from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from mixed_r1_verl.rewards import bmas_batch, judge
 from mixed_r1_verl.rewards.embeddings import load_embedding_model, load_tokenizer
-from mixed_r1_verl.rewards.scoring import sample_name
+from mixed_r1_verl.rewards.scoring import sample_name, unjudged_result
 
 logger = logging.getLogger(__name__)
 
@@ -141,20 +143,39 @@ def sample_ground_truth(fields: Mapping, data_source, extra_info: Mapping):
     return reward_model["ground_truth"]
 
 
-def reward_result(result, custom_function: str) -> dict:
-    """verl's reward output from what a custom reward function returned: a number, or a dict with `score`."""
+def custom_score(result, custom_function: str, sample: str) -> tuple[float, dict]:
+    """The score and the fields of what a custom reward function returned: a finite number, or a dict
+    with a finite `score`."""
+    where = f"reward.custom_reward_function {custom_function} for {sample}"
     if isinstance(result, dict):
         if "score" not in result:
-            raise ValueError(
-                f"reward.custom_reward_function {custom_function} returned a dict without 'score': {result!r}"
-            )
-        return {"reward_score": float(result["score"]), "reward_extra_info": dict(result)}
-    if isinstance(result, Real) and not isinstance(result, bool):
-        return {"reward_score": float(result), "reward_extra_info": {"score": float(result)}}
-    raise TypeError(
-        f"reward.custom_reward_function {custom_function} returned {type(result).__name__}; "
-        "expected a number or a dict with 'score'"
-    )
+            raise ValueError(f"{where} returned a dict without 'score': {result!r}")
+        score, fields = result["score"], dict(result)
+    else:
+        score, fields = result, {}
+    if not isinstance(score, Real) or isinstance(score, bool):
+        raise TypeError(f"{where} returned {result!r}; expected a number or a dict with a numeric 'score'")
+    if not math.isfinite(score):
+        raise ValueError(f"{where} returned the non-finite score {score}")
+    return float(score), fields
+
+
+def custom_extra_info(score: float, fields: dict) -> dict:
+    """The built-in keys, those the function did not return with the values of an unjudged sample, then
+    the function's other keys."""
+    return {**unjudged_result(), **fields, "score": score}
+
+
+def check_same_extra_keys(first_keys: list[str], keys: list[str], custom_function: str, sample: str) -> None:
+    """verl stacks every sample's extra info under the first sample's keys, so they must all have the same."""
+    differing = [key for key in keys if key not in first_keys] + [key for key in first_keys if key not in keys]
+    if differing:
+        has = "returned" if differing[0] in keys else "did not return"
+        raise ValueError(
+            f"reward.custom_reward_function {custom_function} {has} key {differing[0]!r} for {sample}, unlike "
+            f"for the first sample this reward worker scored (keys {first_keys}); verl needs the same keys for "
+            "every sample"
+        )
 
 
 @register(REWARD_MANAGER_NAME)
@@ -170,6 +191,7 @@ class MixedR1RewardManager(RewardManagerBase):
         # A user's reward.custom_reward_function replaces Mixed-Reward; verl hands it to us.
         custom = config.reward.get("custom_reward_function") or {}
         self.custom_function = f"{custom.get('path')}:{custom.get('name')}" if custom.get("path") else None
+        self._custom_extra_keys: list[str] | None = None  # those of the first sample scored
         self._embedding_service = None
         self._bmas = None if self.custom_function else self._start_bmas(options, config)
 
@@ -226,7 +248,13 @@ class MixedR1RewardManager(RewardManagerBase):
         else:
             result = await asyncio.get_running_loop().run_in_executor(None, lambda: self.compute_score(**sample))
             result = await result if inspect.isawaitable(result) else result
-        return reward_result(result, self.custom_function)
+        name = sample_name(sample["data_source"], sample["extra_info"])
+        score, fields = custom_score(result, self.custom_function, name)
+        extra_info = custom_extra_info(score, fields)
+        if self._custom_extra_keys is None:
+            self._custom_extra_keys = list(extra_info)
+        check_same_extra_keys(self._custom_extra_keys, list(extra_info), self.custom_function, name)
+        return {"reward_score": score, "reward_extra_info": {key: extra_info[key] for key in self._custom_extra_keys}}
 
     async def run_single(self, data) -> dict:
         item = data[-1]
