@@ -136,3 +136,9 @@ def test_the_error_names_the_sample_by_what_it_has():
     named = r"^sample \(data_source='chartqa'\) cannot be scored: its ground truth is None$"
     with pytest.raises(ValueError, match=named):
         compute_score("chartqa", WELL_FORMED.format("None"), None, {"task": "chart"})
+
+
+def test_grounding_flags_a_frame_size_that_is_no_frame():
+    for frame_size in ([float("nan"), 300], [0, 0]):
+        result = score("[0, 0, 10, 10]", "[0, 0, 10, 10]", "grounding", extra={"frame_size": frame_size})
+        assert (result["accuracy"], result["error"]) == (0.0, 1.0)

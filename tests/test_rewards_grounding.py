@@ -1,8 +1,10 @@
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from mixed_r1_verl.rewards.grounding import grounding_accuracy, iou, parse_first_box
+from mixed_r1_verl.rewards.grounding import as_box, grounding_accuracy, iou, parse_first_box
 
 GT = "[100, 100, 200, 200]"
 
@@ -64,3 +66,34 @@ def test_iou_symmetry_and_range():
     first, second = (0, 0, 4, 4), (2, 2, 6, 6)
     assert iou(first, second) == iou(second, first) == pytest.approx(4 / 28)
     assert math.isclose(iou(first, first), 1.0)
+
+
+@pytest.mark.parametrize(
+    "first, second, expected",
+    [
+        ((0, 0, 1e308, 1e308), (0, 0, 1.7e308, 1.7e308), (1 / 1.7) ** 2),
+        ((-1e308, -1e308, 1.7e308, 1.7e308), (-1e308, -1e308, 1.7e308, 1.7e308), 1.0),
+        ((1e-320, 0, 2e-320, 1e-320), (1e-320, 0, 2e-320, 1e-320), 1.0),
+        ((0, 0, 1e-300, 1e-300), (0, 0, 1e300, 1e300), 0.0),
+    ],
+)
+def test_iou_of_extreme_boxes_is_finite_and_in_range(first, second, expected):
+    assert iou(first, second) == pytest.approx(expected, abs=1e-12)
+
+
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+BOXES = st.tuples(FINITE, FINITE, FINITE, FINITE).map(
+    lambda v: as_box([min(v[0], v[2]), min(v[1], v[3]), max(v[0], v[2]), max(v[1], v[3])])
+).filter(lambda box: box is not None)
+
+
+@given(BOXES, BOXES)
+def test_iou_of_any_finite_boxes_is_in_range(first, second):
+    assert 0.0 <= iou(first, second) <= 1.0
+    assert iou(first, first) == 1.0
+
+
+@pytest.mark.parametrize("frame_size", [[math.nan, 300], [0, 0], [300, -1], [math.inf, 300], [300], ["a", "b"]])
+def test_a_frame_size_that_is_no_frame_is_an_error(frame_size):
+    with pytest.raises(ValueError, match="frame_size must be"):
+        grounding_accuracy(GT, GT, frame_size=frame_size)

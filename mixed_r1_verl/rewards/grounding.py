@@ -47,20 +47,43 @@ def as_box(values: Sequence[float]) -> Box | None:
     return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
 
 
-def clip_box(box: Box, frame_size: Sequence[float]) -> Box | None:
-    width, height = frame_size
+def frame_dimensions(frame_size) -> tuple[float, float]:
+    """(width, height) of a `[width, height]` frame size; ValueError unless both are finite and positive."""
+    try:
+        width, height = (float(value) for value in frame_size)
+    except (TypeError, ValueError):
+        width = height = math.nan
+    if not (math.isfinite(width) and math.isfinite(height) and width > 0 and height > 0):
+        raise ValueError(f"frame_size must be [width, height], two finite positive numbers; got {frame_size!r}")
+    return width, height
+
+
+def clip_box(box: Box, frame: tuple[float, float]) -> Box | None:
+    width, height = frame
     x1, y1, x2, y2 = box
-    return as_box([min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)])
+    return as_box([min(max(x, 0.0), limit) for x, limit in ((x1, width), (y1, height), (x2, width), (y2, height))])
+
+
+def scaled_below_one(first: Box, second: Box) -> tuple[Box, Box]:
+    """Both boxes with x and y each scaled by the power of two that brings their largest magnitude on that
+    axis below 1: IoU does not change (powers of two scale exactly, short of subnormal values) and no width
+    or area overflows."""
+    largest = [max(abs(box[i]) for box in (first, second) for i in (axis, axis + 2)) for axis in (0, 1)]
+    exponents = [math.frexp(value)[1] for value in largest]
+    scaled = [tuple(math.ldexp(value, -exponents[i % 2]) for i, value in enumerate(box)) for box in (first, second)]
+    return scaled[0], scaled[1]
 
 
 def iou(first: Box, second: Box) -> float:
-    inter_w = min(first[2], second[2]) - max(first[0], second[0])
-    inter_h = min(first[3], second[3]) - max(first[1], second[1])
+    """Intersection over union, in [0, 1] for any finite boxes."""
+    a, b = scaled_below_one(first, second)
+    inter_w = min(a[2], b[2]) - max(a[0], b[0])
+    inter_h = min(a[3], b[3]) - max(a[1], b[1])
     if inter_w <= 0 or inter_h <= 0:
         return 0.0
     intersection = inter_w * inter_h
-    union = (first[2] - first[0]) * (first[3] - first[1]) + (second[2] - second[0]) * (second[3] - second[1])
-    return intersection / (union - intersection)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
+    return min(1.0, intersection / union) if union > 0 else 0.0
 
 
 def parse_ground_truth_box(ground_truth) -> Box:
@@ -83,12 +106,13 @@ def grounding_accuracy(
     """IoU of the answer's first box with the ground truth (continuous), or, with `iou_threshold`,
     1.0 when the IoU reaches it. Both boxes are clipped to `frame_size` = (width, height) if known."""
     target = parse_ground_truth_box(ground_truth)
+    frame = None if frame_size is None else frame_dimensions(frame_size)
     predicted = parse_first_box(answer)
     if predicted is None:
         return 0.0
-    if frame_size is not None:
-        predicted = clip_box(predicted, frame_size)
-        target = clip_box(target, frame_size)
+    if frame is not None:
+        predicted = clip_box(predicted, frame)
+        target = clip_box(target, frame)
         if predicted is None or target is None:
             return 0.0
     overlap = iou(predicted, target)
