@@ -142,3 +142,19 @@ def test_grounding_flags_a_frame_size_that_is_no_frame():
     for frame_size in ([float("nan"), 300], [0, 0]):
         result = score("[0, 0, 10, 10]", "[0, 0, 10, 10]", "grounding", extra={"frame_size": frame_size})
         assert (result["accuracy"], result["error"]) == (0.0, 1.0)
+
+
+def test_an_iou_threshold_of_none_in_extra_info_is_not_set():
+    # [0, 0, 10, 4] on [0, 0, 10, 10]: IoU 0.4
+    configured = score("[0, 0, 10, 4]", "[0, 0, 10, 10]", "grounding", iou_threshold=0.3, extra={"iou_threshold": None})
+    assert configured["accuracy"] == 1.0
+    continuous = score("[0, 0, 10, 4]", "[0, 0, 10, 10]", "grounding", extra={"iou_threshold": None})
+    assert continuous["accuracy"] == pytest.approx(0.4)
+    per_sample = score("[0, 0, 10, 4]", "[0, 0, 10, 10]", "grounding", iou_threshold=0.3, extra={"iou_threshold": 0.5})
+    assert per_sample["accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), 0.0, 1.5, "0.5", True])
+def test_an_iou_threshold_outside_0_1_is_an_error(threshold):
+    result = score("[0, 0, 10, 10]", "[0, 0, 10, 10]", "grounding", extra={"iou_threshold": threshold})
+    assert (result["accuracy"], result["error"]) == (0.0, 1.0)

@@ -286,3 +286,12 @@ def test_a_non_finite_custom_reward_names_the_sample_and_the_function(tiny_model
     named = r"given_reward.py:compute_score for sample \(data_source='src', id='row-0'\) returned the non-finite"
     with pytest.raises(ValueError, match=named):
         score_batch(worker, data)
+
+
+def test_an_iou_threshold_of_none_in_extra_info_keeps_the_configured_one(tiny_model_dir):
+    """A parquet struct field is present in every row once one row sets it: None there means not set."""
+    worker = reward_worker(tiny_model_dir, iou_threshold=0.5)
+    box = SAMPLES[4]  # IoU 0.8
+    samples = [box, (*box[:3], {**box[3], "iou_threshold": None}), (*box[:3], {**box[3], "iou_threshold": 0.9})]
+    outputs = score_batch(worker, rollout_batch(worker.input_tokenizer, samples))
+    assert [output["reward_extra_info"]["accuracy"] for output in outputs] == [1.0, 1.0, 0.0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from numbers import Real
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _FLAT_LIST = re.compile(r"\[\s*(" + _NUM + r"(?:\s*,\s*" + _NUM + r")*)\s*,?\s*\]")
@@ -56,6 +57,14 @@ def frame_dimensions(frame_size) -> tuple[float, float]:
     if not (math.isfinite(width) and math.isfinite(height) and width > 0 and height > 0):
         raise ValueError(f"frame_size must be [width, height], two finite positive numbers; got {frame_size!r}")
     return width, height
+
+
+def checked_iou_threshold(threshold) -> float | None:
+    """`threshold` if it is None (continuous IoU) or a number in (0, 1]; else ValueError."""
+    is_number = isinstance(threshold, Real) and not isinstance(threshold, bool)
+    if threshold is not None and not (is_number and 0 < threshold <= 1):
+        raise ValueError(f"iou_threshold must be a number in (0, 1], got {threshold!r}")
+    return threshold
 
 
 def clip_box(box: Box, frame: tuple[float, float]) -> Box | None:
@@ -107,6 +116,7 @@ def grounding_accuracy(
     1.0 when the IoU reaches it. Both boxes are clipped to `frame_size` = (width, height) if known."""
     target = parse_ground_truth_box(ground_truth)
     frame = None if frame_size is None else frame_dimensions(frame_size)
+    iou_threshold = checked_iou_threshold(iou_threshold)
     predicted = parse_first_box(answer)
     if predicted is None:
         return 0.0

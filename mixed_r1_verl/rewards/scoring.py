@@ -139,6 +139,12 @@ def _frame_size(extra_info: Mapping):
     return NORM1000_FRAME if extra_info.get("box_frame") == "norm1000" else None
 
 
+def _iou_threshold(extra_info: Mapping, configured: float | None) -> float | None:
+    # None in extra_info is "not set": a parquet struct field is present in every row once one row sets it.
+    threshold = extra_info.get("iou_threshold")
+    return configured if threshold is None else threshold
+
+
 def rule_accuracy(task: str, answer: str, ground_truth, extra_info: Mapping, iou_threshold=None) -> float:
     """Accuracy of the rule-scored tasks (everything but open_ended)."""
     if task == "matching":
@@ -146,7 +152,7 @@ def rule_accuracy(task: str, answer: str, ground_truth, extra_info: Mapping, iou
     if task == "chart":
         return chart_accuracy(answer, str(ground_truth))
     if task == "grounding":
-        threshold = extra_info.get("iou_threshold", iou_threshold)
+        threshold = _iou_threshold(extra_info, iou_threshold)
         return grounding_accuracy(answer, ground_truth, _frame_size(extra_info), threshold)
     raise RewardInputError(f"task {task!r} is not rule-scored")
 
