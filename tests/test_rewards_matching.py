@@ -1,3 +1,5 @@
+import numpy as np
+import pandas as pd
 import pytest
 
 from mixed_r1_verl.rewards.matching import matching_accuracy
@@ -111,3 +113,20 @@ def test_an_answer_that_is_an_options_text_names_that_option():
     assert matching_accuracy("vitamin d", "A", options) == 0.0
     assert matching_accuracy("A cat", "B", ["dog", "A cat"]) == 1.0
     assert matching_accuracy("A cat", "A", ["dog", "A cat"]) == 0.0
+
+
+def test_options_as_a_parquet_row_holds_them(tmp_path):
+    path = tmp_path / "rows.parquet"
+    pd.DataFrame({"options": [["red", "blue"], ["cat", "dog", "bird"], None]}).to_parquet(path)
+    rows = pd.read_parquet(path)["options"]
+    assert isinstance(rows[0], np.ndarray)
+    assert matching_accuracy("blue", "B", rows[0]) == 1.0
+    assert matching_accuracy("B) dog", "B", rows[1]) == 1.0
+    assert matching_accuracy("B", "B", rows[2]) == 1.0
+    assert matching_accuracy("B", "B", ("red", "blue")) == 1.0
+    assert matching_accuracy("blue", "B", np.array([], dtype=object)) == 0.0
+
+
+def test_options_given_as_one_string_are_an_error():
+    with pytest.raises(TypeError, match="options must be a sequence"):
+        matching_accuracy("B", "B", "red,blue")

@@ -19,6 +19,16 @@ _OPTION_TEXT_PREFIX = re.compile(r"^\s*\(?[A-Z]\)?[.:)]\s*")
 _YES_NO = re.compile(r"\b(yes|no)\b")
 
 
+def option_texts(options) -> list[str] | None:
+    """The option texts of any sequence (list, tuple, numpy array, as a parquet row holds them); None when
+    there are none. A string is not a list of options."""
+    if options is None:
+        return None
+    if isinstance(options, str):
+        raise TypeError(f"options must be a sequence of option texts, got the string {options!r}")
+    return [str(option) for option in options] or None
+
+
 def _named_letter_positions(answer: str) -> set[int]:
     leading = _LEADING_LETTER.match(answer)
     named = {match.start(1) for match in _OPTION_WORD.finditer(answer)}
@@ -65,6 +75,7 @@ def yes_no_accuracy(answer: str, expected: str) -> float:
 
 def matching_accuracy(answer: str, ground_truth: str, options: Sequence[str] | None = None) -> float:
     ground_truth = ground_truth.strip()
+    options = option_texts(options)
     letter = _OPTION_LETTER_GT.fullmatch(ground_truth)
     if letter:
         return option_letter_accuracy(answer, letter.group(1).upper(), options)
