@@ -78,3 +78,9 @@ def test_a_category_holding_a_number_is_a_text_target(answer, ground_truth):
 )
 def test_numeric_target_allows_only_a_currency_sign_and_a_unit(ground_truth, expected):
     assert numeric_target(ground_truth) == expected
+
+
+def test_a_ground_truth_that_is_an_article_is_not_matched_by_nothing():
+    assert chart_accuracy("A", "a") == 1.0
+    assert chart_accuracy("", "A") == 0.0
+    assert chart_accuracy("the", "A") == 0.0

@@ -44,7 +44,7 @@ def test_option_text_without_options_is_not_enough():
 
 def test_letter_ground_truth_forms():
     assert matching_accuracy("C", "(C)") == 1.0
-    assert matching_accuracy("C", "c") == 1.0
+    assert matching_accuracy("C", "c", OPTIONS) == 1.0
     assert matching_accuracy("C", "C.") == 1.0
 
 
@@ -130,3 +130,23 @@ def test_options_as_a_parquet_row_holds_them(tmp_path):
 def test_options_given_as_one_string_are_an_error():
     with pytest.raises(TypeError, match="options must be a sequence"):
         matching_accuracy("B", "B", "red,blue")
+
+
+@pytest.mark.parametrize("ground_truth", ["x", "a", "y", "(c)"])
+def test_a_lower_case_letter_without_options_is_a_short_answer(ground_truth):
+    letter = ground_truth.strip("()")
+    assert matching_accuracy(letter, ground_truth) == 1.0
+    assert matching_accuracy(letter.upper(), ground_truth) == 1.0
+    assert matching_accuracy("", ground_truth) == 0.0
+    assert matching_accuracy("the", ground_truth) == 0.0
+
+
+def test_a_lower_case_letter_names_an_option_when_there_are_options():
+    assert matching_accuracy("B", "b", ["x", "y"]) == 1.0
+    assert matching_accuracy("y", "b", ["x", "y"]) == 1.0
+    assert matching_accuracy("A", "b", ["x", "y"]) == 0.0
+
+
+def test_a_capital_letter_names_an_option_without_options():
+    assert matching_accuracy("X", "X") == 1.0
+    assert matching_accuracy("x", "X") == 0.0

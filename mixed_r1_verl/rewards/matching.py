@@ -73,12 +73,21 @@ def yes_no_accuracy(answer: str, expected: str) -> float:
     return 1.0 if said == {expected} else 0.0
 
 
+def option_letter(ground_truth: str, options: Sequence[str] | None) -> str | None:
+    """The option a ground truth names by its letter ("B", "(B)", "B."), upper-cased; a lower-case letter
+    only names one when there are options (as the converter reads it), else it is a short answer ("x")."""
+    match = _OPTION_LETTER_GT.fullmatch(ground_truth)
+    if match is None or not (options or match.group(1).isupper()):
+        return None
+    return match.group(1).upper()
+
+
 def matching_accuracy(answer: str, ground_truth: str, options: Sequence[str] | None = None) -> float:
     ground_truth = ground_truth.strip()
     options = option_texts(options)
-    letter = _OPTION_LETTER_GT.fullmatch(ground_truth)
+    letter = option_letter(ground_truth, options)
     if letter:
-        return option_letter_accuracy(answer, letter.group(1).upper(), options)
+        return option_letter_accuracy(answer, letter, options)
     expected = normalize_text(ground_truth)
     if expected in ("yes", "no"):
         return yes_no_accuracy(answer, expected)

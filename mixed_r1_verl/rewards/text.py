@@ -18,9 +18,10 @@ _UNICODE_MINUS = str.maketrans({"\u2212": "-", "\u2013": "-"})
 
 
 def normalize_text(text: str) -> str:
-    """Lower case, articles removed, whitespace collapsed, punctuation stripped from both ends."""
-    text = _ARTICLES.sub(" ", text.lower())
-    return _WHITESPACE.sub(" ", text).strip(_EDGE_CHARS)
+    """Lower case, articles removed (unless nothing else is left: "a" stays "a"), whitespace collapsed,
+    punctuation stripped from both ends."""
+    lowered = _WHITESPACE.sub(" ", text.lower()).strip(_EDGE_CHARS)
+    return _WHITESPACE.sub(" ", _ARTICLES.sub(" ", lowered)).strip(_EDGE_CHARS) or lowered
 
 
 def to_float(token: str) -> float | None:
