@@ -158,3 +158,9 @@ def test_an_iou_threshold_of_none_in_extra_info_is_not_set():
 def test_an_iou_threshold_outside_0_1_is_an_error(threshold):
     result = score("[0, 0, 10, 10]", "[0, 0, 10, 10]", "grounding", extra={"iou_threshold": threshold})
     assert (result["accuracy"], result["error"]) == (0.0, 1.0)
+
+
+def test_a_frame_size_of_text_is_an_error_that_names_frame_size(caplog):
+    with caplog.at_level(logging.WARNING):
+        result = score("[0, 0, 10, 10]", "[0, 0, 10, 10]", "grounding", extra={"frame_size": ["a", "b"]})
+    assert result["error"] == 1.0 and "frame_size must be [width, height]" in caplog.text

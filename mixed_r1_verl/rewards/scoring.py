@@ -135,7 +135,7 @@ def _per_task_setting(setting, task: str, default: float) -> float:
 
 def _frame_size(extra_info: Mapping):
     if extra_info.get("frame_size") is not None:
-        return tuple(float(value) for value in extra_info["frame_size"])
+        return extra_info["frame_size"]  # checked by grounding_accuracy
     return NORM1000_FRAME if extra_info.get("box_frame") == "norm1000" else None
 
 
