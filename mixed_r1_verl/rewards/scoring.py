@@ -82,12 +82,6 @@ class Verdict:
         }
 
 
-def unjudged_result() -> dict:
-    """The result of a sample nothing was judged on (no task, no answer, no error): the values a
-    reward that reports fewer keys is completed with."""
-    return Verdict(UNKNOWN_TASK, None, 0.0, DEFAULT_FORMAT_WEIGHT).result()
-
-
 def sample_name(data_source, extra_info: Mapping | None) -> str:
     """How errors name a sample: its data_source and, when extra_info has them, its id and index."""
     extra_info = extra_info or {}

@@ -15,8 +15,8 @@ Select it with `reward.reward_manager.name=mixed_r1`; options live in `reward.re
   bmas_linger_ms    how long a BMAS request waits for others to batch with (default 5)
 Every sample reports the same extra keys: score, accuracy, correct, format, error, task, pred.
 A sample without a ground truth (no `reward_model.ground_truth`, or None, NaN, blank or empty) stops
-the reward with a ValueError naming the sample. A reward.custom_reward_function's samples report those
-keys too (`custom_extra_info`), and any keys of its own must come with every sample.
+the reward with a ValueError naming the sample. A reward.custom_reward_function's samples report `score`
+and the keys it returns, which must be the same for every sample.
 
 The embedding model and, with bmas_num_gpus > 0, the GPU actor are set up when the manager is built
 (verl builds it in each reward worker's constructor, before any request): a model that cannot be
@@ -42,7 +42,7 @@ from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from mixed_r1_verl.rewards import bmas_batch, judge
 from mixed_r1_verl.rewards.embeddings import load_embedding_model, load_tokenizer
-from mixed_r1_verl.rewards.scoring import sample_name, unjudged_result
+from mixed_r1_verl.rewards.scoring import sample_name
 
 logger = logging.getLogger(__name__)
 
@@ -160,12 +160,6 @@ def custom_score(result, custom_function: str, sample: str) -> tuple[float, dict
     return float(score), fields
 
 
-def custom_extra_info(score: float, fields: dict) -> dict:
-    """The built-in keys, those the function did not return with the values of an unjudged sample, then
-    the function's other keys."""
-    return {**unjudged_result(), **fields, "score": score}
-
-
 def check_same_extra_keys(first_keys: list[str], keys: list[str], custom_function: str, sample: str) -> None:
     """verl stacks every sample's extra info under the first sample's keys, so they must all have the same."""
     differing = [key for key in keys if key not in first_keys] + [key for key in first_keys if key not in keys]
@@ -250,7 +244,7 @@ class MixedR1RewardManager(RewardManagerBase):
             result = await result if inspect.isawaitable(result) else result
         name = sample_name(sample["data_source"], sample["extra_info"])
         score, fields = custom_score(result, self.custom_function, name)
-        extra_info = custom_extra_info(score, fields)
+        extra_info = {**fields, "score": score}
         if self._custom_extra_keys is None:
             self._custom_extra_keys = list(extra_info)
         check_same_extra_keys(self._custom_extra_keys, list(extra_info), self.custom_function, name)
