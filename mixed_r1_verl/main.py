@@ -240,6 +240,32 @@ def log_prob_micro_batch_mismatches(config: DictConfig) -> list[str]:
     return mismatches
 
 
+def filtering_setting_errors(config: DictConfig) -> list[str]:
+    """What the per-task filtering sampler would refuse only once rollouts are scored: its options, and a
+    `metric` the mixed_r1 reward does not report as a number (without a custom reward function, whose
+    fields only it knows)."""
+    from mixed_r1_verl.verl_adapter.dynamic_sampling import PerTaskDynamicSampler, FilteringSettings
+    from mixed_r1_verl.verl_adapter.metrics import AVERAGED_KEYS
+    from mixed_r1_verl.verl_adapter.reward_manager import REWARD_MANAGER_NAME
+
+    sampler = OmegaConf.select(config, "trainer.v1.sampler")
+    if sampler is None or OmegaConf.select(sampler, "custom_sampler.name") != PerTaskDynamicSampler.__name__:
+        return []
+    try:
+        settings = FilteringSettings.from_kwargs(sampler.get("sampler_kwargs"))
+    except (TypeError, ValueError) as error:
+        return [str(error)]
+    scored_by_mixed_reward = OmegaConf.select(config, "reward.reward_manager.name") == REWARD_MANAGER_NAME and not (
+        OmegaConf.select(config, "reward.custom_reward_function.path")
+    )
+    if scored_by_mixed_reward and settings.metric not in AVERAGED_KEYS:
+        return [
+            f"trainer.v1.sampler.sampler_kwargs.metric={settings.metric!r} (algorithm.filter_groups.metric) is not "
+            f"a number the mixed_r1 reward reports; use one of {', '.join(AVERAGED_KEYS)}"
+        ]
+    return []
+
+
 def file_logger_env(environ) -> dict[str, str]:
     """Where verl's file logger writes, made absolute: $VERL_FILE_LOGGER_PATH, else a file under
     $VERL_FILE_LOGGER_ROOT (default: the working directory of the Ray worker that logs)."""
@@ -461,6 +487,9 @@ def train(config: DictConfig) -> None:
             "actor_rollout_ref.actor.use_dynamic_bsz=true.\n",
             EXIT_USAGE,
         )
+    filtering_errors = filtering_setting_errors(config)
+    if filtering_errors:
+        fail("; ".join(filtering_errors) + ".\n", EXIT_USAGE)
     exit_unless_local_gpus_suffice(config)
     if os.environ.get("RAY_ADDRESS"):
         check_cluster_gpus(config)

@@ -12,6 +12,7 @@ from verl.utils.config import validate_config
 from mixed_r1_verl.main import (
     PRIMARY_CONFIG,
     config_dir,
+    filtering_setting_errors,
     log_prob_micro_batch_mismatches,
     make_paths_absolute,
     recipe_dir,
@@ -179,3 +180,18 @@ def test_relative_paths_are_pinned_to_the_launch_directory(monkeypatch, tmp_path
     assert resolved["mixed_r1"]["smoke"]["work_dir"] == str(work_dir)
     assert Path(resolved["data"]["train_files"]) == work_dir / "data" / "train.parquet"
     assert Path(resolved["actor_rollout_ref"]["model"]["path"]) == work_dir / "tiny_qwen25vl"
+
+
+def test_filtering_settings_the_sampler_would_refuse_mid_run_are_named_before_start_up():
+    assert filtering_setting_errors(compose_recipe("smoke", "filtering=on")) == []
+    assert filtering_setting_errors(compose_recipe("smoke")) == [], "no filtering, nothing to check"
+    (typo,) = filtering_setting_errors(compose_recipe("smoke", "filtering=on", "algorithm.filter_groups.metric=scor"))
+    assert "metric='scor'" in typo and "score, accuracy, correct, format, error" in typo
+    (negative,) = filtering_setting_errors(
+        compose_recipe("smoke", "filtering=on", "trainer.v1.sampler.sampler_kwargs.max_refill_rounds=-1")
+    )
+    assert "max_refill_rounds must be an integer >= 0, got -1" in negative
+    custom = compose_recipe(
+        "smoke", "filtering=on", "algorithm.filter_groups.metric=acc", "reward.custom_reward_function.path=my_reward.py"
+    )
+    assert filtering_setting_errors(custom) == [], "a custom reward function's own fields are not known here"
