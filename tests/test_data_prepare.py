@@ -209,6 +209,54 @@ def test_failed_run_leaves_no_output_files(tmp_path):
     assert list(out_dir.iterdir()) == []
 
 
+def parquet_without_answers(path: Path, image_root: Path) -> None:
+    import pyarrow as pa
+
+    rows = {"id": ["a", "b"], "task": ["chart", "chart"], "data_source": ["s", "s"],
+            "images": [["chart/000000.png"]] * 2, "problem": ["Q?", "Q?"]}  # fmt: skip
+    pq.write_table(pa.table(rows), path)
+
+
+def test_all_rows_rejected_stops_with_the_reasons_and_keeps_rejects(tmp_path):
+    from mixed_r1_verl.data.prepare import NoRowsWrittenError
+
+    _, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    source = tmp_path / "no_answers.parquet"
+    parquet_without_answers(source, image_root)
+    out = tmp_path / "out"
+    config = PrepareConfig(input=str(source), image_root=str(image_root), output_dir=str(out), progress=False)
+    with pytest.raises(NoRowsWrittenError, match=r"all 2 rows were rejected \(empty_answer: 2\).*row 1 \(id 'a'\)"):
+        prepare(config)
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reason"], r["detail"]) for r in rejects] == [
+        ("a", records.EMPTY_ANSWER, "answer is missing"),
+        ("b", records.EMPTY_ANSWER, "answer is missing"),
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["rejects.jsonl"]
+
+
+def test_cli_reports_a_conversion_that_writes_nothing_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from data_helpers import checkout_env
+
+    _, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    source = tmp_path / "no_answers.parquet"
+    parquet_without_answers(source, image_root)
+    out = tmp_path / "out"
+    settings = [f"input={source}", f"image_root={image_root}", f"output_dir={out}", "progress=false"]
+    done = subprocess.run([sys.executable, "-m", "mixed_r1_verl.data.prepare", *settings], env=checkout_env(),
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "all 2 rows were rejected (empty_answer: 2)" in done.stderr and str(out / "rejects.jsonl") in done.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    done = subprocess.run([sys.executable, "-m", "mixed_r1_verl.data.prepare", *settings, f"input={empty}"],
+                          env=checkout_env(), capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.strip() == f"{empty} holds no rows"
+
+
 def test_missing_settings_and_unknown_family_fail_clearly(tmp_path):
     from mixed_r1_verl.settings import parse_settings
 

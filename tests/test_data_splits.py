@@ -52,6 +52,17 @@ def test_an_empty_val_split_is_refused_with_the_way_to_ask_for_none(tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_rejected_rows_are_kept_when_a_split_check_stops_the_conversion(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5, val_rows_per_task=0)
+    rewrite(jsonl, lambda row: {**row, "task": "ocr"} if row["id"] == "chart-000000" else row)
+    out = tmp_path / "out"
+    with pytest.raises(EmptySplitError, match=r"val\.parquet would be empty"):
+        convert(jsonl, image_root, out, val_ratio=0.001)
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reason"]) for r in rejects] == [("chart-000000", records.UNKNOWN_TASK)]
+    assert [p.name for p in out.iterdir()] == ["rejects.jsonl"]
+
+
 def test_val_ratio_zero_writes_no_val_file_and_removes_a_stale_one(tmp_path):
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5, val_rows_per_task=0)
     out = tmp_path / "out"

@@ -11,6 +11,8 @@ written or rejected. Outputs appear under their final names only once complete. 
 
 A split that training reads is never written empty: the conversion stops instead. `val_ratio=0`
 with no row pinned to val (`"split": "val"`) asks for no validation split: val.parquet is not written.
+A conversion whose rows are all rejected stops with the count of each reason; rejects.jsonl is kept
+whenever rows were rejected.
 """
 
 from __future__ import annotations
@@ -392,6 +394,25 @@ class EmptySplitError(ValueError):
     """A split that training reads would be written without rows."""
 
 
+class NoRowsWrittenError(ValueError):
+    """The input holds no row that could be converted."""
+
+
+def check_some_rows_written(rows_in: int, rejects: RejectsWriter, config: PrepareConfig) -> None:
+    """A conversion that would write no row stops, with the count of each reject reason and the first
+    rejected row (a wrong column mapping or image_root reads as such)."""
+    if rows_in == 0:
+        raise NoRowsWrittenError(f"{config.input} holds no rows")
+    if rejects.rows < rows_in:
+        return
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(rejects.count_by_reason().items()))
+    first = rejects.first
+    raise NoRowsWrittenError(
+        f"{config.input}: all {rows_in} rows were rejected ({reasons}); the first, row {first['row']} "
+        f"(id {first['id']!r}): {first['reason']}: {first['detail']}; each row's reason is in {rejects.path}"
+    )
+
+
 def check_splits_not_empty(rows_per_split: dict[str, int], config: PrepareConfig) -> None:
     """train.parquet is always read by training, val.parquet unless the user asked for none
     (val_ratio=0 and no row pinned to val); neither may be empty."""
@@ -416,6 +437,64 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+class RejectsWriter:
+    """rejects.jsonl, one line per rejected row, written to a temporary name and renamed on `commit`;
+    counts the rejects by (task, reason)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.temporary = path.with_name(f".{path.name}.partial")
+        self.file = open(self.temporary, "w", encoding="utf-8")
+        self.by_task_and_reason: Counter = Counter()
+        self.first: dict | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(self.by_task_and_reason.values())
+
+    def count_by_reason(self) -> Counter:
+        by_reason: Counter = Counter()
+        for (_, reason), count in self.by_task_and_reason.items():
+            by_reason[reason] += count
+        return by_reason
+
+    def write(self, task: str, record_id: str, number: int, error: RecordError) -> None:
+        line = {"id": record_id, "row": number, "reason": error.reason, "detail": error.detail}
+        self.file.write(json.dumps(line) + "\n")
+        self.by_task_and_reason[(task, error.reason)] += 1
+        self.first = self.first or line
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.temporary, self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.temporary.unlink(missing_ok=True)
+
+
+def convert_rows(config: PrepareConfig, converter: RowConverter, writers, sft_writers, rejects: RejectsWriter):
+    """Every input row written to its split or to rejects; (rows in, rows written by (split, task))."""
+    written: Counter = Counter()
+    rows_in = 0
+    rows = tqdm(iter_source_rows(config.input), desc="Converting", unit=" rows", disable=not config.progress)
+    for number, raw in rows:
+        rows_in += 1
+        try:
+            record = converter.record(number, raw)
+            row = converter.convert(record)
+        except RecordError as error:
+            rejects.write(converter.source_task(raw), converter.source_id(number, raw), number, error)
+            continue
+        split = record.split or split_of(record.id, config.seed, config.val_ratio)
+        row["extra_info"]["split"] = split
+        if record.rationale:
+            sft_writers[split].write(sft_row(row, record.rationale))
+        writers[split].write(row)
+        written[(split, record.task)] += 1
+    return rows_in, written
+
+
 def prepare(config: PrepareConfig) -> dict:
     """Run the conversion and return the summary (also written to summary.json)."""
     started = time.perf_counter()
@@ -426,52 +505,26 @@ def prepare(config: PrepareConfig) -> dict:
     sft_writers = {
         split: SplitWriter(output_dir / f"sft_{split}.parquet", config.row_group_size, SFT_SCHEMA) for split in SPLITS
     }
-    rejects_path = output_dir / "rejects.jsonl"
-    rejects_temporary = rejects_path.with_name(f".{rejects_path.name}.partial")
-    written: Counter = Counter()
-    rejected: Counter = Counter()
-    rows_in = 0
+    rejects = RejectsWriter(output_dir / "rejects.jsonl")
     try:
-        with open(rejects_temporary, "w", encoding="utf-8") as rejects:
-            for number, raw in tqdm(
-                iter_source_rows(config.input), desc="Converting", unit=" rows", disable=not config.progress
-            ):
-                rows_in += 1
-                try:
-                    record = converter.record(number, raw)
-                    row = converter.convert(record)
-                except RecordError as error:
-                    rejected[(converter.source_task(raw), error.reason)] += 1
-                    rejects.write(
-                        json.dumps(
-                            {
-                                "id": converter.source_id(number, raw),
-                                "row": number,
-                                "reason": error.reason,
-                                "detail": error.detail,
-                            }
-                        )
-                        + "\n"
-                    )
-                    continue
-                split = record.split or split_of(record.id, config.seed, config.val_ratio)
-                row["extra_info"]["split"] = split
-                if record.rationale:
-                    sft_writers[split].write(sft_row(row, record.rationale))
-                writers[split].write(row)
-                written[(split, record.task)] += 1
+        rows_in, written = convert_rows(config, converter, writers, sft_writers, rejects)
+        if rejects.rows:
+            rejects.commit()  # each rejected row's reason is kept even when a check below stops the conversion
+        check_some_rows_written(rows_in, rejects, config)
         check_splits_not_empty({split: writer.rows for split, writer in writers.items()}, config)
         writers["train"].commit()
         writers["val"].commit_or_remove()
         for writer in sft_writers.values():
             writer.commit_or_remove()
-        os.replace(rejects_temporary, rejects_path)
+        if not rejects.rows:
+            rejects.commit()
     except BaseException:
         for writer in (*writers.values(), *sft_writers.values()):
             writer.abort()
-        rejects_temporary.unlink(missing_ok=True)
+        rejects.abort()
         raise
-    summary = build_summary(config, converter, rows_in, written, rejected, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    summary = build_summary(config, converter, rows_in, written, rejects.by_task_and_reason, seconds)
     summary["sft_rows"] = {split: writer.rows for split, writer in sft_writers.items()}
     _atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -510,12 +563,21 @@ def build_summary(config, converter, rows_in, written: Counter, rejected: Counte
     }
 
 
+def print_conversion(config: PrepareConfig) -> None:
+    """Convert and print the summary; a bad input or setting stops with its message, without a traceback."""
+    try:
+        summary = prepare(config)
+    except (ValueError, OSError) as error:
+        raise SystemExit(str(error)) from None
+    print(json.dumps(summary, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     run_settings_cli(
         __doc__,
         PrepareConfig,
         sys.argv[1:] if argv is None else argv,
-        lambda c: print(json.dumps(prepare(c), indent=2)),
+        print_conversion,
     )
 
 

@@ -166,7 +166,9 @@ def parse_record(raw: dict) -> CanonicalRecord:
     if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
         raise RecordError(BAD_RECORD, "field 'images' must be a non-empty list of paths")
     answer = raw.get("answer")
-    if answer is None or (isinstance(answer, str) and not answer.strip()):
+    if answer is None:
+        raise RecordError(EMPTY_ANSWER, "answer is missing")
+    if isinstance(answer, str) and not answer.strip():
         raise RecordError(EMPTY_ANSWER, "answer is empty")
     answer = _require_str(raw, "answer").strip()
     options = raw.get("options")
