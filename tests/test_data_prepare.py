@@ -198,15 +198,70 @@ def test_norm1000_family_and_cli(tmp_path):
     assert "normalised to 0-1000" in box_row["prompt"][-1]["content"]
 
 
+def parquet_broken_after(rows: list[dict], path: Path, readable_rows: int) -> None:
+    """`rows` as parquet whose row groups after the first `readable_rows` rows cannot be read."""
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=readable_rows, compression="none")
+    column = pq.ParquetFile(path).metadata.row_group(1).column(0)
+    data = bytearray(path.read_bytes())
+    data[column.data_page_offset : column.data_page_offset + column.total_compressed_size] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+
 def test_failed_run_leaves_no_output_files(tmp_path):
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5)
-    with open(jsonl, "ab") as out:
-        out.write(b'{"id": "x\xff\xfe"}\n')  # invalid UTF-8 halfway through the stream
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    rows = [{**row, "id": f"{row['id']}-{copy}"} for copy in range(140) for row in rows]
+    source = tmp_path / "rows.parquet"
+    parquet_broken_after(rows, source, readable_rows=1024)  # the reader's batch: 1024 rows convert, then it fails
     out_dir = tmp_path / "out"
-    config = PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out_dir), progress=False)
-    with pytest.raises(UnicodeDecodeError):
+    config = PrepareConfig(input=str(source), image_root=str(image_root), output_dir=str(out_dir), progress=False)
+    with pytest.raises(OSError, match="page header"):
         prepare(config)
     assert list(out_dir.iterdir()) == []
+
+
+def test_bad_bytes_and_strings_are_rejects_naming_their_row(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5, val_rows_per_task=0)
+    chart = {"task": "chart", "data_source": "d", "images": ["chart/000000.png"], "problem": "Q?", "answer": "3"}
+    with open(jsonl, "ab") as out:
+        out.write(b'{"id": "latin-1", "problem": "caf\xe9"}\n')  # invalid UTF-8 halfway through the stream
+        out.write(json.dumps({**chart, "id": "surrogate", "problem": "\ud800?"}).encode() + b"\n")
+        out.write(json.dumps({**chart, "id": "nul", "images": ["chart/0\x00.png"]}).encode() + b"\n")
+    out = tmp_path / "out"
+    summary = prepare(
+        PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False)
+    )
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["row"], r["reason"]) for r in rejects] == [
+        ("row-9", 9, records.BAD_RECORD),
+        ("surrogate", 10, records.BAD_RECORD),
+        ("nul", 11, records.BAD_RECORD),
+    ]
+    assert "line 9 is not valid UTF-8: byte 0xe9" in rejects[0]["detail"]
+    assert "lone surrogate" in rejects[1]["detail"] and "NUL" in rejects[2]["detail"]
+    assert summary["rows_written"] == 8 and len(read_rows(out / "train.parquet")) == 8
+
+
+def test_image_tokens_outside_the_problem_are_rejects_not_a_model_error(tmp_path, tiny_model_dir):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5, val_rows_per_task=0)
+    chart = {"task": "chart", "data_source": "d", "images": ["chart/000000.png"], "problem": "Q?", "answer": "3"}
+    bad = [
+        {**chart, "id": "in-option", "task": "matching", "answer": "A", "options": ["<image>", "b"]},
+        {**chart, "id": "in-rationale", "rationale": "compare with <image>"},
+        {**chart, "id": "image-pad", "problem": "<image>What is <|image_pad|>?"},
+    ]
+    with open(jsonl, "a") as out:
+        out.write("".join(json.dumps(row) + "\n" for row in bad))
+    out = tmp_path / "out"
+    settings = dict(input=str(jsonl), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False)
+    summary = prepare(PrepareConfig(**settings, model_path=str(tiny_model_dir)))
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reason"]) for r in rejects] == [(row["id"], records.IMAGE_TOKEN_IN_TEXT) for row in bad]
+    assert summary["rows_written"] == 4
+    with pytest.raises(ValueError, match="system_prompt holds '<image>'"):
+        prepare(PrepareConfig(**settings, model_path=str(tiny_model_dir), system_prompt="Look at <image>."))
 
 
 def parquet_without_answers(path: Path, image_root: Path) -> None:

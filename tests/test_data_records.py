@@ -53,6 +53,12 @@ def test_good_record_parses():
         ({"answer": "(C)"}, records.ANSWER_NOT_AN_OPTION),
         ({"task": "chart", "answer": "NaN", "options": None}, records.NON_FINITE_ANSWER),
         ({"task": "chart", "answer": "-inf", "options": None}, records.NON_FINITE_ANSWER),
+        ({"id": "r\ud800"}, records.BAD_RECORD),
+        ({"options": ["a"] * 27}, records.BAD_RECORD),
+        ({"images": ["a\x00.png"]}, records.BAD_RECORD),
+        ({"options": ["<image>", "blue"]}, records.IMAGE_TOKEN_IN_TEXT),
+        ({"rationale": "it looks like <image>"}, records.IMAGE_TOKEN_IN_TEXT),
+        ({"problem": "<image>What is <|image_pad|>?"}, records.IMAGE_TOKEN_IN_TEXT),
         ({"task": "grounding", "answer": "[1, 2, 3]", "options": None}, records.BAD_BOX),
         ({"task": "grounding", "answer": "[5, 2, 5, 9]", "options": None}, records.DEGENERATE_BOX),
         (
@@ -138,14 +144,18 @@ def test_iter_source_rows_reads_jsonl_json_and_parquet(tmp_path):
     import pyarrow.parquet as pq
 
     jsonl = tmp_path / "rows.jsonl"
-    jsonl.write_text(json.dumps(GOOD) + "\n\n{not json\n")
+    jsonl.write_bytes(json.dumps(GOOD).encode() + b"\n\n{not json\n\"caf\xe9\"\n" + json.dumps(GOOD).encode())
     rows = list(iter_source_rows(jsonl))
-    assert rows[0] == (1, GOOD)
+    assert rows[0] == (1, GOOD) and rows[3] == (5, GOOD)
     assert rows[1][0] == 3 and isinstance(rows[1][1], RecordError) and rows[1][1].reason == records.BAD_RECORD
+    assert rows[2][0] == 4 and rows[2][1].detail == "line 4 is not valid UTF-8: byte 0xe9 at column 5"
 
     as_json = tmp_path / "rows.json"
     as_json.write_text(json.dumps([GOOD, GOOD]))
     assert [n for n, _ in iter_source_rows(as_json)] == [1, 2]
+    as_json.write_text('[{"id": 1}, ')
+    with pytest.raises(ValueError, match=f"{as_json}: not a UTF-8 JSON file"):
+        list(iter_source_rows(as_json))
 
     as_parquet = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist([GOOD] * 3), as_parquet)

@@ -51,6 +51,8 @@ from mixed_r1_verl.data.records import (
     BOX_OUTSIDE_IMAGE,
     DEGENERATE_BOX,
     DUPLICATE_ID,
+    IMAGE_PAD,
+    IMAGE_PLACEHOLDER,
     PROMPT_TOO_LONG,
     CanonicalRecord,
     ColumnMapping,
@@ -226,6 +228,16 @@ def refuse_another_model_family(model_family: str, model_dir: Path) -> None:
         )
 
 
+def refuse_image_tokens_in_prompt_settings(config: PrepareConfig) -> None:
+    """Raises ValueError when system_prompt or prompt_template holds an image placeholder or token:
+    every row's prompt would have more image slots than the row has images."""
+    for name in ("system_prompt", "prompt_template"):
+        text = getattr(config, name) or ""
+        for token in (IMAGE_PLACEHOLDER, IMAGE_PAD):
+            if token in text:
+                raise ValueError(f"{name} holds {token!r}: only each row's problem places images")
+
+
 class RowConverter:
     """Turns one source row into a verl row (or raises RecordError): the converter's checks, shared
     with the data engine's validation stage."""
@@ -235,6 +247,7 @@ class RowConverter:
             raise ValueError(
                 f"unknown model_family {config.model_family!r}; known: {', '.join(MODEL_FAMILY_BOX_FRAME)}"
             )
+        refuse_image_tokens_in_prompt_settings(config)
         self.config = config
         self.mapping = mapping or build_mapping(
             config.layout,

@@ -8,15 +8,13 @@ import re
 
 from mixed_r1_verl.data.frames import BOX_FRAME_ABS
 from mixed_r1_verl.data.model_files import vision_geometry
-from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
+from mixed_r1_verl.data.records import IMAGE_PAD, IMAGE_PLACEHOLDER, OPTION_LETTERS
 
 FORMAT_INSTRUCTION = (
     "First think through the problem step by step inside <think> </think> tags, "
     "then give the final answer inside <answer> </answer> tags."
 )
 DEFAULT_TEMPLATE = "{problem}\n{options}{instruction} {format_instruction}"
-OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-IMAGE_PAD = "<|image_pad|>"
 
 TASK_INSTRUCTIONS = {
     "matching": "Answer with a single word or phrase.",

@@ -23,6 +23,9 @@ from typing import Any, Iterator
 
 TASKS = ("matching", "chart", "grounding", "open_ended")
 IMAGE_PLACEHOLDER = "<image>"
+# The Qwen2-VL family's image token: the processor expands each one in a prompt into an image's patches.
+IMAGE_PAD = "<|image_pad|>"
+OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SPLITS = ("train", "val")
 CANONICAL_FIELDS = ("id", "task", "data_source", "images", "problem", "answer", "options", "split", "rationale")
 
@@ -43,6 +46,7 @@ GROUNDING_IMAGE_COUNT = "grounding_needs_one_image"
 ANSWER_NOT_AN_OPTION = "answer_not_an_option"
 NON_FINITE_ANSWER = "non_finite_answer"
 PROMPT_TOO_LONG = "prompt_too_long"
+IMAGE_TOKEN_IN_TEXT = "image_token_in_text"
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _BOX_PATTERN = re.compile(r"^\[" + ",".join([_NUMBER] * 4) + r"\]$")
@@ -131,6 +135,47 @@ def check_answer_is_scorable(task: str, answer: str, options: tuple[str, ...] | 
             )
 
 
+def _field_strings(raw: dict) -> Iterator[tuple[str, str]]:
+    """(field, string) for each string a canonical row holds, list items included."""
+    for name in CANONICAL_FIELDS:
+        value = raw.get(name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                yield name, item
+
+
+def check_strings_are_unicode(raw: dict) -> None:
+    """A lone surrogate (JSON's "\\ud800") is no Unicode text: parquet cannot store it."""
+    for name, text in _field_strings(raw):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise RecordError(
+                BAD_RECORD, f"field {name!r} holds a lone surrogate {text[error.start]!r} at character {error.start}"
+            ) from None
+
+
+def _texts_besides_problem(
+    answer: str, options: tuple[str, ...] | None, rationale: str | None
+) -> Iterator[tuple[str, str]]:
+    yield "answer", answer
+    for letter, option in zip(OPTION_LETTERS, options or ()):
+        yield f"option {letter}", option
+    if rationale is not None:
+        yield "rationale", rationale
+
+
+def check_image_tokens(problem: str, answer: str, options: tuple[str, ...] | None, rationale: str | None) -> None:
+    """Images are placed by the problem's `<image>` placeholders alone: one elsewhere, or the model's
+    own image token anywhere, would give the prompt or the SFT target more image slots than images."""
+    for name, text in _texts_besides_problem(answer, options, rationale):
+        if IMAGE_PLACEHOLDER in text:
+            raise RecordError(IMAGE_TOKEN_IN_TEXT, f"{name} holds {IMAGE_PLACEHOLDER!r}: only the problem places images")
+    for name, text in (("problem", problem), *_texts_besides_problem(answer, options, rationale)):
+        if IMAGE_PAD in text:
+            raise RecordError(IMAGE_TOKEN_IN_TEXT, f"{name} holds the model's image token {IMAGE_PAD!r}")
+
+
 def _require_str(raw: dict, key: str) -> str:
     value = raw.get(key)
     if not isinstance(value, str):
@@ -158,6 +203,7 @@ def parse_record(raw: dict) -> CanonicalRecord:
     """Validate a canonical row (images not opened yet) and normalise its problem."""
     if not isinstance(raw, dict):
         raise RecordError(BAD_RECORD, f"expected a JSON object, got {type(raw).__name__}")
+    check_strings_are_unicode(raw)
     record_id = _require_str(raw, "id")
     task = raw.get("task")
     if task not in TASKS:
@@ -165,6 +211,9 @@ def parse_record(raw: dict) -> CanonicalRecord:
     images = raw.get("images")
     if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
         raise RecordError(BAD_RECORD, "field 'images' must be a non-empty list of paths")
+    for path in images:
+        if "\0" in path:
+            raise RecordError(BAD_RECORD, f"image path {path!r} holds a NUL byte")
     answer = raw.get("answer")
     if answer is None:
         raise RecordError(EMPTY_ANSWER, "answer is missing")
@@ -175,22 +224,29 @@ def parse_record(raw: dict) -> CanonicalRecord:
     if options is not None:
         if not isinstance(options, list) or not all(isinstance(o, str) and o.strip() for o in options):
             raise RecordError(BAD_RECORD, "field 'options' must be a list of non-empty strings")
+        if len(options) > len(OPTION_LETTERS):
+            raise RecordError(
+                BAD_RECORD, f"{len(options)} options, more than the {len(OPTION_LETTERS)} letters A-Z can name"
+            )
         options = tuple(o.strip() for o in options) or None
     check_answer_is_scorable(task, answer, options)
     if task == "grounding":
         if len(images) != 1:
             raise RecordError(GROUNDING_IMAGE_COUNT, f"grounding rows need exactly one image, got {len(images)}")
         parse_box(answer)
+    problem = normalise_problem(_require_str(raw, "problem"), len(images))
+    rationale = _optional_rationale(raw)
+    check_image_tokens(problem, answer, options, rationale)
     return CanonicalRecord(
         id=record_id,
         task=task,
         data_source=_require_str(raw, "data_source"),
         images=tuple(images),
-        problem=normalise_problem(_require_str(raw, "problem"), len(images)),
+        problem=problem,
         answer=answer,
         options=options,
         split=_optional_split(raw),
-        rationale=_optional_rationale(raw),
+        rationale=rationale,
     )
 
 
@@ -295,7 +351,7 @@ def apply_mapping(row: dict, mapping: ColumnMapping, fallback_id: str) -> dict:
 
 def iter_source_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     """(row number, parsed row) for each row of a JSONL, JSON (a list) or parquet file, streamed
-    where the format allows; a JSONL line that does not parse yields a RecordError instead."""
+    where the format allows; a JSONL line that is not UTF-8 JSON yields a RecordError instead."""
     path = Path(path)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -306,16 +362,27 @@ def iter_source_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
                 number += 1
                 yield number, row
     elif path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:  # invalid UTF-8 or JSON: the file as a whole cannot be read
+            raise ValueError(f"{path}: not a UTF-8 JSON file: {error}") from None
         if not isinstance(rows, list):
             raise ValueError(f"{path}: a .json input must hold a list of rows")
         yield from enumerate(rows, start=1)
     else:
-        with open(path, encoding="utf-8") as lines:
+        with open(path, "rb") as lines:
             for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as error:
-                    yield number, RecordError(BAD_RECORD, f"line {number} is not valid JSON: {error.msg}")
+                if line.strip():
+                    yield number, _jsonl_row(number, line)
+
+
+def _jsonl_row(number: int, line: bytes) -> Any:
+    """The row a JSONL line holds, or a RecordError naming the line."""
+    try:
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        return RecordError(
+            BAD_RECORD, f"line {number} is not valid UTF-8: byte {line[error.start]:#04x} at column {error.start + 1}"
+        )
+    except json.JSONDecodeError as error:
+        return RecordError(BAD_RECORD, f"line {number} is not valid JSON: {error.msg}")
