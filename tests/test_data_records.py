@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -80,10 +81,26 @@ def test_json_nan_answers_are_rejected_not_written_as_text():
     assert caught.value.reason == records.NON_FINITE_ANSWER
 
 
-def test_in_range_letters_and_option_texts_pass():
+def test_in_range_letters_pass_and_option_texts_become_their_letter():
     assert parse_record({**GOOD, "answer": "(b)"}).answer == "(b)"
-    assert parse_record({**GOOD, "answer": "blue"}).answer == "blue"
+    assert parse_record({**GOOD, "answer": "blue"}).answer == "B"
+    assert parse_record({**GOOD, "answer": "The Red."}).answer == "A"
     assert parse_record({**GOOD, "options": None, "answer": "E"}).answer == "E"
+    assert parse_record({**GOOD, "options": ["yes", "no"], "answer": "no"}).answer == "B"
+
+
+@pytest.mark.parametrize(
+    "answer,options,detail",
+    [
+        ("green", ["red", "blue"], "neither an option letter nor an option's text: the row has 2 options (A-B)"),
+        ("E", ["red", "blue"], "names an option the row lacks: it has 2 options (A-B)"),
+        ("blue", ["blue", "the blue"], "is the text of options A, B"),
+    ],
+)
+def test_answers_that_name_no_single_option_are_rejected(answer, options, detail):
+    with pytest.raises(RecordError, match=re.escape(detail)) as caught:
+        parse_record({**GOOD, "answer": answer, "options": options})
+    assert caught.value.reason == records.ANSWER_NOT_AN_OPTION
 
 
 def test_placeholders_are_prepended_when_absent():

@@ -7,9 +7,10 @@ Canonical record (one JSON object per line):
      "split": "train" | "val" (optional), "rationale": str (optional)}
 
 `problem` holds one `<image>` placeholder per image, or none (then they are prepended). A grounding
-`answer` is "[x1, y1, x2, y2]" in original image pixels. `split` pins the row to a split (else the converter's seeded hash decides);
-`rationale` is the reasoning a careful annotator would write before the answer, the `<think>` part of
-the supervised fine-tuning target.
+`answer` is "[x1, y1, x2, y2]" in original image pixels. A matching answer with `options` is an option's
+letter, or its text (then written as its letter). `split` pins the row to a split (else the converter's
+seeded hash decides); `rationale` is the reasoning a careful annotator would write before the answer,
+the `<think>` part of the supervised fine-tuning target.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+from mixed_r1_verl.rewards.text import normalize_text
 
 TASKS = ("matching", "chart", "grounding", "open_ended")
 IMAGE_PLACEHOLDER = "<image>"
@@ -122,17 +125,36 @@ def is_non_finite_number(answer: str) -> bool:
         return False
 
 
-def check_answer_is_scorable(task: str, answer: str, options: tuple[str, ...] | None) -> None:
+def option_answer(answer: str, options: tuple[str, ...]) -> str:
+    """The answer of a row with options as the prompt asks for it, by letter: a letter in range is kept,
+    the text of exactly one option (compared as the matching reward compares texts) becomes its letter."""
+    letters = f"A-{OPTION_LETTERS[len(options) - 1]}"
+    index = option_index(answer)
+    if index is not None:
+        if index < len(options):
+            return answer
+        detail = f"answer {answer!r} names an option the row lacks: it has {len(options)} options ({letters})"
+        raise RecordError(ANSWER_NOT_AN_OPTION, detail)
+    text = normalize_text(answer)
+    matches = [letter for letter, option in zip(OPTION_LETTERS, options) if text and normalize_text(option) == text]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise RecordError(ANSWER_NOT_AN_OPTION, f"answer {answer!r} is the text of options {', '.join(matches)}")
+    raise RecordError(
+        ANSWER_NOT_AN_OPTION,
+        f"answer {answer!r} is neither an option letter nor an option's text: the row has {len(options)} options "
+        f"({letters})",
+    )
+
+
+def scorable_answer(task: str, answer: str, options: tuple[str, ...] | None) -> str:
+    """The answer as the task's reward scores it; a reject when the reward could not score it."""
     if is_non_finite_number(answer):
         raise RecordError(NON_FINITE_ANSWER, f"answer {answer!r} is not a finite number")
     if task == "matching" and options:
-        index = option_index(answer)
-        if index is not None and index >= len(options):
-            last = chr(ord("A") + len(options) - 1)
-            raise RecordError(
-                ANSWER_NOT_AN_OPTION,
-                f"answer {answer!r} names an option the row lacks: it has {len(options)} options (A-{last})",
-            )
+        return option_answer(answer, options)
+    return answer
 
 
 def _field_strings(raw: dict) -> Iterator[tuple[str, str]]:
@@ -170,7 +192,8 @@ def check_image_tokens(problem: str, answer: str, options: tuple[str, ...] | Non
     own image token anywhere, would give the prompt or the SFT target more image slots than images."""
     for name, text in _texts_besides_problem(answer, options, rationale):
         if IMAGE_PLACEHOLDER in text:
-            raise RecordError(IMAGE_TOKEN_IN_TEXT, f"{name} holds {IMAGE_PLACEHOLDER!r}: only the problem places images")
+            detail = f"{name} holds {IMAGE_PLACEHOLDER!r}: only the problem places images"
+            raise RecordError(IMAGE_TOKEN_IN_TEXT, detail)
     for name, text in (("problem", problem), *_texts_besides_problem(answer, options, rationale)):
         if IMAGE_PAD in text:
             raise RecordError(IMAGE_TOKEN_IN_TEXT, f"{name} holds the model's image token {IMAGE_PAD!r}")
@@ -229,7 +252,7 @@ def parse_record(raw: dict) -> CanonicalRecord:
                 BAD_RECORD, f"{len(options)} options, more than the {len(OPTION_LETTERS)} letters A-Z can name"
             )
         options = tuple(o.strip() for o in options) or None
-    check_answer_is_scorable(task, answer, options)
+    answer = scorable_answer(task, answer, options)
     if task == "grounding":
         if len(images) != 1:
             raise RecordError(GROUNDING_IMAGE_COUNT, f"grounding rows need exactly one image, got {len(images)}")
