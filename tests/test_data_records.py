@@ -146,6 +146,24 @@ def test_refcoco_layout_converts_xywh_boxes():
     assert record.problem == "<image>Locate the object described as: the left dog"
 
 
+@pytest.mark.parametrize(
+    "number,text",
+    [(1234567.0, "1234567"), (1.2345678e-05, "1.2345678e-05"), (0.1 + 0.2, "0.30000000000000004"), (45, "45"),
+     (-3.0, "-3"), (1e300, "1e+300"), ([12.5], "12.5")],
+)  # fmt: skip
+def test_numeric_answers_are_written_exactly(number, text):
+    row = {**GOOD, "task": "chart", "options": None, "answer": number}
+    assert parse_record(apply_mapping(row, ColumnMapping(), fallback_id="row-1")).answer == text
+
+
+def test_box_coordinates_are_written_exactly_and_must_be_finite():
+    row = {**GOOD, "task": "grounding", "options": None, "answer": [0.000012345, 2.0, 1234567.25, 40]}
+    assert apply_mapping(row, ColumnMapping(), "x")["answer"] == "[1.2345e-05, 2, 1234567.25, 40]"
+    assert parse_box("[1.2345e-05, 2, 1e1, 40]") == (1.2345e-05, 2.0, 10.0, 40.0)
+    with pytest.raises(RecordError, match="not a finite number"):
+        parse_box("[1, 1, 1e999, 5]")
+
+
 def test_column_overrides_and_unknown_fields():
     mapping = build_mapping("canonical", columns={"problem": "question"})
     raw = {**GOOD, "question": "<image>Which?"}

@@ -51,7 +51,7 @@ NON_FINITE_ANSWER = "non_finite_answer"
 PROMPT_TOO_LONG = "prompt_too_long"
 IMAGE_TOKEN_IN_TEXT = "image_token_in_text"
 
-_NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_NUMBER = r"\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*"
 _BOX_PATTERN = re.compile(r"^\[" + ",".join([_NUMBER] * 4) + r"\]$")
 # An answer naming an option by its letter: "B", "(B)", "B.", "B:", "B)".
 OPTION_LETTER = re.compile(r"\(?([A-Za-z])\)?[.:)]?")
@@ -90,6 +90,8 @@ def parse_box(value: Any) -> tuple[float, float, float, float]:
         box = tuple(float(v) for v in value)
     else:
         raise RecordError(BAD_BOX, f"expected 4 numbers, got {value!r}")
+    if not all(math.isfinite(v) for v in box):
+        raise RecordError(BAD_BOX, f"box {value!r} has a coordinate that is not a finite number")
     x1, y1, x2, y2 = box
     if x2 <= x1 or y2 <= y1:
         raise RecordError(DEGENERATE_BOX, f"box {list(box)} has no area")
@@ -343,12 +345,18 @@ def lookup(row: Any, dotted: str) -> Any:
     return value
 
 
+def exact_number(value: int | float) -> str:
+    """A number as text without rounding: an integral float as an integer (below 2**53, where floats
+    still count every integer), another float in Python's shortest form that reads back the same."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
 def _single_answer(value: Any) -> Any:
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
-    if _is_number(value):
-        return f"{value:g}" if isinstance(value, float) else str(value)
-    return value
+    return exact_number(value) if _is_number(value) else value
 
 
 def apply_mapping(row: dict, mapping: ColumnMapping, fallback_id: str) -> dict:
@@ -366,7 +374,7 @@ def apply_mapping(row: dict, mapping: ColumnMapping, fallback_id: str) -> dict:
     if record.get("task") == "grounding" and isinstance(answer, (list, tuple)) and len(answer) == 4:
         x1, y1, a, b = answer
         box = [x1, y1, x1 + a, y1 + b] if mapping.box_format == "xywh" else [x1, y1, a, b]
-        record["answer"] = "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in box) + "]"
+        record["answer"] = "[" + ", ".join(exact_number(v) if _is_number(v) else str(v) for v in box) + "]"
     else:
         record["answer"] = _single_answer(answer)
     return record
