@@ -375,6 +375,34 @@ def test_exif_turned_photos_are_written_upright_with_boxes_in_the_upright_frame(
     assert list(model_input_image(photo["images"][0], image_patch_size=14).size) == [width, height]
 
 
+def test_normalized_boxes_are_rejected_as_pixels_and_scaled_with_box_units(tmp_path):
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    Image.new("RGB", (300, 200)).save(image_root / "a.png")
+    box = {"task": "grounding", "data_source": "d", "images": ["a.png"], "problem": "Where is it?"}
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text(
+        json.dumps({**box, "id": "fractions", "answer": [0.12, 0.25, 0.88, 0.95]}) + "\n"
+        + json.dumps({**box, "id": "pixels", "answer": "[36, 50, 264, 190]"}) + "\n"
+    )  # fmt: skip
+
+    def truths(out: str, **settings) -> dict:
+        prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / out),
+                              val_ratio=0, progress=False, **settings))  # fmt: skip
+        rows = read_rows(tmp_path / out / "train.parquet")
+        return {row["extra_info"]["id"]: row["reward_model"]["ground_truth"] for row in rows}
+
+    as_pixels = truths("as_pixels")
+    assert list(as_pixels) == ["pixels"]
+    reject = json.loads((tmp_path / "as_pixels" / "rejects.jsonl").read_text())
+    assert (reject["id"], reject["reason"]) == ("fractions", records.BOX_LOOKS_NORMALIZED)
+    assert "within 0-1 on the 300x200 image" in reject["detail"] and "box_units=normalized" in reject["detail"]
+    jsonl.write_text(jsonl.read_text().splitlines()[0] + "\n")
+    assert truths("as_fractions", box_units="normalized") == {"fractions": as_pixels["pixels"]}
+    with pytest.raises(ValueError, match="box_units must be one of pixels, normalized"):
+        truths("typo", box_units="percent")
+
+
 def hub_cache_with(model_dir: Path, cache: Path, repo_id: str) -> None:
     """The Hugging Face cache layout holding `model_dir` as the main revision of `repo_id`."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"

@@ -48,6 +48,7 @@ from mixed_r1_verl.data.model_files import (
 )
 from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, PromptTokenCounter, render_prompt
 from mixed_r1_verl.data.records import (
+    BOX_LOOKS_NORMALIZED,
     BOX_OUTSIDE_IMAGE,
     DEGENERATE_BOX,
     DUPLICATE_ID,
@@ -92,6 +93,9 @@ class PrepareConfig:
     columns: dict = field(default_factory=dict)
     constants: dict = field(default_factory=dict)
     box_format: str | None = None
+    # Grounding boxes in `pixels` of the original image, or `normalized`: 0-1 fractions of its width and
+    # height (LLaVA, Shikra), scaled to its pixels. With pixels, a box within 0-1 on a larger image is rejected.
+    box_units: str | None = None
     problem_template: str | None = None
     # Fraction of rows for val.parquet, chosen by a seeded hash of the row id (stable under reordering),
     # among rows without a `split` field. 0 with no row pinned to val: no val.parquet at all.
@@ -131,9 +135,26 @@ def split_of(record_id: str, seed: int, val_ratio: float) -> str:
     return "val" if int.from_bytes(digest, "big") / 2**64 < val_ratio else "train"
 
 
-def grounding_truth(answer: str, image_size: tuple[int, int], frame_size: tuple[int, int]) -> str:
-    """The ground-truth box moved from original pixels into the model's frame."""
-    x1, y1, x2, y2 = parse_box(answer)
+def box_in_pixels(answer: str, image_size: tuple[int, int], box_units: str) -> tuple[float, float, float, float]:
+    """The answer's box in pixels of the original image: a `normalized` box scaled by the image size; a
+    `pixels` box within 0-1 on an image larger than 2x2 pixels is taken for a normalized one and rejected."""
+    box = parse_box(answer)
+    width, height = image_size
+    if box_units == "normalized":
+        x1, y1, x2, y2 = box
+        return x1 * width, y1 * height, x2 * width, y2 * height
+    if all(0 <= v <= 1 for v in box) and min(width, height) > 2:
+        raise RecordError(
+            BOX_LOOKS_NORMALIZED,
+            f"box {answer} lies within 0-1 on the {width}x{height} image: boxes are read as pixels (box_units=pixels); "
+            "set box_units=normalized when the source's boxes are 0-1 fractions of the image size",
+        )
+    return box
+
+
+def grounding_truth(answer: str, image_size: tuple[int, int], frame_size: tuple[int, int], box_units: str) -> str:
+    """The ground-truth box moved from original pixels (or 0-1 `box_units=normalized`) into the model's frame."""
+    x1, y1, x2, y2 = box_in_pixels(answer, image_size, box_units)
     width, height = image_size
     tolerance = BOX_EDGE_TOLERANCE
     if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
@@ -254,6 +275,7 @@ class RowConverter:
             dict(config.columns),
             dict(config.constants),
             box_format=config.box_format,
+            box_units=config.box_units,
             problem_template=config.problem_template,
         )
         self.box_frame = MODEL_FAMILY_BOX_FRAME[config.model_family]
@@ -300,7 +322,7 @@ class RowConverter:
         frame_size = model_frame_size(image_size, self.box_frame, self.min_pixels, self.max_pixels)
         ground_truth = record.answer
         if record.task == "grounding":
-            ground_truth = grounding_truth(record.answer, image_size, frame_size)
+            ground_truth = grounding_truth(record.answer, image_size, frame_size, self.mapping.box_units)
         prompt = [
             {
                 "role": "user",

@@ -7,10 +7,10 @@ Canonical record (one JSON object per line):
      "split": "train" | "val" (optional), "rationale": str (optional)}
 
 `problem` holds one `<image>` placeholder per image, or none (then they are prepended). A grounding
-`answer` is "[x1, y1, x2, y2]" in original image pixels. A matching answer with `options` is an option's
-letter, or its text (then written as its letter). `split` pins the row to a split (else the converter's
-seeded hash decides); `rationale` is the reasoning a careful annotator would write before the answer,
-the `<think>` part of the supervised fine-tuning target.
+`answer` is "[x1, y1, x2, y2]" in original image pixels (0-1 fractions with box_units=normalized). A
+matching answer with `options` is an option's letter, or its text (then written as its letter). `split`
+pins the row to a split (else the converter's seeded hash decides); `rationale` is the reasoning a
+careful annotator would write before the answer, the `<think>` part of the supervised fine-tuning target.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ ANSWER_NOT_AN_OPTION = "answer_not_an_option"
 NON_FINITE_ANSWER = "non_finite_answer"
 PROMPT_TOO_LONG = "prompt_too_long"
 IMAGE_TOKEN_IN_TEXT = "image_token_in_text"
+BOX_LOOKS_NORMALIZED = "box_looks_normalized"
+
+# Units of the source's grounding boxes: pixels of the original image, or 0-1 fractions of its width
+# and height (LLaVA, Shikra).
+BOX_UNITS = ("pixels", "normalized")
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*"
 _BOX_PATTERN = re.compile(r"^\[" + ",".join([_NUMBER] * 4) + r"\]$")
@@ -281,12 +286,14 @@ class ColumnMapping:
 
     `columns` maps a canonical field to a dotted path in the source row ("conversations.0.value");
     `constants` gives fields a fixed value (e.g. task=chart); `box_format` is "xyxy" or "xywh" (COCO);
+    `box_units` is "pixels" or "normalized" (0-1, scaled to the image's pixels when it is opened);
     `problem_template` wraps the mapped problem ("{problem}").
     """
 
     columns: dict[str, str] = field(default_factory=lambda: {f: f for f in CANONICAL_FIELDS})
     constants: dict[str, Any] = field(default_factory=dict)
     box_format: str = "xyxy"
+    box_units: str = "pixels"
     problem_template: str = "{problem}"
 
     def __post_init__(self):
@@ -295,6 +302,8 @@ class ColumnMapping:
             raise ValueError(f"unknown canonical fields in column mapping: {sorted(unknown)}")
         if self.box_format not in ("xyxy", "xywh"):
             raise ValueError(f"box_format must be 'xyxy' or 'xywh', got {self.box_format!r}")
+        if self.box_units not in BOX_UNITS:
+            raise ValueError(f"box_units must be one of {', '.join(BOX_UNITS)}, got {self.box_units!r}")
 
 
 LAYOUTS = {
@@ -329,6 +338,7 @@ def build_mapping(layout: str, columns: dict | None = None, constants: dict | No
         columns={**preset.columns, **(columns or {})},
         constants={**preset.constants, **(constants or {})},
         box_format=options.get("box_format") or preset.box_format,
+        box_units=options.get("box_units") or preset.box_units,
         problem_template=options.get("problem_template") or preset.problem_template,
     )
 
