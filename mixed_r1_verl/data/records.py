@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from mixed_r1_verl.rewards.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 from mixed_r1_verl.rewards.text import normalize_text
 
 TASKS = ("matching", "chart", "grounding", "open_ended")
@@ -50,6 +51,7 @@ ANSWER_NOT_AN_OPTION = "answer_not_an_option"
 NON_FINITE_ANSWER = "non_finite_answer"
 PROMPT_TOO_LONG = "prompt_too_long"
 IMAGE_TOKEN_IN_TEXT = "image_token_in_text"
+FORMAT_TAG_IN_TEXT = "format_tag_in_text"
 BOX_LOOKS_NORMALIZED = "box_looks_normalized"
 
 # Units of the source's grounding boxes: pixels of the original image, or 0-1 fractions of its width
@@ -206,6 +208,16 @@ def check_image_tokens(problem: str, answer: str, options: tuple[str, ...] | Non
             raise RecordError(IMAGE_TOKEN_IN_TEXT, f"{name} holds the model's image token {IMAGE_PAD!r}")
 
 
+def check_format_tags(answer: str, rationale: str | None) -> None:
+    """The answer and rationale go between the response format's tags (the SFT target
+    `<think>{rationale}</think><answer>{answer}</answer>`; the answer the rewards extract): a tag inside
+    them would break that format."""
+    for name, text in (("answer", answer), ("rationale", rationale or "")):
+        for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE):
+            if tag in text:
+                raise RecordError(FORMAT_TAG_IN_TEXT, f"{name} holds the response format's tag {tag!r}")
+
+
 def _require_str(raw: dict, key: str) -> str:
     value = raw.get(key)
     if not isinstance(value, str):
@@ -235,6 +247,8 @@ def parse_record(raw: dict) -> CanonicalRecord:
         raise RecordError(BAD_RECORD, f"expected a JSON object, got {type(raw).__name__}")
     check_strings_are_unicode(raw)
     record_id = _require_str(raw, "id")
+    if not record_id.strip():
+        raise RecordError(BAD_RECORD, "field 'id' is empty")
     task = raw.get("task")
     if task not in TASKS:
         raise RecordError(UNKNOWN_TASK, f"task {task!r} is not one of {', '.join(TASKS)}")
@@ -267,6 +281,7 @@ def parse_record(raw: dict) -> CanonicalRecord:
     problem = normalise_problem(_require_str(raw, "problem"), len(images))
     rationale = _optional_rationale(raw)
     check_image_tokens(problem, answer, options, rationale)
+    check_format_tags(answer, rationale)
     return CanonicalRecord(
         id=record_id,
         task=task,
