@@ -78,13 +78,20 @@ def test_bad_records_are_rejected_with_their_reason(change, reason):
     assert reason_of({**GOOD, **change}) == reason
 
 
-def test_json_nan_answers_are_rejected_not_written_as_text():
+@pytest.mark.parametrize("task", ["chart", "matching", "open_ended"])
+def test_json_nan_answers_are_rejected_not_written_as_text(task):
     row = json.loads(
-        '{"id": "n", "task": "chart", "data_source": "s", "images": ["a.png"], "problem": "Q", "answer": NaN}'
+        '{"id": "n", "task": "%s", "data_source": "s", "images": ["a.png"], "problem": "Q", "answer": NaN}' % task
     )
     with pytest.raises(RecordError) as caught:
         parse_record(apply_mapping(row, ColumnMapping(), fallback_id="row-1"))
     assert caught.value.reason == records.NON_FINITE_ANSWER
+
+
+@pytest.mark.parametrize("answer", ["Infinity", "Nan", "inf", "-inf"])
+@pytest.mark.parametrize("task", ["matching", "open_ended"])
+def test_word_answers_that_read_as_non_finite_numbers_pass_outside_chart(task, answer):
+    assert parse_record({**GOOD, "task": task, "options": None, "answer": answer}).answer == answer
 
 
 def test_in_range_letters_pass_and_option_texts_become_their_letter():
@@ -155,7 +162,7 @@ def test_refcoco_layout_converts_xywh_boxes():
 @pytest.mark.parametrize(
     "number,text",
     [(1234567.0, "1234567"), (1.2345678e-05, "1.2345678e-05"), (0.1 + 0.2, "0.30000000000000004"), (45, "45"),
-     (-3.0, "-3"), (1e300, "1e+300"), ([12.5], "12.5")],
+     (-3.0, "-3"), (1e300, "1e+300"), ([12.5], "12.5"), (10**20, "100000000000000000000")],
 )  # fmt: skip
 def test_numeric_answers_are_written_exactly(number, text):
     row = {**GOOD, "task": "chart", "options": None, "answer": number}

@@ -126,8 +126,8 @@ def option_index(answer: str) -> int | None:
 
 
 def is_non_finite_number(answer: str) -> bool:
-    """True for answers that read as NaN or an infinity ("nan", "inf", "-Infinity", "1e999"):
-    no reward can score against them."""
+    """True for answers that read as NaN or an infinity ("nan", "inf", "-Infinity", "1e999"): the chart
+    reward, which reads answers as numbers, cannot score against them."""
     try:
         return not math.isfinite(float(answer))
     except ValueError:
@@ -158,8 +158,9 @@ def option_answer(answer: str, options: tuple[str, ...]) -> str:
 
 
 def scorable_answer(task: str, answer: str, options: tuple[str, ...] | None) -> str:
-    """The answer as the task's reward scores it; a reject when the reward could not score it."""
-    if is_non_finite_number(answer):
+    """The answer as the task's reward scores it; a reject when the reward could not score it. Only
+    chart answers are read as numbers: a word like "Infinity" is a fine matching or open-ended answer."""
+    if task == "chart" and is_non_finite_number(answer):
         raise RecordError(NON_FINITE_ANSWER, f"answer {answer!r} is not a finite number")
     if task == "matching" and options:
         return option_answer(answer, options)
@@ -381,7 +382,11 @@ def exact_number(value: int | float) -> str:
 def _single_answer(value: Any) -> Any:
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
-    return exact_number(value) if _is_number(value) else value
+    if not _is_number(value):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):  # a JSON NaN or a float column's missing value
+        raise RecordError(NON_FINITE_ANSWER, f"answer {value!r} is not a finite number")
+    return exact_number(value)
 
 
 def apply_mapping(row: dict, mapping: ColumnMapping, fallback_id: str) -> dict:
