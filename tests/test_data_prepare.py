@@ -403,6 +403,28 @@ def test_normalized_boxes_are_rejected_as_pixels_and_scaled_with_box_units(tmp_p
         truths("typo", box_units="percent")
 
 
+def test_fields_the_mapping_does_not_read_are_listed_in_the_summary(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5, val_rows_per_task=0)
+    chart = {"task": "chart", "data_source": "d", "images": ["chart/000000.png"], "problem": "Q?", "answer": "3"}
+    with open(jsonl, "a") as out:
+        out.write(json.dumps({**chart, "id": "typo", "task": "matching", "answer": "A", "option": ["a", "b"]}) + "\n")
+        out.write(json.dumps({**chart, "id": "extra-1", "source_url": "x"}) + "\n")
+        out.write(json.dumps({**chart, "id": "extra-2", "source_url": "y"}) + "\n")
+    settings = dict(input=str(jsonl), image_root=str(image_root), val_ratio=0, progress=False)
+    summary = prepare(PrepareConfig(**settings, output_dir=str(tmp_path / "out")))
+    assert summary["ignored_fields"] == {
+        "source_url": {"rows": 2},
+        "option": {"rows": 1, "hint": "did you mean 'options'?"},
+    }
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["ignored_fields"] == summary["ignored_fields"]
+    # Mapped fields are read; a field a constant replaces is not.
+    remapped = prepare(PrepareConfig(**settings, output_dir=str(tmp_path / "remapped"),
+                                     columns={"rationale": "why"}, constants={"data_source": "fixed"}))  # fmt: skip
+    assert {name: entry["rows"] for name, entry in remapped["ignored_fields"].items()} == {
+        "data_source": 11, "rationale": 8, "source_url": 2, "option": 1,
+    }  # fmt: skip
+
+
 def hub_cache_with(model_dir: Path, cache: Path, repo_id: str) -> None:
     """The Hugging Face cache layout holding `model_dir` as the main revision of `repo_id`."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"

@@ -4,9 +4,10 @@
         model_family=qwen2_5_vl [val_ratio=0.02 seed=0 model_path=<HF dir> layout=chartqa ...]
 
 Writes train.parquet, val.parquet, rejects.jsonl (one line per rejected row: id, row number, reason,
-detail) and summary.json (counts per task and split, rejects by reason). Every input row is either
-written or rejected. Outputs appear under their final names only once complete. Rows with a
-`rationale` also go, as chat turns ending in the supervised target
+detail) and summary.json (counts per task and split, rejects by reason, source fields the mapping does
+not read with a "did you mean" for likely typos). Every input row is either written or rejected.
+Outputs appear under their final names only once complete. Rows with a `rationale` also go, as chat
+turns ending in the supervised target
 `<think>{rationale}</think><answer>{answer}</answer>`, to sft_train.parquet / sft_val.parquet.
 
 A split that training reads is never written empty: the conversion stops instead. `val_ratio=0`
@@ -17,6 +18,7 @@ whenever rows were rejected.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -288,6 +290,12 @@ class RowConverter:
         )
         self.store = ImageStore(config.image_root)
         self.seen_ids: set[str] = set()
+        # Source fields the mapping reads (a field given by a constant is not read); rows' other fields
+        # are counted in `ignored_fields`, for the summary.
+        self.read_fields = {
+            path.split(".")[0] for name, path in self.mapping.columns.items() if name not in self.mapping.constants
+        }
+        self.ignored_fields: Counter = Counter()
 
     def source_value(self, raw: Any, name: str) -> Any:
         """A canonical field read from a source row through the mapping, without validation."""
@@ -308,6 +316,8 @@ class RowConverter:
     def record(self, number: int, raw: Any) -> CanonicalRecord:
         if isinstance(raw, RecordError):
             raise raw
+        if isinstance(raw, dict):
+            self.ignored_fields.update(name for name in raw if name not in self.read_fields)
         record = parse_record(apply_mapping(raw, self.mapping, fallback_id=f"row-{number}"))
         if record.id in self.seen_ids:
             raise RecordError(DUPLICATE_ID, f"id {record.id!r} appeared earlier in the input")
@@ -565,6 +575,18 @@ def prepare(config: PrepareConfig) -> dict:
     return summary
 
 
+def ignored_fields_summary(ignored: Counter, read_fields: set[str]) -> dict[str, dict]:
+    """Each source field the mapping does not read, with the rows holding it and, when its name is close
+    to one the mapping reads (a typo such as "option"), that name."""
+    summary = {}
+    for name, rows in sorted(ignored.items(), key=lambda item: (-item[1], item[0])):
+        summary[name] = {"rows": rows}
+        close = difflib.get_close_matches(name, sorted(read_fields), n=1)
+        if close:
+            summary[name]["hint"] = f"did you mean {close[0]!r}?"
+    return summary
+
+
 def build_summary(config, converter, rows_in, written: Counter, rejected: Counter, seconds: float) -> dict:
     rows_written = sum(written.values())
     by_reason: Counter = Counter()
@@ -594,6 +616,7 @@ def build_summary(config, converter, rows_in, written: Counter, rejected: Counte
         "max_pixels": converter.max_pixels,
         "max_prompt_length": config.max_prompt_length,
         "prompt_lengths_counted": converter.prompt_counter is not None,
+        "ignored_fields": ignored_fields_summary(converter.ignored_fields, converter.read_fields),
         "seconds": round(seconds, 3),
     }
 
