@@ -1,6 +1,7 @@
 import io
 import os
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -467,3 +468,40 @@ def test_hub_id_model_path_is_read_from_the_hf_cache_offline(tmp_path, tiny_mode
     assert missing.returncode != 0
     assert "'example-org/absent-vl' is not a directory and not in the Hugging Face cache" in missing.stderr
     assert "HF_HUB_OFFLINE" in missing.stderr
+
+
+def test_rows_without_ids_get_content_ids_unique_across_sources_and_independent_of_row_order(tmp_path):
+    from mixed_r1_verl.eval.records import load_records
+
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    for name, colour in (("a.png", (200, 0, 0)), ("b.png", (0, 0, 200))):
+        Image.new("RGB", (120, 80), colour).save(image_root / name)
+    charts = [{"imgname": ["a.png", "b.png"][i % 2], "query": f"Value of bar {i}?", "label": str(i)} for i in range(40)]
+    refs = [{"file_name": "a.png", "sent": "the left half", "bbox": [0, 0, 60, 80]},
+            {"file_name": "b.png", "sent": "the left half", "bbox": [0, 0, 60, 80]}]  # fmt: skip
+
+    def convert(rows: list[dict], layout: str, out: str, **settings) -> dict[str, str]:
+        source = tmp_path / f"{out}.jsonl"
+        source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        prepare(PrepareConfig(input=str(source), image_root=str(image_root), output_dir=str(tmp_path / out),
+                              layout=layout, progress=False, **settings))  # fmt: skip
+        written = [row for split in ("train", "val") if (tmp_path / out / f"{split}.parquet").exists()
+                   for row in read_rows(tmp_path / out / f"{split}.parquet")]  # fmt: skip
+        return {row["extra_info"]["id"]: row["extra_info"]["split"] for row in written}
+
+    chart_splits = convert(charts, "chartqa", "chartqa", val_ratio=0.3)
+    assert len(chart_splits) == 40 and all(re.fullmatch(r"chartqa-auto-[0-9a-f]{16}", i) for i in chart_splits)
+    assert 0 < list(chart_splits.values()).count("val") < 40
+    assert convert(charts[::-1], "chartqa", "reversed", val_ratio=0.3) == chart_splits
+    ref_ids = convert(refs, "refcoco", "refcoco", val_ratio=0)
+    assert len(ref_ids) == 2 and all(i.startswith("refcoco-auto-") for i in ref_ids)
+    parquets = [tmp_path / "chartqa" / "train.parquet", tmp_path / "chartqa" / "val.parquet",
+                tmp_path / "refcoco" / "train.parquet"]  # fmt: skip
+    assert {record.id for record in load_records(parquets)} == set(chart_splits) | set(ref_ids)
+
+    repeated = [*refs, {**refs[0], "bbox": [0.0, 0.0, 60.0, 80.0]}]
+    assert convert(repeated, "refcoco", "repeated", val_ratio=0) == ref_ids
+    reject = json.loads((tmp_path / "repeated" / "rejects.jsonl").read_text())
+    assert (reject["id"], reject["row"], reject["reason"]) == ("row-3", 3, records.DUPLICATE_ID)
+    assert reject["detail"].startswith("same content as row 1 (") and next(iter(ref_ids)) in reject["detail"]

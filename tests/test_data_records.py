@@ -1,5 +1,6 @@
 import json
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -9,6 +10,7 @@ from mixed_r1_verl.data.records import (
     RecordError,
     apply_mapping,
     build_mapping,
+    generated_id,
     iter_source_rows,
     normalise_problem,
     parse_box,
@@ -84,7 +86,7 @@ def test_json_nan_answers_are_rejected_not_written_as_text(task):
         '{"id": "n", "task": "%s", "data_source": "s", "images": ["a.png"], "problem": "Q", "answer": NaN}' % task
     )
     with pytest.raises(RecordError) as caught:
-        parse_record(apply_mapping(row, ColumnMapping(), fallback_id="row-1"))
+        parse_record(apply_mapping(row, ColumnMapping()))
     assert caught.value.reason == records.NON_FINITE_ANSWER
 
 
@@ -136,25 +138,42 @@ def test_llava_layout():
         "conversations": [{"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "A cat."}],
     }
     mapping = build_mapping("llava", constants={"task": "open_ended"})
-    record = parse_record(apply_mapping(row, mapping, fallback_id="row-1"))
+    record = parse_record(apply_mapping(row, mapping))
     assert (record.id, record.task, record.images, record.answer) == ("12", "open_ended", ("coco/1.jpg",), "A cat.")
     assert record.data_source == "llava"
 
 
-def test_chartqa_layout_with_list_label_and_fallback_id():
+def test_chartqa_layout_with_list_label_and_no_id():
     row = {"imgname": "png/1.png", "query": "What is the peak?", "label": ["42"]}
-    record = parse_record(apply_mapping(row, build_mapping("chartqa"), fallback_id="row-3"))
+    record = parse_record(apply_mapping(row, build_mapping("chartqa")))
     assert (record.id, record.task, record.answer, record.problem) == (
-        "row-3",
+        None,
         "chart",
         "42",
         "<image>What is the peak?",
     )
 
 
+def test_generated_ids_follow_the_content_and_name_the_source():
+    record = parse_record({**GOOD, "id": None})
+    digests = ["ab" * 32]
+    generated = generated_id(record, digests)
+    assert re.fullmatch(r"src-auto-[0-9a-f]{16}", generated)
+    assert generated_id(parse_record({**GOOD, "id": None, "answer": "blue"}), digests) == generated
+    assert generated_id(replace(record, data_source="other"), digests).startswith("other-auto-")
+    changed = [
+        generated_id(record, ["cd" * 32]),
+        *(generated_id(parse_record({**GOOD, "id": None, **change}), digests) for change in (
+            {"answer": "A"}, {"problem": "<image>What colour is it?"}, {"options": ["red", "blue", "green"]},
+            {"task": "open_ended", "options": None, "answer": "B"},
+        )),
+    ]  # fmt: skip
+    assert len({generated, *changed}) == 1 + len(changed)
+
+
 def test_refcoco_layout_converts_xywh_boxes():
     row = {"ref_id": 5, "file_name": "train/9.jpg", "sent": "the left dog", "bbox": [10.0, 20.0, 30.5, 40.0]}
-    record = parse_record(apply_mapping(row, build_mapping("refcoco"), fallback_id="row-1"))
+    record = parse_record(apply_mapping(row, build_mapping("refcoco")))
     assert record.answer == "[10, 20, 40.5, 60]"
     assert record.problem == "<image>Locate the object described as: the left dog"
 
@@ -166,12 +185,12 @@ def test_refcoco_layout_converts_xywh_boxes():
 )  # fmt: skip
 def test_numeric_answers_are_written_exactly(number, text):
     row = {**GOOD, "task": "chart", "options": None, "answer": number}
-    assert parse_record(apply_mapping(row, ColumnMapping(), fallback_id="row-1")).answer == text
+    assert parse_record(apply_mapping(row, ColumnMapping())).answer == text
 
 
 def test_box_coordinates_are_written_exactly_and_must_be_finite():
     row = {**GOOD, "task": "grounding", "options": None, "answer": [0.000012345, 2.0, 1234567.25, 40]}
-    assert apply_mapping(row, ColumnMapping(), "x")["answer"] == "[1.2345e-05, 2, 1234567.25, 40]"
+    assert apply_mapping(row, ColumnMapping())["answer"] == "[1.2345e-05, 2, 1234567.25, 40]"
     assert parse_box("[1.2345e-05, 2, 1e1, 40]") == (1.2345e-05, 2.0, 10.0, 40.0)
     with pytest.raises(RecordError, match="not a finite number"):
         parse_box("[1, 1, 1e999, 5]")
@@ -180,7 +199,7 @@ def test_box_coordinates_are_written_exactly_and_must_be_finite():
 def test_column_overrides_and_unknown_fields():
     mapping = build_mapping("canonical", columns={"problem": "question"})
     raw = {**GOOD, "question": "<image>Which?"}
-    assert parse_record(apply_mapping(raw, mapping, "x")).problem == "<image>Which?"
+    assert parse_record(apply_mapping(raw, mapping)).problem == "<image>Which?"
     with pytest.raises(ValueError, match="unknown canonical fields"):
         ColumnMapping(columns={"caption": "text"})
     with pytest.raises(ValueError, match="unknown layout"):

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ from mixed_r1_verl.data.records import (
     RecordError,
     apply_mapping,
     build_mapping,
+    generated_id,
     iter_source_rows,
     lookup,
     parse_box,
@@ -99,8 +100,9 @@ class PrepareConfig:
     # height (LLaVA, Shikra), scaled to its pixels. With pixels, a box within 0-1 on a larger image is rejected.
     box_units: str | None = None
     problem_template: str | None = None
-    # Fraction of rows for val.parquet, chosen by a seeded hash of the row id (stable under reordering),
-    # among rows without a `split` field. 0 with no row pinned to val: no val.parquet at all.
+    # Fraction of rows for val.parquet, chosen by a seeded hash of the row id (stable under reordering; a
+    # generated id comes from the row's content), among rows without a `split` field. 0 with no row pinned
+    # to val: no val.parquet at all.
     val_ratio: float = 0.02
     seed: int = 0
     prompt_template: str = DEFAULT_TEMPLATE
@@ -261,6 +263,15 @@ def refuse_image_tokens_in_prompt_settings(config: PrepareConfig) -> None:
                 raise ValueError(f"{name} holds {token!r}: only each row's problem places images")
 
 
+def duplicate_id_detail(record_id: str, first_row: int, given_id: bool) -> str:
+    if given_id:
+        return f"id {record_id!r} appeared earlier in the input, at row {first_row}"
+    return (
+        f"same content as row {first_row} (task, images, problem, options and answer): "
+        f"both get the generated id {record_id!r}"
+    )
+
+
 class RowConverter:
     """Turns one source row into a verl row (or raises RecordError): the converter's checks, shared
     with the data engine's validation stage."""
@@ -289,7 +300,7 @@ class RowConverter:
             PromptTokenCounter(model_dir) if model_dir is not None and config.model_family in COUNTED_FAMILIES else None
         )
         self.store = ImageStore(config.image_root)
-        self.seen_ids: set[str] = set()
+        self.row_by_id: dict[str, int] = {}
         # Source fields the mapping reads (a field given by a constant is not read); rows' other fields
         # are counted in `ignored_fields`, for the summary.
         self.read_fields = {
@@ -309,7 +320,8 @@ class RowConverter:
         return task if task in TASKS else "unknown"
 
     def source_id(self, number: int, raw: Any) -> str:
-        """The id a rejected row is reported under: its mapped id, else its row number."""
+        """The id a rejected row is reported under: its mapped id, else its row number (`row-N`: a rejected
+        row may lack the content its id would be derived from)."""
         record_id = self.source_value(raw, "id")
         return str(record_id) if record_id is not None else f"row-{number}"
 
@@ -318,11 +330,19 @@ class RowConverter:
             raise raw
         if isinstance(raw, dict):
             self.ignored_fields.update(name for name in raw if name not in self.read_fields)
-        record = parse_record(apply_mapping(raw, self.mapping, fallback_id=f"row-{number}"))
-        if record.id in self.seen_ids:
-            raise RecordError(DUPLICATE_ID, f"id {record.id!r} appeared earlier in the input")
-        self.seen_ids.add(record.id)
+        record = parse_record(apply_mapping(raw, self.mapping))
+        given_id = record.id is not None
+        if not given_id:
+            record = replace(record, id=self.content_id(record))
+        first = self.row_by_id.setdefault(record.id, number)
+        if first != number:
+            raise RecordError(DUPLICATE_ID, duplicate_id_detail(record.id, first, given_id))
         return record
+
+    def content_id(self, record: CanonicalRecord) -> str:
+        """The id derived from the row's content, for a row whose source gives none."""
+        digests = [hashlib.sha256(self.store.load(path).data).hexdigest() for path in record.images]
+        return generated_id(record, digests)
 
     def convert(self, record: CanonicalRecord) -> dict:
         """The verl row for a validated record, without split or index (see `assign`)."""

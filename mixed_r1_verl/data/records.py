@@ -2,9 +2,11 @@
 
 Canonical record (one JSON object per line):
 
-    {"id": str, "task": "matching" | "chart" | "grounding" | "open_ended", "data_source": str,
+    {"id": str (optional), "task": "matching" | "chart" | "grounding" | "open_ended", "data_source": str,
      "images": [relative image paths], "problem": str, "answer": str, "options": [str] (optional),
      "split": "train" | "val" (optional), "rationale": str (optional)}
+
+A row without an `id` is given one derived from its content (`generated_id`).
 
 `problem` holds one `<image>` placeholder per image, or none (then they are prepended). A grounding
 `answer` is "[x1, y1, x2, y2]" in original image pixels (0-1 fractions with box_units=normalized). A
@@ -15,12 +17,13 @@ careful annotator would write before the answer, the `<think>` part of the super
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from mixed_r1_verl.rewards.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 from mixed_r1_verl.rewards.text import normalize_text
@@ -75,7 +78,7 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True)
 class CanonicalRecord:
-    id: str
+    id: str | None  # None when the source gives none, until the converter derives it (`generated_id`)
     task: str
     data_source: str
     images: tuple[str, ...]
@@ -226,6 +229,17 @@ def _require_str(raw: dict, key: str) -> str:
     return value
 
 
+def _optional_id(raw: dict) -> str | None:
+    record_id = raw.get("id")
+    if record_id is None:
+        return None
+    if not isinstance(record_id, str):
+        raise RecordError(BAD_RECORD, f"field 'id' must be a string, got {type(record_id).__name__}")
+    if not record_id.strip():
+        raise RecordError(BAD_RECORD, "field 'id' is empty")
+    return record_id
+
+
 def _optional_split(raw: dict) -> str | None:
     split = raw.get("split")
     if split is not None and split not in SPLITS:
@@ -247,9 +261,7 @@ def parse_record(raw: dict) -> CanonicalRecord:
     if not isinstance(raw, dict):
         raise RecordError(BAD_RECORD, f"expected a JSON object, got {type(raw).__name__}")
     check_strings_are_unicode(raw)
-    record_id = _require_str(raw, "id")
-    if not record_id.strip():
-        raise RecordError(BAD_RECORD, "field 'id' is empty")
+    record_id = _optional_id(raw)
     task = raw.get("task")
     if task not in TASKS:
         raise RecordError(UNKNOWN_TASK, f"task {task!r} is not one of {', '.join(TASKS)}")
@@ -294,6 +306,19 @@ def parse_record(raw: dict) -> CanonicalRecord:
         split=_optional_split(raw),
         rationale=rationale,
     )
+
+
+# The mark between the data_source and the content digest of a generated id.
+GENERATED_ID_MARK = "-auto-"
+
+
+def generated_id(record: CanonicalRecord, image_digests: Sequence[str]) -> str:
+    """The id of a row whose source gives none: `<data_source>-auto-<16 hex digits>`, a digest of the
+    task, the images' bytes (their SHA-256 digests), problem, options and answer. It is the same in every
+    run and at any row position (so is the split hashed from it); rows with the same content share it."""
+    content = [record.task, list(image_digests), record.problem, list(record.options or ()), record.answer]
+    digest = hashlib.blake2b(json.dumps(content).encode(), digest_size=8).hexdigest()
+    return f"{record.data_source}{GENERATED_ID_MARK}{digest}"
 
 
 @dataclass(frozen=True)
@@ -389,13 +414,15 @@ def _single_answer(value: Any) -> Any:
     return exact_number(value)
 
 
-def apply_mapping(row: dict, mapping: ColumnMapping, fallback_id: str) -> dict:
-    """The canonical dict for a source row (still to be checked by `parse_record`)."""
+def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
+    """The canonical dict for a source row (still to be checked by `parse_record`); `id` stays None when
+    the source has none."""
     if not isinstance(row, dict):
         raise RecordError(BAD_RECORD, f"expected a JSON object, got {type(row).__name__}")
     record = {name: lookup(row, path) for name, path in mapping.columns.items()}
     record.update(mapping.constants)
-    record["id"] = str(record["id"]) if record.get("id") is not None else fallback_id
+    if record.get("id") is not None:
+        record["id"] = str(record["id"])
     if isinstance(record.get("images"), str):
         record["images"] = [record["images"]]
     if isinstance(record.get("problem"), str):
