@@ -404,6 +404,26 @@ def test_normalized_boxes_are_rejected_as_pixels_and_scaled_with_box_units(tmp_p
         truths("typo", box_units="percent")
 
 
+@pytest.mark.parametrize("box_units,bbox", [("pixels", [30, 40, 150, 120]), ("normalized", [0.1, 0.2, 0.5, 0.6])])
+def test_xywh_boxes_as_strings_and_lists_give_the_same_ground_truth(tmp_path, box_units, bbox):
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    Image.new("RGB", (300, 200)).save(image_root / "a.png")
+    rows = [{"ref_id": "list", "file_name": "a.png", "sent": "the cat", "bbox": bbox},
+            {"ref_id": "string", "file_name": "a.png", "sent": "the cat", "bbox": json.dumps(bbox)}]  # fmt: skip
+    jsonl = tmp_path / "refs.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "out"),
+                          layout="refcoco", box_units=box_units, val_ratio=0, progress=False))  # fmt: skip
+    written = read_rows(tmp_path / "out" / "train.parquet")
+    truths = {row["extra_info"]["id"]: json.loads(row["reward_model"]["ground_truth"]) for row in written}
+    x1, y1, x2, y2 = truths["list"]
+    width, height = written[0]["extra_info"]["frame_size"]
+    assert truths["string"] == truths["list"]
+    assert (x1, y1, x2, y2) == (round(30 * width / 300), round(40 * height / 200),
+                                round(180 * width / 300), round(160 * height / 200))  # fmt: skip
+
+
 def test_fields_the_mapping_does_not_read_are_listed_in_the_summary(tmp_path):
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5, val_rows_per_task=0)
     chart = {"task": "chart", "data_source": "d", "images": ["chart/000000.png"], "problem": "Q?", "answer": "3"}

@@ -179,6 +179,22 @@ def test_refcoco_layout_converts_xywh_boxes():
 
 
 @pytest.mark.parametrize(
+    "bbox", [[10, 20, 30.5, 40], "[10, 20, 30.5, 40]", " [10,20, 3.05e1, 40.0] ", ["[10, 20, 30.5, 40]"]]
+)
+def test_xywh_boxes_given_as_strings_convert_as_lists_do(bbox):
+    row = {"ref_id": 5, "file_name": "train/9.jpg", "sent": "the left dog", "bbox": bbox}
+    assert parse_record(apply_mapping(row, build_mapping("refcoco"))).answer == "[10, 20, 40.5, 60]"
+
+
+@pytest.mark.parametrize("bbox", [["10", "20", "30", "40"], "[10, 20, 30]", [10, 20, True, 40]])
+def test_boxes_that_are_not_four_numbers_are_rejected_not_joined(bbox):
+    row = {"ref_id": 5, "file_name": "train/9.jpg", "sent": "the left dog", "bbox": bbox}
+    with pytest.raises(RecordError) as caught:
+        apply_mapping(row, build_mapping("refcoco"))
+    assert caught.value.reason == records.BAD_BOX
+
+
+@pytest.mark.parametrize(
     "number,text",
     [(1234567.0, "1234567"), (1.2345678e-05, "1.2345678e-05"), (0.1 + 0.2, "0.30000000000000004"), (45, "45"),
      (-3.0, "-3"), (1e300, "1e+300"), ([12.5], "12.5"), (10**20, "100000000000000000000")],

@@ -89,8 +89,8 @@ class CanonicalRecord:
     rationale: str | None = None
 
 
-def parse_box(value: Any) -> tuple[float, float, float, float]:
-    """[x1, y1, x2, y2] from a "[x1, y1, x2, y2]" string or a 4-number list; x2 > x1 and y2 > y1."""
+def box_numbers(value: Any) -> tuple[float, float, float, float]:
+    """The four finite numbers of a "[a, b, c, d]" string or a 4-number list, in either box format."""
     if isinstance(value, str):
         match = _BOX_PATTERN.match(value.strip())
         if not match:
@@ -102,6 +102,12 @@ def parse_box(value: Any) -> tuple[float, float, float, float]:
         raise RecordError(BAD_BOX, f"expected 4 numbers, got {value!r}")
     if not all(math.isfinite(v) for v in box):
         raise RecordError(BAD_BOX, f"box {value!r} has a coordinate that is not a finite number")
+    return box
+
+
+def parse_box(value: Any) -> tuple[float, float, float, float]:
+    """[x1, y1, x2, y2] from a "[x1, y1, x2, y2]" string or a 4-number list; x2 > x1 and y2 > y1."""
+    box = box_numbers(value)
     x1, y1, x2, y2 = box
     if x2 <= x1 or y2 <= y1:
         raise RecordError(DEGENERATE_BOX, f"box {list(box)} has no area")
@@ -326,8 +332,9 @@ class ColumnMapping:
     """How to read a source row into a canonical one.
 
     `columns` maps a canonical field to a dotted path in the source row ("conversations.0.value");
-    `constants` gives fields a fixed value (e.g. task=chart); `box_format` is "xyxy" or "xywh" (COCO);
-    `box_units` is "pixels" or "normalized" (0-1, scaled to the image's pixels when it is opened);
+    `constants` gives fields a fixed value (e.g. task=chart); `box_format` is "xyxy" or "xywh" (COCO),
+    for a box given as a 4-number list or a "[a, b, c, d]" string alike; `box_units` is "pixels" or
+    "normalized" (0-1, scaled to the image's pixels when it is opened);
     `problem_template` wraps the mapped problem ("{problem}").
     """
 
@@ -414,6 +421,18 @@ def _single_answer(value: Any) -> Any:
     return exact_number(value)
 
 
+def source_box(value: Any, box_format: str) -> Any:
+    """A grounding answer, given as a string or a list in `box_format`, as "[x1, y1, x2, y2]" with exact
+    numbers; an empty answer is left for `parse_record` to reject."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return value
+    x, y, a, b = box_numbers(value)
+    box = (x, y, x + a, y + b) if box_format == "xywh" else (x, y, a, b)
+    return "[" + ", ".join(exact_number(v) for v in box) + "]"
+
+
 def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
     """The canonical dict for a source row (still to be checked by `parse_record`); `id` stays None when
     the source has none."""
@@ -428,10 +447,8 @@ def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
     if isinstance(record.get("problem"), str):
         record["problem"] = mapping.problem_template.format(problem=record["problem"])
     answer = record.get("answer")
-    if record.get("task") == "grounding" and isinstance(answer, (list, tuple)) and len(answer) == 4:
-        x1, y1, a, b = answer
-        box = [x1, y1, x1 + a, y1 + b] if mapping.box_format == "xywh" else [x1, y1, a, b]
-        record["answer"] = "[" + ", ".join(exact_number(v) if _is_number(v) else str(v) for v in box) + "]"
+    if record.get("task") == "grounding":
+        record["answer"] = source_box(answer, mapping.box_format)
     else:
         record["answer"] = _single_answer(answer)
     return record
