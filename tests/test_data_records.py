@@ -243,3 +243,14 @@ def test_iter_source_rows_reads_jsonl_json_and_parquet(tmp_path):
     as_parquet = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist([GOOD] * 3), as_parquet)
     assert [row["id"] for _, row in iter_source_rows(as_parquet)] == ["r1"] * 3
+
+
+def test_a_utf8_byte_order_mark_at_the_start_of_a_text_input_is_skipped(tmp_path):
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n" + json.dumps(GOOD).encode() + b"\n")
+    assert list(iter_source_rows(jsonl)) == [(1, GOOD), (2, GOOD)]
+    jsonl.write_bytes(b"\xef\xbb\xbf\n" + json.dumps(GOOD).encode() + b"\n")
+    assert list(iter_source_rows(jsonl)) == [(2, GOOD)]
+    as_json = tmp_path / "rows.json"
+    as_json.write_bytes(b"\xef\xbb\xbf" + json.dumps([GOOD]).encode())
+    assert list(iter_source_rows(as_json)) == [(1, GOOD)]

@@ -17,6 +17,7 @@ careful annotator would write before the answer, the `<think>` part of the super
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -456,7 +457,8 @@ def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
 
 def iter_source_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     """(row number, parsed row) for each row of a JSONL, JSON (a list) or parquet file, streamed
-    where the format allows; a JSONL line that is not UTF-8 JSON yields a RecordError instead."""
+    where the format allows; a JSONL line that is not UTF-8 JSON yields a RecordError instead. A UTF-8
+    byte order mark at the start of a text file (as some Windows editors write) is skipped."""
     path = Path(path)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -468,7 +470,7 @@ def iter_source_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
                 yield number, row
     elif path.suffix == ".json":
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))
         except ValueError as error:  # invalid UTF-8 or JSON: the file as a whole cannot be read
             raise ValueError(f"{path}: not a UTF-8 JSON file: {error}") from None
         if not isinstance(rows, list):
@@ -477,6 +479,8 @@ def iter_source_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     else:
         with open(path, "rb") as lines:
             for number, line in enumerate(lines, start=1):
+                if number == 1:
+                    line = line.removeprefix(codecs.BOM_UTF8)
                 if line.strip():
                     yield number, _jsonl_row(number, line)
 
