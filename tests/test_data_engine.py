@@ -7,7 +7,7 @@ from PIL import Image
 
 from data_helpers import read_jsonl, run_module
 
-from mixed_r1_verl.data.engine import Engine, EngineConfig
+from mixed_r1_verl.data.engine import Engine, EngineConfig, main
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 from mixed_r1_verl.settings import parse_settings
@@ -164,6 +164,34 @@ def test_dedup_keeps_other_items_on_one_image_and_names_the_kept_row(tmp_path):
         "image(s) within hash distance 4 of kept row 'chart', with the same task, question and options; "
         "its answer '13' differs from the kept row's '12'"
     )
+
+
+def test_an_empty_selection_stops_before_converting_and_keeps_the_report(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=3)
+    out = tmp_path / "out"
+    settings = [f"input={jsonl}", f"image_root={image_root}", f"output_dir={out}", "progress=false", "convert=true"]
+    targets = "balance.targets={matching: 0, chart: 0, grounding: 0, open_ended: 0}"
+    with pytest.raises(SystemExit) as stopped:
+        main([*settings, "difficulty.enabled=false", targets])
+    message = str(stopped.value.code)
+    assert message.startswith(
+        "no row was selected, so nothing is converted: of 8 rows read, balance dropped 8 over_target."
+    )
+    assert str(out / "report.json") in message and str(out / "dropped.jsonl") in message
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"][-1]["dropped_by_reason"] == {"over_target": 8} and "conversion" not in report
+    assert (out / "rows_per_stage.png").is_file() and (out / "pass_rate_hist.png").is_file()
+    assert not (out / "parquet").exists()
+
+
+def test_a_failed_conversion_keeps_the_report(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=3, val_rows_per_task=0)
+    out = tmp_path / "out"
+    config = engine_config(jsonl, image_root, out, "difficulty.enabled=false", "convert=true", "val_ratio=1")
+    with pytest.raises(ValueError, match="train.parquet would be empty"):
+        Engine(config).run()
+    report = json.loads((out / "report.json").read_text())
+    assert sum(report["selected"].values()) == 8 and "conversion" not in report
 
 
 def correct(answer: str) -> str:

@@ -16,7 +16,8 @@
 6. report     report.json, rows_per_stage.png, pass_rate_hist.png
 
 Writes selected.jsonl (canonical records, ready for `mixed_r1_verl.data.prepare`, which runs on it
-when convert=true), dropped.jsonl (id, stage, reason) and the report.
+when convert=true), dropped.jsonl (id, stage, reason) and the report, before any conversion. An
+empty selection is not converted: the run stops with the drops of each stage by reason.
 """
 
 from __future__ import annotations
@@ -377,10 +378,16 @@ class Engine:
             for row in rows:
                 out.write(json.dumps(canonical_dict(row.record)) + "\n")
         report = self.report(rows)
+        self.write_report(report)  # before converting, so a failed conversion keeps the report that explains it
         if self.config.convert:
+            if not rows:
+                raise EmptySelectionError(empty_selection_message(self.stages, self.output_dir))
             report["conversion"] = prepare(self.prepare_config(str(selected_path), str(self.output_dir / "parquet")))
-        (self.output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            self.write_report(report)
         return report
+
+    def write_report(self, report: dict) -> None:
+        (self.output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
     def report(self, rows: list[EngineRow]) -> dict:
         from mixed_r1_verl.data.engine_plots import plot_pass_rates, plot_rows_per_stage
@@ -394,6 +401,25 @@ class Engine:
             "sampled_rewards": {task: summarise(samples) for task, samples in self.sampled_rewards.items()},
             "config": OmegaConf.to_container(OmegaConf.structured(self.config)),
         }
+
+
+class EmptySelectionError(ValueError):
+    """No row survived the stages, so there is nothing to convert."""
+
+
+def empty_selection_message(stages: list[StageResult], output_dir: Path) -> str:
+    """Why nothing was selected: the rows read and the drops of each stage by reason."""
+    rows_in = sum(stages[0].rows_in.values())
+    drops = "; ".join(
+        f"{stage.name} dropped " + ", ".join(f"{count} {reason}" for reason, count in stage.dropped_by_reason.items())
+        for stage in stages
+        if stage.dropped_by_reason
+    )
+    return (
+        f"no row was selected, so nothing is converted: of {rows_in} rows read, {drops or 'none was dropped'}. "
+        f"Each stage's counts are in {output_dir / 'report.json'}, each dropped row's reason in "
+        f"{output_dir / 'dropped.jsonl'}"
+    )
 
 
 def normalised_question(problem: str) -> str:
@@ -481,7 +507,11 @@ def summarise(samples: list[SampledRewards]) -> dict:
 
 
 def print_outcome(config: EngineConfig) -> None:
-    report = Engine(config).run()
+    """Run the engine and print its report; a bad input or setting stops with its message, without a traceback."""
+    try:
+        report = Engine(config).run()
+    except (ValueError, OSError) as error:
+        raise SystemExit(str(error)) from None
     print(json.dumps({key: report[key] for key in ("stages", "selected", "sampled_rewards")}, indent=2))
 
 
