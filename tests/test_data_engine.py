@@ -257,8 +257,7 @@ def test_difficulty_samples_scores_caches_and_filters(tmp_path):
             assert reasons[record_id] == ("difficulty", "too_hard")
 
 
-def test_vllm_backend_without_vllm_fails_clearly(tmp_path, tiny_model_dir):
-    pytest.importorskip("torch")
+def test_vllm_backend_without_vllm_fails_before_the_first_stage(tmp_path, tiny_model_dir):
     try:
         import vllm  # noqa: F401
 
@@ -266,9 +265,39 @@ def test_vllm_backend_without_vllm_fails_clearly(tmp_path, tiny_model_dir):
     except ImportError:
         pass
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=2)
-    config = engine_config(jsonl, image_root, tmp_path / "out", "difficulty.backend=vllm", f"difficulty.model_path={tiny_model_dir}")
-    with pytest.raises(ImportError, match="the vllm backend needs vLLM"):
-        Engine(config).run()
+    out = tmp_path / "out"
+    config = engine_config(jsonl, image_root, out, "difficulty.backend=vllm", f"difficulty.model_path={tiny_model_dir}")
+    with pytest.raises(ValueError, match="difficulty.backend=vllm needs vLLM"):
+        Engine(config)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "settings, error, message",
+    [
+        ([], ValueError, "difficulty.model_path is required when difficulty.enabled=true"),
+        (["difficulty.model_path=/no/such/model"], FileNotFoundError, "difficulty.model_path: model_path '/no/such"),
+        (["difficulty.model_path={model}", "difficulty.backend=hf"], ValueError, "difficulty.backend=hf: expected"),
+        (["difficulty.model_path={model}", "difficulty.temperature=0"], ValueError, "difficulty.k=8, difficulty.temp"),
+        (["difficulty.model_path={model}", "difficulty.chunk_size=0"], ValueError, "difficulty.chunk_size=0"),
+        (["difficulty.model_path={model}", "difficulty.min_pass_rate=0.8", "difficulty.max_pass_rate=0.2"],
+         ValueError, "expected 0 <= min_pass_rate <= max_pass_rate <= 1"),
+        (["difficulty.model_path={model}", "difficulty.correct_threshold.grouding=0.3"],
+         ValueError, r"correct_threshold names unknown tasks \['grouding'\]"),
+        (["difficulty.model_path={model}", "difficulty.embedding_model=./no/such/embedder"],
+         FileNotFoundError, "difficulty.embedding_model=./no/such/embedder: no such directory"),
+        (["difficulty.enabled=false", "balance.targets={charts: 3}"], ValueError, r"unknown tasks \['charts'\]"),
+        (["difficulty.enabled=false", "balance.targets={chart: -1}"], ValueError, "balance.targets.chart=-1"),
+        (["difficulty.enabled=false", "image_root=/no/such/images"], FileNotFoundError, "image_root=/no/such/images"),
+    ],
+)  # fmt: skip
+def test_settings_are_checked_before_the_first_stage(tmp_path, tiny_model_dir, settings, error, message):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=2)
+    out = tmp_path / "out"
+    config = engine_config(jsonl, image_root, out, *[s.replace("{model}", str(tiny_model_dir)) for s in settings])
+    with pytest.raises(error, match=message):
+        Engine(config)
+    assert not out.exists()  # no stage ran: no dropped.jsonl
 
 
 def test_cli_help():

@@ -71,7 +71,7 @@ def engine_on(converted, output_dir, *settings):
 
 
 def test_engine_hands_the_generator_the_training_frame(converted, tiny_model_dir, tmp_path):
-    engine = engine_on(converted, tmp_path, f"max_pixels={CONVERTER_MAX_PIXELS}")
+    engine = engine_on(converted, tmp_path, f"max_pixels={CONVERTER_MAX_PIXELS}", "difficulty.enabled=false")
     rows = engine.validate()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     for row in rows:

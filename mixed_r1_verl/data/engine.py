@@ -17,12 +17,14 @@
 
 Writes selected.jsonl (canonical records, ready for `mixed_r1_verl.data.prepare`, which runs on it
 when convert=true), dropped.jsonl (id, stage, reason) and the report, before any conversion. An
-empty selection is not converted: the run stops with the drops of each stage by reason.
+empty selection is not converted: the run stops with the drops of each stage by reason. Settings
+(paths, the difficulty model, backend and sampling, balance targets) are checked before the first stage.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import random
@@ -36,10 +38,17 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
+from mixed_r1_verl.data.model_files import resolve_model_dir
 from mixed_r1_verl.data.prepare import PrepareConfig, RowConverter, prepare
 from mixed_r1_verl.data.records import TASKS, CanonicalRecord, RecordError, iter_source_rows, option_index, parse_box
 from mixed_r1_verl.data.sampling import ResponseCache, request_key
-from mixed_r1_verl.eval.generation import ENGINE_SAMPLING, GenerationRequest, SamplingSettings, build_generator
+from mixed_r1_verl.eval.generation import (
+    BACKENDS,
+    ENGINE_SAMPLING,
+    GenerationRequest,
+    SamplingSettings,
+    build_generator,
+)
 from mixed_r1_verl.rewards import DEFAULT_CORRECT_THRESHOLDS, compute_score, values_differ
 from mixed_r1_verl.rewards.chart import single_number
 from mixed_r1_verl.rewards.text import normalize_text
@@ -144,12 +153,87 @@ def count_by_task(rows: list[EngineRow]) -> dict:
     return {task: counts.get(task, 0) for task in TASKS}
 
 
+def sampling_settings(config: EngineConfig) -> SamplingSettings:
+    difficulty = config.difficulty
+    try:
+        return SamplingSettings(
+            n=difficulty.k,
+            temperature=difficulty.temperature,
+            top_p=difficulty.top_p,
+            max_new_tokens=difficulty.max_new_tokens,
+            seed=config.seed,
+        )
+    except ValueError as error:
+        named = f"difficulty.k={difficulty.k}, difficulty.temperature={difficulty.temperature}"
+        raise ValueError(f"{named}: {error}") from None
+
+
+def check_input_paths(config: EngineConfig) -> None:
+    if not Path(config.input).is_file():
+        raise FileNotFoundError(f"input={config.input}: no such file")
+    if not Path(config.image_root).is_dir():
+        raise FileNotFoundError(f"image_root={config.image_root}: no such directory")
+
+
+def looks_like_local_path(model: str) -> bool:
+    """A name that can only be a path: a hub id never starts with these."""
+    return model.startswith(("/", "./", "../", "~"))
+
+
+def check_difficulty_settings(config: EngineConfig) -> None:
+    """The difficulty stage's settings, its model found (a directory, or a hub id in the cache or fetched)."""
+    difficulty = config.difficulty
+    if not difficulty.model_path:
+        raise ValueError("difficulty.model_path is required when difficulty.enabled=true")
+    if difficulty.backend not in BACKENDS:
+        raise ValueError(f"difficulty.backend={difficulty.backend}: expected one of {', '.join(BACKENDS)}")
+    if difficulty.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ValueError("difficulty.backend=vllm needs vLLM (pip install -e '.[gpu]'); use transformers without it")
+    sampling_settings(config)
+    if difficulty.chunk_size < 1:
+        raise ValueError(f"difficulty.chunk_size={difficulty.chunk_size}: expected at least 1 prompt per call")
+    if not 0 <= difficulty.min_pass_rate <= difficulty.max_pass_rate <= 1:
+        raise ValueError(
+            f"difficulty.min_pass_rate={difficulty.min_pass_rate}, max_pass_rate={difficulty.max_pass_rate}: "
+            "expected 0 <= min_pass_rate <= max_pass_rate <= 1"
+        )
+    unknown = sorted(set(difficulty.correct_threshold) - set(TASKS))
+    if unknown:
+        raise ValueError(f"difficulty.correct_threshold names unknown tasks {unknown}; tasks: {', '.join(TASKS)}")
+    try:
+        resolve_model_dir(difficulty.model_path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"difficulty.model_path: {error}") from None
+    embedding_model = difficulty.embedding_model
+    if embedding_model and looks_like_local_path(embedding_model) and not Path(embedding_model).expanduser().is_dir():
+        raise FileNotFoundError(f"difficulty.embedding_model={embedding_model}: no such directory")
+
+
+def check_balance_targets(targets: dict) -> None:
+    unknown = sorted(set(targets) - set(TASKS))
+    if unknown:
+        raise ValueError(f"balance.targets names unknown tasks {unknown}; tasks: {', '.join(TASKS)}")
+    for task, count in targets.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"balance.targets.{task}={count!r}: expected a number of rows (0 or more)")
+
+
+def check_settings(config: EngineConfig) -> None:
+    """Every setting that can be checked before the stages read the input: a mistake stops the run
+    before it reads every image, not after."""
+    check_input_paths(config)
+    if config.difficulty.enabled:
+        check_difficulty_settings(config)
+    check_balance_targets(dict(config.balance.targets))
+
+
 class Engine:
     def __init__(self, config: EngineConfig):
+        check_settings(config)
         self.config = config
+        self.converter = RowConverter(self.prepare_config(config.input, config.output_dir))
         self.output_dir = Path(config.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.converter = RowConverter(self.prepare_config(config.input, config.output_dir))
         self.stages: list[StageResult] = []
         self.pass_rates: dict[str, list[float]] = defaultdict(list)
         self.sampled_rewards: dict[str, list[SampledRewards]] = defaultdict(list)
@@ -249,15 +333,7 @@ class Engine:
                 StageResult("difficulty", count_by_task(rows), count_by_task(rows), {}, {"enabled": False})
             )
             return rows
-        if not settings_config.model_path:
-            raise ValueError("difficulty.model_path is required when difficulty.enabled=true")
-        settings = SamplingSettings(
-            n=settings_config.k,
-            temperature=settings_config.temperature,
-            top_p=settings_config.top_p,
-            max_new_tokens=settings_config.max_new_tokens,
-            seed=self.config.seed,
-        )
+        settings = sampling_settings(self.config)
         keys = [self.cache_key(row, settings) for row in rows]
         cache = ResponseCache(self.output_dir / "difficulty_cache.jsonl")
         pending = [(row, key) for row, key in zip(rows, keys) if key not in cache.entries]
@@ -342,10 +418,7 @@ class Engine:
 
     # 5. balance
     def balance(self, rows: list[EngineRow]) -> list[EngineRow]:
-        targets = {task: int(n) for task, n in self.config.balance.targets.items()}
-        unknown = set(targets) - set(TASKS)
-        if unknown:
-            raise ValueError(f"balance.targets names unknown tasks: {sorted(unknown)}")
+        targets = dict(self.config.balance.targets)  # checked before the first stage
         rng = random.Random(self.config.seed)
         chosen: set[int] = set()
         shortfall = {}
