@@ -9,7 +9,8 @@ RLHFDataset resizes images through qwen_vl_utils (which needs torchvision) and, 
 row fails for any reason, counts it as over-long and drops it. This class resizes with PIL to the
 exact size qwen_vl_utils and the Qwen2.5-VL processor produce (honouring per-image min/max pixels
 written by the converter), raises an error naming the row when one cannot be prepared, when its
-prompt's `<image>` placeholders do not match its images in number, when an image's pixel bounds cannot
+prompt's `<image>` placeholders do not match its images in number, when its reward_model.ground_truth
+is absent, null or blank (the reward could not score it), when an image's pixel bounds cannot
 bound a resize, when the model's processor would resize its images again (out of the frame its boxes
 are in) or when verl loaded no processor at all (the images would be left out of training), and logs
 every row the length filter removes, counted per task. The filter reads each row's prompt size from
@@ -191,6 +192,7 @@ class MixedR1Dataset(NamesRowsThatFail, RLHFDataset):
         columns = dataframe.with_format("arrow")
         images = columns[self.image_key] if self.image_key in dataframe.column_names else None
         refuse_placeholder_image_mismatch(columns[self.prompt_key], images, describe_row)
+        refuse_missing_ground_truth(columns, describe_row)
         if images is not None:
             refuse_images_without_processor(self.processor, self.tokenizer.name_or_path, images, describe_row)
             refuse_invalid_pixel_bounds(images, describe_row)
@@ -263,6 +265,32 @@ def refuse_placeholder_image_mismatch(prompts, images_column, describe_row) -> N
                 f"{describe_row(row)}: its prompt holds {placeholder_count} {IMAGE_PLACEHOLDER} placeholder(s) "
                 f"for {image_count} image(s)"
             )
+
+
+def missing_ground_truth_reason(ground_truth) -> str | None:
+    """Why a row's reward_model.ground_truth gives the reward nothing to score against, or None."""
+    if ground_truth is None:
+        return "is null"
+    if isinstance(ground_truth, str) and not ground_truth.strip():
+        return f"is blank ({ground_truth!r})"
+    if isinstance(ground_truth, (list, dict)) and not ground_truth:
+        return f"is empty ({ground_truth!r})"
+    return None
+
+
+def refuse_missing_ground_truth(columns, describe_row) -> None:
+    """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row of the arrow
+    `columns` (a table, or a dataset in arrow format) whose reward_model.ground_truth is absent, null or
+    blank: the reward would fail on it mid-training."""
+    if len(columns) == 0:
+        return
+    column = columns["reward_model"] if "reward_model" in columns.column_names else None
+    if column is None or not pa.types.is_struct(column.type) or column.type.get_field_index("ground_truth") < 0:
+        raise DatasetRowError(f"{describe_row(0)}: the data has no reward_model.ground_truth column")
+    for row, ground_truth in enumerate(pc.struct_field(column, "ground_truth").to_pylist()):
+        reason = missing_ground_truth_reason(ground_truth)
+        if reason:
+            raise DatasetRowError(f"{describe_row(row)}: reward_model.ground_truth {reason}; no reward can score it")
 
 
 def refuse_images_without_processor(processor, model_dir: str, images_column, describe_row) -> None:
