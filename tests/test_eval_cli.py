@@ -230,6 +230,37 @@ def test_missing_saved_generation_is_reported_by_id(tmp_path, parquet, tiny_mode
         score_saved(parquet, partial, tmp_path / "run", tiny_model)
 
 
+def test_an_id_on_two_lines_of_saved_generations_names_both_lines(tmp_path):
+    generations = tmp_path / "responses.jsonl"
+    lines = [{"id": "m1", "response": "B"}, {"id": "c1", "response": "4"}, {"id": "m1", "response": "A"}]
+    generations.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    message = rf"{generations}: id 'm1' has a response on line 1 and again on line 3"
+    with pytest.raises(GenerationFileError, match=message):
+        read_generations(generations)
+
+
+def test_a_cache_line_for_a_changed_request_replaces_the_earlier_line(tmp_path):
+    generations = tmp_path / "generations.jsonl"
+    lines = [{"id": "m1", "response": "B", "request": "old"}, {"id": "m1", "response": "A", "request": "new"}]
+    generations.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert read_generations(generations) == {"m1": "A"}
+
+
+def test_saved_generations_for_ids_not_in_the_data_are_reported(tmp_path, parquet, capsys):
+    generations = tmp_path / "responses.jsonl"
+    responses = {**RESPONSES, "ghost-1": "<answer>A</answer>", "ghost-2": "<answer>B</answer>"}
+    generations.write_text("".join(json.dumps({"id": key, "response": text}) + "\n" for key, text in responses.items()))
+    out = tmp_path / "run"
+    # limit=2 scores m1 and m2; c1, g1 and o1 are in the data beyond the limit, not unknown.
+    assert main([f"data={parquet}", f"generations={generations}", f"out_dir={out}", "limit=2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"]["all"]["n"] == 2
+    assert summary["run"]["generations_not_in_data"] == {"count": 2, "first_ids": ["ghost-1", "ghost-2"]}
+    note = f"Note: 2 id(s) in {generations} are in none of the data's rows and were not scored, e.g. "
+    note += "['ghost-1', 'ghost-2']"
+    assert note in capsys.readouterr().out and note in (out / "summary.md").read_text()
+
+
 def test_open_ended_without_embedding_model_fails_before_scoring(tmp_path, parquet):
     with pytest.raises(SystemExit, match="embedding_model="):
         score_saved(parquet, RESPONSES, tmp_path / "run")

@@ -18,12 +18,25 @@ class GenerationFileError(ValueError):
 
 
 def read_generations(path: str | Path) -> dict[str, str]:
-    """Responses by id. A later line for the same id wins (a rerun that regenerated it)."""
-    return {record_id: response for record_id, response, _ in generation_lines(path)}
+    """Responses by id. An id on two lines is an error naming both, unless the later line answers
+    another request than the earlier (the cache regenerated a record whose prompt or image changed): it wins."""
+    responses: dict[str, str] = {}
+    earlier: dict[str, tuple[int, str | None]] = {}
+    for number, record_id, response, request in generation_lines(path):
+        if record_id in earlier:
+            first, first_request = earlier[record_id]
+            if request is None or request == first_request:
+                raise GenerationFileError(
+                    f"{path}: id {record_id!r} has a response on line {first} and again on line {number}; "
+                    "keep one line per id"
+                )
+        earlier[record_id] = (number, request)
+        responses[record_id] = response
+    return responses
 
 
-def generation_lines(path: str | Path) -> Iterator[tuple[str, str, str | None]]:
-    """(id, response, request digest or None) of each line, in order."""
+def generation_lines(path: str | Path) -> Iterator[tuple[int, str, str, str | None]]:
+    """(line number, id, response, request digest or None) of each line, in order."""
     with open(path, "rb") as lines:  # decoded line by line, so an error names its line
         for number, raw_line in enumerate(lines, start=1):
             try:
@@ -34,7 +47,7 @@ def generation_lines(path: str | Path) -> Iterator[tuple[str, str, str | None]]:
                 continue
             try:
                 entry = json.loads(line)
-                yield str(entry["id"]), _response_text(entry), entry.get("request")
+                yield number, str(entry["id"]), _response_text(entry), entry.get("request")
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 raise GenerationFileError(
                     f'{path}: line {number}: expected {{"id": ..., "response": "..."}} ({error})'
@@ -60,7 +73,7 @@ class GenerationCache:
         self.responses: dict[str, str] = {}
         self.requests: dict[str, str | None] = {}
         if self.path.exists():
-            for record_id, response, request in generation_lines(self.path):
+            for _, record_id, response, request in generation_lines(self.path):
                 self.responses[record_id], self.requests[record_id] = response, request
 
     def _drop_partial_last_line(self) -> None:

@@ -29,7 +29,7 @@ from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 
 from .cache import CACHE_FILE, GenerationCache, discard_generations_made_otherwise, read_generations
 from .generation import SamplingSettings, build_generator, generate_missing
-from .records import EvalRecord, load_records
+from .records import EvalRecord, data_ids, load_records
 from .report import load_summary, summary_markdown, write_comparison, write_summary
 from .scoring import score_records, summarize
 
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 SCORES_FILE = "scores.jsonl"
 EXIT_USAGE = 2
 BACKENDS = ("auto", "vllm", "hf")
+SHOWN_IDS = 5  # ids named in a notice, the first in file order
 
 
 @dataclass
@@ -117,6 +118,14 @@ def _make_generator(args):
     return build_generator("transformers", args.model, sampling, device=args.device, sequences_per_call=args.batch_size)
 
 
+def ids_not_in_data(responses: dict[str, str], data: list[str]) -> dict:
+    """The generations' ids that no row of the data has (rows past `limit` count as data): their count
+    and the first few, in file order."""
+    known = data_ids(data)
+    unknown = [record_id for record_id in responses if record_id not in known]
+    return {"count": len(unknown), "first_ids": unknown[:SHOWN_IDS]}
+
+
 def _responses(args, records: list[EvalRecord], out_dir: Path) -> dict[str, str]:
     ids = [record.id for record in records]
     if args.generations:
@@ -155,6 +164,7 @@ def run_eval(args) -> dict:
     records = load_records(args.data, args.limit)
     reward_kwargs = _reward_kwargs(args, records)
     responses = _responses(args, records, out_dir)
+    unknown_ids = ids_not_in_data(responses, args.data) if args.generations else {"count": 0}
     rows = score_records(records, responses, **reward_kwargs)
     with open(out_dir / SCORES_FILE, "w", encoding="utf-8") as sink:
         sink.writelines(json.dumps(row) + "\n" for row in rows)
@@ -166,6 +176,8 @@ def run_eval(args) -> dict:
         "reward_kwargs": {name: str(value) for name, value in reward_kwargs.items()},
         "sampling": sampling_record(args),
     }
+    if unknown_ids["count"]:
+        summary["run"]["generations_not_in_data"] = unknown_ids
     write_summary(summary, out_dir)
     print(summary_markdown(summary))
     return summary

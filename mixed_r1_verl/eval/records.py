@@ -110,3 +110,14 @@ def load_records(paths: Sequence[str | Path], limit: int | None = None) -> list[
             if limit is not None and len(records) >= limit:
                 return records
     return records
+
+
+def data_ids(paths: Sequence[str | Path]) -> set[str]:
+    """The extra_info ids of every row of the given parquet files (rows past a `limit` included), read
+    without decoding the other columns."""
+    ids: set[str] = set()
+    for path in paths:
+        for extra_info in pq.read_table(path, columns=["extra_info"]).column("extra_info").to_pylist():
+            if isinstance(extra_info, Mapping) and extra_info.get("id") is not None:
+                ids.add(str(extra_info["id"]))
+    return ids

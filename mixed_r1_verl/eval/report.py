@@ -51,6 +51,18 @@ def answers_markdown(answers: dict) -> str:
     return markdown_table(["task", "top answer share", "reference top share", "distinct answers", "top answer"], rows)
 
 
+def run_notes(summary: dict) -> str:
+    """What the tables alone do not say about the run: saved generations for ids the data lacks."""
+    run = summary.get("run") or {}
+    unknown = run.get("generations_not_in_data")
+    if not unknown:
+        return ""
+    return (
+        f"Note: {unknown['count']} id(s) in {run['generations']} are in none of the data's rows and were not "
+        f"scored, e.g. {unknown['first_ids']}\n\n"
+    )
+
+
 def summary_markdown(summary: dict) -> str:
     rows = summary_rows(summary)
     task_table = markdown_table(["task", *STAT_COLUMNS], [[row[1], *row[3:]] for row in rows if row[0] == "task"])
@@ -58,7 +70,7 @@ def summary_markdown(summary: dict) -> str:
         ["data_source", "task", *STAT_COLUMNS], [row[1:] for row in rows if row[0] == "data_source"]
     )
     return (
-        f"### Per task\n\n{task_table}\n\n### Per data_source\n\n{source_table}\n\n"
+        f"{run_notes(summary)}### Per task\n\n{task_table}\n\n### Per data_source\n\n{source_table}\n\n"
         f"### Answer spread\n\nShare of responses giving the most common answer, against the same share among the "
         f"references; far above it, the model gives one answer whatever the image.\n\n"
         f"{answers_markdown(summary['answers'])}\n"
