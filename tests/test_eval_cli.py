@@ -222,6 +222,33 @@ def test_compare_puts_two_runs_side_by_side(tmp_path, parquet, tiny_model, capsy
     assert chart[4:7] == [0.0, 1.0, 1.0]  # accuracy base, tuned, delta
     assert rows[("task", "matching")][6] == 0.0
     assert (tmp_path / "cmp" / "compare.csv").exists() and (tmp_path / "cmp" / "compare.md").exists()
+    assert "Warning" not in printed and "n differs" not in printed
+
+
+def test_compare_warns_when_the_runs_evaluated_different_records(tmp_path, parquet, tiny_model, capsys):
+    score_saved(parquet, RESPONSES, tmp_path / "full", tiny_model)
+    limited = tmp_path / "limited"
+    assert main([f"data={parquet}", f"generations={tmp_path / 'full.jsonl'}", f"out_dir={limited}", "limit=2"]) == 0
+    runs = f"compare=[{tmp_path / 'full'},{limited}]"
+    capsys.readouterr()
+
+    assert main([runs, f"out_dir={tmp_path / 'cmp'}"]) == 0
+
+    printed = capsys.readouterr().out
+    assert printed.startswith("Warning: the runs evaluated different records (full 5, limited 2, 2 in common)")
+    compared = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert compared["header"][-1] == "n differs" and compared["notice"].startswith("Warning")
+    rows = {(r[0], r[1]): r for r in compared["rows"]}
+    assert rows[("task", "matching")][2:4] == [2, 2] and rows[("task", "matching")][-1] == ""
+    assert rows[("task", "chart")][2:4] == [1, ""] and rows[("task", "chart")][-1] == "yes"
+    assert rows[("task", "all")][2:4] == [5, 2] and rows[("task", "all")][-1] == "yes"
+    assert rows[("task", "all")][6] == pytest.approx(rows[("task", "all")][5] - rows[("task", "all")][4])
+
+    (limited / "scores.jsonl").unlink()  # a run kept without its scores: compared by n alone
+    assert main([runs]) == 0
+    assert capsys.readouterr().out.startswith(
+        "Warning: the runs evaluated different records (full 5, limited 2; ids not compared: a run has no scores.jsonl)"
+    )
 
 
 def test_missing_saved_generation_is_reported_by_id(tmp_path, parquet, tiny_model):

@@ -30,12 +30,11 @@ from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 from .cache import CACHE_FILE, GenerationCache, discard_generations_made_otherwise, read_generations
 from .generation import SamplingSettings, build_generator, generate_missing
 from .records import EvalRecord, data_ids, load_records
-from .report import load_summary, summary_markdown, write_comparison, write_summary
+from .report import SCORES_FILE, evaluated_ids, load_summary, summary_markdown, write_comparison, write_summary
 from .scoring import score_records, summarize
 
 logger = logging.getLogger(__name__)
 
-SCORES_FILE = "scores.jsonl"
 EXIT_USAGE = 2
 BACKENDS = ("auto", "vllm", "hf")
 SHOWN_IDS = 5  # ids named in a notice, the first in file order
@@ -194,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = as_list(args.compare)
         labels = tuple(as_list(args.labels) or (Path(run).name or str(run) for run in runs))
         first, second = (load_summary(run) for run in runs)
-        print(write_comparison(first, second, labels, Path(args.out_dir) if args.out_dir else None))
+        ids = tuple(evaluated_ids(run) for run in runs)
+        print(write_comparison(first, second, labels, Path(args.out_dir) if args.out_dir else None, ids))
         return 0
     run_eval(args)
     return 0

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 SUMMARY_FILE = "summary.json"
+SCORES_FILE = "scores.jsonl"
 STAT_COLUMNS = ("n", "accuracy", "format", "score", "errors")
 COMPARED = ("accuracy", "format", "score")
 
@@ -91,14 +92,49 @@ def write_summary(summary: dict, out_dir: Path) -> None:
     (out_dir / "summary.csv").write_text(_csv(["level", "name", "task", *STAT_COLUMNS], summary_rows(summary)))
 
 
+def summary_path(run: str | Path) -> Path:
+    """A run directory's summary.json, or the summary.json path given."""
+    path = Path(run)
+    return path / SUMMARY_FILE if path.is_dir() else path
+
+
 def load_summary(run: str | Path) -> dict:
     """A run directory (holding summary.json) or a summary.json path."""
-    path = Path(run)
-    if path.is_dir():
-        path = path / SUMMARY_FILE
+    path = summary_path(run)
     if not path.exists():
         raise FileNotFoundError(f"{run}: no {SUMMARY_FILE}; pass an eval output directory or its {SUMMARY_FILE}")
     return json.loads(path.read_text())
+
+
+def evaluated_ids(run: str | Path) -> set[str] | None:
+    """The ids a run scored, from the scores.jsonl beside its summary.json; None without one."""
+    path = summary_path(run).with_name(SCORES_FILE)
+    if not path.exists():
+        return None
+    return {json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
+def record_sets_notice(first: dict, second: dict, labels: tuple[str, str], ids: tuple) -> str:
+    """A warning that the two runs scored different records (by their ids where both runs kept
+    scores.jsonl, else by their n per task and data_source), or "" when they scored the same."""
+    label_a, label_b = labels
+    if None not in ids:
+        if ids[0] == ids[1]:
+            return ""
+        counts = f"{label_a} {len(ids[0])}, {label_b} {len(ids[1])}, {len(ids[0] & ids[1])} in common"
+    else:
+        if all(group_counts(first, key) == group_counts(second, key) for key in ("tasks", "data_sources")):
+            return ""
+        totals = [summary["tasks"].get("all", {}).get("n", 0) for summary in (first, second)]
+        counts = f"{label_a} {totals[0]}, {label_b} {totals[1]}; ids not compared: a run has no {SCORES_FILE}"
+    return (
+        f"Warning: the runs evaluated different records ({counts}); their deltas compare different record "
+        "sets, and rows whose n differ are marked in the last column.\n\n"
+    )
+
+
+def group_counts(summary: dict, key: str) -> dict:
+    return {name: stats["n"] for name, stats in summary[key].items()}
 
 
 def compare_rows(first: dict, second: dict) -> list[list]:
@@ -124,14 +160,26 @@ def compare_header(label_a: str, label_b: str) -> list[str]:
     return header
 
 
-def write_comparison(first: dict, second: dict, labels: tuple[str, str], out_dir: Path | None) -> str:
+def mark_different_n(header: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
+    """The table with an `n differs` column: "yes" where the two runs' n differ."""
+    return [*header, "n differs"], [[*row, "yes" if row[2] != row[3] else ""] for row in rows]
+
+
+def write_comparison(
+    first: dict, second: dict, labels: tuple[str, str], out_dir: Path | None, ids: tuple = (None, None)
+) -> str:
+    """The side-by-side table of two runs (`ids`: the ids each scored, None where unknown), below a
+    warning when they scored different records."""
     header, rows = compare_header(*labels), compare_rows(first, second)
-    table = markdown_table(header, rows)
+    notice = record_sets_notice(first, second, labels, ids)
+    if notice:
+        header, rows = mark_different_n(header, rows)
+    table = notice + markdown_table(header, rows)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "compare.md").write_text(table + "\n")
         (out_dir / "compare.csv").write_text(_csv(header, rows))
         (out_dir / "compare.json").write_text(
-            json.dumps({"runs": list(labels), "header": header, "rows": rows}, indent=2)
+            json.dumps({"runs": list(labels), "notice": notice.strip(), "header": header, "rows": rows}, indent=2)
         )
     return table
