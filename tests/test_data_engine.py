@@ -250,11 +250,14 @@ def test_difficulty_samples_scores_caches_and_filters(tmp_path):
     assert second["sampled_rewards"]["grounding"]["mean_accuracy"] == 0.0
     assert json.loads((out / "report.json").read_text())["sampled_rewards"] == second["sampled_rewards"]
     reasons = dropped_reasons(out)
+    details = {row["id"]: row["detail"] for row in read_jsonl(out / "dropped.jsonl")}
     for record_id, rate in expected_pass_rate.items():
         if rate == 1.0:
             assert reasons[record_id] == ("difficulty", "too_easy")
+            assert details[record_id] == "2 of 2 rollouts correct (pass rate 1); kept: 0 < p < 1"
         elif rate == 0.0:
             assert reasons[record_id] == ("difficulty", "too_hard")
+            assert details[record_id] == "0 of 2 rollouts correct (pass rate 0); kept: 0 < p < 1"
 
 
 def test_vllm_backend_without_vllm_fails_before_the_first_stage(tmp_path, tiny_model_dir):

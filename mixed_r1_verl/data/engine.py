@@ -115,6 +115,7 @@ class EngineRow:
     extra_info: dict
     image_digests: tuple[str, ...]
     pass_rate: float | None = None
+    correct_rollouts: int | None = None  # of the difficulty stage's k sampled responses
 
 
 @dataclass(frozen=True)
@@ -361,17 +362,20 @@ class Engine:
         embedding_model = settings_config.embedding_model or settings_config.model_path
         for row, key in zip(rows, keys):
             results = self.score_samples(row, cache.entries[key], embedding_model)
-            row.pass_rate = sum(result["correct"] for result in results) / len(results)
+            row.correct_rollouts = int(sum(result["correct"] for result in results))
+            row.pass_rate = row.correct_rollouts / len(results)
             self.pass_rates[row.record.task].append(row.pass_rate)
             self.sampled_rewards[row.record.task].append(SampledRewards.of(results))
 
         low, high = settings_config.min_pass_rate, settings_config.max_pass_rate
+        band = f"{low:g} <= p <= {high:g}" if settings_config.inclusive else f"{low:g} < p < {high:g}"
 
         def keep(row: EngineRow):
             inside = low <= row.pass_rate <= high if settings_config.inclusive else low < row.pass_rate < high
             if inside:
                 return None
-            return "too_easy" if row.pass_rate >= high else "too_hard"
+            measured = f"{row.correct_rollouts} of {settings.n} rollouts correct (pass rate {row.pass_rate:g})"
+            return ("too_easy" if row.pass_rate >= high else "too_hard"), f"{measured}; kept: {band}"
 
         details = {
             "k": settings.n,
