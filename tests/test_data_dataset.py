@@ -215,7 +215,7 @@ def test_rows_whose_placeholders_do_not_match_their_images_are_refused_at_load(
         build(root, processor, [path], filter_overlong_prompts=filter_overlong_prompts)
 
 
-@pytest.mark.parametrize("ground_truth,reason", [(None, "is null"), ("  ", "is blank ('  ')")])
+@pytest.mark.parametrize("ground_truth,reason", [(None, "is None"), ("  ", "is blank ('  ')")])
 def test_rows_without_a_ground_truth_are_refused_at_load(setup, ground_truth, reason):
     root, _, processor = setup
 
@@ -225,7 +225,7 @@ def test_rows_without_a_ground_truth_are_refused_at_load(setup, ground_truth, re
 
     path = rewrite_parquet(root, "no_ground_truth.parquet", clear_ground_truth_of_row_5)
     row_id = pq.read_table(path).column("extra_info")[5]["id"].as_py()
-    message = rf"row 5 \(id '{row_id}'.*: reward_model.ground_truth {re.escape(reason)}; no reward can score it"
+    message = rf"row 5 \(id '{row_id}'.*: its ground truth {re.escape(reason)} \(reward_model.ground_truth\); no reward"
     with pytest.raises(DatasetRowError, match=message):
         build(root, processor, [path], filter_overlong_prompts=False)
 

@@ -40,6 +40,7 @@ from mixed_r1_verl.data.frames import (
 from mixed_r1_verl.data.model_files import processor_pixel_bounds
 from mixed_r1_verl.data.processor import autoprocessor_failure
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
+from mixed_r1_verl.rewards.scoring import missing_ground_truth
 
 logger = logging.getLogger(__name__)
 SPATIAL_MERGE_SIZE = 2
@@ -267,17 +268,6 @@ def refuse_placeholder_image_mismatch(prompts, images_column, describe_row) -> N
             )
 
 
-def missing_ground_truth_reason(ground_truth) -> str | None:
-    """Why a row's reward_model.ground_truth gives the reward nothing to score against, or None."""
-    if ground_truth is None:
-        return "is null"
-    if isinstance(ground_truth, str) and not ground_truth.strip():
-        return f"is blank ({ground_truth!r})"
-    if isinstance(ground_truth, (list, dict)) and not ground_truth:
-        return f"is empty ({ground_truth!r})"
-    return None
-
-
 def refuse_missing_ground_truth(columns, describe_row) -> None:
     """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row of the arrow
     `columns` (a table, or a dataset in arrow format) whose reward_model.ground_truth is absent, null or
@@ -288,9 +278,9 @@ def refuse_missing_ground_truth(columns, describe_row) -> None:
     if column is None or not pa.types.is_struct(column.type) or column.type.get_field_index("ground_truth") < 0:
         raise DatasetRowError(f"{describe_row(0)}: the data has no reward_model.ground_truth column")
     for row, ground_truth in enumerate(pc.struct_field(column, "ground_truth").to_pylist()):
-        reason = missing_ground_truth_reason(ground_truth)
+        reason = missing_ground_truth(ground_truth)
         if reason:
-            raise DatasetRowError(f"{describe_row(row)}: reward_model.ground_truth {reason}; no reward can score it")
+            raise DatasetRowError(f"{describe_row(row)}: {reason} (reward_model.ground_truth); no reward can score it")
 
 
 def refuse_images_without_processor(processor, model_dir: str, images_column, describe_row) -> None:

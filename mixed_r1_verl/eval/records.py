@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
+from mixed_r1_verl.rewards.scoring import missing_ground_truth
 
 REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")
 
@@ -70,8 +71,9 @@ def _record_from_row(row: Mapping, position: int, source: str) -> EvalRecord:
         raise RecordError(f"{where}: extra_info.id is missing")
     where = f"{where} (id {record_id!r})"
     reward_model = _struct_field(row, "reward_model", "ground_truth", where)
-    if reward_model.get("ground_truth") is None or not str(reward_model["ground_truth"]).strip():
-        raise RecordError(f"{where}: reward_model.ground_truth is missing or empty")
+    missing = missing_ground_truth(reward_model.get("ground_truth"))
+    if missing:
+        raise RecordError(f"{where}: {missing} (reward_model.ground_truth)")
     prompt = list(row.get("prompt") or [])
     if not prompt or not all(isinstance(message, Mapping) and "role" in message for message in prompt):
         raise RecordError(f"{where}: prompt must be a non-empty chat list of {{role, content}} messages")
