@@ -8,6 +8,7 @@ from PIL import Image
 from data_helpers import read_jsonl, run_module
 
 from mixed_r1_verl.data.engine import Engine, EngineConfig, main
+from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 from mixed_r1_verl.settings import parse_settings
@@ -321,3 +322,26 @@ def test_other_layouts_are_counted_under_their_mapped_task(tmp_path):
     report = Engine(engine_config(source, image_root, out, "layout=chartqa", "difficulty.enabled=false")).run()
     assert report["stages"][0]["rows_in"]["chart"] == 3 and report["selected"]["chart"] == 2
     assert dropped_reasons(out) == {"row-3": ("validate", "missing_image")}
+
+
+def test_convert_reads_the_selection_as_canonical_rows_whatever_the_source_layout(tmp_path):
+    """RefCOCO's mapping widens xywh boxes and wraps the problem: the selection holds the result, which
+    the conversion must not map again."""
+    _, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=4)
+    source = tmp_path / "refcoco.jsonl"
+    rows = [{"ref_id": f"r{i}", "file_name": f"grounding/00000{i}.png", "sent": "the shape", "bbox": [4, 6, 20, 10]}
+            for i in range(2)]  # fmt: skip
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = ["layout=refcoco", "difficulty.enabled=false", "val_ratio=0"]
+    report = Engine(engine_config(source, image_root, tmp_path / "engine", *settings, "convert=true")).run()
+    assert report["conversion"]["rows_written"] == 2
+    direct = prepare(PrepareConfig(input=str(source), image_root=str(image_root), output_dir=str(tmp_path / "direct"),
+                                   layout="refcoco", val_ratio=0, progress=False))  # fmt: skip
+    assert direct["rows_written"] == 2
+
+    def converted(path: Path) -> list[tuple]:
+        return sorted((row["extra_info"]["id"], row["prompt"][-1]["content"], row["reward_model"]["ground_truth"])
+                      for row in pq.read_table(path).to_pylist())  # fmt: skip
+
+    assert converted(tmp_path / "engine" / "parquet" / "train.parquet") == converted(tmp_path / "direct" / "train.parquet")
+    assert converted(tmp_path / "direct" / "train.parquet")[0][1].count("Locate the object described as") == 1

@@ -31,7 +31,7 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -248,6 +248,15 @@ class Engine:
             settings["model_path"] = self.config.difficulty.model_path
         return PrepareConfig(**{**settings, "input": input_path, "output_dir": output_dir})
 
+    def selection_prepare_config(self, selected_path: str, output_dir: str) -> PrepareConfig:
+        """The converter's settings for selected.jsonl: its rows are canonical, their source's column
+        mapping, xywh boxes and problem template already applied (applied again, a RefCOCO box would be
+        widened twice and its problem wrapped twice). Boxes keep their units until converted."""
+        return replace(
+            self.prepare_config(selected_path, output_dir),
+            layout="canonical", columns={}, constants={}, box_format=None, problem_template=None,
+        )  # fmt: skip
+
     def drop(self, stage: str, record_id, reason: str, detail: str = "") -> None:
         self.dropped.write(json.dumps({"id": record_id, "stage": stage, "reason": reason, "detail": detail}) + "\n")
 
@@ -459,7 +468,7 @@ class Engine:
         if self.config.convert:
             if not rows:
                 raise EmptySelectionError(empty_selection_message(self.stages, self.output_dir))
-            report["conversion"] = prepare(self.prepare_config(str(selected_path), str(self.output_dir / "parquet")))
+            report["conversion"] = prepare(self.selection_prepare_config(str(selected_path), str(self.output_dir / "parquet")))
             self.write_report(report)
         return report
 
