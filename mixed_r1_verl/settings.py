@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 from omegaconf import OmegaConf
 
@@ -35,9 +36,22 @@ def parse_settings(schema: type[Settings], argv: list[str]) -> Settings:
     return OmegaConf.to_object(config)
 
 
+@contextmanager
+def input_errors_end_the_command() -> Iterator[None]:
+    """A bad input or setting (ValueError, OSError; their messages name the record or path and the
+    reason) ends the command with its message and exit code 1, without a traceback."""
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        raise SystemExit(str(error)) from None
+
+
 def run_settings_cli(description: str, schema: type[Settings], argv: list[str], run: Callable[[Settings], None]) -> None:
-    """`--help` prints the description and every setting with its default; otherwise `run` gets the settings."""
+    """`--help` prints the description and every setting with its default; otherwise `run` gets the
+    settings, and input errors end it as `input_errors_end_the_command` says."""
     if asks_for_help(argv):
         print(settings_help(description, schema))
         return
-    run(parse_settings(schema, argv))
+    settings = parse_settings(schema, argv)
+    with input_errors_end_the_command():
+        run(settings)

@@ -336,6 +336,16 @@ def test_module_entry_point_lists_its_settings_and_defaults():
     assert "max_new_tokens: 1024" in result.stdout and "backend: auto" in result.stdout
 
 
+def test_the_command_line_ends_on_bad_input_with_its_message_and_no_traceback(tmp_path):
+    missing = tmp_path / "missing"
+    result = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.eval", f"compare=[{missing},{missing}]"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"{missing}: no summary.json" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("argv", "reason"),
     [

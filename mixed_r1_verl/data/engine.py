@@ -593,11 +593,8 @@ def summarise(samples: list[SampledRewards]) -> dict:
 
 
 def print_outcome(config: EngineConfig) -> None:
-    """Run the engine and print its report; a bad input or setting stops with its message, without a traceback."""
-    try:
-        report = Engine(config).run()
-    except (ValueError, OSError) as error:
-        raise SystemExit(str(error)) from None
+    """Run the engine and print its report."""
+    report = Engine(config).run()
     print(json.dumps({key: report[key] for key in ("stages", "selected", "sampled_rewards")}, indent=2))
 
 

@@ -642,12 +642,8 @@ def build_summary(config, converter, rows_in, written: Counter, rejected: Counte
 
 
 def print_conversion(config: PrepareConfig) -> None:
-    """Convert and print the summary; a bad input or setting stops with its message, without a traceback."""
-    try:
-        summary = prepare(config)
-    except (ValueError, OSError) as error:
-        raise SystemExit(str(error)) from None
-    print(json.dumps(summary, indent=2))
+    """Convert and print the summary."""
+    print(json.dumps(prepare(config), indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Optional
 
-from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
+from mixed_r1_verl.settings import asks_for_help, input_errors_end_the_command, parse_settings, settings_help
 
 from .cache import CACHE_FILE, GenerationCache, discard_generations_made_otherwise, read_generations
 from .generation import SamplingSettings, build_generator, generate_missing
@@ -189,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = checked_settings(argv)
-    if args.compare is not None:
-        runs = as_list(args.compare)
-        labels = tuple(as_list(args.labels) or (Path(run).name or str(run) for run in runs))
-        first, second = (load_summary(run) for run in runs)
-        ids = tuple(evaluated_ids(run) for run in runs)
-        print(write_comparison(first, second, labels, Path(args.out_dir) if args.out_dir else None, ids))
-        return 0
-    run_eval(args)
+    with input_errors_end_the_command():
+        if args.compare is not None:
+            runs = as_list(args.compare)
+            labels = tuple(as_list(args.labels) or (Path(run).name or str(run) for run in runs))
+            first, second = (load_summary(run) for run in runs)
+            ids = tuple(evaluated_ids(run) for run in runs)
+            print(write_comparison(first, second, labels, Path(args.out_dir) if args.out_dir else None, ids))
+            return 0
+        run_eval(args)
     return 0
