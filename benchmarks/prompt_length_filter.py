@@ -75,13 +75,13 @@ def main() -> None:
                 )
             )
             timings[name] = time.perf_counter() - started
-        rows = summary["rows_written"]
-        print(f"converter: {rows} rows in {timings['uncounted']:.1f} s without counting, "
+        print(f"converter: {summary['rows_written']} rows in {timings['uncounted']:.1f} s without counting, "
               f"{timings['counted']:.1f} s with prompt lengths counted")
 
         processor = load_image_text_processor(model_dir)
         counted = workdir / "counted" / "train.parquet"
         measured = without_counts(counted, workdir / "measured.parquet")
+        rows = pq.read_metadata(counted).num_rows
         for name, path in (("measured (no extra_info.prompt_length)", measured), ("converter's counts", counted)):
             seconds = dataset_seconds([str(path)], processor, args.workers, workdir / "cache")
             print(f"length filter, {name}: {rows} rows in {seconds:.2f} s = {rows / seconds:,.0f} rows/s")
