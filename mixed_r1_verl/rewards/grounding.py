@@ -85,13 +85,23 @@ def scaled_below_one(first: Box, second: Box) -> tuple[Box, Box]:
 
 def iou(first: Box, second: Box) -> float:
     """Intersection over union, in [0, 1] for any finite boxes."""
-    a, b = scaled_below_one(first, second)
+    value = _iou_unless_overflow(first, second)
+    if value is None:  # scaled, an overlap that still underflows is nothing beside the union
+        value = _iou_unless_overflow(*scaled_below_one(first, second)) or 0.0
+    return value
+
+
+def _iou_unless_overflow(a: Box, b: Box) -> float | None:
+    """IoU, or None when a width or area overflows or the overlap's area underflows (boxes near the float
+    limits)."""
     inter_w = min(a[2], b[2]) - max(a[0], b[0])
     inter_h = min(a[3], b[3]) - max(a[1], b[1])
     if inter_w <= 0 or inter_h <= 0:
         return 0.0
     intersection = inter_w * inter_h
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
+    if intersection == 0 or not math.isfinite(union):
+        return None
     return min(1.0, intersection / union) if union > 0 else 0.0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 from .text import normalize_text
 
@@ -54,8 +55,13 @@ def _option_text_letters(answer: str, options: Sequence[str]) -> set[str]:
     said = normalize_text(answer)
     if not said:
         return set()
-    texts = [normalize_text(_OPTION_TEXT_PREFIX.sub("", option)) for option in options]
-    return {chr(ord("A") + index) for index, text in enumerate(texts) if text == said}
+    return {chr(ord("A") + index) for index, option in enumerate(options) if _normalized_option(option) == said}
+
+
+@lru_cache(maxsize=1 << 16)
+def _normalized_option(option: str) -> str:
+    # Every response of a group (and of later steps) is compared with the same options.
+    return normalize_text(_OPTION_TEXT_PREFIX.sub("", option))
 
 
 def option_letter_accuracy(answer: str, letter: str, options: Sequence[str] | None = None) -> float:
