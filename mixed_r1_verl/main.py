@@ -132,10 +132,33 @@ def wait_for_cluster_gpus(config: DictConfig) -> None:
         time.sleep(min(CLUSTER_POLL_S, max(deadline - time.monotonic(), 0.0)))
 
 
+def refused_for_its_token(error: BaseException | None) -> bool:
+    """ray.init reports a refused token as a ConnectionError whose cause quotes Ray's AuthenticationError."""
+    from ray.exceptions import AuthenticationError
+
+    while error is not None:
+        if isinstance(error, AuthenticationError) or AuthenticationError.__name__ in str(error):
+            return True
+        error = error.__cause__
+    return False
+
+
 def check_cluster_gpus(config: DictConfig) -> None:
     import ray
 
-    ray.init(logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        ray.init(logging_level=logging.ERROR, log_to_driver=False)
+    except ConnectionError as error:
+        if not refused_for_its_token(error):
+            raise
+        fail(
+            f"the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']} refused this driver's authentication "
+            f"token (RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', '<unset>')}). A Ray head with token "
+            "authentication takes drivers run with RAY_AUTH_MODE=token that hold its token, the head's "
+            "~/.ray/auth_token: here in RAY_AUTH_TOKEN, in the file RAY_AUTH_TOKEN_PATH names, or in "
+            "~/.ray/auth_token.\n",
+            EXIT_USAGE,
+        )
     try:
         wait_for_cluster_gpus(config)
     finally:

@@ -1,6 +1,7 @@
-"""launch/ray_job.sh against a real Ray head on the loopback address (token authentication on, as Ray
-2.60 heads start by default): the job ships the checkout and succeeds, and a cluster without the GPUs
-the config asks for is refused after mixed_r1.cluster_wait_s with both numbers."""
+"""The launchers against real Ray heads on the loopback address, with token authentication on as a Ray
+2.60 head turns it on where ~/.ray/auth_token exists. launch/ray_job.sh: the job ships the checkout and
+succeeds, and a cluster without the GPUs the config asks for is refused after mixed_r1.cluster_wait_s
+with both numbers. A driver joining RAY_ADDRESS without the token mode is told how to join."""
 
 import os
 import random
@@ -77,7 +78,7 @@ def ray_head(tmp_path_factory):
             assert head.poll() is None, "ray start exited"
             assert time.monotonic() < deadline, f"the Ray head at {url} takes no job: {probe.stderr[-2000:]}"
             time.sleep(2)
-        yield url, env
+        yield url, env, f"127.0.0.1:{gcs_port}"
     finally:
         head.terminate()  # `ray start --block` stops every process of the head on SIGTERM
         try:
@@ -87,7 +88,7 @@ def ray_head(tmp_path_factory):
 
 
 def submit(ray_head, *args: str) -> subprocess.CompletedProcess:
-    url, env = ray_head
+    url, env, _ = ray_head
     return subprocess.run(
         ["bash", str(RAY_JOB), "--address", url, *args], env=env, capture_output=True, text=True, timeout=300
     )
@@ -108,3 +109,14 @@ def test_a_cluster_without_the_gpus_asked_for_is_refused_with_both_numbers(ray_h
     assert "the config asks for 1 GPU(s): trainer.nnodes=1 node(s) x trainer.n_gpus_per_node=1" in output
     assert "the Ray cluster has 1 alive node(s) with 0 GPU(s)" in output
     assert "mixed_r1.cluster_wait_s=1" in output
+
+
+def test_a_driver_joining_without_the_token_mode_is_told_to_set_it(ray_head, tmp_path):
+    _, env, gcs_address = ray_head
+    result = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.main", "recipe=smoke", f"mixed_r1.smoke.work_dir={tmp_path}"],
+        env={**env, "RAY_ADDRESS": gcs_address}, cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"the Ray cluster at RAY_ADDRESS={gcs_address} refused this driver's authentication token" in result.stderr
+    assert "(RAY_AUTH_MODE=<unset>)" in result.stderr and "run with RAY_AUTH_MODE=token" in result.stderr
