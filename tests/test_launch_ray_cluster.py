@@ -1,7 +1,8 @@
 """The launchers against real Ray heads on the loopback address, with token authentication on as a Ray
 2.60 head turns it on where ~/.ray/auth_token exists. launch/ray_job.sh: the job ships the checkout and
 succeeds, and a cluster without the GPUs the config asks for is refused after mixed_r1.cluster_wait_s
-with both numbers. A driver joining RAY_ADDRESS without the token mode is told how to join."""
+with both numbers. A driver joining RAY_ADDRESS without the token mode is told how to join. The Slurm
+script, its steps run on this machine, starts a head and a worker that join with the token."""
 
 import os
 import random
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from signal import SIGKILL
 
 import pytest
 
@@ -120,3 +122,61 @@ def test_a_driver_joining_without_the_token_mode_is_told_to_set_it(ray_head, tmp
     assert result.returncode == 2, result.stderr
     assert f"the Ray cluster at RAY_ADDRESS={gcs_address} refused this driver's authentication token" in result.stderr
     assert "(RAY_AUTH_MODE=<unset>)" in result.stderr and "run with RAY_AUTH_MODE=token" in result.stderr
+
+
+FAKE_SRUN = """#!/usr/bin/env bash
+# srun's stand-in: runs the step on this machine. Ray's fixed default ports are moved to free ones (another
+# Ray on this machine may hold them), and so are the second node's, which shares this host with the head.
+while [[ "$1" == --* || "$1" == -w ]]; do
+    [[ "$1" != -w ]] || shift
+    shift
+done
+if [[ "$1" == hostname ]]; then
+    echo 127.0.0.1
+    exit
+fi
+extra=()
+if [[ " $* " == *" start --head "* ]]; then
+    read -ra extra <<<"$TEST_HEAD_OPTIONS"
+elif [[ " $* " == *" start "* ]]; then
+    read -ra extra <<<"$TEST_WORKER_OPTIONS"
+fi
+exec "$@" "${extra[@]}"
+"""
+
+
+def test_slurm_script_starts_a_token_cluster_that_its_nodes_and_driver_join(tmp_path, tmp_path_factory):
+    """A home with a token (Ray 2.60 writes one at a first local ray.init()) turns the head's token
+    authentication on; the worker, the wait for the nodes and the driver join it. Ray runs from $PYTHON,
+    with no `ray` on PATH."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(token := secrets.token_hex(32))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text(FAKE_SRUN)
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    gcs_port, dashboard_port, client_port, head_agent_port, worker_agent_port = free_ports(5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MIXED_R1_", "VERL_", "SLURM"))}
+    env.update(
+        HOME=str(home), PATH=os.pathsep.join([str(tmp_path / "bin"), "/usr/bin", "/bin"]), PYTHON=sys.executable,
+        PYTHONPATH=str(REPO), VERL_FILE_LOGGER_ROOT=str(tmp_path / "logs"), RAY_PORT=str(gcs_port),
+        RAY_WAIT_TIMEOUT="120", SLURM_JOB_NODELIST="node-a,node-b", SLURM_JOB_NUM_NODES="2", SLURMD_NODENAME="node-a",
+        SLURM_CPUS_PER_TASK="1", SLURM_GPUS_ON_NODE="0",
+        TEST_HEAD_OPTIONS=f"--dashboard-port={dashboard_port} --ray-client-server-port={client_port} "
+        f"--dashboard-agent-listen-port={head_agent_port} --temp-dir={tmp_path_factory.mktemp('ray')} --disable-usage-stats",
+        TEST_WORKER_OPTIONS=f"--dashboard-agent-listen-port={worker_agent_port}",
+    )  # fmt: skip
+    job = subprocess.Popen(
+        ["bash", str(REPO / "launch" / "slurm" / "train.sbatch"), "smoke", "trainer.n_gpus_per_node=1",
+         "mixed_r1.cluster_wait_s=1", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
+         f"mixed_r1.smoke.work_dir={tmp_path / 'smoke'}"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = job.communicate(timeout=START_TIMEOUT_S)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, SIGKILL)
+    assert "AuthenticationError" not in output, output
+    assert "the Ray cluster has 2 alive node(s) with 0 GPU(s)" in output, output
+    assert job.returncode == 2 and (home / ".ray" / "auth_token").read_text() == token

@@ -26,11 +26,22 @@ def shellcheck_binary() -> str:
     return str(found)
 
 
-def run_script(script: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    clean_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RAY_", "MIXED_R1_"))}
+def run_script(script: Path, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    clean_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RAY_", "MIXED_R1_", "CUDA_VISIBLE_"))
+    }
     return subprocess.run(
-        ["bash", str(script), *args], env={**clean_env, **env}, capture_output=True, text=True, timeout=60
-    )
+        [shutil.which("bash"), str(script), *args], env={**clean_env, **env}, cwd=cwd, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def fake_command(directory: Path, name: str, script: str) -> str:
+    """A stand-in for a command this machine lacks (nvidia-smi, scontrol), first on the returned PATH."""
+    directory.mkdir(exist_ok=True)
+    (directory / name).write_text(f"#!/usr/bin/env bash\n{script}\n")
+    (directory / name).chmod(0o755)
+    return os.pathsep.join([str(directory), os.environ["PATH"]])
 
 
 def printed_commands(result: subprocess.CompletedProcess) -> list[list[str]]:
@@ -118,24 +129,85 @@ def test_ray_job_without_a_token_says_where_the_token_goes(tmp_path):
 
 
 def slurm_env(**extra: str) -> dict:
-    return {"SLURM_JOB_NODELIST": "gpu-a,gpu-b,gpu-c", "SLURM_JOB_NUM_NODES": "3", "SLURM_CPUS_PER_TASK": "32", **extra}
+    """A batch job's variables: the script runs on the first node."""
+    return {
+        "SLURM_JOB_NODELIST": "gpu-a,gpu-b,gpu-c", "SLURM_JOB_NUM_NODES": "3", "SLURM_CPUS_PER_TASK": "32",
+        "SLURMD_NODENAME": "gpu-a", **extra,
+    }  # fmt: skip
+
+
+def srun_step(node: str, cpus: int) -> list[str]:
+    return ["srun", "--overlap", "--nodes=1", "--ntasks=1", f"--cpus-per-task={cpus}", "-w", node]
 
 
 @pytest.mark.parametrize("gpu_vars", [{"SLURM_GPUS_ON_NODE": "8"}, {"SLURM_GPUS_PER_NODE": "h100:8"}])
-def test_slurm_dry_run_starts_a_head_and_workers_then_trains_on_all_nodes(gpu_vars):
+def test_slurm_dry_run_starts_a_head_and_workers_then_trains_on_all_nodes(gpu_vars, tmp_path):
     if shutil.which("scontrol"):
         pytest.skip("a real Slurm install would expand the node list differently")
-    result = run_script(SCRIPTS[2], "--dry-run", "qwen25vl_32b", "trainer.save_freq=10", PYTHON="py", **slurm_env(**gpu_vars))
+    result = run_script(
+        SCRIPTS[2], "--dry-run", "qwen25vl_32b", "trainer.save_freq=10", PYTHON="/venv/bin/python", HOME=str(tmp_path),
+        **slurm_env(**gpu_vars),
+    )  # fmt: skip
     head, worker_b, worker_c, train = printed_commands(result)
-    assert head[:6] == ["srun", "--overlap", "--nodes=1", "--ntasks=1", "-w", "gpu-a"]
+    auth = ["env", "RAY_AUTH_MODE=token", f"RAY_AUTH_TOKEN_PATH={tmp_path}/.ray/auth_token"]
+    ray_start = [*auth, "/venv/bin/python", "-m", "ray.scripts.scripts", "start"]
+    steps = len(ray_start) + 7
+    assert head[:steps] == [*srun_step("gpu-a", 32), *ray_start] and not (tmp_path / ".ray").exists()
     assert {"--head", "--port=6379", "--num-gpus=8", "--num-cpus=32", "--block"} <= set(head)
     for worker, node in ((worker_b, "gpu-b"), (worker_c, "gpu-c")):
-        assert worker[5] == node and "--address=gpu-a:6379" in worker and "--num-gpus=8" in worker
+        assert worker[:steps] == [*srun_step(node, 32), *ray_start]
+        assert {"--address=gpu-a:6379", "--num-gpus=8", "--num-cpus=32"} <= set(worker)
     assert "wait until 3 Ray nodes are alive" in result.stdout
     assert train == [
-        "env", "RAY_ADDRESS=gpu-a:6379", "py", "-m", "mixed_r1_verl.main", "recipe=qwen25vl_32b",
+        *auth, "RAY_ADDRESS=gpu-a:6379", "/venv/bin/python", "-m", "mixed_r1_verl.main", "recipe=qwen25vl_32b",
         "trainer.nnodes=3", "trainer.n_gpus_per_node=8", "trainer.save_freq=10",
     ]  # fmt: skip
+
+
+def test_slurm_ray_steps_get_the_cpus_ray_is_told_of():
+    """Since Slurm 22.05 srun does not pass the job's --cpus-per-task on to its steps."""
+    for cpus_vars, cpus in (({}, 32), ({"SLURM_CPUS_PER_TASK": "", "SLURM_JOB_CPUS_PER_NODE": "48(x3)"}, 48)):
+        head, worker_b, worker_c, _ = printed_commands(
+            run_script(SCRIPTS[2], "--dry-run", "smoke", **slurm_env(SLURM_GPUS_ON_NODE="8", **cpus_vars))
+        )
+        for step in (head, worker_b, worker_c):
+            assert f"--cpus-per-task={cpus}" in step[: step.index("env")] and f"--num-cpus={cpus}" in step
+
+
+def slurm_ray_commands(**extra: str) -> list[list[str]]:
+    return printed_commands(run_script(SCRIPTS[2], "--dry-run", "smoke", **slurm_env(SLURM_GPUS_ON_NODE="1", **extra)))
+
+
+def test_slurm_token_settings_of_the_user_win(tmp_path):
+    for command in slurm_ray_commands(RAY_AUTH_TOKEN_PATH=str(tmp_path / "token"), HOME=str(tmp_path)):
+        assert f"RAY_AUTH_TOKEN_PATH={tmp_path}/token" in command and "RAY_AUTH_MODE=token" in command
+    for command in slurm_ray_commands(RAY_AUTH_TOKEN="s3cret", HOME=str(tmp_path)):
+        assert "RAY_AUTH_MODE=token" in command, "the token itself goes to the steps in their environment"
+        assert not any("RAY_AUTH_TOKEN" in arg or "s3cret" in arg for arg in command)
+    for command in slurm_ray_commands(RAY_AUTH_MODE="disabled", HOME=str(tmp_path)):
+        assert "RAY_AUTH_MODE=disabled" in command and not any("RAY_AUTH_TOKEN" in arg for arg in command)
+
+
+def test_slurm_outside_the_jobs_nodes_trains_in_a_step_on_the_head_node(tmp_path):
+    """salloc runs the script on the login node, where no Ray node runs for the driver to attach to."""
+    train = slurm_ray_commands(SLURMD_NODENAME="", HOME=str(tmp_path))[-1]
+    assert train[:9] == [*srun_step("gpu-a", 32), "env", "RAY_AUTH_MODE=token"]
+    on_a_worker_node = slurm_ray_commands(SLURMD_NODENAME="gpu-c", HOME=str(tmp_path))[-1]
+    assert on_a_worker_node[0] == "env"
+
+
+def test_slurm_node_ranges_need_scontrol(tmp_path):
+    if shutil.which("scontrol"):
+        pytest.skip("a real Slurm install is here")
+    ranged = run_script(SCRIPTS[2], "--dry-run", "smoke", **slurm_env(SLURM_JOB_NODELIST="n[1-4]", SLURM_GPUS_ON_NODE="1"))
+    assert ranged.returncode == 2 and "scontrol is needed to expand the node list 'n[1-4]'" in ranged.stderr
+    assert "unbound variable" not in ranged.stderr
+    path = fake_command(tmp_path / "bin", "scontrol", 'printf "%s\\n" n1 n2 n3 n4')
+    expanded = run_script(
+        SCRIPTS[2], "--dry-run", "smoke", PATH=path,
+        **slurm_env(SLURM_JOB_NODELIST="n[1-4]", SLURM_JOB_NUM_NODES="4", SLURM_GPUS_ON_NODE="1"),
+    )  # fmt: skip
+    assert [command[6] for command in printed_commands(expanded)[:4]] == ["n1", "n2", "n3", "n4"]
 
 
 def test_slurm_script_refuses_to_guess_the_gpu_count():
