@@ -14,13 +14,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PLUGIN_MODULES="mixed_r1_verl.verl_adapter.reward_manager,mixed_r1_verl.verl_adapter.trainer,mixed_r1_verl.verl_adapter.agent_loop,mixed_r1_verl.verl_adapter.internvl"
 FORWARDED_ENV=(MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT
     VERL_FILE_LOGGER_PATH)
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 usage() {
     cat <<'TXT'
 usage: launch/ray_job.sh [options] RECIPE [key=value ...]
 
-Submits `python -m mixed_r1_verl.main recipe=RECIPE` to an existing Ray cluster.
+Submits `python -m mixed_r1_verl.main recipe=RECIPE` to an existing Ray cluster. The options may also
+follow the recipe.
 
   --address URL        Ray dashboard address (default: $RAY_ADDRESS, else http://127.0.0.1:8265)
   --nnodes N           sets trainer.nnodes (default: the recipe's)
@@ -103,24 +103,30 @@ working_dir="$REPO_ROOT"
 dry_run=0
 wait_flag=()
 topology=()
-while [[ $# -gt 0 ]]; do
+take_option() {
     case "$1" in
-        -h | --help) usage; exit 0 ;;
-        --dry-run) dry_run=1; shift ;;
-        --no-wait) wait_flag=(--no-wait); shift ;;
-        --address) address="${2:?--address needs a URL}"; shift 2 ;;
-        --nnodes) topology+=("trainer.nnodes=${2:?--nnodes needs a number}"); shift 2 ;;
-        --gpus-per-node) topology+=("trainer.n_gpus_per_node=${2:?--gpus-per-node needs a number}"); shift 2 ;;
-        --working-dir) working_dir="$(cd "${2:?--working-dir needs a directory}" && pwd)"; shift 2 ;;
-        -*) reject_option "$1" ;;
-        *) break ;;
+        --dry-run) dry_run=1; option_args=1 ;;
+        --no-wait) wait_flag=(--no-wait); option_args=1 ;;
+        --address) address="${2:?--address needs a URL}"; option_args=2 ;;
+        --nnodes) require_positive_integer "$1" "${2:-}"; topology+=("trainer.nnodes=$2"); option_args=2 ;;
+        --gpus-per-node)
+            require_positive_integer "$1" "${2:-}"
+            topology+=("trainer.n_gpus_per_node=$2")
+            option_args=2
+            ;;
+        --working-dir) working_dir="$(cd "${2:?--working-dir needs a directory}" && pwd)"; option_args=2 ;;
     esac
-done
-require_recipe $#
-recipe="$1"
-shift
+}
+parse_launcher_args "$@"
+# The job runs the shipped working dir's recipes where it has them, else those of the package on the nodes,
+# taken to be this checkout's.
+if [[ -d "$working_dir/recipes" ]]; then
+    require_known_recipe "$recipe" "$working_dir/recipes"
+else
+    require_known_recipe "$recipe" "$REPO_ROOT/recipes"
+fi
 
 enable_ray_token_auth
 cmd=(ray job submit --address "$address" --runtime-env-json "$(runtime_env_json "$working_dir")"
-    "${wait_flag[@]}" -- python -m mixed_r1_verl.main "recipe=${recipe}" "${topology[@]}" "$@")
+    "${wait_flag[@]}" -- python -m mixed_r1_verl.main "recipe=${recipe}" "${topology[@]}" "${entry_args[@]}")
 print_or_exec "${cmd[@]}"

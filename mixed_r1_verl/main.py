@@ -498,7 +498,14 @@ def prepare_smoke(smoke: DictConfig, model_dir: str, data_dir: str, max_prompt_l
     )  # fmt: skip
 
 
+def exit_unless_gpu_counts_are_positive(trainer: DictConfig) -> None:
+    for key in ("nnodes", "n_gpus_per_node"):
+        if type(trainer[key]) is not int or trainer[key] < 1:
+            fail(f"trainer.{key}={trainer[key]!r}: it must be a whole number of at least 1.\n", EXIT_USAGE)
+
+
 def train(config: DictConfig) -> None:
+    exit_unless_gpu_counts_are_positive(config.trainer)
     make_paths_absolute(config, ("mixed_r1.data_dir", "mixed_r1.smoke.work_dir"))
     worker_env = pin_output_paths(config, os.environ)
     exit_if_training_is_done(config)

@@ -73,6 +73,65 @@ def test_single_node_dry_run():
     ]  # fmt: skip
 
 
+EIGHT_GPUS = 'for i in 0 1 2 3 4 5 6 7; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done'
+
+
+def single_node_command(*args: str, **env: str) -> tuple[list[str], str]:
+    result = run_script(SCRIPTS[0], "--dry-run", *args, PYTHON=sys.executable, **env)
+    [command] = printed_commands(result)
+    return command[command.index("recipe=" + args[0]) + 1 :], result.stderr
+
+
+def test_single_node_keeps_the_recipes_gpus_unless_fewer_are_visible(tmp_path):
+    eight = fake_command(tmp_path / "bin", "nvidia-smi", EIGHT_GPUS)
+    assert single_node_command("smoke", PATH=eight) == (["trainer.nnodes=1"], ""), "smoke is a 1-GPU recipe"
+    assert single_node_command("qwen25vl_7b", PATH=eight)[0] == ["trainer.nnodes=1"]
+    lowered, said = single_node_command("qwen25vl_7b", "a=b", PATH=eight, CUDA_VISIBLE_DEVICES="0,1")
+    assert lowered == ["trainer.nnodes=1", "trainer.n_gpus_per_node=2", "a=b"]
+    assert "recipe qwen25vl_7b asks for 8 GPUs, this node shows 2: training on 2" in said
+    four = fake_command(tmp_path / "four", "nvidia-smi", EIGHT_GPUS.replace("4 5 6 7", ""))
+    assert single_node_command("qwen25vl_7b", PATH=four)[0] == ["trainer.nnodes=1", "trainer.n_gpus_per_node=4"]
+    own = single_node_command("qwen25vl_7b", "trainer.n_gpus_per_node=3", PATH=four)[0]
+    assert own == ["trainer.nnodes=1", "trainer.n_gpus_per_node=3"], "the user's setting is left alone"
+
+
+def test_single_node_leaves_the_recipe_alone_where_it_sees_no_gpu(tmp_path):
+    broken = fake_command(tmp_path / "bin", "nvidia-smi", 'echo "NVIDIA-SMI has failed" >&2; exit 9')
+    assert single_node_command("qwen25vl_7b", PATH=broken)[0] == ["trainer.nnodes=1"]
+    assert single_node_command("qwen25vl_7b", CUDA_VISIBLE_DEVICES="")[0] == ["trainer.nnodes=1"]
+    assert single_node_command("qwen25vl_7b", CUDA_VISIBLE_DEVICES="-1")[0] == ["trainer.nnodes=1"]
+
+
+def test_a_zero_gpu_count_is_a_usage_error_of_the_entry(tmp_path):
+    result = run_script(
+        SCRIPTS[0], "smoke", "trainer.n_gpus_per_node=0", f"mixed_r1.smoke.work_dir={tmp_path}", cwd=tmp_path,
+        PYTHON=sys.executable, PYTHONPATH=str(REPO),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "trainer.n_gpus_per_node=0: it must be a whole number of at least 1" in result.stderr
+    assert "ZeroDivisionError" not in result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS[:2], ids=lambda p: p.name)
+def test_counts_and_recipes_are_checked_before_anything_runs(script, tmp_path):
+    count_option = "--gpus" if script == SCRIPTS[0] else "--nnodes"
+    for count in ("abc", "0", "-1"):
+        result = run_script(script, "--dry-run", count_option, count, "smoke", HOME=str(tmp_path))
+        assert result.returncode == 2 and f"{count_option} needs a positive whole number, not '{count}'" in result.stderr
+    unknown = run_script(script, "--dry-run", "nosuchrecipe", HOME=str(tmp_path))
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert "unknown recipe 'nosuchrecipe'" in unknown.stderr and " smoke " in unknown.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_launcher_options_may_follow_the_recipe(script, tmp_path):
+    env = {"PYTHON": sys.executable, "HOME": str(tmp_path), **slurm_env(SLURM_GPUS_ON_NODE="1")}
+    before = run_script(script, "--dry-run", "smoke", "--cfg", "job", "a=b", **env)
+    after = run_script(script, "smoke", "--dry-run", "--cfg", "job", "a=b", **env)
+    assert printed_commands(after) == printed_commands(before)
+    assert printed_commands(after)[-1][-3:] == ["--cfg", "job", "a=b"], "the entry's own flags are passed on"
+
+
 def test_ray_job_dry_run_ships_the_code_and_registers_the_plugins_on_every_node(tmp_path):
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
