@@ -140,6 +140,7 @@ if [[ " $* " == *" start --head "* ]]; then
     read -ra extra <<<"$TEST_HEAD_OPTIONS"
 elif [[ " $* " == *" start "* ]]; then
     read -ra extra <<<"$TEST_WORKER_OPTIONS"
+    export HOME="$TEST_WORKER_HOME"
 fi
 exec "$@" "${extra[@]}"
 """
@@ -147,8 +148,8 @@ exec "$@" "${extra[@]}"
 
 def test_slurm_script_starts_a_token_cluster_that_its_nodes_and_driver_join(tmp_path, tmp_path_factory):
     """A home with a token (Ray 2.60 writes one at a first local ray.init()) turns the head's token
-    authentication on; the worker, the wait for the nodes and the driver join it. Ray runs from $PYTHON,
-    with no `ray` on PATH."""
+    authentication on; the worker, whose node has a home of its own without the token, the wait for the
+    nodes and the driver join it. Ray runs from $PYTHON, with no `ray` on PATH."""
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text(token := secrets.token_hex(32))
@@ -164,7 +165,7 @@ def test_slurm_script_starts_a_token_cluster_that_its_nodes_and_driver_join(tmp_
         SLURM_CPUS_PER_TASK="1", SLURM_GPUS_ON_NODE="0",
         TEST_HEAD_OPTIONS=f"--dashboard-port={dashboard_port} --ray-client-server-port={client_port} "
         f"--dashboard-agent-listen-port={head_agent_port} --temp-dir={tmp_path_factory.mktemp('ray')} --disable-usage-stats",
-        TEST_WORKER_OPTIONS=f"--dashboard-agent-listen-port={worker_agent_port}",
+        TEST_WORKER_OPTIONS=f"--dashboard-agent-listen-port={worker_agent_port}", TEST_WORKER_HOME=str(tmp_path),
     )  # fmt: skip
     job = subprocess.Popen(
         ["bash", str(REPO / "launch" / "slurm" / "train.sbatch"), "smoke", "trainer.n_gpus_per_node=1",

@@ -208,7 +208,7 @@ def test_slurm_dry_run_starts_a_head_and_workers_then_trains_on_all_nodes(gpu_va
         **slurm_env(**gpu_vars),
     )  # fmt: skip
     head, worker_b, worker_c, train = printed_commands(result)
-    auth = ["env", "RAY_AUTH_MODE=token", f"RAY_AUTH_TOKEN_PATH={tmp_path}/.ray/auth_token"]
+    auth = ["env", "RAY_AUTH_MODE=token"]
     ray_start = [*auth, "/venv/bin/python", "-m", "ray.scripts.scripts", "start"]
     steps = len(ray_start) + 7
     assert head[:steps] == [*srun_step("gpu-a", 32), *ray_start] and not (tmp_path / ".ray").exists()
@@ -238,8 +238,11 @@ def slurm_ray_commands(**extra: str) -> list[list[str]]:
 
 
 def test_slurm_token_settings_of_the_user_win(tmp_path):
-    for command in slurm_ray_commands(RAY_AUTH_TOKEN_PATH=str(tmp_path / "token"), HOME=str(tmp_path)):
-        assert f"RAY_AUTH_TOKEN_PATH={tmp_path}/token" in command and "RAY_AUTH_MODE=token" in command
+    result = run_script(SCRIPTS[2], "--dry-run", "smoke", **slurm_env(SLURM_GPUS_ON_NODE="1"),
+                        RAY_AUTH_TOKEN_PATH=str(tmp_path / "token"), HOME=str(tmp_path))  # fmt: skip
+    assert f"the token of {tmp_path}/token in every step's environment" in result.stdout
+    for command in printed_commands(result):
+        assert "RAY_AUTH_MODE=token" in command and not any("RAY_AUTH_TOKEN" in arg for arg in command)
     for command in slurm_ray_commands(RAY_AUTH_TOKEN="s3cret", HOME=str(tmp_path)):
         assert "RAY_AUTH_MODE=token" in command, "the token itself goes to the steps in their environment"
         assert not any("RAY_AUTH_TOKEN" in arg or "s3cret" in arg for arg in command)
