@@ -74,9 +74,21 @@ def test_a_category_holding_a_number_is_a_text_target(answer, ground_truth):
         ("45 (2019)", None),
         ("2019-2020", None),
         ("1e999", None),
+        ("USD 12", 12.0),
+        ("US$ 12", 12.0),
+        ("Rs. 50", 50.0),
+        ("12 million.", 12.0),
+        ("30°C", 30.0),
+        ("50 kg/m2", 50.0),
+        ("about 12", 12.0),
+        ("12 (approx)", 12.0),
+        ("-4.2%", -4.2),
+        ("2019", 2019.0),
+        ("5 May", None),
+        ("over 18", None),
     ],
 )
-def test_numeric_target_allows_only_a_currency_sign_and_a_unit(ground_truth, expected):
+def test_numeric_target_takes_currencies_approximations_and_units_but_not_labels(ground_truth, expected):
     assert numeric_target(ground_truth) == expected
 
 

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import re
 
-from .text import NUMBER_PATTERN, find_numbers, normalize_text, to_float, unicode_minus_as_hyphen
+from .text import NUMBER_TOKEN, find_numbers, normalize_text, to_float, unicode_minus_as_hyphen
 
 RELATIVE_TOLERANCE = 0.05
 
-# A numeric target: one number, at most a currency sign before it and a unit after it (% or words of
-# letters only: "million", "kg", "USD"). "Jan 2020", "2019 Q4" or "under 18" are categories.
-_NUMERIC_TARGET = re.compile(
-    r"\s*[$€£¥₹₩₽¢]?\s*(" + NUMBER_PATTERN + r")\s*(?:%|[^\W\d_]+(?:\s+[^\W\d_]+)*)?\s*"
+# Words that may precede the number of a numeric target: currencies and approximations ("USD 12",
+# "Rs. 50", "about 12"). Other words before it make a label ("Jan 2020", "under 18", "Group B 12").
+VALUE_PREFIX_WORDS = frozenset(
+    "usd us eur gbp jpy cny rmb inr rs aud cad chf hkd sgd krw rub brl mxn "
+    "about approx approximately around roughly nearly almost circa ca".split()
 )
+# Months, quarters and halves name a period even after the number ("2019 Q4", "5 May").
+_PERIOD_WORD = re.compile(
+    r"\b(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sept?(?:ember)?|"
+    r"oct(?:ober)?|nov(?:ember)?|dec(?:ember)?|q[1-4]|h[12])\b",
+    re.IGNORECASE,
+)
+_LETTER_WORD = re.compile(r"[^\W\d_]+")
 
 
 def single_number(text: str) -> float | None:
@@ -25,9 +33,17 @@ def single_number(text: str) -> float | None:
 
 
 def numeric_target(ground_truth: str) -> float | None:
-    """The value of a numeric ground truth (see `_NUMERIC_TARGET`), or None for a text target."""
-    match = _NUMERIC_TARGET.fullmatch(unicode_minus_as_hyphen(ground_truth))
-    return to_float(match.group(1)) if match else None
+    """The value of a numeric ground truth, or None for a text target. Numeric: one number, before it at
+    most currency signs or words of VALUE_PREFIX_WORDS, after it anything but a period (a unit: "%",
+    "million", "kg/m2", "°C", "(approx)")."""
+    text = unicode_minus_as_hyphen(ground_truth)
+    numbers = list(NUMBER_TOKEN.finditer(text))
+    if len(numbers) != 1 or _PERIOD_WORD.search(text):
+        return None
+    prefix_words = _LETTER_WORD.findall(text[: numbers[0].start()].lower())
+    if not set(prefix_words) <= VALUE_PREFIX_WORDS:
+        return None
+    return to_float(numbers[0].group())
 
 
 def chart_accuracy(answer: str, ground_truth: str) -> float:

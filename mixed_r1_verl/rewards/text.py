@@ -13,7 +13,7 @@ _EDGE_CHARS = string.punctuation + string.whitespace
 # A plain or thousands-grouped decimal, optionally signed and in scientific notation. Every part is
 # anchored on a distinct character class, so matching is linear in the input length.
 NUMBER_PATTERN = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+(?:[eE][-+]?\d+)?"
-_NUMBER = re.compile(r"(?<![\w.])(?:" + NUMBER_PATTERN + r")")
+NUMBER_TOKEN = re.compile(r"(?<![\w.])(?:" + NUMBER_PATTERN + r")")
 _UNICODE_MINUS = str.maketrans({"\u2212": "-", "\u2013": "-"})
 
 
@@ -36,4 +36,4 @@ def unicode_minus_as_hyphen(text: str) -> str:
 
 def find_numbers(text: str) -> list[str]:
     """Number tokens in reading order (unicode minus signs read as '-')."""
-    return _NUMBER.findall(unicode_minus_as_hyphen(text))
+    return NUMBER_TOKEN.findall(unicode_minus_as_hyphen(text))
