@@ -102,6 +102,9 @@ def test_in_range_letters_pass_and_option_texts_become_their_letter():
     assert parse_record({**GOOD, "answer": "The Red."}).answer == "A"
     assert parse_record({**GOOD, "options": None, "answer": "E"}).answer == "E"
     assert parse_record({**GOOD, "options": ["yes", "no"], "answer": "no"}).answer == "B"
+    lettered = ["A. red", "B. blue", "C. green"]
+    for answer in ("blue", "(B) blue", "Option B", "B. blue"):
+        assert parse_record({**GOOD, "options": lettered, "answer": answer}).answer == "B", answer
 
 
 @pytest.mark.parametrize(

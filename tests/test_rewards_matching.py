@@ -115,6 +115,14 @@ def test_an_answer_that_is_an_options_text_names_that_option():
     assert matching_accuracy("A cat", "A", ["dog", "A cat"]) == 0.0
 
 
+def test_a_bare_letter_names_the_option_of_that_letter_even_where_options_are_letters():
+    """Shuffled letter labels: option B's text is "A"; the answer "A" still means option A."""
+    options = ["B", "A", "C"]
+    assert matching_accuracy("A", "A", options) == matching_accuracy("(B)", "B", options) == 1.0
+    assert matching_accuracy("A", "B", options) == 0.0
+    assert matching_accuracy("a", "B", ["x", "a"]) == 1.0, "a lower-case text is compared as text"
+
+
 def test_options_as_a_parquet_row_holds_them(tmp_path):
     path = tmp_path / "rows.parquet"
     pd.DataFrame({"options": [["red", "blue"], ["cat", "dog", "bird"], None]}).to_parquet(path)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mixed_r1_verl.rewards.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
-from mixed_r1_verl.rewards.text import normalize_text
+from mixed_r1_verl.rewards.matching import matching_accuracy, option_text_letters
 
 TASKS = ("matching", "chart", "grounding", "open_ended")
 IMAGE_PLACEHOLDER = "<image>"
@@ -145,8 +145,9 @@ def is_non_finite_number(answer: str) -> bool:
 
 
 def option_answer(answer: str, options: tuple[str, ...]) -> str:
-    """The answer of a row with options as the prompt asks for it, by letter: a letter in range is kept,
-    the text of exactly one option (compared as the matching reward compares texts) becomes its letter."""
+    """The answer of a row with options as the prompt asks for it, by letter: a letter in range is kept;
+    another answer becomes the letter of the one option the matching reward reads it as naming ("blue",
+    "(B) blue" or "Option B" with options "A. red", "B. blue")."""
     letters = f"A-{OPTION_LETTERS[len(options) - 1]}"
     index = option_index(answer)
     if index is not None:
@@ -154,12 +155,12 @@ def option_answer(answer: str, options: tuple[str, ...]) -> str:
             return answer
         detail = f"answer {answer!r} names an option the row lacks: it has {len(options)} options ({letters})"
         raise RecordError(ANSWER_NOT_AN_OPTION, detail)
-    text = normalize_text(answer)
-    matches = [letter for letter, option in zip(OPTION_LETTERS, options) if text and normalize_text(option) == text]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise RecordError(ANSWER_NOT_AN_OPTION, f"answer {answer!r} is the text of options {', '.join(matches)}")
+    named = [letter for letter in OPTION_LETTERS[: len(options)] if matching_accuracy(answer, letter, options)]
+    if len(named) == 1:
+        return named[0]
+    same_text = sorted(option_text_letters(answer, options))
+    if len(same_text) > 1:
+        raise RecordError(ANSWER_NOT_AN_OPTION, f"answer {answer!r} is the text of options {', '.join(same_text)}")
     raise RecordError(
         ANSWER_NOT_AN_OPTION,
         f"answer {answer!r} is neither an option letter nor an option's text: the row has {len(options)} options "

@@ -9,6 +9,7 @@ from functools import lru_cache
 from .text import normalize_text
 
 _OPTION_LETTER_GT = re.compile(r"\(?([A-Za-z])\)?[.:)]?")
+_BARE_CAPITAL = re.compile(r"\(?[A-Z]\)?[.:)]?")
 # A capital letter standing alone: "B", "(B)", "B.", "B) text", "answer is B".
 _STANDALONE_CAPITAL = re.compile(r"(?<![A-Za-z0-9])([A-Z])(?![A-Za-z0-9'\u2019])")
 # "A dog" is the article; "A is correct", "A and B" name option A.
@@ -50,10 +51,11 @@ def _mentioned_letters(answer: str, option_count: int) -> set[str]:
     return letters
 
 
-def _option_text_letters(answer: str, options: Sequence[str]) -> set[str]:
-    """The letters of the options whose text the answer is (normalised): "blue" is B of [red, blue]."""
+def option_text_letters(answer: str, options: Sequence[str]) -> set[str]:
+    """The letters of the options whose text the answer is (normalised): "blue" is B of [red, blue]. A
+    bare letter ("A", "(A)", "A.") names an option by its letter, even where an option's text is a letter."""
     said = normalize_text(answer)
-    if not said:
+    if not said or _BARE_CAPITAL.fullmatch(answer.strip()):
         return set()
     return {chr(ord("A") + index) for index, option in enumerate(options) if _normalized_option(option) == said}
 
@@ -67,7 +69,7 @@ def _normalized_option(option: str) -> str:
 def option_letter_accuracy(answer: str, letter: str, options: Sequence[str] | None = None) -> float:
     """1.0 iff the answer names exactly one option and it is `letter`: by the option's text (with
     `options`), else by its letter."""
-    letters = _option_text_letters(answer, options) if options else set()
+    letters = option_text_letters(answer, options) if options else set()
     if not letters:
         letters = _mentioned_letters(answer, max(len(options or ()), ord(letter) - ord("A") + 1))
     return 1.0 if letters == {letter} else 0.0
