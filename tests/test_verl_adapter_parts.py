@@ -4,6 +4,7 @@ import asyncio
 import os
 import time
 
+import numpy as np
 import pytest
 import ray
 import torch
@@ -12,7 +13,7 @@ from reward_loop_helpers import reward_config
 from mixed_r1_verl.rewards import bmas_batch, compute_score
 from mixed_r1_verl.rewards.embeddings import load_input_embeddings
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, per_task_metrics
-from mixed_r1_verl.verl_adapter.reward_manager import BmasBatcher
+from mixed_r1_verl.verl_adapter.reward_manager import BmasBatcher, custom_score
 from mixed_r1_verl.verl_adapter.trainer import reward_extra_infos
 
 
@@ -246,3 +247,13 @@ def test_mixed_r1_sync_is_verls_sync_mode_from_construction_on(tiny_model_dir):
     assert trainer.trainer_mode == "sync" and config.trainer.v1.trainer_mode == "sync"
     assert type(trainer.replay_buffer) is ReplayBuffer and trainer.replay_buffer.trainer_mode == "sync"
     assert trainer.replay_buffer.trainer_config.parameter_sync_step == 2
+
+
+def test_a_custom_reward_score_may_be_any_finite_scalar():
+    for returned in (np.float32(0.5), torch.tensor(0.5), {"score": np.array(0.5), "acc": 1.0}, 0.5):
+        assert custom_score(returned, "f.py:score", "sample (x)")[0] == 0.5
+    assert custom_score(True, "f.py:score", "sample (x)") == (1.0, {})
+    with pytest.raises(TypeError, match=r"f.py:score for sample \(x\) returned 'high'"):
+        custom_score("high", "f.py:score", "sample (x)")
+    with pytest.raises(ValueError, match="non-finite score nan"):
+        custom_score({"score": np.float64("nan")}, "f.py:score", "sample (x)")

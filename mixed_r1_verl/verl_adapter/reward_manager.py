@@ -32,7 +32,6 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from numbers import Real
 
 import ray
 import torch
@@ -153,11 +152,13 @@ def custom_score(result, custom_function: str, sample: str) -> tuple[float, dict
         score, fields = result["score"], dict(result)
     else:
         score, fields = result, {}
-    if not isinstance(score, Real) or isinstance(score, bool):
-        raise TypeError(f"{where} returned {result!r}; expected a number or a dict with a numeric 'score'")
-    if not math.isfinite(score):
-        raise ValueError(f"{where} returned the non-finite score {score}")
-    return float(score), fields
+    try:
+        value = float(score)  # numpy and torch scalars too
+    except (TypeError, ValueError):
+        raise TypeError(f"{where} returned {result!r}; expected a number or a dict with a numeric 'score'") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{where} returned the non-finite score {value}")
+    return value, fields
 
 
 def check_same_extra_keys(first_keys: list[str], keys: list[str], custom_function: str, sample: str) -> None:
