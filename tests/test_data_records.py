@@ -168,7 +168,7 @@ def test_generated_ids_follow_the_content_and_name_the_source():
         generated_id(record, ["cd" * 32]),
         *(generated_id(parse_record({**GOOD, "id": None, **change}), digests) for change in (
             {"answer": "A"}, {"problem": "<image>What colour is it?"}, {"options": ["red", "blue", "green"]},
-            {"task": "open_ended", "options": None, "answer": "B"},
+            {"task": "open_ended", "options": None, "answer": "B"}, {"rationale": "The second swatch is blue."},
         )),
     ]  # fmt: skip
     assert len({generated, *changed}) == 1 + len(changed)

@@ -322,9 +322,12 @@ GENERATED_ID_MARK = "-auto-"
 
 def generated_id(record: CanonicalRecord, image_digests: Sequence[str]) -> str:
     """The id of a row whose source gives none: `<data_source>-auto-<16 hex digits>`, a digest of the
-    task, the images' bytes (their SHA-256 digests), problem, options and answer. It is the same in every
-    run and at any row position (so is the split hashed from it); rows with the same content share it."""
-    content = [record.task, list(image_digests), record.problem, list(record.options or ()), record.answer]
+    task, the images' bytes (their SHA-256 digests), problem, options, answer and rationale. It is the
+    same in every run and at any row position (so is the split hashed from it); rows with the same content
+    share it."""
+    content = [
+        record.task, list(image_digests), record.problem, list(record.options or ()), record.answer, record.rationale
+    ]  # fmt: skip
     digest = hashlib.blake2b(json.dumps(content).encode(), digest_size=8).hexdigest()
     return f"{record.data_source}{GENERATED_ID_MARK}{digest}"
 
