@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
@@ -38,12 +39,15 @@ def parse_settings(schema: type[Settings], argv: list[str]) -> Settings:
 
 @contextmanager
 def input_errors_end_the_command() -> Iterator[None]:
-    """A bad input or setting (ValueError, OSError; their messages name the record or path and the
-    reason) ends the command with its message and exit code 1, without a traceback."""
+    """A bad input or setting (ValueError, OSError) ends the command with the error's type and message
+    (which name the record or path and the reason; a bare `FileNotFoundError("x.parquet")` says little
+    without its type) and exit code 1, without a traceback. MIXED_R1_TRACEBACK=1 keeps the traceback."""
     try:
         yield
     except (ValueError, OSError) as error:
-        raise SystemExit(str(error)) from None
+        if os.environ.get("MIXED_R1_TRACEBACK") == "1":
+            raise
+        raise SystemExit(f"{type(error).__name__}: {error}") from None
 
 
 def run_settings_cli(description: str, schema: type[Settings], argv: list[str], run: Callable[[Settings], None]) -> None:

@@ -176,7 +176,8 @@ def test_an_empty_selection_stops_before_converting_and_keeps_the_report(tmp_pat
         main([*settings, "difficulty.enabled=false", targets])
     message = str(stopped.value.code)
     assert message.startswith(
-        "no row was selected, so nothing is converted: of 8 rows read, balance dropped 8 over_target."
+        "EmptySelectionError: no row was selected, so nothing is converted: of 8 rows read, balance dropped 8 "
+        "over_target."
     )
     assert str(out / "report.json") in message and str(out / "dropped.jsonl") in message
     report = json.loads((out / "report.json").read_text())

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -343,7 +344,12 @@ def test_the_command_line_ends_on_bad_input_with_its_message_and_no_traceback(tm
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 1
-    assert f"{missing}: no summary.json" in result.stderr and "Traceback" not in result.stderr
+    assert f"FileNotFoundError: {missing}: no summary.json" in result.stderr and "Traceback" not in result.stderr
+    shown = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.eval", f"compare=[{missing},{missing}]"],
+        capture_output=True, text=True, check=False, env={**os.environ, "MIXED_R1_TRACEBACK": "1"},
+    )  # fmt: skip
+    assert shown.returncode == 1 and "Traceback" in shown.stderr
 
 
 @pytest.mark.parametrize(
