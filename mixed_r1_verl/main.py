@@ -133,11 +133,10 @@ def wait_for_cluster_gpus(config: DictConfig) -> None:
 
 
 def refused_for_its_token(error: BaseException | None) -> bool:
-    """ray.init reports a refused token as a ConnectionError whose cause quotes Ray's AuthenticationError."""
-    from ray.exceptions import AuthenticationError
-
+    """ray.init reports a refused token as a ConnectionError whose cause quotes Ray's AuthenticationError
+    (matched by name: Ray releases before token authentication lack the class)."""
     while error is not None:
-        if isinstance(error, AuthenticationError) or AuthenticationError.__name__ in str(error):
+        if type(error).__name__ == "AuthenticationError" or "AuthenticationError" in str(error):
             return True
         error = error.__cause__
     return False
