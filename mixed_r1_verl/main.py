@@ -263,29 +263,38 @@ def log_prob_micro_batch_mismatches(config: DictConfig) -> list[str]:
 
 
 def filtering_setting_errors(config: DictConfig) -> list[str]:
-    """What the per-task filtering sampler would refuse only once rollouts are scored: its options, and a
-    `metric` the mixed_r1 reward does not report as a number (without a custom reward function, whose
-    fields only it knows)."""
-    from mixed_r1_verl.verl_adapter.dynamic_sampling import PerTaskDynamicSampler, FilteringSettings
+    """What the per-task filtering sampler would refuse only once the trainer is built or rollouts are
+    scored: its options, verl's sync sub-steps, and a `metric` the mixed_r1 reward does not report as a
+    number (without a custom reward function, whose fields only it knows)."""
+    from mixed_r1_verl.verl_adapter.dynamic_sampling import (
+        PARAMETER_SYNC_STEP_SETTING,
+        FilteringSettings,
+        PerTaskDynamicSampler,
+        parameter_sync_step_error,
+    )
     from mixed_r1_verl.verl_adapter.metrics import AVERAGED_KEYS
     from mixed_r1_verl.verl_adapter.reward_manager import REWARD_MANAGER_NAME
 
     sampler = OmegaConf.select(config, "trainer.v1.sampler")
     if sampler is None or OmegaConf.select(sampler, "custom_sampler.name") != PerTaskDynamicSampler.__name__:
         return []
+    errors = []
+    sync_step_error = parameter_sync_step_error(OmegaConf.select(config, PARAMETER_SYNC_STEP_SETTING))
+    if sync_step_error:
+        errors.append(sync_step_error)
     try:
         settings = FilteringSettings.from_kwargs(sampler.get("sampler_kwargs"))
     except (TypeError, ValueError) as error:
-        return [str(error)]
+        return [*errors, str(error)]
     scored_by_mixed_reward = OmegaConf.select(config, "reward.reward_manager.name") == REWARD_MANAGER_NAME and not (
         OmegaConf.select(config, "reward.custom_reward_function.path")
     )
     if scored_by_mixed_reward and settings.metric not in AVERAGED_KEYS:
-        return [
+        errors.append(
             f"trainer.v1.sampler.sampler_kwargs.metric={settings.metric!r} (algorithm.filter_groups.metric) is not "
             f"a number the mixed_r1 reward reports; use one of {', '.join(AVERAGED_KEYS)}"
-        ]
-    return []
+        )
+    return errors
 
 
 def file_logger_env(environ) -> dict[str, str]:

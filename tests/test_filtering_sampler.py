@@ -374,6 +374,12 @@ def test_filtering_on_plugs_the_sampler_into_verls_trainer_extension_point(tmp_p
     assert config.algorithm.filter_groups.enable is True
 
 
+def test_filtering_refuses_verls_sync_sub_steps_when_the_trainer_is_built(tmp_path):
+    overrides = ["filtering=on", "trainer.v1.trainer_mode=mixed_r1_sync", "+trainer.v1.sync.parameter_sync_step=2"]
+    with pytest.raises(ValueError, match=r"trainer.v1.sync.parameter_sync_step=2; use .*=1 with filtering"):
+        build_trainer(tmp_path, overrides)
+
+
 def test_filtering_off_is_verls_default_sampler(tmp_path):
     trainer, config = build_trainer(tmp_path, ["trainer.v1.trainer_mode=mixed_r1_sync"])
     sampler = trainer.replay_buffer

@@ -195,3 +195,15 @@ def test_filtering_settings_the_sampler_would_refuse_mid_run_are_named_before_st
         "smoke", "filtering=on", "algorithm.filter_groups.metric=acc", "reward.custom_reward_function.path=my_reward.py"
     )
     assert filtering_setting_errors(custom) == [], "a custom reward function's own fields are not known here"
+
+
+def test_filtering_with_sync_sub_steps_is_refused_before_start_up():
+    # verl's `sync: {}` is empty, so the setting is added with a leading `+`.
+    one_part = compose_recipe("smoke", "filtering=on", "+trainer.v1.sync.parameter_sync_step=1")
+    assert filtering_setting_errors(one_part) == []
+    (refused,) = filtering_setting_errors(
+        compose_recipe("smoke", "filtering=on", "+trainer.v1.sync.parameter_sync_step=2")
+    )
+    assert "filtering=on" in refused and "trainer.v1.sync.parameter_sync_step=2" in refused
+    assert "use trainer.v1.sync.parameter_sync_step=1 with filtering" in refused
+    assert filtering_setting_errors(compose_recipe("smoke", "+trainer.v1.sync.parameter_sync_step=2")) == []

@@ -30,6 +30,22 @@ METRIC_PREFIX = "filtering"
 TASK_KEY = "task"
 # These trainers call sampling methods that only verl's async buffer has.
 ASYNC_TRAINER_MODES = frozenset({"colocate_async", "separate_async"})
+PARAMETER_SYNC_STEP_SETTING = "trainer.v1.sync.parameter_sync_step"
+
+
+def parameter_sync_step_error(parameter_sync_step) -> str | None:
+    """Why the sampler cannot run with verl's sync `parameter_sync_step` sub-steps; None when it can.
+
+    verl submits a step's whole batch once and then samples it in `parameter_sync_step` parts, sleeping
+    the rollout replicas in between. This sampler completes its batch from everything that finished and
+    clears the rest, so a second part would find its prompts gone and refill on sleeping replicas.
+    """
+    if parameter_sync_step in (None, 1):
+        return None
+    return (
+        f"filtering=on (PerTaskDynamicSampler) samples each step's batch at once and cannot run with "
+        f"{PARAMETER_SYNC_STEP_SETTING}={parameter_sync_step}; use {PARAMETER_SYNC_STEP_SETTING}=1 with filtering"
+    )
 
 
 @dataclass(frozen=True)
@@ -157,6 +173,9 @@ class PerTaskDynamicSampler(ReplayBuffer):
             )
         if refill_fn is None:
             raise ValueError("PerTaskDynamicSampler needs refill_fn to replace dropped groups")
+        sync_step_error = parameter_sync_step_error((trainer_config or {}).get("parameter_sync_step"))
+        if sync_step_error:
+            raise ValueError(sync_step_error)
         self.settings = FilteringSettings.from_kwargs(sampler_kwargs)
         super().__init__(
             trainer_mode=trainer_mode,

@@ -3,7 +3,8 @@ reward, accuracy, correct rate, format rate and error rate of each Mixed-R1 task
 and with `mixed_r1.stop_by` ends the run with a checkpoint before that time (`stop_by.py`).
 
 Select it with `trainer.v1.trainer_mode=mixed_r1_sync`. Its settings are verl's `sync` ones
-(`trainer.v1.sync.*`, e.g. `trainer.v1.sync.parameter_sync_step`).
+(`trainer.v1.sync.*`; verl's is empty, so they are added with a leading `+`, e.g.
+`+trainer.v1.sync.parameter_sync_step=2`).
 """
 
 from __future__ import annotations
