@@ -21,6 +21,8 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.verl_adapter.dynamic_sampling import (
+    ALL_CORRECT,
+    ALL_WRONG,
     FilteringSettings,
     GroupVerdict,
     PerTaskDynamicSampler,
@@ -180,6 +182,26 @@ def test_drops_zero_variance_groups_refills_and_counts_per_task(transfer_queue):
     assert set(left) == set(batch.keys)
 
 
+def test_rollout_metric_and_dropped_outcomes_cover_every_judged_group_per_task(transfer_queue):
+    # A policy that solves most chart prompts: the trained groups are the mixed ones only.
+    first_batch = [informative("chart"), zero_variance("chart", solved=True)]
+    refills = [zero_variance("chart", solved=True), informative("chart"), zero_variance("grounding")]
+    rollout = ScriptedRollout(first_batch + refills)
+    sampler = make_sampler(rollout, max_refill_rounds=2)
+
+    rollout.submit(2)
+    batch, metrics = sampler.sample(global_steps=1, partition_id="train", batch_size=2)
+    trained = PerTaskMetricsLog().step(batch_reward_extra_infos(batch))
+    tq.kv_clear(keys=batch.keys, partition_id="train")
+
+    assert rollout.submitted == 4, "keep rate (1+1)/(2+1): 2 refills for the missing group"
+    assert trained["mixed_r1/chart/correct/mean"] == 0.5, "the kept groups are half right by construction"
+    assert metrics["filtering/chart/rollout_correct/mean"] == (0.5 + 1 + 1 + 0.5) / 4
+    assert metrics["filtering/chart/dropped_all_correct"] == 2 and metrics["filtering/chart/dropped_all_wrong"] == 0
+    assert metrics["filtering/chart/dropped"] == 2
+    assert "filtering/grounding/rollout_correct/mean" not in metrics, "a group never generated is not judged"
+
+
 def test_exhausted_budget_tops_up_with_zero_variance_groups(transfer_queue):
     first_batch = [informative("chart"), zero_variance("grounding"), zero_variance("grounding"), informative("chart")]
     refills = [zero_variance("matching")] * 4
@@ -293,7 +315,11 @@ def test_step_metrics_read_every_real_trajectory_of_the_batch(transfer_queue):
 
 
 def test_judge_group_rules():
-    assert judge_group("a", informative("grounding"), "score") == GroupVerdict("grounding", informative=True)
+    grounding = judge_group("a", informative("grounding"), "correct")
+    assert grounding == GroupVerdict("grounding", informative=True, metric_values=(1.0, 0.0, 1.0, 0.0))
+    assert judge_group("a", zero_variance("chart", solved=True), "correct").outcome == ALL_CORRECT
+    assert judge_group("a", zero_variance("chart"), "score").outcome == ALL_WRONG
+    assert judge_group("a", informative("chart"), "correct").outcome is None
     assert judge_group("a", informative("open_ended"), "score").informative
     assert not judge_group("a", zero_variance("open_ended"), "score").informative
     assert not judge_group("a", zero_variance("matching", solved=True), "score").informative

@@ -2,7 +2,8 @@
 
 GRPO's advantage of a group whose rewards are all equal is zero, so such a group costs a training
 step's compute and teaches nothing. This sampler drops those groups, refills the batch with fresh
-prompts within a per-step budget, and reports per task how many groups were kept and dropped.
+prompts within a per-step budget, and reports per task how many groups were kept and dropped, and
+the mean of its metric over every group it judged (the policy's rollouts, not only the trained ones).
 
 Enable it through verl's own extension point (``conf/filtering/on.yaml`` does this)::
 
@@ -15,6 +16,7 @@ The returned metrics travel the same path as verl's own sampler metrics (second 
 """
 
 import math
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -28,6 +30,9 @@ from mixed_r1_verl.rewards import values_differ
 
 METRIC_PREFIX = "filtering"
 TASK_KEY = "task"
+# The reward_extra_info field that says whether a response is right (1) or wrong (0).
+CORRECT_KEY = "correct"
+ALL_CORRECT, ALL_WRONG = "all_correct", "all_wrong"
 # These trainers call sampling methods that only verl's async buffer has.
 ASYNC_TRAINER_MODES = frozenset({"colocate_async", "separate_async"})
 PARAMETER_SYNC_STEP_SETTING = "trainer.v1.sync.parameter_sync_step"
@@ -92,6 +97,18 @@ class FilteringSettings:
 class GroupVerdict:
     task: str
     informative: bool
+    # The filtering metric of each of the group's responses.
+    metric_values: tuple[float, ...]
+    # ALL_CORRECT / ALL_WRONG when every response reports `correct` 1 / 0; None otherwise.
+    outcome: str | None = None
+
+
+def group_outcome(reward_infos: list[Mapping]) -> str | None:
+    """ALL_CORRECT or ALL_WRONG when every response of a group is right or every one is wrong, else None."""
+    corrects = [float(info[CORRECT_KEY]) for info in reward_infos if CORRECT_KEY in info]
+    if len(corrects) < len(reward_infos):
+        return None
+    return {frozenset({1.0}): ALL_CORRECT, frozenset({0.0}): ALL_WRONG}.get(frozenset(corrects))
 
 
 def judge_group(uid: str, reward_infos: list[Mapping], metric: str) -> GroupVerdict:
@@ -111,8 +128,9 @@ def judge_group(uid: str, reward_infos: list[Mapping], metric: str) -> GroupVerd
     tasks = {str(info[TASK_KEY]) for info in reward_infos}
     if len(tasks) != 1:
         raise RuntimeError(f"group {uid}: trajectories disagree on the task: {sorted(tasks)}")
-    values = [float(info[metric]) for info in reward_infos]
-    return GroupVerdict(task=tasks.pop(), informative=len(values) < 2 or values_differ(values))
+    values = tuple(float(info[metric]) for info in reward_infos)
+    informative = len(values) < 2 or values_differ(values)
+    return GroupVerdict(tasks.pop(), informative, values, group_outcome(reward_infos))
 
 
 def refill_count(needed: int, inflight: int, kept: int, judged: int) -> int:
@@ -130,19 +148,30 @@ def refill_count(needed: int, inflight: int, kept: int, judged: int) -> int:
 def filtering_metrics(
     kept: Iterable[GroupVerdict],
     dropped: Iterable[GroupVerdict],
+    judged: Iterable[GroupVerdict],
     known_tasks: Iterable[str],
+    metric: str,
     **step_counts: int,
 ) -> dict[str, int | float]:
-    """Per-task and overall counts; tasks in ``known_tasks`` without groups this step read 0."""
+    """Per-task and overall counts, and per task the mean of ``metric`` over the responses of every
+    ``judged`` group; tasks in ``known_tasks`` without groups this step read 0 (and have no mean)."""
     kept, dropped = list(kept), list(dropped)
     kept_by_task = Counter(verdict.task for verdict in kept)
     no_signal_by_task = Counter(verdict.task for verdict in kept if not verdict.informative)
     dropped_by_task = Counter(verdict.task for verdict in dropped)
+    dropped_by_outcome = Counter((verdict.task, verdict.outcome) for verdict in dropped)
+    values_by_task: dict[str, list[float]] = {}
+    for verdict in judged:
+        values_by_task.setdefault(verdict.task, []).extend(verdict.metric_values)
     metrics: dict[str, int | float] = {}
-    for task in sorted(set(known_tasks) | set(kept_by_task) | set(dropped_by_task)):
+    for task in sorted(set(known_tasks) | set(kept_by_task) | set(dropped_by_task) | set(values_by_task)):
         metrics[f"{METRIC_PREFIX}/{task}/kept"] = kept_by_task[task]
         metrics[f"{METRIC_PREFIX}/{task}/dropped"] = dropped_by_task[task]
+        metrics[f"{METRIC_PREFIX}/{task}/dropped_{ALL_CORRECT}"] = dropped_by_outcome[task, ALL_CORRECT]
+        metrics[f"{METRIC_PREFIX}/{task}/dropped_{ALL_WRONG}"] = dropped_by_outcome[task, ALL_WRONG]
         metrics[f"{METRIC_PREFIX}/{task}/no_signal_kept"] = no_signal_by_task[task]
+        if values_by_task.get(task):
+            metrics[f"{METRIC_PREFIX}/{task}/rollout_{metric}/mean"] = statistics.fmean(values_by_task[task])
     metrics[f"{METRIC_PREFIX}/kept"] = len(kept)
     metrics[f"{METRIC_PREFIX}/dropped"] = len(dropped)
     metrics.update({f"{METRIC_PREFIX}/{name}": value for name, value in step_counts.items()})
@@ -270,7 +299,9 @@ class PerTaskDynamicSampler(ReplayBuffer):
         metrics = filtering_metrics(
             kept_verdicts,
             dropped_verdicts,
+            self._verdicts.values(),
             self._known_tasks,
+            self.settings.metric,
             failed_kept=len(chosen_set & self.failure_keys[partition_id]),
             discarded_surplus=len(discarded - zero_variance),
             refilled_prompts=refilled,
