@@ -257,3 +257,23 @@ def test_a_custom_reward_score_may_be_any_finite_scalar():
         custom_score("high", "f.py:score", "sample (x)")
     with pytest.raises(ValueError, match="non-finite score nan"):
         custom_score({"score": np.float64("nan")}, "f.py:score", "sample (x)")
+
+
+def test_stop_by_knows_what_a_validation_takes_from_the_one_before_training(tiny_model_dir):
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    config = compose_verl_config([
+        f"actor_rollout_ref.model.path={tiny_model_dir}", "trainer.v1.trainer_mode=mixed_r1_sync",
+        "algorithm.adv_estimator=grpo", "data.train_batch_size=4",
+        f"+mixed_r1.stop_by={time.time() + 3600}", "+mixed_r1.stop_save_estimate_s=60",
+    ])
+    trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config)
+    validation_s = 0.3
+
+    # verl's fit() calls these hooks around every validation, trainer.val_before_train's included.
+    trainer.on_validate_begin()
+    time.sleep(validation_s)
+    trainer.on_validate_end()
+
+    assert trainer._stop_by.validation_s >= validation_s
+    assert trainer._stop_by.reserve_s(validates_last_step=True) >= 60 + validation_s

@@ -106,8 +106,17 @@ class MixedR1SyncTrainer(PPOTrainerSync):
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
         metrics.update(self._task_metrics.step(batch_reward_extra_infos(batch)))
-        if self._stop_by is not None and "testing" in timing_raw:
-            self._stop_by.record_validation(timing_raw["testing"])
+
+    # verl calls these around every validation, the one before training (which it does not time) included,
+    # so stop_by knows what the last step's validation takes from the first step on.
+    def on_validate_begin(self):
+        super().on_validate_begin()
+        self._validation_started = time.time()
+
+    def on_validate_end(self):
+        super().on_validate_end()
+        if self._stop_by is not None:
+            self._stop_by.record_validation(time.time() - self._validation_started)
 
     def on_train_begin(self):
         super().on_train_begin()
