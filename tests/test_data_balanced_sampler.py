@@ -14,6 +14,7 @@ from mixed_r1_verl.data.balanced_sampler import (
     SamplerConfigError, balanced_order, batch_quota, check_resumed_sampler, configured_sampler,
 )  # fmt: skip
 from mixed_r1_verl.data.processor import load_image_text_processor
+from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count
 from mixed_r1_verl.verl_adapter.trainer import MixedR1SyncTrainer
 
 TASKS = {"matching", "chart", "grounding", "open_ended"}
@@ -119,6 +120,34 @@ def test_resume_from_a_checkpointed_loader_continues_the_same_sequence(config, b
     resumed.load_state_dict(state)
     check_resumed_sampler(resumed, "checkpoint")
     assert [batch_rows(batch) for batch, _ in zip(resumed, range(2))] == expected
+
+
+def epochs_of_batches(loader, epochs: int) -> list[list[list[tuple[str, str]]]]:
+    return [[batch_rows(batch) for batch in loader] for _ in range(epochs)]
+
+
+def test_the_order_of_every_epoch_is_the_same_with_and_without_loader_processes(config, data_dir, tiny_model_dir):
+    assert config.data.dataloader_num_workers == 2
+    in_process = smoke_config(data_dir, tiny_model_dir, "data.dataloader_num_workers=0")
+    with_workers = epochs_of_batches(trainer_with_dataloader(config).train_dataloader, 3)
+    assert epochs_of_batches(trainer_with_dataloader(in_process).train_dataloader, 3) == with_workers
+
+
+def test_resumed_with_another_number_of_loader_processes_the_later_epochs_keep_their_order(
+    config, data_dir, tiny_model_dir
+):
+    uninterrupted = epochs_of_batches(trainer_with_dataloader(config).train_dataloader, 3)
+    interrupted = trainer_with_dataloader(config).train_dataloader
+    batches = iter(interrupted)
+    read = [batch_rows(next(batches)) for _ in range(2)]
+    state = interrupted.state_dict()
+
+    in_process = smoke_config(data_dir, tiny_model_dir, "data.dataloader_num_workers=0")
+    resumed = trainer_with_dataloader(in_process).train_dataloader
+    resumed.load_state_dict(state)
+    resume_with_saved_worker_count(resumed, "checkpoint", "data.dataloader_num_workers")
+    rest_of_epoch = [batch_rows(batch) for batch in resumed]
+    assert [read + rest_of_epoch, *epochs_of_batches(resumed, 2)] == uninterrupted
 
 
 @pytest.mark.parametrize("checkpointed_balanced", [True, False])

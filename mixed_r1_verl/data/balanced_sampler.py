@@ -88,7 +88,11 @@ def balanced_order(tasks: Sequence[str], batch_size: int, rng: np.random.Generat
 
 
 class _EpochIterator(Iterator[int]):
-    """One epoch of a TaskBalancedSampler; its state (epoch, rows yielded) is what a checkpoint keeps."""
+    """One epoch of a TaskBalancedSampler; its state (epoch, rows yielded) is what a checkpoint keeps.
+
+    The sampler moves on to the next epoch when an epoch has yielded all its rows, not when an iterator
+    is built: a data loader with worker processes builds two per epoch, one without builds one, and the
+    order of an epoch must depend on its number only (a run may resume with another number of them)."""
 
     def __init__(self, sampler: TaskBalancedSampler, epoch: int):
         self.sampler = sampler
@@ -101,6 +105,7 @@ class _EpochIterator(Iterator[int]):
 
     def __next__(self) -> int:
         if self.yielded >= len(self.order):
+            self.sampler.next_epoch = self.epoch + 1
             raise StopIteration
         self.yielded += 1
         return self.order[self.yielded - 1]
@@ -112,7 +117,6 @@ class _EpochIterator(Iterator[int]):
         self.epoch = int(state["epoch"])
         self.order = self.sampler.epoch_order(self.epoch)
         self.yielded = int(state["yielded"])
-        self.sampler.next_epoch = self.epoch + 1
 
 
 class TaskBalancedSampler(Sampler[int]):
@@ -133,9 +137,7 @@ class TaskBalancedSampler(Sampler[int]):
         return balanced_order(self.tasks, self.batch_size, rng)
 
     def __iter__(self) -> _EpochIterator:
-        iterator = _EpochIterator(self, self.next_epoch)
-        self.next_epoch += 1
-        return iterator
+        return _EpochIterator(self, self.next_epoch)
 
     def __len__(self) -> int:
         return len(self.tasks)
