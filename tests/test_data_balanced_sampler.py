@@ -11,7 +11,7 @@ from data_helpers import convert_synthetic
 from test_train_config import compose_recipe
 
 from mixed_r1_verl.data.balanced_sampler import (
-    SamplerConfigError, balanced_order, batch_quota, check_resumed_sampler, configured_sampler,
+    ORDER_SETTINGS_KEY, SamplerConfigError, balanced_order, batch_quota, check_resumed_sampler, configured_sampler,
 )  # fmt: skip
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count
@@ -55,6 +55,15 @@ def trainer_with_dataloader(config, trainer_mode="sync"):
     trainer.parameter_sync_step = 1
     trainer._init_dataloader()
     return trainer
+
+
+def read_then_checkpoint(config, batches: int):
+    """The iterator of a data loader that has read `batches` batches, and the state a checkpoint saves."""
+    loader = trainer_with_dataloader(config).train_dataloader
+    iterator = iter(loader)
+    for _ in range(batches):
+        next(iterator)
+    return iterator, loader.state_dict()
 
 
 def batch_rows(batch) -> list[tuple[str, str]]:
@@ -156,25 +165,42 @@ def test_resume_with_the_other_sampler_names_the_checkpoint_and_both_samplers(
 ):
     shuffled = smoke_config(data_dir, tiny_model_dir, "data.sampler.class_path=null", "data.sampler.class_name=null")
     before, after = (config, shuffled) if checkpointed_balanced else (shuffled, config)
-    loader = trainer_with_dataloader(before).train_dataloader
-    iterator = iter(loader)
-    for _ in range(2):
-        next(iterator)
+    _, state = read_then_checkpoint(before, batches=2)
     resumed = trainer_with_dataloader(after).train_dataloader
-    resumed.load_state_dict(loader.state_dict())
+    resumed.load_state_dict(state)
     written, used = ("task-balanced", "verl's own") if checkpointed_balanced else ("verl's own", "task-balanced")
     message = rf"^ckpt/global_step_2: .*written with .*{written}.*this run uses .*{used}"
     with pytest.raises(SamplerConfigError, match=message):
         check_resumed_sampler(resumed, "ckpt/global_step_2")
 
 
+def test_resume_with_settings_that_shape_the_order_changed_names_them(config, data_dir, tiny_model_dir):
+    _, state = read_then_checkpoint(config, batches=2)
+
+    other_batches = smoke_config(data_dir, tiny_model_dir, "data.train_batch_size=4", "data.seed=1")
+    resumed = trainer_with_dataloader(other_batches).train_dataloader
+    resumed.load_state_dict(state)
+    message = r"^ckpt/global_step_2: .*data.train_batch_size: 8 then, 4 now; data.seed: 0 then, 1 now\)"
+    with pytest.raises(SamplerConfigError, match=message):
+        check_resumed_sampler(resumed, "ckpt/global_step_2")
+
+    same = trainer_with_dataloader(config).train_dataloader
+    same.load_state_dict(state)
+    check_resumed_sampler(same, "ckpt/global_step_2")
+    unrecorded = trainer_with_dataloader(other_batches).train_dataloader
+    unrecorded.load_state_dict(state_without_order_settings(state))
+    check_resumed_sampler(unrecorded, "ckpt/global_step_2")  # a checkpoint written before they were recorded
+
+
+def state_without_order_settings(state):
+    if not isinstance(state, dict):
+        return state
+    return {key: state_without_order_settings(value) for key, value in state.items() if key != ORDER_SETTINGS_KEY}
+
+
 def test_resume_with_filtering_switched_on_continues_where_the_checkpoint_stopped(config, data_dir, tiny_model_dir):
     """A checkpoint of prompt batches (filtering off) restored into single-prompt fetches (filtering on)."""
-    loader = trainer_with_dataloader(config).train_dataloader
-    iterator = iter(loader)
-    for _ in range(3):
-        next(iterator)
-    state = loader.state_dict()
+    iterator, state = read_then_checkpoint(config, batches=3)
     expected = batch_rows(next(iterator))
 
     filtering = smoke_config(data_dir, tiny_model_dir, "filtering=on")

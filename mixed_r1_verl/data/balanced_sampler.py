@@ -4,7 +4,8 @@ With shuffled mixed data a small batch often misses a task (8 prompts from 4 tas
 every batch of a 6-step run only about 8 % of the time). `TaskBalancedSampler` orders every epoch so
 that each batch of `data.train_batch_size` consecutive rows holds every task in proportion to its
 remaining rows (at least one of each while the batch has room), visits every row exactly once per
-epoch, and is seeded (`data.seed`, default 0) and resumable through verl's checkpointed data loader.
+epoch, and is seeded (`data.seed`, default 0) and resumable through verl's checkpointed data loader
+(with the settings its order follows, which its state records).
 
 Select it with
 
@@ -17,6 +18,7 @@ verl 0.9.1 has no such hook in `create_rl_sampler`, so the project's trainer app
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -28,6 +30,9 @@ from verl.utils.import_utils import load_extern_object
 from mixed_r1_verl.data.dataset import extra_info_column
 
 DEFAULT_SEED = 0
+# The sampler state's record of the settings its order follows, by the names a message gives them.
+ORDER_SETTINGS_KEY = "order_settings"
+START_ANEW = "start a new run (another trainer.default_local_dir, or trainer.resume_mode=disable)"
 
 
 class SamplerConfigError(ValueError):
@@ -132,6 +137,17 @@ class TaskBalancedSampler(Sampler[int]):
         self.shuffle = bool(data_config.get("shuffle", True))
         self.next_epoch = 0
 
+    def order_settings(self) -> dict[str, Any]:
+        """What shapes the order: a resume whose settings differ would repeat some rows and skip others."""
+        tasks_digest = hashlib.sha256("\n".join(self.tasks).encode()).hexdigest()[:16]
+        return {
+            "data.train_batch_size": self.batch_size,
+            "data.seed": self.seed,
+            "data.shuffle": self.shuffle,
+            "training rows": len(self.tasks),
+            "digest of the rows' tasks": tasks_digest,
+        }
+
     def epoch_order(self, epoch: int) -> list[int]:
         rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
         return balanced_order(self.tasks, self.batch_size, rng)
@@ -143,41 +159,60 @@ class TaskBalancedSampler(Sampler[int]):
         return len(self.tasks)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"next_epoch": self.next_epoch}
+        return {"next_epoch": self.next_epoch, ORDER_SETTINGS_KEY: self.order_settings()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.next_epoch = int(state["next_epoch"])
 
 
-def written_by_task_balanced_sampler(loader_state) -> bool:
-    """Whether a checkpointed data loader state holds a TaskBalancedSampler's state (its `next_epoch`)."""
-    if isinstance(loader_state, dict):
-        if "next_epoch" in loader_state:
-            return True
-        return any(written_by_task_balanced_sampler(value) for value in loader_state.values())
-    return False
+def saved_sampler_state(loader_state) -> dict | None:
+    """The TaskBalancedSampler state (the dict with its `next_epoch`) in a checkpointed data loader state."""
+    if not isinstance(loader_state, dict):
+        return None
+    if "next_epoch" in loader_state:
+        return loader_state
+    for value in loader_state.values():
+        found = saved_sampler_state(value)
+        if found is not None:
+            return found
+    return None
+
+
+def changed_order_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`name: saved then, current now` for every setting recorded in `saved` that differs in `current`;
+    a state written before settings were recorded has none to compare."""
+    changed = {name: value for name, value in saved.items() if value != current.get(name)}
+    return [f"{name}: {value!r} then, {current.get(name)!r} now" for name, value in changed.items()]
 
 
 def check_resumed_sampler(loader: StatefulDataLoader, checkpoint: str) -> None:
     """Raises SamplerConfigError when the data loader state restored from `checkpoint` was written with
-    task-balanced batches and this run shuffles, or the other way round: the restored order would not
-    fit the sampler, and torchdata would only fail on the first batch with a bare KeyError."""
+    task-balanced batches and this run shuffles, or the other way round (the restored order would not
+    fit the sampler, and torchdata would only fail on the first batch with a bare KeyError), or when the
+    task-balanced order was written with other settings than this run's (`order_settings`)."""
     state = getattr(loader, "next_iter_state", None)
     if not state:
         return
-    written = written_by_task_balanced_sampler(state)
+    sampler_state = saved_sampler_state(state)
+    written = sampler_state is not None
     uses = isinstance(loader.sampler, TaskBalancedSampler)
-    if written == uses:
-        return
-    kinds = {
-        True: "task-balanced batches (data.sampler TaskBalancedSampler)",
-        False: "a sampler other than TaskBalancedSampler (verl's own when data.sampler is unset)",
-    }
-    raise SamplerConfigError(
-        f"{checkpoint}: its data loader state was written with {kinds[written]}, but this run uses {kinds[uses]}. "
-        "Resume with the data.sampler setting the run was checkpointed with, or start a new run "
-        "(another trainer.default_local_dir, or trainer.resume_mode=disable)."
-    )
+    if written != uses:
+        kinds = {
+            True: "task-balanced batches (data.sampler TaskBalancedSampler)",
+            False: "a sampler other than TaskBalancedSampler (verl's own when data.sampler is unset)",
+        }
+        raise SamplerConfigError(
+            f"{checkpoint}: its data loader state was written with {kinds[written]}, but this run uses "
+            f"{kinds[uses]}. Resume with the data.sampler setting the run was checkpointed with, or {START_ANEW}."
+        )
+    if written:
+        changed = changed_order_settings(sampler_state.get(ORDER_SETTINGS_KEY, {}), loader.sampler.order_settings())
+        if changed:
+            raise SamplerConfigError(
+                f"{checkpoint}: its task-balanced order was written with other settings ({'; '.join(changed)}), "
+                f"so this run would repeat some rows and skip others. Resume with the settings the run was "
+                f"checkpointed with, or {START_ANEW}."
+            )
 
 
 def configured_sampler(data_config, dataset) -> Sampler | None:
