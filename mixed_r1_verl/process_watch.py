@@ -352,18 +352,39 @@ def remove_stacks_dir(stacks_dir: Path) -> None:
     shutil.rmtree(stacks_dir, ignore_errors=True)
 
 
-def kill_tree(root_pid: int, wait_s: float = 10.0) -> None:
+def kill_tree(root_pid: int, wait_s: float = 10.0, seen_before: Iterable[ProcessInfo] = ()) -> None:
     """SIGKILL to the process group of `root_pid` and to every process of its tree, also to any that
-    moved to a process group of its own; returns once they are gone (or `wait_s` passed), so that the
-    GPU memory they held is free for what runs next."""
-    tree = process_tree(root_pid)
-    for kill, target in ((os.killpg, root_pid), *((os.kill, process.pid) for process in tree)):
+    moved to a process group of its own, and to those of `seen_before` (an earlier `process_tree`) still
+    running; returns once they are gone (or `wait_s` passed), so that the GPU memory they held is free
+    for what runs next."""
+    tree = {process.pid for process in (*process_tree(root_pid), *seen_before)}
+    for kill, target in ((os.killpg, root_pid), *((os.kill, pid) for pid in tree)):
         try:
             kill(target, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    _wait_until_gone(tree, wait_s)
+
+
+def stop_tree(root_pid: int, signum: int, grace_s: float) -> None:
+    """`signum` to the process group of `root_pid`, as a terminal sends Ctrl-C to the group in the
+    foreground, so the command can end its own processes; what is still running after `grace_s` (or
+    at once on an exception while waiting, such as a second Ctrl-C) is killed with `kill_tree`, also
+    processes that the root's exit left without a parent."""
+    tree = process_tree(root_pid)
+    try:
+        os.killpg(root_pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        _wait_until_gone({process.pid for process in tree}, grace_s)
+    finally:
+        kill_tree(root_pid, seen_before=tree)
+
+
+def _wait_until_gone(pids: Iterable[int], wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
-    while any(is_running(process.pid) for process in tree) and time.monotonic() < deadline:
+    while any(is_running(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 

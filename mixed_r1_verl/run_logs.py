@@ -13,17 +13,26 @@ import json
 import math
 import os
 import re
+import shlex
+import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixed_r1_verl.process_watch import ProcessWatch, dump_stacks, kill_tree, remove_stacks_dir, stack_hook_env
+from mixed_r1_verl.process_watch import (
+    ProcessWatch,
+    dump_stacks,
+    kill_tree,
+    remove_stacks_dir,
+    stack_hook_env,
+    stop_tree,
+)
 
 STEP_TIME = "timing_s/step"
 CONSOLE_STEP = re.compile(r"\bstep:(\d+) - ")
@@ -43,10 +52,26 @@ PROGRESS_SUFFIX, STACKS_SUFFIX = ".progress.log", ".stacks.txt"
 # Where a running command's processes write their stacks when asked; removed when it ends.
 STACKS_DIR_SUFFIX = ".stacks"
 ATTEMPT_SUFFIXES = (".log", ".json", PROGRESS_SUFFIX, STACKS_SUFFIX)
+# How long the processes of a command stopped by Ctrl-C or SIGTERM get to end by themselves before they
+# are killed (Ray and vLLM shut their workers down on SIGINT).
+INTERRUPT_GRACE_S = 10.0
 
 
 class MetricsLogError(ValueError):
     """A metrics file that is not verl's file-logger format."""
+
+
+class Interrupted(SystemExit):
+    """Ctrl-C or SIGTERM reached this process while `run_with_limit` ran a command, whose process tree
+    was then stopped; exits with the shell's status for the signal, 128 + its number."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class _Terminated(BaseException):
+    """SIGTERM while a command runs (raised like KeyboardInterrupt, so the same cleanup follows)."""
 
 
 def read_metrics_log(path: str | Path) -> dict[int, dict[str, float]]:
@@ -275,40 +300,84 @@ def run_with_limit(
     the peak GPU memory seen. With `watch_prefix`, `<prefix>.progress.log` gets a snapshot of the run's
     processes every 5 s and one at its end (each with the lines of `log` written by then), and a run
     stopped at its limit first writes every Python process's stacks to `<prefix>.stacks.txt`; both
-    files of an earlier run of the same prefix are removed first."""
+    files of an earlier run of the same prefix are removed first. Ctrl-C or SIGTERM to this process
+    (its own session keeps the terminal's from reaching the command) passes the signal on to the
+    command's process group, kills what is left of its tree after INTERRUPT_GRACE_S, says so in one line
+    and raises `Interrupted`; in a thread other than the main one, where no signal arrives, nothing of
+    that happens."""
     stacks_dir = None if watch_prefix is None else watch_prefix.with_name(f"{watch_prefix.name}{STACKS_DIR_SUFFIX}")
     if watch_prefix is not None:
         for suffix in (PROGRESS_SUFFIX, STACKS_SUFFIX):  # from an earlier run of the same name
             watch_prefix.with_name(f"{watch_prefix.name}{suffix}").unlink(missing_ok=True)
         env = stack_hook_env(env or os.environ, stacks_dir)
-    with _PeakGpuMemory() as memory, ExitStack() as watching:
+    with _sigterm_raises(), _PeakGpuMemory() as memory, ExitStack() as watching:
         process = subprocess.Popen(
             list(argv), stdout=log, stderr=None if log is None else subprocess.STDOUT,
             env=dict(env) if env else None, cwd=cwd, start_new_session=True,
         )  # fmt: skip
         watch = None
-        if watch_prefix is not None:
-            progress = watch_prefix.with_name(f"{watch_prefix.name}{PROGRESS_SUFFIX}")
-            named = Path(str(getattr(log, "name", "")))
-            output = named if named.is_file() else None
-            watch = watching.enter_context(
-                ProcessWatch(process.pid, progress, lambda: memory.latest, output_path=output)
-            )
-            watching.callback(remove_stacks_dir, stacks_dir)
         try:
-            returncode = process.wait(timeout=limit_s)
-        except subprocess.TimeoutExpired:
-            returncode = None
-        if watch is not None:
-            watch.stop()
-            watch.snapshot()
-        if returncode is None:
+            if watch_prefix is not None:
+                progress = watch_prefix.with_name(f"{watch_prefix.name}{PROGRESS_SUFFIX}")
+                named = Path(str(getattr(log, "name", "")))
+                output = named if named.is_file() else None
+                watch = watching.enter_context(
+                    ProcessWatch(process.pid, progress, lambda: memory.latest, output_path=output)
+                )
+                watching.callback(remove_stacks_dir, stacks_dir)
+            try:
+                returncode = process.wait(timeout=limit_s)
+            except subprocess.TimeoutExpired:
+                returncode = None
             if watch is not None:
-                dump_stacks(process.pid, stacks_dir, watch_prefix.with_name(f"{watch_prefix.name}{STACKS_SUFFIX}"))
-            kill_tree(process.pid)
-            process.wait()
-            returncode = EXIT_OUT_OF_TIME
+                watch.stop()
+                watch.snapshot()
+            if returncode is None:
+                if watch is not None:
+                    dump_stacks(process.pid, stacks_dir, watch_prefix.with_name(f"{watch_prefix.name}{STACKS_SUFFIX}"))
+                kill_tree(process.pid)
+                process.wait()
+                returncode = EXIT_OUT_OF_TIME
+        except (KeyboardInterrupt, _Terminated) as interrupt:
+            signum = signal.SIGTERM if isinstance(interrupt, _Terminated) else signal.SIGINT
+            _stop_interrupted(process, signum, watch)
+            command = " ".join(shlex.join(argv).split())  # one line, whatever the arguments hold
+            note = f"interrupted by {signal.Signals(signum).name}: stopped {command[:160]} and its processes"
+            if log is not None:
+                log.write(f"\n[{note}]\n")
+                log.flush()
+            print(note, file=sys.stderr, flush=True)
+            raise Interrupted(signum) from None
     return returncode, memory.peak
+
+
+def _stop_interrupted(process: subprocess.Popen, signum: int, watch: ProcessWatch | None) -> None:
+    try:
+        stop_tree(process.pid, signum, INTERRUPT_GRACE_S)
+    except (KeyboardInterrupt, _Terminated):
+        pass  # a second interrupt: stop_tree has killed the processes at once
+    process.wait()
+    if watch is not None:
+        watch.stop()
+        watch.snapshot()
+
+
+@contextmanager
+def _sigterm_raises():
+    """Within, SIGTERM raises `_Terminated` where it would end this process (its default), in the main
+    thread; a handler or an ignore set by someone else stays."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
 
 
 def run_record(name: str, log_dir: str | Path) -> dict | None:

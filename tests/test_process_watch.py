@@ -3,6 +3,7 @@ of Ray actors and of children that left its process group) and snapshots of its 
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -251,3 +252,70 @@ def test_a_forked_child_that_runs_another_program_is_not_signalled(tmp_path):
     assert not marker.exists()
     stacks = (tmp_path / "fork.stacks.txt").read_text()
     assert stacks.count("=== pid ") == 1 and 'File "<string>", line 4 in <module>' in stacks
+
+
+# A step with a child in a session of its own (as Ray's processes are): the signal to the step's process
+# group does not reach it, so only the kill after the grace period ends it. The step ignores the signal
+# itself when told to.
+INTERRUPTED_STEP = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    if sys.argv[2] == "ignore":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    open(sys.argv[1], "w").write(f"{child.pid}")
+    time.sleep(60)
+    """
+)
+INTERRUPTED_DRIVER = textwrap.dedent(
+    """
+    import signal, sys
+    from pathlib import Path
+    from mixed_r1_verl import run_logs
+
+    # As in a terminal: a process started in the background of a script would have SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    run_logs.INTERRUPT_GRACE_S = 1.0
+    step, pids, mode, log_path = sys.argv[1:]
+    with open(log_path, "w") as log:
+        run_logs.run_with_limit(
+            [sys.executable, "-c", step, pids, mode], log, None, watch_prefix=Path(log_path).with_suffix("")
+        )
+    """
+)
+
+
+def interrupt_a_running_step(tmp_path: Path, signum: int, mode: str) -> tuple[subprocess.CompletedProcess, list[int]]:
+    """Runs a step through run_with_limit in a process of its own, sends that process `signum` once the
+    step has started its child, and returns how the process ended and the step's and child's pids."""
+    pids_file = tmp_path / "pids"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    log_path = tmp_path / "step.log"
+    argv = [sys.executable, "-c", INTERRUPTED_DRIVER, INTERRUPTED_STEP, str(pids_file), mode, str(log_path)]
+    driver = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        child_pid = int(wait_for(pids_file))
+        step_pid = read_process(child_pid).ppid
+        os.kill(driver.pid, signum)
+        _, stderr = driver.communicate(timeout=30)
+    finally:
+        driver.kill()
+    return subprocess.CompletedProcess(argv, driver.returncode, "", stderr), [step_pid, child_pid]
+
+
+def test_ctrl_c_stops_the_running_step_and_every_process_it_started(tmp_path):
+    ended, pids = interrupt_a_running_step(tmp_path, signal.SIGINT, "end")
+    assert ended.returncode == 130, ended.stderr
+    assert ended.stderr.startswith("interrupted by SIGINT: stopped ") and ended.stderr.count("\n") == 1, ended.stderr
+    assert not any(is_running(pid) for pid in pids)
+    assert "[interrupted by SIGINT: stopped " in (tmp_path / "step.log").read_text()
+    assert "KeyboardInterrupt" in (tmp_path / "step.log").read_text(), "the step got no SIGINT to end by itself"
+    assert (tmp_path / "step.progress.log").read_text().startswith("[+")
+
+
+def test_sigterm_kills_a_step_that_does_not_end_within_the_grace_period(tmp_path):
+    ended, pids = interrupt_a_running_step(tmp_path, signal.SIGTERM, "ignore")
+    assert ended.returncode == 143, ended.stderr
+    assert ended.stderr.startswith("interrupted by SIGTERM: stopped ") and ended.stderr.count("\n") == 1, ended.stderr
+    assert not any(is_running(pid) for pid in pids)
