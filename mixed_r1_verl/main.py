@@ -430,6 +430,44 @@ def make_paths_absolute(config: DictConfig, keys: tuple[str, ...]) -> None:
             OmegaConf.update(config, key, absolute[0] if isinstance(value, str) else absolute)
 
 
+def pin_model_path(path: str) -> str:
+    """A model path that processes outside the launching directory read alike: an existing local path
+    made absolute; a Hugging Face hub id as given, as the GRPO entry passes it (verl loads it through
+    transformers, which fetches it or reads the cache), except that with HF_HUB_OFFLINE it becomes its
+    snapshot in the cache, checked to hold weights. FileNotFoundError when it is neither, or when offline
+    and the cache lacks it."""
+    if os.path.exists(path) or not is_hub_id(path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{os.path.abspath(path)} does not exist (nor is {path!r} a hub id)")
+        return os.path.abspath(path)
+    from huggingface_hub import constants
+
+    from mixed_r1_verl.data.model_files import resolve_model_dir
+
+    if not constants.HF_HUB_OFFLINE:
+        return path
+    snapshot = resolve_model_dir(path)
+    if not any(snapshot.glob("*.safetensors")) and not any(snapshot.glob("*.bin")):
+        raise FileNotFoundError(
+            f"the Hugging Face cache holds no weights of {path!r} ({snapshot}; the data tools fetch only the "
+            f"processor files) and HF_HUB_OFFLINE is set: run `huggingface-cli download {path}` where the "
+            "network is reachable, or pass a local directory"
+        )
+    return str(snapshot)
+
+
+def is_hub_id(path: str) -> bool:
+    """Whether `path` reads as a Hugging Face repository id (`name` or `org/name`)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return False
+    return True
+
+
 def data_files(setting) -> list[str]:
     """data.train_files / data.val_files: one parquet path or a list of them."""
     return [setting] if isinstance(setting, str) else list(setting)

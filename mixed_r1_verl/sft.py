@@ -32,12 +32,14 @@ from mixed_r1_verl.main import (
     logs_to_file,
     make_paths_absolute,
     parquet_rows,
+    pin_model_path,
     prepare_metrics_log,
     recipe_dir,
 )
 
 PRIMARY_CONFIG = "sft"
-PATH_KEYS = ("data.train_files", "data.val_files", "model.path", "trainer.default_local_dir")
+# model.path is pinned by pin_model_path: it may be a hub id.
+PATH_KEYS = ("data.train_files", "data.val_files", "trainer.default_local_dir")
 
 NO_GPU_MESSAGE = """\
 mixed_r1_verl.sft fine-tunes with verl's FSDP engine and needs at least one CUDA GPU visible to torch;
@@ -57,8 +59,8 @@ def register_sft_recipes() -> list[str]:
 
 
 def missing_inputs(config: DictConfig) -> list[str]:
-    """`key=path` for every input file or directory the config names that is not there."""
-    keys = ["data.train_files", "model.path"] + (["data.val_files"] if config.data.val_files else [])
+    """`key=path` for every data file the config names that is not there."""
+    keys = ["data.train_files"] + (["data.val_files"] if config.data.val_files else [])
     missing = []
     for key in keys:
         value = OmegaConf.select(config, key)
@@ -121,6 +123,10 @@ def train_on_this_node(config: DictConfig) -> None:
         fail("mixed_r1_verl.sft runs on one node (trainer.nnodes=1); use torchrun on every node for more.\n")
     exit_if_stop_by_is_not_ahead(config.mixed_r1)
     make_paths_absolute(config, PATH_KEYS)
+    try:
+        config.model.path = pin_model_path(config.model.path)
+    except FileNotFoundError as error:
+        fail(f"model.path={config.model.path}: {error}. Give a local checkpoint directory or a Hugging Face hub id.\n")
     missing = missing_inputs(config)
     if missing:
         fail(

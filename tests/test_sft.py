@@ -47,6 +47,9 @@ def converted(tmp_path_factory, tiny_model_dir):
     return root / "data", {row["id"]: row for row in rows}
 
 
+MISSING_SFT_DATA = "\n(the SFT parquet is written by mixed_r1_verl.data.prepare for rows with a `rationale`)\n"
+
+
 def compose_sft(*overrides):
     register_sft_recipes()
     with initialize_config_dir(str(config_dir()), version_base=None):
@@ -241,6 +244,50 @@ def test_input_paths_are_pinned_and_missing_ones_named(tmp_path, monkeypatch, ti
     assert list(config.data.train_files) == [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
     assert config.trainer.default_local_dir == str(tmp_path / "ckpt") and config.data.val_files is None
     assert missing_inputs(config) == [f"data.train_files={tmp_path / 'b.parquet'}"]
+
+
+def test_a_hub_id_as_model_path_is_passed_on_and_a_missing_directory_is_named_as_the_model(
+    tmp_path, monkeypatch, tiny_model_dir, capsys
+):
+    """As the GRPO entry does, a hub id goes to verl as given; offline, as its snapshot in the cache.
+    Each run stops at the data, which is missing, unless the model was refused first."""
+    from huggingface_hub import constants
+
+    from hf_cache import REVISION, write_hf_cache
+    from mixed_r1_verl.sft import train_on_this_node
+
+    monkeypatch.chdir(tmp_path)
+    processor_only = tmp_path / "processor_only"
+    processor_only.mkdir()
+    for path in tiny_model_dir.glob("*.json"):
+        (processor_only / path.name).write_bytes(path.read_bytes())
+    write_hf_cache(tmp_path / "hf", "acme/tiny", tiny_model_dir, sharded=False)
+    write_hf_cache(tmp_path / "hf", "acme/processor-only", processor_only, sharded=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+
+    def refused(model_path: str, offline: bool) -> tuple[str, str]:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+        config = compose_sft(f"model.path={model_path}", "data.train_files=missing.parquet", "data.val_files=null")
+        with pytest.raises(SystemExit) as exit_status:
+            train_on_this_node(config)
+        assert exit_status.value.code == 2
+        return config.model.path, capsys.readouterr().err
+
+    data_missing = f"not found: data.train_files={tmp_path / 'missing.parquet'}"
+    assert refused("acme/tiny", offline=False) == ("acme/tiny", data_missing + MISSING_SFT_DATA)
+    snapshot = tmp_path / "hf" / "hub" / "models--acme--tiny" / "snapshots" / REVISION
+    assert refused("acme/tiny", offline=True) == (str(snapshot), data_missing + MISSING_SFT_DATA)
+    _, not_cached = refused("acme/not-cached", offline=True)
+    assert not_cached.startswith("model.path=acme/not-cached: model_path 'acme/not-cached' is not a directory")
+    assert "HF_HUB_OFFLINE" in not_cached
+    _, no_weights = refused("acme/processor-only", offline=True)
+    assert no_weights.startswith("model.path=acme/processor-only: the Hugging Face cache holds no weights")
+    _, missing_dir = refused("checkpoints/sft/missing", offline=False)
+    assert missing_dir == (
+        f"model.path=checkpoints/sft/missing: {tmp_path}/checkpoints/sft/missing does not exist (nor is "
+        "'checkpoints/sft/missing' a hub id). Give a local checkpoint directory or a Hugging Face hub id.\n"
+    )
+    assert refused(str(tiny_model_dir), offline=True) == (str(tiny_model_dir), data_missing + MISSING_SFT_DATA)
 
 
 @pytest.mark.parametrize("layout", ["built", "saved by transformers"])
