@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from mixed_r1_verl.eval.cache import GenerationFileError, discard_generations_made_otherwise, read_generations
+from mixed_r1_verl.eval.cache import (
+    GenerationFileError,
+    discard_generations_made_otherwise,
+    model_fingerprint,
+    read_generations,
+)
 from mixed_r1_verl.eval.cli import checked_settings, main
 from mixed_r1_verl.eval.generation import eval_request, request_digest
 from mixed_r1_verl.eval.records import RecordError, load_records
@@ -205,6 +211,37 @@ def test_cached_generations_of_another_model_at_the_same_path_are_discarded(tmp_
     (model / "model.safetensors").write_bytes(b"0" * 20)  # retrained in place
     discard_generations_made_otherwise(out, str(model), sampling)
     assert not (out / "generations.jsonl").exists()
+
+
+def test_a_hub_id_is_fingerprinted_by_its_cached_snapshot_wherever_the_command_runs(
+    tmp_path, tiny_model_dir, monkeypatch, caplog
+):
+    from huggingface_hub import constants
+
+    from hf_cache import REVISION, write_hf_cache
+
+    write_hf_cache(tmp_path / "hf", "acme/tiny", tiny_model_dir, sharded=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out, sampling = tmp_path / "eval", {"max_new_tokens": 8}
+    out.mkdir()
+    monkeypatch.chdir(tmp_path)
+    fingerprint = model_fingerprint("acme/tiny")
+    assert fingerprint["hub_id"] == "acme/tiny" and fingerprint["revision"] == REVISION and "path" not in fingerprint
+    discard_generations_made_otherwise(out, "acme/tiny", sampling)
+    (out / "generations.jsonl").write_text('{"id": "a", "response": "x"}\n')
+    monkeypatch.chdir(out)
+    assert model_fingerprint("acme/tiny") == fingerprint
+    discard_generations_made_otherwise(out, "acme/tiny", sampling)
+    assert (out / "generations.jsonl").exists()
+    # A newer snapshot of the same id in the cache, as a download after an update on the hub leaves it.
+    repo = tmp_path / "hf" / "hub" / "models--acme--tiny"
+    newer = "f" * 40
+    shutil.copytree(repo / "snapshots" / REVISION, repo / "snapshots" / newer, symlinks=True)
+    (repo / "refs" / "main").write_text(newer)
+    discard_generations_made_otherwise(out, "acme/tiny", sampling)
+    assert not (out / "generations.jsonl").exists()
+    assert "written with another revision; generating again" in caplog.text
 
 
 def test_compare_puts_two_runs_side_by_side(tmp_path, parquet, tiny_model, capsys):

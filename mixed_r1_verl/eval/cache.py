@@ -7,6 +7,8 @@ import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from mixed_r1_verl.data.model_files import resolve_model_dir
+
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = "generations.jsonl"
@@ -103,10 +105,15 @@ class GenerationCache:
 
 
 def model_fingerprint(model: str) -> dict:
-    """The model directory (links resolved) and the size and time of its weight files."""
+    """What a model answers with. A local directory: its path (links resolved) and the size and time of
+    its weight files. A hub id: the id and the revision of its snapshot in the Hugging Face cache (which
+    fixes its files; resolved as the generators resolve it), wherever the command runs."""
+    if not Path(model).is_dir():
+        return {"hub_id": model, "revision": resolve_model_dir(model).name}
     directory = Path(model).resolve()
     weights = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin"))
-    return {"path": str(directory), "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights]}
+    sizes_and_times = [[file.name, file.stat().st_size, file.stat().st_mtime_ns] for file in weights]
+    return {"path": str(directory), "weights": sizes_and_times}
 
 
 def discard_generations_made_otherwise(out_dir: Path, model: str, sampling: dict) -> None:
