@@ -1,6 +1,7 @@
 """Offline evaluation end to end: a verl-layout parquet drawn here, real rewards, the tiny model on CPU."""
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -197,6 +198,10 @@ def test_cached_generations_are_reused_only_with_the_same_model_and_sampling(tmp
     assert all(longer[key].startswith(short[key]) for key in short)  # greedy: the same start, continued
     assert sum(map(len, longer.values())) > sum(map(len, short.values()))
     assert json.loads((out / "summary.json").read_text())["run"]["sampling"]["max_new_tokens"] == 8
+    assert json.loads((out / "model.json").read_text())["generator"] == HF_ON_CPU
+
+
+HF_ON_CPU = {"backend": "hf", "device": "cpu", "dtype": "float32"}
 
 
 def test_cached_generations_of_another_model_at_the_same_path_are_discarded(tmp_path):
@@ -204,13 +209,53 @@ def test_cached_generations_of_another_model_at_the_same_path_are_discarded(tmp_
     model.mkdir()
     out.mkdir()
     (model / "model.safetensors").write_bytes(b"0" * 10)
-    discard_generations_made_otherwise(out, str(model), sampling)
+    discard_generations_made_otherwise(out, str(model), sampling, HF_ON_CPU)
     (out / "generations.jsonl").write_text('{"id": "a", "response": "x"}\n')
-    discard_generations_made_otherwise(out, str(model), sampling)
+    discard_generations_made_otherwise(out, str(model), sampling, HF_ON_CPU)
     assert (out / "generations.jsonl").exists()
     (model / "model.safetensors").write_bytes(b"0" * 20)  # retrained in place
-    discard_generations_made_otherwise(out, str(model), sampling)
+    discard_generations_made_otherwise(out, str(model), sampling, HF_ON_CPU)
     assert not (out / "generations.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda model: model.joinpath("chat_template.jinja").write_text("{{ 'SYSTEM: changed' }}"), "files.chat_template.jinja"),
+        (lambda model: edit_json(model / "preprocessor_config.json", image_mean=[0.0, 0.0, 0.0]), "files.preprocessor_config.json"),
+        (lambda model: edit_json(model / "tokenizer_config.json", chat_template="{{ messages }}"), "files.tokenizer_config.json"),
+    ],
+)  # fmt: skip
+def test_cached_generations_are_discarded_when_the_prompt_or_image_processing_files_change(
+    tmp_path, tiny_model_dir, caplog, change, named
+):
+    model, out, sampling = tmp_path / "model", tmp_path / "eval", {"max_new_tokens": 8}
+    shutil.copytree(tiny_model_dir, model)
+    out.mkdir()
+    discard_generations_made_otherwise(out, str(model), sampling, HF_ON_CPU)
+    (out / "generations.jsonl").write_text('{"id": "a", "response": "x"}\n')
+    change(model)
+    discard_generations_made_otherwise(out, str(model), sampling, HF_ON_CPU)
+    assert not (out / "generations.jsonl").exists()
+    assert f"written with another {named}; generating again" in caplog.text
+
+
+def edit_json(path, **fields):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def test_cached_generations_of_another_backend_or_dtype_are_discarded(tmp_path, tiny_model, caplog):
+    out, sampling = tmp_path / "eval", {"max_new_tokens": 8}
+    out.mkdir()
+    discard_generations_made_otherwise(out, tiny_model, sampling, HF_ON_CPU)
+    for generator, named in (
+        ({"backend": "vllm", "dtype": "auto"}, "generator.backend, generator.device, generator.dtype"),
+        ({"backend": "vllm", "dtype": "bfloat16"}, "generator.dtype"),
+    ):
+        (out / "generations.jsonl").write_text('{"id": "a", "response": "x"}\n')
+        discard_generations_made_otherwise(out, tiny_model, sampling, generator)
+        assert not (out / "generations.jsonl").exists()
+        assert f"written with another {named}; generating again" in caplog.text
 
 
 def test_a_hub_id_is_fingerprinted_by_its_cached_snapshot_wherever_the_command_runs(
@@ -228,18 +273,21 @@ def test_a_hub_id_is_fingerprinted_by_its_cached_snapshot_wherever_the_command_r
     monkeypatch.chdir(tmp_path)
     fingerprint = model_fingerprint("acme/tiny")
     assert fingerprint["hub_id"] == "acme/tiny" and fingerprint["revision"] == REVISION and "path" not in fingerprint
-    discard_generations_made_otherwise(out, "acme/tiny", sampling)
+    assert fingerprint["files"]["chat_template.jinja"] == hashlib.sha256(
+        (tiny_model_dir / "chat_template.jinja").read_bytes()
+    ).hexdigest()
+    discard_generations_made_otherwise(out, "acme/tiny", sampling, HF_ON_CPU)
     (out / "generations.jsonl").write_text('{"id": "a", "response": "x"}\n')
     monkeypatch.chdir(out)
     assert model_fingerprint("acme/tiny") == fingerprint
-    discard_generations_made_otherwise(out, "acme/tiny", sampling)
+    discard_generations_made_otherwise(out, "acme/tiny", sampling, HF_ON_CPU)
     assert (out / "generations.jsonl").exists()
     # A newer snapshot of the same id in the cache, as a download after an update on the hub leaves it.
     repo = tmp_path / "hf" / "hub" / "models--acme--tiny"
     newer = "f" * 40
     shutil.copytree(repo / "snapshots" / REVISION, repo / "snapshots" / newer, symlinks=True)
     (repo / "refs" / "main").write_text(newer)
-    discard_generations_made_otherwise(out, "acme/tiny", sampling)
+    discard_generations_made_otherwise(out, "acme/tiny", sampling, HF_ON_CPU)
     assert not (out / "generations.jsonl").exists()
     assert "written with another revision; generating again" in caplog.text
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from mixed_r1_verl.data.model_files import resolve_model_dir
+from mixed_r1_verl.data.model_files import PROCESSOR_FILES, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -107,25 +108,48 @@ class GenerationCache:
 def model_fingerprint(model: str) -> dict:
     """What a model answers with. A local directory: its path (links resolved) and the size and time of
     its weight files. A hub id: the id and the revision of its snapshot in the Hugging Face cache (which
-    fixes its files; resolved as the generators resolve it), wherever the command runs."""
-    if not Path(model).is_dir():
-        return {"hub_id": model, "revision": resolve_model_dir(model).name}
-    directory = Path(model).resolve()
-    weights = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin"))
-    sizes_and_times = [[file.name, file.stat().st_size, file.stat().st_mtime_ns] for file in weights]
-    return {"path": str(directory), "weights": sizes_and_times}
+    fixes its files; resolved as the generators resolve it), wherever the command runs. Both: the sha256
+    of each config, processor, tokenizer and chat template file."""
+    if Path(model).is_dir():
+        directory = Path(model).resolve()
+        weights = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin"))
+        sizes_and_times = [[file.name, file.stat().st_size, file.stat().st_mtime_ns] for file in weights]
+        identity = {"path": str(directory), "weights": sizes_and_times}
+    else:
+        directory = resolve_model_dir(model)
+        identity = {"hub_id": model, "revision": directory.name}
+    return {**identity, "files": processor_file_digests(directory)}
 
 
-def discard_generations_made_otherwise(out_dir: Path, model: str, sampling: dict) -> None:
-    """Cached generations are reused only for the model and the sampling settings that wrote them
-    (`model.json` beside the cache records both): a checkpoint retrained at the same path, or another
-    `max_new_tokens`, temperature, top_p or seed, is generated again."""
+def processor_file_digests(directory: Path) -> dict[str, str]:
+    """sha256 by name of the files that shape the prompt and the decoding, not the weights (PROCESSOR_FILES)."""
+    files = sorted({path for pattern in PROCESSOR_FILES for path in directory.glob(pattern) if path.is_file()})
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
+
+
+def discard_generations_made_otherwise(out_dir: Path, model: str, sampling: dict, generator: dict) -> None:
+    """Cached generations are reused only for the model, the sampling settings and the generator
+    (backend, device and dtype) that wrote them (`model.json` beside the cache records them): a
+    checkpoint retrained at the same path, an edited chat template or processor config, another
+    `max_new_tokens`, temperature, top_p or seed, or another backend or dtype is generated again, with a
+    warning naming what changed."""
     record, cache = out_dir / MODEL_FILE, out_dir / CACHE_FILE
-    made_with = {**model_fingerprint(model), "sampling": sampling}
+    made_with = {**model_fingerprint(model), "sampling": sampling, "generator": generator}
     if record.exists() and cache.exists():
-        earlier = json.loads(record.read_text())
-        changed = sorted(key for key in made_with.keys() | earlier.keys() if earlier.get(key) != made_with.get(key))
+        changed = changed_entries(json.loads(record.read_text()), made_with)
         if changed:
-            logger.warning("%s: written with another %s; generating again", cache, " and ".join(changed))
+            logger.warning("%s: written with another %s; generating again", cache, ", ".join(changed))
             cache.unlink()
     record.write_text(json.dumps(made_with, indent=2))
+
+
+def changed_entries(earlier: dict, now: dict) -> list[str]:
+    """The keys whose values differ, a mapping's own keys as `key.name` (`files.chat_template.jinja`)."""
+    changed = []
+    for key in sorted(earlier.keys() | now.keys()):
+        before, after = earlier.get(key), now.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changed += [f"{key}.{name}" for name in changed_entries(before, after)]
+        elif before != after:
+            changed.append(key)
+    return changed

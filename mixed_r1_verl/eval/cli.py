@@ -28,7 +28,7 @@ from typing import Any, Optional
 from mixed_r1_verl.settings import asks_for_help, input_errors_end_the_command, parse_settings, settings_help
 
 from .cache import CACHE_FILE, GenerationCache, discard_generations_made_otherwise, read_generations
-from .generation import SamplingSettings, build_generator, generate_missing
+from .generation import SamplingSettings, build_generator, generate_missing, transformers_placement
 from .records import EvalRecord, data_ids, load_records
 from .report import SCORES_FILE, evaluated_ids, load_summary, summary_markdown, write_comparison, write_summary
 from .scoring import score_records, summarize
@@ -101,12 +101,24 @@ def sampling_record(args) -> dict:
     return dataclasses.asdict(sampling_settings(args))
 
 
+def chosen_backend(args) -> str:
+    """`vllm` or `hf`: `backend=auto` is vLLM when installed."""
+    if args.backend == "auto":
+        return "vllm" if find_spec("vllm") is not None else "hf"
+    return args.backend
+
+
+def generator_record(args) -> dict:
+    """The backend and the device type and dtype it generates with, for the generation cache."""
+    if chosen_backend(args) == "vllm":
+        return {"backend": "vllm", "dtype": str(args.vllm_kwargs.get("dtype", "auto"))}
+    device, dtype = transformers_placement(args.device)
+    return {"backend": "hf", "device": device.split(":")[0], "dtype": dtype}
+
+
 def _make_generator(args):
     sampling = sampling_settings(args)
-    backend = args.backend
-    if backend == "auto":
-        backend = "vllm" if find_spec("vllm") is not None else "hf"
-    if backend == "vllm":
+    if chosen_backend(args) == "vllm":
         return build_generator(
             "vllm",
             args.model,
@@ -135,7 +147,7 @@ def _responses(args, records: list[EvalRecord], out_dir: Path) -> dict[str, str]
                 f"{args.generations}: no response for {len(missing)} of {len(ids)} record(s), e.g. {missing[:5]}"
             )
         return responses
-    discard_generations_made_otherwise(out_dir, args.model, sampling_record(args))
+    discard_generations_made_otherwise(out_dir, args.model, sampling_record(args), generator_record(args))
     cache = GenerationCache(out_dir / CACHE_FILE)
     if not generate_missing(records, lambda: _make_generator(args), cache, args.batch_size):
         logger.info("all %d generations found in %s", len(records), cache.path)

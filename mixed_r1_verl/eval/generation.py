@@ -141,6 +141,15 @@ class VllmGenerator:
 NEUTRAL_SAMPLING = {"top_k": 0, "repetition_penalty": 1.0}
 
 
+def transformers_placement(device: str | None) -> tuple[str, str]:
+    """The device the transformers backend generates on (the one given, else CUDA when there is one,
+    else the CPU) and the dtype it loads the model in there: the checkpoint's on CUDA, float32 on the CPU."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device, "auto" if device.startswith("cuda") else "float32"
+
+
 class TransformersGenerator:
     """`generate` for Qwen2.5-VL and InternVL checkpoints through the image-and-text processor (no
     torchvision needed): requests in left-padded batches of at most `sequences_per_call` sequences (prompts × n)."""
@@ -154,7 +163,7 @@ class TransformersGenerator:
         self.torch = torch
         self.settings = settings
         self.prompts_per_call = max(1, sequences_per_call // settings.n)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device, dtype = transformers_placement(device)
         model_dir = resolve_model_dir(model_path)
         required_image_processor_settings(model_dir)
         self.processor = load_image_text_processor(model_path)
@@ -162,7 +171,6 @@ class TransformersGenerator:
         self.processor.tokenizer.padding_side = "left"
         self.patch_size, _ = vision_geometry(model_dir)
         self.processor_bounds = processor_pixel_bounds(self.processor.image_processor.to_dict())
-        dtype = "auto" if self.device.startswith("cuda") else torch.float32
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
 
     def model_inputs(self, requests: Sequence[GenerationRequest]):
