@@ -18,7 +18,9 @@ earlier, and runs nothing):
 Evaluation is the project's (`mixed_r1_verl.eval`: its generators, scorer and summaries); BMAS embeds
 with the base model's table in training and in every evaluation, so open_ended scores compare.
 A rerun skips what is done: the model and the data when present, each evaluation once it wrote its
-summary, SFT and GRPO once they saved their checkpoint (both save only at their last step; delete the
+summary of the model it evaluates (one that scored another checkpoint of SFT or GRPO than the latest, as
+its model.json records, is kept in eval/<run>_step_<the step it scored> and the latest is evaluated),
+SFT and GRPO once they saved their checkpoint (both save only at their last step; delete the
 `sft`/`grpo` directory to train again). So the proof can run in parts: `stop_after=sft` ends after the
 SFT model's evaluation, and the same command without it goes on with GRPO; every command is timed once,
 when it ran, and the wall-time target is checked on their sum. A GRPO that the time budget ended before
@@ -48,6 +50,9 @@ from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 # Written by verl next to the global_step_N directories once a checkpoint is complete.
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
 RUNS = ("base", "sft", "grpo")
+RUN_NAMES = {"base": "base", "sft": "SFT", "grpo": "GRPO"}
+# Where a checkpoint of each trained run holds its Hugging Face model, the one its evaluation scores.
+CHECKPOINT_MODEL = {"sft": "huggingface", "grpo": "actor/huggingface"}
 # The runs after whose evaluation the proof may stop (stop_after).
 STOP_POINTS = RUNS[:2]
 # The proof's target on one GPU for the whole command: model, data, SFT, GRPO and three evaluations.
@@ -170,6 +175,14 @@ class Layout:
     def eval_dir(self, run: str) -> Path:
         return self.root / "eval" / run
 
+    def latest_model(self, run: str) -> Path | None:
+        """The Hugging Face model in the latest checkpoint of `run` (sft or grpo); None before one is saved."""
+        checkpoints = {"sft": self.sft_checkpoints, "grpo": self.grpo_checkpoints}[run]
+        tracker = checkpoints / CHECKPOINT_TRACKER
+        if not tracker.is_file():
+            return None
+        return checkpoints / f"global_step_{int(tracker.read_text())}" / CHECKPOINT_MODEL[run]
+
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
@@ -233,13 +246,13 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
     seed = config.seed
     size_from_settings(config.model_size, config.model_overrides)
     ended_early = grpo_ended_early(layout) if config.continue_grpo else None
-    grpo_again = eval_again = None
+    grpo_again = grpo_trains_on = None
     if ended_early is not None:
         grpo_again = (
             f"the time budget ended it after step {ended_early[0]} of {ended_early[1]}; it goes on from that "
             "checkpoint (continue_grpo=true)"
         )
-        eval_again = f"its model trained on from step {ended_early[0]} (continue_grpo=true)"
+        grpo_trains_on = f"its model trained on from step {ended_early[0]} (continue_grpo=true)"
     data_done = layout.data / "summary.json"
     steps = [
         Step(
@@ -282,9 +295,11 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
         Step(
             "publish the SFT model",
             ["link", str(layout.sft_model), "->", f"{layout.sft_checkpoints}/global_step_<latest>/huggingface"],
-            run=lambda: publish_checkpoint(layout.sft_checkpoints, "huggingface", layout.sft_model, layout.base_model),
+            run=lambda: publish_checkpoint(
+                layout.sft_checkpoints, CHECKPOINT_MODEL["sft"], layout.sft_model, layout.base_model
+            ),
         ),
-        eval_step(config, layout, "sft", layout.sft_model),
+        *evaluation_steps(config, layout, "sft", layout.sft_model),
         Step(
             "GRPO with Mixed-Reward from the SFT model",
             python_module(
@@ -303,11 +318,10 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
             "publish the GRPO model",
             ["link", str(layout.grpo_model), "->", f"{layout.grpo_checkpoints}/global_step_<latest>/actor/huggingface"],
             run=lambda: publish_checkpoint(
-                layout.grpo_checkpoints, "actor/huggingface", layout.grpo_model, layout.base_model
+                layout.grpo_checkpoints, CHECKPOINT_MODEL["grpo"], layout.grpo_model, layout.base_model
             ),
         ),
-        *([keep_earlier_evaluation_step(layout, ended_early[0])] if ended_early else []),
-        eval_step(config, layout, "grpo", layout.grpo_model, eval_again),
+        *evaluation_steps(config, layout, "grpo", layout.grpo_model, trains_on=grpo_trains_on),
         Step(
             "write the table and the plot",
             ["report", str(layout.table), str(layout.plot)],
@@ -335,19 +349,85 @@ def grpo_ended_early(layout: Layout) -> tuple[int, int] | None:
     return (saved, planned) if saved < planned else None
 
 
-def keep_earlier_evaluation_step(layout: Layout, step: int) -> Step:
-    """Moves the evaluation of the GRPO model of `step` out of the way of the next one's."""
-    kept = layout.eval_dir(f"grpo_step_{step}")
+def scored_model(fingerprint: dict) -> dict:
+    """A model as the proof tells its evaluations apart, from the evaluation's fingerprint of it: the
+    checkpoint step in its path and its weight files (names, sizes, times), not the path itself, so that a
+    moved work dir still matches."""
+    step = re.search(r"global_step_(\d+)", fingerprint["path"])
+    return {"step": int(step.group(1)) if step else None, "weights": fingerprint["weights"]}
+
+
+def evaluated_model(eval_dir: Path) -> dict | None:
+    """The model that the finished evaluation in `eval_dir` scored, from the record the evaluation keeps
+    of it (MODEL_FILE, written as it starts generating); None while the evaluation has no summary."""
+    from mixed_r1_verl.eval.cache import MODEL_FILE
+    from mixed_r1_verl.eval.report import SUMMARY_FILE
+
+    if not (eval_dir / SUMMARY_FILE).is_file():
+        return None
+    record = eval_dir / MODEL_FILE
+    if not record.is_file():
+        raise ValueError(
+            f"{eval_dir}: a finished evaluation without {MODEL_FILE}, the record of the model it scored; "
+            f"delete {eval_dir} to evaluate again"
+        )
+    return scored_model(json.loads(record.read_text()))
+
+
+def latest_scored_model(layout: Layout, run: str) -> dict | None:
+    """The model of `run`'s latest checkpoint (sft or grpo) as scored_model describes it; None without one."""
+    from mixed_r1_verl.eval.cache import model_fingerprint
+
+    latest = layout.latest_model(run)
+    return None if latest is None else scored_model(model_fingerprint(str(latest)))
+
+
+def outdated_evaluation(layout: Layout, run: str, trains_on: str | None = None) -> tuple[int, str] | None:
+    """(the checkpoint step it scored, why the model is evaluated again) for a finished evaluation of
+    `run` that is not of the model this command evaluates: the run trains on in this command (`trains_on`
+    says how), or its latest checkpoint is another model than the one scored. None otherwise, and while
+    the run has no checkpoint (check_done_steps names such an evaluation)."""
+    scored, latest = evaluated_model(layout.eval_dir(run)), latest_scored_model(layout, run)
+    if scored is None or latest is None or (trains_on is None and scored == latest):
+        return None
+    if scored["step"] is None:
+        raise ValueError(
+            f"{layout.eval_dir(run)}: the evaluation scored no checkpoint of {RUN_NAMES[run]} (its model path has "
+            "no global_step_N); move it away to evaluate the latest checkpoint"
+        )
+    if trains_on is None and scored["step"] == latest["step"]:
+        trains_on = f"it scored step {scored['step']} before that checkpoint was written again"
+    elif trains_on is None:
+        trains_on = f"it scored step {scored['step']}; the latest checkpoint is step {latest['step']}"
+    return scored["step"], trains_on
+
+
+def evaluation_steps(
+    config: LearnConfig, layout: Layout, run: str, model: Path, trains_on: str | None = None
+) -> list[Step]:
+    """The evaluation of a trained run's model, after keeping a finished evaluation of another checkpoint
+    of that run (outdated_evaluation) under eval/<run>_step_<the step it scored>."""
+    outdated = outdated_evaluation(layout, run, trains_on)
+    if outdated is None:
+        return [eval_step(config, layout, run, model)]
+    scored_step, why = outdated
+    return [keep_earlier_evaluation_step(layout, run, scored_step), eval_step(config, layout, run, model, why)]
+
+
+def keep_earlier_evaluation_step(layout: Layout, run: str, step: int) -> Step:
+    """Moves the evaluation of `run`'s checkpoint of `step` out of the way of the next one's; it never
+    replaces an evaluation kept earlier."""
+    current, kept = layout.eval_dir(run), layout.eval_dir(f"{run}_step_{step}")
 
     def keep() -> None:
-        if not layout.eval_dir("grpo").is_dir():
+        if not current.is_dir():
             return
         if kept.exists():
-            raise FileExistsError(f"{kept} exists: move it away to keep the evaluation in {layout.eval_dir('grpo')}")
-        layout.eval_dir("grpo").rename(kept)
+            raise FileExistsError(f"{kept} exists: move it away to keep the evaluation in {current}")
+        current.rename(kept)
 
-    move = ["move", str(layout.eval_dir("grpo")), "->", str(kept)]
-    return Step(f"keep the evaluation of GRPO step {step}", move, run=keep)
+    move = ["move", str(current), "->", str(kept)]
+    return Step(f"keep the evaluation of {RUN_NAMES[run]} step {step}", move, run=keep)
 
 
 def publish_checkpoint(checkpoints: Path, inside: str, link: Path, base_model: Path) -> Path:

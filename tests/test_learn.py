@@ -13,9 +13,11 @@ import pytest
 from PIL import Image
 
 from data_helpers import REPO, convert_synthetic
+from mixed_r1_verl.eval.cache import discard_generations_made_otherwise
 from mixed_r1_verl.eval.report import write_summary
 from mixed_r1_verl.eval.scoring import summarize
 from mixed_r1_verl.learn import (
+    CHECKPOINT_MODEL,
     RUNS,
     DoneStepsDiffer,
     Layout,
@@ -184,6 +186,27 @@ def write_metrics_log(path: Path, steps: int, top_answer_share: bool = False) ->
     path.write_text("\n".join(lines) + "\n")
 
 
+def save_checkpoint(layout, run, step, trained: Path) -> Path:
+    """A checkpoint of `run` at `step`, made the latest, whose Hugging Face model is the `trained` model's
+    config and weights (written now), as verl's checkpoints hold it."""
+    checkpoints = {"sft": layout.sft_checkpoints, "grpo": layout.grpo_checkpoints}[run]
+    model = checkpoints / f"global_step_{step}" / CHECKPOINT_MODEL[run]
+    model.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(trained / name, model / name)
+    (checkpoints / "latest_checkpointed_iteration.txt").write_text(str(step))
+    return model
+
+
+def evaluate(layout, run, model, summary=None) -> None:
+    """A finished evaluation of `model` in eval/<run> (`summary`, else one of accuracy 0.5 on every task),
+    with the evaluation's record of the model it scored."""
+    out = layout.eval_dir(run)
+    out.mkdir(parents=True, exist_ok=True)
+    discard_generations_made_otherwise(out, str(model), {"max_new_tokens": 4})
+    write_summary(summary or fabricated_summary({task: 0.5 for task in TASKS}), out)
+
+
 def test_table_has_every_run_and_the_deltas(tmp_path):
     summaries = {
         "base": fabricated_summary({"chart": 0.0, "matching": 0.3}),
@@ -246,15 +269,13 @@ def test_under_a_time_budget_sft_ends_by_its_share_of_the_budget(tmp_path):
 def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path, tiny_model_dir):
     layout = Layout(tmp_path)
     shutil.copytree(tiny_model_dir, layout.base_model)
+    models = {
+        "base": layout.base_model, "sft": save_checkpoint(layout, "sft", 170, tiny_model_dir),
+        "grpo": save_checkpoint(layout, "grpo", 5, tiny_model_dir),
+    }  # fmt: skip
     for run, rate in zip(RUNS, (0.1, 0.4, 0.6)):
-        layout.eval_dir(run).mkdir(parents=True)
-        summary = fabricated_summary({task: rate for task in TASKS}, collapsed=run == "grpo")
-        write_summary(summary, layout.eval_dir(run))
+        evaluate(layout, run, models[run], fabricated_summary({task: rate for task in TASKS}, collapsed=run == "grpo"))
     write_metrics_log(layout.grpo_log, steps=5, top_answer_share=True)
-    layout.grpo_checkpoints.mkdir()
-    (layout.grpo_checkpoints / "latest_checkpointed_iteration.txt").write_text("5")
-    layout.sft_checkpoints.mkdir()
-    (layout.sft_checkpoints / "latest_checkpointed_iteration.txt").write_text("170")
     steps = plan(LearnConfig(work_dir=str(tmp_path)))
     commands = [step.name for step in steps if step.run is None]
     layout.step_times.parent.mkdir(parents=True, exist_ok=True)
@@ -285,17 +306,15 @@ def end_grpo(layout, saved_step, planned_last_step=None):
         write_early_end(layout.grpo_checkpoints, saved_step, planned_last_step, stop_by=0.0)
 
 
-def test_continue_grpo_trains_on_a_grpo_the_budget_ended_early_and_evaluates_it_again(tmp_path):
+def test_continue_grpo_trains_on_a_grpo_the_budget_ended_early_and_evaluates_it_again(tmp_path, tiny_model_dir):
     layout = Layout(tmp_path)
+    trained = tiny_model_dir
 
     def steps(**settings):
         return {step.name: step for step in plan(LearnConfig(work_dir=str(tmp_path), **settings))}
 
     grpo, keep = "GRPO with Mixed-Reward from the SFT model", "keep the evaluation of GRPO step 12"
-    layout.eval_dir("grpo").mkdir(parents=True)
-    (layout.eval_dir("grpo") / "summary.json").write_text("{}")
-    end_grpo(layout, 40, planned_last_step=40)  # the budget's estimate moved the end back to where it was planned
-    assert steps(continue_grpo=True)[grpo].done_earlier() and keep not in steps(continue_grpo=True)
+    evaluate(layout, "grpo", save_checkpoint(layout, "grpo", 12, trained))
     end_grpo(layout, 12, planned_last_step=40)
     assert steps()[grpo].done_earlier() and steps()["evaluate grpo"].done_earlier() and keep not in steps()
     continued = steps(continue_grpo=True)
@@ -320,6 +339,60 @@ def test_continue_grpo_trains_on_a_grpo_the_budget_ended_early_and_evaluates_it_
     with pytest.raises(FileExistsError, match="grpo_step_12 exists"):
         continued[keep].run()
 
+    shutil.rmtree(layout.eval_dir("grpo"))
+    evaluate(layout, "grpo", save_checkpoint(layout, "grpo", 40, trained))
+    end_grpo(layout, 40, planned_last_step=40)  # the budget's estimate moved the end back to where it was planned
+    assert steps(continue_grpo=True)[grpo].done_earlier() and steps(continue_grpo=True)["evaluate grpo"].done_earlier()
+    assert not any(name.startswith("keep") for name in steps(continue_grpo=True))
+
+
+def test_an_evaluation_of_another_checkpoint_than_the_latest_is_kept_and_done_again(tmp_path, tiny_model_dir):
+    layout = Layout(tmp_path)
+    trained = tiny_model_dir
+
+    def steps(**settings):
+        return {step.name: step for step in plan(LearnConfig(work_dir=str(tmp_path), **settings))}
+
+    # The budget ended GRPO at step 12 of 40, which was evaluated; continue_grpo then saved step 40 but
+    # failed before publishing it, so the published GRPO model is still step 12's.
+    evaluate(layout, "grpo", save_checkpoint(layout, "grpo", 12, trained))
+    end_grpo(layout, 12, planned_last_step=40)
+    publish_checkpoint(layout.grpo_checkpoints, CHECKPOINT_MODEL["grpo"], layout.grpo_model, tiny_model_dir)
+    save_checkpoint(layout, "grpo", 40, trained)
+    for settings in ({}, {"continue_grpo": True}):
+        planned = steps(**settings)
+        assert planned["GRPO with Mixed-Reward from the SFT model"].done_earlier()
+        assert not planned["evaluate grpo"].done_earlier()
+        assert planned["evaluate grpo"].again == "it scored step 12; the latest checkpoint is step 40"
+    names = list(planned)
+    assert names.index("publish the GRPO model") + 1 == names.index("keep the evaluation of GRPO step 12")
+    for name in ("publish the GRPO model", "keep the evaluation of GRPO step 12"):
+        planned[name].run()
+    assert evaluated_accuracy(layout.eval_dir("grpo_step_12")) == 0.5 and not layout.eval_dir("grpo").exists()
+    evaluate(layout, "grpo", layout.grpo_model, fabricated_summary({task: 0.7 for task in TASKS}))
+    assert steps()["evaluate grpo"].done_earlier() and not any(name.startswith("keep") for name in steps())
+
+    # GRPO trained on from step 40 to 45 and ended early there without being evaluated; the same command
+    # later trains on from 45: the evaluation kept is named by the step it scored, 40.
+    save_checkpoint(layout, "grpo", 45, trained)
+    end_grpo(layout, 45, planned_last_step=60)
+    continued = steps(continue_grpo=True)
+    assert "keep the evaluation of GRPO step 40" in continued
+    assert continued["evaluate grpo"].again == "its model trained on from step 45 (continue_grpo=true)"
+
+    # An SFT checkpoint saved again at the same step (other trained) is another model too.
+    sft_model = save_checkpoint(layout, "sft", 500, trained)
+    evaluate(layout, "sft", sft_model)
+    assert steps()["evaluate sft"].done_earlier()
+    time.sleep(0.01)
+    save_checkpoint(layout, "sft", 500, trained)
+    assert steps()["evaluate sft"].again == "it scored step 500 before that checkpoint was written again"
+    assert "keep the evaluation of SFT step 500" in steps()
+
+
+def evaluated_accuracy(eval_dir: Path) -> float:
+    return json.loads((eval_dir / "summary.json").read_text())["tasks"]["all"]["accuracy"]
+
 
 def test_a_step_run_again_adds_its_time_to_the_earlier_time(tmp_path):
     times_log = tmp_path / "logs" / "step_times.json"
@@ -339,12 +412,10 @@ def test_a_step_run_again_adds_its_time_to_the_earlier_time(tmp_path):
 def test_the_report_says_when_the_budget_ended_grpo_before_its_planned_step(tmp_path, tiny_model_dir):
     layout = Layout(tmp_path)
     shutil.copytree(tiny_model_dir, layout.base_model)
-    for run in RUNS:
-        layout.eval_dir(run).mkdir(parents=True)
-        write_summary(fabricated_summary({task: 0.5 for task in TASKS}), layout.eval_dir(run))
+    evaluate(layout, "base", layout.base_model)
+    evaluate(layout, "sft", save_checkpoint(layout, "sft", 500, tiny_model_dir))
+    evaluate(layout, "grpo", save_checkpoint(layout, "grpo", 12, tiny_model_dir))
     write_metrics_log(layout.grpo_log, steps=12)
-    layout.sft_checkpoints.mkdir()
-    (layout.sft_checkpoints / "latest_checkpointed_iteration.txt").write_text("500")
     end_grpo(layout, 12, planned_last_step=40)
     write_report(layout, plan(LearnConfig(work_dir=str(tmp_path))))
     table = layout.table.read_text()
