@@ -57,8 +57,9 @@ CHECKPOINT_MODEL = {"sft": "huggingface", "grpo": "actor/huggingface"}
 STOP_POINTS = RUNS[:2]
 # The proof's target on one GPU for the whole command: model, data, SFT, GRPO and three evaluations.
 WALL_TIME_TARGET_S = 20 * 60
-# Under a time budget: the least time SFT's stop_by lies ahead when SFT starts.
-SFT_LATE_START_S = 60
+# Under a time budget: the least time a training command's stop_by lies ahead when it starts, to train
+# and save a step (the entries refuse a stop_by already past).
+LATE_START_S = 60
 # Files a model directory needs for vLLM and the processor, copied from the base model when the
 # checkpoint's Hugging Face copy lacks them.
 MODEL_SIDE_FILES = (
@@ -104,7 +105,8 @@ class LearnConfig:
     eval_overrides: list = field(default_factory=list)
     # Seconds the whole proof may take from its start (null: no limit). SFT then ends, with its
     # checkpoint, by sft_budget_share of the budget from the start, and GRPO at the last step that leaves
-    # time for the last evaluation and the report (mixed_r1.stop_by, both); a command still running when
+    # time for the last evaluation and the report (mixed_r1.stop_by, both; GRPO left less than a minute
+    # is not started, and the table shows the models evaluated so far); a command still running when
     # the budget is spent is stopped, and its stacks are written to logs/<NN_step>.stacks.txt.
     time_budget_s: float | None = None
     # With time_budget_s: the share of the budget, from the proof's start, by which SFT ends (at its
@@ -144,11 +146,12 @@ class Step:
     def command(self) -> list[str]:
         return [*self.argv, *(self.late_settings() if self.late_settings else [])]
 
-    def describe(self) -> str:
+    def describe(self, command: list[str] | None = None) -> str:
+        """The step as run: its environment and `command` (by default its command as it would start now)."""
         if self.run is not None:
             return " ".join(self.argv)
         env = " ".join(f"{key}={value}" for key, value in self.env.items())
-        return f"{env} {shlex.join(self.command())}".strip()
+        return f"{env} {shlex.join(self.command() if command is None else command)}".strip()
 
 
 @dataclass(frozen=True)
@@ -221,22 +224,40 @@ def final_eval_reserve_s(config: LearnConfig, times: dict[str, dict]) -> float:
     return 1.25 * max(evaluations) + 10 if evaluations else config.final_eval_reserve_s
 
 
+class TooLateToStart(RuntimeError):
+    """A training command that the time budget leaves too little time to train and save a step."""
+
+
+def training_stop_by(stop_by: float, moves_out: bool, what: str) -> list[str]:
+    """The mixed_r1.stop_by setting of a training command starting now, at least LATE_START_S ahead: a
+    stop_by closer than that moves out to it where `moves_out`, else the command is not started
+    (TooLateToStart, naming the stop_by as `what` describes it)."""
+    ahead = stop_by - time.time()
+    if ahead < LATE_START_S and not moves_out:
+        when = f"is {ahead:.0f} s ahead" if ahead >= 0 else f"passed {-ahead:.0f} s ago"
+        raise TooLateToStart(f"{what} {when}, less than the {LATE_START_S} s needed to train and save a step")
+    return [f"mixed_r1.stop_by={int(max(stop_by, time.time() + LATE_START_S))}"]
+
+
 def sft_stop_by(config: LearnConfig, started: float) -> list[str]:
     """SFT's mixed_r1.stop_by under the proof's time budget, as the SFT command starts: its share of the
-    budget from the start, but at least SFT_LATE_START_S ahead, so that SFT started late still trains and
-    saves a step (the entry refuses a stop_by already past)."""
+    budget from the start, moved out to LATE_START_S ahead, so that SFT started late still trains and saves
+    a step."""
     if config.time_budget_s is None:
         return []
     share_ends = started + config.sft_budget_share * config.time_budget_s
-    return [f"mixed_r1.stop_by={int(max(share_ends, time.time() + SFT_LATE_START_S))}"]
+    return training_stop_by(share_ends, moves_out=True, what="SFT's share of the time budget")
 
 
 def grpo_stop_by(config: LearnConfig, layout: Layout, started: float) -> list[str]:
-    """GRPO's mixed_r1.stop_by under the proof's time budget, as the GRPO command starts."""
+    """GRPO's mixed_r1.stop_by under the proof's time budget, as the GRPO command starts: the budget's end
+    less the time kept for the last evaluation and the report. It does not move, as SFT's does, for that
+    time would be taken from the evaluation: with less than LATE_START_S left GRPO is not started."""
     if config.time_budget_s is None:
         return []
     reserve = final_eval_reserve_s(config, read_step_times(layout.step_times))
-    return [f"mixed_r1.stop_by={int(started + config.time_budget_s - reserve)}"]
+    what = f"the time budget's end less the {reserve:.0f} s kept for the last evaluation and the report"
+    return training_stop_by(started + config.time_budget_s - reserve, moves_out=False, what=what)
 
 
 def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
@@ -496,9 +517,9 @@ def check_done_steps(steps: list[Step], times: dict[str, dict], work_dir: Path |
 
 
 class StepFailed(RuntimeError):
-    def __init__(self, number: int, step: Step, returncode: int, reason: str | None = None):
+    def __init__(self, number: int, name: str, described: str, returncode: int, reason: str | None = None):
         reason = reason or f"failed with exit code {returncode}"
-        super().__init__(f"step {number} ({step.name}) {reason}: {step.describe()}")
+        super().__init__(f"step {number} ({name}) {reason}: {described}")
         self.returncode = returncode
 
 
@@ -521,7 +542,9 @@ def execute(
     step done earlier with another command stops the execution before anything runs
     (check_done_steps). A command still running at `deadline` (a Unix time) is stopped and fails the
     execution. With `watch_dir`, each command leaves `<NN_step>.progress.log` there (snapshots of its
-    processes) and, when stopped at the deadline, `<NN_step>.stacks.txt`."""
+    processes) and, when stopped at the deadline, `<NN_step>.stacks.txt`. A command whose settings known
+    only when it starts leave it too little time (TooLateToStart) is not started, and ends the execution
+    with that error, naming the step."""
     times = read_step_times(times_log) if times_log is not None else {}
     check_done_steps(steps, times, work_dir)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -530,21 +553,30 @@ def execute(
             print(f"[{number}/{len(steps)}] {step.name}: done earlier ({step.skip_if_exists})", flush=True)
             continue
         again = f" (again: {step.again})" if step.again else ""
-        print(f"[{number}/{len(steps)}] {step.name}{again}: {step.describe()}", flush=True)
         if step.run is not None:
+            print(f"[{number}/{len(steps)}] {step.name}{again}: {step.describe()}", flush=True)
             step.run()
             continue
+        try:
+            command = step.command()
+        except TooLateToStart as late:
+            print(f"[{number}/{len(steps)}] {step.name}: not started: {late}", flush=True)
+            raise TooLateToStart(f"{step.name} was not started: {late}") from None
+        described = step.describe(command)
+        print(f"[{number}/{len(steps)}] {step.name}{again}: {described}", flush=True)
         started = time.monotonic()
         limit_s = None if deadline is None else deadline - time.time()
         if limit_s is not None and limit_s <= 0:
-            raise StepFailed(number, step, EXIT_OUT_OF_TIME, "was not started: the time budget is spent")
+            spent = "was not started: the time budget is spent"
+            raise StepFailed(number, step.name, described, EXIT_OUT_OF_TIME, spent)
         prefix = None if watch_dir is None else watch_dir / step_file_prefix(number, step)
-        returncode, _ = run_with_limit(step.command(), None, limit_s, {**env, **step.env}, watch_prefix=prefix)
+        returncode, _ = run_with_limit(command, None, limit_s, {**env, **step.env}, watch_prefix=prefix)
         if returncode == EXIT_OUT_OF_TIME and limit_s is not None and time.monotonic() - started >= limit_s:
             where = "" if prefix is None else f" (where it stood: {prefix}{STACKS_SUFFIX})"
-            raise StepFailed(number, step, returncode, f"was stopped at the end of the time budget{where}")
+            reason = f"was stopped at the end of the time budget{where}"
+            raise StepFailed(number, step.name, described, returncode, reason)
         if returncode:
-            raise StepFailed(number, step, returncode)
+            raise StepFailed(number, step.name, described, returncode)
         if times_log is not None:
             seconds, earlier = time.monotonic() - started, times.get(step.name) if step.again else None
             times[step.name] = {
@@ -569,26 +601,32 @@ def executions(entry: dict) -> list[str]:
 # --- report ------------------------------------------------------------------------------------
 
 
+# The later and the earlier run of each delta the table shows.
+DELTAS = (("grpo", "sft"), ("sft", "base"))
+
+
 def learning_table(summaries: dict[str, dict]) -> tuple[list[str], list[list]]:
     """Per task (and `all`): n, then accuracy, format rate and mean score for base / SFT / GRPO with
-    the deltas GRPO - SFT and SFT - base."""
+    the deltas GRPO - SFT and SFT - base, of the runs in `summaries`."""
+    runs = [run for run in RUNS if run in summaries]
+    deltas = [(later, earlier) for later, earlier in DELTAS if later in summaries and earlier in summaries]
     header = ["task", "n"]
     for metric in ("accuracy", "format", "score"):
-        header += [f"{metric} {run}" for run in RUNS] + [f"Δ{metric} grpo-sft", f"Δ{metric} sft-base"]
+        header += [f"{metric} {run}" for run in runs] + [f"Δ{metric} {later}-{earlier}" for later, earlier in deltas]
     tasks = sorted(set().union(*(summary["tasks"] for summary in summaries.values())), key=lambda t: (t == "all", t))
     rows = []
     for task in tasks:
-        stats = {run: summaries[run]["tasks"].get(task) for run in RUNS}
+        stats = {run: summaries[run]["tasks"].get(task) for run in runs}
         missing = [run for run, value in stats.items() if value is None]
         if missing:
             raise ValueError(f"task {task!r} has no evaluation in run(s) {missing}")
-        counts = {stats[run]["n"] for run in RUNS}
+        counts = {stats[run]["n"] for run in runs}
         if len(counts) != 1:
             raise ValueError(f"task {task!r} was evaluated on different row counts: {sorted(counts)}")
         row = [task, counts.pop()]
         for metric in ("accuracy", "format", "score"):
-            values = [stats[run][metric] for run in RUNS]
-            row += values + [values[2] - values[1], values[1] - values[0]]
+            values = {run: stats[run][metric] for run in runs}
+            row += [*values.values(), *(values[later] - values[earlier] for later, earlier in deltas)]
         rows.append(row)
     return header, rows
 
@@ -609,15 +647,17 @@ def target_checks(header: list[str], rows: list[list]) -> dict[str, bool]:
 
 def answer_spread_table(summaries: dict[str, dict]) -> tuple[list[str], list[list]]:
     """Per task, the share of responses giving the run's most common answer (and that answer) for
-    base / SFT / GRPO, after the same share among the references (the same val rows in every run)."""
+    base / SFT / GRPO (those in `summaries`), after the same share among the references (the same val
+    rows in every run)."""
     from mixed_r1_verl.eval.report import shown_answer
 
+    runs = [run for run in RUNS if run in summaries]
     rows = []
-    for task in sorted(summaries["grpo"]["answers"]):
-        spreads = [summaries[run]["answers"][task] for run in RUNS]
+    for task in sorted(summaries[runs[-1]]["answers"]):
+        spreads = [summaries[run]["answers"][task] for run in runs]
         cells = [f"{spread['top_share']:.2f} {shown_answer(spread['top_answer'])}" for spread in spreads]
         rows.append([task, f"{spreads[0]['reference_top_share']:.2f}", *cells])
-    return ["task", "reference", *RUNS], rows
+    return ["task", "reference", *runs], rows
 
 
 def learning_cell(column: str, value) -> str:
@@ -706,32 +746,66 @@ def wall_time(steps: list[Step], times: dict[str, dict]) -> tuple[str, bool | No
     return markdown_table(["step", "seconds"], rows), within_target
 
 
-def write_report(layout: Layout, steps: list[Step]) -> None:
-    from mixed_r1_verl.eval.report import load_summary, markdown_table, write_comparison
+def current_summaries(layout: Layout) -> tuple[dict[str, dict], list[str]]:
+    """The summary of each run's evaluation of its current model (for SFT and GRPO, of their latest
+    checkpoint), and why each other run has none."""
+    from mixed_r1_verl.eval.report import SUMMARY_FILE, load_summary
 
-    summaries = {run: load_summary(layout.eval_dir(run)) for run in RUNS}
+    summaries, missing = {}, []
+    for run in RUNS:
+        name, eval_dir = RUN_NAMES[run], layout.eval_dir(run)
+        latest = None if run == "base" else latest_scored_model(layout, run)
+        scored = None if run == "base" else evaluated_model(eval_dir)
+        if run != "base" and latest is None:
+            missing.append(f"{name} has no checkpoint")
+        elif not (eval_dir / SUMMARY_FILE).is_file():
+            missing.append(f"the {name} model is not evaluated")
+        elif run != "base" and scored != latest:
+            missing.append(f"{eval_dir} scored {name} step {scored['step']}, not the latest, {latest['step']}")
+        else:
+            summaries[run] = load_summary(eval_dir)
+    return summaries, missing
+
+
+def trained_steps(checkpoints: Path) -> int:
+    """The step of the latest checkpoint under `checkpoints`; 0 before one is saved."""
+    tracker = checkpoints / CHECKPOINT_TRACKER
+    return int(tracker.read_text()) if tracker.is_file() else 0
+
+
+def write_report(layout: Layout, steps: list[Step], not_started: str | None = None) -> None:
+    """The table, the targets, the answer spread, the wall times, the comparisons and the plot, of the
+    runs whose current model is evaluated (the others named under the table with `not_started`, why this
+    execution did not start a command)."""
+    from mixed_r1_verl.eval.report import markdown_table, write_comparison
+
+    summaries, missing = current_summaries(layout)
     header, rows = learning_table(summaries)
     layout.report.mkdir(parents=True, exist_ok=True)
     table = markdown_table(header, rows, learning_cell)
-    checks = target_checks(header, rows)
+    checks = target_checks(header, rows) if {"sft", "grpo"} <= summaries.keys() else None
     times = read_step_times(layout.step_times)
     time_table, within_target = wall_time(steps, times)
-    verdict = "\n".join(f"- [{'x' if met else ' '}] {name}" for name, met in checks.items())
+    if checks is None:
+        verdict = "- not checked: the table has no SFT and GRPO models to compare"
+    else:
+        verdict = "\n".join(f"- [{'x' if met else ' '}] {name}" for name, met in checks.items())
     wall_check = f"- [{'x' if within_target else ' '}] whole proof <= {WALL_TIME_TARGET_S // 60} min wall"
     if within_target is None:
         wall_check += " (not known: a command has no time)"
-    sft_steps = int((layout.sft_checkpoints / CHECKPOINT_TRACKER).read_text())
-    grpo_steps = int((layout.grpo_checkpoints / CHECKPOINT_TRACKER).read_text())
+    sft_steps, grpo_steps = trained_steps(layout.sft_checkpoints), trained_steps(layout.grpo_checkpoints)
     ended_early = grpo_ended_early(layout)
     grpo_planned = grpo_steps if ended_early is None else ended_early[1]
     grpo_trained = f"{grpo_steps}" + (
         f" of {grpo_planned} (the time budget ended it; continue_grpo=true trains on from there)" if ended_early else ""
     )
+    not_shown = "".join(f"Not in the table: {reason}.\n\n" for reason in missing)
+    not_shown += f"{not_started}.\n\n" if not_started else ""
     spread_table = markdown_table(*answer_spread_table(summaries))
     model = describe_model(layout.base_model)
     layout.table.write_text(
         f"{table}\n\nModel: {model}. SFT steps trained: {sft_steps}. GRPO steps trained: {grpo_trained}.\n\n"
-        f"Targets (GRPO over SFT, held-out val):\n\n{verdict}\n{wall_check}\n\n"
+        f"{not_shown}Targets (GRPO over SFT, held-out val):\n\n{verdict}\n{wall_check}\n\n"
         "Answer spread: the share of responses giving each run's most common answer, and that answer, against "
         "the same share among the references. A share far above the reference's means the model answers alike "
         f"whatever the image (it learned the answer prior, not the task).\n\n{spread_table}\n\n"
@@ -746,17 +820,22 @@ def write_report(layout: Layout, steps: list[Step]) -> None:
                 "sft_steps": sft_steps,
                 "grpo_steps": grpo_steps,
                 "grpo_planned_steps": grpo_planned,
+                "not_in_table": missing,
+                "not_started": not_started,
                 "targets": checks,
-                "answer_spread": {run: summaries[run]["answers"] for run in RUNS},
+                "answer_spread": {run: summary["answers"] for run, summary in summaries.items()},
                 "step_times": times,
                 "wall_time_target_met": within_target,
             },
             indent=2,
         )
     )
-    for first, second in (("base", "sft"), ("sft", "grpo")):
-        write_comparison(summaries[first], summaries[second], (first, second), layout.report / f"{first}_vs_{second}")
-    plot_accuracy(layout.grpo_log, layout.plot)
+    for later, earlier in reversed(DELTAS):
+        if earlier in summaries and later in summaries:
+            out = layout.report / f"{earlier}_vs_{later}"
+            write_comparison(summaries[earlier], summaries[later], (earlier, later), out)
+    if layout.grpo_log.is_file():
+        plot_accuracy(layout.grpo_log, layout.plot)
     print(layout.table.read_text())
 
 
@@ -797,7 +876,12 @@ def main(argv: list[str] | None = None) -> None:
         for number, step in enumerate(steps, start=1):
             mark = f" (again: {step.again})" if step.again else ""
             mark = " (done earlier: skipped)" if step.done_earlier() else mark
-            print(f"[{number}/{len(steps)}] {step.name}{mark}\n    {step.describe()}")
+            try:
+                described = step.describe()
+            except TooLateToStart as late:
+                described = step.describe(step.argv)
+                mark = mark if step.done_earlier() else f" (would not be started: {late})"
+            print(f"[{number}/{len(steps)}] {step.name}{mark}\n    {described}")
         try:
             check_done_steps(steps, read_step_times(layout.step_times), layout.root)
         except DoneStepsDiffer as error:
@@ -818,6 +902,12 @@ def main(argv: list[str] | None = None) -> None:
         except StepFailed as failure:
             print(f"{failure}\nFix the cause and run the same command again: finished steps are skipped.", file=sys.stderr)
             sys.exit(failure.returncode)
+        except TooLateToStart as late:
+            write_report(layout, steps, not_started=str(late))
+            print(
+                f"\n{late}. The table is of the models evaluated so far; the same command goes on from there "
+                "under a new time budget: finished steps are skipped."
+            )
         if config.stop_after is not None:
             print(
                 f"\nStopped after evaluating the {config.stop_after} model (stop_after={config.stop_after}). The same "

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from mixed_r1_verl.learn import (
     LearnConfig,
     Step,
     StepFailed,
+    TooLateToStart,
     eval_step,
     execute,
     learning_table,
@@ -264,6 +266,58 @@ def test_under_a_time_budget_sft_ends_by_its_share_of_the_budget(tmp_path):
     assert time.time() + 55 <= int(late.partition("=")[2]) <= time.time() + 60
     with pytest.raises(SystemExit, match="sft_budget_share=1.5: must lie between 0 and 1"):
         learn_main([f"work_dir={tmp_path}", "dry_run=true", "sft_budget_share=1.5"])
+
+
+def test_grpo_left_too_little_time_is_not_started_and_the_table_shows_the_models_evaluated(
+    tmp_path, tiny_model_dir, capsys
+):
+    layout = Layout(tmp_path)
+    shutil.copytree(tiny_model_dir, layout.base_model)
+    layout.data.mkdir()
+    (layout.data / "summary.json").write_text("{}")
+    evaluate(layout, "base", layout.base_model, fabricated_summary({task: 0.1 for task in TASKS}))
+    evaluate(layout, "sft", save_checkpoint(layout, "sft", 500, tiny_model_dir))
+    layout.logs.mkdir()
+    layout.step_times.write_text(json.dumps({"evaluate base": {"seconds": 100.0, "execution": "earlier"}}))
+    # 560 s in all, 440 s of them spent: GRPO's stop_by, 135 s (1.25 x 100 s + 10 s) before the end, has passed.
+    steps = plan(LearnConfig(work_dir=str(tmp_path), time_budget_s=560), started=time.time() - 440)
+    with pytest.raises(TooLateToStart) as late:
+        execute(steps, env=dict(os.environ), times_log=layout.step_times, work_dir=tmp_path)
+    assert re.fullmatch(
+        r"GRPO with Mixed-Reward from the SFT model was not started: the time budget's end less the 135 s kept "
+        r"for the last evaluation and the report passed \d+ s ago, less than the 60 s needed to train and save "
+        r"a step",
+        str(late.value),
+    )
+    assert "[8/11] GRPO with Mixed-Reward from the SFT model: not started: the time budget's" in capsys.readouterr().out
+    assert not layout.grpo_checkpoints.exists()
+
+    write_report(layout, steps, not_started=str(late.value))
+    table = layout.table.read_text()
+    assert "| grounding | 10 | 0.100 | 0.500 | +0.400 |" in table and "GRPO steps trained: 0." in table
+    assert f"Not in the table: GRPO has no checkpoint.\n\n{late.value}.\n\n" in table
+    assert "- not checked: the table has no SFT and GRPO models to compare" in table
+    assert (layout.report / "base_vs_sft" / "compare.md").exists() and not layout.plot.exists()
+
+    # A GRPO that the budget ended at step 12 of 40 is not continued either; its evaluation stays in the table.
+    evaluate(layout, "grpo", save_checkpoint(layout, "grpo", 12, tiny_model_dir))
+    end_grpo(layout, 12, planned_last_step=40)
+    write_metrics_log(layout.grpo_log, steps=12)
+    steps = plan(LearnConfig(work_dir=str(tmp_path), time_budget_s=560, continue_grpo=True), time.time() - 440)
+    with pytest.raises(TooLateToStart) as late:
+        execute(steps, env=dict(os.environ), times_log=layout.step_times, work_dir=tmp_path)
+    write_report(layout, steps, not_started=str(late.value))
+    table = layout.table.read_text()
+    assert "| grounding | 10 | 0.100 | 0.500 | 0.500 | +0.000 | +0.400 |" in table and layout.plot.exists()
+    assert "GRPO steps trained: 12 of 40 (the time budget ended it" in table and "Not in the table" not in table
+    assert layout.eval_dir("grpo").exists() and not layout.eval_dir("grpo_step_12").exists()
+
+
+def test_a_dry_run_says_when_the_time_budget_would_not_start_grpo(tmp_path, capsys):
+    learn_main([f"work_dir={tmp_path}", "dry_run=true", "time_budget_s=100"])
+    out = capsys.readouterr().out
+    assert "[8/11] GRPO with Mixed-Reward from the SFT model (would not be started: the time budget's end less " in out
+    assert "kept for the last evaluation and the report passed 2" in out
 
 
 def test_report_writes_the_table_the_comparisons_and_the_plot(tmp_path, tiny_model_dir):
