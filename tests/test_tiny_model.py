@@ -6,6 +6,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, InternVLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
 
 from mixed_r1_verl.data.processor import InternVLImageTextProcessor, load_image_text_processor
+from mixed_r1_verl.models import tiny_qwen25vl
 from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
 from mixed_r1_verl.models.tiny_qwen25vl import SIZES, build_tiny_qwen25vl, kv_cache_bytes_per_token, resolve_size
 
@@ -73,3 +74,23 @@ def test_kv_cache_bytes_per_token_is_what_the_model_caches_per_token(model, tiny
         cache = loaded(input_ids=torch.arange(1, tokens + 1)[None], use_cache=True).past_key_values
     cached_bytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     assert kv_cache_bytes_per_token(model_dir) == cached_bytes / tokens
+
+
+def test_an_interrupted_build_leaves_no_config_json_and_the_next_build_completes(tmp_path, monkeypatch):
+    """config.json marks a built model (the learning proof and the smoke recipe skip the build where it
+    exists), so it comes only once every other file is written."""
+    model_dir = tmp_path / "model"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tiny_qwen25vl, "write_processor_files", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_tiny_qwen25vl(model_dir)
+    assert not (model_dir / "config.json").exists()
+    monkeypatch.undo()
+    assert build_tiny_qwen25vl(model_dir) == model_dir
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]
+    processor = load_image_text_processor(model_dir)
+    assert processor.apply_chat_template(IMAGE_QUESTION, add_generation_prompt=True, tokenize=False)
+    assert Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir).config.text_config.num_hidden_layers >= 1

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,17 +264,31 @@ def write_processor_files(output_dir: Path, image_processor, video_settings: dic
     (output_dir / "chat_template.jinja").write_text(chat_template)
 
 
+def move_built_files(built: Path, output_dir: Path) -> None:
+    """Moves the files of a finished build from `built` into `output_dir`, config.json last: it marks a
+    built model (the learning proof and the smoke recipe build one where it is missing), so a build
+    interrupted before that is built again."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.json").unlink(missing_ok=True)
+    for path in sorted(built.iterdir(), key=lambda path: path.name == "config.json"):
+        path.replace(output_dir / path.name)
+    built.rmdir()
+
+
 def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, size: TinySize | str = "test") -> Path:
     """Write a loadable tiny Qwen2.5-VL (config, safetensors weights, tokenizer, processor) of the
     given size (a `SIZES` name or a `TinySize`) to `output_dir` and return its path. Deterministic
-    for a given seed and size."""
+    for a given seed and size. The files are written beside it (`.<name>.partial`, what an interrupted
+    build left is removed) and moved in once all are written, config.json last."""
     size = resolve_size(size)
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer, special_id = write_tokenizer(output_dir, size.vocab_size)
+    built = output_dir.with_name(f".{output_dir.name}.partial")
+    shutil.rmtree(built, ignore_errors=True)
+    built.mkdir(parents=True)
+    tokenizer, special_id = write_tokenizer(built, size.vocab_size)
     config = Qwen2_5_VLConfig(
         text_config=dict(
             qwen2_text_config(size, len(tokenizer), special_id),
@@ -297,7 +312,7 @@ def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, size: T
         vision_end_token_id=special_id["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-    save_random_model(Qwen2_5_VLForConditionalGeneration, config, output_dir, special_id, seed)
+    save_random_model(Qwen2_5_VLForConditionalGeneration, config, built, special_id, seed)
     video_settings = {
         "video_processor_type": "Qwen2VLVideoProcessor",
         "min_pixels": MIN_PIXELS,
@@ -307,9 +322,10 @@ def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, size: T
         "merge_size": 2,
     }
     write_processor_files(
-        output_dir, Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS), video_settings,
+        built, Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS), video_settings,
         {"processor_class": "Qwen2_5_VLProcessor"}, CHAT_TEMPLATE,
     )  # fmt: skip
+    move_built_files(built, output_dir)
     return output_dir
 
 
