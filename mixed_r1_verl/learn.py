@@ -103,7 +103,7 @@ class LearnConfig:
     sft_overrides: list = field(default_factory=list)
     grpo_overrides: list = field(default_factory=list)
     eval_overrides: list = field(default_factory=list)
-    # Seconds the whole proof may take from its start (null: no limit). SFT then ends, with its
+    # Seconds the whole proof may take from its start (> 0; null: no limit). SFT then ends, with its
     # checkpoint, by sft_budget_share of the budget from the start, and GRPO at the last step that leaves
     # time for the last evaluation and the report (mixed_r1.stop_by, both; GRPO left less than a minute
     # is not started, and the table shows the models evaluated so far); a command still running when
@@ -866,6 +866,8 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_settings(LearnConfig, argv)
     if not 0 < config.sft_budget_share < 1:
         raise SystemExit(f"sft_budget_share={config.sft_budget_share}: must lie between 0 and 1 (see --help)")
+    if config.time_budget_s is not None and config.time_budget_s <= 0:
+        raise SystemExit(f"time_budget_s={config.time_budget_s:g}: must be more than 0 seconds, or null (see --help)")
     layout = Layout(Path(config.work_dir).absolute())
     started = time.time()
     try:

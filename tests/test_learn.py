@@ -266,6 +266,9 @@ def test_under_a_time_budget_sft_ends_by_its_share_of_the_budget(tmp_path):
     assert time.time() + 55 <= int(late.partition("=")[2]) <= time.time() + 60
     with pytest.raises(SystemExit, match="sft_budget_share=1.5: must lie between 0 and 1"):
         learn_main([f"work_dir={tmp_path}", "dry_run=true", "sft_budget_share=1.5"])
+    for budget in ("0", "-60"):
+        with pytest.raises(SystemExit, match=f"time_budget_s={budget}: must be more than 0 seconds, or null"):
+            learn_main([f"work_dir={tmp_path}", "dry_run=true", f"time_budget_s={budget}"])
 
 
 def test_grpo_left_too_little_time_is_not_started_and_the_table_shows_the_models_evaluated(
