@@ -486,6 +486,45 @@ def recorded_command(step: Step, work_dir: Path | None) -> list[str]:
     return arguments if work_dir is None else [argument.replace(str(work_dir), WORK_DIR_MARK) for argument in arguments]
 
 
+def setting_key(argument: str) -> str | None:
+    """The key of a key=value setting (`--size=learn`, Hydra's `+key=value` too); None for other arguments."""
+    key, is_setting, _ = argument.partition("=")
+    return key if is_setting else None
+
+
+def repeated_keys(arguments: list[str]) -> set[str]:
+    keys = [key for key in map(setting_key, arguments) if key is not None]
+    return {key for key in keys if keys.count(key) > 1}
+
+
+def compared_command(arguments: list[str]) -> tuple:
+    """A recorded command as it compares with another: its settings in any order where their keys are
+    distinct (they then ask for the same in every order), else every argument in order (a later value
+    of a key given twice overrides the earlier)."""
+    if repeated_keys(arguments):
+        return tuple(arguments)
+    others = tuple(argument for argument in arguments if setting_key(argument) is None)
+    return others, frozenset(argument for argument in arguments if setting_key(argument) is not None)
+
+
+def command_difference(earlier: list[str], now: list[str]) -> str | None:
+    """What a step was done with and this command asks for instead; None where they ask for the same."""
+    if compared_command(earlier) == compared_command(now):
+        return None
+    done_with = shlex.join(argument for argument in earlier if argument not in now)
+    asked = shlex.join(argument for argument in now if argument not in earlier)
+    if done_with or asked:
+        return f"done with {done_with or 'nothing more'}; this command asks for {asked or 'nothing more'}"
+    # The same arguments in an order that matters: name those of the keys given more than once.
+    repeated = repeated_keys(earlier) | repeated_keys(now)
+    earlier_order = [argument for argument in earlier if setting_key(argument) in repeated] or earlier
+    order_now = [argument for argument in now if setting_key(argument) in repeated] or now
+    return (
+        f"done with {shlex.join(earlier_order)}; this command asks for {shlex.join(order_now)} (the same in "
+        "another order, which matters where a key is given more than once: its last value holds)"
+    )
+
+
 def check_done_steps(steps: list[Step], times: dict[str, dict], work_dir: Path | None) -> None:
     """Stop before anything runs when a step that would be skipped was done with another command than
     this one's (as recorded in `times`), or comes after a step this command does again whose results
@@ -497,11 +536,10 @@ def check_done_steps(steps: list[Step], times: dict[str, dict], work_dir: Path |
         if not step.skip_if_exists.exists():
             again = again or (step if step.feeds_later_steps else None)
             continue
-        earlier, now = times.get(step.name, {}).get("command"), recorded_command(step, work_dir)
-        if earlier is not None and earlier != now:
-            done_with = shlex.join(argument for argument in earlier if argument not in now) or "nothing more"
-            asked = shlex.join(argument for argument in now if argument not in earlier) or "nothing more"
-            problems.append(f"{step.name}: done with {done_with}; this command asks for {asked}")
+        earlier = times.get(step.name, {}).get("command")
+        difference = None if earlier is None else command_difference(earlier, recorded_command(step, work_dir))
+        if difference is not None:
+            problems.append(f"{step.name}: {difference}")
         elif again is not None:
             problems.append(f"{step.name}: made from the results of '{again.name}', which this command makes again")
         else:

@@ -26,6 +26,7 @@ from mixed_r1_verl.learn import (
     Step,
     StepFailed,
     TooLateToStart,
+    check_done_steps,
     eval_step,
     execute,
     learning_table,
@@ -569,6 +570,42 @@ def test_a_step_done_with_other_settings_or_from_results_made_again_stops_the_pr
     assert "  - train: made from the results of 'model', which this command makes again\n" in str(made_again.value)
     assert not (moved / "model").exists()  # nothing ran
     assert (moved / "train" / "done").read_text() == "lr=1 steps=5"
+
+
+def test_settings_in_another_order_are_the_same_command_unless_a_key_is_given_twice(tmp_path, capsys):
+    times_log = tmp_path / "logs" / "step_times.json"
+
+    def run(work_dir, *settings):
+        execute([writing_step("train", work_dir, *settings)], env=dict(os.environ), times_log=times_log,
+                work_dir=work_dir)  # fmt: skip
+
+    run(tmp_path, "lr=1", "steps=5")
+    capsys.readouterr()
+    run(tmp_path, "steps=5", "lr=1")
+    assert "train: done earlier" in capsys.readouterr().out
+    with pytest.raises(DoneStepsDiffer, match="train: done with steps=5; this command asks for steps=6\n"):
+        run(tmp_path, "steps=6", "lr=1")
+
+    shutil.rmtree(tmp_path / "train")
+    run(tmp_path, "lr=1", "steps=5", "lr=2")
+    with pytest.raises(DoneStepsDiffer) as reordered:
+        run(tmp_path, "lr=2", "steps=5", "lr=1")
+    assert "  - train: done with lr=1 lr=2; this command asks for lr=2 lr=1 (the same in another order" in str(
+        reordered.value
+    )
+
+
+def test_overrides_in_another_order_reuse_the_steps_done_with_them(tmp_path):
+    def evaluate_base(*eval_overrides):
+        return plan(LearnConfig(work_dir=str(tmp_path), eval_overrides=list(eval_overrides)))[3]
+
+    done = evaluate_base("limit=8", "format_weight=0.5")
+    done.skip_if_exists.parent.mkdir(parents=True)
+    done.skip_if_exists.write_text("{}")
+    times = {done.name: {"seconds": 1.0, "execution": "earlier", "command": recorded_command(done, tmp_path)}}
+    check_done_steps([evaluate_base("format_weight=0.5", "limit=8")], times, tmp_path)
+    with pytest.raises(DoneStepsDiffer, match="evaluate base: done with limit=8; this command asks for limit=16"):
+        check_done_steps([evaluate_base("format_weight=0.5", "limit=16")], times, tmp_path)
 
 
 def test_a_step_done_after_an_evaluation_made_again_is_reused(tmp_path, capsys):
