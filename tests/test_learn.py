@@ -206,7 +206,7 @@ def evaluate(layout, run, model, summary=None) -> None:
     with the evaluation's record of the model it scored."""
     out = layout.eval_dir(run)
     out.mkdir(parents=True, exist_ok=True)
-    discard_generations_made_otherwise(out, str(model), {"max_new_tokens": 4})
+    discard_generations_made_otherwise(out, str(model), {"max_new_tokens": 4}, {"backend": "hf", "dtype": "float32"})
     write_summary(summary or fabricated_summary({task: 0.5 for task in TASKS}), out)
 
 
