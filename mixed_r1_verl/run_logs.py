@@ -55,6 +55,8 @@ ATTEMPT_SUFFIXES = (".log", ".json", PROGRESS_SUFFIX, STACKS_SUFFIX)
 # How long the processes of a command stopped by Ctrl-C or SIGTERM get to end by themselves before they
 # are killed (Ray and vLLM shut their workers down on SIGINT).
 INTERRUPT_GRACE_S = 10.0
+# How often a command run in a thread other than the main one checks for a `StopRequest`.
+STOP_POLL_S = 0.2
 
 
 class MetricsLogError(ValueError):
@@ -70,8 +72,34 @@ class Interrupted(SystemExit):
         self.signum = signum
 
 
-class _Terminated(BaseException):
-    """SIGTERM while a command runs (raised like KeyboardInterrupt, so the same cleanup follows)."""
+class Terminated(BaseException):
+    """SIGTERM within `sigterm_raises` (raised like KeyboardInterrupt, so the same cleanup follows)."""
+
+
+def interrupt_signal(interrupt: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt or `Terminated`."""
+    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM taken by the main thread, handed on to the commands `run_with_limit` runs in
+    other threads, where no signal arrives: each is then stopped as that signal would stop it there."""
+
+    def __init__(self) -> None:
+        self._requested = threading.Event()
+        self.signum = signal.SIGINT
+
+    def request(self, signum: int) -> None:
+        self.signum = signum
+        self._requested.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._requested.is_set()
+
+
+class _StopRequested(BaseException):
+    """A `StopRequest` seen by a command's thread."""
 
 
 def read_metrics_log(path: str | Path) -> dict[int, dict[str, float]]:
@@ -294,6 +322,7 @@ def run_with_limit(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     watch_prefix: Path | None = None,
+    stop: StopRequest | None = None,
 ) -> tuple[int, float | None]:
     """Run `argv` in a session of its own with its output to the open file `log` (None: this process's
     stdout and stderr): the exit status (124 when its whole process tree was killed at `limit_s`) and
@@ -303,14 +332,14 @@ def run_with_limit(
     files of an earlier run of the same prefix are removed first. Ctrl-C or SIGTERM to this process
     (its own session keeps the terminal's from reaching the command) passes the signal on to the
     command's process group, kills what is left of its tree after INTERRUPT_GRACE_S, says so in one line
-    and raises `Interrupted`; in a thread other than the main one, where no signal arrives, nothing of
-    that happens."""
+    and raises `Interrupted`. In a thread other than the main one, where no signal arrives, `stop`
+    does that: the command is stopped as by the signal it was requested with."""
     stacks_dir = None if watch_prefix is None else watch_prefix.with_name(f"{watch_prefix.name}{STACKS_DIR_SUFFIX}")
     if watch_prefix is not None:
         for suffix in (PROGRESS_SUFFIX, STACKS_SUFFIX):  # from an earlier run of the same name
             watch_prefix.with_name(f"{watch_prefix.name}{suffix}").unlink(missing_ok=True)
         env = stack_hook_env(env or os.environ, stacks_dir)
-    with _sigterm_raises(), _PeakGpuMemory() as memory, ExitStack() as watching:
+    with sigterm_raises(), _PeakGpuMemory() as memory, ExitStack() as watching:
         process = subprocess.Popen(
             list(argv), stdout=log, stderr=None if log is None else subprocess.STDOUT,
             env=dict(env) if env else None, cwd=cwd, start_new_session=True,
@@ -326,7 +355,7 @@ def run_with_limit(
                 )
                 watching.callback(remove_stacks_dir, stacks_dir)
             try:
-                returncode = process.wait(timeout=limit_s)
+                returncode = _wait(process, limit_s, stop)
             except subprocess.TimeoutExpired:
                 returncode = None
             if watch is not None:
@@ -338,8 +367,8 @@ def run_with_limit(
                 kill_tree(process.pid)
                 process.wait()
                 returncode = EXIT_OUT_OF_TIME
-        except (KeyboardInterrupt, _Terminated) as interrupt:
-            signum = signal.SIGTERM if isinstance(interrupt, _Terminated) else signal.SIGINT
+        except (KeyboardInterrupt, Terminated, _StopRequested) as interrupt:
+            signum = stop.signum if isinstance(interrupt, _StopRequested) else interrupt_signal(interrupt)
             _stop_interrupted(process, signum, watch)
             command = " ".join(shlex.join(argv).split())  # one line, whatever the arguments hold
             note = f"interrupted by {signal.Signals(signum).name}: stopped {command[:160]} and its processes"
@@ -351,10 +380,25 @@ def run_with_limit(
     return returncode, memory.peak
 
 
+def _wait(process: subprocess.Popen, limit_s: float | None, stop: StopRequest | None) -> int:
+    """`process.wait(limit_s)`, which also ends, raising `_StopRequested`, once `stop` is requested."""
+    if stop is None:
+        return process.wait(timeout=limit_s)
+    end = None if limit_s is None else time.monotonic() + limit_s
+    while not stop.requested:
+        left = STOP_POLL_S if end is None else min(STOP_POLL_S, max(end - time.monotonic(), 0.0))
+        try:
+            return process.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            if end is not None and time.monotonic() >= end:
+                raise
+    raise _StopRequested()
+
+
 def _stop_interrupted(process: subprocess.Popen, signum: int, watch: ProcessWatch | None) -> None:
     try:
         stop_tree(process.pid, signum, INTERRUPT_GRACE_S)
-    except (KeyboardInterrupt, _Terminated):
+    except (KeyboardInterrupt, Terminated):
         pass  # a second interrupt: stop_tree has killed the processes at once
     process.wait()
     if watch is not None:
@@ -363,8 +407,8 @@ def _stop_interrupted(process: subprocess.Popen, signum: int, watch: ProcessWatc
 
 
 @contextmanager
-def _sigterm_raises():
-    """Within, SIGTERM raises `_Terminated` where it would end this process (its default), in the main
+def sigterm_raises():
+    """Within, SIGTERM raises `Terminated` where it would end this process (its default), in the main
     thread; a handler or an ignore set by someone else stays."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
@@ -377,7 +421,7 @@ def _sigterm_raises():
 
 
 def _raise_terminated(signum, frame):
-    raise _Terminated()
+    raise Terminated()
 
 
 def run_record(name: str, log_dir: str | Path) -> dict | None:

@@ -15,7 +15,8 @@ Written to `$MIXED_R1_GPU_OUT/verify/`: `report.md` (the GPU and package version
 outcome, the runs with seconds and peak GPU memory, when each training run reached each stage of its
 start-up, where runs stopped at the deadline stood, the figures as printed, the failures), and per
 piece its output (`<piece>.log`), pytest's JUnit XML and its process snapshots
-(`<piece>.progress.log`, and `<piece>.stacks.txt` when it was stopped).
+(`<piece>.progress.log`, and `<piece>.stacks.txt` when it was stopped). Ctrl-C or SIGTERM stops the
+pieces running and their processes, starts no more, and leaves the report of how far it got.
 `--report-dir` gets a copy of the report, the run logs and the metrics after every piece (not the
 checkpoints). Exit status 1 when a piece failed.
 """
@@ -27,6 +28,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -52,17 +54,22 @@ from mixed_r1_verl.run_logs import (  # noqa: E402
     DEADLINE_ENV,
     EXIT_OUT_OF_TIME,
     MIN_START_S,
+    Interrupted,
     PROGRESS_SUFFIX,
     SMOKE_RUN,
     STACKS_DIR_SUFFIX,
     STACKS_SUFFIX,
+    StopRequest,
+    Terminated,
     checks_out_dir,
+    interrupt_signal,
     last_console_step,
     nvidia_smi_query,
     run_record,
     run_succeeded,
     run_with_limit,
     runs_beside,
+    sigterm_raises,
 )
 
 # Left after the last piece for pytest to wind down and for the report.
@@ -193,16 +200,26 @@ def junit_outcome(path: Path) -> tuple[str, bool, tuple[str, ...]]:
     return result, counts["failed"] > 0, tuple(failures)
 
 
-def run_piece(piece: Piece, verify_dir: Path, deadline: float | None, env: dict[str, str]) -> Outcome:
+def run_piece(
+    piece: Piece, verify_dir: Path, deadline: float | None, env: dict[str, str], stop: StopRequest | None = None
+) -> Outcome:
     log_path, junit = verify_dir / f"{piece.name}.log", verify_dir / f"{piece.name}.xml"
     junit.unlink(missing_ok=True)
     argv = [sys.executable, *piece.argv] + ([f"--junitxml={junit}"] if piece.is_pytest else [])
     limit = None if deadline is None else deadline + WIND_DOWN_S / 2 - time.time()
     started = time.monotonic()
+    interrupted = None
     with open(log_path, "w") as log:
-        returncode, _ = run_with_limit(argv, log, limit, env, cwd=ROOT, watch_prefix=verify_dir / piece.name)
+        try:
+            returncode, _ = run_with_limit(
+                argv, log, limit, env, cwd=ROOT, watch_prefix=verify_dir / piece.name, stop=stop
+            )
+        except Interrupted as interrupt:
+            interrupted = interrupt.signum
     seconds = round(time.monotonic() - started, 1)
     tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-OUTPUT_TAIL_LINES:])
+    if interrupted is not None:
+        return Outcome(piece, f"interrupted by {signal.Signals(interrupted).name}", seconds, False, (), tail)
     if piece.is_pytest and junit.is_file():
         result, failed, failures = junit_outcome(junit)
         return Outcome(piece, result, seconds, failed or returncode not in (0, 5), failures, tail)
@@ -387,29 +404,39 @@ def run_pieces(
         print(f"+{elapsed:.0f} s {outcome.piece.name}: {outcome.result} ({outcome.seconds} s)", flush=True)
         on_outcome([outcomes[piece.name] for piece in pieces if piece.name in outcomes])
 
-    with ThreadPoolExecutor(max_workers=len(pieces) or 1) as pool:
-        while pending or running:
-            for piece in list(pending):
-                alone_now = piece.alone or any(other.alone for other in running.values())
-                if running and (not parallel or alone_now):
-                    continue
-                if piece.after in selected and piece.after not in done:
-                    continue
-                pending.remove(piece)
-                before = known.get(piece.after)
-                reason = not_started(piece, gpu, deadline, before, piece.after in done, parallel, logs_dir)
-                if reason:
-                    finish(Outcome(piece, reason))
-                    continue
-                print(f"+{time.time() - started:.0f} s {piece.name}: {piece.command()}", flush=True)
-                running[pool.submit(run_piece, piece, verify_dir, deadline, env)] = piece
-                if not parallel or piece.alone:
-                    break
-            if running:
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    running.pop(future)
-                    finish(future.result())
+    stop = StopRequest()
+    with sigterm_raises(), ThreadPoolExecutor(max_workers=len(pieces) or 1) as pool:
+        try:
+            while pending or running:
+                for piece in list(pending):
+                    alone_now = piece.alone or any(other.alone for other in running.values())
+                    if running and (not parallel or alone_now):
+                        continue
+                    if piece.after in selected and piece.after not in done:
+                        continue
+                    pending.remove(piece)
+                    before = known.get(piece.after)
+                    reason = not_started(piece, gpu, deadline, before, piece.after in done, parallel, logs_dir)
+                    if reason:
+                        finish(Outcome(piece, reason))
+                        continue
+                    print(f"+{time.time() - started:.0f} s {piece.name}: {piece.command()}", flush=True)
+                    running[pool.submit(run_piece, piece, verify_dir, deadline, env, stop)] = piece
+                    if not parallel or piece.alone:
+                        break
+                if running:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        running.pop(future)
+                        finish(future.result())
+        except (KeyboardInterrupt, Terminated) as interrupt:
+            # The pieces run in threads, which no signal reaches: they are stopped as the signal would.
+            stop.request(interrupt_signal(interrupt))
+            for future in running:
+                finish(future.result())
+            for piece in pending:
+                finish(Outcome(piece, f"not started: interrupted by {signal.Signals(stop.signum).name}"))
+            raise Interrupted(stop.signum) from None
     return [outcomes[piece.name] for piece in pieces]
 
 
@@ -443,8 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.report_dir:
             copy_results(out, args.report_dir)
 
-    outcomes = run_pieces(pieces, verify_dir, deadline, env, gpu, args.parallel, write_report)
-    print(f"report: {verify_dir / 'report.md'}")
+    try:
+        outcomes = run_pieces(pieces, verify_dir, deadline, env, gpu, args.parallel, write_report)
+    finally:
+        print(f"report: {verify_dir / 'report.md'}")
     return 1 if any(outcome.failed for outcome in outcomes) else 0
 
 

@@ -1,5 +1,6 @@
 """Commands for checking that runs were side by side or one after another, from what they write."""
 
+import time
 from pathlib import Path
 
 
@@ -32,3 +33,12 @@ def interval(path: Path) -> tuple[float, float]:
 
 def overlap(first: tuple[float, float], second: tuple[float, float]) -> bool:
     return first[0] < second[1] and second[0] < first[1]
+
+
+def wait_for(path: Path, timeout_s: float = 30) -> str:
+    """What `path` holds, once something is written there."""
+    deadline = time.monotonic() + timeout_s
+    while not (path.is_file() and path.read_text()):
+        assert time.monotonic() < deadline, f"{path} not written"
+        time.sleep(0.1)
+    return path.read_text()

@@ -2,16 +2,19 @@
 suite's pieces run and skip, the figures are not run) and on pieces made for the test."""
 
 import importlib.util
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from concurrency_helpers import handshake_code, interval, overlap, timed_code
+from concurrency_helpers import handshake_code, interval, overlap, timed_code, wait_for
 
 from mixed_r1_verl import run_logs
+from mixed_r1_verl.process_watch import is_running
 from mixed_r1_verl.run_logs import DEADLINE_ENV, run_logged, source_root
 
 SCRIPT = source_root() / "scripts" / "verify_gpu.py"
@@ -266,3 +269,50 @@ def test_with_parallel_a_piece_whose_prerequisite_is_not_selected_needs_its_run_
     assert not marker.exists()
     [outcome] = verify.run_pieces([piece], tmp_path, None, checks_env(tmp_path), "test GPU", parallel=False)
     assert outcome.result == "done" and marker.exists()  # one at a time, its own test runs the training
+
+
+# Runs two pieces side by side and a third built on the first, as `verify_gpu --parallel` does, with
+# Ctrl-C delivered as in a terminal; the outcomes go to a JSON file after each piece.
+INTERRUPTED_VERIFY = """
+import importlib.util, json, pathlib, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+script, work = sys.argv[1], pathlib.Path(sys.argv[2])
+spec = importlib.util.spec_from_file_location("verify_gpu", script)
+verify = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = verify
+spec.loader.exec_module(verify)
+waiting = "import os, pathlib, sys, time; pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); time.sleep(120)"
+pieces = [
+    verify.Piece("first", ("-c", waiting, str(work / "first.pid")), "waits"),
+    verify.Piece("second", ("-c", waiting, str(work / "second.pid")), "waits beside first"),
+    verify.Piece("third", ("-c", "pass"), "builds on first", after="first"),
+]
+def keep(outcomes):
+    (work / "outcomes.json").write_text(json.dumps({o.piece.name: o.result for o in outcomes}))
+env = {**verify.os.environ, "MIXED_R1_GPU_OUT": str(work / "checks")}
+verify.run_pieces(pieces, work, None, env, "test GPU", True, keep)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_stops_the_pieces_running_side_by_side_and_starts_no_more(tmp_path, signum):
+    """The pieces run in threads, which no signal reaches: each must still be stopped, not left running."""
+    env = {**os.environ, "PYTHONPATH": str(source_root())}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_VERIFY, str(SCRIPT), str(tmp_path)], env=env, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        pids = [int(wait_for(tmp_path / f"{name}.pid")) for name in ("first", "second")]
+        driver.send_signal(signum)
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    name = signal.Signals(signum).name
+    assert driver.returncode == 128 + signum, stderr
+    assert not any(is_running(pid) for pid in pids)
+    assert json.loads((tmp_path / "outcomes.json").read_text()) == {
+        "first": f"interrupted by {name}", "second": f"interrupted by {name}",
+        "third": f"not started: interrupted by {name}",
+    }  # fmt: skip
+    assert f"[interrupted by {name}: stopped " in (tmp_path / "first.log").read_text()
