@@ -1,4 +1,5 @@
 import pytest
+from interrupts import pytest_runtest_makereport  # noqa: F401  (a hook for every test)
 
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 

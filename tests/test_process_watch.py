@@ -10,6 +10,9 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+from concurrency_helpers import wait_for
+
 from mixed_r1_verl.process_watch import (
     ProcessWatch,
     dump_stacks,
@@ -38,14 +41,6 @@ PARENT_WITH_A_CHILD = textwrap.dedent(
     waiting_in_the_parent(child)
     """
 )
-
-
-def wait_for(path: Path, timeout_s: float = 30) -> str:
-    deadline = time.monotonic() + timeout_s
-    while not (path.is_file() and path.read_text()):
-        assert time.monotonic() < deadline, f"{path} not written"
-        time.sleep(0.1)
-    return path.read_text()
 
 
 def test_a_run_stopped_at_its_limit_leaves_every_process_stacks_and_its_process_tree(tmp_path):
@@ -319,3 +314,49 @@ def test_sigterm_kills_a_step_that_does_not_end_within_the_grace_period(tmp_path
     assert ended.returncode == 143, ended.stderr
     assert ended.stderr.startswith("interrupted by SIGTERM: stopped ") and ended.stderr.count("\n") == 1, ended.stderr
     assert not any(is_running(pid) for pid in pids)
+
+
+INTERRUPTED_SESSION = textwrap.dedent(
+    """
+    import signal, sys
+    import pytest
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.exit(pytest.main(["-q", "-p", "interrupts", "-p", "no:cacheprovider", sys.argv[1]]))
+    """
+)
+TWO_RUNS = textwrap.dedent(
+    """
+    import pathlib, sys
+    from mixed_r1_verl.run_logs import run_with_limit
+
+    WORK = pathlib.Path(__file__).parent
+    WAITING = "import os, pathlib, sys, time; pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); time.sleep(60)"
+
+    def test_first_run():
+        run_with_limit([sys.executable, "-c", WAITING, str(WORK / "first.pid")], None, None)
+
+    def test_second_run():
+        run_with_limit([sys.executable, "-c", WAITING, str(WORK / "second.pid")], None, None)
+    """
+)
+
+
+def test_ctrl_c_in_a_test_run_ends_the_session_instead_of_starting_the_next_run(tmp_path):
+    (tmp_path / "test_two_runs.py").write_text(TWO_RUNS)
+    tests_dir = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir.parent), str(tests_dir)])}
+    session = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_SESSION, str(tmp_path / "test_two_runs.py")], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        first = int(wait_for(tmp_path / "first.pid"))
+        session.send_signal(signal.SIGINT)
+        output, _ = session.communicate(timeout=60)
+    finally:
+        session.kill()
+    assert session.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert not (tmp_path / "second.pid").exists(), output
+    assert not is_running(first)
+    assert "Interrupted: interrupted by SIGINT" in output and "1 failed" in output, output
