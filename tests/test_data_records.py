@@ -129,7 +129,8 @@ def test_placeholders_are_prepended_when_absent():
 def test_parse_box_accepts_strings_and_lists():
     assert parse_box("[1, 2.5, 30, 40]") == (1.0, 2.5, 30.0, 40.0)
     assert parse_box([1, 2, 30, 40]) == (1.0, 2.0, 30.0, 40.0)
-    for bad in ("1, 2, 3, 4", [1, 2, "3", 4], [True, 2, 3, 4], "[a, b, c, d]"):
+    assert parse_box([1, "2", "30.5", 40]) == (1.0, 2.0, 30.5, 40.0)
+    for bad in ("1, 2, 3, 4", [1, 2, "3x", 4], [1, 2, "nan", 4], [True, 2, 3, 4], "[a, b, c, d]"):
         with pytest.raises(RecordError):
             parse_box(bad)
 
@@ -182,14 +183,18 @@ def test_refcoco_layout_converts_xywh_boxes():
 
 
 @pytest.mark.parametrize(
-    "bbox", [[10, 20, 30.5, 40], "[10, 20, 30.5, 40]", " [10,20, 3.05e1, 40.0] ", ["[10, 20, 30.5, 40]"]]
-)
+    "bbox",
+    [[10, 20, 30.5, 40], "[10, 20, 30.5, 40]", " [10,20, 3.05e1, 40.0] ", ["[10, 20, 30.5, 40]"],
+     ["10", "20", " 30.5", "4e1"]],
+)  # fmt: skip
 def test_xywh_boxes_given_as_strings_convert_as_lists_do(bbox):
     row = {"ref_id": 5, "file_name": "train/9.jpg", "sent": "the left dog", "bbox": bbox}
     assert parse_record(apply_mapping(row, build_mapping("refcoco"))).answer == "[10, 20, 40.5, 60]"
 
 
-@pytest.mark.parametrize("bbox", [["10", "20", "30", "40"], "[10, 20, 30]", [10, 20, True, 40]])
+@pytest.mark.parametrize(
+    "bbox", [["10", "20", "30 40", "50"], ["10", "20", "", "40"], "[10, 20, 30]", [10, 20, True, 40]]
+)
 def test_boxes_that_are_not_four_numbers_are_rejected_not_joined(bbox):
     row = {"ref_id": 5, "file_name": "train/9.jpg", "sent": "the left dog", "bbox": bbox}
     with pytest.raises(RecordError) as caught:

@@ -91,13 +91,14 @@ class CanonicalRecord:
 
 
 def box_numbers(value: Any) -> tuple[float, float, float, float]:
-    """The four finite numbers of a "[a, b, c, d]" string or a 4-number list, in either box format."""
+    """The four finite numbers of a "[a, b, c, d]" string or a list of 4 numbers (or number strings, as
+    CSV exports give them), in either box format."""
     if isinstance(value, str):
         match = _BOX_PATTERN.match(value.strip())
         if not match:
             raise RecordError(BAD_BOX, f"expected '[x1, y1, x2, y2]', got {value!r}")
         box = tuple(float(v) for v in match.groups())
-    elif isinstance(value, (list, tuple)) and len(value) == 4 and all(_is_number(v) for v in value):
+    elif isinstance(value, (list, tuple)) and len(value) == 4 and all(map(_is_coordinate, value)):
         box = tuple(float(v) for v in value)
     else:
         raise RecordError(BAD_BOX, f"expected 4 numbers, got {value!r}")
@@ -117,6 +118,10 @@ def parse_box(value: Any) -> tuple[float, float, float, float]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_coordinate(value: Any) -> bool:
+    return _is_number(value) or (isinstance(value, str) and re.fullmatch(_NUMBER, value) is not None)
 
 
 def normalise_problem(problem: str, image_count: int) -> str:
