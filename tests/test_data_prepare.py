@@ -13,8 +13,8 @@ from PIL import Image
 from data_helpers import run_module
 
 from mixed_r1_verl.data import records
-from mixed_r1_verl.data.dataset import model_input_image
 from mixed_r1_verl.data.frames import smart_resize
+from mixed_r1_verl.data.model_images import model_input_image
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare, split_of
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 

@@ -420,6 +420,7 @@ def test_module_entry_point_lists_its_settings_and_defaults():
     )
     assert result.returncode == 0 and "compare=" in result.stdout
     assert "max_new_tokens: 1024" in result.stdout and "backend: auto" in result.stdout
+    assert result.stderr == "", "evaluation should not import verl (its import warnings)"
 
 
 def test_the_command_line_ends_on_bad_input_with_its_message_and_no_traceback(tmp_path):

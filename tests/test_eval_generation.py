@@ -9,7 +9,7 @@ import torch
 from data_helpers import convert_synthetic
 from transformers import AutoTokenizer
 
-from mixed_r1_verl.data.dataset import model_input_image
+from mixed_r1_verl.data.model_images import model_input_image
 from mixed_r1_verl.data.engine import Engine, EngineConfig
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.prompts import chat_template_text

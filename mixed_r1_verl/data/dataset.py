@@ -20,30 +20,23 @@ extra_info.prompt_length where the converter wrote it, and measures only the oth
 from __future__ import annotations
 
 import copy
-import io
 import logging
 from collections import Counter
 
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import build_multimodal_processor_inputs, normalize_token_ids
 
-from mixed_r1_verl.data.frames import (
-    pixel_bounds_error,
-    resized_again_reason,
-    smart_resize,
-    stated_bounds,
-)
+from mixed_r1_verl.data.frames import pixel_bounds_error, resized_again_reason, stated_bounds
 from mixed_r1_verl.data.model_files import processor_pixel_bounds
+from mixed_r1_verl.data.model_images import model_input_image
 from mixed_r1_verl.data.processor import autoprocessor_failure
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
 from mixed_r1_verl.rewards.scoring import missing_ground_truth
 
 logger = logging.getLogger(__name__)
-SPATIAL_MERGE_SIZE = 2
 
 
 class DatasetRowError(ValueError):
@@ -59,40 +52,6 @@ class NamesRowsThatFail:
             return super().__getitem__(item)
         except Exception as error:
             raise DatasetRowError(f"{self._describe_row(item)} cannot be prepared: {error}") from error
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with transparent areas composited onto white."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.split()[3])
-        return background
-    return image.convert("RGB")
-
-
-def open_content_image(item: dict) -> Image.Image:
-    """The PIL image of a chat content item holding an image, bytes or a path."""
-    source = item.get("image", item.get("bytes"))
-    if isinstance(source, Image.Image):
-        return source
-    if isinstance(source, (bytes, bytearray)):
-        return Image.open(io.BytesIO(source))
-    if isinstance(source, str):
-        return Image.open(source.removeprefix("file://"))
-    raise DatasetRowError(f"image content item holds no image, bytes or path (keys: {sorted(item)})")
-
-
-def model_input_image(item: dict, image_patch_size: int) -> Image.Image:
-    """The image resized to what the Qwen2-VL family sees: sides multiples of patch x merge size,
-    area within the item's min/max pixels (defaults as qwen_vl_utils)."""
-    image = to_rgb(open_content_image(item))
-    width, height = image.size
-    min_pixels, max_pixels = stated_bounds(item.get("min_pixels"), item.get("max_pixels"))
-    resized_h, resized_w = smart_resize(
-        height, width, factor=image_patch_size * SPATIAL_MERGE_SIZE, min_pixels=min_pixels, max_pixels=max_pixels
-    )
-    return image.resize((resized_w, resized_h), Image.Resampling.BICUBIC)
 
 
 def _content_items(messages: list[dict]):

@@ -26,11 +26,11 @@ from verl.utils.py_functional import convert_nested_value_to_list_recursive
 from mixed_r1_verl.data.dataset import (
     DatasetRowError,
     NamesRowsThatFail,
-    model_input_image,
     refuse_images_resized_again,
     refuse_invalid_pixel_bounds,
 )
 from mixed_r1_verl.data.model_files import DEFAULT_PATCH_SIZE, image_processor_settings
+from mixed_r1_verl.data.model_images import model_input_image
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.prompts import chat_with_image_items
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER

@@ -2,9 +2,9 @@
 
 Every prompt is a verl-layout chat (`<image>` placeholders in the text) plus image items carrying the
 converter's per-image `min_pixels`/`max_pixels`. Images are resized exactly as the training dataset
-resizes them (`mixed_r1_verl.data.dataset.model_input_image`), so a model is evaluated and sampled in
-the frame its grounding answers are scored in; a request whose bounds the model's image processor
-would resize out of that frame is an error. The chat is rendered by the model's chat template and
+resizes them (`mixed_r1_verl.data.model_images`), so a model is evaluated and sampled in the frame its
+grounding answers are scored in; a request whose bounds the model's image processor would resize out
+of that frame is an error. The chat is rendered by the model's chat template and
 the processor (transformers) or vLLM expands the image pads.
 
 Backends: vLLM offline (GPU; every prompt of a call in one batch) and transformers `generate`
@@ -24,7 +24,6 @@ from typing import Protocol
 from PIL import Image
 from tqdm import tqdm
 
-from mixed_r1_verl.data.dataset import model_input_image
 from mixed_r1_verl.data.frames import pixel_bounds_error, resized_again_reason, stated_bounds
 from mixed_r1_verl.data.model_files import (
     processor_pixel_bounds,
@@ -32,6 +31,7 @@ from mixed_r1_verl.data.model_files import (
     resolve_model_dir,
     vision_geometry,
 )
+from mixed_r1_verl.data.model_images import model_input_image
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.prompts import chat_template_text
 
