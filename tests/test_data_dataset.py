@@ -72,6 +72,26 @@ def test_rows_converted_for_a_larger_frame_than_the_processor_keeps_are_refused(
         build(root, processor, [str(tmp_path / "out" / "train.parquet")], filter_overlong_prompts=False)
 
 
+def test_rows_converted_for_another_model_family_are_refused(setup, tiny_internvl_dir, tmp_path):
+    root, _, qwen = setup
+    # Qwen2.5-VL rows (pixel boxes) for an InternVL, which answers in 0-1000; then the reverse.
+    qwen_rows = str(root / "out" / "train.parquet")
+    internvl = load_image_text_processor(tiny_internvl_dir)
+    first_id = pq.read_table(qwen_rows).column("extra_info")[0]["id"].as_py()
+    with pytest.raises(DatasetRowError, match=rf"row 0 \(id '{first_id}'.*boxes in the abs frame .* internvl models"):
+        build(root, internvl, [qwen_rows])
+
+    convert_synthetic(
+        tmp_path / "src", tmp_path / "out", rows_per_task=1, seed=3,
+        synthetic={"val_rows_per_task": 0}, val_ratio=0.0, model_family="internvl", max_pixels=200704,
+    )  # fmt: skip
+    internvl_rows = str(tmp_path / "out" / "train.parquet")
+    refused = r"boxes in the norm1000 frame .* qwen2_5_vl models .* model_family=qwen2_5_vl"
+    with pytest.raises(DatasetRowError, match=refused):
+        build(root, qwen, [internvl_rows])
+    assert len(build(root, internvl, [internvl_rows])) == 4
+
+
 def test_model_sees_the_frame_the_ground_truth_uses(setup):
     root, _, processor = setup
     dataset = build(root, processor, [str(root / "out" / "train.parquet")])

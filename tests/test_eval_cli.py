@@ -374,6 +374,15 @@ def test_saved_generations_for_ids_not_in_the_data_are_reported(tmp_path, parque
     assert note in capsys.readouterr().out and note in (out / "summary.md").read_text()
 
 
+def test_a_model_of_another_family_than_the_data_was_converted_for_is_refused(tmp_path, parquet, tiny_internvl_dir):
+    # g1's box is in Qwen2.5-VL's pixel frame; an InternVL answers in 0-1000.
+    args = [f"data={parquet}", f"model={tiny_internvl_dir}", "backend=hf", "device=cpu", f"out_dir={tmp_path / 'run'}"]
+    refused = r"record 'g1': .*boxes in the abs frame .* internvl models .*model_family=internvl"
+    with pytest.raises(SystemExit, match=refused):
+        main(args)
+    assert not (tmp_path / "run" / "generations.jsonl").exists()
+
+
 def test_open_ended_without_embedding_model_fails_before_scoring(tmp_path, parquet):
     with pytest.raises(SystemExit, match="embedding_model="):
         score_saved(parquet, RESPONSES, tmp_path / "run")

@@ -10,10 +10,11 @@ row fails for any reason, counts it as over-long and drops it. This class resize
 exact size qwen_vl_utils and the Qwen2.5-VL processor produce (honouring per-image min/max pixels
 written by the converter), raises an error naming the row when one cannot be prepared, when its
 prompt's `<image>` placeholders do not match its images in number, when its reward_model.ground_truth
-is absent, null or blank (the reward could not score it), when an image's pixel bounds cannot
-bound a resize, when the model's processor would resize its images again (out of the frame its boxes
-are in) or when verl loaded no processor at all (the images would be left out of training), and logs
-every row the length filter removes, counted per task. The filter reads each row's prompt size from
+is absent, null or blank (the reward could not score it), when it was converted for another model
+family's box frame (extra_info.box_frame), when an image's pixel bounds cannot bound a resize, when
+the model's processor would resize its images again (out of the frame its boxes are in) or when
+verl loaded no processor at all (the images would be left out of training), and logs every row the
+length filter removes, counted per task. The filter reads each row's prompt size from
 extra_info.prompt_length where the converter wrote it, and measures only the other rows.
 """
 
@@ -29,10 +30,15 @@ import pyarrow.compute as pc
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import build_multimodal_processor_inputs, normalize_token_ids
 
-from mixed_r1_verl.data.frames import pixel_bounds_error, resized_again_reason, stated_bounds
+from mixed_r1_verl.data.frames import (
+    other_family_frame_reason,
+    pixel_bounds_error,
+    resized_again_reason,
+    stated_bounds,
+)
 from mixed_r1_verl.data.model_files import processor_pixel_bounds
 from mixed_r1_verl.data.model_images import model_input_image
-from mixed_r1_verl.data.processor import autoprocessor_failure
+from mixed_r1_verl.data.processor import autoprocessor_failure, processor_model_family
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
 from mixed_r1_verl.rewards.scoring import missing_ground_truth
 
@@ -153,6 +159,7 @@ class MixedR1Dataset(NamesRowsThatFail, RLHFDataset):
         images = columns[self.image_key] if self.image_key in dataframe.column_names else None
         refuse_placeholder_image_mismatch(columns[self.prompt_key], images, describe_row)
         refuse_missing_ground_truth(columns, describe_row)
+        refuse_box_frame_of_another_family(processor_model_family(self.processor), dataframe, describe_row)
         if images is not None:
             refuse_images_without_processor(self.processor, self.tokenizer.name_or_path, images, describe_row)
             refuse_invalid_pixel_bounds(images, describe_row)
@@ -240,6 +247,16 @@ def refuse_missing_ground_truth(columns, describe_row) -> None:
         reason = missing_ground_truth(ground_truth)
         if reason:
             raise DatasetRowError(f"{describe_row(row)}: {reason} (reward_model.ground_truth); no reward can score it")
+
+
+def refuse_box_frame_of_another_family(model_family: str | None, dataframe: datasets.Dataset, describe_row) -> None:
+    """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row whose
+    extra_info.box_frame is not the frame a `model_family` model answers in: its grounding rewards would
+    score the model's boxes against ground truths in another frame."""
+    for row, box_frame in enumerate(extra_info_column(dataframe, "box_frame")):
+        reason = other_family_frame_reason(box_frame, model_family)
+        if reason:
+            raise DatasetRowError(f"{describe_row(row)}: {reason}")
 
 
 def refuse_images_without_processor(processor, model_dir: str, images_column, describe_row) -> None:

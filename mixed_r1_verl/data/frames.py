@@ -91,6 +91,20 @@ def resized_again_reason(
     )
 
 
+def other_family_frame_reason(box_frame: str | None, model_family: str | None) -> str | None:
+    """Why data whose grounding boxes are in `box_frame` (extra_info.box_frame) cannot train or evaluate a
+    model of `model_family` (its config's model_type), which answers in another frame; None when the
+    frames agree or either is unknown."""
+    model_frame = MODEL_FAMILY_BOX_FRAME.get(model_family)
+    if model_frame is None or box_frame is None or box_frame == model_frame:
+        return None
+    return (
+        f"it was converted for boxes in the {box_frame} frame (extra_info.box_frame), but {model_family} models "
+        f"answer in the {model_frame} frame: convert the data again with model_family={model_family} "
+        "(mixed_r1_verl.data.prepare)"
+    )
+
+
 def model_frame_size(image_size: tuple[int, int], box_frame: str, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """[width, height] of the frame the model's boxes live in for an image of `image_size` (w, h)."""
     if box_frame == BOX_FRAME_NORM1000:

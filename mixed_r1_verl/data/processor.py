@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from transformers import AutoProcessor, AutoTokenizer, InternVLProcessor, Qwen2_5_VLProcessor
+from transformers import AutoProcessor, AutoTokenizer, InternVLProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -59,6 +59,19 @@ def load_image_text_processor(model_dir: str | os.PathLike) -> Qwen25VLImageText
         tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
     )
+
+
+# The model family (config.json model_type) of each processor class the families use.
+PROCESSOR_MODEL_FAMILIES = (
+    (InternVLProcessor, "internvl"),
+    (Qwen2_5_VLProcessor, "qwen2_5_vl"),
+    (Qwen2VLProcessor, "qwen2_vl"),
+)
+
+
+def processor_model_family(processor) -> str | None:
+    """The model family a processor belongs to; None for other processors."""
+    return next((family for cls, family in PROCESSOR_MODEL_FAMILIES if isinstance(processor, cls)), None)
 
 
 def autoprocessor_failure(model_dir: str | os.PathLike) -> str:

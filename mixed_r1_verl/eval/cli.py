@@ -25,11 +25,12 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Optional
 
+from mixed_r1_verl.data.model_files import checkpoint_model_type, resolve_model_dir
 from mixed_r1_verl.settings import asks_for_help, input_errors_end_the_command, parse_settings, settings_help
 
 from .cache import CACHE_FILE, GenerationCache, discard_generations_made_otherwise, read_generations
 from .generation import SamplingSettings, build_generator, generate_missing, transformers_placement
-from .records import EvalRecord, data_ids, load_records
+from .records import EvalRecord, data_ids, load_records, refuse_records_of_another_frame
 from .report import SCORES_FILE, evaluated_ids, load_summary, summary_markdown, write_comparison, write_summary
 from .scoring import score_records, summarize
 
@@ -173,6 +174,8 @@ def run_eval(args) -> dict:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = load_records(args.data, args.limit)
+    if args.model:
+        refuse_records_of_another_frame(records, checkpoint_model_type(resolve_model_dir(args.model)))
     reward_kwargs = _reward_kwargs(args, records)
     responses = _responses(args, records, out_dir)
     unknown_ids = ids_not_in_data(responses, args.data) if args.generations else {"count": 0}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from mixed_r1_verl.data.frames import other_family_frame_reason
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
 from mixed_r1_verl.rewards.scoring import missing_ground_truth
 
@@ -123,3 +124,12 @@ def data_ids(paths: Sequence[str | Path]) -> set[str]:
             if isinstance(extra_info, Mapping) and extra_info.get("id") is not None:
                 ids.add(str(extra_info["id"]))
     return ids
+
+
+def refuse_records_of_another_frame(records: Sequence[EvalRecord], model_family: str | None) -> None:
+    """Raises RecordError naming the first record whose extra_info.box_frame is not the frame a
+    `model_family` model answers in: its grounding answers would be scored in the wrong frame."""
+    for record in records:
+        reason = other_family_frame_reason(record.extra_info.get("box_frame"), model_family)
+        if reason:
+            raise RecordError(f"{record.source}: record {record.id!r}: {reason}")
