@@ -200,6 +200,16 @@ def test_rows_converted_for_a_larger_frame_than_the_processor_keeps_are_refused(
         sft_dataset_of(table, tmp_path / "wide.parquet", tiny_model_dir)
 
 
+def test_rows_converted_for_another_model_familys_box_frame_are_refused(converted, tiny_internvl_dir, tmp_path):
+    """Pixel boxes (Qwen2.5-VL) would teach an InternVL, which answers on a 0-1000 grid, the wrong boxes."""
+    data_dir, _ = converted
+    table = pq.read_table(data_dir / "sft_train.parquet").to_pylist()
+    assert {row["extra_info"]["box_frame"] for row in table} == {"abs"}
+    first = rf"SFT row 0 \(id '{table[0]['extra_info']['id']}'\)"
+    with pytest.raises(ValueError, match=rf"{first}.* abs frame .*model_family=internvl"):
+        sft_dataset_of(table, tmp_path / "qwen_rows.parquet", tiny_internvl_dir)
+
+
 def test_images_with_unusable_pixel_bounds_are_refused(converted, tiny_model_dir, tmp_path):
     data_dir, _ = converted
     table = pq.read_table(data_dir / "sft_train.parquet").to_pylist()

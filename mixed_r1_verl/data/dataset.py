@@ -159,7 +159,8 @@ class MixedR1Dataset(NamesRowsThatFail, RLHFDataset):
         images = columns[self.image_key] if self.image_key in dataframe.column_names else None
         refuse_placeholder_image_mismatch(columns[self.prompt_key], images, describe_row)
         refuse_missing_ground_truth(columns, describe_row)
-        refuse_box_frame_of_another_family(processor_model_family(self.processor), dataframe, describe_row)
+        box_frames = extra_info_column(dataframe, "box_frame")
+        refuse_box_frame_of_another_family(processor_model_family(self.processor), box_frames, describe_row)
         if images is not None:
             refuse_images_without_processor(self.processor, self.tokenizer.name_or_path, images, describe_row)
             refuse_invalid_pixel_bounds(images, describe_row)
@@ -249,11 +250,11 @@ def refuse_missing_ground_truth(columns, describe_row) -> None:
             raise DatasetRowError(f"{describe_row(row)}: {reason} (reward_model.ground_truth); no reward can score it")
 
 
-def refuse_box_frame_of_another_family(model_family: str | None, dataframe: datasets.Dataset, describe_row) -> None:
+def refuse_box_frame_of_another_family(model_family: str | None, box_frames: list, describe_row) -> None:
     """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row whose
-    extra_info.box_frame is not the frame a `model_family` model answers in: its grounding rewards would
-    score the model's boxes against ground truths in another frame."""
-    for row, box_frame in enumerate(extra_info_column(dataframe, "box_frame")):
+    extra_info.box_frame (in `box_frames`) is not the frame a `model_family` model answers in: its
+    grounding answers would be taught or scored against ground truths in another frame."""
+    for row, box_frame in enumerate(box_frames):
         reason = other_family_frame_reason(box_frame, model_family)
         if reason:
             raise DatasetRowError(f"{describe_row(row)}: {reason}")

@@ -218,7 +218,10 @@ SFT_SCHEMA = pa.schema(
         ("images", OUTPUT_SCHEMA.field("images").type),
         (
             "extra_info",
-            pa.struct([("task", pa.string()), ("id", pa.string()), ("index", pa.int64()), ("split", pa.string())]),
+            pa.struct(
+                [("task", pa.string()), ("id", pa.string()), ("index", pa.int64()), ("split", pa.string()),
+                 ("box_frame", pa.string())]
+            ),  # fmt: skip
         ),
     ]
 )
@@ -237,7 +240,9 @@ def sft_row(row: dict, rationale: str) -> dict:
         "data_source": row["data_source"],
         "messages": [*row["prompt"], target],
         "images": row["images"],
-        "extra_info": {"task": info["task"], "id": info["id"], "index": -1, "split": info["split"]},
+        "extra_info": {
+            "task": info["task"], "id": info["id"], "index": -1, "split": info["split"], "box_frame": info["box_frame"],
+        },  # fmt: skip
     }
 
 

@@ -8,7 +8,8 @@ Select it in the SFT config (conf/sft.yaml does):
 verl's dataset resizes images through qwen_vl_utils (which needs torchvision); this class resizes them
 exactly as the GRPO dataset does (`model_input_image`: PIL only, the per-image min/max pixels the
 converter wrote), so SFT, GRPO and the converter's grounding frame agree; data converted for a
-frame the model's processor would resize again is refused, as in GRPO. Where verl loaded no processor
+frame the model's processor would resize again, or for another model family's box frame, is refused,
+as in GRPO. Where verl loaded no processor
 (AutoProcessor fails without torchvision), the project's image-and-text processor takes its place.
 Everything else (per-turn tokenisation, loss mask on the assistant turn only, M-RoPE positions,
 padding) is verl's. A row that cannot be prepared raises an error naming it.
@@ -26,12 +27,13 @@ from verl.utils.py_functional import convert_nested_value_to_list_recursive
 from mixed_r1_verl.data.dataset import (
     DatasetRowError,
     NamesRowsThatFail,
+    refuse_box_frame_of_another_family,
     refuse_images_resized_again,
     refuse_invalid_pixel_bounds,
 )
 from mixed_r1_verl.data.model_files import DEFAULT_PATCH_SIZE, image_processor_settings
 from mixed_r1_verl.data.model_images import model_input_image
-from mixed_r1_verl.data.processor import load_image_text_processor
+from mixed_r1_verl.data.processor import load_image_text_processor, processor_model_family
 from mixed_r1_verl.data.prompts import chat_with_image_items
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
 
@@ -52,6 +54,9 @@ class MixedR1SFTDataset(NamesRowsThatFail, MultiTurnSFTDataset):
         self.processor = processor
         if self.image_patch_size is None and processor is not None:
             self.image_patch_size = getattr(processor.image_processor, "patch_size", DEFAULT_PATCH_SIZE)
+        if "extra_info" in self.dataframe.columns:
+            box_frames = [(info or {}).get("box_frame") for info in self.dataframe["extra_info"]]
+            refuse_box_frame_of_another_family(processor_model_family(processor), box_frames, self._describe_row)
         if self.image_key in self.dataframe.columns:
             images = pa.array(self.dataframe[self.image_key])
             refuse_invalid_pixel_bounds(images, self._describe_row)
