@@ -252,7 +252,7 @@ def refuse_another_model_family(model_family: str, model_dir: Path) -> None:
     model_type = checkpoint_model_type(model_dir)
     if model_type in MODEL_FAMILY_BOX_FRAME and model_type != model_family:
         raise ValueError(
-            f"model_path {model_dir} is a {model_type} checkpoint, but model_family={model_family}: its boxes are "
+            f"model_path {model_dir} holds a {model_type} checkpoint, but model_family={model_family}: its boxes are "
             f"in the {MODEL_FAMILY_BOX_FRAME[model_type]} frame, the data's would be in the "
             f"{MODEL_FAMILY_BOX_FRAME[model_family]} frame; set model_family={model_type}"
         )
