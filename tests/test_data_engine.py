@@ -262,6 +262,21 @@ def test_difficulty_samples_scores_caches_and_filters(tmp_path):
             assert details[record_id] == "0 of 2 rollouts correct (pass rate 0); kept: 0 < p < 1"
 
 
+def difficulty_details(report: dict) -> dict:
+    return next(stage for stage in report["stages"] if stage["name"] == "difficulty")["details"]
+
+
+def test_cached_responses_are_not_reused_for_images_resized_within_other_bounds(tmp_path, tiny_model_dir):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=2, val_rows_per_task=0)
+    out = tmp_path / "out"
+    settings = [f"difficulty.model_path={tiny_model_dir}", "difficulty.k=1", "difficulty.max_new_tokens=2"]
+    Engine(engine_config(jsonl, image_root, out, *settings)).run()
+    smaller = Engine(engine_config(jsonl, image_root, out, *settings, "max_pixels=50176")).run()
+    assert difficulty_details(smaller)["sampled_prompts"] == 4 and difficulty_details(smaller)["cached_prompts"] == 0
+    again = Engine(engine_config(jsonl, image_root, out, *settings, "max_pixels=50176")).run()
+    assert difficulty_details(again)["sampled_prompts"] == 0 and difficulty_details(again)["cached_prompts"] == 4
+
+
 def test_vllm_backend_without_vllm_fails_before_the_first_stage(tmp_path, tiny_model_dir):
     try:
         import vllm  # noqa: F401

@@ -398,7 +398,12 @@ class Engine:
 
     def cache_key(self, row: EngineRow, settings: SamplingSettings) -> str:
         return request_key(
-            row.record.id, json.dumps(row.prompt), row.image_digests, self.config.difficulty.model_path, settings
+            row.record.id,
+            json.dumps(row.prompt),
+            row.image_digests,
+            (self.converter.min_pixels, self.converter.max_pixels),
+            self.config.difficulty.model_path,
+            settings,
         )
 
     def generation_request(self, row: EngineRow) -> GenerationRequest:

@@ -9,9 +9,17 @@ import os
 from pathlib import Path
 
 
-def request_key(record_id: str, prompt_text: str, image_digests: tuple[str, ...], model: str, settings) -> str:
-    """Identifies prompt, images, model and sampling settings in the cache."""
-    payload = json.dumps([record_id, prompt_text, image_digests, model, settings.__dict__], sort_keys=True)
+def request_key(
+    record_id: str,
+    prompt_text: str,
+    image_digests: tuple[str, ...],
+    pixel_bounds: tuple[int, int],
+    model: str,
+    settings,
+) -> str:
+    """Identifies prompt, images (their bytes and the (min, max) pixels they are resized within, which
+    decide what the model sees), model and sampling settings in the cache."""
+    payload = json.dumps([record_id, prompt_text, image_digests, pixel_bounds, model, settings.__dict__], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
