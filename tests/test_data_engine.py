@@ -196,6 +196,26 @@ def test_a_failed_conversion_keeps_the_report(tmp_path):
     assert sum(report["selected"].values()) == 8 and "conversion" not in report
 
 
+def test_a_rerun_leaves_no_earlier_conversion_beside_its_selection(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=3, val_rows_per_task=0)
+    out = tmp_path / "out"
+    settings = ["difficulty.enabled=false", "val_ratio=0"]
+    Engine(engine_config(jsonl, image_root, out, *settings, "convert=true")).run()
+    assert pq.read_metadata(out / "parquet" / "train.parquet").num_rows == 8
+
+    one_chart = "balance.targets={matching: 0, chart: 1, grounding: 0, open_ended: 0}"
+    with pytest.raises(ValueError, match="train.parquet would be empty"):
+        Engine(engine_config(jsonl, image_root, out, *settings, one_chart, "convert=true", "val_ratio=1")).run()
+    assert len(read_jsonl(out / "selected.jsonl")) == 1 and not list(out.glob("parquet/*"))
+
+    Engine(engine_config(jsonl, image_root, out, *settings, "convert=true")).run()
+    Engine(engine_config(jsonl, image_root, out, *settings, one_chart)).run()
+    assert not list(out.glob("parquet/*"))
+
+    Engine(engine_config(jsonl, image_root, out, *settings))  # a run stopped before its first stage ended
+    assert sorted(path.name for path in out.iterdir()) == ["dropped.jsonl"]
+
+
 def correct(answer: str) -> str:
     return f"<think>checked</think><answer>{answer}</answer>"
 

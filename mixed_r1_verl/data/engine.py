@@ -16,9 +16,10 @@
 6. report     report.json, rows_per_stage.png, pass_rate_hist.png
 
 Writes selected.jsonl (canonical records, ready for `mixed_r1_verl.data.prepare`, which runs on it
-when convert=true), dropped.jsonl (id, stage, reason) and the report, before any conversion. An
-empty selection is not converted: the run stops with the drops of each stage by reason. Settings
-(paths, the difficulty model, backend and sampling, balance targets) are checked before the first stage.
+when convert=true), dropped.jsonl (id, stage, reason) and the report, before any conversion; the last
+run's outputs are removed first (the response cache stays). An empty selection is not converted: the run
+stops with the drops of each stage by reason. Settings (paths, the difficulty model, backend and
+sampling, balance targets) are checked before the first stage.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import importlib.util
 import io
 import json
 import random
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -55,6 +57,9 @@ from mixed_r1_verl.rewards.text import normalize_text
 from mixed_r1_verl.settings import run_settings_cli
 
 YES_NO = ("yes", "no")
+# What a run writes to output_dir besides dropped.jsonl and the response cache; the conversion's folder.
+RUN_OUTPUTS = ("selected.jsonl", "report.json", "rows_per_stage.png", "pass_rate_hist.png")
+CONVERSION_DIR = "parquet"
 
 
 @dataclass
@@ -235,6 +240,7 @@ class Engine:
         self.converter = RowConverter(self.prepare_config(config.input, config.output_dir))
         self.output_dir = Path(config.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_earlier_outputs(self.output_dir)
         self.stages: list[StageResult] = []
         self.pass_rates: dict[str, list[float]] = defaultdict(list)
         self.sampled_rewards: dict[str, list[SampledRewards]] = defaultdict(list)
@@ -473,7 +479,8 @@ class Engine:
         if self.config.convert:
             if not rows:
                 raise EmptySelectionError(empty_selection_message(self.stages, self.output_dir))
-            report["conversion"] = prepare(self.selection_prepare_config(str(selected_path), str(self.output_dir / "parquet")))
+            conversion_dir = str(self.output_dir / CONVERSION_DIR)
+            report["conversion"] = prepare(self.selection_prepare_config(str(selected_path), conversion_dir))
             self.write_report(report)
         return report
 
@@ -492,6 +499,15 @@ class Engine:
             "sampled_rewards": {task: summarise(samples) for task, samples in self.sampled_rewards.items()},
             "config": OmegaConf.to_container(OmegaConf.structured(self.config)),
         }
+
+
+def remove_earlier_outputs(output_dir: Path) -> None:
+    """An earlier run's selection, report and conversion (the response cache stays): a run that is
+    interrupted, fails or does not convert leaves none of them beside its own dropped.jsonl."""
+    for name in RUN_OUTPUTS:
+        (output_dir / name).unlink(missing_ok=True)
+    if (output_dir / CONVERSION_DIR).is_dir():
+        shutil.rmtree(output_dir / CONVERSION_DIR)
 
 
 class EmptySelectionError(ValueError):
