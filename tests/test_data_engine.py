@@ -8,6 +8,7 @@ from PIL import Image
 from data_helpers import read_jsonl, run_module
 
 from mixed_r1_verl.data.engine import Engine, EngineConfig, main
+from mixed_r1_verl.data.engine_plots import pass_rate_figure
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
@@ -295,6 +296,15 @@ def test_cached_responses_are_not_reused_for_images_resized_within_other_bounds(
     assert difficulty_details(smaller)["sampled_prompts"] == 4 and difficulty_details(smaller)["cached_prompts"] == 0
     again = Engine(engine_config(jsonl, image_root, out, *settings, "max_pixels=50176")).run()
     assert difficulty_details(again)["sampled_prompts"] == 0 and difficulty_details(again)["cached_prompts"] == 4
+
+
+def test_the_pass_rate_plot_draws_each_rate_of_the_report_histogram_as_its_own_bar():
+    """With k=10, 0.2 and 0.3 (or 0.9 and 1.0, which the default band drops) share no bar."""
+    histograms = {"matching": {"0.2": 3, "0.3": 5, "0.9": 1, "1.0": 7}, "chart": {"0.0": 4}}
+    figure = pass_rate_figure(histograms, k=10)
+    for ax, task in zip(figure.axes, ("matching", "chart", "grounding", "open_ended")):
+        bars = {round(bar.get_x() + bar.get_width() / 2, 6): bar.get_height() for bar in ax.patches}
+        assert bars == {float(rate): count for rate, count in histograms.get(task, {}).items()}
 
 
 def test_vllm_backend_without_vllm_fails_before_the_first_stage(tmp_path, tiny_model_dir):

@@ -490,12 +490,13 @@ class Engine:
     def report(self, rows: list[EngineRow]) -> dict:
         from mixed_r1_verl.data.engine_plots import plot_pass_rates, plot_rows_per_stage
 
+        histograms = {task: histogram(rates) for task, rates in self.pass_rates.items()}
         plot_rows_per_stage(self.stages, self.output_dir / "rows_per_stage.png")
-        plot_pass_rates(self.pass_rates, self.output_dir / "pass_rate_hist.png")
+        plot_pass_rates(histograms, self.config.difficulty.k, self.output_dir / "pass_rate_hist.png")
         return {
             "stages": [asdict(stage) for stage in self.stages],
             "selected": count_by_task(rows),
-            "pass_rate_histogram": {task: histogram(rates) for task, rates in self.pass_rates.items()},
+            "pass_rate_histogram": histograms,
             "sampled_rewards": {task: summarise(samples) for task, samples in self.sampled_rewards.items()},
             "config": OmegaConf.to_container(OmegaConf.structured(self.config)),
         }

@@ -30,14 +30,22 @@ def plot_rows_per_stage(stages, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_pass_rates(pass_rates: dict[str, list[float]], path: Path) -> None:
-    """One histogram of base-model pass rates per task (empty panels when difficulty was skipped)."""
+def pass_rate_figure(histograms: dict[str, dict[str, int]], k: int):
+    """Per task, one bar per pass rate in the report's histogram (k responses give k + 1 rates: fixed
+    bins would merge some of them and split others); empty panels when difficulty was skipped."""
     figure, axes = plt.subplots(1, len(TASKS), figsize=(3.2 * len(TASKS), 3.2), sharey=True)
     for ax, task in zip(axes, TASKS):
-        ax.hist(pass_rates.get(task, []), bins=10, range=(0, 1))
+        counts = histograms.get(task, {})
+        ax.bar([float(rate) for rate in counts], list(counts.values()), width=0.8 / k)
+        ax.set_xlim(-0.6 / k, 1 + 0.6 / k)
         ax.set_title(task)
-        ax.set_xlabel("pass rate")
+        ax.set_xlabel(f"pass rate ({k} responses)")
     axes[0].set_ylabel("prompts")
     figure.tight_layout()
+    return figure
+
+
+def plot_pass_rates(histograms: dict[str, dict[str, int]], k: int, path: Path) -> None:
+    figure = pass_rate_figure(histograms, k)
     figure.savefig(path, dpi=100)
     plt.close(figure)
