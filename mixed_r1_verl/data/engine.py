@@ -170,7 +170,10 @@ def sampling_settings(config: EngineConfig) -> SamplingSettings:
             seed=config.seed,
         )
     except ValueError as error:
-        named = f"difficulty.k={difficulty.k}, difficulty.temperature={difficulty.temperature}"
+        named = (
+            f"difficulty.k={difficulty.k}, difficulty.temperature={difficulty.temperature}, "
+            f"difficulty.top_p={difficulty.top_p}, difficulty.max_new_tokens={difficulty.max_new_tokens}"
+        )
         raise ValueError(f"{named}: {error}") from None
 
 
@@ -203,9 +206,20 @@ def check_difficulty_settings(config: EngineConfig) -> None:
             f"difficulty.min_pass_rate={difficulty.min_pass_rate}, max_pass_rate={difficulty.max_pass_rate}: "
             "expected 0 <= min_pass_rate <= max_pass_rate <= 1"
         )
+    if not any(in_band(correct / difficulty.k, difficulty) for correct in range(difficulty.k + 1)):
+        raise ValueError(
+            f"difficulty.min_pass_rate={difficulty.min_pass_rate}, max_pass_rate={difficulty.max_pass_rate}, "
+            f"inclusive={difficulty.inclusive}: no pass rate that k={difficulty.k} responses give (0, 1/k, ... 1) "
+            "lies in the band, so every prompt would be dropped"
+        )
     unknown = sorted(set(difficulty.correct_threshold) - set(TASKS))
     if unknown:
         raise ValueError(f"difficulty.correct_threshold names unknown tasks {unknown}; tasks: {', '.join(TASKS)}")
+    for task, threshold in difficulty.correct_threshold.items():
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 1:
+            raise ValueError(
+                f"difficulty.correct_threshold.{task}={threshold!r}: expected a reward accuracy in (0, 1]"
+            )
     try:
         resolve_model_dir(difficulty.model_path)
     except FileNotFoundError as error:
@@ -213,6 +227,12 @@ def check_difficulty_settings(config: EngineConfig) -> None:
     embedding_model = difficulty.embedding_model
     if embedding_model and looks_like_local_path(embedding_model) and not Path(embedding_model).expanduser().is_dir():
         raise FileNotFoundError(f"difficulty.embedding_model={embedding_model}: no such directory")
+
+
+def in_band(pass_rate: float, difficulty: DifficultyConfig) -> bool:
+    """Whether the difficulty stage keeps a prompt of this pass rate."""
+    low, high = difficulty.min_pass_rate, difficulty.max_pass_rate
+    return low <= pass_rate <= high if difficulty.inclusive else low < pass_rate < high
 
 
 def check_balance_targets(targets: dict) -> None:
@@ -228,6 +248,10 @@ def check_settings(config: EngineConfig) -> None:
     """Every setting that can be checked before the stages read the input: a mistake stops the run
     before it reads every image, not after."""
     check_input_paths(config)
+    if not 0 <= config.dedup.max_hash_distance <= 64:
+        raise ValueError(
+            f"dedup.max_hash_distance={config.dedup.max_hash_distance}: expected 0 to 64 (bits of the 64-bit hash)"
+        )
     if config.difficulty.enabled:
         check_difficulty_settings(config)
     check_balance_targets(dict(config.balance.targets))
@@ -386,8 +410,7 @@ class Engine:
         band = f"{low:g} <= p <= {high:g}" if settings_config.inclusive else f"{low:g} < p < {high:g}"
 
         def keep(row: EngineRow):
-            inside = low <= row.pass_rate <= high if settings_config.inclusive else low < row.pass_rate < high
-            if inside:
+            if in_band(row.pass_rate, settings_config):
                 return None
             measured = f"{row.correct_rollouts} of {settings.n} rollouts correct (pass rate {row.pass_rate:g})"
             return ("too_easy" if row.pass_rate >= high else "too_hard"), f"{measured}; kept: {band}"

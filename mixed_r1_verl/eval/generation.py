@@ -54,6 +54,10 @@ class SamplingSettings:
             raise ValueError(f"sampling n must be at least 1, got {self.n}")
         if self.temperature < 0:
             raise ValueError(f"sampling temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling top_p must lie in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sampling max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.n > 1 and self.temperature == 0:
             raise ValueError(f"{self.n} responses per prompt need a temperature > 0 (greedy gives one answer)")
 
