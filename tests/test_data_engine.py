@@ -290,7 +290,7 @@ def difficulty_details(report: dict) -> dict:
 def test_cached_responses_are_not_reused_for_images_resized_within_other_bounds(tmp_path, tiny_model_dir):
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=2, val_rows_per_task=0)
     out = tmp_path / "out"
-    settings = [f"difficulty.model_path={tiny_model_dir}", "difficulty.k=1", "difficulty.max_new_tokens=2"]
+    settings = [f"difficulty.model_path={tiny_model_dir}", "difficulty.k=2", "difficulty.max_new_tokens=2"]
     Engine(engine_config(jsonl, image_root, out, *settings)).run()
     smaller = Engine(engine_config(jsonl, image_root, out, *settings, "max_pixels=50176")).run()
     assert difficulty_details(smaller)["sampled_prompts"] == 4 and difficulty_details(smaller)["cached_prompts"] == 0
