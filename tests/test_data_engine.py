@@ -213,8 +213,10 @@ def test_a_rerun_leaves_no_earlier_conversion_beside_its_selection(tmp_path):
     Engine(engine_config(jsonl, image_root, out, *settings, one_chart)).run()
     assert not list(out.glob("parquet/*"))
 
+    (out / "parquet" / "notes.md").write_text("kept: not written by a run")
     Engine(engine_config(jsonl, image_root, out, *settings))  # a run stopped before its first stage ended
-    assert sorted(path.name for path in out.iterdir()) == ["dropped.jsonl"]
+    assert sorted(path.name for path in out.iterdir()) == ["dropped.jsonl", "parquet"]
+    assert [path.name for path in (out / "parquet").iterdir()] == ["notes.md"]
 
 
 def correct(answer: str) -> str:

@@ -29,7 +29,6 @@ import importlib.util
 import io
 import json
 import random
-import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -41,7 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mixed_r1_verl.data.model_files import resolve_model_dir
-from mixed_r1_verl.data.prepare import PrepareConfig, RowConverter, prepare
+from mixed_r1_verl.data.prepare import CONVERSION_OUTPUTS, PrepareConfig, RowConverter, prepare
 from mixed_r1_verl.data.records import TASKS, CanonicalRecord, RecordError, iter_source_rows, option_index, parse_box
 from mixed_r1_verl.data.sampling import ResponseCache, request_key
 from mixed_r1_verl.eval.generation import (
@@ -527,11 +526,12 @@ class Engine:
 
 def remove_earlier_outputs(output_dir: Path) -> None:
     """An earlier run's selection, report and conversion (the response cache stays): a run that is
-    interrupted, fails or does not convert leaves none of them beside its own dropped.jsonl."""
+    interrupted, fails or does not convert leaves none of them beside its own dropped.jsonl. Only the
+    files a run writes are removed: anything else under output_dir is the user's."""
     for name in RUN_OUTPUTS:
         (output_dir / name).unlink(missing_ok=True)
-    if (output_dir / CONVERSION_DIR).is_dir():
-        shutil.rmtree(output_dir / CONVERSION_DIR)
+    for name in CONVERSION_OUTPUTS:
+        (output_dir / CONVERSION_DIR / name).unlink(missing_ok=True)
 
 
 class EmptySelectionError(ValueError):

@@ -211,6 +211,10 @@ OUTPUT_SCHEMA = pa.schema(
 
 # The layout of verl's multi-turn SFT dataset: `messages` (the prompt turns, then the assistant's
 # target) with `<image>` placeholders, and `images`.
+# Every file a conversion writes to its output_dir.
+CONVERSION_OUTPUTS = (
+    "train.parquet", "val.parquet", "sft_train.parquet", "sft_val.parquet", "rejects.jsonl", "summary.json"
+)  # fmt: skip
 SFT_SCHEMA = pa.schema(
     [
         ("data_source", pa.string()),
