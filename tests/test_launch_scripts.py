@@ -188,10 +188,10 @@ def test_ray_job_without_a_token_says_where_the_token_goes(tmp_path):
 
 
 def slurm_env(**extra: str) -> dict:
-    """A batch job's variables: the script runs on the first node."""
+    """A batch job's variables: the script runs on the first node, with the Python that trains."""
     return {
         "SLURM_JOB_NODELIST": "gpu-a,gpu-b,gpu-c", "SLURM_JOB_NUM_NODES": "3", "SLURM_CPUS_PER_TASK": "32",
-        "SLURMD_NODENAME": "gpu-a", **extra,
+        "SLURMD_NODENAME": "gpu-a", "PYTHON": sys.executable, **extra,
     }  # fmt: skip
 
 
@@ -204,12 +204,11 @@ def test_slurm_dry_run_starts_a_head_and_workers_then_trains_on_all_nodes(gpu_va
     if shutil.which("scontrol"):
         pytest.skip("a real Slurm install would expand the node list differently")
     result = run_script(
-        SCRIPTS[2], "--dry-run", "qwen25vl_32b", "trainer.save_freq=10", PYTHON="/venv/bin/python", HOME=str(tmp_path),
-        **slurm_env(**gpu_vars),
-    )  # fmt: skip
+        SCRIPTS[2], "--dry-run", "qwen25vl_32b", "trainer.save_freq=10", HOME=str(tmp_path), **slurm_env(**gpu_vars)
+    )
     head, worker_b, worker_c, train = printed_commands(result)
     auth = ["env", "RAY_AUTH_MODE=token"]
-    ray_start = [*auth, "/venv/bin/python", "-m", "ray.scripts.scripts", "start"]
+    ray_start = [*auth, sys.executable, "-m", "ray.scripts.scripts", "start"]
     steps = len(ray_start) + 7
     assert head[:steps] == [*srun_step("gpu-a", 32), *ray_start] and not (tmp_path / ".ray").exists()
     assert {"--head", "--port=6379", "--num-gpus=8", "--num-cpus=32", "--block"} <= set(head)
@@ -218,7 +217,7 @@ def test_slurm_dry_run_starts_a_head_and_workers_then_trains_on_all_nodes(gpu_va
         assert {"--address=gpu-a:6379", "--num-gpus=8", "--num-cpus=32"} <= set(worker)
     assert "wait until 3 Ray nodes are alive" in result.stdout
     assert train == [
-        *auth, "RAY_ADDRESS=gpu-a:6379", "/venv/bin/python", "-m", "mixed_r1_verl.main", "recipe=qwen25vl_32b",
+        *auth, "RAY_ADDRESS=gpu-a:6379", sys.executable, "-m", "mixed_r1_verl.main", "recipe=qwen25vl_32b",
         "trainer.nnodes=3", "trainer.n_gpus_per_node=8", "trainer.save_freq=10",
     ]  # fmt: skip
 
@@ -270,6 +269,22 @@ def test_slurm_node_ranges_need_scontrol(tmp_path):
         **slurm_env(SLURM_JOB_NODELIST="n[1-4]", SLURM_JOB_NUM_NODES="4", SLURM_GPUS_ON_NODE="1"),
     )  # fmt: skip
     assert [command[6] for command in printed_commands(expanded)[:4]] == ["n1", "n2", "n3", "n4"]
+
+
+def test_slurm_recipe_is_checked_before_ray_starts_on_the_nodes(tmp_path):
+    """The recipes are those of the package the training Python imports, as the training reads them."""
+    for name in ("nosuchrecipe", "recipe=smoke", "sft/learn"):
+        unknown = run_script(SCRIPTS[2], "--dry-run", name, HOME=str(tmp_path), **slurm_env(SLURM_GPUS_ON_NODE="8"))
+        assert unknown.returncode == 2 and "srun" not in unknown.stdout, unknown.stdout
+        assert f"unknown recipe '{name}'; the recipes in {REPO / 'recipes'}: " in unknown.stderr
+        assert " smoke " in unknown.stderr
+    fake_command(tmp_path / "bin", "python", f'exec {sys.executable} -S "$@"')  # no site-packages
+    without_package = run_script(
+        SCRIPTS[2], "--dry-run", "smoke", cwd=tmp_path, HOME=str(tmp_path), PYTHONPATH="",
+        **slurm_env(SLURM_GPUS_ON_NODE="8", PYTHON=str(tmp_path / "bin" / "python")),
+    )  # fmt: skip
+    assert without_package.returncode == 2 and "srun" not in without_package.stdout
+    assert "cannot import mixed_r1_verl" in without_package.stderr and "set PYTHON" in without_package.stderr
 
 
 def test_slurm_script_refuses_to_guess_the_gpu_count():
