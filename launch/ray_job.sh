@@ -30,9 +30,10 @@ follow the recipe.
   --dry-run            print the command instead of running it
   -h, --help           this text
 
-Data and model paths must be readable from every node (shared file system); relative data paths are
-resolved in the job's working dir, a node-local copy: with --nnodes > 1 give trainer.default_local_dir
-and VERL_FILE_LOGGER_ROOT (or VERL_FILE_LOGGER_PATH) as absolute shared paths. Forwarded when set:
+Data and model paths must be readable from every node (shared file system); relative paths are
+resolved in the job's working dir, a node-local copy: give trainer.default_local_dir and
+VERL_FILE_LOGGER_ROOT (or VERL_FILE_LOGGER_PATH) as absolute paths, shared with --nnodes > 1. Forwarded
+when set:
 MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT
 VERL_FILE_LOGGER_PATH.
 

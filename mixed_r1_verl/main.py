@@ -335,31 +335,41 @@ def prepare_metrics_log(path: Path) -> Path | None:
     return kept
 
 
+def in_ray_job_copy(path: str, environ) -> bool:
+    """Whether `path` lies in the node-local copy of the code a submitted Ray job runs in."""
+    return RAY_JOB_CONFIG_ENV in environ and Path(path).resolve().is_relative_to(Path.cwd().resolve())
+
+
 def unshared_output_settings(config: DictConfig, environ) -> list[str]:
-    """Output locations that several nodes cannot share: relative ones (each Ray worker resolves them in
-    its own working directory) and, in a submitted Ray job, those inside the job's node-local copy."""
+    """Output locations that several nodes or a later submission cannot share: relative ones (each Ray
+    worker resolves them in its own working directory) and, in a submitted Ray job, those inside the
+    job's node-local copy."""
     outputs = {"trainer.default_local_dir": config.trainer.default_local_dir}
     if logs_to_file(config):
         name = FILE_LOGGER_PATH_ENV if environ.get(FILE_LOGGER_PATH_ENV) else FILE_LOGGER_ROOT_ENV
         outputs[name] = os.path.expanduser(environ.get(name, "."))
-    job_dir = os.getcwd() if RAY_JOB_CONFIG_ENV in environ else None
     return [
         f"{name}={value}"
         for name, value in outputs.items()
-        if not os.path.isabs(value) or (job_dir and Path(value).resolve().is_relative_to(Path(job_dir).resolve()))
+        if not os.path.isabs(value) or in_ray_job_copy(value, environ)
     ]
 
 
 def pin_output_paths(config: DictConfig, environ) -> dict[str, str]:
-    """Make checkpoint and log locations absolute (multi-node: refuse unshared ones); returns the file
-    logger's environment for every Ray worker."""
-    if config.trainer.nnodes > 1:
+    """Make checkpoint and log locations absolute; returns the file logger's environment for every Ray
+    worker. Multi-node runs must name shared ones. A submitted Ray job runs in a node-local copy of the
+    code, a new one whenever the code changes: checkpoints kept there are not found by the next
+    submission (trainer.resume_mode=auto starts afresh) and are left in Ray's temporary directory."""
+    in_job = RAY_JOB_CONFIG_ENV in environ
+    if config.trainer.nnodes > 1 or in_job:
         unshared = unshared_output_settings(config, environ)
         if unshared:
             fail(
-                f"trainer.nnodes={config.trainer.nnodes}: checkpoints and logs must go to a directory every node "
-                f"shares, given as an absolute path outside the job's working copy; not shared: {', '.join(unshared)}. "
-                "Set e.g. trainer.default_local_dir=/shared/ckpt/<run> and VERL_FILE_LOGGER_ROOT=/shared/logs.\n"
+                f"trainer.nnodes={config.trainer.nnodes}{' in a Ray job' if in_job else ''}: checkpoints and logs "
+                "must go to a directory every node shares, given as an absolute path outside the job's working "
+                "copy (a Ray job's node-local copy of the code, a new one when the code changes); not there: "
+                f"{', '.join(unshared)}; set e.g. trainer.default_local_dir=/shared/ckpt/<run> and "
+                "VERL_FILE_LOGGER_ROOT=/shared/logs.\n"
             )
     make_paths_absolute(config, ("trainer.default_local_dir",))
     return file_logger_env(environ)
@@ -483,20 +493,27 @@ def has_rows(path: Path) -> bool:
     return path.is_file() and parquet_rows(path) > 0
 
 
-def exit_unless_data_files_exist(data: DictConfig) -> None:
+def exit_unless_data_files_exist(data: DictConfig, environ) -> None:
     """verl builds the training and the validation set at start-up, in a Ray worker, and fails there on
     a missing file; say which setting names it here."""
     for key in ("train_files", "val_files"):
         for path in data_files(data[key]):
-            if not Path(path).is_file():
-                fail(
-                    f"data.{key}: {path} does not exist. Convert the data first (python -m "
-                    "mixed_r1_verl.data.prepare ... output_dir=<dir>, then mixed_r1.data_dir=<dir>) or point "
-                    f"data.{key} at a parquet file. verl builds the validation set even with "
-                    "trainer.test_freq=-1, so a conversion with val_ratio=0 needs data.val_files set to "
-                    "another parquet.\n",
-                    EXIT_USAGE,
+            if Path(path).is_file():
+                continue
+            if in_ray_job_copy(path, environ):
+                advice = (
+                    "A Ray job resolves relative paths in its node-local copy of the code, which carries no data "
+                    f"(launch/ray_job.sh leaves data/ and *.parquet out): set MIXED_R1_DATA, or data.{key}, to an "
+                    "absolute path every node reads."
                 )
+            else:
+                advice = (
+                    "Convert the data first (python -m mixed_r1_verl.data.prepare ... output_dir=<dir>, then "
+                    f"mixed_r1.data_dir=<dir>) or point data.{key} at a parquet file. verl builds the validation "
+                    "set even with trainer.test_freq=-1, so a conversion with val_ratio=0 needs data.val_files "
+                    "set to another parquet."
+                )
+            fail(f"data.{key}: {path} does not exist. {advice}\n", EXIT_USAGE)
 
 
 def build_tiny_model(model_family: str, model_dir: str, seed: int) -> None:
@@ -576,7 +593,7 @@ def train(config: DictConfig) -> None:
             config.mixed_r1.data_dir,
             config.data.max_prompt_length,
         )
-    exit_unless_data_files_exist(config.data)
+    exit_unless_data_files_exist(config.data, os.environ)
     train_rows = sum(parquet_rows(path) for path in data_files(config.data.train_files))
     exit_if_steps_outrun_the_epochs(config.trainer, train_rows // config.data.train_batch_size, "verl's trainer")
     add_ray_env_vars(config, {**worker_env, **import_plugins(PLUGIN_MODULES)}, os.environ)

@@ -1,8 +1,9 @@
 """The launchers against real Ray heads on the loopback address, with token authentication on as a Ray
 2.60 head turns it on where ~/.ray/auth_token exists. launch/ray_job.sh: the job ships the checkout and
 succeeds, and a cluster without the GPUs the config asks for is refused after mixed_r1.cluster_wait_s
-with both numbers. A driver joining RAY_ADDRESS without the token mode is told how to join. The Slurm
-script, its steps run on this machine, starts a head and a worker that join with the token."""
+with both numbers, and a job keeping its outputs in its copy of the code at once. A driver joining
+RAY_ADDRESS without the token mode is told how to join. The Slurm script, its steps run on this machine,
+starts a head and a worker that join with the token."""
 
 import os
 import random
@@ -89,11 +90,12 @@ def ray_head(tmp_path_factory):
             head.kill()
 
 
-def submit(ray_head, *args: str) -> subprocess.CompletedProcess:
+def submit(ray_head, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
     url, env, _ = ray_head
     return subprocess.run(
-        ["bash", str(RAY_JOB), "--address", url, *args], env=env, capture_output=True, text=True, timeout=300
-    )
+        ["bash", str(RAY_JOB), "--address", url, *args], env={**env, **extra_env}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
 
 
 def test_job_through_the_launcher_authenticates_and_succeeds(ray_head):
@@ -104,8 +106,20 @@ def test_job_through_the_launcher_authenticates_and_succeeds(ray_head):
     assert "trainer_mode: mixed_r1_sync" in output and "succeeded" in output
 
 
+def test_a_job_keeping_its_outputs_in_its_copy_of_the_code_is_refused_at_once(ray_head):
+    result = submit(ray_head, "smoke", "mixed_r1.cluster_wait_s=600")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "trainer.nnodes=1 in a Ray job: checkpoints and logs must go to" in output
+    assert "/outputs/smoke/checkpoints, VERL_FILE_LOGGER_ROOT=." in output
+    assert "waiting for" not in output
+
+
 def test_a_cluster_without_the_gpus_asked_for_is_refused_with_both_numbers(ray_head, tmp_path):
-    result = submit(ray_head, "smoke", "mixed_r1.cluster_wait_s=1", f"mixed_r1.smoke.work_dir={tmp_path}")
+    result = submit(
+        ray_head, "smoke", "mixed_r1.cluster_wait_s=1", f"mixed_r1.smoke.work_dir={tmp_path}",
+        VERL_FILE_LOGGER_ROOT=str(tmp_path / "logs"),
+    )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "the config asks for 1 GPU(s): trainer.nnodes=1 node(s) x trainer.n_gpus_per_node=1" in output

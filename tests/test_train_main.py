@@ -135,11 +135,22 @@ def test_missing_data_files_stop_with_the_setting_that_names_them(tmp_path, caps
     write_parquet(tmp_path / "train.parquet")
     data = OmegaConf.create({"train_files": [str(tmp_path / "train.parquet")], "val_files": str(tmp_path / "val.parquet")})
     with pytest.raises(SystemExit):
-        exit_unless_data_files_exist(data)
+        exit_unless_data_files_exist(data, {})
     message = capsys.readouterr().err
-    assert f"data.val_files: {tmp_path / 'val.parquet'} does not exist" in message
+    assert f"data.val_files: {tmp_path / 'val.parquet'} does not exist. Convert the data first" in message
     write_parquet(tmp_path / "val.parquet")
-    exit_unless_data_files_exist(data)
+    exit_unless_data_files_exist(data, {})
+
+
+def test_data_missing_from_a_ray_jobs_working_copy_is_told_to_be_shared(monkeypatch, tmp_path, capsys):
+    """The launcher ships no data with the code: a relative data path in a job names a file not there."""
+    monkeypatch.chdir(tmp_path)
+    data = OmegaConf.create({"train_files": str(tmp_path / "data" / "train.parquet"), "val_files": "/x/val.parquet"})
+    with pytest.raises(SystemExit):
+        exit_unless_data_files_exist(data, {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"})
+    message = capsys.readouterr().err
+    assert f"data.train_files: {tmp_path / 'data' / 'train.parquet'} does not exist." in message
+    assert "set MIXED_R1_DATA, or data.train_files, to an absolute path every node reads" in message
 
 
 def write_checkpoint(checkpoint_dir: Path, step: int) -> None:

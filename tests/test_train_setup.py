@@ -40,6 +40,22 @@ def test_multi_node_outputs_inside_a_ray_jobs_working_copy_are_refused(monkeypat
         pin_output_paths(config, job)
 
 
+def test_single_node_outputs_inside_a_ray_jobs_working_copy_are_refused(monkeypatch, tmp_path, capsys):
+    """A submitted job's working dir is a copy Ray makes anew when the code changes: a resubmitted run
+    would not find the checkpoints kept there."""
+    monkeypatch.chdir(tmp_path)
+    job = {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}
+    with pytest.raises(SystemExit):
+        pin_output_paths(compose_recipe("qwen25vl_7b"), job)
+    message = capsys.readouterr().err
+    assert "trainer.nnodes=1 in a Ray job" in message
+    assert "trainer.default_local_dir=checkpoints/mixed_r1/qwen25vl_7b, VERL_FILE_LOGGER_ROOT=." in message
+    elsewhere = {**job, "VERL_FILE_LOGGER_ROOT": "/shared/logs"}
+    assert pin_output_paths(compose_recipe("qwen25vl_7b", "trainer.default_local_dir=/shared/ckpt"), elsewhere) == {
+        "VERL_FILE_LOGGER_ROOT": "/shared/logs"
+    }
+
+
 def test_plugins_are_imported_and_named_for_every_ray_worker(monkeypatch):
     monkeypatch.setenv("VERL_USE_EXTERNAL_MODULES", "my_plugin")
     env_vars = import_plugins(PLUGIN_MODULES)
