@@ -32,8 +32,8 @@ follow the recipe.
 
 Data and model paths must be readable from every node (shared file system); relative paths are
 resolved in the job's working dir, a node-local copy: give trainer.default_local_dir and
-VERL_FILE_LOGGER_ROOT (or VERL_FILE_LOGGER_PATH) as absolute paths, shared with --nnodes > 1. Forwarded
-when set:
+VERL_FILE_LOGGER_ROOT (or VERL_FILE_LOGGER_PATH) as absolute paths, shared with --nnodes > 1. The job
+runs `python` as the head's PATH finds it (start the head with the environment active). Forwarded when set:
 MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT
 VERL_FILE_LOGGER_PATH.
 
