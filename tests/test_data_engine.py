@@ -99,6 +99,9 @@ def test_validate_dedup_verify_balance_and_report(tmp_path):
             if row["stage"] == "balance"
         },
     }
+    details = {row["id"]: row["detail"] for row in read_jsonl(out / "dropped.jsonl") if row["stage"] == "verify"}
+    assert details["long-chart"].endswith(", over verify.max_short_answer_words=3")
+    assert details["long-matching"].startswith("not an option letter or yes/no, and ")
     stages = {stage["name"]: stage for stage in report["stages"]}
     assert list(stages) == ["validate", "dedup", "verify", "difficulty", "balance"]
     assert stages["validate"]["rows_in"] == {"matching": 6, "chart": 8, "grounding": 4, "open_ended": 4, "other": 0}
@@ -342,6 +345,8 @@ def test_vllm_backend_without_vllm_fails_before_the_first_stage(tmp_path, tiny_m
         (["difficulty.model_path={model}", "difficulty.correct_threshold.chart=2"],
          ValueError, r"difficulty.correct_threshold.chart=2: expected a reward accuracy in \(0, 1\]"),
         (["difficulty.enabled=false", "dedup.max_hash_distance=-1"], ValueError, "dedup.max_hash_distance=-1"),
+        (["difficulty.enabled=false", "verify.max_short_answer_words=-1"],
+         ValueError, "verify.max_short_answer_words=-1: expected 0 or more"),
         (["difficulty.model_path={model}", "difficulty.min_pass_rate=0.8", "difficulty.max_pass_rate=0.2"],
          ValueError, "expected 0 <= min_pass_rate <= max_pass_rate <= 1"),
         (["difficulty.model_path={model}", "difficulty.correct_threshold.grouding=0.3"],

@@ -247,6 +247,11 @@ def check_settings(config: EngineConfig) -> None:
     """Every setting that can be checked before the stages read the input: a mistake stops the run
     before it reads every image, not after."""
     check_input_paths(config)
+    if config.verify.max_short_answer_words < 0:
+        raise ValueError(
+            f"verify.max_short_answer_words={config.verify.max_short_answer_words}: expected 0 or more "
+            "(0 keeps only answers the rules read without words: option letters, yes/no, numbers)"
+        )
     if not 0 <= config.dedup.max_hash_distance <= 64:
         raise ValueError(
             f"dedup.max_hash_distance={config.dedup.max_hash_distance}: expected 0 to 64 (bits of the 64-bit hash)"
@@ -587,25 +592,30 @@ def hamming(first: int, second: int) -> int:
     return (first ^ second).bit_count()
 
 
-def unverifiable_reason(row: EngineRow, max_short_answer_words: int) -> str | None:
-    """Why the task's reward could not check this row's answer, or None when it can."""
+def unverifiable_reason(row: EngineRow, max_short_answer_words: int) -> tuple[str, str] | None:
+    """Why the task's reward could not check this row's answer, with the detail, or None when it can."""
     record = row.record
     answer = record.answer
-    short = len(answer.split()) <= max_short_answer_words
+    words = len(answer.split())
+    too_long = f"{words} words, over verify.max_short_answer_words={max_short_answer_words}"
     if record.task == "matching":
         # Letters outside the options were rejected at validation.
         if record.options and option_index(answer) is not None:
             return None
-        if normalize_text(answer) in YES_NO or short:
+        if normalize_text(answer) in YES_NO or words <= max_short_answer_words:
             return None
-        return "matching_answer_too_long"
+        return "matching_answer_too_long", f"not an option letter or yes/no, and {too_long}"
     if record.task == "chart":
-        return None if single_number(answer) is not None or short else "chart_answer_not_short"
+        if single_number(answer) is not None or words <= max_short_answer_words:
+            return None
+        return "chart_answer_not_short", f"not a single number, and {too_long}"
     if record.task == "grounding":
         x1, y1, x2, y2 = parse_box(row.ground_truth)
         width, height = row.extra_info["frame_size"]
-        return None if 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height else "box_outside_frame"
-    return None if normalize_text(answer) else "empty_reference"
+        if 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height:
+            return None
+        return "box_outside_frame", f"box {row.ground_truth} outside the {width}x{height} frame the model sees"
+    return None if normalize_text(answer) else ("empty_reference", "the reference answer has no words to compare")
 
 
 def canonical_dict(record: CanonicalRecord) -> dict:
