@@ -222,6 +222,19 @@ def test_a_rerun_leaves_no_earlier_conversion_beside_its_selection(tmp_path):
     assert [path.name for path in (out / "parquet").iterdir()] == ["notes.md"]
 
 
+def test_a_run_on_the_selection_in_its_own_output_dir_is_refused_and_keeps_it(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=3, val_rows_per_task=0)
+    out = tmp_path / "out"
+    Engine(engine_config(jsonl, image_root, out, "difficulty.enabled=false")).run()
+    selected = out / "selected.jsonl"
+    rows = read_jsonl(selected)
+
+    again = engine_config(selected, image_root, out, "difficulty.enabled=false", "layout=canonical")
+    with pytest.raises(ValueError, match=f"input={selected} is a file this run removes and writes anew"):
+        Engine(again)
+    assert read_jsonl(selected) == rows
+
+
 def correct(answer: str) -> str:
     return f"<think>checked</think><answer>{answer}</answer>"
 

@@ -56,8 +56,9 @@ from mixed_r1_verl.rewards.text import normalize_text
 from mixed_r1_verl.settings import run_settings_cli
 
 YES_NO = ("yes", "no")
-# What a run writes to output_dir besides dropped.jsonl and the response cache; the conversion's folder.
-RUN_OUTPUTS = ("selected.jsonl", "report.json", "rows_per_stage.png", "pass_rate_hist.png")
+# What a run writes to output_dir besides the response cache; the conversion's folder.
+DROPPED_FILE = "dropped.jsonl"
+RUN_OUTPUTS = ("selected.jsonl", DROPPED_FILE, "report.json", "rows_per_stage.png", "pass_rate_hist.png")
 CONVERSION_DIR = "parquet"
 
 
@@ -179,6 +180,11 @@ def sampling_settings(config: EngineConfig) -> SamplingSettings:
 def check_input_paths(config: EngineConfig) -> None:
     if not Path(config.input).is_file():
         raise FileNotFoundError(f"input={config.input}: no such file")
+    if Path(config.input).resolve() in {path.resolve() for path in files_a_run_replaces(Path(config.output_dir))}:
+        raise ValueError(
+            f"input={config.input} is a file this run removes and writes anew in output_dir={config.output_dir}: "
+            "copy it elsewhere first, or give another output_dir"
+        )
     if not Path(config.image_root).is_dir():
         raise FileNotFoundError(f"image_root={config.image_root}: no such directory")
 
@@ -272,7 +278,7 @@ class Engine:
         self.stages: list[StageResult] = []
         self.pass_rates: dict[str, list[float]] = defaultdict(list)
         self.sampled_rewards: dict[str, list[SampledRewards]] = defaultdict(list)
-        self.dropped = open(self.output_dir / "dropped.jsonl", "w", encoding="utf-8")
+        self.dropped = open(self.output_dir / DROPPED_FILE, "w", encoding="utf-8")
 
     def prepare_config(self, input_path: str, output_dir: str) -> PrepareConfig:
         """The converter's settings; its model_path defaults to the difficulty stage's model, so rows
@@ -529,14 +535,18 @@ class Engine:
         }
 
 
+def files_a_run_replaces(output_dir: Path) -> list[Path]:
+    """The files of output_dir that a run writes, its conversion's included (not the response cache)."""
+    conversion = output_dir / CONVERSION_DIR
+    return [output_dir / name for name in RUN_OUTPUTS] + [conversion / name for name in CONVERSION_OUTPUTS]
+
+
 def remove_earlier_outputs(output_dir: Path) -> None:
     """An earlier run's selection, report and conversion (the response cache stays): a run that is
     interrupted, fails or does not convert leaves none of them beside its own dropped.jsonl. Only the
     files a run writes are removed: anything else under output_dir is the user's."""
-    for name in RUN_OUTPUTS:
-        (output_dir / name).unlink(missing_ok=True)
-    for name in CONVERSION_OUTPUTS:
-        (output_dir / CONVERSION_DIR / name).unlink(missing_ok=True)
+    for path in files_a_run_replaces(output_dir):
+        path.unlink(missing_ok=True)
 
 
 class EmptySelectionError(ValueError):
