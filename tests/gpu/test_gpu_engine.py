@@ -1,6 +1,7 @@
 """The data engine's difficulty stage sampling with vLLM from the tiny model (issue check 5)."""
 
 import json
+import shutil
 
 import pytest
 from gpu_checks import TASKS, assert_succeeded
@@ -11,10 +12,11 @@ from mixed_r1_verl.models.tiny_qwen25vl import (
     TEST_SIZE_VLLM_KV_CACHE_BYTES,
     build_tiny_qwen25vl,
 )
-from mixed_r1_verl.run_logs import project_command
+from mixed_r1_verl.run_logs import project_command, run_succeeded
 
 ROWS_PER_TASK = 6
 K = 4
+CACHE_FILE = "difficulty_cache.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +29,11 @@ def engine_inputs(gpu_out):
     return root, model_dir, jsonl, image_root
 
 
-def engine_command(name, gpu_out, engine_inputs):
+def engine_command(name, gpu_out, engine_inputs, out_dir):
     root, model_dir, jsonl, image_root = engine_inputs
     return project_command(
         name, gpu_out, "mixed_r1_verl.data.engine",
-        f"input={jsonl}", f"image_root={image_root}", f"output_dir={root / 'out'}",
+        f"input={jsonl}", f"image_root={image_root}", f"output_dir={out_dir}",
         "model_family=qwen2_5_vl", f"model_path={model_dir}",
         "difficulty.backend=vllm", f"difficulty.model_path={model_dir}", f"difficulty.k={K}",
         "difficulty.max_new_tokens=64", f"difficulty.vllm_kwargs.kv_cache_memory_bytes={TEST_SIZE_VLLM_KV_CACHE_BYTES}",
@@ -46,14 +48,14 @@ def difficulty_stage(report: dict) -> dict:
 
 def test_difficulty_stage_with_vllm_writes_cache_histogram_and_report(gpu_out, engine_inputs):
     out = engine_inputs[0] / "out"
-    assert_succeeded(engine_command("engine_vllm", gpu_out, engine_inputs))
+    assert_succeeded(engine_command("engine_vllm", gpu_out, engine_inputs, out))
     report = json.loads((out / "report.json").read_text())
     stage = difficulty_stage(report)
     prompts = sum(stage["rows_in"].values())
     assert set(stage["rows_in"]) == set(TASKS) and prompts > 0
     assert stage["details"]["backend"] == "vllm" and stage["details"]["k"] == K
     assert stage["details"]["sampled_prompts"] + stage["details"]["cached_prompts"] == prompts
-    cache = [json.loads(line) for line in (out / "difficulty_cache.jsonl").read_text().splitlines()]
+    cache = [json.loads(line) for line in (out / CACHE_FILE).read_text().splitlines()]
     assert len(cache) == prompts and all(len(entry["responses"]) == K for entry in cache)
     histogram = report["pass_rate_histogram"]
     assert set(histogram) == set(TASKS)
@@ -65,9 +67,14 @@ def test_difficulty_stage_with_vllm_writes_cache_histogram_and_report(gpu_out, e
 
 
 def test_rerun_takes_every_response_from_the_cache(gpu_out, engine_inputs):
-    out = engine_inputs[0] / "out"
-    assert_succeeded(engine_command("engine_vllm", gpu_out, engine_inputs))
-    assert_succeeded(engine_command("engine_vllm_rerun", gpu_out, engine_inputs))
-    stage = difficulty_stage(json.loads((out / "report.json").read_text()))
+    # In an output_dir of its own, seeded with the first run's cache: a run removes the earlier run's
+    # report first, which the first test reads whenever that run is reused.
+    first, rerun = engine_inputs[0] / "out", engine_inputs[0] / "out_rerun"
+    assert_succeeded(engine_command("engine_vllm", gpu_out, engine_inputs, first))
+    if not run_succeeded("engine_vllm_rerun", gpu_out / "logs"):
+        rerun.mkdir(exist_ok=True)
+        shutil.copyfile(first / CACHE_FILE, rerun / CACHE_FILE)
+    assert_succeeded(engine_command("engine_vllm_rerun", gpu_out, engine_inputs, rerun))
+    stage = difficulty_stage(json.loads((rerun / "report.json").read_text()))
     assert stage["details"]["sampled_prompts"] == 0
     assert stage["details"]["cached_prompts"] == sum(stage["rows_in"].values())
