@@ -42,6 +42,18 @@ def test_empty_sides_score_zero(model):
     assert bmas_batch(model.table, [([], ids), (ids, []), ([], [])]) == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("outside", [-1, "rows"])
+def test_an_id_outside_the_table_is_refused_not_wrapped(model, outside):
+    rows = model.table.shape[0]
+    bad = rows if outside == "rows" else outside
+    ids = model.encode("a red bicycle")
+    with pytest.raises(ValueError, match=rf"token id {bad} is not a row of the BMAS embedding table \({rows} rows\)"):
+        bmas_batch(model.table, [(ids, ids), (ids + [bad], ids)], model.norms)
+    with pytest.raises(ValueError, match=rf"token id {bad} is not a row"):
+        bmas_batch(model.table, [(ids, [bad])], model.norms)
+    assert bmas_batch(model.table, [(ids, [0, rows - 1])], model.norms)[0] > 0  # both ends of the table are rows
+
+
 def test_matches_the_dense_definition_on_real_texts(model):
     texts = [
         ("A man is riding a red bicycle.", "A person rides a bike on the street."),

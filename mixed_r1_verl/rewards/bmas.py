@@ -47,6 +47,18 @@ def bmas_from_similarity(similarity: torch.Tensor) -> float:
     return float(((precision + recall) / 2).clamp(0.0, 1.0))
 
 
+def _check_rows(sides: list[_Side], rows: int) -> None:
+    """Every id must be a row of the table: torch would wrap a negative one and fail on the GPU
+    (a device-side assert) on one beyond the table."""
+    for side in sides:
+        if len(side.ids) and (side.ids[0] < 0 or side.ids[-1] >= rows):  # ids are sorted
+            bad = side.ids[0] if side.ids[0] < 0 else side.ids[-1]
+            raise ValueError(
+                f"token id {bad} is not a row of the BMAS embedding table ({rows} rows): the ids must come from "
+                "the tokenizer of the model whose table this is"
+            )
+
+
 def _padded(sides: list[_Side], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     length = max(len(side.ids) for side in sides)
     ids = np.zeros((len(sides), length), dtype=np.int64)
@@ -119,7 +131,7 @@ def bmas_batch(
 ) -> list[float]:
     """BMAS of each (answer_ids, reference_ids) pair with the embedding rows of `table` [vocab, dim],
     computed on `table`'s device; `norms` = `row_norms(table)` (computed here if not given). An empty
-    answer or reference scores 0."""
+    answer or reference scores 0. An id outside the table raises ValueError."""
     if compute_dtype is None:
         compute_dtype = torch.bfloat16 if table.dtype == torch.bfloat16 else torch.float32
     scores = [0.0] * len(pairs)
@@ -129,6 +141,7 @@ def bmas_batch(
         norms = row_norms(table)
     live = [index for index, (answer, reference) in enumerate(pairs) if len(answer) and len(reference)]
     prepared = {index: _sides(*pairs[index]) for index in live}
+    _check_rows([side for sides in prepared.values() for side in sides], table.shape[0])
     # Similar sizes together keep padding small.
     live.sort(key=lambda index: len(prepared[index][0].ids))
     for chunk in _chunks(live, prepared, table.shape[1]):
