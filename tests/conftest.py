@@ -27,6 +27,21 @@ def resaved_model_dir(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tokens_beyond_table_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with two tokens added to its tokenizer and its embedding table left as it was."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    target = tmp_path_factory.mktemp("tokens_beyond_table") / "model"
+    shutil.copytree(tiny_model_dir, target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    tokenizer.add_tokens(["zebraword", "<|extra_0|>"])
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
 def tiny_internvl_dir(tmp_path_factory):
     """A tiny InternVL (Hugging Face format) written once per test session."""
     from mixed_r1_verl.models.tiny_internvl import build_tiny_internvl

@@ -26,6 +26,33 @@ def test_reads_the_input_embedding_table_of_the_model(tiny_model_dir, model):
     assert model.table.shape[0] >= len(model.tokenizer)
 
 
+def test_a_tokenizer_with_ids_beyond_the_table_is_refused_at_load(tokens_beyond_table_dir):
+    from mixed_r1_verl.rewards.embeddings import EmbeddingModelError
+
+    refused = r"tokenizer gives token ids up to 513 but its input-embedding table has 512 rows"
+    with pytest.raises(EmbeddingModelError, match=refused):
+        load_embedding_model(str(tokens_beyond_table_dir))
+
+
+def test_a_table_padded_beyond_the_vocabulary_is_indexed_by_token_id(tiny_model_dir, tmp_path, model):
+    """Qwen pads its table beyond the tokenizer's vocabulary: the ids still index the same rows."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    padded = tmp_path / "padded"
+    shutil.copytree(tiny_model_dir, padded)
+    weights = load_file(str(padded / "model.safetensors"))
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        weights[name] = torch.cat([weights[name], torch.randn(64, weights[name].shape[1]).to(weights[name].dtype)])
+    save_file(weights, str(padded / "model.safetensors"), metadata={"format": "pt"})
+    loaded = load_embedding_model(str(padded))
+    assert loaded.table.shape[0] == model.table.shape[0] + 64
+    assert torch.equal(loaded.table[: model.table.shape[0]], model.table)
+    pair = (model.encode("a red bike"), model.encode("a red bicycle"))
+    assert bmas_batch(loaded.table, [pair]) == bmas_batch(model.table, [pair])
+
+
 def test_tokenises_without_special_tokens(model):
     ids = model.encode("<answer> B </answer>")
     assert ids == model.tokenizer("<answer> B </answer>", add_special_tokens=False)["input_ids"]

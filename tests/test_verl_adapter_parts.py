@@ -200,6 +200,21 @@ def test_bmas_gpu_actor_without_a_free_gpu_stops_the_manager_at_start_up(tiny_mo
         ray.shutdown()
 
 
+def test_a_tokenizer_with_ids_beyond_the_shared_table_stops_the_manager_at_start_up(tokens_beyond_table_dir):
+    from transformers import AutoTokenizer
+
+    from mixed_r1_verl.rewards.embeddings import EmbeddingModelError
+    from mixed_r1_verl.verl_adapter.reward_manager import MixedR1RewardManager
+
+    tokenizer = AutoTokenizer.from_pretrained(tokens_beyond_table_dir)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        with pytest.raises(EmbeddingModelError, match=r"token ids up to 513 but its input-embedding table has 512"):
+            MixedR1RewardManager(reward_config(tokens_beyond_table_dir), tokenizer, None)
+    finally:
+        ray.shutdown()
+
+
 @ray.remote(num_cpus=0)
 class TableReader:
     def read(self, model_dir):

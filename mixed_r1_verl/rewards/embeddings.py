@@ -133,6 +133,19 @@ def load_tokenizer(model: str | Path):
         return AutoTokenizer.from_pretrained(str(model), trust_remote_code=True)
 
 
+def check_tokenizer_fits_table(model: str, tokenizer, rows: int) -> None:
+    """Every id the tokenizer gives must be a row of the table; the table may have more rows (Qwen pads
+    its table beyond its vocabulary). Raises EmbeddingModelError."""
+    largest_id = max(tokenizer.get_vocab().values())
+    if largest_id >= rows:
+        raise EmbeddingModelError(
+            f"BMAS embedding model {model!r}: its tokenizer gives token ids up to {largest_id} but its "
+            f"input-embedding table has {rows} rows, so they are not of the same model (tokens added to the "
+            "tokenizer without resizing the model's embeddings?). Point reward.reward_kwargs.embedding_model "
+            "at a model directory whose tokenizer and weights belong together."
+        )
+
+
 _loaded: dict[str, EmbeddingModel | EmbeddingModelError] = {}
 _loaded_lock = threading.Lock()
 
@@ -143,8 +156,9 @@ def load_embedding_model(model: str) -> EmbeddingModel:
     with _loaded_lock:
         if model not in _loaded:
             try:
-                table = load_input_embeddings(model)
-                _loaded[model] = EmbeddingModel(load_tokenizer(model), table, row_norms(table))
+                table, tokenizer = load_input_embeddings(model), load_tokenizer(model)
+                check_tokenizer_fits_table(model, tokenizer, table.shape[0])
+                _loaded[model] = EmbeddingModel(tokenizer, table, row_norms(table))
             except EmbeddingModelError as error:
                 _loaded[model] = error
         loaded = _loaded[model]

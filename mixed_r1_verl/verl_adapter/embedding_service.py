@@ -49,7 +49,7 @@ class EmbeddingService:
             self._error = error
             return
         norms = row_norms(table)
-        self._dtype = str(table.dtype)
+        self._dtype, self._rows = str(table.dtype), table.shape[0]
         self._shared = [ray.put(_to_shareable(table)), ray.put(norms.numpy())]
         self._device_table = table.to(device) if device != "cpu" else None
         self._device_norms = norms.to(device) if device != "cpu" else None
@@ -59,6 +59,11 @@ class EmbeddingService:
             raise self._error
         # The references (table, row norms) are in a list so that Ray hands them over unresolved.
         return self._dtype, self._shared
+
+    def rows(self) -> int:
+        if self._error is not None:
+            raise self._error
+        return self._rows
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
         if self._device_table is None:

@@ -40,7 +40,7 @@ from omegaconf import OmegaConf
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from mixed_r1_verl.rewards import bmas_batch, judge
-from mixed_r1_verl.rewards.embeddings import load_embedding_model, load_tokenizer
+from mixed_r1_verl.rewards.embeddings import check_tokenizer_fits_table, load_embedding_model, load_tokenizer
 from mixed_r1_verl.rewards.scoring import sample_name
 
 logger = logging.getLogger(__name__)
@@ -201,10 +201,14 @@ class MixedR1RewardManager(RewardManagerBase):
             wait_s = float(options.get("bmas_gpu_wait_s", DEFAULT_GPU_WAIT_S))
             # The service lives while a handle to it does: the workers keep theirs for their lifetime.
             self._embedding_service = service = gpu_embedding_service(model, num_gpus, wait_s)
+            rows = ray.get(service.rows.remote())
             scorer = self._remote_scorer(service)
         else:
             device = resolve_bmas_device(options.get("bmas_device", "auto"))
-            scorer = self._local_scorer(*self._embedding_table(model), device)
+            table, norms = self._embedding_table(model)
+            rows = table.shape[0]
+            scorer = self._local_scorer(table, norms, device)
+        check_tokenizer_fits_table(model, self.embedding_tokenizer, rows)
         return BmasBatcher(scorer, float(options.get("bmas_linger_ms", 5)) / 1000)
 
     def _embedding_table(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
