@@ -26,6 +26,35 @@ def test_reads_the_input_embedding_table_of_the_model(tiny_model_dir, model):
     assert model.table.shape[0] >= len(model.tokenizer)
 
 
+def transformers5_name(name: str) -> str:
+    """A Qwen2.5-VL weight's name as transformers 5 names it in the loaded model."""
+    if name.startswith("visual."):
+        return f"model.{name}"
+    return f"model.language_model.{name.removeprefix('model.')}" if name.startswith("model.") else name
+
+
+@pytest.mark.parametrize(
+    "layout", ["transformers 5 names", "vision tower with a word embedding", "transformers 5 vision tower embedding"]
+)
+def test_the_table_read_is_the_language_models_input_embedding(tiny_model_dir, tmp_path, layout):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForImageTextToText
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    if layout != "vision tower with a word embedding":
+        weights = {transformers5_name(name): tensor for name, tensor in weights.items()}
+    if layout != "transformers 5 names":  # a shorter name with an embedding suffix, in the vision tower
+        prefix = "model." if layout.startswith("transformers 5") else ""
+        weights[f"{prefix}vision_tower.wte.weight"] = torch.ones(8, 8)
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    language_model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    assert torch.equal(load_input_embeddings(model_dir), language_model.get_input_embeddings().weight.detach())
+
+
 def test_a_tokenizer_with_ids_beyond_the_table_is_refused_at_load(tokens_beyond_table_dir):
     from mixed_r1_verl.rewards.embeddings import EmbeddingModelError
 

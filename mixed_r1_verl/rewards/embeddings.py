@@ -20,8 +20,9 @@ import torch
 from .bmas import row_norms
 
 # Input-embedding parameter names of the language models Mixed-R1 trains (Qwen2/2.5-VL, InternVL's
-# Qwen2 / InternLM2 backbones, GPT-style models); the shortest matching one wins.
+# Qwen2 / InternLM2 backbones, GPT-style models); the shortest matching one outside the vision tower wins.
 _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "tok_embeddings.weight", "word_embeddings.weight", "wte.weight")
+_VISION_TOWER_NAMES = ("visual", "vision")  # Qwen's `visual`, InternVL's `vision_tower` / `vision_model`
 _WEIGHTS_INDEX = "model.safetensors.index.json"
 _SINGLE_WEIGHTS = "model.safetensors"
 
@@ -88,7 +89,11 @@ def _model_file(model: str, filename: str) -> Path:
 
 
 def _embedding_key(names: Iterable[str]) -> str | None:
-    candidates = [name for name in names if name.endswith(_EMBEDDING_SUFFIXES) and "visual" not in name]
+    candidates = [
+        name
+        for name in names
+        if name.endswith(_EMBEDDING_SUFFIXES) and not any(part in name for part in _VISION_TOWER_NAMES)
+    ]
     return min(candidates, key=len) if candidates else None
 
 
