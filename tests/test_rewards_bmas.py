@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -205,6 +207,29 @@ def test_hub_ids_are_read_from_the_hf_cache_offline(tmp_path, tiny_model_dir, mo
     assert out["acme/tiny-single"] == [pytest.approx(expected[0]), expected[1]]
     assert out["missing"].startswith("EmbeddingModelError: ") and "'acme/not-in-cache'" in out["missing"] and "HF_HUB_OFFLINE on" in out["missing"]
     assert str(tmp_path / "hub") in out["missing"]
+
+
+@pytest.mark.parametrize("layout", [".bin weights", "verl checkpoint", "verl checkpoint's huggingface"])
+def test_a_directory_without_safetensors_says_what_it_holds(tiny_model_dir, tmp_path, layout):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from mixed_r1_verl.rewards.embeddings import EmbeddingModelError
+
+    actor = tmp_path / "actor"
+    model_dir = actor if layout == "verl checkpoint" else actor / "huggingface"
+    shutil.copytree(tiny_model_dir, actor / "huggingface", ignore=shutil.ignore_patterns("*.safetensors"))
+    weights = load_file(str(tiny_model_dir / "model.safetensors"))
+    if layout == ".bin weights":
+        torch.save(weights, model_dir / "pytorch_model.bin")
+        expected = r"has PyTorch \.bin weights only: save the model again with save_pretrained"
+    else:
+        torch.save(weights, actor / "model_world_size_1_rank_0.pt")
+        expected = r"verl checkpoint, whose weights are FSDP shards: merge them .*python -m verl\.model_merger merge"
+    refused = rf"no safetensors weights in {re.escape(str(model_dir))} .*{expected}"
+    with pytest.raises(EmbeddingModelError, match=refused):
+        load_input_embeddings(model_dir)
 
 
 def test_a_failed_load_is_remembered_not_retried(tmp_path):

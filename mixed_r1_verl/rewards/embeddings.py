@@ -97,15 +97,32 @@ def _embedding_key(names: Iterable[str]) -> str | None:
     return min(candidates, key=len) if candidates else None
 
 
+def _what_holds_the_weights(directory: Path) -> str:
+    """For a directory without safetensors: where its weights are instead, and how to get safetensors."""
+    if any(directory.glob("*.bin")):
+        return "; it has PyTorch .bin weights only: save the model again with save_pretrained, which writes safetensors"
+    verl_shards = "model_world_size_*_rank_*.pt"
+    if any(directory.glob(verl_shards)) or any(directory.parent.glob(verl_shards)):
+        return (
+            "; it is (in) a verl checkpoint, whose weights are FSDP shards: merge them into a model directory with "
+            "python -m verl.model_merger merge --backend fsdp --local_dir <checkpoint>/actor --target_dir <dir>"
+        )
+    return ""
+
+
 def _weight_files(model: str) -> list[Path]:
     """The safetensors files that may hold the embedding table: with an index, only the shard it names."""
     try:
         index = _model_file(model, _WEIGHTS_INDEX)
     except FileNotFoundError:
         if _is_local(model):
-            files = sorted(Path(model).expanduser().glob("*.safetensors"))
+            directory = Path(model).expanduser()
+            files = sorted(directory.glob("*.safetensors"))
             if not files:
-                raise FileNotFoundError(f"no safetensors weights in {model} (BMAS reads the embedding table from them)")
+                raise FileNotFoundError(
+                    f"no safetensors weights in {model} (BMAS reads the embedding table from them)"
+                    + _what_holds_the_weights(directory)
+                )
             return files
         return [_model_file(model, _SINGLE_WEIGHTS)]
     weight_map = json.loads(index.read_text())["weight_map"]
