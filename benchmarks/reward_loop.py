@@ -14,7 +14,8 @@ finished together; in training they finish over the generation and are scored wh
 waits for about this at most. Responses: 300-1,000 words of thinking, then an answer (the tiny model's
 512-token vocabulary splits them into more token ids than Qwen2.5's would); the four tasks in equal shares,
 open_ended scored with BMAS on the tiny model's embedding table (Qwen2.5-VL-7B's is far larger:
-`python benchmarks/bmas.py` times BMAS at that size). Reward-worker start-up is not timed.
+`python benchmarks/bmas.py` times BMAS at that size). The two rewards' loops run side by side and take
+turns, so that a machine busier for a while slows both alike; reward-worker start-up is not timed.
 """
 
 import argparse
@@ -24,7 +25,10 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import ray
 from hydra import compose, initialize_config_dir
@@ -138,26 +142,59 @@ def reward_infos(batch) -> list[dict]:
     return [output.extra_fields["reward_extra_info"] for output, _ in batch]
 
 
-def timed_runs(config, batch, repeats: int) -> list[float]:
-    """Seconds to score `batch` through a reward loop started for `config`, each of `repeats` runs after a
-    warm-up; a warm-up that leaves a response unscored (a reward error) ends the benchmark."""
-    manager = RewardLoopManager(config)
+class SideBySideRewardLoop(RewardLoopManager):
+    """verl's reward loop with its workers named in a Ray namespace of their own: verl names every loop's
+    workers `reward_loop_worker_<i>`, so two loops cannot otherwise run side by side."""
+
+    def __init__(self, config, namespace: str):
+        self.namespace = namespace
+        super().__init__(config)
+
+    def _init_reward_loop_workers(self):
+        actor_class = self.reward_loop_workers_class
+        self.reward_loop_workers_class = SimpleNamespace(
+            options=lambda **options: actor_class.options(namespace=self.namespace, **options)
+        )
+        super()._init_reward_loop_workers()
+
+
+@contextmanager
+def reward_loop(config, namespace: str) -> Iterator[AgentLoopWorker]:
+    """An agent-loop worker sending responses to a reward loop started for `config`, whose workers are
+    stopped on leaving."""
+    manager = SideBySideRewardLoop(config, namespace)
     try:
         wait_for_reward_workers(manager.reward_loop_workers)
-        agent_loop_worker = AgentLoopWorker(config, llm_client=None,
-                                            reward_loop_worker_handles=manager.reward_loop_worker_handles)
-        seconds_to_score(agent_loop_worker, batch)
-        failed = [info for info in reward_infos(batch) if info.get("error")]
-        if failed:
-            raise SystemExit(f"{len(failed)} of {len(batch)} responses were not scored, e.g. {failed[0]}")
-        return [seconds_to_score(agent_loop_worker, batch) for _ in range(repeats)]
+        yield AgentLoopWorker(config, llm_client=None, reward_loop_worker_handles=manager.reward_loop_worker_handles)
     finally:
         for worker in manager.reward_loop_workers:
             ray.kill(worker)
 
 
+def warm_up(agent_loop_worker: AgentLoopWorker, batch) -> None:
+    """Scores the batch once; a response left unscored (a reward error) ends the benchmark."""
+    seconds_to_score(agent_loop_worker, batch)
+    failed = [info for info in reward_infos(batch) if info.get("error")]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(batch)} responses were not scored, e.g. {failed[0]}")
+
+
+def interleaved_runs(loops: dict[str, AgentLoopWorker], batch, repeats: int) -> dict[str, list[float]]:
+    """Seconds each loop takes to score `batch`, `repeats` times after a warm-up, the loops taking turns in
+    alternating order, so that a machine busier for a while slows them alike."""
+    for agent_loop_worker in loops.values():
+        warm_up(agent_loop_worker, batch)
+    runs = {name: [] for name in loops}
+    for repeat in range(repeats):
+        for name in list(loops)[:: 1 if repeat % 2 == 0 else -1]:
+            runs[name].append(seconds_to_score(loops[name], batch))
+    return runs
+
+
 def step_fraction(difference: float, gpu_step_seconds: float | None) -> str:
     allowed = TARGET_RATIO - 1
+    if difference <= 0:
+        return "mixed_r1 was no slower than the constant reward: no extra cost measurable at this size"
     if gpu_step_seconds is not None:
         return (f"difference / GPU step = {difference:.3f} s / {gpu_step_seconds:g} s = "
                 f"{difference / gpu_step_seconds:.2%} (the {TARGET_RATIO} target allows {allowed:.0%})")
@@ -171,17 +208,18 @@ def seconds_summary(runs: list[float]) -> str:
 
 def benchmark_recipe(recipe: str, model_dir: Path, overrides: list[str], constant: list[str], args) -> None:
     config = compose_recipe(recipe, model_dir, *overrides)
+    constant_config = compose_recipe(recipe, model_dir, *overrides, *constant)
     prompts, group_size = config.data.train_batch_size, config.actor_rollout_ref.rollout.n
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     batch = trajectories(tokenizer, prompts, group_size)
-    mixed_r1 = timed_runs(config, batch, args.repeats)
-    baseline = timed_runs(compose_recipe(recipe, model_dir, *overrides, *constant), batch, args.repeats)
-    difference = statistics.median(mixed_r1) - statistics.median(baseline)
+    with reward_loop(config, "mixed_r1") as mixed_r1, reward_loop(constant_config, "constant") as constant:
+        runs = interleaved_runs({"mixed_r1": mixed_r1, "constant": constant}, batch, args.repeats)
+    difference = statistics.median(runs["mixed_r1"]) - statistics.median(runs["constant"])
     chars = statistics.mean(len(tokenizer.decode(output.response_ids, skip_special_tokens=True)) for output, _ in batch)
     ids = statistics.mean(len(output.response_ids) for output, _ in batch)
     print(f"{recipe}: {prompts} prompts x {group_size} = {len(batch)} responses (mean {chars:.0f} characters, "
           f"{ids:.0f} token ids), {config.reward.num_workers} reward workers")
-    print(f"  mixed_r1 {seconds_summary(mixed_r1)}, constant {seconds_summary(baseline)}, "
+    print(f"  mixed_r1 {seconds_summary(runs['mixed_r1'])}, constant {seconds_summary(runs['constant'])}, "
           f"difference {difference:.3f} s ({difference / len(batch) * 1000:.2f} ms a response)")
     print(f"  {step_fraction(difference, args.gpu_step_seconds)}")
 
@@ -202,11 +240,11 @@ def main():
         workers = max(compose_recipe(recipe, model_dir, *overrides).reward.num_workers for recipe in recipes)
         constant = constant_reward_overrides(work_dir)
         table = load_input_embeddings(str(model_dir))
-        # verl's reward workers ask Ray for one CPU each: as many logical CPUs as workers, whatever the cores.
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        # verl's reward workers ask Ray for one CPU each; two loops run side by side, whatever the cores.
+        ray.init(num_cpus=2 * workers, include_dashboard=False, log_to_driver=False)
         try:
             print(f"{os.cpu_count()} CPU cores; seconds to score a batch, median (min-max) of {args.repeats} runs "
-                  "after a warm-up")
+                  "after a warm-up, the two rewards' reward loops taking turns")
             print(f"open_ended: BMAS on the tiny model's {table.shape[0]:,} x {table.shape[1]:,} embedding table; "
                   "Qwen2.5-VL-7B's is 151,936 x 3,584 (python benchmarks/bmas.py times BMAS at that size)")
             for recipe in recipes:
