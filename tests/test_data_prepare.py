@@ -328,7 +328,8 @@ def test_a_model_path_of_another_family_is_refused_before_any_row_is_written(tmp
         out = tmp_path / f"out_{family}"
         settings = PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out), model_path=str(model_dir),
                                  model_family=family, val_ratio=0.0, progress=False)  # fmt: skip
-        with pytest.raises(ValueError, match=f"holds a {expected} checkpoint, but model_family={family}.*set model_family={expected}"):
+        refusal = f"holds a {expected} checkpoint, but model_family={family}.*set model_family={expected}"
+        with pytest.raises(ValueError, match=refusal):
             prepare(settings)
         assert not (out / "train.parquet").exists()
         prepare(PrepareConfig(**{**vars(settings), "model_family": expected}))

@@ -76,11 +76,16 @@ def recipe_of(settings: list[str]) -> str | None:
 
 
 def test_the_readme_shows_a_command_for_every_entry():
-    assert {module for module, _ in readme_commands()} == {"main", "sft", "data.prepare", "data.engine", "eval", "learn"}
+    entries = {"main", "sft", "data.prepare", "data.engine", "eval", "learn"}
+    assert {module for module, _ in readme_commands()} == entries
     assert override_lines(), "no line of bare overrides found"
 
 
-@pytest.mark.parametrize(("module", "settings"), readme_commands(), ids=lambda value: value if isinstance(value, str) else " ".join(value))
+def command_id(value) -> str:
+    return value if isinstance(value, str) else " ".join(value)
+
+
+@pytest.mark.parametrize(("module", "settings"), readme_commands(), ids=command_id)
 def test_each_readme_command_takes_its_settings(module, settings):
     recipe = recipe_of(settings)
     others = [word for word in settings if not word.startswith("recipe=")]

@@ -19,7 +19,9 @@ def request_key(
 ) -> str:
     """Identifies prompt, images (their bytes and the (min, max) pixels they are resized within, which
     decide what the model sees), model and sampling settings in the cache."""
-    payload = json.dumps([record_id, prompt_text, image_digests, pixel_bounds, model, settings.__dict__], sort_keys=True)
+    payload = json.dumps(
+        [record_id, prompt_text, image_digests, pixel_bounds, model, settings.__dict__], sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
