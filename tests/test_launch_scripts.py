@@ -292,12 +292,6 @@ def test_slurm_script_refuses_to_guess_the_gpu_count():
     assert result.returncode == 2 and "GPUs per node" in result.stderr
 
 
-def test_slurm_job_without_gpus_is_refused_before_ray_starts():
-    result = run_script(SCRIPTS[2], "--dry-run", "smoke", **slurm_env(SLURM_GPUS_ON_NODE="0"))
-    assert result.returncode == 2 and "srun" not in result.stdout
-    assert "the job has no GPU on its nodes" in result.stderr and "--gpus-per-node" in result.stderr
-
-
 def slurm_train_command(*args: str, **extra: str) -> list[str]:
     result = run_script(SCRIPTS[2], "--dry-run", "smoke", *args, **slurm_env(SLURM_GPUS_ON_NODE="1", **extra))
     return printed_commands(result)[-1]
