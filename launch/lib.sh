@@ -48,10 +48,10 @@ parse_launcher_args() {
     fi
 }
 
-# A recipe is recipes/<name>.yaml of the checkout that runs.
+# A recipe is recipes/<name>.yaml of the checkout that runs; recipes/sft/ holds the SFT entry's.
 require_known_recipe() {
     local recipes_dir="$2"
-    if [[ ! -f "$recipes_dir/$1.yaml" ]]; then
+    if [[ "$1" == */* || ! -f "$recipes_dir/$1.yaml" ]]; then
         local known=("$recipes_dir"/*.yaml)
         known=("${known[@]##*/}")
         echo "unknown recipe '$1'; the recipes in $recipes_dir: ${known[*]%.yaml}" >&2

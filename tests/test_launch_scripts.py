@@ -118,9 +118,10 @@ def test_counts_and_recipes_are_checked_before_anything_runs(script, tmp_path):
     for count in ("abc", "0", "-1"):
         result = run_script(script, "--dry-run", count_option, count, "smoke", HOME=str(tmp_path))
         assert result.returncode == 2 and f"{count_option} needs a positive whole number, not '{count}'" in result.stderr
-    unknown = run_script(script, "--dry-run", "nosuchrecipe", HOME=str(tmp_path))
-    assert unknown.returncode == 2 and unknown.stdout == ""
-    assert "unknown recipe 'nosuchrecipe'" in unknown.stderr and " smoke " in unknown.stderr
+    for name in ("nosuchrecipe", "sft/learn", "../recipes/smoke"):
+        unknown = run_script(script, "--dry-run", name, HOME=str(tmp_path))
+        assert unknown.returncode == 2 and unknown.stdout == ""
+        assert f"unknown recipe '{name}'" in unknown.stderr and " smoke " in unknown.stderr
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
