@@ -316,6 +316,28 @@ def test_cached_responses_are_not_reused_for_images_resized_within_other_bounds(
     assert difficulty_details(again)["sampled_prompts"] == 0 and difficulty_details(again)["cached_prompts"] == 4
 
 
+def test_another_balance_draw_keeps_the_cached_responses(tmp_path, tiny_model_dir):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=4, seed=2, val_rows_per_task=0)
+    out = tmp_path / "out"
+    settings = [
+        f"difficulty.model_path={tiny_model_dir}",
+        "difficulty.k=2",
+        "difficulty.max_new_tokens=2",
+        "difficulty.inclusive=true",
+        "balance.targets={matching: 2, chart: 2, grounding: 2, open_ended: 2}",
+    ]
+    first = Engine(engine_config(jsonl, image_root, out, *settings)).run()
+    assert difficulty_details(first)["sampled_prompts"] == 16
+    assert next(s for s in first["stages"] if s["name"] == "balance")["details"]["seed"] == 0
+    selections = {}
+    for balance_seed in range(1, 5):
+        report = Engine(engine_config(jsonl, image_root, out, *settings, f"balance.seed={balance_seed}")).run()
+        assert difficulty_details(report)["sampled_prompts"] == 0 and difficulty_details(report)["cached_prompts"] == 16
+        assert report["selected"] == first["selected"]
+        selections[balance_seed] = frozenset(row["id"] for row in read_jsonl(out / "selected.jsonl"))
+    assert len(set(selections.values())) > 1, "each balance seed drew the same rows"
+
+
 def test_the_pass_rate_plot_draws_each_rate_of_the_report_histogram_as_its_own_bar():
     """With k=10, 0.2 and 0.3 (or 0.9 and 1.0, which the default band drops) share no bar."""
     histograms = {"matching": {"0.2": 3, "0.3": 5, "0.9": 1, "1.0": 7}, "chart": {"0.0": 4}}

@@ -98,6 +98,8 @@ class DifficultyConfig:
 @dataclass
 class BalanceConfig:
     targets: dict = field(default_factory=dict)  # task -> rows; tasks absent keep every row
+    # The draw's own seed (default: `seed`), so another draw keeps the cached responses, which `seed` keys.
+    seed: int | None = None
 
 
 @dataclass
@@ -476,7 +478,8 @@ class Engine:
     # 5. balance
     def balance(self, rows: list[EngineRow]) -> list[EngineRow]:
         targets = dict(self.config.balance.targets)  # checked before the first stage
-        rng = random.Random(self.config.seed)
+        seed = self.config.seed if self.config.balance.seed is None else self.config.balance.seed
+        rng = random.Random(seed)
         chosen: set[int] = set()
         shortfall = {}
         for task in TASKS:
@@ -492,6 +495,7 @@ class Engine:
             lambda row: None if next(kept) in chosen else "over_target",
             targets=targets,
             shortfall=shortfall,
+            seed=seed,
         )
 
     def run(self) -> dict:
