@@ -158,3 +158,28 @@ def test_a_lower_case_letter_names_an_option_when_there_are_options():
 def test_a_capital_letter_names_an_option_without_options():
     assert matching_accuracy("X", "X") == 1.0
     assert matching_accuracy("x", "X") == 0.0
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("B. Vitamin D", 1.0),
+        ("(B) Vitamin D", 1.0),
+        ("B: vitamin d.", 1.0),
+        ("**B. Vitamin D**", 1.0),
+        ("The answer is B. Vitamin D", 1.0),
+        ("Option B: Vitamin D", 1.0),
+        ("B. Vitamin E", 0.0),
+        ("C. Vitamin D", 0.0),
+        ("B. Vitamin D or C. Vitamin E", 0.0),
+    ],
+)
+def test_a_letter_followed_by_its_own_option_text_names_only_that_option(answer, expected):
+    """The prompt lists options as "B. Vitamin D"; the D of an option's text is not option D."""
+    assert matching_accuracy(answer, "B", ["Vitamin C", "Vitamin D", "Vitamin E", "Vitamin K"]) == expected
+
+
+def test_an_option_text_that_is_a_letter_after_its_own_letter():
+    assert matching_accuracy("B. A", "B", ["B", "A", "C"]) == 1.0
+    assert matching_accuracy("B. C", "B", ["B", "A", "C"]) == 0.0
+    assert matching_accuracy("BA", "B", ["B", "A", "C"]) == 0.0

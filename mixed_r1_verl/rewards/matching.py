@@ -66,9 +66,32 @@ def _normalized_option(option: str) -> str:
     return normalize_text(_OPTION_TEXT_PREFIX.sub("", option))
 
 
+@lru_cache(maxsize=1 << 12)
+def _labelled_option(letter: str, option: str) -> re.Pattern | None:
+    """An option's letter followed by its own text, as the prompt lists it ("B. Vitamin D", "(B) Vitamin D")."""
+    words = _OPTION_TEXT_PREFIX.sub("", option).split()
+    if not words:
+        return None
+    text = r"\s+".join(re.escape(word) for word in words)
+    return re.compile(rf"(?<![A-Za-z0-9])\(?{letter}(?:[.:)]\s*|\s+)(?i:{text})(?![A-Za-z0-9])")
+
+
+def without_own_option_texts(answer: str, options: Sequence[str]) -> str:
+    """The answer with each option text that follows its own letter left out ("B. Vitamin D" -> "B"), so that
+    the letters inside an option's text ("D") are not read as options."""
+    for index, option in enumerate(options):
+        letter = chr(ord("A") + index)
+        pattern = _labelled_option(letter, option)
+        if pattern is not None:
+            answer = pattern.sub(letter, answer)
+    return answer
+
+
 def option_letter_accuracy(answer: str, letter: str, options: Sequence[str] | None = None) -> float:
     """1.0 iff the answer names exactly one option and it is `letter`: by the option's text (with
     `options`), else by its letter."""
+    if options:
+        answer = without_own_option_texts(answer, options)
     letters = option_text_letters(answer, options) if options else set()
     if not letters:
         letters = _mentioned_letters(answer, max(len(options or ()), ord(letter) - ord("A") + 1))
