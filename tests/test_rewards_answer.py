@@ -41,6 +41,10 @@ def test_format_reward(response, expected):
         ("B</answer>", None),
         ("<think>x</think>\\boxed{5}", "5"),
         ("<think>\\boxed{5}</think>", None),
+        ("<answer>\\boxed{\\text{Eiffel Tower}}</answer>", "Eiffel Tower"),
+        ("<answer>$\\textbf{red}$</answer>", "$red$"),
+        ("<answer>\\boxed{12.5\\text{ million}}</answer>", "12.5 million"),
+        ("\\boxed{\\mathrm{B}}", "B"),
     ],
 )
 def test_extract_answer(response, expected):

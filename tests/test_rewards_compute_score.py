@@ -35,6 +35,11 @@ def test_score_mixes_accuracy_and_format():
     assert (bare["accuracy"], bare["format"], bare["score"]) == (1.0, 0.0, pytest.approx(0.9))
 
 
+def test_a_latex_text_answer_is_read_as_its_text():
+    assert score("\\boxed{\\text{Germany}}", "Germany", "chart")["accuracy"] == 1.0
+    assert score("\\boxed{\\text{Eiffel Tower}}", "eiffel tower", "matching")["accuracy"] == 1.0
+
+
 def test_format_weight_per_task():
     weights = {"matching": 0.5, "chart": 0.0}
     assert score("C", "B", "matching", format_weight=weights)["score"] == pytest.approx(0.5)

@@ -16,6 +16,8 @@ _BOXED = "\\boxed{"
 NO_ANSWER = "(no answer)"
 
 _FORMAT = re.compile(r"\s*<think>.*</think>\s*<answer>.*</answer>\s*", re.DOTALL)
+# LaTeX commands that only typeset their (brace-free) argument as text: `\boxed{\text{Germany}}` answers Germany.
+_LATEX_TEXT = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 
 
 def format_reward(response: str) -> float:
@@ -65,8 +67,12 @@ def last_boxed(text: str) -> str | None:
 def extract_answer(response: str) -> str | None:
     """The answer a response commits to: the content of its last `<answer>…</answer>` block, else its
     last `\\boxed{…}`; None if it has neither. Text inside `<think>` never counts. A `\\boxed{…}`
-    inside the answer block is unwrapped."""
-    visible = strip_thinking(response)
+    inside the answer block is unwrapped, and so are LaTeX text commands (`\\text{…}`)."""
+    answer = _committed_answer(strip_thinking(response))
+    return None if answer is None else _LATEX_TEXT.sub(r"\1", answer)
+
+
+def _committed_answer(visible: str) -> str | None:
     end = visible.rfind(ANSWER_CLOSE)
     if end != -1:
         start = visible.rfind(ANSWER_OPEN, 0, end)
