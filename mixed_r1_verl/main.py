@@ -242,7 +242,7 @@ def exit_if_stop_by_is_not_ahead(mixed_r1: DictConfig) -> None:
 def log_prob_micro_batch_mismatches(config: DictConfig) -> list[str]:
     """Log-prob micro-batch sizes that do not divide the samples each GPU holds in a step. verl's FSDP
     engine requires it (without dynamic batch sizes) but asserts only once the workers and the rollout
-    have started; its config check covers the actor's micro-batches, not these."""
+    have started; its config check does not look at these."""
     from verl.trainer.ppo.utils import need_reference_policy
 
     gpus = config.trainer.nnodes * config.trainer.n_gpus_per_node
@@ -257,9 +257,60 @@ def log_prob_micro_batch_mismatches(config: DictConfig) -> list[str]:
         mismatches.append(
             f"actor_rollout_ref.{role}.log_prob_micro_batch_size_per_gpu={micro} does not divide the "
             f"{samples / gpus:g} samples each GPU holds (data.train_batch_size={config.data.train_batch_size} x "
-            f"actor_rollout_ref.rollout.n={config.actor_rollout_ref.rollout.n} / {gpus} GPUs)"
+            f"actor_rollout_ref.rollout.n={config.actor_rollout_ref.rollout.n} / {gpus} GPUs): use a divisor, or "
+            "actor_rollout_ref.actor.use_dynamic_bsz=true"
         )
     return mismatches
+
+
+def actor_update_mismatches(config: DictConfig) -> list[str]:
+    """Mini- and micro-batch sizes the actor update cannot split a step into. verl's config check asks
+    only that a mini-batch is no larger than the step; its FSDP workers assert the rest at the first
+    update, after the first rollout: each data-parallel rank cuts its share of the step into
+    mini-batches of ppo_mini_batch_size x rollout.n / ranks samples, and those into micro-batches."""
+    actor, n = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout.n
+    prompts, mini = config.data.train_batch_size, actor.ppo_mini_batch_size
+    sequence_parallel = max(actor.ulysses_sequence_parallel_size, actor.fsdp_config.ulysses_sequence_parallel_size)
+    ranks = config.trainer.nnodes * config.trainer.n_gpus_per_node // sequence_parallel
+    where = f"{ranks} GPUs" if sequence_parallel == 1 else f"{ranks} data-parallel groups of {sequence_parallel} GPUs"
+    mini_samples = f"actor_rollout_ref.actor.ppo_mini_batch_size={mini} x actor_rollout_ref.rollout.n={n}"
+    mismatches = []
+    if prompts % mini:
+        mismatches.append(
+            f"data.train_batch_size={prompts} is not a multiple of actor_rollout_ref.actor.ppo_mini_batch_size={mini}: "
+            "a step's prompts must split into whole mini-batches"
+        )
+    if mini * n % ranks:
+        mismatches.append(f"the {mini * n} samples of a mini-batch ({mini_samples}) do not split evenly over {where}")
+        return mismatches
+    micro, per_rank = actor.ppo_micro_batch_size_per_gpu, mini * n // ranks
+    if not actor.use_dynamic_bsz and micro and per_rank % micro:
+        mismatches.append(
+            f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro} does not divide the {per_rank} samples of "
+            f"a mini-batch each GPU holds ({mini_samples} / {where}): use a divisor, or "
+            "actor_rollout_ref.actor.use_dynamic_bsz=true"
+        )
+    return mismatches
+
+
+def rollout_parallel_mismatches(config: DictConfig) -> list[str]:
+    """vLLM replicas that do not tile the GPUs: verl's rollout workers assert it only after they have
+    loaded the actor (and the reference model)."""
+    rollout, trainer = config.actor_rollout_ref.rollout, config.trainer
+    gpus = trainer.nnodes * trainer.n_gpus_per_node
+    replica = rollout.tensor_model_parallel_size * rollout.data_parallel_size * rollout.pipeline_model_parallel_size
+    if gpus % replica == 0:
+        return []
+    sizes = f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout.tensor_model_parallel_size}"
+    if replica != rollout.tensor_model_parallel_size:
+        sizes += (
+            f" x data_parallel_size={rollout.data_parallel_size}"
+            f" x pipeline_model_parallel_size={rollout.pipeline_model_parallel_size}"
+        )
+    return [
+        f"each vLLM replica takes {replica} GPUs ({sizes}), which does not divide the {gpus} GPUs of "
+        f"trainer.nnodes={trainer.nnodes} x trainer.n_gpus_per_node={trainer.n_gpus_per_node}"
+    ]
 
 
 def filtering_setting_errors(config: DictConfig) -> list[str]:
@@ -573,13 +624,13 @@ def train(config: DictConfig) -> None:
     worker_env = pin_output_paths(config, os.environ)
     exit_if_training_is_done(config)
     exit_if_stop_by_is_not_ahead(config.mixed_r1)
-    mismatches = log_prob_micro_batch_mismatches(config)
+    mismatches = [
+        *actor_update_mismatches(config),
+        *log_prob_micro_batch_mismatches(config),
+        *rollout_parallel_mismatches(config),
+    ]
     if mismatches:
-        fail(
-            "; ".join(mismatches) + ". verl would stop on it after start-up: use a divisor, or "
-            "actor_rollout_ref.actor.use_dynamic_bsz=true.\n",
-            EXIT_USAGE,
-        )
+        fail("; ".join(mismatches) + ". verl would stop on it only after start-up.\n", EXIT_USAGE)
     filtering_errors = filtering_setting_errors(config)
     if filtering_errors:
         fail("; ".join(filtering_errors) + ".\n", EXIT_USAGE)

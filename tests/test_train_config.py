@@ -11,12 +11,14 @@ from verl.utils.config import validate_config
 
 from mixed_r1_verl.main import (
     PRIMARY_CONFIG,
+    actor_update_mismatches,
     config_dir,
     filtering_setting_errors,
     log_prob_micro_batch_mismatches,
     make_paths_absolute,
     recipe_dir,
     register_recipes,
+    rollout_parallel_mismatches,
 )
 from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_KV_CACHE_BYTES, kv_cache_bytes_per_token
 
@@ -56,6 +58,48 @@ def test_recipe_keeps_mixed_r1_grpo_defaults_and_passes_verl_validation(recipe):
     assert need_critic(config) is False
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=False)
     assert log_prob_micro_batch_mismatches(config) == []
+    assert actor_update_mismatches(config) == []
+    assert rollout_parallel_mismatches(config) == []
+
+
+@pytest.mark.parametrize("recipe", ["internvl3_8b", "qwen25vl_32b", "qwen25vl_3b", "qwen25vl_7b"])
+def test_gpu_recipes_split_every_batch_on_two_nodes_of_four_gpus(recipe):
+    config = compose_recipe(recipe, "trainer.nnodes=2", "trainer.n_gpus_per_node=4")
+    assert actor_update_mismatches(config) + log_prob_micro_batch_mismatches(config) == []
+    assert rollout_parallel_mismatches(config) == []
+
+
+def test_mini_and_micro_batches_the_actor_update_cannot_split_are_named():
+    # verl's own config check passes all of these; its workers assert them at the first update.
+    config = compose_recipe("qwen25vl_7b", "data.train_batch_size=96")
+    assert actor_update_mismatches(config) == [
+        "data.train_batch_size=96 is not a multiple of actor_rollout_ref.actor.ppo_mini_batch_size=64: "
+        "a step's prompts must split into whole mini-batches"
+    ]
+    validate_config(config, use_reference_policy=True, use_critic=False)
+    [micro] = actor_update_mismatches(compose_recipe("learn", "trainer.n_gpus_per_node=8"))
+    assert micro.startswith(
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=64 does not divide the 32 samples of a mini-batch"
+    )  # 32 prompts x 8 responses / 8 GPUs
+    dynamic = compose_recipe("learn", "trainer.n_gpus_per_node=8", "actor_rollout_ref.actor.use_dynamic_bsz=true")
+    assert actor_update_mismatches(dynamic) == []
+    [uneven] = actor_update_mismatches(
+        compose_recipe("qwen25vl_32b", "data.train_batch_size=120", "actor_rollout_ref.actor.ppo_mini_batch_size=6")
+    )
+    assert uneven.startswith("the 48 samples of a mini-batch (actor_rollout_ref.actor.ppo_mini_batch_size=6 x ")
+    assert uneven.endswith("do not split evenly over 32 GPUs")
+    sequence_parallel = compose_recipe("qwen25vl_7b", "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2")
+    assert actor_update_mismatches(sequence_parallel) == [], "4 groups of 2 GPUs: 128 samples each, 32 micro-batches"
+
+
+def test_vllm_replicas_that_do_not_tile_the_gpus_are_named():
+    tensor_parallel_3 = compose_recipe("qwen25vl_7b", "actor_rollout_ref.rollout.tensor_model_parallel_size=3")
+    assert rollout_parallel_mismatches(tensor_parallel_3) == [
+        "each vLLM replica takes 3 GPUs (actor_rollout_ref.rollout.tensor_model_parallel_size=3), which does not "
+        "divide the 8 GPUs of trainer.nnodes=1 x trainer.n_gpus_per_node=8"
+    ]
+    one_replica = compose_recipe("qwen25vl_32b", "trainer.nnodes=1", "trainer.n_gpus_per_node=4")
+    assert rollout_parallel_mismatches(one_replica) == []
 
 
 def test_log_prob_micro_batches_that_do_not_divide_each_gpus_samples_are_named():

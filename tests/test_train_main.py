@@ -240,6 +240,15 @@ def test_a_log_prob_micro_batch_that_does_not_divide_the_step_stops_the_entry_be
     assert "use_dynamic_bsz=true" in result.stderr and not (tmp_path / "data").exists()
 
 
+def test_a_step_the_actor_update_cannot_split_into_mini_batches_stops_the_entry_before_start_up(tmp_path):
+    result = run_main("recipe=smoke", f"mixed_r1.smoke.work_dir={tmp_path}", "data.train_batch_size=12")
+    assert result.returncode == 2
+    assert "data.train_batch_size=12 is not a multiple of actor_rollout_ref.actor.ppo_mini_batch_size=8" in (
+        result.stderr
+    )
+    assert "needs at least one CUDA GPU" not in result.stderr and not (tmp_path / "data").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a time ahead would go on to train on a GPU machine")
 def test_a_stop_by_time_that_has_passed_or_is_no_time_stops_the_entry_before_start_up(tmp_path):
     passed = int(time.time()) - 600
