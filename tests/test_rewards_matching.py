@@ -169,13 +169,21 @@ def test_a_capital_letter_names_an_option_without_options():
         ("**B. Vitamin D**", 1.0),
         ("The answer is B. Vitamin D", 1.0),
         ("Option B: Vitamin D", 1.0),
+        ("B - Vitamin D", 1.0),
+        ("B – Vitamin D", 1.0),
+        ("Vitamin D (B)", 1.0),
+        ("The answer is Vitamin D (B).", 1.0),
         ("B. Vitamin E", 0.0),
+        ("B - Vitamin E", 0.0),
+        ("Vitamin E (B)", 0.0),
+        ("Vitamin D (C)", 0.0),
         ("C. Vitamin D", 0.0),
         ("B. Vitamin D or C. Vitamin E", 0.0),
     ],
 )
 def test_a_letter_followed_by_its_own_option_text_names_only_that_option(answer, expected):
-    """The prompt lists options as "B. Vitamin D"; the D of an option's text is not option D."""
+    """The prompt lists options as "B. Vitamin D"; the D of an option's text is not option D, whichever side of
+    its letter the text is written."""
     assert matching_accuracy(answer, "B", ["Vitamin C", "Vitamin D", "Vitamin E", "Vitamin K"]) == expected
 
 

@@ -68,16 +68,19 @@ def _normalized_option(option: str) -> str:
 
 @lru_cache(maxsize=1 << 12)
 def _labelled_option(letter: str, option: str) -> re.Pattern | None:
-    """An option's letter followed by its own text, as the prompt lists it ("B. Vitamin D", "(B) Vitamin D")."""
+    """An option's letter with its own text: before it, as the prompt lists it ("B. Vitamin D", "(B) Vitamin D",
+    "B - Vitamin D"), or after it in parentheses ("Vitamin D (B)")."""
     words = _OPTION_TEXT_PREFIX.sub("", option).split()
     if not words:
         return None
-    text = r"\s+".join(re.escape(word) for word in words)
-    return re.compile(rf"(?<![A-Za-z0-9])\(?{letter}(?:[.:)]\s*|\s+)(?i:{text})(?![A-Za-z0-9])")
+    text = r"(?i:" + r"\s+".join(re.escape(word) for word in words) + ")"
+    letter_first = rf"\(?{letter}(?:\s*[.:)\-–—]\s*|\s+){text}"
+    text_first = rf"{text}\s*\({letter}\)"
+    return re.compile(rf"(?<![A-Za-z0-9])(?:{letter_first}|{text_first})(?![A-Za-z0-9])")
 
 
 def without_own_option_texts(answer: str, options: Sequence[str]) -> str:
-    """The answer with each option text that follows its own letter left out ("B. Vitamin D" -> "B"), so that
+    """The answer with each option text written with its own letter left out ("B. Vitamin D" -> "B"), so that
     the letters inside an option's text ("D") are not read as options."""
     for index, option in enumerate(options):
         letter = chr(ord("A") + index)
