@@ -354,6 +354,10 @@ def test_settings_reject_unknown_and_invalid_options():
         FilteringSettings.from_kwargs({"max_refill_round": 2})
     with pytest.raises(ValueError, match="max_refill_rounds"):
         FilteringSettings.from_kwargs({"max_refill_rounds": -1})
+    with pytest.raises(ValueError, match=r"sampler_kwargs.metric must name a reward_extra_info field, got 5"):
+        FilteringSettings.from_kwargs({"metric": 5})
+    with pytest.raises(ValueError, match=r"sampler_kwargs.poll_interval_s must be a finite number .*, got nan"):
+        FilteringSettings.from_kwargs({"poll_interval_s": float("nan")})
 
 
 PRIMARY_CONFIG = """

@@ -241,6 +241,22 @@ def test_filtering_settings_the_sampler_would_refuse_mid_run_are_named_before_st
     assert filtering_setting_errors(custom) == [], "a custom reward function's own fields are not known here"
 
 
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("poll_interval_s=fast", "poll_interval_s must be a finite number of seconds > 0, got 'fast'"),
+        ("poll_interval_s=inf", "poll_interval_s must be a finite number of seconds > 0, got inf"),
+        ("max_refill_rounds=true", "max_refill_rounds must be an integer >= 0, got True"),
+        ("max_inflight_batches=1.5", "max_inflight_batches must be an integer >= 1, got 1.5"),
+    ],
+)
+def test_filtering_option_values_of_the_wrong_kind_are_refused_naming_the_option(override, named):
+    (refused,) = filtering_setting_errors(
+        compose_recipe("smoke", "filtering=on", f"trainer.v1.sampler.sampler_kwargs.{override}")
+    )
+    assert refused == f"trainer.v1.sampler.sampler_kwargs.{named}"
+
+
 def test_filtering_with_sync_sub_steps_is_refused_before_start_up():
     # verl's `sync: {}` is empty, so the setting is added with a leading `+`.
     one_part = compose_recipe("smoke", "filtering=on", "+trainer.v1.sync.parameter_sync_step=1")

@@ -36,6 +36,7 @@ ALL_CORRECT, ALL_WRONG = "all_correct", "all_wrong"
 # These trainers call sampling methods that only verl's async buffer has.
 ASYNC_TRAINER_MODES = frozenset({"colocate_async", "separate_async"})
 PARAMETER_SYNC_STEP_SETTING = "trainer.v1.sync.parameter_sync_step"
+SETTINGS_PATH = "trainer.v1.sampler.sampler_kwargs"
 
 
 def parameter_sync_step_error(parameter_sync_step) -> str | None:
@@ -80,17 +81,33 @@ class FilteringSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(given) - known)
         if unknown:
-            raise ValueError(f"trainer.v1.sampler.sampler_kwargs: unknown option(s) {unknown}; known: {sorted(known)}")
+            raise ValueError(f"{SETTINGS_PATH}: unknown option(s) {unknown}; known: {sorted(known)}")
         settings = cls(**given)
-        if not settings.metric:
-            raise ValueError("trainer.v1.sampler.sampler_kwargs.metric must name a reward_extra_info field")
-        if not isinstance(settings.max_refill_rounds, int) or settings.max_refill_rounds < 0:
-            raise ValueError(f"max_refill_rounds must be an integer >= 0, got {settings.max_refill_rounds!r}")
-        if not isinstance(settings.max_inflight_batches, int) or settings.max_inflight_batches < 1:
-            raise ValueError(f"max_inflight_batches must be an integer >= 1, got {settings.max_inflight_batches!r}")
-        if not settings.poll_interval_s > 0:
-            raise ValueError(f"poll_interval_s must be > 0, got {settings.poll_interval_s!r}")
+        if not isinstance(settings.metric, str) or not settings.metric:
+            raise ValueError(f"{SETTINGS_PATH}.metric must name a reward_extra_info field, got {settings.metric!r}")
+        if not is_whole_number(settings.max_refill_rounds) or settings.max_refill_rounds < 0:
+            raise ValueError(
+                f"{SETTINGS_PATH}.max_refill_rounds must be an integer >= 0, got {settings.max_refill_rounds!r}"
+            )
+        if not is_whole_number(settings.max_inflight_batches) or settings.max_inflight_batches < 1:
+            raise ValueError(
+                f"{SETTINGS_PATH}.max_inflight_batches must be an integer >= 1, got {settings.max_inflight_batches!r}"
+            )
+        if not is_positive_finite(settings.poll_interval_s):
+            raise ValueError(
+                f"{SETTINGS_PATH}.poll_interval_s must be a finite number of seconds > 0, "
+                f"got {settings.poll_interval_s!r}"
+            )
         return settings
+
+
+def is_whole_number(value) -> bool:
+    # YAML's true/false are Python bools, which are ints.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_positive_finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 @dataclass(frozen=True)
