@@ -43,6 +43,7 @@ PROMPTS = {
     "grounding": ("refcoco", "[0, 0, 40, 40]", {"box_frame": "abs", "frame_size": [64, 64]}),
     "open_ended": ("coco_caption", "A man rides a red bicycle.", {}),
 }
+FAILED = None
 WRONG_ANSWER = {"chart": "7", "matching": "A", "grounding": "[50, 50, 60, 60]", "open_ended": "Two dogs sleep."}
 
 
@@ -86,8 +87,9 @@ def transfer_queue():
 class ScriptedRollout:
     """Rollout side of the trainer: registers prompts in TransferQueue and writes their finished groups.
 
-    ``groups`` are the reward_extra_info lists the successive prompts will produce; ``delay_s`` keeps a
-    submitted group running for that long before it finishes, as a generation would.
+    ``groups`` are the reward_extra_info lists the successive prompts will produce (FAILED: a prompt whose
+    sessions all failed, as verl's agent loop marks it); ``delay_s`` keeps a submitted group running for
+    that long before it finishes, as a generation would.
     """
 
     _uids = itertools.count()
@@ -105,7 +107,7 @@ class ScriptedRollout:
         for _ in range(num_prompts):
             uid = f"p{next(self._uids)}"
             infos = self.groups.pop(0)
-            self.uid_task[uid] = infos[0]["task"]
+            self.uid_task[uid] = FAILED if infos is FAILED else infos[0]["task"]
             tag = {"is_prompt": True, "status": "running", "global_steps": 1}
             tq.kv_put(key=uid, partition_id=self.partition, tag=tag)
             if self.delay_s:
@@ -116,6 +118,9 @@ class ScriptedRollout:
         return num_prompts
 
     def _finish(self, uid, infos):
+        if infos is FAILED:
+            tq.kv_put(key=uid, partition_id=self.partition, tag={"status": "failure"})
+            return
         trajectories = [
             {"responses": torch.tensor([7, session]), "extra_fields": {"reward_extra_info": info}}
             for session, info in enumerate(infos)
@@ -232,6 +237,32 @@ def test_zero_refill_rounds_never_generates_more(transfer_queue):
     assert rollout.submitted == 3 and len(chosen) == 3
     assert metrics["filtering/topped_up"] == 1 and metrics["filtering/chart/no_signal_kept"] == 1
     assert metrics["filtering/dropped"] == 0
+
+
+def test_a_failed_group_fills_the_batch_only_behind_kept_groups(transfer_queue):
+    # The zero-variance chart group makes the sampler refill; both refills keep, one more than the batch needs.
+    rollout = ScriptedRollout([FAILED, zero_variance("chart"), informative("grounding"), informative("matching")])
+    sampler = make_sampler(rollout, max_refill_rounds=1)
+
+    batch, metrics, chosen, left = run_step(sampler, rollout, batch_size=2)
+
+    assert rollout.submitted == 4
+    assert sorted(rollout.uid_task[uid] for uid in chosen) == ["grounding", "matching"]
+    assert len(batch.keys) == 2 * GROUP_SIZE, "no kept group is discarded for a group without trajectories"
+    assert metrics["filtering/failed_kept"] == 0 and metrics["filtering/discarded_surplus"] == 1
+    assert metrics["filtering/kept"] == 2 and metrics["filtering/dropped"] == 1
+    assert set(left) == set(batch.keys), "the failed group is cleared with the other discarded ones"
+
+
+def test_a_failed_group_is_passed_through_when_too_few_groups_are_kept(transfer_queue):
+    rollout = ScriptedRollout([FAILED, informative("chart")])
+    sampler = make_sampler(rollout, max_refill_rounds=0)
+
+    batch, metrics, chosen, left = run_step(sampler, rollout, batch_size=2)
+
+    assert [rollout.uid_task[uid] for uid in chosen] == ["chart"] and len(batch.keys) == GROUP_SIZE
+    assert metrics["filtering/failed_kept"] == 1 and metrics["filtering/kept"] == 1
+    assert set(left) == set(batch.keys)
 
 
 def test_waits_for_running_groups_and_logs_known_tasks_every_step(transfer_queue):

@@ -272,7 +272,7 @@ class PerTaskDynamicSampler(ReplayBuffer):
                 break
             last_debug_time = self._wait_for_next_poll(partition_id, last_debug_time)
 
-        return self._select_and_report(partition_id, batch_size, sampleable, refilled)
+        return self._select_and_report(partition_id, batch_size, informative, refilled)
 
     def _note_arrivals(self, partition_id: str) -> None:
         for uid in self.prompt_global_steps[partition_id].keys() - self._arrival.keys():
@@ -298,11 +298,14 @@ class PerTaskDynamicSampler(ReplayBuffer):
             self._verdicts[uid] = judge_group(uid, infos, self.settings.metric)
 
     def _select_and_report(
-        self, partition_id: str, batch_size: int, sampleable: set[str], refilled: int
+        self, partition_id: str, batch_size: int, informative: set[str], refilled: int
     ) -> tuple[KVBatchMeta, dict]:
+        """The batch: kept groups, then failed groups (passed through as verl does; some or all of their
+        trajectories are missing), then zero-variance ones, each oldest first."""
         partition_snapshot = dict(self.partitions[partition_id])
-        chosen = self._oldest_first(partition_id, sampleable, batch_size)
-        zero_variance = self.finished_keys[partition_id] - sampleable
+        chosen = self._oldest_first(partition_id, informative, batch_size)
+        chosen += self._oldest_first(partition_id, self.failure_keys[partition_id], batch_size - len(chosen))
+        zero_variance = self.finished_keys[partition_id] - informative
         top_up = self._oldest_first(partition_id, zero_variance, batch_size - len(chosen))
         chosen = chosen + top_up
         chosen_set = set(chosen)
