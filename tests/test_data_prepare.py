@@ -6,6 +6,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -375,6 +376,26 @@ def test_exif_turned_photos_are_written_upright_with_boxes_in_the_upright_frame(
     assert written["plain"]["images"][0]["bytes"] == (image_root / "plain.jpg").read_bytes()
     # The training dataset's resize (shared by evaluation and the data engine) lands on the same frame.
     assert list(model_input_image(photo["images"][0], image_patch_size=14).size) == [width, height]
+
+
+def test_sixteen_bit_grey_images_reach_the_model_with_their_grey_levels(tmp_path):
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    # A 16-bit greyscale PNG whose left half is black and right half mid-grey (level 32896 of 65535).
+    levels = [[0] * 32 + [32896] * 32 for _ in range(48)]
+    Image.fromarray(numpy.array(levels, dtype=numpy.uint16)).save(image_root / "depth.png")
+    assert Image.open(image_root / "depth.png").mode == "I;16"
+    row = {"id": "depth", "task": "chart", "data_source": "d", "images": ["depth.png"], "problem": "Q", "answer": "1"}
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "out"
+    prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False))
+    (written,) = read_rows(out / "train.parquet")
+    assert written["extra_info"]["image_size"] == [64, 48]
+    seen = model_input_image(written["images"][0], image_patch_size=14)
+    width, height = seen.size
+    assert seen.getpixel((width // 8, height // 2)) == (0, 0, 0)
+    assert seen.getpixel((width * 7 // 8, height // 2)) == (128, 128, 128)  # not clipped to white
 
 
 def test_normalized_boxes_are_rejected_as_pixels_and_scaled_with_box_units(tmp_path):

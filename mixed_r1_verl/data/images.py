@@ -1,6 +1,7 @@
 """Image files referenced by records: confined to an image root, read once, sized from the header,
-and upright: a file whose EXIF orientation turns it is re-encoded as shown, so every reader of the
-parquet (the converter, the dataset class, qwen_vl_utils, vLLM) sees the same pixels."""
+and as people see them: a file whose EXIF orientation turns it, or whose grey levels have 16 bits, is
+re-encoded as shown, so every reader of the parquet (the converter, the dataset class, qwen_vl_utils,
+vLLM) sees the same pixels."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from mixed_r1_verl.data.records import IMAGE_OUTSIDE_ROOT, MISSING_IMAGE, UNREADABLE_IMAGE, RecordError
@@ -18,29 +20,42 @@ from mixed_r1_verl.data.records import IMAGE_OUTSIDE_ROOT, MISSING_IMAGE, UNREAD
 @dataclass(frozen=True)
 class ImageFile:
     path: str  # relative to the image root, as written in the record
-    data: bytes  # the file's bytes, or an upright re-encoding when its EXIF orientation turns it
-    size: tuple[int, int]  # (width, height) of the upright image
+    data: bytes  # the file's bytes, or a re-encoding as shown (EXIF-turned, 16-bit grey scaled)
+    size: tuple[int, int]  # (width, height) of the image as shown
 
 
 EXIF_ORIENTATION = 0x0112
 TURNING_ORIENTATIONS = range(2, 9)  # 1 is upright; other values are invalid and ignored, as viewers do
+# 16-bit greyscale (PNG, TIFF): converting it to RGB, as every model input path does, clips each level
+# above 255 to white, so such files are scaled to 8 bits first.
+SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-def upright_image(data: bytes) -> tuple[bytes, tuple[int, int]]:
-    """The image's bytes and (width, height) as people see it. Files without a turning EXIF
-    orientation keep their bytes and are sized from the header (pixels not decoded); the others are
-    decoded, turned and re-encoded without the tag (JPEG at quality 95, other formats as PNG).
-    PIL's decompression-bomb limit applies."""
+def eight_bit_grey(image: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image as 8-bit greyscale, its levels scaled from 0-65535 to 0-255."""
+    levels = np.asarray(image).astype(np.uint32)
+    return Image.fromarray(((levels * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+
+
+def displayed_image(data: bytes) -> tuple[bytes, tuple[int, int]]:
+    """The image's bytes and (width, height) as people see it. Files that need neither turning (EXIF
+    orientation) nor scaling to 8 bits keep their bytes and are sized from the header (pixels not
+    decoded); the others are decoded, turned and scaled, and re-encoded without the tag (JPEG at
+    quality 95, other formats as PNG). PIL's decompression-bomb limit applies."""
     with Image.open(io.BytesIO(data)) as image:
-        if image.getexif().get(EXIF_ORIENTATION) not in TURNING_ORIENTATIONS:
+        turns = image.getexif().get(EXIF_ORIENTATION) in TURNING_ORIENTATIONS
+        sixteen_bit = image.mode in SIXTEEN_BIT_GREY_MODES
+        if not (turns or sixteen_bit):
             return data, image.size
-        turned = ImageOps.exif_transpose(image)
+        shown = ImageOps.exif_transpose(image) if turns else image
+        if sixteen_bit:
+            shown = eight_bit_grey(shown)
         buffer = io.BytesIO()
         if image.format == "JPEG":
-            turned.save(buffer, format="JPEG", quality=95)
+            shown.save(buffer, format="JPEG", quality=95)
         else:
-            turned.save(buffer, format="PNG")
-        return buffer.getvalue(), turned.size
+            shown.save(buffer, format="PNG")
+        return buffer.getvalue(), shown.size
 
 
 class ImageStore:
@@ -73,7 +88,7 @@ class ImageStore:
         except OSError as error:
             raise RecordError(UNREADABLE_IMAGE, f"image {relative!r}: {error.strerror or error}") from None
         try:
-            data, size = upright_image(data)
+            data, size = displayed_image(data)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise RecordError(UNREADABLE_IMAGE, f"image {relative!r}: {error}") from None
         image = ImageFile(relative, data, size)
