@@ -186,9 +186,32 @@ def test_a_row_whose_placeholders_do_not_match_its_images_is_named(converted, ti
     data_dir, _ = converted
     table = pq.read_table(data_dir / "sft_train.parquet").to_pylist()
     table[0]["messages"][0]["content"] = table[0]["messages"][0]["content"].replace("<image>", "")
-    dataset = sft_dataset_of(table, tmp_path / "bad.parquet", tiny_model_dir)
     with pytest.raises(ValueError, match=rf"SFT row 0 \(id '{table[0]['extra_info']['id']}'\).*0 <image> placeholder"):
-        dataset[0]
+        sft_dataset_of(table, tmp_path / "bad.parquet", tiny_model_dir)[0]
+
+
+def test_rows_longer_than_max_length_are_left_out_at_load_and_counted(converted, tiny_model_dir, tmp_path, caplog):
+    data_dir, _ = converted
+    table = pq.read_table(data_dir / "sft_train.parquet").to_pylist()
+    counts = [row["extra_info"]["sequence_length"] for row in table]
+    # The converter counts each row's tokens as verl's SFT dataset builds them, images expanded.
+    dataset = sft_dataset_of(table, tmp_path / "all.parquet", tiny_model_dir)
+    assert [len(dataset[index]["input_ids"]) for index in range(len(dataset))] == counts
+    # A row without a count is measured; the longest row exceeds a max_length just below it.
+    longest = counts.index(max(counts))
+    table[longest]["extra_info"]["sequence_length"] = None
+    pq.write_table(pa.Table.from_pylist(table, schema=SFT_SCHEMA), tmp_path / "long.parquet")
+    processor = load_image_text_processor(tiny_model_dir)
+    config = compose_sft(f"model.path={tiny_model_dir}", f"data.max_length={max(counts) - 1}").data
+    with caplog.at_level("WARNING", logger="mixed_r1_verl.data.sft_dataset"):
+        dataset = create_sft_dataset(str(tmp_path / "long.parquet"), config, processor.tokenizer, processor)
+    assert len(dataset) == len(table) - 1
+    kept = counts[:longest] + counts[longest + 1 :]
+    assert [len(dataset[index]["input_ids"]) for index in range(len(dataset))] == kept
+    task, row_id = table[longest]["extra_info"]["task"], table[longest]["extra_info"]["id"]
+    assert f"1 of {len(table)} SFT rows" in caplog.text and f"exceed data.max_length={max(counts) - 1}" in caplog.text
+    assert f"{task} 1/" in caplog.text and f"first ids: ['{row_id}']" in caplog.text
+    assert dataset.rows_over_max_length == {task: 1}
 
 
 def test_rows_converted_for_a_larger_frame_than_the_processor_keeps_are_refused(converted, tiny_model_dir, tmp_path):

@@ -130,25 +130,13 @@ class MixedR1Dataset(NamesRowsThatFail, RLHFDataset):
     def prompt_lengths(self, dataframe: datasets.Dataset) -> list[int]:
         """Each row's prompt tokens: the converter's count from extra_info.prompt_length where present
         (checked against this processor on the first such row), measured for the other rows."""
-        lengths = extra_info_column(dataframe, "prompt_length")
-        counted = [i for i, length in enumerate(lengths) if length is not None]
-        if counted:
-            first = counted[0]
-            measured = self.prompt_length(dataframe[first], first)
-            if measured != lengths[first]:
-                logger.warning(
-                    "%s: the converter counted %d prompt tokens, this processor builds %d (another model or "
-                    "chat template?); measuring every row",
-                    self._describe_doc(dataframe[first], first),
-                    lengths[first],
-                    measured,
-                )
-                lengths = [None] * len(lengths)
-        missing = [i for i, length in enumerate(lengths) if length is None]
-        if missing:
-            for i, length in zip(missing, self.measure_prompt_lengths(dataframe, missing), strict=True):
-                lengths[i] = length
-        return lengths
+        return counted_or_measured(
+            extra_info_column(dataframe, "prompt_length"),
+            lambda row: self.prompt_length(dataframe[row], row),
+            lambda rows: self.measure_prompt_lengths(dataframe, rows),
+            lambda row: self._describe_doc(dataframe[row], row),
+            "prompt tokens",
+        )
 
     def maybe_filter_out_long_prompts(self, dataframe: datasets.Dataset = None):
         # verl calls this on every load, before anything is built with the processor.
@@ -173,22 +161,49 @@ class MixedR1Dataset(NamesRowsThatFail, RLHFDataset):
         tasks = extra_info_column(dataframe, "task")
         self.rows_over_prompt_length = Counter(tasks[i] for i in dropped)
         if dropped:
-            rows_per_task = Counter(tasks)
-            per_task = ", ".join(
-                f"{task} {self.rows_over_prompt_length[task]}/{rows_per_task[task]}"
-                for task in sorted(rows_per_task, key=str)
-            )
-            ids = extra_info_column(dataframe.select(dropped[:20]), "id")
             logger.warning(
-                "%d of %d rows exceed max_prompt_length=%d and are left out; per task (dropped/rows): %s "
-                "(first ids: %s)",
+                "%d of %d rows exceed max_prompt_length=%d and are left out; %s",
                 len(dropped),
                 len(lengths),
                 self.max_prompt_length,
-                per_task,
-                ids,
+                dropped_per_task(tasks, dropped, extra_info_column(dataframe.select(dropped[:20]), "id")),
             )
         return dataframe.select(keep) if dropped else dataframe
+
+
+def counted_or_measured(counts: list, measure_row, measure_rows, describe_row, what: str) -> list[int]:
+    """Each row's tokens (`what` they count): `counts` (the converter's; None where it wrote none),
+    checked on the first counted row against `measure_row(row)`, the processor's; all rows measured
+    (`measure_rows(rows)`) when they differ (another model or chat template), else only those without one."""
+    counted = [row for row, count in enumerate(counts) if count is not None]
+    if counted:
+        first = counted[0]
+        measured = measure_row(first)
+        if measured != counts[first]:
+            logger.warning(
+                "%s: the converter counted %d %s, this processor builds %d (another model or chat template?); "
+                "measuring every row",
+                describe_row(first),
+                counts[first],
+                what,
+                measured,
+            )
+            counts = [None] * len(counts)
+    lengths = list(counts)
+    missing = [row for row, count in enumerate(counts) if count is None]
+    if missing:
+        for row, length in zip(missing, measure_rows(missing), strict=True):
+            lengths[row] = length
+    return lengths
+
+
+def dropped_per_task(tasks: list, dropped: list[int], first_ids: list) -> str:
+    """What a length filter left out, for its warning: dropped/rows per task, and the first ids."""
+    dropped_tasks, rows_per_task = Counter(tasks[row] for row in dropped), Counter(tasks)
+    per_task = ", ".join(
+        f"{task} {dropped_tasks[task]}/{rows_per_task[task]}" for task in sorted(rows_per_task, key=str)
+    )
+    return f"per task (dropped/rows): {per_task} (first ids: {first_ids})"
 
 
 def extra_info_column(dataframe: datasets.Dataset, name: str) -> list:

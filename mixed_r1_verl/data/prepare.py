@@ -224,7 +224,7 @@ SFT_SCHEMA = pa.schema(
             "extra_info",
             pa.struct(
                 [("task", pa.string()), ("id", pa.string()), ("index", pa.int64()), ("split", pa.string()),
-                 ("box_frame", pa.string())]
+                 ("box_frame", pa.string()), ("sequence_length", pa.int64())]
             ),  # fmt: skip
         ),
     ]
@@ -237,7 +237,7 @@ def sft_target(rationale: str, answer: str) -> str:
 
 
 def sft_row(row: dict, rationale: str) -> dict:
-    """The SFT row of a converted row: its prompt turns followed by the target answer."""
+    """The SFT row of a converted row: its prompt turns followed by the target answer (its tokens not counted)."""
     target = {"role": "assistant", "content": sft_target(rationale, row["reward_model"]["ground_truth"])}
     info = row["extra_info"]
     return {
@@ -246,6 +246,7 @@ def sft_row(row: dict, rationale: str) -> dict:
         "images": row["images"],
         "extra_info": {
             "task": info["task"], "id": info["id"], "index": -1, "split": info["split"], "box_frame": info["box_frame"],
+            "sequence_length": None,
         },  # fmt: skip
     }
 
@@ -394,6 +395,15 @@ class RowConverter:
                 "prompt_length": prompt_length,
             },
         }
+
+    def sft_row(self, row: dict, rationale: str) -> dict:
+        """The SFT row of a converted row, with the tokens of its whole chat where the family's count is known."""
+        sft = sft_row(row, rationale)
+        if self.prompt_counter is not None:
+            sizes = [self.resized_size(self.store.load(image["path"])) for image in row["images"]]
+            length = self.prompt_counter.count(sft["messages"], sizes, add_generation_prompt=False)
+            sft["extra_info"]["sequence_length"] = length
+        return sft
 
     def resized_size(self, image) -> tuple[int, int]:
         """(width, height) the Qwen2-VL family resizes the image to."""
@@ -563,7 +573,7 @@ def convert_rows(config: PrepareConfig, converter: RowConverter, writers, sft_wr
         split = record.split or split_of(record.id, config.seed, config.val_ratio)
         row["extra_info"]["split"] = split
         if record.rationale:
-            sft_writers[split].write(sft_row(row, record.rationale))
+            sft_writers[split].write(converter.sft_row(row, record.rationale))
         writers[split].write(row)
         written[(split, record.task)] += 1
     return rows_in, written

@@ -79,10 +79,12 @@ def chat_with_image_items(messages: list[dict]) -> list[dict]:
     return structured
 
 
-def chat_template_text(tokenizer, messages: list[dict]) -> str:
+def chat_template_text(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
     """The model's chat-template text for a verl-layout chat, one vision block per image, ready for the
-    model's answer."""
-    return tokenizer.apply_chat_template(chat_with_image_items(messages), add_generation_prompt=True, tokenize=False)
+    model's answer (or, without the generation prompt, ending with the chat's last turn)."""
+    return tokenizer.apply_chat_template(
+        chat_with_image_items(messages), add_generation_prompt=add_generation_prompt, tokenize=False
+    )
 
 
 class PromptTokenCounter:
@@ -101,8 +103,11 @@ class PromptTokenCounter:
         width, height = resized_size
         return (width // self.tile) * (height // self.tile)
 
-    def count(self, messages: list[dict], resized_sizes: list[tuple[int, int]]) -> int:
-        text = chat_template_text(self.tokenizer, messages)
+    def count(
+        self, messages: list[dict], resized_sizes: list[tuple[int, int]], add_generation_prompt: bool = True
+    ) -> int:
+        """Tokens of the chat ready for the model's answer, or as a whole (an SFT row) without the generation prompt."""
+        text = chat_template_text(self.tokenizer, messages, add_generation_prompt)
         pads = text.count(IMAGE_PAD)
         if pads != len(resized_sizes):
             raise ValueError(f"the chat template rendered {pads} image pad(s) for {len(resized_sizes)} image(s)")

@@ -11,6 +11,9 @@ converter wrote), so SFT, GRPO and the converter's grounding frame agree; data c
 frame the model's processor would resize again, or for another model family's box frame, is refused,
 as in GRPO. Where verl loaded no processor
 (AutoProcessor fails without torchvision), the project's image-and-text processor takes its place.
+With `data.truncation=error` (conf/sft.yaml), rows longer than `data.max_length` (images expanded) are
+left out at load, with one warning counting them per task, instead of stopping training when a batch
+reaches them; the length is the converter's count (extra_info.sequence_length) where it wrote one.
 Everything else (per-turn tokenisation, loss mask on the assistant turn only, M-RoPE positions,
 padding) is verl's. A row that cannot be prepared raises an error naming it.
 """
@@ -18,6 +21,7 @@ padding) is verl's. A row that cannot be prepared raises an error naming it.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,6 +31,8 @@ from verl.utils.py_functional import convert_nested_value_to_list_recursive
 from mixed_r1_verl.data.dataset import (
     DatasetRowError,
     NamesRowsThatFail,
+    counted_or_measured,
+    dropped_per_task,
     refuse_box_frame_of_another_family,
     refuse_images_resized_again,
     refuse_invalid_pixel_bounds,
@@ -61,6 +67,58 @@ class MixedR1SFTDataset(NamesRowsThatFail, MultiTurnSFTDataset):
             images = pa.array(self.dataframe[self.image_key])
             refuse_invalid_pixel_bounds(images, self._describe_row)
             refuse_images_resized_again(self.processor, images, self._describe_row)
+        if self.truncation == "error":
+            self.leave_out_rows_over_max_length()
+
+    def extra_info_field(self, name: str) -> list:
+        if "extra_info" not in self.dataframe.columns:
+            return [None] * len(self.dataframe)
+        return [(info or {}).get(name) for info in self.dataframe["extra_info"]]
+
+    def sequence_length(self, item: int) -> int:
+        """Tokens of the row's whole chat, images expanded, as the processor builds it."""
+        try:
+            turns = self._build_messages(self.dataframe.iloc[item].to_dict())
+            if self.processor is None:
+                return len(self.tokenizer.apply_chat_template(turns, tokenize=True, **self.apply_chat_template_kwargs))
+            inputs = self.processor.apply_chat_template(
+                turns, tokenize=True, return_dict=True, **self.apply_chat_template_kwargs
+            )
+            return len(inputs["input_ids"][0])
+        except Exception as error:
+            raise DatasetRowError(f"{self._describe_row(item)} cannot be prepared: {error}") from error
+
+    def leave_out_rows_over_max_length(self) -> None:
+        """Leaves out the rows longer than max_length (verl would stop training at the first), with one
+        warning counting them per task."""
+        lengths = counted_or_measured(
+            self.extra_info_field("sequence_length"),
+            self.sequence_length,
+            lambda rows: [self.sequence_length(row) for row in rows],
+            self._describe_row,
+            "SFT tokens",
+        )
+        keep = [row for row, length in enumerate(lengths) if length <= self.max_length]
+        dropped = [row for row, length in enumerate(lengths) if length > self.max_length]
+        tasks = self.extra_info_field("task")
+        self.rows_over_max_length = Counter(tasks[row] for row in dropped)
+        if not dropped:
+            return
+        ids = [self.extra_info_field("id")[row] for row in dropped[:20]]
+        logger.warning(
+            "%d of %d SFT rows of %s exceed data.max_length=%d and are left out; %s",
+            len(dropped),
+            len(lengths),
+            self.parquet_files,
+            self.max_length,
+            dropped_per_task(tasks, dropped, ids),
+        )
+        self.dataframe = self.dataframe.iloc[keep]
+        self.messages = [self.messages[row] for row in keep]
+        if self.tools is not None:
+            self.tools = [self.tools[row] for row in keep]
+        if self.enable_thinking is not None:
+            self.enable_thinking = [self.enable_thinking[row] for row in keep]
 
     def _describe_row(self, item: int) -> str:
         extra_info = self.dataframe.iloc[item].get("extra_info") or {}
