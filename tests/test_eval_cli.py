@@ -383,6 +383,38 @@ def test_a_model_of_another_family_than_the_data_was_converted_for_is_refused(tm
     assert not (tmp_path / "run" / "generations.jsonl").exists()
 
 
+def grpo_checkpoint(root, resaved_model_dir):
+    """verl's GRPO checkpoint layout: the actor's shards, and beside them its Hugging Face copy as saved
+    without hf_model in save_contents (config and processor, no weights)."""
+    actor = root / "global_step_6" / "actor"
+    shutil.copytree(resaved_model_dir, actor / "huggingface", ignore=shutil.ignore_patterns("*.safetensors"))
+    (actor / "model_world_size_1_rank_0.pt").write_bytes(b"shard")
+    return actor.parent
+
+
+def test_a_verl_checkpoint_as_model_is_refused_naming_what_to_pass(tmp_path, parquet, resaved_model_dir):
+    step = grpo_checkpoint(tmp_path, resaved_model_dir)
+    copy = step / "actor" / "huggingface"
+    merge = f"python -m verl.model_merger merge --backend fsdp --local_dir {step / 'actor'} --target_dir HF_DIR"
+    out = tmp_path / "run"
+
+    def refusal(model):
+        with pytest.raises(SystemExit) as stopped:
+            main([f"data={parquet}", f"model={model}", "backend=hf", "device=cpu", f"out_dir={out}"])
+        return str(stopped.value.code)
+
+    assert refusal(step) == (
+        f"FileNotFoundError: {step} is a verl checkpoint, not a Hugging Face model directory, and {copy} has "
+        f"no weights: merge its shards first: {merge}"
+    )
+    assert merge in refusal(step / "actor")
+    assert refusal(copy).startswith(f"FileNotFoundError: {copy} has config.json but no weights") and merge in refusal(copy)
+    assert refusal(tmp_path) == f"FileNotFoundError: {tmp_path} is not a Hugging Face model directory (no config.json)"
+    shutil.copy(resaved_model_dir / "model.safetensors", copy)
+    assert refusal(step).endswith(f"is a verl checkpoint, not a Hugging Face model directory: pass its model, {copy}")
+    assert not out.exists()
+
+
 def test_open_ended_without_embedding_model_fails_before_scoring(tmp_path, parquet):
     with pytest.raises(SystemExit, match="embedding_model="):
         score_saved(parquet, RESPONSES, tmp_path / "run")

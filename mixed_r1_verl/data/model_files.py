@@ -44,6 +44,41 @@ def resolve_model_dir(model_path: str | os.PathLike) -> Path:
         ) from error
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+MERGE_COMMAND = "python -m verl.model_merger merge --backend fsdp --local_dir {shards} --target_dir HF_DIR"
+
+
+def has_weights(directory: Path) -> bool:
+    return any(any(directory.glob(pattern)) for pattern in WEIGHT_FILES)
+
+
+def not_a_model_reason(directory: str | os.PathLike) -> str | None:
+    """Why a local directory is no Hugging Face model that transformers or vLLM loads, naming what to
+    pass instead; None for one. A verl checkpoint (GRPO: global_step_N or its actor/, SFT: global_step_N)
+    holds its sharded weights and, beside them, a Hugging Face copy in huggingface/, with weights only
+    where it was saved with `hf_model` in save_contents."""
+    directory = Path(directory)
+    if (directory / "config.json").is_file():
+        if has_weights(directory):
+            return None
+        shards = directory.parent if directory.name == "huggingface" else directory
+        return (
+            f"{directory} has config.json but no weights ({', '.join(WEIGHT_FILES)}); a verl checkpoint's "
+            "huggingface/ holds them only when saved with hf_model in save_contents. Merge the checkpoint's "
+            f"shards into a model directory: {MERGE_COMMAND.format(shards=shards)}"
+        )
+    shards = directory / "actor" if (directory / "actor").is_dir() else directory
+    if not (shards / "huggingface").is_dir():
+        return f"{directory} is not a Hugging Face model directory (no config.json)"
+    copy = shards / "huggingface"
+    if has_weights(copy):
+        return f"{directory} is a verl checkpoint, not a Hugging Face model directory: pass its model, {copy}"
+    return (
+        f"{directory} is a verl checkpoint, not a Hugging Face model directory, and {copy} has no weights: "
+        f"merge its shards first: {MERGE_COMMAND.format(shards=shards)}"
+    )
+
+
 def checkpoint_model_type(model_dir: str | os.PathLike) -> str | None:
     """The `model_type` of a checkpoint directory's config.json; None without one."""
     config_file = Path(model_dir) / "config.json"

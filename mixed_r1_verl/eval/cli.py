@@ -25,7 +25,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Optional
 
-from mixed_r1_verl.data.model_files import checkpoint_model_type, resolve_model_dir
+from mixed_r1_verl.data.model_files import checkpoint_model_type, not_a_model_reason, resolve_model_dir
 from mixed_r1_verl.settings import asks_for_help, input_errors_end_the_command, parse_settings, settings_help
 
 from .cache import CACHE_FILE, GenerationCache, discard_generations_made_otherwise, read_generations
@@ -170,7 +170,17 @@ def _reward_kwargs(args, records: list[EvalRecord]) -> dict:
     return kwargs
 
 
+def refuse_what_is_no_model(model: str) -> None:
+    """A local `model=` directory that transformers or vLLM cannot load (a verl checkpoint, say) ends the
+    run before anything is written, naming what to pass instead."""
+    reason = Path(model).is_dir() and not_a_model_reason(model)
+    if reason:
+        raise FileNotFoundError(reason)
+
+
 def run_eval(args) -> dict:
+    if args.model:
+        refuse_what_is_no_model(args.model)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = load_records(args.data, args.limit)
