@@ -139,6 +139,20 @@ def test_transformers_backend_batches_give_each_request_its_own_responses(tiny_m
     assert [len(group) for group in responses] == [2] * len(requests)
 
 
+def test_transformers_backend_batches_draw_apart_and_a_seed_repeats_the_draws(tiny_model_dir, converted):
+    root, _, _ = converted
+    request = eval_request(load_records([root / "out" / "train.parquet"])[0])
+    sampled = SamplingSettings(temperature=1.0, max_new_tokens=8, seed=3)
+
+    def one_prompt_per_batch():
+        generator = TransformersGenerator(str(tiny_model_dir), sampled, device="cpu", sequences_per_call=1)
+        return [responses[0] for responses in generator.generate([request] * 3)]
+
+    first = one_prompt_per_batch()
+    assert len(set(first)) == 3, first  # the same prompt in three batches: three samples, not one thrice
+    assert one_prompt_per_batch() == first
+
+
 def test_transformers_backend_samples_only_as_the_settings_say(tiny_model_dir, converted, tmp_path):
     root, _, _ = converted
     request = eval_request(load_records([root / "out" / "train.parquet"])[0])

@@ -176,6 +176,8 @@ class TransformersGenerator:
         self.patch_size, _ = vision_geometry(model_dir)
         self.processor_bounds = processor_pixel_bounds(self.processor.image_processor.to_dict())
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        # Seeded once: each batch draws on from where the last stopped, so no two batches sample alike.
+        torch.manual_seed(settings.seed)
 
     def model_inputs(self, requests: Sequence[GenerationRequest]):
         images = [image for request in requests for image in model_images(request, self.patch_size, self.processor_bounds)]
@@ -194,7 +196,6 @@ class TransformersGenerator:
         settings = self.settings
         sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
         sampling.update(NEUTRAL_SAMPLING)
-        self.torch.manual_seed(settings.seed)
         with self.torch.inference_mode():
             output = self.model.generate(
                 **inputs,
