@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -335,6 +336,47 @@ def test_compare_warns_when_the_runs_evaluated_different_records(tmp_path, parqu
     assert capsys.readouterr().out.startswith(
         "Warning: the runs evaluated different records (full 5, limited 2; ids not compared: a run has no scores.jsonl)"
     )
+
+
+def test_the_summary_records_the_data_model_settings_and_code_that_produced_it(tmp_path, parquet, tiny_model):
+    out = tmp_path / "run"
+    args = [f"data={parquet}", f"model={tiny_model}", "backend=hf", "device=cpu", f"out_dir={out}", "max_new_tokens=2"]
+    assert main([*args, "limit=2", "batch_size=3"]) == 0
+
+    run = json.loads((out / "summary.json").read_text())["run"]
+    data_sha256 = hashlib.sha256(parquet.read_bytes()).hexdigest()
+    assert run["data_files"] == [{"path": str(parquet.resolve()), "bytes": parquet.stat().st_size, "sha256": data_sha256}]
+    fingerprint = json.loads((out / "model.json").read_text())
+    assert run["model_files"] == {key: value for key, value in fingerprint.items() if key in ("path", "weights", "files")}
+    assert run["model_files"]["path"] == str(Path(tiny_model).resolve())
+    assert (run["limit"], run["batch_size"], run["generator"]) == (2, 3, HF_ON_CPU)
+    assert run["sampling"]["max_new_tokens"] == 2
+    assert run["code"]["version"] and len(run["code"]["git_commit"] or "0" * 40) == 40
+
+    assert score_saved(parquet, RESPONSES, tmp_path / "saved", tiny_model) == 0
+    saved = json.loads((tmp_path / "saved" / "summary.json").read_text())["run"]
+    generations = tmp_path / "saved.jsonl"
+    assert saved["generations_file"]["sha256"] == hashlib.sha256(generations.read_bytes()).hexdigest()
+    assert (saved["sampling"], saved["generator"], saved["model_files"]) == (None, None, None)
+
+
+def test_compare_warns_when_the_runs_differ_in_more_than_the_model(tmp_path, parquet, tiny_model, capsys):
+    generations = tmp_path / "base.jsonl"
+    score_saved(parquet, RESPONSES, tmp_path / "base", tiny_model)
+    other_table = shutil.copytree(tiny_model, tmp_path / "tuned_model")
+    scored = [f"data={parquet}", f"generations={generations}", f"out_dir={tmp_path / 'tuned'}"]
+    assert main([*scored, f"embedding_model={other_table}", "format_weight=0.2"]) == 0
+    capsys.readouterr()
+
+    assert main([f"compare=[{tmp_path / 'base'},{tmp_path / 'tuned'}]", f"out_dir={tmp_path / 'cmp'}"]) == 0
+
+    warning = (
+        "Warning: the runs differ in more than the model (reward_kwargs.embedding_model: "
+        f"base {str(Path(tiny_model).resolve())!r}, tuned {str(other_table)!r}; reward_kwargs.format_weight: "
+        "base None, tuned '0.2'); their deltas measure these differences too."
+    )
+    assert capsys.readouterr().out.startswith(warning)
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["notice"] == warning
 
 
 def test_missing_saved_generation_is_reported_by_id(tmp_path, parquet, tiny_model):

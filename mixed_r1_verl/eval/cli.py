@@ -28,8 +28,15 @@ from typing import Any, Optional
 from mixed_r1_verl.data.model_files import checkpoint_model_type, not_a_model_reason, resolve_model_dir
 from mixed_r1_verl.settings import asks_for_help, input_errors_end_the_command, parse_settings, settings_help
 
-from .cache import CACHE_FILE, GenerationCache, discard_generations_made_otherwise, read_generations
+from .cache import (
+    CACHE_FILE,
+    GenerationCache,
+    discard_generations_made_otherwise,
+    model_fingerprint,
+    read_generations,
+)
 from .generation import SamplingSettings, build_generator, generate_missing, transformers_placement
+from .provenance import code_identity, file_identity
 from .records import EvalRecord, data_ids, load_records, refuse_records_of_another_frame
 from .report import SCORES_FILE, evaluated_ids, load_summary, summary_markdown, write_comparison, write_summary
 from .scoring import score_records, summarize
@@ -178,6 +185,33 @@ def refuse_what_is_no_model(model: str) -> None:
         raise FileNotFoundError(reason)
 
 
+def setting_text(value) -> str:
+    """A setting as a run records it: a local directory by its absolute path, so that runs started from
+    other directories compare."""
+    return str(Path(value).resolve()) if Path(str(value)).is_dir() else str(value)
+
+
+def run_record(args, reward_kwargs: dict) -> dict:
+    """What produced the run: data files (path, size, sha256), `limit`, the model (as given and as
+    `model.json` fingerprints it) or the generations file, the reward options, the sampling and generator
+    settings and batch size that made the responses (None for saved generations) and the code."""
+    generated = args.model is not None
+    return {
+        "data": [str(path) for path in args.data],
+        "data_files": [file_identity(path) for path in args.data],
+        "limit": args.limit,
+        "model": args.model,
+        "model_files": model_fingerprint(args.model) if generated else None,
+        "generations": args.generations,
+        "generations_file": None if generated else file_identity(args.generations),
+        "reward_kwargs": {name: setting_text(value) for name, value in reward_kwargs.items()},
+        "sampling": sampling_record(args) if generated else None,
+        "generator": generator_record(args) if generated else None,
+        "batch_size": args.batch_size if generated else None,
+        "code": code_identity(),
+    }
+
+
 def run_eval(args) -> dict:
     if args.model:
         refuse_what_is_no_model(args.model)
@@ -193,13 +227,7 @@ def run_eval(args) -> dict:
     with open(out_dir / SCORES_FILE, "w", encoding="utf-8") as sink:
         sink.writelines(json.dumps(row) + "\n" for row in rows)
     summary = summarize(rows)
-    summary["run"] = {
-        "data": [str(path) for path in args.data],
-        "model": args.model,
-        "generations": args.generations,
-        "reward_kwargs": {name: str(value) for name, value in reward_kwargs.items()},
-        "sampling": sampling_record(args),
-    }
+    summary["run"] = run_record(args, reward_kwargs)
     if unknown_ids["count"]:
         summary["run"]["generations_not_in_data"] = unknown_ids
     write_summary(summary, out_dir)

@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from .provenance import settings_differences
+
 SUMMARY_FILE = "summary.json"
 SCORES_FILE = "scores.jsonl"
 STAT_COLUMNS = ("n", "accuracy", "format", "score", "errors")
@@ -133,6 +135,19 @@ def record_sets_notice(first: dict, second: dict, labels: tuple[str, str], ids: 
     )
 
 
+def settings_notice(first: dict, second: dict, labels: tuple[str, str]) -> str:
+    """A warning naming each setting besides the model that the two runs both record and set
+    differently (data content, limit, reward options, sampling, generator, code), or ""."""
+    differences = settings_differences(first, second)
+    if not differences:
+        return ""
+    listed = "; ".join(f"{key}: {labels[0]} {a!r}, {labels[1]} {b!r}" for key, a, b in differences)
+    return (
+        f"Warning: the runs differ in more than the model ({listed}); their deltas measure these "
+        "differences too.\n\n"
+    )
+
+
 def group_counts(summary: dict, key: str) -> dict:
     return {name: stats["n"] for name, stats in summary[key].items()}
 
@@ -169,11 +184,12 @@ def write_comparison(
     first: dict, second: dict, labels: tuple[str, str], out_dir: Path | None, ids: tuple = (None, None)
 ) -> str:
     """The side-by-side table of two runs (`ids`: the ids each scored, None where unknown), below a
-    warning when they scored different records."""
+    warning when they scored different records, and one when settings besides the model differ."""
     header, rows = compare_header(*labels), compare_rows(first, second)
-    notice = record_sets_notice(first, second, labels, ids)
-    if notice:
+    records_notice = record_sets_notice(first, second, labels, ids)
+    if records_notice:
         header, rows = mark_different_n(header, rows)
+    notice = records_notice + settings_notice(first, second, labels)
     table = notice + markdown_table(header, rows)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
