@@ -4,6 +4,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -166,7 +167,8 @@ def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_
     assert (out / "summary.json").read_text() == first_summary
 
 
-def test_a_record_whose_prompt_or_image_changed_is_generated_again(tmp_path, tiny_model):
+def test_a_record_whose_prompt_or_image_changed_is_generated_again(tmp_path, tiny_model, caplog):
+    caplog.set_level(logging.INFO)
     data, out = tmp_path / "val.parquet", tmp_path / "run"
     args = [f"data={data}", f"model={tiny_model}", "backend=hf", "device=cpu", f"out_dir={out}", "max_new_tokens=4"]
     pq.write_table(pa.Table.from_pylist(ROWS), data)
@@ -179,6 +181,8 @@ def test_a_record_whose_prompt_or_image_changed_is_generated_again(tmp_path, tin
     pq.write_table(pa.Table.from_pylist(changed), data)
     assert main(args) == 0
     assert [line["id"] for line in cache_lines(out)[5:]] == ["m1", "c1"]
+    said = "3 of 5 generations reused; generating 2 (2 of them for a prompt or image changed since)"
+    assert f"{out / 'generations.jsonl'}: {said}" in caplog.text
 
 
 def test_cached_generations_are_reused_only_with_the_same_model_and_sampling(tmp_path, parquet, tiny_model):

@@ -41,7 +41,6 @@ from .records import EvalRecord, data_ids, load_records, refuse_records_of_anoth
 from .report import SCORES_FILE, evaluated_ids, load_summary, summary_markdown, write_comparison, write_summary
 from .scoring import score_records, summarize
 
-logger = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 BACKENDS = ("auto", "vllm", "hf")
@@ -157,8 +156,7 @@ def _responses(args, records: list[EvalRecord], out_dir: Path) -> dict[str, str]
         return responses
     discard_generations_made_otherwise(out_dir, args.model, sampling_record(args), generator_record(args))
     cache = GenerationCache(out_dir / CACHE_FILE)
-    if not generate_missing(records, lambda: _make_generator(args), cache, args.batch_size):
-        logger.info("all %d generations found in %s", len(records), cache.path)
+    generate_missing(records, lambda: _make_generator(args), cache, args.batch_size)
     return cache.responses
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from .cache import GenerationCache
 from .records import EvalRecord
 
 BACKENDS = ("vllm", "transformers")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,11 @@ def generate_missing(
     digests = {record_id: request_digest(request) for record_id, request in requests.items()}
     missing = set(cache.missing(digests))
     todo = [record for record in records if record.id in missing]
+    asked_otherwise = sum(record.id in cache.requests for record in todo)
+    logger.info(
+        "%s: %d of %d generations reused; generating %d (%d of them for a prompt or image changed since)",
+        cache.path, len(records) - len(todo), len(records), len(todo), asked_otherwise,
+    )  # fmt: skip
     if not todo:
         return 0
     generator = make_generator()
