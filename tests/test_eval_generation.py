@@ -20,6 +20,7 @@ from mixed_r1_verl.eval.generation import (
     SamplingSettings,
     TransformersGenerator,
     eval_request,
+    request_seed,
     vllm_input,
 )
 from mixed_r1_verl.eval.records import load_records
@@ -112,6 +113,18 @@ def test_each_use_has_its_sampling_defaults():
     assert EngineConfig().difficulty.k == ENGINE_SAMPLING.n
     with pytest.raises(ValueError, match="4 responses per prompt need a temperature > 0"):
         SamplingSettings(n=4)
+
+
+def test_each_vllm_request_gets_a_seed_of_its_own_that_a_rerun_repeats(converted):
+    root, _, _ = converted
+    requests = [eval_request(record) for record in load_records([root / "out" / "train.parquet"])]
+    seeds = [request_seed(0, request) for request in requests]
+    assert len(set(seeds)) == len(requests), "two requests would share their random draws"
+    assert [request_seed(0, request) for request in reversed(requests)] == seeds[::-1]
+    assert all(0 <= seed < 2**31 for seed in seeds)
+    assert request_seed(1, requests[0]) != seeds[0]
+    same_prompt = GenerationRequest(requests[0].messages, requests[0].images, label="another-record")
+    assert request_seed(0, same_prompt) != seeds[0]
 
 
 def test_transformers_backend_samples_n_responses(tiny_model_dir, converted):

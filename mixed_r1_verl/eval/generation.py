@@ -128,17 +128,23 @@ class VllmGenerator:
         limits = {"image": max_images_per_prompt, "video": 0}
         self.llm = LLM(model=model_path, limit_mm_per_prompt=limits, seed=settings.seed, **engine_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
-        self.params = SamplingParams(
-            n=settings.n,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            max_tokens=settings.max_new_tokens,
-            seed=settings.seed,
-        )
+        self.settings = settings
+        self.sampling_params = SamplingParams
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
         inputs = [vllm_input(self.tokenizer, request, self.patch_size, self.processor_bounds) for request in requests]
-        outputs = self.llm.generate(inputs, self.params, use_tqdm=False)
+        settings = self.settings
+        params = [
+            self.sampling_params(
+                n=settings.n,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                max_tokens=settings.max_new_tokens,
+                seed=request_seed(settings.seed, request),
+            )
+            for request in requests
+        ]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [[completion.text for completion in output.outputs] for output in outputs]
 
 
@@ -231,6 +237,14 @@ def request_digest(request: GenerationRequest) -> str:
     bounds (sha256)."""
     images = [[_image_digest(item), item.get("min_pixels"), item.get("max_pixels")] for item in request.images]
     return hashlib.sha256(json.dumps([request.messages, images], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def request_seed(seed: int, request: GenerationRequest) -> int:
+    """A request's own sampling seed, from `seed`, its label and what it asks: vLLM seeds each request's
+    random draws by its seed, so one seed for every request would give all prompts the same draws; this
+    way a request samples alike in whatever batch it comes, and a rerun repeats it."""
+    digest = hashlib.sha256(json.dumps([seed, request.label, request_digest(request)]).encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1  # 31 bits: any seed type vLLM passes it on to takes it
 
 
 def _image_digest(item: dict) -> str:
