@@ -22,7 +22,7 @@ from mixed_r1_verl.eval.cache import (
     model_fingerprint,
     read_generations,
 )
-from mixed_r1_verl.eval.cli import checked_settings, main
+from mixed_r1_verl.eval.cli import checked_settings, images_per_prompt, main
 from mixed_r1_verl.eval.generation import eval_request, request_digest
 from mixed_r1_verl.eval.records import RecordError, load_records
 
@@ -537,6 +537,7 @@ def test_the_command_line_ends_on_bad_input_with_its_message_and_no_traceback(tm
         (["data=x.parquet", "model=m", "out_dir=o", "max_new_tokens=many"], "max_new_tokens"),
         (["data=x.parquet", "model=m", "out_dir=o", "no_such_setting=1"], "no_such_setting"),
         (["data=x.parquet", "model=m", "out_dir=o", "limit=0"], "limit=0: expected a positive number"),
+        (["data=x.parquet", "model=m", "out_dir=o", "max_images=0"], "max_images=0: expected at least 1"),
     ],
 )
 def test_bad_settings_stop_with_the_setting_named(argv, reason, capsys):
@@ -544,6 +545,20 @@ def test_bad_settings_stop_with_the_setting_named(argv, reason, capsys):
         main(argv)
     message = f"{stopped.value.code} {capsys.readouterr().err}"
     assert reason in message
+
+
+def test_vllm_makes_room_for_the_most_images_a_record_holds_unless_told(tmp_path, parquet, capsys):
+    records = load_records([parquet])
+    settings = ["data=x.parquet", "model=m", "out_dir=o"]
+    assert sorted({len(record.image_blobs) for record in records}) == [1, 2]
+    assert images_per_prompt(checked_settings(settings), records) == 2
+    assert images_per_prompt(checked_settings(settings), records[:1]) == len(records[0].image_blobs) == 1
+    records[0].image_blobs = records[0].image_blobs * 5
+    assert images_per_prompt(checked_settings(settings), records) == 5
+    assert images_per_prompt(checked_settings([*settings, "max_images=6"]), records) == 6
+    with pytest.raises(SystemExit):
+        images_per_prompt(checked_settings([*settings, "max_images=4"]), records)
+    assert f"max_images=4: record {records[0].id!r} holds 5 images" in capsys.readouterr().err
 
 
 def test_vllm_engine_arguments_are_settings():

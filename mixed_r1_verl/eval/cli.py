@@ -8,7 +8,8 @@
 Exactly one of `model` (generate, then score), `generations` (score saved JSONL lines {"id", "response"})
 or `compare` (two evaluation output directories side by side). `data` is one parquet path or a list.
 Generation (model=): `backend` auto (vLLM when installed, else transformers) | vllm | hf; `device` for hf;
-`batch_size` prompts per generation call and cache append; `max_images` per vLLM prompt; `vllm_kwargs`
+`batch_size` prompts per generation call and cache append; `max_images` per vLLM prompt (default: the
+most a record holds); `vllm_kwargs`
 any other vLLM engine argument (`vllm_kwargs.gpu_memory_utilization=0.5`, `vllm_kwargs.enforce_eager=true`).
 Rewards take the training options (reward.reward_kwargs): `embedding_model` for open_ended (BMAS;
 default: model), `format_weight`, `iou_threshold`. `limit` evaluates the first N records only (N >= 1).
@@ -64,7 +65,7 @@ class EvalSettings:
     top_p: float = 1.0
     seed: int = 0
     tensor_parallel_size: int = 1
-    max_images: int = 4
+    max_images: Optional[int] = None
     vllm_kwargs: dict = field(default_factory=dict)
     embedding_model: Optional[str] = None
     format_weight: Optional[Any] = None
@@ -88,6 +89,8 @@ def checked_settings(argv: list[str]) -> EvalSettings:
         usage_error(f"give exactly one of model=, generations= or compare=; got {sources or 'none'}")
     if settings.limit is not None and settings.limit < 1:
         usage_error(f"limit={settings.limit}: expected a positive number of records (leave it out for all)")
+    if settings.max_images is not None and settings.max_images < 1:
+        usage_error(f"max_images={settings.max_images}: expected at least 1 (leave it out for the most a record holds)")
     if settings.backend not in BACKENDS:
         usage_error(f"backend={settings.backend}: expected one of {', '.join(BACKENDS)}")
     if settings.compare is not None:
@@ -123,14 +126,26 @@ def generator_record(args) -> dict:
     return {"backend": "hf", "device": device.split(":")[0], "dtype": dtype}
 
 
-def _make_generator(args):
+def images_per_prompt(args, records: list[EvalRecord]) -> int:
+    """The images vLLM makes room for in one prompt: `max_images`, else the most a record holds (at
+    least 1); a record holding more than `max_images` is refused before the engine starts."""
+    most = max((record for record in records), key=lambda record: len(record.image_blobs), default=None)
+    held = len(most.image_blobs) if most else 0
+    if args.max_images is None:
+        return max(held, 1)
+    if held > args.max_images:
+        usage_error(f"max_images={args.max_images}: record {most.id!r} holds {held} images; raise it or leave it out")
+    return args.max_images
+
+
+def _make_generator(args, records: list[EvalRecord]):
     sampling = sampling_settings(args)
     if chosen_backend(args) == "vllm":
         return build_generator(
             "vllm",
             args.model,
             sampling,
-            max_images_per_prompt=args.max_images,
+            max_images_per_prompt=images_per_prompt(args, records),
             **{"tensor_parallel_size": args.tensor_parallel_size, "trust_remote_code": True, **args.vllm_kwargs},
         )
     return build_generator("transformers", args.model, sampling, device=args.device, sequences_per_call=args.batch_size)
@@ -156,7 +171,7 @@ def _responses(args, records: list[EvalRecord], out_dir: Path) -> dict[str, str]
         return responses
     discard_generations_made_otherwise(out_dir, args.model, sampling_record(args), generator_record(args))
     cache = GenerationCache(out_dir / CACHE_FILE)
-    generate_missing(records, lambda: _make_generator(args), cache, args.batch_size)
+    generate_missing(records, lambda: _make_generator(args, records), cache, args.batch_size)
     return cache.responses
 
 
