@@ -257,6 +257,11 @@ def test_difficulty_samples_scores_caches_and_filters(tmp_path):
     assert sum(sum(h.values()) for h in first["pass_rate_histogram"].values()) == 8
     cache = read_jsonl(out / "difficulty_cache.jsonl")
     assert len(cache) == 8 and all(len(entry["responses"]) == 2 for entry in cache)
+    # The tiny model never ends within 4 tokens: every response is cut off at max_new_tokens.
+    assert all(entry["truncated"] == [True, True] for entry in cache)
+    assert {task: summary["truncated_responses"] for task, summary in first["sampled_rewards"].items()} == {
+        task: 4 for task in first["sampled_rewards"]
+    }
 
     # Replace the sampled responses (cache order = prompt order) with ones of known correctness.
     records = read_jsonl(out / "selected.jsonl")
@@ -273,6 +278,7 @@ def test_difficulty_samples_scores_caches_and_filters(tmp_path):
             entry["responses"] = [[right, right], [right, correct("nothing")], [correct("nothing")] * 2][i % 3]
             expected_pass_rate[record["id"]] = [1.0, 0.5, 0.0][i % 3]
             expected_spread[record["id"]] = (i % 3 == 1, i % 3 == 1)
+        del entry["truncated"]  # as lines cached before truncation was recorded
     (out / "difficulty_cache.jsonl").write_text("".join(json.dumps(e) + "\n" for e in cache))
 
     second = Engine(engine_config(jsonl, image_root, out, *settings)).run()
@@ -285,6 +291,7 @@ def test_difficulty_samples_scores_caches_and_filters(tmp_path):
         assert summary["prompts"] == len(spreads) == 2
         assert summary["share_with_score_spread"] == sum(score for score, _ in spreads) / 2
         assert summary["share_with_accuracy_spread"] == sum(accuracy for _, accuracy in spreads) / 2
+        assert (summary["truncated_responses"], summary["truncation_unknown"]) == (0, 4)
     for task in ("matching", "chart"):
         rates = [expected_pass_rate[r["id"]] for r in records if r["task"] == task]
         assert second["sampled_rewards"][task]["mean_accuracy"] == sum(rates) / 2

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mixed_r1_verl.eval.cache import (
+    Completion,
     GenerationFileError,
     discard_generations_made_otherwise,
     model_fingerprint,
@@ -160,6 +161,8 @@ def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_
     assert lines[3]["response"] != RESPONSES["c1"]
     first_summary = (out / "summary.json").read_text()
     assert json.loads(first_summary)["tasks"]["all"]["n"] == 5
+    # The tiny model never ends within 6 tokens; m1's line predates the record of truncation.
+    assert [line["truncated"] for line in lines[2:]] == [True] * 4
 
     generations_before = (out / "generations.jsonl").read_text()
     assert main(args) == 0
@@ -402,7 +405,16 @@ def test_a_cache_line_for_a_changed_request_replaces_the_earlier_line(tmp_path):
     generations = tmp_path / "generations.jsonl"
     lines = [{"id": "m1", "response": "B", "request": "old"}, {"id": "m1", "response": "A", "request": "new"}]
     generations.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert read_generations(generations) == {"m1": "A"}
+    assert read_generations(generations) == {"m1": Completion("A")}
+
+
+def test_a_generations_line_whose_truncated_is_not_a_boolean_names_its_line(tmp_path):
+    generations = tmp_path / "responses.jsonl"
+    lines = [{"id": "m1", "response": "B", "truncated": False}, {"id": "c1", "response": "4", "truncated": "length"}]
+    generations.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    message = rf"{generations}: line 2: .*truncated of id 'c1' is 'length', not true, false or null"
+    with pytest.raises(GenerationFileError, match=message):
+        read_generations(generations)
 
 
 def test_saved_generations_for_ids_not_in_the_data_are_reported(tmp_path, parquet, capsys):

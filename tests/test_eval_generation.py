@@ -3,6 +3,7 @@ converter's per-image bounds (as the training dataset does), and the sampling se
 
 import json
 import shutil
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -16,12 +17,15 @@ from mixed_r1_verl.data.prompts import chat_template_text
 from mixed_r1_verl.eval.generation import (
     ENGINE_SAMPLING,
     EVAL_SAMPLING,
+    NEUTRAL_SAMPLING,
     GenerationRequest,
     SamplingSettings,
     TransformersGenerator,
     eval_request,
     request_seed,
+    transformers_truncated,
     vllm_input,
+    vllm_truncated,
 )
 from mixed_r1_verl.eval.records import load_records
 from mixed_r1_verl.models.tiny_qwen25vl import MAX_PIXELS, MIN_PIXELS
@@ -132,7 +136,7 @@ def test_transformers_backend_samples_n_responses(tiny_model_dir, converted):
     record = load_records([root / "out" / "train.parquet"])[0]
     settings = SamplingSettings(n=3, temperature=1.0, max_new_tokens=3)
     (responses,) = TransformersGenerator(str(tiny_model_dir), settings, device="cpu").generate([eval_request(record)])
-    assert len(responses) == 3 and all(isinstance(text, str) for text in responses)
+    assert len(responses) == 3 and all(isinstance(response.text, str) for response in responses)
 
 
 def test_transformers_backend_batches_give_each_request_its_own_responses(tiny_model_dir, converted):
@@ -200,3 +204,61 @@ def test_an_internvl_is_evaluated_on_the_images_it_is_trained_on(tiny_internvl_d
         assert torch.equal(evaluated["input_ids"], trained["input_ids"]), record.id
     responses = generator.generate([eval_request(record) for record in records])
     assert [len(response) for response in responses] == [1] * len(records) == [1] * 4
+
+
+@dataclass
+class CompletionOutput:
+    """The fields of vLLM's `CompletionOutput` the decision reads (vLLM is not installed here)."""
+
+    text: str
+    finish_reason: str | None
+
+
+def test_a_vllm_response_is_truncated_when_it_stopped_at_max_tokens():
+    assert vllm_truncated(CompletionOutput("<think>look</think><answer>C", "length"))
+    assert not vllm_truncated(CompletionOutput("<think>look</think><answer>C</answer>", "stop"))
+    assert not vllm_truncated(CompletionOutput("", "abort"))
+
+
+def test_a_transformers_row_is_truncated_when_it_fills_max_new_tokens_without_an_end_token():
+    ends = {2, 7}
+    assert transformers_truncated([5, 6, 5, 6], ends, max_new_tokens=4)
+    assert not transformers_truncated([5, 6, 5, 2], ends, max_new_tokens=4)  # ended on the last step
+    assert not transformers_truncated([5, 7, 0, 0], ends, max_new_tokens=4)  # ended early, padded in a batch
+    assert not transformers_truncated([5, 7], ends, max_new_tokens=4)  # every row of the batch ended early
+    assert transformers_truncated([5, 6, 5, 6], set(), max_new_tokens=4)  # a model without an end token
+
+
+def greedy_tokens(generator, request, max_new_tokens):
+    inputs = generator.model_inputs([request])
+    with torch.inference_mode():
+        output = generator.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **NEUTRAL_SAMPLING)
+    return output[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def test_transformers_backend_tells_a_response_cut_off_from_one_that_ended(converted, tiny_model_dir, tmp_path):
+    root, _, _ = converted
+    records = load_records([root / "out" / "train.parquet"])
+    greedy = SamplingSettings(max_new_tokens=6)
+    generator = TransformersGenerator(str(tiny_model_dir), greedy, device="cpu")
+    rows = {record.id: greedy_tokens(generator, eval_request(record), 6) for record in records}
+    # One request whose greedy response holds a token another's never does: made the end token, the first
+    # ends early (then padded in the batch with a token that ends nothing) and the second runs out.
+    ended, cut = next(
+        (a, b) for a in records for b in records if any(token not in rows[b.id] for token in rows[a.id][:5])
+    )
+    end_token = next(token for token in rows[ended.id] if token not in rows[cut.id])
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    config_path = model_dir / "generation_config.json"
+    config = json.loads(config_path.read_text())
+    assert config["pad_token_id"] != end_token
+    config_path.write_text(json.dumps({**config, "eos_token_id": [end_token]}))
+    requests = [eval_request(ended), eval_request(cut)]
+
+    stopped, ran_out = TransformersGenerator(str(model_dir), greedy, device="cpu").generate(requests)
+    assert [response.truncated for response in stopped + ran_out] == [False, True]
+    assert [r.truncated for r in generator.generate(requests[::-1])[0]] == [True]  # without that end token
+
+    near_greedy = SamplingSettings(n=2, temperature=1e-4, max_new_tokens=6)
+    sampled = TransformersGenerator(str(model_dir), near_greedy, device="cpu").generate(requests[::-1])
+    assert [[response.truncated for response in group] for group in sampled] == [[True, True], [False, False]]

@@ -43,6 +43,7 @@ from mixed_r1_verl.data.model_files import resolve_model_dir
 from mixed_r1_verl.data.prepare import CONVERSION_OUTPUTS, PrepareConfig, RowConverter, prepare
 from mixed_r1_verl.data.records import TASKS, CanonicalRecord, RecordError, iter_source_rows, option_index, parse_box
 from mixed_r1_verl.data.sampling import ResponseCache, request_key
+from mixed_r1_verl.eval.cache import Completion
 from mixed_r1_verl.eval.generation import (
     BACKENDS,
     ENGINE_SAMPLING,
@@ -127,16 +128,19 @@ class EngineRow:
 
 @dataclass(frozen=True)
 class SampledRewards:
-    """One prompt's k sampled responses as GRPO would see them: their mean reward and accuracy, and
-    whether the rewards differ at all (a group of equal rewards has zero advantage: no gradient)."""
+    """One prompt's k sampled responses as GRPO would see them: their mean reward and accuracy, whether
+    the rewards differ at all (a group of equal rewards has zero advantage: no gradient), and how many
+    were cut off at max_new_tokens (or are of unknown truncation, cached before it was recorded)."""
 
     mean_score: float
     mean_accuracy: float
     score_spread: bool
     accuracy_spread: bool
+    truncated: int
+    truncation_unknown: int
 
     @classmethod
-    def of(cls, results: list[dict]) -> SampledRewards:
+    def of(cls, results: list[dict], responses: list[Completion]) -> SampledRewards:
         scores = [result["score"] for result in results]
         accuracies = [result["accuracy"] for result in results]
         return cls(
@@ -144,6 +148,8 @@ class SampledRewards:
             sum(accuracies) / len(accuracies),
             values_differ(scores),
             values_differ(accuracies),
+            sum(response.truncated is True for response in responses),
+            sum(response.truncated is None for response in responses),
         )
 
 
@@ -412,11 +418,12 @@ class Engine:
             sampling_seconds = time.perf_counter() - started
         embedding_model = settings_config.embedding_model or settings_config.model_path
         for row, key in zip(rows, keys):
-            results = self.score_samples(row, cache.entries[key], embedding_model)
+            responses = cache.entries[key]
+            results = self.score_samples(row, [response.text for response in responses], embedding_model)
             row.correct_rollouts = int(sum(result["correct"] for result in results))
             row.pass_rate = row.correct_rollouts / len(results)
             self.pass_rates[row.record.task].append(row.pass_rate)
-            self.sampled_rewards[row.record.task].append(SampledRewards.of(results))
+            self.sampled_rewards[row.record.task].append(SampledRewards.of(results, responses))
 
         low, high = settings_config.min_pass_rate, settings_config.max_pass_rate
         band = f"{low:g} <= p <= {high:g}" if settings_config.inclusive else f"{low:g} < p < {high:g}"
@@ -649,8 +656,9 @@ def histogram(rates: list[float]) -> dict:
 
 
 def summarise(samples: list[SampledRewards]) -> dict:
-    """Per task: prompts sampled, mean reward and accuracy over all responses, and the shares of
-    prompts whose k rewards (accuracies) are not all equal."""
+    """Per task: prompts sampled, mean reward and accuracy over all responses, the shares of prompts
+    whose k rewards (accuracies) are not all equal, and the responses cut off at max_new_tokens (and
+    those cached before truncation was recorded)."""
     count = len(samples)
     return {
         "prompts": count,
@@ -658,6 +666,8 @@ def summarise(samples: list[SampledRewards]) -> dict:
         "mean_accuracy": round(sum(s.mean_accuracy for s in samples) / count, 4),
         "share_with_score_spread": round(sum(s.score_spread for s in samples) / count, 4),
         "share_with_accuracy_spread": round(sum(s.accuracy_spread for s in samples) / count, 4),
+        "truncated_responses": sum(s.truncated for s in samples),
+        "truncation_unknown": sum(s.truncation_unknown for s in samples),
     }
 
 

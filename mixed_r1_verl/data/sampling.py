@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from mixed_r1_verl.eval.cache import Completion
+
 
 def request_key(
     record_id: str,
@@ -26,11 +28,12 @@ def request_key(
 
 
 class ResponseCache:
-    """Append-only JSONL of {key, responses}; a rerun reads it back and samples only what is missing."""
+    """Append-only JSONL of {key, responses, truncated}; a rerun reads it back and samples only what is
+    missing. A line without `truncated` (written before it was recorded) is reused, its truncation unknown."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.entries: dict[str, list[str]] = {}
+        self.entries: dict[str, list[Completion]] = {}
         if self.path.exists():
             with open(self.path, encoding="utf-8") as lines:
                 for line in lines:
@@ -38,10 +41,20 @@ class ResponseCache:
                         entry = json.loads(line)
                     except json.JSONDecodeError:
                         continue  # a line cut short by an interrupted run; it is sampled again
-                    self.entries[entry["key"]] = entry["responses"]
+                    self.entries[entry["key"]] = stored_completions(entry)
 
-    def add(self, responses_by_key: dict[str, list[str]]) -> None:
+    def add(self, responses_by_key: dict[str, list[Completion]]) -> None:
         with open(self.path, "a", encoding="utf-8") as out:
             for key, responses in responses_by_key.items():
-                out.write(json.dumps({"key": key, "responses": responses}) + "\n")
+                texts = [response.text for response in responses]
+                truncated = [response.truncated for response in responses]
+                out.write(json.dumps({"key": key, "responses": texts, "truncated": truncated}) + "\n")
         self.entries.update(responses_by_key)
+
+
+def stored_completions(entry: dict) -> list[Completion]:
+    """A cache line's responses; their truncation unknown (None) where the line does not record one per response."""
+    texts, truncated = entry["responses"], entry.get("truncated")
+    if not isinstance(truncated, list) or len(truncated) != len(texts):
+        truncated = [None] * len(texts)
+    return [Completion(text, stopped) for text, stopped in zip(texts, truncated)]

@@ -1,4 +1,5 @@
-"""Generations as JSONL lines ``{"id": ..., "response": ...}``: the resumable cache and saved runs."""
+"""Generations as JSONL lines ``{"id": ..., "response": ..., "truncated": ...}``: the resumable cache and
+saved runs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from mixed_r1_verl.data.model_files import PROCESSOR_FILES, resolve_model_dir
@@ -16,14 +18,23 @@ CACHE_FILE = "generations.jsonl"
 MODEL_FILE = "model.json"
 
 
+@dataclass(frozen=True)
+class Completion:
+    """One generated response, and whether it stopped at `max_new_tokens` before an end token (None:
+    not recorded, as in generations written before it was)."""
+
+    text: str
+    truncated: bool | None = None
+
+
 class GenerationFileError(ValueError):
-    """A generations file line that is not ``{"id": str, "response": str}``."""
+    """A generations file line that is not ``{"id": str, "response": str}`` (and optionally ``"truncated": bool``)."""
 
 
-def read_generations(path: str | Path) -> dict[str, str]:
+def read_generations(path: str | Path) -> dict[str, Completion]:
     """Responses by id. An id on two lines is an error naming both, unless the later line answers
     another request than the earlier (the cache regenerated a record whose prompt or image changed): it wins."""
-    responses: dict[str, str] = {}
+    responses: dict[str, Completion] = {}
     earlier: dict[str, tuple[int, str | None]] = {}
     for number, record_id, response, request in generation_lines(path):
         if record_id in earlier:
@@ -38,7 +49,7 @@ def read_generations(path: str | Path) -> dict[str, str]:
     return responses
 
 
-def generation_lines(path: str | Path) -> Iterator[tuple[int, str, str, str | None]]:
+def generation_lines(path: str | Path) -> Iterator[tuple[int, str, Completion, str | None]]:
     """(line number, id, response, request digest or None) of each line, in order."""
     with open(path, "rb") as lines:  # decoded line by line, so an error names its line
         for number, raw_line in enumerate(lines, start=1):
@@ -50,30 +61,33 @@ def generation_lines(path: str | Path) -> Iterator[tuple[int, str, str, str | No
                 continue
             try:
                 entry = json.loads(line)
-                yield number, str(entry["id"]), _response_text(entry), entry.get("request")
+                yield number, str(entry["id"]), _completion(entry), entry.get("request")
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 raise GenerationFileError(
                     f'{path}: line {number}: expected {{"id": ..., "response": "..."}} ({error})'
                 ) from None
 
 
-def _response_text(entry: dict) -> str:
-    response = entry["response"]
+def _completion(entry: dict) -> Completion:
+    response, truncated = entry["response"], entry.get("truncated")
     if not isinstance(response, str):
         raise TypeError(f"response of id {entry['id']!r} is {type(response).__name__}, not a string")
-    return response
+    if truncated is not None and not isinstance(truncated, bool):
+        raise TypeError(f"truncated of id {entry['id']!r} is {truncated!r}, not true, false or null")
+    return Completion(response, truncated)
 
 
 class GenerationCache:
-    """Append-only JSONL of finished generations, each line with the digest of the request it answers
-    (`request`: the prompt and its images); a rerun generates only the ids missing from it or asked
-    differently since (a line without a digest counts as asked differently)."""
+    """Append-only JSONL of finished generations, each line with whether it was cut off at the token
+    limit (`truncated`) and the digest of the request it answers (`request`: the prompt and its images);
+    a rerun generates only the ids missing from it or asked differently since (a line without a digest
+    counts as asked differently; one without `truncated` is reused, its truncation unknown)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._drop_partial_last_line()
-        self.responses: dict[str, str] = {}
+        self.responses: dict[str, Completion] = {}
         self.requests: dict[str, str | None] = {}
         if self.path.exists():
             for _, record_id, response, request in generation_lines(self.path):
@@ -93,11 +107,19 @@ class GenerationCache:
         """The ids of `requests` (id -> request digest) that have no response to that same request."""
         return [record_id for record_id, digest in requests.items() if self.requests.get(record_id) != digest]
 
-    def add(self, responses: Mapping[str, str], requests: Mapping[str, str]) -> None:
-        """Append `responses` (id -> text), each with the digest of its request (`requests`, by id)."""
+    def add(self, responses: Mapping[str, Completion], requests: Mapping[str, str]) -> None:
+        """Append `responses` (by id), each with the digest of its request (`requests`, by id)."""
         with open(self.path, "a", encoding="utf-8") as sink:
             sink.writelines(
-                json.dumps({"id": record_id, "response": response, "request": requests[record_id]}, ensure_ascii=False)
+                json.dumps(
+                    {
+                        "id": record_id,
+                        "response": response.text,
+                        "truncated": response.truncated,
+                        "request": requests[record_id],
+                    },
+                    ensure_ascii=False,
+                )
                 + "\n"
                 for record_id, response in responses.items()
             )

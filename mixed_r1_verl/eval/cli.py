@@ -31,6 +31,7 @@ from mixed_r1_verl.settings import asks_for_help, input_errors_end_the_command, 
 
 from .cache import (
     CACHE_FILE,
+    Completion,
     GenerationCache,
     discard_generations_made_otherwise,
     model_fingerprint,
@@ -151,7 +152,7 @@ def _make_generator(args, records: list[EvalRecord]):
     return build_generator("transformers", args.model, sampling, device=args.device, sequences_per_call=args.batch_size)
 
 
-def ids_not_in_data(responses: dict[str, str], data: list[str]) -> dict:
+def ids_not_in_data(responses: dict[str, Completion], data: list[str]) -> dict:
     """The generations' ids that no row of the data has (rows past `limit` count as data): their count
     and the first few, in file order."""
     known = data_ids(data)
@@ -159,7 +160,7 @@ def ids_not_in_data(responses: dict[str, str], data: list[str]) -> dict:
     return {"count": len(unknown), "first_ids": unknown[:SHOWN_IDS]}
 
 
-def _responses(args, records: list[EvalRecord], out_dir: Path) -> dict[str, str]:
+def _responses(args, records: list[EvalRecord], out_dir: Path) -> dict[str, Completion]:
     ids = [record.id for record in records]
     if args.generations:
         responses = read_generations(args.generations)

@@ -9,7 +9,9 @@ the processor (transformers) or vLLM expands the image pads.
 
 Backends: vLLM offline (GPU; every prompt of a call in one batch) and transformers `generate`
 (anywhere; Qwen2.5-VL and InternVL). Sampling settings are one type with per-use defaults: `EVAL_SAMPLING`
-(greedy, one response) and `ENGINE_SAMPLING` (8 responses at temperature 1).
+(greedy, one response) and `ENGINE_SAMPLING` (8 responses at temperature 1). Each response says whether
+it was cut off at `max_new_tokens` (`Completion.truncated`), so a response that ran out of tokens is told
+from a wrong one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -36,7 +38,7 @@ from mixed_r1_verl.data.model_images import model_input_image
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.prompts import chat_template_text
 
-from .cache import GenerationCache
+from .cache import Completion, GenerationCache
 from .records import EvalRecord
 
 BACKENDS = ("vllm", "transformers")
@@ -81,7 +83,7 @@ class GenerationRequest:
 
 
 class Generator(Protocol):
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         """`settings.n` responses per request, in request order."""
 
 
@@ -111,6 +113,11 @@ def vllm_input(
     return prompt
 
 
+def vllm_truncated(completion) -> bool:
+    """Whether a vLLM `CompletionOutput` stopped at `max_tokens` rather than at an end token."""
+    return completion.finish_reason == "length"
+
+
 class VllmGenerator:
     """vLLM offline (``pip install -e '.[gpu]'``): all requests of a call in one `generate`."""
 
@@ -131,7 +138,7 @@ class VllmGenerator:
         self.settings = settings
         self.sampling_params = SamplingParams
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         inputs = [vllm_input(self.tokenizer, request, self.patch_size, self.processor_bounds) for request in requests]
         settings = self.settings
         params = [
@@ -145,13 +152,26 @@ class VllmGenerator:
             for request in requests
         ]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [[completion.text for completion in output.outputs] for output in outputs]
+        return [[Completion(c.text, vllm_truncated(c)) for c in output.outputs] for output in outputs]
 
 
 # transformers fills every sampling field left unset from the checkpoint's generation_config (the
 # Qwen2.5-VL Instruct models ship top_k=1 and repetition_penalty=1.05, so k samples would be one);
 # these are set so that both backends sample only as SamplingSettings say, as vLLM does.
 NEUTRAL_SAMPLING = {"top_k": 0, "repetition_penalty": 1.0}
+
+
+def transformers_truncated(new_tokens: Sequence[int], end_tokens: Collection[int], max_new_tokens: int) -> bool:
+    """Whether one row of transformers `generate` output (the tokens after the prompt) ran to
+    `max_new_tokens` without an end token. In a batch a row that ended early is padded after its end
+    token up to the longest row, so it holds an end token whatever its width."""
+    return len(new_tokens) >= max_new_tokens and not any(token in end_tokens for token in new_tokens)
+
+
+def end_token_ids(generation_config) -> set[int]:
+    """The tokens that end a sequence in `generate` (`eos_token_id`: one id, a list, or none)."""
+    ids = generation_config.eos_token_id
+    return set() if ids is None else {ids} if isinstance(ids, int) else set(ids)
 
 
 def transformers_placement(device: str | None) -> tuple[str, str]:
@@ -194,13 +214,13 @@ class TransformersGenerator:
         inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
         return inputs.to(self.device)
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         responses = []
         for start in range(0, len(requests), self.prompts_per_call):
             responses += self._generate_batch(requests[start : start + self.prompts_per_call])
         return responses
 
-    def _generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[str]]:
+    def _generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         inputs = self.model_inputs(requests)
         settings = self.settings
         sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
@@ -213,9 +233,14 @@ class TransformersGenerator:
                 num_return_sequences=settings.n,
                 **sampling,
             )
-        prompt_length = inputs["input_ids"].shape[1]
-        texts = self.processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
-        return [texts[index : index + settings.n] for index in range(0, len(texts), settings.n)]
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+        ends = end_token_ids(self.model.generation_config)
+        completions = [
+            Completion(text, transformers_truncated(row.tolist(), ends, settings.max_new_tokens))
+            for text, row in zip(texts, new_tokens, strict=True)
+        ]
+        return [completions[index : index + settings.n] for index in range(0, len(completions), settings.n)]
 
 
 def build_generator(backend: str, model_path: str, settings: SamplingSettings, **options) -> Generator:

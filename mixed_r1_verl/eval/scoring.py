@@ -10,19 +10,21 @@ from tqdm import tqdm
 from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.rewards.answer import normalized_answer, top_answer
 
+from .cache import Completion
 from .records import EvalRecord
 
 METRICS = ("accuracy", "format", "score", "error")
 ALL = "all"
 
 
-def score_records(records: Sequence[EvalRecord], responses: Mapping[str, str], **reward_kwargs) -> list[dict]:
+def score_records(records: Sequence[EvalRecord], responses: Mapping[str, Completion], **reward_kwargs) -> list[dict]:
     """One row per record: id, data_source, task, ``compute_score``'s score/accuracy/format/error, and the
     response's answer (its `pred`) and the reference, both normalized."""
     rows = []
     for record in tqdm(records, desc="score", unit="response"):
+        response = responses[record.id]
         result = compute_score(
-            record.data_source, responses[record.id], record.ground_truth, record.extra_info, **reward_kwargs
+            record.data_source, response.text, record.ground_truth, record.extra_info, **reward_kwargs
         )
         rows.append(
             {
