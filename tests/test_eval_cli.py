@@ -97,7 +97,8 @@ def test_saved_generations_give_per_task_and_per_source_tables(tmp_path, parquet
 
     summary = json.loads((out / "summary.json").read_text())
     tasks = summary["tasks"]
-    assert tasks["matching"] == {"n": 2, "accuracy": 0.5, "format": 0.5, "score": 0.5, "errors": 0}
+    truncation = {"truncated": 0, "truncated_zero_score": 0, "truncation_unknown": 2}  # the lines do not say
+    assert tasks["matching"] == {"n": 2, "accuracy": 0.5, "format": 0.5, "score": 0.5, "errors": 0, **truncation}
     assert tasks["chart"]["score"] == 1.0
     assert tasks["grounding"]["accuracy"] == pytest.approx(1 / 3)
     assert tasks["grounding"]["score"] == pytest.approx(0.9 / 3 + 0.1)
@@ -111,7 +112,7 @@ def test_saved_generations_give_per_task_and_per_source_tables(tmp_path, parquet
     assert {(r["level"], r["name"]) for r in csv_rows} >= {("task", "all"), ("data_source", "coco_caption")}
     assert len((out / "scores.jsonl").read_text().splitlines()) == 5
     printed = capsys.readouterr().out
-    assert "| matching | 2 | 0.5000 | 0.5000 | 0.5000 | 0 |" in printed and "### Per data_source" in printed
+    assert "| matching | 2 | 0.5000 | 0.5000 | 0.5000 | 0 | unknown |" in printed and "### Per data_source" in printed
 
 
 def test_answer_spread_shows_one_answer_given_whatever_the_image(tmp_path, parquet, tiny_model, capsys):
@@ -163,6 +164,12 @@ def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_
     assert json.loads(first_summary)["tasks"]["all"]["n"] == 5
     # The tiny model never ends within 6 tokens; m1's line predates the record of truncation.
     assert [line["truncated"] for line in lines[2:]] == [True] * 4
+    scored = {row["id"]: row["truncated"] for row in map(json.loads, (out / "scores.jsonl").read_text().splitlines())}
+    assert scored == {"m1": None, "m2": True, "c1": True, "g1": True, "o1": True}
+    overall = json.loads(first_summary)["tasks"]["all"]
+    assert (overall["truncated"], overall["truncated_zero_score"], overall["truncation_unknown"]) == (4, 4, 1)
+    note = "Note: 4 of 5 responses were cut off at max_new_tokens=6 before an end token, 4 of them scoring 0; "
+    assert note + "raise max_new_tokens to score complete answers." in (out / "summary.md").read_text()
 
     generations_before = (out / "generations.jsonl").read_text()
     assert main(args) == 0
@@ -406,6 +413,58 @@ def test_a_cache_line_for_a_changed_request_replaces_the_earlier_line(tmp_path):
     lines = [{"id": "m1", "response": "B", "request": "old"}, {"id": "m1", "response": "A", "request": "new"}]
     generations.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert read_generations(generations) == {"m1": Completion("A")}
+
+
+def test_responses_cut_off_at_the_token_limit_are_counted_per_task_and_named_under_the_table(
+    tmp_path, parquet, tiny_model, capsys
+):
+    truncated = {"m1": True, "m2": False, "c1": True, "g1": False}  # o1's line does not say
+    responses = {**RESPONSES, "m1": f"{THINK}<answer>B"}  # m1 ran out before closing its answer: 0
+    generations = tmp_path / "cut.jsonl"
+    generations.write_text(
+        "".join(
+            json.dumps({"id": key, "response": text, **({"truncated": truncated[key]} if key in truncated else {})})
+            + "\n"
+            for key, text in responses.items()
+        )
+    )
+    out = tmp_path / "cut"
+
+    scored = [f"data={parquet}", f"generations={generations}", f"out_dir={out}", f"embedding_model={tiny_model}"]
+    assert main(scored) == 0
+
+    rows = {row["id"]: row for row in map(json.loads, (out / "scores.jsonl").read_text().splitlines())}
+    assert {key: row["truncated"] for key, row in rows.items()} == {**truncated, "o1": None}
+    assert rows["m1"]["score"] == 0 and rows["c1"]["score"] == 1  # c1 was cut off after its answer
+    tasks = json.loads((out / "summary.json").read_text())["tasks"]
+    assert [tasks["matching"][key] for key in ("truncated", "truncated_zero_score", "truncation_unknown")] == [1, 1, 0]
+    assert [tasks["all"][key] for key in ("truncated", "truncated_zero_score", "truncation_unknown")] == [2, 1, 1]
+    markdown = (out / "summary.md").read_text()
+    assert "| matching | 2 | 0.0000 | 0.0000 | 0.0000 | 0 | 1 |" in markdown
+    assert "| open_ended | 1 | 1.0000 | 1.0000 | 1.0000 | 0 | unknown |" in markdown
+    assert "| all | 5 | 0.4667 | 0.6000 | 0.4800 | 0 | 2, 1 unknown |" in markdown
+    note = (
+        "| all | 5 | 0.4667 | 0.6000 | 0.4800 | 0 | 2, 1 unknown |\n\nNote: 2 of 5 responses were cut off at the "
+        "token limit they were generated with before an end token, 1 of them scoring 0; raise the generating "
+        "run's max_new_tokens to score complete answers.\n\n### Per data_source"
+    )
+    assert note in markdown and note in capsys.readouterr().out
+    with open(out / "summary.csv") as table:
+        csv_rows = {(r["level"], r["name"]): r for r in csv.DictReader(table)}
+    assert (csv_rows[("task", "all")]["truncated"], csv_rows[("task", "all")]["truncation_unknown"]) == ("2", "1")
+
+    assert score_saved(parquet, RESPONSES, tmp_path / "full", tiny_model) == 0
+    older = tmp_path / "full" / "summary.json"  # as written before truncation was counted
+    summary = json.loads(older.read_text())
+    for stats in [*summary["tasks"].values(), *summary["data_sources"].values()]:
+        for key in ("truncated", "truncated_zero_score", "truncation_unknown"):
+            del stats[key]
+    older.write_text(json.dumps(summary))
+    assert main([f"compare=[{out},{tmp_path / 'full'}]", f"out_dir={tmp_path / 'cmp'}"]) == 0
+    compared = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert compared["header"][-2:] == ["truncated cut", "truncated full"]
+    rows = {(r[0], r[1]): r for r in compared["rows"]}
+    assert rows[("task", "all")][-2:] == ["2, 1 unknown", "unknown"] and rows[("task", "chart")][-2:] == [1, "unknown"]
 
 
 def test_a_generations_line_whose_truncated_is_not_a_boolean_names_its_line(tmp_path):

@@ -9,10 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .provenance import settings_differences
+from .scoring import ALL
 
 SUMMARY_FILE = "summary.json"
 SCORES_FILE = "scores.jsonl"
 STAT_COLUMNS = ("n", "accuracy", "format", "score", "errors")
+TRUNCATION_COLUMNS = ("truncated", "truncation_unknown")
 COMPARED = ("accuracy", "format", "score")
 
 
@@ -27,16 +29,46 @@ def markdown_table(header: list[str], rows: list[list], cell: Callable[[str, obj
     return "\n".join(lines)
 
 
+def summary_groups(summary: dict) -> list[tuple[str, str, str, dict]]:
+    """``(level, name, task, stats)`` of each task, then each data_source."""
+    groups = [("task", task, task, stats) for task, stats in summary["tasks"].items()]
+    groups += [("data_source", source, stats["task"], stats) for source, stats in summary["data_sources"].items()]
+    return groups
+
+
 def summary_rows(summary: dict) -> list[list]:
-    """Flat rows ``[level, name, task, n, accuracy, format, score, errors]`` for CSV and markdown."""
-    rows = [
-        ["task", task, task, *(stats[column] for column in STAT_COLUMNS)] for task, stats in summary["tasks"].items()
-    ]
-    rows += [
-        ["data_source", source, stats["task"], *(stats[column] for column in STAT_COLUMNS)]
-        for source, stats in summary["data_sources"].items()
-    ]
-    return rows
+    """Flat rows ``[level, name, task, n, accuracy, format, score, errors, truncated, truncation_unknown]``
+    for CSV."""
+    columns = (*STAT_COLUMNS, *TRUNCATION_COLUMNS)
+    groups = summary_groups(summary)
+    return [[level, name, task, *(stats[column] for column in columns)] for level, name, task, stats in groups]
+
+
+def truncation_cell(stats: dict) -> int | str:
+    """A group's responses cut off at the token limit: their count; "unknown" when none of them records
+    whether it was (saved generations without `truncated`, or a summary from before it was counted);
+    "3, 2 unknown" when 2 of them do not."""
+    unknown = stats.get("truncation_unknown", stats["n"])
+    if unknown == stats["n"]:
+        return "unknown"
+    return f"{stats['truncated']}, {unknown} unknown" if unknown else stats["truncated"]
+
+
+def truncation_note(summary: dict) -> str:
+    """A line saying how many responses were cut off at the token limit, how many of those scored 0, and
+    which setting to raise; "" when none were."""
+    overall = summary["tasks"].get(ALL, {})
+    if not overall.get("truncated"):
+        return ""
+    sampling = (summary.get("run") or {}).get("sampling")
+    if sampling:
+        limit, setting = f"max_new_tokens={sampling['max_new_tokens']}", "max_new_tokens"
+    else:
+        limit, setting = "the token limit they were generated with", "the generating run's max_new_tokens"
+    return (
+        f"Note: {overall['truncated']} of {overall['n']} responses were cut off at {limit} before an end token, "
+        f"{overall['truncated_zero_score']} of them scoring 0; raise {setting} to score complete answers.\n\n"
+    )
 
 
 def shown_answer(answer: str, width: int = 24) -> str:
@@ -67,13 +99,22 @@ def run_notes(summary: dict) -> str:
 
 
 def summary_markdown(summary: dict) -> str:
-    rows = summary_rows(summary)
-    task_table = markdown_table(["task", *STAT_COLUMNS], [[row[1], *row[3:]] for row in rows if row[0] == "task"])
+    groups = summary_groups(summary)
+
+    def cells(stats: dict) -> list:
+        return [*(stats[column] for column in STAT_COLUMNS), truncation_cell(stats)]
+
+    task_table = markdown_table(
+        ["task", *STAT_COLUMNS, "truncated"],
+        [[name, *cells(stats)] for level, name, _, stats in groups if level == "task"],
+    )
     source_table = markdown_table(
-        ["data_source", "task", *STAT_COLUMNS], [row[1:] for row in rows if row[0] == "data_source"]
+        ["data_source", "task", *STAT_COLUMNS, "truncated"],
+        [[name, task, *cells(stats)] for level, name, task, stats in groups if level == "data_source"],
     )
     return (
-        f"{run_notes(summary)}### Per task\n\n{task_table}\n\n### Per data_source\n\n{source_table}\n\n"
+        f"{run_notes(summary)}### Per task\n\n{task_table}\n\n{truncation_note(summary)}"
+        f"### Per data_source\n\n{source_table}\n\n"
         f"### Answer spread\n\nShare of responses giving the most common answer, against the same share among the "
         f"references; far above it, the model gives one answer whatever the image.\n\n"
         f"{answers_markdown(summary['answers'])}\n"
@@ -91,7 +132,8 @@ def _csv(header: list[str], rows: list[list]) -> str:
 def write_summary(summary: dict, out_dir: Path) -> None:
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "summary.md").write_text(summary_markdown(summary))
-    (out_dir / "summary.csv").write_text(_csv(["level", "name", "task", *STAT_COLUMNS], summary_rows(summary)))
+    header = ["level", "name", "task", *STAT_COLUMNS, *TRUNCATION_COLUMNS]
+    (out_dir / "summary.csv").write_text(_csv(header, summary_rows(summary)))
 
 
 def summary_path(run: str | Path) -> Path:
@@ -153,8 +195,8 @@ def group_counts(summary: dict, key: str) -> dict:
 
 
 def compare_rows(first: dict, second: dict) -> list[list]:
-    """``[level, name, n_a, n_b, acc_a, acc_b, Δacc, fmt_a, fmt_b, Δfmt, score_a, score_b, Δscore]``;
-    a group present in only one run shows blanks on the other side."""
+    """``[level, name, n_a, n_b, acc_a, acc_b, Δacc, fmt_a, fmt_b, Δfmt, score_a, score_b, Δscore,
+    truncated_a, truncated_b]``; a group present in only one run shows blanks on the other side."""
     rows = []
     for level, key in (("task", "tasks"), ("data_source", "data_sources")):
         for name in sorted(set(first[key]) | set(second[key]), key=lambda name: (name == "all", name)):
@@ -164,6 +206,7 @@ def compare_rows(first: dict, second: dict) -> list[list]:
                 va, vb = (a[metric] if a else None), (b[metric] if b else None)
                 delta = vb - va if va is not None and vb is not None else None
                 row += ["" if value is None else value for value in (va, vb, delta)]
+            row += [truncation_cell(stats) if stats else "" for stats in (a, b)]
             rows.append(row)
     return rows
 
@@ -172,7 +215,7 @@ def compare_header(label_a: str, label_b: str) -> list[str]:
     header = ["level", "name", f"n {label_a}", f"n {label_b}"]
     for metric in COMPARED:
         header += [f"{metric} {label_a}", f"{metric} {label_b}", f"Δ {metric}"]
-    return header
+    return [*header, f"truncated {label_a}", f"truncated {label_b}"]
 
 
 def mark_different_n(header: list[str], rows: list[list]) -> tuple[list[str], list[list]]:

@@ -18,8 +18,9 @@ ALL = "all"
 
 
 def score_records(records: Sequence[EvalRecord], responses: Mapping[str, Completion], **reward_kwargs) -> list[dict]:
-    """One row per record: id, data_source, task, ``compute_score``'s score/accuracy/format/error, and the
-    response's answer (its `pred`) and the reference, both normalized."""
+    """One row per record: id, data_source, task, ``compute_score``'s score/accuracy/format/error, the
+    response's answer (its `pred`) and the reference, both normalized, and whether the response was cut
+    off at the token limit (`truncated`: None when unknown)."""
     rows = []
     for record in tqdm(records, desc="score", unit="response"):
         response = responses[record.id]
@@ -34,16 +35,23 @@ def score_records(records: Sequence[EvalRecord], responses: Mapping[str, Complet
                 **{metric: float(result[metric]) for metric in METRICS},
                 "answer": result["pred"],
                 "reference": normalized_answer(str(record.ground_truth)),
+                "truncated": response.truncated,
             }
         )
     return rows
 
 
 def _aggregate(rows: Sequence[dict]) -> dict:
+    """n, mean accuracy, format and score, reward errors, and the responses cut off at the token limit:
+    `truncated`, `truncated_zero_score` (those of them scoring 0), `truncation_unknown` (a row without it)."""
     count = len(rows)
     stats: dict = {"n": count}
     stats.update({metric: sum(row[metric] for row in rows) / count for metric in ("accuracy", "format", "score")})
     stats["errors"] = sum(row["error"] > 0 for row in rows)
+    truncated = [row.get("truncated") for row in rows]
+    stats["truncated"] = sum(value is True for value in truncated)
+    stats["truncated_zero_score"] = sum(value is True and row["score"] == 0 for value, row in zip(truncated, rows))
+    stats["truncation_unknown"] = sum(value is None for value in truncated)
     return stats
 
 
