@@ -5,8 +5,8 @@
         embedding_model=Qwen/Qwen2.5-VL-7B-Instruct
     python -m mixed_r1_verl.eval compare=[eval/base,eval/ckpt] labels=[base,grpo] out_dir=eval/cmp
 
-Exactly one of `model` (generate, then score), `generations` (score saved JSONL lines {"id", "response"})
-or `compare` (two evaluation output directories side by side). `data` is one parquet path or a list.
+Exactly one of `model` (generate, then score), `generations` (score saved JSONL lines {"id", "response"},
+optionally "truncated") or `compare` (two evaluation output directories side by side). `data` is one parquet path or a list.
 Generation (model=): `backend` auto (vLLM when installed, else transformers) | vllm | hf; `device` for hf;
 `batch_size` prompts per generation call and cache append; `max_images` per vLLM prompt (default: the
 most a record holds); `vllm_kwargs`
