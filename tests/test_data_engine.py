@@ -380,6 +380,8 @@ def test_vllm_backend_without_vllm_fails_before_the_first_stage(tmp_path, tiny_m
         (["difficulty.model_path={model}", "difficulty.max_new_tokens=0"],
          ValueError, "max_new_tokens=0: sampling max_new_tokens must be at least 1"),
         (["difficulty.model_path={model}", "difficulty.top_p=0"], ValueError, "sampling top_p must lie in"),
+        (["difficulty.model_path={model}", "difficulty.backend=vllm", "difficulty.temperature=2.5"],
+         ValueError, r"difficulty.backend=vllm, difficulty.temperature=2.5: vLLM samples greedily \(0\) or at 0.01"),
         (["difficulty.model_path={model}", "difficulty.min_pass_rate=0.5", "difficulty.max_pass_rate=0.5"],
          ValueError, "no pass rate that k=8 responses give"),
         (["difficulty.model_path={model}", "difficulty.k=4", "difficulty.min_pass_rate=0.8"],

@@ -632,6 +632,18 @@ def test_vllm_makes_room_for_the_most_images_a_record_holds_unless_told(tmp_path
     assert f"max_images=4: record {records[0].id!r} holds 5 images" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("temperature", [2.5, 0.005])
+def test_a_temperature_vllm_would_not_sample_at_is_refused_before_it_starts(temperature, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        checked_settings(["data=x.parquet", "model=m", "out_dir=o", "backend=vllm", f"temperature={temperature}"])
+    assert stopped.value.code == 2
+    message = f"backend=vllm, temperature={temperature}: vLLM samples greedily (0) or at 0.01 to 2"
+    assert message in capsys.readouterr().err
+    settings = ["data=x.parquet", "model=m", "out_dir=o"]
+    assert checked_settings([*settings, "backend=vllm", "temperature=2.0"]).temperature == 2.0
+    assert checked_settings([*settings, "backend=hf", f"temperature={temperature}"]).temperature == temperature
+
+
 def test_vllm_engine_arguments_are_settings():
     settings = checked_settings(
         ["data=x.parquet", "model=m", "out_dir=o", "vllm_kwargs.enforce_eager=true", "vllm_kwargs.max_model_len=2048"]

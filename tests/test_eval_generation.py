@@ -21,10 +21,12 @@ from mixed_r1_verl.eval.generation import (
     GenerationRequest,
     SamplingSettings,
     TransformersGenerator,
+    build_generator,
     eval_request,
     request_seed,
     transformers_truncated,
     vllm_input,
+    vllm_temperature_error,
     vllm_truncated,
 )
 from mixed_r1_verl.eval.records import load_records
@@ -117,6 +119,13 @@ def test_each_use_has_its_sampling_defaults():
     assert EngineConfig().difficulty.k == ENGINE_SAMPLING.n
     with pytest.raises(ValueError, match="4 responses per prompt need a temperature > 0"):
         SamplingSettings(n=4)
+
+
+def test_the_vllm_backend_takes_only_the_temperatures_vllm_samples_at(tiny_model_dir):
+    assert [vllm_temperature_error(t) for t in (0.0, 0.01, 1.0, 2.0)] == [None] * 4
+    for temperature in (0.005, 2.5):
+        with pytest.raises(ValueError, match=rf"temperature={temperature}: vLLM samples greedily \(0\) or at 0.01"):
+            build_generator("vllm", str(tiny_model_dir), SamplingSettings(temperature=temperature))
 
 
 def test_each_vllm_request_gets_a_seed_of_its_own_that_a_rerun_repeats(converted):

@@ -50,6 +50,7 @@ from mixed_r1_verl.eval.generation import (
     GenerationRequest,
     SamplingSettings,
     build_generator,
+    vllm_temperature_error,
 )
 from mixed_r1_verl.rewards import DEFAULT_CORRECT_THRESHOLDS, compute_score, values_differ
 from mixed_r1_verl.rewards.chart import single_number
@@ -209,9 +210,11 @@ def check_difficulty_settings(config: EngineConfig) -> None:
         raise ValueError("difficulty.model_path is required when difficulty.enabled=true")
     if difficulty.backend not in BACKENDS:
         raise ValueError(f"difficulty.backend={difficulty.backend}: expected one of {', '.join(BACKENDS)}")
+    sampling_settings(config)
+    if difficulty.backend == "vllm" and (error := vllm_temperature_error(difficulty.temperature)):
+        raise ValueError(f"difficulty.backend=vllm, difficulty.{error}; difficulty.backend=transformers takes it")
     if difficulty.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ValueError("difficulty.backend=vllm needs vLLM (pip install -e '.[gpu]'); use transformers without it")
-    sampling_settings(config)
     if difficulty.chunk_size < 1:
         raise ValueError(f"difficulty.chunk_size={difficulty.chunk_size}: expected at least 1 prompt per call")
     if not 0 <= difficulty.min_pass_rate <= difficulty.max_pass_rate <= 1:

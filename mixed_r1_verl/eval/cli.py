@@ -37,7 +37,13 @@ from .cache import (
     model_fingerprint,
     read_generations,
 )
-from .generation import SamplingSettings, build_generator, generate_missing, transformers_placement
+from .generation import (
+    SamplingSettings,
+    build_generator,
+    generate_missing,
+    transformers_placement,
+    vllm_temperature_error,
+)
 from .provenance import code_identity, file_identity
 from .records import EvalRecord, data_ids, load_records, refuse_records_of_another_frame
 from .report import SCORES_FILE, evaluated_ids, load_summary, summary_markdown, write_comparison, write_summary
@@ -94,6 +100,9 @@ def checked_settings(argv: list[str]) -> EvalSettings:
         usage_error(f"max_images={settings.max_images}: expected at least 1 (leave it out for the most a record holds)")
     if settings.backend not in BACKENDS:
         usage_error(f"backend={settings.backend}: expected one of {', '.join(BACKENDS)}")
+    if settings.model is not None and chosen_backend(settings) == "vllm":
+        if error := vllm_temperature_error(settings.temperature):
+            usage_error(f"backend=vllm, {error}; backend=hf takes it")
     if settings.compare is not None:
         if len(as_list(settings.compare)) != 2 or (settings.labels is not None and len(as_list(settings.labels)) != 2):
             usage_error("compare= takes two run directories, [RUN_A,RUN_B]; labels= two labels")

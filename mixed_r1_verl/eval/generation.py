@@ -103,6 +103,21 @@ def model_images(
     return [model_input_image(item, patch_size) for item in request.images]
 
 
+# vLLM (0.24) refuses a temperature above 2 and samples at 0.01 with any positive one below it.
+VLLM_TEMPERATURES = (0.01, 2.0)
+
+
+def vllm_temperature_error(temperature: float) -> str | None:
+    """Why vLLM would not sample at `temperature` (0 is greedy); None when it would."""
+    low, high = VLLM_TEMPERATURES
+    if temperature == 0 or low <= temperature <= high:
+        return None
+    return (
+        f"temperature={temperature}: vLLM samples greedily (0) or at {low} to {high} only (it refuses a higher "
+        f"temperature and samples a lower one at {low})"
+    )
+
+
 def vllm_input(
     tokenizer, request: GenerationRequest, patch_size: int, processor_bounds: tuple = NO_PROCESSOR_BOUNDS
 ) -> dict:
@@ -122,6 +137,8 @@ class VllmGenerator:
     """vLLM offline (``pip install -e '.[gpu]'``): all requests of a call in one `generate`."""
 
     def __init__(self, model_path: str, settings: SamplingSettings, max_images_per_prompt: int = 1, **engine_kwargs):
+        if error := vllm_temperature_error(settings.temperature):
+            raise ValueError(error)
         try:
             from vllm import LLM, SamplingParams
         except ImportError as error:
