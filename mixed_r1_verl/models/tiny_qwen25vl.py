@@ -123,7 +123,7 @@ class TinySize:
 # second per million at every engine start, and a pass over all of them at every prefix-cache reset.
 TEST_SIZE_VLLM_KV_CACHE_BYTES = 1 << 30
 # With the KV pool given in bytes, vLLM's gpu_memory_utilization only sets how much of the GPU must be free
-# when an engine starts (vLLM's default asks for 0.9): a tenth lets an engine of the `test` size start
+# when an engine starts (vLLM's default asks for 0.92): a tenth lets an engine of the `test` size start
 # beside other runs on the same GPU.
 TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION = 0.1
 
