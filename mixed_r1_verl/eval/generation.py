@@ -284,7 +284,8 @@ def request_digest(request: GenerationRequest) -> str:
 def request_seed(seed: int, request: GenerationRequest) -> int:
     """A request's own sampling seed, from `seed`, its label and what it asks: vLLM seeds each request's
     random draws by its seed, so one seed for every request would give all prompts the same draws; this
-    way a request samples alike in whatever batch it comes, and a rerun repeats it."""
+    way a request gets the same draws in whatever batch it comes (its logits can still differ slightly
+    with the batch: vLLM's kernels are not batch-invariant by default), and a rerun repeats them."""
     digest = hashlib.sha256(json.dumps([seed, request.label, request_digest(request)]).encode()).digest()
     return int.from_bytes(digest[:4], "big") >> 1  # 31 bits: any seed type vLLM passes it on to takes it
 
