@@ -1,8 +1,9 @@
 """The rollout's agent loop (`mixed_r1_single_turn`): verl's single-turn loop, with every response ended
 at the first image or video placeholder token it generates.
 
-Nothing stops the rollout from sampling `<|image_pad|>` or `<|video_pad|>` (a model early in training
-does, often). verl then reads the token as a placeholder for an image the row does not hold: computing
+A rollout that does not mask `<|image_pad|>` and `<|video_pad|>` out of its logits samples them (a model
+early in training does, often; verl 0.9.1's vLLM server masks them, the CPU tests' transformers rollout
+does not). verl then reads the token as a placeholder for an image the row does not hold: computing
 the M-RoPE positions of the response fails and the sample is dropped from its GRPO group (the model's
 forward pass would fail the same way, for the image features would not match the placeholders). The
 placeholder is replaced by the end-of-sequence token and masked out of the loss, so the policy is only
