@@ -4,9 +4,9 @@ checks that take seconds next, so a short budget still covers the most.
 
     python scripts/verify_gpu.py [--budget-s 540] [--only training,eval] [--report-dir DIR] [--parallel]
 
-Pieces run one after another in the order below; each is a command of the README's GPU section. With
-`--parallel` the suite's pieces run side by side where their runs allow, and the figures, which time
-their runs, one by one after them with nothing beside them.
+Pieces run one after another in the order below; each is a command of the README's "GPU acceptance
+suite". With `--parallel` the suite's pieces run side by side where their runs allow, and the figures,
+which time their runs, one by one after them with nothing beside them.
 With `--budget-s`, runs are ended at the deadline ($MIXED_R1_GPU_DEADLINE, which the suite and the
 figures honour), pieces that cannot start in time are listed as not started, and a rerun continues:
 runs that succeeded are reused from `$MIXED_R1_GPU_OUT` (default outputs/gpu_checks).
