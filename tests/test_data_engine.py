@@ -373,7 +373,7 @@ def test_vllm_backend_without_vllm_fails_before_the_first_stage(tmp_path, tiny_m
     "settings, error, message",
     [
         ([], ValueError, "difficulty.model_path is required when difficulty.enabled=true"),
-        (["difficulty.model_path=/no/such/model"], FileNotFoundError, "difficulty.model_path: model_path '/no/such"),
+        (["difficulty.model_path=/no/such/model"], FileNotFoundError, "difficulty.model_path: model '/no/such"),
         (["difficulty.model_path={model}", "difficulty.backend=hf"], ValueError, "difficulty.backend=hf: expected"),
         (["difficulty.model_path={model}", "difficulty.temperature=0"], ValueError, "difficulty.k=8, difficulty.temp"),
         (["difficulty.model_path={model}", "difficulty.chunk_size=0"], ValueError, "difficulty.chunk_size=0"),

@@ -311,7 +311,7 @@ def test_a_hub_id_as_model_path_is_passed_on_and_a_missing_directory_is_named_as
     snapshot = tmp_path / "hf" / "hub" / "models--acme--tiny" / "snapshots" / REVISION
     assert refused("acme/tiny", offline=True) == (str(snapshot), data_missing + MISSING_SFT_DATA)
     _, not_cached = refused("acme/not-cached", offline=True)
-    assert not_cached.startswith("model.path=acme/not-cached: model_path 'acme/not-cached' is not a directory")
+    assert not_cached.startswith("model.path=acme/not-cached: model 'acme/not-cached' is not a directory")
     assert "HF_HUB_OFFLINE" in not_cached
     _, no_weights = refused("acme/processor-only", offline=True)
     assert no_weights.startswith("model.path=acme/processor-only: the Hugging Face cache holds no weights")

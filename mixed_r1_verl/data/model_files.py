@@ -27,11 +27,11 @@ def resolve_model_dir(model_path: str | os.PathLike) -> Path:
     try:
         return Path(snapshot_download(str(model_path), local_files_only=True))
     except HFValidationError:
-        raise FileNotFoundError(f"model_path {str(model_path)!r} is neither a directory nor a hub id") from None
+        raise FileNotFoundError(f"model {str(model_path)!r} is neither a directory nor a hub id") from None
     except Exception as cache_miss:
         if offline:
             raise FileNotFoundError(
-                f"model_path {str(model_path)!r} is not a directory and not in the Hugging Face cache "
+                f"model {str(model_path)!r} is not a directory and not in the Hugging Face cache "
                 f"({constants.HF_HUB_CACHE}); HF_HUB_OFFLINE is set, so nothing is downloaded: run "
                 f"`huggingface-cli download {model_path}` where the network is reachable, or pass a local directory"
             ) from cache_miss
@@ -39,7 +39,7 @@ def resolve_model_dir(model_path: str | os.PathLike) -> Path:
         return Path(snapshot_download(str(model_path), allow_patterns=list(PROCESSOR_FILES)))
     except Exception as error:
         raise FileNotFoundError(
-            f"model_path {str(model_path)!r} is not a directory, not in the Hugging Face cache "
+            f"model {str(model_path)!r} is not a directory, not in the Hugging Face cache "
             f"({constants.HF_HUB_CACHE}), and could not be downloaded: {error}"
         ) from error
 
