@@ -202,16 +202,14 @@ def exit_if_steps_outrun_the_epochs(trainer: DictConfig, steps_per_epoch: int, t
         )
 
 
-def exit_if_training_is_done(config: DictConfig) -> None:
-    """A rerun that resumes from a checkpoint at or past the last step would train nothing and exit 0."""
-    if config.trainer.resume_mode != "auto":
+def exit_if_training_is_done(trainer: DictConfig, total: int | None, source: str) -> None:
+    """A rerun that resumes from a checkpoint at or past the run's last step `total` (planned from
+    `source`) would train nothing and exit 0, or, in verl's SFT trainer, train and save one step more."""
+    if trainer.resume_mode != "auto":
         return
-    checkpoint_dir = config.trainer.default_local_dir
+    checkpoint_dir = trainer.default_local_dir
     last = last_checkpointed_step(checkpoint_dir)
-    if last is None:
-        return
-    total, source = planned_steps(config)
-    if total is not None and last >= total:
+    if last is not None and total is not None and last >= total:
         fail(
             f"nothing to train: {checkpoint_dir} holds a checkpoint of step {last} and this run ends at "
             f"step {total} ({source}). To train more, raise trainer.total_training_steps; to start again, "
@@ -622,7 +620,7 @@ def train(config: DictConfig) -> None:
     exit_unless_gpu_counts_are_positive(config.trainer)
     make_paths_absolute(config, ("mixed_r1.data_dir", "mixed_r1.smoke.work_dir"))
     worker_env = pin_output_paths(config, os.environ)
-    exit_if_training_is_done(config)
+    exit_if_training_is_done(config.trainer, *planned_steps(config))
     exit_if_stop_by_is_not_ahead(config.mixed_r1)
     mismatches = [
         *actor_update_mismatches(config),

@@ -26,6 +26,7 @@ from mixed_r1_verl.main import (
     data_files,
     exit_if_steps_outrun_the_epochs,
     exit_if_stop_by_is_not_ahead,
+    exit_if_training_is_done,
     fail,
     file_logger_env,
     file_logger_path,
@@ -75,22 +76,67 @@ def set_rows(config: DictConfig, key: str) -> int:
     return min(rows, limit) if limit > 0 else rows
 
 
-def sets_short_of_a_batch(config: DictConfig) -> list[str]:
-    """`data.<key> (<n> rows)` for the training and validation sets holding fewer rows than one batch
-    of data.train_batch_size: verl's SFT loaders yield whole batches only, so such a training set trains
-    nothing and such a validation set logs val/loss as NaN."""
-    short = []
-    for key in ("train_files", "val_files"):
-        if config.data[key] and (rows := set_rows(config, key)) < config.data.train_batch_size:
-            short.append(f"data.{key} ({rows} rows)")
-    return short
+def parquet_set_rows(config: DictConfig) -> dict[str, int]:
+    """Rows verl's SFT trainer reads of data.train_files and, when set, data.val_files, by key."""
+    keys = ["train_files"] + (["val_files"] if config.data.val_files else [])
+    return {key: set_rows(config, key) for key in keys}
 
 
-def steps_per_epoch(config: DictConfig) -> int:
+def sets_short_of_a_batch(rows: dict[str, int], batch_size: int, counted: str = "") -> list[str]:
+    """`data.<key> (<n> rows<counted>)` for the sets holding fewer rows than one batch: verl's SFT loaders
+    yield whole batches only, so such a training set trains nothing and such a validation set logs
+    val/loss as NaN."""
+    return [f"data.{key} ({count} rows{counted})" for key, count in rows.items() if count < batch_size]
+
+
+def data_parallel_ranks(config: DictConfig) -> int:
+    """The data-parallel groups verl's FSDP engine splits each batch over (GPUs / sequence-parallel size)."""
+    ranks = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    return ranks // config.engine.get("ulysses_sequence_parallel_size", 1)
+
+
+def steps_per_epoch(config: DictConfig, train_rows: int) -> int:
     """Each rank's share of the training rows (verl drops the remainder) in whole batches of its share
     of data.train_batch_size."""
-    ranks = config.trainer.n_gpus_per_node * config.trainer.nnodes
-    return set_rows(config, "train_files") // ranks // (config.data.train_batch_size // ranks)
+    ranks = data_parallel_ranks(config)
+    return train_rows // ranks // (config.data.train_batch_size // ranks)
+
+
+def micro_batch_mismatch(config: DictConfig) -> str | None:
+    """Without dynamic batch sizes verl's FSDP engine splits each rank's share of a batch into micro-batches
+    of data.micro_batch_size_per_gpu, and asserts that they divide it only at the first step."""
+    data, ranks = config.data, data_parallel_ranks(config)
+    per_rank = data.train_batch_size // ranks
+    if data.use_dynamic_bsz or per_rank % data.micro_batch_size_per_gpu == 0:
+        return None
+    return (
+        f"data.micro_batch_size_per_gpu={data.micro_batch_size_per_gpu} does not divide the {per_rank} rows of a "
+        f"batch each data-parallel rank holds (data.train_batch_size={data.train_batch_size} / {ranks}): use a "
+        "divisor, or data.use_dynamic_bsz=true. verl's FSDP engine would stop on it at the first step.\n"
+    )
+
+
+def exit_unless_rows_fill_the_run(config: DictConfig, rows: dict[str, int], counted: str = "") -> None:
+    """The training and validation sets of `rows` must each hold a batch, and the training set the planned
+    steps within trainer.total_epochs. `counted` says which rows were counted when not the parquet's."""
+    short = sets_short_of_a_batch(rows, config.data.train_batch_size, counted)
+    if short:
+        fail(
+            f"{' and '.join(short)}: fewer rows than one batch of data.train_batch_size="
+            f"{config.data.train_batch_size}. verl's SFT trainer uses whole batches only, so it would train "
+            f"nothing or log val/loss as NaN; lower data.train_batch_size, add rows"
+            f"{', raise data.max_length' if counted else ''}, or set data.val_files=null.\n"
+        )
+    trainer_name = "verl's SFT trainer" + (f" (on the {rows['train_files']} training rows{counted})" if counted else "")
+    exit_if_steps_outrun_the_epochs(config.trainer, steps_per_epoch(config, rows["train_files"]), trainer_name)
+
+
+def planned_steps(config: DictConfig, train_rows: int) -> tuple[int, str]:
+    """The last step of this run and where it comes from, as verl's SFT trainer plans it."""
+    if config.trainer.total_training_steps is not None:
+        return config.trainer.total_training_steps, "trainer.total_training_steps"
+    per_epoch = steps_per_epoch(config, train_rows)
+    return per_epoch * config.trainer.total_epochs, f"{per_epoch} steps a epoch x trainer.total_epochs"
 
 
 def torchrun_command(config: DictConfig, argv: list[str]) -> list[str]:
@@ -133,14 +179,12 @@ def train_on_this_node(config: DictConfig) -> None:
             "not found: " + ", ".join(missing) + "\n(the SFT parquet is written by mixed_r1_verl.data.prepare for "
             "rows with a `rationale`)\n"
         )
-    short = sets_short_of_a_batch(config)
-    if short:
-        fail(
-            f"{' and '.join(short)}: fewer rows than one batch of data.train_batch_size="
-            f"{config.data.train_batch_size}. verl's SFT trainer uses whole batches only, so it would train "
-            "nothing or log val/loss as NaN; lower data.train_batch_size, add rows, or set data.val_files=null.\n"
-        )
-    exit_if_steps_outrun_the_epochs(config.trainer, steps_per_epoch(config), "verl's SFT trainer")
+    rows = parquet_set_rows(config)
+    exit_unless_rows_fill_the_run(config, rows)
+    mismatch = micro_batch_mismatch(config)
+    if mismatch:
+        fail(mismatch)
+    exit_if_training_is_done(config.trainer, *planned_steps(config, rows["train_files"]))
     if logs_to_file(config) and os.environ.get("RANK", "0") == "0":
         prepare_metrics_log(file_logger_path(config, file_logger_env(os.environ)))
     if "WORLD_SIZE" not in os.environ:

@@ -323,6 +323,37 @@ def test_a_hub_id_as_model_path_is_passed_on_and_a_missing_directory_is_named_as
     assert refused(str(tiny_model_dir), offline=True) == (str(tiny_model_dir), data_missing + MISSING_SFT_DATA)
 
 
+def refused_before_start_up(capsys, *overrides) -> tuple[int, str]:
+    """The SFT entry's exit code and message for a config it refuses before verl starts."""
+    from mixed_r1_verl.sft import train_on_this_node
+
+    with pytest.raises(SystemExit) as exit_status:
+        train_on_this_node(compose_sft(*overrides))
+    return exit_status.value.code, capsys.readouterr().err
+
+
+def test_micro_batches_that_do_not_divide_a_batch_are_refused_before_start_up(
+    converted, tiny_model_dir, capsys
+):
+    """verl's FSDP engine asserts it only at the first step, after the model has loaded."""
+    from mixed_r1_verl.sft import micro_batch_mismatch
+
+    data_dir, _ = converted
+    settings = (
+        f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}", "data.train_batch_size=4",
+        "trainer.total_training_steps=2",
+    )  # fmt: skip
+    code, message = refused_before_start_up(capsys, *settings, "data.micro_batch_size_per_gpu=16")
+    assert code == 2 and message == (
+        "data.micro_batch_size_per_gpu=16 does not divide the 4 rows of a batch each data-parallel rank holds "
+        "(data.train_batch_size=4 / 1): use a divisor, or data.use_dynamic_bsz=true. verl's FSDP engine would "
+        "stop on it at the first step.\n"
+    )
+    assert micro_batch_mismatch(compose_sft(*settings, "data.micro_batch_size_per_gpu=2")) is None
+    dynamic = compose_sft(*settings, "data.micro_batch_size_per_gpu=16", "data.use_dynamic_bsz=true")
+    assert micro_batch_mismatch(dynamic) is None
+
+
 @pytest.mark.parametrize("layout", ["built", "saved by transformers"])
 def test_without_a_processor_from_verl_the_image_and_text_processor_prepares_the_images(
     converted, tiny_model_dir, resaved_model_dir, layout
@@ -404,6 +435,26 @@ def test_a_second_run_resumes_after_the_last_checkpoint_and_keeps_the_first_runs
     assert (trained_on_cpu / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == str(CPU_SFT_STEPS + 2)
 
 
+def test_a_rerun_of_a_finished_run_is_refused_instead_of_training_a_step_more(
+    trained_on_cpu, converted, tiny_model_dir, capsys
+):
+    """verl's SFT trainer resumed at its last step would train and save the step after it."""
+    data_dir, _ = converted
+    checkpoints = trained_on_cpu / "checkpoints"
+    last = int((checkpoints / "latest_checkpointed_iteration.txt").read_text())
+    code, message = refused_before_start_up(
+        capsys, f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}", "data.train_batch_size=4",
+        "data.micro_batch_size_per_gpu=2", f"trainer.total_training_steps={last}",
+        f"trainer.default_local_dir={checkpoints}",
+    )  # fmt: skip
+    assert code == 3
+    assert message.startswith(
+        f"nothing to train: {checkpoints} holds a checkpoint of step {last} and this run ends at step {last} "
+        "(trainer.total_training_steps)."
+    )
+    assert sorted(path.name for path in checkpoints.glob("global_step_*"))[-1] == f"global_step_{last}"
+
+
 def test_a_run_ends_with_its_checkpoint_after_the_last_step_that_fits_before_stop_by(
     converted, tiny_model_dir, tmp_path
 ):
@@ -436,6 +487,33 @@ def test_sets_smaller_than_one_batch_and_steps_beyond_the_epochs_are_refused_bef
     assert run.returncode == 2
     assert f"trainer.total_training_steps={in_epochs + 1} is more than the {in_epochs} steps of trainer.total_epochs=5" in run.stderr
     assert "verl's SFT trainer would end after the last epoch without saving a checkpoint" in run.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sets_that_rows_over_max_length_leave_short_of_a_batch_or_of_the_steps_are_refused_before_training(
+    converted, tiny_model_dir, tmp_path
+):
+    """The parquet's rows pass the entry's checks; the rows within data.max_length, counted once the
+    datasets are built, would train nothing (verl divides by zero steps a epoch) or end after the last
+    epoch without saving a checkpoint."""
+    data_dir, _ = converted
+    extra_info = pq.read_table(data_dir / "sft_train.parquet")["extra_info"].to_pylist()
+    lengths = sorted(info["sequence_length"] for info in extra_info)
+    max_length = lengths[len(lengths) // 2]
+    kept = sum(length <= max_length for length in lengths)
+    assert 1 < kept < len(lengths)
+    within = f"data.max_length={max_length}"
+    run = sft_on_cpu(tmp_path, tiny_model_dir, data_dir, 2, within, "data.val_files=null",
+                     f"data.train_batch_size={kept + 1}", "data.micro_batch_size_per_gpu=1")  # fmt: skip
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert f"data.train_files ({kept} rows within {within}): fewer rows than one batch" in run.stderr
+    run = sft_on_cpu(tmp_path, tiny_model_dir, data_dir, kept + 1, within, "data.val_files=null", "trainer.total_epochs=1",
+                     "data.train_batch_size=1", "data.micro_batch_size_per_gpu=1")  # fmt: skip
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert (
+        f"trainer.total_training_steps={kept + 1} is more than the {kept} steps of trainer.total_epochs=1 ({kept} a "
+        f"epoch): verl's SFT trainer (on the {kept} training rows within {within}) would end after the last epoch"
+    ) in run.stderr
     assert not (tmp_path / "checkpoints").exists()
 
 

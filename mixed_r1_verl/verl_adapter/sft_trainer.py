@@ -5,7 +5,9 @@ verl's `SFTTrainer.fit` ends at the step where `global_step >= self.total_traini
 every step, and then validates (with a validation set) and saves. After every training batch this class
 times the step and lowers `total_training_steps` to the last step that fits, so verl's own last-step
 path validates and saves it. Every rank takes rank 0's decision, so all of them stop at the same step.
-A resumed run may also change `data.num_workers` (`loader_processes.py`).
+A resumed run may also change `data.num_workers` (`loader_processes.py`). The datasets leave out rows
+longer than `data.max_length`; the sets left must still fill a batch and the planned steps, as the
+entry checks the parquet's rows before start-up.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from omegaconf import DictConfig
 from verl.trainer.sft_trainer import SFTTrainer
 from verl.utils.distributed import destroy_global_process_group, initialize_global_process_group
 
+from mixed_r1_verl.sft import exit_unless_rows_fill_the_run
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count
 from mixed_r1_verl.verl_adapter.stop_by import StopBy
 
@@ -31,6 +34,13 @@ class MixedR1SFTTrainer(SFTTrainer):
             said = resume_with_saved_worker_count(self.train_dataloader, checkpoint, "data.num_workers")
             if said and self.rank == 0:
                 print(said, flush=True)
+
+    def _build_dataset(self):
+        super()._build_dataset()
+        rows = {"train_files": len(self.train_dataset)}
+        if self.val_dataset is not None:
+            rows["val_files"] = len(self.val_dataset)
+        exit_unless_rows_fill_the_run(self.config, rows, f" within data.max_length={self.config.data.max_length}")
 
     def _build_engine(self):
         super()._build_engine()
