@@ -49,6 +49,10 @@ What runs here without a GPU:
   - the SFT data:      python -m mixed_r1_verl.data.prepare ... (rows with a `rationale` go to sft_*.parquet)
   - the merged config: python -m mixed_r1_verl.sft recipe=<name> --cfg job
 """
+# Added to the not-found message when the validation parquet is missing.
+VAL_SPLIT_WITHOUT_RATIONALES = (
+    "; a split without such rows has no SFT parquet: data.val_files=null trains without validation"
+)
 
 
 def sft_recipe_dir() -> Path:
@@ -175,9 +179,10 @@ def train_on_this_node(config: DictConfig) -> None:
         fail(f"model.path={config.model.path}: {error}. Give a local checkpoint directory or a Hugging Face hub id.\n")
     missing = missing_inputs(config)
     if missing:
+        val_missing = any(entry.startswith("data.val_files=") for entry in missing)
         fail(
             "not found: " + ", ".join(missing) + "\n(the SFT parquet is written by mixed_r1_verl.data.prepare for "
-            "rows with a `rationale`)\n"
+            "rows with a `rationale`" + (VAL_SPLIT_WITHOUT_RATIONALES if val_missing else "") + ")\n"
         )
     rows = parquet_set_rows(config)
     exit_unless_rows_fill_the_run(config, rows)

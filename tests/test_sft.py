@@ -332,6 +332,19 @@ def refused_before_start_up(capsys, *overrides) -> tuple[int, str]:
     return exit_status.value.code, capsys.readouterr().err
 
 
+def test_a_validation_split_without_sft_rows_is_named_with_the_way_to_train_without_one(
+    converted, tiny_model_dir, tmp_path, capsys
+):
+    data_dir, _ = converted
+    missing = tmp_path / "sft_val.parquet"
+    code, message = refused_before_start_up(
+        capsys, f"model.path={tiny_model_dir}", f"data.train_files={data_dir / 'sft_train.parquet'}",
+        f"data.val_files={missing}",
+    )  # fmt: skip
+    assert code == 2 and message.startswith(f"not found: data.val_files={missing}\n")
+    assert "a split without such rows has no SFT parquet: data.val_files=null trains without validation" in message
+
+
 def test_micro_batches_that_do_not_divide_a_batch_are_refused_before_start_up(
     converted, tiny_model_dir, capsys
 ):
