@@ -135,7 +135,7 @@ def exit_unless_rows_fill_the_run(config: DictConfig, rows: dict[str, int], coun
     exit_if_steps_outrun_the_epochs(config.trainer, steps_per_epoch(config, rows["train_files"]), trainer_name)
 
 
-def planned_steps(config: DictConfig, train_rows: int) -> tuple[int, str]:
+def planned_sft_steps(config: DictConfig, train_rows: int) -> tuple[int, str]:
     """The last step of this run and where it comes from, as verl's SFT trainer plans it."""
     if config.trainer.total_training_steps is not None:
         return config.trainer.total_training_steps, "trainer.total_training_steps"
@@ -189,7 +189,7 @@ def train_on_this_node(config: DictConfig) -> None:
     mismatch = micro_batch_mismatch(config)
     if mismatch:
         fail(mismatch)
-    exit_if_training_is_done(config.trainer, *planned_steps(config, rows["train_files"]))
+    exit_if_training_is_done(config.trainer, *planned_sft_steps(config, rows["train_files"]))
     if logs_to_file(config) and os.environ.get("RANK", "0") == "0":
         prepare_metrics_log(file_logger_path(config, file_logger_env(os.environ)))
     if "WORLD_SIZE" not in os.environ:

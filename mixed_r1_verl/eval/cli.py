@@ -139,7 +139,7 @@ def generator_record(args) -> dict:
 def images_per_prompt(args, records: list[EvalRecord]) -> int:
     """The images vLLM makes room for in one prompt: `max_images`, else the most a record holds (at
     least 1); a record holding more than `max_images` is refused before the engine starts."""
-    most = max((record for record in records), key=lambda record: len(record.image_blobs), default=None)
+    most = max(records, key=lambda record: len(record.image_blobs), default=None)
     held = len(most.image_blobs) if most else 0
     if args.max_images is None:
         return max(held, 1)
