@@ -644,6 +644,20 @@ def test_a_temperature_vllm_would_not_sample_at_is_refused_before_it_starts(temp
     assert checked_settings([*settings, "backend=hf", f"temperature={temperature}"]).temperature == temperature
 
 
+@pytest.mark.parametrize(
+    "argument, instead",
+    [("seed=3", "seed="), ("limit_mm_per_prompt={image: 2}", "max_images="), ("model=other", "model="),
+     ("max_images_per_prompt=2", "max_images=")],
+)  # fmt: skip
+def test_a_vllm_argument_the_command_sets_is_refused_naming_the_setting(argument, instead, capsys):
+    settings = ["data=x.parquet", "model=m", "out_dir=o", "backend=vllm"]
+    with pytest.raises(SystemExit) as stopped:
+        checked_settings([*settings, f"vllm_kwargs.{argument}"])
+    assert stopped.value.code == 2
+    name = argument.split("=")[0]
+    assert f"vllm_kwargs.{name}: the command sets it for vLLM; set {instead} instead" in capsys.readouterr().err
+
+
 def test_vllm_engine_arguments_are_settings():
     settings = checked_settings(
         ["data=x.parquet", "model=m", "out_dir=o", "vllm_kwargs.enforce_eager=true", "vllm_kwargs.max_model_len=2048"]

@@ -50,6 +50,7 @@ from mixed_r1_verl.eval.generation import (
     GenerationRequest,
     SamplingSettings,
     build_generator,
+    vllm_kwargs_error,
     vllm_temperature_error,
 )
 from mixed_r1_verl.rewards import DEFAULT_CORRECT_THRESHOLDS, compute_score, values_differ
@@ -203,6 +204,15 @@ def looks_like_local_path(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~"))
 
 
+ROOM_FOR_EVERY_IMAGE = "leave it out: vLLM makes room for the most images a row holds"
+VLLM_KWARGS_INSTEAD = {
+    "model": "set difficulty.model_path instead",
+    "seed": "set seed instead",
+    "limit_mm_per_prompt": ROOM_FOR_EVERY_IMAGE,
+    "max_images_per_prompt": ROOM_FOR_EVERY_IMAGE,
+}
+
+
 def check_difficulty_settings(config: EngineConfig) -> None:
     """The difficulty stage's settings, its model found (a directory, or a hub id in the cache or fetched)."""
     difficulty = config.difficulty
@@ -211,10 +221,15 @@ def check_difficulty_settings(config: EngineConfig) -> None:
     if difficulty.backend not in BACKENDS:
         raise ValueError(f"difficulty.backend={difficulty.backend}: expected one of {', '.join(BACKENDS)}")
     sampling_settings(config)
-    if difficulty.backend == "vllm" and (error := vllm_temperature_error(difficulty.temperature)):
-        raise ValueError(f"difficulty.backend=vllm, difficulty.{error}; difficulty.backend=transformers takes it")
-    if difficulty.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ValueError("difficulty.backend=vllm needs vLLM (pip install -e '.[gpu]'); use transformers without it")
+    if difficulty.backend == "vllm":
+        if error := vllm_temperature_error(difficulty.temperature):
+            raise ValueError(f"difficulty.backend=vllm, difficulty.{error}; difficulty.backend=transformers takes it")
+        if error := vllm_kwargs_error(difficulty.vllm_kwargs, VLLM_KWARGS_INSTEAD, prefix="difficulty."):
+            raise ValueError(error)
+        if importlib.util.find_spec("vllm") is None:
+            raise ValueError(
+                "difficulty.backend=vllm needs vLLM (pip install -e '.[gpu]'); use transformers without it"
+            )
     if difficulty.chunk_size < 1:
         raise ValueError(f"difficulty.chunk_size={difficulty.chunk_size}: expected at least 1 prompt per call")
     if not 0 <= difficulty.min_pass_rate <= difficulty.max_pass_rate <= 1:

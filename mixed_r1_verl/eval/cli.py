@@ -42,6 +42,7 @@ from .generation import (
     build_generator,
     generate_missing,
     transformers_placement,
+    vllm_kwargs_error,
     vllm_temperature_error,
 )
 from .provenance import code_identity, file_identity
@@ -88,6 +89,14 @@ def usage_error(message: str) -> None:
     raise SystemExit(EXIT_USAGE)
 
 
+VLLM_KWARGS_INSTEAD = {
+    "model": "set model= instead",
+    "seed": "set seed= instead",
+    "limit_mm_per_prompt": "set max_images= instead (videos are never given)",
+    "max_images_per_prompt": "set max_images= instead",
+}
+
+
 def checked_settings(argv: list[str]) -> EvalSettings:
     settings = parse_settings(EvalSettings, argv)
     settings.data = [str(path) for path in as_list(settings.data)]
@@ -103,6 +112,8 @@ def checked_settings(argv: list[str]) -> EvalSettings:
     if settings.model is not None and chosen_backend(settings) == "vllm":
         if error := vllm_temperature_error(settings.temperature):
             usage_error(f"backend=vllm, {error}; backend=hf takes it")
+        if error := vllm_kwargs_error(settings.vllm_kwargs, VLLM_KWARGS_INSTEAD):
+            usage_error(error)
     if settings.compare is not None:
         if len(as_list(settings.compare)) != 2 or (settings.labels is not None and len(as_list(settings.labels)) != 2):
             usage_error("compare= takes two run directories, [RUN_A,RUN_B]; labels= two labels")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -116,6 +116,19 @@ def vllm_temperature_error(temperature: float) -> str | None:
         f"temperature={temperature}: vLLM samples greedily (0) or at {low} to {high} only (it refuses a higher "
         f"temperature and samples a lower one at {low})"
     )
+
+
+# Engine arguments `VllmGenerator` takes from the command's own settings, never from `vllm_kwargs`.
+VLLM_ARGUMENTS_FROM_SETTINGS = ("model", "seed", "limit_mm_per_prompt", "max_images_per_prompt")
+
+
+def vllm_kwargs_error(vllm_kwargs: Mapping, instead: Mapping[str, str], prefix: str = "") -> str | None:
+    """Why `vllm_kwargs` cannot be passed on: it holds an argument the command sets from its own settings
+    (`instead` says, per argument, what to set); None when it can."""
+    for name in VLLM_ARGUMENTS_FROM_SETTINGS:
+        if name in vllm_kwargs:
+            return f"{prefix}vllm_kwargs.{name}: the command sets it for vLLM; {instead[name]}"
+    return None
 
 
 def vllm_input(
