@@ -20,11 +20,14 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 from mixed_r1_verl.rewards import compute_score
+from mixed_r1_verl.verl_adapter import dynamic_sampling
 from mixed_r1_verl.verl_adapter.dynamic_sampling import (
     ALL_CORRECT,
     ALL_WRONG,
+    NO_SIGNAL_WARNING_STEPS,
     FilteringSettings,
     GroupVerdict,
+    NoSignalStreaks,
     PerTaskDynamicSampler,
     judge_group,
     refill_count,
@@ -185,6 +188,41 @@ def test_drops_zero_variance_groups_refills_and_counts_per_task(transfer_queue):
     assert metrics["filtering/topped_up"] == 0 and metrics["filtering/discarded_surplus"] == 0
     # Only the chosen groups' trajectories stay in the queue: dropped groups are cleared.
     assert set(left) == set(batch.keys)
+
+
+def test_a_task_without_signal_step_after_step_is_counted_and_named_once(transfer_queue, caplog):
+    steps = [[informative("chart"), zero_variance("matching", solved=True)]] * NO_SIGNAL_WARNING_STEPS
+    steps += [[informative("chart"), zero_variance("matching", solved=True)], [informative("matching")] * 2]
+    rollout = ScriptedRollout([group for step in steps for group in step])
+    sampler = make_sampler(rollout, max_refill_rounds=0)
+
+    counts, warnings = [], []
+    for _ in steps:
+        caplog.clear()
+        _, metrics, _, _ = run_step(sampler, rollout, batch_size=2)
+        counts.append(tuple(metrics[f"filtering/{task}/steps_without_signal"] for task in ("matching", "chart")))
+        warnings.append([record.getMessage() for record in caplog.records if record.name == dynamic_sampling.__name__])
+
+    assert counts == [(1, 0), (2, 0), (3, 0), (4, 0), (0, 0)]
+    assert warnings[:2] == [[], []] and warnings[3:] == [[], []], "named once, when the count reaches 3"
+    assert warnings[2] == [
+        "filtering: no matching group has varied in 'correct' for 3 steps in a row, so GRPO learns nothing from "
+        "matching (groups judged in the last step: 1, 1 all right, 0 all wrong). All right: the prompts are too "
+        "easy for the policy (the data engine's difficulty stage keeps a pass-rate band); all wrong: check the "
+        "task's ground truths and answer format"
+    ]
+
+
+def test_no_signal_streaks_count_steps_that_judged_the_task_only():
+    streaks = NoSignalStreaks("correct", warn_after=2)
+    wrong = judge_group("a", zero_variance("chart"), "correct")
+    mixed = judge_group("b", informative("chart"), "correct")
+    other = judge_group("c", informative("grounding"), "correct")
+    assert streaks.step([wrong, wrong]) == [] and streaks.steps["chart"] == 1
+    assert streaks.step([other]) == [] and streaks.steps["chart"] == 1, "a step without chart groups leaves it"
+    (warning,) = streaks.step([wrong])
+    assert "no chart group has varied in 'correct' for 2 steps" in warning and "0 all right, 1 all wrong" in warning
+    assert streaks.step([wrong, mixed]) == [] and streaks.steps["chart"] == 0, "one group with signal ends it"
 
 
 def test_rollout_metric_and_dropped_outcomes_cover_every_judged_group_per_task(transfer_queue):

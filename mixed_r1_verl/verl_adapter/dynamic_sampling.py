@@ -13,8 +13,11 @@ Enable it through verl's own extension point (``conf/filtering/on.yaml`` does th
 Options live under ``trainer.v1.sampler.sampler_kwargs`` (see :class:`FilteringSettings`).
 The returned metrics travel the same path as verl's own sampler metrics (second value of
 ``sample``), so they are logged every step as ``filtering/<task>/kept``, ``filtering/<task>/dropped``...
+A task none of whose groups varied for several steps in a row is named in a warning
+(``filtering/<task>/steps_without_signal`` counts those steps).
 """
 
+import logging
 import math
 import statistics
 from collections import Counter
@@ -28,6 +31,8 @@ from verl.utils.skip import SkipManager
 
 from mixed_r1_verl.rewards import values_differ
 
+logger = logging.getLogger(__name__)
+
 METRIC_PREFIX = "filtering"
 TASK_KEY = "task"
 # The reward_extra_info field that says whether a response is right (1) or wrong (0).
@@ -37,6 +42,8 @@ ALL_CORRECT, ALL_WRONG = "all_correct", "all_wrong"
 ASYNC_TRAINER_MODES = frozenset({"colocate_async", "separate_async"})
 PARAMETER_SYNC_STEP_SETTING = "trainer.v1.sync.parameter_sync_step"
 SETTINGS_PATH = "trainer.v1.sampler.sampler_kwargs"
+# Steps in a row in which a task's every judged group has equal rewards before the sampler says so.
+NO_SIGNAL_WARNING_STEPS = 3
 
 
 def parameter_sync_step_error(parameter_sync_step) -> str | None:
@@ -195,6 +202,38 @@ def filtering_metrics(
     return metrics
 
 
+class NoSignalStreaks:
+    """Per task, the steps in a row in which every judged group of the task had equal rewards, so GRPO
+    learned nothing from it; a step without a group of the task leaves its count as it was."""
+
+    def __init__(self, metric: str, warn_after: int = NO_SIGNAL_WARNING_STEPS):
+        self.metric = metric
+        self.warn_after = warn_after
+        self.steps: Counter[str] = Counter()
+
+    def step(self, judged: Iterable[GroupVerdict]) -> list[str]:
+        """Counts one step's judged groups; returns a warning for each task whose count reaches `warn_after`."""
+        by_task: dict[str, list[GroupVerdict]] = {}
+        for verdict in judged:
+            by_task.setdefault(verdict.task, []).append(verdict)
+        warnings = []
+        for task, verdicts in sorted(by_task.items()):
+            if any(verdict.informative for verdict in verdicts):
+                self.steps[task] = 0
+                continue
+            self.steps[task] += 1
+            if self.steps[task] == self.warn_after:
+                outcomes = Counter(verdict.outcome for verdict in verdicts)
+                warnings.append(
+                    f"filtering: no {task} group has varied in {self.metric!r} for {self.warn_after} steps in a "
+                    f"row, so GRPO learns nothing from {task} (groups judged in the last step: {len(verdicts)}, "
+                    f"{outcomes[ALL_CORRECT]} all right, {outcomes[ALL_WRONG]} all wrong). All right: the prompts are "
+                    f"too easy for the policy (the data engine's difficulty stage keeps a pass-rate band); all "
+                    f"wrong: check the task's ground truths and answer format"
+                )
+        return warnings
+
+
 class PerTaskDynamicSampler(ReplayBuffer):
     """verl sync ``ReplayBuffer`` that filters zero-variance groups and logs per-task counts.
 
@@ -235,6 +274,7 @@ class PerTaskDynamicSampler(ReplayBuffer):
         self._verdicts: dict[str, GroupVerdict] = {}
         self._arrival: dict[str, int] = {}
         self._known_tasks: set[str] = set()
+        self._no_signal = NoSignalStreaks(self.settings.metric)
 
     @SkipManager.annotate_tq(role="rollout_tq", phase="sample")
     def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[KVBatchMeta, dict]:
@@ -327,6 +367,11 @@ class PerTaskDynamicSampler(ReplayBuffer):
             refilled_prompts=refilled,
             refill_rounds=refilled / batch_size,
             topped_up=len(top_up),
+        )
+        for warning in self._no_signal.step(self._verdicts.values()):
+            logger.warning(warning)
+        metrics.update(
+            {f"{METRIC_PREFIX}/{task}/steps_without_signal": self._no_signal.steps[task] for task in self._known_tasks}
         )
         self._clear_groups(partition_id, discarded)
         self._verdicts.clear()
