@@ -92,6 +92,24 @@ def test_rows_converted_for_another_model_family_are_refused(setup, tiny_internv
     assert len(build(root, internvl, [internvl_rows])) == 4
 
 
+@pytest.mark.parametrize("image_size", [(560, 410), (150, 600)])
+def test_internvl_prompt_counts_equal_its_processors_with_its_tiles(tiny_internvl_dir, tmp_path, image_size):
+    convert_synthetic(
+        tmp_path / "src", tmp_path / "out", rows_per_task=2, seed=3, synthetic={"val_rows_per_task": 0,
+        "image_size": image_size}, val_ratio=0.0, model_family="internvl", model_path=str(tiny_internvl_dir),
+    )  # fmt: skip
+    processor = load_image_text_processor(tiny_internvl_dir)
+    train = tmp_path / "out" / "train.parquet"
+    dataset = build(tmp_path, processor, [str(train)])
+    rows = pq.read_table(train).to_pylist()
+    stored = [row["extra_info"]["prompt_length"] for row in rows]
+    assert None not in stored and stored == [dataset.prompt_length(row, i) for i, row in enumerate(rows)]
+    row = dataset[0]
+    images, _, _ = MixedR1Dataset._process_multi_modal_info(row["raw_prompt"], 14, dataset.config)
+    tiles = processor(text=[processor.image_token], images=images, return_tensors="pt")["pixel_values"].shape[0]
+    assert tiles > 2, f"{tiles} tiles: the count covers InternVL's tiling"
+
+
 def test_model_sees_the_frame_the_ground_truth_uses(setup):
     root, _, processor = setup
     dataset = build(root, processor, [str(root / "out" / "train.parquet")])

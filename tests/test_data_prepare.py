@@ -264,6 +264,8 @@ def test_image_tokens_outside_the_problem_are_rejects_not_a_model_error(tmp_path
     assert summary["rows_written"] == 4
     with pytest.raises(ValueError, match="system_prompt holds '<image>'"):
         prepare(PrepareConfig(**settings, model_path=str(tiny_model_dir), system_prompt="Look at <image>."))
+    with pytest.raises(ValueError, match="prompt_template holds '<IMG_CONTEXT>'"):
+        prepare(PrepareConfig(**settings, prompt_template="<IMG_CONTEXT>{problem}"))
 
 
 def parquet_without_answers(path: Path, image_root: Path) -> None:

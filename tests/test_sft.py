@@ -156,7 +156,8 @@ def test_internvl_sft_rows_hold_their_image_tiles_with_the_loss_on_the_target_on
     """verl's SFT dataset reads its default patch size from the image processor, which InternVL's lacks."""
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=3, val_rows_per_task=0)
     prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "data"),
-                          model_family="internvl", val_ratio=0.0, progress=False))  # fmt: skip
+                          model_family="internvl", model_path=str(tiny_internvl_dir), val_ratio=0.0,
+                          progress=False))  # fmt: skip
     config = compose_sft(f"model.path={tiny_internvl_dir}", f"mixed_r1.data_dir={tmp_path / 'data'}")
     processor = load_image_text_processor(tiny_internvl_dir)
     dataset = create_sft_dataset(config.data.train_files, config.data, processor.tokenizer, processor)
@@ -169,6 +170,7 @@ def test_internvl_sft_rows_hold_their_image_tiles_with_the_loss_on_the_target_on
         assert processor.tokenizer.decode(ids[mask]) == rows[index]["messages"][-1]["content"] + "<|im_end|>\n"
         tiles = item["multi_modal_inputs"]["pixel_values"].shape[0]
         assert int((ids == processor.image_token_id).sum()) == tiles * IMAGE_SEQ_LENGTH > 0
+        assert len(ids) == rows[index]["extra_info"]["sequence_length"], "the converter counts InternVL rows too"
         labels = torch.where(mask, ids, -100)
         with torch.no_grad():
             output = model(input_ids=ids[None], labels=labels[None], **item["multi_modal_inputs"])

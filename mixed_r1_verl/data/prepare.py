@@ -54,8 +54,8 @@ from mixed_r1_verl.data.records import (
     BOX_OUTSIDE_IMAGE,
     DEGENERATE_BOX,
     DUPLICATE_ID,
-    IMAGE_PAD,
     IMAGE_PLACEHOLDER,
+    MODEL_IMAGE_TOKENS,
     PROMPT_TOO_LONG,
     CanonicalRecord,
     ColumnMapping,
@@ -79,8 +79,6 @@ from mixed_r1_verl.settings import run_settings_cli
 DEFAULT_MAX_PROMPT_LENGTH = 2048
 DEFAULT_MAX_IMAGE_TOKENS = 1280
 DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_TOKENS * 28 * 28
-# Families whose prompt size the converter can count (image tokens from the resize grid).
-COUNTED_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
 # Boxes may overhang the image by this many pixels (annotation rounding); they are clipped.
 BOX_EDGE_TOLERANCE = 1.0
 
@@ -268,7 +266,7 @@ def refuse_image_tokens_in_prompt_settings(config: PrepareConfig) -> None:
     every row's prompt would have more image slots than the row has images."""
     for name in ("system_prompt", "prompt_template"):
         text = getattr(config, name) or ""
-        for token in (IMAGE_PLACEHOLDER, IMAGE_PAD):
+        for token in (IMAGE_PLACEHOLDER, *MODEL_IMAGE_TOKENS):
             if token in text:
                 raise ValueError(f"{name} holds {token!r}: only each row's problem places images")
 
@@ -306,9 +304,7 @@ class RowConverter:
         if model_dir is not None:
             refuse_another_model_family(config.model_family, model_dir)
         self.min_pixels, self.max_pixels = pixel_bounds(config, model_dir)
-        self.prompt_counter = (
-            PromptTokenCounter(model_dir) if model_dir is not None and config.model_family in COUNTED_FAMILIES else None
-        )
+        self.prompt_counter = PromptTokenCounter(model_dir) if model_dir is not None else None
         self.store = ImageStore(config.image_root)
         self.row_by_id: dict[str, int] = {}
         # Source fields the mapping reads (a field given by a constant is not read); rows' other fields
@@ -397,7 +393,7 @@ class RowConverter:
         }
 
     def sft_row(self, row: dict, rationale: str) -> dict:
-        """The SFT row of a converted row, with the tokens of its whole chat where the family's count is known."""
+        """The SFT row of a converted row, with the tokens of its whole chat where model_path is given."""
         sft = sft_row(row, rationale)
         if self.prompt_counter is not None:
             sizes = [self.resized_size(self.store.load(image["path"])) for image in row["images"]]
@@ -415,7 +411,7 @@ class RowConverter:
         return resized_w, resized_h
 
     def prompt_length(self, prompt: list[dict], resized_sizes: list[tuple[int, int]]) -> int | None:
-        """The row's prompt tokens (None when the family's count is unknown); over the budget is a reject."""
+        """The row's prompt tokens (None without model_path); over the budget is a reject."""
         if self.prompt_counter is None:
             return None
         try:

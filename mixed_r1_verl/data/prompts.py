@@ -8,7 +8,8 @@ import re
 
 from mixed_r1_verl.data.frames import BOX_FRAME_ABS
 from mixed_r1_verl.data.model_files import vision_geometry
-from mixed_r1_verl.data.records import IMAGE_PAD, IMAGE_PLACEHOLDER, OPTION_LETTERS
+from mixed_r1_verl.data.processor import load_image_text_processor, processor_model_family
+from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER, OPTION_LETTERS
 
 FORMAT_INSTRUCTION = (
     "First think through the problem step by step inside <think> </think> tags, "
@@ -88,19 +89,22 @@ def chat_template_text(tokenizer, messages: list[dict], add_generation_prompt: b
 
 
 class PromptTokenCounter:
-    """Tokens of a prompt as the Qwen2-VL family's processor builds it: the chat template's text with
-    each image's pad repeated once per merged patch of the resized image. Only the tokenizer is
-    loaded; no image is decoded."""
+    """Tokens of a prompt as the model family's processor builds it: the chat template's text with each
+    image's token expanded as the processor expands it for the resized image (the Qwen2-VL family: one
+    pad per merged patch; InternVL: `<img>`, `image_seq_length` tokens per tile of its dynamic tiling,
+    `</img>`). Only the tokenizer and the image processor's settings are loaded; no image is decoded."""
 
     def __init__(self, model_dir: str | os.PathLike):
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.processor = load_image_text_processor(model_dir)
+        self.tokenizer = self.processor.tokenizer
         patch_size, merge_size = vision_geometry(model_dir)
         self.tile = patch_size * merge_size
 
     def image_tokens(self, resized_size: tuple[int, int]) -> int:
         width, height = resized_size
+        if processor_model_family(self.processor) == "internvl":
+            # InternVL tiles the image it is given, whatever its size: the processor's own count.
+            return self.processor._get_num_multimodal_tokens(image_sizes=[(height, width)]).num_image_tokens[0]
         return (width // self.tile) * (height // self.tile)
 
     def count(
@@ -108,8 +112,10 @@ class PromptTokenCounter:
     ) -> int:
         """Tokens of the chat ready for the model's answer, or as a whole (an SFT row) without the generation prompt."""
         text = chat_template_text(self.tokenizer, messages, add_generation_prompt)
-        pads = text.count(IMAGE_PAD)
-        if pads != len(resized_sizes):
-            raise ValueError(f"the chat template rendered {pads} image pad(s) for {len(resized_sizes)} image(s)")
+        image_tokens = text.count(self.processor.image_token)
+        if image_tokens != len(resized_sizes):
+            raise ValueError(
+                f"the chat template rendered {image_tokens} image token(s) for {len(resized_sizes)} image(s)"
+            )
         text_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return text_tokens + sum(self.image_tokens(size) - 1 for size in resized_sizes)

@@ -33,6 +33,8 @@ TASKS = ("matching", "chart", "grounding", "open_ended")
 IMAGE_PLACEHOLDER = "<image>"
 # The Qwen2-VL family's image token: the processor expands each one in a prompt into an image's patches.
 IMAGE_PAD = "<|image_pad|>"
+# The image tokens of the families Mixed-R1 trains (InternVL's expands into an image's tiles).
+MODEL_IMAGE_TOKENS = (IMAGE_PAD, "<IMG_CONTEXT>")
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SPLITS = ("train", "val")
 CANONICAL_FIELDS = ("id", "task", "data_source", "images", "problem", "answer", "options", "split", "rationale")
@@ -221,8 +223,9 @@ def check_image_tokens(problem: str, answer: str, options: tuple[str, ...] | Non
             detail = f"{name} holds {IMAGE_PLACEHOLDER!r}: only the problem places images"
             raise RecordError(IMAGE_TOKEN_IN_TEXT, detail)
     for name, text in (("problem", problem), *_texts_besides_problem(answer, options, rationale)):
-        if IMAGE_PAD in text:
-            raise RecordError(IMAGE_TOKEN_IN_TEXT, f"{name} holds the model's image token {IMAGE_PAD!r}")
+        for token in MODEL_IMAGE_TOKENS:
+            if token in text:
+                raise RecordError(IMAGE_TOKEN_IN_TEXT, f"{name} holds the model's image token {token!r}")
 
 
 def check_format_tags(answer: str, rationale: str | None) -> None:
