@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 RECIPE_GROUP = "recipe"
 PACKAGE_SETTINGS_KEY = "mixed_r1"
 EXIT_USAGE = 2
+CHECKPOINT_DIR_KEY = "trainer.default_local_dir"
 
 
 def register_recipe_files(directory: Path) -> list[str]:
@@ -61,4 +67,61 @@ def run_recipe_entry(
         own_settings = package_settings(config_dir / f"{config_name}.yaml")
         print(usage(module, recipes, place, own_settings), file=sys.stdout if asked_for_help else sys.stderr, end="")
         sys.exit(0 if asked_for_help else EXIT_USAGE)
-    hydra.main(config_path=str(config_dir), config_name=config_name, version_base=None)(task)()
+
+    def checked_task(config: DictConfig) -> None:
+        exit_if_sweep_jobs_share_a_checkpoint_dir(config_name, sys.argv[1:])
+        task(config)
+
+    hydra.main(config_path=str(config_dir), config_name=config_name, version_base=None)(checked_task)()
+
+
+def sweep_jobs(argv: list[str]) -> list[list[str]] | None:
+    """The overrides of each job a `-m` command line sweeps over (`key=a,b`, `range(...)`, `choice(...)`),
+    as Hydra's basic sweeper combines them; None when one cannot be expanded here (a `glob` of a group)."""
+    overrides = [arg for arg in argv if not arg.startswith("-") and ("=" in arg or arg.startswith("~"))]
+    choices = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+            continue
+        try:
+            values = list(override.sweep_string_iterator())
+        except Exception:  # a glob needs Hydra's config loader
+            return None
+        choices.append([f"{override.get_key_element()}={value}" for value in values])
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def sweep_jobs_sharing(jobs: list[list[str]], checkpoint_dirs: list[str]) -> dict[str, list[list[str]]]:
+    """The checkpoint directories that more than one job would train into, with those jobs' swept settings."""
+    fixed = set.intersection(*(set(job) for job in jobs))
+    by_dir: dict[str, list[list[str]]] = {}
+    for job, directory in zip(jobs, checkpoint_dirs, strict=True):
+        by_dir.setdefault(os.path.abspath(directory), []).append([arg for arg in job if arg not in fixed])
+    return {directory: swept for directory, swept in by_dir.items() if len(swept) > 1}
+
+
+def exit_if_sweep_jobs_share_a_checkpoint_dir(config_name: str, argv: list[str]) -> None:
+    """A `-m` sweep runs its jobs one after another; jobs that would train into one checkpoint directory
+    would resume each other's checkpoints. Checked once, before the first job trains."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or HydraConfig.get().job.num:
+        return
+    jobs = sweep_jobs(argv)
+    if not jobs or len(jobs) < 2:
+        return
+    dirs = [str(OmegaConf.select(hydra.compose(config_name, overrides=job), CHECKPOINT_DIR_KEY)) for job in jobs]
+    shared = sweep_jobs_sharing(jobs, dirs)
+    if not shared:
+        return
+    directory, swept = next(iter(shared.items()))
+    jobs_text = "; ".join(" ".join(job) for job in swept)
+    swept_key = next(arg.split("=")[0].lstrip("+~") for job in swept for arg in job)
+    print(
+        f"-m: the sweep's jobs ({jobs_text}) would all train into {CHECKPOINT_DIR_KEY}={directory}, each "
+        f"resuming the one before. Give every job its own run name and directory (and so its own metrics "
+        f"log), for example 'trainer.experiment_name=run_${{{swept_key}}}' "
+        f"'{CHECKPOINT_DIR_KEY}=checkpoints/run_${{{swept_key}}}' (quoted, so the shell keeps the ${{}}).\n",
+        file=sys.stderr,
+        end="",
+    )
+    sys.exit(EXIT_USAGE)

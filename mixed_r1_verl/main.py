@@ -649,6 +649,7 @@ def train(config: DictConfig) -> None:
     default_ray_cpus(config, os.environ, len(os.sched_getaffinity(0)))
     choose_attention(config, flash_attn_importable())
 
+    import ray
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
@@ -658,7 +659,12 @@ def train(config: DictConfig) -> None:
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     if logs_to_file(config):
         prepare_metrics_log(file_logger_path(config, worker_env))
-    run_ppo(config, task_runner_class=TaskRunnerV1)
+    try:
+        run_ppo(config, task_runner_class=TaskRunnerV1)
+    finally:
+        # With every worker of the run: the next job of a `-m` sweep, run in this process, then starts Ray
+        # with its own workers' environment and every GPU free.
+        ray.shutdown()
 
 
 def register_recipes() -> list[str]:

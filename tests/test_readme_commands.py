@@ -15,6 +15,7 @@ from test_train_config import compose_recipe
 
 from mixed_r1_verl.data.engine import EngineConfig
 from mixed_r1_verl.data.prepare import PrepareConfig
+from mixed_r1_verl.entry import sweep_jobs
 from mixed_r1_verl.eval.cli import EvalSettings
 from mixed_r1_verl.learn import LearnConfig
 from mixed_r1_verl.main import filtering_setting_errors
@@ -32,7 +33,7 @@ COMMAND = re.compile(
 SETTINGS = {"data.prepare": PrepareConfig, "data.engine": EngineConfig, "eval": EvalSettings, "learn": LearnConfig}
 OVERRIDE = re.compile(r"\+?[A-Za-z_]\w*(?:\.\w+)+=\S+")
 PLACEHOLDER = re.compile(r"<[^<>\n]+>")
-HYDRA_FLAGS = ("--cfg", "job", "--help")
+HYDRA_FLAGS = ("--cfg", "job", "--help", "-m")
 
 
 def code_lines() -> list[str]:
@@ -87,16 +88,17 @@ def command_id(value) -> str:
 
 @pytest.mark.parametrize(("module", "settings"), readme_commands(), ids=command_id)
 def test_each_readme_command_takes_its_settings(module, settings):
-    recipe = recipe_of(settings)
-    others = [word for word in settings if not word.startswith("recipe=")]
     try:
-        if module == "main":
-            config = compose_recipe(recipe, *others)
-            assert filtering_setting_errors(config) == []
-        elif module == "sft":
-            compose_sft(*others)
-        else:
+        if module not in ("main", "sft"):
             parse_settings(SETTINGS[module], settings)
+            return
+        for job in sweep_jobs(settings):  # a `-m` sweep: each of its jobs
+            others = [word for word in job if not word.startswith("recipe=")]
+            if module == "main":
+                config = compose_recipe(recipe_of(job), *others)
+                assert filtering_setting_errors(config) == []
+            else:
+                compose_sft(*others)
     except (HydraException, OmegaConfBaseException, SystemExit) as error:
         pytest.fail(f"README: python -m mixed_r1_verl.{module} {shlex.join(settings)}: {error}")
 

@@ -14,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from mixed_r1_verl.entry import EXIT_USAGE
+from mixed_r1_verl.entry import EXIT_USAGE, sweep_jobs
 from mixed_r1_verl.main import (
     exit_unless_data_files_exist,
     file_logger_env,
@@ -43,6 +43,32 @@ def test_training_without_a_gpu_exits_2_and_says_what_runs_here(tmp_path):
     assert "mixed_r1_verl.data.prepare" in result.stderr and "compute_score" in result.stderr
     assert "tracker file" not in result.stdout + result.stderr, "a first run has no checkpoint to speak of"
     assert not any(tmp_path.iterdir()), "nothing may be built before the GPU check"
+
+
+def test_a_sweep_whose_jobs_would_share_a_checkpoint_directory_is_refused_before_the_first_trains(tmp_path):
+    sweep = ["-m", "recipe=qwen25vl_7b", "actor_rollout_ref.actor.optim.lr=1e-6,2e-6"]
+    result = run_main(*sweep, cwd=tmp_path)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert (
+        "-m: the sweep's jobs (actor_rollout_ref.actor.optim.lr=1e-06; actor_rollout_ref.actor.optim.lr=2e-06) would "
+        f"all train into trainer.default_local_dir={tmp_path}/checkpoints/mixed_r1/qwen25vl_7b, each resuming the one "
+        "before"
+    ) in result.stderr
+    assert "'trainer.experiment_name=run_${actor_rollout_ref.actor.optim.lr}'" in result.stderr
+    # Named after the swept value, each job trains into its own directory: the entry goes on to its GPU check.
+    named = run_main(*sweep, "trainer.experiment_name=lr${actor_rollout_ref.actor.optim.lr}", cwd=tmp_path)
+    assert "-m: the sweep's jobs" not in named.stderr
+    if not torch.cuda.is_available():
+        assert named.returncode == 2 and "needs at least one CUDA GPU" in named.stderr
+
+
+def test_sweep_jobs_combine_the_swept_values_as_hydras_basic_sweeper_does():
+    argv = ["-m", "recipe=smoke", "a=1,2", "+b=range(0,2)", "~c", "--cfg", "job"]
+    assert sweep_jobs(argv) == [
+        ["recipe=smoke", "a=1", "+b=0", "~c"], ["recipe=smoke", "a=1", "+b=1", "~c"],
+        ["recipe=smoke", "a=2", "+b=0", "~c"], ["recipe=smoke", "a=2", "+b=1", "~c"],
+    ]  # fmt: skip
+    assert sweep_jobs(["recipe=glob(*)"]) is None
 
 
 def test_cfg_job_prints_the_merged_config_with_overrides(tmp_path):

@@ -32,15 +32,15 @@ FIRST_RUN_STEPS = 2
 RESUMED_PLANNED_LAST_STEP, STOP_BY_AHEAD_S = 6, 3600
 
 
-def grpo_on_cpu(work_dir, steps, *settings, recipe="smoke"):
+def grpo_on_cpu(work_dir, steps, *settings, recipe="smoke", sweep=False, metrics_log=None):
+    """The smoke recipe (or `recipe`) for `steps` steps, a `-m` sweep of `settings` with `sweep`; verl's file
+    logger writes `work_dir/metrics.jsonl`, or as `metrics_log` (variable=value) says."""
     settings = [
-        f"recipe={recipe}", *CPU_GRPO_SETTINGS, "data.max_response_length=32", f"trainer.total_training_steps={steps}",
+        *(["-m"] if sweep else []), f"recipe={recipe}", *CPU_GRPO_SETTINGS, "data.max_response_length=32", f"trainer.total_training_steps={steps}",
         *settings,
     ]  # fmt: skip
-    run = run_on_cpu(
-        "grpo", work_dir, settings, 1200,
-        MIXED_R1_SMOKE_DIR=str(work_dir / "smoke"), VERL_FILE_LOGGER_PATH=str(work_dir / "metrics.jsonl"),
-    )  # fmt: skip
+    metrics_log = metrics_log or {"VERL_FILE_LOGGER_PATH": str(work_dir / "metrics.jsonl")}
+    run = run_on_cpu("grpo", work_dir, settings, 1200, MIXED_R1_SMOKE_DIR=str(work_dir / "smoke"), **metrics_log)
     log = run.stdout + run.stderr
     (work_dir / f"train_{steps}_steps.log").write_text(log)
     assert run.returncode == 0, log[-8000:]
@@ -183,6 +183,23 @@ def test_a_run_ends_with_a_checkpoint_after_the_last_step_that_fits_before_stop_
     # Recorded beside the checkpoints, for what comes after the run (the learning proof's continue_grpo).
     early_end = json.loads((checkpoints / EARLY_END_FILE).read_text())
     assert (early_end["last_step"], early_end["planned_last_step"]) == (first_step, RESUMED_PLANNED_LAST_STEP)
+
+
+def test_a_sweep_trains_its_jobs_in_turn_each_into_its_own_directory(tmp_path):
+    """`-m` runs the jobs one after another in one process: each starts a Ray of its own and trains into the
+    directory named after its learning rate. With the last job's Ray left running, the next job could find
+    the one logical GPU still held by its workers ("Total available GPUs 0")."""
+    lr = "${actor_rollout_ref.actor.optim.lr}"
+    log = grpo_on_cpu(
+        tmp_path, 1, "actor_rollout_ref.actor.optim.lr=1e-6,2e-6", f"trainer.experiment_name=lr{lr}",
+        f"trainer.default_local_dir={tmp_path}/checkpoints/lr{lr}",
+        sweep=True, metrics_log={"VERL_FILE_LOGGER_ROOT": str(tmp_path / "metrics")},
+    )  # fmt: skip
+    for job_lr in ("1e-06", "2e-06"):
+        checkpoints = tmp_path / "checkpoints" / f"lr{job_lr}"
+        assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+        assert sorted(read_metrics_log(tmp_path / "metrics" / "mixed_r1" / f"lr{job_lr}.jsonl")) == [1]
+    assert log.count("Started a local Ray instance") == 2
 
 
 def as_local(tensor):
