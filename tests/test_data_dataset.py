@@ -12,7 +12,7 @@ from PIL import Image
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn, get_dataset_class
 
 from mixed_r1_verl.data.dataset import DatasetRowError, MixedR1Dataset
-from mixed_r1_verl.data.prepare import PrepareConfig, prepare
+from mixed_r1_verl.data.prepare import DEFAULT_MAX_PROMPT_LENGTH, PrepareConfig, prepare
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 
@@ -108,6 +108,39 @@ def test_internvl_prompt_counts_equal_its_processors_with_its_tiles(tiny_internv
     images, _, _ = MixedR1Dataset._process_multi_modal_info(row["raw_prompt"], 14, dataset.config)
     tiles = processor(text=[processor.image_token], images=images, return_tensors="pt")["pixel_values"].shape[0]
     assert tiles > 2, f"{tiles} tiles: the count covers InternVL's tiling"
+
+
+def internvl3_like_model(tiny_internvl_dir, target):
+    """The tiny InternVL with InternVL3's tiling: tiles of 448 pixels, up to 12 and a thumbnail, 256 tokens each."""
+    model = shutil.copytree(tiny_internvl_dir, target)
+    for name, settings in (("preprocessor_config.json", {"size": {"height": 448, "width": 448}, "max_patches": 12}),
+                           ("processor_config.json", {"image_seq_length": 256})):  # fmt: skip
+        path = model / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), **settings}))
+    return model
+
+
+def test_a_large_chart_fits_internvls_own_default_prompt_budget(tmp_path, tiny_internvl_dir):
+    model = internvl3_like_model(tiny_internvl_dir, tmp_path / "model")
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    Image.effect_noise((1400, 1100), 64).convert("RGB").save(image_root / "chart.png")
+    row = {"id": "large", "task": "chart", "data_source": "charts", "images": ["chart.png"], "problem": "Highest?"}
+    (tmp_path / "rows.jsonl").write_text(json.dumps({**row, "answer": "12"}) + "\n")
+    out = tmp_path / "out"
+    summary = prepare(
+        PrepareConfig(
+            input=str(tmp_path / "rows.jsonl"), image_root=str(image_root), output_dir=str(out),
+            model_family="internvl", model_path=str(model), val_ratio=0.0, progress=False,
+        )
+    )  # fmt: skip
+    budget = OmegaConf.load(REPO / "recipes" / "internvl3_8b.yaml").data.max_prompt_length
+    assert summary["max_prompt_length"] == DEFAULT_MAX_PROMPT_LENGTH["internvl"] == budget
+    assert summary["rows_written"] == 1, "13 tiles of 256 tokens: over the Qwen2-VL family's 2048"
+    written = pq.read_table(out / "train.parquet").to_pylist()[0]
+    assert 13 * 256 < written["extra_info"]["prompt_length"] <= budget
+    dataset = build(tmp_path, load_image_text_processor(model), [str(out / "train.parquet")], max_prompt_length=budget)
+    assert dataset.prompt_length(written, 0) == written["extra_info"]["prompt_length"]
 
 
 def test_model_sees_the_frame_the_ground_truth_uses(setup):
@@ -320,7 +353,7 @@ def test_a_large_chart_fits_the_default_budgets_and_long_prompts_are_rejected(tm
         )
     )
     budget = OmegaConf.load(REPO / "conf" / "mixed_r1.yaml").data.max_prompt_length
-    assert summary["max_prompt_length"] == PrepareConfig().max_prompt_length == budget
+    assert summary["max_prompt_length"] == DEFAULT_MAX_PROMPT_LENGTH["qwen2_5_vl"] == budget
     assert summary["rows_written"] == 1 and summary["rejects_by_reason"] == {"prompt_too_long": 1}
     assert summary["rejects_by_task"] == {"chart": {"prompt_too_long": 1}}
     reject = json.loads((out / "rejects.jsonl").read_text())

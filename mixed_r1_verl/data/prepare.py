@@ -13,7 +13,8 @@ turns ending in the supervised target
 A split that training reads is never written empty: the conversion stops instead. `val_ratio=0`
 with no row pinned to val (`"split": "val"`) asks for no validation split: val.parquet is not written.
 A conversion whose rows are all rejected stops with the count of each reason; rejects.jsonl is kept
-whenever rows were rejected.
+whenever rows were rejected. `max_prompt_length` left unset is the model family's training budget:
+2048 tokens for the Qwen2-VL family, 4096 for InternVL.
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ from mixed_r1_verl.data.records import (
 )
 from mixed_r1_verl.settings import run_settings_cli
 
-# The training prompt budget (data.max_prompt_length in conf/mixed_r1.yaml) and the image budget that
-# fits in it: at most 1280 image tokens (1280 merged 28x28 patches, about 1 MP) leave 768 tokens for
-# the chat template, question, options and instructions.
-DEFAULT_MAX_PROMPT_LENGTH = 2048
+# Each model family's training prompt budget (data.max_prompt_length: conf/mixed_r1.yaml, and
+# recipes/internvl3_8b.yaml for InternVL) and the image budget that fits in it: at most 1280 image tokens
+# (1280 merged 28x28 patches, about 1 MP) leave 768 tokens for the chat template, question, options and
+# instructions. InternVL3 tiles the same image into up to 12 tiles and a thumbnail of 256 tokens each.
+DEFAULT_MAX_PROMPT_LENGTH = {"qwen2_5_vl": 2048, "qwen2_vl": 2048, "internvl": 4096}
 DEFAULT_MAX_IMAGE_TOKENS = 1280
 DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_TOKENS * 28 * 28
 # Boxes may overhang the image by this many pixels (annotation rounding); they are clipped.
@@ -111,9 +113,10 @@ class PrepareConfig:
     model_path: str | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
-    # Must equal the training data.max_prompt_length. With model_path (Qwen2-VL family), each row's
-    # prompt tokens are counted, written to extra_info.prompt_length, and longer rows are rejected.
-    max_prompt_length: int = DEFAULT_MAX_PROMPT_LENGTH
+    # Must equal the training data.max_prompt_length; default the model family's recipes'. With
+    # model_path, each row's prompt tokens are counted, written to extra_info.prompt_length, and longer
+    # rows are rejected.
+    max_prompt_length: int | None = None
     row_group_size: int = 256
     progress: bool = True
 
@@ -305,6 +308,7 @@ class RowConverter:
             refuse_another_model_family(config.model_family, model_dir)
         self.min_pixels, self.max_pixels = pixel_bounds(config, model_dir)
         self.prompt_counter = PromptTokenCounter(model_dir) if model_dir is not None else None
+        self.max_prompt_length = config.max_prompt_length or DEFAULT_MAX_PROMPT_LENGTH[config.model_family]
         self.store = ImageStore(config.image_root)
         self.row_by_id: dict[str, int] = {}
         # Source fields the mapping reads (a field given by a constant is not read); rows' other fields
@@ -418,12 +422,12 @@ class RowConverter:
             length = self.prompt_counter.count(prompt, resized_sizes)
         except ValueError as error:
             raise ValueError(f"model_path {self.config.model_path!r} cannot count prompt tokens: {error}") from error
-        if length > self.config.max_prompt_length:
+        if length > self.max_prompt_length:
             image_tokens = sum(self.prompt_counter.image_tokens(size) for size in resized_sizes)
             raise RecordError(
                 PROMPT_TOO_LONG,
                 f"prompt is {length} tokens ({image_tokens} for images), over max_prompt_length="
-                f"{self.config.max_prompt_length}",
+                f"{self.max_prompt_length}",
             )
         return length
 
@@ -649,7 +653,7 @@ def build_summary(config, converter, rows_in, written: Counter, rejected: Counte
         "box_frame": converter.box_frame,
         "min_pixels": converter.min_pixels,
         "max_pixels": converter.max_pixels,
-        "max_prompt_length": config.max_prompt_length,
+        "max_prompt_length": converter.max_prompt_length,
         "prompt_lengths_counted": converter.prompt_counter is not None,
         "ignored_fields": ignored_fields_summary(converter.ignored_fields, converter.read_fields),
         "seconds": round(seconds, 3),
