@@ -234,11 +234,12 @@ def test_rollout_metric_and_dropped_outcomes_cover_every_judged_group_per_task(t
 
     rollout.submit(2)
     batch, metrics = sampler.sample(global_steps=1, partition_id="train", batch_size=2)
-    trained = PerTaskMetricsLog().step(batch_reward_extra_infos(batch))
+    trained = PerTaskMetricsLog().step(*batch_reward_extra_infos(batch))
     tq.kv_clear(keys=batch.keys, partition_id="train")
 
     assert rollout.submitted == 4, "keep rate (1+1)/(2+1): 2 refills for the missing group"
     assert trained["mixed_r1/chart/correct/mean"] == 0.5, "the kept groups are half right by construction"
+    assert trained["mixed_r1/chart/groups_with_signal"] == 1.0, "only groups with signal are trained"
     assert metrics["filtering/chart/rollout_correct/mean"] == (0.5 + 1 + 1 + 0.5) / 4
     assert metrics["filtering/chart/dropped_all_correct"] == 2 and metrics["filtering/chart/dropped_all_wrong"] == 0
     assert metrics["filtering/chart/dropped"] == 2
@@ -357,7 +358,8 @@ def test_missing_task_names_the_group(transfer_queue):
 def test_step_metrics_read_every_real_trajectory_of_the_batch(transfer_queue):
     # Trajectories as verl's TransferQueue agent loop writes them; the last one is a padding row.
     infos = [informative("chart")[0], zero_variance("grounding")[0], informative("chart")[1], informative("matching")[0]]
-    keys = [f"metrics{index}_0_0" for index in range(len(infos))]
+    # Both chart trajectories are sessions of one prompt (one group), as verl keys them: <uid>_<session>_<turn>.
+    keys = ["metricsA_0_0", "metricsB_0_0", "metricsA_1_0", "metricsC_0_0"]
     tq.kv_batch_put(
         keys=keys,
         partition_id="train",
@@ -375,12 +377,14 @@ def test_step_metrics_read_every_real_trajectory_of_the_batch(transfer_queue):
     tags = tq.kv_list("train")["train"]
     batch = tq.KVBatchMeta(keys=keys, tags=[tags[key] for key in keys], partition_id="train")
 
-    metrics = PerTaskMetricsLog().step(batch_reward_extra_infos(batch))
+    metrics = PerTaskMetricsLog().step(*batch_reward_extra_infos(batch))
     tq.kv_clear(keys=keys, partition_id="train")
 
     assert metrics["mixed_r1/chart/count"] == 2 and metrics["mixed_r1/grounding/count"] == 1
     assert "mixed_r1/matching/count" not in metrics, "the padding row is not counted"
     assert metrics["mixed_r1/chart/accuracy/mean"] == 0.5 and metrics["mixed_r1/grounding/accuracy/mean"] == 0.0
+    assert metrics["mixed_r1/chart/groups_with_signal"] == 1.0, "one right and one wrong session of one prompt"
+    assert "mixed_r1/grounding/groups_with_signal" not in metrics, "a one-row group is not judged"
 
 
 def test_judge_group_rules():

@@ -122,6 +122,8 @@ def assert_every_step_trains_on_all_four_tasks_with_no_sample_lost(work_dir, log
             assert all(math.isfinite(values[f"{key}/mean"]) for key in ("score", "accuracy", "format"))
             assert values["error/mean"] == 0, f"step {step}: reward errors on {task}"
             assert 1 / values["count"] <= values["top_answer_share"] <= 1, f"step {step}: {task} {values}"
+            # Every reward is 0 on the random model: no prompt group of the task gives GRPO a signal.
+            assert values["groups_with_signal"] == 0, f"step {step}: {task} {values}"
         # Rewards are all 0 on the random model: the smoke recipe's entropy bonus gives the update.
         assert metrics["actor/grad_norm"] > 0 and metrics["response_length/mean"] > 0
         # The actor scores the rollout's tokens from the same inputs, images included, as the rollout did.

@@ -78,8 +78,21 @@ def test_padding_rows_and_foreign_rows_are_left_out():
         None,
     ]
     tags = [{}, {"is_padding": True}, {}, {}]
-    infos = reward_extra_infos(extra_fields, tags)
+    infos, groups = reward_extra_infos(extra_fields, tags, ["u1_0_0", "u1_1_0", "u2_0_0", "u3_0_0"])
+    assert groups == ["u1", "u2"]
     assert per_task_metrics(infos) == {"mixed_r1/chart/count": 1.0, "mixed_r1/chart/score/mean": 1.0}
+
+
+def test_groups_with_signal_is_the_share_of_a_tasks_prompt_groups_whose_rewards_differ():
+    right = compute_score("b", "<think>x</think><answer>45</answer>", "45", {"task": "chart"})
+    wrong = compute_score("b", "<answer>7</answer>", "45", {"task": "chart"})
+    matching = compute_score("a", "<answer>B</answer>", "B", {"task": "matching"})
+    rows = [right, wrong, wrong, wrong, right, right, matching]
+    groups = ["p1", "p1", "p2", "p2", "p3", "p3", "p4"]
+    metrics = PerTaskMetricsLog().step(rows, groups)
+    assert metrics["mixed_r1/chart/groups_with_signal"] == pytest.approx(1 / 3), "p1 differs; p2, p3 do not"
+    assert "mixed_r1/matching/groups_with_signal" not in metrics, "one response of p4: nothing to compare"
+    assert "mixed_r1/chart/groups_with_signal" not in per_task_metrics(rows), "no groups given"
 
 
 def test_batcher_scores_concurrent_requests_in_one_batch():

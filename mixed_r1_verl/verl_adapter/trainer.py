@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
 import ray
 import transfer_queue as tq
 from omegaconf import DictConfig
@@ -29,20 +28,22 @@ TRAINER_MODE = "mixed_r1_sync"
 VERL_SYNC_MODE = "sync"
 
 
-def reward_extra_infos(extra_fields, tags) -> list[dict]:
-    """The reward manager's extra info of every non-padding row."""
-    keep = np.array([not tag.get("is_padding", False) for tag in tags], dtype=bool)
-    infos = []
-    for row, extra in zip(keep, extra_fields):
-        if row and isinstance(extra, dict):
+def reward_extra_infos(extra_fields, tags, keys) -> tuple[list[dict], list[str]]:
+    """The reward manager's extra info of every non-padding row, and the row's prompt group (the uid its
+    TransferQueue key starts with)."""
+    infos, groups = [], []
+    for extra, tag, key in zip(extra_fields, tags, keys, strict=True):
+        if not tag.get("is_padding", False) and isinstance(extra, dict):
             infos.append(extra.get("reward_extra_info") or {})
-    return infos
+            groups.append(key.split("_")[0])
+    return infos, groups
 
 
-def batch_reward_extra_infos(batch) -> list[dict]:
-    """The reward manager's extra info of every non-padding trajectory of a TransferQueue batch."""
+def batch_reward_extra_infos(batch) -> tuple[list[dict], list[str]]:
+    """The reward manager's extra info and the prompt group of every non-padding trajectory of a
+    TransferQueue batch."""
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
-    return reward_extra_infos(data.pop("extra_fields").tolist(), batch.tags)
+    return reward_extra_infos(data.pop("extra_fields").tolist(), batch.tags, batch.keys)
 
 
 def wait_for_reward_workers(workers) -> None:
@@ -105,7 +106,7 @@ class MixedR1SyncTrainer(PPOTrainerSync):
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
-        metrics.update(self._task_metrics.step(batch_reward_extra_infos(batch)))
+        metrics.update(self._task_metrics.step(*batch_reward_extra_infos(batch)))
 
     # verl calls these around every validation, the one before training (which it does not time) included,
     # so stop_by knows what the last step's validation takes from the first step on.

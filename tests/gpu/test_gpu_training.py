@@ -8,7 +8,7 @@ from gpu_checks import RESUME_FROM_STEP, TASKS, assert_succeeded, output_lines
 
 from mixed_r1_verl.run_logs import metrics_log_path, non_finite, read_metrics_log, smoke_checkpoint_dir, task_metrics
 
-REWARD_KEYS = ("score/mean", "accuracy/mean", "format/mean", "error/mean", "top_answer_share")
+REWARD_KEYS = ("score/mean", "accuracy/mean", "format/mean", "error/mean", "top_answer_share", "groups_with_signal")
 SMOKE_STEPS = 6
 SMOKE_ROLLOUT_N = 4  # responses per prompt in recipes/smoke.yaml
 SMOKE_BATCH_PROMPTS = 8  # data.train_batch_size there: groups in every training batch
@@ -20,7 +20,8 @@ def steps_of(run, gpu_out):
 
 def assert_task_rewards(step: int, metrics: dict) -> dict[str, dict[str, float]]:
     """Every task present in the step's batch logs finite score/accuracy/format/error means, its top
-    answer share, and no reward errors; returns the per-task metrics."""
+    answer share, the share of its prompt groups with signal, and no reward errors; returns the per-task
+    metrics."""
     per_task = task_metrics(metrics, "mixed_r1")
     present = {task: values for task, values in per_task.items() if values.get("count", 0) > 0}
     assert present, f"step {step}: no mixed_r1/<task>/count > 0 in {sorted(metrics)}"
