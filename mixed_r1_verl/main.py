@@ -42,10 +42,9 @@ RAY_CPUS_KEY = "ray_kwargs.ray_init.num_cpus"
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 FILE_LOGGER_PATH_ENV, FILE_LOGGER_ROOT_ENV = "VERL_FILE_LOGGER_PATH", "VERL_FILE_LOGGER_ROOT"
 CLUSTER_POLL_S = 5.0
-FLASH_ATTN_FALLBACK = {
-    "actor_rollout_ref.model.override_config.attn_implementation": "sdpa",
-    "actor_rollout_ref.model.use_remove_padding": False,
-}
+# Under the model's settings (`actor_rollout_ref.model` in GRPO, `model` in SFT).
+FLASH_ATTN_FALLBACK = {"override_config.attn_implementation": "sdpa", "use_remove_padding": False}
+POLICY_MODEL_KEY = "actor_rollout_ref.model"
 
 NO_GPU_MESSAGE = """\
 mixed_r1_verl.main trains with GRPO (vLLM rollouts + FSDP updates) and needs at least one CUDA GPU
@@ -451,19 +450,19 @@ def flash_attn_importable() -> bool:
     return True
 
 
-def choose_attention(config: DictConfig, flash_attn_available: bool) -> None:
-    """verl loads the policy with flash_attention_2 unless told otherwise, and padding removal needs
-    flash-attn's variable-length kernels: without flash-attn use sdpa on padded batches."""
+def choose_attention(config: DictConfig, flash_attn_available: bool, model_key: str = POLICY_MODEL_KEY) -> None:
+    """verl loads the model (settings under `model_key`) with flash_attention_2 unless told otherwise, and
+    padding removal needs flash-attn's variable-length kernels: without flash-attn use sdpa on padded batches."""
     if flash_attn_available:
         return
-    attention_key = "actor_rollout_ref.model.override_config.attn_implementation"
-    if OmegaConf.select(config, attention_key) not in (None, "flash_attention_2"):
+    if OmegaConf.select(config, f"{model_key}.override_config.attn_implementation") not in (None, "flash_attention_2"):
         return  # the user chose an attention that does not need flash-attn
-    for key, value in FLASH_ATTN_FALLBACK.items():
+    fallback = {f"{model_key}.{key}": value for key, value in FLASH_ATTN_FALLBACK.items()}
+    for key, value in fallback.items():
         OmegaConf.update(config, key, value, force_add=True)
     logger.warning(
         "flash_attn is not importable: training with %s (pip install flash-attn --no-build-isolation to use it)",
-        " ".join(f"{key}={value}" for key, value in FLASH_ATTN_FALLBACK.items()),
+        " ".join(f"{key}={value}" for key, value in fallback.items()),
     )
 
 

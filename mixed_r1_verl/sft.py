@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mixed_r1_verl.entry import register_recipe_files, run_recipe_entry
 from mixed_r1_verl.main import (
+    choose_attention,
     config_dir,
     data_files,
     exit_if_steps_outrun_the_epochs,
@@ -30,6 +31,7 @@ from mixed_r1_verl.main import (
     fail,
     file_logger_env,
     file_logger_path,
+    flash_attn_importable,
     logs_to_file,
     make_paths_absolute,
     parquet_rows,
@@ -202,6 +204,7 @@ def train_on_this_node(config: DictConfig) -> None:
     from mixed_r1_verl.verl_adapter.sft_trainer import run_sft
 
     auto_set_device(config)
+    choose_attention(config, flash_attn_importable(), model_key="model")
     run_sft(config)
 
 

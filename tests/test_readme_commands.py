@@ -98,7 +98,7 @@ def test_each_readme_command_takes_its_settings(module, settings):
                 config = compose_recipe(recipe_of(job), *others)
                 assert filtering_setting_errors(config) == []
             else:
-                compose_sft(*others)
+                compose_sft(*others, recipe=recipe_of(job))
     except (HydraException, OmegaConfBaseException, SystemExit) as error:
         pytest.fail(f"README: python -m mixed_r1_verl.{module} {shlex.join(settings)}: {error}")
 

@@ -17,14 +17,15 @@ from verl.trainer.sft_trainer import create_sft_dataset
 from verl.utils.config import omega_conf_to_dataclass
 
 from data_helpers import CPU_SFT_SETTINGS, REPO, run_on_cpu
+from test_train_config import compose_recipe
 from mixed_r1_verl.data.prepare import SFT_SCHEMA, PrepareConfig, prepare, sft_target
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.sft_dataset import MixedR1SFTDataset
 from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
 from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
-from mixed_r1_verl.main import config_dir
+from mixed_r1_verl.main import choose_attention, config_dir
 from mixed_r1_verl.run_logs import read_metrics_log
-from mixed_r1_verl.sft import register_sft_recipes
+from mixed_r1_verl.sft import micro_batch_mismatch, register_sft_recipes
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +51,10 @@ def converted(tmp_path_factory, tiny_model_dir):
 MISSING_SFT_DATA = "\n(the SFT parquet is written by mixed_r1_verl.data.prepare for rows with a `rationale`)\n"
 
 
-def compose_sft(*overrides):
+def compose_sft(*overrides, recipe="learn"):
     register_sft_recipes()
     with initialize_config_dir(str(config_dir()), version_base=None):
-        return compose("sft", overrides=["recipe=learn", *overrides])
+        return compose("sft", overrides=[f"recipe={recipe}", *overrides])
 
 
 def test_sft_parquet_holds_the_prompt_and_the_target_of_every_row_with_a_rationale(converted):
@@ -97,6 +98,23 @@ def test_config_composes_on_verls_sft_config_and_builds_its_dataclasses(converte
     for key in ("engine", "optim", "checkpoint", "profiler"):
         omega_conf_to_dataclass(config[key])
     assert "hf_model" in config.checkpoint.save_contents
+
+
+@pytest.mark.parametrize("recipe", ["qwen25vl_3b", "qwen25vl_7b", "internvl3_8b"])
+def test_each_models_sft_recipe_fits_its_grpo_recipes_budget_and_trains_without_flash_attn(recipe, caplog):
+    config = compose_sft(recipe=recipe)
+    grpo = compose_recipe(recipe)
+    assert config.model.path == grpo.actor_rollout_ref.model.path
+    assert config.data.max_length == grpo.data.max_prompt_length + grpo.data.max_response_length
+    assert config.data.train_files == f"{grpo.mixed_r1.data_dir}/sft_train.parquet", "the data GRPO trains on"
+    assert config.optim.lr == 1e-5 and config.trainer.n_gpus_per_node == grpo.trainer.n_gpus_per_node
+    assert micro_batch_mismatch(config) is None
+    for key in ("engine", "optim", "checkpoint", "profiler"):
+        omega_conf_to_dataclass(config[key])
+    with caplog.at_level("WARNING", logger="mixed_r1_verl.main"):
+        choose_attention(config, flash_attn_available=False, model_key="model")
+    assert config.model.override_config.attn_implementation == "sdpa" and config.model.use_remove_padding is False
+    assert "model.override_config.attn_implementation=sdpa" in caplog.text
 
 
 @pytest.fixture(scope="module")
@@ -351,8 +369,6 @@ def test_micro_batches_that_do_not_divide_a_batch_are_refused_before_start_up(
     converted, tiny_model_dir, capsys
 ):
     """verl's FSDP engine asserts it only at the first step, after the model has loaded."""
-    from mixed_r1_verl.sft import micro_batch_mismatch
-
     data_dir, _ = converted
     settings = (
         f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}", "data.train_batch_size=4",
