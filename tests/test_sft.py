@@ -404,10 +404,10 @@ def test_without_a_processor_from_verl_the_image_and_text_processor_prepares_the
 CPU_SFT_STEPS = 6
 
 
-def sft_on_cpu(cwd, model_dir, data_dir, steps, *settings):
-    """`mixed_r1_verl.sft recipe=learn` on CPU (tests/run_on_cpu.py), 4 rows a step."""
+def sft_on_cpu(cwd, model_dir, data_dir, steps, *settings, recipe="learn"):
+    """`mixed_r1_verl.sft recipe=learn` (or `recipe`) on CPU (tests/run_on_cpu.py), 4 rows a step."""
     settings = [
-        "recipe=learn", f"model.path={model_dir}", f"mixed_r1.data_dir={data_dir}", *CPU_SFT_SETTINGS,
+        f"recipe={recipe}", f"model.path={model_dir}", f"mixed_r1.data_dir={data_dir}", *CPU_SFT_SETTINGS,
         "data.train_batch_size=4", "data.micro_batch_size_per_gpu=2", f"trainer.total_training_steps={steps}",
         "trainer.default_local_dir=checkpoints", *settings,
     ]  # fmt: skip
@@ -448,6 +448,18 @@ def test_verls_sft_trainer_fits_the_rationales_and_saves_the_model_grpo_starts_f
     assert any(".visual." in name for name in changed) and any("language_model" in name for name in changed)
     processor = load_image_text_processor(trained_on_cpu / "sft_model")
     assert processor.image_processor.to_dict() == load_image_text_processor(tiny_model_dir).image_processor.to_dict()
+
+
+def test_the_internvl_sft_recipe_trains_a_tiny_internvl_without_flash_attn(tiny_internvl_dir, tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=4, val_rows_per_task=1)
+    prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "data"),
+                          model_family="internvl", model_path=str(tiny_internvl_dir), progress=False))  # fmt: skip
+    settings = ("trainer.n_gpus_per_node=1", "trainer.total_epochs=2")
+    run = succeeded(sft_on_cpu(tmp_path, tiny_internvl_dir, tmp_path / "data", 2, *settings, recipe="internvl3_8b"))
+    assert "flash_attn is not importable: training with model.override_config.attn_implementation=sdpa" in run.stdout + run.stderr, run.stdout[-3000:]
+    steps = read_metrics_log(tmp_path / "logs" / "sft.jsonl")
+    assert sorted(steps) == [1, 2] and all(math.isfinite(steps[step]["train/loss"]) for step in steps)
+    assert (tmp_path / "checkpoints" / "global_step_2" / "huggingface" / "config.json").is_file()
 
 
 def test_a_second_run_resumes_after_the_last_checkpoint_and_keeps_the_first_runs_metrics(
