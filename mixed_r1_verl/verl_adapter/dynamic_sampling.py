@@ -30,6 +30,7 @@ from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.utils.skip import SkipManager
 
 from mixed_r1_verl.rewards import values_differ
+from mixed_r1_verl.verl_adapter.metrics import prompt_uid
 
 logger = logging.getLogger(__name__)
 
@@ -327,13 +328,13 @@ class PerTaskDynamicSampler(ReplayBuffer):
         new_uids = self.finished_keys[partition_id] - self._verdicts.keys()
         if not new_uids:
             return
-        trajectory_keys = [key for key in self.partitions[partition_id] if key.split("_")[0] in new_uids]
+        trajectory_keys = [key for key in self.partitions[partition_id] if prompt_uid(key) in new_uids]
         infos_by_uid: dict[str, list[Mapping]] = {uid: [] for uid in new_uids}
         if trajectory_keys:
             data = tq.kv_batch_get(keys=trajectory_keys, partition_id=partition_id, select_fields=["extra_fields"])
             for key, extra_fields in zip(trajectory_keys, data["extra_fields"], strict=True):
                 extra_fields = getattr(extra_fields, "data", extra_fields)
-                infos_by_uid[key.split("_")[0]].append(extra_fields.get("reward_extra_info", {}))
+                infos_by_uid[prompt_uid(key)].append(extra_fields.get("reward_extra_info", {}))
         for uid, infos in infos_by_uid.items():
             self._verdicts[uid] = judge_group(uid, infos, self.settings.metric)
 
@@ -349,7 +350,7 @@ class PerTaskDynamicSampler(ReplayBuffer):
         top_up = self._oldest_first(partition_id, zero_variance, batch_size - len(chosen))
         chosen = chosen + top_up
         chosen_set = set(chosen)
-        if not any(key.split("_")[0] in chosen_set for key in partition_snapshot):
+        if not any(prompt_uid(key) in chosen_set for key in partition_snapshot):
             raise RuntimeError("Filtered sampling selected only groups without trajectories (all rollouts failed)")
 
         discarded = (self.finished_keys[partition_id] | self.failure_keys[partition_id]) - chosen_set

@@ -14,6 +14,11 @@ METRIC_PREFIX = "mixed_r1"
 AVERAGED_KEYS = ("score", "accuracy", "correct", "format", "error")
 
 
+def prompt_uid(key: str) -> str:
+    """The prompt (GRPO group) of a TransferQueue trajectory key, `<uid>_<session>_<turn>`."""
+    return key.split("_")[0]
+
+
 def rows_by_task(reward_extra_infos: Iterable[Mapping], groups: Iterable | None = None) -> dict[str, list[tuple]]:
     """The (row, prompt group) pairs of each task, the group None without `groups`. Rows without a task
     (another reward manager) are left out."""

@@ -21,7 +21,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from mixed_r1_verl.data.balanced_sampler import check_resumed_sampler, with_configured_sampler
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count, stop_loader_processes
-from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog
+from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, prompt_uid
 from mixed_r1_verl.verl_adapter.stop_by import StopBy, write_early_end
 
 TRAINER_MODE = "mixed_r1_sync"
@@ -35,7 +35,7 @@ def reward_extra_infos(extra_fields, tags, keys) -> tuple[list[dict], list[str]]
     for extra, tag, key in zip(extra_fields, tags, keys, strict=True):
         if not tag.get("is_padding", False) and isinstance(extra, dict):
             infos.append(extra.get("reward_extra_info") or {})
-            groups.append(key.split("_")[0])
+            groups.append(prompt_uid(key))
     return infos, groups
 
 
