@@ -609,6 +609,16 @@ def prepare_smoke(smoke: DictConfig, model_dir: str, data_dir: str, max_prompt_l
     )  # fmt: skip
 
 
+def exit_unless_installed_tasks_load() -> None:
+    """The reward workers would stop on it at start-up, after Ray and the models."""
+    from mixed_r1_verl.rewards.tasks import TaskPluginError, plugin_tasks
+
+    try:
+        plugin_tasks()
+    except TaskPluginError as error:
+        fail(f"{error}\n", EXIT_USAGE)
+
+
 def exit_unless_gpu_counts_are_positive(trainer: DictConfig) -> None:
     for key in ("nnodes", "n_gpus_per_node"):
         if type(trainer[key]) is not int or trainer[key] < 1:
@@ -631,6 +641,7 @@ def train(config: DictConfig) -> None:
     filtering_errors = filtering_setting_errors(config)
     if filtering_errors:
         fail("; ".join(filtering_errors) + ".\n", EXIT_USAGE)
+    exit_unless_installed_tasks_load()
     exit_unless_local_gpus_suffice(config)
     if os.environ.get("RAY_ADDRESS"):
         check_cluster_gpus(config)

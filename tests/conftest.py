@@ -2,12 +2,26 @@ import pytest
 from interrupts import pytest_runtest_makereport  # noqa: F401  (a hook for every test)
 
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
+from mixed_r1_verl.rewards.tasks import plugin_tasks
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Qwen2.5-VL written once per test session."""
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny_qwen25vl"))
+
+
+@pytest.fixture
+def install_tasks(monkeypatch):
+    """Puts a directory of installed distributions (tests/task_plugins.py) on this process's path, as pip
+    would, for one test: the tasks they add are read again."""
+
+    def put_on_path(root):
+        monkeypatch.syspath_prepend(str(root))
+        plugin_tasks.cache_clear()
+
+    yield put_on_path
+    plugin_tasks.cache_clear()
 
 
 @pytest.fixture(scope="session")

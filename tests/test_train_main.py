@@ -14,6 +14,8 @@ import yaml
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
+from task_plugins import write_distribution
+
 from mixed_r1_verl.entry import EXIT_USAGE, sweep_jobs
 from mixed_r1_verl.main import (
     exit_unless_data_files_exist,
@@ -43,6 +45,20 @@ def test_training_without_a_gpu_exits_2_and_says_what_runs_here(tmp_path):
     assert "mixed_r1_verl.data.prepare" in result.stderr and "compute_score" in result.stderr
     assert "tracker file" not in result.stdout + result.stderr, "a first run has no checkpoint to speak of"
     assert not any(tmp_path.iterdir()), "nothing may be built before the GPU check"
+
+
+def test_an_installed_task_that_cannot_be_loaded_stops_the_entry_before_anything_starts(tmp_path):
+    site = write_distribution(tmp_path / "site", "broken_task", "raise ImportError('no counting here')\n",
+                              {"counting": "broken_task:COUNTING"})  # fmt: skip
+    work_dir = tmp_path / "smoke"
+    python_path = os.pathsep.join([str(REPO), str(site), os.environ.get("PYTHONPATH", "")])
+    result = run_main("recipe=smoke", f"mixed_r1.smoke.work_dir={work_dir}", env={"PYTHONPATH": python_path})
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert (
+        "entry point counting = broken_task:COUNTING of group mixed_r1_verl.tasks (package broken_task) cannot be "
+        "loaded: ImportError: no counting here"
+    ) in result.stderr
+    assert not work_dir.exists(), "nothing may be built before the check"
 
 
 def test_a_sweep_whose_jobs_would_share_a_checkpoint_directory_is_refused_before_the_first_trains(tmp_path):

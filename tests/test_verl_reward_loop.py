@@ -4,6 +4,7 @@ The cluster's workers see a Hugging Face cache holding the tiny model under a hu
 node with a pre-filled HF_HOME does."""
 
 import asyncio
+import os
 import subprocess
 import sys
 
@@ -12,11 +13,13 @@ import pytest
 import ray
 from hf_cache import write_hf_cache
 from reward_loop_helpers import SAMPLES, THINK, reward_config, rollout_batch
+from task_plugins import write_counting_plugin, write_distribution
 from transformers import AutoTokenizer
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput, AgentLoopWorker
 from verl.experimental.reward_loop.reward_loop import RewardLoopManager, RewardLoopWorker
 from mixed_r1_verl.rewards import compute_score
+from mixed_r1_verl.rewards.tasks import TaskPluginError
 from mixed_r1_verl.verl_adapter.trainer import wait_for_reward_workers
 
 HUB_ID = "acme/tiny-qwen25vl"
@@ -28,7 +31,10 @@ TEXT_KEYS = ("task", "pred")
 def local_ray(tmp_path_factory, tiny_model_dir):
     hf_home = tmp_path_factory.mktemp("hf_home")
     write_hf_cache(hf_home, HUB_ID, tiny_model_dir, sharded=True)
-    env_vars = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    # The workers' environment has a package installed that adds the task `counting`.
+    site = write_counting_plugin(tmp_path_factory.mktemp("site"))
+    python_path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env_vars = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": python_path}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env_vars})
     yield
     ray.shutdown()
@@ -131,6 +137,24 @@ def test_unloadable_embedding_model_stops_the_reward_worker_at_start_up(reward_l
         manager.compute_rm_score(rollout_batch(tokenizer, SAMPLES[:1]))
 
 
+def test_a_task_an_installed_package_adds_is_scored_in_the_reward_workers(reward_loop, tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    samples = [
+        ("shapes", THINK + "<answer>3</answer>", "3", {"task": "counting"}),
+        ("shapes", THINK + "<answer>4</answer>", "3", {"task": "counting"}),  # one off: 0.5, correct at 0.5
+        ("shapes", THINK + "<answer>many</answer>", "3", {"task": "counting"}),  # no whole number: an error
+        SAMPLES[0],
+    ]
+    output = reward_loop(reward_config(tiny_model_dir, num_workers=1)).compute_rm_score(rollout_batch(tokenizer, samples))
+    assert output.meta_info["reward_extra_keys"] == EXTRA_KEYS
+    batch = output.non_tensor_batch
+    assert list(batch["task"]) == ["counting", "counting", "counting", "matching"]
+    assert list(batch["accuracy"]) == [1.0, 0.5, 0.0, 1.0]
+    assert list(batch["correct"]) == [1.0, 1.0, 0.0, 1.0]
+    assert list(batch["error"]) == [0.0, 0.0, 1.0, 0.0]
+    assert list(batch["score"]) == [pytest.approx(1.0), pytest.approx(0.55), 0.0, pytest.approx(1.0)]
+
+
 def test_custom_reward_function_may_return_a_number(reward_loop, tiny_model_dir, tmp_path):
     module = tmp_path / "length_reward.py"
     module.write_text(
@@ -210,6 +234,12 @@ def reward_worker(model_dir, *overrides, **reward_kwargs) -> RewardLoopWorker:
 
 def score_batch(worker: RewardLoopWorker, data) -> list[dict]:
     return asyncio.run(worker.compute_score_batch(data))
+
+
+def test_a_broken_installed_task_stops_the_reward_worker_at_start_up(tiny_model_dir, install_tasks, tmp_path):
+    install_tasks(write_distribution(tmp_path / "site", "broken_task", "", {"counting": "broken_task:COUNTING"}))
+    with pytest.raises(TaskPluginError, match="entry point counting = broken_task:COUNTING .* cannot be loaded"):
+        reward_worker(tiny_model_dir)
 
 
 def test_a_sample_without_ground_truth_stops_the_reward_with_its_name(tiny_model_dir):

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from mixed_r1_verl.data.model_files import resolve_model_dir
 from mixed_r1_verl.data.prepare import CONVERSION_OUTPUTS, PrepareConfig, RowConverter, prepare
-from mixed_r1_verl.data.records import TASKS, CanonicalRecord, RecordError, iter_source_rows, option_index, parse_box
+from mixed_r1_verl.data.records import CanonicalRecord, RecordError, iter_source_rows, option_index, parse_box
 from mixed_r1_verl.data.sampling import ResponseCache, request_key
 from mixed_r1_verl.eval.cache import Completion
 from mixed_r1_verl.eval.generation import (
@@ -53,7 +53,7 @@ from mixed_r1_verl.eval.generation import (
     vllm_kwargs_error,
     vllm_temperature_error,
 )
-from mixed_r1_verl.rewards import DEFAULT_CORRECT_THRESHOLDS, compute_score, values_differ
+from mixed_r1_verl.rewards import DEFAULT_CORRECT_THRESHOLDS, compute_score, task_names, values_differ
 from mixed_r1_verl.rewards.chart import single_number
 from mixed_r1_verl.rewards.text import normalize_text
 from mixed_r1_verl.settings import run_settings_cli
@@ -166,7 +166,7 @@ class StageResult:
 
 def count_by_task(rows: list[EngineRow]) -> dict:
     counts = Counter(row.record.task for row in rows)
-    return {task: counts.get(task, 0) for task in TASKS}
+    return {task: counts.get(task, 0) for task in task_names()}
 
 
 def sampling_settings(config: EngineConfig) -> SamplingSettings:
@@ -243,9 +243,11 @@ def check_difficulty_settings(config: EngineConfig) -> None:
             f"inclusive={difficulty.inclusive}: no pass rate that k={difficulty.k} responses give (0, 1/k, ... 1) "
             "lies in the band, so every prompt would be dropped"
         )
-    unknown = sorted(set(difficulty.correct_threshold) - set(TASKS))
+    unknown = sorted(set(difficulty.correct_threshold) - set(task_names()))
     if unknown:
-        raise ValueError(f"difficulty.correct_threshold names unknown tasks {unknown}; tasks: {', '.join(TASKS)}")
+        raise ValueError(
+            f"difficulty.correct_threshold names unknown tasks {unknown}; tasks: {', '.join(task_names())}"
+        )
     for task, threshold in difficulty.correct_threshold.items():
         if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 1:
             raise ValueError(
@@ -267,9 +269,9 @@ def in_band(pass_rate: float, difficulty: DifficultyConfig) -> bool:
 
 
 def check_balance_targets(targets: dict) -> None:
-    unknown = sorted(set(targets) - set(TASKS))
+    unknown = sorted(set(targets) - set(task_names()))
     if unknown:
-        raise ValueError(f"balance.targets names unknown tasks {unknown}; tasks: {', '.join(TASKS)}")
+        raise ValueError(f"balance.targets names unknown tasks {unknown}; tasks: {', '.join(task_names())}")
     for task, count in targets.items():
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"balance.targets.{task}={count!r}: expected a number of rows (0 or more)")
@@ -347,7 +349,7 @@ class Engine:
             iter_source_rows(self.config.input), desc="Validating", disable=not self.config.progress
         ):
             task = self.converter.source_value(raw, "task")
-            rows_in[task if task in TASKS else "other"] += 1
+            rows_in[task if task in task_names() else "other"] += 1
             try:
                 record = self.converter.record(number, raw)
                 converted = self.converter.convert(record)
@@ -365,7 +367,7 @@ class Engine:
                     digests,
                 )
             )
-        rows_in_by_task = {task: rows_in.get(task, 0) for task in (*TASKS, "other")}
+        rows_in_by_task = {task: rows_in.get(task, 0) for task in (*task_names(), "other")}
         self.stages.append(StageResult("validate", rows_in_by_task, count_by_task(rows), dict(reasons)))
         return rows
 
@@ -507,7 +509,7 @@ class Engine:
         rng = random.Random(seed)
         chosen: set[int] = set()
         shortfall = {}
-        for task in TASKS:
+        for task in task_names():
             indices = [i for i, row in enumerate(rows) if row.record.task == task]
             target = targets.get(task, len(indices))
             if target > len(indices):

@@ -62,7 +62,6 @@ from mixed_r1_verl.data.records import (
     ColumnMapping,
     UNSUPPORTED_IMAGE_SIZE,
     SPLITS,
-    TASKS,
     RecordError,
     apply_mapping,
     build_mapping,
@@ -72,6 +71,7 @@ from mixed_r1_verl.data.records import (
     parse_box,
     parse_record,
 )
+from mixed_r1_verl.rewards.tasks import task_names
 from mixed_r1_verl.settings import run_settings_cli
 
 # Each model family's training prompt budget (data.max_prompt_length: conf/mixed_r1.yaml, and
@@ -327,7 +327,7 @@ class RowConverter:
     def source_task(self, raw: Any) -> str:
         """The task a rejected row is counted under: its mapped task when known, else "unknown"."""
         task = self.source_value(raw, "task")
-        return task if task in TASKS else "unknown"
+        return task if task in task_names() else "unknown"
 
     def source_id(self, number: int, raw: Any) -> str:
         """The id a rejected row is reported under: its mapped id, else its row number (`row-N`: a rejected

@@ -10,6 +10,7 @@ from mixed_r1_verl.data.frames import BOX_FRAME_ABS
 from mixed_r1_verl.data.model_files import vision_geometry
 from mixed_r1_verl.data.processor import load_image_text_processor, processor_model_family
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER, OPTION_LETTERS
+from mixed_r1_verl.rewards.tasks import plugin_tasks
 
 FORMAT_INSTRUCTION = (
     "First think through the problem step by step inside <think> </think> tags, "
@@ -35,6 +36,8 @@ def task_instruction(task: str, has_options: bool, box_frame: str, frame_size: t
         return TASK_INSTRUCTIONS[key].format(width=frame_size[0], height=frame_size[1])
     if task == "matching" and has_options:
         return TASK_INSTRUCTIONS["matching_options"]
+    if task in plugin_tasks():
+        return plugin_tasks()[task].instruction
     return TASK_INSTRUCTIONS[task]
 
 

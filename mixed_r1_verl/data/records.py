@@ -2,9 +2,9 @@
 
 Canonical record (one JSON object per line):
 
-    {"id": str (optional), "task": "matching" | "chart" | "grounding" | "open_ended", "data_source": str,
-     "images": [relative image paths], "problem": str, "answer": str, "options": [str] (optional),
-     "split": "train" | "val" (optional), "rationale": str (optional)}
+    {"id": str (optional), "task": "matching" | "chart" | "grounding" | "open_ended" | an installed task,
+     "data_source": str, "images": [relative image paths], "problem": str, "answer": str,
+     "options": [str] (optional), "split": "train" | "val" (optional), "rationale": str (optional)}
 
 A row without an `id` is given one derived from its content (`generated_id`).
 
@@ -28,8 +28,8 @@ from typing import Any, Iterator, Sequence
 
 from mixed_r1_verl.rewards.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 from mixed_r1_verl.rewards.matching import matching_accuracy, option_text_letters
+from mixed_r1_verl.rewards.tasks import task_names
 
-TASKS = ("matching", "chart", "grounding", "open_ended")
 IMAGE_PLACEHOLDER = "<image>"
 # The Qwen2-VL family's image token: the processor expands each one in a prompt into an image's patches.
 IMAGE_PAD = "<|image_pad|>"
@@ -279,8 +279,8 @@ def parse_record(raw: dict) -> CanonicalRecord:
     check_strings_are_unicode(raw)
     record_id = _optional_id(raw)
     task = raw.get("task")
-    if task not in TASKS:
-        raise RecordError(UNKNOWN_TASK, f"task {task!r} is not one of {', '.join(TASKS)}")
+    if task not in task_names():
+        raise RecordError(UNKNOWN_TASK, f"task {task!r} is not one of {', '.join(task_names())}")
     images = raw.get("images")
     if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
         raise RecordError(BAD_RECORD, "field 'images' must be a non-empty list of paths")

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mixed_r1_verl.rewards.tasks import BUILTIN_TASKS as TASKS
+
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -30,7 +32,6 @@ COLOURS = {
 }
 SHAPES = ("circle", "square", "triangle")
 BAR_LABELS = "ABCDE"
-TASKS = ("matching", "chart", "grounding", "open_ended")
 LETTERS = "ABCD"
 
 

@@ -6,19 +6,20 @@ from .scoring import (
     DEFAULT_CORRECT_THRESHOLDS,
     DEFAULT_FORMAT_WEIGHT,
     DEFAULT_TASK_MAP,
-    TASKS,
     Verdict,
     compute_score,
     judge,
     values_differ,
 )
+from .tasks import BUILTIN_TASKS, Task, task_names
 
 __all__ = [
+    "BUILTIN_TASKS",
     "DEFAULT_CORRECT_THRESHOLDS",
     "DEFAULT_FORMAT_WEIGHT",
     "DEFAULT_TASK_MAP",
-    "TASKS",
     "EmbeddingModel",
+    "Task",
     "Verdict",
     "bmas_batch",
     "bmas_from_similarity",
@@ -26,5 +27,6 @@ __all__ = [
     "judge",
     "load_embedding_model",
     "row_norms",
+    "task_names",
     "values_differ",
 ]

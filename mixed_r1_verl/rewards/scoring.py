@@ -21,17 +21,17 @@ from .embeddings import EmbeddingModel, load_embedding_model
 from .grounding import NORM1000_FRAME, grounding_accuracy
 from .matching import matching_accuracy
 from .open_ended import open_ended_accuracy
+from .tasks import BUILTIN_TASKS, plugin_tasks, task_names
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("matching", "chart", "grounding", "open_ended")
 UNKNOWN_TASK = "unknown"
 DEFAULT_FORMAT_WEIGHT = 0.1
 # Accuracy at which a response counts as correct (the binary `correct` field, e.g. for judging whether a
 # GRPO group has any signal). matching and chart accuracies are already 0/1. grounding: IoU 0.5, the
 # usual detection criterion (with `iou_threshold` the accuracy itself is 0/1 at that IoU, so correct
 # follows it). open_ended: BMAS 0.5, our choice (the paper gives none), the same as the data engine's
-# difficulty filter.
+# difficulty filter. An installed task brings its own (`Task.correct_threshold`).
 DEFAULT_CORRECT_THRESHOLDS = {"matching": 1.0, "chart": 1.0, "grounding": 0.5, "open_ended": 0.5}
 
 # Public benchmarks whose task is unambiguous; `task_map` entries take precedence.
@@ -115,7 +115,7 @@ def resolve_task(data_source: str, extra_info: Mapping | None, task_map: Mapping
     if task is None:
         source = str(data_source).lower()
         task = (task_map or {}).get(source, (task_map or {}).get(data_source, DEFAULT_TASK_MAP.get(source)))
-    if task not in TASKS:
+    if task not in task_names():
         raise RewardInputError(f"unknown task {task!r} for data_source {data_source!r}")
     return task
 
@@ -139,8 +139,14 @@ def _iou_threshold(extra_info: Mapping, configured: float | None) -> float | Non
     return configured if threshold is None else threshold
 
 
+def default_correct_threshold(task: str) -> float:
+    if task in BUILTIN_TASKS:
+        return DEFAULT_CORRECT_THRESHOLDS[task]
+    return plugin_tasks()[task].correct_threshold
+
+
 def rule_accuracy(task: str, answer: str, ground_truth, extra_info: Mapping, iou_threshold=None) -> float:
-    """Accuracy of the rule-scored tasks (everything but open_ended)."""
+    """Accuracy of the rule-scored tasks (everything but open_ended, installed tasks included)."""
     if task == "matching":
         return matching_accuracy(answer, str(ground_truth), extra_info.get("options"))
     if task == "chart":
@@ -148,6 +154,8 @@ def rule_accuracy(task: str, answer: str, ground_truth, extra_info: Mapping, iou
     if task == "grounding":
         threshold = _iou_threshold(extra_info, iou_threshold)
         return grounding_accuracy(answer, ground_truth, _frame_size(extra_info), threshold)
+    if task in plugin_tasks():
+        return plugin_tasks()[task].score(answer, ground_truth, extra_info)
     raise RewardInputError(f"task {task!r} is not rule-scored")
 
 
@@ -173,7 +181,7 @@ def judge(
         verdict.task = resolve_task(data_source, extra_info, task_map)
         verdict.format_weight = _per_task_setting(format_weight, verdict.task, DEFAULT_FORMAT_WEIGHT)
         verdict.correct_threshold = _per_task_setting(
-            correct_threshold, verdict.task, DEFAULT_CORRECT_THRESHOLDS[verdict.task]
+            correct_threshold, verdict.task, default_correct_threshold(verdict.task)
         )
         if verdict.answer is None:
             verdict.accuracy = 0.0
@@ -190,7 +198,8 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
 
     Keyword options: `task_map` (data_source -> task), `format_weight` (float, or task -> float),
     `iou_threshold` (grounding: 1 when IoU reaches it instead of the continuous IoU),
-    `correct_threshold` (float, or task -> float; defaults in `DEFAULT_CORRECT_THRESHOLDS`),
+    `correct_threshold` (float, or task -> float; defaults in `DEFAULT_CORRECT_THRESHOLDS`, and an
+    installed task's own),
     `embedding_model` (open_ended: an HF model directory or hub id, or an `EmbeddingModel`).
     Returns `score`, `accuracy`, `correct` (0/1), `format`, `error` (0/1), `task` and `pred` (the answer,
     normalized). Raises ValueError for a sample without a ground truth (None, NaN, blank, empty).

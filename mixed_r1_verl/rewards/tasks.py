@@ -1,0 +1,110 @@
+"""The tasks Mixed-Reward scores: Mixed-R1's four, and those that other installed packages add.
+
+A package adds a task without changing this one. It declares a `Task` under the entry point group
+`mixed_r1_verl.tasks`, named as the task:
+
+    # setup.py of the package
+    entry_points={"mixed_r1_verl.tasks": ["counting = my_rewards.counting:COUNTING"]}
+
+    # my_rewards/counting.py
+    from mixed_r1_verl.rewards import Task
+
+    COUNTING = Task("counting", counting_accuracy, "Answer with a single whole number.")
+
+Installed where training runs, the task is known to every process that reads entry points: the
+converter and the data engine accept its records and ask them with its instruction, and the reward
+(in verl's reward workers, in evaluation and in the data engine's difficulty stage) scores them with its
+accuracy. Per-task metrics, filtering and reports name it like the four.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+BUILTIN_TASKS = ("matching", "chart", "grounding", "open_ended")
+TASK_ENTRY_POINT_GROUP = "mixed_r1_verl.tasks"
+# Names the reports use for rows that are not one task's: no task may take them.
+RESERVED_TASK_NAMES = ("unknown", "other", "all")
+TASK_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+AccuracyFunction = Callable[[str, str, Mapping], float]
+
+
+class TaskPluginError(RuntimeError):
+    """An installed task cannot be used: it names the entry point and the reason."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task another package adds.
+
+    `accuracy(answer, ground_truth, extra_info)` gets the text of the response's last `<answer>` block,
+    the record's answer (the row's `reward_model.ground_truth`) and the row's `extra_info`, and returns
+    a number in [0, 1]; an exception or another value scores the response 0 and counts as a reward error.
+    `instruction` ends the task's prompts (before the reasoning-format instruction). A response is
+    `correct` when its accuracy reaches `correct_threshold`.
+    """
+
+    name: str
+    accuracy: AccuracyFunction
+    instruction: str
+    correct_threshold: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not TASK_NAME.fullmatch(self.name):
+            raise ValueError(f"task name {self.name!r}: expected lower-case letters, digits and _, from a letter")
+        if self.name in BUILTIN_TASKS or self.name in RESERVED_TASK_NAMES:
+            taken = "a built-in task" if self.name in BUILTIN_TASKS else "reserved for report rows"
+            raise ValueError(f"task name {self.name!r} is {taken}")
+        if not callable(self.accuracy):
+            raise ValueError(f"task {self.name!r}: accuracy must be callable, got {type(self.accuracy).__name__}")
+        if not isinstance(self.instruction, str) or not self.instruction.strip():
+            raise ValueError(f"task {self.name!r}: instruction must be a non-empty string")
+        threshold = self.correct_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 1:
+            raise ValueError(f"task {self.name!r}: correct_threshold={threshold!r}, expected a number in (0, 1]")
+
+    def score(self, answer: str, ground_truth, extra_info: Mapping) -> float:
+        """The task's accuracy for one answer, checked to be a number in [0, 1]."""
+        accuracy = self.accuracy(answer, ground_truth, extra_info)
+        if isinstance(accuracy, bool) or not isinstance(accuracy, int | float) or not 0 <= accuracy <= 1:
+            raise ValueError(f"task {self.name!r}'s accuracy returned {accuracy!r}, expected a number in [0, 1]")
+        if math.isnan(accuracy):
+            raise ValueError(f"task {self.name!r}'s accuracy returned NaN")
+        return float(accuracy)
+
+
+def _entry_point_name(entry_point: importlib.metadata.EntryPoint) -> str:
+    package = f" (package {entry_point.dist.name})" if entry_point.dist is not None else ""
+    return f"entry point {entry_point.name} = {entry_point.value} of group {TASK_ENTRY_POINT_GROUP}{package}"
+
+
+@functools.cache
+def plugin_tasks() -> dict[str, Task]:
+    """The tasks installed packages add, by name; read once per process. Raises TaskPluginError naming
+    the entry point when one cannot be loaded, is no `Task`, or names another task."""
+    tasks: dict[str, Task] = {}
+    for entry_point in importlib.metadata.entry_points(group=TASK_ENTRY_POINT_GROUP):
+        where = _entry_point_name(entry_point)
+        try:
+            task = entry_point.load()
+        except Exception as error:
+            raise TaskPluginError(f"{where} cannot be loaded: {type(error).__name__}: {error}") from error
+        if not isinstance(task, Task):
+            raise TaskPluginError(f"{where} is a {type(task).__name__}, not a mixed_r1_verl.rewards.Task")
+        if task.name != entry_point.name:
+            raise TaskPluginError(f"{where} holds task {task.name!r}: the entry point must be named as its task")
+        if task.name in tasks:
+            raise TaskPluginError(f"{where}: another installed package adds task {task.name!r} too")
+        tasks[task.name] = task
+    return tasks
+
+
+def task_names() -> tuple[str, ...]:
+    """Every task a record may have: the four of Mixed-R1, then the installed ones."""
+    return (*BUILTIN_TASKS, *plugin_tasks())
