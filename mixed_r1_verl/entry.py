@@ -10,6 +10,7 @@ from typing import Callable
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
@@ -75,18 +76,19 @@ def run_recipe_entry(
     hydra.main(config_path=str(config_dir), config_name=config_name, version_base=None)(checked_task)()
 
 
-def sweep_jobs(argv: list[str]) -> list[list[str]] | None:
-    """The overrides of each job a `-m` command line sweeps over (`key=a,b`, `range(...)`, `choice(...)`),
-    as Hydra's basic sweeper combines them; None when one cannot be expanded here (a `glob` of a group)."""
+def sweep_jobs(argv: list[str], config_loader=None) -> list[list[str]] | None:
+    """The overrides of each job a `-m` command line sweeps over (`key=a,b`, `range(...)`, `choice(...)`, and
+    with Hydra's config loader the `glob(...)` of a config group), as Hydra's basic sweeper combines them;
+    None when one cannot be expanded here (a `glob` without the loader)."""
     overrides = [arg for arg in argv if not arg.startswith("-") and ("=" in arg or arg.startswith("~"))]
     choices = []
-    for override in OverridesParser.create().parse_overrides(overrides):
+    for override in OverridesParser.create(config_loader=config_loader).parse_overrides(overrides):
         if not override.is_sweep_override():
             choices.append([override.input_line])
             continue
         try:
             values = list(override.sweep_string_iterator())
-        except Exception:  # a glob needs Hydra's config loader
+        except Exception:  # a glob without Hydra's config loader
             return None
         choices.append([f"{override.get_key_element()}={value}" for value in values])
     return [list(job) for job in itertools.product(*choices)]
@@ -106,7 +108,7 @@ def exit_if_sweep_jobs_share_a_checkpoint_dir(config_name: str, argv: list[str])
     would resume each other's checkpoints. Checked once, before the first job trains."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or HydraConfig.get().job.num:
         return
-    jobs = sweep_jobs(argv)
+    jobs = sweep_jobs(argv, GlobalHydra.instance().config_loader())
     if not jobs or len(jobs) < 2:
         return
     dirs = [str(OmegaConf.select(hydra.compose(config_name, overrides=job), CHECKPOINT_DIR_KEY)) for job in jobs]

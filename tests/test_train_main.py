@@ -78,6 +78,12 @@ def test_a_sweep_whose_jobs_would_share_a_checkpoint_directory_is_refused_before
         assert named.returncode == 2 and "needs at least one CUDA GPU" in named.stderr
 
 
+def test_a_glob_sweep_over_a_config_group_is_checked_as_its_jobs(tmp_path):
+    result = run_main("-m", "recipe=qwen25vl_7b", "filtering=glob(*)", cwd=tmp_path)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "-m: the sweep's jobs (filtering=off; filtering=on) would all train into" in result.stderr
+
+
 def test_sweep_jobs_combine_the_swept_values_as_hydras_basic_sweeper_does():
     argv = ["-m", "recipe=smoke", "a=1,2", "+b=range(0,2)", "~c", "--cfg", "job"]
     assert sweep_jobs(argv) == [
