@@ -609,12 +609,13 @@ def prepare_smoke(smoke: DictConfig, model_dir: str, data_dir: str, max_prompt_l
     )  # fmt: skip
 
 
-def exit_unless_installed_tasks_load() -> None:
-    """The reward workers would stop on it at start-up, after Ray and the models."""
-    from mixed_r1_verl.rewards.tasks import TaskPluginError, plugin_tasks
+def installed_tasks_env() -> dict[str, str]:
+    """The driver's installed tasks, for the reward workers to check theirs; an installed task that cannot be
+    used stops the entry here (the reward workers would stop on it at start-up, after Ray and the models)."""
+    from mixed_r1_verl.rewards.tasks import TaskPluginError, driver_tasks_env
 
     try:
-        plugin_tasks()
+        return driver_tasks_env()
     except TaskPluginError as error:
         fail(f"{error}\n", EXIT_USAGE)
 
@@ -641,7 +642,7 @@ def train(config: DictConfig) -> None:
     filtering_errors = filtering_setting_errors(config)
     if filtering_errors:
         fail("; ".join(filtering_errors) + ".\n", EXIT_USAGE)
-    exit_unless_installed_tasks_load()
+    tasks_env = installed_tasks_env()
     exit_unless_local_gpus_suffice(config)
     if os.environ.get("RAY_ADDRESS"):
         check_cluster_gpus(config)
@@ -655,7 +656,7 @@ def train(config: DictConfig) -> None:
     exit_unless_data_files_exist(config.data, os.environ)
     train_rows = sum(parquet_rows(path) for path in data_files(config.data.train_files))
     exit_if_steps_outrun_the_epochs(config.trainer, train_rows // config.data.train_batch_size, "verl's trainer")
-    add_ray_env_vars(config, {**worker_env, **import_plugins(PLUGIN_MODULES)}, os.environ)
+    add_ray_env_vars(config, {**worker_env, **tasks_env, **import_plugins(PLUGIN_MODULES)}, os.environ)
     default_ray_cpus(config, os.environ, len(os.sched_getaffinity(0)))
     choose_attention(config, flash_attn_importable())
 

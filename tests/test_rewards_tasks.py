@@ -15,7 +15,13 @@ from mixed_r1_verl.data.records import UNKNOWN_TASK
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.eval.cli import main as eval_main
 from mixed_r1_verl.rewards import BUILTIN_TASKS, Task, compute_score, task_names
-from mixed_r1_verl.rewards.tasks import TaskPluginError, plugin_tasks
+from mixed_r1_verl.rewards.tasks import (
+    DRIVER_TASKS_ENV_VAR,
+    TaskPluginError,
+    check_driver_tasks_are_installed,
+    driver_tasks_env,
+    plugin_tasks,
+)
 from mixed_r1_verl.settings import parse_settings
 
 THINK = "<think>I count the shapes.</think>"
@@ -59,9 +65,16 @@ def test_an_installed_task_that_raises_or_returns_no_accuracy_is_a_reward_error(
     assert "ValueError: could not convert string to float: 'half'" in caplog.text
 
 
+def test_the_driver_names_its_installed_tasks_and_their_packages_for_the_ray_workers(counting):
+    driver_env = driver_tasks_env()
+    assert json.loads(driver_env[DRIVER_TASKS_ENV_VAR]) == {"counting": "counting_task"}
+    check_driver_tasks_are_installed(driver_env)  # a worker where the package is installed too
+
+
 def test_without_the_package_the_task_is_unknown(install_tasks, tmp_path):
     install_tasks(tmp_path / "empty")
     assert task_names() == BUILTIN_TASKS
+    assert driver_tasks_env() == {}
     result = counting_score(f"{THINK}<answer>3</answer>")
     assert (result["task"], result["error"], result["score"]) == ("unknown", 1.0, 0.0)
 

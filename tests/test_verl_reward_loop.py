@@ -4,7 +4,9 @@ The cluster's workers see a Hugging Face cache holding the tiny model under a hu
 node with a pre-filled HF_HOME does."""
 
 import asyncio
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -19,7 +21,7 @@ from transformers import AutoTokenizer
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput, AgentLoopWorker
 from verl.experimental.reward_loop.reward_loop import RewardLoopManager, RewardLoopWorker
 from mixed_r1_verl.rewards import compute_score
-from mixed_r1_verl.rewards.tasks import TaskPluginError
+from mixed_r1_verl.rewards.tasks import DRIVER_TASKS_ENV_VAR, TaskPluginError
 from mixed_r1_verl.verl_adapter.trainer import wait_for_reward_workers
 
 HUB_ID = "acme/tiny-qwen25vl"
@@ -240,6 +242,24 @@ def test_a_broken_installed_task_stops_the_reward_worker_at_start_up(tiny_model_
     install_tasks(write_distribution(tmp_path / "site", "broken_task", "", {"counting": "broken_task:COUNTING"}))
     with pytest.raises(TaskPluginError, match="entry point counting = broken_task:COUNTING .* cannot be loaded"):
         reward_worker(tiny_model_dir)
+
+
+def test_a_reward_worker_on_a_node_without_a_task_the_driver_has_stops_at_start_up(
+    tiny_model_dir, install_tasks, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(DRIVER_TASKS_ENV_VAR, json.dumps({"counting": "counting_task"}))
+    install_tasks(tmp_path / "node_without_it")
+    with pytest.raises(TaskPluginError) as stopped:
+        reward_worker(tiny_model_dir)
+    assert str(stopped.value).startswith(
+        f"node {socket.gethostname()} lacks the installed task(s) 'counting' (package counting_task) that the "
+        "training driver has"
+    )
+    install_tasks(write_counting_plugin(tmp_path / "node_with_it"))
+    samples = [("shapes", THINK + "<answer>3</answer>", "3", {"task": "counting"})]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    results = score_batch(reward_worker(tiny_model_dir), rollout_batch(tokenizer, samples))
+    assert [result["reward_extra_info"]["task"] for result in results] == ["counting"]
 
 
 def test_a_sample_without_ground_truth_stops_the_reward_with_its_name(tiny_model_dir):

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import math
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -31,6 +33,8 @@ TASK_ENTRY_POINT_GROUP = "mixed_r1_verl.tasks"
 # Names the reports use for rows that are not one task's: no task may take them.
 RESERVED_TASK_NAMES = ("unknown", "other", "all")
 TASK_NAME = re.compile(r"[a-z][a-z0-9_]*")
+# The installed tasks of the training driver (name -> package), for every Ray worker to check its own.
+DRIVER_TASKS_ENV_VAR = "MIXED_R1_DRIVER_TASKS"
 
 AccuracyFunction = Callable[[str, str, Mapping], float]
 
@@ -108,3 +112,25 @@ def plugin_tasks() -> dict[str, Task]:
 def task_names() -> tuple[str, ...]:
     """Every task a record may have: the four of Mixed-R1, then the installed ones."""
     return (*BUILTIN_TASKS, *plugin_tasks())
+
+
+def driver_tasks_env() -> dict[str, str]:
+    """The variable that tells the Ray workers which tasks the driver has installed, and from which package."""
+    plugin_tasks()  # refuses a broken entry point first
+    entry_points = importlib.metadata.entry_points(group=TASK_ENTRY_POINT_GROUP)
+    packages = {point.name: point.dist.name if point.dist is not None else point.value for point in entry_points}
+    return {DRIVER_TASKS_ENV_VAR: json.dumps(packages, sort_keys=True)} if packages else {}
+
+
+def check_driver_tasks_are_installed(environ) -> None:
+    """In a Ray worker: its installed tasks load, and the driver's are installed here too (else this worker
+    would score their samples as of an unknown task, 0 and a reward error, while other nodes score them)."""
+    installed = plugin_tasks()  # refuses a broken entry point first
+    driver_tasks = json.loads(environ.get(DRIVER_TASKS_ENV_VAR) or "{}")
+    missing = {name: package for name, package in driver_tasks.items() if name not in installed}
+    if missing:
+        tasks = ", ".join(f"{name!r} (package {package})" for name, package in sorted(missing.items()))
+        raise TaskPluginError(
+            f"node {socket.gethostname()} lacks the installed task(s) {tasks} that the training driver has: "
+            "install the package(s) in this node's Python environment too"
+        )

@@ -21,7 +21,8 @@ and the keys it returns, which must be the same for every sample.
 The embedding model and, with bmas_num_gpus > 0, the GPU actor are set up when the manager is built
 (verl builds it in each reward worker's constructor, before any request): a model that cannot be
 loaded or a GPU that cannot be had stops the worker there with the reason, instead of scoring every
-open_ended sample 0. So does an installed task (`mixed_r1_verl.rewards.tasks`) that cannot be loaded.
+open_ended sample 0. So does an installed task (`mixed_r1_verl.rewards.tasks`) that cannot be loaded, or
+one that the training driver has and this worker's node lacks.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import asyncio
 import inspect
 import logging
 import math
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,7 +44,7 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from mixed_r1_verl.rewards import bmas_batch, judge
 from mixed_r1_verl.rewards.embeddings import check_tokenizer_fits_table, load_embedding_model, load_tokenizer
 from mixed_r1_verl.rewards.scoring import sample_name
-from mixed_r1_verl.rewards.tasks import plugin_tasks
+from mixed_r1_verl.rewards.tasks import check_driver_tasks_are_installed
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +191,8 @@ class MixedR1RewardManager(RewardManagerBase):
         self.custom_function = f"{custom.get('path')}:{custom.get('name')}" if custom.get("path") else None
         self._custom_extra_keys: list[str] | None = None  # those of the first sample scored
         self._embedding_service = None
-        plugin_tasks()  # an installed task that cannot be used stops the worker here, with its reason
+        # An installed task that cannot be used, or one the driver has and this node lacks, stops the worker here.
+        check_driver_tasks_are_installed(os.environ)
         self._bmas = None if self.custom_function else self._start_bmas(options, config)
 
     def _start_bmas(self, options: dict, config) -> BmasBatcher:
