@@ -12,9 +12,9 @@ from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 REPO = Path(__file__).resolve().parents[1]
 
 
-def checkout_env(**variables: str) -> dict[str, str]:
-    """This process's environment with this checkout first on the path, plus `variables`."""
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+def checkout_env(*path_dirs, **variables: str) -> dict[str, str]:
+    """This process's environment with this checkout, then `path_dirs`, first on the path, plus `variables`."""
+    path = os.pathsep.join(filter(None, [str(REPO), *map(str, path_dirs), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, **variables}
 
 
@@ -34,11 +34,14 @@ CPU_GRPO_SETTINGS = (
 )  # fmt: skip
 
 
-def run_on_cpu(entry: str, cwd: Path, settings: list[str], timeout: int, **variables: str) -> subprocess.CompletedProcess:
-    """A training entry (`sft` or `grpo`) run on CPU through tests/run_on_cpu.py in `cwd`."""
+def run_on_cpu(
+    entry: str, cwd: Path, settings: list[str], timeout: int, python_path=(), **variables: str
+) -> subprocess.CompletedProcess:
+    """A training entry (`sft` or `grpo`) run on CPU through tests/run_on_cpu.py in `cwd`, with the
+    directories `python_path` on its path (and its Ray workers')."""
     return subprocess.run(
         [sys.executable, str(REPO / "tests" / "run_on_cpu.py"), entry, *settings],
-        env=checkout_env(**variables), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=checkout_env(*python_path, **variables), cwd=cwd, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
 

@@ -18,11 +18,14 @@ from transformers import AutoModelForImageTextToText
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
 from cpu_rollout_inputs import rollout_model_inputs
-from data_helpers import CPU_GRPO_SETTINGS, checkout_env, convert_synthetic, run_module, run_on_cpu
+from data_helpers import CPU_GRPO_SETTINGS, checkout_env, convert_synthetic, read_jsonl, run_module, run_on_cpu
+from task_plugins import write_counting_plugin
 from mixed_r1_verl.data.model_files import image_processor_settings
-from mixed_r1_verl.data.synthetic import TASKS
+from mixed_r1_verl.data.prepare import PrepareConfig, prepare
+from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
 from mixed_r1_verl.eval.generation import SamplingSettings, TransformersGenerator, eval_request, model_images
 from mixed_r1_verl.eval.records import load_records
+from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 from mixed_r1_verl.run_logs import non_finite, read_metrics_log, task_metrics
 from mixed_r1_verl.verl_adapter.agent_loop import end_at_placeholder_tokens
 from mixed_r1_verl.verl_adapter.stop_by import EARLY_END_FILE
@@ -32,15 +35,17 @@ FIRST_RUN_STEPS = 2
 RESUMED_PLANNED_LAST_STEP, STOP_BY_AHEAD_S = 6, 3600
 
 
-def grpo_on_cpu(work_dir, steps, *settings, recipe="smoke", sweep=False, metrics_log=None):
+def grpo_on_cpu(work_dir, steps, *settings, recipe="smoke", sweep=False, metrics_log=None, python_path=()):
     """The smoke recipe (or `recipe`) for `steps` steps, a `-m` sweep of `settings` with `sweep`; verl's file
-    logger writes `work_dir/metrics.jsonl`, or as `metrics_log` (variable=value) says."""
+    logger writes `work_dir/metrics.jsonl`, or as `metrics_log` (variable=value) says. `python_path`: more
+    directories on the path of the run and its Ray workers."""
     settings = [
         *(["-m"] if sweep else []), f"recipe={recipe}", *CPU_GRPO_SETTINGS, "data.max_response_length=32", f"trainer.total_training_steps={steps}",
         *settings,
     ]  # fmt: skip
     metrics_log = metrics_log or {"VERL_FILE_LOGGER_PATH": str(work_dir / "metrics.jsonl")}
-    run = run_on_cpu("grpo", work_dir, settings, 1200, MIXED_R1_SMOKE_DIR=str(work_dir / "smoke"), **metrics_log)
+    smoke_dir = str(work_dir / "smoke")
+    run = run_on_cpu("grpo", work_dir, settings, 1200, python_path, MIXED_R1_SMOKE_DIR=smoke_dir, **metrics_log)
     log = run.stdout + run.stderr
     (work_dir / f"train_{steps}_steps.log").write_text(log)
     assert run.returncode == 0, log[-8000:]
@@ -255,3 +260,34 @@ def test_a_response_ends_at_the_first_image_or_video_placeholder_it_generates_ou
     first = AgentLoopOutput(prompt_ids=[1], response_ids=[video_pad, 5], response_mask=[1, 1], num_turns=2, metrics={})
     assert end_at_placeholder_tokens(first, {image_pad, video_pad}, end)
     assert (first.response_ids, first.response_mask, first.response_logprobs) == ([end], [0], None)
+
+
+def test_a_task_an_installed_package_adds_is_trained_with_its_own_metrics(tmp_path, install_tasks):
+    """The smoke run on data with a fifth task, `counting`, that only an installed package knows: the
+    package is on the path of the run, and so of its Ray workers, as pip would leave it."""
+    site = write_counting_plugin(tmp_path / "site")
+    install_tasks(site)
+    smoke = tmp_path / "smoke"
+    build_tiny_qwen25vl(smoke / "tiny_qwen25vl")
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=4, seed=5)
+    rows = read_jsonl(jsonl)
+    shapes = [row for row in rows if row["task"] == "grounding"]
+    counting = [
+        {"id": f"count-{i}", "task": "counting", "data_source": "shapes", "images": shapes[i]["images"],
+         "problem": f"How many shapes are drawn? ({i})", "answer": "1", "split": "train"}
+        for i in range(len(shapes))
+    ]  # fmt: skip
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows + counting))
+    prepare(PrepareConfig(
+        input=str(jsonl), image_root=str(image_root), output_dir=str(smoke / "data"), progress=False,
+        model_path=str(smoke / "tiny_qwen25vl"), max_prompt_length=1024,
+    ))  # fmt: skip
+
+    grpo_on_cpu(tmp_path, 1, python_path=[site])
+    metrics = read_metrics_log(tmp_path / "metrics.jsonl")[1]
+    per_task = task_metrics(metrics, "mixed_r1")
+    assert sorted(per_task) == sorted([*TASKS, "counting"])
+    counted = per_task["counting"]
+    assert counted["count"] >= ROLLOUT_N and counted["count"] % ROLLOUT_N == 0
+    assert all(math.isfinite(counted[f"{key}/mean"]) for key in ("score", "accuracy", "format", "error"))
+    assert sum(values["count"] for values in per_task.values()) == PROMPTS_PER_STEP * ROLLOUT_N
