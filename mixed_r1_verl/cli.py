@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "engine": ("mixed_r1_verl.data.engine", "select a training mix: validate, dedup, verify, difficulty, balance"),
     "eval": ("mixed_r1_verl.eval.cli", "score a model on held-out parquet with the training rewards"),
     "learn": ("mixed_r1_verl.learn", "the learning proof: base eval, SFT, eval, GRPO, eval on one GPU"),
+    "tasks": ("mixed_r1_verl.rewards.tasks", "list the tasks: the four built-in and those installed packages add"),
 }
 
 

@@ -50,7 +50,7 @@ def exit_code(argv: list[str]):
 def test_help_lists_every_subcommand(capsys):
     assert main(["--help"]) == 0
     printed = capsys.readouterr().out
-    assert all(f"  {name} " in printed for name in ("train", "sft", "prepare", "engine", "eval", "learn"))
+    assert all(f"  {name} " in printed for name in ("train", "sft", "prepare", "engine", "eval", "learn", "tasks"))
     assert main([]) == 2 and main(["fly"]) == 2
     assert "unknown subcommand 'fly'" in capsys.readouterr().err
 

@@ -15,6 +15,7 @@ from mixed_r1_verl.data.records import UNKNOWN_TASK
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.eval.cli import main as eval_main
 from mixed_r1_verl.rewards import BUILTIN_TASKS, Task, compute_score, task_names
+from mixed_r1_verl.cli import main as mixed_r1
 from mixed_r1_verl.rewards.tasks import (
     DRIVER_TASKS_ENV_VAR,
     TaskPluginError,
@@ -106,6 +107,28 @@ def test_a_broken_installed_task_is_refused_naming_its_entry_point(install_tasks
     message = str(refused.value)
     assert message.startswith(f"entry point {entry} = {target} of group mixed_r1_verl.tasks (package {name})")
     assert reason in message
+
+
+def test_mixed_r1_tasks_lists_the_built_in_and_the_installed_tasks(counting, capsys):
+    assert mixed_r1(["tasks"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "task        from                   correct at  instruction",
+        "matching    built-in               1.0",
+        "chart       built-in               1.0",
+        "grounding   built-in               0.5",
+        "open_ended  built-in               0.5",
+        "counting    package counting_task  0.5         Answer with a single whole number.",
+    ]
+    assert mixed_r1(["tasks", "--help"]) == 0 and mixed_r1(["tasks", "all=true"]) == 2
+    assert "mixed-r1 tasks takes no settings, got all=true" in capsys.readouterr().err
+
+
+def test_mixed_r1_tasks_names_a_broken_installed_task(install_tasks, tmp_path, capsys):
+    install_tasks(write_distribution(tmp_path / "site", "gone_task", "", {"gone": "gone_task:GONE"}))
+    assert mixed_r1(["tasks"]) == 2
+    assert "entry point gone = gone_task:GONE of group mixed_r1_verl.tasks (package gone_task) cannot be loaded" in (
+        capsys.readouterr().err
+    )
 
 
 def test_two_packages_adding_one_task_are_refused(counting, install_tasks, tmp_path):

@@ -25,8 +25,11 @@ import json
 import math
 import re
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from mixed_r1_verl.cli import EXIT_USAGE
 
 BUILTIN_TASKS = ("matching", "chart", "grounding", "open_ended")
 TASK_ENTRY_POINT_GROUP = "mixed_r1_verl.tasks"
@@ -114,11 +117,16 @@ def task_names() -> tuple[str, ...]:
     return (*BUILTIN_TASKS, *plugin_tasks())
 
 
-def driver_tasks_env() -> dict[str, str]:
-    """The variable that tells the Ray workers which tasks the driver has installed, and from which package."""
+def installed_task_packages() -> dict[str, str]:
+    """The package each installed task comes from (its entry point where no package is known)."""
     plugin_tasks()  # refuses a broken entry point first
     entry_points = importlib.metadata.entry_points(group=TASK_ENTRY_POINT_GROUP)
-    packages = {point.name: point.dist.name if point.dist is not None else point.value for point in entry_points}
+    return {point.name: point.dist.name if point.dist is not None else point.value for point in entry_points}
+
+
+def driver_tasks_env() -> dict[str, str]:
+    """The variable that tells the Ray workers which tasks the driver has installed, and from which package."""
+    packages = installed_task_packages()
     return {DRIVER_TASKS_ENV_VAR: json.dumps(packages, sort_keys=True)} if packages else {}
 
 
@@ -134,3 +142,40 @@ def check_driver_tasks_are_installed(environ) -> None:
             f"node {socket.gethostname()} lacks the installed task(s) {tasks} that the training driver has: "
             "install the package(s) in this node's Python environment too"
         )
+
+
+def tasks_table() -> str:
+    """What `mixed-r1 tasks` prints: each task, where it comes from, the accuracy at which a response is
+    correct and, for an installed task, its instruction."""
+    from .scoring import DEFAULT_CORRECT_THRESHOLDS
+
+    packages = installed_task_packages()
+    rows = [("task", "from", "correct at", "instruction")]
+    rows += [(name, "built-in", str(DEFAULT_CORRECT_THRESHOLDS[name]), "") for name in BUILTIN_TASKS]
+    rows += [
+        (task.name, f"package {packages[task.name]}", str(task.correct_threshold), task.instruction)
+        for task in plugin_tasks().values()
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    lines = ("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[3]]) for row in rows)
+    return "".join(line.rstrip() + "\n" for line in lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        usage = "usage: mixed-r1 tasks (no settings): lists the tasks records may have"
+        asks_help = argv in (["-h"], ["--help"])
+        print(usage if asks_help else f"mixed-r1 tasks takes no settings, got {' '.join(argv)}\n{usage}",
+              file=sys.stdout if asks_help else sys.stderr)  # fmt: skip
+        return 0 if asks_help else EXIT_USAGE
+    try:
+        print(tasks_table(), end="")
+    except TaskPluginError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
