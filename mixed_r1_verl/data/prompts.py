@@ -36,9 +36,8 @@ def task_instruction(task: str, has_options: bool, box_frame: str, frame_size: t
         return TASK_INSTRUCTIONS[key].format(width=frame_size[0], height=frame_size[1])
     if task == "matching" and has_options:
         return TASK_INSTRUCTIONS["matching_options"]
-    if task in plugin_tasks():
-        return plugin_tasks()[task].instruction
-    return TASK_INSTRUCTIONS[task]
+    installed = plugin_tasks().get(task)
+    return TASK_INSTRUCTIONS[task] if installed is None else installed.instruction
 
 
 def options_block(options: tuple[str, ...] | None) -> str:

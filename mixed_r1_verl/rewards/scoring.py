@@ -154,8 +154,9 @@ def rule_accuracy(task: str, answer: str, ground_truth, extra_info: Mapping, iou
     if task == "grounding":
         threshold = _iou_threshold(extra_info, iou_threshold)
         return grounding_accuracy(answer, ground_truth, _frame_size(extra_info), threshold)
-    if task in plugin_tasks():
-        return plugin_tasks()[task].score(answer, ground_truth, extra_info)
+    installed = plugin_tasks().get(task)
+    if installed is not None:
+        return installed.score(answer, ground_truth, extra_info)
     raise RewardInputError(f"task {task!r} is not rule-scored")
 
 
