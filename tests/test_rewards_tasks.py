@@ -3,6 +3,7 @@ and prompted by the converter, kept by the data engine, reported by evaluation; 
 
 import json
 import logging
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -149,7 +150,7 @@ def test_two_packages_adding_one_task_are_refused(counting, install_tasks, tmp_p
     ],
 )
 def test_a_task_is_checked_when_declared(settings, error):
-    with pytest.raises(ValueError, match=error.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(ValueError, match=re.escape(error)):
         Task(**{"name": "counting", "accuracy": len, "instruction": "Count.", **settings})
 
 
