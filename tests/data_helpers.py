@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
+from mixed_r1_verl.eval.cli import main as eval_main
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +58,11 @@ def convert_synthetic(src_dir: Path, output_dir: Path, *, rows_per_task: int, se
         PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(output_dir), progress=False, **settings)
     )
     return jsonl, image_root
+
+
+def score_saved(parquet, responses, out_dir, embedding_model=None):
+    """Score ``responses`` (id -> text) saved as a generations file, as a user would from the shell."""
+    generations = out_dir.parent / f"{out_dir.name}.jsonl"
+    generations.write_text("".join(json.dumps({"id": key, "response": text}) + "\n" for key, text in responses.items()))
+    args = [f"data={parquet}", f"generations={generations}", f"out_dir={out_dir}"]
+    return eval_main(args + ([f"embedding_model={embedding_model}"] if embedding_model else []))

@@ -35,3 +35,14 @@ def write_distribution(root: Path, name: str, source: str, entry_points: dict[st
 
 def write_counting_plugin(root: Path) -> Path:
     return write_distribution(root, "counting_task", COUNTING_SOURCE, {"counting": "counting_task:COUNTING"})
+
+
+def counting_records(synthetic_rows: list[dict], count: int, **fields) -> list[dict]:
+    """`count` canonical records of the task `counting` on the synthetic set's grounding images (one shape
+    each), with `fields` added to each."""
+    shapes = [row for row in synthetic_rows if row["task"] == "grounding"]
+    return [
+        {"id": f"count-{i}", "task": "counting", "data_source": "shapes", "images": shapes[i % len(shapes)]["images"],
+         "problem": f"How many shapes are drawn? ({i})", "answer": "1", **fields}
+        for i in range(count)
+    ]  # fmt: skip

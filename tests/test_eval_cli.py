@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
+from data_helpers import score_saved
+
 from mixed_r1_verl.eval.cache import (
     Completion,
     GenerationFileError,
@@ -80,14 +82,6 @@ def parquet(tmp_path):
     path = tmp_path / "val.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), path)
     return path
-
-
-def score_saved(parquet, responses, out_dir, embedding_model=None):
-    """Score ``responses`` (id -> text) saved as a generations file, as a user would from the shell."""
-    generations = out_dir.parent / f"{out_dir.name}.jsonl"
-    generations.write_text("".join(json.dumps({"id": key, "response": text}) + "\n" for key, text in responses.items()))
-    args = [f"data={parquet}", f"generations={generations}", f"out_dir={out_dir}"]
-    return main(args + ([f"embedding_model={embedding_model}"] if embedding_model else []))
 
 
 def test_saved_generations_give_per_task_and_per_source_tables(tmp_path, parquet, tiny_model, capsys):

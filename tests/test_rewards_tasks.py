@@ -7,14 +7,14 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
-from task_plugins import COUNTING_INSTRUCTION, write_counting_plugin, write_distribution
+from data_helpers import read_jsonl, score_saved
+from task_plugins import COUNTING_INSTRUCTION, counting_records, write_counting_plugin, write_distribution
 
 from mixed_r1_verl.data.engine import Engine, EngineConfig
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.prompts import FORMAT_INSTRUCTION
 from mixed_r1_verl.data.records import UNKNOWN_TASK
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
-from mixed_r1_verl.eval.cli import main as eval_main
 from mixed_r1_verl.rewards import BUILTIN_TASKS, Task, compute_score, task_names
 from mixed_r1_verl.cli import main as mixed_r1
 from mixed_r1_verl.rewards.tasks import (
@@ -157,15 +157,9 @@ def test_a_task_is_checked_when_declared(settings, error):
 def source_with_counting_rows(tmp_path, counting_rows: int):
     """The synthetic set's chart rows and `counting_rows` counting questions on its grounding images."""
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=4, seed=7, val_rows_per_task=0)
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    shapes = [row for row in rows if row["task"] == "grounding"]
-    counting_rows = [
-        {"id": f"count-{i}", "task": "counting", "data_source": "shapes", "images": shapes[i % len(shapes)]["images"],
-         "problem": f"How many shapes are drawn? ({i})", "answer": "1"}
-        for i in range(counting_rows)
-    ]  # fmt: skip
+    rows = read_jsonl(jsonl)
     chart = [row for row in rows if row["task"] == "chart"]
-    jsonl.write_text("".join(json.dumps(row) + "\n" for row in chart + counting_rows))
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in chart + counting_records(rows, counting_rows)))
     return jsonl, image_root
 
 
@@ -190,10 +184,8 @@ def test_the_converter_asks_an_installed_task_with_its_instruction_and_evaluatio
     responses = {row["extra_info"]["id"]: f"{THINK}<answer>1</answer>" for row in rows}
     responses[counted[0]["extra_info"]["id"]] = f"{THINK}<answer>2</answer>"  # one off: accuracy 0.5
     responses[counted[1]["extra_info"]["id"]] = f"{THINK}<answer>several</answer>"  # no count: a reward error
-    generations = tmp_path / "responses.jsonl"
-    generations.write_text("".join(json.dumps({"id": key, "response": text}) + "\n" for key, text in responses.items()))
     run = tmp_path / "eval"
-    eval_main([f"data={tmp_path / 'out' / 'train.parquet'}", f"generations={generations}", f"out_dir={run}"])
+    assert score_saved(tmp_path / "out" / "train.parquet", responses, run) == 0
     tasks = json.loads((run / "summary.json").read_text())["tasks"]
     assert tasks["counting"]["n"] == 3 and tasks["counting"]["errors"] == 1
     assert tasks["counting"]["accuracy"] == pytest.approx((0.5 + 0 + 1) / 3)

@@ -19,7 +19,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
 from cpu_rollout_inputs import rollout_model_inputs
 from data_helpers import CPU_GRPO_SETTINGS, checkout_env, convert_synthetic, read_jsonl, run_module, run_on_cpu
-from task_plugins import write_counting_plugin
+from task_plugins import counting_records, write_counting_plugin
 from mixed_r1_verl.data.model_files import image_processor_settings
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
@@ -271,12 +271,7 @@ def test_a_task_an_installed_package_adds_is_trained_with_its_own_metrics(tmp_pa
     build_tiny_qwen25vl(smoke / "tiny_qwen25vl")
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=4, seed=5)
     rows = read_jsonl(jsonl)
-    shapes = [row for row in rows if row["task"] == "grounding"]
-    counting = [
-        {"id": f"count-{i}", "task": "counting", "data_source": "shapes", "images": shapes[i]["images"],
-         "problem": f"How many shapes are drawn? ({i})", "answer": "1", "split": "train"}
-        for i in range(len(shapes))
-    ]  # fmt: skip
+    counting = counting_records(rows, sum(row["task"] == "grounding" for row in rows), split="train")
     jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows + counting))
     prepare(PrepareConfig(
         input=str(jsonl), image_root=str(image_root), output_dir=str(smoke / "data"), progress=False,
