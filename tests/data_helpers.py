@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
-from mixed_r1_verl.eval.cli import main as eval_main
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
+from mixed_r1_verl.eval.cli import main as eval_main
 
 REPO = Path(__file__).resolve().parents[1]
 

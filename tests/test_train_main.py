@@ -14,6 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
+from data_helpers import checkout_env
 from task_plugins import write_distribution
 
 from mixed_r1_verl.entry import EXIT_USAGE, sweep_jobs
@@ -51,7 +52,7 @@ def test_an_installed_task_that_cannot_be_loaded_stops_the_entry_before_anything
     site = write_distribution(tmp_path / "site", "broken_task", "raise ImportError('no counting here')\n",
                               {"counting": "broken_task:COUNTING"})  # fmt: skip
     work_dir = tmp_path / "smoke"
-    python_path = os.pathsep.join([str(REPO), str(site), os.environ.get("PYTHONPATH", "")])
+    python_path = checkout_env(site)["PYTHONPATH"]
     result = run_main("recipe=smoke", f"mixed_r1.smoke.work_dir={work_dir}", env={"PYTHONPATH": python_path})
     assert result.returncode == EXIT_USAGE, result.stderr
     assert (
