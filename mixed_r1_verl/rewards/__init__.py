@@ -3,7 +3,6 @@
 from .bmas import bmas_batch, bmas_from_similarity, row_norms
 from .embeddings import EmbeddingModel, load_embedding_model
 from .scoring import (
-    DEFAULT_CORRECT_THRESHOLDS,
     DEFAULT_FORMAT_WEIGHT,
     DEFAULT_TASK_MAP,
     Verdict,
@@ -11,7 +10,7 @@ from .scoring import (
     judge,
     values_differ,
 )
-from .tasks import BUILTIN_TASKS, Task, task_names
+from .tasks import BUILTIN_TASKS, DEFAULT_CORRECT_THRESHOLDS, Task, task_names
 
 __all__ = [
     "BUILTIN_TASKS",

@@ -21,18 +21,12 @@ from .embeddings import EmbeddingModel, load_embedding_model
 from .grounding import NORM1000_FRAME, grounding_accuracy
 from .matching import matching_accuracy
 from .open_ended import open_ended_accuracy
-from .tasks import BUILTIN_TASKS, plugin_tasks, task_names
+from .tasks import default_correct_threshold, plugin_tasks, task_names
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN_TASK = "unknown"
 DEFAULT_FORMAT_WEIGHT = 0.1
-# Accuracy at which a response counts as correct (the binary `correct` field, e.g. for judging whether a
-# GRPO group has any signal). matching and chart accuracies are already 0/1. grounding: IoU 0.5, the
-# usual detection criterion (with `iou_threshold` the accuracy itself is 0/1 at that IoU, so correct
-# follows it). open_ended: BMAS 0.5, our choice (the paper gives none), the same as the data engine's
-# difficulty filter. An installed task brings its own (`Task.correct_threshold`).
-DEFAULT_CORRECT_THRESHOLDS = {"matching": 1.0, "chart": 1.0, "grounding": 0.5, "open_ended": 0.5}
 
 # Public benchmarks whose task is unambiguous; `task_map` entries take precedence.
 DEFAULT_TASK_MAP = {
@@ -137,12 +131,6 @@ def _iou_threshold(extra_info: Mapping, configured: float | None) -> float | Non
     # None in extra_info is "not set": a parquet struct field is present in every row once one row sets it.
     threshold = extra_info.get("iou_threshold")
     return configured if threshold is None else threshold
-
-
-def default_correct_threshold(task: str) -> float:
-    if task in BUILTIN_TASKS:
-        return DEFAULT_CORRECT_THRESHOLDS[task]
-    return plugin_tasks()[task].correct_threshold
 
 
 def rule_accuracy(task: str, answer: str, ground_truth, extra_info: Mapping, iou_threshold=None) -> float:

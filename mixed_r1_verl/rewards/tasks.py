@@ -32,6 +32,12 @@ from dataclasses import dataclass
 from mixed_r1_verl.cli import EXIT_USAGE
 
 BUILTIN_TASKS = ("matching", "chart", "grounding", "open_ended")
+# Accuracy at which a response counts as correct (the binary `correct` field, e.g. for judging whether a
+# GRPO group has any signal). matching and chart accuracies are already 0/1. grounding: IoU 0.5, the
+# usual detection criterion (with `iou_threshold` the accuracy itself is 0/1 at that IoU, so correct
+# follows it). open_ended: BMAS 0.5, our choice (the paper gives none), the same as the data engine's
+# difficulty filter.
+DEFAULT_CORRECT_THRESHOLDS = {"matching": 1.0, "chart": 1.0, "grounding": 0.5, "open_ended": 0.5}
 TASK_ENTRY_POINT_GROUP = "mixed_r1_verl.tasks"
 # Names the reports use for rows that are not one task's: no task may take them.
 RESERVED_TASK_NAMES = ("unknown", "other", "all")
@@ -117,6 +123,13 @@ def task_names() -> tuple[str, ...]:
     return (*BUILTIN_TASKS, *plugin_tasks())
 
 
+def default_correct_threshold(task: str) -> float:
+    """The accuracy at which a response of `task` is correct: the built-in default, or the installed task's own."""
+    if task in BUILTIN_TASKS:
+        return DEFAULT_CORRECT_THRESHOLDS[task]
+    return plugin_tasks()[task].correct_threshold
+
+
 def installed_task_packages() -> dict[str, str]:
     """The package each installed task comes from (its entry point where no package is known)."""
     plugin_tasks()  # refuses a broken entry point first
@@ -147,8 +160,6 @@ def check_driver_tasks_are_installed(environ) -> None:
 def tasks_table() -> str:
     """What `mixed-r1 tasks` prints: each task, where it comes from, the accuracy at which a response is
     correct and, for an installed task, its instruction."""
-    from .scoring import DEFAULT_CORRECT_THRESHOLDS
-
     packages = installed_task_packages()
     rows = [("task", "from", "correct at", "instruction")]
     rows += [(name, "built-in", str(DEFAULT_CORRECT_THRESHOLDS[name]), "") for name in BUILTIN_TASKS]
