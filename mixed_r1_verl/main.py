@@ -569,12 +569,19 @@ def build_tiny_model(model_family: str, model_dir: str, seed: int) -> None:
         from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 
         build_tiny_qwen25vl(model_dir, seed=seed)
+    elif model_family == "qwen3_vl":
+        from mixed_r1_verl.models.tiny_qwen3vl import build_tiny_qwen3vl
+
+        build_tiny_qwen3vl(model_dir, seed=seed)
     elif model_family == "internvl":
         from mixed_r1_verl.models.tiny_internvl import build_tiny_internvl
 
         build_tiny_internvl(model_dir, seed=seed)
     else:
-        fail(f"mixed_r1.smoke.model_family={model_family!r}: the smoke recipes build qwen2_5_vl or internvl\n", EXIT_USAGE)
+        fail(
+            f"mixed_r1.smoke.model_family={model_family!r}: the smoke recipes build qwen2_5_vl, qwen3_vl or internvl\n",
+            EXIT_USAGE,
+        )
 
 
 def prepare_smoke(smoke: DictConfig, model_dir: str, data_dir: str, max_prompt_length: int) -> None:

@@ -61,3 +61,11 @@ def tiny_internvl_dir(tmp_path_factory):
     from mixed_r1_verl.models.tiny_internvl import build_tiny_internvl
 
     return build_tiny_internvl(tmp_path_factory.mktemp("tiny_internvl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3vl_dir(tmp_path_factory):
+    """A tiny Qwen3-VL written once per test session."""
+    from mixed_r1_verl.models.tiny_qwen3vl import build_tiny_qwen3vl
+
+    return build_tiny_qwen3vl(tmp_path_factory.mktemp("tiny_qwen3vl"))

@@ -1,4 +1,4 @@
-"""The converter's parquet through verl's RLHFDataset machinery with the tiny Qwen2.5-VL processor."""
+"""The converter's parquet through verl's RLHFDataset machinery with the tiny models' processors."""
 
 import json
 import re
@@ -108,6 +108,33 @@ def test_internvl_prompt_counts_equal_its_processors_with_its_tiles(tiny_internv
     images, _, _ = MixedR1Dataset._process_multi_modal_info(row["raw_prompt"], 14, dataset.config)
     tiles = processor(text=[processor.image_token], images=images, return_tensors="pt")["pixel_values"].shape[0]
     assert tiles > 2, f"{tiles} tiles: the count covers InternVL's tiling"
+
+
+def test_qwen3vl_rows_reach_its_processor_in_32_pixel_tokens_counted_as_converted(setup, tiny_qwen3vl_dir, tmp_path):
+    root, _, _ = setup
+    processor = load_image_text_processor(tiny_qwen3vl_dir)
+    with pytest.raises(DatasetRowError, match=r"boxes in the abs frame .* qwen3_vl models .* model_family=qwen3_vl"):
+        build(root, processor, [str(root / "out" / "train.parquet")])
+
+    convert_synthetic(
+        tmp_path / "src", tmp_path / "out", rows_per_task=2, seed=3, synthetic={"val_rows_per_task": 0,
+        "image_size": (560, 410)}, val_ratio=0.0, model_family="qwen3_vl", model_path=str(tiny_qwen3vl_dir),
+    )  # fmt: skip
+    train = tmp_path / "out" / "train.parquet"
+    dataset = build(tmp_path, processor, [str(train)])
+    assert dataset.image_patch_size == 16 and len(dataset) == 8
+    rows = pq.read_table(train).to_pylist()
+    stored = [row["extra_info"]["prompt_length"] for row in rows]
+    assert None not in stored and stored == [dataset.prompt_length(row, i) for i, row in enumerate(rows)]
+    for i in range(len(dataset)):
+        row = dataset[i]
+        images, _, _ = MixedR1Dataset._process_multi_modal_info(row["raw_prompt"], 16, dataset.config)
+        width, height = images[0].size
+        assert width % 32 == 0 and height % 32 == 0, images[0].size
+        text = processor.apply_chat_template(row["raw_prompt"], add_generation_prompt=True, tokenize=False)
+        _, grid_h, grid_w = processor(text=[text], images=images, return_tensors="pt")["image_grid_thw"][0].tolist()
+        assert [grid_w * 16, grid_h * 16] == [width, height]
+        assert row["extra_info"]["frame_size"] == [1000, 1000]
 
 
 def internvl3_like_model(tiny_internvl_dir, target):

@@ -13,6 +13,7 @@ from mixed_r1_verl.data.frames import (
     resized_again_reason,
     smart_resize,
 )
+from mixed_r1_verl.data.model_images import model_input_image
 
 # Bounds small enough that the processor runs fast, large enough that both clamps are exercised.
 MIN_PIXELS = 56 * 56
@@ -91,3 +92,17 @@ def test_bounds_beyond_the_processor_are_named_and_do_move_the_frame():
     assert "min_pixels 784 is below the model processor's 3136" in resized_again_reason((784, MAX_PIXELS), (MIN_PIXELS, MAX_PIXELS))
     assert resized_again_reason((MIN_PIXELS, MAX_PIXELS * 4), (None, None)) is None, "a processor without bounds"
     assert resized_again_reason((None, None), (MIN_PIXELS, MAX_PIXELS)) is None, "an image converted for no frame"
+
+
+@pytest.mark.parametrize("patch_size", [14, 16])
+@pytest.mark.parametrize("width,height", [(20, 46), (300, 170), (33, 500)])
+def test_images_stating_no_bounds_resize_within_token_counts_of_the_models_patch(patch_size, width, height):
+    """As qwen_vl_utils: 4 to 16384 tokens of (2 x patch)-pixel squares; Qwen3-VL's 32-pixel tokens set a
+    higher floor than Qwen2.5-VL's 28."""
+    factor = 2 * patch_size
+    image = Image.fromarray(np.random.default_rng(width).integers(0, 255, (height, width, 3), dtype=np.uint8))
+    processor = Qwen2VLImageProcessorPil(patch_size=patch_size, min_pixels=4 * factor**2, max_pixels=16384 * factor**2)
+    grid = processor(images=[image], return_tensors="np")["image_grid_thw"][0]
+    resized = model_input_image({"image": image}, patch_size)
+    assert resized.size == (int(grid[2]) * patch_size, int(grid[1]) * patch_size)
+    assert resized.width * resized.height >= 4 * factor**2

@@ -2,6 +2,7 @@ import io
 import os
 import json
 import re
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -325,10 +326,17 @@ def test_missing_settings_and_unknown_family_fail_clearly(tmp_path):
         prepare(PrepareConfig(input="x", image_root=str(tmp_path), output_dir=str(tmp_path), model_family="llava"))
 
 
-def test_a_model_path_of_another_family_is_refused_before_any_row_is_written(tmp_path, tiny_model_dir, tiny_internvl_dir):
+def test_a_model_path_of_another_family_is_refused_before_any_row_is_written(
+    tmp_path, tiny_model_dir, tiny_internvl_dir, tiny_qwen3vl_dir
+):
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5, val_rows_per_task=0)
-    for model_dir, family, expected in ((tiny_internvl_dir, "qwen2_5_vl", "internvl"), (tiny_model_dir, "internvl", "qwen2_5_vl")):
-        out = tmp_path / f"out_{family}"
+    for model_dir, family, expected in (
+        (tiny_internvl_dir, "qwen2_5_vl", "internvl"),
+        (tiny_model_dir, "internvl", "qwen2_5_vl"),
+        # Both answer in 0-1000, but Qwen3-VL's images resize to multiples of 32 pixels, not 28.
+        (tiny_qwen3vl_dir, "internvl", "qwen3_vl"),
+    ):
+        out = tmp_path / f"out_{family}_{expected}"
         settings = PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out), model_path=str(model_dir),
                                  model_family=family, val_ratio=0.0, progress=False)  # fmt: skip
         refusal = f"holds a {expected} checkpoint, but model_family={family}.*set model_family={expected}"
@@ -337,6 +345,34 @@ def test_a_model_path_of_another_family_is_refused_before_any_row_is_written(tmp
         assert not (out / "train.parquet").exists()
         prepare(PrepareConfig(**{**vars(settings), "model_family": expected}))
         assert (out / "train.parquet").exists()
+
+
+def test_a_qwen3vl_moe_checkpoint_is_of_the_qwen3vl_family(tmp_path, tiny_qwen3vl_dir):
+    model = shutil.copytree(tiny_qwen3vl_dir, tmp_path / "moe")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "qwen3_vl_moe"}))
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5, val_rows_per_task=0)
+    settings = PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "out"),
+                             model_path=str(model), val_ratio=0.0, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="holds a qwen3_vl_moe checkpoint, but model_family=qwen2_5_vl.*set model_family=qwen3_vl"):
+        prepare(settings)
+    prepare(PrepareConfig(**{**vars(settings), "model_family": "qwen3_vl"}))
+    assert len(read_rows(tmp_path / "out" / "train.parquet")) == 4
+
+
+def test_qwen3vl_rows_are_resized_within_its_processors_bounds_to_multiples_of_32(tmp_path):
+    """Without model_path: Qwen3-VL's released processors' min_pixels (65536) and the 1280-token image budget
+    of 32-pixel tokens; its boxes are on the 0-1000 grid."""
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5, val_rows_per_task=0)
+    prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "out"),
+                          model_family="qwen3_vl", val_ratio=0.0, progress=False))  # fmt: skip
+    rows = read_rows(tmp_path / "out" / "train.parquet")
+    assert {(image["min_pixels"], image["max_pixels"]) for row in rows for image in row["images"]} == {
+        (65536, 1280 * 32 * 32)
+    }
+    assert {row["extra_info"]["box_frame"] for row in rows} == {"norm1000"}
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (summary["model_family"], summary["min_pixels"], summary["max_pixels"]) == ("qwen3_vl", 65536, 1310720)
 
 
 def exif_rotated_photo(path: Path) -> None:

@@ -215,6 +215,28 @@ def test_an_internvl_is_evaluated_on_the_images_it_is_trained_on(tiny_internvl_d
     assert [len(response) for response in responses] == [1] * len(records) == [1] * 4
 
 
+def test_a_qwen3vl_is_evaluated_on_the_32_pixel_token_images_it_is_trained_on(tiny_qwen3vl_dir, tmp_path):
+    convert_synthetic(
+        tmp_path / "src", tmp_path / "out", rows_per_task=1, seed=3, val_ratio=0.0, model_family="qwen3_vl",
+        model_path=str(tiny_qwen3vl_dir),
+    )  # fmt: skip
+    records = load_records([tmp_path / "out" / "train.parquet"])
+    generator = TransformersGenerator(str(tiny_qwen3vl_dir), SamplingSettings(max_new_tokens=4), device="cpu")
+    processor = load_image_text_processor(tiny_qwen3vl_dir)
+    assert generator.patch_size == processor.image_processor.patch_size == 16
+    for record in records:
+        request = eval_request(record)
+        text = chat_template_text(processor.tokenizer, request.messages)
+        images = [model_input_image(item, 16) for item in request.images]
+        assert all(image.width % 32 == 0 and image.height % 32 == 0 for image in images), record.id
+        trained = processor(text=[text], images=images, return_tensors="pt")
+        evaluated = generator.model_inputs([request])
+        assert torch.equal(evaluated["pixel_values"], trained["pixel_values"]), record.id
+        assert torch.equal(evaluated["input_ids"], trained["input_ids"]), record.id
+    responses = generator.generate([eval_request(record) for record in records])
+    assert [len(response) for response in responses] == [1] * len(records) == [1] * 4
+
+
 @dataclass
 class CompletionOutput:
     """The fields of vLLM's `CompletionOutput` the decision reads (vLLM is not installed here)."""

@@ -100,7 +100,7 @@ def test_config_composes_on_verls_sft_config_and_builds_its_dataclasses(converte
     assert "hf_model" in config.checkpoint.save_contents
 
 
-@pytest.mark.parametrize("recipe", ["qwen25vl_3b", "qwen25vl_7b", "internvl3_8b"])
+@pytest.mark.parametrize("recipe", ["qwen25vl_3b", "qwen25vl_7b", "qwen3vl_8b", "internvl3_8b"])
 def test_each_models_sft_recipe_fits_its_grpo_recipes_budget_and_trains_without_flash_attn(recipe, caplog):
     config = compose_sft(recipe=recipe)
     grpo = compose_recipe(recipe)
@@ -450,12 +450,16 @@ def test_verls_sft_trainer_fits_the_rationales_and_saves_the_model_grpo_starts_f
     assert processor.image_processor.to_dict() == load_image_text_processor(tiny_model_dir).image_processor.to_dict()
 
 
-def test_the_internvl_sft_recipe_trains_a_tiny_internvl_without_flash_attn(tiny_internvl_dir, tmp_path):
+@pytest.mark.parametrize(("model_family", "recipe"), [("internvl", "internvl3_8b"), ("qwen3_vl", "qwen3vl_8b")])
+def test_each_familys_sft_recipe_trains_its_tiny_model_without_flash_attn(
+    model_family, recipe, tiny_internvl_dir, tiny_qwen3vl_dir, tmp_path
+):
+    model_dir = {"internvl": tiny_internvl_dir, "qwen3_vl": tiny_qwen3vl_dir}[model_family]
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=4, val_rows_per_task=1)
     prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "data"),
-                          model_family="internvl", model_path=str(tiny_internvl_dir), progress=False))  # fmt: skip
+                          model_family=model_family, model_path=str(model_dir), progress=False))  # fmt: skip
     settings = ("trainer.n_gpus_per_node=1", "trainer.total_epochs=2")
-    run = succeeded(sft_on_cpu(tmp_path, tiny_internvl_dir, tmp_path / "data", 2, *settings, recipe="internvl3_8b"))
+    run = succeeded(sft_on_cpu(tmp_path, model_dir, tmp_path / "data", 2, *settings, recipe=recipe))
     assert "flash_attn is not importable: training with model.override_config.attn_implementation=sdpa" in run.stdout + run.stderr, run.stdout[-3000:]
     steps = read_metrics_log(tmp_path / "logs" / "sft.jsonl")
     assert sorted(steps) == [1, 2] and all(math.isfinite(steps[step]["train/loss"]) for step in steps)

@@ -3,9 +3,14 @@ import json
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, InternVLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    AutoModelForImageTextToText,
+    InternVLForConditionalGeneration,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen3VLForConditionalGeneration,
+)
 
-from mixed_r1_verl.data.processor import InternVLImageTextProcessor, load_image_text_processor
+from mixed_r1_verl.data.processor import InternVLImageTextProcessor, Qwen3VLImageTextProcessor, load_image_text_processor
 from mixed_r1_verl.models import tiny_qwen25vl
 from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
 from mixed_r1_verl.models.tiny_qwen25vl import SIZES, build_tiny_qwen25vl, kv_cache_bytes_per_token, resolve_size
@@ -65,9 +70,28 @@ def test_the_tiny_internvl_loads_and_sees_each_image_as_tiles_of_its_tokens(tiny
     assert not torch.equal(logits, other), "the image reaches the model"
 
 
-@pytest.mark.parametrize("model", ["qwen25vl", "internvl"])
-def test_kv_cache_bytes_per_token_is_what_the_model_caches_per_token(model, tiny_model_dir, tiny_internvl_dir):
-    model_dir = tiny_internvl_dir if model == "internvl" else tiny_model_dir
+def test_the_tiny_qwen3vl_loads_and_sees_each_32_pixel_square_as_one_token(tiny_qwen3vl_dir):
+    processor = load_image_text_processor(tiny_qwen3vl_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen3vl_dir, dtype=torch.float32).eval()
+    assert isinstance(model, Qwen3VLForConditionalGeneration) and isinstance(processor, Qwen3VLImageTextProcessor)
+    text = processor.apply_chat_template(IMAGE_QUESTION, add_generation_prompt=True, tokenize=False)
+    # The released Instruct models' layout: no default system turn.
+    assert text.startswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>")
+    inputs = processor(text=[text], images=[Image.new("RGB", (192, 96), "red")], return_tensors="pt")
+    assert inputs["image_grid_thw"].tolist() == [[1, 96 // 16, 192 // 16]]
+    assert inputs["input_ids"][0].tolist().count(processor.image_token_id) == (192 // 32) * (96 // 32)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        other = model(**processor(text=[text], images=[Image.new("RGB", (192, 96), "blue")], return_tensors="pt")).logits
+    assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
+    assert not torch.equal(logits, other), "the image reaches the model"
+
+
+@pytest.mark.parametrize("model", ["qwen25vl", "qwen3vl", "internvl"])
+def test_kv_cache_bytes_per_token_is_what_the_model_caches_per_token(
+    model, tiny_model_dir, tiny_qwen3vl_dir, tiny_internvl_dir
+):
+    model_dir = {"qwen25vl": tiny_model_dir, "qwen3vl": tiny_qwen3vl_dir, "internvl": tiny_internvl_dir}[model]
     loaded = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.bfloat16)
     tokens = 5
     with torch.no_grad():

@@ -22,7 +22,10 @@ from mixed_r1_verl.main import (
 )
 from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_KV_CACHE_BYTES, kv_cache_bytes_per_token
 
-RECIPES = ["internvl3_8b", "learn", "qwen25vl_32b", "qwen25vl_3b", "qwen25vl_7b", "smoke", "smoke_internvl"]
+RECIPES = [
+    "internvl3_8b", "learn", "qwen25vl_32b", "qwen25vl_3b", "qwen25vl_7b", "qwen3vl_8b", "smoke", "smoke_internvl",
+    "smoke_qwen3vl",
+]  # fmt: skip
 # The learning proof trains a 27M-parameter model, which needs a larger step than the paper's.
 ACTOR_LR = {"learn": 1e-5}
 
@@ -62,7 +65,7 @@ def test_recipe_keeps_mixed_r1_grpo_defaults_and_passes_verl_validation(recipe):
     assert rollout_parallel_mismatches(config) == []
 
 
-@pytest.mark.parametrize("recipe", ["internvl3_8b", "qwen25vl_32b", "qwen25vl_3b", "qwen25vl_7b"])
+@pytest.mark.parametrize("recipe", ["internvl3_8b", "qwen25vl_32b", "qwen25vl_3b", "qwen25vl_7b", "qwen3vl_8b"])
 def test_gpu_recipes_split_every_batch_on_two_nodes_of_four_gpus(recipe):
     config = compose_recipe(recipe, "trainer.nnodes=2", "trainer.n_gpus_per_node=4")
     assert actor_update_mismatches(config) + log_prob_micro_batch_mismatches(config) == []
@@ -117,7 +120,7 @@ def test_log_prob_micro_batches_that_do_not_divide_each_gpus_samples_are_named()
     assert log_prob_micro_batch_mismatches(config) == []
 
 
-@pytest.mark.parametrize("recipe", ["qwen25vl_3b", "qwen25vl_7b"])
+@pytest.mark.parametrize("recipe", ["qwen25vl_3b", "qwen25vl_7b", "qwen3vl_8b"])
 def test_single_node_recipes_use_one_node_of_eight_gpus(recipe):
     config = compose_recipe(recipe)
     assert (config.trainer.nnodes, config.trainer.n_gpus_per_node) == (1, 8)
@@ -146,14 +149,14 @@ def test_smoke_recipe_runs_on_one_gpu_and_checkpoints_midway():
     assert config.reward.reward_kwargs.embedding_model == model.path
 
 
-@pytest.mark.parametrize("recipe", ["smoke", "smoke_internvl"])
+@pytest.mark.parametrize("recipe", ["smoke", "smoke_internvl", "smoke_qwen3vl"])
 def test_smoke_recipes_give_vllm_a_kv_cache_that_holds_many_steps_of_their_tiny_model(
-    recipe, tiny_model_dir, tiny_internvl_dir
+    recipe, tiny_model_dir, tiny_internvl_dir, tiny_qwen3vl_dir
 ):
     config = compose_recipe(recipe)
     budget = config.actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes
     assert budget == TEST_SIZE_VLLM_KV_CACHE_BYTES
-    model_dir = tiny_internvl_dir if recipe == "smoke_internvl" else tiny_model_dir
+    model_dir = {"smoke": tiny_model_dir, "smoke_internvl": tiny_internvl_dir, "smoke_qwen3vl": tiny_qwen3vl_dir}[recipe]
     step_tokens = (
         config.data.train_batch_size * config.actor_rollout_ref.rollout.n
         * (config.data.max_prompt_length + config.data.max_response_length)
@@ -161,21 +164,24 @@ def test_smoke_recipes_give_vllm_a_kv_cache_that_holds_many_steps_of_their_tiny_
     assert budget >= 100 * step_tokens * kv_cache_bytes_per_token(model_dir)
 
 
-def test_the_internvl_smoke_recipe_is_the_smoke_recipe_on_its_own_model_data_and_checkpoints(monkeypatch, tmp_path):
+@pytest.mark.parametrize(("family", "model_family"), [("internvl", "internvl"), ("qwen3vl", "qwen3_vl")])
+def test_each_family_smoke_recipe_is_the_smoke_recipe_on_its_own_model_data_and_checkpoints(
+    family, model_family, monkeypatch, tmp_path
+):
     monkeypatch.setenv("MIXED_R1_SMOKE_DIR", str(tmp_path / "smoke"))
-    qwen, internvl = compose_recipe("smoke"), compose_recipe("smoke_internvl")
-    resolved = OmegaConf.to_container(internvl, resolve=True)
-    work_dir = tmp_path / "smoke_internvl"
+    qwen, family_smoke = compose_recipe("smoke"), compose_recipe(f"smoke_{family}")
+    resolved = OmegaConf.to_container(family_smoke, resolve=True)
+    work_dir = tmp_path / f"smoke_{family}"
     assert resolved["mixed_r1"]["smoke"] == {**OmegaConf.to_container(qwen.mixed_r1.smoke, resolve=True),
-                                             "work_dir": str(work_dir), "model_family": "internvl"}  # fmt: skip
-    assert resolved["actor_rollout_ref"]["model"]["path"] == str(work_dir / "tiny_internvl")
-    assert resolved["reward"]["reward_kwargs"]["embedding_model"] == str(work_dir / "tiny_internvl")
+                                             "work_dir": str(work_dir), "model_family": model_family}  # fmt: skip
+    assert resolved["actor_rollout_ref"]["model"]["path"] == str(work_dir / f"tiny_{family}")
+    assert resolved["reward"]["reward_kwargs"]["embedding_model"] == str(work_dir / f"tiny_{family}")
     assert resolved["mixed_r1"]["data_dir"] == str(work_dir / "data")
     assert resolved["trainer"]["default_local_dir"] == str(work_dir / "checkpoints")
-    assert internvl.algorithm == qwen.algorithm and internvl.data.sampler == qwen.data.sampler
-    assert internvl.trainer.total_training_steps == qwen.trainer.total_training_steps
+    assert family_smoke.algorithm == qwen.algorithm and family_smoke.data.sampler == qwen.data.sampler
+    assert family_smoke.trainer.total_training_steps == qwen.trainer.total_training_steps
     for key in ("n", "gpu_memory_utilization", "enforce_eager", "response_length"):
-        assert internvl.actor_rollout_ref.rollout[key] == qwen.actor_rollout_ref.rollout[key], key
+        assert family_smoke.actor_rollout_ref.rollout[key] == qwen.actor_rollout_ref.rollout[key], key
 
 
 def test_command_line_overrides_of_verl_keys_beat_the_recipe():

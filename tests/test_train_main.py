@@ -110,7 +110,10 @@ def test_cfg_job_prints_the_merged_config_with_overrides(tmp_path):
 def test_help_lists_recipes_without_a_gpu_or_a_recipe():
     result = run_main("--help")
     assert result.returncode == 0
-    for recipe in ("smoke", "smoke_internvl", "qwen25vl_3b", "qwen25vl_7b", "qwen25vl_32b", "internvl3_8b"):
+    for recipe in (
+        "smoke", "smoke_internvl", "smoke_qwen3vl", "qwen25vl_3b", "qwen25vl_7b", "qwen25vl_32b", "qwen3vl_8b",
+        "internvl3_8b",
+    ):  # fmt: skip
         assert recipe in result.stdout
     for setting in ("data_dir:", "stop_by: null", "cluster_wait_s: 300"):
         assert setting in result.stdout, f"the mixed_r1 settings and their defaults are listed: {setting}"
@@ -176,7 +179,7 @@ def test_smoke_data_converted_for_another_model_family_is_refused_not_reused(tmp
     unknown = OmegaConf.merge(smoke, {"model_family": "llava"})
     with pytest.raises(SystemExit):
         prepare_smoke(unknown, str(tmp_path / "tiny_llava"), str(tmp_path / "other_data"), 1024)
-    assert "the smoke recipes build qwen2_5_vl or internvl" in capsys.readouterr().err
+    assert "the smoke recipes build qwen2_5_vl, qwen3_vl or internvl" in capsys.readouterr().err
     assert not (tmp_path / "tiny_llava").exists()
 
 

@@ -155,10 +155,21 @@ def test_two_runs_side_by_side_on_one_machine_each_start_a_ray_cluster_of_their_
 def test_an_internvl_trains_on_its_image_prompts_of_all_four_tasks(internvl_run):
     work_dir, log = internvl_run
     assert "Failed to create processor" not in log, "verl refused InternVL's processor"
+    assert_a_tiny_model_trained_one_step_on_0_1000_boxes(work_dir, log, "internvl")
+
+
+def test_a_qwen3vl_trains_on_its_image_prompts_of_all_four_tasks(tmp_path):
+    log = grpo_on_cpu(tmp_path, 1, recipe="smoke_qwen3vl")
+    assert_a_tiny_model_trained_one_step_on_0_1000_boxes(tmp_path, log, "qwen3vl")
+
+
+def assert_a_tiny_model_trained_one_step_on_0_1000_boxes(work_dir, log, family):
+    """recipes/smoke_<family>.yaml's step: the tiny model of the family, data converted for its 0-1000 boxes."""
     assert_every_step_trains_on_all_four_tasks_with_no_sample_lost(work_dir, log, 1)
-    model = AutoModelForImageTextToText.from_pretrained(work_dir / "smoke_internvl" / "tiny_internvl")
-    assert model.config.model_type == "internvl"
-    train = pq.read_table(work_dir / "smoke_internvl" / "data" / "train.parquet").to_pylist()
+    smoke_dir = work_dir / f"smoke_{family}"
+    model = AutoModelForImageTextToText.from_pretrained(smoke_dir / f"tiny_{family}")
+    assert model.config.model_type == {"internvl": "internvl", "qwen3vl": "qwen3_vl"}[family]
+    train = pq.read_table(smoke_dir / "data" / "train.parquet").to_pylist()
     grounding = [row["extra_info"] for row in train if row["extra_info"]["task"] == "grounding"]
     assert grounding and all(info["box_frame"] == "norm1000" for info in grounding)
 

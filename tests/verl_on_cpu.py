@@ -10,8 +10,8 @@ a gloo process group, the engine lookup, unpinned offloading and a rollout serve
 transformers (`actor_rollout_ref.rollout.name=transformers`). verl's trainers, workers, FSDP2 engine
 (FSDP1 needs an accelerator), agent loop, reward loop and checkpoints are the real ones.
 
-Without torchvision, transformers' AutoProcessor cannot build Qwen2.5-VL's processor (its video part
-needs it); here it falls back to the project's image-and-text processor, under the class name verl
+Without torchvision, transformers' AutoProcessor cannot build the Qwen-VL processors (their video parts
+need it); here it falls back to the project's image-and-text processors, under the class names verl
 recognises.
 """
 
@@ -142,7 +142,11 @@ from verl.workers.rollout.base import BaseRollout  # noqa: E402
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput  # noqa: E402
 
 from cpu_rollout_inputs import rollout_model_inputs  # noqa: E402
-from mixed_r1_verl.data.processor import Qwen25VLImageTextProcessor, load_image_text_processor  # noqa: E402
+from mixed_r1_verl.data.processor import (  # noqa: E402
+    Qwen3VLImageTextProcessor,
+    Qwen25VLImageTextProcessor,
+    load_image_text_processor,
+)
 
 
 def pinned_offload_unavailable(pin_memory=True):
@@ -154,7 +158,10 @@ fsdp_engine.CPUOffloadPolicy = pinned_offload_unavailable
 
 
 # verl binds M-RoPE to processors it recognises by class name.
-Qwen2_5_VLProcessor = type("Qwen2_5_VLProcessor", (Qwen25VLImageTextProcessor,), {})
+VERL_NAMED_PROCESSORS = {
+    Qwen25VLImageTextProcessor: type("Qwen2_5_VLProcessor", (Qwen25VLImageTextProcessor,), {}),
+    Qwen3VLImageTextProcessor: type("Qwen3VLProcessor", (Qwen3VLImageTextProcessor,), {}),
+}
 _auto_processor = AutoProcessor.from_pretrained
 
 
@@ -163,8 +170,7 @@ def processor_without_torchvision(path, *args, **kwargs):
         return _auto_processor(path, *args, **kwargs)
     except ImportError:
         processor = load_image_text_processor(path)
-        if isinstance(processor, Qwen25VLImageTextProcessor):
-            processor.__class__ = Qwen2_5_VLProcessor
+        processor.__class__ = VERL_NAMED_PROCESSORS.get(type(processor), type(processor))
         return processor
 
 

@@ -2,25 +2,59 @@
 
 Qwen2.5-VL sees each image resized so both sides are multiples of 28 (patch 14 x merge 2) and the
 pixel count lies in [min_pixels, max_pixels]; its boxes are absolute pixels of that resized image.
-Qwen2-VL and InternVL express boxes on a 0-1000 grid whatever the image size.
+Qwen3-VL resizes to multiples of 32 (patch 16); it, Qwen2-VL and InternVL express boxes on a 0-1000
+grid whatever the image size.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-# Bounds of the Qwen2.5-VL image processor and of qwen_vl_utils when nothing overrides them.
-DEFAULT_MIN_PIXELS = 4 * 28 * 28
-DEFAULT_MAX_PIXELS = 16384 * 28 * 28
+# Image tokens qwen_vl_utils bounds an image to when nothing overrides them; with Qwen2.5-VL's 28-pixel
+# tokens, also the bounds of its image processor.
+MIN_IMAGE_TOKENS = 4
+MAX_IMAGE_TOKENS = 16384
+DEFAULT_MIN_PIXELS = MIN_IMAGE_TOKENS * 28 * 28
+DEFAULT_MAX_PIXELS = MAX_IMAGE_TOKENS * 28 * 28
 MAX_ASPECT_RATIO = 200
+# The Qwen-VL vision encoders merge 2x2 patches into one image token.
+SPATIAL_MERGE_SIZE = 2
 
 BOX_FRAME_ABS = "abs"
 BOX_FRAME_NORM1000 = "norm1000"
-MODEL_FAMILY_BOX_FRAME = {
-    "qwen2_5_vl": BOX_FRAME_ABS,
-    "qwen2_vl": BOX_FRAME_NORM1000,
-    "internvl": BOX_FRAME_NORM1000,
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """How a model family sees images: the frame its grounding boxes are in, the side of its vision
+    patches (images are resized to multiples of twice it) and the smallest image area its released
+    image processors resize to."""
+
+    box_frame: str
+    patch_size: int = 14
+    min_pixels: int = DEFAULT_MIN_PIXELS
+
+    @property
+    def resize_factor(self) -> int:
+        return self.patch_size * SPATIAL_MERGE_SIZE
+
+
+MODEL_FAMILIES = {
+    "qwen2_5_vl": ModelFamily(BOX_FRAME_ABS),
+    "qwen2_vl": ModelFamily(BOX_FRAME_NORM1000),
+    "qwen3_vl": ModelFamily(BOX_FRAME_NORM1000, patch_size=16, min_pixels=256 * 256),
+    # verl resizes InternVL's images with the default patch too, before the processor tiles them.
+    "internvl": ModelFamily(BOX_FRAME_NORM1000),
 }
+# Checkpoints (config.json model_type) of a family under another name: Qwen3-VL's mixture-of-experts models.
+MODEL_TYPE_FAMILY = {"qwen3_vl_moe": "qwen3_vl"}
+
+
+def family_of_model_type(model_type: str | None) -> str | None:
+    """The model family of a checkpoint's config.json model_type; None for a type of no known family."""
+    family = MODEL_TYPE_FAMILY.get(model_type, model_type)
+    return family if family in MODEL_FAMILIES else None
 
 
 def smart_resize(
@@ -52,9 +86,10 @@ def smart_resize(
     return resized_h, resized_w
 
 
-def stated_bounds(min_pixels: int | None, max_pixels: int | None) -> tuple[int, int]:
-    """The (min_pixels, max_pixels) an image item's stated bounds give its resize (None or 0: the default)."""
-    return min_pixels or DEFAULT_MIN_PIXELS, max_pixels or DEFAULT_MAX_PIXELS
+def stated_bounds(min_pixels: int | None, max_pixels: int | None, factor: int = 28) -> tuple[int, int]:
+    """The (min_pixels, max_pixels) an image item's stated bounds give its resize to multiples of `factor`
+    (None or 0: qwen_vl_utils' default, a number of `factor`-sided tokens)."""
+    return min_pixels or MIN_IMAGE_TOKENS * factor**2, max_pixels or MAX_IMAGE_TOKENS * factor**2
 
 
 def pixel_bounds_error(min_pixels: int, max_pixels: int) -> str | None:
@@ -95,7 +130,7 @@ def other_family_frame_reason(box_frame: str | None, model_family: str | None) -
     """Why data whose grounding boxes are in `box_frame` (extra_info.box_frame) cannot train or evaluate a
     model of `model_family` (its config's model_type), which answers in another frame; None when the
     frames agree or either is unknown."""
-    model_frame = MODEL_FAMILY_BOX_FRAME.get(model_family)
+    model_frame = MODEL_FAMILIES[model_family].box_frame if model_family in MODEL_FAMILIES else None
     if model_frame is None or box_frame is None or box_frame == model_frame:
         return None
     return (

@@ -8,9 +8,7 @@ import io
 
 from PIL import Image
 
-from mixed_r1_verl.data.frames import smart_resize, stated_bounds
-
-SPATIAL_MERGE_SIZE = 2
+from mixed_r1_verl.data.frames import SPATIAL_MERGE_SIZE, smart_resize, stated_bounds
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -40,8 +38,7 @@ def model_input_image(item: dict, image_patch_size: int) -> Image.Image:
     area within the item's min/max pixels (defaults as qwen_vl_utils)."""
     image = to_rgb(open_content_image(item))
     width, height = image.size
-    min_pixels, max_pixels = stated_bounds(item.get("min_pixels"), item.get("max_pixels"))
-    resized_h, resized_w = smart_resize(
-        height, width, factor=image_patch_size * SPATIAL_MERGE_SIZE, min_pixels=min_pixels, max_pixels=max_pixels
-    )
+    factor = image_patch_size * SPATIAL_MERGE_SIZE
+    min_pixels, max_pixels = stated_bounds(item.get("min_pixels"), item.get("max_pixels"), factor)
+    resized_h, resized_w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return image.resize((resized_w, resized_h), Image.Resampling.BICUBIC)

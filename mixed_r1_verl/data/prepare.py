@@ -3,6 +3,9 @@
     python -m mixed_r1_verl.data.prepare input=data.jsonl image_root=images/ output_dir=out/ \\
         model_family=qwen2_5_vl [val_ratio=0.02 seed=0 model_path=<HF dir> layout=chartqa ...]
 
+model_family: qwen2_5_vl, qwen2_vl, qwen3_vl or internvl (the frame of the grounding boxes and the
+image token size).
+
 Writes train.parquet, val.parquet, rejects.jsonl (one line per rejected row: id, row number, reason,
 detail) and summary.json (counts per task and split, rejects by reason, source fields the mapping does
 not read with a "did you mean" for likely typos). Every input row is either written or rejected.
@@ -14,7 +17,7 @@ A split that training reads is never written empty: the conversion stops instead
 with no row pinned to val (`"split": "val"`) asks for no validation split: val.parquet is not written.
 A conversion whose rows are all rejected stops with the count of each reason; rejects.jsonl is kept
 whenever rows were rejected. `max_prompt_length` left unset is the model family's training budget:
-2048 tokens for the Qwen2-VL family, 4096 for InternVL.
+2048 tokens for the Qwen-VL families, 4096 for InternVL.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from mixed_r1_verl.data.frames import (
-    DEFAULT_MIN_PIXELS,
-    MODEL_FAMILY_BOX_FRAME,
+    MODEL_FAMILIES,
     box_to_frame,
+    family_of_model_type,
     format_box,
     model_frame_size,
     smart_resize,
@@ -48,6 +51,7 @@ from mixed_r1_verl.data.model_files import (
     processor_pixel_bounds,
     required_image_processor_settings,
     resolve_model_dir,
+    vision_geometry,
 )
 from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, PromptTokenCounter, render_prompt
 from mixed_r1_verl.data.records import (
@@ -76,11 +80,11 @@ from mixed_r1_verl.settings import run_settings_cli
 
 # Each model family's training prompt budget (data.max_prompt_length: conf/mixed_r1.yaml, and
 # recipes/internvl3_8b.yaml for InternVL) and the image budget that fits in it: at most 1280 image tokens
-# (1280 merged 28x28 patches, about 1 MP) leave 768 tokens for the chat template, question, options and
-# instructions. InternVL3 tiles the same image into up to 12 tiles and a thumbnail of 256 tokens each.
-DEFAULT_MAX_PROMPT_LENGTH = {"qwen2_5_vl": 2048, "qwen2_vl": 2048, "internvl": 4096}
+# (1280 merged 28x28 patches, about 1 MP, for Qwen2.5-VL; 32x32, 1.3 MP, for Qwen3-VL) leave 768 tokens
+# for the chat template, question, options and instructions. InternVL3 tiles the same image into up to
+# 12 tiles and a thumbnail of 256 tokens each.
+DEFAULT_MAX_PROMPT_LENGTH = {"qwen2_5_vl": 2048, "qwen2_vl": 2048, "qwen3_vl": 2048, "internvl": 4096}
 DEFAULT_MAX_IMAGE_TOKENS = 1280
-DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_TOKENS * 28 * 28
 # Boxes may overhang the image by this many pixels (annotation rounding); they are clipped.
 BOX_EDGE_TOLERANCE = 1.0
 
@@ -108,8 +112,9 @@ class PrepareConfig:
     prompt_template: str = DEFAULT_TEMPLATE
     system_prompt: str | None = None
     # Pixel bounds of the resize. min_pixels: model_path's preprocessor_config.json (a directory or a
-    # hub id in the Hugging Face cache), else 3136. max_pixels: the image budget (1280 tokens,
-    # 1003520 pixels), or the model's own bound when smaller.
+    # hub id in the Hugging Face cache), else the model family's released processors' (3136; Qwen3-VL
+    # 65536). max_pixels: the image budget (1280 tokens: 1003520 pixels; Qwen3-VL 1310720), or the
+    # model's own bound when smaller.
     model_path: str | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
@@ -121,15 +126,16 @@ class PrepareConfig:
     progress: bool = True
 
 
-def pixel_bounds(config: PrepareConfig, model_dir: Path | None) -> tuple[int, int]:
+def pixel_bounds(config: PrepareConfig, model_dir: Path | None, resize_factor: int) -> tuple[int, int]:
     """(min_pixels, max_pixels): explicit values first; else the model's min_pixels and the smaller of
-    its max_pixels and the image budget; else the defaults."""
+    its max_pixels and the image budget (of `resize_factor`-sided tokens); else the model family's."""
     model_min, model_max = None, None
     if model_dir is not None:
         settings = required_image_processor_settings(model_dir)
         model_min, model_max = processor_pixel_bounds(settings)
-    min_pixels = config.min_pixels or model_min or DEFAULT_MIN_PIXELS
-    max_pixels = config.max_pixels or min(model_max or DEFAULT_MAX_PIXELS, DEFAULT_MAX_PIXELS)
+    image_budget = DEFAULT_MAX_IMAGE_TOKENS * resize_factor**2
+    min_pixels = config.min_pixels or model_min or MODEL_FAMILIES[config.model_family].min_pixels
+    max_pixels = config.max_pixels or min(model_max or image_budget, image_budget)
     if min_pixels > max_pixels:
         raise ValueError(f"min_pixels {min_pixels} exceeds max_pixels {max_pixels}")
     return int(min_pixels), int(max_pixels)
@@ -256,11 +262,14 @@ def refuse_another_model_family(model_family: str, model_dir: Path) -> None:
     """Raises ValueError when the checkpoint's config.json names a model family other than
     `model_family`: its grounding answers would be in another box frame than the data's."""
     model_type = checkpoint_model_type(model_dir)
-    if model_type in MODEL_FAMILY_BOX_FRAME and model_type != model_family:
+    checkpoint_family = family_of_model_type(model_type)
+    if checkpoint_family not in (None, model_family):
         raise ValueError(
             f"model_path {model_dir} holds a {model_type} checkpoint, but model_family={model_family}: its boxes are "
-            f"in the {MODEL_FAMILY_BOX_FRAME[model_type]} frame, the data's would be in the "
-            f"{MODEL_FAMILY_BOX_FRAME[model_family]} frame; set model_family={model_type}"
+            f"in the {MODEL_FAMILIES[checkpoint_family].box_frame} frame and its images resize to multiples of "
+            f"{MODEL_FAMILIES[checkpoint_family].resize_factor} pixels, the data's would be in the "
+            f"{MODEL_FAMILIES[model_family].box_frame} frame, resized to multiples of "
+            f"{MODEL_FAMILIES[model_family].resize_factor}; set model_family={checkpoint_family}"
         )
 
 
@@ -288,10 +297,8 @@ class RowConverter:
     with the data engine's validation stage."""
 
     def __init__(self, config: PrepareConfig, mapping: ColumnMapping | None = None):
-        if config.model_family not in MODEL_FAMILY_BOX_FRAME:
-            raise ValueError(
-                f"unknown model_family {config.model_family!r}; known: {', '.join(MODEL_FAMILY_BOX_FRAME)}"
-            )
+        if config.model_family not in MODEL_FAMILIES:
+            raise ValueError(f"unknown model_family {config.model_family!r}; known: {', '.join(MODEL_FAMILIES)}")
         refuse_image_tokens_in_prompt_settings(config)
         self.config = config
         self.mapping = mapping or build_mapping(
@@ -302,11 +309,14 @@ class RowConverter:
             box_units=config.box_units,
             problem_template=config.problem_template,
         )
-        self.box_frame = MODEL_FAMILY_BOX_FRAME[config.model_family]
+        self.box_frame = MODEL_FAMILIES[config.model_family].box_frame
         model_dir = resolve_model_dir(config.model_path) if config.model_path else None
+        self.resize_factor = MODEL_FAMILIES[config.model_family].resize_factor
         if model_dir is not None:
             refuse_another_model_family(config.model_family, model_dir)
-        self.min_pixels, self.max_pixels = pixel_bounds(config, model_dir)
+            patch_size, merge_size = vision_geometry(model_dir)
+            self.resize_factor = patch_size * merge_size
+        self.min_pixels, self.max_pixels = pixel_bounds(config, model_dir, self.resize_factor)
         self.prompt_counter = PromptTokenCounter(model_dir) if model_dir is not None else None
         self.max_prompt_length = config.max_prompt_length or DEFAULT_MAX_PROMPT_LENGTH[config.model_family]
         self.store = ImageStore(config.image_root)
@@ -406,10 +416,12 @@ class RowConverter:
         return sft
 
     def resized_size(self, image) -> tuple[int, int]:
-        """(width, height) the Qwen2-VL family resizes the image to."""
+        """(width, height) the model resizes the image to: multiples of its patch x merge size."""
         width, height = image.size
         try:
-            resized_h, resized_w = smart_resize(height, width, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+            resized_h, resized_w = smart_resize(
+                height, width, factor=self.resize_factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels
+            )
         except ValueError as error:
             raise RecordError(UNSUPPORTED_IMAGE_SIZE, f"image {image.path!r}: {error}") from None
         return resized_w, resized_h

@@ -1,4 +1,4 @@
-"""Image-and-text processors of the model families Mixed-R1 trains (Qwen2.5-VL, InternVL).
+"""Image-and-text processors of the model families Mixed-R1 trains (Qwen2.5-VL, Qwen3-VL, InternVL).
 
 `AutoProcessor` builds these families' processors with their video processors, which need
 torchvision; on hosts without it (CPU-only machines), these subclasses run the same image and text
@@ -11,10 +11,18 @@ import json
 import os
 from pathlib import Path
 
-from transformers import AutoProcessor, AutoTokenizer, InternVLProcessor, Qwen2_5_VLProcessor, Qwen2VLProcessor
+from transformers import (
+    AutoProcessor,
+    AutoTokenizer,
+    InternVLProcessor,
+    Qwen2_5_VLProcessor,
+    Qwen2VLProcessor,
+    Qwen3VLProcessor,
+)
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from mixed_r1_verl.data.frames import family_of_model_type
 from mixed_r1_verl.data.model_files import checkpoint_model_type
 
 
@@ -34,6 +42,13 @@ class Qwen25VLImageTextProcessor(_WithoutVideos, Qwen2_5_VLProcessor):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
 
+class Qwen3VLImageTextProcessor(_WithoutVideos, Qwen3VLProcessor):
+    """`Qwen3VLProcessor` without a video processor; passing videos is an error."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
 class InternVLImageTextProcessor(_WithoutVideos, InternVLProcessor):
     """`InternVLProcessor` without a video processor; passing videos is an error."""
 
@@ -41,11 +56,14 @@ class InternVLImageTextProcessor(_WithoutVideos, InternVLProcessor):
         super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template=chat_template, **kwargs)
 
 
-def load_image_text_processor(model_dir: str | os.PathLike) -> Qwen25VLImageTextProcessor | InternVLImageTextProcessor:
-    """The image-and-text processor of an InternVL (Hugging Face format) checkpoint directory, else of
-    a Qwen2.5-VL one."""
+def load_image_text_processor(
+    model_dir: str | os.PathLike,
+) -> Qwen25VLImageTextProcessor | Qwen3VLImageTextProcessor | InternVLImageTextProcessor:
+    """The image-and-text processor of an InternVL (Hugging Face format) or Qwen3-VL checkpoint directory,
+    else of a Qwen2.5-VL one."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if checkpoint_model_type(model_dir) == "internvl":
+    family = family_of_model_type(checkpoint_model_type(model_dir))
+    if family == "internvl":
         settings_file = Path(model_dir) / "processor_config.json"
         settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
         return InternVLImageTextProcessor(
@@ -54,7 +72,8 @@ def load_image_text_processor(model_dir: str | os.PathLike) -> Qwen25VLImageText
             image_seq_length=settings.get("image_seq_length", 256),
             chat_template=tokenizer.chat_template,
         )
-    return Qwen25VLImageTextProcessor(
+    text_processor = Qwen3VLImageTextProcessor if family == "qwen3_vl" else Qwen25VLImageTextProcessor
+    return text_processor(
         image_processor=Qwen2VLImageProcessorPil.from_pretrained(model_dir),
         tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
@@ -64,6 +83,7 @@ def load_image_text_processor(model_dir: str | os.PathLike) -> Qwen25VLImageText
 # The model family (config.json model_type) of each processor class the families use.
 PROCESSOR_MODEL_FAMILIES = (
     (InternVLProcessor, "internvl"),
+    (Qwen3VLProcessor, "qwen3_vl"),
     (Qwen2_5_VLProcessor, "qwen2_5_vl"),
     (Qwen2VLProcessor, "qwen2_vl"),
 )

@@ -8,10 +8,10 @@ of that frame is an error. The chat is rendered by the model's chat template and
 the processor (transformers) or vLLM expands the image pads.
 
 Backends: vLLM offline (GPU; every prompt of a call in one batch) and transformers `generate`
-(anywhere; Qwen2.5-VL and InternVL). Sampling settings are one type with per-use defaults: `EVAL_SAMPLING`
-(greedy, one response) and `ENGINE_SAMPLING` (8 responses at temperature 1). Each response says whether
-it was cut off at `max_new_tokens` (`Completion.truncated`), so a response that ran out of tokens is told
-from a wrong one.
+(anywhere; Qwen2.5-VL, Qwen3-VL and InternVL). Sampling settings are one type with per-use defaults:
+`EVAL_SAMPLING` (greedy, one response) and `ENGINE_SAMPLING` (8 responses at temperature 1). Each response
+says whether it was cut off at `max_new_tokens` (`Completion.truncated`), so a response that ran out of
+tokens is told from a wrong one.
 """
 
 from __future__ import annotations
@@ -214,8 +214,9 @@ def transformers_placement(device: str | None) -> tuple[str, str]:
 
 
 class TransformersGenerator:
-    """`generate` for Qwen2.5-VL and InternVL checkpoints through the image-and-text processor (no
-    torchvision needed): requests in left-padded batches of at most `sequences_per_call` sequences (prompts × n)."""
+    """`generate` for Qwen2.5-VL, Qwen3-VL and InternVL checkpoints through the image-and-text processor
+    (no torchvision needed): requests in left-padded batches of at most `sequences_per_call` sequences
+    (prompts × n)."""
 
     def __init__(
         self, model_path: str, settings: SamplingSettings, device: str | None = None, sequences_per_call: int = 64

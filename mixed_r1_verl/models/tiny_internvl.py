@@ -12,7 +12,6 @@ InternVL3): the smoke recipe trains it on CPU-sized prompts (`mixed_r1.smoke.mod
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from mixed_r1_verl.models.tiny_qwen25vl import (
     chatml_template,
     qwen2_text_config,
     save_random_model,
+    seeded_build_main,
     write_processor_files,
     write_tokenizer,
 )
@@ -86,11 +86,7 @@ def build_tiny_internvl(output_dir: str | os.PathLike, *, seed: int = 0) -> Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("output_dir")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    print(build_tiny_internvl(args.output_dir, seed=args.seed))
+    seeded_build_main(build_tiny_internvl, __doc__)
 
 
 if __name__ == "__main__":

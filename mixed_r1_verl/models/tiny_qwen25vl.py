@@ -40,14 +40,25 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
-def chatml_template(image: str, video: str) -> str:
-    """A chat template in the ChatML layout of Qwen2.5-VL and InternVL3, rendering each image and video
-    content item as `image` and `video`."""
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def chatml_template(image: str, video: str, default_system: str | None = DEFAULT_SYSTEM_PROMPT) -> str:
+    """A chat template in the ChatML layout of Qwen2.5-VL, Qwen3-VL and InternVL3, rendering each image
+    and video content item as `image` and `video`; a chat without a system turn gets `default_system`
+    (Qwen2.5-VL and InternVL3), or none (None: Qwen3-VL)."""
+    default_system_turn = (
+        ""
+        if default_system is None
+        else (
+            "{% if loop.first and message['role'] != 'system' %}"
+            f"<|im_start|>system\n{default_system}<|im_end|>\n"
+            "{% endif %}"
+        )
+    )
     return (
         "{% for message in messages %}"
-        "{% if loop.first and message['role'] != 'system' %}"
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        "{% endif %}"
+        f"{default_system_turn}"
         "<|im_start|>{{ message['role'] }}\n"
         "{% if message['content'] is string %}{{ message['content'] }}"
         "{% else %}{% for content in message['content'] %}"
@@ -238,6 +249,31 @@ def qwen2_text_config(size: TinySize, vocab_size: int, special_id: dict[str, int
     )
 
 
+def qwen_vision_config(size: TinySize, patch_size: int) -> dict:
+    """The Qwen-VL vision encoder's settings of a tiny model: square patches, 2x2 of them merged into one
+    token of the language model's width, 2 frames a patch in time."""
+    return dict(
+        depth=size.vision_depth,
+        hidden_size=size.vision_hidden_size,
+        intermediate_size=size.vision_intermediate_size,
+        num_heads=size.vision_num_heads,
+        out_hidden_size=size.hidden_size,
+        patch_size=patch_size,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+
+
+def qwen_vision_token_ids(special_id: dict[str, int]) -> dict[str, int]:
+    """The ids of the image, video and vision-bracket tokens, as a Qwen-VL config names them."""
+    return dict(
+        image_token_id=special_id["<|image_pad|>"],
+        video_token_id=special_id["<|video_pad|>"],
+        vision_start_token_id=special_id["<|vision_start|>"],
+        vision_end_token_id=special_id["<|vision_end|>"],
+    )
+
+
 def save_random_model(model_class, config, output_dir: Path, special_id: dict[str, int], seed: int) -> None:
     """A model of `model_class` with random weights (seeded) in bfloat16, ending its answers at
     `<|im_end|>` or `<|endoftext|>`, saved to `output_dir`."""
@@ -295,21 +331,11 @@ def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, size: T
             rope_scaling={"type": "mrope", "mrope_section": size.mrope_section},
         ),
         vision_config=dict(
-            depth=size.vision_depth,
-            hidden_size=size.vision_hidden_size,
-            intermediate_size=size.vision_intermediate_size,
-            num_heads=size.vision_num_heads,
-            out_hidden_size=size.hidden_size,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
+            qwen_vision_config(size, patch_size=14),
             window_size=56,
             fullatt_block_indexes=size.full_attention_blocks,
         ),
-        image_token_id=special_id["<|image_pad|>"],
-        video_token_id=special_id["<|video_pad|>"],
-        vision_start_token_id=special_id["<|vision_start|>"],
-        vision_end_token_id=special_id["<|vision_end|>"],
+        **qwen_vision_token_ids(special_id),
         tie_word_embeddings=False,
     )
     save_random_model(Qwen2_5_VLForConditionalGeneration, config, built, special_id, seed)
@@ -327,6 +353,15 @@ def build_tiny_qwen25vl(output_dir: str | os.PathLike, *, seed: int = 0, size: T
     )  # fmt: skip
     move_built_files(built, output_dir)
     return output_dir
+
+
+def seeded_build_main(build, description: str) -> None:
+    """The command line of a tiny model without size settings: OUTPUT_DIR [--seed N]."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output_dir")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(build(args.output_dir, seed=args.seed))
 
 
 def describe_model(model_dir: str | os.PathLike) -> str:
