@@ -129,7 +129,10 @@ PIECES = (
     Piece("engine_figure", ("benchmarks/gpu_figures.py", "engine"), "engine difficulty stage prompts/s", alone=True),
     Piece("bmas_gpu_actor", suite("tests/gpu/test_gpu_bmas.py", "-k", "gpu_actor"),
           "BMAS on a GPU actor of its own (bmas_num_gpus)", after="training"),
-    Piece("internvl", suite("tests/gpu/test_gpu_internvl.py"), "recipe=smoke_internvl, 2 GRPO steps with vLLM"),
+    Piece("internvl", suite("tests/gpu/test_gpu_model_families.py", "-k", "internvl"),
+          "recipe=smoke_internvl, 2 GRPO steps with vLLM"),
+    Piece("qwen3vl", suite("tests/gpu/test_gpu_model_families.py", "-k", "qwen3vl"),
+          "recipe=smoke_qwen3vl, 2 GRPO steps with vLLM"),
 )  # fmt: skip
 
 

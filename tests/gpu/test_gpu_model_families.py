@@ -1,8 +1,12 @@
-"""recipe=smoke_internvl with vLLM rollouts: InternVL's image prompts reach vLLM with each image
-collapsed to one placeholder (mixed_r1_verl/verl_adapter/internvl.py), the trained weights reach vLLM's
-InternVL implementation, and every sample of all four tasks is scored and trained on."""
+"""The smoke recipes of the other model families with vLLM rollouts, `recipe=smoke_internvl` and
+`recipe=smoke_qwen3vl`: every sample of all four tasks is scored and trained on, and the trained weights
+reach vLLM's implementation of the family. InternVL's image prompts reach vLLM with each image collapsed
+to one placeholder (mixed_r1_verl/verl_adapter/internvl.py); Qwen3-VL's 32-pixel image tokens and M-RoPE
+positions are verl's own."""
 
 import math
+
+import pytest
 
 from gpu_checks import TASKS, assert_succeeded
 
@@ -12,13 +16,13 @@ STEPS = 2
 SAMPLES_PER_TASK = 8  # recipes/smoke.yaml: 2 prompts of each task per step, 4 responses each
 
 
-def test_smoke_internvl_trains_with_vllm_on_every_sample_of_all_four_tasks(gpu_out):
+@pytest.mark.parametrize("recipe", ["smoke_internvl", "smoke_qwen3vl"])
+def test_smoke_recipe_of_the_family_trains_with_vllm_on_every_sample_of_all_four_tasks(recipe, gpu_out):
     run = smoke_training(
-        "smoke_internvl", gpu_out, f"trainer.total_training_steps={STEPS}", "trainer.save_freq=-1",
-        recipe="smoke_internvl",
+        recipe, gpu_out, f"trainer.total_training_steps={STEPS}", "trainer.save_freq=-1", recipe=recipe,
     )  # fmt: skip
     assert_succeeded(run)
-    assert "Failed to create processor" not in run.log_text(), "verl refused InternVL's processor"
+    assert "Failed to create processor" not in run.log_text(), "verl refused the model's processor"
     steps = read_metrics_log(metrics_log_path(gpu_out, run.name))
     assert sorted(steps) == list(range(1, STEPS + 1))
     for step, metrics in steps.items():
