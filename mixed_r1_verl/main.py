@@ -310,6 +310,46 @@ def rollout_parallel_mismatches(config: DictConfig) -> list[str]:
     ]
 
 
+def start_from_merged_adapter(config: DictConfig) -> None:
+    """A model directory holding a LoRA adapter (a LoRA run's merged checkpoint) is trained from its weights
+    with the adapter merged in (mixed_r1_verl/models/lora.py): verl's actor and vLLM would load the base
+    weights alone."""
+    from mixed_r1_verl.models.lora import with_lora_merged
+
+    model = config.actor_rollout_ref.model
+    if os.path.isdir(model.path):
+        model.path = with_lora_merged(model.path)
+
+
+def lora_mismatches(config: DictConfig) -> list[str]:
+    """LoRA adapters the configuration would put on the vision tower or projector, which vLLM's rollouts
+    ignore (mixed_r1_verl/models/lora.py): the actor would train them while every rollout samples
+    without them. Read from the checkpoint's architecture; nothing for a model path that does not resolve
+    (verl reports that)."""
+    model = config.actor_rollout_ref.model
+    if not model.get("lora_rank"):
+        return []
+    from mixed_r1_verl.data.model_files import resolve_model_dir
+    from mixed_r1_verl.models.lora import vision_modules_with_adapters
+
+    try:
+        model_dir = resolve_model_dir(model.path)
+    except FileNotFoundError:
+        return []
+    target, exclude = (OmegaConf.to_container(model[key]) if OmegaConf.is_config(model[key]) else model[key]
+                       for key in ("target_modules", "exclude_modules"))  # fmt: skip
+    adapted = vision_modules_with_adapters(model_dir, target, exclude)
+    if not adapted:
+        return []
+    return [
+        f"actor_rollout_ref.model.lora_rank={model.lora_rank} with target_modules={target!r} and "
+        f"exclude_modules={exclude!r} puts LoRA adapters on {len(adapted)} modules of the vision tower or "
+        f"projector ({', '.join(adapted[:2])}, ...), which vLLM's rollouts ignore: the rollouts would sample "
+        "from another policy than the one trained. Use lora=on, or exclude them with "
+        "actor_rollout_ref.model.exclude_modules"
+    ]
+
+
 def filtering_setting_errors(config: DictConfig) -> list[str]:
     """What the per-task filtering sampler would refuse only once the trainer is built or rollouts are
     scored: its options, verl's sync sub-steps, and a `metric` the mixed_r1 reward does not report as a
@@ -660,6 +700,10 @@ def train(config: DictConfig) -> None:
             config.mixed_r1.data_dir,
             config.data.max_prompt_length,
         )
+    start_from_merged_adapter(config)
+    lora_errors = lora_mismatches(config)
+    if lora_errors:
+        fail("; ".join(lora_errors) + ".\n", EXIT_USAGE)
     exit_unless_data_files_exist(config.data, os.environ)
     train_rows = sum(parquet_rows(path) for path in data_files(config.data.train_files))
     exit_if_steps_outrun_the_epochs(config.trainer, train_rows // config.data.train_batch_size, "verl's trainer")

@@ -270,15 +270,35 @@ class TransformersServerAdapter(BaseRollout):
     async def release(self):
         pass
 
-    async def update_weights(self, weights, wire_format="named_tensors", global_steps=None, **kwargs):
+    async def update_weights(
+        self, weights, wire_format="named_tensors", global_steps=None, peft_config=None, base_sync_done=False, **kwargs
+    ):
         state = {}
         for name, tensor in weights:
             tensor = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
             state[name] = tensor.detach().to("cpu", torch.float32).clone()
+        # With LoRA verl sends the base weights once, then only the adapters, which vLLM serves as an
+        # adapter over them; here they are merged into the base weights.
+        if peft_config and not base_sync_done:
+            state = self.lora_base_weights = {name.replace(".base_layer.", "."): t for name, t in state.items()}
+        elif peft_config:
+            state = merged_lora(self.lora_base_weights, state, peft_config["lora_alpha"] / peft_config["r"])
         if int(os.environ.get("RANK", 0)) == 0:
             missing = await ray.get_actor(rollout_server_name(0)).load_weights.remote(state, global_steps)
             if missing:
                 raise KeyError(f"the actor sent no weights for {missing[:5]}")
+
+
+def merged_lora(base: dict, adapters: dict, scaling: float) -> dict:
+    """The base weights with each LoRA adapter (peft's `base_model.model.<module>.lora_A.weight` and
+    `lora_B.weight`) added: W + scaling x B A."""
+    merged = dict(base)
+    for name, down in adapters.items():
+        if name.endswith(".lora_A.weight"):
+            adapter = name.removesuffix(".lora_A.weight")
+            module = adapter.removeprefix("base_model.model.")
+            merged[f"{module}.weight"] = base[f"{module}.weight"] + scaling * adapters[f"{adapter}.lora_B.weight"] @ down
+    return merged
 
 
 RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: TransformersReplica)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixed_r1_verl.data.model_files import PROCESSOR_FILES, resolve_model_dir
+from mixed_r1_verl.models.lora import ADAPTER_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -129,13 +130,16 @@ class GenerationCache:
 
 def model_fingerprint(model: str) -> dict:
     """What a model answers with. A local directory: its path (links resolved) and the size and time of
-    its weight files. A hub id: the id and the revision of its snapshot in the Hugging Face cache (which
+    its weight files and its LoRA adapter's (lora_adapter/). A hub id: the id and the revision of its snapshot in the Hugging Face cache (which
     fixes its files; resolved as the generators resolve it), wherever the command runs. Both: the sha256
     of each config, processor, tokenizer and chat template file."""
     if Path(model).is_dir():
         directory = Path(model).resolve()
-        weights = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin"))
-        sizes_and_times = [[file.name, file.stat().st_size, file.stat().st_mtime_ns] for file in weights]
+        weights = [*sorted(directory.glob("*.safetensors")), *sorted(directory.glob("*.bin")),
+                   *sorted(directory.glob(f"{ADAPTER_DIR}/*.safetensors"))]  # fmt: skip
+        sizes_and_times = [
+            [str(file.relative_to(directory)), file.stat().st_size, file.stat().st_mtime_ns] for file in weights
+        ]
         identity = {"path": str(directory), "weights": sizes_and_times}
     else:
         directory = resolve_model_dir(model)

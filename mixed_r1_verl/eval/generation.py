@@ -37,6 +37,7 @@ from mixed_r1_verl.data.model_files import (
 from mixed_r1_verl.data.model_images import model_input_image
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.prompts import chat_template_text
+from mixed_r1_verl.models.lora import with_lora_merged
 
 from .cache import Completion, GenerationCache
 from .records import EvalRecord
@@ -276,7 +277,8 @@ class TransformersGenerator:
 
 def build_generator(backend: str, model_path: str, settings: SamplingSettings, **options) -> Generator:
     """`vllm` (options: max_images_per_prompt and vLLM engine arguments) or `transformers` (options: device,
-    sequences_per_call)."""
+    sequences_per_call). A model directory holding a LoRA adapter generates with the adapter merged in."""
+    model_path = with_lora_merged(model_path)
     if backend == "vllm":
         return VllmGenerator(model_path, settings, **options)
     if backend == "transformers":
