@@ -38,12 +38,32 @@ def package_settings(config_file: Path) -> str:
     return OmegaConf.to_yaml(OmegaConf.create({PACKAGE_SETTINGS_KEY: settings})) if settings else ""
 
 
-def usage(module: str, recipes: list[str], recipe_place: str, own_settings: str = "") -> str:
-    """The command line, the recipes and, when given, this package's settings with their defaults."""
+def config_switches(config_file: Path) -> list[str]:
+    """The config groups besides the recipe that an entry's config file selects by default, each as
+    `group=default|other options` (`filtering=off|on`)."""
+    switches = []
+    for entry in OmegaConf.load(config_file).get("defaults") or []:
+        if not OmegaConf.is_dict(entry):
+            continue
+        for group in entry:
+            if group != RECIPE_GROUP:
+                default = entry[group]
+                others = sorted(path.stem for path in (config_file.parent / group).glob("*.yaml") if path.stem != default)
+                switches.append(f"{group}={'|'.join([default, *others])}")
+    return switches
+
+
+def usage(
+    module: str, recipes: list[str], recipe_place: str, own_settings: str = "", switches: list[str] = ()
+) -> str:
+    """The command line, the recipes, the other config groups and, when given, this package's settings
+    with their defaults."""
     text = (
         f"usage: python -m {module} recipe=<name> [key=value ...] [--cfg job] [--help]\n"
         f"recipes ({recipe_place}): {', '.join(recipes)}\n"
     )
+    if switches:
+        text += f"switches (default first): {', '.join(switches)}\n"
     if own_settings:
         text += f"\nSettings of this package (key=value) and their defaults:\n\n{own_settings}\n"
     return text + (
@@ -65,8 +85,9 @@ def run_recipe_entry(
     if not any(arg.lstrip("+").startswith(f"{RECIPE_GROUP}=") for arg in sys.argv[1:]):
         asked_for_help = bool({"--help", "-h"} & set(sys.argv[1:]))
         place = f"{recipe_dir.relative_to(config_dir.parent)}/"
-        own_settings = package_settings(config_dir / f"{config_name}.yaml")
-        print(usage(module, recipes, place, own_settings), file=sys.stdout if asked_for_help else sys.stderr, end="")
+        config_file = config_dir / f"{config_name}.yaml"
+        text = usage(module, recipes, place, package_settings(config_file), config_switches(config_file))
+        print(text, file=sys.stdout if asked_for_help else sys.stderr, end="")
         sys.exit(0 if asked_for_help else EXIT_USAGE)
 
     def checked_task(config: DictConfig) -> None:

@@ -115,6 +115,7 @@ def test_help_lists_recipes_without_a_gpu_or_a_recipe():
         "internvl3_8b",
     ):  # fmt: skip
         assert recipe in result.stdout
+    assert "switches (default first): filtering=off|on, lora=off|on\n" in result.stdout
     for setting in ("data_dir:", "stop_by: null", "cluster_wait_s: 300"):
         assert setting in result.stdout, f"the mixed_r1 settings and their defaults are listed: {setting}"
 
