@@ -126,14 +126,23 @@ class PrepareConfig:
     progress: bool = True
 
 
-def pixel_bounds(config: PrepareConfig, model_dir: Path | None, resize_factor: int) -> tuple[int, int]:
+def image_token_side(model_family: str, model_dir: Path | None) -> int:
+    """The side in pixels of the model's image tokens, which images are resized to multiples of:
+    `model_dir`'s patch x merge size, else the model family's."""
+    if model_dir is None:
+        return MODEL_FAMILIES[model_family].resize_factor
+    patch_size, merge_size = vision_geometry(model_dir)
+    return patch_size * merge_size
+
+
+def pixel_bounds(config: PrepareConfig, model_dir: Path | None) -> tuple[int, int]:
     """(min_pixels, max_pixels): explicit values first; else the model's min_pixels and the smaller of
-    its max_pixels and the image budget (of `resize_factor`-sided tokens); else the model family's."""
+    its max_pixels and the image budget (in the model's tokens); else the model family's."""
     model_min, model_max = None, None
     if model_dir is not None:
         settings = required_image_processor_settings(model_dir)
         model_min, model_max = processor_pixel_bounds(settings)
-    image_budget = DEFAULT_MAX_IMAGE_TOKENS * resize_factor**2
+    image_budget = DEFAULT_MAX_IMAGE_TOKENS * image_token_side(config.model_family, model_dir) ** 2
     min_pixels = config.min_pixels or model_min or MODEL_FAMILIES[config.model_family].min_pixels
     max_pixels = config.max_pixels or min(model_max or image_budget, image_budget)
     if min_pixels > max_pixels:
@@ -311,12 +320,10 @@ class RowConverter:
         )
         self.box_frame = MODEL_FAMILIES[config.model_family].box_frame
         model_dir = resolve_model_dir(config.model_path) if config.model_path else None
-        self.resize_factor = MODEL_FAMILIES[config.model_family].resize_factor
         if model_dir is not None:
             refuse_another_model_family(config.model_family, model_dir)
-            patch_size, merge_size = vision_geometry(model_dir)
-            self.resize_factor = patch_size * merge_size
-        self.min_pixels, self.max_pixels = pixel_bounds(config, model_dir, self.resize_factor)
+        self.resize_factor = image_token_side(config.model_family, model_dir)
+        self.min_pixels, self.max_pixels = pixel_bounds(config, model_dir)
         self.prompt_counter = PromptTokenCounter(model_dir) if model_dir is not None else None
         self.max_prompt_length = config.max_prompt_length or DEFAULT_MAX_PROMPT_LENGTH[config.model_family]
         self.store = ImageStore(config.image_root)
