@@ -147,6 +147,7 @@ from mixed_r1_verl.data.processor import (  # noqa: E402
     Qwen25VLImageTextProcessor,
     load_image_text_processor,
 )
+from mixed_r1_verl.models.lora import lora_scaling, merge_adapter  # noqa: E402
 
 
 def pinned_offload_unavailable(pin_memory=True):
@@ -282,23 +283,14 @@ class TransformersServerAdapter(BaseRollout):
         if peft_config and not base_sync_done:
             state = self.lora_base_weights = {name.replace(".base_layer.", "."): t for name, t in state.items()}
         elif peft_config:
-            state = merged_lora(self.lora_base_weights, state, peft_config["lora_alpha"] / peft_config["r"])
+            adapters, state = state, {name: tensor.clone() for name, tensor in self.lora_base_weights.items()}
+            unmerged = merge_adapter(state, adapters, lora_scaling(peft_config))
+            if unmerged:
+                raise KeyError(f"adapters of modules the base weights lack: {unmerged[:5]}")
         if int(os.environ.get("RANK", 0)) == 0:
             missing = await ray.get_actor(rollout_server_name(0)).load_weights.remote(state, global_steps)
             if missing:
                 raise KeyError(f"the actor sent no weights for {missing[:5]}")
-
-
-def merged_lora(base: dict, adapters: dict, scaling: float) -> dict:
-    """The base weights with each LoRA adapter (peft's `base_model.model.<module>.lora_A.weight` and
-    `lora_B.weight`) added: W + scaling x B A."""
-    merged = dict(base)
-    for name, down in adapters.items():
-        if name.endswith(".lora_A.weight"):
-            adapter = name.removesuffix(".lora_A.weight")
-            module = adapter.removeprefix("base_model.model.")
-            merged[f"{module}.weight"] = base[f"{module}.weight"] + scaling * adapters[f"{adapter}.lora_B.weight"] @ down
-    return merged
 
 
 RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: TransformersReplica)
