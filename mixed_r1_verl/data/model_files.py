@@ -48,6 +48,11 @@ WEIGHT_FILES = ("*.safetensors", "*.bin")
 MERGE_COMMAND = "python -m verl.model_merger merge --backend fsdp --local_dir {shards} --target_dir HF_DIR"
 
 
+def file_stamps(directory: Path, files) -> list[list]:
+    """Each file's path relative to `directory`, size and modification time: what tells a rewritten file."""
+    return [[str(file.relative_to(directory)), file.stat().st_size, file.stat().st_mtime_ns] for file in files]
+
+
 def has_weights(directory: Path) -> bool:
     return any(any(directory.glob(pattern)) for pattern in WEIGHT_FILES)
 

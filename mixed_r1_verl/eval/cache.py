@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixed_r1_verl.data.model_files import PROCESSOR_FILES, resolve_model_dir
+from mixed_r1_verl.data.model_files import PROCESSOR_FILES, file_stamps, resolve_model_dir
 from mixed_r1_verl.models.lora import ADAPTER_DIR
 
 logger = logging.getLogger(__name__)
@@ -137,10 +137,7 @@ def model_fingerprint(model: str) -> dict:
         directory = Path(model).resolve()
         weights = [*sorted(directory.glob("*.safetensors")), *sorted(directory.glob("*.bin")),
                    *sorted(directory.glob(f"{ADAPTER_DIR}/*.safetensors"))]  # fmt: skip
-        sizes_and_times = [
-            [str(file.relative_to(directory)), file.stat().st_size, file.stat().st_mtime_ns] for file in weights
-        ]
-        identity = {"path": str(directory), "weights": sizes_and_times}
+        identity = {"path": str(directory), "weights": file_stamps(directory, weights)}
     else:
         directory = resolve_model_dir(model)
         identity = {"hub_id": model, "revision": directory.name}

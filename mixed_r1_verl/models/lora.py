@@ -19,6 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
+from mixed_r1_verl.data.model_files import file_stamps
+
 logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "lora_adapter"
@@ -83,7 +85,7 @@ def lora_scaling(adapter_config: dict) -> float:
 def merge_sources(model_dir: Path) -> list[list]:
     """Name, size and time of the files a merge is made from: the weights, the adapter and config.json."""
     files = sorted([*model_dir.glob("*.safetensors"), *(model_dir / ADAPTER_DIR).iterdir(), model_dir / "config.json"])
-    return [[str(file.relative_to(model_dir)), file.stat().st_size, file.stat().st_mtime_ns] for file in files]
+    return file_stamps(model_dir, files)
 
 
 def with_lora_merged(model_path: str) -> str:
