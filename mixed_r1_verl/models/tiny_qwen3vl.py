@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from mixed_r1_verl.data.frames import MODEL_FAMILIES, SPATIAL_MERGE_SIZE
 from mixed_r1_verl.models.tiny_qwen25vl import (
     SIZES,
     chatml_template,
@@ -28,11 +29,11 @@ from mixed_r1_verl.models.tiny_qwen25vl import (
     write_tokenizer,
 )
 
-PATCH_SIZE = 16
-MERGE_SIZE = 2
+PATCH_SIZE = MODEL_FAMILIES["qwen3_vl"].patch_size
+TOKEN_SIDE = MODEL_FAMILIES["qwen3_vl"].resize_factor
 # A few to 256 image tokens of 32x32 pixels each: CPU-sized prompts.
-MIN_PIXELS = 4 * 32 * 32
-MAX_PIXELS = 256 * 32 * 32
+MIN_PIXELS = 4 * TOKEN_SIDE**2
+MAX_PIXELS = 256 * TOKEN_SIDE**2
 # The vision encoder's learned position grid (48 x 48 in the released models), interpolated to each image.
 NUM_POSITION_EMBEDDINGS = 16 * 16
 
@@ -81,7 +82,7 @@ def build_tiny_qwen3vl(output_dir: str | os.PathLike, *, seed: int = 0) -> Path:
     save_random_model(Qwen3VLForConditionalGeneration, config, built, special_id, seed)
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=PATCH_SIZE,
-        merge_size=MERGE_SIZE,
+        merge_size=SPATIAL_MERGE_SIZE,
         min_pixels=MIN_PIXELS,
         max_pixels=MAX_PIXELS,
         image_mean=[0.5, 0.5, 0.5],
@@ -92,7 +93,7 @@ def build_tiny_qwen3vl(output_dir: str | os.PathLike, *, seed: int = 0) -> Path:
         "size": {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
         "patch_size": PATCH_SIZE,
         "temporal_patch_size": 2,
-        "merge_size": MERGE_SIZE,
+        "merge_size": SPATIAL_MERGE_SIZE,
     }
     write_processor_files(
         built, image_processor, video_settings, {"processor_class": "Qwen3VLProcessor"}, CHAT_TEMPLATE
