@@ -1,6 +1,7 @@
 """LoRA runs (`lora=on`): adapters on the language model only, refused on the vision tower where vLLM would
 ignore them, trained by a GRPO run on CPU, and evaluated with the adapter verl's model merger writes beside
-the base weights merged in."""
+the base weights merged in; checkpoints' Hugging Face copies, which verl saves under peft's names, hold the
+weights with the adapters merged in."""
 
 import json
 import shutil
@@ -17,7 +18,9 @@ from transformers import AutoModelForImageTextToText
 from data_helpers import CPU_GRPO_SETTINGS, checkout_env, run_on_cpu
 from test_train_config import compose_recipe
 from mixed_r1_verl.main import lora_mismatches, start_from_merged_adapter
-from mixed_r1_verl.models.lora import ADAPTER_DIR, MERGE_RECORD, MERGED_DIR, with_lora_merged
+from mixed_r1_verl.models.lora import (
+    ADAPTER_DIR, MERGE_RECORD, MERGED_DIR, PEFT_PREFIX, TRAIN_META, merge_saved_adapters, saved_by_peft, with_lora_merged,
+)  # fmt: skip
 from mixed_r1_verl.run_logs import read_metrics_log
 
 STEPS = 2
@@ -55,12 +58,13 @@ def test_the_training_entry_refuses_adapters_on_the_vision_tower_before_ray_star
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
-    """The smoke recipe with lora=on for 2 steps, a checkpoint at the last, at a learning rate that moves the
-    adapters visibly; its checkpoint merged by verl's model merger."""
+    """The smoke recipe with lora=on for 2 steps, a checkpoint at the last with its Hugging Face copy, at a
+    learning rate that moves the adapters visibly; its checkpoint merged by verl's model merger."""
     work_dir = tmp_path_factory.mktemp("lora_on_cpu")
     settings = [
         "recipe=smoke", "lora=on", *CPU_GRPO_SETTINGS, "data.max_response_length=32",
         f"trainer.total_training_steps={STEPS}", f"trainer.save_freq={STEPS}", "actor_rollout_ref.actor.optim.lr=1e-2",
+        "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
     ]  # fmt: skip
     run = run_on_cpu(
         "grpo", work_dir, settings, 1200, MIXED_R1_SMOKE_DIR=str(work_dir / "smoke"),
@@ -124,6 +128,90 @@ def test_evaluation_generates_with_the_adapter_merged_into_the_base_weights(lora
     adapter_file.write_bytes(adapter_file.read_bytes())
     with_lora_merged(str(merged))
     assert (merged / MERGED_DIR / MERGE_RECORD).read_text() != record
+
+
+def test_the_checkpoints_hugging_face_copy_holds_the_weights_with_the_adapters_merged_in(lora_run):
+    work_dir, merged = lora_run
+    copy = work_dir / "smoke" / "checkpoints" / f"global_step_{STEPS}" / "actor" / "huggingface"
+    assert not saved_by_peft(copy)
+    ours = AutoModelForImageTextToText.from_pretrained(copy, dtype=torch.float32).state_dict()
+    # The same training through verl's model merger (base weights and lora_adapter/), merged by transformers.
+    expected = AutoModelForImageTextToText.from_pretrained(with_lora_merged(str(merged)), dtype=torch.float32).state_dict()
+    base = AutoModelForImageTextToText.from_pretrained(merged, dtype=torch.float32).state_dict()
+    assert ours.keys() == expected.keys()
+    for name in ours:
+        # verl saves the copy in the actor's float32, its merger the base weights in bfloat16.
+        assert torch.allclose(ours[name], expected[name], rtol=1e-2, atol=1e-3), name
+    # The trained adapters move the weights by more than that tolerance.
+    assert any(".language_model." in name and not torch.allclose(ours[name], base[name], rtol=1e-2, atol=1e-3) for name in ours)
+
+
+def peft_saved_copy(model_dir, target, shards: int):
+    """`model_dir`'s model with random LoRA adapters, saved as verl saves a LoRA run's Hugging Face copy: the
+    peft model's state dict in `target` (over `shards` files), verl's rank and alpha beside it. Returns
+    peft's own merge of it."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.bfloat16)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    state = {name: tensor.contiguous() for name, tensor in peft.state_dict().items()}
+    target.mkdir(parents=True)
+    shutil.copy(model_dir / "config.json", target)
+    names = list(state)
+    files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)] if shards > 1 else ["model.safetensors"]
+    weight_map = {name: files[i * shards // len(names)] for i, name in enumerate(names)}
+    for file in files:
+        save_file({name: state[name] for name in names if weight_map[name] == file}, target / file, metadata={"format": "pt"})
+    if shards > 1:
+        (target / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (target.parent / TRAIN_META).write_text(json.dumps({"r": 4, "lora_alpha": 8, "task_type": "CAUSAL_LM"}))
+    return peft.merge_and_unload().state_dict()
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_a_copy_saved_under_peft_names_is_merged_in_place_or_beside_it_as_peft_merges_it(shards, tiny_model_dir, tmp_path):
+    copy = tmp_path / "actor" / "huggingface"
+    expected = peft_saved_copy(tiny_model_dir, copy, shards)
+    assert saved_by_peft(copy)
+    # Loaded as it is, transformers finds none of its weights.
+    untouched = AutoModelForImageTextToText.from_pretrained(copy, dtype=torch.bfloat16).state_dict()
+    assert not any(torch.equal(untouched[name], expected[name]) for name in expected if name.endswith("q_proj.weight"))
+
+    # Evaluation and training read it with the adapters merged in, beside it ...
+    beside = with_lora_merged(str(copy))
+    assert beside == str(copy / MERGED_DIR)
+    # ... and the trainers rewrite it in place.
+    assert merge_saved_adapters(copy) and not saved_by_peft(copy)
+    assert not merge_saved_adapters(copy)
+    for directory in (copy, copy / MERGED_DIR):
+        if shards > 1:
+            index = json.loads((directory / "model.safetensors.index.json").read_text())
+            assert not any(name.startswith(PEFT_PREFIX) or ".lora_" in name for name in index["weight_map"])
+            assert len(set(index["weight_map"].values())) == shards
+        merged = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.bfloat16).state_dict()
+        assert merged.keys() == expected.keys()
+        for name in merged:
+            # peft rounds the adapter's product to bfloat16 before adding it; ours is rounded once.
+            assert torch.allclose(merged[name].float(), expected[name].float(), rtol=1e-2, atol=1e-3), (directory, name)
+
+
+def test_a_peft_copy_that_cannot_be_merged_is_named_with_the_reason(tiny_model_dir, tmp_path):
+    copy = tmp_path / "actor" / "huggingface"
+    peft_saved_copy(tiny_model_dir, copy, 1)
+    (copy.parent / TRAIN_META).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{copy} holds LoRA adapters under peft's names, and .*{TRAIN_META}"):
+        merge_saved_adapters(copy)
+    (copy.parent / TRAIN_META).write_text(json.dumps({"r": 4, "lora_alpha": 8}))
+    weights = load_file(copy / "model.safetensors")
+    [name] = [name for name in weights if name.endswith("q_proj.lora_A.default.weight")][:1]
+    weights[name.replace("lora_A.default.weight", "lora_magnitude_vector.default.weight")] = torch.ones(4)
+    from safetensors.torch import save_file
+
+    save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lora_magnitude_vector.default.weight is not a LoRA A or B matrix"):
+        merge_saved_adapters(copy)
 
 
 def test_training_from_a_lora_checkpoint_starts_from_its_weights_with_the_adapter_merged_in(lora_run):

@@ -6,9 +6,13 @@ tower and projector, so rollouts would come from another policy than the one tra
 adapters off those parts; `vision_modules_with_adapters` names the ones a configuration would cover.
 
 verl's model merger writes a LoRA checkpoint as the base weights with the adapter beside them
-(`lora_adapter/`); loaded as it is, the directory is the base model. `with_lora_merged` gives the
-directory to generate with or train from: the adapter merged into the weights, written once to
-`lora_merged/`.
+(`lora_adapter/`); loaded as it is, the directory is the base model. verl's Hugging Face copy of a LoRA
+run's checkpoint (`huggingface/`, saved with `hf_model` in save_contents) holds the weights under peft's
+names (`base_model.model.<module>.base_layer.weight`, with `lora_A` / `lora_B` beside them), which no
+loader maps to the model: transformers starts from random weights, only reporting them missing. The
+project's trainers rewrite that copy with the adapters merged in (`merge_saved_adapters`);
+`with_lora_merged` gives the directory to generate with or train from for either layout: the adapter
+merged into the weights, written once to `lora_merged/`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ MERGE_RECORD = "merged_from.json"
 VISION_PARTS = frozenset({"visual", "vision_tower", "multi_modal_projector"})
 # peft's prefix of the adapted model's module names, as verl's merger saves them.
 PEFT_PREFIX = "base_model.model."
+# verl's record of a LoRA run's rank and alpha, beside its checkpoint's shards (the parent of huggingface/).
+TRAIN_META = "lora_train_meta.json"
+# peft's names of the one adapter verl trains, in a saved state dict.
+PEFT_ADAPTER_SUFFIXES = (".lora_A.default.weight", ".lora_B.default.weight")
 
 
 def vision_modules_with_adapters(model_dir: str | os.PathLike, target_modules, exclude_modules) -> list[str]:
@@ -82,32 +90,85 @@ def lora_scaling(adapter_config: dict) -> float:
     return alpha / rank**0.5 if adapter_config.get("use_rslora") else alpha / rank
 
 
-def merge_sources(model_dir: Path) -> list[list]:
-    """Name, size and time of the files a merge is made from: the weights, the adapter and config.json."""
-    files = sorted([*model_dir.glob("*.safetensors"), *(model_dir / ADAPTER_DIR).iterdir(), model_dir / "config.json"])
-    return file_stamps(model_dir, files)
+def saved_by_peft(model_dir: Path) -> bool:
+    """Whether a model directory's weights go by peft's names (read from the files' headers only)."""
+    from safetensors import safe_open
+
+    for file in model_dir.glob("*.safetensors"):
+        with safe_open(file, "pt") as weights:
+            return any(name.startswith(PEFT_PREFIX) for name in weights.keys())
+    return False
 
 
-def with_lora_merged(model_path: str) -> str:
-    """`model_path` itself, or for a directory holding a LoRA adapter (`lora_adapter/`, as verl's model
-    merger writes it), the directory of its weights with the adapter merged in, `lora_merged/` inside
-    it: written the first time, and again whenever the weights, the adapter or config.json change."""
-    model_dir = Path(model_path)
-    adapter_dir = model_dir / ADAPTER_DIR
-    if not (adapter_dir / "adapter_config.json").is_file():
-        return model_path
-    merged_dir = model_dir / MERGED_DIR
-    sources = merge_sources(model_dir)
-    record = merged_dir / MERGE_RECORD
-    if record.is_file() and json.loads(record.read_text()) == sources:
-        return str(merged_dir)
+def saved_lora_scaling(model_dir: Path) -> float:
+    """The scaling of the adapters in verl's Hugging Face copy `model_dir`, from verl's record beside it."""
+    meta = model_dir.parent / TRAIN_META
+    if not meta.is_file():
+        raise FileNotFoundError(
+            f"{model_dir} holds LoRA adapters under peft's names, and {meta}, verl's record of their rank and "
+            "alpha, is missing: merge the checkpoint's shards with verl's model merger instead"
+        )
+    return lora_scaling(json.loads(meta.read_text()))
+
+
+def write_merged_peft_weights(source_dir: Path, target_dir: Path) -> int:
+    """Writes the weights of `source_dir`, saved under peft's names, to `target_dir` under the model's own
+    names with each adapter merged into its weight, in the same shard files (and index). Returns the
+    number of adapters merged."""
+    from safetensors.torch import load_file, save_file
+
+    scaling = saved_lora_scaling(source_dir)
+    files = sorted(source_dir.glob("*.safetensors"))
+    weights, shard_of, adapter = {}, {}, {}
+    for file in files:
+        for name, tensor in load_file(file).items():
+            if ".lora_" in name:
+                if not name.endswith(PEFT_ADAPTER_SUFFIXES):
+                    raise ValueError(
+                        f"{file}: {name} is not a LoRA A or B matrix of peft's default adapter; only plain LoRA merges"
+                    )
+                adapter[name.replace(".default.weight", ".weight")] = tensor
+                continue
+            plain = name.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".")
+            weights[plain], shard_of[plain] = tensor, file.name
+    missing = merge_adapter(weights, adapter, scaling)
+    if missing:
+        raise ValueError(f"{source_dir} has adapters on {', '.join(missing[:3])} without their weights")
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        shard = {name: tensor for name, tensor in weights.items() if shard_of[name] == file.name}
+        save_file(shard, target_dir / file.name, metadata={"format": "pt"})
+    index = source_dir / "model.safetensors.index.json"
+    if index.is_file():
+        total = sum(tensor.numel() * tensor.element_size() for tensor in weights.values())
+        written = {**json.loads(index.read_text()), "weight_map": shard_of}
+        written["metadata"] = {**written.get("metadata", {}), "total_size": total}
+        (target_dir / index.name).write_text(json.dumps(written, indent=2))
+    return len(adapter_prefixes(adapter))
+
+
+def merge_saved_adapters(model_dir: Path) -> bool:
+    """Rewrites verl's Hugging Face copy of a LoRA run's checkpoint (`huggingface/`) in place with the
+    adapters merged into the weights, under the model's own names, so that transformers and vLLM load the
+    trained model. False, untouched, for a copy without peft's names."""
+    if not saved_by_peft(model_dir):
+        return False
+    built = model_dir.with_name(f".{model_dir.name}.merging")
+    shutil.rmtree(built, ignore_errors=True)
+    merged = write_merged_peft_weights(model_dir, built)
+    for path in built.iterdir():
+        os.replace(path, model_dir / path.name)
+    built.rmdir()
+    logger.warning("%s: %d LoRA adapters merged into the weights, saved under the model's own names", model_dir, merged)
+    return True
+
+
+def write_adapter_merged(model_dir: Path, target_dir: Path) -> None:
+    """Saves `model_dir`'s model with the adapter beside it (`lora_adapter/`) merged in, to `target_dir`."""
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
-    logger.warning(
-        "%s holds a LoRA adapter (%s/): using its weights with the adapter merged in, written to %s",
-        model_dir, ADAPTER_DIR, merged_dir,
-    )  # fmt: skip
+    adapter_dir = model_dir / ADAPTER_DIR
     scaling = lora_scaling(json.loads((adapter_dir / "adapter_config.json").read_text()))
     adapter = load_file(adapter_dir / "adapter_model.safetensors")
     # Loaded, the weights go by the module names the adapter uses, whatever names the files give them.
@@ -115,9 +176,37 @@ def with_lora_merged(model_path: str) -> str:
     missing = merge_adapter(dict(model.named_parameters()), adapter, scaling)
     if missing:
         raise ValueError(f"{adapter_dir} adapts {', '.join(missing[:3])}, which {model_dir}'s model does not have")
+    model.save_pretrained(target_dir)
+
+
+def with_lora_merged(model_path: str) -> str:
+    """`model_path` itself, or for a directory holding a LoRA adapter (`lora_adapter/`, as verl's model
+    merger writes it, or verl's Hugging Face copy under peft's names), the directory of its weights with
+    the adapter merged in, `lora_merged/` inside it: written the first time, and again whenever the
+    weights, the adapter (or verl's record of its scaling) or config.json change."""
+    model_dir = Path(model_path)
+    if (model_dir / ADAPTER_DIR / "adapter_config.json").is_file():
+        where, adapter_files = f"{ADAPTER_DIR}/", sorted((model_dir / ADAPTER_DIR).iterdir())
+        write_merged = write_adapter_merged
+    elif saved_by_peft(model_dir):
+        where, adapter_files = "weights under peft's names", [model_dir.parent / TRAIN_META]
+        write_merged = write_merged_peft_weights
+    else:
+        return model_path
+    merged_dir = model_dir / MERGED_DIR
+    sources = file_stamps(
+        model_dir.parent, sorted([*model_dir.glob("*.safetensors"), *adapter_files, model_dir / "config.json"])
+    )
+    record = merged_dir / MERGE_RECORD
+    if record.is_file() and json.loads(record.read_text()) == sources:
+        return str(merged_dir)
+    logger.warning(
+        "%s holds a LoRA adapter (%s): using its weights with the adapter merged in, written to %s",
+        model_dir, where, merged_dir,
+    )  # fmt: skip
     built = merged_dir.with_name(f".{MERGED_DIR}.partial")
     shutil.rmtree(built, ignore_errors=True)
-    model.save_pretrained(built)
+    write_merged(model_dir, built)
     for path in model_dir.iterdir():
         if path.is_file() and path.suffix != ".safetensors" and not (built / path.name).exists():
             shutil.copy2(path, built / path.name)
