@@ -100,7 +100,7 @@ def leaf_paths(node, prefix: str = "") -> list[str]:
 
 def our_config_files() -> list[Path]:
     return [config_dir() / "mixed_r1.yaml", *sorted((config_dir() / "filtering").glob("*.yaml")),
-            *sorted(recipe_dir().glob("*.yaml"))]  # fmt: skip
+            *sorted((config_dir() / "lora").glob("*.yaml")), *sorted(recipe_dir().glob("*.yaml"))]  # fmt: skip
 
 
 def keys_set_in(path: Path) -> list[str]:
