@@ -17,6 +17,8 @@ setup(
         ("share/mixed_r1_verl/conf", glob("conf/*.yaml")),
         ("share/mixed_r1_verl/conf/filtering", glob("conf/filtering/*.yaml")),
         ("share/mixed_r1_verl/conf/lora", glob("conf/lora/*.yaml")),
+        ("share/mixed_r1_verl/conf/sft", glob("conf/sft/*.yaml")),
+        ("share/mixed_r1_verl/conf/sft/lora", glob("conf/sft/lora/*.yaml")),
         ("share/mixed_r1_verl/recipes", glob("recipes/*.yaml")),
         ("share/mixed_r1_verl/recipes/sft", glob("recipes/sft/*.yaml")),
     ],

@@ -84,7 +84,7 @@ def run_recipe_entry(
     recipes = register_recipe_files(recipe_dir)
     if not any(arg.lstrip("+").startswith(f"{RECIPE_GROUP}=") for arg in sys.argv[1:]):
         asked_for_help = bool({"--help", "-h"} & set(sys.argv[1:]))
-        place = f"{recipe_dir.relative_to(config_dir.parent)}/"
+        place = f"{recipe_dir.relative_to(os.path.commonpath([recipe_dir, config_dir]))}/"
         config_file = config_dir / f"{config_name}.yaml"
         text = usage(module, recipes, place, package_settings(config_file), config_switches(config_file))
         print(text, file=sys.stdout if asked_for_help else sys.stderr, end="")

@@ -3,7 +3,7 @@
     python -m mixed_r1_verl.sft recipe=learn [any verl SFT key=value ...]
     python -m mixed_r1_verl.sft recipe=learn --cfg job      # print the merged config, no GPU needed
 
-The config is verl's `sft_trainer_engine` with `conf/sft.yaml` and one `recipes/sft/<name>.yaml` on
+The config is verl's `sft_trainer_engine` with `conf/sft/sft.yaml` and one `recipes/sft/<name>.yaml` on
 top. It trains on the converter's `sft_train.parquet` (rows with a rationale; target
 `<think>{rationale}</think><answer>{answer}</answer>`) with verl's multi-turn SFT dataset, which
 resizes each image with the pixel bounds the converter wrote and masks the loss to the target.
@@ -55,6 +55,10 @@ What runs here without a GPU:
 VAL_SPLIT_WITHOUT_RATIONALES = (
     "; a split without such rows has no SFT parquet: data.val_files=null trains without validation"
 )
+
+
+def sft_config_dir() -> Path:
+    return config_dir() / "sft"
 
 
 def sft_recipe_dir() -> Path:
@@ -209,7 +213,7 @@ def train_on_this_node(config: DictConfig) -> None:
 
 
 def main() -> None:
-    run_recipe_entry("mixed_r1_verl.sft", sft_recipe_dir(), config_dir(), PRIMARY_CONFIG, train)
+    run_recipe_entry("mixed_r1_verl.sft", sft_recipe_dir(), sft_config_dir(), PRIMARY_CONFIG, train)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ if __name__ == "__main__":
     entry, sys.argv[1:] = sys.argv[1], sys.argv[2:]
     if entry == "sft":
         sys.argv[0] = "mixed_r1_verl.sft"
-        run_recipe_entry("mixed_r1_verl.sft", sft.sft_recipe_dir(), grpo.config_dir(), sft.PRIMARY_CONFIG, sft.train_on_this_node)
+        run_recipe_entry("mixed_r1_verl.sft", sft.sft_recipe_dir(), sft.sft_config_dir(), sft.PRIMARY_CONFIG, sft.train_on_this_node)
     else:
         sys.argv[0] = "mixed_r1_verl.main"
         grpo.exit_unless_local_gpus_suffice = lambda config: None

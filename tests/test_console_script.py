@@ -65,7 +65,10 @@ def test_each_subcommand_lists_its_settings_and_defaults(subcommand, setting, ca
     assert setting in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("subcommand", "printed"), [("sft", "recipes (recipes/sft/): internvl3_8b, learn, qwen25vl_3b, qwen25vl_7b, qwen3vl_8b"), ("learn", "dry_run:")])
+@pytest.mark.parametrize(("subcommand", "printed"), [
+    ("sft", "recipes (recipes/sft/): internvl3_8b, learn, qwen25vl_3b, qwen25vl_7b, qwen3vl_8b\nswitches (default first): lora=off|on\n"),
+    ("learn", "dry_run:"),
+])
 def test_sft_and_learn_run_their_entries(subcommand, printed, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     assert exit_code([subcommand, "--help"]) in (0, None)

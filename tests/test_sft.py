@@ -23,9 +23,9 @@ from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.sft_dataset import MixedR1SFTDataset
 from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
 from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
-from mixed_r1_verl.main import choose_attention, config_dir
+from mixed_r1_verl.main import choose_attention
 from mixed_r1_verl.run_logs import read_metrics_log
-from mixed_r1_verl.sft import micro_batch_mismatch, register_sft_recipes
+from mixed_r1_verl.sft import micro_batch_mismatch, register_sft_recipes, sft_config_dir
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ MISSING_SFT_DATA = "\n(the SFT parquet is written by mixed_r1_verl.data.prepare 
 
 def compose_sft(*overrides, recipe="learn"):
     register_sft_recipes()
-    with initialize_config_dir(str(config_dir()), version_base=None):
+    with initialize_config_dir(str(sft_config_dir()), version_base=None):
         return compose("sft", overrides=[f"recipe={recipe}", *overrides])
 
 
@@ -115,6 +115,15 @@ def test_each_models_sft_recipe_fits_its_grpo_recipes_budget_and_trains_without_
         choose_attention(config, flash_attn_available=False, model_key="model")
     assert config.model.override_config.attn_implementation == "sdpa" and config.model.use_remove_padding is False
     assert "model.override_config.attn_implementation=sdpa" in caplog.text
+
+
+def test_lora_on_fine_tunes_grpos_lora_adapters_at_ten_times_the_full_learning_rate(tiny_model_dir):
+    config = compose_sft("lora=on", f"model.path={tiny_model_dir}", recipe="qwen25vl_7b")
+    grpo = compose_recipe("qwen25vl_7b", "lora=on")
+    for key in ("lora_rank", "lora_alpha", "target_modules", "exclude_modules"):
+        assert config.model[key] == grpo.actor_rollout_ref.model[key], key
+    assert config.optim.lr == 10 * compose_sft(recipe="qwen25vl_7b").optim.lr
+    assert omega_conf_to_dataclass(config.model).lora_rank == 64 > 0 == compose_sft(recipe="qwen25vl_7b").model.lora_rank
 
 
 @pytest.fixture(scope="module")
@@ -448,6 +457,21 @@ def test_verls_sft_trainer_fits_the_rationales_and_saves_the_model_grpo_starts_f
     assert any(".visual." in name for name in changed) and any("language_model" in name for name in changed)
     processor = load_image_text_processor(trained_on_cpu / "sft_model")
     assert processor.image_processor.to_dict() == load_image_text_processor(tiny_model_dir).image_processor.to_dict()
+
+
+def test_a_lora_fine_tuning_saves_the_model_with_its_adapters_merged_in_for_grpo_to_start_from(
+    converted, tiny_model_dir, tmp_path
+):
+    data_dir, _ = converted
+    run = succeeded(sft_on_cpu(tmp_path, tiny_model_dir, data_dir, 2, "lora=on"))
+    copy = tmp_path / "checkpoints" / "global_step_2" / "huggingface"
+    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    tuned = Qwen2_5_VLForConditionalGeneration.from_pretrained(copy, dtype=torch.float32).state_dict()
+    assert tuned.keys() == base.keys()
+    changed = [name for name in base if not torch.equal(base[name], tuned[name])]
+    # The language model's linear layers, each with its adapter; the vision tower, embeddings and norms are frozen.
+    assert changed and all(".language_model.layers." in name and name.endswith("proj.weight") for name in changed), changed
+    assert f"{copy}: {len(changed)} LoRA adapters merged into the weights" in run.stdout + run.stderr
 
 
 @pytest.mark.parametrize(("model_family", "recipe"), [("internvl", "internvl3_8b"), ("qwen3_vl", "qwen3vl_8b")])

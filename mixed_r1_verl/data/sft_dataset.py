@@ -1,7 +1,7 @@
 """The SFT dataset: verl's multi-turn SFT dataset reading the converter's sft_*.parquet, with the
 project's image path.
 
-Select it in the SFT config (conf/sft.yaml does):
+Select it in the SFT config (conf/sft/sft.yaml does):
 
     data.custom_cls.path=pkg://mixed_r1_verl.data.sft_dataset data.custom_cls.name=MixedR1SFTDataset
 
@@ -11,7 +11,7 @@ converter wrote), so SFT, GRPO and the converter's grounding frame agree; data c
 frame the model's processor would resize again, or for another model family's box frame, is refused,
 as in GRPO. Where verl loaded no processor
 (AutoProcessor fails without torchvision), the project's image-and-text processor takes its place.
-With `data.truncation=error` (conf/sft.yaml), rows longer than `data.max_length` (images expanded) are
+With `data.truncation=error` (conf/sft/sft.yaml), rows longer than `data.max_length` (images expanded) are
 left out at load, with one warning counting them per task, instead of stopping training when a batch
 reaches them; the length is the converter's count (extra_info.sequence_length) where it wrote one.
 Everything else (per-turn tokenisation, loss mask on the assistant turn only, M-RoPE positions,
