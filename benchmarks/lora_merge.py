@@ -62,7 +62,8 @@ def main() -> None:
     seconds = time.perf_counter() - started
     gigabytes = size / 1e9
     per_layer = seconds / args.layers
-    print(f"{args.layers} layers of Qwen2.5-VL-7B's sizes, rank {args.rank}, float32: {gigabytes:.2f} GB merged in place")
+    print(f"{args.layers} layers of Qwen2.5-VL-7B's sizes, rank {args.rank}, float32:", end=" ")
+    print(f"{gigabytes:.2f} GB merged in place")
     print(f"  {seconds:.1f} s: {seconds / gigabytes:.2f} s per GB, {per_layer:.2f} s per layer")
     print(f"  the 7B language model's {LAYERS_7B} layers: about {per_layer * LAYERS_7B:.0f} s a checkpoint")
     shutil.rmtree(args.dir)

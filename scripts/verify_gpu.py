@@ -134,7 +134,7 @@ PIECES = (
     Piece("qwen3vl", suite("tests/gpu/test_gpu_model_families.py", "-k", "qwen3vl"),
           "recipe=smoke_qwen3vl, 2 GRPO steps with vLLM"),
     # On the training run's tiny model and data, which it would otherwise build beside that run.
-    Piece("lora", suite("tests/gpu/test_gpu_lora.py"), "recipe=smoke lora=on, 2 GRPO steps with vLLM's LoRA",
+    Piece("lora", suite("tests/gpu/test_gpu_lora.py"), "recipe=smoke lora=on: vLLM's LoRA rollouts, merged copy evaluated",
           after="training"),
 )  # fmt: skip
 

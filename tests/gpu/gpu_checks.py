@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+import pyarrow.parquet as pq
 import pytest
 
 from mixed_r1_verl.run_logs import DEADLINE_ENV, LoggedRun
@@ -29,3 +32,20 @@ def assert_succeeded(run: LoggedRun) -> None:
 def output_lines(run: LoggedRun) -> list[str]:
     """The run's output, without the command line `run_logged` writes first."""
     return run.log_text().splitlines()[1:]
+
+
+def per_task_table(stdout: str) -> dict[str, dict[str, str]]:
+    """The rows of the "### Per task" markdown table the evaluator prints: {task: {column: cell}}."""
+    lines = stdout.split("### Per task", 1)[1].strip().splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def val_rows_per_task(val_parquet) -> Counter:
+    return Counter(info["task"] for info in pq.read_table(val_parquet, columns=["extra_info"]).column(0).to_pylist())

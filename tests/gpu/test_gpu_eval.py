@@ -1,32 +1,12 @@
 """Evaluation with vLLM generation on the smoke run's final checkpoint, merged to a Hugging Face
 directory by verl's model merger (issue check 4)."""
 
-from collections import Counter
-
-import pyarrow.parquet as pq
-from gpu_checks import TASKS, assert_succeeded
+from gpu_checks import TASKS, assert_succeeded, per_task_table, val_rows_per_task
 
 from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION, TEST_SIZE_VLLM_KV_CACHE_BYTES
 from mixed_r1_verl.run_logs import project_command, smoke_checkpoint_dir
 
 FINAL_STEP = 6
-
-
-def per_task_table(stdout: str) -> dict[str, dict[str, str]]:
-    """The rows of the "### Per task" markdown table the evaluator prints: {task: {column: cell}}."""
-    lines = stdout.split("### Per task", 1)[1].strip().splitlines()
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    rows = {}
-    for line in lines[2:]:
-        if not line.startswith("|"):
-            break
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        rows[cells[0]] = dict(zip(header, cells))
-    return rows
-
-
-def val_rows_per_task(val_parquet) -> Counter:
-    return Counter(info["task"] for info in pq.read_table(val_parquet, columns=["extra_info"]).column(0).to_pylist())
 
 
 def test_merged_checkpoint_is_evaluated_with_vllm_on_every_val_row(smoke_first_run, gpu_out):

@@ -1,26 +1,57 @@
 """`recipe=smoke lora=on` with vLLM rollouts: verl hands vLLM the trained adapters, which it applies to the
-language model, so the second step's rollouts sample from the policy the first step trained."""
+language model, so the second step's rollouts sample from the policy the first step trained; the last
+step's Hugging Face copy, which verl saves under peft's names, holds the weights with the adapters merged
+in, and vLLM evaluates it."""
 
 import math
 
-from gpu_checks import TASKS, assert_succeeded
+import pytest
+from gpu_checks import TASKS, assert_succeeded, per_task_table, val_rows_per_task
 
-from mixed_r1_verl.run_logs import metrics_log_path, non_finite, read_metrics_log, smoke_training, task_metrics
+from mixed_r1_verl.models.lora import saved_by_peft
+from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION, TEST_SIZE_VLLM_KV_CACHE_BYTES
+from mixed_r1_verl.run_logs import (
+    metrics_log_path, non_finite, project_command, read_metrics_log, smoke_checkpoint_dir, smoke_training, task_metrics,
+)  # fmt: skip
 
 STEPS = 2
 
 
-def test_smoke_with_lora_trains_adapters_that_vllms_rollouts_sample_with(gpu_out):
+@pytest.fixture(scope="module")
+def lora_run(gpu_out):
     run = smoke_training(
-        "smoke_lora", gpu_out, "lora=on", f"trainer.total_training_steps={STEPS}", "trainer.save_freq=-1",
+        "smoke_lora", gpu_out, "lora=on", f"trainer.total_training_steps={STEPS}", f"trainer.save_freq={STEPS}",
+        "actor_rollout_ref.actor.checkpoint.save_contents=[model,extra,hf_model]",
         # A rate that moves the adapters after one step, so that a rollout without them would show.
         "actor_rollout_ref.actor.optim.lr=1e-2",
     )  # fmt: skip
     assert_succeeded(run)
-    steps = read_metrics_log(metrics_log_path(gpu_out, run.name))
+    return run
+
+
+def test_smoke_with_lora_trains_adapters_that_vllms_rollouts_sample_with(lora_run, gpu_out):
+    steps = read_metrics_log(metrics_log_path(gpu_out, lora_run.name))
     assert sorted(steps) == list(range(1, STEPS + 1))
     for step, metrics in steps.items():
         assert not non_finite(metrics), f"step {step}: non-finite metrics {non_finite(metrics)}"
         assert sorted(task_metrics(metrics, "mixed_r1")) == sorted(TASKS)
         diff = metrics["training/rollout_probs_diff_mean"]
         assert math.isfinite(diff) and diff < 1e-2, f"step {step}: rollout vs actor token probabilities differ by {diff}"
+
+
+def test_the_checkpoints_hugging_face_copy_holds_the_merged_weights_that_vllm_evaluates(lora_run, gpu_out):
+    copy = smoke_checkpoint_dir(gpu_out, lora_run.name) / f"global_step_{STEPS}" / "actor" / "huggingface"
+    assert not saved_by_peft(copy)
+    assert f"{copy}: " in lora_run.log_text() and "LoRA adapters merged into the weights" in lora_run.log_text()
+    val_parquet = gpu_out / "smoke" / "data" / "val.parquet"
+    evaluation = project_command(
+        "eval_lora_copy", gpu_out, "mixed_r1_verl.eval", f"data={val_parquet}", f"model={copy}",
+        "backend=vllm", "max_new_tokens=64", "vllm_kwargs.enforce_eager=true",
+        f"vllm_kwargs.kv_cache_memory_bytes={TEST_SIZE_VLLM_KV_CACHE_BYTES}",
+        f"vllm_kwargs.gpu_memory_utilization={TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION}",
+        f"out_dir={gpu_out / 'eval_lora_copy'}",
+    )  # fmt: skip
+    assert_succeeded(evaluation)
+    assert "holds a LoRA adapter" not in evaluation.log_text(), "the copy was merged when saved"
+    table, expected = per_task_table(evaluation.log_text()), val_rows_per_task(val_parquet)
+    assert set(table) == set(TASKS) and all(float(table[task]["n"]) == expected[task] for task in TASKS), table
