@@ -325,9 +325,10 @@ def lora_mismatches(config: DictConfig) -> list[str]:
     """LoRA adapters the configuration would put on the vision tower or projector, which vLLM's rollouts
     ignore (mixed_r1_verl/models/lora.py): the actor would train them while every rollout samples
     without them. Read from the checkpoint's architecture; nothing for a model path that does not resolve
-    (verl reports that)."""
+    (verl reports that), nor with `lora.merge`, where verl merges every adapter into the full weights it
+    sends vLLM."""
     model = config.actor_rollout_ref.model
-    if not model.get("lora_rank"):
+    if not model.get("lora_rank") or model.lora.get("merge"):
         return []
     from mixed_r1_verl.data.model_files import resolve_model_dir
     from mixed_r1_verl.models.lora import vision_modules_with_adapters
@@ -345,8 +346,9 @@ def lora_mismatches(config: DictConfig) -> list[str]:
         f"actor_rollout_ref.model.lora_rank={model.lora_rank} with target_modules={target!r} and "
         f"exclude_modules={exclude!r} puts LoRA adapters on {len(adapted)} modules of the vision tower or "
         f"projector ({', '.join(adapted[:2])}, ...), which vLLM's rollouts ignore: the rollouts would sample "
-        "from another policy than the one trained. Use lora=on, or exclude them with "
-        "actor_rollout_ref.model.exclude_modules"
+        "from another policy than the one trained. Use lora=on, exclude them with "
+        "actor_rollout_ref.model.exclude_modules, or set actor_rollout_ref.model.lora.merge=true (verl then "
+        "merges the adapters into the full weights it sends vLLM at every step)"
     ]
 
 

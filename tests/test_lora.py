@@ -37,7 +37,10 @@ def test_lora_on_keeps_adapters_off_the_vision_tower_and_projector_that_vllm_ign
     [refused] = lora_mismatches(compose_recipe("smoke", path, "actor_rollout_ref.model.lora_rank=8"))
     vision_part = "vision_tower" if family == "internvl" else "visual"
     assert refused.startswith("actor_rollout_ref.model.lora_rank=8 with target_modules='all-linear' and exclude_modules=None")
-    assert f"(model.{vision_part}." in refused and "Use lora=on" in refused
+    assert f"(model.{vision_part}." in refused and "Use lora=on" in refused and "lora.merge=true" in refused
+    # Merged into the full weights verl sends vLLM, the vision tower's adapters reach the rollouts too.
+    merged = compose_recipe("smoke", path, "actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora.merge=true")
+    assert lora_mismatches(merged) == []
     # Modules are matched by their last name: Qwen2.5-VL's vision MLP and InternVL's vision attention go by the
     # language model's names too, Qwen3-VL's vision blocks do not.
     language_names = "actor_rollout_ref.model.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
@@ -56,21 +59,38 @@ def test_the_training_entry_refuses_adapters_on_the_vision_tower_before_ray_star
     assert "Started a local Ray instance" not in run.stdout + run.stderr
 
 
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory):
-    """The smoke recipe with lora=on for 2 steps, a checkpoint at the last with its Hugging Face copy, at a
-    learning rate that moves the adapters visibly; its checkpoint merged by verl's model merger."""
-    work_dir = tmp_path_factory.mktemp("lora_on_cpu")
+def lora_training(work_dir, *settings) -> dict:
+    """`STEPS` steps of the smoke recipe with lora=on at a learning rate that moves the adapters visibly;
+    the metrics of each step."""
     settings = [
         "recipe=smoke", "lora=on", *CPU_GRPO_SETTINGS, "data.max_response_length=32",
-        f"trainer.total_training_steps={STEPS}", f"trainer.save_freq={STEPS}", "actor_rollout_ref.actor.optim.lr=1e-2",
-        "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
+        f"trainer.total_training_steps={STEPS}", "actor_rollout_ref.actor.optim.lr=1e-2", *settings,
     ]  # fmt: skip
     run = run_on_cpu(
         "grpo", work_dir, settings, 1200, MIXED_R1_SMOKE_DIR=str(work_dir / "smoke"),
         VERL_FILE_LOGGER_PATH=str(work_dir / "metrics.jsonl"),
     )  # fmt: skip
     assert run.returncode == 0, (run.stdout + run.stderr)[-8000:]
+    steps = read_metrics_log(work_dir / "metrics.jsonl")
+    assert sorted(steps) == list(range(1, STEPS + 1))
+    return steps
+
+
+def test_with_lora_merge_the_vision_towers_adapters_train_and_the_rollouts_sample_with_them(tmp_path):
+    settings = ("trainer.save_freq=-1", "actor_rollout_ref.model.exclude_modules=null", "actor_rollout_ref.model.lora.merge=true")
+    steps = lora_training(tmp_path, *settings)
+    # Step 1 trained adapters on the vision tower too; verl sends the rollout the weights with all of them merged in.
+    assert steps[STEPS]["training/rollout_probs_diff_mean"] < 1e-3
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """`lora_training` with a checkpoint at the last step, with its Hugging Face copy; the checkpoint merged
+    by verl's model merger."""
+    work_dir = tmp_path_factory.mktemp("lora_on_cpu")
+    lora_training(
+        work_dir, f"trainer.save_freq={STEPS}", "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]"
+    )
     actor = work_dir / "smoke" / "checkpoints" / f"global_step_{STEPS}" / "actor"
     merged = work_dir / "merged"
     subprocess.run(
@@ -86,7 +106,6 @@ def lora_run(tmp_path_factory):
 def test_a_lora_run_trains_adapters_on_the_language_model_that_the_rollouts_sample_with(lora_run):
     work_dir, merged = lora_run
     steps = read_metrics_log(work_dir / "metrics.jsonl")
-    assert sorted(steps) == list(range(1, STEPS + 1))
     # After step 1 the adapters are trained: the rollout of step 2 samples with them (the CPU rollout merges
     # them as vLLM applies them), and the actor scores its tokens alike.
     assert steps[STEPS]["training/rollout_probs_diff_mean"] < 1e-3
