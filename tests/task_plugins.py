@@ -19,6 +19,25 @@ COUNTING = Task("counting", counting_accuracy, "Answer with a single whole numbe
 '''
 COUNTING_INSTRUCTION = "Answer with a single whole number."
 
+VQA_SOURCE = '''
+from mixed_r1_verl.rewards import Task
+
+
+def vqa_accuracy(answer, ground_truth, extra_info):
+    """VQA's soft accuracy: a share of `min_matches` (3 unless given) for each annotator who gave the answer."""
+    info = extra_info["reward_info"]
+    if not isinstance(info["answers"], list):
+        raise TypeError(f"answers arrived as {type(info['answers']).__name__}")
+    matches = sum(given.lower() == answer.strip().lower() for given in info["answers"])
+    return min(1.0, matches / (info["min_matches"] or 3))
+
+
+VQA = Task(
+    "vqa", vqa_accuracy, "Answer with a word or a short phrase.",
+    reward_fields={"answers": list[str], "min_matches": int},
+)
+'''
+
 
 def write_distribution(root: Path, name: str, source: str, entry_points: dict[str, str]) -> Path:
     """Module `name` with `source`, and distribution `name` declaring `entry_points` (entry name ->
@@ -35,6 +54,10 @@ def write_distribution(root: Path, name: str, source: str, entry_points: dict[st
 
 def write_counting_plugin(root: Path) -> Path:
     return write_distribution(root, "counting_task", COUNTING_SOURCE, {"counting": "counting_task:COUNTING"})
+
+
+def write_vqa_plugin(root: Path) -> Path:
+    return write_distribution(root, "vqa_task", VQA_SOURCE, {"vqa": "vqa_task:VQA"})
 
 
 def counting_records(synthetic_rows: list[dict], count: int, **fields) -> list[dict]:

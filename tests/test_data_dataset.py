@@ -402,3 +402,25 @@ def test_image_rows_without_a_processor_from_verl_are_refused(setup):
     # verl passes None when AutoProcessor fails (without torchvision, for one).
     with pytest.raises(DatasetRowError, match=rf"row 0 \(id '{first_id}'.* holds images, but verl loaded no processor for {model_dir}"):
         get_dataset_class(config)([str(train)], processor.tokenizer, config, processor=None)
+
+
+def test_an_installed_tasks_reward_fields_reach_its_accuracy_through_verls_dataset(setup, install_tasks, tmp_path):
+    from task_plugins import write_vqa_plugin
+
+    from mixed_r1_verl.data.synthetic import write_synthetic_dataset
+    from mixed_r1_verl.rewards import compute_score
+
+    root, model_dir, processor = setup
+    install_tasks(write_vqa_plugin(tmp_path / "site"))
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=7, val_rows_per_task=0)
+    shapes = json.loads(jsonl.read_text().splitlines()[0])["images"]
+    record = {"id": "vqa-0", "task": "vqa", "data_source": "vqa", "images": shapes, "problem": "What is drawn?",
+              "answer": "shape", "reward_info": {"answers": ["square", "square", "shape"], "min_matches": 2}}  # fmt: skip
+    jsonl.write_text(json.dumps(record) + "\n")
+    prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "out"),
+                          model_path=str(model_dir), val_ratio=0.0, progress=False))  # fmt: skip
+    dataset = build(root, processor, [str(tmp_path / "out" / "train.parquet")])
+    [extra_info] = collate_fn([dataset[0]])["extra_info"]
+    assert extra_info["reward_info"]["min_matches"] == 2
+    scored = compute_score("vqa", "<think>A square.</think><answer>square</answer>", "shape", extra_info)
+    assert (scored["accuracy"], scored["error"]) == (1.0, 0.0)

@@ -5,15 +5,18 @@ import json
 import logging
 import re
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from data_helpers import read_jsonl, score_saved
-from task_plugins import COUNTING_INSTRUCTION, counting_records, write_counting_plugin, write_distribution
+from task_plugins import (
+    COUNTING_INSTRUCTION, VQA_SOURCE, counting_records, write_counting_plugin, write_distribution, write_vqa_plugin,
+)  # fmt: skip
 
 from mixed_r1_verl.data.engine import Engine, EngineConfig
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.prompts import FORMAT_INSTRUCTION
-from mixed_r1_verl.data.records import UNKNOWN_TASK
+from mixed_r1_verl.data.records import BAD_REWARD_INFO, UNKNOWN_TASK
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.rewards import BUILTIN_TASKS, Task, compute_score, task_names
 from mixed_r1_verl.cli import main as mixed_r1
@@ -113,12 +116,12 @@ def test_a_broken_installed_task_is_refused_naming_its_entry_point(install_tasks
 def test_mixed_r1_tasks_lists_the_built_in_and_the_installed_tasks(counting, capsys):
     assert mixed_r1(["tasks"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "task        from                   correct at  instruction",
+        "task        from                   correct at  reward fields  instruction",
         "matching    built-in               1.0",
         "chart       built-in               1.0",
         "grounding   built-in               0.5",
         "open_ended  built-in               0.5",
-        "counting    package counting_task  0.5         Answer with a single whole number.",
+        "counting    package counting_task  0.5                        Answer with a single whole number.",
     ]
     assert mixed_r1(["tasks", "--help"]) == 0 and mixed_r1(["tasks", "all=true"]) == 2
     assert "mixed-r1 tasks takes no settings, got all=true" in capsys.readouterr().err
@@ -147,6 +150,9 @@ def test_two_packages_adding_one_task_are_refused(counting, install_tasks, tmp_p
         ({"instruction": " "}, "instruction must be a non-empty string"),
         ({"accuracy": 1.0}, "accuracy must be callable"),
         ({"correct_threshold": 0}, "correct_threshold=0, expected a number in (0, 1]"),
+        ({"reward_fields": {"answers": dict}}, "reward field 'answers' has type dict, expected one of str, float, int, "
+                                               "bool, list[str], list[float], list[int]"),
+        ({"reward_fields": {"Answers": str}}, "reward field 'Answers': expected lower-case letters, digits and _"),
     ],
 )
 def test_a_task_is_checked_when_declared(settings, error):
@@ -216,3 +222,99 @@ def test_the_data_engine_counts_and_balances_an_installed_task(counting, tmp_pat
     selected = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
     assert sum(row["task"] == "counting" for row in selected) == 2
 
+
+
+@pytest.fixture
+def vqa(install_tasks, tmp_path):
+    install_tasks(write_vqa_plugin(tmp_path / "site"))
+
+
+def vqa_records(synthetic_rows: list[dict], reward_infos: list) -> list[dict]:
+    """A VQA question on a synthetic image for each reward_info (the record's field, or left out for None)."""
+    images = [row["images"] for row in synthetic_rows]
+    return [
+        {"id": f"vqa-{i}", "task": "vqa", "data_source": "vqa", "images": images[i], "problem": "What is drawn?",
+         "answer": "shape", **({"reward_info": info} if info is not None else {})}
+        for i, info in enumerate(reward_infos)
+    ]  # fmt: skip
+
+
+def test_an_installed_tasks_reward_fields_are_written_with_their_types_and_reach_its_accuracy(vqa, tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=4, seed=7, val_rows_per_task=0)
+    rows = read_jsonl(jsonl)
+    infos = [{"answers": ["shape", "Shape", "square"]}, {"answers": ["square"], "min_matches": 1}, None]
+    chart = [row for row in rows if row["task"] == "chart"]
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in chart + vqa_records(rows, infos)))
+    summary = convert(jsonl, image_root, tmp_path / "out")
+    assert summary["rows_written"] == 7, summary
+
+    table = pq.read_table(tmp_path / "out" / "train.parquet")
+    reward_info = table.schema.field("extra_info").type.field("reward_info").type
+    answers, min_matches = reward_info
+    assert (answers.name, answers.type.value_type, min_matches.name, min_matches.type) == (
+        "answers", pa.string(), "min_matches", pa.int64()
+    )  # fmt: skip
+    written = {row["extra_info"]["id"]: row["extra_info"]["reward_info"] for row in table.to_pylist()}
+    assert written["vqa-0"] == {"answers": ["shape", "Shape", "square"], "min_matches": None}
+    assert written["vqa-1"] == {"answers": ["square"], "min_matches": 1}
+    assert written["vqa-2"] == written[chart[0]["id"]] == {"answers": None, "min_matches": None}
+
+    responses = {key: f"{THINK}<answer>shape</answer>" for key in written}
+    responses["vqa-1"] = f"{THINK}<answer>square</answer>"
+    run = tmp_path / "eval"
+    assert score_saved(tmp_path / "out" / "train.parquet", responses, run) == 0
+    scores = {row["id"]: row for row in read_jsonl(run / "scores.jsonl") if row["task"] == "vqa"}
+    assert scores["vqa-0"]["accuracy"] == pytest.approx(2 / 3) and scores["vqa-1"]["accuracy"] == 1.0
+    # A row without reward fields reaches the accuracy with none: this one raises, a reward error.
+    assert scores["vqa-2"]["error"] == 1.0
+
+
+def test_mixed_r1_tasks_lists_an_installed_tasks_reward_fields(vqa, capsys):
+    assert mixed_r1(["tasks"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "vqa         package vqa_task  1.0         answers: list[str], min_matches: int  Answer with a word or a short phrase."
+    )
+
+
+def test_reward_fields_reach_the_accuracy_as_plain_values_where_the_batch_holds_numpy_arrays(vqa):
+    import numpy as np
+
+    reward_info = {"answers": np.array(["shape", "square"], dtype=object), "min_matches": np.int64(1)}
+    scored = compute_score("vqa", f"{THINK}<answer>Square</answer>", "shape", {"task": "vqa", "reward_info": reward_info})
+    assert (scored["accuracy"], scored["error"]) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "task, reward_info, detail",
+    [
+        ("vqa", {"answers": "shape"}, "reward_info.answers: expected list[str], got 'shape'"),
+        ("vqa", {"answers": ["shape", 3]}, "reward_info.answers: item 1: expected str, got 3"),
+        ("vqa", {"min_matches": 2.5}, "reward_info.min_matches: expected int, got 2.5"),
+        ("vqa", {"weight": 1}, "reward_info.weight: task 'vqa' has no such reward field (answers, min_matches)"),
+        ("vqa", ["shape"], "field 'reward_info' must be an object of the reward fields of task 'vqa' (answers, "
+                           "min_matches), got ['shape']"),
+        ("chart", {"answers": ["1"]}, "reward_info.answers: task 'chart' has no such reward field (none)"),
+    ],
+)
+def test_reward_fields_that_do_not_fit_the_tasks_declaration_are_rejected_by_name(vqa, tmp_path, task, reward_info, detail):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=7, val_rows_per_task=0)
+    rows = read_jsonl(jsonl)
+    [record] = vqa_records(rows, [reward_info])
+    if task == "chart":
+        record = {**next(row for row in rows if row["task"] == "chart"), "reward_info": reward_info}
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in [*rows, record]))
+    summary = convert(jsonl, image_root, tmp_path / "out")
+    assert summary["rows_written"] == 4
+    [reject] = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert (reject["reason"], reject["detail"]) == (BAD_REWARD_INFO, detail)
+
+
+def test_two_tasks_declaring_one_reward_field_with_two_types_are_refused(vqa, install_tasks, tmp_path):
+    source = VQA_SOURCE.replace('"vqa", vqa_accuracy', '"vqa_count", vqa_accuracy').replace("list[str]", "list[int]")
+    install_tasks(write_distribution(tmp_path / "other", "vqa_count_task", source, {"vqa_count": "vqa_count_task:VQA"}))
+    with pytest.raises(TaskPluginError) as refused:
+        plugin_tasks()
+    # Named from whichever of the two the entry points list second.
+    assert re.search(r"\(package vqa(_count)?_task\): reward field 'answers' of task 'vqa(_count)?' is a list\[(str|int)\], "
+                     r"and task 'vqa(_count)?' declares it a list\[(str|int)\]: records of both share one parquet column",
+                     str(refused.value)), refused.value  # fmt: skip

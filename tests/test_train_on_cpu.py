@@ -19,7 +19,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
 from cpu_rollout_inputs import rollout_model_inputs
 from data_helpers import CPU_GRPO_SETTINGS, checkout_env, convert_synthetic, read_jsonl, run_module, run_on_cpu
-from task_plugins import counting_records, write_counting_plugin
+from task_plugins import counting_records, write_counting_plugin, write_vqa_plugin
 from mixed_r1_verl.data.model_files import image_processor_settings
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
@@ -273,17 +273,22 @@ def test_a_response_ends_at_the_first_image_or_video_placeholder_it_generates_ou
     assert (first.response_ids, first.response_mask, first.response_logprobs) == ([end], [0], None)
 
 
-def test_a_task_an_installed_package_adds_is_trained_with_its_own_metrics(tmp_path, install_tasks):
-    """The smoke run on data with a fifth task, `counting`, that only an installed package knows: the
-    package is on the path of the run, and so of its Ray workers, as pip would leave it."""
-    site = write_counting_plugin(tmp_path / "site")
+def test_tasks_installed_packages_add_are_trained_with_their_own_metrics(tmp_path, install_tasks):
+    """The smoke run on data with two more tasks that only installed packages know: `counting`, and `vqa`
+    whose rows give typed reward fields. The packages are on the path of the run, and so of its Ray
+    workers, as pip would leave them."""
+    site = write_vqa_plugin(write_counting_plugin(tmp_path / "site"))
     install_tasks(site)
     smoke = tmp_path / "smoke"
     build_tiny_qwen25vl(smoke / "tiny_qwen25vl")
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=4, seed=5)
     rows = read_jsonl(jsonl)
     counting = counting_records(rows, sum(row["task"] == "grounding" for row in rows), split="train")
-    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows + counting))
+    vqa = [
+        {**row, "id": f"vqa-{row['id']}", "task": "vqa", "reward_info": {"answers": [row["answer"]] * 3}}
+        for row in rows if row["task"] == "open_ended"
+    ]  # fmt: skip
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows + counting + vqa))
     prepare(PrepareConfig(
         input=str(jsonl), image_root=str(image_root), output_dir=str(smoke / "data"), progress=False,
         model_path=str(smoke / "tiny_qwen25vl"), max_prompt_length=1024,
@@ -292,8 +297,9 @@ def test_a_task_an_installed_package_adds_is_trained_with_its_own_metrics(tmp_pa
     grpo_on_cpu(tmp_path, 1, python_path=[site])
     metrics = read_metrics_log(tmp_path / "metrics.jsonl")[1]
     per_task = task_metrics(metrics, "mixed_r1")
-    assert sorted(per_task) == sorted([*TASKS, "counting"])
-    counted = per_task["counting"]
-    assert counted["count"] >= ROLLOUT_N and counted["count"] % ROLLOUT_N == 0
-    assert all(math.isfinite(counted[f"{key}/mean"]) for key in ("score", "accuracy", "format", "error"))
+    assert sorted(per_task) == sorted([*TASKS, "counting", "vqa"])
+    for task in ("counting", "vqa"):
+        counted = per_task[task]
+        assert counted["count"] >= ROLLOUT_N and counted["count"] % ROLLOUT_N == 0
+        assert all(math.isfinite(counted[f"{key}/mean"]) for key in ("score", "accuracy", "format", "error"))
     assert sum(values["count"] for values in per_task.values()) == PROMPTS_PER_STEP * ROLLOUT_N

@@ -75,7 +75,7 @@ from mixed_r1_verl.data.records import (
     parse_box,
     parse_record,
 )
-from mixed_r1_verl.rewards.tasks import task_names
+from mixed_r1_verl.rewards.tasks import all_reward_fields, task_names
 from mixed_r1_verl.settings import run_settings_cli
 
 # Each model family's training prompt budget (data.max_prompt_length: conf/mixed_r1.yaml, and
@@ -225,6 +225,25 @@ OUTPUT_SCHEMA = pa.schema(
 )
 
 
+# The parquet type of each reward field type (mixed_r1_verl.rewards.tasks.REWARD_FIELD_TYPES).
+REWARD_FIELD_ARROW_TYPES = {
+    str: pa.string(), float: pa.float64(), int: pa.int64(), bool: pa.bool_(),
+    list[str]: pa.list_(pa.string()), list[float]: pa.list_(pa.float64()), list[int]: pa.list_(pa.int64()),
+}  # fmt: skip
+
+
+def output_schema(reward_fields: dict[str, type]) -> pa.Schema:
+    """The training parquet's schema; with installed tasks' reward fields, `extra_info.reward_info` holds
+    each as a typed column (null in rows that do not give it)."""
+    if not reward_fields:
+        return OUTPUT_SCHEMA
+    reward_info = pa.struct([(name, REWARD_FIELD_ARROW_TYPES[kind]) for name, kind in reward_fields.items()])
+    extra_info = OUTPUT_SCHEMA.field("extra_info").type
+    fields = [*(extra_info.field(i) for i in range(extra_info.num_fields)), pa.field("reward_info", reward_info)]
+    index = OUTPUT_SCHEMA.get_field_index("extra_info")
+    return OUTPUT_SCHEMA.set(index, pa.field("extra_info", pa.struct(fields)))
+
+
 # The layout of verl's multi-turn SFT dataset: `messages` (the prompt turns, then the assistant's
 # target) with `<image>` placeholders, and `images`.
 # Every file a conversion writes to its output_dir.
@@ -319,6 +338,8 @@ class RowConverter:
             problem_template=config.problem_template,
         )
         self.box_frame = MODEL_FAMILIES[config.model_family].box_frame
+        self.reward_fields = all_reward_fields()
+        self.schema = output_schema(self.reward_fields)
         model_dir = resolve_model_dir(config.model_path) if config.model_path else None
         if model_dir is not None:
             refuse_another_model_family(config.model_family, model_dir)
@@ -410,8 +431,16 @@ class RowConverter:
                 "image_size": list(image_size),
                 "options": list(record.options) if record.options else None,
                 "prompt_length": prompt_length,
-            },
+            }
+            | self.reward_info(record),
         }
+
+    def reward_info(self, record: CanonicalRecord) -> dict:
+        """`extra_info.reward_info`: every installed task's reward fields, those the record gives set."""
+        if not self.reward_fields:
+            return {}
+        given = record.reward_info or {}
+        return {"reward_info": {name: given.get(name) for name in self.reward_fields}}
 
     def sft_row(self, row: dict, rationale: str) -> dict:
         """The SFT row of a converted row, with the tokens of its whole chat where model_path is given."""
@@ -604,7 +633,9 @@ def prepare(config: PrepareConfig) -> dict:
     converter = RowConverter(config)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    writers = {split: SplitWriter(output_dir / f"{split}.parquet", config.row_group_size) for split in SPLITS}
+    writers = {
+        split: SplitWriter(output_dir / f"{split}.parquet", config.row_group_size, converter.schema) for split in SPLITS
+    }
     sft_writers = {
         split: SplitWriter(output_dir / f"sft_{split}.parquet", config.row_group_size, SFT_SCHEMA) for split in SPLITS
     }

@@ -4,7 +4,8 @@ Canonical record (one JSON object per line):
 
     {"id": str (optional), "task": "matching" | "chart" | "grounding" | "open_ended" | an installed task,
      "data_source": str, "images": [relative image paths], "problem": str, "answer": str,
-     "options": [str] (optional), "split": "train" | "val" (optional), "rationale": str (optional)}
+     "options": [str] (optional), "split": "train" | "val" (optional), "rationale": str (optional),
+     "reward_info": {field: value} (optional; an installed task's declared reward fields)}
 
 A row without an `id` is given one derived from its content (`generated_id`).
 
@@ -13,6 +14,8 @@ A row without an `id` is given one derived from its content (`generated_id`).
 matching answer with `options` is an option's letter, or its text (then written as its letter). `split`
 pins the row to a split (else the converter's seeded hash decides); `rationale` is the reasoning a
 careful annotator would write before the answer, the `<think>` part of the supervised fine-tuning target.
+`reward_info` gives what an installed task's accuracy reads besides the answer, each field of the type the
+task declares (`Task.reward_fields`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 from mixed_r1_verl.rewards.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 from mixed_r1_verl.rewards.matching import matching_accuracy, option_text_letters
-from mixed_r1_verl.rewards.tasks import task_names
+from mixed_r1_verl.rewards.tasks import reward_field_value_error, reward_fields, task_names
 
 IMAGE_PLACEHOLDER = "<image>"
 # The Qwen2-VL family's image token: the processor expands each one in a prompt into an image's patches.
@@ -37,7 +40,9 @@ IMAGE_PAD = "<|image_pad|>"
 MODEL_IMAGE_TOKENS = (IMAGE_PAD, "<IMG_CONTEXT>")
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SPLITS = ("train", "val")
-CANONICAL_FIELDS = ("id", "task", "data_source", "images", "problem", "answer", "options", "split", "rationale")
+CANONICAL_FIELDS = (
+    "id", "task", "data_source", "images", "problem", "answer", "options", "split", "rationale", "reward_info"
+)  # fmt: skip
 
 # Reject reasons, as they appear in rejects.jsonl and summary.json.
 BAD_RECORD = "bad_record"
@@ -59,6 +64,7 @@ PROMPT_TOO_LONG = "prompt_too_long"
 IMAGE_TOKEN_IN_TEXT = "image_token_in_text"
 FORMAT_TAG_IN_TEXT = "format_tag_in_text"
 BOX_LOOKS_NORMALIZED = "box_looks_normalized"
+BAD_REWARD_INFO = "bad_reward_info"
 
 # Units of the source's grounding boxes: pixels of the original image, or 0-1 fractions of its width
 # and height (LLaVA, Shikra).
@@ -90,6 +96,8 @@ class CanonicalRecord:
     options: tuple[str, ...] | None = None
     split: str | None = None
     rationale: str | None = None
+    # The task's reward fields the row gives (never empty: None for none).
+    reward_info: dict[str, Any] | None = None
 
 
 def box_numbers(value: Any) -> tuple[float, float, float, float]:
@@ -186,9 +194,11 @@ def scorable_answer(task: str, answer: str, options: tuple[str, ...] | None) -> 
 
 
 def _field_strings(raw: dict) -> Iterator[tuple[str, str]]:
-    """(field, string) for each string a canonical row holds, list items included."""
-    for name in CANONICAL_FIELDS:
-        value = raw.get(name)
+    """(field, string) for each string a canonical row holds, list items and reward fields included."""
+    fields = [(name, raw.get(name)) for name in CANONICAL_FIELDS]
+    if isinstance(raw.get("reward_info"), dict):
+        fields += [(f"reward_info.{name}", value) for name, value in raw["reward_info"].items()]
+    for name, value in fields:
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, str):
                 yield name, item
@@ -272,6 +282,25 @@ def _optional_rationale(raw: dict) -> str | None:
     return rationale.strip()
 
 
+def _optional_reward_info(raw: dict, task: str) -> dict[str, Any] | None:
+    """The reward fields the row gives, each of the type its task declares; a null field counts as not given."""
+    info = raw.get("reward_info")
+    if info is None:
+        return None
+    declared = reward_fields(task)
+    fields = ", ".join(declared) or "none"
+    if not isinstance(info, dict):
+        detail = f"field 'reward_info' must be an object of the reward fields of task {task!r} ({fields}), got {info!r}"
+        raise RecordError(BAD_REWARD_INFO, detail)
+    given = {name: value for name, value in info.items() if value is not None}
+    for name, value in given.items():
+        if name not in declared:
+            raise RecordError(BAD_REWARD_INFO, f"reward_info.{name}: task {task!r} has no such reward field ({fields})")
+        if error := reward_field_value_error(declared[name], value):
+            raise RecordError(BAD_REWARD_INFO, f"reward_info.{name}: {error}")
+    return given or None
+
+
 def parse_record(raw: dict) -> CanonicalRecord:
     """Validate a canonical row (images not opened yet) and normalise its problem."""
     if not isinstance(raw, dict):
@@ -321,6 +350,7 @@ def parse_record(raw: dict) -> CanonicalRecord:
         options=options,
         split=_optional_split(raw),
         rationale=rationale,
+        reward_info=_optional_reward_info(raw, task),
     )
 
 
@@ -332,10 +362,12 @@ def generated_id(record: CanonicalRecord, image_digests: Sequence[str]) -> str:
     """The id of a row whose source gives none: `<data_source>-auto-<16 hex digits>`, a digest of the
     task, the images' bytes (their SHA-256 digests), problem, options, answer and rationale. It is the
     same in every run and at any row position (so is the split hashed from it); rows with the same content
-    share it."""
+    share it. Reward fields count as content where a row gives them."""
     content = [
         record.task, list(image_digests), record.problem, list(record.options or ()), record.answer, record.rationale
     ]  # fmt: skip
+    if record.reward_info:
+        content.append(sorted(record.reward_info.items()))
     digest = hashlib.blake2b(json.dumps(content).encode(), digest_size=8).hexdigest()
     return f"{record.data_source}{GENERATED_ID_MARK}{digest}"
 

@@ -15,6 +15,12 @@ Installed where training runs, the task is known to every process that reads ent
 converter and the data engine accept its records and ask them with its instruction, and the reward
 (in verl's reward workers, in evaluation and in the data engine's difficulty stage) scores them with its
 accuracy. Per-task metrics, filtering and reports name it like the four.
+
+A task that needs more of a record than its answer (every annotator's answer, a tolerance per row)
+declares typed reward fields; records give them under `reward_info`, the converter checks and writes them
+with their types, and the accuracy reads them from `extra_info["reward_info"]`:
+
+    VQA = Task("vqa", vqa_accuracy, "Answer with a word or a short phrase.", reward_fields={"answers": list[str]})
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import get_args, get_origin
 
 from mixed_r1_verl.cli import EXIT_USAGE
 
@@ -46,6 +53,8 @@ TASK_NAME = re.compile(r"[a-z][a-z0-9_]*")
 DRIVER_TASKS_ENV_VAR = "MIXED_R1_DRIVER_TASKS"
 
 AccuracyFunction = Callable[[str, str, Mapping], float]
+# The types a task's reward field may have: what parquet stores with its type and JSON records give.
+REWARD_FIELD_TYPES = (str, float, int, bool, list[str], list[float], list[int])
 
 
 class TaskPluginError(RuntimeError):
@@ -60,13 +69,16 @@ class Task:
     the record's answer (the row's `reward_model.ground_truth`) and the row's `extra_info`, and returns
     a number in [0, 1]; an exception or another value scores the response 0 and counts as a reward error.
     `instruction` ends the task's prompts (before the reasoning-format instruction). A response is
-    `correct` when its accuracy reaches `correct_threshold`.
+    `correct` when its accuracy reaches `correct_threshold`. `reward_fields` (name -> one of
+    REWARD_FIELD_TYPES) are what a record may give under `reward_info` for the accuracy to read from
+    `extra_info["reward_info"]` (None where a record gives none).
     """
 
     name: str
     accuracy: AccuracyFunction
     instruction: str
     correct_threshold: float = 1.0
+    reward_fields: Mapping[str, type] = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not TASK_NAME.fullmatch(self.name):
@@ -81,15 +93,55 @@ class Task:
         threshold = self.correct_threshold
         if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 1:
             raise ValueError(f"task {self.name!r}: correct_threshold={threshold!r}, expected a number in (0, 1]")
+        if not isinstance(self.reward_fields, Mapping):
+            raise ValueError(f"task {self.name!r}: reward_fields must map field names to types")
+        for name, kind in self.reward_fields.items():
+            if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+                raise ValueError(f"task {self.name!r}: reward field {name!r}: expected lower-case letters, digits and _")
+            if kind not in REWARD_FIELD_TYPES:
+                raise ValueError(
+                    f"task {self.name!r}: reward field {name!r} has type {type_name(kind)}, expected one of "
+                    + ", ".join(map(type_name, REWARD_FIELD_TYPES))
+                )
 
     def score(self, answer: str, ground_truth, extra_info: Mapping) -> float:
-        """The task's accuracy for one answer, checked to be a number in [0, 1]."""
+        """The task's accuracy for one answer, checked to be a number in [0, 1]. Its reward fields reach the
+        accuracy as plain Python values (verl's batches hold lists as numpy arrays)."""
+        reward_info = extra_info.get("reward_info")
+        if reward_info:
+            plain = {name: value.tolist() if hasattr(value, "tolist") else value for name, value in reward_info.items()}
+            extra_info = {**extra_info, "reward_info": plain}
         accuracy = self.accuracy(answer, ground_truth, extra_info)
         if isinstance(accuracy, bool) or not isinstance(accuracy, int | float) or not 0 <= accuracy <= 1:
             raise ValueError(f"task {self.name!r}'s accuracy returned {accuracy!r}, expected a number in [0, 1]")
         if math.isnan(accuracy):
             raise ValueError(f"task {self.name!r}'s accuracy returned NaN")
         return float(accuracy)
+
+
+def type_name(kind) -> str:
+    """`str`, `list[str]`: a reward field's type as Python writes it."""
+    return str(kind) if get_origin(kind) is list else getattr(kind, "__name__", repr(kind))
+
+
+def reward_field_value_error(kind: type, value) -> str | None:
+    """Why `value` is not of the reward field type `kind`; None when it is (an int is a float too; a bool
+    is no number; a float must be finite)."""
+    if get_origin(kind) is not list:
+        fits = {
+            str: isinstance(value, str),
+            bool: isinstance(value, bool),
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
+        }[kind]
+        return None if fits else f"expected {'a finite number' if kind is float else type_name(kind)}, got {value!r}"
+    if not isinstance(value, list):
+        return f"expected {type_name(kind)}, got {value!r}"
+    (item_kind,) = get_args(kind)
+    for index, item in enumerate(value):
+        if error := reward_field_value_error(item_kind, item):
+            return f"item {index}: {error}"
+    return None
 
 
 def _entry_point_name(entry_point: importlib.metadata.EntryPoint) -> str:
@@ -114,6 +166,14 @@ def plugin_tasks() -> dict[str, Task]:
             raise TaskPluginError(f"{where} holds task {task.name!r}: the entry point must be named as its task")
         if task.name in tasks:
             raise TaskPluginError(f"{where}: another installed package adds task {task.name!r} too")
+        for name, kind in task.reward_fields.items():
+            other = next((other for other in tasks.values() if other.reward_fields.get(name, kind) != kind), None)
+            if other is not None:
+                raise TaskPluginError(
+                    f"{where}: reward field {name!r} of task {task.name!r} is a {type_name(kind)}, and task "
+                    f"{other.name!r} declares it a {type_name(other.reward_fields[name])}: records of both share "
+                    "one parquet column, so a field name takes one type"
+                )
         tasks[task.name] = task
     return tasks
 
@@ -121,6 +181,16 @@ def plugin_tasks() -> dict[str, Task]:
 def task_names() -> tuple[str, ...]:
     """Every task a record may have: the four of Mixed-R1, then the installed ones."""
     return (*BUILTIN_TASKS, *plugin_tasks())
+
+
+def reward_fields(task: str) -> Mapping[str, type]:
+    """The reward fields a record of `task` may give (none for the four)."""
+    return {} if task in BUILTIN_TASKS else plugin_tasks()[task].reward_fields
+
+
+def all_reward_fields() -> dict[str, type]:
+    """Every installed task's reward fields, by name: the converter's `extra_info.reward_info` columns."""
+    return {name: kind for task in plugin_tasks().values() for name, kind in task.reward_fields.items()}
 
 
 def default_correct_threshold(task: str) -> float:
@@ -159,16 +229,17 @@ def check_driver_tasks_are_installed(environ) -> None:
 
 def tasks_table() -> str:
     """What `mixed-r1 tasks` prints: each task, where it comes from, the accuracy at which a response is
-    correct and, for an installed task, its instruction."""
+    correct and, for an installed task, its reward fields and instruction."""
     packages = installed_task_packages()
-    rows = [("task", "from", "correct at", "instruction")]
-    rows += [(name, "built-in", str(DEFAULT_CORRECT_THRESHOLDS[name]), "") for name in BUILTIN_TASKS]
+    rows = [("task", "from", "correct at", "reward fields", "instruction")]
+    rows += [(name, "built-in", str(DEFAULT_CORRECT_THRESHOLDS[name]), "", "") for name in BUILTIN_TASKS]
     rows += [
-        (task.name, f"package {packages[task.name]}", str(task.correct_threshold), task.instruction)
+        (task.name, f"package {packages[task.name]}", str(task.correct_threshold),
+         ", ".join(f"{name}: {type_name(kind)}" for name, kind in task.reward_fields.items()), task.instruction)
         for task in plugin_tasks().values()
-    ]
-    widths = [max(len(row[column]) for row in rows) for column in range(3)]
-    lines = ("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[3]]) for row in rows)
+    ]  # fmt: skip
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    lines = ("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]) for row in rows)
     return "".join(line.rstrip() + "\n" for line in lines)
 
 
