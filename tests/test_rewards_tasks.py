@@ -318,3 +318,19 @@ def test_two_tasks_declaring_one_reward_field_with_two_types_are_refused(vqa, in
     assert re.search(r"\(package vqa(_count)?_task\): reward field 'answers' of task 'vqa(_count)?' is a list\[(str|int)\], "
                      r"and task 'vqa(_count)?' declares it a list\[(str|int)\]: records of both share one parquet column",
                      str(refused.value)), refused.value  # fmt: skip
+
+
+def test_the_data_engine_keeps_the_reward_fields_of_the_rows_it_selects(vqa, tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=7, val_rows_per_task=0)
+    infos = [{"answers": ["shape", "square"], "min_matches": 2}, {"answers": ["circle"]}]
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in vqa_records(read_jsonl(jsonl), infos)))
+    out = tmp_path / "engine"
+    settings = [f"input={jsonl}", f"image_root={image_root}", f"output_dir={out}", "progress=false",
+                "difficulty.enabled=false", "convert=true", "val_ratio=0"]  # fmt: skip
+    Engine(parse_settings(EngineConfig, settings)).run()
+    selected = {row["id"]: row["reward_info"] for row in read_jsonl(out / "selected.jsonl")}
+    assert selected == {"vqa-0": infos[0], "vqa-1": infos[1]}
+    converted = pq.read_table(out / "parquet" / "train.parquet").to_pylist()
+    assert {row["extra_info"]["id"]: row["extra_info"]["reward_info"]["answers"] for row in converted} == {
+        "vqa-0": ["shape", "square"], "vqa-1": ["circle"]
+    }
