@@ -7,7 +7,8 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from mixed_r1_verl.run_logs import DEADLINE_ENV, LoggedRun
+from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION, TEST_SIZE_VLLM_KV_CACHE_BYTES
+from mixed_r1_verl.run_logs import DEADLINE_ENV, LoggedRun, project_command
 
 TASKS = ("chart", "grounding", "matching", "open_ended")
 RESUME_FROM_STEP = 3
@@ -49,3 +50,24 @@ def per_task_table(stdout: str) -> dict[str, dict[str, str]]:
 
 def val_rows_per_task(val_parquet) -> Counter:
     return Counter(info["task"] for info in pq.read_table(val_parquet, columns=["extra_info"]).column(0).to_pylist())
+
+
+def evaluate_on_the_smoke_val_set_with_vllm(name: str, gpu_out, model) -> LoggedRun:
+    """`mixed_r1_verl.eval` with vLLM generation of `model` on the smoke run's val set, into `<gpu_out>/<name>`;
+    checked to succeed and to score every val row of every task without a reward error."""
+    val_parquet = gpu_out / "smoke" / "data" / "val.parquet"
+    evaluation = project_command(
+        name, gpu_out, "mixed_r1_verl.eval", f"data={val_parquet}", f"model={model}",
+        "backend=vllm", "max_new_tokens=64", "vllm_kwargs.enforce_eager=true",
+        f"vllm_kwargs.kv_cache_memory_bytes={TEST_SIZE_VLLM_KV_CACHE_BYTES}",
+        f"vllm_kwargs.gpu_memory_utilization={TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION}",
+        f"out_dir={gpu_out / name}",
+    )  # fmt: skip
+    assert_succeeded(evaluation)
+    table = per_task_table(evaluation.log_text())
+    expected = val_rows_per_task(val_parquet)
+    assert set(table) == set(TASKS) == set(expected), f"table tasks {sorted(table)}, val tasks {sorted(expected)}"
+    for task in TASKS:
+        assert float(table[task]["n"]) == expected[task], f"{task}: n {table[task]['n']} != {expected[task]} val rows"
+        assert float(table[task]["errors"]) == 0, f"{task}: {table[task]['errors']} reward errors"
+    return evaluation

@@ -7,12 +7,11 @@ into the full weights it sends vLLM."""
 import math
 
 import pytest
-from gpu_checks import TASKS, assert_succeeded, per_task_table, val_rows_per_task
+from gpu_checks import TASKS, assert_succeeded, evaluate_on_the_smoke_val_set_with_vllm
 
 from mixed_r1_verl.models.lora import saved_by_peft
-from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION, TEST_SIZE_VLLM_KV_CACHE_BYTES
 from mixed_r1_verl.run_logs import (
-    metrics_log_path, non_finite, project_command, read_metrics_log, smoke_checkpoint_dir, smoke_training, task_metrics,
+    metrics_log_path, non_finite, read_metrics_log, smoke_checkpoint_dir, smoke_training, task_metrics,
 )  # fmt: skip
 
 STEPS = 2
@@ -58,15 +57,5 @@ def test_the_checkpoints_hugging_face_copy_holds_the_merged_weights_that_vllm_ev
     copy = smoke_checkpoint_dir(gpu_out, lora_run.name) / f"global_step_{STEPS}" / "actor" / "huggingface"
     assert not saved_by_peft(copy)
     assert f"{copy}: " in lora_run.log_text() and "LoRA adapters merged into the weights" in lora_run.log_text()
-    val_parquet = gpu_out / "smoke" / "data" / "val.parquet"
-    evaluation = project_command(
-        "eval_lora_copy", gpu_out, "mixed_r1_verl.eval", f"data={val_parquet}", f"model={copy}",
-        "backend=vllm", "max_new_tokens=64", "vllm_kwargs.enforce_eager=true",
-        f"vllm_kwargs.kv_cache_memory_bytes={TEST_SIZE_VLLM_KV_CACHE_BYTES}",
-        f"vllm_kwargs.gpu_memory_utilization={TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION}",
-        f"out_dir={gpu_out / 'eval_lora_copy'}",
-    )  # fmt: skip
-    assert_succeeded(evaluation)
+    evaluation = evaluate_on_the_smoke_val_set_with_vllm("eval_lora_copy", gpu_out, copy)
     assert "holds a LoRA adapter" not in evaluation.log_text(), "the copy was merged when saved"
-    table, expected = per_task_table(evaluation.log_text()), val_rows_per_task(val_parquet)
-    assert set(table) == set(TASKS) and all(float(table[task]["n"]) == expected[task] for task in TASKS), table
