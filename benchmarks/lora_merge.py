@@ -1,23 +1,24 @@
-"""Time a LoRA run's checkpoint save adds: merging the adapters into verl's Hugging Face copy.
+"""Time and memory a LoRA run's checkpoint save adds: merging the adapters into verl's Hugging Face copy.
 
-Writes a copy as verl saves one (peft's names, float32 as the actor holds its weights, one shard per
-layer) of decoder layers of Qwen2.5-VL-7B's sizes with rank-64 adapters on every linear layer, merges
-it in place as the trainers do, and prints the seconds per GB and per layer, and the estimate for the
-7B language model's 28 layers.
+Writes a copy as verl saves one (peft's names, float32 as the actor holds its weights, one file) of
+decoder layers of Qwen2.5-VL-7B's sizes with rank-64 adapters on every linear layer, merges it in place
+as the trainers do, in a process of its own, and prints the seconds per GB and per layer, the estimate
+for the 7B language model's 28 layers, and the merging process's peak memory against the copy's size.
 
-    python benchmarks/lora_merge.py [--layers 4] [--rank 64] [--dir /tmp/lora_merge]
+    python benchmarks/lora_merge.py [--layers 8] [--rank 64] [--dir /tmp/lora_merge]
 """
 
 import argparse
 import json
 import shutil
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from mixed_r1_verl.models.lora import PEFT_PREFIX, TRAIN_META, merge_saved_adapters
+from mixed_r1_verl.models.lora import PEFT_PREFIX, TRAIN_META
 
 # Qwen2.5-VL-7B's language model: hidden 3584, intermediate 18944, 4 key-value heads of 128, 28 layers.
 HIDDEN, INTERMEDIATE, KV, LAYERS_7B = 3584, 18944, 512, 28
@@ -26,46 +27,55 @@ PROJECTIONS = {
     "self_attn.o_proj": (HIDDEN, HIDDEN), "mlp.gate_proj": (INTERMEDIATE, HIDDEN),
     "mlp.up_proj": (INTERMEDIATE, HIDDEN), "mlp.down_proj": (HIDDEN, INTERMEDIATE),
 }  # fmt: skip
+# Run in a process of its own, whose peak memory (Linux's high-water mark of its resident set since it
+# started this program) is the merge's: prints the merge's seconds and that peak in bytes.
+MERGE_IN_PLACE = """
+import re, sys, time
+from pathlib import Path
+from mixed_r1_verl.models.lora import merge_saved_adapters
+started = time.perf_counter()
+assert merge_saved_adapters(Path(sys.argv[1]))
+seconds = time.perf_counter() - started
+print(seconds, int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024)
+"""
 
 
 def write_copy(directory: Path, layers: int, rank: int) -> int:
-    """A peft-saved copy of `layers` decoder layers, one shard each; returns its bytes."""
+    """A peft-saved copy of `layers` decoder layers in one file, as transformers saves up to 50 GB; returns its
+    bytes."""
     copy = directory / "huggingface"
     copy.mkdir(parents=True)
     (directory / TRAIN_META).write_text(json.dumps({"r": rank, "lora_alpha": rank // 2, "task_type": "CAUSAL_LM"}))
-    weight_map, total = {}, 0
+    weights = {}
     for layer in range(layers):
-        shard, file = {}, f"model-{layer + 1:05d}-of-{layers:05d}.safetensors"
         for projection, (rows, columns) in PROJECTIONS.items():
             module = f"{PEFT_PREFIX}model.language_model.layers.{layer}.{projection}"
-            shard[f"{module}.base_layer.weight"] = torch.randn(rows, columns) * 0.02
-            shard[f"{module}.lora_A.default.weight"] = torch.randn(rank, columns) * 0.01
-            shard[f"{module}.lora_B.default.weight"] = torch.randn(rows, rank) * 0.01
-        save_file(shard, copy / file, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, file))
-        total += sum(tensor.numel() * tensor.element_size() for tensor in shard.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
-    return total
+            weights[f"{module}.base_layer.weight"] = torch.randn(rows, columns) * 0.02
+            weights[f"{module}.lora_A.default.weight"] = torch.randn(rank, columns) * 0.01
+            weights[f"{module}.lora_B.default.weight"] = torch.randn(rows, rank) * 0.01
+    save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
+    return sum(tensor.numel() * tensor.element_size() for tensor in weights.values())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/lora_merge"))
     args = parser.parse_args()
     shutil.rmtree(args.dir, ignore_errors=True)
     size = write_copy(args.dir, args.layers, args.rank)
-    started = time.perf_counter()
-    assert merge_saved_adapters(args.dir / "huggingface")
-    seconds = time.perf_counter() - started
+    merge = subprocess.run(
+        [sys.executable, "-c", MERGE_IN_PLACE, str(args.dir / "huggingface")], check=True, capture_output=True, text=True
+    )
+    seconds, peak = map(float, merge.stdout.split())
     gigabytes = size / 1e9
     per_layer = seconds / args.layers
     print(f"{args.layers} layers of Qwen2.5-VL-7B's sizes, rank {args.rank}, float32:", end=" ")
     print(f"{gigabytes:.2f} GB merged in place")
     print(f"  {seconds:.1f} s: {seconds / gigabytes:.2f} s per GB, {per_layer:.2f} s per layer")
     print(f"  the 7B language model's {LAYERS_7B} layers: about {per_layer * LAYERS_7B:.0f} s a checkpoint")
+    print(f"  peak memory of the merging process: {peak / 1e9:.2f} GB ({peak / size:.2f} x the copy)")
     shutil.rmtree(args.dir)
 
 

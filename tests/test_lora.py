@@ -4,6 +4,7 @@ the base weights merged in; checkpoints' Hugging Face copies, which verl saves u
 weights with the adapters merged in."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from transformers import AutoModelForImageTextToText
 
 from data_helpers import CPU_GRPO_SETTINGS, checkout_env, run_on_cpu
 from test_train_config import compose_recipe
+from mixed_r1_verl.data.model_files import WEIGHTS_INDEX
 from mixed_r1_verl.main import lora_mismatches, start_from_merged_adapter
+from mixed_r1_verl.models import lora
 from mixed_r1_verl.models.lora import (
     ADAPTER_DIR, MERGE_RECORD, MERGED_DIR, PEFT_PREFIX, TRAIN_META, merge_saved_adapters, saved_by_peft, with_lora_merged,
 )  # fmt: skip
@@ -189,6 +192,14 @@ def peft_saved_copy(model_dir, target, shards: int):
     return peft.merge_and_unload().state_dict()
 
 
+def assert_merged_as_peft_merges(directory, expected):
+    merged = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.bfloat16).state_dict()
+    assert merged.keys() == expected.keys()
+    for name in merged:
+        # peft rounds the adapter's product to bfloat16 before adding it; ours is rounded once.
+        assert torch.allclose(merged[name].float(), expected[name].float(), rtol=1e-2, atol=1e-3), (directory, name)
+
+
 @pytest.mark.parametrize("shards", [1, 3])
 def test_a_copy_saved_under_peft_names_is_merged_in_place_or_beside_it_as_peft_merges_it(shards, tiny_model_dir, tmp_path):
     copy = tmp_path / "actor" / "huggingface"
@@ -206,14 +217,38 @@ def test_a_copy_saved_under_peft_names_is_merged_in_place_or_beside_it_as_peft_m
     assert not merge_saved_adapters(copy)
     for directory in (copy, copy / MERGED_DIR):
         if shards > 1:
-            index = json.loads((directory / "model.safetensors.index.json").read_text())
+            index = json.loads((directory / WEIGHTS_INDEX).read_text())
             assert not any(name.startswith(PEFT_PREFIX) or ".lora_" in name for name in index["weight_map"])
+            assert sorted(set(index["weight_map"].values())) == sorted(path.name for path in directory.glob("*.safetensors"))
             assert len(set(index["weight_map"].values())) == shards
-        merged = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.bfloat16).state_dict()
-        assert merged.keys() == expected.keys()
-        for name in merged:
-            # peft rounds the adapter's product to bfloat16 before adding it; ours is rounded once.
-            assert torch.allclose(merged[name].float(), expected[name].float(), rtol=1e-2, atol=1e-3), (directory, name)
+            saved = [tensor for file in directory.glob("*.safetensors") for tensor in load_file(file).values()]
+            assert index["metadata"]["total_size"] == sum(tensor.numel() * tensor.element_size() for tensor in saved)
+        assert_merged_as_peft_merges(directory, expected)
+    assert sorted(path.name for path in copy.parent.iterdir()) == ["huggingface", TRAIN_META]
+
+
+def test_a_merge_cut_short_while_swapping_its_files_in_is_finished_by_the_next_reader(tiny_model_dir, tmp_path, monkeypatch):
+    copy = tmp_path / "actor" / "huggingface"
+    expected = peft_saved_copy(tiny_model_dir, copy, 3)
+    replace, swapped = os.replace, []
+
+    def killed_after_the_first_file(source, target):
+        if swapped:
+            raise KeyboardInterrupt("killed while swapping the merged files in")
+        swapped.append(target)
+        replace(source, target)
+
+    monkeypatch.setattr(lora.os, "replace", killed_after_the_first_file)
+    with pytest.raises(KeyboardInterrupt):
+        merge_saved_adapters(copy)
+    monkeypatch.undo()
+    # Half swapped: one file holds merged weights, the others still peft's names.
+    peft_named = [any(name.startswith(PEFT_PREFIX) for name in load_file(file)) for file in sorted(copy.glob("*.safetensors"))]
+    assert peft_named == [False, True, True] and swapped == [copy / "model-00001-of-00003.safetensors"]
+
+    assert with_lora_merged(str(copy)) == str(copy)
+    assert not saved_by_peft(copy) and sorted(path.name for path in copy.parent.iterdir()) == ["huggingface", TRAIN_META]
+    assert_merged_as_peft_merges(copy, expected)
 
 
 def test_a_peft_copy_that_cannot_be_merged_is_named_with_the_reason(tiny_model_dir, tmp_path):

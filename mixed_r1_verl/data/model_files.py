@@ -45,6 +45,8 @@ def resolve_model_dir(model_path: str | os.PathLike) -> Path:
 
 
 WEIGHT_FILES = ("*.safetensors", "*.bin")
+# Which shard holds each weight, in a checkpoint saved in several safetensors files.
+WEIGHTS_INDEX = "model.safetensors.index.json"
 MERGE_COMMAND = "python -m verl.model_merger merge --backend fsdp --local_dir {shards} --target_dir HF_DIR"
 
 

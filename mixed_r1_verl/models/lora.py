@@ -23,7 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mixed_r1_verl.data.model_files import file_stamps
+from mixed_r1_verl.data.model_files import WEIGHTS_INDEX, file_stamps
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ PEFT_PREFIX = "base_model.model."
 TRAIN_META = "lora_train_meta.json"
 # peft's names of the one adapter verl trains, in a saved state dict.
 PEFT_ADAPTER_SUFFIXES = (".lora_A.default.weight", ".lora_B.default.weight")
+# The bytes copied at a time from a saved weight that has no adapter.
+COPY_CHUNK = 64 * 2**20
+# Beside a merge written in whole: the files it swaps in.
+MERGE_COMMIT = "written.json"
 
 
 def vision_modules_with_adapters(model_dir: str | os.PathLike, target_modules, exclude_modules) -> list[str]:
@@ -63,8 +67,8 @@ def vision_modules_with_adapters(model_dir: str | os.PathLike, target_modules, e
 
 def merge_adapter(parameters: dict, adapter: dict, scaling: float) -> list[str]:
     """Adds to each weight `<module>.weight` of a model's `parameters` (by the model's module names) its
-    adapter in `adapter` (`base_model.model.<module>.lora_A.weight` and `lora_B.weight`), in place:
-    W + scaling x B A, in the weight's dtype. Returns the modules that have no weight in `parameters`."""
+    adapter in `adapter` (`base_model.model.<module>.lora_A.weight` and `lora_B.weight`), in place.
+    Returns the modules that have no weight in `parameters`."""
     import torch
 
     missing = []
@@ -74,10 +78,15 @@ def merge_adapter(parameters: dict, adapter: dict, scaling: float) -> list[str]:
         if weight is None:
             missing.append(module)
             continue
-        down, up = adapter[f"{prefix}.lora_A.weight"].float(), adapter[f"{prefix}.lora_B.weight"].float()
+        down, up = adapter[f"{prefix}.lora_A.weight"], adapter[f"{prefix}.lora_B.weight"]
         with torch.no_grad():
-            weight.copy_((weight.float() + scaling * (up @ down)).to(weight.dtype))
+            weight.copy_(with_adapter(weight, down, up, scaling))
     return missing
+
+
+def with_adapter(weight, down, up, scaling: float):
+    """W + scaling x B A, computed in float32, in the weight's dtype."""
+    return (weight.float() + scaling * (up.float() @ down.float())).to(weight.dtype)
 
 
 def adapter_prefixes(adapter: dict) -> list[str]:
@@ -111,56 +120,145 @@ def saved_lora_scaling(model_dir: Path) -> float:
     return lora_scaling(json.loads(meta.read_text()))
 
 
-def write_merged_peft_weights(source_dir: Path, target_dir: Path) -> int:
+def write_merged_peft_weights(source_dir: Path, target_dir: Path) -> list[str]:
     """Writes the weights of `source_dir`, saved under peft's names, to `target_dir` under the model's own
-    names with each adapter merged into its weight, in the same shard files (and index). Returns the
-    number of adapters merged."""
-    from safetensors.torch import load_file, save_file
+    names with each adapter merged into its weight, in the same files (and index). It streams weight by
+    weight: the other weights' bytes are copied as saved, and only the weight being merged is in memory.
+    Returns the files written."""
+    from safetensors import safe_open
 
     scaling = saved_lora_scaling(source_dir)
-    files = sorted(source_dir.glob("*.safetensors"))
-    weights, shard_of, adapter = {}, {}, {}
-    for file in files:
-        for name, tensor in load_file(file).items():
-            if ".lora_" in name:
-                if not name.endswith(PEFT_ADAPTER_SUFFIXES):
-                    raise ValueError(
-                        f"{file}: {name} is not a LoRA A or B matrix of peft's default adapter; only plain LoRA merges"
-                    )
-                adapter[name.replace(".default.weight", ".weight")] = tensor
-                continue
-            plain = name.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".")
-            weights[plain], shard_of[plain] = tensor, file.name
-    missing = merge_adapter(weights, adapter, scaling)
+    headers = {file: saved_header(file) for file in sorted(source_dir.glob("*.safetensors"))}
+    # Each weight by the model's name, and each adapter matrix by peft's name for it: (file, name saved).
+    saved_as, adapter = {}, {}
+    for file, (header, _) in headers.items():
+        for name in header:
+            if ".lora_" not in name:
+                saved_as[name.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".")] = (file, name)
+            elif name.endswith(PEFT_ADAPTER_SUFFIXES):
+                adapter[name.replace(".default.weight", ".weight")] = (file, name)
+            else:
+                raise ValueError(
+                    f"{file}: {name} is not a LoRA A or B matrix of peft's default adapter; only plain LoRA merges"
+                )
+    adapted = {f"{prefix.removeprefix(PEFT_PREFIX)}.weight": prefix for prefix in adapter_prefixes(adapter)}
+    missing = [name for name in adapted if name not in saved_as]
     if missing:
-        raise ValueError(f"{source_dir} has adapters on {', '.join(missing[:3])} without their weights")
+        raise ValueError(f"{source_dir} has adapters on {', '.join(missing[:3])} without those weights")
+
+    def read(file_and_name):
+        # Opened for each tensor: a file kept open keeps every tensor read from it mapped in memory.
+        file, name = file_and_name
+        with safe_open(file, "pt") as weights:
+            return weights.get_tensor(name)
+
+    def merged(name):
+        prefix = adapted.get(name)
+        if prefix is None:
+            return None
+        down, up = read(adapter[f"{prefix}.lora_A.weight"]), read(adapter[f"{prefix}.lora_B.weight"])
+        return with_adapter(read(saved_as[name]), down, up, scaling)
+
     target_dir.mkdir(parents=True, exist_ok=True)
-    for file in files:
-        shard = {name: tensor for name, tensor in weights.items() if shard_of[name] == file.name}
-        save_file(shard, target_dir / file.name, metadata={"format": "pt"})
-    index = source_dir / "model.safetensors.index.json"
-    if index.is_file():
-        total = sum(tensor.numel() * tensor.element_size() for tensor in weights.values())
-        written = {**json.loads(index.read_text()), "weight_map": shard_of}
-        written["metadata"] = {**written.get("metadata", {}), "total_size": total}
-        (target_dir / index.name).write_text(json.dumps(written, indent=2))
-    return len(adapter_prefixes(adapter))
+    weight_map, total = {}, 0
+    for file, (header, data_start) in headers.items():
+        kept = {saved: name for name, (source, saved) in saved_as.items() if source == file}
+        total += write_weights(file, data_start, header, kept, merged, target_dir / file.name)
+        weight_map.update(dict.fromkeys(kept.values(), file.name))
+    index = source_dir / WEIGHTS_INDEX
+    if not index.is_file():
+        return [file.name for file in headers]
+    written = {**json.loads(index.read_text()), "weight_map": weight_map, "metadata": {"total_size": total}}
+    (target_dir / WEIGHTS_INDEX).write_text(json.dumps(written, indent=2))
+    return [*(file.name for file in headers), WEIGHTS_INDEX]
+
+
+def saved_header(file: Path) -> tuple[dict, int]:
+    """A safetensors file's header (each tensor's dtype, shape and byte range in the data) and where its data
+    starts."""
+    with open(file, "rb") as weights:
+        length = int.from_bytes(weights.read(8), "little")
+        header = json.loads(weights.read(length))
+    header.pop("__metadata__", None)
+    return header, 8 + length
+
+
+def write_weights(source: Path, data_start: int, header: dict, renamed: dict, merged, target: Path) -> int:
+    """Writes the tensors of the safetensors file `source` that `renamed` names (saved name: name to write) to
+    `target` under their new names: a weight `merged` gives a tensor for, that tensor (of the same dtype and
+    shape), every other one the bytes saved. Returns the bytes of tensor data written."""
+    import torch
+
+    entries, end = {}, 0
+    for saved, name in renamed.items():
+        start, stop = header[saved]["data_offsets"]
+        entries[name] = {**header[saved], "data_offsets": [end, end + stop - start]}
+        end += stop - start
+    encoded = json.dumps({"__metadata__": {"format": "pt"}, **entries}, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(source, "rb") as reading, open(target, "wb") as writing:
+        writing.write(len(encoded).to_bytes(8, "little") + encoded)
+        for saved, name in renamed.items():
+            tensor = merged(name)
+            if tensor is not None:
+                writing.write(tensor.contiguous().view(torch.uint8).numpy().data)
+                continue
+            start, stop = header[saved]["data_offsets"]
+            reading.seek(data_start + start)
+            left = stop - start
+            while left:
+                chunk = reading.read(min(left, COPY_CHUNK))
+                if not chunk:
+                    raise ValueError(f"{source} ends inside {saved}")
+                writing.write(chunk)
+                left -= len(chunk)
+    return end
 
 
 def merge_saved_adapters(model_dir: Path) -> bool:
     """Rewrites verl's Hugging Face copy of a LoRA run's checkpoint (`huggingface/`) in place with the
     adapters merged into the weights, under the model's own names, so that transformers and vLLM load the
-    trained model. False, untouched, for a copy without peft's names."""
+    trained model. False, untouched, for a copy without peft's names.
+
+    The merged weights are written beside the copy first, then swapped in; a swap cut short (the run killed
+    in it) is finished by the next call, or by `with_lora_merged`."""
+    finish_interrupted_merge(model_dir)
     if not saved_by_peft(model_dir):
         return False
-    built = model_dir.with_name(f".{model_dir.name}.merging")
+    built = merging_dir(model_dir)
     shutil.rmtree(built, ignore_errors=True)
-    merged = write_merged_peft_weights(model_dir, built)
-    for path in built.iterdir():
-        os.replace(path, model_dir / path.name)
-    built.rmdir()
-    logger.warning("%s: %d LoRA adapters merged into the weights, saved under the model's own names", model_dir, merged)
+    written = write_merged_peft_weights(model_dir, built)
+    (built / MERGE_COMMIT).write_text(json.dumps(written))
+    finish_interrupted_merge(model_dir)
+    files = ", ".join(written)
+    logger.warning("%s: LoRA adapters merged into the weights, under the model's own names: %s", model_dir, files)
     return True
+
+
+def merging_dir(model_dir: Path) -> Path:
+    return model_dir.with_name(f".{model_dir.name}.merging")
+
+
+def finish_interrupted_merge(model_dir: Path) -> None:
+    """Swaps a merge of `model_dir` that was written in whole (its list of files saved) for its weights:
+    the weight files it does not write again go, then each of its files replaces its namesake. Doing
+    this again after an interruption finishes it."""
+    built = merging_dir(model_dir)
+    commit = built / MERGE_COMMIT
+    if not commit.is_file():
+        return
+    written = json.loads(commit.read_text())
+    for path in model_dir.iterdir():
+        if is_weight_file(path) and path.name not in written:
+            path.unlink()
+    for name in written:
+        if (built / name).exists():
+            os.replace(built / name, model_dir / name)
+    shutil.rmtree(built)
+
+
+def is_weight_file(path: Path) -> bool:
+    return path.is_file() and (path.suffix == ".safetensors" or path.name == WEIGHTS_INDEX)
 
 
 def write_adapter_merged(model_dir: Path, target_dir: Path) -> None:
@@ -185,6 +283,7 @@ def with_lora_merged(model_path: str) -> str:
     the adapter merged in, `lora_merged/` inside it: written the first time, and again whenever the
     weights, the adapter (or verl's record of its scaling) or config.json change."""
     model_dir = Path(model_path)
+    finish_interrupted_merge(model_dir)
     if (model_dir / ADAPTER_DIR / "adapter_config.json").is_file():
         where, adapter_files = f"{ADAPTER_DIR}/", sorted((model_dir / ADAPTER_DIR).iterdir())
         write_merged = write_adapter_merged
@@ -208,7 +307,7 @@ def with_lora_merged(model_path: str) -> str:
     shutil.rmtree(built, ignore_errors=True)
     write_merged(model_dir, built)
     for path in model_dir.iterdir():
-        if path.is_file() and path.suffix != ".safetensors" and not (built / path.name).exists():
+        if path.is_file() and not is_weight_file(path) and not (built / path.name).exists():
             shutil.copy2(path, built / path.name)
     (built / MERGE_RECORD).write_text(json.dumps(sources))
     shutil.rmtree(merged_dir, ignore_errors=True)

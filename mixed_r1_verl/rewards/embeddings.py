@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
+from ..data.model_files import WEIGHTS_INDEX
 from .bmas import row_norms
 
 # Input-embedding parameter names of the language models Mixed-R1 trains (Qwen2/2.5-VL, InternVL's
 # Qwen2 / InternLM2 backbones, GPT-style models); the shortest matching one outside the vision tower wins.
 _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "tok_embeddings.weight", "word_embeddings.weight", "wte.weight")
 _VISION_TOWER_NAMES = ("visual", "vision")  # Qwen's `visual`, InternVL's `vision_tower` / `vision_model`
-_WEIGHTS_INDEX = "model.safetensors.index.json"
 _SINGLE_WEIGHTS = "model.safetensors"
 
 
@@ -113,7 +113,7 @@ def _what_holds_the_weights(directory: Path) -> str:
 def _weight_files(model: str) -> list[Path]:
     """The safetensors files that may hold the embedding table: with an index, only the shard it names."""
     try:
-        index = _model_file(model, _WEIGHTS_INDEX)
+        index = _model_file(model, WEIGHTS_INDEX)
     except FileNotFoundError:
         if _is_local(model):
             directory = Path(model).expanduser()
@@ -128,7 +128,7 @@ def _weight_files(model: str) -> list[Path]:
     weight_map = json.loads(index.read_text())["weight_map"]
     key = _embedding_key(weight_map)
     if key is None:
-        raise ValueError(f"{_WEIGHTS_INDEX} names no input-embedding table among {_EMBEDDING_SUFFIXES}")
+        raise ValueError(f"{WEIGHTS_INDEX} names no input-embedding table among {_EMBEDDING_SUFFIXES}")
     return [_model_file(model, weight_map[key])]
 
 
