@@ -269,6 +269,54 @@ def test_an_installed_tasks_reward_fields_are_written_with_their_types_and_reach
     assert scores["vqa-2"]["error"] == 1.0
 
 
+def test_reward_fields_map_one_by_one_from_a_sources_own_layout_with_constants_added(vqa, tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=7, val_rows_per_task=0)
+    image = read_jsonl(jsonl)[0]["images"][0]
+    # VQAv2's layout: each annotator's answer in a list of objects.
+    vqa_rows = [
+        {"question_id": 1, "image": image, "question": "<image>How many?", "multiple_choice_answer": "2",
+         "annotations": {"answers": [{"answer": "2"}, {"answer": "two"}, {"answer": "2"}]}},
+        {"question_id": 2, "image": image, "question": "<image>What color?", "multiple_choice_answer": "red",
+         "annotations": {"answers": []}},
+        {"question_id": 3, "image": image, "question": "<image>How many?", "multiple_choice_answer": "3",
+         "annotations": {"answers": [{"answer": "3"}, {"answer": 3}]}},
+        {"question_id": 4, "image": image, "question": "<image>Is it red?", "multiple_choice_answer": "yes"},
+    ]  # fmt: skip
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in vqa_rows))
+    out = tmp_path / "out"
+    settings = [f"input={jsonl}", f"image_root={image_root}", f"output_dir={out}", "val_ratio=0", "progress=false",
+                "columns.id=question_id", "columns.images=image", "columns.problem=question",
+                "columns.answer=multiple_choice_answer", "columns.reward_info.answers=annotations.answers.*.answer",
+                "constants.task=vqa", "constants.data_source=vqav2", "constants.reward_info.min_matches=2"]  # fmt: skip
+    summary = prepare(parse_settings(PrepareConfig, settings))
+    assert summary["rows_written"] == 3 and summary["ignored_fields"] == {}, summary
+
+    written = {row["extra_info"]["id"]: row["extra_info"]["reward_info"] for row in pq.read_table(out / "train.parquet").to_pylist()}
+    assert written == {
+        "1": {"answers": ["2", "two", "2"], "min_matches": 2},
+        "2": {"answers": [], "min_matches": 2},
+        "4": {"answers": None, "min_matches": 2},
+    }
+    [reject] = read_jsonl(out / "rejects.jsonl")
+    assert (reject["id"], reject["reason"], reject["detail"]) == ("3", BAD_REWARD_INFO, "reward_info.answers: item 1: expected str, got 3")
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("columns.problem.text=question", "columns.problem must be a dotted path, got {'text': 'question'}"),
+        ("columns.reward_info.answers.text=a", "columns.reward_info must be a dotted path, or reward fields to paths, got "
+                                              "{'answers': {'text': 'a'}}"),
+        ("constants.reward_info=3", "constants.reward_info must be an object of reward fields, got 3"),
+    ],
+)  # fmt: skip
+def test_a_column_mapping_of_the_wrong_shape_is_refused_by_name(tmp_path, setting, message):
+    settings = ["input=rows.jsonl", f"image_root={tmp_path}", f"output_dir={tmp_path / 'out'}", setting]
+    with pytest.raises(ValueError) as refused:
+        prepare(parse_settings(PrepareConfig, settings))
+    assert str(refused.value) == message
+
+
 def test_mixed_r1_tasks_lists_an_installed_tasks_reward_fields(vqa, capsys):
     assert mixed_r1(["tasks"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (

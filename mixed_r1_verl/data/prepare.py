@@ -71,9 +71,9 @@ from mixed_r1_verl.data.records import (
     build_mapping,
     generated_id,
     iter_source_rows,
-    lookup,
     parse_box,
     parse_record,
+    read_column,
 )
 from mixed_r1_verl.rewards.tasks import all_reward_fields, task_names
 from mixed_r1_verl.settings import run_settings_cli
@@ -349,10 +349,13 @@ class RowConverter:
         self.max_prompt_length = config.max_prompt_length or DEFAULT_MAX_PROMPT_LENGTH[config.model_family]
         self.store = ImageStore(config.image_root)
         self.row_by_id: dict[str, int] = {}
-        # Source fields the mapping reads (a field given by a constant is not read); rows' other fields
-        # are counted in `ignored_fields`, for the summary.
+        # Source fields the mapping reads (a field given by a constant is not read, but for reward_info, which
+        # constants add to); rows' other fields are counted in `ignored_fields`, for the summary.
         self.read_fields = {
-            path.split(".")[0] for name, path in self.mapping.columns.items() if name not in self.mapping.constants
+            path.split(".")[0]
+            for name, column in self.mapping.columns.items()
+            if name not in self.mapping.constants or name == "reward_info"
+            for path in (column.values() if isinstance(column, dict) else [column])
         }
         self.ignored_fields: Counter = Counter()
 
@@ -360,7 +363,7 @@ class RowConverter:
         """A canonical field read from a source row through the mapping, without validation."""
         if name in self.mapping.constants:
             return self.mapping.constants[name]
-        return lookup(raw, self.mapping.columns.get(name, name)) if isinstance(raw, dict) else None
+        return read_column(raw, self.mapping.columns.get(name, name)) if isinstance(raw, dict) else None
 
     def source_task(self, raw: Any) -> str:
         """The task a rejected row is counted under: its mapped task when known, else "unknown"."""

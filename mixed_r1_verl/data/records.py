@@ -376,14 +376,16 @@ def generated_id(record: CanonicalRecord, image_digests: Sequence[str]) -> str:
 class ColumnMapping:
     """How to read a source row into a canonical one.
 
-    `columns` maps a canonical field to a dotted path in the source row ("conversations.0.value");
-    `constants` gives fields a fixed value (e.g. task=chart); `box_format` is "xyxy" or "xywh" (COCO),
+    `columns` maps a canonical field to a dotted path in the source row ("conversations.0.value"; `*`
+    takes every item of a list: "answers.*.answer"), and `reward_info` also field by field to paths
+    ({"answers": "annotations.*.text"}); `constants` gives fields a fixed value (e.g. task=chart), and
+    `reward_info` fields a value added to those read for every row; `box_format` is "xyxy" or "xywh" (COCO),
     for a box given as a 4-number list or a "[a, b, c, d]" string alike; `box_units` is "pixels" or
     "normalized" (0-1, scaled to the image's pixels when it is opened);
     `problem_template` wraps the mapped problem ("{problem}").
     """
 
-    columns: dict[str, str] = field(default_factory=lambda: {f: f for f in CANONICAL_FIELDS})
+    columns: dict[str, str | dict[str, str]] = field(default_factory=lambda: {f: f for f in CANONICAL_FIELDS})
     constants: dict[str, Any] = field(default_factory=dict)
     box_format: str = "xyxy"
     box_units: str = "pixels"
@@ -393,6 +395,14 @@ class ColumnMapping:
         unknown = (set(self.columns) | set(self.constants)) - set(CANONICAL_FIELDS)
         if unknown:
             raise ValueError(f"unknown canonical fields in column mapping: {sorted(unknown)}")
+        for name, path in self.columns.items():
+            by_field = name == "reward_info" and isinstance(path, dict)
+            if not (isinstance(path, str) or by_field and all(isinstance(each, str) for each in path.values())):
+                expected = "a dotted path" + (", or reward fields to paths" if name == "reward_info" else "")
+                raise ValueError(f"columns.{name} must be {expected}, got {path!r}")
+        reward_constants = self.constants.get("reward_info", {})
+        if not isinstance(reward_constants, dict):
+            raise ValueError(f"constants.reward_info must be an object of reward fields, got {reward_constants!r}")
         if self.box_format not in ("xyxy", "xywh"):
             raise ValueError(f"box_format must be 'xyxy' or 'xywh', got {self.box_format!r}")
         if self.box_units not in BOX_UNITS:
@@ -437,8 +447,14 @@ def build_mapping(layout: str, columns: dict | None = None, constants: dict | No
 
 
 def lookup(row: Any, dotted: str) -> Any:
+    """The value at a dotted path in a source row, None where there is none; a `*` part takes the rest of
+    the path from every item of a list."""
     value = row
-    for part in dotted.split("."):
+    parts = dotted.split(".")
+    for position, part in enumerate(parts):
+        if part == "*" and isinstance(value, list):
+            rest = ".".join(parts[position + 1 :])
+            return [lookup(item, rest) for item in value] if rest else value
         if isinstance(value, dict):
             value = value.get(part)
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
@@ -446,6 +462,15 @@ def lookup(row: Any, dotted: str) -> Any:
         else:
             return None
     return value
+
+
+def read_column(row: dict, path: str | dict[str, str]) -> Any:
+    """A canonical field's value in a source row: at a dotted path, or for reward fields mapped one by
+    one, the object of those the row has."""
+    if isinstance(path, str):
+        return lookup(row, path)
+    found = {name: lookup(row, field_path) for name, field_path in path.items()}
+    return {name: value for name, value in found.items() if value is not None} or None
 
 
 def exact_number(value: int | float) -> str:
@@ -483,8 +508,14 @@ def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
     the source has none."""
     if not isinstance(row, dict):
         raise RecordError(BAD_RECORD, f"expected a JSON object, got {type(row).__name__}")
-    record = {name: lookup(row, path) for name, path in mapping.columns.items()}
-    record.update(mapping.constants)
+    record = {name: read_column(row, path) for name, path in mapping.columns.items()}
+    for name, value in mapping.constants.items():
+        read = record.get(name)
+        if name != "reward_info" or read is None:
+            record[name] = value
+        elif isinstance(read, dict):
+            record[name] = {**read, **value}
+        # else: reward_info that is no object stays, for `parse_record` to reject
     if record.get("id") is not None:
         record["id"] = str(record["id"])
     if isinstance(record.get("images"), str):
