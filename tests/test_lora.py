@@ -233,9 +233,10 @@ def test_a_merge_cut_short_while_swapping_its_files_in_is_finished_by_the_next_r
     replace, swapped = os.replace, []
 
     def killed_after_the_first_file(source, target):
-        if swapped:
-            raise KeyboardInterrupt("killed while swapping the merged files in")
-        swapped.append(target)
+        if target.parent == copy:
+            if swapped:
+                raise KeyboardInterrupt("killed while swapping the merged files in")
+            swapped.append(target)
         replace(source, target)
 
     monkeypatch.setattr(lora.os, "replace", killed_after_the_first_file)

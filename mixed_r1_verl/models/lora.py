@@ -163,7 +163,7 @@ def write_merged_peft_weights(source_dir: Path, target_dir: Path) -> list[str]:
     weight_map, total = {}, 0
     for file, (header, data_start) in headers.items():
         kept = {saved: name for name, (source, saved) in saved_as.items() if source == file}
-        total += write_weights(file, data_start, header, kept, merged, target_dir / file.name)
+        total += write_renamed_file(file, data_start, header, kept, merged, target_dir / file.name)
         weight_map.update(dict.fromkeys(kept.values(), file.name))
     index = source_dir / WEIGHTS_INDEX
     if not index.is_file():
@@ -183,7 +183,7 @@ def saved_header(file: Path) -> tuple[dict, int]:
     return header, 8 + length
 
 
-def write_weights(source: Path, data_start: int, header: dict, renamed: dict, merged, target: Path) -> int:
+def write_renamed_file(source: Path, data_start: int, header: dict, renamed: dict, merged, target: Path) -> int:
     """Writes the tensors of the safetensors file `source` that `renamed` names (saved name: name to write) to
     `target` under their new names: a weight `merged` gives a tensor for, that tensor (of the same dtype and
     shape), every other one the bytes saved. Returns the bytes of tensor data written."""
@@ -228,7 +228,8 @@ def merge_saved_adapters(model_dir: Path) -> bool:
     built = merging_dir(model_dir)
     shutil.rmtree(built, ignore_errors=True)
     written = write_merged_peft_weights(model_dir, built)
-    (built / MERGE_COMMIT).write_text(json.dumps(written))
+    (built / f"{MERGE_COMMIT}.partial").write_text(json.dumps(written))
+    os.replace(built / f"{MERGE_COMMIT}.partial", built / MERGE_COMMIT)
     finish_interrupted_merge(model_dir)
     files = ", ".join(written)
     logger.warning("%s: LoRA adapters merged into the weights, under the model's own names: %s", model_dir, files)
