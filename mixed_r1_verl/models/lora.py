@@ -23,7 +23,14 @@ import os
 import shutil
 from pathlib import Path
 
-from mixed_r1_verl.data.model_files import WEIGHTS_INDEX, file_stamps
+from mixed_r1_verl.data.model_files import file_stamps
+from mixed_r1_verl.models.weight_files import (
+    is_weight_file,
+    read_tensor,
+    rewrite_weight_files,
+    saved_header,
+    saved_names,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +47,6 @@ PEFT_PREFIX = "base_model.model."
 TRAIN_META = "lora_train_meta.json"
 # peft's names of the one adapter verl trains, in a saved state dict.
 PEFT_ADAPTER_SUFFIXES = (".lora_A.default.weight", ".lora_B.default.weight")
-# The bytes copied at a time from a saved weight that has no adapter.
-COPY_CHUNK = 64 * 2**20
 # Beside a merge written in whole: the files it swaps in.
 MERGE_COMMIT = "written.json"
 
@@ -101,11 +106,8 @@ def lora_scaling(adapter_config: dict) -> float:
 
 def saved_by_peft(model_dir: Path) -> bool:
     """Whether a model directory's weights go by peft's names (read from the files' headers only)."""
-    from safetensors import safe_open
-
     for file in model_dir.glob("*.safetensors"):
-        with safe_open(file, "pt") as weights:
-            return any(name.startswith(PEFT_PREFIX) for name in weights.keys())
+        return any(name.startswith(PEFT_PREFIX) for name in saved_header(file)[0])
     return False
 
 
@@ -120,21 +122,17 @@ def saved_lora_scaling(model_dir: Path) -> float:
     return lora_scaling(json.loads(meta.read_text()))
 
 
-def write_merged_peft_weights(source_dir: Path, target_dir: Path) -> list[str]:
+def write_merged_peft_weights(source_dir: Path, target_dir: Path, dtype: str | None = None) -> list[str]:
     """Writes the weights of `source_dir`, saved under peft's names, to `target_dir` under the model's own
-    names with each adapter merged into its weight, in the same files (and index). It streams weight by
-    weight: the other weights' bytes are copied as saved, and only the weight being merged is in memory.
-    Returns the files written."""
-    from safetensors import safe_open
-
+    names with each adapter merged into its weight (cast to `dtype`, torch's name, where given), in the same
+    files (and index), holding only the weight being merged in memory. Returns the files written."""
     scaling = saved_lora_scaling(source_dir)
-    headers = {file: saved_header(file) for file in sorted(source_dir.glob("*.safetensors"))}
     # Each weight by the model's name, and each adapter matrix by peft's name for it: (file, name saved).
     saved_as, adapter = {}, {}
-    for file, (header, _) in headers.items():
-        for name in header:
+    for file, names in saved_names(source_dir).items():
+        for name in names:
             if ".lora_" not in name:
-                saved_as[name.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".")] = (file, name)
+                saved_as[model_name(name)] = (file, name)
             elif name.endswith(PEFT_ADAPTER_SUFFIXES):
                 adapter[name.replace(".default.weight", ".weight")] = (file, name)
             else:
@@ -146,73 +144,21 @@ def write_merged_peft_weights(source_dir: Path, target_dir: Path) -> list[str]:
     if missing:
         raise ValueError(f"{source_dir} has adapters on {', '.join(missing[:3])} without those weights")
 
-    def read(file_and_name):
-        # Opened for each tensor: a file kept open keeps every tensor read from it mapped in memory.
-        file, name = file_and_name
-        with safe_open(file, "pt") as weights:
-            return weights.get_tensor(name)
-
     def merged(name):
         prefix = adapted.get(name)
         if prefix is None:
             return None
-        down, up = read(adapter[f"{prefix}.lora_A.weight"]), read(adapter[f"{prefix}.lora_B.weight"])
-        return with_adapter(read(saved_as[name]), down, up, scaling)
+        down, up = read_tensor(*adapter[f"{prefix}.lora_A.weight"]), read_tensor(*adapter[f"{prefix}.lora_B.weight"])
+        return with_adapter(read_tensor(*saved_as[name]), down, up, scaling)
 
-    target_dir.mkdir(parents=True, exist_ok=True)
-    weight_map, total = {}, 0
-    for file, (header, data_start) in headers.items():
-        kept = {saved: name for name, (source, saved) in saved_as.items() if source == file}
-        total += write_renamed_file(file, data_start, header, kept, merged, target_dir / file.name)
-        weight_map.update(dict.fromkeys(kept.values(), file.name))
-    index = source_dir / WEIGHTS_INDEX
-    if not index.is_file():
-        return [file.name for file in headers]
-    written = {**json.loads(index.read_text()), "weight_map": weight_map, "metadata": {"total_size": total}}
-    (target_dir / WEIGHTS_INDEX).write_text(json.dumps(written, indent=2))
-    return [*(file.name for file in headers), WEIGHTS_INDEX]
+    return rewrite_weight_files(
+        source_dir, target_dir, lambda saved: None if ".lora_" in saved else model_name(saved), merged, dtype
+    )
 
 
-def saved_header(file: Path) -> tuple[dict, int]:
-    """A safetensors file's header (each tensor's dtype, shape and byte range in the data) and where its data
-    starts."""
-    with open(file, "rb") as weights:
-        length = int.from_bytes(weights.read(8), "little")
-        header = json.loads(weights.read(length))
-    header.pop("__metadata__", None)
-    return header, 8 + length
-
-
-def write_renamed_file(source: Path, data_start: int, header: dict, renamed: dict, merged, target: Path) -> int:
-    """Writes the tensors of the safetensors file `source` that `renamed` names (saved name: name to write) to
-    `target` under their new names: a weight `merged` gives a tensor for, that tensor (of the same dtype and
-    shape), every other one the bytes saved. Returns the bytes of tensor data written."""
-    import torch
-
-    entries, end = {}, 0
-    for saved, name in renamed.items():
-        start, stop = header[saved]["data_offsets"]
-        entries[name] = {**header[saved], "data_offsets": [end, end + stop - start]}
-        end += stop - start
-    encoded = json.dumps({"__metadata__": {"format": "pt"}, **entries}, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-    with open(source, "rb") as reading, open(target, "wb") as writing:
-        writing.write(len(encoded).to_bytes(8, "little") + encoded)
-        for saved, name in renamed.items():
-            tensor = merged(name)
-            if tensor is not None:
-                writing.write(tensor.contiguous().view(torch.uint8).numpy().data)
-                continue
-            start, stop = header[saved]["data_offsets"]
-            reading.seek(data_start + start)
-            left = stop - start
-            while left:
-                chunk = reading.read(min(left, COPY_CHUNK))
-                if not chunk:
-                    raise ValueError(f"{source} ends inside {saved}")
-                writing.write(chunk)
-                left -= len(chunk)
-    return end
+def model_name(saved: str) -> str:
+    """A weight's name in the model, from peft's name for it."""
+    return saved.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".")
 
 
 def merge_saved_adapters(model_dir: Path) -> bool:
@@ -256,10 +202,6 @@ def finish_interrupted_merge(model_dir: Path) -> None:
         if (built / name).exists():
             os.replace(built / name, model_dir / name)
     shutil.rmtree(built)
-
-
-def is_weight_file(path: Path) -> bool:
-    return path.is_file() and (path.suffix == ".safetensors" or path.name == WEIGHTS_INDEX)
 
 
 def write_adapter_merged(model_dir: Path, target_dir: Path) -> None:

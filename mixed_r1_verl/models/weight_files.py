@@ -1,0 +1,126 @@
+"""A model directory's safetensors weights rewritten tensor by tensor: renamed, some replaced, floating-point
+ones cast, holding only the tensor being changed in memory; the others' bytes are copied as saved."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+from mixed_r1_verl.data.model_files import WEIGHTS_INDEX
+
+# The bytes copied at a time from a saved tensor that is written as it is.
+COPY_CHUNK = 64 * 2**20
+# safetensors' names of the floating-point dtypes a checkpoint's weights are cast between, by torch's name.
+FLOAT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
+
+
+def is_weight_file(path: Path) -> bool:
+    return path.is_file() and (path.suffix == ".safetensors" or path.name == WEIGHTS_INDEX)
+
+
+def saved_header(file: Path) -> tuple[dict, int]:
+    """A safetensors file's header (each tensor's dtype, shape and byte range in the data) and where its data
+    starts."""
+    with open(file, "rb") as weights:
+        length = int.from_bytes(weights.read(8), "little")
+        header = json.loads(weights.read(length))
+    header.pop("__metadata__", None)
+    return header, 8 + length
+
+
+def saved_names(source_dir: Path) -> dict[Path, list[str]]:
+    """The tensors each safetensors file of a directory holds, read from the headers."""
+    return {file: list(saved_header(file)[0]) for file in sorted(source_dir.glob("*.safetensors"))}
+
+
+def saved_dtypes(model_dir: Path) -> list[str]:
+    """The dtypes (safetensors' names) of a model directory's weights."""
+    headers = [saved_header(file)[0] for file in model_dir.glob("*.safetensors")]
+    return sorted({entry["dtype"] for header in headers for entry in header.values()})
+
+
+def torch_dtype(code: str):
+    """The torch dtype of safetensors' name of a floating-point dtype."""
+    import torch
+
+    return getattr(torch, next(name for name, each in FLOAT_DTYPES.items() if each == code))
+
+
+def read_tensor(file: Path, name: str):
+    # Opened for each tensor: a file kept open keeps every tensor read from it mapped in memory.
+    from safetensors import safe_open
+
+    with safe_open(file, "pt") as weights:
+        return weights.get_tensor(name)
+
+
+def rewrite_weight_files(
+    source_dir: Path,
+    target_dir: Path,
+    renamed: Callable[[str], str | None],
+    replaced: Callable[[str], object | None] = lambda name: None,
+    dtype: str | None = None,
+) -> list[str]:
+    """Writes the weights of `source_dir` to `target_dir`, in the same files (and index): each tensor under
+    the name `renamed` gives its saved name (left out for None), as `replaced` gives it for its new name (a
+    tensor of the same shape) or else as saved, cast to `dtype` (torch's name) where it is floating-point.
+    Returns the files written."""
+    import torch
+
+    cast = FLOAT_DTYPES[dtype] if dtype else None
+    weight_map, total, files = {}, 0, []
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for file in sorted(source_dir.glob("*.safetensors")):
+        header, data_start = saved_header(file)
+        entries, saved_as, end = {}, {}, 0
+        for saved, entry in header.items():
+            name = renamed(saved)
+            if name is None:
+                continue
+            start, stop = entry["data_offsets"]
+            written = cast if cast and entry["dtype"] in FLOAT_DTYPES.values() else entry["dtype"]
+            size = stop - start
+            if written != entry["dtype"]:
+                size = math.prod(entry["shape"]) * torch_dtype(written).itemsize
+            entries[name] = {"dtype": written, "shape": entry["shape"], "data_offsets": [end, end + size]}
+            saved_as[name] = saved
+            end += size
+        if not entries:
+            continue
+        encoded = json.dumps({"__metadata__": {"format": "pt"}, **entries}, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        with open(file, "rb") as reading, open(target_dir / file.name, "wb") as writing:
+            writing.write(len(encoded).to_bytes(8, "little") + encoded)
+            for name, entry in entries.items():
+                saved = saved_as[name]
+                tensor = replaced(name)
+                if tensor is None and entry["dtype"] == header[saved]["dtype"]:
+                    start, stop = header[saved]["data_offsets"]
+                    copy_bytes(reading, writing, data_start + start, stop - start, f"{file}: {saved}")
+                    continue
+                if tensor is None:
+                    tensor = read_tensor(file, saved)
+                if entry["dtype"] != header[saved]["dtype"]:
+                    tensor = tensor.to(torch_dtype(entry["dtype"]))
+                writing.write(tensor.contiguous().view(torch.uint8).numpy().data)
+        weight_map.update(dict.fromkeys(entries, file.name))
+        total += end
+        files.append(file.name)
+    index = source_dir / WEIGHTS_INDEX
+    if not index.is_file():
+        return files
+    rewritten = {**json.loads(index.read_text()), "weight_map": weight_map, "metadata": {"total_size": total}}
+    (target_dir / WEIGHTS_INDEX).write_text(json.dumps(rewritten, indent=2))
+    return [*files, WEIGHTS_INDEX]
+
+
+def copy_bytes(reading, writing, offset: int, count: int, what: str) -> None:
+    reading.seek(offset)
+    while count:
+        chunk = reading.read(min(count, COPY_CHUNK))
+        if not chunk:
+            raise ValueError(f"{what}: the file ends inside the tensor")
+        writing.write(chunk)
+        count -= len(chunk)
