@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "prepare": ("mixed_r1_verl.data.prepare", "convert raw records into training parquet"),
     "engine": ("mixed_r1_verl.data.engine", "select a training mix: validate, dedup, verify, difficulty, balance"),
     "eval": ("mixed_r1_verl.eval.cli", "score a model on held-out parquet with the training rewards"),
+    "export": ("mixed_r1_verl.export", "a training checkpoint as a Hugging Face model directory, LoRA merged in"),
     "learn": ("mixed_r1_verl.learn", "the learning proof: base eval, SFT, eval, GRPO, eval on one GPU"),
     "tasks": ("mixed_r1_verl.rewards.tasks", "list the tasks: the four built-in and those installed packages add"),
 }

@@ -43,12 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from mixed_r1_verl.data.model_files import CHECKPOINT_TRACKER
 from mixed_r1_verl.models.tiny_qwen25vl import describe_model, size_from_settings
 from mixed_r1_verl.run_logs import EXIT_OUT_OF_TIME, STACKS_SUFFIX, run_with_limit
 from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
 
-# Written by verl next to the global_step_N directories once a checkpoint is complete.
-CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
 RUNS = ("base", "sft", "grpo")
 RUN_NAMES = {"base": "base", "sft": "SFT", "grpo": "GRPO"}
 # Where a checkpoint of each trained run holds its Hugging Face model, the one its evaluation scores.

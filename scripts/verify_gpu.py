@@ -117,7 +117,7 @@ PIECES = (
           "recipe=smoke, 6 GRPO steps with vLLM: per-task rewards on four-task batches", run=SMOKE_RUN),
     Piece("image_frames", suite("tests/gpu/test_gpu_image_frames.py"), "verl's image path and MixedR1Dataset agree"),
     Piece("bmas_figure", ("benchmarks/bmas.py", "--device", "cuda"), "BMAS, 2,560 responses at 7B sizes", alone=True),
-    Piece("eval", suite("tests/gpu/test_gpu_eval.py"), "merge of step 6, evaluation with vLLM: per-task table",
+    Piece("eval", suite("tests/gpu/test_gpu_eval.py"), "export of step 6, evaluation with vLLM: per-task table",
           after="training"),
     Piece("resume_filtering", suite("tests/gpu/test_gpu_training.py", "tests/gpu/test_gpu_bmas.py", "-k",
                                     "not four_task and not gpu_actor"),

@@ -50,14 +50,15 @@ def exit_code(argv: list[str]):
 def test_help_lists_every_subcommand(capsys):
     assert main(["--help"]) == 0
     printed = capsys.readouterr().out
-    assert all(f"  {name} " in printed for name in ("train", "sft", "prepare", "engine", "eval", "learn", "tasks"))
+    assert all(f"  {name} " in printed for name in ("train", "sft", "prepare", "engine", "eval", "export", "learn", "tasks"))
     assert main([]) == 2 and main(["fly"]) == 2
     assert "unknown subcommand 'fly'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     ("subcommand", "setting"),
-    [("train", "cluster_wait_s: 300"), ("prepare", "output_dir:"), ("engine", "output_dir:"), ("eval", "max_new_tokens: 1024")],
+    [("train", "cluster_wait_s: 300"), ("prepare", "output_dir:"), ("engine", "output_dir:"), ("eval", "max_new_tokens: 1024"),
+     ("export", "checkpoint: ???")],
 )
 def test_each_subcommand_lists_its_settings_and_defaults(subcommand, setting, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))

@@ -506,7 +506,7 @@ def grpo_checkpoint(root, resaved_model_dir):
 def test_a_verl_checkpoint_as_model_is_refused_naming_what_to_pass(tmp_path, parquet, resaved_model_dir):
     step = grpo_checkpoint(tmp_path, resaved_model_dir)
     copy = step / "actor" / "huggingface"
-    merge = f"python -m verl.model_merger merge --backend fsdp --local_dir {step / 'actor'} --target_dir HF_DIR"
+    export = f"python -m mixed_r1_verl.export checkpoint={step / 'actor'} out_dir=HF_DIR"
     out = tmp_path / "run"
 
     def refusal(model):
@@ -516,10 +516,10 @@ def test_a_verl_checkpoint_as_model_is_refused_naming_what_to_pass(tmp_path, par
 
     assert refusal(step) == (
         f"FileNotFoundError: {step} is a verl checkpoint, not a Hugging Face model directory, and {copy} has "
-        f"no weights: merge its shards first: {merge}"
+        f"no weights: export it first, its shards merged: {export}"
     )
-    assert merge in refusal(step / "actor")
-    assert refusal(copy).startswith(f"FileNotFoundError: {copy} has config.json but no weights") and merge in refusal(copy)
+    assert export in refusal(step / "actor")
+    assert refusal(copy).startswith(f"FileNotFoundError: {copy} has config.json but no weights") and export in refusal(copy)
     assert refusal(tmp_path) == f"FileNotFoundError: {tmp_path} is not a Hugging Face model directory (no config.json)"
     shutil.copy(resaved_model_dir / "model.safetensors", copy)
     assert refusal(step).endswith(f"is a verl checkpoint, not a Hugging Face model directory: pass its model, {copy}")

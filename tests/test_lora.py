@@ -16,7 +16,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from data_helpers import CPU_GRPO_SETTINGS, checkout_env, run_on_cpu
+from data_helpers import CPU_GRPO_SETTINGS, checkout_env, run_module, run_on_cpu
 from test_train_config import compose_recipe
 from mixed_r1_verl.data.model_files import WEIGHTS_INDEX
 from mixed_r1_verl.main import lora_mismatches, start_from_merged_adapter
@@ -166,6 +166,37 @@ def test_the_checkpoints_hugging_face_copy_holds_the_weights_with_the_adapters_m
         assert torch.allclose(ours[name], expected[name], rtol=1e-2, atol=1e-3), name
     # The trained adapters move the weights by more than that tolerance.
     assert any(".language_model." in name and not torch.allclose(ours[name], base[name], rtol=1e-2, atol=1e-3) for name in ours)
+
+
+def test_export_writes_a_lora_checkpoint_with_the_adapters_merged_in_from_its_copy_or_its_shards(lora_run, tmp_path):
+    work_dir, merged = lora_run
+    actor = work_dir / "smoke" / "checkpoints" / f"global_step_{STEPS}" / "actor"
+    from_copy = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={actor.parent}", f"out_dir={tmp_path / 'copy'}"))
+    # The trainer merged the adapters into the copy when it saved it, in the actor's float32; the export is
+    # in the config's bfloat16 unless asked for the dtype saved.
+    assert (from_copy["weights_from"], from_copy["lora_merged"], from_copy["dtypes"]) == ("huggingface/", False, ["BF16"])
+    as_saved = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={actor}", f"out_dir={tmp_path / 'saved'}", "dtype=saved"))
+    assert as_saved["dtypes"] == ["F32"] and as_saved["weight_bytes"] > 1.9 * from_copy["weight_bytes"]
+    copy = load_file(actor / "huggingface" / "model.safetensors")
+    exported, exported_as_saved = load_file(tmp_path / "copy" / "model.safetensors"), load_file(tmp_path / "saved" / "model.safetensors")
+    assert exported.keys() == exported_as_saved.keys() == copy.keys()
+    assert all(exported[name].equal(copy[name].bfloat16()) and exported_as_saved[name].equal(copy[name]) for name in copy)
+
+    shards_only = tmp_path / "global_step_2" / "actor"
+    shutil.copytree(actor, shards_only, ignore=shutil.ignore_patterns("*.safetensors"))
+    from_shards = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={shards_only.parent}", f"out_dir={tmp_path / 'shards'}"))
+    assert (from_shards["weights_from"], from_shards["lora_merged"], from_shards["dtypes"]) == (
+        "FSDP shards, by verl's model merger", True, ["BF16"]
+    )  # fmt: skip
+    assert not any(name.startswith("lora_") for name in from_shards["files"]) and "processor_config.json" in from_shards["files"]
+
+    expected = AutoModelForImageTextToText.from_pretrained(with_lora_merged(str(merged)), dtype=torch.float32).state_dict()
+    for exported in ("copy", "shards"):
+        ours = AutoModelForImageTextToText.from_pretrained(tmp_path / exported, dtype=torch.float32).state_dict()
+        assert ours.keys() == expected.keys()
+        for name in ours:
+            # verl saves the copy in the actor's float32, its merger the base weights in bfloat16.
+            assert torch.allclose(ours[name], expected[name], rtol=1e-2, atol=1e-3), (exported, name)
 
 
 def peft_saved_copy(model_dir, target, shards: int):

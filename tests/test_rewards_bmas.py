@@ -226,7 +226,7 @@ def test_a_directory_without_safetensors_says_what_it_holds(tiny_model_dir, tmp_
         expected = r"has PyTorch \.bin weights only: save the model again with save_pretrained"
     else:
         torch.save(weights, actor / "model_world_size_1_rank_0.pt")
-        expected = r"verl checkpoint, whose weights are FSDP shards: merge them .*python -m verl\.model_merger merge"
+        expected = r"verl checkpoint, whose weights are FSDP shards: export it, .*python -m mixed_r1_verl\.export checkpoint="
     refused = rf"no safetensors weights in {re.escape(str(model_dir))} .*{expected}"
     with pytest.raises(EmbeddingModelError, match=refused):
         load_input_embeddings(model_dir)

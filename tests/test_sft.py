@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGe
 from verl.trainer.sft_trainer import create_sft_dataset
 from verl.utils.config import omega_conf_to_dataclass
 
-from data_helpers import CPU_SFT_SETTINGS, REPO, run_on_cpu
+from data_helpers import CPU_SFT_SETTINGS, REPO, run_module, run_on_cpu
 from test_train_config import compose_recipe
 from mixed_r1_verl.data.prepare import SFT_SCHEMA, PrepareConfig, prepare, sft_target
 from mixed_r1_verl.data.processor import load_image_text_processor
@@ -457,6 +458,28 @@ def test_verls_sft_trainer_fits_the_rationales_and_saves_the_model_grpo_starts_f
     assert any(".visual." in name for name in changed) and any("language_model" in name for name in changed)
     processor = load_image_text_processor(trained_on_cpu / "sft_model")
     assert processor.image_processor.to_dict() == load_image_text_processor(tiny_model_dir).image_processor.to_dict()
+
+
+def test_export_writes_an_sft_checkpoint_from_its_copy_or_its_shards_as_a_model_directory(trained_on_cpu, tmp_path):
+    step = trained_on_cpu / "checkpoints" / f"global_step_{CPU_SFT_STEPS}"
+    from_copy = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={step}", f"out_dir={tmp_path / 'copy'}"))
+    assert (from_copy["checkpoint"], from_copy["weights_from"], from_copy["lora_merged"]) == (str(step), "huggingface/", False)
+    assert from_copy["dtypes"] == ["BF16"]
+    shards_only = tmp_path / step.name
+    shutil.copytree(step, shards_only, ignore=shutil.ignore_patterns("*.safetensors"))
+    from_shards = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={shards_only}", f"out_dir={tmp_path / 'shards'}"))
+    assert from_shards["weights_from"] == "FSDP shards, by verl's model merger"
+    assert (from_shards["files"], from_shards["dtypes"]) == (from_copy["files"], ["BF16"])
+
+    saved = Qwen2_5_VLForConditionalGeneration.from_pretrained(step / "huggingface", dtype="auto").state_dict()
+    for exported in ("copy", "shards"):
+        weights = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / exported, dtype="auto").state_dict()
+        assert weights.keys() == saved.keys(), exported
+        # The copy holds the actor's float32 weights, both exports the config's bfloat16.
+        assert all(weights[name].equal(saved[name].to(weights[name].dtype)) for name in saved), exported
+        assert load_image_text_processor(tmp_path / exported).image_processor.to_dict() == (
+            load_image_text_processor(step / "huggingface").image_processor.to_dict()
+        )  # fmt: skip
 
 
 def test_a_lora_fine_tuning_saves_the_model_with_its_adapters_merged_in_for_grpo_to_start_from(

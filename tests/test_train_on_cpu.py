@@ -256,6 +256,24 @@ def test_the_checkpoint_merged_by_verls_model_merger_is_evaluated_on_every_val_r
     assert summary["tasks"]["all"]["n"] == val_rows and summary["tasks"]["all"]["errors"] == 0
 
 
+def test_export_writes_the_trained_actor_from_its_shards_as_a_model_directory_with_its_processor(first_run):
+    work_dir, _ = first_run
+    step = work_dir / "smoke" / "checkpoints" / f"global_step_{FIRST_RUN_STEPS}"
+    out = work_dir / "exported"
+    summary = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={step}", f"out_dir={out}"))
+    assert (summary["weights_from"], summary["lora_merged"], summary["dtypes"]) == (
+        "FSDP shards, by verl's model merger", False, ["BF16"]
+    )  # fmt: skip
+    # verl's copy saved without hf_model: its config, tokenizer, chat template and processor, no weights.
+    copy = sorted(path.name for path in (step / "actor" / "huggingface").iterdir())
+    assert "model.safetensors" not in copy and summary["files"] == sorted([*copy, "model.safetensors"])
+    assert image_processor_settings(out)
+    shard = torch.load(step / "actor" / "model_world_size_1_rank_0.pt", map_location="cpu", weights_only=False)
+    loaded = AutoModelForImageTextToText.from_pretrained(out, dtype="auto").state_dict()
+    assert loaded.keys() == shard.keys()
+    assert all(loaded[name].equal(as_local(shard[name]).to(loaded[name].dtype)) for name in shard)
+
+
 def test_a_response_ends_at_the_first_image_or_video_placeholder_it_generates_outside_the_loss():
     image_pad, video_pad, end = 151655, 151656, 151645
     output = AgentLoopOutput(

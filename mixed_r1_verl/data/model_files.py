@@ -47,7 +47,10 @@ def resolve_model_dir(model_path: str | os.PathLike) -> Path:
 WEIGHT_FILES = ("*.safetensors", "*.bin")
 # Which shard holds each weight, in a checkpoint saved in several safetensors files.
 WEIGHTS_INDEX = "model.safetensors.index.json"
-MERGE_COMMAND = "python -m verl.model_merger merge --backend fsdp --local_dir {shards} --target_dir HF_DIR"
+# The Hugging Face copy verl saves beside a checkpoint's shards, and verl's record of a run's latest checkpoint.
+COPY_DIR = "huggingface"
+CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
+EXPORT_COMMAND = "python -m mixed_r1_verl.export checkpoint={checkpoint} out_dir=HF_DIR"
 
 
 def file_stamps(directory: Path, files) -> list[list]:
@@ -68,21 +71,21 @@ def not_a_model_reason(directory: str | os.PathLike) -> str | None:
     if (directory / "config.json").is_file():
         if has_weights(directory):
             return None
-        shards = directory.parent if directory.name == "huggingface" else directory
+        shards = directory.parent if directory.name == COPY_DIR else directory
         return (
             f"{directory} has config.json but no weights ({', '.join(WEIGHT_FILES)}); a verl checkpoint's "
-            "huggingface/ holds them only when saved with hf_model in save_contents. Merge the checkpoint's "
-            f"shards into a model directory: {MERGE_COMMAND.format(shards=shards)}"
+            f"{COPY_DIR}/ holds them only when saved with hf_model in save_contents. Export the checkpoint, "
+            f"its shards merged, as a model directory: {EXPORT_COMMAND.format(checkpoint=shards)}"
         )
     shards = directory / "actor" if (directory / "actor").is_dir() else directory
-    if not (shards / "huggingface").is_dir():
+    if not (shards / COPY_DIR).is_dir():
         return f"{directory} is not a Hugging Face model directory (no config.json)"
-    copy = shards / "huggingface"
+    copy = shards / COPY_DIR
     if has_weights(copy):
         return f"{directory} is a verl checkpoint, not a Hugging Face model directory: pass its model, {copy}"
     return (
         f"{directory} is a verl checkpoint, not a Hugging Face model directory, and {copy} has no weights: "
-        f"merge its shards first: {MERGE_COMMAND.format(shards=shards)}"
+        f"export it first, its shards merged: {EXPORT_COMMAND.format(checkpoint=shards)}"
     )
 
 
@@ -111,7 +114,8 @@ def required_image_processor_settings(model_dir: str | os.PathLike) -> dict:
         raise FileNotFoundError(
             f"{model_dir} has no image processor settings (preprocessor_config.json, or processor_config.json "
             "with an image_processor). verl's model merger saves the processor only where AutoProcessor loads it "
-            "(it needs torchvision): copy processor_config.json from the checkpoint's actor/huggingface directory"
+            "(it needs torchvision): copy processor_config.json from the checkpoint's actor/huggingface directory, "
+            f"or export the checkpoint with {EXPORT_COMMAND.format(checkpoint='<checkpoint>')}"
         )
     return settings
 

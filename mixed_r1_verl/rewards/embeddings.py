@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.model_files import WEIGHTS_INDEX
+from ..data.model_files import EXPORT_COMMAND, WEIGHTS_INDEX
 from .bmas import row_norms
 
 # Input-embedding parameter names of the language models Mixed-R1 trains (Qwen2/2.5-VL, InternVL's
@@ -104,8 +104,8 @@ def _what_holds_the_weights(directory: Path) -> str:
     verl_shards = "model_world_size_*_rank_*.pt"
     if any(directory.glob(verl_shards)) or any(directory.parent.glob(verl_shards)):
         return (
-            "; it is (in) a verl checkpoint, whose weights are FSDP shards: merge them into a model directory with "
-            "python -m verl.model_merger merge --backend fsdp --local_dir <checkpoint>/actor --target_dir <dir>"
+            "; it is (in) a verl checkpoint, whose weights are FSDP shards: export it, its shards merged, as a model "
+            f"directory with {EXPORT_COMMAND.format(checkpoint='<checkpoint>')}"
         )
     return ""
 

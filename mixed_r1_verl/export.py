@@ -1,0 +1,166 @@
+"""Export a training checkpoint as a Hugging Face model directory that transformers, vLLM (`vllm serve`)
+and the Hub load as it is: weights under the model's own names with any LoRA adapter merged in, config,
+tokenizer, chat template and processor.
+
+    python -m mixed_r1_verl.export checkpoint=checkpoints/mixed_r1/qwen25vl_7b out_dir=hf/qwen25vl_7b
+
+`checkpoint` is a run's checkpoint directory (`trainer.default_local_dir`: its latest checkpoint), one
+checkpoint (`global_step_N`, GRPO's or SFT's), a GRPO checkpoint's `actor/`, or its Hugging Face copy
+(`huggingface/`). The weights come from the copy where it holds them (saved with `hf_model` in
+save_contents), else from the FSDP shards through verl's model merger, in the dtype the model's config
+names (`dtype=auto`) or as the copy holds them (`dtype=saved`). `out_dir` is written new. Prints a summary
+(JSON): where the weights came from, whether adapters were merged, the files, dtypes and bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mixed_r1_verl.data.model_files import (
+    CHECKPOINT_TRACKER,
+    COPY_DIR,
+    checkpoint_model_type,
+    has_weights,
+    not_a_model_reason,
+    required_image_processor_settings,
+)
+from mixed_r1_verl.models.lora import (
+    ADAPTER_DIR,
+    finish_interrupted_merge,
+    saved_by_peft,
+    write_adapter_merged,
+    write_merged_peft_weights,
+)
+from mixed_r1_verl.models.weight_files import FLOAT_DTYPES, is_weight_file, rewrite_weight_files, saved_dtypes
+from mixed_r1_verl.settings import run_settings_cli
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = "???"
+    # Written new: refused where it exists with anything in it.
+    out_dir: str = "???"
+    # The weights' dtype: `auto`, the model config's (the dtype it loads in: Qwen2.5-VL's bfloat16), or
+    # `saved`, as the checkpoint's copy holds them (the actor's float32 in verl's copy). verl's model merger
+    # writes the config's.
+    dtype: str = "auto"
+
+
+def config_dtype(model_dir: Path) -> str | None:
+    """The floating-point dtype a model directory's config.json names, None where it names none."""
+    config = json.loads((model_dir / "config.json").read_text())
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return dtype if dtype in FLOAT_DTYPES else None
+
+
+def checkpoint_dirs(path: Path) -> tuple[Path, Path]:
+    """The directory of the FSDP shards and the Hugging Face copy of the checkpoint that `path` names."""
+    tracker = path / CHECKPOINT_TRACKER
+    if tracker.is_file():
+        step = tracker.read_text().strip()
+        path = path / f"global_step_{step}"
+        if not path.is_dir():
+            raise FileNotFoundError(f"{tracker} names step {step}, and {path} is missing")
+    if path.name == COPY_DIR:
+        return path.parent, path
+    shards = path / "actor" if (path / "actor" / COPY_DIR).is_dir() else path
+    if not (shards / COPY_DIR).is_dir():
+        raise FileNotFoundError(
+            f"{path} is no verl checkpoint: expected a run's checkpoint directory ({CHECKPOINT_TRACKER}), "
+            f"global_step_N, its actor/, or its {COPY_DIR}/"
+        )
+    return shards, shards / COPY_DIR
+
+
+def merge_shards(shards: Path, target: Path) -> None:
+    """verl's model merger: the checkpoint's FSDP shards as a Hugging Face model in `target` (with a LoRA
+    run's adapter beside the base weights, in lora_adapter/)."""
+    command = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+               "--local_dir", str(shards), "--target_dir", str(target)]  # fmt: skip
+    merged = subprocess.run(command, capture_output=True, text=True)
+    if merged.returncode != 0:
+        raise ValueError(f"verl's model merger failed on {shards} (exit {merged.returncode}):\n{merged.stderr[-3000:]}")
+
+
+def write_model_weights(shards: Path, copy: Path, target: Path, dtype: str | None) -> tuple[str, bool]:
+    """The checkpoint's weights under the model's own names, adapters merged in, written to `target`; from
+    the copy, cast to `dtype` (torch's name) where given. Returns where they came from and whether adapters
+    were merged."""
+    finish_interrupted_merge(copy)
+    if has_weights(copy):
+        if saved_by_peft(copy):
+            write_merged_peft_weights(copy, target, dtype)
+            return f"{COPY_DIR}/", True
+        rewrite_weight_files(copy, target, lambda name: name, dtype=dtype)
+        return f"{COPY_DIR}/", False
+    merger_out = target.with_name(f"{target.name}.merger")
+    shutil.rmtree(merger_out, ignore_errors=True)
+    merge_shards(shards, merger_out)
+    try:
+        if (merger_out / ADAPTER_DIR / "adapter_config.json").is_file():
+            write_adapter_merged(merger_out, target)
+            return "FSDP shards, by verl's model merger", True
+        merger_out.rename(target)
+        return "FSDP shards, by verl's model merger", False
+    finally:
+        shutil.rmtree(merger_out, ignore_errors=True)
+
+
+def export(config: ExportConfig) -> dict:
+    started = time.perf_counter()
+    if config.dtype not in ("auto", "saved"):
+        raise ValueError(f"dtype must be auto (the config's) or saved (as the copy holds them), got {config.dtype!r}")
+    shards, copy = checkpoint_dirs(Path(config.checkpoint))
+    out = Path(config.out_dir)
+    if out.is_file() or out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty: export writes a new directory")
+    built = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(built, ignore_errors=True)
+    built.parent.mkdir(parents=True, exist_ok=True)
+    dtype = config_dtype(copy) if config.dtype == "auto" else None
+    try:
+        weights_from, lora_merged = write_model_weights(shards, copy, built, dtype)
+        # verl's copy holds the config, tokenizer, chat template and processor even where it holds no weights.
+        for path in copy.iterdir():
+            if path.is_file() and not is_weight_file(path) and not (built / path.name).exists():
+                shutil.copy2(path, built / path.name)
+        reason = not_a_model_reason(built)
+        if reason:
+            raise ValueError(f"the export of {shards} is no model: {reason}")
+        required_image_processor_settings(built)
+    except BaseException:
+        shutil.rmtree(built, ignore_errors=True)
+        raise
+    if out.is_dir():
+        out.rmdir()
+    built.rename(out)
+    files = sorted(path.name for path in out.iterdir())
+    return {
+        "checkpoint": str(shards),
+        "weights_from": weights_from,
+        "lora_merged": lora_merged,
+        "model_type": checkpoint_model_type(out),
+        "out_dir": str(out),
+        "files": files,
+        "dtypes": saved_dtypes(out),
+        "weight_bytes": sum(path.stat().st_size for path in out.iterdir() if is_weight_file(path)),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def print_export(config: ExportConfig) -> None:
+    print(json.dumps(export(config), indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_settings_cli(__doc__, ExportConfig, sys.argv[1:] if argv is None else argv, print_export)
+
+
+if __name__ == "__main__":
+    main()
