@@ -26,9 +26,10 @@ from mixed_r1_verl.data.model_files import (
     CHECKPOINT_TRACKER,
     COPY_DIR,
     checkpoint_model_type,
+    has_tokenizer,
     has_weights,
+    image_processor_settings,
     not_a_model_reason,
-    required_image_processor_settings,
 )
 from mixed_r1_verl.models.lora import (
     ADAPTER_DIR,
@@ -112,6 +113,21 @@ def write_model_weights(shards: Path, copy: Path, target: Path, dtype: str | Non
         shutil.rmtree(merger_out, ignore_errors=True)
 
 
+def check_processor(model_dir: Path, copy: Path) -> None:
+    """Refuses a model directory without image processor settings or a tokenizer, naming the files to copy
+    into the checkpoint's copy, where they came from."""
+    missing = [
+        what for what, found in (("image processor settings", image_processor_settings(model_dir)),
+                                 ("tokenizer", has_tokenizer(model_dir))) if not found
+    ]  # fmt: skip
+    if missing:
+        raise ValueError(
+            f"{copy} holds no {' and no '.join(missing)}: copy the processor and tokenizer files "
+            "(preprocessor_config.json or processor_config.json, tokenizer.json, tokenizer_config.json) of the "
+            "model the run started from into it"
+        )
+
+
 def export(config: ExportConfig) -> dict:
     started = time.perf_counter()
     if config.dtype not in ("auto", "saved"):
@@ -130,10 +146,10 @@ def export(config: ExportConfig) -> dict:
         for path in copy.iterdir():
             if path.is_file() and not is_weight_file(path) and not (built / path.name).exists():
                 shutil.copy2(path, built / path.name)
+        check_processor(built, copy)
         reason = not_a_model_reason(built)
         if reason:
             raise ValueError(f"the export of {shards} is no model: {reason}")
-        required_image_processor_settings(built)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
         raise

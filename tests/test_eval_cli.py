@@ -523,6 +523,13 @@ def test_a_verl_checkpoint_as_model_is_refused_naming_what_to_pass(tmp_path, par
     assert refusal(tmp_path) == f"FileNotFoundError: {tmp_path} is not a Hugging Face model directory (no config.json)"
     shutil.copy(resaved_model_dir / "model.safetensors", copy)
     assert refusal(step).endswith(f"is a verl checkpoint, not a Hugging Face model directory: pass its model, {copy}")
+    # Weights without a tokenizer: transformers would build an empty one and generate from nothing.
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (copy / name).unlink()
+    assert refusal(copy) == (
+        f"FileNotFoundError: {copy} has no tokenizer (tokenizer.json, tokenizer.model, vocab.json), and transformers "
+        "would build an empty one without an error: copy the tokenizer files of the model it was trained from into it"
+    )
     assert not out.exists()
 
 

@@ -49,6 +49,22 @@ def test_a_copy_saved_under_peft_names_is_exported_with_the_adapters_merged_in_a
     )  # fmt: skip
 
 
+def test_a_copy_without_a_processor_or_tokenizer_is_refused_naming_what_to_copy(tiny_model_dir, tmp_path):
+    copy = tmp_path / "global_step_1" / "huggingface"
+    peft_saved_copy(tiny_model_dir, copy, 1)
+    with pytest.raises(ValueError) as refused:
+        export(ExportConfig(checkpoint=str(copy.parent), out_dir=str(tmp_path / "out")))
+    assert str(refused.value) == (
+        f"{copy} holds no image processor settings and no tokenizer: copy the processor and tokenizer files "
+        "(preprocessor_config.json or processor_config.json, tokenizer.json, tokenizer_config.json) of the model "
+        "the run started from into it"
+    )
+    shutil.copy(tiny_model_dir / "preprocessor_config.json", copy)
+    with pytest.raises(ValueError, match=f"{copy} holds no tokenizer: copy the processor"):
+        export(ExportConfig(checkpoint=str(copy.parent), out_dir=str(tmp_path / "out")))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["global_step_1"]
+
+
 def test_what_is_no_checkpoint_is_refused_naming_what_to_pass(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="dtype must be auto .* or saved .*, got 'float32'"):
         export(ExportConfig(checkpoint=str(tiny_model_dir), out_dir=str(tmp_path / "out"), dtype="float32"))

@@ -45,6 +45,8 @@ def resolve_model_dir(model_path: str | os.PathLike) -> Path:
 
 
 WEIGHT_FILES = ("*.safetensors", "*.bin")
+# A tokenizer's vocabulary: the fast tokenizer's file, a SentencePiece model, or a BPE vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 # Which shard holds each weight, in a checkpoint saved in several safetensors files.
 WEIGHTS_INDEX = "model.safetensors.index.json"
 # The Hugging Face copy verl saves beside a checkpoint's shards, and verl's record of a run's latest checkpoint.
@@ -62,6 +64,12 @@ def has_weights(directory: Path) -> bool:
     return any(any(directory.glob(pattern)) for pattern in WEIGHT_FILES)
 
 
+def has_tokenizer(directory: Path) -> bool:
+    """Whether a model directory holds a tokenizer's vocabulary: without one, transformers builds an empty
+    tokenizer from config.json alone, without an error."""
+    return any((directory / name).is_file() for name in TOKENIZER_FILES)
+
+
 def not_a_model_reason(directory: str | os.PathLike) -> str | None:
     """Why a local directory is no Hugging Face model that transformers or vLLM loads, naming what to
     pass instead; None for one. A verl checkpoint (GRPO: global_step_N or its actor/, SFT: global_step_N)
@@ -69,6 +77,11 @@ def not_a_model_reason(directory: str | os.PathLike) -> str | None:
     where it was saved with `hf_model` in save_contents."""
     directory = Path(directory)
     if (directory / "config.json").is_file():
+        if has_weights(directory) and not has_tokenizer(directory):
+            return (
+                f"{directory} has no tokenizer ({', '.join(TOKENIZER_FILES)}), and transformers would build an "
+                "empty one without an error: copy the tokenizer files of the model it was trained from into it"
+            )
         if has_weights(directory):
             return None
         shards = directory.parent if directory.name == COPY_DIR else directory
