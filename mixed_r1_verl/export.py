@@ -102,8 +102,8 @@ def write_model_weights(shards: Path, copy: Path, target: Path, dtype: str | Non
         return f"{COPY_DIR}/", False
     merger_out = target.with_name(f"{target.name}.merger")
     shutil.rmtree(merger_out, ignore_errors=True)
-    merge_shards(shards, merger_out)
     try:
+        merge_shards(shards, merger_out)
         if (merger_out / ADAPTER_DIR / "adapter_config.json").is_file():
             write_adapter_merged(merger_out, target)
             return "FSDP shards, by verl's model merger", True
