@@ -17,6 +17,7 @@ from mixed_r1_verl.data.engine import EngineConfig
 from mixed_r1_verl.data.prepare import PrepareConfig
 from mixed_r1_verl.entry import sweep_jobs
 from mixed_r1_verl.eval.cli import EvalSettings
+from mixed_r1_verl.export import ExportConfig
 from mixed_r1_verl.learn import LearnConfig
 from mixed_r1_verl.main import filtering_setting_errors
 from mixed_r1_verl.settings import parse_settings
@@ -24,13 +25,16 @@ from mixed_r1_verl.settings import parse_settings
 README = Path(__file__).resolve().parent.parent / "README.md"
 SUBCOMMAND_MODULE = {
     "train": "main", "sft": "sft", "prepare": "data.prepare", "engine": "data.engine", "eval": "eval",
-    "learn": "learn",
+    "export": "export", "learn": "learn",
 }  # fmt: skip
 # `python -m <module>` or `mixed-r1 <subcommand>`, and the words after it.
 COMMAND = re.compile(
     rf"(?:python -m mixed_r1_verl\.([\w.]+)|mixed-r1 ({'|'.join(SUBCOMMAND_MODULE)})\b)((?: +[^ |`]+)*)"
 )
-SETTINGS = {"data.prepare": PrepareConfig, "data.engine": EngineConfig, "eval": EvalSettings, "learn": LearnConfig}
+SETTINGS = {
+    "data.prepare": PrepareConfig, "data.engine": EngineConfig, "eval": EvalSettings, "export": ExportConfig,
+    "learn": LearnConfig,
+}  # fmt: skip
 OVERRIDE = re.compile(r"\+?[A-Za-z_]\w*(?:\.\w+)+=\S+")
 PLACEHOLDER = re.compile(r"<[^<>\n]+>")
 HYDRA_FLAGS = ("--cfg", "job", "--help", "-m")
@@ -77,7 +81,7 @@ def recipe_of(settings: list[str]) -> str | None:
 
 
 def test_the_readme_shows_a_command_for_every_entry():
-    entries = {"main", "sft", "data.prepare", "data.engine", "eval", "learn"}
+    entries = {"main", "sft", "data.prepare", "data.engine", "eval", "export", "learn"}
     assert {module for module, _ in readme_commands()} == entries
     assert override_lines(), "no line of bare overrides found"
 
