@@ -173,12 +173,15 @@ def merge_saved_adapters(model_dir: Path) -> bool:
         return False
     built = merging_dir(model_dir)
     shutil.rmtree(built, ignore_errors=True)
+    saved = [name for names in saved_names(model_dir).values() for name in names]
     written = write_merged_peft_weights(model_dir, built)
     (built / f"{MERGE_COMMIT}.partial").write_text(json.dumps(written))
     os.replace(built / f"{MERGE_COMMIT}.partial", built / MERGE_COMMIT)
     finish_interrupted_merge(model_dir)
-    files = ", ".join(written)
-    logger.warning("%s: LoRA adapters merged into the weights, under the model's own names: %s", model_dir, files)
+    adapters = sum(name.endswith(PEFT_ADAPTER_SUFFIXES[0]) for name in saved)
+    logger.warning(
+        "%s: %d LoRA adapters merged into the weights, saved under the model's own names", model_dir, adapters
+    )
     return True
 
 
