@@ -26,6 +26,7 @@ from mixed_r1_verl.data.model_files import (
     CHECKPOINT_TRACKER,
     COPY_DIR,
     checkpoint_model_type,
+    checkpoint_shards,
     has_tokenizer,
     has_weights,
     image_processor_settings,
@@ -70,7 +71,7 @@ def checkpoint_dirs(path: Path) -> tuple[Path, Path]:
             raise FileNotFoundError(f"{tracker} names step {step}, and {path} is missing")
     if path.name == COPY_DIR:
         return path.parent, path
-    shards = path / "actor" if (path / "actor" / COPY_DIR).is_dir() else path
+    shards = checkpoint_shards(path)
     if not (shards / COPY_DIR).is_dir():
         raise FileNotFoundError(
             f"{path} is no verl checkpoint: expected a run's checkpoint directory ({CHECKPOINT_TRACKER}), "

@@ -70,6 +70,12 @@ def has_tokenizer(directory: Path) -> bool:
     return any((directory / name).is_file() for name in TOKENIZER_FILES)
 
 
+def checkpoint_shards(checkpoint: Path) -> Path:
+    """Where a verl checkpoint keeps its shards and its Hugging Face copy: a GRPO checkpoint's actor/, else
+    the directory itself (an SFT checkpoint, or an actor/)."""
+    return checkpoint / "actor" if (checkpoint / "actor").is_dir() else checkpoint
+
+
 def not_a_model_reason(directory: str | os.PathLike) -> str | None:
     """Why a local directory is no Hugging Face model that transformers or vLLM loads, naming what to
     pass instead; None for one. A verl checkpoint (GRPO: global_step_N or its actor/, SFT: global_step_N)
@@ -90,7 +96,7 @@ def not_a_model_reason(directory: str | os.PathLike) -> str | None:
             f"{COPY_DIR}/ holds them only when saved with hf_model in save_contents. Export the checkpoint, "
             f"its shards merged, as a model directory: {EXPORT_COMMAND.format(checkpoint=shards)}"
         )
-    shards = directory / "actor" if (directory / "actor").is_dir() else directory
+    shards = checkpoint_shards(directory)
     if not (shards / COPY_DIR).is_dir():
         return f"{directory} is not a Hugging Face model directory (no config.json)"
     copy = shards / COPY_DIR
