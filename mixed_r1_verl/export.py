@@ -7,16 +7,16 @@ tokenizer, chat template and processor.
 `checkpoint` is a run's checkpoint directory (`trainer.default_local_dir`: its latest checkpoint), one
 checkpoint (`global_step_N`, GRPO's or SFT's), a GRPO checkpoint's `actor/`, or its Hugging Face copy
 (`huggingface/`). The weights come from the copy where it holds them (saved with `hf_model` in
-save_contents), else from the FSDP shards through verl's model merger, in the dtype the model's config
-names (`dtype=auto`) or as the copy holds them (`dtype=saved`). `out_dir` is written new. Prints a summary
-(JSON): where the weights came from, whether adapters were merged, the files, dtypes and bytes.
+save_contents), else from the ranks' FSDP shards, one rank's at a time (`models/fsdp_shards.py`), in the
+dtype the model's config names (`dtype=auto`) or as the checkpoint holds them (`dtype=saved`). `out_dir`
+is written new. Prints a summary (JSON): where the weights came from, whether adapters were merged, the
+files, dtypes and bytes.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -32,13 +32,8 @@ from mixed_r1_verl.data.model_files import (
     image_processor_settings,
     not_a_model_reason,
 )
-from mixed_r1_verl.models.lora import (
-    ADAPTER_DIR,
-    finish_interrupted_merge,
-    saved_by_peft,
-    write_adapter_merged,
-    write_merged_peft_weights,
-)
+from mixed_r1_verl.models.fsdp_shards import write_fsdp_weights
+from mixed_r1_verl.models.lora import finish_interrupted_merge, saved_by_peft, write_merged_peft_weights
 from mixed_r1_verl.models.weight_files import FLOAT_DTYPES, is_weight_file, rewrite_weight_files, saved_dtypes
 from mixed_r1_verl.settings import run_settings_cli
 
@@ -49,8 +44,7 @@ class ExportConfig:
     # Written new: refused where it exists with anything in it.
     out_dir: str = "???"
     # The weights' dtype: `auto`, the model config's (the dtype it loads in: Qwen2.5-VL's bfloat16), or
-    # `saved`, as the checkpoint's copy holds them (the actor's float32 in verl's copy). verl's model merger
-    # writes the config's.
+    # `saved`, as the checkpoint holds them (the actor's float32).
     dtype: str = "auto"
 
 
@@ -80,20 +74,10 @@ def checkpoint_dirs(path: Path) -> tuple[Path, Path]:
     return shards, shards / COPY_DIR
 
 
-def merge_shards(shards: Path, target: Path) -> None:
-    """verl's model merger: the checkpoint's FSDP shards as a Hugging Face model in `target` (with a LoRA
-    run's adapter beside the base weights, in lora_adapter/)."""
-    command = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-               "--local_dir", str(shards), "--target_dir", str(target)]  # fmt: skip
-    merged = subprocess.run(command, capture_output=True, text=True)
-    if merged.returncode != 0:
-        raise ValueError(f"verl's model merger failed on {shards} (exit {merged.returncode}):\n{merged.stderr[-3000:]}")
-
-
 def write_model_weights(shards: Path, copy: Path, target: Path, dtype: str | None) -> tuple[str, bool]:
-    """The checkpoint's weights under the model's own names, adapters merged in, written to `target`; from
-    the copy, cast to `dtype` (torch's name) where given. Returns where they came from and whether adapters
-    were merged."""
+    """The checkpoint's weights under the model's own names, adapters merged in, cast to `dtype` (torch's
+    name) where given, written to `target`: from the copy where it holds them, else from the FSDP shards.
+    Returns where they came from and whether adapters were merged."""
     finish_interrupted_merge(copy)
     if has_weights(copy):
         if saved_by_peft(copy):
@@ -101,17 +85,7 @@ def write_model_weights(shards: Path, copy: Path, target: Path, dtype: str | Non
             return f"{COPY_DIR}/", True
         rewrite_weight_files(copy, target, lambda name: name, dtype=dtype)
         return f"{COPY_DIR}/", False
-    merger_out = target.with_name(f"{target.name}.merger")
-    shutil.rmtree(merger_out, ignore_errors=True)
-    try:
-        merge_shards(shards, merger_out)
-        if (merger_out / ADAPTER_DIR / "adapter_config.json").is_file():
-            write_adapter_merged(merger_out, target)
-            return "FSDP shards, by verl's model merger", True
-        merger_out.rename(target)
-        return "FSDP shards, by verl's model merger", False
-    finally:
-        shutil.rmtree(merger_out, ignore_errors=True)
+    return "FSDP shards", write_fsdp_weights(shards, target, copy, dtype) > 0
 
 
 def check_processor(model_dir: Path, copy: Path) -> None:

@@ -186,7 +186,7 @@ def test_export_writes_a_lora_checkpoint_with_the_adapters_merged_in_from_its_co
     shutil.copytree(actor, shards_only, ignore=shutil.ignore_patterns("*.safetensors"))
     from_shards = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={shards_only.parent}", f"out_dir={tmp_path / 'shards'}"))
     assert (from_shards["weights_from"], from_shards["lora_merged"], from_shards["dtypes"]) == (
-        "FSDP shards, by verl's model merger", True, ["BF16"]
+        "FSDP shards", True, ["BF16"]
     )  # fmt: skip
     assert not any(name.startswith("lora_") for name in from_shards["files"]) and "processor_config.json" in from_shards["files"]
 

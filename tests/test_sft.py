@@ -468,7 +468,7 @@ def test_export_writes_an_sft_checkpoint_from_its_copy_or_its_shards_as_a_model_
     shards_only = tmp_path / step.name
     shutil.copytree(step, shards_only, ignore=shutil.ignore_patterns("*.safetensors"))
     from_shards = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={shards_only}", f"out_dir={tmp_path / 'shards'}"))
-    assert from_shards["weights_from"] == "FSDP shards, by verl's model merger"
+    assert from_shards["weights_from"] == "FSDP shards"
     assert (from_shards["files"], from_shards["dtypes"]) == (from_copy["files"], ["BF16"])
 
     saved = Qwen2_5_VLForConditionalGeneration.from_pretrained(step / "huggingface", dtype="auto").state_dict()

@@ -262,7 +262,7 @@ def test_export_writes_the_trained_actor_from_its_shards_as_a_model_directory_wi
     out = work_dir / "exported"
     summary = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={step}", f"out_dir={out}"))
     assert (summary["weights_from"], summary["lora_merged"], summary["dtypes"]) == (
-        "FSDP shards, by verl's model merger", False, ["BF16"]
+        "FSDP shards", False, ["BF16"]
     )  # fmt: skip
     # verl's copy saved without hf_model: its config, tokenizer, chat template and processor, no weights.
     copy = sorted(path.name for path in (step / "actor" / "huggingface").iterdir())

@@ -26,6 +26,7 @@ from pathlib import Path
 from mixed_r1_verl.data.model_files import file_stamps
 from mixed_r1_verl.models.weight_files import (
     is_weight_file,
+    meta_model,
     read_tensor,
     rewrite_weight_files,
     saved_header,
@@ -55,14 +56,12 @@ def vision_modules_with_adapters(model_dir: str | os.PathLike, target_modules, e
     """The modules of the vision tower and projector that peft would give an adapter with these
     `target_modules` and `exclude_modules` (as verl passes them), on the checkpoint's architecture (built
     on the meta device: no weights are read)."""
-    import torch
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
-    from transformers import AutoConfig, AutoModelForImageTextToText
 
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir))
-    adapted = get_peft_model(model, LoraConfig(target_modules=target_modules, exclude_modules=exclude_modules))
+    adapted = get_peft_model(
+        meta_model(model_dir), LoraConfig(target_modules=target_modules, exclude_modules=exclude_modules)
+    )
     return [
         name.removeprefix(PEFT_PREFIX)
         for name, module in adapted.named_modules()
@@ -111,13 +110,14 @@ def saved_by_peft(model_dir: Path) -> bool:
     return False
 
 
-def saved_lora_scaling(model_dir: Path) -> float:
-    """The scaling of the adapters in verl's Hugging Face copy `model_dir`, from verl's record beside it."""
-    meta = model_dir.parent / TRAIN_META
+def trained_lora_scaling(shards_dir: Path, what: Path) -> float:
+    """The scaling of a LoRA run's adapters, held by `what`, from verl's record of the run's rank and alpha
+    beside the checkpoint's shards."""
+    meta = shards_dir / TRAIN_META
     if not meta.is_file():
         raise FileNotFoundError(
-            f"{model_dir} holds LoRA adapters under peft's names, and {meta}, verl's record of their rank and "
-            "alpha, is missing: merge the checkpoint's shards with verl's model merger instead"
+            f"{what} holds LoRA adapters under peft's names, and {meta}, verl's record of their rank and alpha, "
+            'is missing: write it with the run\'s settings, {"r": <lora_rank>, "lora_alpha": <lora_alpha>}'
         )
     return lora_scaling(json.loads(meta.read_text()))
 
@@ -126,7 +126,7 @@ def write_merged_peft_weights(source_dir: Path, target_dir: Path, dtype: str | N
     """Writes the weights of `source_dir`, saved under peft's names, to `target_dir` under the model's own
     names with each adapter merged into its weight (cast to `dtype`, torch's name, where given), in the same
     files (and index), holding only the weight being merged in memory. Returns the files written."""
-    scaling = saved_lora_scaling(source_dir)
+    scaling = trained_lora_scaling(source_dir.parent, source_dir)
     # Each weight by the model's name, and each adapter matrix by peft's name for it: (file, name saved).
     saved_as, adapter = {}, {}
     for file, names in saved_names(source_dir).items():

@@ -1,5 +1,6 @@
-"""A model directory's safetensors weights rewritten tensor by tensor: renamed, some replaced, floating-point
-ones cast, holding only the tensor being changed in memory; the others' bytes are copied as saved."""
+"""A model's safetensors weight files: read by their headers, written tensor by tensor (a directory's weights
+rewritten renamed, some replaced, floating-point ones cast, holding only the tensor being changed in memory;
+the others' bytes are copied as saved), and the names under which a model's architecture saves them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from mixed_r1_verl.data.model_files import WEIGHTS_INDEX
 COPY_CHUNK = 64 * 2**20
 # safetensors' names of the floating-point dtypes a checkpoint's weights are cast between, by torch's name.
 FLOAT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
+# safetensors' names of the other dtypes a model's buffers may have, by torch's name.
+OTHER_DTYPES = {"int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+# The most bytes of one weight file, as transformers saves by default.
+MAX_FILE_BYTES = 50 * 10**9
 
 
 def is_weight_file(path: Path) -> bool:
@@ -48,6 +53,48 @@ def torch_dtype(code: str):
     return getattr(torch, next(name for name, each in FLOAT_DTYPES.items() if each == code))
 
 
+def safetensors_dtype(dtype) -> str | None:
+    """safetensors' name of a torch dtype; None for one it does not save."""
+    name = str(dtype).removeprefix("torch.")
+    return FLOAT_DTYPES.get(name) or OTHER_DTYPES.get(name)
+
+
+def encoded_header(entries: dict) -> bytes:
+    """A safetensors file's header of `entries` (name: dtype, shape, data_offsets), length first; the data
+    starts 8-byte aligned after it, as safetensors writes it."""
+    encoded = json.dumps({"__metadata__": {"format": "pt"}, **entries}, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded
+
+
+def write_index(target_dir: Path, weight_map: dict[str, str], total: int, saved_index: dict | None = None) -> None:
+    """The index of a model's weight files (which file holds each tensor), over `saved_index`'s other keys."""
+    index = {**(saved_index or {}), "metadata": {"total_size": total}, "weight_map": weight_map}
+    (target_dir / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2))
+
+
+def meta_model(model_dir):
+    """The model a directory's config.json describes, built on the meta device: its modules and parameters
+    without weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        return AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir))
+
+
+def model_weight_shapes(model_dir) -> tuple[dict[str, list[int]], set[str]]:
+    """The shape of each weight of the model of `model_dir`'s config, by the name it saves it under, and
+    the names of the weights tied to others (an output layer sharing the input embeddings), which it saves
+    once, under the other name."""
+    model = meta_model(model_dir)
+    first_names, tied = {}, set()
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if first_names.setdefault(id(parameter), name) != name:
+            tied.add(name)
+    return {name: list(tensor.shape) for name, tensor in model.state_dict().items() if name not in tied}, tied
+
+
 def read_tensor(file: Path, name: str):
     # Opened for each tensor: a file kept open keeps every tensor read from it mapped in memory.
     from safetensors import safe_open
@@ -67,8 +114,6 @@ def rewrite_weight_files(
     the name `renamed` gives its saved name (left out for None), as `replaced` gives it for its new name (a
     tensor of the same shape) or else as saved, cast to `dtype` (torch's name) where it is floating-point.
     Returns the files written."""
-    import torch
-
     cast = FLOAT_DTYPES[dtype] if dtype else None
     weight_map, total, files = {}, 0, []
     target_dir.mkdir(parents=True, exist_ok=True)
@@ -89,10 +134,8 @@ def rewrite_weight_files(
             end += size
         if not entries:
             continue
-        encoded = json.dumps({"__metadata__": {"format": "pt"}, **entries}, separators=(",", ":")).encode()
-        encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
         with open(file, "rb") as reading, open(target_dir / file.name, "wb") as writing:
-            writing.write(len(encoded).to_bytes(8, "little") + encoded)
+            writing.write(encoded_header(entries))
             for name, entry in entries.items():
                 saved = saved_as[name]
                 tensor = replaced(name)
@@ -104,16 +147,22 @@ def rewrite_weight_files(
                     tensor = read_tensor(file, saved)
                 if entry["dtype"] != header[saved]["dtype"]:
                     tensor = tensor.to(torch_dtype(entry["dtype"]))
-                writing.write(tensor.contiguous().view(torch.uint8).numpy().data)
+                writing.write(tensor_bytes(tensor))
         weight_map.update(dict.fromkeys(entries, file.name))
         total += end
         files.append(file.name)
     index = source_dir / WEIGHTS_INDEX
     if not index.is_file():
         return files
-    rewritten = {**json.loads(index.read_text()), "weight_map": weight_map, "metadata": {"total_size": total}}
-    (target_dir / WEIGHTS_INDEX).write_text(json.dumps(rewritten, indent=2))
+    write_index(target_dir, weight_map, total, json.loads(index.read_text()))
     return [*files, WEIGHTS_INDEX]
+
+
+def tensor_bytes(tensor) -> memoryview:
+    """A tensor's data as saved: its bytes in row-major order."""
+    import torch
+
+    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data
 
 
 def copy_bytes(reading, writing, offset: int, count: int, what: str) -> None:

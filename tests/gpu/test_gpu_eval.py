@@ -1,5 +1,5 @@
 """Evaluation with vLLM generation on the smoke run's final checkpoint, exported to a Hugging Face
-directory by `mixed_r1_verl.export` (its FSDP shards through verl's model merger) (issue check 4)."""
+directory by `mixed_r1_verl.export` (from its FSDP shards) (issue check 4)."""
 
 from gpu_checks import assert_succeeded, evaluate_on_the_smoke_val_set_with_vllm
 
