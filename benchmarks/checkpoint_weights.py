@@ -63,8 +63,10 @@ def write_copy(directory: Path, layers: int, rank: int) -> int:
 
 def measured(setup: str, statement: str) -> tuple[float, float]:
     """The seconds and peak memory (bytes) of `statement` run after `setup` in a process of its own."""
-    run = subprocess.run([sys.executable, "-c", MEASURED, setup, statement], check=True, capture_output=True, text=True)
-    seconds, peak = map(float, run.stdout.split())
+    run = subprocess.run([sys.executable, "-c", MEASURED, setup, statement], capture_output=True, text=True)
+    if run.returncode:
+        raise SystemExit(f"{statement} failed:\n{run.stderr[-3000:]}")
+    seconds, peak = map(float, run.stdout.splitlines()[-1].split())
     return seconds, peak
 
 

@@ -1,0 +1,89 @@
+"""Time and memory of exporting a checkpoint that verl saved as FSDP shards only (the default
+save_contents), against verl's model merger on the same checkpoint.
+
+Saves a Qwen2.5-VL of the 7B's sizes with fewer decoder layers and vision blocks (random weights) from
+`--ranks` CPU processes as verl's checkpoint manager saves the actor (tests/fsdp_checkpoint.py), then
+exports it in bfloat16 with `mixed_r1_verl.export` and merges it with `verl.model_merger`, each in a
+process of its own, and prints the seconds and each process's peak memory against the checkpoint's size.
+
+    python benchmarks/export_shards.py [--layers 4] [--vision-blocks 2] [--ranks 4] [--dir /tmp/export_shards]
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from checkpoint_weights import measured
+from transformers import Qwen2_5_VLConfig
+
+from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config_of_7b_sizes(layers: int, vision_blocks: int) -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL-7B-Instruct's config with `layers` decoder layers and `vision_blocks` vision blocks."""
+    text = {
+        "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": layers,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 128000,
+        "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
+        "tie_word_embeddings": False,
+    }  # fmt: skip
+    vision = {
+        "depth": vision_blocks, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+        "out_hidden_size": 3584, "fullatt_block_indexes": [vision_blocks - 1], "window_size": 112,
+        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+    }  # fmt: skip
+    return Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, dtype="bfloat16", tie_word_embeddings=False,
+        architectures=["Qwen2_5_VLForConditionalGeneration"],
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vision-blocks", type=int, default=2)
+    parser.add_argument("--ranks", type=int, default=4)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/export_shards"))
+    args = parser.parse_args()
+    shutil.rmtree(args.dir, ignore_errors=True)
+    config_dir = args.dir / "config"
+    config_of_7b_sizes(args.layers, args.vision_blocks).save_pretrained(config_dir)
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.ranks),
+         str(REPO / "tests" / "fsdp_checkpoint.py"), str(config_dir), str(args.dir), "--random-init"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    actor = args.dir / "actor"
+    # The processor and tokenizer files an export copies (the tiny model's: the weights are what is measured).
+    tiny = build_tiny_qwen25vl(args.dir / "tiny")
+    for name in ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(tiny / name, actor / "huggingface")
+    size = sum(file.stat().st_size for file in actor.glob("model_world_size_*.pt"))
+    print(
+        f"Qwen2.5-VL of the 7B's sizes, {args.layers} decoder layers and {args.vision_blocks} vision blocks, saved "
+        f"by {args.ranks} ranks in float32: {size / 1e9:.2f} GB of shards"
+    )
+    runs = {
+        "mixed_r1_verl.export (bfloat16)": (
+            "from mixed_r1_verl.export import ExportConfig, export",
+            f"export(ExportConfig(checkpoint={str(actor)!r}, out_dir={str(args.dir / 'exported')!r}))",
+        ),
+        "verl.model_merger (bfloat16)": (
+            "from verl.model_merger.__main__ import main as merge",
+            "sys.argv = ['verl.model_merger', 'merge', '--backend', 'fsdp', '--local_dir', "
+            f"{str(actor)!r}, '--target_dir', {str(args.dir / 'merged')!r}]; merge()",
+        ),
+    }
+    for what, (setup, statement) in runs.items():
+        seconds, peak = measured(setup, statement)
+        print(f"{what}: {seconds:.1f} s, {size / 1e9 / seconds:.2f} GB of shards per s")
+        print(f"  peak memory: {peak / 1e9:.2f} GB ({peak / size:.2f} x the shards)")
+    shutil.rmtree(args.dir)
+
+
+if __name__ == "__main__":
+    main()
