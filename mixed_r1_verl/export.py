@@ -7,10 +7,10 @@ tokenizer, chat template and processor.
 `checkpoint` is a run's checkpoint directory (`trainer.default_local_dir`: its latest checkpoint), one
 checkpoint (`global_step_N`, GRPO's or SFT's), a GRPO checkpoint's `actor/`, or its Hugging Face copy
 (`huggingface/`). The weights come from the copy where it holds them (saved with `hf_model` in
-save_contents), else from the ranks' FSDP shards, one rank's at a time (`models/fsdp_shards.py`), in the
-dtype the model's config names (`dtype=auto`) or as the checkpoint holds them (`dtype=saved`). `out_dir`
-is written new. Prints a summary (JSON): where the weights came from, whether adapters were merged, the
-files, dtypes and bytes.
+save_contents), else from the ranks' FSDP shards, one rank's at a time (`models/fsdp_shards.py`), in
+bfloat16 (`dtype`) or as the checkpoint holds them (`dtype=saved`); config.json names the dtype written.
+`out_dir` is written new. Prints a summary (JSON): where the weights came from, whether adapters were
+merged, the files, dtypes and bytes.
 """
 
 from __future__ import annotations
@@ -43,16 +43,32 @@ class ExportConfig:
     checkpoint: str = "???"
     # Written new: refused where it exists with anything in it.
     out_dir: str = "???"
-    # The weights' dtype: `auto`, the model config's (the dtype it loads in: Qwen2.5-VL's bfloat16), or
-    # `saved`, as the checkpoint holds them (the actor's float32).
-    dtype: str = "auto"
+    # The floating-point weights' dtype: bfloat16 (Qwen2.5-VL's, Qwen3-VL's and InternVL3's as released and
+    # served), float16 or float32, or `saved`, as the checkpoint holds them (the actor's float32). verl's
+    # copy names the actor's float32 in its config; the export's config names the dtype written.
+    dtype: str = "bfloat16"
 
 
-def config_dtype(model_dir: Path) -> str | None:
-    """The floating-point dtype a model directory's config.json names, None where it names none."""
-    config = json.loads((model_dir / "config.json").read_text())
-    dtype = config.get("dtype") or config.get("torch_dtype")
-    return dtype if dtype in FLOAT_DTYPES else None
+EXPORT_DTYPES = ("bfloat16", "float16", "float32", "saved")
+
+
+def name_dtype_in_config(model_dir: Path) -> None:
+    """Makes a model directory's config.json (and the configs of its parts) name the dtype its floating-point
+    weights are saved in, the dtype transformers and vLLM load it in by default; left as it is for weights
+    saved in several."""
+    codes = {code for code in saved_dtypes(model_dir) if code in FLOAT_DTYPES.values()}
+    if len(codes) != 1:
+        return
+    [dtype] = [name for name, code in FLOAT_DTYPES.items() if code in codes]
+
+    def named(config: dict) -> dict:
+        return {
+            key: dtype if key in ("dtype", "torch_dtype") else named(value) if isinstance(value, dict) else value
+            for key, value in config.items()
+        }
+
+    config_file = model_dir / "config.json"
+    config_file.write_text(json.dumps(named({"dtype": dtype, **json.loads(config_file.read_text())}), indent=2))
 
 
 def checkpoint_dirs(path: Path) -> tuple[Path, Path]:
@@ -105,8 +121,10 @@ def check_processor(model_dir: Path, copy: Path) -> None:
 
 def export(config: ExportConfig) -> dict:
     started = time.perf_counter()
-    if config.dtype not in ("auto", "saved"):
-        raise ValueError(f"dtype must be auto (the config's) or saved (as the copy holds them), got {config.dtype!r}")
+    if config.dtype not in EXPORT_DTYPES:
+        raise ValueError(
+            f"dtype must be bfloat16, float16, float32 or saved (as the checkpoint holds them), got {config.dtype!r}"
+        )
     shards, copy = checkpoint_dirs(Path(config.checkpoint))
     out = Path(config.out_dir)
     if out.is_file() or out.is_dir() and any(out.iterdir()):
@@ -114,13 +132,14 @@ def export(config: ExportConfig) -> dict:
     built = out.with_name(f".{out.name}.partial")
     shutil.rmtree(built, ignore_errors=True)
     built.parent.mkdir(parents=True, exist_ok=True)
-    dtype = config_dtype(copy) if config.dtype == "auto" else None
+    dtype = None if config.dtype == "saved" else config.dtype
     try:
         weights_from, lora_merged = write_model_weights(shards, copy, built, dtype)
         # verl's copy holds the config, tokenizer, chat template and processor even where it holds no weights.
         for path in copy.iterdir():
             if path.is_file() and not is_weight_file(path) and not (built / path.name).exists():
                 shutil.copy2(path, built / path.name)
+        name_dtype_in_config(built)
         check_processor(built, copy)
         reason = not_a_model_reason(built)
         if reason:

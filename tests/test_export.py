@@ -74,8 +74,8 @@ def test_a_copy_without_a_processor_or_tokenizer_is_refused_naming_what_to_copy(
 
 
 def test_what_is_no_checkpoint_is_refused_naming_what_to_pass(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="dtype must be auto .* or saved .*, got 'float32'"):
-        export(ExportConfig(checkpoint=str(tiny_model_dir), out_dir=str(tmp_path / "out"), dtype="float32"))
+    with pytest.raises(ValueError, match=r"dtype must be bfloat16, float16, float32 or saved \(.*\), got 'auto'"):
+        export(ExportConfig(checkpoint=str(tiny_model_dir), out_dir=str(tmp_path / "out"), dtype="auto"))
     with pytest.raises(FileNotFoundError) as refused:
         export(ExportConfig(checkpoint=str(tiny_model_dir), out_dir=str(tmp_path / "out")))
     assert str(refused.value) == (
@@ -113,11 +113,10 @@ def sharded_checkpoints(tiny_model_dir, tmp_path_factory):
     }
 
 
-def exported_weights(actor, out, dtype="auto"):
+def exported_weights(actor, out, dtype="bfloat16"):
     """The export's summary and its weights as transformers loads them, in the dtype written."""
     summary = export(ExportConfig(checkpoint=str(actor), out_dir=str(out), dtype=dtype))
-    loaded_as = torch.float32 if summary["dtypes"] == ["F32"] else "auto"
-    return summary, AutoModelForImageTextToText.from_pretrained(out, dtype=loaded_as).state_dict()
+    return summary, AutoModelForImageTextToText.from_pretrained(out, dtype="auto").state_dict()
 
 
 def test_the_shards_of_every_rank_are_exported_as_the_unsharded_model_and_as_verls_merger_writes_it(sharded_checkpoints, tmp_path):
@@ -129,6 +128,11 @@ def test_the_shards_of_every_rank_are_exported_as_the_unsharded_model_and_as_ver
 
     summary, exported = exported_weights(actor, tmp_path / "bf16")
     assert summary["dtypes"] == ["BF16"] and summary["weight_bytes"] < 0.51 * sum(t.nbytes for t in reference.values())
+    # The config names the dtype written, which transformers and vLLM then load the model in.
+    for out, dtype in (("saved", "float32"), ("bf16", "bfloat16")):
+        config = json.loads((tmp_path / out / "config.json").read_text())
+        assert config["dtype"] == config["text_config"]["dtype"] == config["vision_config"]["dtype"] == dtype
+    assert AutoModelForImageTextToText.from_pretrained(tmp_path / "bf16", dtype="auto").dtype == torch.bfloat16
     merger = subprocess.run(
         [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir", str(actor),
          "--target_dir", str(tmp_path / "merger")],

@@ -264,7 +264,10 @@ def test_export_writes_the_trained_actor_from_its_shards_as_a_model_directory_wi
     assert (summary["weights_from"], summary["lora_merged"], summary["dtypes"]) == (
         "FSDP shards", False, ["BF16"]
     )  # fmt: skip
-    # verl's copy saved without hf_model: its config, tokenizer, chat template and processor, no weights.
+    # verl's copy saved without hf_model: its config (naming the actor's float32), tokenizer, chat template
+    # and processor, no weights. The export's config names the bfloat16 written.
+    assert json.loads((step / "actor" / "huggingface" / "config.json").read_text())["dtype"] == "float32"
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     copy = sorted(path.name for path in (step / "actor" / "huggingface").iterdir())
     assert "model.safetensors" not in copy and summary["files"] == sorted([*copy, "model.safetensors"])
     assert image_processor_settings(out)
