@@ -4,6 +4,7 @@ checkpoints that training wrote are checked beside those runs (tests/test_train_
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,9 @@ from transformers import AutoModelForImageTextToText
 from data_helpers import REPO, checkout_env
 from mixed_r1_verl.data.model_files import CHECKPOINT_TRACKER, WEIGHTS_INDEX
 from mixed_r1_verl.export import ExportConfig, export
-from mixed_r1_verl.models.fsdp_shards import write_fsdp_weights
+from mixed_r1_verl.models.fsdp_shards import write_at, write_fsdp_weights
 from mixed_r1_verl.models.lora import saved_by_peft
+from mixed_r1_verl.models.weight_files import tensor_bytes
 
 FSDP_CHECKPOINT = REPO / "tests" / "fsdp_checkpoint.py"
 
@@ -217,3 +219,20 @@ def test_shards_missing_a_rank_or_of_another_model_are_refused_naming_what_diffe
         )):  # fmt: skip
             export(ExportConfig(checkpoint=str(other), out_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_rows_larger_than_one_write_moves_are_written_whole(tmp_path):
+    # Linux moves at most 2**31 - 4096 bytes a write: a single rank's float32 embeddings of Qwen2.5-VL-7B
+    # (152064 x 3584) are 2.18 GB.
+    rows = torch.arange(2**31 + 4096 * 3, dtype=torch.uint8)
+    target = tmp_path / "weights.bin"
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT)
+    try:
+        write_at(descriptor, tensor_bytes(rows), 8)
+    finally:
+        os.close(descriptor)
+    assert target.stat().st_size == 8 + rows.numel()
+    with open(target, "rb") as written:
+        written.seek(8 + 2**31 - 4096 - 8)
+        tail = written.read()
+    assert tail == rows[2**31 - 4096 - 8 :].numpy().tobytes()

@@ -253,7 +253,7 @@ def write_fsdp_weights(
                 if safetensors_dtype(rows.dtype) != weight.dtype:
                     rows = rows.to(torch_dtype(weight.dtype))
                 offset = data_starts[weight.file] + weight.offset + weight.rows_written * weight.row_bytes
-                os.pwrite(descriptors[weight.file], tensor_bytes(rows), offset)
+                write_at(descriptors[weight.file], tensor_bytes(rows), offset)
                 weight.rows_written += rows.shape[0] if weight.sharded else 1
             state = rows = up = None
     finally:
@@ -268,6 +268,13 @@ def write_fsdp_weights(
         total = sum(weight.nbytes for weight in weights)
         write_index(target_dir, {weight.name: names[weight.file] for weight in weights}, total)
     return len(adapter_inputs)
+
+
+def write_at(descriptor: int, data: memoryview, offset: int) -> None:
+    # One write moves at most about 2 GB on Linux: a rank's rows of a large weight take several.
+    while data:
+        written = os.pwrite(descriptor, data, offset)
+        data, offset = data[written:], offset + written
 
 
 def check_rows(weight: OutputWeight, rows, file: Path) -> None:
