@@ -161,6 +161,14 @@ def test_shards_are_written_over_several_files_with_an_index_where_one_would_be_
     assert loaded.keys() == reference.keys() and all(loaded[name].equal(reference[name]) for name in reference)
 
 
+@pytest.mark.parametrize("family", ["tiny_internvl_dir", "tiny_qwen3vl_dir"])
+def test_the_shards_of_internvl_and_qwen3_vl_are_exported_as_their_unsharded_models(family, request, tmp_path):
+    actor, reference = fsdp_checkpoint(request.getfixturevalue(family), tmp_path / "checkpoint", 2)
+    summary, exported = exported_weights(actor, tmp_path / "out", "saved")
+    assert summary["model_type"] == json.loads((actor / "huggingface" / "config.json").read_text())["model_type"]
+    assert exported.keys() == reference.keys() and all(exported[name].equal(reference[name]) for name in reference)
+
+
 def test_a_tied_output_layer_is_exported_once_and_loads_tied(sharded_checkpoints, tmp_path):
     actor, reference = sharded_checkpoints["tied"]
     embeddings = "model.language_model.embed_tokens.weight"
