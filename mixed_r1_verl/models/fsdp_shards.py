@@ -1,5 +1,5 @@
 """A verl FSDP checkpoint's model shards written as a Hugging Face model's safetensors weights, one rank's
-shard at a time: no weight is ever gathered whole in memory.
+shard at a time: no weight is gathered from the ranks in memory.
 
 verl saves the actor's weights as one file per rank (`model_world_size_W_rank_R.pt`), each holding its
 slice of every weight's rows as a DTensor sharded along the first dimension (a hybrid-sharded run's
