@@ -25,6 +25,7 @@ from mixed_r1_verl.models.lora import (
     with_adapter,
 )
 from mixed_r1_verl.models.weight_files import (
+    DTYPE_BYTES,
     FLOAT_DTYPES,
     MAX_FILE_BYTES,
     encoded_header,
@@ -59,15 +60,11 @@ class OutputWeight:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * itemsize(self.dtype)
+        return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
 
     @property
     def row_bytes(self) -> int:
         return self.nbytes // self.shape[0] if self.shape and self.shape[0] else 0
-
-
-def itemsize(code: str) -> int:
-    return {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "BF16": 2, "F16": 2, "I16": 2}.get(code, 1)
 
 
 def load_rank(file: Path) -> dict:

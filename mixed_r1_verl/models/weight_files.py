@@ -17,6 +17,8 @@ COPY_CHUNK = 64 * 2**20
 FLOAT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
 # safetensors' names of the other dtypes a model's buffers may have, by torch's name.
 OTHER_DTYPES = {"int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+# The bytes of one element of each of those dtypes, by safetensors' name.
+DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "BF16": 2, "F16": 2, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 # The most bytes of one weight file, as transformers saves by default.
 MAX_FILE_BYTES = 50 * 10**9
 
@@ -128,7 +130,7 @@ def rewrite_weight_files(
             written = cast if cast and entry["dtype"] in FLOAT_DTYPES.values() else entry["dtype"]
             size = stop - start
             if written != entry["dtype"]:
-                size = math.prod(entry["shape"]) * torch_dtype(written).itemsize
+                size = math.prod(entry["shape"]) * DTYPE_BYTES[written]
             entries[name] = {"dtype": written, "shape": entry["shape"], "data_offsets": [end, end + size]}
             saved_as[name] = saved
             end += size
