@@ -10,6 +10,7 @@ import torch
 from data_helpers import convert_synthetic
 from transformers import AutoTokenizer
 
+from mixed_r1_verl.data.model_files import config_dtype
 from mixed_r1_verl.data.model_images import model_input_image
 from mixed_r1_verl.data.engine import Engine, EngineConfig
 from mixed_r1_verl.data.processor import load_image_text_processor
@@ -22,8 +23,10 @@ from mixed_r1_verl.eval.generation import (
     SamplingSettings,
     TransformersGenerator,
     build_generator,
+    cuda_load_dtype,
     eval_request,
     request_seed,
+    transformers_placement,
     transformers_truncated,
     vllm_input,
     vllm_temperature_error,
@@ -293,3 +296,24 @@ def test_transformers_backend_tells_a_response_cut_off_from_one_that_ended(conve
     near_greedy = SamplingSettings(n=2, temperature=1e-4, max_new_tokens=6)
     sampled = TransformersGenerator(str(model_dir), near_greedy, device="cpu").generate(requests[::-1])
     assert [[response.truncated for response in group] for group in sampled] == [[True, True], [False, False]]
+
+
+def test_on_cuda_the_transformers_backend_loads_a_checkpoint_in_the_dtype_vllm_picks(tiny_model_dir, tmp_path):
+    """vLLM's `dtype=auto` loads a config naming float32 (verl's copies name the actor's) in the GPU's half
+    dtype, and a half dtype the GPU lacks in the one it has; the transformers backend does the same on CUDA."""
+
+    def config_naming(dtype: str | None, key: str = "dtype") -> str | None:
+        model = tmp_path / f"{key}_{dtype}"
+        model.mkdir()
+        config = json.loads((tiny_model_dir / "config.json").read_text())
+        config.pop("dtype", None)
+        (model / "config.json").write_text(json.dumps({**config, key: dtype} if dtype else config))
+        return config_dtype(model)
+
+    named = [config_naming("float32"), config_naming("bfloat16"), config_naming("float16", key="torch_dtype")]
+    assert named == ["float32", "bfloat16", "float16"] and config_naming(None) is None
+    assert [cuda_load_dtype(dtype, bfloat16_supported=True) for dtype in [*named, None]] == [
+        "bfloat16", "bfloat16", "float16", "bfloat16"
+    ]  # fmt: skip
+    assert {cuda_load_dtype(dtype, bfloat16_supported=False) for dtype in [*named, None]} == {"float16"}
+    assert transformers_placement("cpu", str(tiny_model_dir)) == ("cpu", "float32")

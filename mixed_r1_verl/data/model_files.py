@@ -114,6 +114,12 @@ def checkpoint_model_type(model_dir: str | os.PathLike) -> str | None:
     return json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
 
 
+def config_dtype(model_dir: str | os.PathLike) -> str | None:
+    """The dtype a checkpoint's config.json names (`dtype`, or transformers 4's `torch_dtype`); None where it names none."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return config.get("dtype") or config.get("torch_dtype")
+
+
 def image_processor_settings(model_dir: str | os.PathLike) -> dict:
     """The checkpoint's image processor settings: its preprocessor_config.json, else the
     `image_processor` entry of processor_config.json (the one file transformers 5 writes when it saves

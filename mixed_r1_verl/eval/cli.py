@@ -143,7 +143,7 @@ def generator_record(args) -> dict:
     """The backend and the device type and dtype it generates with, for the generation cache."""
     if chosen_backend(args) == "vllm":
         return {"backend": "vllm", "dtype": str(args.vllm_kwargs.get("dtype", "auto"))}
-    device, dtype = transformers_placement(args.device)
+    device, dtype = transformers_placement(args.device, args.model)
     return {"backend": "hf", "device": device.split(":")[0], "dtype": dtype}
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from mixed_r1_verl.data.frames import pixel_bounds_error, resized_again_reason, stated_bounds
 from mixed_r1_verl.data.model_files import (
+    config_dtype,
     processor_pixel_bounds,
     required_image_processor_settings,
     resolve_model_dir,
@@ -205,13 +206,26 @@ def end_token_ids(generation_config) -> set[int]:
     return set() if ids is None else {ids} if isinstance(ids, int) else set(ids)
 
 
-def transformers_placement(device: str | None) -> tuple[str, str]:
+def cuda_load_dtype(named: str | None, bfloat16_supported: bool) -> str:
+    """The dtype the transformers backend loads a checkpoint in on CUDA, the one vLLM's `dtype=auto` picks: the
+    dtype its config names, with float32 (named by verl's copies, for the actor's float32) or none going to the
+    GPU's half dtype, bfloat16 where it has it (compute capability 8.0 and up), else float16."""
+    half = "bfloat16" if bfloat16_supported else "float16"
+    if named in (None, "float32") or (named == "bfloat16" and not bfloat16_supported):
+        return half
+    return named
+
+
+def transformers_placement(device: str | None, model_path: str) -> tuple[str, str]:
     """The device the transformers backend generates on (the one given, else CUDA when there is one,
-    else the CPU) and the dtype it loads the model in there: the checkpoint's on CUDA, float32 on the CPU."""
+    else the CPU) and the dtype it loads the model in there: `cuda_load_dtype` on CUDA, float32 on the CPU."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return device, "auto" if device.startswith("cuda") else "float32"
+    if not device.startswith("cuda"):
+        return device, "float32"
+    named = config_dtype(resolve_model_dir(model_path))
+    return device, cuda_load_dtype(named, torch.cuda.is_bf16_supported(including_emulation=False))
 
 
 class TransformersGenerator:
@@ -228,7 +242,7 @@ class TransformersGenerator:
         self.torch = torch
         self.settings = settings
         self.prompts_per_call = max(1, sequences_per_call // settings.n)
-        self.device, dtype = transformers_placement(device)
+        self.device, dtype = transformers_placement(device, model_path)
         model_dir = resolve_model_dir(model_path)
         required_image_processor_settings(model_dir)
         self.processor = load_image_text_processor(model_path)
