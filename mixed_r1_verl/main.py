@@ -550,7 +550,7 @@ def pin_model_path(path: str) -> str:
     if not any(snapshot.glob("*.safetensors")) and not any(snapshot.glob("*.bin")):
         raise FileNotFoundError(
             f"the Hugging Face cache holds no weights of {path!r} ({snapshot}; the data tools fetch only the "
-            f"processor files) and HF_HUB_OFFLINE is set: run `huggingface-cli download {path}` where the "
+            f"processor files) and HF_HUB_OFFLINE is set: run `hf download {path}` where the "
             "network is reachable, or pass a local directory"
         )
     return str(snapshot)

@@ -33,7 +33,7 @@ def resolve_model_dir(model_path: str | os.PathLike) -> Path:
             raise FileNotFoundError(
                 f"model {str(model_path)!r} is not a directory and not in the Hugging Face cache "
                 f"({constants.HF_HUB_CACHE}); HF_HUB_OFFLINE is set, so nothing is downloaded: run "
-                f"`huggingface-cli download {model_path}` where the network is reachable, or pass a local directory"
+                f"`hf download {model_path}` where the network is reachable, or pass a local directory"
             ) from cache_miss
     try:
         return Path(snapshot_download(str(model_path), allow_patterns=list(PROCESSOR_FILES)))
