@@ -9,7 +9,8 @@ checkpoint (`global_step_N`, GRPO's or SFT's), a GRPO checkpoint's `actor/`, or 
 (`huggingface/`). The weights come from the copy where it holds them (saved with `hf_model` in
 save_contents), else from the ranks' FSDP shards, one rank's at a time (`models/fsdp_shards.py`), in
 bfloat16 (`dtype`) or as the checkpoint holds them (`dtype=saved`); config.json names the dtype written.
-`out_dir` is written new. Prints a summary (JSON): where the weights came from, whether adapters were
+`out_dir` is written new, with a model card (README.md) and the run's config where the checkpoint holds it
+(`models/model_card.py`). Prints a summary (JSON): where the weights came from, whether adapters were
 merged, the files, dtypes and bytes.
 """
 
@@ -34,6 +35,7 @@ from mixed_r1_verl.data.model_files import (
 )
 from mixed_r1_verl.models.fsdp_shards import write_fsdp_weights
 from mixed_r1_verl.models.lora import finish_interrupted_merge, saved_by_peft, write_merged_peft_weights
+from mixed_r1_verl.models.model_card import CARD_FILE, RUN_CONFIG, STEP_DIR, model_card, read_run_config
 from mixed_r1_verl.models.weight_files import FLOAT_DTYPES, is_weight_file, rewrite_weight_files, saved_dtypes
 from mixed_r1_verl.settings import run_settings_cli
 
@@ -52,14 +54,20 @@ class ExportConfig:
 EXPORT_DTYPES = ("bfloat16", "float16", "float32", "saved")
 
 
+def saved_float_dtypes(model_dir: Path) -> list[str]:
+    """torch's names of the floating-point dtypes a model directory's weights are saved in."""
+    codes = set(saved_dtypes(model_dir))
+    return [name for name, code in FLOAT_DTYPES.items() if code in codes]
+
+
 def name_dtype_in_config(model_dir: Path) -> None:
     """Makes a model directory's config.json (and the configs of its parts) name the dtype its floating-point
     weights are saved in, the dtype transformers and vLLM load it in by default; left as it is for weights
     saved in several."""
-    codes = {code for code in saved_dtypes(model_dir) if code in FLOAT_DTYPES.values()}
-    if len(codes) != 1:
+    written = saved_float_dtypes(model_dir)
+    if len(written) != 1:
         return
-    [dtype] = [name for name, code in FLOAT_DTYPES.items() if code in codes]
+    [dtype] = written
 
     def named(config: dict) -> dict:
         return {
@@ -104,6 +112,18 @@ def write_model_weights(shards: Path, copy: Path, target: Path, dtype: str | Non
     return "FSDP shards", write_fsdp_weights(shards, target, copy, dtype) > 0
 
 
+def write_model_card(model_dir: Path, name: str, shards: Path, lora_merged: bool) -> None:
+    """README.md, and the run's config where the checkpoint holds it (`models/model_card.py`)."""
+    method, step_dir = ("GRPO", shards.parent) if shards.name == "actor" else ("SFT", shards)
+    run = read_run_config(step_dir)
+    if run is not None:
+        shutil.copy2(step_dir / RUN_CONFIG, model_dir / RUN_CONFIG)
+    step = STEP_DIR.fullmatch(step_dir.name)
+    written = ", ".join(saved_float_dtypes(model_dir))
+    card = model_card(name, method, int(step.group(1)) if step else None, run, lora_merged, written)
+    (model_dir / CARD_FILE).write_text(card)
+
+
 def check_processor(model_dir: Path, copy: Path) -> None:
     """Refuses a model directory without image processor settings or a tokenizer, naming the files to copy
     into the checkpoint's copy, where they came from."""
@@ -140,6 +160,7 @@ def export(config: ExportConfig) -> dict:
             if path.is_file() and not is_weight_file(path) and not (built / path.name).exists():
                 shutil.copy2(path, built / path.name)
         name_dtype_in_config(built)
+        write_model_card(built, out.name, shards, lora_merged)
         check_processor(built, copy)
         reason = not_a_model_reason(built)
         if reason:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_lora import assert_merged_as_peft_merges, peft_saved_copy
+from test_model_card import card_parts
 from transformers import AutoModelForImageTextToText
 
 from data_helpers import REPO, checkout_env
@@ -48,7 +49,11 @@ def test_a_copy_saved_under_peft_names_is_exported_with_the_adapters_merged_in_a
         str(copy.parent), "huggingface/", True, "qwen2_5_vl"
     )  # fmt: skip
     assert summary["dtypes"] == ["BF16"]
-    assert summary["files"] == before == sorted(path.name for path in out.iterdir())
+    assert summary["files"] == sorted([*before, "README.md"]) == sorted(path.name for path in out.iterdir())
+    # A checkpoint without the run config the project's trainers save: the card tells what the layout does.
+    metadata, first, rows = card_parts((out / "README.md").read_text())
+    assert "base_model" not in metadata and metadata["tags"] == ["mixed-r1", "grpo", "verl"]
+    assert first.startswith("Step 3 of a GRPO run") and rows == {"LoRA": "merged into the weights", "weights": "bfloat16"}
     assert_merged_as_peft_merges(out, expected)
     assert saved_by_peft(copy) and sorted(path.name for path in copy.iterdir()) == before
     assert sorted(path.name for path in out.parent.iterdir()) == ["step_3"]

@@ -12,11 +12,13 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from data_helpers import CPU_GRPO_SETTINGS, checkout_env, run_module, run_on_cpu
+from test_model_card import card_parts
 from test_train_config import compose_recipe
 from mixed_r1_verl.data.model_files import WEIGHTS_INDEX
 from mixed_r1_verl.main import lora_mismatches, start_from_merged_adapter
@@ -175,6 +177,9 @@ def test_export_writes_a_lora_checkpoint_with_the_adapters_merged_in_from_its_co
     # The trainer merged the adapters into the copy when it saved it, in the actor's float32; the export is
     # in the config's bfloat16 unless asked for the dtype saved.
     assert (from_copy["weights_from"], from_copy["lora_merged"], from_copy["dtypes"]) == ("huggingface/", False, ["BF16"])
+    run = yaml.safe_load((actor.parent / "mixed_r1_run.yaml").read_text())["actor_rollout_ref"]["model"]
+    _, _, rows = card_parts((tmp_path / "copy" / "README.md").read_text())
+    assert rows["LoRA"] == f"rank {run['lora_rank']}, alpha {run['lora_alpha']}, merged into the weights"
     as_saved = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={actor}", f"out_dir={tmp_path / 'saved'}", "dtype=saved"))
     assert as_saved["dtypes"] == ["F32"] and as_saved["weight_bytes"] > 1.9 * from_copy["weight_bytes"]
     copy = load_file(actor / "huggingface" / "model.safetensors")

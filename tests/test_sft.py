@@ -12,12 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
 from verl.trainer.sft_trainer import create_sft_dataset
 from verl.utils.config import omega_conf_to_dataclass
 
 from data_helpers import CPU_SFT_SETTINGS, REPO, run_module, run_on_cpu
+from test_model_card import card_parts
 from test_train_config import compose_recipe
 from mixed_r1_verl.data.prepare import SFT_SCHEMA, PrepareConfig, prepare, sft_target
 from mixed_r1_verl.data.processor import load_image_text_processor
@@ -464,7 +466,11 @@ def test_export_writes_an_sft_checkpoint_from_its_copy_or_its_shards_as_a_model_
     step = trained_on_cpu / "checkpoints" / f"global_step_{CPU_SFT_STEPS}"
     from_copy = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={step}", f"out_dir={tmp_path / 'copy'}"))
     assert (from_copy["checkpoint"], from_copy["weights_from"], from_copy["lora_merged"]) == (str(step), "huggingface/", False)
-    assert from_copy["dtypes"] == ["BF16"]
+    assert from_copy["dtypes"] == ["BF16"] and "mixed_r1_run.yaml" in from_copy["files"]
+    _, first, rows = card_parts((tmp_path / "copy" / "README.md").read_text())
+    run = yaml.safe_load((step / "mixed_r1_run.yaml").read_text())
+    assert first.startswith(f"Step {CPU_SFT_STEPS} of an SFT run") and run["trainer"]["total_training_steps"] == CPU_SFT_STEPS
+    assert rows["sequences per step"] == str(run["data"]["train_batch_size"]) and rows["weights"] == "bfloat16"
     shards_only = tmp_path / step.name
     shutil.copytree(step, shards_only, ignore=shutil.ignore_patterns("*.safetensors"))
     from_shards = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={shards_only}", f"out_dir={tmp_path / 'shards'}"))

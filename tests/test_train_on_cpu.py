@@ -14,12 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForImageTextToText
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
 from cpu_rollout_inputs import rollout_model_inputs
 from data_helpers import CPU_GRPO_SETTINGS, checkout_env, convert_synthetic, read_jsonl, run_module, run_on_cpu
 from task_plugins import counting_records, write_counting_plugin, write_vqa_plugin
+from test_model_card import card_parts
 from mixed_r1_verl.data.model_files import image_processor_settings
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
@@ -269,7 +271,16 @@ def test_export_writes_the_trained_actor_from_its_shards_as_a_model_directory_wi
     assert json.loads((step / "actor" / "huggingface" / "config.json").read_text())["dtype"] == "float32"
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     copy = sorted(path.name for path in (step / "actor" / "huggingface").iterdir())
-    assert "model.safetensors" not in copy and summary["files"] == sorted([*copy, "model.safetensors"])
+    assert "model.safetensors" not in copy
+    assert summary["files"] == sorted([*copy, "model.safetensors", "README.md", "mixed_r1_run.yaml"])
+    # The run's config, as the trainer saved it beside the checkpoint, and the card read from it.
+    run = yaml.safe_load((out / "mixed_r1_run.yaml").read_text())
+    assert (out / "mixed_r1_run.yaml").read_text() == (step / "mixed_r1_run.yaml").read_text()
+    assert run["trainer"]["v1"]["trainer_mode"] == "mixed_r1_sync" and run["trainer"]["total_training_steps"] == FIRST_RUN_STEPS
+    _, first, rows = card_parts((out / "README.md").read_text())
+    assert first.startswith(f"Step {FIRST_RUN_STEPS} of a GRPO run")
+    assert rows["base model"] == f"`{run['actor_rollout_ref']['model']['path']}`" and rows["weights"] == "bfloat16"
+    assert rows["training data"] == f"`{run['data']['train_files']}`"
     assert image_processor_settings(out)
     shard = torch.load(step / "actor" / "model_world_size_1_rank_0.pt", map_location="cpu", weights_only=False)
     loaded = AutoModelForImageTextToText.from_pretrained(out, dtype="auto").state_dict()

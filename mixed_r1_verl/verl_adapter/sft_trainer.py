@@ -7,8 +7,9 @@ times the step and lowers `total_training_steps` to the last step that fits, so 
 path validates and saves it. Every rank takes rank 0's decision, so all of them stop at the same step.
 A resumed run may also change `data.num_workers` (`loader_processes.py`). The datasets leave out rows
 longer than `data.max_length`; the sets left must still fill a batch and the planned steps, as the
-entry checks the parquet's rows before start-up. A LoRA run's checkpoints get a Hugging Face copy with
-the adapters merged in, where verl saves them under peft's names (`mixed_r1_verl/models/lora.py`).
+entry checks the parquet's rows before start-up. Each checkpoint gets the run's config beside it
+(`mixed_r1_verl/models/model_card.py`), and a LoRA run's a Hugging Face copy with the adapters merged in,
+where verl saves them under peft's names (`mixed_r1_verl/models/lora.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from verl.trainer.sft_trainer import SFTTrainer
 from verl.utils.distributed import destroy_global_process_group, initialize_global_process_group
 
 from mixed_r1_verl.models.lora import merge_saved_adapters
+from mixed_r1_verl.models.model_card import write_run_config
 from mixed_r1_verl.sft import exit_unless_rows_fill_the_run
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count
 from mixed_r1_verl.verl_adapter.stop_by import StopBy
@@ -68,8 +70,7 @@ class MixedR1SFTTrainer(SFTTrainer):
 
     def _build_ckpt_handler(self):
         super()._build_ckpt_handler()
-        if self.config.model.lora_rank > 0:
-            self._merge_adapters_into_each_saved_copy()
+        self._finish_each_saved_checkpoint()
         if self._stop_by is None:
             return
         save_checkpoint = self.ckpt_handler.save_checkpoint
@@ -81,19 +82,23 @@ class MixedR1SFTTrainer(SFTTrainer):
 
         self.ckpt_handler.save_checkpoint = timed_save_checkpoint
 
-    def _merge_adapters_into_each_saved_copy(self):
-        """After the engine saves a checkpoint, and before verl records it as the latest, rank 0 rewrites
-        its Hugging Face copy (huggingface/, saved with hf_model) with the adapters merged in."""
+    def _finish_each_saved_checkpoint(self):
+        """After the engine saves a checkpoint, and before verl records it as the latest, rank 0 saves the
+        run's config beside it and, for LoRA, rewrites its Hugging Face copy (huggingface/, saved with
+        hf_model) with the adapters merged in."""
         engine = self.ckpt_handler.engine
         save_checkpoint = engine.save_checkpoint
+        lora = self.config.model.lora_rank > 0
 
-        def save_checkpoint_merged(*args, local_path, **kwargs):
+        def save_checkpoint_finished(*args, local_path, **kwargs):
             save_checkpoint(*args, local_path=local_path, **kwargs)
             if self.rank == 0:
-                merge_saved_adapters(Path(local_path) / "huggingface")
+                write_run_config(self.config, Path(local_path))
+                if lora:
+                    merge_saved_adapters(Path(local_path) / "huggingface")
             torch.distributed.barrier()
 
-        engine.save_checkpoint = save_checkpoint_merged
+        engine.save_checkpoint = save_checkpoint_finished
 
     def fit(self):
         self._planned_last_step = self.total_training_steps

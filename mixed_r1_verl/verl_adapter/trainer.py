@@ -1,8 +1,8 @@
 """V1 trainer `mixed_r1_sync`: verl's synchronous PPO/GRPO trainer that also logs, every step, the
 reward, accuracy, correct rate, format rate and error rate of each Mixed-R1 task (`mixed_r1/<task>/...`),
-and with `mixed_r1.stop_by` ends the run with a checkpoint before that time (`stop_by.py`). A LoRA run's
-checkpoints get a Hugging Face copy with the adapters merged in, where verl saves them under peft's names
-(`mixed_r1_verl/models/lora.py`).
+and with `mixed_r1.stop_by` ends the run with a checkpoint before that time (`stop_by.py`). Each checkpoint
+gets the run's config beside it (`mixed_r1_verl/models/model_card.py`), and a LoRA run's a Hugging Face copy
+with the adapters merged in, where verl saves them under peft's names (`mixed_r1_verl/models/lora.py`).
 
 Select it with `trainer.v1.trainer_mode=mixed_r1_sync`. Its settings are verl's `sync` ones
 (`trainer.v1.sync.*`; verl's is empty, so they are added with a leading `+`, e.g.
@@ -17,13 +17,14 @@ from pathlib import Path
 
 import ray
 import transfer_queue as tq
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from mixed_r1_verl.data.balanced_sampler import check_resumed_sampler, with_configured_sampler
 from mixed_r1_verl.models.lora import merge_saved_adapters
+from mixed_r1_verl.models.model_card import write_run_config
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count, stop_loader_processes
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, prompt_uid
 from mixed_r1_verl.verl_adapter.stop_by import StopBy, write_early_end
@@ -103,8 +104,10 @@ class MixedR1SyncTrainer(PPOTrainerSync):
 
     def _save_checkpoint(self):
         super()._save_checkpoint()
+        checkpoint = Path(self.config.trainer.default_local_dir) / f"global_step_{self.global_steps}"
+        # As the run was started: a rerun from the saved config selects this mode, not verl's.
+        write_run_config(OmegaConf.merge(self.config, {"trainer": {"v1": {"trainer_mode": TRAINER_MODE}}}), checkpoint)
         if self.config.actor_rollout_ref.model.lora_rank > 0:
-            checkpoint = Path(self.config.trainer.default_local_dir) / f"global_step_{self.global_steps}"
             merge_saved_adapters(checkpoint / "actor" / "huggingface")
 
     def fit(self, agent_loop_manager):

@@ -1,5 +1,6 @@
 """Evaluation with vLLM generation on the smoke run's final checkpoint, exported to a Hugging Face
-directory by `mixed_r1_verl.export` (from its FSDP shards) (issue check 4)."""
+directory by `mixed_r1_verl.export` (from its FSDP shards, with the model card read from the run's saved
+config) (issue check 4)."""
 
 from gpu_checks import assert_succeeded, evaluate_on_the_smoke_val_set_with_vllm
 
@@ -13,4 +14,7 @@ def test_exported_checkpoint_is_evaluated_with_vllm_on_every_val_row(smoke_first
     exported = gpu_out / "hf_step6"
     export = project_command("export_step6", gpu_out, "mixed_r1_verl.export", f"checkpoint={step_dir}", f"out_dir={exported}")
     assert_succeeded(export)
+    # The GPU trainer saved the run's config beside the checkpoint; the export's card reads it.
+    assert (step_dir / "mixed_r1_run.yaml").is_file()
+    assert f"Step {FINAL_STEP} of a GRPO run" in (exported / "README.md").read_text()
     evaluate_on_the_smoke_val_set_with_vllm("eval_step6", gpu_out, exported)

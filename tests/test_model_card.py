@@ -1,0 +1,64 @@
+"""The run config the trainers save beside each checkpoint, and the model card an export writes from it. The
+trainers' saves and the exports of their checkpoints are checked beside those runs (tests/test_train_on_cpu.py,
+tests/test_sft.py)."""
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from test_train_config import compose_recipe
+
+from mixed_r1_verl.models.model_card import hub_id, model_card, read_run_config, write_run_config
+from mixed_r1_verl.sft import register_sft_recipes, sft_config_dir
+
+
+def card_parts(card: str) -> tuple[dict, str, dict[str, str]]:
+    """A model card's metadata, its first paragraph and its table's rows (label: value)."""
+    _, metadata, body = card.split("---\n", 2)
+    paragraphs = body.strip().split("\n\n")
+    rows = [line.strip("|").split(" | ", 1) for line in body.splitlines() if line.startswith("| ")]
+    return yaml.safe_load(metadata), paragraphs[1], {label.strip(): value.strip() for label, value in rows if label.strip()}
+
+
+@pytest.mark.parametrize("method", ["GRPO", "SFT"])
+def test_a_card_names_the_base_model_on_the_hub_and_the_runs_settings_from_its_saved_config(method, tmp_path):
+    if method == "GRPO":
+        config = compose_recipe("qwen25vl_7b", "lora=on")
+        model, lr = config.actor_rollout_ref.model, config.actor_rollout_ref.actor.optim.lr
+    else:
+        register_sft_recipes()
+        with initialize_config_dir(str(sft_config_dir()), version_base=None):
+            config = compose("sft", overrides=["recipe=qwen25vl_7b", "lora=on"])
+        model, lr = config.model, config.optim.lr
+    write_run_config(config, tmp_path)
+    run = read_run_config(tmp_path)
+    assert run == OmegaConf.to_container(config, resolve=True)
+    assert [path.name for path in tmp_path.iterdir()] == ["mixed_r1_run.yaml"]
+
+    metadata, first, rows = card_parts(model_card("qwen-mixed", method, 40, run, lora_merged=False, dtype="bfloat16"))
+    assert metadata == {
+        "base_model": model.path, "library_name": "transformers", "pipeline_tag": "image-text-to-text",
+        "tags": ["mixed-r1", method.lower(), "verl"],
+    }  # fmt: skip
+    assert first.startswith(f"Step 40 of a{'n' if method == 'SFT' else ''} {method} run")
+    assert rows["base model"] == f"`{model.path}`" and rows["training data"] == f"`{config.data.train_files}`"
+    assert rows["learning rate"] == str(lr) and rows["weights"] == "bfloat16"
+    # The adapters an export writes are merged, whether the export or the trainer merged them.
+    assert rows["LoRA"] == f"rank {model.lora_rank}, alpha {model.lora_alpha}, merged into the weights"
+    if method == "GRPO":
+        rollout, actor = config.actor_rollout_ref.rollout, config.actor_rollout_ref.actor
+        assert rows["prompts per step × responses per prompt"] == f"{config.data.train_batch_size} × {rollout.n}"
+        assert rows["KL loss coefficient"] == str(actor.kl_loss_coef) and rows["reward manager"] == "mixed_r1"
+    else:
+        assert rows["sequences per step"] == str(config.data.train_batch_size)
+
+
+def test_only_a_hub_repository_id_is_named_as_the_base_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "qwen").mkdir(parents=True)
+    assert hub_id("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    for local in ("models/qwen", str(tmp_path / "models" / "qwen"), "../models/qwen", "qwen", None):
+        assert hub_id(local) is None
+    run = {"actor_rollout_ref": {"model": {"path": str(tmp_path / "models" / "qwen")}}}
+    metadata, _, rows = card_parts(model_card("grpo", "GRPO", 2, run, lora_merged=False, dtype="float32"))
+    assert "base_model" not in metadata and rows["base model"] == f"`{tmp_path / 'models' / 'qwen'}`"
