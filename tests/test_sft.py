@@ -590,6 +590,19 @@ def test_sets_smaller_than_one_batch_and_steps_beyond_the_epochs_are_refused_bef
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_setting_that_cannot_be_resolved_stops_the_run_before_training_not_at_its_first_save(
+    converted, tiny_model_dir, tmp_path, monkeypatch
+):
+    """Each checkpoint saves the run's config resolved (the model card's source). verl's SFT trainer resolves
+    it for its logger before the first step, so a setting that cannot be resolved never reaches a save."""
+    data_dir, _ = converted
+    monkeypatch.delenv("MIXED_R1_UNSET_FOR_TEST", raising=False)
+    run = sft_on_cpu(tmp_path, tiny_model_dir, data_dir, 2, "+mixed_r1.note=${oc.env:MIXED_R1_UNSET_FOR_TEST}")
+    assert run.returncode != 0 and "MIXED_R1_UNSET_FOR_TEST" in run.stderr, run.stderr[-3000:]
+    assert not (tmp_path / "logs" / "sft.jsonl").exists() or not read_metrics_log(tmp_path / "logs" / "sft.jsonl")
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_sets_that_rows_over_max_length_leave_short_of_a_batch_or_of_the_steps_are_refused_before_training(
     converted, tiny_model_dir, tmp_path
 ):
