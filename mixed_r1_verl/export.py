@@ -35,8 +35,9 @@ from mixed_r1_verl.data.model_files import (
 )
 from mixed_r1_verl.models.fsdp_shards import write_fsdp_weights
 from mixed_r1_verl.models.lora import finish_interrupted_merge, saved_by_peft, write_merged_peft_weights
-from mixed_r1_verl.models.model_card import CARD_FILE, RUN_CONFIG, STEP_DIR, model_card, read_run_config
+from mixed_r1_verl.models.model_card import CARD_FILE, STEP_DIR, model_card
 from mixed_r1_verl.models.weight_files import FLOAT_DTYPES, is_weight_file, rewrite_weight_files, saved_dtypes
+from mixed_r1_verl.run_config import RUN_CONFIG, read_run_config
 from mixed_r1_verl.settings import run_settings_cli
 
 

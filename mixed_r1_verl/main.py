@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mixed_r1_verl.data.model_files import is_hub_id
 from mixed_r1_verl.entry import EXIT_USAGE, register_recipe_files, run_recipe_entry
 
 logger = logging.getLogger(__name__)
@@ -554,18 +555,6 @@ def pin_model_path(path: str) -> str:
             "network is reachable, or pass a local directory"
         )
     return str(snapshot)
-
-
-def is_hub_id(path: str) -> bool:
-    """Whether `path` reads as a Hugging Face repository id (`name` or `org/name`)."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(path)
-    except HFValidationError:
-        return False
-    return True
 
 
 def data_files(setting) -> list[str]:

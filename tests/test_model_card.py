@@ -8,7 +8,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_train_config import compose_recipe
 
-from mixed_r1_verl.models.model_card import hub_id, model_card, read_run_config, write_run_config
+from mixed_r1_verl.models.model_card import base_hub_id, model_card
+from mixed_r1_verl.run_config import read_run_config, write_run_config
 from mixed_r1_verl.sft import register_sft_recipes, sft_config_dir
 
 
@@ -41,7 +42,8 @@ def test_a_card_names_the_base_model_on_the_hub_and_the_runs_settings_from_its_s
         "tags": ["mixed-r1", method.lower(), "verl"],
     }  # fmt: skip
     assert first.startswith(f"Step 40 of a{'n' if method == 'SFT' else ''} {method} run")
-    assert rows["base model"] == f"`{model.path}`" and rows["training data"] == f"`{config.data.train_files}`"
+    assert rows["base model"] == f"[{model.path}](https://huggingface.co/{model.path})" and "started from" not in rows
+    assert rows["training data"] == f"`{config.data.train_files}`"
     assert rows["learning rate"] == str(lr) and rows["weights"] == "bfloat16"
     # The adapters an export writes are merged, whether the export or the trainer merged them.
     assert rows["LoRA"] == f"rank {model.lora_rank}, alpha {model.lora_alpha}, merged into the weights"
@@ -53,12 +55,35 @@ def test_a_card_names_the_base_model_on_the_hub_and_the_runs_settings_from_its_s
         assert rows["sequences per step"] == str(config.data.train_batch_size)
 
 
-def test_only_a_hub_repository_id_is_named_as_the_base_model(tmp_path, monkeypatch):
+def test_the_base_model_is_followed_to_its_hub_id_through_cache_snapshots_and_the_runs_before(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "qwen").mkdir(parents=True)
-    assert hub_id("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
-    for local in ("models/qwen", str(tmp_path / "models" / "qwen"), "../models/qwen", "qwen", None):
-        assert hub_id(local) is None
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-VL-3B-Instruct" / "snapshots" / "0a1b2c"
+    assert base_hub_id("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert base_hub_id(str(snapshot)) == "Qwen/Qwen2.5-VL-3B-Instruct"  # an offline run trains from the snapshot
+    for unknown in ("models/qwen", str(tmp_path / "models" / "qwen"), "../models/qwen", None):
+        assert base_hub_id(unknown) is None, unknown
+
+    # SFT from the snapshot, GRPO from the SFT checkpoint's copy, an export of it, GRPO from the export.
+    sft_copy = tmp_path / "sft" / "global_step_4" / "huggingface"
+    grpo_copy = tmp_path / "grpo" / "global_step_9" / "actor" / "huggingface"
+    exported = tmp_path / "hf" / "grpo"
+    for directory, run in (
+        (sft_copy.parent, {"model": {"path": str(snapshot)}}),
+        (grpo_copy.parent.parent, {"actor_rollout_ref": {"model": {"path": str(sft_copy)}}}),
+        (exported, {"actor_rollout_ref": {"model": {"path": str(grpo_copy)}}}),
+    ):
+        directory.mkdir(parents=True, exist_ok=True)
+        write_run_config(OmegaConf.create(run), directory)
+    grpo_copy.mkdir(parents=True)
+    sft_copy.mkdir()
+    run = {"actor_rollout_ref": {"model": {"path": str(exported)}}}
+    metadata, _, rows = card_parts(model_card("grpo2", "GRPO", 2, run, lora_merged=False, dtype="bfloat16"))
+    assert metadata["base_model"] == "Qwen/Qwen2.5-VL-3B-Instruct" and rows["started from"] == f"`{exported}`"
+    assert rows["base model"] == "[Qwen/Qwen2.5-VL-3B-Instruct](https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct)"
+
+    # A local model of no known origin is named where the run started, and not as the Hub's base model.
     run = {"actor_rollout_ref": {"model": {"path": str(tmp_path / "models" / "qwen")}}}
     metadata, _, rows = card_parts(model_card("grpo", "GRPO", 2, run, lora_merged=False, dtype="float32"))
-    assert "base_model" not in metadata and rows["base model"] == f"`{tmp_path / 'models' / 'qwen'}`"
+    assert "base_model" not in metadata and "base model" not in rows
+    assert rows["started from"] == f"`{tmp_path / 'models' / 'qwen'}`"

@@ -530,6 +530,14 @@ def test_a_second_run_resumes_after_the_last_checkpoint_and_keeps_the_first_runs
         f"global_step_{CPU_SFT_STEPS}: its data loader position was saved by 0 loader process(es), so the resumed "
         "epoch is read with 0 and the next ones with data.num_workers=1"
     ) in run.stdout, run.stdout[-3000:]
+    # The settings changed since the checkpoint, against the config it saved, and nothing else.
+    checkpoint = trained_on_cpu / "checkpoints" / f"global_step_{CPU_SFT_STEPS}"
+    saved = yaml.safe_load((checkpoint / "mixed_r1_run.yaml").read_text())
+    assert (
+        f"global_step_{CPU_SFT_STEPS}: resumed with 2 setting(s) changed since it was saved ({checkpoint / 'mixed_r1_run.yaml'} "
+        f"holds the saved ones):\n  data.num_workers: {saved['data']['num_workers']!r} -> 1\n"
+        f"  trainer.total_training_steps: {CPU_SFT_STEPS} -> {CPU_SFT_STEPS + 2}\n"
+    ) in run.stdout, run.stdout[-3000:]
     assert sorted(read_metrics_log(trained_on_cpu / "logs" / "sft.jsonl")) == [CPU_SFT_STEPS + 1, CPU_SFT_STEPS + 2]
     assert read_metrics_log(trained_on_cpu / "logs" / "sft.1.jsonl") == first_run
     assert (trained_on_cpu / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == str(CPU_SFT_STEPS + 2)

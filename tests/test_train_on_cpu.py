@@ -182,6 +182,21 @@ def test_a_rerun_resumes_after_the_checkpoint_with_per_task_filtering(first_run,
         f"global_step_{FIRST_RUN_STEPS}: its data loader position was saved by 2 loader process(es), so the "
         "resumed epoch is read with 2 and the next ones with data.dataloader_num_workers=1"
     ) in resumed_run
+    # The settings changed since the checkpoint, against the config it saved.
+    checkpoint = work_dir / "smoke" / "checkpoints" / f"global_step_{FIRST_RUN_STEPS}"
+    saved = yaml.safe_load((checkpoint / "mixed_r1_run.yaml").read_text())
+    assert (
+        f"global_step_{FIRST_RUN_STEPS}: resumed with " in resumed_run
+        and f"setting(s) changed since it was saved ({checkpoint / 'mixed_r1_run.yaml'} holds the saved ones):" in resumed_run
+    )
+    for change in (
+        f"data.dataloader_num_workers: {saved['data']['dataloader_num_workers']!r} -> 1",
+        f"trainer.save_freq: {saved['trainer']['save_freq']!r} -> 5",
+        f"trainer.total_training_steps: {FIRST_RUN_STEPS} -> {RESUMED_PLANNED_LAST_STEP}",
+        "algorithm.filter_groups.enable: False -> True",
+        "trainer.v1.sampler.custom_sampler.name: None -> 'PerTaskDynamicSampler'",
+    ):
+        assert f"  {change}\n" in resumed_run, change
     assert read_metrics_log(work_dir / "metrics.1.jsonl").keys() == set(range(1, FIRST_RUN_STEPS + 1))
     steps = read_metrics_log(work_dir / "metrics.jsonl")
     assert sorted(steps) == [FIRST_RUN_STEPS + 1]
@@ -279,7 +294,7 @@ def test_export_writes_the_trained_actor_from_its_shards_as_a_model_directory_wi
     assert run["trainer"]["v1"]["trainer_mode"] == "mixed_r1_sync" and run["trainer"]["total_training_steps"] == FIRST_RUN_STEPS
     _, first, rows = card_parts((out / "README.md").read_text())
     assert first.startswith(f"Step {FIRST_RUN_STEPS} of a GRPO run")
-    assert rows["base model"] == f"`{run['actor_rollout_ref']['model']['path']}`" and rows["weights"] == "bfloat16"
+    assert rows["started from"] == f"`{run['actor_rollout_ref']['model']['path']}`" and rows["weights"] == "bfloat16"
     assert rows["training data"] == f"`{run['data']['train_files']}`"
     assert image_processor_settings(out)
     shard = torch.load(step / "actor" / "model_world_size_1_rank_0.pt", map_location="cpu", weights_only=False)

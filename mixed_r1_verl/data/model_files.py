@@ -44,6 +44,18 @@ def resolve_model_dir(model_path: str | os.PathLike) -> Path:
         ) from error
 
 
+def is_hub_id(path: str) -> bool:
+    """Whether `path` reads as a Hugging Face repository id (`name` or `org/name`)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return False
+    return True
+
+
 WEIGHT_FILES = ("*.safetensors", "*.bin")
 # A tokenizer's vocabulary: the fast tokenizer's file, a SentencePiece model, or a BPE vocabulary.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")

@@ -1,9 +1,6 @@
-"""The run a checkpoint came from, and the model card an export writes from it.
-
-The project's trainers save the run's resolved config beside each checkpoint (`RUN_CONFIG`, in
-`global_step_N/`) before verl records it as the latest. `mixed-r1 export` copies it into the model
-directory and writes README.md: the Hub's metadata (base model, library, pipeline, tags) and what the
-model was trained from and how, read from that config; a checkpoint saved without one (verl's own
+"""The model card (README.md) `mixed-r1 export` writes: the Hub's metadata (base model, library, pipeline,
+tags) and what the model was trained from and how, read from the run config the project's trainers save
+beside each checkpoint (`mixed_r1_verl/run_config.py`); a checkpoint saved without one (verl's own
 trainers) gets a card of what its layout tells.
 """
 
@@ -16,45 +13,52 @@ from pathlib import Path
 
 import yaml
 
-RUN_CONFIG = "mixed_r1_run.yaml"
+from mixed_r1_verl.data.model_files import is_hub_id
+from mixed_r1_verl.run_config import RUN_CONFIG, read_run_config, setting
+
 CARD_FILE = "README.md"
 STEP_DIR = re.compile(r"global_step_(\d+)")
-# A Hub repository id: owner/name, each of letters, digits, '-', '_' and '.'.
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # Where a GRPO and an SFT run's config names the model it trains.
 MODEL_KEY = {"GRPO": "actor_rollout_ref.model", "SFT": "model"}
+# A snapshot in the Hugging Face cache, which offline runs train from: models--<org>--<name>/snapshots/<revision>.
+CACHE_SNAPSHOT = re.compile(r"models--([^/]+)/snapshots/[^/]+")
+# The runs a chain of checkpoints (SFT, then GRPO from its copy, ...) is followed back through.
+MOST_RUNS = 8
 
 
-def write_run_config(config, checkpoint: Path) -> None:
-    """Saves the run's config (an OmegaConf config), resolved, in the checkpoint directory."""
-    from omegaconf import OmegaConf
-
-    written = checkpoint / f".{RUN_CONFIG}.partial"
-    written.write_text(OmegaConf.to_yaml(config, resolve=True))
-    written.replace(checkpoint / RUN_CONFIG)
+def run_method(run: dict) -> str:
+    return "GRPO" if "actor_rollout_ref" in run else "SFT"
 
 
-def read_run_config(checkpoint: Path) -> dict | None:
-    """The run config saved in a checkpoint directory; None where it has none."""
-    saved = checkpoint / RUN_CONFIG
-    return yaml.safe_load(saved.read_text()) if saved.is_file() else None
+def saved_run_of(model_dir: Path) -> dict | None:
+    """The config of the run that wrote a model directory: an export holds it; a checkpoint's Hugging Face
+    copy (SFT's `global_step_N/huggingface`, GRPO's `global_step_N/actor/huggingface`) has it in `global_step_N`."""
+    directories = [model_dir]
+    if model_dir.name == "huggingface":
+        directories.append(model_dir.parent.parent if model_dir.parent.name == "actor" else model_dir.parent)
+    for directory in directories:
+        if (run := read_run_config(directory)) is not None:
+            return run
+    return None
 
 
-def setting(run: dict, dotted: str):
-    """The value at a dotted key of a run config; None where any part is missing."""
-    value = run
-    for key in dotted.split("."):
-        if not isinstance(value, dict):
+def base_hub_id(model_path: str | None) -> str | None:
+    """The Hub repository a run's model comes from, for the Hub's `base_model`: the id given; a Hugging Face
+    cache snapshot's (offline runs train from the snapshot); for a model that a run of the project trained
+    (an SFT checkpoint GRPO starts from, say), the one that run started from. None for a local model of no
+    known origin."""
+    for _ in range(MOST_RUNS):
+        if not model_path:
             return None
-        value = value.get(key)
-    return value
-
-
-def hub_id(model_path: str | None) -> str | None:
-    """The base model as the Hub's `base_model` metadata names it: a repository id, not a local directory."""
-    if not model_path or not HUB_ID.fullmatch(model_path) or ".." in model_path or os.path.exists(model_path):
-        return None
-    return model_path
+        if snapshot := CACHE_SNAPSHOT.search(model_path):
+            return snapshot.group(1).replace("--", "/")
+        if not os.path.exists(model_path):
+            return model_path if is_hub_id(model_path) else None
+        run = saved_run_of(Path(os.path.realpath(model_path)))
+        if run is None:
+            return None
+        model_path = setting(run, f"{MODEL_KEY[run_method(run)]}.path")
+    return None
 
 
 def files_named(value) -> str | None:
@@ -68,7 +72,7 @@ def trained_rows(run: dict, method: str) -> list[tuple[str, object]]:
     """What a GRPO or SFT run was trained from and with, as (label, value) rows; rows its config lacks are left out."""
     model_path = setting(run, f"{MODEL_KEY[method]}.path")
     rows = [
-        ("base model", f"`{model_path}`" if model_path else None),
+        ("started from", f"`{model_path}`" if model_path else None),
         ("training data", files_named(setting(run, "data.train_files"))),
         ("planned steps", setting(run, "trainer.total_training_steps")),
         ("epochs", setting(run, "trainer.total_epochs")),
@@ -98,14 +102,15 @@ def model_card(name: str, method: str, step: int | None, run: dict | None, lora_
     """README.md of an exported model: Hub metadata, then how it was trained and how to load it. `lora_merged`:
     the export merged adapters into the weights (a run's own copy already holds them merged)."""
     run = run or {}
-    base = hub_id(setting(run, f"{MODEL_KEY[method]}.path"))
+    base = base_hub_id(setting(run, f"{MODEL_KEY[method]}.path"))
     metadata = {
         **({"base_model": base} if base else {}),
         "library_name": "transformers",
         "pipeline_tag": "image-text-to-text",
         "tags": ["mixed-r1", method.lower(), "verl"],
     }
-    rows = trained_rows(run, method)
+    rows = [("base model", f"[{base}](https://huggingface.co/{base})")] if base else []
+    rows += [row for row in trained_rows(run, method) if row != ("started from", f"`{base}`")]
     lora_rank = setting(run, f"{MODEL_KEY[method]}.lora_rank")
     if lora_rank or lora_merged:
         trained = [f"rank {lora_rank}, alpha {setting(run, f'{MODEL_KEY[method]}.lora_alpha')}"] if lora_rank else []

@@ -8,7 +8,7 @@ path validates and saves it. Every rank takes rank 0's decision, so all of them 
 A resumed run may also change `data.num_workers` (`loader_processes.py`). The datasets leave out rows
 longer than `data.max_length`; the sets left must still fill a batch and the planned steps, as the
 entry checks the parquet's rows before start-up. Each checkpoint gets the run's config beside it
-(`mixed_r1_verl/models/model_card.py`), and a LoRA run's a Hugging Face copy with the adapters merged in,
+(`mixed_r1_verl/run_config.py`), and a LoRA run's a Hugging Face copy with the adapters merged in,
 where verl saves them under peft's names (`mixed_r1_verl/models/lora.py`).
 """
 
@@ -24,7 +24,7 @@ from verl.trainer.sft_trainer import SFTTrainer
 from verl.utils.distributed import destroy_global_process_group, initialize_global_process_group
 
 from mixed_r1_verl.models.lora import merge_saved_adapters
-from mixed_r1_verl.models.model_card import write_run_config
+from mixed_r1_verl.run_config import resumed_settings_note, write_run_config
 from mixed_r1_verl.sft import exit_unless_rows_fill_the_run
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count
 from mixed_r1_verl.verl_adapter.stop_by import StopBy
@@ -37,8 +37,10 @@ class MixedR1SFTTrainer(SFTTrainer):
         if self.resume_global_step:
             checkpoint = self.ckpt_handler._determine_resume_path()
             said = resume_with_saved_worker_count(self.train_dataloader, checkpoint, "data.num_workers")
-            if said and self.rank == 0:
-                print(said, flush=True)
+            changed = resumed_settings_note(Path(checkpoint), config)
+            for note in (said, changed):
+                if note and self.rank == 0:
+                    print(note, flush=True)
 
     def _build_dataset(self):
         super()._build_dataset()

@@ -1,7 +1,7 @@
 """V1 trainer `mixed_r1_sync`: verl's synchronous PPO/GRPO trainer that also logs, every step, the
 reward, accuracy, correct rate, format rate and error rate of each Mixed-R1 task (`mixed_r1/<task>/...`),
 and with `mixed_r1.stop_by` ends the run with a checkpoint before that time (`stop_by.py`). Each checkpoint
-gets the run's config beside it (`mixed_r1_verl/models/model_card.py`), and a LoRA run's a Hugging Face copy
+gets the run's config beside it (`mixed_r1_verl/run_config.py`), and a LoRA run's a Hugging Face copy
 with the adapters merged in, where verl saves them under peft's names (`mixed_r1_verl/models/lora.py`).
 
 Select it with `trainer.v1.trainer_mode=mixed_r1_sync`. Its settings are verl's `sync` ones
@@ -24,7 +24,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from mixed_r1_verl.data.balanced_sampler import check_resumed_sampler, with_configured_sampler
 from mixed_r1_verl.models.lora import merge_saved_adapters
-from mixed_r1_verl.models.model_card import write_run_config
+from mixed_r1_verl.run_config import resumed_settings_note, write_run_config
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count, stop_loader_processes
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, prompt_uid
 from mixed_r1_verl.verl_adapter.stop_by import StopBy, write_early_end
@@ -99,16 +99,21 @@ class MixedR1SyncTrainer(PPOTrainerSync):
             checkpoint = resumed_checkpoint(self.config.trainer, self.global_steps)
             check_resumed_sampler(self.train_dataloader, checkpoint)
             said = resume_with_saved_worker_count(self.train_dataloader, checkpoint, "data.dataloader_num_workers")
-            if said:
-                print(said, flush=True)
+            changed = resumed_settings_note(Path(checkpoint), self._run_config())
+            for note in (said, changed):
+                if note:
+                    print(note, flush=True)
 
     def _save_checkpoint(self):
         super()._save_checkpoint()
         checkpoint = Path(self.config.trainer.default_local_dir) / f"global_step_{self.global_steps}"
-        # As the run was started: a rerun from the saved config selects this mode, not verl's.
-        write_run_config(OmegaConf.merge(self.config, {"trainer": {"v1": {"trainer_mode": TRAINER_MODE}}}), checkpoint)
+        write_run_config(self._run_config(), checkpoint)
         if self.config.actor_rollout_ref.model.lora_rank > 0:
             merge_saved_adapters(checkpoint / "actor" / "huggingface")
+
+    def _run_config(self) -> DictConfig:
+        """The config as the run was started: a rerun from the saved one selects this mode, not verl's."""
+        return OmegaConf.merge(self.config, {"trainer": {"v1": {"trainer_mode": TRAINER_MODE}}})
 
     def fit(self, agent_loop_manager):
         try:
