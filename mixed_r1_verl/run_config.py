@@ -15,7 +15,8 @@ import yaml
 RUN_CONFIG = "mixed_r1_run.yaml"
 # The changed settings a resumed run lists before it says how many more there are.
 SHOWN_CHANGES = 20
-NOT_SET = "(not set)"
+# A key one of two configs lacks; shown as "(not set)", apart from any string value.
+NOT_SET = object()
 
 
 def write_run_config(config, checkpoint: Path) -> None:
@@ -58,8 +59,12 @@ def leaves(config: dict, prefix: str = "") -> dict[str, object]:
 def changed_settings(saved: dict, current: dict) -> list[str]:
     """`key: saved -> current` for every setting that differs, added or removed included, by key."""
     before, after = leaves(saved), leaves(current)
+
+    def shown(value) -> str:
+        return "(not set)" if value is NOT_SET else repr(value)
+
     return [
-        f"{key}: {before.get(key, NOT_SET)!r} -> {after.get(key, NOT_SET)!r}"
+        f"{key}: {shown(before.get(key, NOT_SET))} -> {shown(after.get(key, NOT_SET))}"
         for key in sorted(before.keys() | after.keys())
         if before.get(key, NOT_SET) != after.get(key, NOT_SET)
     ]

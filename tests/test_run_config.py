@@ -13,9 +13,9 @@ def test_changed_settings_name_each_leaf_that_differs_was_added_or_was_removed()
                "mixed_r1": {"stop_by": 1800000000}, "sampler": {"kwargs": {"metric": "correct"}}}  # fmt: skip
     assert changed_settings(saved, current) == [
         "data.train_files: ['a.parquet'] -> ['a.parquet', 'b.parquet']",
-        "mixed_r1.stop_by: '(not set)' -> 1800000000",
-        "sampler.kwargs.metric: '(not set)' -> 'correct'",
-        "trainer.save_freq: 2 -> '(not set)'",
+        "mixed_r1.stop_by: (not set) -> 1800000000",
+        "sampler.kwargs.metric: (not set) -> 'correct'",
+        "trainer.save_freq: 2 -> (not set)",
     ]
     assert changed_settings(saved, saved) == []
 
