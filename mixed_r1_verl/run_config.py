@@ -12,11 +12,12 @@ from pathlib import Path
 
 import yaml
 
+from mixed_r1_verl.data.records import lookup
+from mixed_r1_verl.settings import changed_entries
+
 RUN_CONFIG = "mixed_r1_run.yaml"
 # The changed settings a resumed run lists before it says how many more there are.
 SHOWN_CHANGES = 20
-# A key one of two configs lacks; shown as "(not set)", apart from any string value.
-NOT_SET = object()
 
 
 def write_run_config(config, checkpoint: Path) -> None:
@@ -34,40 +35,9 @@ def read_run_config(checkpoint: Path) -> dict | None:
     return yaml.safe_load(saved.read_text()) if saved.is_file() else None
 
 
-def setting(run: dict, dotted: str):
-    """The value at a dotted key of a run config; None where any part is missing."""
-    value = run
-    for key in dotted.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
-def leaves(config: dict, prefix: str = "") -> dict[str, object]:
-    """A nested config as {dotted key: value}; lists are values, and an empty mapping holds none (one that
-    gains keys shows as the keys added)."""
-    found = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            found.update(leaves(value, f"{prefix}{key}."))
-        else:
-            found[f"{prefix}{key}"] = value
-    return found
-
-
 def changed_settings(saved: dict, current: dict) -> list[str]:
-    """`key: saved -> current` for every setting that differs, added or removed included, by key."""
-    before, after = leaves(saved), leaves(current)
-
-    def shown(value) -> str:
-        return "(not set)" if value is NOT_SET else repr(value)
-
-    return [
-        f"{key}: {shown(before.get(key, NOT_SET))} -> {shown(after.get(key, NOT_SET))}"
-        for key in sorted(before.keys() | after.keys())
-        if before.get(key, NOT_SET) != after.get(key, NOT_SET)
-    ]
+    """`key: saved -> current` for every setting that differs (None where a config lacks it), by key."""
+    return [f"{key}: {lookup(saved, key)!r} -> {lookup(current, key)!r}" for key in changed_entries(saved, current)]
 
 
 def resumed_settings_note(checkpoint: Path, config) -> str | None:

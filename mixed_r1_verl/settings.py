@@ -59,3 +59,15 @@ def run_settings_cli(description: str, schema: type[Settings], argv: list[str], 
     settings = parse_settings(schema, argv)
     with input_errors_end_the_command():
         run(settings)
+
+
+def changed_entries(earlier: dict, now: dict) -> list[str]:
+    """The keys whose values differ, a mapping's own keys as `key.name` (`files.chat_template.jinja`)."""
+    changed = []
+    for key in sorted(earlier.keys() | now.keys()):
+        before, after = earlier.get(key), now.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changed += [f"{key}.{name}" for name in changed_entries(before, after)]
+        elif before != after:
+            changed.append(key)
+    return changed

@@ -6,16 +6,16 @@ from omegaconf import OmegaConf
 from mixed_r1_verl.run_config import SHOWN_CHANGES, changed_settings, resumed_settings_note, write_run_config
 
 
-def test_changed_settings_name_each_leaf_that_differs_was_added_or_was_removed():
+def test_changed_settings_name_each_setting_that_differs_was_added_or_was_removed():
     saved = {"data": {"train_files": ["a.parquet"], "num_workers": 2}, "trainer": {"save_freq": 2, "logger": ["console"]},
              "sampler": {"kwargs": {}}}  # fmt: skip
     current = {"data": {"train_files": ["a.parquet", "b.parquet"], "num_workers": 2}, "trainer": {"logger": ["console"]},
                "mixed_r1": {"stop_by": 1800000000}, "sampler": {"kwargs": {"metric": "correct"}}}  # fmt: skip
     assert changed_settings(saved, current) == [
         "data.train_files: ['a.parquet'] -> ['a.parquet', 'b.parquet']",
-        "mixed_r1.stop_by: (not set) -> 1800000000",
-        "sampler.kwargs.metric: (not set) -> 'correct'",
-        "trainer.save_freq: 2 -> (not set)",
+        "mixed_r1: None -> {'stop_by': 1800000000}",  # a mapping added whole
+        "sampler.kwargs.metric: None -> 'correct'",
+        "trainer.save_freq: 2 -> None",
     ]
     assert changed_settings(saved, saved) == []
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mixed_r1_verl.data.model_files import PROCESSOR_FILES, file_stamps, resolve_model_dir
 from mixed_r1_verl.models.lora import ADAPTER_DIR
+from mixed_r1_verl.settings import changed_entries
 
 logger = logging.getLogger(__name__)
 
@@ -165,14 +166,3 @@ def discard_generations_made_otherwise(out_dir: Path, model: str, sampling: dict
             cache.unlink()
     record.write_text(json.dumps(made_with, indent=2))
 
-
-def changed_entries(earlier: dict, now: dict) -> list[str]:
-    """The keys whose values differ, a mapping's own keys as `key.name` (`files.chat_template.jinja`)."""
-    changed = []
-    for key in sorted(earlier.keys() | now.keys()):
-        before, after = earlier.get(key), now.get(key)
-        if isinstance(before, dict) and isinstance(after, dict):
-            changed += [f"{key}.{name}" for name in changed_entries(before, after)]
-        elif before != after:
-            changed.append(key)
-    return changed

@@ -8,7 +8,7 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .cache import changed_entries
+from mixed_r1_verl.settings import changed_entries
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # Settings of a run that shape its scores besides the model: a compare warns where two runs differ.

@@ -14,7 +14,8 @@ from pathlib import Path
 import yaml
 
 from mixed_r1_verl.data.model_files import is_hub_id
-from mixed_r1_verl.run_config import RUN_CONFIG, read_run_config, setting
+from mixed_r1_verl.data.records import lookup
+from mixed_r1_verl.run_config import RUN_CONFIG, read_run_config
 
 CARD_FILE = "README.md"
 STEP_DIR = re.compile(r"global_step_(\d+)")
@@ -57,7 +58,7 @@ def base_hub_id(model_path: str | None) -> str | None:
         run = saved_run_of(Path(os.path.realpath(model_path)))
         if run is None:
             return None
-        model_path = setting(run, f"{MODEL_KEY[run_method(run)]}.path")
+        model_path = lookup(run, f"{MODEL_KEY[run_method(run)]}.path")
     return None
 
 
@@ -70,30 +71,30 @@ def files_named(value) -> str | None:
 
 def trained_rows(run: dict, method: str) -> list[tuple[str, object]]:
     """What a GRPO or SFT run was trained from and with, as (label, value) rows; rows its config lacks are left out."""
-    model_path = setting(run, f"{MODEL_KEY[method]}.path")
+    model_path = lookup(run, f"{MODEL_KEY[method]}.path")
     rows = [
         ("started from", f"`{model_path}`" if model_path else None),
-        ("training data", files_named(setting(run, "data.train_files"))),
-        ("planned steps", setting(run, "trainer.total_training_steps")),
-        ("epochs", setting(run, "trainer.total_epochs")),
+        ("training data", files_named(lookup(run, "data.train_files"))),
+        ("planned steps", lookup(run, "trainer.total_training_steps")),
+        ("epochs", lookup(run, "trainer.total_epochs")),
     ]
     if method == "GRPO":
-        prompts, responses = setting(run, "data.train_batch_size"), setting(run, "actor_rollout_ref.rollout.n")
+        prompts, responses = lookup(run, "data.train_batch_size"), lookup(run, "actor_rollout_ref.rollout.n")
         batch = f"{prompts} × {responses}" if prompts and responses else None
-        kl_coef = setting(run, "actor_rollout_ref.actor.kl_loss_coef")
+        kl_coef = lookup(run, "actor_rollout_ref.actor.kl_loss_coef")
         rows += [
-            ("reward manager", setting(run, "reward.reward_manager.name")),
+            ("reward manager", lookup(run, "reward.reward_manager.name")),
             ("prompts per step × responses per prompt", batch),
-            ("learning rate", setting(run, "actor_rollout_ref.actor.optim.lr")),
-            ("KL loss coefficient", kl_coef if setting(run, "actor_rollout_ref.actor.use_kl_loss") else None),
-            ("rollout temperature", setting(run, "actor_rollout_ref.rollout.temperature")),
-            ("max response tokens", setting(run, "data.max_response_length")),
+            ("learning rate", lookup(run, "actor_rollout_ref.actor.optim.lr")),
+            ("KL loss coefficient", kl_coef if lookup(run, "actor_rollout_ref.actor.use_kl_loss") else None),
+            ("rollout temperature", lookup(run, "actor_rollout_ref.rollout.temperature")),
+            ("max response tokens", lookup(run, "data.max_response_length")),
         ]
     else:
         rows += [
-            ("sequences per step", setting(run, "data.train_batch_size")),
-            ("learning rate", setting(run, "optim.lr")),
-            ("max sequence tokens", setting(run, "data.max_length")),
+            ("sequences per step", lookup(run, "data.train_batch_size")),
+            ("learning rate", lookup(run, "optim.lr")),
+            ("max sequence tokens", lookup(run, "data.max_length")),
         ]
     return [(label, value) for label, value in rows if value is not None]
 
@@ -102,7 +103,7 @@ def model_card(name: str, method: str, step: int | None, run: dict | None, lora_
     """README.md of an exported model: Hub metadata, then how it was trained and how to load it. `lora_merged`:
     the export merged adapters into the weights (a run's own copy already holds them merged)."""
     run = run or {}
-    base = base_hub_id(setting(run, f"{MODEL_KEY[method]}.path"))
+    base = base_hub_id(lookup(run, f"{MODEL_KEY[method]}.path"))
     metadata = {
         **({"base_model": base} if base else {}),
         "library_name": "transformers",
@@ -111,9 +112,9 @@ def model_card(name: str, method: str, step: int | None, run: dict | None, lora_
     }
     rows = [("base model", f"[{base}](https://huggingface.co/{base})")] if base else []
     rows += [row for row in trained_rows(run, method) if row != ("started from", f"`{base}`")]
-    lora_rank = setting(run, f"{MODEL_KEY[method]}.lora_rank")
+    lora_rank = lookup(run, f"{MODEL_KEY[method]}.lora_rank")
     if lora_rank or lora_merged:
-        trained = [f"rank {lora_rank}, alpha {setting(run, f'{MODEL_KEY[method]}.lora_alpha')}"] if lora_rank else []
+        trained = [f"rank {lora_rank}, alpha {lookup(run, f'{MODEL_KEY[method]}.lora_alpha')}"] if lora_rank else []
         rows.append(("LoRA", ", ".join([*trained, "merged into the weights"])))
     rows.append(("weights", dtype))
     table = "\n".join(["| | |", "|---|---|", *(f"| {label} | {value} |" for label, value in rows)])
