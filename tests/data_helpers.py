@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.eval.cli import main as eval_main
@@ -66,3 +68,11 @@ def score_saved(parquet, responses, out_dir, embedding_model=None):
     generations.write_text("".join(json.dumps({"id": key, "response": text}) + "\n" for key, text in responses.items()))
     args = [f"data={parquet}", f"generations={generations}", f"out_dir={out_dir}"]
     return eval_main(args + ([f"embedding_model={embedding_model}"] if embedding_model else []))
+
+
+def card_parts(card: str) -> tuple[dict, str, dict[str, str]]:
+    """A model card's metadata, its first paragraph and its table's rows (label: value)."""
+    _, metadata, body = card.split("---\n", 2)
+    paragraphs = body.strip().split("\n\n")
+    rows = [line.strip("|").split(" | ", 1) for line in body.splitlines() if line.startswith("| ")]
+    return yaml.safe_load(metadata), paragraphs[1], {label.strip(): value.strip() for label, value in rows if label.strip()}

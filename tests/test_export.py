@@ -13,10 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_lora import assert_merged_as_peft_merges, peft_saved_copy
-from test_model_card import card_parts
 from transformers import AutoModelForImageTextToText
 
-from data_helpers import REPO, checkout_env
+from data_helpers import REPO, card_parts, checkout_env
 from mixed_r1_verl.data.model_files import CHECKPOINT_TRACKER, WEIGHTS_INDEX
 from mixed_r1_verl.export import ExportConfig, export
 from mixed_r1_verl.models.fsdp_shards import write_at, write_fsdp_weights

@@ -17,8 +17,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from data_helpers import CPU_GRPO_SETTINGS, checkout_env, run_module, run_on_cpu
-from test_model_card import card_parts
+from data_helpers import CPU_GRPO_SETTINGS, card_parts, checkout_env, run_module, run_on_cpu
 from test_train_config import compose_recipe
 from mixed_r1_verl.data.model_files import WEIGHTS_INDEX
 from mixed_r1_verl.main import lora_mismatches, start_from_merged_adapter

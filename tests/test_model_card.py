@@ -3,22 +3,13 @@ trainers' saves and the exports of their checkpoints are checked beside those ru
 tests/test_sft.py)."""
 
 import pytest
-import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from test_sft import compose_sft
 from test_train_config import compose_recipe
 
+from data_helpers import card_parts
 from mixed_r1_verl.models.model_card import base_hub_id, model_card
 from mixed_r1_verl.run_config import read_run_config, write_run_config
-from mixed_r1_verl.sft import register_sft_recipes, sft_config_dir
-
-
-def card_parts(card: str) -> tuple[dict, str, dict[str, str]]:
-    """A model card's metadata, its first paragraph and its table's rows (label: value)."""
-    _, metadata, body = card.split("---\n", 2)
-    paragraphs = body.strip().split("\n\n")
-    rows = [line.strip("|").split(" | ", 1) for line in body.splitlines() if line.startswith("| ")]
-    return yaml.safe_load(metadata), paragraphs[1], {label.strip(): value.strip() for label, value in rows if label.strip()}
 
 
 @pytest.mark.parametrize("method", ["GRPO", "SFT"])
@@ -27,9 +18,7 @@ def test_a_card_names_the_base_model_on_the_hub_and_the_runs_settings_from_its_s
         config = compose_recipe("qwen25vl_7b", "lora=on")
         model, lr = config.actor_rollout_ref.model, config.actor_rollout_ref.actor.optim.lr
     else:
-        register_sft_recipes()
-        with initialize_config_dir(str(sft_config_dir()), version_base=None):
-            config = compose("sft", overrides=["recipe=qwen25vl_7b", "lora=on"])
+        config = compose_sft("lora=on", recipe="qwen25vl_7b")
         model, lr = config.model, config.optim.lr
     write_run_config(config, tmp_path)
     run = read_run_config(tmp_path)

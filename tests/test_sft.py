@@ -18,8 +18,7 @@ from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGe
 from verl.trainer.sft_trainer import create_sft_dataset
 from verl.utils.config import omega_conf_to_dataclass
 
-from data_helpers import CPU_SFT_SETTINGS, REPO, run_module, run_on_cpu
-from test_model_card import card_parts
+from data_helpers import CPU_SFT_SETTINGS, REPO, card_parts, run_module, run_on_cpu
 from test_train_config import compose_recipe
 from mixed_r1_verl.data.prepare import SFT_SCHEMA, PrepareConfig, prepare, sft_target
 from mixed_r1_verl.data.processor import load_image_text_processor

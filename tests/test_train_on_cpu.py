@@ -19,9 +19,8 @@ from transformers import AutoModelForImageTextToText
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
 from cpu_rollout_inputs import rollout_model_inputs
-from data_helpers import CPU_GRPO_SETTINGS, checkout_env, convert_synthetic, read_jsonl, run_module, run_on_cpu
+from data_helpers import CPU_GRPO_SETTINGS, card_parts, checkout_env, convert_synthetic, read_jsonl, run_module, run_on_cpu
 from task_plugins import counting_records, write_counting_plugin, write_vqa_plugin
-from test_model_card import card_parts
 from mixed_r1_verl.data.model_files import image_processor_settings
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
