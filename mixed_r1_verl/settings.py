@@ -1,4 +1,5 @@
-"""`key=value` command lines (verl's convention) for entries whose settings are a dataclass."""
+"""`key=value` command lines (verl's convention) for entries whose settings are a dataclass, and the settings
+that differ between two nested mappings of them (a generation cache's, two evaluations', a run and its resume)."""
 
 from __future__ import annotations
 
