@@ -98,22 +98,27 @@ def run_notes(summary: dict) -> str:
     )
 
 
+def stat_cells(stats: dict) -> list:
+    return [*(stats[column] for column in STAT_COLUMNS), truncation_cell(stats)]
+
+
+def task_table(summary: dict) -> str:
+    """The per-task table (`all` last), markdown."""
+    rows = [[name, *stat_cells(stats)] for level, name, _, stats in summary_groups(summary) if level == "task"]
+    return markdown_table(["task", *STAT_COLUMNS, "truncated"], rows)
+
+
 def summary_markdown(summary: dict) -> str:
-    groups = summary_groups(summary)
-
-    def cells(stats: dict) -> list:
-        return [*(stats[column] for column in STAT_COLUMNS), truncation_cell(stats)]
-
-    task_table = markdown_table(
-        ["task", *STAT_COLUMNS, "truncated"],
-        [[name, *cells(stats)] for level, name, _, stats in groups if level == "task"],
-    )
     source_table = markdown_table(
         ["data_source", "task", *STAT_COLUMNS, "truncated"],
-        [[name, task, *cells(stats)] for level, name, task, stats in groups if level == "data_source"],
+        [
+            [name, task, *stat_cells(stats)]
+            for level, name, task, stats in summary_groups(summary)
+            if level == "data_source"
+        ],
     )
     return (
-        f"{run_notes(summary)}### Per task\n\n{task_table}\n\n{truncation_note(summary)}"
+        f"{run_notes(summary)}### Per task\n\n{task_table(summary)}\n\n{truncation_note(summary)}"
         f"### Per data_source\n\n{source_table}\n\n"
         f"### Answer spread\n\nShare of responses giving the most common answer, against the same share among the "
         f"references; far above it, the model gives one answer whatever the image.\n\n"
