@@ -28,6 +28,7 @@ from mixed_r1_verl.eval.cache import (
 from mixed_r1_verl.eval.cli import checked_settings, images_per_prompt, main
 from mixed_r1_verl.eval.generation import eval_request, request_digest
 from mixed_r1_verl.eval.records import RecordError, load_records
+from mixed_r1_verl.models.model_card import model_card
 
 THINK = "<think>I look at the image.</think>"
 
@@ -531,6 +532,99 @@ def test_a_verl_checkpoint_as_model_is_refused_naming_what_to_pass(tmp_path, par
         "would build an empty one without an error: copy the tokenizer files of the model it was trained from into it"
     )
     assert not out.exists()
+
+
+def cached_responses(out, parquet, responses):
+    """A generation cache answering every record of `parquet` with `responses`, as an earlier run wrote it."""
+    out.mkdir(parents=True)
+    lines = [
+        {"id": record.id, "response": responses[record.id], "request": request_digest(eval_request(record))}
+        for record in load_records([parquet])
+    ]
+    (out / "generations.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def card_results(card_file):
+    """The model-index results of a card: {(data_source, metric): value}."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(card_file.read_text())
+    return card, {(result.dataset_type, result.metric_type): result.metric_value for result in card.data.eval_results}
+
+
+def test_card_true_records_the_results_in_the_exported_models_card(tmp_path, parquet, tiny_model, capsys):
+    model = tmp_path / "exports" / "qwen-mixed"
+    shutil.copytree(tiny_model, model)
+    run = {"actor_rollout_ref": {"model": {"path": "Qwen/Qwen2.5-VL-3B-Instruct"}}}
+    (model / "README.md").write_text(model_card("qwen-mixed", "GRPO", 6, run, False, "bfloat16"))
+    out = tmp_path / "eval" / "qwen-mixed"
+    cached_responses(out, parquet, RESPONSES)
+    args = [f"data={parquet}", f"model={model}", "backend=hf", "device=cpu", f"out_dir={out}", "card=true"]
+
+    assert main(args) == 0
+
+    assert f"Results recorded in {model / 'README.md'}" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    card, results = card_results(model / "README.md")
+    assert card.data.base_model == "Qwen/Qwen2.5-VL-3B-Instruct" and card.data.tags == ["mixed-r1", "grpo", "verl"]
+    assert card.data.model_name == "qwen-mixed"
+    assert results == {
+        (source, metric): round(stats[statistic], 4)
+        for source, stats in summary["data_sources"].items()
+        for statistic, metric in (("accuracy", "accuracy"), ("format", "format_rate"), ("score", "mean_reward"))
+    }
+    assert results["mmbench", "accuracy"] == 0.5 and results["chartqa", "accuracy"] == 1.0
+    text = card.text
+    sections = ("# qwen-mixed", "## Evaluation\n", "### On val.parquet", "## Use")
+    assert [text.index(heading) for heading in sections] == sorted(text.index(heading) for heading in sections)
+    task_table = (out / "summary.md").read_text().split("### Per task\n\n")[1].split("\n\n")[0]
+    assert task_table in text
+    assert "5 records of `val.parquet` (sha256 `" in text and "answered by transformers (dtype float32), greedy" in text
+    assert "open_ended by BMAS over the token embeddings of `qwen-mixed`" in text
+    assert (
+        "python -m mixed_r1_verl.eval data=val.parquet model=qwen-mixed backend=hf temperature=0.0 top_p=1.0 "
+        "max_new_tokens=1024 seed=0 out_dir=eval/qwen-mixed\n"
+    ) in text
+    assert str(tmp_path) not in (model / "README.md").read_text()
+
+    # Scored again on the same data with another format weight: its results replace the first ones.
+    assert main([*args, "format_weight=0.5"]) == 0
+    card, again = card_results(model / "README.md")
+    assert again.keys() == results.keys() and again["chartqa", "mean_reward"] == results["chartqa", "mean_reward"]
+    assert again["refcoco", "mean_reward"] != results["refcoco", "mean_reward"]
+    assert card.text.count("<!-- mixed-r1 eval: val.parquet -->") == 1 and "format_weight 0.5" in card.text
+
+    # Other data: its results go beside the first ones.
+    test_parquet = tmp_path / "test.parquet"
+    pq.write_table(pa.Table.from_pylist([{**ROWS[2], "data_source": "chartqa_test"}]), test_parquet)
+    other_out = tmp_path / "eval" / "test"
+    cached_responses(other_out, test_parquet, RESPONSES)
+    assert main([f"data={test_parquet}", *args[1:3], "device=cpu", f"out_dir={other_out}", "card=true"]) == 0
+    card, both = card_results(model / "README.md")
+    assert both == {**again, ("chartqa_test", "accuracy"): 1.0, ("chartqa_test", "format_rate"): 1.0,
+                    ("chartqa_test", "mean_reward"): 1.0}  # fmt: skip
+    assert card.text.index("### On val.parquet") < card.text.index("### On test.parquet") < card.text.index("## Use")
+
+
+def test_card_true_is_refused_for_a_model_that_is_not_the_directory_published(tmp_path, parquet, tiny_model, capsys):
+    out = tmp_path / "run"
+    copy = tmp_path / "checkpoints" / "global_step_3" / "actor" / "huggingface"
+    shutil.copytree(tiny_model, copy)
+
+    def refusal(*settings):
+        with pytest.raises(SystemExit) as stopped:
+            main([f"data={parquet}", "backend=hf", "device=cpu", f"out_dir={out}", "card=true", *settings])
+        return f"{stopped.value.code} {capsys.readouterr().err}"
+
+    assert "inside checkpoint global_step_3: export it (python -m mixed_r1_verl.export" in refusal(f"model={copy}")
+    assert "a hub id's snapshot in the cache is not the copy you publish" in refusal("model=Qwen/Qwen2.5-VL-3B-Instruct")
+    assert "card=true records a model's results in its card (README.md): it needs model=" in refusal(
+        "generations=responses.jsonl"
+    )
+    assert "card=true records results on whole data files, and limit= scores a part" in refusal(
+        f"model={tiny_model}", "limit=2"
+    )
+    assert not out.exists() and not (copy / "README.md").exists()
 
 
 def test_open_ended_without_embedding_model_fails_before_scoring(tmp_path, parquet):

@@ -13,6 +13,8 @@ most a record holds); `vllm_kwargs`
 any other vLLM engine argument (`vllm_kwargs.gpu_memory_utilization=0.5`, `vllm_kwargs.enforce_eager=true`).
 Rewards take the training options (reward.reward_kwargs): `embedding_model` for open_ended (BMAS;
 default: model), `format_weight`, `iou_threshold`. `limit` evaluates the first N records only (N >= 1).
+`card=true` (with model= a local model directory, an export say) writes the results into its model card,
+README.md: the Hub's model-index per data_source and an Evaluation section per data (eval/card.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .cache import (
     model_fingerprint,
     read_generations,
 )
+from .card import card_refusal, record_in_card
 from .generation import (
     SamplingSettings,
     build_generator,
@@ -78,6 +81,7 @@ class EvalSettings:
     embedding_model: Optional[str] = None
     format_weight: Optional[Any] = None
     iou_threshold: Optional[float] = None
+    card: bool = False
 
 
 def as_list(value) -> list:
@@ -119,6 +123,13 @@ def checked_settings(argv: list[str]) -> EvalSettings:
             usage_error("compare= takes two run directories, [RUN_A,RUN_B]; labels= two labels")
     elif not settings.data or not settings.out_dir:
         usage_error("scoring needs data= and out_dir=")
+    if settings.card and settings.model is None:
+        usage_error("card=true records a model's results in its card (README.md): it needs model=")
+    if settings.card and settings.limit is not None:
+        usage_error(
+            "card=true records results on whole data files, and limit= scores a part: "
+            "write the records to publish as a parquet of their own"
+        )
     return settings
 
 
@@ -249,6 +260,8 @@ def run_record(args, reward_kwargs: dict) -> dict:
 def run_eval(args) -> dict:
     if args.model:
         refuse_what_is_no_model(args.model)
+    if args.card and (refusal := card_refusal(args.model)):
+        raise ValueError(refusal)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = load_records(args.data, args.limit)
@@ -266,6 +279,8 @@ def run_eval(args) -> dict:
         summary["run"]["generations_not_in_data"] = unknown_ids
     write_summary(summary, out_dir)
     print(summary_markdown(summary))
+    if args.card:
+        print(f"Results recorded in {record_in_card(args.model, summary)}")
     return summary
 
 

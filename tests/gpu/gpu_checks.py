@@ -52,7 +52,7 @@ def val_rows_per_task(val_parquet) -> Counter:
     return Counter(info["task"] for info in pq.read_table(val_parquet, columns=["extra_info"]).column(0).to_pylist())
 
 
-def evaluate_on_the_smoke_val_set_with_vllm(name: str, gpu_out, model) -> LoggedRun:
+def evaluate_on_the_smoke_val_set_with_vllm(name: str, gpu_out, model, *settings: str) -> LoggedRun:
     """`mixed_r1_verl.eval` with vLLM generation of `model` on the smoke run's val set, into `<gpu_out>/<name>`;
     checked to succeed and to score every val row of every task without a reward error."""
     val_parquet = gpu_out / "smoke" / "data" / "val.parquet"
@@ -61,7 +61,7 @@ def evaluate_on_the_smoke_val_set_with_vllm(name: str, gpu_out, model) -> Logged
         "backend=vllm", "max_new_tokens=64", "vllm_kwargs.enforce_eager=true",
         f"vllm_kwargs.kv_cache_memory_bytes={TEST_SIZE_VLLM_KV_CACHE_BYTES}",
         f"vllm_kwargs.gpu_memory_utilization={TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION}",
-        f"out_dir={gpu_out / name}",
+        f"out_dir={gpu_out / name}", *settings,
     )  # fmt: skip
     assert_succeeded(evaluation)
     table = per_task_table(evaluation.log_text())

@@ -1,0 +1,150 @@
+"""An evaluation's results written into the evaluated model's card, README.md (`card=true`): the Hub's
+`model-index` metadata, one entry per data_source (accuracy, format rate, mean score), and an "Evaluation"
+section with the per-task table, how the answers were generated and scored, and the command that repeats
+it. A later evaluation on data files of the same names replaces these; one on other data is added beside.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+
+from mixed_r1_verl.data.model_files import is_hub_id
+from mixed_r1_verl.models.model_card import CARD_FILE, STEP_DIR
+
+from .report import task_table
+from .scoring import ALL
+
+TASK_TYPE = "image-text-to-text"
+# (summary statistic, the Hub's metric type, its display name)
+METRICS = (
+    ("accuracy", "accuracy", "accuracy"),
+    ("format", "format_rate", "format rate"),
+    ("score", "mean_reward", "mean score"),
+)
+# The sampling settings of the eval command, as a summary records them.
+SAMPLING = ("temperature", "top_p", "max_new_tokens", "seed")
+BACKEND_NAMES = {"hf": "transformers", "vllm": "vLLM"}
+SECTION = "## Evaluation"
+BLOCK = re.compile(r"<!-- mixed-r1 eval: (?P<data>.*?) -->\n.*?<!-- /mixed-r1 eval -->\n*", re.DOTALL)
+NEXT_SECTION = re.compile(r"^## ", re.MULTILINE)
+
+
+def card_refusal(model: str) -> str | None:
+    """Why `card=true` cannot write into the card of `model`, or None: it must be a local model directory
+    outside any training checkpoint (an export of it holds the card users publish)."""
+    path = Path(model)
+    if not path.is_dir():
+        hub = "a hub id's snapshot in the cache is not the copy you publish; " if is_hub_id(model) else ""
+        return f"card=true writes into a local model directory's README.md, and {model!r} is none: {hub}pass one"
+    inside = next((part for part in path.resolve().parts if STEP_DIR.fullmatch(part)), None)
+    if inside:
+        return (
+            f"card=true writes into the card of the directory you publish, and {model} is inside checkpoint {inside}: "
+            "export it (python -m mixed_r1_verl.export checkpoint=... out_dir=...) and evaluate the export"
+        )
+    return None
+
+
+def data_names(summary: dict) -> str:
+    return ", ".join(Path(path).name for path in summary["run"]["data"])
+
+
+def eval_results(summary: dict) -> list:
+    """The Hub's evaluation results of a summary: per data_source, its accuracy, format rate and mean score."""
+    from huggingface_hub import EvalResult
+
+    return [
+        EvalResult(
+            task_type=TASK_TYPE,
+            task_name=stats["task"],
+            dataset_type=source,
+            dataset_name=source,
+            metric_type=metric,
+            metric_name=label,
+            metric_value=round(stats[statistic], 4),
+        )
+        for source, stats in summary["data_sources"].items()
+        for statistic, metric, label in METRICS
+    ]
+
+
+def shown_model(value: str, model: str, name: str) -> str:
+    """A model setting as the card names it: the card's own model by its name, a local directory by its
+    name (the card is published without the paths of the machine that evaluated it), a hub id as it is."""
+    if Path(value).resolve() == Path(model).resolve():
+        return name
+    return value if is_hub_id(value) else Path(value).name
+
+
+def how_evaluated(summary: dict, model: str, name: str) -> str:
+    run = summary["run"]
+    sampling, generator = run["sampling"], run["generator"]
+    files = ", ".join(f"`{Path(entry['path']).name}` (sha256 `{entry['sha256'][:12]}`)" for entry in run["data_files"])
+    temperature, top_p = sampling["temperature"], sampling["top_p"]
+    decoding = "greedy" if temperature == 0 else f"temperature {temperature}, top-p {top_p}"
+    options = {name: value for name, value in run["reward_kwargs"].items() if name != "embedding_model"}
+    rewards = ", ".join(f"{option} {value}" for option, value in options.items()) or "default settings"
+    embedding = run["reward_kwargs"].get("embedding_model")
+    bmas = f"; open_ended by BMAS over the token embeddings of `{shown_model(embedding, model, name)}`" if (
+        embedding and "open_ended" in summary["tasks"]
+    ) else ""
+    return (
+        f"{summary['tasks'][ALL]['n']} records of {files}, answered by {BACKEND_NAMES[generator['backend']]} "
+        f"(dtype {generator['dtype']}), {decoding}, at most {sampling['max_new_tokens']} new tokens, seed "
+        f"{sampling['seed']}; scored with the Mixed-R1 training rewards ({rewards}{bmas}) by mixed_r1_verl "
+        f"{run['code']['version']} on {date.today().isoformat()}."
+    )
+
+
+def repeat_command(summary: dict, name: str) -> str:
+    run = summary["run"]
+    sampling = " ".join(f"{key}={run['sampling'][key]}" for key in SAMPLING)
+    paths = [Path(path).name for path in run["data"]]
+    data = paths[0] if len(paths) == 1 else f"[{','.join(paths)}]"
+    return (
+        f"python -m mixed_r1_verl.eval data={data} model={name} backend={run['generator']['backend']} "
+        f"{sampling} out_dir=eval/{name}"
+    )
+
+
+def results_block(summary: dict, model: str, name: str) -> str:
+    data = data_names(summary)
+    return (
+        f"<!-- mixed-r1 eval: {data} -->\n### On {data}\n\n{how_evaluated(summary, model, name)}\n\n"
+        f"{task_table(summary)}\n\n```\n{repeat_command(summary, name)}\n```\n<!-- /mixed-r1 eval -->\n\n"
+    )
+
+
+def with_results_section(text: str, block: str, data: str) -> str:
+    """The card's text with `block` last in its Evaluation section, in place of an earlier block on the same
+    data; a card without the section gets it before "## Use", else at its end."""
+    text = BLOCK.sub(lambda found: "" if found.group("data") == data else found.group(0), text)
+    if f"\n{SECTION}\n" not in text:
+        use = text.find("\n## Use\n")
+        at = use + 1 if use >= 0 else len(text)
+        text = f"{text[:at].rstrip()}\n\n{SECTION}\n\n{text[at:]}"
+    after = NEXT_SECTION.search(text, text.index(f"\n{SECTION}\n") + len(SECTION) + 2)
+    end = after.start() if after else len(text)
+    return f"{text[:end].rstrip()}\n\n{block}{text[end:]}".rstrip() + "\n"
+
+
+def record_in_card(model: str, summary: dict) -> Path:
+    """Writes the summary's results into the card of the evaluated model directory (a new card where it has
+    none) and returns its path."""
+    from huggingface_hub import ModelCard
+
+    card_file = Path(model) / CARD_FILE
+    name = Path(model).resolve().name
+    if card_file.is_file():
+        card = ModelCard(card_file.read_text(encoding="utf-8"))
+    else:
+        card = ModelCard(f"---\nlibrary_name: transformers\npipeline_tag: {TASK_TYPE}\n---\n\n# {name}\n")
+    sources = set(summary["data_sources"])
+    earlier = [result for result in card.data.eval_results or [] if result.dataset_type not in sources]
+    card.data.eval_results = earlier + eval_results(summary)
+    card.data.model_name = card.data.model_name or name
+    card.text = with_results_section(card.text, results_block(summary, model, name), data_names(summary))
+    card_file.write_text(str(card), encoding="utf-8")
+    return card_file
