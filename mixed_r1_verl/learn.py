@@ -870,7 +870,7 @@ def write_report(layout: Layout, steps: list[Step], not_started: str | None = No
     for later, earlier in reversed(DELTAS):
         if earlier in summaries and later in summaries:
             out = layout.report / f"{earlier}_vs_{later}"
-            write_comparison(summaries[earlier], summaries[later], (earlier, later), out)
+            write_comparison([summaries[earlier], summaries[later]], (earlier, later), out)
     if layout.grpo_log.is_file():
         plot_accuracy(layout.grpo_log, layout.plot)
     print(layout.table.read_text())

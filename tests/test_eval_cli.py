@@ -321,6 +321,43 @@ def test_compare_puts_two_runs_side_by_side(tmp_path, parquet, tiny_model, capsy
     assert "Warning" not in printed and "n differs" not in printed
 
 
+def test_compare_puts_more_runs_side_by_side_with_deltas_from_the_first(tmp_path, parquet, tiny_model, capsys):
+    answers = {
+        "base": {**RESPONSES, "c1": "<answer>7</answer>", "m1": "B"},
+        "step_100": {**RESPONSES, "c1": "<answer>7</answer>"},
+        "step_200": RESPONSES,
+    }
+    for name, responses in answers.items():
+        score_saved(parquet, responses, tmp_path / name, tiny_model)
+    runs = ",".join(str(tmp_path / name) for name in answers)
+    capsys.readouterr()
+
+    assert main([f"compare=[{runs}]", "labels=[base,100,200]", f"out_dir={tmp_path / 'cmp'}"]) == 0
+
+    compared = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    header = compared["header"]
+    assert compared["runs"] == ["base", "100", "200"]
+    assert header[:5] == ["level", "name", "n base", "n 100", "n 200"]
+    accuracy = header.index("accuracy base")
+    assert header[accuracy : accuracy + 5] == [
+        "accuracy base", "accuracy 100", "accuracy 200", "Δ accuracy 100", "Δ accuracy 200",
+    ]  # fmt: skip
+    assert header[-3:] == ["truncated base", "truncated 100", "truncated 200"]
+    rows = {(r[0], r[1]): dict(zip(header, r)) for r in compared["rows"]}
+    summaries = {name: json.loads((tmp_path / name / "summary.json").read_text()) for name in answers}
+    for (level, name), row in rows.items():
+        stats = [summaries[run]["tasks" if level == "task" else "data_sources"][name] for run in answers]
+        for metric in ("accuracy", "format", "score"):
+            values = [entry[metric] for entry in stats]
+            assert [row[f"{metric} {label}"] for label in ("base", "100", "200")] == values
+            assert row[f"Δ {metric} 100"] == pytest.approx(values[1] - values[0])
+            assert row[f"Δ {metric} 200"] == pytest.approx(values[2] - values[0])
+    assert (rows["task", "chart"]["Δ accuracy 100"], rows["task", "chart"]["Δ accuracy 200"]) == (0.0, 1.0)
+    assert rows["task", "matching"]["Δ format 100"] == 0.5
+    printed = capsys.readouterr().out
+    assert "Warning" not in printed and "| Δ score 200 |" in printed
+
+
 def test_compare_warns_when_the_runs_evaluated_different_records(tmp_path, parquet, tiny_model, capsys):
     score_saved(parquet, RESPONSES, tmp_path / "full", tiny_model)
     limited = tmp_path / "limited"
@@ -386,6 +423,20 @@ def test_compare_warns_when_the_runs_differ_in_more_than_the_model(tmp_path, par
     )
     assert capsys.readouterr().out.startswith(warning)
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["notice"] == warning
+
+    # A third run: each setting lists the first run's value and every run's that differs from it.
+    strict = [f"data={parquet}", f"generations={generations}", f"out_dir={tmp_path / 'strict'}", "limit=3"]
+    assert main([*strict, f"embedding_model={tiny_model}", "format_weight=0.5"]) == 0
+    capsys.readouterr()
+    assert main([f"compare=[{tmp_path / 'base'},{tmp_path / 'tuned'},{tmp_path / 'strict'}]"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(
+        "Warning: the runs evaluated different records (base 5, tuned 5, strict 3, 3 in common); "
+    )
+    assert (
+        f"(reward_kwargs.embedding_model: base {str(Path(tiny_model).resolve())!r}, "
+        f"tuned {str(other_table)!r}; reward_kwargs.format_weight: base None, tuned '0.2', strict '0.5')"
+    ) in printed
 
 
 def test_missing_saved_generation_is_reported_by_id(tmp_path, parquet, tiny_model):
@@ -679,13 +730,13 @@ def test_module_entry_point_lists_its_settings_and_defaults():
 def test_the_command_line_ends_on_bad_input_with_its_message_and_no_traceback(tmp_path):
     missing = tmp_path / "missing"
     result = subprocess.run(
-        [sys.executable, "-m", "mixed_r1_verl.eval", f"compare=[{missing},{missing}]"],
+        [sys.executable, "-m", "mixed_r1_verl.eval", f"compare=[{missing},{tmp_path / 'other'}]"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 1
     assert f"FileNotFoundError: {missing}: no summary.json" in result.stderr and "Traceback" not in result.stderr
     shown = subprocess.run(
-        [sys.executable, "-m", "mixed_r1_verl.eval", f"compare=[{missing},{missing}]"],
+        [sys.executable, "-m", "mixed_r1_verl.eval", f"compare=[{missing},{tmp_path / 'other'}]"],
         capture_output=True, text=True, check=False, env={**os.environ, "MIXED_R1_TRACEBACK": "1"},
     )  # fmt: skip
     assert shown.returncode == 1 and "Traceback" in shown.stderr
@@ -698,7 +749,9 @@ def test_the_command_line_ends_on_bad_input_with_its_message_and_no_traceback(tm
         (["data=x.parquet", "model=m", "generations=g", "out_dir=o"], "exactly one of"),
         (["model=m", "out_dir=o"], "scoring needs data= and out_dir="),
         (["data=x.parquet", "model=m", "out_dir=o", "backend=tpu"], "backend=tpu"),
-        (["compare=[a]"], "two run directories"),
+        (["compare=[a]"], "compare= takes two or more run directories"),
+        (["compare=[a,b,c]", "labels=[x,y]"], "labels= gives 2 labels for 3 runs: give one per run"),
+        (["compare=[one/ckpt,two/ckpt]"], "the runs' labels ['ckpt', 'ckpt'] repeat"),
         (["--data", "x.parquet"], "expected key=value"),
         (["data=x.parquet", "model=m", "out_dir=o", "max_new_tokens=many"], "max_new_tokens"),
         (["data=x.parquet", "model=m", "out_dir=o", "no_such_setting=1"], "no_such_setting"),

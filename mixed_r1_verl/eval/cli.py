@@ -6,7 +6,8 @@
     python -m mixed_r1_verl.eval compare=[eval/base,eval/ckpt] labels=[base,grpo] out_dir=eval/cmp
 
 Exactly one of `model` (generate, then score), `generations` (score saved JSONL lines {"id", "response"},
-optionally "truncated") or `compare` (two evaluation output directories side by side). `data` is one parquet path or a list.
+optionally "truncated") or `compare` (two or more evaluation output directories side by side, with each
+later one's deltas from the first). `data` is one parquet path or a list.
 Generation (model=): `backend` auto (vLLM when installed, else transformers) | vllm | hf; `device` for hf;
 `batch_size` prompts per generation call and cache append; `max_images` per vLLM prompt (default: the
 most a record holds); `vllm_kwargs`
@@ -88,6 +89,11 @@ def as_list(value) -> list:
     return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
+def compare_labels(runs: list, labels) -> tuple[str, ...]:
+    """The labels given, else each run directory's name."""
+    return tuple(str(label) for label in as_list(labels)) or tuple(Path(run).name or str(run) for run in runs)
+
+
 def usage_error(message: str) -> None:
     print(f"{message} (see --help)", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
@@ -119,8 +125,14 @@ def checked_settings(argv: list[str]) -> EvalSettings:
         if error := vllm_kwargs_error(settings.vllm_kwargs, VLLM_KWARGS_INSTEAD):
             usage_error(error)
     if settings.compare is not None:
-        if len(as_list(settings.compare)) != 2 or (settings.labels is not None and len(as_list(settings.labels)) != 2):
-            usage_error("compare= takes two run directories, [RUN_A,RUN_B]; labels= two labels")
+        runs = as_list(settings.compare)
+        if len(runs) < 2:
+            usage_error("compare= takes two or more run directories, [RUN_A,RUN_B,...]")
+        labels = compare_labels(runs, settings.labels)
+        if len(labels) != len(runs):
+            usage_error(f"labels= gives {len(labels)} labels for {len(runs)} runs: give one per run")
+        if len(set(labels)) != len(labels):
+            usage_error(f"the runs' labels {list(labels)} repeat, and the table's columns would too: give labels=")
     elif not settings.data or not settings.out_dir:
         usage_error("scoring needs data= and out_dir=")
     if settings.card and settings.model is None:
@@ -294,10 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     with input_errors_end_the_command():
         if args.compare is not None:
             runs = as_list(args.compare)
-            labels = tuple(as_list(args.labels) or (Path(run).name or str(run) for run in runs))
-            first, second = (load_summary(run) for run in runs)
+            labels = compare_labels(runs, args.labels)
+            summaries = [load_summary(run) for run in runs]
             ids = tuple(evaluated_ids(run) for run in runs)
-            print(write_comparison(first, second, labels, Path(args.out_dir) if args.out_dir else None, ids))
+            print(write_comparison(summaries, labels, Path(args.out_dir) if args.out_dir else None, ids))
             return 0
         run_eval(args)
     return 0

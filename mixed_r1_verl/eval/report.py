@@ -163,32 +163,42 @@ def evaluated_ids(run: str | Path) -> set[str] | None:
     return {json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
-def record_sets_notice(first: dict, second: dict, labels: tuple[str, str], ids: tuple) -> str:
-    """A warning that the two runs scored different records (by their ids where both runs kept
-    scores.jsonl, else by their n per task and data_source), or "" when they scored the same."""
-    label_a, label_b = labels
+def record_sets_notice(summaries: list[dict], labels: tuple[str, ...], ids: tuple) -> str:
+    """A warning that the runs scored different records (by their ids where every run kept scores.jsonl,
+    else by their n per task and data_source), or "" when they scored the same."""
     if None not in ids:
-        if ids[0] == ids[1]:
+        if all(run_ids == ids[0] for run_ids in ids):
             return ""
-        counts = f"{label_a} {len(ids[0])}, {label_b} {len(ids[1])}, {len(ids[0] & ids[1])} in common"
+        each = ", ".join(f"{label} {len(run_ids)}" for label, run_ids in zip(labels, ids))
+        counts = f"{each}, {len(set.intersection(*ids))} in common"
     else:
-        if all(group_counts(first, key) == group_counts(second, key) for key in ("tasks", "data_sources")):
+        first = summaries[0]
+        if all(
+            group_counts(first, key) == group_counts(summary, key)
+            for summary in summaries[1:]
+            for key in ("tasks", "data_sources")
+        ):
             return ""
-        totals = [summary["tasks"].get("all", {}).get("n", 0) for summary in (first, second)]
-        counts = f"{label_a} {totals[0]}, {label_b} {totals[1]}; ids not compared: a run has no {SCORES_FILE}"
+        totals = [summary["tasks"].get("all", {}).get("n", 0) for summary in summaries]
+        each = ", ".join(f"{label} {total}" for label, total in zip(labels, totals))
+        counts = f"{each}; ids not compared: a run has no {SCORES_FILE}"
     return (
         f"Warning: the runs evaluated different records ({counts}); their deltas compare different record "
         "sets, and rows whose n differ are marked in the last column.\n\n"
     )
 
 
-def settings_notice(first: dict, second: dict, labels: tuple[str, str]) -> str:
-    """A warning naming each setting besides the model that the two runs both record and set
-    differently (data content, limit, reward options, sampling, generator, code), or ""."""
-    differences = settings_differences(first, second)
-    if not differences:
+def settings_notice(summaries: list[dict], labels: tuple[str, ...]) -> str:
+    """A warning naming each setting besides the model that a run records and sets otherwise than the first
+    run does (data content, limit, reward options, sampling, generator, code), with the first run's value
+    and each differing run's, or ""."""
+    differing: dict[str, list[str]] = {}
+    for label, summary in zip(labels[1:], summaries[1:]):
+        for key, first_value, value in settings_differences(summaries[0], summary):
+            differing.setdefault(key, [f"{labels[0]} {first_value!r}"]).append(f"{label} {value!r}")
+    if not differing:
         return ""
-    listed = "; ".join(f"{key}: {labels[0]} {a!r}, {labels[1]} {b!r}" for key, a, b in differences)
+    listed = "; ".join(f"{key}: {', '.join(values)}" for key, values in differing.items())
     return (
         f"Warning: the runs differ in more than the model ({listed}); their deltas measure these "
         "differences too.\n\n"
@@ -199,45 +209,50 @@ def group_counts(summary: dict, key: str) -> dict:
     return {name: stats["n"] for name, stats in summary[key].items()}
 
 
-def compare_rows(first: dict, second: dict) -> list[list]:
-    """``[level, name, n_a, n_b, acc_a, acc_b, Δacc, fmt_a, fmt_b, Δfmt, score_a, score_b, Δscore,
-    truncated_a, truncated_b]``; a group present in only one run shows blanks on the other side."""
+def compare_rows(summaries: list[dict]) -> list[list]:
+    """``[level, name, n of each run, then for accuracy, format and score: each run's value and each later
+    run's delta from the first, then each run's truncated]``; a group missing from a run shows blanks there."""
     rows = []
     for level, key in (("task", "tasks"), ("data_source", "data_sources")):
-        for name in sorted(set(first[key]) | set(second[key]), key=lambda name: (name == "all", name)):
-            a, b = first[key].get(name), second[key].get(name)
-            row = [level, name, a["n"] if a else "", b["n"] if b else ""]
+        names = set().union(*(summary[key] for summary in summaries))
+        for name in sorted(names, key=lambda name: (name == "all", name)):
+            groups = [summary[key].get(name) for summary in summaries]
+            row = [level, name, *(stats["n"] if stats else "" for stats in groups)]
             for metric in COMPARED:
-                va, vb = (a[metric] if a else None), (b[metric] if b else None)
-                delta = vb - va if va is not None and vb is not None else None
-                row += ["" if value is None else value for value in (va, vb, delta)]
-            row += [truncation_cell(stats) if stats else "" for stats in (a, b)]
+                values = [stats[metric] if stats else None for stats in groups]
+                deltas = [None if None in (values[0], value) else value - values[0] for value in values[1:]]
+                row += ["" if value is None else value for value in (*values, *deltas)]
+            row += [truncation_cell(stats) if stats else "" for stats in groups]
             rows.append(row)
     return rows
 
 
-def compare_header(label_a: str, label_b: str) -> list[str]:
-    header = ["level", "name", f"n {label_a}", f"n {label_b}"]
+def compare_header(labels: tuple[str, ...]) -> list[str]:
+    """Two runs' delta is `Δ <metric>`; with more, each later run's is `Δ <metric> <label>`, from the first."""
+    header = ["level", "name", *(f"n {label}" for label in labels)]
     for metric in COMPARED:
-        header += [f"{metric} {label_a}", f"{metric} {label_b}", f"Δ {metric}"]
-    return [*header, f"truncated {label_a}", f"truncated {label_b}"]
+        header += [f"{metric} {label}" for label in labels]
+        header += [f"Δ {metric}"] if len(labels) == 2 else [f"Δ {metric} {label}" for label in labels[1:]]
+    return [*header, *(f"truncated {label}" for label in labels)]
 
 
-def mark_different_n(header: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
-    """The table with an `n differs` column: "yes" where the two runs' n differ."""
-    return [*header, "n differs"], [[*row, "yes" if row[2] != row[3] else ""] for row in rows]
+def mark_different_n(header: list[str], rows: list[list], runs: int) -> tuple[list[str], list[list]]:
+    """The table with an `n differs` column: "yes" where the runs' n differ."""
+    return [*header, "n differs"], [[*row, "yes" if len(set(row[2 : 2 + runs])) > 1 else ""] for row in rows]
 
 
 def write_comparison(
-    first: dict, second: dict, labels: tuple[str, str], out_dir: Path | None, ids: tuple = (None, None)
+    summaries: list[dict], labels: tuple[str, ...], out_dir: Path | None, ids: tuple | None = None
 ) -> str:
-    """The side-by-side table of two runs (`ids`: the ids each scored, None where unknown), below a
-    warning when they scored different records, and one when settings besides the model differ."""
-    header, rows = compare_header(*labels), compare_rows(first, second)
-    records_notice = record_sets_notice(first, second, labels, ids)
+    """The side-by-side table of two or more runs, deltas from the first (`ids`: the ids each scored, None
+    where unknown), below a warning when they scored different records, and one when settings besides the
+    model differ."""
+    ids = ids or (None,) * len(summaries)
+    header, rows = compare_header(labels), compare_rows(summaries)
+    records_notice = record_sets_notice(summaries, labels, ids)
     if records_notice:
-        header, rows = mark_different_n(header, rows)
-    notice = records_notice + settings_notice(first, second, labels)
+        header, rows = mark_different_n(header, rows, len(summaries))
+    notice = records_notice + settings_notice(summaries, labels)
     table = notice + markdown_table(header, rows)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
