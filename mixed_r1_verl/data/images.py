@@ -1,7 +1,7 @@
-"""Image files referenced by records: confined to an image root, read once, sized from the header,
-and as people see them: a file whose EXIF orientation turns it, or whose grey levels have 16 bits, is
-re-encoded as shown, so every reader of the parquet (the converter, the dataset class, qwen_vl_utils,
-vLLM) sees the same pixels."""
+"""Images of records, files under an image root or bytes the row holds: files confined to the root and read
+once, each image sized from the header, and as people see them: one whose EXIF orientation turns it, or
+whose grey levels have 16 bits, is re-encoded as shown, so every reader of the parquet (the converter, the
+dataset class, qwen_vl_utils, vLLM) sees the same pixels."""
 
 from __future__ import annotations
 
@@ -12,16 +12,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mixed_r1_verl.data.records import IMAGE_OUTSIDE_ROOT, MISSING_IMAGE, UNREADABLE_IMAGE, RecordError
+from mixed_r1_verl.data.records import (
+    IMAGE_OUTSIDE_ROOT,
+    MISSING_IMAGE,
+    UNREADABLE_IMAGE,
+    EmbeddedImage,
+    RecordError,
+    image_label,
+)
 
 
 @dataclass(frozen=True)
 class ImageFile:
-    path: str  # relative to the image root, as written in the record
+    # Relative to the image root, as written in the record; an embedded image's source path, or None.
+    path: str | None
     data: bytes  # the file's bytes, or a re-encoding as shown (EXIF-turned, 16-bit grey scaled)
     size: tuple[int, int]  # (width, height) of the image as shown
+    label: str = ""  # how messages name it (`records.image_label`)
 
 
 EXIF_ORIENTATION = 0x0112
@@ -58,16 +67,29 @@ def displayed_image(data: bytes) -> tuple[bytes, tuple[int, int]]:
         return buffer.getvalue(), shown.size
 
 
+def shown_image(data: bytes, label: str) -> tuple[bytes, tuple[int, int]]:
+    """`displayed_image`, an image that cannot be read being the row's reject, named by `label`."""
+    try:
+        return displayed_image(data)
+    except UnidentifiedImageError:
+        raise RecordError(UNREADABLE_IMAGE, f"{label}: not an image file of a format PIL reads") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise RecordError(UNREADABLE_IMAGE, f"{label}: {error}") from None
+
+
 class ImageStore:
     """Reads images under `root`; paths that are absolute or escape the root (also through
-    symlinks) are refused. Recently read files are kept, since many rows share an image."""
+    symlinks) are refused, and all paths without a root (rows that embed their images need none).
+    Recently read files are kept, since many rows share an image."""
 
-    def __init__(self, root: str | os.PathLike, cache_size: int = 1024):
-        self.root = Path(os.path.realpath(root))
+    def __init__(self, root: str | os.PathLike | None, cache_size: int = 1024):
+        self.root = Path(os.path.realpath(root)) if root is not None else None
         self.cache_size = cache_size
         self._cache: OrderedDict[str, ImageFile] = OrderedDict()
 
     def resolve(self, relative: str) -> Path:
+        if self.root is None:
+            raise RecordError(MISSING_IMAGE, f"image {relative!r} is a file, and no image_root was given to read it in")
         if os.path.isabs(relative):
             raise RecordError(IMAGE_OUTSIDE_ROOT, f"image path {relative!r} is absolute")
         resolved = Path(os.path.realpath(self.root / relative))
@@ -75,7 +97,13 @@ class ImageStore:
             raise RecordError(IMAGE_OUTSIDE_ROOT, f"image {relative!r} resolves outside the image root")
         return resolved
 
-    def load(self, relative: str) -> ImageFile:
+    def load(self, image: str | EmbeddedImage) -> ImageFile:
+        """The image as shown: a file under the root (kept for later rows), or an embedded image's bytes."""
+        if isinstance(image, EmbeddedImage):
+            return ImageFile(image.name, *shown_image(image.data, image_label(image)), image_label(image))
+        return self.load_file(image)
+
+    def load_file(self, relative: str) -> ImageFile:
         cached = self._cache.get(relative)
         if cached is not None:
             self._cache.move_to_end(relative)
@@ -87,11 +115,7 @@ class ImageStore:
             raise RecordError(MISSING_IMAGE, f"image {relative!r} not found") from None
         except OSError as error:
             raise RecordError(UNREADABLE_IMAGE, f"image {relative!r}: {error.strerror or error}") from None
-        try:
-            data, size = displayed_image(data)
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise RecordError(UNREADABLE_IMAGE, f"image {relative!r}: {error}") from None
-        image = ImageFile(relative, data, size)
+        image = ImageFile(relative, *shown_image(data, image_label(relative)), image_label(relative))
         self._cache[relative] = image
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

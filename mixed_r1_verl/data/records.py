@@ -86,11 +86,29 @@ class RecordError(ValueError):
 
 
 @dataclass(frozen=True)
+class EmbeddedImage:
+    """An image a row holds as bytes, as a Hugging Face dataset's parquet stores its images ({bytes, path}),
+    rather than as a file under the image root."""
+
+    data: bytes = field(repr=False)
+    # The source's `path`: the file the image was read from, kept for messages and the output's `path`.
+    name: str | None = None
+
+
+def image_label(image: str | EmbeddedImage) -> str:
+    """An image as messages name it: a file by its path, an embedded image by its source's path."""
+    if isinstance(image, EmbeddedImage):
+        return f"embedded image {image.name!r}" if image.name else "an embedded image"
+    return f"image {image!r}"
+
+
+@dataclass(frozen=True)
 class CanonicalRecord:
     id: str | None  # None when the source gives none, until the converter derives it (`generated_id`)
     task: str
     data_source: str
-    images: tuple[str, ...]
+    # Paths under the image root, or images the row holds as bytes.
+    images: tuple[str | EmbeddedImage, ...]
     problem: str
     answer: str
     options: tuple[str, ...] | None = None
@@ -301,6 +319,32 @@ def _optional_reward_info(raw: dict, task: str) -> dict[str, Any] | None:
     return given or None
 
 
+def record_image(image: Any, number: int) -> str | EmbeddedImage:
+    """The row's `number`th image: a path under the image root, or an image struct {bytes, path} as Hugging
+    Face datasets write them, whose bytes are the image (with bytes null, its path is read like a path)."""
+    if isinstance(image, dict) and image and image.keys() <= {"bytes", "path"}:
+        data, name = image.get("bytes"), image.get("path")
+        if name is not None and not isinstance(name, str):
+            raise RecordError(BAD_RECORD, f"image {number}: 'path' must be a string, got {type(name).__name__}")
+        if data is None:
+            image = name
+        elif isinstance(data, bytes) and data:
+            return EmbeddedImage(data, name or None)
+        else:
+            raise RecordError(
+                BAD_RECORD,
+                f"image {number}: 'bytes' must hold the image file's bytes (a binary parquet column), got "
+                f"{'no bytes' if data == b'' else type(data).__name__}; a JSON row gives a path instead",
+            )
+    if not isinstance(image, str) or not image:
+        raise RecordError(
+            BAD_RECORD, f"image {number}: expected a path or an image struct {{bytes, path}}, got {image!r:.60}"
+        )
+    if "\0" in image:
+        raise RecordError(BAD_RECORD, f"image path {image!r} holds a NUL byte")
+    return image
+
+
 def parse_record(raw: dict) -> CanonicalRecord:
     """Validate a canonical row (images not opened yet) and normalise its problem."""
     if not isinstance(raw, dict):
@@ -311,11 +355,9 @@ def parse_record(raw: dict) -> CanonicalRecord:
     if task not in task_names():
         raise RecordError(UNKNOWN_TASK, f"task {task!r} is not one of {', '.join(task_names())}")
     images = raw.get("images")
-    if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
-        raise RecordError(BAD_RECORD, "field 'images' must be a non-empty list of paths")
-    for path in images:
-        if "\0" in path:
-            raise RecordError(BAD_RECORD, f"image path {path!r} holds a NUL byte")
+    if not isinstance(images, list) or not images:
+        raise RecordError(BAD_RECORD, "field 'images' must be a non-empty list of paths or of embedded images")
+    images = [record_image(image, number) for number, image in enumerate(images, start=1)]
     answer = raw.get("answer")
     if answer is None:
         raise RecordError(EMPTY_ANSWER, "answer is missing")
@@ -518,7 +560,7 @@ def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
         # else: reward_info that is no object stays, for `parse_record` to reject
     if record.get("id") is not None:
         record["id"] = str(record["id"])
-    if isinstance(record.get("images"), str):
+    if isinstance(record.get("images"), (str, dict)):
         record["images"] = [record["images"]]
     if isinstance(record.get("problem"), str):
         record["problem"] = mapping.problem_template.format(problem=record["problem"])
