@@ -76,3 +76,26 @@ def card_parts(card: str) -> tuple[dict, str, dict[str, str]]:
     paragraphs = body.strip().split("\n\n")
     rows = [line.strip("|").split(" | ", 1) for line in body.splitlines() if line.startswith("| ")]
     return yaml.safe_load(metadata), paragraphs[1], {label.strip(): value.strip() for label, value in rows if label.strip()}
+
+
+def rows_with_embedded_images(jsonl: Path, image_root: Path, parquet: Path, read_from_files=()) -> list[dict]:
+    """The canonical rows of `jsonl` written to `parquet` with their images embedded as Hugging Face datasets
+    store them ({bytes, path}); the rows whose ids are in `read_from_files` keep theirs as files (bytes
+    null). Returns the rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {
+            **row,
+            "images": [
+                {"bytes": None if row["id"] in read_from_files else (image_root / path).read_bytes(), "path": path}
+                for path in row["images"]
+            ],
+        }
+        for row in read_jsonl(jsonl)
+    ]
+    # Every row with every field (null where it has none): pyarrow takes the columns from the first row.
+    fields = dict.fromkeys(name for row in rows for name in row)
+    pq.write_table(pa.Table.from_pylist([{**fields, **row} for row in rows]), parquet)
+    return rows

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data_helpers import read_jsonl, run_module
+from data_helpers import read_jsonl, rows_with_embedded_images, run_module
 
 from mixed_r1_verl.data.engine import Engine, EngineConfig, main
 from mixed_r1_verl.data.engine_plots import pass_rate_figure
@@ -457,3 +457,34 @@ def test_convert_reads_the_selection_as_canonical_rows_whatever_the_source_layou
 
     assert converted(tmp_path / "engine" / "parquet" / "train.parquet") == converted(tmp_path / "direct" / "train.parquet")
     assert converted(tmp_path / "direct" / "train.parquet")[0][1].count("Locate the object described as") == 1
+
+
+def test_rows_embedding_their_images_are_selected_into_parquet_and_converted_as_files_are(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=4, seed=11, val_rows_per_task=0)
+    embedded = tmp_path / "embedded.parquet"
+    rows_with_embedded_images(jsonl, image_root, embedded)
+    stages = ["difficulty.enabled=false", "dedup.perceptual=true", "balance.targets={matching: 3}", "convert=true"]
+    Engine(engine_config(jsonl, image_root, tmp_path / "files", *stages, "val_ratio=0")).run()
+    out = tmp_path / "out"
+
+    report = Engine(
+        parse_settings(
+            EngineConfig, [f"input={embedded}", f"output_dir={out}", "progress=false", *stages, "val_ratio=0"]
+        )
+    ).run()
+
+    assert not (out / "selected.jsonl").exists()
+    selected = pq.read_table(out / "selected.parquet").to_pylist()
+    from_files = {row["id"]: row for row in read_jsonl(tmp_path / "files" / "selected.jsonl")}
+    assert [row["id"] for row in selected] == list(from_files) and report["selected"]["matching"] == 3
+    for row in selected:
+        assert [image["path"] for image in row["images"]] == from_files[row["id"]]["images"]
+        assert [image["bytes"] for image in row["images"]] == [
+            (image_root / path).read_bytes() for path in from_files[row["id"]]["images"]
+        ]
+    converted = pq.read_table(out / "parquet" / "train.parquet").to_pylist()
+    assert converted == pq.read_table(tmp_path / "files" / "parquet" / "train.parquet").to_pylist()
+
+    # A later run on files replaces the parquet selection with its own.
+    Engine(engine_config(jsonl, image_root, out, *stages[:3])).run()
+    assert (out / "selected.jsonl").exists() and not (out / "selected.parquet").exists()

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data_helpers import run_module
+from data_helpers import read_jsonl, rows_with_embedded_images, run_module
 
 from mixed_r1_verl.data import records
 from mixed_r1_verl.data.frames import smart_resize
@@ -585,3 +585,83 @@ def test_rows_without_ids_get_content_ids_unique_across_sources_and_independent_
     reject = json.loads((tmp_path / "repeated" / "rejects.jsonl").read_text())
     assert (reject["id"], reject["row"], reject["reason"]) == ("row-3", 3, records.DUPLICATE_ID)
     assert reject["detail"].startswith("same content as row 1 (") and next(iter(ref_ids)) in reject["detail"]
+
+
+def test_images_embedded_in_parquet_convert_as_the_same_files_do(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=3, seed=5)
+    settings = {"val_ratio": 0.3, "seed": 2, "progress": False}
+    prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "files"), **settings))
+    from_files = {split: read_rows(tmp_path / "files" / f"{split}.parquet") for split in ("train", "val")}
+    rows = read_jsonl(jsonl)
+    # One row's image kept as a file (bytes null), as a dataset saved from image paths holds it.
+    embedded = tmp_path / "embedded.parquet"
+    rows_with_embedded_images(jsonl, image_root, embedded, read_from_files={rows[0]["id"]})
+
+    summary = prepare(
+        PrepareConfig(input=str(embedded), image_root=str(image_root), output_dir=str(tmp_path / "out"), **settings)
+    )
+
+    assert summary["rows_written"] == len(rows) and summary["rows_rejected"] == 0
+    for split, expected in from_files.items():
+        assert read_rows(tmp_path / "out" / f"{split}.parquet") == expected
+    # Every image embedded: no image root is needed.
+    all_embedded = tmp_path / "all_embedded.parquet"
+    rows_with_embedded_images(jsonl, image_root, all_embedded)
+    prepare(PrepareConfig(input=str(all_embedded), output_dir=str(tmp_path / "no_root"), **settings))
+    for split, expected in from_files.items():
+        assert read_rows(tmp_path / "no_root" / f"{split}.parquet") == expected
+
+
+def test_a_hub_style_parquet_with_one_image_struct_per_row_converts_through_a_column_mapping(tmp_path):
+    """ChartQA as the Hub's datasets hold it: an `image` struct {bytes, path}, `query`, `label` (a list)."""
+    import pyarrow as pa
+
+    def png(size, color) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", size, color).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    chart = png((320, 240), "red")
+    source = [
+        {"image": {"bytes": chart, "path": "two_col_1.png"}, "query": "What is the highest value?", "label": ["42"]},
+        {"image": {"bytes": png((200, 100), "blue"), "path": None}, "query": "How many bars?", "label": ["3"]},
+        {"image": {"bytes": b"GIF89a cut short", "path": "broken.gif"}, "query": "Q?", "label": ["1"]},
+        {"image": {"bytes": None, "path": "on_disk.png"}, "query": "Q?", "label": ["2"]},
+    ]
+    parquet = tmp_path / "chartqa.parquet"
+    pq.write_table(pa.Table.from_pylist(source), parquet)
+    settings = ["layout=chartqa", "columns.images=image", "constants.data_source=chartqa", "val_ratio=0"]
+
+    output = run_module("mixed_r1_verl.data.prepare", f"input={parquet}", f"output_dir={tmp_path / 'out'}", *settings)
+    summary = json.loads(output)
+
+    assert (summary["rows_written"], summary["rejects_by_reason"]) == (2, {"unreadable_image": 1, "missing_image": 1})
+    written = read_rows(tmp_path / "out" / "train.parquet")
+    assert [row["images"][0]["path"] for row in written] == ["two_col_1.png", None]
+    assert written[0]["images"][0]["bytes"] == chart and written[0]["extra_info"]["image_size"] == [320, 240]
+    assert written[1]["reward_model"]["ground_truth"] == "3"
+    rejects = {line["row"]: line["detail"] for line in read_jsonl(tmp_path / "out" / "rejects.jsonl")}
+    assert rejects == {
+        3: "embedded image 'broken.gif': not an image file of a format PIL reads",
+        4: "image 'on_disk.png' is a file, and no image_root was given to read it in",
+    }
+
+
+@pytest.mark.parametrize(
+    ("image", "detail"),
+    [
+        ({"bytes": "aGVsbG8=", "path": "a.png"}, "image 1: 'bytes' must hold the image file's bytes (a binary parquet"),
+        (
+            {"bytes": b"", "path": "a.png"},
+            "image 1: 'bytes' must hold the image file's bytes (a binary parquet column), got no bytes",
+        ),
+        ({"bytes": b"\x89PNG", "path": 3}, "image 1: 'path' must be a string, got int"),
+        ({"url": "http://x/a.png"}, "image 1: expected a path or an image struct {bytes, path}, got {'url'"),
+        (7, "image 1: expected a path or an image struct {bytes, path}, got 7"),
+    ],
+)
+def test_an_image_neither_a_path_nor_an_image_struct_is_a_reject_naming_it(image, detail):
+    row = {"id": "r", "task": "chart", "data_source": "d", "images": [image], "problem": "Q?", "answer": "1"}
+    with pytest.raises(records.RecordError) as rejected:
+        records.parse_record(row)
+    assert rejected.value.reason == records.BAD_RECORD and rejected.value.detail.startswith(detail)

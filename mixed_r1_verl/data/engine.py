@@ -16,10 +16,11 @@
 6. report     report.json, rows_per_stage.png, pass_rate_hist.png
 
 Writes selected.jsonl (canonical records, ready for `mixed_r1_verl.data.prepare`, which runs on it
-when convert=true), dropped.jsonl (id, stage, reason) and the report, before any conversion; the last
-run's outputs are removed first (the response cache stays). An empty selection is not converted: the run
-stops with the drops of each stage by reason. Settings (paths, the difficulty model, backend and
-sampling, balance targets) are checked before the first stage.
+when convert=true; selected.parquet where rows embed their images), dropped.jsonl (id, stage, reason)
+and the report, before any conversion; the last run's outputs are removed first (the response cache
+stays). An empty selection is not converted: the run stops with the drops of each stage by reason.
+Settings (paths, the difficulty model, backend and sampling, balance targets) are checked before the
+first stage.
 """
 
 from __future__ import annotations
@@ -35,13 +36,22 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
 from mixed_r1_verl.data.model_files import resolve_model_dir
 from mixed_r1_verl.data.prepare import CONVERSION_OUTPUTS, PrepareConfig, RowConverter, prepare
-from mixed_r1_verl.data.records import CanonicalRecord, RecordError, iter_source_rows, option_index, parse_box
+from mixed_r1_verl.data.records import (
+    CanonicalRecord,
+    EmbeddedImage,
+    RecordError,
+    iter_source_rows,
+    option_index,
+    parse_box,
+)
 from mixed_r1_verl.data.sampling import ResponseCache, request_key
 from mixed_r1_verl.eval.cache import Completion
 from mixed_r1_verl.eval.generation import (
@@ -61,7 +71,8 @@ from mixed_r1_verl.settings import run_settings_cli
 YES_NO = ("yes", "no")
 # What a run writes to output_dir besides the response cache; the conversion's folder.
 DROPPED_FILE = "dropped.jsonl"
-RUN_OUTPUTS = ("selected.jsonl", DROPPED_FILE, "report.json", "rows_per_stage.png", "pass_rate_hist.png")
+SELECTION_FILES = ("selected.jsonl", "selected.parquet")
+RUN_OUTPUTS = (*SELECTION_FILES, DROPPED_FILE, "report.json", "rows_per_stage.png", "pass_rate_hist.png")
 CONVERSION_DIR = "parquet"
 
 
@@ -195,7 +206,7 @@ def check_input_paths(config: EngineConfig) -> None:
             f"input={config.input} is a file this run removes and writes anew in output_dir={config.output_dir}: "
             "copy it elsewhere first, or give another output_dir"
         )
-    if not Path(config.image_root).is_dir():
+    if config.image_root is not None and not Path(config.image_root).is_dir():
         raise FileNotFoundError(f"image_root={config.image_root}: no such directory")
 
 
@@ -384,7 +395,8 @@ class Engine:
             if kept is not None:
                 return "duplicate", duplicate_detail(row, kept, "the same image(s) as")
             if perceptual:
-                image_hashes = tuple(difference_hash(self.converter.store.load(p).data) for p in row.record.images)
+                images = row.record.images
+                image_hashes = tuple(difference_hash(self.converter.store.load(image).data) for image in images)
                 for other_hashes, other in hashed_by_item[item]:
                     if len(other_hashes) == len(image_hashes) and all(
                         hamming(a, b) <= max_distance for a, b in zip(image_hashes, other_hashes)
@@ -478,11 +490,11 @@ class Engine:
         """The row's chat and its images with the converter's resize bounds, as training sees them."""
         images = [
             {
-                "bytes": self.converter.store.load(path).data,
+                "bytes": self.converter.store.load(image).data,
                 "min_pixels": self.converter.min_pixels,
                 "max_pixels": self.converter.max_pixels,
             }
-            for path in row.record.images
+            for image in row.record.images
         ]
         return GenerationRequest(row.prompt, images, label=row.record.id)
 
@@ -534,10 +546,7 @@ class Engine:
             rows = self.balance(rows)
         finally:
             self.dropped.close()
-        selected_path = self.output_dir / "selected.jsonl"
-        with open(selected_path, "w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps(canonical_dict(row.record)) + "\n")
+        selected_path = write_selection([row.record for row in rows], self.output_dir)
         report = self.report(rows)
         self.write_report(report)  # before converting, so a failed conversion keeps the report that explains it
         if self.config.convert:
@@ -660,6 +669,7 @@ def unverifiable_reason(row: EngineRow, max_short_answer_words: int) -> tuple[st
 
 
 def canonical_dict(record: CanonicalRecord) -> dict:
+    """A canonical record as JSON holds it: images by their paths, no options where it has none."""
     row = asdict(record)
     row["images"] = list(record.images)
     if record.options is None:
@@ -667,6 +677,31 @@ def canonical_dict(record: CanonicalRecord) -> dict:
     else:
         row["options"] = list(record.options)
     return row
+
+
+def canonical_parquet_row(record: CanonicalRecord) -> dict:
+    """A canonical record as a parquet row: every field, each image a struct {bytes, path} as Hugging Face
+    datasets store images (a file's bytes null: it is read under the image root)."""
+    row = {**canonical_dict(record), "options": list(record.options) if record.options else None}
+    row["images"] = [
+        {"bytes": image.data, "path": image.name} if isinstance(image, EmbeddedImage)
+        else {"bytes": None, "path": image}
+        for image in record.images
+    ]  # fmt: skip
+    return row
+
+
+def write_selection(records: list[CanonicalRecord], output_dir: Path) -> Path:
+    """The selected records as the converter reads them: selected.jsonl, or selected.parquet where a record
+    embeds an image (JSON holds no bytes)."""
+    if any(isinstance(image, EmbeddedImage) for record in records for image in record.images):
+        path = output_dir / "selected.parquet"
+        pq.write_table(pa.Table.from_pylist([canonical_parquet_row(record) for record in records]), path)
+        return path
+    path = output_dir / "selected.jsonl"
+    with open(path, "w", encoding="utf-8") as out:
+        out.writelines(json.dumps(canonical_dict(record)) + "\n" for record in records)
+    return path
 
 
 def histogram(rates: list[float]) -> dict:

@@ -92,7 +92,8 @@ BOX_EDGE_TOLERANCE = 1.0
 @dataclass
 class PrepareConfig:
     input: str = "???"
-    image_root: str = "???"
+    # The directory the rows' image paths are relative to; not needed where rows embed their images.
+    image_root: str | None = None
     output_dir: str = "???"
     model_family: str = "qwen2_5_vl"
     # Source layout: canonical, llava, chartqa, refcoco; `columns`/`constants` override the preset.
@@ -392,12 +393,12 @@ class RowConverter:
 
     def content_id(self, record: CanonicalRecord) -> str:
         """The id derived from the row's content, for a row whose source gives none."""
-        digests = [hashlib.sha256(self.store.load(path).data).hexdigest() for path in record.images]
+        digests = [hashlib.sha256(self.store.load(image).data).hexdigest() for image in record.images]
         return generated_id(record, digests)
 
     def convert(self, record: CanonicalRecord) -> dict:
         """The verl row for a validated record, without split or index (see `assign`)."""
-        images = [self.store.load(path) for path in record.images]
+        images = [self.store.load(image) for image in record.images]
         image_size = images[0].size
         resized_sizes = [self.resized_size(image) for image in images]
         frame_size = model_frame_size(image_size, self.box_frame, self.min_pixels, self.max_pixels)
@@ -445,11 +446,11 @@ class RowConverter:
         given = record.reward_info or {}
         return {"reward_info": {name: given.get(name) for name in self.reward_fields}}
 
-    def sft_row(self, row: dict, rationale: str) -> dict:
+    def sft_row(self, row: dict, record: CanonicalRecord) -> dict:
         """The SFT row of a converted row, with the tokens of its whole chat where model_path is given."""
-        sft = sft_row(row, rationale)
+        sft = sft_row(row, record.rationale)
         if self.prompt_counter is not None:
-            sizes = [self.resized_size(self.store.load(image["path"])) for image in row["images"]]
+            sizes = [self.resized_size(self.store.load(image)) for image in record.images]
             length = self.prompt_counter.count(sft["messages"], sizes, add_generation_prompt=False)
             sft["extra_info"]["sequence_length"] = length
         return sft
@@ -462,7 +463,7 @@ class RowConverter:
                 height, width, factor=self.resize_factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels
             )
         except ValueError as error:
-            raise RecordError(UNSUPPORTED_IMAGE_SIZE, f"image {image.path!r}: {error}") from None
+            raise RecordError(UNSUPPORTED_IMAGE_SIZE, f"{image.label}: {error}") from None
         return resized_w, resized_h
 
     def prompt_length(self, prompt: list[dict], resized_sizes: list[tuple[int, int]]) -> int | None:
@@ -624,7 +625,7 @@ def convert_rows(config: PrepareConfig, converter: RowConverter, writers, sft_wr
         split = record.split or split_of(record.id, config.seed, config.val_ratio)
         row["extra_info"]["split"] = split
         if record.rationale:
-            sft_writers[split].write(converter.sft_row(row, record.rationale))
+            sft_writers[split].write(converter.sft_row(row, record))
         writers[split].write(row)
         written[(split, record.task)] += 1
     return rows_in, written
