@@ -488,3 +488,20 @@ def test_rows_embedding_their_images_are_selected_into_parquet_and_converted_as_
     # A later run on files replaces the parquet selection with its own.
     Engine(engine_config(jsonl, image_root, out, *stages[:3])).run()
     assert (out / "selected.jsonl").exists() and not (out / "selected.parquet").exists()
+
+
+def test_an_input_of_several_files_is_selected_from_as_one(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=4, seed=11, val_rows_per_task=0)
+    lines = jsonl.read_text().splitlines(keepends=True)
+    parts = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
+    parts[0].write_text("".join(lines[:5]))
+    parts[1].write_text("".join(lines[5:]))
+    stages = ["difficulty.enabled=false", "balance.targets={matching: 3, chart: 2}"]
+    Engine(engine_config(jsonl, image_root, tmp_path / "whole", *stages)).run()
+
+    report = Engine(engine_config(f"[{parts[0]},{parts[1]}]", image_root, tmp_path / "out", *stages)).run()
+
+    assert report["stages"][0]["rows_in"] == {"matching": 4, "chart": 4, "grounding": 4, "open_ended": 4, "other": 0}
+    assert read_jsonl(tmp_path / "out" / "selected.jsonl") == read_jsonl(tmp_path / "whole" / "selected.jsonl")
+    with pytest.raises(ValueError, match="is a file this run removes and writes anew"):
+        Engine(engine_config(f"[{parts[0]},{tmp_path / 'out' / 'selected.jsonl'}]", image_root, tmp_path / "out"))

@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 import numpy
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -614,8 +615,6 @@ def test_images_embedded_in_parquet_convert_as_the_same_files_do(tmp_path):
 
 def test_a_hub_style_parquet_with_one_image_struct_per_row_converts_through_a_column_mapping(tmp_path):
     """ChartQA as the Hub's datasets hold it: an `image` struct {bytes, path}, `query`, `label` (a list)."""
-    import pyarrow as pa
-
     def png(size, color) -> bytes:
         buffer = io.BytesIO()
         Image.new("RGB", size, color).save(buffer, format="PNG")
@@ -665,3 +664,34 @@ def test_an_image_neither_a_path_nor_an_image_struct_is_a_reject_naming_it(image
     with pytest.raises(records.RecordError) as rejected:
         records.parse_record(row)
     assert rejected.value.reason == records.BAD_RECORD and rejected.value.detail.startswith(detail)
+
+
+def test_the_shards_of_a_dataset_convert_as_one_input(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=3, seed=5)
+    settings = {"val_ratio": 0.3, "seed": 2, "progress": False}
+    prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "whole"), **settings))
+    rows = read_jsonl(jsonl)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    rows_with_embedded_images(jsonl, image_root, tmp_path / "all.parquet")
+    table = pq.read_table(tmp_path / "all.parquet")
+    half = len(rows) // 2
+    pq.write_table(table.slice(0, half), shards / "train-00000-of-00002.parquet")
+    # The second shard repeats the first row: a duplicate across files names both.
+    pq.write_table(pa.concat_tables([table.slice(half), table.slice(0, 1)]), shards / "train-00001-of-00002.parquet")
+
+    pattern = str(shards / "train-*.parquet")
+    summary = prepare(PrepareConfig(input=pattern, output_dir=str(tmp_path / "out"), **settings))
+
+    first, second = (str(shards / f"train-0000{n}-of-00002.parquet") for n in (0, 1))
+    assert summary["input"] == [first, second] and summary["rows_in"] == len(rows) + 1
+    for split in ("train", "val"):
+        assert read_rows(tmp_path / "out" / f"{split}.parquet") == read_rows(tmp_path / "whole" / f"{split}.parquet")
+    [reject] = read_jsonl(tmp_path / "out" / "rejects.jsonl")
+    assert (reject["input"], reject["row"], reject["reason"]) == (second, len(rows) - half + 1, records.DUPLICATE_ID)
+    assert reject["detail"] == f"id {rows[0]['id']!r} appeared earlier in the input, at row 1 of {first}"
+    # A list of files and patterns reads each file once, in the order given.
+    again = PrepareConfig(input=[second, str(shards / "*.parquet")], output_dir=str(tmp_path / "again"), **settings)
+    assert prepare(again)["input"] == [second, first]
+    with pytest.raises(FileNotFoundError, match=r"input=.*train-\*\.jsonl: the pattern matches no file"):
+        prepare(PrepareConfig(input=str(shards / "train-*.jsonl"), output_dir=str(tmp_path / "none"), **settings))

@@ -48,7 +48,8 @@ from mixed_r1_verl.data.records import (
     CanonicalRecord,
     EmbeddedImage,
     RecordError,
-    iter_source_rows,
+    input_files,
+    iter_input_rows,
     option_index,
     parse_box,
 )
@@ -199,13 +200,13 @@ def sampling_settings(config: EngineConfig) -> SamplingSettings:
 
 
 def check_input_paths(config: EngineConfig) -> None:
-    if not Path(config.input).is_file():
-        raise FileNotFoundError(f"input={config.input}: no such file")
-    if Path(config.input).resolve() in {path.resolve() for path in files_a_run_replaces(Path(config.output_dir))}:
-        raise ValueError(
-            f"input={config.input} is a file this run removes and writes anew in output_dir={config.output_dir}: "
-            "copy it elsewhere first, or give another output_dir"
-        )
+    replaced = {path.resolve() for path in files_a_run_replaces(Path(config.output_dir))}
+    for file in input_files(config.input):
+        if file.resolve() in replaced:
+            raise ValueError(
+                f"input={file} is a file this run removes and writes anew in output_dir={config.output_dir}: "
+                "copy it elsewhere first, or give another output_dir"
+            )
     if config.image_root is not None and not Path(config.image_root).is_dir():
         raise FileNotFoundError(f"image_root={config.image_root}: no such directory")
 
@@ -356,13 +357,13 @@ class Engine:
     # 1. validate and normalise
     def validate(self) -> list[EngineRow]:
         rows, reasons, rows_in = [], Counter(), Counter()
-        for number, raw in tqdm(
-            iter_source_rows(self.config.input), desc="Validating", disable=not self.config.progress
+        for file, number, raw in tqdm(
+            iter_input_rows(self.converter.inputs), desc="Validating", disable=not self.config.progress
         ):
             task = self.converter.source_value(raw, "task")
             rows_in[task if task in task_names() else "other"] += 1
             try:
-                record = self.converter.record(number, raw)
+                record = self.converter.record(file, number, raw)
                 converted = self.converter.convert(record)
             except RecordError as error:
                 reasons[error.reason] += 1

@@ -6,11 +6,12 @@
 model_family: qwen2_5_vl, qwen2_vl, qwen3_vl or internvl (the frame of the grounding boxes and the
 image token size).
 
-Writes train.parquet, val.parquet, rejects.jsonl (one line per rejected row: id, row number, reason,
-detail) and summary.json (counts per task and split, rejects by reason, source fields the mapping does
-not read with a "did you mean" for likely typos). Every input row is either written or rejected.
-Outputs appear under their final names only once complete. Rows with a `rationale` also go, as chat
-turns ending in the supervised target
+`input` is a file, a glob pattern or a list of them, read in order with one column mapping (the shards
+of a Hub dataset, say). Writes train.parquet, val.parquet, rejects.jsonl (one line per rejected row: id,
+input file, row number in it, reason, detail) and summary.json (counts per task and split, rejects by
+reason, source fields the mapping does not read with a "did you mean" for likely typos). Every input row
+is either written or rejected. Outputs appear under their final names only once complete. Rows with a
+`rationale` also go, as chat turns ending in the supervised target
 `<think>{rationale}</think><answer>{answer}</answer>`, to sft_train.parquet / sft_val.parquet.
 
 A split that training reads is never written empty: the conversion stops instead. `val_ratio=0`
@@ -70,7 +71,8 @@ from mixed_r1_verl.data.records import (
     apply_mapping,
     build_mapping,
     generated_id,
-    iter_source_rows,
+    input_files,
+    iter_input_rows,
     parse_box,
     parse_record,
     read_column,
@@ -91,7 +93,9 @@ BOX_EDGE_TOLERANCE = 1.0
 
 @dataclass
 class PrepareConfig:
-    input: str = "???"
+    # A .jsonl, .json or .parquet file, a glob pattern (`chartqa/train-*.parquet`) or a list of them, read
+    # in order with one column mapping.
+    input: Any = "???"
     # The directory the rows' image paths are relative to; not needed where rows embed their images.
     image_root: str | None = None
     output_dir: str = "???"
@@ -312,11 +316,16 @@ def refuse_image_tokens_in_prompt_settings(config: PrepareConfig) -> None:
                 raise ValueError(f"{name} holds {token!r}: only each row's problem places images")
 
 
-def duplicate_id_detail(record_id: str, first_row: int, given_id: bool) -> str:
+def row_place(file: Path, number: int, several_inputs: bool) -> str:
+    """A row as messages name it: by its number, and its file where the input has several."""
+    return f"row {number} of {file}" if several_inputs else f"row {number}"
+
+
+def duplicate_id_detail(record_id: str, first_row: str, given_id: bool) -> str:
     if given_id:
-        return f"id {record_id!r} appeared earlier in the input, at row {first_row}"
+        return f"id {record_id!r} appeared earlier in the input, at {first_row}"
     return (
-        f"same content as row {first_row} (task, images, problem, options and answer): "
+        f"same content as {first_row} (task, images, problem, options and answer): "
         f"both get the generated id {record_id!r}"
     )
 
@@ -349,7 +358,8 @@ class RowConverter:
         self.prompt_counter = PromptTokenCounter(model_dir) if model_dir is not None else None
         self.max_prompt_length = config.max_prompt_length or DEFAULT_MAX_PROMPT_LENGTH[config.model_family]
         self.store = ImageStore(config.image_root)
-        self.row_by_id: dict[str, int] = {}
+        self.inputs = input_files(config.input)
+        self.row_by_id: dict[str, tuple[Path, int]] = {}
         # Source fields the mapping reads (a field given by a constant is not read, but for reward_info, which
         # constants add to); rows' other fields are counted in `ignored_fields`, for the summary.
         self.read_fields = {
@@ -377,7 +387,10 @@ class RowConverter:
         record_id = self.source_value(raw, "id")
         return str(record_id) if record_id is not None else f"row-{number}"
 
-    def record(self, number: int, raw: Any) -> CanonicalRecord:
+    def row_place(self, file: Path, number: int) -> str:
+        return row_place(file, number, len(self.inputs) > 1)
+
+    def record(self, file: Path, number: int, raw: Any) -> CanonicalRecord:
         if isinstance(raw, RecordError):
             raise raw
         if isinstance(raw, dict):
@@ -386,9 +399,9 @@ class RowConverter:
         given_id = record.id is not None
         if not given_id:
             record = replace(record, id=self.content_id(record))
-        first = self.row_by_id.setdefault(record.id, number)
-        if first != number:
-            raise RecordError(DUPLICATE_ID, duplicate_id_detail(record.id, first, given_id))
+        first = self.row_by_id.setdefault(record.id, (file, number))
+        if first != (file, number):
+            raise RecordError(DUPLICATE_ID, duplicate_id_detail(record.id, self.row_place(*first), given_id))
         return record
 
     def content_id(self, record: CanonicalRecord) -> str:
@@ -534,18 +547,24 @@ class NoRowsWrittenError(ValueError):
     """The input holds no row that could be converted."""
 
 
-def check_some_rows_written(rows_in: int, rejects: RejectsWriter, config: PrepareConfig) -> None:
+def named_input(config: PrepareConfig) -> str:
+    """The input setting as messages name it: the file or pattern given, or the list."""
+    return str(config.input) if isinstance(config.input, (str, Path)) else str([str(path) for path in config.input])
+
+
+def check_some_rows_written(rows_in: int, rejects: RejectsWriter, config: PrepareConfig, converter: RowConverter):
     """A conversion that would write no row stops, with the count of each reject reason and the first
     rejected row (a wrong column mapping or image_root reads as such)."""
     if rows_in == 0:
-        raise NoRowsWrittenError(f"{config.input} holds no rows")
+        raise NoRowsWrittenError(f"{named_input(config)} holds no rows")
     if rejects.rows < rows_in:
         return
     reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(rejects.count_by_reason().items()))
     first = rejects.first
     raise NoRowsWrittenError(
-        f"{config.input}: all {rows_in} rows were rejected ({reasons}); the first, row {first['row']} "
-        f"(id {first['id']!r}): {first['reason']}: {first['detail']}; each row's reason is in {rejects.path}"
+        f"{named_input(config)}: all {rows_in} rows were rejected ({reasons}); the first, "
+        f"{converter.row_place(Path(first['input']), first['row'])} (id {first['id']!r}): {first['reason']}: "
+        f"{first['detail']}; each row's reason is in {rejects.path}"
     )
 
 
@@ -555,12 +574,12 @@ def check_splits_not_empty(rows_per_split: dict[str, int], config: PrepareConfig
     written = sum(rows_per_split.values())
     if rows_per_split["train"] == 0:
         raise EmptySplitError(
-            f"{config.input}: train.parquet would be empty ({written} rows written, all to val); "
+            f"{named_input(config)}: train.parquet would be empty ({written} rows written, all to val); "
             "pin rows with \"split\": \"train\" or lower val_ratio"
         )
     if rows_per_split["val"] == 0 and config.val_ratio > 0:
         raise EmptySplitError(
-            f"{config.input}: val.parquet would be empty: val_ratio={config.val_ratio} chose none of the "
+            f"{named_input(config)}: val.parquet would be empty: val_ratio={config.val_ratio} chose none of the "
             f"{written} rows, and training reads val.parquet (verl builds the validation set even with "
             "trainer.test_freq=-1). Give rows \"split\": \"val\", raise val_ratio, or set val_ratio=0 to "
             "ask for no validation split (no val.parquet is written)"
@@ -594,8 +613,8 @@ class RejectsWriter:
             by_reason[reason] += count
         return by_reason
 
-    def write(self, task: str, record_id: str, number: int, error: RecordError) -> None:
-        line = {"id": record_id, "row": number, "reason": error.reason, "detail": error.detail}
+    def write(self, task: str, record_id: str, file: Path, number: int, error: RecordError) -> None:
+        line = {"id": record_id, "input": str(file), "row": number, "reason": error.reason, "detail": error.detail}
         self.file.write(json.dumps(line) + "\n")
         self.by_task_and_reason[(task, error.reason)] += 1
         self.first = self.first or line
@@ -613,14 +632,14 @@ def convert_rows(config: PrepareConfig, converter: RowConverter, writers, sft_wr
     """Every input row written to its split or to rejects; (rows in, rows written by (split, task))."""
     written: Counter = Counter()
     rows_in = 0
-    rows = tqdm(iter_source_rows(config.input), desc="Converting", unit=" rows", disable=not config.progress)
-    for number, raw in rows:
+    rows = iter_input_rows(converter.inputs)
+    for file, number, raw in tqdm(rows, desc="Converting", unit=" rows", disable=not config.progress):
         rows_in += 1
         try:
-            record = converter.record(number, raw)
+            record = converter.record(file, number, raw)
             row = converter.convert(record)
         except RecordError as error:
-            rejects.write(converter.source_task(raw), converter.source_id(number, raw), number, error)
+            rejects.write(converter.source_task(raw), converter.source_id(number, raw), file, number, error)
             continue
         split = record.split or split_of(record.id, config.seed, config.val_ratio)
         row["extra_info"]["split"] = split
@@ -648,7 +667,7 @@ def prepare(config: PrepareConfig) -> dict:
         rows_in, written = convert_rows(config, converter, writers, sft_writers, rejects)
         if rejects.rows:
             rejects.commit()  # each rejected row's reason is kept even when a check below stops the conversion
-        check_some_rows_written(rows_in, rejects, config)
+        check_some_rows_written(rows_in, rejects, config, converter)
         check_splits_not_empty({split: writer.rows for split, writer in writers.items()}, config)
         writers["train"].commit()
         writers["val"].commit_or_remove()
@@ -692,10 +711,11 @@ def build_summary(config, converter, rows_in, written: Counter, rejected: Counte
             f"row accounting broken: {rows_in} in, {rows_written} written, {sum(rejected.values())} rejected"
         )
     per_task: dict[str, dict[str, int]] = {}
+    inputs = [str(path) for path in converter.inputs]
     for (split, task), count in sorted(written.items()):
         per_task.setdefault(task, {s: 0 for s in SPLITS})[split] = count
     return {
-        "input": str(config.input),
+        "input": inputs if len(inputs) > 1 else inputs[0],
         "rows_in": rows_in,
         "rows_written": rows_written,
         "rows_rejected": sum(rejected.values()),

@@ -21,6 +21,7 @@ task declares (`Task.reward_fields`).
 from __future__ import annotations
 
 import codecs
+import glob
 import hashlib
 import json
 import math
@@ -570,6 +571,32 @@ def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
     else:
         record["answer"] = _single_answer(answer)
     return record
+
+
+def input_files(given: Any) -> list[Path]:
+    """The files an `input` setting names, in order: a path, a glob pattern (`shards/train-*.parquet`, its
+    files in name order) or a list of them; a file named twice is read once."""
+    files: list[Path] = []
+    for pattern in [given] if isinstance(given, (str, Path)) else list(given or ()):
+        pattern = str(pattern)
+        matched = sorted(glob.glob(pattern)) if any(char in pattern for char in "*?[") else [pattern]
+        if not matched:
+            raise FileNotFoundError(f"input={pattern}: the pattern matches no file")
+        for path in map(Path, matched):
+            if not path.is_file():
+                raise FileNotFoundError(f"input={path}: no such file")
+            if path.resolve() not in {file.resolve() for file in files}:
+                files.append(path)
+    if not files:
+        raise ValueError("input names no file: give a path, a glob pattern or a list of them")
+    return files
+
+
+def iter_input_rows(files: Sequence[Path]) -> Iterator[tuple[Path, int, Any]]:
+    """(file, row number in the file, parsed row) for each row of the files, in order (`iter_source_rows`)."""
+    for file in files:
+        for number, row in iter_source_rows(file):
+            yield file, number, row
 
 
 def iter_source_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
