@@ -1,3 +1,4 @@
+import io
 import json
 from pathlib import Path
 
@@ -505,3 +506,54 @@ def test_an_input_of_several_files_is_selected_from_as_one(tmp_path):
     assert read_jsonl(tmp_path / "out" / "selected.jsonl") == read_jsonl(tmp_path / "whole" / "selected.jsonl")
     with pytest.raises(ValueError, match="is a file this run removes and writes anew"):
         Engine(engine_config(f"[{parts[0]},{tmp_path / 'out' / 'selected.jsonl'}]", image_root, tmp_path / "out"))
+
+
+def test_selections_with_embedded_images_mix_sources_of_other_settings_in_a_later_run(tmp_path):
+    """Two sources that need other settings (a photo turned by EXIF with a 0-1 box, and synthetic rows
+    with pixel boxes) selected apart with embed_images=true, then mixed: the mix converts as each source
+    converts alone."""
+    synthetic, synthetic_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=3, val_rows_per_task=0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    stored = Image.new("RGB", (400, 200), (0, 0, 0))
+    stored.paste((255, 0, 0), (300, 20, 380, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown upright: 200x400, the red patch at about x 100-180, y 300-380
+    stored.save(photos / "sideways.jpg", format="JPEG", quality=95, exif=exif)
+    photo_rows = tmp_path / "photos.jsonl"
+    photo_rows.write_text(json.dumps(
+        {"id": "photo", "task": "grounding", "data_source": "photos", "images": ["sideways.jpg"],
+         "problem": "Where is the red patch?", "answer": "[0.5, 0.75, 0.9, 0.95]"}
+    ) + "\n")  # fmt: skip
+    sources = {
+        "synthetic": (synthetic, synthetic_root, []),
+        "photos": (photo_rows, photos, ["box_units=normalized"]),
+    }
+    alone = {}
+    for name, (rows, root, settings) in sources.items():
+        selecting = ["difficulty.enabled=false", "embed_images=true", *settings]
+        Engine(engine_config(rows, root, tmp_path / name, *selecting)).run()
+        prepare(
+            parse_settings(
+                PrepareConfig,
+                [f"input={rows}", f"image_root={root}", f"output_dir={tmp_path / 'alone' / name}", "val_ratio=0",
+                 "progress=false", *settings],
+            )  # fmt: skip
+        )
+        alone[name] = pq.read_table(tmp_path / "alone" / name / "train.parquet").to_pylist()
+
+    selections = [tmp_path / name / "selected.parquet" for name in sources]
+    mix = ["difficulty.enabled=false", "convert=true", "val_ratio=0"]
+    Engine(parse_settings(EngineConfig, [f"input=[{selections[0]},{selections[1]}]", f"output_dir={tmp_path / 'mix'}",
+                                         "progress=false", *mix])).run()  # fmt: skip
+
+    [photo] = pq.read_table(selections[1]).to_pylist()
+    assert photo["answer"] == "[100, 300, 180, 380]"
+    with Image.open(io.BytesIO(photo["images"][0]["bytes"])) as shown:
+        assert shown.size == (200, 400) and shown.getexif().get(0x0112) is None
+
+    def without_index(rows):
+        return [{**row, "extra_info": {**row["extra_info"], "index": None}} for row in rows]
+
+    mixed = pq.read_table(tmp_path / "mix" / "parquet" / "train.parquet").to_pylist()
+    assert without_index(mixed) == without_index(alone["synthetic"] + alone["photos"])

@@ -382,3 +382,13 @@ def test_the_data_engine_keeps_the_reward_fields_of_the_rows_it_selects(vqa, tmp
     assert {row["extra_info"]["id"]: row["extra_info"]["reward_info"]["answers"] for row in converted} == {
         "vqa-0": ["shape", "square"], "vqa-1": ["circle"]
     }
+    # Selected with its images embedded: the reward fields are typed columns, and the conversion is the same.
+    embedded = tmp_path / "embedded"
+    settings[2] = f"output_dir={embedded}"
+    Engine(parse_settings(EngineConfig, [*settings, "embed_images=true"])).run()
+    table = pq.read_table(embedded / "selected.parquet")
+    assert table.schema.field("reward_info").type.field("min_matches").type == pa.int64()
+    assert {row["id"]: row["reward_info"] for row in table.to_pylist()} == {
+        "vqa-0": infos[0], "vqa-1": {**infos[1], "min_matches": None}
+    }
+    assert pq.read_table(embedded / "parquet" / "train.parquet").to_pylist() == converted

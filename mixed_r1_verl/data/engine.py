@@ -15,8 +15,9 @@
 5. balance    seeded sample down to per-task target counts
 6. report     report.json, rows_per_stage.png, pass_rate_hist.png
 
-Writes selected.jsonl (canonical records, ready for `mixed_r1_verl.data.prepare`, which runs on it
-when convert=true; selected.parquet where rows embed their images), dropped.jsonl (id, stage, reason)
+Writes selected.jsonl (canonical records, ready for `mixed_r1_verl.data.prepare`, which runs on it when
+convert=true; selected.parquet, every image's bytes in it, with embed_images=true or where rows embed
+their images: it reads without image_root, to mix with other sources), dropped.jsonl (id, stage, reason)
 and the report, before any conversion; the last run's outputs are removed first (the response cache
 stays). An empty selection is not converted: the run stops with the drops of each stage by reason.
 Settings (paths, the difficulty model, backend and sampling, balance targets) are checked before the
@@ -43,11 +44,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from mixed_r1_verl.data.model_files import resolve_model_dir
-from mixed_r1_verl.data.prepare import CONVERSION_OUTPUTS, PrepareConfig, RowConverter, prepare
+from mixed_r1_verl.data.prepare import (
+    CONVERSION_OUTPUTS,
+    REWARD_FIELD_ARROW_TYPES,
+    PrepareConfig,
+    RowConverter,
+    box_in_pixels,
+    prepare,
+)
 from mixed_r1_verl.data.records import (
     CanonicalRecord,
     EmbeddedImage,
     RecordError,
+    exact_number,
     input_files,
     iter_input_rows,
     option_index,
@@ -73,6 +82,7 @@ YES_NO = ("yes", "no")
 # What a run writes to output_dir besides the response cache; the conversion's folder.
 DROPPED_FILE = "dropped.jsonl"
 SELECTION_FILES = ("selected.jsonl", "selected.parquet")
+SELECTION_BATCH_ROWS = 256
 RUN_OUTPUTS = (*SELECTION_FILES, DROPPED_FILE, "report.json", "rows_per_stage.png", "pass_rate_hist.png")
 CONVERSION_DIR = "parquet"
 
@@ -127,6 +137,9 @@ class EngineConfig(PrepareConfig):
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     convert: bool = False  # also write train/val parquet from the selection (output_dir/parquet)
+    # Write the selection as selected.parquet, each image's bytes in it and grounding boxes in its pixels:
+    # it reads without image_root or box_units, so selections of sources of other layouts mix in a later run.
+    embed_images: bool = False
 
 
 @dataclass
@@ -328,13 +341,16 @@ class Engine:
             settings["model_path"] = self.config.difficulty.model_path
         return PrepareConfig(**{**settings, "input": input_path, "output_dir": output_dir})
 
-    def selection_prepare_config(self, selected_path: str, output_dir: str) -> PrepareConfig:
-        """The converter's settings for selected.jsonl: its rows are canonical, their source's column
+    def selection_prepare_config(self, selected_path: Path, output_dir: str) -> PrepareConfig:
+        """The converter's settings for the selection: its rows are canonical, their source's column
         mapping, xywh boxes and problem template already applied (applied again, a RefCOCO box would be
-        widened twice and its problem wrapped twice). Boxes keep their units until converted."""
+        widened twice and its problem wrapped twice). selected.jsonl's boxes keep their units until
+        converted; selected.parquet's are in pixels."""
+        embedded = selected_path.suffix == ".parquet"
         return replace(
-            self.prepare_config(selected_path, output_dir),
+            self.prepare_config(str(selected_path), output_dir),
             layout="canonical", columns={}, constants={}, box_format=None, problem_template=None,
+            **({"box_units": "pixels", "image_root": None} if embedded else {}),
         )  # fmt: skip
 
     def drop(self, stage: str, record_id, reason: str, detail: str = "") -> None:
@@ -547,14 +563,16 @@ class Engine:
             rows = self.balance(rows)
         finally:
             self.dropped.close()
-        selected_path = write_selection([row.record for row in rows], self.output_dir)
+        selected_path = write_selection(
+            [row.record for row in rows], self.converter, self.output_dir, self.config.embed_images
+        )
         report = self.report(rows)
         self.write_report(report)  # before converting, so a failed conversion keeps the report that explains it
         if self.config.convert:
             if not rows:
                 raise EmptySelectionError(empty_selection_message(self.stages, self.output_dir))
             conversion_dir = str(self.output_dir / CONVERSION_DIR)
-            report["conversion"] = prepare(self.selection_prepare_config(str(selected_path), conversion_dir))
+            report["conversion"] = prepare(self.selection_prepare_config(selected_path, conversion_dir))
             self.write_report(report)
         return report
 
@@ -680,28 +698,52 @@ def canonical_dict(record: CanonicalRecord) -> dict:
     return row
 
 
-def canonical_parquet_row(record: CanonicalRecord) -> dict:
-    """A canonical record as a parquet row: every field, each image a struct {bytes, path} as Hugging Face
-    datasets store images (a file's bytes null: it is read under the image root)."""
-    row = {**canonical_dict(record), "options": list(record.options) if record.options else None}
-    row["images"] = [
-        {"bytes": image.data, "path": image.name} if isinstance(image, EmbeddedImage)
-        else {"bytes": None, "path": image}
-        for image in record.images
+def selection_schema(reward_fields: dict[str, type]) -> pa.Schema:
+    """The parquet selection's columns: the canonical record's fields, each image a struct {bytes, path} as
+    Hugging Face datasets store images, and installed tasks' reward fields typed."""
+    columns = [
+        ("id", pa.string()), ("task", pa.string()), ("data_source", pa.string()),
+        ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
+        ("problem", pa.string()), ("answer", pa.string()), ("options", pa.list_(pa.string())),
+        ("split", pa.string()), ("rationale", pa.string()),
     ]  # fmt: skip
-    return row
+    if reward_fields:
+        kinds = [(name, REWARD_FIELD_ARROW_TYPES[kind]) for name, kind in reward_fields.items()]
+        columns.append(("reward_info", pa.struct(kinds)))
+    return pa.schema(columns)
 
 
-def write_selection(records: list[CanonicalRecord], output_dir: Path) -> Path:
-    """The selected records as the converter reads them: selected.jsonl, or selected.parquet where a record
-    embeds an image (JSON holds no bytes)."""
-    if any(isinstance(image, EmbeddedImage) for record in records for image in record.images):
-        path = output_dir / "selected.parquet"
-        pq.write_table(pa.Table.from_pylist([canonical_parquet_row(record) for record in records]), path)
+def embedded_row(record: CanonicalRecord, converter: RowConverter) -> dict:
+    """A selected record with its images embedded as shown (turned upright, 8-bit grey) and a grounding box
+    in pixels of that image, which a later run reads without image_root or box_units."""
+    images = [converter.store.load(image) for image in record.images]
+    answer = record.answer
+    if record.task == "grounding":
+        box = box_in_pixels(answer, images[0].size, converter.mapping.box_units)
+        answer = "[" + ", ".join(exact_number(value) for value in box) + "]"
+    return {
+        **canonical_dict(record),
+        "images": [{"bytes": image.data, "path": image.path} for image in images],
+        "answer": answer,
+        "options": list(record.options) if record.options else None,
+    }
+
+
+def write_selection(records: list[CanonicalRecord], converter: RowConverter, output_dir: Path, embed: bool) -> Path:
+    """The selected records as the converter reads them: selected.jsonl, or selected.parquet with every
+    image embedded where `embed` asks for it or a record embeds one (JSON holds no bytes), written
+    SELECTION_BATCH_ROWS records at a time."""
+    if not embed and not any(isinstance(image, EmbeddedImage) for record in records for image in record.images):
+        path = output_dir / "selected.jsonl"
+        with open(path, "w", encoding="utf-8") as out:
+            out.writelines(json.dumps(canonical_dict(record)) + "\n" for record in records)
         return path
-    path = output_dir / "selected.jsonl"
-    with open(path, "w", encoding="utf-8") as out:
-        out.writelines(json.dumps(canonical_dict(record)) + "\n" for record in records)
+    path = output_dir / "selected.parquet"
+    schema = selection_schema(converter.reward_fields)
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, len(records), SELECTION_BATCH_ROWS):
+            batch = [embedded_row(record, converter) for record in records[start : start + SELECTION_BATCH_ROWS]]
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
     return path
 
 
