@@ -194,8 +194,8 @@ def test_an_empty_selection_stops_before_converting_and_keeps_the_report(tmp_pat
 def test_a_failed_conversion_keeps_the_report(tmp_path):
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=3, val_rows_per_task=0)
     out = tmp_path / "out"
-    config = engine_config(jsonl, image_root, out, "difficulty.enabled=false", "convert=true", "val_ratio=1")
-    with pytest.raises(ValueError, match="train.parquet would be empty"):
+    config = engine_config(jsonl, image_root, out, "difficulty.enabled=false", "convert=true", "val_ratio=0.001")
+    with pytest.raises(ValueError, match="val.parquet would be empty"):
         Engine(config).run()
     report = json.loads((out / "report.json").read_text())
     assert sum(report["selected"].values()) == 8 and "conversion" not in report
@@ -209,8 +209,8 @@ def test_a_rerun_leaves_no_earlier_conversion_beside_its_selection(tmp_path):
     assert pq.read_metadata(out / "parquet" / "train.parquet").num_rows == 8
 
     one_chart = "balance.targets={matching: 0, chart: 1, grounding: 0, open_ended: 0}"
-    with pytest.raises(ValueError, match="train.parquet would be empty"):
-        Engine(engine_config(jsonl, image_root, out, *settings, one_chart, "convert=true", "val_ratio=1")).run()
+    with pytest.raises(ValueError, match="val.parquet would be empty"):
+        Engine(engine_config(jsonl, image_root, out, *settings, one_chart, "convert=true", "val_ratio=0.001")).run()
     assert len(read_jsonl(out / "selected.jsonl")) == 1 and not list(out.glob("parquet/*"))
 
     Engine(engine_config(jsonl, image_root, out, *settings, "convert=true")).run()

@@ -73,10 +73,33 @@ def test_val_ratio_zero_writes_no_val_file_and_removes_a_stale_one(tmp_path):
     assert summary["per_split"] == {"train": 8, "val": 0}
 
 
-def test_an_empty_train_split_is_refused(tmp_path):
+def test_an_empty_train_split_is_refused_with_the_way_to_ask_for_an_evaluation_set(tmp_path):
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5, val_rows_per_task=2)
-    with pytest.raises(EmptySplitError, match=r"train\.parquet would be empty"):
+    refusal = r"train\.parquet would be empty.*set val_ratio=1 to convert an evaluation set"
+    with pytest.raises(EmptySplitError, match=refusal):
         convert(jsonl, image_root, tmp_path / "out")
+
+
+def test_val_ratio_one_converts_an_evaluation_set_without_a_train_file(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=3, seed=5, val_rows_per_task=0)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.parquet").write_bytes(b"stale")
+
+    summary = convert(jsonl, image_root, out, val_ratio=1)
+
+    assert summary["per_split"] == {"train": 0, "val": 12} and not (out / "train.parquet").exists()
+    assert sorted(tasks_in(out / "val.parquet")) == sorted(TASKS * 3)
+    assert {path.name for path in out.iterdir()} == {"val.parquet", "sft_val.parquet", "rejects.jsonl", "summary.json"}
+    # Rows pinned to train stay there.
+    rewrite(jsonl, lambda row: {**row, "split": "train"} if row["id"] == "chart-000000" else row)
+    assert convert(jsonl, image_root, tmp_path / "pinned", val_ratio=1)["per_split"] == {"train": 1, "val": 11}
+
+
+@pytest.mark.parametrize("val_ratio", [1.5, -0.1])
+def test_a_val_ratio_outside_zero_to_one_is_refused(tmp_path, val_ratio):
+    with pytest.raises(ValueError, match=rf"val_ratio={val_ratio}: expected the fraction of rows for val\.parquet"):
+        convert(tmp_path / "rows.jsonl", tmp_path, tmp_path / "out", val_ratio=val_ratio)
 
 
 def test_an_unknown_split_is_rejected_by_name(tmp_path):

@@ -16,6 +16,8 @@ is either written or rejected. Outputs appear under their final names only once 
 
 A split that training reads is never written empty: the conversion stops instead. `val_ratio=0`
 with no row pinned to val (`"split": "val"`) asks for no validation split: val.parquet is not written.
+`val_ratio=1` converts an evaluation set: every row not pinned to train goes to val.parquet, and
+train.parquet is written only for pinned rows.
 A conversion whose rows are all rejected stops with the count of each reason; rejects.jsonl is kept
 whenever rows were rejected. `max_prompt_length` left unset is the model family's training budget:
 2048 tokens for the Qwen-VL families, 4096 for InternVL.
@@ -306,6 +308,14 @@ def refuse_another_model_family(model_family: str, model_dir: Path) -> None:
         )
 
 
+def refuse_a_val_ratio_that_is_no_fraction(config: PrepareConfig) -> None:
+    if not 0 <= config.val_ratio <= 1:
+        raise ValueError(
+            f"val_ratio={config.val_ratio}: expected the fraction of rows for val.parquet, from 0 (no validation "
+            "split) to 1 (an evaluation set: every row to val.parquet)"
+        )
+
+
 def refuse_image_tokens_in_prompt_settings(config: PrepareConfig) -> None:
     """Raises ValueError when system_prompt or prompt_template holds an image placeholder or token:
     every row's prompt would have more image slots than the row has images."""
@@ -337,6 +347,7 @@ class RowConverter:
     def __init__(self, config: PrepareConfig, mapping: ColumnMapping | None = None):
         if config.model_family not in MODEL_FAMILIES:
             raise ValueError(f"unknown model_family {config.model_family!r}; known: {', '.join(MODEL_FAMILIES)}")
+        refuse_a_val_ratio_that_is_no_fraction(config)
         refuse_image_tokens_in_prompt_settings(config)
         self.config = config
         self.mapping = mapping or build_mapping(
@@ -569,13 +580,15 @@ def check_some_rows_written(rows_in: int, rejects: RejectsWriter, config: Prepar
 
 
 def check_splits_not_empty(rows_per_split: dict[str, int], config: PrepareConfig) -> None:
-    """train.parquet is always read by training, val.parquet unless the user asked for none
-    (val_ratio=0 and no row pinned to val); neither may be empty."""
+    """train.parquet is read by training unless the user asked for an evaluation set (val_ratio=1),
+    val.parquet unless the user asked for no validation split (val_ratio=0 and no row pinned to val);
+    neither may be empty."""
     written = sum(rows_per_split.values())
-    if rows_per_split["train"] == 0:
+    if rows_per_split["train"] == 0 and config.val_ratio < 1:
         raise EmptySplitError(
             f"{named_input(config)}: train.parquet would be empty ({written} rows written, all to val); "
-            "pin rows with \"split\": \"train\" or lower val_ratio"
+            "pin rows with \"split\": \"train\", lower val_ratio, or set val_ratio=1 to convert an evaluation "
+            "set (every row to val.parquet, no train.parquet)"
         )
     if rows_per_split["val"] == 0 and config.val_ratio > 0:
         raise EmptySplitError(
@@ -669,7 +682,7 @@ def prepare(config: PrepareConfig) -> dict:
             rejects.commit()  # each rejected row's reason is kept even when a check below stops the conversion
         check_some_rows_written(rows_in, rejects, config, converter)
         check_splits_not_empty({split: writer.rows for split, writer in writers.items()}, config)
-        writers["train"].commit()
+        writers["train"].commit_or_remove()
         writers["val"].commit_or_remove()
         for writer in sft_writers.values():
             writer.commit_or_remove()
