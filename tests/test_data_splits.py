@@ -63,11 +63,17 @@ def test_rejected_rows_are_kept_when_a_split_check_stops_the_conversion(tmp_path
     assert [p.name for p in out.iterdir()] == ["rejects.jsonl"]
 
 
-def test_val_ratio_zero_writes_no_val_file_and_removes_a_stale_one(tmp_path):
-    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5, val_rows_per_task=0)
+def output_dir_with_a_stale(tmp_path, name: str):
+    """An output directory holding a file `name` left by an earlier conversion."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "val.parquet").write_bytes(b"stale")
+    (out / name).write_bytes(b"stale")
+    return out
+
+
+def test_val_ratio_zero_writes_no_val_file_and_removes_a_stale_one(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5, val_rows_per_task=0)
+    out = output_dir_with_a_stale(tmp_path, "val.parquet")
     summary = convert(jsonl, image_root, out, val_ratio=0)
     assert not (out / "val.parquet").exists()
     assert summary["per_split"] == {"train": 8, "val": 0}
@@ -82,9 +88,7 @@ def test_an_empty_train_split_is_refused_with_the_way_to_ask_for_an_evaluation_s
 
 def test_val_ratio_one_converts_an_evaluation_set_without_a_train_file(tmp_path):
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=3, seed=5, val_rows_per_task=0)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "train.parquet").write_bytes(b"stale")
+    out = output_dir_with_a_stale(tmp_path, "train.parquet")
 
     summary = convert(jsonl, image_root, out, val_ratio=1)
 
