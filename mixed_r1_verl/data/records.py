@@ -573,6 +573,11 @@ def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
     return record
 
 
+# Rows read from a parquet input at a time: few, as a Hub dataset's rows hold their images' bytes, and
+# each batch is held twice (Arrow's buffers and its rows as Python values) while it is converted.
+PARQUET_BATCH_ROWS = 64
+
+
 def input_files(given: Any) -> list[Path]:
     """The files an `input` setting names, in order: a path, a glob pattern (`shards/train-*.parquet`, its
     files in name order) or a list of them; a file named twice is read once."""
@@ -608,7 +613,7 @@ def iter_source_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
         import pyarrow.parquet as pq
 
         number = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=PARQUET_BATCH_ROWS):
             for row in batch.to_pylist():
                 number += 1
                 yield number, row
