@@ -1,10 +1,12 @@
 """Converter throughput: 45,000 synthetic rows with ~50 KB JPEG images to verl parquet.
 
-    python benchmarks/convert_45k.py [--rows 45000] [--distinct-images 400] [--workdir DIR]
+    python benchmarks/convert_45k.py [--rows 45000] [--distinct-images 400] [--embedded] [--workdir DIR]
 
 Rows share a pool of distinct images (as a real mix reuses COCO/ChartQA images across questions);
-every row's image bytes are still written into the parquet. Prints wall time, peak RSS of the
-converter process and output size. Target on a 2-core CPU machine: <= 60 s wall, <= 2 GB peak RSS.
+every row's image bytes are still written into the parquet. `--embedded` converts the rows from a parquet
+that embeds each row's image bytes, as a Hub dataset holds them, instead of from JSONL and image files.
+Prints wall time, peak RSS of the converter process and output size. Target on a 2-core CPU machine:
+<= 60 s wall, <= 2 GB peak RSS.
 """
 
 from __future__ import annotations
@@ -24,10 +26,31 @@ from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
 REPO = Path(__file__).resolve().parents[1]
 
 
+def embedded_parquet(jsonl: Path, image_root: Path, parquet: Path, rows_per_group: int = 1000) -> Path:
+    """The rows of `jsonl` as parquet with each image's bytes in it, a struct {bytes, path}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mixed_r1_verl.data.engine import selection_schema
+
+    schema = selection_schema({})
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    with pq.ParquetWriter(parquet, schema) as writer:
+        for start in range(0, len(rows), rows_per_group):
+            group = rows[start : start + rows_per_group]
+            for row in group:
+                row["images"] = [{"bytes": (image_root / path).read_bytes(), "path": path} for path in row["images"]]
+            writer.write_table(pa.Table.from_pylist(group, schema=schema))
+            for row in group:
+                row["images"] = None
+    return parquet
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=45_000)
     parser.add_argument("--distinct-images", type=int, default=400)
+    parser.add_argument("--embedded", action="store_true")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
 
@@ -46,12 +69,14 @@ def main() -> None:
         image_files = [p for p in image_root.rglob("*") if p.is_file()]
         mean_image_kb = sum(p.stat().st_size for p in image_files) / len(image_files) / 1024
 
+        source = [f"input={jsonl}", f"image_root={image_root}"]
+        if args.embedded:
+            source = [f"input={embedded_parquet(jsonl, image_root, workdir / 'embedded.parquet')}"]
         command = [
             sys.executable,
             "-m",
             "mixed_r1_verl.data.prepare",
-            f"input={jsonl}",
-            f"image_root={image_root}",
+            *source,
             f"output_dir={workdir / 'out'}",
             "model_family=qwen2_5_vl",
             "progress=false",
@@ -67,6 +92,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "input": "parquet, images embedded" if args.embedded else "JSONL and image files",
                 "rows": summary["rows_in"],
                 "rows_written": summary["rows_written"],
                 "rows_rejected": summary["rows_rejected"],
