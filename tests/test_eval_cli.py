@@ -675,7 +675,29 @@ def test_card_true_is_refused_for_a_model_that_is_not_the_directory_published(tm
     assert "card=true records results on whole data files, and limit= scores a part" in refusal(
         f"model={tiny_model}", "limit=2"
     )
+    unreadable = tmp_path / "unreadable"
+    shutil.copytree(tiny_model, unreadable)
+    (unreadable / "README.md").write_text("---\nbase_model: [unclosed\n---\n\n# unreadable\n")
+    assert f"{unreadable / 'README.md'}: its metadata cannot be read (while parsing a flow sequence" in refusal(
+        f"model={unreadable}"
+    )
     assert not out.exists() and not (copy / "README.md").exists()
+
+
+def test_card_true_writes_a_card_for_a_model_directory_without_one(tmp_path, parquet, tiny_model):
+    model = tmp_path / "my-model"
+    shutil.copytree(tiny_model, model)
+    out = tmp_path / "eval"
+    cached_responses(out, parquet, RESPONSES)
+
+    assert main([f"data={parquet}", f"model={model}", "backend=hf", "device=cpu", f"out_dir={out}", "card=true"]) == 0
+
+    card, results = card_results(model / "README.md")
+    assert (card.data.library_name, card.data.pipeline_tag, card.data.model_name) == (
+        "transformers", "image-text-to-text", "my-model"
+    )  # fmt: skip
+    assert len(results) == 3 * 4
+    assert card.text.startswith("\n# my-model\n\n## Evaluation\n\n<!-- mixed-r1 eval: val.parquet -->")
 
 
 def test_open_ended_without_embedding_model_fails_before_scoring(tmp_path, parquet):

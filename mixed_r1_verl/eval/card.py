@@ -44,7 +44,30 @@ def card_refusal(model: str) -> str | None:
             f"card=true writes into the card of the directory you publish, and {model} is inside checkpoint {inside}: "
             "export it (python -m mixed_r1_verl.export checkpoint=... out_dir=...) and evaluate the export"
         )
+    try:
+        read_card(model)
+    except ValueError as error:
+        return str(error)
     return None
+
+
+def read_card(model: str):
+    """The model directory's card (huggingface_hub's ModelCard), a new one where it has none; a card whose
+    metadata cannot be read is refused, naming it."""
+    import yaml
+    from huggingface_hub import ModelCard
+
+    card_file = Path(model) / CARD_FILE
+    if not card_file.is_file():
+        name = Path(model).resolve().name
+        return ModelCard(f"---\nlibrary_name: transformers\npipeline_tag: {TASK_TYPE}\n---\n\n# {name}\n")
+    try:
+        return ModelCard(card_file.read_text(encoding="utf-8"))
+    except (ValueError, yaml.YAMLError) as error:
+        raise ValueError(
+            f"{card_file}: its metadata cannot be read ({' '.join(str(error).split())}); mend it, or move it away "
+            "for card=true to write a new card"
+        ) from None
 
 
 def data_names(summary: dict) -> str:
@@ -133,14 +156,9 @@ def with_results_section(text: str, block: str, data: str) -> str:
 def record_in_card(model: str, summary: dict) -> Path:
     """Writes the summary's results into the card of the evaluated model directory (a new card where it has
     none) and returns its path."""
-    from huggingface_hub import ModelCard
-
     card_file = Path(model) / CARD_FILE
     name = Path(model).resolve().name
-    if card_file.is_file():
-        card = ModelCard(card_file.read_text(encoding="utf-8"))
-    else:
-        card = ModelCard(f"---\nlibrary_name: transformers\npipeline_tag: {TASK_TYPE}\n---\n\n# {name}\n")
+    card = read_card(model)
     sources = set(summary["data_sources"])
     earlier = [result for result in card.data.eval_results or [] if result.dataset_type not in sources]
     card.data.eval_results = earlier + eval_results(summary)
