@@ -107,7 +107,7 @@ def how_evaluated(summary: dict, model: str, name: str) -> str:
     files = ", ".join(f"`{Path(entry['path']).name}` (sha256 `{entry['sha256'][:12]}`)" for entry in run["data_files"])
     temperature, top_p = sampling["temperature"], sampling["top_p"]
     decoding = "greedy" if temperature == 0 else f"temperature {temperature}, top-p {top_p}"
-    options = {name: value for name, value in run["reward_kwargs"].items() if name != "embedding_model"}
+    options = {option: value for option, value in run["reward_kwargs"].items() if option != "embedding_model"}
     rewards = ", ".join(f"{option} {value}" for option, value in options.items()) or "default settings"
     embedding = run["reward_kwargs"].get("embedding_model")
     bmas = f"; open_ended by BMAS over the token embeddings of `{shown_model(embedding, model, name)}`" if (
