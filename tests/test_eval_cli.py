@@ -667,7 +667,9 @@ def test_card_true_is_refused_for_a_model_that_is_not_the_directory_published(tm
             main([f"data={parquet}", "backend=hf", "device=cpu", f"out_dir={out}", "card=true", *settings])
         return f"{stopped.value.code} {capsys.readouterr().err}"
 
-    assert "inside checkpoint global_step_3: export it (python -m mixed_r1_verl.export" in refusal(f"model={copy}")
+    assert "is the Hugging Face copy of checkpoint global_step_3: export it (python -m mixed_r1_verl.export" in refusal(
+        f"model={copy}"
+    )
     assert "a hub id's snapshot in the cache is not the copy you publish" in refusal("model=Qwen/Qwen2.5-VL-3B-Instruct")
     assert "card=true records a model's results in its card (README.md): it needs model=" in refusal(
         "generations=responses.jsonl"

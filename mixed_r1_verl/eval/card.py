@@ -32,23 +32,32 @@ NEXT_SECTION = re.compile(r"^## ", re.MULTILINE)
 
 
 def card_refusal(model: str) -> str | None:
-    """Why `card=true` cannot write into the card of `model`, or None: it must be a local model directory
-    outside any training checkpoint (an export of it holds the card users publish)."""
+    """Why `card=true` cannot write into the card of `model`, or None: it must be a local model directory, not
+    a checkpoint's Hugging Face copy (its export holds the card users publish), with a card that reads."""
     path = Path(model)
     if not path.is_dir():
         hub = "a hub id's snapshot in the cache is not the copy you publish; " if is_hub_id(model) else ""
         return f"card=true writes into a local model directory's README.md, and {model!r} is none: {hub}pass one"
-    inside = next((part for part in path.resolve().parts if STEP_DIR.fullmatch(part)), None)
-    if inside:
+    if checkpoint := copy_of_checkpoint(path.resolve()):
         return (
-            f"card=true writes into the card of the directory you publish, and {model} is inside checkpoint {inside}: "
-            "export it (python -m mixed_r1_verl.export checkpoint=... out_dir=...) and evaluate the export"
+            f"card=true writes into the card of the directory you publish, and {model} is the Hugging Face copy of "
+            f"checkpoint {checkpoint}: export it (python -m mixed_r1_verl.export checkpoint=... out_dir=...) and "
+            "evaluate the export"
         )
     try:
         read_card(model)
     except ValueError as error:
         return str(error)
     return None
+
+
+def copy_of_checkpoint(path: Path) -> str | None:
+    """The checkpoint (`global_step_N`) whose Hugging Face copy `path` is (SFT's `global_step_N/huggingface`,
+    GRPO's `global_step_N/actor/huggingface`), or None."""
+    if path.name != "huggingface":
+        return None
+    step = path.parent.parent if path.parent.name == "actor" else path.parent
+    return step.name if STEP_DIR.fullmatch(step.name) else None
 
 
 def read_card(model: str):
