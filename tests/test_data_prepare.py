@@ -695,3 +695,46 @@ def test_the_shards_of_a_dataset_convert_as_one_input(tmp_path):
     assert prepare(again)["input"] == [second, first]
     with pytest.raises(FileNotFoundError, match=r"input=.*train-\*\.jsonl: the pattern matches no file"):
         prepare(PrepareConfig(input=str(shards / "train-*.jsonl"), output_dir=str(tmp_path / "none"), **settings))
+
+
+def test_a_hub_datasets_files_are_read_from_the_hf_cache_offline(tmp_path):
+    """`input=hf://datasets/<org>/<name>/<pattern>`: the shards of a dataset in the Hugging Face cache."""
+    import subprocess
+    import sys
+
+    from data_helpers import REPO
+
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5, val_rows_per_task=0)
+    rows_with_embedded_images(jsonl, image_root, tmp_path / "all.parquet")
+    table = pq.read_table(tmp_path / "all.parquet")
+    repo = tmp_path / "hub" / "datasets--example-org--charts"
+    revision = "1" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    data = repo / "snapshots" / revision / "data"
+    data.mkdir(parents=True)
+    pq.write_table(table.slice(0, 3), data / "train-00000-of-00002.parquet")
+    pq.write_table(table.slice(3), data / "train-00001-of-00002.parquet")
+    pq.write_table(table.slice(0, 1), data / "test-00000-of-00001.parquet")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+
+    def convert(url: str, out: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "mixed_r1_verl.data.prepare", f"input={url}", f"output_dir={tmp_path / out}",
+             "progress=false", "val_ratio=0"],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+
+    done = convert("hf://datasets/example-org/charts/data/train-*.parquet", "out")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["input"] == [str(data / "train-00000-of-00002.parquet"), str(data / "train-00001-of-00002.parquet")]
+    assert summary["rows_written"] == table.num_rows
+    missing = convert("hf://datasets/example-org/charts/data/validation-*.parquet", "missing")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert (
+        "no file of the Hugging Face cache" in missing.stderr and "HF_HUB_OFFLINE is set" in missing.stderr
+        and "hf download example-org/charts --repo-type dataset --include 'data/validation-*.parquet'" in missing.stderr
+    )  # fmt: skip
+    malformed = convert("hf://datasets/charts/train.parquet", "malformed")
+    assert "name a Hub dataset's files as hf://datasets/<org>/<name>[@<revision>]/<pattern>" in malformed.stderr

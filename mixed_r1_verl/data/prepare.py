@@ -6,13 +6,14 @@
 model_family: qwen2_5_vl, qwen2_vl, qwen3_vl or internvl (the frame of the grounding boxes and the
 image token size).
 
-`input` is a file, a glob pattern or a list of them, read in order with one column mapping (the shards
-of a Hub dataset, say). Writes train.parquet, val.parquet, rejects.jsonl (one line per rejected row: id,
-input file, row number in it, reason, detail) and summary.json (counts per task and split, rejects by
-reason, source fields the mapping does not read with a "did you mean" for likely typos). Every input row
-is either written or rejected. Outputs appear under their final names only once complete. Rows with a
-`rationale` also go, as chat turns ending in the supervised target
-`<think>{rationale}</think><answer>{answer}</answer>`, to sft_train.parquet / sft_val.parquet.
+`input` is a file, a glob pattern, a Hub dataset's files (hf://datasets/<org>/<name>/<pattern>, from the
+Hugging Face cache) or a list of them, read in order with one column mapping (a dataset's shards, say).
+Writes train.parquet, val.parquet, rejects.jsonl (one line per rejected row: id, input file, row number
+in it, reason, detail) and summary.json (counts per task and split, rejects by reason, source fields the
+mapping does not read with a "did you mean" for likely typos). Every input row is either written or
+rejected. Outputs appear under their final names only once complete. Rows with a `rationale` also go, as
+chat turns ending in the supervised target `<think>{rationale}</think><answer>{answer}</answer>`, to
+sft_train.parquet / sft_val.parquet.
 
 A split that training reads is never written empty: the conversion stops instead. `val_ratio=0`
 with no row pinned to val (`"split": "val"`) asks for no validation split: val.parquet is not written.
@@ -95,8 +96,8 @@ BOX_EDGE_TOLERANCE = 1.0
 
 @dataclass
 class PrepareConfig:
-    # A .jsonl, .json or .parquet file, a glob pattern (`chartqa/train-*.parquet`) or a list of them, read
-    # in order with one column mapping.
+    # A .jsonl, .json or .parquet file, a glob pattern (`chartqa/train-*.parquet`), a Hub dataset's files
+    # (`hf://datasets/<org>/<name>/<pattern>`) or a list of them, read in order with one column mapping.
     input: Any = "???"
     # The directory the rows' image paths are relative to; not needed where rows embed their images.
     image_root: str | None = None

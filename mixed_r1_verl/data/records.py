@@ -578,13 +578,58 @@ def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
 PARQUET_BATCH_ROWS = 64
 
 
+# The files of a Hub dataset, as huggingface_hub's file system, pandas and DuckDB name them.
+HUB_DATASET_FILES = re.compile(r"hf://datasets/(?P<repo>[^/@]+/[^/@]+)(?:@(?P<revision>[^/]+))?/(?P<pattern>.+)")
+
+
+def hub_dataset_files(url: str) -> list[Path]:
+    """The files of a Hub dataset that `hf://datasets/<org>/<name>[@<revision>]/<file or pattern>` names, in
+    name order: from the Hugging Face cache, those missing there downloaded (those alone; with
+    HF_HUB_OFFLINE=1 nothing is)."""
+    from huggingface_hub import constants, snapshot_download
+
+    found = HUB_DATASET_FILES.fullmatch(url)
+    if not found:
+        raise ValueError(
+            f"input={url}: name a Hub dataset's files as hf://datasets/<org>/<name>[@<revision>]/<pattern>"
+        )
+    repo, revision, pattern = found.group("repo", "revision", "pattern")
+
+    def matching(download: bool) -> list[Path]:
+        snapshot = snapshot_download(
+            repo, repo_type="dataset", revision=revision, allow_patterns=[pattern], local_files_only=not download
+        )
+        return sorted(path for path in Path(snapshot).glob(pattern) if path.is_file())
+
+    try:
+        cached = matching(download=False)
+    except Exception:  # not in the cache: huggingface_hub raises one of several errors
+        cached = []
+    if cached or constants.HF_HUB_OFFLINE:
+        if not cached:
+            raise FileNotFoundError(
+                f"input={url}: no file of the Hugging Face cache ({constants.HF_HUB_CACHE}) matches, and "
+                f"HF_HUB_OFFLINE is set, so nothing is downloaded: run `hf download {repo} --repo-type dataset "
+                f"--include '{pattern}'` where the network is reachable"
+            )
+        return cached
+    downloaded = matching(download=True)
+    if not downloaded:
+        raise FileNotFoundError(f"input={url}: no file of dataset {repo} matches {pattern!r}")
+    return downloaded
+
+
 def input_files(given: Any) -> list[Path]:
     """The files an `input` setting names, in order: a path, a glob pattern (`shards/train-*.parquet`, its
-    files in name order) or a list of them; a file named twice is read once."""
+    files in name order), a Hub dataset's files (`hub_dataset_files`) or a list of them; a file named twice
+    is read once."""
     files: list[Path] = []
     for pattern in [given] if isinstance(given, (str, Path)) else list(given or ()):
         pattern = str(pattern)
-        matched = sorted(glob.glob(pattern)) if any(char in pattern for char in "*?[") else [pattern]
+        if pattern.startswith("hf://"):
+            matched = hub_dataset_files(pattern)
+        else:
+            matched = sorted(glob.glob(pattern)) if any(char in pattern for char in "*?[") else [pattern]
         if not matched:
             raise FileNotFoundError(f"input={pattern}: the pattern matches no file")
         for path in map(Path, matched):
