@@ -836,3 +836,22 @@ def test_vllm_engine_arguments_are_settings():
     )
     assert settings.vllm_kwargs == {"enforce_eager": True, "max_model_len": 2048}
     assert checked_settings(["data=x.parquet", "model=m", "out_dir=o"]).vllm_kwargs == {}
+
+
+def test_data_may_be_a_glob_pattern_over_shards(tmp_path, tiny_model):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    pq.write_table(pa.Table.from_pylist(ROWS[:2]), shards / "val-00000-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist(ROWS[2:]), shards / "val-00001-of-00002.parquet")
+    generations = tmp_path / "responses.jsonl"
+    generations.write_text("".join(json.dumps({"id": key, "response": text}) + "\n" for key, text in RESPONSES.items()))
+    out = tmp_path / "run"
+
+    settings = [f"generations={generations}", f"out_dir={out}", f"embedding_model={tiny_model}"]
+    assert main([f"data={shards / 'val-*.parquet'}", *settings]) == 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["data"] == [str(shards / f"val-0000{n}-of-00002.parquet") for n in (0, 1)]
+    assert summary["tasks"]["all"]["n"] == len(ROWS)
+    with pytest.raises(SystemExit, match=r"test-\*\.parquet: the pattern matches no file"):
+        main([f"data={shards / 'test-*.parquet'}", *settings])

@@ -7,7 +7,8 @@
 
 Exactly one of `model` (generate, then score), `generations` (score saved JSONL lines {"id", "response"},
 optionally "truncated") or `compare` (two or more evaluation output directories side by side, with each
-later one's deltas from the first). `data` is one parquet path or a list.
+later one's deltas from the first). `data` is a parquet file, a glob pattern, a Hub dataset's files
+(hf://datasets/<org>/<name>/<pattern>) or a list of them.
 Generation (model=): `backend` auto (vLLM when installed, else transformers) | vllm | hf; `device` for hf;
 `batch_size` prompts per generation call and cache append; `max_images` per vLLM prompt (default: the
 most a record holds); `vllm_kwargs`
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mixed_r1_verl.data.model_files import checkpoint_model_type, not_a_model_reason, resolve_model_dir
+from mixed_r1_verl.data.records import input_files
 from mixed_r1_verl.settings import asks_for_help, input_errors_end_the_command, parse_settings, settings_help
 
 from .cache import (
@@ -270,6 +272,7 @@ def run_record(args, reward_kwargs: dict) -> dict:
 
 
 def run_eval(args) -> dict:
+    args.data = [str(path) for path in input_files(args.data)]
     if args.model:
         refuse_what_is_no_model(args.model)
     if args.card and (refusal := card_refusal(args.model)):
