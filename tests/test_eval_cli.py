@@ -695,7 +695,8 @@ def test_card_true_writes_a_card_for_a_model_directory_without_one(tmp_path, par
     assert main([f"data={parquet}", f"model={model}", "backend=hf", "device=cpu", f"out_dir={out}", "card=true"]) == 0
 
     card, results = card_results(model / "README.md")
-    assert (card.data.library_name, card.data.pipeline_tag, card.data.model_name) == (
+    metadata = card.data.to_dict()
+    assert (metadata["library_name"], metadata["pipeline_tag"], card.data.model_name) == (
         "transformers", "image-text-to-text", "my-model"
     )  # fmt: skip
     assert len(results) == 3 * 4
