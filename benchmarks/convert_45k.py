@@ -1,10 +1,12 @@
 """Converter throughput: 45,000 synthetic rows with ~50 KB JPEG images to verl parquet.
 
-    python benchmarks/convert_45k.py [--rows 45000] [--distinct-images 400] [--embedded] [--workdir DIR]
+    python benchmarks/convert_45k.py [--rows 45000] [--distinct-images 400] [--embedded] [--engine] [--workdir DIR]
 
 Rows share a pool of distinct images (as a real mix reuses COCO/ChartQA images across questions);
 every row's image bytes are still written into the parquet. `--embedded` converts the rows from a parquet
 that embeds each row's image bytes, as a Hub dataset holds them, instead of from JSONL and image files.
+`--engine` runs the data engine on the same input instead (validate, dedup, verify, balance with no
+targets, then convert; the difficulty stage is off, as it needs a model), so its memory is measured too.
 Prints wall time, peak RSS of the converter process and output size. Target on a 2-core CPU machine:
 <= 60 s wall, <= 2 GB peak RSS.
 """
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=45_000)
     parser.add_argument("--distinct-images", type=int, default=400)
     parser.add_argument("--embedded", action="store_true")
+    parser.add_argument("--engine", action="store_true")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
 
@@ -72,27 +75,27 @@ def main() -> None:
         source = [f"input={jsonl}", f"image_root={image_root}"]
         if args.embedded:
             source = [f"input={embedded_parquet(jsonl, image_root, workdir / 'embedded.parquet')}"]
-        command = [
-            sys.executable,
-            "-m",
-            "mixed_r1_verl.data.prepare",
-            *source,
-            f"output_dir={workdir / 'out'}",
-            "model_family=qwen2_5_vl",
-            "progress=false",
-        ]
+        if args.engine:
+            module, output_dir = "mixed_r1_verl.data.engine", workdir / "engine"
+            converted, stage_settings = output_dir / "parquet", ["difficulty.enabled=false", "convert=true"]
+        else:
+            module, output_dir = "mixed_r1_verl.data.prepare", workdir / "out"
+            converted, stage_settings = output_dir, []
+        command = [sys.executable, "-m", module, *source, f"output_dir={output_dir}", *stage_settings]
+        command += ["model_family=qwen2_5_vl", "progress=false"]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         started = time.perf_counter()
         subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started
         peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        summary = json.loads((workdir / "out" / "summary.json").read_text())
-        output_mb = sum(p.stat().st_size for p in (workdir / "out").glob("*.parquet")) / 2**20
+        summary = json.loads((converted / "summary.json").read_text())
+        output_mb = sum(p.stat().st_size for p in converted.glob("*.parquet")) / 2**20
 
     print(
         json.dumps(
             {
                 "input": "parquet, images embedded" if args.embedded else "JSONL and image files",
+                "command": module,
                 "rows": summary["rows_in"],
                 "rows_written": summary["rows_written"],
                 "rows_rejected": summary["rows_rejected"],

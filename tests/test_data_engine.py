@@ -11,6 +11,7 @@ from data_helpers import read_jsonl, rows_with_embedded_images, run_module
 from mixed_r1_verl.data.engine import Engine, EngineConfig, main
 from mixed_r1_verl.data.engine_plots import pass_rate_figure
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
+from mixed_r1_verl.data.records import SpilledBytes
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 from mixed_r1_verl.settings import parse_settings
@@ -489,6 +490,34 @@ def test_rows_embedding_their_images_are_selected_into_parquet_and_converted_as_
     # A later run on files replaces the parquet selection with its own.
     Engine(engine_config(jsonl, image_root, out, *stages[:3])).run()
     assert (out / "selected.jsonl").exists() and not (out / "selected.parquet").exists()
+
+
+def test_embedded_images_wait_on_disk_once_each_until_the_selection_is_written(tmp_path):
+    """The engine holds a place in one file per distinct embedded image, not every row's bytes; the file
+    goes when the selection is written, and one a killed run left goes when the next run starts."""
+    jsonl, image_root = write_synthetic_dataset(
+        tmp_path / "src", rows_per_task=4, seed=11, val_rows_per_task=0, distinct_images_per_task=2
+    )
+    embedded = tmp_path / "embedded.parquet"
+    rows = rows_with_embedded_images(jsonl, image_root, embedded)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".embedded_images").write_bytes(b"left by a killed run")
+    settings = [f"input={embedded}", f"output_dir={out}", "progress=false", "difficulty.enabled=false"]
+    engine = Engine(parse_settings(EngineConfig, settings))
+    assert not (out / ".embedded_images").exists()
+
+    validated = engine.validate()
+
+    images = [image for row in validated for image in row.record.images]
+    places = {image.data for image in images}
+    assert all(isinstance(place, SpilledBytes) and place.file == out / ".embedded_images" for place in places)
+    distinct = {image["bytes"] for row in rows for image in row["images"]}
+    assert len(images) == len(rows) > len(places) and {place.read() for place in places} == distinct
+    assert (out / ".embedded_images").stat().st_size == sum(len(data) for data in distinct)
+
+    Engine(parse_settings(EngineConfig, settings)).run()
+    assert not (out / ".embedded_images").exists() and (out / "selected.parquet").exists()
 
 
 def test_an_input_of_several_files_is_selected_from_as_one(tmp_path):

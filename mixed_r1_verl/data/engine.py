@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
+from mixed_r1_verl.data.images import SpilledImages
 from mixed_r1_verl.data.model_files import resolve_model_dir
 from mixed_r1_verl.data.prepare import (
     CONVERSION_OUTPUTS,
@@ -83,7 +84,11 @@ YES_NO = ("yes", "no")
 DROPPED_FILE = "dropped.jsonl"
 SELECTION_FILES = ("selected.jsonl", "selected.parquet")
 SELECTION_BATCH_ROWS = 256
-RUN_OUTPUTS = (*SELECTION_FILES, DROPPED_FILE, "report.json", "rows_per_stage.png", "pass_rate_hist.png")
+# Where a run keeps the embedded images it reads until it has written its selection.
+SPILLED_IMAGES_FILE = ".embedded_images"
+RUN_OUTPUTS = (
+    *SELECTION_FILES, DROPPED_FILE, "report.json", "rows_per_stage.png", "pass_rate_hist.png", SPILLED_IMAGES_FILE
+)  # fmt: skip
 CONVERSION_DIR = "parquet"
 
 
@@ -328,6 +333,7 @@ class Engine:
         self.output_dir = Path(config.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         remove_earlier_outputs(self.output_dir)
+        self.spilled_images = SpilledImages(self.output_dir / SPILLED_IMAGES_FILE)
         self.stages: list[StageResult] = []
         self.pass_rates: dict[str, list[float]] = defaultdict(list)
         self.sampled_rewards: dict[str, list[SampledRewards]] = defaultdict(list)
@@ -388,7 +394,7 @@ class Engine:
             digests = tuple(hashlib.sha256(image["bytes"]).hexdigest() for image in converted["images"])
             rows.append(
                 EngineRow(
-                    record,
+                    replace(record, images=tuple(self.spilled_images.keep(image) for image in record.images)),
                     converted["prompt"],
                     converted["reward_model"]["ground_truth"],
                     converted["extra_info"],
@@ -561,11 +567,12 @@ class Engine:
             rows = self.verify(rows)
             rows = self.difficulty(rows)
             rows = self.balance(rows)
+            selected_path = write_selection(
+                [row.record for row in rows], self.converter, self.output_dir, self.config.embed_images
+            )
         finally:
             self.dropped.close()
-        selected_path = write_selection(
-            [row.record for row in rows], self.converter, self.output_dir, self.config.embed_images
-        )
+            self.spilled_images.remove()
         report = self.report(rows)
         self.write_report(report)  # before converting, so a failed conversion keeps the report that explains it
         if self.config.convert:

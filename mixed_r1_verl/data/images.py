@@ -5,6 +5,7 @@ dataset class, qwen_vl_utils, vLLM) sees the same pixels."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections import OrderedDict
@@ -20,6 +21,7 @@ from mixed_r1_verl.data.records import (
     UNREADABLE_IMAGE,
     EmbeddedImage,
     RecordError,
+    SpilledBytes,
     image_label,
 )
 
@@ -100,7 +102,7 @@ class ImageStore:
     def load(self, image: str | EmbeddedImage) -> ImageFile:
         """The image as shown: a file under the root (kept for later rows), or an embedded image's bytes."""
         if isinstance(image, EmbeddedImage):
-            return ImageFile(image.name, *shown_image(image.data, image_label(image)), image_label(image))
+            return ImageFile(image.name, *shown_image(image.read(), image_label(image)), image_label(image))
         return self.load_file(image)
 
     def load_file(self, relative: str) -> ImageFile:
@@ -120,3 +122,31 @@ class ImageStore:
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return image
+
+
+class SpilledImages:
+    """Embedded images kept on disk, each distinct image once, appended to one file: a reader of many rows
+    then holds a place in that file per image instead of the bytes of every row it read."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        self._out = None
+        self._places: dict[bytes, SpilledBytes] = {}
+
+    def keep(self, image: str | EmbeddedImage) -> str | EmbeddedImage:
+        """The image with its bytes moved to the file (files under the image root are left as they are)."""
+        if not isinstance(image, EmbeddedImage) or not isinstance(image.data, bytes):
+            return image
+        digest = hashlib.sha256(image.data).digest()
+        place = self._places.get(digest)
+        if place is None:
+            if self._out is None:
+                self._out = open(self.file, "wb", buffering=0)
+            place = self._places[digest] = SpilledBytes(self.file, self._out.tell(), len(image.data))
+            self._out.write(image.data)
+        return EmbeddedImage(place, image.name)
+
+    def remove(self) -> None:
+        if self._out is not None:
+            self._out.close()
+        self.file.unlink(missing_ok=True)

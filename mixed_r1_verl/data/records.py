@@ -25,6 +25,7 @@ import glob
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,13 +88,30 @@ class RecordError(ValueError):
 
 
 @dataclass(frozen=True)
+class SpilledBytes:
+    """Bytes written to a file at `offset`, read back on demand."""
+
+    file: Path
+    offset: int
+    length: int
+
+    def read(self) -> bytes:
+        with open(self.file, "rb") as source:
+            return os.pread(source.fileno(), self.length, self.offset)
+
+
+@dataclass(frozen=True)
 class EmbeddedImage:
     """An image a row holds as bytes, as a Hugging Face dataset's parquet stores its images ({bytes, path}),
     rather than as a file under the image root."""
 
-    data: bytes = field(repr=False)
+    # The image file's bytes, or where they were put on disk (the data engine keeps the images it reads there).
+    data: bytes | SpilledBytes = field(repr=False)
     # The source's `path`: the file the image was read from, kept for messages and the output's `path`.
     name: str | None = None
+
+    def read(self) -> bytes:
+        return self.data if isinstance(self.data, bytes) else self.data.read()
 
 
 def image_label(image: str | EmbeddedImage) -> str:
