@@ -586,3 +586,71 @@ def test_selections_with_embedded_images_mix_sources_of_other_settings_in_a_late
 
     mixed = pq.read_table(tmp_path / "mix" / "parquet" / "train.parquet").to_pylist()
     assert without_index(mixed) == without_index(alone["synthetic"] + alone["photos"])
+
+    # One run on both sources, each with its own settings, converts as the selections mixed.
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(
+        f"synthetic: {{input: {synthetic}, image_root: {synthetic_root}}}\n"
+        f"photos: {{input: {photo_rows}, image_root: {photos}, box_units: normalized}}\n"
+    )
+    one_run = tmp_path / "one_run"
+    report = Engine(
+        parse_settings(EngineConfig, [f"sources={sources}", f"output_dir={one_run}", "progress=false", *mix])
+    ).run()
+
+    assert pq.read_table(one_run / "parquet" / "train.parquet").to_pylist() == mixed
+    assert report["stages"][0]["details"]["sources"] == {
+        "synthetic": {"rows_in": 8, "rows_out": 8},
+        "photos": {"rows_in": 1, "rows_out": 1},
+    }
+
+
+def source_settings_of(tmp_path) -> dict[str, str]:
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=2, val_rows_per_task=0)
+    return {"jsonl": str(jsonl), "root": str(image_root)}
+
+
+@pytest.mark.parametrize(
+    "settings, error, message",
+    [
+        (["input={jsonl}", "sources={a: {input: {jsonl}}}"], ValueError, "give input=<file.s.> or sources="),
+        ([], ValueError, "give input=<file.s.> or sources="),
+        (["sources={a: {image_root: {root}}}"], ValueError, "sources.a: expected the source's settings with its input"),
+        (["sources={a: {input: {jsonl}, val_ratio: 0.5}}"], ValueError,
+         "sources.a: val_ratio set for the whole run, not per source; a source sets input, image_root"),
+        (["sources={a: {input: {jsonl}, image_root: {root}}, b: {input: {jsonl}, image_root: /no/such/images}}"],
+         FileNotFoundError, "sources.b.image_root=/no/such/images: no such directory"),
+        (["sources={a: {input: {root}/none-*.jsonl}}"], FileNotFoundError, "none-.*jsonl: the pattern matches no file"),
+        (["sources={root}/no-such.yaml"], FileNotFoundError, "sources=.*/no-such.yaml: no such file"),
+        (["sources={jsonl}"], ValueError, "sources=.*synthetic.jsonl: not YAML"),
+        (["sources=[{jsonl}]"], ValueError, "sources: expected a mapping of source names to their settings"),
+    ],
+)  # fmt: skip
+def test_sources_are_checked_before_the_first_stage(tmp_path, settings, error, message):
+    paths = source_settings_of(tmp_path)
+    out = tmp_path / "out"
+    given = [setting.replace("{jsonl}", paths["jsonl"]).replace("{root}", paths["root"]) for setting in settings]
+    with pytest.raises(error, match=message):
+        Engine(parse_settings(EngineConfig, [f"output_dir={out}", "progress=false", "difficulty.enabled=false"] + given))
+    assert not out.exists()
+
+
+def test_an_id_two_sources_share_is_a_duplicate_naming_the_first_source_file(tmp_path):
+    paths = source_settings_of(tmp_path)
+    rows = read_jsonl(Path(paths["jsonl"]))[:2]
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text(json.dumps(rows[0]) + "\n")
+    second.write_text(json.dumps({**rows[1], "id": rows[0]["id"]}) + "\n")
+    out = tmp_path / "out"
+    sources = f"sources={{a: {{input: {first}}}, b: {{input: {second}}}}}"
+
+    report = Engine(
+        parse_settings(
+            EngineConfig,
+            [sources, f"image_root={paths['root']}", f"output_dir={out}", "progress=false", "difficulty.enabled=false"],
+        )
+    ).run()
+
+    [dropped] = read_jsonl(out / "dropped.jsonl")
+    assert dropped["reason"] == "duplicate_id" and dropped["detail"].endswith(f"at row 1 of {first}")
+    assert report["stages"][0]["details"]["sources"]["b"] == {"rows_in": 1, "rows_out": 0}

@@ -15,9 +15,12 @@
 5. balance    seeded sample down to per-task target counts
 6. report     report.json, rows_per_stage.png, pass_rate_hist.png
 
+`sources=<YAML file>` selects sources of other layouts as one mix, each read with its own input settings
+(input, image_root, layout, columns, constants, box_format, box_units, problem_template).
+
 Writes selected.jsonl (canonical records, ready for `mixed_r1_verl.data.prepare`, which runs on it when
-convert=true; selected.parquet, every image's bytes in it, with embed_images=true or where rows embed
-their images: it reads without image_root, to mix with other sources), dropped.jsonl (id, stage, reason)
+convert=true; selected.parquet, every image's bytes in it, with embed_images=true, sources or where rows
+embed their images: it reads without image_root, to mix with other sources), dropped.jsonl (id, stage, reason)
 and the report, before any conversion; the last run's outputs are removed first (the response cache
 stays). An empty selection is not converted: the run stops with the drops of each stage by reason.
 Settings (paths, the difficulty model, backend and sampling, balance targets) are checked before the
@@ -36,9 +39,11 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 from tqdm import tqdm
@@ -90,6 +95,15 @@ RUN_OUTPUTS = (
     *SELECTION_FILES, DROPPED_FILE, "report.json", "rows_per_stage.png", "pass_rate_hist.png", SPILLED_IMAGES_FILE
 )  # fmt: skip
 CONVERSION_DIR = "parquet"
+# The settings a source of `sources` gives for itself; the others are the run's.
+SOURCE_SETTINGS = (
+    "input", "image_root", "layout", "columns", "constants", "box_format", "box_units", "problem_template"
+)  # fmt: skip
+# Records as the converter reads a selection: canonical, the source's mapping, box format and problem
+# template applied. A parquet selection (and a mix of sources) also has its images embedded as shown and
+# its grounding boxes in their pixels.
+CANONICAL_SETTINGS = dict(layout="canonical", columns={}, constants={}, box_format=None, problem_template=None)
+SHOWN_RECORD_SETTINGS = {**CANONICAL_SETTINGS, "box_units": "pixels", "image_root": None}
 
 
 @dataclass
@@ -137,6 +151,11 @@ class EngineConfig(PrepareConfig):
     """The converter's settings (the validation stage runs its checks; convert=true runs it on the
     selection) plus one section per stage."""
 
+    input: Any = None
+    # Instead of `input`: sources of other layouts selected as one mix, a mapping (or a YAML file of one) of
+    # names to each source's `input` and any of image_root, layout, columns, constants, box_format,
+    # box_units and problem_template, which override the run's.
+    sources: Any = None
     dedup: DedupConfig = field(default_factory=DedupConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
@@ -217,16 +236,66 @@ def sampling_settings(config: EngineConfig) -> SamplingSettings:
         raise ValueError(f"{named}: {error}") from None
 
 
+def named_sources(config: EngineConfig) -> dict[str, dict]:
+    """`sources` read and checked: each source's own settings by name; {} for a run on one `input`."""
+    if (config.input is None) == (config.sources is None):
+        raise ValueError("give input=<file(s)> or sources=<a YAML file or mapping of sources>, one of the two")
+    if config.sources is None:
+        return {}
+    sources = read_sources_file(config.sources) if isinstance(config.sources, str) else config.sources
+    if not isinstance(sources, dict) or not sources:
+        raise ValueError(f"sources: expected a mapping of source names to their settings, got {sources!r:.80}")
+    for name, settings in sources.items():
+        if not isinstance(settings, dict) or settings.get("input") is None:
+            raise ValueError(f"sources.{name}: expected the source's settings with its input, got {settings!r:.80}")
+        unknown = sorted(settings.keys() - set(SOURCE_SETTINGS))
+        if unknown:
+            raise ValueError(
+                f"sources.{name}: {', '.join(unknown)} set for the whole run, not per source; a source sets "
+                f"{', '.join(SOURCE_SETTINGS)}"
+            )
+    return {str(name): settings for name, settings in sources.items()}
+
+
+def read_sources_file(path: str) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"sources={path}: no such file") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"sources={path}: not YAML ({error})") from None
+
+
+def prepare_settings(config: EngineConfig, **overrides) -> PrepareConfig:
+    """The converter's settings with `overrides`; its model_path defaults to the difficulty stage's model, so
+    rows are resized, counted and sampled in that model's frame."""
+    settings = {f.name: getattr(config, f.name) for f in fields(PrepareConfig)}
+    if settings["model_path"] is None and config.difficulty.enabled:
+        settings["model_path"] = config.difficulty.model_path
+    return PrepareConfig(**{**settings, **overrides})
+
+
+def source_settings(config: EngineConfig) -> dict[str | None, PrepareConfig]:
+    """Each source's converter settings by name, the run's with the source's own over them; a run on one
+    `input` has one source, None."""
+    sources = named_sources(config)
+    if not sources:
+        return {None: prepare_settings(config)}
+    return {name: prepare_settings(config, **settings) for name, settings in sources.items()}
+
+
 def check_input_paths(config: EngineConfig) -> None:
     replaced = {path.resolve() for path in files_a_run_replaces(Path(config.output_dir))}
-    for file in input_files(config.input):
-        if file.resolve() in replaced:
-            raise ValueError(
-                f"input={file} is a file this run removes and writes anew in output_dir={config.output_dir}: "
-                "copy it elsewhere first, or give another output_dir"
-            )
-    if config.image_root is not None and not Path(config.image_root).is_dir():
-        raise FileNotFoundError(f"image_root={config.image_root}: no such directory")
+    for name, settings in source_settings(config).items():
+        prefix = f"sources.{name}." if name is not None else ""
+        for file in input_files(settings.input):
+            if file.resolve() in replaced:
+                raise ValueError(
+                    f"{prefix}input={file} is a file this run removes and writes anew in "
+                    f"output_dir={config.output_dir}: copy it elsewhere first, or give another output_dir"
+                )
+        if settings.image_root is not None and not Path(settings.image_root).is_dir():
+            raise FileNotFoundError(f"{prefix}image_root={settings.image_root}: no such directory")
 
 
 def looks_like_local_path(model: str) -> bool:
@@ -329,7 +398,16 @@ class Engine:
     def __init__(self, config: EngineConfig):
         check_settings(config)
         self.config = config
-        self.converter = RowConverter(self.prepare_config(config.input, config.output_dir))
+        self.sources = {name: RowConverter(settings) for name, settings in source_settings(config).items()}
+        if None in self.sources:
+            self.converter = self.sources[None]
+        else:
+            # Each source's rows are read with its converter, then held as shown records, which the mix's
+            # converter reads; ids are unique across the mix.
+            inputs = [str(file) for source in self.sources.values() for file in source.inputs]
+            self.converter = RowConverter(prepare_settings(config, input=inputs, **SHOWN_RECORD_SETTINGS))
+            for source in self.sources.values():
+                source.row_by_id = self.converter.row_by_id
         self.output_dir = Path(config.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         remove_earlier_outputs(self.output_dir)
@@ -339,25 +417,14 @@ class Engine:
         self.sampled_rewards: dict[str, list[SampledRewards]] = defaultdict(list)
         self.dropped = open(self.output_dir / DROPPED_FILE, "w", encoding="utf-8")
 
-    def prepare_config(self, input_path: str, output_dir: str) -> PrepareConfig:
-        """The converter's settings; its model_path defaults to the difficulty stage's model, so rows
-        are resized, counted and sampled in that model's frame."""
-        settings = {f.name: getattr(self.config, f.name) for f in fields(PrepareConfig)}
-        if settings["model_path"] is None and self.config.difficulty.enabled:
-            settings["model_path"] = self.config.difficulty.model_path
-        return PrepareConfig(**{**settings, "input": input_path, "output_dir": output_dir})
-
     def selection_prepare_config(self, selected_path: Path, output_dir: str) -> PrepareConfig:
         """The converter's settings for the selection: its rows are canonical, their source's column
         mapping, xywh boxes and problem template already applied (applied again, a RefCOCO box would be
         widened twice and its problem wrapped twice). selected.jsonl's boxes keep their units until
         converted; selected.parquet's are in pixels."""
         embedded = selected_path.suffix == ".parquet"
-        return replace(
-            self.prepare_config(str(selected_path), output_dir),
-            layout="canonical", columns={}, constants={}, box_format=None, problem_template=None,
-            **({"box_units": "pixels", "image_root": None} if embedded else {}),
-        )  # fmt: skip
+        settings = SHOWN_RECORD_SETTINGS if embedded else CANONICAL_SETTINGS
+        return prepare_settings(self.config, input=str(selected_path), output_dir=output_dir, **settings)
 
     def drop(self, stage: str, record_id, reason: str, detail: str = "") -> None:
         self.dropped.write(json.dumps({"id": record_id, "stage": stage, "reason": reason, "detail": detail}) + "\n")
@@ -378,31 +445,40 @@ class Engine:
 
     # 1. validate and normalise
     def validate(self) -> list[EngineRow]:
-        rows, reasons, rows_in = [], Counter(), Counter()
-        for file, number, raw in tqdm(
-            iter_input_rows(self.converter.inputs), desc="Validating", disable=not self.config.progress
-        ):
-            task = self.converter.source_value(raw, "task")
-            rows_in[task if task in task_names() else "other"] += 1
-            try:
-                record = self.converter.record(file, number, raw)
-                converted = self.converter.convert(record)
-            except RecordError as error:
-                reasons[error.reason] += 1
-                self.drop("validate", self.converter.source_id(number, raw), error.reason, error.detail)
-                continue
-            digests = tuple(hashlib.sha256(image["bytes"]).hexdigest() for image in converted["images"])
-            rows.append(
-                EngineRow(
-                    replace(record, images=tuple(self.spilled_images.keep(image) for image in record.images)),
-                    converted["prompt"],
-                    converted["reward_model"]["ground_truth"],
-                    converted["extra_info"],
-                    digests,
+        rows, reasons, rows_in, by_source = [], Counter(), Counter(), {}
+        for name, source in self.sources.items():
+            rows_before, read = len(rows), 0
+            for file, number, raw in tqdm(
+                iter_input_rows(source.inputs),
+                desc=f"Validating {name}" if name is not None else "Validating",
+                disable=not self.config.progress,
+            ):
+                read += 1
+                task = source.source_value(raw, "task")
+                rows_in[task if task in task_names() else "other"] += 1
+                try:
+                    record = source.record(file, number, raw)
+                    converted = source.convert(record)
+                    if name is not None:
+                        record = shown_record(record, source)
+                except RecordError as error:
+                    reasons[error.reason] += 1
+                    self.drop("validate", source.source_id(number, raw), error.reason, error.detail)
+                    continue
+                digests = tuple(hashlib.sha256(image["bytes"]).hexdigest() for image in converted["images"])
+                rows.append(
+                    EngineRow(
+                        replace(record, images=tuple(self.spilled_images.keep(image) for image in record.images)),
+                        converted["prompt"],
+                        converted["reward_model"]["ground_truth"],
+                        converted["extra_info"],
+                        digests,
+                    )
                 )
-            )
+            by_source[name] = {"rows_in": read, "rows_out": len(rows) - rows_before}
         rows_in_by_task = {task: rows_in.get(task, 0) for task in (*task_names(), "other")}
-        self.stages.append(StageResult("validate", rows_in_by_task, count_by_task(rows), dict(reasons)))
+        details = {} if None in by_source else {"sources": by_source}
+        self.stages.append(StageResult("validate", rows_in_by_task, count_by_task(rows), dict(reasons), details))
         return rows
 
     # 2. deduplicate
@@ -720,18 +796,23 @@ def selection_schema(reward_fields: dict[str, type]) -> pa.Schema:
     return pa.schema(columns)
 
 
-def embedded_row(record: CanonicalRecord, converter: RowConverter) -> dict:
-    """A selected record with its images embedded as shown (turned upright, 8-bit grey) and a grounding box
-    in pixels of that image, which a later run reads without image_root or box_units."""
+def shown_record(record: CanonicalRecord, converter: RowConverter) -> CanonicalRecord:
+    """The record with its images embedded as shown (turned upright, 8-bit grey) and a grounding box in
+    pixels of that image: it reads without its source's image_root or box_units."""
     images = [converter.store.load(image) for image in record.images]
     answer = record.answer
     if record.task == "grounding":
         box = box_in_pixels(answer, images[0].size, converter.mapping.box_units)
         answer = "[" + ", ".join(exact_number(value) for value in box) + "]"
+    return replace(record, images=tuple(EmbeddedImage(image.data, image.path) for image in images), answer=answer)
+
+
+def embedded_row(record: CanonicalRecord, converter: RowConverter) -> dict:
+    """A selected record as selected.parquet holds it (`shown_record`), its images as structs {bytes, path}."""
+    shown = shown_record(record, converter)
     return {
-        **canonical_dict(record),
-        "images": [{"bytes": image.data, "path": image.path} for image in images],
-        "answer": answer,
+        **canonical_dict(shown),
+        "images": [{"bytes": image.read(), "path": image.name} for image in shown.images],
         "options": list(record.options) if record.options else None,
     }
 

@@ -400,7 +400,9 @@ class RowConverter:
         return str(record_id) if record_id is not None else f"row-{number}"
 
     def row_place(self, file: Path, number: int) -> str:
-        return row_place(file, number, len(self.inputs) > 1)
+        """The row by its number, and its file where this input has several or the file is another's (the
+        data engine's sources share their ids)."""
+        return row_place(file, number, len(self.inputs) > 1 or file not in self.inputs)
 
     def record(self, file: Path, number: int, raw: Any) -> CanonicalRecord:
         if isinstance(raw, RecordError):
