@@ -29,7 +29,6 @@ from mixed_r1_verl.eval.generation import (
     transformers_placement,
     transformers_truncated,
     vllm_input,
-    vllm_dtype,
     vllm_temperature_error,
     vllm_truncated,
 )
@@ -318,15 +317,3 @@ def test_on_cuda_the_transformers_backend_loads_a_checkpoint_in_the_dtype_vllm_p
     ]  # fmt: skip
     assert {cuda_load_dtype(dtype, bfloat16_supported=False) for dtype in [*named, None]} == {"float16"}
     assert transformers_placement("cpu", str(tiny_model_dir)) == ("cpu", "float32")
-
-
-def test_vllm_is_recorded_with_the_dtype_it_generates_in(tiny_model_dir):
-    """A dtype given to vLLM is its own; `auto` is the one vLLM picks on the GPU (the GPU evaluation test
-    reads it in the card), and stays `auto` where no GPU is there to pick for."""
-    assert vllm_dtype("float16", str(tiny_model_dir)) == "float16"
-    assert config_dtype(tiny_model_dir) == "bfloat16"
-    if torch.cuda.is_available():
-        on_gpu = "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
-        assert vllm_dtype("auto", str(tiny_model_dir)) == on_gpu
-    else:
-        assert vllm_dtype("auto", str(tiny_model_dir)) == "auto"

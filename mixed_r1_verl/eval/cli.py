@@ -48,7 +48,6 @@ from .generation import (
     build_generator,
     generate_missing,
     transformers_placement,
-    vllm_dtype,
     vllm_kwargs_error,
     vllm_temperature_error,
 )
@@ -168,7 +167,7 @@ def chosen_backend(args) -> str:
 def generator_record(args) -> dict:
     """The backend and the device type and dtype it generates with, for the generation cache."""
     if chosen_backend(args) == "vllm":
-        return {"backend": "vllm", "dtype": vllm_dtype(str(args.vllm_kwargs.get("dtype", "auto")), args.model)}
+        return {"backend": "vllm", "dtype": str(args.vllm_kwargs.get("dtype", "auto"))}
     device, dtype = transformers_placement(args.device, args.model)
     return {"backend": "hf", "device": device.split(":")[0], "dtype": dtype}
 

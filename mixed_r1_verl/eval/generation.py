@@ -216,17 +216,6 @@ def cuda_load_dtype(named: str | None, bfloat16_supported: bool) -> str:
     return named
 
 
-def vllm_dtype(given: str, model_path: str) -> str:
-    """The dtype vLLM generates in: the one given, or for `auto` the one vLLM picks on this GPU
-    (`cuda_load_dtype`); `auto` where no CUDA GPU is visible, as there is nothing to pick for."""
-    import torch
-
-    if given != "auto" or not torch.cuda.is_available():
-        return given
-    named = config_dtype(resolve_model_dir(model_path))
-    return cuda_load_dtype(named, torch.cuda.is_bf16_supported(including_emulation=False))
-
-
 def transformers_placement(device: str | None, model_path: str) -> tuple[str, str]:
     """The device the transformers backend generates on (the one given, else CUDA when there is one,
     else the CPU) and the dtype it loads the model in there: `cuda_load_dtype` on CUDA, float32 on the CPU."""

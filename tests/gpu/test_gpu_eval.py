@@ -23,4 +23,4 @@ def test_exported_checkpoint_is_evaluated_with_vllm_on_every_val_row(smoke_first
     card = ModelCard((exported / "README.md").read_text())
     sources = {result.dataset_type for result in card.data.eval_results}
     assert sources == {f"synthetic_{task}" for task in TASKS}, sources
-    assert "### On val.parquet" in card.text and "answered by vLLM (dtype bfloat16)" in card.text
+    assert "### On val.parquet" in card.text and "answered by vLLM (dtype auto)" in card.text
