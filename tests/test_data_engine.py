@@ -1,5 +1,6 @@
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -131,6 +132,35 @@ def test_validate_dedup_verify_balance_and_report(tmp_path):
         )
     ).run()
     assert read_jsonl(again / "selected.jsonl") == selected
+
+
+def test_source_targets_draw_each_data_source_down_before_the_task_targets(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=6, seed=5, val_rows_per_task=0)
+    rows = read_jsonl(jsonl)
+    chart_rows = [row for row in rows if row["task"] == "chart"]
+    for row in chart_rows[:4]:
+        row["data_source"] = "chart_a"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    balance = ["difficulty.enabled=false", "balance.source_targets={chart_a: 1, synthetic_matching: 9}"]
+
+    report = Engine(engine_config(jsonl, image_root, out, *balance, "balance.targets={chart: 2}")).run()
+
+    selected = read_jsonl(out / "selected.jsonl")
+    sources = [row["data_source"] for row in selected if row["task"] == "chart"]
+    assert len(sources) == 2 and sources.count("chart_a") <= 1
+    dropped = Counter(row["reason"] for row in read_jsonl(out / "dropped.jsonl") if row["stage"] == "balance")
+    assert dropped == {"over_source_target": 3, "over_target": 1}
+    details = report["stages"][-1]["details"]
+    assert details["source_shortfall"] == {"synthetic_matching": 3} and details["shortfall"] == {}
+    assert report["selected"] == {"matching": 6, "chart": 2, "grounding": 6, "open_ended": 6}
+    assert report["selected_by_data_source"] == {
+        "chart_a": sources.count("chart_a"), "synthetic_chart": 2 - sources.count("chart_a"),
+        "synthetic_grounding": 6, "synthetic_matching": 6, "synthetic_open_ended": 6,
+    }  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"names data_sources no valid row has: \['chart_b'\]; the rows': chart_a, "):
+        Engine(engine_config(jsonl, image_root, out, "difficulty.enabled=false", "balance.source_targets={chart_b: 1}")).run()
 
 
 def test_near_duplicates_are_kept_unless_asked(tmp_path):
@@ -406,6 +436,8 @@ def test_vllm_backend_without_vllm_fails_before_the_first_stage(tmp_path, tiny_m
          FileNotFoundError, "difficulty.embedding_model=./no/such/embedder: no such directory"),
         (["difficulty.enabled=false", "balance.targets={charts: 3}"], ValueError, r"unknown tasks \['charts'\]"),
         (["difficulty.enabled=false", "balance.targets={chart: -1}"], ValueError, "balance.targets.chart=-1"),
+        (["difficulty.enabled=false", "balance.source_targets={chartqa: 1.5}"],
+         ValueError, "balance.source_targets.chartqa=1.5: expected a number of rows"),
         (["difficulty.enabled=false", "image_root=/no/such/images"], FileNotFoundError, "image_root=/no/such/images"),
     ],
 )  # fmt: skip

@@ -12,7 +12,7 @@
               or short answers, boxes inside the image, non-empty references
 4. difficulty sample k responses per prompt, score them with Mixed-Reward, keep pass rates inside
               the band (default 0 < p < 1); responses are cached, so a rerun resumes
-5. balance    seeded sample down to per-task target counts
+5. balance    seeded sample down to per-data_source, then per-task target counts
 6. report     report.json, rows_per_stage.png, pass_rate_hist.png
 
 `sources=<YAML file>` selects sources of other layouts as one mix, each read with its own input settings
@@ -142,6 +142,8 @@ class DifficultyConfig:
 @dataclass
 class BalanceConfig:
     targets: dict = field(default_factory=dict)  # task -> rows; tasks absent keep every row
+    # data_source -> rows, drawn before the task targets; data_sources absent keep every row.
+    source_targets: dict = field(default_factory=dict)
     # The draw's own seed (default: `seed`), so another draw keeps the cached responses, which `seed` keys.
     seed: int | None = None
 
@@ -367,13 +369,26 @@ def in_band(pass_rate: float, difficulty: DifficultyConfig) -> bool:
     return low <= pass_rate <= high if difficulty.inclusive else low < pass_rate < high
 
 
-def check_balance_targets(targets: dict) -> None:
-    unknown = sorted(set(targets) - set(task_names()))
+def check_balance_targets(balance: BalanceConfig) -> None:
+    unknown = sorted(set(balance.targets) - set(task_names()))
     if unknown:
         raise ValueError(f"balance.targets names unknown tasks {unknown}; tasks: {', '.join(task_names())}")
-    for task, count in targets.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"balance.targets.{task}={count!r}: expected a number of rows (0 or more)")
+    for setting, targets in (("targets", balance.targets), ("source_targets", balance.source_targets)):
+        for name, count in targets.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"balance.{setting}.{name}={count!r}: expected a number of rows (0 or more)")
+
+
+def check_source_targets(source_targets: dict, rows: list[EngineRow]) -> None:
+    """balance.source_targets names data_sources of the validated rows: a misspelt one would leave its source
+    undrawn. Checked once the input is read, before the later stages."""
+    known = {row.record.data_source for row in rows}
+    unknown = sorted(set(source_targets) - known)
+    if unknown:
+        raise ValueError(
+            f"balance.source_targets names data_sources no valid row has: {unknown}; "
+            f"the rows': {', '.join(sorted(known))}"
+        )
 
 
 def check_settings(config: EngineConfig) -> None:
@@ -391,7 +406,7 @@ def check_settings(config: EngineConfig) -> None:
         )
     if config.difficulty.enabled:
         check_difficulty_settings(config)
-    check_balance_targets(dict(config.balance.targets))
+    check_balance_targets(config.balance)
 
 
 class Engine:
@@ -615,30 +630,46 @@ class Engine:
 
     # 5. balance
     def balance(self, rows: list[EngineRow]) -> list[EngineRow]:
-        targets = dict(self.config.balance.targets)  # checked before the first stage
+        """Each data_source of `source_targets` drawn down to its target, then each task of `targets` from
+        the rows left (both checked before the stages)."""
+        targets, source_targets = dict(self.config.balance.targets), dict(self.config.balance.source_targets)
         seed = self.config.seed if self.config.balance.seed is None else self.config.balance.seed
         rng = random.Random(seed)
+        over_source_target: set[int] = set()
+        source_shortfall = {}
+        for source, target in sorted(source_targets.items()):
+            indices = [i for i, row in enumerate(rows) if row.record.data_source == source]
+            if target > len(indices):
+                source_shortfall[source] = target - len(indices)
+            over_source_target.update(set(indices) - set(rng.sample(indices, min(target, len(indices)))))
         chosen: set[int] = set()
         shortfall = {}
         for task in task_names():
-            indices = [i for i, row in enumerate(rows) if row.record.task == task]
+            indices = [i for i, row in enumerate(rows) if row.record.task == task and i not in over_source_target]
             target = targets.get(task, len(indices))
             if target > len(indices):
                 shortfall[task] = target - len(indices)
             chosen.update(rng.sample(indices, min(target, len(indices))))
+
+        def verdict(index: int) -> str | None:
+            return None if index in chosen else "over_source_target" if index in over_source_target else "over_target"
+
         kept = iter(range(len(rows)))
         return self.run_stage(
             "balance",
             rows,
-            lambda row: None if next(kept) in chosen else "over_target",
+            lambda row: verdict(next(kept)),
             targets=targets,
             shortfall=shortfall,
+            source_targets=source_targets,
+            source_shortfall=source_shortfall,
             seed=seed,
         )
 
     def run(self) -> dict:
         try:
             rows = self.validate()
+            check_source_targets(self.config.balance.source_targets, rows)
             rows = self.dedup(rows)
             rows = self.verify(rows)
             rows = self.difficulty(rows)
@@ -671,6 +702,7 @@ class Engine:
         return {
             "stages": [asdict(stage) for stage in self.stages],
             "selected": count_by_task(rows),
+            "selected_by_data_source": dict(sorted(Counter(row.record.data_source for row in rows).items())),
             "pass_rate_histogram": histograms,
             "sampled_rewards": {task: summarise(samples) for task, samples in self.sampled_rewards.items()},
             "config": OmegaConf.to_container(OmegaConf.structured(self.config)),
@@ -860,7 +892,8 @@ def summarise(samples: list[SampledRewards]) -> dict:
 def print_outcome(config: EngineConfig) -> None:
     """Run the engine and print its report."""
     report = Engine(config).run()
-    print(json.dumps({key: report[key] for key in ("stages", "selected", "sampled_rewards")}, indent=2))
+    shown = ("stages", "selected", "selected_by_data_source", "sampled_rewards")
+    print(json.dumps({key: report[key] for key in shown}, indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:
