@@ -582,10 +582,11 @@ def test_selections_with_embedded_images_mix_sources_of_other_settings_in_a_late
     exif[0x0112] = 6  # shown upright: 200x400, the red patch at about x 100-180, y 300-380
     stored.save(photos / "sideways.jpg", format="JPEG", quality=95, exif=exif)
     photo_rows = tmp_path / "photos.jsonl"
-    photo_rows.write_text(json.dumps(
-        {"id": "photo", "task": "grounding", "data_source": "photos", "images": ["sideways.jpg"],
-         "problem": "Where is the red patch?", "answer": "[0.5, 0.75, 0.9, 0.95]"}
-    ) + "\n")  # fmt: skip
+    photo = {"id": "photo", "task": "grounding", "data_source": "photos", "images": ["sideways.jpg"],
+             "problem": "Where is the red patch?", "answer": "[0.5, 0.75, 0.9, 0.95]"}  # fmt: skip
+    # Under a pixel: dropped at validation, where in pixels it would later read as a normalized box.
+    under_a_pixel = {**photo, "id": "under-a-pixel", "answer": "[0, 0, 0.004, 0.002]"}
+    photo_rows.write_text(json.dumps(photo) + "\n" + json.dumps(under_a_pixel) + "\n")
     sources = {
         "synthetic": (synthetic, synthetic_root, []),
         "photos": (photo_rows, photos, ["box_units=normalized"]),
@@ -633,7 +634,7 @@ def test_selections_with_embedded_images_mix_sources_of_other_settings_in_a_late
     assert pq.read_table(one_run / "parquet" / "train.parquet").to_pylist() == mixed
     assert report["stages"][0]["details"]["sources"] == {
         "synthetic": {"rows_in": 8, "rows_out": 8},
-        "photos": {"rows_in": 1, "rows_out": 1},
+        "photos": {"rows_in": 2, "rows_out": 1},
     }
 
 

@@ -459,8 +459,12 @@ def test_normalized_boxes_are_rejected_as_pixels_and_scaled_with_box_units(tmp_p
     reject = json.loads((tmp_path / "as_pixels" / "rejects.jsonl").read_text())
     assert (reject["id"], reject["reason"]) == ("fractions", records.BOX_LOOKS_NORMALIZED)
     assert "within 0-1 on the 300x200 image" in reject["detail"] and "box_units=normalized" in reject["detail"]
-    jsonl.write_text(jsonl.read_text().splitlines()[0] + "\n")
+    under_a_pixel = {**box, "id": "under-a-pixel", "answer": "[0, 0, 0.003, 0.004]"}  # 0.9 x 0.8 pixels
+    jsonl.write_text(jsonl.read_text().splitlines()[0] + "\n" + json.dumps(under_a_pixel) + "\n")
     assert truths("as_fractions", box_units="normalized") == {"fractions": as_pixels["pixels"]}
+    reject = json.loads((tmp_path / "as_fractions" / "rejects.jsonl").read_text())
+    assert (reject["id"], reject["reason"]) == ("under-a-pixel", records.DEGENERATE_BOX)
+    assert reject["detail"] == "box [0, 0, 0.003, 0.004] covers less than the first pixel of the 300x200 image"
     with pytest.raises(ValueError, match="box_units must be one of pixels, normalized"):
         truths("typo", box_units="percent")
 

@@ -163,15 +163,28 @@ def split_of(record_id: str, seed: int, val_ratio: float) -> str:
     return "val" if int.from_bytes(digest, "big") / 2**64 < val_ratio else "train"
 
 
+def within_first_pixel(box: tuple[float, ...], image_size: tuple[int, int]) -> bool:
+    """Every coordinate of a pixel box within 0-1, on an image larger than 2x2 pixels."""
+    return min(image_size) > 2 and all(0 <= value <= 1 for value in box)
+
+
 def box_in_pixels(answer: str, image_size: tuple[int, int], box_units: str) -> tuple[float, float, float, float]:
     """The answer's box in pixels of the original image: a `normalized` box scaled by the image size; a
-    `pixels` box within 0-1 on an image larger than 2x2 pixels is taken for a normalized one and rejected."""
+    `pixels` box within 0-1 on an image larger than 2x2 pixels is taken for a normalized one and rejected. A
+    normalized box that scales to within 0-1 pixels is rejected as degenerate: it covers less than the
+    image's first pixel, and in pixels (a selection with embedded images writes them so) it would read as
+    a normalized box."""
     box = parse_box(answer)
     width, height = image_size
     if box_units == "normalized":
         x1, y1, x2, y2 = box
-        return x1 * width, y1 * height, x2 * width, y2 * height
-    if all(0 <= v <= 1 for v in box) and min(width, height) > 2:
+        box = x1 * width, y1 * height, x2 * width, y2 * height
+        if within_first_pixel(box, image_size):
+            raise RecordError(
+                DEGENERATE_BOX, f"box {answer} covers less than the first pixel of the {width}x{height} image"
+            )
+        return box
+    if within_first_pixel(box, image_size):
         raise RecordError(
             BOX_LOOKS_NORMALIZED,
             f"box {answer} lies within 0-1 on the {width}x{height} image: boxes are read as pixels (box_units=pixels); "
