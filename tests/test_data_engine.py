@@ -9,7 +9,7 @@ from PIL import Image
 
 from data_helpers import read_jsonl, rows_with_embedded_images, run_module
 
-from mixed_r1_verl.data.engine import Engine, EngineConfig, main
+from mixed_r1_verl.data.engine import EmptySourceError, Engine, EngineConfig, main
 from mixed_r1_verl.data.engine_plots import pass_rate_figure
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.records import SpilledBytes
@@ -160,7 +160,7 @@ def test_source_targets_draw_each_data_source_down_before_the_task_targets(tmp_p
     }  # fmt: skip
 
     with pytest.raises(ValueError, match=r"names data_sources no valid row has: \['chart_b'\]; the rows': chart_a, "):
-        Engine(engine_config(jsonl, image_root, out, "difficulty.enabled=false", "balance.source_targets={chart_b: 1}")).run()
+        Engine(engine_config(jsonl, image_root, out, balance[0], "balance.source_targets={chart_b: 1}")).run()
 
 
 def test_near_duplicates_are_kept_unless_asked(tmp_path):
@@ -663,17 +663,41 @@ def test_sources_are_checked_before_the_first_stage(tmp_path, settings, error, m
     paths = source_settings_of(tmp_path)
     out = tmp_path / "out"
     given = [setting.replace("{jsonl}", paths["jsonl"]).replace("{root}", paths["root"]) for setting in settings]
+    given += [f"output_dir={out}", "progress=false", "difficulty.enabled=false"]
     with pytest.raises(error, match=message):
-        Engine(parse_settings(EngineConfig, [f"output_dir={out}", "progress=false", "difficulty.enabled=false"] + given))
+        Engine(parse_settings(EngineConfig, given))
     assert not out.exists()
+
+
+def test_a_source_that_gives_no_valid_row_stops_the_run_after_validation(tmp_path):
+    """A source whose every row is dropped (here a wrong image_root) would leave the mix without it."""
+    paths = source_settings_of(tmp_path)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "out"
+
+    def run(*sources: str) -> None:
+        settings = [*sources, f"output_dir={out}", "progress=false", "difficulty.enabled=false"]
+        Engine(parse_settings(EngineConfig, settings)).run()
+
+    with pytest.raises(EmptySourceError) as stopped:
+        run(f"sources.good.input={paths['jsonl']}", f"sources.good.image_root={paths['root']}",
+            f"sources.wrong_root.input={paths['jsonl']}", f"sources.wrong_root.image_root={tmp_path}")  # fmt: skip
+    assert str(stopped.value).startswith(
+        "sources.wrong_root: all 4 rows were dropped at validation (missing_image: 4); the first, row 1 (id "
+    )
+    assert str(stopped.value).endswith(f"not found; each is in {out / 'dropped.jsonl'}")
+    assert len(read_jsonl(out / "dropped.jsonl")) == 4 and not (out / ".embedded_images").exists()
+    with pytest.raises(EmptySourceError, match="sources.none: its input holds no rows"):
+        run(f"sources.none.input={empty}", f"image_root={paths['root']}")
 
 
 def test_an_id_two_sources_share_is_a_duplicate_naming_the_first_source_file(tmp_path):
     paths = source_settings_of(tmp_path)
-    rows = read_jsonl(Path(paths["jsonl"]))[:2]
+    rows = read_jsonl(Path(paths["jsonl"]))[:3]
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     first.write_text(json.dumps(rows[0]) + "\n")
-    second.write_text(json.dumps({**rows[1], "id": rows[0]["id"]}) + "\n")
+    second.write_text(json.dumps({**rows[1], "id": rows[0]["id"]}) + "\n" + json.dumps(rows[2]) + "\n")
     out = tmp_path / "out"
     sources = f"sources={{a: {{input: {first}}}, b: {{input: {second}}}}}"
 
@@ -686,4 +710,4 @@ def test_an_id_two_sources_share_is_a_duplicate_naming_the_first_source_file(tmp
 
     [dropped] = read_jsonl(out / "dropped.jsonl")
     assert dropped["reason"] == "duplicate_id" and dropped["detail"].endswith(f"at row 1 of {first}")
-    assert report["stages"][0]["details"]["sources"]["b"] == {"rows_in": 1, "rows_out": 0}
+    assert report["stages"][0]["details"]["sources"]["b"] == {"rows_in": 2, "rows_out": 1}

@@ -462,7 +462,7 @@ class Engine:
     def validate(self) -> list[EngineRow]:
         rows, reasons, rows_in, by_source = [], Counter(), Counter(), {}
         for name, source in self.sources.items():
-            rows_before, read = len(rows), 0
+            rows_before, read, source_reasons, first_drop = len(rows), 0, Counter(), None
             for file, number, raw in tqdm(
                 iter_input_rows(source.inputs),
                 desc=f"Validating {name}" if name is not None else "Validating",
@@ -472,29 +472,35 @@ class Engine:
                 task = source.source_value(raw, "task")
                 rows_in[task if task in task_names() else "other"] += 1
                 try:
-                    record = source.record(file, number, raw)
-                    converted = source.convert(record)
-                    if name is not None:
-                        record = shown_record(record, source)
+                    rows.append(self.validated_row(name, source, file, number, raw))
                 except RecordError as error:
-                    reasons[error.reason] += 1
-                    self.drop("validate", source.source_id(number, raw), error.reason, error.detail)
-                    continue
-                digests = tuple(hashlib.sha256(image["bytes"]).hexdigest() for image in converted["images"])
-                rows.append(
-                    EngineRow(
-                        replace(record, images=tuple(self.spilled_images.keep(image) for image in record.images)),
-                        converted["prompt"],
-                        converted["reward_model"]["ground_truth"],
-                        converted["extra_info"],
-                        digests,
-                    )
-                )
+                    source_reasons[error.reason] += 1
+                    record_id = source.source_id(number, raw)
+                    first_drop = first_drop or f"{source.row_place(file, number)} (id {record_id!r}): {error}"
+                    self.drop("validate", record_id, error.reason, error.detail)
+            reasons.update(source_reasons)
             by_source[name] = {"rows_in": read, "rows_out": len(rows) - rows_before}
+            if name is not None and len(rows) == rows_before:
+                raise EmptySourceError(empty_source_message(name, read, source_reasons, first_drop, self.dropped.name))
         rows_in_by_task = {task: rows_in.get(task, 0) for task in (*task_names(), "other")}
         details = {} if None in by_source else {"sources": by_source}
         self.stages.append(StageResult("validate", rows_in_by_task, count_by_task(rows), dict(reasons), details))
         return rows
+
+    def validated_row(self, name: str | None, source: RowConverter, file: Path, number: int, raw) -> EngineRow:
+        """A source row through the converter's checks (RecordError where it fails one); a named source's
+        record is held as shown, its embedded images on disk."""
+        record = source.record(file, number, raw)
+        converted = source.convert(record)
+        if name is not None:
+            record = shown_record(record, source)
+        return EngineRow(
+            replace(record, images=tuple(self.spilled_images.keep(image) for image in record.images)),
+            converted["prompt"],
+            converted["reward_model"]["ground_truth"],
+            converted["extra_info"],
+            tuple(hashlib.sha256(image["bytes"]).hexdigest() for image in converted["images"]),
+        )
 
     # 2. deduplicate
     def dedup(self, rows: list[EngineRow]) -> list[EngineRow]:
@@ -725,6 +731,21 @@ def remove_earlier_outputs(output_dir: Path) -> None:
 
 class EmptySelectionError(ValueError):
     """No row survived the stages, so there is nothing to convert."""
+
+
+class EmptySourceError(ValueError):
+    """A source of `sources` gave no valid row: a wrong column mapping or image_root, say, which would
+    otherwise leave the source out of the mix unsaid."""
+
+
+def empty_source_message(name: str, read: int, reasons: Counter, first_drop: str | None, dropped: str) -> str:
+    if read == 0:
+        return f"sources.{name}: its input holds no rows"
+    counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items()))
+    return (
+        f"sources.{name}: all {read} rows were dropped at validation ({counts}); the first, {first_drop}; "
+        f"each is in {dropped}"
+    )
 
 
 def empty_selection_message(stages: list[StageResult], output_dir: Path) -> str:
