@@ -141,9 +141,10 @@ class SpilledImages:
         place = self._places.get(digest)
         if place is None:
             if self._out is None:
-                self._out = open(self.file, "wb", buffering=0)
+                self._out = open(self.file, "wb")
             place = self._places[digest] = SpilledBytes(self.file, self._out.tell(), len(image.data))
             self._out.write(image.data)
+            self._out.flush()  # whole, and readable at once: an unbuffered write may write part of the bytes
         return EmbeddedImage(place, image.name)
 
     def remove(self) -> None:
