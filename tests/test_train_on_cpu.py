@@ -20,6 +20,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
 from cpu_rollout_inputs import rollout_model_inputs
 from data_helpers import CPU_GRPO_SETTINGS, card_parts, checkout_env, convert_synthetic, read_jsonl, run_module, run_on_cpu
+from length_checks import assert_task_lengths_add_up_to_the_batchs
 from task_plugins import counting_records, write_counting_plugin, write_vqa_plugin
 from mixed_r1_verl.data.model_files import image_processor_settings
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
@@ -32,6 +33,7 @@ from mixed_r1_verl.verl_adapter.agent_loop import end_at_placeholder_tokens
 from mixed_r1_verl.verl_adapter.stop_by import EARLY_END_FILE
 
 PROMPTS_PER_STEP, ROLLOUT_N = 8, 4  # recipes/smoke.yaml
+RESPONSE_LENGTH = 32  # every run's data.max_response_length here
 FIRST_RUN_STEPS = 2
 RESUMED_PLANNED_LAST_STEP, STOP_BY_AHEAD_S = 6, 3600
 
@@ -41,7 +43,8 @@ def grpo_on_cpu(work_dir, steps, *settings, recipe="smoke", sweep=False, metrics
     logger writes `work_dir/metrics.jsonl`, or as `metrics_log` (variable=value) says. `python_path`: more
     directories on the path of the run and its Ray workers."""
     settings = [
-        *(["-m"] if sweep else []), f"recipe={recipe}", *CPU_GRPO_SETTINGS, "data.max_response_length=32", f"trainer.total_training_steps={steps}",
+        *(["-m"] if sweep else []), f"recipe={recipe}", *CPU_GRPO_SETTINGS,
+        f"data.max_response_length={RESPONSE_LENGTH}", f"trainer.total_training_steps={steps}",
         *settings,
     ]  # fmt: skip
     metrics_log = metrics_log or {"VERL_FILE_LOGGER_PATH": str(work_dir / "metrics.jsonl")}
@@ -132,6 +135,7 @@ def assert_every_step_trains_on_all_four_tasks_with_no_sample_lost(work_dir, log
             assert values["groups_with_signal"] == 0, f"step {step}: {task} {values}"
         # Rewards are all 0 on the random model: the smoke recipe's entropy bonus gives the update.
         assert metrics["actor/grad_norm"] > 0 and metrics["response_length/mean"] > 0
+        assert_task_lengths_add_up_to_the_batchs(metrics, per_task, step, RESPONSE_LENGTH)
         # The actor scores the rollout's tokens from the same inputs, images included, as the rollout did.
         assert metrics["training/rollout_probs_diff_mean"] < 1e-3
     return steps

@@ -12,7 +12,7 @@ from reward_loop_helpers import reward_config
 
 from mixed_r1_verl.rewards import bmas_batch, compute_score
 from mixed_r1_verl.rewards.embeddings import load_input_embeddings
-from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, per_task_metrics
+from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, length_clip_ratios, per_task_metrics, response_caps
 from mixed_r1_verl.verl_adapter.reward_manager import BmasBatcher, custom_score
 from mixed_r1_verl.verl_adapter.trainer import reward_extra_infos
 
@@ -79,7 +79,8 @@ def test_padding_rows_and_foreign_rows_are_left_out():
     ]
     tags = [{}, {"is_padding": True}, {}, {}]
     infos, groups = reward_extra_infos(extra_fields, tags, ["u1_0_0", "u1_1_0", "u2_0_0", "u3_0_0"])
-    assert groups == ["u1", "u2"]
+    assert groups == ["u1", "u2", "u3"], "one row per real trajectory, in line with their lengths"
+    assert infos[1:] == [{"acc": 1.0}, {}]
     assert per_task_metrics(infos) == {"mixed_r1/chart/count": 1.0, "mixed_r1/chart/score/mean": 1.0}
 
 
@@ -93,6 +94,59 @@ def test_groups_with_signal_is_the_share_of_a_tasks_prompt_groups_whose_rewards_
     assert metrics["mixed_r1/chart/groups_with_signal"] == pytest.approx(1 / 3), "p1 differs; p2, p3 do not"
     assert "mixed_r1/matching/groups_with_signal" not in metrics, "one response of p4: nothing to compare"
     assert "mixed_r1/chart/groups_with_signal" not in per_task_metrics(rows), "no groups given"
+
+
+def test_response_caps_are_the_limits_verls_vllm_server_applies():
+    rollout = compose_verl_config(["data.max_prompt_length=100", "data.max_response_length=50"]).actor_rollout_ref.rollout
+    assert rollout.max_model_len is None
+    assert response_caps([10, 100, 120, 300], rollout) == [50, 50, 30, 1], "a long prompt takes from the response"
+    rollout.max_model_len = 130
+    assert response_caps([10, 100, 120], rollout) == [50, 30, 10], "within max_model_len where it is set"
+
+
+def test_per_task_response_lengths_are_measured_against_each_responses_cap():
+    chart = compute_score("b", "<answer>45</answer>", "45", {"task": "chart"})
+    matching = compute_score("a", "<answer>B</answer>", "B", {"task": "matching"})
+    log = PerTaskMetricsLog()
+
+    metrics = log.step([chart, chart, matching, {}], None, [(50, 50), (30, 50), (12, 12), (7, 50)])
+
+    assert metrics["mixed_r1/chart/response_length/mean"] == 40.0
+    assert metrics["mixed_r1/chart/response_length/clip_ratio"] == 0.5
+    assert metrics["mixed_r1/matching/response_length/clip_ratio"] == 1.0, "cut at its own cap, 12"
+    assert "mixed_r1/chart/response_length/mean" not in log.step([chart]), "no lengths given"
+
+
+def test_clip_ratios_are_zero_when_no_length_reaches_its_limit_where_verls_v1_batch_says_otherwise():
+    from verl.protocol import DataProto
+    from verl.trainer.ppo.metric_utils import compute_data_metrics
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    prompts, responses = [30, 64, 40], [0, 20, 12]  # limits 64 and 50: one prompt at its limit, no response
+    caps = response_caps(prompts, {"prompt_length": 64, "response_length": 50})
+    rows = [
+        {"prompts": torch.ones(prompt, dtype=torch.long), "responses": torch.ones(response, dtype=torch.long)}
+        for prompt, response in zip(prompts, responses)
+    ]
+    # The batch verl 0.9.1's V1 trainer builds for its metrics: jagged rows padded to the longest.
+    data = list_of_dict_to_tensordict(rows).to_padded_tensor()
+    for key in ("token_level_scores", "token_level_rewards", "advantages", "returns"):
+        data[key] = torch.zeros(3, max(responses))
+    data["response_mask"] = torch.tensor([[1] * n + [0] * (max(responses) - n) for n in responses])
+    data["prompt_length"], data["response_length"] = torch.tensor(prompts).float(), torch.tensor(responses).float()
+    verls = compute_data_metrics(DataProto(batch=data), use_critic=False)
+
+    ours = length_clip_ratios(prompts, responses, caps, prompt_limit=64)
+
+    assert verls["response_length/clip_ratio"] == pytest.approx(1 / 3), "the longest response counts as cut"
+    assert verls["response_length_non_aborted/clip_ratio"] == 0.5
+    assert ours == {
+        "response_length/clip_ratio": 0.0,
+        "response_length_non_aborted/clip_ratio": 0.0,
+        "prompt_length/clip_ratio": pytest.approx(1 / 3),
+    }
+    assert length_clip_ratios(prompts, [0, 50, 49], caps, 64)["response_length_non_aborted/clip_ratio"] == 0.5
+    assert length_clip_ratios([], [], [], 64) == {}
 
 
 def test_batcher_scores_concurrent_requests_in_one_batch():

@@ -1,6 +1,6 @@
 """V1 trainer `mixed_r1_sync`: verl's synchronous PPO/GRPO trainer that also logs, every step, the
-reward, accuracy, correct rate, format rate and error rate of each Mixed-R1 task (`mixed_r1/<task>/...`),
-and with `mixed_r1.stop_by` ends the run with a checkpoint before that time (`stop_by.py`). Each checkpoint
+reward, accuracy, correct rate, format rate, error rate and response length of each Mixed-R1 task
+(`mixed_r1/<task>/...`), logs verl's length clip ratios against the rollout's limits, and with `mixed_r1.stop_by` ends the run with a checkpoint before that time (`stop_by.py`). Each checkpoint
 gets the run's config beside it (`mixed_r1_verl/run_config.py`), and a LoRA run's a Hugging Face copy
 with the adapters merged in, where verl saves them under peft's names (`mixed_r1_verl/models/lora.py`).
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from itertools import compress
 from pathlib import Path
 
 import ray
@@ -26,22 +27,35 @@ from mixed_r1_verl.data.balanced_sampler import check_resumed_sampler, with_conf
 from mixed_r1_verl.models.lora import merge_saved_adapters
 from mixed_r1_verl.run_config import resumed_settings_note, write_run_config
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count, stop_loader_processes
-from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, prompt_uid
+from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, length_clip_ratios, prompt_uid, response_caps
 from mixed_r1_verl.verl_adapter.stop_by import StopBy, write_early_end
 
 TRAINER_MODE = "mixed_r1_sync"
 VERL_SYNC_MODE = "sync"
 
 
+def is_padding(tag) -> bool:
+    return tag.get("is_padding", False)
+
+
 def reward_extra_infos(extra_fields, tags, keys) -> tuple[list[dict], list[str]]:
-    """The reward manager's extra info of every non-padding row, and the row's prompt group (the uid its
-    TransferQueue key starts with)."""
+    """The reward manager's extra info of every non-padding row ({} where it has none), and the row's prompt
+    group (the uid its TransferQueue key starts with)."""
     infos, groups = [], []
     for extra, tag, key in zip(extra_fields, tags, keys, strict=True):
-        if not tag.get("is_padding", False) and isinstance(extra, dict):
-            infos.append(extra.get("reward_extra_info") or {})
+        if not is_padding(tag):
+            infos.append((extra.get("reward_extra_info") if isinstance(extra, dict) else None) or {})
             groups.append(prompt_uid(key))
     return infos, groups
+
+
+def batch_lengths(batch) -> tuple[list[int], list[int]]:
+    """The prompt and response lengths, in tokens, of every non-padding trajectory of a TransferQueue batch."""
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts", "responses"])
+    real = [not is_padding(tag) for tag in batch.tags]
+    # TransferQueue hands token fields back jagged, even where every row has the same length.
+    prompts, responses = (data[field].offsets().diff().tolist() for field in ("prompts", "responses"))
+    return list(compress(prompts, real)), list(compress(responses, real))
 
 
 def batch_reward_extra_infos(batch) -> tuple[list[dict], list[str]]:
@@ -124,7 +138,12 @@ class MixedR1SyncTrainer(PPOTrainerSync):
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
-        metrics.update(self._task_metrics.step(*batch_reward_extra_infos(batch)))
+        rollout = self.config.actor_rollout_ref.rollout
+        prompt_lengths, response_lengths = batch_lengths(batch)
+        caps = response_caps(prompt_lengths, rollout)
+        metrics.update(length_clip_ratios(prompt_lengths, response_lengths, caps, rollout.prompt_length))
+        infos, groups = batch_reward_extra_infos(batch)
+        metrics.update(self._task_metrics.step(infos, groups, zip(response_lengths, caps, strict=True)))
 
     # verl calls these around every validation, the one before training (which it does not time) included,
     # so stop_by knows what the last step's validation takes from the first step on.

@@ -5,13 +5,18 @@ recipe as shipped (steps 1-6), then a restart from its step-3 checkpoint with fi
 import math
 
 from gpu_checks import RESUME_FROM_STEP, TASKS, assert_succeeded, output_lines
+from length_checks import assert_task_lengths_add_up_to_the_batchs
 
 from mixed_r1_verl.run_logs import metrics_log_path, non_finite, read_metrics_log, smoke_checkpoint_dir, task_metrics
 
-REWARD_KEYS = ("score/mean", "accuracy/mean", "format/mean", "error/mean", "top_answer_share", "groups_with_signal")
+PER_TASK_KEYS = (
+    "score/mean", "accuracy/mean", "format/mean", "error/mean", "top_answer_share", "groups_with_signal",
+    "response_length/mean", "response_length/clip_ratio",
+)  # fmt: skip
 SMOKE_STEPS = 6
 SMOKE_ROLLOUT_N = 4  # responses per prompt in recipes/smoke.yaml
 SMOKE_BATCH_PROMPTS = 8  # data.train_batch_size there: groups in every training batch
+SMOKE_RESPONSE_LENGTH = 128  # data.max_response_length there
 
 
 def steps_of(run, gpu_out):
@@ -20,13 +25,13 @@ def steps_of(run, gpu_out):
 
 def assert_task_rewards(step: int, metrics: dict) -> dict[str, dict[str, float]]:
     """Every task present in the step's batch logs finite score/accuracy/format/error means, its top
-    answer share, the share of its prompt groups with signal, and no reward errors; returns the per-task
-    metrics."""
+    answer share, the share of its prompt groups with signal, its response length and clip ratio, and no
+    reward errors; returns the per-task metrics."""
     per_task = task_metrics(metrics, "mixed_r1")
     present = {task: values for task, values in per_task.items() if values.get("count", 0) > 0}
     assert present, f"step {step}: no mixed_r1/<task>/count > 0 in {sorted(metrics)}"
     for task, values in present.items():
-        for key in REWARD_KEYS:
+        for key in PER_TASK_KEYS:
             assert key in values, f"step {step}: mixed_r1/{task}/{key} missing"
             assert math.isfinite(values[key]), f"step {step}: mixed_r1/{task}/{key} = {values[key]}"
         assert values["error/mean"] == 0, f"step {step}: reward errors on {task}: {values['error/mean']}"
@@ -43,7 +48,9 @@ def test_smoke_trains_with_vllm_on_four_task_batches_and_logs_per_task_rewards(s
             assert key in metrics, f"step {step}: {key} not logged"
         assert metrics["response_length/mean"] > 0, f"step {step}: empty rollouts"
         assert metrics["actor/grad_norm"] > 0, f"step {step}: no update (actor/grad_norm 0)"
-        counts = {task: values.get("count", 0) for task, values in assert_task_rewards(step, metrics).items()}
+        per_task = assert_task_rewards(step, metrics)
+        assert_task_lengths_add_up_to_the_batchs(metrics, per_task, step, SMOKE_RESPONSE_LENGTH)
+        counts = {task: values.get("count", 0) for task, values in per_task.items()}
         assert set(counts) >= set(TASKS) and all(counts[task] > 0 for task in TASKS), f"step {step}: {counts}"
         spread = max(counts[task] for task in TASKS) - min(counts[task] for task in TASKS)
         assert spread <= SMOKE_ROLLOUT_N, f"step {step}: tasks differ by more than one prompt: {counts}"
