@@ -388,6 +388,20 @@ def filtering_setting_errors(config: DictConfig) -> list[str]:
     return errors
 
 
+def reward_setting_errors(config: DictConfig) -> list[str]:
+    """What the mixed_r1 reward manager would refuse only in its workers, once Ray and the trainer are up:
+    an option it does not know, a wrong overlong_buffer_cfg."""
+    from mixed_r1_verl.verl_adapter.reward_manager import REWARD_MANAGER_NAME, configured_overlong_buffer
+
+    if OmegaConf.select(config, "reward.reward_manager.name") != REWARD_MANAGER_NAME:
+        return []
+    try:
+        configured_overlong_buffer(config)
+    except ValueError as error:
+        return [str(error)]
+    return []
+
+
 def file_logger_env(environ) -> dict[str, str]:
     """Where verl's file logger writes, made absolute: $VERL_FILE_LOGGER_PATH, else a file under
     $VERL_FILE_LOGGER_ROOT (default: the working directory of the Ray worker that logs)."""
@@ -677,9 +691,9 @@ def train(config: DictConfig) -> None:
     ]
     if mismatches:
         fail("; ".join(mismatches) + ". verl would stop on it only after start-up.\n", EXIT_USAGE)
-    filtering_errors = filtering_setting_errors(config)
-    if filtering_errors:
-        fail("; ".join(filtering_errors) + ".\n", EXIT_USAGE)
+    setting_errors = [*filtering_setting_errors(config), *reward_setting_errors(config)]
+    if setting_errors:
+        fail("; ".join(setting_errors) + ".\n", EXIT_USAGE)
     tasks_env = installed_tasks_env()
     exit_unless_local_gpus_suffice(config)
     if os.environ.get("RAY_ADDRESS"):

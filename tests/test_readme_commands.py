@@ -19,7 +19,7 @@ from mixed_r1_verl.entry import sweep_jobs
 from mixed_r1_verl.eval.cli import EvalSettings
 from mixed_r1_verl.export import ExportConfig
 from mixed_r1_verl.learn import LearnConfig
-from mixed_r1_verl.main import filtering_setting_errors
+from mixed_r1_verl.main import filtering_setting_errors, reward_setting_errors
 from mixed_r1_verl.settings import parse_settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -100,7 +100,7 @@ def test_each_readme_command_takes_its_settings(module, settings):
             others = [word for word in job if not word.startswith("recipe=")]
             if module == "main":
                 config = compose_recipe(recipe_of(job), *others)
-                assert filtering_setting_errors(config) == []
+                assert filtering_setting_errors(config) == reward_setting_errors(config) == []
             else:
                 compose_sft(*others, recipe=recipe_of(job))
     except (HydraException, OmegaConfBaseException, SystemExit) as error:

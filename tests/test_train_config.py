@@ -14,6 +14,7 @@ from mixed_r1_verl.main import (
     actor_update_mismatches,
     config_dir,
     filtering_setting_errors,
+    reward_setting_errors,
     log_prob_micro_batch_mismatches,
     make_paths_absolute,
     recipe_dir,
@@ -245,6 +246,22 @@ def test_filtering_settings_the_sampler_would_refuse_mid_run_are_named_before_st
         "smoke", "filtering=on", "algorithm.filter_groups.metric=acc", "reward.custom_reward_function.path=my_reward.py"
     )
     assert filtering_setting_errors(custom) == [], "a custom reward function's own fields are not known here"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_reward_options_the_reward_workers_would_refuse_are_named_before_start_up(recipe):
+    assert reward_setting_errors(compose_recipe(recipe)) == []
+    overlong = [f"reward.reward_kwargs.overlong_buffer_cfg.{key}" for key in ("enable=true", "log=true")]
+    assert reward_setting_errors(compose_recipe(recipe, *overlong)) == []
+    (unknown,) = reward_setting_errors(compose_recipe(recipe, "+reward.reward_kwargs.max_resp_len=512"))
+    assert unknown.startswith("reward.reward_kwargs.max_resp_len is not an option of the mixed_r1 reward manager")
+    too_long = compose_recipe(recipe, *overlong, "data.max_response_length=64")
+    assert reward_setting_errors(too_long) == [
+        "reward.reward_kwargs.overlong_buffer_cfg.len must be a whole number of tokens from 1 to the response length "
+        "(64, actor_rollout_ref.rollout.response_length), got 128"
+    ]
+    naive = compose_recipe(recipe, "reward.reward_manager.name=naive", "+reward.reward_kwargs.max_resp_len=512")
+    assert reward_setting_errors(naive) == [], "another manager's options are its own"
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,12 @@ def test_an_installed_task_that_cannot_be_loaded_stops_the_entry_before_anything
     assert not work_dir.exists(), "nothing may be built before the check"
 
 
+def test_a_reward_option_the_manager_does_not_know_stops_the_entry_before_anything_starts(tmp_path):
+    result = run_main("recipe=qwen25vl_7b", "+reward.reward_kwargs.overlong_buffer_cfg.lenght=512", cwd=tmp_path)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "reward.reward_kwargs.overlong_buffer_cfg.lenght is not one of its keys (enable, len" in result.stderr
+
+
 def test_a_sweep_whose_jobs_would_share_a_checkpoint_directory_is_refused_before_the_first_trains(tmp_path):
     sweep = ["-m", "recipe=qwen25vl_7b", "actor_rollout_ref.actor.optim.lr=1e-6,2e-6"]
     result = run_main(*sweep, cwd=tmp_path)

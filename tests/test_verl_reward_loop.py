@@ -22,6 +22,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopO
 from verl.experimental.reward_loop.reward_loop import RewardLoopManager, RewardLoopWorker
 from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.rewards.tasks import DRIVER_TASKS_ENV_VAR, TaskPluginError
+from mixed_r1_verl.verl_adapter.metrics import per_task_metrics
 from mixed_r1_verl.verl_adapter.trainer import wait_for_reward_workers
 
 HUB_ID = "acme/tiny-qwen25vl"
@@ -289,12 +290,12 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
 """
 
 
-def custom_reward_worker(model_dir, tmp_path) -> RewardLoopWorker:
+def custom_reward_worker(model_dir, tmp_path, *overrides) -> RewardLoopWorker:
     """A reward worker whose custom reward function returns each sample's `extra_info["returns"]`."""
     module = tmp_path / "given_reward.py"
     module.write_text(CUSTOM_REWARD)
     path, name = f"reward.custom_reward_function.path={module}", "reward.custom_reward_function.name=compute_score"
-    return reward_worker(model_dir, path, name)
+    return reward_worker(model_dir, path, name, *overrides)
 
 
 def custom_samples(*returns) -> list[tuple]:
@@ -342,3 +343,44 @@ def test_an_iou_threshold_of_none_in_extra_info_keeps_the_configured_one(tiny_mo
     samples = [box, (*box[:3], {**box[3], "iou_threshold": None}), (*box[:3], {**box[3], "iou_threshold": 0.9})]
     outputs = score_batch(worker, rollout_batch(worker.input_tokenizer, samples))
     assert [output["reward_extra_info"]["accuracy"] for output in outputs] == [1.0, 1.0, 0.0]
+
+
+def test_the_overlong_penalty_takes_from_the_score_of_responses_near_their_cap(tiny_model_dir, tmp_path):
+    """verl's DAPO `overlong_buffer_cfg` on Mixed-Reward and on a custom function's score: with responses
+    capped at 64 tokens and a buffer of 30, a response loses 1/30 of `penalty_factor` per token beyond 34."""
+    cap, buffer = 64, 30
+    overlong = [f"+reward.reward_kwargs.overlong_buffer_cfg.{key}={value}" for key, value in
+                {"enable": True, "len": buffer, "penalty_factor": 0.5, "log": True}.items()]  # fmt: skip
+    long_answer = THINK + " Counting the bars one by one, left to right." + "<answer>yes</answer>"
+    samples = [SAMPLES[0], ("pope", long_answer, "yes", {"task": "matching"}), SAMPLES[2]]
+    worker = reward_worker(tiny_model_dir, f"data.max_response_length={cap}", *overlong)
+    data = rollout_batch(worker.input_tokenizer, samples, response_length=cap - 1)
+    lengths = data.batch["attention_mask"][:, 8:].sum(dim=1).tolist()
+    assert lengths[0] <= cap - buffer < lengths[1] <= cap, "one response in the buffer, one before it"
+
+    outputs = score_batch(worker, data)
+
+    for output, sample, length in zip(outputs, samples, lengths):
+        penalty = -0.5 * max(length - (cap - buffer), 0) / buffer
+        info = output["reward_extra_info"]
+        assert output["reward_score"] == pytest.approx(expected_result(sample, tiny_model_dir)["score"] + penalty)
+        assert info["score"] == output["reward_score"] and info["overlong_reward"] == pytest.approx(penalty)
+        assert info["overlong"] == float(penalty < 0)
+    assert outputs[1]["reward_extra_info"]["accuracy"] == 1.0, "the answer is still right; only the score pays"
+    metrics = per_task_metrics([output["reward_extra_info"] for output in outputs])
+    assert metrics["mixed_r1/matching/overlong/mean"] == 0.5 and metrics["mixed_r1/chart/overlong/mean"] == 0.0
+    penalized = outputs[1]["reward_extra_info"]["overlong_reward"]
+    assert metrics["mixed_r1/matching/overlong_reward/mean"] == pytest.approx(penalized / 2)
+
+    custom = custom_reward_worker(tiny_model_dir, tmp_path, f"data.max_response_length={cap}", *overlong)
+    data = rollout_batch(custom.input_tokenizer, [(*samples[1][:3], {"returns": 1.0})], response_length=cap - 1)
+    (output,) = score_batch(custom, data)
+    assert output["reward_score"] == pytest.approx(1.0 - 0.5 * (lengths[1] - (cap - buffer)) / buffer)
+
+
+def test_a_reward_option_the_manager_does_not_know_stops_the_worker_naming_it(tiny_model_dir):
+    with pytest.raises(ValueError, match=r"reward.reward_kwargs.max_resp_len is not an option of the mixed_r1 reward"):
+        reward_worker(tiny_model_dir, max_resp_len=512)
+    with pytest.raises(ValueError, match=r"overlong_buffer_cfg.len must be a whole number of tokens from 1 to the "):
+        reward_worker(tiny_model_dir, "data.max_response_length=64", **{"overlong_buffer_cfg.enable": True,
+                                                                          "overlong_buffer_cfg.len": 128})

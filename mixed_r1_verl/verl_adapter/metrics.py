@@ -10,9 +10,12 @@ import numpy as np
 
 from mixed_r1_verl.rewards import values_differ
 from mixed_r1_verl.rewards.answer import top_answer
+from mixed_r1_verl.rewards.length import OVERLONG, OVERLONG_REWARD
 
 METRIC_PREFIX = "mixed_r1"
 AVERAGED_KEYS = ("score", "accuracy", "correct", "format", "error")
+# Averaged too where the reward reports them (the overlong penalty's log).
+OPTIONAL_AVERAGED_KEYS = (OVERLONG_REWARD, OVERLONG)
 
 
 def prompt_uid(key: str) -> str:
@@ -89,19 +92,20 @@ def per_task_metrics(
     groups: Iterable | None = None,
     responses: Iterable[tuple[int, int]] | None = None,
 ) -> dict[str, float]:
-    """`mixed_r1/<task>/count`, `mixed_r1/<task>/<key>/mean` (score, accuracy, correct, format, error)
-    and `mixed_r1/<task>/top_answer_share` (the share of the task's responses giving its most common
-    answer, `pred`) for every task in the batch; given each row's prompt group, also
-    `mixed_r1/<task>/groups_with_signal`; given each row's response length and cap (`response_caps`),
-    `mixed_r1/<task>/response_length/{mean,clip_ratio}`. A task of `known_tasks` absent from the batch
-    gets count 0 and nothing else (a mean of nothing is undefined), so its count curve stays continuous."""
+    """`mixed_r1/<task>/count`, `mixed_r1/<task>/<key>/mean` (score, accuracy, correct, format, error;
+    overlong_reward and overlong where reported) and `mixed_r1/<task>/top_answer_share` (the share of the
+    task's responses giving its most common answer, `pred`) for every task in the batch; given each row's
+    prompt group, also `mixed_r1/<task>/groups_with_signal`; given each row's response length and cap
+    (`response_caps`), `mixed_r1/<task>/response_length/{mean,clip_ratio}`. A task of `known_tasks` absent
+    from the batch gets count 0 and nothing else (a mean of nothing is undefined), so its count curve stays
+    continuous."""
     by_task = rows_by_task(reward_extra_infos, groups, responses)
     metrics: dict[str, float] = {}
     for task in sorted(set(known_tasks) | set(by_task)):
         task_rows = by_task.get(task, [])
         rows = [row for row, *_ in task_rows]
         metrics[f"{METRIC_PREFIX}/{task}/count"] = float(len(rows))
-        for key in AVERAGED_KEYS:
+        for key in (*AVERAGED_KEYS, *OPTIONAL_AVERAGED_KEYS):
             values = [float(row[key]) for row in rows if key in row]
             if values:
                 metrics[f"{METRIC_PREFIX}/{task}/{key}/mean"] = float(np.mean(values))

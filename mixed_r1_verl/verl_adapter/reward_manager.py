@@ -13,7 +13,12 @@ Select it with `reward.reward_manager.name=mixed_r1`; options live in `reward.re
   bmas_num_gpus     > 0: one GPU actor per node holds the table and scores every BMAS batch of the node
   bmas_gpu_wait_s   how long start-up waits for Ray to place that GPU actor (default 60)
   bmas_linger_ms    how long a BMAS request waits for others to batch with (default 5)
-Every sample reports the same extra keys: score, accuracy, correct, format, error, task, pred.
+  overlong_buffer_cfg  DAPO's overlong penalty (`mixed_r1_verl/rewards/length.py`), verl's keys:
+                    enable, len, penalty_factor, log; off by default. Applies to a custom function's
+                    score too.
+Any other key stops the manager with a ValueError naming it.
+Every sample reports the same extra keys: score, accuracy, correct, format, error, task, pred (and
+overlong_reward and overlong with overlong_buffer_cfg.log).
 A sample without a ground truth (no `reward_model.ground_truth`, or None, NaN, blank or empty) stops
 the reward with a ValueError naming the sample. A reward.custom_reward_function's samples report `score`
 and the keys it returns, which must be the same for every sample.
@@ -43,12 +48,18 @@ from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from mixed_r1_verl.rewards import bmas_batch, judge
 from mixed_r1_verl.rewards.embeddings import check_tokenizer_fits_table, load_embedding_model, load_tokenizer
+from mixed_r1_verl.rewards.length import OVERLONG, OVERLONG_REWARD, OverlongBuffer
 from mixed_r1_verl.rewards.scoring import sample_name
 from mixed_r1_verl.rewards.tasks import check_driver_tasks_are_installed
+from mixed_r1_verl.verl_adapter.metrics import response_caps
 
 logger = logging.getLogger(__name__)
 
 REWARD_MANAGER_NAME = "mixed_r1"
+REWARD_OPTIONS = (
+    "task_map", "format_weight", "iou_threshold", "correct_threshold", "embedding_model", "bmas_device",
+    "bmas_num_gpus", "bmas_gpu_wait_s", "bmas_linger_ms", "overlong_buffer_cfg",
+)  # fmt: skip
 BMAS_DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_GPU_WAIT_S = 60.0
 
@@ -176,12 +187,44 @@ def check_same_extra_keys(first_keys: list[str], keys: list[str], custom_functio
         )
 
 
+def reward_options(config) -> dict:
+    """`reward.reward_kwargs` as a plain dict ({} when unset)."""
+    reward_kwargs = config.reward.get("reward_kwargs")
+    return OmegaConf.to_container(reward_kwargs, resolve=True) if reward_kwargs is not None else {}
+
+
+def configured_overlong_buffer(config) -> OverlongBuffer | None:
+    """The overlong buffer `reward.reward_kwargs` enables, else None; ValueError for a key the manager does
+    not know (verl's reward loop would pass it by unused) or a wrong overlong_buffer_cfg."""
+    options = reward_options(config)
+    unknown = sorted(set(options) - set(REWARD_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"reward.reward_kwargs.{unknown[0]} is not an option of the {REWARD_MANAGER_NAME} reward manager; "
+            f"its options: {', '.join(REWARD_OPTIONS)}"
+        )
+    response_length = int(config.actor_rollout_ref.rollout.response_length)
+    return OverlongBuffer.from_options(options.get("overlong_buffer_cfg"), response_length)
+
+
+def with_overlong_penalty(scored: dict, buffer: OverlongBuffer, length: int, cap: int) -> dict:
+    """`scored` ({reward_score, reward_extra_info}) with the buffer's penalty added to its score."""
+    penalty = buffer.penalty(length, cap)
+    score = scored["reward_score"] + penalty
+    extra_info = {**scored["reward_extra_info"], "score": score}
+    if buffer.log:
+        extra_info.update({OVERLONG_REWARD: penalty, OVERLONG: float(penalty < 0)})
+    return {"reward_score": score, "reward_extra_info": extra_info}
+
+
 @register(REWARD_MANAGER_NAME)
 class MixedR1RewardManager(RewardManagerBase):
     def __init__(self, config, tokenizer, compute_score, reward_router_address=None, reward_model_tokenizer=None):
         super().__init__(config, tokenizer, compute_score)
-        reward_kwargs = config.reward.get("reward_kwargs")
-        options = OmegaConf.to_container(reward_kwargs, resolve=True) if reward_kwargs is not None else {}
+        self.overlong_buffer = configured_overlong_buffer(config)
+        rollout = config.actor_rollout_ref.rollout
+        self.rollout_limits = {key: rollout.get(key) for key in ("prompt_length", "response_length", "max_model_len")}
+        options = reward_options(config)
         self.judge_options = {
             key: options.get(key) for key in ("task_map", "format_weight", "iou_threshold", "correct_threshold")
         }
@@ -263,12 +306,21 @@ class MixedR1RewardManager(RewardManagerBase):
     async def run_single(self, data) -> dict:
         item = data[-1]
         response_ids = item.batch["responses"]
-        valid_length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
+        attention_mask = item.batch["attention_mask"]
+        valid_length = int(attention_mask[-response_ids.shape[-1] :].sum())
         response = self.tokenizer.decode(response_ids[:valid_length], skip_special_tokens=True)
         data_source = item.non_tensor_batch["data_source"]
         extra_info = item.non_tensor_batch.get("extra_info") or {}
         ground_truth = sample_ground_truth(item.non_tensor_batch, data_source, extra_info)
 
+        scored = await self._score(data_source, response, ground_truth, extra_info)
+        if self.overlong_buffer is None:
+            return scored
+        prompt_length = int(attention_mask[: -response_ids.shape[-1]].sum())
+        cap = response_caps([prompt_length], self.rollout_limits)[0]
+        return with_overlong_penalty(scored, self.overlong_buffer, valid_length, cap)
+
+    async def _score(self, data_source, response: str, ground_truth, extra_info: Mapping) -> dict:
         if self.custom_function is not None:
             return await self._custom_score(
                 data_source=data_source, solution_str=response, ground_truth=ground_truth, extra_info=extra_info

@@ -1,6 +1,7 @@
 """V1 trainer `mixed_r1_sync`: verl's synchronous PPO/GRPO trainer that also logs, every step, the
 reward, accuracy, correct rate, format rate, error rate and response length of each Mixed-R1 task
-(`mixed_r1/<task>/...`), logs verl's length clip ratios against the rollout's limits, and with `mixed_r1.stop_by` ends the run with a checkpoint before that time (`stop_by.py`). Each checkpoint
+(`mixed_r1/<task>/...`), logs verl's length clip ratios against the rollout's limits, and with
+`mixed_r1.stop_by` ends the run with a checkpoint before that time (`stop_by.py`). Each checkpoint
 gets the run's config beside it (`mixed_r1_verl/run_config.py`), and a LoRA run's a Hugging Face copy
 with the adapters merged in, where verl saves them under peft's names (`mixed_r1_verl/models/lora.py`).
 
