@@ -34,6 +34,11 @@ from mixed_r1_verl.verl_adapter.stop_by import EARLY_END_FILE
 
 PROMPTS_PER_STEP, ROLLOUT_N = 8, 4  # recipes/smoke.yaml
 RESPONSE_LENGTH = 32  # every run's data.max_response_length here
+# The overlong penalty over the whole response: -length / RESPONSE_LENGTH for every response.
+OVERLONG_OVER_ALL = [
+    f"reward.reward_kwargs.overlong_buffer_cfg.{key}={value}"
+    for key, value in {"enable": "true", "len": RESPONSE_LENGTH, "log": "true"}.items()
+]
 FIRST_RUN_STEPS = 2
 RESUMED_PLANNED_LAST_STEP, STOP_BY_AHEAD_S = 6, 3600
 
@@ -100,7 +105,7 @@ def resumed_run(first_run):
     stop_by = int(time.time()) + STOP_BY_AHEAD_S
     return grpo_on_cpu(
         work_dir, RESUMED_PLANNED_LAST_STEP, "filtering=on", "data.dataloader_num_workers=1", "trainer.save_freq=5",
-        f"mixed_r1.stop_by={stop_by}", f"mixed_r1.stop_save_estimate_s={STOP_BY_AHEAD_S - 5}",
+        f"mixed_r1.stop_by={stop_by}", f"mixed_r1.stop_save_estimate_s={STOP_BY_AHEAD_S - 5}", *OVERLONG_OVER_ALL,
     )  # fmt: skip
 
 
@@ -208,6 +213,16 @@ def test_a_rerun_resumes_after_the_checkpoint_with_per_task_filtering(first_run,
     assert sorted(counters) == sorted(TASKS)
     assert sum(counters[task]["kept"] for task in TASKS) == metrics["filtering/kept"] == PROMPTS_PER_STEP
     assert sum(counters[task]["dropped"] for task in TASKS) == metrics["filtering/dropped"]
+
+
+def test_the_overlong_penalty_takes_each_response_length_the_trainer_logs_from_its_score(first_run, resumed_run):
+    work_dir, _ = first_run
+    metrics = read_metrics_log(work_dir / "metrics.jsonl")[FIRST_RUN_STEPS + 1]
+    for task, values in task_metrics(metrics, "mixed_r1").items():
+        # Buffered over all its RESPONSE_LENGTH tokens, each response pays length / RESPONSE_LENGTH.
+        expected = -values["response_length/mean"] / RESPONSE_LENGTH
+        assert values["overlong_reward/mean"] == pytest.approx(expected), task
+        assert values["overlong/mean"] == 1.0 and values["score/mean"] == pytest.approx(expected), task
 
 
 def test_a_run_ends_with_a_checkpoint_after_the_last_step_that_fits_before_stop_by(first_run, resumed_run):
