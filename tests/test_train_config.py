@@ -14,11 +14,11 @@ from mixed_r1_verl.main import (
     actor_update_mismatches,
     config_dir,
     filtering_setting_errors,
-    reward_setting_errors,
     log_prob_micro_batch_mismatches,
     make_paths_absolute,
     recipe_dir,
     register_recipes,
+    reward_setting_errors,
     rollout_parallel_mismatches,
 )
 from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_KV_CACHE_BYTES, kv_cache_bytes_per_token

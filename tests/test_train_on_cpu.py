@@ -98,9 +98,10 @@ def internvl_run(side_by_side_runs):
 
 @pytest.fixture(scope="module")
 def resumed_run(first_run):
-    """Resumes with filtering on, one data loader process (the smoke recipe's 2 saved the position), planned
-    to step 6 with checkpoints every 5, and told that a checkpoint takes all but 5 s of the time left before
-    mixed_r1.stop_by: it must end after its first step, 3."""
+    """Resumes with filtering on, the overlong penalty over whole responses, one data loader process (the
+    smoke recipe's 2 saved the position), planned to step 6 with checkpoints every 5, and told that a
+    checkpoint takes all but 5 s of the time left before mixed_r1.stop_by: it must end after its first
+    step, 3."""
     work_dir, _ = first_run
     stop_by = int(time.time()) + STOP_BY_AHEAD_S
     return grpo_on_cpu(
