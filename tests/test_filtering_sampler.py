@@ -33,7 +33,7 @@ from mixed_r1_verl.verl_adapter.dynamic_sampling import (
     refill_count,
 )
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog
-from mixed_r1_verl.verl_adapter.trainer import MixedR1SyncTrainer, batch_lengths, batch_reward_extra_infos
+from mixed_r1_verl.verl_adapter.trainer import MixedR1SyncTrainer, batch_trajectories
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GROUP_SIZE = 4
@@ -238,12 +238,12 @@ def test_rollout_metric_and_dropped_outcomes_cover_every_judged_group_per_task(t
 
     rollout.submit(2)
     batch, metrics = sampler.sample(global_steps=1, partition_id="train", batch_size=2)
-    trained = PerTaskMetricsLog().step(*batch_reward_extra_infos(batch))
-    lengths = batch_lengths(batch)
+    infos, groups, *lengths = batch_trajectories(batch)
+    trained = PerTaskMetricsLog().step(infos, groups)
     tq.kv_clear(keys=batch.keys, partition_id="train")
 
     trajectories = int(trained["mixed_r1/chart/count"])
-    assert lengths == ([3] * trajectories, [2] * trajectories), "rows of one length, as TransferQueue gives them"
+    assert lengths == [[3] * trajectories, [2] * trajectories], "rows of one length, as TransferQueue gives them"
 
     assert rollout.submitted == 4, "keep rate (1+1)/(2+1): 2 refills for the missing group"
     assert trained["mixed_r1/chart/correct/mean"] == 0.5, "the kept groups are half right by construction"
@@ -386,11 +386,11 @@ def test_step_metrics_read_every_real_trajectory_of_the_batch(transfer_queue):
     tags = tq.kv_list("train")["train"]
     batch = tq.KVBatchMeta(keys=keys, tags=[tags[key] for key in keys], partition_id="train")
 
-    metrics = PerTaskMetricsLog().step(*batch_reward_extra_infos(batch))
-    lengths = batch_lengths(batch)
+    infos, groups, *lengths = batch_trajectories(batch)
+    metrics = PerTaskMetricsLog().step(infos, groups)
     tq.kv_clear(keys=keys, partition_id="train")
 
-    assert lengths == ([5, 6, 7], [0, 3, 6]), "the padding row's lengths are left out"
+    assert lengths == [[5, 6, 7], [0, 3, 6]], "the padding row's lengths are left out"
 
     assert metrics["mixed_r1/chart/count"] == 2 and metrics["mixed_r1/grounding/count"] == 1
     assert "mixed_r1/matching/count" not in metrics, "the padding row is not counted"

@@ -50,20 +50,16 @@ def reward_extra_infos(extra_fields, tags, keys) -> tuple[list[dict], list[str]]
     return infos, groups
 
 
-def batch_lengths(batch) -> tuple[list[int], list[int]]:
-    """The prompt and response lengths, in tokens, of every non-padding trajectory of a TransferQueue batch."""
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts", "responses"])
+def batch_trajectories(batch) -> tuple[list[dict], list[str], list[int], list[int]]:
+    """The reward manager's extra info, the prompt group, and the prompt and response lengths in tokens of
+    every non-padding trajectory of a TransferQueue batch, from one fetch."""
+    fields = ["extra_fields", "prompts", "responses"]
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+    infos, groups = reward_extra_infos(data.pop("extra_fields").tolist(), batch.tags, batch.keys)
     real = [not is_padding(tag) for tag in batch.tags]
     # TransferQueue hands token fields back jagged, even where every row has the same length.
     prompts, responses = (data[field].offsets().diff().tolist() for field in ("prompts", "responses"))
-    return list(compress(prompts, real)), list(compress(responses, real))
-
-
-def batch_reward_extra_infos(batch) -> tuple[list[dict], list[str]]:
-    """The reward manager's extra info and the prompt group of every non-padding trajectory of a
-    TransferQueue batch."""
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
-    return reward_extra_infos(data.pop("extra_fields").tolist(), batch.tags, batch.keys)
+    return infos, groups, list(compress(prompts, real)), list(compress(responses, real))
 
 
 def wait_for_reward_workers(workers) -> None:
@@ -140,10 +136,9 @@ class MixedR1SyncTrainer(PPOTrainerSync):
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
         rollout = self.config.actor_rollout_ref.rollout
-        prompt_lengths, response_lengths = batch_lengths(batch)
+        infos, groups, prompt_lengths, response_lengths = batch_trajectories(batch)
         caps = response_caps(prompt_lengths, rollout)
         metrics.update(length_clip_ratios(prompt_lengths, response_lengths, caps, rollout.prompt_length))
-        infos, groups = batch_reward_extra_infos(batch)
         metrics.update(self._task_metrics.step(infos, groups, zip(response_lengths, caps, strict=True)))
 
     # verl calls these around every validation, the one before training (which it does not time) included,
