@@ -353,6 +353,66 @@ def lora_mismatches(config: DictConfig) -> list[str]:
     ]
 
 
+def model_context_length(model: DictConfig) -> int | None:
+    """The model's `max_position_embeddings` (its language model's in a VLM), read as verl's vLLM servers
+    read it; None where the model path resolves to no config here."""
+    from transformers import AutoConfig
+    from verl.workers.rollout.utils import get_max_position_embeddings
+
+    from mixed_r1_verl.data.model_files import resolve_model_dir
+
+    try:
+        model_dir = resolve_model_dir(model.path)
+    except FileNotFoundError:
+        return None
+    if not (model_dir / "config.json").is_file():
+        return None
+    hf_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=model.get("trust_remote_code", False))
+    try:
+        return get_max_position_embeddings(hf_config)
+    except ValueError:
+        return None  # verl's servers say so themselves
+
+
+def context_length_errors(rollout: DictConfig, context_length: int) -> list[str]:
+    """Rollout lengths that verl's vLLM servers refuse only once they have started: a `max_model_len` beyond
+    the model's context, and prompts that leave no room to generate (every such request fails)."""
+    limit = rollout.max_model_len or context_length
+    if rollout.max_model_len is not None and rollout.max_model_len > context_length:
+        return [
+            f"actor_rollout_ref.rollout.max_model_len={rollout.max_model_len} exceeds the model's context of "
+            f"{context_length} tokens (max_position_embeddings): lower it, or leave it unset to generate within that"
+        ]
+    if rollout.prompt_length >= limit:
+        return [
+            f"prompts of up to {rollout.prompt_length} tokens (data.max_prompt_length) leave no room for a response "
+            f"within the rollout's {limit} tokens ({describe_limit(rollout, context_length)})"
+        ]
+    return []
+
+
+def describe_limit(rollout: DictConfig, context_length: int) -> str:
+    if rollout.max_model_len is not None:
+        return f"actor_rollout_ref.rollout.max_model_len={rollout.max_model_len}"
+    return f"the model's max_position_embeddings={context_length}"
+
+
+def pin_max_model_len(rollout: DictConfig, context_length: int) -> None:
+    """An unset `max_model_len` becomes the model's context, as verl's vLLM servers make it, so that the
+    trainer's clip ratios and the overlong penalty cap each response where vLLM does. Says so when that
+    cuts responses short of `response_length`."""
+    if rollout.max_model_len is not None:
+        return
+    rollout.max_model_len = context_length
+    if rollout.prompt_length + rollout.response_length > context_length:
+        logger.warning(
+            "the model's context of %d tokens (max_position_embeddings) is less than prompt_length + "
+            "response_length = %d + %d: a response to a prompt of more than %d tokens is cut short of %d tokens",
+            context_length, rollout.prompt_length, rollout.response_length,
+            context_length - rollout.response_length, rollout.response_length,
+        )  # fmt: skip
+
+
 def filtering_setting_errors(config: DictConfig) -> list[str]:
     """What the per-task filtering sampler would refuse only once the trainer is built or rollouts are
     scored: its options, verl's sync sub-steps, and a `metric` the mixed_r1 reward does not report as a
@@ -706,9 +766,14 @@ def train(config: DictConfig) -> None:
             config.data.max_prompt_length,
         )
     start_from_merged_adapter(config)
-    lora_errors = lora_mismatches(config)
-    if lora_errors:
-        fail("; ".join(lora_errors) + ".\n", EXIT_USAGE)
+    model_errors = lora_mismatches(config)
+    context_length = model_context_length(config.actor_rollout_ref.model)
+    if context_length is not None:
+        model_errors += context_length_errors(config.actor_rollout_ref.rollout, context_length)
+    if model_errors:
+        fail("; ".join(model_errors) + ".\n", EXIT_USAGE)
+    if context_length is not None:
+        pin_max_model_len(config.actor_rollout_ref.rollout, context_length)
     exit_unless_data_files_exist(config.data, os.environ)
     train_rows = sum(parquet_rows(path) for path in data_files(config.data.train_files))
     exit_if_steps_outrun_the_epochs(config.trainer, train_rows // config.data.train_batch_size, "verl's trainer")

@@ -1,5 +1,6 @@
 """What mixed_r1_verl.main settles before verl starts: output paths, plugins, Ray's CPUs, the attention kernel."""
 
+import json
 import logging
 
 import pytest
@@ -12,11 +13,15 @@ from mixed_r1_verl.main import (
     RAY_CPUS_KEY,
     add_ray_env_vars,
     choose_attention,
+    context_length_errors,
     default_ray_cpus,
     import_plugins,
+    model_context_length,
+    pin_max_model_len,
     pin_output_paths,
     unshared_output_settings,
 )
+from mixed_r1_verl.verl_adapter.metrics import response_caps
 from test_train_config import compose_recipe
 
 
@@ -112,3 +117,59 @@ def test_a_local_ray_gets_the_cpus_this_process_may_use(caplog):
     on_cluster = compose_recipe("smoke")
     default_ray_cpus(on_cluster, {"RAY_ADDRESS": "127.0.0.1:6379"}, usable_cpus=3)
     assert OmegaConf.select(on_cluster, RAY_CPUS_KEY) is None
+
+
+def model_config_with_context(model_dir, root, context_length):
+    """A copy of `model_dir`'s config whose language model takes `context_length` tokens."""
+    hf_config = json.loads((model_dir / "config.json").read_text())
+    text_config = hf_config.get("text_config", hf_config)
+    text_config["max_position_embeddings"] = context_length
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps(hf_config))
+    return root
+
+
+def test_an_unset_max_model_len_becomes_the_models_context_as_vllm_takes_it(tiny_model_dir, tmp_path, caplog):
+    own = json.loads((tiny_model_dir / "config.json").read_text())
+    config = compose_recipe("smoke", f"actor_rollout_ref.model.path={tiny_model_dir}")
+    rollout = config.actor_rollout_ref.rollout
+    context_length = model_context_length(config.actor_rollout_ref.model)
+    assert context_length == own.get("text_config", own)["max_position_embeddings"]
+    with caplog.at_level(logging.WARNING, logger="mixed_r1_verl.main"):
+        pin_max_model_len(rollout, context_length)
+    assert rollout.max_model_len == context_length and caplog.messages == []
+
+    short = model_config_with_context(tiny_model_dir, tmp_path / "short", 1100)
+    config = compose_recipe("smoke", f"actor_rollout_ref.model.path={short}")
+    rollout = config.actor_rollout_ref.rollout
+    assert (rollout.prompt_length, rollout.response_length, rollout.max_model_len) == (1024, 128, None)
+    context_length = model_context_length(config.actor_rollout_ref.model)
+    assert context_length == 1100 and context_length_errors(rollout, context_length) == []
+    with caplog.at_level(logging.WARNING, logger="mixed_r1_verl.main"):
+        pin_max_model_len(rollout, context_length)
+    [line] = caplog.messages
+    assert "context of 1100 tokens" in line and "1024 + 128" in line and "more than 972 tokens" in line
+    assert response_caps([1024, 972, 900], rollout) == [76, 128, 128]
+
+
+def test_rollout_lengths_vllm_would_refuse_once_started_stop_the_entry(tiny_internvl_dir, tmp_path):
+    short = model_config_with_context(tiny_internvl_dir, tmp_path / "short", 1100)
+    model = f"actor_rollout_ref.model.path={short}"
+    assert model_context_length(compose_recipe("smoke_internvl", model).actor_rollout_ref.model) == 1100
+
+    [beyond] = context_length_errors(compose_recipe("smoke", model, "actor_rollout_ref.rollout.max_model_len=2048")
+                                     .actor_rollout_ref.rollout, 1100)  # fmt: skip
+    assert "actor_rollout_ref.rollout.max_model_len=2048 exceeds the model's context of 1100 tokens" in beyond
+    [no_room] = context_length_errors(compose_recipe("smoke", model, "data.max_prompt_length=1100").actor_rollout_ref
+                                      .rollout, 1100)  # fmt: skip
+    assert "prompts of up to 1100 tokens" in no_room and "the model's max_position_embeddings=1100" in no_room
+    set_short = compose_recipe("smoke", model, "actor_rollout_ref.rollout.max_model_len=1000")
+    [no_room] = context_length_errors(set_short.actor_rollout_ref.rollout, 1100)
+    assert "within the rollout's 1000 tokens (actor_rollout_ref.rollout.max_model_len=1000)" in no_room
+    pin_max_model_len(set_short.actor_rollout_ref.rollout, 1100)
+    assert set_short.actor_rollout_ref.rollout.max_model_len == 1000
+
+
+def test_a_model_path_that_resolves_to_no_config_has_no_context_length_here(tmp_path):
+    assert model_context_length(OmegaConf.create({"path": str(tmp_path / "absent")})) is None
+    assert model_context_length(OmegaConf.create({"path": str(tmp_path)})) is None
