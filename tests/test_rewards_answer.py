@@ -45,6 +45,9 @@ def test_format_reward(response, expected):
         ("<answer>$\\textbf{red}$</answer>", "$red$"),
         ("<answer>\\boxed{12.5\\text{ million}}</answer>", "12.5 million"),
         ("\\boxed{\\mathrm{B}}", "B"),
+        ("<answer>Paris</answer></answer>", "Paris"),
+        ("<answer><answer>Paris</answer></answer>", "Paris"),
+        ("<answer>A</answer> <answer>B</answer></answer>", "B"),
     ],
 )
 def test_extract_answer(response, expected):

@@ -73,10 +73,12 @@ def extract_answer(response: str) -> str | None:
 
 
 def _committed_answer(visible: str) -> str | None:
-    end = visible.rfind(ANSWER_CLOSE)
-    if end != -1:
-        start = visible.rfind(ANSWER_OPEN, 0, end)
+    last_close = visible.rfind(ANSWER_CLOSE)
+    if last_close != -1:
+        start = visible.rfind(ANSWER_OPEN, 0, last_close)
         if start != -1:
+            # Up to the block's own close: a stray `</answer>` after it is not part of the answer.
+            end = visible.find(ANSWER_CLOSE, start + len(ANSWER_OPEN))
             content = visible[start + len(ANSWER_OPEN) : end]
             boxed = last_boxed(content)
             return boxed if boxed is not None else content.strip()
