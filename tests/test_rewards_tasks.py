@@ -70,6 +70,23 @@ def test_an_installed_task_that_raises_or_returns_no_accuracy_is_a_reward_error(
     assert "ValueError: could not convert string to float: 'half'" in caplog.text
 
 
+def test_an_installed_tasks_accuracy_may_be_a_numpy_number(install_tasks, tmp_path):
+    """An accuracy computed with numpy (np.float32, np.int64) is a number; numpy's bool is not."""
+    source = (
+        "import numpy as np\n"
+        "from mixed_r1_verl.rewards import Task\n"
+        "KINDS = {'half': np.float32(0.5), 'one': np.int64(1), 'bool': np.bool_(True)}\n"
+        "KIND = Task('kind', lambda answer, truth, extra_info: KINDS[answer], 'Answer with a kind.')\n"
+    )
+    install_tasks(write_distribution(tmp_path / "site", "kind_task", source, {"kind": "kind_task:KIND"}))
+    scored = {kind: compute_score("kinds", f"{THINK}<answer>{kind}</answer>", "x", {"task": "kind"})
+              for kind in ("half", "one", "bool")}  # fmt: skip
+    assert (scored["half"]["accuracy"], scored["half"]["error"]) == (0.5, 0.0)
+    assert (scored["one"]["accuracy"], scored["one"]["error"]) == (1.0, 0.0)
+    assert type(scored["half"]["accuracy"]) is float
+    assert (scored["bool"]["accuracy"], scored["bool"]["error"]) == (0.0, 1.0)
+
+
 def test_the_driver_names_its_installed_tasks_and_their_packages_for_the_ray_workers(counting):
     driver_env = driver_tasks_env()
     assert json.loads(driver_env[DRIVER_TASKS_ENV_VAR]) == {"counting": "counting_task"}

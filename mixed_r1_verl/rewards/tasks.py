@@ -29,6 +29,7 @@ import functools
 import importlib.metadata
 import json
 import math
+import numbers
 import re
 import socket
 import sys
@@ -112,7 +113,8 @@ class Task:
             plain = {name: value.tolist() if hasattr(value, "tolist") else value for name, value in reward_info.items()}
             extra_info = {**extra_info, "reward_info": plain}
         accuracy = self.accuracy(answer, ground_truth, extra_info)
-        if isinstance(accuracy, bool) or not isinstance(accuracy, int | float) or not 0 <= accuracy <= 1:
+        # numbers.Real takes numpy's numbers too (np.float32, np.int64), not numpy's bool.
+        if isinstance(accuracy, bool) or not isinstance(accuracy, numbers.Real) or not 0 <= accuracy <= 1:
             raise ValueError(f"task {self.name!r}'s accuracy returned {accuracy!r}, expected a number in [0, 1]")
         if math.isnan(accuracy):
             raise ValueError(f"task {self.name!r}'s accuracy returned NaN")
