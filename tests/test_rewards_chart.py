@@ -31,6 +31,12 @@ from mixed_r1_verl.rewards.chart import chart_accuracy, numeric_target, single_n
         ("Germany", "germany", 1.0),
         ("The USA.", "USA", 1.0),
         ("France", "Germany", 0.0),
+        ("\u201cGermany\u201d", "Germany", 1.0),
+        ("Germany\u3002", "Germany", 1.0),
+        ("50", "Rs.50", 1.0),
+        ("Rs.50", "50", 1.0),
+        ("USD45", "45", 1.0),
+        ("Rs.60", "Rs. 50", 0.0),
     ],
 )
 def test_relaxed_accuracy(answer, ground_truth, expected):
@@ -96,3 +102,11 @@ def test_a_ground_truth_that_is_an_article_is_not_matched_by_nothing():
     assert chart_accuracy("A", "a") == 1.0
     assert chart_accuracy("", "A") == 0.0
     assert chart_accuracy("the", "A") == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.01, 0.1, 1, 10, 100, 1e6])
+def test_the_tolerance_gives_one_verdict_at_one_ratio_whatever_the_scale(scale):
+    """2.1 against 2 is exactly 5 % off, as 21 against 20 is; binary floating point must not tell them apart."""
+    for answer, ground_truth, expected in [(21, 20, 1.0), (19, 20, 1.0), (63, 60, 1.0), (105, 100, 1.0),
+                                           (95, 100, 1.0), (106, 100, 0.0), (94, 100, 0.0)]:  # fmt: skip
+        assert chart_accuracy(f"{answer * scale:.12g}", f"{ground_truth * scale:.12g}") == expected

@@ -73,6 +73,10 @@ def test_yes_no(answer, ground_truth, expected):
         ("  red  ", "Red", 1.0),
         ("dark red", "red", 0.0),
         ("red", "dark red", 0.0),
+        ("\u201cred\u201d", "red", 1.0),
+        ("\u2018red\u2019\u2026", "red", 1.0),
+        ("red\u3002", "red", 1.0),
+        ("\u00abdark\u00bb red", "dark red", 0.0),
     ],
 )
 def test_normalised_exact_match(answer, ground_truth, expected):
@@ -113,6 +117,38 @@ def test_an_answer_that_is_an_options_text_names_that_option():
     assert matching_accuracy("vitamin d", "A", options) == 0.0
     assert matching_accuracy("A cat", "B", ["dog", "A cat"]) == 1.0
     assert matching_accuracy("A cat", "A", ["dog", "A cat"]) == 0.0
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("The answer is Vitamin D", "B"),
+        ("It must be vitamin d.", "B"),
+        ("B, Vitamin D", "B"),
+        ("Vitamin C rather than Vitamin D", None),
+        ("D, Vitamin D", None),
+        ("Vitamin D3", None),
+    ],
+)
+def test_an_option_text_of_several_words_inside_the_answer_names_that_option_and_no_letter(answer, expected):
+    """The D of "Vitamin D" is not option D, wherever in the answer the option's text stands."""
+    options = ["Vitamin C", "Vitamin D", "Vitamin E", "Iron"]
+    named = [letter for letter in "ABCD" if matching_accuracy(answer, letter, options) == 1.0]
+    assert named == ([expected] if expected else [])
+
+
+def test_an_option_text_within_a_longer_option_text_is_not_named_by_it():
+    options = ["New York", "New York City", "Boston"]
+    assert [matching_accuracy("I live in New York City", letter, options) for letter in "ABC"] == [0.0, 1.0, 0.0]
+    assert [matching_accuracy("New York, clearly", letter, options) for letter in "ABC"] == [1.0, 0.0, 0.0]
+
+
+def test_capitals_past_the_last_option_are_no_option_letters():
+    options = ["Thymus", "Bone marrow", "Spleen", "Liver"]
+    for answer in ["B, because T cells mature there", "B. The X-ray shows it", "B (as in the U.S.)"]:
+        assert matching_accuracy(answer, "B", options) == 1.0
+        assert matching_accuracy(answer, "B") == 0.0, "without the options, T, X and U may be options"
+    assert matching_accuracy("B, because C is wrong", "B", options) == 0.0
 
 
 def test_a_bare_letter_names_the_option_of_that_letter_even_where_options_are_letters():

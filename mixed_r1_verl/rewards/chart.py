@@ -10,9 +10,9 @@ RELATIVE_TOLERANCE = 0.05
 
 # Words that may precede the number of a numeric target: currencies and approximations ("USD 12",
 # "Rs. 50", "about 12"). Other words before it make a label ("Jan 2020", "under 18", "Group B 12").
+CURRENCY_CODES = "usd eur gbp jpy cny rmb inr rs aud cad chf hkd sgd krw rub brl mxn".split()
 VALUE_PREFIX_WORDS = frozenset(
-    "usd us eur gbp jpy cny rmb inr rs aud cad chf hkd sgd krw rub brl mxn "
-    "about approx approximately around roughly nearly almost circa ca".split()
+    CURRENCY_CODES + "us about approx approximately around roughly nearly almost circa ca".split()
 )
 # Months, quarters and halves name a period even after the number ("2019 Q4", "5 May").
 _PERIOD_WORD = re.compile(
@@ -21,12 +21,20 @@ _PERIOD_WORD = re.compile(
     re.IGNORECASE,
 )
 _LETTER_WORD = re.compile(r"[^\W\d_]+")
+# A currency written against its number ("Rs.50", "USD45"), which would otherwise hide the number.
+_GLUED_CURRENCY = re.compile(r"(?i)\b((?:" + "|".join(CURRENCY_CODES) + r")\.?)(?=[-+]?\.?\d)")
+# Slack for binary floating point: 2.1 against 2 is exactly 5 % off, as 21 against 20 is.
+_ROUNDING_SLACK = 1e-9
+
+
+def with_currency_apart(text: str) -> str:
+    return _GLUED_CURRENCY.sub(r"\1 ", text)
 
 
 def single_number(text: str) -> float | None:
     """The value of the only number in `text` (%, currency signs, thousands commas and unit words
     ignored), or None if it holds zero or several numbers or a non-finite one."""
-    numbers = find_numbers(text)
+    numbers = find_numbers(with_currency_apart(text))
     if len(numbers) != 1:
         return None
     return to_float(numbers[0])
@@ -36,7 +44,7 @@ def numeric_target(ground_truth: str) -> float | None:
     """The value of a numeric ground truth, or None for a text target. Numeric: one number, before it at
     most currency signs or words of VALUE_PREFIX_WORDS, after it anything but a period (a unit: "%",
     "million", "kg/m2", "°C", "(approx)")."""
-    text = unicode_minus_as_hyphen(ground_truth)
+    text = with_currency_apart(unicode_minus_as_hyphen(ground_truth))
     numbers = list(NUMBER_TOKEN.finditer(text))
     if len(numbers) != 1 or _PERIOD_WORD.search(text):
         return None
@@ -57,4 +65,4 @@ def chart_accuracy(answer: str, ground_truth: str) -> float:
         return 0.0
     if expected == 0:
         return 1.0 if predicted == 0 else 0.0
-    return 1.0 if abs(predicted - expected) <= RELATIVE_TOLERANCE * abs(expected) else 0.0
+    return 1.0 if abs(predicted - expected) <= RELATIVE_TOLERANCE * (1 + _ROUNDING_SLACK) * abs(expected) else 0.0

@@ -37,11 +37,15 @@ def _named_letter_positions(answer: str) -> set[int]:
     return named | {leading.start(1)} if leading else named
 
 
-def _mentioned_letters(answer: str, option_count: int) -> set[str]:
+def _mentioned_letters(answer: str, option_count: int, options_known: bool) -> set[str]:
+    """The option letters the answer names; with the options known, a capital past the last option
+    ("T cells", "X-ray" among A-D) is no option letter."""
     named = _named_letter_positions(answer)
     letters = set()
     for match in _STANDALONE_CAPITAL.finditer(answer):
         letter = match.group(1)
+        if options_known and ord(letter) - ord("A") >= option_count:
+            continue
         if match.start(1) not in named:
             if letter == "A" and _ARTICLE_A.match(answer, match.end()):
                 continue  # "A dog ..." is an article, not option A
@@ -66,17 +70,35 @@ def _normalized_option(option: str) -> str:
     return normalize_text(_OPTION_TEXT_PREFIX.sub("", option))
 
 
+def _option_words(option: str) -> list[str]:
+    return _OPTION_TEXT_PREFIX.sub("", option).split()
+
+
+def _option_text_pattern(option: str) -> str | None:
+    """An option's text, its words apart by any whitespace, in any case; None for a text of no words."""
+    words = _option_words(option)
+    return r"(?i:" + r"\s+".join(re.escape(word) for word in words) + ")" if words else None
+
+
 @lru_cache(maxsize=1 << 12)
 def _labelled_option(letter: str, option: str) -> re.Pattern | None:
     """An option's letter with its own text: before it, as the prompt lists it ("B. Vitamin D", "(B) Vitamin D",
     "B - Vitamin D"), or after it in parentheses ("Vitamin D (B)")."""
-    words = _OPTION_TEXT_PREFIX.sub("", option).split()
-    if not words:
+    text = _option_text_pattern(option)
+    if text is None:
         return None
-    text = r"(?i:" + r"\s+".join(re.escape(word) for word in words) + ")"
     letter_first = rf"\(?{letter}(?:\s*[.:)\-–—]\s*|\s+){text}"
     text_first = rf"{text}\s*\({letter}\)"
     return re.compile(rf"(?<![A-Za-z0-9])(?:{letter_first}|{text_first})(?![A-Za-z0-9])")
+
+
+@lru_cache(maxsize=1 << 12)
+def _unlabelled_option(option: str) -> re.Pattern | None:
+    """An option's text of several words, as a whole ("Vitamin D" but not "Vitamin D3")."""
+    if len(_option_words(option)) < 2:
+        return None
+    text = _option_text_pattern(option)
+    return re.compile(rf"(?<![A-Za-z0-9]){text}(?![A-Za-z0-9])")
 
 
 def without_own_option_texts(answer: str, options: Sequence[str]) -> str:
@@ -90,14 +112,32 @@ def without_own_option_texts(answer: str, options: Sequence[str]) -> str:
     return answer
 
 
+def options_named_by_text(answer: str, options: Sequence[str]) -> tuple[str, set[str]]:
+    """The letters of the options of several words whose text the answer holds ("The answer is Vitamin D"
+    names B of [Vitamin C, Vitamin D]), and the answer without those texts, whose letters ("D") are no options."""
+    letters = set()
+    # Longest first: "New York City" is not also "New York".
+    for index, option in sorted(enumerate(options), key=lambda indexed: -len(_option_words(indexed[1]))):
+        pattern = _unlabelled_option(option)
+        if pattern is not None:
+            answer, count = pattern.subn(" ", answer)
+            if count:
+                letters.add(chr(ord("A") + index))
+    return answer, letters
+
+
 def option_letter_accuracy(answer: str, letter: str, options: Sequence[str] | None = None) -> float:
     """1.0 iff the answer names exactly one option and it is `letter`: by the option's text (with
     `options`), else by its letter."""
+    letters = set()
     if options:
         answer = without_own_option_texts(answer, options)
-    letters = option_text_letters(answer, options) if options else set()
+        letters = option_text_letters(answer, options)
     if not letters:
-        letters = _mentioned_letters(answer, max(len(options or ()), ord(letter) - ord("A") + 1))
+        if options:
+            answer, letters = options_named_by_text(answer, options)
+        option_count = max(len(options or ()), ord(letter) - ord("A") + 1)
+        letters |= _mentioned_letters(answer, option_count, options_known=bool(options))
     return 1.0 if letters == {letter} else 0.0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import unicodedata
 
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 _WHITESPACE = re.compile(r"\s+")
@@ -19,9 +20,22 @@ _UNICODE_MINUS = str.maketrans({"\u2212": "-", "\u2013": "-"})
 
 def normalize_text(text: str) -> str:
     """Lower case, articles removed (unless nothing else is left: "a" stays "a"), whitespace collapsed,
-    punctuation stripped from both ends."""
-    lowered = _WHITESPACE.sub(" ", text.lower()).strip(_EDGE_CHARS)
-    return _WHITESPACE.sub(" ", _ARTICLES.sub(" ", lowered)).strip(_EDGE_CHARS) or lowered
+    punctuation (ASCII's and Unicode's: quotes, ellipses, full stops) stripped from both ends."""
+    lowered = strip_edges(_WHITESPACE.sub(" ", text.lower()))
+    return strip_edges(_WHITESPACE.sub(" ", _ARTICLES.sub(" ", lowered))) or lowered
+
+
+def strip_edges(text: str) -> str:
+    start, end = 0, len(text)
+    while start < end and _is_edge(text[start]):
+        start += 1
+    while end > start and _is_edge(text[end - 1]):
+        end -= 1
+    return text[start:end]
+
+
+def _is_edge(char: str) -> bool:
+    return char in _EDGE_CHARS or char.isspace() or unicodedata.category(char).startswith("P")
 
 
 def to_float(token: str) -> float | None:
