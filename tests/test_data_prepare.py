@@ -270,6 +270,26 @@ def test_image_tokens_outside_the_problem_are_rejects_not_a_model_error(tmp_path
         prepare(PrepareConfig(**settings, prompt_template="<IMG_CONTEXT>{problem}"))
 
 
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("{instruction} {format_instruction}", "places {problem} 0 times: once, since it holds the row's <image>"),
+        ("{problem}\n{problem}\n{format_instruction}", "places {problem} 2 times"),
+        ('{problem} Reply as {"value": 1}', 'uses {"value"}; its fields are {problem}, {options}, {instruction}'),
+        ("{problem} {hint}", "uses {hint}; its fields are"),
+        ("{problem} }", "is no format string: Single '}' encountered"),
+    ],
+)
+def test_a_prompt_template_that_would_miscount_a_rows_images_stops_the_conversion_first(tmp_path, template, message):
+    """The problem holds the row's <image> placeholders: placed twice or not at all, every prompt would hold
+    another number of them than the row has images."""
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=0)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "out"),
+                              progress=False, prompt_template=template))  # fmt: skip
+    assert not (tmp_path / "out" / "train.parquet").exists()
+
+
 def parquet_without_answers(path: Path, image_root: Path) -> None:
     import pyarrow as pa
 
@@ -435,6 +455,50 @@ def test_sixteen_bit_grey_images_reach_the_model_with_their_grey_levels(tmp_path
     width, height = seen.size
     assert seen.getpixel((width // 8, height // 2)) == (0, 0, 0)
     assert seen.getpixel((width * 7 // 8, height // 2)) == (128, 128, 128)  # not clipped to white
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def test_images_that_would_fail_or_show_otherwise_in_training_are_rejects_or_rewritten(tmp_path):
+    """Every image is decoded whole at conversion: a JPEG cut short is a reject here, not an error hours into
+    training. A PNG whose EXIF block PIL cannot parse keeps its pixels, written without that block; a PNG with
+    a damaged chunk and 32-bit pixels, which RGB clips, are rejects naming why. No row stops the others."""
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    noise = numpy.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=numpy.uint8)
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    Image.fromarray(noise).save(jpeg, format="JPEG")
+    Image.fromarray(noise).save(png, format="PNG")
+    (image_root / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    header = 33  # the signature and the IHDR chunk
+    png_bytes = png.getvalue()
+    (image_root / "junk_exif.png").write_bytes(png_bytes[:header] + png_chunk(b"eXIf", b"junkjunk") + png_bytes[header:])
+    (image_root / "damaged.png").write_bytes(png_bytes[:header] + b"\0\0\0\4" + b"\1bad" + png_bytes[header + 8 :])
+    depth = numpy.arange(48 * 64, dtype=numpy.int32).reshape(48, 64) * 1000
+    Image.fromarray(depth).save(image_root / "depth32.tif")
+    Image.fromarray(depth.astype(numpy.float32)).save(image_root / "depthf.tif")
+    names = ["cut.jpg", "junk_exif.png", "damaged.png", "depth32.tif", "depthf.tif"]
+    rows = [{"id": name, "task": "chart", "data_source": "d", "images": [name], "problem": "Q", "answer": "1"}
+            for name in names]  # fmt: skip
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False))
+
+    (written,) = read_rows(out / "train.parquet")
+    assert written["extra_info"]["id"] == "junk_exif.png"
+    with Image.open(io.BytesIO(written["images"][0]["bytes"])) as decoded:
+        assert dict(decoded.getexif()) == {}
+        assert numpy.array_equal(numpy.asarray(decoded.convert("RGB")), noise)
+    rejects = {reject["id"]: reject for reject in read_jsonl(out / "rejects.jsonl")}
+    assert sorted(rejects) == sorted(set(names) - {"junk_exif.png"})
+    assert {reject["reason"] for reject in rejects.values()} == {records.UNREADABLE_IMAGE}
+    assert "image file is truncated" in rejects["cut.jpg"]["detail"]
+    assert "32-bit integer pixels (PIL mode I)" in rejects["depth32.tif"]["detail"]
+    assert "32-bit float pixels (PIL mode F)" in rejects["depthf.tif"]["detail"]
+    assert "save the image with 8 or 16 bits per channel" in rejects["depthf.tif"]["detail"]
 
 
 def test_normalized_boxes_are_rejected_as_pixels_and_scaled_with_box_units(tmp_path):

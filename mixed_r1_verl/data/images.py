@@ -40,6 +40,8 @@ TURNING_ORIENTATIONS = range(2, 9)  # 1 is upright; other values are invalid and
 # 16-bit greyscale (PNG, TIFF): converting it to RGB, as every model input path does, clips each level
 # above 255 to white, so such files are scaled to 8 bits first.
 SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# 32-bit integer and float pixels (TIFF depth maps) have no display range to scale from: RGB clips them.
+UNSHOWN_MODES = {"I": "32-bit integer", "F": "32-bit float"}
 
 
 def eight_bit_grey(image: Image.Image) -> Image.Image:
@@ -49,14 +51,25 @@ def eight_bit_grey(image: Image.Image) -> Image.Image:
 
 
 def displayed_image(data: bytes) -> tuple[bytes, tuple[int, int]]:
-    """The image's bytes and (width, height) as people see it. Files that need neither turning (EXIF
-    orientation) nor scaling to 8 bits keep their bytes and are sized from the header (pixels not
-    decoded); the others are decoded, turned and scaled, and re-encoded without the tag (JPEG at
-    quality 95, other formats as PNG). PIL's decompression-bomb limit applies."""
+    """The image's bytes and (width, height) as people see it. Every image is decoded whole, so a file cut
+    short (an interrupted download) fails here rather than when training loads it. Files that need
+    neither turning (EXIF orientation), nor scaling to 8 bits, nor leaving out an EXIF block PIL cannot
+    parse keep their bytes; the others are turned and scaled and re-encoded without the tag (JPEG at
+    quality 95, other formats as PNG). 32-bit pixels are refused. PIL's decompression-bomb limit applies."""
     with Image.open(io.BytesIO(data)) as image:
-        turns = image.getexif().get(EXIF_ORIENTATION) in TURNING_ORIENTATIONS
+        if image.mode in UNSHOWN_MODES:
+            raise ValueError(
+                f"{UNSHOWN_MODES[image.mode]} pixels (PIL mode {image.mode}) have no range to show them in; "
+                "save the image with 8 or 16 bits per channel"
+            )
+        image.load()
+        try:
+            orientation, exif_readable = image.getexif().get(EXIF_ORIENTATION), True
+        except SyntaxError:  # PIL's error for an EXIF block it cannot parse; viewers show the image upright
+            orientation, exif_readable = None, False
+        turns = orientation in TURNING_ORIENTATIONS
         sixteen_bit = image.mode in SIXTEEN_BIT_GREY_MODES
-        if not (turns or sixteen_bit):
+        if exif_readable and not (turns or sixteen_bit):
             return data, image.size
         shown = ImageOps.exif_transpose(image) if turns else image
         if sixteen_bit:
@@ -65,7 +78,7 @@ def displayed_image(data: bytes) -> tuple[bytes, tuple[int, int]]:
         if image.format == "JPEG":
             shown.save(buffer, format="JPEG", quality=95)
         else:
-            shown.save(buffer, format="PNG")
+            shown.save(buffer, format="PNG")  # PNG keeps no EXIF of the source unless given one
         return buffer.getvalue(), shown.size
 
 
@@ -75,7 +88,8 @@ def shown_image(data: bytes, label: str) -> tuple[bytes, tuple[int, int]]:
         return displayed_image(data)
     except UnidentifiedImageError:
         raise RecordError(UNREADABLE_IMAGE, f"{label}: not an image file of a format PIL reads") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        # PIL raises SyntaxError for a broken file structure too (a damaged PNG chunk)
         raise RecordError(UNREADABLE_IMAGE, f"{label}: {error}") from None
 
 

@@ -57,7 +57,7 @@ from mixed_r1_verl.data.model_files import (
     resolve_model_dir,
     vision_geometry,
 )
-from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, PromptTokenCounter, render_prompt
+from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, PromptTokenCounter, prompt_template_error, render_prompt
 from mixed_r1_verl.data.records import (
     BOX_LOOKS_NORMALIZED,
     BOX_OUTSIDE_IMAGE,
@@ -330,14 +330,18 @@ def refuse_a_val_ratio_that_is_no_fraction(config: PrepareConfig) -> None:
         )
 
 
-def refuse_image_tokens_in_prompt_settings(config: PrepareConfig) -> None:
-    """Raises ValueError when system_prompt or prompt_template holds an image placeholder or token:
-    every row's prompt would have more image slots than the row has images."""
+def refuse_prompt_settings_that_miscount_images(config: PrepareConfig) -> None:
+    """Raises ValueError when system_prompt or prompt_template holds an image placeholder or token, or the
+    template does not place the problem exactly once: every row's prompt would have another number of image
+    slots than the row has images."""
     for name in ("system_prompt", "prompt_template"):
         text = getattr(config, name) or ""
         for token in (IMAGE_PLACEHOLDER, *MODEL_IMAGE_TOKENS):
             if token in text:
                 raise ValueError(f"{name} holds {token!r}: only each row's problem places images")
+    template_error = prompt_template_error(config.prompt_template)
+    if template_error:
+        raise ValueError(template_error)
 
 
 def row_place(file: Path, number: int, several_inputs: bool) -> str:
@@ -362,7 +366,7 @@ class RowConverter:
         if config.model_family not in MODEL_FAMILIES:
             raise ValueError(f"unknown model_family {config.model_family!r}; known: {', '.join(MODEL_FAMILIES)}")
         refuse_a_val_ratio_that_is_no_fraction(config)
-        refuse_image_tokens_in_prompt_settings(config)
+        refuse_prompt_settings_that_miscount_images(config)
         self.config = config
         self.mapping = mapping or build_mapping(
             config.layout,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 
 from mixed_r1_verl.data.frames import BOX_FRAME_ABS
 from mixed_r1_verl.data.model_files import vision_geometry
@@ -46,6 +47,30 @@ def options_block(options: tuple[str, ...] | None) -> str:
     if len(options) > len(OPTION_LETTERS):
         raise ValueError(f"at most {len(OPTION_LETTERS)} options are supported, got {len(options)}")
     return "Options:\n" + "".join(f"{OPTION_LETTERS[i]}. {text}\n" for i, text in enumerate(options))
+
+
+TEMPLATE_FIELDS = ("problem", "options", "instruction", "format_instruction")
+
+
+def prompt_template_error(template: str) -> str | None:
+    """Why `template` cannot ask a row, or None: it must place the problem (which holds the row's `<image>`
+    placeholders) exactly once, and use no field but TEMPLATE_FIELDS (literal braces are written doubled)."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        return f"prompt_template {template!r} is no format string: {error} (write a literal brace as {{{{ or }}}})"
+    unknown = sorted({field for field in fields if field not in TEMPLATE_FIELDS})
+    if unknown:
+        return (
+            f"prompt_template uses {', '.join('{' + field + '}' for field in unknown)}; its fields are "
+            f"{', '.join('{' + field + '}' for field in TEMPLATE_FIELDS)} (write a literal brace as {{{{ or }}}})"
+        )
+    if fields.count("problem") != 1:
+        return (
+            f"prompt_template places {{problem}} {fields.count('problem')} times: once, since it holds the "
+            "row's <image> placeholders, one per image"
+        )
+    return None
 
 
 def render_prompt(
