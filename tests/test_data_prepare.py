@@ -233,18 +233,29 @@ def test_bad_bytes_and_strings_are_rejects_naming_their_row(tmp_path):
         out.write(b'{"id": "latin-1", "problem": "caf\xe9"}\n')  # invalid UTF-8 halfway through the stream
         out.write(json.dumps({**chart, "id": "surrogate", "problem": "\ud800?"}).encode() + b"\n")
         out.write(json.dumps({**chart, "id": "nul", "images": ["chart/0\x00.png"]}).encode() + b"\n")
+        image_struct = {"bytes": None, "path": "\ud800.png"}
+        out.write(json.dumps({**chart, "id": "surrogate-path", "images": [image_struct]}).encode() + b"\n")
+        huge_box = [1, 1, 10**400, 5]  # an integer beyond any float
+        grounding = {**chart, "id": "huge-box", "task": "grounding", "answer": huge_box}
+        out.write(json.dumps(grounding).encode() + b"\n")
+        for record_id in ({"k": 1}, ["l"], 5.0, True):
+            out.write(json.dumps({**chart, "id": record_id}).encode() + b"\n")
     out = tmp_path / "out"
     summary = prepare(
         PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False)
     )
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
-    assert [(r["id"], r["row"], r["reason"]) for r in rejects] == [
-        ("row-9", 9, records.BAD_RECORD),
-        ("surrogate", 10, records.BAD_RECORD),
-        ("nul", 11, records.BAD_RECORD),
-    ]
+    assert [(r["row"], r["reason"]) for r in rejects] == [
+        (9, records.BAD_RECORD), (10, records.BAD_RECORD), (11, records.BAD_RECORD), (12, records.BAD_RECORD),
+        (13, records.BAD_BOX), *[(row, records.BAD_RECORD) for row in range(14, 18)],
+    ]  # fmt: skip
+    assert [r["id"] for r in rejects[:5]] == ["row-9", "surrogate", "nul", "surrogate-path", "huge-box"]
     assert "line 9 is not valid UTF-8: byte 0xe9" in rejects[0]["detail"]
     assert "lone surrogate" in rejects[1]["detail"] and "NUL" in rejects[2]["detail"]
+    assert "field 'images.path' holds a lone surrogate" in rejects[3]["detail"]
+    assert "not a finite number" in rejects[4]["detail"]
+    for reject, given in zip(rejects[5:], ["dict {'k': 1}", "list ['l']", "float 5.0", "bool True"]):
+        assert f"field 'id' must be a string or a whole number, got {given}" in reject["detail"]
     assert summary["rows_written"] == 8 and len(read_rows(out / "train.parquet")) == 8
 
 
@@ -474,7 +485,8 @@ def test_images_that_would_fail_or_show_otherwise_in_training_are_rejects_or_rew
     (image_root / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
     header = 33  # the signature and the IHDR chunk
     png_bytes = png.getvalue()
-    (image_root / "junk_exif.png").write_bytes(png_bytes[:header] + png_chunk(b"eXIf", b"junkjunk") + png_bytes[header:])
+    junk_exif = png_bytes[:header] + png_chunk(b"eXIf", b"junkjunk") + png_bytes[header:]
+    (image_root / "junk_exif.png").write_bytes(junk_exif)
     (image_root / "damaged.png").write_bytes(png_bytes[:header] + b"\0\0\0\4" + b"\1bad" + png_bytes[header + 8 :])
     depth = numpy.arange(48 * 64, dtype=numpy.int32).reshape(48, 64) * 1000
     Image.fromarray(depth).save(image_root / "depth32.tif")
@@ -573,6 +585,25 @@ def test_fields_the_mapping_does_not_read_are_listed_in_the_summary(tmp_path):
     assert {name: entry["rows"] for name, entry in remapped["ignored_fields"].items()} == {
         "data_source": 11, "rationale": 8, "source_url": 2, "option": 1,
     }  # fmt: skip
+
+
+def test_list_items_past_those_a_mapping_reads_are_listed_in_the_summary(tmp_path):
+    """The llava layout reads a conversation's first question and answer: a row's later turns are not
+    converted, and the summary counts the rows that have them."""
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5, val_rows_per_task=0)
+    image = read_jsonl(jsonl)[0]["images"][0]
+    turns = [{"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "Red."},
+             {"from": "human", "value": "How many?"}, {"from": "gpt", "value": "Two."}]  # fmt: skip
+    rows = [{"id": "two-turns", "image": image, "conversations": turns},
+            {"id": "one-turn", "image": image, "conversations": turns[:2]}]  # fmt: skip
+    source = tmp_path / "llava.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = prepare(PrepareConfig(
+        input=str(source), image_root=str(image_root), output_dir=str(tmp_path / "out"), layout="llava",
+        constants={"task": "open_ended"}, val_ratio=0, progress=False,
+    ))  # fmt: skip
+    assert summary["rows_written"] == 2
+    assert summary["ignored_fields"] == {"conversations.2+": {"rows": 1}}
 
 
 def hub_cache_with(model_dir: Path, cache: Path, repo_id: str) -> None:

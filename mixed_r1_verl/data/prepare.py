@@ -76,6 +76,7 @@ from mixed_r1_verl.data.records import (
     generated_id,
     input_files,
     iter_input_rows,
+    lookup,
     parse_box,
     parse_record,
     read_column,
@@ -397,7 +398,24 @@ class RowConverter:
             if name not in self.mapping.constants or name == "reward_info"
             for path in (column.values() if isinstance(column, dict) else [column])
         }
+        # Lists the mapping reads items of by position ("conversations.0.value": a LLaVA row's first turn), and
+        # the last item read: rows with items past it count in `ignored_fields` as "conversations.2+".
+        self.read_list_items: dict[str, int] = {}
+        for column in self.mapping.columns.values():
+            for path in column.values() if isinstance(column, dict) else [column]:
+                parts = path.split(".")
+                for position, part in enumerate(parts[1:], start=1):
+                    if part.isdigit():
+                        prefix = ".".join(parts[:position])
+                        self.read_list_items[prefix] = max(int(part), self.read_list_items.get(prefix, 0))
         self.ignored_fields: Counter = Counter()
+
+    def count_ignored(self, raw: dict) -> None:
+        self.ignored_fields.update(name for name in raw if name not in self.read_fields)
+        for prefix, last in self.read_list_items.items():
+            items = lookup(raw, prefix)
+            if isinstance(items, list) and len(items) > last + 1:
+                self.ignored_fields[f"{prefix}.{last + 1}+"] += 1
 
     def source_value(self, raw: Any, name: str) -> Any:
         """A canonical field read from a source row through the mapping, without validation."""
@@ -425,7 +443,7 @@ class RowConverter:
         if isinstance(raw, RecordError):
             raise raw
         if isinstance(raw, dict):
-            self.ignored_fields.update(name for name in raw if name not in self.read_fields)
+            self.count_ignored(raw)
         record = parse_record(apply_mapping(raw, self.mapping))
         given_id = record.id is not None
         if not given_id:
@@ -726,7 +744,7 @@ def ignored_fields_summary(ignored: Counter, read_fields: set[str]) -> dict[str,
     summary = {}
     for name, rows in sorted(ignored.items(), key=lambda item: (-item[1], item[0])):
         summary[name] = {"rows": rows}
-        close = difflib.get_close_matches(name, sorted(read_fields), n=1)
+        close = not name.endswith("+") and difflib.get_close_matches(name, sorted(read_fields), n=1)
         if close:
             summary[name]["hint"] = f"did you mean {close[0]!r}?"
     return summary

@@ -146,7 +146,10 @@ def box_numbers(value: Any) -> tuple[float, float, float, float]:
             raise RecordError(BAD_BOX, f"expected '[x1, y1, x2, y2]', got {value!r}")
         box = tuple(float(v) for v in match.groups())
     elif isinstance(value, (list, tuple)) and len(value) == 4 and all(map(_is_coordinate, value)):
-        box = tuple(float(v) for v in value)
+        try:
+            box = tuple(float(v) for v in value)
+        except OverflowError:  # an integer beyond any float
+            box = (math.inf,)
     else:
         raise RecordError(BAD_BOX, f"expected 4 numbers, got {value!r}")
     if not all(math.isfinite(v) for v in box):
@@ -239,6 +242,8 @@ def _field_strings(raw: dict) -> Iterator[tuple[str, str]]:
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, str):
                 yield name, item
+            elif isinstance(item, dict):  # an image given as {"bytes", "path"}
+                yield from ((f"{name}.{key}", text) for key, text in item.items() if isinstance(text, str))
 
 
 def check_strings_are_unicode(raw: dict) -> None:
@@ -297,7 +302,9 @@ def _optional_id(raw: dict) -> str | None:
     if record_id is None:
         return None
     if not isinstance(record_id, str):
-        raise RecordError(BAD_RECORD, f"field 'id' must be a string, got {type(record_id).__name__}")
+        raise RecordError(
+            BAD_RECORD, f"field 'id' must be a string or a whole number, got {type(record_id).__name__} {record_id!r}"
+        )
     if not record_id.strip():
         raise RecordError(BAD_RECORD, "field 'id' is empty")
     return record_id
@@ -577,8 +584,8 @@ def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
         elif isinstance(read, dict):
             record[name] = {**read, **value}
         # else: reward_info that is no object stays, for `parse_record` to reject
-    if record.get("id") is not None:
-        record["id"] = str(record["id"])
+    if isinstance(record.get("id"), int) and not isinstance(record["id"], bool):
+        record["id"] = str(record["id"])  # a source's numeric ids (RefCOCO's ref_id); other kinds are refused
     if isinstance(record.get("images"), (str, dict)):
         record["images"] = [record["images"]]
     if isinstance(record.get("problem"), str):
