@@ -62,11 +62,11 @@ def convert_synthetic(src_dir: Path, output_dir: Path, *, rows_per_task: int, se
     return jsonl, image_root
 
 
-def score_saved(parquet, responses, out_dir, embedding_model=None):
+def score_saved(parquet, responses, out_dir, embedding_model=None, *settings):
     """Score ``responses`` (id -> text) saved as a generations file, as a user would from the shell."""
     generations = out_dir.parent / f"{out_dir.name}.jsonl"
     generations.write_text("".join(json.dumps({"id": key, "response": text}) + "\n" for key, text in responses.items()))
-    args = [f"data={parquet}", f"generations={generations}", f"out_dir={out_dir}"]
+    args = [f"data={parquet}", f"generations={generations}", f"out_dir={out_dir}", *settings]
     return eval_main(args + ([f"embedding_model={embedding_model}"] if embedding_model else []))
 
 

@@ -17,6 +17,7 @@ from data_helpers import read_jsonl, rows_with_embedded_images, run_module
 
 from mixed_r1_verl.data import records
 from mixed_r1_verl.data.frames import smart_resize
+from mixed_r1_verl.data.images import shown_image
 from mixed_r1_verl.data.model_images import model_input_image
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare, split_of
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
@@ -511,6 +512,29 @@ def test_images_that_would_fail_or_show_otherwise_in_training_are_rejects_or_rew
     assert "32-bit integer pixels (PIL mode I)" in rejects["depth32.tif"]["detail"]
     assert "32-bit float pixels (PIL mode F)" in rejects["depthf.tif"]["detail"]
     assert "save the image with 8 or 16 bits per channel" in rejects["depthf.tif"]["detail"]
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_passes_conversion_only_when_its_pixels_decode_whole(progressive):
+    """JPEGs are checked by their markers, not decoded: cut anywhere, a file that passes decodes in training."""
+    photo = numpy.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=numpy.uint8)
+    exif = Image.Exif()
+    exif[0x010F] = "camera"
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="JPEG", progressive=progressive, exif=exif)
+    data = buffer.getvalue()
+    passed = 0
+    for cut in range(1, len(data) + 1, 7):
+        try:
+            shown_image(data[:cut], "photo.jpg")
+        except records.RecordError as error:
+            assert error.reason == records.UNREADABLE_IMAGE
+            continue
+        passed += 1
+        with Image.open(io.BytesIO(data[:cut])) as decoded:
+            decoded.load()
+    assert passed <= 2, "only a cut within the final marker's bytes or after them keeps the pixels whole"
+    assert shown_image(data, "photo.jpg")[0] == data
 
 
 def test_normalized_boxes_are_rejected_as_pixels_and_scaled_with_box_units(tmp_path):

@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from huggingface_hub import ModelCard
 from PIL import Image, ImageDraw
 
 from data_helpers import score_saved
@@ -434,8 +437,8 @@ def test_compare_warns_when_the_runs_differ_in_more_than_the_model(tmp_path, par
         "Warning: the runs evaluated different records (base 5, tuned 5, strict 3, 3 in common); "
     )
     assert (
-        f"(reward_kwargs.embedding_model: base {str(Path(tiny_model).resolve())!r}, "
-        f"tuned {str(other_table)!r}; reward_kwargs.format_weight: base None, tuned '0.2', strict '0.5')"
+        f"(reward_kwargs.embedding_model: base {str(Path(tiny_model).resolve())!r}, tuned {str(other_table)!r}; "
+        "reward_kwargs.format_weight: base None, tuned '0.2', strict '0.5'; limit: base None, strict 3)"
     ) in printed
 
 
@@ -597,8 +600,6 @@ def cached_responses(out, parquet, responses):
 
 def card_results(card_file):
     """The model-index results of a card: {(data_source, metric): value}."""
-    from huggingface_hub import ModelCard
-
     card = ModelCard(card_file.read_text())
     return card, {(result.dataset_type, result.metric_type): result.metric_value for result in card.data.eval_results}
 
@@ -655,6 +656,83 @@ def test_card_true_records_the_results_in_the_exported_models_card(tmp_path, par
     assert both == {**again, ("chartqa_test", "accuracy"): 1.0, ("chartqa_test", "format_rate"): 1.0,
                     ("chartqa_test", "mean_reward"): 1.0}  # fmt: skip
     assert card.text.index("### On val.parquet") < card.text.index("### On test.parquet") < card.text.index("## Use")
+
+
+def test_the_cards_command_repeats_its_numbers_and_each_data_file_keeps_its_results(
+    tmp_path, parquet, tiny_model, monkeypatch
+):
+    """The command under a card's table, run where the model and the data are, gives the table's numbers: it
+    holds the reward options the run was scored with. Results on another file of the same data_sources go
+    beside the first ones in the model-index."""
+    exports = tmp_path / "exports"
+    model = exports / "qwen-mixed"
+    shutil.copytree(tiny_model, model)
+    for name in ("val.parquet", "train.parquet"):
+        shutil.copy(parquet, exports / name)
+    for out in ("val.parquet", "train.parquet", "defaults", "qwen-mixed"):
+        cached_responses(exports / "eval" / out, parquet, RESPONSES)
+    monkeypatch.chdir(exports)
+    run = ["model=qwen-mixed", "backend=hf", "device=cpu", "card=true"]
+    options = ["format_weight={grounding: 0.5}", "iou_threshold=0.5"]
+    assert main(["data=val.parquet", *run, "out_dir=eval/val.parquet", *options]) == 0
+    scored = json.loads((exports / "eval" / "val.parquet" / "summary.json").read_text())["tasks"]
+    assert main(["data=val.parquet", *run[:3], "out_dir=eval/defaults"]) == 0
+    defaults = json.loads((exports / "eval" / "defaults" / "summary.json").read_text())["tasks"]
+    assert (scored["grounding"]["accuracy"], defaults["grounding"]["accuracy"]) == (0.0, pytest.approx(1 / 3))
+    assert (scored["grounding"]["score"], defaults["grounding"]["score"]) == (0.5, pytest.approx(0.9 / 3 + 0.1))
+
+    [command] = [line for line in (model / "README.md").read_text().splitlines() if line.startswith("python -m")]
+    assert "'format_weight={grounding: 0.5}' iou_threshold=0.5 out_dir=eval/qwen-mixed" in command
+    assert main(shlex.split(command)[3:]) == 0
+    assert json.loads((exports / "eval" / "qwen-mixed" / "summary.json").read_text())["tasks"] == scored
+
+    assert main(["data=train.parquet", *run, "out_dir=eval/train.parquet"]) == 0
+    card = ModelCard((model / "README.md").read_text())
+    splits = [result.dataset_split for result in card.data.eval_results]
+    assert sorted(set(splits)) == ["train.parquet", "val.parquet"]
+    assert splits.count("val.parquet") == splits.count("train.parquet") == 3 * len({row['data_source'] for row in ROWS})
+
+
+def test_an_embedding_model_that_cannot_load_stops_the_run_before_any_generation(tmp_path, parquet, tiny_model):
+    out = tmp_path / "run"
+    args = [f"data={parquet}", f"model={tiny_model}", "backend=hf", "device=cpu", f"out_dir={out}"]
+    with pytest.raises(SystemExit, match=r"ValueError: embedding_model=.*no_table: BMAS embedding model .* load"):
+        main([*args, f"embedding_model={tmp_path / 'no_table'}"])
+    assert not (out / "generations.jsonl").exists() and not (out / "scores.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("format_weight={matchng: 0.5}", "format_weight: 'matchng' is not a task"),
+        ("format_weight=1.5", "format_weight: 1.5 is not a number in [0, 1]"),
+        ("format_weight={matching:0.5}", "format_weight: 'matching:0.5' is not a task"),  # YAML wants "key: value"
+    ],
+)
+def test_reward_options_naming_no_task_or_out_of_range_stop_the_run(tmp_path, parquet, tiny_model, setting, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        score_saved(parquet, RESPONSES, tmp_path / "run", tiny_model, setting)
+
+
+def test_data_without_rows_stops_the_run(tmp_path, tiny_model):
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS).slice(0, 0), empty)
+    with pytest.raises(SystemExit, match=r"ValueError: data=.*empty.parquet: no rows to evaluate"):
+        main([f"data={empty}", f"model={tiny_model}", "backend=hf", "device=cpu", f"out_dir={tmp_path / 'run'}"])
+
+
+def test_compare_names_a_limit_against_a_run_of_every_row_and_labels_summary_paths_by_their_directory(
+    tmp_path, parquet, tiny_model, capsys
+):
+    score_saved(parquet, RESPONSES, tmp_path / "every_row", tiny_model)
+    limited = tmp_path / "first_three"
+    assert main([f"data={parquet}", f"generations={tmp_path / 'every_row.jsonl'}", f"out_dir={limited}", "limit=3",
+                 f"embedding_model={tiny_model}"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main([f"compare=[{tmp_path / 'every_row' / 'summary.json'},{limited / 'summary.json'}]"]) == 0
+    printed = capsys.readouterr().out
+    assert "(limit: every_row None, first_three 3)" in printed
+    assert "accuracy every_row" in printed and "accuracy first_three" in printed
 
 
 def test_card_true_is_refused_for_a_model_that_is_not_the_directory_published(tmp_path, parquet, tiny_model, capsys):

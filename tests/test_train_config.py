@@ -22,6 +22,7 @@ from mixed_r1_verl.main import (
     rollout_parallel_mismatches,
 )
 from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_KV_CACHE_BYTES, kv_cache_bytes_per_token
+from mixed_r1_verl.rewards import task_names
 
 RECIPES = [
     "internvl3_8b", "learn", "qwen25vl_32b", "qwen25vl_3b", "qwen25vl_7b", "qwen3vl_8b", "smoke", "smoke_internvl",
@@ -255,6 +256,14 @@ def test_reward_options_the_reward_workers_would_refuse_are_named_before_start_u
     assert reward_setting_errors(compose_recipe(recipe, *overlong)) == []
     (unknown,) = reward_setting_errors(compose_recipe(recipe, "+reward.reward_kwargs.max_resp_len=512"))
     assert unknown.startswith("reward.reward_kwargs.max_resp_len is not an option of the mixed_r1 reward manager")
+    per_task = ["reward.reward_kwargs.format_weight={matchng: 0.5, chart: 2}",
+                "reward.reward_kwargs.task_map={x: charts}"]  # fmt: skip
+    (typos,) = reward_setting_errors(compose_recipe(recipe, *per_task))
+    assert typos == (
+        f"reward.reward_kwargs.format_weight: 'matchng' is not a task (tasks: {', '.join(task_names())}); "
+        "reward.reward_kwargs.format_weight.chart: 2 is not a number in [0, 1]; "
+        f"reward.reward_kwargs.task_map.x: 'charts' is not a task (tasks: {', '.join(task_names())})"
+    )
     too_long = compose_recipe(recipe, *overlong, "data.max_response_length=64")
     assert reward_setting_errors(too_long) == [
         "reward.reward_kwargs.overlong_buffer_cfg.len must be a whole number of tokens from 1 to the response length "

@@ -381,6 +381,8 @@ def test_the_overlong_penalty_takes_from_the_score_of_responses_near_their_cap(t
 def test_a_reward_option_the_manager_does_not_know_stops_the_worker_naming_it(tiny_model_dir):
     with pytest.raises(ValueError, match=r"reward.reward_kwargs.max_resp_len is not an option of the mixed_r1 reward"):
         reward_worker(tiny_model_dir, max_resp_len=512)
+    with pytest.raises(ValueError, match=r"reward.reward_kwargs.correct_threshold: 'grouding' is not a task"):
+        reward_worker(tiny_model_dir, **{"correct_threshold.grouding": 0.5})
     with pytest.raises(ValueError, match=r"overlong_buffer_cfg.len must be a whole number of tokens from 1 to the "):
         reward_worker(tiny_model_dir, "data.max_response_length=64", **{"overlong_buffer_cfg.enable": True,
                                                                           "overlong_buffer_cfg.len": 128})

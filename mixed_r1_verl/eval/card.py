@@ -6,6 +6,7 @@ it. A later evaluation on data files of the same names replaces these; one on ot
 
 from __future__ import annotations
 
+import ast
 import re
 from datetime import date
 from pathlib import Path
@@ -84,7 +85,8 @@ def data_names(summary: dict) -> str:
 
 
 def eval_results(summary: dict) -> list:
-    """The Hub's evaluation results of a summary: per data_source, its accuracy, format rate and mean score."""
+    """The Hub's evaluation results of a summary: per data_source, its accuracy, format rate and mean score,
+    each with the data files' names as its split (results on other files of the same sources stay apart)."""
     from huggingface_hub import EvalResult
 
     return [
@@ -93,6 +95,7 @@ def eval_results(summary: dict) -> list:
             task_name=stats["task"],
             dataset_type=source,
             dataset_name=source,
+            dataset_split=data_names(summary),
             metric_type=metric,
             metric_name=label,
             metric_value=round(stats[statistic], 4),
@@ -130,22 +133,46 @@ def how_evaluated(summary: dict, model: str, name: str) -> str:
     )
 
 
-def repeat_command(summary: dict, name: str) -> str:
+def repeat_command(summary: dict, model: str, name: str) -> str:
+    """The eval command of the run, with every setting that shapes its numbers besides the defaults: its
+    sampling and reward options (an embedding model other than the evaluated one by name). A card's run
+    scores whole data files (no `limit`)."""
     run = summary["run"]
     sampling = " ".join(f"{key}={run['sampling'][key]}" for key in SAMPLING)
     paths = [Path(path).name for path in run["data"]]
     data = paths[0] if len(paths) == 1 else f"[{','.join(paths)}]"
+    options = []
+    for option, value in run["reward_kwargs"].items():
+        if option == "embedding_model":
+            shown = shown_model(value, model, name)
+            if shown != name:
+                options.append(f"embedding_model={shown}")
+        else:
+            options.append(command_setting(option, value))
     return (
         f"python -m mixed_r1_verl.eval data={data} model={name} backend={run['generator']['backend']} "
-        f"{sampling} out_dir=eval/{name}"
+        + " ".join([sampling, *options])
+        + f" out_dir=eval/{name}"
     )
+
+
+def command_setting(option: str, recorded: str) -> str:
+    """`option=value` as the command line takes it; a per-task mapping, recorded as Python writes a dict,
+    in YAML's flow style and quoted for the shell."""
+    try:
+        value = ast.literal_eval(recorded)
+    except (ValueError, SyntaxError):
+        return f"{option}={recorded}"
+    if isinstance(value, dict):
+        return f"'{option}={{{', '.join(f'{task}: {weight}' for task, weight in value.items())}}}'"
+    return f"{option}={value}"
 
 
 def results_block(summary: dict, model: str, name: str) -> str:
     data = data_names(summary)
     return (
         f"<!-- mixed-r1 eval: {data} -->\n### On {data}\n\n{how_evaluated(summary, model, name)}\n\n"
-        f"{task_table(summary)}\n\n```\n{repeat_command(summary, name)}\n```\n<!-- /mixed-r1 eval -->\n\n"
+        f"{task_table(summary)}\n\n```\n{repeat_command(summary, model, name)}\n```\n<!-- /mixed-r1 eval -->\n\n"
     )
 
 
@@ -168,8 +195,13 @@ def record_in_card(model: str, summary: dict) -> Path:
     card_file = Path(model) / CARD_FILE
     name = Path(model).resolve().name
     card = read_card(model)
-    sources = set(summary["data_sources"])
-    earlier = [result for result in card.data.eval_results or [] if result.dataset_type not in sources]
+    data, sources = data_names(summary), set(summary["data_sources"])
+    # Replaced: results on data files of the same names, and those a card written before results named their
+    # files (no split) holds for these sources.
+    earlier = [
+        result for result in card.data.eval_results or []
+        if result.dataset_split != data and (result.dataset_split is not None or result.dataset_type not in sources)
+    ]  # fmt: skip
     card.data.eval_results = earlier + eval_results(summary)
     card.data.model_name = card.data.model_name or name
     card.text = with_results_section(card.text, results_block(summary, model, name), data_names(summary))

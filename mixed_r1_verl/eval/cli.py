@@ -32,6 +32,8 @@ from typing import Any, Optional
 
 from mixed_r1_verl.data.model_files import checkpoint_model_type, not_a_model_reason, resolve_model_dir
 from mixed_r1_verl.data.records import input_files
+from mixed_r1_verl.rewards.embeddings import EmbeddingModelError, load_embedding_model
+from mixed_r1_verl.rewards.scoring import reward_option_errors
 from mixed_r1_verl.settings import asks_for_help, input_errors_end_the_command, parse_settings, settings_help
 
 from .cache import (
@@ -53,7 +55,9 @@ from .generation import (
 )
 from .provenance import code_identity, file_identity
 from .records import EvalRecord, data_ids, load_records, refuse_records_of_another_frame
-from .report import SCORES_FILE, evaluated_ids, load_summary, summary_markdown, write_comparison, write_summary
+from .report import (
+    SCORES_FILE, SUMMARY_FILE, evaluated_ids, load_summary, summary_markdown, write_comparison, write_summary,
+)  # fmt: skip
 from .scoring import score_records, summarize
 
 
@@ -92,8 +96,15 @@ def as_list(value) -> list:
 
 
 def compare_labels(runs: list, labels) -> tuple[str, ...]:
-    """The labels given, else each run directory's name."""
-    return tuple(str(label) for label in as_list(labels)) or tuple(Path(run).name or str(run) for run in runs)
+    """The labels given, else each run directory's name (the directory of a summary.json given)."""
+    return tuple(str(label) for label in as_list(labels)) or tuple(run_name(run) for run in runs)
+
+
+def run_name(run) -> str:
+    path = Path(run)
+    if path.name == SUMMARY_FILE:
+        path = path.resolve().parent
+    return path.name or str(run)
 
 
 def usage_error(message: str) -> None:
@@ -231,8 +242,18 @@ def _reward_kwargs(args, records: list[EvalRecord]) -> dict:
         )
         if value is not None
     }
-    if "embedding_model" not in kwargs and any(record.task == "open_ended" for record in records):
-        raise SystemExit("open_ended records need embedding_model= (the BMAS embedding table) when model= is not set")
+    errors = reward_option_errors(kwargs)
+    if errors:
+        raise ValueError("; ".join(errors))
+    if any(record.task == "open_ended" for record in records):
+        if "embedding_model" not in kwargs:
+            raise SystemExit(
+                "open_ended records need embedding_model= (the BMAS embedding table) when model= is not set"
+            )
+        try:  # before any generation: a table that cannot load would score every open_ended answer 0
+            load_embedding_model(str(kwargs["embedding_model"]))
+        except EmbeddingModelError as error:
+            raise ValueError(f"embedding_model={kwargs['embedding_model']}: {error}") from None
     return kwargs
 
 
@@ -280,6 +301,8 @@ def run_eval(args) -> dict:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = load_records(args.data, args.limit)
+    if not records:
+        raise ValueError(f"data={','.join(args.data)}: no rows to evaluate")
     if args.model:
         refuse_records_of_another_frame(records, checkpoint_model_type(resolve_model_dir(args.model)))
     reward_kwargs = _reward_kwargs(args, records)

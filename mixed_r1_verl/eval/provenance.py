@@ -50,10 +50,15 @@ def git_state(directory: Path) -> dict:
 
 def shared_settings(run: dict) -> dict:
     """SHARED_SETTINGS of a summary's `run`, the data by content only; a run that does not record one
-    (saved generations have no sampling, older runs no data digest) leaves it out."""
+    (saved generations have no sampling, older runs no data digest) leaves it out. A `limit` recorded as
+    None is recorded: every row."""
     files = run.get("data_files")
     settings = {**run, "data_sha256": [entry["sha256"] for entry in files] if files else None}
-    return {name: settings[name] for name in SHARED_SETTINGS if settings.get(name) is not None}
+    return {
+        name: settings[name]
+        for name in SHARED_SETTINGS
+        if settings.get(name) is not None or (name == "limit" and name in run)
+    }
 
 
 def settings_differences(first: dict, second: dict) -> list[tuple[str, object, object]]:

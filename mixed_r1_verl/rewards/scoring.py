@@ -121,6 +121,35 @@ def _per_task_setting(setting, task: str, default: float) -> float:
     return default if setting is None else float(setting)
 
 
+PER_TASK_OPTIONS = ("format_weight", "correct_threshold")
+
+
+def reward_option_errors(options: Mapping) -> list[str]:
+    """What is wrong with the per-task options and `task_map` of `options` (each message starts with the
+    option's name): a value that is not a number in [0, 1], a task name that is no task. A typo there would
+    otherwise score with the defaults, silently."""
+    known = task_names()
+    errors = []
+    for name in PER_TASK_OPTIONS:
+        setting = options.get(name)
+        by_task = setting.items() if isinstance(setting, Mapping) else [(None, setting)] if setting is not None else []
+        for task, value in by_task:
+            if task is not None and task not in known:
+                errors.append(f"{name}: {task!r} is not a task (tasks: {', '.join(known)})")
+            elif isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                where = f"{name}.{task}" if task is not None else name
+                errors.append(f"{where}: {value!r} is not a number in [0, 1]")
+    task_map = options.get("task_map") or {}
+    if not isinstance(task_map, Mapping):
+        errors.append(f"task_map: expected data_source -> task, got {task_map!r}")
+    else:
+        errors += [
+            f"task_map.{source}: {task!r} is not a task (tasks: {', '.join(known)})"
+            for source, task in task_map.items() if task not in known
+        ]  # fmt: skip
+    return errors
+
+
 def _frame_size(extra_info: Mapping):
     if extra_info.get("frame_size") is not None:
         return extra_info["frame_size"]  # checked by grounding_accuracy

@@ -49,7 +49,7 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from mixed_r1_verl.rewards import bmas_batch, judge
 from mixed_r1_verl.rewards.embeddings import check_tokenizer_fits_table, load_embedding_model, load_tokenizer
 from mixed_r1_verl.rewards.length import OVERLONG, OVERLONG_REWARD, OverlongBuffer
-from mixed_r1_verl.rewards.scoring import sample_name
+from mixed_r1_verl.rewards.scoring import reward_option_errors, sample_name
 from mixed_r1_verl.rewards.tasks import check_driver_tasks_are_installed
 from mixed_r1_verl.verl_adapter.metrics import response_caps
 
@@ -195,7 +195,8 @@ def reward_options(config) -> dict:
 
 def configured_overlong_buffer(config) -> OverlongBuffer | None:
     """The overlong buffer `reward.reward_kwargs` enables, else None; ValueError for a key the manager does
-    not know (verl's reward loop would pass it by unused) or a wrong overlong_buffer_cfg."""
+    not know (verl's reward loop would pass it by unused), a per-task option or task_map naming no task or
+    out of range (`reward_option_errors`), or a wrong overlong_buffer_cfg."""
     options = reward_options(config)
     unknown = sorted(set(options) - set(REWARD_OPTIONS))
     if unknown:
@@ -203,6 +204,9 @@ def configured_overlong_buffer(config) -> OverlongBuffer | None:
             f"reward.reward_kwargs.{unknown[0]} is not an option of the {REWARD_MANAGER_NAME} reward manager; "
             f"its options: {', '.join(REWARD_OPTIONS)}"
         )
+    errors = reward_option_errors(options)
+    if errors:
+        raise ValueError("; ".join(f"reward.reward_kwargs.{error}" for error in errors))
     response_length = int(config.actor_rollout_ref.rollout.response_length)
     return OverlongBuffer.from_options(options.get("overlong_buffer_cfg"), response_length)
 
