@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixed_r1_verl.rewards import bmas_batch, bmas_from_similarity, load_embedding_model
+from mixed_r1_verl.rewards import bmas_batch, bmas_from_similarity, compute_score, load_embedding_model
 from mixed_r1_verl.rewards.embeddings import load_input_embeddings
 
 
@@ -93,6 +93,19 @@ def test_tokenises_without_special_tokens(model):
 def test_identical_text_scores_one(model):
     ids = model.encode("A man is riding a red bicycle on a sunny street.")
     assert bmas_batch(model.table, [(ids, ids)]) == [1.0]
+
+
+def test_identical_texts_of_every_length_score_exactly_one_so_they_reach_a_threshold_of_one(model):
+    """A mean of token shares (1/n each) adds up to 1 only within float32's rounding (0.99999988 for some
+    texts): a verbatim answer would then miss correct_threshold=1."""
+    words = "a man is riding a red bicycle on a sunny street past two old houses and a small dog".split()
+    texts = [" ".join(words[:length]) + "." for length in range(1, len(words) + 1)]
+    pairs = [(model.encode(text), model.encode(text)) for text in texts]
+    assert bmas_batch(model.table, pairs) == [1.0] * len(texts)
+    for text in texts:
+        scored = compute_score("caption", f"<think>x</think><answer>{text}</answer>", text, {"task": "open_ended"},
+                               embedding_model=model, correct_threshold=1.0)  # fmt: skip
+        assert (scored["accuracy"], scored["correct"]) == (1.0, 1.0)
 
 
 def test_empty_sides_score_zero(model):

@@ -25,7 +25,7 @@ _CHUNK_ELEMENTS = 256 * 1024 * 1024
 @dataclass(frozen=True)
 class _Side:
     ids: np.ndarray  # distinct token ids
-    weights: np.ndarray  # count of each id / number of tokens
+    counts: np.ndarray  # how often each id occurs
     shared: np.ndarray  # bool: the id also occurs on the other side
 
 
@@ -33,8 +33,8 @@ def _sides(answer_ids: Sequence[int], reference_ids: Sequence[int]) -> tuple[_Si
     answer_unique, answer_counts = np.unique(np.asarray(answer_ids, dtype=np.int64), return_counts=True)
     reference_unique, reference_counts = np.unique(np.asarray(reference_ids, dtype=np.int64), return_counts=True)
     return (
-        _Side(answer_unique, answer_counts / answer_counts.sum(), np.isin(answer_unique, reference_unique)),
-        _Side(reference_unique, reference_counts / reference_counts.sum(), np.isin(reference_unique, answer_unique)),
+        _Side(answer_unique, answer_counts, np.isin(answer_unique, reference_unique)),
+        _Side(reference_unique, reference_counts, np.isin(reference_unique, answer_unique)),
     )
 
 
@@ -62,19 +62,19 @@ def _check_rows(sides: list[_Side], rows: int) -> None:
 def _padded(sides: list[_Side], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     length = max(len(side.ids) for side in sides)
     ids = np.zeros((len(sides), length), dtype=np.int64)
-    weights = np.zeros((len(sides), length), dtype=np.float32)
+    counts = np.zeros((len(sides), length), dtype=np.float32)  # whole numbers: exact in float32 below 2**24
     shared = np.zeros((len(sides), length), dtype=bool)
     valid = np.zeros((len(sides), length), dtype=bool)
     for row, side in enumerate(sides):
         count = len(side.ids)
-        ids[row, :count], weights[row, :count], shared[row, :count], valid[row, :count] = (
+        ids[row, :count], counts[row, :count], shared[row, :count], valid[row, :count] = (
             side.ids,
-            side.weights,
+            side.counts,
             side.shared,
             True,
         )
     as_tensor = lambda array: torch.from_numpy(array).to(device, non_blocking=True)  # noqa: E731
-    return as_tensor(ids), as_tensor(weights), as_tensor(shared), as_tensor(valid)
+    return as_tensor(ids), as_tensor(counts), as_tensor(shared), as_tensor(valid)
 
 
 def row_norms(table: torch.Tensor, rows_per_step: int = 16384) -> torch.Tensor:
@@ -85,24 +85,27 @@ def row_norms(table: torch.Tensor, rows_per_step: int = 16384) -> torch.Tensor:
     ).clamp_min(1e-12)
 
 
-def _directional_mean(similarity: torch.Tensor, weights, shared, valid, other_valid, dim: int) -> torch.Tensor:
+def _directional_mean(similarity: torch.Tensor, counts, shared, valid, other_valid, dim: int) -> torch.Tensor:
+    """The count-weighted mean of each token's best similarity. Weighted by counts and divided by their sum
+    last: with every best exactly 1 (identical texts) the sums are equal whole numbers, and the mean is 1
+    exactly, where fractions of the token count would add up to 1 only within float32's rounding."""
     masked = similarity.masked_fill(~other_valid, float("-inf"))
     best = masked.max(dim=dim).values.clamp(max=1.0)
     best = torch.where(shared, torch.ones_like(best), best)
     best = torch.where(valid, best, torch.zeros_like(best))
-    return (best * weights).sum(dim=-1)
+    return (best * counts).sum(dim=-1) / counts.sum(dim=-1)
 
 
 def _score_chunk(table, norms, answers: list[_Side], references: list[_Side], compute_dtype) -> torch.Tensor:
     device = table.device
-    a_ids, a_weights, a_shared, a_valid = _padded(answers, device)
-    r_ids, r_weights, r_shared, r_valid = _padded(references, device)
+    a_ids, a_counts, a_shared, a_valid = _padded(answers, device)
+    r_ids, r_counts, r_shared, r_valid = _padded(references, device)
     # Raw dot products scaled by the row norms afterwards: normalising the gathered rows would cost
     # more than the matmul itself.
     dots = torch.bmm(table[a_ids].to(compute_dtype), table[r_ids].to(compute_dtype).transpose(1, 2)).float()
     similarity = dots / (norms[a_ids][:, :, None] * norms[r_ids][:, None, :])
-    precision = _directional_mean(similarity, a_weights, a_shared, a_valid, r_valid[:, None, :], dim=2)
-    recall = _directional_mean(similarity, r_weights, r_shared, r_valid, a_valid[:, :, None], dim=1)
+    precision = _directional_mean(similarity, a_counts, a_shared, a_valid, r_valid[:, None, :], dim=2)
+    recall = _directional_mean(similarity, r_counts, r_shared, r_valid, a_valid[:, :, None], dim=1)
     return ((precision + recall) / 2).clamp(0.0, 1.0)
 
 
