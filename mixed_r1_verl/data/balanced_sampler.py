@@ -3,8 +3,8 @@
 With shuffled mixed data a small batch often misses a task (8 prompts from 4 tasks: all four are in
 every batch of a 6-step run only about 8 % of the time). `TaskBalancedSampler` orders every epoch so
 that each batch of `data.train_batch_size` consecutive rows holds every task in proportion to its
-remaining rows (at least one of each while the batch has room), visits every row exactly once per
-epoch, and is seeded (`data.seed`, default 0) and resumable through verl's checkpointed data loader
+remaining rows (at least one of each while the batch has room), visits every row at most once per epoch
+(those past the last whole batch sit it out, which ones changes with each epoch's order), and is seeded (`data.seed`, default 0) and resumable through verl's checkpointed data loader
 (with the settings its order follows, which its state records).
 
 Select it with
@@ -73,8 +73,11 @@ def batch_quota(remaining: dict[str, int], slots: int, tie_order: Sequence[str])
 
 
 def balanced_order(tasks: Sequence[str], batch_size: int, rng: np.random.Generator | None) -> list[int]:
-    """Row indices in task-balanced batches of `batch_size` (see `batch_quota`); rows of a task in
-    random order and tasks mixed within each batch when `rng` is given, else in file order."""
+    """Row indices in whole task-balanced batches of `batch_size` (see `batch_quota`); rows of a task in
+    random order and tasks mixed within each batch when `rng` is given, else in file order. The rows left
+    over (fewer than a batch) sit the epoch out, as verl's `drop_last` leaves them: handed out, they would
+    start the next epoch's first step when verl fetches prompts one at a time (`filtering=on`), and every
+    later step would straddle two balanced batches."""
     by_task: dict[str, list[int]] = {}
     for index, task in enumerate(tasks):
         by_task.setdefault(task, []).append(index)
@@ -82,7 +85,7 @@ def balanced_order(tasks: Sequence[str], batch_size: int, rng: np.random.Generat
     tie_order = [str(t) for t in rng.permutation(sorted(queues))] if rng else sorted(queues)
     taken = dict.fromkeys(queues, 0)
     order: list[int] = []
-    while len(order) < len(tasks):
+    while len(tasks) - len(order) >= batch_size:
         remaining = {task: len(queues[task]) - taken[task] for task in queues}
         batch = []
         for task, count in batch_quota(remaining, batch_size, tie_order).items():
@@ -156,7 +159,7 @@ class TaskBalancedSampler(Sampler[int]):
         return _EpochIterator(self, self.next_epoch)
 
     def __len__(self) -> int:
-        return len(self.tasks)
+        return len(self.tasks) - len(self.tasks) % self.batch_size
 
     def state_dict(self) -> dict[str, Any]:
         return {"next_epoch": self.next_epoch, ORDER_SETTINGS_KEY: self.order_settings()}
