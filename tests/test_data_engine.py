@@ -13,7 +13,9 @@ from mixed_r1_verl.data.engine import EmptySourceError, Engine, EngineConfig, ma
 from mixed_r1_verl.data.engine_plots import pass_rate_figure
 from mixed_r1_verl.data.prepare import PrepareConfig, prepare
 from mixed_r1_verl.data.records import SpilledBytes
+from mixed_r1_verl.data.sampling import ResponseCache
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
+from mixed_r1_verl.eval.cache import Completion
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 from mixed_r1_verl.settings import parse_settings
 
@@ -338,6 +340,20 @@ def test_difficulty_samples_scores_caches_and_filters(tmp_path):
         elif rate == 0.0:
             assert reasons[record_id] == ("difficulty", "too_hard")
             assert details[record_id] == "0 of 2 rollouts correct (pass rate 0); kept: 0 < p < 1"
+
+
+def test_a_cache_line_cut_short_by_an_interrupted_run_costs_only_its_own_prompt(tmp_path):
+    """The run that follows an interrupted one samples the cut line's prompt again and appends it whole: the
+    next run reads every line back."""
+    path = tmp_path / "difficulty_cache.jsonl"
+    ResponseCache(path).add({"k1": [Completion("a", False)]})
+    with open(path, "a") as cache:
+        cache.write('{"key": "k2", "respon')  # the run was killed while writing this line
+    rerun = ResponseCache(path)
+    assert sorted(rerun.entries) == ["k1"]
+    rerun.add({"k2": [Completion("b", False)], "k3": [Completion("c", True)]})
+    assert sorted(ResponseCache(path).entries) == ["k1", "k2", "k3"]
+    assert ResponseCache(path).entries["k3"] == [Completion("c", True)]
 
 
 def difficulty_details(report: dict) -> dict:

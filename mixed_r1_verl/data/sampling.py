@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from mixed_r1_verl.eval.cache import Completion
+from mixed_r1_verl.eval.cache import Completion, drop_unfinished_last_line
 
 
 def request_key(
@@ -34,13 +34,14 @@ class ResponseCache:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.entries: dict[str, list[Completion]] = {}
+        drop_unfinished_last_line(self.path)  # its prompt is sampled again
         if self.path.exists():
             with open(self.path, encoding="utf-8") as lines:
                 for line in lines:
                     try:
                         entry = json.loads(line)
                     except json.JSONDecodeError:
-                        continue  # a line cut short by an interrupted run; it is sampled again
+                        continue  # a cut line a cache written by an earlier version appended onto
                     self.entries[entry["key"]] = stored_completions(entry)
 
     def add(self, responses_by_key: dict[str, list[Completion]]) -> None:

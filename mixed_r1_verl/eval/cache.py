@@ -79,6 +79,18 @@ def _completion(entry: dict) -> Completion:
     return Completion(response, truncated)
 
 
+def drop_unfinished_last_line(path: Path) -> None:
+    """An interrupted run may leave half a line at the end of an append-only JSONL file; it is cut, so that
+    the next line appended starts a line of its own (and is read back)."""
+    if not path.exists():
+        return
+    content = path.read_bytes()
+    if content and not content.endswith(b"\n"):
+        keep = content.rfind(b"\n") + 1
+        logger.warning("%s: dropping an unfinished last line (%d bytes)", path, len(content) - keep)
+        path.write_bytes(content[:keep])
+
+
 class GenerationCache:
     """Append-only JSONL of finished generations, each line with whether it was cut off at the token
     limit (`truncated`) and the digest of the request it answers (`request`: the prompt and its images);
@@ -88,22 +100,12 @@ class GenerationCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_partial_last_line()
+        drop_unfinished_last_line(self.path)
         self.responses: dict[str, Completion] = {}
         self.requests: dict[str, str | None] = {}
         if self.path.exists():
             for _, record_id, response, request in generation_lines(self.path):
                 self.responses[record_id], self.requests[record_id] = response, request
-
-    def _drop_partial_last_line(self) -> None:
-        """An interrupted run may leave half a line; it is cut so appends stay valid JSONL."""
-        if not self.path.exists():
-            return
-        content = self.path.read_bytes()
-        if content and not content.endswith(b"\n"):
-            keep = content.rfind(b"\n") + 1
-            logger.warning("%s: dropping an unfinished last line (%d bytes)", self.path, len(content) - keep)
-            self.path.write_bytes(content[:keep])
 
     def missing(self, requests: Mapping[str, str]) -> list[str]:
         """The ids of `requests` (id -> request digest) that have no response to that same request."""
