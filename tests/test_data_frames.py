@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -106,3 +108,16 @@ def test_images_stating_no_bounds_resize_within_token_counts_of_the_models_patch
     resized = model_input_image({"image": image}, patch_size)
     assert resized.size == (int(grid[2]) * patch_size, int(grid[1]) * patch_size)
     assert resized.width * resized.height >= 4 * factor**2
+
+
+@pytest.mark.parametrize(
+    "mode, transparent",
+    [("RGBA", (0, 0, 0, 0)), ("LA", (0, 0)), ("P", 0), ("L", 0), ("RGB", (0, 0, 0))],
+)
+def test_transparent_pixels_reach_the_model_white_whatever_the_png_mode(mode, transparent):
+    """An alpha channel, or a colour a PNG's tRNS chunk marks transparent, as a viewer shows it: on white."""
+    image = Image.new(mode, (56, 56), transparent)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **({} if mode in ("RGBA", "LA") else {"transparency": transparent}))
+    seen = model_input_image({"image": buffer.getvalue()}, image_patch_size=14)
+    assert seen.mode == "RGB" and seen.getpixel((28, 28)) == (255, 255, 255)

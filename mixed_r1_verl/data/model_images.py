@@ -12,8 +12,9 @@ from mixed_r1_verl.data.frames import SPATIAL_MERGE_SIZE, smart_resize, stated_b
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with transparent areas composited onto white."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    """RGB, with transparent areas composited onto white: an alpha channel's, and a colour a PNG marks
+    transparent (its tRNS chunk, in a palette, grey or RGB image)."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.split()[3])
