@@ -114,6 +114,13 @@ def test_validate_dedup_verify_balance_and_report(tmp_path):
     assert stages["balance"]["details"]["shortfall"] == {"grounding": 5}
     for earlier, later in zip(report["stages"], report["stages"][1:]):
         assert earlier["rows_out"] == {k: v for k, v in later["rows_in"].items()}
+    for stage in report["stages"]:
+        for task, rows_in in stage["rows_in"].items():
+            drops = stage["dropped_by_task"].get(task, {})
+            assert rows_in == stage["rows_out"].get(task, 0) + sum(drops.values()), (stage["name"], task)
+    assert stages["verify"]["dropped_by_task"] == {
+        "chart": {"chart_answer_not_short": 1}, "matching": {"matching_answer_too_long": 1},
+    }  # fmt: skip
     selected = read_jsonl(out / "selected.jsonl")
     assert len(selected) == 14 and all(set(r) >= {"id", "task", "images", "problem", "answer"} for r in selected)
     for plot in ("rows_per_stage.png", "pass_rate_hist.png"):
@@ -269,6 +276,36 @@ def test_a_run_on_the_selection_in_its_own_output_dir_is_refused_and_keeps_it(tm
     assert read_jsonl(selected) == rows
 
 
+def test_rows_dropped_at_validation_are_named_by_their_file_and_row(tmp_path):
+    """Rows without an id are named `row-N`: two files' rows 2 are told apart by their file."""
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=3, val_rows_per_task=0)
+    good = read_jsonl(jsonl)[0]
+    inputs = []
+    for name, bad in (("a", {"answer": ""}), ("b", {"images": ["chart/none.png"]})):
+        rows = [good | {"id": f"{name}-good"}, {key: value for key, value in (good | bad).items() if key != "id"}]
+        inputs.append(tmp_path / f"{name}.jsonl")
+        inputs[-1].write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    Engine(engine_config(f"[{inputs[0]},{inputs[1]}]", image_root, out, "difficulty.enabled=false")).run()
+    dropped = [row for row in read_jsonl(out / "dropped.jsonl") if row["stage"] == "validate"]
+    assert [(row["id"], row["input"], row["row"], row["reason"]) for row in dropped] == [
+        ("row-2", str(inputs[0]), 2, "empty_answer"), ("row-2", str(inputs[1]), 2, "missing_image"),
+    ]  # fmt: skip
+
+
+def test_a_yes_or_no_chart_answer_is_short_whatever_the_word_limit(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=3, val_rows_per_task=0)
+    chart = next(row for row in read_jsonl(jsonl) if row["task"] == "chart")
+    rows = [chart | {"id": "yes", "problem": "Does the red bar rise?", "answer": "Yes"},
+            chart | {"id": "words", "problem": "Which bar?", "answer": "tallest"}]  # fmt: skip
+    source = tmp_path / "chart.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = ["difficulty.enabled=false", "verify.max_short_answer_words=0"]
+    report = Engine(engine_config(source, image_root, tmp_path / "out", *settings)).run()
+    assert report["selected"]["chart"] == 1
+    assert dropped_reasons(tmp_path / "out") == {"words": ("verify", "chart_answer_not_short")}
+
+
 def correct(answer: str) -> str:
     return f"<think>checked</think><answer>{answer}</answer>"
 
@@ -369,6 +406,31 @@ def test_cached_responses_are_not_reused_for_images_resized_within_other_bounds(
     assert difficulty_details(smaller)["sampled_prompts"] == 4 and difficulty_details(smaller)["cached_prompts"] == 0
     again = Engine(engine_config(jsonl, image_root, out, *settings, "max_pixels=50176")).run()
     assert difficulty_details(again)["sampled_prompts"] == 0 and difficulty_details(again)["cached_prompts"] == 4
+
+
+def test_one_model_directory_however_written_keeps_its_cached_responses(tmp_path, tiny_model_dir, monkeypatch):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=2, val_rows_per_task=0)
+    out = tmp_path / "out"
+    settings = ["difficulty.k=2", "difficulty.max_new_tokens=2"]
+    Engine(engine_config(jsonl, image_root, out, f"difficulty.model_path={tiny_model_dir}", *settings)).run()
+    monkeypatch.chdir(tiny_model_dir.parent)
+    for written in (f"{tiny_model_dir}/", f"./{tiny_model_dir.name}"):
+        again = Engine(engine_config(jsonl, image_root, out, f"difficulty.model_path={written}", *settings)).run()
+        assert difficulty_details(again)["sampled_prompts"] == 0 and difficulty_details(again)["cached_prompts"] == 4
+
+
+def test_an_embedding_model_that_cannot_load_stops_the_difficulty_stage_before_it_samples(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=2, val_rows_per_task=0)
+    out = tmp_path / "out"
+    settings = [f"difficulty.model_path={tiny_model_dir}", "difficulty.embedding_model=nobody/no-such-embedder"]
+    with pytest.raises(ValueError, match=r"difficulty.embedding_model=nobody/no-such-embedder: BMAS embedding model"):
+        Engine(engine_config(jsonl, image_root, out, *settings)).run()
+    assert not (out / "difficulty_cache.jsonl").exists()
 
 
 def test_another_balance_draw_keeps_the_cached_responses(tmp_path, tiny_model_dir):

@@ -81,6 +81,7 @@ from mixed_r1_verl.eval.generation import (
 )
 from mixed_r1_verl.rewards import DEFAULT_CORRECT_THRESHOLDS, compute_score, task_names, values_differ
 from mixed_r1_verl.rewards.chart import single_number
+from mixed_r1_verl.rewards.embeddings import EmbeddingModelError, load_embedding_model
 from mixed_r1_verl.rewards.text import normalize_text
 from mixed_r1_verl.settings import run_settings_cli
 
@@ -212,7 +213,18 @@ class StageResult:
     rows_in: dict
     rows_out: dict
     dropped_by_reason: dict
+    dropped_by_task: dict  # task -> reason -> rows: each task's rows in = its rows out + its drops
     details: dict = field(default_factory=dict)
+
+
+def stage_result(name: str, rows_in: dict, rows_out: dict, drops: Counter, details: dict) -> StageResult:
+    """A stage's record from its drops counted by (task, reason)."""
+    by_reason: Counter = Counter()
+    by_task: dict[str, dict[str, int]] = {}
+    for (task, reason), count in sorted(drops.items()):
+        by_reason[reason] += count
+        by_task.setdefault(task, {})[reason] = count
+    return StageResult(name, rows_in, rows_out, dict(by_reason), by_task, details)
 
 
 def count_by_task(rows: list[EngineRow]) -> dict:
@@ -441,8 +453,10 @@ class Engine:
         settings = SHOWN_RECORD_SETTINGS if embedded else CANONICAL_SETTINGS
         return prepare_settings(self.config, input=str(selected_path), output_dir=output_dir, **settings)
 
-    def drop(self, stage: str, record_id, reason: str, detail: str = "") -> None:
-        self.dropped.write(json.dumps({"id": record_id, "stage": stage, "reason": reason, "detail": detail}) + "\n")
+    def drop(self, stage: str, record_id, reason: str, detail: str = "", **where) -> None:
+        """A line of dropped.jsonl; `where` (input, row and source) places a row that has no id of its own yet."""
+        line = {"id": record_id, "stage": stage, "reason": reason, "detail": detail, **where}
+        self.dropped.write(json.dumps(line) + "\n")
 
     def run_stage(self, name: str, rows: list[EngineRow], keep, **details) -> list[EngineRow]:
         """Apply `keep(row) -> None, a reject reason or (reason, detail)` and record the stage."""
@@ -453,9 +467,9 @@ class Engine:
                 kept.append(row)
                 continue
             reason, detail = (verdict, "") if isinstance(verdict, str) else verdict
-            reasons[reason] += 1
+            reasons[row.record.task, reason] += 1
             self.drop(name, row.record.id, reason, detail)
-        self.stages.append(StageResult(name, count_by_task(rows), count_by_task(kept), dict(reasons), details))
+        self.stages.append(stage_result(name, count_by_task(rows), count_by_task(kept), reasons, details))
         return kept
 
     # 1. validate and normalise
@@ -470,21 +484,23 @@ class Engine:
             ):
                 read += 1
                 task = source.source_value(raw, "task")
-                rows_in[task if task in task_names() else "other"] += 1
+                task = task if task in task_names() else "other"
+                rows_in[task] += 1
                 try:
                     rows.append(self.validated_row(name, source, file, number, raw))
                 except RecordError as error:
                     source_reasons[error.reason] += 1
+                    reasons[task, error.reason] += 1
                     record_id = source.source_id(number, raw)
                     first_drop = first_drop or f"{source.row_place(file, number)} (id {record_id!r}): {error}"
-                    self.drop("validate", record_id, error.reason, error.detail)
-            reasons.update(source_reasons)
+                    where = {"input": str(file), "row": number, **({"source": name} if name is not None else {})}
+                    self.drop("validate", record_id, error.reason, error.detail, **where)
             by_source[name] = {"rows_in": read, "rows_out": len(rows) - rows_before}
             if name is not None and len(rows) == rows_before:
                 raise EmptySourceError(empty_source_message(name, read, source_reasons, first_drop, self.dropped.name))
         rows_in_by_task = {task: rows_in.get(task, 0) for task in (*task_names(), "other")}
         details = {} if None in by_source else {"sources": by_source}
-        self.stages.append(StageResult("validate", rows_in_by_task, count_by_task(rows), dict(reasons), details))
+        self.stages.append(stage_result("validate", rows_in_by_task, count_by_task(rows), reasons, details))
         return rows
 
     def validated_row(self, name: str | None, source: RowConverter, file: Path, number: int, raw) -> EngineRow:
@@ -540,9 +556,15 @@ class Engine:
         settings_config = self.config.difficulty
         if not settings_config.enabled:
             self.stages.append(
-                StageResult("difficulty", count_by_task(rows), count_by_task(rows), {}, {"enabled": False})
+                StageResult("difficulty", count_by_task(rows), count_by_task(rows), {}, {}, {"enabled": False})
             )
             return rows
+        embedding_model = settings_config.embedding_model or settings_config.model_path
+        if any(row.record.task == "open_ended" for row in rows):
+            try:  # before any sampling: a table that cannot load would fail the first open_ended row's reward
+                load_embedding_model(embedding_model)
+            except EmbeddingModelError as error:
+                raise ValueError(f"difficulty.embedding_model={embedding_model}: {error}") from None
         settings = sampling_settings(self.config)
         keys = [self.cache_key(row, settings) for row in rows]
         cache = ResponseCache(self.output_dir / "difficulty_cache.jsonl")
@@ -568,7 +590,6 @@ class Engine:
                 responses = generator.generate([self.generation_request(row) for row, _ in batch])
                 cache.add({key: texts for (_, key), texts in zip(batch, responses, strict=True)})
             sampling_seconds = time.perf_counter() - started
-        embedding_model = settings_config.embedding_model or settings_config.model_path
         for row, key in zip(rows, keys):
             responses = cache.entries[key]
             results = self.score_samples(row, [response.text for response in responses], embedding_model)
@@ -597,12 +618,15 @@ class Engine:
         return self.run_stage("difficulty", rows, keep, **details)
 
     def cache_key(self, row: EngineRow, settings: SamplingSettings) -> str:
+        """The model by its directory as resolved (`model/`, `./model` and its absolute path are one model;
+        a hub id is kept as given)."""
+        model = self.config.difficulty.model_path
         return request_key(
             row.record.id,
             json.dumps(row.prompt),
             row.image_digests,
             (self.converter.min_pixels, self.converter.max_pixels),
-            self.config.difficulty.model_path,
+            str(Path(model).resolve()) if Path(model).is_dir() else model,
             settings,
         )
 
@@ -811,9 +835,9 @@ def unverifiable_reason(row: EngineRow, max_short_answer_words: int) -> tuple[st
             return None
         return "matching_answer_too_long", f"not an option letter or yes/no, and {too_long}"
     if record.task == "chart":
-        if single_number(answer) is not None or words <= max_short_answer_words:
+        if single_number(answer) is not None or normalize_text(answer) in YES_NO or words <= max_short_answer_words:
             return None
-        return "chart_answer_not_short", f"not a single number, and {too_long}"
+        return "chart_answer_not_short", f"not a single number or yes/no, and {too_long}"
     if record.task == "grounding":
         x1, y1, x2, y2 = parse_box(row.ground_truth)
         width, height = row.extra_info["frame_size"]
