@@ -11,6 +11,15 @@ reject_option() {
     exit 2
 }
 
+# An option's value ($2, described as $3): given, and not the next option (`--address --dry-run` would
+# otherwise take --dry-run for the URL).
+require_value() {
+    if [[ -z "$2" || "$2" == -* ]]; then
+        echo "$1 needs $3" >&2
+        exit 2
+    fi
+}
+
 require_positive_integer() {
     if [[ ! "$2" =~ ^[1-9][0-9]*$ ]]; then
         echo "$1 needs a positive whole number, not '$2'" >&2

@@ -12,8 +12,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PLUGIN_MODULES="mixed_r1_verl.verl_adapter.reward_manager,mixed_r1_verl.verl_adapter.trainer,mixed_r1_verl.verl_adapter.agent_loop,mixed_r1_verl.verl_adapter.internvl"
-FORWARDED_ENV=(MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT
-    VERL_FILE_LOGGER_PATH)
+# The variables the recipes and conf/ read (`oc.env`), then those of Hugging Face and verl's file logger.
+FORWARDED_ENV=(MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_DATA_QWEN3VL MIXED_R1_LEARN_DIR MIXED_R1_SMOKE_DIR
+    HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT VERL_FILE_LOGGER_PATH)
 
 usage() {
     cat <<'TXT'
@@ -34,8 +35,8 @@ Data and model paths must be readable from every node (shared file system); rela
 resolved in the job's working dir, a node-local copy: give trainer.default_local_dir and
 VERL_FILE_LOGGER_ROOT (or VERL_FILE_LOGGER_PATH) as absolute paths, shared with --nnodes > 1. The job
 runs `python` as the head's PATH finds it (start the head with the environment active). Forwarded when set:
-MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_SMOKE_DIR HF_HOME HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT
-VERL_FILE_LOGGER_PATH.
+MIXED_R1_DATA MIXED_R1_DATA_INTERNVL MIXED_R1_DATA_QWEN3VL MIXED_R1_LEARN_DIR MIXED_R1_SMOKE_DIR HF_HOME
+HF_HUB_OFFLINE VERL_FILE_LOGGER_ROOT VERL_FILE_LOGGER_PATH.
 
 Ray >= 2.60 clusters use token authentication: the token of the cluster (the head's ~/.ray/auth_token)
 must be here in RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; the launcher then
@@ -108,14 +109,22 @@ take_option() {
     case "$1" in
         --dry-run) dry_run=1; option_args=1 ;;
         --no-wait) wait_flag=(--no-wait); option_args=1 ;;
-        --address) address="${2:?--address needs a URL}"; option_args=2 ;;
+        --address) require_value "$1" "${2:-}" "a URL"; address="$2"; option_args=2 ;;
         --nnodes) require_positive_integer "$1" "${2:-}"; topology+=("trainer.nnodes=$2"); option_args=2 ;;
         --gpus-per-node)
             require_positive_integer "$1" "${2:-}"
             topology+=("trainer.n_gpus_per_node=$2")
             option_args=2
             ;;
-        --working-dir) working_dir="$(cd "${2:?--working-dir needs a directory}" && pwd)"; option_args=2 ;;
+        --working-dir)
+            require_value "$1" "${2:-}" "a directory"
+            if [[ ! -d "$2" ]]; then
+                echo "--working-dir $2: no such directory" >&2
+                exit 2
+            fi
+            working_dir="$(cd "$2" && pwd)"
+            option_args=2
+            ;;
     esac
 }
 parse_launcher_args "$@"

@@ -159,6 +159,29 @@ def test_ray_job_dry_run_ships_the_code_and_registers_the_plugins_on_every_node(
     ]  # fmt: skip
 
 
+def test_ray_job_forwards_every_variable_the_recipes_read(tmp_path):
+    """A job's driver runs in the job's own copy of the code: a data directory a recipe takes from a variable
+    must reach it, or the job looks for the data in that copy."""
+    config_files = [*(REPO / "recipes").rglob("*.yaml"), *(REPO / "conf").rglob("*.yaml")]
+    read = {name for file in config_files for name in re.findall(r"oc\.env:(\w+)", file.read_text())}
+    assert {"MIXED_R1_DATA", "MIXED_R1_DATA_QWEN3VL", "MIXED_R1_LEARN_DIR"} <= read
+    values = {name: f"/shared/{name.lower()}" for name in read}
+    result = run_script(SCRIPTS[1], "--dry-run", "qwen3vl_8b", PYTHON=sys.executable, HOME=str(tmp_path), **values)
+    [command] = printed_commands(result)
+    env_vars = json.loads(command[command.index("--runtime-env-json") + 1])["env_vars"]
+    assert {name: env_vars.get(name) for name in read} == values
+
+
+def test_ray_job_options_without_their_value_are_usage_errors(tmp_path):
+    for args, message in [
+        (["--address", "--dry-run", "smoke"], "--address needs a URL"),
+        (["smoke", "--address"], "--address needs a URL"),
+        (["--working-dir", str(tmp_path / "absent"), "smoke"], f"--working-dir {tmp_path / 'absent'}: no such"),
+    ]:
+        result = run_script(SCRIPTS[1], *args, HOME=str(tmp_path))
+        assert (result.returncode, result.stdout) == (2, "") and message in result.stderr, args
+
+
 def test_ray_job_ships_the_checkout_without_what_git_ignores(tmp_path):
     """Ray itself skips what .gitignore and .rayignore files name, not what .git/info/exclude or a global
     excludes file does: model weights kept in a checkout would otherwise exceed Ray's upload limit."""
