@@ -132,19 +132,32 @@ def exit_if_sweep_jobs_share_a_checkpoint_dir(config_name: str, argv: list[str])
     jobs = sweep_jobs(argv, GlobalHydra.instance().config_loader())
     if not jobs or len(jobs) < 2:
         return
-    dirs = [str(OmegaConf.select(hydra.compose(config_name, overrides=job), CHECKPOINT_DIR_KEY)) for job in jobs]
-    shared = sweep_jobs_sharing(jobs, dirs)
+    shared = sweep_jobs_sharing(jobs, [job_checkpoint_dir(config_name, job) for job in jobs])
     if not shared:
         return
     directory, swept = next(iter(shared.items()))
     jobs_text = "; ".join(" ".join(job) for job in swept)
     swept_key = next(arg.split("=")[0].lstrip("+~") for job in swept for arg in job)
+    # A config group's choice is no config key: Hydra names it `hydra:runtime.choices.<group>`.
+    value = f"hydra:runtime.choices.{swept_key}" if swept_key in HydraConfig.get().runtime.choices else swept_key
     print(
         f"-m: the sweep's jobs ({jobs_text}) would all train into {CHECKPOINT_DIR_KEY}={directory}, each "
         f"resuming the one before. Give every job its own run name and directory (and so its own metrics "
-        f"log), for example 'trainer.experiment_name=run_${{{swept_key}}}' "
-        f"'{CHECKPOINT_DIR_KEY}=checkpoints/run_${{{swept_key}}}' (quoted, so the shell keeps the ${{}}).\n",
+        f"log), for example 'trainer.experiment_name=run_${{{value}}}' "
+        f"'{CHECKPOINT_DIR_KEY}=checkpoints/run_${{{value}}}' (quoted, so the shell keeps the ${{}}).\n",
         file=sys.stderr,
         end="",
     )
     sys.exit(EXIT_USAGE)
+
+
+def job_checkpoint_dir(config_name: str, job: list[str]) -> str:
+    """The checkpoint directory a sweep's job would train into, its `${hydra:...}` read from the job's own
+    Hydra config (its group choices), as Hydra sets it when it runs the job."""
+    running = OmegaConf.create({"hydra": HydraConfig.get()})
+    composed = hydra.compose(config_name, overrides=job, return_hydra_config=True)
+    HydraConfig.instance().set_config(composed)
+    try:
+        return str(OmegaConf.select(composed, CHECKPOINT_DIR_KEY))
+    finally:
+        HydraConfig.instance().set_config(running)

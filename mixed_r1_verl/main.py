@@ -462,6 +462,42 @@ def reward_setting_errors(config: DictConfig) -> list[str]:
     return []
 
 
+# verl's top-level reward settings before its reward loop, and where verl 0.9.1 reads each now (as verl's
+# own migration for its fully-async entry moves them); its trainer leaves the old keys unread.
+LEGACY_REWARD_NODES = ("custom_reward_function", "reward_model", "sandbox_fusion")
+LEGACY_REWARD_KEYS = {
+    "reward_model.num_workers": "reward.num_workers",
+    "reward_model.reward_manager": "reward.reward_manager.name",
+    "reward_model.reward_loop_source": "reward.reward_manager.source",
+    "reward_model.reward_loop_module_path": "reward.reward_manager.module.path",
+    "reward_model.reward_loop_class_name": "reward.reward_manager.module.name",
+    "reward_model.model.path": "reward.reward_model.model_path",
+    "reward_model.reward_kwargs": "reward.reward_kwargs",
+}
+
+
+def legacy_reward_settings(config: DictConfig) -> list[str]:
+    """verl's old top-level reward settings that are set: verl 0.9.1's trainer reads only `reward.*`, so a
+    `custom_reward_function.path=my_reward.py` from an older script would train with Mixed-Reward, silently."""
+    errors = []
+    for node in LEGACY_REWARD_NODES:
+        settings = OmegaConf.to_container(config.get(node) or {}, resolve=True)
+        for key, value in flat_settings(settings, node):
+            if value is None:
+                continue
+            place = LEGACY_REWARD_KEYS.get(key, f"reward.{key}")
+            shown = str(value).lower() if isinstance(value, bool) else value  # as the command line wrote it
+            errors.append(f"{key}={shown} is a setting verl 0.9.1's trainer no longer reads: set {place}")
+    return errors
+
+
+def flat_settings(settings, prefix: str) -> list[tuple[str, object]]:
+    """(dotted key, value) for every leaf of a nested dict."""
+    if not isinstance(settings, dict):
+        return [(prefix, settings)]
+    return [leaf for key, value in settings.items() for leaf in flat_settings(value, f"{prefix}.{key}")]
+
+
 def file_logger_env(environ) -> dict[str, str]:
     """Where verl's file logger writes, made absolute: $VERL_FILE_LOGGER_PATH, else a file under
     $VERL_FILE_LOGGER_ROOT (default: the working directory of the Ray worker that logs)."""
@@ -751,10 +787,12 @@ def train(config: DictConfig) -> None:
     ]
     if mismatches:
         fail("; ".join(mismatches) + ". verl would stop on it only after start-up.\n", EXIT_USAGE)
-    setting_errors = [*filtering_setting_errors(config), *reward_setting_errors(config)]
+    tasks_env = installed_tasks_env()  # first: the checks below read the installed tasks
+    setting_errors = [
+        *legacy_reward_settings(config), *filtering_setting_errors(config), *reward_setting_errors(config),
+    ]  # fmt: skip
     if setting_errors:
         fail("; ".join(setting_errors) + ".\n", EXIT_USAGE)
-    tasks_env = installed_tasks_env()
     exit_unless_local_gpus_suffice(config)
     if os.environ.get("RAY_ADDRESS"):
         check_cluster_gpus(config)
@@ -791,6 +829,9 @@ def train(config: DictConfig) -> None:
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     if logs_to_file(config):
         prepare_metrics_log(file_logger_path(config, worker_env))
+    # Resolved here, where Hydra's resolver is: verl resolves the config in its Ray actor, which would
+    # stop on a `${hydra:runtime.choices.<group>}` that names a sweep's jobs.
+    OmegaConf.resolve(config)
     try:
         run_ppo(config, task_runner_class=TaskRunnerV1)
     finally:

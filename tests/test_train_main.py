@@ -68,6 +68,16 @@ def test_a_reward_option_the_manager_does_not_know_stops_the_entry_before_anythi
     assert "reward.reward_kwargs.overlong_buffer_cfg.lenght is not one of its keys (enable, len" in result.stderr
 
 
+def test_verls_old_top_level_reward_settings_stop_the_entry_naming_where_they_go_now(tmp_path):
+    """verl 0.9.1's trainer reads only `reward.*`: an older script's custom reward would go unused."""
+    old = ["custom_reward_function.path=my_reward.py", "reward_model.reward_manager=naive", "reward_model.enable=true"]
+    result = run_main("recipe=qwen25vl_7b", *old, cwd=tmp_path)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    for setting, place in zip(old, ["reward.custom_reward_function.path", "reward.reward_manager.name",
+                                    "reward.reward_model.enable"]):  # fmt: skip
+        assert f"{setting} is a setting verl 0.9.1's trainer no longer reads: set {place}" in result.stderr
+
+
 def test_a_sweep_whose_jobs_would_share_a_checkpoint_directory_is_refused_before_the_first_trains(tmp_path):
     sweep = ["-m", "recipe=qwen25vl_7b", "actor_rollout_ref.actor.optim.lr=1e-6,2e-6"]
     result = run_main(*sweep, cwd=tmp_path)
@@ -89,6 +99,14 @@ def test_a_glob_sweep_over_a_config_group_is_checked_as_its_jobs(tmp_path):
     result = run_main("-m", "recipe=qwen25vl_7b", "filtering=glob(*)", cwd=tmp_path)
     assert result.returncode == EXIT_USAGE, result.stderr
     assert "-m: the sweep's jobs (filtering=off; filtering=on) would all train into" in result.stderr
+    choice = "${hydra:runtime.choices.filtering}"
+    named = [f"trainer.experiment_name=run_{choice}", f"trainer.default_local_dir=checkpoints/run_{choice}"]
+    assert " ".join(f"'{setting}'" for setting in named) in result.stderr, "a group's choice is no config key"
+    # Named after its choice, as the message says, each job trains into its own directory.
+    apart = run_main("-m", "recipe=qwen25vl_7b", "filtering=glob(*)", *named, cwd=tmp_path)
+    assert "-m: the sweep's jobs" not in apart.stderr
+    if not torch.cuda.is_available():
+        assert apart.returncode == 2 and "needs at least one CUDA GPU" in apart.stderr
 
 
 def test_sweep_jobs_combine_the_swept_values_as_hydras_basic_sweeper_does():
