@@ -147,7 +147,8 @@ def export(config: ExportConfig) -> dict:
             f"dtype must be bfloat16, float16, float32 or saved (as the checkpoint holds them), got {config.dtype!r}"
         )
     shards, copy = checkpoint_dirs(Path(config.checkpoint))
-    out = Path(config.out_dir)
+    # Resolved: `out_dir=.` gets a name to build beside, and a link's target is where the export goes.
+    out = Path(config.out_dir).resolve()
     if out.is_file() or out.is_dir() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty: export writes a new directory")
     built = out.with_name(f".{out.name}.partial")

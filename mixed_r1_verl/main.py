@@ -643,8 +643,8 @@ def make_paths_absolute(config: DictConfig, keys: tuple[str, ...]) -> None:
 
 def pin_model_path(path: str) -> str:
     """A model path that processes outside the launching directory read alike: an existing local path
-    made absolute; a Hugging Face hub id as given, as the GRPO entry passes it (verl loads it through
-    transformers, which fetches it or reads the cache), except that with HF_HUB_OFFLINE it becomes its
+    made absolute; a Hugging Face hub id as given (verl loads it through transformers, which fetches it
+    or reads the cache), except that with HF_HUB_OFFLINE it becomes its
     snapshot in the cache, checked to hold weights. FileNotFoundError when it is neither, or when offline
     and the cache lacks it."""
     if os.path.exists(path) or not is_hub_id(path):
@@ -803,6 +803,10 @@ def train(config: DictConfig) -> None:
             config.mixed_r1.data_dir,
             config.data.max_prompt_length,
         )
+    try:  # absolute, so that Ray's workers and the checkpoints' run config read it alike
+        config.actor_rollout_ref.model.path = pin_model_path(config.actor_rollout_ref.model.path)
+    except FileNotFoundError as error:
+        fail(f"actor_rollout_ref.model.path: {error}\n", EXIT_USAGE)
     start_from_merged_adapter(config)
     model_errors = lora_mismatches(config)
     context_length = model_context_length(config.actor_rollout_ref.model)

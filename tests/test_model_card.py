@@ -50,8 +50,11 @@ def test_the_base_model_is_followed_to_its_hub_id_through_cache_snapshots_and_th
     snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-VL-3B-Instruct" / "snapshots" / "0a1b2c"
     assert base_hub_id("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
     assert base_hub_id(str(snapshot)) == "Qwen/Qwen2.5-VL-3B-Instruct"  # an offline run trains from the snapshot
-    for unknown in ("models/qwen", str(tmp_path / "models" / "qwen"), "../models/qwen", None):
+    for unknown in (str(tmp_path / "models" / "qwen"), "../models/qwen", None):
         assert base_hub_id(unknown) is None, unknown
+    # The entries save local paths absolute: a relative `org/name` is a hub id, even where the export runs
+    # beside a directory of that name (`hf download --local-dir` makes one).
+    assert base_hub_id("models/qwen") == "models/qwen"
 
     # SFT from the snapshot, GRPO from the SFT checkpoint's copy, an export of it, GRPO from the export.
     sft_copy = tmp_path / "sft" / "global_step_4" / "huggingface"

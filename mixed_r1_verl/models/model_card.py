@@ -53,7 +53,9 @@ def base_hub_id(model_path: str | None) -> str | None:
             return None
         if snapshot := CACHE_SNAPSHOT.search(model_path):
             return snapshot.group(1).replace("--", "/")
-        if not os.path.exists(model_path):
+        # The entries save a local model's path absolute: a relative one is a hub id, wherever this runs
+        # (a directory of that name here says nothing of the run).
+        if not os.path.isabs(model_path):
             return model_path if is_hub_id(model_path) else None
         run = saved_run_of(Path(os.path.realpath(model_path)))
         if run is None:
