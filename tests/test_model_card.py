@@ -79,3 +79,21 @@ def test_the_base_model_is_followed_to_its_hub_id_through_cache_snapshots_and_th
     metadata, _, rows = card_parts(model_card("grpo", "GRPO", 2, run, lora_merged=False, dtype="float32"))
     assert "base_model" not in metadata and "base model" not in rows
     assert rows["started from"] == f"`{tmp_path / 'models' / 'qwen'}`"
+
+
+def test_a_checkout_that_is_not_pip_installed_still_writes_its_card(monkeypatch):
+    """On a GPU node the project may run from a checkout on the path, without the package's metadata."""
+    from importlib.metadata import PackageNotFoundError
+
+    from mixed_r1_verl.eval import provenance
+
+    def no_metadata(name):
+        raise PackageNotFoundError(name)
+
+    run = {"actor_rollout_ref": {"model": {"path": "Qwen/Qwen2.5-VL-3B-Instruct"}}}
+    installed = model_card("grpo", "GRPO", 2, run, lora_merged=False, dtype="bfloat16")
+    assert f"exported by mixed_r1_verl {provenance.package_version()}." in installed
+    monkeypatch.setattr(provenance, "version", no_metadata)
+    assert provenance.code_identity()["version"] is None
+    card = model_card("grpo", "GRPO", 2, run, lora_merged=False, dtype="bfloat16")
+    assert "exported by mixed_r1_verl (a checkout not pip-installed)." in card

@@ -14,6 +14,7 @@ from pathlib import Path
 from mixed_r1_verl.data.model_files import is_hub_id
 from mixed_r1_verl.models.model_card import CARD_FILE, STEP_DIR
 
+from .provenance import package_named
 from .report import task_table
 from .scoring import ALL
 
@@ -128,8 +129,8 @@ def how_evaluated(summary: dict, model: str, name: str) -> str:
     return (
         f"{summary['tasks'][ALL]['n']} records of {files}, answered by {BACKEND_NAMES[generator['backend']]} "
         f"(dtype {generator['dtype']}), {decoding}, at most {sampling['max_new_tokens']} new tokens, seed "
-        f"{sampling['seed']}; scored with the Mixed-R1 training rewards ({rewards}{bmas}) by mixed_r1_verl "
-        f"{run['code']['version']} on {date.today().isoformat()}."
+        f"{sampling['seed']}; scored with the Mixed-R1 training rewards ({rewards}{bmas}) by "
+        f"{package_named(run['code']['version'])} on {date.today().isoformat()}."
     )
 
 

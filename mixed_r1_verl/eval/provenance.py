@@ -25,14 +25,24 @@ def file_identity(path: str | Path) -> dict:
     return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
+def package_version() -> str | None:
+    """The package's version; None where its files run without the package's metadata (a checkout on the
+    path, not pip-installed)."""
+    try:
+        return version("mixed_r1_verl")
+    except PackageNotFoundError:
+        return None
+
+
+def package_named(package_version: str | None) -> str:
+    """The package as a card names what wrote it."""
+    return f"mixed_r1_verl {package_version}" if package_version else "mixed_r1_verl (a checkout not pip-installed)"
+
+
 def code_identity() -> dict:
     """The package's version and, run from a git checkout, its commit and whether the package's files
     differ from it (None outside one)."""
-    try:
-        package_version = version("mixed_r1_verl")
-    except PackageNotFoundError:
-        package_version = None
-    return {"version": package_version, **git_state(PACKAGE_DIR)}
+    return {"version": package_version(), **git_state(PACKAGE_DIR)}
 
 
 def git_state(directory: Path) -> dict:

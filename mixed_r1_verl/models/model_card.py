@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-from importlib.metadata import version
 from pathlib import Path
 
 import yaml
 
 from mixed_r1_verl.data.model_files import is_hub_id
 from mixed_r1_verl.data.records import lookup
+from mixed_r1_verl.eval.provenance import package_named, package_version
 from mixed_r1_verl.run_config import RUN_CONFIG, read_run_config
 
 CARD_FILE = "README.md"
@@ -130,7 +130,7 @@ def model_card(name: str, method: str, step: int | None, run: dict | None, lora_
     return (
         f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n\n"
         f"# {name}\n\n"
-        f"{checkpoint}, exported by mixed_r1_verl {version('mixed_r1_verl')}.\n\n{table}\n\n{config_note}\n\n"
+        f"{checkpoint}, exported by {package_named(package_version())}.\n\n{table}\n\n{config_note}\n\n"
         "## Use\n\n"
         f"From this directory, `{name}`, or from its Hub repository, by the repository's id:\n\n"
         "```python\n"
