@@ -256,6 +256,7 @@ def run_logged(
     env: Mapping[str, str] | None = None,
     timeout_s: float = 600,
     reuse: bool = True,
+    resumes: bool = False,
 ) -> LoggedRun:
     """Run `argv` with stdout and stderr in `<log_dir>/<name>.log`; the exit status (124 after a
     timeout, when the whole process tree is killed), duration and peak GPU memory go to
@@ -265,7 +266,8 @@ def run_logged(
     Under `$MIXED_R1_GPU_DEADLINE` the limit is at most the time left, and a command with under
     MIN_START_S left is not started; both come back with `out_of_time` and status 124. An earlier
     attempt that did not succeed keeps its files as `<name>.previous.*`; one that ran until a deadline
-    without finishing is not retried with less time than it had."""
+    without finishing is not retried with less time than it had, unless it `resumes` (a training run
+    goes on from its last checkpoint, with its compile caches warm)."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path, record_path = log_dir / f"{name}.log", log_dir / f"{name}.json"
@@ -273,7 +275,8 @@ def run_logged(
     if reuse and earlier is not None and earlier["returncode"] == 0:
         return LoggedRun(name, 0, log_path, earlier["seconds"], earlier["peak_gpu_memory_mib"])
     left = seconds_left()
-    if reuse and left is not None and earlier is not None and earlier.get("out_of_time") and earlier["seconds"] > left:
+    cut_earlier = earlier is not None and earlier.get("out_of_time") and not resumes
+    if reuse and left is not None and cut_earlier and earlier["seconds"] > left:
         # Nothing is rerun or overwritten: the earlier log is what there is to read.
         return LoggedRun(name, EXIT_OUT_OF_TIME, log_path, 0.0, None, out_of_time=True)
     if earlier is not None:
@@ -470,8 +473,15 @@ def metrics_log_path(out_dir: str | Path, name: str) -> Path:
     return Path(out_dir) / "metrics" / f"{name}.jsonl"
 
 
+def checkout_first_on_path(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` with this checkout first on PYTHONPATH: a module or a script of it (`benchmarks/bmas.py`, which
+    Python puts its own directory first for) imports this package where it is not pip-installed."""
+    return {**environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(source_root()), environ.get("PYTHONPATH")]))}
+
+
 def project_command(
-    name: str, out_dir: str | Path, module: str, *args: str, timeout_s: float = 600, reuse: bool = True
+    name: str, out_dir: str | Path, module: str, *args: str, timeout_s: float = 600, reuse: bool = True,
+    resumes: bool = False,
 ) -> LoggedRun:
     """`python -m module args` through `run_logged` (logs in `<out_dir>/logs`), with this checkout
     first on the path (the training entry registers its verl plugins itself), the smoke recipe's work
@@ -480,23 +490,23 @@ def project_command(
     metrics = metrics_log_path(out_dir, name)
     metrics.parent.mkdir(parents=True, exist_ok=True)
     env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(source_root()), os.environ.get("PYTHONPATH")])),
+        **checkout_first_on_path(os.environ),
         "MIXED_R1_SMOKE_DIR": str(out_dir / "smoke"),
         "VERL_FILE_LOGGER_PATH": str(metrics),
     }
-    return run_logged(name, [sys.executable, "-m", module, *args], out_dir / "logs", env, timeout_s, reuse)
+    return run_logged(name, [sys.executable, "-m", module, *args], out_dir / "logs", env, timeout_s, reuse, resumes)
 
 
 def smoke_training(
     name: str, out_dir: str | Path, *overrides: str, recipe: str = "smoke", timeout_s: float = SMOKE_TIMEOUT_S
 ) -> LoggedRun:
     """`python -m mixed_r1_verl.main recipe=<smoke recipe> overrides...` via `project_command`,
-    checkpointing into `smoke_checkpoint_dir(out_dir, name)`."""
+    checkpointing into `smoke_checkpoint_dir(out_dir, name)`; a run cut at the deadline is retried with
+    whatever time is left, as it resumes from its last checkpoint."""
     return project_command(
         name, out_dir, "mixed_r1_verl.main", f"recipe={recipe}",
         f"trainer.default_local_dir={smoke_checkpoint_dir(out_dir, name)}", *overrides,
-        timeout_s=timeout_s,
+        timeout_s=timeout_s, resumes=True,
     )  # fmt: skip
 
 

@@ -61,6 +61,7 @@ from mixed_r1_verl.run_logs import (  # noqa: E402
     STACKS_SUFFIX,
     StopRequest,
     Terminated,
+    checkout_first_on_path,
     checks_out_dir,
     interrupt_signal,
     last_console_step,
@@ -384,6 +385,16 @@ def not_started(
     return None
 
 
+def pieces_env(environ, out: Path, deadline: float | None) -> dict[str, str]:
+    """What every piece runs with: this checkout first on the path (the figures are scripts of `benchmarks/`,
+    which a checkout that is not pip-installed would not import the package from), the checks' output
+    directory and the deadline."""
+    env = {**checkout_first_on_path(environ), "MIXED_R1_GPU_OUT": str(out)}
+    if deadline is not None:
+        env[DEADLINE_ENV] = str(deadline)
+    return env
+
+
 def run_pieces(
     pieces: list[Piece],
     verify_dir: Path,
@@ -461,9 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     out = checks_out_dir()
     verify_dir = out / "verify"
     verify_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MIXED_R1_GPU_OUT": str(out)}
-    if deadline is not None:
-        env[DEADLINE_ENV] = str(deadline)
+    env = pieces_env(os.environ, out, deadline)
     gpu = cuda_gpu()
     env_lines = environment(gpu)
     if args.parallel:

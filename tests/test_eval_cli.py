@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -934,3 +935,19 @@ def test_data_may_be_a_glob_pattern_over_shards(tmp_path, tiny_model):
     assert summary["tasks"]["all"]["n"] == len(ROWS)
     with pytest.raises(SystemExit, match=r"test-\*\.parquet: the pattern matches no file"):
         main([f"data={shards / 'test-*.parquet'}", *settings])
+
+
+def test_the_gpu_suites_check_of_the_per_task_table_holds_on_a_real_evaluation(tmp_path, parquet, tiny_model, capsys):
+    """The GPU evaluation test reads the table this command prints: its check is run here on a CPU-scored
+    evaluation (the table ends with the row of all records)."""
+    spec = importlib.util.spec_from_file_location("gpu_checks", Path(__file__).parent / "gpu" / "gpu_checks.py")
+    gpu_checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_checks)
+    assert score_saved(parquet, RESPONSES, tmp_path / "run", tiny_model) == 0
+    printed = capsys.readouterr().out
+    gpu_checks.assert_every_val_row_of_every_task_scored(printed, parquet)
+    with pytest.raises(AssertionError, match="open_ended: n 1 != 2 val rows"):
+        extra = [{**ROWS[-1], "extra_info": {**ROWS[-1]["extra_info"], "id": "o2"}}]
+        pq.write_table(pa.Table.from_pylist(ROWS + extra), tmp_path / "more.parquet")
+        gpu_checks.assert_every_val_row_of_every_task_scored(printed.replace("| all | 5 |", "| all | 6 |"),
+                                                             tmp_path / "more.parquet")  # fmt: skip

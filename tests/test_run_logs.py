@@ -169,6 +169,18 @@ def test_a_run_cut_at_the_deadline_is_not_retried_with_less_time(tmp_path, monke
     assert json.loads((logs / "job.previous.json").read_text())["out_of_time"] is True
 
 
+def test_a_run_that_resumes_is_retried_after_a_deadline_with_whatever_time_is_left(tmp_path, monkeypatch):
+    """A training run goes on from its last checkpoint: the same budget again lets it finish."""
+    logs, marker = tmp_path / "logs", tmp_path / "retried"
+    monkeypatch.setattr(run_logs, "MIN_START_S", 0.2)
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 2))
+    first = run_logged("train", [sys.executable, "-c", "import time; time.sleep(60)"], logs, resumes=True)
+    assert first.out_of_time and first.seconds >= 1.5
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 1))
+    again = run_logged("train", [sys.executable, "-c", f"open({str(marker)!r}, 'w')"], logs, resumes=True)
+    assert again.returncode == 0 and marker.exists()
+
+
 def test_the_last_step_is_read_from_verls_console_lines(tmp_path):
     lines = "(TaskRunnerV1 pid=7) step:1 - actor/loss:0.1\\n(TaskRunnerV1 pid=7) step:2 - actor/loss:0.2"
     logged = run_logged("job", [sys.executable, "-c", f"print('{lines}')"], tmp_path / "logs")

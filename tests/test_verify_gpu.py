@@ -118,6 +118,19 @@ def test_junit_results_are_counted_and_failures_kept(verify, tmp_path):
     assert failed and len(failures) == 1 and "test_fails" in failures[0] and "one is not two" in failures[0]
 
 
+def test_pieces_import_this_checkout_also_where_it_is_not_pip_installed(verify, tmp_path):
+    """The figures run as scripts of benchmarks/: Python puts that directory first on their path, not the
+    checkout's root, so the pieces' environment does."""
+    env = verify.pieces_env({"PATH": os.environ["PATH"], "PYTHONPATH": "/site"}, tmp_path, deadline=12.5)
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(source_root()), "/site"]
+    assert (env["MIXED_R1_GPU_OUT"], env[DEADLINE_ENV]) == (str(tmp_path), "12.5")
+    script = tmp_path / "benchmarks" / "where.py"
+    script.parent.mkdir()
+    script.write_text("import sys\nprint(sys.path[1])\n")  # sys.path[0] is the script's own directory
+    printed = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
+    assert printed.stdout.strip() == str(source_root())
+
+
 def test_a_failing_piece_fails_the_verification_and_its_output_is_reported(verify, tmp_path):
     piece = verify.Piece("broken", ("-c", "print('step 1 ok'); raise SystemExit(3)"), "a piece that fails")
     outcome = verify.run_piece(piece, tmp_path, None, {})

@@ -7,6 +7,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from mixed_r1_verl.eval.scoring import ALL
 from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION, TEST_SIZE_VLLM_KV_CACHE_BYTES
 from mixed_r1_verl.run_logs import DEADLINE_ENV, LoggedRun, project_command
 
@@ -64,10 +65,18 @@ def evaluate_on_the_smoke_val_set_with_vllm(name: str, gpu_out, model, *settings
         f"out_dir={gpu_out / name}", *settings,
     )  # fmt: skip
     assert_succeeded(evaluation)
-    table = per_task_table(evaluation.log_text())
+    assert_every_val_row_of_every_task_scored(evaluation.log_text(), val_parquet)
+    return evaluation
+
+
+def assert_every_val_row_of_every_task_scored(printed: str, val_parquet) -> None:
+    """The evaluator's per-task table (`printed`) holds the four tasks, each with n its val rows and no reward
+    error, and the row of all records."""
+    table = per_task_table(printed)
     expected = val_rows_per_task(val_parquet)
-    assert set(table) == set(TASKS) == set(expected), f"table tasks {sorted(table)}, val tasks {sorted(expected)}"
+    tasks = set(table) - {ALL}
+    assert tasks == set(TASKS) == set(expected), f"table tasks {sorted(tasks)}, val tasks {sorted(expected)}"
+    assert float(table[ALL]["n"]) == sum(expected.values()), f"all: n {table[ALL]['n']}, {sum(expected.values())} rows"
     for task in TASKS:
         assert float(table[task]["n"]) == expected[task], f"{task}: n {table[task]['n']} != {expected[task]} val rows"
         assert float(table[task]["errors"]) == 0, f"{task}: {table[task]['errors']} reward errors"
-    return evaluation
