@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +29,7 @@ from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
 from mixed_r1_verl.main import choose_attention
 from mixed_r1_verl.run_logs import read_metrics_log
 from mixed_r1_verl.sft import micro_batch_mismatch, register_sft_recipes, sft_config_dir
+from mixed_r1_verl.verl_adapter.sft_trainer import MixedR1SFTTrainer
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +245,28 @@ def test_rows_longer_than_max_length_are_left_out_at_load_and_counted(converted,
     assert f"1 of {len(table)} SFT rows" in caplog.text and f"exceed data.max_length={max(counts) - 1}" in caplog.text
     assert f"{task} 1/" in caplog.text and f"first ids: ['{row_id}']" in caplog.text
     assert dataset.rows_over_max_length == {task: 1}
+    # Cut instead (verl cuts the end in no_padding mode whatever `truncation` says), it would lose its answer.
+    for truncation in ("left", "right"):
+        config = compose_sft(f"model.path={tiny_model_dir}", f"data.max_length={max(counts) - 1}",
+                             f"data.truncation={truncation}").data  # fmt: skip
+        dataset = create_sft_dataset(str(tmp_path / "long.parquet"), config, processor.tokenizer, processor)
+        assert len(dataset) == len(table) - 1 and dataset.rows_over_max_length == {task: 1}, truncation
+
+
+def test_trainer_seed_orders_the_sft_batches(converted, tiny_model_dir):
+    """verl 0.9.1 leaves its SFT sampler at seed 0: the learning proof's `trainer.seed` would change nothing."""
+    data_dir, _ = converted
+    orders = {}
+    for seed in (0, 1, 0):
+        trainer = MixedR1SFTTrainer.__new__(MixedR1SFTTrainer)
+        trainer.config = compose_sft(f"model.path={tiny_model_dir}", f"trainer.seed={seed}", "data.num_workers=0")
+        trainer.engine = SimpleNamespace(get_data_parallel_rank=lambda: 0, get_data_parallel_size=lambda: 1)
+        trainer.train_dataset, trainer.val_dataset = list(range(256)), None
+        trainer._build_dataloader()
+        trainer.train_sampler.set_epoch(0)
+        order = list(trainer.train_sampler)
+        assert orders.setdefault(seed, order) == order, "one seed, one order"
+    assert orders[0] != orders[1]
 
 
 def test_rows_converted_for_a_larger_frame_than_the_processor_keeps_are_refused(converted, tiny_model_dir, tmp_path):

@@ -11,9 +11,10 @@ converter wrote), so SFT, GRPO and the converter's grounding frame agree; data c
 frame the model's processor would resize again, or for another model family's box frame, is refused,
 as in GRPO. Where verl loaded no processor
 (AutoProcessor fails without torchvision), the project's image-and-text processor takes its place.
-With `data.truncation=error` (conf/sft/sft.yaml), rows longer than `data.max_length` (images expanded) are
-left out at load, with one warning counting them per task, instead of stopping training when a batch
-reaches them; the length is the converter's count (extra_info.sequence_length) where it wrote one.
+Rows longer than `data.max_length` (images expanded) are left out at load, with one warning counting them
+per task, instead of stopping training when a batch reaches them (`data.truncation=error`, conf/sft/sft.yaml)
+or being cut: with `pad_mode=no_padding` verl cuts a row's end whatever `truncation` says, which is the
+target's `<answer>`. The length is the converter's count (extra_info.sequence_length) where it wrote one.
 Everything else (per-turn tokenisation, loss mask on the assistant turn only, M-RoPE positions,
 padding) is verl's. A row that cannot be prepared raises an error naming it.
 """
@@ -67,8 +68,7 @@ class MixedR1SFTDataset(NamesRowsThatFail, MultiTurnSFTDataset):
             images = pa.array(self.dataframe[self.image_key])
             refuse_invalid_pixel_bounds(images, self._describe_row)
             refuse_images_resized_again(self.processor, images, self._describe_row)
-        if self.truncation == "error":
-            self.leave_out_rows_over_max_length()
+        self.leave_out_rows_over_max_length()
 
     def extra_info_field(self, name: str) -> list:
         if "extra_info" not in self.dataframe.columns:

@@ -49,6 +49,11 @@ class MixedR1SFTTrainer(SFTTrainer):
             rows["val_files"] = len(self.val_dataset)
         exit_unless_rows_fill_the_run(self.config, rows, f" within data.max_length={self.config.data.max_length}")
 
+    def _build_dataloader(self):
+        super()._build_dataloader()
+        # verl 0.9.1 leaves its DistributedSampler at seed 0 whatever trainer.seed says.
+        self.train_sampler.seed = int(self.config.trainer.seed)
+
     def _build_engine(self):
         super()._build_engine()
         if self._stop_by is None:
