@@ -40,6 +40,9 @@ IMAGE_PLACEHOLDER = "<image>"
 IMAGE_PAD = "<|image_pad|>"
 # The image tokens of the families Mixed-R1 trains (InternVL's expands into an image's tiles).
 MODEL_IMAGE_TOKENS = (IMAGE_PAD, "<IMG_CONTEXT>")
+# The chat templates' turn tokens of those families: in a row's text one would end a turn where the text
+# stands (an SFT target taught to stop before its answer, a prompt with a turn of its own).
+CHAT_TURN_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SPLITS = ("train", "val")
 CANONICAL_FIELDS = (
@@ -64,6 +67,7 @@ ANSWER_NOT_AN_OPTION = "answer_not_an_option"
 NON_FINITE_ANSWER = "non_finite_answer"
 PROMPT_TOO_LONG = "prompt_too_long"
 IMAGE_TOKEN_IN_TEXT = "image_token_in_text"
+CHAT_TOKEN_IN_TEXT = "chat_token_in_text"
 FORMAT_TAG_IN_TEXT = "format_tag_in_text"
 BOX_LOOKS_NORMALIZED = "box_looks_normalized"
 BAD_REWARD_INFO = "bad_reward_info"
@@ -280,6 +284,13 @@ def check_image_tokens(problem: str, answer: str, options: tuple[str, ...] | Non
                 raise RecordError(IMAGE_TOKEN_IN_TEXT, f"{name} holds the model's image token {token!r}")
 
 
+def check_chat_tokens(problem: str, answer: str, options: tuple[str, ...] | None, rationale: str | None) -> None:
+    for name, text in (("problem", problem), *_texts_besides_problem(answer, options, rationale)):
+        for token in CHAT_TURN_TOKENS:
+            if token in text:
+                raise RecordError(CHAT_TOKEN_IN_TEXT, f"{name} holds the chat template's turn token {token!r}")
+
+
 def check_format_tags(answer: str, rationale: str | None) -> None:
     """The answer and rationale go between the response format's tags (the SFT target
     `<think>{rationale}</think><answer>{answer}</answer>`; the answer the rewards extract): a tag inside
@@ -407,6 +418,7 @@ def parse_record(raw: dict) -> CanonicalRecord:
     problem = normalise_problem(_require_str(raw, "problem"), len(images))
     rationale = _optional_rationale(raw)
     check_image_tokens(problem, answer, options, rationale)
+    check_chat_tokens(problem, answer, options, rationale)
     check_format_tags(answer, rationale)
     return CanonicalRecord(
         id=record_id,
