@@ -86,6 +86,22 @@ def set_rows(config: DictConfig, key: str) -> int:
     return min(rows, limit) if limit > 0 else rows
 
 
+def train_rows_within_max_length(config: DictConfig) -> int:
+    """The training rows verl's SFT trainer reads that fit data.max_length by the converter's count
+    (extra_info.sequence_length; a row without one is taken to fit): the dataset leaves out the others."""
+    import pyarrow.parquet as pq
+
+    lengths = []
+    for path in data_files(config.data.train_files):
+        if "extra_info" not in pq.read_schema(path).names:
+            lengths += [None] * parquet_rows(path)
+            continue
+        lengths += [(info or {}).get("sequence_length") for info in pq.read_table(path, columns=["extra_info"])
+                    .column("extra_info").to_pylist()]  # fmt: skip
+    lengths = lengths[: set_rows(config, "train_files")]
+    return sum(length is None or length <= config.data.max_length for length in lengths)
+
+
 def parquet_set_rows(config: DictConfig) -> dict[str, int]:
     """Rows verl's SFT trainer reads of data.train_files and, when set, data.val_files, by key."""
     keys = ["train_files"] + (["val_files"] if config.data.val_files else [])
@@ -195,7 +211,7 @@ def train_on_this_node(config: DictConfig) -> None:
     mismatch = micro_batch_mismatch(config)
     if mismatch:
         fail(mismatch)
-    exit_if_training_is_done(config.trainer, *planned_sft_steps(config, rows["train_files"]))
+    exit_if_training_is_done(config.trainer, *planned_sft_steps(config, train_rows_within_max_length(config)))
     if logs_to_file(config) and os.environ.get("RANK", "0") == "0":
         prepare_metrics_log(file_logger_path(config, file_logger_env(os.environ)))
     if "WORLD_SIZE" not in os.environ:

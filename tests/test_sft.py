@@ -28,7 +28,9 @@ from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
 from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
 from mixed_r1_verl.main import choose_attention
 from mixed_r1_verl.run_logs import read_metrics_log
-from mixed_r1_verl.sft import micro_batch_mismatch, register_sft_recipes, sft_config_dir
+from mixed_r1_verl.sft import (
+    micro_batch_mismatch, planned_sft_steps, register_sft_recipes, sft_config_dir, train_rows_within_max_length,
+)  # fmt: skip
 from mixed_r1_verl.verl_adapter.sft_trainer import MixedR1SFTTrainer
 
 
@@ -584,6 +586,22 @@ def test_a_rerun_of_a_finished_run_is_refused_instead_of_training_a_step_more(
         "(trainer.total_training_steps)."
     )
     assert sorted(path.name for path in checkpoints.glob("global_step_*"))[-1] == f"global_step_{last}"
+
+
+def test_a_finished_run_is_told_by_the_steps_of_the_rows_that_fit_max_length(converted, tiny_model_dir, tmp_path):
+    """Steps planned from the training rows within data.max_length, as the dataset keeps them: planned from
+    every row, a rerun after the last step would pass the check and train nothing."""
+    data_dir, _ = converted
+    lengths = [info["sequence_length"] for info in pq.read_table(data_dir / "sft_train.parquet").column("extra_info")
+               .to_pylist()]  # fmt: skip
+    limit = sorted(lengths)[len(lengths) // 2]
+    fitting = sum(length <= limit for length in lengths)
+    config = compose_sft(
+        f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}", f"data.max_length={limit}",
+        "data.train_batch_size=2", "trainer.total_training_steps=null", "trainer.total_epochs=1",
+    )  # fmt: skip
+    assert 0 < fitting < len(lengths) and train_rows_within_max_length(config) == fitting
+    assert planned_sft_steps(config, train_rows_within_max_length(config))[0] == fitting // 2
 
 
 def test_a_run_ends_with_its_checkpoint_after_the_last_step_that_fits_before_stop_by(
