@@ -152,6 +152,7 @@ def test_publish_points_at_the_latest_checkpoint_and_completes_it(tmp_path, tiny
 def test_evaluation_step_scores_a_model_with_the_project_evaluation(tmp_path, tiny_model_dir):
     layout = Layout(tmp_path)
     convert_synthetic(tmp_path / "src", layout.data, rows_per_task=2, seed=4, model_path=str(tiny_model_dir))
+    shutil.copytree(tiny_model_dir, layout.base_model)  # every evaluation's BMAS table, as the pipeline builds it
     step = eval_step(LearnConfig(eval_max_new_tokens=4), layout, "base", tiny_model_dir)
     execute([step], env={**os.environ, "PYTHONPATH": str(REPO)})
     out = layout.eval_dir("base")
