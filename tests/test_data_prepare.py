@@ -498,7 +498,9 @@ def test_images_that_would_fail_or_show_otherwise_in_training_are_rejects_or_rew
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "out"
-    prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False))
+    prepare(
+        PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False)
+    )
 
     (written,) = read_rows(out / "train.parquet")
     assert written["extra_info"]["id"] == "junk_exif.png"

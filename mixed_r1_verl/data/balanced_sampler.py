@@ -4,8 +4,9 @@ With shuffled mixed data a small batch often misses a task (8 prompts from 4 tas
 every batch of a 6-step run only about 8 % of the time). `TaskBalancedSampler` orders every epoch so
 that each batch of `data.train_batch_size` consecutive rows holds every task in proportion to its
 remaining rows (at least one of each while the batch has room), visits every row at most once per epoch
-(those past the last whole batch sit it out, which ones changes with each epoch's order), and is seeded (`data.seed`, default 0) and resumable through verl's checkpointed data loader
-(with the settings its order follows, which its state records).
+(those past the last whole batch sit it out, which ones changes with each epoch's order), and is seeded
+(`data.seed`, default 0) and resumable through verl's checkpointed data loader (with the settings its
+order follows, which its state records).
 
 Select it with
 
