@@ -79,6 +79,7 @@ from mixed_r1_verl.eval.generation import (
     vllm_kwargs_error,
     vllm_temperature_error,
 )
+from mixed_r1_verl.eval.provenance import setting_text
 from mixed_r1_verl.rewards import DEFAULT_CORRECT_THRESHOLDS, compute_score, task_names, values_differ
 from mixed_r1_verl.rewards.chart import single_number
 from mixed_r1_verl.rewards.embeddings import EmbeddingModelError, load_embedding_model
@@ -620,13 +621,12 @@ class Engine:
     def cache_key(self, row: EngineRow, settings: SamplingSettings) -> str:
         """The model by its directory as resolved (`model/`, `./model` and its absolute path are one model;
         a hub id is kept as given)."""
-        model = self.config.difficulty.model_path
         return request_key(
             row.record.id,
             json.dumps(row.prompt),
             row.image_digests,
             (self.converter.min_pixels, self.converter.max_pixels),
-            str(Path(model).resolve()) if Path(model).is_dir() else model,
+            setting_text(self.config.difficulty.model_path),
             settings,
         )
 

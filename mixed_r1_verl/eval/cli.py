@@ -53,7 +53,7 @@ from .generation import (
     vllm_kwargs_error,
     vllm_temperature_error,
 )
-from .provenance import code_identity, file_identity
+from .provenance import code_identity, file_identity, setting_text
 from .records import EvalRecord, data_ids, load_records, refuse_records_of_another_frame
 from .report import (
     SCORES_FILE, SUMMARY_FILE, evaluated_ids, load_summary, summary_markdown, write_comparison, write_summary,
@@ -263,12 +263,6 @@ def refuse_what_is_no_model(model: str) -> None:
     reason = Path(model).is_dir() and not_a_model_reason(model)
     if reason:
         raise FileNotFoundError(reason)
-
-
-def setting_text(value) -> str:
-    """A setting as a run records it: a local directory by its absolute path, so that runs started from
-    other directories compare."""
-    return str(Path(value).resolve()) if Path(str(value)).is_dir() else str(value)
 
 
 def run_record(args, reward_kwargs: dict) -> dict:

@@ -15,6 +15,12 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SHARED_SETTINGS = ("data_sha256", "limit", "reward_kwargs", "sampling", "generator", "code")
 
 
+def setting_text(value) -> str:
+    """A setting as a run records it: a local directory by its absolute path, so that runs started from
+    other directories compare."""
+    return str(Path(value).resolve()) if Path(str(value)).is_dir() else str(value)
+
+
 def file_identity(path: str | Path) -> dict:
     """A file by its absolute path, size in bytes and sha256."""
     path = Path(path)
