@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 RECIPE_GROUP = "recipe"
 PACKAGE_SETTINGS_KEY = "mixed_r1"
@@ -132,7 +132,7 @@ def exit_if_sweep_jobs_share_a_checkpoint_dir(config_name: str, argv: list[str])
     jobs = sweep_jobs(argv, GlobalHydra.instance().config_loader())
     if not jobs or len(jobs) < 2:
         return
-    shared = sweep_jobs_sharing(jobs, [job_checkpoint_dir(config_name, job) for job in jobs])
+    shared = sweep_jobs_sharing(jobs, [job_checkpoint_dir(config_name, job, num) for num, job in enumerate(jobs)])
     if not shared:
         return
     directory, swept = next(iter(shared.items()))
@@ -151,11 +151,17 @@ def exit_if_sweep_jobs_share_a_checkpoint_dir(config_name: str, argv: list[str])
     sys.exit(EXIT_USAGE)
 
 
-def job_checkpoint_dir(config_name: str, job: list[str]) -> str:
-    """The checkpoint directory a sweep's job would train into, its `${hydra:...}` read from the job's own
-    Hydra config (its group choices), as Hydra sets it when it runs the job."""
+def job_checkpoint_dir(config_name: str, job: list[str], num: int) -> str:
+    """The checkpoint directory the sweep's job number `num` would train into, its `${hydra:...}` read from
+    the job's own Hydra config (its group choices, `job.num` and output directory), as Hydra's basic launcher
+    sets it when it runs the job."""
     running = OmegaConf.create({"hydra": HydraConfig.get()})
     composed = hydra.compose(config_name, overrides=job, return_hydra_config=True)
+    with open_dict(composed.hydra.job), open_dict(composed.hydra.runtime):
+        composed.hydra.job.id = num
+        composed.hydra.job.num = num
+        sweep = composed.hydra.sweep
+        composed.hydra.runtime.output_dir = os.path.abspath(os.path.join(str(sweep.dir), str(sweep.subdir)))
     HydraConfig.instance().set_config(composed)
     try:
         return str(OmegaConf.select(composed, CHECKPOINT_DIR_KEY))

@@ -95,6 +95,17 @@ def test_a_sweep_whose_jobs_would_share_a_checkpoint_directory_is_refused_before
         assert named.returncode == 2 and "needs at least one CUDA GPU" in named.stderr
 
 
+@pytest.mark.parametrize(
+    "checkpoint_dir", ["checkpoints/run_${hydra:job.num}", "${hydra:runtime.output_dir}/checkpoints"]
+)
+def test_a_sweep_naming_its_directories_by_hydras_job_number_or_output_dir_goes_on(tmp_path, checkpoint_dir):
+    sweep = ["-m", "recipe=qwen25vl_7b", "actor_rollout_ref.actor.optim.lr=1e-6,2e-6"]
+    result = run_main(*sweep, f"trainer.default_local_dir={checkpoint_dir}", cwd=tmp_path)
+    assert "-m: the sweep's jobs" not in result.stderr
+    if not torch.cuda.is_available():
+        assert result.returncode == 2 and "needs at least one CUDA GPU" in result.stderr, result.stderr
+
+
 def test_a_glob_sweep_over_a_config_group_is_checked_as_its_jobs(tmp_path):
     result = run_main("-m", "recipe=qwen25vl_7b", "filtering=glob(*)", cwd=tmp_path)
     assert result.returncode == EXIT_USAGE, result.stderr
