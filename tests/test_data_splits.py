@@ -154,6 +154,10 @@ def test_rationales_agree_with_the_answers(tmp_path):
         elif row["task"] == "matching" and "options" in row:
             assert rationale.endswith(f"option {answer}.")
             assert f"is {row['options']['ABCD'.index(answer)]}, option" in rationale
+            # The shape asked about is one of the shapes seen, not two of different colours.
+            kind, _, place = re.search(r"colour is the (.+)\?", row["problem"]).group(1).partition(" at the ")
+            seen = re.findall(r"an? \w+ (\w+) at the ([\w ]+?)(?:;|\.)", rationale.split(". The ")[0] + ".")
+            assert sum(shape == kind and place in ("", where) for shape, where in seen) == 1, row
         elif row["task"] == "matching":
             colour = re.search(r"anything (\w+) in", row["problem"]).group(1)
             assert (answer == "yes") == (f" {colour} " in rationale.split(".")[0] + " ")
@@ -163,3 +167,20 @@ def test_rationales_agree_with_the_answers(tmp_path):
         else:
             shapes = re.findall(r"an? (\w+ (?:circle|square|triangle))", answer)
             assert shapes and all(shape in rationale for shape in shapes)
+
+
+def test_a_colour_question_never_names_two_shapes():
+    import random
+
+    from mixed_r1_verl.data.synthetic import _matching_row
+
+    # Two triangles in the top left third, of different colours: "the triangle at the top left" is either.
+    twins = [{"colour": "red", "shape": "triangle", "box": [0, 0, 20, 20]},
+             {"colour": "blue", "shape": "triangle", "box": [30, 30, 50, 50]}]  # fmt: skip
+    lone = {"colour": "green", "shape": "circle", "box": [200, 200, 220, 220]}
+    for seed in range(40):
+        alone = _matching_row(random.Random(seed), twins, (224, 224))
+        assert "options" not in alone and "anything" in alone["problem"]
+        with_circle = _matching_row(random.Random(seed), [*twins, lone], (224, 224))
+        if "options" in with_circle:
+            assert with_circle["problem"] == "<image>What colour is the circle?"

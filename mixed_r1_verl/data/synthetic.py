@@ -167,7 +167,10 @@ def _shape_name(shape: dict, shapes: list[dict], size: tuple[int, int]) -> str:
 
 def _matching_row(rng: random.Random, shapes: list[dict], size: tuple[int, int]) -> dict:
     seen = f"I see {_inventory(shapes, size)}."
-    if rng.random() < 0.5:
+    names = [_shape_name(s, shapes, size) for s in shapes]
+    # Ask about a shape its name singles out (two triangles in the same third would not be).
+    named = [i for i, name in enumerate(names) if names.count(name) == 1]
+    if rng.random() < 0.5 or not named:
         colour = rng.choice(sorted(COLOURS))
         present = any(s["colour"] == colour for s in shapes)
         finding = f"The {colour} one is there." if present else f"Nothing is {colour}."
@@ -176,9 +179,7 @@ def _matching_row(rng: random.Random, shapes: list[dict], size: tuple[int, int])
             "answer": "yes" if present else "no",
             "rationale": f"{seen} {finding}",
         }
-    names = [_shape_name(s, shapes, size) for s in shapes]
-    # Ask about a shape its name singles out (two triangles in the same third would not be).
-    index = rng.choice([i for i, name in enumerate(names) if names.count(name) == 1] or range(len(shapes)))
+    index = rng.choice(named)
     target, name = shapes[index], names[index]
     distractors = rng.sample([c for c in sorted(COLOURS) if c != target["colour"]], len(LETTERS) - 1)
     options = distractors + [target["colour"]]
