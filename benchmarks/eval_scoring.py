@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mixed_r1_verl.eval.cache import GenerationCache
+from mixed_r1_verl.eval.cache import Completion, GenerationCache
 from mixed_r1_verl.eval.generation import eval_request, request_digest
 from mixed_r1_verl.eval.records import EvalRecord
 from mixed_r1_verl.eval.scoring import score_records, summarize
@@ -36,16 +36,20 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=4000)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="eval-bench-"))
+    with tempfile.TemporaryDirectory(prefix="eval-bench-") as work:
+        measure(Path(work), args.records)
+
+
+def measure(work: Path, record_count: int) -> None:
     embedding_model = str(build_tiny_qwen25vl(work / "tiny"))
 
     records, responses = [], {}
-    for index in range(args.records):
+    for index in range(record_count):
         task = list(CASES)[index % len(CASES)]
         data_source, ground_truth, extra, response = CASES[task]
         record_id = f"r{index}"
         records.append(EvalRecord(record_id, data_source, task, [], ground_truth, {"task": task, **extra}))
-        responses[record_id] = response
+        responses[record_id] = Completion(response, truncated=False)
 
     digests = {record.id: request_digest(eval_request(record)) for record in records}
     start = time.perf_counter()

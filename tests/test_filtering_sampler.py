@@ -1,6 +1,7 @@
 """Per-task online filtering and per-task step metrics on a real TransferQueue (local Ray), with
 verl's replay-buffer machinery."""
 
+import atexit
 import functools
 import itertools
 import shutil
@@ -52,7 +53,9 @@ WRONG_ANSWER = {"chart": "7", "matching": "A", "grounding": "[50, 50, 60, 60]", 
 
 @functools.lru_cache(maxsize=1)
 def embedding_model_dir():
-    return str(build_tiny_qwen25vl(tempfile.mkdtemp(prefix="bmas-")))
+    directory = tempfile.mkdtemp(prefix="bmas-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return str(build_tiny_qwen25vl(directory))
 
 
 def scored_group(task, answers):
