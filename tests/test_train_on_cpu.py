@@ -151,7 +151,11 @@ def test_every_step_trains_on_all_four_tasks_with_no_sample_lost(first_run):
     work_dir, log = first_run
     assert_every_step_trains_on_all_four_tasks_with_no_sample_lost(work_dir, log, FIRST_RUN_STEPS)
     checkpoints = work_dir / "smoke" / "checkpoints"
-    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == str(FIRST_RUN_STEPS)
+    latest = checkpoints / "latest_checkpointed_iteration.txt"
+    assert latest.read_text().strip() == str(FIRST_RUN_STEPS)
+    # The run's config is in the checkpoint before verl marks it as the latest.
+    run_config = checkpoints / f"global_step_{FIRST_RUN_STEPS}" / "mixed_r1_run.yaml"
+    assert run_config.stat().st_mtime_ns <= latest.stat().st_mtime_ns
 
 
 def test_two_runs_side_by_side_on_one_machine_each_start_a_ray_cluster_of_their_own(side_by_side_runs):

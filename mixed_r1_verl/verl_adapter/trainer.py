@@ -116,11 +116,22 @@ class MixedR1SyncTrainer(PPOTrainerSync):
                     print(note, flush=True)
 
     def _save_checkpoint(self):
-        super()._save_checkpoint()
-        checkpoint = Path(self.config.trainer.default_local_dir) / f"global_step_{self.global_steps}"
-        write_run_config(self._run_config(), checkpoint)
-        if self.config.actor_rollout_ref.model.lora_rank > 0:
-            merge_saved_adapters(checkpoint / "actor" / "huggingface")
+        """verl's save, with the run's config (and, for LoRA, the Hugging Face copy with the adapters merged
+        in) written once the actor is saved, before verl records the checkpoint as the latest."""
+        save_actor = self.actor_rollout_wg.save_checkpoint
+
+        def save_actor_then_finish(local_path, *args, **kwargs):
+            saved = save_actor(local_path, *args, **kwargs)
+            write_run_config(self._run_config(), Path(local_path).parent)
+            if self.config.actor_rollout_ref.model.lora_rank > 0:
+                merge_saved_adapters(Path(local_path) / "huggingface")
+            return saved
+
+        self.actor_rollout_wg.save_checkpoint = save_actor_then_finish
+        try:
+            super()._save_checkpoint()
+        finally:
+            self.actor_rollout_wg.save_checkpoint = save_actor
 
     def _run_config(self) -> DictConfig:
         """The config as the run was started: a rerun from the saved one selects this mode, not verl's."""
