@@ -18,7 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mixed_r1_verl.entry import register_recipe_files, run_recipe_entry
 from mixed_r1_verl.main import (
@@ -79,11 +79,38 @@ def missing_inputs(config: DictConfig) -> list[str]:
     return missing
 
 
+def max_samples(config: DictConfig, key: str) -> int:
+    """data.train_max_samples or data.val_max_samples, for data.train_files or data.val_files (-1: all)."""
+    return config.data.get("train_max_samples" if key == "train_files" else "val_max_samples", -1)
+
+
 def set_rows(config: DictConfig, key: str) -> int:
     """Rows of data.train_files or data.val_files that verl's SFT trainer reads (its max_samples limit)."""
     rows = sum(parquet_rows(path) for path in data_files(config.data[key]))
-    limit = config.data.get("train_max_samples" if key == "train_files" else "val_max_samples", -1)
+    limit = max_samples(config, key)
     return min(rows, limit) if limit > 0 else rows
+
+
+def picked_rows(config: DictConfig, key: str, total: int) -> list[int]:
+    """The positions, among the `total` rows of data.<key>, of those verl's SFT dataset reads: the first
+    max_samples, or with data.shuffle as many drawn with data.seed, as its MultiTurnSFTDataset draws them."""
+    import numpy as np
+
+    limit = max_samples(config, key)
+    if not 0 < limit < total:
+        return list(range(total))
+    if not config.data.get("shuffle", False):
+        return list(range(limit))
+    seed = config.data.get("seed")
+    return np.random.default_rng(*(() if seed is None else (seed,))).choice(total, size=limit, replace=False).tolist()
+
+
+def pin_sample_seed(config: DictConfig) -> None:
+    """With data.shuffle, verl's SFT dataset draws its max_samples rows with data.seed, and unseeded each rank
+    and each resumed run would draw other rows: an unset data.seed becomes trainer.seed."""
+    if config.data.get("shuffle", False) and config.data.get("seed") is None:
+        with open_dict(config.data):
+            config.data.seed = config.trainer.seed
 
 
 def train_rows_within_max_length(config: DictConfig) -> int:
@@ -98,8 +125,8 @@ def train_rows_within_max_length(config: DictConfig) -> int:
             continue
         lengths += [(info or {}).get("sequence_length") for info in pq.read_table(path, columns=["extra_info"])
                     .column("extra_info").to_pylist()]  # fmt: skip
-    lengths = lengths[: set_rows(config, "train_files")]
-    return sum(length is None or length <= config.data.max_length for length in lengths)
+    picked = [lengths[row] for row in picked_rows(config, "train_files", len(lengths))]
+    return sum(length is None or length <= config.data.max_length for length in picked)
 
 
 def parquet_set_rows(config: DictConfig) -> dict[str, int]:
@@ -206,6 +233,7 @@ def train_on_this_node(config: DictConfig) -> None:
             "not found: " + ", ".join(missing) + "\n(the SFT parquet is written by mixed_r1_verl.data.prepare for "
             "rows with a `rationale`" + (VAL_SPLIT_WITHOUT_RATIONALES if val_missing else "") + ")\n"
         )
+    pin_sample_seed(config)
     rows = parquet_set_rows(config)
     exit_unless_rows_fill_the_run(config, rows)
     mismatch = micro_batch_mismatch(config)

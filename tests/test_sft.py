@@ -29,7 +29,8 @@ from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
 from mixed_r1_verl.main import choose_attention
 from mixed_r1_verl.run_logs import read_metrics_log
 from mixed_r1_verl.sft import (
-    micro_batch_mismatch, planned_sft_steps, register_sft_recipes, sft_config_dir, train_rows_within_max_length,
+    micro_batch_mismatch, pin_sample_seed, planned_sft_steps, register_sft_recipes, sft_config_dir,
+    train_rows_within_max_length,
 )  # fmt: skip
 from mixed_r1_verl.verl_adapter.sft_trainer import MixedR1SFTTrainer
 
@@ -602,6 +603,30 @@ def test_a_finished_run_is_told_by_the_steps_of_the_rows_that_fit_max_length(con
     )  # fmt: skip
     assert 0 < fitting < len(lengths) and train_rows_within_max_length(config) == fitting
     assert planned_sft_steps(config, train_rows_within_max_length(config))[0] == fitting // 2
+
+
+def test_rows_drawn_with_shuffle_and_max_samples_are_counted_as_the_dataset_draws_them(converted, tiny_model_dir):
+    """With data.shuffle, verl's dataset draws data.train_max_samples rows with data.seed, which the entry pins
+    to trainer.seed; the steps are planned from the drawn rows that fit data.max_length."""
+    data_dir, _ = converted
+    lengths = [info["sequence_length"] for info in pq.read_table(data_dir / "sft_train.parquet").column("extra_info")
+               .to_pylist()]  # fmt: skip
+    limit, drawn = sorted(lengths)[len(lengths) // 2], len(lengths) // 2
+    processor = load_image_text_processor(tiny_model_dir)
+    counted = set()
+    for seed in range(6):
+        config = compose_sft(
+            f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}", f"data.max_length={limit}",
+            "+data.shuffle=true", f"data.train_max_samples={drawn}", f"trainer.seed={seed}",
+        )  # fmt: skip
+        pin_sample_seed(config)
+        assert config.data.seed == seed
+        dataset = create_sft_dataset(
+            config.data.train_files, config.data, processor.tokenizer, processor, max_samples=drawn
+        )
+        counted.add(train_rows_within_max_length(config))
+        assert train_rows_within_max_length(config) == len(dataset)
+    assert len(counted) > 1, "every draw kept as many rows: the test cannot tell draws apart"
 
 
 def test_a_run_ends_with_its_checkpoint_after_the_last_step_that_fits_before_stop_by(
