@@ -10,6 +10,7 @@ Without a CUDA GPU every test here is skipped with the reason.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -23,13 +24,15 @@ GPU_TESTS_DIR = Path(__file__).resolve().parent
 
 
 def missing_gpu_reason() -> str | None:
-    """Why the suite cannot run here, or None when a CUDA GPU is visible to torch."""
+    """Why the suite cannot run here, or None when a CUDA GPU is visible to torch and vLLM is installed."""
     try:
         import torch
     except ImportError:
         return "torch is not installed"
     if not torch.cuda.is_available():
         return "no CUDA GPU visible (torch.cuda.is_available() is False)"
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed (pip install -e '.[gpu]')"
     return None
 
 
