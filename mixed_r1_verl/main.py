@@ -398,12 +398,15 @@ def describe_limit(rollout: DictConfig, context_length: int) -> str:
 
 
 def pin_max_model_len(rollout: DictConfig, context_length: int) -> None:
-    """An unset `max_model_len` becomes the model's context, as verl's vLLM servers make it, so that the
-    trainer's clip ratios and the overlong penalty cap each response where vLLM does. Says so when that
-    cuts responses short of `response_length`."""
+    """An unset `max_model_len` becomes `prompt_length + response_length`, within the model's context, so
+    that the trainer's clip ratios and the overlong penalty cap each response where vLLM does. verl's vLLM
+    servers would take the whole context, and vLLM starts only when one request that long fits its KV cache
+    (Qwen3-VL's 262,144 tokens do not, beside the weights of an 8B model on an 80 GB GPU), though no request
+    is longer than the prompt and the response. Says so when the context cuts responses short of
+    `response_length`."""
     if rollout.max_model_len is not None:
         return
-    rollout.max_model_len = context_length
+    rollout.max_model_len = min(context_length, rollout.prompt_length + rollout.response_length)
     if rollout.prompt_length + rollout.response_length > context_length:
         logger.warning(
             "the model's context of %d tokens (max_position_embeddings) is less than prompt_length + "

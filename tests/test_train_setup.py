@@ -129,15 +129,19 @@ def model_config_with_context(model_dir, root, context_length):
     return root
 
 
-def test_an_unset_max_model_len_becomes_the_models_context_as_vllm_takes_it(tiny_model_dir, tmp_path, caplog):
+def test_an_unset_max_model_len_becomes_the_prompt_and_the_response_within_the_models_context(
+    tiny_model_dir, tmp_path, caplog
+):
     own = json.loads((tiny_model_dir / "config.json").read_text())
     config = compose_recipe("smoke", f"actor_rollout_ref.model.path={tiny_model_dir}")
     rollout = config.actor_rollout_ref.rollout
     context_length = model_context_length(config.actor_rollout_ref.model)
     assert context_length == own.get("text_config", own)["max_position_embeddings"]
+    assert context_length > rollout.prompt_length + rollout.response_length
     with caplog.at_level(logging.WARNING, logger="mixed_r1_verl.main"):
         pin_max_model_len(rollout, context_length)
-    assert rollout.max_model_len == context_length and caplog.messages == []
+    assert rollout.max_model_len == rollout.prompt_length + rollout.response_length and caplog.messages == []
+    assert response_caps([rollout.prompt_length, 10], rollout) == [rollout.response_length] * 2
 
     short = model_config_with_context(tiny_model_dir, tmp_path / "short", 1100)
     config = compose_recipe("smoke", f"actor_rollout_ref.model.path={short}")
