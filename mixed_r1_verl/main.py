@@ -103,29 +103,62 @@ def fail(message: str, code: int = EXIT_NEEDS_GPU) -> None:
     sys.exit(code)
 
 
-def cluster_capacity() -> tuple[int, list[int]]:
-    """Alive nodes of the Ray cluster this process is connected to, and the GPUs of each."""
+def cluster_capacity() -> tuple[int, list[int], list[int]]:
+    """Alive nodes of the Ray cluster this process is connected to, and the GPUs and CPUs of each."""
     import ray
 
     alive = [node for node in ray.nodes() if node["Alive"]]
-    return len(alive), [int(node["Resources"].get("GPU", 0)) for node in alive]
+    resources = [node["Resources"] for node in alive]
+    return len(alive), [int(each.get("GPU", 0)) for each in resources], [int(each.get("CPU", 0)) for each in resources]
+
+
+def verl_cpus_per_gpu() -> int:
+    """The CPUs verl's trainer reserves beside each GPU in its placement group of a node (its resource
+    pool's `max_colocate_count`): Ray waits for them as it waits for GPUs, forever."""
+    from verl.single_controller.ray.base import ResourcePoolManager
+
+    return ResourcePoolManager.__dataclass_fields__["max_colocate_count"].default
+
+
+def local_ray_cpu_shortfall(config: DictConfig) -> str | None:
+    """Why a Ray started by this process lacks the CPUs verl reserves for trainer.n_gpus_per_node GPUs;
+    None when it has them (or Ray runs elsewhere)."""
+    cpus, gpus = OmegaConf.select(config, RAY_CPUS_KEY), config.trainer.n_gpus_per_node
+    needed = verl_cpus_per_gpu() * gpus
+    if cpus is None or cpus >= needed:
+        return None
+    return (
+        f"{RAY_CPUS_KEY}={cpus}, but verl reserves {verl_cpus_per_gpu()} CPUs beside each GPU: "
+        f"trainer.n_gpus_per_node={gpus} needs {needed}, and Ray would wait for them forever. Run with "
+        f"more CPUs (Slurm: --cpus-per-task) or set {RAY_CPUS_KEY}={needed} (Ray's CPUs are slots, not cores).\n"
+    )
 
 
 def wait_for_cluster_gpus(config: DictConfig) -> None:
-    """Joining a cluster, verl would wait silently forever for GPUs that are not there: wait at most
-    mixed_r1.cluster_wait_s for trainer.nnodes nodes of trainer.n_gpus_per_node GPUs, then stop."""
+    """Joining a cluster, verl would wait silently forever for GPUs (and the CPUs it reserves beside them)
+    that are not there: wait at most mixed_r1.cluster_wait_s for trainer.nnodes nodes of
+    trainer.n_gpus_per_node GPUs and their CPUs, then stop."""
     nnodes, per_node = config.trainer.nnodes, config.trainer.n_gpus_per_node
+    cpus_needed = verl_cpus_per_gpu() * per_node
     deadline = time.monotonic() + config.mixed_r1.cluster_wait_s
     while True:
-        alive, gpus = cluster_capacity()
-        if sum(count >= per_node for count in gpus) >= nnodes:
+        alive, gpus, cpus = cluster_capacity()
+        with_gpus = [cpu for gpu, cpu in zip(gpus, cpus) if gpu >= per_node]
+        if sum(cpu >= cpus_needed for cpu in with_gpus) >= nnodes:
             return
         if time.monotonic() >= deadline:
+            waited = f"after waiting mixed_r1.cluster_wait_s={config.mixed_r1.cluster_wait_s} s"
+            if len(with_gpus) >= nnodes:
+                fail(
+                    f"verl reserves {verl_cpus_per_gpu()} CPUs beside each GPU: trainer.n_gpus_per_node="
+                    f"{per_node} needs {cpus_needed} CPUs on each of trainer.nnodes={nnodes} node(s); the Ray "
+                    f"cluster's nodes with {per_node} GPU(s) have {with_gpus} CPUs {waited}. Start their Ray with "
+                    f"--num-cpus={cpus_needed} or more (Ray's CPUs are slots, not cores).\n"
+                )
             fail(
                 f"the config asks for {nnodes * per_node} GPU(s): trainer.nnodes={nnodes} node(s) x "
                 f"trainer.n_gpus_per_node={per_node}; the Ray cluster has {alive} alive node(s) with "
-                f"{sum(gpus)} GPU(s) in all (per node: {gpus}) after waiting "
-                f"mixed_r1.cluster_wait_s={config.mixed_r1.cluster_wait_s} s. Add nodes or lower "
+                f"{sum(gpus)} GPU(s) in all (per node: {gpus}) {waited}. Add nodes or lower "
                 "trainer.nnodes / trainer.n_gpus_per_node.\n"
             )
         logger.info("waiting for %d node(s) x %d GPU(s); the cluster has GPUs %s", nnodes, per_node, gpus)
@@ -824,6 +857,9 @@ def train(config: DictConfig) -> None:
     exit_if_steps_outrun_the_epochs(config.trainer, train_rows // config.data.train_batch_size, "verl's trainer")
     add_ray_env_vars(config, {**worker_env, **tasks_env, **import_plugins(PLUGIN_MODULES)}, os.environ)
     default_ray_cpus(config, os.environ, len(os.sched_getaffinity(0)))
+    shortfall = local_ray_cpu_shortfall(config)
+    if shortfall:
+        fail(shortfall)
     choose_attention(config, flash_attn_importable())
 
     import ray

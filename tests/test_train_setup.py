@@ -16,10 +16,12 @@ from mixed_r1_verl.main import (
     context_length_errors,
     default_ray_cpus,
     import_plugins,
+    local_ray_cpu_shortfall,
     model_context_length,
     pin_max_model_len,
     pin_output_paths,
     unshared_output_settings,
+    wait_for_cluster_gpus,
 )
 from mixed_r1_verl.verl_adapter.metrics import response_caps
 from test_train_config import compose_recipe
@@ -101,6 +103,31 @@ def test_with_flash_attn_or_a_chosen_attention_nothing_changes():
     eager = compose_recipe("qwen25vl_7b", "+actor_rollout_ref.model.override_config.attn_implementation=eager")
     choose_attention(eager, flash_attn_available=False)
     assert eager.actor_rollout_ref.model.override_config.attn_implementation == "eager"
+
+
+def test_a_ray_without_the_cpus_verl_reserves_beside_each_gpu_is_refused_before_it_waits_for_them(capsys):
+    eight = compose_recipe("qwen25vl_7b", f"{RAY_CPUS_KEY}=16")
+    assert eight.trainer.n_gpus_per_node == 8
+    shortfall = local_ray_cpu_shortfall(eight)
+    assert f"{RAY_CPUS_KEY}=16, but verl reserves 3 CPUs beside each GPU" in shortfall
+    assert "trainer.n_gpus_per_node=8 needs 24" in shortfall and f"set {RAY_CPUS_KEY}=24" in shortfall
+    assert local_ray_cpu_shortfall(compose_recipe("qwen25vl_7b", f"{RAY_CPUS_KEY}=24")) is None
+    assert local_ray_cpu_shortfall(compose_recipe("qwen25vl_7b")) is None  # a Ray started elsewhere
+
+    # Joining a cluster: its node has the GPU but not the CPUs verl reserves beside it.
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            wait_for_cluster_gpus(compose_recipe("smoke", "mixed_r1.cluster_wait_s=0"))
+    finally:
+        ray.shutdown()
+    assert stopped.value.code == 2
+    assert (
+        "trainer.n_gpus_per_node=1 needs 3 CPUs on each of trainer.nnodes=1 node(s); the Ray cluster's nodes "
+        "with 1 GPU(s) have [2] CPUs after waiting mixed_r1.cluster_wait_s=0 s. Start their Ray with --num-cpus=3"
+    ) in capsys.readouterr().err
 
 
 def test_a_local_ray_gets_the_cpus_this_process_may_use(caplog):
