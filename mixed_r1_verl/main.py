@@ -324,6 +324,17 @@ def actor_update_mismatches(config: DictConfig) -> list[str]:
     return mismatches
 
 
+def sync_step_mismatches(config: DictConfig) -> list[str]:
+    """verl's sync trainer samples a step's prompts in `parameter_sync_step` equal parts, and asserts that
+    they divide only inside the first step, after start-up and validation."""
+    from mixed_r1_verl.verl_adapter.dynamic_sampling import PARAMETER_SYNC_STEP_SETTING
+
+    parts, prompts = OmegaConf.select(config, PARAMETER_SYNC_STEP_SETTING), config.data.train_batch_size
+    if parts is None or type(parts) is int and parts >= 1 and prompts % parts == 0:
+        return []
+    return [f"{PARAMETER_SYNC_STEP_SETTING}={parts!r} does not divide data.train_batch_size={prompts} into equal parts"]
+
+
 def rollout_parallel_mismatches(config: DictConfig) -> list[str]:
     """vLLM replicas that do not tile the GPUs: verl's rollout workers assert it only after they have
     loaded the actor (and the reference model)."""
@@ -820,6 +831,7 @@ def train(config: DictConfig) -> None:
         *actor_update_mismatches(config),
         *log_prob_micro_batch_mismatches(config),
         *rollout_parallel_mismatches(config),
+        *sync_step_mismatches(config),
     ]
     if mismatches:
         fail("; ".join(mismatches) + ". verl would stop on it only after start-up.\n", EXIT_USAGE)

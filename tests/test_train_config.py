@@ -20,6 +20,7 @@ from mixed_r1_verl.main import (
     register_recipes,
     reward_setting_errors,
     rollout_parallel_mismatches,
+    sync_step_mismatches,
 )
 from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_KV_CACHE_BYTES, kv_cache_bytes_per_token
 from mixed_r1_verl.rewards import task_names
@@ -95,6 +96,17 @@ def test_mini_and_micro_batches_the_actor_update_cannot_split_are_named():
     assert uneven.endswith("do not split evenly over 32 GPUs")
     sequence_parallel = compose_recipe("qwen25vl_7b", "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2")
     assert actor_update_mismatches(sequence_parallel) == [], "4 groups of 2 GPUs: 128 samples each, 32 micro-batches"
+
+
+def test_sync_sub_steps_that_do_not_divide_the_batch_are_named():
+    # verl's config check passes it; its trainer asserts it inside the first step.
+    config = compose_recipe("qwen25vl_7b", "+trainer.v1.sync.parameter_sync_step=3")
+    validate_config(config, use_reference_policy=True, use_critic=False)
+    assert sync_step_mismatches(config) == [
+        "trainer.v1.sync.parameter_sync_step=3 does not divide data.train_batch_size=128 into equal parts"
+    ]
+    assert sync_step_mismatches(compose_recipe("qwen25vl_7b", "+trainer.v1.sync.parameter_sync_step=4")) == []
+    assert sync_step_mismatches(compose_recipe("qwen25vl_7b")) == []
 
 
 def test_vllm_replicas_that_do_not_tile_the_gpus_are_named():
