@@ -145,10 +145,6 @@ while [[ "$1" == --* || "$1" == -w ]]; do
     [[ "$1" != -w ]] || shift
     shift
 done
-if [[ "$1" == hostname ]]; then
-    echo 127.0.0.1
-    exit
-fi
 extra=()
 if [[ " $* " == *" start --head "* ]]; then
     read -ra extra <<<"$TEST_HEAD_OPTIONS"

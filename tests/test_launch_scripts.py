@@ -256,6 +256,48 @@ def test_slurm_ray_steps_get_the_cpus_ray_is_told_of():
             assert f"--cpus-per-task={cpus}" in step[: step.index("env")] and f"--num-cpus={cpus}" in step
 
 
+def test_slurm_nodes_without_the_cpus_verl_reserves_beside_each_gpu_are_refused_before_ray_starts():
+    short = run_script(SCRIPTS[2], "--dry-run", "smoke", **slurm_env(SLURM_GPUS_ON_NODE="8", SLURM_CPUS_PER_TASK="16"))
+    assert short.returncode == 2 and short.stdout == ""
+    assert "each node gets 16 CPU(s) for 8 GPU(s)" in short.stderr and "--cpus-per-task=24 or more" in short.stderr
+
+
+# srun's stand-in: the head node's Python answers with the address Ray picks there; every step is recorded.
+RECORDING_SRUN = """echo "$*" >>"$SRUN_LOG"
+[[ " $* " != *" -c "*"get_node_ip_address"* ]] || { echo "$HEAD_NODE_ADDRESS"; exit; }
+"""
+
+
+def slurm_steps(tmp_path, head_address: str, **extra: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """The Slurm script run for real, from outside the job's nodes, with the recording srun: each Ray step
+    ends at once, and so the job."""
+    tmp_path.mkdir(exist_ok=True)
+    log = tmp_path / "srun.log"
+    path = fake_command(tmp_path / "bin", "srun", RECORDING_SRUN)
+    result = run_script(
+        SCRIPTS[2], "smoke", PATH=path, SRUN_LOG=str(log), HEAD_NODE_ADDRESS=head_address, HOME=str(tmp_path),
+        **slurm_env(SLURM_GPUS_ON_NODE="1", SLURMD_NODENAME="", **extra),
+    )  # fmt: skip
+    return result, log.read_text().splitlines() if log.exists() else []
+
+
+def test_slurm_head_address_is_rays_choice_on_the_head_node_and_never_a_loopback_for_other_nodes(tmp_path):
+    result, steps = slurm_steps(tmp_path, "10.1.2.3")
+    [head] = [step for step in steps if " start --head " in step]
+    assert "--node-ip-address=10.1.2.3 " in head
+    assert all("--address=10.1.2.3:6379" in step for step in steps if " start --address" in step)
+    assert result.returncode == 1 and "a `ray start` step ended" in result.stderr
+
+    # /etc/hosts often maps the host name to a loopback address, which the other nodes cannot reach.
+    refused, steps = slurm_steps(tmp_path / "loopback", "127.0.1.1")
+    assert refused.returncode == 2 and "has no address but the loopback 127.0.1.1" in refused.stderr
+    assert "set RAY_HEAD_IP" in refused.stderr and not any(" start " in step for step in steps)
+
+    _, steps = slurm_steps(tmp_path / "given", "127.0.1.1", RAY_HEAD_IP="fd00::5")
+    assert all("--address=[fd00::5]:6379" in step for step in steps if " start --address" in step)
+    assert any("--node-ip-address=fd00::5 " in step for step in steps)
+
+
 def slurm_ray_commands(**extra: str) -> list[list[str]]:
     return printed_commands(run_script(SCRIPTS[2], "--dry-run", "smoke", **slurm_env(SLURM_GPUS_ON_NODE="1", **extra)))
 
