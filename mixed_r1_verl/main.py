@@ -246,7 +246,7 @@ def exit_if_training_is_done(trainer: DictConfig, total: int | None, source: str
         fail(
             f"nothing to train: {checkpoint_dir} holds a checkpoint of step {last} and this run ends at "
             f"step {total} ({source}). To train more, raise trainer.total_training_steps; to start again, "
-            "use a new trainer.default_local_dir (or trainer.experiment_name) or trainer.resume_mode=disable.\n",
+            "use a new trainer.default_local_dir or trainer.resume_mode=disable.\n",
             EXIT_NOTHING_TO_TRAIN,
         )
 

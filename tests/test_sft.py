@@ -584,7 +584,8 @@ def test_a_rerun_of_a_finished_run_is_refused_instead_of_training_a_step_more(
     assert code == 3
     assert message.startswith(
         f"nothing to train: {checkpoints} holds a checkpoint of step {last} and this run ends at step {last} "
-        "(trainer.total_training_steps)."
+        "(trainer.total_training_steps). To train more, raise trainer.total_training_steps; to start again, use a "
+        "new trainer.default_local_dir or trainer.resume_mode=disable."
     )
     assert sorted(path.name for path in checkpoints.glob("global_step_*"))[-1] == f"global_step_{last}"
 

@@ -67,8 +67,10 @@ def _loading(model: str, what: str):
     except Exception as error:
         raise EmbeddingModelError(
             f"BMAS embedding model {model!r}: cannot load its {what} ({_where_looked(model)}): "
-            f"{type(error).__name__}: {error}. Set reward.reward_kwargs.embedding_model to a local model "
-            "directory or to a hub id that is in the HF cache (or reachable when not offline)."
+            f"{type(error).__name__}: {error}. Set the embedding model (training: "
+            "reward.reward_kwargs.embedding_model; evaluation: embedding_model; data engine: "
+            "difficulty.embedding_model) to a local model directory or to a hub id that is in the HF cache (or "
+            "reachable when not offline)."
         ) from error
 
 
