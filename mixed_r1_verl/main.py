@@ -120,15 +120,30 @@ def verl_cpus_per_gpu() -> int:
     return ResourcePoolManager.__dataclass_fields__["max_colocate_count"].default
 
 
+def transfer_queue_cpus(config: DictConfig) -> tuple[int, str]:
+    """The CPUs TransferQueue's actors hold for the whole run, and which: verl's task runner starts them
+    before it asks for its GPUs, its controller and, with the SimpleStorage backend, each storage unit
+    taking one."""
+    backend = config.transfer_queue.backend
+    if backend.storage_backend != "SimpleStorage":
+        return 1, "TransferQueue's controller holds 1"
+    units = backend.SimpleStorage.num_data_storage_units
+    return 1 + units, (
+        f"TransferQueue's controller and its {units} storage units "
+        f"(transfer_queue.backend.SimpleStorage.num_data_storage_units) hold 1 each"
+    )
+
+
 def local_ray_cpu_shortfall(config: DictConfig) -> str | None:
-    """Why a Ray started by this process lacks the CPUs verl reserves for trainer.n_gpus_per_node GPUs;
-    None when it has them (or Ray runs elsewhere)."""
+    """Why a Ray started by this process lacks the CPUs verl's run holds on its node (those it reserves for
+    trainer.n_gpus_per_node GPUs, and TransferQueue's); None when it has them (or Ray runs elsewhere)."""
     cpus, gpus = OmegaConf.select(config, RAY_CPUS_KEY), config.trainer.n_gpus_per_node
-    needed = verl_cpus_per_gpu() * gpus
+    queue_cpus, queue_held = transfer_queue_cpus(config)
+    needed = verl_cpus_per_gpu() * gpus + queue_cpus
     if cpus is None or cpus >= needed:
         return None
     return (
-        f"{RAY_CPUS_KEY}={cpus}, but verl reserves {verl_cpus_per_gpu()} CPUs beside each GPU: "
+        f"{RAY_CPUS_KEY}={cpus}, but verl reserves {verl_cpus_per_gpu()} CPUs beside each GPU and {queue_held}: "
         f"trainer.n_gpus_per_node={gpus} needs {needed}, and Ray would wait for them forever. Run with "
         f"more CPUs (Slurm: --cpus-per-task) or set {RAY_CPUS_KEY}={needed} (Ray's CPUs are slots, not cores).\n"
     )
@@ -140,20 +155,23 @@ def wait_for_cluster_gpus(config: DictConfig) -> None:
     trainer.n_gpus_per_node GPUs and their CPUs, then stop."""
     nnodes, per_node = config.trainer.nnodes, config.trainer.n_gpus_per_node
     cpus_needed = verl_cpus_per_gpu() * per_node
+    queue_cpus, queue_held = transfer_queue_cpus(config)
     deadline = time.monotonic() + config.mixed_r1.cluster_wait_s
     while True:
         alive, gpus, cpus = cluster_capacity()
         with_gpus = [cpu for gpu, cpu in zip(gpus, cpus) if gpu >= per_node]
-        if sum(cpu >= cpus_needed for cpu in with_gpus) >= nnodes:
+        enough = sum(cpu >= cpus_needed for cpu in with_gpus) >= nnodes
+        if enough and sum(cpus) >= cpus_needed * nnodes + queue_cpus:
             return
         if time.monotonic() >= deadline:
             waited = f"after waiting mixed_r1.cluster_wait_s={config.mixed_r1.cluster_wait_s} s"
             if len(with_gpus) >= nnodes:
                 fail(
-                    f"verl reserves {verl_cpus_per_gpu()} CPUs beside each GPU: trainer.n_gpus_per_node="
-                    f"{per_node} needs {cpus_needed} CPUs on each of trainer.nnodes={nnodes} node(s); the Ray "
-                    f"cluster's nodes with {per_node} GPU(s) have {with_gpus} CPUs {waited}. Start their Ray with "
-                    f"--num-cpus={cpus_needed} or more (Ray's CPUs are slots, not cores).\n"
+                    f"verl reserves {verl_cpus_per_gpu()} CPUs beside each GPU, and {queue_held}: "
+                    f"trainer.n_gpus_per_node={per_node} needs {cpus_needed} CPUs on each of trainer.nnodes="
+                    f"{nnodes} node(s), {cpus_needed * nnodes + queue_cpus} in all; the Ray cluster's nodes have "
+                    f"{cpus} CPUs ({with_gpus} on those with {per_node} GPU(s)) {waited}. Start their Ray with "
+                    f"more --num-cpus (Ray's CPUs are slots, not cores).\n"
                 )
             fail(
                 f"the config asks for {nnodes * per_node} GPU(s): trainer.nnodes={nnodes} node(s) x "

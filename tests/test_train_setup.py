@@ -105,19 +105,22 @@ def test_with_flash_attn_or_a_chosen_attention_nothing_changes():
     assert eager.actor_rollout_ref.model.override_config.attn_implementation == "eager"
 
 
-def test_a_ray_without_the_cpus_verl_reserves_beside_each_gpu_is_refused_before_it_waits_for_them(capsys):
-    eight = compose_recipe("qwen25vl_7b", f"{RAY_CPUS_KEY}=16")
+def test_a_ray_without_the_cpus_a_run_holds_is_refused_before_it_waits_for_them(capsys):
+    # 3 beside each of 8 GPUs, and TransferQueue's controller and 8 storage units.
+    eight = compose_recipe("qwen25vl_7b", f"{RAY_CPUS_KEY}=32")
     assert eight.trainer.n_gpus_per_node == 8
     shortfall = local_ray_cpu_shortfall(eight)
-    assert f"{RAY_CPUS_KEY}=16, but verl reserves 3 CPUs beside each GPU" in shortfall
-    assert "trainer.n_gpus_per_node=8 needs 24" in shortfall and f"set {RAY_CPUS_KEY}=24" in shortfall
-    assert local_ray_cpu_shortfall(compose_recipe("qwen25vl_7b", f"{RAY_CPUS_KEY}=24")) is None
+    assert f"{RAY_CPUS_KEY}=32, but verl reserves 3 CPUs beside each GPU and TransferQueue's controller and its 8 " \
+        "storage units (transfer_queue.backend.SimpleStorage.num_data_storage_units) hold 1 each" in shortfall
+    assert "trainer.n_gpus_per_node=8 needs 33" in shortfall and f"set {RAY_CPUS_KEY}=33" in shortfall
+    assert local_ray_cpu_shortfall(compose_recipe("qwen25vl_7b", f"{RAY_CPUS_KEY}=33")) is None
     assert local_ray_cpu_shortfall(compose_recipe("qwen25vl_7b")) is None  # a Ray started elsewhere
+    assert "needs 6" in local_ray_cpu_shortfall(compose_recipe("smoke", f"{RAY_CPUS_KEY}=5"))  # 2 storage units
 
-    # Joining a cluster: its node has the GPU but not the CPUs verl reserves beside it.
+    # Joining a cluster: its node has the GPU but not the CPUs the run holds beside it.
     import ray
 
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
+    ray.init(num_cpus=5, num_gpus=1, include_dashboard=False)
     try:
         with pytest.raises(SystemExit) as stopped:
             wait_for_cluster_gpus(compose_recipe("smoke", "mixed_r1.cluster_wait_s=0"))
@@ -125,8 +128,8 @@ def test_a_ray_without_the_cpus_verl_reserves_beside_each_gpu_is_refused_before_
         ray.shutdown()
     assert stopped.value.code == 2
     assert (
-        "trainer.n_gpus_per_node=1 needs 3 CPUs on each of trainer.nnodes=1 node(s); the Ray cluster's nodes "
-        "with 1 GPU(s) have [2] CPUs after waiting mixed_r1.cluster_wait_s=0 s. Start their Ray with --num-cpus=3"
+        "trainer.n_gpus_per_node=1 needs 3 CPUs on each of trainer.nnodes=1 node(s), 6 in all; the Ray cluster's "
+        "nodes have [5] CPUs ([5] on those with 1 GPU(s)) after waiting mixed_r1.cluster_wait_s=0 s"
     ) in capsys.readouterr().err
 
 
