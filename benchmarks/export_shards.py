@@ -5,20 +5,23 @@ Saves a Qwen2.5-VL of the 7B's sizes with fewer decoder layers and vision blocks
 `--ranks` CPU processes as verl's checkpoint manager saves the actor (tests/fsdp_checkpoint.py), then
 exports it in bfloat16 with `mixed_r1_verl.export` and merges it with `verl.model_merger`, each in a
 process of its own, and prints the seconds and each process's peak memory against the checkpoint's size.
+Everything is written to a temporary directory (in `--workdir`), removed at the end. `--tiny` saves the
+tiny test model's widths instead: a quick run of the benchmark, whose figures say nothing of the 7B.
 
-    python benchmarks/export_shards.py [--layers 4] [--vision-blocks 2] [--ranks 4] [--dir /tmp/export_shards]
+    python benchmarks/export_shards.py [--layers 4] [--vision-blocks 2] [--ranks 4] [--workdir DIR] [--tiny]
 """
 
 import argparse
-import shutil
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from checkpoint_weights import measured
+from checkpoint_weights import add_work_options, copy_processor_files, measured
 from transformers import Qwen2_5_VLConfig
 
-from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
+from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl, resolve_size
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,47 +45,64 @@ def config_of_7b_sizes(layers: int, vision_blocks: int) -> Qwen2_5_VLConfig:
     )  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vision-blocks", type=int, default=2)
-    parser.add_argument("--ranks", type=int, default=4)
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/export_shards"))
-    args = parser.parse_args()
-    shutil.rmtree(args.dir, ignore_errors=True)
-    config_dir = args.dir / "config"
-    config_of_7b_sizes(args.layers, args.vision_blocks).save_pretrained(config_dir)
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.ranks),
-         str(REPO / "tests" / "fsdp_checkpoint.py"), str(config_dir), str(args.dir), "--random-init"],
-        check=True, capture_output=True,
+def save_shards(work: Path, ranks: int, config_dir: Path, processor_dir: Path) -> Path:
+    """A checkpoint of the model `config_dir` configures, random weights saved by `ranks` CPU processes as verl
+    saves the actor, with the processor and tokenizer files of `processor_dir` (the weights are what is
+    measured); returns its actor directory."""
+    # torchrun's log directories and verl's checkpoint locks go to the temporary directory, removed with `work`.
+    temp = work / "tmp"
+    temp.mkdir()
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+         str(REPO / "tests" / "fsdp_checkpoint.py"), str(config_dir), str(work), "--random-init"],
+        capture_output=True, text=True, env={**os.environ, "TMPDIR": str(temp)},
     )  # fmt: skip
-    actor = args.dir / "actor"
-    # The processor and tokenizer files an export copies (the tiny model's: the weights are what is measured).
-    tiny = build_tiny_qwen25vl(args.dir / "tiny")
-    for name in ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(tiny / name, actor / "huggingface")
+    if run.returncode:
+        raise SystemExit(f"saving the checkpoint failed:\n{run.stderr[-3000:]}")
+    actor = work / "actor"
+    copy_processor_files(processor_dir, actor / "huggingface")
+    return actor
+
+
+def measure(work: Path, layers: int, vision_blocks: int, ranks: int, tiny: bool) -> None:
+    depths = resolve_size("test", num_hidden_layers=layers, vision_depth=vision_blocks)
+    tiny_model = build_tiny_qwen25vl(work / "tiny", size=depths)
+    config_dir = tiny_model if tiny else work / "config"
+    if not tiny:
+        config_of_7b_sizes(layers, vision_blocks).save_pretrained(config_dir)
+    actor = save_shards(work, ranks, config_dir, tiny_model)
     size = sum(file.stat().st_size for file in actor.glob("model_world_size_*.pt"))
+    sizes = "the tiny test model's widths" if tiny else "the 7B's sizes"
     print(
-        f"Qwen2.5-VL of the 7B's sizes, {args.layers} decoder layers and {args.vision_blocks} vision blocks, saved "
-        f"by {args.ranks} ranks in float32: {size / 1e9:.2f} GB of shards"
+        f"Qwen2.5-VL of {sizes}, {layers} decoder layers and {vision_blocks} vision blocks, saved "
+        f"by {ranks} ranks in float32: {size / 1e9:.2f} GB of shards"
     )
     runs = {
         "mixed_r1_verl.export (bfloat16)": (
             "from mixed_r1_verl.export import ExportConfig, export",
-            f"export(ExportConfig(checkpoint={str(actor)!r}, out_dir={str(args.dir / 'exported')!r}))",
+            f"export(ExportConfig(checkpoint={str(actor)!r}, out_dir={str(work / 'exported')!r}))",
         ),
         "verl.model_merger (bfloat16)": (
             "from verl.model_merger.__main__ import main as merge",
             "sys.argv = ['verl.model_merger', 'merge', '--backend', 'fsdp', '--local_dir', "
-            f"{str(actor)!r}, '--target_dir', {str(args.dir / 'merged')!r}]; merge()",
+            f"{str(actor)!r}, '--target_dir', {str(work / 'merged')!r}]; merge()",
         ),
     }
     for what, (setup, statement) in runs.items():
         seconds, peak = measured(setup, statement)
         print(f"{what}: {seconds:.1f} s, {size / 1e9 / seconds:.2f} GB of shards per s")
         print(f"  peak memory: {peak / 1e9:.2f} GB ({peak / size:.2f} x the shards)")
-    shutil.rmtree(args.dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vision-blocks", type=int, default=2)
+    parser.add_argument("--ranks", type=int, default=4)
+    add_work_options(parser)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="export_shards_", dir=args.workdir) as work:
+        measure(Path(work), args.layers, args.vision_blocks, args.ranks, args.tiny)
 
 
 if __name__ == "__main__":
