@@ -48,6 +48,12 @@ def embedded_parquet(jsonl: Path, image_root: Path, parquet: Path, rows_per_grou
     return parquet
 
 
+def engine_rows_read(output_dir: Path) -> int:
+    """The rows the data engine read (its first stage's input); its conversion sees only those it selected."""
+    report = json.loads((output_dir / "report.json").read_text())
+    return sum(report["stages"][0]["rows_in"].values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=45_000)
@@ -89,6 +95,7 @@ def main() -> None:
         wall = time.perf_counter() - started
         peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         summary = json.loads((converted / "summary.json").read_text())
+        rows_read = engine_rows_read(output_dir) if args.engine else summary["rows_in"]
         output_mb = sum(p.stat().st_size for p in converted.glob("*.parquet")) / 2**20
 
     print(
@@ -96,13 +103,13 @@ def main() -> None:
             {
                 "input": "parquet, images embedded" if args.embedded else "JSONL and image files",
                 "command": module,
-                "rows": summary["rows_in"],
+                "rows": rows_read,
                 "rows_written": summary["rows_written"],
                 "rows_rejected": summary["rows_rejected"],
                 "distinct_images": len(image_files),
                 "mean_image_kb": round(mean_image_kb, 1),
                 "wall_s": round(wall, 2),
-                "rows_per_s": round(summary["rows_in"] / wall),
+                "rows_per_s": round(rows_read / wall),
                 "peak_rss_mb": round(peak_rss_mb),
                 "parquet_mb": round(output_mb),
                 "cpu_count": os.cpu_count(),
