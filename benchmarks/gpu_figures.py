@@ -17,7 +17,10 @@ import json
 import shutil
 import sys
 import time
+from importlib.util import find_spec
 from pathlib import Path
+
+import torch
 
 from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_GPU_MEMORY_UTILIZATION, TEST_SIZE_VLLM_KV_CACHE_BYTES
 from mixed_r1_verl.run_logs import (
@@ -153,6 +156,15 @@ def engine(args) -> None:
           f"= {details['prompts_per_second']} prompts/s")
 
 
+def missing_requirement() -> str | None:
+    """What this machine lacks for the figures (a CUDA GPU, vLLM), or None."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to torch (torch.cuda.is_available() is False)"
+    if find_spec("vllm") is None:
+        return "vLLM is not installed"
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     figures = parser.add_subparsers(dest="figure", required=True)
@@ -167,6 +179,9 @@ def main() -> None:
     engine_parser.add_argument("--max-new-tokens", type=int, default=256)
     engine_parser.set_defaults(run=engine)
     args = parser.parse_args()
+    missing = missing_requirement()
+    if missing:
+        raise SystemExit(f"gpu_figures.py {args.figure} measures on a CUDA GPU with vLLM: {missing}")
     args.run(args)
 
 

@@ -13,18 +13,25 @@ import gc
 import tempfile
 import time
 
-import vllm
-from vllm.v1.core.block_pool import BlockPool
-
 from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_KV_CACHE_BYTES, build_tiny_qwen25vl, kv_cache_bytes_per_token
 
 BLOCK_TOKENS = 16  # vLLM's block size for the FlashAttention backend
 GIB = 1 << 30
 
 
-def time_pool(blocks: int) -> tuple[float, float]:
+def vllm_block_pool():
+    """vLLM's version and its BlockPool class; without vLLM, the benchmark ends saying so."""
+    try:
+        import vllm
+        from vllm.v1.core.block_pool import BlockPool
+    except ImportError as error:
+        raise SystemExit(f"vllm_kv_pool.py times vLLM's own block pool: install vLLM first ({error})") from None
+    return vllm.__version__, BlockPool
+
+
+def time_pool(block_pool_class, blocks: int) -> tuple[float, float]:
     started = time.perf_counter()
-    pool = BlockPool(num_gpu_blocks=blocks, enable_caching=True, hash_block_size=BLOCK_TOKENS)
+    pool = block_pool_class(num_gpu_blocks=blocks, enable_caching=True, hash_block_size=BLOCK_TOKENS)
     built = time.perf_counter() - started
     started = time.perf_counter()
     if not pool.reset_prefix_cache():
@@ -40,6 +47,7 @@ def main() -> None:
     parser.add_argument("--gpu-memory-gib", type=float, default=139.8, help="default: an H200 as torch sees it")
     parser.add_argument("--utilizations", type=float, nargs="+", default=[0.3, 0.9])
     args = parser.parse_args()
+    version, block_pool_class = vllm_block_pool()
     with tempfile.TemporaryDirectory() as model_dir:
         block_bytes = BLOCK_TOKENS * kv_cache_bytes_per_token(build_tiny_qwen25vl(model_dir))
     budgets = [(f"kv_cache_memory_bytes={TEST_SIZE_VLLM_KV_CACHE_BYTES / GIB:g} GiB", TEST_SIZE_VLLM_KV_CACHE_BYTES)]
@@ -47,10 +55,10 @@ def main() -> None:
         (f"gpu_memory_utilization={share:g} of {args.gpu_memory_gib:g} GiB", int(share * args.gpu_memory_gib * GIB))
         for share in args.utilizations
     ]
-    print(f"vLLM {vllm.__version__} BlockPool, tiny test model: {block_bytes} bytes a {BLOCK_TOKENS}-token block")
+    print(f"vLLM {version} BlockPool, tiny test model: {block_bytes} bytes a {BLOCK_TOKENS}-token block")
     for label, budget in budgets:
         blocks = budget // block_bytes
-        built, reset = time_pool(blocks)
+        built, reset = time_pool(block_pool_class, blocks)
         print(f"  {label}: {blocks:,} blocks, built in {built:.2f} s, prefix-cache reset {reset:.2f} s")
 
 
