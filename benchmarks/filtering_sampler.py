@@ -10,9 +10,9 @@ import argparse
 import itertools
 import time
 
-import ray
 import torch
 import transfer_queue as tq
+from local_ray import local_ray
 from omegaconf import OmegaConf
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
@@ -61,16 +61,8 @@ def timed_step(sampler, prompts, args, zero_variance_every):
     return elapsed, metrics
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--prompts", type=int, default=128)
-    parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--response-tokens", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+def samplers(args):
+    """verl's sync ReplayBuffer and PerTaskDynamicSampler, both refilling with informative groups."""
 
     def refill(count):
         return submit(count, args.group_size, args.response_tokens, zero_variance_every=0)
@@ -84,7 +76,11 @@ def main():
     }
     baseline = ReplayBuffer(sampler_kwargs={}, poll_interval=0.01, **common)
     filtered = PerTaskDynamicSampler(sampler_kwargs={"poll_interval_s": 0.01}, **common)
+    return baseline, filtered
 
+
+def measure(args):
+    baseline, filtered = samplers(args)
     print(f"{args.prompts} prompts x {args.group_size} responses of {args.response_tokens} tokens")
     for label, sampler, zero_variance_every in (
         ("verl ReplayBuffer, no filtering", baseline, 0),
@@ -97,8 +93,21 @@ def main():
             times.append(elapsed)
         refilled = metrics.get("filtering/refilled_prompts", 0)
         print(f"{label:58s} sample(): best {min(times) * 1000:7.1f} ms  (refilled {refilled} prompts)")
-    tq.close()
-    ray.shutdown()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prompts", type=int, default=128)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--response-tokens", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with local_ray(num_cpus=2):
+        tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+        try:
+            measure(args)
+        finally:
+            tq.close()
 
 
 if __name__ == "__main__":

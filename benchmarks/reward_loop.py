@@ -32,6 +32,7 @@ from types import SimpleNamespace
 
 import ray
 from hydra import compose, initialize_config_dir
+from local_ray import local_ray
 from transformers import AutoTokenizer
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput, AgentLoopWorker
 from verl.experimental.reward_loop.reward_loop import RewardLoopManager
@@ -241,16 +242,13 @@ def main():
         constant = constant_reward_overrides(work_dir)
         table = load_input_embeddings(str(model_dir))
         # verl's reward workers ask Ray for one CPU each; two loops run side by side, whatever the cores.
-        ray.init(num_cpus=2 * workers, include_dashboard=False, log_to_driver=False)
-        try:
+        with local_ray(num_cpus=2 * workers):
             print(f"{os.cpu_count()} CPU cores; seconds to score a batch, median (min-max) of {args.repeats} runs "
                   "after a warm-up, the two rewards' reward loops taking turns")
             print(f"open_ended: BMAS on the tiny model's {table.shape[0]:,} x {table.shape[1]:,} embedding table; "
                   "Qwen2.5-VL-7B's is 151,936 x 3,584 (python benchmarks/bmas.py times BMAS at that size)")
             for recipe in recipes:
                 benchmark_recipe(recipe, model_dir, overrides, constant, args)
-        finally:
-            ray.shutdown()
 
 
 if __name__ == "__main__":
