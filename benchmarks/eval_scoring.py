@@ -11,7 +11,7 @@ from pathlib import Path
 from mixed_r1_verl.eval.cache import Completion, GenerationCache
 from mixed_r1_verl.eval.generation import eval_request, request_digest
 from mixed_r1_verl.eval.records import EvalRecord
-from mixed_r1_verl.eval.scoring import score_records, summarize
+from mixed_r1_verl.eval.scoring import ALL, score_records, summarize
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 
 CASES = {
@@ -64,8 +64,10 @@ def measure(work: Path, record_count: int) -> None:
 
     start = time.perf_counter()
     rows = score_records(records, responses, embedding_model=embedding_model)
-    summarize(rows)
+    errors = summarize(rows)["tasks"][ALL]["errors"]
     score_s = time.perf_counter() - start
+    if errors:
+        raise SystemExit(f"{errors} of {len(records)} responses were not scored (reward errors): no figure")
     print(f"{len(records)} records (1/4 per task; open_ended scored with BMAS on the tiny model's embeddings)")
     print(
         f"cache append: {len(records) / write_s:10.0f} responses/s   cache reload: {len(records) / read_s:10.0f} responses/s"

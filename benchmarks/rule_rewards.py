@@ -37,9 +37,11 @@ def main():
     samples = [response(rng) for _ in range(args.samples)]
     chars = sum(len(text) for text, *_ in samples) / len(samples)
     start = time.perf_counter()
-    for text, ground_truth, extra, _ in samples:
-        compute_score("bench", text, ground_truth, extra)
+    results = [compute_score("bench", text, ground_truth, extra) for text, ground_truth, extra, _ in samples]
     elapsed = time.perf_counter() - start
+    errors = sum(result["error"] > 0 for result in results)
+    if errors:
+        raise SystemExit(f"{errors} of {len(samples)} samples were not scored (reward errors): no figure")
     print(f"rule rewards: {len(samples)} samples, mean {chars:.0f} chars, {elapsed:.3f} s, "
           f"{len(samples) / elapsed:,.0f} samples/s on one core")
     for payload in ("<answer>" + "9" * 5000 + "</answer>", "<answer>1e999999</answer>", "<answer>" + "[" * 10000 + "</answer>",
