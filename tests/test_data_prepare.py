@@ -302,6 +302,23 @@ def test_a_prompt_template_that_would_miscount_a_rows_images_stops_the_conversio
     assert not (tmp_path / "out" / "train.parquet").exists()
 
 
+def test_blank_splits_and_rationales_of_a_table_count_as_absent(tmp_path):
+    """A table's empty cells (pandas' fillna("")) leave the row to the seeded split and out of the SFT files."""
+    _, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    chart = {"task": "chart", "data_source": "d", "images": ["chart/000000.png"], "problem": "Q?"}
+    rows = [{**chart, "id": "blank", "answer": "3", "split": "", "rationale": ""},
+            {**chart, "id": "spaces", "answer": "5", "split": "  ", "rationale": " \n"},
+            {**chart, "id": "pinned", "answer": "4", "split": "val", "rationale": "The bar reads 4."}]  # fmt: skip
+    source = tmp_path / "table.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    out = tmp_path / "out"
+    summary = prepare(PrepareConfig(input=str(source), image_root=str(image_root), output_dir=str(out), val_ratio=0,
+                                    progress=False))  # fmt: skip
+    assert (summary["rows_written"], summary["rows_rejected"]) == (3, 0)
+    assert summary["per_split"] == {"train": 2, "val": 1} and summary["sft_rows"] == {"train": 0, "val": 1}
+    assert [row["extra_info"]["id"] for row in read_rows(out / "sft_val.parquet")] == ["pinned"]
+
+
 def parquet_without_answers(path: Path, image_root: Path) -> None:
     import pyarrow as pa
 

@@ -84,6 +84,14 @@ def test_bad_records_are_rejected_with_their_reason(change, reason):
     assert reason_of({**GOOD, **change}) == reason
 
 
+def test_a_blank_split_or_rationale_counts_as_absent():
+    record = parse_record({**GOOD, "split": "  ", "rationale": ""})
+    assert (record.split, record.rationale) == (None, None)
+    assert parse_record({**GOOD, "split": "val", "rationale": " Blue. "}).rationale == "Blue."
+    for change in ({"split": "test"}, {"split": 1}, {"rationale": 3}, {"rationale": ["why"]}):
+        assert reason_of({**GOOD, **change}) == records.BAD_RECORD, change
+
+
 @pytest.mark.parametrize("task", ["chart", "matching", "open_ended"])
 def test_json_nan_answers_are_rejected_not_written_as_text(task):
     row = json.loads(

@@ -14,6 +14,7 @@ A row without an `id` is given one derived from its content (`generated_id`).
 matching answer with `options` is an option's letter, or its text (then written as its letter). `split`
 pins the row to a split (else the converter's seeded hash decides); `rationale` is the reasoning a
 careful annotator would write before the answer, the `<think>` part of the supervised fine-tuning target.
+A blank `split` or `rationale` counts as absent.
 `reward_info` gives what an installed task's accuracy reads besides the answer, each field of the type the
 task declares (`Task.reward_fields`).
 """
@@ -321,18 +322,24 @@ def _optional_id(raw: dict) -> str | None:
     return record_id
 
 
+def _optional_text(raw: dict, key: str) -> Any:
+    """A field that may be absent; blank text counts as absent (a table's empty cells: pandas' fillna(""))."""
+    value = raw.get(key)
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 def _optional_split(raw: dict) -> str | None:
-    split = raw.get("split")
+    split = _optional_text(raw, "split")
     if split is not None and split not in SPLITS:
         raise RecordError(BAD_RECORD, f"field 'split' must be one of {', '.join(SPLITS)} or absent, got {split!r}")
     return split
 
 
 def _optional_rationale(raw: dict) -> str | None:
-    rationale = raw.get("rationale")
+    rationale = _optional_text(raw, "rationale")
     if rationale is None:
         return None
-    if not isinstance(rationale, str) or not rationale.strip():
+    if not isinstance(rationale, str):
         raise RecordError(BAD_RECORD, "field 'rationale' must be a non-empty string or absent")
     return rationale.strip()
 
