@@ -588,6 +588,26 @@ def test_normalized_boxes_are_rejected_as_pixels_and_scaled_with_box_units(tmp_p
         truths("typo", box_units="percent")
 
 
+@pytest.mark.parametrize("model_family", ["qwen2_5_vl", "internvl"])
+def test_boxes_on_the_0_1000_grid_are_scaled_to_the_images_pixels_with_box_units_norm1000(tmp_path, model_family):
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    Image.new("RGB", (1280, 960)).save(image_root / "a.png")
+    box = {"task": "grounding", "data_source": "d", "images": ["a.png"], "problem": "Where is it?"}
+
+    def truth(name: str, answer, **settings) -> str:
+        source = tmp_path / f"{name}.jsonl"
+        source.write_text(json.dumps({**box, "id": name, "answer": answer}) + "\n")
+        prepare(PrepareConfig(input=str(source), image_root=str(image_root), output_dir=str(tmp_path / name),
+                              model_family=model_family, val_ratio=0, progress=False, **settings))  # fmt: skip
+        return read_rows(tmp_path / name / "train.parquet")[0]["reward_model"]["ground_truth"]
+
+    on_the_grid = truth("grid", [100, 100, 400, 400], box_units="norm1000")
+    assert on_the_grid == truth("pixels", [128, 96, 512, 384])
+    if model_family == "internvl":  # its frame is the same grid
+        assert on_the_grid == "[100, 100, 400, 400]"
+
+
 @pytest.mark.parametrize("box_units,bbox", [("pixels", [30, 40, 150, 120]), ("normalized", [0.1, 0.2, 0.5, 0.6])])
 def test_xywh_boxes_as_strings_and_lists_give_the_same_ground_truth(tmp_path, box_units, bbox):
     image_root = tmp_path / "images"

@@ -61,6 +61,7 @@ from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, PromptTokenCounter, pro
 from mixed_r1_verl.data.records import (
     BOX_LOOKS_NORMALIZED,
     BOX_OUTSIDE_IMAGE,
+    BOX_UNITS,
     DEGENERATE_BOX,
     DUPLICATE_ID,
     IMAGE_PLACEHOLDER,
@@ -109,8 +110,9 @@ class PrepareConfig:
     columns: dict = field(default_factory=dict)
     constants: dict = field(default_factory=dict)
     box_format: str | None = None
-    # Grounding boxes in `pixels` of the original image, or `normalized`: 0-1 fractions of its width and
-    # height (LLaVA, Shikra), scaled to its pixels. With pixels, a box within 0-1 on a larger image is rejected.
+    # Grounding boxes in `pixels` of the original image, `normalized`: 0-1 fractions of its width and height
+    # (LLaVA, Shikra), or `norm1000`: the 0-1000 grid (Qwen2-VL, Qwen3-VL and InternVL data), the last two
+    # scaled to its pixels. With pixels, a box within 0-1 on a larger image is rejected.
     box_units: str | None = None
     problem_template: str | None = None
     # Fraction of rows for val.parquet, chosen by a seeded hash of the row id (stable under reordering; a
@@ -170,16 +172,17 @@ def within_first_pixel(box: tuple[float, ...], image_size: tuple[int, int]) -> b
 
 
 def box_in_pixels(answer: str, image_size: tuple[int, int], box_units: str) -> tuple[float, float, float, float]:
-    """The answer's box in pixels of the original image: a `normalized` box scaled by the image size; a
-    `pixels` box within 0-1 on an image larger than 2x2 pixels is taken for a normalized one and rejected. A
-    normalized box that scales to within 0-1 pixels is rejected as degenerate: it covers less than the
-    image's first pixel, and in pixels (a selection with embedded images writes them so) it would read as
-    a normalized box."""
+    """The answer's box in pixels of the original image: a `normalized` (0-1) or `norm1000` (0-1000) box
+    scaled by the image size; a `pixels` box within 0-1 on an image larger than 2x2 pixels is taken for a
+    normalized one and rejected. A scaled box that lies within 0-1 pixels is rejected as degenerate: it
+    covers less than the image's first pixel, and in pixels (a selection with embedded images writes them
+    so) it would read as a normalized box."""
     box = parse_box(answer)
     width, height = image_size
-    if box_units == "normalized":
+    span = BOX_UNITS[box_units]
+    if span is not None:
         x1, y1, x2, y2 = box
-        box = x1 * width, y1 * height, x2 * width, y2 * height
+        box = x1 * width / span, y1 * height / span, x2 * width / span, y2 * height / span
         if within_first_pixel(box, image_size):
             raise RecordError(
                 DEGENERATE_BOX, f"box {answer} covers less than the first pixel of the {width}x{height} image"
@@ -195,7 +198,7 @@ def box_in_pixels(answer: str, image_size: tuple[int, int], box_units: str) -> t
 
 
 def grounding_truth(answer: str, image_size: tuple[int, int], frame_size: tuple[int, int], box_units: str) -> str:
-    """The ground-truth box moved from original pixels (or 0-1 `box_units=normalized`) into the model's frame."""
+    """The ground-truth box moved from original pixels (or the `box_units` scaled to them) into the model's frame."""
     x1, y1, x2, y2 = box_in_pixels(answer, image_size, box_units)
     width, height = image_size
     tolerance = BOX_EDGE_TOLERANCE

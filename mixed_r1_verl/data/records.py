@@ -10,7 +10,8 @@ Canonical record (one JSON object per line):
 A row without an `id` is given one derived from its content (`generated_id`).
 
 `problem` holds one `<image>` placeholder per image, or none (then they are prepended). A grounding
-`answer` is "[x1, y1, x2, y2]" in original image pixels (0-1 fractions with box_units=normalized). A
+`answer` is "[x1, y1, x2, y2]" in original image pixels (0-1 fractions with box_units=normalized, the
+0-1000 grid with box_units=norm1000). A
 matching answer with `options` is an option's letter, or its text (then written as its letter). `split`
 pins the row to a split (else the converter's seeded hash decides); `rationale` is the reasoning a
 careful annotator would write before the answer, the `<think>` part of the supervised fine-tuning target.
@@ -73,9 +74,10 @@ FORMAT_TAG_IN_TEXT = "format_tag_in_text"
 BOX_LOOKS_NORMALIZED = "box_looks_normalized"
 BAD_REWARD_INFO = "bad_reward_info"
 
-# Units of the source's grounding boxes: pixels of the original image, or 0-1 fractions of its width
-# and height (LLaVA, Shikra).
-BOX_UNITS = ("pixels", "normalized")
+# Units of the source's grounding boxes, each with the value that spans a whole side of the image: pixels of
+# the original image (None: the side's own length), 0-1 fractions of its width and height (LLaVA, Shikra), or
+# the 0-1000 grid (Qwen2-VL, Qwen3-VL and InternVL data).
+BOX_UNITS = {"pixels": None, "normalized": 1, "norm1000": 1000}
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*"
 _BOX_PATTERN = re.compile(r"^\[" + ",".join([_NUMBER] * 4) + r"\]$")
@@ -467,8 +469,8 @@ class ColumnMapping:
     takes every item of a list: "answers.*.answer"), and `reward_info` also field by field to paths
     ({"answers": "annotations.*.text"}); `constants` gives fields a fixed value (e.g. task=chart), and
     `reward_info` fields a value added to those read for every row; `box_format` is "xyxy" or "xywh" (COCO),
-    for a box given as a 4-number list or a "[a, b, c, d]" string alike; `box_units` is "pixels" or
-    "normalized" (0-1, scaled to the image's pixels when it is opened);
+    for a box given as a 4-number list or a "[a, b, c, d]" string alike; `box_units` is "pixels",
+    "normalized" (0-1) or "norm1000" (0-1000), the last two scaled to the image's pixels when it is opened;
     `problem_template` wraps the mapped problem ("{problem}").
     """
 
