@@ -283,22 +283,29 @@ def test_image_tokens_outside_the_problem_are_rejects_not_a_model_error(tmp_path
 
 
 @pytest.mark.parametrize(
-    "template, message",
+    "setting, template, message",
     [
-        ("{instruction} {format_instruction}", "places {problem} 0 times: once, since it holds the row's <image>"),
-        ("{problem}\n{problem}\n{format_instruction}", "places {problem} 2 times"),
-        ('{problem} Reply as {"value": 1}', 'uses {"value"}; its fields are {problem}, {options}, {instruction}'),
-        ("{problem} {hint}", "uses {hint}; its fields are"),
-        ("{problem} }", "is no format string: Single '}' encountered"),
+        ("prompt_template", "{instruction} {format_instruction}",
+         "prompt_template places {problem} 0 times: once, since it holds the row's <image>"),
+        ("prompt_template", "{problem}\n{problem}\n{format_instruction}", "places {problem} 2 times"),
+        ("prompt_template", '{problem} Reply as {"value": 1}',
+         'uses {"value"}; its fields are {problem}, {options}, {instruction}'),
+        ("prompt_template", "{problem} {hint}", "uses {hint}; its fields are"),
+        ("prompt_template", "{problem} }", "is no format string: Single '}' encountered"),
+        ("problem_template", "Question: {question}", "problem_template uses {question}; its field is {problem}"),
+        ("problem_template", "Q: {problem} {problem}", "problem_template places {problem} 2 times"),
+        ("problem_template", "Answer briefly.", "problem_template places {problem} 0 times"),
+        ("problem_template", "{problem} {options}", "problem_template uses {options}; its field is {problem}"),
+        ("problem_template", "{problem", "problem_template '{problem' is no format string"),
     ],
-)
-def test_a_prompt_template_that_would_miscount_a_rows_images_stops_the_conversion_first(tmp_path, template, message):
+)  # fmt: skip
+def test_a_template_that_would_miscount_a_rows_images_stops_the_conversion_first(tmp_path, setting, template, message):
     """The problem holds the row's <image> placeholders: placed twice or not at all, every prompt would hold
     another number of them than the row has images."""
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=0)
     with pytest.raises(ValueError, match=re.escape(message)):
         prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "out"),
-                              progress=False, prompt_template=template))  # fmt: skip
+                              progress=False, **{setting: template}))  # fmt: skip
     assert not (tmp_path / "out" / "train.parquet").exists()
 
 

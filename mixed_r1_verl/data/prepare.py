@@ -57,7 +57,7 @@ from mixed_r1_verl.data.model_files import (
     resolve_model_dir,
     vision_geometry,
 )
-from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, PromptTokenCounter, prompt_template_error, render_prompt
+from mixed_r1_verl.data.prompts import DEFAULT_TEMPLATE, PromptTokenCounter, render_prompt, template_error
 from mixed_r1_verl.data.records import (
     BOX_LOOKS_NORMALIZED,
     BOX_OUTSIDE_IMAGE,
@@ -334,18 +334,21 @@ def refuse_a_val_ratio_that_is_no_fraction(config: PrepareConfig) -> None:
         )
 
 
-def refuse_prompt_settings_that_miscount_images(config: PrepareConfig) -> None:
-    """Raises ValueError when system_prompt or prompt_template holds an image placeholder or token, or the
-    template does not place the problem exactly once: every row's prompt would have another number of image
-    slots than the row has images."""
+def refuse_prompt_settings_that_miscount_images(config: PrepareConfig, problem_template: str) -> None:
+    """Raises ValueError when system_prompt or prompt_template holds an image placeholder or token, or
+    either template (`problem_template`, the column mapping's) does not place the problem exactly once or
+    uses another field: every row's prompt would have another number of image slots than the row has
+    images, or no prompt could be written."""
     for name in ("system_prompt", "prompt_template"):
         text = getattr(config, name) or ""
         for token in (IMAGE_PLACEHOLDER, *MODEL_IMAGE_TOKENS):
             if token in text:
                 raise ValueError(f"{name} holds {token!r}: only each row's problem places images")
-    template_error = prompt_template_error(config.prompt_template)
-    if template_error:
-        raise ValueError(template_error)
+    error = template_error("prompt_template", config.prompt_template) or template_error(
+        "problem_template", problem_template, ("problem",)
+    )
+    if error:
+        raise ValueError(error)
 
 
 def row_place(file: Path, number: int, several_inputs: bool) -> str:
@@ -370,7 +373,6 @@ class RowConverter:
         if config.model_family not in MODEL_FAMILIES:
             raise ValueError(f"unknown model_family {config.model_family!r}; known: {', '.join(MODEL_FAMILIES)}")
         refuse_a_val_ratio_that_is_no_fraction(config)
-        refuse_prompt_settings_that_miscount_images(config)
         self.config = config
         self.mapping = mapping or build_mapping(
             config.layout,
@@ -380,6 +382,7 @@ class RowConverter:
             box_units=config.box_units,
             problem_template=config.problem_template,
         )
+        refuse_prompt_settings_that_miscount_images(config, self.mapping.problem_template)
         self.box_frame = MODEL_FAMILIES[config.model_family].box_frame
         self.reward_fields = all_reward_fields()
         self.schema = output_schema(self.reward_fields)

@@ -52,23 +52,25 @@ def options_block(options: tuple[str, ...] | None) -> str:
 TEMPLATE_FIELDS = ("problem", "options", "instruction", "format_instruction")
 
 
-def prompt_template_error(template: str) -> str | None:
-    """Why `template` cannot ask a row, or None: it must place the problem (which holds the row's `<image>`
-    placeholders) exactly once, and use no field but TEMPLATE_FIELDS (literal braces are written doubled)."""
+def template_error(setting: str, template: str, fields: tuple[str, ...] = TEMPLATE_FIELDS) -> str | None:
+    """Why `template`, the `setting` that wraps a row's problem, cannot ask a row, or None: it must place
+    the problem (which holds the row's `<image>` placeholders) exactly once, and use no field but `fields`
+    (literal braces are written doubled)."""
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        used = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
     except ValueError as error:
-        return f"prompt_template {template!r} is no format string: {error} (write a literal brace as {{{{ or }}}})"
-    unknown = sorted({field for field in fields if field not in TEMPLATE_FIELDS})
+        return f"{setting} {template!r} is no format string: {error} (write a literal brace as {{{{ or }}}})"
+    unknown = sorted({field for field in used if field not in fields})
     if unknown:
         return (
-            f"prompt_template uses {', '.join('{' + field + '}' for field in unknown)}; its fields are "
-            f"{', '.join('{' + field + '}' for field in TEMPLATE_FIELDS)} (write a literal brace as {{{{ or }}}})"
+            f"{setting} uses {', '.join('{' + field + '}' for field in unknown)}; its "
+            f"{'fields are' if len(fields) > 1 else 'field is'} {', '.join('{' + field + '}' for field in fields)} "
+            "(write a literal brace as {{ or }})"
         )
-    if fields.count("problem") != 1:
+    if used.count("problem") != 1:
         return (
-            f"prompt_template places {{problem}} {fields.count('problem')} times: once, since it holds the "
-            "row's <image> placeholders, one per image"
+            f"{setting} places {{problem}} {used.count('problem')} times: once, since it holds the row's <image> "
+            "placeholders, one per image"
         )
     return None
 
