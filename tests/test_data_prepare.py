@@ -866,6 +866,45 @@ def test_the_shards_of_a_dataset_convert_as_one_input(tmp_path):
         prepare(PrepareConfig(input=str(shards / "train-*.jsonl"), output_dir=str(tmp_path / "none"), **settings))
 
 
+def test_inputs_are_read_by_their_suffix_in_any_case_and_named_files_are_not_globbed(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5, val_rows_per_task=0)
+    rows = read_jsonl(jsonl)
+    bracketed = tmp_path / "ChartQA [v1]" / "train[0].jsonl"
+    bracketed.parent.mkdir()
+    shutil.copy(jsonl, bracketed)
+    upper_case = tmp_path / "TRAIN.PARQUET"
+    pq.write_table(pa.Table.from_pylist(rows), upper_case)
+    for name, source in (("bracketed", bracketed), ("upper_case", upper_case)):
+        summary = prepare(PrepareConfig(input=str(source), image_root=str(image_root), output_dir=str(tmp_path / name),
+                                        val_ratio=0, progress=False))  # fmt: skip
+        assert (summary["rows_written"], summary["rows_rejected"]) == (len(rows), 0), name
+
+
+def test_inputs_of_another_format_are_refused_before_any_row_is_read(tmp_path):
+    import datasets
+    import gzip
+
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5, val_rows_per_task=0)
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list(read_jsonl(jsonl)).save_to_disk(str(saved))
+    csv = tmp_path / "rows.csv"
+    csv.write_text("id,task,problem,answer\nr1,chart,Q?,3\n")
+    compressed = tmp_path / "rows.jsonl.gz"
+    compressed.write_bytes(gzip.compress(jsonl.read_bytes()))
+    refused = [(saved, "a directory"), (saved / "data-00000-of-00001.arrow", "'.arrow'"), (csv, "'.csv'"),
+               (compressed, "'.gz'")]  # fmt: skip
+    for source, what in refused:
+        with pytest.raises(ValueError) as caught:
+            prepare(PrepareConfig(input=[str(jsonl), str(source)], image_root=str(image_root),
+                                  output_dir=str(tmp_path / "out"), progress=False))  # fmt: skip
+        message = str(caught.value)
+        assert message.startswith(f"input={source}: unsupported input format {what}; rows are read from .jsonl, "
+                                  ".json, .parquet")  # fmt: skip
+        assert ("load_from_disk('<directory>').to_parquet('train.parquet')" in message) == (source.suffix != ".gz"
+                                                                                             and source != csv)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_hub_datasets_files_are_read_from_the_hf_cache_offline(tmp_path):
     """`input=hf://datasets/<org>/<name>/<pattern>`: the shards of a dataset in the Hugging Face cache."""
     import subprocess

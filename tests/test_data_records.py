@@ -263,6 +263,12 @@ def test_iter_source_rows_reads_jsonl_json_and_parquet(tmp_path):
     as_parquet = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist([GOOD] * 3), as_parquet)
     assert [row["id"] for _, row in iter_source_rows(as_parquet)] == ["r1"] * 3
+    upper_case = as_parquet.rename(tmp_path / "ROWS.Parquet")
+    assert [row["id"] for _, row in iter_source_rows(upper_case)] == ["r1"] * 3
+    for other in (tmp_path / "rows.csv", tmp_path / "rows"):
+        other.write_text(json.dumps(GOOD) + "\n")
+        with pytest.raises(ValueError, match=f"input={other}: unsupported input format '"):
+            list(iter_source_rows(other))
 
 
 def test_a_utf8_byte_order_mark_at_the_start_of_a_text_input_is_skipped(tmp_path):

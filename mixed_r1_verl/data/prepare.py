@@ -98,8 +98,9 @@ BOX_EDGE_TOLERANCE = 1.0
 
 @dataclass
 class PrepareConfig:
-    # A .jsonl, .json or .parquet file, a glob pattern (`chartqa/train-*.parquet`), a Hub dataset's files
-    # (`hf://datasets/<org>/<name>/<pattern>`) or a list of them, read in order with one column mapping.
+    # A .jsonl, .json or .parquet file (by its suffix, in any case), a glob pattern (`chartqa/train-*.parquet`),
+    # a Hub dataset's files (`hf://datasets/<org>/<name>/<pattern>`) or a list of them, read in order with one
+    # column mapping.
     input: Any = "???"
     # The directory the rows' image paths are relative to; not needed where rows embed their images.
     image_root: str | None = None
@@ -394,7 +395,7 @@ class RowConverter:
         self.prompt_counter = PromptTokenCounter(model_dir) if model_dir is not None else None
         self.max_prompt_length = config.max_prompt_length or DEFAULT_MAX_PROMPT_LENGTH[config.model_family]
         self.store = ImageStore(config.image_root)
-        self.inputs = input_files(config.input)
+        self.inputs = input_files(config.input, source_rows=True)
         self.row_by_id: dict[str, tuple[Path, int]] = {}
         # Source fields the mapping reads (a field given by a constant is not read, but for reward_info, which
         # constants add to); rows' other fields are counted in `ignored_fields`, for the summary.

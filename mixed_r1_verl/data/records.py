@@ -665,20 +665,25 @@ def hub_dataset_files(url: str) -> list[Path]:
     return downloaded
 
 
-def input_files(given: Any) -> list[Path]:
+def input_files(given: Any, source_rows: bool = False) -> list[Path]:
     """The files an `input` setting names, in order: a path, a glob pattern (`shards/train-*.parquet`, its
     files in name order), a Hub dataset's files (`hub_dataset_files`) or a list of them; a file named twice
-    is read once."""
+    is read once, and an existing file is that file even where its name holds a glob character (`[`). With
+    `source_rows`, a directory or a file of a format rows are not read from (`SOURCE_READERS`) is refused."""
     files: list[Path] = []
     for pattern in [given] if isinstance(given, (str, Path)) else list(given or ()):
         pattern = str(pattern)
         if pattern.startswith("hf://"):
             matched = hub_dataset_files(pattern)
+        elif any(char in pattern for char in "*?[") and not Path(pattern).is_file():
+            matched = sorted(glob.glob(pattern))
         else:
-            matched = sorted(glob.glob(pattern)) if any(char in pattern for char in "*?[") else [pattern]
+            matched = [pattern]
         if not matched:
             raise FileNotFoundError(f"input={pattern}: the pattern matches no file")
         for path in map(Path, matched):
+            if source_rows and path.exists() and source_reader(path) is None:
+                raise ValueError(unsupported_input_format(path))
             if not path.is_file():
                 raise FileNotFoundError(f"input={path}: no such file")
             if path.resolve() not in {file.resolve() for file in files}:
@@ -696,33 +701,69 @@ def iter_input_rows(files: Sequence[Path]) -> Iterator[tuple[Path, int, Any]]:
 
 
 def iter_source_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(row number, parsed row) for each row of a JSONL, JSON (a list) or parquet file, streamed
-    where the format allows; a JSONL line that is not UTF-8 JSON yields a RecordError instead. A UTF-8
-    byte order mark at the start of a text file (as some Windows editors write) is skipped."""
+    """(row number, parsed row) for each row of a JSONL, JSON (a list) or parquet file, by its suffix in any
+    case, streamed where the format allows; a JSONL line that is not UTF-8 JSON yields a RecordError
+    instead. A UTF-8 byte order mark at the start of a text file (as some Windows editors write) is skipped."""
     path = Path(path)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    reader = source_reader(path)
+    if reader is None:
+        raise ValueError(unsupported_input_format(path))
+    yield from reader(path)
 
-        number = 0
-        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            for row in batch.to_pylist():
-                number += 1
-                yield number, row
-    elif path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8-sig"))
-        except ValueError as error:  # invalid UTF-8 or JSON: the file as a whole cannot be read
-            raise ValueError(f"{path}: not a UTF-8 JSON file: {error}") from None
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: a .json input must hold a list of rows")
-        yield from enumerate(rows, start=1)
-    else:
-        with open(path, "rb") as lines:
-            for number, line in enumerate(lines, start=1):
-                if number == 1:
-                    line = line.removeprefix(codecs.BOM_UTF8)
-                if line.strip():
-                    yield number, _jsonl_row(number, line)
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    number = 0
+    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for row in batch.to_pylist():
+            number += 1
+            yield number, row
+
+
+def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8-sig"))
+    except ValueError as error:  # invalid UTF-8 or JSON: the file as a whole cannot be read
+        raise ValueError(f"{path}: not a UTF-8 JSON file: {error}") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: a .json input must hold a list of rows")
+    yield from enumerate(rows, start=1)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            if number == 1:
+                line = line.removeprefix(codecs.BOM_UTF8)
+            if line.strip():
+                yield number, _jsonl_row(number, line)
+
+
+# The input formats rows are read from, by file suffix.
+SOURCE_READERS = {".jsonl": _jsonl_rows, ".json": _json_rows, ".parquet": _parquet_rows}
+
+
+def source_reader(path: Path):
+    """The reader of a file's rows by its suffix, in any case; None for a directory or another format."""
+    return None if path.is_dir() else SOURCE_READERS.get(path.suffix.lower())
+
+
+def unsupported_input_format(path: Path) -> str:
+    """Why rows are not read from `path`, and how to give them; a datasets.save_to_disk directory and its
+    .arrow files are told how to become parquet that keeps their images' bytes."""
+    what = "a directory" if path.is_dir() else repr(path.suffix or "no suffix")
+    message = (
+        f"input={path}: unsupported input format {what}; rows are read from {', '.join(SOURCE_READERS)} "
+        "(a .json file holds a list of rows)"
+    )
+    if path.is_dir() or path.suffix.lower() == ".arrow":
+        message += (
+            "; a datasets.save_to_disk directory converts once written as parquet, which keeps its images' "
+            "bytes: python -c \"import datasets; datasets.load_from_disk('<directory>').to_parquet('train.parquet')\" "
+            "(of a DatasetDict, load_from_disk('<directory>')['train'])"
+        )
+    return message
 
 
 def _jsonl_row(number: int, line: bytes) -> Any:
