@@ -289,12 +289,22 @@ def no_placeholder(row):
     row["prompt"][-1]["content"] = row["prompt"][-1]["content"].replace("<image>", "")
 
 
+def a_video_tag(row):
+    row["prompt"][-1]["content"] += " Which HTML tag embeds a clip, <video> or <img>?"
+
+
+def an_audio_tag(row):
+    row["prompt"][-1]["content"] = row["prompt"][-1]["content"].replace("<image>", "<image><audio>")
+
+
 @pytest.mark.parametrize(
     "change,counts",
     [
         (one_image_too_many_placeholders, "2 <image> placeholder(s) for 1 image"),
         (no_images, "1 <image> placeholder(s) for 0 image"),
         (no_placeholder, "0 <image> placeholder(s) for 1 image"),
+        (a_video_tag, "1 <video> tag(s) for 0 video(s); verl takes one of the row's videos for each"),
+        (an_audio_tag, "1 <audio> tag(s) for 0 audio(s)"),
     ],
 )
 @pytest.mark.parametrize("filter_overlong_prompts", [True, False])

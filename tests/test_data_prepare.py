@@ -282,6 +282,31 @@ def test_image_tokens_outside_the_problem_are_rejects_not_a_model_error(tmp_path
         prepare(PrepareConfig(**settings, prompt_template="<IMG_CONTEXT>{problem}"))
 
 
+def test_video_and_audio_tags_in_a_prompt_are_rejects_not_a_training_error(tmp_path):
+    """verl's dataset takes one of a row's videos or audio clips for each such tag, and converted rows have none."""
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5, val_rows_per_task=0)
+    chart = {"task": "chart", "data_source": "d", "images": ["chart/000000.png"], "problem": "Q?", "answer": "3"}
+    bad = [
+        {**chart, "id": "video", "problem": "<image>Which HTML tag embeds a clip, <video> or <img>?"},
+        {**chart, "id": "audio", "task": "matching", "answer": "A", "options": ["<audio>", "<img>"]},
+    ]
+    kept = {**chart, "id": "in-rationale", "rationale": "A page embeds a clip with <video>."}
+    with open(jsonl, "a") as out:
+        out.write("".join(json.dumps(row) + "\n" for row in [*bad, kept]))
+    out = tmp_path / "out"
+    settings = dict(input=str(jsonl), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False)
+    summary = prepare(PrepareConfig(**settings))
+    rejects = read_jsonl(out / "rejects.jsonl")
+    assert [(r["id"], r["reason"]) for r in rejects] == [("video", records.MEDIA_TAG_IN_TEXT),
+                                                         ("audio", records.MEDIA_TAG_IN_TEXT)]  # fmt: skip
+    assert rejects[0]["detail"].startswith("problem holds '<video>': verl's dataset reads '<video>' as the place")
+    assert rejects[1]["detail"].startswith("option A holds '<audio>'")
+    assert summary["rows_written"] == 5
+    assert "in-rationale" in [row["extra_info"]["id"] for row in read_rows(out / "sft_train.parquet")]
+    with pytest.raises(ValueError, match="system_prompt holds '<video>': verl's dataset reads"):
+        prepare(PrepareConfig(**settings, system_prompt="Describe the <video> tag."))
+
+
 @pytest.mark.parametrize(
     "setting, template, message",
     [

@@ -9,7 +9,8 @@ RLHFDataset resizes images through qwen_vl_utils (which needs torchvision) and, 
 row fails for any reason, counts it as over-long and drops it. This class resizes with PIL to the
 exact size qwen_vl_utils and the Qwen2.5-VL processor produce (honouring per-image min/max pixels
 written by the converter), raises an error naming the row when one cannot be prepared, when its
-prompt's `<image>` placeholders do not match its images in number, when its reward_model.ground_truth
+prompt's `<image>` placeholders do not match its images in number (or its `<video>` or `<audio>` tags its
+videos or audio clips, which verl would take one of for each), when its reward_model.ground_truth
 is absent, null or blank (the reward could not score it), when it was converted for another model
 family's box frame (extra_info.box_frame), when an image's pixel bounds cannot bound a resize, when
 the model's processor would resize its images again (out of the frame its boxes are in) or when
@@ -144,8 +145,14 @@ class MixedR1Dataset(NamesRowsThatFail, RLHFDataset):
             return self._describe_doc(dataframe[row], row)
 
         columns = dataframe.with_format("arrow")
-        images = columns[self.image_key] if self.image_key in dataframe.column_names else None
+
+        def column(key):
+            return columns[key] if key in dataframe.column_names else None
+
+        images = column(self.image_key)
         refuse_placeholder_image_mismatch(columns[self.prompt_key], images, describe_row)
+        media = {"<video>": column(self.video_key), "<audio>": column(self.audio_key)}
+        refuse_media_tag_mismatch(columns[self.prompt_key], images, media, describe_row)
         refuse_missing_ground_truth(columns, describe_row)
         box_frames = extra_info_column(dataframe, "box_frame")
         refuse_box_frame_of_another_family(processor_model_family(self.processor), box_frames, describe_row)
@@ -217,9 +224,9 @@ def extra_info_column(dataframe: datasets.Dataset, name: str) -> list:
     return pc.struct_field(column, name).to_pylist()
 
 
-def image_placeholder_counts(prompts) -> list[int]:
-    """Number of `<image>` placeholders in each row's text message contents, for an arrow column of
-    chat messages (rows whose contents are not text count 0: verl expands placeholders in text only)."""
+def tag_counts(prompts, tag: str) -> list[int]:
+    """Number of `tag`s (`<image>` placeholders, say) in each row's text message contents, for an arrow column
+    of chat messages (rows whose contents are not text count 0: verl expands placeholders in text only)."""
     counts = [0] * len(prompts)
     if not (pa.types.is_list(prompts.type) and pa.types.is_struct(prompts.type.value_type)):
         return counts
@@ -227,7 +234,7 @@ def image_placeholder_counts(prompts) -> list[int]:
     if content is None or not (pa.types.is_string(content.type) or pa.types.is_large_string(content.type)):
         return counts
     contents = pc.struct_field(pc.list_flatten(prompts), "content")
-    per_message = pc.count_substring(contents, IMAGE_PLACEHOLDER).to_pylist()
+    per_message = pc.count_substring(contents, tag).to_pylist()
     for row, count in zip(pc.list_parent_indices(prompts).to_pylist(), per_message, strict=True):
         counts[row] += count or 0
     return counts
@@ -237,17 +244,42 @@ def refuse_placeholder_image_mismatch(prompts, images_column, describe_row) -> N
     """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row whose prompt
     holds another number of `<image>` placeholders than it has images (the arrow `images_column`; None
     when the file has none): verl would fail on it mid-training, or with no images train on the bare text."""
-    placeholders = image_placeholder_counts(prompts)
-    if images_column is None or not pa.types.is_list(images_column.type):
-        images = [0] * len(placeholders)
-    else:
-        images = pc.fill_null(pc.list_value_length(images_column), 0).to_pylist()
+    placeholders = tag_counts(prompts, IMAGE_PLACEHOLDER)
+    images = item_counts(images_column, len(placeholders))
     for row, (placeholder_count, image_count) in enumerate(zip(placeholders, images, strict=True)):
         if placeholder_count != image_count:
             raise DatasetRowError(
                 f"{describe_row(row)}: its prompt holds {placeholder_count} {IMAGE_PLACEHOLDER} placeholder(s) "
                 f"for {image_count} image(s)"
             )
+
+
+def item_counts(column, rows: int) -> list[int]:
+    """Items in each of the `rows` rows of an arrow list column; 0 in every row without one (None)."""
+    if column is None or not pa.types.is_list(column.type):
+        return [0] * rows
+    return pc.fill_null(pc.list_value_length(column), 0).to_pylist()
+
+
+def refuse_media_tag_mismatch(prompts, images_column, media_columns: dict, describe_row) -> None:
+    """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row with images, videos
+    or audio clips whose prompt holds another number of `<video>` or `<audio>` tags than it has videos or
+    audio clips (`media_columns`: each tag's arrow list column, or None): verl takes one for each tag, and
+    would fail on the row when its batch is drawn (a row without any it leaves as it is)."""
+    rows = len(prompts)
+    tags = {tag: tag_counts(prompts, tag) for tag in media_columns}
+    items = {tag: item_counts(column, rows) for tag, column in media_columns.items()}
+    images = item_counts(images_column, rows)
+    for row in range(rows):
+        if not images[row] and not any(counts[row] for counts in items.values()):
+            continue
+        for tag, counts in tags.items():
+            if counts[row] != items[tag][row]:
+                kind = tag.strip("<>")
+                raise DatasetRowError(
+                    f"{describe_row(row)}: its prompt holds {counts[row]} {tag} tag(s) for {items[tag][row]} "
+                    f"{kind}(s); verl takes one of the row's {kind}s for each"
+                )
 
 
 def refuse_missing_ground_truth(columns, describe_row) -> None:

@@ -65,6 +65,7 @@ from mixed_r1_verl.data.records import (
     DEGENERATE_BOX,
     DUPLICATE_ID,
     IMAGE_PLACEHOLDER,
+    MEDIA_TAGS,
     MODEL_IMAGE_TOKENS,
     PROMPT_TOO_LONG,
     CanonicalRecord,
@@ -79,6 +80,7 @@ from mixed_r1_verl.data.records import (
     iter_input_rows,
     lookup,
     parse_box,
+    media_tag_reason,
     parse_record,
     read_column,
 )
@@ -336,15 +338,18 @@ def refuse_a_val_ratio_that_is_no_fraction(config: PrepareConfig) -> None:
 
 
 def refuse_prompt_settings_that_miscount_images(config: PrepareConfig, problem_template: str) -> None:
-    """Raises ValueError when system_prompt or prompt_template holds an image placeholder or token, or
-    either template (`problem_template`, the column mapping's) does not place the problem exactly once or
-    uses another field: every row's prompt would have another number of image slots than the row has
-    images, or no prompt could be written."""
+    """Raises ValueError when system_prompt or prompt_template holds an image placeholder or token or a
+    `<video>` or `<audio>` tag (MEDIA_TAGS), or either template (`problem_template`, the column mapping's)
+    does not place the problem exactly once or uses another field: every row's prompt would have slots
+    for other images or media than the row has, or no prompt could be written."""
     for name in ("system_prompt", "prompt_template"):
         text = getattr(config, name) or ""
         for token in (IMAGE_PLACEHOLDER, *MODEL_IMAGE_TOKENS):
             if token in text:
                 raise ValueError(f"{name} holds {token!r}: only each row's problem places images")
+        for tag in MEDIA_TAGS:
+            if tag in text:
+                raise ValueError(f"{name} holds {tag!r}: {media_tag_reason(tag)}")
     error = template_error("prompt_template", config.prompt_template) or template_error(
         "problem_template", problem_template, ("problem",)
     )

@@ -45,6 +45,9 @@ MODEL_IMAGE_TOKENS = (IMAGE_PAD, "<IMG_CONTEXT>")
 # The chat templates' turn tokens of those families: in a row's text one would end a turn where the text
 # stands (an SFT target taught to stop before its answer, a prompt with a turn of its own).
 CHAT_TURN_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+# The tags verl's dataset splits a prompt on besides `<image>`, each the place of one of the row's videos or
+# audio clips: the converter writes images only, so a prompt holding one fails when its batch is drawn.
+MEDIA_TAGS = ("<video>", "<audio>")
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SPLITS = ("train", "val")
 CANONICAL_FIELDS = (
@@ -70,6 +73,7 @@ NON_FINITE_ANSWER = "non_finite_answer"
 PROMPT_TOO_LONG = "prompt_too_long"
 IMAGE_TOKEN_IN_TEXT = "image_token_in_text"
 CHAT_TOKEN_IN_TEXT = "chat_token_in_text"
+MEDIA_TAG_IN_TEXT = "media_tag_in_text"
 FORMAT_TAG_IN_TEXT = "format_tag_in_text"
 BOX_LOOKS_NORMALIZED = "box_looks_normalized"
 BAD_REWARD_INFO = "bad_reward_info"
@@ -264,12 +268,16 @@ def check_strings_are_unicode(raw: dict) -> None:
             ) from None
 
 
+def _option_texts(options: tuple[str, ...] | None) -> Iterator[tuple[str, str]]:
+    for letter, option in zip(OPTION_LETTERS, options or ()):
+        yield f"option {letter}", option
+
+
 def _texts_besides_problem(
     answer: str, options: tuple[str, ...] | None, rationale: str | None
 ) -> Iterator[tuple[str, str]]:
     yield "answer", answer
-    for letter, option in zip(OPTION_LETTERS, options or ()):
-        yield f"option {letter}", option
+    yield from _option_texts(options)
     if rationale is not None:
         yield "rationale", rationale
 
@@ -292,6 +300,18 @@ def check_chat_tokens(problem: str, answer: str, options: tuple[str, ...] | None
         for token in CHAT_TURN_TOKENS:
             if token in text:
                 raise RecordError(CHAT_TOKEN_IN_TEXT, f"{name} holds the chat template's turn token {token!r}")
+
+
+def media_tag_reason(tag: str) -> str:
+    return f"verl's dataset reads {tag!r} as the place of one of a row's {tag.strip('<>')}s; converted rows have none"
+
+
+def check_media_tags(problem: str, options: tuple[str, ...] | None) -> None:
+    """The prompt (the problem and options) holds no `<video>` or `<audio>` (MEDIA_TAGS)."""
+    for name, text in (("problem", problem), *_option_texts(options)):
+        for tag in MEDIA_TAGS:
+            if tag in text:
+                raise RecordError(MEDIA_TAG_IN_TEXT, f"{name} holds {tag!r}: {media_tag_reason(tag)}")
 
 
 def check_format_tags(answer: str, rationale: str | None) -> None:
@@ -428,6 +448,7 @@ def parse_record(raw: dict) -> CanonicalRecord:
     rationale = _optional_rationale(raw)
     check_image_tokens(problem, answer, options, rationale)
     check_chat_tokens(problem, answer, options, rationale)
+    check_media_tags(problem, options)
     check_format_tags(answer, rationale)
     return CanonicalRecord(
         id=record_id,
