@@ -571,6 +571,22 @@ def test_convert_reads_the_selection_as_canonical_rows_whatever_the_source_layou
     assert converted(tmp_path / "direct" / "train.parquet")[0][1].count("Locate the object described as") == 1
 
 
+def test_convert_reads_option_indices_once_a_source_gave_them_with_answer_index_base(tmp_path):
+    """The selection holds the letters the indices name: read as indices again, none would be one."""
+    _, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=4)
+    source = tmp_path / "scienceqa.jsonl"
+    rows = [{"id": "q1", "image": "chart/000000.png", "question": "Which?", "choices": ["3", "2", "1"], "answer": 2},
+            {"id": "q2", "image": "chart/000000.png", "question": "Which?", "choices": ["up", "down"], "answer": 1}]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    mapping = ["columns.images=image", "columns.problem=question", "columns.options=choices", "constants.task=matching",
+               "constants.data_source=scienceqa", "answer_index_base=1"]  # fmt: skip
+    settings = [*mapping, "difficulty.enabled=false", "val_ratio=0", "convert=true"]
+    report = Engine(engine_config(source, image_root, tmp_path / "engine", *settings)).run()
+    assert report["conversion"]["rows_written"] == 2
+    written = pq.read_table(tmp_path / "engine" / "parquet" / "train.parquet").to_pylist()
+    assert {row["extra_info"]["id"]: row["reward_model"]["ground_truth"] for row in written} == {"q1": "B", "q2": "A"}
+
+
 def test_rows_embedding_their_images_are_selected_into_parquet_and_converted_as_files_are(tmp_path):
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=4, seed=11, val_rows_per_task=0)
     embedded = tmp_path / "embedded.parquet"

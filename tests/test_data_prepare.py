@@ -701,6 +701,27 @@ def test_list_items_past_those_a_mapping_reads_are_listed_in_the_summary(tmp_pat
     assert summary["ignored_fields"] == {"conversations.2+": {"rows": 1}}
 
 
+def test_a_table_whose_answers_are_option_indices_converts_with_answer_index_base(tmp_path):
+    """ScienceQA's layout: `choices` and the right one's 0-based index as an integer `answer`."""
+    from mixed_r1_verl.settings import parse_settings
+
+    _, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    rows = [{"image": "chart/000000.png", "question": "How many bars?", "choices": ["3", "2", "1", "0"], "answer": 1},
+            {"image": "chart/000000.png", "question": "Which is taller?", "choices": ["left", "right"], "answer": 0}]
+    source = tmp_path / "scienceqa.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    settings = [f"input={source}", f"image_root={image_root}", f"output_dir={tmp_path / 'out'}", "val_ratio=0",
+                "progress=false", "columns.images=image", "columns.problem=question", "columns.options=choices",
+                "constants.task=matching", "constants.data_source=scienceqa", "answer_index_base=0"]  # fmt: skip
+    summary = prepare(parse_settings(PrepareConfig, settings))
+    assert summary["rows_written"] == 2
+    truths = [row["reward_model"]["ground_truth"] for row in read_rows(tmp_path / "out" / "train.parquet")]
+    assert truths == ["B", "A"]
+    with pytest.raises(ValueError, match="answer_index_base must be 0 or 1"):
+        prepare(parse_settings(PrepareConfig, [*settings[:-1], "answer_index_base=2", f"output_dir={tmp_path}/b"]))
+    assert not (tmp_path / "b").exists()
+
+
 def hub_cache_with(model_dir: Path, cache: Path, repo_id: str) -> None:
     """The Hugging Face cache layout holding `model_dir` as the main revision of `repo_id`."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"

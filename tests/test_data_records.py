@@ -142,6 +142,38 @@ def test_answers_that_name_no_single_option_are_rejected(answer, options, detail
     assert caught.value.reason == records.ANSWER_NOT_AN_OPTION
 
 
+@pytest.mark.parametrize("base", [0, 1])
+def test_answers_given_as_option_indices_are_written_as_letters_with_answer_index_base(base):
+    mapping = build_mapping("canonical", columns={"options": "choices"}, answer_index_base=base)
+    assert mapping.answer_index_base == base
+    row = {**GOOD, "choices": ["3", "2", "1", "0"]}  # option texts that read as indices too
+    assert parse_record(apply_mapping({**row, "answer": 1 + base}, mapping)).answer == "B"
+    assert parse_record(apply_mapping({**row, "answer": [f" {base} "]}, mapping)).answer == "A"
+    assert parse_record(apply_mapping({**row, "answer": 3.0 + base}, mapping)).answer == "D"
+    refused = [(4 + base, "answer index {} names no option, counting from {}".format(4 + base, base)),
+               (base - 1, "names no option" if base else "answer '-1' is no option index"),
+               ("B", "answer 'B' is no option index (answer_index_base={})".format(base)),
+               (1.5, "answer '1.5' is no option index")]  # fmt: skip
+    for answer, detail in refused:
+        with pytest.raises(RecordError, match=re.escape(detail)) as caught:
+            apply_mapping({**row, "answer": answer}, mapping)
+        assert caught.value.reason == records.ANSWER_NOT_AN_OPTION
+    assert reason_of(apply_mapping({**row, "answer": None}, mapping)) == records.EMPTY_ANSWER
+    without_options = {**GOOD, "task": "chart", "options": None, "answer": 7}
+    assert parse_record(apply_mapping(without_options, mapping)).answer == "7"
+
+
+def test_an_integer_answer_that_names_no_option_asks_for_answer_index_base():
+    with pytest.raises(RecordError, match=re.escape("set answer_index_base (0 or 1, where they count from)")):
+        parse_record(apply_mapping({**GOOD, "answer": 1}, ColumnMapping()))
+    with pytest.raises(RecordError) as caught:
+        parse_record({**GOOD, "answer": "green"})
+    assert "answer_index_base" not in caught.value.detail
+    for base in (2, -1, True, 1.0, "0"):
+        with pytest.raises(ValueError, match="answer_index_base must be 0 or 1"):
+            build_mapping("canonical", answer_index_base=base)
+
+
 def test_placeholders_are_prepended_when_absent():
     assert normalise_problem("Compare them.", 2) == "<image><image>Compare them."
     assert normalise_problem("<image> and <image>", 2) == "<image> and <image>"

@@ -16,7 +16,7 @@
 6. report     report.json, rows_per_stage.png, pass_rate_hist.png
 
 `sources=<YAML file>` selects sources of other layouts as one mix, each read with its own input settings
-(input, image_root, layout, columns, constants, box_format, box_units, problem_template).
+(input, image_root, layout, columns, constants, box_format, box_units, problem_template, answer_index_base).
 
 Writes selected.jsonl (canonical records, ready for `mixed_r1_verl.data.prepare`, which runs on it when
 convert=true; selected.parquet, every image's bytes in it, with embed_images=true, sources or where rows
@@ -99,12 +99,15 @@ RUN_OUTPUTS = (
 CONVERSION_DIR = "parquet"
 # The settings a source of `sources` gives for itself; the others are the run's.
 SOURCE_SETTINGS = (
-    "input", "image_root", "layout", "columns", "constants", "box_format", "box_units", "problem_template"
+    "input", "image_root", "layout", "columns", "constants", "box_format", "box_units", "problem_template",
+    "answer_index_base",
 )  # fmt: skip
-# Records as the converter reads a selection: canonical, the source's mapping, box format and problem
-# template applied. A parquet selection (and a mix of sources) also has its images embedded as shown and
+# Records as the converter reads a selection: canonical, the source's mapping, box format, problem template
+# and option indices applied. A parquet selection (and a mix of sources) also has its images embedded as shown and
 # its grounding boxes in their pixels.
-CANONICAL_SETTINGS = dict(layout="canonical", columns={}, constants={}, box_format=None, problem_template=None)
+CANONICAL_SETTINGS = dict(
+    layout="canonical", columns={}, constants={}, box_format=None, problem_template=None, answer_index_base=None
+)
 SHOWN_RECORD_SETTINGS = {**CANONICAL_SETTINGS, "box_units": "pixels", "image_root": None}
 
 
@@ -158,7 +161,7 @@ class EngineConfig(PrepareConfig):
     input: Any = None
     # Instead of `input`: sources of other layouts selected as one mix, a mapping (or a YAML file of one) of
     # names to each source's `input` and any of image_root, layout, columns, constants, box_format,
-    # box_units and problem_template, which override the run's.
+    # box_units, problem_template and answer_index_base, which override the run's.
     sources: Any = None
     dedup: DedupConfig = field(default_factory=DedupConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)

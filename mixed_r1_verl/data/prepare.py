@@ -118,6 +118,9 @@ class PrepareConfig:
     # scaled to its pixels. With pixels, a box within 0-1 on a larger image is rejected.
     box_units: str | None = None
     problem_template: str | None = None
+    # 0 or 1: the answer of a row with options is the index of the right option, counting from it (ScienceQA,
+    # A-OKVQA), written as its letter; unset, it is the option's letter or text.
+    answer_index_base: int | None = None
     # Fraction of rows for val.parquet, chosen by a seeded hash of the row id (stable under reordering; a
     # generated id comes from the row's content), among rows without a `split` field. 0 with no row pinned
     # to val: no val.parquet at all.
@@ -387,6 +390,7 @@ class RowConverter:
             box_format=config.box_format,
             box_units=config.box_units,
             problem_template=config.problem_template,
+            answer_index_base=config.answer_index_base,
         )
         refuse_prompt_settings_that_miscount_images(config, self.mapping.problem_template)
         self.box_frame = MODEL_FAMILIES[config.model_family].box_frame

@@ -12,7 +12,8 @@ A row without an `id` is given one derived from its content (`generated_id`).
 `problem` holds one `<image>` placeholder per image, or none (then they are prepended). A grounding
 `answer` is "[x1, y1, x2, y2]" in original image pixels (0-1 fractions with box_units=normalized, the
 0-1000 grid with box_units=norm1000). A
-matching answer with `options` is an option's letter, or its text (then written as its letter). `split`
+matching answer with `options` is an option's letter, or its text (then written as its letter), or with the
+mapping's answer_index_base the option's index. `split`
 pins the row to a split (else the converter's seeded hash decides); `rationale` is the reasoning a
 careful annotator would write before the answer, the `<think>` part of the supervised fine-tuning target.
 A blank `split` or `rationale` counts as absent.
@@ -227,11 +228,13 @@ def option_answer(answer: str, options: tuple[str, ...]) -> str:
     same_text = sorted(option_text_letters(answer, options))
     if len(same_text) > 1:
         raise RecordError(ANSWER_NOT_AN_OPTION, f"answer {answer!r} is the text of options {', '.join(same_text)}")
-    raise RecordError(
-        ANSWER_NOT_AN_OPTION,
+    detail = (
         f"answer {answer!r} is neither an option letter nor an option's text: the row has {len(options)} options "
-        f"({letters})",
+        f"({letters})"
     )
+    if answer.isascii() and answer.isdigit():
+        detail += "; where answers give the right option's index, set answer_index_base (0 or 1, where they count from)"
+    raise RecordError(ANSWER_NOT_AN_OPTION, detail)
 
 
 def scorable_answer(task: str, answer: str, options: tuple[str, ...] | None) -> str:
@@ -492,7 +495,8 @@ class ColumnMapping:
     `reward_info` fields a value added to those read for every row; `box_format` is "xyxy" or "xywh" (COCO),
     for a box given as a 4-number list or a "[a, b, c, d]" string alike; `box_units` is "pixels",
     "normalized" (0-1) or "norm1000" (0-1000), the last two scaled to the image's pixels when it is opened;
-    `problem_template` wraps the mapped problem ("{problem}").
+    `problem_template` wraps the mapped problem ("{problem}"); `answer_index_base`, 0 or 1, reads the answer
+    of a row with options as the index of the right option counting from it (None: a letter or an option's text).
     """
 
     columns: dict[str, str | dict[str, str]] = field(default_factory=lambda: {f: f for f in CANONICAL_FIELDS})
@@ -500,6 +504,7 @@ class ColumnMapping:
     box_format: str = "xyxy"
     box_units: str = "pixels"
     problem_template: str = "{problem}"
+    answer_index_base: int | None = None
 
     def __post_init__(self):
         unknown = (set(self.columns) | set(self.constants)) - set(CANONICAL_FIELDS)
@@ -517,6 +522,12 @@ class ColumnMapping:
             raise ValueError(f"box_format must be 'xyxy' or 'xywh', got {self.box_format!r}")
         if self.box_units not in BOX_UNITS:
             raise ValueError(f"box_units must be one of {', '.join(BOX_UNITS)}, got {self.box_units!r}")
+        base = self.answer_index_base
+        if base is not None and (type(base) is not int or base not in (0, 1)):
+            raise ValueError(
+                f"answer_index_base must be 0 or 1 (where the answers' option indices count from) or unset, got "
+                f"{base!r}"
+            )
 
 
 LAYOUTS = {
@@ -553,6 +564,7 @@ def build_mapping(layout: str, columns: dict | None = None, constants: dict | No
         box_format=options.get("box_format") or preset.box_format,
         box_units=options.get("box_units") or preset.box_units,
         problem_template=options.get("problem_template") or preset.problem_template,
+        answer_index_base=options.get("answer_index_base"),
     )
 
 
@@ -601,6 +613,24 @@ def _single_answer(value: Any) -> Any:
     return exact_number(value)
 
 
+def indexed_option(answer: Any, option_count: int, base: int) -> Any:
+    """The letter of the option a whole-number answer names, counting from `base` (answer_index_base); an
+    empty answer is left for `parse_record` to reject."""
+    if answer is None or isinstance(answer, str) and not answer.strip():
+        return answer
+    text = answer.strip() if isinstance(answer, str) else ""
+    if not (text.isascii() and text.isdigit()):
+        raise RecordError(ANSWER_NOT_AN_OPTION, f"answer {answer!r} is no option index (answer_index_base={base})")
+    index = int(text) - base
+    if not 0 <= index < min(option_count, len(OPTION_LETTERS)):
+        raise RecordError(
+            ANSWER_NOT_AN_OPTION,
+            f"answer index {text} names no option, counting from {base} (answer_index_base): the row has "
+            f"{option_count} options",
+        )
+    return OPTION_LETTERS[index]
+
+
 def source_box(value: Any, box_format: str) -> Any:
     """A grounding answer, given as a string or a list in `box_format`, as "[x1, y1, x2, y2]" with exact
     numbers; an empty answer is left for `parse_record` to reject."""
@@ -637,6 +667,9 @@ def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
         record["answer"] = source_box(answer, mapping.box_format)
     else:
         record["answer"] = _single_answer(answer)
+    options = record.get("options")
+    if mapping.answer_index_base is not None and isinstance(options, list) and options:
+        record["answer"] = indexed_option(record["answer"], len(options), mapping.answer_index_base)
     return record
 
 
