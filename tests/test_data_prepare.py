@@ -722,6 +722,27 @@ def test_a_table_whose_answers_are_option_indices_converts_with_answer_index_bas
     assert not (tmp_path / "b").exists()
 
 
+def test_solutions_given_as_one_answer_block_are_read_as_their_content_and_counted(tmp_path):
+    """R1-V's layout: the answer column `solution` holds "<answer> 3 </answer>"."""
+    _, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    chart = {"image": "chart/000000.png", "problem": "How many bars?"}
+    rows = [{**chart, "id": "spaced", "solution": "<answer> 3 </answer>"},
+            {**chart, "id": "bare", "solution": "4"},
+            {**chart, "id": "reasoned", "solution": "<think>Count them.</think><answer>5</answer>"}]  # fmt: skip
+    source = tmp_path / "r1v.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    out = tmp_path / "out"
+    summary = prepare(PrepareConfig(
+        input=str(source), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False,
+        columns={"images": "image", "answer": "solution"}, constants={"task": "chart", "data_source": "r1v"},
+    ))  # fmt: skip
+    assert (summary["rows_written"], summary["answers_unwrapped"]) == (2, 1)
+    truths = {row["extra_info"]["id"]: row["reward_model"]["ground_truth"] for row in read_rows(out / "train.parquet")}
+    assert truths == {"spaced": "3", "bare": "4"}
+    rejects = [(r["id"], r["reason"]) for r in read_jsonl(out / "rejects.jsonl")]
+    assert rejects == [("reasoned", records.FORMAT_TAG_IN_TEXT)]
+
+
 def hub_cache_with(model_dir: Path, cache: Path, repo_id: str) -> None:
     """The Hugging Face cache layout holding `model_dir` as the main revision of `repo_id`."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"

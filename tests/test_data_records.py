@@ -174,6 +174,27 @@ def test_an_integer_answer_that_names_no_option_asks_for_answer_index_base():
             build_mapping("canonical", answer_index_base=base)
 
 
+@pytest.mark.parametrize(
+    "change,read",
+    [({"answer": "<answer> blue </answer>"}, "B"), ({"answer": ["\n<answer>A</answer>\n"]}, "A"),
+     ({"task": "chart", "options": None, "answer": "<answer>3</answer>"}, "3"),
+     ({"task": "grounding", "options": None, "answer": "<answer>[1, 2, 5, 9]</answer>"}, "[1, 2, 5, 9]")],
+)  # fmt: skip
+def test_an_answer_that_is_one_answer_block_is_read_as_its_content(change, read):
+    assert parse_record(apply_mapping({**GOOD, **change}, ColumnMapping())).answer == read
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["<answer>3</answer> so", "<answer>3</answer><answer>4</answer>", "<think>count</think><answer>3</answer>",
+     "<answer><think>3</think></answer>", "<answer>3"],
+)  # fmt: skip
+def test_answers_holding_format_tags_besides_one_answer_block_are_rejected(answer):
+    row = {**GOOD, "task": "chart", "options": None, "answer": answer}
+    assert records.answer_block_content(answer) is None
+    assert reason_of(apply_mapping(row, ColumnMapping())) == records.FORMAT_TAG_IN_TEXT
+
+
 def test_placeholders_are_prepended_when_absent():
     assert normalise_problem("Compare them.", 2) == "<image><image>Compare them."
     assert normalise_problem("<image> and <image>", 2) == "<image> and <image>"

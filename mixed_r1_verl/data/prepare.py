@@ -10,10 +10,10 @@ image token size).
 Hugging Face cache) or a list of them, read in order with one column mapping (a dataset's shards, say).
 Writes train.parquet, val.parquet, rejects.jsonl (one line per rejected row: id, input file, row number
 in it, reason, detail) and summary.json (counts per task and split, rejects by reason, source fields the
-mapping does not read with a "did you mean" for likely typos). Every input row is either written or
-rejected. Outputs appear under their final names only once complete. Rows with a `rationale` also go, as
-chat turns ending in the supervised target `<think>{rationale}</think><answer>{answer}</answer>`, to
-sft_train.parquet / sft_val.parquet.
+mapping does not read with a "did you mean" for likely typos, the rows whose answer was an <answer> block
+read as its content). Every input row is either written or rejected. Outputs appear under their final
+names only once complete. Rows with a `rationale` also go, as chat turns ending in the supervised target
+`<think>{rationale}</think><answer>{answer}</answer>`, to sft_train.parquet / sft_val.parquet.
 
 A split that training reads is never written empty: the conversion stops instead. `val_ratio=0`
 with no row pinned to val (`"split": "val"`) asks for no validation split: val.parquet is not written.
@@ -73,6 +73,7 @@ from mixed_r1_verl.data.records import (
     UNSUPPORTED_IMAGE_SIZE,
     SPLITS,
     RecordError,
+    answer_block_content,
     apply_mapping,
     build_mapping,
     generated_id,
@@ -425,6 +426,8 @@ class RowConverter:
                         prefix = ".".join(parts[:position])
                         self.read_list_items[prefix] = max(int(part), self.read_list_items.get(prefix, 0))
         self.ignored_fields: Counter = Counter()
+        # Rows read whose answer is one <answer>...</answer> block, taken as its content.
+        self.answers_unwrapped = 0
 
     def count_ignored(self, raw: dict) -> None:
         self.ignored_fields.update(name for name in raw if name not in self.read_fields)
@@ -460,6 +463,8 @@ class RowConverter:
             raise raw
         if isinstance(raw, dict):
             self.count_ignored(raw)
+            if answer_block_content(self.source_value(raw, "answer")) is not None:
+                self.answers_unwrapped += 1
         record = parse_record(apply_mapping(raw, self.mapping))
         given_id = record.id is not None
         if not given_id:
@@ -797,6 +802,7 @@ def build_summary(config, converter, rows_in, written: Counter, rejected: Counte
         "max_prompt_length": converter.max_prompt_length,
         "prompt_lengths_counted": converter.prompt_counter is not None,
         "ignored_fields": ignored_fields_summary(converter.ignored_fields, converter.read_fields),
+        "answers_unwrapped": converter.answers_unwrapped,
         "seconds": round(seconds, 3),
     }
 

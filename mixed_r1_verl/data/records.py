@@ -17,6 +17,7 @@ mapping's answer_index_base the option's index. `split`
 pins the row to a split (else the converter's seeded hash decides); `rationale` is the reasoning a
 careful annotator would write before the answer, the `<think>` part of the supervised fine-tuning target.
 A blank `split` or `rationale` counts as absent.
+A source answer that is one `<answer>...</answer>` block is read as its content.
 `reward_info` gives what an installed task's accuracy reads besides the answer, each field of the type the
 task declares (`Task.reward_fields`).
 """
@@ -86,6 +87,10 @@ BOX_UNITS = {"pixels": None, "normalized": 1, "norm1000": 1000}
 
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*"
 _BOX_PATTERN = re.compile(r"^\[" + ",".join([_NUMBER] * 4) + r"\]$")
+# The tags of the response format: the SFT target `<think>{rationale}</think><answer>{answer}</answer>`.
+FORMAT_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+# A source answer that is one answer block, as R1-V, Video-R1 and ms-swift data give solutions.
+ANSWER_BLOCK = re.compile(rf"\s*{re.escape(ANSWER_OPEN)}(.*){re.escape(ANSWER_CLOSE)}\s*", re.DOTALL)
 # An answer naming an option by its letter: "B", "(B)", "B.", "B:", "B)".
 OPTION_LETTER = re.compile(r"\(?([A-Za-z])\)?[.:)]?")
 
@@ -322,7 +327,7 @@ def check_format_tags(answer: str, rationale: str | None) -> None:
     `<think>{rationale}</think><answer>{answer}</answer>`; the answer the rewards extract): a tag inside
     them would break that format."""
     for name, text in (("answer", answer), ("rationale", rationale or "")):
-        for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE):
+        for tag in FORMAT_TAGS:
             if tag in text:
                 raise RecordError(FORMAT_TAG_IN_TEXT, f"{name} holds the response format's tag {tag!r}")
 
@@ -603,6 +608,17 @@ def exact_number(value: int | float) -> str:
     return repr(value)
 
 
+def answer_block_content(value: Any) -> str | None:
+    """The content of a source answer that is exactly one `<answer>...</answer>` block (whitespace around it
+    allowed; a one-item list as an answer column may give it), or None for any other value."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    block = ANSWER_BLOCK.fullmatch(value) if isinstance(value, str) else None
+    if block is None or any(tag in block.group(1) for tag in FORMAT_TAGS):
+        return None
+    return block.group(1)
+
+
 def _single_answer(value: Any) -> Any:
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
@@ -663,6 +679,8 @@ def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
     if isinstance(record.get("problem"), str):
         record["problem"] = mapping.problem_template.format(problem=record["problem"])
     answer = record.get("answer")
+    if (content := answer_block_content(answer)) is not None:
+        answer = content
     if record.get("task") == "grounding":
         record["answer"] = source_box(answer, mapping.box_format)
     else:
