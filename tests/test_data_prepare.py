@@ -743,6 +743,28 @@ def test_solutions_given_as_one_answer_block_are_read_as_their_content_and_count
     assert rejects == [("reasoned", records.FORMAT_TAG_IN_TEXT)]
 
 
+def test_a_table_with_one_column_per_option_converts_with_a_list_of_option_columns(tmp_path):
+    """MMBench's layout: columns A, B, C, D, empty past a question's last option."""
+    from mixed_r1_verl.settings import parse_settings
+
+    _, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    rows = [{"index": 1, "image": "chart/000000.png", "question": "Colour?", "A": "red", "B": "blue", "C": "green",
+             "D": "grey", "answer": "C"},
+            {"index": 2, "image": "chart/000000.png", "question": "Shape?", "A": "disc", "B": "square", "C": None,
+             "D": None, "answer": "A"}]  # fmt: skip
+    source = tmp_path / "mmbench.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    settings = [f"input={source}", f"image_root={image_root}", f"output_dir={tmp_path / 'out'}", "val_ratio=0",
+                "progress=false", "columns.id=index", "columns.images=image", "columns.problem=question",
+                "columns.options=[A,B,C,D]", "constants.task=matching", "constants.data_source=mmbench"]  # fmt: skip
+    assert prepare(parse_settings(PrepareConfig, settings))["rows_written"] == 2
+    written = {row["extra_info"]["id"]: row for row in read_rows(tmp_path / "out" / "train.parquet")}
+    assert written["1"]["extra_info"]["options"] == ["red", "blue", "green", "grey"]
+    assert written["2"]["extra_info"]["options"] == ["disc", "square"]
+    assert "Options:\nA. disc\nB. square\nAnswer with" in written["2"]["prompt"][-1]["content"]
+    assert [written[i]["reward_model"]["ground_truth"] for i in "12"] == ["C", "A"]
+
+
 def hub_cache_with(model_dir: Path, cache: Path, repo_id: str) -> None:
     """The Hugging Face cache layout holding `model_dir` as the main revision of `repo_id`."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"

@@ -304,6 +304,20 @@ def test_column_overrides_and_unknown_fields():
         build_mapping("coco")
 
 
+def test_options_read_from_one_column_per_option_end_at_the_first_empty_one():
+    mapping = build_mapping("canonical", columns={"options": ["A", "B", "C", "D"]})
+    row = {**GOOD, "A": "red", "B": "blue", "C": None, "D": None}
+    assert parse_record(apply_mapping(row, mapping)).options == ("red", "blue")
+    assert parse_record(apply_mapping({**row, "C": "green", "D": "  "}, mapping)).options == ("red", "blue", "green")
+    with pytest.raises(RecordError, match="option column 'D' holds a value, but 'C' before it holds none") as caught:
+        apply_mapping({**row, "D": "grey"}, mapping)
+    assert caught.value.reason == records.BAD_RECORD
+    assert parse_record(apply_mapping({**row, "A": None, "B": ""}, mapping)).options is None
+    for columns in ({"options": []}, {"options": ["A", ""]}, {"options": ["A", 3]}, {"problem": ["A", "B"]}):
+        with pytest.raises(ValueError, match=f"columns.{next(iter(columns))} must be a dotted path"):
+            build_mapping("canonical", columns=columns)
+
+
 def test_iter_source_rows_reads_jsonl_json_and_parquet(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -76,6 +76,7 @@ from mixed_r1_verl.data.records import (
     answer_block_content,
     apply_mapping,
     build_mapping,
+    column_paths,
     generated_id,
     input_files,
     iter_input_rows,
@@ -413,13 +414,13 @@ class RowConverter:
             path.split(".")[0]
             for name, column in self.mapping.columns.items()
             if name not in self.mapping.constants or name == "reward_info"
-            for path in (column.values() if isinstance(column, dict) else [column])
+            for path in column_paths(column)
         }
         # Lists the mapping reads items of by position ("conversations.0.value": a LLaVA row's first turn), and
         # the last item read: rows with items past it count in `ignored_fields` as "conversations.2+".
         self.read_list_items: dict[str, int] = {}
         for column in self.mapping.columns.values():
-            for path in column.values() if isinstance(column, dict) else [column]:
+            for path in column_paths(column):
                 parts = path.split(".")
                 for position, part in enumerate(parts[1:], start=1):
                     if part.isdigit():

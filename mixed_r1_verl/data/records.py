@@ -490,12 +490,29 @@ def generated_id(record: CanonicalRecord, image_digests: Sequence[str]) -> str:
     return f"{record.data_source}{GENERATED_ID_MARK}{digest}"
 
 
+# What a mapped column is: a dotted path, or for options a list of them, for reward_info reward fields' paths.
+Column = str | list[str] | dict[str, str]
+COLUMN_FORMS = {
+    "options": "a dotted path, or a list of them, one per option",
+    "reward_info": "a dotted path, or reward fields to paths",
+}
+
+
+def is_column(name: str, column: Any) -> bool:
+    if name == "options" and isinstance(column, list):
+        return bool(column) and all(isinstance(path, str) and path for path in column)
+    if name == "reward_info" and isinstance(column, dict):
+        return all(isinstance(path, str) for path in column.values())
+    return isinstance(column, str)
+
+
 @dataclass(frozen=True)
 class ColumnMapping:
     """How to read a source row into a canonical one.
 
     `columns` maps a canonical field to a dotted path in the source row ("conversations.0.value"; `*`
-    takes every item of a list: "answers.*.answer"), and `reward_info` also field by field to paths
+    takes every item of a list: "answers.*.answer"), `options` also to a list of paths, one per option
+    (MMBench's ["A", "B", "C", "D"]), and `reward_info` also field by field to paths
     ({"answers": "annotations.*.text"}); `constants` gives fields a fixed value (e.g. task=chart), and
     `reward_info` fields a value added to those read for every row; `box_format` is "xyxy" or "xywh" (COCO),
     for a box given as a 4-number list or a "[a, b, c, d]" string alike; `box_units` is "pixels",
@@ -504,7 +521,7 @@ class ColumnMapping:
     of a row with options as the index of the right option counting from it (None: a letter or an option's text).
     """
 
-    columns: dict[str, str | dict[str, str]] = field(default_factory=lambda: {f: f for f in CANONICAL_FIELDS})
+    columns: dict[str, Column] = field(default_factory=lambda: {f: f for f in CANONICAL_FIELDS})
     constants: dict[str, Any] = field(default_factory=dict)
     box_format: str = "xyxy"
     box_units: str = "pixels"
@@ -515,11 +532,9 @@ class ColumnMapping:
         unknown = (set(self.columns) | set(self.constants)) - set(CANONICAL_FIELDS)
         if unknown:
             raise ValueError(f"unknown canonical fields in column mapping: {sorted(unknown)}")
-        for name, path in self.columns.items():
-            by_field = name == "reward_info" and isinstance(path, dict)
-            if not (isinstance(path, str) or by_field and all(isinstance(each, str) for each in path.values())):
-                expected = "a dotted path" + (", or reward fields to paths" if name == "reward_info" else "")
-                raise ValueError(f"columns.{name} must be {expected}, got {path!r}")
+        for name, column in self.columns.items():
+            if not is_column(name, column):
+                raise ValueError(f"columns.{name} must be {COLUMN_FORMS.get(name, 'a dotted path')}, got {column!r}")
         reward_constants = self.constants.get("reward_info", {})
         if not isinstance(reward_constants, dict):
             raise ValueError(f"constants.reward_info must be an object of reward fields, got {reward_constants!r}")
@@ -591,11 +606,36 @@ def lookup(row: Any, dotted: str) -> Any:
     return value
 
 
-def read_column(row: dict, path: str | dict[str, str]) -> Any:
-    """A canonical field's value in a source row: at a dotted path, or for reward fields mapped one by
-    one, the object of those the row has."""
+def column_paths(column: Column) -> list[str]:
+    """The source paths a mapped column reads."""
+    if isinstance(column, dict):
+        return list(column.values())
+    return list(column) if isinstance(column, list) else [column]
+
+
+def is_blank(value: Any) -> bool:
+    return value is None or isinstance(value, str) and not value.strip()
+
+
+def options_at(row: dict, paths: list[str]) -> list | None:
+    """The options at a list of paths, one per option (MMBench's A, B, C, D columns), in order: the first
+    missing, None or blank value ends them (rows with fewer options); a value after it is a bad record."""
+    values = [lookup(row, path) for path in paths]
+    count = next((position for position, value in enumerate(values) if is_blank(value)), len(values))
+    late = next((path for path, value in zip(paths[count:], values[count:]) if not is_blank(value)), None)
+    if late is not None:
+        detail = f"option column {late!r} holds a value, but {paths[count]!r} before it holds none"
+        raise RecordError(BAD_RECORD, detail)
+    return values[:count] or None
+
+
+def read_column(row: dict, path: Column) -> Any:
+    """A canonical field's value in a source row: at a dotted path, the options at a list of paths
+    (`options_at`), or for reward fields mapped one by one, the object of those the row has."""
     if isinstance(path, str):
         return lookup(row, path)
+    if isinstance(path, list):
+        return options_at(row, path)
     found = {name: lookup(row, field_path) for name, field_path in path.items()}
     return {name: value for name, value in found.items() if value is not None} or None
 
