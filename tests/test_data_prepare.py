@@ -765,6 +765,19 @@ def test_a_table_with_one_column_per_option_converts_with_a_list_of_option_colum
     assert [written[i]["reward_model"]["ground_truth"] for i in "12"] == ["C", "A"]
 
 
+def test_options_that_carry_their_letters_are_lettered_once_in_the_prompt(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5, val_rows_per_task=0)
+    row = {"id": "lettered", "task": "matching", "data_source": "d", "images": ["chart/000000.png"],
+           "problem": "What happens?", "options": ["A. Nothing", "B. Motion"], "answer": "B. Motion"}  # fmt: skip
+    source = tmp_path / "lettered.jsonl"
+    source.write_text(json.dumps(row) + "\n")
+    prepare(PrepareConfig(input=str(source), image_root=str(image_root), output_dir=str(tmp_path / "out"),
+                          val_ratio=0, progress=False))  # fmt: skip
+    written = read_rows(tmp_path / "out" / "train.parquet")[0]
+    assert "Options:\nA. Nothing\nB. Motion\n" in written["prompt"][-1]["content"]
+    assert (written["extra_info"]["options"], written["reward_model"]["ground_truth"]) == (["Nothing", "Motion"], "B")
+
+
 def hub_cache_with(model_dir: Path, cache: Path, repo_id: str) -> None:
     """The Hugging Face cache layout holding `model_dir` as the main revision of `repo_id`."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"

@@ -129,6 +129,24 @@ def test_in_range_letters_pass_and_option_texts_become_their_letter():
 
 
 @pytest.mark.parametrize(
+    "options",
+    [["A. red", "B. blue", "C. green"], ["(A) red", "(B) blue", "(C) green"], ["A) red", "B)  blue", "C) green"],
+     ["a: red", "b: blue", "c: green"]],
+)  # fmt: skip
+def test_options_that_all_carry_their_own_letters_in_order_lose_them(options):
+    for answer in ("blue", "B", "B. blue", "(B) blue"):
+        record = parse_record({**GOOD, "options": options, "answer": answer})
+        assert (record.options, record.answer) == (("red", "blue", "green"), "B"), answer
+
+
+@pytest.mark.parametrize(
+    "options", [["B. red", "A. blue"], ["A. red", "blue"], ["A.5 m", "B.7 m"], ["A.", "B."], ["Apple", "Banana"]]
+)
+def test_options_without_their_own_letters_in_order_are_kept_as_they_are(options):
+    assert parse_record({**GOOD, "options": options, "answer": "A"}).options == tuple(options)
+
+
+@pytest.mark.parametrize(
     "answer,options,detail",
     [
         ("green", ["red", "blue"], "neither an option letter nor an option's text: the row has 2 options (A-B)"),

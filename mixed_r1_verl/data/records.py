@@ -11,12 +11,12 @@ A row without an `id` is given one derived from its content (`generated_id`).
 
 `problem` holds one `<image>` placeholder per image, or none (then they are prepended). A grounding
 `answer` is "[x1, y1, x2, y2]" in original image pixels (0-1 fractions with box_units=normalized, the
-0-1000 grid with box_units=norm1000). A
-matching answer with `options` is an option's letter, or its text (then written as its letter), or with the
-mapping's answer_index_base the option's index. `split`
-pins the row to a split (else the converter's seeded hash decides); `rationale` is the reasoning a
-careful annotator would write before the answer, the `<think>` part of the supervised fine-tuning target.
-A blank `split` or `rationale` counts as absent.
+0-1000 grid with box_units=norm1000). A matching answer with `options` is an option's letter, or its text
+(then written as its letter), or with the mapping's answer_index_base the option's index. Options that all
+begin with their own letter ("A. red", "(B) blue") lose it: the prompt letters them. `split` pins the row
+to a split (else the converter's seeded hash decides); `rationale` is the reasoning a careful annotator
+would write before the answer, the `<think>` part of the supervised fine-tuning target. A blank `split`
+or `rationale` counts as absent.
 A source answer that is one `<answer>...</answer>` block is read as its content.
 `reward_info` gives what an installed task's accuracy reads besides the answer, each field of the type the
 task declares (`Task.reward_fields`).
@@ -205,6 +205,16 @@ def option_index(answer: str) -> int | None:
     """The 0-based option an answer names by its letter, or None when it is not a bare letter."""
     letter = OPTION_LETTER.fullmatch(answer.strip())
     return ord(letter.group(1).upper()) - ord("A") if letter else None
+
+
+def options_without_their_letters(options: tuple[str, ...]) -> tuple[str, ...]:
+    """Options that all begin with their own letter in order ("A. red", "(B) blue", "C) green", "D: grey")
+    without it, as the prompt letters them itself (it would show "A. A. red"); other options as they are."""
+    texts = [
+        re.fullmatch(rf"(?:\({letter}\)|{letter}[.:)])\s+(\S.*)", option, re.DOTALL | re.IGNORECASE)
+        for letter, option in zip(OPTION_LETTERS, options)
+    ]
+    return tuple(text.group(1) for text in texts) if all(texts) else options
 
 
 def is_non_finite_number(answer: str) -> bool:
@@ -446,7 +456,7 @@ def parse_record(raw: dict) -> CanonicalRecord:
             raise RecordError(
                 BAD_RECORD, f"{len(options)} options, more than the {len(OPTION_LETTERS)} letters A-Z can name"
             )
-        options = tuple(o.strip() for o in options) or None
+        options = options_without_their_letters(tuple(o.strip() for o in options)) or None
     answer = scorable_answer(task, answer, options)
     if task == "grounding":
         if len(images) != 1:
