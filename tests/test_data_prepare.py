@@ -676,10 +676,36 @@ def test_fields_the_mapping_does_not_read_are_listed_in_the_summary(tmp_path):
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["ignored_fields"] == summary["ignored_fields"]
     # Mapped fields are read; a field a constant replaces is not.
     remapped = prepare(PrepareConfig(**settings, output_dir=str(tmp_path / "remapped"),
-                                     columns={"rationale": "why"}, constants={"data_source": "fixed"}))  # fmt: skip
+                                     columns={"rationale": "source_url"},
+                                     constants={"data_source": "fixed"}))  # fmt: skip
     assert {name: entry["rows"] for name, entry in remapped["ignored_fields"].items()} == {
-        "data_source": 11, "rationale": 8, "source_url": 2, "option": 1,
+        "data_source": 11, "rationale": 8, "option": 1,
     }  # fmt: skip
+
+
+def test_a_mapped_column_that_no_row_holds_stops_the_conversion_naming_the_closest_key(tmp_path):
+    from mixed_r1_verl.data.prepare import MappedColumnNotFoundError
+
+    _, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    rows = [{"id": f"q{i}", "image": "chart/000000.png", "question": "Which animal?", "choices": ["cat", "dog"],
+             "A": "cat", "B": "dog", "answer": "B", "why": "It barks." if i == 2 else None} for i in range(3)]
+    source = tmp_path / "animals.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    out = tmp_path / "out"
+    settings = dict(input=str(source), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False,
+                    constants={"task": "matching", "data_source": "animals"})  # fmt: skip
+    mapped = {"images": "image", "problem": "question", "rationale": "why"}  # `why`: in one row, enough
+    for options, hint in [("choice", "did you mean 'choices'?"),
+                          ("A,B,C,D", "the keys of the rows the mapping does not read: A, B, choices")]:  # fmt: skip
+        with pytest.raises(MappedColumnNotFoundError) as caught:
+            prepare(PrepareConfig(**settings, columns={**mapped, "options": options}))
+        message = f"{source}: columns.options reads {options!r}, which none of the 3 rows holds; {hint}"
+        assert str(caught.value) == message
+        assert not out.exists() or sorted(path.name for path in out.iterdir()) == []
+    with pytest.raises(MappedColumnNotFoundError, match="columns.options reads 'D', which none of the 3 rows holds"):
+        prepare(PrepareConfig(**settings, columns={**mapped, "options": ["A", "B", "D"]}))
+    summary = prepare(PrepareConfig(**settings, columns={**mapped, "options": "choices"}))
+    assert (summary["rows_written"], summary["sft_rows"]["train"]) == (3, 1)
 
 
 def test_list_items_past_those_a_mapping_reads_are_listed_in_the_summary(tmp_path):

@@ -19,8 +19,8 @@ A split that training reads is never written empty: the conversion stops instead
 with no row pinned to val (`"split": "val"`) asks for no validation split: val.parquet is not written.
 `val_ratio=1` converts an evaluation set: every row not pinned to train goes to val.parquet, and
 train.parquet is written only for pinned rows.
-A conversion whose rows are all rejected stops with the count of each reason; rejects.jsonl is kept
-whenever rows were rejected. `max_prompt_length` left unset is the model family's training budget:
+A conversion whose rows are all rejected stops with the count of each reason, and one where a path given
+in `columns` holds a value in no row stops naming it; rejects.jsonl is kept whenever rows were rejected. `max_prompt_length` left unset is the model family's training budget:
 2048 tokens for the Qwen-VL families, 4096 for InternVL.
 """
 
@@ -408,14 +408,10 @@ class RowConverter:
         self.store = ImageStore(config.image_root)
         self.inputs = input_files(config.input, source_rows=True)
         self.row_by_id: dict[str, tuple[Path, int]] = {}
-        # Source fields the mapping reads (a field given by a constant is not read, but for reward_info, which
-        # constants add to); rows' other fields are counted in `ignored_fields`, for the summary.
-        self.read_fields = {
-            path.split(".")[0]
-            for name, column in self.mapping.columns.items()
-            if name not in self.mapping.constants or name == "reward_info"
-            for path in column_paths(column)
-        }
+        # Source fields the mapping reads; rows' other fields are counted in `ignored_fields`, for the summary.
+        self.read_fields = {path.split(".")[0] for _, path in self.read_paths(self.mapping.columns)}
+        # The paths of the columns the user mapped that no row read so far holds a value at (`holds_nothing`).
+        self.unfound_paths = self.read_paths(config.columns)
         # Lists the mapping reads items of by position ("conversations.0.value": a LLaVA row's first turn), and
         # the last item read: rows with items past it count in `ignored_fields` as "conversations.2+".
         self.read_list_items: dict[str, int] = {}
@@ -429,6 +425,16 @@ class RowConverter:
         self.ignored_fields: Counter = Counter()
         # Rows read whose answer is one <answer>...</answer> block, taken as its content.
         self.answers_unwrapped = 0
+
+    def read_paths(self, fields) -> list[tuple[str, str]]:
+        """(field, path) of each source path the mapping reads for `fields` (a field given by a constant is
+        not read, but for reward_info, which constants add to)."""
+        return [
+            (name, path)
+            for name in fields
+            if name not in self.mapping.constants or name == "reward_info"
+            for path in column_paths(self.mapping.columns[name])
+        ]
 
     def count_ignored(self, raw: dict) -> None:
         self.ignored_fields.update(name for name in raw if name not in self.read_fields)
@@ -464,6 +470,10 @@ class RowConverter:
             raise raw
         if isinstance(raw, dict):
             self.count_ignored(raw)
+            if self.unfound_paths:
+                self.unfound_paths = [
+                    (name, path) for name, path in self.unfound_paths if holds_nothing(lookup(raw, path))
+                ]
             if answer_block_content(self.source_value(raw, "answer")) is not None:
                 self.answers_unwrapped += 1
         record = parse_record(apply_mapping(raw, self.mapping))
@@ -639,6 +649,31 @@ def check_some_rows_written(rows_in: int, rejects: RejectsWriter, config: Prepar
     )
 
 
+class MappedColumnNotFoundError(ValueError):
+    """A column the user mapped found nothing in any row: a typo in its path, say."""
+
+
+def holds_nothing(value) -> bool:
+    """No value at a path: None, or a list of nothing (a `*` path whose items lack the rest of it)."""
+    return value is None or isinstance(value, list) and bool(value) and all(map(holds_nothing, value))
+
+
+def check_mapped_columns_found(rows_in: int, config: PrepareConfig, converter: RowConverter) -> None:
+    """Every path of the columns the user mapped holds a value in some row; one that never does (a typo)
+    stops the conversion, naming the source key closest to it among those the mapping does not read."""
+    if not rows_in or not converter.unfound_paths:
+        return
+    unread_keys = [key for key in converter.ignored_fields if not key.endswith("+")]
+    problems = []
+    for name, path in converter.unfound_paths:
+        problem = f"columns.{name} reads {path!r}, which none of the {rows_in} rows holds"
+        hint = did_you_mean(path.split(".")[0], unread_keys)
+        if hint is None and unread_keys:
+            hint = f"the keys of the rows the mapping does not read: {', '.join(sorted(unread_keys))}"
+        problems.append(f"{problem}; {hint}" if hint else problem)
+    raise MappedColumnNotFoundError(f"{named_input(config)}: {'; '.join(problems)}")
+
+
 def check_splits_not_empty(rows_per_split: dict[str, int], config: PrepareConfig) -> None:
     """train.parquet is read by training unless the user asked for an evaluation set (val_ratio=1),
     val.parquet unless the user asked for no validation split (val_ratio=0 and no row pinned to val);
@@ -740,6 +775,7 @@ def prepare(config: PrepareConfig) -> dict:
         rows_in, written = convert_rows(config, converter, writers, sft_writers, rejects)
         if rejects.rows:
             rejects.commit()  # each rejected row's reason is kept even when a check below stops the conversion
+        check_mapped_columns_found(rows_in, config, converter)
         check_some_rows_written(rows_in, rejects, config, converter)
         check_splits_not_empty({split: writer.rows for split, writer in writers.items()}, config)
         writers["train"].commit_or_remove()
@@ -766,10 +802,16 @@ def ignored_fields_summary(ignored: Counter, read_fields: set[str]) -> dict[str,
     summary = {}
     for name, rows in sorted(ignored.items(), key=lambda item: (-item[1], item[0])):
         summary[name] = {"rows": rows}
-        close = not name.endswith("+") and difflib.get_close_matches(name, sorted(read_fields), n=1)
-        if close:
-            summary[name]["hint"] = f"did you mean {close[0]!r}?"
+        hint = not name.endswith("+") and did_you_mean(name, read_fields)
+        if hint:
+            summary[name]["hint"] = hint
     return summary
+
+
+def did_you_mean(name: str, names) -> str | None:
+    """The hint "did you mean ...?" naming the one of `names` closest to `name`, or None when none is close."""
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    return f"did you mean {close[0]!r}?" if close else None
 
 
 def build_summary(config, converter, rows_in, written: Counter, rejected: Counter, seconds: float) -> dict:
