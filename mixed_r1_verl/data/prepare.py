@@ -20,8 +20,9 @@ with no row pinned to val (`"split": "val"`) asks for no validation split: val.p
 `val_ratio=1` converts an evaluation set: every row not pinned to train goes to val.parquet, and
 train.parquet is written only for pinned rows.
 A conversion whose rows are all rejected stops with the count of each reason, and one where a path given
-in `columns` holds a value in no row stops naming it; rejects.jsonl is kept whenever rows were rejected. `max_prompt_length` left unset is the model family's training budget:
-2048 tokens for the Qwen-VL families, 4096 for InternVL.
+in `columns` holds a value in no row stops naming it; rejects.jsonl is kept whenever rows were rejected.
+`max_prompt_length` left unset is the model family's training budget: 2048 tokens for the Qwen-VL
+families, 4096 for InternVL.
 """
 
 from __future__ import annotations

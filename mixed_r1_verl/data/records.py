@@ -16,8 +16,7 @@ A row without an `id` is given one derived from its content (`generated_id`).
 begin with their own letter ("A. red", "(B) blue") lose it: the prompt letters them. `split` pins the row
 to a split (else the converter's seeded hash decides); `rationale` is the reasoning a careful annotator
 would write before the answer, the `<think>` part of the supervised fine-tuning target. A blank `split`
-or `rationale` counts as absent.
-A source answer that is one `<answer>...</answer>` block is read as its content.
+or `rationale` counts as absent; a source answer that is one `<answer>...</answer>` block is its content.
 `reward_info` gives what an installed task's accuracy reads besides the answer, each field of the type the
 task declares (`Task.reward_fields`).
 """
@@ -185,6 +184,10 @@ def parse_box(value: Any) -> tuple[float, float, float, float]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_blank(value: Any) -> bool:
+    return value is None or isinstance(value, str) and not value.strip()
 
 
 def _is_coordinate(value: Any) -> bool:
@@ -365,7 +368,7 @@ def _optional_id(raw: dict) -> str | None:
 def _optional_text(raw: dict, key: str) -> Any:
     """A field that may be absent; blank text counts as absent (a table's empty cells: pandas' fillna(""))."""
     value = raw.get(key)
-    return None if isinstance(value, str) and not value.strip() else value
+    return None if is_blank(value) else value
 
 
 def _optional_split(raw: dict) -> str | None:
@@ -623,10 +626,6 @@ def column_paths(column: Column) -> list[str]:
     return list(column) if isinstance(column, list) else [column]
 
 
-def is_blank(value: Any) -> bool:
-    return value is None or isinstance(value, str) and not value.strip()
-
-
 def options_at(row: dict, paths: list[str]) -> list | None:
     """The options at a list of paths, one per option (MMBench's A, B, C, D columns), in order: the first
     missing, None or blank value ends them (rows with fewer options); a value after it is a bad record."""
@@ -682,7 +681,7 @@ def _single_answer(value: Any) -> Any:
 def indexed_option(answer: Any, option_count: int, base: int) -> Any:
     """The letter of the option a whole-number answer names, counting from `base` (answer_index_base); an
     empty answer is left for `parse_record` to reject."""
-    if answer is None or isinstance(answer, str) and not answer.strip():
+    if is_blank(answer):
         return answer
     text = answer.strip() if isinstance(answer, str) else ""
     if not (text.isascii() and text.isdigit()):
@@ -702,7 +701,7 @@ def source_box(value: Any, box_format: str) -> Any:
     numbers; an empty answer is left for `parse_record` to reject."""
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if is_blank(value):
         return value
     x, y, a, b = box_numbers(value)
     box = (x, y, x + a, y + b) if box_format == "xywh" else (x, y, a, b)
