@@ -78,6 +78,7 @@ from mixed_r1_verl.data.records import (
     apply_mapping,
     build_mapping,
     column_paths,
+    column_sources,
     generated_id,
     input_files,
     iter_input_rows,
@@ -410,9 +411,11 @@ class RowConverter:
         self.inputs = input_files(config.input, source_rows=True)
         self.row_by_id: dict[str, tuple[Path, int]] = {}
         # Source fields the mapping reads; rows' other fields are counted in `ignored_fields`, for the summary.
-        self.read_fields = {path.split(".")[0] for _, path in self.read_paths(self.mapping.columns)}
-        # The paths of the columns the user mapped that no row read so far holds a value at (`holds_nothing`).
-        self.unfound_paths = self.read_paths(config.columns)
+        self.read_fields = {
+            path.split(".")[0] for _, paths in self.read_sources(self.mapping.columns) for path in paths
+        }
+        # The sources of the columns the user mapped that no row read so far holds a value at (`holds_nothing`).
+        self.unfound_sources = self.read_sources(config.columns)
         # Lists the mapping reads items of by position ("conversations.0.value": a LLaVA row's first turn), and
         # the last item read: rows with items past it count in `ignored_fields` as "conversations.2+".
         self.read_list_items: dict[str, int] = {}
@@ -427,14 +430,14 @@ class RowConverter:
         # Rows read whose answer is one <answer>...</answer> block, taken as its content.
         self.answers_unwrapped = 0
 
-    def read_paths(self, fields) -> list[tuple[str, str]]:
-        """(field, path) of each source path the mapping reads for `fields` (a field given by a constant is
-        not read, but for reward_info, which constants add to)."""
+    def read_sources(self, fields) -> list[tuple[str, tuple[str, ...]]]:
+        """(field, paths) of each source the mapping reads for `fields` (`column_sources`; a field given by a
+        constant is not read, but for reward_info, which constants add to)."""
         return [
-            (name, path)
+            (name, paths)
             for name in fields
             if name not in self.mapping.constants or name == "reward_info"
-            for path in column_paths(self.mapping.columns[name])
+            for paths in column_sources(self.mapping.columns[name])
         ]
 
     def count_ignored(self, raw: dict) -> None:
@@ -471,9 +474,11 @@ class RowConverter:
             raise raw
         if isinstance(raw, dict):
             self.count_ignored(raw)
-            if self.unfound_paths:
-                self.unfound_paths = [
-                    (name, path) for name, path in self.unfound_paths if holds_nothing(lookup(raw, path))
+            if self.unfound_sources:
+                self.unfound_sources = [
+                    (name, paths)
+                    for name, paths in self.unfound_sources
+                    if all(holds_nothing(lookup(raw, path)) for path in paths)
                 ]
             if answer_block_content(self.source_value(raw, "answer")) is not None:
                 self.answers_unwrapped += 1
@@ -660,15 +665,17 @@ def holds_nothing(value) -> bool:
 
 
 def check_mapped_columns_found(rows_in: int, config: PrepareConfig, converter: RowConverter) -> None:
-    """Every path of the columns the user mapped holds a value in some row; one that never does (a typo)
-    stops the conversion, naming the source key closest to it among those the mapping does not read."""
-    if not rows_in or not converter.unfound_paths:
+    """Every source of the columns the user mapped (a path; options mapped one per option: any of their
+    paths) holds a value in some row; one that never does (a typo) stops the conversion, naming the source
+    key closest to it among those the mapping does not read."""
+    if not rows_in or not converter.unfound_sources:
         return
     unread_keys = [key for key in converter.ignored_fields if not key.endswith("+")]
     problems = []
-    for name, path in converter.unfound_paths:
-        problem = f"columns.{name} reads {path!r}, which none of the {rows_in} rows holds"
-        hint = did_you_mean(path.split(".")[0], unread_keys)
+    for name, paths in converter.unfound_sources:
+        read = paths[0] if len(paths) == 1 else list(paths)
+        problem = f"columns.{name} reads {read!r}, which none of the {rows_in} rows holds"
+        hint = did_you_mean(paths[0].split(".")[0], unread_keys)
         if hint is None and unread_keys:
             hint = f"the keys of the rows the mapping does not read: {', '.join(sorted(unread_keys))}"
         problems.append(f"{problem}; {hint}" if hint else problem)

@@ -619,11 +619,17 @@ def lookup(row: Any, dotted: str) -> Any:
     return value
 
 
-def column_paths(column: Column) -> list[str]:
-    """The source paths a mapped column reads."""
+def column_sources(column: Column) -> list[tuple[str, ...]]:
+    """The sources a mapped column reads, each as its paths: a path, the paths of options mapped one per
+    option (one source: the options), or each reward field's path."""
     if isinstance(column, dict):
-        return list(column.values())
-    return list(column) if isinstance(column, list) else [column]
+        return [(path,) for path in column.values()]
+    return [tuple(column)] if isinstance(column, list) else [(column,)]
+
+
+def column_paths(column: Column) -> list[str]:
+    """Every source path a mapped column reads."""
+    return [path for paths in column_sources(column) for path in paths]
 
 
 def options_at(row: dict, paths: list[str]) -> list | None:
