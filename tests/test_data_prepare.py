@@ -1020,15 +1020,15 @@ def test_inputs_of_another_format_are_refused_before_any_row_is_read(tmp_path):
     csv.write_text("id,task,problem,answer\nr1,chart,Q?,3\n")
     compressed = tmp_path / "rows.jsonl.gz"
     compressed.write_bytes(gzip.compress(jsonl.read_bytes()))
-    refused = [(saved, "a directory"), (saved / "data-00000-of-00001.arrow", "'.arrow'"), (csv, "'.csv'"),
-               (compressed, "'.gz'")]  # fmt: skip
+    refused = [(saved, "a directory"), (saved / "data-00000-of-00001.arrow", "a '.arrow' file"), (csv, "a '.csv' file"),
+               (compressed, "a '.gz' file")]  # fmt: skip
     for source, what in refused:
         with pytest.raises(ValueError) as caught:
             prepare(PrepareConfig(input=[str(jsonl), str(source)], image_root=str(image_root),
                                   output_dir=str(tmp_path / "out"), progress=False))  # fmt: skip
         message = str(caught.value)
-        assert message.startswith(f"input={source}: unsupported input format {what}; rows are read from .jsonl, "
-                                  ".json, .parquet")  # fmt: skip
+        assert message.startswith(f"input={source}: unsupported input format: {what}; rows are read from .jsonl, "
+                                  ".json, .parquet files")  # fmt: skip
         assert ("load_from_disk('<directory>').to_parquet('train.parquet')" in message) == (source.suffix != ".gz"
                                                                                              and source != csv)
     assert not (tmp_path / "out").exists()

@@ -361,7 +361,7 @@ def test_iter_source_rows_reads_jsonl_json_and_parquet(tmp_path):
     assert [row["id"] for _, row in iter_source_rows(upper_case)] == ["r1"] * 3
     for other in (tmp_path / "rows.csv", tmp_path / "rows"):
         other.write_text(json.dumps(GOOD) + "\n")
-        with pytest.raises(ValueError, match=f"input={other}: unsupported input format '"):
+        with pytest.raises(ValueError, match=f"input={other}: unsupported input format: a "):
             list(iter_source_rows(other))
 
 

@@ -879,9 +879,9 @@ def source_reader(path: Path):
 def unsupported_input_format(path: Path) -> str:
     """Why rows are not read from `path`, and how to give them; a datasets.save_to_disk directory and its
     .arrow files are told how to become parquet that keeps their images' bytes."""
-    what = "a directory" if path.is_dir() else repr(path.suffix or "no suffix")
+    what = "a directory" if path.is_dir() else f"a {path.suffix!r} file" if path.suffix else "a file without a suffix"
     message = (
-        f"input={path}: unsupported input format {what}; rows are read from {', '.join(SOURCE_READERS)} "
+        f"input={path}: unsupported input format: {what}; rows are read from {', '.join(SOURCE_READERS)} files "
         "(a .json file holds a list of rows)"
     )
     if path.is_dir() or path.suffix.lower() == ".arrow":
