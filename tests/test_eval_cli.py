@@ -933,8 +933,10 @@ def test_data_may_be_a_glob_pattern_over_shards(tmp_path, tiny_model):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["run"]["data"] == [str(shards / f"val-0000{n}-of-00002.parquet") for n in (0, 1)]
     assert summary["tasks"]["all"]["n"] == len(ROWS)
-    with pytest.raises(SystemExit, match=r"test-\*\.parquet: the pattern matches no file"):
+    with pytest.raises(SystemExit, match=r"data=.*test-\*\.parquet: the pattern matches no file"):
         main([f"data={shards / 'test-*.parquet'}", *settings])
+    with pytest.raises(SystemExit, match=r"data=.*missing\.parquet: no such file"):
+        main([f"data={shards / 'missing.parquet'}", *settings])
 
 
 def test_the_gpu_suites_check_of_the_per_task_table_holds_on_a_real_evaluation(tmp_path, parquet, tiny_model, capsys):

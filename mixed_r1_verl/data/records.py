@@ -792,11 +792,12 @@ def hub_dataset_files(url: str) -> list[Path]:
     return downloaded
 
 
-def input_files(given: Any, source_rows: bool = False) -> list[Path]:
-    """The files an `input` setting names, in order: a path, a glob pattern (`shards/train-*.parquet`, its
-    files in name order), a Hub dataset's files (`hub_dataset_files`) or a list of them; a file named twice
-    is read once, and an existing file is that file even where its name holds a glob character (`[`). With
-    `source_rows`, a directory or a file of a format rows are not read from (`SOURCE_READERS`) is refused."""
+def input_files(given: Any, source_rows: bool = False, setting: str = "input") -> list[Path]:
+    """The files an `input` setting (named `setting` in errors) names, in order: a path, a glob pattern
+    (`shards/train-*.parquet`, its files in name order), a Hub dataset's files (`hub_dataset_files`) or a list
+    of them; a file named twice is read once, and an existing file is that file even where its name holds a
+    glob character (`[`). With `source_rows`, a directory or a file of a format rows are not read from
+    (`SOURCE_READERS`) is refused."""
     files: list[Path] = []
     for pattern in [given] if isinstance(given, (str, Path)) else list(given or ()):
         pattern = str(pattern)
@@ -807,16 +808,16 @@ def input_files(given: Any, source_rows: bool = False) -> list[Path]:
         else:
             matched = [pattern]
         if not matched:
-            raise FileNotFoundError(f"input={pattern}: the pattern matches no file")
+            raise FileNotFoundError(f"{setting}={pattern}: the pattern matches no file")
         for path in map(Path, matched):
             if source_rows and path.exists() and source_reader(path) is None:
                 raise ValueError(unsupported_input_format(path))
             if not path.is_file():
-                raise FileNotFoundError(f"input={path}: no such file")
+                raise FileNotFoundError(f"{setting}={path}: no such file")
             if path.resolve() not in {file.resolve() for file in files}:
                 files.append(path)
     if not files:
-        raise ValueError("input names no file: give a path, a glob pattern or a list of them")
+        raise ValueError(f"{setting} names no file: give a path, a glob pattern or a list of them")
     return files
 
 

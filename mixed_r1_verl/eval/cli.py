@@ -287,7 +287,7 @@ def run_record(args, reward_kwargs: dict) -> dict:
 
 
 def run_eval(args) -> dict:
-    args.data = [str(path) for path in input_files(args.data)]
+    args.data = [str(path) for path in input_files(args.data, setting="data")]
     if args.model:
         refuse_what_is_no_model(args.model)
     if args.card and (refusal := card_refusal(args.model)):
