@@ -345,6 +345,20 @@ def test_an_iou_threshold_of_none_in_extra_info_keeps_the_configured_one(tiny_mo
     assert [output["reward_extra_info"]["accuracy"] for output in outputs] == [1.0, 1.0, 0.0]
 
 
+@pytest.mark.parametrize(
+    ("correct_threshold", "correct"),
+    [({"correct_threshold": 0.9}, 0.0), ({"correct_threshold": 0.7}, 1.0),
+     ({"correct_threshold.grounding": 0.9}, 0.0), ({"correct_threshold.grounding": 0.7}, 1.0)],
+    ids=["0.9", "0.7", "grounding 0.9", "grounding 0.7"],
+)
+def test_the_correct_threshold_set_for_the_manager_decides_correct(tiny_model_dir, correct_threshold, correct):
+    """A number or a per-task mapping: a box of IoU 0.8 is correct at threshold 0.7 and not at 0.9."""
+    worker = reward_worker(tiny_model_dir, **correct_threshold)
+    (output,) = score_batch(worker, rollout_batch(worker.input_tokenizer, [SAMPLES[4]]))
+    info = output["reward_extra_info"]
+    assert info["accuracy"] == pytest.approx(0.8) and info["correct"] == correct
+
+
 def test_the_overlong_penalty_takes_from_the_score_of_responses_near_their_cap(tiny_model_dir, tmp_path):
     """verl's DAPO `overlong_buffer_cfg` on Mixed-Reward and on a custom function's score: with responses
     capped at 64 tokens and a buffer of 30, a response loses 1/30 of `penalty_factor` per token beyond 34."""
