@@ -22,7 +22,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopO
 from verl.experimental.reward_loop.reward_loop import RewardLoopManager, RewardLoopWorker
 from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.rewards.tasks import DRIVER_TASKS_ENV_VAR, TaskPluginError
-from mixed_r1_verl.verl_adapter.metrics import per_task_metrics
+from mixed_r1_verl.verl_adapter.metrics import per_task_metrics, response_caps
 from mixed_r1_verl.verl_adapter.trainer import wait_for_reward_workers
 
 HUB_ID = "acme/tiny-qwen25vl"
@@ -390,6 +390,30 @@ def test_the_overlong_penalty_takes_from_the_score_of_responses_near_their_cap(t
     data = rollout_batch(custom.input_tokenizer, [(*samples[1][:3], {"returns": 1.0})], response_length=cap - 1)
     (output,) = score_batch(custom, data)
     assert output["reward_score"] == pytest.approx(1.0 - 0.5 * (lengths[1] - (cap - buffer)) / buffer)
+
+
+def test_the_overlong_penalty_counts_from_the_cap_max_model_len_leaves_after_the_prompt(tiny_model_dir):
+    """With max_model_len 48, an 8-token prompt leaves its response 40 of the 64 tokens of response_length:
+    a response cut there loses the whole penalty_factor, and one in the buffer before it a share."""
+    buffer = 30
+    overlong = [f"+reward.reward_kwargs.overlong_buffer_cfg.{key}={value}" for key, value in
+                {"enable": True, "len": buffer, "penalty_factor": 0.5, "log": True}.items()]  # fmt: skip
+    limits = ["data.max_response_length=64", "actor_rollout_ref.rollout.max_model_len=48"]
+    worker = reward_worker(tiny_model_dir, *limits, *overlong)
+    rollout = worker.config.actor_rollout_ref.rollout
+    long_answer = THINK + " Counting the bars one by one, left to right, and again." * 3 + "<answer>yes</answer>"
+    samples = [("pope", long_answer, "yes", {"task": "matching"}), SAMPLES[0]]
+    data = rollout_batch(worker.input_tokenizer, samples, response_length=39)
+    mask = data.batch["attention_mask"]
+    prompts, lengths = mask[:, :8].sum(dim=1).tolist(), mask[:, 8:].sum(dim=1).tolist()
+    caps = response_caps(prompts, {key: rollout[key] for key in ("prompt_length", "response_length", "max_model_len")})
+    assert caps == [40, 40] and lengths[0] == 40 and 40 - buffer < lengths[1] < 40, "one cut at its cap, one near it"
+
+    outputs = score_batch(worker, data)
+
+    penalties = [output["reward_extra_info"]["overlong_reward"] for output in outputs]
+    assert penalties == [pytest.approx(-0.5 * max(n - (cap - buffer), 0) / buffer) for n, cap in zip(lengths, caps)]
+    assert penalties[0] == pytest.approx(-0.5)
 
 
 def test_a_reward_option_the_manager_does_not_know_stops_the_worker_naming_it(tiny_model_dir):
