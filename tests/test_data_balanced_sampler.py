@@ -265,3 +265,15 @@ def test_uneven_mix_is_proportional_and_every_batch_holds_every_task():
 def test_quota_with_more_tasks_than_slots_prefers_the_largest_tasks():
     quota = batch_quota({"a": 5, "b": 9, "c": 1}, 2, tie_order=["a", "b", "c"])
     assert quota == {"a": 1, "b": 1, "c": 0}
+
+
+def test_a_task_with_under_one_row_per_batch_is_in_every_batch_while_its_rows_last():
+    """4 rows in 100 are a third of a row per batch of 8; each batch still takes one until they run out."""
+    mix = {"matching": 60, "chart": 30, "grounding": 6, "open_ended": 4}
+    tasks = [task for task, count in mix.items() for _ in range(count)]
+    order = balanced_order(tasks, BATCH_SIZE, np.random.default_rng(0))
+    starts = range(0, len(order), BATCH_SIZE)
+    batches = [Counter(tasks[i] for i in order[start : start + BATCH_SIZE]) for start in starts]
+    for task in ("grounding", "open_ended"):
+        assert [batch[task] for batch in batches] == [1] * mix[task] + [0] * (len(batches) - mix[task]), task
+
