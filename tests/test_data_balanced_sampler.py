@@ -5,6 +5,8 @@ converter's parquet of the synthetic four-task set, then `data.sampler` from the
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf, open_dict
 from data_helpers import convert_synthetic
@@ -277,3 +279,19 @@ def test_a_task_with_under_one_row_per_batch_is_in_every_batch_while_its_rows_la
     for task in ("grounding", "open_ended"):
         assert [batch[task] for batch in batches] == [1] * mix[task] + [0] * (len(batches) - mix[task]), task
 
+
+def test_rows_are_balanced_by_their_task_whatever_their_data_source(data_dir, tiny_model_dir, tmp_path):
+    """Matching and chart rows share one data_source, grounding rows come from two: every batch still
+    holds two rows of each task."""
+    table = pq.read_table(data_dir / "train.parquet")
+    sources = {"matching": ["vqa_mix"], "chart": ["vqa_mix"], "grounding": ["refcoco", "refcocog"],
+               "open_ended": ["captions"]}  # fmt: skip
+    tasks = [info["task"] for info in table.column("extra_info").to_pylist()]
+    renamed = [sources[task][index % len(sources[task])] for index, task in enumerate(tasks)]
+    table = table.set_column(table.column_names.index("data_source"), "data_source", pa.array(renamed))
+    pq.write_table(table, tmp_path / "train.parquet")
+    config = smoke_config(data_dir, tiny_model_dir, f"data.train_files={tmp_path}/train.parquet")
+    batches = list(trainer_with_dataloader(config).train_dataloader)
+    assert {source for batch in batches for source in batch["data_source"]} == set(renamed)
+    for batch in batches:
+        assert Counter(task for task, _ in batch_rows(batch)) == {task: 2 for task in TASKS}
