@@ -151,6 +151,23 @@ def test_capitals_past_the_last_option_are_no_option_letters():
     assert matching_accuracy("B, because C is wrong", "B", options) == 0.0
 
 
+def test_the_letter_just_past_the_last_option_is_no_option_letter():
+    options = ["Bacteria", "Viruses", "Fungi", "Protists"]
+    assert matching_accuracy("B, because E. coli is not involved", "B", options) == 1.0
+    assert matching_accuracy("B, because D. discoideum is", "B", options) == 0.0, "D is the last option"
+
+
+def test_i_is_an_option_letter_with_nine_options_or_more_and_the_pronoun_with_eight():
+    nine = [f"choice {number}" for number in range(1, 10)]
+    assert matching_accuracy("I", "I", nine) == 1.0
+    assert matching_accuracy("I think B", "B", nine) == 0.0, "with nine options, I names option I as well"
+    assert matching_accuracy("I think B", "B", nine[:8]) == 1.0
+    # Without the options, the ground truth's letter says there are at least that many.
+    assert matching_accuracy("I", "I") == 1.0
+    assert matching_accuracy("I think H", "H") == 1.0, "H is the eighth option: I is the pronoun"
+    assert matching_accuracy("I think H", "H", nine) == 0.0
+
+
 def test_a_bare_letter_names_the_option_of_that_letter_even_where_options_are_letters():
     """Shuffled letter labels: option B's text is "A"; the answer "A" still means option A."""
     options = ["B", "A", "C"]
