@@ -104,6 +104,14 @@ def test_a_ground_truth_that_is_an_article_is_not_matched_by_nothing():
     assert chart_accuracy("the", "A") == 0.0
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1, 1e6])
+def test_the_tolerance_is_five_percent_of_the_ground_truth_on_both_sides(scale):
+    """Within 5 % of 100 (104.99, 95.01, and 105 and 95 exactly) is right; 105.01, 105.001 and 94.99 are not."""
+    for answer, expected in [(104.99, 1.0), (105, 1.0), (105.001, 0.0), (105.01, 0.0), (105.5, 0.0),
+                             (95.01, 1.0), (95, 1.0), (94.99, 0.0), (94.5, 0.0)]:  # fmt: skip
+        assert chart_accuracy(f"{answer * scale:.12g}", f"{100 * scale:.12g}") == expected, answer
+
+
 @pytest.mark.parametrize("scale", [1e-3, 0.01, 0.1, 1, 10, 100, 1e6])
 def test_the_tolerance_gives_one_verdict_at_one_ratio_whatever_the_scale(scale):
     """2.1 against 2 is exactly 5 % off, as 21 against 20 is; binary floating point must not tell them apart."""
