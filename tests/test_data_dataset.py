@@ -404,6 +404,35 @@ def test_a_large_chart_fits_the_default_budgets_and_long_prompts_are_rejected(tm
     assert dataset.prompt_length(written, 0) == written["extra_info"]["prompt_length"]
 
 
+def test_a_prompt_a_few_tokens_over_max_prompt_length_is_rejected_and_one_exactly_at_it_is_kept(
+    tmp_path, tiny_model_dir
+):
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    Image.new("RGB", (224, 224), "white").save(image_root / "chart.png")
+    base = {"task": "chart", "data_source": "charts", "images": ["chart.png"], "answer": "3"}
+    rows = [{**base, "id": "at", "problem": "What is the peak?"},
+            {**base, "id": "over", "problem": "What is the peak of the blue line?"}]  # fmt: skip
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    def convert(name, budget):
+        out = tmp_path / name
+        config = PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out),
+                               model_path=str(tiny_model_dir), max_prompt_length=budget, val_ratio=0.0, progress=False)
+        return prepare(config), out
+
+    _, out = convert("unbounded", 100_000)
+    written = [row["extra_info"] for row in pq.read_table(out / "train.parquet").to_pylist()]
+    lengths = {info["id"]: info["prompt_length"] for info in written}
+    assert 0 < lengths["over"] - lengths["at"] <= 8, lengths
+
+    summary, out = convert("bounded", lengths["at"])
+    assert summary["rows_written"] == 1 and summary["rejects_by_reason"] == {"prompt_too_long": 1}
+    assert [row["extra_info"]["id"] for row in pq.read_table(out / "train.parquet").to_pylist()] == ["at"]
+    assert json.loads((out / "rejects.jsonl").read_text())["id"] == "over"
+
+
 def test_image_rows_without_a_processor_from_verl_are_refused(setup):
     root, model_dir, processor = setup
     train = root / "out" / "train.parquet"
