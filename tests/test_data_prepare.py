@@ -728,6 +728,25 @@ def test_list_items_past_those_a_mapping_reads_are_listed_in_the_summary(tmp_pat
     assert summary["ignored_fields"] == {"conversations.2+": {"rows": 1}}
 
 
+def test_a_row_whose_list_ends_before_the_item_a_mapping_reads_is_rejected_and_the_rest_converted(tmp_path):
+    """The llava layout reads the answer from conversations.1: a conversation of only the human turn has none."""
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5, val_rows_per_task=0)
+    image = read_jsonl(jsonl)[0]["images"][0]
+    turns = [{"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "Red."}]
+    rows = [{"id": "question-only", "image": image, "conversations": turns[:1]},
+            {"id": "answered", "image": image, "conversations": turns}]  # fmt: skip
+    source = tmp_path / "llava.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    summary = prepare(PrepareConfig(
+        input=str(source), image_root=str(image_root), output_dir=str(out), layout="llava",
+        constants={"task": "open_ended"}, val_ratio=0, progress=False,
+    ))  # fmt: skip
+    assert summary["rows_written"] == 1 and summary["rejects_by_reason"] == {"empty_answer": 1}
+    assert [row["extra_info"]["id"] for row in read_rows(out / "train.parquet")] == ["answered"]
+    assert json.loads((out / "rejects.jsonl").read_text())["id"] == "question-only"
+
+
 def test_a_table_whose_answers_are_option_indices_converts_with_answer_index_base(tmp_path):
     """ScienceQA's layout: `choices` and the right one's 0-based index as an integer `answer`."""
     from mixed_r1_verl.settings import parse_settings
