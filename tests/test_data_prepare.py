@@ -709,6 +709,35 @@ def test_a_mapped_column_that_no_row_holds_stops_the_conversion_naming_the_close
         assert (summary["rows_written"], summary["sft_rows"]["train"]) == (3, 1)
 
 
+def test_a_stopped_conversion_removes_an_earlier_conversions_outputs_from_its_directory(tmp_path):
+    """Run again into the same directory, a conversion a check stops leaves this run's rejects.jsonl only,
+    never beside the train.parquet and summary.json of another input."""
+    from mixed_r1_verl.data.prepare import MappedColumnNotFoundError, NoRowsWrittenError
+
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=2, seed=5)
+    out = tmp_path / "out"
+    settings = dict(input=str(jsonl), image_root=str(image_root), output_dir=str(out), progress=False)
+    prepare(PrepareConfig(**settings))
+    earlier = sorted(path.name for path in out.iterdir())
+    assert {"train.parquet", "val.parquet", "summary.json"} <= set(earlier)
+    with pytest.raises(MappedColumnNotFoundError) as caught:
+        prepare(PrepareConfig(**settings, columns={"rationale": "why"}))
+    assert str(caught.value).endswith(
+        f"; the outputs of an earlier conversion in {out} ({', '.join(name for name in earlier)}) were removed, "
+        "as they are not this input's"
+    )
+    assert list(out.iterdir()) == []
+    prepare(PrepareConfig(**settings))
+    elsewhere = {**settings, "image_root": str(tmp_path / "elsewhere")}
+    with pytest.raises(NoRowsWrittenError, match="rows were rejected") as caught:
+        prepare(PrepareConfig(**elsewhere))
+    assert "were removed" in str(caught.value)
+    assert [path.name for path in out.iterdir()] == ["rejects.jsonl"]
+    with pytest.raises(NoRowsWrittenError) as caught:  # nothing earlier: the message is the check's alone
+        prepare(PrepareConfig(**elsewhere))
+    assert "were removed" not in str(caught.value)
+
+
 def test_list_items_past_those_a_mapping_reads_are_listed_in_the_summary(tmp_path):
     """The llava layout reads a conversation's first question and answer: a row's later turns are not
     converted, and the summary counts the rows that have them."""

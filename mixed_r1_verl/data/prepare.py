@@ -744,6 +744,25 @@ class RejectsWriter:
         self.temporary.unlink(missing_ok=True)
 
 
+STOPPING_CHECKS = (MappedColumnNotFoundError, NoRowsWrittenError, EmptySplitError)
+
+
+def remove_earlier_outputs(writers: list[SplitWriter], rejects: RejectsWriter, output_dir: Path) -> list[str]:
+    """A check stopped the conversion after this run's rejects.jsonl was written: the parquet files and
+    summary.json an earlier run left are removed too, so that output_dir never pairs this run's rejects with
+    another input's rows (nor training with them). Returns the names of the files removed."""
+    for writer in writers:
+        writer.abort()
+    rejects.abort()
+    earlier = [writer.path for writer in writers] + [output_dir / "summary.json"]
+    if not rejects.rows:
+        earlier.append(rejects.path)
+    removed = sorted(path.name for path in earlier if path.exists())
+    for path in earlier:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def convert_rows(config: PrepareConfig, converter: RowConverter, writers, sft_writers, rejects: RejectsWriter):
     """Every input row written to its split or to rejects; (rows in, rows written by (split, task))."""
     written: Counter = Counter()
@@ -792,6 +811,14 @@ def prepare(config: PrepareConfig) -> dict:
             writer.commit_or_remove()
         if not rejects.rows:
             rejects.commit()
+    except STOPPING_CHECKS as error:
+        removed = remove_earlier_outputs([*writers.values(), *sft_writers.values()], rejects, output_dir)
+        if removed:
+            raise type(error)(
+                f"{error}; the outputs of an earlier conversion in {output_dir} ({', '.join(removed)}) were "
+                "removed, as they are not this input's"
+            ) from None
+        raise
     except BaseException:
         for writer in (*writers.values(), *sft_writers.values()):
             writer.abort()
