@@ -1,5 +1,6 @@
 import io
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from data_helpers import read_jsonl, rows_with_embedded_images, run_module
 
 from mixed_r1_verl.data.engine import EmptySourceError, Engine, EngineConfig, main
 from mixed_r1_verl.data.engine_plots import pass_rate_figure
-from mixed_r1_verl.data.prepare import PrepareConfig, prepare
+from mixed_r1_verl.data.prepare import MappedColumnNotFoundError, PrepareConfig, prepare
 from mixed_r1_verl.data.records import SpilledBytes
 from mixed_r1_verl.data.sampling import ResponseCache
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
@@ -784,6 +785,26 @@ def test_a_source_that_gives_no_valid_row_stops_the_run_after_validation(tmp_pat
     assert len(read_jsonl(out / "dropped.jsonl")) == 4 and not (out / ".embedded_images").exists()
     with pytest.raises(EmptySourceError, match="sources.none: its input holds no rows"):
         run(f"sources.none.input={empty}", f"image_root={paths['root']}")
+
+
+def test_a_mapped_column_that_no_row_holds_stops_validation_naming_the_source(tmp_path):
+    """As the converter does: a typo in a column path would drop or convert every row without its field."""
+    paths = source_settings_of(tmp_path)
+    out = tmp_path / "out"
+    typo = "columns.rationale=rationle"
+    with pytest.raises(MappedColumnNotFoundError) as stopped:
+        Engine(parse_settings(EngineConfig, [
+            f"sources.good.input={paths['jsonl']}", f"sources.good.image_root={paths['root']}",
+            f"sources.typo.input={paths['jsonl']}", f"sources.typo.image_root={paths['root']}", f"sources.typo.{typo}",
+            f"output_dir={out}", "progress=false", "difficulty.enabled=false",
+        ])).run()  # fmt: skip
+    assert str(stopped.value) == (
+        f"sources.typo: {paths['jsonl']}: columns.rationale reads 'rationle', which none of the 4 rows holds; "
+        "did you mean 'rationale'?"
+    )
+    assert not (out / "report.json").exists()
+    with pytest.raises(MappedColumnNotFoundError, match=f"^{re.escape(paths['jsonl'])}: columns.rationale reads"):
+        Engine(engine_config(paths["jsonl"], paths["root"], out, typo, "difficulty.enabled=false")).run()
 
 
 def test_an_id_two_sources_share_is_a_duplicate_naming_the_first_source_file(tmp_path):

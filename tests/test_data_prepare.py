@@ -396,7 +396,10 @@ def test_cli_reports_a_conversion_that_writes_nothing_without_a_traceback(tmp_pa
     empty.write_text("")
     done = subprocess.run([sys.executable, "-m", "mixed_r1_verl.data.prepare", *settings, f"input={empty}"],
                           env=checkout_env(), capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 1 and done.stderr.strip() == f"NoRowsWrittenError: {empty} holds no rows"
+    assert done.returncode == 1 and done.stderr.strip() == (
+        f"NoRowsWrittenError: {empty} holds no rows; the outputs of an earlier conversion in {out} (rejects.jsonl) "
+        "were removed, as they are not this input's"
+    )
 
 
 def test_missing_settings_and_unknown_family_fail_clearly(tmp_path):

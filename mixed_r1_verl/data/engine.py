@@ -56,6 +56,8 @@ from mixed_r1_verl.data.prepare import (
     PrepareConfig,
     RowConverter,
     box_in_pixels,
+    check_mapped_columns_found,
+    named_input,
     prepare,
 )
 from mixed_r1_verl.data.records import (
@@ -500,6 +502,8 @@ class Engine:
                     where = {"input": str(file), "row": number, **({"source": name} if name is not None else {})}
                     self.drop("validate", record_id, error.reason, error.detail, **where)
             by_source[name] = {"rows_in": read, "rows_out": len(rows) - rows_before}
+            place = named_input(source.config)
+            check_mapped_columns_found(read, source, f"sources.{name}: {place}" if name is not None else place)
             if name is not None and len(rows) == rows_before:
                 raise EmptySourceError(empty_source_message(name, read, source_reasons, first_drop, self.dropped.name))
         rows_in_by_task = {task: rows_in.get(task, 0) for task in (*task_names(), "other")}

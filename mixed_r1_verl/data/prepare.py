@@ -664,10 +664,11 @@ def holds_nothing(value) -> bool:
     return value is None or isinstance(value, list) and bool(value) and all(map(holds_nothing, value))
 
 
-def check_mapped_columns_found(rows_in: int, config: PrepareConfig, converter: RowConverter) -> None:
+def check_mapped_columns_found(rows_in: int, converter: RowConverter, place: str) -> None:
     """Every source of the columns the user mapped (a path; options mapped one per option: any of their
-    paths) holds a value in some row; one that never does (a typo) stops the conversion, naming the source
-    key closest to it among those the mapping does not read."""
+    paths) holds a value in some row of the `rows_in` the converter read; one that never does (a typo)
+    stops the conversion (or the data engine's validation), naming the input (`place`) and the source key
+    closest to it among those the mapping does not read."""
     if not rows_in or not converter.unfound_sources:
         return
     unread_keys = [key for key in converter.ignored_fields if not key.endswith("+")]
@@ -679,7 +680,7 @@ def check_mapped_columns_found(rows_in: int, config: PrepareConfig, converter: R
         if hint is None and unread_keys:
             hint = f"the keys of the rows the mapping does not read: {', '.join(sorted(unread_keys))}"
         problems.append(f"{problem}; {hint}" if hint else problem)
-    raise MappedColumnNotFoundError(f"{named_input(config)}: {'; '.join(problems)}")
+    raise MappedColumnNotFoundError(f"{place}: {'; '.join(problems)}")
 
 
 def check_splits_not_empty(rows_per_split: dict[str, int], config: PrepareConfig) -> None:
@@ -802,7 +803,7 @@ def prepare(config: PrepareConfig) -> dict:
         rows_in, written = convert_rows(config, converter, writers, sft_writers, rejects)
         if rejects.rows:
             rejects.commit()  # each rejected row's reason is kept even when a check below stops the conversion
-        check_mapped_columns_found(rows_in, config, converter)
+        check_mapped_columns_found(rows_in, converter, named_input(config))
         check_some_rows_written(rows_in, rejects, config, converter)
         check_splits_not_empty({split: writer.rows for split, writer in writers.items()}, config)
         writers["train"].commit_or_remove()
