@@ -1,6 +1,6 @@
 import pytest
 
-from mixed_r1_verl.rewards.chart import chart_accuracy, numeric_target, single_number
+from mixed_r1_verl.rewards.chart import chart_accuracy, numeric_value, single_number
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,14 @@ from mixed_r1_verl.rewards.chart import chart_accuracy, numeric_target, single_n
         ("Rs.50", "50", 1.0),
         ("USD45", "45", 1.0),
         ("Rs.60", "Rs. 50", 0.0),
+        ("about 12", "12", 1.0),
+        ("12 (approx)", "12", 1.0),
+        ("not 12", "12", 0.0),
+        ("less than 12", "12", 0.0),
+        ("under 18", "18", 0.0),
+        ("Group B 12", "12", 0.0),
+        ("2019 Q4", "2019", 0.0),
+        ("before 2019", "2019", 0.0),
     ],
 )
 def test_relaxed_accuracy(answer, ground_truth, expected):
@@ -94,8 +102,8 @@ def test_a_category_holding_a_number_is_a_text_target(answer, ground_truth):
         ("over 18", None),
     ],
 )
-def test_numeric_target_takes_currencies_approximations_and_units_but_not_labels(ground_truth, expected):
-    assert numeric_target(ground_truth) == expected
+def test_numeric_value_takes_currencies_approximations_and_units_but_not_labels(ground_truth, expected):
+    assert numeric_value(ground_truth) == expected
 
 
 def test_a_ground_truth_that_is_an_article_is_not_matched_by_nothing():

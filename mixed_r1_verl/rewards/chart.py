@@ -40,11 +40,12 @@ def single_number(text: str) -> float | None:
     return to_float(numbers[0])
 
 
-def numeric_target(ground_truth: str) -> float | None:
-    """The value of a numeric ground truth, or None for a text target. Numeric: one number, before it at
-    most currency signs or words of VALUE_PREFIX_WORDS, after it anything but a period (a unit: "%",
-    "million", "kg/m2", "°C", "(approx)")."""
-    text = with_currency_apart(unicode_minus_as_hyphen(ground_truth))
+def numeric_value(text: str) -> float | None:
+    """The value of a numeric ground truth or answer, else None (a text target, or an answer that is no
+    value). Numeric: one number, before it at most currency signs or words of VALUE_PREFIX_WORDS, after it
+    anything but a period (a unit: "%", "million", "kg/m2", "°C", "(approx)"). "under 18" is a label as a
+    target, and as an answer no value of 18."""
+    text = with_currency_apart(unicode_minus_as_hyphen(text))
     numbers = list(NUMBER_TOKEN.finditer(text))
     if len(numbers) != 1 or _PERIOD_WORD.search(text):
         return None
@@ -55,12 +56,12 @@ def numeric_target(ground_truth: str) -> float | None:
 
 
 def chart_accuracy(answer: str, ground_truth: str) -> float:
-    """Numeric ground truth: correct iff the answer holds exactly one number p with
+    """Numeric ground truth g: correct iff the answer is a number p read as g is (`numeric_value`) with
     |p - g| <= 5% of |g| (g = 0 needs p = 0). Otherwise normalised exact match."""
-    expected = numeric_target(ground_truth)
+    expected = numeric_value(ground_truth)
     if expected is None:
         return 1.0 if normalize_text(answer) == normalize_text(ground_truth) else 0.0
-    predicted = single_number(answer)
+    predicted = numeric_value(answer)
     if predicted is None:
         return 0.0
     if expected == 0:
