@@ -648,8 +648,8 @@ def test_xywh_boxes_as_strings_and_lists_give_the_same_ground_truth(tmp_path, bo
     image_root = tmp_path / "images"
     image_root.mkdir()
     Image.new("RGB", (300, 200)).save(image_root / "a.png")
-    rows = [{"ref_id": "list", "file_name": "a.png", "sent": "the cat", "bbox": bbox},
-            {"ref_id": "string", "file_name": "a.png", "sent": "the cat", "bbox": json.dumps(bbox)}]  # fmt: skip
+    rows = [{"sent_id": "list", "file_name": "a.png", "sent": "the cat", "bbox": bbox},
+            {"sent_id": "string", "file_name": "a.png", "sent": "the cat", "bbox": json.dumps(bbox)}]  # fmt: skip
     jsonl = tmp_path / "refs.jsonl"
     jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
     prepare(PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(tmp_path / "out"),
@@ -935,6 +935,30 @@ def test_rows_without_ids_get_content_ids_unique_across_sources_and_independent_
     reject = json.loads((tmp_path / "repeated" / "rejects.jsonl").read_text())
     assert (reject["id"], reject["row"], reject["reason"]) == ("row-3", 3, records.DUPLICATE_ID)
     assert reject["detail"].startswith("same content as row 1 (") and next(iter(ref_ids)) in reject["detail"]
+
+
+def test_the_refcoco_layout_writes_every_referring_expression_of_an_object(tmp_path):
+    """RefCOCO's published figures score each expression; an object's ref_id is shared by all of them."""
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    Image.new("RGB", (300, 200)).save(image_root / "a.png")
+    expressions = ["the left cat", "cat on the left", "left animal"]
+    rows = [{"ref_id": 7, "sent_id": 70 + number, "file_name": "a.png", "sent": sent, "bbox": [30, 40, 120, 80]}
+            for number, sent in enumerate(expressions)]  # fmt: skip
+    source = tmp_path / "refs.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = dict(image_root=str(image_root), layout="refcoco", val_ratio=1, progress=False)
+    summary = prepare(PrepareConfig(input=str(source), output_dir=str(tmp_path / "out"), **settings))
+    assert (summary["rows_written"], summary["rows_rejected"]) == (3, 0)
+    written = read_rows(tmp_path / "out" / "val.parquet")
+    assert [row["extra_info"]["id"] for row in written] == ["70", "71", "72"]
+    assert [f"described as: {sent}\n" in row["prompt"][-1]["content"] for row, sent in zip(written, expressions)] == [
+        True
+    ] * 3
+    without_ids = tmp_path / "no_sent_ids.jsonl"  # rows without sent_id: ids from each row's content
+    without_ids.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "sent_id"}) + "\n" for row in rows))
+    summary = prepare(PrepareConfig(input=str(without_ids), output_dir=str(tmp_path / "auto"), **settings))
+    assert (summary["rows_written"], summary["rows_rejected"]) == (3, 0)
 
 
 def test_images_embedded_in_parquet_convert_as_the_same_files_do(tmp_path):

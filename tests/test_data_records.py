@@ -268,7 +268,7 @@ def test_generated_ids_follow_the_content_and_name_the_source():
 
 
 def test_refcoco_layout_converts_xywh_boxes():
-    row = {"ref_id": 5, "file_name": "train/9.jpg", "sent": "the left dog", "bbox": [10.0, 20.0, 30.5, 40.0]}
+    row = {"sent_id": 5, "file_name": "train/9.jpg", "sent": "the left dog", "bbox": [10.0, 20.0, 30.5, 40.0]}
     record = parse_record(apply_mapping(row, build_mapping("refcoco")))
     assert record.answer == "[10, 20, 40.5, 60]"
     assert record.problem == "<image>Locate the object described as: the left dog"
@@ -280,7 +280,7 @@ def test_refcoco_layout_converts_xywh_boxes():
      ["10", "20", " 30.5", "4e1"]],
 )  # fmt: skip
 def test_xywh_boxes_given_as_strings_convert_as_lists_do(bbox):
-    row = {"ref_id": 5, "file_name": "train/9.jpg", "sent": "the left dog", "bbox": bbox}
+    row = {"sent_id": 5, "file_name": "train/9.jpg", "sent": "the left dog", "bbox": bbox}
     assert parse_record(apply_mapping(row, build_mapping("refcoco"))).answer == "[10, 20, 40.5, 60]"
 
 
@@ -288,7 +288,7 @@ def test_xywh_boxes_given_as_strings_convert_as_lists_do(bbox):
     "bbox", [["10", "20", "30 40", "50"], ["10", "20", "", "40"], "[10, 20, 30]", [10, 20, True, 40]]
 )
 def test_boxes_that_are_not_four_numbers_are_rejected_not_joined(bbox):
-    row = {"ref_id": 5, "file_name": "train/9.jpg", "sent": "the left dog", "bbox": bbox}
+    row = {"sent_id": 5, "file_name": "train/9.jpg", "sent": "the left dog", "bbox": bbox}
     with pytest.raises(RecordError) as caught:
         apply_mapping(row, build_mapping("refcoco"))
     assert caught.value.reason == records.BAD_BOX

@@ -576,9 +576,10 @@ LAYOUTS = {
         columns={"images": "imgname", "problem": "query", "answer": "label"},
         constants={"task": "chart", "data_source": "chartqa"},
     ),
-    # RefCOCO: {"file_name", "sent", "bbox": [x, y, w, h]}.
+    # RefCOCO, one row per referring expression: {"sent_id", "file_name", "sent", "bbox": [x, y, w, h]}. An
+    # object has several expressions, each scored in published figures: its ref_id names none of them.
     "refcoco": ColumnMapping(
-        columns={"id": "ref_id", "images": "file_name", "problem": "sent", "answer": "bbox"},
+        columns={"id": "sent_id", "images": "file_name", "problem": "sent", "answer": "bbox"},
         constants={"task": "grounding", "data_source": "refcoco"},
         box_format="xywh",
         problem_template="Locate the object described as: {problem}",
