@@ -961,6 +961,36 @@ def test_the_refcoco_layout_writes_every_referring_expression_of_an_object(tmp_p
     assert (summary["rows_written"], summary["rows_rejected"]) == (3, 0)
 
 
+def test_pixel_boxes_that_all_fit_the_0_1000_grid_on_larger_images_are_warned_of(tmp_path, capsys):
+    from mixed_r1_verl.data.prepare import GRID_LIKE_BOXES_WARNED_FROM, print_conversion
+
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    Image.new("RGB", (1600, 1200)).save(image_root / "large.png")
+    rows = [{"sent_id": number, "file_name": "large.png", "sent": f"object {number}",
+             "bbox": [10 * number, 20, 300 + 10 * number, 900]} for number in range(GRID_LIKE_BOXES_WARNED_FROM)]  # fmt: skip
+    source = tmp_path / "boxes.jsonl"
+
+    def converted(rows: list[dict], **settings) -> dict:
+        source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        config = PrepareConfig(input=str(source), image_root=str(image_root), output_dir=str(tmp_path / "out"),
+                               layout="refcoco", val_ratio=0, progress=False, **settings)  # fmt: skip
+        print_conversion(config)
+        return json.loads((tmp_path / "out" / "summary.json").read_text())
+
+    summary = converted(rows)
+    assert summary["warnings"] == [
+        f"all {GRID_LIKE_BOXES_WARNED_FROM} grounding boxes on images larger than 1000 px lie within 0-1000, as "
+        "boxes on the 0-1000 grid do (Qwen2-VL, Qwen3-VL, InternVL data); they were read as pixels "
+        "(box_units=pixels): if they are on the grid, convert again with box_units=norm1000"
+    ]
+    assert capsys.readouterr().err == f"warning: {summary['warnings'][0]}\n"
+    assert converted(rows, box_units="norm1000")["warnings"] == []
+    assert converted([*rows[:-1], {**rows[-1], "bbox": [900, 20, 200, 900]}])["warnings"] == []  # x2 = 1100
+    assert converted(rows[1:])["warnings"] == []  # too few to tell
+    assert capsys.readouterr().err == ""
+
+
 def test_images_embedded_in_parquet_convert_as_the_same_files_do(tmp_path):
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=3, seed=5)
     settings = {"val_ratio": 0.3, "seed": 2, "progress": False}

@@ -429,6 +429,8 @@ class RowConverter:
         self.ignored_fields: Counter = Counter()
         # Rows read whose answer is one <answer>...</answer> block, taken as its content.
         self.answers_unwrapped = 0
+        # Pixel boxes on images wider or taller than 1000 px, and those of them within 0-1000 on both axes.
+        self.large_image_boxes = self.large_image_boxes_within_grid = 0
 
     def read_sources(self, fields) -> list[tuple[str, tuple[str, ...]]]:
         """(field, paths) of each source the mapping reads for `fields` (`column_sources`; a field given by a
@@ -505,6 +507,7 @@ class RowConverter:
         ground_truth = record.answer
         if record.task == "grounding":
             ground_truth = grounding_truth(record.answer, image_size, frame_size, self.mapping.box_units)
+            self.count_grid_like_box(record.answer, image_size)
         prompt = [
             {
                 "role": "user",
@@ -538,6 +541,13 @@ class RowConverter:
             }
             | self.reward_info(record),
         }
+
+    def count_grid_like_box(self, answer: str, image_size: tuple[int, int]) -> None:
+        """Counts a written pixel box on an image larger than 1000 px, and whether it lies within 0-1000:
+        boxes on Qwen2-VL's 0-1000 grid read as pixels fit such images, wrongly (`grid_like_boxes_warning`)."""
+        if self.mapping.box_units == "pixels" and max(image_size) > NORM1000_SPAN:
+            self.large_image_boxes += 1
+            self.large_image_boxes_within_grid += max(parse_box(answer)) <= NORM1000_SPAN
 
     def reward_info(self, record: CanonicalRecord) -> dict:
         """`extra_info.reward_info`: every installed task's reward fields, those the record gives set."""
@@ -850,6 +860,25 @@ def did_you_mean(name: str, names) -> str | None:
     return f"did you mean {close[0]!r}?" if close else None
 
 
+NORM1000_SPAN = BOX_UNITS["norm1000"]
+# Pixel boxes on larger images, none past 1000 px: how many make the data look like 0-1000 grid boxes.
+GRID_LIKE_BOXES_WARNED_FROM = 20
+
+
+def grid_like_boxes_warning(converter: RowConverter) -> str | None:
+    """Every box read as pixels on images larger than 1000 px lies within 0-1000, and there are enough of
+    them that true pixel boxes would have passed 1000 somewhere: the source's boxes are likely on the
+    0-1000 grid, and were written scaled wrongly."""
+    count = converter.large_image_boxes
+    if count < GRID_LIKE_BOXES_WARNED_FROM or converter.large_image_boxes_within_grid < count:
+        return None
+    return (
+        f"all {count} grounding boxes on images larger than 1000 px lie within 0-1000, as boxes on the 0-1000 "
+        "grid do (Qwen2-VL, Qwen3-VL, InternVL data); they were read as pixels (box_units=pixels): if they are "
+        "on the grid, convert again with box_units=norm1000"
+    )
+
+
 def build_summary(config, converter, rows_in, written: Counter, rejected: Counter, seconds: float) -> dict:
     rows_written = sum(written.values())
     by_reason: Counter = Counter()
@@ -882,13 +911,17 @@ def build_summary(config, converter, rows_in, written: Counter, rejected: Counte
         "prompt_lengths_counted": converter.prompt_counter is not None,
         "ignored_fields": ignored_fields_summary(converter.ignored_fields, converter.read_fields),
         "answers_unwrapped": converter.answers_unwrapped,
+        "warnings": [warning for warning in (grid_like_boxes_warning(converter),) if warning],
         "seconds": round(seconds, 3),
     }
 
 
 def print_conversion(config: PrepareConfig) -> None:
-    """Convert and print the summary."""
-    print(json.dumps(prepare(config), indent=2))
+    """Convert and print the summary, then its warnings on stderr."""
+    summary = prepare(config)
+    print(json.dumps(summary, indent=2))
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
