@@ -110,6 +110,32 @@ def test_internvl_prompt_counts_equal_its_processors_with_its_tiles(tiny_internv
     assert tiles > 2, f"{tiles} tiles: the count covers InternVL's tiling"
 
 
+def test_the_recipe_config_sizes_qwen3vl_images_as_its_processor_and_rollout_do(tiny_qwen3vl_dir, tmp_path):
+    """verl's data defaults set image_patch_size 14; Qwen3-VL's patches are 16 pixels, as its rollout
+    sizes them. Counted at 14, a kept prompt can exceed the rollout's limit, stopping training."""
+    from hydra import compose, initialize_config_dir
+
+    from mixed_r1_verl.main import PRIMARY_CONFIG, config_dir, register_recipes
+
+    convert_synthetic(
+        tmp_path / "src", tmp_path / "out", rows_per_task=2, seed=3, synthetic={"val_rows_per_task": 0,
+        "image_size": (850, 1100)}, val_ratio=0.0, model_family="qwen3_vl", model_path=str(tiny_qwen3vl_dir),
+    )  # fmt: skip
+    register_recipes()
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        config = compose(PRIMARY_CONFIG, overrides=[
+            "recipe=smoke_qwen3vl", f"+data.cache_dir={tmp_path / 'cache'}", "data.filter_overlong_prompts_workers=1",
+        ])  # fmt: skip
+    train = tmp_path / "out" / "train.parquet"
+    processor = load_image_text_processor(tiny_qwen3vl_dir)
+    dataset = get_dataset_class(config.data)([str(train)], processor.tokenizer, config.data, processor=processor)
+    assert dataset.image_patch_size == processor.image_processor.patch_size == 16
+    rows = pq.read_table(train).to_pylist()
+    assert [row["extra_info"]["prompt_length"] for row in rows] == [
+        dataset.prompt_length(row, i) for i, row in enumerate(rows)
+    ]
+
+
 def test_qwen3vl_rows_reach_its_processor_in_32_pixel_tokens_counted_as_converted(setup, tiny_qwen3vl_dir, tmp_path):
     root, _, _ = setup
     processor = load_image_text_processor(tiny_qwen3vl_dir)
