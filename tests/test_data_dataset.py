@@ -92,6 +92,28 @@ def test_rows_converted_for_another_model_family_are_refused(setup, tiny_internv
     assert len(build(root, internvl, [internvl_rows])) == 4
 
 
+def test_grounding_rows_without_a_frame_are_refused_for_models_answering_on_the_grid(setup, tiny_internvl_dir, tmp_path):
+    """Such a row's box is scored as it stands: a perfect 0-1000 answer against a pixel box scores low."""
+    root, _, qwen = setup
+    rows = pq.read_table(root / "out" / "train.parquet").to_pylist()
+    for row in rows:
+        row["extra_info"]["box_frame"] = row["extra_info"]["frame_size"] = None
+    grounding = [i for i, row in enumerate(rows) if row["extra_info"]["task"] == "grounding"]
+    rows[grounding[0]]["extra_info"]["task"] = None  # grounding all the same, by its data_source
+    rows[grounding[0]]["data_source"] = "refcoco"
+    unframed = tmp_path / "unframed.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), unframed)
+    internvl = load_image_text_processor(tiny_internvl_dir)
+    refused = (rf"row {grounding[0]} \(id '{rows[grounding[0]]['extra_info']['id']}'.*a grounding row without "
+               r"extra_info.box_frame, .* internvl models answer on the 0-1000 grid: .*model_family=internvl")  # fmt: skip
+    with pytest.raises(DatasetRowError, match=refused):
+        build(root, internvl, [str(unframed)])
+    others = tmp_path / "others.parquet"
+    pq.write_table(pa.Table.from_pylist([row for i, row in enumerate(rows) if i not in grounding]), others)
+    assert len(build(root, internvl, [str(others)], max_prompt_length=8192)) == len(rows) - len(grounding)
+    assert len(build(root, qwen, [str(unframed)])) == len(rows)  # pixels, as a Qwen2.5-VL answers
+
+
 @pytest.mark.parametrize("image_size", [(560, 410), (150, 600)])
 def test_internvl_prompt_counts_equal_its_processors_with_its_tiles(tiny_internvl_dir, tmp_path, image_size):
     convert_synthetic(

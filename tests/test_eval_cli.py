@@ -548,6 +548,11 @@ def test_a_model_of_another_family_than_the_data_was_converted_for_is_refused(tm
     with pytest.raises(SystemExit, match=refused):
         main(args)
     assert not (tmp_path / "run" / "generations.jsonl").exists()
+    unframed = tmp_path / "unframed.parquet"  # a box in no stated frame is scored as it stands
+    pq.write_table(pa.Table.from_pylist([row("g1", "grounding", "refcoco", "Find the red box.", "[0, 0, 40, 40]")]),
+                   unframed)  # fmt: skip
+    with pytest.raises(SystemExit, match=r"record 'g1': it is a grounding row without extra_info.box_frame"):
+        main([f"data={unframed}", *args[1:]])
 
 
 def grpo_checkpoint(root, resaved_model_dir):

@@ -41,7 +41,7 @@ from mixed_r1_verl.data.model_files import processor_pixel_bounds
 from mixed_r1_verl.data.model_images import model_input_image
 from mixed_r1_verl.data.processor import autoprocessor_failure, processor_model_family
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
-from mixed_r1_verl.rewards.scoring import missing_ground_truth
+from mixed_r1_verl.rewards.scoring import known_task, missing_ground_truth
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,10 @@ class MixedR1Dataset(NamesRowsThatFail, RLHFDataset):
         refuse_media_tag_mismatch(columns[self.prompt_key], images, media, describe_row)
         refuse_missing_ground_truth(columns, describe_row)
         box_frames = extra_info_column(dataframe, "box_frame")
-        refuse_box_frame_of_another_family(processor_model_family(self.processor), box_frames, describe_row)
+        sources = column("data_source").to_pylist() if column("data_source") is not None else [None] * len(columns)
+        tasks = [known_task(source, {"task": task}) for source, task in zip(sources, extra_info_column(dataframe, "task"))]
+        family = processor_model_family(self.processor)
+        refuse_box_frame_of_another_family(family, box_frames, [task == "grounding" for task in tasks], describe_row)
         if images is not None:
             refuse_images_without_processor(self.processor, self.tokenizer.name_or_path, images, describe_row)
             refuse_invalid_pixel_bounds(images, describe_row)
@@ -297,12 +300,13 @@ def refuse_missing_ground_truth(columns, describe_row) -> None:
             raise DatasetRowError(f"{describe_row(row)}: {reason} (reward_model.ground_truth); no reward can score it")
 
 
-def refuse_box_frame_of_another_family(model_family: str | None, box_frames: list, describe_row) -> None:
+def refuse_box_frame_of_another_family(model_family: str | None, box_frames: list, grounding: list, describe_row):
     """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row whose
-    extra_info.box_frame (in `box_frames`) is not the frame a `model_family` model answers in: its
-    grounding answers would be taught or scored against ground truths in another frame."""
-    for row, box_frame in enumerate(box_frames):
-        reason = other_family_frame_reason(box_frame, model_family)
+    extra_info.box_frame (in `box_frames`) is not the frame a `model_family` model answers in, or a
+    grounding row (`grounding`) without one for a model answering on the 0-1000 grid: its grounding
+    answers would be taught or scored against ground truths in another frame."""
+    for row, (box_frame, is_grounding) in enumerate(zip(box_frames, grounding)):
+        reason = other_family_frame_reason(box_frame, model_family, is_grounding)
         if reason:
             raise DatasetRowError(f"{describe_row(row)}: {reason}")
 

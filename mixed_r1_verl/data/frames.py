@@ -126,11 +126,18 @@ def resized_again_reason(
     )
 
 
-def other_family_frame_reason(box_frame: str | None, model_family: str | None) -> str | None:
+def other_family_frame_reason(box_frame: str | None, model_family: str | None, grounding: bool = False) -> str | None:
     """Why data whose grounding boxes are in `box_frame` (extra_info.box_frame) cannot train or evaluate a
     model of `model_family` (its config's model_type), which answers in another frame; None when the
-    frames agree or either is unknown."""
+    frames agree or either is unknown. A `grounding` row without a frame cannot serve a model answering
+    on the 0-1000 grid either: its box is scored as it stands, most likely in pixels."""
     model_frame = MODEL_FAMILIES[model_family].box_frame if model_family in MODEL_FAMILIES else None
+    if model_frame == BOX_FRAME_NORM1000 and box_frame is None and grounding:
+        return (
+            f"it is a grounding row without extra_info.box_frame, so its box is scored as it stands, but "
+            f"{model_family} models answer on the 0-1000 grid: convert the data with model_family={model_family} "
+            "(mixed_r1_verl.data.prepare), or set extra_info.box_frame to norm1000 where its boxes are on that grid"
+        )
     if model_frame is None or box_frame is None or box_frame == model_frame:
         return None
     return (

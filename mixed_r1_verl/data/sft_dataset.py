@@ -43,6 +43,7 @@ from mixed_r1_verl.data.model_images import model_input_image
 from mixed_r1_verl.data.processor import load_image_text_processor, processor_model_family
 from mixed_r1_verl.data.prompts import chat_with_image_items
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
+from mixed_r1_verl.rewards.scoring import known_task
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,12 @@ class MixedR1SFTDataset(NamesRowsThatFail, MultiTurnSFTDataset):
         if self.image_patch_size is None and processor is not None:
             self.image_patch_size = getattr(processor.image_processor, "patch_size", DEFAULT_PATCH_SIZE)
         if "extra_info" in self.dataframe.columns:
-            box_frames = [(info or {}).get("box_frame") for info in self.dataframe["extra_info"]]
-            refuse_box_frame_of_another_family(processor_model_family(processor), box_frames, self._describe_row)
+            infos = [info or {} for info in self.dataframe["extra_info"]]
+            sources = self.dataframe["data_source"] if "data_source" in self.dataframe.columns else [None] * len(infos)
+            grounding = [known_task(source, info) == "grounding" for source, info in zip(sources, infos)]
+            box_frames = [info.get("box_frame") for info in infos]
+            family = processor_model_family(processor)
+            refuse_box_frame_of_another_family(family, box_frames, grounding, self._describe_row)
         if self.image_key in self.dataframe.columns:
             images = pa.array(self.dataframe[self.image_key])
             refuse_invalid_pixel_bounds(images, self._describe_row)

@@ -128,8 +128,10 @@ def data_ids(paths: Sequence[str | Path]) -> set[str]:
 
 def refuse_records_of_another_frame(records: Sequence[EvalRecord], model_family: str | None) -> None:
     """Raises RecordError naming the first record whose extra_info.box_frame is not the frame a
-    `model_family` model answers in: its grounding answers would be scored in the wrong frame."""
+    `model_family` model answers in, or that is a grounding record without one for a model answering on
+    the 0-1000 grid: its grounding answers would be scored in the wrong frame."""
     for record in records:
-        reason = other_family_frame_reason(record.extra_info.get("box_frame"), model_family)
+        grounding = record.task == "grounding"
+        reason = other_family_frame_reason(record.extra_info.get("box_frame"), model_family, grounding)
         if reason:
             raise RecordError(f"{record.source}: record {record.id!r}: {reason}")

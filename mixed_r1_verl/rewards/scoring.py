@@ -114,6 +114,14 @@ def resolve_task(data_source: str, extra_info: Mapping | None, task_map: Mapping
     return task
 
 
+def known_task(data_source, extra_info: Mapping | None) -> str | None:
+    """The task `resolve_task` gives a sample without a task_map, or None where it knows none."""
+    try:
+        return resolve_task(data_source, extra_info)
+    except RewardInputError:
+        return None
+
+
 def _per_task_setting(setting, task: str, default: float) -> float:
     """A setting given once for every task (a float) or per task (task -> float); `default` if unset."""
     if isinstance(setting, Mapping):
