@@ -39,7 +39,8 @@ IMAGE_TOKENS = {
     "video_token": "<video>",
 }
 
-CHAT_TEMPLATE = chatml_template("<IMG_CONTEXT>\n", "<video>\n")
+# As transformers writes InternVL3-hf's: no default system turn.
+CHAT_TEMPLATE = chatml_template("<IMG_CONTEXT>\n", "<video>\n", default_system=None)
 
 
 def build_tiny_internvl(output_dir: str | os.PathLike, *, seed: int = 0) -> Path:

@@ -46,7 +46,7 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 def chatml_template(image: str, video: str, default_system: str | None = DEFAULT_SYSTEM_PROMPT) -> str:
     """A chat template in the ChatML layout of Qwen2.5-VL, Qwen3-VL and InternVL3, rendering each image
     and video content item as `image` and `video`; a chat without a system turn gets `default_system`
-    (Qwen2.5-VL and InternVL3), or none (None: Qwen3-VL)."""
+    (Qwen2.5-VL), or none (None: Qwen3-VL, and InternVL3 as transformers converts it)."""
     default_system_turn = (
         ""
         if default_system is None
