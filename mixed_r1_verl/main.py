@@ -216,13 +216,29 @@ def check_cluster_gpus(config: DictConfig) -> None:
 
 
 def last_checkpointed_step(checkpoint_dir: str) -> int | None:
-    """The step verl's resume_mode=auto would resume from (its tracker file), or None."""
+    """The step verl's resume_mode=auto would resume from (its tracker file), or None for a first run. A
+    tracker naming a step whose folder is gone ends the run (exit 2): verl would print that the checkpoint
+    does not exist and train from step 0, saving over the checkpoints left."""
     from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path, get_checkpoint_tracker_filename
 
-    if not os.path.isfile(get_checkpoint_tracker_filename(checkpoint_dir)):
+    tracker = get_checkpoint_tracker_filename(checkpoint_dir)
+    if not os.path.isfile(tracker):
         return None  # a first run: verl's lookup would print that the tracker file is missing
     folder = find_latest_ckpt_path(checkpoint_dir)
-    return None if folder is None else int(folder.rpartition("global_step_")[2])
+    if folder is None:
+        with open(tracker) as file:
+            named = file.read().strip()
+        steps = sorted(int(path.name[len("global_step_"):]) for path in Path(checkpoint_dir).glob("global_step_*")
+                       if path.name[len("global_step_"):].isdigit())  # fmt: skip
+        left = ", ".join(f"global_step_{step}" for step in steps) or "none"
+        fail(
+            f"{tracker} names step {named}, whose checkpoint {checkpoint_dir}/global_step_{named} is missing "
+            f"(checkpoints there: {left}); resumed, verl would train from step 0 over them. To resume from "
+            "another, write its step into that file or set trainer.resume_mode=resume_path and "
+            "trainer.resume_from_path=<its global_step_N>; to start again, use trainer.resume_mode=disable.\n",
+            EXIT_USAGE,
+        )
+    return int(folder.rpartition("global_step_")[2])
 
 
 def planned_steps(config: DictConfig) -> tuple[int | None, str]:

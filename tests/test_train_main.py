@@ -261,6 +261,29 @@ def test_rerun_past_the_last_step_says_so_instead_of_training_nothing(tmp_path):
     assert more.returncode == 2 and "needs at least one CUDA GPU" in more.stderr, "9 > 6: on to the GPU check"
 
 
+def test_a_tracker_naming_a_deleted_checkpoint_is_refused_instead_of_training_from_step_0(tmp_path, capsys):
+    """A user removed a bad last checkpoint to resume from the one before; verl would start over and save
+    over it."""
+    from mixed_r1_verl.main import exit_if_training_is_done
+
+    checkpoints = tmp_path / "checkpoints"
+    for step in (20, 100, 200):
+        write_checkpoint(checkpoints, step)
+    (checkpoints / "global_step_200").rmdir()
+    trainer = OmegaConf.create({"resume_mode": "auto", "default_local_dir": str(checkpoints)})
+    with pytest.raises(SystemExit) as ended:
+        exit_if_training_is_done(trainer, 300, "trainer.total_training_steps")
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        f"{checkpoints / 'latest_checkpointed_iteration.txt'} names step 200, whose checkpoint "
+        f"{checkpoints}/global_step_200 is missing (checkpoints there: global_step_20, global_step_100); resumed, "
+        "verl would train from step 0 over them."
+    )
+    (checkpoints / "latest_checkpointed_iteration.txt").write_text("100")
+    exit_if_training_is_done(trainer, 300, "trainer.total_training_steps")  # resumes from step 100
+    exit_if_training_is_done(OmegaConf.create({**trainer, "resume_mode": "disable"}), 300, "")
+
+
 def test_the_step_bound_comes_from_the_parquet_rows_without_total_training_steps(tmp_path):
     from mixed_r1_verl.main import planned_steps
 
