@@ -45,7 +45,9 @@ def main():
     print(f"rule rewards: {len(samples)} samples, mean {chars:.0f} chars, {elapsed:.3f} s, "
           f"{len(samples) / elapsed:,.0f} samples/s on one core")
     for payload in ("<answer>" + "9" * 5000 + "</answer>", "<answer>1e999999</answer>", "<answer>" + "[" * 10000 + "</answer>",
-                    "<answer>B</answer>" * 10000, "<think>" * 10000, "\\boxed{" * 10000):
+                    "<answer>B</answer>" * 10000, "<think>" * 10000, "\\boxed{" * 10000,
+                    '<answer>[{"bbox_2d": [135' + " " * 32000 + '"label": "x"}]</answer>',
+                    "<answer>(1, 2)" + " " * 32000 + "x</answer>"):
         start = time.perf_counter()
         for task, ground_truth, extra, _ in CASES:
             compute_score("bench", payload, ground_truth, {"task": task, **extra})

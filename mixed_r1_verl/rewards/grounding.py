@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from numbers import Real
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_FLAT_LIST = re.compile(r"\[\s*(" + _NUM + r"(?:\s*,\s*" + _NUM + r")*)\s*,?\s*\]")
+# No two `\s*` may share a run of whitespace: backtracking over how to split it costs time quadratic in its length.
+_FLAT_LIST = re.compile(r"\[\s*(" + _NUM + r"(?:\s*,\s*" + _NUM + r")*)\s*(?:,\s*)?\]")
 _POINT_PAIR = re.compile(
-    r"\(\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*\)\s*(?:,|-|to)?\s*\(\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*\)"
+    r"\(\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*\)\s*(?:(?:,|-|to)\s*)?\(\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*\)"
 )
 _LIST_SEPARATOR = re.compile(r"\s*,\s*")
 
