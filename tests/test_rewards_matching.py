@@ -137,6 +137,28 @@ def test_an_option_text_of_several_words_inside_the_answer_names_that_option_and
     assert named == ([expected] if expected else [])
 
 
+@pytest.mark.parametrize(
+    "answer, ground_truth, expected",
+    [
+        ("E. coli", "A", 1.0),
+        ("B. A. thaliana", "B", 1.0),
+        ("(B) A. thaliana", "B", 1.0),
+        ("The answer is A. thaliana", "B", 1.0),
+        ("S. cerevisiae", "D", 1.0),
+        ("C. elegans", "A", 0.0),  # option C's text, not option C
+        ("C. elegans", "C", 1.0),
+    ],
+)
+def test_option_texts_beginning_with_an_initial_keep_it(answer, ground_truth, expected):
+    """"E. coli" is a text, not option E's letter: only options that all carry their own letters lose them."""
+    assert matching_accuracy(answer, ground_truth, ["E. coli", "A. thaliana", "C. elegans", "S. cerevisiae"]) == expected
+
+
+def test_options_that_all_carry_their_own_letters_are_read_without_them():
+    options = ["A. red", "(B) blue", "C) green"]
+    assert [matching_accuracy(answer, "B", options) for answer in ("blue", "B. blue", "A. red")] == [1.0, 1.0, 0.0]
+
+
 def test_an_option_text_within_a_longer_option_text_is_not_named_by_it():
     options = ["New York", "New York City", "Boston"]
     assert [matching_accuracy("I live in New York City", letter, options) for letter in "ABC"] == [0.0, 1.0, 0.0]

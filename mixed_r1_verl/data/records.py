@@ -35,7 +35,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mixed_r1_verl.rewards.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
-from mixed_r1_verl.rewards.matching import matching_accuracy, option_text_letters
+from mixed_r1_verl.rewards.matching import (
+    OPTION_LETTERS,
+    matching_accuracy,
+    option_text_letters,
+    options_without_their_letters,
+)
 from mixed_r1_verl.rewards.tasks import reward_field_value_error, reward_fields, task_names
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -49,7 +54,6 @@ CHAT_TURN_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 # The tags verl's dataset splits a prompt on besides `<image>`, each the place of one of the row's videos or
 # audio clips: the converter writes images only, so a prompt holding one fails when its batch is drawn.
 MEDIA_TAGS = ("<video>", "<audio>")
-OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SPLITS = ("train", "val")
 CANONICAL_FIELDS = (
     "id", "task", "data_source", "images", "problem", "answer", "options", "split", "rationale", "reward_info"
@@ -208,16 +212,6 @@ def option_index(answer: str) -> int | None:
     """The 0-based option an answer names by its letter, or None when it is not a bare letter."""
     letter = OPTION_LETTER.fullmatch(answer.strip())
     return ord(letter.group(1).upper()) - ord("A") if letter else None
-
-
-def options_without_their_letters(options: tuple[str, ...]) -> tuple[str, ...]:
-    """Options that all begin with their own letter in order ("A. red", "(B) blue", "C) green", "D: grey")
-    without it, as the prompt letters them itself (it would show "A. A. red"); other options as they are."""
-    texts = [
-        re.fullmatch(rf"(?:\({letter}\)|{letter}[.:)])\s+(\S.*)", option, re.DOTALL | re.IGNORECASE)
-        for letter, option in zip(OPTION_LETTERS, options)
-    ]
-    return tuple(text.group(1) for text in texts) if all(texts) else options
 
 
 def is_non_finite_number(answer: str) -> bool:

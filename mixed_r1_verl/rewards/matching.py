@@ -17,18 +17,30 @@ _ARTICLE_A = re.compile(r"\s+(?!(?:is|was|seems|appears|looks|and|or|would|shoul
 # Letters named as options whatever follows them: a leading "B.", "B)", "(B)", "B:", and "Option B".
 _LEADING_LETTER = re.compile(r"\s*\(?([A-Z])(?:\)|[.:])(?=\s|$)")
 _OPTION_WORD = re.compile(r"\b[Oo]ption\s+\(?([A-Z])(?![A-Za-z0-9'\u2019])")
-_OPTION_TEXT_PREFIX = re.compile(r"^\s*\(?[A-Z]\)?[.:)]\s*")
 _YES_NO = re.compile(r"\b(yes|no)\b")
+OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def options_without_their_letters(options: Sequence[str]) -> tuple[str, ...]:
+    """Options that all begin with their own letter in order ("A. red", "(B) blue", "C) green", "D: grey")
+    without it, as the prompt letters them itself (it would show "A. A. red"); other options as they are:
+    an option's text may begin with another capital and a period ("E. coli", "A. thaliana")."""
+    texts = [
+        re.fullmatch(rf"(?:\({letter}\)|{letter}[.:)])\s+(\S.*)", option, re.DOTALL | re.IGNORECASE)
+        for letter, option in zip(OPTION_LETTERS, options)
+    ]
+    return tuple(text.group(1) for text in texts) if all(texts) else tuple(options)
 
 
 def option_texts(options) -> list[str] | None:
-    """The option texts of any sequence (list, tuple, numpy array, as a parquet row holds them); None when
-    there are none. A string is not a list of options."""
+    """The option texts of any sequence (list, tuple, numpy array, as a parquet row holds them), without the
+    letters they all carry in order (`options_without_their_letters`); None when there are none. A string is
+    not a list of options."""
     if options is None:
         return None
     if isinstance(options, str):
         raise TypeError(f"options must be a sequence of option texts, got the string {options!r}")
-    return [str(option) for option in options] or None
+    return list(options_without_their_letters([str(option) for option in options])) or None
 
 
 def _named_letter_positions(answer: str) -> set[int]:
@@ -67,11 +79,11 @@ def option_text_letters(answer: str, options: Sequence[str]) -> set[str]:
 @lru_cache(maxsize=1 << 16)
 def _normalized_option(option: str) -> str:
     # Every response of a group (and of later steps) is compared with the same options.
-    return normalize_text(_OPTION_TEXT_PREFIX.sub("", option))
+    return normalize_text(option)
 
 
 def _option_words(option: str) -> list[str]:
-    return _OPTION_TEXT_PREFIX.sub("", option).split()
+    return option.split()
 
 
 def _option_text_pattern(option: str) -> str | None:
