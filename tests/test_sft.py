@@ -551,7 +551,12 @@ def test_a_second_run_resumes_after_the_last_checkpoint_and_keeps_the_first_runs
     """The second run also asks for a loader process where the first read in the trainer's own."""
     data_dir, _ = converted
     first_run = read_metrics_log(trained_on_cpu / "logs" / "sft.jsonl")
+    # Weights an earlier run left in a step's Hugging Face copy: verl saves into the folder without emptying it.
+    stale = trained_on_cpu / "checkpoints" / f"global_step_{CPU_SFT_STEPS + 2}" / "huggingface"
+    stale.mkdir(parents=True)
+    (stale / "model-00002-of-00002.safetensors").write_bytes(b"an earlier run's weights")
     run = succeeded(sft_on_cpu(trained_on_cpu, tiny_model_dir, data_dir, CPU_SFT_STEPS + 2, "data.num_workers=1"))
+    assert sorted(path.name for path in stale.glob("*.safetensors")) == ["model.safetensors"]
     assert (
         f"global_step_{CPU_SFT_STEPS}: its data loader position was saved by 0 loader process(es), so the resumed "
         "epoch is read with 0 and the next ones with data.num_workers=1"

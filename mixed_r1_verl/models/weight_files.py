@@ -27,6 +27,16 @@ def is_weight_file(path: Path) -> bool:
     return path.is_file() and (path.suffix == ".safetensors" or path.name == WEIGHTS_INDEX)
 
 
+def remove_weight_files(model_dir: Path) -> None:
+    """Removes a model directory's weight files (none there is fine). verl saves a checkpoint step again into
+    its folder without emptying it: its Hugging Face copy would keep the weights of an earlier run of that
+    step where this save writes none (save_contents without hf_model), or fewer files."""
+    if model_dir.is_dir():
+        for path in model_dir.iterdir():
+            if is_weight_file(path):
+                path.unlink()
+
+
 def saved_header(file: Path) -> tuple[dict, int]:
     """A safetensors file's header (each tensor's dtype, shape and byte range in the data) and where its data
     starts."""

@@ -24,6 +24,7 @@ from verl.trainer.sft_trainer import SFTTrainer
 from verl.utils.distributed import destroy_global_process_group, initialize_global_process_group
 
 from mixed_r1_verl.models.lora import merge_saved_adapters
+from mixed_r1_verl.models.weight_files import remove_weight_files
 from mixed_r1_verl.run_config import resumed_settings_note, write_run_config
 from mixed_r1_verl.sft import exit_unless_rows_fill_the_run
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count
@@ -92,12 +93,15 @@ class MixedR1SFTTrainer(SFTTrainer):
     def _finish_each_saved_checkpoint(self):
         """After the engine saves a checkpoint, and before verl records it as the latest, rank 0 saves the
         run's config beside it and, for LoRA, rewrites its Hugging Face copy (huggingface/, saved with
-        hf_model) with the adapters merged in."""
+        hf_model) with the adapters merged in. Before, rank 0 (which alone writes that copy) removes the
+        weights an earlier run saved there."""
         engine = self.ckpt_handler.engine
         save_checkpoint = engine.save_checkpoint
         lora = self.config.model.lora_rank > 0
 
         def save_checkpoint_finished(*args, local_path, **kwargs):
+            if self.rank == 0:
+                remove_weight_files(Path(local_path) / "huggingface")
             save_checkpoint(*args, local_path=local_path, **kwargs)
             if self.rank == 0:
                 write_run_config(self.config, Path(local_path))

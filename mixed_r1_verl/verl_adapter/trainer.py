@@ -26,6 +26,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from mixed_r1_verl.data.balanced_sampler import check_resumed_sampler, with_configured_sampler
 from mixed_r1_verl.models.lora import merge_saved_adapters
+from mixed_r1_verl.models.weight_files import remove_weight_files
 from mixed_r1_verl.run_config import resumed_settings_note, write_run_config
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count, stop_loader_processes
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, length_clip_ratios, prompt_uid, response_caps
@@ -117,10 +118,12 @@ class MixedR1SyncTrainer(PPOTrainerSync):
 
     def _save_checkpoint(self):
         """verl's save, with the run's config (and, for LoRA, the Hugging Face copy with the adapters merged
-        in) written once the actor is saved, before verl records the checkpoint as the latest."""
+        in) written once the actor is saved, before verl records the checkpoint as the latest; weights an
+        earlier run saved in the step's Hugging Face copy are removed first."""
         save_actor = self.actor_rollout_wg.save_checkpoint
 
         def save_actor_then_finish(local_path, *args, **kwargs):
+            remove_weight_files(Path(local_path) / "huggingface")
             saved = save_actor(local_path, *args, **kwargs)
             write_run_config(self._run_config(), Path(local_path).parent)
             if self.config.actor_rollout_ref.model.lora_rank > 0:
