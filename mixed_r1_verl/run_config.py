@@ -2,12 +2,15 @@
 is compared with.
 
 The project's trainers save the run's resolved config in every checkpoint directory (`global_step_N/`,
-GRPO's and SFT's) before verl records it as the latest. A run resumed from a checkpoint prints the settings
-it changes since then.
+GRPO's and SFT's) before verl records it as the latest, with a digest of each training file. A run resumed
+from a checkpoint prints the settings it changes since then, and the training files written again since.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import yaml
@@ -16,17 +19,43 @@ from mixed_r1_verl.data.records import lookup
 from mixed_r1_verl.settings import changed_entries
 
 RUN_CONFIG = "mixed_r1_run.yaml"
+TRAIN_FILES = "mixed_r1_train_files.json"
 # The changed settings a resumed run lists before it says how many more there are.
 SHOWN_CHANGES = 20
 
 
 def write_run_config(config, checkpoint: Path) -> None:
-    """Saves the run's config (an OmegaConf config), resolved, in the checkpoint directory."""
+    """Saves the run's config (an OmegaConf config), resolved, in the checkpoint directory, and the digests
+    of its training files (`train_file_digests`)."""
     from omegaconf import OmegaConf
 
-    written = checkpoint / f".{RUN_CONFIG}.partial"
-    written.write_text(OmegaConf.to_yaml(config, resolve=True))
-    written.replace(checkpoint / RUN_CONFIG)
+    for name, text in ((TRAIN_FILES, json.dumps(train_file_digests(config), indent=2)),
+                       (RUN_CONFIG, OmegaConf.to_yaml(config, resolve=True))):  # fmt: skip
+        written = checkpoint / f".{name}.partial"
+        written.write_text(text)
+        written.replace(checkpoint / name)
+
+
+def train_file_digests(config) -> dict[str, dict]:
+    """Each local parquet file of data.train_files by its path: its bytes, rows and the sha256 of its footer,
+    which holds every row group's offsets and statistics, so a file written again with other rows differs
+    there; reading it costs one footer, whatever the file's size."""
+    import pyarrow.parquet as pq
+    from omegaconf import OmegaConf
+
+    files = OmegaConf.select(config, "data.train_files", default=None) or []
+    digests = {}
+    for path in [files] if isinstance(files, str) else list(files):
+        if not os.path.isfile(path):
+            continue
+        with open(path, "rb") as parquet:
+            parquet.seek(-8, os.SEEK_END)
+            footer_length = int.from_bytes(parquet.read(4), "little")
+            parquet.seek(-8 - footer_length, os.SEEK_END)
+            footer = hashlib.sha256(parquet.read(footer_length)).hexdigest()
+        rows = pq.ParquetFile(path).metadata.num_rows
+        digests[str(path)] = {"bytes": os.path.getsize(path), "rows": rows, "footer_sha256": footer}
+    return digests
 
 
 def read_run_config(checkpoint: Path) -> dict | None:
@@ -46,15 +75,35 @@ def resumed_settings_note(checkpoint: Path, config) -> str | None:
     from omegaconf import OmegaConf
 
     saved = read_run_config(checkpoint)
-    if saved is None:
-        return None
-    changes = changed_settings(saved, OmegaConf.to_container(config, resolve=True))
-    if not changes:
-        return None
-    more = len(changes) - SHOWN_CHANGES
-    return (
-        f"{checkpoint.name}: resumed with {len(changes)} setting(s) changed since it was saved "
-        f"({checkpoint / RUN_CONFIG} holds the saved ones):\n  "
-        + "\n  ".join(changes[:SHOWN_CHANGES])
-        + (f"\n  ... and {more} more" if more > 0 else "")
-    )
+    changes = [] if saved is None else changed_settings(saved, OmegaConf.to_container(config, resolve=True))
+    notes = []
+    if changes:
+        more = len(changes) - SHOWN_CHANGES
+        notes.append(
+            f"{checkpoint.name}: resumed with {len(changes)} setting(s) changed since it was saved "
+            f"({checkpoint / RUN_CONFIG} holds the saved ones):\n  "
+            + "\n  ".join(changes[:SHOWN_CHANGES])
+            + (f"\n  ... and {more} more" if more > 0 else "")
+        )
+    rewritten = rewritten_train_files(checkpoint, config)
+    if rewritten:
+        notes.append(
+            f"{checkpoint.name}: resumed on training data written again since it was saved; the data position "
+            "it saved (rows read this epoch) is applied to these files' rows:\n  " + "\n  ".join(rewritten)
+        )
+    return "\n".join(notes) or None
+
+
+def rewritten_train_files(checkpoint: Path, config) -> list[str]:
+    """`path: rows and bytes then -> now` for each training file whose digest differs from the one saved
+    in the checkpoint (none saved: none listed)."""
+    saved_file = checkpoint / TRAIN_FILES
+    if not saved_file.is_file():
+        return []
+    saved = json.loads(saved_file.read_text())
+    now = train_file_digests(config)
+    return [
+        f"{path}: {then['rows']} rows, {then['bytes']} bytes -> {now[path]['rows']} rows, {now[path]['bytes']} bytes"
+        for path, then in saved.items()
+        if path in now and now[path] != then
+    ]

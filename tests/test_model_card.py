@@ -23,7 +23,7 @@ def test_a_card_names_the_base_model_on_the_hub_and_the_runs_settings_from_its_s
     write_run_config(config, tmp_path)
     run = read_run_config(tmp_path)
     assert run == OmegaConf.to_container(config, resolve=True)
-    assert [path.name for path in tmp_path.iterdir()] == ["mixed_r1_run.yaml"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mixed_r1_run.yaml", "mixed_r1_train_files.json"]
 
     metadata, first, rows = card_parts(model_card("qwen-mixed", method, 40, run, lora_merged=False, dtype="bfloat16"))
     assert metadata == {

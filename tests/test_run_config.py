@@ -1,6 +1,8 @@
 """The run config saved beside each checkpoint, compared with a resumed run's. The trainers' notes on
 resuming are checked beside their resumed runs (tests/test_train_on_cpu.py, tests/test_sft.py)."""
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
 from mixed_r1_verl.run_config import SHOWN_CHANGES, changed_settings, resumed_settings_note, write_run_config
@@ -35,3 +37,25 @@ def test_a_resumed_run_lists_its_changes_up_to_a_limit_and_counts_the_rest(tmp_p
     # Interpolations compare as resolved: `lr_alias` follows optim.lr.
     assert note[1:4] == ["  lr_alias: 1e-05 -> 2e-05", "  optim.lr: 1e-05 -> 2e-05", "  paths.p01: 1 -> -1"]
     assert len(note) == 1 + SHOWN_CHANGES + 1 and note[-1] == f"  ... and {31 - SHOWN_CHANGES} more"
+
+
+def test_a_run_resumed_on_training_files_written_again_says_which(tmp_path):
+    """The same path, other rows (the converter run again into the same directory): the saved data
+    position would be applied to them."""
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(pa.table({"id": list(range(16))}), first)
+    pq.write_table(pa.table({"id": list(range(8))}), second)
+    config = OmegaConf.create({"data": {"train_files": [str(first), str(second)]}})
+    checkpoint = tmp_path / "global_step_4"
+    checkpoint.mkdir()
+    write_run_config(config, checkpoint)
+    assert resumed_settings_note(checkpoint, config) is None
+    bytes_then = {path: path.stat().st_size for path in (first, second)}
+    pq.write_table(pa.table({"id": list(range(100, 108))}), second)  # as many rows, others
+    pq.write_table(pa.table({"id": list(range(24))}), first)
+    assert resumed_settings_note(checkpoint, config).splitlines() == [
+        "global_step_4: resumed on training data written again since it was saved; the data position it saved "
+        "(rows read this epoch) is applied to these files' rows:",
+        f"  {first}: 16 rows, {bytes_then[first]} bytes -> 24 rows, {first.stat().st_size} bytes",
+        f"  {second}: 8 rows, {bytes_then[second]} bytes -> 8 rows, {second.stat().st_size} bytes",
+    ]
