@@ -134,6 +134,32 @@ def transfer_queue_cpus(config: DictConfig) -> tuple[int, str]:
     )
 
 
+def slurm_cpu_shortfall(cpus_per_node: int, overrides: list[str]) -> str | None:
+    """Why Slurm nodes of `cpus_per_node` CPUs each lack the CPUs verl's run holds (3 beside each GPU on every
+    node, and TransferQueue's in all), for the run the entry's `overrides` compose (recipe=..., trainer.nnodes,
+    trainer.n_gpus_per_node, the user's); None when they have them, or where the overrides do not compose
+    (the entry says why)."""
+    from hydra import compose, initialize_config_dir
+
+    register_recipes()
+    try:
+        with initialize_config_dir(str(config_dir()), version_base=None):
+            config = compose(PRIMARY_CONFIG, overrides=[arg for arg in overrides if not arg.startswith("hydra.")])
+    except Exception:  # noqa: BLE001 - the entry reports a config that does not compose, with its reason
+        return None
+    nodes, gpus = config.trainer.nnodes, config.trainer.n_gpus_per_node
+    per_node = verl_cpus_per_gpu() * gpus
+    queue_cpus, queue_held = transfer_queue_cpus(config)
+    needed = per_node * nodes + queue_cpus
+    if cpus_per_node >= per_node and cpus_per_node * nodes >= needed:
+        return None
+    return (
+        f"each node gets {cpus_per_node} CPU(s) for {gpus} GPU(s), and verl reserves {verl_cpus_per_gpu()} CPUs "
+        f"beside each GPU ({per_node} a node) and {queue_held}: {needed} in all on {nodes} node(s). Submit with "
+        f"--cpus-per-task={max(per_node, -(-needed // nodes))} or more"
+    )
+
+
 def local_ray_cpu_shortfall(config: DictConfig) -> str | None:
     """Why a Ray started by this process lacks the CPUs verl's run holds on its node (those it reserves for
     trainer.n_gpus_per_node GPUs, and TransferQueue's); None when it has them (or Ray runs elsewhere)."""

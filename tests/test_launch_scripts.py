@@ -259,7 +259,19 @@ def test_slurm_ray_steps_get_the_cpus_ray_is_told_of():
 def test_slurm_nodes_without_the_cpus_verl_reserves_beside_each_gpu_are_refused_before_ray_starts():
     short = run_script(SCRIPTS[2], "--dry-run", "smoke", **slurm_env(SLURM_GPUS_ON_NODE="8", SLURM_CPUS_PER_TASK="16"))
     assert short.returncode == 2 and short.stdout == ""
-    assert "each node gets 16 CPU(s) for 8 GPU(s)" in short.stderr and "--cpus-per-task=24 or more" in short.stderr
+    assert "each node gets 16 CPU(s) for 8 GPU(s)" in short.stderr and "--cpus-per-task=25 or more" in short.stderr
+
+
+def test_slurm_nodes_without_the_cpus_transfer_queue_holds_are_refused_before_ray_starts():
+    """On one node of 8 GPUs and 24 CPUs, the CPUs beside the GPUs leave none for TransferQueue's actors."""
+    one_node = slurm_env(SLURM_JOB_NODELIST="gpu-a", SLURM_JOB_NUM_NODES="1", SLURM_GPUS_ON_NODE="8",
+                         SLURM_CPUS_PER_TASK="24")  # fmt: skip
+    for args, needed in ((["qwen25vl_7b"], 33), (["smoke"], 27),  # smoke runs 2 storage units
+                         (["qwen25vl_7b", "transfer_queue.backend.SimpleStorage.num_data_storage_units=1"], 26)):  # fmt: skip
+        short = run_script(SCRIPTS[2], "--dry-run", *args, **one_node)
+        assert short.returncode == 2 and short.stdout == "", short.stderr
+        assert f": {needed} in all on 1 node(s). Submit with --cpus-per-task={needed} or more" in short.stderr
+    assert run_script(SCRIPTS[2], "--dry-run", "smoke", **{**one_node, "SLURM_CPUS_PER_TASK": "27"}).returncode == 0
 
 
 # srun's stand-in: the head node's Python answers with the address Ray picks there; every step is recorded.
