@@ -97,7 +97,9 @@ def test_saved_generations_give_per_task_and_per_source_tables(tmp_path, parquet
     summary = json.loads((out / "summary.json").read_text())
     tasks = summary["tasks"]
     truncation = {"truncated": 0, "truncated_zero_score": 0, "truncation_unknown": 2}  # the lines do not say
-    assert tasks["matching"] == {"n": 2, "accuracy": 0.5, "format": 0.5, "score": 0.5, "errors": 0, **truncation}
+    assert tasks["matching"] == {
+        "n": 2, "accuracy": 0.5, "correct": 0.5, "format": 0.5, "score": 0.5, "errors": 0, **truncation
+    }  # fmt: skip
     assert tasks["chart"]["score"] == 1.0
     assert tasks["grounding"]["accuracy"] == pytest.approx(1 / 3)
     assert tasks["grounding"]["score"] == pytest.approx(0.9 / 3 + 0.1)
@@ -111,7 +113,8 @@ def test_saved_generations_give_per_task_and_per_source_tables(tmp_path, parquet
     assert {(r["level"], r["name"]) for r in csv_rows} >= {("task", "all"), ("data_source", "coco_caption")}
     assert len((out / "scores.jsonl").read_text().splitlines()) == 5
     printed = capsys.readouterr().out
-    assert "| matching | 2 | 0.5000 | 0.5000 | 0.5000 | 0 | unknown |" in printed and "### Per data_source" in printed
+    assert "| matching | 2 | 0.5000 | 0.5000 | 0.5000 | 0.5000 | 0 | unknown |" in printed
+    assert "### Per data_source" in printed
 
 
 def test_answer_spread_shows_one_answer_given_whatever_the_image(tmp_path, parquet, tiny_model, capsys):
@@ -131,6 +134,84 @@ def test_answer_spread_shows_one_answer_given_whatever_the_image(tmp_path, parqu
     assert answers["matching"]["distinct"] == 2 and answers["matching"]["top_share"] == 0.5  # "B" and no answer
     rows = [json.loads(line) for line in (tmp_path / "spread" / "scores.jsonl").read_text().splitlines()]
     assert {row["id"]: row["answer"] for row in rows}["m2"] == "(no answer)"
+
+
+def grounding_rows(parquet, predictions: list[str]) -> dict[str, str]:
+    """RefCOCO-style records, the reference box [0, 0, 40, 40] in each, written to `parquet`; returns the
+    responses answering them with `predictions` (id -> response)."""
+    frame = {"box_frame": "abs", "frame_size": [64, 48]}
+    rows = [
+        row(f"r{i}", "grounding", "refcoco", "Find the red box.", "[0, 0, 40, 40]", **frame)
+        for i in range(len(predictions))
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    return {f"r{i}": f"{THINK}<answer>{box}</answer>" for i, box in enumerate(predictions)}
+
+
+# IoU 1, then 0.45 three times: mean IoU 0.5875, Acc@0.5 0.25.
+PREDICTED_BOXES = ["[0, 0, 40, 40]", "[0, 0, 40, 18]", "[0, 0, 40, 18]", "[0, 0, 40, 18]"]
+
+
+def test_grounding_reports_the_share_correct_at_its_threshold_beside_the_mean_iou(tmp_path, capsys):
+    parquet = tmp_path / "refcoco.parquet"
+    responses = grounding_rows(parquet, PREDICTED_BOXES)
+
+    assert score_saved(parquet, responses, tmp_path / "run") == 0
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for stats in (summary["tasks"]["grounding"], summary["tasks"]["all"], summary["data_sources"]["refcoco"]):
+        assert (stats["accuracy"], stats["correct"]) == (pytest.approx(0.5875), 0.25)
+    assert summary["run"]["correct_thresholds"] == {"grounding": 0.5}
+    scores = [json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text().splitlines()]
+    assert [score["correct"] for score in scores] == [1.0, 0.0, 0.0, 0.0]
+    with open(tmp_path / "run" / "summary.csv") as table:
+        csv_rows = {(r["level"], r["name"]): r for r in csv.DictReader(table)}
+    assert csv_rows["data_source", "refcoco"]["correct"] == "0.25"
+    assert "| grounding | 4 | 0.5875 | 0.2500 | 1.0000 |" in capsys.readouterr().out
+
+    # The threshold is the training's option, as a float or per task.
+    assert score_saved(parquet, responses, tmp_path / "lenient", None, "correct_threshold=0.45") == 0
+    lenient = json.loads((tmp_path / "lenient" / "summary.json").read_text())
+    assert lenient["tasks"]["grounding"]["correct"] == 1.0
+    assert lenient["run"]["correct_thresholds"] == {"grounding": 0.45}
+    assert score_saved(parquet, responses, tmp_path / "strict", None, "correct_threshold={grounding: 1.0}") == 0
+    strict = json.loads((tmp_path / "strict" / "summary.json").read_text())
+    assert strict["tasks"]["grounding"]["correct"] == 0.25 and strict["run"]["reward_kwargs"]["correct_threshold"] == (
+        "{'grounding': 1.0}"
+    )
+    capsys.readouterr()
+
+    assert main([f"compare=[{tmp_path / 'run'},{tmp_path / 'lenient'}]", f"out_dir={tmp_path / 'cmp'}"]) == 0
+    compared = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    rows = {(r[0], r[1]): dict(zip(compared["header"], r)) for r in compared["rows"]}
+    grounding = rows["task", "grounding"]
+    assert (grounding["correct run"], grounding["correct lenient"], grounding["Δ correct"]) == (0.25, 1.0, 0.75)
+    assert grounding["Δ accuracy"] == 0.0
+    assert compared["header"].index("correct run") == compared["header"].index("Δ accuracy") + 1
+    assert "reward_kwargs.correct_threshold: run None, lenient '0.45'" in compared["notice"]
+
+
+def test_compare_leaves_correct_blank_for_a_run_summarized_before_it_was_counted(tmp_path, capsys):
+    parquet = tmp_path / "refcoco.parquet"
+    responses = grounding_rows(parquet, PREDICTED_BOXES)
+    for name in ("earlier", "now"):
+        assert score_saved(parquet, responses, tmp_path / name) == 0
+    summary_file = tmp_path / "earlier" / "summary.json"
+    earlier = json.loads(summary_file.read_text())
+    for level in ("tasks", "data_sources"):
+        for stats in earlier[level].values():
+            del stats["correct"]
+    summary_file.write_text(json.dumps(earlier))
+    capsys.readouterr()
+
+    assert main([f"compare=[{tmp_path / 'earlier'},{tmp_path / 'now'}]", f"out_dir={tmp_path / 'cmp'}"]) == 0
+
+    compared = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    rows = {(r[0], r[1]): dict(zip(compared["header"], r)) for r in compared["rows"]}
+    grounding = rows["data_source", "refcoco"]
+    assert (grounding["correct earlier"], grounding["correct now"], grounding["Δ correct"]) == ("", 0.25, "")
+    assert grounding["Δ accuracy"] == 0.0
+    assert "| 0.5875 | 0.5875 | 0.0000 |  | 0.2500 |  |" in capsys.readouterr().out
 
 
 def cache_lines(out):
@@ -490,11 +571,11 @@ def test_responses_cut_off_at_the_token_limit_are_counted_per_task_and_named_und
     assert [tasks["matching"][key] for key in ("truncated", "truncated_zero_score", "truncation_unknown")] == [1, 1, 0]
     assert [tasks["all"][key] for key in ("truncated", "truncated_zero_score", "truncation_unknown")] == [2, 1, 1]
     markdown = (out / "summary.md").read_text()
-    assert "| matching | 2 | 0.0000 | 0.0000 | 0.0000 | 0 | 1 |" in markdown
-    assert "| open_ended | 1 | 1.0000 | 1.0000 | 1.0000 | 0 | unknown |" in markdown
-    assert "| all | 5 | 0.4667 | 0.6000 | 0.4800 | 0 | 2, 1 unknown |" in markdown
+    assert "| matching | 2 | 0.0000 | 0.0000 | 0.0000 | 0.0000 | 0 | 1 |" in markdown
+    assert "| open_ended | 1 | 1.0000 | 1.0000 | 1.0000 | 1.0000 | 0 | unknown |" in markdown
+    assert "| all | 5 | 0.4667 | 0.4000 | 0.6000 | 0.4800 | 0 | 2, 1 unknown |" in markdown
     note = (
-        "| all | 5 | 0.4667 | 0.6000 | 0.4800 | 0 | 2, 1 unknown |\n\nNote: 2 of 5 responses were cut off at the "
+        "| all | 5 | 0.4667 | 0.4000 | 0.6000 | 0.4800 | 0 | 2, 1 unknown |\n\nNote: 2 of 5 responses were cut off at the "
         "token limit they were generated with before an end token, 1 of them scoring 0; raise the generating "
         "run's max_new_tokens to score complete answers.\n\n### Per data_source"
     )
@@ -629,9 +710,14 @@ def test_card_true_records_the_results_in_the_exported_models_card(tmp_path, par
     assert results == {
         (source, metric): round(stats[statistic], 4)
         for source, stats in summary["data_sources"].items()
-        for statistic, metric in (("accuracy", "accuracy"), ("format", "format_rate"), ("score", "mean_reward"))
+        for statistic, metric in (("correct", "accuracy"), ("format", "format_rate"), ("score", "mean_reward"))
     }
     assert results["mmbench", "accuracy"] == 0.5 and results["chartqa", "accuracy"] == 1.0
+    # RefCOCO's accuracy is Acc@0.5 (its one box has IoU 1/3), not the mean IoU the table's accuracy holds.
+    refcoco = summary["data_sources"]["refcoco"]
+    assert (results["refcoco", "accuracy"], refcoco["accuracy"]) == (0.0, pytest.approx(1 / 3))
+    assert "Accuracy in the model-index is the table's `correct`" in card.text
+    assert "(chart 1, grounding 0.5, matching 1, open_ended 0.5)" in card.text
     text = card.text
     sections = ("# qwen-mixed", "## Evaluation\n", "### On val.parquet", "## Use")
     assert [text.index(heading) for heading in sections] == sorted(text.index(heading) for heading in sections)
@@ -713,6 +799,8 @@ def test_an_embedding_model_that_cannot_load_stops_the_run_before_any_generation
         ("format_weight={matchng: 0.5}", "format_weight: 'matchng' is not a task"),
         ("format_weight=1.5", "format_weight: 1.5 is not a number in [0, 1]"),
         ("format_weight={matching:0.5}", "format_weight: 'matching:0.5' is not a task"),  # YAML wants "key: value"
+        ("correct_threshold=1.5", "correct_threshold: 1.5 is not a number in [0, 1]"),
+        ("correct_threshold={groundng: 0.5}", "correct_threshold: 'groundng' is not a task"),
     ],
 )
 def test_reward_options_naming_no_task_or_out_of_range_stop_the_run(tmp_path, parquet, tiny_model, setting, message):

@@ -172,7 +172,7 @@ def fabricated_summary(accuracy: dict[str, float], n: int = 10, collapsed: bool 
             reference = "abcd"[i % 4]
             answer = "a" if collapsed else (reference if value else "x")
             rows.append({"id": f"{task}-{i}", "data_source": task, "task": task, "accuracy": value,
-                         "format": 1.0, "score": 0.9 * value + 0.1, "error": 0.0,
+                         "correct": value, "format": 1.0, "score": 0.9 * value + 0.1, "error": 0.0,
                          "answer": answer, "reference": reference})  # fmt: skip
     return summarize(rows)
 

@@ -1,7 +1,8 @@
 """An evaluation's results written into the evaluated model's card, README.md (`card=true`): the Hub's
-`model-index` metadata, one entry per data_source (accuracy, format rate, mean score), and an "Evaluation"
-section with the per-task table, how the answers were generated and scored, and the command that repeats
-it. A later evaluation on data files of the same names replaces these; one on other data is added beside.
+`model-index` metadata, one entry per data_source (accuracy: the share of correct answers; format rate, mean
+score), and an "Evaluation" section with the per-task table, how the answers were generated and scored, and
+the command that repeats it. A later evaluation on data files of the same names replaces these; one on other
+data is added beside.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from .report import task_table
 from .scoring import ALL
 
 TASK_TYPE = "image-text-to-text"
-# (summary statistic, the Hub's metric type, its display name)
+# (summary statistic, the Hub's metric type, its display name). The Hub's accuracy is the share of correct
+# answers (RefCOCO's Acc@0.5 for grounding), not the mean reward accuracy (for grounding the mean IoU).
 METRICS = (
-    ("accuracy", "accuracy", "accuracy"),
+    ("correct", "accuracy", "accuracy"),
     ("format", "format_rate", "format rate"),
     ("score", "mean_reward", "mean score"),
 )
@@ -30,6 +32,8 @@ SAMPLING = ("temperature", "top_p", "max_new_tokens", "seed")
 BACKEND_NAMES = {"hf": "transformers", "vllm": "vLLM"}
 SECTION = "## Evaluation"
 BLOCK = re.compile(r"<!-- mixed-r1 eval: (?P<data>.*?) -->\n.*?<!-- /mixed-r1 eval -->\n*", re.DOTALL)
+# The reward accuracy a task's mean is of, where it is no 0/1 verdict.
+MEAN_OF = {"grounding": "IoU", "open_ended": "BMAS"}
 NEXT_SECTION = re.compile(r"^## ", re.MULTILINE)
 
 
@@ -130,7 +134,24 @@ def how_evaluated(summary: dict, model: str, name: str) -> str:
         f"{summary['tasks'][ALL]['n']} records of {files}, answered by {BACKEND_NAMES[generator['backend']]} "
         f"(dtype {generator['dtype']}), {decoding}, at most {sampling['max_new_tokens']} new tokens, seed "
         f"{sampling['seed']}; scored with the Mixed-R1 training rewards ({rewards}{bmas}) by "
-        f"{package_named(run['code']['version'])} on {date.today().isoformat()}."
+        f"{package_named(run['code']['version'])} on {date.today().isoformat()}.{metrics_note(summary)}"
+    )
+
+
+def metrics_note(summary: dict) -> str:
+    """What the accuracies measure: the model-index's is the table's `correct`, at each task's threshold; the
+    table's `accuracy` is the mean reward accuracy (for grounding the IoU, 0 or 1 with `iou_threshold`)."""
+    run = summary["run"]
+    thresholds = run.get("correct_thresholds")
+    at = f" ({', '.join(f'{task} {value:g}' for task, value in thresholds.items())})" if thresholds else ""
+    means = [
+        f"for {task} the {name}" for task, name in MEAN_OF.items()
+        if task in summary["tasks"] and not (task == "grounding" and "iou_threshold" in run["reward_kwargs"])
+    ]  # fmt: skip
+    mean = f" ({', '.join(means)})" if means else ""
+    return (
+        f" Accuracy in the model-index is the table's `correct`: the share of answers whose reward accuracy "
+        f"reaches their task's threshold{at}; the table's `accuracy` is the mean reward accuracy{mean}."
     )
 
 

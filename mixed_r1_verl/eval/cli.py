@@ -14,7 +14,11 @@ Generation (model=): `backend` auto (vLLM when installed, else transformers) | v
 most a record holds); `vllm_kwargs`
 any other vLLM engine argument (`vllm_kwargs.gpu_memory_utilization=0.5`, `vllm_kwargs.enforce_eager=true`).
 Rewards take the training options (reward.reward_kwargs): `embedding_model` for open_ended (BMAS;
-default: model), `format_weight`, `iou_threshold`. `limit` evaluates the first N records only (N >= 1).
+default: model), `format_weight`, `iou_threshold`, `correct_threshold` (the accuracy at which a response
+counts as `correct`: a float, or task -> float; grounding IoU 0.5, open_ended 0.5, matching and chart 1 by
+default). The tables give each task's mean reward `accuracy` (mean IoU for grounding, mean BMAS for
+open_ended) and `correct`, the share of correct responses (RefCOCO's Acc@0.5 for grounding).
+`limit` evaluates the first N records only (N >= 1).
 `card=true` (with model= a local model directory, an export say) writes the results into its model card,
 README.md: the Hub's model-index per data_source and an Evaluation section per data (eval/card.py).
 """
@@ -58,7 +62,7 @@ from .records import EvalRecord, data_ids, load_records, refuse_records_of_anoth
 from .report import (
     SCORES_FILE, SUMMARY_FILE, evaluated_ids, load_summary, summary_markdown, write_comparison, write_summary,
 )  # fmt: skip
-from .scoring import score_records, summarize
+from .scoring import correct_thresholds, score_records, summarize
 
 
 EXIT_USAGE = 2
@@ -88,6 +92,7 @@ class EvalSettings:
     embedding_model: Optional[str] = None
     format_weight: Optional[Any] = None
     iou_threshold: Optional[float] = None
+    correct_threshold: Optional[Any] = None
     card: bool = False
 
 
@@ -238,6 +243,7 @@ def _reward_kwargs(args, records: list[EvalRecord]) -> dict:
         for name, value in (
             ("format_weight", args.format_weight),
             ("iou_threshold", args.iou_threshold),
+            ("correct_threshold", args.correct_threshold),
             ("embedding_model", args.embedding_model or args.model),
         )
         if value is not None
@@ -307,6 +313,7 @@ def run_eval(args) -> dict:
         sink.writelines(json.dumps(row) + "\n" for row in rows)
     summary = summarize(rows)
     summary["run"] = run_record(args, reward_kwargs)
+    summary["run"]["correct_thresholds"] = correct_thresholds(rows, reward_kwargs.get("correct_threshold"))
     if unknown_ids["count"]:
         summary["run"]["generations_not_in_data"] = unknown_ids
     write_summary(summary, out_dir)

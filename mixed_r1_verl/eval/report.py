@@ -13,9 +13,9 @@ from .scoring import ALL
 
 SUMMARY_FILE = "summary.json"
 SCORES_FILE = "scores.jsonl"
-STAT_COLUMNS = ("n", "accuracy", "format", "score", "errors")
+STAT_COLUMNS = ("n", "accuracy", "correct", "format", "score", "errors")
 TRUNCATION_COLUMNS = ("truncated", "truncation_unknown")
-COMPARED = ("accuracy", "format", "score")
+COMPARED = ("accuracy", "correct", "format", "score")
 
 
 def _cell(column: str, value) -> str:
@@ -37,8 +37,8 @@ def summary_groups(summary: dict) -> list[tuple[str, str, str, dict]]:
 
 
 def summary_rows(summary: dict) -> list[list]:
-    """Flat rows ``[level, name, task, n, accuracy, format, score, errors, truncated, truncation_unknown]``
-    for CSV."""
+    """Flat rows ``[level, name, task, n, accuracy, correct, format, score, errors, truncated,
+    truncation_unknown]`` for CSV."""
     columns = (*STAT_COLUMNS, *TRUNCATION_COLUMNS)
     groups = summary_groups(summary)
     return [[level, name, task, *(stats[column] for column in columns)] for level, name, task, stats in groups]
@@ -210,8 +210,9 @@ def group_counts(summary: dict, key: str) -> dict:
 
 
 def compare_rows(summaries: list[dict]) -> list[list]:
-    """``[level, name, n of each run, then for accuracy, format and score: each run's value and each later
-    run's delta from the first, then each run's truncated]``; a group missing from a run shows blanks there."""
+    """``[level, name, n of each run, then for accuracy, correct, format and score: each run's value and each
+    later run's delta from the first, then each run's truncated]``; a group missing from a run shows blanks
+    there, and so does a metric its summary does not hold (`correct` in a summary written before it was)."""
     rows = []
     for level, key in (("task", "tasks"), ("data_source", "data_sources")):
         names = set().union(*(summary[key] for summary in summaries))
@@ -219,7 +220,7 @@ def compare_rows(summaries: list[dict]) -> list[list]:
             groups = [summary[key].get(name) for summary in summaries]
             row = [level, name, *(stats["n"] if stats else "" for stats in groups)]
             for metric in COMPARED:
-                values = [stats[metric] if stats else None for stats in groups]
+                values = [stats.get(metric) if stats else None for stats in groups]
                 deltas = [None if None in (values[0], value) else value - values[0] for value in values[1:]]
                 row += ["" if value is None else value for value in (*values, *deltas)]
             row += [truncation_cell(stats) if stats else "" for stats in groups]

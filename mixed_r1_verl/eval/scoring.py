@@ -9,16 +9,21 @@ from tqdm import tqdm
 
 from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.rewards.answer import normalized_answer, top_answer
+from mixed_r1_verl.rewards.scoring import task_correct_threshold
+from mixed_r1_verl.rewards.tasks import task_names
 
 from .cache import Completion
 from .records import EvalRecord
 
-METRICS = ("accuracy", "format", "score", "error")
+METRICS = ("accuracy", "correct", "format", "score", "error")
+# Averaged per group: `accuracy` the reward's (for grounding the IoU, for open_ended the BMAS), `correct` the
+# share of responses whose accuracy reaches their task's correct_threshold (what training logs as rollout_correct).
+MEANS = ("accuracy", "correct", "format", "score")
 ALL = "all"
 
 
 def score_records(records: Sequence[EvalRecord], responses: Mapping[str, Completion], **reward_kwargs) -> list[dict]:
-    """One row per record: id, data_source, task, ``compute_score``'s score/accuracy/format/error, the
+    """One row per record: id, data_source, task, ``compute_score``'s score/accuracy/correct/format/error, the
     response's answer (its `pred`) and the reference, both normalized, and whether the response was cut
     off at the token limit (`truncated`: None when unknown)."""
     rows = []
@@ -41,12 +46,19 @@ def score_records(records: Sequence[EvalRecord], responses: Mapping[str, Complet
     return rows
 
 
+def correct_thresholds(rows: Sequence[dict], correct_threshold=None) -> dict[str, float]:
+    """The accuracy at which each scored task's responses count as `correct` (`correct_threshold` as the
+    rewards take it: a float, or task -> float; else each task's default)."""
+    tasks = sorted({row["task"] for row in rows} & set(task_names()))
+    return {task: task_correct_threshold(task, correct_threshold) for task in tasks}
+
+
 def _aggregate(rows: Sequence[dict]) -> dict:
-    """n, mean accuracy, format and score, reward errors, and the responses cut off at the token limit:
+    """n, mean accuracy, correct, format and score, reward errors, and the responses cut off at the token limit:
     `truncated`, `truncated_zero_score` (those of them scoring 0), `truncation_unknown` (a row without it)."""
     count = len(rows)
     stats: dict = {"n": count}
-    stats.update({metric: sum(row[metric] for row in rows) / count for metric in ("accuracy", "format", "score")})
+    stats.update({metric: sum(row[metric] for row in rows) / count for metric in MEANS})
     stats["errors"] = sum(row["error"] > 0 for row in rows)
     truncated = [row.get("truncated") for row in rows]
     stats["truncated"] = sum(value is True for value in truncated)

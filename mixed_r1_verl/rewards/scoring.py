@@ -132,6 +132,12 @@ def _per_task_setting(setting, task: str, default: float) -> float:
 PER_TASK_OPTIONS = ("format_weight", "correct_threshold")
 
 
+def task_correct_threshold(task: str, correct_threshold=None) -> float:
+    """The accuracy at which a response of `task` is correct: `correct_threshold` (a float, or task -> float)
+    where it sets one for the task, else the task's default."""
+    return _per_task_setting(correct_threshold, task, default_correct_threshold(task))
+
+
 def reward_option_errors(options: Mapping) -> list[str]:
     """What is wrong with the per-task options and `task_map` of `options` (each message starts with the
     option's name): a value that is not a number in [0, 1], a task name that is no task. A typo there would
@@ -206,9 +212,7 @@ def judge(
         verdict.answer = extract_answer(solution_str)
         verdict.task = resolve_task(data_source, extra_info, task_map)
         verdict.format_weight = _per_task_setting(format_weight, verdict.task, DEFAULT_FORMAT_WEIGHT)
-        verdict.correct_threshold = _per_task_setting(
-            correct_threshold, verdict.task, default_correct_threshold(verdict.task)
-        )
+        verdict.correct_threshold = task_correct_threshold(verdict.task, correct_threshold)
         if verdict.answer is None:
             verdict.accuracy = 0.0
         elif verdict.task != "open_ended":
