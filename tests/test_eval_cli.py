@@ -736,7 +736,7 @@ def test_card_true_records_the_results_in_the_exported_models_card(tmp_path, par
     card, again = card_results(model / "README.md")
     assert again.keys() == results.keys() and again["chartqa", "mean_reward"] == results["chartqa", "mean_reward"]
     assert again["refcoco", "mean_reward"] != results["refcoco", "mean_reward"]
-    assert card.text.count("<!-- mixed-r1 eval: val.parquet -->") == 1 and "format_weight 0.5" in card.text
+    assert card.text.count("<!-- mixed-r1 eval: val.parquet sha256=") == 1 and "format_weight 0.5" in card.text
 
     # Other data: its results go beside the first ones.
     test_parquet = tmp_path / "test.parquet"
@@ -759,8 +759,8 @@ def test_the_cards_command_repeats_its_numbers_and_each_data_file_keeps_its_resu
     exports = tmp_path / "exports"
     model = exports / "qwen-mixed"
     shutil.copytree(tiny_model, model)
-    for name in ("val.parquet", "train.parquet"):
-        shutil.copy(parquet, exports / name)
+    shutil.copy(parquet, exports / "val.parquet")
+    pq.write_table(pa.Table.from_pylist(ROWS[::-1]), exports / "train.parquet")  # other data: the rows reordered
     for out in ("val.parquet", "train.parquet", "defaults", "qwen-mixed"):
         cached_responses(exports / "eval" / out, parquet, RESPONSES)
     monkeypatch.chdir(exports)
@@ -783,6 +783,77 @@ def test_the_cards_command_repeats_its_numbers_and_each_data_file_keeps_its_resu
     splits = [result.dataset_split for result in card.data.eval_results]
     assert sorted(set(splits)) == ["train.parquet", "val.parquet"]
     assert splits.count("val.parquet") == splits.count("train.parquet") == 3 * len({row['data_source'] for row in ROWS})
+
+
+BENCHMARKS = {
+    "chartqa": [ROWS[2]],
+    "pope": [row("p1", "matching", "pope", "A red box?", "yes"), row("p2", "matching", "pope", "A cat?", "no")],
+}
+BENCHMARK_RESPONSES = {**RESPONSES, "p1": f"{THINK}<answer>yes</answer>", "p2": f"{THINK}<answer>yes</answer>"}
+
+
+def evaluate_into_card(tmp_path, model, benchmark, out_name, *settings, responses=BENCHMARK_RESPONSES):
+    """`benchmark` converted whole (val_ratio=1: the converter writes val.parquet) and evaluated into the card
+    of `model` with `responses`; returns the card and its model-index results."""
+    data = tmp_path / benchmark / "val.parquet"
+    if not data.exists():
+        data.parent.mkdir()
+        pq.write_table(pa.Table.from_pylist(BENCHMARKS[benchmark]), data)
+    out = tmp_path / "eval" / out_name
+    cached_responses(out, data, responses)
+    run = [f"data={data}", f"model={model}", "backend=hf", "device=cpu", f"out_dir={out}", "card=true"]
+    assert main([*run, *settings]) == 0
+    return card_results(model / "README.md")
+
+
+def test_benchmarks_each_converted_to_a_val_parquet_keep_their_results_in_one_card(tmp_path, tiny_model):
+    model = shutil.copytree(tiny_model, tmp_path / "qwen-mixed")
+    evaluate_into_card(tmp_path, model, "chartqa", "chartqa")
+
+    card, results = evaluate_into_card(tmp_path, model, "pope", "pope")
+
+    assert results == {
+        ("chartqa", "accuracy"): 1.0, ("chartqa", "format_rate"): 1.0, ("chartqa", "mean_reward"): 1.0,
+        ("pope", "accuracy"): 0.5, ("pope", "format_rate"): 1.0, ("pope", "mean_reward"): 0.55,
+    }  # fmt: skip
+    digests = {name: hashlib.sha256((tmp_path / name / "val.parquet").read_bytes()).hexdigest() for name in BENCHMARKS}
+    assert {(r.dataset_type, r.dataset_split, r.dataset_revision) for r in card.data.eval_results} == {
+        ("chartqa", "val.parquet", digests["chartqa"]), ("pope", "val.parquet", digests["pope"])
+    }  # fmt: skip
+    assert card.text.index("### On val.parquet (chartqa)") < card.text.index("### On val.parquet (pope)")
+
+    # The same data again (its file's content), answered otherwise: it replaces that benchmark's results alone.
+    wrong = {**BENCHMARK_RESPONSES, "c1": "<answer>7</answer>"}
+    card, again = evaluate_into_card(tmp_path, model, "chartqa", "chartqa_again", "format_weight=0.5", responses=wrong)
+    chartqa_now = {("chartqa", "accuracy"): 0.0, ("chartqa", "format_rate"): 0.0, ("chartqa", "mean_reward"): 0.0}
+    assert again == {**results, **chartqa_now} and len(card.data.eval_results) == 6
+    assert card.text.count("### On val.parquet (chartqa)") == card.text.count("### On val.parquet (pope)") == 1
+    assert card.text.index("### On val.parquet (pope)") < card.text.index("format_weight 0.5")
+
+
+def test_a_card_written_before_results_named_their_datas_content_keeps_its_other_benchmarks(tmp_path, tiny_model):
+    model = shutil.copytree(tiny_model, tmp_path / "qwen-mixed")
+    evaluate_into_card(tmp_path, model, "chartqa", "chartqa")
+    card_file = model / "README.md"
+    # As such a card was written: results without a revision, a block marker naming the files alone.
+    earlier = re.sub(r"\n +revision: [0-9a-f]+", "", card_file.read_text())
+    card_file.write_text(re.sub(r"(<!-- mixed-r1 eval: val.parquet) sha256=[0-9a-f]+", r"\1", earlier))
+    card, results = card_results(card_file)
+    assert [r.dataset_revision for r in card.data.eval_results] == [None] * 3
+
+    card, results = evaluate_into_card(tmp_path, model, "pope", "pope")
+
+    assert {source for source, _ in results} == {"chartqa", "pope"}
+    assert "<!-- mixed-r1 eval: val.parquet -->\n### On val.parquet (chartqa)" in card.text
+    assert "### On val.parquet (pope)" in card.text
+
+    # Evaluated again on those file names, the benchmark's earlier results and block are replaced.
+    card, results = evaluate_into_card(tmp_path, model, "chartqa", "chartqa_again")
+    assert sorted((r.dataset_type, r.dataset_revision is None) for r in card.data.eval_results) == sorted(
+        [("chartqa", False)] * 3 + [("pope", False)] * 3
+    )
+    assert "<!-- mixed-r1 eval: val.parquet -->" not in card.text
+    assert card.text.count("### On val.parquet (chartqa)") == card.text.count("### On val.parquet (pope)") == 1
 
 
 def test_an_embedding_model_that_cannot_load_stops_the_run_before_any_generation(tmp_path, parquet, tiny_model):
@@ -872,7 +943,8 @@ def test_card_true_writes_a_card_for_a_model_directory_without_one(tmp_path, par
         "transformers", "image-text-to-text", "my-model"
     )  # fmt: skip
     assert len(results) == 3 * 4
-    assert card.text.startswith("\n# my-model\n\n## Evaluation\n\n<!-- mixed-r1 eval: val.parquet -->")
+    digest = hashlib.sha256(parquet.read_bytes()).hexdigest()
+    assert card.text.startswith(f"\n# my-model\n\n## Evaluation\n\n<!-- mixed-r1 eval: val.parquet sha256={digest} -->")
 
 
 def test_open_ended_without_embedding_model_fails_before_scoring(tmp_path, parquet):

@@ -1,8 +1,8 @@
 """An evaluation's results written into the evaluated model's card, README.md (`card=true`): the Hub's
 `model-index` metadata, one entry per data_source (accuracy: the share of correct answers; format rate, mean
 score), and an "Evaluation" section with the per-task table, how the answers were generated and scored, and
-the command that repeats it. A later evaluation on data files of the same names replaces these; one on other
-data is added beside.
+the command that repeats it. A later evaluation on the same data (files of the same content) replaces these;
+one on other data is added beside.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ METRICS = (
 SAMPLING = ("temperature", "top_p", "max_new_tokens", "seed")
 BACKEND_NAMES = {"hf": "transformers", "vllm": "vLLM"}
 SECTION = "## Evaluation"
-BLOCK = re.compile(r"<!-- mixed-r1 eval: (?P<data>.*?) -->\n.*?<!-- /mixed-r1 eval -->\n*", re.DOTALL)
+# A block's marker names its data files and their content (a card written before names the files alone).
+BLOCK = re.compile(
+    r"<!-- mixed-r1 eval: (?P<data>.*?)(?: sha256=(?P<sha256>[0-9a-f,]+))? -->\n.*?<!-- /mixed-r1 eval -->\n*",
+    re.DOTALL,
+)
 # The reward accuracy a task's mean is of, where it is no 0/1 verdict.
 MEAN_OF = {"grounding": "IoU", "open_ended": "BMAS"}
 NEXT_SECTION = re.compile(r"^## ", re.MULTILINE)
@@ -89,9 +93,16 @@ def data_names(summary: dict) -> str:
     return ", ".join(Path(path).name for path in summary["run"]["data"])
 
 
+def data_content(summary: dict) -> str:
+    """The data by content: its files' sha256, sorted, comma-separated. What keys a card's results: two
+    benchmarks each converted to a `val.parquet` are two data, one file copied under another name is one."""
+    return ",".join(sorted(entry["sha256"] for entry in summary["run"]["data_files"]))
+
+
 def eval_results(summary: dict) -> list:
-    """The Hub's evaluation results of a summary: per data_source, its accuracy, format rate and mean score,
-    each with the data files' names as its split (results on other files of the same sources stay apart)."""
+    """The Hub's evaluation results of a summary: per data_source, its accuracy (the share of correct
+    answers), format rate and mean score, each with the data files' names as its split and their content
+    (`data_content`) as its revision (results on other data of the same sources stay apart)."""
     from huggingface_hub import EvalResult
 
     return [
@@ -101,6 +112,7 @@ def eval_results(summary: dict) -> list:
             dataset_type=source,
             dataset_name=source,
             dataset_split=data_names(summary),
+            dataset_revision=data_content(summary),
             metric_type=metric,
             metric_name=label,
             metric_value=round(stats[statistic], 4),
@@ -191,17 +203,19 @@ def command_setting(option: str, recorded: str) -> str:
 
 
 def results_block(summary: dict, model: str, name: str) -> str:
-    data = data_names(summary)
+    data, sources = data_names(summary), ", ".join(summary["data_sources"])
     return (
-        f"<!-- mixed-r1 eval: {data} -->\n### On {data}\n\n{how_evaluated(summary, model, name)}\n\n"
+        f"<!-- mixed-r1 eval: {data} sha256={data_content(summary)} -->\n### On {data} ({sources})\n\n"
+        f"{how_evaluated(summary, model, name)}\n\n"
         f"{task_table(summary)}\n\n```\n{repeat_command(summary, model, name)}\n```\n<!-- /mixed-r1 eval -->\n\n"
     )
 
 
-def with_results_section(text: str, block: str, data: str) -> str:
-    """The card's text with `block` last in its Evaluation section, in place of an earlier block on the same
-    data; a card without the section gets it before "## Use", else at its end."""
-    text = BLOCK.sub(lambda found: "" if found.group("data") == data else found.group(0), text)
+def with_results_section(text: str, block: str, replaced) -> str:
+    """The card's text with `block` last in its Evaluation section, in place of the earlier blocks that
+    `replaced(found)` picks (a match of BLOCK); a card without the section gets it before "## Use", else at its
+    end."""
+    text = BLOCK.sub(lambda found: "" if replaced(found) else found.group(0), text)
     if f"\n{SECTION}\n" not in text:
         use = text.find("\n## Use\n")
         at = use + 1 if use >= 0 else len(text)
@@ -217,15 +231,26 @@ def record_in_card(model: str, summary: dict) -> Path:
     card_file = Path(model) / CARD_FILE
     name = Path(model).resolve().name
     card = read_card(model)
-    data, sources = data_names(summary), set(summary["data_sources"])
-    # Replaced: results on data files of the same names, and those a card written before results named their
-    # files (no split) holds for these sources.
-    earlier = [
-        result for result in card.data.eval_results or []
-        if result.dataset_split != data and (result.dataset_split is not None or result.dataset_type not in sources)
-    ]  # fmt: skip
-    card.data.eval_results = earlier + eval_results(summary)
+    names, content, sources = data_names(summary), data_content(summary), set(summary["data_sources"])
+    results = card.data.eval_results or []
+    # Written before results named their data's content (no revision): those of the same files' names, or of no
+    # files (no split), are replaced for these sources; their section block when all its sources are.
+    unkeyed = {
+        result.dataset_type for result in results if result.dataset_revision is None and result.dataset_split == names
+    }  # fmt: skip
+
+    def replaced_result(result) -> bool:
+        if result.dataset_type not in sources:
+            return False
+        return result.dataset_revision == content if result.dataset_revision else result.dataset_split in (None, names)
+
+    def replaced_block(found) -> bool:
+        if found.group("sha256"):
+            return found.group("sha256") == content
+        return found.group("data") == names and unkeyed <= sources
+
+    card.data.eval_results = [result for result in results if not replaced_result(result)] + eval_results(summary)
     card.data.model_name = card.data.model_name or name
-    card.text = with_results_section(card.text, results_block(summary, model, name), data_names(summary))
+    card.text = with_results_section(card.text, results_block(summary, model, name), replaced_block)
     card_file.write_text(str(card), encoding="utf-8")
     return card_file
