@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -20,6 +21,8 @@ from transformers import AutoModelForImageTextToText
 from data_helpers import CPU_GRPO_SETTINGS, card_parts, checkout_env, run_module, run_on_cpu
 from test_train_config import compose_recipe
 from mixed_r1_verl.data.model_files import WEIGHTS_INDEX
+from mixed_r1_verl.data.prompts import chat_template_text
+from mixed_r1_verl.eval.generation import SamplingSettings, build_generator
 from mixed_r1_verl.main import lora_mismatches, start_from_merged_adapter
 from mixed_r1_verl.models import lora
 from mixed_r1_verl.models.lora import (
@@ -302,6 +305,60 @@ def test_a_peft_copy_that_cannot_be_merged_is_named_with_the_reason(tiny_model_d
     save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="lora_magnitude_vector.default.weight is not a LoRA A or B matrix"):
         merge_saved_adapters(copy)
+
+
+def model_with_adapter(model_dir, target):
+    """`model_dir`'s model with a random LoRA adapter on its language model's attention, as verl's model
+    merger writes a LoRA run's checkpoint: the base weights and files, and peft's adapter in lora_adapter/."""
+    from peft import LoraConfig, get_peft_model
+
+    shutil.copytree(model_dir, target)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    attention = r".*language_model.*\.(q_proj|v_proj)"
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=attention, init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(target / ADAPTER_DIR)
+    assert (target / ADAPTER_DIR / "adapter_config.json").is_file()
+    return target
+
+
+def edit_json(path, **fields):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def files_beside_the_weights(directory) -> dict:
+    """The contents of a model directory's files other than its weights and config.json, by name."""
+    return {
+        path.name: path.read_bytes()
+        for path in directory.iterdir()
+        if path.is_file() and path.suffix != ".safetensors" and path.name not in ("config.json", MERGE_RECORD)
+    }
+
+
+def test_the_merged_directory_takes_up_the_model_directorys_edited_chat_template_and_processor_files(
+    tiny_model_dir, tmp_path
+):
+    model = model_with_adapter(tiny_model_dir, tmp_path / "model")
+    merged = Path(with_lora_merged(str(model)))
+    assert files_beside_the_weights(merged) == files_beside_the_weights(model)
+    record, weights = (merged / MERGE_RECORD).read_text(), (merged / "model.safetensors").stat().st_mtime_ns
+
+    # The user gives the model a system turn, other image bounds and sampling defaults, and drops a file.
+    template = model / "chat_template.jinja"
+    template.write_text("{{- '<|im_start|>system\nThink first.<|im_end|>\n' -}}" + template.read_text())
+    edit_json(model / "preprocessor_config.json", max_pixels=200704)
+    edit_json(model / "generation_config.json", eos_token_id=[2])
+    (model / "video_preprocessor_config.json").unlink()
+    assert with_lora_merged(str(model)) == str(merged)
+    assert files_beside_the_weights(merged) == files_beside_the_weights(model)
+    # ... without merging the weights again.
+    assert (merged / MERGE_RECORD).read_text() == record
+    assert (merged / "model.safetensors").stat().st_mtime_ns == weights
+
+    # Evaluation and the data engine generate with the edited template.
+    generator = build_generator("transformers", str(model), SamplingSettings(max_new_tokens=2), device="cpu")
+    prompt = chat_template_text(generator.processor.tokenizer, [{"role": "user", "content": "Which bar?"}])
+    assert prompt.startswith("<|im_start|>system\nThink first.<|im_end|>\n")
 
 
 def test_training_from_a_lora_checkpoint_starts_from_its_weights_with_the_adapter_merged_in(lora_run):

@@ -12,18 +12,20 @@ names (`base_model.model.<module>.base_layer.weight`, with `lora_A` / `lora_B` b
 loader maps to the model: transformers starts from random weights, only reporting them missing. The
 project's trainers rewrite that copy with the adapters merged in (`merge_saved_adapters`);
 `with_lora_merged` gives the directory to generate with or train from for either layout: the adapter
-merged into the weights, written once to `lora_merged/`.
+merged into the weights, written once to `lora_merged/`, beside copies of the directory's other files
+(tokenizer, chat template, processor and generation configs) that each call brings up to date.
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
-from mixed_r1_verl.data.model_files import file_stamps
+from mixed_r1_verl.data.model_files import WEIGHT_FILES, file_stamps
 from mixed_r1_verl.models.weight_files import (
     is_weight_file,
     meta_model,
@@ -227,7 +229,9 @@ def with_lora_merged(model_path: str) -> str:
     """`model_path` itself, or for a directory holding a LoRA adapter (`lora_adapter/`, as verl's model
     merger writes it, or verl's Hugging Face copy under peft's names), the directory of its weights with
     the adapter merged in, `lora_merged/` inside it: written the first time, and again whenever the
-    weights, the adapter (or verl's record of its scaling) or config.json change."""
+    weights, the adapter (or verl's record of its scaling) or config.json change. Its other files are
+    copies of the directory's, brought up to date at every call (`copy_other_files`): an edited chat
+    template or tokenizer is used without merging again."""
     model_dir = Path(model_path)
     finish_interrupted_merge(model_dir)
     if (model_dir / ADAPTER_DIR / "adapter_config.json").is_file():
@@ -244,6 +248,7 @@ def with_lora_merged(model_path: str) -> str:
     )
     record = merged_dir / MERGE_RECORD
     if record.is_file() and json.loads(record.read_text()) == sources:
+        copy_other_files(model_dir, merged_dir)
         return str(merged_dir)
     logger.warning(
         "%s holds a LoRA adapter (%s): using its weights with the adapter merged in, written to %s",
@@ -252,10 +257,38 @@ def with_lora_merged(model_path: str) -> str:
     built = merged_dir.with_name(f".{MERGED_DIR}.partial")
     shutil.rmtree(built, ignore_errors=True)
     write_merged(model_dir, built)
-    for path in model_dir.iterdir():
-        if path.is_file() and not is_weight_file(path) and not (built / path.name).exists():
-            shutil.copy2(path, built / path.name)
+    copy_other_files(model_dir, built)
     (built / MERGE_RECORD).write_text(json.dumps(sources))
     shutil.rmtree(merged_dir, ignore_errors=True)
     built.rename(merged_dir)
     return str(merged_dir)
+
+
+def copy_other_files(model_dir: Path, merged_dir: Path) -> None:
+    """Makes the files of a merged directory other than the merge's own (its weights and their index, its
+    config.json and its record) the same as `model_dir`'s: tokenizer, chat template, processor and generation
+    configs, and whatever else lies beside the weights. A copy that differs from its original is replaced, in
+    whole, one whose original is gone is removed; config.json is copied only where the merge wrote none (a
+    change to it merges again)."""
+
+    def others(directory: Path) -> dict[str, Path]:
+        return {
+            path.name: path
+            for path in directory.iterdir()
+            if path.is_file()
+            and path.name != MERGE_RECORD
+            and not any(path.match(pattern) for pattern in WEIGHT_FILES)
+            and not is_weight_file(path)
+        }
+
+    originals = others(model_dir)
+    for name, copy in others(merged_dir).items():
+        if name not in originals and name != "config.json":
+            copy.unlink()
+    for name, original in originals.items():
+        copy = merged_dir / name
+        if copy.is_file() and (name == "config.json" or filecmp.cmp(original, copy, shallow=False)):
+            continue
+        partial = merged_dir / f".{name}.partial"
+        shutil.copy2(original, partial)
+        os.replace(partial, copy)
