@@ -22,6 +22,7 @@ from data_helpers import CPU_GRPO_SETTINGS, card_parts, checkout_env, run_module
 from test_train_config import compose_recipe
 from mixed_r1_verl.data.model_files import WEIGHTS_INDEX
 from mixed_r1_verl.data.prompts import chat_template_text
+from mixed_r1_verl.eval.cache import CACHE_FILE, discard_generations_made_otherwise
 from mixed_r1_verl.eval.generation import SamplingSettings, build_generator
 from mixed_r1_verl.main import lora_mismatches, start_from_merged_adapter
 from mixed_r1_verl.models import lora
@@ -359,6 +360,33 @@ def test_the_merged_directory_takes_up_the_model_directorys_edited_chat_template
     generator = build_generator("transformers", str(model), SamplingSettings(max_new_tokens=2), device="cpu")
     prompt = chat_template_text(generator.processor.tokenizer, [{"role": "user", "content": "Which bar?"}])
     assert prompt.startswith("<|im_start|>system\nThink first.<|im_end|>\n")
+
+
+@pytest.mark.parametrize("layout", ["lora_adapter", "peft_names"])
+def test_cached_generations_are_discarded_when_the_adapters_alpha_changes(layout, tiny_model_dir, tmp_path, caplog):
+    if layout == "lora_adapter":
+        model = model_with_adapter(tiny_model_dir, tmp_path / "model")
+        alpha_file, named = model / ADAPTER_DIR / "adapter_config.json", f"files.{ADAPTER_DIR}/adapter_config.json"
+    else:
+        model = tmp_path / "actor" / "huggingface"
+        peft_saved_copy(tiny_model_dir, model, 1)
+        alpha_file, named = model.parent / TRAIN_META, f"files.../{TRAIN_META}"
+    out, sampling, generator = tmp_path / "eval", {"max_new_tokens": 8}, {"backend": "hf", "device": "cpu"}
+    out.mkdir()
+    discard_generations_made_otherwise(out, str(model), sampling, generator)
+    (out / CACHE_FILE).write_text('{"id": "a", "response": "x"}\n')
+    discard_generations_made_otherwise(out, str(model), sampling, generator)
+    assert (out / CACHE_FILE).exists()
+    merged = load_file(Path(with_lora_merged(str(model))) / "model.safetensors")
+
+    edit_json(alpha_file, lora_alpha=64)
+    # Another model: the adapter is merged in at 8 times the scaling ...
+    remerged = load_file(Path(with_lora_merged(str(model))) / "model.safetensors")
+    assert any(not torch.equal(merged[name], remerged[name]) for name in merged if name.endswith("q_proj.weight"))
+    # ... so its cached generations are not reused.
+    discard_generations_made_otherwise(out, str(model), sampling, generator)
+    assert not (out / CACHE_FILE).exists()
+    assert f"written with another {named}; generating again" in caplog.text
 
 
 def test_training_from_a_lora_checkpoint_starts_from_its_weights_with_the_adapter_merged_in(lora_run):

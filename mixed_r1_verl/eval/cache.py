@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from mixed_r1_verl.data.model_files import PROCESSOR_FILES, file_stamps, resolve_model_dir
-from mixed_r1_verl.models.lora import ADAPTER_DIR
+from mixed_r1_verl.models.lora import ADAPTER_DIR, adapter_settings_files
 from mixed_r1_verl.settings import changed_entries
 
 logger = logging.getLogger(__name__)
@@ -133,24 +134,31 @@ class GenerationCache:
 
 def model_fingerprint(model: str) -> dict:
     """What a model answers with. A local directory: its path (links resolved) and the size and time of
-    its weight files and its LoRA adapter's (lora_adapter/). A hub id: the id and the revision of its snapshot in the Hugging Face cache (which
-    fixes its files; resolved as the generators resolve it), wherever the command runs. Both: the sha256
-    of each config, processor, tokenizer and chat template file."""
+    its weight files and its LoRA adapter's (lora_adapter/). A hub id: the id and the revision of its
+    snapshot in the Hugging Face cache (which fixes its files; resolved as the generators resolve it),
+    wherever the command runs. Both: the sha256 of each config, processor, tokenizer and chat template
+    file, and of the files that set a LoRA adapter's rank and alpha (`adapter_settings_files`, by their
+    path from the directory: `lora_adapter/adapter_config.json`), which decide the weights merged."""
     if Path(model).is_dir():
         directory = Path(model).resolve()
         weights = [*sorted(directory.glob("*.safetensors")), *sorted(directory.glob("*.bin")),
                    *sorted(directory.glob(f"{ADAPTER_DIR}/*.safetensors"))]  # fmt: skip
         identity = {"path": str(directory), "weights": file_stamps(directory, weights)}
+        adapter = {os.path.relpath(path, directory): sha256(path) for path in adapter_settings_files(directory)}
     else:
         directory = resolve_model_dir(model)
-        identity = {"hub_id": model, "revision": directory.name}
-    return {**identity, "files": processor_file_digests(directory)}
+        identity, adapter = {"hub_id": model, "revision": directory.name}, {}
+    return {**identity, "files": {**processor_file_digests(directory), **adapter}}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def processor_file_digests(directory: Path) -> dict[str, str]:
     """sha256 by name of the files that shape the prompt and the decoding, not the weights (PROCESSOR_FILES)."""
     files = sorted({path for pattern in PROCESSOR_FILES for path in directory.glob(pattern) if path.is_file()})
-    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
+    return {path.name: sha256(path) for path in files}
 
 
 def discard_generations_made_otherwise(out_dir: Path, model: str, sampling: dict, generator: dict) -> None:

@@ -112,6 +112,16 @@ def saved_by_peft(model_dir: Path) -> bool:
     return False
 
 
+def adapter_settings_files(model_dir: Path) -> list[Path]:
+    """The files that set how `with_lora_merged` merges a model directory's LoRA adapter (its rank and
+    alpha): lora_adapter/'s JSON files, or verl's record beside a copy saved under peft's names; none for a
+    directory without an adapter."""
+    if (model_dir / ADAPTER_DIR / "adapter_config.json").is_file():
+        return sorted((model_dir / ADAPTER_DIR).glob("*.json"))
+    meta = model_dir.parent / TRAIN_META
+    return [meta] if meta.is_file() and saved_by_peft(model_dir) else []
+
+
 def trained_lora_scaling(shards_dir: Path, what: Path) -> float:
     """The scaling of a LoRA run's adapters, held by `what`, from verl's record of the run's rank and alpha
     beside the checkpoint's shards."""
