@@ -1,6 +1,7 @@
 import io
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -418,6 +419,21 @@ def test_one_model_directory_however_written_keeps_its_cached_responses(tmp_path
     for written in (f"{tiny_model_dir}/", f"./{tiny_model_dir.name}"):
         again = Engine(engine_config(jsonl, image_root, out, f"difficulty.model_path={written}", *settings)).run()
         assert difficulty_details(again)["sampled_prompts"] == 0 and difficulty_details(again)["cached_prompts"] == 4
+
+
+def test_cached_responses_are_sampled_again_for_an_edited_chat_template_of_the_same_model(tmp_path, tiny_model_dir):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=2, val_rows_per_task=0)
+    out = tmp_path / "out"
+    settings = [f"difficulty.model_path={model}", "difficulty.k=2", "difficulty.max_new_tokens=2"]
+    Engine(engine_config(jsonl, image_root, out, *settings)).run()
+    again = Engine(engine_config(jsonl, image_root, out, *settings)).run()
+    assert difficulty_details(again)["sampled_prompts"] == 0 and difficulty_details(again)["cached_prompts"] == 4
+    template = model / "chat_template.jinja"
+    template.write_text("{{- '<|im_start|>system\nThink first.<|im_end|>\n' -}}" + template.read_text())
+    edited = Engine(engine_config(jsonl, image_root, out, *settings)).run()
+    assert difficulty_details(edited)["sampled_prompts"] == 4 and difficulty_details(edited)["cached_prompts"] == 0
 
 
 def test_an_embedding_model_that_cannot_load_stops_the_difficulty_stage_before_it_samples(

@@ -71,7 +71,7 @@ from mixed_r1_verl.data.records import (
     parse_box,
 )
 from mixed_r1_verl.data.sampling import ResponseCache, request_key
-from mixed_r1_verl.eval.cache import Completion
+from mixed_r1_verl.eval.cache import Completion, model_fingerprint
 from mixed_r1_verl.eval.generation import (
     BACKENDS,
     ENGINE_SAMPLING,
@@ -81,7 +81,6 @@ from mixed_r1_verl.eval.generation import (
     vllm_kwargs_error,
     vllm_temperature_error,
 )
-from mixed_r1_verl.eval.provenance import setting_text
 from mixed_r1_verl.rewards import DEFAULT_CORRECT_THRESHOLDS, compute_score, task_names, values_differ
 from mixed_r1_verl.rewards.chart import single_number
 from mixed_r1_verl.rewards.embeddings import EmbeddingModelError, load_embedding_model
@@ -574,7 +573,8 @@ class Engine:
             except EmbeddingModelError as error:
                 raise ValueError(f"difficulty.embedding_model={embedding_model}: {error}") from None
         settings = sampling_settings(self.config)
-        keys = [self.cache_key(row, settings) for row in rows]
+        model = model_fingerprint(settings_config.model_path)
+        keys = [self.cache_key(row, settings, model) for row in rows]
         cache = ResponseCache(self.output_dir / "difficulty_cache.jsonl")
         pending = [(row, key) for row, key in zip(rows, keys) if key not in cache.entries]
         sampling_seconds = 0.0
@@ -625,15 +625,17 @@ class Engine:
         }
         return self.run_stage("difficulty", rows, keep, **details)
 
-    def cache_key(self, row: EngineRow, settings: SamplingSettings) -> str:
-        """The model by its directory as resolved (`model/`, `./model` and its absolute path are one model;
-        a hub id is kept as given)."""
+    def cache_key(self, row: EngineRow, settings: SamplingSettings, model: dict) -> str:
+        """The model as evaluation's cache fingerprints it (`model_fingerprint`): a directory as resolved
+        (`model/`, `./model` and its absolute path are one model) with its weight files' sizes and times and
+        the sha256 of its config, tokenizer, chat template and LoRA adapter settings; a hub id by its
+        snapshot's revision and those files."""
         return request_key(
             row.record.id,
             json.dumps(row.prompt),
             row.image_digests,
             (self.converter.min_pixels, self.converter.max_pixels),
-            setting_text(self.config.difficulty.model_path),
+            json.dumps(model, sort_keys=True),
             settings,
         )
 
