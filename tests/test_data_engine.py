@@ -436,6 +436,20 @@ def test_cached_responses_are_sampled_again_for_an_edited_chat_template_of_the_s
     assert difficulty_details(edited)["sampled_prompts"] == 4 and difficulty_details(edited)["cached_prompts"] == 0
 
 
+def test_cached_responses_are_keyed_by_the_vllm_arguments_that_change_what_is_sampled(tiny_model_dir):
+    """A smaller max_model_len cuts responses short; memory settings change nothing sampled, nor does the
+    backend, as either samples the model."""
+    from mixed_r1_verl.data.engine import DifficultyConfig, sampled_model
+    from mixed_r1_verl.eval.cache import model_fingerprint
+
+    def sampled(backend="vllm", **vllm_kwargs) -> dict:
+        return sampled_model(DifficultyConfig(model_path=str(tiny_model_dir), backend=backend, vllm_kwargs=vllm_kwargs))
+
+    model = model_fingerprint(str(tiny_model_dir))
+    assert sampled("transformers") == sampled() == sampled(gpu_memory_utilization=0.4, max_num_seqs=16) == model
+    assert sampled(max_model_len=4096, gpu_memory_utilization=0.4) == {**model, "engine_arguments": {"max_model_len": 4096}}
+
+
 def test_an_embedding_model_that_cannot_load_stops_the_difficulty_stage_before_it_samples(
     tmp_path, tiny_model_dir, monkeypatch
 ):

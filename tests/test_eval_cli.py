@@ -353,6 +353,29 @@ def test_cached_generations_of_another_backend_or_dtype_are_discarded(tmp_path, 
         assert f"written with another {named}; generating again" in caplog.text
 
 
+def test_cached_vllm_generations_are_kept_only_under_the_engine_arguments_that_change_outputs(tmp_path, tiny_model, caplog):
+    """A response cut off by a smaller max_model_len, or generated from fp8 weights, is no response of this run;
+    memory and placement arguments change nothing generated."""
+    from mixed_r1_verl.eval.cli import EvalSettings, generator_record
+
+    def record(**vllm_kwargs) -> dict:
+        return generator_record(EvalSettings(data="d.parquet", model=tiny_model, backend="vllm", vllm_kwargs=vllm_kwargs))
+
+    assert record() == record(gpu_memory_utilization=0.5, enforce_eager=True) == {"backend": "vllm", "dtype": "auto"}
+    assert record(max_model_len=4096, quantization="fp8", gpu_memory_utilization=0.5, dtype="bfloat16") == {
+        "backend": "vllm", "dtype": "bfloat16", "engine_arguments": {"max_model_len": 4096, "quantization": "fp8"},
+    }  # fmt: skip
+    out, sampling = tmp_path / "eval", {"max_new_tokens": 8}
+    out.mkdir()
+    discard_generations_made_otherwise(out, tiny_model, sampling, record(max_model_len=2048))
+    (out / "generations.jsonl").write_text('{"id": "a", "response": "x"}\n')
+    discard_generations_made_otherwise(out, tiny_model, sampling, record(max_model_len=2048, max_num_seqs=8))
+    assert (out / "generations.jsonl").exists()
+    discard_generations_made_otherwise(out, tiny_model, sampling, record(max_model_len=8192))
+    assert not (out / "generations.jsonl").exists()
+    assert "written with another generator.engine_arguments.max_model_len; generating again" in caplog.text
+
+
 def test_a_hub_id_is_fingerprinted_by_its_cached_snapshot_wherever_the_command_runs(
     tmp_path, tiny_model_dir, monkeypatch, caplog
 ):
@@ -985,6 +1008,18 @@ def test_a_generations_file_that_is_not_utf8_names_its_line(tmp_path):
     generations.write_bytes(b'{"id": "m1", "response": "B"}\n{"id": "m2", "response": "\xe9"}\n')
     with pytest.raises(GenerationFileError, match=rf"{generations}: line 2: not UTF-8 text"):
         read_generations(generations)
+
+
+def test_a_run_that_stops_before_scoring_leaves_no_earlier_results_in_its_directory(tmp_path, parquet, tiny_model):
+    """compare= would read an earlier run's summary beside this run's generations as this run's results."""
+    out = tmp_path / "run"
+    assert score_saved(parquet, RESPONSES, out, tiny_model) == 0
+    assert {"scores.jsonl", "summary.json", "summary.md", "summary.csv"} <= {path.name for path in out.iterdir()}
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b'{"id": "m1", "response": "B"}\n{"id": "m2", "response": "\xe9"}\n')
+    with pytest.raises(SystemExit):
+        main([f"data={parquet}", f"generations={broken}", f"out_dir={out}", f"embedding_model={tiny_model}"])
+    assert not {"scores.jsonl", "summary.json", "summary.md", "summary.csv"} & {path.name for path in out.iterdir()}
 
 
 def test_module_entry_point_lists_its_settings_and_defaults():

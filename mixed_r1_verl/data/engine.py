@@ -78,6 +78,7 @@ from mixed_r1_verl.eval.generation import (
     GenerationRequest,
     SamplingSettings,
     build_generator,
+    output_engine_arguments,
     vllm_kwargs_error,
     vllm_temperature_error,
 )
@@ -253,6 +254,15 @@ def sampling_settings(config: EngineConfig) -> SamplingSettings:
             f"difficulty.top_p={difficulty.top_p}, difficulty.max_new_tokens={difficulty.max_new_tokens}"
         )
         raise ValueError(f"{named}: {error}") from None
+
+
+def sampled_model(difficulty: DifficultyConfig) -> dict:
+    """What the cached responses were sampled from: the model as `model_fingerprint` has it and, with vLLM,
+    the engine arguments that change what it generates (`output_engine_arguments`: max_model_len cuts
+    responses short). The backend is not part of it: either samples the model."""
+    model = model_fingerprint(difficulty.model_path)
+    engine_arguments = output_engine_arguments(difficulty.vllm_kwargs) if difficulty.backend == "vllm" else {}
+    return {**model, "engine_arguments": engine_arguments} if engine_arguments else model
 
 
 def named_sources(config: EngineConfig) -> dict[str, dict]:
@@ -573,7 +583,7 @@ class Engine:
             except EmbeddingModelError as error:
                 raise ValueError(f"difficulty.embedding_model={embedding_model}: {error}") from None
         settings = sampling_settings(self.config)
-        model = model_fingerprint(settings_config.model_path)
+        model = sampled_model(settings_config)
         keys = [self.cache_key(row, settings, model) for row in rows]
         cache = ResponseCache(self.output_dir / "difficulty_cache.jsonl")
         pending = [(row, key) for row, key in zip(rows, keys) if key not in cache.entries]

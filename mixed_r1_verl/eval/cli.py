@@ -53,6 +53,7 @@ from .generation import (
     SamplingSettings,
     build_generator,
     generate_missing,
+    output_engine_arguments,
     transformers_placement,
     vllm_kwargs_error,
     vllm_temperature_error,
@@ -60,7 +61,8 @@ from .generation import (
 from .provenance import code_identity, file_identity, setting_text
 from .records import EvalRecord, data_ids, load_records, refuse_records_of_another_frame
 from .report import (
-    SCORES_FILE, SUMMARY_FILE, evaluated_ids, load_summary, summary_markdown, write_comparison, write_summary,
+    SCORES_FILE, SUMMARY_FILE, evaluated_ids, load_summary, remove_earlier_results, summary_markdown,
+    write_comparison, write_summary,
 )  # fmt: skip
 from .scoring import correct_thresholds, score_records, summarize
 
@@ -181,9 +183,12 @@ def chosen_backend(args) -> str:
 
 
 def generator_record(args) -> dict:
-    """The backend and the device type and dtype it generates with, for the generation cache."""
+    """The backend and the device type and dtype it generates with, and vLLM's engine arguments that change
+    what it generates, for the generation cache."""
     if chosen_backend(args) == "vllm":
-        return {"backend": "vllm", "dtype": str(args.vllm_kwargs.get("dtype", "auto"))}
+        engine_arguments = output_engine_arguments({k: v for k, v in args.vllm_kwargs.items() if k != "dtype"})
+        engine = {"engine_arguments": engine_arguments} if engine_arguments else {}
+        return {"backend": "vllm", "dtype": str(args.vllm_kwargs.get("dtype", "auto")), **engine}
     device, dtype = transformers_placement(args.device, args.model)
     return {"backend": "hf", "device": device.split(":")[0], "dtype": dtype}
 
@@ -306,6 +311,7 @@ def run_eval(args) -> dict:
     if args.model:
         refuse_records_of_another_frame(records, checkpoint_model_type(resolve_model_dir(args.model)))
     reward_kwargs = _reward_kwargs(args, records)
+    remove_earlier_results(out_dir)
     responses = _responses(args, records, out_dir)
     unknown_ids = ids_not_in_data(responses, args.data) if args.generations else {"count": 0}
     rows = score_records(records, responses, **reward_kwargs)

@@ -133,6 +133,22 @@ def vllm_kwargs_error(vllm_kwargs: Mapping, instead: Mapping[str, str], prefix: 
     return None
 
 
+# vLLM engine arguments of memory, batching and placement: a cached response holds whatever they are. The
+# others (max_model_len, quantization, kv_cache_dtype, dtype, ...) change what is generated.
+VLLM_PLACEMENT_ARGUMENTS = frozenset(
+    "gpu_memory_utilization kv_cache_memory_bytes swap_space cpu_offload_gb max_num_seqs max_num_batched_tokens "
+    "enable_chunked_prefill enable_prefix_caching block_size tensor_parallel_size pipeline_parallel_size "
+    "data_parallel_size distributed_executor_backend enforce_eager compilation_config disable_custom_all_reduce "
+    "disable_log_stats max_seq_len_to_capture".split()
+)
+
+
+def output_engine_arguments(vllm_kwargs: Mapping) -> dict:
+    """The vLLM engine arguments a cached response was generated under that change what is generated
+    (all but `VLLM_PLACEMENT_ARGUMENTS`), by name."""
+    return {name: vllm_kwargs[name] for name in sorted(vllm_kwargs) if name not in VLLM_PLACEMENT_ARGUMENTS}
+
+
 def vllm_input(
     tokenizer, request: GenerationRequest, patch_size: int, processor_bounds: tuple = NO_PROCESSOR_BOUNDS
 ) -> dict:

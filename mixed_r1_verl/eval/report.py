@@ -134,6 +134,13 @@ def _csv(header: list[str], rows: list[list]) -> str:
     return buffer.getvalue()
 
 
+def remove_earlier_results(out_dir: Path) -> None:
+    """The scores and summaries an earlier run wrote in out_dir: a run that stops before it writes its own
+    leaves none of them beside its generations, where `compare=` would read them as its results."""
+    for name in (SCORES_FILE, SUMMARY_FILE, "summary.md", "summary.csv"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def write_summary(summary: dict, out_dir: Path) -> None:
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "summary.md").write_text(summary_markdown(summary))
