@@ -31,6 +31,7 @@ READ_BY_VERL = {
     "data.max_prompt_length": "utils/dataset/rl_dataset.py RLHFDataset.__init__ (length filter)",
     "data.max_response_length": "rollout response_length interpolates it",
     "data.filter_overlong_prompts": "utils/dataset/rl_dataset.py RLHFDataset.__init__",
+    "data.image_patch_size": "utils/dataset/rl_dataset.py RLHFDataset.__init__ (null: the processor's)",
     "data.train_batch_size": "trainer/ppo/v1/trainer_base.py dataloader",
     "data.dataloader_num_workers": "trainer/ppo/v1/trainer_base.py dataloader",
     "data.seed": "utils/dataset/rl_dataset.py RLHFDataset.__init__; also the task-balanced sampler's order",
