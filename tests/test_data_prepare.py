@@ -741,6 +741,22 @@ def test_a_stopped_conversion_removes_an_earlier_conversions_outputs_from_its_di
     assert "were removed" not in str(caught.value)
 
 
+def test_an_input_that_is_one_of_the_outputs_is_refused_and_kept(tmp_path):
+    """Raw records in data/train.parquet converted into data/ would be replaced by the output, or removed
+    with the earlier outputs when a check stops the conversion."""
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    data = tmp_path / "data"
+    data.mkdir()
+    raw = data / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(read_jsonl(jsonl)), raw)
+    before = raw.read_bytes()
+    with pytest.raises(ValueError, match=re.escape(f"input {raw} is the train.parquet this conversion writes in "
+                                                   f"output_dir={data}: give another output_dir")):  # fmt: skip
+        prepare(PrepareConfig(input=str(raw), image_root=str(image_root), output_dir=str(tmp_path / "." / "data"),
+                              columns={"rationale": "why"}, progress=False))  # fmt: skip
+    assert raw.read_bytes() == before and [path.name for path in data.iterdir()] == ["train.parquet"]
+
+
 def test_list_items_past_those_a_mapping_reads_are_listed_in_the_summary(tmp_path):
     """The llava layout reads a conversation's first question and answer: a row's later turns are not
     converted, and the summary counts the rows that have them."""

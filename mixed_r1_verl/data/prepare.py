@@ -755,6 +755,18 @@ class RejectsWriter:
         self.temporary.unlink(missing_ok=True)
 
 
+def refuse_inputs_among_outputs(inputs: list[Path], output_dir: Path) -> None:
+    """An input that is one of the files the conversion writes (raw records in data/train.parquet converted
+    into data/) would be replaced by the output, or removed when a check stops the conversion."""
+    outputs = {(output_dir / name).resolve(): name for name in CONVERSION_OUTPUTS}
+    for path in inputs:
+        if path.resolve() in outputs:
+            raise ValueError(
+                f"input {path} is the {outputs[path.resolve()]} this conversion writes in output_dir={output_dir}: "
+                "give another output_dir"
+            )
+
+
 STOPPING_CHECKS = (MappedColumnNotFoundError, NoRowsWrittenError, EmptySplitError)
 
 
@@ -801,6 +813,7 @@ def prepare(config: PrepareConfig) -> dict:
     started = time.perf_counter()
     converter = RowConverter(config)
     output_dir = Path(config.output_dir)
+    refuse_inputs_among_outputs(converter.inputs, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     writers = {
         split: SplitWriter(output_dir / f"{split}.parquet", config.row_group_size, converter.schema) for split in SPLITS
