@@ -657,6 +657,10 @@ def test_a_model_of_another_family_than_the_data_was_converted_for_is_refused(tm
                    unframed)  # fmt: skip
     with pytest.raises(SystemExit, match=r"record 'g1': it is a grounding row without extra_info.box_frame"):
         main([f"data={unframed}", *args[1:]])
+    by_source = row("g1", None, "refcoco", "Find the red box.", "[0, 0, 40, 40]")  # grounding by its data_source
+    pq.write_table(pa.Table.from_pylist([by_source]), unframed)
+    with pytest.raises(SystemExit, match=r"record 'g1': it is a grounding row without extra_info.box_frame"):
+        main([f"data={unframed}", *args[1:]])
 
 
 def grpo_checkpoint(root, resaved_model_dir):

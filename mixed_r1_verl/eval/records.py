@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from mixed_r1_verl.data.frames import other_family_frame_reason
 from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
-from mixed_r1_verl.rewards.scoring import missing_ground_truth
+from mixed_r1_verl.rewards.scoring import known_task, missing_ground_truth
 
 REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")
 
@@ -131,7 +131,7 @@ def refuse_records_of_another_frame(records: Sequence[EvalRecord], model_family:
     `model_family` model answers in, or that is a grounding record without one for a model answering on
     the 0-1000 grid: its grounding answers would be scored in the wrong frame."""
     for record in records:
-        grounding = record.task == "grounding"
+        grounding = known_task(record.data_source, record.extra_info) == "grounding"
         reason = other_family_frame_reason(record.extra_info.get("box_frame"), model_family, grounding)
         if reason:
             raise RecordError(f"{record.source}: record {record.id!r}: {reason}")
