@@ -295,10 +295,11 @@ def exit_if_steps_outrun_the_epochs(trainer: DictConfig, steps_per_epoch: int, t
         )
 
 
-def exit_if_training_is_done(trainer: DictConfig, total: int | None, source: str) -> None:
+def exit_if_training_is_done(trainer: DictConfig, total: int | None, source: str, sft: bool = False) -> None:
     """A rerun that resumes from a checkpoint at or past the run's last step `total` (planned from
-    `source`) would train nothing and exit 0, or, in verl's SFT trainer, train and save one step more."""
-    if trainer.resume_mode != "auto":
+    `source`) would train nothing and exit 0, or, in verl's SFT trainer, train and save one step more.
+    verl's SFT trainer resumes from trainer.resume_from_path where one is set, whatever the tracker says."""
+    if trainer.resume_mode != "auto" or sft and trainer.get("resume_from_path"):
         return
     checkpoint_dir = trainer.default_local_dir
     last = last_checkpointed_step(checkpoint_dir)

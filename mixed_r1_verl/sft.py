@@ -239,7 +239,7 @@ def train_on_this_node(config: DictConfig) -> None:
     mismatch = micro_batch_mismatch(config)
     if mismatch:
         fail(mismatch)
-    exit_if_training_is_done(config.trainer, *planned_sft_steps(config, train_rows_within_max_length(config)))
+    exit_if_training_is_done(config.trainer, *planned_sft_steps(config, train_rows_within_max_length(config)), sft=True)
     if logs_to_file(config) and os.environ.get("RANK", "0") == "0":
         prepare_metrics_log(file_logger_path(config, file_logger_env(os.environ)))
     if "WORLD_SIZE" not in os.environ:

@@ -279,6 +279,11 @@ def test_a_tracker_naming_a_deleted_checkpoint_is_refused_instead_of_training_fr
         f"{checkpoints}/global_step_200 is missing (checkpoints there: global_step_20, global_step_100); resumed, "
         "verl would train from step 0 over them."
     )
+    # verl's SFT trainer in auto mode resumes from resume_from_path where one is set; GRPO's does not.
+    from_path = OmegaConf.create({**trainer, "resume_from_path": str(checkpoints / "global_step_100")})
+    exit_if_training_is_done(from_path, 300, "trainer.total_training_steps", sft=True)
+    with pytest.raises(SystemExit):
+        exit_if_training_is_done(from_path, 300, "trainer.total_training_steps")
     (checkpoints / "latest_checkpointed_iteration.txt").write_text("100")
     exit_if_training_is_done(trainer, 300, "trainer.total_training_steps")  # resumes from step 100
     exit_if_training_is_done(OmegaConf.create({**trainer, "resume_mode": "disable"}), 300, "")
