@@ -24,12 +24,12 @@ TRAIN_FILES = "mixed_r1_train_files.json"
 SHOWN_CHANGES = 20
 
 
-def write_run_config(config, checkpoint: Path) -> None:
+def write_run_config(config, checkpoint: Path, train_files: dict[str, dict]) -> None:
     """Saves the run's config (an OmegaConf config), resolved, in the checkpoint directory, and the digests
-    of its training files (`train_file_digests`)."""
+    of the training files as the run read them (`train_file_digests`, taken when its datasets loaded)."""
     from omegaconf import OmegaConf
 
-    for name, text in ((TRAIN_FILES, json.dumps(train_file_digests(config), indent=2)),
+    for name, text in ((TRAIN_FILES, json.dumps(train_files, indent=2)),
                        (RUN_CONFIG, OmegaConf.to_yaml(config, resolve=True))):  # fmt: skip
         written = checkpoint / f".{name}.partial"
         written.write_text(text)

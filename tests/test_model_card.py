@@ -20,7 +20,7 @@ def test_a_card_names_the_base_model_on_the_hub_and_the_runs_settings_from_its_s
     else:
         config = compose_sft("lora=on", recipe="qwen25vl_7b")
         model, lr = config.model, config.optim.lr
-    write_run_config(config, tmp_path)
+    write_run_config(config, tmp_path, {})
     run = read_run_config(tmp_path)
     assert run == OmegaConf.to_container(config, resolve=True)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["mixed_r1_run.yaml", "mixed_r1_train_files.json"]
@@ -66,7 +66,7 @@ def test_the_base_model_is_followed_to_its_hub_id_through_cache_snapshots_and_th
         (exported, {"actor_rollout_ref": {"model": {"path": str(grpo_copy)}}}),
     ):
         directory.mkdir(parents=True, exist_ok=True)
-        write_run_config(OmegaConf.create(run), directory)
+        write_run_config(OmegaConf.create(run), directory, {})
     grpo_copy.mkdir(parents=True)
     sft_copy.mkdir()
     run = {"actor_rollout_ref": {"model": {"path": str(exported)}}}

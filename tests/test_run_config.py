@@ -5,7 +5,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 
-from mixed_r1_verl.run_config import SHOWN_CHANGES, changed_settings, resumed_settings_note, write_run_config
+from mixed_r1_verl.run_config import (
+    SHOWN_CHANGES,
+    changed_settings,
+    resumed_settings_note,
+    train_file_digests,
+    write_run_config,
+)
 
 
 def test_changed_settings_name_each_setting_that_differs_was_added_or_was_removed():
@@ -24,7 +30,7 @@ def test_changed_settings_name_each_setting_that_differs_was_added_or_was_remove
 
 def test_a_resumed_run_lists_its_changes_up_to_a_limit_and_counts_the_rest(tmp_path):
     saved = OmegaConf.create({"optim": {"lr": 1e-5}, "paths": {f"p{i:02d}": i for i in range(30)}, "lr_alias": "${optim.lr}"})
-    write_run_config(saved, tmp_path)
+    write_run_config(saved, tmp_path, train_file_digests(saved))
     assert resumed_settings_note(tmp_path, saved) is None
     assert resumed_settings_note(tmp_path / "no_config", saved) is None
 
@@ -46,16 +52,20 @@ def test_a_run_resumed_on_training_files_written_again_says_which(tmp_path):
     pq.write_table(pa.table({"id": list(range(16))}), first)
     pq.write_table(pa.table({"id": list(range(8))}), second)
     config = OmegaConf.create({"data": {"train_files": [str(first), str(second)]}})
-    checkpoint = tmp_path / "global_step_4"
+    checkpoint, later = tmp_path / "global_step_4", tmp_path / "global_step_8"
     checkpoint.mkdir()
-    write_run_config(config, checkpoint)
+    later.mkdir()
+    read = train_file_digests(config)  # as the run's datasets loaded them
+    write_run_config(config, checkpoint, read)
     assert resumed_settings_note(checkpoint, config) is None
     bytes_then = {path: path.stat().st_size for path in (first, second)}
     pq.write_table(pa.table({"id": list(range(100, 108))}), second)  # as many rows, others
     pq.write_table(pa.table({"id": list(range(24))}), first)
+    write_run_config(config, later, read)  # a checkpoint saved after the files were written again
     assert resumed_settings_note(checkpoint, config).splitlines() == [
         "global_step_4: resumed on training data written again since it was saved; the data position it saved "
         "(rows read this epoch) is applied to these files' rows:",
         f"  {first}: 16 rows, {bytes_then[first]} bytes -> 24 rows, {first.stat().st_size} bytes",
         f"  {second}: 8 rows, {bytes_then[second]} bytes -> 8 rows, {second.stat().st_size} bytes",
     ]
+    assert resumed_settings_note(later, config).splitlines()[1:] == resumed_settings_note(checkpoint, config).splitlines()[1:]

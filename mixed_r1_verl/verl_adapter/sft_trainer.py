@@ -25,7 +25,7 @@ from verl.utils.distributed import destroy_global_process_group, initialize_glob
 
 from mixed_r1_verl.models.lora import merge_saved_adapters
 from mixed_r1_verl.models.weight_files import remove_weight_files
-from mixed_r1_verl.run_config import resumed_settings_note, write_run_config
+from mixed_r1_verl.run_config import resumed_settings_note, train_file_digests, write_run_config
 from mixed_r1_verl.sft import exit_unless_rows_fill_the_run
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count
 from mixed_r1_verl.verl_adapter.stop_by import StopBy
@@ -45,6 +45,7 @@ class MixedR1SFTTrainer(SFTTrainer):
 
     def _build_dataset(self):
         super()._build_dataset()
+        self._train_files = train_file_digests(self.config)
         rows = {"train_files": len(self.train_dataset)}
         if self.val_dataset is not None:
             rows["val_files"] = len(self.val_dataset)
@@ -104,7 +105,7 @@ class MixedR1SFTTrainer(SFTTrainer):
                 remove_weight_files(Path(local_path) / "huggingface")
             save_checkpoint(*args, local_path=local_path, **kwargs)
             if self.rank == 0:
-                write_run_config(self.config, Path(local_path))
+                write_run_config(self.config, Path(local_path), self._train_files)
                 if lora:
                     merge_saved_adapters(Path(local_path) / "huggingface")
             torch.distributed.barrier()

@@ -27,7 +27,7 @@ from verl.utils.debug import marked_timer
 from mixed_r1_verl.data.balanced_sampler import check_resumed_sampler, with_configured_sampler
 from mixed_r1_verl.models.lora import merge_saved_adapters
 from mixed_r1_verl.models.weight_files import remove_weight_files
-from mixed_r1_verl.run_config import resumed_settings_note, write_run_config
+from mixed_r1_verl.run_config import resumed_settings_note, train_file_digests, write_run_config
 from mixed_r1_verl.verl_adapter.loader_processes import resume_with_saved_worker_count, stop_loader_processes
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, length_clip_ratios, prompt_uid, response_caps
 from mixed_r1_verl.verl_adapter.stop_by import StopBy, write_early_end
@@ -104,6 +104,7 @@ class MixedR1SyncTrainer(PPOTrainerSync):
         """verl 0.9.1 has no custom-sampler setting; `data.sampler` (class_path, class_name) adds one."""
         super()._init_dataloader()
         self.train_dataloader = with_configured_sampler(self.train_dataloader, self.config.data)
+        self._train_files = train_file_digests(self.config)
 
     def _load_checkpoint(self):
         super()._load_checkpoint()
@@ -125,7 +126,7 @@ class MixedR1SyncTrainer(PPOTrainerSync):
         def save_actor_then_finish(local_path, *args, **kwargs):
             remove_weight_files(Path(local_path) / "huggingface")
             saved = save_actor(local_path, *args, **kwargs)
-            write_run_config(self._run_config(), Path(local_path).parent)
+            write_run_config(self._run_config(), Path(local_path).parent, self._train_files)
             if self.config.actor_rollout_ref.model.lora_rank > 0:
                 merge_saved_adapters(Path(local_path) / "huggingface")
             return saved
