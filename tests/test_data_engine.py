@@ -421,7 +421,9 @@ def test_one_model_directory_however_written_keeps_its_cached_responses(tmp_path
         assert difficulty_details(again)["sampled_prompts"] == 0 and difficulty_details(again)["cached_prompts"] == 4
 
 
-def test_cached_responses_are_sampled_again_for_an_edited_chat_template_of_the_same_model(tmp_path, tiny_model_dir):
+def test_cached_responses_are_sampled_again_for_an_edited_chat_template_of_the_same_model(
+    tmp_path, tiny_model_dir, capsys
+):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=2, val_rows_per_task=0)
@@ -432,8 +434,12 @@ def test_cached_responses_are_sampled_again_for_an_edited_chat_template_of_the_s
     assert difficulty_details(again)["sampled_prompts"] == 0 and difficulty_details(again)["cached_prompts"] == 4
     template = model / "chat_template.jinja"
     template.write_text("{{- '<|im_start|>system\nThink first.<|im_end|>\n' -}}" + template.read_text())
+    assert "sampling every prompt" not in capsys.readouterr().err
     edited = Engine(engine_config(jsonl, image_root, out, *settings)).run()
     assert difficulty_details(edited)["sampled_prompts"] == 4 and difficulty_details(edited)["cached_prompts"] == 0
+    assert f"{out / 'difficulty_cache.jsonl'}: none of its 4 cached prompts' responses is for this run" in (
+        capsys.readouterr().err
+    )
 
 
 def test_cached_responses_are_keyed_by_the_vllm_arguments_that_change_what_is_sampled(tiny_model_dir):

@@ -351,6 +351,14 @@ def test_cached_generations_of_another_backend_or_dtype_are_discarded(tmp_path, 
         discard_generations_made_otherwise(out, tiny_model, sampling, generator)
         assert not (out / "generations.jsonl").exists()
         assert f"written with another {named}; generating again" in caplog.text
+    # A record an earlier version wrote, without a key this one keeps: not said to differ.
+    earlier = json.loads((out / "model.json").read_text())
+    del earlier["generator"]["dtype"], earlier["sampling"]
+    (out / "model.json").write_text(json.dumps(earlier))
+    (out / "generations.jsonl").write_text('{"id": "a", "response": "x"}\n')
+    discard_generations_made_otherwise(out, tiny_model, sampling, {"backend": "hf", "device": "cpu", "dtype": "float32"})
+    assert "written with another generator.backend; no record of generator.device, generator.dtype, sampling (an " \
+           "earlier version kept none); generating again" in caplog.text  # the vLLM record above had no device
 
 
 def test_cached_vllm_generations_are_kept_only_under_the_engine_arguments_that_change_outputs(tmp_path, tiny_model, caplog):

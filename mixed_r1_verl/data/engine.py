@@ -587,6 +587,13 @@ class Engine:
         keys = [self.cache_key(row, settings, model) for row in rows]
         cache = ResponseCache(self.output_dir / "difficulty_cache.jsonl")
         pending = [(row, key) for row, key in zip(rows, keys) if key not in cache.entries]
+        if cache.entries and len(pending) == len(rows):
+            print(
+                f"{cache.path}: none of its {len(cache.entries)} cached prompts' responses is for this run (another "
+                "model or model files, sampling settings or vLLM arguments, or a cache an earlier version keyed "
+                "otherwise): sampling every prompt",
+                file=sys.stderr,
+            )
         sampling_seconds = 0.0
         if pending:
             max_images = max(len(row.record.images) for row, _ in pending)

@@ -170,9 +170,24 @@ def discard_generations_made_otherwise(out_dir: Path, model: str, sampling: dict
     record, cache = out_dir / MODEL_FILE, out_dir / CACHE_FILE
     made_with = {**model_fingerprint(model), "sampling": sampling, "generator": generator}
     if record.exists() and cache.exists():
-        changed = changed_entries(json.loads(record.read_text()), made_with)
+        earlier = json.loads(record.read_text())
+        changed = changed_entries(earlier, made_with)
         if changed:
-            logger.warning("%s: written with another %s; generating again", cache, ", ".join(changed))
+            differing = changed_entries(earlier, recorded_part(made_with, earlier))
+            unrecorded = [key for key in changed if key not in differing]
+            said = [f"another {', '.join(differing)}"] if differing else []
+            if unrecorded:
+                said.append(f"no record of {', '.join(unrecorded)} (an earlier version kept none)")
+            logger.warning("%s: written with %s; generating again", cache, "; ".join(said))
             cache.unlink()
     record.write_text(json.dumps(made_with, indent=2))
+
+
+def recorded_part(values: dict, earlier: dict) -> dict:
+    """`values` without the keys (at any depth) that `earlier` lacks."""
+    return {
+        key: recorded_part(value, earlier[key]) if isinstance(value, dict) and isinstance(earlier[key], dict) else value
+        for key, value in values.items()
+        if key in earlier
+    }
 
