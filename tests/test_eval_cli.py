@@ -785,6 +785,29 @@ def test_card_true_records_the_results_in_the_exported_models_card(tmp_path, par
     assert card.text.index("### On val.parquet") < card.text.index("### On test.parquet") < card.text.index("## Use")
 
 
+def test_a_cards_vllm_run_names_and_repeats_the_engine_arguments_that_shape_its_numbers():
+    """A card of an fp8 run at a short max_model_len must say so, and its command must run that way."""
+    from mixed_r1_verl.eval.card import how_evaluated, repeat_command
+
+    generator = {"backend": "vllm", "dtype": "bfloat16", "engine_arguments": {"max_model_len": 4096, "quantization": "fp8"}}
+    summary = {
+        "tasks": {"all": {"n": 5}, "chart": {"n": 5}},
+        "run": {
+            "sampling": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 1024, "seed": 0}, "generator": generator,
+            "data": ["/data/chartqa/val.parquet"], "data_files": [{"path": "/data/chartqa/val.parquet", "sha256": "ab" * 32}],
+            "reward_kwargs": {}, "code": {"version": "0.1.0"},
+        },
+    }  # fmt: skip
+    assert "answered by vLLM (dtype bfloat16, max_model_len 4096, quantization fp8), greedy" in how_evaluated(
+        summary, "qwen-mixed", "qwen-mixed"
+    )
+    assert repeat_command(summary, "qwen-mixed", "qwen-mixed") == (
+        "python -m mixed_r1_verl.eval data=val.parquet model=qwen-mixed backend=vllm temperature=0.0 top_p=1.0 "
+        "max_new_tokens=1024 seed=0 vllm_kwargs.dtype=bfloat16 vllm_kwargs.max_model_len=4096 "
+        "vllm_kwargs.quantization=fp8 out_dir=eval/qwen-mixed"
+    )
+
+
 def test_the_cards_command_repeats_its_numbers_and_each_data_file_keeps_its_results(
     tmp_path, parquet, tiny_model, monkeypatch
 ):

@@ -8,6 +8,7 @@ one on other data is added beside.
 from __future__ import annotations
 
 import ast
+import json
 import re
 from datetime import date
 from pathlib import Path
@@ -142,9 +143,10 @@ def how_evaluated(summary: dict, model: str, name: str) -> str:
     bmas = f"; open_ended by BMAS over the token embeddings of `{shown_model(embedding, model, name)}`" if (
         embedding and "open_ended" in summary["tasks"]
     ) else ""
+    engine = "".join(f", {name} {value}" for name, value in generator.get("engine_arguments", {}).items())
     return (
         f"{summary['tasks'][ALL]['n']} records of {files}, answered by {BACKEND_NAMES[generator['backend']]} "
-        f"(dtype {generator['dtype']}), {decoding}, at most {sampling['max_new_tokens']} new tokens, seed "
+        f"(dtype {generator['dtype']}{engine}), {decoding}, at most {sampling['max_new_tokens']} new tokens, seed "
         f"{sampling['seed']}; scored with the Mixed-R1 training rewards ({rewards}{bmas}) by "
         f"{package_named(run['code']['version'])} on {date.today().isoformat()}.{metrics_note(summary)}"
     )
@@ -183,8 +185,15 @@ def repeat_command(summary: dict, model: str, name: str) -> str:
                 options.append(f"embedding_model={shown}")
         else:
             options.append(command_setting(option, value))
+    generator = run["generator"]
+    if generator["backend"] == "vllm":
+        engine = {**({"dtype": generator["dtype"]} if generator["dtype"] != "auto" else {}),
+                  **generator.get("engine_arguments", {})}  # fmt: skip
+        options += [
+            f"vllm_kwargs.{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in engine.items()
+        ]
     return (
-        f"python -m mixed_r1_verl.eval data={data} model={name} backend={run['generator']['backend']} "
+        f"python -m mixed_r1_verl.eval data={data} model={name} backend={generator['backend']} "
         + " ".join([sampling, *options])
         + f" out_dir=eval/{name}"
     )
