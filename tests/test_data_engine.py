@@ -843,6 +843,25 @@ def test_a_mapped_column_that_no_row_holds_stops_validation_naming_the_source(tm
         Engine(engine_config(paths["jsonl"], paths["root"], out, typo, "difficulty.enabled=false")).run()
 
 
+def test_a_sources_pixel_boxes_that_all_fit_the_0_1000_grid_are_warned_of(tmp_path, capsys):
+    from mixed_r1_verl.data.prepare import GRID_LIKE_BOXES_WARNED_FROM
+
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    Image.new("RGB", (1600, 1200)).save(image_root / "large.png")
+    source = tmp_path / "refs.jsonl"
+    source.write_text("".join(
+        json.dumps({"sent_id": i, "file_name": "large.png", "sent": f"object {i}", "bbox": [10 * i, 20, 300, 900]}) + "\n"
+        for i in range(GRID_LIKE_BOXES_WARNED_FROM)
+    ))  # fmt: skip
+    settings = [f"sources.refs.input={source}", f"sources.refs.image_root={image_root}", "sources.refs.layout=refcoco",
+                f"output_dir={tmp_path / 'out'}", "progress=false", "difficulty.enabled=false"]  # fmt: skip
+    report = Engine(parse_settings(EngineConfig, settings)).run()
+    [warning] = report["warnings"]
+    assert warning.startswith(f"sources.refs: all {GRID_LIKE_BOXES_WARNED_FROM} grounding boxes on images larger")
+    assert f"warning: {warning}\n" in capsys.readouterr().err
+
+
 def test_an_id_two_sources_share_is_a_duplicate_naming_the_first_source_file(tmp_path):
     paths = source_settings_of(tmp_path)
     rows = read_jsonl(Path(paths["jsonl"]))[:3]

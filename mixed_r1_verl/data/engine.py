@@ -57,6 +57,7 @@ from mixed_r1_verl.data.prepare import (
     RowConverter,
     box_in_pixels,
     check_mapped_columns_found,
+    grid_like_boxes_warning,
     named_input,
     prepare,
 )
@@ -455,6 +456,7 @@ class Engine:
         remove_earlier_outputs(self.output_dir)
         self.spilled_images = SpilledImages(self.output_dir / SPILLED_IMAGES_FILE)
         self.stages: list[StageResult] = []
+        self.warnings: list[str] = []
         self.pass_rates: dict[str, list[float]] = defaultdict(list)
         self.sampled_rewards: dict[str, list[SampledRewards]] = defaultdict(list)
         self.dropped = open(self.output_dir / DROPPED_FILE, "w", encoding="utf-8")
@@ -513,6 +515,9 @@ class Engine:
             by_source[name] = {"rows_in": read, "rows_out": len(rows) - rows_before}
             place = named_input(source.config)
             check_mapped_columns_found(read, source, f"sources.{name}: {place}" if name is not None else place)
+            if warning := grid_like_boxes_warning(source):
+                self.warnings.append(f"sources.{name}: {warning}" if name is not None else warning)
+                print(f"warning: {self.warnings[-1]}", file=sys.stderr)
             if name is not None and len(rows) == rows_before:
                 raise EmptySourceError(empty_source_message(name, read, source_reasons, first_drop, self.dropped.name))
         rows_in_by_task = {task: rows_in.get(task, 0) for task in (*task_names(), "other")}
@@ -761,6 +766,7 @@ class Engine:
             "selected_by_data_source": dict(sorted(Counter(row.record.data_source for row in rows).items())),
             "pass_rate_histogram": histograms,
             "sampled_rewards": {task: summarise(samples) for task, samples in self.sampled_rewards.items()},
+            "warnings": self.warnings,
             "config": OmegaConf.to_container(OmegaConf.structured(self.config)),
         }
 
