@@ -66,7 +66,9 @@ def main() -> None:
             distinct_images_per_task=50, image_format="jpeg",
         )
         # Both paths once on a few rows first, so neither timing holds the first conversion's imports and caches.
-        few, few_root = write_synthetic_dataset(workdir / "warm-up", rows_per_task=2, seed=1, image_size=(width, height))
+        few, few_root = write_synthetic_dataset(
+            workdir / "warm-up", rows_per_task=2, seed=1, image_size=(width, height)
+        )
         timings = {}
         for name, model_path in (("uncounted", None), ("counted", str(model_dir))):
             prepare(PrepareConfig(input=str(few), image_root=str(few_root), output_dir=str(workdir / f"warm-up-{name}"),

@@ -156,7 +156,8 @@ class MixedR1Dataset(NamesRowsThatFail, RLHFDataset):
         refuse_missing_ground_truth(columns, describe_row)
         box_frames = extra_info_column(dataframe, "box_frame")
         sources = column("data_source").to_pylist() if column("data_source") is not None else [None] * len(columns)
-        tasks = [known_task(source, {"task": task}) for source, task in zip(sources, extra_info_column(dataframe, "task"))]
+        row_tasks = extra_info_column(dataframe, "task")
+        tasks = [known_task(source, {"task": task}) for source, task in zip(sources, row_tasks)]
         family = processor_model_family(self.processor)
         refuse_box_frame_of_another_family(family, box_frames, [task == "grounding" for task in tasks], describe_row)
         if images is not None:

@@ -190,7 +190,8 @@ def repeat_command(summary: dict, model: str, name: str) -> str:
         engine = {**({"dtype": generator["dtype"]} if generator["dtype"] != "auto" else {}),
                   **generator.get("engine_arguments", {})}  # fmt: skip
         options += [
-            f"vllm_kwargs.{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in engine.items()
+            f"vllm_kwargs.{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in engine.items()
         ]
     return (
         f"python -m mixed_r1_verl.eval data={data} model={name} backend={generator['backend']} "
