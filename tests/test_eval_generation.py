@@ -171,24 +171,27 @@ def test_transformers_backend_batches_give_each_request_its_own_responses(tiny_m
 def test_transformers_backend_batches_draw_apart_and_a_seed_repeats_the_draws(tiny_model_dir, converted):
     root, _, _ = converted
     request = eval_request(load_records([root / "out" / "train.parquet"])[0])
-    sampled = SamplingSettings(temperature=1.0, max_new_tokens=8, seed=3)
 
-    def one_prompt_per_batch():
+    def one_prompt_per_batch(seed=3):
+        sampled = SamplingSettings(temperature=1.0, max_new_tokens=8, seed=seed)
         generator = TransformersGenerator(str(tiny_model_dir), sampled, device="cpu", sequences_per_call=1)
         return [responses[0] for responses in generator.generate([request] * 3)]
 
     first = one_prompt_per_batch()
     assert len(set(first)) == 3, first  # the same prompt in three batches: three samples, not one thrice
     assert one_prompt_per_batch() == first
+    assert one_prompt_per_batch(seed=4) != first  # another seed, other draws
 
 
 def test_transformers_backend_samples_only_as_the_settings_say(tiny_model_dir, converted, tmp_path):
     root, _, _ = converted
     request = eval_request(load_records([root / "out" / "train.parquet"])[0])
-    # A checkpoint whose own generation_config would make every sample the same.
+    # A checkpoint whose own generation_config would make every sample the same, as Qwen2.5-VL-*-Instruct's
+    # (top_p 0.001, top_k 1) does: the settings' top_p (1.0) must replace it.
     model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
     config_path = model_dir / "generation_config.json"
-    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "top_k": 1, "repetition_penalty": 50.0}))
+    own = {"top_k": 1, "top_p": 0.001, "repetition_penalty": 50.0}
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **own}))
 
     sampled = SamplingSettings(n=6, temperature=1.0, max_new_tokens=8)
     (responses,) = TransformersGenerator(str(model_dir), sampled, device="cpu").generate([request])
