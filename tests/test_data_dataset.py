@@ -72,6 +72,25 @@ def test_rows_converted_for_a_larger_frame_than_the_processor_keeps_are_refused(
         build(root, processor, [str(tmp_path / "out" / "train.parquet")], filter_overlong_prompts=False)
 
 
+@pytest.mark.parametrize(
+    "mm_processor_kwargs, message",
+    [
+        ({"max_pixels": 28 * 28 * 16}, "max_pixels 200704 is above the model processor's 12544"),
+        ({"min_pixels": 28 * 28 * 8}, "min_pixels 3136 is below the model processor's 6272"),
+    ],
+)
+def test_rows_the_processor_would_resize_again_under_data_mm_processor_kwargs_are_refused(
+    setup, mm_processor_kwargs, message
+):
+    root, _, processor = setup
+    # verl hands data.mm_processor_kwargs to the processor with each row: its bounds, not the model's, apply.
+    train = [str(root / "out" / "train.parquet")]
+    with pytest.raises(DatasetRowError, match=rf"row 0 .*resized again.*{message}"):
+        build(root, processor, train, filter_overlong_prompts=False, mm_processor_kwargs=mm_processor_kwargs)
+    kept = build(root, processor, train, filter_overlong_prompts=False, mm_processor_kwargs={"max_pixels": 200704})
+    assert len(kept) == 16
+
+
 def test_rows_converted_for_another_model_family_are_refused(setup, tiny_internvl_dir, tmp_path):
     root, _, qwen = setup
     # Qwen2.5-VL rows (pixel boxes) for an InternVL, which answers in 0-1000; then the reverse.
