@@ -141,6 +141,12 @@ def test_rows_follow_verls_multimodal_layout(converted):
         assert (image["min_pixels"], image["max_pixels"]) == (3136, 28 * 28 * 64)
         if info["task"] == "matching" and info["options"]:
             assert "Options:\nA. " in content and row["reward_model"]["ground_truth"] in "ABCD"
+            assert "Answer with the letter of the correct option." in content
+            assert "single word or phrase" not in content
+        elif info["task"] == "matching":
+            assert "Options:" not in content and "Answer with a single word or phrase." in content
+    matching = [bool(r["extra_info"]["options"]) for r in rows if r["extra_info"]["task"] == "matching"]
+    assert set(matching) == {True, False}  # multiple-choice and free-text matching rows both checked
 
 
 def test_grounding_truth_is_in_the_resized_frame(converted):
