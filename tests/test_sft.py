@@ -29,8 +29,8 @@ from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
 from mixed_r1_verl.main import choose_attention
 from mixed_r1_verl.run_logs import read_metrics_log
 from mixed_r1_verl.sft import (
-    micro_batch_mismatch, pin_sample_seed, planned_sft_steps, register_sft_recipes, sft_config_dir,
-    train_rows_within_max_length,
+    exit_unless_rows_fill_the_run, micro_batch_mismatch, parquet_set_rows, pin_sample_seed, planned_sft_steps,
+    register_sft_recipes, sft_config_dir, train_rows_within_max_length,
 )  # fmt: skip
 from mixed_r1_verl.verl_adapter.sft_trainer import MixedR1SFTTrainer
 
@@ -421,6 +421,46 @@ def test_micro_batches_that_do_not_divide_a_batch_are_refused_before_start_up(
     assert micro_batch_mismatch(compose_sft(*settings, "data.micro_batch_size_per_gpu=2")) is None
     dynamic = compose_sft(*settings, "data.micro_batch_size_per_gpu=16", "data.use_dynamic_bsz=true")
     assert micro_batch_mismatch(dynamic) is None
+
+
+def test_micro_batches_divide_the_share_of_each_sequence_parallel_group_not_of_each_gpu(tiny_model_dir):
+    """With Ulysses sequence parallelism verl's FSDP engine splits each batch over GPUs / sequence-parallel
+    size data-parallel ranks: 8 GPUs in groups of 2 hold 32 / 4 = 8 rows each."""
+    settings = (
+        f"model.path={tiny_model_dir}", "trainer.n_gpus_per_node=8", "engine.ulysses_sequence_parallel_size=2",
+        "data.train_batch_size=32",
+    )  # fmt: skip
+    assert micro_batch_mismatch(compose_sft(*settings, "data.micro_batch_size_per_gpu=8")) is None
+    assert micro_batch_mismatch(compose_sft(*settings, "data.micro_batch_size_per_gpu=16")) == (
+        "data.micro_batch_size_per_gpu=16 does not divide the 8 rows of a batch each data-parallel rank holds "
+        "(data.train_batch_size=32 / 4): use a divisor, or data.use_dynamic_bsz=true. verl's FSDP engine would "
+        "stop on it at the first step.\n"
+    )
+
+
+def test_rows_are_counted_within_data_max_samples_as_verls_sft_dataset_reads_them(
+    converted, tiny_model_dir, capsys
+):
+    """A set cut by data.train_max_samples or data.val_max_samples below one batch would train nothing or
+    log val/loss as NaN, however many rows its parquet holds."""
+    data_dir, _ = converted
+    train_rows, val_rows = (pq.read_metadata(data_dir / f"sft_{split}.parquet").num_rows for split in ("train", "val"))
+    assert train_rows > 4 and val_rows >= 1
+    settings = (f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}", "data.train_batch_size=4")
+    config = compose_sft(*settings, "data.train_max_samples=3", f"data.val_max_samples={val_rows + 10}")
+    assert parquet_set_rows(config) == {"train_files": 3, "val_files": val_rows}
+    processor = load_image_text_processor(tiny_model_dir)
+    dataset = create_sft_dataset(config.data.train_files, config.data, processor.tokenizer, processor, max_samples=3)
+    assert len(dataset) == 3
+    with pytest.raises(SystemExit) as exit_status:
+        exit_unless_rows_fill_the_run(config, parquet_set_rows(config))
+    assert exit_status.value.code == 2
+    assert "data.train_files (3 rows): fewer rows than one batch of data.train_batch_size=4" in capsys.readouterr().err
+
+    within = compose_sft(*settings, "data.train_max_samples=4", "data.val_files=null", "trainer.total_epochs=1",
+                         "trainer.total_training_steps=1")  # fmt: skip
+    assert parquet_set_rows(within) == {"train_files": 4}
+    exit_unless_rows_fill_the_run(within, parquet_set_rows(within))
 
 
 @pytest.mark.parametrize("layout", ["built", "saved by transformers"])
