@@ -32,6 +32,8 @@ def test_the_last_steps_validation_is_reserved_only_when_it_validates():
     stop_by.record_validation(35.0)
     assert stop_by.steps_that_fit(NOW, validates_last_step=True) == 6  # (100 - 35) / 10
     assert stop_by.steps_that_fit(NOW, validates_last_step=False) == 10
+    stop_by.record_validation(5.0)
+    assert stop_by.steps_that_fit(NOW, validates_last_step=True) == 6, "the slowest validation timed is reserved"
 
 
 @pytest.mark.parametrize(
