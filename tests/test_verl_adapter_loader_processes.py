@@ -61,6 +61,15 @@ def test_a_state_saved_by_as_many_workers_is_left_to_torchdata():
     assert next(iter(resumed)).tolist() == list(range(READ_BEFORE_SAVE * BATCH, (READ_BEFORE_SAVE + 1) * BATCH))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_checkpoint_without_a_data_loader_state_starts_the_epoch_from_its_first_batch(workers):
+    """verl only warns when a checkpoint holds no data.pt and leaves the loader as it was built."""
+    fresh = loader(workers)
+    assert resume_with_saved_worker_count(fresh, "ckpt/global_step_3", "data.num_workers") is None
+    assert "_get_iterator" not in vars(fresh)
+    assert [batch.tolist() for batch in fresh] == [list(range(s, s + BATCH)) for s in range(0, ROWS, BATCH)]
+
+
 class LoaderProcessIds:
     """Rows that are the id of the process that read them."""
 
