@@ -233,6 +233,25 @@ def test_table_has_every_run_and_the_deltas(tmp_path):
         learning_table(summaries)
 
 
+def test_targets_met_exactly_by_counts_are_met():
+    """Rates are ratios of counts: 200/400 - 180/400 is a gain of 0.05, and 50/100 - 52/100 a loss of 0.02,
+    however the floats round."""
+    summaries = {
+        "sft": fabricated_summary({"chart": 0.42, "grounding": 0.42, "matching": 0.44, "open_ended": 0.52}, n=100),
+        "grpo": fabricated_summary({task: 0.5 for task in TASKS}, n=100),
+    }
+    header, rows = learning_table(summaries)
+    by_task = {row[0]: dict(zip(header, row)) for row in rows}
+    assert by_task["all"]["Δaccuracy grpo-sft"] == pytest.approx(0.05)
+    assert by_task["open_ended"]["Δaccuracy grpo-sft"] == pytest.approx(-0.02)
+    assert all(target_checks(header, rows).values()), target_checks(header, rows)
+
+    summaries["grpo"] = fabricated_summary({"chart": 0.5, "grounding": 0.5, "matching": 0.5, "open_ended": 0.49}, n=100)
+    header, rows = learning_table(summaries)
+    checks = target_checks(header, rows)
+    assert checks["overall accuracy up by >= 0.05"] is False and checks["no task down by more than 0.02"] is False
+
+
 def test_under_a_time_budget_grpo_stops_by_the_budget_less_the_time_its_evaluation_and_the_report_take(tmp_path):
     started = 1_800_000_000.0
 
