@@ -254,6 +254,12 @@ def test_rows_longer_than_max_length_are_left_out_at_load_and_counted(converted,
                              f"data.truncation={truncation}").data  # fmt: skip
         dataset = create_sft_dataset(str(tmp_path / "long.parquet"), config, processor.tokenizer, processor)
         assert len(dataset) == len(table) - 1 and dataset.rows_over_max_length == {task: 1}, truncation
+    # A row of exactly data.max_length tokens fits, as verl's SFT trainer takes it, beside one left out.
+    exactly = max(kept)
+    config = compose_sft(f"model.path={tiny_model_dir}", f"data.max_length={exactly}").data
+    dataset = create_sft_dataset(str(tmp_path / "long.parquet"), config, processor.tokenizer, processor)
+    assert exactly < max(counts) and dataset.rows_over_max_length == {task: 1}
+    assert [len(dataset[index]["input_ids"]) for index in range(len(dataset))] == kept
 
 
 def test_trainer_seed_orders_the_sft_batches(converted, tiny_model_dir):
