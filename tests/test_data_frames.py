@@ -64,6 +64,14 @@ def test_smart_resize_rejects_bounds_that_cannot_hold_an_image(bounds, message):
         smart_resize(200, 300, min_pixels=bounds[0], max_pixels=bounds[1])
 
 
+@pytest.mark.parametrize("width,height", [(700, 500), (100, 90), (1280, 720)])
+def test_equal_min_and_max_pixels_bound_a_resize_as_the_processor_does(width, height):
+    bounds = 28 * 28 * 64
+    assert smart_resize(height, width, min_pixels=bounds, max_pixels=bounds) == processor_frame(
+        width, height, bounds, bounds
+    )
+
+
 def test_model_frame_size_per_box_frame():
     assert model_frame_size((320, 240), BOX_FRAME_NORM1000, MIN_PIXELS, MAX_PIXELS) == (1000, 1000)
     assert model_frame_size((320, 240), BOX_FRAME_ABS, MIN_PIXELS, MAX_PIXELS) == (308, 252)
