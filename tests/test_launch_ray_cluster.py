@@ -172,7 +172,8 @@ def test_slurm_script_starts_a_token_cluster_that_its_nodes_and_driver_join(tmp_
         HOME=str(home), PATH=os.pathsep.join([str(tmp_path / "bin"), "/usr/bin", "/bin"]), PYTHON=sys.executable,
         PYTHONPATH=str(REPO), VERL_FILE_LOGGER_ROOT=str(tmp_path / "logs"), RAY_PORT=str(gcs_port),
         RAY_WAIT_TIMEOUT="120", SLURM_JOB_NODELIST="node-a,node-b", SLURM_JOB_NUM_NODES="2", SLURMD_NODENAME="node-a",
-        SLURM_CPUS_PER_TASK="1", SLURM_GPUS_ON_NODE="0",
+        # The CPUs verl holds for trainer.n_gpus_per_node=1 on each of the 2 nodes, and smoke's TransferQueue.
+        SLURM_CPUS_PER_TASK="5", SLURM_GPUS_ON_NODE="0",
         TEST_HEAD_OPTIONS=f"--dashboard-port={dashboard_port} --ray-client-server-port={client_port} "
         f"--dashboard-agent-listen-port={head_agent_port} --temp-dir={tmp_path_factory.mktemp('ray')} --disable-usage-stats",
         TEST_WORKER_OPTIONS=f"--dashboard-agent-listen-port={worker_agent_port}", TEST_WORKER_HOME=str(tmp_path),
