@@ -770,7 +770,7 @@ def refuse_inputs_among_outputs(inputs: list[Path], output_dir: Path) -> None:
 STOPPING_CHECKS = (MappedColumnNotFoundError, NoRowsWrittenError, EmptySplitError)
 
 
-def remove_earlier_outputs(writers: list[SplitWriter], rejects: RejectsWriter, output_dir: Path) -> list[str]:
+def remove_an_earlier_conversion(writers: list[SplitWriter], rejects: RejectsWriter, output_dir: Path) -> list[str]:
     """A check stopped the conversion after this run's rejects.jsonl was written: the parquet files and
     summary.json an earlier run left are removed too, so that output_dir never pairs this run's rejects with
     another input's rows (nor training with them). Returns the names of the files removed."""
@@ -836,7 +836,7 @@ def prepare(config: PrepareConfig) -> dict:
         if not rejects.rows:
             rejects.commit()
     except STOPPING_CHECKS as error:
-        removed = remove_earlier_outputs([*writers.values(), *sft_writers.values()], rejects, output_dir)
+        removed = remove_an_earlier_conversion([*writers.values(), *sft_writers.values()], rejects, output_dir)
         if removed:
             raise type(error)(
                 f"{error}; the outputs of an earlier conversion in {output_dir} ({', '.join(removed)}) were "
