@@ -126,3 +126,37 @@ def test_the_tolerance_gives_one_verdict_at_one_ratio_whatever_the_scale(scale):
     for answer, ground_truth, expected in [(21, 20, 1.0), (19, 20, 1.0), (63, 60, 1.0), (105, 100, 1.0),
                                            (95, 100, 1.0), (106, 100, 0.0), (94, 100, 0.0)]:  # fmt: skip
         assert chart_accuracy(f"{answer * scale:.12g}", f"{ground_truth * scale:.12g}") == expected
+
+
+@pytest.mark.parametrize(
+    "answer, ground_truth, expected",
+    [
+        ("\uff0d45", "-45", 1.0),  # full-width hyphen-minus
+        ("\u201245", "-45", 1.0),  # figure dash
+        ("\ufe6345", "-45", 1.0),  # small hyphen-minus
+        ("\uff0d45", "45", 0.0),
+        ("$-$45", "-45", 1.0),  # a LaTeX minus in math mode
+        ("$-$45", "45", 0.0),
+        ("- 45", "45", 1.0),  # a list item's dash, apart from the number
+        ("<45", "45", 0.0),
+        ("> 45", "45", 0.0),
+        ("\u2264 45", "45", 0.0),
+        ("\u226045", "45", 0.0),
+        ("\u224845", "45", 1.0),  # an approximation, as "about 45"
+        ("45{,}000", "45000", 1.0),
+        ("\\$45\\,000", "45000", 1.0),
+        ("4.5 \\times 10^{4}", "45000", 1.0),
+        ("4.5\u00d710^4", "45000", 1.0),
+        ("45\u00a0000", "45000", 1.0),  # no-break space between digit groups
+        ("45\u202f000", "45,000", 1.0),  # narrow no-break space
+        ("45 000", "45000", 0.0),  # a plain space may part two numbers
+        ("45 m\u00b2", "45", 1.0),
+    ],
+)
+def test_signs_digit_groups_and_latex_numbers_as_models_write_them(answer, ground_truth, expected):
+    assert chart_accuracy(answer, ground_truth) == expected
+
+
+def test_a_comparison_makes_a_ground_truth_a_label():
+    assert numeric_value("<18") is None and numeric_value("\u2265 65") is None
+    assert chart_accuracy("<18", "<18") == 1.0 and chart_accuracy("18", "<18") == 0.0

@@ -32,6 +32,9 @@ GT = "[100, 100, 200, 200]"
         ("(1, 2) -(3, 4)", (1, 2, 3, 4)),
         ("(1, 2)" + " " * 500 + "to" + " " * 500 + "x (3, 4)", None),
         ('[{"bbox_2d": [135' + " " * 500 + '"label": "x"}]', None),
+        ("[\u22125, 100, 200, 200]", (-5, 100, 200, 200)),  # Unicode minus
+        ("[100\uff0c100\uff0c200\uff0c200]", (100, 100, 200, 200)),  # full-width commas
+        ("\uff3b\uff11\uff10, 20, 30, 40\uff3d", (10, 20, 30, 40)),  # full-width brackets and digits
     ],
 )
 def test_parse_first_box(answer, expected):

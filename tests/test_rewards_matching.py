@@ -266,3 +266,62 @@ def test_an_option_text_that_is_a_letter_after_its_own_letter():
     assert matching_accuracy("B. A", "B", ["B", "A", "C"]) == 1.0
     assert matching_accuracy("B. C", "B", ["B", "A", "C"]) == 0.0
     assert matching_accuracy("BA", "B", ["B", "A", "C"]) == 0.0
+
+
+@pytest.mark.parametrize(
+    "answer, ground_truth, options",
+    [
+        ("\uff22", "B", OPTIONS),  # full-width B
+        ("\uff08\uff22\uff09", "B", OPTIONS),
+        ("\u7b54\u6848\uff1a\uff22", "B", OPTIONS),  # 答案：Ｂ
+        ("Option \uff22", "B", None),
+        ("\uff12", "2", None),
+        ("\uff43\uff41\uff54", "cat", None),
+        ("\uff39\uff25\uff33", "yes", None),
+        ("B", "B", ["\uff21\uff0e red", "\uff22\uff0e blue"]),  # options lettered in full width
+    ],
+)
+def test_full_width_forms_read_as_ascii(answer, ground_truth, options):
+    assert matching_accuracy(answer, ground_truth, options) == 1.0
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [("The answer is 'B'.", 1.0), ("'B'", 1.0), ("\u2018B\u2019", 1.0), ("Option 'B'", 1.0), ("B's", 0.0)],
+)
+def test_a_letter_in_quotes_is_a_letter_and_one_before_an_apostrophe_s_is_a_word(answer, expected):
+    assert matching_accuracy(answer, "B", OPTIONS) == expected
+
+
+@pytest.mark.parametrize(
+    "answer, ground_truth, expected",
+    [("Three", "3", 1.0), ("3", "three", 1.0), ("zero", "0", 1.0), ("ten", "10", 1.0), ("three", "4", 0.0),
+     ("three apples", "3", 0.0), ("twenty", "20", 0.0)],
+)
+def test_number_words_to_ten_answer_their_digits(answer, ground_truth, expected):
+    assert matching_accuracy(answer, ground_truth) == expected
+
+
+@pytest.mark.parametrize(
+    "answer, ground_truth, expected",
+    [("\u662f", "yes", 1.0), ("\u662f\u7684", "yes", 1.0), ("\u5426", "no", 1.0), ("\u4e0d\u662f", "no", 1.0),
+     ("\u4e0d\u662f", "yes", 0.0), ("\u6ca1\u6709", "no", 1.0), ("\u662f\u7684", "\u662f", 1.0),
+     ("\u6211\u89c9\u5f97\u662f", "yes", 0.0)],
+)
+def test_a_whole_chinese_yes_or_no(answer, ground_truth, expected):
+    assert matching_accuracy(answer, ground_truth) == expected
+
+
+def test_a_chinese_option_text_within_the_answer_names_that_option():
+    options = ["\u7ea2\u8272\u7684\u82f9\u679c", "\u7eff\u8272\u7684\u68a8", "\u9ec4\u8272\u7684\u9999\u8549"]
+    assert matching_accuracy("\u7b54\u6848\u662f\u7eff\u8272\u7684\u68a8", "B", options) == 1.0  # 答案是绿色的梨
+    assert matching_accuracy("\u7b54\u6848\u662f\u7eff\u8272\u7684\u68a8", "A", options) == 0.0
+
+
+@pytest.mark.parametrize(
+    "answer, ground_truth, expected",
+    [("5", "-5", 0.0), ("-5", "-5", 1.0), ('"-5."', "-5", 1.0), ("+5", "5", 1.0), ("18", "<18", 0.0),
+     ("<18", "<18", 1.0), ("...5", "5", 1.0)],
+)
+def test_a_short_answers_minus_sign_and_comparison_are_kept(answer, ground_truth, expected):
+    assert matching_accuracy(answer, ground_truth) == expected

@@ -23,6 +23,11 @@ _PERIOD_WORD = re.compile(
 _LETTER_WORD = re.compile(r"[^\W\d_]+")
 # A currency written against its number ("Rs.50", "USD45"), which would otherwise hide the number.
 _GLUED_CURRENCY = re.compile(r"(?i)\b((?:" + "|".join(CURRENCY_CODES) + r")\.?)(?=[-+]?\.?\d)")
+# A comparison before the number makes it a bound, not a value ("<45", "≥ 45"), as "under 45" does.
+_COMPARISON_SIGNS = frozenset("<>≤≥≦≧≠≮≯⩽⩾")
+# LaTeX's ways of writing a number: digit groups `45{,}000` and `45\,000`, and `4.5 \times 10^{4}`.
+_LATEX_DIGIT_GROUP = re.compile(r"(?<=\d)(?:\{,\}|\\,)(?=\d{3})")
+_LATEX_POWER_OF_TEN = re.compile(r"(?<=\d)\s*(?:\\times|\\cdot|×)\s*10\^\{?([-+]?\d+)\}?")
 # Slack for binary floating point: 2.1 against 2 is exactly 5 % off, as 21 against 20 is.
 _ROUNDING_SLACK = 1e-9
 
@@ -40,17 +45,24 @@ def single_number(text: str) -> float | None:
     return to_float(numbers[0])
 
 
+def with_latex_numbers_plain(text: str) -> str:
+    """LaTeX's digit groups and powers of ten written plain ("45,000", "4.5e4"), and math delimiters
+    dropped ("$-$45" is -45); a dollar sign is a currency sign, which the value ignores anyway."""
+    text = _LATEX_DIGIT_GROUP.sub(",", text)
+    return _LATEX_POWER_OF_TEN.sub(r"e\1", text).replace("$", "")
+
+
 def numeric_value(text: str) -> float | None:
     """The value of a numeric ground truth or answer, else None (a text target, or an answer that is no
     value). Numeric: one number, before it at most currency signs or words of VALUE_PREFIX_WORDS, after it
-    anything but a period (a unit: "%", "million", "kg/m2", "°C", "(approx)"). "under 18" is a label as a
-    target, and as an answer no value of 18."""
-    text = with_currency_apart(unicode_minus_as_hyphen(text))
+    anything but a period (a unit: "%", "million", "kg/m2", "°C", "(approx)"). "under 18" and "<18" are a
+    label as a target, and as an answer no value of 18."""
+    text = with_currency_apart(with_latex_numbers_plain(unicode_minus_as_hyphen(text)))
     numbers = list(NUMBER_TOKEN.finditer(text))
     if len(numbers) != 1 or _PERIOD_WORD.search(text):
         return None
-    prefix_words = _LETTER_WORD.findall(text[: numbers[0].start()].lower())
-    if not set(prefix_words) <= VALUE_PREFIX_WORDS:
+    prefix = text[: numbers[0].start()]
+    if not set(_LETTER_WORD.findall(prefix.lower())) <= VALUE_PREFIX_WORDS or _COMPARISON_SIGNS & set(prefix):
         return None
     return to_float(numbers[0].group())
 

@@ -12,6 +12,8 @@ import re
 from collections.abc import Sequence
 from numbers import Real
 
+from .text import folded
+
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 # No two `\s*` may share a run of whitespace: backtracking over how to split it costs time quadratic in its length.
 _FLAT_LIST = re.compile(r"\[\s*(" + _NUM + r"(?:\s*,\s*" + _NUM + r")*)\s*(?:,\s*)?\]")
@@ -27,7 +29,9 @@ Box = tuple[float, float, float, float]
 
 def parse_first_box(answer: str) -> Box | None:
     """The first box written in the answer, or None if the first box-like group is not a valid box
-    (wrong number of coordinates, non-finite, or x2 <= x1 or y2 <= y1)."""
+    (wrong number of coordinates, non-finite, or x2 <= x1 or y2 <= y1). Full-width digits and commas and
+    Unicode minus signs read as ASCII ones (`folded`)."""
+    answer = folded(answer)
     flat = _FLAT_LIST.search(answer)
     pair = _POINT_PAIR.search(answer)
     if flat and (pair is None or flat.start() <= pair.start()):

@@ -6,18 +6,27 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
-from .text import normalize_text
+from .text import folded, normalize_text
 
 _OPTION_LETTER_GT = re.compile(r"\(?([A-Za-z])\)?[.:)]?")
 _BARE_CAPITAL = re.compile(r"\(?[A-Z]\)?[.:)]?")
 # A capital letter standing alone: "B", "(B)", "B.", "B) text", "answer is B".
-_STANDALONE_CAPITAL = re.compile(r"(?<![A-Za-z0-9])([A-Z])(?![A-Za-z0-9'\u2019])")
+# An apostrophe after it makes a word ("A's", "I'm"); a closing quote ("'B'") does not.
+_STANDALONE_CAPITAL = re.compile(r"(?<![A-Za-z0-9])([A-Z])(?![A-Za-z0-9])(?!['\u2019][A-Za-z])")
 # "A dog" is the article; "A is correct", "A and B" name option A.
 _ARTICLE_A = re.compile(r"\s+(?!(?:is|was|seems|appears|looks|and|or|would|should|could|might|because)\b)[a-z]")
 # Letters named as options whatever follows them: a leading "B.", "B)", "(B)", "B:", and "Option B".
 _LEADING_LETTER = re.compile(r"\s*\(?([A-Z])(?:\)|[.:])(?=\s|$)")
-_OPTION_WORD = re.compile(r"\b[Oo]ption\s+\(?([A-Z])(?![A-Za-z0-9'\u2019])")
+_OPTION_WORD = re.compile(r"\b[Oo]ption\s+\(?([A-Z])(?![A-Za-z0-9])(?!['\u2019][A-Za-z])")
 _YES_NO = re.compile(r"\b(yes|no)\b")
+# Whole answers that say yes or no in Chinese ("is", "right", "there is"; their negations).
+CHINESE_YES_NO = {**dict.fromkeys(("是", "是的", "对", "有"), "yes"), **dict.fromkeys(("否", "不是", "不对", "没有"), "no")}
+# Number words as the official VQA scorer reads them: "three" answers "3".
+NUMBER_WORDS = {
+    word: str(value)
+    for value, word in enumerate("zero one two three four five six seven eight nine ten".split())
+}
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -33,14 +42,14 @@ def options_without_their_letters(options: Sequence[str]) -> tuple[str, ...]:
 
 
 def option_texts(options) -> list[str] | None:
-    """The option texts of any sequence (list, tuple, numpy array, as a parquet row holds them), without the
-    letters they all carry in order (`options_without_their_letters`); None when there are none. A string is
-    not a list of options."""
+    """The option texts of any sequence (list, tuple, numpy array, as a parquet row holds them), `folded`,
+    without the letters they all carry in order (`options_without_their_letters`); None when there are none.
+    A string is not a list of options."""
     if options is None:
         return None
     if isinstance(options, str):
         raise TypeError(f"options must be a sequence of option texts, got the string {options!r}")
-    return list(options_without_their_letters([str(option) for option in options])) or None
+    return list(options_without_their_letters([folded(str(option)) for option in options])) or None
 
 
 def _named_letter_positions(answer: str) -> set[int]:
@@ -86,6 +95,12 @@ def _option_words(option: str) -> list[str]:
     return option.split()
 
 
+def _several_words(option: str) -> bool:
+    """Whether an option's text is of several words; Chinese, Japanese or Korean text, written without spaces,
+    of several characters."""
+    return len(_option_words(option)) >= 2 or len(_CJK.findall(option)) >= 2
+
+
 def _option_text_pattern(option: str) -> str | None:
     """An option's text, its words apart by any whitespace, in any case; None for a text of no words."""
     words = _option_words(option)
@@ -107,7 +122,7 @@ def _labelled_option(letter: str, option: str) -> re.Pattern | None:
 @lru_cache(maxsize=1 << 12)
 def _unlabelled_option(option: str) -> re.Pattern | None:
     """An option's text of several words, as a whole ("Vitamin D" but not "Vitamin D3")."""
-    if len(_option_words(option)) < 2:
+    if not _several_words(option):
         return None
     text = _option_text_pattern(option)
     return re.compile(rf"(?<![A-Za-z0-9]){text}(?![A-Za-z0-9])")
@@ -129,7 +144,7 @@ def options_named_by_text(answer: str, options: Sequence[str]) -> tuple[str, set
     names B of [Vitamin C, Vitamin D]), and the answer without those texts, whose letters ("D") are no options."""
     letters = set()
     # Longest first: "New York City" is not also "New York".
-    for index, option in sorted(enumerate(options), key=lambda indexed: -len(_option_words(indexed[1]))):
+    for index, option in sorted(enumerate(options), key=lambda indexed: -len(indexed[1])):
         pattern = _unlabelled_option(option)
         if pattern is not None:
             answer, count = pattern.subn(" ", answer)
@@ -154,9 +169,15 @@ def option_letter_accuracy(answer: str, letter: str, options: Sequence[str] | No
 
 
 def yes_no_accuracy(answer: str, expected: str) -> float:
-    """1.0 iff exactly one of yes/no appears as a word, and it is the expected one."""
-    said = set(_YES_NO.findall(answer.lower()))
+    """1.0 iff exactly one of yes/no appears as a word (or the whole answer says it in Chinese), and it is the
+    expected one."""
+    said = {CHINESE_YES_NO[answer.strip()]} if answer.strip() in CHINESE_YES_NO else set(_YES_NO.findall(answer.lower()))
     return 1.0 if said == {expected} else 0.0
+
+
+def short_answer(text: str) -> str:
+    """A short answer as compared: normalised (`normalize_text`), number words as digits."""
+    return " ".join(NUMBER_WORDS.get(word, word) for word in normalize_text(text).split(" "))
 
 
 def option_letter(ground_truth: str, options: Sequence[str] | None) -> str | None:
@@ -169,12 +190,13 @@ def option_letter(ground_truth: str, options: Sequence[str] | None) -> str | Non
 
 
 def matching_accuracy(answer: str, ground_truth: str, options: Sequence[str] | None = None) -> float:
-    ground_truth = ground_truth.strip()
+    """Full-width forms read as ASCII ones on every side (`folded`)."""
+    answer, ground_truth = folded(answer), folded(ground_truth).strip()
     options = option_texts(options)
     letter = option_letter(ground_truth, options)
     if letter:
         return option_letter_accuracy(answer, letter, options)
-    expected = normalize_text(ground_truth)
+    expected = CHINESE_YES_NO.get(ground_truth, normalize_text(ground_truth))
     if expected in ("yes", "no"):
         return yes_no_accuracy(answer, expected)
-    return 1.0 if normalize_text(answer) == expected else 0.0
+    return 1.0 if short_answer(answer) == short_answer(ground_truth) else 0.0

@@ -9,29 +9,41 @@ import unicodedata
 
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 _WHITESPACE = re.compile(r"\s+")
-_EDGE_CHARS = string.punctuation + string.whitespace
+# Comparison signs are kept: "<18" is not "18".
+_EDGE_CHARS = "".join(char for char in string.punctuation if char not in "<=>") + string.whitespace
 
-# A plain or thousands-grouped decimal, optionally signed and in scientific notation. Every part is
-# anchored on a distinct character class, so matching is linear in the input length.
-NUMBER_PATTERN = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+(?:[eE][-+]?\d+)?"
+# A plain or thousands-grouped decimal (commas, or the no-break and thin spaces of "45 000"), optionally
+# signed and in scientific notation. Every part is anchored on a distinct character class, so matching is
+# linear in the input length.
+NUMBER_PATTERN = (
+    r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d{1,3}(?:[\u00a0\u202f\u2009]\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?"
+    r"|[-+]?\.\d+(?:[eE][-+]?\d+)?"
+)
 NUMBER_TOKEN = re.compile(r"(?<![\w.])(?:" + NUMBER_PATTERN + r")")
-_UNICODE_MINUS = str.maketrans({"\u2212": "-", "\u2013": "-"})
+_GROUP_SEPARATORS = str.maketrans(dict.fromkeys(",\u00a0\u202f\u2009"))
+# The minus sign, en dash, figure dash, small and full-width hyphen-minus, as a number's sign is written.
+_UNICODE_MINUS = str.maketrans(dict.fromkeys("\u2212\u2013\u2012\ufe63\uff0d", "-"))
 
 
 def normalize_text(text: str) -> str:
     """Lower case, articles removed (unless nothing else is left: "a" stays "a"), whitespace collapsed,
-    punctuation (ASCII's and Unicode's: quotes, ellipses, full stops) stripped from both ends."""
+    punctuation (ASCII's and Unicode's: quotes, ellipses, full stops) stripped from both ends, but for the
+    minus sign of a leading number ("-5" is not "5")."""
     lowered = strip_edges(_WHITESPACE.sub(" ", text.lower()))
     return strip_edges(_WHITESPACE.sub(" ", _ARTICLES.sub(" ", lowered))) or lowered
 
 
 def strip_edges(text: str) -> str:
     start, end = 0, len(text)
-    while start < end and _is_edge(text[start]):
+    while start < end and _is_edge(text[start]) and not _is_sign_of_number(text, start):
         start += 1
     while end > start and _is_edge(text[end - 1]):
         end -= 1
     return text[start:end]
+
+
+def _is_sign_of_number(text: str, position: int) -> bool:
+    return text[position] == "-" and text[position + 1 : position + 2].isdigit()
 
 
 def _is_edge(char: str) -> bool:
@@ -39,13 +51,19 @@ def _is_edge(char: str) -> bool:
 
 
 def to_float(token: str) -> float | None:
-    """A finite float from a number token (thousands commas allowed), else None."""
-    value = float(token.replace(",", ""))
+    """A finite float from a number token (digit groups allowed), else None."""
+    value = float(token.translate(_GROUP_SEPARATORS))
     return value if math.isfinite(value) else None
 
 
 def unicode_minus_as_hyphen(text: str) -> str:
     return text.translate(_UNICODE_MINUS)
+
+
+def folded(text: str) -> str:
+    """Full-width and other compatibility forms as their plain letters, digits and punctuation (NFKC:
+    "（Ｂ）" is "(B)", "ＹＥＳ" is "YES"), and minus signs as '-'."""
+    return unicode_minus_as_hyphen(unicodedata.normalize("NFKC", text))
 
 
 def find_numbers(text: str) -> list[str]:
