@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["mixed_r1_verl", "mixed_r1_verl.*"]),
     include_package_data=True,
-    package_data={"mixed_r1_verl": ["conf/*.yaml", "conf/**/*.yaml", "stack_hook/sitecustomize.py"]},
+    package_data={"mixed_r1_verl": ["stack_hook/sitecustomize.py"]},
     # The training config and recipes, found by mixed_r1_verl.main in a wheel install.
     data_files=[
         ("share/mixed_r1_verl/conf", glob("conf/*.yaml")),

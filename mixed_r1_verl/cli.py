@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-EXIT_USAGE = 2
+from mixed_r1_verl.settings import EXIT_USAGE
 
 # subcommand -> (module whose main() runs it, what it does)
 SUBCOMMANDS = {

@@ -16,9 +16,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mixed_r1_verl.settings import EXIT_USAGE
+
 RECIPE_GROUP = "recipe"
 PACKAGE_SETTINGS_KEY = "mixed_r1"
-EXIT_USAGE = 2
 CHECKPOINT_DIR_KEY = "trainer.default_local_dir"
 
 

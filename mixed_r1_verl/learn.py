@@ -46,7 +46,7 @@ from typing import Callable
 from mixed_r1_verl.data.model_files import CHECKPOINT_TRACKER
 from mixed_r1_verl.models.tiny_qwen25vl import describe_model, size_from_settings
 from mixed_r1_verl.run_logs import EXIT_OUT_OF_TIME, STACKS_SUFFIX, run_with_limit
-from mixed_r1_verl.settings import asks_for_help, parse_settings, settings_help
+from mixed_r1_verl.settings import EXIT_NEEDS_GPU, asks_for_help, parse_settings, settings_help
 
 RUNS = ("base", "sft", "grpo")
 RUN_NAMES = {"base": "base", "sft": "SFT", "grpo": "GRPO"}
@@ -73,7 +73,6 @@ MODEL_SIDE_FILES = (
 )
 
 
-EXIT_NEEDS_GPU = 2
 NO_GPU_MESSAGE = """\
 mixed_r1_verl.learn trains (SFT, then GRPO with vLLM rollouts) and needs a CUDA GPU;
 torch.cuda.is_available() is False on this machine. `python -m mixed_r1_verl.learn dry_run=true`

@@ -21,12 +21,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mixed_r1_verl.data.model_files import is_hub_id
-from mixed_r1_verl.entry import EXIT_USAGE, register_recipe_files, run_recipe_entry
+from mixed_r1_verl.entry import register_recipe_files, run_recipe_entry
+from mixed_r1_verl.settings import EXIT_NEEDS_GPU, EXIT_USAGE
 
 logger = logging.getLogger(__name__)
 
 PRIMARY_CONFIG = "mixed_r1"
-EXIT_NEEDS_GPU = 2
 EXIT_NOTHING_TO_TRAIN = 3
 
 # The verl plugins of this package: the `mixed_r1` reward manager, the `mixed_r1_sync` trainer mode and

@@ -10,6 +10,9 @@ from typing import Callable, Iterator, TypeVar
 from omegaconf import OmegaConf
 
 Settings = TypeVar("Settings")
+# Exit statuses every entry shares: a setting or input refused, and a command that needs a CUDA GPU run without one.
+EXIT_USAGE = 2
+EXIT_NEEDS_GPU = 2
 HELP_FLAGS = ("-h", "--help")
 
 

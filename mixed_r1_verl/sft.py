@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mixed_r1_verl.entry import register_recipe_files, run_recipe_entry
+from mixed_r1_verl.entry import run_recipe_entry
 from mixed_r1_verl.main import (
     choose_attention,
     config_dir,
@@ -63,10 +63,6 @@ def sft_config_dir() -> Path:
 
 def sft_recipe_dir() -> Path:
     return recipe_dir() / "sft"
-
-
-def register_sft_recipes() -> list[str]:
-    return register_recipe_files(sft_recipe_dir())
 
 
 def missing_inputs(config: DictConfig) -> list[str]:

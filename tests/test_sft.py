@@ -24,13 +24,14 @@ from test_train_config import compose_recipe
 from mixed_r1_verl.data.prepare import SFT_SCHEMA, PrepareConfig, prepare, sft_target
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.data.sft_dataset import MixedR1SFTDataset
+from mixed_r1_verl.entry import register_recipe_files
 from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
 from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
 from mixed_r1_verl.main import choose_attention
 from mixed_r1_verl.run_logs import read_metrics_log
 from mixed_r1_verl.sft import (
     exit_unless_rows_fill_the_run, micro_batch_mismatch, parquet_set_rows, pin_sample_seed, planned_sft_steps,
-    register_sft_recipes, sft_config_dir, train_rows_within_max_length,
+    sft_config_dir, sft_recipe_dir, train_rows_within_max_length,
 )  # fmt: skip
 from mixed_r1_verl.verl_adapter.sft_trainer import MixedR1SFTTrainer
 
@@ -59,7 +60,7 @@ MISSING_SFT_DATA = "\n(the SFT parquet is written by mixed_r1_verl.data.prepare 
 
 
 def compose_sft(*overrides, recipe="learn"):
-    register_sft_recipes()
+    register_recipe_files(sft_recipe_dir())
     with initialize_config_dir(str(sft_config_dir()), version_base=None):
         return compose("sft", overrides=[f"recipe={recipe}", *overrides])
 

@@ -17,7 +17,8 @@ from transformers import AutoTokenizer
 from data_helpers import checkout_env
 from task_plugins import write_distribution
 
-from mixed_r1_verl.entry import EXIT_USAGE, sweep_jobs
+from mixed_r1_verl.entry import sweep_jobs
+from mixed_r1_verl.settings import EXIT_USAGE
 from mixed_r1_verl.main import (
     exit_unless_data_files_exist,
     file_logger_env,

@@ -56,6 +56,7 @@ from mixed_r1_verl.data.prepare import (
     PrepareConfig,
     RowConverter,
     box_in_pixels,
+    by_reason_and_by_task,
     check_mapped_columns_found,
     grid_like_boxes_warning,
     named_input,
@@ -226,11 +227,7 @@ class StageResult:
 
 def stage_result(name: str, rows_in: dict, rows_out: dict, drops: Counter, details: dict) -> StageResult:
     """A stage's record from its drops counted by (task, reason)."""
-    by_reason: Counter = Counter()
-    by_task: dict[str, dict[str, int]] = {}
-    for (task, reason), count in sorted(drops.items()):
-        by_reason[reason] += count
-        by_task.setdefault(task, {})[reason] = count
+    by_reason, by_task = by_reason_and_by_task(drops)
     return StageResult(name, rows_in, rows_out, dict(by_reason), by_task, details)
 
 

@@ -892,13 +892,19 @@ def grid_like_boxes_warning(converter: RowConverter) -> str | None:
     )
 
 
-def build_summary(config, converter, rows_in, written: Counter, rejected: Counter, seconds: float) -> dict:
-    rows_written = sum(written.values())
+def by_reason_and_by_task(counts: Counter) -> tuple[Counter, dict[str, dict[str, int]]]:
+    """Rows counted by (task, reason) as counts by reason, and by reason within each task."""
     by_reason: Counter = Counter()
     by_task: dict[str, dict[str, int]] = {}
-    for (task, reason), count in sorted(rejected.items()):
+    for (task, reason), count in sorted(counts.items()):
         by_reason[reason] += count
         by_task.setdefault(task, {})[reason] = count
+    return by_reason, by_task
+
+
+def build_summary(config, converter, rows_in, written: Counter, rejected: Counter, seconds: float) -> dict:
+    rows_written = sum(written.values())
+    by_reason, by_task = by_reason_and_by_task(rejected)
     if rows_in != rows_written + sum(rejected.values()):
         raise RuntimeError(
             f"row accounting broken: {rows_in} in, {rows_written} written, {sum(rejected.values())} rejected"

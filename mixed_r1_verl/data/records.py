@@ -560,7 +560,7 @@ class ColumnMapping:
 LAYOUTS = {
     "canonical": ColumnMapping(),
     # LLaVA-style: {"id", "image", "conversations": [{"from": "human", "value"}, {"from": "gpt", "value"}]};
-    # the task is not in the data, so give it as a constant (layout_constants.task=...).
+    # the task is not in the data, so give it as a constant (constants.task=...).
     "llava": ColumnMapping(
         columns={"id": "id", "images": "image", "problem": "conversations.0.value", "answer": "conversations.1.value"},
         constants={"data_source": "llava"},

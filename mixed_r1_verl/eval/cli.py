@@ -38,7 +38,13 @@ from mixed_r1_verl.data.model_files import checkpoint_model_type, not_a_model_re
 from mixed_r1_verl.data.records import input_files
 from mixed_r1_verl.rewards.embeddings import EmbeddingModelError, load_embedding_model
 from mixed_r1_verl.rewards.scoring import reward_option_errors
-from mixed_r1_verl.settings import asks_for_help, input_errors_end_the_command, parse_settings, settings_help
+from mixed_r1_verl.settings import (
+    EXIT_USAGE,
+    asks_for_help,
+    input_errors_end_the_command,
+    parse_settings,
+    settings_help,
+)
 
 from .cache import (
     CACHE_FILE,
@@ -67,7 +73,6 @@ from .report import (
 from .scoring import correct_thresholds, score_records, summarize
 
 
-EXIT_USAGE = 2
 BACKENDS = ("auto", "vllm", "hf")
 SHOWN_IDS = 5  # ids named in a notice, the first in file order
 

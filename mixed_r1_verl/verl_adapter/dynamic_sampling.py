@@ -249,7 +249,6 @@ class PerTaskDynamicSampler(ReplayBuffer):
         max_off_policy_threshold: int | None,
         max_off_policy_strategy: str,
         sampler_kwargs,
-        poll_interval: float | None = None,
         refill_fn=None,
     ):
         if trainer_mode in ASYNC_TRAINER_MODES:
@@ -269,7 +268,7 @@ class PerTaskDynamicSampler(ReplayBuffer):
             max_off_policy_threshold=max_off_policy_threshold,
             max_off_policy_strategy=max_off_policy_strategy,
             sampler_kwargs=sampler_kwargs,
-            poll_interval=poll_interval or self.settings.poll_interval_s,
+            poll_interval=self.settings.poll_interval_s,
             refill_fn=refill_fn,
         )
         self._verdicts: dict[str, GroupVerdict] = {}
