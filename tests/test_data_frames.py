@@ -6,10 +6,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as processor_smart_resize
 
 from mixed_r1_verl.data.frames import (
     BOX_FRAME_ABS,
     BOX_FRAME_NORM1000,
+    MAX_ASPECT_RATIO,
     box_to_frame,
     model_frame_size,
     resized_again_reason,
@@ -53,6 +55,17 @@ def test_smart_resize_matches_the_processor_on_random_sizes(width, height, bound
 def test_smart_resize_rejects_extreme_aspect_ratio():
     with pytest.raises(ValueError, match="aspect ratio"):
         smart_resize(10, 2050)
+
+
+@pytest.mark.parametrize("width, height", [(7200, 40), (8000, 45), (40, 7200)])
+def test_smart_resize_rejects_an_image_whose_resize_exceeds_the_aspect_ratio_the_processor_takes(width, height):
+    assert max(width, height) / min(width, height) <= MAX_ASPECT_RATIO
+    with pytest.raises(ValueError, match=rf"{width}x{height} resizes to \d+x\d+, whose aspect ratio exceeds 200"):
+        smart_resize(height, width, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    # The processor takes the image, then refuses it resized, as it sees it in the model's inputs.
+    resized = processor_smart_resize(height, width, 28, MIN_PIXELS, MAX_PIXELS)
+    with pytest.raises(ValueError, match="aspect ratio must be smaller than 200"):
+        processor_smart_resize(*resized, 28, MIN_PIXELS, MAX_PIXELS)
 
 
 @pytest.mark.parametrize(

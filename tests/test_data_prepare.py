@@ -507,6 +507,22 @@ def test_exif_turned_photos_are_written_upright_with_boxes_in_the_upright_frame(
     assert list(model_input_image(photo["images"][0], image_patch_size=14).size) == [width, height]
 
 
+def test_a_photo_to_turn_whose_exif_holds_a_tag_of_an_odd_type_is_turned_upright():
+    """Cameras and editors leave tags PIL cannot write back (Compression stored as text, here); turning the
+    photo must not need to."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: turn 270 degrees
+    exif[0x010F] = "camera"
+    buffer = io.BytesIO()
+    Image.new("RGB", (60, 40), (0, 0, 255)).save(buffer, format="JPEG", exif=exif)
+    make_as_text, compression_as_text = b"\x01\x0f\x00\x02", b"\x01\x03\x00\x02"
+    assert buffer.getvalue().count(make_as_text) == 1
+    data, size = shown_image(buffer.getvalue().replace(make_as_text, compression_as_text), "photo.jpg")
+    assert size == (40, 60)
+    with Image.open(io.BytesIO(data)) as shown:
+        assert shown.size == (40, 60)
+
+
 def test_sixteen_bit_grey_images_reach_the_model_with_their_grey_levels(tmp_path):
     image_root = tmp_path / "images"
     image_root.mkdir()
@@ -574,17 +590,23 @@ def test_images_that_would_fail_or_show_otherwise_in_training_are_rejects_or_rew
     assert "save the image with 8 or 16 bits per channel" in rejects["depthf.tif"]["detail"]
 
 
-@pytest.mark.parametrize("progressive", [False, True])
-def test_a_jpeg_passes_conversion_only_when_its_pixels_decode_whole(progressive):
-    """JPEGs are checked by their markers, not decoded: cut anywhere, a file that passes decodes in training."""
+@pytest.mark.parametrize("progressive, thumbnail", [(False, False), (True, False), (False, True)])
+def test_a_jpeg_passes_conversion_only_when_its_pixels_decode_whole(progressive, thumbnail):
+    """JPEGs are checked by their markers, not decoded: cut anywhere, a file that passes decodes in training,
+    also one that embeds a whole JPEG thumbnail (with its own scan and end marker) before its own scan."""
     photo = numpy.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=numpy.uint8)
     exif = Image.Exif()
     exif[0x010F] = "camera"
     buffer = io.BytesIO()
     Image.fromarray(photo).save(buffer, format="JPEG", progressive=progressive, exif=exif)
     data = buffer.getvalue()
+    if thumbnail:
+        small = io.BytesIO()
+        Image.fromarray(photo).resize((16, 12)).save(small, format="JPEG")
+        segment = b"\xff\xe2" + (len(small.getvalue()) + 2).to_bytes(2, "big") + small.getvalue()
+        data = data[:2] + segment + data[2:]
     passed = 0
-    for cut in range(1, len(data) + 1, 7):
+    for cut in range(1, len(data) + 1, 1 if thumbnail else 7):
         try:
             shown_image(data[:cut], "photo.jpg")
         except records.RecordError as error:

@@ -65,7 +65,9 @@ def smart_resize(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[int, int]:
     """(height, width) the Qwen2-VL family resizes an image to: each side a multiple of `factor`,
-    aspect ratio kept as closely as possible, area within [min_pixels, max_pixels]."""
+    aspect ratio kept as closely as possible, area within [min_pixels, max_pixels]. An image over
+    MAX_ASPECT_RATIO is refused, and so is one whose resize is (a strip of 7200x40 resizes to 5992x28 at
+    max_pixels=200704): the processor checks the image it is given, and the model's inputs are resized images."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     bounds_error = pixel_bounds_error(min_pixels, max_pixels)
@@ -83,6 +85,10 @@ def smart_resize(
         grow = math.sqrt(min_pixels / (height * width))
         resized_h = math.ceil(height * grow / factor) * factor
         resized_w = math.ceil(width * grow / factor) * factor
+    if max(resized_h, resized_w) / min(resized_h, resized_w) > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"{width}x{height} resizes to {resized_w}x{resized_h}, whose aspect ratio exceeds {MAX_ASPECT_RATIO}"
+        )
     return resized_h, resized_w
 
 

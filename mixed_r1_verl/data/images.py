@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from mixed_r1_verl.data.records import (
     IMAGE_OUTSIDE_ROOT,
@@ -36,7 +36,18 @@ class ImageFile:
 
 
 EXIF_ORIENTATION = 0x0112
-TURNING_ORIENTATIONS = range(2, 9)  # 1 is upright; other values are invalid and ignored, as viewers do
+# How each EXIF orientation turns the stored pixels upright; 1 is upright, other values are invalid and ignored,
+# as viewers do. Applied with `transpose`: PIL's `exif_transpose` also writes the EXIF block back, and raises on
+# a tag of a type it cannot write, which cameras and editors leave in photos.
+UPRIGHT_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 # 16-bit greyscale (PNG, TIFF): converting it to RGB, as every model input path does, clips each level
 # above 255 to white, so such files are scaled to 8 bits first.
 SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -53,12 +64,30 @@ def eight_bit_grey(image: Image.Image) -> Image.Image:
 JPEG_START_OF_SCAN, JPEG_END_OF_IMAGE = b"\xff\xda", b"\xff\xd9"
 
 
+def jpeg_first_scan(data: bytes) -> int | None:
+    """Where a JPEG's first start of scan is, found by walking the segments before it by their lengths: an
+    embedded thumbnail (in an APPn segment) holds a scan and an end-of-image marker of its own. None when the
+    file ends before it."""
+    position = 2  # after the start-of-image marker
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            position += 1
+        elif data[position : position + 2] == JPEG_START_OF_SCAN:
+            return position
+        else:
+            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
+
+
 def jpeg_ends_its_scan(data: bytes) -> bool:
     """Whether a JPEG's last scan reaches an end-of-image marker. Entropy-coded data never holds 0xFFD9, so
     a file cut short within its pixels has none after its last start of scan: what PIL's decoder finds only by
     decoding them all (about 1 ms for a 640x480 photo; this is a byte search)."""
-    last_scan = data.rfind(JPEG_START_OF_SCAN)
-    return last_scan != -1 and data.find(JPEG_END_OF_IMAGE, last_scan) != -1
+    first_scan = jpeg_first_scan(data)
+    if first_scan is None:
+        return False
+    return data.find(JPEG_END_OF_IMAGE, data.rfind(JPEG_START_OF_SCAN, first_scan)) != -1
 
 
 def check_whole(image: Image.Image, data: bytes) -> None:
@@ -87,11 +116,11 @@ def displayed_image(data: bytes) -> tuple[bytes, tuple[int, int]]:
             orientation, exif_readable = image.getexif().get(EXIF_ORIENTATION), True
         except SyntaxError:  # PIL's error for an EXIF block it cannot parse; viewers show the image upright
             orientation, exif_readable = None, False
-        turns = orientation in TURNING_ORIENTATIONS
+        turn = UPRIGHT_TURNS.get(orientation)
         sixteen_bit = image.mode in SIXTEEN_BIT_GREY_MODES
-        if exif_readable and not (turns or sixteen_bit):
+        if exif_readable and not (turn or sixteen_bit):
             return data, image.size
-        shown = ImageOps.exif_transpose(image) if turns else image
+        shown = image.transpose(turn) if turn else image
         if sixteen_bit:
             shown = eight_bit_grey(shown)
         buffer = io.BytesIO()
@@ -108,8 +137,9 @@ def shown_image(data: bytes, label: str) -> tuple[bytes, tuple[int, int]]:
         return displayed_image(data)
     except UnidentifiedImageError:
         raise RecordError(UNREADABLE_IMAGE, f"{label}: not an image file of a format PIL reads") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        # PIL raises SyntaxError for a broken file structure too (a damaged PNG chunk)
+    except Exception as error:
+        # PIL raises many kinds for a broken file (SyntaxError for a damaged PNG chunk, struct.error for a
+        # malformed EXIF tag): a file it cannot read is this row's reject, whatever the kind.
         raise RecordError(UNREADABLE_IMAGE, f"{label}: {error}") from None
 
 
