@@ -197,6 +197,17 @@ def test_drops_zero_variance_groups_refills_and_counts_per_task(transfer_queue):
     assert set(left) == set(batch.keys)
 
 
+def test_a_surplus_keeps_the_first_groups_the_data_loader_gave(transfer_queue):
+    rollout = ScriptedRollout([informative("chart") for _ in range(12)])
+    sampler = make_sampler(rollout)
+    rollout.submit(8)  # more prompts of the step than the batch takes, as over-provisioned refills leave
+
+    batch, metrics, chosen, _ = run_step(sampler, rollout, batch_size=4)
+
+    assert metrics["filtering/discarded_surplus"] == 8
+    assert chosen == set(list(rollout.uid_task)[:4])  # uid_task holds the prompts in the order submitted
+
+
 def test_a_task_without_signal_step_after_step_is_counted_and_named_once(transfer_queue, caplog):
     steps = [[informative("chart"), zero_variance("matching", solved=True)]] * NO_SIGNAL_WARNING_STEPS
     steps += [[informative("chart"), zero_variance("matching", solved=True)], [informative("matching")] * 2]

@@ -315,8 +315,10 @@ class PerTaskDynamicSampler(ReplayBuffer):
         return self._select_and_report(partition_id, batch_size, informative, refilled)
 
     def _note_arrivals(self, partition_id: str) -> None:
-        for uid in self.prompt_global_steps[partition_id].keys() - self._arrival.keys():
-            self._arrival[uid] = len(self._arrival)
+        """Each prompt's place in the order verl registered them (the data loader's)."""
+        for uid in self.prompt_global_steps[partition_id]:
+            if uid not in self._arrival:
+                self._arrival[uid] = len(self._arrival)
 
     def _oldest_first(self, partition_id: str, uids: set[str], count: int) -> list[str]:
         """Groups of the step's own batch before refills, so the dataloader's task mix is kept."""
