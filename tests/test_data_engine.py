@@ -19,6 +19,7 @@ from mixed_r1_verl.data.sampling import ResponseCache
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 from mixed_r1_verl.eval.cache import Completion
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
+from mixed_r1_verl.rewards.tasks import task_names
 from mixed_r1_verl.settings import parse_settings
 
 
@@ -490,6 +491,20 @@ def test_another_balance_draw_keeps_the_cached_responses(tmp_path, tiny_model_di
         assert report["selected"] == first["selected"]
         selections[balance_seed] = frozenset(row["id"] for row in read_jsonl(out / "selected.jsonl"))
     assert len(set(selections.values())) > 1, "each balance seed drew the same rows"
+
+
+def test_one_tasks_target_changes_no_other_tasks_rows(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=8, seed=4, val_rows_per_task=0)
+    selected = {}
+    for chart_target in (4, 2):
+        out = tmp_path / f"chart_{chart_target}"
+        targets = f"balance.targets={{matching: 4, chart: {chart_target}, grounding: 4, open_ended: 4}}"
+        Engine(engine_config(jsonl, image_root, out, "difficulty.enabled=false", targets)).run()
+        rows = read_jsonl(out / "selected.jsonl")
+        selected[chart_target] = {task: {row["id"] for row in rows if row["task"] == task} for task in task_names()}
+    assert len(selected[2]["chart"]) == 2 and selected[2]["chart"] < selected[4]["chart"]
+    for task in ("matching", "grounding", "open_ended"):
+        assert len(selected[4][task]) == 4 and selected[2][task] == selected[4][task]
 
 
 def test_the_pass_rate_plot_draws_each_rate_of_the_report_histogram_as_its_own_bar():

@@ -689,17 +689,21 @@ class Engine:
     # 5. balance
     def balance(self, rows: list[EngineRow]) -> list[EngineRow]:
         """Each data_source of `source_targets` drawn down to its target, then each task of `targets` from
-        the rows left (both checked before the stages)."""
+        the rows left (both checked before the stages). Each draw has a random stream of its own, so one
+        task's or source's target changes no other's rows."""
         targets, source_targets = dict(self.config.balance.targets), dict(self.config.balance.source_targets)
         seed = self.config.seed if self.config.balance.seed is None else self.config.balance.seed
-        rng = random.Random(seed)
+
+        def draw(name: str, indices: list[int], count: int) -> list[int]:
+            return random.Random(f"{seed}:{name}").sample(indices, min(count, len(indices)))
+
         over_source_target: set[int] = set()
         source_shortfall = {}
         for source, target in sorted(source_targets.items()):
             indices = [i for i, row in enumerate(rows) if row.record.data_source == source]
             if target > len(indices):
                 source_shortfall[source] = target - len(indices)
-            over_source_target.update(set(indices) - set(rng.sample(indices, min(target, len(indices)))))
+            over_source_target.update(set(indices) - set(draw(f"data_source:{source}", indices, target)))
         chosen: set[int] = set()
         shortfall = {}
         for task in task_names():
@@ -707,7 +711,7 @@ class Engine:
             target = targets.get(task, len(indices))
             if target > len(indices):
                 shortfall[task] = target - len(indices)
-            chosen.update(rng.sample(indices, min(target, len(indices))))
+            chosen.update(draw(f"task:{task}", indices, target))
 
         def verdict(index: int) -> str | None:
             return None if index in chosen else "over_source_target" if index in over_source_target else "over_target"
