@@ -37,9 +37,8 @@ def write_run_config(config, checkpoint: Path, train_files: dict[str, dict]) -> 
 
 
 def train_file_digests(config) -> dict[str, dict]:
-    """Each local parquet file of data.train_files by its path: its bytes, rows and the sha256 of its footer,
-    which holds every row group's offsets and statistics, so a file written again with other rows differs
-    there; reading it costs one footer, whatever the file's size."""
+    """Each local parquet file of data.train_files by its path: its bytes, rows and sha256, of the whole file
+    (a ground truth corrected to another of the same size leaves the footer's statistics as they were)."""
     import pyarrow.parquet as pq
     from omegaconf import OmegaConf
 
@@ -48,14 +47,17 @@ def train_file_digests(config) -> dict[str, dict]:
     for path in [files] if isinstance(files, str) else list(files):
         if not os.path.isfile(path):
             continue
-        with open(path, "rb") as parquet:
-            parquet.seek(-8, os.SEEK_END)
-            footer_length = int.from_bytes(parquet.read(4), "little")
-            parquet.seek(-8 - footer_length, os.SEEK_END)
-            footer = hashlib.sha256(parquet.read(footer_length)).hexdigest()
         rows = pq.ParquetFile(path).metadata.num_rows
-        digests[str(path)] = {"bytes": os.path.getsize(path), "rows": rows, "footer_sha256": footer}
+        digests[str(path)] = {"bytes": os.path.getsize(path), "rows": rows, "sha256": file_sha256(path)}
     return digests
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as content:
+        for block in iter(lambda: content.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_run_config(checkpoint: Path) -> dict | None:
@@ -96,7 +98,8 @@ def resumed_settings_note(checkpoint: Path, config) -> str | None:
 
 def rewritten_train_files(checkpoint: Path, config) -> list[str]:
     """`path: rows and bytes then -> now` for each training file whose digest differs from the one saved
-    in the checkpoint (none saved: none listed)."""
+    in the checkpoint (none saved: none listed; one saved by an earlier version, of the file's footer: its
+    rows and bytes)."""
     saved_file = checkpoint / TRAIN_FILES
     if not saved_file.is_file():
         return []
@@ -105,5 +108,5 @@ def rewritten_train_files(checkpoint: Path, config) -> list[str]:
     return [
         f"{path}: {then['rows']} rows, {then['bytes']} bytes -> {now[path]['rows']} rows, {now[path]['bytes']} bytes"
         for path, then in saved.items()
-        if path in now and now[path] != then
+        if path in now and any(now[path][key] != then[key] for key in now[path].keys() & then.keys())
     ]

@@ -69,3 +69,37 @@ def test_a_run_resumed_on_training_files_written_again_says_which(tmp_path):
         f"  {second}: 8 rows, {bytes_then[second]} bytes -> 8 rows, {second.stat().st_size} bytes",
     ]
     assert resumed_settings_note(later, config).splitlines()[1:] == resumed_settings_note(checkpoint, config).splitlines()[1:]
+
+
+def parquet_footer(path):
+    data = path.read_bytes()
+    return data[-8 - int.from_bytes(data[-8:-4], "little") :]
+
+
+def test_a_training_file_written_again_with_ground_truths_of_the_same_size_is_named(tmp_path):
+    """Its footer (offsets, sizes, min/max statistics) stays byte for byte what it was."""
+    train = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "answer": ["A", "B", "C"]}), train)
+    footer_then = parquet_footer(train)
+    config = OmegaConf.create({"data": {"train_files": [str(train)]}})
+    checkpoint = tmp_path / "global_step_2"
+    checkpoint.mkdir()
+    write_run_config(config, checkpoint, train_file_digests(config))
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "answer": ["B", "A", "C"]}), train)  # two answers corrected
+    assert parquet_footer(train) == footer_then
+    assert resumed_settings_note(checkpoint, config).splitlines()[1:] == [
+        f"  {train}: 3 rows, {train.stat().st_size} bytes -> 3 rows, {train.stat().st_size} bytes"
+    ]
+
+
+def test_a_checkpoint_with_footer_digests_is_compared_by_rows_and_bytes(tmp_path):
+    train = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"id": list(range(4))}), train)
+    config = OmegaConf.create({"data": {"train_files": [str(train)]}})
+    checkpoint = tmp_path / "global_step_2"
+    checkpoint.mkdir()
+    saved = {str(train): {"bytes": train.stat().st_size, "rows": 4, "footer_sha256": "0" * 64}}
+    write_run_config(config, checkpoint, saved)
+    assert resumed_settings_note(checkpoint, config) is None
+    pq.write_table(pa.table({"id": list(range(5))}), train)
+    assert "4 rows" in resumed_settings_note(checkpoint, config)

@@ -3,11 +3,11 @@ settings that two runs must share for their deltas to measure the models alone."
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from mixed_r1_verl.run_config import file_sha256
 from mixed_r1_verl.settings import changed_entries
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -24,11 +24,7 @@ def setting_text(value) -> str:
 def file_identity(path: str | Path) -> dict:
     """A file by its absolute path, size in bytes and sha256."""
     path = Path(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as content:
-        for block in iter(lambda: content.read(1 << 20), b""):
-            digest.update(block)
-    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def package_version() -> str | None:

@@ -38,14 +38,15 @@ class MixedR1SFTTrainer(SFTTrainer):
         if self.resume_global_step:
             checkpoint = self.ckpt_handler._determine_resume_path()
             said = resume_with_saved_worker_count(self.train_dataloader, checkpoint, "data.num_workers")
-            changed = resumed_settings_note(Path(checkpoint), config)
-            for note in (said, changed):
-                if note and self.rank == 0:
-                    print(note, flush=True)
+            if self.rank == 0:
+                for note in (said, resumed_settings_note(Path(checkpoint), config)):
+                    if note:
+                        print(note, flush=True)
 
     def _build_dataset(self):
         super()._build_dataset()
-        self._train_files = train_file_digests(self.config)
+        # Read whole by the rank that saves them only: every rank would read each file again.
+        self._train_files = train_file_digests(self.config) if self.rank == 0 else {}
         rows = {"train_files": len(self.train_dataset)}
         if self.val_dataset is not None:
             rows["val_files"] = len(self.val_dataset)
