@@ -37,7 +37,7 @@ from mixed_r1_verl.models.fsdp_shards import write_fsdp_weights
 from mixed_r1_verl.models.lora import finish_interrupted_merge, saved_by_peft, write_merged_peft_weights
 from mixed_r1_verl.models.model_card import CARD_FILE, STEP_DIR, model_card
 from mixed_r1_verl.models.weight_files import FLOAT_DTYPES, is_weight_file, rewrite_weight_files, saved_dtypes
-from mixed_r1_verl.run_config import RUN_CONFIG, read_run_config
+from mixed_r1_verl.run_config import CODE, RUN_CONFIG, read_run_config
 from mixed_r1_verl.settings import run_settings_cli
 
 
@@ -114,11 +114,13 @@ def write_model_weights(shards: Path, copy: Path, target: Path, dtype: str | Non
 
 
 def write_model_card(model_dir: Path, name: str, shards: Path, lora_merged: bool) -> None:
-    """README.md, and the run's config where the checkpoint holds it (`models/model_card.py`)."""
+    """README.md, and the run's config and code versions where the checkpoint holds them
+    (`models/model_card.py`)."""
     method, step_dir = ("GRPO", shards.parent) if shards.name == "actor" else ("SFT", shards)
     run = read_run_config(step_dir)
-    if run is not None:
-        shutil.copy2(step_dir / RUN_CONFIG, model_dir / RUN_CONFIG)
+    for record in (RUN_CONFIG, CODE):
+        if (step_dir / record).is_file():
+            shutil.copy2(step_dir / record, model_dir / record)
     step = STEP_DIR.fullmatch(step_dir.name)
     written = ", ".join(saved_float_dtypes(model_dir))
     card = model_card(name, method, int(step.group(1)) if step else None, run, lora_merged, written)

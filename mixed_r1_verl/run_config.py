@@ -2,15 +2,18 @@
 is compared with.
 
 The project's trainers save the run's resolved config in every checkpoint directory (`global_step_N/`,
-GRPO's and SFT's) before verl records it as the latest, with a digest of each training file. A run resumed
-from a checkpoint prints the settings it changes since then, and the training files written again since.
+GRPO's and SFT's) before verl records it as the latest, with a digest of each training file and the code
+and library versions that ran. A run resumed from a checkpoint prints the settings it changes since then,
+and the training files written again since.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import yaml
@@ -20,20 +23,41 @@ from mixed_r1_verl.settings import changed_entries
 
 RUN_CONFIG = "mixed_r1_run.yaml"
 TRAIN_FILES = "mixed_r1_train_files.json"
+CODE = "mixed_r1_code.json"
+# The libraries whose versions shape a run's numbers; None for one not installed.
+RECORDED_LIBRARIES = ("verl", "torch", "transformers", "vllm", "ray", "flash-attn", "peft", "tensordict")
 # The changed settings a resumed run lists before it says how many more there are.
 SHOWN_CHANGES = 20
 
 
 def write_run_config(config, checkpoint: Path, train_files: dict[str, dict]) -> None:
-    """Saves the run's config (an OmegaConf config), resolved, in the checkpoint directory, and the digests
-    of the training files as the run read them (`train_file_digests`, taken when its datasets loaded)."""
+    """Saves the run's config (an OmegaConf config), resolved, in the checkpoint directory, the digests of
+    the training files as the run read them (`train_file_digests`, taken when its datasets loaded), and the
+    code and libraries that ran (`running_code`)."""
     from omegaconf import OmegaConf
 
     for name, text in ((TRAIN_FILES, json.dumps(train_files, indent=2)),
+                       (CODE, json.dumps(running_code(), indent=2)),
                        (RUN_CONFIG, OmegaConf.to_yaml(config, resolve=True))):  # fmt: skip
         written = checkpoint / f".{name}.partial"
         written.write_text(text)
         written.replace(checkpoint / name)
+
+
+@functools.cache
+def running_code() -> dict:
+    """This package's version and git state (`code_identity`) and the versions of RECORDED_LIBRARIES."""
+    from mixed_r1_verl.eval.provenance import code_identity
+
+    libraries = {name: installed_version(name) for name in RECORDED_LIBRARIES}
+    return {"mixed_r1_verl": code_identity(), "libraries": libraries}
+
+
+def installed_version(distribution: str) -> str | None:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def train_file_digests(config) -> dict[str, dict]:

@@ -23,7 +23,9 @@ def test_a_card_names_the_base_model_on_the_hub_and_the_runs_settings_from_its_s
     write_run_config(config, tmp_path, {})
     run = read_run_config(tmp_path)
     assert run == OmegaConf.to_container(config, resolve=True)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["mixed_r1_run.yaml", "mixed_r1_train_files.json"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "mixed_r1_code.json", "mixed_r1_run.yaml", "mixed_r1_train_files.json"
+    ]
 
     metadata, first, rows = card_parts(model_card("qwen-mixed", method, 40, run, lora_merged=False, dtype="bfloat16"))
     assert metadata == {
@@ -85,6 +87,7 @@ def test_a_checkout_that_is_not_pip_installed_still_writes_its_card(monkeypatch)
     """On a GPU node the project may run from a checkout on the path, without the package's metadata."""
     from importlib.metadata import PackageNotFoundError
 
+    from mixed_r1_verl import run_config
     from mixed_r1_verl.eval import provenance
 
     def no_metadata(name):
@@ -93,7 +96,7 @@ def test_a_checkout_that_is_not_pip_installed_still_writes_its_card(monkeypatch)
     run = {"actor_rollout_ref": {"model": {"path": "Qwen/Qwen2.5-VL-3B-Instruct"}}}
     installed = model_card("grpo", "GRPO", 2, run, lora_merged=False, dtype="bfloat16")
     assert f"exported by mixed_r1_verl {provenance.package_version()}." in installed
-    monkeypatch.setattr(provenance, "version", no_metadata)
+    monkeypatch.setattr(run_config, "version", no_metadata)
     assert provenance.code_identity()["version"] is None
     card = model_card("grpo", "GRPO", 2, run, lora_merged=False, dtype="bfloat16")
     assert "exported by mixed_r1_verl (a checkout not pip-installed)." in card

@@ -1,11 +1,18 @@
 """The run config saved beside each checkpoint, compared with a resumed run's. The trainers' notes on
 resuming are checked beside their resumed runs (tests/test_train_on_cpu.py, tests/test_sft.py)."""
 
+import json
+import subprocess
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
+import transformers
 from omegaconf import OmegaConf
 
 from mixed_r1_verl.run_config import (
+    CODE,
     SHOWN_CHANGES,
     changed_settings,
     resumed_settings_note,
@@ -103,3 +110,14 @@ def test_a_checkpoint_with_footer_digests_is_compared_by_rows_and_bytes(tmp_path
     assert resumed_settings_note(checkpoint, config) is None
     pq.write_table(pa.table({"id": list(range(5))}), train)
     assert "4 rows" in resumed_settings_note(checkpoint, config)
+
+
+def test_a_checkpoint_records_the_code_and_the_library_versions_that_ran(tmp_path):
+    write_run_config(OmegaConf.create({"trainer": {"seed": 0}}), tmp_path, {})
+    code = json.loads((tmp_path / CODE).read_text())
+    libraries = code["libraries"]
+    assert (libraries["torch"], libraries["transformers"]) == (torch.__version__, transformers.__version__)
+    assert libraries["verl"] == "0.9.1" and "vllm" in libraries and "flash-attn" in libraries
+    checkout = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert code["mixed_r1_verl"]["git_commit"] == (commit.stdout.strip() if commit.returncode == 0 else None)

@@ -539,7 +539,7 @@ def test_export_writes_an_sft_checkpoint_from_its_copy_or_its_shards_as_a_model_
     step = trained_on_cpu / "checkpoints" / f"global_step_{CPU_SFT_STEPS}"
     from_copy = json.loads(run_module("mixed_r1_verl.export", f"checkpoint={step}", f"out_dir={tmp_path / 'copy'}"))
     assert (from_copy["checkpoint"], from_copy["weights_from"], from_copy["lora_merged"]) == (str(step), "huggingface/", False)
-    assert from_copy["dtypes"] == ["BF16"] and "mixed_r1_run.yaml" in from_copy["files"]
+    assert from_copy["dtypes"] == ["BF16"] and {"mixed_r1_run.yaml", "mixed_r1_code.json"} <= set(from_copy["files"])
     _, first, rows = card_parts((tmp_path / "copy" / "README.md").read_text())
     run = yaml.safe_load((step / "mixed_r1_run.yaml").read_text())
     assert first.startswith(f"Step {CPU_SFT_STEPS} of an SFT run") and run["trainer"]["total_training_steps"] == CPU_SFT_STEPS

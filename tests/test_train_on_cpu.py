@@ -311,7 +311,7 @@ def test_export_writes_the_trained_actor_from_its_shards_as_a_model_directory_wi
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     copy = sorted(path.name for path in (step / "actor" / "huggingface").iterdir())
     assert "model.safetensors" not in copy
-    assert summary["files"] == sorted([*copy, "model.safetensors", "README.md", "mixed_r1_run.yaml"])
+    assert summary["files"] == sorted([*copy, "model.safetensors", "README.md", "mixed_r1_run.yaml", "mixed_r1_code.json"])
     # The run's config, as the trainer saved it beside the checkpoint, and the card read from it.
     run = yaml.safe_load((out / "mixed_r1_run.yaml").read_text())
     assert (out / "mixed_r1_run.yaml").read_text() == (step / "mixed_r1_run.yaml").read_text()

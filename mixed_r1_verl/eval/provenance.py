@@ -4,10 +4,9 @@ settings that two runs must share for their deltas to measure the models alone."
 from __future__ import annotations
 
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from mixed_r1_verl.run_config import file_sha256
+from mixed_r1_verl.run_config import file_sha256, installed_version
 from mixed_r1_verl.settings import changed_entries
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -30,10 +29,7 @@ def file_identity(path: str | Path) -> dict:
 def package_version() -> str | None:
     """The package's version; None where its files run without the package's metadata (a checkout on the
     path, not pip-installed)."""
-    try:
-        return version("mixed_r1_verl")
-    except PackageNotFoundError:
-        return None
+    return installed_version("mixed_r1_verl")
 
 
 def package_named(package_version: str | None) -> str:
