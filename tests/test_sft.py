@@ -604,10 +604,9 @@ def test_a_second_run_resumes_after_the_last_checkpoint_and_keeps_the_first_runs
     (stale / "model-00002-of-00002.safetensors").write_bytes(b"an earlier run's weights")
     run = succeeded(sft_on_cpu(trained_on_cpu, tiny_model_dir, data_dir, CPU_SFT_STEPS + 2, "data.num_workers=1"))
     assert sorted(path.name for path in stale.glob("*.safetensors")) == ["model.safetensors"]
-    assert (
-        f"global_step_{CPU_SFT_STEPS}: its data loader position was saved by 0 loader process(es), so the resumed "
-        "epoch is read with 0 and the next ones with data.num_workers=1"
-    ) in run.stdout, run.stdout[-3000:]
+    # The checkpoint ends an epoch (batches of 4): the next one starts afresh, with no saved position to read.
+    assert CPU_SFT_STEPS % (pq.read_metadata(data_dir / "sft_train.parquet").num_rows // 4) == 0
+    assert "its data loader position was saved by" not in run.stdout, run.stdout[-3000:]
     # The settings changed since the checkpoint, against the config it saved, and nothing else.
     checkpoint = trained_on_cpu / "checkpoints" / f"global_step_{CPU_SFT_STEPS}"
     saved = yaml.safe_load((checkpoint / "mixed_r1_run.yaml").read_text())
@@ -619,6 +618,32 @@ def test_a_second_run_resumes_after_the_last_checkpoint_and_keeps_the_first_runs
     assert sorted(read_metrics_log(trained_on_cpu / "logs" / "sft.jsonl")) == [CPU_SFT_STEPS + 1, CPU_SFT_STEPS + 2]
     assert read_metrics_log(trained_on_cpu / "logs" / "sft.1.jsonl") == first_run
     assert (trained_on_cpu / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == str(CPU_SFT_STEPS + 2)
+
+
+def test_a_run_resumed_at_an_epochs_end_trains_the_next_epoch_as_a_run_that_did_not_stop(
+    converted, tiny_model_dir, tmp_path
+):
+    """A checkpoint at an epoch's last step holds the loader's position at that epoch's end: restored, verl's
+    next epoch yielded no batch, so the run trained a later epoch's batches in its place, or none and ended
+    without its last checkpoint."""
+    data_dir, _ = converted
+    per_epoch = pq.read_metadata(data_dir / "sft_train.parquet").num_rows // 4  # batches of 4 (sft_on_cpu)
+    settings = ("trainer.total_epochs=3", "trainer.save_freq=after_each_epoch")
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    whole.mkdir()
+    succeeded(sft_on_cpu(whole, tiny_model_dir, data_dir, 2 * per_epoch, *settings))
+    # The first epoch's checkpoint, as a run that stopped there leaves it.
+    first_epoch = f"checkpoints/global_step_{per_epoch}"
+    shutil.copytree(whole / first_epoch, resumed / first_epoch)
+    (resumed / "checkpoints" / "latest_checkpointed_iteration.txt").write_text(str(per_epoch))
+    succeeded(sft_on_cpu(resumed, tiny_model_dir, data_dir, 2 * per_epoch, *settings))
+    expected, trained = (read_metrics_log(run / "logs" / "sft.jsonl") for run in (whole, resumed))
+    assert sorted(trained) == list(range(per_epoch + 1, 2 * per_epoch + 1))
+    for step in trained:
+        for key in ("train/global_tokens", "train/loss"):
+            assert trained[step][key] == expected[step][key], (step, key)
+    assert (resumed / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == str(2 * per_epoch)
+    assert (resumed / "checkpoints" / f"global_step_{2 * per_epoch}" / "huggingface" / "config.json").is_file()
 
 
 def test_a_rerun_of_a_finished_run_is_refused_instead_of_training_a_step_more(

@@ -37,6 +37,10 @@ class MixedR1SFTTrainer(SFTTrainer):
         super().__init__(config)
         if self.resume_global_step:
             checkpoint = self.ckpt_handler._determine_resume_path()
+            if self.resume_global_step % self.steps_per_epoch == 0:
+                # Saved after the epoch's last batch, before the loader's end: restored, the next epoch (verl
+                # starts there) would yield nothing. It starts afresh, as in a run that did not stop.
+                self.train_dataloader.next_iter_state = None
             said = resume_with_saved_worker_count(self.train_dataloader, checkpoint, "data.num_workers")
             if self.rank == 0:
                 for note in (said, resumed_settings_note(Path(checkpoint), config)):
