@@ -31,6 +31,7 @@ TINY_RUNS = {
     "prompt_length_filter": "prompt_length_filter.py --rows 8 --image-size 64x48",
     "convert_45k": "convert_45k.py --rows 8 --distinct-images 4",
     "eval_scoring": "eval_scoring.py --records 8",
+    "perceptual_dedup": "perceptual_dedup.py --rows 12 4",
     "bmas": "bmas.py --device cpu --vocab 4096 --responses 4 --cpu-sample 2",
     "rule_rewards": "rule_rewards.py --samples 50",
 }
@@ -205,6 +206,14 @@ def check_rule_rewards(output: str) -> None:
     assert_not_negative(*(value for line in pathological for value in line))
 
 
+def check_perceptual_dedup(output: str) -> None:
+    sizes = figures(rf"^perceptual dedup, one question: {N} rows, {N} kept, {N} s, {N} rows/s$", output)
+    assert [(rows, kept) for rows, kept, _, _ in sizes] == [(12, 12), (4, 4)]  # distinct images: none dropped
+    for _, _, seconds, rate in sizes:
+        assert_not_negative(seconds)
+        assert_positive(rate)
+
+
 FIGURE_CHECKS = {
     "export_shards": check_export_shards,
     "reward_loop": check_reward_loop,
@@ -214,6 +223,7 @@ FIGURE_CHECKS = {
     "prompt_length_filter": check_prompt_length_filter,
     "convert_45k": check_convert,
     "eval_scoring": check_eval_scoring,
+    "perceptual_dedup": check_perceptual_dedup,
     "bmas": check_bmas,
     "rule_rewards": check_rule_rewards,
 }

@@ -1,4 +1,5 @@
 import io
+import random
 import json
 import re
 import shutil
@@ -11,7 +12,7 @@ from PIL import Image
 
 from data_helpers import read_jsonl, rows_with_embedded_images, run_module
 
-from mixed_r1_verl.data.engine import EmptySourceError, Engine, EngineConfig, main
+from mixed_r1_verl.data.engine import EmptySourceError, Engine, EngineConfig, NearDuplicateIndex, hamming, main
 from mixed_r1_verl.data.engine_plots import pass_rate_figure
 from mixed_r1_verl.data.prepare import MappedColumnNotFoundError, PrepareConfig, prepare
 from mixed_r1_verl.data.records import SpilledBytes
@@ -896,3 +897,34 @@ def test_an_id_two_sources_share_is_a_duplicate_naming_the_first_source_file(tmp
     [dropped] = read_jsonl(out / "dropped.jsonl")
     assert dropped["reason"] == "duplicate_id" and dropped["detail"].endswith(f"at row 1 of {first}")
     assert report["stages"][0]["details"]["sources"]["b"] == {"rows_in": 2, "rows_out": 1}
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 4, 10, 63, 64])
+def test_the_near_duplicate_index_finds_the_first_kept_row_a_comparison_of_every_pair_finds(max_distance):
+    rng = random.Random(max_distance)
+    centres = [rng.getrandbits(64) for _ in range(6)]
+
+    def near_centre():
+        hashes = []
+        for _ in range(rng.choice((1, 1, 2))):
+            value = rng.choice(centres)
+            for bit in rng.sample(range(64), rng.randint(0, 12)):
+                value ^= 1 << bit
+            hashes.append(value)
+        return tuple(hashes)
+
+    index, kept = NearDuplicateIndex(max_distance), []
+    for number in range(400):
+        item, hashes = ("q", rng.choice("ab")), near_centre()
+        every_pair = next(
+            (
+                row for other_item, other, row in kept
+                if other_item == item and len(other) == len(hashes)
+                and all(hamming(a, b) <= max_distance for a, b in zip(hashes, other))
+            ),
+            None,
+        )
+        assert index.first_near(item, hashes) == every_pair
+        if every_pair is None:
+            index.add(item, hashes, number)
+            kept.append((item, hashes, number))

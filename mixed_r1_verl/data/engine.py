@@ -540,9 +540,9 @@ class Engine:
     # 2. deduplicate
     def dedup(self, rows: list[EngineRow]) -> list[EngineRow]:
         kept_by_images: dict[tuple, EngineRow] = {}
-        hashed_by_item: dict[tuple, list[tuple[tuple[int, ...], EngineRow]]] = defaultdict(list)
         perceptual = self.config.dedup.perceptual
         max_distance = self.config.dedup.max_hash_distance
+        near_duplicates = NearDuplicateIndex(max_distance)
 
         def keep(row: EngineRow):
             item = dedup_item(row.record)
@@ -552,14 +552,12 @@ class Engine:
             if perceptual:
                 images = row.record.images
                 image_hashes = tuple(difference_hash(self.converter.store.load(image).data) for image in images)
-                for other_hashes, other in hashed_by_item[item]:
-                    if len(other_hashes) == len(image_hashes) and all(
-                        hamming(a, b) <= max_distance for a, b in zip(image_hashes, other_hashes)
-                    ):
-                        return "near_duplicate", duplicate_detail(
-                            row, other, f"image(s) within hash distance {max_distance} of"
-                        )
-                hashed_by_item[item].append((image_hashes, row))
+                other = near_duplicates.first_near(item, image_hashes)
+                if other is not None:
+                    return "near_duplicate", duplicate_detail(
+                        row, other, f"image(s) within hash distance {max_distance} of"
+                    )
+                near_duplicates.add(item, image_hashes, row)
             kept_by_images[(row.image_digests, item)] = row
             return None
 
@@ -852,6 +850,43 @@ def difference_hash(data: bytes, size: int = 8) -> int:
 
 def hamming(first: int, second: int) -> int:
     return (first ^ second).bit_count()
+
+
+class NearDuplicateIndex:
+    """Kept rows by item and image hashes, for the first kept row of an item whose images are each within
+    `max_distance` bits of a new row's, without comparing every pair: 64 bits cut into `max_distance + 1`
+    bands, two hashes that close share at least one band, so only rows sharing a band of the first image's
+    hash are compared (a caption set asks one question of every image)."""
+
+    def __init__(self, max_distance: int):
+        self.max_distance = max_distance
+        bands = max_distance + 1
+        self.bands = [(64 * band // bands, 64 * (band + 1) // bands) for band in range(bands)]
+        if bands > 64:  # 64 bits apart or more: every hash is near every other, one band of no bits holds them all
+            self.bands = [(0, 0)]
+        self.by_band: dict[tuple, list[tuple[int, tuple[int, ...], EngineRow]]] = defaultdict(list)
+        self.kept = 0
+
+    def band_keys(self, item: tuple, hashes: tuple[int, ...]) -> list[tuple]:
+        if not hashes:
+            return [(item, len(hashes))]
+        return [
+            (item, len(hashes), start, (hashes[0] >> start) & ((1 << (end - start)) - 1)) for start, end in self.bands
+        ]
+
+    def first_near(self, item: tuple, hashes: tuple[int, ...]) -> EngineRow | None:
+        near = [
+            (order, row)
+            for key in self.band_keys(item, hashes)
+            for order, other, row in self.by_band.get(key, ())
+            if all(hamming(a, b) <= self.max_distance for a, b in zip(hashes, other))
+        ]
+        return min(near, key=lambda kept: kept[0])[1] if near else None
+
+    def add(self, item: tuple, hashes: tuple[int, ...], row: EngineRow) -> None:
+        for key in self.band_keys(item, hashes):
+            self.by_band[key].append((self.kept, hashes, row))
+        self.kept += 1
 
 
 def unverifiable_reason(row: EngineRow, max_short_answer_words: int) -> tuple[str, str] | None:
