@@ -17,9 +17,9 @@ from data_helpers import read_jsonl, rows_with_embedded_images, run_module
 
 from mixed_r1_verl.data import records
 from mixed_r1_verl.data.frames import smart_resize
-from mixed_r1_verl.data.images import shown_image
+from mixed_r1_verl.data.images import ImageStore, shown_image
 from mixed_r1_verl.data.model_images import model_input_image
-from mixed_r1_verl.data.prepare import PrepareConfig, prepare, split_of
+from mixed_r1_verl.data.prepare import PrepareConfig, SplitWriter, prepare, split_of
 from mixed_r1_verl.data.synthetic import write_synthetic_dataset
 
 
@@ -1224,3 +1224,27 @@ def test_a_hub_datasets_files_are_read_from_the_hf_cache_offline(tmp_path):
     )  # fmt: skip
     malformed = convert("hf://datasets/charts/train.parquet", "malformed")
     assert "name a Hub dataset's files as hf://datasets/<org>/<name>[@<revision>]/<pattern>" in malformed.stderr
+
+
+def test_row_groups_end_at_their_image_bytes_and_the_image_cache_at_its_bytes(tmp_path):
+    """Large photos: memory is bounded by bytes, not only by rows and images."""
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    for number in range(6):
+        noise = numpy.random.default_rng(number).integers(0, 255, (60, 80, 3), dtype=numpy.uint8)
+        Image.fromarray(noise).save(image_root / f"{number}.png")
+    sizes = [(image_root / f"{number}.png").stat().st_size for number in range(6)]
+    store = ImageStore(image_root, cache_bytes=2 * max(sizes))
+    for number in range(6):
+        store.load(f"{number}.png")
+    (image_root / "5.png").rename(tmp_path / "5.png")
+    (image_root / "0.png").rename(tmp_path / "0.png")
+    assert store.load("5.png").data  # the last read is kept
+    with pytest.raises(records.RecordError, match="not found"):
+        store.load("0.png")  # beyond the bytes kept: read again
+    writer = SplitWriter(tmp_path / "train.parquet", row_group_size=256, row_group_bytes=3 * max(sizes))
+    for number in range(5):
+        row = {"images": [{"bytes": (tmp_path / "5.png").read_bytes(), "path": "5.png"}], "extra_info": {}}
+        writer.write({**row, "data_source": "d", "prompt": [], "ability": "chart", "reward_model": {}})
+    writer.commit()
+    assert pq.ParquetFile(tmp_path / "train.parquet").metadata.num_row_groups == 2  # 3 rows, then 2

@@ -146,12 +146,14 @@ def shown_image(data: bytes, label: str) -> tuple[bytes, tuple[int, int]]:
 class ImageStore:
     """Reads images under `root`; paths that are absolute or escape the root (also through
     symlinks) are refused, and all paths without a root (rows that embed their images need none).
-    Recently read files are kept, since many rows share an image."""
+    Recently read files are kept, since many rows share an image: up to `cache_size` of them and
+    `cache_bytes` of their bytes (large photos would otherwise hold gigabytes)."""
 
-    def __init__(self, root: str | os.PathLike | None, cache_size: int = 1024):
+    def __init__(self, root: str | os.PathLike | None, cache_size: int = 1024, cache_bytes: int = 256 << 20):
         self.root = Path(os.path.realpath(root)) if root is not None else None
-        self.cache_size = cache_size
+        self.cache_size, self.cache_bytes = cache_size, cache_bytes
         self._cache: OrderedDict[str, ImageFile] = OrderedDict()
+        self._cached_bytes = 0
 
     def resolve(self, relative: str) -> Path:
         if self.root is None:
@@ -183,8 +185,9 @@ class ImageStore:
             raise RecordError(UNREADABLE_IMAGE, f"image {relative!r}: {error.strerror or error}") from None
         image = ImageFile(relative, *shown_image(data, image_label(relative)), image_label(relative))
         self._cache[relative] = image
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self._cached_bytes += len(image.data)
+        while len(self._cache) > self.cache_size or (self._cached_bytes > self.cache_bytes and len(self._cache) > 1):
+            self._cached_bytes -= len(self._cache.popitem(last=False)[1].data)
         return image
 
 

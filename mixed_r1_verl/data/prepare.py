@@ -597,26 +597,31 @@ class RowConverter:
 class SplitWriter:
     """Row-group-buffered parquet writer that writes to a temporary name and renames on `commit`."""
 
-    def __init__(self, path: Path, row_group_size: int, schema: pa.Schema = OUTPUT_SCHEMA):
+    def __init__(
+        self, path: Path, row_group_size: int, schema: pa.Schema = OUTPUT_SCHEMA, row_group_bytes: int = 128 << 20
+    ):
         self.path = path
         self.temporary = path.with_name(f".{path.name}.partial")
-        self.row_group_size = row_group_size
+        # A row group ends at `row_group_size` rows, or sooner at `row_group_bytes` of image bytes.
+        self.row_group_size, self.row_group_bytes = row_group_size, row_group_bytes
         self.schema = schema
         self.buffer: list[dict] = []
+        self.buffered_bytes = 0
         self.rows = 0
         self.writer = pq.ParquetWriter(self.temporary, schema)
 
     def write(self, row: dict) -> None:
         row["extra_info"]["index"] = self.rows
         self.buffer.append(row)
+        self.buffered_bytes += sum(len(image["bytes"]) for image in row["images"])
         self.rows += 1
-        if len(self.buffer) >= self.row_group_size:
+        if len(self.buffer) >= self.row_group_size or self.buffered_bytes >= self.row_group_bytes:
             self.flush()
 
     def flush(self) -> None:
         if self.buffer:
             self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema))
-            self.buffer = []
+            self.buffer, self.buffered_bytes = [], 0
 
     def commit(self) -> None:
         self.flush()
