@@ -4,6 +4,7 @@ that differ between two nested mappings of them (a generation cache's, two evalu
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
@@ -23,6 +24,12 @@ def asks_for_help(argv: list[str]) -> bool:
 def settings_help(description: str, schema: type) -> str:
     defaults = OmegaConf.to_yaml(OmegaConf.structured(schema))
     return f"{description.rstrip()}\n\nSettings (key=value) and their defaults:\n\n{defaults}"
+
+
+def usage_error(message: str) -> None:
+    """Ends the command with `message` and exit code 2: a setting it refuses before anything starts."""
+    print(f"{message} (see --help)", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
 
 
 def parse_settings(schema: type[Settings], argv: list[str]) -> Settings:

@@ -33,6 +33,7 @@ from mixed_r1_verl.eval.cli import checked_settings, images_per_prompt, main
 from mixed_r1_verl.eval.generation import eval_request, request_digest
 from mixed_r1_verl.eval.records import RecordError, load_records
 from mixed_r1_verl.models.model_card import model_card
+from mixed_r1_verl.settings import EXIT_USAGE
 
 THINK = "<think>I look at the image.</think>"
 
@@ -930,11 +931,17 @@ def test_an_embedding_model_that_cannot_load_stops_the_run_before_any_generation
         ("format_weight={matching:0.5}", "format_weight: 'matching:0.5' is not a task"),  # YAML wants "key: value"
         ("correct_threshold=1.5", "correct_threshold: 1.5 is not a number in [0, 1]"),
         ("correct_threshold={groundng: 0.5}", "correct_threshold: 'groundng' is not a task"),
+        ("iou_threshold=1.5", "iou_threshold: 1.5 is not a number in (0, 1]"),
+        ("iou_threshold=0", "iou_threshold: 0.0 is not a number in (0, 1]"),
     ],
 )
-def test_reward_options_naming_no_task_or_out_of_range_stop_the_run(tmp_path, parquet, tiny_model, setting, message):
-    with pytest.raises(SystemExit, match=re.escape(message)):
+def test_reward_options_naming_no_task_or_out_of_range_stop_the_run(
+    tmp_path, parquet, tiny_model, setting, message, capsys
+):
+    with pytest.raises(SystemExit) as stopped:
         score_saved(parquet, RESPONSES, tmp_path / "run", tiny_model, setting)
+    assert stopped.value.code == EXIT_USAGE and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists(), "refused before anything is read or written"
 
 
 def test_data_without_rows_stops_the_run(tmp_path, tiny_model):

@@ -285,6 +285,16 @@ def test_reward_options_the_reward_workers_would_refuse_are_named_before_start_u
     assert reward_setting_errors(naive) == [], "another manager's options are its own"
 
 
+@pytest.mark.parametrize("value, shown", [("50", "50"), ("1.5", "1.5"), ("0", "0"), ("abc", "'abc'")])
+def test_an_iou_threshold_the_grounding_reward_refuses_is_named_before_start_up(value, shown):
+    """The reward would score every grounding sample 0, with an error, for the whole run."""
+    (refused,) = reward_setting_errors(compose_recipe("qwen25vl_7b", f"reward.reward_kwargs.iou_threshold={value}"))
+    assert refused == f"reward.reward_kwargs.iou_threshold: {shown} is not a number in (0, 1]"
+    for accepted in ("null", "0.5", "1"):
+        config = compose_recipe("qwen25vl_7b", f"reward.reward_kwargs.iou_threshold={accepted}")
+        assert reward_setting_errors(config) == []
+
+
 @pytest.mark.parametrize(
     "override, named",
     [

@@ -39,11 +39,11 @@ from mixed_r1_verl.data.records import input_files
 from mixed_r1_verl.rewards.embeddings import EmbeddingModelError, load_embedding_model
 from mixed_r1_verl.rewards.scoring import reward_option_errors
 from mixed_r1_verl.settings import (
-    EXIT_USAGE,
     asks_for_help,
     input_errors_end_the_command,
     parse_settings,
     settings_help,
+    usage_error,
 )
 
 from .cache import (
@@ -74,6 +74,8 @@ from .scoring import correct_thresholds, score_records, summarize
 
 
 BACKENDS = ("auto", "vllm", "hf")
+# The training reward's options that the settings take (reward.reward_kwargs).
+REWARD_SETTINGS = ("format_weight", "iou_threshold", "correct_threshold")
 SHOWN_IDS = 5  # ids named in a notice, the first in file order
 
 
@@ -119,11 +121,6 @@ def run_name(run) -> str:
     return path.name or str(run)
 
 
-def usage_error(message: str) -> None:
-    print(f"{message} (see --help)", file=sys.stderr)
-    raise SystemExit(EXIT_USAGE)
-
-
 VLLM_KWARGS_INSTEAD = {
     "model": "set model= instead",
     "seed": "set seed= instead",
@@ -160,6 +157,8 @@ def checked_settings(argv: list[str]) -> EvalSettings:
             usage_error(f"the runs' labels {list(labels)} repeat, and the table's columns would too: give labels=")
     elif not settings.data or not settings.out_dir:
         usage_error("scoring needs data= and out_dir=")
+    if errors := reward_option_errors({name: getattr(settings, name) for name in REWARD_SETTINGS}):
+        usage_error("; ".join(errors))
     if settings.card and settings.model is None:
         usage_error("card=true records a model's results in its card (README.md): it needs model=")
     if settings.card and settings.limit is not None:
@@ -258,9 +257,6 @@ def _reward_kwargs(args, records: list[EvalRecord]) -> dict:
         )
         if value is not None
     }
-    errors = reward_option_errors(kwargs)
-    if errors:
-        raise ValueError("; ".join(errors))
     if any(record.task == "open_ended" for record in records):
         if "embedding_model" not in kwargs:
             raise SystemExit(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from .answer import extract_answer, format_reward, normalized_answer
 from .chart import chart_accuracy
 from .embeddings import EmbeddingModel, load_embedding_model
-from .grounding import NORM1000_FRAME, grounding_accuracy
+from .grounding import NORM1000_FRAME, checked_iou_threshold, grounding_accuracy
 from .matching import matching_accuracy
 from .open_ended import open_ended_accuracy
 from .tasks import default_correct_threshold, plugin_tasks, task_names
@@ -139,9 +139,10 @@ def task_correct_threshold(task: str, correct_threshold=None) -> float:
 
 
 def reward_option_errors(options: Mapping) -> list[str]:
-    """What is wrong with the per-task options and `task_map` of `options` (each message starts with the
-    option's name): a value that is not a number in [0, 1], a task name that is no task. A typo there would
-    otherwise score with the defaults, silently."""
+    """What is wrong with the per-task options, `iou_threshold` and `task_map` of `options` (each message starts
+    with the option's name): a value that is not a number in [0, 1] (in (0, 1] or null for `iou_threshold`), a
+    task name that is no task. A typo there would otherwise score with the defaults, silently, and an
+    `iou_threshold` the grounding reward refuses would score every grounding sample 0 with an error."""
     known = task_names()
     errors = []
     for name in PER_TASK_OPTIONS:
@@ -153,6 +154,10 @@ def reward_option_errors(options: Mapping) -> list[str]:
             elif isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 where = f"{name}.{task}" if task is not None else name
                 errors.append(f"{where}: {value!r} is not a number in [0, 1]")
+    try:
+        checked_iou_threshold(options.get("iou_threshold"))
+    except ValueError:
+        errors.append(f"iou_threshold: {options.get('iou_threshold')!r} is not a number in (0, 1]")
     task_map = options.get("task_map") or {}
     if not isinstance(task_map, Mapping):
         errors.append(f"task_map: expected data_source -> task, got {task_map!r}")
