@@ -46,7 +46,7 @@ from typing import Callable
 from mixed_r1_verl.data.model_files import CHECKPOINT_TRACKER
 from mixed_r1_verl.models.tiny_qwen25vl import describe_model, size_from_settings
 from mixed_r1_verl.run_logs import EXIT_OUT_OF_TIME, STACKS_SUFFIX, run_with_limit
-from mixed_r1_verl.settings import EXIT_NEEDS_GPU, asks_for_help, parse_settings, settings_help
+from mixed_r1_verl.settings import EXIT_NEEDS_GPU, asks_for_help, parse_settings, settings_help, usage_error
 
 RUNS = ("base", "sft", "grpo")
 RUN_NAMES = {"base": "base", "sft": "SFT", "grpo": "GRPO"}
@@ -899,11 +899,17 @@ def main(argv: list[str] | None = None) -> None:
     if asks_for_help(argv):
         print(settings_help(__doc__, LearnConfig))
         return
+    from mixed_r1_verl.eval import BACKENDS as EVAL_BACKENDS
+
     config = parse_settings(LearnConfig, argv)
     if not 0 < config.sft_budget_share < 1:
-        raise SystemExit(f"sft_budget_share={config.sft_budget_share}: must lie between 0 and 1 (see --help)")
+        usage_error(f"sft_budget_share={config.sft_budget_share}: must lie between 0 and 1")
     if config.time_budget_s is not None and config.time_budget_s <= 0:
-        raise SystemExit(f"time_budget_s={config.time_budget_s:g}: must be more than 0 seconds, or null (see --help)")
+        usage_error(f"time_budget_s={config.time_budget_s:g}: must be more than 0 seconds, or null")
+    if config.eval_batch_size < 1:
+        usage_error(f"eval_batch_size={config.eval_batch_size}: must be at least 1 prompt per generation call")
+    if config.eval_backend not in EVAL_BACKENDS:
+        usage_error(f"eval_backend={config.eval_backend}: must be one of {', '.join(EVAL_BACKENDS)}")
     layout = Layout(Path(config.work_dir).absolute())
     started = time.time()
     try:

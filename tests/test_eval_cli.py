@@ -1103,6 +1103,8 @@ def test_the_command_line_ends_on_bad_input_with_its_message_and_no_traceback(tm
         (["data=x.parquet", "model=m", "out_dir=o", "no_such_setting=1"], "no_such_setting"),
         (["data=x.parquet", "model=m", "out_dir=o", "limit=0"], "limit=0: expected a positive number"),
         (["data=x.parquet", "model=m", "out_dir=o", "max_images=0"], "max_images=0: expected at least 1"),
+        (["data=x.parquet", "model=m", "out_dir=o", "batch_size=0"], "batch_size=0: expected at least 1 prompt"),
+        (["data=x.parquet", "model=m", "out_dir=o", "batch_size=-1"], "batch_size=-1: expected at least 1 prompt"),
     ],
 )
 def test_bad_settings_stop_with_the_setting_named(argv, reason, capsys):

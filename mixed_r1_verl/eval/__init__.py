@@ -8,4 +8,7 @@ python -m mixed_r1_verl.eval compare=[eval/base,eval/ckpt]
 from .records import EvalRecord, load_records
 from .scoring import score_records, summarize
 
-__all__ = ["EvalRecord", "load_records", "score_records", "summarize"]
+# The evaluation's `backend` settings (the learning proof's `eval_backend`): auto is vLLM when installed.
+BACKENDS = ("auto", "vllm", "hf")
+
+__all__ = ["BACKENDS", "EvalRecord", "load_records", "score_records", "summarize"]

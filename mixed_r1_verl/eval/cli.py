@@ -46,6 +46,7 @@ from mixed_r1_verl.settings import (
     usage_error,
 )
 
+from . import BACKENDS
 from .cache import (
     CACHE_FILE,
     Completion,
@@ -73,7 +74,6 @@ from .report import (
 from .scoring import correct_thresholds, score_records, summarize
 
 
-BACKENDS = ("auto", "vllm", "hf")
 # The training reward's options that the settings take (reward.reward_kwargs).
 REWARD_SETTINGS = ("format_weight", "iou_threshold", "correct_threshold")
 SHOWN_IDS = 5  # ids named in a notice, the first in file order
@@ -139,6 +139,8 @@ def checked_settings(argv: list[str]) -> EvalSettings:
         usage_error(f"limit={settings.limit}: expected a positive number of records (leave it out for all)")
     if settings.max_images is not None and settings.max_images < 1:
         usage_error(f"max_images={settings.max_images}: expected at least 1 (leave it out for the most a record holds)")
+    if settings.batch_size < 1:
+        usage_error(f"batch_size={settings.batch_size}: expected at least 1 prompt per generation call")
     if settings.backend not in BACKENDS:
         usage_error(f"backend={settings.backend}: expected one of {', '.join(BACKENDS)}")
     if settings.model is not None and chosen_backend(settings) == "vllm":
