@@ -876,14 +876,35 @@ def installed_tasks_env() -> dict[str, str]:
         fail(f"{error}\n", EXIT_USAGE)
 
 
-def exit_unless_gpu_counts_are_positive(trainer: DictConfig) -> None:
-    for key in ("nnodes", "n_gpus_per_node"):
-        if type(trainer[key]) is not int or trainer[key] < 1:
-            fail(f"trainer.{key}={trainer[key]!r}: it must be a whole number of at least 1.\n", EXIT_USAGE)
+# The GPU counts, batch sizes and parallel sizes the entry's own checks divide by; the micro-batch sizes may
+# be null (verl then sizes micro-batches by tokens).
+GRPO_SIZE_KEYS = (
+    "trainer.nnodes", "trainer.n_gpus_per_node", "data.train_batch_size", "actor_rollout_ref.rollout.n",
+    "actor_rollout_ref.actor.ppo_mini_batch_size", "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+    "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size", "actor_rollout_ref.rollout.data_parallel_size",
+    "actor_rollout_ref.rollout.pipeline_model_parallel_size",
+)  # fmt: skip
+GRPO_OPTIONAL_SIZE_KEYS = (
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
+)
+
+
+def exit_unless_sizes_are_positive(config: DictConfig, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """Each of `keys`, and each of `optional` that is set, must be a whole number of at least 1: the checks
+    after this one divide by them."""
+    for key in (*keys, *optional):
+        value = OmegaConf.select(config, key)
+        if key in optional and value is None:
+            continue
+        if type(value) is not int or value < 1:
+            fail(f"{key}={value!r}: it must be a whole number of at least 1.\n", EXIT_USAGE)
 
 
 def train(config: DictConfig) -> None:
-    exit_unless_gpu_counts_are_positive(config.trainer)
+    exit_unless_sizes_are_positive(config, GRPO_SIZE_KEYS, GRPO_OPTIONAL_SIZE_KEYS)
     make_paths_absolute(config, ("mixed_r1.data_dir", "mixed_r1.smoke.work_dir"))
     worker_env = pin_output_paths(config, os.environ)
     exit_if_training_is_done(config.trainer, *planned_steps(config))

@@ -28,6 +28,7 @@ from mixed_r1_verl.main import (
     exit_if_steps_outrun_the_epochs,
     exit_if_stop_by_is_not_ahead,
     exit_if_training_is_done,
+    exit_unless_sizes_are_positive,
     fail,
     file_logger_env,
     file_logger_path,
@@ -43,6 +44,8 @@ from mixed_r1_verl.main import (
 PRIMARY_CONFIG = "sft"
 # model.path is pinned by pin_model_path: it may be a hub id.
 PATH_KEYS = ("data.train_files", "data.val_files", "trainer.default_local_dir")
+# The GPU counts and batch sizes the entry's own checks divide by.
+SIZE_KEYS = ("trainer.nnodes", "trainer.n_gpus_per_node", "data.train_batch_size", "data.micro_batch_size_per_gpu")
 
 NO_GPU_MESSAGE = """\
 mixed_r1_verl.sft fine-tunes with verl's FSDP engine and needs at least one CUDA GPU visible to torch;
@@ -214,6 +217,7 @@ def train(config: DictConfig) -> None:
 
 def train_on_this_node(config: DictConfig) -> None:
     """verl's SFT trainer on this node's devices: one process, or one per GPU under torchrun."""
+    exit_unless_sizes_are_positive(config, SIZE_KEYS, ("engine.ulysses_sequence_parallel_size",))
     if config.trainer.nnodes != 1:
         fail("mixed_r1_verl.sft runs on one node (trainer.nnodes=1); use torchrun on every node for more.\n")
     exit_if_stop_by_is_not_ahead(config.mixed_r1)

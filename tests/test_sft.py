@@ -397,6 +397,15 @@ def refused_before_start_up(capsys, *overrides) -> tuple[int, str]:
     return exit_status.value.code, capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "setting",
+    ["data.train_batch_size=0", "data.train_batch_size=-8", "data.micro_batch_size_per_gpu=0", "trainer.n_gpus_per_node=0"],
+)
+def test_sizes_below_1_are_refused_naming_them_before_the_checks_divide_by_them(capsys, setting):
+    code, message = refused_before_start_up(capsys, setting)
+    assert code == 2 and message == f"{setting}: it must be a whole number of at least 1.\n"
+
+
 def test_a_validation_split_without_sft_rows_is_named_with_the_way_to_train_without_one(
     converted, tiny_model_dir, tmp_path, capsys
 ):

@@ -10,9 +10,12 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 
 from mixed_r1_verl.main import (
+    GRPO_OPTIONAL_SIZE_KEYS,
+    GRPO_SIZE_KEYS,
     PRIMARY_CONFIG,
     actor_update_mismatches,
     config_dir,
+    exit_unless_sizes_are_positive,
     filtering_setting_errors,
     log_prob_micro_batch_mismatches,
     make_paths_absolute,
@@ -21,9 +24,11 @@ from mixed_r1_verl.main import (
     reward_setting_errors,
     rollout_parallel_mismatches,
     sync_step_mismatches,
+    train,
 )
 from mixed_r1_verl.models.tiny_qwen25vl import TEST_SIZE_VLLM_KV_CACHE_BYTES, kv_cache_bytes_per_token
 from mixed_r1_verl.rewards import task_names
+from mixed_r1_verl.settings import EXIT_USAGE
 
 RECIPES = [
     "internvl3_8b", "learn", "qwen25vl_32b", "qwen25vl_3b", "qwen25vl_7b", "qwen3vl_8b", "smoke", "smoke_internvl",
@@ -63,6 +68,7 @@ def test_recipe_keeps_mixed_r1_grpo_defaults_and_passes_verl_validation(recipe):
     assert config.trainer.experiment_name == recipe
     assert need_critic(config) is False
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=False)
+    exit_unless_sizes_are_positive(config, GRPO_SIZE_KEYS, GRPO_OPTIONAL_SIZE_KEYS)
     assert log_prob_micro_batch_mismatches(config) == []
     assert actor_update_mismatches(config) == []
     assert rollout_parallel_mismatches(config) == []
@@ -96,6 +102,21 @@ def test_mini_and_micro_batches_the_actor_update_cannot_split_are_named():
     assert uneven.endswith("do not split evenly over 32 GPUs")
     sequence_parallel = compose_recipe("qwen25vl_7b", "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2")
     assert actor_update_mismatches(sequence_parallel) == [], "4 groups of 2 GPUs: 128 samples each, 32 micro-batches"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "data.train_batch_size=0", "data.train_batch_size=-8", "actor_rollout_ref.actor.ppo_mini_batch_size=0",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=0", "trainer.n_gpus_per_node=0",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=0",
+    ],
+)  # fmt: skip
+def test_sizes_below_1_stop_the_entry_naming_them_before_its_checks_divide_by_them(setting, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        train(compose_recipe("smoke", setting))
+    assert stopped.value.code == EXIT_USAGE
+    assert capsys.readouterr().err == f"{setting}: it must be a whole number of at least 1.\n"
 
 
 def test_sync_sub_steps_that_do_not_divide_the_batch_are_named():
