@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -314,19 +315,29 @@ def exit_if_training_is_done(trainer: DictConfig, total: int | None, source: str
 
 def exit_if_stop_by_is_not_ahead(mixed_r1: DictConfig) -> None:
     """mixed_r1.stop_by must be a Unix time still ahead: a run started past it would be killed by the
-    scheduler it stands for before its first checkpoint."""
+    scheduler it stands for before its first checkpoint. With it, mixed_r1.stop_save_estimate_s must be a
+    number of seconds, at least 0: a negative one would plan the last checkpoint past stop_by."""
     stop_by = mixed_r1.get("stop_by")
     if stop_by is None:
         return
     try:
         seconds_left = float(stop_by) - time.time()
     except (TypeError, ValueError):
+        seconds_left = math.nan
+    if not math.isfinite(seconds_left):
         fail(f"mixed_r1.stop_by={stop_by!r} is not a Unix time in seconds (as `date +%s` prints it).\n", EXIT_USAGE)
     if seconds_left <= 0:
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(float(stop_by)))
         fail(
             f"mixed_r1.stop_by={stop_by} was {-seconds_left:.0f} s ago ({when}): no step could end before it. "
             "Set a later time or null.\n",
+            EXIT_USAGE,
+        )
+    estimate = mixed_r1.get("stop_save_estimate_s")
+    if isinstance(estimate, bool) or not isinstance(estimate, int | float) or not 0 <= estimate < math.inf:
+        fail(
+            f"mixed_r1.stop_save_estimate_s={estimate!r}: the seconds a checkpoint save is assumed to take "
+            "before mixed_r1.stop_by must be a finite number of at least 0.\n",
             EXIT_USAGE,
         )
 
