@@ -581,6 +581,18 @@ def reward_setting_errors(config: DictConfig) -> list[str]:
     return []
 
 
+def sampler_setting_errors(config: DictConfig) -> list[str]:
+    """A `data.sampler` the `mixed_r1_sync` trainer could not load: it loads it only after building the
+    training and validation sets."""
+    from mixed_r1_verl.data.balanced_sampler import SamplerConfigError, sampler_class
+
+    try:
+        sampler_class(config.data)
+    except SamplerConfigError as error:
+        return [str(error)]
+    return []
+
+
 # verl's top-level reward settings before its reward loop, and where verl 0.9.1 reads each now (as verl's
 # own migration for its fully-async entry moves them); its trainer leaves the old keys unread.
 LEGACY_REWARD_NODES = ("custom_reward_function", "reward_model", "sandbox_fusion")
@@ -931,6 +943,7 @@ def train(config: DictConfig) -> None:
     tasks_env = installed_tasks_env()  # first: the checks below read the installed tasks
     setting_errors = [
         *legacy_reward_settings(config), *filtering_setting_errors(config), *reward_setting_errors(config),
+        *sampler_setting_errors(config),
     ]  # fmt: skip
     if setting_errors:
         fail("; ".join(setting_errors) + ".\n", EXIT_USAGE)

@@ -23,6 +23,7 @@ from mixed_r1_verl.main import (
     register_recipes,
     reward_setting_errors,
     rollout_parallel_mismatches,
+    sampler_setting_errors,
     sync_step_mismatches,
     train,
 )
@@ -314,6 +315,28 @@ def test_an_iou_threshold_the_grounding_reward_refuses_is_named_before_start_up(
     for accepted in ("null", "0.5", "1"):
         config = compose_recipe("qwen25vl_7b", f"reward.reward_kwargs.iou_threshold={accepted}")
         assert reward_setting_errors(config) == []
+
+
+@pytest.mark.parametrize(
+    "setting, refusal",
+    [
+        ("data.sampler.class_name=TaskBalancdSampler",
+         "data.sampler.class_name=TaskBalancdSampler: the class cannot be loaded (AttributeError: Object not found "
+         "in module: object_name='TaskBalancdSampler'"),
+        ("data.sampler.class_path=pkg://mixed_r1_verl.data.balanced_samplr",
+         "data.sampler.class_path=pkg://mixed_r1_verl.data.balanced_samplr data.sampler.class_name="
+         "TaskBalancedSampler: the class cannot be loaded (ModuleNotFoundError: No module named "
+         "'mixed_r1_verl.data.balanced_samplr')"),
+        ("data.sampler.class_path=null",
+         "data.sampler needs both class_path and class_name, got class_path=None, class_name='TaskBalancedSampler'"),
+    ],
+)  # fmt: skip
+def test_a_sampler_the_trainer_could_not_load_is_named_before_start_up(setting, refusal):
+    """The trainer loads it only after building the training and validation sets."""
+    assert sampler_setting_errors(compose_recipe("smoke")) == []
+    assert sampler_setting_errors(compose_recipe("qwen25vl_7b")) == [], "no sampler set"
+    (refused,) = sampler_setting_errors(compose_recipe("smoke", setting))
+    assert refusal in refused
 
 
 @pytest.mark.parametrize(

@@ -219,8 +219,9 @@ def check_resumed_sampler(loader: StatefulDataLoader, checkpoint: str) -> None:
             )
 
 
-def configured_sampler(data_config, dataset) -> Sampler | None:
-    """The sampler `data.sampler.class_path` / `class_name` select, built on `dataset`; None when unset."""
+def sampler_class(data_config) -> type | None:
+    """The class `data.sampler.class_path` / `class_name` select; None when neither is set. SamplerConfigError
+    when only one is, or when the class cannot be loaded."""
     settings = data_config.get("sampler") or {}
     class_path, class_name = settings.get("class_path"), settings.get("class_name")
     if not class_path and not class_name:
@@ -229,7 +230,19 @@ def configured_sampler(data_config, dataset) -> Sampler | None:
         raise SamplerConfigError(
             f"data.sampler needs both class_path and class_name, got class_path={class_path!r}, class_name={class_name!r}"
         )
-    return load_extern_object(class_path, class_name)(data_source=dataset, data_config=data_config)
+    try:
+        return load_extern_object(class_path, class_name)
+    except Exception as error:  # noqa: BLE001 - whatever importing the user's module raises
+        raise SamplerConfigError(
+            f"data.sampler.class_path={class_path} data.sampler.class_name={class_name}: the class cannot be "
+            f"loaded ({type(error).__name__}: {error})"
+        ) from error
+
+
+def configured_sampler(data_config, dataset) -> Sampler | None:
+    """The sampler `data.sampler.class_path` / `class_name` select, built on `dataset`; None when unset."""
+    selected = sampler_class(data_config)
+    return None if selected is None else selected(data_source=dataset, data_config=data_config)
 
 
 def with_configured_sampler(dataloader: StatefulDataLoader, data_config) -> StatefulDataLoader:
