@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mixed_r1_verl.data.model_files import is_hub_id
+from mixed_r1_verl.data.model_files import missing_model_path
 from mixed_r1_verl.entry import register_recipe_files, run_recipe_entry
 from mixed_r1_verl.settings import EXIT_NEEDS_GPU, EXIT_USAGE
 
@@ -569,7 +569,7 @@ def filtering_setting_errors(config: DictConfig) -> list[str]:
 
 def reward_setting_errors(config: DictConfig) -> list[str]:
     """What the mixed_r1 reward manager would refuse only in its workers, once Ray and the trainer are up:
-    an option it does not know, a wrong overlong_buffer_cfg."""
+    an option it does not know or cannot use, a wrong overlong_buffer_cfg."""
     from mixed_r1_verl.verl_adapter.reward_manager import REWARD_MANAGER_NAME, configured_overlong_buffer
 
     if OmegaConf.select(config, "reward.reward_manager.name") != REWARD_MANAGER_NAME:
@@ -589,6 +589,23 @@ def sampler_setting_errors(config: DictConfig) -> list[str]:
     try:
         sampler_class(config.data)
     except SamplerConfigError as error:
+        return [str(error)]
+    return []
+
+
+def embedding_model_errors(config: DictConfig) -> list[str]:
+    """A BMAS embedding model the mixed_r1 reward workers would not find: they load it only after the actor
+    and the reference model (not with a custom reward function, which replaces Mixed-Reward)."""
+    from mixed_r1_verl.verl_adapter.reward_manager import REWARD_MANAGER_NAME, bmas_embedding_model, reward_options
+
+    reward = config.reward
+    if OmegaConf.select(reward, "reward_manager.name") != REWARD_MANAGER_NAME:
+        return []
+    if OmegaConf.select(reward, "custom_reward_function.path"):
+        return []
+    try:
+        bmas_embedding_model(reward_options(config), config)
+    except ValueError as error:
         return [str(error)]
     return []
 
@@ -778,9 +795,10 @@ def pin_model_path(path: str) -> str:
     or reads the cache), except that with HF_HUB_OFFLINE it becomes its
     snapshot in the cache, checked to hold weights. FileNotFoundError when it is neither, or when offline
     and the cache lacks it."""
-    if os.path.exists(path) or not is_hub_id(path):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{os.path.abspath(path)} does not exist (nor is {path!r} a hub id)")
+    missing = missing_model_path(path)
+    if missing:
+        raise FileNotFoundError(missing)
+    if os.path.exists(path):
         return os.path.abspath(path)
     from huggingface_hub import constants
 
@@ -962,7 +980,7 @@ def train(config: DictConfig) -> None:
     except FileNotFoundError as error:
         fail(f"actor_rollout_ref.model.path: {error}\n", EXIT_USAGE)
     start_from_merged_adapter(config)
-    model_errors = lora_mismatches(config)
+    model_errors = [*embedding_model_errors(config), *lora_mismatches(config)]
     context_length = model_context_length(config.actor_rollout_ref.model)
     if context_length is not None:
         model_errors += context_length_errors(config.actor_rollout_ref.rollout, context_length)

@@ -15,6 +15,7 @@ from mixed_r1_verl.main import (
     PRIMARY_CONFIG,
     actor_update_mismatches,
     config_dir,
+    embedding_model_errors,
     exit_unless_sizes_are_positive,
     filtering_setting_errors,
     log_prob_micro_batch_mismatches,
@@ -315,6 +316,36 @@ def test_an_iou_threshold_the_grounding_reward_refuses_is_named_before_start_up(
     for accepted in ("null", "0.5", "1"):
         config = compose_recipe("qwen25vl_7b", f"reward.reward_kwargs.iou_threshold={accepted}")
         assert reward_setting_errors(config) == []
+
+
+BMAS_REFUSALS = [
+    ("bmas_device=gpu", "bmas_device: 'gpu' is not one of auto, cpu, cuda"),
+    ("bmas_num_gpus=abc", "bmas_num_gpus: 'abc' is not a finite number of at least 0"),
+    ("bmas_gpu_wait_s=-1", "bmas_gpu_wait_s: -1 is not a finite number of at least 0"),
+    ("bmas_linger_ms=abc", "bmas_linger_ms: 'abc' is not a finite number of at least 0"),
+]
+
+
+@pytest.mark.parametrize("setting, refusal", BMAS_REFUSALS)
+def test_bmas_options_the_reward_workers_would_refuse_are_named_before_start_up(setting, refusal):
+    """The reward workers are built after the actor and reference models have loaded on the GPUs."""
+    refused = reward_setting_errors(compose_recipe("qwen25vl_7b", f"reward.reward_kwargs.{setting}"))
+    assert refused == [f"reward.reward_kwargs.{refusal}"]
+
+
+def test_an_embedding_model_path_that_does_not_exist_is_named_before_start_up(tmp_path):
+    def errors(model):
+        return embedding_model_errors(compose_recipe("qwen25vl_7b", f"reward.reward_kwargs.embedding_model={model}"))
+
+    missing = tmp_path / "no_model"
+    assert errors(missing) == [
+        f"reward.reward_kwargs.embedding_model={missing}: {missing} does not exist (nor is '{missing}' a hub id)"
+    ]
+    for found in (tmp_path, "Qwen/Qwen2.5-VL-7B-Instruct", "null"):
+        assert errors(found) == []
+    custom = "reward.custom_reward_function.path=my_reward.py"
+    model = f"reward.reward_kwargs.embedding_model={missing}"
+    assert embedding_model_errors(compose_recipe("qwen25vl_7b", custom, model)) == [], "a custom reward loads no model"
 
 
 @pytest.mark.parametrize(

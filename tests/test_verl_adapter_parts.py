@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import re
 import time
 
 import numpy as np
@@ -265,6 +266,23 @@ def test_bmas_gpu_actor_without_a_free_gpu_stops_the_manager_at_start_up(tiny_mo
             time.sleep(0.1)
     finally:
         ray.shutdown()
+
+
+def test_the_manager_refuses_the_bmas_options_and_embedding_model_the_training_entry_refuses(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from mixed_r1_verl.verl_adapter.reward_manager import MixedR1RewardManager
+    from test_train_config import BMAS_REFUSALS
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for setting, refusal in BMAS_REFUSALS:
+        name, _, value = setting.partition("=")
+        with pytest.raises(ValueError, match=re.escape(f"reward.reward_kwargs.{refusal}")):
+            MixedR1RewardManager(reward_config(tiny_model_dir, **{name: value}), tokenizer, None)
+    missing = tmp_path / "no_model"
+    refusal = f"reward.reward_kwargs.embedding_model={missing}: {missing} does not exist"
+    with pytest.raises(ValueError, match=re.escape(refusal)):
+        MixedR1RewardManager(reward_config(tiny_model_dir, embedding_model=missing), tokenizer, None)
 
 
 def test_a_tokenizer_with_ids_beyond_the_shared_table_stops_the_manager_at_start_up(tokens_beyond_table_dir):

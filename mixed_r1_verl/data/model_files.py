@@ -56,6 +56,13 @@ def is_hub_id(path: str) -> bool:
     return True
 
 
+def missing_model_path(path: str) -> str | None:
+    """Why `path` names no model: it is neither a path that exists here nor a hub id; None when it is one."""
+    if os.path.exists(path) or is_hub_id(path):
+        return None
+    return f"{os.path.abspath(path)} does not exist (nor is {path!r} a hub id)"
+
+
 WEIGHT_FILES = ("*.safetensors", "*.bin")
 # A tokenizer's vocabulary: the fast tokenizer's file, a SentencePiece model, or a BPE vocabulary.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")

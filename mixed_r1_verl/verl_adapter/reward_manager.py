@@ -46,6 +46,7 @@ from omegaconf import OmegaConf
 
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+from mixed_r1_verl.data.model_files import missing_model_path
 from mixed_r1_verl.rewards import bmas_batch, judge
 from mixed_r1_verl.rewards.embeddings import check_tokenizer_fits_table, load_embedding_model, load_tokenizer
 from mixed_r1_verl.rewards.length import OVERLONG, OVERLONG_REWARD, OverlongBuffer
@@ -61,7 +62,8 @@ REWARD_OPTIONS = (
     "bmas_num_gpus", "bmas_gpu_wait_s", "bmas_linger_ms", "overlong_buffer_cfg",
 )  # fmt: skip
 BMAS_DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_GPU_WAIT_S = 60.0
+# The BMAS options that are numbers (GPUs, seconds, milliseconds), with their defaults.
+BMAS_NUMBERS = {"bmas_num_gpus": 0.0, "bmas_gpu_wait_s": 60.0, "bmas_linger_ms": 5.0}
 
 TextPair = tuple[str, str]
 BatchScorer = Callable[[list[TextPair]], Awaitable[list[float]]]
@@ -132,11 +134,9 @@ def ray_assigned_gpus() -> list | None:
 
 
 def resolve_bmas_device(choice: str) -> str:
-    """`auto` picks cuda only for a process Ray gave a GPU (Ray leaves CUDA_VISIBLE_DEVICES as it is for
-    actors that asked for none, so torch sees the node's GPUs in verl's CPU reward workers) and, outside
-    Ray, when torch sees a GPU."""
-    if choice not in BMAS_DEVICES:
-        raise ValueError(f"reward.reward_kwargs.bmas_device must be one of {BMAS_DEVICES}, got {choice!r}")
+    """The device of `choice`, one of BMAS_DEVICES: `auto` picks cuda only for a process Ray gave a GPU (Ray
+    leaves CUDA_VISIBLE_DEVICES as it is for actors that asked for none, so torch sees the node's GPUs in
+    verl's CPU reward workers) and, outside Ray, when torch sees a GPU."""
     if choice != "auto":
         return choice
     assigned = ray_assigned_gpus()
@@ -187,6 +187,30 @@ def check_same_extra_keys(first_keys: list[str], keys: list[str], custom_functio
         )
 
 
+def bmas_option_errors(options: Mapping) -> list[str]:
+    """What is wrong with the BMAS options of `options` (each message starts with the option's name): a device
+    not in BMAS_DEVICES, a number (BMAS_NUMBERS) that is not a finite number of at least 0."""
+    device = options.get("bmas_device", "auto")
+    errors = [] if device in BMAS_DEVICES else [f"bmas_device: {device!r} is not one of {', '.join(BMAS_DEVICES)}"]
+    for name, default in BMAS_NUMBERS.items():
+        value = options.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            errors.append(f"{name}: {value!r} is not a finite number of at least 0")
+    return errors
+
+
+def bmas_embedding_model(options: Mapping, config) -> str:
+    """`embedding_model` of `options`, else the policy's path; ValueError for an embedding_model that is neither
+    a path that exists here nor a hub id."""
+    model = options.get("embedding_model")
+    if not model:
+        return str(config.actor_rollout_ref.model.path)
+    missing = missing_model_path(str(model))
+    if missing:
+        raise ValueError(f"reward.reward_kwargs.embedding_model={model}: {missing}")
+    return str(model)
+
+
 def reward_options(config) -> dict:
     """`reward.reward_kwargs` as a plain dict ({} when unset)."""
     reward_kwargs = config.reward.get("reward_kwargs")
@@ -196,7 +220,8 @@ def reward_options(config) -> dict:
 def configured_overlong_buffer(config) -> OverlongBuffer | None:
     """The overlong buffer `reward.reward_kwargs` enables, else None; ValueError for a key the manager does
     not know (verl's reward loop would pass it by unused), a per-task option or task_map naming no task or
-    out of range (`reward_option_errors`), or a wrong overlong_buffer_cfg."""
+    out of range (`reward_option_errors`), a BMAS option it cannot use (`bmas_option_errors`), or a wrong
+    overlong_buffer_cfg."""
     options = reward_options(config)
     unknown = sorted(set(options) - set(REWARD_OPTIONS))
     if unknown:
@@ -204,7 +229,7 @@ def configured_overlong_buffer(config) -> OverlongBuffer | None:
             f"reward.reward_kwargs.{unknown[0]} is not an option of the {REWARD_MANAGER_NAME} reward manager; "
             f"its options: {', '.join(REWARD_OPTIONS)}"
         )
-    errors = reward_option_errors(options)
+    errors = reward_option_errors(options) + bmas_option_errors(options)
     if errors:
         raise ValueError("; ".join(f"reward.reward_kwargs.{error}" for error in errors))
     response_length = int(config.actor_rollout_ref.rollout.response_length)
@@ -244,13 +269,13 @@ class MixedR1RewardManager(RewardManagerBase):
 
     def _start_bmas(self, options: dict, config) -> BmasBatcher:
         """Loads the embedding tokenizer and table (or reaches the GPU actor) now, off the event loop."""
-        model = str(options.get("embedding_model") or config.actor_rollout_ref.model.path)
+        model = bmas_embedding_model(options, config)
         self.embedding_tokenizer = load_tokenizer(model)
-        num_gpus = float(options.get("bmas_num_gpus", 0.0))
+        num_gpus = float(options.get("bmas_num_gpus", BMAS_NUMBERS["bmas_num_gpus"]))
         if num_gpus > 0:
             from mixed_r1_verl.verl_adapter.embedding_service import gpu_embedding_service
 
-            wait_s = float(options.get("bmas_gpu_wait_s", DEFAULT_GPU_WAIT_S))
+            wait_s = float(options.get("bmas_gpu_wait_s", BMAS_NUMBERS["bmas_gpu_wait_s"]))
             # The service lives while a handle to it does: the workers keep theirs for their lifetime.
             self._embedding_service = service = gpu_embedding_service(model, num_gpus, wait_s)
             rows = ray.get(service.rows.remote())
@@ -261,7 +286,7 @@ class MixedR1RewardManager(RewardManagerBase):
             rows = table.shape[0]
             scorer = self._local_scorer(table, norms, device)
         check_tokenizer_fits_table(model, self.embedding_tokenizer, rows)
-        return BmasBatcher(scorer, float(options.get("bmas_linger_ms", 5)) / 1000)
+        return BmasBatcher(scorer, float(options.get("bmas_linger_ms", BMAS_NUMBERS["bmas_linger_ms"])) / 1000)
 
     def _embedding_table(self, model: str) -> tuple[torch.Tensor, torch.Tensor]:
         if not ray.is_initialized():
