@@ -26,6 +26,7 @@ from mixed_r1_verl.eval.cache import (
     Completion,
     GenerationFileError,
     discard_generations_made_otherwise,
+    drop_unfinished_last_line,
     model_fingerprint,
     read_generations,
 )
@@ -1197,3 +1198,21 @@ def test_the_gpu_suites_check_of_the_per_task_table_holds_on_a_real_evaluation(t
         pq.write_table(pa.Table.from_pylist(ROWS + extra), tmp_path / "more.parquet")
         gpu_checks.assert_every_val_row_of_every_task_scored(printed.replace("| all | 5 |", "| all | 6 |"),
                                                              tmp_path / "more.parquet")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "content, kept",
+    [
+        (b"", b""),
+        (b'{"a": 1}\n', b'{"a": 1}\n'),
+        (b'{"a": 1}\n{"b": 2', b'{"a": 1}\n'),
+        (b'{"b": 2', b""),
+        (b'{"a": 1}\n' + b"x" * (5 << 19), b'{"a": 1}\n'),  # a cut line longer than a block read
+        (b"x" * (5 << 19), b""),
+    ],
+)
+def test_an_interrupted_runs_half_line_is_cut_and_the_lines_before_it_kept(tmp_path, content, kept):
+    cache = tmp_path / "generations.jsonl"
+    cache.write_bytes(content)
+    drop_unfinished_last_line(cache)
+    assert cache.read_bytes() == kept

@@ -85,11 +85,25 @@ def drop_unfinished_last_line(path: Path) -> None:
     the next line appended starts a line of its own (and is read back)."""
     if not path.exists():
         return
-    content = path.read_bytes()
-    if content and not content.endswith(b"\n"):
-        keep = content.rfind(b"\n") + 1
-        logger.warning("%s: dropping an unfinished last line (%d bytes)", path, len(content) - keep)
-        path.write_bytes(content[:keep])
+    with open(path, "r+b") as lines:
+        end = lines.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        lines.seek(end - 1)
+        if lines.read(1) == b"\n":
+            return
+        # Back from the end, a block at a time, to the last line's start (the file's start without one).
+        keep = block_end = end
+        while block_end > 0:
+            block_start = max(0, block_end - (1 << 20))
+            lines.seek(block_start)
+            newline = lines.read(block_end - block_start).rfind(b"\n")
+            if newline != -1:
+                keep = block_start + newline + 1
+                break
+            keep = block_end = block_start
+        logger.warning("%s: dropping an unfinished last line (%d bytes)", path, end - keep)
+        lines.truncate(keep)
 
 
 class GenerationCache:

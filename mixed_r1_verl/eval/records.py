@@ -13,6 +13,7 @@ from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
 from mixed_r1_verl.rewards.scoring import known_task, missing_ground_truth
 
 REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")
+RECORDS_PER_BATCH = 256
 
 
 class RecordError(ValueError):
@@ -96,15 +97,17 @@ def _record_from_row(row: Mapping, position: int, source: str) -> EvalRecord:
 
 
 def load_records(paths: Sequence[str | Path], limit: int | None = None) -> list[EvalRecord]:
-    """All rows of the given parquet files, in order; ids must be unique across files."""
+    """All rows of the given parquet files, in order, up to `limit`; ids must be unique across files. Read
+    a batch of rows at a time: the records hold their images' bytes, but no table of them all is."""
     records: list[EvalRecord] = []
     seen: dict[str, str] = {}
     for path in paths:
-        table = pq.read_table(path)
-        missing = [column for column in REQUIRED_COLUMNS if column not in table.column_names]
+        parquet = pq.ParquetFile(path)
+        missing = [column for column in REQUIRED_COLUMNS if column not in parquet.schema_arrow.names]
         if missing:
             raise RecordError(f"{path}: missing column(s) {missing}; expected verl's layout {list(REQUIRED_COLUMNS)}")
-        for position, row in enumerate(table.to_pylist()):
+        rows = (row for batch in parquet.iter_batches(batch_size=RECORDS_PER_BATCH) for row in batch.to_pylist())
+        for position, row in enumerate(rows):
             record = _record_from_row(row, position, str(path))
             if record.id in seen:
                 raise RecordError(f"{path}: row {position}: id {record.id!r} already used in {seen[record.id]}")
