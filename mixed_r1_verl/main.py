@@ -366,6 +366,13 @@ def log_prob_micro_batch_mismatches(config: DictConfig) -> list[str]:
     return mismatches
 
 
+def sequence_parallel_mismatch(gpus: int, size: int, key: str) -> str | None:
+    """verl groups the GPUs `size` at a time for sequence parallelism: `size` must divide them."""
+    if gpus % size:
+        return f"{key}={size} does not divide the {gpus} GPU(s), which sequence parallelism groups {size} at a time"
+    return None
+
+
 def actor_update_mismatches(config: DictConfig) -> list[str]:
     """Mini- and micro-batch sizes the actor update cannot split a step into. verl's config check asks
     only that a mini-batch is no larger than the step; its FSDP workers assert the rest at the first
@@ -373,8 +380,17 @@ def actor_update_mismatches(config: DictConfig) -> list[str]:
     mini-batches of ppo_mini_batch_size x rollout.n / ranks samples, and those into micro-batches."""
     actor, n = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout.n
     prompts, mini = config.data.train_batch_size, actor.ppo_mini_batch_size
-    sequence_parallel = max(actor.ulysses_sequence_parallel_size, actor.fsdp_config.ulysses_sequence_parallel_size)
-    ranks = config.trainer.nnodes * config.trainer.n_gpus_per_node // sequence_parallel
+    sequence_parallel, key = max(
+        (actor.ulysses_sequence_parallel_size, "actor_rollout_ref.actor.ulysses_sequence_parallel_size"),
+        (
+            actor.fsdp_config.ulysses_sequence_parallel_size,
+            "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+        ),
+    )
+    gpus = config.trainer.nnodes * config.trainer.n_gpus_per_node
+    if mismatch := sequence_parallel_mismatch(gpus, sequence_parallel, key):
+        return [mismatch]
+    ranks = gpus // sequence_parallel
     where = f"{ranks} GPUs" if sequence_parallel == 1 else f"{ranks} data-parallel groups of {sequence_parallel} GPUs"
     mini_samples = f"actor_rollout_ref.actor.ppo_mini_batch_size={mini} x actor_rollout_ref.rollout.n={n}"
     mismatches = []

@@ -39,6 +39,7 @@ from mixed_r1_verl.main import (
     pin_model_path,
     prepare_metrics_log,
     recipe_dir,
+    sequence_parallel_mismatch,
 )
 
 PRIMARY_CONFIG = "sft"
@@ -147,6 +148,22 @@ def data_parallel_ranks(config: DictConfig) -> int:
     return ranks // config.engine.get("ulysses_sequence_parallel_size", 1)
 
 
+def batch_split_error(config: DictConfig) -> str | None:
+    """Why verl's FSDP engine could not split a batch over the data-parallel groups: a sequence-parallel size
+    that does not divide the GPUs, or a batch of fewer rows than groups (each would take none)."""
+    gpus = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    size = config.engine.get("ulysses_sequence_parallel_size", 1)
+    if mismatch := sequence_parallel_mismatch(gpus, size, "engine.ulysses_sequence_parallel_size"):
+        return mismatch
+    ranks = data_parallel_ranks(config)
+    if config.data.train_batch_size < ranks:
+        return (
+            f"data.train_batch_size={config.data.train_batch_size} is fewer rows than the {ranks} data-parallel "
+            "groups a batch is split over: each takes data.train_batch_size / groups rows a step"
+        )
+    return None
+
+
 def steps_per_epoch(config: DictConfig, train_rows: int) -> int:
     """Each rank's share of the training rows (verl drops the remainder) in whole batches of its share
     of data.train_batch_size."""
@@ -233,6 +250,8 @@ def train_on_this_node(config: DictConfig) -> None:
             "not found: " + ", ".join(missing) + "\n(the SFT parquet is written by mixed_r1_verl.data.prepare for "
             "rows with a `rationale`" + (VAL_SPLIT_WITHOUT_RATIONALES if val_missing else "") + ")\n"
         )
+    if error := batch_split_error(config):
+        fail(f"{error}.\n")
     pin_sample_seed(config)
     rows = parquet_set_rows(config)
     exit_unless_rows_fill_the_run(config, rows)

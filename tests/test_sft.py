@@ -406,6 +406,29 @@ def test_sizes_below_1_are_refused_naming_them_before_the_checks_divide_by_them(
     assert code == 2 and message == f"{setting}: it must be a whole number of at least 1.\n"
 
 
+@pytest.mark.parametrize(
+    "settings, error",
+    [
+        (
+            ("trainer.n_gpus_per_node=4", "engine.ulysses_sequence_parallel_size=3"),
+            "engine.ulysses_sequence_parallel_size=3 does not divide the 4 GPU(s), which sequence parallelism groups 3 "
+            "at a time.\n",
+        ),
+        (
+            ("trainer.n_gpus_per_node=8", "data.train_batch_size=4"),
+            "data.train_batch_size=4 is fewer rows than the 8 data-parallel groups a batch is split over: each takes "
+            "data.train_batch_size / groups rows a step.\n",
+        ),
+    ],
+)
+def test_a_batch_the_data_parallel_groups_cannot_share_is_refused_before_start_up(
+    converted, tiny_model_dir, capsys, settings, error
+):
+    data_dir, _ = converted
+    code, message = refused_before_start_up(capsys, f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}", *settings)
+    assert code == 2 and message == error
+
+
 def test_a_validation_split_without_sft_rows_is_named_with_the_way_to_train_without_one(
     converted, tiny_model_dir, tmp_path, capsys
 ):

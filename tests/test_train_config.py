@@ -83,6 +83,16 @@ def test_gpu_recipes_split_every_batch_on_two_nodes_of_four_gpus(recipe):
     assert rollout_parallel_mismatches(config) == []
 
 
+@pytest.mark.parametrize("key", ["ulysses_sequence_parallel_size", "fsdp_config.ulysses_sequence_parallel_size"])
+def test_a_sequence_parallel_size_that_does_not_divide_the_gpus_is_named(key):
+    for size in (3, 16):  # 16 is more than the recipe's 8 GPUs
+        config = compose_recipe("qwen25vl_7b", f"actor_rollout_ref.actor.{key}={size}")
+        assert actor_update_mismatches(config) == [
+            f"actor_rollout_ref.actor.{key}={size} does not divide the 8 GPU(s), which sequence parallelism groups "
+            f"{size} at a time"
+        ]
+
+
 def test_mini_and_micro_batches_the_actor_update_cannot_split_are_named():
     # verl's own config check passes all of these; its workers assert them at the first update.
     config = compose_recipe("qwen25vl_7b", "data.train_batch_size=96")
