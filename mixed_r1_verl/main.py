@@ -609,20 +609,23 @@ def sampler_setting_errors(config: DictConfig) -> list[str]:
     return []
 
 
-def embedding_model_errors(config: DictConfig) -> list[str]:
-    """A BMAS embedding model the mixed_r1 reward workers would not find: they load it only after the actor
-    and the reference model (not with a custom reward function, which replaces Mixed-Reward)."""
-    from mixed_r1_verl.verl_adapter.reward_manager import REWARD_MANAGER_NAME, bmas_embedding_model, reward_options
+def pin_embedding_model(config: DictConfig) -> list[str]:
+    """`reward.reward_kwargs.embedding_model` pinned as the policy's path is (`pin_model_path`: the reward workers
+    do not share the launching directory), or why the mixed_r1 reward workers would not find it: they load it
+    only after the actor and the reference model (not with a custom reward function, which replaces
+    Mixed-Reward)."""
+    from mixed_r1_verl.verl_adapter.reward_manager import REWARD_MANAGER_NAME
 
     reward = config.reward
-    if OmegaConf.select(reward, "reward_manager.name") != REWARD_MANAGER_NAME:
+    model = OmegaConf.select(reward, "reward_kwargs.embedding_model")
+    if not model or OmegaConf.select(reward, "reward_manager.name") != REWARD_MANAGER_NAME:
         return []
     if OmegaConf.select(reward, "custom_reward_function.path"):
         return []
     try:
-        bmas_embedding_model(reward_options(config), config)
-    except ValueError as error:
-        return [str(error)]
+        reward.reward_kwargs.embedding_model = pin_model_path(str(model))
+    except FileNotFoundError as error:
+        return [f"reward.reward_kwargs.embedding_model={model}: {error}"]
     return []
 
 
@@ -996,7 +999,7 @@ def train(config: DictConfig) -> None:
     except FileNotFoundError as error:
         fail(f"actor_rollout_ref.model.path: {error}\n", EXIT_USAGE)
     start_from_merged_adapter(config)
-    model_errors = [*embedding_model_errors(config), *lora_mismatches(config)]
+    model_errors = [*pin_embedding_model(config), *lora_mismatches(config)]
     context_length = model_context_length(config.actor_rollout_ref.model)
     if context_length is not None:
         model_errors += context_length_errors(config.actor_rollout_ref.rollout, context_length)

@@ -15,11 +15,11 @@ from mixed_r1_verl.main import (
     PRIMARY_CONFIG,
     actor_update_mismatches,
     config_dir,
-    embedding_model_errors,
     exit_unless_sizes_are_positive,
     filtering_setting_errors,
     log_prob_micro_batch_mismatches,
     make_paths_absolute,
+    pin_embedding_model,
     recipe_dir,
     register_recipes,
     reward_setting_errors,
@@ -343,19 +343,22 @@ def test_bmas_options_the_reward_workers_would_refuse_are_named_before_start_up(
     assert refused == [f"reward.reward_kwargs.{refusal}"]
 
 
-def test_an_embedding_model_path_that_does_not_exist_is_named_before_start_up(tmp_path):
-    def errors(model):
-        return embedding_model_errors(compose_recipe("qwen25vl_7b", f"reward.reward_kwargs.embedding_model={model}"))
+def test_an_embedding_model_path_is_pinned_or_named_before_start_up(tmp_path, monkeypatch):
+    def pinned(model, *overrides):
+        config = compose_recipe("qwen25vl_7b", f"reward.reward_kwargs.embedding_model={model}", *overrides)
+        return pin_embedding_model(config), config.reward.reward_kwargs.embedding_model
 
     missing = tmp_path / "no_model"
-    assert errors(missing) == [
+    assert pinned(missing)[0] == [
         f"reward.reward_kwargs.embedding_model={missing}: {missing} does not exist (nor is '{missing}' a hub id)"
     ]
-    for found in (tmp_path, "Qwen/Qwen2.5-VL-7B-Instruct", "null"):
-        assert errors(found) == []
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "embeddings").mkdir()
+    # The reward workers do not share the launching directory: a relative path is made absolute.
+    assert pinned("embeddings") == ([], str(tmp_path / "embeddings"))
+    assert pinned("null") == ([], None)
     custom = "reward.custom_reward_function.path=my_reward.py"
-    model = f"reward.reward_kwargs.embedding_model={missing}"
-    assert embedding_model_errors(compose_recipe("qwen25vl_7b", custom, model)) == [], "a custom reward loads no model"
+    assert pinned(missing, custom)[0] == [], "a custom reward loads no model"
 
 
 @pytest.mark.parametrize(
