@@ -590,6 +590,18 @@ def test_images_that_would_fail_or_show_otherwise_in_training_are_rejects_or_rew
     assert "save the image with 8 or 16 bits per channel" in rejects["depthf.tif"]["detail"]
 
 
+def test_a_whole_jpeg_with_stray_bytes_between_its_segments_is_kept():
+    """Decoders skip bytes that are no marker between segments (libjpeg warns of "extraneous bytes")."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    after_app0 = 4 + int.from_bytes(data[4:6], "big")
+    padded = data[:after_app0] + b"\x00\x00" + data[after_app0:]
+    with Image.open(io.BytesIO(padded)) as decoded:
+        decoded.load()
+    assert shown_image(padded, "photo.jpg")[0] == padded
+
+
 @pytest.mark.parametrize("progressive, thumbnail", [(False, False), (True, False), (False, True)])
 def test_a_jpeg_passes_conversion_only_when_its_pixels_decode_whole(progressive, thumbnail):
     """JPEGs are checked by their markers, not decoded: cut anywhere, a file that passes decodes in training,

@@ -160,3 +160,4 @@ def test_signs_digit_groups_and_latex_numbers_as_models_write_them(answer, groun
 def test_a_comparison_makes_a_ground_truth_a_label():
     assert numeric_value("<18") is None and numeric_value("\u2265 65") is None
     assert chart_accuracy("<18", "<18") == 1.0 and chart_accuracy("18", "<18") == 0.0
+    assert chart_accuracy("< 18", "<18") == 1.0 and chart_accuracy("> 50", ">50") == 1.0

@@ -306,7 +306,8 @@ def test_number_words_to_ten_answer_their_digits(answer, ground_truth, expected)
     "answer, ground_truth, expected",
     [("\u662f", "yes", 1.0), ("\u662f\u7684", "yes", 1.0), ("\u5426", "no", 1.0), ("\u4e0d\u662f", "no", 1.0),
      ("\u4e0d\u662f", "yes", 0.0), ("\u6ca1\u6709", "no", 1.0), ("\u662f\u7684", "\u662f", 1.0),
-     ("\u6211\u89c9\u5f97\u662f", "yes", 0.0)],
+     ("\u6211\u89c9\u5f97\u662f", "yes", 0.0), ("\u662f\u3002", "\u662f", 1.0), ("\u4e0d\u662f\u3002", "no", 1.0),
+     ("\u201c\u662f\u201d", "yes", 1.0), ("\u5bf9\uff01", "\u5bf9", 1.0)],
 )
 def test_a_whole_chinese_yes_or_no(answer, ground_truth, expected):
     assert matching_accuracy(answer, ground_truth) == expected
@@ -321,7 +322,12 @@ def test_a_chinese_option_text_within_the_answer_names_that_option():
 @pytest.mark.parametrize(
     "answer, ground_truth, expected",
     [("5", "-5", 0.0), ("-5", "-5", 1.0), ('"-5."', "-5", 1.0), ("+5", "5", 1.0), ("18", "<18", 0.0),
-     ("<18", "<18", 1.0), ("...5", "5", 1.0)],
+     ("<18", "<18", 1.0), ("< 18", "<18", 1.0), ("> 50", ">50", 1.0), ("...5", "5", 1.0)],
 )
 def test_a_short_answers_minus_sign_and_comparison_are_kept(answer, ground_truth, expected):
     assert matching_accuracy(answer, ground_truth) == expected
+
+
+@pytest.mark.parametrize("answer, ground_truth", [("2\u00b3", "23"), ("10\u2076", "106"), ("23", "2\u00b3")])
+def test_superscripts_are_not_folded_into_digits(answer, ground_truth):
+    assert matching_accuracy(answer, ground_truth) == 0.0

@@ -69,9 +69,11 @@ def jpeg_first_scan(data: bytes) -> int | None:
     embedded thumbnail (in an APPn segment) holds a scan and an end-of-image marker of its own. None when the
     file ends before it."""
     position = 2  # after the start-of-image marker
-    while position + 4 <= len(data) and data[position] == 0xFF:
+    while 0 <= position and position + 4 <= len(data):
         marker = data[position + 1]
-        if marker == 0xFF:  # a fill byte before a marker
+        if data[position] != 0xFF:  # stray bytes between segments, which decoders skip to the next marker
+            position = data.find(b"\xff", position)
+        elif marker == 0xFF:  # a fill byte before a marker
             position += 1
         elif data[position : position + 2] == JPEG_START_OF_SCAN:
             return position

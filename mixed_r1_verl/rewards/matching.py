@@ -171,7 +171,8 @@ def option_letter_accuracy(answer: str, letter: str, options: Sequence[str] | No
 def yes_no_accuracy(answer: str, expected: str) -> float:
     """1.0 iff exactly one of yes/no appears as a word (or the whole answer says it in Chinese), and it is the
     expected one."""
-    said = {CHINESE_YES_NO[answer.strip()]} if answer.strip() in CHINESE_YES_NO else set(_YES_NO.findall(answer.lower()))
+    whole = normalize_text(answer)
+    said = {CHINESE_YES_NO[whole]} if whole in CHINESE_YES_NO else set(_YES_NO.findall(answer.lower()))
     return 1.0 if said == {expected} else 0.0
 
 
@@ -196,7 +197,7 @@ def matching_accuracy(answer: str, ground_truth: str, options: Sequence[str] | N
     letter = option_letter(ground_truth, options)
     if letter:
         return option_letter_accuracy(answer, letter, options)
-    expected = CHINESE_YES_NO.get(ground_truth, normalize_text(ground_truth))
+    expected = CHINESE_YES_NO.get(normalize_text(ground_truth), normalize_text(ground_truth))
     if expected in ("yes", "no"):
         return yes_no_accuracy(answer, expected)
     return 1.0 if short_answer(answer) == short_answer(ground_truth) else 0.0

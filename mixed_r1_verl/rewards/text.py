@@ -23,13 +23,18 @@ NUMBER_TOKEN = re.compile(r"(?<![\w.])(?:" + NUMBER_PATTERN + r")")
 _GROUP_SEPARATORS = str.maketrans(dict.fromkeys(",\u00a0\u202f\u2009"))
 # The minus sign, en dash, figure dash, small and full-width hyphen-minus, as a number's sign is written.
 _UNICODE_MINUS = str.maketrans(dict.fromkeys("\u2212\u2013\u2012\ufe63\uff0d", "-"))
+# Full-width ASCII (U+FF01-U+FF5E) and the ideographic space as ASCII; no other compatibility form (NFKC would
+# also make "2³" read "23").
+_FULL_WIDTH = str.maketrans({**{code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)}, 0x3000: " "})
+# A comparison sign apart from its number ("< 18") as written against it.
+_SPACE_AFTER_COMPARISON = re.compile(r"(?<=[<>=≤≥≠])\s+(?=[-+]?\d)")
 
 
 def normalize_text(text: str) -> str:
     """Lower case, articles removed (unless nothing else is left: "a" stays "a"), whitespace collapsed,
     punctuation (ASCII's and Unicode's: quotes, ellipses, full stops) stripped from both ends, but for the
     minus sign of a leading number ("-5" is not "5")."""
-    lowered = strip_edges(_WHITESPACE.sub(" ", text.lower()))
+    lowered = strip_edges(_SPACE_AFTER_COMPARISON.sub("", _WHITESPACE.sub(" ", text.lower())))
     return strip_edges(_WHITESPACE.sub(" ", _ARTICLES.sub(" ", lowered))) or lowered
 
 
@@ -61,9 +66,9 @@ def unicode_minus_as_hyphen(text: str) -> str:
 
 
 def folded(text: str) -> str:
-    """Full-width and other compatibility forms as their plain letters, digits and punctuation (NFKC:
-    "（Ｂ）" is "(B)", "ＹＥＳ" is "YES"), and minus signs as '-'."""
-    return unicode_minus_as_hyphen(unicodedata.normalize("NFKC", text))
+    """Full-width letters, digits and punctuation as ASCII ("（Ｂ）" is "(B)", "ＹＥＳ" is "YES"), and minus
+    signs as '-'."""
+    return text.translate(_FULL_WIDTH).translate(_UNICODE_MINUS)
 
 
 def find_numbers(text: str) -> list[str]:
