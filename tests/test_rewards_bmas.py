@@ -255,3 +255,21 @@ def test_a_failed_load_is_remembered_not_retried(tmp_path):
     with pytest.raises(EmbeddingModelError) as second:
         load_embedding_model(missing)
     assert second.value is first.value
+
+
+def test_a_checkpoints_own_tokenizer_code_does_not_run(tiny_model_dir, tmp_path):
+    """A checkpoint may ship code for its tokenizer (`auto_map`); BMAS loads transformers' own class."""
+    import json
+    import shutil
+
+    from mixed_r1_verl.rewards.embeddings import load_tokenizer
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    ran = tmp_path / "shipped_code_ran"
+    (model_dir / "shipped_tokenizer.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    settings = json.loads((model_dir / "tokenizer_config.json").read_text())
+    settings["auto_map"] = {"AutoTokenizer": ["shipped_tokenizer.Tokenizer", "shipped_tokenizer.Tokenizer"]}
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(settings))
+    tokenizer = load_tokenizer(model_dir)
+    assert tokenizer("a bicycle")["input_ids"] and not ran.exists()

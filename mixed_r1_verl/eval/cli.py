@@ -219,7 +219,7 @@ def _make_generator(args, records: list[EvalRecord]):
             args.model,
             sampling,
             max_images_per_prompt=images_per_prompt(args, records),
-            **{"tensor_parallel_size": args.tensor_parallel_size, "trust_remote_code": True, **args.vllm_kwargs},
+            **{"tensor_parallel_size": args.tensor_parallel_size, **args.vllm_kwargs},
         )
     return build_generator("transformers", args.model, sampling, device=args.device, sequences_per_call=args.batch_size)
 

@@ -154,7 +154,7 @@ def load_tokenizer(model: str | Path):
     from transformers import AutoTokenizer
 
     with _loading(str(model), "tokenizer"):
-        return AutoTokenizer.from_pretrained(str(model), trust_remote_code=True)
+        return AutoTokenizer.from_pretrained(str(model))
 
 
 def check_tokenizer_fits_table(model: str, tokenizer, rows: int) -> None:
