@@ -95,9 +95,10 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
     return [f"{key}: {lookup(saved, key)!r} -> {lookup(current, key)!r}" for key in changed_entries(saved, current)]
 
 
-def resumed_settings_note(checkpoint: Path, config) -> str | None:
-    """What a run resumed from `checkpoint` (with the OmegaConf `config`) sets otherwise than the run that
-    saved it; None where nothing differs or the checkpoint holds no run config."""
+def resumed_settings_note(checkpoint: Path, config, train_files: dict[str, dict]) -> str | None:
+    """What a run resumed from `checkpoint` (with the OmegaConf `config`, its training files read as
+    `train_files` says: `train_file_digests`) sets otherwise than the run that saved it; None where nothing
+    differs or the checkpoint holds no run config."""
     from omegaconf import OmegaConf
 
     saved = read_run_config(checkpoint)
@@ -111,7 +112,7 @@ def resumed_settings_note(checkpoint: Path, config) -> str | None:
             + "\n  ".join(changes[:SHOWN_CHANGES])
             + (f"\n  ... and {more} more" if more > 0 else "")
         )
-    rewritten = rewritten_train_files(checkpoint, config)
+    rewritten = rewritten_train_files(checkpoint, train_files)
     if rewritten:
         notes.append(
             f"{checkpoint.name}: resumed on training data written again since it was saved; the data position "
@@ -120,15 +121,14 @@ def resumed_settings_note(checkpoint: Path, config) -> str | None:
     return "\n".join(notes) or None
 
 
-def rewritten_train_files(checkpoint: Path, config) -> list[str]:
-    """`path: rows and bytes then -> now` for each training file whose digest differs from the one saved
+def rewritten_train_files(checkpoint: Path, now: dict[str, dict]) -> list[str]:
+    """`path: rows and bytes then -> now` for each training file whose digest now differs from the one saved
     in the checkpoint (none saved: none listed; one saved by an earlier version, of the file's footer: its
     rows and bytes)."""
     saved_file = checkpoint / TRAIN_FILES
     if not saved_file.is_file():
         return []
     saved = json.loads(saved_file.read_text())
-    now = train_file_digests(config)
     return [
         f"{path}: {then['rows']} rows, {then['bytes']} bytes -> {now[path]['rows']} rows, {now[path]['bytes']} bytes"
         for path, then in saved.items()

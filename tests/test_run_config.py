@@ -38,11 +38,11 @@ def test_changed_settings_name_each_setting_that_differs_was_added_or_was_remove
 def test_a_resumed_run_lists_its_changes_up_to_a_limit_and_counts_the_rest(tmp_path):
     saved = OmegaConf.create({"optim": {"lr": 1e-5}, "paths": {f"p{i:02d}": i for i in range(30)}, "lr_alias": "${optim.lr}"})
     write_run_config(saved, tmp_path, train_file_digests(saved))
-    assert resumed_settings_note(tmp_path, saved) is None
-    assert resumed_settings_note(tmp_path / "no_config", saved) is None
+    assert resumed_settings_note(tmp_path, saved, {}) is None
+    assert resumed_settings_note(tmp_path / "no_config", saved, {}) is None
 
     current = OmegaConf.merge(saved, {"optim": {"lr": 2e-5}, "paths": {f"p{i:02d}": -i for i in range(1, 30)}})
-    note = resumed_settings_note(tmp_path, current).splitlines()
+    note = resumed_settings_note(tmp_path, current, {}).splitlines()
     assert note[0] == (
         f"{tmp_path.name}: resumed with 31 setting(s) changed since it was saved ({tmp_path / 'mixed_r1_run.yaml'} "
         "holds the saved ones):"
@@ -64,18 +64,20 @@ def test_a_run_resumed_on_training_files_written_again_says_which(tmp_path):
     later.mkdir()
     read = train_file_digests(config)  # as the run's datasets loaded them
     write_run_config(config, checkpoint, read)
-    assert resumed_settings_note(checkpoint, config) is None
+    assert resumed_settings_note(checkpoint, config, train_file_digests(config)) is None
     bytes_then = {path: path.stat().st_size for path in (first, second)}
     pq.write_table(pa.table({"id": list(range(100, 108))}), second)  # as many rows, others
     pq.write_table(pa.table({"id": list(range(24))}), first)
     write_run_config(config, later, read)  # a checkpoint saved after the files were written again
-    assert resumed_settings_note(checkpoint, config).splitlines() == [
+    assert resumed_settings_note(checkpoint, config, train_file_digests(config)).splitlines() == [
         "global_step_4: resumed on training data written again since it was saved; the data position it saved "
         "(rows read this epoch) is applied to these files' rows:",
         f"  {first}: 16 rows, {bytes_then[first]} bytes -> 24 rows, {first.stat().st_size} bytes",
         f"  {second}: 8 rows, {bytes_then[second]} bytes -> 8 rows, {second.stat().st_size} bytes",
     ]
-    assert resumed_settings_note(later, config).splitlines()[1:] == resumed_settings_note(checkpoint, config).splitlines()[1:]
+    now = train_file_digests(config)
+    later_note, earlier_note = (resumed_settings_note(step, config, now) for step in (later, checkpoint))
+    assert later_note.splitlines()[1:] == earlier_note.splitlines()[1:]
 
 
 def parquet_footer(path):
@@ -94,7 +96,7 @@ def test_a_training_file_written_again_with_ground_truths_of_the_same_size_is_na
     write_run_config(config, checkpoint, train_file_digests(config))
     pq.write_table(pa.table({"id": ["a", "b", "c"], "answer": ["B", "A", "C"]}), train)  # two answers corrected
     assert parquet_footer(train) == footer_then
-    assert resumed_settings_note(checkpoint, config).splitlines()[1:] == [
+    assert resumed_settings_note(checkpoint, config, train_file_digests(config)).splitlines()[1:] == [
         f"  {train}: 3 rows, {train.stat().st_size} bytes -> 3 rows, {train.stat().st_size} bytes"
     ]
 
@@ -107,9 +109,9 @@ def test_a_checkpoint_with_footer_digests_is_compared_by_rows_and_bytes(tmp_path
     checkpoint.mkdir()
     saved = {str(train): {"bytes": train.stat().st_size, "rows": 4, "footer_sha256": "0" * 64}}
     write_run_config(config, checkpoint, saved)
-    assert resumed_settings_note(checkpoint, config) is None
+    assert resumed_settings_note(checkpoint, config, train_file_digests(config)) is None
     pq.write_table(pa.table({"id": list(range(5))}), train)
-    assert "4 rows" in resumed_settings_note(checkpoint, config)
+    assert "4 rows" in resumed_settings_note(checkpoint, config, train_file_digests(config))
 
 
 def test_a_checkpoint_records_the_code_and_the_library_versions_that_ran(tmp_path):

@@ -43,7 +43,7 @@ class MixedR1SFTTrainer(SFTTrainer):
                 self.train_dataloader.next_iter_state = None
             said = resume_with_saved_worker_count(self.train_dataloader, checkpoint, "data.num_workers")
             if self.rank == 0:
-                for note in (said, resumed_settings_note(Path(checkpoint), config)):
+                for note in (said, resumed_settings_note(Path(checkpoint), config, self._train_files)):
                     if note:
                         print(note, flush=True)
 

@@ -112,7 +112,7 @@ class MixedR1SyncTrainer(PPOTrainerSync):
             checkpoint = resumed_checkpoint(self.config.trainer, self.global_steps)
             check_resumed_sampler(self.train_dataloader, checkpoint)
             said = resume_with_saved_worker_count(self.train_dataloader, checkpoint, "data.dataloader_num_workers")
-            changed = resumed_settings_note(Path(checkpoint), self._run_config())
+            changed = resumed_settings_note(Path(checkpoint), self._run_config(), self._train_files)
             for note in (said, changed):
                 if note:
                     print(note, flush=True)
