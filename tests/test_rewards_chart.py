@@ -150,6 +150,12 @@ def test_the_tolerance_gives_one_verdict_at_one_ratio_whatever_the_scale(scale):
         ("45\u00a0000", "45000", 1.0),  # no-break space between digit groups
         ("45\u202f000", "45,000", 1.0),  # narrow no-break space
         ("45 000", "45000", 0.0),  # a plain space may part two numbers
+        ("1,00,000", "100000", 1.0),  # Indian lakh groups
+        ("\u20b912,34,567", "1234567", 1.0),
+        ("Rs.2,50,000", "250000", 1.0),
+        ("-1,00,000", "-100000", 1.0),
+        ("1,00,00", "10000", 0.0),  # not a grouping: three numbers
+        ("100,00,000", "10000000", 0.0),
         ("45 m\u00b2", "45", 1.0),
     ],
 )

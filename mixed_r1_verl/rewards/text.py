@@ -12,11 +12,13 @@ _WHITESPACE = re.compile(r"\s+")
 # Comparison signs are kept: "<18" is not "18".
 _EDGE_CHARS = "".join(char for char in string.punctuation if char not in "<=>") + string.whitespace
 
-# A plain or thousands-grouped decimal (commas, or the no-break and thin spaces of "45 000"), optionally
-# signed and in scientific notation. Every part is anchored on a distinct character class, so matching is
-# linear in the input length.
+# A plain or thousands-grouped decimal (commas, or the no-break and thin spaces of "45 000"; or Indian
+# lakh groups, "1,00,000"), optionally signed and in scientific notation. Every part is anchored on a distinct
+# character class, and lakh groups start only where no digit or comma precedes them, so matching is linear
+# in the input length.
 NUMBER_PATTERN = (
-    r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d{1,3}(?:[\u00a0\u202f\u2009]\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?"
+    r"[-+]?(?:\d{1,3}(?:,\d{3})+|(?<![\d,])\d{1,2},(?:\d\d,)+\d{3}|\d{1,3}(?:[\u00a0\u202f\u2009]\d{3})+|\d+)"
+    r"(?:\.\d+)?(?:[eE][-+]?\d+)?"
     r"|[-+]?\.\d+(?:[eE][-+]?\d+)?"
 )
 NUMBER_TOKEN = re.compile(r"(?<![\w.])(?:" + NUMBER_PATTERN + r")")
