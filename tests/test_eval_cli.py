@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from data_helpers import score_saved
 
+from mixed_r1_verl.data.images import SpilledImages
 from mixed_r1_verl.eval.cache import (
     Completion,
     GenerationFileError,
@@ -257,6 +258,23 @@ def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_
     assert main(args) == 0
     assert (out / "generations.jsonl").read_text() == generations_before
     assert (out / "summary.json").read_text() == first_summary
+    assert not list(out.glob(".images-*"))  # the images spilled while it ran are gone
+
+
+def test_records_loaded_with_their_images_spilled_hold_places_not_bytes(tmp_path, parquet):
+    in_memory = load_records([parquet])
+    spilled = SpilledImages(tmp_path / "images")
+    records = load_records([parquet], spilled=spilled)
+
+    blobs = [blob for record in records for blob in record.image_blobs]
+    assert blobs and not any(isinstance(blob["bytes"], bytes) for blob in blobs)
+    assert [record.image_items() for record in records] == [record.image_items() for record in in_memory]
+    distinct = {blob["bytes"] for record in in_memory for blob in record.image_blobs}
+    assert (tmp_path / "images").stat().st_size == sum(map(len, distinct))
+    spilled.remove()
+    counted = load_records([parquet], without_image_bytes=True)  # to score saved generations
+    assert [len(record.image_blobs) for record in counted] == [len(record.image_blobs) for record in in_memory]
+    assert all(blob["bytes"] is None for record in counted for blob in record.image_blobs)
 
 
 def test_a_record_whose_prompt_or_image_changed_is_generated_again(tmp_path, tiny_model, caplog):

@@ -206,15 +206,19 @@ class SpilledImages:
         """The image with its bytes moved to the file (files under the image root are left as they are)."""
         if not isinstance(image, EmbeddedImage) or not isinstance(image.data, bytes):
             return image
-        digest = hashlib.sha256(image.data).digest()
+        return EmbeddedImage(self.keep_bytes(image.data), image.name)
+
+    def keep_bytes(self, data: bytes) -> SpilledBytes:
+        """Where `data` lies in the file, written there unless the same bytes already are."""
+        digest = hashlib.sha256(data).digest()
         place = self._places.get(digest)
         if place is None:
             if self._out is None:
                 self._out = open(self.file, "wb")
-            place = self._places[digest] = SpilledBytes(self.file, self._out.tell(), len(image.data))
-            self._out.write(image.data)
+            place = self._places[digest] = SpilledBytes(self.file, self._out.tell(), len(data))
+            self._out.write(data)
             self._out.flush()  # whole, and readable at once: an unbuffered write may write part of the bytes
-        return EmbeddedImage(place, image.name)
+        return place
 
     def remove(self) -> None:
         if self._out is not None:

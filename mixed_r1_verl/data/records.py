@@ -834,14 +834,17 @@ def iter_source_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     yield from reader(path)
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def parquet_rows(path: str | Path, batch_rows: int = PARQUET_BATCH_ROWS) -> Iterator[dict]:
+    """A parquet file's rows, read `batch_rows` at a time. Not pre-buffered: pyarrow would read ahead across
+    the row groups (877 MB held for a 765 MB file of 20 row groups)."""
     import pyarrow.parquet as pq
 
-    number = 0
-    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        for row in batch.to_pylist():
-            number += 1
-            yield number, row
+    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows):
+        yield from batch.to_pylist()
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    yield from enumerate(parquet_rows(path), start=1)
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:

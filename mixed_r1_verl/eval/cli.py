@@ -29,11 +29,13 @@ import dataclasses
 import json
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Optional
 
+from mixed_r1_verl.data.images import SpilledImages
 from mixed_r1_verl.data.model_files import checkpoint_model_type, not_a_model_reason, resolve_model_dir
 from mixed_r1_verl.data.records import input_files
 from mixed_r1_verl.rewards.embeddings import EmbeddingModelError, load_embedding_model
@@ -308,7 +310,17 @@ def run_eval(args) -> dict:
         raise ValueError(refusal)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = load_records(args.data, args.limit)
+    if args.generations:
+        return _evaluate(args, out_dir, load_records(args.data, args.limit, without_image_bytes=True))
+    with tempfile.TemporaryDirectory(prefix=".images-", dir=out_dir) as spill_dir:
+        spilled = SpilledImages(Path(spill_dir) / "images")
+        try:
+            return _evaluate(args, out_dir, load_records(args.data, args.limit, spilled))
+        finally:
+            spilled.remove()
+
+
+def _evaluate(args, out_dir: Path, records: list[EvalRecord]) -> dict:
     if not records:
         raise ValueError(f"data={','.join(args.data)}: no rows to evaluate")
     if args.model:

@@ -352,8 +352,7 @@ def generate_missing(
 ) -> int:
     """Generate the records the cache has no response to (for the same prompt and images), appending each
     finished batch; the generator is made only when one is needed. Returns how many were generated."""
-    requests = {record.id: eval_request(record) for record in records}
-    digests = {record_id: request_digest(request) for record_id, request in requests.items()}
+    digests = {record.id: request_digest(eval_request(record)) for record in records}
     missing = set(cache.missing(digests))
     todo = [record for record in records if record.id in missing]
     asked_otherwise = sum(record.id in cache.requests for record in todo)
@@ -367,7 +366,7 @@ def generate_missing(
     with tqdm(total=len(records), initial=len(records) - len(todo), desc="generate", unit="prompt") as progress:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            responses = generator.generate([requests[record.id] for record in batch])
+            responses = generator.generate([eval_request(record) for record in batch])
             cache.add({record.id: response[0] for record, response in zip(batch, responses, strict=True)}, digests)
             progress.update(len(batch))
     return len(todo)

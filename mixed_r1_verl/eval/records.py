@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from mixed_r1_verl.data.frames import other_family_frame_reason
-from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER
+from mixed_r1_verl.data.images import SpilledImages
+from mixed_r1_verl.data.records import IMAGE_PLACEHOLDER, SpilledBytes, parquet_rows
 from mixed_r1_verl.rewards.scoring import known_task, missing_ground_truth
 
 REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model", "extra_info")
@@ -39,8 +40,9 @@ class EvalRecord:
 
 def _image_item(blob: Mapping, record: EvalRecord) -> dict:
     bounds = {key: blob[key] for key in ("min_pixels", "max_pixels") if blob.get(key)}
-    if blob.get("bytes"):
-        return {"bytes": blob["bytes"], **bounds}
+    data = blob.get("bytes")
+    if data:
+        return {"bytes": data.read() if isinstance(data, SpilledBytes) else data, **bounds}
     if blob.get("path"):
         path = Path(blob["path"])
         if not path.is_absolute():
@@ -65,7 +67,7 @@ def _struct_field(row: Mapping, column: str, expected: str, where: str) -> dict:
     return dict(value)
 
 
-def _record_from_row(row: Mapping, position: int, source: str) -> EvalRecord:
+def _record_from_row(row: Mapping, position: int, source: str, keep_bytes: Callable[[bytes], object]) -> EvalRecord:
     where = f"{source}: row {position}"
     extra_info = _struct_field(row, "extra_info", "id and task", where)
     record_id = extra_info.get("id")
@@ -84,6 +86,7 @@ def _record_from_row(row: Mapping, position: int, source: str) -> EvalRecord:
         raise RecordError(
             f"{where}: {_placeholder_count(prompt)} {IMAGE_PLACEHOLDER} placeholder(s) but {len(image_blobs)} image(s)"
         )
+    image_blobs = [_with_bytes_kept(blob, keep_bytes) for blob in image_blobs]
     return EvalRecord(
         id=str(record_id),
         data_source=str(row["data_source"]),
@@ -96,19 +99,38 @@ def _record_from_row(row: Mapping, position: int, source: str) -> EvalRecord:
     )
 
 
-def load_records(paths: Sequence[str | Path], limit: int | None = None) -> list[EvalRecord]:
+def _with_bytes_kept(blob, keep_bytes: Callable[[bytes], object]):
+    if not isinstance(blob, Mapping) or not blob.get("bytes"):
+        return blob
+    return {**blob, "bytes": keep_bytes(blob["bytes"])}
+
+
+def _bytes_dropped(data: bytes) -> None:
+    return None
+
+
+def load_records(
+    paths: Sequence[str | Path],
+    limit: int | None = None,
+    spilled: SpilledImages | None = None,
+    without_image_bytes: bool = False,
+) -> list[EvalRecord]:
     """All rows of the given parquet files, in order, up to `limit`; ids must be unique across files. Read
-    a batch of rows at a time: the records hold their images' bytes, but no table of them all is."""
+    a batch of rows at a time. With `spilled`, the records hold where their images' bytes went in its file
+    (read back per generation batch) instead of the bytes; `without_image_bytes`, neither (to score saved
+    generations: images counted, not read)."""
+    if without_image_bytes:
+        keep_bytes = _bytes_dropped
+    else:
+        keep_bytes = spilled.keep_bytes if spilled is not None else lambda data: data
     records: list[EvalRecord] = []
     seen: dict[str, str] = {}
     for path in paths:
-        parquet = pq.ParquetFile(path)
-        missing = [column for column in REQUIRED_COLUMNS if column not in parquet.schema_arrow.names]
+        missing = [column for column in REQUIRED_COLUMNS if column not in pq.read_schema(path).names]
         if missing:
             raise RecordError(f"{path}: missing column(s) {missing}; expected verl's layout {list(REQUIRED_COLUMNS)}")
-        rows = (row for batch in parquet.iter_batches(batch_size=RECORDS_PER_BATCH) for row in batch.to_pylist())
-        for position, row in enumerate(rows):
-            record = _record_from_row(row, position, str(path))
+        for position, row in enumerate(parquet_rows(path, RECORDS_PER_BATCH)):
+            record = _record_from_row(row, position, str(path), keep_bytes)
             if record.id in seen:
                 raise RecordError(f"{path}: row {position}: id {record.id!r} already used in {seen[record.id]}")
             seen[record.id] = str(path)
