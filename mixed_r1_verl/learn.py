@@ -166,6 +166,9 @@ class Layout:
     grpo_checkpoints = property(lambda self: self.root / "grpo")
     grpo_model = property(lambda self: self.root / "grpo_model")
     logs = property(lambda self: self.root / "logs")
+    # Each training run's Hydra directory (its composed config and entry.log), by start time.
+    sft_runs = property(lambda self: self.logs / "sft_runs")
+    grpo_runs = property(lambda self: self.logs / "grpo_runs")
     sft_log = property(lambda self: self.logs / "sft.jsonl")
     grpo_log = property(lambda self: self.logs / "grpo.jsonl")
     step_times = property(lambda self: self.logs / "step_times.json")
@@ -187,6 +190,12 @@ class Layout:
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+def hydra_run_dir(runs: Path) -> str:
+    """The override putting a training run's Hydra directory under `runs` (else it is `outputs/` in the
+    directory the proof was started from)."""
+    return f"hydra.run.dir={runs}/${{now:%Y-%m-%d_%H-%M-%S}}"
 
 
 def eval_step(config: LearnConfig, layout: Layout, run: str, model: Path, again: str | None = None) -> Step:
@@ -305,7 +314,7 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
             python_module(
                 "mixed_r1_verl.sft", "recipe=learn", f"model.path={layout.base_model}",
                 f"mixed_r1.data_dir={layout.data}", f"trainer.default_local_dir={layout.sft_checkpoints}",
-                f"trainer.seed={seed}", *config.sft_overrides,
+                f"trainer.seed={seed}", hydra_run_dir(layout.sft_runs), *config.sft_overrides,
             ),
             env={"VERL_FILE_LOGGER_PATH": str(layout.sft_log)},
             skip_if_exists=layout.sft_checkpoints / CHECKPOINT_TRACKER,
@@ -326,7 +335,7 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
                 f"mixed_r1.data_dir={layout.data}", f"trainer.default_local_dir={layout.grpo_checkpoints}",
                 f"reward.reward_kwargs.embedding_model={layout.base_model}", f"data.seed={seed}",
                 f"actor_rollout_ref.rollout.seed={seed}", f"actor_rollout_ref.actor.data_loader_seed={seed}",
-                *config.grpo_overrides,
+                hydra_run_dir(layout.grpo_runs), *config.grpo_overrides,
             ),
             env={"VERL_FILE_LOGGER_PATH": str(layout.grpo_log)},
             skip_if_exists=layout.grpo_checkpoints / CHECKPOINT_TRACKER,
@@ -887,6 +896,8 @@ def artefacts(layout: Layout) -> dict[str, str]:
         "step wall times": layout.step_times,
         "SFT metrics": layout.sft_log,
         "GRPO metrics": layout.grpo_log,
+        "SFT run configs and logs": layout.sft_runs,
+        "GRPO run configs and logs": layout.grpo_runs,
         "table": layout.table,
         "comparisons": layout.report,
         "plot": layout.plot,

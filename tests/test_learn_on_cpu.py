@@ -10,6 +10,7 @@ import json
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -124,6 +125,16 @@ def test_grpo_trains_from_the_published_sft_model_and_publishes_its_own(proof):
     base, sft, grpo = (language_weights(model) for model in (proof.base_model, proof.sft_model, proof.grpo_model))
     # GRPO's few small steps leave it far nearer the SFT weights it started from than SFT is to the base.
     assert 0 < distance(sft, grpo) < distance(base, sft) / 10
+
+
+def test_each_training_runs_config_and_log_are_kept_in_the_work_dir(proof_in_parts):
+    proof, _ = proof_in_parts
+    sft_runs, grpo_runs = (sorted(runs.iterdir()) for runs in (proof.sft_runs, proof.grpo_runs))
+    assert len(sft_runs) == 1 and len(grpo_runs) == 2  # GRPO ended early by the budget, then continued
+    for run in (*sft_runs, *grpo_runs):
+        assert (run / ".hydra" / "config.yaml").is_file() and list(run.glob("*.log"))
+    composed = OmegaConf.load(grpo_runs[-1] / ".hydra" / "config.yaml")
+    assert composed.trainer.default_local_dir == str(proof.grpo_checkpoints)
 
 
 def test_the_budget_ends_grpo_early_and_continue_grpo_trains_it_on_to_its_planned_step(proof_in_parts):
