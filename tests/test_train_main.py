@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,13 +31,15 @@ from mixed_r1_verl.main import (
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_main(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_main(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The entry run from `cwd`, by default an empty directory, where Hydra's `outputs/` is left behind."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env or {})}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run(
-        [sys.executable, "-m", "mixed_r1_verl.main", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as scratch:
+        return subprocess.run(
+            [sys.executable, "-m", "mixed_r1_verl.main", *args],
+            cwd=cwd or scratch, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour on a machine without a CUDA GPU")
