@@ -156,6 +156,11 @@ def test_the_tolerance_gives_one_verdict_at_one_ratio_whatever_the_scale(scale):
         ("-1,00,000", "-100000", 1.0),
         ("1,00,00", "10000", 0.0),  # not a grouping: three numbers
         ("100,00,000", "10000000", 0.0),
+        ("1,00,0000", "100000", 0.0),  # a group of four digits is no grouping
+        ("1,0000", "1000", 0.0),
+        ("45\u00a00000", "45000", 0.0),
+        ("[25,99,100]", "[25,50,100]", 0.0),  # a list, not a lakh grouping
+        ("12,05,2011", "12,05,2019", 0.0),
         ("45 m\u00b2", "45", 1.0),
     ],
 )

@@ -13,11 +13,13 @@ _WHITESPACE = re.compile(r"\s+")
 _EDGE_CHARS = "".join(char for char in string.punctuation if char not in "<=>") + string.whitespace
 
 # A plain or thousands-grouped decimal (commas, or the no-break and thin spaces of "45 000"; or Indian
-# lakh groups, "1,00,000"), optionally signed and in scientific notation. Every part is anchored on a distinct
-# character class, and lakh groups start only where no digit or comma precedes them, so matching is linear
-# in the input length.
+# lakh groups, "1,00,000"), optionally signed and in scientific notation. A group of more digits ("1,0000")
+# is no grouping. Lakh groups start only where no digit, comma or opening bracket precedes them ("[25,50,100]"
+# is a list) and end where no comma and digit follow. Every part is anchored on a distinct character class,
+# and lakh groups start only once in a run of digits and commas, so matching is linear in the input length.
 NUMBER_PATTERN = (
-    r"[-+]?(?:\d{1,3}(?:,\d{3})+|(?<![\d,])\d{1,2},(?:\d\d,)+\d{3}|\d{1,3}(?:[\u00a0\u202f\u2009]\d{3})+|\d+)"
+    r"[-+]?(?:\d{1,3}(?:,\d{3})+(?!\d)|(?<![\d,\[(])\d{1,2},(?:\d\d,)+\d{3}(?!,?\d)"
+    r"|\d{1,3}(?:[\u00a0\u202f\u2009]\d{3})+(?!\d)|\d+)"
     r"(?:\.\d+)?(?:[eE][-+]?\d+)?"
     r"|[-+]?\.\d+(?:[eE][-+]?\d+)?"
 )
