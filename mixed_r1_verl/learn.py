@@ -488,8 +488,9 @@ WORK_DIR_MARK = "<work_dir>"
 
 def recorded_command(step: Step, work_dir: Path | None) -> list[str]:
     """What a step's command asks for, as recorded to compare with a rerun's: its arguments without the
-    interpreter and without the settings known only when it starts."""
-    arguments = step.argv[1:]
+    interpreter, without the settings known only when it starts and without Hydra's own (`hydra.run.dir`:
+    where the run's config and log go, not what it trains)."""
+    arguments = [argument for argument in step.argv[1:] if not (setting_key(argument) or "").startswith("hydra.")]
     return arguments if work_dir is None else [argument.replace(str(work_dir), WORK_DIR_MARK) for argument in arguments]
 
 
@@ -896,8 +897,8 @@ def artefacts(layout: Layout) -> dict[str, str]:
         "step wall times": layout.step_times,
         "SFT metrics": layout.sft_log,
         "GRPO metrics": layout.grpo_log,
-        "SFT run configs and logs": layout.sft_runs,
-        "GRPO run configs and logs": layout.grpo_runs,
+        "SFT runs (Hydra)": layout.sft_runs,
+        "GRPO runs (Hydra)": layout.grpo_runs,
         "table": layout.table,
         "comparisons": layout.report,
         "plot": layout.plot,

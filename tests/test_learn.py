@@ -640,6 +640,24 @@ def test_overrides_in_another_order_reuse_the_steps_done_with_them(tmp_path):
         check_done_steps([evaluate_base("format_weight=0.5", "limit=16")], times, tmp_path)
 
 
+def test_training_done_with_its_hydra_directory_elsewhere_is_reused(tmp_path):
+    """Hydra's settings say where a run's config and log go, not what it trains: a training step done with
+    another `hydra.run.dir` (or none, as a proof started before the proof set one) is done."""
+    training = [step for step in plan(LearnConfig(work_dir=str(tmp_path))) if step.name.startswith(("SFT", "GRPO"))]
+    times = {}
+    for step in training:
+        assert any(argument.startswith("hydra.run.dir=") for argument in step.argv)
+        step.skip_if_exists.parent.mkdir(parents=True)
+        step.skip_if_exists.write_text("2")
+        elsewhere = [argument for argument in step.argv[1:] if not argument.startswith("hydra.")]
+        times[step.name] = {"seconds": 1.0, "execution": "earlier", "command": elsewhere}
+    check_done_steps(training, times, None)
+    sft_elsewhere = times[training[0].name]["command"] + ["trainer.seed=7"]
+    times[training[0].name]["command"] = sft_elsewhere
+    with pytest.raises(DoneStepsDiffer, match="SFT .*: done with trainer.seed=7"):
+        check_done_steps(training, times, None)
+
+
 def test_a_step_done_after_an_evaluation_made_again_is_reused(tmp_path, capsys):
     steps = [
         writing_step("model", tmp_path), writing_step("evaluate", tmp_path, feeds_later_steps=False),
