@@ -10,8 +10,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +22,7 @@ import pytest
 from huggingface_hub import ModelCard
 from PIL import Image, ImageDraw
 
-from data_helpers import score_saved
+from data_helpers import checkout_env, score_saved
 
 from mixed_r1_verl.data.images import SpilledImages
 from mixed_r1_verl.eval.cache import (
@@ -31,7 +33,7 @@ from mixed_r1_verl.eval.cache import (
     model_fingerprint,
     read_generations,
 )
-from mixed_r1_verl.eval.cli import checked_settings, images_per_prompt, main
+from mixed_r1_verl.eval.cli import checked_settings, images_per_prompt, main, spill_prefix
 from mixed_r1_verl.eval.generation import eval_request, request_digest
 from mixed_r1_verl.eval.records import RecordError, load_records
 from mixed_r1_verl.models.model_card import model_card
@@ -259,6 +261,49 @@ def test_generation_with_tiny_model_on_cpu_is_resumable(tmp_path, parquet, tiny_
     assert (out / "generations.jsonl").read_text() == generations_before
     assert (out / "summary.json").read_text() == first_summary
     assert not list(out.glob(".images-*"))  # the images spilled while it ran are gone
+
+
+def spill_dirs(out):
+    return sorted(out.glob(".images-*"))
+
+
+def started_evaluation(parquet, model, out) -> subprocess.Popen:
+    """An evaluation generating in a process of its own, once it has put its records' images in out_dir."""
+    args = [f"data={parquet}", f"model={model}", "backend=hf", "device=cpu", f"out_dir={out}", "batch_size=1"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mixed_r1_verl.eval", *args, "max_new_tokens=16"], env=checkout_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not spill_dirs(out) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert spill_dirs(out) and process.poll() is None
+    return process
+
+
+def test_an_evaluation_stopped_or_killed_leaves_no_copy_of_its_images(tmp_path, tiny_model):
+    parquet = tmp_path / "val.parquet"  # enough rows to be stopped while it generates
+    many = [
+        {**row, "extra_info": {**row["extra_info"], "id": f"{row['extra_info']['id']}-{n}"}}
+        for n in range(20)
+        for row in ROWS
+    ]
+    pq.write_table(pa.Table.from_pylist(many), parquet)
+    out = tmp_path / "run"
+
+    stopped = started_evaluation(parquet, tiny_model, out)
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=120) == 128 + signal.SIGTERM and not spill_dirs(out)
+
+    killed = started_evaluation(parquet, tiny_model, out)
+    killed.kill()
+    killed.wait(timeout=60)
+    [abandoned] = spill_dirs(out)
+    running = out / f"{spill_prefix(os.getpid())}x"  # this test's own process: still running
+    running.mkdir()
+    assert main([f"data={parquet}", f"model={tiny_model}", "backend=hf", "device=cpu", f"out_dir={out}", "limit=2",
+                 "max_new_tokens=2"]) == 0  # fmt: skip
+    assert spill_dirs(out) == [running]
 
 
 def test_records_loaded_with_their_images_spilled_hold_places_not_bytes(tmp_path, parquet):

@@ -28,6 +28,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
+import signal
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -38,8 +42,10 @@ from typing import Any, Optional
 from mixed_r1_verl.data.images import SpilledImages
 from mixed_r1_verl.data.model_files import checkpoint_model_type, not_a_model_reason, resolve_model_dir
 from mixed_r1_verl.data.records import input_files
+from mixed_r1_verl.process_watch import is_running
 from mixed_r1_verl.rewards.embeddings import EmbeddingModelError, load_embedding_model
 from mixed_r1_verl.rewards.scoring import reward_option_errors
+from mixed_r1_verl.run_logs import Interrupted, Terminated, sigterm_raises
 from mixed_r1_verl.settings import (
     asks_for_help,
     input_errors_end_the_command,
@@ -312,12 +318,36 @@ def run_eval(args) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.generations:
         return _evaluate(args, out_dir, load_records(args.data, args.limit, without_image_bytes=True))
-    with tempfile.TemporaryDirectory(prefix=".images-", dir=out_dir) as spill_dir:
-        spilled = SpilledImages(Path(spill_dir) / "images")
-        try:
-            return _evaluate(args, out_dir, load_records(args.data, args.limit, spilled))
-        finally:
-            spilled.remove()
+    remove_abandoned_spills(out_dir)
+    try:
+        with sigterm_raises(), tempfile.TemporaryDirectory(prefix=spill_prefix(os.getpid()), dir=out_dir) as spill:
+            spilled = SpilledImages(Path(spill) / "images")
+            try:
+                return _evaluate(args, out_dir, load_records(args.data, args.limit, spilled))
+            finally:
+                spilled.remove()
+    except Terminated:
+        raise Interrupted(signal.SIGTERM) from None
+
+
+def host_spill_prefix() -> str:
+    return f".images-{socket.gethostname()}-"
+
+
+def spill_prefix(pid: int) -> str:
+    """The start of the name of the directory in out_dir that evaluation process `pid` of this host keeps
+    its records' images in while it generates."""
+    return f"{host_spill_prefix()}{pid}-"
+
+
+def remove_abandoned_spills(out_dir: Path) -> None:
+    """The image directories that evaluations on this host ended before they could remove them (SIGKILL)
+    left in out_dir: those whose process is gone."""
+    host_prefix = host_spill_prefix()
+    for spill in out_dir.glob(f"{host_prefix}*"):
+        pid = spill.name[len(host_prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not is_running(int(pid)):
+            shutil.rmtree(spill, ignore_errors=True)
 
 
 def _evaluate(args, out_dir: Path, records: list[EvalRecord]) -> dict:
