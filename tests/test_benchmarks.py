@@ -31,6 +31,7 @@ TINY_RUNS = {
     "prompt_length_filter": "prompt_length_filter.py --rows 8 --image-size 64x48",
     "convert_45k": "convert_45k.py --rows 8 --distinct-images 4",
     "eval_scoring": "eval_scoring.py --records 8",
+    "difficulty_cache": "difficulty_cache.py --prompts 20 --responses 3 --chars 60",
     "perceptual_dedup": "perceptual_dedup.py --rows 12 4",
     "bmas": "bmas.py --device cpu --vocab 4096 --responses 4 --cpu-sample 2",
     "rule_rewards": "rule_rewards.py --samples 50",
@@ -182,6 +183,19 @@ def check_eval_scoring(output: str) -> None:
     assert_not_negative(seconds)
 
 
+def check_difficulty_cache(output: str) -> None:
+    [(prompts, responses, megabytes)] = figures(rf"^cache: {N} prompts x {N} responses, {N} MB$", output)
+    assert (prompts, responses) == (20, 3)
+    assert_positive(megabytes)
+    [(opened, cached)] = figures(rf"^open: {N} s \({N} prompts cached\)$", output)
+    [(read_back, read)] = figures(rf"^read back: {N} s \({N} responses\)$", output)
+    assert (cached, read) == (20, 60)
+    assert_not_negative(opened, read_back)
+    [(before, after)] = figures(rf"^peak RSS: {N} MB before the rerun, {N} MB after$", output)
+    assert_positive(before)
+    assert after >= before
+
+
 def check_bmas(output: str) -> None:
     [(vocab, dim, gibibytes)] = figures(rf"^table {N} x {N} bf16 = {N} GiB$", output)
     assert (vocab, dim) == (4096, 3584)
@@ -223,6 +237,7 @@ FIGURE_CHECKS = {
     "prompt_length_filter": check_prompt_length_filter,
     "convert_45k": check_convert,
     "eval_scoring": check_eval_scoring,
+    "difficulty_cache": check_difficulty_cache,
     "perceptual_dedup": check_perceptual_dedup,
     "bmas": check_bmas,
     "rule_rewards": check_rule_rewards,

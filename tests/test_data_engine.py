@@ -391,10 +391,14 @@ def test_a_cache_line_cut_short_by_an_interrupted_run_costs_only_its_own_prompt(
     with open(path, "a") as cache:
         cache.write('{"key": "k2", "respon')  # the run was killed while writing this line
     rerun = ResponseCache(path)
-    assert sorted(rerun.entries) == ["k1"]
+    assert sorted(rerun.offsets) == ["k1"]
     rerun.add({"k2": [Completion("b", False)], "k3": [Completion("c", True)]})
-    assert sorted(ResponseCache(path).entries) == ["k1", "k2", "k3"]
-    assert ResponseCache(path).entries["k3"] == [Completion("c", True)]
+    assert rerun.responses("k3") == [Completion("c", True)]
+    read_back = ResponseCache(path)
+    assert sorted(read_back.offsets) == ["k1", "k2", "k3"]
+    assert [read_back.responses(key) for key in ("k1", "k2", "k3")] == [
+        [Completion("a", False)], [Completion("b", False)], [Completion("c", True)]
+    ]
 
 
 def difficulty_details(report: dict) -> dict:

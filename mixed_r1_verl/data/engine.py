@@ -586,10 +586,10 @@ class Engine:
         model = sampled_model(settings_config)
         keys = [self.cache_key(row, settings, model) for row in rows]
         cache = ResponseCache(self.output_dir / "difficulty_cache.jsonl")
-        pending = [(row, key) for row, key in zip(rows, keys) if key not in cache.entries]
-        if cache.entries and len(pending) == len(rows):
+        pending = [(row, key) for row, key in zip(rows, keys) if key not in cache]
+        if len(cache) and len(pending) == len(rows):
             print(
-                f"{cache.path}: none of its {len(cache.entries)} cached prompts' responses is for this run (another "
+                f"{cache.path}: none of its {len(cache)} cached prompts' responses is for this run (another "
                 "model or model files, sampling settings or vLLM arguments, or a cache an earlier version keyed "
                 "otherwise): sampling every prompt",
                 file=sys.stderr,
@@ -616,7 +616,7 @@ class Engine:
                 cache.add({key: texts for (_, key), texts in zip(batch, responses, strict=True)})
             sampling_seconds = time.perf_counter() - started
         for row, key in zip(rows, keys):
-            responses = cache.entries[key]
+            responses = cache.responses(key)
             results = self.score_samples(row, [response.text for response in responses], embedding_model)
             row.correct_rollouts = int(sum(result["correct"] for result in results))
             row.pass_rate = row.correct_rollouts / len(results)

@@ -29,28 +29,41 @@ def request_key(
 
 class ResponseCache:
     """Append-only JSONL of {key, responses, truncated}; a rerun reads it back and samples only what is
-    missing. A line without `truncated` (written before it was recorded) is reused, its truncation unknown."""
+    missing. A line without `truncated` (written before it was recorded) is reused, its truncation unknown.
+    The responses stay in the file: the cache holds each key's line offset and reads a key's line when asked."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.entries: dict[str, list[Completion]] = {}
+        self.offsets: dict[str, int] = {}
         drop_unfinished_last_line(self.path)  # its prompt is sampled again
         if self.path.exists():
-            with open(self.path, encoding="utf-8") as lines:
+            with open(self.path, "rb") as lines:
+                offset = 0
                 for line in lines:
                     try:
-                        entry = json.loads(line)
+                        self.offsets[json.loads(line)["key"]] = offset
                     except json.JSONDecodeError:
-                        continue  # a cut line a cache written by an earlier version appended onto
-                    self.entries[entry["key"]] = stored_completions(entry)
+                        pass  # a cut line a cache written by an earlier version appended onto
+                    offset += len(line)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets)
 
     def add(self, responses_by_key: dict[str, list[Completion]]) -> None:
-        with open(self.path, "a", encoding="utf-8") as out:
+        with open(self.path, "ab") as out:
             for key, responses in responses_by_key.items():
                 texts = [response.text for response in responses]
                 truncated = [response.truncated for response in responses]
-                out.write(json.dumps({"key": key, "responses": texts, "truncated": truncated}) + "\n")
-        self.entries.update(responses_by_key)
+                self.offsets[key] = out.tell()
+                out.write(json.dumps({"key": key, "responses": texts, "truncated": truncated}).encode() + b"\n")
+
+    def responses(self, key: str) -> list[Completion]:
+        with open(self.path, "rb") as lines:
+            lines.seek(self.offsets[key])
+            return stored_completions(json.loads(lines.readline()))
 
 
 def stored_completions(entry: dict) -> list[Completion]:
