@@ -137,9 +137,19 @@ class Step:
     feeds_later_steps: bool = True
     # Why a step done earlier runs again (continue_grpo); the time it takes adds to the earlier time.
     again: str | None = None
+    # The step times whose entry for this step records that its command succeeded, where skip_if_exists
+    # appears before the command ends (a training run's checkpoint tracker, at its first save): a run that
+    # failed after saving a checkpoint is not done, and runs again, resuming from that checkpoint.
+    recorded_in: Path | None = None
+
+    def finished(self) -> bool:
+        """Whether a command of this step ended well earlier (its `again` aside)."""
+        if self.skip_if_exists is None or not self.skip_if_exists.exists():
+            return False
+        return self.recorded_in is None or self.name in read_step_times(self.recorded_in)
 
     def done_earlier(self) -> bool:
-        return self.skip_if_exists is not None and self.skip_if_exists.exists() and self.again is None
+        return self.finished() and self.again is None
 
     def command(self) -> list[str]:
         return [*self.argv, *(self.late_settings() if self.late_settings else [])]
@@ -318,6 +328,7 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
             ),
             env={"VERL_FILE_LOGGER_PATH": str(layout.sft_log)},
             skip_if_exists=layout.sft_checkpoints / CHECKPOINT_TRACKER,
+            recorded_in=layout.step_times,
             late_settings=lambda: sft_stop_by(config, started),
         ),
         Step(
@@ -339,6 +350,7 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
             ),
             env={"VERL_FILE_LOGGER_PATH": str(layout.grpo_log)},
             skip_if_exists=layout.grpo_checkpoints / CHECKPOINT_TRACKER,
+            recorded_in=layout.step_times,
             late_settings=lambda: grpo_stop_by(config, layout, started),
             again=grpo_again,
         ),
@@ -541,7 +553,7 @@ def check_done_steps(steps: list[Step], times: dict[str, dict], work_dir: Path |
     for step in steps:
         if step.skip_if_exists is None:
             continue
-        if not step.skip_if_exists.exists():
+        if not step.finished():
             again = again or (step if step.feeds_later_steps else None)
             continue
         earlier = times.get(step.name, {}).get("command")

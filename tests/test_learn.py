@@ -33,6 +33,7 @@ from mixed_r1_verl.learn import (
     main as learn_main,
     plan,
     publish_checkpoint,
+    read_step_times,
     recorded_command,
     step_file_prefix,
     target_checks,
@@ -191,15 +192,24 @@ def write_metrics_log(path: Path, steps: int, top_answer_share: bool = False) ->
     path.write_text("\n".join(lines) + "\n")
 
 
-def save_checkpoint(layout, run, step, trained: Path) -> Path:
+TRAINING_STEPS = {"sft": "SFT (cold start, stopped early)", "grpo": "GRPO with Mixed-Reward from the SFT model"}
+
+
+def save_checkpoint(layout, run, step, trained: Path, run_ended: bool = True) -> Path:
     """A checkpoint of `run` at `step`, made the latest, whose Hugging Face model is the `trained` model's
-    config and weights (written now), as verl's checkpoints hold it."""
+    config and weights (written now), as verl's checkpoints hold it; with `run_ended`, the run's command
+    recorded in the step times as succeeded."""
     checkpoints = {"sft": layout.sft_checkpoints, "grpo": layout.grpo_checkpoints}[run]
     model = checkpoints / f"global_step_{step}" / CHECKPOINT_MODEL[run]
     model.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors"):
         shutil.copy(trained / name, model / name)
     (checkpoints / "latest_checkpointed_iteration.txt").write_text(str(step))
+    if run_ended:
+        times = read_step_times(layout.step_times)
+        times[TRAINING_STEPS[run]] = {"seconds": 1.0, "execution": "earlier"}
+        layout.step_times.parent.mkdir(parents=True, exist_ok=True)
+        layout.step_times.write_text(json.dumps(times))
     return model
 
 
@@ -313,8 +323,8 @@ def test_grpo_left_too_little_time_is_not_started_and_the_table_shows_the_models
     (layout.data / "summary.json").write_text("{}")
     evaluate(layout, "base", layout.base_model, fabricated_summary({task: 0.1 for task in TASKS}))
     evaluate(layout, "sft", save_checkpoint(layout, "sft", 500, tiny_model_dir))
-    layout.logs.mkdir()
-    layout.step_times.write_text(json.dumps({"evaluate base": {"seconds": 100.0, "execution": "earlier"}}))
+    times = {**read_step_times(layout.step_times), "evaluate base": {"seconds": 100.0, "execution": "earlier"}}
+    layout.step_times.write_text(json.dumps(times))
     # 560 s in all, 440 s of them spent: GRPO's stop_by, 135 s (1.25 x 100 s + 10 s) before the end, has passed.
     steps = plan(LearnConfig(work_dir=str(tmp_path), time_budget_s=560), started=time.time() - 440)
     with pytest.raises(TooLateToStart) as late:
@@ -555,16 +565,29 @@ def test_the_wall_time_target_is_checked_on_the_sum_once_every_command_has_its_t
     assert met is False and "| total | 1201.0 (20.0 min; summed over 2 executions) |" in table
 
 
-def test_training_steps_are_skipped_once_their_checkpoint_exists(tmp_path, capsys):
+def test_training_steps_are_skipped_once_their_checkpoint_exists_from_a_run_that_ended_well(
+    tmp_path, tiny_model_dir, capsys
+):
+    layout = Layout(tmp_path)
     steps = {step.name: step for step in plan(LearnConfig(work_dir=str(tmp_path)))}
-    sft = steps["SFT (cold start, stopped early)"]
-    grpo = steps["GRPO with Mixed-Reward from the SFT model"]
+    sft, grpo = steps[TRAINING_STEPS["sft"]], steps[TRAINING_STEPS["grpo"]]
     assert sft.skip_if_exists == tmp_path / "sft" / "latest_checkpointed_iteration.txt"
     assert grpo.skip_if_exists == tmp_path / "grpo" / "latest_checkpointed_iteration.txt"
-    sft.skip_if_exists.parent.mkdir()
-    sft.skip_if_exists.write_text("100")
-    execute([sft], env=dict(os.environ))
+    save_checkpoint(layout, "sft", 100, tiny_model_dir)
+    execute([sft], env=dict(os.environ), times_log=layout.step_times, work_dir=tmp_path)
     assert "done earlier" in capsys.readouterr().out
+
+    # A GRPO that saved step 40 of 80 and then failed recorded no success: it runs again (verl resumes).
+    save_checkpoint(layout, "grpo", 40, tiny_model_dir, run_ended=False)
+    assert not grpo.done_earlier()
+    dry_run = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.learn", f"work_dir={tmp_path}", "dry_run=true"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert f"] {TRAINING_STEPS['sft']} (done earlier: skipped)" in dry_run
+    assert f"] {TRAINING_STEPS['grpo']}\n" in dry_run
+    save_checkpoint(layout, "grpo", 80, tiny_model_dir)
+    assert grpo.done_earlier()
 
 
 def writing_step(name, work_dir, *settings, feeds_later_steps=True):
@@ -651,6 +674,8 @@ def test_training_done_with_its_hydra_directory_elsewhere_is_reused(tmp_path):
         step.skip_if_exists.write_text("2")
         elsewhere = [argument for argument in step.argv[1:] if not argument.startswith("hydra.")]
         times[step.name] = {"seconds": 1.0, "execution": "earlier", "command": elsewhere}
+    Layout(tmp_path).logs.mkdir()
+    Layout(tmp_path).step_times.write_text(json.dumps(times))
     check_done_steps(training, times, None)
     sft_elsewhere = times[training[0].name]["command"] + ["trainer.seed=7"]
     times[training[0].name]["command"] = sft_elsewhere
