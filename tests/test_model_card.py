@@ -46,6 +46,19 @@ def test_a_card_names_the_base_model_on_the_hub_and_the_runs_settings_from_its_s
         assert rows["sequences per step"] == str(config.data.train_batch_size)
 
 
+@pytest.mark.parametrize("method", ["GRPO", "SFT"])
+def test_a_card_gives_the_planned_steps_or_else_the_epochs(method):
+    config = compose_recipe("learn") if method == "GRPO" else compose_sft(recipe="learn")
+    run = OmegaConf.to_container(config, resolve=True)
+    steps, epochs = run["trainer"]["total_training_steps"], run["trainer"]["total_epochs"]
+    assert steps is not None and epochs is not None  # the steps end the run; the epochs only bound it
+    _, _, rows = card_parts(model_card("m", method, steps, run, lora_merged=False, dtype="bfloat16"))
+    assert rows["planned steps"] == str(steps) and "epochs" not in rows
+    run["trainer"]["total_training_steps"] = None
+    _, _, rows = card_parts(model_card("m", method, steps, run, lora_merged=False, dtype="bfloat16"))
+    assert rows["epochs"] == str(epochs) and "planned steps" not in rows
+
+
 def test_the_base_model_is_followed_to_its_hub_id_through_cache_snapshots_and_the_runs_before(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "qwen").mkdir(parents=True)

@@ -74,11 +74,13 @@ def files_named(value) -> str | None:
 def trained_rows(run: dict, method: str) -> list[tuple[str, object]]:
     """What a GRPO or SFT run was trained from and with, as (label, value) rows; rows its config lacks are left out."""
     model_path = lookup(run, f"{MODEL_KEY[method]}.path")
+    planned_steps = lookup(run, "trainer.total_training_steps")
     rows = [
         ("started from", f"`{model_path}`" if model_path else None),
         ("training data", files_named(lookup(run, "data.train_files"))),
-        ("planned steps", lookup(run, "trainer.total_training_steps")),
-        ("epochs", lookup(run, "trainer.total_epochs")),
+        ("planned steps", planned_steps),
+        # With a step count set, total_epochs only bounds the run: the epochs trained follow from the steps.
+        ("epochs", lookup(run, "trainer.total_epochs") if planned_steps is None else None),
     ]
     if method == "GRPO":
         prompts, responses = lookup(run, "data.train_batch_size"), lookup(run, "actor_rollout_ref.rollout.n")
