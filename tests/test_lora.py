@@ -295,8 +295,9 @@ def test_a_peft_copy_that_cannot_be_merged_is_named_with_the_reason(tiny_model_d
     copy = tmp_path / "actor" / "huggingface"
     peft_saved_copy(tiny_model_dir, copy, 1)
     (copy.parent / TRAIN_META).unlink()
-    with pytest.raises(FileNotFoundError, match=f"{copy} holds LoRA adapters under peft's names, and .*{TRAIN_META}"):
-        merge_saved_adapters(copy)
+    for merge in (merge_saved_adapters, with_lora_merged):  # the export's merge; evaluation's and training's
+        with pytest.raises(FileNotFoundError, match=f"{copy} holds LoRA adapters under peft's names, and .*{TRAIN_META}"):
+            merge(copy)
     (copy.parent / TRAIN_META).write_text(json.dumps({"r": 4, "lora_alpha": 8}))
     weights = load_file(copy / "model.safetensors")
     [name] = [name for name in weights if name.endswith("q_proj.lora_A.default.weight")][:1]

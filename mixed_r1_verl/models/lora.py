@@ -122,16 +122,21 @@ def adapter_settings_files(model_dir: Path) -> list[Path]:
     return [meta] if meta.is_file() and saved_by_peft(model_dir) else []
 
 
-def trained_lora_scaling(shards_dir: Path, what: Path) -> float:
-    """The scaling of a LoRA run's adapters, held by `what`, from verl's record of the run's rank and alpha
-    beside the checkpoint's shards."""
+def train_meta(shards_dir: Path, what: Path) -> Path:
+    """verl's record of a LoRA run's rank and alpha beside the checkpoint's shards, for the adapters that
+    `what` holds under peft's names."""
     meta = shards_dir / TRAIN_META
     if not meta.is_file():
         raise FileNotFoundError(
             f"{what} holds LoRA adapters under peft's names, and {meta}, verl's record of their rank and alpha, "
             'is missing: write it with the run\'s settings, {"r": <lora_rank>, "lora_alpha": <lora_alpha>}'
         )
-    return lora_scaling(json.loads(meta.read_text()))
+    return meta
+
+
+def trained_lora_scaling(shards_dir: Path, what: Path) -> float:
+    """The scaling of a LoRA run's adapters, held by `what`, from verl's record of the run's rank and alpha."""
+    return lora_scaling(json.loads(train_meta(shards_dir, what).read_text()))
 
 
 def write_merged_peft_weights(source_dir: Path, target_dir: Path, dtype: str | None = None) -> list[str]:
@@ -248,7 +253,7 @@ def with_lora_merged(model_path: str) -> str:
         where, adapter_files = f"{ADAPTER_DIR}/", sorted((model_dir / ADAPTER_DIR).iterdir())
         write_merged = write_adapter_merged
     elif saved_by_peft(model_dir):
-        where, adapter_files = "weights under peft's names", [model_dir.parent / TRAIN_META]
+        where, adapter_files = "weights under peft's names", [train_meta(model_dir.parent, model_dir)]
         write_merged = write_merged_peft_weights
     else:
         return model_path
