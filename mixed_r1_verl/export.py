@@ -148,7 +148,8 @@ def export(config: ExportConfig) -> dict:
         raise ValueError(
             f"dtype must be bfloat16, float16, float32 or saved (as the checkpoint holds them), got {config.dtype!r}"
         )
-    shards, copy = checkpoint_dirs(Path(config.checkpoint))
+    # Resolved: the card reads the step from the path, whether given as `.`, `actor` or through a link.
+    shards, copy = checkpoint_dirs(Path(config.checkpoint).resolve())
     # Resolved: `out_dir=.` gets a name to build beside, and a link's target is where the export goes.
     out = Path(config.out_dir).resolve()
     if out.is_file() or out.is_dir() and any(out.iterdir()):

@@ -63,6 +63,22 @@ def test_a_copy_saved_under_peft_names_is_exported_with_the_adapters_merged_in_a
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("checkpoint", [".", "actor", "actor/huggingface"])
+def test_a_checkpoint_named_from_inside_its_step_directory_is_exported_as_that_step(
+    checkpoint, tiny_model_dir, tmp_path, monkeypatch
+):
+    step_dir = tmp_path / "checkpoints" / "global_step_3"
+    copy = step_dir / "actor" / "huggingface"
+    peft_saved_copy(tiny_model_dir, copy, 3)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json"):
+        shutil.copy(tiny_model_dir / name, copy)
+    monkeypatch.chdir(step_dir)
+    summary = export(ExportConfig(checkpoint=checkpoint, out_dir=str(tmp_path / "out")))
+    assert summary["checkpoint"] == str(step_dir / "actor")
+    _, first, _ = card_parts((tmp_path / "out" / "README.md").read_text())
+    assert first.startswith("Step 3 of a GRPO run")
+
+
 def test_a_copy_without_a_processor_or_tokenizer_is_refused_naming_what_to_copy(tiny_model_dir, tmp_path):
     copy = tmp_path / "global_step_1" / "huggingface"
     peft_saved_copy(tiny_model_dir, copy, 1)
