@@ -270,13 +270,14 @@ def last_checkpointed_step(checkpoint_dir: str) -> int | None:
 
 def planned_steps(config: DictConfig) -> tuple[int | None, str]:
     """The last step of this run and where it comes from: trainer.total_training_steps, else an upper
-    bound from the training parquet's row count (verl drops over-long prompts and the last partial batch)."""
+    bound from the training rows verl reads (the parquet's, at most data.train_max_samples; it drops over-long
+    prompts and the last partial batch)."""
     if config.trainer.total_training_steps is not None:
         return config.trainer.total_training_steps, "trainer.total_training_steps"
     files = data_files(config.data.train_files)
     if not all(os.path.isfile(path) for path in files):
         return None, ""
-    rows = sum(parquet_rows(path) for path in files)
+    rows = set_rows(config, "train_files")
     return rows // config.data.train_batch_size * config.trainer.total_epochs, (
         f"{rows} training rows / data.train_batch_size x trainer.total_epochs"
     )
@@ -846,6 +847,18 @@ def parquet_rows(path: str | Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
+def max_samples(config: DictConfig, key: str) -> int:
+    """data.train_max_samples or data.val_max_samples, for data.train_files or data.val_files (-1: all)."""
+    return config.data.get("train_max_samples" if key == "train_files" else "val_max_samples", -1)
+
+
+def set_rows(config: DictConfig, key: str) -> int:
+    """Rows of data.train_files or data.val_files that verl's datasets read (their max_samples limit)."""
+    rows = sum(parquet_rows(path) for path in data_files(config.data[key]))
+    limit = max_samples(config, key)
+    return min(rows, limit) if limit > 0 else rows
+
+
 def has_rows(path: Path) -> bool:
     return path.is_file() and parquet_rows(path) > 0
 
@@ -1008,8 +1021,8 @@ def train(config: DictConfig) -> None:
     if context_length is not None:
         pin_max_model_len(config.actor_rollout_ref.rollout, context_length)
     exit_unless_data_files_exist(config.data, os.environ)
-    train_rows = sum(parquet_rows(path) for path in data_files(config.data.train_files))
-    exit_if_steps_outrun_the_epochs(config.trainer, train_rows // config.data.train_batch_size, "verl's trainer")
+    steps_per_epoch = set_rows(config, "train_files") // config.data.train_batch_size
+    exit_if_steps_outrun_the_epochs(config.trainer, steps_per_epoch, "verl's trainer")
     add_ray_env_vars(config, {**worker_env, **tasks_env, **import_plugins(PLUGIN_MODULES)}, os.environ)
     default_ray_cpus(config, os.environ, len(os.sched_getaffinity(0)))
     shortfall = local_ray_cpu_shortfall(config)

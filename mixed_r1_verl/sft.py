@@ -35,11 +35,13 @@ from mixed_r1_verl.main import (
     flash_attn_importable,
     logs_to_file,
     make_paths_absolute,
+    max_samples,
     parquet_rows,
     pin_model_path,
     prepare_metrics_log,
     recipe_dir,
     sequence_parallel_mismatch,
+    set_rows,
 )
 
 PRIMARY_CONFIG = "sft"
@@ -77,18 +79,6 @@ def missing_inputs(config: DictConfig) -> list[str]:
         value = OmegaConf.select(config, key)
         missing += [f"{key}={path}" for path in data_files(value) if not os.path.exists(path)]
     return missing
-
-
-def max_samples(config: DictConfig, key: str) -> int:
-    """data.train_max_samples or data.val_max_samples, for data.train_files or data.val_files (-1: all)."""
-    return config.data.get("train_max_samples" if key == "train_files" else "val_max_samples", -1)
-
-
-def set_rows(config: DictConfig, key: str) -> int:
-    """Rows of data.train_files or data.val_files that verl's SFT trainer reads (its max_samples limit)."""
-    rows = sum(parquet_rows(path) for path in data_files(config.data[key]))
-    limit = max_samples(config, key)
-    return min(rows, limit) if limit > 0 else rows
 
 
 def picked_rows(config: DictConfig, key: str, total: int) -> list[int]:

@@ -293,7 +293,7 @@ def test_a_tracker_naming_a_deleted_checkpoint_is_refused_instead_of_training_fr
     exit_if_training_is_done(OmegaConf.create({**trainer, "resume_mode": "disable"}), 300, "")
 
 
-def test_the_step_bound_comes_from_the_parquet_rows_without_total_training_steps(tmp_path):
+def test_the_step_bound_comes_from_the_rows_verl_reads_without_total_training_steps(tmp_path):
     from mixed_r1_verl.main import planned_steps
 
     pq.write_table(pa.table({"prompt": [str(i) for i in range(20)]}), tmp_path / "train.parquet")
@@ -302,6 +302,10 @@ def test_the_step_bound_comes_from_the_parquet_rows_without_total_training_steps
          "data": {"train_files": str(tmp_path / "train.parquet"), "train_batch_size": 8}}
     )  # fmt: skip
     assert planned_steps(config) == (6, "20 training rows / data.train_batch_size x trainer.total_epochs")
+    # verl's dataset reads at most data.train_max_samples rows (-1: all of them).
+    for limit, bound in ((10, 3), (20, 6), (100, 6), (-1, 6)):
+        config.data.train_max_samples = limit
+        assert planned_steps(config)[0] == bound
 
 
 def test_more_steps_than_the_epochs_hold_are_refused(capsys):
