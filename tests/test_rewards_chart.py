@@ -172,3 +172,11 @@ def test_a_comparison_makes_a_ground_truth_a_label():
     assert numeric_value("<18") is None and numeric_value("\u2265 65") is None
     assert chart_accuracy("<18", "<18") == 1.0 and chart_accuracy("18", "<18") == 0.0
     assert chart_accuracy("< 18", "<18") == 1.0 and chart_accuracy("> 50", ">50") == 1.0
+
+
+@pytest.mark.parametrize("written", ["US$12", "HK$12", "A$12", "HK$ 12", "NZ$12 billion"])
+def test_a_dollar_currency_with_its_letters_against_the_sign_reads_as_its_number(written):
+    assert numeric_value(written) == 12.0
+    assert chart_accuracy(written, "12") == 1.0
+    assert chart_accuracy("12", written) == 1.0
+    assert chart_accuracy(written, "US$12") == 1.0

@@ -23,6 +23,8 @@ _PERIOD_WORD = re.compile(
 _LETTER_WORD = re.compile(r"[^\W\d_]+")
 # A currency written against its number ("Rs.50", "USD45"), which would otherwise hide the number.
 _GLUED_CURRENCY = re.compile(r"(?i)\b((?:" + "|".join(CURRENCY_CODES) + r")\.?)(?=[-+]?\.?\d)")
+# A dollar sign, with the letters of the country whose dollar it is against it ("US$", "HK$", "A$").
+_DOLLAR_SIGN = re.compile(r"(?i)(?:\b(?:us|hk|a|au|c|ca|nz|s|sg|nt|r|mx))?\$")
 # A comparison before the number makes it a bound, not a value ("<45", "≥ 45"), as "under 45" does.
 _COMPARISON_SIGNS = frozenset("<>≤≥≦≧≠≮≯⩽⩾")
 # LaTeX's ways of writing a number: digit groups `45{,}000` and `45\,000`, and `4.5 \times 10^{4}`.
@@ -47,9 +49,10 @@ def single_number(text: str) -> float | None:
 
 def with_latex_numbers_plain(text: str) -> str:
     """LaTeX's digit groups and powers of ten written plain ("45,000", "4.5e4"), and math delimiters
-    dropped ("$-$45" is -45); a dollar sign is a currency sign, which the value ignores anyway."""
+    dropped ("$-$45" is -45); a dollar sign, bare or with its country's letters ("US$12", "HK$12"), is a
+    currency sign, which the value ignores anyway."""
     text = _LATEX_DIGIT_GROUP.sub(",", text)
-    return _LATEX_POWER_OF_TEN.sub(r"e\1", text).replace("$", "")
+    return _DOLLAR_SIGN.sub("", _LATEX_POWER_OF_TEN.sub(r"e\1", text))
 
 
 def numeric_value(text: str) -> float | None:
