@@ -180,3 +180,16 @@ def test_a_dollar_currency_with_its_letters_against_the_sign_reads_as_its_number
     assert chart_accuracy(written, "12") == 1.0
     assert chart_accuracy("12", written) == 1.0
     assert chart_accuracy(written, "US$12") == 1.0
+
+
+@pytest.mark.parametrize("dotted", ["12.05.2020", "1.2.3", "1.000.000", "1,000.000.000", ".5.3"])
+def test_digits_after_a_second_point_make_no_number(dotted):
+    """A dotted date, a version or European thousands is a label, not its first part."""
+    assert numeric_value(dotted) is None and single_number(dotted) is None
+    assert chart_accuracy(dotted, dotted) == 1.0
+    assert chart_accuracy(dotted.split(".")[0], dotted) == 0.0
+    assert chart_accuracy(dotted[:-1] + "9", dotted) == 0.0
+
+
+def test_a_full_stop_after_a_number_keeps_it_a_number():
+    assert numeric_value("12.5.") == 12.5 and single_number("It is 12.5. Then") == 12.5
