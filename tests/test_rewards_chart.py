@@ -193,3 +193,21 @@ def test_digits_after_a_second_point_make_no_number(dotted):
 
 def test_a_full_stop_after_a_number_keeps_it_a_number():
     assert numeric_value("12.5.") == 12.5 and single_number("It is 12.5. Then") == 12.5
+
+
+@pytest.mark.parametrize(
+    "answer, ground_truth",
+    [
+        ("\uff14\uff15\uff0e\uff15", "45.5"),
+        ("45.5", "\uff14\uff15\uff0e\uff15"),
+        ("\uff14\uff15\uff0c\uff10\uff10\uff10", "45000"),
+        ("\uff04\uff14\uff15", "45"),
+        ("\uff31\uff14", "Q4"),  # a label
+    ],
+)
+def test_full_width_digits_and_punctuation_read_as_ascii(answer, ground_truth):
+    assert chart_accuracy(answer, ground_truth) == 1.0
+
+
+def test_a_full_width_number_has_its_ascii_value():
+    assert numeric_value("\uff14\uff15\uff0e\uff15") == 45.5 and single_number("\uff14\uff15\uff0e\uff15") == 45.5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .text import NUMBER_TOKEN, find_numbers, normalize_text, to_float, unicode_minus_as_hyphen
+from .text import NUMBER_TOKEN, find_numbers, folded, normalize_text, to_float
 
 RELATIVE_TOLERANCE = 0.05
 
@@ -40,8 +40,9 @@ def with_currency_apart(text: str) -> str:
 
 def single_number(text: str) -> float | None:
     """The value of the only number in `text` (%, currency signs, thousands commas and unit words
-    ignored), or None if it holds zero or several numbers or a non-finite one."""
-    numbers = find_numbers(with_currency_apart(text))
+    ignored, full-width forms read as ASCII ones), or None if it holds zero or several numbers or a
+    non-finite one."""
+    numbers = find_numbers(with_currency_apart(folded(text)))
     if len(numbers) != 1:
         return None
     return to_float(numbers[0])
@@ -59,8 +60,8 @@ def numeric_value(text: str) -> float | None:
     """The value of a numeric ground truth or answer, else None (a text target, or an answer that is no
     value). Numeric: one number, before it at most currency signs or words of VALUE_PREFIX_WORDS, after it
     anything but a period (a unit: "%", "million", "kg/m2", "°C", "(approx)"). "under 18" and "<18" are a
-    label as a target, and as an answer no value of 18."""
-    text = with_currency_apart(with_latex_numbers_plain(unicode_minus_as_hyphen(text)))
+    label as a target, and as an answer no value of 18. Full-width forms read as ASCII ones (`folded`)."""
+    text = with_currency_apart(with_latex_numbers_plain(folded(text)))
     numbers = list(NUMBER_TOKEN.finditer(text))
     if len(numbers) != 1 or _PERIOD_WORD.search(text):
         return None
@@ -72,7 +73,9 @@ def numeric_value(text: str) -> float | None:
 
 def chart_accuracy(answer: str, ground_truth: str) -> float:
     """Numeric ground truth g: correct iff the answer is a number p read as g is (`numeric_value`) with
-    |p - g| <= 5% of |g| (g = 0 needs p = 0). Otherwise normalised exact match."""
+    |p - g| <= 5% of |g| (g = 0 needs p = 0). Otherwise normalised exact match. Full-width forms read as
+    ASCII ones on both sides (`folded`)."""
+    answer, ground_truth = folded(answer), folded(ground_truth)
     expected = numeric_value(ground_truth)
     if expected is None:
         return 1.0 if normalize_text(answer) == normalize_text(ground_truth) else 0.0
