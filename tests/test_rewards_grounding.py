@@ -35,10 +35,21 @@ GT = "[100, 100, 200, 200]"
         ("[\u22125, 100, 200, 200]", (-5, 100, 200, 200)),  # Unicode minus
         ("[100\uff0c100\uff0c200\uff0c200]", (100, 100, 200, 200)),  # full-width commas
         ("\uff3b\uff11\uff10, 20, 30, 40\uff3d", (10, 20, 30, 40)),  # full-width brackets and digits
+        ("(100, 100, 200, 200)", (100, 100, 200, 200)),
+        ("The box is (1,2,3,4) or [5, 6, 7, 8]", (1, 2, 3, 4)),
+        ("[5, 6, 7, 8] or (1, 2, 3, 4)", (5, 6, 7, 8)),
+        ("The dog (2 of them, 3) is at (1, 2, 3, 4)", (1, 2, 3, 4)),  # parentheses of other counts are prose
+        ("(1, 2, 3, 4" + " " * 500 + ")", (1, 2, 3, 4)),
+        ("(1, 2, 3, 4, 5)", None),
     ],
 )
 def test_parse_first_box(answer, expected):
     assert parse_first_box(answer) == expected
+
+
+def test_a_parenthesised_box_answers_as_the_same_box_in_brackets():
+    assert grounding_accuracy("(100, 100, 200, 200)", GT) == 1.0
+    assert grounding_accuracy("(100, 100, 200, 200)", "(100, 100, 200, 200)") == 1.0
 
 
 def test_iou_is_continuous():

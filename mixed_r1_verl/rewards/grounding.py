@@ -1,8 +1,8 @@
 """Grounding reward: IoU between the first box in the answer and the ground-truth box.
 
 Boxes are `[x1, y1, x2, y2]` in the frame the model sees (`abs`: pixels of the resized image,
-`norm1000`: 0-1000). The answer's first box may be written `[x1, y1, x2, y2]`, `(x1, y1), (x2, y2)`
-or as Qwen's `[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]`.
+`norm1000`: 0-1000). The answer's first box may be written `[x1, y1, x2, y2]`, `(x1, y1, x2, y2)`,
+`(x1, y1), (x2, y2)` or as Qwen's `[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ _FLAT_LIST = re.compile(r"\[\s*(" + _NUM + r"(?:\s*,\s*" + _NUM + r")*)\s*(?:,\s
 _POINT_PAIR = re.compile(
     r"\(\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*\)\s*(?:(?:,|-|to)\s*)?\(\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*\)"
 )
+# Four numbers in parentheses; parentheses around other counts are prose ("(2 of them)"), not a box.
+_PARENTHESISED_BOX = re.compile(r"\(\s*(" + _NUM + r")" + (r"\s*,\s*(" + _NUM + r")") * 3 + r"\s*\)")
 _LIST_SEPARATOR = re.compile(r"\s*,\s*")
+_BOX_FORMS = (_FLAT_LIST, _PARENTHESISED_BOX, _POINT_PAIR)
 
 NORM1000_FRAME = (1000.0, 1000.0)
 
@@ -32,14 +35,11 @@ def parse_first_box(answer: str) -> Box | None:
     (wrong number of coordinates, non-finite, or x2 <= x1 or y2 <= y1). Full-width digits and commas and
     Unicode minus signs read as ASCII ones (`folded`)."""
     answer = folded(answer)
-    flat = _FLAT_LIST.search(answer)
-    pair = _POINT_PAIR.search(answer)
-    if flat and (pair is None or flat.start() <= pair.start()):
-        coordinates = _LIST_SEPARATOR.split(flat.group(1).strip())
-    elif pair:
-        coordinates = list(pair.groups())
-    else:
+    found = [match for match in (pattern.search(answer) for pattern in _BOX_FORMS) if match]
+    if not found:
         return None
+    first = min(found, key=lambda match: match.start())
+    coordinates = _LIST_SEPARATOR.split(first.group(1).strip()) if first.re is _FLAT_LIST else list(first.groups())
     if len(coordinates) != 4:
         return None
     return as_box([float(value) for value in coordinates])
