@@ -105,10 +105,35 @@ def test_letters_named_as_options(answer, ground_truth, expected):
     assert matching_accuracy(answer, ground_truth, ["red", "blue"]) == expected
 
 
-@pytest.mark.parametrize("answer", ["A dog", "A man is riding a bike", "A red one"])
+@pytest.mark.parametrize(
+    "answer", ["A dog", "A man is riding a bike", "A red one", "A best friend", "A best guess", "A match is lit",
+               "A cat has a tail"]
+)
 def test_a_capital_a_starting_english_is_the_article(answer):
     assert matching_accuracy(answer, "A") == 0.0
     assert matching_accuracy(f"{answer}, so B", "B") == 1.0
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "{} has the highest value",
+        "The answer is {} since the bar is tallest",
+        "The correct option is {} as shown in the chart",
+        "{} best describes the image",
+        "{} matches the image",
+        "I choose {} based on the legend",
+        "{} represents the correct answer",
+        "The correct one is {} because of the legend",
+        "Answer: {} given the legend",
+        "I would select ({}) here",
+    ],
+)
+def test_option_a_in_a_sentence_is_the_option_as_b_is(sentence):
+    for letter in "AB":
+        assert matching_accuracy(sentence.format(letter), letter) == 1.0, letter
+        assert matching_accuracy(sentence.format(letter), letter, OPTIONS) == 1.0, letter
+    assert matching_accuracy(sentence.format("A"), "B") == 0.0
 
 
 def test_an_answer_that_is_an_options_text_names_that_option():
