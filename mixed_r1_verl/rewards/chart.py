@@ -52,8 +52,9 @@ def with_latex_numbers_plain(text: str) -> str:
     """LaTeX's digit groups and powers of ten written plain ("45,000", "4.5e4"), and math delimiters
     dropped ("$-$45" is -45); a dollar sign, bare or with its country's letters ("US$12", "HK$12"), is a
     currency sign, which the value ignores anyway."""
-    text = _LATEX_DIGIT_GROUP.sub(",", text)
-    return _DOLLAR_SIGN.sub("", _LATEX_POWER_OF_TEN.sub(r"e\1", text))
+    text = _LATEX_POWER_OF_TEN.sub(r"e\1", _LATEX_DIGIT_GROUP.sub(",", text))
+    # Trying a country's letters at every position is slow on long texts: only where there is a dollar sign.
+    return _DOLLAR_SIGN.sub("", text) if "$" in text else text
 
 
 def numeric_value(text: str) -> float | None:
@@ -75,10 +76,9 @@ def chart_accuracy(answer: str, ground_truth: str) -> float:
     """Numeric ground truth g: correct iff the answer is a number p read as g is (`numeric_value`) with
     |p - g| <= 5% of |g| (g = 0 needs p = 0). Otherwise normalised exact match. Full-width forms read as
     ASCII ones on both sides (`folded`)."""
-    answer, ground_truth = folded(answer), folded(ground_truth)
     expected = numeric_value(ground_truth)
     if expected is None:
-        return 1.0 if normalize_text(answer) == normalize_text(ground_truth) else 0.0
+        return 1.0 if normalize_text(folded(answer)) == normalize_text(folded(ground_truth)) else 0.0
     predicted = numeric_value(answer)
     if predicted is None:
         return 0.0
