@@ -24,8 +24,9 @@ NUMBER_PATTERN = (
     r"|[-+]?\.\d+(?:[eE][-+]?\d+)?"
 )
 # A number token: no letter, digit or point before it, and no point and digit after the longest number
-# there, kept whole (atomic): "12.05.2020", "1.2.3" and "1.000.000" are no number, not "12.05" or "12.0".
-NUMBER_TOKEN = re.compile(r"(?<![\w.])(?>" + NUMBER_PATTERN + r")(?!\.\d)")
+# there, kept whole: "12.05.2020", "1.2.3" and "1.000.000" are no number, not "12.05" or "12.0". A lookahead
+# and its backreference keep it whole, as an atomic group would (which Python 3.10 lacks).
+NUMBER_TOKEN = re.compile(r"(?<![\w.])(?=(" + NUMBER_PATTERN + r"))\1(?!\.\d)")
 _GROUP_SEPARATORS = str.maketrans(dict.fromkeys(",\u00a0\u202f\u2009"))
 # The minus sign, en dash, figure dash, small and full-width hyphen-minus, as a number's sign is written.
 _UNICODE_MINUS = str.maketrans(dict.fromkeys("\u2212\u2013\u2012\ufe63\uff0d", "-"))
