@@ -137,6 +137,11 @@ else
 fi
 
 enable_ray_token_auth
-cmd=(ray job submit --address "$address" --runtime-env-json "$(runtime_env_json "$working_dir")"
+# The command carries the mode: a dry run's line pasted into another shell sends the token too.
+auth_env=()
+if [[ -n "${RAY_AUTH_MODE:-}" ]]; then
+    auth_env=(env "RAY_AUTH_MODE=$RAY_AUTH_MODE")
+fi
+cmd=("${auth_env[@]}" ray job submit --address "$address" --runtime-env-json "$(runtime_env_json "$working_dir")"
     "${wait_flag[@]}" -- python -m mixed_r1_verl.main "recipe=${recipe}" "${topology[@]}" "${entry_args[@]}")
 print_or_exec "${cmd[@]}"

@@ -143,7 +143,8 @@ def test_ray_job_dry_run_ships_the_code_and_registers_the_plugins_on_every_node(
         MIXED_R1_DATA="/shared/mixed45k", PYTHON=sys.executable, HOME=str(home),
     )  # fmt: skip
     [command] = printed_commands(result)
-    assert command[:5] == ["ray", "job", "submit", "--address", "http://head:8265"]
+    # The token of ~/.ray/auth_token is sent, by the command as printed too.
+    assert command[:7] == ["env", "RAY_AUTH_MODE=token", "ray", "job", "submit", "--address", "http://head:8265"]
     runtime_env = json.loads(command[command.index("--runtime-env-json") + 1])
     assert runtime_env["working_dir"] == str(tmp_path)
     assert runtime_env["env_vars"]["MIXED_R1_DATA"] == "/shared/mixed45k"
@@ -151,7 +152,6 @@ def test_ray_job_dry_run_ships_the_code_and_registers_the_plugins_on_every_node(
     entry_points = set(re.findall(r'"mixed_r1_\w+ = ([\w.]+)"', (REPO / "setup.py").read_text()))
     assert plugin_modules == entry_points == set(PLUGIN_MODULES) and entry_points
     assert not any(pattern.strip("/") == "mixed_r1_verl" or pattern == "data" for pattern in runtime_env["excludes"])
-    assert "RAY_AUTH_MODE=token" in result.stdout, "the token of ~/.ray/auth_token is sent"
     entrypoint = command[command.index("--") + 1 :]
     assert entrypoint == [
         "python", "-m", "mixed_r1_verl.main", "recipe=qwen25vl_32b", "trainer.nnodes=4",
@@ -208,6 +208,7 @@ def test_ray_job_ships_the_checkout_without_what_git_ignores(tmp_path):
 def test_ray_job_without_a_token_says_where_the_token_goes(tmp_path):
     result = run_script(SCRIPTS[1], "--dry-run", "smoke", HOME=str(tmp_path))
     assert result.returncode == 0 and "RAY_AUTH_MODE=token" not in result.stdout
+    assert printed_commands(result)[0][:3] == ["ray", "job", "submit"]
     assert "copy the head's ~/.ray/auth_token here" in result.stderr
 
 
