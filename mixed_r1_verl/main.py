@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -295,6 +296,38 @@ def exit_if_steps_outrun_the_epochs(trainer: DictConfig, steps_per_epoch: int, t
             "trainer.total_training_steps.\n",
             EXIT_USAGE,
         )
+
+
+RESUME_MODES = ("auto", "disable", "resume_path")
+
+
+def exit_unless_resume_settings_work(trainer: DictConfig, sft: bool = False) -> None:
+    """trainer.resume_mode must be one verl knows, and trainer.resume_from_path, where verl resumes from it
+    (resume_path; in verl's SFT trainer auto too, where set), a checkpoint's global_step_N directory (GRPO's
+    with its actor/): verl checks them only once its workers, and vLLM, have started."""
+    mode, path = trainer.resume_mode, trainer.get("resume_from_path")
+    if mode not in RESUME_MODES:
+        fail(
+            f"trainer.resume_mode={mode!r}: use auto (resume from the latest checkpoint in "
+            "trainer.default_local_dir), disable (start afresh) or resume_path (resume from "
+            "trainer.resume_from_path).\n",
+            EXIT_USAGE,
+        )
+    if mode != "resume_path" and not (sft and mode == "auto" and path is not None):
+        return
+    if not path:
+        fail("trainer.resume_mode=resume_path needs trainer.resume_from_path=<a run's global_step_N>.\n", EXIT_USAGE)
+    checkpoint = Path(path)
+    problem = (
+        "does not exist" if not checkpoint.exists()
+        else "is no checkpoint's global_step_N directory" if not (
+            checkpoint.is_dir() and re.fullmatch(r"global_step_\d+", checkpoint.name)
+        )
+        else None if sft or (checkpoint / "actor").is_dir()
+        else "holds no actor/ checkpoint"
+    )  # fmt: skip
+    if problem:
+        fail(f"trainer.resume_from_path={path} {problem}; verl resumes from a run's global_step_N.\n", EXIT_USAGE)
 
 
 def exit_if_training_is_done(trainer: DictConfig, total: int | None, source: str, sft: bool = False) -> None:
@@ -978,8 +1011,9 @@ def exit_unless_sizes_are_positive(config: DictConfig, keys: tuple[str, ...], op
 
 def train(config: DictConfig) -> None:
     exit_unless_sizes_are_positive(config, GRPO_SIZE_KEYS, GRPO_OPTIONAL_SIZE_KEYS)
-    make_paths_absolute(config, ("mixed_r1.data_dir", "mixed_r1.smoke.work_dir"))
+    make_paths_absolute(config, ("mixed_r1.data_dir", "mixed_r1.smoke.work_dir", "trainer.resume_from_path"))
     worker_env = pin_output_paths(config, os.environ)
+    exit_unless_resume_settings_work(config.trainer)
     exit_if_training_is_done(config.trainer, *planned_steps(config))
     exit_if_stop_by_is_not_ahead(config.mixed_r1)
     mismatches = [

@@ -28,6 +28,7 @@ from mixed_r1_verl.main import (
     exit_if_steps_outrun_the_epochs,
     exit_if_stop_by_is_not_ahead,
     exit_if_training_is_done,
+    exit_unless_resume_settings_work,
     exit_unless_sizes_are_positive,
     fail,
     file_logger_env,
@@ -46,7 +47,7 @@ from mixed_r1_verl.main import (
 
 PRIMARY_CONFIG = "sft"
 # model.path is pinned by pin_model_path: it may be a hub id.
-PATH_KEYS = ("data.train_files", "data.val_files", "trainer.default_local_dir")
+PATH_KEYS = ("data.train_files", "data.val_files", "trainer.default_local_dir", "trainer.resume_from_path")
 # The GPU counts and batch sizes the entry's own checks divide by.
 SIZE_KEYS = ("trainer.nnodes", "trainer.n_gpus_per_node", "data.train_batch_size", "data.micro_batch_size_per_gpu")
 
@@ -248,6 +249,7 @@ def train_on_this_node(config: DictConfig) -> None:
     mismatch = micro_batch_mismatch(config)
     if mismatch:
         fail(mismatch)
+    exit_unless_resume_settings_work(config.trainer, sft=True)
     exit_if_training_is_done(config.trainer, *planned_sft_steps(config, train_rows_within_max_length(config)), sft=True)
     if logs_to_file(config) and os.environ.get("RANK", "0") == "0":
         prepare_metrics_log(file_logger_path(config, file_logger_env(os.environ)))

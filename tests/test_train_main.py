@@ -265,6 +265,43 @@ def test_rerun_past_the_last_step_says_so_instead_of_training_nothing(tmp_path):
     assert more.returncode == 2 and "needs at least one CUDA GPU" in more.stderr, "9 > 6: on to the GPU check"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a run that passes the checks would train on a GPU machine")
+def test_resume_settings_verl_would_refuse_after_starting_its_workers_are_refused_first(tmp_path):
+    smoke = ("recipe=smoke", f"mixed_r1.smoke.work_dir={tmp_path / 'smoke'}")
+    step = tmp_path / "checkpoints" / "global_step_3"
+    step.mkdir(parents=True)
+    for settings, refusal in [
+        (["trainer.resume_mode=resum"], "trainer.resume_mode='resum': use auto (resume from the latest checkpoint"),
+        (["trainer.resume_mode=resume_path"], "trainer.resume_mode=resume_path needs trainer.resume_from_path="),
+        (["trainer.resume_mode=resume_path", f"trainer.resume_from_path={tmp_path / 'global_step_9'}"],
+         f"trainer.resume_from_path={tmp_path / 'global_step_9'} does not exist"),
+        (["trainer.resume_mode=resume_path", f"trainer.resume_from_path={step.parent}"],
+         f"trainer.resume_from_path={step.parent} is no checkpoint's global_step_N directory"),
+        (["trainer.resume_mode=resume_path", f"trainer.resume_from_path={step}"],
+         f"trainer.resume_from_path={step} holds no actor/ checkpoint"),
+    ]:  # fmt: skip
+        refused = run_main(*smoke, *settings)
+        assert refused.returncode == 2 and refusal in refused.stderr, (settings, refused.stderr)
+        assert "CUDA GPU" not in refused.stderr, "refused before the GPU check"
+    (step / "actor").mkdir()
+    # A path relative to where the entry runs is the checkpoint there, wherever verl's workers run.
+    resumed = run_main(*smoke, "trainer.resume_mode=resume_path", "trainer.resume_from_path=checkpoints/global_step_3",
+                       cwd=tmp_path)  # fmt: skip
+    assert resumed.returncode == 2 and "needs at least one CUDA GPU" in resumed.stderr, resumed.stderr
+
+
+def test_sft_resumes_from_a_resume_from_path_set_with_resume_mode_auto_too(tmp_path, capsys):
+    from mixed_r1_verl.main import exit_unless_resume_settings_work
+
+    trainer = OmegaConf.create({"resume_mode": "auto", "resume_from_path": str(tmp_path / "global_step_2")})
+    exit_unless_resume_settings_work(trainer)  # verl's GRPO trainer reads no path in auto mode
+    with pytest.raises(SystemExit) as refused:
+        exit_unless_resume_settings_work(trainer, sft=True)
+    assert refused.value.code == 2 and "global_step_2 does not exist" in capsys.readouterr().err
+    (tmp_path / "global_step_2").mkdir()
+    exit_unless_resume_settings_work(trainer, sft=True)  # SFT's checkpoint holds its shards, no actor/
+
+
 def test_a_tracker_naming_a_deleted_checkpoint_is_refused_instead_of_training_from_step_0(tmp_path, capsys):
     """A user removed a bad last checkpoint to resume from the one before; verl would start over and save
     over it."""
