@@ -602,15 +602,32 @@ def test_a_whole_jpeg_with_stray_bytes_between_its_segments_is_kept():
     assert shown_image(padded, "photo.jpg")[0] == padded
 
 
-@pytest.mark.parametrize("progressive, thumbnail", [(False, False), (True, False), (False, True)])
-def test_a_jpeg_passes_conversion_only_when_its_pixels_decode_whole(progressive, thumbnail):
+def test_a_whole_jpeg_with_bytes_after_its_end_marker_is_kept():
+    """Motion photos (Pixel, Samsung) append a video after the JPEG's end-of-image marker; PIL decodes the JPEG
+    whole, whatever markers the video's bytes hold."""
+    buffer = io.BytesIO()
+    Image.fromarray(numpy.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=numpy.uint8)).save(buffer, "JPEG")
+    video = b"\0\0\0\x18ftypmp42" + bytes(range(256)) * 4 + b"\xff\xda\0\x08" + b"\1" * 64  # a scan, no end
+    motion_photo = buffer.getvalue() + video
+    with Image.open(io.BytesIO(motion_photo)) as decoded:
+        decoded.load()
+    assert shown_image(motion_photo, "motion.jpg")[0] == motion_photo
+
+
+@pytest.mark.parametrize(
+    "progressive, thumbnail, restarts", [(False, False, 0), (True, False, 0), (False, True, 0), (True, False, 1)]
+)
+def test_a_jpeg_passes_conversion_only_when_its_pixels_decode_whole(progressive, thumbnail, restarts):
     """JPEGs are checked by their markers, not decoded: cut anywhere, a file that passes decodes in training,
-    also one that embeds a whole JPEG thumbnail (with its own scan and end marker) before its own scan."""
+    also one that embeds a whole JPEG thumbnail (with its own scan and end marker) before its own scan, and one
+    with a restart marker after every block within its scans."""
     photo = numpy.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=numpy.uint8)
     exif = Image.Exif()
     exif[0x010F] = "camera"
     buffer = io.BytesIO()
-    Image.fromarray(photo).save(buffer, format="JPEG", progressive=progressive, exif=exif)
+    Image.fromarray(photo).save(
+        buffer, format="JPEG", progressive=progressive, exif=exif, restart_marker_blocks=restarts
+    )
     data = buffer.getvalue()
     if thumbnail:
         small = io.BytesIO()
