@@ -312,6 +312,34 @@ def test_box_coordinates_are_written_exactly_and_must_be_finite():
         parse_box("[1, 1, 1e999, 5]")
 
 
+def test_float32_and_float16_columns_are_written_as_their_values_were_written(tmp_path):
+    """A float32 0.3 widens to 0.30000001192092896, a value no one wrote: narrow floats, also in lists and
+    structs, read as the shortest form that reads back as the same narrow float; a float64 as it is."""
+    import numpy
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({
+        "single": pa.array([0.3, 12.7], pa.float32()),
+        "half": pa.array(numpy.array([0.3, 1.1], numpy.float16)),
+        "wide": pa.array([0.1 + 0.2, 1.1], pa.float64()),
+        "one_item": pa.array([[1.1], None], pa.list_(pa.float32())),
+        "box": pa.array([[10.1, 20.2, 30.3, 40.4], [0.5, 1.5, 2.5, 3.5]], pa.list_(pa.float32(), 4)),
+        "label": pa.array([{"value": 0.7, "name": "x"}, None], pa.struct({"value": pa.float32(), "name": pa.string()})),
+    }), source)  # fmt: skip
+    first, second = (row for _, row in iter_source_rows(source))
+    assert first == {"single": 0.3, "half": 0.3, "wide": 0.1 + 0.2, "one_item": [1.1], "box": [10.1, 20.2, 30.3, 40.4],
+                     "label": {"value": 0.7, "name": "x"}}  # fmt: skip
+    assert (second["single"], second["half"], second["one_item"], second["label"]) == (12.7, 1.1, None, None)
+    chart = {**GOOD, "task": "chart", "options": None}
+    answers = [parse_record(apply_mapping({**chart, "answer": first[name]}, ColumnMapping())).answer
+               for name in ("single", "half", "wide", "one_item")]  # fmt: skip
+    assert answers == ["0.3", "0.3", "0.30000000000000004", "1.1"]
+    box = apply_mapping({**GOOD, "task": "grounding", "options": None, "answer": first["box"]}, ColumnMapping())
+    assert box["answer"] == "[10.1, 20.2, 30.3, 40.4]"
+
+
 def test_column_overrides_and_unknown_fields():
     mapping = build_mapping("canonical", columns={"problem": "question"})
     raw = {**GOOD, "question": "<image>Which?"}
