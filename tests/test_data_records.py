@@ -160,6 +160,31 @@ def test_answers_that_name_no_single_option_are_rejected(answer, options, detail
     assert caught.value.reason == records.ANSWER_NOT_AN_OPTION
 
 
+def test_a_letter_answer_among_options_that_are_letters_is_read_only_where_it_names_one_option():
+    """Options that are a diagram's labels: a bare letter that is also another option's text could mean
+    either, and is a reject naming both and how to say which; one past the options is that option's text."""
+    labels = {**GOOD, "options": ["D", "B", "A", "C"]}
+    with pytest.raises(RecordError) as caught:
+        parse_record({**labels, "answer": "A"})
+    assert caught.value.reason == records.ANSWER_NOT_AN_OPTION
+    assert caught.value.detail == (
+        "answer 'A' is ambiguous: it is the letter of option A (text 'D') and the text of option C; write the "
+        "letter meant in parentheses ('(A)' or '(C)'), or give the option's index with answer_index_base"
+    )
+    assert parse_record({**labels, "answer": "B"}).answer == "B"  # its own letter and its text
+    assert parse_record({**labels, "answer": "(C)"}).answer == "(C)"
+    assert parse_record({**GOOD, "options": ["K", "F", "E"], "answer": "F"}).answer == "B"
+    letters = {**GOOD, "options": ["K", "F", "E", "B"]}
+    assert parse_record({**letters, "answer": "F"}).answer == "(B)"  # as read again, not also option D
+    assert parse_record({**letters, "answer": "(B)"}).answer == "(B)"
+    with pytest.raises(RecordError, match=re.escape("answer 'F' is the text of options A, B")):
+        parse_record({**GOOD, "options": ["F", "F", "E"], "answer": "F"})
+    by_index = build_mapping("canonical", answer_index_base=0)
+    assert parse_record(apply_mapping({**labels, "answer": 0}, by_index)).answer == "(A)"
+    assert parse_record(apply_mapping({**labels, "answer": 2}, by_index)).answer == "(C)"
+    assert parse_record(apply_mapping({**GOOD, "options": ["K", "F"], "answer": 1}, by_index)).answer == "B"
+
+
 @pytest.mark.parametrize("base", [0, 1])
 def test_answers_given_as_option_indices_are_written_as_letters_with_answer_index_base(base):
     mapping = build_mapping("canonical", columns={"options": "choices"}, answer_index_base=base)

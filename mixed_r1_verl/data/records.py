@@ -223,20 +223,42 @@ def is_non_finite_number(answer: str) -> bool:
         return False
 
 
+def written_letter(letter: str, options: Sequence) -> str:
+    """An option's letter as the answer written for it: in parentheses where the bare letter is also an
+    option's text, which `option_answer` would find ambiguous when the row is read again."""
+    return f"({letter})" if any(isinstance(option, str) and option.strip() == letter for option in options) else letter
+
+
 def option_answer(answer: str, options: tuple[str, ...]) -> str:
     """The answer of a row with options as the prompt asks for it, by letter: a letter in range is kept;
     another answer becomes the letter of the one option the matching reward reads it as naming ("blue",
-    "(B) blue" or "Option B" with options "A. red", "B. blue")."""
+    "(B) blue" or "Option B" with options "A. red", "B. blue"). Options may be letters themselves (a
+    diagram's labels): a bare letter past the options that is one option's text becomes its letter ("F" of
+    [K, F, E] is B), and one in range that is the text of another option is a reject, either being meant.
+    A letter written for an answer is in parentheses where it is an option's text (`written_letter`)."""
     letters = f"A-{OPTION_LETTERS[len(options) - 1]}"
     index = option_index(answer)
     if index is not None:
+        text_of = [letter for letter, option in zip(OPTION_LETTERS, options) if option == answer]
         if index < len(options):
-            return answer
+            if set(text_of) <= {OPTION_LETTERS[index]}:
+                return answer
+            detail = (
+                f"answer {answer!r} is ambiguous: it is the letter of option {OPTION_LETTERS[index]} (text "
+                f"{options[index]!r}) and the text of option {', '.join(text_of)}; write the letter meant in "
+                f"parentheses ('({OPTION_LETTERS[index]})' or '({text_of[0]})'), or give the option's index "
+                "with answer_index_base"
+            )
+            raise RecordError(ANSWER_NOT_AN_OPTION, detail)
+        if len(text_of) == 1:
+            return written_letter(text_of[0], options)
         detail = f"answer {answer!r} names an option the row lacks: it has {len(options)} options ({letters})"
+        if text_of:
+            detail = f"answer {answer!r} is the text of options {', '.join(text_of)}"
         raise RecordError(ANSWER_NOT_AN_OPTION, detail)
     named = [letter for letter in OPTION_LETTERS[: len(options)] if matching_accuracy(answer, letter, options)]
     if len(named) == 1:
-        return named[0]
+        return written_letter(named[0], options)
     same_text = sorted(option_text_letters(answer, options))
     if len(same_text) > 1:
         raise RecordError(ANSWER_NOT_AN_OPTION, f"answer {answer!r} is the text of options {', '.join(same_text)}")
@@ -679,22 +701,22 @@ def _single_answer(value: Any) -> Any:
     return exact_number(value)
 
 
-def indexed_option(answer: Any, option_count: int, base: int) -> Any:
-    """The letter of the option a whole-number answer names, counting from `base` (answer_index_base); an
-    empty answer is left for `parse_record` to reject."""
+def indexed_option(answer: Any, options: list, base: int) -> Any:
+    """The letter of the option a whole-number answer names, counting from `base` (answer_index_base), as
+    `written_letter` writes it; an empty answer is left for `parse_record` to reject."""
     if is_blank(answer):
         return answer
     text = answer.strip() if isinstance(answer, str) else ""
     if not (text.isascii() and text.isdigit()):
         raise RecordError(ANSWER_NOT_AN_OPTION, f"answer {answer!r} is no option index (answer_index_base={base})")
     index = int(text) - base
-    if not 0 <= index < min(option_count, len(OPTION_LETTERS)):
+    if not 0 <= index < min(len(options), len(OPTION_LETTERS)):
         raise RecordError(
             ANSWER_NOT_AN_OPTION,
             f"answer index {text} names no option, counting from {base} (answer_index_base): the row has "
-            f"{option_count} options",
+            f"{len(options)} options",
         )
-    return OPTION_LETTERS[index]
+    return written_letter(OPTION_LETTERS[index], options)
 
 
 def source_box(value: Any, box_format: str) -> Any:
@@ -737,7 +759,7 @@ def apply_mapping(row: dict, mapping: ColumnMapping) -> dict:
         record["answer"] = _single_answer(answer)
     options = record.get("options")
     if mapping.answer_index_base is not None and isinstance(options, list) and options:
-        record["answer"] = indexed_option(record["answer"], len(options), mapping.answer_index_base)
+        record["answer"] = indexed_option(record["answer"], options, mapping.answer_index_base)
     return record
 
 
