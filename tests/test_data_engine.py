@@ -297,6 +297,20 @@ def test_rows_dropped_at_validation_are_named_by_their_file_and_row(tmp_path):
     ]  # fmt: skip
 
 
+def test_a_row_dropped_at_validation_leaves_its_id_to_a_later_row(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=3, val_rows_per_task=0)
+    chart = next(row for row in read_jsonl(jsonl) if row["task"] == "chart")
+    rows = [chart | {"id": "q1", "images": ["chart/none.png"]}, chart | {"id": "q1"},
+            chart | {"id": "q1", "problem": "Which bar is tallest?"}]  # fmt: skip
+    source = tmp_path / "chart.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    report = Engine(engine_config(source, image_root, tmp_path / "out", "difficulty.enabled=false")).run()
+    dropped = read_jsonl(tmp_path / "out" / "dropped.jsonl")
+    assert [(row["row"], row["reason"]) for row in dropped] == [(1, "missing_image"), (3, "duplicate_id")]
+    assert dropped[1]["detail"].endswith("at row 2")
+    assert report["selected"]["chart"] == 1
+
+
 def test_a_yes_or_no_chart_answer_is_short_whatever_the_word_limit(tmp_path):
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=3, val_rows_per_task=0)
     chart = next(row for row in read_jsonl(jsonl) if row["task"] == "chart")

@@ -590,6 +590,28 @@ def test_images_that_would_fail_or_show_otherwise_in_training_are_rejects_or_rew
     assert "save the image with 8 or 16 bits per channel" in rejects["depthf.tif"]["detail"]
 
 
+def test_a_rejected_rows_id_is_left_to_a_later_row(tmp_path):
+    """A row rejected for its missing image takes no id: a later row with that id is written, and one after
+    that is its duplicate."""
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    Image.new("RGB", (64, 48)).save(image_root / "a.png")
+    row = {"id": "q1", "task": "chart", "data_source": "d", "images": ["a.png"], "problem": "Q?", "answer": "1"}
+    rows = [{**row, "images": ["missing.png"]}, row, {**row, "answer": "2"}]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    prepare(
+        PrepareConfig(input=str(jsonl), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False)
+    )
+    assert [row["reward_model"]["ground_truth"] for row in read_rows(out / "train.parquet")] == ["1"]
+    rejects = read_jsonl(out / "rejects.jsonl")
+    assert [(reject["row"], reject["reason"]) for reject in rejects] == [
+        (1, records.MISSING_IMAGE), (3, records.DUPLICATE_ID)
+    ]  # fmt: skip
+    assert rejects[1]["detail"] == "id 'q1' appeared earlier in the input, at row 2"
+
+
 def test_a_whole_jpeg_with_stray_bytes_between_its_segments_is_kept():
     """Decoders skip bytes that are no marker between segments (libjpeg warns of "extraneous bytes")."""
     buffer = io.BytesIO()

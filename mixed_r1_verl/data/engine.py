@@ -525,8 +525,7 @@ class Engine:
     def validated_row(self, name: str | None, source: RowConverter, file: Path, number: int, raw) -> EngineRow:
         """A source row through the converter's checks (RecordError where it fails one); a named source's
         record is held as shown, its embedded images on disk."""
-        record = source.record(file, number, raw)
-        converted = source.convert(record)
+        record, converted = source.converted(file, number, raw)
         if name is not None:
             record = shown_record(record, source)
         return EngineRow(

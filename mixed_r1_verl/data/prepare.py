@@ -488,10 +488,18 @@ class RowConverter:
         given_id = record.id is not None
         if not given_id:
             record = replace(record, id=self.content_id(record))
-        first = self.row_by_id.setdefault(record.id, (file, number))
+        first = self.row_by_id.get(record.id, (file, number))
         if first != (file, number):
             raise RecordError(DUPLICATE_ID, duplicate_id_detail(record.id, self.row_place(*first), given_id))
         return record
+
+    def converted(self, file: Path, number: int, raw: Any) -> tuple[CanonicalRecord, dict]:
+        """The row's record and its verl row (`record`, `convert`). Only then is its id taken: a later row
+        with that id is a duplicate of this one, while a rejected row's id is left to a later row."""
+        record = self.record(file, number, raw)
+        row = self.convert(record)
+        self.row_by_id[record.id] = (file, number)
+        return record, row
 
     def content_id(self, record: CanonicalRecord) -> str:
         """The id derived from the row's content, for a row whose source gives none."""
@@ -799,8 +807,7 @@ def convert_rows(config: PrepareConfig, converter: RowConverter, writers, sft_wr
     for file, number, raw in tqdm(rows, desc="Converting", unit=" rows", disable=not config.progress):
         rows_in += 1
         try:
-            record = converter.record(file, number, raw)
-            row = converter.convert(record)
+            record, row = converter.converted(file, number, raw)
         except RecordError as error:
             rejects.write(converter.source_task(raw), converter.source_id(number, raw), file, number, error)
             continue
