@@ -33,7 +33,7 @@ from mixed_r1_verl.eval.cache import (
     model_fingerprint,
     read_generations,
 )
-from mixed_r1_verl.eval.cli import checked_settings, images_per_prompt, main, spill_prefix
+from mixed_r1_verl.eval.cli import checked_settings, images_per_prompt, main, sampling_record, spill_prefix
 from mixed_r1_verl.eval.generation import eval_request, request_digest
 from mixed_r1_verl.eval.records import RecordError, load_records
 from mixed_r1_verl.models.model_card import model_card
@@ -977,6 +977,31 @@ def test_a_card_written_before_results_named_their_datas_content_keeps_its_other
     )
     assert "<!-- mixed-r1 eval: val.parquet -->" not in card.text
     assert card.text.count("### On val.parquet (chartqa)") == card.text.count("### On val.parquet (pope)") == 1
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("device=gpu", "ValueError: device=gpu: not a device torch knows"),
+        ("device=cuda:64", "ValueError: device=cuda:64: no such CUDA GPU here"),
+        pytest.param(
+            "backend=vllm", "ValueError: backend=vllm: vLLM is not installed",
+            marks=pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed"),
+        ),
+    ],
+)  # fmt: skip
+def test_a_generator_that_cannot_start_stops_the_run_before_the_cache_is_touched(
+    tmp_path, parquet, tiny_model, setting, message
+):
+    out = tmp_path / "run"
+    cached_responses(out, parquet, RESPONSES)
+    args = [f"data={parquet}", f"model={tiny_model}", "backend=hf", f"out_dir={out}", "max_new_tokens=4"]
+    discard_generations_made_otherwise(out, tiny_model, sampling_record(checked_settings(args)), HF_ON_CPU)
+    cached = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, setting])
+    assert str(stopped.value.code).startswith(message)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == cached
 
 
 def test_an_embedding_model_that_cannot_load_stops_the_run_before_any_generation(tmp_path, parquet, tiny_model):

@@ -287,6 +287,15 @@ def refuse_what_is_no_model(model: str) -> None:
         raise FileNotFoundError(reason)
 
 
+def refuse_a_generator_that_cannot_start(args) -> None:
+    """backend=vllm without vLLM installed, or a `device` transformers cannot generate on, ends the run
+    before anything in out_dir is written or discarded (the generation cache of an earlier run included)."""
+    if chosen_backend(args) == "hf":
+        transformers_placement(args.device, args.model)
+    elif find_spec("vllm") is None:
+        raise ValueError("backend=vllm: vLLM is not installed (pip install -e '.[gpu]'); backend=hf runs without it")
+
+
 def run_record(args, reward_kwargs: dict) -> dict:
     """What produced the run: data files (path, size, sha256), `limit`, the model (as given and as
     `model.json` fingerprints it) or the generations file, the reward options, the sampling and generator
@@ -312,6 +321,7 @@ def run_eval(args) -> dict:
     args.data = [str(path) for path in input_files(args.data, setting="data")]
     if args.model:
         refuse_what_is_no_model(args.model)
+        refuse_a_generator_that_cannot_start(args)
     if args.card and (refusal := card_refusal(args.model)):
         raise ValueError(refusal)
     out_dir = Path(args.out_dir)

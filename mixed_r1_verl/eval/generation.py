@@ -238,10 +238,27 @@ def transformers_placement(device: str | None, model_path: str) -> tuple[str, st
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if error := device_error(device):
+        raise ValueError(error)
     if not device.startswith("cuda"):
         return device, "float32"
     named = config_dtype(resolve_model_dir(model_path))
     return device, cuda_load_dtype(named, torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def device_error(device: str) -> str | None:
+    """Why transformers cannot generate on `device`: a name torch does not know, or a CUDA GPU that is not
+    there; None when it can."""
+    import torch
+
+    try:
+        named = torch.device(device)
+    except RuntimeError:
+        return f"device={device}: not a device torch knows (cpu, cuda or cuda:N, say)"
+    visible = torch.cuda.device_count()
+    if named.type == "cuda" and (named.index or 0) >= visible:
+        return f"device={device}: no such CUDA GPU here ({visible} visible)"
+    return None
 
 
 class TransformersGenerator:
