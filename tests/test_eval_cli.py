@@ -1106,6 +1106,18 @@ def test_open_ended_without_embedding_model_fails_before_scoring(tmp_path, parqu
         score_saved(parquet, RESPONSES, tmp_path / "run")
 
 
+def test_a_record_whose_task_comes_from_its_data_source_is_checked_as_that_task(tmp_path):
+    caption = row("o1", "open_ended", "coco_caption", "Describe the image.", "A man rides a red bicycle.")
+    del caption["extra_info"]["task"]
+    parquet = tmp_path / "val.parquet"
+    pq.write_table(pa.Table.from_pylist([caption]), parquet)
+    assert [record.task for record in load_records([parquet])] == ["open_ended"]
+    with pytest.raises(SystemExit, match="open_ended records need embedding_model="):
+        score_saved(parquet, RESPONSES, tmp_path / "run")
+    with pytest.raises(SystemExit, match=r"ValueError: embedding_model=.*no_table: BMAS embedding model"):
+        score_saved(parquet, RESPONSES, tmp_path / "run", str(tmp_path / "no_table"))
+
+
 def test_bad_rows_name_the_record(tmp_path):
     mismatched = row("x7", "chart", "chartqa", "<image> two placeholders, one image", "1")
     pq.write_table(pa.Table.from_pylist([mismatched]), tmp_path / "bad.parquet")

@@ -25,7 +25,7 @@ class RecordError(ValueError):
 class EvalRecord:
     id: str
     data_source: str
-    task: str
+    task: str  # as the reward resolves it: extra_info.task, else the data_source's; "" where it knows none
     prompt: list[dict]
     ground_truth: object
     extra_info: dict
@@ -87,10 +87,11 @@ def _record_from_row(row: Mapping, position: int, source: str, keep_bytes: Calla
             f"{where}: {_placeholder_count(prompt)} {IMAGE_PLACEHOLDER} placeholder(s) but {len(image_blobs)} image(s)"
         )
     image_blobs = [_with_bytes_kept(blob, keep_bytes) for blob in image_blobs]
+    data_source = str(row["data_source"])
     return EvalRecord(
         id=str(record_id),
-        data_source=str(row["data_source"]),
-        task=str(extra_info.get("task", "")),
+        data_source=data_source,
+        task=known_task(data_source, extra_info) or "",
         prompt=[dict(message) for message in prompt],
         ground_truth=reward_model["ground_truth"],
         extra_info=extra_info,
