@@ -1130,6 +1130,16 @@ def test_bad_rows_name_the_record(tmp_path):
         load_records([tmp_path / "dup.parquet"])
 
 
+def test_an_image_that_cannot_be_decoded_names_its_record_and_image(tmp_path, tiny_model):
+    broken = row("m9", "matching", "mmbench", "Which animal? A. cat B. dog", "B", images=2, options=["cat", "dog"])
+    broken["images"][1] = {"bytes": b"not an image", "path": None}
+    parquet = tmp_path / "broken.parquet"
+    pq.write_table(pa.Table.from_pylist([broken]), parquet)
+    named = rf"ValueError: {parquet}: generation request m9: image 2 of 2: not an image PIL can decode"
+    with pytest.raises(SystemExit, match=named):
+        main([f"data={parquet}", f"model={tiny_model}", "backend=hf", "device=cpu", f"out_dir={tmp_path / 'run'}"])
+
+
 def test_rows_without_a_ground_truth_or_with_other_than_structs_name_the_record(tmp_path):
     for ground_truth in (None, " "):
         rows = [row("c1", "chart", "chartqa", "q", "1"), row("c2", "chart", "chartqa", "q", ground_truth)]

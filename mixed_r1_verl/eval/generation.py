@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from mixed_r1_verl.data.frames import pixel_bounds_error, resized_again_reason, stated_bounds
@@ -82,6 +82,7 @@ class GenerationRequest:
     messages: list[dict]  # verl-layout chat: `<image>` placeholders in the text
     images: list[dict]  # image items: `bytes` or `image` (PIL image or path), with min/max pixels
     label: str = ""  # what errors name: the record id
+    source: str = ""  # the file the record comes from, which errors name too where known
 
 
 class Generator(Protocol):
@@ -101,8 +102,21 @@ def model_images(
         bounds = (item.get("min_pixels"), item.get("max_pixels"))
         reason = pixel_bounds_error(*stated_bounds(*bounds)) or resized_again_reason(bounds, processor_bounds)
         if reason:
-            raise ValueError(f"generation request {request.label or '(unnamed)'}: {reason}")
-    return [model_input_image(item, patch_size) for item in request.images]
+            raise ValueError(f"{request_name(request)}: {reason}")
+    images = []
+    for number, item in enumerate(request.images, start=1):
+        try:
+            images.append(model_input_image(item, patch_size))
+        except OSError as error:  # bytes that are no image, a truncated file, a path gone since
+            reason = "not an image PIL can decode" if isinstance(error, UnidentifiedImageError) else str(error)
+            raise ValueError(f"{request_name(request)}: image {number} of {len(request.images)}: {reason}") from None
+    return images
+
+
+def request_name(request: GenerationRequest) -> str:
+    """How errors name a request: by its label, after the file its record comes from where known."""
+    named = f"generation request {request.label or '(unnamed)'}"
+    return f"{request.source}: {named}" if request.source else named
 
 
 # vLLM (0.24) refuses a temperature above 2 and samples at 0.01 with any positive one below it.
@@ -334,7 +348,7 @@ def build_generator(backend: str, model_path: str, settings: SamplingSettings, *
 
 
 def eval_request(record: EvalRecord) -> GenerationRequest:
-    return GenerationRequest(record.prompt, record.image_items(), label=record.id)
+    return GenerationRequest(record.prompt, record.image_items(), label=record.id, source=record.source)
 
 
 def request_digest(request: GenerationRequest) -> str:
