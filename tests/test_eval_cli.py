@@ -378,6 +378,21 @@ def test_cached_generations_of_another_model_at_the_same_path_are_discarded(tmp_
     assert not (out / "generations.jsonl").exists()
 
 
+@pytest.mark.parametrize("left", [b"", b'{"path": "/models/a", "samp', b"\xff\xfe", b"null"])
+def test_cached_generations_beside_a_model_record_that_cannot_be_read_are_generated_again(
+    tmp_path, tiny_model, caplog, left
+):
+    out, sampling = tmp_path / "eval", {"max_new_tokens": 8}
+    out.mkdir()
+    (out / "model.json").write_bytes(left)  # as a run killed while writing it left it
+    (out / "generations.jsonl").write_text('{"id": "a", "response": "x"}\n')
+    discard_generations_made_otherwise(out, tiny_model, sampling, HF_ON_CPU)
+    assert not (out / "generations.jsonl").exists()
+    assert f"{out / 'model.json'}: cannot be read" in caplog.text
+    assert json.loads((out / "model.json").read_text())["generator"] == HF_ON_CPU
+    assert sorted(path.name for path in out.iterdir()) == ["model.json"]
+
+
 @pytest.mark.parametrize(
     "change, named",
     [

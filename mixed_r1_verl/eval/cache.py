@@ -180,13 +180,15 @@ def discard_generations_made_otherwise(out_dir: Path, model: str, sampling: dict
     (backend, device and dtype) that wrote them (`model.json` beside the cache records them): a
     checkpoint retrained at the same path, an edited chat template or processor config, another
     `max_new_tokens`, temperature, top_p or seed, or another backend or dtype is generated again, with a
-    warning naming what changed."""
+    warning naming what changed; so is the cache beside a `model.json` that cannot be read."""
     record, cache = out_dir / MODEL_FILE, out_dir / CACHE_FILE
     made_with = {**model_fingerprint(model), "sampling": sampling, "generator": generator}
     if record.exists() and cache.exists():
-        earlier = json.loads(record.read_text())
-        changed = changed_entries(earlier, made_with)
-        if changed:
+        earlier = read_model_record(record)
+        if earlier is None:
+            logger.warning("%s: cannot be read, so what wrote %s is unknown; generating again", record, cache)
+            cache.unlink()
+        elif changed := changed_entries(earlier, made_with):
             differing = changed_entries(earlier, recorded_part(made_with, earlier))
             unrecorded = [key for key in changed if key not in differing]
             said = [f"another {', '.join(differing)}"] if differing else []
@@ -194,7 +196,19 @@ def discard_generations_made_otherwise(out_dir: Path, model: str, sampling: dict
                 said.append(f"no record of {', '.join(unrecorded)} (an earlier version kept none)")
             logger.warning("%s: written with %s; generating again", cache, "; ".join(said))
             cache.unlink()
-    record.write_text(json.dumps(made_with, indent=2))
+    partial = record.with_name(f".{record.name}.partial")
+    partial.write_text(json.dumps(made_with, indent=2))
+    partial.replace(record)
+
+
+def read_model_record(path: Path) -> dict | None:
+    """What `model.json` at `path` records; None where it cannot be read (an empty file, say, as a run
+    killed while writing it left it before it was written whole at once)."""
+    try:
+        earlier = json.loads(path.read_bytes())
+    except ValueError:  # not JSON, or not UTF-8 text
+        return None
+    return earlier if isinstance(earlier, dict) else None
 
 
 def recorded_part(values: dict, earlier: dict) -> dict:
