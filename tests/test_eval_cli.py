@@ -498,6 +498,20 @@ def test_a_hub_id_is_fingerprinted_by_its_cached_snapshot_wherever_the_command_r
     assert "written with another revision; generating again" in caplog.text
 
 
+def test_a_reward_error_keeps_its_reason_with_its_record_in_the_scores(tmp_path, caplog):
+    frame = {"box_frame": "abs", "frame_size": [64, 48]}
+    rows = [row(f"g{i}", "grounding", "refcoco", "Find the red box.", "[0, 0, 40, 40]", **frame) for i in range(3)]
+    rows[1]["reward_model"]["ground_truth"] = "the red box"  # no box the grounding reward can read
+    parquet = tmp_path / "val.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    answers = {f"g{i}": f"{THINK}<answer>[0, 0, 40, 40]</answer>" for i in range(3)}
+    assert score_saved(parquet, answers, tmp_path / "run") == 0
+    scores = [json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text().splitlines()]
+    reason = "ValueError: could not convert string to float: 'the red box'"
+    assert [(score["error"], score["error_reason"]) for score in scores] == [(0.0, ""), (1.0, reason), (0.0, "")]
+    assert f"mixed_r1 reward error, sample (data_source='refcoco', id='g1'): {reason}" in caplog.text
+
+
 def test_compare_puts_two_runs_side_by_side(tmp_path, parquet, tiny_model, capsys):
     runs = []
     for name, responses in (("base", {**RESPONSES, "c1": "<answer>7</answer>"}), ("tuned", RESPONSES)):

@@ -7,9 +7,8 @@ from collections.abc import Mapping, Sequence
 
 from tqdm import tqdm
 
-from mixed_r1_verl.rewards import compute_score
 from mixed_r1_verl.rewards.answer import normalized_answer, top_answer
-from mixed_r1_verl.rewards.scoring import task_correct_threshold
+from mixed_r1_verl.rewards.scoring import scored_verdict, task_correct_threshold
 from mixed_r1_verl.rewards.tasks import task_names
 
 from .cache import Completion
@@ -23,21 +22,24 @@ ALL = "all"
 
 
 def score_records(records: Sequence[EvalRecord], responses: Mapping[str, Completion], **reward_kwargs) -> list[dict]:
-    """One row per record: id, data_source, task, ``compute_score``'s score/accuracy/correct/format/error, the
-    response's answer (its `pred`) and the reference, both normalized, and whether the response was cut
-    off at the token limit (`truncated`: None when unknown)."""
+    """One row per record: id, data_source, task, ``compute_score``'s score/accuracy/correct/format/error and
+    the reason of a reward error (`error_reason`, "" without one), the response's answer (its `pred`) and
+    the reference, both normalized, and whether the response was cut off at the token limit (`truncated`:
+    None when unknown)."""
     rows = []
     for record in tqdm(records, desc="score", unit="response"):
         response = responses[record.id]
-        result = compute_score(
+        verdict = scored_verdict(
             record.data_source, response.text, record.ground_truth, record.extra_info, **reward_kwargs
         )
+        result = verdict.result()
         rows.append(
             {
                 "id": record.id,
                 "data_source": record.data_source,
                 "task": str(result["task"]),
                 **{metric: float(result[metric]) for metric in METRICS},
+                "error_reason": verdict.error or "",
                 "answer": result["pred"],
                 "reference": normalized_answer(str(record.ground_truth)),
                 "truncated": response.truncated,

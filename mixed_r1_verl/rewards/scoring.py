@@ -224,7 +224,7 @@ def judge(
             verdict.accuracy = rule_accuracy(verdict.task, verdict.answer, ground_truth, extra_info, iou_threshold)
     except Exception as error:  # a reward must never take the trainer down
         verdict.error = f"{type(error).__name__}: {error}"
-        logger.warning("mixed_r1 reward error (data_source=%r): %s", data_source, verdict.error)
+        logger.warning("mixed_r1 reward error, %s: %s", sample_name(data_source, extra_info), verdict.error)
     return verdict
 
 
@@ -239,6 +239,12 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     Returns `score`, `accuracy`, `correct` (0/1), `format`, `error` (0/1), `task` and `pred` (the answer,
     normalized). Raises ValueError for a sample without a ground truth (None, NaN, blank, empty).
     """
+    return scored_verdict(data_source, solution_str, ground_truth, extra_info, **kwargs).result()
+
+
+def scored_verdict(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> Verdict:
+    """`compute_score`'s verdict, accuracy included, whose `error` keeps the reason of a reward error
+    (the result says only that there was one)."""
     verdict = judge(
         data_source,
         solution_str,
@@ -259,8 +265,8 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
             verdict.accuracy = open_ended_accuracy(verdict.answer, str(ground_truth), embedding_model)
         except Exception as error:
             verdict.error = f"{type(error).__name__}: {error}"
-            logger.warning("mixed_r1 reward error (data_source=%r): %s", data_source, verdict.error)
-    return verdict.result()
+            logger.warning("mixed_r1 reward error, %s: %s", sample_name(data_source, extra_info), verdict.error)
+    return verdict
 
 
 def values_differ(values) -> bool:
