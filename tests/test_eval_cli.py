@@ -306,6 +306,17 @@ def test_an_evaluation_stopped_or_killed_leaves_no_copy_of_its_images(tmp_path, 
     assert spill_dirs(out) == [running]
 
 
+def test_scoring_saved_generations_removes_the_images_a_killed_evaluation_left(tmp_path, parquet, tiny_model):
+    out = tmp_path / "run"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = out / f"{spill_prefix(int(ended.stdout))}x" / "images"
+    abandoned.mkdir(parents=True)
+    running = out / f"{spill_prefix(os.getpid())}x"  # this test's own process: still running
+    running.mkdir()
+    assert score_saved(parquet, RESPONSES, out, tiny_model) == 0
+    assert spill_dirs(out) == [running]
+
+
 def test_records_loaded_with_their_images_spilled_hold_places_not_bytes(tmp_path, parquet):
     in_memory = load_records([parquet])
     spilled = SpilledImages(tmp_path / "images")

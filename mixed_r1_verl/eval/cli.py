@@ -326,9 +326,9 @@ def run_eval(args) -> dict:
         raise ValueError(refusal)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_spills(out_dir)
     if args.generations:
         return _evaluate(args, out_dir, load_records(args.data, args.limit, without_image_bytes=True))
-    remove_abandoned_spills(out_dir)
     try:
         with sigterm_raises(), tempfile.TemporaryDirectory(prefix=spill_prefix(os.getpid()), dir=out_dir) as spill:
             spilled = SpilledImages(Path(spill) / "images")
