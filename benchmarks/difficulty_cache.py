@@ -31,7 +31,7 @@ def write_cache(path: Path, prompts: int, responses: int, chars: int) -> list[st
     rng = random.Random(0)
     words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(2000)]
     keys = [f"{rng.getrandbits(256):064x}" for _ in range(prompts)]
-    cache = ResponseCache(path)
+    cache = ResponseCache(path, responses)
     for key in keys:
         texts = []
         for _ in range(responses):
@@ -52,7 +52,7 @@ def main() -> None:
         keys = write_cache(path, args.prompts, args.responses, args.chars)
         before = peak_rss_mb()
         started = time.perf_counter()
-        cache = ResponseCache(path)
+        cache = ResponseCache(path, args.responses)
         opened = time.perf_counter() - started
         started = time.perf_counter()
         read = sum(len(cache.responses(key)) for key in keys)

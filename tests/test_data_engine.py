@@ -401,18 +401,36 @@ def test_a_cache_line_cut_short_by_an_interrupted_run_costs_only_its_own_prompt(
     """The run that follows an interrupted one samples the cut line's prompt again and appends it whole: the
     next run reads every line back."""
     path = tmp_path / "difficulty_cache.jsonl"
-    ResponseCache(path).add({"k1": [Completion("a", False)]})
+    ResponseCache(path, 1).add({"k1": [Completion("a", False)]})
     with open(path, "a") as cache:
         cache.write('{"key": "k2", "respon')  # the run was killed while writing this line
-    rerun = ResponseCache(path)
+    rerun = ResponseCache(path, 1)
     assert sorted(rerun.offsets) == ["k1"]
     rerun.add({"k2": [Completion("b", False)], "k3": [Completion("c", True)]})
     assert rerun.responses("k3") == [Completion("c", True)]
-    read_back = ResponseCache(path)
+    read_back = ResponseCache(path, 1)
     assert sorted(read_back.offsets) == ["k1", "k2", "k3"]
     assert [read_back.responses(key) for key in ("k1", "k2", "k3")] == [
         [Completion("a", False)], [Completion("b", False)], [Completion("c", True)]
     ]
+
+
+def test_a_cache_line_without_k_responses_is_left_out_and_its_prompt_sampled_again(tmp_path, caplog):
+    path = tmp_path / "difficulty_cache.jsonl"
+    ResponseCache(path, 2).add({"whole": [Completion("a", False), Completion("b", True)]})
+    edited = [
+        {"key": "one response", "responses": ["a"], "truncated": [False]},
+        {"key": "no responses", "responses": [], "truncated": []},
+        {"key": "not texts", "responses": [1, 2]},
+        {"responses": ["a", "b"]},
+        [],
+    ]
+    with open(path, "a") as cache:
+        cache.writelines(json.dumps(line) + "\n" for line in edited)
+    reopened = ResponseCache(path, 2)
+    assert sorted(reopened.offsets) == ["whole"]
+    assert reopened.responses("whole") == [Completion("a", False), Completion("b", True)]
+    assert f"{path}: 5 line(s) hold no entry of 2 responses (line 2 first)" in caplog.text
 
 
 def difficulty_details(report: dict) -> dict:

@@ -584,7 +584,7 @@ class Engine:
         settings = sampling_settings(self.config)
         model = sampled_model(settings_config)
         keys = [self.cache_key(row, settings, model) for row in rows]
-        cache = ResponseCache(self.output_dir / "difficulty_cache.jsonl")
+        cache = ResponseCache(self.output_dir / "difficulty_cache.jsonl", settings.n)
         pending = [(row, key) for row, key in zip(rows, keys) if key not in cache]
         if len(cache) and len(pending) == len(rows):
             print(
