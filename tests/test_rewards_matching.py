@@ -112,6 +112,13 @@ def test_letters_named_as_options(answer, ground_truth, expected):
 def test_a_capital_a_starting_english_is_the_article(answer):
     assert matching_accuracy(answer, "A") == 0.0
     assert matching_accuracy(f"{answer}, so B", "B") == 1.0
+    assert matching_accuracy(f"Answer: {answer}, so B", "B") == 1.0  # after a cue too
+
+
+@pytest.mark.parametrize("answer", ["The answer I chose is B", "My answer: I think it is B", "Answer: I would say B."])
+def test_the_pronoun_i_after_a_cue_is_no_option(answer):
+    assert matching_accuracy(answer, "B") == 1.0
+    assert matching_accuracy(answer, "B", OPTIONS) == 1.0
 
 
 @pytest.mark.parametrize(

@@ -17,15 +17,12 @@ _STANDALONE_CAPITAL = re.compile(r"(?<![A-Za-z0-9])([A-Z])(?![A-Za-z0-9])(?!['\u
 # shown" name option A.
 _ARTICLE_A = re.compile(
     r"\s+(?!(?:is|was|has|have|seems|appears|looks|shows|matches|represents|describes|fits|corresponds|indicates"
-    r"|and|or|would|should|could|might|because|since|as|based)\b|best\s+[a-z]*[a-rt-z]s\b)[a-z]"
+    r"|and|or|would|should|could|might|because|since|as|based|given)\b|best\s+[a-z]*[a-rt-z]s\b)[a-z]"
 )
-# Letters named as options whatever follows them: a leading "B.", "B)", "(B)", "B:", and one after a choice cue
-# ("Option B", "the answer is B", "answer: B", "the correct one is B", "I choose B", "select B", "pick B").
+# Letters named as options whatever follows them: a leading "B.", "B)", "(B)", "B:", and "Option B". After
+# other cues ("the answer is", "I choose") "I" may be the pronoun and "A" the article, as anywhere else.
 _LEADING_LETTER = re.compile(r"\s*\(?([A-Z])(?:\)|[.:])(?=\s|$)")
-_CHOICE_CUE = re.compile(
-    r"(?i:\b(?:answer|option|choice|correct\s+one)(?:\s+is\s+|\s*:\s*|\s+)|\b(?:choose|chose|select|pick)\s+)"
-    r"\(?([A-Z])(?![A-Za-z0-9])(?!['\u2019][A-Za-z])"
-)
+_OPTION_WORD = re.compile(r"\b[Oo]ption\s+\(?([A-Z])(?![A-Za-z0-9])(?!['\u2019][A-Za-z])")
 _YES_NO = re.compile(r"\b(yes|no)\b")
 # Whole answers that say yes or no in Chinese ("is", "right", "there is"; their negations).
 CHINESE_YES_NO = {**dict.fromkeys(("是", "是的", "对", "有"), "yes"), **dict.fromkeys(("否", "不是", "不对", "没有"), "no")}
@@ -62,7 +59,7 @@ def option_texts(options) -> list[str] | None:
 
 def _named_letter_positions(answer: str) -> set[int]:
     leading = _LEADING_LETTER.match(answer)
-    named = {match.start(1) for match in _CHOICE_CUE.finditer(answer)}
+    named = {match.start(1) for match in _OPTION_WORD.finditer(answer)}
     return named | {leading.start(1)} if leading else named
 
 
