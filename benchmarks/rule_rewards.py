@@ -47,7 +47,8 @@ def main():
     for payload in ("<answer>" + "9" * 5000 + "</answer>", "<answer>1e999999</answer>", "<answer>" + "[" * 10000 + "</answer>",
                     "<answer>B</answer>" * 10000, "<think>" * 10000, "\\boxed{" * 10000,
                     '<answer>[{"bbox_2d": [135' + " " * 32000 + '"label": "x"}]</answer>',
-                    "<answer>(1, 2)" + " " * 32000 + "x</answer>", "<answer>1" + ",12" * 10000 + "</answer>"):
+                    "<answer>(1, 2)" + " " * 32000 + "x</answer>", "<answer>1" + ",12" * 10000 + "</answer>",
+                    "<answer>1" + ",000" * 4000 + ".5.5</answer>"):
         start = time.perf_counter()
         for task, ground_truth, extra, _ in CASES:
             compute_score("bench", payload, ground_truth, {"task": task, **extra})

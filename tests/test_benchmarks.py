@@ -216,7 +216,7 @@ def check_rule_rewards(output: str) -> None:
     assert_positive(characters, rate)
     assert_not_negative(seconds)
     pathological = figures(rf"^pathological .+ \({N} chars\): {N} ms for all tasks$", output)
-    assert len(pathological) == 9
+    assert len(pathological) == 10
     assert_not_negative(*(value for line in pathological for value in line))
 
 

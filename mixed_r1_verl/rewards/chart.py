@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .text import NUMBER_TOKEN, find_numbers, folded, normalize_text, to_float
+from .text import find_numbers, folded, normalize_text, number_tokens, to_float
 
 RELATIVE_TOLERANCE = 0.05
 
@@ -63,7 +63,7 @@ def numeric_value(text: str) -> float | None:
     anything but a period (a unit: "%", "million", "kg/m2", "°C", "(approx)"). "under 18" and "<18" are a
     label as a target, and as an answer no value of 18. Full-width forms read as ASCII ones (`folded`)."""
     text = with_currency_apart(with_latex_numbers_plain(folded(text)))
-    numbers = list(NUMBER_TOKEN.finditer(text))
+    numbers = number_tokens(text)
     if len(numbers) != 1 or _PERIOD_WORD.search(text):
         return None
     prefix = text[: numbers[0].start()]

@@ -23,10 +23,8 @@ NUMBER_PATTERN = (
     r"(?:\.\d+)?(?:[eE][-+]?\d+)?"
     r"|[-+]?\.\d+(?:[eE][-+]?\d+)?"
 )
-# A number token: no letter, digit or point before it, and no point and digit after the longest number
-# there, kept whole: "12.05.2020", "1.2.3" and "1.000.000" are no number, not "12.05" or "12.0". A lookahead
-# and its backreference keep it whole, as an atomic group would (which Python 3.10 lacks).
-NUMBER_TOKEN = re.compile(r"(?<![\w.])(?=(" + NUMBER_PATTERN + r"))\1(?!\.\d)")
+_NUMBER_CANDIDATE = re.compile(r"(?<![\w.])(?:" + NUMBER_PATTERN + r")")
+_POINT_AND_DIGIT = re.compile(r"\.\d")
 _GROUP_SEPARATORS = str.maketrans(dict.fromkeys(",\u00a0\u202f\u2009"))
 # The minus sign, en dash, figure dash, small and full-width hyphen-minus, as a number's sign is written.
 _UNICODE_MINUS = str.maketrans(dict.fromkeys("\u2212\u2013\u2012\ufe63\uff0d", "-"))
@@ -78,6 +76,14 @@ def folded(text: str) -> str:
     return text.translate(_FULL_WIDTH).translate(_UNICODE_MINUS)
 
 
+def number_tokens(text: str) -> list[re.Match]:
+    """The numbers of `text` in reading order: NUMBER_PATTERN where no letter, digit or point precedes it,
+    read whole, and none where a point and a digit follow ("12.05.2020", "1.2.3" and "1.000.000" are no
+    number, not "12.05" or "12.0"). Those are dropped here: a lookahead in the pattern would backtrack into
+    ever shorter numbers, quadratic in a run of digit groups."""
+    return [match for match in _NUMBER_CANDIDATE.finditer(text) if not _POINT_AND_DIGIT.match(text, match.end())]
+
+
 def find_numbers(text: str) -> list[str]:
     """Number tokens in reading order (unicode minus signs read as '-')."""
-    return NUMBER_TOKEN.findall(unicode_minus_as_hyphen(text))
+    return [match.group() for match in number_tokens(unicode_minus_as_hyphen(text))]
