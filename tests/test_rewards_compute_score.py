@@ -70,6 +70,14 @@ def test_internal_errors_give_zero_and_are_flagged():
     assert (missing_model["score"], missing_model["error"]) == (0.0, 1.0)
 
 
+@pytest.mark.parametrize("extra_info", [["matching"], "matching", 5])
+def test_an_extra_info_that_is_no_mapping_is_a_reward_error_not_a_raise(extra_info, caplog):
+    with caplog.at_level(logging.WARNING):
+        result = compute_score("chartqa", "<answer>1</answer>", "1", extra_info)
+    assert (result["score"], result["error"]) == (0.0, 1.0)
+    assert "mixed_r1 reward error, sample (data_source='chartqa')" in caplog.text
+
+
 def test_no_answer_means_no_accuracy():
     result = compute_score("src", "<think>B</think>B", "B", {"task": "matching"})
     assert (result["accuracy"], result["error"]) == (0.0, 0.0)

@@ -77,8 +77,8 @@ class Verdict:
 
 
 def sample_name(data_source, extra_info: Mapping | None) -> str:
-    """How errors name a sample: its data_source and, when extra_info has them, its id and index."""
-    extra_info = extra_info or {}
+    """How errors name a sample: its data_source and, when extra_info (a mapping) has them, its id and index."""
+    extra_info = extra_info if isinstance(extra_info, Mapping) else {}
     named = [f"data_source={data_source!r}"]
     named += [f"{key}={extra_info[key]!r}" for key in ("id", "index") if extra_info.get(key) is not None]
     return f"sample ({', '.join(named)})"
