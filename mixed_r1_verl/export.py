@@ -17,6 +17,7 @@ merged, the files, dtypes and bytes.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -148,8 +149,9 @@ def export(config: ExportConfig) -> dict:
         raise ValueError(
             f"dtype must be bfloat16, float16, float32 or saved (as the checkpoint holds them), got {config.dtype!r}"
         )
-    # Resolved: the card reads the step from the path, whether given as `.`, `actor` or through a link.
-    shards, copy = checkpoint_dirs(Path(config.checkpoint).resolve())
+    # Absolute, links kept: the card reads the step from the path as given (`.` or `actor` inside
+    # global_step_N, or a link named global_step_N to the checkpoint's storage).
+    shards, copy = checkpoint_dirs(Path(os.path.abspath(config.checkpoint)))
     # Resolved: `out_dir=.` gets a name to build beside, and a link's target is where the export goes.
     out = Path(config.out_dir).resolve()
     if out.is_file() or out.is_dir() and any(out.iterdir()):

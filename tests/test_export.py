@@ -63,17 +63,34 @@ def test_a_copy_saved_under_peft_names_is_exported_with_the_adapters_merged_in_a
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("checkpoint", [".", "actor", "actor/huggingface"])
-def test_a_checkpoint_named_from_inside_its_step_directory_is_exported_as_that_step(
-    checkpoint, tiny_model_dir, tmp_path, monkeypatch
-):
-    step_dir = tmp_path / "checkpoints" / "global_step_3"
+def copy_of_step_3(tiny_model_dir, step_dir):
+    """A GRPO checkpoint's Hugging Face copy under `step_dir`, with its processor and tokenizer."""
     copy = step_dir / "actor" / "huggingface"
     peft_saved_copy(tiny_model_dir, copy, 3)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json"):
         shutil.copy(tiny_model_dir / name, copy)
+
+
+@pytest.mark.parametrize("checkpoint", [".", "actor", "actor/huggingface", "../global_step_3"])
+def test_a_checkpoint_named_from_inside_its_step_directory_is_exported_as_that_step(
+    checkpoint, tiny_model_dir, tmp_path, monkeypatch
+):
+    step_dir = tmp_path / "checkpoints" / "global_step_3"
+    copy_of_step_3(tiny_model_dir, step_dir)
     monkeypatch.chdir(step_dir)
     summary = export(ExportConfig(checkpoint=checkpoint, out_dir=str(tmp_path / "out")))
+    assert summary["checkpoint"] == str(step_dir / "actor")
+    _, first, _ = card_parts((tmp_path / "out" / "README.md").read_text())
+    assert first.startswith("Step 3 of a GRPO run")
+
+
+def test_a_link_named_by_its_step_to_the_checkpoints_storage_is_exported_as_that_step(tiny_model_dir, tmp_path):
+    stored = tmp_path / "storage" / "ckpt-a1b2"
+    copy_of_step_3(tiny_model_dir, stored)
+    step_dir = tmp_path / "run" / "global_step_3"
+    step_dir.parent.mkdir()
+    step_dir.symlink_to(stored, target_is_directory=True)
+    summary = export(ExportConfig(checkpoint=str(step_dir), out_dir=str(tmp_path / "out")))
     assert summary["checkpoint"] == str(step_dir / "actor")
     _, first, _ = card_parts((tmp_path / "out" / "README.md").read_text())
     assert first.startswith("Step 3 of a GRPO run")
