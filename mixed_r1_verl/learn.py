@@ -46,7 +46,14 @@ from typing import Callable
 from mixed_r1_verl.data.model_files import CHECKPOINT_TRACKER
 from mixed_r1_verl.models.tiny_qwen25vl import describe_model, size_from_settings
 from mixed_r1_verl.run_logs import EXIT_OUT_OF_TIME, STACKS_SUFFIX, run_with_limit
-from mixed_r1_verl.settings import EXIT_NEEDS_GPU, asks_for_help, parse_settings, settings_help, usage_error
+from mixed_r1_verl.settings import (
+    EXIT_NEEDS_GPU,
+    EXIT_NOTHING_TO_TRAIN,
+    asks_for_help,
+    parse_settings,
+    settings_help,
+    usage_error,
+)
 
 RUNS = ("base", "sft", "grpo")
 RUN_NAMES = {"base": "base", "sft": "SFT", "grpo": "GRPO"}
@@ -633,7 +640,10 @@ def execute(
             where = "" if prefix is None else f" (where it stood: {prefix}{STACKS_SUFFIX})"
             reason = f"was stopped at the end of the time budget{where}"
             raise StepFailed(number, step.name, described, returncode, reason)
-        if returncode:
+        if returncode == EXIT_NOTHING_TO_TRAIN and step.recorded_in is not None:
+            # An earlier run of it ended (failed or was stopped) after saving its last step.
+            print(f"[{number}/{len(steps)}] {step.name}: its checkpoints hold its last step: done", flush=True)
+        elif returncode:
             raise StepFailed(number, step.name, described, returncode)
         if times_log is not None:
             seconds, earlier = time.monotonic() - started, times.get(step.name) if step.again else None

@@ -24,12 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mixed_r1_verl.data.model_files import missing_model_path
 from mixed_r1_verl.entry import register_recipe_files, run_recipe_entry
-from mixed_r1_verl.settings import EXIT_NEEDS_GPU, EXIT_USAGE
+from mixed_r1_verl.settings import EXIT_NEEDS_GPU, EXIT_NOTHING_TO_TRAIN, EXIT_USAGE
 
 logger = logging.getLogger(__name__)
 
 PRIMARY_CONFIG = "mixed_r1"
-EXIT_NOTHING_TO_TRAIN = 3
 
 # The verl plugins of this package: the `mixed_r1` reward manager, the `mixed_r1_sync` trainer mode and
 # the `mixed_r1_single_turn` agent loop.

@@ -14,6 +14,8 @@ Settings = TypeVar("Settings")
 # Exit statuses every entry shares: a setting or input refused, and a command that needs a CUDA GPU run without one.
 EXIT_USAGE = 2
 EXIT_NEEDS_GPU = 2
+# A training run whose checkpoints already hold its last step.
+EXIT_NOTHING_TO_TRAIN = 3
 HELP_FLAGS = ("-h", "--help")
 
 

@@ -590,6 +590,22 @@ def test_training_steps_are_skipped_once_their_checkpoint_exists_from_a_run_that
     assert grpo.done_earlier()
 
 
+def test_a_training_run_that_failed_after_saving_its_last_step_is_done_when_run_again(tmp_path, capsys):
+    """The entry of a run whose checkpoints hold its last step says so with exit code 3: its step is done."""
+    times_log, tracker = tmp_path / "logs" / "step_times.json", tmp_path / "grpo" / "latest_checkpointed_iteration.txt"
+    tracker.parent.mkdir()
+    tracker.write_text("40")
+    grpo = Step(TRAINING_STEPS["grpo"], [sys.executable, "-c", "raise SystemExit(3)"], skip_if_exists=tracker,
+                recorded_in=times_log)  # fmt: skip
+    assert not grpo.done_earlier()
+    execute([grpo], env=dict(os.environ), times_log=times_log, work_dir=tmp_path)
+    assert f"{TRAINING_STEPS['grpo']}: its checkpoints hold its last step: done" in capsys.readouterr().out
+    assert grpo.done_earlier()
+    failing = dataclasses.replace(grpo, name="other", argv=[sys.executable, "-c", "raise SystemExit(1)"])
+    with pytest.raises(StepFailed, match="failed with exit code 1"):
+        execute([failing], env=dict(os.environ), times_log=times_log, work_dir=tmp_path)
+
+
 def writing_step(name, work_dir, *settings, feeds_later_steps=True):
     """A step whose command writes its settings to `<work_dir>/<name>/done`, its mark of being done."""
     done = work_dir / name / "done"
