@@ -182,6 +182,12 @@ def test_a_dollar_currency_with_its_letters_against_the_sign_reads_as_its_number
     assert chart_accuracy(written, "US$12") == 1.0
 
 
+@pytest.mark.parametrize("variable", ["r", "s", "a", "c", "x"])
+def test_a_latex_variable_before_a_dollar_sign_is_no_currency(variable):
+    """Country letters go with a dollar sign only where a number follows it."""
+    assert chart_accuracy(f"${variable}$ = 0.85", "0.85") == 0.0
+
+
 @pytest.mark.parametrize("dotted", ["12.05.2020", "1.2.3", "1.000.000", "1,000.000.000", ".5.3"])
 def test_digits_after_a_second_point_make_no_number(dotted):
     """A dotted date, a version or European thousands is a label, not its first part."""

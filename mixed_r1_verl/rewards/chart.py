@@ -23,8 +23,9 @@ _PERIOD_WORD = re.compile(
 _LETTER_WORD = re.compile(r"[^\W\d_]+")
 # A currency written against its number ("Rs.50", "USD45"), which would otherwise hide the number.
 _GLUED_CURRENCY = re.compile(r"(?i)\b((?:" + "|".join(CURRENCY_CODES) + r")\.?)(?=[-+]?\.?\d)")
-# A dollar sign, with the letters of the country whose dollar it is against it ("US$", "HK$", "A$").
-_DOLLAR_SIGN = re.compile(r"(?i)(?:\b(?:us|hk|a|au|c|ca|nz|s|sg|nt|r|mx))?\$")
+# A dollar sign, with the letters of the country whose dollar it is against it where a number follows ("US$12",
+# "HK$ 12", "A$12"; in "$r$ = 0.85" the r is a variable).
+_DOLLAR_SIGN = re.compile(r"(?i)\b(?:us|hk|a|au|c|ca|nz|s|sg|nt|r|mx)\$(?=\s*[-+]?\.?\d)|\$")
 # A comparison before the number makes it a bound, not a value ("<45", "≥ 45"), as "under 45" does.
 _COMPARISON_SIGNS = frozenset("<>≤≥≦≧≠≮≯⩽⩾")
 # LaTeX's ways of writing a number: digit groups `45{,}000` and `45\,000`, and `4.5 \times 10^{4}`.
