@@ -230,8 +230,9 @@ def eval_step(config: LearnConfig, layout: Layout, run: str, model: Path, again:
             f"max_new_tokens={config.eval_max_new_tokens}",
             f"batch_size={config.eval_batch_size}",
             f"backend={config.eval_backend}",
-            # Compiling and capturing CUDA graphs takes longer than eager decoding of a 27M model.
-            *(["vllm_kwargs.enforce_eager=true"] if config.eval_backend == "vllm" else []),
+            # Compiling and capturing CUDA graphs takes longer than eager decoding of a 27M model (with vllm, and
+            # auto where vLLM is installed; hf reads no vllm_kwargs).
+            *(["vllm_kwargs.enforce_eager=true"] if config.eval_backend != "hf" else []),
             *config.eval_overrides,
         ),
         skip_if_exists=layout.eval_dir(run) / SUMMARY_FILE,

@@ -131,8 +131,9 @@ def test_plan_evaluates_every_model_on_the_held_out_split_with_one_embedding_tab
     for argv in evaluations:
         assert f"data={tmp_path}/data/val.parquet" in argv and f"embedding_model={tmp_path}/base_model" in argv
         assert "backend=hf" in argv and not any(arg.startswith("vllm_kwargs") for arg in argv)
-    on_vllm = eval_step(LearnConfig(eval_backend="vllm"), Layout(tmp_path), "sft", tmp_path / "sft_model").argv
-    assert "backend=vllm" in on_vllm and "vllm_kwargs.enforce_eager=true" in on_vllm
+    for backend in ("vllm", "auto"):  # auto is vLLM wherever vLLM is installed
+        on_vllm = eval_step(LearnConfig(eval_backend=backend), Layout(tmp_path), "sft", tmp_path / "sft_model").argv
+        assert f"backend={backend}" in on_vllm and "vllm_kwargs.enforce_eager=true" in on_vllm
     grpo = next(step for step in steps if step.name.startswith("GRPO"))
     assert f"reward.reward_kwargs.embedding_model={tmp_path}/base_model" in grpo.argv
 
