@@ -183,6 +183,15 @@ def test_near_duplicates_are_kept_unless_asked(tmp_path):
     assert "dup-near" not in dropped_reasons(out) and dropped_reasons(out)["dup-exact"] == ("dedup", "duplicate")
 
 
+def test_distinct_charts_of_one_template_are_no_near_duplicates(tmp_path):
+    """Bar charts of the same axes and bar count hash within a few bits; their thumbnails tell them apart."""
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=60, seed=7, val_rows_per_task=0)
+    out = tmp_path / "out"
+    report = Engine(engine_config(jsonl, image_root, out, "difficulty.enabled=false", "dedup.perceptual=true")).run()
+    dedup = next(stage for stage in report["stages"] if stage["name"] == "dedup")
+    assert "near_duplicate" not in dedup["dropped_by_reason"]
+
+
 def test_dedup_keeps_other_items_on_one_image_and_names_the_kept_row(tmp_path):
     image_root = tmp_path / "images"
     image_root.mkdir()
@@ -211,7 +220,8 @@ def test_dedup_keeps_other_items_on_one_image_and_names_the_kept_row(tmp_path):
     assert dropped["cats-relabelled"]["detail"] == f"{same}; its answer 'B' differs from the kept row's 'A'"
     assert dropped["chart-copy"]["reason"] == "near_duplicate"
     assert dropped["chart-copy"]["detail"] == (
-        "image(s) within hash distance 4 of kept row 'chart', with the same task, question and options; "
+        "image(s) within hash distance 4, thumbnail difference 2 of kept row 'chart', with the same task, question "
+        "and options; "
         "its answer '13' differs from the kept row's '12'"
     )
 
@@ -949,18 +959,20 @@ def test_the_near_duplicate_index_finds_the_first_kept_row_a_comparison_of_every
             hashes.append(value)
         return tuple(hashes)
 
-    index, kept = NearDuplicateIndex(max_distance), []
+    index, kept = NearDuplicateIndex(max_distance, max_difference=1.0), []
     for number in range(400):
         item, hashes = ("q", rng.choice("ab")), near_centre()
+        thumbnails = tuple(bytes([rng.choice((0, 1, 3))]) * 1024 for _ in hashes)
         every_pair = next(
             (
-                row for other_item, other, row in kept
+                row for other_item, other, other_thumbnails, row in kept
                 if other_item == item and len(other) == len(hashes)
                 and all(hamming(a, b) <= max_distance for a, b in zip(hashes, other))
+                and all(abs(a[0] - b[0]) <= 1 for a, b in zip(thumbnails, other_thumbnails))
             ),
             None,
         )
-        assert index.first_near(item, hashes) == every_pair
+        assert index.first_near(item, hashes, thumbnails) == every_pair
         if every_pair is None:
-            index.add(item, hashes, number)
-            kept.append((item, hashes, number))
+            index.add(item, hashes, thumbnails, number)
+            kept.append((item, hashes, thumbnails, number))

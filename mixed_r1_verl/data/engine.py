@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
@@ -120,6 +121,10 @@ class DedupConfig:
     perceptual: bool = False
     # Largest Hamming distance between 64-bit difference hashes that still counts as the same image.
     max_hash_distance: int = 4
+    # And the largest mean difference of their 32x32 greyscale thumbnails (grey levels, 0-255): re-encoded
+    # and resized copies differ by under 1; distinct images of one template (bar charts of the same axes,
+    # whose hashes are as near) by 6 or more.
+    max_thumbnail_difference: float = 2.0
 
 
 @dataclass
@@ -429,6 +434,10 @@ def check_settings(config: EngineConfig) -> None:
         raise ValueError(
             f"dedup.max_hash_distance={config.dedup.max_hash_distance}: expected 0 to 64 (bits of the 64-bit hash)"
         )
+    if not 0 <= config.dedup.max_thumbnail_difference <= 255:
+        raise ValueError(
+            f"dedup.max_thumbnail_difference={config.dedup.max_thumbnail_difference}: expected 0 to 255 (grey levels)"
+        )
     if config.difficulty.enabled:
         check_difficulty_settings(config)
     check_balance_targets(config.balance)
@@ -540,8 +549,8 @@ class Engine:
     def dedup(self, rows: list[EngineRow]) -> list[EngineRow]:
         kept_by_images: dict[tuple, EngineRow] = {}
         perceptual = self.config.dedup.perceptual
-        max_distance = self.config.dedup.max_hash_distance
-        near_duplicates = NearDuplicateIndex(max_distance)
+        max_distance, max_difference = self.config.dedup.max_hash_distance, self.config.dedup.max_thumbnail_difference
+        near_duplicates = NearDuplicateIndex(max_distance, max_difference)
 
         def keep(row: EngineRow):
             item = dedup_item(row.record)
@@ -549,14 +558,13 @@ class Engine:
             if kept is not None:
                 return "duplicate", duplicate_detail(row, kept, "the same image(s) as")
             if perceptual:
-                images = row.record.images
-                image_hashes = tuple(difference_hash(self.converter.store.load(image).data) for image in images)
-                other = near_duplicates.first_near(item, image_hashes)
+                prints = [image_print(self.converter.store.load(image).data) for image in row.record.images]
+                hashes, thumbnails = tuple(hash for hash, _ in prints), tuple(thumbnail for _, thumbnail in prints)
+                other = near_duplicates.first_near(item, hashes, thumbnails)
                 if other is not None:
-                    return "near_duplicate", duplicate_detail(
-                        row, other, f"image(s) within hash distance {max_distance} of"
-                    )
-                near_duplicates.add(item, image_hashes, row)
+                    near = f"image(s) within hash distance {max_distance}, thumbnail difference {max_difference:g} of"
+                    return "near_duplicate", duplicate_detail(row, other, near)
+                near_duplicates.add(item, hashes, thumbnails, row)
             kept_by_images[(row.image_digests, item)] = row
             return None
 
@@ -836,34 +844,45 @@ def duplicate_detail(row: EngineRow, kept: EngineRow, images_relation: str) -> s
     return detail
 
 
-def difference_hash(data: bytes, size: int = 8) -> int:
-    """64-bit difference hash: brightness gradients of a (size+1) x size greyscale thumbnail."""
+THUMBNAIL_SIZE = 32
+
+
+def image_print(data: bytes, size: int = 8) -> tuple[int, bytes]:
+    """An image's 64-bit difference hash (brightness gradients of a (size+1) x size greyscale thumbnail) and
+    its THUMBNAIL_SIZE x THUMBNAIL_SIZE greyscale thumbnail, from one decode."""
     with Image.open(io.BytesIO(data)) as image:
-        pixels = list(image.convert("L").resize((size + 1, size), Image.Resampling.BILINEAR).getdata())
+        grey = image.convert("L")
+    pixels = np.asarray(grey.resize((size + 1, size), Image.Resampling.BILINEAR), dtype=np.int16)
     bits = 0
-    for y in range(size):
-        for x in range(size):
-            bits = (bits << 1) | (pixels[y * (size + 1) + x] > pixels[y * (size + 1) + x + 1])
-    return bits
+    for brighter in (pixels[:, :-1] > pixels[:, 1:]).flat:
+        bits = (bits << 1) | int(brighter)
+    thumbnail = grey.resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR).tobytes()
+    return bits, thumbnail
 
 
 def hamming(first: int, second: int) -> int:
     return (first ^ second).bit_count()
 
 
+def thumbnail_difference(first: bytes, second: bytes) -> float:
+    """The mean absolute difference of two greyscale thumbnails, in grey levels."""
+    return float(np.abs(np.frombuffer(first, np.uint8).astype(np.int16) - np.frombuffer(second, np.uint8)).mean())
+
+
 class NearDuplicateIndex:
     """Kept rows by item and image hashes, for the first kept row of an item whose images are each within
-    `max_distance` bits of a new row's, without comparing every pair: 64 bits cut into `max_distance + 1`
-    bands, two hashes that close share at least one band, so only rows sharing a band of the first image's
-    hash are compared (a caption set asks one question of every image)."""
+    `max_distance` bits of a new row's and within `max_difference` grey levels of its thumbnail, without
+    comparing every pair: 64 bits cut into `max_distance + 1` bands, two hashes that close share at least one
+    band, so only rows sharing a band of the first image's hash are compared (a caption set asks one question
+    of every image)."""
 
-    def __init__(self, max_distance: int):
-        self.max_distance = max_distance
+    def __init__(self, max_distance: int, max_difference: float):
+        self.max_distance, self.max_difference = max_distance, max_difference
         bands = max_distance + 1
         self.bands = [(64 * band // bands, 64 * (band + 1) // bands) for band in range(bands)]
         if bands > 64:  # 64 bits apart or more: every hash is near every other, one band of no bits holds them all
             self.bands = [(0, 0)]
-        self.by_band: dict[tuple, list[tuple[int, tuple[int, ...], EngineRow]]] = defaultdict(list)
+        self.by_band: dict[tuple, list[tuple[int, tuple[int, ...], tuple[bytes, ...], EngineRow]]] = defaultdict(list)
         self.kept = 0
 
     def band_keys(self, item: tuple, hashes: tuple[int, ...]) -> list[tuple]:
@@ -873,18 +892,19 @@ class NearDuplicateIndex:
             (item, len(hashes), start, (hashes[0] >> start) & ((1 << (end - start)) - 1)) for start, end in self.bands
         ]
 
-    def first_near(self, item: tuple, hashes: tuple[int, ...]) -> EngineRow | None:
+    def first_near(self, item: tuple, hashes: tuple[int, ...], thumbnails: tuple[bytes, ...]) -> EngineRow | None:
         near = [
             (order, row)
             for key in self.band_keys(item, hashes)
-            for order, other, row in self.by_band.get(key, ())
+            for order, other, other_thumbnails, row in self.by_band.get(key, ())
             if all(hamming(a, b) <= self.max_distance for a, b in zip(hashes, other))
+            and all(thumbnail_difference(a, b) <= self.max_difference for a, b in zip(thumbnails, other_thumbnails))
         ]
         return min(near, key=lambda kept: kept[0])[1] if near else None
 
-    def add(self, item: tuple, hashes: tuple[int, ...], row: EngineRow) -> None:
+    def add(self, item: tuple, hashes: tuple[int, ...], thumbnails: tuple[bytes, ...], row: EngineRow) -> None:
         for key in self.band_keys(item, hashes):
-            self.by_band[key].append((self.kept, hashes, row))
+            self.by_band[key].append((self.kept, hashes, thumbnails, row))
         self.kept += 1
 
 
