@@ -329,17 +329,25 @@ def exit_unless_resume_settings_work(trainer: DictConfig, sft: bool = False) -> 
         fail(f"trainer.resume_from_path={path} {problem}; verl resumes from a run's global_step_N.\n", EXIT_USAGE)
 
 
+def resumed_step(trainer: DictConfig, sft: bool = False) -> tuple[int | None, str]:
+    """The step a run resumes from and where it is: trainer.resume_from_path's global_step_N (with
+    resume_path; in verl's SFT trainer with auto too, where set), else with auto the step of
+    trainer.default_local_dir's tracker (None for a first run)."""
+    path = trainer.get("resume_from_path")
+    if trainer.resume_mode == "resume_path" or sft and trainer.resume_mode == "auto" and path:
+        return int(Path(path).name.removeprefix("global_step_")), f"trainer.resume_from_path={path}"
+    if trainer.resume_mode == "auto":
+        return last_checkpointed_step(trainer.default_local_dir), str(trainer.default_local_dir)
+    return None, ""
+
+
 def exit_if_training_is_done(trainer: DictConfig, total: int | None, source: str, sft: bool = False) -> None:
     """A rerun that resumes from a checkpoint at or past the run's last step `total` (planned from
-    `source`) would train nothing and exit 0, or, in verl's SFT trainer, train and save one step more.
-    verl's SFT trainer resumes from trainer.resume_from_path where one is set, whatever the tracker says."""
-    if trainer.resume_mode != "auto" or sft and trainer.get("resume_from_path"):
-        return
-    checkpoint_dir = trainer.default_local_dir
-    last = last_checkpointed_step(checkpoint_dir)
+    `source`) would train nothing and exit 0, or, in verl's SFT trainer, train and save one step more."""
+    last, where = resumed_step(trainer, sft)
     if last is not None and total is not None and last >= total:
         fail(
-            f"nothing to train: {checkpoint_dir} holds a checkpoint of step {last} and this run ends at "
+            f"nothing to train: {where} holds a checkpoint of step {last} and this run ends at "
             f"step {total} ({source}). To train more, raise trainer.total_training_steps; to start again, "
             "use a new trainer.default_local_dir or trainer.resume_mode=disable.\n",
             EXIT_NOTHING_TO_TRAIN,

@@ -325,6 +325,14 @@ def test_a_tracker_naming_a_deleted_checkpoint_is_refused_instead_of_training_fr
     exit_if_training_is_done(from_path, 300, "trainer.total_training_steps", sft=True)
     with pytest.raises(SystemExit):
         exit_if_training_is_done(from_path, 300, "trainer.total_training_steps")
+    # A run resumed from its last step's path would train nothing (GRPO) or one step past its plan (SFT).
+    at_path = OmegaConf.create({**from_path, "resume_mode": "resume_path"})
+    for sft, settings in ((True, from_path), (True, at_path), (False, at_path)):
+        exit_if_training_is_done(settings, 101, "trainer.total_training_steps", sft=sft)
+        with pytest.raises(SystemExit) as done:
+            exit_if_training_is_done(settings, 100, "trainer.total_training_steps", sft=sft)
+        assert done.value.code == 3
+    capsys.readouterr()
     (checkpoints / "latest_checkpointed_iteration.txt").write_text("100")
     exit_if_training_is_done(trainer, 300, "trainer.total_training_steps")  # resumes from step 100
     exit_if_training_is_done(OmegaConf.create({**trainer, "resume_mode": "disable"}), 300, "")
