@@ -33,7 +33,8 @@ from mixed_r1_verl.run_logs import (
     metric_series,
     metrics_log_path,
     project_command,
-    read_metrics_log,
+    read_resumed_metrics_log,
+    resumed_run_starts,
     runs_beside,
     smoke_training,
 )
@@ -54,13 +55,20 @@ def succeeded(run: LoggedRun) -> LoggedRun:
 
 
 def print_run(label: str, run: LoggedRun, out: Path) -> float:
-    steps = read_metrics_log(metrics_log_path(out, run.name))
-    median = median_step_time(steps, WARMUP_STEPS)
+    """The run's median step time and peak memory; a run resumed at the deadline is timed over all its
+    tries, past the warm-up steps of each, as each start is cold."""
+    path = metrics_log_path(out, run.name)
+    steps, starts = read_resumed_metrics_log(path), resumed_run_starts(path)
+    median = median_step_time(steps, WARMUP_STEPS, starts)
     allocated = metric_series(steps, "perf/max_memory_allocated_gb")
     reserved = metric_series(steps, "perf/max_memory_reserved_gb")
-    print(f"{label} ({run.name}): median timing_s/step after {WARMUP_STEPS} warm-up steps {median:.3f} s "
+    warm_up = f"{WARMUP_STEPS} warm-up steps"
+    if starts != [1]:
+        warm_up += f" of each start (a resumed run: started at steps {', '.join(str(start) for start in starts)})"
+    measured = "whole run" if starts == [1] else f"its last start, from step {starts[-1]}"
+    print(f"{label} ({run.name}): median timing_s/step after {warm_up} {median:.3f} s "
           f"(steps: {', '.join(f'{t:.2f}' for t in metric_series(steps, 'timing_s/step'))})")
-    print(f"  peak GPU memory (nvidia-smi, whole run): {run.peak_gpu_memory_mib} MiB; "
+    print(f"  peak GPU memory (nvidia-smi, {measured}): {run.peak_gpu_memory_mib} MiB; "
           f"torch max allocated {max(allocated, default=float('nan')):.2f} GiB, "
           f"reserved {max(reserved, default=float('nan')):.2f} GiB (training workers)")
     beside = runs_beside(run.name, out / "logs")

@@ -124,18 +124,37 @@ def read_resumed_metrics_log(path: str | Path) -> dict[int, dict[str, float]]:
     an earlier run's file beside it as `<stem>.<n>.jsonl` (the newest with the highest n). Going back
     from the newest file, each earlier one gives the steps up to the one its successor resumed from, until
     a run whose first trained step is 1 (one started afresh; files older than it are other runs)."""
+    return _read_resumed(path)[0]
+
+
+def resumed_run_starts(path: str | Path) -> list[int]:
+    """The first trained step of each run `read_resumed_metrics_log` puts together, oldest first: [1] for a
+    run that was not resumed."""
+    return _read_resumed(path)[1]
+
+
+def _read_resumed(path: str | Path) -> tuple[dict[int, dict[str, float]], list[int]]:
     path = Path(path)
     steps = read_metrics_log(path)
+    first_trained = _first_trained_step(steps)
+    starts = [] if first_trained is None else [first_trained]
     numbers = {kept: kept.stem[len(path.stem) + 1 :] for kept in path.parent.glob(f"{path.stem}.*{path.suffix}")}
     earlier_files = sorted((kept for kept, n in numbers.items() if n.isdigit()), key=lambda kept: -int(numbers[kept]))
     for earlier_path in earlier_files:
-        first_trained = min((step for step, metrics in steps.items() if STEP_TIME in metrics), default=None)
         if first_trained is None or first_trained <= 1:
             break
-        for step, metrics in read_metrics_log(earlier_path).items():
-            if step < first_trained:
-                steps[step] = {**metrics, **steps.get(step, {})}
-    return dict(sorted(steps.items()))
+        earlier = {step: metrics for step, metrics in read_metrics_log(earlier_path).items() if step < first_trained}
+        for step, metrics in earlier.items():
+            steps[step] = {**metrics, **steps.get(step, {})}
+        earlier_first = _first_trained_step(earlier)
+        if earlier_first is not None:
+            first_trained = earlier_first
+            starts.insert(0, earlier_first)
+    return dict(sorted(steps.items())), starts
+
+
+def _first_trained_step(steps: Mapping[int, Mapping[str, float]]) -> int | None:
+    return min((step for step, metrics in steps.items() if STEP_TIME in metrics), default=None)
 
 
 def metric_series(steps: Mapping[int, Mapping[str, float]], key: str, after_step: int = 0) -> list[float]:
@@ -143,11 +162,19 @@ def metric_series(steps: Mapping[int, Mapping[str, float]], key: str, after_step
     return [float(metrics[key]) for step, metrics in sorted(steps.items()) if step > after_step and key in metrics]
 
 
-def median_step_time(steps: Mapping[int, Mapping[str, float]], warmup_steps: int) -> float:
-    """Median `timing_s/step` after the warm-up steps."""
-    times = metric_series(steps, STEP_TIME, after_step=warmup_steps)
+def median_step_time(
+    steps: Mapping[int, Mapping[str, float]], warmup_steps: int, starts: Sequence[int] = (1,)
+) -> float:
+    """Median `timing_s/step` past the first `warmup_steps` steps of each start: step 1, and for a resumed
+    run the first step of each run it was resumed in (see `resumed_run_starts`), whose process starts cold."""
+    times = [
+        float(metrics[STEP_TIME])
+        for step, metrics in sorted(steps.items())
+        if STEP_TIME in metrics and not any(start <= step < start + warmup_steps for start in starts)
+    ]
     if not times:
-        raise MetricsLogError(f"no '{STEP_TIME}' logged after step {warmup_steps}")
+        at = ", ".join(str(start) for start in starts)
+        raise MetricsLogError(f"no '{STEP_TIME}' logged past the {warmup_steps} warm-up steps from step(s) {at}")
     return statistics.median(times)
 
 

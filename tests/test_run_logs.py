@@ -1,6 +1,7 @@
 """Reading verl's file-logger metrics (written here by verl's own FileLogger) and running logged
 commands, as the GPU acceptance tests and the benchmarks do."""
 
+import importlib.util
 import json
 import sys
 import time
@@ -21,6 +22,7 @@ from mixed_r1_verl.run_logs import (
     project_command,
     read_metrics_log,
     read_resumed_metrics_log,
+    resumed_run_starts,
     run_logged,
     runs_beside,
     source_root,
@@ -87,14 +89,54 @@ def test_a_resumed_runs_metrics_come_with_those_of_the_runs_it_resumed_from(tmp_
     }
     assert steps[2]["val-core/chart/acc/mean"] == 0.5
     assert not any("stale" in metrics for metrics in steps.values())
+    assert resumed_run_starts(path) == [1, 3, 4]
 
 
 def test_step_time_median_skips_warmup(verl_log):
     steps = read_metrics_log(verl_log)
     assert metric_series(steps, "timing_s/step") == [30.0, 4.0, 6.0]
     assert median_step_time(steps, warmup_steps=1) == 5.0
-    with pytest.raises(MetricsLogError, match="after step 3"):
+    with pytest.raises(MetricsLogError, match="past the 3 warm-up steps from step"):
         median_step_time(steps, warmup_steps=3)
+
+
+def test_step_time_median_skips_the_warm_up_of_each_start():
+    """A run resumed at step 4 starts cold there again."""
+    times = {1: 30.0, 2: 9.0, 3: 5.0, 4: 30.0, 5: 9.0, 6: 7.0}
+    steps = {step: {"timing_s/step": seconds} for step, seconds in times.items()}
+    assert median_step_time(steps, warmup_steps=2, starts=[1, 4]) == 6.0
+    assert median_step_time(steps, warmup_steps=1, starts=[1, 4]) == 8.0
+
+
+def load_script(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_suite_and_the_step_time_figure_read_a_training_run_resumed_at_the_deadline_whole(
+    tmp_path, monkeypatch, capsys
+):
+    """The smoke run cut at the deadline after its step-3 checkpoint, then resumed for steps 4-6."""
+    from mixed_r1_verl.main import prepare_metrics_log
+
+    path = run_logs.metrics_log_path(tmp_path, run_logs.SMOKE_RUN)
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(path))
+    for times in ({1: 30.0, 2: 9.0, 3: 5.0}, {4: 30.0, 5: 9.0, 6: 7.0}):
+        prepare_metrics_log(path)
+        logger = FileLogger(project_name="mixed_r1", experiment_name="smoke")
+        for step, seconds in times.items():
+            logger.log({"timing_s/step": seconds}, step=step)
+        logger.finish()
+    gpu_tests = source_root() / "tests" / "gpu"
+    monkeypatch.syspath_prepend(str(gpu_tests))
+    run = run_logs.LoggedRun(run_logs.SMOKE_RUN, 0, tmp_path / "logs" / "smoke_mixed.log", 1.0, None)
+    training_checks = load_script(gpu_tests / "test_gpu_training.py")
+    assert sorted(training_checks.steps_of(run, tmp_path)) == [1, 2, 3, 4, 5, 6]
+    figures = load_script(source_root() / "benchmarks" / "gpu_figures.py")
+    assert figures.print_run("Mixed-Reward", run, tmp_path) == 6.0  # steps 3 and 6
+    assert "after 2 warm-up steps of each start (a resumed run: started at steps 1, 4)" in capsys.readouterr().out
 
 
 def test_task_metrics_group_by_task(verl_log):

@@ -7,7 +7,9 @@ import math
 from gpu_checks import RESUME_FROM_STEP, TASKS, assert_succeeded, output_lines
 from length_checks import assert_task_lengths_add_up_to_the_batchs
 
-from mixed_r1_verl.run_logs import metrics_log_path, non_finite, read_metrics_log, smoke_checkpoint_dir, task_metrics
+from mixed_r1_verl.run_logs import (
+    metrics_log_path, non_finite, read_resumed_metrics_log, smoke_checkpoint_dir, task_metrics,
+)  # fmt: skip
 
 PER_TASK_KEYS = (
     "score/mean", "accuracy/mean", "format/mean", "error/mean", "top_answer_share", "groups_with_signal",
@@ -20,7 +22,8 @@ SMOKE_RESPONSE_LENGTH = 128  # data.max_response_length there
 
 
 def steps_of(run, gpu_out):
-    return read_metrics_log(metrics_log_path(gpu_out, run.name))
+    """The run's steps, those of its tries before a resume at the deadline included."""
+    return read_resumed_metrics_log(metrics_log_path(gpu_out, run.name))
 
 
 def assert_task_rewards(step: int, metrics: dict) -> dict[str, dict[str, float]]:
