@@ -33,6 +33,7 @@ from mixed_r1_verl.process_watch import (
     stack_hook_env,
     stop_tree,
 )
+from mixed_r1_verl.settings import EXIT_NOTHING_TO_TRAIN
 
 STEP_TIME = "timing_s/step"
 CONSOLE_STEP = re.compile(r"\bstep:(\d+) - ")
@@ -209,9 +210,14 @@ class LoggedRun:
     peak_gpu_memory_mib: float | None
     # Stopped (or never started) at `$MIXED_R1_GPU_DEADLINE`: it says nothing about the command itself.
     out_of_time: bool = False
+    # The output of the earlier try that trained what this one, a training run resumed, found done.
+    earlier_try_log: Path | None = None
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """The command's output, after that of the earlier try that did its training where there is one."""
+        earlier = self.earlier_try_log
+        text = self.log_path.read_text(errors="replace")
+        return earlier.read_text(errors="replace") + text if earlier is not None and earlier.is_file() else text
 
     def log_tail(self, lines: int = 80) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
@@ -294,13 +300,17 @@ def run_logged(
     MIN_START_S left is not started; both come back with `out_of_time` and status 124. An earlier
     attempt that did not succeed keeps its files as `<name>.previous.*`; one that ran until a deadline
     without finishing is not retried with less time than it had, unless it `resumes` (a training run
-    goes on from its last checkpoint, with its compile caches warm)."""
+    goes on from its last checkpoint, with its compile caches warm). A run that `resumes` and exits
+    EXIT_NOTHING_TO_TRAIN (its checkpoints hold its last step: an earlier try ended after saving it,
+    during its shutdown, say) is done, as exit 0; its `log_text()` starts with that try's output."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path, record_path = log_dir / f"{name}.log", log_dir / f"{name}.json"
     earlier = run_record(name, log_dir)
+    earlier_try_log = log_dir / f"{name}.previous.log"
     if reuse and earlier is not None and earlier["returncode"] == 0:
-        return LoggedRun(name, 0, log_path, earlier["seconds"], earlier["peak_gpu_memory_mib"])
+        trained_earlier = earlier_try_log if earlier.get("done_by_earlier_try") else None
+        return LoggedRun(name, 0, log_path, earlier["seconds"], earlier["peak_gpu_memory_mib"], False, trained_earlier)
     left = seconds_left()
     cut_earlier = earlier is not None and earlier.get("out_of_time") and not resumes
     if reuse and left is not None and cut_earlier and earlier["seconds"] > left:
@@ -315,7 +325,7 @@ def run_logged(
     limit_s = timeout_s if left is None else min(timeout_s, left)
     out_of_time = limit_s < timeout_s
     started, started_at = time.monotonic(), time.time()
-    peak = None
+    peak, trained_earlier = None, None
     with open(log_path, "w") as log:
         log.write(f"$ {' '.join(argv)}\n")
         if left is not None and left < MIN_START_S:
@@ -328,13 +338,20 @@ def run_logged(
             if returncode == EXIT_OUT_OF_TIME:
                 reason = f" at ${DEADLINE_ENV}" if out_of_time else ""
                 log.write(f"\n[killed after {limit_s:.0f} s{reason}]\n")
-    run = LoggedRun(name, returncode, log_path, round(time.monotonic() - started, 1), peak, out_of_time)
+            elif resumes and returncode == EXIT_NOTHING_TO_TRAIN:
+                trained_earlier = None if earlier is None else earlier_try_log
+                by = "" if trained_earlier is None else f", trained by the try in {trained_earlier.name}"
+                log.write(f"\n[done: its checkpoints hold its last step{by}]\n")
+                returncode = 0
+    seconds = round(time.monotonic() - started, 1)
+    run = LoggedRun(name, returncode, log_path, seconds, peak, out_of_time, trained_earlier)
     record = {
         "argv": list(argv),
         "returncode": returncode,
         "seconds": run.seconds,
         "peak_gpu_memory_mib": peak,
         "out_of_time": out_of_time,
+        "done_by_earlier_try": trained_earlier is not None,
         "started_at": started_at,
         "ended_at": time.time(),
     }
@@ -529,7 +546,7 @@ def smoke_training(
 ) -> LoggedRun:
     """`python -m mixed_r1_verl.main recipe=<smoke recipe> overrides...` via `project_command`,
     checkpointing into `smoke_checkpoint_dir(out_dir, name)`; a run cut at the deadline is retried with
-    whatever time is left, as it resumes from its last checkpoint."""
+    whatever time is left, as it resumes from its last checkpoint, and is done when that holds its last step."""
     return project_command(
         name, out_dir, "mixed_r1_verl.main", f"recipe={recipe}",
         f"trainer.default_local_dir={smoke_checkpoint_dir(out_dir, name)}", *overrides,

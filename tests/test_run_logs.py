@@ -15,6 +15,7 @@ from verl.utils.tracking import FileLogger
 from mixed_r1_verl import run_logs
 from mixed_r1_verl.run_logs import (
     DEADLINE_ENV,
+    SMOKE_RUN,
     MetricsLogError,
     median_step_time,
     metric_series,
@@ -24,7 +25,10 @@ from mixed_r1_verl.run_logs import (
     read_resumed_metrics_log,
     resumed_run_starts,
     run_logged,
+    run_succeeded,
     runs_beside,
+    smoke_checkpoint_dir,
+    smoke_training,
     source_root,
     task_metrics,
 )
@@ -221,6 +225,29 @@ def test_a_run_that_resumes_is_retried_after_a_deadline_with_whatever_time_is_le
     monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 1))
     again = run_logged("train", [sys.executable, "-c", f"open({str(marker)!r}, 'w')"], logs, resumes=True)
     assert again.returncode == 0 and marker.exists()
+
+
+def test_a_training_run_stopped_after_saving_its_last_step_is_done_when_run_again(tmp_path, monkeypatch):
+    """The smoke run cut at the deadline in its shutdown, after its step-6 checkpoint: run again, the
+    training entry finds nothing to train (exit 3); the run is done and its output is the first try's."""
+    logs = tmp_path / "logs"
+    monkeypatch.setattr(run_logs, "MIN_START_S", 0.2)
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 2))
+    trained = "print('(TaskRunnerV1 pid=7) step:6 - actor/loss:0.1', flush=True); import time; time.sleep(60)"
+    assert run_logged(SMOKE_RUN, [sys.executable, "-c", trained], logs, resumes=True).out_of_time
+    checkpoints = smoke_checkpoint_dir(tmp_path, SMOKE_RUN)
+    (checkpoints / "global_step_6" / "actor").mkdir(parents=True)
+    (checkpoints / "latest_checkpointed_iteration.txt").write_text("6")
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 600))
+    run = smoke_training(SMOKE_RUN, tmp_path)
+    assert run.returncode == 0 and not run.out_of_time and run_succeeded(SMOKE_RUN, logs), run.log_tail()
+    assert "nothing to train" in run.log_text() and run.last_step() == 6
+    done = f"[done: its checkpoints hold its last step, trained by the try in {SMOKE_RUN}.previous.log]"
+    assert run.log_tail(1) == done
+    reused = smoke_training(SMOKE_RUN, tmp_path)
+    assert reused.log_text() == run.log_text()
+    failed = run_logged("other", [sys.executable, "-c", "raise SystemExit(3)"], logs)  # not a run that resumes
+    assert failed.returncode == 3 and not run_succeeded("other", logs)
 
 
 def test_the_last_step_is_read_from_verls_console_lines(tmp_path):
