@@ -380,7 +380,8 @@ def run_with_limit(
     (its own session keeps the terminal's from reaching the command) passes the signal on to the
     command's process group, kills what is left of its tree after INTERRUPT_GRACE_S, says so in one line
     and raises `Interrupted`. In a thread other than the main one, where no signal arrives, `stop`
-    does that: the command is stopped as by the signal it was requested with."""
+    does that: the command is stopped as by the signal it was requested with. Any other exception
+    while it runs kills its process tree before it goes on."""
     stacks_dir = None if watch_prefix is None else watch_prefix.with_name(f"{watch_prefix.name}{STACKS_DIR_SUFFIX}")
     if watch_prefix is not None:
         for suffix in (PROGRESS_SUFFIX, STACKS_SUFFIX):  # from an earlier run of the same name
@@ -424,6 +425,11 @@ def run_with_limit(
                 log.flush()
             print(note, file=sys.stderr, flush=True)
             raise Interrupted(signum) from None
+        except BaseException:
+            # pytest-timeout's Failed, say: nothing of the command may outlive the wait for it.
+            kill_tree(process.pid)
+            process.wait()
+            raise
     return returncode, memory.peak
 
 

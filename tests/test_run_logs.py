@@ -3,6 +3,8 @@ commands, as the GPU acceptance tests and the benchmarks do."""
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +15,7 @@ from concurrency_helpers import handshake_code
 from verl.utils.tracking import FileLogger
 
 from mixed_r1_verl import run_logs
+from mixed_r1_verl.process_watch import is_running
 from mixed_r1_verl.run_logs import (
     DEADLINE_ENV,
     SMOKE_RUN,
@@ -260,6 +263,41 @@ def test_the_last_step_is_read_from_verls_console_lines(tmp_path):
 def test_a_run_past_its_limit_is_killed_with_status_124(tmp_path):
     run = run_logged("job", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "logs", timeout_s=1)
     assert run.returncode == 124 and "[killed after 1 s]" in run.log_text()
+
+
+# A test of the GPU suite's kind timed out by pytest-timeout while its run goes on; the run's command
+# writes its own pid and its child's to the file given it.
+TIMED_OUT_TEST = """
+import sys
+
+import pytest
+
+from mixed_r1_verl.run_logs import run_logged
+
+COMMAND = (
+    "import os, pathlib, subprocess, sys, time\\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\\n"
+    "pathlib.Path(sys.argv[1]).write_text(f'{{os.getpid()}} {{child.pid}}')\\n"
+    "time.sleep(60)\\n"
+)
+
+
+@pytest.mark.timeout(3)
+def test_a_run_outlasting_the_test(tmp_path):
+    run_logged("long", [sys.executable, "-c", COMMAND, {pids!r}], tmp_path / "logs", timeout_s=60)
+"""
+
+
+def test_a_test_timed_out_by_pytest_timeout_leaves_nothing_of_its_run_running(tmp_path):
+    pids = tmp_path / "pids"
+    (tmp_path / "test_timed_out.py").write_text(TIMED_OUT_TEST.format(pids=str(pids)))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_timed_out.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(source_root())},
+    )  # fmt: skip
+    assert result.returncode == 1 and "Timeout (>3.0s) from pytest-timeout" in result.stdout, result.stdout[-3000:]
+    assert not any(is_running(int(pid)) for pid in pids.read_text().split())
 
 
 def test_a_run_is_ended_at_the_deadline_and_marked_out_of_time(tmp_path, monkeypatch):

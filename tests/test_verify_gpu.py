@@ -329,3 +329,28 @@ def test_an_interrupt_stops_the_pieces_running_side_by_side_and_starts_no_more(t
         "third": f"not started: interrupted by {name}",
     }  # fmt: skip
     assert f"[interrupted by {name}: stopped " in (tmp_path / "first.log").read_text()
+
+
+# A pytest plugin printing the timeout marker each collected test ends up with.
+TIMEOUT_PROBE = """
+def pytest_collection_finish(session):
+    for item in session.items:
+        marker = item.get_closest_marker("timeout")
+        print("timeout:", item.nodeid, None if marker is None else marker.args)
+"""
+
+
+def test_the_gpu_suite_is_limited_by_its_runs_limits_not_by_pytest_inis_timeout(tmp_path):
+    """A GPU test runs its runs one after another, each within its own limit and the deadline."""
+    (tmp_path / "timeout_probe.py").write_text(TIMEOUT_PROBE)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "timeout_probe", "-p", "no:cacheprovider", "--collect-only", "-q",
+         "tests/gpu/test_gpu_training.py", "tests/gpu/test_gpu_lora.py", "tests/test_run_logs.py"],
+        cwd=source_root(), capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(source_root())])},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    markers = dict(line.split()[1:3] for line in result.stdout.splitlines() if line.startswith("timeout: "))
+    gpu = {test: marker for test, marker in markers.items() if test.startswith("tests/gpu/")}
+    assert len(gpu) >= 5 and set(gpu.values()) == {"(0,)"}, markers
+    assert len(markers) > len(gpu) and {marker for test, marker in markers.items() if test not in gpu} == {"None"}

@@ -41,6 +41,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if GPU_TESTS_DIR in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.gpu)
+            # Not pytest.ini's timeout: each run a test starts has its own limit, and the deadline of
+            # scripts/verify_gpu.py's budget; a test running several runs one after another may take longer.
+            item.add_marker(pytest.mark.timeout(0))
             if reason:
                 item.add_marker(pytest.mark.skip(reason=f"GPU acceptance suite: {reason}"))
 
