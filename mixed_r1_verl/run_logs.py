@@ -25,6 +25,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from mixed_r1_verl.data.model_files import CHECKPOINT_TRACKER
 from mixed_r1_verl.process_watch import (
     ProcessWatch,
     dump_stacks,
@@ -551,13 +554,29 @@ def smoke_training(
     name: str, out_dir: str | Path, *overrides: str, recipe: str = "smoke", timeout_s: float = SMOKE_TIMEOUT_S
 ) -> LoggedRun:
     """`python -m mixed_r1_verl.main recipe=<smoke recipe> overrides...` via `project_command`,
-    checkpointing into `smoke_checkpoint_dir(out_dir, name)`; a run cut at the deadline is retried with
-    whatever time is left, as it resumes from its last checkpoint, and is done when that holds its last step."""
+    checkpointing into `smoke_checkpoint_dir(out_dir, name)`; a run cut at the deadline that can resume
+    (`can_resume`) is retried with whatever time is left, and is done when its checkpoints hold its last step."""
+    checkpoint_dir = smoke_checkpoint_dir(out_dir, name)
     return project_command(
-        name, out_dir, "mixed_r1_verl.main", f"recipe={recipe}",
-        f"trainer.default_local_dir={smoke_checkpoint_dir(out_dir, name)}", *overrides,
-        timeout_s=timeout_s, resumes=True,
+        name, out_dir, "mixed_r1_verl.main", f"recipe={recipe}", f"trainer.default_local_dir={checkpoint_dir}",
+        *overrides, timeout_s=timeout_s, resumes=can_resume(checkpoint_dir, recipe, overrides),
     )  # fmt: skip
+
+
+def can_resume(checkpoint_dir: Path, recipe: str, overrides: Sequence[str]) -> bool:
+    """Whether a run of a smoke recipe that was cut short goes on from a checkpoint when run again: one
+    is in `checkpoint_dir`, or it saves one before its last step (verl saves every trainer.save_freq steps
+    and at the last, none with -1)."""
+    if (checkpoint_dir / CHECKPOINT_TRACKER).is_file():
+        return True
+    recipes = source_root() / "recipes"
+    trainer = OmegaConf.merge(
+        OmegaConf.load(recipes / "smoke.yaml").trainer, OmegaConf.load(recipes / f"{recipe}.yaml").get("trainer", {})
+    )
+    settings = dict(override.lstrip("+").split("=", 1) for override in overrides if "=" in override)
+    save_freq = int(settings.get("trainer.save_freq", trainer.save_freq))
+    last_step = int(settings.get("trainer.total_training_steps", trainer.total_training_steps))
+    return 0 < save_freq < last_step
 
 
 def smoke_checkpoint_dir(out_dir: str | Path, name: str) -> Path:

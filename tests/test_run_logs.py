@@ -20,6 +20,7 @@ from mixed_r1_verl.run_logs import (
     DEADLINE_ENV,
     SMOKE_RUN,
     MetricsLogError,
+    can_resume,
     median_step_time,
     metric_series,
     non_finite,
@@ -228,6 +229,33 @@ def test_a_run_that_resumes_is_retried_after_a_deadline_with_whatever_time_is_le
     monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 1))
     again = run_logged("train", [sys.executable, "-c", f"open({str(marker)!r}, 'w')"], logs, resumes=True)
     assert again.returncode == 0 and marker.exists()
+
+
+def test_a_training_run_that_saves_no_checkpoint_to_resume_from_is_not_retried_with_less_time(tmp_path, monkeypatch):
+    """recipe=smoke_internvl with trainer.save_freq=-1, cut at the deadline: run again, it would start
+    from step 0 with less time than it had."""
+    logs, overrides = tmp_path / "logs", ("trainer.total_training_steps=2", "trainer.save_freq=-1")
+    monkeypatch.setattr(run_logs, "MIN_START_S", 0.2)
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 2))
+    trained = "print('(TaskRunnerV1 pid=7) step:1 - actor/loss:0.1', flush=True); import time; time.sleep(60)"
+    assert run_logged("smoke_internvl", [sys.executable, "-c", trained], logs).out_of_time
+    monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 1))
+    again = smoke_training("smoke_internvl", tmp_path, *overrides, recipe="smoke_internvl")
+    assert again.out_of_time and again.last_step() == 1 and not (logs / "smoke_internvl.previous.log").exists()
+
+
+def test_a_smoke_run_can_resume_where_it_saves_a_checkpoint_before_its_last_step_or_has_one(tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    assert can_resume(checkpoints, "smoke", ())  # recipes/smoke.yaml: a checkpoint after step 3 of 6
+    assert can_resume(checkpoints, "smoke_qwen3vl", ("++trainer.save_freq=1", "trainer.total_training_steps=2"))
+    for recipe, overrides in (
+        ("smoke_internvl", ("trainer.total_training_steps=2", "trainer.save_freq=-1")),
+        ("smoke", ("lora=on", "trainer.total_training_steps=2", "trainer.save_freq=2")),  # only at its last step
+    ):
+        assert not can_resume(checkpoints, recipe, overrides)
+    checkpoints.mkdir()
+    (checkpoints / "latest_checkpointed_iteration.txt").write_text("2")
+    assert can_resume(checkpoints, "smoke", ("lora=on", "trainer.total_training_steps=2", "trainer.save_freq=2"))
 
 
 def test_a_training_run_stopped_after_saving_its_last_step_is_done_when_run_again(tmp_path, monkeypatch):
