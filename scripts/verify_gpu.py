@@ -406,7 +406,8 @@ def run_pieces(
 ) -> list[Outcome]:
     """Runs the pieces in their order, one at a time; with `parallel`, every piece whose `after` piece
     has finished starts at once, beside those running, except the `alone` ones, which wait until nothing
-    runs and run by themselves. `on_outcome` gets the outcomes so far, in piece order, after each piece."""
+    runs and no other piece is left that could start, and run by themselves. `on_outcome` gets the
+    outcomes so far, in piece order, after each piece."""
     logs_dir = Path(env["MIXED_R1_GPU_OUT"]) / "logs"
     selected = {piece.name for piece in pieces}
     known = {piece.name: piece for piece in (*PIECES, *pieces)}
@@ -414,6 +415,9 @@ def run_pieces(
     done: dict[str, Piece] = {}
     outcomes: dict[str, Outcome] = {}
     started = time.time()
+
+    def waits(piece: Piece) -> bool:
+        return piece.after in selected and piece.after not in done
 
     def finish(outcome: Outcome) -> None:
         done[outcome.piece.name], outcomes[outcome.piece.name] = outcome.piece, outcome
@@ -429,8 +433,10 @@ def run_pieces(
                     alone_now = piece.alone or any(other.alone for other in running.values())
                     if running and (not parallel or alone_now):
                         continue
-                    if piece.after in selected and piece.after not in done:
+                    if waits(piece):
                         continue
+                    if parallel and piece.alone and any(not other.alone and not waits(other) for other in pending):
+                        continue  # a figure runs after the tests, the later ones built on training included
                     pending.remove(piece)
                     before = known.get(piece.after)
                     reason = not_started(piece, gpu, deadline, before, piece.after in done, parallel, logs_dir)

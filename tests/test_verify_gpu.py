@@ -233,6 +233,24 @@ def test_parallel_pieces_run_side_by_side_and_a_timed_figure_alone_after_them(ve
     assert overlap(others[0], others[1]) and all(end <= interval(figure)[0] for _, end in others)
 
 
+def test_with_parallel_a_timed_figure_waits_for_the_pieces_still_to_start_after_the_training(verify, tmp_path):
+    """bmas_figure, alone and built on nothing, comes before eval in line; eval starts once training is done."""
+    logs = tmp_path / "checks" / "logs"
+    training = (
+        "import sys; from mixed_r1_verl.run_logs import run_logged\n"
+        f"run_logged('smoke', [sys.executable, '-c', 'pass'], {str(logs)!r})\n" + timed_code(tmp_path / "training")
+    )
+    pieces = [
+        verify.Piece("training", ("-c", training), "the run others build on", run="smoke"),
+        verify.Piece("figure", ("-c", timed_code(tmp_path / "figure")), "times itself", alone=True),
+        verify.Piece("eval", ("-c", timed_code(tmp_path / "eval")), "builds on training", after="training"),
+    ]
+    outcomes = verify.run_pieces(pieces, tmp_path, None, checks_env(tmp_path), "test GPU", True)
+    assert [outcome.result for outcome in outcomes] == ["done"] * 3
+    assert interval(tmp_path / "training")[1] <= interval(tmp_path / "eval")[0]
+    assert interval(tmp_path / "eval")[1] <= interval(tmp_path / "figure")[0]
+
+
 def test_one_at_a_time_without_parallel(verify, tmp_path):
     paths = [tmp_path / name for name in ("one", "two", "three")]
     pieces = [verify.Piece(path.name, ("-c", timed_code(path)), "times itself") for path in paths]
