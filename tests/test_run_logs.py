@@ -270,6 +270,7 @@ def test_a_training_run_stopped_after_saving_its_last_step_is_done_when_run_agai
     (checkpoints / "global_step_6" / "actor").mkdir(parents=True)
     (checkpoints / "latest_checkpointed_iteration.txt").write_text("6")
     monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 600))
+    monkeypatch.chdir(tmp_path)  # where Hydra writes the entry's outputs/
     run = smoke_training(SMOKE_RUN, tmp_path)
     assert run.returncode == 0 and not run.out_of_time and run_succeeded(SMOKE_RUN, logs), run.log_tail()
     assert "nothing to train" in run.log_text() and run.last_step() == 6
