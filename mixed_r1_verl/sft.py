@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -44,6 +45,7 @@ from mixed_r1_verl.main import (
     sequence_parallel_mismatch,
     set_rows,
 )
+from mixed_r1_verl.settings import EXIT_USAGE
 
 PRIMARY_CONFIG = "sft"
 # model.path is pinned by pin_model_path: it may be a hub id.
@@ -176,6 +178,23 @@ def micro_batch_mismatch(config: DictConfig) -> str | None:
     )
 
 
+def token_budget_mismatch(config: DictConfig) -> str | None:
+    """With dynamic batch sizes verl's FSDP engine packs micro-batches of at most data.max_token_len_per_gpu
+    x engine.ulysses_sequence_parallel_size tokens, and asserts that a row fits only at the first batch
+    holding one longer: data.max_length, the longest row kept, must fit."""
+    data = config.data
+    parallel = config.engine.get("ulysses_sequence_parallel_size", 1)
+    budget = data.max_token_len_per_gpu * parallel
+    if not data.use_dynamic_bsz or data.max_length <= budget:
+        return None
+    return (
+        f"data.max_length={data.max_length} is more than the {budget} tokens a micro-batch holds "
+        f"(data.max_token_len_per_gpu={data.max_token_len_per_gpu} x engine.ulysses_sequence_parallel_size="
+        f"{parallel}): lower data.max_length or raise data.max_token_len_per_gpu. verl's FSDP engine would stop "
+        "at the first batch holding a row that long.\n"
+    )
+
+
 def exit_unless_rows_fill_the_run(config: DictConfig, rows: dict[str, int], counted: str = "") -> None:
     """The training and validation sets of `rows` must each hold a batch, and the training set the planned
     steps within trainer.total_epochs. `counted` says which rows were counted when not the parquet's."""
@@ -220,14 +239,37 @@ def train(config: DictConfig) -> None:
 
     if not torch.cuda.is_available():
         fail(NO_GPU_MESSAGE)
+    exit_unless_sizes_are_positive(config, SIZE_KEYS, ("engine.ulysses_sequence_parallel_size",))
+    if error := process_count_error(config.trainer, torch.cuda.device_count(), os.environ):
+        fail(f"{error}.\n", EXIT_USAGE)
     train_on_this_node(config)
+
+
+def process_count_error(trainer: DictConfig, visible_gpus: int, env: Mapping[str, str]) -> str | None:
+    """Why the processes that would train do not match trainer.n_gpus_per_node x trainer.nnodes, which
+    the entry's checks split batches by: under torchrun its WORLD_SIZE; else this node's GPUs (the entry
+    starts one process per GPU itself, on one node)."""
+    gpus, nodes = trainer.n_gpus_per_node, trainer.nnodes
+    if "WORLD_SIZE" in env:
+        if int(env["WORLD_SIZE"]) != gpus * nodes:
+            return (
+                f"torchrun started {env['WORLD_SIZE']} processes, and trainer.n_gpus_per_node={gpus} x "
+                f"trainer.nnodes={nodes} is {gpus * nodes}: set them to the processes per node and the nodes"
+            )
+        return None
+    if nodes != 1:
+        return (
+            f"trainer.nnodes={nodes}: mixed_r1_verl.sft starts the processes of one node itself; for several, "
+            f"start it on every node with torchrun --nnodes={nodes} --nproc_per_node={gpus}"
+        )
+    if gpus > visible_gpus:
+        return f"trainer.n_gpus_per_node={gpus}, and torch sees {visible_gpus} CUDA GPU(s) here: set that many or fewer"
+    return None
 
 
 def train_on_this_node(config: DictConfig) -> None:
     """verl's SFT trainer on this node's devices: one process, or one per GPU under torchrun."""
     exit_unless_sizes_are_positive(config, SIZE_KEYS, ("engine.ulysses_sequence_parallel_size",))
-    if config.trainer.nnodes != 1:
-        fail("mixed_r1_verl.sft runs on one node (trainer.nnodes=1); use torchrun on every node for more.\n")
     exit_if_stop_by_is_not_ahead(config.mixed_r1)
     make_paths_absolute(config, PATH_KEYS)
     try:
@@ -246,7 +288,7 @@ def train_on_this_node(config: DictConfig) -> None:
     pin_sample_seed(config)
     rows = parquet_set_rows(config)
     exit_unless_rows_fill_the_run(config, rows)
-    mismatch = micro_batch_mismatch(config)
+    mismatch = micro_batch_mismatch(config) or token_budget_mismatch(config)
     if mismatch:
         fail(mismatch)
     exit_unless_resume_settings_work(config.trainer, sft=True)

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
 from verl.trainer.sft_trainer import create_sft_dataset
 from verl.utils.config import omega_conf_to_dataclass
@@ -31,7 +32,7 @@ from mixed_r1_verl.main import choose_attention
 from mixed_r1_verl.run_logs import read_metrics_log
 from mixed_r1_verl.sft import (
     exit_unless_rows_fill_the_run, micro_batch_mismatch, parquet_set_rows, pin_sample_seed, planned_sft_steps,
-    sft_config_dir, sft_recipe_dir, train_rows_within_max_length,
+    sft_config_dir, sft_recipe_dir, token_budget_mismatch, train_rows_within_max_length,
 )  # fmt: skip
 from mixed_r1_verl.verl_adapter.sft_trainer import MixedR1SFTTrainer
 
@@ -460,6 +461,39 @@ def test_micro_batches_that_do_not_divide_a_batch_are_refused_before_start_up(
     assert micro_batch_mismatch(compose_sft(*settings, "data.micro_batch_size_per_gpu=2")) is None
     dynamic = compose_sft(*settings, "data.micro_batch_size_per_gpu=16", "data.use_dynamic_bsz=true")
     assert micro_batch_mismatch(dynamic) is None
+
+
+def test_a_micro_batch_token_budget_below_max_length_is_refused_before_start_up(converted, tiny_model_dir, capsys):
+    """With dynamic batch sizes verl's FSDP engine asserts that a row fits its token budget only at the first
+    batch holding one longer, hours into a run."""
+    data_dir, _ = converted
+    settings = (f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}", "data.train_batch_size=4",
+                "trainer.total_training_steps=2", "data.use_dynamic_bsz=true", "data.max_token_len_per_gpu=1024")  # fmt: skip
+    code, message = refused_before_start_up(capsys, *settings, "data.max_length=2048")
+    assert code == 2 and message.startswith(
+        "data.max_length=2048 is more than the 1024 tokens a micro-batch holds (data.max_token_len_per_gpu=1024 x "
+        "engine.ulysses_sequence_parallel_size=1)"
+    )
+    assert token_budget_mismatch(compose_sft(*settings, "data.max_length=1024")) is None
+    parallel = compose_sft(*settings, "data.max_length=2048", "engine.ulysses_sequence_parallel_size=2")
+    assert token_budget_mismatch(parallel) is None
+    assert token_budget_mismatch(compose_sft(*settings, "data.max_length=2048", "data.use_dynamic_bsz=false")) is None
+
+
+def test_the_processes_that_would_train_must_match_the_planned_gpus():
+    from mixed_r1_verl.sft import process_count_error
+
+    def error(visible, env, **trainer):
+        return process_count_error(OmegaConf.create({"n_gpus_per_node": 8, "nnodes": 1, **trainer}), visible, env)
+
+    assert error(8, {}) is None and error(8, {"WORLD_SIZE": "8"}) is None
+    assert error(1, {}) == "trainer.n_gpus_per_node=8, and torch sees 1 CUDA GPU(s) here: set that many or fewer"
+    assert error(8, {"WORLD_SIZE": "16"}) == (
+        "torchrun started 16 processes, and trainer.n_gpus_per_node=8 x trainer.nnodes=1 is 8: set them to the "
+        "processes per node and the nodes"
+    )
+    assert error(8, {"WORLD_SIZE": "16"}, nnodes=2) is None  # torchrun on each of 2 nodes
+    assert error(8, {}, nnodes=2).startswith("trainer.nnodes=2: mixed_r1_verl.sft starts the processes of one node")
 
 
 def test_micro_batches_divide_the_share_of_each_sequence_parallel_group_not_of_each_gpu(tiny_model_dir):
