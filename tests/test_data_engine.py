@@ -881,8 +881,12 @@ def test_a_source_that_gives_no_valid_row_stops_the_run_after_validation(tmp_pat
     )
     assert str(stopped.value).endswith(f"not found; each is in {out / 'dropped.jsonl'}")
     assert len(read_jsonl(out / "dropped.jsonl")) == 4 and not (out / ".embedded_images").exists()
-    with pytest.raises(EmptySourceError, match="sources.none: its input holds no rows"):
+    with pytest.raises(EmptySourceError, match="sources.none: it holds no rows"):
         run(f"sources.none.input={empty}", f"image_root={paths['root']}")
+    # One input as well: a selection of nothing would end the run well, an empty selected.jsonl its output.
+    with pytest.raises(EmptySourceError) as stopped:
+        run(f"input={paths['jsonl']}", f"image_root={tmp_path}")
+    assert str(stopped.value).startswith("input: all 4 rows were dropped at validation (missing_image: 4); the first")
 
 
 def test_a_mapped_column_that_no_row_holds_stops_validation_naming_the_source(tmp_path):

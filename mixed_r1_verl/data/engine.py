@@ -524,7 +524,7 @@ class Engine:
             if warning := grid_like_boxes_warning(source):
                 self.warnings.append(f"sources.{name}: {warning}" if name is not None else warning)
                 print(f"warning: {self.warnings[-1]}", file=sys.stderr)
-            if name is not None and len(rows) == rows_before:
+            if len(rows) == rows_before:
                 raise EmptySourceError(empty_source_message(name, read, source_reasons, first_drop, self.dropped.name))
         rows_in_by_task = {task: rows_in.get(task, 0) for task in (*task_names(), "other")}
         details = {} if None in by_source else {"sources": by_source}
@@ -796,17 +796,19 @@ class EmptySelectionError(ValueError):
 
 
 class EmptySourceError(ValueError):
-    """A source of `sources` gave no valid row: a wrong column mapping or image_root, say, which would
-    otherwise leave the source out of the mix unsaid."""
+    """The input, or a source of `sources`, gave no valid row: a wrong column mapping or image_root, say,
+    which would otherwise select nothing, or leave the source out of the mix, unsaid."""
 
 
-def empty_source_message(name: str, read: int, reasons: Counter, first_drop: str | None, dropped: str) -> str:
+def empty_source_message(name: str | None, read: int, reasons: Counter, first_drop: str | None, dropped: str) -> str:
+    """Why the input (`name` None) or the source `name` gave no valid row."""
+    what = "input" if name is None else f"sources.{name}"
     if read == 0:
-        return f"sources.{name}: its input holds no rows"
+        return f"{what}: it holds no rows"
     counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items()))
     return (
-        f"sources.{name}: all {read} rows were dropped at validation ({counts}); the first, {first_drop}; "
-        f"each is in {dropped}"
+        f"{what}: all {read} rows were dropped at validation ({counts}); the first, {first_drop}; each is in "
+        f"{dropped}"
     )
 
 
