@@ -4,11 +4,13 @@ and prompted by the converter, kept by the data engine, reported by evaluation; 
 import json
 import logging
 import re
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from data_helpers import read_jsonl, score_saved
+from data_helpers import checkout_env, read_jsonl, score_saved
 from task_plugins import (
     COUNTING_INSTRUCTION, VQA_SOURCE, counting_records, write_counting_plugin, write_distribution, write_vqa_plugin,
 )  # fmt: skip
@@ -128,6 +130,21 @@ def test_a_broken_installed_task_is_refused_naming_its_entry_point(install_tasks
     message = str(refused.value)
     assert message.startswith(f"entry point {entry} = {target} of group mixed_r1_verl.tasks (package {name})")
     assert reason in message
+
+
+def test_a_broken_installed_task_ends_the_data_commands_in_one_line(tmp_path):
+    site = write_distribution(tmp_path / "site", "gone_task", "", {"gone": "gone_task:GONE"})
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=1, val_rows_per_task=0)
+    run = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.data.prepare", f"input={jsonl}", f"image_root={image_root}",
+         f"output_dir={tmp_path / 'out'}", "progress=false"],
+        env=checkout_env(site), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        "TaskPluginError: entry point gone = gone_task:GONE of group mixed_r1_verl.tasks (package gone_task) cannot "
+        "be loaded"
+    )
 
 
 def test_mixed_r1_tasks_lists_the_built_in_and_the_installed_tasks(counting, capsys):

@@ -58,8 +58,9 @@ AccuracyFunction = Callable[[str, str, Mapping], float]
 REWARD_FIELD_TYPES = (str, float, int, bool, list[str], list[float], list[int])
 
 
-class TaskPluginError(RuntimeError):
-    """An installed task cannot be used: it names the entry point and the reason."""
+class TaskPluginError(ValueError):
+    """An installed task cannot be used: it names the entry point and the reason. A bad input, as the
+    commands take it: it ends them with its message, without a traceback."""
 
 
 @dataclass(frozen=True)
