@@ -1080,6 +1080,27 @@ def test_data_without_rows_stops_the_run(tmp_path, tiny_model):
         main([f"data={empty}", f"model={tiny_model}", "backend=hf", "device=cpu", f"out_dir={tmp_path / 'run'}"])
 
 
+def test_data_that_is_a_directory_or_not_parquet_stops_the_run_naming_the_converters_parquet(
+    tmp_path, parquet, tiny_model
+):
+    source = tmp_path / "source.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in [{"id": "m1", "question": "?"}]))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        score_saved(tmp_path, RESPONSES, out, tiny_model)
+    assert str(stopped.value) == (
+        f"IsADirectoryError: data={tmp_path}: a directory; eval reads the parquet files "
+        f"python -m mixed_r1_verl.data.prepare writes, e.g. data={parquet}"
+    )
+    with pytest.raises(SystemExit) as stopped:
+        score_saved(source, RESPONSES, out, tiny_model)
+    assert str(stopped.value) == (
+        f"ValueError: data={source}: not a parquet file; eval reads the parquet files "
+        "python -m mixed_r1_verl.data.prepare writes, e.g. data=<output_dir>/val.parquet"
+    )
+    assert not out.exists(), "refused before anything is written"
+
+
 def test_compare_names_a_limit_against_a_run_of_every_row_and_labels_summary_paths_by_their_directory(
     tmp_path, parquet, tiny_model, capsys
 ):

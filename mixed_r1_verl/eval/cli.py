@@ -39,6 +39,9 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Optional
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from mixed_r1_verl.data.images import SpilledImages
 from mixed_r1_verl.data.model_files import checkpoint_model_type, not_a_model_reason, resolve_model_dir
 from mixed_r1_verl.data.records import input_files
@@ -317,8 +320,29 @@ def run_record(args, reward_kwargs: dict) -> dict:
     }
 
 
+def converted_data_hint(example: str | Path) -> str:
+    return f"eval reads the parquet files python -m mixed_r1_verl.data.prepare writes, e.g. data={example}"
+
+
+def eval_data_files(given) -> list[Path]:
+    """The files `data` names (`input_files`); a directory (the converter's output_dir, say) or a file that is
+    not parquet (a source JSONL before conversion) is refused, naming the converter's parquet instead."""
+    for pattern in as_list(given):
+        if Path(str(pattern)).is_dir():
+            example = Path(str(pattern)) / "val.parquet"
+            raise IsADirectoryError(f"data={pattern}: a directory; {converted_data_hint(example)}")
+    files = input_files(given, setting="data")
+    for file in files:
+        try:
+            pq.read_schema(file)
+        except pa.ArrowInvalid:
+            hint = converted_data_hint("<output_dir>/val.parquet")
+            raise ValueError(f"data={file}: not a parquet file; {hint}") from None
+    return files
+
+
 def run_eval(args) -> dict:
-    args.data = [str(path) for path in input_files(args.data, setting="data")]
+    args.data = [str(path) for path in eval_data_files(args.data)]
     if args.model:
         refuse_what_is_no_model(args.model)
         refuse_a_generator_that_cannot_start(args)
