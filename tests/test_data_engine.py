@@ -1,6 +1,7 @@
 import io
 import random
 import json
+import os
 import re
 import shutil
 from collections import Counter
@@ -879,7 +880,7 @@ def test_a_source_that_gives_no_valid_row_stops_the_run_after_validation(tmp_pat
     assert str(stopped.value).startswith(
         "sources.wrong_root: all 4 rows were dropped at validation (missing_image: 4); the first, row 1 (id "
     )
-    assert str(stopped.value).endswith(f"not found; each is in {out / 'dropped.jsonl'}")
+    assert str(stopped.value).endswith(f"not found in {os.path.realpath(tmp_path)}; each is in {out / 'dropped.jsonl'}")
     assert len(read_jsonl(out / "dropped.jsonl")) == 4 and not (out / ".embedded_images").exists()
     with pytest.raises(EmptySourceError, match="sources.none: it holds no rows"):
         run(f"sources.none.input={empty}", f"image_root={paths['root']}")

@@ -408,6 +408,23 @@ def test_cli_reports_a_conversion_that_writes_nothing_without_a_traceback(tmp_pa
     )
 
 
+def test_a_missing_image_root_is_refused_before_any_row_is_read_and_a_missing_image_names_the_root(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    out = tmp_path / "out"
+    settings = dict(input=str(jsonl), output_dir=str(out), val_ratio=0, progress=False)
+    misspelled = tmp_path / "src" / "imagez"
+    with pytest.raises(FileNotFoundError) as refused:
+        prepare(PrepareConfig(image_root=str(misspelled), **settings))
+    assert str(refused.value) == f"image_root={misspelled}: no such directory"
+    assert not out.exists(), "refused before anything is read or written"
+
+    (image_root / "chart" / "000000.png").unlink()
+    prepare(PrepareConfig(image_root=str(image_root), **settings))
+    assert [(reject["reason"], reject["detail"]) for reject in read_jsonl(out / "rejects.jsonl")] == [
+        (records.MISSING_IMAGE, f"image 'chart/000000.png' not found in {os.path.realpath(image_root)}")
+    ]
+
+
 def test_missing_settings_and_unknown_family_fail_clearly(tmp_path):
     from mixed_r1_verl.settings import parse_settings
 
@@ -810,6 +827,7 @@ def test_a_stopped_conversion_removes_an_earlier_conversions_outputs_from_its_di
     )
     assert list(out.iterdir()) == []
     prepare(PrepareConfig(**settings))
+    (tmp_path / "elsewhere").mkdir()
     elsewhere = {**settings, "image_root": str(tmp_path / "elsewhere")}
     with pytest.raises(NoRowsWrittenError, match="rows were rejected") as caught:
         prepare(PrepareConfig(**elsewhere))

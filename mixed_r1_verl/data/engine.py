@@ -49,7 +49,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from mixed_r1_verl.data.images import SpilledImages
+from mixed_r1_verl.data.images import SpilledImages, refuse_a_missing_image_root
 from mixed_r1_verl.data.model_files import resolve_model_dir
 from mixed_r1_verl.data.prepare import (
     CONVERSION_OUTPUTS,
@@ -326,8 +326,7 @@ def check_input_paths(config: EngineConfig) -> None:
                     f"{prefix}input={file} is a file this run removes and writes anew in "
                     f"output_dir={config.output_dir}: copy it elsewhere first, or give another output_dir"
                 )
-        if settings.image_root is not None and not Path(settings.image_root).is_dir():
-            raise FileNotFoundError(f"{prefix}image_root={settings.image_root}: no such directory")
+        refuse_a_missing_image_root(settings.image_root, setting=f"{prefix}image_root")
 
 
 def looks_like_local_path(model: str) -> bool:

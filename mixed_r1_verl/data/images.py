@@ -145,6 +145,13 @@ def shown_image(data: bytes, label: str) -> tuple[bytes, tuple[int, int]]:
         raise RecordError(UNREADABLE_IMAGE, f"{label}: {error}") from None
 
 
+def refuse_a_missing_image_root(image_root: str | os.PathLike | None, setting: str = "image_root") -> None:
+    """Refuses, before any row is read, an image_root that is no directory (a typo, say): every row whose
+    images are files would be rejected as missing_image."""
+    if image_root is not None and not Path(image_root).is_dir():
+        raise FileNotFoundError(f"{setting}={image_root}: no such directory")
+
+
 class ImageStore:
     """Reads images under `root`; paths that are absolute or escape the root (also through
     symlinks) are refused, and all paths without a root (rows that embed their images need none).
@@ -182,7 +189,7 @@ class ImageStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise RecordError(MISSING_IMAGE, f"image {relative!r} not found") from None
+            raise RecordError(MISSING_IMAGE, f"image {relative!r} not found in {self.root}") from None
         except OSError as error:
             raise RecordError(UNREADABLE_IMAGE, f"image {relative!r}: {error.strerror or error}") from None
         image = ImageFile(relative, *shown_image(data, image_label(relative)), image_label(relative))

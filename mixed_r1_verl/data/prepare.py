@@ -50,7 +50,7 @@ from mixed_r1_verl.data.frames import (
     model_frame_size,
     smart_resize,
 )
-from mixed_r1_verl.data.images import ImageStore
+from mixed_r1_verl.data.images import ImageStore, refuse_a_missing_image_root
 from mixed_r1_verl.data.model_files import (
     checkpoint_model_type,
     processor_pixel_bounds,
@@ -824,6 +824,7 @@ def prepare(config: PrepareConfig) -> dict:
     """Run the conversion and return the summary (also written to summary.json)."""
     started = time.perf_counter()
     converter = RowConverter(config)
+    refuse_a_missing_image_root(config.image_root)
     output_dir = Path(config.output_dir)
     refuse_inputs_among_outputs(converter.inputs, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
