@@ -425,6 +425,25 @@ def test_a_missing_image_root_is_refused_before_any_row_is_read_and_a_missing_im
     ]
 
 
+@pytest.mark.parametrize(
+    "bounds, message",
+    [
+        ({"min_pixels": 0}, "min_pixels=0: expected a positive number of pixels"),
+        ({"max_pixels": 0}, "max_pixels=0: expected a positive number of pixels"),
+        ({"min_pixels": -5}, "min_pixels=-5: expected a positive number of pixels"),
+        ({"min_pixels": 4096, "max_pixels": 3136}, "min_pixels 4096 exceeds max_pixels 3136"),
+    ],
+)
+def test_pixel_bounds_that_cannot_bound_a_resize_are_refused_before_any_row_is_read(tmp_path, bounds, message):
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    out = tmp_path / "out"
+    settings = dict(input=str(jsonl), image_root=str(image_root), output_dir=str(out), val_ratio=0, progress=False)
+    with pytest.raises(ValueError) as refused:
+        prepare(PrepareConfig(**settings, **bounds))
+    assert str(refused.value) == message
+    assert not out.exists(), "refused before anything is read or written"
+
+
 def test_missing_settings_and_unknown_family_fail_clearly(tmp_path):
     from mixed_r1_verl.settings import parse_settings
 

@@ -164,8 +164,12 @@ def pixel_bounds(config: PrepareConfig, model_dir: Path | None) -> tuple[int, in
         settings = required_image_processor_settings(model_dir)
         model_min, model_max = processor_pixel_bounds(settings)
     image_budget = DEFAULT_MAX_IMAGE_TOKENS * image_token_side(config.model_family, model_dir) ** 2
-    min_pixels = config.min_pixels or model_min or MODEL_FAMILIES[config.model_family].min_pixels
-    max_pixels = config.max_pixels or min(model_max or image_budget, image_budget)
+    min_pixels = config.min_pixels
+    if min_pixels is None:
+        min_pixels = model_min or MODEL_FAMILIES[config.model_family].min_pixels
+    max_pixels = config.max_pixels
+    if max_pixels is None:
+        max_pixels = min(model_max or image_budget, image_budget)
     if min_pixels > max_pixels:
         raise ValueError(f"min_pixels {min_pixels} exceeds max_pixels {max_pixels}")
     return int(min_pixels), int(max_pixels)
@@ -344,6 +348,13 @@ def refuse_a_val_ratio_that_is_no_fraction(config: PrepareConfig) -> None:
         )
 
 
+def refuse_pixel_bounds_that_are_not_positive(config: PrepareConfig) -> None:
+    for setting in ("min_pixels", "max_pixels"):
+        value = getattr(config, setting)
+        if value is not None and value <= 0:
+            raise ValueError(f"{setting}={value}: expected a positive number of pixels")
+
+
 def refuse_prompt_settings_that_miscount_images(config: PrepareConfig, problem_template: str) -> None:
     """Raises ValueError when system_prompt or prompt_template holds an image placeholder or token or a
     `<video>` or `<audio>` tag (MEDIA_TAGS), or either template (`problem_template`, the column mapping's)
@@ -386,6 +397,7 @@ class RowConverter:
         if config.model_family not in MODEL_FAMILIES:
             raise ValueError(f"unknown model_family {config.model_family!r}; known: {', '.join(MODEL_FAMILIES)}")
         refuse_a_val_ratio_that_is_no_fraction(config)
+        refuse_pixel_bounds_that_are_not_positive(config)
         self.config = config
         self.mapping = mapping or build_mapping(
             config.layout,
