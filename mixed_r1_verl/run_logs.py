@@ -304,8 +304,9 @@ def run_logged(
     attempt that did not succeed keeps its files as `<name>.previous.*`; one that ran until a deadline
     without finishing is not retried with less time than it had, unless it `resumes` (a training run
     goes on from its last checkpoint, with its compile caches warm). A run that `resumes` and exits
-    EXIT_NOTHING_TO_TRAIN (its checkpoints hold its last step: an earlier try ended after saving it,
-    during its shutdown, say) is done, as exit 0; its `log_text()` starts with that try's output."""
+    EXIT_NOTHING_TO_TRAIN after a try cut at the deadline (its checkpoints hold its last step: that try
+    was stopped after saving it, during its shutdown, say) is done, as exit 0, with that try's time added
+    and its peak memory; its `log_text()` starts with that try's output. Any other exit 3 stays a failure."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path, record_path = log_dir / f"{name}.log", log_dir / f"{name}.json"
@@ -315,7 +316,7 @@ def run_logged(
         trained_earlier = earlier_try_log if earlier.get("done_by_earlier_try") else None
         return LoggedRun(name, 0, log_path, earlier["seconds"], earlier["peak_gpu_memory_mib"], False, trained_earlier)
     left = seconds_left()
-    cut_earlier = earlier is not None and earlier.get("out_of_time") and not resumes
+    cut_earlier = cut_at_the_deadline(earlier) and not resumes
     if reuse and left is not None and cut_earlier and earlier["seconds"] > left:
         # Nothing is rerun or overwritten: the earlier log is what there is to read.
         return LoggedRun(name, EXIT_OUT_OF_TIME, log_path, 0.0, None, out_of_time=True)
@@ -328,7 +329,7 @@ def run_logged(
     limit_s = timeout_s if left is None else min(timeout_s, left)
     out_of_time = limit_s < timeout_s
     started, started_at = time.monotonic(), time.time()
-    peak, trained_earlier = None, None
+    peak, trained_earlier, earlier_seconds = None, None, 0.0
     with open(log_path, "w") as log:
         log.write(f"$ {' '.join(argv)}\n")
         if left is not None and left < MIN_START_S:
@@ -341,12 +342,13 @@ def run_logged(
             if returncode == EXIT_OUT_OF_TIME:
                 reason = f" at ${DEADLINE_ENV}" if out_of_time else ""
                 log.write(f"\n[killed after {limit_s:.0f} s{reason}]\n")
-            elif resumes and returncode == EXIT_NOTHING_TO_TRAIN:
-                trained_earlier = None if earlier is None else earlier_try_log
-                by = "" if trained_earlier is None else f", trained by the try in {trained_earlier.name}"
-                log.write(f"\n[done: its checkpoints hold its last step{by}]\n")
+            elif resumes and returncode == EXIT_NOTHING_TO_TRAIN and cut_at_the_deadline(earlier):
+                trained_earlier, earlier_seconds = earlier_try_log, earlier["seconds"]
+                peak = max(filter(None, (peak, earlier["peak_gpu_memory_mib"])), default=None)
+                by = f"trained by the try in {earlier_try_log.name}"
+                log.write(f"\n[done: its checkpoints hold its last step, {by}]\n")
                 returncode = 0
-    seconds = round(time.monotonic() - started, 1)
+    seconds = round(time.monotonic() - started + earlier_seconds, 1)
     run = LoggedRun(name, returncode, log_path, seconds, peak, out_of_time, trained_earlier)
     record = {
         "argv": list(argv),
@@ -363,6 +365,11 @@ def run_logged(
     partial.write_text(json.dumps(record, indent=2) + "\n")
     partial.replace(record_path)
     return run
+
+
+def cut_at_the_deadline(record: dict | None) -> bool:
+    """Whether a run's record is of a try stopped at `$MIXED_R1_GPU_DEADLINE`."""
+    return record is not None and bool(record.get("out_of_time"))
 
 
 def run_with_limit(

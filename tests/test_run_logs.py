@@ -265,7 +265,8 @@ def test_a_training_run_stopped_after_saving_its_last_step_is_done_when_run_agai
     monkeypatch.setattr(run_logs, "MIN_START_S", 0.2)
     monkeypatch.setenv(DEADLINE_ENV, str(time.time() + 2))
     trained = "print('(TaskRunnerV1 pid=7) step:6 - actor/loss:0.1', flush=True); import time; time.sleep(60)"
-    assert run_logged(SMOKE_RUN, [sys.executable, "-c", trained], logs, resumes=True).out_of_time
+    cut = run_logged(SMOKE_RUN, [sys.executable, "-c", trained], logs, resumes=True)
+    assert cut.out_of_time
     checkpoints = smoke_checkpoint_dir(tmp_path, SMOKE_RUN)
     (checkpoints / "global_step_6" / "actor").mkdir(parents=True)
     (checkpoints / "latest_checkpointed_iteration.txt").write_text("6")
@@ -276,10 +277,17 @@ def test_a_training_run_stopped_after_saving_its_last_step_is_done_when_run_agai
     assert "nothing to train" in run.log_text() and run.last_step() == 6
     done = f"[done: its checkpoints hold its last step, trained by the try in {SMOKE_RUN}.previous.log]"
     assert run.log_tail(1) == done
+    assert run.seconds >= cut.seconds  # the time of the try that trained, added
     reused = smoke_training(SMOKE_RUN, tmp_path)
     assert reused.log_text() == run.log_text()
     failed = run_logged("other", [sys.executable, "-c", "raise SystemExit(3)"], logs)  # not a run that resumes
     assert failed.returncode == 3 and not run_succeeded("other", logs)
+    # A run that resumes finds its training done after a try that failed, not one cut at the deadline: its
+    # exit 3 stays a failure (that try's failure, in its shutdown say, is not passed over).
+    crashed = run_logged("crashed", [sys.executable, "-c", "raise SystemExit(1)"], logs, resumes=True)
+    assert crashed.returncode == 1
+    again = run_logged("crashed", [sys.executable, "-c", "raise SystemExit(3)"], logs, resumes=True)
+    assert again.returncode == 3 and not run_succeeded("crashed", logs)
 
 
 def test_the_last_step_is_read_from_verls_console_lines(tmp_path):
