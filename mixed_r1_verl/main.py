@@ -343,13 +343,21 @@ def resumed_step(trainer: DictConfig, sft: bool = False) -> tuple[int | None, st
 
 def exit_if_training_is_done(trainer: DictConfig, total: int | None, source: str, sft: bool = False) -> None:
     """A rerun that resumes from a checkpoint at or past the run's last step `total` (planned from
-    `source`) would train nothing and exit 0, or, in verl's SFT trainer, train and save one step more."""
+    `source`) would train nothing and exit 0, or, in verl's SFT trainer, train and save one step more. A
+    run that only validates (trainer.val_only) resumes to validate that checkpoint."""
+    if trainer.get("val_only"):
+        return
     last, where = resumed_step(trainer, sft)
     if last is not None and total is not None and last >= total:
+        start_again = (
+            "point trainer.resume_from_path at an earlier step or use trainer.resume_mode=disable"
+            if where.startswith("trainer.resume_from_path")
+            else "use a new trainer.default_local_dir or trainer.resume_mode=disable"
+        )
         fail(
             f"nothing to train: {where} holds a checkpoint of step {last} and this run ends at "
             f"step {total} ({source}). To train more, raise trainer.total_training_steps; to start again, "
-            "use a new trainer.default_local_dir or trainer.resume_mode=disable.\n",
+            f"{start_again}.\n",
             EXIT_NOTHING_TO_TRAIN,
         )
 

@@ -183,9 +183,11 @@ def token_budget_mismatch(config: DictConfig) -> str | None:
     x engine.ulysses_sequence_parallel_size tokens, and asserts that a row fits only at the first batch
     holding one longer: data.max_length, the longest row kept, must fit."""
     data = config.data
+    if not data.use_dynamic_bsz:
+        return None
     parallel = config.engine.get("ulysses_sequence_parallel_size", 1)
     budget = data.max_token_len_per_gpu * parallel
-    if not data.use_dynamic_bsz or data.max_length <= budget:
+    if data.max_length <= budget:
         return None
     return (
         f"data.max_length={data.max_length} is more than the {budget} tokens a micro-batch holds "

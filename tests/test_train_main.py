@@ -332,7 +332,11 @@ def test_a_tracker_naming_a_deleted_checkpoint_is_refused_instead_of_training_fr
         with pytest.raises(SystemExit) as done:
             exit_if_training_is_done(settings, 100, "trainer.total_training_steps", sft=sft)
         assert done.value.code == 3
-    capsys.readouterr()
+        assert "point trainer.resume_from_path at an earlier step or use trainer.resume_mode=disable" in (
+            capsys.readouterr().err
+        )
+    # A run that only validates resumes to validate that checkpoint.
+    exit_if_training_is_done(OmegaConf.create({**at_path, "val_only": True}), 100, "trainer.total_training_steps")
     (checkpoints / "latest_checkpointed_iteration.txt").write_text("100")
     exit_if_training_is_done(trainer, 300, "trainer.total_training_steps")  # resumes from step 100
     exit_if_training_is_done(OmegaConf.create({**trainer, "resume_mode": "disable"}), 300, "")
