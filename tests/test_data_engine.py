@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from data_helpers import read_jsonl, rows_with_embedded_images, run_module
 
@@ -184,6 +184,26 @@ def test_near_duplicates_are_kept_unless_asked(tmp_path):
     assert "dup-near" not in dropped_reasons(out) and dropped_reasons(out)["dup-exact"] == ("dedup", "duplicate")
 
 
+def test_a_dense_page_saved_again_as_a_low_quality_jpeg_is_a_near_duplicate(tmp_path):
+    """Its thumbnail differs by about 2 grey levels on average, more than a photo's copy does."""
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    page = Image.new("RGB", (1200, 1600), "white")
+    draw = ImageDraw.Draw(page)
+    for y in range(20, 1580, 14):
+        draw.text((20, y), "The quick brown fox jumps over the lazy dog 0123456789 " * 2, fill="black")
+    page.save(image_root / "page.png")
+    page.save(image_root / "page_copy.jpg", quality=50)
+    row = {"task": "chart", "data_source": "docs", "problem": "<image>How many lines does the page hold?",
+           "answer": "111"}  # fmt: skip
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps({**row, "id": f"r{i}", "images": [name]}) + "\n"
+                             for i, name in enumerate(["page.png", "page_copy.jpg"])))  # fmt: skip
+    out = tmp_path / "out"
+    Engine(engine_config(jsonl, image_root, out, "difficulty.enabled=false", "dedup.perceptual=true")).run()
+    assert dropped_reasons(out) == {"r1": ("dedup", "near_duplicate")}
+
+
 def test_distinct_charts_of_one_template_are_no_near_duplicates(tmp_path):
     """Bar charts of the same axes and bar count hash within a few bits; their thumbnails tell them apart."""
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=60, seed=7, val_rows_per_task=0)
@@ -221,7 +241,7 @@ def test_dedup_keeps_other_items_on_one_image_and_names_the_kept_row(tmp_path):
     assert dropped["cats-relabelled"]["detail"] == f"{same}; its answer 'B' differs from the kept row's 'A'"
     assert dropped["chart-copy"]["reason"] == "near_duplicate"
     assert dropped["chart-copy"]["detail"] == (
-        "image(s) within hash distance 4, thumbnail difference 2 of kept row 'chart', with the same task, question "
+        "image(s) within hash distance 4, thumbnail difference 4 of kept row 'chart', with the same task, question "
         "and options; "
         "its answer '13' differs from the kept row's '12'"
     )

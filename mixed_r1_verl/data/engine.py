@@ -122,9 +122,10 @@ class DedupConfig:
     # Largest Hamming distance between 64-bit difference hashes that still counts as the same image.
     max_hash_distance: int = 4
     # And the largest mean difference of their 32x32 greyscale thumbnails (grey levels, 0-255): re-encoded
-    # and resized copies differ by under 1; distinct images of one template (bar charts of the same axes,
-    # whose hashes are as near) by 6 or more.
-    max_thumbnail_difference: float = 2.0
+    # and resized copies differ by under 3 (a dense text page saved again as a JPEG of quality 50: 2.0; a
+    # chart shrunk to a quarter without antialiasing: 2.7); distinct images of one template (bar charts of
+    # the same axes, whose hashes are as near) by 6 or more.
+    max_thumbnail_difference: float = 4.0
 
 
 @dataclass
