@@ -312,10 +312,10 @@ def exit_unless_resume_settings_work(trainer: DictConfig, sft: bool = False) -> 
             "trainer.resume_from_path).\n",
             EXIT_USAGE,
         )
-    if mode != "resume_path" and not (sft and mode == "auto" and path is not None):
-        return
-    if not path:
+    if mode == "resume_path" and not path:
         fail("trainer.resume_mode=resume_path needs trainer.resume_from_path=<a run's global_step_N>.\n", EXIT_USAGE)
+    if resumed_path(trainer, sft) is None:
+        return
     checkpoint = Path(path)
     problem = (
         "does not exist" if not checkpoint.exists()
@@ -329,12 +329,18 @@ def exit_unless_resume_settings_work(trainer: DictConfig, sft: bool = False) -> 
         fail(f"trainer.resume_from_path={path} {problem}; verl resumes from a run's global_step_N.\n", EXIT_USAGE)
 
 
-def resumed_step(trainer: DictConfig, sft: bool = False) -> tuple[int | None, str]:
-    """The step a run resumes from and where it is: trainer.resume_from_path's global_step_N (with
-    resume_path; in verl's SFT trainer with auto too, where set), else with auto the step of
-    trainer.default_local_dir's tracker (None for a first run)."""
+def resumed_path(trainer: DictConfig, sft: bool = False) -> str | None:
+    """trainer.resume_from_path where verl resumes from it: with resume_path; in verl's SFT trainer with
+    auto too, where set."""
     path = trainer.get("resume_from_path")
-    if trainer.resume_mode == "resume_path" or sft and trainer.resume_mode == "auto" and path:
+    return path if path and (trainer.resume_mode == "resume_path" or sft and trainer.resume_mode == "auto") else None
+
+
+def resumed_step(trainer: DictConfig, sft: bool = False) -> tuple[int | None, str]:
+    """The step a run resumes from and where it is: that of `resumed_path`'s global_step_N, else with auto
+    the step of trainer.default_local_dir's tracker (None for a first run)."""
+    path = resumed_path(trainer, sft)
+    if path is not None:
         return int(Path(path).name.removeprefix("global_step_")), f"trainer.resume_from_path={path}"
     if trainer.resume_mode == "auto":
         return last_checkpointed_step(trainer.default_local_dir), str(trainer.default_local_dir)
