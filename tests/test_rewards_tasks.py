@@ -132,6 +132,14 @@ def test_a_broken_installed_task_is_refused_naming_its_entry_point(install_tasks
     assert reason in message
 
 
+def test_a_broken_installed_task_leaves_the_built_in_tasks_scored(install_tasks, tmp_path):
+    install_tasks(write_distribution(tmp_path / "site", "gone_task", "", {"gone": "gone_task:GONE"}))
+    chart = compute_score("charts", f"{THINK}<answer>12</answer>", "12", {"task": "chart"})
+    assert (chart["task"], chart["error"], chart["accuracy"]) == ("chart", 0.0, 1.0)
+    gone = compute_score("shapes", f"{THINK}<answer>3</answer>", "3", {"task": "gone"})
+    assert (gone["task"], gone["error"], gone["score"]) == ("unknown", 1.0, 0.0)
+
+
 def test_a_broken_installed_task_ends_the_data_commands_in_one_line(tmp_path):
     site = write_distribution(tmp_path / "site", "gone_task", "", {"gone": "gone_task:GONE"})
     jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=1, val_rows_per_task=0)

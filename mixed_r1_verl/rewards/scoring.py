@@ -21,7 +21,7 @@ from .embeddings import EmbeddingModel, load_embedding_model
 from .grounding import NORM1000_FRAME, checked_iou_threshold, grounding_accuracy
 from .matching import matching_accuracy
 from .open_ended import open_ended_accuracy
-from .tasks import default_correct_threshold, plugin_tasks, task_names
+from .tasks import BUILTIN_TASKS, default_correct_threshold, plugin_tasks, task_names
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def resolve_task(data_source: str, extra_info: Mapping | None, task_map: Mapping
     if task is None:
         source = str(data_source).lower()
         task = (task_map or {}).get(source, (task_map or {}).get(data_source, DEFAULT_TASK_MAP.get(source)))
-    if task not in task_names():
+    # A built-in task is scored even where an installed task cannot be loaded (task_names would raise).
+    if task not in BUILTIN_TASKS and task not in task_names():
         raise RewardInputError(f"unknown task {task!r} for data_source {data_source!r}")
     return task
 
