@@ -652,6 +652,15 @@ def reward_setting_errors(config: DictConfig) -> list[str]:
     return []
 
 
+def image_bound_setting_errors(config: DictConfig) -> list[str]:
+    """A `data.mm_processor_kwargs` bound the image processor would ignore; the dataset refuses it only
+    once Ray and the trainer are up."""
+    from mixed_r1_verl.data.dataset import lone_pixel_bound_error
+
+    error = lone_pixel_bound_error(OmegaConf.select(config, "data.mm_processor_kwargs"))
+    return [error] if error else []
+
+
 def sampler_setting_errors(config: DictConfig) -> list[str]:
     """A `data.sampler` the `mixed_r1_sync` trainer could not load: it loads it only after building the
     training and validation sets."""
@@ -1048,7 +1057,7 @@ def train(config: DictConfig) -> None:
     tasks_env = installed_tasks_env()  # first: the checks below read the installed tasks
     setting_errors = [
         *legacy_reward_settings(config), *filtering_setting_errors(config), *reward_setting_errors(config),
-        *sampler_setting_errors(config),
+        *sampler_setting_errors(config), *image_bound_setting_errors(config),
     ]  # fmt: skip
     if setting_errors:
         fail("; ".join(setting_errors) + ".\n", EXIT_USAGE)

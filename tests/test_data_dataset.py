@@ -75,8 +75,9 @@ def test_rows_converted_for_a_larger_frame_than_the_processor_keeps_are_refused(
 @pytest.mark.parametrize(
     "mm_processor_kwargs, message",
     [
-        ({"max_pixels": 28 * 28 * 16}, "max_pixels 200704 is above the model processor's 12544"),
-        ({"min_pixels": 28 * 28 * 8}, "min_pixels 3136 is below the model processor's 6272"),
+        ({"min_pixels": 3136, "max_pixels": 28 * 28 * 16}, "max_pixels 200704 is above the model processor's 12544"),
+        ({"min_pixels": 28 * 28 * 8, "max_pixels": 200704}, "min_pixels 3136 is below the model processor's 6272"),
+        ({"size": {"shortest_edge": 3136, "longest_edge": 28 * 28 * 16}}, "max_pixels 200704 is above .* 12544"),
     ],
 )
 def test_rows_the_processor_would_resize_again_under_data_mm_processor_kwargs_are_refused(
@@ -87,8 +88,20 @@ def test_rows_the_processor_would_resize_again_under_data_mm_processor_kwargs_ar
     train = [str(root / "out" / "train.parquet")]
     with pytest.raises(DatasetRowError, match=rf"row 0 .*resized again.*{message}"):
         build(root, processor, train, filter_overlong_prompts=False, mm_processor_kwargs=mm_processor_kwargs)
-    kept = build(root, processor, train, filter_overlong_prompts=False, mm_processor_kwargs={"max_pixels": 200704})
-    assert len(kept) == 16
+    wider = {"min_pixels": 3136, "max_pixels": 1003520}
+    assert len(build(root, processor, train, filter_overlong_prompts=False, mm_processor_kwargs=wider)) == 16
+
+
+@pytest.mark.parametrize("bound", ["min_pixels", "max_pixels"])
+def test_a_lone_pixel_bound_in_data_mm_processor_kwargs_is_refused_as_the_processor_ignores_it(setup, bound):
+    root, _, processor = setup
+    image = Image.new("RGB", (560, 392))
+    lone = {"max_pixels": 28 * 28 * 16} if bound == "max_pixels" else {"min_pixels": 28 * 28 * 1024}
+    grids = [processor.image_processor(images=[image], **kwargs)["image_grid_thw"].tolist() for kwargs in ({}, lone)]
+    assert grids[0] == grids[1], "the processor ignores one bound alone"
+    train = [str(root / "out" / "train.parquet")]
+    with pytest.raises(ValueError, match=f"data.mm_processor_kwargs sets {bound} without .*set both"):
+        build(root, processor, train, filter_overlong_prompts=False, mm_processor_kwargs=lone)
 
 
 def test_rows_converted_for_another_model_family_are_refused(setup, tiny_internvl_dir, tmp_path):

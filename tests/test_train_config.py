@@ -17,6 +17,7 @@ from mixed_r1_verl.main import (
     config_dir,
     exit_unless_sizes_are_positive,
     filtering_setting_errors,
+    image_bound_setting_errors,
     log_prob_micro_batch_mismatches,
     make_paths_absolute,
     pin_embedding_model,
@@ -381,6 +382,14 @@ def test_a_sampler_the_trainer_could_not_load_is_named_before_start_up(setting, 
     assert sampler_setting_errors(compose_recipe("qwen25vl_7b")) == [], "no sampler set"
     (refused,) = sampler_setting_errors(compose_recipe("smoke", setting))
     assert refusal in refused
+
+
+def test_a_lone_pixel_bound_in_data_mm_processor_kwargs_is_named_before_start_up():
+    assert image_bound_setting_errors(compose_recipe("smoke")) == []
+    both = "+data.mm_processor_kwargs={min_pixels: 3136, max_pixels: 200704}"
+    assert image_bound_setting_errors(compose_recipe("smoke", both)) == []
+    (lone,) = image_bound_setting_errors(compose_recipe("smoke", "+data.mm_processor_kwargs.max_pixels=200704"))
+    assert lone.startswith("data.mm_processor_kwargs sets max_pixels without min_pixels")
 
 
 @pytest.mark.parametrize(

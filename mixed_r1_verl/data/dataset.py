@@ -327,15 +327,43 @@ def refuse_images_without_processor(processor, model_dir: str, images_column, de
             )
 
 
+def lone_pixel_bound_error(mm_processor_kwargs) -> str | None:
+    """Why `data.mm_processor_kwargs` would not bound the images as it says: it sets min_pixels or max_pixels
+    without the other, and transformers' Qwen2-VL image processor takes them only together (one alone is
+    ignored, so the images would keep the model's bounds); None where it does not."""
+    given = [key for key in ("min_pixels", "max_pixels") if (mm_processor_kwargs or {}).get(key) is not None]
+    if len(given) != 1:
+        return None
+    other = "max_pixels" if given == ["min_pixels"] else "min_pixels"
+    return (
+        f"data.mm_processor_kwargs sets {given[0]} without {other}: the image processor takes the two only "
+        f"together and ignores one alone; set both"
+    )
+
+
+def processor_call_bounds(model_bounds: tuple, mm_processor_kwargs) -> tuple:
+    """(min_pixels, max_pixels) the image processor resizes within when verl calls it with
+    `mm_processor_kwargs`: min_pixels and max_pixels given together, else a size of shortest_edge and
+    longest_edge, else the model's bounds. A lone min_pixels or max_pixels is refused (ValueError)."""
+    error = lone_pixel_bound_error(mm_processor_kwargs)
+    if error:
+        raise ValueError(error)
+    overrides = mm_processor_kwargs or {}
+    if overrides.get("min_pixels") is not None:
+        return overrides["min_pixels"], overrides["max_pixels"]
+    size = overrides.get("size") or {}
+    if size.get("shortest_edge") and size.get("longest_edge"):
+        return size["shortest_edge"], size["longest_edge"]
+    return model_bounds
+
+
 def refuse_images_resized_again(processor, images_column, describe_row, mm_processor_kwargs=None) -> None:
     """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row of the arrow
     `images_column` whose images the processor (its bounds, or mm_processor_kwargs') would resize again."""
     image_processor = getattr(processor, "image_processor", None)
     if image_processor is None:
         return
-    model_min, model_max = processor_pixel_bounds(image_processor.to_dict())
-    overrides = mm_processor_kwargs or {}
-    model_bounds = (overrides.get("min_pixels") or model_min, overrides.get("max_pixels") or model_max)
+    model_bounds = processor_call_bounds(processor_pixel_bounds(image_processor.to_dict()), mm_processor_kwargs)
     for bounds, row in first_row_per_image_bounds(images_column).items():
         reason = resized_again_reason(bounds, model_bounds)
         if reason:
