@@ -827,6 +827,28 @@ def test_a_mapped_column_that_no_row_holds_stops_the_conversion_naming_the_close
         assert (summary["rows_written"], summary["sft_rows"]["train"]) == (3, 1)
 
 
+def test_a_layouts_column_that_no_row_holds_stops_the_conversion_naming_the_layout(tmp_path):
+    """ChartQA as published on the Hub holds its image in `image`, not in the `imgname` of the layout."""
+    from mixed_r1_verl.data.prepare import MappedColumnNotFoundError
+
+    _, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    rows = [{"image": "chart/000000.png", "query": f"What is bar {bar}?", "label": str(bar)} for bar in range(3)]
+    source = tmp_path / "chartqa.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    settings = dict(input=str(source), image_root=str(image_root), output_dir=str(tmp_path / "out"), val_ratio=0,
+                    layout="chartqa", progress=False)  # fmt: skip
+    with pytest.raises(MappedColumnNotFoundError) as caught:
+        prepare(PrepareConfig(**settings))
+    assert str(caught.value) == (
+        f"{source}: columns.images (layout=chartqa) reads 'imgname', which none of the 3 rows holds; did you mean "
+        "'image'?"
+    )
+    assert prepare(PrepareConfig(**settings, columns={"images": "image"}))["rows_written"] == 3
+    without_ids = prepare(PrepareConfig(**{**settings, "layout": "llava", "output_dir": str(tmp_path / "llava")},
+                                        columns={"problem": "query", "answer": "label"}, constants={"task": "chart"}))
+    assert without_ids["rows_written"] == 3, "the llava layout's id is not required"
+
+
 def test_a_stopped_conversion_removes_an_earlier_conversions_outputs_from_its_directory(tmp_path):
     """Run again into the same directory, a conversion a check stops leaves this run's rejects.jsonl only,
     never beside the train.parquet and summary.json of another input."""

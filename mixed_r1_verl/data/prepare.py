@@ -66,6 +66,7 @@ from mixed_r1_verl.data.records import (
     DEGENERATE_BOX,
     DUPLICATE_ID,
     IMAGE_PLACEHOLDER,
+    LAYOUTS,
     MEDIA_TAGS,
     MODEL_IMAGE_TOKENS,
     PROMPT_TOO_LONG,
@@ -426,8 +427,11 @@ class RowConverter:
         self.read_fields = {
             path.split(".")[0] for _, paths in self.read_sources(self.mapping.columns) for path in paths
         }
-        # The sources of the columns the user mapped that no row read so far holds a value at (`holds_nothing`).
-        self.unfound_sources = self.read_sources(config.columns)
+        # The sources of the columns the user or the layout's preset mapped that no row read so far holds a value
+        # at (`holds_nothing`). A preset's id is not required: a row without one gets an id from its content.
+        preset = LAYOUTS[config.layout].columns if config.layout != "canonical" else {}
+        required = [*config.columns, *(name for name in preset if name != "id")]
+        self.unfound_sources = self.read_sources(dict.fromkeys(required))
         # Lists the mapping reads items of by position ("conversations.0.value": a LLaVA row's first turn), and
         # the last item read: rows with items past it count in `ignored_fields` as "conversations.2+".
         self.read_list_items: dict[str, int] = {}
@@ -710,7 +714,8 @@ def check_mapped_columns_found(rows_in: int, converter: RowConverter, place: str
     problems = []
     for name, paths in converter.unfound_sources:
         read = paths[0] if len(paths) == 1 else list(paths)
-        problem = f"columns.{name} reads {read!r}, which none of the {rows_in} rows holds"
+        mapped = "" if name in converter.config.columns else f" (layout={converter.config.layout})"
+        problem = f"columns.{name}{mapped} reads {read!r}, which none of the {rows_in} rows holds"
         hint = did_you_mean(paths[0].split(".")[0], unread_keys)
         if hint is None and unread_keys:
             hint = f"the keys of the rows the mapping does not read: {', '.join(sorted(unread_keys))}"
