@@ -3,11 +3,14 @@ that differ between two nested mappings of them (a generation cache's, two evalu
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import typing
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
+import yaml
 from omegaconf import OmegaConf
 
 Settings = TypeVar("Settings")
@@ -34,14 +37,46 @@ def usage_error(message: str) -> None:
     raise SystemExit(EXIT_USAGE)
 
 
+def text_setting_keys(schema: type, prefix: str = "") -> set[str]:
+    """The dotted keys of `schema`'s settings typed `str` or `str | None`, its nested dataclasses' included."""
+    hints = typing.get_type_hints(schema)
+    keys = set()
+    for field in dataclasses.fields(schema):
+        hint = hints[field.name]
+        if dataclasses.is_dataclass(hint):
+            keys |= text_setting_keys(hint, f"{prefix}{field.name}.")
+        elif hint is str or set(typing.get_args(hint)) == {str, type(None)}:
+            keys.add(prefix + field.name)
+    return keys
+
+
+def text_setting_value(text: str) -> str | None:
+    """A text setting's value: as YAML reads it where that is text or null (`'a, b'` unquoted), else
+    `text` as written, so `output_dir=0712` is not YAML's octal 458 nor `out_dir=on` True."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if value is None or isinstance(value, str) else text
+
+
 def parse_settings(schema: type[Settings], argv: list[str]) -> Settings:
-    """The dataclass `schema` with `key=value` overrides merged in; an unknown key, a value of the wrong
-    type or a required setting left out (default `???`) stops with the setting's name."""
+    """The dataclass `schema` with `key=value` overrides merged in, values read as YAML except those of
+    text settings (`text_setting_value`); an unknown key, a value of the wrong type or a required setting
+    left out (default `???`) stops with the setting's name."""
     malformed = [arg for arg in argv if "=" not in arg]
     if malformed:
         raise SystemExit(f"expected key=value settings, got {malformed} (see --help)")
+    text_keys = text_setting_keys(schema)
+    overrides = OmegaConf.create()
     try:
-        config = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(argv))
+        for arg in argv:
+            key, text = arg.split("=", 1)
+            if key in text_keys:
+                OmegaConf.update(overrides, key, text_setting_value(text), merge=True)
+            else:
+                overrides.merge_with_dotlist([arg])
+        config = OmegaConf.merge(OmegaConf.structured(schema), overrides)
     except Exception as error:  # omegaconf's ValidationError / ConfigKeyError name the key
         raise SystemExit(f"bad setting: {error} (see --help)") from None
     missing = [key for key in config if OmegaConf.is_missing(config, key)]

@@ -453,6 +453,34 @@ def test_missing_settings_and_unknown_family_fail_clearly(tmp_path):
         prepare(PrepareConfig(input="x", image_root=str(tmp_path), output_dir=str(tmp_path), model_family="llava"))
 
 
+def test_text_settings_keep_their_value_as_written_and_typed_settings_their_type(tmp_path, monkeypatch):
+    """YAML would read `0712` as the octal 458 and `on` as true; a text setting is the text given."""
+    from mixed_r1_verl.data.engine import EngineConfig
+    from mixed_r1_verl.data.prepare import main
+    from mixed_r1_verl.export import ExportConfig
+    from mixed_r1_verl.settings import parse_settings
+
+    exported = parse_settings(ExportConfig, ["checkpoint=on", "out_dir=0712"])
+    assert (exported.checkpoint, exported.out_dir) == ("on", "0712")
+    engine = parse_settings(EngineConfig, [
+        "input=x", "output_dir=2024_01", "difficulty.model_path=1.10", "problem_template={problem} Answer:",
+        "system_prompt='Look, then answer.'", "box_format=null", "seed=007", "progress=off", "val_ratio=1e-1",
+        "difficulty.k=4", "balance.targets={chart: 2}", "columns.options=[A,B]",
+    ])  # fmt: skip
+    assert (engine.output_dir, engine.difficulty.model_path, engine.problem_template, engine.system_prompt) == (
+        "2024_01", "1.10", "{problem} Answer:", "Look, then answer."
+    )
+    assert (engine.box_format, engine.seed, engine.progress, engine.val_ratio, engine.difficulty.k) == (
+        None, 7, False, 0.1, 4
+    )
+    assert engine.balance.targets == {"chart": 2} and engine.columns == {"options": ["A", "B"]}
+
+    jsonl, image_root = write_synthetic_dataset(tmp_path / "src", rows_per_task=1, seed=5)
+    monkeypatch.chdir(tmp_path)
+    main([f"input={jsonl}", f"image_root={image_root}", "output_dir=0712", "val_ratio=0", "progress=false"])
+    assert (tmp_path / "0712" / "train.parquet").is_file() and not (tmp_path / "458").exists()
+
+
 def test_a_model_path_of_another_family_is_refused_before_any_row_is_written(
     tmp_path, tiny_model_dir, tiny_internvl_dir, tiny_qwen3vl_dir
 ):

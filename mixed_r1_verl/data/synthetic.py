@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mixed_r1_verl.rewards.tasks import BUILTIN_TASKS as TASKS
+from mixed_r1_verl.settings import parse_settings
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         print(OmegaConf.to_yaml(OmegaConf.structured(SyntheticConfig)))
         return
-    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SyntheticConfig), OmegaConf.from_dotlist(argv)))
+    config = parse_settings(SyntheticConfig, argv)
     jsonl_path, image_root = write_synthetic_dataset(
         config.out_dir,
         config.rows_per_task,
