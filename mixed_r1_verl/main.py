@@ -662,14 +662,24 @@ def image_bound_setting_errors(config: DictConfig) -> list[str]:
 
 
 def sampler_setting_errors(config: DictConfig) -> list[str]:
-    """A `data.sampler` the `mixed_r1_sync` trainer could not load: it loads it only after building the
-    training and validation sets."""
+    """A `data.sampler` the `mixed_r1_sync` trainer could not load (it loads it only after building the
+    training and validation sets), or one set for another trainer mode: only `mixed_r1_sync` applies it,
+    verl's own trainers shuffle without it."""
     from mixed_r1_verl.data.balanced_sampler import SamplerConfigError, sampler_class
+    from mixed_r1_verl.verl_adapter.trainer import TRAINER_MODE
 
     try:
-        sampler_class(config.data)
+        selected = sampler_class(config.data)
     except SamplerConfigError as error:
         return [str(error)]
+    trainer_mode = OmegaConf.select(config, "trainer.v1.trainer_mode")
+    if selected is not None and trainer_mode != TRAINER_MODE:
+        return [
+            f"data.sampler.class_name={config.data.sampler.class_name} is applied only by "
+            f"trainer.v1.trainer_mode={TRAINER_MODE}, not trainer.v1.trainer_mode={trainer_mode}, whose trainer "
+            "would shuffle the prompts without it; set data.sampler.class_path=null data.sampler.class_name=null "
+            "for verl's shuffle"
+        ]
     return []
 
 

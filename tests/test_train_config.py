@@ -392,6 +392,19 @@ def test_a_lone_pixel_bound_in_data_mm_processor_kwargs_is_named_before_start_up
     assert lone.startswith("data.mm_processor_kwargs sets max_pixels without min_pixels")
 
 
+@pytest.mark.parametrize("trainer_mode", ["sync", "colocate_async"])
+def test_a_sampler_set_for_a_trainer_mode_that_does_not_apply_it_is_refused_naming_both(trainer_mode):
+    """verl's own trainers build their RandomSampler whatever data.sampler says."""
+    (refused,) = sampler_setting_errors(compose_recipe("smoke", f"trainer.v1.trainer_mode={trainer_mode}"))
+    assert refused.startswith("data.sampler.class_name=TaskBalancedSampler is applied only by ")
+    assert f"trainer.v1.trainer_mode=mixed_r1_sync, not trainer.v1.trainer_mode={trainer_mode}," in refused
+    verl_shuffle = ("data.sampler.class_path=null", "data.sampler.class_name=null")
+    shuffled = compose_recipe("smoke", f"trainer.v1.trainer_mode={trainer_mode}", *verl_shuffle)
+    assert sampler_setting_errors(shuffled) == []
+    for recipe in RECIPES:
+        assert sampler_setting_errors(compose_recipe(recipe)) == [], recipe
+
+
 @pytest.mark.parametrize(
     "override, named",
     [
