@@ -884,15 +884,14 @@ def make_paths_absolute(config: DictConfig, keys: tuple[str, ...]) -> None:
 
 def pin_model_path(path: str) -> str:
     """A model path that processes outside the launching directory read alike: an existing local path
-    made absolute; a Hugging Face hub id as given (verl loads it through transformers, which fetches it
-    or reads the cache), except that with HF_HUB_OFFLINE it becomes its
-    snapshot in the cache, checked to hold weights. FileNotFoundError when it is neither, or when offline
-    and the cache lacks it."""
+    made absolute (`~` expanded); a Hugging Face hub id as given (verl loads it through transformers, which
+    fetches it or reads the cache), except that with HF_HUB_OFFLINE it becomes its snapshot in the cache,
+    checked to hold weights. FileNotFoundError when it is neither, or when offline and the cache lacks it."""
     missing = missing_model_path(path)
     if missing:
         raise FileNotFoundError(missing)
-    if os.path.exists(path):
-        return os.path.abspath(path)
+    if os.path.exists(os.path.expanduser(path)):
+        return os.path.abspath(os.path.expanduser(path))
     from huggingface_hub import constants
 
     from mixed_r1_verl.data.model_files import resolve_model_dir

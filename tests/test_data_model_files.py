@@ -32,3 +32,17 @@ def test_a_directory_without_an_image_processor_has_no_settings(tmp_path):
         required_image_processor_settings(tmp_path)
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path} has no image processor settings"):
         pixel_bounds(PrepareConfig(input="x", image_root="x", output_dir="x", model_path=str(tmp_path)), tmp_path)
+
+
+def test_a_model_named_from_the_home_directory_is_the_directory_it_names(tiny_model_dir, tmp_path, monkeypatch):
+    """As the BMAS embedding model reads `~/model`, so do the training entries and the data tools."""
+    from mixed_r1_verl.data.model_files import missing_model_path, resolve_model_dir
+    from mixed_r1_verl.main import pin_model_path
+
+    (tmp_path / "model").symlink_to(tiny_model_dir)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert missing_model_path("~/model") is None
+    assert pin_model_path("~/model") == str(tmp_path / "model")
+    assert resolve_model_dir("~/model") == tmp_path / "model"
+    missing = f"{tmp_path / 'elsewhere'} does not exist (nor is '~/elsewhere' a hub id)"
+    assert missing_model_path("~/elsewhere") == missing

@@ -273,3 +273,12 @@ def test_a_checkpoints_own_tokenizer_code_does_not_run(tiny_model_dir, tmp_path)
     (model_dir / "tokenizer_config.json").write_text(json.dumps(settings))
     tokenizer = load_tokenizer(model_dir)
     assert tokenizer("a bicycle")["input_ids"] and not ran.exists()
+
+
+def test_a_model_named_from_the_home_directory_loads_as_its_directory_does(tiny_model_dir, tmp_path, monkeypatch):
+    """`~/model` is read as the directory it names, by the table, the tokenizer and the per-process cache."""
+    (tmp_path / "model").symlink_to(tiny_model_dir)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    from_home = load_embedding_model("~/model")
+    assert from_home.encode("a red bike") and torch.equal(from_home.table, load_input_embeddings(tiny_model_dir))
+    assert load_embedding_model(str(tmp_path / "model")) is from_home

@@ -15,11 +15,11 @@ DEFAULT_PATCH_SIZE = 14
 
 
 def resolve_model_dir(model_path: str | os.PathLike) -> Path:
-    """A local directory as given; a hub id (`Qwen/Qwen2.5-VL-7B-Instruct`) as its snapshot in the
-    Hugging Face cache, fetching only the processor and tokenizer files when online and missing.
+    """A local directory as given (`~` expanded); a hub id (`Qwen/Qwen2.5-VL-7B-Instruct`) as its snapshot in
+    the Hugging Face cache, fetching only the processor and tokenizer files when online and missing.
     With HF_HUB_OFFLINE=1 only the cache is read."""
-    if Path(model_path).is_dir():
-        return Path(model_path)
+    if Path(model_path).expanduser().is_dir():
+        return Path(model_path).expanduser()
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HFValidationError
 
@@ -57,10 +57,11 @@ def is_hub_id(path: str) -> bool:
 
 
 def missing_model_path(path: str) -> str | None:
-    """Why `path` names no model: it is neither a path that exists here nor a hub id; None when it is one."""
-    if os.path.exists(path) or is_hub_id(path):
+    """Why `path` names no model: it is neither a path that exists here (`~` expanded) nor a hub id; None when
+    it is one."""
+    if os.path.exists(os.path.expanduser(path)) or is_hub_id(path):
         return None
-    return f"{os.path.abspath(path)} does not exist (nor is {path!r} a hub id)"
+    return f"{os.path.abspath(os.path.expanduser(path))} does not exist (nor is {path!r} a hub id)"
 
 
 WEIGHT_FILES = ("*.safetensors", "*.bin")

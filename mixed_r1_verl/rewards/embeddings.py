@@ -9,6 +9,7 @@ input-embedding table is read.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -44,14 +45,19 @@ class EmbeddingModel:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _expanded(model: str | Path) -> str:
+    """The model's name with a leading `~` expanded, as the table, the tokenizer and the cache read it."""
+    return os.path.expanduser(str(model))
+
+
 def _is_local(model: str) -> bool:
     """A directory, or a name that can only be a path (a hub id never starts with these)."""
-    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().is_dir()
+    return model.startswith(("/", "./", "../", "~")) or Path(model).is_dir()
 
 
 def _where_looked(model: str) -> str:
     if _is_local(model):
-        return f"directory {model}" + ("" if Path(model).expanduser().is_dir() else ", which does not exist")
+        return f"directory {model}" + ("" if Path(model).is_dir() else ", which does not exist")
     from huggingface_hub import constants
 
     offline = "on" if constants.HF_HUB_OFFLINE else "off"
@@ -77,7 +83,7 @@ def _loading(model: str, what: str):
 def _model_file(model: str, filename: str) -> Path:
     """`filename` of the model, from its directory or through the HF cache; raises FileNotFoundError."""
     if _is_local(model):
-        path = Path(model).expanduser() / filename
+        path = Path(model) / filename
         if not path.is_file():
             raise FileNotFoundError(f"no {filename} in {model}")
         return path
@@ -118,7 +124,7 @@ def _weight_files(model: str) -> list[Path]:
         index = _model_file(model, WEIGHTS_INDEX)
     except FileNotFoundError:
         if _is_local(model):
-            directory = Path(model).expanduser()
+            directory = Path(model)
             files = sorted(directory.glob("*.safetensors"))
             if not files:
                 raise FileNotFoundError(
@@ -139,7 +145,7 @@ def load_input_embeddings(model: str | Path) -> torch.Tensor:
     its safetensors without loading the rest of the model. Raises EmbeddingModelError."""
     from safetensors import safe_open
 
-    model = str(model)
+    model = _expanded(model)
     with _loading(model, "input-embedding table"):
         for path in _weight_files(model):
             with safe_open(str(path), framework="pt") as weights:
@@ -153,8 +159,9 @@ def load_tokenizer(model: str | Path):
     """The tokenizer of `model` (a directory or a hub id). Raises EmbeddingModelError."""
     from transformers import AutoTokenizer
 
-    with _loading(str(model), "tokenizer"):
-        return AutoTokenizer.from_pretrained(str(model))
+    model = _expanded(model)
+    with _loading(model, "tokenizer"):
+        return AutoTokenizer.from_pretrained(model)
 
 
 def check_tokenizer_fits_table(model: str, tokenizer, rows: int) -> None:
@@ -177,6 +184,7 @@ _loaded_lock = threading.Lock()
 def load_embedding_model(model: str) -> EmbeddingModel:
     """Tokenizer and embedding table of `model`, loaded once per process. A failed load is remembered:
     later calls raise the same EmbeddingModelError without trying again."""
+    model = _expanded(model)
     with _loaded_lock:
         if model not in _loaded:
             try:
