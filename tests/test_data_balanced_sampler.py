@@ -126,6 +126,23 @@ def test_steps_fetched_one_prompt_at_a_time_stay_balanced_when_the_rows_fill_no_
         assert len(set(seen)) == 36
 
 
+def test_prompts_fetched_one_at_a_time_by_loader_processes_do_not_hash_the_rows_tasks_again(
+    data_dir, tiny_model_dir, monkeypatch
+):
+    """The loader saves the sampler's state on every fetch: hashing 500k rows' tasks each time took 6 s a step."""
+    import hashlib
+
+    config = smoke_config(data_dir, tiny_model_dir, "filtering=on")
+    loader = trainer_with_dataloader(config, trainer_mode="mixed_r1_sync").train_dataloader
+    assert (loader.batch_size, loader.num_workers) == (1, 2)
+    tasks_text, sha256, hashed = "\n".join(loader.sampler.tasks).encode(), hashlib.sha256, []
+    monkeypatch.setattr(hashlib, "sha256", lambda data=b"": hashed.append(data == tasks_text) or sha256(data))
+    assert len(list(loader)) == 4 * ROWS_PER_TASK
+    assert loader.state_dict()
+    assert hashed.count(True) == 0, "the rows' tasks are hashed once, when the sampler is built"
+    assert loader.sampler.order_settings()["digest of the rows' tasks"] == sha256(tasks_text).hexdigest()[:16]
+
+
 def test_order_is_seeded(config, data_dir, tiny_model_dir):
     first = [batch_rows(batch) for batch in trainer_with_dataloader(config).train_dataloader]
     again = [batch_rows(batch) for batch in trainer_with_dataloader(config).train_dataloader]

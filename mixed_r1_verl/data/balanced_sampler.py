@@ -139,17 +139,20 @@ class TaskBalancedSampler(Sampler[int]):
         seed = data_config.get("seed")
         self.seed = DEFAULT_SEED if seed is None else int(seed)
         self.shuffle = bool(data_config.get("shuffle", True))
+        # Once: a data loader with worker processes saves the sampler's state, this digest included, on
+        # every fetch, and with single-prompt fetches (filtering=on) hashing every row's task each time
+        # would cost more than the fetch.
+        self.tasks_digest = hashlib.sha256("\n".join(self.tasks).encode()).hexdigest()[:16]
         self.next_epoch = 0
 
     def order_settings(self) -> dict[str, Any]:
         """What shapes the order: a resume whose settings differ would repeat some rows and skip others."""
-        tasks_digest = hashlib.sha256("\n".join(self.tasks).encode()).hexdigest()[:16]
         return {
             "data.train_batch_size": self.batch_size,
             "data.seed": self.seed,
             "data.shuffle": self.shuffle,
             "training rows": len(self.tasks),
-            "digest of the rows' tasks": tasks_digest,
+            "digest of the rows' tasks": self.tasks_digest,
         }
 
     def epoch_order(self, epoch: int) -> list[int]:
