@@ -1,9 +1,11 @@
 """The adapter's parts: per-task metrics, the BMAS batcher, the shared table, where BMAS runs, the trainer."""
 
 import asyncio
+import json
 import os
 import re
 import time
+import types
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from mixed_r1_verl.rewards import bmas_batch, compute_score
 from mixed_r1_verl.rewards.embeddings import load_input_embeddings
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, length_clip_ratios, per_task_metrics, response_caps
 from mixed_r1_verl.verl_adapter.reward_manager import BmasBatcher, custom_score
+from mixed_r1_verl.verl_adapter.stop_by import EARLY_END_FILE
 from mixed_r1_verl.verl_adapter.trainer import reward_extra_infos
 
 
@@ -377,3 +380,44 @@ def test_stop_by_knows_what_a_validation_takes_from_the_one_before_training(tiny
 
     assert trainer._stop_by.validation_s >= validation_s
     assert trainer._stop_by.reserve_s(validates_last_step=True) >= 60 + validation_s
+
+
+def test_stop_by_leaves_the_step_verl_runs_as_its_last_the_last_one(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """100 s before stop_by, 10 s steps and a save assumed to take 60 s: stop_by ends the run at step 4.
+    verl's fit decides before step 4 that it is the last; the 2 s save it times there loosens the estimate,
+    which must not announce or record a later last step that never runs."""
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    import mixed_r1_verl.verl_adapter.trainer as trainer_module
+
+    clock = {"now": 1_800_000_000.0}
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(time=lambda: clock["now"]))
+    config = compose_verl_config([
+        f"actor_rollout_ref.model.path={tiny_model_dir}", "trainer.v1.trainer_mode=mixed_r1_sync",
+        "algorithm.adv_estimator=grpo", "data.train_batch_size=4", "trainer.test_freq=0",
+        "trainer.save_freq=100", f"trainer.default_local_dir={tmp_path}",
+        f"+mixed_r1.stop_by={clock['now'] + 100}", "+mixed_r1.stop_save_estimate_s=60",
+    ])  # fmt: skip
+    trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config)
+    trainer.total_training_steps = 40  # verl sets it with the data loaders, which need a data set
+    trainer.global_steps = 1
+    trainer.on_train_begin()
+
+    steps_run = []
+    while trainer.global_steps <= trainer.total_training_steps:  # verl's fit loop, reduced to its last step
+        is_last_step = trainer.global_steps >= trainer.total_training_steps
+        trainer.timing_raw = {}
+        clock["now"] += 10.0
+        if is_last_step:  # verl's save at its last step
+            clock["now"] += 2.0
+            trainer.timing_raw["save_checkpoint"] = 2.0
+        trainer._end_before_stop_by()
+        steps_run.append(trainer.global_steps)
+        trainer.global_steps += 1
+        if is_last_step:
+            break
+
+    assert steps_run == [1, 2, 3, 4]
+    assert capsys.readouterr().out.count("mixed_r1.stop_by: the last step is now") == 1
+    assert json.loads((tmp_path / EARLY_END_FILE).read_text())["last_step"] == 4
+    assert trainer.total_training_steps == 4

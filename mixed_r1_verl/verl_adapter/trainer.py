@@ -187,6 +187,8 @@ class MixedR1SyncTrainer(PPOTrainerSync):
         saved = "save_checkpoint" in self.timing_raw
         if saved:
             stop_by.record_save(self.timing_raw["save_checkpoint"])
+        if self.global_steps >= self.total_training_steps:
+            return  # verl decided before this step that it ends the run: a later estimate cannot move the end
         validates = trainer.test_freq > 0
         last = stop_by.last_step(self.global_steps, self._planned_last_step, now, validates)
         if last == self.total_training_steps:
