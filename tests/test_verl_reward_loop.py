@@ -327,6 +327,29 @@ def test_custom_reward_keys_of_its_own_must_come_with_every_sample(tiny_model_di
         score_batch(worker, data[1:])
 
 
+GENERATIVE_REWARD = """
+def compute_score(data_source, solution_str, ground_truth, extra_info, reward_router_address, reward_model_tokenizer):
+    return {"score": 0.75, "router": reward_router_address, "judge_eos": reward_model_tokenizer.eos_token}
+"""
+
+
+def test_a_custom_reward_reaches_the_reward_model_as_with_verls_own_managers(tiny_model_dir, tmp_path):
+    """With reward.reward_model.enable, verl gives the reward managers the reward model's router address
+    and tokenizer; a generative reward model's function needs both."""
+    module = tmp_path / "judged_reward.py"
+    module.write_text(GENERATIVE_REWARD)
+    config = reward_config(
+        tiny_model_dir, "reward.reward_model.enable=True", f"reward.reward_model.model_path={tiny_model_dir}",
+        f"reward.custom_reward_function.path={module}", "reward.custom_reward_function.name=compute_score",
+        num_workers=1,
+    )  # fmt: skip
+    worker = RewardLoopWorker(config, reward_router_address="10.0.0.5:8000")
+    [output] = score_batch(worker, rollout_batch(worker.input_tokenizer, custom_samples(None)))
+    assert output["reward_score"] == 0.75
+    eos = worker.reward_model_tokenizer.eos_token
+    assert output["reward_extra_info"] == {"score": 0.75, "router": "10.0.0.5:8000", "judge_eos": eos}
+
+
 @pytest.mark.parametrize("returned", [float("nan"), float("inf"), {"score": float("-inf")}])
 def test_a_non_finite_custom_reward_names_the_sample_and_the_function(tiny_model_dir, tmp_path, returned):
     worker = custom_reward_worker(tiny_model_dir, tmp_path)

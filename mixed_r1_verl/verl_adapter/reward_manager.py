@@ -261,6 +261,12 @@ class MixedR1RewardManager(RewardManagerBase):
         # A user's reward.custom_reward_function replaces Mixed-Reward; verl hands it to us.
         custom = config.reward.get("custom_reward_function") or {}
         self.custom_function = f"{custom.get('path')}:{custom.get('name')}" if custom.get("path") else None
+        # With a reward model (reward.reward_model.enable), a custom function reaches it as verl's naive manager's does.
+        self.reward_model_kwargs = (
+            {"reward_router_address": reward_router_address, "reward_model_tokenizer": reward_model_tokenizer}
+            if reward_router_address is not None
+            else {}
+        )
         self._custom_extra_keys: list[str] | None = None  # those of the first sample scored
         self._embedding_service = None
         # An installed task that cannot be used, or one the driver has and this node lacks, stops the worker here.
@@ -352,7 +358,11 @@ class MixedR1RewardManager(RewardManagerBase):
     async def _score(self, data_source, response: str, ground_truth, extra_info: Mapping) -> dict:
         if self.custom_function is not None:
             return await self._custom_score(
-                data_source=data_source, solution_str=response, ground_truth=ground_truth, extra_info=extra_info
+                data_source=data_source,
+                solution_str=response,
+                ground_truth=ground_truth,
+                extra_info=extra_info,
+                **self.reward_model_kwargs,
             )
 
         verdict = judge(data_source, response, ground_truth, extra_info, **self.judge_options)
