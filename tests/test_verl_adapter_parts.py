@@ -15,6 +15,7 @@ from reward_loop_helpers import reward_config
 
 from mixed_r1_verl.rewards import bmas_batch, compute_score
 from mixed_r1_verl.rewards.embeddings import load_input_embeddings
+from mixed_r1_verl.verl_adapter import embedding_service as embedding_service_module
 from mixed_r1_verl.verl_adapter.metrics import PerTaskMetricsLog, length_clip_ratios, per_task_metrics, response_caps
 from mixed_r1_verl.verl_adapter.reward_manager import BmasBatcher, custom_score
 from mixed_r1_verl.verl_adapter.stop_by import EARLY_END_FILE
@@ -269,6 +270,23 @@ def test_bmas_gpu_actor_without_a_free_gpu_stops_the_manager_at_start_up(tiny_mo
             time.sleep(0.1)
     finally:
         ray.shutdown()
+
+
+def test_a_bmas_gpu_actor_placed_at_once_waits_for_its_table_however_long_it_loads(tiny_model_dir, monkeypatch):
+    """bmas_gpu_wait_s is the wait for Ray to place the actor: a table that loads for longer is no GPU missing."""
+    from slow_embedding_table import TABLE_LOAD_S, SlowTableService
+
+    monkeypatch.setattr(embedding_service_module, "EmbeddingService", SlowTableService)
+    python_path = os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": python_path}})  # fmt: skip
+    try:
+        wait_s = TABLE_LOAD_S - 5
+        service = embedding_service_module.gpu_embedding_service(str(tiny_model_dir), 1, wait_s)
+        rows = ray.get(service.rows.remote())
+    finally:
+        ray.shutdown()
+    assert rows == load_input_embeddings(tiny_model_dir).shape[0]
 
 
 def test_the_manager_refuses_the_bmas_options_and_embedding_model_the_training_entry_refuses(tiny_model_dir, tmp_path):

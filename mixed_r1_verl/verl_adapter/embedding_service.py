@@ -19,6 +19,8 @@ from mixed_r1_verl.rewards import bmas_batch, row_norms
 from mixed_r1_verl.rewards.embeddings import EmbeddingModelError, load_input_embeddings
 
 SERVICE_NAME_PREFIX = "mixed_r1_embeddings_"
+# The service's own concurrency group for `placed`, which thus answers while a table load runs.
+PLACEMENT_CHECK = "placement_check"
 
 
 class BmasGpuUnavailable(RuntimeError):
@@ -38,34 +40,51 @@ def _from_shared(array: np.ndarray, dtype: str) -> torch.Tensor:
 
 
 class EmbeddingService:
-    """Owns a model's input-embedding table on one node (a Ray actor; see `embedding_service`).
-    A table that cannot be loaded is remembered: every caller gets the same EmbeddingModelError."""
+    """Owns a model's input-embedding table on one node (a Ray actor; see `embedding_service`). The table
+    is loaded by the first call that needs it, not at construction, so `placed` answers as soon as Ray has
+    placed the actor. A table that cannot be loaded is remembered: every caller gets the same
+    EmbeddingModelError."""
 
     def __init__(self, model: str, device: str = "cpu"):
+        self._model, self._device = model, device
+        self._loaded = False
         self._error: EmbeddingModelError | None = None
+
+    @ray.method(concurrency_group=PLACEMENT_CHECK)
+    def placed(self) -> bool:
+        return True
+
+    def _load(self) -> None:
+        """Runs in the default concurrency group, one call at a time: the first caller loads the table."""
+        if self._loaded:
+            return
         try:
-            table = load_input_embeddings(model)
+            table = load_input_embeddings(self._model)
         except EmbeddingModelError as error:
             self._error = error
-            return
-        norms = row_norms(table)
-        self._dtype, self._rows = str(table.dtype), table.shape[0]
-        self._shared = [ray.put(_to_shareable(table)), ray.put(norms.numpy())]
-        self._device_table = table.to(device) if device != "cpu" else None
-        self._device_norms = norms.to(device) if device != "cpu" else None
+        else:
+            norms = row_norms(table)
+            self._dtype, self._rows = str(table.dtype), table.shape[0]
+            self._shared = [ray.put(_to_shareable(table)), ray.put(norms.numpy())]
+            self._device_table = table.to(self._device) if self._device != "cpu" else None
+            self._device_norms = norms.to(self._device) if self._device != "cpu" else None
+        self._loaded = True
 
     def table(self) -> tuple[str, list]:
+        self._load()
         if self._error is not None:
             raise self._error
         # The references (table, row norms) are in a list so that Ray hands them over unresolved.
         return self._dtype, self._shared
 
     def rows(self) -> int:
+        self._load()
         if self._error is not None:
             raise self._error
         return self._rows
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        self._load()
         if self._device_table is None:
             raise RuntimeError("this embedding service holds no GPU table; score on the workers instead")
         return bmas_batch(self._device_table, pairs, self._device_norms)
@@ -77,7 +96,7 @@ def embedding_service(model: str, num_gpus: float = 0.0):
     node_id = ray.get_runtime_context().get_node_id()
     key = hashlib.sha1(f"{model}|{num_gpus}".encode()).hexdigest()[:16]
     return (
-        ray.remote(EmbeddingService)
+        ray.remote(concurrency_groups={PLACEMENT_CHECK: 1})(EmbeddingService)
         .options(
             name=f"{SERVICE_NAME_PREFIX}{node_id[:16]}_{key}",
             get_if_exists=True,
@@ -120,14 +139,15 @@ def no_gpu_for_bmas(num_gpus: float, node_id: str, reason: str) -> BmasGpuUnavai
 
 def gpu_embedding_service(model: str, num_gpus: float, wait_s: float):
     """The node's GPU embedding service, ready to score, or BmasGpuUnavailable when Ray has no such GPU
-    on this node for `wait_s` seconds (the pending actor is then removed). Blocks: call at start-up."""
+    on this node for `wait_s` seconds (the pending actor is then removed); the table load after placement
+    is not timed. Blocks: call at start-up."""
     node_id = ray.get_runtime_context().get_node_id()
     node_gpus = _node_gpus(node_id)
     if node_gpus < num_gpus:
         raise no_gpu_for_bmas(num_gpus, node_id, f"the node has {node_gpus:g} GPU")
     service = embedding_service(model, num_gpus)
-    ready, _ = ray.wait([service.table.remote()], timeout=wait_s)
-    if not ready:
+    placed, _ = ray.wait([service.placed.remote()], timeout=wait_s)
+    if not placed:
         ray.kill(service)
         raise no_gpu_for_bmas(num_gpus, node_id, f"none became free within {wait_s:g} s")
     _table_references(service)

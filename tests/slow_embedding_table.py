@@ -1,0 +1,18 @@
+"""An embedding service whose table loads slowly, for the BMAS GPU actor's start-up; the Ray workers import
+it by name (tests/ on their PYTHONPATH), so that it subclasses the service they import."""
+
+import time
+
+from mixed_r1_verl.verl_adapter import embedding_service
+
+TABLE_LOAD_S = 15.0
+
+
+class SlowTableService(embedding_service.EmbeddingService):
+    """The service with a table that takes TABLE_LOAD_S to load (a large model's on a slow shared
+    filesystem), kept on the CPU, as the machine may have no GPU."""
+
+    def __init__(self, model: str, device: str):
+        load = embedding_service.load_input_embeddings
+        embedding_service.load_input_embeddings = lambda path: (time.sleep(TABLE_LOAD_S), load(path))[1]
+        super().__init__(model, "cpu")
