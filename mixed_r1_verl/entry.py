@@ -21,6 +21,14 @@ from mixed_r1_verl.settings import EXIT_USAGE
 RECIPE_GROUP = "recipe"
 PACKAGE_SETTINGS_KEY = "mixed_r1"
 CHECKPOINT_DIR_KEY = "trainer.default_local_dir"
+# Hydra's options that take a value (hydra._internal.utils.get_args_parser); --info takes one of its topics
+# only where one follows.
+HYDRA_OPTIONS_WITH_A_VALUE = {
+    "--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+    "--experimental-rerun",
+}  # fmt: skip
+HYDRA_INFO_OPTIONS = {"--info", "-i"}
+HYDRA_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 
 def register_recipe_files(directory: Path) -> list[str]:
@@ -73,6 +81,28 @@ def usage(
     )
 
 
+def hydra_options_last(argv: list[str]) -> list[str]:
+    """The command line with Hydra's options (each with its value) after the overrides, both in their order:
+    Hydra's parser takes the overrides only as one unbroken run, so in `a=1 --cfg job b=2` it would not
+    recognize b=2, and an `--info` before an override would take the override for its topic."""
+    overrides, options = [], []
+    position = 0
+    while position < len(argv):
+        arg = argv[position]
+        position += 1
+        if not arg.startswith("-"):  # an override never starts with "-"
+            overrides.append(arg)
+            continue
+        options.append(arg)
+        follows = argv[position] if position < len(argv) else None
+        if follows is not None and (
+            arg in HYDRA_OPTIONS_WITH_A_VALUE or (arg in HYDRA_INFO_OPTIONS and follows in HYDRA_INFO_TOPICS)
+        ):
+            options.append(follows)
+            position += 1
+    return overrides + options
+
+
 def run_recipe_entry(
     module: str,
     recipe_dir: Path,
@@ -81,7 +111,9 @@ def run_recipe_entry(
     task: Callable[[DictConfig], None],
 ) -> None:
     """Print the usage (exit 0 for --help, 2 otherwise) unless a recipe is chosen; then run `task`
-    on the composed config through Hydra (which handles --cfg job and --help)."""
+    on the composed config through Hydra (which handles --cfg job and --help). Hydra's options may come
+    between the overrides, as the launchers pass the user's after their own."""
+    sys.argv[1:] = hydra_options_last(sys.argv[1:])
     recipes = register_recipe_files(recipe_dir)
     if not any(arg.lstrip("+").startswith(f"{RECIPE_GROUP}=") for arg in sys.argv[1:]):
         asked_for_help = bool({"--help", "-h"} & set(sys.argv[1:]))

@@ -133,6 +133,19 @@ def test_launcher_options_may_follow_the_recipe(script, tmp_path):
     assert printed_commands(after)[-1][-3:] == ["--cfg", "job", "a=b"], "the entry's own flags are passed on"
 
 
+def test_the_entrys_flags_may_come_between_the_overrides(tmp_path):
+    """The launchers pass the user's arguments after their own overrides, so a flag can split the overrides,
+    which Hydra's parser alone takes only as one unbroken run."""
+    env = {"PYTHON": sys.executable, "PYTHONPATH": str(REPO)}
+    shown = run_script(SCRIPTS[0], "smoke", "--cfg", "job", "trainer.total_epochs=2", cwd=tmp_path, **env)
+    assert shown.returncode == 0, shown.stderr
+    assert "\n  total_epochs: 2\n" in shown.stdout and "\n  nnodes: 1\n" in shown.stdout
+    # The sweep reaches the entry, which refuses jobs that would train into one checkpoint directory.
+    swept = run_script(SCRIPTS[0], "smoke", "-m", "trainer.total_epochs=1,2", cwd=tmp_path, **env)
+    assert swept.returncode == 2 and "unrecognized arguments" not in swept.stderr
+    assert "-m: the sweep's jobs (trainer.total_epochs=1; trainer.total_epochs=2)" in swept.stderr
+
+
 def test_ray_job_dry_run_ships_the_code_and_registers_the_plugins_on_every_node(tmp_path):
     home = tmp_path / "home"
     (home / ".ray").mkdir(parents=True)

@@ -12,13 +12,20 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from hydra._internal.utils import get_args_parser
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from data_helpers import checkout_env
 from task_plugins import write_distribution
 
-from mixed_r1_verl.entry import sweep_jobs
+from mixed_r1_verl.entry import (
+    HYDRA_INFO_OPTIONS,
+    HYDRA_INFO_TOPICS,
+    HYDRA_OPTIONS_WITH_A_VALUE,
+    hydra_options_last,
+    sweep_jobs,
+)
 from mixed_r1_verl.settings import EXIT_USAGE
 from mixed_r1_verl.main import (
     exit_unless_data_files_exist,
@@ -131,6 +138,25 @@ def test_sweep_jobs_combine_the_swept_values_as_hydras_basic_sweeper_does():
         ["recipe=smoke", "a=2", "+b=0", "~c"], ["recipe=smoke", "a=2", "+b=1", "~c"],
     ]  # fmt: skip
     assert sweep_jobs(["recipe=glob(*)"]) is None
+
+
+def test_hydras_options_go_after_the_overrides_in_their_order_with_their_values():
+    argv = ["recipe=smoke", "a=1", "--cfg", "job", "a=2", "-m", "b=3,4", "--info", "c=5", "-p", "trainer", "--resolve"]
+    reordered = hydra_options_last(argv)
+    assert reordered == [
+        "recipe=smoke", "a=1", "a=2", "b=3,4", "c=5", "--cfg", "job", "-m", "--info", "-p", "trainer", "--resolve",
+    ]  # fmt: skip
+    parsed = get_args_parser().parse_args(reordered)
+    assert parsed.overrides == ["recipe=smoke", "a=1", "a=2", "b=3,4", "c=5"]
+    assert (parsed.cfg, parsed.multirun, parsed.info, parsed.package) == ("job", True, "all", "trainer")
+    topic_first = ["--info", "defaults", "a=1", "--cfg=job", "b=2"]
+    assert hydra_options_last(topic_first) == ["a=1", "b=2", "--info", "defaults", "--cfg=job"]
+    # The options taking a value are those of Hydra's parser.
+    options = [action for action in get_args_parser()._actions if action.option_strings]
+    with_a_value = {name for action in options if action.nargs is None for name in action.option_strings}
+    assert with_a_value == HYDRA_OPTIONS_WITH_A_VALUE
+    [info] = [action for action in options if action.nargs == "?"]
+    assert (set(info.option_strings), set(info.choices)) == (HYDRA_INFO_OPTIONS, HYDRA_INFO_TOPICS)
 
 
 def test_cfg_job_prints_the_merged_config_with_overrides(tmp_path):
