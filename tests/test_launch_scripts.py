@@ -332,6 +332,15 @@ def slurm_ray_commands(**extra: str) -> list[list[str]]:
     return printed_commands(run_script(SCRIPTS[2], "--dry-run", "smoke", **slurm_env(SLURM_GPUS_ON_NODE="1", **extra)))
 
 
+def test_slurm_dry_run_shows_the_head_address_of_ray_head_ip_as_the_run_uses_it(tmp_path):
+    head, worker_b, worker_c, train = slurm_ray_commands(RAY_HEAD_IP="10.0.0.5", HOME=str(tmp_path))
+    assert "--node-ip-address=10.0.0.5" in head
+    assert "--address=10.0.0.5:6379" in worker_b and "--address=10.0.0.5:6379" in worker_c
+    assert "RAY_ADDRESS=10.0.0.5:6379" in train
+    ipv6_train = slurm_ray_commands(RAY_HEAD_IP="fd00::5", HOME=str(tmp_path))[-1]
+    assert "RAY_ADDRESS=[fd00::5]:6379" in ipv6_train
+
+
 def test_slurm_token_settings_of_the_user_win(tmp_path):
     result = run_script(SCRIPTS[2], "--dry-run", "smoke", **slurm_env(SLURM_GPUS_ON_NODE="1"),
                         RAY_AUTH_TOKEN_PATH=str(tmp_path / "token"), HOME=str(tmp_path))  # fmt: skip
