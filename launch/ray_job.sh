@@ -28,6 +28,7 @@ follow the recipe.
   --gpus-per-node G    sets trainer.n_gpus_per_node (default: the recipe's)
   --working-dir DIR    code shipped to every node (default: this checkout)
   --no-wait            return after submission instead of following the logs
+                       (otherwise exits with the job's exit code, 143 for a stopped job)
   --dry-run            print the command instead of running it
   -h, --help           this text
 
@@ -142,6 +143,35 @@ auth_env=()
 if [[ -n "${RAY_AUTH_MODE:-}" ]]; then
     auth_env=(env "RAY_AUTH_MODE=$RAY_AUTH_MODE")
 fi
-cmd=("${auth_env[@]}" ray job submit --address "$address" --runtime-env-json "$(runtime_env_json "$working_dir")"
-    "${wait_flag[@]}" -- python -m mixed_r1_verl.main "recipe=${recipe}" "${topology[@]}" "${entry_args[@]}")
-print_or_exec "${cmd[@]}"
+# The launcher names the job, to ask for its status once it ends.
+submission_id="mixed_r1_${recipe}_$(date +%Y%m%d_%H%M%S)_${RANDOM}"
+cmd=("${auth_env[@]}" ray job submit --address "$address" --submission-id "$submission_id"
+    --runtime-env-json "$(runtime_env_json "$working_dir")" "${wait_flag[@]}"
+    -- python -m mixed_r1_verl.main "recipe=${recipe}" "${topology[@]}" "${entry_args[@]}")
+if [[ "$dry_run" == 1 ]]; then
+    print_or_exec "${cmd[@]}"
+    ((${#wait_flag[@]})) || echo "# then exit with the job's exit code, from \`ray job status $submission_id\`"
+    exit 0
+elif ((${#wait_flag[@]})); then
+    exec "${cmd[@]}"
+fi
+
+# `ray job submit` exits 1 for a failed job and 0 for any other end, a stopped one's too: the launcher exits
+# with the entry's exit code, read from the job's status, and 143 for a stopped job.
+submitted=0
+"${cmd[@]}" || submitted=$?
+if ! status="$("${auth_env[@]}" ray job status --address "$address" "$submission_id" 2>&1)"; then
+    ((submitted)) || echo "cannot read the status of job $submission_id: ${status##*$'\n'}" >&2
+    exit "$((submitted ? submitted : 1))"
+fi
+if [[ "$status" =~ failed\ with\ exit\ code\ (-?[0-9]+) ]]; then
+    exit_code="${BASH_REMATCH[1]}"
+    exit "$((exit_code < 0 ? 128 - exit_code : exit_code))"  # Ray gives -N for a driver killed by signal N
+elif [[ "$status" == *"' was stopped"* ]]; then
+    echo "job $submission_id was stopped (exit code 143)" >&2
+    exit 143
+elif [[ "$status" != *"' succeeded"* ]]; then
+    # A job that failed before its command ran (`ray job submit` said why), or one still running.
+    ((submitted)) || echo "$status" >&2
+    exit "$((submitted ? submitted : 1))"
+fi

@@ -129,7 +129,9 @@ def test_launcher_options_may_follow_the_recipe(script, tmp_path):
     env = {"PYTHON": sys.executable, "HOME": str(tmp_path), **slurm_env(SLURM_GPUS_ON_NODE="1")}
     before = run_script(script, "--dry-run", "smoke", "--cfg", "job", "a=b", **env)
     after = run_script(script, "smoke", "--dry-run", "--cfg", "job", "a=b", **env)
-    assert printed_commands(after) == printed_commands(before)
+    # Each Ray job gets a name of its own.
+    unnamed = re.compile(r"mixed_r1_smoke_[0-9_]+")
+    assert unnamed.sub("", after.stdout) == unnamed.sub("", before.stdout)
     assert printed_commands(after)[-1][-3:] == ["--cfg", "job", "a=b"], "the entry's own flags are passed on"
 
 
@@ -223,6 +225,54 @@ def test_ray_job_without_a_token_says_where_the_token_goes(tmp_path):
     assert result.returncode == 0 and "RAY_AUTH_MODE=token" not in result.stdout
     assert printed_commands(result)[0][:3] == ["ray", "job", "submit"]
     assert "copy the head's ~/.ray/auth_token here" in result.stderr
+
+
+# `ray` as Ray 2.60's CLI ends for a job that ends as $JOB_END, its command with exit code $ENTRY_EXIT: `ray job
+# submit` exits 1 for a failed job and 0 otherwise, `ray job status` says how the job ended. Every call is recorded.
+RAY_CLI = """echo "${RAY_AUTH_MODE:-} $*" >>"$RAY_LOG"
+if [[ "$2" == submit ]]; then
+    [[ "$JOB_END" != failed ]]
+elif [[ "$JOB_END" == failed ]]; then
+    echo "Job '$5' failed"
+    echo "Status message: Job entrypoint command failed with exit code $ENTRY_EXIT, last available logs (truncated):"
+    echo "a step failed with exit code 1"
+elif [[ "$JOB_END" == stopped ]]; then
+    echo "Job '$5' was stopped"
+else
+    echo "Job '$5' succeeded"
+fi
+"""
+
+
+def ray_job_calls(tmp_path, job_end: str, entry_exit: str, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True, exist_ok=True)
+    (home / ".ray" / "auth_token").write_text("0123abcd")
+    log = tmp_path / "ray.log"
+    log.unlink(missing_ok=True)
+    result = run_script(
+        SCRIPTS[1], *args, "smoke", PATH=fake_command(tmp_path / "bin", "ray", RAY_CLI), RAY_LOG=str(log),
+        JOB_END=job_end, ENTRY_EXIT=entry_exit, PYTHON=sys.executable, HOME=str(home),
+    )  # fmt: skip
+    return result, log.read_text().splitlines()
+
+
+def test_ray_job_exits_with_the_entrys_exit_code_and_143_for_a_stopped_job(tmp_path):
+    """`ray job submit` alone exits 1 for every failed job and 0 for a stopped one."""
+    for job_end, entry_exit, exit_code in [
+        ("failed", "3", 3), ("failed", "2", 2), ("failed", "-9", 137), ("stopped", "0", 143), ("succeeded", "0", 0),
+    ]:  # fmt: skip
+        result, calls = ray_job_calls(tmp_path, job_end, entry_exit)
+        assert result.returncode == exit_code, (job_end, entry_exit, result.stderr)
+        submit, status = calls
+        [submission_id] = re.findall(r" --submission-id (\S+) ", submit)
+        assert submit.startswith("token job submit ")
+        assert status == f"token job status --address http://127.0.0.1:8265 {submission_id}"
+        assert ("was stopped (exit code 143)" in result.stderr) == (job_end == "stopped")
+    not_waiting, [submit] = ray_job_calls(tmp_path, "stopped", "0", "--no-wait")
+    assert not_waiting.returncode == 0 and " --no-wait " in submit
+    dry_run = run_script(SCRIPTS[1], "--dry-run", "smoke", HOME=str(tmp_path), PYTHON=sys.executable)
+    assert "\n# then exit with the job's exit code, from `ray job status mixed_r1_smoke_" in dry_run.stdout
 
 
 def slurm_env(**extra: str) -> dict:
