@@ -172,8 +172,10 @@ def _matching_row(rng: random.Random, shapes: list[dict], size: tuple[int, int])
     # Ask about a shape its name singles out (two triangles in the same third would not be).
     named = [i for i, name in enumerate(names) if names.count(name) == 1]
     if rng.random() < 0.5 or not named:
-        colour = rng.choice(sorted(COLOURS))
-        present = any(s["colour"] == colour for s in shapes)
+        # The answer is drawn first: asking about any of the six colours would make "no" the likelier answer.
+        present = rng.random() < 0.5
+        drawn = {s["colour"] for s in shapes}
+        colour = rng.choice([c for c in sorted(COLOURS) if (c in drawn) == present])
         finding = f"The {colour} one is there." if present else f"Nothing is {colour}."
         return {
             "problem": f"<image>Is there anything {colour} in the image?",
