@@ -33,7 +33,7 @@ setup(
         "omegaconf>=2.3",
         "ray[default]>=2.41",
         "numpy>=2",
-        "pillow",
+        "pillow>=10.1",
         "safetensors",
         "tqdm",
         "matplotlib",

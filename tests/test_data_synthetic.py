@@ -2,7 +2,12 @@
 
 import json
 
-from mixed_r1_verl.data.synthetic import write_synthetic_dataset
+import numpy as np
+from PIL import Image
+
+from mixed_r1_verl.data.frames import smart_resize
+from mixed_r1_verl.data.synthetic import COLOURS, write_synthetic_dataset
+from mixed_r1_verl.models.tiny_qwen25vl import MAX_PIXELS, MIN_PIXELS
 
 
 def read_rows(jsonl) -> list[dict]:
@@ -16,3 +21,21 @@ def test_yes_no_questions_are_answered_yes_half_the_time(tmp_path):
     answers = [row["answer"] for row in read_rows(jsonl) if row["task"] == "matching" and "options" not in row]
     assert len(answers) > 500 and set(answers) == {"yes", "no"}
     assert abs(answers.count("yes") / len(answers) - 0.5) <= 0.04
+
+
+def test_chart_values_and_labels_stay_legible_in_the_frame_the_tiny_model_sees(tmp_path):
+    width, height = 1280, 960
+    jsonl, image_root = write_synthetic_dataset(tmp_path, rows_per_task=1, image_size=(width, height))
+    chart = next(row for row in read_rows(jsonl) if row["task"] == "chart")
+    pixels = np.asarray(Image.open(image_root / chart["images"][0]).convert("RGB"))
+    dark = (pixels < 100).all(axis=2)
+    x_axis = dark.sum(axis=1) > width // 2
+    axis_row = np.flatnonzero(x_axis)[0]
+    bar_columns = np.flatnonzero((pixels == COLOURS["blue"]).all(axis=2).any(axis=0))
+    bars = np.split(bar_columns, np.flatnonzero(np.diff(bar_columns) > 1) + 1)
+    seen_height, _ = smart_resize(height, width, 28, MIN_PIXELS, MAX_PIXELS)
+    assert len(bars) == chart["rationale"].split(".")[0].count(",") + 1  # "The bars read A 12, B 40, C 7."
+    for columns in bars:
+        text_rows = np.flatnonzero(dark[:, columns].any(axis=1) & ~x_axis)
+        for rows in (text_rows[text_rows < axis_row], text_rows[text_rows > axis_row]):  # the value, the label
+            assert (rows.max() - rows.min() + 1) * seen_height / height >= 7

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from mixed_r1_verl.rewards.tasks import BUILTIN_TASKS as TASKS
 from mixed_r1_verl.settings import parse_settings
@@ -97,6 +97,9 @@ def _bar_chart(rng: random.Random, size: tuple[int, int], noise: np.ndarray) -> 
     # Distinct values, so "the largest bar" has one answer.
     values = dict(zip(labels, rng.sample(range(1, 100), len(labels))))
     left, bottom, top = width // 10, height - height // 8, height // 10
+    # Text scales with the chart, so it stays as legible as the bars once the model's processor resizes it.
+    font = ImageFont.load_default(size=max(10, height // 22))
+    gap = max(2, height // 120)
     draw.line([(left, top), (left, bottom), (width - left // 2, bottom)], fill=(0, 0, 0), width=2)
     slot = (width - left * 2) // len(labels)
     for i, label in enumerate(labels):
@@ -104,8 +107,9 @@ def _bar_chart(rng: random.Random, size: tuple[int, int], noise: np.ndarray) -> 
         x1 = left + i * slot + slot // 5
         x2 = left + (i + 1) * slot - slot // 5
         draw.rectangle([x1, bottom - bar_height, x2, bottom], fill=COLOURS["blue"])
-        draw.text((x1, bottom - bar_height - 12), str(values[label]), fill=(0, 0, 0))
-        draw.text(((x1 + x2) // 2 - 3, bottom + 2), label, fill=(0, 0, 0))
+        centre = (x1 + x2) // 2
+        draw.text((centre, bottom - bar_height - gap), str(values[label]), fill=(0, 0, 0), font=font, anchor="md")
+        draw.text((centre, bottom + gap), label, fill=(0, 0, 0), font=font, anchor="mt")
     return image, values
 
 
