@@ -39,3 +39,15 @@ def test_chart_values_and_labels_stay_legible_in_the_frame_the_tiny_model_sees(t
         text_rows = np.flatnonzero(dark[:, columns].any(axis=1) & ~x_axis)
         for rows in (text_rows[text_rows < axis_row], text_rows[text_rows > axis_row]):  # the value, the label
             assert (rows.max() - rows.min() + 1) * seen_height / height >= 7
+
+
+def test_backgrounds_are_near_grey(tmp_path):
+    # Without texture a background is one flat colour, the commonest in its image.
+    jsonl, image_root = write_synthetic_dataset(tmp_path, rows_per_task=125, image_size=(160, 120), texture=0.0)
+    rows = read_rows(jsonl)
+    assert len(rows) == 500
+    for row in rows:
+        pixels = np.asarray(Image.open(image_root / row["images"][0]).convert("RGB")).reshape(-1, 3)
+        colours, counts = np.unique(pixels, axis=0, return_counts=True)
+        background = colours[counts.argmax()].astype(int)
+        assert background.max() - background.min() <= 16 and background.min() >= 192, (row["id"], background)

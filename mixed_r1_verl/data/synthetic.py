@@ -44,10 +44,12 @@ def _noise_tile(seed: int, size: tuple[int, int], texture: float) -> np.ndarray:
 
 
 def _background(rng: random.Random, size: tuple[int, int], noise: np.ndarray) -> Image.Image:
-    """A pale background with pixel noise, so encoded sizes resemble photographs rather than flat art."""
+    """A pale, near-grey background with pixel noise, so encoded sizes resemble photographs rather than flat
+    art; a clear tint could pass for a colour that a question asks about."""
     width, height = size
     top, left = rng.randrange(height), rng.randrange(width)
-    base = np.array([rng.randint(200, 250) for _ in range(3)], dtype=np.int16)
+    grey = rng.randint(200, 250)
+    base = np.array([grey + rng.randint(-8, 8) for _ in range(3)], dtype=np.int16)
     pixels = base + noise[top : top + height, left : left + width]
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
