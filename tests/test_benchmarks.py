@@ -29,7 +29,7 @@ TINY_RUNS = {
     "convert_45k --embedded --engine": "convert_45k.py --rows 8 --distinct-images 8 --embedded --engine",
     "checkpoint_weights": "checkpoint_weights.py --tiny --layers 2 --rank 2",
     "prompt_length_filter": "prompt_length_filter.py --rows 8 --image-size 64x48",
-    "convert_45k": "convert_45k.py --rows 8 --distinct-images 4",
+    "convert_45k": "convert_45k.py --rows 16 --distinct-images 8",
     "eval_scoring": "eval_scoring.py --records 8",
     "difficulty_cache": "difficulty_cache.py --prompts 20 --responses 3 --chars 60",
     "perceptual_dedup": "perceptual_dedup.py --rows 12 4",
@@ -137,8 +137,8 @@ def check_convert_engine(output: str) -> None:
 def check_convert(output: str) -> None:
     summary = json.loads(output)
     assert summary["command"] == "mixed_r1_verl.data.prepare"
-    assert summary["rows"] == summary["rows_written"] == 8 and summary["rows_rejected"] == 0
-    assert summary["distinct_images"] == 4
+    assert summary["rows"] == summary["rows_written"] == 16 and summary["rows_rejected"] == 0
+    assert summary["distinct_images"] == 8  # 4 rows of each task share 2 images: 1 for val, 1 for train
     check_conversion_figures(summary)
 
 

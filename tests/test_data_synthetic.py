@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mixed_r1_verl.data.frames import smart_resize
@@ -51,3 +52,17 @@ def test_backgrounds_are_near_grey(tmp_path):
         colours, counts = np.unique(pixels, axis=0, return_counts=True)
         background = colours[counts.argmax()].astype(int)
         assert background.max() - background.min() <= 16 and background.min() >= 192, (row["id"], background)
+
+
+def test_val_rows_draw_from_images_of_their_own_when_rows_share_images(tmp_path):
+    jsonl, image_root = write_synthetic_dataset(
+        tmp_path, rows_per_task=80, seed=0, image_size=(96, 72), val_rows_per_task=10, distinct_images_per_task=16
+    )
+    rows = read_rows(jsonl)
+    train_images = {row["images"][0] for row in rows if row["split"] == "train"}
+    val_images = {row["images"][0] for row in rows if row["split"] == "val"}
+    assert val_images and not val_images & train_images
+    assert len(train_images | val_images) == len(list(image_root.rglob("*.png"))) == 4 * 16
+    assert sum(row["split"] == "val" for row in rows) > len(val_images)  # val rows share images too
+    with pytest.raises(ValueError, match="distinct_images_per_task=1 leaves no image for train rows"):
+        write_synthetic_dataset(tmp_path / "one", rows_per_task=8, val_rows_per_task=1, distinct_images_per_task=1)

@@ -246,37 +246,48 @@ def write_synthetic_dataset(
 
     The last `val_rows_per_task` rows of each task are pinned to `"split": "val"`, the others to
     train (default: `default_val_rows`); 0 pins nothing and leaves the split to the converter.
-    `image_size` is (width, height). With `distinct_images_per_task`, rows share a pool of that many
-    images per task (each row still asks its own question about its image, and val rows may share
-    images with train rows), which keeps large sets cheap to generate. `image_format` is "png" or
-    "jpeg"; `texture` is the background noise level.
+    `image_size` is (width, height). With `distinct_images_per_task`, a task's rows share a pool of that
+    many images, which keeps large sets cheap to generate: its val rows draw from their share of the
+    pool (one image at least) and its train rows from the rest, so no image is in both splits. Rows
+    that share an image draw their questions independently, so some ask the same one. `image_format`
+    is "png" or "jpeg"; `texture` is the background noise level.
     """
     val_rows = default_val_rows(rows_per_task) if val_rows_per_task is None else val_rows_per_task
     if not 0 <= val_rows <= rows_per_task:
         raise ValueError(f"val_rows_per_task={val_rows} must lie between 0 and rows_per_task={rows_per_task}")
+    train_rows = rows_per_task - val_rows
+    pool_size = min(rows_per_task, distinct_images_per_task or rows_per_task)
+    val_pool_size = min(val_rows, max(1, pool_size * val_rows // rows_per_task)) if val_rows else 0
+    if train_rows and pool_size == val_pool_size:
+        raise ValueError(
+            f"distinct_images_per_task={distinct_images_per_task} leaves no image for train rows: "
+            "with rows in both splits it must be at least 2"
+        )
     out_dir = Path(out_dir)
     image_root = out_dir / "images"
     image_root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     noise = _noise_tile(seed, image_size, texture)
     suffix = {"png": "png", "jpeg": "jpg"}[image_format]
-    pool_size = min(rows_per_task, distinct_images_per_task or rows_per_task)
     jsonl_path = out_dir / "synthetic.jsonl"
     with open(jsonl_path, "w", encoding="utf-8") as out:
         for task in TASKS:
-            pool = []
+            images = []
             for i in range(pool_size):
                 image, scene = _scene_for_task(task, rng, image_size, noise)
                 relative = f"{task}/{i:06d}.{suffix}"
                 (image_root / task).mkdir(exist_ok=True)
                 image.save(image_root / relative, format=image_format.upper(), quality=90)
-                pool.append((relative, scene))
+                images.append((relative, scene))
+            train_pool, val_pool = images[: pool_size - val_pool_size], images[pool_size - val_pool_size :]
             for i in range(rows_per_task):
-                relative, scene = pool[i % pool_size]
+                is_val = i >= train_rows
+                pool, place = (val_pool, i - train_rows) if is_val else (train_pool, i)
+                relative, scene = pool[place % len(pool)]
                 row = {"id": f"{task}-{i:06d}", "task": task, "data_source": f"synthetic_{task}", "images": [relative]}
                 row.update(ROW_BUILDERS[task](rng, scene, image_size))
                 if val_rows:
-                    row["split"] = "val" if i >= rows_per_task - val_rows else "train"
+                    row["split"] = "val" if is_val else "train"
                 out.write(json.dumps(row) + "\n")
     return jsonl_path, image_root
 
