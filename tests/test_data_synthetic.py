@@ -66,3 +66,21 @@ def test_val_rows_draw_from_images_of_their_own_when_rows_share_images(tmp_path)
     assert sum(row["split"] == "val" for row in rows) > len(val_images)  # val rows share images too
     with pytest.raises(ValueError, match="distinct_images_per_task=1 leaves no image for train rows"):
         write_synthetic_dataset(tmp_path / "one", rows_per_task=8, val_rows_per_task=1, distinct_images_per_task=1)
+
+
+@pytest.mark.parametrize(
+    "image_format, suffix, pil_format", [("jpg", "jpg", "JPEG"), ("JPEG", "jpg", "JPEG"), ("Png", "png", "PNG")]
+)
+def test_image_format_is_read_in_any_case_and_jpg_is_jpeg(tmp_path, image_format, suffix, pil_format):
+    jsonl, image_root = write_synthetic_dataset(
+        tmp_path, rows_per_task=1, image_size=(64, 48), image_format=image_format
+    )
+    for row in read_rows(jsonl):
+        assert row["images"][0].endswith(f".{suffix}")
+        assert Image.open(image_root / row["images"][0]).format == pil_format
+
+
+def test_an_unknown_image_format_is_refused_naming_the_valid_ones_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match=r"image_format='gif' is none of png, jpeg, jpg"):
+        write_synthetic_dataset(tmp_path / "out", rows_per_task=1, image_format="gif")
+    assert not (tmp_path / "out").exists()

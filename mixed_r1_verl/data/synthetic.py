@@ -34,6 +34,8 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle")
 BAR_LABELS = "ABCDE"
 LETTERS = "ABCD"
+# image_format's values, in any case: each file's suffix and the format PIL writes.
+IMAGE_FORMATS = {"png": ("png", "PNG"), "jpeg": ("jpg", "JPEG"), "jpg": ("jpg", "JPEG")}
 
 
 def _noise_tile(seed: int, size: tuple[int, int], texture: float) -> np.ndarray:
@@ -250,8 +252,11 @@ def write_synthetic_dataset(
     many images, which keeps large sets cheap to generate: its val rows draw from their share of the
     pool (one image at least) and its train rows from the rest, so no image is in both splits. Rows
     that share an image draw their questions independently, so some ask the same one. `image_format`
-    is "png" or "jpeg"; `texture` is the background noise level.
+    is "png", "jpeg" or "jpg", in any case; `texture` is the background noise level.
     """
+    if image_format.lower() not in IMAGE_FORMATS:
+        raise ValueError(f"image_format={image_format!r} is none of {', '.join(IMAGE_FORMATS)}")
+    suffix, pil_format = IMAGE_FORMATS[image_format.lower()]
     val_rows = default_val_rows(rows_per_task) if val_rows_per_task is None else val_rows_per_task
     if not 0 <= val_rows <= rows_per_task:
         raise ValueError(f"val_rows_per_task={val_rows} must lie between 0 and rows_per_task={rows_per_task}")
@@ -268,7 +273,6 @@ def write_synthetic_dataset(
     image_root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     noise = _noise_tile(seed, image_size, texture)
-    suffix = {"png": "png", "jpeg": "jpg"}[image_format]
     jsonl_path = out_dir / "synthetic.jsonl"
     with open(jsonl_path, "w", encoding="utf-8") as out:
         for task in TASKS:
@@ -277,7 +281,7 @@ def write_synthetic_dataset(
                 image, scene = _scene_for_task(task, rng, image_size, noise)
                 relative = f"{task}/{i:06d}.{suffix}"
                 (image_root / task).mkdir(exist_ok=True)
-                image.save(image_root / relative, format=image_format.upper(), quality=90)
+                image.save(image_root / relative, format=pil_format, quality=90)
                 images.append((relative, scene))
             train_pool, val_pool = images[: pool_size - val_pool_size], images[pool_size - val_pool_size :]
             for i in range(rows_per_task):
@@ -301,6 +305,7 @@ class SyntheticConfig:
     seed: int = 0
     width: int = 320
     height: int = 240
+    # png, jpeg or jpg, in any case.
     image_format: str = "png"
 
 
