@@ -204,8 +204,10 @@ def test_norm1000_family_and_cli(tmp_path):
     source = {json.loads(line)["id"]: json.loads(line) for line in jsonl.read_text().splitlines()}
     x1, y1, x2, y2 = json.loads(source[box_row["extra_info"]["id"]]["answer"])
     w, h = box_row["extra_info"]["image_size"]
-    expected = [round(x1 * 1000 / w), round(y1 * 1000 / h), round(x2 * 1000 / w), round(y2 * 1000 / h)]
-    assert json.loads(box_row["reward_model"]["ground_truth"]) == expected
+    exact = [x1 * 1000 / w, y1 * 1000 / h, x2 * 1000 / w, y2 * 1000 / h]
+    box = json.loads(box_row["reward_model"]["ground_truth"])
+    # Each coordinate is its exact value rounded to a whole unit (either way on a tie such as 112.5).
+    assert all(isinstance(v, int) and abs(v - e) <= 0.5 for v, e in zip(box, exact, strict=True)), (box, exact)
     assert "normalised to 0-1000" in box_row["prompt"][-1]["content"]
 
 
