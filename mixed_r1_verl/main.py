@@ -347,6 +347,43 @@ def resumed_step(trainer: DictConfig, sft: bool = False) -> tuple[int | None, st
     return None, ""
 
 
+def exit_if_resuming_across_lora(config: DictConfig, model_key: str = POLICY_MODEL_KEY, sft: bool = False) -> None:
+    """A LoRA run's checkpoint (verl writes its lora_train_meta.json beside the shards: GRPO's actor/, SFT's
+    global_step_N/) holds the adapters' weights under peft's names, a full-parameter run's the model's own;
+    verl loads a resumed one strictly, and would stop on the other kind only after start-up."""
+    from mixed_r1_verl.models.lora import TRAIN_META
+
+    trainer = config.trainer
+    step, _ = resumed_step(trainer, sft)
+    if step is None:
+        return
+    from_path = resumed_path(trainer, sft)
+    checkpoint = Path(from_path or Path(trainer.default_local_dir) / f"global_step_{step}")
+    saved_meta = (checkpoint if sft else checkpoint / "actor") / TRAIN_META
+    saved_rank = json.loads(saved_meta.read_text())["r"] if saved_meta.is_file() else 0
+    rank = OmegaConf.select(config, f"{model_key}.lora_rank") or 0
+    if bool(saved_rank) == bool(rank):
+        return
+    resumed, elsewhere = (
+        (f"trainer.resume_from_path={checkpoint}", "point it at a checkpoint of a run like this one")
+        if from_path
+        else (
+            f"{checkpoint}, the latest checkpoint in trainer.default_local_dir, which this run resumes "
+            "(trainer.resume_mode=auto),",
+            "set another trainer.default_local_dir (or trainer.experiment_name, which names it unless the recipe "
+            "sets it)",
+        )
+    )
+    saved = f"LoRA adapters (rank {saved_rank})" if saved_rank else "the full weights"
+    fail(
+        f"{resumed} was trained with {saved}, and this run trains {'LoRA adapters' if rank else 'the full weights'} "
+        f"({model_key}.lora_rank={rank}): verl would not load the one into the other, and would stop only after "
+        f"start-up. To resume that run, run {'with' if saved_rank else 'without'} lora=on as it did; to train this "
+        f"one, {elsewhere}, or start afresh with trainer.resume_mode=disable.\n",
+        EXIT_USAGE,
+    )
+
+
 def exit_if_training_is_done(trainer: DictConfig, total: int | None, source: str, sft: bool = False) -> None:
     """A rerun that resumes from a checkpoint at or past the run's last step `total` (planned from
     `source`) would train nothing and exit 0, or, in verl's SFT trainer, train and save one step more. A
@@ -1053,6 +1090,7 @@ def train(config: DictConfig) -> None:
     make_paths_absolute(config, ("mixed_r1.data_dir", "mixed_r1.smoke.work_dir", "trainer.resume_from_path"))
     worker_env = pin_output_paths(config, os.environ)
     exit_unless_resume_settings_work(config.trainer)
+    exit_if_resuming_across_lora(config)
     exit_if_training_is_done(config.trainer, *planned_steps(config))
     exit_if_stop_by_is_not_ahead(config.mixed_r1)
     mismatches = [

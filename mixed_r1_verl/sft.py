@@ -26,6 +26,7 @@ from mixed_r1_verl.main import (
     choose_attention,
     config_dir,
     data_files,
+    exit_if_resuming_across_lora,
     exit_if_steps_outrun_the_epochs,
     exit_if_stop_by_is_not_ahead,
     exit_if_training_is_done,
@@ -294,6 +295,7 @@ def train_on_this_node(config: DictConfig) -> None:
     if mismatch:
         fail(mismatch)
     exit_unless_resume_settings_work(config.trainer, sft=True)
+    exit_if_resuming_across_lora(config, "model", sft=True)
     exit_if_training_is_done(config.trainer, *planned_sft_steps(config, train_rows_within_max_length(config)), sft=True)
     if logs_to_file(config) and os.environ.get("RANK", "0") == "0":
         prepare_metrics_log(file_logger_path(config, file_logger_env(os.environ)))

@@ -28,7 +28,7 @@ from mixed_r1_verl.data.sft_dataset import MixedR1SFTDataset
 from mixed_r1_verl.entry import register_recipe_files
 from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
 from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
-from mixed_r1_verl.main import choose_attention
+from mixed_r1_verl.main import choose_attention, exit_if_resuming_across_lora
 from mixed_r1_verl.run_logs import read_metrics_log
 from mixed_r1_verl.sft import (
     exit_unless_rows_fill_the_run, micro_batch_mismatch, parquet_set_rows, pin_sample_seed, planned_sft_steps,
@@ -629,7 +629,7 @@ def test_export_writes_an_sft_checkpoint_from_its_copy_or_its_shards_as_a_model_
 
 
 def test_a_lora_fine_tuning_saves_the_model_with_its_adapters_merged_in_for_grpo_to_start_from(
-    converted, tiny_model_dir, tmp_path
+    converted, tiny_model_dir, tmp_path, capsys
 ):
     data_dir, _ = converted
     run = succeeded(sft_on_cpu(tmp_path, tiny_model_dir, data_dir, 2, "lora=on"))
@@ -641,6 +641,20 @@ def test_a_lora_fine_tuning_saves_the_model_with_its_adapters_merged_in_for_grpo
     # The language model's linear layers, each with its adapter; the vision tower, embeddings and norms are frozen.
     assert changed and all(".language_model.layers." in name and name.endswith("proj.weight") for name in changed), changed
     assert f"{copy}: {len(changed)} LoRA adapters merged into the weights" in run.stdout + run.stderr
+
+    # A full fine-tuning into the same directory would resume the adapters' checkpoint, which verl loads strictly.
+    settings = (
+        f"model.path={tiny_model_dir}", f"mixed_r1.data_dir={data_dir}", "data.train_batch_size=4",
+        "data.micro_batch_size_per_gpu=2", "trainer.total_training_steps=3",
+        f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
+    )  # fmt: skip
+    code, message = refused_before_start_up(capsys, *settings)
+    assert code == 2 and (
+        f"{copy.parent}, the latest checkpoint in trainer.default_local_dir, which this run resumes "
+        "(trainer.resume_mode=auto), was trained with LoRA adapters (rank 64), and this run trains the full weights "
+        "(model.lora_rank=0)"
+    ) in message, message
+    exit_if_resuming_across_lora(compose_sft("lora=on", *settings), "model", sft=True)
 
 
 @pytest.mark.parametrize(("model_family", "recipe"), [("internvl", "internvl3_8b"), ("qwen3_vl", "qwen3vl_8b")])

@@ -1,5 +1,6 @@
 """`python -m mixed_r1_verl.main` as a user runs it: real subprocesses, real exit codes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -314,6 +315,41 @@ def test_resume_settings_verl_would_refuse_after_starting_its_workers_are_refuse
     resumed = run_main(*smoke, "trainer.resume_mode=resume_path", "trainer.resume_from_path=checkpoints/global_step_3",
                        cwd=tmp_path)  # fmt: skip
     assert resumed.returncode == 2 and "needs at least one CUDA GPU" in resumed.stderr, resumed.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a run that passes the checks would train on a GPU machine")
+def test_a_run_that_would_resume_a_checkpoint_trained_with_or_without_lora_the_other_way_is_refused(tmp_path):
+    """lora=on keeps the recipe's checkpoint directory: verl would load the one kind into the other's model, and
+    stop only once Ray, its workers and vLLM are up."""
+    smoke = ("recipe=smoke", f"mixed_r1.smoke.work_dir={tmp_path}")
+    checkpoints = tmp_path / "checkpoints"
+    write_checkpoint(checkpoints, 3)
+    actor = checkpoints / "global_step_3" / "actor"
+    actor.mkdir()
+    # What verl's FSDP checkpoint manager writes beside a LoRA run's shards.
+    (actor / "lora_train_meta.json").write_text(json.dumps({"r": 64, "lora_alpha": 32, "task_type": "CAUSAL_LM"}))
+
+    full = run_main(*smoke)
+    assert full.returncode == 2 and "CUDA GPU" not in full.stderr, full.stderr
+    assert (
+        f"{checkpoints / 'global_step_3'}, the latest checkpoint in trainer.default_local_dir, which this run resumes "
+        "(trainer.resume_mode=auto), was trained with LoRA adapters (rank 64), and this run trains the full weights "
+        "(actor_rollout_ref.model.lora_rank=0): verl would not load the one into the other, and would stop only after "
+        "start-up. To resume that run, run with lora=on as it did; to train this one, set another "
+        "trainer.default_local_dir (or trainer.experiment_name, which names it unless the recipe sets it), or start "
+        "afresh with trainer.resume_mode=disable.\n"
+    ) in full.stderr
+    assert "needs at least one CUDA GPU" in run_main(*smoke, "lora=on").stderr, "a LoRA run resumes it"
+    assert "needs at least one CUDA GPU" in run_main(*smoke, "trainer.resume_mode=disable").stderr
+
+    (actor / "lora_train_meta.json").unlink()
+    lora = run_main(*smoke, "lora=on", "trainer.resume_mode=resume_path", f"trainer.resume_from_path={actor.parent}")
+    assert lora.returncode == 2 and (
+        f"trainer.resume_from_path={actor.parent} was trained with the full weights, and this run trains LoRA "
+        "adapters (actor_rollout_ref.model.lora_rank=64)"
+    ) in lora.stderr, lora.stderr
+    assert "run without lora=on as it did; to train this one, point it at a checkpoint of a run like" in lora.stderr
+    assert "needs at least one CUDA GPU" in run_main(*smoke).stderr, "a full-parameter run resumes it"
 
 
 def test_sft_resumes_from_a_resume_from_path_set_with_resume_mode_auto_too(tmp_path, capsys):
