@@ -384,6 +384,24 @@ def plan(config: LearnConfig, started: float | None = None) -> list[Step]:
     return steps[: last + 1]
 
 
+def grpo_ray_cpu_shortfall(steps: list[Step], environ) -> str | None:
+    """Why the GRPO command of `steps`, where it is to run, would stop at its start for want of CPUs in the Ray
+    it starts on this host (the training entry's own check, on the config it composes with the CPUs it gives
+    Ray): it would stop only after every step before it had run."""
+    from mixed_r1_verl.main import composed_config, default_ray_cpus, local_ray_cpu_shortfall
+
+    grpo = next((step for step in steps if step.argv[1:3] == ["-m", "mixed_r1_verl.main"]), None)
+    config = None if grpo is None or grpo.done_earlier() else composed_config(grpo.argv[3:])
+    if config is None:
+        return None
+    default_ray_cpus(config, environ, len(os.sched_getaffinity(0)))
+    shortfall = local_ray_cpu_shortfall(config)
+    return shortfall and (
+        f"{grpo.name} would stop at its start, once the steps before it had run: {shortfall.rstrip()} For the "
+        "proof, give it as grpo_overrides=[ray_kwargs.ray_init.num_cpus=<CPUs>].\n"
+    )
+
+
 def grpo_ended_early(layout: Layout) -> tuple[int, int] | None:
     """(last step saved, planned last step) of a GRPO that the time budget ended before its planned last
     step (mixed_r1.stop_by's record); None when GRPO has no checkpoint or reached its planned step."""
@@ -970,6 +988,10 @@ def main(argv: list[str] | None = None) -> None:
 
         if not torch.cuda.is_available():
             print(NO_GPU_MESSAGE, file=sys.stderr, end="")
+            sys.exit(EXIT_NEEDS_GPU)
+        cpu_shortfall = grpo_ray_cpu_shortfall(steps, os.environ)
+        if cpu_shortfall:
+            print(cpu_shortfall, file=sys.stderr, end="")
             sys.exit(EXIT_NEEDS_GPU)
         layout.logs.mkdir(parents=True, exist_ok=True)
         try:

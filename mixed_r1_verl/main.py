@@ -135,18 +135,26 @@ def transfer_queue_cpus(config: DictConfig) -> tuple[int, str]:
     )
 
 
-def slurm_cpu_shortfall(cpus_per_node: int, overrides: list[str]) -> str | None:
-    """Why Slurm nodes of `cpus_per_node` CPUs each lack the CPUs verl's run holds (3 beside each GPU on every
-    node, and TransferQueue's in all), for the run the entry's `overrides` compose (recipe=..., trainer.nnodes,
-    trainer.n_gpus_per_node, the user's); None when they have them, or where the overrides do not compose
-    (the entry says why)."""
+def composed_config(overrides: list[str]) -> DictConfig | None:
+    """The config the entry composes from its `overrides` (recipe=..., the user's; Hydra's own hydra.* settings
+    aside); None where they do not compose (the entry says why)."""
     from hydra import compose, initialize_config_dir
 
     register_recipes()
     try:
         with initialize_config_dir(str(config_dir()), version_base=None):
-            config = compose(PRIMARY_CONFIG, overrides=[arg for arg in overrides if not arg.startswith("hydra.")])
+            return compose(PRIMARY_CONFIG, overrides=[arg for arg in overrides if not arg.startswith("hydra.")])
     except Exception:  # noqa: BLE001 - the entry reports a config that does not compose, with its reason
+        return None
+
+
+def slurm_cpu_shortfall(cpus_per_node: int, overrides: list[str]) -> str | None:
+    """Why Slurm nodes of `cpus_per_node` CPUs each lack the CPUs verl's run holds (3 beside each GPU on every
+    node, and TransferQueue's in all), for the run the entry's `overrides` compose (recipe=..., trainer.nnodes,
+    trainer.n_gpus_per_node, the user's); None when they have them, or where the overrides do not compose
+    (the entry says why)."""
+    config = composed_config(overrides)
+    if config is None:
         return None
     nodes, gpus = config.trainer.nnodes, config.trainer.n_gpus_per_node
     per_node = verl_cpus_per_gpu() * gpus

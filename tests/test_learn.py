@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from data_helpers import REPO, convert_synthetic
@@ -29,6 +30,7 @@ from mixed_r1_verl.learn import (
     check_done_steps,
     eval_step,
     execute,
+    grpo_ray_cpu_shortfall,
     learning_table,
     main as learn_main,
     plan,
@@ -721,6 +723,35 @@ def test_without_a_gpu_the_proof_stops_before_building_anything(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr and "dry_run=true" in result.stderr
     assert not (tmp_path / "learn").exists()
+
+
+def test_a_grpo_that_its_ray_would_lack_the_cpus_for_is_named_before_any_step_runs(tmp_path):
+    """The GRPO entry refuses such a Ray at its start, after the model, SFT and two evaluations have run."""
+    cpus = "ray_kwargs.ray_init.num_cpus"
+    steps = plan(LearnConfig(work_dir=str(tmp_path), grpo_overrides=[f"{cpus}=5"]))
+    assert grpo_ray_cpu_shortfall(steps, {}) == (
+        f"GRPO with Mixed-Reward from the SFT model would stop at its start, once the steps before it had run: "
+        f"{cpus}=5, but verl reserves 3 CPUs beside each GPU and TransferQueue's controller and its 2 storage units "
+        "(transfer_queue.backend.SimpleStorage.num_data_storage_units) hold 1 each: trainer.n_gpus_per_node=1 needs "
+        f"6, and Ray would wait for them forever. Run with more CPUs (Slurm: --cpus-per-task) or set {cpus}=6 (Ray's "
+        f"CPUs are slots, not cores). For the proof, give it as grpo_overrides=[{cpus}=<CPUs>].\n"
+    )
+    for enough in ([f"{cpus}=6"], [f"{cpus}=8"]):
+        assert grpo_ray_cpu_shortfall(plan(LearnConfig(work_dir=str(tmp_path), grpo_overrides=enough)), {}) is None
+    assert grpo_ray_cpu_shortfall(plan(LearnConfig(work_dir=str(tmp_path))), {"RAY_ADDRESS": "auto"}) is None
+    no_grpo = plan(LearnConfig(work_dir=str(tmp_path), stop_after="sft", grpo_overrides=[f"{cpus}=5"]))
+    assert grpo_ray_cpu_shortfall(no_grpo, {}) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="without a GPU the proof stops at the GPU check first")
+def test_a_grpo_its_ray_would_lack_the_cpus_for_stops_the_proof_before_building_anything(tmp_path):
+    work, too_few = tmp_path / "learn", "grpo_overrides=[ray_kwargs.ray_init.num_cpus=5]"
+    result = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.learn", f"work_dir={work}", too_few],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "would stop at its start, once the steps before it had run" in result.stderr
+    assert not work.exists()
 
 
 def test_a_step_still_running_when_the_budget_is_spent_is_stopped_with_its_stacks(tmp_path):

@@ -116,6 +116,8 @@ def test_a_ray_without_the_cpus_a_run_holds_is_refused_before_it_waits_for_them(
     assert local_ray_cpu_shortfall(compose_recipe("qwen25vl_7b", f"{RAY_CPUS_KEY}=33")) is None
     assert local_ray_cpu_shortfall(compose_recipe("qwen25vl_7b")) is None  # a Ray started elsewhere
     assert "needs 6" in local_ray_cpu_shortfall(compose_recipe("smoke", f"{RAY_CPUS_KEY}=5"))  # 2 storage units
+    # The learning proof's one-GPU GRPO runs on a host of 8 CPUs.
+    assert local_ray_cpu_shortfall(compose_recipe("learn", f"+{RAY_CPUS_KEY}=8")) is None
 
     # Joining a cluster: its node has the GPU but not the CPUs the run holds beside it.
     import ray
