@@ -554,6 +554,31 @@ def start_from_merged_adapter(config: DictConfig) -> None:
         model.path = with_lora_merged(model.path)
 
 
+def recipe_rate_under_lora(config: DictConfig, hydra_config: DictConfig, lora_file: Path, lr_key: str) -> str | None:
+    """With lora=on, the line naming the learning rate the adapters train at where it is the recipe's own rate,
+    not lora=on's (`lora_file`'s, LoRA's tenfold of a full-parameter rate): the recipe comes after lora=on,
+    and its rate wins. None where lora=on's rate applies, or the command line sets the rate."""
+    choices = hydra_config.runtime.choices
+    if choices.get("lora") != "on" or any(
+        override.lstrip("+~").partition("=")[0] == lr_key for override in hydra_config.overrides.task
+    ):
+        return None
+    rate, lora_rate = OmegaConf.select(config, lr_key), OmegaConf.select(OmegaConf.load(lora_file), lr_key)
+    if rate == lora_rate:
+        return None
+    return (
+        f"lora=on with recipe={choices.recipe}: the adapters train at the recipe's own {lr_key}={rate}, not at "
+        f"lora=on's {lora_rate}; set {lr_key}=<rate> for another"
+    )
+
+
+def log_recipe_rate_under_lora(config: DictConfig, lora_file: Path, lr_key: str) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and (note := recipe_rate_under_lora(config, HydraConfig.get(), lora_file, lr_key)):
+        logger.warning(note)
+
+
 def lora_mismatches(config: DictConfig) -> list[str]:
     """LoRA adapters the configuration would put on the vision tower or projector, which vLLM's rollouts
     ignore (mixed_r1_verl/models/lora.py): the actor would train them while every rollout samples
@@ -1148,6 +1173,7 @@ def train(config: DictConfig) -> None:
     if shortfall:
         fail(shortfall)
     choose_attention(config, flash_attn_importable())
+    log_recipe_rate_under_lora(config, config_dir() / "lora" / "on.yaml", "actor_rollout_ref.actor.optim.lr")
 
     import ray
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo

@@ -36,6 +36,7 @@ from mixed_r1_verl.main import (
     file_logger_env,
     file_logger_path,
     flash_attn_importable,
+    log_recipe_rate_under_lora,
     logs_to_file,
     make_paths_absolute,
     max_samples,
@@ -310,6 +311,8 @@ def train_on_this_node(config: DictConfig) -> None:
 
     auto_set_device(config)
     choose_attention(config, flash_attn_importable(), model_key="model")
+    if os.environ.get("RANK", "0") == "0":
+        log_recipe_rate_under_lora(config, sft_config_dir() / "lora" / "on.yaml", "optim.lr")
     run_sft(config)
 
 

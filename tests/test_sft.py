@@ -28,7 +28,7 @@ from mixed_r1_verl.data.sft_dataset import MixedR1SFTDataset
 from mixed_r1_verl.entry import register_recipe_files
 from mixed_r1_verl.data.synthetic import TASKS, write_synthetic_dataset
 from mixed_r1_verl.models.tiny_internvl import IMAGE_SEQ_LENGTH
-from mixed_r1_verl.main import choose_attention, exit_if_resuming_across_lora
+from mixed_r1_verl.main import choose_attention, exit_if_resuming_across_lora, recipe_rate_under_lora
 from mixed_r1_verl.run_logs import read_metrics_log
 from mixed_r1_verl.sft import (
     exit_unless_rows_fill_the_run, micro_batch_mismatch, parquet_set_rows, pin_sample_seed, planned_sft_steps,
@@ -133,6 +133,23 @@ def test_lora_on_fine_tunes_grpos_lora_adapters_at_ten_times_the_full_learning_r
         assert config.model[key] == grpo.actor_rollout_ref.model[key], key
     assert config.optim.lr == 10 * compose_sft(recipe="qwen25vl_7b").optim.lr
     assert omega_conf_to_dataclass(config.model).lora_rank == 64 > 0 == compose_sft(recipe="qwen25vl_7b").model.lora_rank
+
+
+@pytest.mark.parametrize("recipe", ["internvl3_8b", "learn", "qwen25vl_3b", "qwen25vl_7b", "qwen3vl_8b"])
+def test_lora_on_fine_tunes_at_its_rate_or_at_the_recipes_own_named_in_one_line(recipe):
+    """lora=on comes before the recipe in the defaults: a recipe's own rate wins over lora=on's."""
+    register_recipe_files(sft_recipe_dir())
+    with initialize_config_dir(str(sft_config_dir()), version_base=None):
+        config = compose("sft", overrides=[f"recipe={recipe}", "lora=on"], return_hydra_config=True)
+    note = recipe_rate_under_lora(config, config.hydra, sft_config_dir() / "lora" / "on.yaml", "optim.lr")
+    if recipe != "learn":
+        assert note is None and config.optim.lr == 1e-4, "the README's rate of lora=on"
+        return
+    # The learning proof's model is trained from random weights, at a rate for all of them.
+    assert config.optim.lr == 5e-4 and note == (
+        "lora=on with recipe=learn: the adapters train at the recipe's own optim.lr=0.0005, not at lora=on's 0.0001; "
+        "set optim.lr=<rate> for another"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -641,6 +658,8 @@ def test_a_lora_fine_tuning_saves_the_model_with_its_adapters_merged_in_for_grpo
     # The language model's linear layers, each with its adapter; the vision tower, embeddings and norms are frozen.
     assert changed and all(".language_model.layers." in name and name.endswith("proj.weight") for name in changed), changed
     assert f"{copy}: {len(changed)} LoRA adapters merged into the weights" in run.stdout + run.stderr
+    rate_note = "lora=on with recipe=learn: the adapters train at the recipe's own optim.lr=0.0005"
+    assert rate_note in run.stdout + run.stderr, "named in one line"
 
     # A full fine-tuning into the same directory would resume the adapters' checkpoint, which verl loads strictly.
     settings = (

@@ -22,6 +22,7 @@ from mixed_r1_verl.main import (
     make_paths_absolute,
     pin_embedding_model,
     recipe_dir,
+    recipe_rate_under_lora,
     register_recipes,
     reward_setting_errors,
     rollout_parallel_mismatches,
@@ -179,6 +180,27 @@ def test_32b_recipe_is_multi_node():
     config = compose_recipe("qwen25vl_32b")
     assert config.trainer.nnodes > 1
     assert config.actor_rollout_ref.rollout.tensor_model_parallel_size > 1
+
+
+LR_KEY = "actor_rollout_ref.actor.optim.lr"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_lora_on_trains_at_its_rate_or_at_the_recipes_own_named_in_one_line(recipe):
+    """lora=on comes before the recipe in the defaults: a recipe's own rate wins over lora=on's."""
+    register_recipes()
+    with initialize_config_dir(str(config_dir()), version_base=None):
+        config = compose(PRIMARY_CONFIG, overrides=[f"recipe={recipe}", "lora=on"], return_hydra_config=True)
+        chosen = compose(PRIMARY_CONFIG, overrides=[f"recipe={recipe}", "lora=on", f"{LR_KEY}=3e-5"],
+                         return_hydra_config=True)  # fmt: skip
+    lora_file = config_dir() / "lora" / "on.yaml"
+    rate, note = OmegaConf.select(config, LR_KEY), recipe_rate_under_lora(config, config.hydra, lora_file, LR_KEY)
+    if note is None:
+        assert rate == 1e-5, "the README's rate of lora=on"
+    else:
+        assert note.startswith(f"lora=on with recipe={recipe}: the adapters train at the recipe's own {LR_KEY}={rate},")
+    assert OmegaConf.select(chosen, LR_KEY) == 3e-5
+    assert recipe_rate_under_lora(chosen, chosen.hydra, lora_file, LR_KEY) is None, "the rate the command line sets"
 
 
 def test_smoke_recipe_runs_on_one_gpu_and_checkpoints_midway():
