@@ -92,6 +92,27 @@ def test_rows_the_processor_would_resize_again_under_data_mm_processor_kwargs_ar
     assert len(build(root, processor, train, filter_overlong_prompts=False, mm_processor_kwargs=wider)) == 16
 
 
+@pytest.mark.parametrize("image_size, refused", [((320, 240), True), ((640, 480), False)])
+def test_grounding_rows_whose_frame_rounded_out_of_the_processors_bounds_are_refused(setup, tmp_path, image_size, refused):
+    """A fixed budget (min_pixels = max_pixels = the processor's max): a 320x240 image grows to 532x392, whose
+    rounded sides overshoot it, and the processor would shrink it again; 640x480 shrinks to 504x364 and stays."""
+    root, _, processor = setup
+    budget = 28 * 28 * 256
+    convert_synthetic(
+        tmp_path / "src", tmp_path / "out", rows_per_task=1, seed=3, model_path=str(root / "model"), val_ratio=0.0,
+        synthetic={"val_rows_per_task": 0, "image_size": image_size}, min_pixels=budget, max_pixels=budget,
+    )  # fmt: skip
+    train = tmp_path / "out" / "train.parquet"
+    frames = {row["task"]: row["frame_size"] for row in pq.read_table(train).column("extra_info").to_pylist()}
+    grid = processor.image_processor(images=[Image.new("RGB", tuple(frames["grounding"]))])["image_grid_thw"][0]
+    assert ([int(grid[2]) * 14, int(grid[1]) * 14] != frames["grounding"]) == refused, "the processor's own resize"
+    if refused:
+        with pytest.raises(DatasetRowError, match=r"row \d .*532x392 frame of 208544 pixels, outside the \[3136, 200704\]"):
+            build(root, processor, [str(train)], filter_overlong_prompts=False)
+    else:
+        assert len(build(root, processor, [str(train)], filter_overlong_prompts=False)) == 4
+
+
 @pytest.mark.parametrize("bound", ["min_pixels", "max_pixels"])
 def test_a_lone_pixel_bound_in_data_mm_processor_kwargs_is_refused_as_the_processor_ignores_it(setup, bound):
     root, _, processor = setup

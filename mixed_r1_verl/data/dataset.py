@@ -32,6 +32,7 @@ from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import build_multimodal_processor_inputs, normalize_token_ids
 
 from mixed_r1_verl.data.frames import (
+    BOX_FRAME_ABS,
     other_family_frame_reason,
     pixel_bounds_error,
     resized_again_reason,
@@ -164,6 +165,11 @@ class MixedR1Dataset(NamesRowsThatFail, RLHFDataset):
             refuse_images_without_processor(self.processor, self.tokenizer.name_or_path, images, describe_row)
             refuse_invalid_pixel_bounds(images, describe_row)
             refuse_images_resized_again(self.processor, images, describe_row, self.mm_processor_kwargs)
+            frame_sizes = [
+                frame if task == "grounding" and box_frame == BOX_FRAME_ABS else None
+                for frame, task, box_frame in zip(extra_info_column(dataframe, "frame_size"), tasks, box_frames)
+            ]
+            refuse_frames_resized_again(self.processor, frame_sizes, describe_row, self.mm_processor_kwargs)
         if not self.filter_overlong_prompts:
             return dataframe
         lengths = self.prompt_lengths(dataframe)
@@ -368,6 +374,28 @@ def refuse_images_resized_again(processor, images_column, describe_row, mm_proce
         reason = resized_again_reason(bounds, model_bounds)
         if reason:
             raise DatasetRowError(f"{describe_row(row)}: {reason}")
+
+
+def refuse_frames_resized_again(processor, frame_sizes: list, describe_row, mm_processor_kwargs=None) -> None:
+    """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row whose boxes' pixel frame
+    (`frame_sizes`: a grounding row's extra_info.frame_size, the image as resized for the model; None for rows
+    without one) has an area outside the bounds the image
+    processor resizes within: a resize rounds its sides, so with min_pixels close to max_pixels the frame may
+    leave the bounds it was resized within, and the processor would resize the image once more."""
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return
+    low, high = processor_call_bounds(processor_pixel_bounds(image_processor.to_dict()), mm_processor_kwargs)
+    for row, frame in enumerate(frame_sizes):
+        if frame is None:
+            continue
+        area = frame[0] * frame[1]
+        if (low is not None and area < low) or (high is not None and area > high):
+            raise DatasetRowError(
+                f"{describe_row(row)}: its boxes are in a {frame[0]}x{frame[1]} frame of {area} pixels, outside the "
+                f"[{low}, {high}] the model's image processor resizes within, which would resize the image again, "
+                "out of that frame: prepare the data with min_pixels and max_pixels further apart"
+            )
 
 
 def refuse_invalid_pixel_bounds(images_column, describe_row) -> None:

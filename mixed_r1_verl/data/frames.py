@@ -67,8 +67,7 @@ def smart_resize(
     """(height, width) the Qwen2-VL family resizes an image to: each side a multiple of `factor`,
     aspect ratio kept as closely as possible, area within [min_pixels, max_pixels]. An image over
     MAX_ASPECT_RATIO is refused, and so is one whose resize is (a strip of 7200x40 resizes to 5992x28 at
-    max_pixels=200704), or whose resize rounds out of the bounds (min_pixels close to max_pixels): the
-    processor checks the image it is given, and the model's inputs are resized images."""
+    max_pixels=200704): the processor checks the image it is given, and the model's inputs are resized images."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     bounds_error = pixel_bounds_error(min_pixels, max_pixels)
@@ -89,12 +88,6 @@ def smart_resize(
     if max(resized_h, resized_w) / min(resized_h, resized_w) > MAX_ASPECT_RATIO:
         raise ValueError(
             f"{width}x{height} resizes to {resized_w}x{resized_h}, whose aspect ratio exceeds {MAX_ASPECT_RATIO}"
-        )
-    if not min_pixels <= resized_h * resized_w <= max_pixels:
-        raise ValueError(
-            f"{width}x{height} resizes to {resized_w}x{resized_h}, {resized_h * resized_w} pixels, outside "
-            f"[{min_pixels}, {max_pixels}]: the processor would resize it again; min_pixels and max_pixels are too "
-            f"close for sides that are multiples of {factor}"
         )
     return resized_h, resized_w
 
