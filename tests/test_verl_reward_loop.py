@@ -350,6 +350,20 @@ def test_a_custom_reward_reaches_the_reward_model_as_with_verls_own_managers(tin
     assert output["reward_extra_info"] == {"score": 0.75, "router": "10.0.0.5:8000", "judge_eos": eos}
 
 
+def test_a_custom_reward_without_the_reward_models_arguments_is_scored_beside_a_reward_model(tiny_model_dir, tmp_path):
+    """A function written for rewards alone (a discriminative reward model scores beside it) takes neither."""
+    module = tmp_path / "plain_reward.py"
+    module.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info):\n    return 0.5\n")
+    config = reward_config(
+        tiny_model_dir, "reward.reward_model.enable=True", f"reward.reward_model.model_path={tiny_model_dir}",
+        f"reward.custom_reward_function.path={module}", "reward.custom_reward_function.name=compute_score",
+        num_workers=1,
+    )  # fmt: skip
+    worker = RewardLoopWorker(config, reward_router_address="10.0.0.5:8000")
+    [output] = score_batch(worker, rollout_batch(worker.input_tokenizer, custom_samples(None)))
+    assert output["reward_score"] == 0.5
+
+
 @pytest.mark.parametrize("returned", [float("nan"), float("inf"), {"score": float("-inf")}])
 def test_a_non_finite_custom_reward_names_the_sample_and_the_function(tiny_model_dir, tmp_path, returned):
     worker = custom_reward_worker(tiny_model_dir, tmp_path)

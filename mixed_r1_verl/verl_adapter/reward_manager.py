@@ -33,6 +33,7 @@ one that the training driver has and this worker's node lacks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
@@ -175,6 +176,21 @@ def custom_score(result, custom_function: str, sample: str) -> tuple[float, dict
     return value, fields
 
 
+def keywords_taken(function, keywords: dict) -> dict:
+    """The `keywords` that a custom reward function takes by name (all of them where it takes **kwargs); it may
+    come wrapped by verl with its reward_kwargs, as verl.trainer.ppo.reward.get_custom_reward_fn wraps it."""
+    if isinstance(function, functools.partial) and function.func.__module__ == "verl.trainer.ppo.reward":
+        function = function.args[0]
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: hand it everything, as verl does
+        return keywords
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return keywords
+    names = {parameter.name for parameter in parameters}
+    return {key: value for key, value in keywords.items() if key in names}
+
+
 def check_same_extra_keys(first_keys: list[str], keys: list[str], custom_function: str, sample: str) -> None:
     """verl stacks every sample's extra info under the first sample's keys, so they must all have the same."""
     differing = [key for key in keys if key not in first_keys] + [key for key in first_keys if key not in keys]
@@ -261,11 +277,13 @@ class MixedR1RewardManager(RewardManagerBase):
         # A user's reward.custom_reward_function replaces Mixed-Reward; verl hands it to us.
         custom = config.reward.get("custom_reward_function") or {}
         self.custom_function = f"{custom.get('path')}:{custom.get('name')}" if custom.get("path") else None
-        # With a reward model (reward.reward_model.enable), a custom function reaches it as verl's naive manager's does.
-        self.reward_model_kwargs = (
+        # With a reward model (reward.reward_model.enable), a custom function reaches it as verl's naive manager's
+        # does, where it takes the two arguments: one written without a reward model in mind is called as before.
+        self.reward_model_kwargs = keywords_taken(
+            compute_score,
             {"reward_router_address": reward_router_address, "reward_model_tokenizer": reward_model_tokenizer}
             if reward_router_address is not None
-            else {}
+            else {},
         )
         self._custom_extra_keys: list[str] | None = None  # those of the first sample scored
         self._embedding_service = None
