@@ -289,6 +289,24 @@ def test_a_bmas_gpu_actor_placed_at_once_waits_for_its_table_however_long_it_loa
     assert rows == load_input_embeddings(tiny_model_dir).shape[0]
 
 
+def test_a_table_that_failed_to_load_is_not_loaded_again_by_each_caller(tiny_model_dir, monkeypatch):
+    from slow_embedding_table import FailingTableService
+
+    monkeypatch.setattr(embedding_service_module, "EmbeddingService", FailingTableService)
+    python_path = os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": python_path}})  # fmt: skip
+    try:
+        service = embedding_service_module.embedding_service(str(tiny_model_dir))
+        for call in (service.table, service.rows, service.table):
+            with pytest.raises(MemoryError, match="cannot allocate the table of"):
+                ray.get(call.remote())
+        loads = ray.get(service.loads.remote())
+    finally:
+        ray.shutdown()
+    assert loads == 1
+
+
 def test_the_manager_refuses_the_bmas_options_and_embedding_model_the_training_entry_refuses(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 

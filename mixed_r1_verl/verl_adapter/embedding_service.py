@@ -42,13 +42,13 @@ def _from_shared(array: np.ndarray, dtype: str) -> torch.Tensor:
 class EmbeddingService:
     """Owns a model's input-embedding table on one node (a Ray actor; see `embedding_service`). The table
     is loaded by the first call that needs it, not at construction, so `placed` answers as soon as Ray has
-    placed the actor. A table that cannot be loaded is remembered: every caller gets the same
-    EmbeddingModelError."""
+    placed the actor. A table that cannot be loaded (EmbeddingModelError, or the GPU or object store out of
+    memory) is remembered: every caller gets the same error, and the load is not tried again."""
 
     def __init__(self, model: str, device: str = "cpu"):
         self._model, self._device = model, device
         self._loaded = False
-        self._error: EmbeddingModelError | None = None
+        self._error: Exception | None = None
 
     @ray.method(concurrency_group=PLACEMENT_CHECK)
     def placed(self) -> bool:
@@ -56,31 +56,27 @@ class EmbeddingService:
 
     def _load(self) -> None:
         """Runs in the default concurrency group, one call at a time: the first caller loads the table."""
-        if self._loaded:
-            return
-        try:
-            table = load_input_embeddings(self._model)
-        except EmbeddingModelError as error:
-            self._error = error
-        else:
-            norms = row_norms(table)
-            self._dtype, self._rows = str(table.dtype), table.shape[0]
-            self._shared = [ray.put(_to_shareable(table)), ray.put(norms.numpy())]
-            self._device_table = table.to(self._device) if self._device != "cpu" else None
-            self._device_norms = norms.to(self._device) if self._device != "cpu" else None
-        self._loaded = True
+        if not self._loaded:
+            self._loaded = True
+            try:
+                table = load_input_embeddings(self._model)
+                norms = row_norms(table)
+                self._dtype, self._rows = str(table.dtype), table.shape[0]
+                self._shared = [ray.put(_to_shareable(table)), ray.put(norms.numpy())]
+                self._device_table = table.to(self._device) if self._device != "cpu" else None
+                self._device_norms = norms.to(self._device) if self._device != "cpu" else None
+            except Exception as error:
+                self._error = error
+        if self._error is not None:
+            raise self._error
 
     def table(self) -> tuple[str, list]:
         self._load()
-        if self._error is not None:
-            raise self._error
         # The references (table, row norms) are in a list so that Ray hands them over unresolved.
         return self._dtype, self._shared
 
     def rows(self) -> int:
         self._load()
-        if self._error is not None:
-            raise self._error
         return self._rows
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
