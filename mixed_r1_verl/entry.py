@@ -29,6 +29,10 @@ HYDRA_OPTIONS_WITH_A_VALUE = {
 }  # fmt: skip
 HYDRA_INFO_OPTIONS = {"--info", "-i"}
 HYDRA_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+HYDRA_LONG_OPTIONS = (
+    "--cfg", "--config-dir", "--config-name", "--config-path", "--experimental-rerun", "--help", "--hydra-help",
+    "--info", "--multirun", "--package", "--resolve", "--run", "--shell-completion", "--version",
+)  # fmt: skip
 
 
 def register_recipe_files(directory: Path) -> list[str]:
@@ -81,6 +85,17 @@ def usage(
     )
 
 
+def hydra_option_name(arg: str) -> str:
+    """The Hydra option `arg` gives, without its `=value`; a long option abbreviated (`--cf` for `--cfg`, which
+    Hydra's parser takes where the abbreviation names one option) is written out."""
+    name = arg.split("=", 1)[0]
+    if name.startswith("--") and name not in HYDRA_LONG_OPTIONS:
+        matches = [option for option in HYDRA_LONG_OPTIONS if option.startswith(name)]
+        if len(matches) == 1:
+            return matches[0]
+    return name
+
+
 def hydra_options_last(argv: list[str]) -> list[str]:
     """The command line with Hydra's options (each with its value) after the overrides, both in their order:
     Hydra's parser takes the overrides only as one unbroken run, so in `a=1 --cfg job b=2` it would not
@@ -94,9 +109,10 @@ def hydra_options_last(argv: list[str]) -> list[str]:
             overrides.append(arg)
             continue
         options.append(arg)
-        follows = argv[position] if position < len(argv) else None
+        name = hydra_option_name(arg)
+        follows = argv[position] if position < len(argv) and "=" not in arg else None
         if follows is not None and (
-            arg in HYDRA_OPTIONS_WITH_A_VALUE or (arg in HYDRA_INFO_OPTIONS and follows in HYDRA_INFO_TOPICS)
+            name in HYDRA_OPTIONS_WITH_A_VALUE or (name in HYDRA_INFO_OPTIONS and follows in HYDRA_INFO_TOPICS)
         ):
             options.append(follows)
             position += 1

@@ -23,6 +23,7 @@ from task_plugins import write_distribution
 from mixed_r1_verl.entry import (
     HYDRA_INFO_OPTIONS,
     HYDRA_INFO_TOPICS,
+    HYDRA_LONG_OPTIONS,
     HYDRA_OPTIONS_WITH_A_VALUE,
     hydra_options_last,
     sweep_jobs,
@@ -152,8 +153,15 @@ def test_hydras_options_go_after_the_overrides_in_their_order_with_their_values(
     assert (parsed.cfg, parsed.multirun, parsed.info, parsed.package) == ("job", True, "all", "trainer")
     topic_first = ["--info", "defaults", "a=1", "--cfg=job", "b=2"]
     assert hydra_options_last(topic_first) == ["a=1", "b=2", "--info", "defaults", "--cfg=job"]
+    # Hydra's parser takes a long option abbreviated where the abbreviation names one option.
+    abbreviated = ["a=1", "--cf", "job", "b=2", "--config-n", "other", "--inf", "defaults", "c=3"]
+    assert hydra_options_last(abbreviated) == ["a=1", "b=2", "c=3", "--cf", "job", "--config-n", "other", "--inf",
+                                               "defaults"]  # fmt: skip
+    assert hydra_options_last(["a=1", "--conf", "b=2"]) == ["a=1", "b=2", "--conf"], "--conf names three options"
     # The options taking a value are those of Hydra's parser.
     options = [action for action in get_args_parser()._actions if action.option_strings]
+    long_options = {name for action in options for name in action.option_strings if name.startswith("--")}
+    assert long_options == set(HYDRA_LONG_OPTIONS)
     with_a_value = {name for action in options if action.nargs is None for name in action.option_strings}
     assert with_a_value == HYDRA_OPTIONS_WITH_A_VALUE
     [info] = [action for action in options if action.nargs == "?"]
