@@ -50,14 +50,22 @@ def text_setting_keys(schema: type, prefix: str = "") -> set[str]:
     return keys
 
 
+NULL_TEXTS = ("", "null", "Null", "NULL", "~")
+
+
 def text_setting_value(text: str) -> str | None:
-    """A text setting's value: as YAML reads it where that is text or null (`'a, b'` unquoted), else
-    `text` as written, so `output_dir=0712` is not YAML's octal 458 nor `out_dir=on` True."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return value if value is None or isinstance(value, str) else text
+    """A text setting's value: `text` as written (`output_dir=0712` is not YAML's octal 458, `out_dir=on` not
+    true, `run #1` not `run` with a comment), unquoted where it is quoted (`'Look, then answer.'`), None for
+    YAML's nulls."""
+    if text in NULL_TEXTS:
+        return None
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        return value if isinstance(value, str) else text
+    return text
 
 
 def parse_settings(schema: type[Settings], argv: list[str]) -> Settings:

@@ -464,6 +464,9 @@ def test_text_settings_keep_their_value_as_written_and_typed_settings_their_type
 
     exported = parse_settings(ExportConfig, ["checkpoint=on", "out_dir=0712"])
     assert (exported.checkpoint, exported.out_dir) == ("on", "0712")
+    for text in ("run #1", " padded ", "a: b", "a=b", "[x]", "{y}", "'quoted' too"):
+        assert parse_settings(ExportConfig, ["checkpoint=c", f"out_dir={text}"]).out_dir == text
+    assert parse_settings(ExportConfig, ["checkpoint=c", 'out_dir="x #1"']).out_dir == "x #1"
     engine = parse_settings(EngineConfig, [
         "input=x", "output_dir=2024_01", "difficulty.model_path=1.10", "problem_template={problem} Answer:",
         "system_prompt='Look, then answer.'", "box_format=null", "seed=007", "progress=off", "val_ratio=1e-1",
