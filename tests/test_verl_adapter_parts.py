@@ -298,13 +298,16 @@ def test_a_table_that_failed_to_load_is_not_loaded_again_by_each_caller(tiny_mod
              runtime_env={"env_vars": {"PYTHONPATH": python_path}})  # fmt: skip
     try:
         service = embedding_service_module.embedding_service(str(tiny_model_dir))
-        for call in (service.table, service.rows, service.table):
-            with pytest.raises(MemoryError, match="cannot allocate the table of"):
+        errors = []
+        for call in (service.table, service.rows, service.table, service.table):
+            with pytest.raises(MemoryError, match="cannot allocate the table of") as raised:
                 ray.get(call.remote())
+            errors.append(str(raised.value))
         loads = ray.get(service.loads.remote())
     finally:
         ray.shutdown()
     assert loads == 1
+    assert len(errors[2]) == len(errors[3]), "a remembered error is raised as it was, its traceback not grown"
 
 
 def test_the_manager_refuses_the_bmas_options_and_embedding_model_the_training_entry_refuses(tiny_model_dir, tmp_path):

@@ -8,6 +8,7 @@ workers map it zero-copy (read-only shared memory), so eight workers cost one ta
 from __future__ import annotations
 
 import hashlib
+import traceback
 import warnings
 
 import numpy as np
@@ -56,19 +57,26 @@ class EmbeddingService:
 
     def _load(self) -> None:
         """Runs in the default concurrency group, one call at a time: the first caller loads the table."""
-        if not self._loaded:
-            self._loaded = True
-            try:
-                table = load_input_embeddings(self._model)
-                norms = row_norms(table)
-                self._dtype, self._rows = str(table.dtype), table.shape[0]
-                self._shared = [ray.put(_to_shareable(table)), ray.put(norms.numpy())]
-                self._device_table = table.to(self._device) if self._device != "cpu" else None
-                self._device_norms = norms.to(self._device) if self._device != "cpu" else None
-            except Exception as error:
-                self._error = error
         if self._error is not None:
-            raise self._error
+            raise self._error.with_traceback(None)  # the first caller had its traceback; it grows on each raise
+        if self._loaded:
+            return
+        try:
+            self._load_table()
+        except Exception as error:
+            self._shared = None
+            traceback.clear_frames(error.__traceback__)  # keeps no table of the failed load alive
+            self._error = error
+            raise
+        self._loaded = True
+
+    def _load_table(self) -> None:
+        table = load_input_embeddings(self._model)
+        norms = row_norms(table)
+        self._dtype, self._rows = str(table.dtype), table.shape[0]
+        self._shared = [ray.put(_to_shareable(table)), ray.put(norms.numpy())]
+        self._device_table = table.to(self._device) if self._device != "cpu" else None
+        self._device_norms = norms.to(self._device) if self._device != "cpu" else None
 
     def table(self) -> tuple[str, list]:
         self._load()
