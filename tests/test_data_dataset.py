@@ -12,7 +12,7 @@ from PIL import Image
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn, get_dataset_class
 
 from mixed_r1_verl.data.dataset import DatasetRowError, MixedR1Dataset
-from mixed_r1_verl.data.prepare import DEFAULT_MAX_PROMPT_LENGTH, PrepareConfig, prepare
+from mixed_r1_verl.data.prepare import DEFAULT_MAX_PROMPT_LENGTH, NoRowsWrittenError, PrepareConfig, prepare
 from mixed_r1_verl.data.processor import load_image_text_processor
 from mixed_r1_verl.models.tiny_qwen25vl import build_tiny_qwen25vl
 
@@ -92,25 +92,27 @@ def test_rows_the_processor_would_resize_again_under_data_mm_processor_kwargs_ar
     assert len(build(root, processor, train, filter_overlong_prompts=False, mm_processor_kwargs=wider)) == 16
 
 
-@pytest.mark.parametrize("image_size, refused", [((320, 240), True), ((640, 480), False)])
-def test_grounding_rows_whose_frame_rounded_out_of_the_processors_bounds_are_refused(setup, tmp_path, image_size, refused):
-    """A fixed budget (min_pixels = max_pixels = the processor's max): a 320x240 image grows to 532x392, whose
-    rounded sides overshoot it, and the processor would shrink it again; 640x480 shrinks to 504x364 and stays."""
+def test_a_resize_rounded_out_of_the_processors_bounds_is_refused_at_conversion_and_at_load(setup, tmp_path):
+    """A fixed budget (min_pixels = max_pixels): a resize's sides are rounded to the image token, so its area may
+    pass the budget, and the processor, if it resizes within the budget too, would resize the image again."""
     root, _, processor = setup
     budget = 28 * 28 * 256
-    convert_synthetic(
-        tmp_path / "src", tmp_path / "out", rows_per_task=1, seed=3, model_path=str(root / "model"), val_ratio=0.0,
-        synthetic={"val_rows_per_task": 0, "image_size": image_size}, min_pixels=budget, max_pixels=budget,
-    )  # fmt: skip
-    train = tmp_path / "out" / "train.parquet"
-    frames = {row["task"]: row["frame_size"] for row in pq.read_table(train).column("extra_info").to_pylist()}
-    grid = processor.image_processor(images=[Image.new("RGB", tuple(frames["grounding"]))])["image_grid_thw"][0]
-    assert ([int(grid[2]) * 14, int(grid[1]) * 14] != frames["grounding"]) == refused, "the processor's own resize"
-    if refused:
-        with pytest.raises(DatasetRowError, match=r"row \d .*532x392 frame of 208544 pixels, outside the \[3136, 200704\]"):
-            build(root, processor, [str(train)], filter_overlong_prompts=False)
-    else:
-        assert len(build(root, processor, [str(train)], filter_overlong_prompts=False)) == 4
+    settings = dict(rows_per_task=1, seed=3, model_path=str(root / "model"), val_ratio=0.0, min_pixels=budget,
+                    max_pixels=budget)  # fmt: skip
+    # 320x240 grows to 532x392, past the model processor's max_pixels 200704: each row is rejected.
+    with pytest.raises(NoRowsWrittenError, match=r"532x392, 208544 pixels, is outside the \[3136, 200704\]"):
+        convert_synthetic(tmp_path / "small", tmp_path / "small_out", synthetic={"val_rows_per_task": 0}, **settings)
+    # 640x480 shrinks to 504x364, within the processor's bounds; under data.mm_processor_kwargs of the budget,
+    # which the processor would resize it again within, its grounding row is refused at load.
+    large = {"val_rows_per_task": 0, "image_size": (640, 480)}
+    convert_synthetic(tmp_path / "large", tmp_path / "large_out", synthetic=large, **settings)
+    train = [str(tmp_path / "large_out" / "train.parquet")]
+    assert len(build(root, processor, train, filter_overlong_prompts=False)) == 4
+    fixed = {"min_pixels": budget, "max_pixels": budget}
+    grid = processor.image_processor(images=[Image.new("RGB", (504, 364))], **fixed)["image_grid_thw"][0]
+    assert [int(grid[2]) * 14, int(grid[1]) * 14] != [504, 364]
+    with pytest.raises(DatasetRowError, match=r"frame 504x364, 183456 pixels, is outside the \[200704, 200704\]"):
+        build(root, processor, train, filter_overlong_prompts=False, mm_processor_kwargs=fixed)
 
 
 @pytest.mark.parametrize("bound", ["min_pixels", "max_pixels"])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from PIL import Image
 from data_helpers import convert_synthetic
 from transformers import AutoTokenizer
 
@@ -114,6 +115,11 @@ def test_requests_the_processor_would_resize_again_are_refused(converted, tiny_m
     )
     with pytest.raises(ValueError, match=rf"generation request {record.id}: min_pixels {2 * MAX_PIXELS} is above"):
         generator.generate([inverted])
+    # A fixed budget at the processor's max: 320x240 grows to 532x392, its sides rounded up past the budget.
+    budget = {"min_pixels": MAX_PIXELS, "max_pixels": MAX_PIXELS}
+    rounded_out = GenerationRequest(request.messages, [{"image": Image.new("RGB", (320, 240)), **budget}], label="r")
+    with pytest.raises(ValueError, match=r"request r: image 1 of 1: 532x392, 208544 pixels, is outside the \[3136, "):
+        generator.generate([rounded_out])
 
 
 def test_each_use_has_its_sampling_defaults():

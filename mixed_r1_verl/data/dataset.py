@@ -33,6 +33,7 @@ from verl.utils.tokenizer import build_multimodal_processor_inputs, normalize_to
 
 from mixed_r1_verl.data.frames import (
     BOX_FRAME_ABS,
+    area_outside_reason,
     other_family_frame_reason,
     pixel_bounds_error,
     resized_again_reason,
@@ -377,24 +378,21 @@ def refuse_images_resized_again(processor, images_column, describe_row, mm_proce
 
 
 def refuse_frames_resized_again(processor, frame_sizes: list, describe_row, mm_processor_kwargs=None) -> None:
-    """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row whose boxes' pixel frame
-    (`frame_sizes`: a grounding row's extra_info.frame_size, the image as resized for the model; None for rows
-    without one) has an area outside the bounds the image
-    processor resizes within: a resize rounds its sides, so with min_pixels close to max_pixels the frame may
-    leave the bounds it was resized within, and the processor would resize the image once more."""
+    """Raises DatasetRowError, naming the row by `describe_row(index)`, for the first row whose boxes' pixel
+    frame (`frame_sizes`: a grounding row's extra_info.frame_size, the image as resized for the model; None
+    for rows without one) has an area outside the bounds the image processor resizes within: a resize rounds
+    its sides, so with min_pixels close to max_pixels the frame may leave the bounds it was resized within,
+    and the processor would resize the image once more."""
     image_processor = getattr(processor, "image_processor", None)
     if image_processor is None:
         return
-    low, high = processor_call_bounds(processor_pixel_bounds(image_processor.to_dict()), mm_processor_kwargs)
+    bounds = processor_call_bounds(processor_pixel_bounds(image_processor.to_dict()), mm_processor_kwargs)
     for row, frame in enumerate(frame_sizes):
-        if frame is None:
-            continue
-        area = frame[0] * frame[1]
-        if (low is not None and area < low) or (high is not None and area > high):
+        reason = area_outside_reason(*frame, bounds) if frame is not None else None
+        if reason:
             raise DatasetRowError(
-                f"{describe_row(row)}: its boxes are in a {frame[0]}x{frame[1]} frame of {area} pixels, outside the "
-                f"[{low}, {high}] the model's image processor resizes within, which would resize the image again, "
-                "out of that frame: prepare the data with min_pixels and max_pixels further apart"
+                f"{describe_row(row)}: its boxes are in the frame {reason}, out of that frame: prepare the data "
+                "with min_pixels and max_pixels further apart"
             )
 
 

@@ -65,7 +65,8 @@ def smart_resize(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[int, int]:
     """(height, width) the Qwen2-VL family resizes an image to: each side a multiple of `factor`,
-    aspect ratio kept as closely as possible, area within [min_pixels, max_pixels]. An image over
+    aspect ratio kept as closely as possible, area within [min_pixels, max_pixels] but for the rounding of
+    the sides (with min_pixels close to max_pixels it may pass one: `area_outside_reason`). An image over
     MAX_ASPECT_RATIO is refused, and so is one whose resize is (a strip of 7200x40 resizes to 5992x28 at
     max_pixels=200704): the processor checks the image it is given, and the model's inputs are resized images."""
     if height <= 0 or width <= 0:
@@ -90,6 +91,19 @@ def smart_resize(
             f"{width}x{height} resizes to {resized_w}x{resized_h}, whose aspect ratio exceeds {MAX_ASPECT_RATIO}"
         )
     return resized_h, resized_w
+
+
+def area_outside_reason(width: int, height: int, bounds: tuple[int | None, int | None]) -> str | None:
+    """Why an image processor resizing within `bounds` (None: not stated) would resize again an image already
+    resized to `width` x `height` (multiples of its token): the area is outside them; None where it is not."""
+    low, high = bounds
+    area = width * height
+    if (low is not None and area < low) or (high is not None and area > high):
+        return (
+            f"{width}x{height}, {area} pixels, is outside the [{low}, {high}] the model's image processor resizes "
+            "within, which would resize it again"
+        )
+    return None
 
 
 def stated_bounds(min_pixels: int | None, max_pixels: int | None, factor: int = 28) -> tuple[int, int]:

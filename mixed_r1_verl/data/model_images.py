@@ -36,7 +36,7 @@ def open_content_image(item: dict) -> Image.Image:
 
 def model_input_image(item: dict, image_patch_size: int) -> Image.Image:
     """The image resized to what the Qwen2-VL family sees: sides multiples of patch x merge size,
-    area within the item's min/max pixels (defaults as qwen_vl_utils)."""
+    area within the item's min/max pixels (defaults as qwen_vl_utils) but for the rounding of the sides."""
     image = to_rgb(open_content_image(item))
     width, height = image.size
     factor = image_patch_size * SPATIAL_MERGE_SIZE

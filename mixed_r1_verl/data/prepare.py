@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from mixed_r1_verl.data.frames import (
     MODEL_FAMILIES,
+    area_outside_reason,
     box_to_frame,
     family_of_model_type,
     format_box,
@@ -418,6 +419,13 @@ class RowConverter:
             refuse_another_model_family(config.model_family, model_dir)
         self.resize_factor = image_token_side(config.model_family, model_dir)
         self.min_pixels, self.max_pixels = pixel_bounds(config, model_dir)
+        # Where model_path does not say within what the model's processor resizes, it is taken to resize within
+        # the bounds the images are converted with.
+        self.processor_bounds = (
+            processor_pixel_bounds(required_image_processor_settings(model_dir))
+            if model_dir is not None
+            else (self.min_pixels, self.max_pixels)
+        )
         self.prompt_counter = PromptTokenCounter(model_dir) if model_dir is not None else None
         self.max_prompt_length = config.max_prompt_length or DEFAULT_MAX_PROMPT_LENGTH[config.model_family]
         self.store = ImageStore(config.image_root)
@@ -598,6 +606,16 @@ class RowConverter:
             )
         except ValueError as error:
             raise RecordError(UNSUPPORTED_IMAGE_SIZE, f"{image.label}: {error}") from None
+        # Only a resize rounded out of its own bounds: images converted for wider bounds than the model's
+        # processor has are meant for data.mm_processor_kwargs (the datasets check them at load).
+        rounded_out = area_outside_reason(resized_w, resized_h, (self.min_pixels, self.max_pixels))
+        resized_again = rounded_out and area_outside_reason(resized_w, resized_h, self.processor_bounds)
+        if resized_again:
+            raise RecordError(
+                UNSUPPORTED_IMAGE_SIZE,
+                f"{image.label}: {width}x{height} resizes to {resized_again}: set min_pixels and max_pixels further "
+                "apart" + ("" if self.config.model_path else ", or model_path to the model, whose bounds may be wider"),
+            )
         return resized_w, resized_h
 
     def prompt_length(self, prompt: list[dict], resized_sizes: list[tuple[int, int]]) -> int | None:

@@ -27,7 +27,7 @@ from typing import Protocol
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from mixed_r1_verl.data.frames import pixel_bounds_error, resized_again_reason, stated_bounds
+from mixed_r1_verl.data.frames import area_outside_reason, pixel_bounds_error, resized_again_reason, stated_bounds
 from mixed_r1_verl.data.model_files import (
     config_dtype,
     processor_pixel_bounds,
@@ -106,10 +106,14 @@ def model_images(
     images = []
     for number, item in enumerate(request.images, start=1):
         try:
-            images.append(model_input_image(item, patch_size))
+            image = model_input_image(item, patch_size)
         except OSError as error:  # bytes that are no image, a truncated file, a path gone since
             reason = "not an image PIL can decode" if isinstance(error, UnidentifiedImageError) else str(error)
             raise ValueError(f"{request_name(request)}: image {number} of {len(request.images)}: {reason}") from None
+        resized_again = area_outside_reason(*image.size, processor_bounds)
+        if resized_again:
+            raise ValueError(f"{request_name(request)}: image {number} of {len(request.images)}: {resized_again}")
+        images.append(image)
     return images
 
 
