@@ -1,6 +1,8 @@
 """Splits: rows pinned by their `split` field, and no split that training reads written empty."""
 
 import json
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -136,6 +138,17 @@ def test_synthetic_cli_writes_the_set_with_its_splits(tmp_path):
     rows = [json.loads(line) for line in open(output["records"])]
     assert len(rows) == 12 and sum(row["split"] == "val" for row in rows) == 4
     assert all(row["rationale"] and row["images"][0].endswith(".jpg") for row in rows)
+
+
+def test_synthetic_cli_ends_a_bad_setting_in_one_line(tmp_path):
+    from data_helpers import checkout_env
+
+    run = subprocess.run(
+        [sys.executable, "-m", "mixed_r1_verl.data.synthetic", f"out_dir={tmp_path / 'out'}", "image_format=gif"],
+        env=checkout_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip() == "ValueError: image_format='gif' is none of png, jpeg, jpg"
 
 
 def test_rationales_agree_with_the_answers(tmp_path):

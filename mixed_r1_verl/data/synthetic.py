@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mixed_r1_verl.rewards.tasks import BUILTIN_TASKS as TASKS
-from mixed_r1_verl.settings import parse_settings
+from mixed_r1_verl.settings import run_settings_cli
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -309,15 +309,7 @@ class SyntheticConfig:
     image_format: str = "png"
 
 
-def main(argv: list[str] | None = None) -> None:
-    from omegaconf import OmegaConf
-
-    argv = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(__doc__)
-        print(OmegaConf.to_yaml(OmegaConf.structured(SyntheticConfig)))
-        return
-    config = parse_settings(SyntheticConfig, argv)
+def write_and_name(config: SyntheticConfig) -> None:
     jsonl_path, image_root = write_synthetic_dataset(
         config.out_dir,
         config.rows_per_task,
@@ -327,6 +319,10 @@ def main(argv: list[str] | None = None) -> None:
         image_format=config.image_format,
     )
     print(json.dumps({"records": str(jsonl_path), "image_root": str(image_root)}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_settings_cli(__doc__, SyntheticConfig, sys.argv[1:] if argv is None else argv, write_and_name)
 
 
 if __name__ == "__main__":
