@@ -333,11 +333,9 @@ def compute_score(data_source, solution_str, ground_truth, extra_info, reward_ro
 """
 
 
-def test_a_custom_reward_reaches_the_reward_model_as_with_verls_own_managers(tiny_model_dir, tmp_path):
-    """With reward.reward_model.enable, verl gives the reward managers the reward model's router address
-    and tokenizer; a generative reward model's function needs both."""
-    module = tmp_path / "judged_reward.py"
-    module.write_text(GENERATIVE_REWARD)
+def scored_beside_a_reward_model(tiny_model_dir, module) -> tuple[dict, RewardLoopWorker]:
+    """One sample scored by the custom reward function of `module` in a reward worker of a run with a
+    reward model (reward.reward_model.enable), which verl gives its router address."""
     config = reward_config(
         tiny_model_dir, "reward.reward_model.enable=True", f"reward.reward_model.model_path={tiny_model_dir}",
         f"reward.custom_reward_function.path={module}", "reward.custom_reward_function.name=compute_score",
@@ -345,6 +343,15 @@ def test_a_custom_reward_reaches_the_reward_model_as_with_verls_own_managers(tin
     )  # fmt: skip
     worker = RewardLoopWorker(config, reward_router_address="10.0.0.5:8000")
     [output] = score_batch(worker, rollout_batch(worker.input_tokenizer, custom_samples(None)))
+    return output, worker
+
+
+def test_a_custom_reward_reaches_the_reward_model_as_with_verls_own_managers(tiny_model_dir, tmp_path):
+    """With reward.reward_model.enable, verl gives the reward managers the reward model's router address
+    and tokenizer; a generative reward model's function needs both."""
+    module = tmp_path / "judged_reward.py"
+    module.write_text(GENERATIVE_REWARD)
+    output, worker = scored_beside_a_reward_model(tiny_model_dir, module)
     assert output["reward_score"] == 0.75
     eos = worker.reward_model_tokenizer.eos_token
     assert output["reward_extra_info"] == {"score": 0.75, "router": "10.0.0.5:8000", "judge_eos": eos}
@@ -354,13 +361,7 @@ def test_a_custom_reward_without_the_reward_models_arguments_is_scored_beside_a_
     """A function written for rewards alone (a discriminative reward model scores beside it) takes neither."""
     module = tmp_path / "plain_reward.py"
     module.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info):\n    return 0.5\n")
-    config = reward_config(
-        tiny_model_dir, "reward.reward_model.enable=True", f"reward.reward_model.model_path={tiny_model_dir}",
-        f"reward.custom_reward_function.path={module}", "reward.custom_reward_function.name=compute_score",
-        num_workers=1,
-    )  # fmt: skip
-    worker = RewardLoopWorker(config, reward_router_address="10.0.0.5:8000")
-    [output] = score_batch(worker, rollout_batch(worker.input_tokenizer, custom_samples(None)))
+    output, _ = scored_beside_a_reward_model(tiny_model_dir, module)
     assert output["reward_score"] == 0.5
 
 
